@@ -1,0 +1,237 @@
+//! The storage contract of cairn.
+//!
+//! A store keeps, per plan, an append-only log of events (`seq` contiguous from 1) plus a small
+//! index row (the plan's current state name and last `seq`) so plans can be listed without
+//! replaying them. It knows nothing about what events *mean*: their `kind` and `data` are opaque
+//! strings here, so the engine's event vocabulary can grow without touching any backend.
+//!
+//! Architecture invariants:
+//! - Only backends know SQL. Nothing here names a database.
+//! - `append` is the only way a plan changes, and it is fenced twice: by `expected_seq`
+//!   (optimistic concurrency: the caller must have seen the whole log) and by the lease `Fence`
+//!   (one engine node drives a plan at a time).
+//! - An `Ok` from `append` or `create_plan` means the events are durable (fsync'd unless the
+//!   backend was opened with durability relaxed on purpose).
+//!
+//! [`conformance`] holds the test suite every backend must pass.
+
+use async_trait::async_trait;
+
+pub mod conformance;
+
+/// Microseconds since the Unix epoch. Every timestamp in storage is one of these.
+pub type Micros = i64;
+
+/// A mark saying "this event is also a checkpoint": the checkpoint is the log position of the
+/// event it is attached to, so storing one costs a few bytes, never a copy of the state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointMark {
+    /// `initial`, `step`, `pause` or `manual` (opaque to the store).
+    pub trigger: String,
+    pub label: Option<String>,
+}
+
+/// An event as the engine hands it to the store, before the store gives it a global id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub seq: u64,
+    pub at: Micros,
+    pub actor: String,
+    /// The event type, e.g. `step_completed`.
+    pub kind: String,
+    /// The event's data as a JSON document.
+    pub data: String,
+    pub checkpoint: Option<CheckpointMark>,
+}
+
+/// An event as stored: a [`NewEvent`] plus the plan it belongs to and its global id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Global, strictly increasing across all plans in commit order; starts at 1.
+    pub id: u64,
+    pub plan_id: String,
+    pub seq: u64,
+    pub at: Micros,
+    pub actor: String,
+    pub kind: String,
+    pub data: String,
+    pub checkpoint: Option<CheckpointMark>,
+}
+
+/// Ownership of a plan by one engine node. Appends carrying a stale fence are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub node: String,
+    /// Increases every time ownership of the plan moves to another node.
+    pub token: u64,
+}
+
+/// Registers a new plan with its first events.
+#[derive(Debug, Clone)]
+pub struct CreatePlan {
+    pub plan_id: String,
+    pub created_at: Micros,
+    /// The plan's state name after these events (indexed for listing).
+    pub state: String,
+    /// Must start at seq 1 and be contiguous.
+    pub events: Vec<NewEvent>,
+}
+
+/// Appends events to an existing plan.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub plan_id: String,
+    /// The last seq the caller has seen; `events[0].seq` must be `expected_seq + 1`.
+    pub expected_seq: u64,
+    /// `None` appends without a lease (administrative writes on a plan nobody drives).
+    pub fence: Option<Fence>,
+    /// The plan's state name after these events, when it changed.
+    pub state: Option<String>,
+    pub events: Vec<NewEvent>,
+}
+
+/// The index row of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanRow {
+    pub plan_id: String,
+    pub state: String,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+    pub last_seq: u64,
+}
+
+/// A checkpoint as listed: the position and mark of the event that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    pub plan_id: String,
+    pub seq: u64,
+    pub at: Micros,
+    pub trigger: String,
+    pub label: Option<String>,
+}
+
+/// One page of a listing. `next_cursor` is opaque; `None` on the last page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Why a store call failed. Messages are lowercase fragments that read well after "failed to".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("plan {0} already exists")]
+    AlreadyExists(String),
+    #[error("plan {0} not found")]
+    NotFound(String),
+    /// Someone else appended first: the caller's view of the log is stale.
+    #[error("plan {plan_id}: expected last seq {expected}, the log is at {actual}")]
+    SeqConflict {
+        plan_id: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// The caller's lease was taken over by another node.
+    #[error("plan {plan_id} is driven by node {owner}; this node's lease is stale")]
+    Fenced { plan_id: String, owner: String },
+    /// Another live node holds the lease.
+    #[error("plan {plan_id} is leased to node {owner} until {until}")]
+    LeaseHeld {
+        plan_id: String,
+        owner: String,
+        until: Micros,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("invalid cursor {0:?}")]
+    BadCursor(String),
+    /// The backend itself failed (disk full, connection lost, corruption). Not the caller's fault.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage backend of cairn. Object safe: the engine holds an `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a plan with its first events. `AlreadyExists` when the id is taken.
+    async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Appends events durably. `NotFound`, `SeqConflict`, `Fenced` or `Invalid` (empty batch,
+    /// non-contiguous seqs) leave the log untouched.
+    async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Events of one plan with `after_seq < seq <= until_seq` (no upper bound when `None`),
+    /// oldest first, at most `limit`. `NotFound` for an unknown plan.
+    async fn read_events(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        until_seq: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Events of one plan whose kind is one of `kinds`, oldest first, at most `limit`, after
+    /// `after_seq`.
+    async fn read_events_of_kind(
+        &self,
+        plan_id: &str,
+        kinds: &[&str],
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Events of all plans with `id > after_id`, in id order, at most `limit`.
+    async fn read_all_events(&self, after_id: u64, limit: usize) -> StoreResult<Vec<StoredEvent>>;
+
+    /// The highest global event id committed so far (0 when empty).
+    async fn last_event_id(&self) -> StoreResult<u64>;
+
+    async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>>;
+
+    /// Plans newest first (by creation, ties by id), optionally of one state.
+    async fn list_plans(
+        &self,
+        state: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<PlanRow>>;
+
+    /// Ids of every plan whose state is one of `states` (recovery on start).
+    async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>>;
+
+    /// Checkpoints of a plan, oldest first, with `seq > after_seq`, at most `limit`.
+    async fn list_checkpoints(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<CheckpointRow>>;
+
+    /// The checkpoint at exactly `seq`, if that event carries one.
+    async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>>;
+
+    /// Saves a materialised state of the plan at `seq` so loading needs no full replay.
+    /// Best effort for callers: losing one only costs replay time.
+    async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()>;
+
+    /// The newest snapshot with `seq <= at_or_before`.
+    async fn get_snapshot(
+        &self,
+        plan_id: &str,
+        at_or_before: u64,
+    ) -> StoreResult<Option<(u64, Vec<u8>)>>;
+
+    /// Removes a plan with its events, checkpoints, snapshots and lease. `Ok(false)` if unknown.
+    async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool>;
+
+    /// Takes or renews the lease of `node` on a plan until `now + ttl_ms`. Renewal by the owner
+    /// keeps the token; a takeover after expiry increases it. `LeaseHeld` while another node's
+    /// lease runs; `NotFound` for an unknown plan.
+    async fn claim(&self, plan_id: &str, node: &str, ttl_ms: u64, now: Micros)
+        -> StoreResult<Fence>;
+
+    /// Gives a lease up (no-op when the fence is stale).
+    async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()>;
+}
