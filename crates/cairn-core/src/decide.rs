@@ -1,0 +1,633 @@
+//! `decide(state, command) -> events`: the whole behaviour of a plan (DESIGN §2) as a pure
+//! function. [`handle`] checks a command against the state, emits the events it implies, applies
+//! them to the state through the same fold a replay uses, then lets the scheduler advance the
+//! plan (start ready steps, skip steps whose condition is false, pause at breakpoints, complete).
+//!
+//! The engine turns the emitted events into actions: `step_started` and `step_recovered` mean
+//! "run this attempt"; any running attempt the state no longer counts must be stopped.
+
+use serde_json::{Map, Value};
+
+use crate::event::{
+    CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, Origin, PauseMode,
+};
+use crate::expr;
+use crate::intervention::{self, Intervention, InterventionRequest, InterventionStatus};
+use crate::plan::Plan;
+use crate::state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
+use crate::{Refusal, RefusalKind};
+
+/// The actor of events the engine emits by itself (scheduling, timers, recovery).
+pub const SYSTEM_ACTOR: &str = "cairn";
+
+/// What an executor reported for one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepResult {
+    Completed {
+        output: Value,
+        scores: Option<Map<String, Value>>,
+    },
+    Failed {
+        error: String,
+        /// `false` fails the step at once, whatever its retry policy says.
+        retryable: bool,
+    },
+}
+
+/// Everything that can happen to a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Creates the plan (the state must be empty).
+    Register {
+        definition: Plan,
+        origin: Option<Box<Origin>>,
+    },
+    Start {
+        reason: Option<String>,
+    },
+    Pause {
+        mode: PauseMode,
+        resume_at: Option<Micros>,
+        reason: Option<String>,
+    },
+    Resume {
+        reason: Option<String>,
+    },
+    Cancel {
+        reason: Option<String>,
+    },
+    Intervene(InterventionRequest),
+    /// An executor's report on an attempt.
+    Outcome {
+        step_id: String,
+        attempt: u32,
+        result: StepResult,
+    },
+    Checkpoint {
+        label: Option<String>,
+        reason: Option<String>,
+    },
+    /// Restores the state at a checkpoint, materialised by the caller from the log.
+    Restore {
+        checkpoint_id: String,
+        seq: u64,
+        target: Box<Materialized>,
+        reason: Option<String>,
+    },
+    /// Records that a new plan was forked from one of this plan's checkpoints.
+    RecordFork {
+        checkpoint_id: String,
+        new_plan_id: String,
+        reason: Option<String>,
+    },
+    /// Time passed: retries whose backoff ended may start, `resume_at` may have come.
+    Tick,
+    /// The plan was loaded after a restart: re-run or settle the attempts that were in flight.
+    Recover,
+}
+
+/// The context of one decision: the clock reading and who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub now: Micros,
+    pub actor: &'a str,
+}
+
+/// What a command produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    /// Emitted and already applied to the state, in order.
+    pub events: Vec<Event>,
+    /// The intervention record (for `Intervene`, refused or not; not applied on a dry run).
+    pub intervention: Option<Intervention>,
+    /// Set when an intervention was refused: its `intervention_failed` event is in `events`.
+    pub refusal: Option<Refusal>,
+}
+
+struct Emitter<'a> {
+    state: &'a mut PlanState,
+    now: Micros,
+    out: Vec<Event>,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, actor: &str, kind: EventKind, checkpoint: Option<CheckpointTrigger>) {
+        self.emit_marked(
+            actor,
+            kind,
+            checkpoint.map(|trigger| CheckpointMark {
+                trigger,
+                label: None,
+            }),
+        )
+    }
+
+    fn emit_marked(&mut self, actor: &str, kind: EventKind, checkpoint: Option<CheckpointMark>) {
+        let event = Event {
+            id: 0,
+            seq: self.state.seq + 1,
+            plan_id: self.state.plan_id.clone(),
+            at: self.now,
+            actor: actor.to_owned(),
+            kind,
+            checkpoint,
+        };
+        self.state.apply(&event);
+        self.out.push(event);
+    }
+}
+
+fn conflict(message: String) -> Refusal {
+    Refusal::new(RefusalKind::Conflict, message)
+}
+
+/// Decides a command, applies its events to `state`, and advances the plan.
+///
+/// `Err` means the command was refused and nothing changed (no event). A refused intervention is
+/// not an `Err`: it is recorded (`intervention_failed`) and reported in [`Decision::refusal`].
+pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<Decision, Refusal> {
+    let mut intervention = None;
+    let mut refusal = None;
+    let mut em = Emitter {
+        state,
+        now: ctx.now,
+        out: Vec::new(),
+    };
+    let status = em.state.status;
+    let actor = ctx.actor;
+    match command {
+        Command::Register { definition, origin } => {
+            if em.state.seq != 0 {
+                return Err(conflict(format!(
+                    "plan {} already exists",
+                    em.state.plan_id
+                )));
+            }
+            em.emit(
+                actor,
+                EventKind::PlanRegistered { definition, origin },
+                None,
+            );
+        }
+        Command::Start { reason } => {
+            if status != PlanStatus::Idle {
+                return Err(conflict(format!(
+                    "plan {} is {}; only an idle plan can be started",
+                    em.state.plan_id,
+                    status.as_str()
+                )));
+            }
+            em.emit(
+                actor,
+                EventKind::PlanStarted { reason },
+                Some(CheckpointTrigger::Initial),
+            );
+        }
+        Command::Pause {
+            mode,
+            resume_at,
+            reason,
+        } => {
+            if status != PlanStatus::Running {
+                return Err(conflict(format!(
+                    "plan {} is {}; only a running plan can be paused",
+                    em.state.plan_id,
+                    status.as_str()
+                )));
+            }
+            if let Some(t) = resume_at {
+                if t <= ctx.now {
+                    return Err(Refusal::new(
+                        RefusalKind::Invalid,
+                        "resume_at must be in the future",
+                    ));
+                }
+            }
+            em.emit(
+                actor,
+                EventKind::PlanPaused {
+                    reason: PauseReason::Operator,
+                    mode,
+                    step_id: None,
+                    resume_at,
+                    note: reason,
+                },
+                Some(CheckpointTrigger::Pause),
+            );
+            if mode == PauseMode::Immediate {
+                interrupt_running(&mut em, actor, "immediate pause");
+            }
+        }
+        Command::Resume { reason } => {
+            if status != PlanStatus::Paused {
+                return Err(conflict(format!(
+                    "plan {} is {}; only a paused plan can be resumed",
+                    em.state.plan_id,
+                    status.as_str()
+                )));
+            }
+            em.emit(actor, EventKind::PlanResumed { reason }, None);
+        }
+        Command::Cancel { reason } => {
+            if status.is_terminal() {
+                return Err(conflict(format!(
+                    "plan {} is {}; only an idle, running or paused plan can be cancelled",
+                    em.state.plan_id,
+                    status.as_str()
+                )));
+            }
+            em.emit(actor, EventKind::PlanCancelled { reason }, None);
+        }
+        Command::Intervene(request) => {
+            let (record, refused) = intervene(&mut em, actor, request);
+            intervention = Some(record);
+            refusal = refused;
+        }
+        Command::Outcome {
+            step_id,
+            attempt,
+            result,
+        } => outcome(&mut em, step_id, attempt, result),
+        Command::Checkpoint { label, reason } => {
+            if let Some(l) = &label {
+                if l.len() > 256 {
+                    return Err(Refusal::new(
+                        RefusalKind::Invalid,
+                        "label is longer than 256 bytes",
+                    ));
+                }
+            }
+            em.emit_marked(
+                actor,
+                EventKind::CheckpointCreated {
+                    label: label.clone(),
+                    reason,
+                },
+                Some(CheckpointMark {
+                    trigger: CheckpointTrigger::Manual,
+                    label,
+                }),
+            );
+        }
+        Command::Restore {
+            checkpoint_id,
+            seq,
+            target,
+            reason,
+        } => {
+            if status == PlanStatus::Running {
+                return Err(conflict(format!(
+                    "plan {} is running; pause it before restoring a checkpoint",
+                    em.state.plan_id
+                )));
+            }
+            em.emit(
+                actor,
+                EventKind::CheckpointRestored {
+                    checkpoint_id,
+                    seq,
+                    reason,
+                    restored: target,
+                },
+                None,
+            );
+        }
+        Command::RecordFork {
+            checkpoint_id,
+            new_plan_id,
+            reason,
+        } => em.emit(
+            actor,
+            EventKind::PlanForked {
+                checkpoint_id,
+                new_plan_id,
+                reason,
+            },
+            None,
+        ),
+        Command::Tick => {
+            if status == PlanStatus::Paused && em.state.resume_at.is_some_and(|t| t <= ctx.now) {
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::PlanResumed {
+                        reason: Some("resume_at reached".into()),
+                    },
+                    None,
+                );
+            }
+        }
+        Command::Recover => {
+            if status == PlanStatus::Running {
+                let running: Vec<(String, u32)> = em
+                    .state
+                    .steps
+                    .iter()
+                    .filter(|s| s.rec.status == StepStatus::Running)
+                    .map(|s| (s.def.step_id.clone(), s.rec.attempts))
+                    .collect();
+                for (step_id, attempt) in running {
+                    em.emit(
+                        SYSTEM_ACTOR,
+                        EventKind::StepRecovered { step_id, attempt },
+                        None,
+                    );
+                }
+            } else {
+                interrupt_running(
+                    &mut em,
+                    SYSTEM_ACTOR,
+                    "recovery of a plan that was not running",
+                );
+            }
+        }
+    }
+    if refusal.is_none() {
+        advance(&mut em);
+    }
+    Ok(Decision {
+        events: em.out,
+        intervention,
+        refusal,
+    })
+}
+
+fn interrupt_running(em: &mut Emitter<'_>, actor: &str, cause: &str) {
+    let running: Vec<(String, u32)> = em
+        .state
+        .steps
+        .iter()
+        .filter(|s| s.rec.status == StepStatus::Running)
+        .map(|s| (s.def.step_id.clone(), s.rec.attempts))
+        .collect();
+    for (step_id, attempt) in running {
+        em.emit(
+            actor,
+            EventKind::StepInterrupted {
+                step_id,
+                attempt,
+                cause: cause.into(),
+            },
+            None,
+        );
+    }
+}
+
+fn intervene(
+    em: &mut Emitter<'_>,
+    actor: &str,
+    request: InterventionRequest,
+) -> (Intervention, Option<Refusal>) {
+    let mut record = Intervention {
+        intervention_id: format!("iv-{}", em.state.seq + 1),
+        plan_id: em.state.plan_id.clone(),
+        kind: request.kind.type_name().to_owned(),
+        step_id: request.kind.step_id(),
+        request: request.kind.clone(),
+        user: actor.to_owned(),
+        reason: request.reason.clone(),
+        created_at: em.now,
+        status: InterventionStatus::Applied,
+        error: None,
+        plan_version: em.state.version,
+        diff: Vec::new(),
+        dry_run: request.dry_run,
+    };
+    let checked = match request.expected_version {
+        Some(v) if v != em.state.version => Err(conflict(format!(
+            "expected plan version {v}, but the plan is at version {}",
+            em.state.version
+        ))),
+        _ => {
+            let mut copy = em.state.clone();
+            intervention::mutate(&mut copy, &request.kind, em.now).map(|()| copy)
+        }
+    };
+    match checked {
+        Ok(after) => {
+            record.diff = intervention::diff(em.state, &after);
+            record.plan_version = after.version;
+            if request.dry_run {
+                record.intervention_id = "dry-run".into();
+            } else {
+                em.emit(
+                    actor,
+                    EventKind::InterventionApplied {
+                        intervention: Box::new(record.clone()),
+                    },
+                    None,
+                );
+            }
+            (record, None)
+        }
+        Err(refusal) => {
+            record.status = InterventionStatus::Failed;
+            record.error = Some(refusal.message.clone());
+            if !request.dry_run {
+                em.emit(
+                    actor,
+                    EventKind::InterventionFailed {
+                        intervention: Box::new(record.clone()),
+                    },
+                    None,
+                );
+            }
+            (record, Some(refusal))
+        }
+    }
+}
+
+fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResult) {
+    let live = em.state.step(&step_id).filter(|s| {
+        s.rec.status == StepStatus::Running
+            && s.rec.attempts == attempt
+            && em.state.status != PlanStatus::Cancelled
+    });
+    let Some(step) = live else {
+        let (outcome, error) = match &result {
+            StepResult::Completed { .. } => ("completed", None),
+            StepResult::Failed { error, .. } => ("failed", Some(error.clone())),
+        };
+        em.emit(
+            SYSTEM_ACTOR,
+            EventKind::StepResultIgnored {
+                step_id,
+                attempt,
+                outcome: outcome.into(),
+                error,
+            },
+            None,
+        );
+        return;
+    };
+    let pause_after = step.def.pause_after;
+    let policy = step.def.retry_policy();
+    let run_attempts = step.rec.run_attempts;
+    match result {
+        StepResult::Completed { output, scores } => {
+            em.emit(
+                SYSTEM_ACTOR,
+                EventKind::StepCompleted {
+                    step_id: step_id.clone(),
+                    attempt,
+                    output,
+                    scores,
+                },
+                Some(CheckpointTrigger::Step),
+            );
+            if pause_after && em.state.status == PlanStatus::Running {
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::PlanPaused {
+                        reason: PauseReason::Breakpoint,
+                        mode: PauseMode::Boundary,
+                        step_id: Some(step_id),
+                        resume_at: None,
+                        note: Some("pause_after".into()),
+                    },
+                    Some(CheckpointTrigger::Pause),
+                );
+            }
+        }
+        StepResult::Failed { error, retryable } => {
+            if retryable && run_attempts < policy.max_attempts {
+                let retry_at = em.now + policy.backoff_micros(run_attempts + 1);
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::StepFailed {
+                        step_id,
+                        attempt,
+                        error,
+                        retry_at: Some(retry_at),
+                    },
+                    None,
+                );
+            } else {
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::StepFailed {
+                        step_id: step_id.clone(),
+                        attempt,
+                        error: error.clone(),
+                        retry_at: None,
+                    },
+                    Some(CheckpointTrigger::Step),
+                );
+                if matches!(em.state.status, PlanStatus::Running | PlanStatus::Paused) {
+                    em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+                }
+            }
+        }
+    }
+}
+
+/// Starts what can start, skips what its condition rules out, stops at breakpoints, completes
+/// a finished plan, and says when a paused plan has drained.
+fn advance(em: &mut Emitter<'_>) {
+    'rescan: loop {
+        match em.state.status {
+            PlanStatus::Running => {}
+            PlanStatus::Paused => {
+                if !em.state.drained && em.state.running_count() == 0 {
+                    em.emit(SYSTEM_ACTOR, EventKind::PlanDrained {}, None);
+                }
+                return;
+            }
+            _ => return,
+        }
+        if em.state.steps.iter().all(|s| s.rec.status.satisfies()) {
+            em.emit(SYSTEM_ACTOR, EventKind::PlanCompleted {}, None);
+            return;
+        }
+        let mut running = em.state.running_count();
+        let max = em.state.max_parallel as usize;
+        let statuses: Vec<StepStatus> = em.state.steps.iter().map(|s| s.rec.status).collect();
+        let ready: Vec<usize> = {
+            let map = em.state.status_map();
+            (0..em.state.steps.len())
+                .filter(|&i| {
+                    statuses[i] == StepStatus::Pending
+                        && em.state.steps[i].rec.retry_at.is_none_or(|t| t <= em.now)
+                        && em.state.deps_satisfied(i, &map)
+                })
+                .collect()
+        };
+        for i in ready {
+            if running >= max {
+                return;
+            }
+            let step = &em.state.steps[i];
+            let step_id = step.def.step_id.clone();
+            if let Some(when) = step.def.when.clone() {
+                match expr::eval_condition(&when, &em.state.template_context()) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        em.emit(
+                            SYSTEM_ACTOR,
+                            EventKind::StepSkipped {
+                                step_id,
+                                reason: format!("condition `{when}` is false"),
+                            },
+                            Some(CheckpointTrigger::Step),
+                        );
+                        continue 'rescan;
+                    }
+                    Err(e) => {
+                        let error = format!("condition `{when}` failed: {e}");
+                        let attempt = em.state.steps[i].rec.attempts;
+                        em.emit(
+                            SYSTEM_ACTOR,
+                            EventKind::StepFailed {
+                                step_id: step_id.clone(),
+                                attempt,
+                                error: error.clone(),
+                                retry_at: None,
+                            },
+                            Some(CheckpointTrigger::Step),
+                        );
+                        em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+                        return;
+                    }
+                }
+            }
+            let step = &em.state.steps[i];
+            if step.def.pause_before && !step.rec.breakpoint_passed {
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::PlanPaused {
+                        reason: PauseReason::Breakpoint,
+                        mode: PauseMode::Boundary,
+                        step_id: Some(step_id),
+                        resume_at: None,
+                        note: Some("pause_before".into()),
+                    },
+                    Some(CheckpointTrigger::Pause),
+                );
+                continue 'rescan;
+            }
+            let attempt = step.rec.attempts + 1;
+            let run = step.rec.run;
+            em.emit(
+                SYSTEM_ACTOR,
+                EventKind::StepStarted {
+                    step_id,
+                    attempt,
+                    run,
+                },
+                None,
+            );
+            running += 1;
+        }
+        return;
+    }
+}
+
+/// The attempts the engine must run after these events: `(step_id, attempt)`.
+pub fn dispatches(events: &[Event]) -> impl Iterator<Item = (&str, u32)> {
+    events.iter().filter_map(|e| match &e.kind {
+        EventKind::StepStarted {
+            step_id, attempt, ..
+        }
+        | EventKind::StepRecovered { step_id, attempt } => Some((step_id.as_str(), *attempt)),
+        _ => None,
+    })
+}

@@ -1,0 +1,318 @@
+//! Events: every change to a plan is one, appended to its log. The log is the source of truth;
+//! [`crate::state::PlanState`] is a fold over it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::intervention::Intervention;
+use crate::plan::Plan;
+use crate::state::{Materialized, PauseReason};
+
+/// Microseconds since the Unix epoch.
+pub type Micros = i64;
+
+/// One entry of a plan's log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Global id across all plans, assigned by the store (0 before it is stored).
+    pub id: u64,
+    pub seq: u64,
+    pub plan_id: String,
+    pub at: Micros,
+    pub actor: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// Set when this event is also a checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointMark>,
+}
+
+impl Event {
+    /// The id of the checkpoint this event carries, if any.
+    pub fn checkpoint_id(&self) -> Option<String> {
+        self.checkpoint.as_ref().map(|_| checkpoint_id(self.seq))
+    }
+}
+
+/// The id of the checkpoint at log position `seq` of its plan.
+pub fn checkpoint_id(seq: u64) -> String {
+    format!("cp-{seq}")
+}
+
+/// The log position a checkpoint id names, if it is well formed.
+pub fn checkpoint_seq(id: &str) -> Option<u64> {
+    id.strip_prefix("cp-")?.parse().ok().filter(|s| *s > 0)
+}
+
+/// Why a checkpoint was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointTrigger {
+    Initial,
+    Step,
+    Pause,
+    Manual,
+}
+
+impl CheckpointTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointTrigger::Initial => "initial",
+            CheckpointTrigger::Step => "step",
+            CheckpointTrigger::Pause => "pause",
+            CheckpointTrigger::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CheckpointTrigger> {
+        Some(match s {
+            "initial" => CheckpointTrigger::Initial,
+            "step" => CheckpointTrigger::Step,
+            "pause" => CheckpointTrigger::Pause,
+            "manual" => CheckpointTrigger::Manual,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMark {
+    pub trigger: CheckpointTrigger,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// How a pause treats steps already running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseMode {
+    /// Running steps finish and their results are recorded.
+    #[default]
+    Boundary,
+    /// Running steps are interrupted and go back to `pending`.
+    Immediate,
+}
+
+/// Where a plan that did not start from scratch came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    /// `fork` or `import`.
+    pub how: String,
+    pub plan_id: String,
+    pub checkpoint_id: String,
+    pub state: Materialized,
+}
+
+/// What happened. Serialised as `{"type": ..., "data": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum EventKind {
+    PlanRegistered {
+        definition: Plan,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<Box<Origin>>,
+    },
+    PlanStarted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    PlanPaused {
+        reason: PauseReason,
+        #[serde(default)]
+        mode: PauseMode,
+        /// The step a breakpoint paused at.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_at: Option<Micros>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// The last step running when the plan paused has ended: the plan is quiet.
+    PlanDrained {},
+    PlanResumed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    PlanCancelled {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    PlanCompleted {},
+    PlanFailed {
+        step_id: String,
+        error: String,
+    },
+    StepStarted {
+        step_id: String,
+        attempt: u32,
+        run: u32,
+    },
+    StepCompleted {
+        step_id: String,
+        attempt: u32,
+        output: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scores: Option<Map<String, Value>>,
+    },
+    StepFailed {
+        step_id: String,
+        attempt: u32,
+        error: String,
+        /// Set when the step will be tried again at that time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<Micros>,
+    },
+    /// A running attempt was stopped by an immediate pause or by recovery of a quiet plan.
+    StepInterrupted {
+        step_id: String,
+        attempt: u32,
+        cause: String,
+    },
+    StepSkipped {
+        step_id: String,
+        reason: String,
+    },
+    /// A step that was running when the process died is being run again (same attempt, same
+    /// idempotency key).
+    StepRecovered {
+        step_id: String,
+        attempt: u32,
+    },
+    /// A result that arrived after its attempt stopped counting (interrupted, cancelled,
+    /// restored): recorded for the audit trail, changes nothing.
+    StepResultIgnored {
+        step_id: String,
+        attempt: u32,
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    InterventionApplied {
+        intervention: Box<Intervention>,
+    },
+    InterventionFailed {
+        intervention: Box<Intervention>,
+    },
+    CheckpointCreated {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    CheckpointRestored {
+        checkpoint_id: String,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        restored: Box<Materialized>,
+    },
+    PlanForked {
+        checkpoint_id: String,
+        new_plan_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl EventKind {
+    /// The snake_case type name, e.g. `step_completed`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::PlanRegistered { .. } => "plan_registered",
+            EventKind::PlanStarted { .. } => "plan_started",
+            EventKind::PlanPaused { .. } => "plan_paused",
+            EventKind::PlanDrained {} => "plan_drained",
+            EventKind::PlanResumed { .. } => "plan_resumed",
+            EventKind::PlanCancelled { .. } => "plan_cancelled",
+            EventKind::PlanCompleted {} => "plan_completed",
+            EventKind::PlanFailed { .. } => "plan_failed",
+            EventKind::StepStarted { .. } => "step_started",
+            EventKind::StepCompleted { .. } => "step_completed",
+            EventKind::StepFailed { .. } => "step_failed",
+            EventKind::StepInterrupted { .. } => "step_interrupted",
+            EventKind::StepSkipped { .. } => "step_skipped",
+            EventKind::StepRecovered { .. } => "step_recovered",
+            EventKind::StepResultIgnored { .. } => "step_result_ignored",
+            EventKind::InterventionApplied { .. } => "intervention_applied",
+            EventKind::InterventionFailed { .. } => "intervention_failed",
+            EventKind::CheckpointCreated { .. } => "checkpoint_created",
+            EventKind::CheckpointRestored { .. } => "checkpoint_restored",
+            EventKind::PlanForked { .. } => "plan_forked",
+        }
+    }
+
+    /// The event's `data` as a JSON string (what a store keeps beside the type name).
+    pub fn data_json(&self) -> String {
+        // Adjacently tagged enums serialise as {"type":"…","data":…} in that order.
+        let whole = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        let prefix = format!("{{\"type\":\"{}\",\"data\":", self.type_name());
+        match whole
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix('}'))
+        {
+            Some(data) => data.to_owned(),
+            None => serde_json::to_value(self)
+                .ok()
+                .and_then(|v| v.get("data").map(Value::to_string))
+                .unwrap_or_else(|| "{}".into()),
+        }
+    }
+
+    /// Rebuilds a kind from its type name and data JSON.
+    pub fn from_parts(kind: &str, data: &str) -> Result<EventKind, String> {
+        let whole = format!("{{\"type\":{},\"data\":{}}}", Value::from(kind), data);
+        serde_json::from_str(&whole).map_err(|e| format!("event of type {kind}: {e}"))
+    }
+
+    /// The step an event is about, if any.
+    pub fn step_id(&self) -> Option<&str> {
+        match self {
+            EventKind::StepStarted { step_id, .. }
+            | EventKind::StepCompleted { step_id, .. }
+            | EventKind::StepFailed { step_id, .. }
+            | EventKind::StepInterrupted { step_id, .. }
+            | EventKind::StepSkipped { step_id, .. }
+            | EventKind::StepRecovered { step_id, .. }
+            | EventKind::StepResultIgnored { step_id, .. }
+            | EventKind::PlanFailed { step_id, .. } => Some(step_id),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_round_trips_through_parts() {
+        let kind = EventKind::StepFailed {
+            step_id: "s".into(),
+            attempt: 2,
+            error: "boom \"quoted\"".into(),
+            retry_at: Some(5),
+        };
+        let data = kind.data_json();
+        assert_eq!(
+            data,
+            r#"{"step_id":"s","attempt":2,"error":"boom \"quoted\"","retry_at":5}"#
+        );
+        assert_eq!(
+            EventKind::from_parts(kind.type_name(), &data).unwrap(),
+            kind
+        );
+        let drained = EventKind::PlanDrained {};
+        assert_eq!(
+            EventKind::from_parts("plan_drained", &drained.data_json()).unwrap(),
+            drained
+        );
+    }
+
+    #[test]
+    fn checkpoint_ids_name_their_position() {
+        assert_eq!(checkpoint_seq(&checkpoint_id(42)), Some(42));
+        assert_eq!(checkpoint_seq("cp-0"), None);
+        assert_eq!(checkpoint_seq("42"), None);
+    }
+}

@@ -1,0 +1,558 @@
+//! Interventions: an operator changing a plan while it exists (DESIGN §2).
+//!
+//! [`mutate`] is the one function that applies an intervention to a state. `decide` runs it on a
+//! copy to validate the request and compute the diff; the fold runs it again on the live state
+//! when it applies `intervention_applied`. One function, so the two can never disagree.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::Micros;
+use crate::plan::{Invalid, StepDef};
+use crate::state::{PauseReason, PlanState, PlanStatus, Step, StepRecord, StepStatus};
+use crate::{Refusal, RefusalKind};
+
+/// What an operator asks. Serialised with a `type` tag, e.g. `{"type": "skip_step", "step_id": "s"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InterventionKind {
+    SkipStep {
+        step_id: String,
+    },
+    RetryStep {
+        step_id: String,
+    },
+    ModifyStep {
+        step_id: String,
+        patch: Value,
+    },
+    AddStep {
+        step: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<String>,
+    },
+    RemoveStep {
+        step_id: String,
+    },
+    ReorderSteps {
+        order: Vec<String>,
+    },
+    RerunFrom {
+        step_id: String,
+    },
+    ApproveStep {
+        step_id: String,
+    },
+    RejectStep {
+        step_id: String,
+    },
+}
+
+impl InterventionKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            InterventionKind::SkipStep { .. } => "skip_step",
+            InterventionKind::RetryStep { .. } => "retry_step",
+            InterventionKind::ModifyStep { .. } => "modify_step",
+            InterventionKind::AddStep { .. } => "add_step",
+            InterventionKind::RemoveStep { .. } => "remove_step",
+            InterventionKind::ReorderSteps { .. } => "reorder_steps",
+            InterventionKind::RerunFrom { .. } => "rerun_from",
+            InterventionKind::ApproveStep { .. } => "approve_step",
+            InterventionKind::RejectStep { .. } => "reject_step",
+        }
+    }
+
+    /// The step the intervention is about (for `add_step`, the new step's id).
+    pub fn step_id(&self) -> Option<String> {
+        match self {
+            InterventionKind::SkipStep { step_id }
+            | InterventionKind::RetryStep { step_id }
+            | InterventionKind::ModifyStep { step_id, .. }
+            | InterventionKind::RemoveStep { step_id }
+            | InterventionKind::RerunFrom { step_id }
+            | InterventionKind::ApproveStep { step_id }
+            | InterventionKind::RejectStep { step_id } => Some(step_id.clone()),
+            InterventionKind::AddStep { step, .. } => step
+                .get("step_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            InterventionKind::ReorderSteps { .. } => None,
+        }
+    }
+}
+
+/// An intervention request with its envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterventionRequest {
+    pub kind: InterventionKind,
+    pub expected_version: Option<u64>,
+    pub reason: Option<String>,
+    pub dry_run: bool,
+}
+
+impl InterventionRequest {
+    /// Parses the HTTP/CLI body: `{"type", "step_id"?, "expected_version"?, "reason"?,
+    /// "dry_run"?, ...}`. A `user` field is accepted and ignored (the caller's identity is not
+    /// the caller's to claim).
+    pub fn from_body(body: Value) -> Result<InterventionRequest, Invalid> {
+        let Value::Object(mut map) = body else {
+            return Err(Invalid::one("", "an intervention must be a JSON object"));
+        };
+        map.remove("user");
+        let expected_version = match map.remove("expected_version") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                Invalid::one("expected_version", "must be a non-negative integer")
+            })?),
+        };
+        let reason = match map.remove("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() <= 4096 => Some(s),
+            Some(Value::String(_)) => {
+                return Err(Invalid::one("reason", "is longer than 4096 bytes"))
+            }
+            Some(_) => return Err(Invalid::one("reason", "must be a string")),
+        };
+        let dry_run = match map.remove("dry_run") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(Invalid::one("dry_run", "must be true or false")),
+        };
+        if !map.contains_key("type") {
+            return Err(Invalid::one(
+                "type",
+                "missing; one of skip_step, retry_step, modify_step, add_step, remove_step, reorder_steps, rerun_from, approve_step, reject_step",
+            ));
+        }
+        let kind: InterventionKind = serde_json::from_value(Value::Object(map))
+            .map_err(|e| Invalid::one("", format!("not a valid intervention: {e}")))?;
+        Ok(InterventionRequest {
+            kind,
+            expected_version,
+            reason,
+            dry_run,
+        })
+    }
+}
+
+/// `applied` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterventionStatus {
+    Applied,
+    Failed,
+}
+
+/// One field that an intervention changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub path: String,
+    pub before: Value,
+    pub after: Value,
+}
+
+/// The record of an intervention, applied or refused (DESIGN §1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intervention {
+    pub intervention_id: String,
+    pub plan_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    #[serde(rename = "payload")]
+    pub request: InterventionKind,
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: Micros,
+    pub status: InterventionStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The plan version after the intervention (unchanged when refused).
+    pub plan_version: u64,
+    pub diff: Vec<Change>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+fn conflict(message: impl Into<String>) -> Refusal {
+    Refusal::new(RefusalKind::Conflict, message)
+}
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal::new(RefusalKind::Invalid, message)
+}
+
+fn find(state: &PlanState, step_id: &str) -> Result<usize, Refusal> {
+    state.index_of(step_id).ok_or_else(|| {
+        invalid(format!(
+            "step {step_id} does not exist in plan {}",
+            state.plan_id
+        ))
+    })
+}
+
+fn status_name(s: StepStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// After retry, skip or rerun on a failed or completed plan: if no failed step is left, the plan
+/// pauses (reason `intervention`) so the operator resumes it when ready.
+fn reopen_if_settled(state: &mut PlanState) {
+    if matches!(state.status, PlanStatus::Failed | PlanStatus::Completed)
+        && !state
+            .steps
+            .iter()
+            .any(|s| s.rec.status == StepStatus::Failed)
+    {
+        state.status = PlanStatus::Paused;
+        state.pause_reason = Some(PauseReason::Intervention);
+        state.failure = None;
+        state.drained = state.running_count() == 0;
+        state.resume_at = None;
+    }
+}
+
+fn revalidate(state: &PlanState) -> Result<(), Refusal> {
+    state
+        .definition()
+        .validate()
+        .map_err(|e| invalid(format!("the plan would be invalid: {e}")))
+}
+
+fn parse_step(value: &Value) -> Result<StepDef, Refusal> {
+    serde_json::from_value::<StepDef>(value.clone())
+        .map_err(|e| invalid(format!("not a valid step: {e}")))
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+const PATCHABLE: &[&str] = &[
+    "action",
+    "agent_type",
+    "params",
+    "retry",
+    "timeout_ms",
+    "when",
+    "depends_on",
+    "quality_gate",
+    "pause_before",
+    "pause_after",
+];
+
+/// Applies an intervention to `state`. On `Err` the state may be half changed: callers run it on
+/// a copy first (decide) and only replay accepted ones on the live state (fold).
+pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Result<(), Refusal> {
+    if state.status == PlanStatus::Cancelled {
+        return Err(conflict(format!(
+            "plan {} is cancelled; a cancelled plan cannot be changed",
+            state.plan_id
+        )));
+    }
+    let structural = matches!(
+        kind,
+        InterventionKind::ModifyStep { .. }
+            | InterventionKind::AddStep { .. }
+            | InterventionKind::RemoveStep { .. }
+            | InterventionKind::ReorderSteps { .. }
+    );
+    if structural && state.status.is_terminal() {
+        return Err(conflict(format!(
+            "plan {} is {}; its definition can no longer change (retry_step, skip_step or rerun_from reopen it)",
+            state.plan_id,
+            state.status.as_str()
+        )));
+    }
+    match kind {
+        InterventionKind::SkipStep { step_id } => {
+            let i = find(state, step_id)?;
+            let rec = &mut state.steps[i].rec;
+            if !matches!(
+                rec.status,
+                StepStatus::Pending | StepStatus::Failed | StepStatus::AwaitingReview
+            ) {
+                return Err(conflict(format!(
+                    "step {step_id} is {}; only a pending, failed or awaiting_review step can be skipped",
+                    status_name(rec.status)
+                )));
+            }
+            rec.status = StepStatus::Skipped;
+            rec.retry_at = None;
+            reopen_if_settled(state);
+        }
+        InterventionKind::RetryStep { step_id } => {
+            let i = find(state, step_id)?;
+            let rec = &mut state.steps[i].rec;
+            if !matches!(
+                rec.status,
+                StepStatus::Failed | StepStatus::Cancelled | StepStatus::Completed
+            ) {
+                return Err(conflict(format!(
+                    "step {step_id} is {}; only a failed, cancelled or completed step can be retried",
+                    status_name(rec.status)
+                )));
+            }
+            rec.rerun();
+            reopen_if_settled(state);
+        }
+        InterventionKind::RerunFrom { step_id } => {
+            let i = find(state, step_id)?;
+            let status = state.steps[i].rec.status;
+            if !status.has_ended() {
+                return Err(conflict(format!(
+                    "step {step_id} is {}; rerun_from needs a step that has ended",
+                    status_name(status)
+                )));
+            }
+            let mut targets = state.downstream_of(i);
+            targets.push(i);
+            for j in targets {
+                let rec = &mut state.steps[j].rec;
+                if rec.status != StepStatus::Pending || rec.retry_at.is_some() {
+                    rec.rerun();
+                }
+            }
+            reopen_if_settled(state);
+        }
+        InterventionKind::ModifyStep { step_id, patch } => {
+            let i = find(state, step_id)?;
+            let status = state.steps[i].rec.status;
+            if !matches!(status, StepStatus::Pending | StepStatus::Failed) {
+                return Err(conflict(format!(
+                    "step {step_id} is {}; only a pending or failed step can be modified",
+                    status_name(status)
+                )));
+            }
+            let Value::Object(fields) = patch else {
+                return Err(invalid("patch must be a JSON object"));
+            };
+            if fields.is_empty() {
+                return Err(invalid("patch is empty"));
+            }
+            for key in fields.keys() {
+                if !PATCHABLE.contains(&key.as_str()) {
+                    return Err(invalid(format!(
+                        "patch field {key:?} cannot be modified; allowed: {}",
+                        PATCHABLE.join(", ")
+                    )));
+                }
+            }
+            let mut doc = serde_json::to_value(&state.steps[i].def)
+                .map_err(|e| invalid(format!("step {step_id}: {e}")))?;
+            merge_patch(&mut doc, patch);
+            let def = parse_step(&doc)?;
+            let faults = def.check();
+            if !faults.is_empty() {
+                return Err(invalid(format!(
+                    "the modified step is invalid: {}",
+                    Invalid { faults }
+                )));
+            }
+            state.steps[i].def = def;
+            revalidate(state)?;
+            state.version += 1;
+        }
+        InterventionKind::AddStep {
+            step,
+            after,
+            before,
+        } => {
+            let def = parse_step(step)?;
+            let faults = def.check();
+            if !faults.is_empty() {
+                return Err(invalid(format!(
+                    "the new step is invalid: {}",
+                    Invalid { faults }
+                )));
+            }
+            if state.index_of(&def.step_id).is_some() {
+                return Err(conflict(format!(
+                    "step {} already exists in plan {}",
+                    def.step_id, state.plan_id
+                )));
+            }
+            let at = match (after, before) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid("give one of after and before, not both"))
+                }
+                (Some(a), None) => find(state, a)? + 1,
+                (None, Some(b)) => find(state, b)?,
+                (None, None) => state.steps.len(),
+            };
+            state.steps.insert(
+                at,
+                Step {
+                    def,
+                    rec: StepRecord::new(),
+                },
+            );
+            revalidate(state)?;
+            state.version += 1;
+            if state.status == PlanStatus::Paused && state.pause_reason.is_none() {
+                state.pause_reason = Some(PauseReason::Intervention);
+            }
+        }
+        InterventionKind::RemoveStep { step_id } => {
+            let i = find(state, step_id)?;
+            let status = state.steps[i].rec.status;
+            if status != StepStatus::Pending {
+                return Err(conflict(format!(
+                    "step {step_id} is {}; only a pending step can be removed",
+                    status_name(status)
+                )));
+            }
+            if let Some(dependent) = state.steps.iter().find(|s| {
+                s.def
+                    .depends_on
+                    .as_ref()
+                    .is_some_and(|d| d.iter().any(|d| d == step_id))
+            }) {
+                return Err(conflict(format!(
+                    "step {} depends on {step_id}; modify or remove it first",
+                    dependent.def.step_id
+                )));
+            }
+            if state.steps.len() == 1 {
+                return Err(conflict("a plan needs at least one step"));
+            }
+            state.steps.remove(i);
+            revalidate(state)?;
+            state.version += 1;
+        }
+        InterventionKind::ReorderSteps { order } => {
+            let pending: Vec<usize> = (0..state.steps.len())
+                .filter(|&i| state.steps[i].rec.status == StepStatus::Pending)
+                .collect();
+            let mut wanted: Vec<&str> = order.iter().map(String::as_str).collect();
+            let mut have: Vec<&str> = pending
+                .iter()
+                .map(|&i| state.steps[i].def.step_id.as_str())
+                .collect();
+            wanted.sort_unstable();
+            have.sort_unstable();
+            if wanted != have {
+                return Err(invalid(format!(
+                    "order must be a permutation of the pending steps [{}]",
+                    pending
+                        .iter()
+                        .map(|&i| state.steps[i].def.step_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let mut moved: Vec<Step> = Vec::with_capacity(order.len());
+            for id in order {
+                if let Some(i) = state.index_of(id) {
+                    moved.push(state.steps[i].clone());
+                }
+            }
+            for (slot, step) in pending.iter().zip(moved) {
+                state.steps[*slot] = step;
+            }
+            for (pos, s) in state.steps.iter().enumerate() {
+                for dep in s.def.depends_on.iter().flatten() {
+                    if let Some(dpos) = state.index_of(dep) {
+                        if dpos > pos {
+                            return Err(invalid(format!(
+                                "step {} would come before {dep}, which it depends on",
+                                s.def.step_id
+                            )));
+                        }
+                    }
+                }
+            }
+            revalidate(state)?;
+            state.version += 1;
+        }
+        InterventionKind::ApproveStep { .. } | InterventionKind::RejectStep { .. } => {
+            return Err(conflict(
+                "approve_step and reject_step need quality gates, which are not supported yet",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A JSON view of what interventions can change, for diffs.
+fn view(state: &PlanState) -> Value {
+    let mut steps = Map::new();
+    for s in &state.steps {
+        let mut v = serde_json::to_value(&s.def).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.remove("step_id");
+            m.insert("status".into(), Value::String(status_name(s.rec.status)));
+            m.insert("run".into(), Value::from(s.rec.run));
+        }
+        steps.insert(s.def.step_id.clone(), v);
+    }
+    serde_json::json!({
+        "status": state.status.as_str(),
+        "version": state.version,
+        "order": state.steps.iter().map(|s| s.def.step_id.as_str()).collect::<Vec<_>>(),
+        "steps": steps,
+    })
+}
+
+/// Every field that differs between two states, as `path: before -> after`.
+pub fn diff(before: &PlanState, after: &PlanState) -> Vec<Change> {
+    let mut out = Vec::new();
+    diff_values("", &view(before), &view(after), &mut out);
+    out
+}
+
+fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                diff_values(&p, va, y.get(k).unwrap_or(&Value::Null), out);
+            }
+            for (k, vb) in y {
+                if !x.contains_key(k) {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    diff_values(&p, &Value::Null, vb, out);
+                }
+            }
+        }
+        _ if a != b => out.push(Change {
+            path: path.to_owned(),
+            before: a.clone(),
+            after: b.clone(),
+        }),
+        _ => {}
+    }
+}

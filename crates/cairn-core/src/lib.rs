@@ -1,0 +1,56 @@
+//! cairn's pure core.
+//!
+//! - [`plan`]: the plan document and its validation.
+//! - [`event`]: the events a plan's log is made of.
+//! - [`state`]: a plan's state as a fold over its events.
+//! - [`decide`]: commands in, events (or a refusal) out.
+//! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`expr`]: `{{ }}` templates and `when:` conditions.
+//!
+//! Architecture invariant: nothing in this crate does IO, reads a clock or draws a random number.
+//! Time comes in as [`decide::Ctx::now`]; ids are derived from log positions. Replaying the same
+//! events always gives the same state.
+
+pub mod decide;
+pub mod event;
+pub mod expr;
+pub mod intervention;
+pub mod plan;
+pub mod state;
+
+pub use decide::{handle, Command, Ctx, Decision, StepResult};
+pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, PauseMode};
+pub use intervention::{Intervention, InterventionKind, InterventionRequest};
+pub use plan::{Fault, Format, Invalid, Plan, StepDef};
+pub use state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
+
+/// Why a command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The plan's state does not allow it (HTTP 409).
+    Conflict,
+    /// The request itself is malformed or would make the plan invalid (HTTP 422).
+    Invalid,
+}
+
+/// A refused command: its kind and a message that names the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Refusal {
+        Refusal {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The idempotency key of a step's run: `plan_id/step_id/run`.
+pub fn idempotency_key(plan_id: &str, step_id: &str, run: u32) -> String {
+    format!("{plan_id}/{step_id}/{run}")
+}

@@ -1,0 +1,592 @@
+//! The state of a plan: a pure fold over its events ([`PlanState::apply`]).
+//!
+//! Invariant: for any log, folding it from [`PlanState::empty`] gives the same state the engine
+//! held live when it wrote that log. Nothing here reads a clock or does IO.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::{Event, EventKind, Micros};
+use crate::intervention;
+use crate::plan::{effective_deps, Plan, StepDef};
+
+/// The six plan states (DESIGN §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStatus {
+    Idle,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl PlanStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanStatus::Idle => "idle",
+            PlanStatus::Running => "running",
+            PlanStatus::Paused => "paused",
+            PlanStatus::Completed => "completed",
+            PlanStatus::Failed => "failed",
+            PlanStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PlanStatus> {
+        Some(match s {
+            "idle" => PlanStatus::Idle,
+            "running" => PlanStatus::Running,
+            "paused" => PlanStatus::Paused,
+            "completed" => PlanStatus::Completed,
+            "failed" => PlanStatus::Failed,
+            "cancelled" => PlanStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Completed, failed or cancelled.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            PlanStatus::Completed | PlanStatus::Failed | PlanStatus::Cancelled
+        )
+    }
+}
+
+/// Why a paused plan is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    Operator,
+    ReviewRequired,
+    Restored,
+    Intervention,
+    Breakpoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Skipped,
+    AwaitingReview,
+    Cancelled,
+}
+
+impl StepStatus {
+    /// Has the step ended (for `rerun_from`)?
+    pub fn has_ended(self) -> bool {
+        matches!(
+            self,
+            StepStatus::Completed
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+        )
+    }
+
+    /// Does the step let its dependents run?
+    pub fn satisfies(self) -> bool {
+        matches!(self, StepStatus::Completed | StepStatus::Skipped)
+    }
+}
+
+/// What happened to one step so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub status: StepStatus,
+    /// Attempts ever started, across runs and restores; the number of the latest attempt.
+    pub attempts: u32,
+    /// Bumped by retry and rerun interventions; part of the idempotency key.
+    pub run: u32,
+    /// Attempts that count against the retry policy in this run.
+    pub run_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Micros>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Micros>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A failed attempt waits until then before the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Micros>,
+    /// The `pause_before` breakpoint of this step has already paused the plan once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub breakpoint_passed: bool,
+}
+
+impl StepRecord {
+    pub fn new() -> StepRecord {
+        StepRecord {
+            status: StepStatus::Pending,
+            attempts: 0,
+            run: 1,
+            run_attempts: 0,
+            started_at: None,
+            ended_at: None,
+            output: None,
+            scores: None,
+            error: None,
+            retry_at: None,
+            breakpoint_passed: false,
+        }
+    }
+
+    /// Back to pending for another run (retry and rerun interventions).
+    pub(crate) fn rerun(&mut self) {
+        self.status = StepStatus::Pending;
+        self.run += 1;
+        self.run_attempts = 0;
+        self.output = None;
+        self.scores = None;
+        self.error = None;
+        self.retry_at = None;
+        self.ended_at = None;
+        self.breakpoint_passed = false;
+    }
+}
+
+impl Default for StepRecord {
+    fn default() -> Self {
+        StepRecord::new()
+    }
+}
+
+/// A step: its definition and its record, kept together so they cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub def: StepDef,
+    pub rec: StepRecord,
+}
+
+/// The part of a plan's state a checkpoint restores: definition, version and step records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Materialized {
+    pub query: String,
+    #[serde(default)]
+    pub metadata: Value,
+    pub max_parallel: u32,
+    pub version: u64,
+    pub steps: Vec<Step>,
+}
+
+/// Everything the engine knows about a plan, derived from its events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanState {
+    pub plan_id: String,
+    pub query: String,
+    pub metadata: Value,
+    pub max_parallel: u32,
+    pub steps: Vec<Step>,
+    /// Bumped by every change of the definition.
+    pub version: u64,
+    pub status: PlanStatus,
+    pub pause_reason: Option<PauseReason>,
+    /// A paused plan resumes by itself then.
+    pub resume_at: Option<Micros>,
+    /// Paused and no step still running.
+    pub drained: bool,
+    /// Last applied seq.
+    pub seq: u64,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+    /// Why the plan failed.
+    pub failure: Option<String>,
+    pub origin: Option<OriginRef>,
+}
+
+/// Where a forked or imported plan came from (without the copied state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginRef {
+    pub how: String,
+    pub plan_id: String,
+    pub checkpoint_id: String,
+}
+
+impl PlanState {
+    /// The state before any event.
+    pub fn empty(plan_id: &str) -> PlanState {
+        PlanState {
+            plan_id: plan_id.to_owned(),
+            query: String::new(),
+            metadata: Value::Null,
+            max_parallel: 8,
+            steps: Vec::new(),
+            version: 0,
+            status: PlanStatus::Idle,
+            pause_reason: None,
+            resume_at: None,
+            drained: true,
+            seq: 0,
+            created_at: 0,
+            updated_at: 0,
+            failure: None,
+            origin: None,
+        }
+    }
+
+    /// Folds a whole log.
+    pub fn replay<'a>(plan_id: &str, events: impl IntoIterator<Item = &'a Event>) -> PlanState {
+        let mut state = PlanState::empty(plan_id);
+        for e in events {
+            state.apply(e);
+        }
+        state
+    }
+
+    pub fn index_of(&self, step_id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.def.step_id == step_id)
+    }
+
+    pub fn step(&self, step_id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.def.step_id == step_id)
+    }
+
+    fn step_mut(&mut self, step_id: &str) -> Option<&mut Step> {
+        self.steps.iter_mut().find(|s| s.def.step_id == step_id)
+    }
+
+    /// The current definition as a plan document.
+    pub fn definition(&self) -> Plan {
+        Plan {
+            plan_id: Some(self.plan_id.clone()),
+            query: self.query.clone(),
+            metadata: self.metadata.clone(),
+            max_parallel: self.max_parallel,
+            steps: self.steps.iter().map(|s| s.def.clone()).collect(),
+        }
+    }
+
+    pub fn materialize(&self) -> Materialized {
+        Materialized {
+            query: self.query.clone(),
+            metadata: self.metadata.clone(),
+            max_parallel: self.max_parallel,
+            version: self.version,
+            steps: self.steps.clone(),
+        }
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.rec.status == StepStatus::Running)
+            .count()
+    }
+
+    pub fn ids_with(&self, status: StepStatus) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter(|s| s.rec.status == status)
+            .map(|s| s.def.step_id.clone())
+            .collect()
+    }
+
+    /// Index of the first step not yet completed or skipped (`total` when all are).
+    pub fn current_step_index(&self) -> usize {
+        self.steps
+            .iter()
+            .position(|s| !s.rec.status.satisfies())
+            .unwrap_or(self.steps.len())
+    }
+
+    /// The next moment a timer must wake this plan (a retry backoff or `resume_at`).
+    pub fn next_wake(&self) -> Option<Micros> {
+        let retry = if self.status == PlanStatus::Running {
+            self.steps
+                .iter()
+                .filter(|s| s.rec.status == StepStatus::Pending)
+                .filter_map(|s| s.rec.retry_at)
+                .min()
+        } else {
+            None
+        };
+        let resume = if self.status == PlanStatus::Paused {
+            self.resume_at
+        } else {
+            None
+        };
+        match (retry, resume) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What `{{ }}` templates and `when:` conditions see.
+    pub fn template_context(&self) -> Value {
+        let mut steps = Map::new();
+        for s in &self.steps {
+            if s.rec.status.has_ended() {
+                let mut m = Map::new();
+                m.insert(
+                    "status".into(),
+                    serde_json::to_value(s.rec.status).unwrap_or(Value::Null),
+                );
+                m.insert("output".into(), s.rec.output.clone().unwrap_or(Value::Null));
+                if let Some(scores) = &s.rec.scores {
+                    m.insert("scores".into(), Value::Object(scores.clone()));
+                }
+                steps.insert(s.def.step_id.clone(), Value::Object(m));
+            }
+        }
+        let mut ctx = Map::new();
+        ctx.insert("plan_id".into(), Value::String(self.plan_id.clone()));
+        ctx.insert("query".into(), Value::String(self.query.clone()));
+        ctx.insert("metadata".into(), self.metadata.clone());
+        ctx.insert("steps".into(), Value::Object(steps));
+        Value::Object(ctx)
+    }
+
+    /// Statuses by step id, for dependency checks.
+    pub(crate) fn status_map(&self) -> HashMap<&str, StepStatus> {
+        self.steps
+            .iter()
+            .map(|s| (s.def.step_id.as_str(), s.rec.status))
+            .collect()
+    }
+
+    /// Are all of `steps[index]`'s dependencies satisfied?
+    pub(crate) fn deps_satisfied(
+        &self,
+        index: usize,
+        statuses: &HashMap<&str, StepStatus>,
+    ) -> bool {
+        match &self.steps[index].def.depends_on {
+            Some(deps) => deps
+                .iter()
+                .all(|d| statuses.get(d.as_str()).is_some_and(|s| s.satisfies())),
+            None if index == 0 => true,
+            None => self.steps[index - 1].rec.status.satisfies(),
+        }
+    }
+
+    /// The indices of the steps that depend, directly or not, on `steps[index]`.
+    pub fn downstream_of(&self, index: usize) -> Vec<usize> {
+        let defs: Vec<StepDef> = self.steps.iter().map(|s| s.def.clone()).collect();
+        let mut marked = vec![false; defs.len()];
+        marked[index] = true;
+        // Dependencies can point anywhere in the list, so iterate to a fixed point.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for i in 0..defs.len() {
+                if !marked[i]
+                    && effective_deps(&defs, i).iter().any(|d| {
+                        defs.iter()
+                            .position(|s| s.step_id == *d)
+                            .is_some_and(|j| marked[j])
+                    })
+                {
+                    marked[i] = true;
+                    changed = true;
+                }
+            }
+        }
+        (0..defs.len())
+            .filter(|&i| i != index && marked[i])
+            .collect()
+    }
+
+    /// Applies one event. Events are facts: applying never fails; an event that does not fit
+    /// the state (which the engine never writes) changes nothing but `seq`.
+    pub fn apply(&mut self, event: &Event) {
+        self.seq = event.seq;
+        self.updated_at = event.at;
+        let at = event.at;
+        match &event.kind {
+            EventKind::PlanRegistered { definition, origin } => {
+                self.created_at = at;
+                self.query = definition.query.clone();
+                self.metadata = definition.metadata.clone();
+                self.max_parallel = definition.max_parallel;
+                self.version = 1;
+                self.steps = definition
+                    .steps
+                    .iter()
+                    .map(|d| Step {
+                        def: d.clone(),
+                        rec: StepRecord::new(),
+                    })
+                    .collect();
+                if let Some(origin) = origin {
+                    self.load(&origin.state);
+                    self.version = origin.state.version;
+                    self.status = PlanStatus::Paused;
+                    self.pause_reason = Some(PauseReason::Restored);
+                    self.origin = Some(OriginRef {
+                        how: origin.how.clone(),
+                        plan_id: origin.plan_id.clone(),
+                        checkpoint_id: origin.checkpoint_id.clone(),
+                    });
+                }
+            }
+            EventKind::PlanStarted { .. } | EventKind::PlanResumed { .. } => {
+                self.status = PlanStatus::Running;
+                self.pause_reason = None;
+                self.resume_at = None;
+                self.drained = false;
+            }
+            EventKind::PlanPaused {
+                reason,
+                resume_at,
+                step_id,
+                ..
+            } => {
+                self.status = PlanStatus::Paused;
+                self.pause_reason = Some(*reason);
+                self.resume_at = *resume_at;
+                self.drained = false;
+                if let (PauseReason::Breakpoint, Some(id)) = (reason, step_id) {
+                    if let Some(s) = self.step_mut(id) {
+                        if s.rec.status == StepStatus::Pending {
+                            s.rec.breakpoint_passed = true;
+                        }
+                    }
+                }
+            }
+            EventKind::PlanDrained {} => self.drained = true,
+            EventKind::PlanCancelled { .. } => {
+                self.status = PlanStatus::Cancelled;
+                self.pause_reason = None;
+                self.resume_at = None;
+                for s in &mut self.steps {
+                    if matches!(
+                        s.rec.status,
+                        StepStatus::Pending | StepStatus::Running | StepStatus::AwaitingReview
+                    ) {
+                        s.rec.status = StepStatus::Cancelled;
+                        s.rec.ended_at = Some(at);
+                        s.rec.retry_at = None;
+                    }
+                }
+            }
+            EventKind::PlanCompleted {} => {
+                self.status = PlanStatus::Completed;
+                self.pause_reason = None;
+            }
+            EventKind::PlanFailed { error, step_id } => {
+                self.status = PlanStatus::Failed;
+                self.pause_reason = None;
+                self.resume_at = None;
+                self.failure = Some(format!("step {step_id} failed: {error}"));
+            }
+            EventKind::StepStarted {
+                step_id, attempt, ..
+            } => {
+                if let Some(s) = self.step_mut(step_id) {
+                    s.rec.status = StepStatus::Running;
+                    s.rec.attempts = *attempt;
+                    s.rec.run_attempts += 1;
+                    s.rec.started_at = Some(at);
+                    s.rec.ended_at = None;
+                    s.rec.retry_at = None;
+                }
+            }
+            EventKind::StepCompleted {
+                step_id,
+                output,
+                scores,
+                ..
+            } => {
+                if let Some(s) = self.step_mut(step_id) {
+                    s.rec.status = StepStatus::Completed;
+                    s.rec.output = Some(output.clone());
+                    s.rec.scores = scores.clone();
+                    s.rec.error = None;
+                    s.rec.ended_at = Some(at);
+                }
+            }
+            EventKind::StepFailed {
+                step_id,
+                error,
+                retry_at,
+                ..
+            } => {
+                if let Some(s) = self.step_mut(step_id) {
+                    s.rec.error = Some(error.clone());
+                    s.rec.ended_at = Some(at);
+                    match retry_at {
+                        Some(t) => {
+                            s.rec.status = StepStatus::Pending;
+                            s.rec.retry_at = Some(*t);
+                        }
+                        None => s.rec.status = StepStatus::Failed,
+                    }
+                }
+            }
+            EventKind::StepInterrupted { step_id, .. } => {
+                if let Some(s) = self.step_mut(step_id) {
+                    if s.rec.status == StepStatus::Running {
+                        s.rec.status = StepStatus::Pending;
+                        s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
+                        s.rec.ended_at = Some(at);
+                    }
+                }
+            }
+            EventKind::StepSkipped { step_id, .. } => {
+                if let Some(s) = self.step_mut(step_id) {
+                    s.rec.status = StepStatus::Skipped;
+                    s.rec.ended_at = Some(at);
+                    s.rec.retry_at = None;
+                }
+            }
+            EventKind::InterventionApplied { intervention } => {
+                // The same pure function decide() ran to validate it; it cannot fail here on a
+                // log the engine wrote.
+                let _ = intervention::mutate(self, &intervention.request, at);
+            }
+            EventKind::CheckpointRestored { restored, .. } => {
+                let version = self.version.max(restored.version) + 1;
+                let attempts: HashMap<String, u32> = self
+                    .steps
+                    .iter()
+                    .map(|s| (s.def.step_id.clone(), s.rec.attempts))
+                    .collect();
+                self.load(restored);
+                for s in &mut self.steps {
+                    // Attempt numbers keep counting, so a late result of an attempt started
+                    // before the restore can never be mistaken for a new one.
+                    if let Some(&n) = attempts.get(&s.def.step_id) {
+                        s.rec.attempts = s.rec.attempts.max(n);
+                    }
+                }
+                self.version = version;
+                self.status = PlanStatus::Paused;
+                self.pause_reason = Some(PauseReason::Restored);
+                self.resume_at = None;
+                self.failure = None;
+                self.drained = true;
+            }
+            EventKind::StepRecovered { .. }
+            | EventKind::StepResultIgnored { .. }
+            | EventKind::InterventionFailed { .. }
+            | EventKind::CheckpointCreated { .. }
+            | EventKind::PlanForked { .. } => {}
+        }
+    }
+
+    /// Loads a materialised state; steps that were running in it go back to pending.
+    fn load(&mut self, m: &Materialized) {
+        self.query = m.query.clone();
+        self.metadata = m.metadata.clone();
+        self.max_parallel = m.max_parallel;
+        self.steps = m.steps.clone();
+        for s in &mut self.steps {
+            if s.rec.status == StepStatus::Running {
+                s.rec.status = StepStatus::Pending;
+                s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
+            }
+        }
+    }
+}
