@@ -229,8 +229,13 @@ pub trait Store: Send + Sync + 'static {
     /// Takes or renews the lease of `node` on a plan until `now + ttl_ms`. Renewal by the owner
     /// keeps the token; a takeover after expiry increases it. `LeaseHeld` while another node's
     /// lease runs; `NotFound` for an unknown plan.
-    async fn claim(&self, plan_id: &str, node: &str, ttl_ms: u64, now: Micros)
-        -> StoreResult<Fence>;
+    async fn claim(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<Fence>;
 
     /// Gives a lease up (no-op when the fence is stale).
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()>;
