@@ -1,0 +1,421 @@
+//! The SQLite backend of cairn's [`Store`]: one file, WAL, one writer thread with group commit,
+//! and a small pool of read connections.
+//!
+//! Writes (`create_plan`, `append`, `put_snapshot`, `delete_plan`, `claim`, `release`) are sent
+//! to a dedicated writer thread ([`writer`]) that takes whatever requests are queued, runs them
+//! in one transaction (a savepoint each, so a refused request does not spoil its neighbours),
+//! commits once and then answers every caller. A thousand plans appending at once therefore
+//! share a handful of fsyncs instead of paying one each. Reads ([`read`]) run on
+//! `spawn_blocking` against pooled read-only connections, which WAL lets proceed while the
+//! writer commits.
+//!
+//! Durability: with [`Durability::Full`] (the default) every commit is fsync'd before any caller
+//! of that batch gets `Ok`. [`Durability::Relaxed`] (`synchronous=NORMAL`) may lose the last
+//! commits on power loss (never on a process crash); use it only for benchmarks that say so.
+//!
+//! The engine lock: with [`SqliteOptions::engine_lock`] the store takes an exclusive advisory
+//! lock on `<db path>.lock` for its whole life, so at most one engine process drives the plans
+//! of a database file. Because no other engine can then be alive on this file, **`claim` treats
+//! every lease held by another node as expired**: after a `kill -9`, a restarted process takes
+//! its plans over at once instead of waiting out the old leases (the old node's fences become
+//! stale, as after any takeover). Without the lock, leases follow the ordinary semantics.
+//!
+//! Cancelling a write future does not cancel the write: once sent, a request is executed and
+//! committed (or refused) whether or not anyone still awaits the answer.
+//!
+//! The path must name a file: `:memory:` databases are not supported (readers could not see it).
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_store::{
+    Append, CheckpointRow, CreatePlan, Fence, Micros, Page, PlanRow, Store, StoreError,
+    StoreResult, StoredEvent,
+};
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+mod read;
+mod writer;
+
+pub use writer::WriterStats;
+
+use read::ReadPool;
+use writer::{Op, Outcome, Request};
+
+const SCHEMA_VERSION: i64 = 1;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How hard each commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL with `synchronous=FULL`: every commit is fsync'd before it is acknowledged.
+    #[default]
+    Full,
+    /// WAL with `synchronous=NORMAL`: survives a process crash but may lose the last commits on
+    /// power loss. Only for benchmarks that say so.
+    Relaxed,
+}
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone, Default)]
+pub struct SqliteOptions {
+    pub durability: Durability,
+    /// Hold an exclusive lock on `<db path>.lock` and take over other nodes' leases at once.
+    /// See the module docs.
+    pub engine_lock: bool,
+}
+
+/// A [`Store`] in one SQLite file. Dropping it stops the writer thread after the batch in hand
+/// (blocking the dropping thread for that long) and releases the engine lock.
+pub struct SqliteStore {
+    // Declared (and so dropped) before `writer` would be, but `Drop` takes both explicitly.
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Arc<ReadPool>,
+    stats: Arc<writer::Stats>,
+    path: PathBuf,
+    // Held only to keep the advisory lock; released when the store is dropped.
+    _engine_lock: Option<File>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies the schema and starts the
+    /// writer thread.
+    pub fn open(path: &Path, opts: SqliteOptions) -> StoreResult<SqliteStore> {
+        let engine_lock = if opts.engine_lock {
+            Some(take_engine_lock(path)?)
+        } else {
+            None
+        };
+        let mut conn =
+            Connection::open(path).map_err(|e| backend(&format!("open {}", path.display()), e))?;
+        configure_writer(&conn, opts.durability)?;
+        migrate(&mut conn)?;
+
+        let stats = Arc::new(writer::Stats::default());
+        let (tx, rx) = mpsc::channel();
+        let w = writer::Writer::new(conn, opts.engine_lock, stats.clone());
+        let handle = std::thread::Builder::new()
+            .name("cairn-sqlite-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| backend("start the sqlite writer thread", e))?;
+        Ok(SqliteStore {
+            tx: Some(tx),
+            writer: Some(handle),
+            readers: Arc::new(ReadPool::new(path.to_path_buf())),
+            stats,
+            path: path.to_path_buf(),
+            _engine_lock: engine_lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Counters of the writer thread, for metrics and benchmarks.
+    pub fn stats(&self) -> WriterStats {
+        self.stats.snapshot()
+    }
+
+    async fn write(&self, op: Op) -> StoreResult<Outcome> {
+        let (reply, answer) = oneshot::channel();
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Request { op, reply }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Backend(
+                "the sqlite writer thread has stopped".into(),
+            ));
+        }
+        answer.await.map_err(|_| {
+            StoreError::Backend("the sqlite writer thread stopped before answering".into())
+        })?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| backend("run a sqlite read", e))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer's loop once the batch in hand is committed.
+        self.tx.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn unexpected(what: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "the sqlite writer answered {what} with the wrong kind"
+    ))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>> {
+        match self.write(Op::Create(req)).await? {
+            Outcome::Events(evs) => Ok(evs),
+            _ => Err(unexpected("create_plan")),
+        }
+    }
+
+    async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
+        match self.write(Op::Append(req)).await? {
+            Outcome::Events(evs) => Ok(evs),
+            _ => Err(unexpected("append")),
+        }
+    }
+
+    async fn read_events(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        until_seq: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let plan_id = plan_id.to_owned();
+        self.read(move |c| read::events(c, &plan_id, after_seq, until_seq, limit))
+            .await
+    }
+
+    async fn read_events_of_kind(
+        &self,
+        plan_id: &str,
+        kinds: &[&str],
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let plan_id = plan_id.to_owned();
+        let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
+        self.read(move |c| read::events_of_kind(c, &plan_id, &kinds, after_seq, limit))
+            .await
+    }
+
+    async fn read_all_events(&self, after_id: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        self.read(move |c| read::all_events(c, after_id, limit))
+            .await
+    }
+
+    async fn last_event_id(&self) -> StoreResult<u64> {
+        self.read(read::last_event_id).await
+    }
+
+    async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>> {
+        let plan_id = plan_id.to_owned();
+        self.read(move |c| read::plan(c, &plan_id)).await
+    }
+
+    async fn list_plans(
+        &self,
+        state: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<PlanRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let after = cursor.map(read::parse_cursor).transpose()?;
+        let state = state.map(str::to_owned);
+        self.read(move |c| read::list_plans(c, state.as_deref(), limit, after))
+            .await
+    }
+
+    async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>> {
+        let states: Vec<String> = states.iter().map(|s| (*s).to_owned()).collect();
+        self.read(move |c| read::plans_in_states(c, &states)).await
+    }
+
+    async fn list_checkpoints(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<CheckpointRow>> {
+        let plan_id = plan_id.to_owned();
+        self.read(move |c| read::checkpoints(c, &plan_id, after_seq, limit))
+            .await
+    }
+
+    async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>> {
+        let plan_id = plan_id.to_owned();
+        self.read(move |c| read::checkpoint(c, &plan_id, seq)).await
+    }
+
+    async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()> {
+        let op = Op::PutSnapshot {
+            plan_id: plan_id.to_owned(),
+            seq,
+            data,
+        };
+        match self.write(op).await? {
+            Outcome::Done => Ok(()),
+            _ => Err(unexpected("put_snapshot")),
+        }
+    }
+
+    async fn get_snapshot(
+        &self,
+        plan_id: &str,
+        at_or_before: u64,
+    ) -> StoreResult<Option<(u64, Vec<u8>)>> {
+        let plan_id = plan_id.to_owned();
+        self.read(move |c| read::snapshot(c, &plan_id, at_or_before))
+            .await
+    }
+
+    async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool> {
+        match self.write(Op::Delete(plan_id.to_owned())).await? {
+            Outcome::Deleted(found) => Ok(found),
+            _ => Err(unexpected("delete_plan")),
+        }
+    }
+
+    async fn claim(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<Fence> {
+        let op = Op::Claim {
+            plan_id: plan_id.to_owned(),
+            node: node.to_owned(),
+            ttl_ms,
+            now,
+        };
+        match self.write(op).await? {
+            Outcome::Claimed(fence) => Ok(fence),
+            _ => Err(unexpected("claim")),
+        }
+    }
+
+    async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
+        let op = Op::Release {
+            plan_id: plan_id.to_owned(),
+            fence: fence.clone(),
+        };
+        match self.write(op).await? {
+            Outcome::Done => Ok(()),
+            _ => Err(unexpected("release")),
+        }
+    }
+}
+
+// ---- opening -------------------------------------------------------------------------------
+
+fn take_engine_lock(db: &Path) -> StoreResult<File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| backend(&format!("open lock file {}", lock_path.display()), e))?;
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(fs4::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "another cairn process is driving plans in {}; stop it first",
+            db.display()
+        ))),
+        Err(fs4::TryLockError::Error(e)) => {
+            Err(backend(&format!("lock {}", lock_path.display()), e))
+        }
+    }
+}
+
+fn configure_writer(conn: &Connection, durability: Durability) -> StoreResult<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| backend("set busy timeout", e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| backend("switch to WAL", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "switch to WAL: the database stayed in {mode} mode"
+        )));
+    }
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)
+        .map_err(|e| backend("set synchronous", e))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| backend("read schema version", e))?;
+    match version {
+        0 => {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| backend("begin migration", e))?;
+            tx.execute_batch(include_str!("schema.sql"))
+                .map_err(|e| backend("apply schema", e))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(|e| backend("record schema version", e))?;
+            tx.commit().map_err(|e| backend("commit migration", e))
+        }
+        SCHEMA_VERSION => Ok(()),
+        newer => Err(StoreError::Backend(format!(
+            "database schema version {newer} is newer than this build understands \
+             ({SCHEMA_VERSION})"
+        ))),
+    }
+}
+
+// ---- small shared helpers ------------------------------------------------------------------
+
+pub(crate) fn backend(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{context}: {e}"))
+}
+
+/// Attaches a context to a rusqlite error.
+pub(crate) trait Ctx<T> {
+    fn ctx(self, context: &str) -> StoreResult<T>;
+}
+
+impl<T> Ctx<T> for rusqlite::Result<T> {
+    fn ctx(self, context: &str) -> StoreResult<T> {
+        self.map_err(|e| backend(context, e))
+    }
+}
+
+/// u64 → SQLite integer; values beyond i64 are clamped (they only ever act as bounds).
+pub(crate) fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// SQLite integer → u64; negatives (never written by this crate) read as 0.
+pub(crate) fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(crate) fn limit_sql(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,351 @@
+//! Reads: a small pool of read-only connections and the queries run on them.
+//!
+//! Every function here runs on a blocking thread (the store calls them through
+//! `spawn_blocking`). WAL gives each statement a consistent view while the writer commits.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use cairn_store::{
+    CheckpointMark, CheckpointRow, Micros, Page, PlanRow, StoreError, StoreResult, StoredEvent,
+};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
+
+use crate::{backend, from_sql, limit_sql, to_sql, Ctx, BUSY_TIMEOUT};
+
+/// Idle read connections kept for reuse; more are opened on demand under load.
+const MAX_IDLE: usize = 4;
+
+pub(crate) struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    pub(crate) fn new(path: PathBuf) -> ReadPool {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::with_capacity(MAX_IDLE)),
+        }
+    }
+
+    /// Runs `f` on an idle connection (opening one when none is idle).
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.open()?,
+        };
+        let result = f(&conn);
+        // A backend failure may have left the connection unusable; drop it rather than reuse.
+        if !matches!(result, Err(StoreError::Backend(_))) {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+
+    fn open(&self) -> StoreResult<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)
+            .map_err(|e| backend(&format!("open {} for reading", self.path.display()), e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+}
+
+const EVENT_COLS: &str = "id, seq, kind, at, actor, data, cp_trigger, cp_label";
+
+fn event(r: &Row<'_>, plan_id: String) -> rusqlite::Result<StoredEvent> {
+    let trigger: Option<String> = r.get(6)?;
+    Ok(StoredEvent {
+        id: from_sql(r.get(0)?),
+        plan_id,
+        seq: from_sql(r.get(1)?),
+        kind: r.get(2)?,
+        at: r.get(3)?,
+        actor: r.get(4)?,
+        data: r.get(5)?,
+        checkpoint: match trigger {
+            Some(trigger) => Some(CheckpointMark {
+                trigger,
+                label: r.get(7)?,
+            }),
+            None => None,
+        },
+    })
+}
+
+fn plan_pk(c: &Connection, plan_id: &str) -> StoreResult<i64> {
+    c.prepare_cached("SELECT pk FROM plans WHERE plan_id = ?1")
+        .and_then(|mut s| s.query_row([plan_id], |r| r.get(0)).optional())
+        .ctx("look up plan")?
+        .ok_or_else(|| StoreError::NotFound(plan_id.to_owned()))
+}
+
+/// `?, ?, …` for an `IN` list of `n` values, numbered from `first`.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn events(
+    c: &Connection,
+    plan_id: &str,
+    after_seq: u64,
+    until_seq: Option<u64>,
+    limit: usize,
+) -> StoreResult<Vec<StoredEvent>> {
+    let pk = plan_pk(c, plan_id)?;
+    let until = until_seq.map_or(i64::MAX, to_sql);
+    let sql = format!(
+        "SELECT {EVENT_COLS} FROM events WHERE plan_pk = ?1 AND seq > ?2 AND seq <= ?3
+         ORDER BY seq LIMIT ?4"
+    );
+    let mut stmt = c.prepare_cached(&sql).ctx("prepare read events")?;
+    let rows = stmt
+        .query_map(
+            params![pk, to_sql(after_seq), until, limit_sql(limit)],
+            |r| event(r, plan_id.to_owned()),
+        )
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("read events")?;
+    Ok(rows)
+}
+
+pub(crate) fn events_of_kind(
+    c: &Connection,
+    plan_id: &str,
+    kinds: &[String],
+    after_seq: u64,
+    limit: usize,
+) -> StoreResult<Vec<StoredEvent>> {
+    let pk = plan_pk(c, plan_id)?;
+    if kinds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {EVENT_COLS} FROM events WHERE plan_pk = ?1 AND seq > ?2 AND kind IN ({})
+         ORDER BY seq LIMIT ?3",
+        placeholders(4, kinds.len())
+    );
+    let mut values: Vec<rusqlite::types::Value> =
+        vec![pk.into(), to_sql(after_seq).into(), limit_sql(limit).into()];
+    values.extend(kinds.iter().map(|k| k.clone().into()));
+    let mut stmt = c.prepare_cached(&sql).ctx("prepare read events of kind")?;
+    let rows = stmt
+        .query_map(params_from_iter(values), |r| event(r, plan_id.to_owned()))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("read events of kind")?;
+    Ok(rows)
+}
+
+pub(crate) fn all_events(
+    c: &Connection,
+    after_id: u64,
+    limit: usize,
+) -> StoreResult<Vec<StoredEvent>> {
+    let sql = "SELECT e.id, e.seq, e.kind, e.at, e.actor, e.data, e.cp_trigger, e.cp_label,
+                      p.plan_id
+               FROM events e JOIN plans p ON p.pk = e.plan_pk
+               WHERE e.id > ?1 ORDER BY e.id LIMIT ?2";
+    let mut stmt = c.prepare_cached(sql).ctx("prepare read all events")?;
+    let rows = stmt
+        .query_map(params![to_sql(after_id), limit_sql(limit)], |r| {
+            event(r, r.get(8)?)
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("read all events")?;
+    Ok(rows)
+}
+
+/// The highest id ever handed out (AUTOINCREMENT remembers it across deletes).
+pub(crate) fn last_event_id(c: &Connection) -> StoreResult<u64> {
+    let id: Option<i64> = c
+        .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+        .ctx("read last event id")?;
+    Ok(id.map_or(0, from_sql))
+}
+
+const PLAN_COLS: &str = "plan_id, state, created_at, updated_at, last_seq, pk";
+
+fn plan_row(r: &Row<'_>) -> rusqlite::Result<(PlanRow, i64)> {
+    Ok((
+        PlanRow {
+            plan_id: r.get(0)?,
+            state: r.get(1)?,
+            created_at: r.get(2)?,
+            updated_at: r.get(3)?,
+            last_seq: from_sql(r.get(4)?),
+        },
+        r.get(5)?,
+    ))
+}
+
+pub(crate) fn plan(c: &Connection, plan_id: &str) -> StoreResult<Option<PlanRow>> {
+    let sql = format!("SELECT {PLAN_COLS} FROM plans WHERE plan_id = ?1");
+    let row = c
+        .prepare_cached(&sql)
+        .and_then(|mut s| s.query_row([plan_id], plan_row).optional())
+        .ctx("read plan")?;
+    Ok(row.map(|(row, _)| row))
+}
+
+/// A listing position: the `(created_at, pk)` of the last plan returned.
+pub(crate) type Cursor = (Micros, i64);
+
+pub(crate) fn parse_cursor(s: &str) -> StoreResult<Cursor> {
+    let bad = || StoreError::BadCursor(s.to_owned());
+    let (at, pk) = s.split_once('.').ok_or_else(bad)?;
+    Ok((
+        at.parse().map_err(|_| bad())?,
+        pk.parse().map_err(|_| bad())?,
+    ))
+}
+
+fn format_cursor((at, pk): Cursor) -> String {
+    format!("{at}.{pk}")
+}
+
+pub(crate) fn list_plans(
+    c: &Connection,
+    state: Option<&str>,
+    limit: usize,
+    after: Option<Cursor>,
+) -> StoreResult<Page<PlanRow>> {
+    use rusqlite::types::Value;
+    let mut clauses = Vec::with_capacity(2);
+    let mut values: Vec<Value> = Vec::with_capacity(4);
+    if let Some(state) = state {
+        values.push(state.to_owned().into());
+        clauses.push(format!("state = ?{}", values.len()));
+    }
+    if let Some((at, pk)) = after {
+        values.push(at.into());
+        values.push(pk.into());
+        clauses.push(format!(
+            "(created_at, pk) < (?{}, ?{})",
+            values.len() - 1,
+            values.len()
+        ));
+    }
+    // One row more than asked tells whether another page follows.
+    values.push(limit_sql(limit).saturating_add(1).into());
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {PLAN_COLS} FROM plans {filter} ORDER BY created_at DESC, pk DESC LIMIT ?{}",
+        values.len()
+    );
+    let mut stmt = c.prepare_cached(&sql).ctx("prepare list plans")?;
+    let mut rows = stmt
+        .query_map(params_from_iter(values), plan_row)
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("list plans")?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .map(|(row, pk)| format_cursor((row.created_at, *pk)))
+    } else {
+        None
+    };
+    Ok(Page {
+        items: rows.into_iter().map(|(row, _)| row).collect(),
+        next_cursor,
+    })
+}
+
+pub(crate) fn plans_in_states(c: &Connection, states: &[String]) -> StoreResult<Vec<String>> {
+    if states.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT plan_id FROM plans WHERE state IN ({}) ORDER BY pk",
+        placeholders(1, states.len())
+    );
+    let mut stmt = c.prepare_cached(&sql).ctx("prepare plans in states")?;
+    let ids = stmt
+        .query_map(params_from_iter(states), |r| r.get(0))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+        .ctx("read plans in states")?;
+    Ok(ids)
+}
+
+fn checkpoint_row(r: &Row<'_>, plan_id: String) -> rusqlite::Result<CheckpointRow> {
+    Ok(CheckpointRow {
+        plan_id,
+        seq: from_sql(r.get(0)?),
+        at: r.get(1)?,
+        trigger: r.get(2)?,
+        label: r.get(3)?,
+    })
+}
+
+pub(crate) fn checkpoints(
+    c: &Connection,
+    plan_id: &str,
+    after_seq: u64,
+    limit: usize,
+) -> StoreResult<Vec<CheckpointRow>> {
+    let pk = plan_pk(c, plan_id)?;
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT seq, at, cp_trigger, cp_label FROM events
+             WHERE plan_pk = ?1 AND cp_trigger IS NOT NULL AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .ctx("prepare list checkpoints")?;
+    let rows = stmt
+        .query_map(params![pk, to_sql(after_seq), limit_sql(limit)], |r| {
+            checkpoint_row(r, plan_id.to_owned())
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("list checkpoints")?;
+    Ok(rows)
+}
+
+pub(crate) fn checkpoint(
+    c: &Connection,
+    plan_id: &str,
+    seq: u64,
+) -> StoreResult<Option<CheckpointRow>> {
+    let pk = plan_pk(c, plan_id)?;
+    c.prepare_cached(
+        "SELECT seq, at, cp_trigger, cp_label FROM events
+         WHERE plan_pk = ?1 AND cp_trigger IS NOT NULL AND seq = ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![pk, to_sql(seq)], |r| {
+            checkpoint_row(r, plan_id.to_owned())
+        })
+        .optional()
+    })
+    .ctx("read checkpoint")
+}
+
+pub(crate) fn snapshot(
+    c: &Connection,
+    plan_id: &str,
+    at_or_before: u64,
+) -> StoreResult<Option<(u64, Vec<u8>)>> {
+    let pk = plan_pk(c, plan_id)?;
+    c.prepare_cached(
+        "SELECT seq, data FROM snapshots WHERE plan_pk = ?1 AND seq <= ?2
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![pk, to_sql(at_or_before)], |r| {
+            Ok((from_sql(r.get(0)?), r.get(1)?))
+        })
+        .optional()
+    })
+    .ctx("read snapshot")
+}

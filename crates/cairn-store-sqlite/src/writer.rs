@@ -1,0 +1,504 @@
+//! The writer thread: owns the only write connection and applies every write with group commit.
+//!
+//! It blocks for one request, drains whatever else is queued (up to [`MAX_BATCH`]), runs the
+//! lot in one `BEGIN IMMEDIATE` transaction with a `SAVEPOINT` around each request, commits once
+//! and only then answers the callers. A request that is refused (`SeqConflict`, `Fenced`, …)
+//! is rolled back to its savepoint and leaves the others alone; if the transaction itself fails
+//! (commit error, lost transaction) every request of the batch gets a `Backend` error, so no
+//! caller is ever told `Ok` about something that did not reach the disk.
+//!
+//! Being the only writer is also what makes event ids (the rowid) increase in commit order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_store::{
+    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, StoreError, StoreResult,
+    StoredEvent,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::{from_sql, to_sql, Ctx};
+
+/// The most requests committed in one transaction.
+pub(crate) const MAX_BATCH: usize = 1024;
+/// How many snapshots are kept per plan (the newest).
+const KEEP_SNAPSHOTS: i64 = 3;
+
+pub(crate) enum Op {
+    Create(CreatePlan),
+    Append(Append),
+    PutSnapshot {
+        plan_id: String,
+        seq: u64,
+        data: Vec<u8>,
+    },
+    Delete(String),
+    Claim {
+        plan_id: String,
+        node: String,
+        ttl_ms: u64,
+        now: Micros,
+    },
+    Release {
+        plan_id: String,
+        fence: Fence,
+    },
+}
+
+pub(crate) enum Outcome {
+    Events(Vec<StoredEvent>),
+    Done,
+    Deleted(bool),
+    Claimed(Fence),
+}
+
+pub(crate) struct Request {
+    pub(crate) op: Op,
+    pub(crate) reply: oneshot::Sender<StoreResult<Outcome>>,
+}
+
+type Reply = (oneshot::Sender<StoreResult<Outcome>>, StoreResult<Outcome>);
+
+/// What the writer has done since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed (each one fsync under `Durability::Full`).
+    pub commits: u64,
+    /// Write requests answered (the sum of all batch sizes).
+    pub requests: u64,
+    /// Events inserted by committed requests.
+    pub events: u64,
+    /// The largest batch seen.
+    pub max_batch: u64,
+    /// Time spent from `BEGIN` to the end of `COMMIT`, summed over all batches.
+    pub busy: Duration,
+}
+
+impl WriterStats {
+    /// Requests per commit.
+    pub fn mean_batch(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.requests as f64 / self.commits as f64
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    commits: AtomicU64,
+    requests: AtomicU64,
+    events: AtomicU64,
+    max_batch: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    engine_lock: bool,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    pub(crate) fn new(conn: Connection, engine_lock: bool, stats: Arc<Stats>) -> Writer {
+        Writer {
+            conn,
+            engine_lock,
+            stats,
+        }
+    }
+
+    /// Serves requests until every sender is gone.
+    pub(crate) fn run(self, rx: Receiver<Request>) {
+        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
+        while let Ok(first) = rx.recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(req) => batch.push(req),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch, &mut replies);
+            for (reply, result) in replies.drain(..) {
+                // The caller may have stopped waiting; the write stands regardless.
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn commit_batch(&self, batch: &mut Vec<Request>, replies: &mut Vec<Reply>) {
+        let started = Instant::now();
+        let n = batch.len() as u64;
+        self.stats.requests.fetch_add(n, Ordering::Relaxed);
+        self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
+
+        if let Err(e) = self
+            .exec("BEGIN IMMEDIATE")
+            .ctx("begin a write transaction")
+        {
+            fail_all(batch.drain(..).map(|r| r.reply), replies, &e);
+            return;
+        }
+
+        // Set when the transaction can no longer be trusted: everything is rolled back.
+        let mut broken: Option<StoreError> = None;
+        let mut events = 0u64;
+        for req in batch.drain(..) {
+            if broken.is_some() {
+                replies.push((req.reply, Err(StoreError::Backend(String::new()))));
+                continue;
+            }
+            let result = self.apply_in_savepoint(req.op, &mut broken);
+            if let Ok(Outcome::Events(evs)) = &result {
+                events += evs.len() as u64;
+            }
+            replies.push((req.reply, result));
+        }
+
+        let committed = match broken {
+            Some(e) => Err(e),
+            None => self.exec("COMMIT").ctx("commit"),
+        };
+        match committed {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.events.fetch_add(events, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Nothing of this batch is durable: no caller may see `Ok`.
+                if !self.conn.is_autocommit() {
+                    let _ = self.exec("ROLLBACK");
+                }
+                for (_, result) in replies.iter_mut() {
+                    *result = Err(clone_backend(&e));
+                }
+            }
+        }
+        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.busy_nanos.fetch_add(busy, Ordering::Relaxed);
+    }
+
+    /// Runs one request inside its own savepoint; a refused request is rolled back alone.
+    fn apply_in_savepoint(&self, op: Op, broken: &mut Option<StoreError>) -> StoreResult<Outcome> {
+        if let Err(e) = self.exec("SAVEPOINT req").ctx("open a savepoint") {
+            *broken = Some(clone_backend(&e));
+            return Err(e);
+        }
+        let result = self.apply(op);
+        let end = if result.is_ok() {
+            self.exec("RELEASE req").ctx("release a savepoint")
+        } else {
+            self.exec("ROLLBACK TO req")
+                .and_then(|()| self.exec("RELEASE req"))
+                .ctx("roll back a savepoint")
+        };
+        if let Err(e) = end {
+            *broken = Some(clone_backend(&e));
+            return Err(e);
+        }
+        // SQLite rolls the whole transaction back by itself on some errors (disk full, I/O).
+        if self.conn.is_autocommit() {
+            let e = StoreError::Backend("the write transaction was rolled back by sqlite".into());
+            *broken = Some(clone_backend(&e));
+            return Err(e);
+        }
+        result
+    }
+
+    fn exec(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
+    fn apply(&self, op: Op) -> StoreResult<Outcome> {
+        match op {
+            Op::Create(req) => self.create(req).map(Outcome::Events),
+            Op::Append(req) => self.append(req).map(Outcome::Events),
+            Op::PutSnapshot { plan_id, seq, data } => self
+                .put_snapshot(&plan_id, seq, &data)
+                .map(|()| Outcome::Done),
+            Op::Delete(plan_id) => self.delete(&plan_id).map(Outcome::Deleted),
+            Op::Claim {
+                plan_id,
+                node,
+                ttl_ms,
+                now,
+            } => self.claim(plan_id, node, ttl_ms, now).map(Outcome::Claimed),
+            Op::Release { plan_id, fence } => {
+                self.release(&plan_id, &fence).map(|()| Outcome::Done)
+            }
+        }
+    }
+
+    fn plan(&self, plan_id: &str) -> StoreResult<Option<(i64, u64)>> {
+        self.conn
+            .prepare_cached("SELECT pk, last_seq FROM plans WHERE plan_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([plan_id], |r| Ok((r.get(0)?, from_sql(r.get(1)?))))
+                    .optional()
+            })
+            .ctx("look up plan")
+    }
+
+    fn plan_pk(&self, plan_id: &str) -> StoreResult<i64> {
+        match self.plan(plan_id)? {
+            Some((pk, _)) => Ok(pk),
+            None => Err(StoreError::NotFound(plan_id.to_owned())),
+        }
+    }
+
+    fn create(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>> {
+        check_contiguous(&req.events, 0)?;
+        let (last_seq, updated_at) = match req.events.last() {
+            Some(e) => (e.seq, e.at),
+            None => return Err(StoreError::Invalid("a plan starts with events".into())),
+        };
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO plans (plan_id, state, created_at, updated_at, last_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (plan_id) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    req.plan_id,
+                    req.state,
+                    req.created_at,
+                    updated_at,
+                    to_sql(last_seq)
+                ])
+            })
+            .ctx("insert plan")?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists(req.plan_id));
+        }
+        let pk = self.conn.last_insert_rowid();
+        self.insert_events(pk, &req.plan_id, req.events)
+    }
+
+    fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
+        check_contiguous(&req.events, req.expected_seq)?;
+        let (last_seq, updated_at) = match req.events.last() {
+            Some(e) => (e.seq, e.at),
+            None => return Err(StoreError::Invalid("nothing to append".into())),
+        };
+        let Some((pk, actual)) = self.plan(&req.plan_id)? else {
+            return Err(StoreError::NotFound(req.plan_id));
+        };
+        if actual != req.expected_seq {
+            return Err(StoreError::SeqConflict {
+                plan_id: req.plan_id,
+                expected: req.expected_seq,
+                actual,
+            });
+        }
+        if let Some(fence) = &req.fence {
+            let holder = self.lease(pk)?;
+            let current = matches!(&holder, Some((node, token, _))
+                if *node == fence.node && *token == fence.token);
+            if !current {
+                return Err(StoreError::Fenced {
+                    plan_id: req.plan_id,
+                    owner: holder.map_or_else(|| "(none)".to_owned(), |(node, _, _)| node),
+                });
+            }
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE plans SET last_seq = ?1, updated_at = ?2, state = COALESCE(?3, state)
+                 WHERE pk = ?4",
+            )
+            .and_then(|mut s| s.execute(params![to_sql(last_seq), updated_at, req.state, pk]))
+            .ctx("update plan")?;
+        self.insert_events(pk, &req.plan_id, req.events)
+    }
+
+    fn insert_events(
+        &self,
+        pk: i64,
+        plan_id: &str,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO events (plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .ctx("prepare event insert")?;
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let (trigger, label) = match &e.checkpoint {
+                Some(CheckpointMark { trigger, label }) => (Some(trigger), label.as_ref()),
+                None => (None, None),
+            };
+            stmt.execute(params![
+                pk,
+                to_sql(e.seq),
+                e.kind,
+                e.at,
+                e.actor,
+                e.data,
+                trigger,
+                label
+            ])
+            .ctx("insert event")?;
+            out.push(StoredEvent {
+                id: from_sql(self.conn.last_insert_rowid()),
+                plan_id: plan_id.to_owned(),
+                seq: e.seq,
+                at: e.at,
+                actor: e.actor,
+                kind: e.kind,
+                data: e.data,
+                checkpoint: e.checkpoint,
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_snapshot(&self, plan_id: &str, seq: u64, data: &[u8]) -> StoreResult<()> {
+        let pk = self.plan_pk(plan_id)?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO snapshots (plan_pk, seq, data) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![pk, to_sql(seq), data]))
+            .ctx("insert snapshot")?;
+        // Keep the newest few; `seq < NULL` deletes nothing while there are fewer.
+        self.conn
+            .prepare_cached(
+                "DELETE FROM snapshots WHERE plan_pk = ?1 AND seq < (
+                     SELECT seq FROM snapshots WHERE plan_pk = ?1
+                     ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+            )
+            .and_then(|mut s| s.execute(params![pk, KEEP_SNAPSHOTS - 1]))
+            .ctx("prune snapshots")?;
+        Ok(())
+    }
+
+    fn delete(&self, plan_id: &str) -> StoreResult<bool> {
+        let Some((pk, _)) = self.plan(plan_id)? else {
+            return Ok(false);
+        };
+        for sql in [
+            "DELETE FROM events WHERE plan_pk = ?1",
+            "DELETE FROM snapshots WHERE plan_pk = ?1",
+            "DELETE FROM leases WHERE plan_pk = ?1",
+            "DELETE FROM plans WHERE pk = ?1",
+        ] {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute([pk]))
+                .ctx("delete plan")?;
+        }
+        Ok(true)
+    }
+
+    fn lease(&self, pk: i64) -> StoreResult<Option<(String, u64, Micros)>> {
+        self.conn
+            .prepare_cached("SELECT node, token, expires_at FROM leases WHERE plan_pk = ?1")
+            .and_then(|mut s| {
+                s.query_row([pk], |r| Ok((r.get(0)?, from_sql(r.get(1)?), r.get(2)?)))
+                    .optional()
+            })
+            .ctx("read lease")
+    }
+
+    fn claim(&self, plan_id: String, node: String, ttl_ms: u64, now: Micros) -> StoreResult<Fence> {
+        let pk = self.plan_pk(&plan_id)?;
+        let ttl = i64::try_from(ttl_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let expires_at = now.saturating_add(ttl);
+        let token = match self.lease(pk)? {
+            None => 1,
+            // Renewal (or re-claim after expiry) by the same node keeps the token: its fences
+            // stay valid because nobody else drove the plan in between.
+            Some((holder, token, _)) if holder == node => token,
+            // Under the engine lock no other engine process can be alive on this file, so
+            // another node's lease is a leftover from a dead process.
+            Some((holder, _, until)) if until > now && !self.engine_lock => {
+                return Err(StoreError::LeaseHeld {
+                    plan_id,
+                    owner: holder,
+                    until,
+                });
+            }
+            Some((_, token, _)) => token + 1,
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO leases (plan_pk, node, token, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (plan_pk) DO UPDATE
+                 SET node = excluded.node, token = excluded.token, expires_at = excluded.expires_at",
+            )
+            .and_then(|mut s| s.execute(params![pk, node, to_sql(token), expires_at]))
+            .ctx("write lease")?;
+        Ok(Fence { node, token })
+    }
+
+    fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
+        let Some((pk, _)) = self.plan(plan_id)? else {
+            return Ok(());
+        };
+        // Expire rather than delete, so the next owner's token is still larger.
+        self.conn
+            .prepare_cached(
+                "UPDATE leases SET expires_at = ?4 WHERE plan_pk = ?1 AND node = ?2 AND token = ?3",
+            )
+            .and_then(|mut s| s.execute(params![pk, fence.node, to_sql(fence.token), i64::MIN]))
+            .ctx("release lease")?;
+        Ok(())
+    }
+}
+
+/// `events` must be non-empty and run `after + 1, after + 2, …`.
+fn check_contiguous(events: &[NewEvent], after: u64) -> StoreResult<()> {
+    if events.is_empty() {
+        return Err(StoreError::Invalid("no events".into()));
+    }
+    for (i, e) in events.iter().enumerate() {
+        let want = after.saturating_add(i as u64 + 1);
+        if e.seq != want {
+            return Err(StoreError::Invalid(format!(
+                "event {i} has seq {}, expected {want} (seqs must continue the log without gaps)",
+                e.seq
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn clone_backend(e: &StoreError) -> StoreError {
+    StoreError::Backend(match e {
+        StoreError::Backend(msg) => msg.clone(),
+        other => other.to_string(),
+    })
+}
+
+fn fail_all(
+    senders: impl Iterator<Item = oneshot::Sender<StoreResult<Outcome>>>,
+    replies: &mut Vec<Reply>,
+    e: &StoreError,
+) {
+    for reply in senders {
+        replies.push((reply, Err(clone_backend(e))));
+    }
+}

@@ -1,0 +1,173 @@
+//! The SQLite store against the conformance suite, plus what only this backend promises: the
+//! engine lock, reopening, and group commit.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cairn_store::conformance::{self, ev};
+use cairn_store::{Append, CreatePlan, Store, StoreError};
+use cairn_store_sqlite::{Durability, SqliteOptions, SqliteStore};
+
+fn open(path: &Path, engine_lock: bool) -> SqliteStore {
+    SqliteStore::open(
+        path,
+        SqliteOptions {
+            durability: Durability::Full,
+            engine_lock,
+        },
+    )
+    .unwrap()
+}
+
+fn create(plan_id: &str) -> CreatePlan {
+    CreatePlan {
+        plan_id: plan_id.into(),
+        created_at: 1,
+        state: "running".into(),
+        events: vec![ev(1, "created")],
+    }
+}
+
+fn append(plan_id: &str, expected_seq: u64) -> Append {
+    Append {
+        plan_id: plan_id.into(),
+        expected_seq,
+        fence: None,
+        state: None,
+        events: vec![ev(expected_seq + 1, "step")],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicUsize::new(0);
+    conformance::run_all(|| {
+        let i = n.fetch_add(1, Ordering::Relaxed);
+        open(&dir.path().join(format!("case{i}.db")), false)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_engine_on_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let first = open(&path, true);
+    let second = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            engine_lock: true,
+            ..SqliteOptions::default()
+        },
+    );
+    match second {
+        Err(StoreError::Backend(msg)) => {
+            assert!(
+                msg.contains("another cairn process is driving plans in"),
+                "{msg}"
+            );
+            assert!(msg.contains("cairn.db"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a second engine opened the same file"),
+    }
+    // Without the engine lock (tools, readers) it opens fine.
+    drop(open(&path, false));
+    // Once the first is gone the lock is free again.
+    drop(first);
+    drop(open(&path, true));
+}
+
+#[tokio::test]
+async fn the_engine_lock_takes_over_leases_of_dead_nodes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let old = {
+        let store = open(&path, false);
+        store.create_plan(create("p")).await.unwrap();
+        let old = store.claim("p", "old-node", 60_000, 0).await.unwrap();
+        // Without the lock the lease holds.
+        let held = store.claim("p", "new-node", 60_000, 1).await;
+        assert!(
+            matches!(held, Err(StoreError::LeaseHeld { .. })),
+            "{held:?}"
+        );
+        old
+    };
+    // The "old process" is gone; the restarted engine holds the lock.
+    let store = open(&path, true);
+    let new = store.claim("p", "new-node", 60_000, 1).await.unwrap();
+    assert!(new.token > old.token);
+    let mut stale = append("p", 1);
+    stale.fence = Some(old);
+    assert!(matches!(
+        store.append(stale).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    let mut ok = append("p", 1);
+    ok.fence = Some(new);
+    store.append(ok).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_survive_reopening_and_ids_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let last_id = {
+        let store = open(&path, true);
+        store.create_plan(create("a")).await.unwrap();
+        store.create_plan(create("b")).await.unwrap();
+        for seq in 1..10 {
+            store.append(append("a", seq)).await.unwrap();
+        }
+        // The newest events are deleted: their ids must still not come back.
+        let gone = store.append(append("b", 1)).await.unwrap();
+        assert!(store.delete_plan("b").await.unwrap());
+        assert_eq!(store.path(), path);
+        gone[0].id
+    };
+    let store = open(&path, true);
+    let evs = store.read_events("a", 0, None, 100).await.unwrap();
+    assert_eq!(
+        evs.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(store.get_plan("a").await.unwrap().unwrap().last_seq, 10);
+    assert_eq!(store.last_event_id().await.unwrap(), last_id);
+    let next = store.append(append("a", 10)).await.unwrap();
+    assert!(next[0].id > last_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("cairn.db"), false));
+    const PLANS: usize = 200;
+    const EACH: u64 = 5;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..PLANS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("p{p}");
+            store.create_plan(create(&id)).await.unwrap();
+            for seq in 1..=EACH {
+                store.append(append(&id, seq)).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let stats = store.stats();
+    eprintln!("{stats:?} mean batch {:.1}", stats.mean_batch());
+    let requests = PLANS as u64 * (EACH + 1);
+    assert_eq!(stats.requests, requests);
+    assert_eq!(stats.events, requests);
+    assert!(
+        stats.commits < requests / 2,
+        "group commit should batch requests: {stats:?}"
+    );
+    assert!(stats.max_batch > 1, "{stats:?}");
+}
