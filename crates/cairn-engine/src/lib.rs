@@ -1,0 +1,4 @@
+//! cairn's engine. See `docs/ARCHITECTURE.md`.
+
+pub mod config;
+pub mod executor;
