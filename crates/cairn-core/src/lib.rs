@@ -17,6 +17,7 @@ pub mod expr;
 pub mod intervention;
 pub mod plan;
 pub mod state;
+pub mod view;
 
 pub use decide::{handle, Command, Ctx, Decision, StepResult};
 pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, PauseMode};

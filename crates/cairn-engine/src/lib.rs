@@ -1,4 +1,24 @@
-//! cairn's engine. See `docs/ARCHITECTURE.md`.
+//! cairn's engine: drives plans durably over a [`cairn_store::Store`].
+//!
+//! - [`Engine`]: the library's entry point (register, start, pause, resume, cancel, intervene,
+//!   checkpoints, restore, fork, snapshots, subscriptions).
+//! - [`executor`]: what runs a step, and the registry of agent types.
+//! - [`config`]: `cairn.toml`.
+//!
+//! Architecture invariants: the engine knows no SQL and no HTTP; every decision is made by
+//! `cairn_core`; nothing is answered, published or executed before the store has committed it.
 
+mod actor;
 pub mod config;
+mod convert;
+mod engine;
+mod error;
 pub mod executor;
+mod publish;
+
+pub use engine::{
+    applied, now_micros, CheckpointExport, CheckpointSummary, Engine, EngineOptions, Progress,
+    Snapshot,
+};
+pub use error::EngineError;
+pub use publish::{Notice, Subscription};

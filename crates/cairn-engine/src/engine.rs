@@ -1,0 +1,892 @@
+//! The engine: the public face of cairn as a library. It keeps one actor per live plan
+//! ([`crate::actor`]), loads plans from the store on demand, recovers running plans on open, and
+//! answers reads (state, events, checkpoints, snapshots) from the store and the actors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cairn_core::decide::SYSTEM_ACTOR;
+use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin};
+use cairn_core::intervention::InterventionStatus;
+use cairn_core::view::{is_settled, CheckpointView, PlanView};
+use cairn_core::{
+    Command, Decision, Event, Intervention, InterventionRequest, Micros, PauseMode, Plan,
+    PlanState, PlanStatus,
+};
+use cairn_store::{CreatePlan, Page, PlanRow, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::actor::{Msg, PlanActor};
+use crate::convert::{from_stored, to_new};
+use crate::executor::{Executor, Registry};
+use crate::publish::{self, Notice, Subscription};
+use crate::EngineError;
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> Micros {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as Micros)
+        .unwrap_or(0)
+}
+
+/// How an engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// This node's name in plan leases.
+    pub node_id: String,
+    /// How long a lease on a plan lasts without renewal.
+    pub lease_ms: u64,
+    /// A state snapshot is stored every this many events of a plan (0 = never).
+    pub snapshot_every: u64,
+    /// Events the live stream buffers for slow subscribers before they lag.
+    pub stream_buffer: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            node_id: "local".into(),
+            lease_ms: 30_000,
+            snapshot_every: 512,
+            stream_buffer: 16_384,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Registry,
+    pub(crate) opts: EngineOptions,
+    plans: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+    publisher: mpsc::UnboundedSender<Vec<Arc<Event>>>,
+    stream: broadcast::Sender<Arc<Event>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn publish(&self, events: Vec<Arc<Event>>) {
+        let _ = self.publisher.send(events);
+    }
+
+    pub(crate) fn executor_for(&self, agent_type: &str) -> Option<Arc<dyn Executor>> {
+        self.registry.get(agent_type)
+    }
+
+    /// Removes the plan's actor from the map if `tx` is still the registered one. True when this
+    /// call removed it (the actor may then stop).
+    pub(crate) fn unload(&self, plan_id: &str, tx: &mpsc::UnboundedSender<Msg>) -> bool {
+        let Ok(mut plans) = self.plans.lock() else {
+            return false;
+        };
+        match plans.get(plan_id) {
+            Some(current) if current.same_channel(tx) => {
+                plans.remove(plan_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn forget(&self, plan_id: &str, tx: &mpsc::UnboundedSender<Msg>) {
+        self.unload(plan_id, tx);
+    }
+}
+
+/// Loads a plan's state: the newest snapshot plus the events after it.
+pub(crate) async fn load_state(
+    store: &dyn Store,
+    plan_id: &str,
+) -> Result<(PlanState, u64), EngineError> {
+    state_at(store, plan_id, u64::MAX).await
+}
+
+/// The state of a plan right after event `seq` (the whole log for `u64::MAX`), and the seq of
+/// the snapshot it started from.
+pub(crate) async fn state_at(
+    store: &dyn Store,
+    plan_id: &str,
+    seq: u64,
+) -> Result<(PlanState, u64), EngineError> {
+    let (mut state, from) = match store.get_snapshot(plan_id, seq).await? {
+        Some((s, bytes)) => match serde_json::from_slice::<PlanState>(&bytes) {
+            Ok(state) if state.seq == s => (state, s),
+            _ => (PlanState::empty(plan_id), 0),
+        },
+        None => (PlanState::empty(plan_id), 0),
+    };
+    let snapshot_seq = from;
+    let mut after = from;
+    loop {
+        let until = if seq == u64::MAX { None } else { Some(seq) };
+        let rows = store.read_events(plan_id, after, until, 4_096).await?;
+        let n = rows.len();
+        for row in rows {
+            let e = from_stored(row)?;
+            after = e.seq;
+            state.apply(&e);
+        }
+        if n < 4_096 {
+            break;
+        }
+    }
+    if state.seq == 0 {
+        return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+    }
+    Ok((state, snapshot_seq))
+}
+
+/// Everything about a plan in one document, for audit (DESIGN §1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub plan_id: String,
+    pub state: PlanStatus,
+    pub pause_reason: Option<cairn_core::PauseReason>,
+    pub version: u64,
+    pub progress: Progress,
+    pub definition: Plan,
+    pub steps: Vec<cairn_core::state::Step>,
+    pub checkpoints: Vec<CheckpointSummary>,
+    pub interventions: Vec<Intervention>,
+    pub event_count: u64,
+    pub taken_at: Micros,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<cairn_core::state::OriginRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub total_steps: usize,
+    pub current_step_index: usize,
+    pub completed_steps: Vec<String>,
+    pub failed_steps: Vec<String>,
+    pub skipped_steps: Vec<String>,
+    pub running_steps: Vec<String>,
+}
+
+/// A checkpoint as listed (the full state it implies comes from [`Engine::checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    pub checkpoint_id: String,
+    pub plan_id: String,
+    pub seq: u64,
+    pub trigger: CheckpointTrigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub created_at: Micros,
+}
+
+/// The file format of an exported checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointExport {
+    /// Always `cairn.checkpoint.v1`.
+    pub format: String,
+    pub checkpoint: CheckpointView,
+    pub state: cairn_core::Materialized,
+}
+
+const EXPORT_FORMAT: &str = "cairn.checkpoint.v1";
+
+/// The durable orchestrator, embedded. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Opens an engine over a store and resumes every plan that was running or paused.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        opts: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        let first_id = store.last_event_id().await? + 1;
+        let (publisher, stream) = publish::spawn(store.clone(), first_id, opts.stream_buffer);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                opts,
+                plans: Mutex::new(HashMap::new()),
+                publisher,
+                stream,
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        engine.recover().await?;
+        Ok(engine)
+    }
+
+    /// Resumes driving every running plan (and loads paused ones so their timers run).
+    async fn recover(&self) -> Result<(), EngineError> {
+        let ids = self
+            .inner
+            .store
+            .plans_in_states(&["running", "paused"])
+            .await?;
+        for id in ids {
+            match self
+                .send(&id, Command::Recover, SYSTEM_ACTOR.to_owned())
+                .await
+            {
+                Ok(_) | Err(EngineError::Refused { .. }) => {}
+                Err(EngineError::NotOwner(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The actor of a plan, loading it from the store if needed.
+    async fn actor(&self, plan_id: &str) -> Result<mpsc::UnboundedSender<Msg>, EngineError> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        if let Some(tx) = self
+            .inner
+            .plans
+            .lock()
+            .ok()
+            .and_then(|p| p.get(plan_id).cloned())
+        {
+            return Ok(tx);
+        }
+        let fence = self
+            .inner
+            .store
+            .claim(
+                plan_id,
+                &self.inner.opts.node_id,
+                self.inner.opts.lease_ms,
+                now_micros(),
+            )
+            .await?;
+        let (state, snapshot_seq) = load_state(&*self.inner.store, plan_id).await?;
+        let mut plans = self
+            .inner
+            .plans
+            .lock()
+            .map_err(|_| EngineError::ShuttingDown)?;
+        if let Some(tx) = plans.get(plan_id) {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        plans.insert(plan_id.to_owned(), tx.clone());
+        drop(plans);
+        let actor = PlanActor::new(
+            self.inner.clone(),
+            state,
+            fence,
+            snapshot_seq,
+            rx,
+            tx.clone(),
+        );
+        tokio::spawn(actor.run());
+        Ok(tx)
+    }
+
+    /// Sends a command to a plan's actor and waits for the committed answer.
+    async fn send(
+        &self,
+        plan_id: &str,
+        command: Command,
+        actor: String,
+    ) -> Result<(Decision, Arc<PlanState>), EngineError> {
+        // An actor that unloaded itself between lookup and send drops the message: try again
+        // once with a freshly loaded one.
+        for _ in 0..3 {
+            let tx = self.actor(plan_id).await?;
+            let (reply, rx) = oneshot::channel();
+            if tx
+                .send(Msg::Command {
+                    command: command.clone(),
+                    actor: actor.clone(),
+                    reply,
+                })
+                .is_err()
+            {
+                self.inner.unload(plan_id, &tx);
+                continue;
+            }
+            match rx.await {
+                Ok(answer) => return answer,
+                Err(_) => {
+                    self.inner.unload(plan_id, &tx);
+                    continue;
+                }
+            }
+        }
+        Err(EngineError::ShuttingDown)
+    }
+
+    /// Registers a plan (validated again here). A missing `plan_id` gets a UUIDv7.
+    pub async fn register(&self, mut plan: Plan, actor: &str) -> Result<PlanState, EngineError> {
+        plan.validate()?;
+        let plan_id = plan
+            .plan_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        plan.plan_id = Some(plan_id.clone());
+        self.create(plan_id, plan, None, actor).await
+    }
+
+    async fn create(
+        &self,
+        plan_id: String,
+        definition: Plan,
+        origin: Option<Box<Origin>>,
+        actor: &str,
+    ) -> Result<PlanState, EngineError> {
+        let mut state = PlanState::empty(&plan_id);
+        let now = now_micros();
+        let decision = cairn_core::handle(
+            &mut state,
+            Command::Register { definition, origin },
+            cairn_core::Ctx { now, actor },
+        )?;
+        let stored = self
+            .inner
+            .store
+            .create_plan(CreatePlan {
+                plan_id: plan_id.clone(),
+                created_at: now,
+                state: state.status.as_str().to_owned(),
+                events: decision.events.iter().map(to_new).collect(),
+            })
+            .await?;
+        let events: Vec<Arc<Event>> = decision
+            .events
+            .into_iter()
+            .zip(stored)
+            .map(|(mut e, s)| {
+                e.id = s.id;
+                Arc::new(e)
+            })
+            .collect();
+        self.inner.publish(events);
+        Ok(state)
+    }
+
+    pub async fn start(
+        &self,
+        plan_id: &str,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<Arc<PlanState>, EngineError> {
+        Ok(self
+            .send(plan_id, Command::Start { reason }, actor.into())
+            .await?
+            .1)
+    }
+
+    pub async fn pause(
+        &self,
+        plan_id: &str,
+        mode: PauseMode,
+        resume_at: Option<Micros>,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<Arc<PlanState>, EngineError> {
+        Ok(self
+            .send(
+                plan_id,
+                Command::Pause {
+                    mode,
+                    resume_at,
+                    reason,
+                },
+                actor.into(),
+            )
+            .await?
+            .1)
+    }
+
+    pub async fn resume(
+        &self,
+        plan_id: &str,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<Arc<PlanState>, EngineError> {
+        Ok(self
+            .send(plan_id, Command::Resume { reason }, actor.into())
+            .await?
+            .1)
+    }
+
+    pub async fn cancel(
+        &self,
+        plan_id: &str,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<Arc<PlanState>, EngineError> {
+        Ok(self
+            .send(plan_id, Command::Cancel { reason }, actor.into())
+            .await?
+            .1)
+    }
+
+    /// Applies an intervention. A refused one is recorded and returned as
+    /// `EngineError::Refused` with its record.
+    pub async fn intervene(
+        &self,
+        plan_id: &str,
+        request: InterventionRequest,
+        actor: &str,
+    ) -> Result<Intervention, EngineError> {
+        let (decision, _) = self
+            .send(plan_id, Command::Intervene(request), actor.into())
+            .await?;
+        let record = decision
+            .intervention
+            .ok_or_else(|| EngineError::Corrupt("an intervention produced no record".into()))?;
+        match decision.refusal {
+            Some(refusal) => Err(EngineError::Refused {
+                refusal,
+                intervention: Some(Box::new(record)),
+            }),
+            None => Ok(record),
+        }
+    }
+
+    /// Takes a manual checkpoint.
+    pub async fn create_checkpoint(
+        &self,
+        plan_id: &str,
+        label: Option<String>,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<CheckpointSummary, EngineError> {
+        let (decision, _) = self
+            .send(plan_id, Command::Checkpoint { label, reason }, actor.into())
+            .await?;
+        let e = decision
+            .events
+            .iter()
+            .find(|e| e.checkpoint.is_some())
+            .ok_or_else(|| {
+                EngineError::Corrupt("a checkpoint command produced no checkpoint".into())
+            })?;
+        Ok(summary_of(e))
+    }
+
+    /// The current state of a plan.
+    pub async fn state(&self, plan_id: &str) -> Result<Arc<PlanState>, EngineError> {
+        let live = self
+            .inner
+            .plans
+            .lock()
+            .ok()
+            .and_then(|p| p.get(plan_id).cloned());
+        if let Some(tx) = live {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Msg::Read { reply }).is_ok() {
+                if let Ok(state) = rx.await {
+                    return Ok(state);
+                }
+            }
+        }
+        Ok(Arc::new(load_state(&*self.inner.store, plan_id).await?.0))
+    }
+
+    /// The client's view of a plan (DESIGN §4 `GET /v1/plans/{id}`).
+    pub async fn view(&self, plan_id: &str) -> Result<PlanView, EngineError> {
+        Ok(PlanView::of(&*self.state(plan_id).await?))
+    }
+
+    pub async fn list(
+        &self,
+        state: Option<PlanStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<PlanRow>, EngineError> {
+        Ok(self
+            .inner
+            .store
+            .list_plans(state.map(PlanStatus::as_str), limit, cursor)
+            .await?)
+    }
+
+    /// Events of a plan after `after` (seq), oldest first.
+    pub async fn events(
+        &self,
+        plan_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, EngineError> {
+        self.inner
+            .store
+            .read_events(plan_id, after, None, limit)
+            .await?
+            .into_iter()
+            .map(from_stored)
+            .collect()
+    }
+
+    pub async fn checkpoints(&self, plan_id: &str) -> Result<Vec<CheckpointSummary>, EngineError> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = self
+                .inner
+                .store
+                .list_checkpoints(plan_id, after, 1_000)
+                .await?;
+            let n = rows.len();
+            for r in rows {
+                after = r.seq;
+                out.push(CheckpointSummary {
+                    checkpoint_id: checkpoint_id(r.seq),
+                    plan_id: r.plan_id,
+                    seq: r.seq,
+                    trigger: CheckpointTrigger::parse(&r.trigger)
+                        .unwrap_or(CheckpointTrigger::Manual),
+                    label: r.label,
+                    created_at: r.at,
+                });
+            }
+            if n < 1_000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn checkpoint_state(
+        &self,
+        plan_id: &str,
+        cid: &str,
+    ) -> Result<(CheckpointView, PlanState), EngineError> {
+        let not_found = || EngineError::CheckpointNotFound {
+            plan_id: plan_id.to_owned(),
+            checkpoint_id: cid.to_owned(),
+        };
+        let seq = checkpoint_seq(cid).ok_or_else(not_found)?;
+        if self.inner.store.get_plan(plan_id).await?.is_none() {
+            return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+        }
+        let row = self
+            .inner
+            .store
+            .get_checkpoint(plan_id, seq)
+            .await?
+            .ok_or_else(not_found)?;
+        let (state, _) = state_at(&*self.inner.store, plan_id, seq).await?;
+        let trigger = CheckpointTrigger::parse(&row.trigger).unwrap_or(CheckpointTrigger::Manual);
+        Ok((
+            CheckpointView::of(&state, trigger, row.label, row.at),
+            state,
+        ))
+    }
+
+    /// A checkpoint with the state it implies.
+    pub async fn checkpoint(
+        &self,
+        plan_id: &str,
+        cid: &str,
+    ) -> Result<CheckpointView, EngineError> {
+        Ok(self.checkpoint_state(plan_id, cid).await?.0)
+    }
+
+    /// Restores a plan to a checkpoint: it ends up paused (reason `restored`).
+    pub async fn restore(
+        &self,
+        plan_id: &str,
+        cid: &str,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<Arc<PlanState>, EngineError> {
+        let (view, state) = self.checkpoint_state(plan_id, cid).await?;
+        Ok(self
+            .send(
+                plan_id,
+                Command::Restore {
+                    checkpoint_id: view.checkpoint_id,
+                    seq: view.seq,
+                    target: Box::new(state.materialize()),
+                    reason,
+                },
+                actor.into(),
+            )
+            .await?
+            .1)
+    }
+
+    /// A new plan, paused, whose state equals the checkpoint's.
+    pub async fn fork(
+        &self,
+        plan_id: &str,
+        cid: &str,
+        new_plan_id: Option<String>,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<PlanState, EngineError> {
+        let (view, state) = self.checkpoint_state(plan_id, cid).await?;
+        let new_id = new_plan_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        if !cairn_core::plan::valid_id(&new_id) {
+            return Err(cairn_core::Invalid::one(
+                "new_plan_id",
+                format!("{new_id:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)"),
+            )
+            .into());
+        }
+        let mut definition = state.definition();
+        definition.plan_id = Some(new_id.clone());
+        let forked = self
+            .create(
+                new_id.clone(),
+                definition,
+                Some(Box::new(Origin {
+                    how: "fork".into(),
+                    plan_id: plan_id.to_owned(),
+                    checkpoint_id: view.checkpoint_id.clone(),
+                    state: state.materialize(),
+                })),
+                actor,
+            )
+            .await?;
+        self.send(
+            plan_id,
+            Command::RecordFork {
+                checkpoint_id: view.checkpoint_id,
+                new_plan_id: new_id,
+                reason,
+            },
+            actor.into(),
+        )
+        .await?;
+        Ok(forked)
+    }
+
+    /// A checkpoint as a self-contained JSON document.
+    pub async fn export_checkpoint(
+        &self,
+        plan_id: &str,
+        cid: &str,
+    ) -> Result<CheckpointExport, EngineError> {
+        let (view, state) = self.checkpoint_state(plan_id, cid).await?;
+        Ok(CheckpointExport {
+            format: EXPORT_FORMAT.into(),
+            checkpoint: view,
+            state: state.materialize(),
+        })
+    }
+
+    /// Creates a plan (paused, reason `restored`) from an exported checkpoint.
+    pub async fn import_checkpoint(
+        &self,
+        export: CheckpointExport,
+        new_plan_id: Option<String>,
+        actor: &str,
+    ) -> Result<PlanState, EngineError> {
+        if export.format != EXPORT_FORMAT {
+            return Err(cairn_core::Invalid::one(
+                "format",
+                format!(
+                    "{:?} is not a cairn checkpoint export (expected {EXPORT_FORMAT})",
+                    export.format
+                ),
+            )
+            .into());
+        }
+        let new_id = new_plan_id.unwrap_or_else(|| export.checkpoint.plan_id.clone());
+        let mut definition = Plan {
+            plan_id: Some(new_id.clone()),
+            query: export.state.query.clone(),
+            metadata: export.state.metadata.clone(),
+            max_parallel: export.state.max_parallel,
+            steps: export.state.steps.iter().map(|s| s.def.clone()).collect(),
+        };
+        definition.validate()?;
+        definition.plan_id = Some(new_id.clone());
+        self.create(
+            new_id,
+            definition,
+            Some(Box::new(Origin {
+                how: "import".into(),
+                plan_id: export.checkpoint.plan_id.clone(),
+                checkpoint_id: export.checkpoint.checkpoint_id.clone(),
+                state: export.state,
+            })),
+            actor,
+        )
+        .await
+    }
+
+    /// Everything about a plan in one document.
+    pub async fn snapshot(&self, plan_id: &str) -> Result<Snapshot, EngineError> {
+        let state = self.state(plan_id).await?;
+        let checkpoints = self.checkpoints(plan_id).await?;
+        let mut interventions = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = self
+                .inner
+                .store
+                .read_events_of_kind(
+                    plan_id,
+                    &["intervention_applied", "intervention_failed"],
+                    after,
+                    1_000,
+                )
+                .await?;
+            let n = rows.len();
+            for row in rows {
+                after = row.seq;
+                match from_stored(row)?.kind {
+                    cairn_core::EventKind::InterventionApplied { intervention }
+                    | cairn_core::EventKind::InterventionFailed { intervention } => {
+                        interventions.push(*intervention)
+                    }
+                    _ => {}
+                }
+            }
+            if n < 1_000 {
+                break;
+            }
+        }
+        let view = PlanView::of(&state);
+        Ok(Snapshot {
+            plan_id: state.plan_id.clone(),
+            state: state.status,
+            pause_reason: state.pause_reason,
+            version: state.version,
+            progress: Progress {
+                total_steps: view.total_steps,
+                current_step_index: view.current_step_index,
+                completed_steps: view.completed_steps,
+                failed_steps: view.failed_steps,
+                skipped_steps: view.skipped_steps,
+                running_steps: view.running_steps,
+            },
+            definition: state.definition(),
+            steps: state.steps.clone(),
+            checkpoints,
+            interventions,
+            event_count: state.seq,
+            taken_at: now_micros(),
+            origin: state.origin.clone(),
+            failure: state.failure.clone(),
+        })
+    }
+
+    /// The recorded interventions of a plan, applied and refused, oldest first.
+    pub async fn interventions(&self, plan_id: &str) -> Result<Vec<Intervention>, EngineError> {
+        Ok(self.snapshot(plan_id).await?.interventions)
+    }
+
+    /// Deletes a plan that is not running (with its whole log).
+    pub async fn delete(&self, plan_id: &str) -> Result<(), EngineError> {
+        let state = self.state(plan_id).await?;
+        if state.status == PlanStatus::Running {
+            return Err(cairn_core::Refusal::new(
+                cairn_core::RefusalKind::Conflict,
+                format!("plan {plan_id} is running; pause or cancel it before deleting it"),
+            )
+            .into());
+        }
+        let live = self
+            .inner
+            .plans
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(plan_id));
+        if let Some(tx) = live {
+            let _ = tx.send(Msg::Stop);
+        }
+        if self.inner.store.delete_plan(plan_id).await? {
+            Ok(())
+        } else {
+            Err(EngineError::PlanNotFound(plan_id.to_owned()))
+        }
+    }
+
+    /// Live events of all plans. With `after`, past events with a greater global id come first,
+    /// from the store, then the live stream: nothing lost, nothing repeated.
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        Subscription::new(
+            self.inner.store.clone(),
+            self.inner.stream.subscribe(),
+            None,
+            after,
+        )
+    }
+
+    /// Like [`Engine::subscribe`], for one plan.
+    pub fn subscribe_plan(&self, plan_id: &str, after: Option<u64>) -> Subscription {
+        Subscription::new(
+            self.inner.store.clone(),
+            self.inner.stream.subscribe(),
+            Some(plan_id.to_owned()),
+            after,
+        )
+    }
+
+    /// Waits until the plan is settled: completed, failed, cancelled, or paused with nothing
+    /// running. Returns its state then.
+    pub async fn wait_settled(&self, plan_id: &str) -> Result<Arc<PlanState>, EngineError> {
+        let mut sub = self.subscribe_plan(plan_id, None);
+        loop {
+            let state = self.state(plan_id).await?;
+            if is_settled(&state) {
+                return Ok(state);
+            }
+            // Wake on the plan's next event (or a lag notice), then look again.
+            loop {
+                match sub.next().await {
+                    Some(Notice::Event(e)) if e.seq <= state.seq => continue,
+                    Some(_) => break,
+                    None => return Err(EngineError::ShuttingDown),
+                }
+            }
+        }
+    }
+
+    /// Stops driving every plan. Attempts in flight are abandoned; recovery runs them again the
+    /// next time the store is opened.
+    pub async fn shutdown(&self) {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let actors: Vec<_> = self
+            .inner
+            .plans
+            .lock()
+            .map(|mut p| p.drain().map(|(_, tx)| tx).collect())
+            .unwrap_or_default();
+        for tx in actors {
+            let _ = tx.send(Msg::Stop);
+        }
+    }
+}
+
+fn summary_of(e: &Event) -> CheckpointSummary {
+    let mark = e.checkpoint.clone();
+    CheckpointSummary {
+        checkpoint_id: checkpoint_id(e.seq),
+        plan_id: e.plan_id.clone(),
+        seq: e.seq,
+        trigger: mark
+            .as_ref()
+            .map(|m| m.trigger)
+            .unwrap_or(CheckpointTrigger::Manual),
+        label: mark.and_then(|m| m.label),
+        created_at: e.at,
+    }
+}
+
+/// True when the intervention was applied.
+pub fn applied(i: &Intervention) -> bool {
+    i.status == InterventionStatus::Applied
+}

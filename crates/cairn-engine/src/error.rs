@@ -1,0 +1,75 @@
+//! What the engine answers when it cannot do what was asked. No HTTP here: the server maps these
+//! to status codes.
+
+use cairn_core::{Intervention, Invalid, Refusal, RefusalKind};
+use cairn_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("plan {0} not found")]
+    PlanNotFound(String),
+    #[error("checkpoint {checkpoint_id} not found in plan {plan_id}")]
+    CheckpointNotFound {
+        plan_id: String,
+        checkpoint_id: String,
+    },
+    #[error("plan {0} already exists")]
+    PlanExists(String),
+    /// The document or request is malformed (HTTP 422).
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    /// The plan's state does not allow it (409) or the request would make it invalid (422).
+    #[error("{refusal}")]
+    Refused {
+        refusal: Refusal,
+        /// The recorded refused intervention, when the command was one.
+        intervention: Option<Box<Intervention>>,
+    },
+    #[error("plan {0} is being driven by another engine node")]
+    NotOwner(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<Refusal> for EngineError {
+    fn from(refusal: Refusal) -> Self {
+        EngineError::Refused {
+            refusal,
+            intervention: None,
+        }
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => EngineError::PlanNotFound(id),
+            StoreError::AlreadyExists(id) => EngineError::PlanExists(id),
+            StoreError::Fenced { plan_id, .. } | StoreError::LeaseHeld { plan_id, .. } => {
+                EngineError::NotOwner(plan_id)
+            }
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+impl EngineError {
+    /// Is this the caller's fault (a 4xx), rather than the engine's or the store's?
+    pub fn is_client_error(&self) -> bool {
+        !matches!(
+            self,
+            EngineError::Store(_) | EngineError::Corrupt(_) | EngineError::ShuttingDown
+        )
+    }
+
+    pub fn refusal_kind(&self) -> Option<RefusalKind> {
+        match self {
+            EngineError::Refused { refusal, .. } => Some(refusal.kind),
+            _ => None,
+        }
+    }
+}
