@@ -327,6 +327,9 @@ impl PlanActor {
     }
 
     fn dispatch(&mut self, step_id: &str, attempt: u32) {
+        if !self.inner.opts.execute {
+            return;
+        }
         let Some(step) = self.state.step(step_id) else {
             return;
         };

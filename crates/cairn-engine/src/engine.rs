@@ -43,6 +43,12 @@ pub struct EngineOptions {
     pub snapshot_every: u64,
     /// Events the live stream buffers for slow subscribers before they lag.
     pub stream_buffer: usize,
+    /// Resume every running and paused plan of the store when the engine opens. `cairn run`
+    /// turns this off and recovers only the plan it drives.
+    pub recover: bool,
+    /// Run attempts. An engine that does not (administrative commands on a store) still records
+    /// every decision; the attempts it starts are run by the next engine that recovers the plan.
+    pub execute: bool,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +58,8 @@ impl Default for EngineOptions {
             lease_ms: 30_000,
             snapshot_every: 512,
             stream_buffer: 16_384,
+            recover: true,
+            execute: true,
         }
     }
 }
@@ -218,7 +226,9 @@ impl Engine {
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        engine.recover().await?;
+        if engine.inner.opts.recover {
+            engine.recover().await?;
+        }
         Ok(engine)
     }
 
@@ -230,16 +240,24 @@ impl Engine {
             .plans_in_states(&["running", "paused"])
             .await?;
         for id in ids {
-            match self
-                .send(&id, Command::Recover, SYSTEM_ACTOR.to_owned())
-                .await
-            {
-                Ok(_) | Err(EngineError::Refused { .. }) => {}
-                Err(EngineError::NotOwner(_)) => {}
+            match self.recover_plan(&id).await {
+                Ok(()) | Err(EngineError::NotOwner(_)) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// Takes one plan over after a restart: attempts that were running run again (same attempt,
+    /// same idempotency key) if the plan is running, or go back to pending if it is not.
+    pub async fn recover_plan(&self, plan_id: &str) -> Result<(), EngineError> {
+        match self
+            .send(plan_id, Command::Recover, SYSTEM_ACTOR.to_owned())
+            .await
+        {
+            Ok(_) | Err(EngineError::Refused { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -125,6 +125,37 @@ impl SqliteStore {
         self.stats.snapshot()
     }
 
+    /// What checkpoints cost on disk: `(checkpoints, bytes)`, where bytes are the pages of the
+    /// partial checkpoint index (from the `dbstat` table) plus the checkpoint columns stored in
+    /// the event rows (with one header byte each). For benchmarks.
+    pub async fn checkpoint_storage(&self) -> StoreResult<(u64, u64)> {
+        self.read(|conn| {
+            let count: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM events WHERE cp_trigger IS NOT NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| backend("count checkpoints", e))?;
+            let columns: i64 = conn
+                .query_row(
+                    "SELECT coalesce(sum(length(cp_trigger) + coalesce(length(cp_label), 0) + 2), 0) FROM events WHERE cp_trigger IS NOT NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| backend("measure checkpoint columns", e))?;
+            let index: i64 = conn
+                .query_row(
+                    "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = 'checkpoints_by_plan'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| backend("measure the checkpoint index", e))?;
+            Ok((count as u64, (columns + index) as u64))
+        })
+        .await
+    }
+
     async fn write(&self, op: Op) -> StoreResult<Outcome> {
         let (reply, answer) = oneshot::channel();
         let sent = match &self.tx {

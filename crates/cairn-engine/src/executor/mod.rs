@@ -119,7 +119,7 @@ impl Registry {
         let r = Registry::default();
         r.register("builtin.echo", Arc::new(Echo));
         r.register("builtin.sleep", Arc::new(Sleep));
-        r.register("builtin.fail", Arc::new(Fail::default()));
+        r.register("builtin.fail", Arc::new(Fail));
         r
     }
 

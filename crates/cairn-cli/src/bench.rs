@@ -1,0 +1,436 @@
+//! `cairn bench`: the workloads of DESIGN §6, each in a fresh child process (so its peak RSS is
+//! its own) over a fresh SQLite file with full durability. One JSON object per line on stdout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_core::{InterventionKind, InterventionRequest, PauseMode, Plan, PlanStatus, StepDef};
+use cairn_engine::executor::Registry;
+use cairn_engine::{Engine, EngineOptions, Notice};
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::{exit, Fail};
+
+const WORKLOADS: &[&str] = &["fsync", "plans", "one_plan", "paused", "control"];
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Plans in the many-plans workload.
+    #[arg(long, default_value_t = 1000)]
+    plans: usize,
+    /// Steps of each of those plans.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Steps of the one long plan (also used for checkpoint size and restore time).
+    #[arg(long, default_value_t = 1000)]
+    long_steps: usize,
+    /// Paused plans held for the memory workload.
+    #[arg(long, default_value_t = 10_000)]
+    paused: usize,
+    /// Control requests (pause, resume, intervention, cancel) timed in the control workload.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Where to put the database files (one per workload, deleted afterwards). Default: a
+    /// temporary directory in the current directory, which is on the disk being measured.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Only these workloads (comma separated): fsync, plans, one_plan, paused, control.
+    #[arg(long, value_delimiter = ',')]
+    workload: Vec<String>,
+    /// Run the single workload given in this process (used by the parent).
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
+    for w in &args.workload {
+        if !WORKLOADS.contains(&w.as_str()) {
+            return Err(Fail::input(format!(
+                "unknown workload {w:?}; one of {}",
+                WORKLOADS.join(", ")
+            )));
+        }
+    }
+    if args.plans == 0 || args.steps == 0 || args.long_steps < 2 || args.paused == 0 || args.requests == 0 {
+        return Err(Fail::input("--plans, --steps, --paused and --requests must be positive and --long-steps at least 2"));
+    }
+    if args.child {
+        let [w] = args.workload.as_slice() else {
+            return Err(Fail::input("--child takes exactly one --workload"));
+        };
+        let db = args
+            .db
+            .clone()
+            .ok_or_else(|| Fail::input("--child needs --db"))?;
+        let lines = run_workload(w, &args, &db).await?;
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+        return Ok(exit::OK);
+    }
+    let dir = match &args.db {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Fail::input(format!("cannot create {}: {e}", d.display())))?;
+            tempfile::Builder::new()
+                .prefix("cairn-bench-")
+                .tempdir_in(d)
+        }
+        None => tempfile::Builder::new().prefix(".cairn-bench-").tempdir_in("."),
+    }
+    .map_err(|e| Fail::input(format!("cannot create a directory for the bench databases: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Fail::from(anyhow::anyhow!("cannot find the cairn binary: {e}")))?;
+    let selected: Vec<String> = if args.workload.is_empty() {
+        WORKLOADS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.workload.clone()
+    };
+    for w in selected {
+        let db = dir.path().join(format!("{w}.db"));
+        let out = tokio::process::Command::new(&exe)
+            .arg("bench")
+            .arg("--child")
+            .args(["--workload", &w])
+            .args(["--plans", &args.plans.to_string()])
+            .args(["--steps", &args.steps.to_string()])
+            .args(["--long-steps", &args.long_steps.to_string()])
+            .args(["--paused", &args.paused.to_string()])
+            .args(["--requests", &args.requests.to_string()])
+            .arg("--db")
+            .arg(&db)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .map_err(|e| Fail::from(anyhow::anyhow!("cannot run workload {w}: {e}")))?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        let _ = std::io::stdout().flush();
+        if !out.status.success() {
+            return Err(Fail {
+                code: exit::FAILED,
+                message: format!("workload {w} failed ({})", out.status),
+            });
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn rss_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
+        .unwrap_or(0.0)
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+/// The disk's own fsync rate: 4 KiB written and fdatasync'd, `n` times.
+fn fsync_rate(dir: &Path, n: usize) -> Result<(f64, f64), Fail> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)
+        .map_err(|e| Fail::from(anyhow::anyhow!("create {}: {e}", path.display())))?;
+    let block = [7u8; 4096];
+    let t = Instant::now();
+    for _ in 0..n {
+        f.write_all(&block)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Fail::from(anyhow::anyhow!("fsync probe: {e}")))?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    Ok((n as f64 / secs, secs / n as f64 * 1e6))
+}
+
+async fn open(db: &Path, opts: EngineOptions) -> Result<(Engine, Arc<SqliteStore>), Fail> {
+    let store = Arc::new(
+        SqliteStore::open(
+            db,
+            SqliteOptions {
+                engine_lock: true,
+                ..SqliteOptions::default()
+            },
+        )
+        .map_err(|e| Fail::from(anyhow::anyhow!("open {}: {e}", db.display())))?,
+    );
+    let engine = Engine::open(store.clone(), Registry::with_builtins(), opts).await?;
+    Ok((engine, store))
+}
+
+fn echo_plan(id: String, steps: usize) -> Plan {
+    Plan {
+        plan_id: Some(id),
+        query: "bench".into(),
+        metadata: Value::Null,
+        max_parallel: 8,
+        steps: (0..steps)
+            .map(|j| step(&format!("s{j}"), "builtin.echo", json!({"n": j})))
+            .collect(),
+    }
+}
+
+fn step(id: &str, agent: &str, params: Value) -> StepDef {
+    StepDef {
+        step_id: id.into(),
+        action: "bench".into(),
+        agent_type: agent.into(),
+        params,
+        depends_on: None,
+        when: None,
+        retry: None,
+        timeout_ms: None,
+        pause_before: false,
+        pause_after: false,
+        quality_gate: None,
+        compensate: None,
+    }
+}
+
+/// Registers plans concurrently.
+async fn register_all(engine: &Engine, plans: Vec<Plan>) -> Result<(), Fail> {
+    let mut set = tokio::task::JoinSet::new();
+    for p in plans {
+        let e = engine.clone();
+        set.spawn(async move { e.register(p, "bench").await.map(|_| ()) });
+    }
+    while let Some(r) = set.join_next().await {
+        r.map_err(|e| Fail::from(anyhow::anyhow!("{e}")))??;
+    }
+    Ok(())
+}
+
+/// Starts plans concurrently and waits until `n` of them have reached a final state.
+async fn start_and_wait(engine: &Engine, ids: &[String]) -> Result<(), Fail> {
+    let mut sub = engine.subscribe(None);
+    let mut set = tokio::task::JoinSet::new();
+    for id in ids {
+        let e = engine.clone();
+        let id = id.clone();
+        set.spawn(async move { e.start(&id, "bench", None).await.map(|_| ()) });
+    }
+    while let Some(r) = set.join_next().await {
+        r.map_err(|e| Fail::from(anyhow::anyhow!("{e}")))??;
+    }
+    let mut done = 0;
+    while done < ids.len() {
+        match sub.next().await {
+            Some(Notice::Event(e)) => {
+                if matches!(
+                    e.kind,
+                    cairn_core::EventKind::PlanCompleted {}
+                        | cairn_core::EventKind::PlanFailed { .. }
+                        | cairn_core::EventKind::PlanDrained {}
+                ) {
+                    done += 1;
+                }
+            }
+            Some(Notice::Lagged { .. }) => {
+                // Count from the store instead.
+                let mut settled = 0;
+                for id in ids {
+                    if cairn_core::view::is_settled(&*engine.state(id).await?) {
+                        settled += 1;
+                    }
+                }
+                done = settled;
+            }
+            None => return Err(Fail::from(anyhow::anyhow!("the engine stopped"))),
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>, Fail> {
+    let dir = db.parent().unwrap_or(Path::new("."));
+    match w {
+        "fsync" => {
+            let (rate, us) = fsync_rate(dir, 500)?;
+            Ok(vec![json!({
+                "workload": "fsync", "steps": 0, "wall_s": round(500.0 / rate, 3), "steps_per_sec": 0,
+                "fsyncs_per_sec": round(rate, 0), "fsync_us": round(us, 1), "peak_rss_mb": rss_mb("VmHWM:"),
+            })])
+        }
+        "plans" => {
+            let (engine, store) = open(db, EngineOptions::default()).await?;
+            let plans: Vec<Plan> = (0..args.plans)
+                .map(|i| echo_plan(format!("bench-{i}"), args.steps))
+                .collect();
+            let ids: Vec<String> = plans.iter().filter_map(|p| p.plan_id.clone()).collect();
+            let t = Instant::now();
+            register_all(&engine, plans).await?;
+            let register_s = t.elapsed().as_secs_f64();
+            let before = store.stats();
+            let t = Instant::now();
+            start_and_wait(&engine, &ids).await?;
+            let wall = t.elapsed().as_secs_f64();
+            let after = store.stats();
+            let completed = engine.list(Some(PlanStatus::Completed), 1, None).await?;
+            if completed.items.is_empty() {
+                return Err(Fail::from(anyhow::anyhow!("no plan completed")));
+            }
+            let steps = args.plans * args.steps;
+            let commits = after.commits - before.commits;
+            Ok(vec![json!({
+                "workload": "plans", "plans": args.plans, "steps": steps, "wall_s": round(wall, 3),
+                "steps_per_sec": round(steps as f64 / wall, 0), "peak_rss_mb": rss_mb("VmHWM:"),
+                "register_s": round(register_s, 3), "commits": commits,
+                "appends_per_commit": round((after.requests - before.requests) as f64 / commits.max(1) as f64, 1),
+                "durability": "full",
+            })])
+        }
+        "one_plan" => {
+            let (_, fsync_us) = fsync_rate(dir, 200)?;
+            let (engine, store) = open(db, EngineOptions::default()).await?;
+            let n = args.long_steps;
+            engine.register(echo_plan("long".into(), n), "bench").await?;
+            let t = Instant::now();
+            engine.start("long", "bench", None).await?;
+            let state = engine.wait_settled("long").await?;
+            let wall = t.elapsed().as_secs_f64();
+            if state.status != PlanStatus::Completed {
+                return Err(Fail::from(anyhow::anyhow!("the long plan ended {}", state.status.as_str())));
+            }
+            let per_step_us = wall / n as f64 * 1e6;
+            let (count, bytes) = store
+                .checkpoint_storage()
+                .await
+                .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+            // Restore to checkpoints spread over the log, timing each call end to end.
+            let cps = engine.checkpoints("long").await?;
+            let mut times = Vec::new();
+            for k in 1..=9 {
+                let cp = &cps[cps.len() * k / 10];
+                let t = Instant::now();
+                engine.restore("long", &cp.checkpoint_id, "bench", None).await?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(vec![
+                json!({
+                    "workload": "one_plan", "steps": n, "wall_s": round(wall, 3),
+                    "steps_per_sec": round(n as f64 / wall, 0), "peak_rss_mb": rss_mb("VmHWM:"),
+                    "per_step_us": round(per_step_us, 1), "fsync_us": round(fsync_us, 1),
+                    "overhead_us": round(per_step_us - fsync_us, 1),
+                }),
+                json!({
+                    "workload": "checkpoint_size", "steps": n, "wall_s": 0, "steps_per_sec": 0,
+                    "peak_rss_mb": rss_mb("VmHWM:"), "checkpoints": count,
+                    "bytes_per_checkpoint": round(bytes as f64 / count.max(1) as f64, 1),
+                }),
+                json!({
+                    "workload": "restore", "steps": n, "wall_s": round(times.iter().sum::<f64>() / 1e3, 3), "steps_per_sec": 0,
+                    "peak_rss_mb": rss_mb("VmHWM:"), "restores": times.len(),
+                    "restore_ms_p50": round(percentile(&times, 0.5), 2), "restore_ms_max": round(percentile(&times, 1.0), 2),
+                }),
+            ])
+        }
+        "paused" => {
+            let (engine, _) = open(db, EngineOptions::default()).await?;
+            let plans: Vec<Plan> = (0..args.paused)
+                .map(|i| {
+                    let mut p = echo_plan(format!("held-{i}"), 3);
+                    p.steps[1].pause_before = true;
+                    p
+                })
+                .collect();
+            let ids: Vec<String> = plans.iter().filter_map(|p| p.plan_id.clone()).collect();
+            let t = Instant::now();
+            register_all(&engine, plans).await?;
+            start_and_wait(&engine, &ids).await?;
+            let wall = t.elapsed().as_secs_f64();
+            let paused = engine.list(Some(PlanStatus::Paused), 1000, None).await?;
+            Ok(vec![json!({
+                "workload": "paused", "plans": args.paused, "steps": args.paused, "wall_s": round(wall, 3),
+                "steps_per_sec": round(args.paused as f64 / wall, 0), "peak_rss_mb": rss_mb("VmHWM:"),
+                "rss_mb": rss_mb("VmRSS:"), "paused_listed_first_page": paused.items.len(),
+            })])
+        }
+        "control" => {
+            let (_, fsync_us) = fsync_rate(dir, 200)?;
+            let (engine, _) = open(db, EngineOptions::default()).await?;
+            // Plans that stay busy while the requests are timed: sleeping steps in a chain.
+            let plans: Vec<Plan> = (0..args.plans)
+                .map(|i| Plan {
+                    plan_id: Some(format!("busy-{i}")),
+                    query: "bench".into(),
+                    metadata: Value::Null,
+                    max_parallel: 8,
+                    steps: (0..50)
+                        .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 20})))
+                        .collect(),
+                })
+                .collect();
+            let ids: Vec<String> = plans.iter().filter_map(|p| p.plan_id.clone()).collect();
+            register_all(&engine, plans).await?;
+            for id in &ids {
+                engine.start(id, "bench", None).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (mut pause, mut resume, mut intervene, mut cancel) = (vec![], vec![], vec![], vec![]);
+            let n = args.requests.min(ids.len());
+            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            for (k, id) in ids.iter().take(n).enumerate() {
+                let t = Instant::now();
+                engine.pause(id, PauseMode::Boundary, None, "bench", None).await?;
+                pause.push(ms(t));
+                let t = Instant::now();
+                engine
+                    .intervene(
+                        id,
+                        InterventionRequest {
+                            kind: InterventionKind::AddStep {
+                                step: json!({"step_id": format!("extra-{k}"), "action": "bench", "agent_type": "builtin.echo"}),
+                                after: None,
+                                before: None,
+                            },
+                            expected_version: None,
+                            reason: None,
+                            dry_run: false,
+                        },
+                        "bench",
+                    )
+                    .await?;
+                intervene.push(ms(t));
+                let t = Instant::now();
+                engine.resume(id, "bench", None).await?;
+                resume.push(ms(t));
+            }
+            for id in ids.iter().take(n) {
+                let t = Instant::now();
+                engine.cancel(id, "bench", None).await?;
+                cancel.push(ms(t));
+            }
+            let mut out = Vec::new();
+            for (name, mut v) in [("pause", pause), ("intervention", intervene), ("resume", resume), ("cancel", cancel)] {
+                v.sort_by(f64::total_cmp);
+                out.push(json!({
+                    "workload": format!("control_{name}"), "steps": 0, "wall_s": round(v.iter().sum::<f64>() / 1e3, 3),
+                    "steps_per_sec": 0, "peak_rss_mb": rss_mb("VmHWM:"), "requests": v.len(), "running_plans": args.plans,
+                    "p50_ms": round(percentile(&v, 0.5), 3), "p99_ms": round(percentile(&v, 0.99), 3), "fsync_ms": round(fsync_us / 1e3, 3),
+                }));
+            }
+            engine.shutdown().await;
+            Ok(out)
+        }
+        other => Err(Fail::input(format!("unknown workload {other:?}"))),
+    }
+}

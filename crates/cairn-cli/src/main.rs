@@ -1,0 +1,143 @@
+//! The `cairn` binary. The only crate that reads argv and the environment; everything it does
+//! goes through `cairn_engine::Engine`.
+//!
+//! Exit codes: 0 success (a plan completed), 1 a plan failed or an operation failed, 2 bad input
+//! (usage, an invalid plan, a refused request), 3 the plan is paused, 4 the plan was cancelled.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod bench;
+mod ops;
+mod progress;
+mod run;
+
+/// A durable orchestrator for multi-step agent research plans.
+#[derive(Parser)]
+#[command(name = "cairn", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a plan embedded, with live progress on stderr. Ctrl-C pauses it durably.
+    Run(run::RunArgs),
+    /// Check a plan file: exit 0, or print every fault and exit 2.
+    Validate {
+        /// The plan document (JSON or YAML).
+        plan_file: PathBuf,
+    },
+    /// Run the DESIGN §6 workloads; one JSON object per line on stdout.
+    Bench(bench::BenchArgs),
+    /// List, inspect and control plans in a local store.
+    #[command(subcommand)]
+    Plans(ops::PlansCmd),
+    /// Interventions on a plan's steps (skip, retry, modify, add, remove, reorder, rerun).
+    #[command(subcommand)]
+    Steps(ops::StepsCmd),
+    /// Checkpoints: list, show, create, restore, fork, export to and import from JSON files.
+    #[command(subcommand)]
+    Checkpoints(ops::CheckpointsCmd),
+}
+
+/// Where the local store is.
+#[derive(Args, Clone, Debug)]
+pub struct DbArgs {
+    /// The SQLite database file.
+    #[arg(long, default_value = "cairn.db", env = "CAIRN_DB")]
+    pub db: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit codes.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const PAUSED: u8 = 3;
+    pub const CANCELLED: u8 = 4;
+}
+
+/// An error that carries its exit code.
+#[derive(Debug)]
+pub struct Fail {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Fail {
+    pub fn input(message: impl Into<String>) -> Fail {
+        Fail {
+            code: exit::BAD_INPUT,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(e: anyhow::Error) -> Self {
+        Fail {
+            code: exit::FAILED,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+impl From<cairn_engine::EngineError> for Fail {
+    fn from(e: cairn_engine::EngineError) -> Self {
+        Fail {
+            code: if e.is_client_error() {
+                exit::BAD_INPUT
+            } else {
+                exit::FAILED
+            },
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Run(args) => run::run(args).await,
+            Cmd::Validate { plan_file } => run::validate(&plan_file),
+            Cmd::Bench(args) => bench::bench(args).await,
+            Cmd::Plans(cmd) => ops::plans(cmd).await,
+            Cmd::Steps(cmd) => ops::steps(cmd).await,
+            Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,
+        }
+    });
+    // Executors may leave child processes or sockets behind on Ctrl-C; do not wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

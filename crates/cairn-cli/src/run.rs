@@ -1,0 +1,333 @@
+//! `cairn run` and `cairn validate`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_core::{Format, PauseMode, Plan, PlanState, PlanStatus};
+use cairn_engine::config::Config;
+use cairn_engine::executor::Registry;
+use cairn_engine::{Engine, EngineError, EngineOptions, Notice};
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use clap::Args;
+
+use crate::progress::Progress;
+use crate::{exit, Fail};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The plan document (JSON or YAML).
+    #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+    plan_file: Option<PathBuf>,
+    /// Continue a paused or interrupted plan of the store instead of registering a new one.
+    #[arg(long, value_name = "PLAN_ID")]
+    resume: Option<String>,
+    /// The SQLite database file.
+    #[arg(long, default_value = "cairn.db", env = "CAIRN_DB")]
+    db: PathBuf,
+    /// The configuration file (default: ./cairn.toml, else cairn.toml beside the plan file).
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Register the plan under this id instead of the document's own.
+    #[arg(long)]
+    plan_id: Option<String>,
+    /// No live display, even on a terminal.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the final state with every step's output as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The user named in events this process writes.
+pub fn user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "cli".into())
+}
+
+/// Reads and validates a plan file.
+pub fn read_plan(path: &Path) -> Result<Plan, Fail> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Fail::input(format!("cannot read {}: {e}", path.display())))?;
+    let name = path.to_string_lossy();
+    Plan::parse(&text, Format::guess(&name, &text)).map_err(|invalid| {
+        let mut msg = format!("{} is not a valid plan:", path.display());
+        for f in &invalid.faults {
+            msg.push_str(&format!("\n  - {f}"));
+        }
+        Fail::input(msg)
+    })
+}
+
+pub fn validate(path: &Path) -> Result<u8, Fail> {
+    let plan = read_plan(path)?;
+    println!(
+        "{}: valid plan{} with {} step{}",
+        path.display(),
+        plan.plan_id
+            .as_deref()
+            .map(|id| format!(" {id}"))
+            .unwrap_or_default(),
+        plan.steps.len(),
+        if plan.steps.len() == 1 { "" } else { "s" }
+    );
+    Ok(exit::OK)
+}
+
+/// Finds the configuration: the explicit file, else ./cairn.toml, else cairn.toml beside the plan.
+pub fn load_config(explicit: Option<&Path>, plan_file: Option<&Path>) -> Result<Config, Fail> {
+    let candidates: Vec<PathBuf> = match explicit {
+        Some(p) => {
+            if !p.exists() {
+                return Err(Fail::input(format!(
+                    "configuration file {} does not exist",
+                    p.display()
+                )));
+            }
+            vec![p.to_owned()]
+        }
+        None => {
+            let mut v = vec![PathBuf::from("cairn.toml")];
+            if let Some(dir) = plan_file.and_then(Path::parent) {
+                v.push(dir.join("cairn.toml"));
+            }
+            v
+        }
+    };
+    for c in candidates {
+        if c.is_file() {
+            return Config::load(&c)
+                .map_err(|e| Fail::input(format!("{}: {e}", c.display())));
+        }
+    }
+    Ok(Config::default())
+}
+
+/// Refuses a plan whose agent types have no executor, before anything starts.
+pub fn check_agents(steps: &[cairn_core::StepDef], registry: &Registry) -> Result<(), Fail> {
+    let mut missing: Vec<(&str, &str)> = steps
+        .iter()
+        .filter(|s| !registry.contains(&s.agent_type))
+        .map(|s| (s.step_id.as_str(), s.agent_type.as_str()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort_by_key(|(_, a)| *a);
+    let mut msg = String::from("no executor is configured for:");
+    for (step, agent) in &missing {
+        msg.push_str(&format!("\n  - step {step}: agent type {agent:?}"));
+    }
+    let agent = missing[0].1;
+    msg.push_str(&format!(
+        "\nconfigure each in cairn.toml (next to the plan or in the current directory, or pass --config), e.g.\n\n  [agents.{agent}]\n  executor = \"command\"            # or \"http\" with url = \"http://127.0.0.1:9000/run\"\n  command = [\"python3\", \"agents/{agent}.py\"]\n\nor use a builtin agent type: builtin.echo, builtin.sleep, builtin.fail"
+    ));
+    Err(Fail::input(msg))
+}
+
+pub fn open_store(db: &Path, engine_lock: bool) -> Result<Arc<SqliteStore>, Fail> {
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Fail::input(format!(
+                "directory {} of --db does not exist",
+                dir.display()
+            )));
+        }
+    }
+    SqliteStore::open(
+        db,
+        SqliteOptions {
+            engine_lock,
+            ..SqliteOptions::default()
+        },
+    )
+    .map(Arc::new)
+    .map_err(|e| Fail {
+        code: exit::FAILED,
+        message: format!("cannot open {}: {e}", db.display()),
+    })
+}
+
+pub async fn run(args: RunArgs) -> Result<u8, Fail> {
+    let config = load_config(args.config.as_deref(), args.plan_file.as_deref())?;
+    let registry = config.registry();
+    let plan = match &args.plan_file {
+        Some(path) => {
+            let mut plan = read_plan(path)?;
+            if let Some(id) = &args.plan_id {
+                plan.plan_id = Some(id.clone());
+                plan.validate().map_err(|e| Fail::input(e.to_string()))?;
+            }
+            check_agents(&plan.steps, &registry)?;
+            Some(plan)
+        }
+        None => None,
+    };
+    let store = open_store(&args.db, true)?;
+    let engine = Engine::open(
+        store,
+        registry.clone(),
+        EngineOptions {
+            recover: false,
+            ..EngineOptions::default()
+        },
+    )
+    .await?;
+    let user = user();
+    let plan_id = match plan {
+        Some(plan) => {
+            let id = plan.plan_id.clone();
+            match engine.register(plan, &user).await {
+                Ok(state) => state.plan_id,
+                Err(EngineError::PlanExists(_)) => {
+                    let id = id.unwrap_or_default();
+                    let existing = engine.state(&id).await?;
+                    return Err(Fail::input(format!(
+                        "plan {id} already exists in {} ({}); continue it with `cairn run --resume {id} --db {}`, or run the file again under another id with --plan-id",
+                        args.db.display(),
+                        existing.status.as_str(),
+                        args.db.display()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => args.resume.clone().unwrap_or_default(),
+    };
+    let result = drive(&engine, &plan_id, &args, &registry, &user).await;
+    engine.shutdown().await;
+    result
+}
+
+async fn drive(
+    engine: &Engine,
+    plan_id: &str,
+    args: &RunArgs,
+    registry: &Registry,
+    user: &str,
+) -> Result<u8, Fail> {
+    let started = Instant::now();
+    let state = engine.state(plan_id).await?;
+    check_agents(
+        &state.steps.iter().map(|s| s.def.clone()).collect::<Vec<_>>(),
+        registry,
+    )?;
+    let mut sub = engine.subscribe_plan(plan_id, None);
+    engine.recover_plan(plan_id).await?;
+    let state = engine.state(plan_id).await?;
+    let mut progress = Progress::new(&state, args.quiet);
+    let db = args.db.display().to_string();
+    match state.status {
+        PlanStatus::Idle => {
+            progress.println(&format!(
+                "plan {plan_id}: {} steps, store {db}",
+                state.steps.len()
+            ));
+            engine.start(plan_id, user, None).await?;
+        }
+        PlanStatus::Paused if args.resume.is_some() => {
+            progress.println(&format!("plan {plan_id}: resuming"));
+            engine.resume(plan_id, user, None).await?;
+        }
+        PlanStatus::Running => progress.println(&format!("plan {plan_id}: continuing after an interruption")),
+        _ => {}
+    }
+    let mut pausing = false;
+    let state = loop {
+        let state = engine.state(plan_id).await?;
+        if cairn_core::view::is_settled(&state) {
+            break state;
+        }
+        tokio::select! {
+            notice = sub.next() => match notice {
+                Some(Notice::Event(e)) => {
+                    let state = engine.state(plan_id).await?;
+                    progress.on_event(&e, &state);
+                }
+                Some(Notice::Lagged { .. }) => {}
+                None => return Err(Fail { code: exit::FAILED, message: "the engine stopped".into() }),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                if pausing {
+                    progress.finish();
+                    eprintln!("interrupted; steps still running will run again on `cairn run --resume {plan_id} --db {db}`");
+                    return Ok(exit::PAUSED);
+                }
+                pausing = true;
+                match engine.pause(plan_id, PauseMode::Boundary, None, user, Some("Ctrl-C".into())).await {
+                    Ok(s) => {
+                        let running = s.running_count();
+                        progress.println(&format!(
+                            "pausing plan {plan_id} (durable); {running} running step{} will finish first; Ctrl-C again to stop now",
+                            if running == 1 { "" } else { "s" }
+                        ));
+                    }
+                    Err(EngineError::Refused { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    };
+    progress.finish();
+    if args.json {
+        let view = cairn_core::view::PlanView::of(&state);
+        let outputs: serde_json::Map<String, serde_json::Value> = state
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.def.step_id.clone(), s.rec.output.clone()?)))
+            .collect();
+        let mut doc = serde_json::to_value(&view).unwrap_or_default();
+        doc["outputs"] = serde_json::Value::Object(outputs);
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+    Ok(report(&state, started.elapsed().as_secs_f64(), &db))
+}
+
+fn report(state: &PlanState, secs: f64, db: &str) -> u8 {
+    let id = &state.plan_id;
+    let done = state
+        .steps
+        .iter()
+        .filter(|s| s.rec.status.satisfies())
+        .count();
+    let total = state.steps.len();
+    match state.status {
+        PlanStatus::Completed => {
+            eprintln!("plan {id} completed: {done}/{total} steps in {secs:.2}s");
+            exit::OK
+        }
+        PlanStatus::Failed => {
+            eprintln!(
+                "plan {id} failed: {}",
+                state.failure.as_deref().unwrap_or("a step failed")
+            );
+            if let Some(step) = state
+                .steps
+                .iter()
+                .find(|s| s.rec.status == cairn_core::StepStatus::Failed)
+            {
+                eprintln!(
+                    "retry it with `cairn steps retry {id} {} --db {db}` (or skip it), then `cairn run --resume {id} --db {db}`",
+                    step.def.step_id
+                );
+            }
+            exit::FAILED
+        }
+        PlanStatus::Cancelled => {
+            eprintln!("plan {id} was cancelled ({done}/{total} steps done)");
+            exit::CANCELLED
+        }
+        _ => {
+            let why = state
+                .pause_reason
+                .map(|r| serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+                .unwrap_or_default();
+            eprintln!(
+                "plan {id} paused ({why}) after {done}/{total} steps; resume with: cairn run --resume {id} --db {db}"
+            );
+            exit::PAUSED
+        }
+    }
+}
