@@ -55,7 +55,12 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
             )));
         }
     }
-    if args.plans == 0 || args.steps == 0 || args.long_steps < 2 || args.paused == 0 || args.requests == 0 {
+    if args.plans == 0
+        || args.steps == 0
+        || args.long_steps < 2
+        || args.paused == 0
+        || args.requests == 0
+    {
         return Err(Fail::input("--plans, --steps, --paused and --requests must be positive and --long-steps at least 2"));
     }
     if args.child {
@@ -81,9 +86,15 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
                 .prefix("cairn-bench-")
                 .tempdir_in(d)
         }
-        None => tempfile::Builder::new().prefix(".cairn-bench-").tempdir_in("."),
+        None => tempfile::Builder::new()
+            .prefix(".cairn-bench-")
+            .tempdir_in("."),
     }
-    .map_err(|e| Fail::input(format!("cannot create a directory for the bench databases: {e}")))?;
+    .map_err(|e| {
+        Fail::input(format!(
+            "cannot create a directory for the bench databases: {e}"
+        ))
+    })?;
     let exe = std::env::current_exe()
         .map_err(|e| Fail::from(anyhow::anyhow!("cannot find the cairn binary: {e}")))?;
     let selected: Vec<String> = if args.workload.is_empty() {
@@ -301,13 +312,18 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             let (_, fsync_us) = fsync_rate(dir, 200)?;
             let (engine, store) = open(db, EngineOptions::default()).await?;
             let n = args.long_steps;
-            engine.register(echo_plan("long".into(), n), "bench").await?;
+            engine
+                .register(echo_plan("long".into(), n), "bench")
+                .await?;
             let t = Instant::now();
             engine.start("long", "bench", None).await?;
             let state = engine.wait_settled("long").await?;
             let wall = t.elapsed().as_secs_f64();
             if state.status != PlanStatus::Completed {
-                return Err(Fail::from(anyhow::anyhow!("the long plan ended {}", state.status.as_str())));
+                return Err(Fail::from(anyhow::anyhow!(
+                    "the long plan ended {}",
+                    state.status.as_str()
+                )));
             }
             let per_step_us = wall / n as f64 * 1e6;
             let (count, bytes) = store
@@ -320,7 +336,9 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             for k in 1..=9 {
                 let cp = &cps[cps.len() * k / 10];
                 let t = Instant::now();
-                engine.restore("long", &cp.checkpoint_id, "bench", None).await?;
+                engine
+                    .restore("long", &cp.checkpoint_id, "bench", None)
+                    .await?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
             times.sort_by(f64::total_cmp);
@@ -385,12 +403,15 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
                 engine.start(id, "bench", None).await?;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let (mut pause, mut resume, mut intervene, mut cancel) = (vec![], vec![], vec![], vec![]);
+            let (mut pause, mut resume, mut intervene, mut cancel) =
+                (vec![], vec![], vec![], vec![]);
             let n = args.requests.min(ids.len());
             let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
             for (k, id) in ids.iter().take(n).enumerate() {
                 let t = Instant::now();
-                engine.pause(id, PauseMode::Boundary, None, "bench", None).await?;
+                engine
+                    .pause(id, PauseMode::Boundary, None, "bench", None)
+                    .await?;
                 pause.push(ms(t));
                 let t = Instant::now();
                 engine
@@ -420,7 +441,12 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
                 cancel.push(ms(t));
             }
             let mut out = Vec::new();
-            for (name, mut v) in [("pause", pause), ("intervention", intervene), ("resume", resume), ("cancel", cancel)] {
+            for (name, mut v) in [
+                ("pause", pause),
+                ("intervention", intervene),
+                ("resume", resume),
+                ("cancel", cancel),
+            ] {
                 v.sort_by(f64::total_cmp);
                 out.push(json!({
                     "workload": format!("control_{name}"), "steps": 0, "wall_s": round(v.iter().sum::<f64>() / 1e3, 3),

@@ -114,9 +114,19 @@ pub struct IvArgs {
 #[derive(Subcommand, Debug)]
 pub enum StepsCmd {
     /// Skip a pending, failed or awaiting_review step.
-    Skip { plan_id: String, step_id: String, #[command(flatten)] iv: IvArgs },
+    Skip {
+        plan_id: String,
+        step_id: String,
+        #[command(flatten)]
+        iv: IvArgs,
+    },
     /// Run a failed, cancelled or completed step again.
-    Retry { plan_id: String, step_id: String, #[command(flatten)] iv: IvArgs },
+    Retry {
+        plan_id: String,
+        step_id: String,
+        #[command(flatten)]
+        iv: IvArgs,
+    },
     /// Merge-patch a pending or failed step: --patch '{"params": {"q": "new"}}'.
     Modify {
         plan_id: String,
@@ -141,7 +151,12 @@ pub enum StepsCmd {
         iv: IvArgs,
     },
     /// Remove a pending step no other step explicitly depends on.
-    Remove { plan_id: String, step_id: String, #[command(flatten)] iv: IvArgs },
+    Remove {
+        plan_id: String,
+        step_id: String,
+        #[command(flatten)]
+        iv: IvArgs,
+    },
     /// Reorder the pending steps: give all of them, in the new order.
     Reorder {
         plan_id: String,
@@ -151,15 +166,29 @@ pub enum StepsCmd {
         iv: IvArgs,
     },
     /// Run a step that has ended, and everything downstream of it, again.
-    Rerun { plan_id: String, step_id: String, #[command(flatten)] iv: IvArgs },
+    Rerun {
+        plan_id: String,
+        step_id: String,
+        #[command(flatten)]
+        iv: IvArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum CheckpointsCmd {
     /// A plan's checkpoints, oldest first.
-    List { plan_id: String, #[command(flatten)] db: DbArgs },
+    List {
+        plan_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// A checkpoint with the state it implies.
-    Show { plan_id: String, checkpoint_id: String, #[command(flatten)] db: DbArgs },
+    Show {
+        plan_id: String,
+        checkpoint_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Take a manual checkpoint.
     Create {
         plan_id: String,
@@ -329,7 +358,11 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             }
         }
         PlansCmd::Show { plan_id, db } => show(&open(&db).await?, &plan_id, db.json).await?,
-        PlansCmd::Start { plan_id, db, reason } => {
+        PlansCmd::Start {
+            plan_id,
+            db,
+            reason,
+        } => {
             let engine = open(&db).await?;
             engine.start(&plan_id, &user, reason).await?;
             show(&engine, &plan_id, db.json).await?;
@@ -352,7 +385,11 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             engine.pause(&plan_id, mode, None, &user, reason).await?;
             show(&engine, &plan_id, db.json).await?;
         }
-        PlansCmd::Resume { plan_id, db, reason } => {
+        PlansCmd::Resume {
+            plan_id,
+            db,
+            reason,
+        } => {
             let engine = open(&db).await?;
             engine.resume(&plan_id, &user, reason).await?;
             show(&engine, &plan_id, db.json).await?;
@@ -360,7 +397,11 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
                 eprintln!("its steps run when a process drives the plan: cairn run --resume {plan_id} --db {}", db.db.display());
             }
         }
-        PlansCmd::Cancel { plan_id, db, reason } => {
+        PlansCmd::Cancel {
+            plan_id,
+            db,
+            reason,
+        } => {
             let engine = open(&db).await?;
             engine.cancel(&plan_id, &user, reason).await?;
             show(&engine, &plan_id, db.json).await?;
@@ -373,7 +414,9 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             limit,
         } => {
             let engine = open(&db).await?;
-            let events = engine.events(&plan_id, after, limit.clamp(1, 10_000)).await?;
+            let events = engine
+                .events(&plan_id, after, limit.clamp(1, 10_000))
+                .await?;
             if db.json {
                 print(&json!({"items": events, "next_cursor": Value::Null}));
             } else {
@@ -416,15 +459,62 @@ fn json_arg(text: &str, what: &str) -> Result<Value, Fail> {
 
 pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
     let (plan_id, mut body, iv) = match cmd {
-        StepsCmd::Skip { plan_id, step_id, iv } => (plan_id, json!({"type": "skip_step", "step_id": step_id}), iv),
-        StepsCmd::Retry { plan_id, step_id, iv } => (plan_id, json!({"type": "retry_step", "step_id": step_id}), iv),
-        StepsCmd::Remove { plan_id, step_id, iv } => (plan_id, json!({"type": "remove_step", "step_id": step_id}), iv),
-        StepsCmd::Rerun { plan_id, step_id, iv } => (plan_id, json!({"type": "rerun_from", "step_id": step_id}), iv),
-        StepsCmd::Modify { plan_id, step_id, patch, iv } => {
+        StepsCmd::Skip {
+            plan_id,
+            step_id,
+            iv,
+        } => (
+            plan_id,
+            json!({"type": "skip_step", "step_id": step_id}),
+            iv,
+        ),
+        StepsCmd::Retry {
+            plan_id,
+            step_id,
+            iv,
+        } => (
+            plan_id,
+            json!({"type": "retry_step", "step_id": step_id}),
+            iv,
+        ),
+        StepsCmd::Remove {
+            plan_id,
+            step_id,
+            iv,
+        } => (
+            plan_id,
+            json!({"type": "remove_step", "step_id": step_id}),
+            iv,
+        ),
+        StepsCmd::Rerun {
+            plan_id,
+            step_id,
+            iv,
+        } => (
+            plan_id,
+            json!({"type": "rerun_from", "step_id": step_id}),
+            iv,
+        ),
+        StepsCmd::Modify {
+            plan_id,
+            step_id,
+            patch,
+            iv,
+        } => {
             let patch = json_arg(&patch, "--patch")?;
-            (plan_id, json!({"type": "modify_step", "step_id": step_id, "patch": patch}), iv)
+            (
+                plan_id,
+                json!({"type": "modify_step", "step_id": step_id, "patch": patch}),
+                iv,
+            )
         }
-        StepsCmd::Add { plan_id, step, after, before, iv } => {
+        StepsCmd::Add {
+            plan_id,
+            step,
+            after,
+            before,
+            iv,
+        } => {
             let step = json_arg(&step, "--step")?;
             let mut body = json!({"type": "add_step", "step": step});
             if let Some(a) = after {
@@ -435,7 +525,11 @@ pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
             }
             (plan_id, body, iv)
         }
-        StepsCmd::Reorder { plan_id, order, iv } => (plan_id, json!({"type": "reorder_steps", "order": order}), iv),
+        StepsCmd::Reorder { plan_id, order, iv } => (
+            plan_id,
+            json!({"type": "reorder_steps", "order": order}),
+            iv,
+        ),
     };
     if let Some(r) = &iv.reason {
         body["reason"] = Value::String(r.clone());
@@ -458,7 +552,11 @@ pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
                     record.kind,
                     record.step_id.as_deref().unwrap_or(""),
                     if record.dry_run { " (dry run)" } else { "" },
-                    if record.dry_run { "would apply" } else { "applied" },
+                    if record.dry_run {
+                        "would apply"
+                    } else {
+                        "applied"
+                    },
                     record.plan_version
                 );
                 for c in &record.diff {
@@ -490,7 +588,10 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             if db.json {
                 print(&json!({"items": list, "next_cursor": Value::Null}));
             } else {
-                println!("{:<12} {:>6} {:<8} {:<10} label", "CHECKPOINT", "SEQ", "TRIGGER", "AT");
+                println!(
+                    "{:<12} {:>6} {:<8} {:<10} label",
+                    "CHECKPOINT", "SEQ", "TRIGGER", "AT"
+                );
                 for c in list {
                     println!(
                         "{:<12} {:>6} {:<8} {:<10} {}",
@@ -507,7 +608,12 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             plan_id,
             checkpoint_id,
             db,
-        } => print(&open(&db).await?.checkpoint(&plan_id, &checkpoint_id).await?),
+        } => print(
+            &open(&db)
+                .await?
+                .checkpoint(&plan_id, &checkpoint_id)
+                .await?,
+        ),
         CheckpointsCmd::Create { plan_id, label, db } => {
             let c = open(&db)
                 .await?
@@ -516,7 +622,10 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             if db.json {
                 print(&c);
             } else {
-                println!("checkpoint {} of plan {plan_id} at seq {}", c.checkpoint_id, c.seq);
+                println!(
+                    "checkpoint {} of plan {plan_id} at seq {}",
+                    c.checkpoint_id, c.seq
+                );
             }
         }
         CheckpointsCmd::Restore {
@@ -526,7 +635,9 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             db,
         } => {
             let engine = open(&db).await?;
-            engine.restore(&plan_id, &checkpoint_id, &user, reason).await?;
+            engine
+                .restore(&plan_id, &checkpoint_id, &user, reason)
+                .await?;
             show(&engine, &plan_id, db.json).await?;
             if !db.json {
                 eprintln!("restored to {checkpoint_id}; continue with: cairn run --resume {plan_id} --db {}", db.db.display());
@@ -544,7 +655,11 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
                 .await?;
             show(&engine, &forked.plan_id, db.json).await?;
             if !db.json {
-                eprintln!("forked; run it with: cairn run --resume {} --db {}", forked.plan_id, db.db.display());
+                eprintln!(
+                    "forked; run it with: cairn run --resume {} --db {}",
+                    forked.plan_id,
+                    db.db.display()
+                );
             }
         }
         CheckpointsCmd::Export {
@@ -565,7 +680,10 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
                         code: exit::FAILED,
                         message: format!("cannot write {}: {e}", path.display()),
                     })?;
-                    eprintln!("exported {checkpoint_id} of plan {plan_id} to {}", path.display());
+                    eprintln!(
+                        "exported {checkpoint_id} of plan {plan_id} to {}",
+                        path.display()
+                    );
                 }
                 None => println!("{text}"),
             }
@@ -578,7 +696,10 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Fail::input(format!("cannot read {}: {e}", file.display())))?;
             let export: CheckpointExport = serde_json::from_str(&text).map_err(|e| {
-                Fail::input(format!("{} is not a cairn checkpoint export: {e}", file.display()))
+                Fail::input(format!(
+                    "{} is not a cairn checkpoint export: {e}",
+                    file.display()
+                ))
             })?;
             let engine = open(&db).await?;
             let state = engine.import_checkpoint(export, new_plan_id, &user).await?;

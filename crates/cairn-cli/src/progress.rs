@@ -41,7 +41,12 @@ impl Progress {
                 .min(40),
         };
         for s in &state.steps {
-            p.add_bar(&s.def.step_id, &s.def.action, &s.def.agent_type, s.rec.status);
+            p.add_bar(
+                &s.def.step_id,
+                &s.def.action,
+                &s.def.agent_type,
+                s.rec.status,
+            );
         }
         p
     }
@@ -84,18 +89,28 @@ impl Progress {
                 .unwrap_or_default()
         };
         match &e.kind {
-            EventKind::StepStarted { step_id, attempt, .. } => {
+            EventKind::StepStarted {
+                step_id, attempt, ..
+            } => {
                 let (action, agent) = step_line(step_id);
                 let extra = if *attempt > 1 {
                     format!("  attempt {attempt}")
                 } else {
                     String::new()
                 };
-                self.set(step_id, format!("{}  {action} ({agent}){extra}", mark(StepStatus::Running)), true);
+                self.set(
+                    step_id,
+                    format!("{}  {action} ({agent}){extra}", mark(StepStatus::Running)),
+                    true,
+                );
             }
             EventKind::StepCompleted { step_id, .. } => {
                 let (action, agent) = step_line(step_id);
-                self.set(step_id, format!("{}  {action} ({agent})", mark(StepStatus::Completed)), false);
+                self.set(
+                    step_id,
+                    format!("{}  {action} ({agent})", mark(StepStatus::Completed)),
+                    false,
+                );
             }
             EventKind::StepFailed {
                 step_id,
@@ -107,29 +122,61 @@ impl Progress {
                 let what = if retry_at.is_some() {
                     format!("↻  {action} ({agent})  will retry: {}", short(error))
                 } else {
-                    format!("{}  {action} ({agent})  {}", mark(StepStatus::Failed), short(error))
+                    format!(
+                        "{}  {action} ({agent})  {}",
+                        mark(StepStatus::Failed),
+                        short(error)
+                    )
                 };
                 self.set(step_id, what, false);
             }
             EventKind::StepSkipped { step_id, reason } => {
                 let (action, agent) = step_line(step_id);
-                self.set(step_id, format!("{}  {action} ({agent})  skipped: {reason}", mark(StepStatus::Skipped)), false);
+                self.set(
+                    step_id,
+                    format!(
+                        "{}  {action} ({agent})  skipped: {reason}",
+                        mark(StepStatus::Skipped)
+                    ),
+                    false,
+                );
             }
             EventKind::StepInterrupted { step_id, .. } => {
                 let (action, agent) = step_line(step_id);
-                self.set(step_id, format!("{}  {action} ({agent})  interrupted", mark(StepStatus::Pending)), false);
+                self.set(
+                    step_id,
+                    format!(
+                        "{}  {action} ({agent})  interrupted",
+                        mark(StepStatus::Pending)
+                    ),
+                    false,
+                );
             }
             EventKind::InterventionApplied { .. } | EventKind::CheckpointRestored { .. } => {
                 for s in &state.steps {
                     if !self.bars.contains_key(&s.def.step_id) {
-                        self.add_bar(&s.def.step_id, &s.def.action, &s.def.agent_type, s.rec.status);
+                        self.add_bar(
+                            &s.def.step_id,
+                            &s.def.action,
+                            &s.def.agent_type,
+                            s.rec.status,
+                        );
                     }
                 }
             }
             EventKind::PlanCancelled { .. } => {
                 for s in &state.steps {
                     if s.rec.status == StepStatus::Cancelled {
-                        self.set(&s.def.step_id, format!("{}  {} ({})  cancelled", mark(StepStatus::Cancelled), s.def.action, s.def.agent_type), false);
+                        self.set(
+                            &s.def.step_id,
+                            format!(
+                                "{}  {} ({})  cancelled",
+                                mark(StepStatus::Cancelled),
+                                s.def.action,
+                                s.def.agent_type
+                            ),
+                            false,
+                        );
                     }
                 }
             }

@@ -78,31 +78,11 @@ pub fn validate(path: &Path) -> Result<u8, Fail> {
 
 /// Finds the configuration: the explicit file, else ./cairn.toml, else cairn.toml beside the plan.
 pub fn load_config(explicit: Option<&Path>, plan_file: Option<&Path>) -> Result<Config, Fail> {
-    let candidates: Vec<PathBuf> = match explicit {
-        Some(p) => {
-            if !p.exists() {
-                return Err(Fail::input(format!(
-                    "configuration file {} does not exist",
-                    p.display()
-                )));
-            }
-            vec![p.to_owned()]
-        }
-        None => {
-            let mut v = vec![PathBuf::from("cairn.toml")];
-            if let Some(dir) = plan_file.and_then(Path::parent) {
-                v.push(dir.join("cairn.toml"));
-            }
-            v
-        }
-    };
-    for c in candidates {
-        if c.is_file() {
-            return Config::load(&c)
-                .map_err(|e| Fail::input(format!("{}: {e}", c.display())));
-        }
+    match Config::discover(explicit, plan_file) {
+        Ok(Some((_, config))) => Ok(config),
+        Ok(None) => Ok(Config::default()),
+        Err(e) => Err(Fail::input(e.to_string())),
     }
-    Ok(Config::default())
 }
 
 /// Refuses a plan whose agent types have no executor, before anything starts.
@@ -211,7 +191,11 @@ async fn drive(
     let started = Instant::now();
     let state = engine.state(plan_id).await?;
     check_agents(
-        &state.steps.iter().map(|s| s.def.clone()).collect::<Vec<_>>(),
+        &state
+            .steps
+            .iter()
+            .map(|s| s.def.clone())
+            .collect::<Vec<_>>(),
         registry,
     )?;
     let mut sub = engine.subscribe_plan(plan_id, None);
@@ -231,7 +215,9 @@ async fn drive(
             progress.println(&format!("plan {plan_id}: resuming"));
             engine.resume(plan_id, user, None).await?;
         }
-        PlanStatus::Running => progress.println(&format!("plan {plan_id}: continuing after an interruption")),
+        PlanStatus::Running => {
+            progress.println(&format!("plan {plan_id}: continuing after an interruption"))
+        }
         _ => {}
     }
     let mut pausing = false;
@@ -322,7 +308,12 @@ fn report(state: &PlanState, secs: f64, db: &str) -> u8 {
         _ => {
             let why = state
                 .pause_reason
-                .map(|r| serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+                .map(|r| {
+                    serde_json::to_value(r)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                })
                 .unwrap_or_default();
             eprintln!(
                 "plan {id} paused ({why}) after {done}/{total} steps; resume with: cairn run --resume {id} --db {db}"
