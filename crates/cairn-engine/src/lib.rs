@@ -3,7 +3,7 @@
 //! - [`Engine`]: the library's entry point (register, start, pause, resume, cancel, intervene,
 //!   checkpoints, restore, fork, snapshots, subscriptions).
 //! - [`executor`]: what runs a step, and the registry of agent types.
-//! - [`config`]: `cairn.toml`.
+//! - [`config`], which reads `cairn.toml`.
 //!
 //! Architecture invariants: the engine knows no SQL and no HTTP; every decision is made by
 //! `cairn_core`; nothing is answered, published or executed before the store has committed it.
