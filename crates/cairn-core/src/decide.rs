@@ -538,6 +538,20 @@ fn advance(em: &mut Emitter<'_>) {
             em.emit(SYSTEM_ACTOR, EventKind::PlanCompleted {}, None);
             return;
         }
+        // A failed step fails the plan. Outcomes fail it at once; this catches a plan resumed
+        // with a failed step it got back from a checkpoint (restore, fork), which would
+        // otherwise run forever with nothing to run.
+        if let Some(s) = em
+            .state
+            .steps
+            .iter()
+            .find(|s| s.rec.status == StepStatus::Failed)
+        {
+            let step_id = s.def.step_id.clone();
+            let error = s.rec.error.clone().unwrap_or_else(|| "failed".into());
+            em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+            return;
+        }
         let mut running = em.state.running_count();
         let max = em.state.max_parallel as usize;
         let statuses: Vec<StepStatus> = em.state.steps.iter().map(|s| s.rec.status).collect();
