@@ -155,6 +155,8 @@ pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<D
     };
     let status = em.state.status;
     let actor = ctx.actor;
+    // A dry run changes nothing, so the scheduler does not run after it either.
+    let dry_run = matches!(&command, Command::Intervene(r) if r.dry_run);
     match command {
         Command::Register { definition, origin } => {
             if em.state.seq != 0 {
@@ -341,7 +343,7 @@ pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<D
             }
         }
     }
-    if refusal.is_none() {
+    if refusal.is_none() && !dry_run {
         advance(&mut em);
     }
     Ok(Decision {
