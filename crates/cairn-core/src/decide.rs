@@ -155,6 +155,8 @@ pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<D
     };
     let status = em.state.status;
     let actor = ctx.actor;
+    // A dry run changes nothing, so the scheduler does not run after it either.
+    let dry_run = matches!(&command, Command::Intervene(r) if r.dry_run);
     match command {
         Command::Register { definition, origin } => {
             if em.state.seq != 0 {
@@ -341,7 +343,7 @@ pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<D
             }
         }
     }
-    if refusal.is_none() {
+    if refusal.is_none() && !dry_run {
         advance(&mut em);
     }
     Ok(Decision {
@@ -536,6 +538,20 @@ fn advance(em: &mut Emitter<'_>) {
         }
         if em.state.steps.iter().all(|s| s.rec.status.satisfies()) {
             em.emit(SYSTEM_ACTOR, EventKind::PlanCompleted {}, None);
+            return;
+        }
+        // A failed step fails the plan. Outcomes fail it at once; this catches a plan resumed
+        // with a failed step it got back from a checkpoint (restore, fork), which would
+        // otherwise run forever with nothing to run.
+        if let Some(s) = em
+            .state
+            .steps
+            .iter()
+            .find(|s| s.rec.status == StepStatus::Failed)
+        {
+            let step_id = s.def.step_id.clone();
+            let error = s.rec.error.clone().unwrap_or_else(|| "failed".into());
+            em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
             return;
         }
         let mut running = em.state.running_count();

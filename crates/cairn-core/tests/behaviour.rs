@@ -1,0 +1,1370 @@
+//! Behaviour of the pure core, driven the way the engine drives it: commands go through
+//! [`handle`] with an explicit fake clock, and executors are simulated by answering the attempts
+//! that [`decide::dispatches`] asks for with `Command::Outcome`.
+//!
+//! The property tests live in `behaviour/properties.rs` (same test binary).
+
+use cairn_core::decide::{self, Command, Ctx, Decision, StepResult};
+use cairn_core::event::{checkpoint_id, Event, EventKind};
+use cairn_core::intervention::InterventionStatus;
+use cairn_core::state::StepRecord;
+use cairn_core::{
+    expr, idempotency_key, CheckpointTrigger, InterventionRequest, PauseMode, PauseReason, Plan,
+    PlanState, PlanStatus, Refusal, RefusalKind, StepStatus,
+};
+use serde_json::{json, Value};
+
+#[path = "behaviour/properties.rs"]
+mod properties;
+
+const PLAN: &str = "p1";
+const MS: i64 = 1_000;
+
+/// A plan, its log, and a clock that only moves when a test moves it.
+struct Sim {
+    st: PlanState,
+    log: Vec<Event>,
+    now: i64,
+}
+
+impl Sim {
+    fn new(yaml: &str) -> Sim {
+        let definition = Plan::parse(yaml, cairn_core::Format::Yaml).expect("test plan is valid");
+        let mut sim = Sim {
+            st: PlanState::empty(PLAN),
+            log: Vec::new(),
+            now: 1_000_000,
+        };
+        sim.ok(Command::Register {
+            definition,
+            origin: None,
+        });
+        sim
+    }
+
+    /// A plan of `ids`, each step a plain echo step in list order.
+    fn linear(ids: &[&str]) -> Sim {
+        let mut y = String::from("steps:\n");
+        for id in ids {
+            y += &format!("  - {{step_id: {id}, action: a, agent_type: builtin.echo}}\n");
+        }
+        Sim::new(&y)
+    }
+
+    fn try_cmd(&mut self, c: Command) -> Result<Decision, Refusal> {
+        let before = self.st.clone();
+        let r = decide::handle(
+            &mut self.st,
+            c,
+            Ctx {
+                now: self.now,
+                actor: "alice",
+            },
+        );
+        match &r {
+            Ok(d) => {
+                self.log.extend(d.events.iter().cloned());
+                // The fold of the whole log is the live state, after every command.
+                assert_eq!(PlanState::replay(PLAN, &self.log), self.st);
+            }
+            Err(_) => assert_eq!(self.st, before, "a refused command changed the state"),
+        }
+        r
+    }
+
+    fn ok(&mut self, c: Command) -> Decision {
+        self.try_cmd(c).expect("command accepted")
+    }
+
+    fn refused(&mut self, c: Command) -> Refusal {
+        let n = self.log.len();
+        let r = self.try_cmd(c).expect_err("command refused");
+        assert_eq!(self.log.len(), n, "a refused command emitted events");
+        r
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.now += ms * MS;
+    }
+
+    fn start(&mut self) -> Decision {
+        self.ok(Command::Start { reason: None })
+    }
+    fn pause(&mut self, mode: PauseMode) -> Decision {
+        self.ok(Command::Pause {
+            mode,
+            resume_at: None,
+            reason: None,
+        })
+    }
+    fn resume(&mut self) -> Decision {
+        self.ok(Command::Resume { reason: None })
+    }
+    fn cancel(&mut self) -> Decision {
+        self.ok(Command::Cancel { reason: None })
+    }
+    fn tick(&mut self) -> Decision {
+        self.ok(Command::Tick)
+    }
+
+    fn attempt(&self, step: &str) -> u32 {
+        self.rec(step).attempts
+    }
+
+    /// The executor of `step`'s current attempt reports `result`.
+    fn report(&mut self, step: &str, attempt: u32, result: StepResult) -> Decision {
+        self.ok(Command::Outcome {
+            step_id: step.into(),
+            attempt,
+            result,
+        })
+    }
+
+    fn complete(&mut self, step: &str, output: Value) -> Decision {
+        assert_eq!(
+            self.status(step),
+            StepStatus::Running,
+            "{step} is not running"
+        );
+        let a = self.attempt(step);
+        self.report(
+            step,
+            a,
+            StepResult::Completed {
+                output,
+                scores: None,
+            },
+        )
+    }
+
+    fn fail(&mut self, step: &str, retryable: bool) -> Decision {
+        assert_eq!(
+            self.status(step),
+            StepStatus::Running,
+            "{step} is not running"
+        );
+        let a = self.attempt(step);
+        self.report(
+            step,
+            a,
+            StepResult::Failed {
+                error: format!("{step} broke"),
+                retryable,
+            },
+        )
+    }
+
+    fn intervene(&mut self, body: Value) -> Decision {
+        let req = InterventionRequest::from_body(body).expect("well-formed intervention body");
+        self.ok(Command::Intervene(req))
+    }
+
+    fn status(&self, step: &str) -> StepStatus {
+        self.rec(step).status
+    }
+
+    fn rec(&self, step: &str) -> &StepRecord {
+        &self
+            .st
+            .step(step)
+            .unwrap_or_else(|| panic!("no step {step}"))
+            .rec
+    }
+
+    fn running(&self) -> Vec<String> {
+        self.st.ids_with(StepStatus::Running)
+    }
+
+    fn order(&self) -> Vec<&str> {
+        self.st
+            .steps
+            .iter()
+            .map(|s| s.def.step_id.as_str())
+            .collect()
+    }
+
+    fn checkpoints(&self) -> Vec<(u64, CheckpointTrigger)> {
+        self.log
+            .iter()
+            .filter_map(|e| e.checkpoint.as_ref().map(|c| (e.seq, c.trigger)))
+            .collect()
+    }
+
+    fn last_checkpoint(&self, trigger: CheckpointTrigger) -> u64 {
+        self.checkpoints()
+            .into_iter()
+            .rev()
+            .find(|(_, t)| *t == trigger)
+            .expect("a checkpoint of that trigger")
+            .0
+    }
+
+    /// The restore command for the checkpoint at `seq`, materialised from the log as the engine
+    /// does it.
+    fn restore_cmd(&self, seq: u64) -> Command {
+        let target = PlanState::replay(PLAN, self.log.iter().take_while(|e| e.seq <= seq));
+        Command::Restore {
+            checkpoint_id: checkpoint_id(seq),
+            seq,
+            target: Box::new(target.materialize()),
+            reason: None,
+        }
+    }
+}
+
+fn types(d: &Decision) -> Vec<&'static str> {
+    d.events.iter().map(|e| e.kind.type_name()).collect()
+}
+
+fn started(d: &Decision) -> Vec<(String, u32)> {
+    decide::dispatches(&d.events)
+        .map(|(s, a)| (s.to_owned(), a))
+        .collect()
+}
+
+fn ids(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running plans
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_linear_plan_runs_its_steps_one_after_the_other_and_completes() {
+    let mut sim = Sim::linear(&["a", "b", "c"]);
+    assert_eq!(sim.st.status, PlanStatus::Idle);
+    let d = sim.start();
+    assert_eq!(started(&d), vec![("a".to_owned(), 1)]);
+    assert_eq!(sim.st.status, PlanStatus::Running);
+
+    let d = sim.complete("a", json!({"n": 1}));
+    assert_eq!(started(&d), vec![("b".to_owned(), 1)]);
+    assert_eq!(sim.running(), ids(&["b"]));
+    assert_eq!(sim.status("c"), StepStatus::Pending);
+
+    let d = sim.complete("b", json!({"n": 2}));
+    assert_eq!(started(&d), vec![("c".to_owned(), 1)]);
+
+    let d = sim.complete("c", json!({"n": 3}));
+    assert!(started(&d).is_empty());
+    assert_eq!(types(&d), vec!["step_completed", "plan_completed"]);
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+    assert_eq!(sim.rec("b").output, Some(json!({"n": 2})));
+
+    // Initial checkpoint + one per step that ended.
+    let triggers: Vec<_> = sim.checkpoints().into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        triggers,
+        vec![
+            CheckpointTrigger::Initial,
+            CheckpointTrigger::Step,
+            CheckpointTrigger::Step,
+            CheckpointTrigger::Step
+        ]
+    );
+    // seq is contiguous from 1.
+    for (i, e) in sim.log.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1);
+    }
+}
+
+#[test]
+fn a_two_step_plan_run_to_the_end_has_exactly_three_checkpoints() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    sim.complete("a", json!(1));
+    sim.complete("b", json!(2));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+    assert_eq!(sim.checkpoints().len(), 3, "DESIGN §1: a 2-step plan has 3");
+}
+
+#[test]
+fn max_parallel_bounds_the_number_of_running_steps() {
+    let mut y = String::from("max_parallel: 2\nsteps:\n");
+    for id in ["a", "b", "c", "d", "e"] {
+        y += &format!("  - {{step_id: {id}, action: x, agent_type: t, depends_on: []}}\n");
+    }
+    let mut sim = Sim::new(&y);
+    let d = sim.start();
+    assert_eq!(started(&d), vec![("a".into(), 1), ("b".into(), 1)]);
+    assert_eq!(sim.running().len(), 2);
+    let d = sim.complete("b", json!(null));
+    assert_eq!(started(&d), vec![("c".into(), 1)]);
+    assert_eq!(sim.running(), ids(&["a", "c"]));
+    let d = sim.complete("a", json!(null));
+    assert_eq!(started(&d), vec![("d".into(), 1)]);
+    sim.complete("c", json!(null));
+    assert_eq!(sim.running(), ids(&["d", "e"]));
+    sim.complete("d", json!(null));
+    assert_eq!(sim.running(), ids(&["e"]));
+    let d = sim.complete("e", json!(null));
+    assert_eq!(types(&d).last(), Some(&"plan_completed"));
+}
+
+#[test]
+fn depends_on_empty_runs_at_once_and_absent_means_after_the_previous_step() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t}
+  - {step_id: b, action: x, agent_type: t, depends_on: []}
+  - {step_id: c, action: x, agent_type: t}
+  - {step_id: d, action: x, agent_type: t, depends_on: [a, c]}
+",
+    );
+    let d = sim.start();
+    assert_eq!(started(&d), vec![("a".into(), 1), ("b".into(), 1)]);
+    let d = sim.complete("a", json!(null));
+    assert!(started(&d).is_empty(), "c waits for b, d waits for c");
+    let d = sim.complete("b", json!(null));
+    assert_eq!(started(&d), vec![("c".into(), 1)]);
+    let d = sim.complete("c", json!(null));
+    assert_eq!(started(&d), vec![("d".into(), 1)]);
+}
+
+#[test]
+fn a_failing_step_is_retried_after_its_backoff_and_fails_the_plan_after_max_attempts() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, retry: {max_attempts: 3, backoff_ms: 100, backoff_factor: 2.0}}
+  - {step_id: b, action: x, agent_type: t}
+",
+    );
+    sim.start();
+    let t0 = sim.now;
+    let d = sim.fail("a", true);
+    assert!(started(&d).is_empty(), "no retry before the backoff");
+    assert_eq!(sim.status("a"), StepStatus::Pending);
+    assert_eq!(sim.rec("a").retry_at, Some(t0 + 100 * MS));
+    assert_eq!(sim.st.next_wake(), Some(t0 + 100 * MS));
+    assert_eq!(sim.st.status, PlanStatus::Running);
+
+    sim.advance(99);
+    let d = sim.tick();
+    assert!(d.events.is_empty(), "still waiting: {:?}", types(&d));
+    sim.advance(1);
+    let d = sim.tick();
+    assert_eq!(started(&d), vec![("a".into(), 2)]);
+
+    let t1 = sim.now;
+    sim.fail("a", true);
+    assert_eq!(
+        sim.rec("a").retry_at,
+        Some(t1 + 200 * MS),
+        "backoff doubles"
+    );
+    sim.advance(199);
+    assert!(sim.tick().events.is_empty());
+    sim.advance(1);
+    assert_eq!(started(&sim.tick()), vec![("a".into(), 3)]);
+
+    let d = sim.fail("a", true);
+    assert_eq!(types(&d), vec!["step_failed", "plan_failed"]);
+    assert_eq!(sim.status("a"), StepStatus::Failed);
+    assert_eq!(sim.rec("a").attempts, 3);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    assert_eq!(sim.status("b"), StepStatus::Pending);
+    assert!(sim.st.failure.as_deref().unwrap().contains("a broke"));
+}
+
+#[test]
+fn a_non_retryable_failure_fails_the_plan_at_once_whatever_the_policy() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, retry: {max_attempts: 5}}
+",
+    );
+    sim.start();
+    let d = sim.fail("a", false);
+    assert_eq!(types(&d), vec!["step_failed", "plan_failed"]);
+    assert_eq!(sim.rec("a").attempts, 1);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+}
+
+#[test]
+fn steps_in_flight_finish_after_the_plan_failed() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, depends_on: []}
+  - {step_id: b, action: x, agent_type: t, depends_on: []}
+",
+    );
+    sim.start();
+    sim.fail("a", false);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    let d = sim.complete("b", json!("late but valid"));
+    assert_eq!(types(&d), vec!["step_completed"]);
+    assert_eq!(sim.status("b"), StepStatus::Completed);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+}
+
+#[test]
+fn a_false_condition_skips_the_step_and_its_dependents_still_run() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t}
+  - {step_id: b, action: x, agent_type: t, when: 'steps.a.output.hits > 0'}
+  - {step_id: c, action: x, agent_type: t}
+",
+    );
+    sim.start();
+    let d = sim.complete("a", json!({"hits": 0}));
+    assert_eq!(
+        types(&d),
+        vec!["step_completed", "step_skipped", "step_started"]
+    );
+    assert_eq!(sim.status("b"), StepStatus::Skipped);
+    assert_eq!(started(&d), vec![("c".into(), 1)]);
+    sim.complete("c", json!(null));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+}
+
+#[test]
+fn templates_and_conditions_see_the_outputs_of_earlier_steps() {
+    let mut sim = Sim::new(
+        "query: market
+steps:
+  - {step_id: a, action: x, agent_type: t, params: {q: '{{ query }}'}}
+  - {step_id: b, action: x, agent_type: t, when: 'steps.a.output.hits > 2', params: {n: '{{ steps.a.output.hits }}', s: 'got {{ steps.a.output.hits }} for {{ query }}'}}
+",
+    );
+    sim.start();
+    let a = sim.st.step("a").unwrap().def.params.clone();
+    assert_eq!(
+        expr::render(&a, &sim.st.template_context()).unwrap(),
+        json!({"q": "market"})
+    );
+    let d = sim.complete("a", json!({"hits": 3}));
+    assert_eq!(started(&d), vec![("b".into(), 1)]);
+    let ctx = sim.st.template_context();
+    assert_eq!(ctx["steps"]["a"]["status"], json!("completed"));
+    let b = sim.st.step("b").unwrap().def.params.clone();
+    assert_eq!(
+        expr::render(&b, &ctx).unwrap(),
+        json!({"n": 3, "s": "got 3 for market"})
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pause, resume, cancel
+// ---------------------------------------------------------------------------------------------
+
+fn two_parallel_then_c() -> Sim {
+    Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, depends_on: []}
+  - {step_id: b, action: x, agent_type: t, depends_on: []}
+  - {step_id: c, action: x, agent_type: t, depends_on: [a, b]}
+  - {step_id: d, action: x, agent_type: t, depends_on: []}
+",
+    )
+}
+
+#[test]
+fn a_boundary_pause_starts_nothing_new_records_results_in_flight_and_says_when_drained() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, depends_on: []}
+  - {step_id: b, action: x, agent_type: t, depends_on: []}
+  - {step_id: c, action: x, agent_type: t}
+",
+    );
+    sim.start();
+    assert_eq!(sim.running(), ids(&["a", "b"]));
+    let d = sim.pause(PauseMode::Boundary);
+    assert_eq!(types(&d), vec!["plan_paused"]);
+    assert_eq!(
+        d.events[0].checkpoint.as_ref().unwrap().trigger,
+        CheckpointTrigger::Pause
+    );
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::Operator));
+    assert!(!sim.st.drained);
+
+    // b finishes: recorded, but c (which follows b) does not start, and the plan is not quiet yet.
+    let d = sim.complete("b", json!("b-out"));
+    assert_eq!(types(&d), vec!["step_completed"]);
+    assert_eq!(sim.status("b"), StepStatus::Completed);
+    assert_eq!(sim.status("c"), StepStatus::Pending);
+
+    // When the last one ends, the plan is quiet.
+    let d = sim.complete("a", json!("a-out"));
+    assert_eq!(types(&d), vec!["step_completed", "plan_drained"]);
+    assert!(sim.st.drained);
+    assert_eq!(sim.status("c"), StepStatus::Pending);
+
+    let d = sim.resume();
+    assert_eq!(types(&d), vec!["plan_resumed", "step_started"]);
+    assert_eq!(started(&d), vec![("c".into(), 1)]);
+}
+
+#[test]
+fn pausing_a_quiet_plan_drains_at_once() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    sim.pause(PauseMode::Boundary);
+    sim.complete("a", json!(null));
+    assert!(sim.st.drained);
+    // Pausing again is a conflict.
+    let r = sim.refused(Command::Pause {
+        mode: PauseMode::Boundary,
+        resume_at: None,
+        reason: None,
+    });
+    assert_eq!(r.kind, RefusalKind::Conflict);
+}
+
+#[test]
+fn an_immediate_pause_interrupts_running_steps_and_ignores_their_late_results() {
+    let mut sim = two_parallel_then_c();
+    sim.start();
+    assert_eq!(sim.running(), ids(&["a", "b", "d"]));
+    let d = sim.pause(PauseMode::Immediate);
+    assert_eq!(
+        types(&d),
+        vec![
+            "plan_paused",
+            "step_interrupted",
+            "step_interrupted",
+            "step_interrupted",
+            "plan_drained"
+        ]
+    );
+    for s in ["a", "b", "d"] {
+        assert_eq!(sim.status(s), StepStatus::Pending);
+        assert_eq!(sim.rec(s).attempts, 1);
+        assert_eq!(
+            sim.rec(s).run_attempts,
+            0,
+            "an interrupted attempt does not count"
+        );
+    }
+    assert!(sim.st.drained);
+
+    // The executor of a did not notice and reports anyway.
+    let before = sim.st.clone();
+    let d = sim.report(
+        "a",
+        1,
+        StepResult::Completed {
+            output: json!("late"),
+            scores: None,
+        },
+    );
+    assert_eq!(types(&d), vec!["step_result_ignored"]);
+    assert_eq!(sim.status("a"), StepStatus::Pending);
+    assert_eq!(sim.rec("a").output, None);
+    assert_eq!(sim.st.steps, before.steps);
+
+    // Resume runs them again with a new attempt number.
+    let d = sim.resume();
+    assert_eq!(
+        started(&d),
+        vec![("a".into(), 2), ("b".into(), 2), ("d".into(), 2)]
+    );
+    // The attempt-1 result arriving now is still ignored.
+    let d = sim.report(
+        "b",
+        1,
+        StepResult::Failed {
+            error: "late".into(),
+            retryable: false,
+        },
+    );
+    assert_eq!(types(&d), vec!["step_result_ignored"]);
+    assert_eq!(sim.status("b"), StepStatus::Running);
+    assert_eq!(sim.st.status, PlanStatus::Running);
+}
+
+#[test]
+fn resume_at_resumes_a_paused_plan_on_a_tick_once_the_time_has_come() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    sim.complete("a", json!(null));
+    let at = sim.now + 1_000 * MS;
+    sim.ok(Command::Pause {
+        mode: PauseMode::Immediate,
+        resume_at: Some(at),
+        reason: Some("lunch".into()),
+    });
+    assert_eq!(sim.st.next_wake(), Some(at));
+    sim.advance(999);
+    assert!(sim.tick().events.is_empty());
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    sim.advance(1);
+    let d = sim.tick();
+    assert_eq!(types(&d), vec!["plan_resumed", "step_started"]);
+    assert_eq!(d.events[0].actor, decide::SYSTEM_ACTOR);
+    assert_eq!(sim.st.status, PlanStatus::Running);
+    assert_eq!(sim.st.resume_at, None);
+
+    // resume_at in the past is malformed.
+    let now = sim.now;
+    let r = sim.refused(Command::Pause {
+        mode: PauseMode::Boundary,
+        resume_at: Some(now),
+        reason: None,
+    });
+    assert_eq!(r.kind, RefusalKind::Invalid);
+}
+
+#[test]
+fn a_retry_waiting_out_its_backoff_does_not_start_while_paused() {
+    let mut sim = Sim::new(
+        "steps:\n  - {step_id: a, action: x, agent_type: t, retry: {max_attempts: 2, backoff_ms: 10}}\n",
+    );
+    sim.start();
+    sim.fail("a", true);
+    sim.pause(PauseMode::Boundary);
+    assert_eq!(sim.st.next_wake(), None);
+    sim.advance(50);
+    assert!(sim.tick().events.is_empty());
+    assert_eq!(sim.status("a"), StepStatus::Pending);
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("a".into(), 2)]);
+}
+
+#[test]
+fn cancel_works_from_idle_running_and_paused_and_late_results_change_nothing() {
+    let mut idle = Sim::linear(&["a", "b"]);
+    idle.cancel();
+    assert_eq!(idle.st.status, PlanStatus::Cancelled);
+    assert_eq!(idle.status("a"), StepStatus::Cancelled);
+
+    let mut running = Sim::linear(&["a", "b"]);
+    running.start();
+    let d = running.cancel();
+    assert_eq!(types(&d), vec!["plan_cancelled"]);
+    assert_eq!(running.status("a"), StepStatus::Cancelled);
+    assert_eq!(running.status("b"), StepStatus::Cancelled);
+    let before = running.st.steps.clone();
+    let d = running.report(
+        "a",
+        1,
+        StepResult::Completed {
+            output: json!("late"),
+            scores: None,
+        },
+    );
+    assert_eq!(types(&d), vec!["step_result_ignored"]);
+    assert_eq!(running.st.steps, before);
+    assert_eq!(running.st.status, PlanStatus::Cancelled);
+
+    let mut paused = Sim::linear(&["a", "b"]);
+    paused.start();
+    paused.pause(PauseMode::Boundary);
+    paused.cancel();
+    assert_eq!(paused.st.status, PlanStatus::Cancelled);
+    assert_eq!(paused.st.pause_reason, None);
+}
+
+#[test]
+fn lifecycle_commands_in_the_wrong_state_are_conflicts_that_change_nothing() {
+    let start = || Command::Start { reason: None };
+    let pause = || Command::Pause {
+        mode: PauseMode::Boundary,
+        resume_at: None,
+        reason: None,
+    };
+    let resume = || Command::Resume { reason: None };
+    let cancel = || Command::Cancel { reason: None };
+
+    let mut sim = Sim::linear(&["a"]);
+    // idle
+    assert_eq!(sim.refused(pause()).kind, RefusalKind::Conflict);
+    assert_eq!(sim.refused(resume()).kind, RefusalKind::Conflict);
+    // running
+    sim.start();
+    assert_eq!(sim.refused(start()).kind, RefusalKind::Conflict);
+    assert_eq!(sim.refused(resume()).kind, RefusalKind::Conflict);
+    // paused
+    sim.pause(PauseMode::Boundary);
+    assert_eq!(sim.refused(start()).kind, RefusalKind::Conflict);
+    assert_eq!(sim.refused(pause()).kind, RefusalKind::Conflict);
+    // completed
+    sim.resume();
+    sim.complete("a", json!(null));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+    for c in [start(), pause(), resume(), cancel()] {
+        let r = sim.refused(c);
+        assert_eq!(r.kind, RefusalKind::Conflict);
+        assert!(r.message.contains("completed"), "{}", r.message);
+    }
+    // restore while running
+    let mut sim = Sim::linear(&["a"]);
+    sim.start();
+    let cmd = sim.restore_cmd(2);
+    assert_eq!(sim.refused(cmd).kind, RefusalKind::Conflict);
+    // failed and cancelled
+    sim.fail("a", false);
+    for c in [start(), pause(), resume(), cancel()] {
+        assert_eq!(sim.refused(c).kind, RefusalKind::Conflict);
+    }
+    let mut sim = Sim::linear(&["a"]);
+    sim.cancel();
+    for c in [start(), pause(), resume(), cancel()] {
+        assert_eq!(sim.refused(c).kind, RefusalKind::Conflict);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Breakpoints
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pause_before_pauses_once_and_resume_starts_the_step() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t}
+  - {step_id: b, action: x, agent_type: t, pause_before: true}
+  - {step_id: c, action: x, agent_type: t}
+",
+    );
+    sim.start();
+    let d = sim.complete("a", json!(null));
+    assert_eq!(
+        types(&d),
+        vec!["step_completed", "plan_paused", "plan_drained"]
+    );
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::Breakpoint));
+    assert_eq!(sim.status("b"), StepStatus::Pending);
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("b".into(), 1)]);
+    let d = sim.complete("b", json!(null));
+    assert_eq!(started(&d), vec![("c".into(), 1)]);
+}
+
+#[test]
+fn pause_after_pauses_when_the_step_completes() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, pause_after: true}
+  - {step_id: b, action: x, agent_type: t}
+",
+    );
+    sim.start();
+    let d = sim.complete("a", json!(null));
+    assert_eq!(
+        types(&d),
+        vec!["step_completed", "plan_paused", "plan_drained"]
+    );
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::Breakpoint));
+    assert_eq!(sim.status("b"), StepStatus::Pending);
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("b".into(), 1)]);
+    sim.complete("b", json!(null));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interventions
+// ---------------------------------------------------------------------------------------------
+
+/// Asserts the decision recorded a refused intervention of `kind` whose error mentions `text`.
+fn assert_refused(sim: &Sim, d: &Decision, kind: RefusalKind, text: &str) {
+    let r = d.refusal.as_ref().expect("refused");
+    assert_eq!(r.kind, kind, "{}", r.message);
+    assert!(r.message.contains(text), "{:?} lacks {text:?}", r.message);
+    assert_eq!(types(d), vec!["intervention_failed"]);
+    let EventKind::InterventionFailed { intervention } = &d.events[0].kind else {
+        unreachable!()
+    };
+    assert_eq!(intervention.status, InterventionStatus::Failed);
+    assert_eq!(intervention.error.as_deref(), Some(r.message.as_str()));
+    assert_eq!(intervention.user, "alice");
+    assert_eq!(intervention.plan_version, sim.st.version);
+    assert!(intervention.diff.is_empty());
+}
+
+fn applied(d: &Decision) -> &cairn_core::Intervention {
+    assert!(d.refusal.is_none(), "refused: {:?}", d.refusal);
+    assert_eq!(types(d)[0], "intervention_applied");
+    let rec = d.intervention.as_ref().unwrap();
+    assert_eq!(rec.status, InterventionStatus::Applied);
+    rec
+}
+
+#[test]
+fn skip_step_skips_a_pending_step_and_its_dependents_run() {
+    let mut sim = Sim::linear(&["a", "b", "c"]);
+    sim.start();
+    sim.pause(PauseMode::Boundary);
+    sim.complete("a", json!(null));
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "b", "reason": "not needed"}));
+    let rec = applied(&d);
+    assert_eq!(rec.reason.as_deref(), Some("not needed"));
+    assert_eq!(rec.plan_version, 1, "skip does not change the definition");
+    assert_eq!(sim.status("b"), StepStatus::Skipped);
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("c".into(), 1)]);
+
+    // A running step cannot be skipped; an unknown step is malformed.
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "c"}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "running");
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "zz"}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "does not exist");
+}
+
+/// BUG (reported): a skip of a step whose own dependencies are not done yet releases its
+/// dependents at once, so `c` runs concurrently with `a` in the plain list `a, b, c`.
+#[test]
+#[ignore = "core bug: skipping a not-yet-ready step lets its dependents overtake its dependencies"]
+fn skipping_a_step_before_it_could_run_keeps_the_order_around_it() {
+    let mut sim = Sim::linear(&["a", "b", "c"]);
+    sim.start();
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "b"}));
+    assert!(
+        started(&d).is_empty(),
+        "c must wait for a (c after b after a), but started: {:?}",
+        started(&d)
+    );
+    assert_eq!(
+        started(&sim.complete("a", json!(null))),
+        vec![("c".into(), 1)]
+    );
+}
+
+#[test]
+fn retry_step_on_the_failed_step_of_a_failed_plan_pauses_it_for_the_operator() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    let key1 = idempotency_key(PLAN, "a", sim.rec("a").run);
+    sim.fail("a", false);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+
+    let d = sim.intervene(json!({"type": "retry_step", "step_id": "a"}));
+    let rec = applied(&d);
+    assert!(rec
+        .diff
+        .iter()
+        .any(|c| c.path == "steps.a.status" && c.after == json!("pending")));
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::Intervention));
+    assert_eq!(sim.st.failure, None);
+    assert_eq!(sim.status("a"), StepStatus::Pending);
+    assert_eq!(sim.rec("a").run, 2);
+
+    let d = sim.resume();
+    assert_eq!(
+        started(&d),
+        vec![("a".into(), 2)],
+        "attempts continue counting"
+    );
+    assert_ne!(idempotency_key(PLAN, "a", sim.rec("a").run), key1);
+    sim.complete("a", json!(null));
+    sim.complete("b", json!(null));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+
+    // Retrying a pending step is refused.
+    let mut sim = Sim::linear(&["a", "b"]);
+    let d = sim.intervene(json!({"type": "retry_step", "step_id": "b"}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "pending");
+}
+
+#[test]
+fn a_failed_plan_stays_failed_until_all_its_failed_steps_are_retried_or_skipped() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, depends_on: []}
+  - {step_id: b, action: x, agent_type: t, depends_on: []}
+  - {step_id: c, action: x, agent_type: t, depends_on: [a, b]}
+",
+    );
+    sim.start();
+    sim.fail("a", false);
+    sim.fail("b", false);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    applied(&sim.intervene(json!({"type": "retry_step", "step_id": "a"})));
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    applied(&sim.intervene(json!({"type": "skip_step", "step_id": "b"})));
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::Intervention));
+    assert_eq!(started(&sim.resume()), vec![("a".into(), 2)]);
+}
+
+#[test]
+fn modify_step_patches_a_pending_step_and_bumps_the_version() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    let v = sim.st.version;
+    let d = sim.intervene(json!({"type": "modify_step", "step_id": "b",
+        "patch": {"params": {"q": "new"}, "retry": {"max_attempts": 2}}, "expected_version": v}));
+    let rec = applied(&d);
+    assert_eq!(rec.plan_version, v + 1);
+    let params = rec
+        .diff
+        .iter()
+        .find(|c| c.path == "steps.b.params")
+        .expect("params diff");
+    assert_eq!(params.before, json!(null));
+    assert_eq!(params.after, json!({"q": "new"}));
+    assert_eq!(sim.st.version, v + 1);
+    let b = &sim.st.step("b").unwrap().def;
+    assert_eq!(b.params, json!({"q": "new"}));
+    assert_eq!(b.retry_policy().max_attempts, 2);
+
+    let d = sim.intervene(json!({"type": "modify_step", "step_id": "a", "patch": {"action": "y"}}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "running");
+    let d =
+        sim.intervene(json!({"type": "modify_step", "step_id": "b", "patch": {"step_id": "z"}}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "cannot be modified");
+    let d = sim.intervene(
+        json!({"type": "modify_step", "step_id": "b", "patch": {"depends_on": ["nope"]}}),
+    );
+    assert_refused(&sim, &d, RefusalKind::Invalid, "nope");
+    let d =
+        sim.intervene(json!({"type": "modify_step", "step_id": "b", "patch": {"when": "a =="}}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "when");
+    assert_eq!(sim.st.version, v + 1, "refusals do not bump the version");
+}
+
+#[test]
+fn add_step_inserts_after_before_or_at_the_end() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    let step = |id: &str| json!({"step_id": id, "action": "x", "agent_type": "t"});
+    applied(&sim.intervene(json!({"type": "add_step", "step": step("end")})));
+    applied(&sim.intervene(json!({"type": "add_step", "step": step("x"), "after": "a"})));
+    applied(&sim.intervene(json!({"type": "add_step", "step": step("y"), "before": "a"})));
+    assert_eq!(sim.order(), vec!["y", "a", "x", "b", "end"]);
+    assert_eq!(sim.st.version, 4);
+
+    let d = sim.intervene(json!({"type": "add_step", "step": step("a")}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "already exists");
+    let d =
+        sim.intervene(json!({"type": "add_step", "step": step("q"), "after": "a", "before": "b"}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "not both");
+    let d = sim.intervene(json!({"type": "add_step", "step": step("q"), "after": "zz"}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "zz");
+    let d = sim.intervene(json!({"type": "add_step", "step": {"step_id": "q", "action": "x"}}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "agent_type");
+
+    // The new steps run in their place.
+    assert_eq!(started(&sim.start()), vec![("y".into(), 1)]);
+    assert_eq!(
+        started(&sim.complete("y", json!(null))),
+        vec![("a".into(), 1)]
+    );
+    assert_eq!(
+        started(&sim.complete("a", json!(null))),
+        vec![("x".into(), 1)]
+    );
+
+    // A terminal plan takes no new step.
+    let mut done = Sim::linear(&["a"]);
+    done.start();
+    done.complete("a", json!(null));
+    let d = done.intervene(json!({"type": "add_step", "step": step("n")}));
+    assert_refused(&done, &d, RefusalKind::Conflict, "completed");
+}
+
+#[test]
+fn remove_step_removes_a_pending_step_and_relinks_the_implicit_order() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t}
+  - {step_id: b, action: x, agent_type: t}
+  - {step_id: c, action: x, agent_type: t}
+  - {step_id: d, action: x, agent_type: t, depends_on: [c]}
+",
+    );
+    sim.start();
+    let d = sim.intervene(json!({"type": "remove_step", "step_id": "c"}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "d depends on c");
+    let d = sim.intervene(json!({"type": "remove_step", "step_id": "a"}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "running");
+    let rec = applied(&sim.intervene(json!({"type": "remove_step", "step_id": "b"}))).clone();
+    assert!(rec.diff.iter().any(|c| c.path == "order"));
+    assert_eq!(sim.order(), vec!["a", "c", "d"]);
+    assert_eq!(
+        started(&sim.complete("a", json!(null))),
+        vec![("c".into(), 1)]
+    );
+}
+
+#[test]
+fn reorder_steps_permutes_pending_steps_but_not_before_an_explicit_dependency() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t}
+  - {step_id: b, action: x, agent_type: t}
+  - {step_id: c, action: x, agent_type: t}
+  - {step_id: d, action: x, agent_type: t, depends_on: [b]}
+",
+    );
+    sim.start();
+    let d = sim.intervene(json!({"type": "reorder_steps", "order": ["b", "c"]}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "permutation");
+    let d = sim.intervene(json!({"type": "reorder_steps", "order": ["d", "b", "c"]}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "d would come before b");
+    applied(&sim.intervene(json!({"type": "reorder_steps", "order": ["c", "b", "d"]})));
+    assert_eq!(sim.order(), vec!["a", "c", "b", "d"]);
+    assert_eq!(
+        started(&sim.complete("a", json!(null))),
+        vec![("c".into(), 1)]
+    );
+    assert_eq!(
+        started(&sim.complete("c", json!(null))),
+        vec![("b".into(), 1)]
+    );
+}
+
+#[test]
+fn rerun_from_sends_a_step_and_everything_downstream_back_to_pending() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t}
+  - {step_id: b, action: x, agent_type: t}
+  - {step_id: c, action: x, agent_type: t}
+  - {step_id: d, action: x, agent_type: t, depends_on: []}
+",
+    );
+    sim.start();
+    sim.complete("a", json!(1));
+    sim.complete("d", json!(1));
+    sim.complete("b", json!(1));
+    sim.complete("c", json!(1));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+
+    let d = sim.intervene(json!({"type": "rerun_from", "step_id": "b"}));
+    applied(&d);
+    assert_eq!(sim.status("a"), StepStatus::Completed);
+    assert_eq!(sim.status("b"), StepStatus::Pending);
+    assert_eq!(
+        sim.status("c"),
+        StepStatus::Pending,
+        "c follows b implicitly"
+    );
+    assert_eq!(sim.status("d"), StepStatus::Completed);
+    assert_eq!(sim.rec("b").run, 2);
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::Intervention));
+    assert_eq!(started(&sim.resume()), vec![("b".into(), 2)]);
+
+    let d = sim.intervene(json!({"type": "rerun_from", "step_id": "c"}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "has ended");
+}
+
+#[test]
+fn approve_and_reject_are_refused_until_quality_gates_exist() {
+    let mut sim = Sim::linear(&["a"]);
+    for t in ["approve_step", "reject_step"] {
+        let d = sim.intervene(json!({"type": t, "step_id": "a"}));
+        assert_refused(&sim, &d, RefusalKind::Conflict, "quality gates");
+    }
+}
+
+#[test]
+fn an_expected_version_mismatch_is_a_recorded_conflict() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    let v = sim.st.version;
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "b", "expected_version": v + 1}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "expected plan version");
+    assert_eq!(sim.status("b"), StepStatus::Pending);
+    applied(&sim.intervene(json!({"type": "skip_step", "step_id": "b", "expected_version": v})));
+}
+
+#[test]
+fn a_cancelled_plan_takes_no_intervention() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.cancel();
+    let d = sim.intervene(json!({"type": "retry_step", "step_id": "a"}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "cancelled");
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_answers_with_the_diff() {
+    let mut sim = Sim::linear(&["a", "b", "c"]);
+    sim.start();
+    let before = sim.st.clone();
+    let d = sim.intervene(json!({"type": "reorder_steps", "order": ["c", "b"], "dry_run": true}));
+    assert!(d.events.is_empty(), "{:?}", types(&d));
+    assert_eq!(sim.st, before);
+    let rec = d.intervention.as_ref().unwrap();
+    assert!(rec.dry_run);
+    assert_eq!(rec.status, InterventionStatus::Applied);
+    assert_eq!(rec.plan_version, before.version + 1);
+    let order = rec
+        .diff
+        .iter()
+        .find(|c| c.path == "order")
+        .expect("order diff");
+    assert_eq!(order.before, json!(["a", "b", "c"]));
+    assert_eq!(order.after, json!(["a", "c", "b"]));
+
+    // A dry run that would be refused says why, and records nothing.
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "a", "dry_run": true}));
+    assert!(d.events.is_empty());
+    assert_eq!(d.refusal.as_ref().unwrap().kind, RefusalKind::Conflict);
+    assert_eq!(sim.st, before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints, restore, recovery
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn restore_brings_back_the_checkpoint_state_paused_and_ignores_late_results() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t}
+  - {step_id: b, action: x, agent_type: t}
+  - {step_id: c, action: x, agent_type: t}
+",
+    );
+    sim.start();
+    sim.complete("a", json!("a1"));
+    let cp = sim.last_checkpoint(CheckpointTrigger::Step);
+    let at_cp = PlanState::replay(PLAN, sim.log.iter().take_while(|e| e.seq <= cp));
+    assert_eq!(at_cp.ids_with(StepStatus::Completed), ids(&["a"]));
+    sim.complete("b", json!("b1"));
+    assert_eq!(sim.running(), ids(&["c"]));
+    let c_attempt = sim.attempt("c");
+
+    // Not while running.
+    let cmd = sim.restore_cmd(cp);
+    assert_eq!(sim.refused(cmd).kind, RefusalKind::Conflict);
+
+    sim.pause(PauseMode::Boundary);
+    let version_before = sim.st.version;
+    let cmd = sim.restore_cmd(cp);
+    let d = sim.ok(cmd);
+    assert_eq!(types(&d), vec!["checkpoint_restored"]);
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::Restored));
+    assert!(sim.st.version > version_before.max(at_cp.version));
+    assert!(sim.st.drained);
+    assert_eq!(sim.st.definition().steps, at_cp.definition().steps);
+    // Step records are the checkpoint's; attempt numbers keep counting so that no attempt
+    // number is ever reused.
+    assert_eq!(sim.st.steps.len(), at_cp.steps.len());
+    for (now, then) in sim.st.steps.iter().zip(&at_cp.steps) {
+        let mut expected = then.clone();
+        expected.rec.attempts = now.rec.attempts;
+        assert_eq!(now, &expected);
+        assert!(now.rec.attempts >= then.rec.attempts);
+    }
+    assert_eq!(sim.attempt("b"), 1);
+
+    // c was running before the restore; its result now changes nothing.
+    let d = sim.report(
+        "c",
+        c_attempt,
+        StepResult::Completed {
+            output: json!("stale"),
+            scores: None,
+        },
+    );
+    assert_eq!(types(&d), vec!["step_result_ignored"]);
+    assert_eq!(sim.status("c"), StepStatus::Pending);
+
+    let d = sim.resume();
+    assert_eq!(
+        started(&d),
+        vec![("b".into(), 2)],
+        "b runs again, new attempt"
+    );
+    sim.complete("b", json!("b2"));
+    let d = sim.report(
+        "c",
+        c_attempt,
+        StepResult::Completed {
+            output: json!("stale"),
+            scores: None,
+        },
+    );
+    assert_eq!(
+        types(&d),
+        vec!["step_result_ignored"],
+        "c is running a newer attempt"
+    );
+    sim.complete("c", json!("c2"));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+    assert_eq!(sim.rec("b").output, Some(json!("b2")));
+}
+
+#[test]
+fn restoring_a_checkpoint_taken_while_steps_ran_makes_them_pending() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, depends_on: []}
+  - {step_id: b, action: x, agent_type: t, depends_on: []}
+",
+    );
+    sim.start();
+    sim.ok(Command::Checkpoint {
+        label: Some("mid".into()),
+        reason: None,
+    });
+    let cp = sim.last_checkpoint(CheckpointTrigger::Manual);
+    sim.complete("a", json!(null));
+    sim.cancel();
+    // Restore is allowed on a cancelled plan (DESIGN: "allowed unless running").
+    let cmd = sim.restore_cmd(cp);
+    sim.ok(cmd);
+    assert_eq!(sim.status("a"), StepStatus::Pending);
+    assert_eq!(sim.status("b"), StepStatus::Pending);
+    assert_eq!(sim.rec("a").run_attempts, 0);
+    assert_eq!(sim.rec("a").attempts, 1);
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("a".into(), 2), ("b".into(), 2)]);
+}
+
+#[test]
+fn recover_redispatches_running_attempts_with_the_same_attempt_and_key() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, depends_on: []}
+  - {step_id: b, action: x, agent_type: t, depends_on: []}
+",
+    );
+    sim.start();
+    sim.complete("b", json!(null));
+    let key = idempotency_key(PLAN, "a", sim.rec("a").run);
+    // The process restarts: the state is rebuilt from the log, then recovered.
+    sim.st = PlanState::replay(PLAN, &sim.log);
+    let d = sim.ok(Command::Recover);
+    assert_eq!(types(&d), vec!["step_recovered"]);
+    assert_eq!(started(&d), vec![("a".into(), 1)]);
+    assert_eq!(idempotency_key(PLAN, "a", sim.rec("a").run), key);
+    assert_eq!(sim.status("b"), StepStatus::Completed, "never run again");
+    sim.complete("a", json!(null));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+}
+
+#[test]
+fn recover_of_a_paused_plan_interrupts_what_was_in_flight() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    sim.pause(PauseMode::Boundary);
+    let d = sim.ok(Command::Recover);
+    assert_eq!(types(&d), vec!["step_interrupted", "plan_drained"]);
+    assert_eq!(sim.status("a"), StepStatus::Pending);
+    assert_eq!(started(&sim.resume()), vec![("a".into(), 2)]);
+}
+
+/// Fixed bug. A running plan must always have something that moves it on: a running step, a timer, or an
+/// end. Restoring the checkpoint taken right after a step failed (the `step` checkpoint of its
+/// `step_failed` event, before `plan_failed`) and resuming gives a running plan with a failed
+/// step, nothing running and nothing to wait for.
+#[test]
+fn resuming_after_restoring_to_a_failed_step_does_not_leave_the_plan_stuck() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    sim.fail("a", false);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    let cp = sim.last_checkpoint(CheckpointTrigger::Step);
+    let cmd = sim.restore_cmd(cp);
+    sim.ok(cmd);
+    assert_eq!(sim.status("a"), StepStatus::Failed);
+    sim.resume();
+    let stuck = sim.st.status == PlanStatus::Running
+        && sim.st.running_count() == 0
+        && sim.st.next_wake().is_none();
+    assert!(
+        !stuck,
+        "running plan with nothing running and no timer: {:?}",
+        sim.st
+            .steps
+            .iter()
+            .map(|s| (&s.def.step_id, s.rec.status))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// BUG (reported): a manual checkpoint taken after a cancel holds cancelled steps; restoring it
+/// gives a paused plan that resumes into a running plan with nothing it can ever run.
+#[test]
+#[ignore = "core bug: restoring a checkpoint with cancelled steps leaves a stuck running plan"]
+fn restoring_a_checkpoint_of_a_cancelled_plan_does_not_leave_it_stuck() {
+    let mut sim = Sim::linear(&["a"]);
+    sim.cancel();
+    sim.ok(Command::Checkpoint {
+        label: None,
+        reason: None,
+    });
+    let cp = sim.last_checkpoint(CheckpointTrigger::Manual);
+    let cmd = sim.restore_cmd(cp);
+    sim.ok(cmd);
+    sim.resume();
+    assert!(
+        sim.st.status != PlanStatus::Running
+            || sim.st.running_count() > 0
+            || sim.st.next_wake().is_some(),
+        "running plan with nothing running and no timer: a is {:?}",
+        sim.status("a")
+    );
+}
+
+/// BUG (reported): a step removed and added back under the same id starts again at attempt 1,
+/// run 1, so a late result of the removed step's attempt 1 is taken as the new step's result
+/// (and both share the idempotency key `p1/b/1`).
+#[test]
+#[ignore = "core bug: a re-added step id reuses attempt numbers and idempotency keys"]
+fn a_late_result_of_a_removed_step_is_not_taken_for_the_step_added_back_under_its_id() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t}
+  - {step_id: b, action: old, agent_type: t, depends_on: []}
+",
+    );
+    sim.start();
+    let old_key = idempotency_key(PLAN, "b", sim.rec("b").run);
+    sim.pause(PauseMode::Immediate);
+    applied(&sim.intervene(json!({"type": "remove_step", "step_id": "b"})));
+    applied(&sim.intervene(json!({"type": "add_step",
+        "step": {"step_id": "b", "action": "new", "agent_type": "t", "depends_on": []}})));
+    sim.resume();
+    assert_eq!(sim.status("b"), StepStatus::Running);
+    // The executor of the removed step's attempt 1 reports late.
+    let d = sim.report(
+        "b",
+        1,
+        StepResult::Completed {
+            output: json!("result of the OLD step"),
+            scores: None,
+        },
+    );
+    assert_eq!(types(&d), vec!["step_result_ignored"]);
+    assert_ne!(
+        idempotency_key(PLAN, "b", sim.rec("b").run),
+        old_key,
+        "the new step b shares the removed step's idempotency key"
+    );
+}
+
+/// BUG (reported): after a restore, `run` comes back from the checkpoint, so a later retry or
+/// rerun hands out an idempotency key an earlier, different run already used.
+#[test]
+#[ignore = "core bug: restore rewinds `run`, so idempotency keys are reused by later runs"]
+fn idempotency_keys_are_never_reused_by_a_different_run_after_a_restore() {
+    let mut sim = Sim::linear(&["a"]);
+    sim.start();
+    sim.complete("a", json!("run 1"));
+    let cp = sim.last_checkpoint(CheckpointTrigger::Step);
+    applied(&sim.intervene(json!({"type": "retry_step", "step_id": "a"})));
+    sim.resume();
+    let key_of_run_2 = idempotency_key(PLAN, "a", sim.rec("a").run);
+    sim.complete("a", json!("run 2"));
+    let cmd = sim.restore_cmd(cp);
+    sim.ok(cmd);
+    applied(&sim.intervene(json!({"type": "rerun_from", "step_id": "a"})));
+    sim.resume();
+    assert_eq!(sim.status("a"), StepStatus::Running);
+    assert_ne!(idempotency_key(PLAN, "a", sim.rec("a").run), key_of_run_2);
+}
+
+/// Fixed bug: the scheduler ran after a dry-run intervention, so a dry run sent once a retry's
+/// backoff had passed (before the engine's timer ticked) started that retry.
+#[test]
+fn a_dry_run_emits_nothing_even_when_a_retry_is_due() {
+    let mut sim = Sim::new(
+        "steps:\n  - {step_id: a, action: x, agent_type: t, retry: {max_attempts: 2, backoff_ms: 10}}\n  - {step_id: b, action: x, agent_type: t}\n",
+    );
+    sim.start();
+    sim.fail("a", true);
+    sim.advance(20);
+    let before = sim.st.clone();
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "b", "dry_run": true}));
+    assert!(d.events.is_empty(), "dry run emitted {:?}", types(&d));
+    assert_eq!(sim.st, before);
+}
