@@ -282,7 +282,11 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Re
             | InterventionKind::RemoveStep { .. }
             | InterventionKind::ReorderSteps { .. }
     );
-    if structural && state.status.is_terminal() {
+    // A failed step may be modified in a failed plan (then retried); otherwise a terminal plan's
+    // definition is settled.
+    let modify_in_failed =
+        matches!(kind, InterventionKind::ModifyStep { .. }) && state.status == PlanStatus::Failed;
+    if structural && state.status.is_terminal() && !modify_in_failed {
         return Err(conflict(format!(
             "plan {} is {}; its definition can no longer change (retry_step, skip_step or rerun_from reopen it)",
             state.plan_id,
@@ -405,13 +409,12 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Re
                 (None, Some(b)) => find(state, b)?,
                 (None, None) => state.steps.len(),
             };
-            state.steps.insert(
-                at,
-                Step {
-                    def,
-                    rec: StepRecord::new(),
-                },
-            );
+            let mut rec = StepRecord::new();
+            if let Some(&(attempts, run)) = state.retired.get(&def.step_id) {
+                rec.attempts = attempts;
+                rec.run = run + 1;
+            }
+            state.steps.insert(at, Step { def, rec });
             revalidate(state)?;
             state.version += 1;
             if state.status == PlanStatus::Paused && state.pause_reason.is_none() {
@@ -441,7 +444,10 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Re
             if state.steps.len() == 1 {
                 return Err(conflict("a plan needs at least one step"));
             }
-            state.steps.remove(i);
+            let removed = state.steps.remove(i);
+            state
+                .retired
+                .insert(removed.def.step_id, (removed.rec.attempts, removed.rec.run));
             revalidate(state)?;
             state.version += 1;
         }
@@ -466,6 +472,7 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Re
                         .join(", ")
                 )));
             }
+            let before = forward_deps(state);
             let mut moved: Vec<Step> = Vec::with_capacity(order.len());
             for id in order {
                 if let Some(i) = state.index_of(id) {
@@ -475,17 +482,11 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Re
             for (slot, step) in pending.iter().zip(moved) {
                 state.steps[*slot] = step;
             }
-            for (pos, s) in state.steps.iter().enumerate() {
-                for dep in s.def.depends_on.iter().flatten() {
-                    if let Some(dpos) = state.index_of(dep) {
-                        if dpos > pos {
-                            return Err(invalid(format!(
-                                "step {} would come before {dep}, which it depends on",
-                                s.def.step_id
-                            )));
-                        }
-                    }
-                }
+            let after = forward_deps(state);
+            if let Some((step, dep)) = after.iter().find(|v| !before.contains(v)) {
+                return Err(invalid(format!(
+                    "step {step} would come before {dep}, which it depends on"
+                )));
             }
             revalidate(state)?;
             state.version += 1;
@@ -497,6 +498,19 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Re
         }
     }
     Ok(())
+}
+
+/// Pairs (step, dependency) where a step comes before a step it explicitly depends on.
+fn forward_deps(state: &PlanState) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (pos, s) in state.steps.iter().enumerate() {
+        for dep in s.def.depends_on.iter().flatten() {
+            if state.index_of(dep).is_some_and(|d| d > pos) {
+                out.push((s.def.step_id.clone(), dep.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// A JSON view of what interventions can change, for diffs.

@@ -3,7 +3,7 @@
 //! Invariant: for any log, folding it from [`PlanState::empty`] gives the same state the engine
 //! held live when it wrote that log. Nothing here reads a clock or does IO.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -204,6 +204,10 @@ pub struct PlanState {
     /// Why the plan failed.
     pub failure: Option<String>,
     pub origin: Option<OriginRef>,
+    /// Attempt and run counters of steps that were removed (or dropped by a restore), by id, so
+    /// a step added back under the same id never reuses an attempt number or idempotency key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired: BTreeMap<String, (u32, u32)>,
 }
 
 /// Where a forked or imported plan came from (without the copied state).
@@ -233,6 +237,7 @@ impl PlanState {
             updated_at: 0,
             failure: None,
             origin: None,
+            retired: BTreeMap::new(),
         }
     }
 
@@ -348,26 +353,50 @@ impl PlanState {
         Value::Object(ctx)
     }
 
-    /// Statuses by step id, for dependency checks.
-    pub(crate) fn status_map(&self) -> HashMap<&str, StepStatus> {
-        self.steps
+    /// Which steps let their dependents run, by step id: a completed step does; a skipped step
+    /// does once its own dependencies do, so skipping a step that was not ready yet never lets
+    /// the steps after it overtake the steps before it.
+    pub(crate) fn satisfied_map(&self) -> HashMap<&str, bool> {
+        let mut sat: HashMap<&str, bool> = self
+            .steps
             .iter()
-            .map(|s| (s.def.step_id.as_str(), s.rec.status))
-            .collect()
+            .map(|s| {
+                (
+                    s.def.step_id.as_str(),
+                    s.rec.status == StepStatus::Completed,
+                )
+            })
+            .collect();
+        // Skipped steps chain through each other; iterate to a fixed point (the graph is acyclic).
+        loop {
+            let mut changed = false;
+            for i in 0..self.steps.len() {
+                let s = &self.steps[i];
+                if s.rec.status == StepStatus::Skipped
+                    && !sat[s.def.step_id.as_str()]
+                    && self.deps_satisfied(i, &sat)
+                {
+                    sat.insert(s.def.step_id.as_str(), true);
+                    changed = true;
+                }
+            }
+            if !changed {
+                return sat;
+            }
+        }
     }
 
     /// Are all of `steps[index]`'s dependencies satisfied?
-    pub(crate) fn deps_satisfied(
-        &self,
-        index: usize,
-        statuses: &HashMap<&str, StepStatus>,
-    ) -> bool {
+    pub(crate) fn deps_satisfied(&self, index: usize, sat: &HashMap<&str, bool>) -> bool {
         match &self.steps[index].def.depends_on {
             Some(deps) => deps
                 .iter()
-                .all(|d| statuses.get(d.as_str()).is_some_and(|s| s.satisfies())),
+                .all(|d| sat.get(d.as_str()).copied().unwrap_or(false)),
             None if index == 0 => true,
-            None => self.steps[index - 1].rec.status.satisfies(),
+            None => sat
+                .get(self.steps[index - 1].def.step_id.as_str())
+                .copied()
+                .unwrap_or(false),
         }
     }
 
@@ -548,17 +577,32 @@ impl PlanState {
             }
             EventKind::CheckpointRestored { restored, .. } => {
                 let version = self.version.max(restored.version) + 1;
-                let attempts: HashMap<String, u32> = self
+                let before: HashMap<String, (u32, u32)> = self
                     .steps
                     .iter()
-                    .map(|s| (s.def.step_id.clone(), s.rec.attempts))
+                    .map(|s| (s.def.step_id.clone(), (s.rec.attempts, s.rec.run)))
                     .collect();
                 self.load(restored);
+                for (id, counters) in &before {
+                    if self.index_of(id).is_none() {
+                        self.retired.insert(id.clone(), *counters);
+                    }
+                }
                 for s in &mut self.steps {
-                    // Attempt numbers keep counting, so a late result of an attempt started
-                    // before the restore can never be mistaken for a new one.
-                    if let Some(&n) = attempts.get(&s.def.step_id) {
-                        s.rec.attempts = s.rec.attempts.max(n);
+                    // Attempt and run numbers keep counting, so a late result of an attempt
+                    // started before the restore is never taken for a new one, and a step that
+                    // will run again after attempts made since the checkpoint gets a new run
+                    // (a new idempotency key).
+                    let (attempts, run) = before
+                        .get(&s.def.step_id)
+                        .or_else(|| self.retired.get(&s.def.step_id))
+                        .copied()
+                        .unwrap_or((0, 0));
+                    let ran_since = attempts > s.rec.attempts;
+                    s.rec.attempts = s.rec.attempts.max(attempts);
+                    s.rec.run = s.rec.run.max(run);
+                    if ran_since && s.rec.status == StepStatus::Pending {
+                        s.rec.run += 1;
                     }
                 }
                 self.version = version;
@@ -583,9 +627,17 @@ impl PlanState {
         self.max_parallel = m.max_parallel;
         self.steps = m.steps.clone();
         for s in &mut self.steps {
-            if s.rec.status == StepStatus::Running {
-                s.rec.status = StepStatus::Pending;
-                s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
+            match s.rec.status {
+                StepStatus::Running => {
+                    s.rec.status = StepStatus::Pending;
+                    s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
+                }
+                // A restored plan is runnable again: what a cancel stopped is pending.
+                StepStatus::Cancelled => {
+                    s.rec.status = StepStatus::Pending;
+                    s.rec.ended_at = None;
+                }
+                _ => {}
             }
         }
     }

@@ -492,10 +492,22 @@ fn check_restore(
             expect.status = StepStatus::Pending;
             expect.run_attempts -= 1;
         }
-        // Attempt numbers keep counting across a restore.
-        let prior = before.step(&now.def.step_id).map_or(0, |s| s.rec.attempts);
-        prop_assert_eq!(now.rec.attempts, then.rec.attempts.max(prior));
+        if expect.status == StepStatus::Cancelled {
+            expect.status = StepStatus::Pending;
+            expect.ended_at = None;
+        }
+        // Attempt numbers keep counting across a restore; a step that ran since the checkpoint
+        // and will run again gets a new run (a fresh idempotency key).
+        let prior = before
+            .step(&now.def.step_id)
+            .map(|s| (s.rec.attempts, s.rec.run));
+        let (prior_attempts, prior_run) = prior.unwrap_or((0, 0));
+        prop_assert_eq!(now.rec.attempts, then.rec.attempts.max(prior_attempts));
+        let base_run = then.rec.run.max(prior_run);
+        let bumped = prior_attempts > then.rec.attempts && expect.status == StepStatus::Pending;
+        prop_assert_eq!(now.rec.run, base_run + u32::from(bumped));
         expect.attempts = now.rec.attempts;
+        expect.run = now.rec.run;
         prop_assert_eq!(&now.rec, &expect, "step {}", now.def.step_id);
     }
     Ok(())
