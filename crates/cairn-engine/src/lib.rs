@@ -14,6 +14,7 @@ mod convert;
 mod engine;
 mod error;
 pub mod executor;
+pub mod observe;
 mod publish;
 
 pub use engine::{

@@ -1,11 +1,21 @@
 //! The engine end to end over a real SQLite store.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use cairn_core::{Format, PauseMode, Plan, PlanStatus, StepStatus};
-use cairn_engine::executor::Registry;
-use cairn_engine::{Engine, EngineOptions};
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use async_trait::async_trait;
+use cairn_core::intervention::InterventionStatus;
+use cairn_core::{
+    CheckpointTrigger, Event, EventKind, Format, Intervention, InterventionRequest, PauseMode,
+    PauseReason, Plan, PlanStatus, RefusalKind, StepStatus,
+};
+use cairn_engine::executor::{ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
+use cairn_engine::observe::{observe, Callbacks};
+use cairn_engine::{CheckpointSummary, Engine, EngineError, EngineOptions, Notice};
+use cairn_store_sqlite::{Durability, SqliteOptions, SqliteStore};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
 
 fn plan(yaml: &str) -> Plan {
     Plan::parse(yaml, Format::Yaml).unwrap()
@@ -65,4 +75,1269 @@ async fn pause_stops_new_steps_and_resume_continues() {
     engine.resume("p2", "op", None).await.unwrap();
     let done = engine.wait_settled("p2").await.unwrap();
     assert_eq!(done.status, PlanStatus::Completed);
+}
+
+// ---- helpers -------------------------------------------------------------------------------
+
+async fn open_at(path: &Path, registry: Registry, opts: EngineOptions) -> Engine {
+    let store = SqliteStore::open(path, SqliteOptions::default()).unwrap();
+    Engine::open(Arc::new(store), registry, opts).await.unwrap()
+}
+
+/// An engine over a fresh database with the builtins plus `extra` agents.
+async fn engine_with(dir: &tempfile::TempDir, extra: &[(&str, Arc<dyn Executor>)]) -> Engine {
+    let registry = Registry::with_builtins();
+    for (agent_type, executor) in extra {
+        registry.register(agent_type, executor.clone());
+    }
+    open_at(
+        &dir.path().join("cairn.db"),
+        registry,
+        EngineOptions::default(),
+    )
+    .await
+}
+
+fn iv(body: Value) -> InterventionRequest {
+    InterventionRequest::from_body(body).unwrap()
+}
+
+/// Waits (without sleeping) for the first event of a plan, past or future, that matches.
+async fn wait_event(engine: &Engine, plan_id: &str, pred: impl Fn(&Event) -> bool) -> Arc<Event> {
+    let mut sub = engine.subscribe_plan(plan_id, Some(0));
+    loop {
+        match sub.next().await.expect("the engine is gone") {
+            Notice::Event(e) if pred(&e) => return e,
+            _ => {}
+        }
+    }
+}
+
+async fn all_events(engine: &Engine, plan_id: &str) -> Vec<Event> {
+    engine.events(plan_id, 0, 100_000).await.unwrap()
+}
+
+fn refused(result: Result<Intervention, EngineError>) -> (RefusalKind, Intervention) {
+    match result {
+        Err(EngineError::Refused {
+            refusal,
+            intervention: Some(record),
+        }) => (refusal.kind, *record),
+        other => panic!("expected a refused intervention, got {other:?}"),
+    }
+}
+
+/// One attempt as a [`Recorder`] saw it.
+#[derive(Debug, Clone)]
+struct Run {
+    step_id: String,
+    attempt: u32,
+    key: String,
+    params: Value,
+}
+
+/// Records every attempt it runs (in order) and returns the params as its output.
+#[derive(Default)]
+struct Recorder {
+    runs: Mutex<Vec<Run>>,
+}
+
+impl Recorder {
+    fn order(&self) -> Vec<String> {
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.step_id.clone())
+            .collect()
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.key.clone())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Executor for Recorder {
+    async fn execute(&self, task: Task, _stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        self.runs.lock().unwrap().push(Run {
+            step_id: task.step_id.clone(),
+            attempt: task.attempt,
+            key: task.idempotency_key.clone(),
+            params: task.params.clone(),
+        });
+        Ok(ExecOutput {
+            output: task.params,
+            scores: None,
+        })
+    }
+}
+
+/// Holds every attempt until the test hands out a permit (or the attempt is told to stop).
+/// Reports each start on a channel and tracks how many attempts run at once.
+struct Gate {
+    started: mpsc::UnboundedSender<(String, u32)>,
+    permits: Semaphore,
+    current: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gate {
+    fn new() -> (Arc<Gate>, mpsc::UnboundedReceiver<(String, u32)>) {
+        let (started, rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(Gate {
+            started,
+            permits: Semaphore::new(0),
+            current: AtomicUsize::new(0),
+            max: AtomicUsize::new(0),
+        });
+        (gate, rx)
+    }
+
+    fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+}
+
+#[async_trait]
+impl Executor for Gate {
+    async fn execute(&self, task: Task, mut stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        let now = self.current.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        let _ = self.started.send((task.step_id.clone(), task.attempt));
+        let result = tokio::select! {
+            permit = self.permits.acquire() => {
+                permit.unwrap().forget();
+                Ok(ExecOutput { output: task.params, scores: None })
+            }
+            _ = stop.stopped() => Err(ExecError::retryable("stopped")),
+        };
+        self.current.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+const ABC: &str = "steps:\n  - {step_id: a, action: x, agent_type: rec, params: {n: 1}}\n  - {step_id: b, action: x, agent_type: rec, params: {n: 2}}\n  - {step_id: c, action: x, agent_type: rec, params: {n: 3}}\n";
+
+fn abc(plan_id: &str) -> Plan {
+    plan(&format!("plan_id: {plan_id}\nquery: q\n{ABC}"))
+}
+
+async fn recorder_engine(dir: &tempfile::TempDir) -> (Engine, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(dir, &[("rec", rec.clone() as Arc<dyn Executor>)]).await;
+    (engine, rec)
+}
+
+async fn run_to_end(engine: &Engine, plan_id: &str) -> Arc<cairn_core::PlanState> {
+    engine.start(plan_id, "op", None).await.unwrap();
+    engine.wait_settled(plan_id).await.unwrap()
+}
+
+fn status_of(state: &cairn_core::PlanState, step_id: &str) -> StepStatus {
+    state.step(step_id).unwrap().rec.status
+}
+
+// ---- interventions -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn skip_step_lets_dependents_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    let record = engine
+        .intervene(
+            "p",
+            iv(json!({"type": "skip_step", "step_id": "b", "reason": "not needed"})),
+            "admin@veritas.com",
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, InterventionStatus::Applied);
+    assert_eq!(record.user, "admin@veritas.com");
+    assert_eq!(record.reason.as_deref(), Some("not needed"));
+    assert!(record
+        .diff
+        .iter()
+        .any(|c| c.path == "steps.b.status" && c.after == json!("skipped")));
+    let done = run_to_end(&engine, "p").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(status_of(&done, "b"), StepStatus::Skipped);
+    assert_eq!(rec.order(), ["a", "c"]);
+}
+
+#[tokio::test]
+async fn retry_after_failure_pauses_the_plan_then_resume_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.fail, params: {times: 1}}\n  - {step_id: b, action: y, agent_type: builtin.echo}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    let failed = run_to_end(&engine, "p").await;
+    assert_eq!(failed.status, PlanStatus::Failed);
+    assert_eq!(status_of(&failed, "a"), StepStatus::Failed);
+
+    let record = engine
+        .intervene("p", iv(json!({"type": "retry_step", "step_id": "a"})), "op")
+        .await
+        .unwrap();
+    assert!(record
+        .diff
+        .iter()
+        .any(|c| c.path == "status" && c.before == json!("failed") && c.after == json!("paused")));
+    let state = engine.state("p").await.unwrap();
+    assert_eq!(state.status, PlanStatus::Paused);
+    assert_eq!(state.pause_reason, Some(PauseReason::Intervention));
+
+    engine.resume("p", "op", None).await.unwrap();
+    let done = engine.wait_settled("p").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    let a = done.step("a").unwrap();
+    assert_eq!(a.rec.attempts, 2, "attempts keep counting across runs");
+    assert_eq!(a.rec.run, 2);
+}
+
+#[tokio::test]
+async fn modify_step_changes_the_params_a_pending_step_runs_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    let record = engine
+        .intervene(
+            "p",
+            iv(json!({"type": "modify_step", "step_id": "b", "patch": {"params": {"n": 20, "extra": true}}})),
+            "op",
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.plan_version, 2);
+    let done = run_to_end(&engine, "p").await;
+    assert_eq!(done.version, 2);
+    assert_eq!(
+        done.step("b").unwrap().rec.output,
+        Some(json!({"n": 20, "extra": true}))
+    );
+    let runs = rec.runs.lock().unwrap().clone();
+    assert_eq!(runs[1].params, json!({"n": 20, "extra": true}));
+}
+
+#[tokio::test]
+async fn add_step_after_before_and_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    let step = |id: &str| json!({"step_id": id, "action": "validate", "agent_type": "rec"});
+    for body in [
+        json!({"type": "add_step", "step": step("x"), "after": "a"}),
+        json!({"type": "add_step", "step": step("y"), "before": "a"}),
+        json!({"type": "add_step", "step": step("z")}),
+    ] {
+        engine.intervene("p", iv(body), "op").await.unwrap();
+    }
+    let ids: Vec<String> = engine
+        .view("p")
+        .await
+        .unwrap()
+        .steps
+        .into_iter()
+        .map(|s| s.step_id)
+        .collect();
+    assert_eq!(ids, ["y", "a", "x", "b", "c", "z"]);
+    let done = run_to_end(&engine, "p").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.version, 4);
+    assert_eq!(rec.order(), ["y", "a", "x", "b", "c", "z"]);
+}
+
+#[tokio::test]
+async fn remove_step_relinks_the_implicit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    engine
+        .intervene(
+            "p",
+            iv(json!({"type": "remove_step", "step_id": "b"})),
+            "op",
+        )
+        .await
+        .unwrap();
+    let done = run_to_end(&engine, "p").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert!(done.step("b").is_none());
+    assert_eq!(rec.order(), ["a", "c"]);
+}
+
+#[tokio::test]
+async fn reorder_steps_changes_the_execution_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    engine
+        .intervene(
+            "p",
+            iv(json!({"type": "reorder_steps", "order": ["c", "a", "b"]})),
+            "op",
+        )
+        .await
+        .unwrap();
+    run_to_end(&engine, "p").await;
+    assert_eq!(rec.order(), ["c", "a", "b"]);
+}
+
+#[tokio::test]
+async fn rerun_from_reruns_downstream_with_new_idempotency_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    assert_eq!(run_to_end(&engine, "p").await.status, PlanStatus::Completed);
+    engine
+        .intervene("p", iv(json!({"type": "rerun_from", "step_id": "b"})), "op")
+        .await
+        .unwrap();
+    let state = engine.state("p").await.unwrap();
+    assert_eq!(state.status, PlanStatus::Paused);
+    assert_eq!(state.pause_reason, Some(PauseReason::Intervention));
+    assert_eq!(status_of(&state, "a"), StepStatus::Completed);
+    assert_eq!(status_of(&state, "b"), StepStatus::Pending);
+    assert_eq!(status_of(&state, "c"), StepStatus::Pending);
+    engine.resume("p", "op", None).await.unwrap();
+    assert_eq!(
+        engine.wait_settled("p").await.unwrap().status,
+        PlanStatus::Completed
+    );
+    assert_eq!(rec.keys(), ["p/a/1", "p/b/1", "p/c/1", "p/b/2", "p/c/2"]);
+}
+
+#[tokio::test]
+async fn refused_interventions_are_recorded_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _rec) = recorder_engine(&dir).await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: rec}\n  - {step_id: b, action: x, agent_type: rec, depends_on: [a]}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    let cases = [
+        (
+            json!({"type": "skip_step", "step_id": "nope"}),
+            RefusalKind::Invalid,
+        ),
+        (
+            json!({"type": "retry_step", "step_id": "a"}),
+            RefusalKind::Conflict,
+        ),
+        (
+            json!({"type": "remove_step", "step_id": "a"}),
+            RefusalKind::Conflict,
+        ),
+        (
+            json!({"type": "reorder_steps", "order": ["a"]}),
+            RefusalKind::Invalid,
+        ),
+        (
+            json!({"type": "reorder_steps", "order": ["b", "a"]}),
+            RefusalKind::Invalid,
+        ),
+        (
+            json!({"type": "modify_step", "step_id": "a", "patch": {"step_id": "z"}}),
+            RefusalKind::Invalid,
+        ),
+        (
+            json!({"type": "add_step", "step": {"step_id": "a", "action": "x", "agent_type": "rec"}}),
+            RefusalKind::Conflict,
+        ),
+        (
+            json!({"type": "add_step", "step": {"step_id": "n", "action": "x", "agent_type": "rec"}, "after": "a", "before": "b"}),
+            RefusalKind::Invalid,
+        ),
+        (
+            json!({"type": "approve_step", "step_id": "a"}),
+            RefusalKind::Conflict,
+        ),
+    ];
+    for (body, kind) in cases.clone() {
+        let (got, record) = refused(engine.intervene("p", iv(body.clone()), "op").await);
+        assert_eq!(got, kind, "{body}");
+        assert_eq!(record.status, InterventionStatus::Failed);
+        assert!(record.error.is_some());
+        assert_eq!(record.plan_version, 1);
+    }
+    // Refusals after the plan ran: ended steps cannot be skipped, modified or removed.
+    run_to_end(&engine, "p").await;
+    for body in [
+        json!({"type": "skip_step", "step_id": "a"}),
+        json!({"type": "modify_step", "step_id": "a", "patch": {"params": {}}}),
+        json!({"type": "remove_step", "step_id": "b"}),
+    ] {
+        let (kind, _) = refused(engine.intervene("p", iv(body), "op").await);
+        assert_eq!(kind, RefusalKind::Conflict);
+    }
+    let recorded = engine.interventions("p").await.unwrap();
+    assert_eq!(recorded.len(), cases.len() + 3);
+    assert!(recorded
+        .iter()
+        .all(|i| i.status == InterventionStatus::Failed));
+    let state = engine.state("p").await.unwrap();
+    assert_eq!(state.version, 1);
+    assert_eq!(state.status, PlanStatus::Completed);
+}
+
+#[tokio::test]
+async fn expected_version_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    engine
+        .intervene(
+            "p",
+            iv(json!({"type": "skip_step", "step_id": "c", "expected_version": 1})),
+            "op",
+        )
+        .await
+        .unwrap();
+    // Skipping does not change the definition: still version 1. A modify bumps it to 2.
+    engine
+        .intervene(
+            "p",
+            iv(json!({"type": "modify_step", "step_id": "b", "patch": {"action": "y"}, "expected_version": 1})),
+            "op",
+        )
+        .await
+        .unwrap();
+    let (kind, record) = refused(
+        engine
+            .intervene(
+                "p",
+                iv(json!({"type": "modify_step", "step_id": "b", "patch": {"action": "z"}, "expected_version": 1})),
+                "op",
+            )
+            .await,
+    );
+    assert_eq!(kind, RefusalKind::Conflict);
+    assert!(record.error.unwrap().contains("version"));
+    let state = engine.state("p").await.unwrap();
+    assert_eq!(state.version, 2);
+    assert_eq!(state.step("b").unwrap().def.action, "y");
+}
+
+#[tokio::test]
+async fn dry_run_answers_the_diff_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    let before = engine.state("p").await.unwrap();
+    let record = engine
+        .intervene(
+            "p",
+            iv(json!({"type": "remove_step", "step_id": "b", "dry_run": true})),
+            "op",
+        )
+        .await
+        .unwrap();
+    assert!(record.dry_run);
+    assert_eq!(record.plan_version, 2, "the version it would have");
+    assert!(!record.diff.is_empty());
+    // A refused dry run is answered too, and not recorded either.
+    refused(
+        engine
+            .intervene(
+                "p",
+                iv(json!({"type": "remove_step", "step_id": "nope", "dry_run": true})),
+                "op",
+            )
+            .await,
+    );
+    let after = engine.state("p").await.unwrap();
+    assert_eq!(*before, *after);
+    assert!(engine.interventions("p").await.unwrap().is_empty());
+}
+
+// ---- execution -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn parallel_steps_respect_max_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, mut started) = Gate::new();
+    let engine = engine_with(&dir, &[("gate", gate.clone() as Arc<dyn Executor>)]).await;
+    let steps: String = (1..=6)
+        .map(|i| format!("  - {{step_id: s{i}, action: x, agent_type: gate, depends_on: []}}\n"))
+        .collect();
+    engine
+        .register(
+            plan(&format!("plan_id: p\nmax_parallel: 2\nsteps:\n{steps}")),
+            "op",
+        )
+        .await
+        .unwrap();
+    engine.start("p", "op", None).await.unwrap();
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+    let view = engine.view("p").await.unwrap();
+    assert_eq!(view.running_steps.len(), 2);
+    assert_eq!(
+        view.steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Pending)
+            .count(),
+        4
+    );
+    gate.release(6);
+    let done = engine.wait_settled("p").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(gate.max.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn retries_with_backoff_succeed_on_the_third_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let doc = |id: &str, max: u32| {
+        plan(&format!("plan_id: {id}\nsteps:\n  - {{step_id: a, action: x, agent_type: builtin.fail, params: {{times: 2}}, retry: {{max_attempts: {max}, backoff_ms: 5, backoff_factor: 2.0}}}}\n"))
+    };
+    engine.register(doc("ok", 3), "op").await.unwrap();
+    let done = run_to_end(&engine, "ok").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.step("a").unwrap().rec.attempts, 3);
+    let retries = all_events(&engine, "ok")
+        .await
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                &e.kind,
+                EventKind::StepFailed {
+                    retry_at: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(retries, 2);
+
+    engine.register(doc("ko", 2), "op").await.unwrap();
+    let failed = run_to_end(&engine, "ko").await;
+    assert_eq!(failed.status, PlanStatus::Failed);
+    assert_eq!(failed.step("a").unwrap().rec.attempts, 2);
+    assert!(failed.failure.as_deref().unwrap().contains("attempt 2"));
+}
+
+#[tokio::test]
+async fn timeout_fails_a_sleeping_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.sleep, params: {ms: 600000}, timeout_ms: 20}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    let failed = run_to_end(&engine, "p").await;
+    assert_eq!(failed.status, PlanStatus::Failed);
+    let a = failed.step("a").unwrap();
+    assert_eq!(a.rec.status, StepStatus::Failed);
+    assert!(a.rec.error.as_deref().unwrap().contains("timed out"));
+}
+
+#[tokio::test]
+async fn a_false_when_skips_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo, params: {hits: 0}}\n  - {step_id: b, action: y, agent_type: builtin.echo, when: 'steps.a.output.hits > 0'}\n  - {step_id: c, action: z, agent_type: builtin.echo, when: 'steps.a.output.hits == 0'}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    let done = run_to_end(&engine, "p").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(status_of(&done, "b"), StepStatus::Skipped);
+    assert_eq!(status_of(&done, "c"), StepStatus::Completed);
+}
+
+#[tokio::test]
+async fn immediate_pause_interrupts_a_running_step_which_runs_again_after_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, mut started) = Gate::new();
+    let engine = engine_with(&dir, &[("gate", gate.clone() as Arc<dyn Executor>)]).await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: gate}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    engine.start("p", "op", None).await.unwrap();
+    assert_eq!(started.recv().await.unwrap(), ("a".to_owned(), 1));
+    engine
+        .pause("p", PauseMode::Immediate, None, "op", Some("now".into()))
+        .await
+        .unwrap();
+    let paused = engine.wait_settled("p").await.unwrap();
+    assert_eq!(paused.status, PlanStatus::Paused);
+    assert_eq!(paused.pause_reason, Some(PauseReason::Operator));
+    assert_eq!(status_of(&paused, "a"), StepStatus::Pending);
+    wait_event(&engine, "p", |e| {
+        matches!(&e.kind, EventKind::StepInterrupted { step_id, attempt: 1, .. } if step_id == "a")
+    })
+    .await;
+
+    engine.resume("p", "op", None).await.unwrap();
+    assert_eq!(started.recv().await.unwrap(), ("a".to_owned(), 2));
+    gate.release(1);
+    let done = engine.wait_settled("p").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.step("a").unwrap().rec.attempts, 2);
+}
+
+#[tokio::test]
+async fn cancel_stops_the_plan_and_records_late_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, mut started) = Gate::new();
+    let engine = engine_with(&dir, &[("gate", gate.clone() as Arc<dyn Executor>)]).await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: gate}\n  - {step_id: b, action: x, agent_type: gate}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    engine.start("p", "op", None).await.unwrap();
+    started.recv().await.unwrap();
+    let cancelled = engine
+        .cancel("p", "op", Some("wrong query".into()))
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, PlanStatus::Cancelled);
+    assert_eq!(status_of(&cancelled, "a"), StepStatus::Cancelled);
+    assert_eq!(status_of(&cancelled, "b"), StepStatus::Cancelled);
+    // The running attempt is told to stop; its late result is recorded and changes nothing.
+    wait_event(
+        &engine,
+        "p",
+        |e| matches!(&e.kind, EventKind::StepResultIgnored { step_id, .. } if step_id == "a"),
+    )
+    .await;
+    let e = wait_event(&engine, "p", |e| {
+        matches!(e.kind, EventKind::PlanCancelled { .. })
+    })
+    .await;
+    assert_eq!(e.actor, "op");
+    assert_eq!(
+        engine.wait_settled("p").await.unwrap().status,
+        PlanStatus::Cancelled
+    );
+    assert!(matches!(
+        engine.resume("p", "op", None).await,
+        Err(EngineError::Refused { .. })
+    ));
+}
+
+#[tokio::test]
+async fn breakpoints_pause_before_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: rec, pause_after: true}\n  - {step_id: b, action: x, agent_type: rec, pause_before: true}\n  - {step_id: c, action: x, agent_type: rec}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    let first = run_to_end(&engine, "p").await;
+    assert_eq!(first.status, PlanStatus::Paused);
+    assert_eq!(first.pause_reason, Some(PauseReason::Breakpoint));
+    assert_eq!(status_of(&first, "a"), StepStatus::Completed);
+    assert_eq!(status_of(&first, "b"), StepStatus::Pending);
+
+    engine.resume("p", "op", None).await.unwrap();
+    let second = engine.wait_settled("p").await.unwrap();
+    assert_eq!(second.status, PlanStatus::Paused);
+    assert_eq!(second.pause_reason, Some(PauseReason::Breakpoint));
+    assert_eq!(status_of(&second, "b"), StepStatus::Pending);
+    assert_eq!(rec.order(), ["a"]);
+
+    engine.resume("p", "op", None).await.unwrap();
+    let done = engine.wait_settled("p").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(rec.order(), ["a", "b", "c"]);
+}
+
+// ---- checkpoints ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn restore_is_refused_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, mut started) = Gate::new();
+    let engine = engine_with(&dir, &[("gate", gate.clone() as Arc<dyn Executor>)]).await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: gate}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    engine.start("p", "op", None).await.unwrap();
+    started.recv().await.unwrap();
+    let cps = engine.checkpoints("p").await.unwrap();
+    assert_eq!(cps[0].trigger, CheckpointTrigger::Initial);
+    match engine.restore("p", &cps[0].checkpoint_id, "op", None).await {
+        Err(e) => assert_eq!(e.refusal_kind(), Some(RefusalKind::Conflict)),
+        Ok(_) => panic!("restore of a running plan must be refused"),
+    }
+    gate.release(1);
+    assert_eq!(
+        engine.wait_settled("p").await.unwrap().status,
+        PlanStatus::Completed
+    );
+}
+
+#[tokio::test]
+async fn restore_then_resume_reruns_the_steps_after_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    run_to_end(&engine, "p").await;
+    let cps = engine.checkpoints("p").await.unwrap();
+    let triggers: Vec<_> = cps.iter().map(|c| c.trigger).collect();
+    assert_eq!(
+        triggers,
+        [
+            CheckpointTrigger::Initial,
+            CheckpointTrigger::Step,
+            CheckpointTrigger::Step,
+            CheckpointTrigger::Step
+        ]
+    );
+    let after_a = &cps[1];
+    let view = engine
+        .checkpoint("p", &after_a.checkpoint_id)
+        .await
+        .unwrap();
+    assert_eq!(view.completed_steps, ["a"]);
+
+    let restored = engine
+        .restore(
+            "p",
+            &after_a.checkpoint_id,
+            "op",
+            Some("redo b and c".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(restored.status, PlanStatus::Paused);
+    assert_eq!(restored.pause_reason, Some(PauseReason::Restored));
+    assert_eq!(status_of(&restored, "a"), StepStatus::Completed);
+    assert_eq!(status_of(&restored, "b"), StepStatus::Pending);
+    assert_eq!(
+        restored.step("a").unwrap().rec.output,
+        Some(json!({"n": 1}))
+    );
+
+    engine.resume("p", "op", None).await.unwrap();
+    assert_eq!(
+        engine.wait_settled("p").await.unwrap().status,
+        PlanStatus::Completed
+    );
+    assert_eq!(rec.order(), ["a", "b", "c", "b", "c"]);
+    // History is never erased: the later checkpoints are still listed.
+    let now = engine.checkpoints("p").await.unwrap();
+    assert!(now.len() > cps.len());
+    assert_eq!(&now[..cps.len()], &cps[..]);
+    wait_event(&engine, "p", |e| {
+        matches!(e.kind, EventKind::CheckpointRestored { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fork_creates_a_paused_plan_equal_to_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    run_to_end(&engine, "p").await;
+    let cp = engine.checkpoints("p").await.unwrap()[2].clone();
+    let view = engine.checkpoint("p", &cp.checkpoint_id).await.unwrap();
+    let forked = engine
+        .fork("p", &cp.checkpoint_id, Some("p-fork".into()), "op", None)
+        .await
+        .unwrap();
+    assert_eq!(forked.plan_id, "p-fork");
+    assert_eq!(forked.status, PlanStatus::Paused);
+    assert_eq!(forked.pause_reason, Some(PauseReason::Restored));
+    assert_eq!(forked.ids_with(StepStatus::Completed), view.completed_steps);
+    assert_eq!(forked.ids_with(StepStatus::Completed), ["a", "b"]);
+    for (id, output) in &view.context {
+        assert_eq!(forked.step(id).unwrap().rec.output.as_ref(), Some(output));
+    }
+    let origin = forked.origin.clone().unwrap();
+    assert_eq!(
+        (origin.how.as_str(), origin.plan_id.as_str()),
+        ("fork", "p")
+    );
+    assert_eq!(origin.checkpoint_id, cp.checkpoint_id);
+
+    engine.resume("p-fork", "op", None).await.unwrap();
+    assert_eq!(
+        engine.wait_settled("p-fork").await.unwrap().status,
+        PlanStatus::Completed
+    );
+    assert_eq!(rec.keys().last().unwrap(), "p-fork/c/1");
+    // The source plan is untouched, and records the fork.
+    assert_eq!(
+        engine.state("p").await.unwrap().status,
+        PlanStatus::Completed
+    );
+    wait_event(
+        &engine,
+        "p",
+        |e| matches!(&e.kind, EventKind::PlanForked { new_plan_id, .. } if new_plan_id == "p-fork"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn export_then_import_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    run_to_end(&engine, "p").await;
+    let cp = engine.checkpoints("p").await.unwrap()[1].clone();
+    let export = engine
+        .export_checkpoint("p", &cp.checkpoint_id)
+        .await
+        .unwrap();
+    let file = serde_json::to_string_pretty(&export).unwrap();
+    let back: cairn_engine::CheckpointExport = serde_json::from_str(&file).unwrap();
+    assert_eq!(back.format, "cairn.checkpoint.v1");
+    let imported = engine
+        .import_checkpoint(back, Some("p-imported".into()), "op")
+        .await
+        .unwrap();
+    assert_eq!(imported.status, PlanStatus::Paused);
+    assert_eq!(imported.steps, export.state.steps);
+    assert_eq!(imported.origin.as_ref().unwrap().how, "import");
+    engine.resume("p-imported", "op", None).await.unwrap();
+    assert_eq!(
+        engine.wait_settled("p-imported").await.unwrap().status,
+        PlanStatus::Completed
+    );
+    // An import under an existing id is refused; a foreign document too.
+    let again = engine
+        .export_checkpoint("p", &cp.checkpoint_id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine.import_checkpoint(again.clone(), None, "op").await,
+        Err(EngineError::PlanExists(_))
+    ));
+    let mut foreign = again;
+    foreign.format = "something.else".into();
+    assert!(matches!(
+        engine
+            .import_checkpoint(foreign, Some("x".into()), "op")
+            .await,
+        Err(EngineError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn snapshot_contains_checkpoints_and_interventions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    engine
+        .intervene(
+            "p",
+            iv(json!({"type": "skip_step", "step_id": "c"})),
+            "alice",
+        )
+        .await
+        .unwrap();
+    let _ = engine
+        .intervene(
+            "p",
+            iv(json!({"type": "skip_step", "step_id": "zz"})),
+            "bob",
+        )
+        .await;
+    engine
+        .create_checkpoint("p", Some("before start".into()), "op", None)
+        .await
+        .unwrap();
+    let done = run_to_end(&engine, "p").await;
+    let snap = engine.snapshot("p").await.unwrap();
+    assert_eq!(snap.state, PlanStatus::Completed);
+    assert_eq!(snap.event_count, done.seq);
+    assert_eq!(snap.checkpoints, engine.checkpoints("p").await.unwrap());
+    assert!(snap
+        .checkpoints
+        .iter()
+        .any(|c| c.label.as_deref() == Some("before start")));
+    let ivs: Vec<_> = snap
+        .interventions
+        .iter()
+        .map(|i| (i.user.as_str(), i.status))
+        .collect();
+    assert_eq!(
+        ivs,
+        [
+            ("alice", InterventionStatus::Applied),
+            ("bob", InterventionStatus::Failed)
+        ]
+    );
+    assert_eq!(snap.progress.completed_steps, ["a", "b"]);
+    assert_eq!(snap.progress.skipped_steps, ["c"]);
+    let doc = serde_json::to_value(&snap).unwrap();
+    for key in [
+        "definition",
+        "steps",
+        "checkpoints",
+        "interventions",
+        "taken_at",
+    ] {
+        assert!(doc.get(key).is_some(), "{key}");
+    }
+}
+
+// ---- durability ----------------------------------------------------------------------------
+
+/// Blocks forever, like an agent whose process died mid-step. Records what it was given.
+struct Stuck(mpsc::UnboundedSender<Task>);
+
+#[async_trait]
+impl Executor for Stuck {
+    async fn execute(&self, task: Task, _stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        let _ = self.0.send(task);
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_reopened_engine_recovers_a_running_plan_with_the_same_attempt_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let registry = Registry::with_builtins();
+    registry.register("agent", Arc::new(Stuck(tx)));
+    let first = open_at(&path, registry, EngineOptions::default()).await;
+    first
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n  - {step_id: b, action: y, agent_type: agent}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    first.start("p", "op", None).await.unwrap();
+    let task = seen.recv().await.unwrap();
+    assert_eq!((task.step_id.as_str(), task.attempt), ("b", 1));
+    first.shutdown().await;
+    assert!(matches!(
+        first.start("p", "op", None).await,
+        Err(EngineError::ShuttingDown)
+    ));
+    drop(first);
+
+    let rec = Arc::new(Recorder::default());
+    let registry = Registry::with_builtins();
+    registry.register("agent", rec.clone());
+    let second = open_at(&path, registry, EngineOptions::default()).await;
+    let done = second.wait_settled("p").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    let runs = rec.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "the completed step a is not run again");
+    assert_eq!(runs[0].step_id, "b");
+    assert_eq!(runs[0].attempt, task.attempt);
+    assert_eq!(runs[0].key, task.idempotency_key);
+    assert_eq!(runs[0].key, "p/b/1");
+    assert_eq!(done.step("b").unwrap().rec.attempts, 1);
+    assert!(all_events(&second, "p").await.iter().any(
+        |e| matches!(&e.kind, EventKind::StepRecovered { step_id, attempt: 1 } if step_id == "b")
+    ));
+}
+
+// ---- subscriptions -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn subscribe_from_zero_yields_every_event_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    run_to_end(&engine, "p").await;
+    let last = engine.store().last_event_id().await.unwrap();
+    assert!(last > 5);
+    let mut sub = engine.subscribe(Some(0));
+    let mut seen = Vec::new();
+    while seen.last().map(|e: &Arc<Event>| e.id) != Some(last) {
+        if let Notice::Event(e) = sub.next().await.unwrap() {
+            seen.push(e);
+        }
+    }
+    let ids: Vec<u64> = seen.iter().map(|e| e.id).collect();
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    assert_eq!(ids, (1..=last).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+    assert_eq!(all_events(&engine, "p").await.len() as u64, last);
+}
+
+#[tokio::test]
+async fn a_lagging_subscriber_is_told_and_still_gets_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("cairn.db"),
+        SqliteOptions {
+            durability: Durability::Relaxed,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let engine = Engine::open(
+        Arc::new(store),
+        Registry::with_builtins(),
+        EngineOptions {
+            stream_buffer: 16,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut sub = engine.subscribe(Some(0));
+    // Read one event so the subscription is on the live stream, then stop reading.
+    let steps: String = (0..100)
+        .map(|i| format!("  - {{step_id: s{i}, action: x, agent_type: builtin.echo}}\n"))
+        .collect();
+    let ids: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+    engine
+        .register(plan(&format!("plan_id: {}\nsteps:\n{steps}", ids[0])), "op")
+        .await
+        .unwrap();
+    let first = match sub.next().await.unwrap() {
+        Notice::Event(e) => e.id,
+        other => panic!("{other:?}"),
+    };
+    for id in &ids[1..] {
+        engine
+            .register(plan(&format!("plan_id: {id}\nsteps:\n{steps}")), "op")
+            .await
+            .unwrap();
+    }
+    for id in &ids {
+        engine.start(id, "op", None).await.unwrap();
+    }
+    for id in &ids {
+        assert_eq!(
+            engine.wait_settled(id).await.unwrap().status,
+            PlanStatus::Completed
+        );
+    }
+    let last = engine.store().last_event_id().await.unwrap();
+    assert!(last > 20_000, "{last}");
+
+    let mut lagged = false;
+    let mut expect = first + 1;
+    while expect <= last {
+        match sub.next().await.unwrap() {
+            Notice::Lagged { .. } => {
+                assert_eq!(expect, first + 1, "the lag is reported before the catch-up");
+                lagged = true;
+            }
+            Notice::Event(e) => {
+                assert_eq!(e.id, expect, "no gap, no repeat");
+                expect += 1;
+            }
+        }
+    }
+    assert!(lagged);
+}
+
+// ---- observers -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    State(String, PlanStatus, PlanStatus),
+    Checkpoint(CheckpointSummary),
+    Intervention(String, InterventionStatus),
+}
+
+fn recording_callbacks(tx: mpsc::UnboundedSender<Seen>) -> Callbacks {
+    let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
+    Callbacks::new()
+        .on_state_change(move |plan_id, old, new| {
+            let _ = t1.send(Seen::State(plan_id.to_owned(), old, new));
+        })
+        .on_checkpoint(move |cp| {
+            let _ = t2.send(Seen::Checkpoint(cp));
+        })
+        .on_intervention_async(move |i| {
+            let tx = t3.clone();
+            async move {
+                let _ = tx.send(Seen::Intervention(i.kind, i.status));
+            }
+        })
+}
+
+/// Collects what an observer reports until `until` has been seen.
+async fn collect_until(rx: &mut mpsc::UnboundedReceiver<Seen>, until: &Seen) -> Vec<Seen> {
+    let mut out = Vec::new();
+    while out.last() != Some(until) {
+        out.push(rx.recv().await.unwrap());
+    }
+    out
+}
+
+fn states(seen: &[Seen]) -> Vec<(PlanStatus, PlanStatus)> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::State(_, a, b) => Some((*a, *b)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn observer_reports_state_changes_checkpoints_and_interventions() {
+    use PlanStatus::*;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = observe(&engine, recording_callbacks(tx)).await.unwrap();
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.fail, params: {times: 1}}\n  - {step_id: b, action: y, agent_type: builtin.echo}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    engine.start("p", "op", None).await.unwrap();
+    let seen = collect_until(&mut rx, &Seen::State("p".into(), Running, Failed)).await;
+    assert_eq!(states(&seen), [(Idle, Running), (Running, Failed)]);
+
+    engine
+        .intervene("p", iv(json!({"type": "retry_step", "step_id": "a"})), "op")
+        .await
+        .unwrap();
+    let _ = engine
+        .intervene(
+            "p",
+            iv(json!({"type": "skip_step", "step_id": "nope"})),
+            "op",
+        )
+        .await;
+    engine.resume("p", "op", None).await.unwrap();
+    let more = collect_until(&mut rx, &Seen::State("p".into(), Running, Completed)).await;
+    assert_eq!(
+        states(&more),
+        [(Failed, Paused), (Paused, Running), (Running, Completed)]
+    );
+    let ivs: Vec<_> = more
+        .iter()
+        .filter(|s| matches!(s, Seen::Intervention(..)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        ivs,
+        [
+            Seen::Intervention("retry_step".into(), InterventionStatus::Applied),
+            Seen::Intervention("skip_step".into(), InterventionStatus::Failed)
+        ]
+    );
+    let cps: Vec<CheckpointSummary> = seen
+        .iter()
+        .chain(&more)
+        .filter_map(|s| match s {
+            Seen::Checkpoint(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cps, engine.checkpoints("p").await.unwrap());
+    assert!(handle.last_id() > 0);
+    handle.stop();
+}
+
+#[tokio::test]
+async fn observer_learns_the_status_of_plans_it_has_not_seen_yet() {
+    use PlanStatus::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _rec) = recorder_engine(&dir).await;
+    engine.register(abc("p"), "op").await.unwrap();
+    engine.start("p", "op", None).await.unwrap();
+    engine
+        .pause("p", PauseMode::Boundary, None, "op", None)
+        .await
+        .unwrap();
+    engine.wait_settled("p").await.unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _handle = observe(&engine, recording_callbacks(tx)).await.unwrap();
+    engine.resume("p", "op", None).await.unwrap();
+    let seen = collect_until(&mut rx, &Seen::State("p".into(), Running, Completed)).await;
+    assert_eq!(states(&seen), [(Paused, Running), (Running, Completed)]);
+    // Restore pauses a finished plan again.
+    let cp = engine.checkpoints("p").await.unwrap()[0].clone();
+    engine
+        .restore("p", &cp.checkpoint_id, "op", None)
+        .await
+        .unwrap();
+    collect_until(&mut rx, &Seen::State("p".into(), Completed, Paused)).await;
+}
+
+#[tokio::test]
+async fn a_slow_observer_never_stalls_the_engine_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
+    let engine = Engine::open(
+        Arc::new(store),
+        Registry::with_builtins(),
+        EngineOptions {
+            stream_buffer: 16,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The checkpoint callback blocks until the test opens the gate.
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let callbacks = Callbacks::new().on_checkpoint_async({
+        let gate = gate.clone();
+        move |cp| {
+            let (gate, tx) = (gate.clone(), tx.clone());
+            async move {
+                let _ = gate.acquire().await.map(|p| p.forget());
+                let _ = tx.send(cp);
+            }
+        }
+    });
+    let handle = observe(&engine, callbacks).await.unwrap();
+    let steps: String = (0..40)
+        .map(|i| format!("  - {{step_id: s{i}, action: x, agent_type: builtin.echo}}\n"))
+        .collect();
+    engine
+        .register(plan(&format!("plan_id: p\nsteps:\n{steps}")), "op")
+        .await
+        .unwrap();
+    // The plan runs to the end while the observer is stuck in its first callback.
+    let done = run_to_end(&engine, "p").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    let expected = engine.checkpoints("p").await.unwrap();
+    assert_eq!(expected.len(), 41);
+    gate.add_permits(expected.len());
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        got.push(rx.recv().await.unwrap());
+    }
+    assert_eq!(got, expected, "every checkpoint, once, in order");
+    drop(handle);
 }
