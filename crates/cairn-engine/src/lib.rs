@@ -7,6 +7,7 @@
 //!
 //! Architecture invariants: the engine knows no SQL and no HTTP; every decision is made by
 //! `cairn_core`; nothing is answered, published or executed before the store has committed it.
+#![doc = include_str!("doc_example.md")]
 
 mod actor;
 pub mod config;

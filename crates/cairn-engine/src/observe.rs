@@ -177,14 +177,29 @@ async fn handle(
     statuses: &mut HashMap<String, PlanStatus>,
     e: &Event,
 ) {
+    if let Some(f) = &callbacks.intervention {
+        if let EventKind::InterventionApplied { intervention }
+        | EventKind::InterventionFailed { intervention } = &e.kind
+        {
+            f((**intervention).clone()).await;
+        }
+    }
     if let Some(f) = &callbacks.state_change {
         if let Some(new) = status_after(&e.kind) {
+            // A registration (also of a fork or an import) starts a plan's history: no change
+            // to report. For a plan not seen yet, its log says what it was.
             let old = match statuses.get(&e.plan_id) {
+                _ if matches!(e.kind, EventKind::PlanRegistered { .. }) => None,
                 Some(&s) => Some(s),
-                None if e.seq <= 1 => None,
                 None => status_before(store, &e.plan_id, e.seq).await,
             };
-            statuses.insert(e.plan_id.clone(), new);
+            // Finished plans are forgotten (they rarely change again), so the map only holds
+            // live ones.
+            if new.is_terminal() {
+                statuses.remove(&e.plan_id);
+            } else {
+                statuses.insert(e.plan_id.clone(), new);
+            }
             if let Some(old) = old.filter(|&old| old != new) {
                 f(e.plan_id.clone(), old, new).await;
             }
@@ -200,13 +215,6 @@ async fn handle(
             created_at: e.at,
         })
         .await;
-    }
-    if let Some(f) = &callbacks.intervention {
-        if let EventKind::InterventionApplied { intervention }
-        | EventKind::InterventionFailed { intervention } = &e.kind
-        {
-            f((**intervention).clone()).await;
-        }
     }
 }
 
