@@ -381,10 +381,14 @@ impl PlanActor {
                 Some(executor) => {
                     let timeout = task.timeout_ms;
                     let run = tokio::spawn(async move { executor.execute(task, stop).await });
+                    let abort = run.abort_handle();
                     let joined = match timeout {
                         Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), run).await {
                             Ok(j) => j,
                             Err(_) => {
+                                // Dropping the executor's future kills what it owns (a command
+                                // agent's child has kill_on_drop).
+                                abort.abort();
                                 Ok(Err(ExecError::retryable(format!("timed out after {ms} ms"))))
                             }
                         },
