@@ -221,18 +221,22 @@ async fn drive(
         _ => {}
     }
     let mut pausing = false;
+    // The definition as the display knows it; refreshed when an intervention or a restore may
+    // have changed it.
+    let mut known = engine.state(plan_id).await?;
     let state = loop {
-        let state = engine.state(plan_id).await?;
-        if cairn_core::view::is_settled(&state) {
-            break state;
+        if cairn_core::view::is_settled(&known) {
+            break known;
         }
         tokio::select! {
             notice = sub.next() => match notice {
                 Some(Notice::Event(e)) => {
-                    let state = engine.state(plan_id).await?;
-                    progress.on_event(&e, &state);
+                    if cairn_engine::may_settle(&e.kind) {
+                        known = engine.state(plan_id).await?;
+                    }
+                    progress.on_event(&e, &known);
                 }
-                Some(Notice::Lagged { .. }) => {}
+                Some(Notice::Lagged { .. }) => known = engine.state(plan_id).await?,
                 None => return Err(Fail { code: exit::FAILED, message: "the engine stopped".into() }),
             },
             _ = tokio::signal::ctrl_c() => {
@@ -249,6 +253,7 @@ async fn drive(
                             "pausing plan {plan_id} (durable); {running} running step{} will finish first; Ctrl-C again to stop now",
                             if running == 1 { "" } else { "s" }
                         ));
+                        known = s;
                     }
                     Err(EngineError::Refused { .. }) => {}
                     Err(e) => return Err(e.into()),

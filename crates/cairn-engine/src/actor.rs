@@ -57,8 +57,9 @@ pub(crate) struct PlanActor {
     inflight: HashMap<(String, u32), watch::Sender<bool>>,
     /// Seq of the newest stored snapshot.
     snapshot_seq: u64,
-    /// A shared copy of the state, refreshed after each change, for cheap reads.
-    shared: Arc<PlanState>,
+    /// A shared copy of the current state, made when someone asks and kept until the state
+    /// changes: a busy plan's steps never pay for copies nobody reads.
+    shared: Option<Arc<PlanState>>,
     lease_renew_at: tokio::time::Instant,
 }
 
@@ -71,7 +72,6 @@ impl PlanActor {
         rx: mpsc::UnboundedReceiver<Msg>,
         tx: mpsc::UnboundedSender<Msg>,
     ) -> PlanActor {
-        let shared = Arc::new(state.clone());
         let renew = inner.opts.lease_ms / 3;
         PlanActor {
             inner,
@@ -81,7 +81,7 @@ impl PlanActor {
             tx,
             inflight: HashMap::new(),
             snapshot_seq,
-            shared,
+            shared: None,
             lease_renew_at: tokio::time::Instant::now() + Duration::from_millis(renew),
         }
     }
@@ -126,6 +126,12 @@ impl PlanActor {
         }
     }
 
+    fn shared(&mut self) -> Arc<PlanState> {
+        self.shared
+            .get_or_insert_with(|| Arc::new(self.state.clone()))
+            .clone()
+    }
+
     /// Nothing left to do: terminal and nothing running.
     fn idle_and_done(&self) -> bool {
         self.state.status.is_terminal() && self.inflight.is_empty()
@@ -164,7 +170,8 @@ impl PlanActor {
     async fn batch(&mut self, first: Msg) -> bool {
         let mut work: Vec<(Command, String, Option<ReplyTo>)> = Vec::new();
         let mut keep_going = true;
-        let mut push = |msg: Msg, work: &mut Vec<_>, shared: &Arc<PlanState>| match msg {
+        let mut reads = Vec::new();
+        let mut push = |msg: Msg, work: &mut Vec<_>| match msg {
             Msg::Command {
                 command,
                 actor,
@@ -183,16 +190,20 @@ impl PlanActor {
                 SYSTEM_ACTOR.to_owned(),
                 None,
             )),
-            Msg::Read { reply } => {
-                let _ = reply.send(shared.clone());
-            }
+            Msg::Read { reply } => reads.push(reply),
             Msg::Stop => keep_going = false,
         };
-        push(first, &mut work, &self.shared);
+        push(first, &mut work);
         while work.len() < BATCH {
             match self.rx.try_recv() {
-                Ok(msg) => push(msg, &mut work, &self.shared),
+                Ok(msg) => push(msg, &mut work),
                 Err(_) => break,
+            }
+        }
+        if !reads.is_empty() {
+            let shared = self.shared();
+            for reply in reads {
+                let _ = reply.send(shared.clone());
             }
         }
         for (command, _, _) in &work {
@@ -235,7 +246,7 @@ impl PlanActor {
             }
         }
         if events.is_empty() {
-            let shared = self.shared.clone();
+            let shared = self.shared();
             for (reply, answer) in answers {
                 let _ = reply.send(answer.map(|d| (d, shared.clone())));
             }
@@ -253,10 +264,18 @@ impl PlanActor {
                 for (e, s) in events.iter_mut().zip(&stored) {
                     e.id = s.id;
                 }
-                self.shared = Arc::new(self.state.clone());
+                self.shared = None;
                 let published: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
                 self.inner.publish(published.clone());
-                for (reply, answer) in answers {
+                let shared = if answers.is_empty() {
+                    None
+                } else {
+                    Some(self.shared())
+                };
+                for ((reply, answer), shared) in answers
+                    .into_iter()
+                    .zip(std::iter::repeat_with(|| shared.clone()).flatten())
+                {
                     let answer = answer.map(|mut d| {
                         // Give the caller the stored ids.
                         for e in &mut d.events {
@@ -264,7 +283,7 @@ impl PlanActor {
                                 e.id = p.id;
                             }
                         }
-                        (d, self.shared.clone())
+                        (d, shared)
                     });
                     let _ = reply.send(answer);
                 }
@@ -284,7 +303,7 @@ impl PlanActor {
                     Ok((state, snap)) => {
                         self.state = state;
                         self.snapshot_seq = snap;
-                        self.shared = Arc::new(self.state.clone());
+                        self.shared = None;
                     }
                     Err(e) => warn!(plan_id = %self.state.plan_id, error = %e, "reload failed"),
                 }

@@ -860,10 +860,12 @@ impl Engine {
             if is_settled(&state) {
                 return Ok(state);
             }
-            // Wake on the plan's next event (or a lag notice), then look again.
+            // Look again only after an event that can settle a plan (or a lag notice).
             loop {
                 match sub.next().await {
-                    Some(Notice::Event(e)) if e.seq <= state.seq => continue,
+                    Some(Notice::Event(e)) if e.seq <= state.seq || !may_settle(&e.kind) => {
+                        continue
+                    }
                     Some(_) => break,
                     None => return Err(EngineError::ShuttingDown),
                 }
@@ -887,6 +889,21 @@ impl Engine {
             let _ = tx.send(Msg::Stop);
         }
     }
+}
+
+/// Can this event leave a plan settled (ended, or paused with nothing running)?
+pub fn may_settle(kind: &cairn_core::EventKind) -> bool {
+    use cairn_core::EventKind as K;
+    matches!(
+        kind,
+        K::PlanCompleted {}
+            | K::PlanFailed { .. }
+            | K::PlanCancelled { .. }
+            | K::PlanDrained {}
+            | K::PlanPaused { .. }
+            | K::CheckpointRestored { .. }
+            | K::InterventionApplied { .. }
+    )
 }
 
 fn summary_of(e: &Event) -> CheckpointSummary {

@@ -19,8 +19,8 @@ pub mod observe;
 mod publish;
 
 pub use engine::{
-    applied, now_micros, CheckpointExport, CheckpointSummary, Engine, EngineOptions, Progress,
-    Snapshot,
+    applied, may_settle, now_micros, CheckpointExport, CheckpointSummary, Engine, EngineOptions,
+    Progress, Snapshot,
 };
 pub use error::EngineError;
 pub use publish::{Notice, Subscription};
