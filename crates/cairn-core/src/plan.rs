@@ -181,22 +181,101 @@ pub fn valid_id(id: &str) -> bool {
 impl Plan {
     /// Parses and validates a plan document.
     pub fn parse(text: &str, format: Format) -> Result<Plan, Invalid> {
-        let plan: Plan = match format {
+        let value: Value = match format {
             Format::Json => serde_json::from_str(text)
-                .map_err(|e| Invalid::one("", format!("not a valid plan document: {e}")))?,
-            Format::Yaml => serde_saphyr::from_str(text)
-                .map_err(|e| Invalid::one("", format!("not a valid plan document: {e}")))?,
+                .map_err(|e| Invalid::one("", format!("not valid JSON: {e}")))?,
+            Format::Yaml => {
+                // YAML is read typed: its scalars are only strings, numbers or booleans in the
+                // light of the field they fill (`action: y` is the string "y").
+                return match serde_saphyr::from_str::<Plan>(text) {
+                    Ok(plan) => plan.validate().map(|()| plan),
+                    Err(e) => {
+                        let first = e.to_string().lines().next().unwrap_or("").to_owned();
+                        Err(Plan::locate_unknown_field(
+                            serde_saphyr::from_str::<Value>(text).ok(),
+                            &first,
+                        )
+                        .unwrap_or_else(|| {
+                            Invalid::one("", format!("not a valid plan document: {e}"))
+                        }))
+                    }
+                };
+            }
         };
-        plan.validate()?;
-        Ok(plan)
+        Plan::from_value(value)
     }
 
-    /// Parses a plan from a JSON value (an API body) and validates it.
+    /// For a YAML document that failed to parse: the faults naming the step of an unknown field,
+    /// if that is what is wrong.
+    fn locate_unknown_field(value: Option<Value>, where_: &str) -> Option<Invalid> {
+        let invalid = Plan::from_value(value?).err()?;
+        let faults: Vec<Fault> = invalid
+            .faults
+            .into_iter()
+            .filter(|f| f.message.contains("unknown field"))
+            .map(|f| Fault {
+                path: f.path,
+                message: format!("{} ({where_})", f.message),
+            })
+            .collect();
+        (!faults.is_empty()).then_some(Invalid { faults })
+    }
+
+    /// Parses a plan from a JSON value (an API body) and validates it. Steps are read one by one
+    /// so a fault in a step's shape (an unknown field, a wrong type) names the step.
     pub fn from_value(value: Value) -> Result<Plan, Invalid> {
-        let plan: Plan = serde_json::from_value(value)
-            .map_err(|e| Invalid::one("", format!("not a valid plan document: {e}")))?;
-        plan.validate()?;
-        Ok(plan)
+        let Value::Object(mut map) = value else {
+            return Err(Invalid::one(
+                "",
+                "a plan document must be a mapping with a `steps` list",
+            ));
+        };
+        let steps = map.remove("steps");
+        map.insert("steps".into(), Value::Array(Vec::new()));
+        let mut faults = Vec::new();
+        let header = serde_json::from_value::<Plan>(Value::Object(map))
+            .map_err(|e| {
+                faults.push(Fault {
+                    path: String::new(),
+                    message: format!("not a valid plan document: {e}"),
+                })
+            })
+            .ok();
+        let mut parsed = Vec::new();
+        match steps {
+            None => faults.push(Fault {
+                path: "steps".into(),
+                message: "missing: a plan needs a list of steps".into(),
+            }),
+            Some(Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let id = item
+                        .get("step_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .unwrap_or_default();
+                    match serde_json::from_value::<StepDef>(item) {
+                        Ok(step) => parsed.push(step),
+                        Err(e) => faults.push(Fault {
+                            path: step_path(i, &id),
+                            message: format!("not a valid step: {e}"),
+                        }),
+                    }
+                }
+            }
+            Some(_) => faults.push(Fault {
+                path: "steps".into(),
+                message: "must be a list of steps".into(),
+            }),
+        }
+        match header {
+            Some(mut plan) if faults.is_empty() => {
+                plan.steps = parsed;
+                plan.validate()?;
+                Ok(plan)
+            }
+            _ => Err(Invalid { faults }),
+        }
     }
 
     pub fn step_index(&self, step_id: &str) -> Option<usize> {
@@ -509,7 +588,10 @@ steps:
     #[test]
     fn unknown_fields_are_errors() {
         let msg = faults("steps:\n  - {step_id: a, action: x, agent_type: t, colour: red}\n");
-        assert!(msg.contains("colour"), "{msg}");
+        assert!(
+            msg.contains("steps.a: not a valid step: unknown field `colour`"),
+            "{msg}"
+        );
         let msg = faults("stepz: []\n");
         assert!(msg.contains("stepz"), "{msg}");
     }
@@ -552,7 +634,7 @@ steps:
         assert!(msg.contains("retry.max_attempts"), "{msg}");
         assert!(msg.contains("retry.backoff_factor"), "{msg}");
         let msg = faults("steps:\n  - {step_id: a, action: x, agent_type: t, timeout_ms: -5}\n");
-        assert!(msg.contains("not a valid plan document"), "{msg}");
+        assert!(msg.contains("line 2 column 56"), "{msg}");
     }
 
     #[test]

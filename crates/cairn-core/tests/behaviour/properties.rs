@@ -498,9 +498,11 @@ fn check_restore(
         }
         // Attempt numbers keep counting across a restore; a step that ran since the checkpoint
         // and will run again gets a new run (a fresh idempotency key).
+        // (A step removed since the checkpoint keeps its counters in `retired`.)
         let prior = before
             .step(&now.def.step_id)
-            .map(|s| (s.rec.attempts, s.rec.run));
+            .map(|s| (s.rec.attempts, s.rec.run))
+            .or_else(|| before.retired.get(&now.def.step_id).copied());
         let (prior_attempts, prior_run) = prior.unwrap_or((0, 0));
         prop_assert_eq!(now.rec.attempts, then.rec.attempts.max(prior_attempts));
         let base_run = then.rec.run.max(prior_run);
