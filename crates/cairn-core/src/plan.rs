@@ -190,7 +190,13 @@ impl Plan {
                 return match serde_saphyr::from_str::<Plan>(text) {
                     Ok(plan) => plan.validate().map(|()| plan),
                     Err(e) => {
-                        let first = e.to_string().lines().next().unwrap_or("").to_owned();
+                        let text = e.to_string();
+                        let first = text
+                            .find("line ")
+                            .map(|i| &text[i..])
+                            .and_then(|t| t.split(':').next())
+                            .unwrap_or("")
+                            .to_owned();
                         Err(Plan::locate_unknown_field(
                             serde_saphyr::from_str::<Value>(text).ok(),
                             &first,
