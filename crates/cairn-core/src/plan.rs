@@ -190,10 +190,10 @@ impl Plan {
                 return match serde_saphyr::from_str::<Plan>(text) {
                     Ok(plan) => plan.validate().map(|()| plan),
                     Err(e) => {
-                        let text = e.to_string();
-                        let first = text
+                        let message = e.to_string();
+                        let first = message
                             .find("line ")
-                            .map(|i| &text[i..])
+                            .map(|i| &message[i..])
                             .and_then(|t| t.split(':').next())
                             .unwrap_or("")
                             .to_owned();
