@@ -333,14 +333,19 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             // Restore to checkpoints spread over the log, timing each call end to end.
             let cps = engine.checkpoints("long").await?;
             let mut times = Vec::new();
+            let mut reads = Vec::new();
             for k in 1..=9 {
                 let cp = &cps[cps.len() * k / 10];
+                let t = Instant::now();
+                engine.checkpoint("long", &cp.checkpoint_id).await?;
+                reads.push(t.elapsed().as_secs_f64() * 1e3);
                 let t = Instant::now();
                 engine
                     .restore("long", &cp.checkpoint_id, "bench", None)
                     .await?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
+            reads.sort_by(f64::total_cmp);
             times.sort_by(f64::total_cmp);
             Ok(vec![
                 json!({
@@ -358,6 +363,7 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
                     "workload": "restore", "steps": n, "wall_s": round(times.iter().sum::<f64>() / 1e3, 3), "steps_per_sec": 0,
                     "peak_rss_mb": rss_mb("VmHWM:"), "restores": times.len(),
                     "restore_ms_p50": round(percentile(&times, 0.5), 2), "restore_ms_max": round(percentile(&times, 1.0), 2),
+                    "read_checkpoint_ms_p50": round(percentile(&reads, 0.5), 2),
                 }),
             ])
         }
@@ -393,14 +399,19 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
                     metadata: Value::Null,
                     max_parallel: 8,
                     steps: (0..50)
-                        .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 20})))
+                        .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 200})))
                         .collect(),
                 })
                 .collect();
             let ids: Vec<String> = plans.iter().filter_map(|p| p.plan_id.clone()).collect();
             register_all(&engine, plans).await?;
-            for id in &ids {
-                engine.start(id, "bench", None).await?;
+            let mut set = tokio::task::JoinSet::new();
+            for id in ids.clone() {
+                let e = engine.clone();
+                set.spawn(async move { e.start(&id, "bench", None).await.map(|_| ()) });
+            }
+            while let Some(r) = set.join_next().await {
+                r.map_err(|e| Fail::from(anyhow::anyhow!("{e}")))??;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             let (mut pause, mut resume, mut intervene, mut cancel) =

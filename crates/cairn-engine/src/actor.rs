@@ -87,12 +87,27 @@ impl PlanActor {
     }
 
     pub(crate) async fn run(mut self) {
+        let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             let wake = self.state.next_wake().map(|t| {
                 let wait = (t - now_micros()).max(0) as u64;
                 tokio::time::Instant::now() + Duration::from_micros(wait)
             });
             let renew_at = self.lease_renew_at;
+            // An ended plan is unloaded at once; a quiet one after a while, so an operator's
+            // next command (resume after restore, say) finds it still loaded.
+            let unload_at = if self.idle_and_done() {
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                let linger = if self.state.status.is_terminal() {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(self.inner.opts.idle_unload_ms)
+                };
+                Some(since + linger)
+            } else {
+                idle_since = None;
+                None
+            };
             tokio::select! {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { return };
@@ -108,20 +123,22 @@ impl PlanActor {
                         return;
                     }
                 }
-            }
-            if self.idle_and_done() && self.inner.unload(&self.state.plan_id, &self.tx) {
-                // Answer anything that raced in before the unload, then stop.
-                while let Ok(msg) = self.rx.try_recv() {
-                    if !self.batch(msg).await {
-                        break;
+                _ = async { tokio::time::sleep_until(unload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if unload_at.is_some() => {
+                    if self.idle_and_done() && self.inner.unload(&self.state.plan_id, &self.tx) {
+                        // Answer anything that raced in before the unload, then stop.
+                        while let Ok(msg) = self.rx.try_recv() {
+                            if !self.batch(msg).await {
+                                break;
+                            }
+                        }
+                        let _ = self
+                            .inner
+                            .store
+                            .release(&self.state.plan_id, &self.fence)
+                            .await;
+                        return;
                     }
                 }
-                let _ = self
-                    .inner
-                    .store
-                    .release(&self.state.plan_id, &self.fence)
-                    .await;
-                return;
             }
         }
     }
@@ -132,9 +149,16 @@ impl PlanActor {
             .clone()
     }
 
-    /// Nothing left to do: terminal and nothing running.
+    /// Nothing left to do until someone asks: ended, or paused with nothing running and no
+    /// timer. Such a plan is unloaded (its memory freed, its lease released) and loaded again
+    /// from the store by the next command, so idle plans cost storage, not memory.
     fn idle_and_done(&self) -> bool {
-        self.state.status.is_terminal() && self.inflight.is_empty()
+        let quiet = self.state.status.is_terminal()
+            || (self.state.status == cairn_core::PlanStatus::Paused
+                && self.state.drained
+                && self.state.resume_at.is_none())
+            || self.state.status == cairn_core::PlanStatus::Idle;
+        quiet && self.inflight.is_empty()
     }
 
     async fn renew_lease(&mut self) -> bool {
@@ -288,7 +312,10 @@ impl PlanActor {
                     let _ = reply.send(answer);
                 }
                 self.act(&published);
-                self.maybe_snapshot();
+                let restored = published
+                    .iter()
+                    .any(|e| matches!(e.kind, cairn_core::EventKind::CheckpointRestored { .. }));
+                self.maybe_snapshot(restored);
             }
             Err(e) => {
                 warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
@@ -436,9 +463,11 @@ impl PlanActor {
         });
     }
 
-    fn maybe_snapshot(&mut self) {
+    /// Stores a snapshot every `snapshot_every` events, and after a restore (whose event carries
+    /// a whole state, so replaying past it is what loading would otherwise cost).
+    fn maybe_snapshot(&mut self, force: bool) {
         let every = self.inner.opts.snapshot_every;
-        if every == 0 || self.state.seq < self.snapshot_seq + every {
+        if every == 0 || (!force && self.state.seq < self.snapshot_seq + every) {
             return;
         }
         let Ok(bytes) = serde_json::to_vec(&self.state) else {

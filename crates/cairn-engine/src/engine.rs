@@ -49,6 +49,9 @@ pub struct EngineOptions {
     /// Run attempts. An engine that does not (administrative commands on a store) still records
     /// every decision; the attempts it starts are run by the next engine that recovers the plan.
     pub execute: bool,
+    /// A paused or idle plan with nothing to do is unloaded from memory after this long (it is
+    /// loaded again from the store when needed); an ended plan is unloaded at once.
+    pub idle_unload_ms: u64,
 }
 
 impl Default for EngineOptions {
@@ -60,6 +63,7 @@ impl Default for EngineOptions {
             stream_buffer: 16_384,
             recover: true,
             execute: true,
+            idle_unload_ms: 2_000,
         }
     }
 }

@@ -62,6 +62,9 @@ pub enum Durability {
     Relaxed,
 }
 
+/// Reads that may run at once (each on a blocking thread with its own connection).
+const READ_SLOTS: usize = 4;
+
 /// How to open a [`SqliteStore`].
 #[derive(Debug, Clone, Default)]
 pub struct SqliteOptions {
@@ -78,6 +81,10 @@ pub struct SqliteStore {
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     readers: Arc<ReadPool>,
+    /// Reads running at once. Without a bound, a burst of reads (10,000 plans loading) would
+    /// start as many blocking threads as tokio allows, each with its own stack and allocator
+    /// arena, for no gain on a disk that serves a few at a time.
+    read_slots: Arc<tokio::sync::Semaphore>,
     stats: Arc<writer::Stats>,
     path: PathBuf,
     // Held only to keep the advisory lock; released when the store is dropped.
@@ -109,6 +116,7 @@ impl SqliteStore {
             tx: Some(tx),
             writer: Some(handle),
             readers: Arc::new(ReadPool::new(path.to_path_buf())),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(READ_SLOTS)),
             stats,
             path: path.to_path_buf(),
             _engine_lock: engine_lock,
@@ -178,6 +186,11 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let pool = self.readers.clone();
+        let _slot = self
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|e| backend("wait for a sqlite read slot", e))?;
         tokio::task::spawn_blocking(move || pool.with(f))
             .await
             .map_err(|e| backend("run a sqlite read", e))?

@@ -26,7 +26,7 @@ use crate::{from_sql, to_sql, Ctx};
 /// The most requests committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
 /// How many snapshots are kept per plan (the newest).
-const KEEP_SNAPSHOTS: i64 = 3;
+const KEEP_SNAPSHOTS: i64 = 16;
 
 pub(crate) enum Op {
     Create(CreatePlan),
