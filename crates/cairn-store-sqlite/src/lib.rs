@@ -35,7 +35,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn_store::{
     Append, CheckpointRow, CreatePlan, Fence, Micros, Page, PlanRow, Store, StoreError,
-    StoreResult, StoredEvent,
+    StoreResult, StoredEvent, TokenRow,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -48,7 +48,7 @@ pub use writer::WriterStats;
 use read::ReadPool;
 use writer::{Op, Outcome, Request};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How hard each commit is pushed to disk.
@@ -352,6 +352,53 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn create_token(&self, token: TokenRow) -> StoreResult<()> {
+        match self.write(Op::CreateToken(token)).await? {
+            Outcome::Done => Ok(()),
+            _ => Err(StoreError::Backend("unexpected writer answer".into())),
+        }
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRow>> {
+        self.read(read::tokens).await
+    }
+
+    async fn revoke_token(&self, id: &str, at: Micros) -> StoreResult<bool> {
+        match self
+            .write(Op::RevokeToken {
+                id: id.to_owned(),
+                at,
+            })
+            .await?
+        {
+            Outcome::Deleted(found) => Ok(found),
+            _ => Err(StoreError::Backend("unexpected writer answer".into())),
+        }
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
+        let hash = hash.to_owned();
+        self.read(move |c| read::token_by_hash(c, &hash)).await
+    }
+
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
+        let name = name.to_owned();
+        self.read(move |c| read::cursor(c, &name)).await
+    }
+
+    async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()> {
+        match self
+            .write(Op::SetCursor {
+                name: name.to_owned(),
+                value,
+            })
+            .await?
+        {
+            Outcome::Done => Ok(()),
+            _ => Err(StoreError::Backend("unexpected writer answer".into())),
+        }
+    }
+
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
         let op = Op::Release {
             plan_id: plan_id.to_owned(),
@@ -414,23 +461,31 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| backend("read schema version", e))?;
-    match version {
-        0 => {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| backend("begin migration", e))?;
-            tx.execute_batch(include_str!("schema.sql"))
-                .map_err(|e| backend("apply schema", e))?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(|e| backend("record schema version", e))?;
-            tx.commit().map_err(|e| backend("commit migration", e))
-        }
-        SCHEMA_VERSION => Ok(()),
-        newer => Err(StoreError::Backend(format!(
-            "database schema version {newer} is newer than this build understands \
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "database schema version {version} is newer than this build understands \
              ({SCHEMA_VERSION})"
-        ))),
+        )));
     }
+    // Each step upgrades one version, in its own transaction.
+    let steps: [(i64, &str); 2] = [
+        (1, include_str!("schema.sql")),
+        (2, include_str!("schema_v2.sql")),
+    ];
+    for (to, sql) in steps {
+        if version >= to {
+            continue;
+        }
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| backend("begin migration", e))?;
+        tx.execute_batch(sql)
+            .map_err(|e| backend(&format!("apply schema version {to}"), e))?;
+        tx.pragma_update(None, "user_version", to)
+            .map_err(|e| backend("record schema version", e))?;
+        tx.commit().map_err(|e| backend("commit migration", e))?;
+    }
+    Ok(())
 }
 
 // ---- small shared helpers ------------------------------------------------------------------

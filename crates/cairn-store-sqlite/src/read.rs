@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use cairn_store::{
     CheckpointMark, CheckpointRow, Micros, Page, PlanRow, StoreError, StoreResult, StoredEvent,
+    TokenRow,
 };
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 
@@ -348,4 +349,38 @@ pub(crate) fn snapshot(
         .optional()
     })
     .ctx("read snapshot")
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        role: r.get(2)?,
+        hash: r.get(3)?,
+        created_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+    })
+}
+
+pub(crate) fn tokens(c: &Connection) -> StoreResult<Vec<TokenRow>> {
+    c.prepare_cached(
+        "SELECT id, user, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at, id",
+    )
+    .and_then(|mut s| s.query_map([], token_row)?.collect())
+    .ctx("list tokens")
+}
+
+pub(crate) fn token_by_hash(c: &Connection, hash: &str) -> StoreResult<Option<TokenRow>> {
+    c.prepare_cached(
+        "SELECT id, user, role, hash, created_at, revoked_at FROM tokens WHERE hash = ?1",
+    )
+    .and_then(|mut s| s.query_row([hash], token_row).optional())
+    .ctx("find a token")
+}
+
+pub(crate) fn cursor(c: &Connection, name: &str) -> StoreResult<Option<u64>> {
+    c.prepare_cached("SELECT value FROM cursors WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| r.get::<_, i64>(0)).optional())
+        .ctx("read a cursor")
+        .map(|v| v.map(|v| v.max(0) as u64))
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cairn_store::{
     Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, StoreError, StoreResult,
-    StoredEvent,
+    StoredEvent, TokenRow,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -46,6 +46,15 @@ pub(crate) enum Op {
     Release {
         plan_id: String,
         fence: Fence,
+    },
+    CreateToken(TokenRow),
+    RevokeToken {
+        id: String,
+        at: Micros,
+    },
+    SetCursor {
+        name: String,
+        value: u64,
     },
 }
 
@@ -224,6 +233,29 @@ impl Writer {
         result
     }
 
+    fn create_token(&self, t: &TokenRow) -> StoreResult<()> {
+        let taken: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM tokens WHERE id = ?1 OR hash = ?2)")
+            .and_then(|mut s| s.query_row(params![t.id, t.hash], |r| r.get(0)))
+            .ctx("check a token")?;
+        if taken {
+            return Err(StoreError::Invalid(format!(
+                "token {} already exists",
+                t.id
+            )));
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tokens (id, user, role, hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![t.id, t.user, t.role, t.hash, t.created_at, t.revoked_at])
+            })
+            .ctx("store a token")
+            .map(|_| ())
+    }
+
     fn exec(&self, sql: &str) -> rusqlite::Result<()> {
         self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
     }
@@ -236,6 +268,19 @@ impl Writer {
                 .put_snapshot(&plan_id, seq, &data)
                 .map(|()| Outcome::Done),
             Op::Delete(plan_id) => self.delete(&plan_id).map(Outcome::Deleted),
+            Op::CreateToken(t) => self.create_token(&t).map(|()| Outcome::Done),
+            Op::RevokeToken { id, at } => self
+                .conn
+                .prepare_cached("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+                .and_then(|mut s| s.execute(params![id, at]))
+                .ctx("revoke a token")
+                .map(|n| Outcome::Deleted(n > 0)),
+            Op::SetCursor { name, value } => self
+                .conn
+                .prepare_cached("INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+                .and_then(|mut s| s.execute(params![name, to_sql(value)]))
+                .ctx("set a cursor")
+                .map(|_| Outcome::Done),
             Op::Claim {
                 plan_id,
                 node,

@@ -30,7 +30,9 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::{Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, Store, StoreError};
+use crate::{
+    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, Store, StoreError, TokenRow,
+};
 
 /// Runs every case, each against a fresh store from `make`.
 pub async fn run_all<S: Store>(make: impl Fn() -> S) {
@@ -61,6 +63,8 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case("leases", fresh(), leases).await;
     case("concurrent_plans", fresh(), concurrent_plans).await;
     case("racing_appends", fresh(), racing_appends).await;
+    case("tokens", fresh(), tokens).await;
+    case("cursors", fresh(), cursors).await;
 }
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -821,4 +825,53 @@ pub async fn racing_appends(store: Arc<dyn Store>) {
         "each seq won exactly once"
     );
     assert_contiguous(&all_seqs(&*store, "r").await, total);
+}
+
+/// Tokens are stored by hash, listed oldest first, found by hash, revoked once.
+pub async fn tokens(store: Arc<dyn Store>) {
+    let token = |id: &str, hash: &str, at: Micros| TokenRow {
+        id: id.into(),
+        user: format!("user-{id}"),
+        role: "operator".into(),
+        hash: hash.into(),
+        created_at: at,
+        revoked_at: None,
+    };
+    assert!(store.list_tokens().await.unwrap().is_empty());
+    store.create_token(token("t1", "h1", 10)).await.unwrap();
+    store.create_token(token("t2", "h2", 20)).await.unwrap();
+    // Neither the id nor the hash may repeat.
+    assert!(matches!(
+        store.create_token(token("t1", "h9", 30)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.create_token(token("t9", "h2", 30)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let all = store.list_tokens().await.unwrap();
+    assert_eq!(
+        all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        ["t1", "t2"]
+    );
+    assert_eq!(
+        store.token_by_hash("h2").await.unwrap(),
+        Some(token("t2", "h2", 20))
+    );
+    assert_eq!(store.token_by_hash("nope").await.unwrap(), None);
+    assert!(store.revoke_token("t1", 40).await.unwrap());
+    assert!(!store.revoke_token("t1", 50).await.unwrap(), "revoked once");
+    assert!(!store.revoke_token("unknown", 50).await.unwrap());
+    let revoked = store.token_by_hash("h1").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(40));
+}
+
+/// Cursors start unset, and keep the last value set.
+pub async fn cursors(store: Arc<dyn Store>) {
+    assert_eq!(store.get_cursor("webhook:a").await.unwrap(), None);
+    store.set_cursor("webhook:a", 7).await.unwrap();
+    store.set_cursor("webhook:b", 1).await.unwrap();
+    store.set_cursor("webhook:a", 42).await.unwrap();
+    assert_eq!(store.get_cursor("webhook:a").await.unwrap(), Some(42));
+    assert_eq!(store.get_cursor("webhook:b").await.unwrap(), Some(1));
 }

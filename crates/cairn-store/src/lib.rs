@@ -117,6 +117,18 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// An API token as stored: never the token itself, only its SHA-256 hash (hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    pub user: String,
+    /// `viewer`, `operator`, `admin` or `worker` (opaque to the store).
+    pub role: String,
+    pub hash: String,
+    pub created_at: Micros,
+    pub revoked_at: Option<Micros>,
+}
+
 /// Why a store call failed. Messages are lowercase fragments that read well after "failed to".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -239,4 +251,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives a lease up (no-op when the fence is stale).
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()>;
+
+    /// Stores a new token. `Invalid` when its id or hash is already taken.
+    async fn create_token(&self, token: TokenRow) -> StoreResult<()>;
+
+    /// Every token, revoked ones included, oldest first.
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRow>>;
+
+    /// Marks a token revoked. `Ok(false)` when no live token has that id.
+    async fn revoke_token(&self, id: &str, at: Micros) -> StoreResult<bool>;
+
+    /// The token with this hash, revoked or not.
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>>;
+
+    /// A named position (e.g. the last event id a webhook delivered).
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>>;
+
+    /// Sets a named position durably.
+    async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()>;
 }
