@@ -13,6 +13,7 @@ mod bench;
 mod ops;
 mod progress;
 mod run;
+mod serve;
 
 /// A durable orchestrator for multi-step agent research plans.
 #[derive(Parser)]
@@ -31,6 +32,11 @@ enum Cmd {
         /// The plan document (JSON or YAML).
         plan_file: PathBuf,
     },
+    /// Serve the HTTP API (DESIGN §4) on the local store.
+    Serve(serve::ServeArgs),
+    /// Create, list and revoke API tokens (on the store directly).
+    #[command(subcommand)]
+    Token(serve::TokenCmd),
     /// Run the DESIGN §6 workloads; one JSON object per line on stdout.
     Bench(bench::BenchArgs),
     /// List, inspect and control plans in a local store.
@@ -126,6 +132,8 @@ fn main() -> ExitCode {
             Cmd::Run(args) => run::run(args).await,
             Cmd::Validate { plan_file } => run::validate(&plan_file),
             Cmd::Bench(args) => bench::bench(args).await,
+            Cmd::Serve(args) => serve::serve(args).await,
+            Cmd::Token(cmd) => serve::token(cmd).await,
             Cmd::Plans(cmd) => ops::plans(cmd).await,
             Cmd::Steps(cmd) => ops::steps(cmd).await,
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,

@@ -1,0 +1,233 @@
+//! `cairn serve` and `cairn token …`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cairn_engine::{Engine, EngineOptions};
+use cairn_server::auth::{create_token, valid_user, TokenInfo};
+use cairn_server::{AppState, Authenticator, Role};
+use cairn_store::Store;
+use clap::{Args, Subcommand};
+
+use crate::run::{load_config, open_store};
+use crate::{exit, Fail};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "CAIRN_BIND")]
+    bind: String,
+    /// The SQLite database file.
+    #[arg(
+        long,
+        default_value = "cairn.db",
+        env = "CAIRN_DB",
+        conflicts_with = "database_url"
+    )]
+    db: PathBuf,
+    /// A PostgreSQL URL instead of SQLite.
+    #[arg(long, env = "CAIRN_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The configuration file (default: ./cairn.toml if it exists).
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Accept requests without a token (everyone is an admin). Loopback addresses only.
+    #[arg(long)]
+    no_auth: bool,
+}
+
+pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
+    let addr: SocketAddr = args.bind.parse().map_err(|_| {
+        Fail::input(format!(
+            "--bind {:?} is not an address like 127.0.0.1:8080",
+            args.bind
+        ))
+    })?;
+    if args.no_auth && !addr.ip().is_loopback() {
+        return Err(Fail::input(format!(
+            "--no-auth is refused on {}: without tokens anyone who can reach the address controls every plan; bind a loopback address (127.0.0.1) or drop --no-auth",
+            addr.ip()
+        )));
+    }
+    if args.database_url.is_some() {
+        return Err(Fail::input(
+            "--database-url: the PostgreSQL store is not available in this build yet; use --db PATH (SQLite)",
+        ));
+    }
+    let config = load_config(args.config.as_deref(), None)?;
+    let store = open_store(&args.db, true)?;
+    let engine = Engine::open(store.clone(), config.registry(), EngineOptions::default()).await?;
+    let auth = if args.no_auth {
+        Authenticator::open(store.clone(), "anonymous")
+    } else {
+        let tokens = store
+            .list_tokens()
+            .await
+            .map_err(|e| Fail::from(anyhow::anyhow!("cannot read tokens: {e}")))?;
+        if tokens.is_empty() {
+            let t = create_token(&*store, "admin", Role::Admin)
+                .await
+                .map_err(|e| Fail::from(anyhow::anyhow!("cannot create the admin token: {e}")))?;
+            eprintln!(
+                "no token existed yet; created an admin token (shown once, keep it):\n  {}\nuse it as `Authorization: Bearer <token>` or CAIRN_TOKEN for the cairn client",
+                t.token
+            );
+        }
+        Authenticator::new(store.clone())
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fail::input(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+    println!("cairn listening on http://{local}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let state = AppState::new(engine.clone(), auth);
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("shutting down: no new requests; finishing those in flight");
+    };
+    cairn_server::serve(listener, state, shutdown)
+        .await
+        .map_err(|e| Fail::from(anyhow::anyhow!("server: {e}")))?;
+    engine.shutdown().await;
+    Ok(exit::OK)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a token and print it (shown once).
+    Create {
+        #[arg(long)]
+        user: String,
+        /// viewer, operator, admin or worker.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        db: StoreArgs,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        db: StoreArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        db: StoreArgs,
+    },
+}
+
+/// Where the tokens are: works on the store directly, also while a server runs on it.
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    #[arg(
+        long,
+        default_value = "cairn.db",
+        env = "CAIRN_DB",
+        conflicts_with = "database_url"
+    )]
+    db: PathBuf,
+    #[arg(long, env = "CAIRN_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
+    let db = match &cmd {
+        TokenCmd::Create { db, .. } | TokenCmd::List { db } | TokenCmd::Revoke { db, .. } => db,
+    };
+    if db.database_url.is_some() {
+        return Err(Fail::input(
+            "--database-url: the PostgreSQL store is not available in this build yet; use --db PATH",
+        ));
+    }
+    // No engine lock: tokens may be managed while a server drives the plans.
+    let store = open_store(&db.db, false)?;
+    match cmd {
+        TokenCmd::Create { user, role, db } => {
+            if !valid_user(&user) {
+                return Err(Fail::input(
+                    "--user must be 1 to 128 printable characters without spaces",
+                ));
+            }
+            let role = Role::parse(&role).ok_or_else(|| {
+                Fail::input(format!(
+                    "unknown role {role:?}; one of viewer, operator, admin, worker"
+                ))
+            })?;
+            let t = create_token(&*store, &user, role)
+                .await
+                .map_err(|e| Fail::from(anyhow::anyhow!("cannot create the token: {e}")))?;
+            if db.json {
+                println!("{}", serde_json::to_string_pretty(&t).unwrap_or_default());
+            } else {
+                println!("{}", t.token);
+                eprintln!(
+                    "token {} for {} ({}); shown once",
+                    t.id,
+                    t.user,
+                    t.role.as_str()
+                );
+            }
+        }
+        TokenCmd::List { db } => {
+            let items: Vec<TokenInfo> = store
+                .list_tokens()
+                .await
+                .map_err(|e| Fail::from(anyhow::anyhow!("cannot list tokens: {e}")))?
+                .into_iter()
+                .map(TokenInfo::from)
+                .collect();
+            if db.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"items": items}))
+                        .unwrap_or_default()
+                );
+            } else {
+                println!("{:<22} {:<20} {:<9} status", "ID", "USER", "ROLE");
+                for t in items {
+                    println!(
+                        "{:<22} {:<20} {:<9} {}",
+                        t.id,
+                        t.user,
+                        t.role,
+                        if t.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                    );
+                }
+            }
+        }
+        TokenCmd::Revoke { id, .. } => {
+            let found = store
+                .revoke_token(&id, cairn_engine::now_micros())
+                .await
+                .map_err(|e| Fail::from(anyhow::anyhow!("cannot revoke: {e}")))?;
+            if !found {
+                return Err(Fail::input(format!("no live token with id {id}")));
+            }
+            eprintln!("revoked {id} (a running server stops accepting it within 5 s)");
+        }
+    }
+    Ok(exit::OK)
+}

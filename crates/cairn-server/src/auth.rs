@@ -1,0 +1,291 @@
+//! Bearer tokens and roles (DESIGN §4). Tokens are random, shown once, and stored as their
+//! SHA-256 hash; a request's token is hashed and looked up, and the stored hash compared in
+//! constant time. The caller's identity comes from the token, never from the request body.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cairn_store::{Store, StoreError, TokenRow};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read plans, events, checkpoints, snapshots, streams.
+    Viewer,
+    /// Everything a viewer may, and register, control and change plans.
+    Operator,
+    /// Everything, tokens included.
+    Admin,
+    /// Remote workers: the task endpoints only.
+    Worker,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "viewer" => Role::Viewer,
+            "operator" => Role::Operator,
+            "admin" => Role::Admin,
+            "worker" => Role::Worker,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// Does this role include `needed`?
+    pub fn allows(self, needed: Role) -> bool {
+        match (self, needed) {
+            (Role::Admin, _) => true,
+            (Role::Operator, Role::Operator | Role::Viewer) => true,
+            (Role::Viewer, Role::Viewer) => true,
+            (Role::Worker, Role::Worker) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: String,
+    pub role: Role,
+}
+
+impl Principal {
+    /// 403 unless the caller's role includes `needed`.
+    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
+        if self.role.allows(needed) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs the {} role; {} has {}",
+                needed.as_str(),
+                self.user,
+                self.role.as_str()
+            )))
+        }
+    }
+}
+
+/// SHA-256 of a token, hex.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn random_hex(bytes: usize) -> Result<String, StoreError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)
+        .map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+/// A token as shown once to its creator.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewToken {
+    pub id: String,
+    pub user: String,
+    pub role: Role,
+    /// The secret: shown now, never again.
+    pub token: String,
+    pub created_at: i64,
+}
+
+/// A token as listed (never the secret nor its hash).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub user: String,
+    pub role: String,
+    pub created_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}
+
+impl From<TokenRow> for TokenInfo {
+    fn from(t: TokenRow) -> Self {
+        TokenInfo {
+            id: t.id,
+            user: t.user,
+            role: t.role,
+            created_at: t.created_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+/// Is `user` a name we accept: 1 to 128 printable characters without spaces?
+pub fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 128
+        && user
+            .chars()
+            .all(|c| c.is_ascii_graphic() || (c as u32) > 127 && !c.is_whitespace())
+}
+
+/// Creates a token in the store (used by `POST /v1/tokens` and `cairn token create`).
+pub async fn create_token(
+    store: &dyn Store,
+    user: &str,
+    role: Role,
+) -> Result<NewToken, StoreError> {
+    let token = format!("cairn_{}", random_hex(32)?);
+    let id = format!("tok_{}", random_hex(8)?);
+    let created_at = cairn_engine::now_micros();
+    store
+        .create_token(TokenRow {
+            id: id.clone(),
+            user: user.to_owned(),
+            role: role.as_str().to_owned(),
+            hash: hash_token(&token),
+            created_at,
+            revoked_at: None,
+        })
+        .await?;
+    Ok(NewToken {
+        id,
+        user: user.to_owned(),
+        role,
+        token,
+        created_at,
+    })
+}
+
+/// How long a looked-up token is trusted before the store is asked again. A revocation through
+/// the API takes effect at once; one made directly on the store (`cairn token revoke` while the
+/// server runs) within this time.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Resolves tokens to principals, with a short cache so a busy client costs no store read per
+/// request.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    /// `None`: `--no-auth`, everyone is this principal.
+    open_as: Option<Principal>,
+    cache: Arc<Mutex<HashMap<String, (Option<Principal>, Instant)>>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>) -> Authenticator {
+        Authenticator {
+            store,
+            open_as: None,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// No authentication: every caller is `user` with the admin role.
+    pub fn open(store: Arc<dyn Store>, user: &str) -> Authenticator {
+        Authenticator {
+            open_as: Some(Principal {
+                user: user.to_owned(),
+                role: Role::Admin,
+            }),
+            ..Authenticator::new(store)
+        }
+    }
+
+    pub fn forget_all(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.clear();
+        }
+    }
+
+    async fn lookup(&self, token: &str) -> Result<Option<Principal>, ApiError> {
+        let hash = hash_token(token);
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((p, at)) = cache.get(&hash) {
+                if at.elapsed() < CACHE_TTL {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let row = self.store.token_by_hash(&hash).await.map_err(|e| {
+            tracing::error!(error = %e, "token lookup failed");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "cannot check the token right now",
+            )
+        })?;
+        let principal = row.and_then(|r| {
+            let same: bool = r.hash.as_bytes().ct_eq(hash.as_bytes()).into();
+            if !same || r.revoked_at.is_some() {
+                return None;
+            }
+            Some(Principal {
+                user: r.user,
+                role: Role::parse(&r.role)?,
+            })
+        });
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(hash, (principal.clone(), Instant::now()));
+        }
+        Ok(principal)
+    }
+
+    /// The principal of a request, from its `Authorization: Bearer …` header.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
+        if let Some(p) = &self.open_as {
+            return Ok(p.clone());
+        }
+        let Some(header) = header else {
+            return Err(ApiError::unauthorized(
+                "missing Authorization header; send `Authorization: Bearer <token>`",
+            ));
+        };
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
+        if token.len() > 256 {
+            return Err(ApiError::unauthorized("invalid token"));
+        }
+        self.lookup(token)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))
+    }
+}
+
+/// Middleware: attaches the caller's [`Principal`] to the request, or answers 401.
+pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    match state.auth.authenticate(header.as_deref()).await {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,130 @@
+//! The one place that knows HTTP status codes: every refusal becomes a 4xx with
+//! `{"error": {"code": "snake_case", "message": "human sentence"}}`. Domain errors know nothing
+//! of HTTP; internal details are logged, not sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cairn_core::{Invalid, RefusalKind};
+use cairn_engine::EngineError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra fields for the body (e.g. the refused intervention record, the plan faults).
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
+            (self.details, error.as_object_mut())
+        {
+            for (k, v) in extra {
+                obj.insert(k, v);
+            }
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        let faults = serde_json::to_value(&invalid.faults).unwrap_or_default();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plan",
+            invalid.to_string(),
+        )
+        .with_details(json!({ "faults": faults }))
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::PlanNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "plan_not_found", e.to_string())
+            }
+            EngineError::CheckpointNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "checkpoint_not_found", e.to_string())
+            }
+            EngineError::PlanExists(_) => ApiError::conflict("plan_exists", e.to_string()),
+            EngineError::Invalid(invalid) => invalid.into(),
+            EngineError::Refused {
+                refusal,
+                intervention,
+            } => {
+                let (status, code) = match refusal.kind {
+                    RefusalKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+                    RefusalKind::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+                };
+                let err = ApiError::new(status, code, refusal.message);
+                match intervention {
+                    Some(i) => err.with_details(json!({ "intervention": i })),
+                    None => err,
+                }
+            }
+            EngineError::NotOwner(_) => ApiError::conflict("not_owner", e.to_string()),
+            EngineError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down; try again shortly",
+            ),
+            EngineError::Corrupt(_) | EngineError::Store(_) => {
+                tracing::error!(error = %e, "internal error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server failed to complete the request; it has been logged",
+                )
+            }
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,119 @@
+//! cairn's HTTP API (DESIGN §4) over an [`Engine`].
+//!
+//! Architecture invariants: this is the only crate that knows HTTP status codes; handlers do no
+//! work of their own beyond parsing, authorising and shaping answers — every decision is the
+//! engine's; no input may cause a 5xx or a panic (bodies are size- and depth-limited and
+//! strictly typed, every refusal is a 4xx with `{"error": {"code", "message"}}`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{middleware, Json, Router};
+use cairn_engine::Engine;
+use serde_json::json;
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod plans;
+mod tokens;
+
+pub use auth::{Authenticator, Principal, Role};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub auth: Authenticator,
+    inner: Arc<()>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, auth: Authenticator) -> AppState {
+        AppState {
+            engine,
+            auth,
+            inner: Arc::new(()),
+        }
+    }
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("no such endpoint; see /openapi.json")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    match s.engine.store().last_event_id().await {
+        Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "error": e.to_string()})),
+        ),
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let _ = &state.inner;
+    let v1 = Router::new()
+        .route("/plans", post(plans::register).get(plans::list))
+        .route("/plans/{id}", get(plans::get).delete(plans::delete))
+        .route("/plans/{id}/start", post(plans::start))
+        .route("/plans/{id}/pause", post(plans::pause))
+        .route("/plans/{id}/resume", post(plans::resume))
+        .route("/plans/{id}/cancel", post(plans::cancel))
+        .route(
+            "/plans/{id}/interventions",
+            post(plans::intervene).get(plans::interventions),
+        )
+        .route(
+            "/plans/{id}/checkpoints",
+            get(plans::checkpoints).post(plans::create_checkpoint),
+        )
+        .route("/plans/{id}/checkpoints/{cid}", get(plans::checkpoint))
+        .route(
+            "/plans/{id}/checkpoints/{cid}/restore",
+            post(plans::restore),
+        )
+        .route("/plans/{id}/checkpoints/{cid}/fork", post(plans::fork))
+        .route("/plans/{id}/snapshot", get(plans::snapshot))
+        .route("/plans/{id}/events", get(plans::events))
+        .route("/tokens", post(tokens::create).get(tokens::list))
+        .route("/tokens/{id}", delete(tokens::revoke))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops taking requests and
+/// lets those in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

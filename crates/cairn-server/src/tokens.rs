@@ -1,0 +1,91 @@
+//! `/v1/tokens`: admins create, list and revoke API tokens.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{create_token, valid_user, Principal, Role, TokenInfo};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    user: String,
+    role: String,
+}
+
+fn store_error(e: cairn_store::StoreError) -> ApiError {
+    cairn_engine::EngineError::from(e).into()
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    ApiJson(b): ApiJson<CreateBody>,
+) -> ApiResult<Response> {
+    p.require(Role::Admin)?;
+    if !valid_user(&b.user) {
+        return Err(ApiError::unprocessable(
+            "user must be 1 to 128 printable characters without spaces",
+        ));
+    }
+    let role = Role::parse(&b.role).ok_or_else(|| {
+        ApiError::unprocessable(format!(
+            "unknown role {:?}; one of viewer, operator, admin, worker",
+            b.role
+        ))
+    })?;
+    let t = create_token(&**s.engine.store(), &b.user, role)
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::CREATED, Json(t)).into_response())
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Value>> {
+    p.require(Role::Admin)?;
+    let items: Vec<TokenInfo> = s
+        .engine
+        .store()
+        .list_tokens()
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(TokenInfo::from)
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+pub async fn revoke(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    p.require(Role::Admin)?;
+    let found = s
+        .engine
+        .store()
+        .revoke_token(&id, cairn_engine::now_micros())
+        .await
+        .map_err(store_error)?;
+    s.auth.forget_all();
+    if found {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "token_not_found",
+            format!(
+                "no live token with id {:?}",
+                id.chars().take(140).collect::<String>()
+            ),
+        ))
+    }
+}
