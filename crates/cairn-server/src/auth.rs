@@ -54,13 +54,13 @@ impl Role {
 
     /// Does this role include `needed`?
     pub fn allows(self, needed: Role) -> bool {
-        match (self, needed) {
-            (Role::Admin, _) => true,
-            (Role::Operator, Role::Operator | Role::Viewer) => true,
-            (Role::Viewer, Role::Viewer) => true,
-            (Role::Worker, Role::Worker) => true,
-            _ => false,
-        }
+        matches!(
+            (self, needed),
+            (Role::Admin, _)
+                | (Role::Operator, Role::Operator | Role::Viewer)
+                | (Role::Viewer, Role::Viewer)
+                | (Role::Worker, Role::Worker)
+        )
     }
 }
 
@@ -175,6 +175,9 @@ pub async fn create_token(
 /// server runs) within this time.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// Token hash → (principal or refusal, when looked up).
+type TokenCache = HashMap<String, (Option<Principal>, Instant)>;
+
 /// Resolves tokens to principals, with a short cache so a busy client costs no store read per
 /// request.
 #[derive(Clone)]
@@ -182,7 +185,7 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     /// `None`: `--no-auth`, everyone is this principal.
     open_as: Option<Principal>,
-    cache: Arc<Mutex<HashMap<String, (Option<Principal>, Instant)>>>,
+    cache: Arc<Mutex<TokenCache>>,
 }
 
 impl Authenticator {
