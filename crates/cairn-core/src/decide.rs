@@ -558,7 +558,7 @@ fn advance(em: &mut Emitter<'_>) {
         let max = em.state.max_parallel as usize;
         let statuses: Vec<StepStatus> = em.state.steps.iter().map(|s| s.rec.status).collect();
         let ready: Vec<usize> = {
-            let map = em.state.satisfied_map();
+            let map = em.state.satisfied();
             (0..em.state.steps.len())
                 .filter(|&i| {
                     statuses[i] == StepStatus::Pending

@@ -170,6 +170,12 @@ pub struct Step {
     pub rec: StepRecord,
 }
 
+/// Which steps let their dependents run (see [`PlanState::satisfied`]).
+pub(crate) struct Satisfied<'a> {
+    done: Vec<bool>,
+    index: Option<HashMap<&'a str, usize>>,
+}
+
 /// The part of a plan's state a checkpoint restores: definition, version and step records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Materialized {
@@ -353,50 +359,67 @@ impl PlanState {
         Value::Object(ctx)
     }
 
-    /// Which steps let their dependents run, by step id: a completed step does; a skipped step
+    /// Which steps let their dependents run, by position: a completed step does; a skipped step
     /// does once its own dependencies do, so skipping a step that was not ready yet never lets
     /// the steps after it overtake the steps before it.
-    pub(crate) fn satisfied_map(&self) -> HashMap<&str, bool> {
-        let mut sat: HashMap<&str, bool> = self
+    pub(crate) fn satisfied(&self) -> Satisfied<'_> {
+        // Positions of step ids, needed only when some step names its dependencies.
+        let index: Option<HashMap<&str, usize>> = self
             .steps
             .iter()
-            .map(|s| {
-                (
-                    s.def.step_id.as_str(),
-                    s.rec.status == StepStatus::Completed,
-                )
-            })
-            .collect();
-        // Skipped steps chain through each other; iterate to a fixed point (the graph is acyclic).
-        loop {
-            let mut changed = false;
-            for i in 0..self.steps.len() {
-                let s = &self.steps[i];
-                if s.rec.status == StepStatus::Skipped
-                    && !sat[s.def.step_id.as_str()]
-                    && self.deps_satisfied(i, &sat)
-                {
-                    sat.insert(s.def.step_id.as_str(), true);
-                    changed = true;
+            .any(|s| s.def.depends_on.is_some())
+            .then(|| {
+                self.steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.def.step_id.as_str(), i))
+                    .collect()
+            });
+        let mut sat = Satisfied {
+            done: self
+                .steps
+                .iter()
+                .map(|s| s.rec.status == StepStatus::Completed)
+                .collect(),
+            index,
+        };
+        if self
+            .steps
+            .iter()
+            .any(|s| s.rec.status == StepStatus::Skipped)
+        {
+            // Skipped steps chain through each other; iterate to a fixed point (the graph is
+            // acyclic).
+            loop {
+                let mut changed = false;
+                for i in 0..self.steps.len() {
+                    if self.steps[i].rec.status == StepStatus::Skipped
+                        && !sat.done[i]
+                        && self.deps_satisfied(i, &sat)
+                    {
+                        sat.done[i] = true;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
                 }
             }
-            if !changed {
-                return sat;
-            }
         }
+        sat
     }
 
     /// Are all of `steps[index]`'s dependencies satisfied?
-    pub(crate) fn deps_satisfied(&self, index: usize, sat: &HashMap<&str, bool>) -> bool {
+    pub(crate) fn deps_satisfied(&self, index: usize, sat: &Satisfied<'_>) -> bool {
         match &self.steps[index].def.depends_on {
-            Some(deps) => deps
-                .iter()
-                .all(|d| sat.get(d.as_str()).copied().unwrap_or(false)),
+            Some(deps) => deps.iter().all(|d| {
+                sat.index
+                    .as_ref()
+                    .and_then(|m| m.get(d.as_str()))
+                    .is_some_and(|&j| sat.done[j])
+            }),
             None if index == 0 => true,
-            None => sat
-                .get(self.steps[index - 1].def.step_id.as_str())
-                .copied()
-                .unwrap_or(false),
+            None => sat.done[index - 1],
         }
     }
 
