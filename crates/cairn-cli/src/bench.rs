@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::{exit, Fail};
 
-const WORKLOADS: &[&str] = &["fsync", "plans", "one_plan", "paused", "control"];
+const WORKLOADS: &[&str] = &["fsync", "plans", "one_plan", "paused", "control", "http"];
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// temporary directory in the current directory, which is on the disk being measured.
     #[arg(long)]
     db: Option<PathBuf>,
-    /// Only these workloads (comma separated): fsync, plans, one_plan, paused, control.
+    /// Only these workloads (comma separated): fsync, plans, one_plan, paused, control, http.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Run the single workload given in this process (used by the parent).
@@ -467,6 +467,9 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             }
             engine.shutdown().await;
             Ok(out)
+        }
+        "http" => {
+            crate::bench_http::run(args.plans, args.requests, db, || rss_mb("VmHWM:")).await
         }
         other => Err(Fail::input(format!("unknown workload {other:?}"))),
     }
