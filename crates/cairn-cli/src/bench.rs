@@ -468,9 +468,7 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             engine.shutdown().await;
             Ok(out)
         }
-        "http" => {
-            crate::bench_http::run(args.plans, args.requests, db, || rss_mb("VmHWM:")).await
-        }
+        "http" => crate::bench_http::run(args.plans, args.requests, db, || rss_mb("VmHWM:")).await,
         other => Err(Fail::input(format!("unknown workload {other:?}"))),
     }
 }

@@ -74,7 +74,12 @@ fn plan(id: &str, steps: usize, ms: u64) -> Value {
     })
 }
 
-pub async fn run(plans: usize, requests: usize, db: &Path, peak_rss: fn() -> f64) -> Result<Vec<Value>, Fail> {
+pub async fn run(
+    plans: usize,
+    requests: usize,
+    db: &Path,
+    peak_rss: fn() -> f64,
+) -> Result<Vec<Value>, Fail> {
     let store = crate::run::open_store(db, true)?;
     let engine = cairn_engine::Engine::open(
         store.clone(),
@@ -85,7 +90,9 @@ pub async fn run(plans: usize, requests: usize, db: &Path, peak_rss: fn() -> f64
     let admin = cairn_server::auth::create_token(&*store, "bench", Role::Admin)
         .await
         .map_err(err)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(err)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;
     let state = AppState::new(engine.clone(), Authenticator::new(store.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -221,7 +228,12 @@ pub async fn run(plans: usize, requests: usize, db: &Path, peak_rss: fn() -> f64
     engine.shutdown().await;
 
     let mut out = Vec::new();
-    for (name, mut v) in [("pause", pause), ("intervention", intervene), ("resume", resume), ("cancel", cancel)] {
+    for (name, mut v) in [
+        ("pause", pause),
+        ("intervention", intervene),
+        ("resume", resume),
+        ("cancel", cancel),
+    ] {
         v.sort_by(f64::total_cmp);
         out.push(json!({
             "workload": format!("http_{name}"), "steps": 0, "wall_s": round(v.iter().sum::<f64>() / 1e3, 3),

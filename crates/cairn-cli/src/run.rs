@@ -78,9 +78,17 @@ pub fn validate(path: &Path) -> Result<u8, Fail> {
 
 /// Finds the configuration: the explicit file, else ./cairn.toml, else cairn.toml beside the plan.
 pub fn load_config(explicit: Option<&Path>, plan_file: Option<&Path>) -> Result<Config, Fail> {
+    find_config(explicit, plan_file).map(|(c, _)| c)
+}
+
+/// The configuration and the file it came from, if any.
+pub fn find_config(
+    explicit: Option<&Path>,
+    plan_file: Option<&Path>,
+) -> Result<(Config, Option<PathBuf>), Fail> {
     match Config::discover(explicit, plan_file) {
-        Ok(Some((_, config))) => Ok(config),
-        Ok(None) => Ok(Config::default()),
+        Ok(Some((path, config))) => Ok((config, Some(path))),
+        Ok(None) => Ok((Config::default(), None)),
         Err(e) => Err(Fail::input(e.to_string())),
     }
 }
@@ -131,8 +139,14 @@ pub fn open_store(db: &Path, engine_lock: bool) -> Result<Arc<SqliteStore>, Fail
 }
 
 pub async fn run(args: RunArgs) -> Result<u8, Fail> {
-    let config = load_config(args.config.as_deref(), args.plan_file.as_deref())?;
+    let (config, config_path) = find_config(args.config.as_deref(), args.plan_file.as_deref())?;
     let registry = config.registry();
+    // What `cairn run --resume` needs besides the plan id, for the hints printed below: the
+    // store, and the configuration if one was used (it may have been found next to the plan).
+    let resume_flags = match &config_path {
+        Some(p) => format!("--db {} --config {}", args.db.display(), p.display()),
+        None => format!("--db {}", args.db.display()),
+    };
     let plan = match &args.plan_file {
         Some(path) => {
             let mut plan = read_plan(path)?;
@@ -165,10 +179,9 @@ pub async fn run(args: RunArgs) -> Result<u8, Fail> {
                     let id = id.unwrap_or_default();
                     let existing = engine.state(&id).await?;
                     return Err(Fail::input(format!(
-                        "plan {id} already exists in {} ({}); continue it with `cairn run --resume {id} --db {}`, or run the file again under another id with --plan-id",
+                        "plan {id} already exists in {} ({}); continue it with `cairn run --resume {id} {resume_flags}`, or run the file again under another id with --plan-id",
                         args.db.display(),
                         existing.status.as_str(),
-                        args.db.display()
                     )));
                 }
                 Err(e) => return Err(e.into()),
@@ -176,7 +189,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Fail> {
         }
         None => args.resume.clone().unwrap_or_default(),
     };
-    let result = drive(&engine, &plan_id, &args, &registry, &user).await;
+    let result = drive(&engine, &plan_id, &args, &registry, &user, &resume_flags).await;
     engine.shutdown().await;
     result
 }
@@ -187,6 +200,7 @@ async fn drive(
     args: &RunArgs,
     registry: &Registry,
     user: &str,
+    resume_flags: &str,
 ) -> Result<u8, Fail> {
     let started = Instant::now();
     let state = engine.state(plan_id).await?;
@@ -242,7 +256,7 @@ async fn drive(
             _ = tokio::signal::ctrl_c() => {
                 if pausing {
                     progress.finish();
-                    eprintln!("interrupted; steps still running will run again on `cairn run --resume {plan_id} --db {db}`");
+                    eprintln!("interrupted; steps still running will run again on `cairn run --resume {plan_id} {resume_flags}`");
                     return Ok(exit::PAUSED);
                 }
                 pausing = true;
@@ -273,10 +287,15 @@ async fn drive(
         doc["outputs"] = serde_json::Value::Object(outputs);
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
-    Ok(report(&state, started.elapsed().as_secs_f64(), &db))
+    Ok(report(
+        &state,
+        started.elapsed().as_secs_f64(),
+        &db,
+        resume_flags,
+    ))
 }
 
-fn report(state: &PlanState, secs: f64, db: &str) -> u8 {
+fn report(state: &PlanState, secs: f64, db: &str, resume_flags: &str) -> u8 {
     let id = &state.plan_id;
     let done = state
         .steps
@@ -300,7 +319,7 @@ fn report(state: &PlanState, secs: f64, db: &str) -> u8 {
                 .find(|s| s.rec.status == cairn_core::StepStatus::Failed)
             {
                 eprintln!(
-                    "retry it with `cairn steps retry {id} {} --db {db}` (or skip it), then `cairn run --resume {id} --db {db}`",
+                    "retry it with `cairn steps retry {id} {} --db {db}` (or skip it), then `cairn run --resume {id} {resume_flags}`",
                     step.def.step_id
                 );
             }
@@ -321,7 +340,7 @@ fn report(state: &PlanState, secs: f64, db: &str) -> u8 {
                 })
                 .unwrap_or_default();
             eprintln!(
-                "plan {id} paused ({why}) after {done}/{total} steps; resume with: cairn run --resume {id} --db {db}"
+                "plan {id} paused ({why}) after {done}/{total} steps; resume with: cairn run --resume {id} {resume_flags}"
             );
             exit::PAUSED
         }
