@@ -256,12 +256,14 @@ impl PlanActor {
         for (command, actor, reply) in work {
             let result = handle(&mut self.state, command, Ctx { now, actor: &actor });
             match result {
-                Ok(decision) => {
-                    events.extend(decision.events.iter().cloned());
-                    if let Some(reply) = reply {
+                Ok(decision) => match reply {
+                    Some(reply) => {
+                        events.extend(decision.events.iter().cloned());
                         answers.push((reply, Ok(decision)));
                     }
-                }
+                    // Executor outcomes: nobody reads the decision, so its events move.
+                    None => events.extend(decision.events),
+                },
                 Err(refusal) => {
                     if let Some(reply) = reply {
                         answers.push((reply, Err(refusal.into())));
