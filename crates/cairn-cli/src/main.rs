@@ -15,6 +15,7 @@ mod ops;
 mod progress;
 mod run;
 mod serve;
+mod worker;
 
 /// A durable orchestrator for multi-step agent research plans.
 #[derive(Parser)]
@@ -38,6 +39,8 @@ enum Cmd {
     /// Create, list and revoke API tokens (on the store directly).
     #[command(subcommand)]
     Token(serve::TokenCmd),
+    /// A remote worker: long-poll a server for tasks and run a command per task.
+    Worker(worker::WorkerArgs),
     /// Run the DESIGN §6 workloads; one JSON object per line on stdout.
     Bench(bench::BenchArgs),
     /// List, inspect and control plans in a local store.
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
             Cmd::Bench(args) => bench::bench(args).await,
             Cmd::Serve(args) => serve::serve(args).await,
             Cmd::Token(cmd) => serve::token(cmd).await,
+            Cmd::Worker(args) => worker::worker(args).await,
             Cmd::Plans(cmd) => ops::plans(cmd).await,
             Cmd::Steps(cmd) => ops::steps(cmd).await,
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,

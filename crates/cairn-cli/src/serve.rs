@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Accept requests without a token (everyone is an admin). Loopback addresses only.
     #[arg(long)]
     no_auth: bool,
+    /// How long a remote worker keeps a task without a heartbeat.
+    #[arg(long, default_value_t = cairn_engine::remote::DEFAULT_LEASE_MS, env = "CAIRN_WORKER_LEASE_MS")]
+    worker_lease_ms: u64,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
@@ -56,7 +59,17 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     }
     let config = load_config(args.config.as_deref(), None)?;
     let store = open_store(&args.db, true)?;
-    let engine = Engine::open(store.clone(), config.registry(), EngineOptions::default()).await?;
+    // Agent types with no executor in cairn.toml go to remote workers (`/v1/tasks…`).
+    let remote = cairn_engine::remote::RemoteQueue::new(args.worker_lease_ms);
+    let engine = Engine::open(
+        store.clone(),
+        config.registry(),
+        EngineOptions {
+            remote: Some(remote.clone()),
+            ..EngineOptions::default()
+        },
+    )
+    .await?;
     let auth = if args.no_auth {
         Authenticator::open(store.clone(), "anonymous")
     } else {
@@ -84,8 +97,8 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     println!("cairn listening on http://{local}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let state = AppState::new(engine.clone(), auth);
-    let shutdown = async {
+    let state = AppState::new(engine.clone(), auth).with_remote(remote.clone());
+    let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -99,6 +112,8 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
             _ = tokio::signal::ctrl_c() => {}
         }
         eprintln!("shutting down: no new requests; finishing those in flight");
+        // Long-polls answer 204 at once instead of holding the shutdown up.
+        remote.close();
     };
     cairn_server::serve(listener, state, shutdown)
         .await

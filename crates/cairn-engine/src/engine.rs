@@ -52,6 +52,8 @@ pub struct EngineOptions {
     /// A paused or idle plan with nothing to do is unloaded from memory after this long (it is
     /// loaded again from the store when needed); an ended plan is unloaded at once.
     pub idle_unload_ms: u64,
+    /// Where agent types without a local executor go (remote workers); `None`: they fail.
+    pub remote: Option<crate::remote::RemoteQueue>,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +66,7 @@ impl Default for EngineOptions {
             recover: true,
             execute: true,
             idle_unload_ms: 2_000,
+            remote: None,
         }
     }
 }
@@ -84,7 +87,10 @@ impl Inner {
     }
 
     pub(crate) fn executor_for(&self, agent_type: &str) -> Option<Arc<dyn Executor>> {
-        self.registry.get(agent_type)
+        self.registry.get(agent_type).or_else(|| {
+            let q = self.opts.remote.clone()?;
+            Some(Arc::new(q) as Arc<dyn Executor>)
+        })
     }
 
     /// Removes the plan's actor from the map if `tx` is still the registered one. True when this

@@ -17,6 +17,7 @@ mod error;
 pub mod executor;
 pub mod observe;
 mod publish;
+pub mod remote;
 
 pub use engine::{
     applied, may_settle, now_micros, CheckpointExport, CheckpointSummary, Engine, EngineOptions,

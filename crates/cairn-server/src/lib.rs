@@ -19,6 +19,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod plans;
+mod tasks;
 mod tokens;
 
 pub use auth::{Authenticator, Principal, Role};
@@ -31,6 +32,8 @@ pub const MAX_BODY: usize = 1 << 20;
 pub struct AppState {
     pub engine: Engine,
     pub auth: Authenticator,
+    /// The remote task queue (`/v1/tasks…`); `None`: those endpoints answer 404.
+    pub remote: Option<cairn_engine::remote::RemoteQueue>,
     inner: Arc<()>,
 }
 
@@ -39,8 +42,15 @@ impl AppState {
         AppState {
             engine,
             auth,
+            remote: None,
             inner: Arc::new(()),
         }
+    }
+
+    /// Serves `/v1/tasks…` from `queue` (the one given to the engine as `EngineOptions::remote`).
+    pub fn with_remote(mut self, queue: cairn_engine::remote::RemoteQueue) -> AppState {
+        self.remote = Some(queue);
+        self
     }
 }
 
@@ -90,6 +100,10 @@ pub fn router(state: AppState) -> Router {
         .route("/plans/{id}/checkpoints/{cid}/fork", post(plans::fork))
         .route("/plans/{id}/snapshot", get(plans::snapshot))
         .route("/plans/{id}/events", get(plans::events))
+        .route("/tasks/poll", post(tasks::poll))
+        .route("/tasks/{task_id}/heartbeat", post(tasks::heartbeat))
+        .route("/tasks/{task_id}/complete", post(tasks::complete))
+        .route("/tasks/{task_id}/fail", post(tasks::fail))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke))
         .fallback(not_found)

@@ -90,7 +90,7 @@ pub(crate) fn first_chars(s: &str, n: usize) -> String {
 /// Turns what an agent produced (stdout or a response body) into an [`ExecOutput`]:
 /// empty → `null`; `{"output": …, "scores"?: {…numbers}}` → output and scores; any other JSON →
 /// the output as a whole. `what` names the producer in the error ("printed", "replied with").
-pub(crate) fn parse_agent_output(bytes: &[u8], what: &str) -> Result<ExecOutput, ExecError> {
+pub fn parse_agent_output(bytes: &[u8], what: &str) -> Result<ExecOutput, ExecError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(ExecOutput {
             output: Value::Null,

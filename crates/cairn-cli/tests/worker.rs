@@ -1,0 +1,295 @@
+//! `cairn serve` + `cairn worker` (and `examples/worker.py`) as real processes on loopback: a plan
+//! whose agent type has no local executor is run by the remote worker. The only waits are
+//! bounded polls of another process's progress.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// Kills the child when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Served {
+    _server: Proc,
+    url: String,
+    db: String,
+    dir: tempfile::TempDir,
+}
+
+fn serve() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db").display().to_string();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", "127.0.0.1:0", "--db", &db])
+        .current_dir(dir.path())
+        .env_remove("CAIRN_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("cairn listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from cairn serve: {line:?}"))
+        .to_owned();
+    Served {
+        _server: Proc(child),
+        url,
+        db,
+        dir,
+    }
+}
+
+fn token(db: &str, user: &str, role: &str) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "token", "create", "--user", user, "--role", role, "--db", db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn post(url: &str, token: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(url: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Registers and starts a plan of one `research` step, waits for it to end, and returns the
+/// snapshot.
+async fn run_plan(s: &Served, op: &str, plan_id: &str) -> Value {
+    let (st, b) = post(
+        &format!("{}/v1/plans", s.url),
+        op,
+        json!({"plan_id": plan_id, "query": "what is cairn", "steps": [
+            {"step_id": "a", "action": "search", "agent_type": "research", "params": {"topic": "rust"}}
+        ]}),
+    )
+    .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = post(
+        &format!("{}/v1/plans/{plan_id}/start", s.url),
+        op,
+        json!({}),
+    )
+    .await;
+    assert!((200..300).contains(&st), "{b}");
+    for _ in 0..600 {
+        let state = get(&format!("{}/v1/plans/{plan_id}", s.url), op).await;
+        match state["state"].as_str() {
+            Some("running") | Some("idle") => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => {
+                assert_eq!(state["state"], "completed", "{state}");
+                return get(&format!("{}/v1/plans/{plan_id}/snapshot", s.url), op).await;
+            }
+        }
+    }
+    panic!("plan {plan_id} did not end");
+}
+
+fn worker(s: &Served, tok: &str, cmd: &[&str]) -> Proc {
+    let mut args = vec![
+        "worker",
+        "--server",
+        &s.url,
+        "--agent-type",
+        "research",
+        "--agent-type",
+        "other",
+        "--worker-id",
+        "w-test",
+        "--",
+    ];
+    args.extend_from_slice(cmd);
+    Proc(
+        Command::new(BIN)
+            .args(&args)
+            .env("CAIRN_TOKEN", tok)
+            .current_dir(s.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cairn_worker_runs_a_command_per_task() {
+    let s = serve();
+    let op = token(&s.db, "op", "operator");
+    let wt = token(&s.db, "w", "worker");
+    let _w = worker(
+        &s,
+        &wt,
+        &[
+            "sh",
+            "-c",
+            r#"cat > task.json; echo '{"output": {"found": 3}, "scores": {"q": 0.5}}'"#,
+        ],
+    );
+    let snap = run_plan(&s, &op, "p1").await;
+    let text = snap.to_string();
+    assert!(text.contains(r#"{"found":3}"#), "{text}");
+    assert!(text.contains(r#""q":0.5"#), "{text}");
+    // The command got the task JSON on stdin.
+    let task: Value =
+        serde_json::from_slice(&std::fs::read(s.dir.path().join("task.json")).unwrap()).unwrap();
+    assert_eq!(task["plan_id"], "p1");
+    assert_eq!(task["step_id"], "a");
+    assert_eq!(task["idempotency_key"], "p1/a/1");
+    assert_eq!(task["params"], json!({"topic": "rust"}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cairn_worker_refuses_bad_urls_and_tokens() {
+    let out = Command::new(BIN)
+        .args([
+            "worker",
+            "--server",
+            "not a url",
+            "--agent-type",
+            "research",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
+
+    let s = serve();
+    let op = token(&s.db, "op", "operator");
+    for (tok, what) in [("cairn_bogus", "401"), (op.as_str(), "403")] {
+        let out = Command::new(BIN)
+            .args([
+                "worker",
+                "--server",
+                &s.url,
+                "--agent-type",
+                "research",
+                "--token",
+                tok,
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("refused the token") && err.contains(what),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_example_worker_runs_a_task() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not found; skipping");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/worker.py");
+    let s = serve();
+    let op = token(&s.db, "op", "operator");
+    let wt = token(&s.db, "w", "worker");
+    let _py = Proc(
+        Command::new("python3")
+            .arg(&script)
+            .args(["--server", &s.url, "--agent-type", "research", "--once"])
+            .env("CAIRN_TOKEN", &wt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let snap = run_plan(&s, &op, "p2").await;
+    let text = snap.to_string();
+    assert!(text.contains(r#""found":3"#), "{text}");
+    assert!(text.contains("https://example.org/rust/0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_command_fails_the_attempt_with_its_stderr() {
+    let s = serve();
+    let op = token(&s.db, "op", "operator");
+    let wt = token(&s.db, "w", "worker");
+    let _w = worker(
+        &s,
+        &wt,
+        &[
+            "sh",
+            "-c",
+            "cat >/dev/null; echo 'quota exceeded' >&2; exit 3",
+        ],
+    );
+    let (st, b) = post(
+        &format!("{}/v1/plans", s.url),
+        &op,
+        json!({"plan_id": "p3", "steps": [
+            {"step_id": "a", "action": "search", "agent_type": "research",
+             "retry": {"max_attempts": 2, "backoff_ms": 1}}
+        ]}),
+    )
+    .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = post(&format!("{}/v1/plans/p3/start", s.url), &op, json!({})).await;
+    assert!((200..300).contains(&st), "{b}");
+    for _ in 0..600 {
+        let state = get(&format!("{}/v1/plans/p3", s.url), &op).await;
+        if state["state"] == "running" || state["state"] == "idle" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert_eq!(state["state"], "failed", "{state}");
+        let step = &state["steps"][0];
+        assert_eq!(step["attempts"], 2, "{state}");
+        let error = step["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("code 3") && error.contains("quota exceeded"),
+            "{state}"
+        );
+        return;
+    }
+    panic!("plan p3 did not end");
+}

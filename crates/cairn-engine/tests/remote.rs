@@ -1,0 +1,164 @@
+//! The remote task queue driven by a real engine over SQLite: agent types with no local executor
+//! go to the queue; workers' reports settle steps; an expired lease is a retryable failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{Format, Plan, PlanStatus, StepStatus};
+use cairn_engine::executor::Registry;
+use cairn_engine::remote::{RemoteError, RemoteQueue};
+use cairn_engine::{Engine, EngineOptions};
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use serde_json::json;
+
+async fn engine(dir: &tempfile::TempDir, queue: &RemoteQueue) -> Engine {
+    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
+    Engine::open(
+        Arc::new(store),
+        Registry::with_builtins(),
+        EngineOptions {
+            remote: Some(queue.clone()),
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn types() -> Vec<String> {
+    vec!["research".to_owned()]
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_worker_completes_the_step_and_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(30_000);
+    let engine = engine(&dir, &q).await;
+    let p = Plan::parse(
+        "plan_id: r1\nquery: q\nsteps:\n  - {step_id: a, action: search, agent_type: research, params: {topic: rust}}\n  - {step_id: b, action: echo, agent_type: builtin.echo, params: {n: '{{ steps.a.output.found }}'}}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    engine.register(p, "t").await.unwrap();
+    engine.start("r1", "t", None).await.unwrap();
+    let lease = q.poll("w1", &types(), WAIT).await.expect("a task");
+    assert_eq!(lease.task.plan_id, "r1");
+    assert_eq!(lease.task.step_id, "a");
+    assert_eq!(lease.task.params, json!({"topic": "rust"}));
+    assert_eq!(lease.task.attempt, 1);
+    assert_eq!(
+        q.heartbeat(&lease.task_id, "w2"),
+        Err(RemoteError::WrongWorker {
+            task_id: lease.task_id.clone(),
+            worker_id: "w2".into()
+        })
+    );
+    assert!(!q.heartbeat(&lease.task_id, "w1").unwrap().stop);
+    q.complete(&lease.task_id, "w1", json!({"found": 3}), None)
+        .unwrap();
+    let done = engine.wait_settled("r1").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[1].rec.output, Some(json!({"n": 3})));
+}
+
+#[tokio::test]
+async fn a_fatal_failure_fails_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(30_000);
+    let engine = engine(&dir, &q).await;
+    let p = Plan::parse(
+        "plan_id: r2\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 3, backoff_ms: 1}}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    engine.register(p, "t").await.unwrap();
+    engine.start("r2", "t", None).await.unwrap();
+    let lease = q.poll("w", &types(), WAIT).await.unwrap();
+    q.fail(&lease.task_id, "w", "bad input".into(), false)
+        .unwrap();
+    let done = engine.wait_settled("r2").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Failed);
+    assert_eq!(done.steps[0].rec.status, StepStatus::Failed);
+    assert_eq!(done.steps[0].rec.attempts, 1);
+    assert!(done.steps[0]
+        .rec
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("bad input"));
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_retried_with_the_same_idempotency_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(100);
+    let engine = engine(&dir, &q).await;
+    let p = Plan::parse(
+        "plan_id: r3\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 2, backoff_ms: 1}}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    engine.register(p, "t").await.unwrap();
+    engine.start("r3", "t", None).await.unwrap();
+    let first = q.poll("w1", &types(), WAIT).await.unwrap();
+    assert_eq!(first.task.attempt, 1);
+    // w1 never heartbeats: the lease expires and the step is tried again.
+    let second = q.poll("w2", &types(), WAIT).await.unwrap();
+    assert_eq!(second.task.attempt, 2);
+    assert_eq!(second.task.idempotency_key, first.task.idempotency_key);
+    assert_ne!(second.task_id, first.task_id);
+    assert!(matches!(
+        q.complete(&first.task_id, "w1", json!(0), None),
+        Err(RemoteError::UnknownTask(_))
+    ));
+    q.complete(&second.task_id, "w2", json!({"ok": true}), None)
+        .unwrap();
+    let done = engine.wait_settled("r3").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[0].rec.attempts, 2);
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_worker_through_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(30_000);
+    let engine = engine(&dir, &q).await;
+    let p = Plan::parse(
+        "plan_id: r4\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    engine.register(p, "t").await.unwrap();
+    engine.start("r4", "t", None).await.unwrap();
+    let lease = q.poll("w", &types(), WAIT).await.unwrap();
+    engine.cancel("r4", "t", None).await.unwrap();
+    // The engine signals the attempt before it answers the cancel.
+    assert!(q.heartbeat(&lease.task_id, "w").unwrap().stop);
+    q.fail(&lease.task_id, "w", "stopped".into(), true).unwrap();
+    let done = engine.wait_settled("r4").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn without_a_queue_unknown_agent_types_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
+    let engine = Engine::open(
+        Arc::new(store),
+        Registry::with_builtins(),
+        EngineOptions::default(),
+    )
+    .await
+    .unwrap();
+    let p = Plan::parse(
+        "plan_id: r5\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    engine.register(p, "t").await.unwrap();
+    engine.start("r5", "t", None).await.unwrap();
+    let done = engine.wait_settled("r5").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Failed);
+}

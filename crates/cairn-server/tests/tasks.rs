@@ -1,0 +1,369 @@
+//! `/v1/tasks…` end to end: the real router on 127.0.0.1:0 over a temporary SQLite store, a
+//! worker and an operator token, a plan whose agent type has no local executor.
+
+use std::sync::Arc;
+
+use cairn_engine::executor::Registry;
+use cairn_engine::remote::RemoteQueue;
+use cairn_engine::{Engine, EngineOptions};
+use cairn_server::auth::create_token;
+use cairn_server::{AppState, Authenticator, Role};
+use cairn_store::Store;
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    worker: String,
+    operator: String,
+    http: reqwest::Client,
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(lease_ms: u64) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
+        );
+        let queue = RemoteQueue::new(lease_ms);
+        let engine = Engine::open(
+            store.clone(),
+            Registry::with_builtins(),
+            EngineOptions {
+                remote: Some(queue.clone()),
+                ..EngineOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let worker = create_token(&*store, "w", Role::Worker)
+            .await
+            .unwrap()
+            .token;
+        let operator = create_token(&*store, "op", Role::Operator)
+            .await
+            .unwrap()
+            .token;
+        let state = AppState::new(engine.clone(), Authenticator::new(store)).with_remote(queue);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(cairn_server::serve(
+            listener,
+            state,
+            std::future::pending::<()>(),
+        ));
+        Server {
+            base: format!("http://{addr}/v1"),
+            worker,
+            operator,
+            http: reqwest::Client::new(),
+            engine,
+            _dir: dir,
+        }
+    }
+
+    async fn post(&self, token: Option<&str>, path: &str, body: Value) -> (StatusCode, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, v)
+    }
+
+    async fn raw(&self, token: &str, path: &str, body: &'static str) -> StatusCode {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn plan_state(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/plans/{id}", self.base))
+            .bearer_auth(&self.operator)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Registers and starts a plan with one `research` step.
+    async fn plan(&self, id: &str, retry: Value) {
+        let mut step = json!({"step_id": "a", "action": "search", "agent_type": "research", "params": {"topic": "rust"}});
+        if !retry.is_null() {
+            step["retry"] = retry;
+        }
+        let (s, b) = self
+            .post(
+                Some(&self.operator),
+                "/plans",
+                json!({"plan_id": id, "query": "q", "steps": [step]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let (s, b) = self
+            .post(
+                Some(&self.operator),
+                &format!("/plans/{id}/start"),
+                json!({}),
+            )
+            .await;
+        assert!(s.is_success(), "{s} {b}");
+    }
+
+    async fn poll(&self, worker_id: &str) -> Value {
+        let (s, task) = self
+            .post(
+                Some(&self.worker),
+                "/tasks/poll",
+                json!({"worker_id": worker_id, "agent_types": ["research"], "wait_ms": 30000}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{task}");
+        task
+    }
+
+    /// The plan's state over HTTP once the engine has settled it.
+    async fn settled(&self, id: &str) -> Value {
+        self.engine.wait_settled(id).await.unwrap();
+        self.plan_state(id).await
+    }
+}
+
+#[tokio::test]
+async fn a_worker_polls_heartbeats_and_completes_the_plan() {
+    let srv = Server::start(30_000).await;
+    // Nothing queued yet: 204 at once.
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            "/tasks/poll",
+            json!({"worker_id": "w1", "agent_types": ["research"], "wait_ms": 0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    srv.plan("p1", Value::Null).await;
+    let task = srv.poll("w1").await;
+    for k in [
+        "task_id",
+        "plan_id",
+        "step_id",
+        "action",
+        "agent_type",
+        "params",
+        "attempt",
+        "idempotency_key",
+        "lease_ms",
+    ] {
+        assert!(task.get(k).is_some(), "{k} missing from {task}");
+    }
+    assert_eq!(task["plan_id"], "p1");
+    assert_eq!(task["params"], json!({"topic": "rust"}));
+    assert_eq!(task["lease_ms"], 30000);
+    let id = task["task_id"].as_str().unwrap();
+    let (s, hb) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{id}/heartbeat"),
+            json!({"worker_id": "w1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(hb, json!({"lease_ms": 30000, "stop": false}));
+    // Another worker may not touch it.
+    let (s, e) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{id}/complete"),
+            json!({"worker_id": "w2", "output": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    // Scores must be numbers.
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{id}/complete"),
+            json!({"worker_id": "w1", "output": 1, "scores": {"q": "high"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{id}/complete"),
+            json!({"worker_id": "w1", "output": {"found": 3}, "scores": {"q": 0.9}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let st = srv.settled("p1").await;
+    assert_eq!(st["state"], "completed", "{st}");
+    // A second report is about an unknown task.
+    let (s, e) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{id}/complete"),
+            json!({"worker_id": "w1", "output": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(e["error"]["code"], "task_not_found");
+}
+
+#[tokio::test]
+async fn a_failure_report_fails_the_step() {
+    let srv = Server::start(30_000).await;
+    srv.plan("p2", Value::Null).await;
+    let task = srv.poll("w").await;
+    let id = task["task_id"].as_str().unwrap();
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{id}/fail"),
+            json!({"worker_id": "w", "error": "no results", "retryable": false}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let st = srv.settled("p2").await;
+    assert_eq!(st["state"], "failed", "{st}");
+}
+
+#[tokio::test]
+async fn roles_tokens_and_bad_bodies_are_refused() {
+    let srv = Server::start(30_000).await;
+    let body = json!({"worker_id": "w", "agent_types": ["research"], "wait_ms": 0});
+    let (s, e) = srv
+        .post(Some(&srv.operator), "/tasks/poll", body.clone())
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
+    let (s, _) = srv.post(None, "/tasks/poll", body.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = srv.post(Some("cairn_nope"), "/tasks/poll", body).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A worker may not touch plans.
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            "/plans",
+            json!({"plan_id": "x", "steps": []}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    assert_eq!(
+        srv.raw(&srv.worker, "/tasks/poll", "{not json").await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        srv.raw(&srv.worker, "/tasks/poll", "").await,
+        StatusCode::BAD_REQUEST
+    );
+    for bad in [
+        json!({"agent_types": ["research"]}),
+        json!({"worker_id": "w", "agent_types": []}),
+        json!({"worker_id": "", "agent_types": ["research"]}),
+        json!({"worker_id": "x".repeat(129), "agent_types": ["research"]}),
+        json!({"worker_id": "w", "agent_types": [""]}),
+        json!({"worker_id": "w", "agent_types": vec!["t"; 65]}),
+        json!({"worker_id": "w", "agent_types": "research"}),
+        json!({"worker_id": "w", "agent_types": ["research"], "wait_ms": -1}),
+        json!({"worker_id": "w", "agent_types": ["research"], "extra": 1}),
+    ] {
+        let (s, e) = srv
+            .post(Some(&srv.worker), "/tasks/poll", bad.clone())
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad} → {e}");
+        assert!(e["error"]["code"].is_string());
+    }
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            "/tasks/task_nope/heartbeat",
+            json!({"worker_id": "w"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            "/tasks/task_nope/fail",
+            json!({"worker_id": "w", "error": "x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{}/complete", "x".repeat(300)),
+            json!({"worker_id": "w", "output": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            "/tasks/task_nope/fail",
+            json!({"worker_id": "w", "error": ""}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            "/tasks/task_nope/heartbeat",
+            json!({"worker": "w"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn an_expired_lease_redelivers_the_step() {
+    let srv = Server::start(200).await;
+    srv.plan("p3", json!({"max_attempts": 2, "backoff_ms": 1}))
+        .await;
+    let first = srv.poll("w1").await;
+    assert_eq!(first["attempt"], 1);
+    // w1 goes silent; the step comes back as attempt 2 with the same idempotency key.
+    let second = srv.poll("w2").await;
+    assert_eq!(second["attempt"], 2);
+    assert_eq!(second["idempotency_key"], first["idempotency_key"]);
+    let late = first["task_id"].as_str().unwrap();
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{late}/heartbeat"),
+            json!({"worker_id": "w1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let id = second["task_id"].as_str().unwrap();
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{id}/complete"),
+            json!({"worker_id": "w2", "output": "ok"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let st = srv.settled("p3").await;
+    assert_eq!(st["state"], "completed", "{st}");
+}
