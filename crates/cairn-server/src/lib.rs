@@ -19,7 +19,9 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod plans;
+pub mod streams;
 mod tokens;
+pub mod webhooks;
 
 pub use auth::{Authenticator, Principal, Role};
 
@@ -90,6 +92,9 @@ pub fn router(state: AppState) -> Router {
         .route("/plans/{id}/checkpoints/{cid}/fork", post(plans::fork))
         .route("/plans/{id}/snapshot", get(plans::snapshot))
         .route("/plans/{id}/events", get(plans::events))
+        .route("/plans/{id}/events/stream", get(streams::plan_stream))
+        .route("/events/stream", get(streams::all_stream))
+        .route("/ws", get(streams::ws))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke))
         .fallback(not_found)
