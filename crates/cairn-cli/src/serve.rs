@@ -70,6 +70,8 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         },
     )
     .await?;
+    // Webhook delivery (at-least-once, from per-webhook cursors in the store).
+    let webhooks = cairn_server::webhooks::spawn_webhooks(engine.clone(), config.webhooks.clone());
     let auth = if args.no_auth {
         Authenticator::open(store.clone(), "anonymous")
     } else {
@@ -118,6 +120,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     cairn_server::serve(listener, state, shutdown)
         .await
         .map_err(|e| Fail::from(anyhow::anyhow!("server: {e}")))?;
+    webhooks.abort();
     engine.shutdown().await;
     Ok(exit::OK)
 }

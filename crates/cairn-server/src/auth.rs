@@ -283,7 +283,8 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         .headers()
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .or_else(|| ws_query_token(&req));
     match state.auth.authenticate(header.as_deref()).await {
         Ok(p) => {
             req.extensions_mut().insert(p);
@@ -291,4 +292,19 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Browsers cannot set headers on a WebSocket: `/v1/ws` alone also takes `?token=<token>`,
+/// read as if it came in `Authorization: Bearer <token>`.
+fn ws_query_token(req: &Request) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        token: String,
+    }
+    // Nested under /v1 the router sees `/ws`.
+    if !matches!(req.uri().path(), "/ws" | "/v1/ws") {
+        return None;
+    }
+    let q = axum::extract::Query::<TokenQuery>::try_from_uri(req.uri()).ok()?;
+    Some(format!("Bearer {}", q.0.token))
 }

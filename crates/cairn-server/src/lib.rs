@@ -20,7 +20,9 @@ pub mod error;
 pub mod extract;
 mod plans;
 mod tasks;
+pub mod streams;
 mod tokens;
+pub mod webhooks;
 
 pub use auth::{Authenticator, Principal, Role};
 
@@ -104,6 +106,9 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{task_id}/heartbeat", post(tasks::heartbeat))
         .route("/tasks/{task_id}/complete", post(tasks::complete))
         .route("/tasks/{task_id}/fail", post(tasks::fail))
+        .route("/plans/{id}/events/stream", get(streams::plan_stream))
+        .route("/events/stream", get(streams::all_stream))
+        .route("/ws", get(streams::ws))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", delete(tokens::revoke))
         .fallback(not_found)
