@@ -1850,6 +1850,11 @@ async fn kill_9_under_load_loses_no_acknowledged_change() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty(), "the load got answers before the kill");
+    eprintln!(
+        "acknowledged before the kill: {} ({} interventions)",
+        acked.len(),
+        acked.iter().filter(|a| a.1 == "add").count()
+    );
     w.restart();
     let op = w.op();
     // resume whatever the acknowledged operations left paused, then everything finishes
