@@ -13,6 +13,7 @@ mod bench;
 mod bench_http;
 mod ops;
 mod progress;
+mod remote;
 mod run;
 mod serve;
 mod worker;
@@ -43,7 +44,7 @@ enum Cmd {
     Worker(worker::WorkerArgs),
     /// Run the DESIGN §6 workloads; one JSON object per line on stdout.
     Bench(bench::BenchArgs),
-    /// List, inspect and control plans in a local store.
+    /// List, inspect and control plans in a local store, or on a server with --server.
     #[command(subcommand)]
     Plans(ops::PlansCmd),
     /// Interventions on a plan's steps (skip, retry, modify, add, remove, reorder, rerun).
@@ -63,6 +64,12 @@ pub struct DbArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Talk to this cairn server (http://HOST:PORT) instead of opening the store.
+    #[arg(long, env = "CAIRN_SERVER")]
+    pub server: Option<String>,
+    /// The API token for --server (sent as `Authorization: Bearer …`).
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Exit codes.

@@ -1,4 +1,5 @@
-//! `cairn plans|steps|checkpoints …` on a local store.
+//! `cairn plans|steps|checkpoints …` on a local store, or over HTTP with `--server`
+//! (`remote.rs`).
 //!
 //! These commands open the store with an engine that records decisions but runs no attempt:
 //! a step they start (by resuming a plan, say) runs when `cairn run --resume` drives the plan.
@@ -32,6 +33,12 @@ pub enum PlansCmd {
     /// A plan's state and steps.
     Show {
         plan_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Register a plan file (JSON or YAML); it starts idle.
+    Register {
+        file: PathBuf,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -86,6 +93,10 @@ pub enum PlansCmd {
         after: u64,
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Keep printing events as they happen until the plan completes, fails or is cancelled
+        /// (with --server).
+        #[arg(long)]
+        follow: bool,
     },
     /// Deletes a plan that is not running, with its whole history.
     Delete {
@@ -248,7 +259,7 @@ async fn open(db: &DbArgs) -> Result<Engine, Fail> {
     .await?)
 }
 
-fn print<T: Serialize>(value: &T) {
+pub(crate) fn print<T: Serialize>(value: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
@@ -277,8 +288,14 @@ async fn show(engine: &Engine, plan_id: &str, as_json: bool) -> Result<(), Fail>
     let view = engine.view(plan_id).await?;
     if as_json {
         print(&view);
-        return Ok(());
+    } else {
+        show_view(&view);
     }
+    Ok(())
+}
+
+/// A plan's state as a table.
+pub(crate) fn show_view(view: &cairn_core::view::PlanView) {
     let reason = view
         .pause_reason
         .map(|r| format!(" ({})", status_text(&r)))
@@ -314,7 +331,6 @@ async fn show(engine: &Engine, plan_id: &str, as_json: bool) -> Result<(), Fail>
             s.error.as_deref().unwrap_or("")
         );
     }
-    Ok(())
 }
 
 fn parse_state(s: &str) -> Result<PlanStatus, Fail> {
@@ -326,6 +342,9 @@ fn parse_state(s: &str) -> Result<PlanStatus, Fail> {
 }
 
 pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
+    if let Some(client) = crate::remote::client(cmd.db())? {
+        return crate::remote::plans(cmd, client).await;
+    }
     let user = user();
     match cmd {
         PlansCmd::List {
@@ -358,6 +377,12 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             }
         }
         PlansCmd::Show { plan_id, db } => show(&open(&db).await?, &plan_id, db.json).await?,
+        PlansCmd::Register { file, db } => {
+            let plan = crate::run::read_plan(&file)?;
+            let engine = open(&db).await?;
+            let state = engine.register(plan, &user).await?;
+            show(&engine, &state.plan_id, db.json).await?;
+        }
         PlansCmd::Start {
             plan_id,
             db,
@@ -412,7 +437,13 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             db,
             after,
             limit,
+            follow,
         } => {
+            if follow {
+                return Err(Fail::input(
+                    "--follow needs a server to follow: add --server URL (or set CAIRN_SERVER)",
+                ));
+            }
             let engine = open(&db).await?;
             let events = engine
                 .events(&plan_id, after, limit.clamp(1, 10_000))
@@ -540,6 +571,9 @@ pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
     if iv.dry_run {
         body["dry_run"] = Value::Bool(true);
     }
+    if let Some(client) = crate::remote::client(&iv.db)? {
+        return crate::remote::intervene(client, &plan_id, body, iv.db.json).await;
+    }
     let request = InterventionRequest::from_body(body).map_err(|e| Fail::input(e.to_string()))?;
     let engine = open(&iv.db).await?;
     match engine.intervene(&plan_id, request, &user()).await {
@@ -581,6 +615,9 @@ pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
 }
 
 pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
+    if let Some(client) = crate::remote::client(cmd.db())? {
+        return crate::remote::checkpoints(cmd, client).await;
+    }
     let user = user();
     match cmd {
         CheckpointsCmd::List { plan_id, db } => {

@@ -1,0 +1,2165 @@
+//! End-to-end tests of `cairn serve`: every test starts the real binary on a loopback address
+//! with its own database, talks HTTP to it (DESIGN §4), and checks statuses, bodies and what the
+//! plans look like afterwards. Also the client mode of `cairn plans|steps … --server`.
+//!
+//! No assertion is about time: waiting on the server is a bounded polling loop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+// ---- the server process -------------------------------------------------------------------
+
+/// A running `cairn serve`.
+struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    base: String,
+    /// `127.0.0.1:PORT`
+    addr: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `cairn serve --bind 127.0.0.1:0 --db DB` and waits for its address. Returns the
+    /// server and the one-time admin token if it printed one.
+    fn start(db: &Path, extra: &[&str]) -> (Server, Option<String>) {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--bind", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .args(extra)
+            .env_remove("CAIRN_TOKEN")
+            .env_remove("CAIRN_SERVER")
+            .env("CAIRN_LOG", "warn")
+            .current_dir(db.parent().unwrap())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cairn serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let token = Arc::new(Mutex::new(None::<String>));
+        {
+            let mut err = BufReader::new(child.stderr.take().unwrap());
+            let (stderr, token) = (stderr.clone(), token.clone());
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                while err.read_line(&mut line).unwrap_or(0) > 0 {
+                    let t = line.trim();
+                    if t.starts_with("cairn_") {
+                        *token.lock().unwrap() = Some(t.to_owned());
+                    }
+                    stderr.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            });
+        }
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "cairn serve exited before listening; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+            if let Some(rest) = line.trim().strip_prefix("cairn listening on http://") {
+                break rest.to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        // The admin token is printed before the address; give the stderr reader a moment.
+        let mut admin = None;
+        for _ in 0..50 {
+            admin = token.lock().unwrap().clone();
+            if admin.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(addr.starts_with("127.0.0.1:"), "loopback only: {addr}");
+        (
+            Server {
+                child,
+                base: format!("http://{addr}"),
+                addr,
+                stderr,
+            },
+            admin,
+        )
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit code.
+    fn term(&mut self) -> Option<i32> {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(st.success());
+        for _ in 0..600 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not exit within 30 s of SIGTERM");
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `cairn token create --user U --role R --db DB`.
+fn make_token(db: &Path, user: &str, role: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "create", "--user", user, "--role", role, "--db"])
+        .arg(db)
+        .output()
+        .expect("cairn token create");
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// One test's server with a token per role.
+struct World {
+    _dir: TempDir,
+    db: PathBuf,
+    server: Server,
+    api: Api,
+    admin: String,
+    operator: String,
+    viewer: String,
+    worker: String,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cairn.db");
+        let (server, admin) = Server::start(&db, &[]);
+        let admin = admin.unwrap_or_else(|| {
+            panic!(
+                "no admin token on stderr:\n{}",
+                server.stderr.lock().unwrap()
+            )
+        });
+        let operator = make_token(&db, "olivia", "operator");
+        let viewer = make_token(&db, "victor", "viewer");
+        let worker = make_token(&db, "wanda", "worker");
+        let api = Api::new(&server.base);
+        World {
+            _dir: dir,
+            db,
+            server,
+            api,
+            admin,
+            operator,
+            viewer,
+            worker,
+        }
+    }
+
+    fn restart(&mut self) {
+        let (server, admin) = Server::start(&self.db, &[]);
+        assert!(admin.is_none(), "tokens exist: no new admin token");
+        self.api = Api::new(&server.base);
+        self.server = server;
+    }
+
+    fn op(&self) -> Auth<'_> {
+        Auth(&self.api, Some(&self.operator))
+    }
+}
+
+// ---- HTTP ---------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// An answer: status and JSON body (`Null` when empty or not JSON).
+#[derive(Debug, Clone)]
+struct Resp {
+    status: u16,
+    body: Value,
+    text: String,
+}
+
+impl Resp {
+    fn expect(self, status: u16, what: &str) -> Resp {
+        assert_eq!(
+            self.status, status,
+            "{what}: expected {status}, got {}: {}",
+            self.status, self.text
+        );
+        if status >= 400 {
+            self.error_shape(what);
+        }
+        self
+    }
+
+    /// Errors are `{"error": {"code": "snake_case", "message": "…"}}`.
+    fn error_shape(&self, what: &str) {
+        let code = self.body["error"]["code"].as_str().unwrap_or_else(|| {
+            panic!("{what}: error without a code: {}", self.text);
+        });
+        assert!(
+            !code.is_empty()
+                && code
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()),
+            "{what}: code {code:?} is not snake_case"
+        );
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: error without a message: {}",
+            self.text
+        );
+    }
+
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    fn new(base: &str) -> Api {
+        Api {
+            base: base.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Resp, reqwest::Error> {
+        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some((ct, bytes)) = body {
+            r = r.header("content-type", ct).body(bytes);
+        }
+        let resp = r.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Resp { status, body, text })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let body = body.map(|b| ("application/json", serde_json::to_vec(&b).unwrap()));
+        self.raw(method.clone(), path, token, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+}
+
+/// The API as one caller.
+#[derive(Clone, Copy)]
+struct Auth<'a>(&'a Api, Option<&'a str>);
+
+impl Auth<'_> {
+    async fn get(&self, path: &str) -> Resp {
+        self.0.call(Method::GET, path, self.1, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> Resp {
+        self.0.call(Method::POST, path, self.1, Some(body)).await
+    }
+    async fn post_empty(&self, path: &str) -> Resp {
+        self.0.call(Method::POST, path, self.1, None).await
+    }
+    async fn delete(&self, path: &str) -> Resp {
+        self.0.call(Method::DELETE, path, self.1, None).await
+    }
+
+    async fn plan(&self, id: &str) -> Value {
+        self.get(&format!("/v1/plans/{id}"))
+            .await
+            .expect(200, "get plan")
+            .body
+    }
+
+    async fn register(&self, plan: Value) -> Value {
+        self.post("/v1/plans", plan)
+            .await
+            .expect(201, "register")
+            .body
+    }
+
+    /// Polls the plan until `pred` holds (bounded).
+    async fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..1200 {
+            let p = self.plan(id).await;
+            if pred(&p) {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("plan {id}: never {what}: {}", self.plan(id).await);
+    }
+
+    async fn wait_state(&self, id: &str, state: &str) -> Value {
+        self.wait_for(id, state, |p| p["state"] == state).await
+    }
+
+    /// Every event of a plan, paging with after/next_cursor.
+    async fn all_events(&self, id: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let page = self
+                .get(&format!("/v1/plans/{id}/events?after={after}&limit=100"))
+                .await
+                .expect(200, "events")
+                .body;
+            let items = page["items"].as_array().unwrap().clone();
+            if let Some(last) = items.last() {
+                after = last["seq"].as_u64().unwrap();
+            }
+            out.extend(items);
+            if page["next_cursor"].is_null() {
+                return out;
+            }
+        }
+    }
+}
+
+fn sleep_step(id: &str, ms: u64) -> Value {
+    json!({"step_id": id, "action": "wait", "agent_type": "builtin.sleep", "params": {"ms": ms}})
+}
+
+fn echo_step(id: &str) -> Value {
+    json!({"step_id": id, "action": "echo", "agent_type": "builtin.echo", "params": {"x": id}})
+}
+
+fn plan_doc(id: &str, steps: Vec<Value>) -> Value {
+    json!({"plan_id": id, "query": format!("test {id}"), "steps": steps})
+}
+
+fn step_ids(plan: &Value) -> Vec<String> {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn step_status<'a>(plan: &'a Value, step: &str) -> &'a str {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_id"] == step)
+        .and_then(|s| s["status"].as_str())
+        .unwrap_or_else(|| panic!("no step {step} in {plan}"))
+}
+
+fn assert_contiguous(events: &[Value], plan: &str) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(i as u64 + 1),
+            "plan {plan}: event seqs must be contiguous from 1: {:?}",
+            events.iter().map(|e| e["seq"].clone()).collect::<Vec<_>>()
+        );
+    }
+}
+
+// ---- 1. the contract, endpoint by endpoint --------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_its_contract_statuses() {
+    let w = World::new();
+    let op = w.op();
+    let admin = Auth(&w.api, Some(&w.admin));
+    let none = Auth(&w.api, None);
+
+    // health, at the root, without a token
+    let h = none.get("/healthz").await.expect(200, "healthz");
+    assert_eq!(h.body["status"], "ok");
+    none.get("/readyz").await.expect(200, "readyz");
+    // unknown routes: 404 with the JSON error body
+    none.get("/nope").await.expect(404, "unknown root route");
+    op.get("/v1/nope").await.expect(404, "unknown v1 route");
+
+    // register: 201 / 409 / 422
+    let p = op
+        .register(plan_doc("c1", vec![echo_step("a"), echo_step("b")]))
+        .await;
+    assert_eq!(p["plan_id"], "c1");
+    assert_eq!(p["state"], "idle");
+    assert_eq!(p["total_steps"], 2);
+    for k in [
+        "query",
+        "pause_reason",
+        "version",
+        "current_step_index",
+        "completed_steps",
+        "failed_steps",
+        "skipped_steps",
+        "running_steps",
+        "steps",
+    ] {
+        assert!(p.get(k).is_some(), "plan state lacks {k}: {p}");
+    }
+    let dup = op
+        .post("/v1/plans", plan_doc("c1", vec![echo_step("a")]))
+        .await
+        .expect(409, "duplicate plan_id");
+    assert_eq!(dup.code(), "plan_exists");
+    op.post(
+        "/v1/plans",
+        json!({"plan_id": "bad", "steps": [echo_step("a"), echo_step("a")]}),
+    )
+    .await
+    .expect(422, "repeated step id");
+    op.post("/v1/plans", json!({"steps": [{"step_id": "x"}]}))
+        .await
+        .expect(422, "step without action");
+    // a generated plan_id
+    let gen = op.register(json!({"steps": [echo_step("a")]})).await;
+    assert!(gen["plan_id"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // get: 200 / 404
+    op.get("/v1/plans/c1").await.expect(200, "get");
+    op.get("/v1/plans/nope").await.expect(404, "get unknown");
+
+    // list: pagination, newest first, state filter, bad cursor, bad state, bad limit
+    for i in 0..5 {
+        op.register(plan_doc(&format!("l{i}"), vec![echo_step("a")]))
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &cursor {
+            Some(c) => format!("/v1/plans?limit=2&cursor={c}"),
+            None => "/v1/plans?limit=2".into(),
+        };
+        let page = op.get(&path).await.expect(200, "list page").body;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(
+            items
+                .iter()
+                .map(|i| i["plan_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7, "every plan listed once: {seen:?}");
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), 7);
+    assert_eq!(seen[0], "l4", "newest first: {seen:?}");
+    op.get("/v1/plans?cursor=garbage!!")
+        .await
+        .expect(400, "bad cursor");
+    op.get("/v1/plans?state=sleeping")
+        .await
+        .expect(400, "bad state");
+    op.get("/v1/plans?limit=0").await.expect(400, "limit 0");
+    op.get("/v1/plans?bogus=1")
+        .await
+        .expect(400, "unknown param");
+
+    // start / pause / resume / cancel and their 409s
+    op.register(plan_doc(
+        "c2",
+        vec![sleep_step("s1", 400), sleep_step("s2", 400)],
+    ))
+    .await;
+    op.post_empty("/v1/plans/c2/resume")
+        .await
+        .expect(409, "resume idle");
+    op.post_empty("/v1/plans/c2/pause")
+        .await
+        .expect(409, "pause idle");
+    let st = op
+        .post("/v1/plans/c2/start", json!({"reason": "go"}))
+        .await
+        .expect(200, "start");
+    assert_eq!(st.body["state"], "running");
+    op.post_empty("/v1/plans/c2/start")
+        .await
+        .expect(409, "start twice");
+    op.post_empty("/v1/plans/nope/start")
+        .await
+        .expect(404, "start unknown");
+    // delete while running: 409; as operator: 403
+    admin
+        .delete("/v1/plans/c2")
+        .await
+        .expect(409, "delete running");
+    op.delete("/v1/plans/c1")
+        .await
+        .expect(403, "delete as operator");
+    // restore while running: 409
+    let cps = op
+        .get("/v1/plans/c2/checkpoints")
+        .await
+        .expect(200, "checkpoints")
+        .body;
+    let first = cps["items"][0]["checkpoint_id"]
+        .as_str()
+        .expect("an initial checkpoint")
+        .to_owned();
+    op.post_empty(&format!("/v1/plans/c2/checkpoints/{first}/restore"))
+        .await
+        .expect(409, "restore while running");
+    let p = op
+        .post("/v1/plans/c2/pause", json!({"reason": "look"}))
+        .await
+        .expect(200, "pause");
+    assert_eq!(p.body["state"], "paused");
+    assert_eq!(p.body["pause_reason"], "operator");
+    op.post_empty("/v1/plans/c2/pause")
+        .await
+        .expect(409, "pause paused");
+
+    // interventions: 201, 409 (state), 409 (version), 422 (malformed), dry_run 200, list
+    let v0 = op.plan("c2").await["version"].as_u64().unwrap();
+    let dry = op
+        .post(
+            "/v1/plans/c2/interventions",
+            json!({"type": "add_step", "step": echo_step("x"), "dry_run": true}),
+        )
+        .await
+        .expect(200, "dry run");
+    assert!(
+        !dry.body["diff"].as_array().unwrap().is_empty(),
+        "{}",
+        dry.text
+    );
+    assert_eq!(
+        op.plan("c2").await["version"].as_u64().unwrap(),
+        v0,
+        "dry run changes nothing"
+    );
+    let added = op
+        .post(
+            "/v1/plans/c2/interventions",
+            json!({"type": "add_step", "step": echo_step("x"), "expected_version": v0}),
+        )
+        .await
+        .expect(201, "add_step");
+    assert_eq!(added.body["status"], "applied");
+    assert_eq!(added.body["plan_version"].as_u64(), Some(v0 + 1));
+    assert_eq!(added.body["user"], "olivia");
+    op.post(
+        "/v1/plans/c2/interventions",
+        json!({"type": "skip_step", "step_id": "x", "expected_version": v0}),
+    )
+    .await
+    .expect(409, "stale expected_version");
+    op.post(
+        "/v1/plans/c2/interventions",
+        json!({"type": "skip_step", "step_id": "s1"}),
+    )
+    .await; // s1 may be done or not: either answer is fine, it must not be a 5xx
+    op.post(
+        "/v1/plans/c2/interventions",
+        json!({"type": "remove_step", "step_id": "no_such_step"}),
+    )
+    .await
+    .expect_one_of(&[409, 422], "remove unknown step");
+    op.post(
+        "/v1/plans/c2/interventions",
+        json!({"type": "teleport_step", "step_id": "x"}),
+    )
+    .await
+    .expect(422, "unknown intervention type");
+    op.post("/v1/plans/c2/interventions", json!({"type": "add_step"}))
+        .await
+        .expect(422, "add_step without a step");
+    op.post(
+        "/v1/plans/nope/interventions",
+        json!({"type": "skip_step", "step_id": "x"}),
+    )
+    .await
+    .expect(404, "intervene on unknown plan");
+    let list = op
+        .get("/v1/plans/c2/interventions")
+        .await
+        .expect(200, "interventions")
+        .body;
+    let items = list["items"].as_array().unwrap();
+    assert!(items.iter().any(|i| i["status"] == "applied"));
+    assert!(
+        items.iter().any(|i| i["status"] == "failed"),
+        "refused interventions are recorded too: {list}"
+    );
+    assert!(list.get("next_cursor").is_some());
+    op.get("/v1/plans/nope/interventions")
+        .await
+        .expect(404, "interventions of unknown plan");
+
+    // checkpoints: create 201, get 200/404, restore 200, fork 201/409, 404s
+    let cp = op
+        .post("/v1/plans/c2/checkpoints", json!({"label": "mine"}))
+        .await
+        .expect(201, "manual checkpoint")
+        .body;
+    let cid = cp["checkpoint_id"].as_str().unwrap().to_owned();
+    assert_eq!(cp["label"], "mine");
+    let got = op
+        .get(&format!("/v1/plans/c2/checkpoints/{cid}"))
+        .await
+        .expect(200, "get checkpoint")
+        .body;
+    assert_eq!(got["trigger"], "manual");
+    op.get("/v1/plans/c2/checkpoints/cp_nope")
+        .await
+        .expect(404, "unknown checkpoint");
+    op.get("/v1/plans/nope/checkpoints")
+        .await
+        .expect(404, "checkpoints of unknown plan");
+    op.post_empty("/v1/plans/c2/checkpoints/cp_nope/restore")
+        .await
+        .expect(404, "restore unknown checkpoint");
+    let r = op
+        .post_empty(&format!("/v1/plans/c2/checkpoints/{first}/restore"))
+        .await
+        .expect(200, "restore");
+    assert_eq!(r.body["state"], "paused");
+    assert_eq!(r.body["pause_reason"], "restored");
+    let f = op
+        .post(
+            &format!("/v1/plans/c2/checkpoints/{cid}/fork"),
+            json!({"new_plan_id": "c2_fork"}),
+        )
+        .await
+        .expect(201, "fork");
+    assert_eq!(f.body["plan_id"], "c2_fork");
+    assert_eq!(f.body["state"], "paused");
+    op.post(
+        &format!("/v1/plans/c2/checkpoints/{cid}/fork"),
+        json!({"new_plan_id": "c2_fork"}),
+    )
+    .await
+    .expect(409, "fork onto an existing id");
+    op.post_empty("/v1/plans/c2/checkpoints/cp_nope/fork")
+        .await
+        .expect(404, "fork unknown checkpoint");
+
+    // snapshot
+    let snap = op
+        .get("/v1/plans/c2/snapshot")
+        .await
+        .expect(200, "snapshot")
+        .body;
+    for k in [
+        "definition",
+        "version",
+        "state",
+        "pause_reason",
+        "progress",
+        "steps",
+        "checkpoints",
+        "interventions",
+        "event_count",
+        "taken_at",
+    ] {
+        assert!(snap.get(k).is_some(), "snapshot lacks {k}");
+    }
+    op.get("/v1/plans/nope/snapshot")
+        .await
+        .expect(404, "snapshot unknown");
+
+    // events: after/limit/next_cursor
+    let all = op.all_events("c2").await;
+    assert!(all.len() >= 5);
+    assert_contiguous(&all, "c2");
+    let page = op
+        .get("/v1/plans/c2/events?after=2&limit=2")
+        .await
+        .expect(200, "events page")
+        .body;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["seq"], 3);
+    assert_eq!(page["next_cursor"], "4");
+    for e in items {
+        for k in ["seq", "plan_id", "type", "at", "actor"] {
+            assert!(e.get(k).is_some(), "event lacks {k}: {e}");
+        }
+    }
+    op.get("/v1/plans/c2/events?limit=0")
+        .await
+        .expect(400, "events limit 0");
+    op.get("/v1/plans/c2/events?after=-1")
+        .await
+        .expect(400, "events negative after");
+    op.get("/v1/plans/nope/events")
+        .await
+        .expect(404, "events unknown");
+
+    // cancel: 200, then 409; delete after: 204, then 404
+    let c = op
+        .post_empty("/v1/plans/c2/cancel")
+        .await
+        .expect(200, "cancel");
+    assert_eq!(c.body["state"], "cancelled");
+    op.post_empty("/v1/plans/c2/cancel")
+        .await
+        .expect(409, "cancel cancelled");
+    op.post_empty("/v1/plans/c2/resume")
+        .await
+        .expect(409, "resume cancelled");
+    admin
+        .delete("/v1/plans/c2")
+        .await
+        .expect(204, "delete cancelled plan");
+    op.get("/v1/plans/c2").await.expect(404, "deleted plan");
+    admin
+        .delete("/v1/plans/c2")
+        .await
+        .expect(404, "delete twice");
+
+    // tokens: admin only
+    let t = admin
+        .post("/v1/tokens", json!({"user": "newbie", "role": "viewer"}))
+        .await
+        .expect(201, "create token")
+        .body;
+    let secret = t["token"].as_str().unwrap().to_owned();
+    let tid = t["id"].as_str().unwrap().to_owned();
+    Auth(&w.api, Some(&secret))
+        .get("/v1/plans")
+        .await
+        .expect(200, "the new token works");
+    let tl = admin.get("/v1/tokens").await.expect(200, "list tokens");
+    assert!(
+        !tl.text.contains(&secret),
+        "a token list never shows secrets"
+    );
+    assert!(tl.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["id"] == tid.as_str()));
+    admin
+        .post("/v1/tokens", json!({"user": "x", "role": "emperor"}))
+        .await
+        .expect(422, "unknown role");
+    admin
+        .post("/v1/tokens", json!({"user": "", "role": "viewer"}))
+        .await
+        .expect(422, "empty user");
+    op.post("/v1/tokens", json!({"user": "x", "role": "admin"}))
+        .await
+        .expect(403, "operator creates token");
+    op.get("/v1/tokens")
+        .await
+        .expect(403, "operator lists tokens");
+    admin
+        .delete(&format!("/v1/tokens/{tid}"))
+        .await
+        .expect(204, "revoke");
+    Auth(&w.api, Some(&secret))
+        .get("/v1/plans")
+        .await
+        .expect(401, "a revoked token is refused at once");
+    admin
+        .delete(&format!("/v1/tokens/{tid}"))
+        .await
+        .expect(404, "revoke twice");
+}
+
+trait ExpectOneOf {
+    fn expect_one_of(self, statuses: &[u16], what: &str) -> Resp;
+}
+
+impl ExpectOneOf for Resp {
+    fn expect_one_of(self, statuses: &[u16], what: &str) -> Resp {
+        assert!(
+            statuses.contains(&self.status),
+            "{what}: expected one of {statuses:?}, got {}: {}",
+            self.status,
+            self.text
+        );
+        if self.status >= 400 {
+            self.error_shape(what);
+        }
+        self
+    }
+}
+
+// ---- 2. the prototype's six scenarios -------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prototype_scenarios_over_http() {
+    let w = World::new();
+    let op = w.op();
+
+    // 1. registration: idle, steps listed in order, nothing run
+    let p = op
+        .register(plan_doc(
+            "reg",
+            vec![echo_step("a"), echo_step("b"), echo_step("c")],
+        ))
+        .await;
+    assert_eq!(p["state"], "idle");
+    assert_eq!(step_ids(&p), ["a", "b", "c"]);
+    assert!(p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["status"] == "pending"));
+    op.post_empty("/v1/plans/reg/start")
+        .await
+        .expect(200, "start");
+    let done = op.wait_state("reg", "completed").await;
+    assert_eq!(done["completed_steps"], json!(["a", "b", "c"]));
+    let cps = op.get("/v1/plans/reg/checkpoints").await.body;
+    assert_eq!(
+        cps["items"].as_array().unwrap().len(),
+        4,
+        "a 3-step plan run to the end has 4 checkpoints: {cps}"
+    );
+
+    // 2. pause/resume: a paused plan starts no step; its in-flight step completes
+    op.register(plan_doc(
+        "pr",
+        vec![
+            sleep_step("s1", 600),
+            sleep_step("s2", 50),
+            sleep_step("s3", 50),
+        ],
+    ))
+    .await;
+    op.post_empty("/v1/plans/pr/start")
+        .await
+        .expect(200, "start");
+    op.wait_for("pr", "running s1", |p| p["running_steps"] == json!(["s1"]))
+        .await;
+    let paused = op
+        .post_empty("/v1/plans/pr/pause")
+        .await
+        .expect(200, "pause")
+        .body;
+    assert_eq!(paused["state"], "paused");
+    // the in-flight step finishes and is recorded; the plan drains
+    let drained = op
+        .wait_for("pr", "drained", |p| {
+            p["running_steps"] == json!([]) && step_status(p, "s1") == "completed"
+        })
+        .await;
+    assert_eq!(drained["state"], "paused");
+    assert_eq!(
+        step_status(&drained, "s2"),
+        "pending",
+        "no step starts while paused"
+    );
+    // and stays so: poll a while, nothing starts
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let p = op.plan("pr").await;
+        assert_eq!(step_status(&p, "s2"), "pending");
+        assert_eq!(p["running_steps"], json!([]));
+    }
+    let events = op.all_events("pr").await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"plan_drained"), "{kinds:?}");
+    let paused_at = kinds.iter().position(|k| *k == "plan_paused").unwrap();
+    assert!(
+        !kinds[paused_at..].contains(&"step_started"),
+        "no step_started after the pause: {kinds:?}"
+    );
+    op.post_empty("/v1/plans/pr/resume")
+        .await
+        .expect(200, "resume");
+    op.wait_state("pr", "completed").await;
+
+    // 3. interventions: skip/add/remove; attribution is the token's user, a `user` field is ignored
+    op.register(plan_doc(
+        "iv",
+        vec![
+            sleep_step("s1", 300),
+            echo_step("s2"),
+            echo_step("s3"),
+            echo_step("s4"),
+        ],
+    ))
+    .await;
+    op.post_empty("/v1/plans/iv/start")
+        .await
+        .expect(200, "start");
+    op.post_empty("/v1/plans/iv/pause")
+        .await
+        .expect(200, "pause");
+    let skip = op
+        .post(
+            "/v1/plans/iv/interventions",
+            json!({"type": "skip_step", "step_id": "s2", "user": "mallory", "reason": "not needed"}),
+        )
+        .await
+        .expect(201, "skip")
+        .body;
+    assert_eq!(skip["user"], "olivia", "the token's user, not the body's");
+    assert_eq!(skip["reason"], "not needed");
+    let add = op
+        .post(
+            "/v1/plans/iv/interventions",
+            json!({"type": "add_step", "step": echo_step("s2b"), "after": "s2", "user": "mallory"}),
+        )
+        .await
+        .expect(201, "add")
+        .body;
+    assert_eq!(add["user"], "olivia");
+    op.post(
+        "/v1/plans/iv/interventions",
+        json!({"type": "remove_step", "step_id": "s4"}),
+    )
+    .await
+    .expect(201, "remove");
+    let p = op.plan("iv").await;
+    assert_eq!(step_ids(&p), ["s1", "s2", "s2b", "s3"]);
+    assert_eq!(step_status(&p, "s2"), "skipped");
+    assert_eq!(
+        p["version"].as_u64(),
+        Some(3),
+        "two definition changes: {p}"
+    );
+    op.post(
+        "/v1/plans/iv/interventions",
+        json!({"type": "skip_step", "step_id": "s2"}),
+    )
+    .await
+    .expect(409, "skip a skipped step");
+    let list = op.get("/v1/plans/iv/interventions").await.body;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    assert!(items.iter().all(|i| i["user"] == "olivia"));
+    assert_eq!(items[3]["status"], "failed");
+    op.post_empty("/v1/plans/iv/resume")
+        .await
+        .expect(200, "resume");
+    let done = op.wait_state("iv", "completed").await;
+    assert_eq!(done["skipped_steps"], json!(["s2"]));
+    assert_eq!(done["completed_steps"], json!(["s1", "s2b", "s3"]));
+
+    // 4. checkpoints, restore and fork
+    op.register(plan_doc(
+        "ck",
+        vec![echo_step("a"), echo_step("b"), echo_step("c")],
+    ))
+    .await;
+    op.post_empty("/v1/plans/ck/start")
+        .await
+        .expect(200, "start");
+    op.wait_state("ck", "completed").await;
+    let cps = op.get("/v1/plans/ck/checkpoints").await.body["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // the checkpoint after step a
+    assert_eq!(cps.len(), 4, "initial + one per step: {cps:?}");
+    let cid = cps[1]["checkpoint_id"].as_str().unwrap();
+    let after_a = op
+        .get(&format!("/v1/plans/ck/checkpoints/{cid}"))
+        .await
+        .expect(200, "checkpoint")
+        .body;
+    assert_eq!(after_a["completed_steps"], json!(["a"]), "{after_a}");
+    assert_eq!(after_a["trigger"], "step");
+    let r = op
+        .post(
+            &format!("/v1/plans/ck/checkpoints/{cid}/restore"),
+            json!({"reason": "redo b and c"}),
+        )
+        .await
+        .expect(200, "restore completed plan")
+        .body;
+    assert_eq!(r["state"], "paused");
+    assert_eq!(r["pause_reason"], "restored");
+    assert_eq!(r["completed_steps"], json!(["a"]));
+    let after_restore = op.get("/v1/plans/ck/checkpoints").await.body["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(after_restore >= cps.len(), "history is never erased");
+    let f = op
+        .post(
+            &format!("/v1/plans/ck/checkpoints/{cid}/fork"),
+            json!({"new_plan_id": "ck2"}),
+        )
+        .await
+        .expect(201, "fork")
+        .body;
+    assert_eq!(f["state"], "paused");
+    assert_eq!(f["completed_steps"], json!(["a"]));
+    op.post_empty("/v1/plans/ck/resume")
+        .await
+        .expect(200, "resume restored");
+    op.post_empty("/v1/plans/ck2/resume")
+        .await
+        .expect(200, "resume fork");
+    op.wait_state("ck", "completed").await;
+    op.wait_state("ck2", "completed").await;
+    let ev = op.all_events("ck").await;
+    assert!(ev.iter().any(|e| e["type"] == "checkpoint_restored"));
+    assert_contiguous(&ev, "ck");
+
+    // 5. the snapshot
+    let snap = op
+        .get("/v1/plans/iv/snapshot")
+        .await
+        .expect(200, "snapshot")
+        .body;
+    assert_eq!(snap["plan_id"], "iv");
+    assert_eq!(snap["state"], "completed");
+    assert_eq!(snap["version"].as_u64(), Some(3));
+    assert_eq!(snap["interventions"].as_array().unwrap().len(), 4);
+    assert!(snap["checkpoints"].as_array().unwrap().len() >= 3);
+    assert_eq!(snap["progress"]["skipped_steps"], json!(["s2"]));
+    assert_eq!(
+        snap["event_count"].as_u64(),
+        Some(op.all_events("iv").await.len() as u64)
+    );
+    let def_ids: Vec<&str> = snap["definition"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(def_ids, ["s1", "s2", "s2b", "s3"]);
+    assert!(
+        snap.to_string().contains("\"output\""),
+        "outputs are in the snapshot"
+    );
+
+    // 6. cancellation: running → cancelled, terminal, no further step
+    op.register(plan_doc("cx", vec![sleep_step("s1", 300), echo_step("s2")]))
+        .await;
+    op.post_empty("/v1/plans/cx/start")
+        .await
+        .expect(200, "start");
+    let c = op
+        .post("/v1/plans/cx/cancel", json!({"reason": "enough"}))
+        .await
+        .expect(200, "cancel")
+        .body;
+    assert_eq!(c["state"], "cancelled");
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let p = op.plan("cx").await;
+        assert_eq!(p["state"], "cancelled");
+        assert_ne!(step_status(&p, "s2"), "completed");
+    }
+    op.post_empty("/v1/plans/cx/start")
+        .await
+        .expect(409, "start cancelled");
+    let ev = op.all_events("cx").await;
+    let cancel = ev.iter().find(|e| e["type"] == "plan_cancelled").unwrap();
+    assert_eq!(cancel["actor"], "olivia");
+}
+
+// ---- 3. the role matrix --------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_matrix() {
+    let w = World::new();
+    let op = w.op();
+    // fixtures every request can point at
+    op.register(plan_doc(
+        "rm",
+        vec![sleep_step("s1", 60_000), echo_step("s2")],
+    ))
+    .await;
+    let cid = op.get("/v1/plans/rm/checkpoints").await.body;
+    assert!(cid["items"].as_array().unwrap().is_empty());
+    op.register(plan_doc("rm_done", vec![echo_step("a")])).await;
+    op.post_empty("/v1/plans/rm_done/start")
+        .await
+        .expect(200, "start");
+    op.wait_state("rm_done", "completed").await;
+    let cp = op.get("/v1/plans/rm_done/checkpoints").await.body["items"][0]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Need {
+        Viewer,
+        Operator,
+        Admin,
+    }
+    // Each endpoint with the least role it needs. Bodies are deliberately harmless: once past
+    // authorization, the answer may be anything but 401/403/5xx.
+    let g = Method::GET;
+    let p = Method::POST;
+    let d = Method::DELETE;
+    let cases: Vec<(Method, String, Option<Value>, Need)> = vec![
+        (g.clone(), "/v1/plans".into(), None, Need::Viewer),
+        (g.clone(), "/v1/plans/rm".into(), None, Need::Viewer),
+        (
+            g.clone(),
+            "/v1/plans/rm/interventions".into(),
+            None,
+            Need::Viewer,
+        ),
+        (
+            g.clone(),
+            "/v1/plans/rm/checkpoints".into(),
+            None,
+            Need::Viewer,
+        ),
+        (
+            g.clone(),
+            format!("/v1/plans/rm_done/checkpoints/{cp}"),
+            None,
+            Need::Viewer,
+        ),
+        (
+            g.clone(),
+            "/v1/plans/rm/snapshot".into(),
+            None,
+            Need::Viewer,
+        ),
+        (g.clone(), "/v1/plans/rm/events".into(), None, Need::Viewer),
+        (
+            p.clone(),
+            "/v1/plans".into(),
+            Some(plan_doc("rm_new", vec![echo_step("a")])),
+            Need::Operator,
+        ),
+        (
+            p.clone(),
+            "/v1/plans/rm/start".into(),
+            Some(json!({})),
+            Need::Operator,
+        ),
+        (
+            p.clone(),
+            "/v1/plans/rm/pause".into(),
+            Some(json!({})),
+            Need::Operator,
+        ),
+        (
+            p.clone(),
+            "/v1/plans/rm/resume".into(),
+            Some(json!({})),
+            Need::Operator,
+        ),
+        (
+            p.clone(),
+            "/v1/plans/rm/interventions".into(),
+            Some(json!({"type": "skip_step", "step_id": "s2", "dry_run": true})),
+            Need::Operator,
+        ),
+        (
+            p.clone(),
+            "/v1/plans/rm_done/checkpoints".into(),
+            Some(json!({"label": "x"})),
+            Need::Operator,
+        ),
+        (
+            p.clone(),
+            format!("/v1/plans/rm_done/checkpoints/{cp}/restore"),
+            Some(json!({})),
+            Need::Operator,
+        ),
+        (
+            p.clone(),
+            format!("/v1/plans/rm_done/checkpoints/{cp}/fork"),
+            Some(json!({})),
+            Need::Operator,
+        ),
+        (
+            p.clone(),
+            "/v1/plans/rm_done/cancel".into(),
+            Some(json!({})),
+            Need::Operator,
+        ),
+        (
+            d.clone(),
+            "/v1/plans/no_such_plan".into(),
+            None,
+            Need::Admin,
+        ),
+        (g.clone(), "/v1/tokens".into(), None, Need::Admin),
+        (
+            p.clone(),
+            "/v1/tokens".into(),
+            Some(json!({"user": "rm_user", "role": "viewer"})),
+            Need::Admin,
+        ),
+        (d.clone(), "/v1/tokens/tok_nope".into(), None, Need::Admin),
+    ];
+    let roles: [(&str, &str, u8); 4] = [
+        ("viewer", &w.viewer, 1),
+        ("operator", &w.operator, 2),
+        ("admin", &w.admin, 3),
+        ("worker", &w.worker, 0),
+    ];
+    for (method, path, body, need) in &cases {
+        let call = |tok: Option<String>, auth_header: Option<String>| {
+            let api = w.api.clone();
+            let (method, path, body) = (method.clone(), path.clone(), body.clone());
+            async move {
+                let mut r = api.http.request(method, format!("{}{}", api.base, path));
+                if let Some(t) = tok {
+                    r = r.bearer_auth(t);
+                }
+                if let Some(h) = auth_header {
+                    r = r.header("authorization", h);
+                }
+                if let Some(b) = body {
+                    r = r.json(&b);
+                }
+                let resp = r.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap();
+                (status, text)
+            }
+        };
+        let what = format!("{method} {path}");
+        let (s, t) = call(None, None).await;
+        assert_eq!(s, 401, "{what} without a token: {t}");
+        let (s, t) = call(Some("cairn_0000000000000000".into()), None).await;
+        assert_eq!(s, 401, "{what} with a wrong token: {t}");
+        let (s, t) = call(None, Some(format!("Basic {}", w.admin))).await;
+        assert_eq!(s, 401, "{what} with a non-bearer scheme: {t}");
+        for (name, token, level) in roles {
+            let (s, t) = call(Some(token.to_owned()), None).await;
+            let allowed = match need {
+                Need::Viewer => level >= 1,
+                Need::Operator => level >= 2,
+                Need::Admin => level >= 3,
+            };
+            if allowed {
+                assert!(
+                    s != 401 && s != 403 && s < 500,
+                    "{what} as {name} must be allowed, got {s}: {t}"
+                );
+            } else {
+                assert_eq!(s, 403, "{what} as {name} must be forbidden: {t}");
+                let v: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["error"]["code"], "forbidden");
+            }
+        }
+    }
+    // health needs no token
+    Auth(&w.api, None)
+        .get("/healthz")
+        .await
+        .expect(200, "healthz");
+    Auth(&w.api, None)
+        .get("/readyz")
+        .await
+        .expect(200, "readyz");
+}
+
+// ---- 4. hostile input ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_refused_with_4xx_and_changes_nothing() {
+    let mut w = World::new();
+    let (api, optok) = (w.api.clone(), w.operator.clone());
+    let op = Auth(&api, Some(&optok));
+    op.register(plan_doc("h", vec![sleep_step("s1", 100), echo_step("s2")]))
+        .await;
+    op.post_empty("/v1/plans/h/start")
+        .await
+        .expect(200, "start");
+    op.wait_state("h", "completed").await;
+    op.register(plan_doc("hp", vec![echo_step("a"), echo_step("b")]))
+        .await;
+    let fingerprint = |p: &Value| {
+        (
+            p["version"].clone(),
+            p["last_seq"].clone(),
+            p["state"].clone(),
+        )
+    };
+    let before_h = fingerprint(&op.plan("h").await);
+    let before_hp = fingerprint(&op.plan("hp").await);
+    let tok = Some(w.operator.as_str());
+
+    let paths = [
+        "/v1/plans",
+        "/v1/plans/hp/start",
+        "/v1/plans/hp/pause",
+        "/v1/plans/hp/interventions",
+        "/v1/plans/hp/checkpoints",
+        "/v1/tokens",
+    ];
+    let deep = "[".repeat(100) + &"]".repeat(100);
+    let deep_obj = "{\"a\":".repeat(70) + "1" + &"}".repeat(70);
+    let big = format!(
+        "{{\"query\": \"{}\", \"steps\": []}}",
+        "x".repeat((1 << 20) + 10)
+    );
+    let bodies: Vec<(&str, Vec<u8>, &[u16])> = vec![
+        ("application/json", b"{".to_vec(), &[400]),
+        ("application/json", b"{\"type\": }".to_vec(), &[400]),
+        ("application/json", b"null".to_vec(), &[400, 422]),
+        ("application/json", b"[1,2,3]".to_vec(), &[400, 422]),
+        ("application/json", b"\"str\"".to_vec(), &[400, 422]),
+        ("application/json", deep.clone().into_bytes(), &[400]),
+        ("application/json", deep_obj.clone().into_bytes(), &[400]),
+        ("application/json", big.clone().into_bytes(), &[413]),
+        ("application/json", vec![0xff, 0xfe, 0x00, 0x01], &[400]),
+        (
+            "text/plain",
+            b"{\"reason\": \"x\"}".to_vec(),
+            &[400, 415, 422],
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            b"a=b".to_vec(),
+            &[400, 415, 422],
+        ),
+        (
+            "application/json",
+            b"{\"type\": 5, \"step_id\": [1]}".to_vec(),
+            &[400, 422],
+        ),
+        (
+            "application/json",
+            b"{\"reason\": 17, \"mode\": \"sideways\"}".to_vec(),
+            &[400, 422],
+        ),
+        (
+            "application/json",
+            b"{\"unknown_field\": true}".to_vec(),
+            &[400, 422],
+        ),
+        (
+            "application/json",
+            b"{\"steps\": \"not a list\", \"user\": {\"x\": 1}}".to_vec(),
+            &[400, 422],
+        ),
+    ];
+    for path in paths {
+        for (ct, body, allowed) in &bodies {
+            let r = w
+                .api
+                .raw(Method::POST, path, tok, Some((ct, body.clone())))
+                .await;
+            let r = match r {
+                Ok(r) => r,
+                // the server may close the connection on an oversized body: fine, if it stays up
+                Err(e) if body.len() > (1 << 20) => {
+                    eprintln!("POST {path} (oversized): connection closed: {e}");
+                    continue;
+                }
+                Err(e) => panic!("POST {path}: {e}"),
+            };
+            let what = format!(
+                "POST {path} {ct} {:?}",
+                String::from_utf8_lossy(&body[..body.len().min(40)])
+            );
+            assert!(r.status < 500, "{what}: {} {}", r.status, r.text);
+            let admin_only = path == "/v1/tokens";
+            if admin_only {
+                assert!(
+                    r.status == 403 || allowed.contains(&r.status),
+                    "{what}: got {} {}",
+                    r.status,
+                    r.text
+                );
+            } else {
+                assert!(
+                    allowed.contains(&r.status),
+                    "{what}: expected one of {allowed:?}, got {} {}",
+                    r.status,
+                    r.text
+                );
+            }
+            r.error_shape(&what);
+        }
+    }
+    assert_eq!(
+        fingerprint(&op.plan("hp").await),
+        before_hp,
+        "malformed bodies change nothing"
+    );
+    // a whole plan that is hostile in its own ways
+    for doc in [
+        json!({"plan_id": "x".repeat(500), "steps": [echo_step("a")]}),
+        json!({"plan_id": "../../etc/passwd", "steps": [echo_step("a")]}),
+        json!({"steps": [echo_step("a")], "max_parallel": -1}),
+        json!({"steps": [echo_step("a")], "max_parallel": 1e300}),
+        json!({"steps": [{"step_id": "a", "action": "x", "agent_type": "builtin.echo", "depends_on": ["a"]}]}),
+        json!({"steps": [{"step_id": "a", "action": "x", "agent_type": "builtin.echo", "when": "((("}]}),
+        json!({"steps": [{"step_id": "a b", "action": "x", "agent_type": "builtin.echo"}]}),
+        json!({"steps": [{"step_id": "a", "action": "x", "agent_type": "builtin.echo", "retry": {"max_attempts": "3"}}]}),
+        json!({"steps": [{"step_id": "a", "action": "x", "agent_type": "builtin.echo", "nope": 1}]}),
+    ] {
+        let r = op.post("/v1/plans", doc.clone()).await;
+        assert_eq!(r.status, 422, "{doc}: {}", r.text);
+        r.error_shape("hostile plan");
+    }
+    // interventions of the wrong shape on a real plan
+    for body in [
+        json!({"type": "add_step", "step": {"step_id": "hp"}}),
+        json!({"type": "add_step", "step": echo_step("z"), "after": "a", "before": "b"}),
+        json!({"type": "modify_step", "step_id": "a", "patch": "not an object"}),
+        json!({"type": "modify_step", "step_id": "a", "patch": {"step_id": "renamed"}}),
+        json!({"type": "reorder_steps", "order": ["a", "a"]}),
+        json!({"type": "reorder_steps", "order": "a,b"}),
+        json!({"type": "skip_step", "step_id": "x".repeat(10_000)}),
+        json!({"type": "skip_step", "step_id": "a", "expected_version": -3}),
+        json!({"type": "skip_step", "step_id": "a", "expected_version": "1"}),
+        json!({"type": "skip_step", "step_id": "a", "reason": "r".repeat(5000)}),
+        json!({"type": "skip_step", "step_id": "a", "dry_run": "yes"}),
+    ] {
+        let r = op.post("/v1/plans/hp/interventions", body.clone()).await;
+        assert!(
+            r.status == 409 || r.status == 422 || r.status == 400,
+            "{body}: {} {}",
+            r.status,
+            r.text
+        );
+        r.error_shape("hostile intervention");
+    }
+    // Well-formed interventions that are refused are recorded (DESIGN §1: every request is
+    // recorded, including refused ones) as `intervention_failed` events; the definition and its
+    // version do not change. Malformed ones leave no trace.
+    let after_ivs = op.plan("hp").await;
+    assert_eq!(
+        after_ivs["version"], before_hp.0,
+        "refusals do not bump the version"
+    );
+    assert_eq!(after_ivs["state"], before_hp.2);
+    let from = before_hp.1.as_u64().unwrap();
+    for e in op.all_events("hp").await.iter().skip(from as usize) {
+        assert_eq!(
+            e["type"], "intervention_failed",
+            "only refusals were recorded: {e}"
+        );
+    }
+    let before_hp = fingerprint(&after_ivs);
+    // unknown and very long ids, odd paths and query strings
+    let long = "p".repeat(5000);
+    for path in [
+        format!("/v1/plans/{long}"),
+        format!("/v1/plans/{long}/snapshot"),
+        format!("/v1/plans/hp/checkpoints/{long}"),
+        "/v1/plans/%00%ff".to_owned(),
+        "/v1/plans/..%2F..%2Fetc".to_owned(),
+        "/v1/plans/hp/events?after=abc".to_owned(),
+        "/v1/plans/hp/events?after=99999999999999999999999".to_owned(),
+        format!("/v1/plans?cursor={long}"),
+        "/v1/plans?limit=-1".to_owned(),
+        "/v1/plans?state=%FF".to_owned(),
+    ] {
+        let r = op.get(&path).await;
+        assert!(
+            matches!(r.status, 400 | 404 | 414 | 431),
+            "GET {}: {} {}",
+            &path[..path.len().min(80)],
+            r.status,
+            r.text
+        );
+        if r.status != 414 && r.status != 431 {
+            r.error_shape(&path);
+        }
+    }
+    for path in [
+        format!("/v1/plans/{long}/start"),
+        format!("/v1/plans/{long}/checkpoints/x/fork"),
+    ] {
+        let r = op.post_empty(&path).await;
+        assert!(
+            matches!(r.status, 400 | 404 | 414),
+            "POST long id: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    // wrong methods
+    let r =
+        op.0.call(Method::PUT, "/v1/plans/hp", op.1, Some(json!({})))
+            .await;
+    assert!(r.status == 405 || r.status == 404, "PUT: {}", r.status);
+    r.error_shape("wrong method");
+    // raw garbage on the socket, and a half-open request
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let garbage: Vec<Vec<u8>> = vec![
+            b"\x00\x01\x02\x03garbage\r\n\r\n".to_vec(),
+            b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+            b"POST /v1/plans HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n".to_vec(),
+            b"POST /v1/plans HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+                .to_vec(),
+            format!(
+                "GET /v1/plans HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+                "h".repeat(200_000)
+            )
+            .into_bytes(),
+            (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        ];
+        for g in garbage {
+            let mut s = tokio::net::TcpStream::connect(&w.server.addr)
+                .await
+                .unwrap();
+            let _ = s.write_all(&g).await;
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap_or(Ok(0))
+                .unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            if let Some(code) = head
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|r| r.get(..3))
+                .and_then(|c| c.parse::<u16>().ok())
+            {
+                assert!(
+                    (400..500).contains(&code),
+                    "garbage answered {code}: {head}"
+                );
+            }
+        }
+        // half-open: headers promising a body that never comes, then the client goes quiet
+        let mut half = tokio::net::TcpStream::connect(&w.server.addr)
+            .await
+            .unwrap();
+        half.write_all(
+            format!(
+                "POST /v1/plans/hp/interventions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"type\": \"skip",
+                w.operator
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        // the server keeps answering others meanwhile
+        op.get("/v1/plans/hp")
+            .await
+            .expect(200, "while a request is half-open");
+        let _ = half.shutdown().await; // half-close our side
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), half.read(&mut buf))
+            .await
+            .unwrap_or(Ok(0))
+            .unwrap_or(0);
+        let head = String::from_utf8_lossy(&buf[..n]);
+        if let Some(code) = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse::<u16>().ok())
+        {
+            assert!(
+                (400..500).contains(&code),
+                "half-open answered {code}: {head}"
+            );
+        }
+        // many idle connections opened and dropped
+        let mut conns = Vec::new();
+        for _ in 0..50 {
+            conns.push(
+                tokio::net::TcpStream::connect(&w.server.addr)
+                    .await
+                    .unwrap(),
+            );
+        }
+        drop(conns);
+    }
+    // still up, nothing changed
+    assert!(w.server.alive(), "the server survived");
+    Auth(&w.api, None)
+        .get("/healthz")
+        .await
+        .expect(200, "healthz after");
+    assert_eq!(
+        fingerprint(&op.plan("h").await),
+        before_h,
+        "plan h unchanged"
+    );
+    assert_eq!(
+        fingerprint(&op.plan("hp").await),
+        before_hp,
+        "plan hp unchanged"
+    );
+    let list = op.get("/v1/plans?limit=100").await.body;
+    let ids: BTreeSet<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["plan_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["h", "hp"]), "no plan was created");
+}
+
+// ---- 5. 50 concurrent operators ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_operators_lose_no_update() {
+    let w = World::new();
+    let op = w.op();
+    let plans: Vec<String> = (0..5).map(|i| format!("cc{i}")).collect();
+    for id in &plans {
+        op.register(plan_doc(id, vec![echo_step("base")])).await;
+        op.post_empty(&format!("/v1/plans/{id}/start"))
+            .await
+            .expect(200, "start");
+        op.wait_state(id, "completed").await;
+        // a completed plan is terminal: use paused plans instead (restore to the initial cp)
+        let cp = op.get(&format!("/v1/plans/{id}/checkpoints")).await.body["items"][0]
+            ["checkpoint_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        op.post_empty(&format!("/v1/plans/{id}/checkpoints/{cp}/restore"))
+            .await
+            .expect(200, "restore → paused");
+    }
+    let start_versions: BTreeMap<String, u64> = {
+        let mut m = BTreeMap::new();
+        for id in &plans {
+            m.insert(id.clone(), op.plan(id).await["version"].as_u64().unwrap());
+        }
+        m
+    };
+    let mut tasks = Vec::new();
+    for client in 0..50usize {
+        let api = w.api.clone();
+        let token = w.operator.clone();
+        let plans = plans.clone();
+        tasks.push(tokio::spawn(async move {
+            let auth = Auth(&api, Some(&token));
+            let mut results = Vec::new(); // (plan, status, version in the answer, step id)
+            for round in 0..4usize {
+                let plan = &plans[(client + round) % plans.len()];
+                let v = auth.plan(plan).await["version"].as_u64().unwrap();
+                let step = format!("c{client}_r{round}");
+                let r = auth
+                    .post(
+                        &format!("/v1/plans/{plan}/interventions"),
+                        json!({"type": "add_step", "step": echo_step(&step), "expected_version": v}),
+                    )
+                    .await;
+                results.push((plan.clone(), r.status, r.body.clone(), step, v));
+            }
+            results
+        }));
+    }
+    let mut applied: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    let mut conflicts = 0;
+    for t in tasks {
+        for (plan, status, body, step, v) in t.await.unwrap() {
+            match status {
+                201 => {
+                    assert_eq!(body["status"], "applied");
+                    assert_eq!(
+                        body["plan_version"].as_u64(),
+                        Some(v + 1),
+                        "a 201 bumps the version it was based on exactly once"
+                    );
+                    applied
+                        .entry(plan)
+                        .or_default()
+                        .push((body["plan_version"].as_u64().unwrap(), step));
+                }
+                409 => {
+                    conflicts += 1;
+                    let msg = body["error"]["message"].as_str().unwrap_or("");
+                    assert!(
+                        msg.contains("version"),
+                        "every 409 is a version conflict: {body}"
+                    );
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+    }
+    eprintln!(
+        "applied {}, conflicts {conflicts}",
+        applied.values().map(Vec::len).sum::<usize>()
+    );
+    for id in &plans {
+        let list = applied.get(id).cloned().unwrap_or_default();
+        let p = op.plan(id).await;
+        let v0 = start_versions[id];
+        assert_eq!(
+            p["version"].as_u64().unwrap(),
+            v0 + list.len() as u64,
+            "plan {id}: final version = start + number of 201s"
+        );
+        // versions handed out are distinct and contiguous: no two 201s saw the same version
+        let mut versions: Vec<u64> = list.iter().map(|(v, _)| *v).collect();
+        versions.sort();
+        assert_eq!(
+            versions,
+            ((v0 + 1)..=(v0 + list.len() as u64)).collect::<Vec<_>>()
+        );
+        // every applied step is there; nothing else was added
+        let ids = step_ids(&p);
+        assert_eq!(ids.len(), 1 + list.len(), "plan {id}: step count");
+        for (_, step) in &list {
+            assert!(ids.contains(step), "plan {id} lost {step}");
+        }
+        let ivs = op.get(&format!("/v1/plans/{id}/interventions")).await.body;
+        let applied_ivs = ivs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["status"] == "applied")
+            .count();
+        assert_eq!(applied_ivs, list.len());
+        assert_contiguous(&op.all_events(id).await, id);
+    }
+    assert!(!applied.is_empty());
+}
+
+// ---- 6. kill -9 under load, SIGTERM --------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_loses_no_acknowledged_change() {
+    let mut w = World::new();
+    let plans: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+    {
+        let op = w.op();
+        for id in &plans {
+            let steps = (0..6).map(|s| sleep_step(&format!("s{s}"), 150)).collect();
+            op.register(plan_doc(id, steps)).await;
+            op.post_empty(&format!("/v1/plans/{id}/start"))
+                .await
+                .expect(200, "start");
+        }
+    }
+    // Load: per plan, a client that pauses, adds a step, resumes, over and over.
+    let acked: Arc<Mutex<Vec<(String, String, Value)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (n, id) in plans.iter().enumerate() {
+        let api = w.api.clone();
+        let token = w.operator.clone();
+        let id = id.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..1000usize {
+                let base = format!("{}/v1/plans/{id}", api.base);
+                let send = |path: String, body: Value| {
+                    let http = api.http.clone();
+                    let token = token.clone();
+                    async move {
+                        let r = http
+                            .post(path)
+                            .bearer_auth(token)
+                            .json(&body)
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await
+                            .ok()?;
+                        let status = r.status().as_u16();
+                        let body: Value = r.json().await.ok()?;
+                        Some((status, body))
+                    }
+                };
+                let Some((ps, _)) = send(format!("{base}/pause"), json!({})).await else {
+                    return;
+                };
+                if ps < 300 {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push((id.clone(), "pause".into(), Value::Null));
+                }
+                let step = format!("x{n}_{round}");
+                let Some((s, body)) = send(
+                    format!("{base}/interventions"),
+                    json!({"type": "add_step", "step": echo_step(&step)}),
+                )
+                .await
+                else {
+                    return;
+                };
+                if s < 300 {
+                    acked.lock().unwrap().push((id.clone(), "add".into(), body));
+                }
+                let Some((rs, _)) = send(format!("{base}/resume"), json!({})).await else {
+                    return;
+                };
+                if rs < 300 {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push((id.clone(), "resume".into(), Value::Null));
+                }
+            }
+        }));
+    }
+    // let the load run until enough was acknowledged, then kill -9 mid-way
+    for _ in 0..400 {
+        if acked.lock().unwrap().len() >= 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    w.server.kill9();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty(), "the load got answers before the kill");
+    eprintln!(
+        "acknowledged before the kill: {} ({} interventions)",
+        acked.len(),
+        acked.iter().filter(|a| a.1 == "add").count()
+    );
+    w.restart();
+    let op = w.op();
+    // resume whatever the acknowledged operations left paused, then everything finishes
+    for id in &plans {
+        let p = op.plan(id).await;
+        // The client sends pause, add, resume in turn and stops at the first unanswered one: if
+        // its last answered request was a pause, nothing was sent after it that could resume.
+        let last_ack = acked.iter().rev().find(|(p, _, _)| p == id);
+        if let Some((_, kind, _)) = last_ack {
+            if kind == "pause" {
+                assert_eq!(p["state"], "paused", "plan {id}: acked pause survives: {p}");
+            }
+        }
+        if p["state"] == "paused" {
+            op.post_empty(&format!("/v1/plans/{id}/resume"))
+                .await
+                .expect(200, "resume after restart");
+        }
+    }
+    for id in &plans {
+        let p = op
+            .wait_for(id, "completed", |p| p["state"] == "completed")
+            .await;
+        // every acknowledged intervention is there and applied
+        let ivs = op.get(&format!("/v1/plans/{id}/interventions")).await.body;
+        let have: BTreeSet<String> = ivs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["intervention_id"].as_str().unwrap().to_owned())
+            .collect();
+        for (_, _, body) in acked.iter().filter(|(p, k, _)| p == id && k == "add") {
+            let iid = body["intervention_id"].as_str().unwrap();
+            assert!(have.contains(iid), "plan {id}: acknowledged {iid} lost");
+            let step = body["step_id"].as_str().map(str::to_owned).or_else(|| {
+                body["payload"]["step"]["step_id"]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+            if let Some(step) = step {
+                assert!(
+                    step_ids(&p).contains(&step),
+                    "plan {id}: added step {step} lost"
+                );
+            }
+        }
+        let events = op.all_events(id).await;
+        assert_contiguous(&events, id);
+        // no completed step ran twice
+        let mut completed = BTreeSet::new();
+        for e in &events {
+            if e["type"] == "step_completed" {
+                let s = e["data"]["step_id"]
+                    .as_str()
+                    .or_else(|| e["step_id"].as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                assert!(
+                    completed.insert(s.clone()),
+                    "plan {id}: {s} completed twice"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_and_a_restart_continues_running_plans() {
+    let mut w = World::new();
+    {
+        let op = w.op();
+        let steps = (0..8).map(|s| sleep_step(&format!("s{s}"), 150)).collect();
+        op.register(plan_doc("t", steps)).await;
+        op.post_empty("/v1/plans/t/start")
+            .await
+            .expect(200, "start");
+        op.wait_for("t", "one step done", |p| {
+            !p["completed_steps"].as_array().unwrap().is_empty()
+        })
+        .await;
+    }
+    let code = w.server.term();
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM exits 0; stderr:\n{}",
+        w.server.stderr.lock().unwrap()
+    );
+    w.restart();
+    let op = w.op();
+    let p = op.plan("t").await;
+    assert_ne!(
+        p["state"], "paused",
+        "a running plan is not paused by a shutdown"
+    );
+    let done = op.wait_state("t", "completed").await;
+    assert_eq!(done["completed_steps"].as_array().unwrap().len(), 8);
+    assert_contiguous(&op.all_events("t").await, "t");
+}
+
+#[test]
+fn no_auth_on_a_non_loopback_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--bind", "0.0.0.0:0", "--no-auth", "--db"])
+        .arg(dir.path().join("cairn.db"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--no-auth"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "it never listened"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auth_on_loopback_lets_everyone_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = Server::start(&dir.path().join("cairn.db"), &["--no-auth"]);
+    assert!(admin.is_none(), "no token is created with --no-auth");
+    let api = Api::new(&server.base);
+    Auth(&api, None)
+        .post("/v1/plans", plan_doc("open", vec![echo_step("a")]))
+        .await
+        .expect(201, "register without a token");
+}
+
+// ---- 7. the client mode of the CLI ---------------------------------------------------------
+
+fn cli(args: &[&str], server: &str, token: Option<&str>) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("CAIRN_TOKEN")
+        .env("CAIRN_SERVER", server)
+        .env_remove("CAIRN_DB")
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        c.env("CAIRN_TOKEN", t);
+    }
+    let out = c.output().unwrap();
+    let r = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("$ cairn {} -> {}\n{}", args.join(" "), r.0, r.2);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_talks_to_the_server() {
+    let w = World::new();
+    let base = w.server.base.clone();
+    let op_tok = Some(w.operator.as_str());
+    let dir = tempfile::tempdir().unwrap();
+    // register a YAML file and a JSON file
+    let yaml = dir.path().join("p.yaml");
+    std::fs::write(
+        &yaml,
+        "plan_id: cli1\nquery: from the cli\nsteps:\n  - step_id: a\n    action: wait\n    agent_type: builtin.sleep\n    params: {ms: 200}\n  - step_id: b\n    action: echo\n    agent_type: builtin.echo\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(
+        &["plans", "register", yaml.to_str().unwrap(), "--json"],
+        &base,
+        op_tok,
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plan_id"], "cli1");
+    assert_eq!(v["state"], "idle");
+    let jsonf = dir.path().join("p.json");
+    std::fs::write(&jsonf, plan_doc("cli2", vec![echo_step("a")]).to_string()).unwrap();
+    let (code, out, _) = cli(
+        &["plans", "register", jsonf.to_str().unwrap()],
+        &base,
+        op_tok,
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("plan cli2"), "a table: {out}");
+    let (code, _, err) = cli(
+        &["plans", "register", jsonf.to_str().unwrap()],
+        &base,
+        op_tok,
+    );
+    assert_eq!(code, 2, "a duplicate is refused");
+    assert!(err.contains("cli2"), "{err}");
+
+    // show --json is the server's JSON; the table by default
+    let (code, out, _) = cli(&["plans", "show", "cli1", "--json"], &base, op_tok);
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    let server_view = w.op().plan("cli1").await;
+    assert_eq!(shown, server_view);
+    let (code, out, _) = cli(&["plans", "show", "cli1"], &base, op_tok);
+    assert_eq!(code, 0);
+    assert!(out.contains("STEP") && out.contains("idle"), "{out}");
+    let (code, out, _) = cli(&["plans", "list", "--json"], &base, op_tok);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // a refused intervention exits 2 with the server's message
+    let (code, _, err) = cli(&["steps", "skip", "cli2", "nope"], &base, op_tok);
+    assert_eq!(code, 2);
+    assert!(err.contains("refused") && err.contains("nope"), "{err}");
+    let (code, out, _) = cli(
+        &["steps", "skip", "cli1", "b", "--reason", "why not"],
+        &base,
+        op_tok,
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("applied"), "{out}");
+    let (code, _, err) = cli(&["steps", "skip", "cli1", "b"], &base, op_tok);
+    assert_eq!(code, 2, "skipping twice is a conflict");
+    assert!(err.contains("HTTP 409"), "{err}");
+    let ivs = w.op().get("/v1/plans/cli1/interventions").await.body;
+    assert_eq!(ivs["items"][0]["user"], "olivia");
+
+    // 401 / 403 exit 2 with a hint about CAIRN_TOKEN
+    let (code, _, err) = cli(&["plans", "show", "cli1"], &base, None);
+    assert_eq!(code, 2);
+    assert!(err.contains("CAIRN_TOKEN"), "{err}");
+    let (code, _, err) = cli(&["plans", "show", "cli1"], &base, Some("cairn_wrong"));
+    assert_eq!(code, 2);
+    assert!(err.contains("CAIRN_TOKEN") && err.contains("401"), "{err}");
+    let (code, _, err) = cli(&["plans", "start", "cli1"], &base, Some(&w.viewer));
+    assert_eq!(code, 2);
+    assert!(err.contains("403") && err.contains("CAIRN_TOKEN"), "{err}");
+    let (code, _, _) = cli(&["plans", "show", "nope"], &base, op_tok);
+    assert_eq!(code, 2, "an unknown plan is bad input");
+
+    // control, checkpoints, follow
+    let (code, _, err) = cli(&["plans", "start", "cli1", "--json"], &base, op_tok);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(
+        &["plans", "events", "cli1", "--follow", "--json"],
+        &base,
+        op_tok,
+    );
+    assert_eq!(code, 0, "{err}");
+    let seqs: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert!(out.contains("plan_completed"), "{out}");
+    let (code, out, _) = cli(&["checkpoints", "list", "cli1", "--json"], &base, op_tok);
+    assert_eq!(code, 0);
+    let cps: Value = serde_json::from_str(&out).unwrap();
+    let cid = cps["items"][0]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, out, _) = cli(
+        &[
+            "checkpoints",
+            "fork",
+            "cli1",
+            &cid,
+            "--new-plan-id",
+            "cli1f",
+            "--json",
+        ],
+        &base,
+        op_tok,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "paused"
+    );
+    let (code, _, _) = cli(&["checkpoints", "restore", "cli1", &cid], &base, op_tok);
+    assert_eq!(code, 0);
+    let (code, out, _) = cli(&["plans", "snapshot", "cli1"], &base, op_tok);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["checkpoints"].is_array());
+    let (code, _, _) = cli(&["plans", "cancel", "cli1f"], &base, op_tok);
+    assert_eq!(code, 0);
+    let (code, _, err) = cli(&["plans", "cancel", "cli1f"], &base, op_tok);
+    assert_eq!(code, 2);
+    assert!(err.contains("409") || err.contains("cancel"), "{err}");
+
+    // nothing listening: exit 1, saying so
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (code, _, err) = cli(&["plans", "list"], &format!("http://{closed}"), op_tok);
+    assert_eq!(code, 1);
+    assert!(err.contains("not reachable"), "{err}");
+}

@@ -1,0 +1,709 @@
+//! A typed client for cairn's HTTP API (DESIGN §4): one method per endpoint, bearer-token auth,
+//! errors that carry the server's `{"error": {"code", "message"}}` and HTTP status.
+//!
+//! Answers are returned as the server's JSON ([`serde_json::Value`]) so that a caller printing
+//! `--json` shows exactly what the server said; [`Client::plan`] also has a typed twin for
+//! callers that want fields.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// What went wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        /// The whole error body (it may carry details such as the refused intervention).
+        body: Value,
+    },
+    /// Nothing answered at the address (connection refused, DNS, timeout while connecting).
+    #[error("the cairn server is not reachable at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// Any other transport failure (the connection dropped mid-answer, …).
+    #[error("talking to {url}: {reason}")]
+    Transport { url: String, reason: String },
+    /// The server answered 2xx with something that is not the expected JSON.
+    #[error("unexpected answer from the server: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status, for errors the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The server's error code, for errors the server answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// 401 or 403: the token is missing, wrong, revoked or lacks the role.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
+    }
+
+    /// A 4xx the caller caused (a refusal, bad input, unknown id, auth).
+    pub fn is_client_error(&self) -> bool {
+        matches!(self.status(), Some(400..=499))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A page of a list endpoint: `{"items": [...], "next_cursor": …}`.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Value>,
+    pub next_cursor: Option<String>,
+}
+
+impl Page {
+    fn from_value(v: Value) -> Result<Page> {
+        let items = v
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| ClientError::Decode(format!("a list without items: {v}")))?;
+        let next_cursor = match v.get("next_cursor") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
+
+/// Options of `POST /v1/plans/{id}/pause`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PauseOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `boundary` (default) or `immediate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Microseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_at: Option<i64>,
+}
+
+/// The plan states in which nothing more happens by itself.
+pub fn is_terminal_state(state: &str) -> bool {
+    matches!(state, "completed" | "failed" | "cancelled")
+}
+
+/// Event types after which a plan is in a terminal state.
+pub fn is_terminal_event(kind: &str) -> bool {
+    matches!(kind, "plan_completed" | "plan_failed" | "plan_cancelled")
+}
+
+/// A client for one server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+fn path_segment(s: &str) -> String {
+    // Plan and checkpoint ids are [A-Za-z0-9_.-]; anything else is percent-encoded so it reaches
+    // the server as one segment (which then answers 404 as it should).
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    /// A client for the server at `base` (`http://127.0.0.1:8080`), authenticating with `token`.
+    pub fn new(base: &str, token: Option<String>) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+            http,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: root_cause(&e),
+            }
+        } else {
+            ClientError::Transport {
+                url: self.base.clone(),
+                reason: root_cause(&e),
+            }
+        }
+    }
+
+    /// Sends `r` and returns the JSON answer (`Value::Null` for 204), or the server's error.
+    async fn send(&self, r: RequestBuilder) -> Result<(u16, Value)> {
+        let resp = r.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        if status.is_success() {
+            if bytes.is_empty() {
+                return Ok((status.as_u16(), Value::Null));
+            }
+            let v = serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Decode(format!("{e} in a {status} answer")))?;
+            return Ok((status.as_u16(), v));
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        Ok(self.send(self.request(Method::GET, path)).await?.1)
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        Ok(self
+            .send(self.request(Method::POST, path).json(body))
+            .await?
+            .1)
+    }
+
+    fn plan_path(id: &str) -> String {
+        format!("/v1/plans/{}", path_segment(id))
+    }
+
+    fn reason_body(reason: Option<String>) -> Value {
+        match reason {
+            Some(r) => json!({ "reason": r }),
+            None => json!({}),
+        }
+    }
+
+    // ---- health -------------------------------------------------------------------------------
+
+    /// `GET /healthz`.
+    pub async fn healthz(&self) -> Result<Value> {
+        self.get("/healthz").await
+    }
+
+    /// `GET /readyz`.
+    pub async fn readyz(&self) -> Result<Value> {
+        self.get("/readyz").await
+    }
+
+    // ---- plans --------------------------------------------------------------------------------
+
+    /// `POST /v1/plans`: register a plan document (JSON). Answers the plan's state.
+    pub async fn register(&self, plan: &Value) -> Result<Value> {
+        self.post("/v1/plans", plan).await
+    }
+
+    /// `GET /v1/plans?state=&limit=&cursor=`: newest first.
+    pub async fn list_plans(
+        &self,
+        state: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = state {
+            q.push(("state", s.to_owned()));
+        }
+        if let Some(l) = limit {
+            q.push(("limit", l.to_string()));
+        }
+        if let Some(c) = cursor {
+            q.push(("cursor", c.to_owned()));
+        }
+        let v = self
+            .send(self.request(Method::GET, "/v1/plans").query(&q))
+            .await?
+            .1;
+        Page::from_value(v)
+    }
+
+    /// `GET /v1/plans/{id}`: the plan's state, as the server sent it.
+    pub async fn plan(&self, id: &str) -> Result<Value> {
+        self.get(&Self::plan_path(id)).await
+    }
+
+    /// `GET /v1/plans/{id}`, typed.
+    pub async fn plan_view(&self, id: &str) -> Result<cairn_core::view::PlanView> {
+        let v = self.plan(id).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `DELETE /v1/plans/{id}` (admin; not while running).
+    pub async fn delete_plan(&self, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &Self::plan_path(id)))
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/plans/{id}/start`.
+    pub async fn start(&self, id: &str, reason: Option<String>) -> Result<Value> {
+        self.post(
+            &format!("{}/start", Self::plan_path(id)),
+            &Self::reason_body(reason),
+        )
+        .await
+    }
+
+    /// `POST /v1/plans/{id}/pause`.
+    pub async fn pause(&self, id: &str, options: &PauseOptions) -> Result<Value> {
+        let body = serde_json::to_value(options).unwrap_or_else(|_| json!({}));
+        self.post(&format!("{}/pause", Self::plan_path(id)), &body)
+            .await
+    }
+
+    /// `POST /v1/plans/{id}/resume`.
+    pub async fn resume(&self, id: &str, reason: Option<String>) -> Result<Value> {
+        self.post(
+            &format!("{}/resume", Self::plan_path(id)),
+            &Self::reason_body(reason),
+        )
+        .await
+    }
+
+    /// `POST /v1/plans/{id}/cancel`.
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<Value> {
+        self.post(
+            &format!("{}/cancel", Self::plan_path(id)),
+            &Self::reason_body(reason),
+        )
+        .await
+    }
+
+    /// `POST /v1/plans/{id}/interventions`: the body as DESIGN §4 describes it. Answers the
+    /// intervention record (201, or 200 for a dry run).
+    pub async fn intervene(&self, id: &str, body: &Value) -> Result<Value> {
+        self.post(&format!("{}/interventions", Self::plan_path(id)), body)
+            .await
+    }
+
+    /// `GET /v1/plans/{id}/interventions`.
+    pub async fn interventions(&self, id: &str) -> Result<Page> {
+        Page::from_value(
+            self.get(&format!("{}/interventions", Self::plan_path(id)))
+                .await?,
+        )
+    }
+
+    /// `GET /v1/plans/{id}/checkpoints`.
+    pub async fn checkpoints(&self, id: &str) -> Result<Page> {
+        Page::from_value(
+            self.get(&format!("{}/checkpoints", Self::plan_path(id)))
+                .await?,
+        )
+    }
+
+    /// `POST /v1/plans/{id}/checkpoints`: a manual checkpoint.
+    pub async fn create_checkpoint(&self, id: &str, label: Option<String>) -> Result<Value> {
+        let body = match label {
+            Some(l) => json!({ "label": l }),
+            None => json!({}),
+        };
+        self.post(&format!("{}/checkpoints", Self::plan_path(id)), &body)
+            .await
+    }
+
+    /// `GET /v1/plans/{id}/checkpoints/{cid}`.
+    pub async fn checkpoint(&self, id: &str, cid: &str) -> Result<Value> {
+        self.get(&format!(
+            "{}/checkpoints/{}",
+            Self::plan_path(id),
+            path_segment(cid)
+        ))
+        .await
+    }
+
+    /// `POST /v1/plans/{id}/checkpoints/{cid}/restore`.
+    pub async fn restore(&self, id: &str, cid: &str, reason: Option<String>) -> Result<Value> {
+        self.post(
+            &format!(
+                "{}/checkpoints/{}/restore",
+                Self::plan_path(id),
+                path_segment(cid)
+            ),
+            &Self::reason_body(reason),
+        )
+        .await
+    }
+
+    /// `POST /v1/plans/{id}/checkpoints/{cid}/fork`: answers the new plan's state.
+    pub async fn fork(&self, id: &str, cid: &str, new_plan_id: Option<String>) -> Result<Value> {
+        let body = match new_plan_id {
+            Some(n) => json!({ "new_plan_id": n }),
+            None => json!({}),
+        };
+        self.post(
+            &format!(
+                "{}/checkpoints/{}/fork",
+                Self::plan_path(id),
+                path_segment(cid)
+            ),
+            &body,
+        )
+        .await
+    }
+
+    /// `GET /v1/plans/{id}/snapshot`.
+    pub async fn snapshot(&self, id: &str) -> Result<Value> {
+        self.get(&format!("{}/snapshot", Self::plan_path(id))).await
+    }
+
+    /// `GET /v1/plans/{id}/events?after=&limit=`.
+    pub async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Result<Page> {
+        let mut q = vec![("after", after.to_string())];
+        if let Some(l) = limit {
+            q.push(("limit", l.to_string()));
+        }
+        let v = self
+            .send(
+                self.request(Method::GET, &format!("{}/events", Self::plan_path(id)))
+                    .query(&q),
+            )
+            .await?
+            .1;
+        Page::from_value(v)
+    }
+
+    // ---- tokens -------------------------------------------------------------------------------
+
+    /// `POST /v1/tokens` (admin): answers the new token, secret included (shown once).
+    pub async fn create_token(&self, user: &str, role: &str) -> Result<Value> {
+        self.post("/v1/tokens", &json!({"user": user, "role": role}))
+            .await
+    }
+
+    /// `GET /v1/tokens` (admin).
+    pub async fn tokens(&self) -> Result<Page> {
+        Page::from_value(self.get("/v1/tokens").await?)
+    }
+
+    /// `DELETE /v1/tokens/{id}` (admin).
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/v1/tokens/{}", path_segment(id))))
+            .await
+            .map(|_| ())
+    }
+
+    // ---- following a plan ---------------------------------------------------------------------
+
+    /// Follows a plan's events from `after`: live over SSE (`GET …/events/stream`, resuming with
+    /// `Last-Event-ID` on reconnect) or, when the server has no such route, by polling
+    /// `GET …/events?after=` every 500 ms. Calls `on_event` for each event in seq order, and
+    /// returns once the plan is completed, failed or cancelled (after its last event), or when
+    /// `on_event` answers `false`.
+    pub async fn follow_events(
+        &self,
+        id: &str,
+        after: u64,
+        mut on_event: impl FnMut(&Value) -> bool,
+    ) -> Result<()> {
+        let mut last = after;
+        let mut sse = true;
+        let mut failures = 0u32;
+        loop {
+            // Catch up (and learn whether the plan is already over) with the plain endpoint.
+            loop {
+                let page = self.events(id, last, Some(1000)).await?;
+                let n = page.items.len();
+                for e in &page.items {
+                    if let Some(seq) = e.get("seq").and_then(Value::as_u64) {
+                        if seq <= last {
+                            continue;
+                        }
+                        last = seq;
+                    }
+                    if !on_event(e) {
+                        return Ok(());
+                    }
+                }
+                if n < 1000 {
+                    break;
+                }
+            }
+            let plan = self.plan(id).await?;
+            if plan
+                .get("state")
+                .and_then(Value::as_str)
+                .is_some_and(is_terminal_state)
+                && plan.get("last_seq").and_then(Value::as_u64).unwrap_or(0) <= last
+            {
+                return Ok(());
+            }
+            if sse {
+                match self.stream_once(id, &mut last, &mut on_event).await {
+                    Ok(StreamEnd::Done) => return Ok(()),
+                    Ok(StreamEnd::Dropped) => {
+                        failures = 0;
+                        continue;
+                    }
+                    Err(ClientError::Api {
+                        status: 404, code, ..
+                    }) if code != "plan_not_found" => {
+                        // The route does not exist on this server: poll instead.
+                        sse = false;
+                    }
+                    Err(e @ ClientError::Api { .. }) => return Err(e),
+                    Err(e) => {
+                        failures += 1;
+                        if failures > 20 {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        id: &str,
+        last: &mut u64,
+        on_event: &mut impl FnMut(&Value) -> bool,
+    ) -> Result<StreamEnd> {
+        let mut r = self
+            .request(
+                Method::GET,
+                &format!("{}/events/stream", Self::plan_path(id)),
+            )
+            .header("Accept", "text/event-stream");
+        if *last > 0 {
+            r = r.header("Last-Event-ID", last.to_string());
+        }
+        let resp = r.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        let mut stream = resp.bytes_stream();
+        let mut parser = SseParser::default();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                return Ok(StreamEnd::Dropped);
+            };
+            for frame in parser.feed(&chunk) {
+                let Ok(event) = serde_json::from_str::<Value>(&frame.data) else {
+                    continue;
+                };
+                let seq = event
+                    .get("seq")
+                    .and_then(Value::as_u64)
+                    .or_else(|| frame.id.as_deref().and_then(|i| i.parse().ok()));
+                if let Some(seq) = seq {
+                    if seq <= *last {
+                        continue;
+                    }
+                    *last = seq;
+                }
+                if !on_event(&event) {
+                    return Ok(StreamEnd::Done);
+                }
+                let kind = event
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .or(frame.event.as_deref())
+                    .unwrap_or("");
+                if is_terminal_event(kind) {
+                    return Ok(StreamEnd::Done);
+                }
+            }
+        }
+        Ok(StreamEnd::Dropped)
+    }
+}
+
+enum StreamEnd {
+    Done,
+    Dropped,
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let err = body.get("error");
+    let code = err
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .unwrap_or("http_error")
+        .to_owned();
+    let message = err
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("the server answered {status}")
+            } else {
+                format!(
+                    "the server answered {status}: {}",
+                    text.chars().take(300).collect::<String>()
+                )
+            }
+        });
+    ClientError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+        body,
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SseFrame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// An incremental `text/event-stream` parser (frames end with a blank line; `:` lines are
+/// comments; CR, LF and CRLF line ends).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    cur: SseFrame,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes and returns the frames they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseFrame> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') {
+            // A CR at the very end may be the first half of a CRLF: wait for more.
+            if self.buf[pos] == b'\r' && pos + 1 == self.buf.len() {
+                break;
+            }
+            let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
+            let skip = if self.buf[pos] == b'\r' && self.buf.get(pos + 1) == Some(&b'\n') {
+                2
+            } else {
+                1
+            };
+            self.buf.drain(..pos + skip);
+            if line.is_empty() {
+                if self.has_data {
+                    let mut f = std::mem::take(&mut self.cur);
+                    if f.data.ends_with('\n') {
+                        f.data.pop();
+                    }
+                    out.push(f);
+                } else {
+                    self.cur = SseFrame::default();
+                }
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f.to_owned(), v.strip_prefix(' ').unwrap_or(v).to_owned()),
+                None => (line.clone(), String::new()),
+            };
+            match field.as_str() {
+                "id" => self.cur.id = Some(value),
+                "event" => self.cur.event = Some(value),
+                "data" => {
+                    self.cur.data.push_str(&value);
+                    self.cur.data.push('\n');
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_frames_split_anywhere() {
+        let text = b": hello\nid: 1\nevent: plan_started\ndata: {\"seq\":1}\n\nid: 2\r\nevent: x\r\ndata: a\r\ndata: b\r\n\r\n";
+        for cut in 0..text.len() {
+            let mut p = SseParser::default();
+            let mut frames = p.feed(&text[..cut]);
+            frames.extend(p.feed(&text[cut..]));
+            assert_eq!(frames.len(), 2, "cut at {cut}");
+            assert_eq!(frames[0].id.as_deref(), Some("1"));
+            assert_eq!(frames[0].event.as_deref(), Some("plan_started"));
+            assert_eq!(frames[0].data, "{\"seq\":1}");
+            assert_eq!(frames[1].data, "a\nb");
+        }
+    }
+
+    #[test]
+    fn ids_are_one_segment() {
+        assert_eq!(path_segment("a_b.c-1"), "a_b.c-1");
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn error_bodies_are_read() {
+        let e = api_error(
+            StatusCode::CONFLICT,
+            br#"{"error": {"code": "conflict", "message": "no"}}"#,
+        );
+        assert_eq!(e.status(), Some(409));
+        assert_eq!(e.code(), Some("conflict"));
+        assert_eq!(e.to_string(), "no (HTTP 409, conflict)");
+        let e = api_error(StatusCode::BAD_GATEWAY, b"oops");
+        assert_eq!(e.code(), Some("http_error"));
+    }
+}
