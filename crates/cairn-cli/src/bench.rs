@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 
 use crate::{exit, Fail};
 
-const WORKLOADS: &[&str] = &["fsync", "plans", "one_plan", "paused", "control", "http"];
+const WORKLOADS: &[&str] = &[
+    "fsync", "plans", "one_plan", "paused", "control", "http", "sse",
+];
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -34,11 +36,15 @@ pub struct BenchArgs {
     /// Control requests (pause, resume, intervention, cancel) timed in the control workload.
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// SSE subscribers in the fan-out workload.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
     /// Where to put the database files (one per workload, deleted afterwards). Default: a
     /// temporary directory in the current directory, which is on the disk being measured.
     #[arg(long)]
     db: Option<PathBuf>,
-    /// Only these workloads (comma separated): fsync, plans, one_plan, paused, control, http.
+    /// Only these workloads (comma separated): fsync, plans, one_plan, paused, control, http,
+    /// sse.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Run the single workload given in this process (used by the parent).
@@ -113,6 +119,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
             .args(["--long-steps", &args.long_steps.to_string()])
             .args(["--paused", &args.paused.to_string()])
             .args(["--requests", &args.requests.to_string()])
+            .args(["--subscribers", &args.subscribers.to_string()])
             .arg("--db")
             .arg(&db)
             .stderr(std::process::Stdio::inherit())
@@ -469,6 +476,7 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             Ok(out)
         }
         "http" => crate::bench_http::run(args.plans, args.requests, db, || rss_mb("VmHWM:")).await,
+        "sse" => crate::bench_http::sse(args.subscribers, db, || rss_mb("VmHWM:")).await,
         other => Err(Fail::input(format!("unknown workload {other:?}"))),
     }
 }

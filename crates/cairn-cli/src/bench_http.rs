@@ -108,13 +108,13 @@ pub async fn run(
         token: admin.token,
     });
 
-    // Plans that stay busy: 1,000 plans of 200 ms sleeping steps.
+    // Plans that stay busy: 1,000 plans of ten 1 s sleeping steps.
     let ids: Vec<String> = (0..plans).map(|i| format!("busy-{i}")).collect();
     let mut set = tokio::task::JoinSet::new();
     for id in ids.clone() {
         let h = http.clone();
         set.spawn(async move {
-            let (s, v) = h.post("/plans", plan(&id, 50, 200)).await?;
+            let (s, v) = h.post("/plans", plan(&id, 10, 1000)).await?;
             if s != 201 {
                 return Err(err(format!("register {id}: {s} {v}")));
             }
@@ -250,4 +250,117 @@ pub async fn run(
         "clients": 64, "requests_per_sec": round(iv_rps, 0), "running_plans": plans,
     }));
     Ok(out)
+}
+
+/// SSE fan-out: `subscribers` clients follow `GET /v1/events/stream` while 100 plans of 10 echo
+/// steps run; reports events delivered per second across all subscribers and the memory it cost.
+pub async fn sse(subscribers: usize, db: &Path, peak_rss: fn() -> f64) -> Result<Vec<Value>, Fail> {
+    let store = crate::run::open_store(db, true)?;
+    let engine = cairn_engine::Engine::open(
+        store.clone(),
+        cairn_engine::executor::Registry::with_builtins(),
+        EngineOptions::default(),
+    )
+    .await?;
+    let admin = cairn_server::auth::create_token(&*store, "bench", Role::Admin)
+        .await
+        .map_err(err)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    let state = AppState::new(engine.clone(), Authenticator::new(store.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cairn_server::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    let rss_before = peak_rss();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(subscribers + 16)
+        .build()
+        .map_err(err)?;
+    let base = format!("http://{addr}/v1");
+    let plans = 100usize;
+    let steps = 10usize;
+    // Events per plan: registered, started, 10 x (started + completed), completed.
+    let expected = (plans * (3 + 2 * steps)) as u64;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut readers = tokio::task::JoinSet::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(subscribers);
+    for _ in 0..subscribers {
+        let client = client.clone();
+        let url = format!("{base}/events/stream");
+        let token = admin.token.clone();
+        let delivered = delivered.clone();
+        let ready = ready_tx.clone();
+        readers.spawn(async move {
+            let mut resp = client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(err)?;
+            let _ = ready.send(()).await;
+            let mut seen = 0u64;
+            let mut buf = Vec::new();
+            while seen < expected {
+                let Some(chunk) = resp.chunk().await.map_err(err)? else {
+                    break;
+                };
+                buf.extend_from_slice(&chunk);
+                // Count complete frames that carry an event.
+                while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                    let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                    if frame.starts_with(b"id:") || frame.windows(4).any(|w| w == b"\nid:") {
+                        seen += 1;
+                    }
+                }
+            }
+            delivered.fetch_add(seen, Ordering::Relaxed);
+            Ok::<(), Fail>(())
+        });
+    }
+    drop(ready_tx);
+    let mut connected = 0;
+    while connected < subscribers && ready_rx.recv().await.is_some() {
+        connected += 1;
+    }
+    let t = Instant::now();
+    for i in 0..plans {
+        let body = json!({
+            "plan_id": format!("fan-{i}"),
+            "steps": (0..steps).map(|j| json!({"step_id": format!("s{j}"), "action": "bench", "agent_type": "builtin.echo"})).collect::<Vec<_>>(),
+        });
+        let r = client
+            .post(format!("{base}/plans"))
+            .bearer_auth(&admin.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(err)?;
+        if r.status().as_u16() != 201 {
+            return Err(err(format!("register: {}", r.status())));
+        }
+        client
+            .post(format!("{base}/plans/fan-{i}/start"))
+            .bearer_auth(&admin.token)
+            .send()
+            .await
+            .map_err(err)?;
+    }
+    while let Some(r) = readers.join_next().await {
+        r.map_err(err)??;
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let total = delivered.load(Ordering::Relaxed);
+    let _ = stop_tx.send(());
+    server.abort();
+    engine.shutdown().await;
+    Ok(vec![json!({
+        "workload": "sse_fanout", "steps": plans * steps, "wall_s": round(wall, 3),
+        "steps_per_sec": round((plans * steps) as f64 / wall, 0), "peak_rss_mb": peak_rss(),
+        "subscribers": subscribers, "events_per_subscriber": expected,
+        "events_delivered": total, "deliveries_per_sec": round(total as f64 / wall, 0),
+        "rss_before_subscribers_mb": rss_before,
+    })])
 }

@@ -51,7 +51,6 @@ pub struct PlanView {
 
 impl PlanView {
     pub fn of(state: &PlanState) -> PlanView {
-        let defs: Vec<_> = state.steps.iter().map(|s| s.def.clone()).collect();
         PlanView {
             plan_id: state.plan_id.clone(),
             query: state.query.clone(),
@@ -75,10 +74,11 @@ impl PlanView {
                     status: s.rec.status,
                     attempts: s.rec.attempts,
                     run: s.rec.run,
-                    depends_on: crate::plan::effective_deps(&defs, i)
-                        .into_iter()
-                        .map(str::to_owned)
-                        .collect(),
+                    depends_on: match &s.def.depends_on {
+                        Some(deps) => deps.clone(),
+                        None if i == 0 => Vec::new(),
+                        None => vec![state.steps[i - 1].def.step_id.clone()],
+                    },
                     started_at: s.rec.started_at,
                     ended_at: s.rec.ended_at,
                     error: s.rec.error.clone(),

@@ -19,8 +19,8 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod plans;
-mod tasks;
 pub mod streams;
+mod tasks;
 mod tokens;
 pub mod webhooks;
 
