@@ -57,6 +57,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     let config = load_config(args.config.as_deref(), None)?;
     let store = open_store(&args.db, true)?;
     let engine = Engine::open(store.clone(), config.registry(), EngineOptions::default()).await?;
+    cairn_server::metrics::spawn(engine.clone());
     let auth = if args.no_auth {
         Authenticator::open(store.clone(), "anonymous")
     } else {

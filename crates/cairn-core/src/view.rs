@@ -111,7 +111,6 @@ pub struct CheckpointView {
     pub failed_steps: Vec<String>,
     pub skipped_steps: Vec<String>,
     /// The definition at that moment.
-    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub plan: Plan,
     /// Outputs of the steps that had completed, by step id.
     #[cfg_attr(feature = "utoipa", schema(value_type = Object))]

@@ -79,21 +79,44 @@ impl Server {
             .await?)
     }
 
-    /// Polls `/metrics` until every wanted line is there (the follower is asynchronous).
-    async fn metrics_with(&self, wanted: &[&str]) -> Result<String> {
+    /// Polls `/metrics` until every wanted series has a value that satisfies its check (the
+    /// follower and the refresher are asynchronous).
+    async fn metrics_with(&self, wanted: &[(&str, Want)]) -> Result<String> {
         let mut text = String::new();
         for _ in 0..100 {
             text = self.metrics().await?;
-            if wanted.iter().all(|w| text.lines().any(|l| l == *w)) {
+            if wanted
+                .iter()
+                .all(|(series, w)| w.holds(value(&text, series)))
+            {
                 return Ok(text);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let missing: Vec<_> = wanted
             .iter()
-            .filter(|w| !text.lines().any(|l| l == **w))
+            .filter(|(series, w)| !w.holds(value(&text, series)))
+            .map(|(series, w)| format!("{series} {w:?} (is {:?})", value(&text, series)))
             .collect();
-        anyhow::bail!("missing from /metrics: {missing:?}\n{text}")
+        anyhow::bail!("not in /metrics: {missing:#?}\n{text}")
+    }
+}
+
+/// What a series must show. Series labelled by this test's own agent types are exact; the
+/// others are shared by every test in the binary, so only a lower bound holds.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Exactly(f64),
+    AtLeast(f64),
+}
+
+impl Want {
+    fn holds(self, v: Option<f64>) -> bool {
+        match (self, v) {
+            (Want::Exactly(x), Some(v)) => v == x,
+            (Want::AtLeast(x), Some(v)) => v >= x,
+            (_, None) => false,
+        }
     }
 }
 
@@ -138,16 +161,16 @@ async fn a_plan_run_shows_up_in_metrics() -> Result<()> {
 
     let text = s
         .metrics_with(&[
-            r#"cairn_steps_total{agent_type="builtin.echo",outcome="completed"} 2"#,
-            r#"cairn_step_duration_seconds_count{agent_type="builtin.echo"} 2"#,
-            r#"cairn_events_total{type="plan_completed"} 1"#,
-            r#"cairn_plans_started_total 1"#,
-            r#"cairn_plans_finished_total{state="completed"} 1"#,
-            r#"cairn_plans{state="completed"} 1"#,
-            r#"cairn_plans{state="running"} 0"#,
-            r#"cairn_http_requests_total{route="/v1/plans",method="POST",status="201"} 1"#,
-            r#"cairn_http_requests_total{route="/v1/plans/{id}/start",method="POST",status="200"} 1"#,
-            r#"cairn_http_requests_total{route="unmatched",method="GET",status="404"} 1"#,
+            (r#"cairn_steps_total{agent_type="builtin.echo",outcome="completed"}"#, Want::Exactly(2.0)),
+            (r#"cairn_step_duration_seconds_count{agent_type="builtin.echo"}"#, Want::Exactly(2.0)),
+            (r#"cairn_events_total{type="plan_completed"}"#, Want::AtLeast(1.0)),
+            ("cairn_plans_started_total", Want::AtLeast(1.0)),
+            (r#"cairn_plans_finished_total{state="completed"}"#, Want::AtLeast(1.0)),
+            (r#"cairn_plans{state="completed"}"#, Want::AtLeast(1.0)),
+            (r#"cairn_http_requests_total{route="/v1/plans",method="POST",status="201"}"#, Want::AtLeast(1.0)),
+            (r#"cairn_http_requests_total{route="/v1/plans/{id}/start",method="POST",status="200"}"#, Want::AtLeast(1.0)),
+            (r#"cairn_http_requests_total{route="unmatched",method="GET",status="404"}"#, Want::AtLeast(1.0)),
+            ("cairn_store_commits_total", Want::AtLeast(1.0)),
         ])
         .await?;
     assert!(
@@ -178,6 +201,49 @@ async fn a_plan_run_shows_up_in_metrics() -> Result<()> {
             "{series} should be > 0:\n{text}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_failures_and_pauses_are_counted() -> Result<()> {
+    let s = server().await?;
+    let plan = json!({
+        "plan_id": "metrics-fail",
+        "query": "q",
+        "steps": [
+            {"step_id": "a", "action": "x", "agent_type": "builtin.fail",
+             "params": {"times": 1}, "retry": {"max_attempts": 2, "backoff_ms": 1}},
+            {"step_id": "b", "action": "y", "agent_type": "builtin.fail",
+             "params": {"times": 5}, "depends_on": ["a"]},
+        ]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    s.call(reqwest::Method::POST, "/v1/plans/metrics-fail/start", None)
+        .await?;
+    s.metrics_with(&[
+        (
+            r#"cairn_steps_total{agent_type="builtin.fail",outcome="retried"}"#,
+            Want::Exactly(1.0),
+        ),
+        (
+            r#"cairn_steps_total{agent_type="builtin.fail",outcome="completed"}"#,
+            Want::Exactly(1.0),
+        ),
+        (
+            r#"cairn_steps_total{agent_type="builtin.fail",outcome="failed"}"#,
+            Want::Exactly(1.0),
+        ),
+        (
+            r#"cairn_step_duration_seconds_count{agent_type="builtin.fail"}"#,
+            Want::Exactly(3.0),
+        ),
+        (
+            r#"cairn_plans_finished_total{state="failed"}"#,
+            Want::AtLeast(1.0),
+        ),
+    ])
+    .await?;
     Ok(())
 }
 
