@@ -72,6 +72,19 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     .await?;
     // Webhook delivery (at-least-once, from per-webhook cursors in the store).
     let webhooks = cairn_server::webhooks::spawn_webhooks(engine.clone(), config.webhooks.clone());
+    cairn_server::metrics::spawn(engine.clone());
+    {
+        // cairn_tasks_queued{agent_type}: the remote queue lives here, not in the engine's events.
+        let remote = remote.clone();
+        tokio::spawn(async move {
+            loop {
+                for (agent_type, n) in remote.queued_by_type() {
+                    cairn_server::metrics::set_tasks_queued(&agent_type, n);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
+    }
     let auth = if args.no_auth {
         Authenticator::open(store.clone(), "anonymous")
     } else {

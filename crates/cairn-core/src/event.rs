@@ -45,6 +45,7 @@ pub fn checkpoint_seq(id: &str) -> Option<u64> {
 }
 
 /// Why a checkpoint was taken.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckpointTrigger {
@@ -83,6 +84,7 @@ pub struct CheckpointMark {
 }
 
 /// How a pause treats steps already running.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PauseMode {

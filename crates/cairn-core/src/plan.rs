@@ -27,6 +27,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// A plan definition: what to run and in which order.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
@@ -42,6 +43,7 @@ pub struct Plan {
 }
 
 /// One step of a plan.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepDef {
@@ -72,6 +74,7 @@ pub struct StepDef {
 }
 
 /// How often and how patiently a failing step is tried again.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {

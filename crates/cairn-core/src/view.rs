@@ -9,6 +9,7 @@ use crate::plan::Plan;
 use crate::state::{PauseReason, PlanState, PlanStatus, StepStatus};
 
 /// One step as listed in a plan's state.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepView {
     pub step_id: String,
@@ -26,6 +27,7 @@ pub struct StepView {
 }
 
 /// The state of a plan (DESIGN §4 `GET /v1/plans/{id}`).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanView {
     pub plan_id: String,
@@ -95,6 +97,7 @@ impl PlanView {
 }
 
 /// A checkpoint with the state it implies (DESIGN §1).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointView {
     pub checkpoint_id: String,
@@ -110,6 +113,7 @@ pub struct CheckpointView {
     /// The definition at that moment.
     pub plan: Plan,
     /// Outputs of the steps that had completed, by step id.
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub context: Map<String, Value>,
     pub created_at: Micros,
 }

@@ -187,6 +187,7 @@ pub struct Progress {
 }
 
 /// A checkpoint as listed (the full state it implies comes from [`Engine::checkpoint`]).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointSummary {
     pub checkpoint_id: String,

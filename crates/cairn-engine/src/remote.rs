@@ -139,6 +139,15 @@ impl RemoteQueue {
         self.state().queued.get(agent_type).map_or(0, BTreeMap::len)
     }
 
+    /// Tasks waiting for a worker, by agent type (types ever queued, zeros included).
+    pub fn queued_by_type(&self) -> Vec<(String, usize)> {
+        self.state()
+            .queued
+            .iter()
+            .map(|(t, q)| (t.clone(), q.len()))
+            .collect()
+    }
+
     /// Tasks handed out and not reported yet.
     pub fn leased(&self) -> usize {
         self.state()

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read plans, events, checkpoints, snapshots, streams.
@@ -100,7 +100,7 @@ fn random_hex(bytes: usize) -> Result<String, StoreError> {
 }
 
 /// A token as shown once to its creator.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NewToken {
     pub id: String,
     pub user: String,
@@ -111,7 +111,7 @@ pub struct NewToken {
 }
 
 /// A token as listed (never the secret nor its hash).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: String,
     pub user: String,

@@ -18,6 +18,8 @@ use serde_json::json;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod metrics;
+pub mod openapi;
 mod plans;
 pub mod streams;
 mod tasks;
@@ -120,7 +122,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::endpoint))
+        .route("/openapi.json", get(openapi::endpoint))
         .fallback(not_found)
+        .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::map_response(error::json_errors))
         .with_state(state)

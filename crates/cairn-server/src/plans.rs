@@ -39,6 +39,21 @@ fn reason_ok(reason: &Option<String>) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "register_plan",
+    path = "/v1/plans",
+    tag = "plans",
+    summary = "Register a plan",
+    request_body(content = cairn_core::Plan, description = "A plan definition (DESIGN §1); YAML is accepted by the CLI, JSON here"),
+    responses(
+        (status = 201, description = "Registered; the plan's state", body = cairn_core::view::PlanView),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A plan with this id exists", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid plan; `error.faults` lists the faults", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn register(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -50,14 +65,31 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(PlanView::of(&state))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only plans in this state: idle, running, paused, completed, failed, cancelled.
     state: Option<String>,
+    /// 1 to 1000 (default 50).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "list_plans",
+    path = "/v1/plans",
+    tag = "plans",
+    summary = "List plans, newest first",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = crate::openapi::PlanList),
+        (status = 400, description = "Unknown state, bad limit or cursor", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -99,6 +131,19 @@ pub async fn list(
     ))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "get_plan",
+    path = "/v1/plans/{id}",
+    tag = "plans",
+    summary = "A plan's state",
+    params(("id" = String, Path, description = "Plan id")),
+    responses(
+        (status = 200, description = "The plan's state", body = cairn_core::view::PlanView),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -108,6 +153,20 @@ pub async fn get(
     Ok(Json(s.engine.view(plan_id(&id)?).await?))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "delete_plan",
+    path = "/v1/plans/{id}",
+    tag = "plans",
+    summary = "Delete a plan that is not running (admin)",
+    params(("id" = String, Path, description = "Plan id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The plan is running", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -118,13 +177,13 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     reason: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PauseBody {
     reason: Option<String>,
@@ -134,6 +193,23 @@ pub struct PauseBody {
     resume_at: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "start_plan",
+    path = "/v1/plans/{id}/start",
+    tag = "plans",
+    summary = "Start an idle plan",
+    params(("id" = String, Path, description = "Plan id")),
+    request_body(content = Option<ReasonBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The plan's new state", body = cairn_core::view::PlanView),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn start(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -146,6 +222,23 @@ pub async fn start(
     Ok(Json(PlanView::of(&st)))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "pause_plan",
+    path = "/v1/plans/{id}/pause",
+    tag = "plans",
+    summary = "Pause a plan",
+    params(("id" = String, Path, description = "Plan id")),
+    request_body(content = Option<PauseBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The plan's new state", body = cairn_core::view::PlanView),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn pause(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -161,6 +254,23 @@ pub async fn pause(
     Ok(Json(PlanView::of(&st)))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "resume_plan",
+    path = "/v1/plans/{id}/resume",
+    tag = "plans",
+    summary = "Resume a paused plan",
+    params(("id" = String, Path, description = "Plan id")),
+    request_body(content = Option<ReasonBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The plan's new state", body = cairn_core::view::PlanView),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn resume(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -173,6 +283,23 @@ pub async fn resume(
     Ok(Json(PlanView::of(&st)))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "cancel_plan",
+    path = "/v1/plans/{id}/cancel",
+    tag = "plans",
+    summary = "Cancel a plan",
+    params(("id" = String, Path, description = "Plan id")),
+    request_body(content = Option<ReasonBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The plan's new state", body = cairn_core::view::PlanView),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn cancel(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -185,6 +312,24 @@ pub async fn cancel(
     Ok(Json(PlanView::of(&st)))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "create_intervention",
+    path = "/v1/plans/{id}/interventions",
+    tag = "interventions",
+    summary = "Change a plan while it runs",
+    params(("id" = String, Path, description = "Plan id")),
+    request_body = crate::openapi::InterventionBody,
+    responses(
+        (status = 201, description = "Applied; the intervention record", body = crate::openapi::InterventionDoc),
+        (status = 200, description = "Dry run; the record it would make", body = crate::openapi::InterventionDoc),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Conflict (version moved, step not in a state allowing it); `error.intervention` holds the failed record", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid intervention; `error.intervention` holds the failed record", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn intervene(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -204,6 +349,19 @@ pub async fn intervene(
     Ok((status, Json(record)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "list_interventions",
+    path = "/v1/plans/{id}/interventions",
+    tag = "interventions",
+    summary = "A plan's interventions, oldest first",
+    params(("id" = String, Path, description = "Plan id")),
+    responses(
+        (status = 200, description = "Every intervention", body = crate::openapi::InterventionList),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn interventions(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -214,6 +372,19 @@ pub async fn interventions(
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "list_checkpoints",
+    path = "/v1/plans/{id}/checkpoints",
+    tag = "checkpoints",
+    summary = "A plan's checkpoints, oldest first",
+    params(("id" = String, Path, description = "Plan id")),
+    responses(
+        (status = 200, description = "Every checkpoint", body = crate::openapi::CheckpointList),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn checkpoints(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -224,13 +395,30 @@ pub async fn checkpoints(
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointBody {
     label: Option<String>,
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "create_checkpoint",
+    path = "/v1/plans/{id}/checkpoints",
+    tag = "checkpoints",
+    summary = "Create a manual checkpoint",
+    params(("id" = String, Path, description = "Plan id")),
+    request_body(content = Option<CheckpointBody>, description = "Optional"),
+    responses(
+        (status = 201, description = "The checkpoint", body = cairn_engine::CheckpointSummary),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_checkpoint(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -246,6 +434,19 @@ pub async fn create_checkpoint(
     Ok((StatusCode::CREATED, Json(c)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "get_checkpoint",
+    path = "/v1/plans/{id}/checkpoints/{cid}",
+    tag = "checkpoints",
+    summary = "A checkpoint with the state it implies",
+    params(("id" = String, Path, description = "Plan id"), ("cid" = String, Path, description = "Checkpoint id, e.g. `cp-12`")),
+    responses(
+        (status = 200, description = "The checkpoint", body = cairn_core::view::CheckpointView),
+        (status = 404, description = "No such plan or checkpoint", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn checkpoint(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -255,6 +456,23 @@ pub async fn checkpoint(
     Ok(Json(s.engine.checkpoint(plan_id(&id)?, &cid).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "restore_checkpoint",
+    path = "/v1/plans/{id}/checkpoints/{cid}/restore",
+    tag = "checkpoints",
+    summary = "Restore a plan to a checkpoint",
+    params(("id" = String, Path, description = "Plan id"), ("cid" = String, Path, description = "Checkpoint id, e.g. `cp-12`")),
+    request_body(content = Option<ReasonBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The plan's new state", body = cairn_core::view::PlanView),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan or checkpoint", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn restore(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -270,13 +488,30 @@ pub async fn restore(
     Ok(Json(PlanView::of(&st)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkBody {
     new_plan_id: Option<String>,
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "fork_checkpoint",
+    path = "/v1/plans/{id}/checkpoints/{cid}/fork",
+    tag = "checkpoints",
+    summary = "Fork a new plan from a checkpoint",
+    params(("id" = String, Path, description = "Plan id"), ("cid" = String, Path, description = "Checkpoint id, e.g. `cp-12`")),
+    request_body(content = Option<ForkBody>, description = "Optional"),
+    responses(
+        (status = 201, description = "The new plan's state", body = cairn_core::view::PlanView),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan or checkpoint", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The new plan id exists", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn fork(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -292,6 +527,19 @@ pub async fn fork(
     Ok((StatusCode::CREATED, Json(PlanView::of(&st))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "get_snapshot",
+    path = "/v1/plans/{id}/snapshot",
+    tag = "plans",
+    summary = "The plan with outputs, scores, checkpoints, interventions and definition",
+    params(("id" = String, Path, description = "Plan id")),
+    responses(
+        (status = 200, description = "The snapshot", body = crate::openapi::SnapshotDoc),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn snapshot(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -301,13 +549,30 @@ pub async fn snapshot(
     Ok(Json(s.engine.snapshot(plan_id(&id)?).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Events with `seq` greater than this (default 0).
     after: Option<u64>,
+    /// 1 to 1000 (default 100).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "list_events",
+    path = "/v1/plans/{id}/events",
+    tag = "events",
+    summary = "A page of a plan's log, oldest first",
+    params(("id" = String, Path, description = "Plan id"), EventsQuery),
+    responses(
+        (status = 200, description = "One page", body = crate::openapi::EventList),
+        (status = 400, description = "Bad limit or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn events(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,

@@ -12,10 +12,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateTokenBody)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    /// 1 to 128 printable characters without spaces.
     user: String,
+    /// viewer, operator, admin or worker.
     role: String,
 }
 
@@ -23,6 +26,20 @@ fn store_error(e: cairn_store::StoreError) -> ApiError {
     cairn_engine::EngineError::from(e).into()
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "create_token",
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Create a token (admin); the token is shown only here",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new token", body = crate::auth::NewToken),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -46,6 +63,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(t)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "list_tokens",
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Every token, revoked ones included (admin)",
+    responses(
+        (status = 200, description = "Tokens, without their secrets", body = crate::openapi::TokenList)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -63,6 +91,19 @@ pub async fn list(
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "revoke_token",
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    summary = "Revoke a token (admin)",
+    params(("id" = String, Path, description = "Token id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No live token with this id", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
 pub async fn revoke(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,

@@ -288,6 +288,21 @@ impl Store for SqliteStore {
         self.read(move |c| read::plans_in_states(c, &states)).await
     }
 
+    async fn count_plans_by_state(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.read(read::count_plans_by_state).await
+    }
+
+    fn stats(&self) -> Option<cairn_store::StoreStats> {
+        let w = self.stats.snapshot();
+        Some(cairn_store::StoreStats {
+            commits: w.commits,
+            requests: w.requests,
+            events: w.events,
+            max_batch: w.max_batch,
+            busy_seconds: w.busy.as_secs_f64(),
+        })
+    }
+
     async fn list_checkpoints(
         &self,
         plan_id: &str,

@@ -281,6 +281,20 @@ pub(crate) fn plans_in_states(c: &Connection, states: &[String]) -> StoreResult<
     Ok(ids)
 }
 
+pub(crate) fn count_plans_by_state(c: &Connection) -> StoreResult<Vec<(String, u64)>> {
+    let mut stmt = c
+        .prepare_cached("SELECT state, COUNT(*) FROM plans GROUP BY state ORDER BY state")
+        .ctx("prepare count plans by state")?;
+    let counts = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("count plans by state")?;
+    Ok(counts
+        .into_iter()
+        .map(|(s, n)| (s, u64::try_from(n).unwrap_or(0)))
+        .collect())
+}
+
 fn checkpoint_row(r: &Row<'_>, plan_id: String) -> rusqlite::Result<CheckpointRow> {
     Ok(CheckpointRow {
         plan_id,

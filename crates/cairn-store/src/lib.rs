@@ -129,6 +129,22 @@ pub struct TokenRow {
     pub revoked_at: Option<Micros>,
 }
 
+/// Counters of a backend's writer since it was opened, for metrics. All monotonic except
+/// `max_batch`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Write requests answered (creates and appends; the sum of all batch sizes).
+    pub requests: u64,
+    /// Events inserted by committed requests.
+    pub events: u64,
+    /// The largest number of requests committed together.
+    pub max_batch: u64,
+    /// Seconds spent committing, summed over all commits.
+    pub busy_seconds: f64,
+}
+
 /// Why a store call failed. Messages are lowercase fragments that read well after "failed to".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -269,4 +285,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets a named position durably.
     async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()>;
+
+    /// How many plans are in each state, as `(state, count)` pairs (states with no plan may be
+    /// left out). For metrics; backends that cannot answer cheaply keep this default.
+    async fn count_plans_by_state(&self) -> StoreResult<Vec<(String, u64)>> {
+        Err(StoreError::Backend(
+            "counting plans by state is not supported by this store".into(),
+        ))
+    }
+
+    /// Counters of the backend's writer, if it keeps any. For metrics.
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
 }

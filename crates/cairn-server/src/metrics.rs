@@ -1,0 +1,429 @@
+//! Prometheus metrics (`GET /metrics`), derived off the engine's hot path.
+//!
+//! Nothing here is called by the engine: [`spawn`] follows the committed event stream
+//! (`Engine::subscribe(None)`) and turns events into counters and histograms, and every few
+//! seconds reads plan counts and the store's writer counters. HTTP metrics come from
+//! [`track`], a middleware labelled by the matched route (never the raw path, so ids cannot
+//! explode the label set).
+//!
+//! The recorder is process-global ([`handle`] installs it once); the exporter's own HTTP
+//! listener is not used (default features off): the API renders the handle at `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use cairn_core::{Event, EventKind, Plan};
+use cairn_engine::{Engine, Notice};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// How often plan counts and store counters are refreshed.
+pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// Histogram buckets (seconds) for step, pause and HTTP durations.
+const STEP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+const PAUSE_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 604800.0,
+];
+const HTTP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The six plan states, so the `cairn_plans` gauge has every series even at zero.
+const STATES: &[&str] = &[
+    "idle",
+    "running",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+/// Most started attempts remembered for durations; beyond it the oldest plans are forgotten.
+const MAX_TRACKED_PLANS: usize = 100_000;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus handle, installing the recorder on first use. If another
+/// recorder was installed first, the handle still renders (only what this crate's recorder saw,
+/// i.e. nothing) rather than failing.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        let builder = [
+            ("cairn_step_duration_seconds", STEP_BUCKETS),
+            ("cairn_pause_duration_seconds", PAUSE_BUCKETS),
+            ("cairn_http_request_duration_seconds", HTTP_BUCKETS),
+        ]
+        .into_iter()
+        .fold(builder, |b, (name, buckets)| {
+            b.set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+                .expect("bucket lists are not empty")
+        });
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "cairn_steps_total",
+        "Step attempts that ended, by agent type and outcome"
+    );
+    describe_histogram!(
+        "cairn_step_duration_seconds",
+        Unit::Seconds,
+        "Time from step_started to step_completed/step_failed"
+    );
+    describe_histogram!(
+        "cairn_pause_duration_seconds",
+        Unit::Seconds,
+        "Time from plan_paused to plan_resumed"
+    );
+    describe_counter!(
+        "cairn_interventions_total",
+        "Interventions recorded, by type and status"
+    );
+    describe_counter!("cairn_plans_started_total", "plan_started events");
+    describe_counter!(
+        "cairn_plans_finished_total",
+        "Plans that ended, by final state"
+    );
+    describe_counter!("cairn_events_total", "Committed events, by type");
+    describe_counter!(
+        "cairn_events_lagged_total",
+        "Events the metrics follower missed"
+    );
+    describe_gauge!("cairn_plans", "Plans in the store, by state");
+    describe_gauge!(
+        "cairn_tasks_queued",
+        "Remote tasks waiting for a worker, by agent type"
+    );
+    describe_counter!("cairn_store_commits_total", "Store transactions committed");
+    describe_counter!(
+        "cairn_store_appends_total",
+        "Store write requests (creates and appends) committed"
+    );
+    describe_counter!("cairn_store_events_total", "Events written by the store");
+    describe_gauge!(
+        "cairn_store_batch_size",
+        "Mean write requests per store commit"
+    );
+    describe_gauge!(
+        "cairn_store_batch_size_max",
+        "Largest write batch committed"
+    );
+    describe_gauge!(
+        "cairn_store_commit_busy_seconds_total",
+        Unit::Seconds,
+        "Time spent committing (monotonic; a gauge because it is fractional)"
+    );
+    describe_counter!(
+        "cairn_http_requests_total",
+        "HTTP requests, by route, method and status"
+    );
+    describe_histogram!(
+        "cairn_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by route and method"
+    );
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    handle().render()
+}
+
+/// `GET /metrics`.
+pub async fn endpoint() -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        render(),
+    )
+        .into_response()
+}
+
+/// Sets `cairn_tasks_queued{agent_type}`: called by the remote worker queue whenever the
+/// number of tasks waiting for `agent_type` changes.
+pub fn set_tasks_queued(agent_type: &str, n: usize) {
+    handle();
+    gauge!("cairn_tasks_queued", "agent_type" => agent_type.to_owned()).set(n as f64);
+}
+
+/// Middleware: `cairn_http_requests_total{route, method, status}`,
+/// `cairn_http_request_duration_seconds{route, method}` and one info log line per request.
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    counter!("cairn_http_requests_total",
+        "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
+    .increment(1);
+    histogram!("cairn_http_request_duration_seconds",
+        "route" => route.clone(), "method" => method.clone())
+    .record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "cairn_server::http",
+        %method,
+        %route,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// Starts the tasks that derive metrics from `engine`: one follows the committed events, one
+/// refreshes plan counts and store counters every [`REFRESH`]. They stop when the engine's
+/// event stream closes. The subscription is taken before this returns, so every event
+/// committed afterwards is counted.
+pub fn spawn(engine: Engine) {
+    spawn_every(engine, REFRESH)
+}
+
+/// [`spawn`] with another refresh period (tests).
+pub fn spawn_every(engine: Engine, every: Duration) {
+    handle();
+    let mut sub = engine.subscribe(None);
+    let refresher = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut warned = false;
+            loop {
+                tick.tick().await;
+                refresh(&engine, &mut warned).await;
+            }
+        })
+    };
+    tokio::spawn(async move {
+        let mut f = Follower::new(engine);
+        while let Some(notice) = sub.next().await {
+            match notice {
+                Notice::Event(e) => f.observe(&e).await,
+                Notice::Lagged { missed, .. } => {
+                    counter!("cairn_events_lagged_total").increment(missed);
+                }
+            }
+        }
+        refresher.abort();
+    });
+}
+
+/// Reads plan counts and store counters once.
+pub async fn refresh(engine: &Engine, warned: &mut bool) {
+    handle().run_upkeep();
+    let store = engine.store();
+    match store.count_plans_by_state().await {
+        Ok(counts) => {
+            let counts: HashMap<String, u64> = counts.into_iter().collect();
+            for st in STATES {
+                let n = counts.get(*st).copied().unwrap_or(0);
+                gauge!("cairn_plans", "state" => *st).set(n as f64);
+            }
+        }
+        Err(e) => {
+            if !*warned {
+                tracing::warn!(error = %e, "cairn_plans is not available from this store");
+                *warned = true;
+            }
+        }
+    }
+    if let Some(s) = store.stats() {
+        counter!("cairn_store_commits_total").absolute(s.commits);
+        counter!("cairn_store_appends_total").absolute(s.requests);
+        counter!("cairn_store_events_total").absolute(s.events);
+        let mean = if s.commits == 0 {
+            0.0
+        } else {
+            s.requests as f64 / s.commits as f64
+        };
+        gauge!("cairn_store_batch_size").set(mean);
+        gauge!("cairn_store_batch_size_max").set(s.max_batch as f64);
+        gauge!("cairn_store_commit_busy_seconds_total").set(s.busy_seconds);
+    }
+}
+
+/// Per-plan memory of the follower.
+#[derive(Default)]
+struct PlanMemo {
+    /// step id → agent type, from the definition.
+    agents: HashMap<String, String>,
+    /// (step id, attempt) → `at` of its step_started.
+    started: HashMap<(String, u32), i64>,
+    /// `at` of the plan_paused still open.
+    paused_at: Option<i64>,
+}
+
+struct Follower {
+    engine: Engine,
+    plans: HashMap<String, PlanMemo>,
+}
+
+fn seconds(from: i64, to: i64) -> f64 {
+    (to.saturating_sub(from)).max(0) as f64 / 1e6
+}
+
+impl Follower {
+    fn new(engine: Engine) -> Follower {
+        Follower {
+            engine,
+            plans: HashMap::new(),
+        }
+    }
+
+    fn learn(memo: &mut PlanMemo, plan: &Plan) {
+        memo.agents = plan
+            .steps
+            .iter()
+            .map(|s| (s.step_id.clone(), s.agent_type.clone()))
+            .collect();
+    }
+
+    /// The agent type of a step, asking the engine for the plan's definition when unknown
+    /// (plans registered before this process started, steps added by interventions).
+    async fn agent_type(&mut self, plan_id: &str, step_id: &str) -> String {
+        if let Some(a) = self.plans.get(plan_id).and_then(|m| m.agents.get(step_id)) {
+            return a.clone();
+        }
+        let defs = match self.engine.state(plan_id).await {
+            Ok(state) => state
+                .steps
+                .iter()
+                .map(|s| (s.def.step_id.clone(), s.def.agent_type.clone()))
+                .collect(),
+            Err(_) => HashMap::new(),
+        };
+        let memo = self.memo(plan_id);
+        memo.agents.extend(defs);
+        memo.agents
+            .get(step_id)
+            .cloned()
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    fn memo(&mut self, plan_id: &str) -> &mut PlanMemo {
+        if !self.plans.contains_key(plan_id) && self.plans.len() >= MAX_TRACKED_PLANS {
+            // Forget an arbitrary plan: a bound, not a policy; only durations suffer.
+            if let Some(k) = self.plans.keys().next().cloned() {
+                self.plans.remove(&k);
+            }
+        }
+        self.plans.entry(plan_id.to_owned()).or_default()
+    }
+
+    async fn step_ended(&mut self, e: &Event, step_id: &str, attempt: u32, outcome: &'static str) {
+        let agent = self.agent_type(&e.plan_id, step_id).await;
+        let started = self
+            .memo(&e.plan_id)
+            .started
+            .remove(&(step_id.to_owned(), attempt));
+        counter!("cairn_steps_total", "agent_type" => agent.clone(), "outcome" => outcome)
+            .increment(1);
+        if outcome != "interrupted" {
+            if let Some(at) = started {
+                histogram!("cairn_step_duration_seconds", "agent_type" => agent)
+                    .record(seconds(at, e.at));
+            }
+        }
+    }
+
+    async fn observe(&mut self, e: &Event) {
+        counter!("cairn_events_total", "type" => e.kind.type_name()).increment(1);
+        match &e.kind {
+            EventKind::PlanRegistered { definition, .. } => {
+                let memo = self.memo(&e.plan_id);
+                *memo = PlanMemo::default();
+                Self::learn(memo, definition);
+            }
+            EventKind::PlanStarted { .. } => counter!("cairn_plans_started_total").increment(1),
+            EventKind::PlanPaused { .. } => self.memo(&e.plan_id).paused_at = Some(e.at),
+            EventKind::PlanResumed { .. } => {
+                if let Some(at) = self.memo(&e.plan_id).paused_at.take() {
+                    histogram!("cairn_pause_duration_seconds").record(seconds(at, e.at));
+                }
+            }
+            EventKind::PlanCompleted {} => self.finished(&e.plan_id, "completed"),
+            EventKind::PlanFailed { .. } => self.finished(&e.plan_id, "failed"),
+            EventKind::PlanCancelled { .. } => self.finished(&e.plan_id, "cancelled"),
+            EventKind::StepStarted {
+                step_id, attempt, ..
+            } => {
+                self.memo(&e.plan_id)
+                    .started
+                    .insert((step_id.clone(), *attempt), e.at);
+            }
+            EventKind::StepCompleted {
+                step_id, attempt, ..
+            } => self.step_ended(e, step_id, *attempt, "completed").await,
+            EventKind::StepFailed {
+                step_id,
+                attempt,
+                retry_at,
+                ..
+            } => {
+                let outcome = if retry_at.is_some() {
+                    "retried"
+                } else {
+                    "failed"
+                };
+                self.step_ended(e, step_id, *attempt, outcome).await
+            }
+            EventKind::StepInterrupted {
+                step_id, attempt, ..
+            } => self.step_ended(e, step_id, *attempt, "interrupted").await,
+            EventKind::StepSkipped { step_id, .. } => {
+                let agent = self.agent_type(&e.plan_id, step_id).await;
+                counter!("cairn_steps_total", "agent_type" => agent, "outcome" => "skipped")
+                    .increment(1);
+            }
+            EventKind::InterventionApplied { intervention }
+            | EventKind::InterventionFailed { intervention } => {
+                let status = match intervention.status {
+                    cairn_core::intervention::InterventionStatus::Applied => "applied",
+                    cairn_core::intervention::InterventionStatus::Failed => "failed",
+                };
+                counter!("cairn_interventions_total",
+                    "type" => intervention.kind.clone(), "status" => status)
+                .increment(1);
+                // Steps may have been added or changed: learn the definition again when needed.
+                if let Some(m) = self.plans.get_mut(&e.plan_id) {
+                    m.agents.clear();
+                }
+            }
+            EventKind::CheckpointRestored { .. } => {
+                if let Some(m) = self.plans.get_mut(&e.plan_id) {
+                    m.agents.clear();
+                    m.started.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finished(&mut self, plan_id: &str, state: &'static str) {
+        counter!("cairn_plans_finished_total", "state" => state).increment(1);
+        self.plans.remove(plan_id);
+    }
+}

@@ -1,0 +1,261 @@
+//! `/metrics` through the real router: step, plan, store and HTTP metrics.
+//!
+//! The Prometheus recorder is global to the process, so every test in this binary shares it:
+//! each test uses its own agent types and plan ids, and asserts only on its own series.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use cairn_engine::executor::Registry;
+use cairn_engine::{Engine, EngineOptions};
+use cairn_server::auth::create_token;
+use cairn_server::{AppState, Authenticator, Role};
+use cairn_store::Store;
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn server() -> Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
+        &dir.path().join("cairn.db"),
+        SqliteOptions::default(),
+    )?);
+    let engine = Engine::open(
+        store.clone(),
+        Registry::with_builtins(),
+        EngineOptions::default(),
+    )
+    .await?;
+    cairn_server::metrics::spawn_every(engine.clone(), Duration::from_millis(50));
+    let token = create_token(&*store, "alice", Role::Admin).await?.token;
+    let state = AppState::new(engine, Authenticator::new(store));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(cairn_server::serve(listener, state, std::future::pending()));
+    Ok(Server {
+        base,
+        token,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    })
+}
+
+impl Server {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        anyhow::ensure!(status.is_success(), "{path}: {status} {text}");
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// Polls `/metrics` until every wanted series has a value that satisfies its check (the
+    /// follower and the refresher are asynchronous).
+    async fn metrics_with(&self, wanted: &[(&str, Want)]) -> Result<String> {
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = self.metrics().await?;
+            if wanted
+                .iter()
+                .all(|(series, w)| w.holds(value(&text, series)))
+            {
+                return Ok(text);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(series, w)| !w.holds(value(&text, series)))
+            .map(|(series, w)| format!("{series} {w:?} (is {:?})", value(&text, series)))
+            .collect();
+        anyhow::bail!("not in /metrics: {missing:#?}\n{text}")
+    }
+}
+
+/// What a series must show. Series labelled by this test's own agent types are exact; the
+/// others are shared by every test in the binary, so only a lower bound holds.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Exactly(f64),
+    AtLeast(f64),
+}
+
+impl Want {
+    fn holds(self, v: Option<f64>) -> bool {
+        match (self, v) {
+            (Want::Exactly(x), Some(v)) => v == x,
+            (Want::AtLeast(x), Some(v)) => v >= x,
+            (_, None) => false,
+        }
+    }
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_run_shows_up_in_metrics() -> Result<()> {
+    let s = server().await?;
+    let plan = json!({
+        "plan_id": "metrics-echo",
+        "query": "q",
+        "steps": [
+            {"step_id": "a", "action": "x", "agent_type": "builtin.echo", "params": {"v": 1}},
+            {"step_id": "b", "action": "y", "agent_type": "builtin.echo"},
+        ]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    s.call(reqwest::Method::POST, "/v1/plans/metrics-echo/start", None)
+        .await?;
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        state = s
+            .call(reqwest::Method::GET, "/v1/plans/metrics-echo", None)
+            .await?;
+        if state["state"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state["state"], "completed", "{state}");
+    // An unknown URL and an unknown plan: neither may add a label value of its own.
+    let r = s
+        .http
+        .get(format!("{}/no/such/thing", s.base))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404);
+
+    let text = s
+        .metrics_with(&[
+            (r#"cairn_steps_total{agent_type="builtin.echo",outcome="completed"}"#, Want::Exactly(2.0)),
+            (r#"cairn_step_duration_seconds_count{agent_type="builtin.echo"}"#, Want::Exactly(2.0)),
+            (r#"cairn_events_total{type="plan_completed"}"#, Want::AtLeast(1.0)),
+            ("cairn_plans_started_total", Want::AtLeast(1.0)),
+            (r#"cairn_plans_finished_total{state="completed"}"#, Want::AtLeast(1.0)),
+            (r#"cairn_plans{state="completed"}"#, Want::AtLeast(1.0)),
+            (r#"cairn_http_requests_total{route="/v1/plans",method="POST",status="201"}"#, Want::AtLeast(1.0)),
+            (r#"cairn_http_requests_total{route="/v1/plans/{id}/start",method="POST",status="200"}"#, Want::AtLeast(1.0)),
+            (r#"cairn_http_requests_total{route="unmatched",method="GET",status="404"}"#, Want::AtLeast(1.0)),
+            ("cairn_store_commits_total", Want::AtLeast(1.0)),
+        ])
+        .await?;
+    assert!(
+        value(
+            &text,
+            r#"cairn_http_requests_total{route="/v1/plans/{id}",method="GET",status="200"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("metrics-echo"),
+        "a plan id became a label:\n{text}"
+    );
+    assert!(text.contains("# TYPE cairn_step_duration_seconds histogram"));
+    assert!(text.contains(
+        r#"cairn_http_request_duration_seconds_bucket{route="/v1/plans/{id}",method="GET",le="#
+    ));
+    for series in [
+        "cairn_store_commits_total",
+        "cairn_store_appends_total",
+        "cairn_store_batch_size",
+        "cairn_store_batch_size_max",
+        "cairn_store_commit_busy_seconds_total",
+    ] {
+        assert!(
+            value(&text, series).is_some_and(|n| n > 0.0),
+            "{series} should be > 0:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_failures_and_pauses_are_counted() -> Result<()> {
+    let s = server().await?;
+    let plan = json!({
+        "plan_id": "metrics-fail",
+        "query": "q",
+        "steps": [
+            {"step_id": "a", "action": "x", "agent_type": "builtin.fail",
+             "params": {"times": 1}, "retry": {"max_attempts": 2, "backoff_ms": 1}},
+            {"step_id": "b", "action": "y", "agent_type": "builtin.fail",
+             "params": {"times": 5}, "depends_on": ["a"]},
+        ]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    s.call(reqwest::Method::POST, "/v1/plans/metrics-fail/start", None)
+        .await?;
+    s.metrics_with(&[
+        (
+            r#"cairn_steps_total{agent_type="builtin.fail",outcome="retried"}"#,
+            Want::Exactly(1.0),
+        ),
+        (
+            r#"cairn_steps_total{agent_type="builtin.fail",outcome="completed"}"#,
+            Want::Exactly(1.0),
+        ),
+        (
+            r#"cairn_steps_total{agent_type="builtin.fail",outcome="failed"}"#,
+            Want::Exactly(1.0),
+        ),
+        (
+            r#"cairn_step_duration_seconds_count{agent_type="builtin.fail"}"#,
+            Want::Exactly(3.0),
+        ),
+        (
+            r#"cairn_plans_finished_total{state="failed"}"#,
+            Want::AtLeast(1.0),
+        ),
+    ])
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tasks_queued_is_a_gauge_per_agent_type() -> Result<()> {
+    cairn_server::metrics::set_tasks_queued("test.queued", 3);
+    cairn_server::metrics::set_tasks_queued("test.queued", 2);
+    let text = cairn_server::metrics::render();
+    assert!(
+        text.lines()
+            .any(|l| l == r#"cairn_tasks_queued{agent_type="test.queued"} 2"#),
+        "{text}"
+    );
+    Ok(())
+}
