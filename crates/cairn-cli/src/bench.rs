@@ -322,10 +322,15 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             engine
                 .register(echo_plan("long".into(), n), "bench")
                 .await?;
+            let before = store.stats();
             let t = Instant::now();
             engine.start("long", "bench", None).await?;
             let state = engine.wait_settled("long").await?;
             let wall = t.elapsed().as_secs_f64();
+            let after = store.stats();
+            let commits = (after.commits - before.commits).max(1);
+            // Mean time of one SQLite commit (BEGIN to the end of COMMIT, its fsync included).
+            let commit_us = (after.busy - before.busy).as_secs_f64() / commits as f64 * 1e6;
             if state.status != PlanStatus::Completed {
                 return Err(Fail::from(anyhow::anyhow!(
                     "the long plan ended {}",
@@ -359,6 +364,8 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
                     "workload": "one_plan", "steps": n, "wall_s": round(wall, 3),
                     "steps_per_sec": round(n as f64 / wall, 0), "peak_rss_mb": rss_mb("VmHWM:"),
                     "per_step_us": round(per_step_us, 1), "fsync_us": round(fsync_us, 1),
+                    "commits": commits, "commit_us": round(commit_us, 1),
+                    "engine_us": round(per_step_us - commit_us * commits as f64 / n as f64, 1),
                     "overhead_us": round(per_step_us - fsync_us, 1),
                 }),
                 json!({
