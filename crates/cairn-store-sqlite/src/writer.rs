@@ -303,6 +303,29 @@ impl Writer {
             .ctx("look up plan")
     }
 
+    /// Why an append matched no plan row: unknown plan, stale seq, or stale fence.
+    fn why_refused(&self, req: &Append) -> StoreError {
+        let (pk, actual) = match self.plan(&req.plan_id) {
+            Ok(Some(found)) => found,
+            Ok(None) => return StoreError::NotFound(req.plan_id.clone()),
+            Err(e) => return e,
+        };
+        if actual != req.expected_seq {
+            return StoreError::SeqConflict {
+                plan_id: req.plan_id.clone(),
+                expected: req.expected_seq,
+                actual,
+            };
+        }
+        match self.lease(pk) {
+            Ok(holder) => StoreError::Fenced {
+                plan_id: req.plan_id.clone(),
+                owner: holder.map_or_else(|| "(none)".to_owned(), |(node, _, _)| node),
+            },
+            Err(e) => e,
+        }
+    }
+
     fn plan_pk(&self, plan_id: &str) -> StoreResult<i64> {
         match self.plan(plan_id)? {
             Some((pk, _)) => Ok(pk),
@@ -345,34 +368,40 @@ impl Writer {
             Some(e) => (e.seq, e.at),
             None => return Err(StoreError::Invalid("nothing to append".into())),
         };
-        let Some((pk, actual)) = self.plan(&req.plan_id)? else {
-            return Err(StoreError::NotFound(req.plan_id));
+        // The happy path is one statement: the seq check, the fence check and the plan row's
+        // update together. Only when it matches no row is the reason looked up.
+        let (fence_node, fence_token) = match &req.fence {
+            Some(f) => (Some(f.node.as_str()), Some(to_sql(f.token))),
+            None => (None, None),
         };
-        if actual != req.expected_seq {
-            return Err(StoreError::SeqConflict {
-                plan_id: req.plan_id,
-                expected: req.expected_seq,
-                actual,
-            });
-        }
-        if let Some(fence) = &req.fence {
-            let holder = self.lease(pk)?;
-            let current = matches!(&holder, Some((node, token, _))
-                if *node == fence.node && *token == fence.token);
-            if !current {
-                return Err(StoreError::Fenced {
-                    plan_id: req.plan_id,
-                    owner: holder.map_or_else(|| "(none)".to_owned(), |(node, _, _)| node),
-                });
-            }
-        }
-        self.conn
+        let updated: Option<i64> = self
+            .conn
             .prepare_cached(
                 "UPDATE plans SET last_seq = ?1, updated_at = ?2, state = COALESCE(?3, state)
-                 WHERE pk = ?4",
+                 WHERE plan_id = ?4 AND last_seq = ?5
+                   AND (?6 IS NULL OR EXISTS (SELECT 1 FROM leases
+                        WHERE leases.plan_pk = plans.pk AND node = ?6 AND token = ?7))
+                 RETURNING pk",
             )
-            .and_then(|mut s| s.execute(params![to_sql(last_seq), updated_at, req.state, pk]))
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        to_sql(last_seq),
+                        updated_at,
+                        req.state,
+                        req.plan_id,
+                        to_sql(req.expected_seq),
+                        fence_node,
+                        fence_token
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
             .ctx("update plan")?;
+        let Some(pk) = updated else {
+            return Err(self.why_refused(&req));
+        };
         self.insert_events(pk, &req.plan_id, req.events)
     }
 
