@@ -315,10 +315,7 @@ impl PlanActor {
                     let _ = reply.send(answer);
                 }
                 self.act(&published);
-                let restored = published
-                    .iter()
-                    .any(|e| matches!(e.kind, cairn_core::EventKind::CheckpointRestored { .. }));
-                self.maybe_snapshot(restored);
+                self.maybe_snapshot();
             }
             Err(e) => {
                 warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
@@ -466,11 +463,11 @@ impl PlanActor {
         });
     }
 
-    /// Stores a snapshot every `snapshot_every` events, and after a restore (whose event carries
-    /// a whole state, so replaying past it is what loading would otherwise cost).
-    fn maybe_snapshot(&mut self, force: bool) {
+    /// Stores a snapshot every `snapshot_every` events. (Not after a restore: its event already
+    /// carries the whole state, so replaying it costs what reading a snapshot would.)
+    fn maybe_snapshot(&mut self) {
         let every = self.inner.opts.snapshot_every;
-        if every == 0 || (!force && self.state.seq < self.snapshot_seq + every) {
+        if every == 0 || self.state.seq < self.snapshot_seq + every {
             return;
         }
         let Ok(bytes) = serde_json::to_vec(&self.state) else {
