@@ -409,6 +409,8 @@ impl Engine {
         Ok(state)
     }
 
+    /// Starts an idle plan (a `Conflict` refusal otherwise); answers with the state once the
+    /// `plan_started` event and the first steps' starts are durable.
     pub async fn start(
         &self,
         plan_id: &str,
@@ -421,6 +423,9 @@ impl Engine {
             .1)
     }
 
+    /// Pauses a running plan: durable before it answers; no step starts after it. `Boundary`
+    /// lets running steps finish (`plan_drained` follows); `Immediate` interrupts them. With
+    /// `resume_at` (µs since the epoch) the plan resumes by itself then.
     pub async fn pause(
         &self,
         plan_id: &str,
@@ -443,6 +448,7 @@ impl Engine {
             .1)
     }
 
+    /// Resumes a paused plan; the next ready steps start at once.
     pub async fn resume(
         &self,
         plan_id: &str,
@@ -455,6 +461,8 @@ impl Engine {
             .1)
     }
 
+    /// Cancels an idle, running or paused plan (terminal). Running attempts are told to stop;
+    /// their late results are recorded but change nothing.
     pub async fn cancel(
         &self,
         plan_id: &str,
