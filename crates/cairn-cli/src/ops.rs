@@ -60,6 +60,9 @@ pub enum PlansCmd {
         /// Interrupt running steps instead of letting them finish.
         #[arg(long)]
         immediate: bool,
+        /// Resume by itself after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        resume_after: Option<u64>,
     },
     /// Resumes a paused plan (it runs on `cairn run --resume`).
     Resume {
@@ -333,6 +336,16 @@ pub(crate) fn show_view(view: &cairn_core::view::PlanView) {
     }
 }
 
+/// `--resume-after SECONDS` as an absolute time in µs since the epoch.
+pub(crate) fn resume_at_from(seconds: Option<u64>) -> Result<Option<i64>, Fail> {
+    match seconds {
+        None => Ok(None),
+        Some(0) => Err(Fail::input("--resume-after must be at least 1 second")),
+        Some(s) if s > 366 * 24 * 3600 => Err(Fail::input("--resume-after is more than a year")),
+        Some(s) => Ok(Some(cairn_engine::now_micros() + (s as i64) * 1_000_000)),
+    }
+}
+
 fn parse_state(s: &str) -> Result<PlanStatus, Fail> {
     PlanStatus::parse(s).ok_or_else(|| {
         Fail::input(format!(
@@ -400,6 +413,7 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             db,
             reason,
             immediate,
+            resume_after,
         } => {
             let engine = open(&db).await?;
             let mode = if immediate {
@@ -407,7 +421,10 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             } else {
                 PauseMode::Boundary
             };
-            engine.pause(&plan_id, mode, None, &user, reason).await?;
+            let resume_at = resume_at_from(resume_after)?;
+            engine
+                .pause(&plan_id, mode, resume_at, &user, reason)
+                .await?;
             show(&engine, &plan_id, db.json).await?;
         }
         PlansCmd::Resume {

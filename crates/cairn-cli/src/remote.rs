@@ -183,11 +183,12 @@ pub async fn plans(cmd: PlansCmd, c: Client) -> Result<u8, Fail> {
             db,
             reason,
             immediate,
+            resume_after,
         } => {
             let options = PauseOptions {
                 reason,
                 mode: immediate.then(|| "immediate".to_owned()),
-                resume_at: None,
+                resume_at: crate::ops::resume_at_from(resume_after)?,
             };
             show(&c.pause(&plan_id, &options).await?, db.json)?;
         }

@@ -2163,3 +2163,40 @@ async fn the_cli_talks_to_the_server() {
     assert_eq!(code, 1);
     assert!(err.contains("not reachable"), "{err}");
 }
+
+/// `cairn plans pause --resume-after 1` over HTTP: the plan pauses now and resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_with_resume_after_resumes_by_itself() {
+    let w = World::new();
+    let op = w.op();
+    op.register(plan_doc("ra", vec![sleep_step("a", 300), echo_step("b")]))
+        .await;
+    op.post_empty("/v1/plans/ra/start")
+        .await
+        .expect(200, "start");
+    let (code, out, err) = cli(
+        &["plans", "pause", "ra", "--resume-after", "1", "--json"],
+        &w.server.base,
+        Some(&w.operator),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let paused: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(paused["state"], "paused");
+    assert!(paused["resume_at"].as_i64().is_some(), "{paused}");
+    // Nobody resumes it: the engine's timer does.
+    let done = op.wait_state("ra", "completed").await;
+    assert_eq!(step_status(&done, "b"), "completed");
+    let events = op.all_events("ra").await;
+    let resumed = events
+        .iter()
+        .find(|e| e["type"] == "plan_resumed")
+        .expect("a plan_resumed event");
+    assert_eq!(resumed["actor"], "cairn", "the timer resumed it: {resumed}");
+    let (code, _, err) = cli(
+        &["plans", "pause", "ra", "--resume-after", "0"],
+        &w.server.base,
+        Some(&w.operator),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--resume-after"), "{err}");
+}
