@@ -609,8 +609,10 @@ impl PlanState {
                     .map(|s| (s.def.step_id.clone(), (s.rec.attempts, s.rec.run)))
                     .collect();
                 self.load(restored);
+                let kept: std::collections::HashSet<&str> =
+                    self.steps.iter().map(|s| s.def.step_id.as_str()).collect();
                 for (id, counters) in &before {
-                    if self.index_of(id).is_none() {
+                    if !kept.contains(id.as_str()) {
                         self.retired.insert(id.clone(), *counters);
                     }
                 }
