@@ -61,7 +61,7 @@ impl Default for EngineOptions {
         EngineOptions {
             node_id: "local".into(),
             lease_ms: 30_000,
-            snapshot_every: 512,
+            snapshot_every: 256,
             stream_buffer: 16_384,
             recover: true,
             execute: true,
