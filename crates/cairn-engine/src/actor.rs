@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::decide::{dispatches, SYSTEM_ACTOR};
-use cairn_core::{
-    expr, handle, idempotency_key, Command, Ctx, Decision, Event, PlanState, StepResult,
-};
+use cairn_core::{expr, handle, idempotency_key, Command, Ctx, Event, PlanState, StepResult};
 use cairn_store::{Append, Fence};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -33,7 +31,7 @@ pub(crate) enum Msg {
     Command {
         command: Command,
         actor: String,
-        reply: oneshot::Sender<Result<(Decision, Arc<PlanState>), EngineError>>,
+        reply: ReplyTo,
     },
     Outcome {
         step_id: String,
@@ -253,18 +251,26 @@ impl PlanActor {
         let before = self.state.seq;
         let now = now_micros();
         let mut events: Vec<Event> = Vec::new();
-        let mut answers: Vec<(ReplyTo, Result<Decision, EngineError>)> = Vec::new();
+        // Each answer names its events by their range in `events`: they move into the append
+        // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
+        let mut answers: Vec<(ReplyTo, Result<Pending, EngineError>)> = Vec::new();
         for (command, actor, reply) in work {
             let result = handle(&mut self.state, command, Ctx { now, actor: &actor });
+            let start = events.len();
             match result {
-                Ok(decision) => match reply {
-                    Some(reply) => {
-                        events.extend(decision.events.iter().cloned());
-                        answers.push((reply, Ok(decision)));
+                Ok(decision) => {
+                    events.extend(decision.events);
+                    if let Some(reply) = reply {
+                        answers.push((
+                            reply,
+                            Ok(Pending {
+                                events: start..events.len(),
+                                intervention: decision.intervention,
+                                refusal: decision.refusal,
+                            }),
+                        ));
                     }
-                    // Executor outcomes: nobody reads the decision, so its events move.
-                    None => events.extend(decision.events),
-                },
+                }
                 Err(refusal) => {
                     if let Some(reply) = reply {
                         answers.push((reply, Err(refusal.into())));
@@ -275,7 +281,7 @@ impl PlanActor {
         if events.is_empty() {
             let shared = self.shared();
             for (reply, answer) in answers {
-                let _ = reply.send(answer.map(|d| (d, shared.clone())));
+                let _ = reply.send(answer.map(|p| p.answer(&[], shared.clone())));
             }
             return;
         }
@@ -294,25 +300,11 @@ impl PlanActor {
                 self.shared = None;
                 let published: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
                 self.inner.publish(published.clone());
-                let shared = if answers.is_empty() {
-                    None
-                } else {
-                    Some(self.shared())
-                };
-                for ((reply, answer), shared) in answers
-                    .into_iter()
-                    .zip(std::iter::repeat_with(|| shared.clone()).flatten())
-                {
-                    let answer = answer.map(|mut d| {
-                        // Give the caller the stored ids.
-                        for e in &mut d.events {
-                            if let Some(p) = published.iter().find(|p| p.seq == e.seq) {
-                                e.id = p.id;
-                            }
-                        }
-                        (d, shared)
-                    });
-                    let _ = reply.send(answer);
+                if !answers.is_empty() {
+                    let shared = self.shared();
+                    for (reply, answer) in answers {
+                        let _ = reply.send(answer.map(|p| p.answer(&published, shared.clone())));
+                    }
                 }
                 self.act(&published);
                 self.maybe_snapshot();
@@ -485,4 +477,35 @@ impl PlanActor {
     }
 }
 
-type ReplyTo = oneshot::Sender<Result<(Decision, Arc<PlanState>), EngineError>>;
+type ReplyTo = oneshot::Sender<Result<Answer, EngineError>>;
+
+/// What a command's caller gets once its events are committed.
+pub(crate) struct Answer {
+    /// The events the command produced, with their global ids.
+    pub(crate) events: Vec<Arc<Event>>,
+    pub(crate) intervention: Option<cairn_core::Intervention>,
+    pub(crate) refusal: Option<cairn_core::Refusal>,
+    /// The plan's state after them.
+    pub(crate) state: Arc<PlanState>,
+}
+
+/// An answer waiting for its commit.
+struct Pending {
+    events: std::ops::Range<usize>,
+    intervention: Option<cairn_core::Intervention>,
+    refusal: Option<cairn_core::Refusal>,
+}
+
+impl Pending {
+    fn answer(self, published: &[Arc<Event>], state: Arc<PlanState>) -> Answer {
+        Answer {
+            events: published
+                .get(self.events)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+            intervention: self.intervention,
+            refusal: self.refusal,
+            state,
+        }
+    }
+}

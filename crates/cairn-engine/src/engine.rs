@@ -11,14 +11,14 @@ use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin
 use cairn_core::intervention::InterventionStatus;
 use cairn_core::view::{is_settled, CheckpointView, PlanView};
 use cairn_core::{
-    Command, Decision, Event, Intervention, InterventionRequest, Micros, PauseMode, Plan,
-    PlanState, PlanStatus,
+    Command, Event, Intervention, InterventionRequest, Micros, PauseMode, Plan, PlanState,
+    PlanStatus,
 };
 use cairn_store::{CreatePlan, Page, PlanRow, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::actor::{Msg, PlanActor};
+use crate::actor::{Answer, Msg, PlanActor};
 use crate::convert::{from_stored, to_new};
 use crate::executor::{Executor, Registry};
 use crate::publish::{self, Notice, Subscription};
@@ -333,7 +333,7 @@ impl Engine {
         plan_id: &str,
         command: Command,
         actor: String,
-    ) -> Result<(Decision, Arc<PlanState>), EngineError> {
+    ) -> Result<Answer, EngineError> {
         // An actor that unloaded itself between lookup and send drops the message: try again
         // once with a freshly loaded one.
         for _ in 0..3 {
@@ -420,7 +420,7 @@ impl Engine {
         Ok(self
             .send(plan_id, Command::Start { reason }, actor.into())
             .await?
-            .1)
+            .state)
     }
 
     /// Pauses a running plan: durable before it answers; no step starts after it. `Boundary`
@@ -445,7 +445,7 @@ impl Engine {
                 actor.into(),
             )
             .await?
-            .1)
+            .state)
     }
 
     /// Resumes a paused plan; the next ready steps start at once.
@@ -458,7 +458,7 @@ impl Engine {
         Ok(self
             .send(plan_id, Command::Resume { reason }, actor.into())
             .await?
-            .1)
+            .state)
     }
 
     /// Cancels an idle, running or paused plan (terminal). Running attempts are told to stop;
@@ -472,7 +472,7 @@ impl Engine {
         Ok(self
             .send(plan_id, Command::Cancel { reason }, actor.into())
             .await?
-            .1)
+            .state)
     }
 
     /// Applies an intervention. A refused one is recorded and returned as
@@ -483,7 +483,7 @@ impl Engine {
         request: InterventionRequest,
         actor: &str,
     ) -> Result<Intervention, EngineError> {
-        let (decision, _) = self
+        let decision = self
             .send(plan_id, Command::Intervene(request), actor.into())
             .await?;
         let record = decision
@@ -506,7 +506,7 @@ impl Engine {
         actor: &str,
         reason: Option<String>,
     ) -> Result<CheckpointSummary, EngineError> {
-        let (decision, _) = self
+        let decision = self
             .send(plan_id, Command::Checkpoint { label, reason }, actor.into())
             .await?;
         let e = decision
@@ -657,7 +657,7 @@ impl Engine {
                 actor.into(),
             )
             .await?
-            .1)
+            .state)
     }
 
     /// A new plan, paused, whose state equals the checkpoint's.
