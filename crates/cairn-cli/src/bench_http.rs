@@ -74,38 +74,66 @@ fn plan(id: &str, steps: usize, ms: u64) -> Value {
     })
 }
 
+/// An engine over a fresh SQLite file, served on 127.0.0.1 with an admin token.
+struct Bench {
+    engine: cairn_engine::Engine,
+    token: String,
+    addr: std::net::SocketAddr,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Bench {
+    async fn start(db: &Path) -> Result<Bench, Fail> {
+        let store = crate::run::open_store(db, true)?;
+        let engine = cairn_engine::Engine::open(
+            store.clone(),
+            cairn_engine::executor::Registry::with_builtins(),
+            EngineOptions::default(),
+        )
+        .await?;
+        let admin = cairn_server::auth::create_token(&*store, "bench", Role::Admin)
+            .await
+            .map_err(err)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(err)?;
+        let addr = listener.local_addr().map_err(err)?;
+        let state = AppState::new(engine.clone(), Authenticator::new(store.clone()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(cairn_server::serve(listener, state, async move {
+            let _ = stop_rx.await;
+        }));
+        Ok(Bench {
+            engine,
+            token: admin.token,
+            addr,
+            stop_tx,
+            server,
+        })
+    }
+}
+
 pub async fn run(
     plans: usize,
     requests: usize,
     db: &Path,
     peak_rss: fn() -> f64,
 ) -> Result<Vec<Value>, Fail> {
-    let store = crate::run::open_store(db, true)?;
-    let engine = cairn_engine::Engine::open(
-        store.clone(),
-        cairn_engine::executor::Registry::with_builtins(),
-        EngineOptions::default(),
-    )
-    .await?;
-    let admin = cairn_server::auth::create_token(&*store, "bench", Role::Admin)
-        .await
-        .map_err(err)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(err)?;
-    let addr = listener.local_addr().map_err(err)?;
-    let state = AppState::new(engine.clone(), Authenticator::new(store.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(cairn_server::serve(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
+    let Bench {
+        engine,
+        token,
+        addr,
+        stop_tx,
+        server,
+    } = Bench::start(db).await?;
     let http = Arc::new(Http {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()
             .map_err(err)?,
         base: format!("http://{addr}/v1"),
-        token: admin.token,
+        token,
     });
 
     // Plans that stay busy: 1,000 plans of ten 1 s sleeping steps.
@@ -255,25 +283,13 @@ pub async fn run(
 /// SSE fan-out: `subscribers` clients follow `GET /v1/events/stream` while 100 plans of 10 echo
 /// steps run; reports events delivered per second across all subscribers and the memory it cost.
 pub async fn sse(subscribers: usize, db: &Path, peak_rss: fn() -> f64) -> Result<Vec<Value>, Fail> {
-    let store = crate::run::open_store(db, true)?;
-    let engine = cairn_engine::Engine::open(
-        store.clone(),
-        cairn_engine::executor::Registry::with_builtins(),
-        EngineOptions::default(),
-    )
-    .await?;
-    let admin = cairn_server::auth::create_token(&*store, "bench", Role::Admin)
-        .await
-        .map_err(err)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(err)?;
-    let addr = listener.local_addr().map_err(err)?;
-    let state = AppState::new(engine.clone(), Authenticator::new(store.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(cairn_server::serve(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
+    let Bench {
+        engine,
+        token,
+        addr,
+        stop_tx,
+        server,
+    } = Bench::start(db).await?;
     let rss_before = peak_rss();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(subscribers + 16)
@@ -290,7 +306,7 @@ pub async fn sse(subscribers: usize, db: &Path, peak_rss: fn() -> f64) -> Result
     for _ in 0..subscribers {
         let client = client.clone();
         let url = format!("{base}/events/stream");
-        let token = admin.token.clone();
+        let token = token.clone();
         let delivered = delivered.clone();
         let ready = ready_tx.clone();
         readers.spawn(async move {
@@ -333,7 +349,7 @@ pub async fn sse(subscribers: usize, db: &Path, peak_rss: fn() -> f64) -> Result
         });
         let r = client
             .post(format!("{base}/plans"))
-            .bearer_auth(&admin.token)
+            .bearer_auth(&token)
             .json(&body)
             .send()
             .await
@@ -343,7 +359,7 @@ pub async fn sse(subscribers: usize, db: &Path, peak_rss: fn() -> f64) -> Result
         }
         client
             .post(format!("{base}/plans/fan-{i}/start"))
-            .bearer_auth(&admin.token)
+            .bearer_auth(&token)
             .send()
             .await
             .map_err(err)?;

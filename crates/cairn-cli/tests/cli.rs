@@ -1414,6 +1414,8 @@ fn bench_prints_one_json_object_per_workload() {
             "50",
             "--requests",
             "5",
+            "--subscribers",
+            "10",
         ])
         .expect(0, "bench");
     let lines: Vec<Value> = run

@@ -320,14 +320,7 @@ pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<D
         }
         Command::Recover => {
             if status == PlanStatus::Running {
-                let running: Vec<(String, u32)> = em
-                    .state
-                    .steps
-                    .iter()
-                    .filter(|s| s.rec.status == StepStatus::Running)
-                    .map(|s| (s.def.step_id.clone(), s.rec.attempts))
-                    .collect();
-                for (step_id, attempt) in running {
+                for (step_id, attempt) in running_attempts(em.state) {
                     em.emit(
                         SYSTEM_ACTOR,
                         EventKind::StepRecovered { step_id, attempt },
@@ -353,15 +346,18 @@ pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<D
     })
 }
 
-fn interrupt_running(em: &mut Emitter<'_>, actor: &str, cause: &str) {
-    let running: Vec<(String, u32)> = em
-        .state
+/// The attempts running now: `(step_id, attempt)`.
+fn running_attempts(state: &PlanState) -> Vec<(String, u32)> {
+    state
         .steps
         .iter()
         .filter(|s| s.rec.status == StepStatus::Running)
         .map(|s| (s.def.step_id.clone(), s.rec.attempts))
-        .collect();
-    for (step_id, attempt) in running {
+        .collect()
+}
+
+fn interrupt_running(em: &mut Emitter<'_>, actor: &str, cause: &str) {
+    for (step_id, attempt) in running_attempts(em.state) {
         em.emit(
             actor,
             EventKind::StepInterrupted {
