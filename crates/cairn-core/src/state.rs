@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind, Micros};
 use crate::intervention;
-use crate::plan::{effective_deps, Plan, StepDef};
+use crate::plan::{Plan, StepDef};
 
 /// The six plan states (DESIGN §1).
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -428,27 +428,39 @@ impl PlanState {
 
     /// The indices of the steps that depend, directly or not, on `steps[index]`.
     pub fn downstream_of(&self, index: usize) -> Vec<usize> {
-        let defs: Vec<StepDef> = self.steps.iter().map(|s| s.def.clone()).collect();
-        let mut marked = vec![false; defs.len()];
+        let position: HashMap<&str, usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.def.step_id.as_str(), i))
+            .collect();
+        // Who waits for whom, by position; then one walk from `index`.
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); self.steps.len()];
+        for (i, s) in self.steps.iter().enumerate() {
+            match &s.def.depends_on {
+                Some(deps) => {
+                    for d in deps {
+                        if let Some(&j) = position.get(d.as_str()) {
+                            dependents[j].push(i);
+                        }
+                    }
+                }
+                None if i > 0 => dependents[i - 1].push(i),
+                None => {}
+            }
+        }
+        let mut marked = vec![false; self.steps.len()];
+        let mut todo = vec![index];
         marked[index] = true;
-        // Dependencies can point anywhere in the list, so iterate to a fixed point.
-        let mut changed = true;
-        while changed {
-            changed = false;
-            for i in 0..defs.len() {
-                if !marked[i]
-                    && effective_deps(&defs, i).iter().any(|d| {
-                        defs.iter()
-                            .position(|s| s.step_id == *d)
-                            .is_some_and(|j| marked[j])
-                    })
-                {
+        while let Some(j) = todo.pop() {
+            for &i in &dependents[j] {
+                if !marked[i] {
                     marked[i] = true;
-                    changed = true;
+                    todo.push(i);
                 }
             }
         }
-        (0..defs.len())
+        (0..self.steps.len())
             .filter(|&i| i != index && marked[i])
             .collect()
     }

@@ -182,7 +182,7 @@ impl PlanActor {
             Err(e) => {
                 warn!(plan_id = %self.state.plan_id, error = %e, "lost the plan's lease; stop driving it");
                 self.stop_all();
-                self.inner.forget(&self.state.plan_id, &self.tx);
+                self.inner.unload(&self.state.plan_id, &self.tx);
                 false
             }
         }
@@ -242,7 +242,7 @@ impl PlanActor {
         }
         if !keep_going {
             self.stop_all();
-            self.inner.forget(&self.state.plan_id, &self.tx);
+            self.inner.unload(&self.state.plan_id, &self.tx);
         }
         keep_going
     }

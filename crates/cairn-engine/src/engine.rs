@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_core::decide::SYSTEM_ACTOR;
 use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin};
-use cairn_core::intervention::InterventionStatus;
 use cairn_core::view::{is_settled, CheckpointView, PlanView};
 use cairn_core::{
     Command, Event, Intervention, InterventionRequest, Micros, PauseMode, Plan, PlanState,
@@ -106,10 +105,6 @@ impl Inner {
             }
             _ => false,
         }
-    }
-
-    pub(crate) fn forget(&self, plan_id: &str, tx: &mpsc::UnboundedSender<Msg>) {
-        self.unload(plan_id, tx);
     }
 }
 
@@ -938,9 +933,4 @@ fn summary_of(e: &Event) -> CheckpointSummary {
         label: mark.and_then(|m| m.label),
         created_at: e.at,
     }
-}
-
-/// True when the intervention was applied.
-pub fn applied(i: &Intervention) -> bool {
-    i.status == InterventionStatus::Applied
 }

@@ -20,8 +20,8 @@ mod publish;
 pub mod remote;
 
 pub use engine::{
-    applied, may_settle, now_micros, CheckpointExport, CheckpointSummary, Engine, EngineOptions,
-    Progress, Snapshot,
+    may_settle, now_micros, CheckpointExport, CheckpointSummary, Engine, EngineOptions, Progress,
+    Snapshot,
 };
 pub use error::EngineError;
 pub use publish::{Notice, Subscription};

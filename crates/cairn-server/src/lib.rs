@@ -6,7 +6,6 @@
 //! strictly typed, every refusal is a 4xx with `{"error": {"code", "message"}}`).
 
 use std::future::Future;
-use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -38,7 +37,6 @@ pub struct AppState {
     pub auth: Authenticator,
     /// The remote task queue (`/v1/tasks…`); `None`: those endpoints answer 404.
     pub remote: Option<cairn_engine::remote::RemoteQueue>,
-    inner: Arc<()>,
 }
 
 impl AppState {
@@ -47,7 +45,6 @@ impl AppState {
             engine,
             auth,
             remote: None,
-            inner: Arc::new(()),
         }
     }
 
@@ -80,7 +77,6 @@ async fn readyz(
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let _ = &state.inner;
     let v1 = Router::new()
         .route("/plans", post(plans::register).get(plans::list))
         .route("/plans/{id}", get(plans::get).delete(plans::delete))
