@@ -760,6 +760,34 @@ impl Engine {
     pub async fn snapshot(&self, plan_id: &str) -> Result<Snapshot, EngineError> {
         let state = self.state(plan_id).await?;
         let checkpoints = self.checkpoints(plan_id).await?;
+        let interventions = self.interventions(plan_id).await?;
+        let view = PlanView::of(&state);
+        Ok(Snapshot {
+            plan_id: state.plan_id.clone(),
+            state: state.status,
+            pause_reason: state.pause_reason,
+            version: state.version,
+            progress: Progress {
+                total_steps: view.total_steps,
+                current_step_index: view.current_step_index,
+                completed_steps: view.completed_steps,
+                failed_steps: view.failed_steps,
+                skipped_steps: view.skipped_steps,
+                running_steps: view.running_steps,
+            },
+            definition: state.definition(),
+            steps: state.steps.clone(),
+            checkpoints,
+            interventions,
+            event_count: state.seq,
+            taken_at: now_micros(),
+            origin: state.origin.clone(),
+            failure: state.failure.clone(),
+        })
+    }
+
+    /// The recorded interventions of a plan, applied and refused, oldest first.
+    pub async fn interventions(&self, plan_id: &str) -> Result<Vec<Intervention>, EngineError> {
         let mut interventions = Vec::new();
         let mut after = 0;
         loop {
@@ -788,34 +816,7 @@ impl Engine {
                 break;
             }
         }
-        let view = PlanView::of(&state);
-        Ok(Snapshot {
-            plan_id: state.plan_id.clone(),
-            state: state.status,
-            pause_reason: state.pause_reason,
-            version: state.version,
-            progress: Progress {
-                total_steps: view.total_steps,
-                current_step_index: view.current_step_index,
-                completed_steps: view.completed_steps,
-                failed_steps: view.failed_steps,
-                skipped_steps: view.skipped_steps,
-                running_steps: view.running_steps,
-            },
-            definition: state.definition(),
-            steps: state.steps.clone(),
-            checkpoints,
-            interventions,
-            event_count: state.seq,
-            taken_at: now_micros(),
-            origin: state.origin.clone(),
-            failure: state.failure.clone(),
-        })
-    }
-
-    /// The recorded interventions of a plan, applied and refused, oldest first.
-    pub async fn interventions(&self, plan_id: &str) -> Result<Vec<Intervention>, EngineError> {
-        Ok(self.snapshot(plan_id).await?.interventions)
+        Ok(interventions)
     }
 
     /// Deletes a plan that is not running (with its whole log).
