@@ -28,6 +28,7 @@ pub const DEFAULT_LEASE_MS: u64 = 30_000;
 
 /// A task as handed to a worker: the [`Task`] fields plus the task id and the lease.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct TaskLease {
     pub task_id: String,
     #[serde(flatten)]
@@ -38,6 +39,7 @@ pub struct TaskLease {
 
 /// What a heartbeat answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct HeartbeatAnswer {
     pub lease_ms: u64,
     /// The plan no longer wants this attempt: stop working and report `fail`.

@@ -130,7 +130,9 @@ where
                 ApiError::bad_request(format!("cannot read the body: {e}"))
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        // No body, or JSON `null` (the document describes these bodies as nullable), is the
+        // default.
+        if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
             return Ok(OptionalJson(T::default()));
         }
         // A body that is there must be JSON, as for `ApiJson`.

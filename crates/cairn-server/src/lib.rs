@@ -9,10 +9,11 @@ use std::future::Future;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
 use cairn_engine::Engine;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub mod auth;
 pub mod error;
@@ -59,10 +60,17 @@ async fn not_found() -> error::ApiError {
     error::ApiError::not_found("no such endpoint; see /openapi.json")
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = openapi::Status)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Readiness: the store answers.
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ready\"}`", body = openapi::Status),
+              (status = 503, description = "The store does not answer", body = openapi::Status)))]
 async fn readyz(
     axum::extract::State(s): axum::extract::State<AppState>,
 ) -> (StatusCode, Json<serde_json::Value>) {
@@ -75,51 +83,61 @@ async fn readyz(
     }
 }
 
+/// The authenticated API under `/v1`, each route with its OpenAPI operation. The document is
+/// generated from these lists ([`document`]), so it describes exactly what is routed.
+fn v1_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(plans::register, plans::list))
+        .routes(routes!(plans::get, plans::delete))
+        .routes(routes!(plans::start))
+        .routes(routes!(plans::pause))
+        .routes(routes!(plans::resume))
+        .routes(routes!(plans::cancel))
+        .routes(routes!(plans::intervene, plans::interventions))
+        .routes(routes!(plans::checkpoints, plans::create_checkpoint))
+        .routes(routes!(plans::checkpoint))
+        .routes(routes!(plans::restore))
+        .routes(routes!(plans::fork))
+        .routes(routes!(plans::snapshot))
+        .routes(routes!(plans::events))
+        .routes(routes!(streams::plan_stream))
+        .routes(routes!(streams::all_stream))
+        .routes(routes!(streams::ws))
+        .routes(routes!(tasks::poll))
+        .routes(routes!(tasks::heartbeat))
+        .routes(routes!(tasks::complete))
+        .routes(routes!(tasks::fail))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::revoke))
+}
+
+/// The unauthenticated endpoints at the root.
+fn root_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics::endpoint))
+        .routes(routes!(openapi::endpoint))
+}
+
+/// The OpenAPI document of exactly the routed handlers.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let (_, v1) = v1_routes().split_for_parts();
+    let (_, root) = root_routes().split_for_parts();
+    openapi::finish(v1, root)
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/plans", post(plans::register).get(plans::list))
-        .route("/plans/{id}", get(plans::get).delete(plans::delete))
-        .route("/plans/{id}/start", post(plans::start))
-        .route("/plans/{id}/pause", post(plans::pause))
-        .route("/plans/{id}/resume", post(plans::resume))
-        .route("/plans/{id}/cancel", post(plans::cancel))
-        .route(
-            "/plans/{id}/interventions",
-            post(plans::intervene).get(plans::interventions),
-        )
-        .route(
-            "/plans/{id}/checkpoints",
-            get(plans::checkpoints).post(plans::create_checkpoint),
-        )
-        .route("/plans/{id}/checkpoints/{cid}", get(plans::checkpoint))
-        .route(
-            "/plans/{id}/checkpoints/{cid}/restore",
-            post(plans::restore),
-        )
-        .route("/plans/{id}/checkpoints/{cid}/fork", post(plans::fork))
-        .route("/plans/{id}/snapshot", get(plans::snapshot))
-        .route("/plans/{id}/events", get(plans::events))
-        .route("/tasks/poll", post(tasks::poll))
-        .route("/tasks/{task_id}/heartbeat", post(tasks::heartbeat))
-        .route("/tasks/{task_id}/complete", post(tasks::complete))
-        .route("/tasks/{task_id}/fail", post(tasks::fail))
-        .route("/plans/{id}/events/stream", get(streams::plan_stream))
-        .route("/events/stream", get(streams::all_stream))
-        .route("/ws", get(streams::ws))
-        .route("/tokens", post(tokens::create).get(tokens::list))
-        .route("/tokens/{id}", delete(tokens::revoke))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::middleware,
-        ));
+    let (v1, _) = v1_routes().split_for_parts();
+    let (root, _) = root_routes().split_for_parts();
+    let v1 = v1.layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::middleware,
+    ));
     Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::endpoint))
-        .route("/openapi.json", get(openapi::endpoint))
+        .merge(v1)
+        .merge(root)
         .fallback(not_found)
         .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -147,7 +147,9 @@ pub fn render() -> String {
     handle().render()
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: Prometheus metrics in the text exposition format.
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
 pub async fn endpoint() -> Response {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

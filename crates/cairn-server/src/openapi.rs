@@ -1,12 +1,10 @@
-//! The OpenAPI document (`GET /openapi.json`), generated from the handlers' `#[utoipa::path]`
-//! annotations and the types' `ToSchema` derives. `docs/openapi.json` is a committed copy; the
-//! `openapi` test fails when it drifts (`CAIRN_UPDATE_OPENAPI=1 cargo test -p cairn-server
-//! --test openapi` rewrites it).
-//!
-//! Endpoints served by other modules that carry no annotation of their own yet (the event
-//! streams, the WebSocket and the remote-worker task queue) are declared here on stub functions
-//! that are never routed: see [`streams`] and [`tasks`]. When those handlers get their own
-//! `#[utoipa::path]`, move the annotation onto them and drop the stub.
+//! The OpenAPI document (`GET /openapi.json`), generated from the routed handlers themselves:
+//! the router is built from `utoipa_axum::routes!` lists ([`crate::document`]), so every routed
+//! path carries the `#[utoipa::path]` annotation of the handler that serves it, and nothing else
+//! is in the document. This module adds what is common to every operation (security, the
+//! statuses every body or query can produce) and the shared schemas. `docs/openapi.json` is a
+//! committed copy; the `openapi` test fails when it drifts (`CAIRN_UPDATE_OPENAPI=1 cargo test
+//! -p cairn-server --test openapi` rewrites it).
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -20,8 +18,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{plans, tokens};
-
 /// `{"error": {"code", "message"}}`: the body of every refusal.
 #[derive(ToSchema)]
 #[schema(example = json!({"error": {"code": "plan_not_found", "message": "plan \"p1\" not found"}}))]
@@ -31,12 +27,68 @@ pub struct ErrorBody {
 
 #[derive(ToSchema)]
 pub struct ErrorDetail {
-    /// snake_case, stable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `plan_not_found`, `checkpoint_not_found`, `token_not_found`, `plan_exists`, `conflict`,
-    /// `not_owner`, `invalid_request`, `invalid_plan`.
-    pub code: String,
+    /// snake_case and stable; clients match on it.
+    pub code: ErrorCode,
     /// A human sentence.
     pub message: String,
+    /// `invalid_plan`: every fault of the plan, each with its path and, for documents, its
+    /// line and column.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub faults: Option<()>,
+    /// A refused intervention: its record, as stored in the audit trail.
+    #[schema(value_type = Option<Object>)]
+    pub intervention: Option<()>,
+}
+
+/// Every error code the server answers.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    PlanNotFound,
+    CheckpointNotFound,
+    TokenNotFound,
+    TaskNotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    PlanExists,
+    Conflict,
+    NotOwner,
+    NotLeaseHolder,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UriTooLong,
+    InvalidRequest,
+    InvalidPlan,
+    HeadersTooLarge,
+    HttpError,
+    ShuttingDown,
+    StorageUnavailable,
+}
+
+/// `{"status": …}`: what `/healthz` and `/readyz` answer.
+#[derive(ToSchema)]
+pub struct Status {
+    /// `ok`, `ready` or `unavailable`.
+    pub status: String,
+    /// Why the server is not ready.
+    pub error: Option<String>,
+}
+
+/// One server-sent event as the stream frames it: `id` (the event's `seq` on a plan's stream,
+/// its global id on the all-plans stream), `event` (the event type, or `lagged` when the
+/// subscriber fell behind), and `data` (the event JSON, or `{"missed": n}`). Keep-alive
+/// comments carry none of these.
+#[derive(ToSchema)]
+pub struct SseFrame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<u64>,
 }
 
 /// A schema that is an object described in words (types whose shape is documented in DESIGN.md
@@ -84,23 +136,6 @@ free_form!(
     /// `checkpoints`, `interventions`, `event_count`, `taken_at`, `origin?`, `failure?`.
     SnapshotDoc,
     "Snapshot"
-);
-free_form!(
-    /// A task handed to a remote worker: the step to run (plan id, step id, attempt,
-    /// agent type, action, rendered params, idempotency key) and its lease.
-    TaskDoc,
-    "Task"
-);
-free_form!(
-    /// A step's result from a remote worker: `output` (any JSON) and optional `scores`.
-    TaskCompleteDoc,
-    "TaskComplete"
-);
-free_form!(
-    /// A step's failure from a remote worker: `error` (a sentence) and whether it may be
-    /// retried.
-    TaskFailDoc,
-    "TaskFail"
 );
 
 /// A plan as listed.
@@ -173,152 +208,15 @@ pub struct InterventionBody {
     pub dry_run: Option<bool>,
 }
 
-/// The body of `POST /v1/tasks/poll`.
-#[derive(ToSchema)]
-pub struct PollBody {
-    pub worker_id: String,
-    pub agent_types: Vec<String>,
-    /// How long to wait for a task before answering 204.
-    pub wait_ms: Option<u64>,
-}
-
-/// Declarations of endpoints that live in other modules, for the document only.
-pub mod streams {
-    use super::ErrorBody;
-
-    /// Server-sent events of one plan: `id:` is the event's `seq`, `event:` its type, `data:`
-    /// the event JSON. Resumes after `Last-Event-ID`.
-    #[utoipa::path(get, operation_id = "stream_plan_events", path = "/v1/plans/{id}/events/stream", tag = "events",
-        params(("id" = String, Path, description = "Plan id"),
-               ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq")),
-        responses(
-            (status = 200, description = "An SSE stream of the plan's events", content_type = "text/event-stream", body = String),
-            (status = 404, description = "No such plan", body = ErrorBody)),
-        security(("bearer" = [])))]
-    #[allow(dead_code)]
-    pub fn plan_events_stream() {}
-
-    /// Server-sent events of all plans: `id:` is the event's global id.
-    #[utoipa::path(get, operation_id = "stream_events", path = "/v1/events/stream", tag = "events",
-        params(("Last-Event-ID" = Option<u64>, Header, description = "Resume after this global id")),
-        responses(
-            (status = 200, description = "An SSE stream of every plan's events", content_type = "text/event-stream", body = String)),
-        security(("bearer" = [])))]
-    #[allow(dead_code)]
-    pub fn events_stream() {}
-
-    /// WebSocket: send `{"subscribe": [plan ids or "*"], "after": id}`; receive event JSON.
-    #[utoipa::path(get, operation_id = "websocket", path = "/v1/ws", tag = "events",
-        responses(
-            (status = 101, description = "Switching to the WebSocket protocol"),
-            (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody)),
-        security(("bearer" = [])))]
-    #[allow(dead_code)]
-    pub fn ws() {}
-}
-
-/// Declarations of the remote-worker queue endpoints (role `worker`), for the document only.
-pub mod tasks {
-    use super::{ErrorBody, PollBody, TaskCompleteDoc, TaskDoc, TaskFailDoc};
-
-    /// Long-polls for a task of one of `agent_types`.
-    #[utoipa::path(post, operation_id = "poll_task", path = "/v1/tasks/poll", tag = "tasks",
-        request_body = PollBody,
-        responses(
-            (status = 200, description = "A task to run", body = TaskDoc),
-            (status = 204, description = "No task within `wait_ms`"),
-            (status = 422, description = "Invalid body", body = ErrorBody)),
-        security(("bearer" = [])))]
-    #[allow(dead_code)]
-    pub fn poll() {}
-
-    /// Extends the lease of a task being worked on.
-    #[utoipa::path(post, operation_id = "heartbeat_task", path = "/v1/tasks/{task_id}/heartbeat", tag = "tasks",
-        params(("task_id" = String, Path, description = "Task id")),
-        responses(
-            (status = 204, description = "Lease extended"),
-            (status = 404, description = "No such task", body = ErrorBody),
-            (status = 409, description = "The task's lease was lost", body = ErrorBody)),
-        security(("bearer" = [])))]
-    #[allow(dead_code)]
-    pub fn heartbeat() {}
-
-    /// Reports a task's result.
-    #[utoipa::path(post, operation_id = "complete_task", path = "/v1/tasks/{task_id}/complete", tag = "tasks",
-        params(("task_id" = String, Path, description = "Task id")),
-        request_body = TaskCompleteDoc,
-        responses(
-            (status = 204, description = "Result recorded"),
-            (status = 404, description = "No such task", body = ErrorBody),
-            (status = 409, description = "The task's lease was lost", body = ErrorBody),
-            (status = 422, description = "Invalid body", body = ErrorBody)),
-        security(("bearer" = [])))]
-    #[allow(dead_code)]
-    pub fn complete() {}
-
-    /// Reports a task's failure.
-    #[utoipa::path(post, operation_id = "fail_task", path = "/v1/tasks/{task_id}/fail", tag = "tasks",
-        params(("task_id" = String, Path, description = "Task id")),
-        request_body = TaskFailDoc,
-        responses(
-            (status = 204, description = "Failure recorded"),
-            (status = 404, description = "No such task", body = ErrorBody),
-            (status = 409, description = "The task's lease was lost", body = ErrorBody),
-            (status = 422, description = "Invalid body", body = ErrorBody)),
-        security(("bearer" = [])))]
-    #[allow(dead_code)]
-    pub fn fail() {}
-}
-
-/// Unauthenticated root endpoints.
-pub mod root {
-    /// Liveness.
-    #[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "operations",
-        responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
-    #[allow(dead_code)]
-    pub fn healthz() {}
-
-    /// Readiness: the store answers.
-    #[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "operations",
-        responses((status = 200, description = "`{\"status\": \"ready\"}`"),
-                  (status = 503, description = "The store does not answer")))]
-    #[allow(dead_code)]
-    pub fn readyz() {}
-
-    /// Prometheus metrics in the text exposition format.
-    #[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "operations",
-        responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
-    #[allow(dead_code)]
-    pub fn metrics() {}
-
-    /// This document.
-    #[utoipa::path(get, operation_id = "openapi", path = "/openapi.json", tag = "operations",
-        responses((status = 200, description = "The OpenAPI document")))]
-    #[allow(dead_code)]
-    pub fn openapi() {}
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "cairn",
-        description = "A durable orchestrator for multi-step agent research plans (DESIGN §4). \
+        description = "A durable orchestrator for multi-step agent research plans \
             Every refusal is a 4xx with `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(
-        plans::register, plans::list, plans::get, plans::delete,
-        plans::start, plans::pause, plans::resume, plans::cancel,
-        plans::intervene, plans::interventions,
-        plans::checkpoints, plans::create_checkpoint, plans::checkpoint,
-        plans::restore, plans::fork, plans::snapshot, plans::events,
-        streams::plan_events_stream, streams::events_stream, streams::ws,
-        tasks::poll, tasks::heartbeat, tasks::complete, tasks::fail,
-        tokens::create, tokens::list, tokens::revoke,
-        root::healthz, root::readyz, root::metrics, root::openapi,
-    ),
-    components(schemas(ErrorBody, EventDoc, InterventionDoc, SnapshotDoc, TaskDoc)),
-    modifiers(&Security),
+    components(schemas(ErrorBody, EventDoc, InterventionDoc, SnapshotDoc)),
     tags(
         (name = "plans", description = "Registration, state and control"),
         (name = "interventions", description = "Changing a plan while it runs"),
@@ -331,10 +229,25 @@ pub mod root {
 )]
 pub struct ApiDoc;
 
-/// Adds the bearer scheme, and 401/403 answers to every operation that needs a token.
-struct Security;
+/// The whole document: the info, tags and shared schemas of [`ApiDoc`], the operations of the
+/// routed handlers (`/v1` and the root), and the answers common to every operation.
+pub fn finish(
+    v1: utoipa::openapi::OpenApi,
+    root: utoipa::openapi::OpenApi,
+) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(v1);
+    doc.merge(root);
+    Common.modify(&mut doc);
+    doc
+}
 
-impl Modify for Security {
+/// Adds the bearer scheme, and to every operation the answers it can give besides its own:
+/// 401/403 where a token is needed, 400 where it reads a query or a body, 413/415 where it
+/// reads a body, 503 where it reaches the store.
+struct Common;
+
+impl Modify for Common {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
@@ -371,11 +284,31 @@ impl Modify for Security {
                 if op.security.is_none() {
                     continue;
                 }
+                let has_query = op.parameters.iter().flatten().any(|p| {
+                    matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)
+                        || matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Header)
+                });
+                let has_body = op.request_body.is_some();
                 let r = &mut op.responses.responses;
                 r.entry("401".into())
-                    .or_insert_with(|| error("Missing, unknown or revoked token"));
+                    .or_insert_with(|| error("Missing, unknown, expired or revoked token"));
                 r.entry("403".into())
                     .or_insert_with(|| error("The token's role may not do this"));
+                if has_query || has_body {
+                    r.entry("400".into())
+                        .or_insert_with(|| error("A malformed body, query or header"));
+                }
+                if has_body {
+                    r.entry("413".into()).or_insert_with(|| {
+                        error("The body is larger than 1 MiB (`payload_too_large`)")
+                    });
+                    r.entry("415".into()).or_insert_with(|| {
+                        error("The body is not `application/json` (`unsupported_media_type`)")
+                    });
+                }
+                r.entry("503".into()).or_insert_with(|| {
+                    error("The store cannot be used (`storage_unavailable`) or the server is shutting down")
+                });
             }
         }
     }
@@ -385,7 +318,7 @@ impl Modify for Security {
 pub fn json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        let mut s = ApiDoc::openapi()
+        let mut s = crate::document()
             .to_pretty_json()
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
         s.push('\n');
@@ -393,7 +326,9 @@ pub fn json() -> &'static str {
     })
 }
 
-/// `GET /openapi.json`.
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, operation_id = "openapi", path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
 pub async fn endpoint() -> Response {
     ([(CONTENT_TYPE, "application/json")], json()).into_response()
 }

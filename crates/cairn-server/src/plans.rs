@@ -72,6 +72,7 @@ pub struct ListQuery {
     /// Only plans in this state: idle, running, paused, completed, failed, cancelled.
     state: Option<String>,
     /// 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -554,8 +555,10 @@ pub async fn snapshot(
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Events with `seq` greater than this (default 0).
+    #[param(minimum = 0)]
     after: Option<u64>,
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 

@@ -49,9 +49,13 @@ const MAX_WS_MESSAGE: usize = 64 * 1024;
 /// Most plan ids one WebSocket subscription may name.
 const MAX_WS_PLANS: usize = 1_000;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
+    /// Resume after this position (`seq` for one plan, global id for all plans);
+    /// `Last-Event-ID` wins when both are sent.
+    #[param(minimum = 0)]
     after: Option<u64>,
 }
 
@@ -156,7 +160,17 @@ impl PlanFeed {
     }
 }
 
-/// `GET /v1/plans/{id}/events/stream`
+/// `GET /v1/plans/{id}/events/stream`: server-sent events of one plan. `id:` is the event's
+/// `seq`, `event:` its type, `data:` the event JSON. Resumes after `Last-Event-ID` or `after`.
+#[utoipa::path(get, operation_id = "stream_plan_events", path = "/v1/plans/{id}/events/stream", tag = "events",
+    params(("id" = String, Path, description = "Plan id"),
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq (a non-negative integer)"),
+           StreamQuery),
+    responses(
+        (status = 200, description = "An SSE stream of the plan's events", content_type = "text/event-stream", body = crate::openapi::SseFrame),
+        (status = 400, description = "A malformed `Last-Event-ID` or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn plan_stream(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -200,7 +214,15 @@ pub async fn plan_stream(
     Ok(sse(stream))
 }
 
-/// `GET /v1/events/stream`
+/// `GET /v1/events/stream`: server-sent events of every plan; `id:` is the event's global id.
+/// Without `Last-Event-ID` or `after`, only events committed from now on.
+#[utoipa::path(get, operation_id = "stream_events", path = "/v1/events/stream", tag = "events",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this global id (a non-negative integer)"),
+           StreamQuery),
+    responses(
+        (status = 200, description = "An SSE stream of every plan's events", content_type = "text/event-stream", body = crate::openapi::SseFrame),
+        (status = 400, description = "A malformed `Last-Event-ID` or query", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn all_stream(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -229,6 +251,12 @@ pub async fn all_stream(
 }
 
 /// `GET /v1/ws` (the token may also come as `?token=`: see [`crate::auth::middleware`]).
+/// Send `{"subscribe": [plan ids or "*"], "after": id}`; receive event JSON frames.
+#[utoipa::path(get, operation_id = "websocket", path = "/v1/ws", tag = "events",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn ws(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,

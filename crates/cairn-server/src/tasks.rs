@@ -69,16 +69,32 @@ fn authorise(p: &Principal, worker_id: &str) -> ApiResult<()> {
     check_id("worker_id", worker_id)
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/tasks/poll`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollBody {
+    /// Who asks: 1 to 128 characters, no control characters.
+    #[schema(min_length = 1, max_length = 128)]
     worker_id: String,
+    /// The agent types this worker runs (1 to 64, each 1 to 128 characters).
+    #[schema(min_items = 1, max_items = 64)]
     agent_types: Vec<String>,
-    /// How long to wait for a task; 0 (the default) answers at once; capped at 60 000.
+    /// How long to wait for a task; 0 (the default) answers at once; more than 60 000 waits
+    /// 60 000.
     #[serde(default)]
+    #[schema(minimum = 0)]
     wait_ms: u64,
 }
 
+/// Long-polls for a task of one of `agent_types`.
+#[utoipa::path(post, operation_id = "poll_task", path = "/v1/tasks/poll", tag = "tasks",
+    request_body = PollBody,
+    responses(
+        (status = 200, description = "A task to run", body = cairn_engine::remote::TaskLease),
+        (status = 204, description = "No task within `wait_ms`"),
+        (status = 404, description = "This server hands out no tasks", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn poll(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -101,12 +117,25 @@ pub async fn poll(
     }
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/tasks/{task_id}/heartbeat`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
+    /// The worker holding the task.
+    #[schema(min_length = 1, max_length = 128)]
     worker_id: String,
 }
 
+/// Extends the lease of a task being worked on; answers whether the plan still wants it.
+#[utoipa::path(post, operation_id = "heartbeat_task", path = "/v1/tasks/{task_id}/heartbeat", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    request_body = HeartbeatBody,
+    responses(
+        (status = 200, description = "Lease extended", body = cairn_engine::remote::HeartbeatAnswer),
+        (status = 404, description = "No such task (never handed out, reported, stopped or expired)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Another worker holds the task (`not_lease_holder`)", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn heartbeat(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -118,16 +147,33 @@ pub async fn heartbeat(
     Ok(Json(answer).into_response())
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/tasks/{task_id}/complete`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
+    /// The worker holding the task.
+    #[schema(min_length = 1, max_length = 128)]
     worker_id: String,
+    /// The step's output (any JSON; null when absent).
     #[serde(default)]
+    #[schema(value_type = Object)]
     output: Value,
+    /// Scores for the step's quality gate: name → number.
     #[serde(default)]
+    #[schema(value_type = Option<HashMap<String, f64>>)]
     scores: Option<Map<String, Value>>,
 }
 
+/// Reports a task's result.
+#[utoipa::path(post, operation_id = "complete_task", path = "/v1/tasks/{task_id}/complete", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    request_body = CompleteBody,
+    responses(
+        (status = 204, description = "Result recorded"),
+        (status = 404, description = "No such task", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Another worker holds the task (`not_lease_holder`)", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn complete(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
@@ -146,11 +192,17 @@ pub async fn complete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/tasks/{task_id}/fail`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
+    /// The worker holding the task.
+    #[schema(min_length = 1, max_length = 128)]
     worker_id: String,
+    /// What went wrong: a non-empty sentence of at most 64 KiB.
+    #[schema(min_length = 1, max_length = 65536)]
     error: String,
+    /// Whether the step's retry policy may try again (default true).
     #[serde(default = "yes")]
     retryable: bool,
 }
@@ -159,6 +211,16 @@ fn yes() -> bool {
     true
 }
 
+/// Reports a task's failure.
+#[utoipa::path(post, operation_id = "fail_task", path = "/v1/tasks/{task_id}/fail", tag = "tasks",
+    params(("task_id" = String, Path, description = "Task id")),
+    request_body = FailBody,
+    responses(
+        (status = 204, description = "Failure recorded"),
+        (status = 404, description = "No such task", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Another worker holds the task (`not_lease_holder`)", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn fail(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,

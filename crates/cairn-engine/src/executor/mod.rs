@@ -19,12 +19,14 @@ pub mod http;
 /// One attempt of one step, as an executor sees it. Serialised as the JSON a `command` agent reads
 /// on stdin and an `http` agent receives as the request body.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Task {
     pub plan_id: String,
     pub step_id: String,
     pub action: String,
     pub agent_type: String,
     /// With `{{ }}` templates already rendered.
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub params: Value,
     pub attempt: u32,
     pub run: u32,
