@@ -293,3 +293,100 @@ async fn a_failing_command_fails_the_attempt_with_its_stderr() {
     }
     panic!("plan p3 did not end");
 }
+
+/// The path of a file under `examples/`.
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Runs `cairn ARGS --server URL` with the token; panics with its stderr unless it succeeds.
+fn cli(s: &Served, tok: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--server", &s.url])
+        .env("CAIRN_TOKEN", tok)
+        .env_remove("CAIRN_SERVER")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cairn {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls the plan's state (bounded: 30 s) until `done` says so; answers the last state.
+async fn wait_state(s: &Served, tok: &str, plan_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut state = Value::Null;
+    for _ in 0..600 {
+        state = get(&format!("{}/v1/plans/{plan_id}", s.url), tok).await;
+        if done(&state) {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("plan {plan_id} never reached the awaited state: {state}");
+}
+
+/// The README's remote-worker walkthrough, as written: `examples/remote.yaml` registered and
+/// started with the CLI, run by `cairn worker` with `examples/agents/research.py`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_worker_walkthrough_runs_with_the_shipped_agent() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not found; skipping");
+        return;
+    }
+    let s = serve();
+    let op = token(&s.db, "op", "operator");
+    let wt = token(&s.db, "w1", "worker");
+    cli(&s, &op, &["plans", "register", &example("remote.yaml")]);
+    cli(&s, &op, &["plans", "start", "remote_001"]);
+    let agent = example("agents/research.py");
+    let _w = worker(&s, &wt, &["python3", &agent]);
+    let state = wait_state(&s, &op, "remote_001", |v| {
+        !matches!(v["state"].as_str(), Some("running") | Some("idle"))
+    })
+    .await;
+    assert_eq!(state["state"], "completed", "{state}");
+    let snap = get(&format!("{}/v1/plans/remote_001/snapshot", s.url), &op).await;
+    let text = snap.to_string();
+    assert!(
+        text.contains("3 sources on What do researchers say"),
+        "{text}"
+    );
+}
+
+/// The README's HTTP walkthrough, as written: `examples/steer.yaml` pauses at its breakpoint,
+/// so the skip that follows is applied, and the plan completes after the resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_server_walkthrough_can_be_followed() {
+    let s = serve();
+    let op = token(&s.db, "op", "operator");
+    cli(&s, &op, &["plans", "register", &example("steer.yaml")]);
+    cli(&s, &op, &["plans", "start", "steer_001"]);
+    let state = wait_state(&s, &op, "steer_001", |v| v["state"] == "paused").await;
+    assert_eq!(state["pause_reason"], "breakpoint", "{state}");
+    cli(&s, &op, &["plans", "show", "steer_001"]);
+    cli(
+        &s,
+        &op,
+        &[
+            "steps",
+            "skip",
+            "steer_001",
+            "step_2",
+            "--reason",
+            "source down",
+        ],
+    );
+    cli(&s, &op, &["plans", "resume", "steer_001"]);
+    let events = cli(&s, &op, &["plans", "events", "steer_001", "--follow"]);
+    assert!(events.contains("plan_completed"), "{events}");
+    let state = wait_state(&s, &op, "steer_001", |v| v["state"] == "completed").await;
+    assert_eq!(state["skipped_steps"], json!(["step_2"]), "{state}");
+}

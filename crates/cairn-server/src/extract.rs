@@ -130,9 +130,7 @@ where
                 ApiError::bad_request(format!("cannot read the body: {e}"))
             }
         })?;
-        // No body, or JSON `null` (the document describes these bodies as nullable), is the
-        // default.
-        if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
         // A body that is there must be JSON, as for `ApiJson`.

@@ -289,6 +289,9 @@ impl Modify for Common {
                         || matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Header)
                 });
                 let has_body = op.request_body.is_some();
+                if let Some(body) = op.request_body.as_mut() {
+                    not_nullable(body);
+                }
                 let r = &mut op.responses.responses;
                 r.entry("401".into())
                     .or_insert_with(|| error("Missing, unknown, expired or revoked token"));
@@ -310,6 +313,22 @@ impl Modify for Common {
                     error("The store cannot be used (`storage_unavailable`) or the server is shutting down")
                 });
             }
+        }
+    }
+}
+
+/// An optional body is sent or left out, never sent as JSON `null` (which is refused):
+/// `Option<T>` bodies are documented as `T` in a body that is not required.
+fn not_nullable(body: &mut utoipa::openapi::request_body::RequestBody) {
+    use utoipa::openapi::schema::SchemaType;
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+            continue;
+        };
+        let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+        if one_of.items.len() == 2 && one_of.items.iter().any(is_null) {
+            let inner = one_of.items.iter().find(|s| !is_null(s)).cloned();
+            content.schema = inner;
         }
     }
 }
