@@ -375,6 +375,58 @@ fn validate_accepts_a_good_plan_and_names_the_faults_of_bad_ones() {
     assert!(w.plan_ids().is_empty(), "an invalid plan was registered");
 }
 
+/// An undefined name in a template or a `when:` condition fails the step (without retry) with a
+/// message naming the name, also when the template is one expression that would keep its type.
+#[test]
+fn an_undefined_name_in_a_template_or_condition_fails_the_step_naming_it() {
+    let w = World::new();
+    // (plan id, the second step's extra fields, what the error must name)
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "bare",
+            r#"params: {y: "{{ nope }}"}"#,
+            "`nope` is undefined",
+        ),
+        (
+            "field",
+            r#"params: {y: "{{ steps.s1.output.nope }}"}"#,
+            "`steps.s1.output.nope` is undefined (steps.s1.output has hits)",
+        ),
+        (
+            "cond",
+            r#"when: "steps.s1.output.ok""#,
+            "`steps.s1.output.ok` is undefined",
+        ),
+    ];
+    for (id, extra, needle) in cases {
+        let file = format!("{id}.yaml");
+        w.write(
+            &file,
+            &format!(
+                "plan_id: {id}\nsteps:\n  - {{step_id: s1, action: x, agent_type: builtin.echo, params: {{hits: 3}}}}\n  - {{step_id: s2, action: x, agent_type: builtin.echo, retry: {{max_attempts: 3, backoff_ms: 1}}, {extra}}}\n"
+            ),
+        );
+        let run = w.cairn(&["run", &file]).expect(1, id);
+        assert!(run.stderr.contains(needle), "{id}: {}", run.stderr);
+        let view = w.show(id);
+        assert_eq!(view["state"], "failed", "{id}");
+        let s2 = step(&view, "s2");
+        assert_eq!(s2["status"], "failed", "{id}: {s2}");
+        assert!(
+            s2["error"].as_str().unwrap_or("").contains(needle),
+            "{id}: {s2}"
+        );
+        assert!(
+            s2["attempts"].as_u64().unwrap_or(0) <= 1,
+            "{id}: retried: {s2}"
+        );
+        assert!(
+            steps_of(&w.events(id), "step_completed") == ["s1"],
+            "{id}: s2 must not complete"
+        );
+    }
+}
+
 // ---- 2. run the example --------------------------------------------------------------------
 
 #[test]
