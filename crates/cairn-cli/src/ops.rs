@@ -186,6 +186,17 @@ pub enum StepsCmd {
         #[command(flatten)]
         iv: IvArgs,
     },
+    /// Supply the result of a pending, queued, running or failed step by hand: the step completes
+    /// with --output as if its agent had answered (a running attempt is stopped).
+    Complete {
+        plan_id: String,
+        step_id: String,
+        /// The step's output: any JSON value, or @FILE.
+        #[arg(long)]
+        output: String,
+        #[command(flatten)]
+        iv: IvArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -543,6 +554,19 @@ pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
             json!({"type": "rerun_from", "step_id": step_id}),
             iv,
         ),
+        StepsCmd::Complete {
+            plan_id,
+            step_id,
+            output,
+            iv,
+        } => {
+            let output = json_arg(&output, "--output")?;
+            (
+                plan_id,
+                json!({"type": "complete_step", "step_id": step_id, "output": output}),
+                iv,
+            )
+        }
         StepsCmd::Modify {
             plan_id,
             step_id,

@@ -375,6 +375,129 @@ fn validate_accepts_a_good_plan_and_names_the_faults_of_bad_ones() {
     assert!(w.plan_ids().is_empty(), "an invalid plan was registered");
 }
 
+/// An undefined name in a template or a `when:` condition fails the step (without retry) with a
+/// message naming the name, also when the template is one expression that would keep its type.
+#[test]
+fn an_undefined_name_in_a_template_or_condition_fails_the_step_naming_it() {
+    let w = World::new();
+    // (plan id, the second step's extra fields, what the error must name)
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "bare",
+            r#"params: {y: "{{ nope }}"}"#,
+            "`nope` is undefined",
+        ),
+        (
+            "field",
+            r#"params: {y: "{{ steps.s1.output.nope }}"}"#,
+            "`steps.s1.output.nope` is undefined (steps.s1.output has hits)",
+        ),
+        (
+            "cond",
+            r#"when: "steps.s1.output.ok""#,
+            "`steps.s1.output.ok` is undefined",
+        ),
+    ];
+    for (id, extra, needle) in cases {
+        let file = format!("{id}.yaml");
+        w.write(
+            &file,
+            &format!(
+                "plan_id: {id}\nsteps:\n  - {{step_id: s1, action: x, agent_type: builtin.echo, params: {{hits: 3}}}}\n  - {{step_id: s2, action: x, agent_type: builtin.echo, retry: {{max_attempts: 3, backoff_ms: 1}}, {extra}}}\n"
+            ),
+        );
+        let run = w.cairn(&["run", &file]).expect(1, id);
+        assert!(run.stderr.contains(needle), "{id}: {}", run.stderr);
+        let view = w.show(id);
+        assert_eq!(view["state"], "failed", "{id}");
+        let s2 = step(&view, "s2");
+        assert_eq!(s2["status"], "failed", "{id}: {s2}");
+        assert!(
+            s2["error"].as_str().unwrap_or("").contains(needle),
+            "{id}: {s2}"
+        );
+        assert!(
+            s2["attempts"].as_u64().unwrap_or(0) <= 1,
+            "{id}: retried: {s2}"
+        );
+        assert!(
+            steps_of(&w.events(id), "step_completed") == ["s1"],
+            "{id}: s2 must not complete"
+        );
+    }
+}
+
+/// `cairn steps complete`: an operator supplies a failed step's result by hand; the plan pauses
+/// for them (reason `intervention`, with a checkpoint of that trigger) and runs on that output.
+#[test]
+fn steps_complete_supplies_a_result_by_hand_and_the_plan_runs_on_it() {
+    let w = World::new();
+    w.write(
+        "plan.yaml",
+        "plan_id: hand\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.fail, params: {times: 9}}\n  - {step_id: b, action: x, agent_type: builtin.echo, params: {got: \"{{ steps.a.output.n }}\"}}\n",
+    );
+    w.cairn(&["run", "plan.yaml"]).expect(1, "a fails");
+    // Bad input is refused by name and changes nothing.
+    let run = w
+        .cairn(&["steps", "complete", "hand", "a", "--output", "{nope"])
+        .expect(2, "output that is not JSON");
+    assert!(
+        run.stderr.contains("--output is not valid JSON"),
+        "{}",
+        run.stderr
+    );
+    let dry = w.json(&[
+        "steps",
+        "complete",
+        "hand",
+        "a",
+        "--output",
+        r#"{"n": 1}"#,
+        "--dry-run",
+    ]);
+    assert_eq!(dry["status"], "would_apply");
+    assert!(dry.get("intervention_id").is_none(), "{dry}");
+    assert_eq!(w.show("hand")["state"], "failed");
+
+    let rec = w.json(&[
+        "steps",
+        "complete",
+        "hand",
+        "a",
+        "--output",
+        r#"{"n": 42}"#,
+        "--reason",
+        "looked it up",
+    ]);
+    assert_eq!(rec["status"], "applied");
+    assert_eq!(rec["user"], USER);
+    let view = w.show("hand");
+    assert_eq!(view["state"], "paused");
+    assert_eq!(view["pause_reason"], "intervention");
+    assert_eq!(step(&view, "a")["status"], "completed");
+    let cps = w.json(&["checkpoints", "list", "hand"]);
+    let last = cps["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["trigger"], "intervention", "{cps}");
+
+    let done = w
+        .cairn(&["run", "--resume", "hand", "--json"])
+        .expect(0, "resume")
+        .json();
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["outputs"]["a"], json!({"n": 42}));
+    assert_eq!(done["outputs"]["b"], json!({"got": 42}));
+    // A step that has ended cannot be completed again.
+    let run = w
+        .cairn(&["steps", "complete", "hand", "b", "--output", "1"])
+        .expect(2, "complete a completed step");
+    assert!(
+        run.stderr
+            .contains("only a pending, queued, running or failed step"),
+        "{}",
+        run.stderr
+    );
+}
+
 // ---- 2. run the example --------------------------------------------------------------------
 
 #[test]

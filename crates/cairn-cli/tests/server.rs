@@ -2200,3 +2200,78 @@ async fn a_pause_with_resume_after_resumes_by_itself() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--resume-after"), "{err}");
 }
+
+/// `complete_step` over HTTP and through `cairn steps complete --server`: a failed step is given
+/// its result by hand, the plan pauses for the operator, and resumes on that output. A dry run
+/// answers `would_apply` with no id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_step_over_http_and_from_the_cli() {
+    let w = World::new();
+    let op = w.op();
+    let fail = json!({"step_id": "a", "action": "x", "agent_type": "builtin.fail", "params": {"times": 9}});
+    let b = json!({"step_id": "b", "action": "x", "agent_type": "builtin.echo", "params": {"got": "{{ steps.a.output.n }}"}});
+    op.register(plan_doc("cs", vec![fail, b])).await;
+    op.post_empty("/v1/plans/cs/start")
+        .await
+        .expect(200, "start");
+    op.wait_state("cs", "failed").await;
+
+    let dry = op
+        .post(
+            "/v1/plans/cs/interventions",
+            json!({"type": "complete_step", "step_id": "a", "output": {"n": 1}, "dry_run": true}),
+        )
+        .await
+        .expect(200, "dry run");
+    assert_eq!(dry.body["status"], "would_apply");
+    assert_eq!(dry.body["dry_run"], true);
+    assert!(dry.body.get("intervention_id").is_none(), "{}", dry.body);
+    op.post(
+        "/v1/plans/cs/interventions",
+        json!({"type": "complete_step", "step_id": "b"}),
+    )
+    .await
+    .expect(422, "complete_step without an output");
+
+    let (code, out, err) = cli(
+        &[
+            "steps",
+            "complete",
+            "cs",
+            "a",
+            "--output",
+            r#"{"n": 42}"#,
+            "--reason",
+            "looked it up",
+            "--json",
+        ],
+        &w.server.base,
+        Some(&w.operator),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["type"], "complete_step");
+    assert_eq!(record["status"], "applied");
+    assert_eq!(record["reason"], "looked it up");
+    let paused = op.plan("cs").await;
+    assert_eq!(paused["state"], "paused", "{paused}");
+    assert_eq!(paused["pause_reason"], "intervention");
+    let cps = op
+        .get("/v1/plans/cs/checkpoints")
+        .await
+        .expect(200, "checkpoints")
+        .body;
+    let last = cps["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["trigger"], "intervention", "{cps}");
+
+    op.post_empty("/v1/plans/cs/resume")
+        .await
+        .expect(200, "resume");
+    let done = op.wait_state("cs", "completed").await;
+    let events = op.all_events("cs").await;
+    let b_done = events
+        .iter()
+        .find(|e| e["type"] == "step_completed" && e["data"]["step_id"] == "b")
+        .expect("b completed");
+    assert_eq!(b_done["data"]["output"], json!({"got": 42}), "{done}");
+}

@@ -405,20 +405,28 @@ fn intervene(
             record.diff = intervention::diff(em.state, &after);
             record.plan_version = after.version;
             if request.dry_run {
-                record.intervention_id = "dry-run".into();
+                record.intervention_id.clear();
+                record.status = InterventionStatus::WouldApply;
             } else {
+                // The applied intervention is a checkpoint of its own: restoring the latest
+                // checkpoint then never silently undoes an operator's change.
                 em.emit(
                     actor,
                     EventKind::InterventionApplied {
                         intervention: Box::new(record.clone()),
                     },
-                    None,
+                    Some(CheckpointTrigger::Intervention),
                 );
             }
             (record, None)
         }
         Err(refusal) => {
-            record.status = InterventionStatus::Failed;
+            record.status = if request.dry_run {
+                record.intervention_id.clear();
+                InterventionStatus::WouldFail
+            } else {
+                InterventionStatus::Failed
+            };
             record.error = Some(refusal.message.clone());
             if !request.dry_run {
                 em.emit(

@@ -53,6 +53,8 @@ pub enum CheckpointTrigger {
     Step,
     Pause,
     Manual,
+    /// After an applied intervention, so restoring the latest checkpoint keeps the change.
+    Intervention,
 }
 
 impl CheckpointTrigger {
@@ -62,6 +64,7 @@ impl CheckpointTrigger {
             CheckpointTrigger::Step => "step",
             CheckpointTrigger::Pause => "pause",
             CheckpointTrigger::Manual => "manual",
+            CheckpointTrigger::Intervention => "intervention",
         }
     }
 
@@ -71,6 +74,7 @@ impl CheckpointTrigger {
             "step" => CheckpointTrigger::Step,
             "pause" => CheckpointTrigger::Pause,
             "manual" => CheckpointTrigger::Manual,
+            "intervention" => CheckpointTrigger::Intervention,
             _ => return None,
         })
     }

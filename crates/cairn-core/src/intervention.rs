@@ -28,9 +28,18 @@ pub enum InterventionKind {
     },
     AddStep {
         step: Value,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// `insert_after` and `insert_before` are the prototype's names, read as aliases.
+        #[serde(
+            default,
+            alias = "insert_after",
+            skip_serializing_if = "Option::is_none"
+        )]
         after: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            alias = "insert_before",
+            skip_serializing_if = "Option::is_none"
+        )]
         before: Option<String>,
     },
     RemoveStep {
@@ -48,6 +57,11 @@ pub enum InterventionKind {
     RejectStep {
         step_id: String,
     },
+    /// The operator supplies the step's result by hand.
+    CompleteStep {
+        step_id: String,
+        output: Value,
+    },
 }
 
 impl InterventionKind {
@@ -62,6 +76,7 @@ impl InterventionKind {
             InterventionKind::RerunFrom { .. } => "rerun_from",
             InterventionKind::ApproveStep { .. } => "approve_step",
             InterventionKind::RejectStep { .. } => "reject_step",
+            InterventionKind::CompleteStep { .. } => "complete_step",
         }
     }
 
@@ -74,7 +89,8 @@ impl InterventionKind {
             | InterventionKind::RemoveStep { step_id }
             | InterventionKind::RerunFrom { step_id }
             | InterventionKind::ApproveStep { step_id }
-            | InterventionKind::RejectStep { step_id } => Some(step_id.clone()),
+            | InterventionKind::RejectStep { step_id }
+            | InterventionKind::CompleteStep { step_id, .. } => Some(step_id.clone()),
             InterventionKind::AddStep { step, .. } => step
                 .get("step_id")
                 .and_then(Value::as_str)
@@ -124,7 +140,7 @@ impl InterventionRequest {
         if !map.contains_key("type") {
             return Err(Invalid::one(
                 "type",
-                "missing; one of skip_step, retry_step, modify_step, add_step, remove_step, reorder_steps, rerun_from, approve_step, reject_step",
+                "missing; one of skip_step, retry_step, modify_step, add_step, remove_step, reorder_steps, rerun_from, complete_step, approve_step, reject_step",
             ));
         }
         let kind: InterventionKind = serde_json::from_value(Value::Object(map))
@@ -138,12 +154,25 @@ impl InterventionRequest {
     }
 }
 
-/// `applied` or `failed`.
+/// `applied` or `failed`; a dry run answers `would_apply` or `would_fail` (and is not recorded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InterventionStatus {
     Applied,
     Failed,
+    WouldApply,
+    WouldFail,
+}
+
+impl InterventionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterventionStatus::Applied => "applied",
+            InterventionStatus::Failed => "failed",
+            InterventionStatus::WouldApply => "would_apply",
+            InterventionStatus::WouldFail => "would_fail",
+        }
+    }
 }
 
 /// One field that an intervention changed.
@@ -157,6 +186,9 @@ pub struct Change {
 /// The record of an intervention, applied or refused (DESIGN §1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intervention {
+    /// `iv-<seq>`, the log position of its record; empty (and left out of the JSON) for a dry
+    /// run, which is not recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub intervention_id: String,
     pub plan_id: String,
     #[serde(rename = "type")]
@@ -203,7 +235,7 @@ fn status_name(s: StepStatus) -> String {
         .unwrap_or_default()
 }
 
-/// After retry, skip or rerun on a failed or completed plan: if no failed step is left, the plan
+/// After retry, skip, rerun or complete on a failed or completed plan: if no failed step is left, the plan
 /// pauses (reason `intervention`) so the operator resumes it when ready.
 fn reopen_if_settled(state: &mut PlanState) {
     if matches!(state.status, PlanStatus::Failed | PlanStatus::Completed)
@@ -268,7 +300,7 @@ const PATCHABLE: &[&str] = &[
 
 /// Applies an intervention to `state`. On `Err` the state may be half changed: callers run it on
 /// a copy first (decide) and only replay accepted ones on the live state (fold).
-pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Result<(), Refusal> {
+pub fn mutate(state: &mut PlanState, kind: &InterventionKind, at: Micros) -> Result<(), Refusal> {
     if state.status == PlanStatus::Cancelled {
         return Err(conflict(format!(
             "plan {} is cancelled; a cancelled plan cannot be changed",
@@ -490,6 +522,28 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, _at: Micros) -> Re
             }
             revalidate(state)?;
             state.version += 1;
+        }
+        InterventionKind::CompleteStep { step_id, output } => {
+            let i = find(state, step_id)?;
+            let rec = &mut state.steps[i].rec;
+            if !matches!(
+                rec.status,
+                StepStatus::Pending | StepStatus::Running | StepStatus::Failed
+            ) {
+                return Err(conflict(format!(
+                    "step {step_id} is {}; only a pending, queued, running or failed step can be completed by hand",
+                    status_name(rec.status)
+                )));
+            }
+            // As if its agent had answered: a running attempt stops counting (the engine stops
+            // it, and its late result is recorded as ignored), dependents may run.
+            rec.status = StepStatus::Completed;
+            rec.output = Some(output.clone());
+            rec.scores = None;
+            rec.error = None;
+            rec.retry_at = None;
+            rec.ended_at = Some(at);
+            reopen_if_settled(state);
         }
         InterventionKind::ApproveStep { .. } | InterventionKind::RejectStep { .. } => {
             return Err(conflict(

@@ -6,6 +6,7 @@
 //! - [`decide`]: commands in, events (or a refusal) out.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
+//! - [`suggest`]: "did you mean …?" for misspelt names.
 //!
 //! Architecture invariant: nothing in this crate does IO, reads a clock or draws a random number.
 //! Time comes in as [`decide::Ctx::now`]; ids are derived from log positions. Replaying the same
@@ -17,6 +18,7 @@ pub mod expr;
 pub mod intervention;
 pub mod plan;
 pub mod state;
+pub mod suggest;
 pub mod view;
 
 pub use decide::{handle, Command, Ctx, Decision, StepResult};

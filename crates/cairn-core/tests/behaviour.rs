@@ -1081,7 +1081,12 @@ fn a_dry_run_changes_nothing_and_answers_with_the_diff() {
     assert_eq!(sim.st, before);
     let rec = d.intervention.as_ref().unwrap();
     assert!(rec.dry_run);
-    assert_eq!(rec.status, InterventionStatus::Applied);
+    assert_eq!(rec.status, InterventionStatus::WouldApply);
+    // Not recorded, so no id: the JSON answer has none rather than a made-up one.
+    let json = serde_json::to_value(rec).unwrap();
+    assert_eq!(json["status"], "would_apply");
+    assert_eq!(json["dry_run"], true);
+    assert!(json.get("intervention_id").is_none(), "{json}");
     assert_eq!(rec.plan_version, before.version + 1);
     let order = rec
         .diff
@@ -1095,7 +1100,145 @@ fn a_dry_run_changes_nothing_and_answers_with_the_diff() {
     let d = sim.intervene(json!({"type": "skip_step", "step_id": "a", "dry_run": true}));
     assert!(d.events.is_empty());
     assert_eq!(d.refusal.as_ref().unwrap().kind, RefusalKind::Conflict);
+    let rec = d.intervention.as_ref().unwrap();
+    assert_eq!(rec.status, InterventionStatus::WouldFail);
+    assert!(rec.dry_run && rec.intervention_id.is_empty());
+    assert!(rec.error.as_deref().unwrap_or("").contains("running"));
     assert_eq!(sim.st, before);
+    assert!(sim
+        .checkpoints()
+        .iter()
+        .all(|(_, t)| *t != CheckpointTrigger::Intervention));
+}
+
+#[test]
+fn every_applied_intervention_is_a_checkpoint_so_restoring_the_latest_keeps_it() {
+    let mut sim = Sim::linear(&["a", "b", "c"]);
+    sim.start();
+    sim.pause(PauseMode::Boundary);
+    sim.complete("a", json!("a1"));
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "b"}));
+    applied(&d);
+    let mark = d.events[0].checkpoint.as_ref().expect("a checkpoint");
+    assert_eq!(mark.trigger, CheckpointTrigger::Intervention);
+    assert_eq!(mark.trigger.as_str(), "intervention");
+    assert_eq!(CheckpointTrigger::parse("intervention"), Some(mark.trigger));
+    let latest = *sim.checkpoints().last().unwrap();
+    assert_eq!(latest, (d.events[0].seq, CheckpointTrigger::Intervention));
+    // Restoring the latest checkpoint keeps the skip.
+    let cmd = sim.restore_cmd(latest.0);
+    sim.ok(cmd);
+    assert_eq!(sim.status("b"), StepStatus::Skipped);
+
+    // Refused interventions and dry runs take none.
+    let n = sim.checkpoints().len();
+    let d = sim.intervene(json!({"type": "skip_step", "step_id": "a"}));
+    assert!(d.refusal.is_some());
+    sim.intervene(json!({"type": "skip_step", "step_id": "c", "dry_run": true}));
+    assert_eq!(sim.checkpoints().len(), n);
+}
+
+#[test]
+fn add_step_reads_the_prototypes_insert_after_and_insert_before() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    let d = sim.intervene(json!({"type": "add_step", "insert_after": "a",
+        "step": {"step_id": "x", "action": "x", "agent_type": "t"}}));
+    applied(&d);
+    let d = sim.intervene(json!({"type": "add_step", "insert_before": "a",
+        "step": {"step_id": "y", "action": "x", "agent_type": "t"}}));
+    // Recorded under the names of today, so the stored record reads the same either way.
+    let payload = serde_json::to_value(&applied(&d).request).unwrap();
+    assert_eq!(payload["before"], "a");
+    assert_eq!(sim.order(), ["y", "a", "x", "b"]);
+}
+
+#[test]
+fn complete_step_supplies_a_pending_steps_result_and_its_dependents_run() {
+    let mut sim = Sim::linear(&["a", "b", "c"]);
+    sim.start();
+    sim.pause(PauseMode::Boundary);
+    sim.complete("a", json!("a1"));
+    let d = sim.intervene(json!({"type": "complete_step", "step_id": "b",
+        "output": {"hits": 7}, "reason": "found by hand"}));
+    let rec = applied(&d);
+    assert_eq!(rec.kind, "complete_step");
+    assert_eq!(rec.step_id.as_deref(), Some("b"));
+    assert_eq!(rec.reason.as_deref(), Some("found by hand"));
+    assert_eq!(rec.plan_version, 1, "the definition does not change");
+    assert!(rec
+        .diff
+        .iter()
+        .any(|c| c.path == "steps.b.status" && c.after == json!("completed")));
+    assert_eq!(sim.status("b"), StepStatus::Completed);
+    assert_eq!(sim.rec("b").output, Some(json!({"hits": 7})));
+    assert_eq!(sim.rec("b").attempts, 0, "no attempt ran");
+    // Templates see it as they would an agent's answer.
+    assert_eq!(
+        sim.st.template_context()["steps"]["b"]["output"]["hits"],
+        json!(7)
+    );
+    assert_eq!(started(&sim.resume()), vec![("c".into(), 1)]);
+    sim.complete("c", json!(null));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+}
+
+#[test]
+fn complete_step_on_a_running_step_stops_counting_its_attempt() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    let attempt = sim.attempt("a");
+    let d = sim.intervene(json!({"type": "complete_step", "step_id": "a", "output": "by hand"}));
+    applied(&d);
+    // The dependent starts at once in a running plan.
+    assert_eq!(started(&d), vec![("b".into(), 1)]);
+    assert!(!sim.running().contains(&"a".to_string()));
+    // The attempt's late result is recorded as ignored and changes nothing.
+    let d = sim.report(
+        "a",
+        attempt,
+        StepResult::Completed {
+            output: json!("late"),
+            scores: None,
+        },
+    );
+    assert_eq!(types(&d), vec!["step_result_ignored"]);
+    assert_eq!(sim.rec("a").output, Some(json!("by hand")));
+}
+
+#[test]
+fn complete_step_on_the_failed_step_of_a_failed_plan_pauses_it_for_the_operator() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    sim.fail("a", false);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    let d = sim.intervene(json!({"type": "complete_step", "step_id": "a", "output": [1, 2]}));
+    applied(&d);
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::Intervention));
+    assert_eq!(sim.rec("a").error, None);
+    assert_eq!(started(&sim.resume()), vec![("b".into(), 1)]);
+}
+
+#[test]
+fn complete_step_is_refused_on_a_step_that_has_ended_and_needs_an_output() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    sim.start();
+    sim.complete("a", json!(1));
+    let d = sim.intervene(json!({"type": "complete_step", "step_id": "a", "output": 2}));
+    assert_refused(
+        &sim,
+        &d,
+        RefusalKind::Conflict,
+        "only a pending, queued, running or failed step",
+    );
+    let d = sim.intervene(json!({"type": "complete_step", "step_id": "zz", "output": 2}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "does not exist");
+    let err = InterventionRequest::from_body(json!({"type": "complete_step", "step_id": "b"}))
+        .unwrap_err();
+    assert!(err.to_string().contains("output"), "{err}");
+    sim.cancel();
+    let d = sim.intervene(json!({"type": "complete_step", "step_id": "b", "output": 2}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "cancelled");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cairn_core::suggest::{closest, did_you_mean};
 use toml::{Table, Value};
 
 use crate::executor::command::CommandExecutor;
@@ -154,7 +155,8 @@ impl Config {
                 }
                 other => {
                     return err(format!(
-                        "unknown top-level key `{other}` (known: agents, webhooks)"
+                        "unknown top-level key `{other}` (known: agents, webhooks){}",
+                        did_you_mean(other, ["agents", "webhooks"])
                     ))
                 }
             }
@@ -277,7 +279,20 @@ fn check_agent_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Every key an `[agents.NAME]` table may have, whatever its executor.
+const AGENT_KEYS: &[&str] = &["executor", "command", "url", "builtin", "timeout_ms"];
+
 fn parse_agent(ctx: &str, t: &Table) -> Result<AgentConfig, ConfigError> {
+    // A misspelt key (`executer`) is reported as what it is before what it leaves missing.
+    for key in t.keys() {
+        if !AGENT_KEYS.contains(&key.as_str()) && !t[key].is_table() {
+            if let Some(meant) = closest(key, AGENT_KEYS.iter().copied()) {
+                return err(format!(
+                    "{ctx}: unknown key `{key}`; did you mean `{meant}`?"
+                ));
+            }
+        }
+    }
     let Some(executor) = t.get("executor") else {
         let mut message = format!("{ctx}: missing `executor` (one of: command, http, builtin)");
         if t.values().any(Value::is_table) {
@@ -421,8 +436,9 @@ fn check_keys(ctx: &str, t: &Table, allowed: &[&str], kind: &str) -> Result<(), 
     for key in t.keys() {
         if !allowed.contains(&key.as_str()) {
             return err(format!(
-                "{ctx}: unknown key `{key}` (the keys of {kind} are: {})",
-                allowed.join(", ")
+                "{ctx}: unknown key `{key}` (the keys of {kind} are: {}){}",
+                allowed.join(", "),
+                did_you_mean(key, allowed.iter().copied())
             ));
         }
     }

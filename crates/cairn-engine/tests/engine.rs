@@ -533,6 +533,68 @@ async fn expected_version_mismatch_is_refused() {
 }
 
 #[tokio::test]
+async fn complete_step_on_a_running_step_stops_its_attempt_and_the_plan_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, mut started) = Gate::new();
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(
+        &dir,
+        &[
+            ("gate", gate.clone() as Arc<dyn Executor>),
+            ("rec", rec.clone() as Arc<dyn Executor>),
+        ],
+    )
+    .await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: gate}\n  - {step_id: b, action: x, agent_type: rec, params: {n: \"{{ steps.a.output.n }}\"}}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    engine.start("p", "op", None).await.unwrap();
+    assert_eq!(started.recv().await.unwrap(), ("a".to_owned(), 1));
+    let record = engine
+        .intervene(
+            "p",
+            iv(json!({"type": "complete_step", "step_id": "a", "output": {"n": 5}, "reason": "done by hand"})),
+            "op",
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, InterventionStatus::Applied);
+    assert_eq!(record.user, "op");
+    let state = engine.wait_settled("p").await.unwrap();
+    assert_eq!(state.status, PlanStatus::Completed);
+    assert_eq!(state.step("a").unwrap().rec.output, Some(json!({"n": 5})));
+    // b ran on the output the operator gave, as if a's agent had answered.
+    assert_eq!(state.step("b").unwrap().rec.output, Some(json!({"n": 5})));
+    // The attempt the operator overtook was stopped, not left running.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while gate.current.load(Ordering::SeqCst) != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the running attempt of a was stopped");
+    let triggers: Vec<_> = engine
+        .checkpoints("p")
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.trigger)
+        .collect();
+    assert!(
+        triggers.contains(&CheckpointTrigger::Intervention),
+        "{triggers:?}"
+    );
+    let ivs = engine.interventions("p").await.unwrap();
+    assert_eq!(ivs.len(), 1);
+    assert_eq!(ivs[0].kind, "complete_step");
+    assert_eq!(ivs[0].reason.as_deref(), Some("done by hand"));
+}
+
+#[tokio::test]
 async fn dry_run_answers_the_diff_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _rec) = recorder_engine(&dir).await;
@@ -547,6 +609,11 @@ async fn dry_run_answers_the_diff_and_changes_nothing() {
         .await
         .unwrap();
     assert!(record.dry_run);
+    assert_eq!(record.status, InterventionStatus::WouldApply);
+    assert!(
+        record.intervention_id.is_empty(),
+        "a dry run is not recorded"
+    );
     assert_eq!(record.plan_version, 2, "the version it would have");
     assert!(!record.diff.is_empty());
     // A refused dry run is answered too, and not recorded either.

@@ -594,7 +594,7 @@ fn bad_configs_name_the_table_and_key() {
         ),
         (
             "[agents.registry]\nexecutor = \"command\"\ncommand = [\"x\"]\ncomand = [\"y\"]\n",
-            "agents.registry: unknown key `comand`",
+            "agents.registry: unknown key `comand`; did you mean `command`?",
         ),
         (
             "[agents.registry]\nexecutor = \"command\"\ncommand = [\"x\"]\nurl = \"http://127.0.0.1/\"\n",
@@ -607,6 +607,14 @@ fn bad_configs_name_the_table_and_key() {
         (
             "[agents.registry]\ncommand = [\"x\"]\n",
             "agents.registry: missing `executor`",
+        ),
+        (
+            "[agents.registry]\nexecuter = \"command\"\ncommand = [\"x\"]\n",
+            "agents.registry: unknown key `executer`; did you mean `executor`?",
+        ),
+        (
+            "[agent.registry]\nexecutor = \"command\"\n",
+            "unknown top-level key `agent` (known: agents, webhooks); did you mean `agents`?",
         ),
         (
             "[agents.registry]\nexecutor = \"command\"\ncommand = [\"x\"]\ntimeout_ms = 0\n",
@@ -666,7 +674,7 @@ fn bad_configs_name_the_table_and_key() {
         ("[[webhooks]]\nevents = [\"plan_paused\"]\n", "webhooks[0]: missing `url`"),
         (
             "[[webhooks]]\nurl = \"http://127.0.0.1/h\"\n[[webhooks]]\nurl = \"http://127.0.0.1/h\"\nsecrets = \"x\"\n",
-            "webhooks[1]: unknown key `secrets`",
+            "webhooks[1]: unknown key `secrets` (the keys of a webhook are: url, events, secret); did you mean `secret`?",
         ),
         (
             "[[webhooks]]\nurl = \"http://127.0.0.1/h\"\nevents = []\n",

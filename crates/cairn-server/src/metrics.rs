@@ -402,10 +402,7 @@ impl Follower {
             }
             EventKind::InterventionApplied { intervention }
             | EventKind::InterventionFailed { intervention } => {
-                let status = match intervention.status {
-                    cairn_core::intervention::InterventionStatus::Applied => "applied",
-                    cairn_core::intervention::InterventionStatus::Failed => "failed",
-                };
+                let status = intervention.status.as_str();
                 counter!("cairn_interventions_total",
                     "type" => intervention.kind.clone(), "status" => status)
                 .increment(1);

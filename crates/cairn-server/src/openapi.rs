@@ -126,7 +126,9 @@ free_form!(
 free_form!(
     /// An intervention record: `intervention_id`, `plan_id`, `type`, `step_id?`, `payload`,
     /// `user`, `reason?`, `created_at`, `status` (`applied` or `failed`), `error?`,
-    /// `plan_version`, `diff: [{path, before, after}]`, `dry_run?`.
+    /// `plan_version`, `diff: [{path, before, after}]`, `dry_run?`. A dry run's answer has
+    /// `dry_run: true`, status `would_apply` or `would_fail`, and no `intervention_id` (it is not
+    /// recorded).
     InterventionDoc,
     "Intervention"
 );

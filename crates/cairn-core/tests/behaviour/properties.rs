@@ -154,7 +154,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), 0u32..3, any::<bool>())
             .prop_map(|(pick, back, ok)| Op::Stale { pick, back, ok }),
         3 => (0u16..120).prop_map(|ms| Op::Tick { ms }),
-        5 => (0u8..9, any::<usize>(), any::<usize>(), proptest::bool::weighted(0.15),
+        5 => (0u8..10, any::<usize>(), any::<usize>(), proptest::bool::weighted(0.15),
               proptest::bool::weighted(0.1))
             .prop_map(|(kind, a, b, dry, bad_version)| Op::Intervene { kind, a, b, dry, bad_version }),
         1 => Just(Op::Checkpoint),
@@ -254,6 +254,10 @@ impl Run {
                 InterventionKind::ReorderSteps { order }
             }
             7 => InterventionKind::RerunFrom { step_id: id },
+            8 => InterventionKind::CompleteStep {
+                step_id: id,
+                output: json!({"by_hand": b % 7}),
+            },
             _ => {
                 if matches!(b % 2, 0) {
                     InterventionKind::ApproveStep { step_id: id }
@@ -435,6 +439,9 @@ fn legal(kind: &EventKind, from: StepStatus, to: StepStatus) -> bool {
             // The step itself has ended; steps downstream of it may be anywhere, running
             // included (the engine stops that attempt).
             InterventionKind::RerunFrom { .. } => to == Pending,
+            InterventionKind::CompleteStep { .. } => {
+                matches!(from, Pending | Running | Failed) && to == Completed
+            }
             _ => false,
         },
         _ => false,
