@@ -1,8 +1,9 @@
 //! The `cairn` binary. The only crate that reads argv and the environment; everything it does
 //! goes through `cairn_engine::Engine`.
 //!
-//! Exit codes: 0 success (a plan completed), 1 a plan failed or an operation failed, 2 bad input
-//! (usage, an invalid plan, a refused request), 3 the plan is paused, 4 the plan was cancelled.
+//! Exit codes: 0 success (a plan completed), 1 a plan failed or the store (or stdout) could not be
+//! used, 2 bad input (usage, an invalid plan, a refused request), 3 the plan is paused, 4 the plan
+//! was cancelled.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -54,14 +55,14 @@ enum Cmd {
         /// The plan document (JSON or YAML).
         plan_file: PathBuf,
     },
-    /// Serve the HTTP API (DESIGN §4) on the local store.
+    /// Serve the HTTP API on the local store.
     Serve(serve::ServeArgs),
     /// Create, list and revoke API tokens (on the store directly).
     #[command(subcommand)]
     Token(serve::TokenCmd),
     /// A remote worker: long-poll a server for tasks and run a command per task.
     Worker(worker::WorkerArgs),
-    /// Run the DESIGN §6 workloads; one JSON object per line on stdout.
+    /// Run the benchmark workloads; one JSON object per line on stdout.
     Bench(bench::BenchArgs),
     /// List, inspect and control plans in a local store, or on a server with --server.
     #[command(subcommand)]

@@ -1,8 +1,10 @@
-//! `cairn worker`: a remote worker (DESIGN §3) that long-polls a cairn server for tasks of some
+//! `cairn worker`: a remote worker that long-polls a cairn server for tasks of some
 //! agent types and runs a command per task: the task JSON on stdin, the output JSON on stdout
 //! (`{"output": …, "scores": {…}}` or any JSON as the output), a non-zero exit is a retryable
-//! failure with the tail of stderr. It heartbeats the lease while the command runs and kills the
-//! command when the plan no longer wants the attempt. Ctrl-C or SIGTERM: no new tasks; the tasks
+//! failure with the tail of stderr. The command leads its own process group and gets a clean
+//! environment (PATH, HOME, the task's `CAIRN_*` variables and the `--env` names). It heartbeats
+//! the lease while the command runs and kills the command's whole process group when the plan no
+//! longer wants the attempt. Ctrl-C or SIGTERM: no new tasks; the tasks
 //! in hand are finished and reported.
 
 use std::process::Stdio;

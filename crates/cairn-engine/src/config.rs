@@ -1,4 +1,4 @@
-//! `cairn.toml`: agents (DESIGN §3) and webhooks.
+//! `cairn.toml`: agents and webhooks.
 //!
 //! ```toml
 //! [agents.registry]
