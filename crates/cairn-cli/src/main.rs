@@ -1,13 +1,33 @@
 //! The `cairn` binary. The only crate that reads argv and the environment; everything it does
 //! goes through `cairn_engine::Engine`.
 //!
-//! Exit codes: 0 success (a plan completed), 1 a plan failed or an operation failed, 2 bad input
-//! (usage, an invalid plan, a refused request), 3 the plan is paused, 4 the plan was cancelled.
+//! Exit codes: 0 success (a plan completed), 1 a plan failed or the store (or stdout) could not be
+//! used, 2 bad input (usage, an invalid plan, a refused request), 3 the plan is paused, 4 the plan
+//! was cancelled.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+// Every module's `println!` and `print!` (these shadow the standard ones crate-wide, being
+// defined before the modules) go through `stdout::write`, which treats a closed stdout (`cairn
+// … | head -1`) as the reader having seen enough instead of panicking.
+macro_rules! println {
+    () => {
+        $crate::stdout::write(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::stdout::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::stdout::write(format_args!($($arg)*))
+    };
+}
 
 mod bench;
 mod bench_http;
@@ -35,14 +55,14 @@ enum Cmd {
         /// The plan document (JSON or YAML).
         plan_file: PathBuf,
     },
-    /// Serve the HTTP API (DESIGN §4) on the local store.
+    /// Serve the HTTP API on the local store.
     Serve(serve::ServeArgs),
     /// Create, list and revoke API tokens (on the store directly).
     #[command(subcommand)]
     Token(serve::TokenCmd),
     /// A remote worker: long-poll a server for tasks and run a command per task.
     Worker(worker::WorkerArgs),
-    /// Run the DESIGN §6 workloads; one JSON object per line on stdout.
+    /// Run the benchmark workloads; one JSON object per line on stdout.
     Bench(bench::BenchArgs),
     /// List, inspect and control plans in a local store, or on a server with --server.
     #[command(subcommand)]
@@ -70,6 +90,56 @@ pub struct DbArgs {
     /// The API token for --server (sent as `Authorization: Bearer …`).
     #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+/// Standard output that a reader may close early.
+///
+/// Rust ignores SIGPIPE, so a write to a closed pipe fails with EPIPE, and the standard
+/// `println!` panics on it (exit 101). Resetting SIGPIPE to its default would need `unsafe`
+/// code and would kill the process mid-command (a `plans start … | head -1` between its commit
+/// and its last line), so instead a closed stdout drops the rest of the output and the command
+/// ends as it would have, with its usual exit code.
+pub mod stdout {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+    static FAILED: AtomicBool = AtomicBool::new(false);
+
+    /// Writes to stdout unless it was found closed.
+    pub fn write(args: std::fmt::Arguments<'_>) {
+        if CLOSED.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = out.write_fmt(args) {
+            CLOSED.store(true, Ordering::Relaxed);
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                // A full disk or a revoked terminal: the output is incomplete, which the exit
+                // code must say.
+                FAILED.store(true, Ordering::Relaxed);
+                eprintln!("error: cannot write to stdout: {e}");
+            }
+        }
+    }
+
+    /// Whoever read stdout has gone: a command that would print for ever may stop.
+    pub fn closed() -> bool {
+        CLOSED.load(Ordering::Relaxed)
+    }
+
+    /// Flushes what is buffered; false when stdout failed other than by being closed.
+    pub fn finish() -> bool {
+        if !CLOSED.load(Ordering::Relaxed) {
+            if let Err(e) = std::io::stdout().lock().flush() {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    eprintln!("error: cannot write to stdout: {e}");
+                    return false;
+                }
+            }
+        }
+        !FAILED.load(Ordering::Relaxed)
+    }
 }
 
 /// Exit codes.
@@ -129,8 +199,10 @@ fn init_logging(serving: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour escapes only for a person at a terminal, never into a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
@@ -165,9 +237,12 @@ fn main() -> ExitCode {
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,
         }
     });
-    // Executors may leave child processes or sockets behind on Ctrl-C; do not wait for them.
-    runtime.shutdown_background();
+    // Dropping the tasks still running kills what they own (an agent's process group); give
+    // that a moment, but never wait long for a socket or a blocking read.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    let written = stdout::finish();
     match result {
+        Ok(_) if !written => ExitCode::from(exit::FAILED),
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("error: {}", f.message);

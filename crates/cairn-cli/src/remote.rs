@@ -220,7 +220,8 @@ pub async fn plans(cmd: PlansCmd, c: Client) -> Result<u8, Fail> {
                     }
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
-                    true
+                    // Stop following once the reader of stdout has gone.
+                    !crate::stdout::closed()
                 })
                 .await?;
                 let state = c.plan(&plan_id).await?;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_core::{Format, PauseMode, Plan, PlanState, PlanStatus};
 use cairn_engine::config::Config;
@@ -10,6 +10,7 @@ use cairn_engine::executor::Registry;
 use cairn_engine::{Engine, EngineError, EngineOptions, Notice};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::progress::Progress;
 use crate::{exit, Fail};
@@ -118,10 +119,11 @@ pub fn check_agents(steps: &[cairn_core::StepDef], registry: &Registry) -> Resul
 pub fn open_store(db: &Path, engine_lock: bool) -> Result<Arc<SqliteStore>, Fail> {
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
-            return Err(Fail::input(format!(
-                "directory {} of --db does not exist",
-                dir.display()
-            )));
+            // A store that cannot be used exits 1, like any other store failure.
+            return Err(Fail {
+                code: exit::FAILED,
+                message: format!("directory {} of --db does not exist", dir.display()),
+            });
         }
     }
     SqliteStore::open(
@@ -203,6 +205,12 @@ async fn drive(
     resume_flags: &str,
 ) -> Result<u8, Fail> {
     let started = Instant::now();
+    // Listen for Ctrl-C before any step can start, so none is ever missed. Agents run in process
+    // groups of their own: the terminal's SIGINT reaches cairn only, and cairn decides.
+    let mut interrupts = signal(SignalKind::interrupt()).map_err(|e| Fail {
+        code: exit::FAILED,
+        message: format!("cannot listen for Ctrl-C: {e}"),
+    })?;
     let state = engine.state(plan_id).await?;
     check_agents(
         &state
@@ -235,29 +243,60 @@ async fn drive(
         _ => {}
     }
     let mut pausing = false;
-    // The definition as the display knows it; refreshed when an intervention or a restore may
-    // have changed it.
+    let mut said_waiting = false;
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    // The state as the loop knows it; refreshed when an event may settle the plan (and, once
+    // the plan has ended, at each event: the steps still in flight report one by one).
     let mut known = engine.state(plan_id).await?;
+    progress.reset(&known);
     let state = loop {
-        if cairn_core::view::is_settled(&known) {
+        if settled(&known) {
             break known;
+        }
+        if known.status.is_terminal() && !said_waiting {
+            said_waiting = true;
+            let running = running_steps(&known);
+            progress.println(&format!(
+                "plan {plan_id} {}; waiting for the step{} still in flight to finish and be recorded ({}); Ctrl-C to stop {} now",
+                known.status.as_str(),
+                if running.len() == 1 { "" } else { "s" },
+                running.join(", "),
+                if running.len() == 1 { "it" } else { "them" },
+            ));
         }
         tokio::select! {
             notice = sub.next() => match notice {
                 Some(Notice::Event(e)) => {
-                    if cairn_engine::may_settle(&e.kind) {
+                    progress.on_event(&e);
+                    if cairn_engine::may_settle(&e.kind) || known.status.is_terminal() {
                         known = engine.state(plan_id).await?;
+                        progress.reset(&known);
                     }
-                    progress.on_event(&e, &known);
                 }
-                Some(Notice::Lagged { .. }) => known = engine.state(plan_id).await?,
+                Some(Notice::Lagged { .. }) => {
+                    known = engine.state(plan_id).await?;
+                    progress.reset(&known);
+                }
                 None => return Err(Fail { code: exit::FAILED, message: "the engine stopped".into() }),
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = ticker.tick(), if progress.is_live() => progress.tick(),
+            _ = interrupts.recv() => {
                 if pausing {
+                    // Stop now: the steps still running go back to pending, durably, so none is
+                    // shown running while nothing runs it; stopping them kills their agents'
+                    // process groups. They run again on resume.
+                    let cut = running_steps(&*engine.state(plan_id).await?);
+                    engine.recover_plan(plan_id).await?;
+                    let state = engine.state(plan_id).await?;
+                    progress.reset(&state);
                     progress.finish();
-                    eprintln!("interrupted; steps still running will run again on `cairn run --resume {plan_id} {resume_flags}`");
-                    return Ok(exit::PAUSED);
+                    if !cut.is_empty() {
+                        eprintln!(
+                            "interrupted: stopped {}, which will run again when the plan is resumed",
+                            cut.join(", ")
+                        );
+                    }
+                    return Ok(report(&state, started.elapsed().as_secs_f64(), &db, resume_flags));
                 }
                 pausing = true;
                 match engine.pause(plan_id, PauseMode::Boundary, None, user, Some("Ctrl-C".into())).await {
@@ -268,8 +307,13 @@ async fn drive(
                             if running == 1 { "" } else { "s" }
                         ));
                         known = s;
+                        progress.reset(&known);
                     }
-                    Err(EngineError::Refused { .. }) => {}
+                    // The plan is no longer running (it failed, or a breakpoint paused it): the
+                    // steps in flight are being waited for; a second Ctrl-C stops them.
+                    Err(EngineError::Refused { .. }) => {
+                        progress.println("Ctrl-C again to stop the steps still running now");
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -293,6 +337,21 @@ async fn drive(
         &db,
         resume_flags,
     ))
+}
+
+/// Nothing more will happen without an operator: the plan ended or paused, and no step of it
+/// is still in flight (a failed plan's other steps finish and are recorded first).
+fn settled(state: &PlanState) -> bool {
+    cairn_core::view::is_settled(state) && state.running_count() == 0
+}
+
+fn running_steps(state: &PlanState) -> Vec<String> {
+    state
+        .steps
+        .iter()
+        .filter(|s| s.rec.status == cairn_core::StepStatus::Running)
+        .map(|s| s.def.step_id.clone())
+        .collect()
 }
 
 fn report(state: &PlanState, secs: f64, db: &str, resume_flags: &str) -> u8 {

@@ -25,8 +25,9 @@ pub struct ServeArgs {
         conflicts_with = "database_url"
     )]
     db: PathBuf,
-    /// A PostgreSQL URL instead of SQLite.
-    #[arg(long, env = "CAIRN_DATABASE_URL")]
+    /// A PostgreSQL URL instead of SQLite. Hidden from --help until the PostgreSQL store exists;
+    /// given, it is refused with a message saying so.
+    #[arg(long, env = "CAIRN_DATABASE_URL", hide = true)]
     database_url: Option<String>,
     /// The configuration file (default: ./cairn.toml if it exists).
     #[arg(long, env = "CAIRN_CONFIG")]

@@ -1,14 +1,16 @@
-//! `cairn worker`: a remote worker (DESIGN §3) that long-polls a cairn server for tasks of some
+//! `cairn worker`: a remote worker that long-polls a cairn server for tasks of some
 //! agent types and runs a command per task: the task JSON on stdin, the output JSON on stdout
 //! (`{"output": …, "scores": {…}}` or any JSON as the output), a non-zero exit is a retryable
-//! failure with the tail of stderr. It heartbeats the lease while the command runs and kills the
-//! command when the plan no longer wants the attempt. Ctrl-C or SIGTERM: no new tasks; the tasks
+//! failure with the tail of stderr. The command leads its own process group and gets a clean
+//! environment (PATH, HOME, the task's `CAIRN_*` variables and the `--env` names). It heartbeats
+//! the lease while the command runs and kills the command's whole process group when the plan no
+//! longer wants the attempt. Ctrl-C or SIGTERM: no new tasks; the tasks
 //! in hand are finished and reported.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use cairn_engine::executor::command::{parse_agent_output, MAX_OUTPUT_BYTES};
+use cairn_engine::executor::command::{parse_agent_output, ProcessGroup, MAX_OUTPUT_BYTES};
 use clap::Args;
 use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
@@ -34,6 +36,10 @@ pub struct WorkerArgs {
     /// Tasks run at once.
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
+    /// An environment variable of the worker's the command also gets (repeatable). The command
+    /// runs with a clean environment: PATH, HOME, the task's CAIRN_* variables and these.
+    #[arg(long = "env", value_name = "NAME")]
+    env: Vec<String>,
     /// The command run per task, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     command: Vec<String>,
@@ -185,7 +191,10 @@ pub async fn worker(args: WorkerArgs) -> Result<u8, Fail> {
     for _ in 0..args.concurrency {
         let client = client.clone();
         let types = args.agent_types.clone();
-        let command = args.command.clone();
+        let command = Program {
+            argv: args.command.clone(),
+            env: args.env.clone(),
+        };
         let stop = stop_rx.clone();
         loops.spawn(async move { run_loop(client, types, command, stop).await });
     }
@@ -208,7 +217,7 @@ pub async fn worker(args: WorkerArgs) -> Result<u8, Fail> {
 async fn run_loop(
     client: Client,
     agent_types: Vec<String>,
-    command: Vec<String>,
+    command: Program,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Fail> {
     let body = json!({
@@ -280,7 +289,7 @@ enum Ended {
     Stopped(&'static str),
 }
 
-async fn run_task(client: &Client, command: &[String], task: Value) -> Result<(), Fail> {
+async fn run_task(client: &Client, command: &Program, task: Value) -> Result<(), Fail> {
     let task_id = task
         .get("task_id")
         .and_then(Value::as_str)
@@ -372,29 +381,63 @@ async fn run_task(client: &Client, command: &[String], task: Value) -> Result<()
     Ok(())
 }
 
+/// The command run per task and the names of the worker's variables it gets.
+#[derive(Clone)]
+struct Program {
+    argv: Vec<String>,
+    env: Vec<String>,
+}
+
 async fn run_command(
     client: &Client,
-    command: &[String],
+    command: &Program,
     task: &Value,
     task_id: &str,
     lease_ms: u64,
 ) -> Result<Ended, Fail> {
-    let Some(program) = command.first() else {
+    let Some(program) = command.argv.first() else {
         return Err(Fail::input("no command given after --"));
     };
-    let mut child = match tokio::process::Command::new(program)
-        .args(&command[1..])
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&command.argv[1..])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         // Its own process group: a Ctrl-C meant for the worker lets the task in hand finish.
         .process_group(0)
-        .spawn()
+        // A clean environment: the worker's own may hold its token.
+        .env_clear();
+    for name in ["PATH", "HOME"]
+        .iter()
+        .copied()
+        .chain(command.env.iter().map(String::as_str))
     {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    let text = |key: &str| match task.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v @ Value::Number(_)) => v.to_string(),
+        _ => String::new(),
+    };
+    for (var, key) in [
+        ("CAIRN_PLAN_ID", "plan_id"),
+        ("CAIRN_STEP_ID", "step_id"),
+        ("CAIRN_AGENT_TYPE", "agent_type"),
+        ("CAIRN_ATTEMPT", "attempt"),
+        ("CAIRN_RUN", "run"),
+        ("CAIRN_IDEMPOTENCY_KEY", "idempotency_key"),
+    ] {
+        cmd.env(var, text(key));
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Ok(Ended::Io(format!("cannot start {program:?}: {e}"))),
     };
+    // Stopping the task kills what the command started too; so does dropping the group.
+    let mut group = ProcessGroup::led_by(&child);
     let input = serde_json::to_vec(task).unwrap_or_default();
     let mut stdin = child.stdin.take();
     tokio::spawn(async move {
@@ -429,15 +472,20 @@ async fn run_command(
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let status = loop {
         tokio::select! {
-            s = child.wait() => break s,
+            s = child.wait() => {
+                group.disarm();
+                break s;
+            }
             _ = ticker.tick() => {
                 match client.post(&hb_path, &hb_body, period).await? {
                     Reply::Ok(StatusCode::OK, a) if a.get("stop").and_then(Value::as_bool) == Some(true) => {
+                        group.kill();
                         let _ = child.kill().await;
                         return Ok(Ended::Stopped("stopped: the plan no longer wants this attempt"));
                     }
                     Reply::Ok(StatusCode::OK, _) => {}
                     Reply::Ok(s, b) => {
+                        group.kill();
                         let _ = child.kill().await;
                         eprintln!("cairn worker: task {task_id}: the lease is lost ({s}: {})", message(&b));
                         return Ok(Ended::Stopped("the lease was lost"));

@@ -1571,3 +1571,459 @@ fn bench_prints_one_json_object_per_workload() {
     w.raw(&["bench", "--workload", "nope"])
         .expect(2, "unknown workload");
 }
+
+// ---- the local `cairn run` experience: signals, agents, output ----------------------------
+
+/// A `command` agent held open by a latch: it records its pid (`STEP.pid`) and `start STEP KEY
+/// ATTEMPT` in `agent.log`, waits until the file `go` exists, then records `end …` and prints
+/// `{"ok": true}`.
+const LATCHED_TOML: &str = r#"
+[agents.latched]
+executor = "command"
+command = ["sh", "-c", '''
+cat >/dev/null
+echo $$ > "$CAIRN_STEP_ID.pid"
+echo "start $CAIRN_STEP_ID $CAIRN_IDEMPOTENCY_KEY $CAIRN_ATTEMPT" >> agent.log
+while [ ! -e go ]; do sleep 0.01; done
+echo "end $CAIRN_STEP_ID $CAIRN_IDEMPOTENCY_KEY $CAIRN_ATTEMPT" >> agent.log
+echo '{"ok": true}'
+''']
+"#;
+
+/// A `cairn` process leading a process group of its own, as a shell runs a foreground job, so
+/// that a signal to the group is what a terminal's Ctrl-C is; its stderr is read as it comes.
+struct Job {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Job {
+    fn start(w: &World, args: &[&str]) -> Job {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let db = w.db();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--db", db.to_str().unwrap()]);
+        let mut child = w
+            .command(&all)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn cairn");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Job {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a line of stderr containing `needle`.
+    fn wait_line(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "gave up waiting for {needle:?} on stderr:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// SIGINT to the whole process group: what Ctrl-C in a terminal does.
+    fn ctrl_c(&self) {
+        let group = format!("-{}", self.child.id());
+        let status = Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .expect("kill -INT");
+        assert!(status.success(), "kill -INT -- {group}");
+    }
+
+    /// Waits (bounded) for the process to exit: its exit code and all of its stderr.
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cairn did not exit; stderr so far:\n{}",
+                self.seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The reader thread ends at end of file, which came with the exit.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            self.seen.push(line);
+        }
+        let stderr = self.seen.join("\n");
+        eprintln!("stderr of the job:\n{stderr}");
+        (status.code().unwrap_or(-1), stderr)
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet: dead all the same).
+fn process_gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits (bounded) until process `pid` is gone.
+fn wait_gone(pid: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !process_gone(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (pid {}) is still running",
+            pid.trim()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn ctrl_c_to_the_terminal_group_pauses_and_the_running_command_step_finishes() {
+    let w = World::new();
+    w.write("cairn.toml", LATCHED_TOML);
+    w.write(
+        "plan.yaml",
+        "plan_id: cc\nsteps:\n  - {step_id: a, action: x, agent_type: latched}\n  - {step_id: b, action: x, agent_type: latched}\n",
+    );
+    let mut job = Job::start(&w, &["run", "plan.yaml"]);
+    w.wait_for_file("agent.log", "step a to start", |log| {
+        log.contains("start a ")
+    });
+    job.ctrl_c();
+    job.wait_line("pausing plan cc (durable); 1 running step will finish first");
+    // The pause is durable; now let the agent finish. It never saw the SIGINT.
+    w.write("go", "");
+    let (code, stderr) = job.finish();
+    assert_eq!(code, 3, "paused: {stderr}");
+    assert!(
+        stderr.contains("plan cc paused (operator) after 1/2 steps"),
+        "{stderr}"
+    );
+
+    let view = w.show("cc");
+    assert_eq!(view["state"], "paused");
+    assert_eq!(step(&view, "a")["status"], "completed");
+    assert_eq!(step(&view, "b")["status"], "pending");
+    let events = w.events("cc");
+    assert!(steps_of(&events, "step_failed").is_empty(), "{events:#?}");
+    assert_eq!(steps_of(&events, "step_completed"), ["a"]);
+    let log: Vec<(String, String)> = agent_log(&w)
+        .into_iter()
+        .map(|l| (l.what, l.step))
+        .collect();
+    assert_eq!(
+        log,
+        [("start".into(), "a".into()), ("end".into(), "a".into())]
+    );
+    w.cairn(&["run", "--resume", "cc"]).expect(0, "resume");
+    assert_eq!(w.show("cc")["state"], "completed");
+}
+
+#[test]
+fn a_second_ctrl_c_stops_the_agent_at_once_and_the_step_is_not_left_running() {
+    let w = World::new();
+    w.write("cairn.toml", LATCHED_TOML);
+    w.write(
+        "plan.yaml",
+        "plan_id: cc2\nsteps:\n  - {step_id: a, action: x, agent_type: latched}\n",
+    );
+    let mut job = Job::start(&w, &["run", "plan.yaml"]);
+    w.wait_for_file("a.pid", "step a to start", |pid| pid.ends_with('\n'));
+    let pid = w.read("a.pid");
+    job.ctrl_c();
+    job.wait_line("Ctrl-C again to stop now");
+    job.ctrl_c();
+    let (code, stderr) = job.finish();
+    assert_eq!(code, 3, "paused: {stderr}");
+    assert!(stderr.contains("stopped a"), "{stderr}");
+    // The agent's whole process group was killed: it never ends its work.
+    wait_gone(&pid, "the cut-off agent");
+    assert!(!w.read("agent.log").contains("end a"));
+
+    // The store does not show a step running that nothing runs.
+    let view = w.show("cc2");
+    assert_eq!(view["state"], "paused");
+    assert_eq!(step(&view, "a")["status"], "pending");
+    assert!(
+        view["running_steps"].as_array().unwrap().is_empty(),
+        "{view}"
+    );
+    let events = w.events("cc2");
+    assert_eq!(steps_of(&events, "step_interrupted"), ["a"]);
+
+    // It runs again on resume, and this time finishes.
+    w.write("go", "");
+    w.cairn(&["run", "--resume", "cc2"]).expect(0, "resume");
+    let starts: Vec<u32> = agent_log(&w)
+        .iter()
+        .filter(|l| l.what == "start")
+        .map(|l| l.attempt)
+        .collect();
+    assert_eq!(starts, [1, 2]);
+}
+
+#[test]
+fn a_step_timeout_kills_the_agents_grandchildren_too() {
+    let w = World::new();
+    w.write(
+        "cairn.toml",
+        r#"
+[agents.forker]
+executor = "command"
+command = ["sh", "-c", 'cat >/dev/null; sleep 1000 & echo $! > grandchild.pid; wait']
+"#,
+    );
+    w.write(
+        "plan.yaml",
+        "plan_id: to\nsteps:\n  - {step_id: a, action: x, agent_type: forker, timeout_ms: 300, retry: {max_attempts: 1}}\n",
+    );
+    let run = w.cairn(&["run", "plan.yaml"]).expect(1, "timed out");
+    assert!(
+        run.stderr.contains("timed out after 300 ms"),
+        "{}",
+        run.stderr
+    );
+    let pid = w.read("grandchild.pid");
+    assert!(!pid.trim().is_empty(), "the agent recorded its child");
+    wait_gone(&pid, "the agent's `sleep 1000`");
+}
+
+#[test]
+fn a_step_that_fails_while_another_runs_waits_for_it_and_records_it() {
+    let w = World::new();
+    w.write("cairn.toml", LATCHED_TOML);
+    w.write(
+        "plan.yaml",
+        r#"
+plan_id: inflight
+steps:
+  - {step_id: slow, action: x, agent_type: latched}
+  - {step_id: bad, action: x, agent_type: builtin.fail, depends_on: [], retry: {max_attempts: 1}}
+  - {step_id: after, action: x, agent_type: builtin.echo, depends_on: [slow, bad]}
+"#,
+    );
+    let mut job = Job::start(&w, &["run", "plan.yaml"]);
+    job.wait_line("waiting for the step still in flight to finish and be recorded (slow)");
+    assert!(!w.read("agent.log").contains("end slow"));
+    w.write("go", "");
+    let (code, stderr) = job.finish();
+    assert_eq!(code, 1, "failed: {stderr}");
+    assert!(stderr.contains("plan inflight failed"), "{stderr}");
+
+    // The step in flight finished and was recorded before cairn exited.
+    let view = w.show("inflight");
+    assert_eq!(view["state"], "failed");
+    assert_eq!(step(&view, "slow")["status"], "completed");
+    assert!(
+        view["running_steps"].as_array().unwrap().is_empty(),
+        "{view}"
+    );
+    // Skipping the failed step and resuming does not run `slow` again: one side effect.
+    w.cairn(&["steps", "skip", "inflight", "bad"])
+        .expect(0, "skip bad");
+    w.cairn(&["run", "--resume", "inflight"])
+        .expect(0, "resume");
+    let ends = agent_log(&w).iter().filter(|l| l.what == "end").count();
+    assert_eq!(ends, 1, "{:?}", agent_log(&w));
+}
+
+#[test]
+fn a_local_plans_start_records_no_attempt_that_nothing_runs() {
+    let w = World::new();
+    w.write("cairn.toml", LOGGER_TOML);
+    w.write(
+        "plan.yaml",
+        "plan_id: ls\nsteps:\n  - {step_id: a, action: x, agent_type: logger}\n  - {step_id: b, action: x, agent_type: logger}\n",
+    );
+    w.cairn(&["plans", "register", "plan.yaml"])
+        .expect(0, "register");
+    let started = w.json(&["plans", "start", "ls"]);
+    assert_eq!(started["state"], "running");
+    let view = w.show("ls");
+    assert_eq!(step(&view, "a")["status"], "pending", "{view}");
+    assert_eq!(step(&view, "a")["attempts"], 0, "{view}");
+    assert!(
+        view["running_steps"].as_array().unwrap().is_empty(),
+        "{view}"
+    );
+    assert!(steps_of(&w.events("ls"), "step_started").is_empty());
+
+    // Driving it starts the steps; the first real attempt is attempt 1.
+    w.cairn(&["run", "--resume", "ls"]).expect(0, "drive");
+    let attempts: Vec<(String, u32)> = agent_log(&w)
+        .into_iter()
+        .filter(|l| l.what == "start")
+        .map(|l| (l.step, l.attempt))
+        .collect();
+    assert_eq!(attempts, [("a".into(), 1), ("b".into(), 1)]);
+    assert!(steps_of(&w.events("ls"), "step_interrupted").is_empty());
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let w = World::new();
+    w.write(
+        "plan.yaml",
+        "plan_id: pipe\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo, params: {v: 1}}\n",
+    );
+    let db = w.db();
+    let db = db.to_str().unwrap();
+    let cases: [(&[&str], i32); 6] = [
+        (&["run", "plan.yaml", "--json", "--db", db], 0),
+        (&["validate", "plan.yaml"], 0),
+        (&["plans", "list", "--db", db], 0),
+        (&["plans", "show", "pipe", "--json", "--db", db], 0),
+        (&["plans", "events", "pipe", "--db", db], 0),
+        (&["checkpoints", "list", "pipe", "--db", db], 0),
+    ];
+    for (args, code) in cases {
+        // The reading end is closed before cairn writes anything: every write meets EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = w
+            .command(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run cairn");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "cairn {args:?} into a closed pipe: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "cairn {args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "cairn {args:?}: {stderr}");
+    }
+    // The run whose output nobody read still happened.
+    assert_eq!(w.show("pipe")["state"], "completed");
+}
+
+#[test]
+fn logs_into_a_pipe_carry_no_colour_escapes() {
+    let w = World::new();
+    w.write(
+        "plan.yaml",
+        "plan_id: nc\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n",
+    );
+    let db = w.db();
+    let out = w
+        .command(&["run", "plan.yaml", "--db", db.to_str().unwrap()])
+        .env("CAIRN_LOG", "debug")
+        .output()
+        .expect("run cairn");
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEBUG"), "debug logs expected: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour escapes in a pipe: {stderr:?}"
+    );
+}
+
+#[test]
+fn command_agents_get_a_clean_environment() {
+    let w = World::new();
+    w.write(
+        "cairn.toml",
+        r#"
+[agents.envdump]
+executor = "command"
+command = ["sh", "-c", 'cat >/dev/null; env > env.txt; echo null']
+env = ["PASSED_ON"]
+"#,
+    );
+    w.write(
+        "plan.yaml",
+        "plan_id: env\nsteps:\n  - {step_id: a, action: x, agent_type: envdump}\n",
+    );
+    let db = w.db();
+    let out = w
+        .command(&["run", "plan.yaml", "--db", db.to_str().unwrap()])
+        .env("CAIRN_TOKEN", "secret-token")
+        .env("UNRELATED", "x")
+        .env("PASSED_ON", "yes")
+        .output()
+        .expect("run cairn");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env: BTreeMap<String, String> = w
+        .read("env.txt")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(env.get("PASSED_ON").map(String::as_str), Some("yes"));
+    assert_eq!(env.get("CAIRN_STEP_ID").map(String::as_str), Some("a"));
+    assert_eq!(env.get("CAIRN_PLAN_ID").map(String::as_str), Some("env"));
+    assert_eq!(env.get("CAIRN_ATTEMPT").map(String::as_str), Some("1"));
+    assert!(env.contains_key("PATH"), "{env:?}");
+    for leaked in ["CAIRN_TOKEN", "UNRELATED", "USER"] {
+        assert!(!env.contains_key(leaked), "{leaked} leaked: {env:?}");
+    }
+    // A malformed passthrough list is refused when the file is read.
+    w.write(
+        "cairn.toml",
+        "[agents.envdump]\nexecutor = \"command\"\ncommand = [\"true\"]\nenv = [\"NOT-A-NAME\"]\n",
+    );
+    let run = w
+        .cairn(&["run", "plan.yaml", "--plan-id", "env2"])
+        .expect(2, "bad env");
+    assert!(
+        run.stderr.contains("agents.envdump: `env[0]`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn exit_codes_follow_the_table_and_hidden_options_stay_hidden() {
+    let w = World::new();
+    w.write(
+        "plan.yaml",
+        "plan_id: ec\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n",
+    );
+    // A store that cannot be used: 1.
+    w.raw(&["run", "plan.yaml", "--db", "nodir/x.db"])
+        .expect(1, "missing --db directory");
+    // Bad input: 2.
+    w.raw(&["run", "missing.yaml"])
+        .expect(2, "missing plan file");
+    w.raw(&["run"]).expect(2, "usage");
+    w.cairn(&["run", "plan.yaml"]).expect(0, "completed");
+    w.cairn(&["run", "plan.yaml"]).expect(2, "plan id exists");
+    w.cairn(&["run", "--resume", "nope"])
+        .expect(2, "unknown plan");
+    // The PostgreSQL option is not offered until the store exists.
+    let help = w.raw(&["serve", "--help"]).expect(0, "serve --help");
+    assert!(!help.stdout.contains("database-url"), "{}", help.stdout);
+}

@@ -146,6 +146,27 @@ fn conflict(message: String) -> Refusal {
 /// `Err` means the command was refused and nothing changed (no event). A refused intervention is
 /// not an `Err`: it is recorded (`intervention_failed`) and reported in [`Decision::refusal`].
 pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<Decision, Refusal> {
+    decide(state, command, ctx, true)
+}
+
+/// [`handle`] for a process that records decisions but runs no attempt (an administrative
+/// command on a store no driver holds): it starts no step, so the log never shows an attempt
+/// that nothing runs. A running plan's ready steps start when a driver takes it over
+/// ([`Command::Recover`]), as attempt 1.
+pub fn handle_recording(
+    state: &mut PlanState,
+    command: Command,
+    ctx: Ctx<'_>,
+) -> Result<Decision, Refusal> {
+    decide(state, command, ctx, false)
+}
+
+fn decide(
+    state: &mut PlanState,
+    command: Command,
+    ctx: Ctx<'_>,
+    start_steps: bool,
+) -> Result<Decision, Refusal> {
     let mut intervention = None;
     let mut refusal = None;
     let mut em = Emitter {
@@ -337,7 +358,7 @@ pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<D
         }
     }
     if refusal.is_none() && !dry_run {
-        advance(&mut em);
+        advance(&mut em, start_steps);
     }
     Ok(Decision {
         events: em.out,
@@ -527,8 +548,9 @@ fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResu
 }
 
 /// Starts what can start, skips what its condition rules out, stops at breakpoints, completes
-/// a finished plan, and says when a paused plan has drained.
-fn advance(em: &mut Emitter<'_>) {
+/// a finished plan, and says when a paused plan has drained. With `start_steps` false it stops
+/// before the ready steps: what to do with them is left to the process that will run them.
+fn advance(em: &mut Emitter<'_>, start_steps: bool) {
     'rescan: loop {
         match em.state.status {
             PlanStatus::Running => {}
@@ -556,6 +578,9 @@ fn advance(em: &mut Emitter<'_>) {
             let step_id = s.def.step_id.clone();
             let error = s.rec.error.clone().unwrap_or_else(|| "failed".into());
             em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+            return;
+        }
+        if !start_steps {
             return;
         }
         let mut running = em.state.running_count();

@@ -255,7 +255,14 @@ impl PlanActor {
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
         let mut answers: Vec<(ReplyTo, Result<Pending, EngineError>)> = Vec::new();
         for (command, actor, reply) in work {
-            let result = handle(&mut self.state, command, Ctx { now, actor: &actor });
+            let ctx = Ctx { now, actor: &actor };
+            // An engine that runs no attempt must not record one: its ready steps start when a
+            // driver takes the plan over.
+            let result = if self.inner.opts.execute {
+                handle(&mut self.state, command, ctx)
+            } else {
+                cairn_core::decide::handle_recording(&mut self.state, command, ctx)
+            };
             let start = events.len();
             match result {
                 Ok(decision) => {
@@ -413,22 +420,24 @@ impl PlanActor {
         tokio::spawn(async move {
             let result = match executor {
                 None => Err(ExecError::fatal(format!(
-                    "no executor for agent type {:?}: configure it in cairn.toml ([agents.{}] executor = \"command\" or \"http\")",
-                    task.agent_type, task.agent_type
+                    "no executor is registered for agent type {:?}",
+                    task.agent_type
                 ))),
                 Some(executor) => {
                     let timeout = task.timeout_ms;
                     // The attempt runs in this task (no second spawn: one wake-up less per
                     // step); a panicking executor is caught and fails the attempt.
-                    let run = std::panic::AssertUnwindSafe(executor.execute(task, stop))
-                        .catch_unwind();
+                    let run =
+                        std::panic::AssertUnwindSafe(executor.execute(task, stop)).catch_unwind();
                     let joined = match timeout {
                         // On timeout the executor's future is dropped, which kills what it owns
                         // (a command agent's child has kill_on_drop).
                         Some(ms) => tokio::time::timeout(Duration::from_millis(ms), run)
                             .await
                             .unwrap_or_else(|_| {
-                                Ok(Err(ExecError::retryable(format!("timed out after {ms} ms"))))
+                                Ok(Err(ExecError::retryable(format!(
+                                    "timed out after {ms} ms"
+                                ))))
                             }),
                         None => run.await,
                     };

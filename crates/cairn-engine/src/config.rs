@@ -1,10 +1,11 @@
-//! `cairn.toml`: agents (DESIGN §3) and webhooks.
+//! `cairn.toml`: agents and webhooks.
 //!
 //! ```toml
 //! [agents.registry]
 //! executor = "command"                 # command | http | builtin
 //! command = ["python3", "agents/registry.py"]
 //! timeout_ms = 60000
+//! env = ["OPENAI_API_KEY"]             # cairn's variables the program also gets
 //! [agents.social]
 //! executor = "http"
 //! url = "http://127.0.0.1:9000/run"
@@ -25,6 +26,10 @@
 //! with [`Config::load`], and the program runs in that directory, so relative arguments such as
 //! `agents/registry.py` work wherever cairn is started from. A bare name (`python3`) is looked up
 //! on `PATH`.
+//!
+//! A `command` agent runs with a clean environment: `PATH`, `HOME`, the task's `CAIRN_*`
+//! variables and the variables its `env` list names, never the rest of cairn's own (which may
+//! hold an API token).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,6 +64,8 @@ pub enum AgentConfig {
     Command {
         command: Vec<String>,
         timeout_ms: Option<u64>,
+        /// Names of cairn's environment variables passed on to the program.
+        env: Vec<String>,
     },
     Http {
         url: String,
@@ -227,9 +234,11 @@ impl Config {
                 AgentConfig::Command {
                     command,
                     timeout_ms,
+                    env,
                 } => Arc::new(
                     CommandExecutor::new(command.clone())
                         .with_timeout_ms(*timeout_ms)
+                        .with_env(env.clone())
                         .with_cwd(self.base_dir.clone()),
                 ),
                 AgentConfig::Http { url, timeout_ms } => {
@@ -308,7 +317,7 @@ fn parse_agent(ctx: &str, t: &Table) -> Result<AgentConfig, ConfigError> {
         ));
     };
     let allowed: &[&str] = match executor.as_str() {
-        "command" => &["executor", "command", "timeout_ms"],
+        "command" => &["executor", "command", "timeout_ms", "env"],
         "http" => &["executor", "url", "timeout_ms"],
         "builtin" => &["executor", "builtin"],
         other => {
@@ -346,6 +355,7 @@ fn parse_agent(ctx: &str, t: &Table) -> Result<AgentConfig, ConfigError> {
             Ok(AgentConfig::Command {
                 command: argv,
                 timeout_ms: timeout_ms(ctx, t)?,
+                env: env_names(ctx, t)?,
             })
         }
         "http" => {
@@ -454,6 +464,30 @@ fn timeout_ms(ctx: &str, t: &Table) -> Result<Option<u64>, ConfigError> {
              (7 days), not {v}"
         )),
     }
+}
+
+/// The `env` list of a command agent: names of environment variables.
+fn env_names(ctx: &str, t: &Table) -> Result<Vec<String>, ConfigError> {
+    let what = "a list of environment variable names, e.g. [\"OPENAI_API_KEY\", \"LANG\"]";
+    let items = match t.get("env") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return err(format!("{ctx}: `env` must be {what}")),
+    };
+    let mut names = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let name = item.as_str().unwrap_or_default();
+        let well_formed = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !well_formed {
+            return err(format!(
+                "{ctx}: `env[{i}]` must be a variable name (letters, digits and _), not {item}"
+            ));
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
 }
 
 fn http_url(ctx: &str, key: &str, v: &Value) -> Result<String, ConfigError> {

@@ -46,7 +46,8 @@ pub struct EngineOptions {
     /// turns this off and recovers only the plan it drives.
     pub recover: bool,
     /// Run attempts. An engine that does not (administrative commands on a store) still records
-    /// every decision; the attempts it starts are run by the next engine that recovers the plan.
+    /// every decision but starts no step: a running plan's ready steps start when an engine that
+    /// runs attempts recovers the plan.
     pub execute: bool,
     /// A paused or idle plan with nothing to do is unloaded from memory after this long (it is
     /// loaded again from the store when needed); an ended plan is unloaded at once.

@@ -529,7 +529,8 @@ fn design_example_parses() {
         c.agents["registry"],
         AgentConfig::Command {
             command: vec!["python3".into(), "agents/registry.py".into()],
-            timeout_ms: Some(60_000)
+            timeout_ms: Some(60_000),
+            env: Vec::new(),
         }
     );
     assert_eq!(

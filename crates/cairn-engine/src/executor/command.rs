@@ -3,8 +3,13 @@
 //!
 //! The contract with the program:
 //! - stdin: the [`Task`] as one JSON document, then end of file;
-//! - environment: `CAIRN_PLAN_ID`, `CAIRN_STEP_ID`, `CAIRN_AGENT_TYPE`, `CAIRN_ATTEMPT`,
-//!   `CAIRN_RUN` and `CAIRN_IDEMPOTENCY_KEY` on top of cairn's own;
+//! - environment: a clean one, not cairn's own (which may hold a token): `PATH` and `HOME` as
+//!   cairn has them, the variables the configuration names ([`CommandExecutor::env`]), and
+//!   `CAIRN_PLAN_ID`, `CAIRN_STEP_ID`, `CAIRN_AGENT_TYPE`, `CAIRN_ATTEMPT`, `CAIRN_RUN` and
+//!   `CAIRN_IDEMPOTENCY_KEY`;
+//! - process group: the program leads a group of its own, so a terminal's Ctrl-C (sent to cairn's
+//!   group) never reaches it and only cairn decides when it stops; a stop or a timeout kills the
+//!   whole group, including what the program started (the children of `sh -c`);
 //! - stdout, on exit 0: either `{"output": …, "scores": {"name": number, …}}` (exactly those keys,
 //!   `scores` optional) or any other JSON document, which is then the output as a whole; nothing at
 //!   all means `null`;
@@ -15,6 +20,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -40,7 +47,13 @@ pub struct CommandExecutor {
     /// Working directory of the program (`None`: cairn's own). `cairn.toml` agents run in the
     /// directory of the configuration file.
     pub cwd: Option<PathBuf>,
+    /// Names of cairn's environment variables the program also gets (besides `PATH`, `HOME` and
+    /// the task's `CAIRN_*` variables); a name cairn does not have is left out.
+    pub env: Vec<String>,
 }
+
+/// The variables of cairn's environment every program gets.
+const BASE_ENV: [&str; 2] = ["PATH", "HOME"];
 
 impl CommandExecutor {
     pub fn new(argv: Vec<String>) -> CommandExecutor {
@@ -48,7 +61,13 @@ impl CommandExecutor {
             argv,
             timeout_ms: None,
             cwd: None,
+            env: Vec::new(),
         }
+    }
+
+    pub fn with_env(mut self, env: Vec<String>) -> CommandExecutor {
+        self.env = env;
+        self
     }
 
     pub fn with_timeout_ms(mut self, timeout_ms: Option<u64>) -> CommandExecutor {
@@ -220,8 +239,55 @@ fn describe_status(status: &ExitStatus) -> String {
     format!("ended abnormally ({status})")
 }
 
-/// Kills the program (if it still runs) and reaps it.
-async fn kill(child: &mut Child) {
+/// The process group an agent program leads (it was spawned with `process_group(0)`).
+///
+/// Killing the group reaches what the program started too (`sh -c` children, a pool of
+/// workers), which killing the program alone would leave running. Dropping an armed group kills
+/// it, so an attempt abandoned half-way (its future dropped on a timeout or at shutdown) leaves
+/// nothing behind.
+#[derive(Debug)]
+pub struct ProcessGroup {
+    pgid: Option<Pid>,
+}
+
+impl ProcessGroup {
+    /// The group led by `child`, which must have been spawned with `process_group(0)`.
+    pub fn led_by(child: &Child) -> ProcessGroup {
+        ProcessGroup {
+            pgid: child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .map(Pid::from_raw),
+        }
+    }
+
+    /// Sends SIGKILL to every process of the group (once).
+    pub fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            // ESRCH: every member has exited already, which is what we want.
+            if let Err(e) = killpg(pgid, Signal::SIGKILL) {
+                if e != nix::errno::Errno::ESRCH {
+                    tracing::warn!(error = %e, pgid = pgid.as_raw(), "could not kill an agent's process group");
+                }
+            }
+        }
+    }
+
+    /// The program ended by itself: leave what it may have left running alone.
+    pub fn disarm(&mut self) {
+        self.pgid = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Kills the program's whole group (if it still runs) and reaps the program.
+async fn kill(child: &mut Child, group: &mut ProcessGroup) {
+    group.kill();
     if let Err(e) = child.kill().await {
         tracing::warn!(error = %e, "command executor: could not kill the agent process");
     }
@@ -255,7 +321,20 @@ impl Executor for CommandExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .env("CAIRN_PLAN_ID", &task.plan_id)
+            // Its own process group: the terminal's Ctrl-C goes to cairn's group only, and cairn
+            // decides whether the attempt finishes (a pause) or is stopped.
+            .process_group(0)
+            .env_clear();
+        for name in BASE_ENV
+            .iter()
+            .copied()
+            .chain(self.env.iter().map(String::as_str))
+        {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.env("CAIRN_PLAN_ID", &task.plan_id)
             .env("CAIRN_STEP_ID", &task.step_id)
             .env("CAIRN_AGENT_TYPE", &task.agent_type)
             .env("CAIRN_ATTEMPT", task.attempt.to_string())
@@ -274,6 +353,7 @@ impl Executor for CommandExecutor {
                 _ => ExecError::retryable(message),
             }
         })?;
+        let mut group = ProcessGroup::led_by(&child);
 
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -308,30 +388,34 @@ impl Executor for CommandExecutor {
 
         match outcome {
             Outcome::TimedOut(ms) => {
-                kill(&mut child).await;
+                kill(&mut child, &mut group).await;
                 Err(ExecError::retryable(format!("timed out after {ms} ms")))
             }
             Outcome::Stopped => {
-                kill(&mut child).await;
+                kill(&mut child, &mut group).await;
                 Err(ExecError::retryable("stopped"))
             }
             Outcome::Failed(PipeError::TooLarge) => {
-                kill(&mut child).await;
+                kill(&mut child, &mut group).await;
                 Err(ExecError::fatal(format!(
                     "`{program}` printed more than the {} MiB output cap",
                     MAX_OUTPUT_BYTES / (1024 * 1024)
                 )))
             }
             Outcome::Failed(PipeError::Io(e)) => {
-                kill(&mut child).await;
+                kill(&mut child, &mut group).await;
                 Err(ExecError::retryable(format!(
                     "cannot read the output of `{program}`: {e}"
                 )))
             }
-            Outcome::Done(_, _, Err(e)) => Err(ExecError::retryable(format!(
-                "cannot wait for `{program}`: {e}"
-            ))),
+            Outcome::Done(_, _, Err(e)) => {
+                kill(&mut child, &mut group).await;
+                Err(ExecError::retryable(format!(
+                    "cannot wait for `{program}`: {e}"
+                )))
+            }
             Outcome::Done(stdout, stderr, Ok(status)) => {
+                group.disarm();
                 if status.success() {
                     if !stderr.is_empty() {
                         tracing::debug!(
