@@ -2,7 +2,8 @@
 //! [`handle`] with an explicit fake clock, and executors are simulated by answering the attempts
 //! that [`decide::dispatches`] asks for with `Command::Outcome`.
 //!
-//! The property tests live in `behaviour/properties.rs` (same test binary).
+//! The property tests live in `behaviour/properties.rs`, plan validation in
+//! `behaviour/validation.rs` (same test binary).
 
 use cairn_core::decide::{self, Command, Ctx, Decision, StepResult};
 use cairn_core::event::{checkpoint_id, Event, EventKind};
@@ -16,6 +17,8 @@ use serde_json::{json, Value};
 
 #[path = "behaviour/properties.rs"]
 mod properties;
+#[path = "behaviour/validation.rs"]
+mod validation;
 
 const PLAN: &str = "p1";
 const MS: i64 = 1_000;
