@@ -666,6 +666,31 @@ fn step_path(index: usize, id: &str) -> String {
 }
 
 impl StepDef {
+    /// Reads one step given on its own (an intervention's), reporting every fault of its shape
+    /// at once, with paths relative to the step.
+    pub fn from_value(value: &Value) -> Result<StepDef, Invalid> {
+        let mut found = Vec::new();
+        let id = value
+            .get("step_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let prefix = step_path(0, id);
+        let clean = shape_of_step(value.clone(), 0, &mut found);
+        let faults: Vec<Fault> = found
+            .into_iter()
+            .map(|f| {
+                let path = f.fault.path.strip_prefix(&prefix).unwrap_or(&f.fault.path);
+                Fault::new(path.trim_start_matches('.'), f.fault.message)
+            })
+            .collect();
+        match clean {
+            Some(v) if faults.is_empty() => {
+                serde_json::from_value(v).map_err(|e| Invalid::one("", e.to_string()))
+            }
+            _ => Err(Invalid { faults }),
+        }
+    }
+
     /// Faults of the step on its own (paths relative to the step).
     pub fn check(&self) -> Vec<Fault> {
         let mut out = Vec::new();

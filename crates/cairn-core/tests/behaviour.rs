@@ -1156,6 +1156,29 @@ fn add_step_reads_the_prototypes_insert_after_and_insert_before() {
 }
 
 #[test]
+fn add_and_modify_report_every_unknown_field_of_the_step_with_a_suggestion() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    let d = sim.intervene(
+        json!({"type": "add_step", "step": {"step_id": "x", "action": "x",
+        "agent_typ": "t", "parms": {}, "retry": {"max_attempt": 2}}}),
+    );
+    assert_refused(
+        &sim,
+        &d,
+        RefusalKind::Invalid,
+        "not a valid step: unknown field `agent_typ`; did you mean `agent_type`?; unknown field `parms`; did you mean `params`?; retry: unknown field `max_attempt`; did you mean `max_attempts`?",
+    );
+    let d = sim.intervene(json!({"type": "modify_step", "step_id": "b",
+        "patch": {"retry": {"backoff": 5}}}));
+    assert_refused(
+        &sim,
+        &d,
+        RefusalKind::Invalid,
+        "retry: unknown field `backoff`",
+    );
+}
+
+#[test]
 fn complete_step_supplies_a_pending_steps_result_and_its_dependents_run() {
     let mut sim = Sim::linear(&["a", "b", "c"]);
     sim.start();
