@@ -61,6 +61,9 @@ pub(crate) struct SyntaxError {
 /// Aliases may not expand a document past this many nodes (a "billion laughs" file stops here).
 const MAX_NODES: usize = 1_000_000;
 
+/// Deepest nesting of lists and mappings read (serde_json's own limit for JSON).
+const MAX_DEPTH: usize = 128;
+
 /// Is the value at `path` a field whose plain scalars are text whatever they look like?
 fn wants_text(path: &[String]) -> bool {
     match path {
@@ -194,6 +197,12 @@ impl<'a> YamlReader<'a> {
     }
 
     fn node(&mut self, event: Event<'a>, span: Span) -> Result<Value, SyntaxError> {
+        if self.path.len() > MAX_DEPTH {
+            return Err(SyntaxError {
+                message: format!("lists and mappings are nested deeper than {MAX_DEPTH} levels"),
+                pos: Some(pos_of(&span)),
+            });
+        }
         self.located.values.insert(self.here(), pos_of(&span));
         self.count(1, &span)?;
         match event {
@@ -572,6 +581,21 @@ mod tests {
         assert_eq!(e.pos, Some(Pos { line: 2, column: 1 }));
         let e = json("{\"a\": 1,\n \"a\": 2}").unwrap_err();
         assert_eq!(e.pos, Some(Pos { line: 2, column: 2 }));
+    }
+
+    #[test]
+    fn hostile_documents_are_refused_not_crashed_on() {
+        assert!(yaml(&"[".repeat(100_000)).is_err());
+        assert!(yaml(&"- ".repeat(100_000)).is_err());
+        assert!(json(&"[".repeat(100_000)).is_err());
+        // Aliases that would expand a thousand times over, nine times: refused by size.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb += &format!("a{i}: &a{i} [{refs}]\n");
+        }
+        let e = yaml(&bomb).unwrap_err();
+        assert!(e.message.contains("expands to more than"), "{}", e.message);
     }
 
     #[test]
