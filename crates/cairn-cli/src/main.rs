@@ -51,6 +51,9 @@ enum Cmd {
     /// Run a plan embedded, with live progress on stderr. Ctrl-C pauses it durably.
     Run(run::RunArgs),
     /// Check a plan file: exit 0, or print every fault and exit 2.
+    ///
+    /// Each fault names the step (`steps.<id>`, or `steps[N]` counting from 0 when it has no
+    /// valid id) and the field, with its line and column and a suggestion for a likely typo.
     Validate {
         /// The plan document (JSON or YAML).
         plan_file: PathBuf,

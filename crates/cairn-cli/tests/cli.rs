@@ -375,6 +375,81 @@ fn validate_accepts_a_good_plan_and_names_the_faults_of_bad_ones() {
     assert!(w.plan_ids().is_empty(), "an invalid plan was registered");
 }
 
+/// `cairn validate` on files with several faults lists them all at once, each at its line and
+/// column, with a suggestion for a likely typo; a tab is reported where it is.
+#[test]
+fn validate_lists_every_fault_at_its_line_with_suggestions() {
+    let w = World::new();
+    let typo = w.write(
+        "typo.yaml",
+        "plan_id: typo\nsteps:\n  - step_id: s1\n    action: search\n    agent_typ: builtin.echo\n    parms: {q: x}\n  - step_id: s2\n    action: analyze\n    agent_type: builtin.echo\n    dependson: [s1]\n    retry:\n      max_attempt: 3\n",
+    );
+    let run = w
+        .raw(&["validate", typo.to_str().unwrap()])
+        .expect(2, "validate typo.yaml");
+    let faults: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .collect();
+    assert_eq!(
+        faults,
+        [
+            "steps.s1: unknown field `agent_typ`; did you mean `agent_type`? (line 5, column 5)",
+            "steps.s1: unknown field `parms`; did you mean `params`? (line 6, column 5)",
+            "steps.s2: unknown field `dependson`; did you mean `depends_on`? (line 10, column 5)",
+            "steps.s2.retry: unknown field `max_attempt`; did you mean `max_attempts`? (line 12, column 7)",
+        ],
+        "{}",
+        run.stderr
+    );
+
+    let deps = w.write(
+        "deps.yaml",
+        "steps:\n  - {step_id: step_1, action: x, agent_type: builtin.echo}\n  - {step_id: s2, action: x, agent_type: builtin.echo, depends_on: [s3]}\n  - {step_id: s3, action: x, agent_type: builtin.echo, depends_on: [s2, stpe_1]}\n  - {step_id: step_1, action: x, agent_type: builtin.echo, depends_on: []}\n  - {step_id: 'bad id', action: x, agent_type: builtin.echo}\n",
+    );
+    let run = w
+        .raw(&["validate", deps.to_str().unwrap()])
+        .expect(2, "validate deps.yaml");
+    for needle in [
+        "steps: the dependencies form a cycle: s2 -> s3 -> s2 (line 3, column 68)",
+        "steps.s3.depends_on: unknown step \"stpe_1\"; did you mean `step_1`? (line 4, column 73)",
+        "steps.step_1.step_id: step id step_1 is used more than once (line 5, column 15)",
+        "steps[4].step_id: \"bad id\" is not a valid id",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} in:\n{}",
+            run.stderr
+        );
+    }
+
+    let tab = w.write(
+        "tab.yaml",
+        "plan_id: tab\nsteps:\n  - step_id: s1\n\taction: x\n    agent_type: builtin.echo\n",
+    );
+    let run = w
+        .raw(&["validate", tab.to_str().unwrap()])
+        .expect(2, "validate tab.yaml");
+    assert!(run.stderr.contains("tab"), "{}", run.stderr);
+    assert!(run.stderr.contains("(line 4, column 1)"), "{}", run.stderr);
+
+    let json = w.write(
+        "typo.json",
+        "{\n  \"steps\": [\n    {\"step_id\": \"a\", \"action\": \"x\", \"agent_typ\": \"builtin.echo\"}\n  ]\n}\n",
+    );
+    let run = w
+        .raw(&["validate", json.to_str().unwrap()])
+        .expect(2, "validate typo.json");
+    assert!(
+        run.stderr.contains(
+            "steps.a: unknown field `agent_typ`; did you mean `agent_type`? (line 3, column 37)"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
 /// An undefined name in a template or a `when:` condition fails the step (without retry) with a
 /// message naming the name, also when the template is one expression that would keep its type.
 #[test]

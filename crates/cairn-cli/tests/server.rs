@@ -2226,12 +2226,37 @@ async fn complete_step_over_http_and_from_the_cli() {
     assert_eq!(dry.body["status"], "would_apply");
     assert_eq!(dry.body["dry_run"], true);
     assert!(dry.body.get("intervention_id").is_none(), "{}", dry.body);
+    // A dry run that would be refused answers like a refusal, with the record it would be.
+    let would_fail = op
+        .post(
+            "/v1/plans/cs/interventions",
+            json!({"type": "complete_step", "step_id": "zz", "output": 1, "dry_run": true}),
+        )
+        .await
+        .expect(422, "dry run on an unknown step");
+    let record = &would_fail.body["error"]["intervention"];
+    assert_eq!(record["status"], "would_fail", "{}", would_fail.body);
+    assert_eq!(record["dry_run"], true);
+    assert!(record.get("intervention_id").is_none(), "{record}");
     op.post(
         "/v1/plans/cs/interventions",
         json!({"type": "complete_step", "step_id": "b"}),
     )
     .await
     .expect(422, "complete_step without an output");
+    let recorded = op
+        .get("/v1/plans/cs/interventions")
+        .await
+        .expect(200, "list")
+        .body;
+    assert!(
+        recorded["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] != "would_apply" && i["status"] != "would_fail"),
+        "dry runs are not recorded: {recorded}"
+    );
 
     let (code, out, err) = cli(
         &[

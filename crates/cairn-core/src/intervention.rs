@@ -260,8 +260,7 @@ fn revalidate(state: &PlanState) -> Result<(), Refusal> {
 }
 
 fn parse_step(value: &Value) -> Result<StepDef, Refusal> {
-    serde_json::from_value::<StepDef>(value.clone())
-        .map_err(|e| invalid(format!("not a valid step: {e}")))
+    StepDef::from_value(value).map_err(|e| invalid(format!("not a valid step: {e}")))
 }
 
 /// RFC 7386 JSON merge patch.

@@ -13,6 +13,7 @@
 //! events always gives the same state.
 
 pub mod decide;
+mod document;
 pub mod event;
 pub mod expr;
 pub mod intervention;

@@ -1,14 +1,24 @@
 //! The plan document (DESIGN §1) and its validation.
 //!
 //! A plan arrives as JSON or YAML of one shape; unknown fields are errors. Validation collects
-//! every fault it finds, each naming the step and the field, so a user fixes a file in one pass.
+//! every fault it finds, each naming the step and the field, so a user fixes a file in one pass:
+//! first the shape (unknown fields, with a "did you mean"; missing fields; wrong types), then,
+//! on what the shape allows, the rules (ids, dependencies, cycles, ranges, templates). A fault
+//! in a field hides the rule faults of that same field or step, never those of other steps.
+//! Read from text, every fault carries the line and column it is about.
+//!
+//! A step is named `steps.<step_id>`, or `steps[<index>]` (counting from 0, as JSON paths do)
+//! when it has no usable id.
 
 use std::collections::{HashMap, HashSet};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::document::{self, Located, Pos};
 use crate::expr;
+use crate::suggest::did_you_mean;
 
 /// Most steps one plan may have.
 pub const MAX_STEPS: usize = 10_000;
@@ -119,15 +129,79 @@ pub struct Fault {
     /// Dotted path, e.g. `steps.step_2.depends_on`; empty for the document as a whole.
     pub path: String,
     pub message: String,
+    /// Where in the text, counted from 1, when the plan was read from text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+}
+
+impl Fault {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Fault {
+        Fault {
+            path: path.into(),
+            message: message.into(),
+            line: None,
+            column: None,
+        }
+    }
+
+    fn at(mut self, pos: Option<Pos>) -> Fault {
+        if let Some(p) = pos {
+            self.line = Some(p.line);
+            self.column = Some(p.column);
+        }
+        self
+    }
 }
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.path.is_empty() {
-            write!(f, "{}", self.message)
+            write!(f, "{}", self.message)?;
         } else {
-            write!(f, "{}: {}", self.path, self.message)
+            write!(f, "{}: {}", self.path, self.message)?;
         }
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, " (line {l}, column {c})"),
+            (Some(l), None) => write!(f, " (line {l})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A fault before it is placed: `doc` is the document path it is about (`steps/2/retry`), and
+/// `key` says whether it points at the key of that entry (an unknown field) or its value.
+#[derive(Debug)]
+struct Found {
+    fault: Fault,
+    doc: String,
+    key: bool,
+}
+
+impl Found {
+    fn value(doc: impl Into<String>, path: impl Into<String>, message: impl Into<String>) -> Found {
+        Found {
+            fault: Fault::new(path, message),
+            doc: doc.into(),
+            key: false,
+        }
+    }
+
+    fn key(doc: impl Into<String>, path: impl Into<String>, message: impl Into<String>) -> Found {
+        Found {
+            key: true,
+            ..Found::value(doc, path, message)
+        }
+    }
+
+    fn place(self, at: &Located) -> Fault {
+        let pos = if self.key {
+            at.key(&self.doc)
+        } else {
+            at.value(&self.doc)
+        };
+        self.fault.at(pos)
     }
 }
 
@@ -141,10 +215,7 @@ pub struct Invalid {
 impl Invalid {
     pub fn one(path: impl Into<String>, message: impl Into<String>) -> Invalid {
         Invalid {
-            faults: vec![Fault {
-                path: path.into(),
-                message: message.into(),
-            }],
+            faults: vec![Fault::new(path, message)],
         }
     }
 }
@@ -182,108 +253,58 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Plan {
-    /// Parses and validates a plan document.
+    /// Parses and validates a plan document; every fault found carries its line and column.
     pub fn parse(text: &str, format: Format) -> Result<Plan, Invalid> {
-        let value: Value = match format {
-            Format::Json => serde_json::from_str(text)
-                .map_err(|e| Invalid::one("", format!("not valid JSON: {e}")))?,
-            Format::Yaml => {
-                // YAML is read typed: its scalars are only strings, numbers or booleans in the
-                // light of the field they fill (`action: y` is the string "y").
-                return match serde_saphyr::from_str::<Plan>(text) {
-                    Ok(plan) => plan.validate().map(|()| plan),
-                    Err(e) => {
-                        let message = e.to_string();
-                        let first = message
-                            .find("line ")
-                            .map(|i| &message[i..])
-                            .and_then(|t| t.split(':').next())
-                            .unwrap_or("")
-                            .to_owned();
-                        Err(Plan::locate_unknown_field(
-                            serde_saphyr::from_str::<Value>(text).ok(),
-                            &first,
-                        )
-                        .unwrap_or_else(|| {
-                            Invalid::one("", format!("not a valid plan document: {e}"))
-                        }))
-                    }
-                };
-            }
+        let read = match format {
+            Format::Json => document::json(text).map_err(|e| ("JSON", e)),
+            Format::Yaml => document::yaml(text).map_err(|e| ("YAML", e)),
         };
-        Plan::from_value(value)
-    }
-
-    /// For a YAML document that failed to parse: the faults naming the step of an unknown field,
-    /// if that is what is wrong.
-    fn locate_unknown_field(value: Option<Value>, where_: &str) -> Option<Invalid> {
-        let invalid = Plan::from_value(value?).err()?;
-        let faults: Vec<Fault> = invalid
-            .faults
-            .into_iter()
-            .filter(|f| f.message.contains("unknown field"))
-            .map(|f| Fault {
-                path: f.path,
-                message: format!("{} ({where_})", f.message),
-            })
-            .collect();
-        (!faults.is_empty()).then_some(Invalid { faults })
-    }
-
-    /// Parses a plan from a JSON value (an API body) and validates it. Steps are read one by one
-    /// so a fault in a step's shape (an unknown field, a wrong type) names the step.
-    pub fn from_value(value: Value) -> Result<Plan, Invalid> {
-        let Value::Object(mut map) = value else {
-            return Err(Invalid::one(
-                "",
-                "a plan document must be a mapping with a `steps` list",
-            ));
-        };
-        let steps = map.remove("steps");
-        map.insert("steps".into(), Value::Array(Vec::new()));
-        let mut faults = Vec::new();
-        let header = serde_json::from_value::<Plan>(Value::Object(map))
-            .map_err(|e| {
-                faults.push(Fault {
-                    path: String::new(),
-                    message: format!("not a valid plan document: {e}"),
-                })
-            })
-            .ok();
-        let mut parsed = Vec::new();
-        match steps {
-            None => faults.push(Fault {
-                path: "steps".into(),
-                message: "missing: a plan needs a list of steps".into(),
-            }),
-            Some(Value::Array(items)) => {
-                for (i, item) in items.into_iter().enumerate() {
-                    let id = item
-                        .get("step_id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .unwrap_or_default();
-                    match serde_json::from_value::<StepDef>(item) {
-                        Ok(step) => parsed.push(step),
-                        Err(e) => faults.push(Fault {
-                            path: step_path(i, &id),
-                            message: format!("not a valid step: {e}"),
-                        }),
-                    }
-                }
-            }
-            Some(_) => faults.push(Fault {
-                path: "steps".into(),
-                message: "must be a list of steps".into(),
+        match read {
+            Ok((value, at)) => Plan::build(value, &at),
+            Err((kind, e)) => Err(Invalid {
+                faults: vec![Fault::new("", format!("not valid {kind}: {}", e.message)).at(e.pos)],
             }),
         }
-        match header {
-            Some(mut plan) if faults.is_empty() => {
-                plan.steps = parsed;
-                plan.validate()?;
-                Ok(plan)
+    }
+
+    /// Parses a plan from a JSON value (an API body) and validates it.
+    pub fn from_value(value: Value) -> Result<Plan, Invalid> {
+        Plan::build(value, &Located::default())
+    }
+
+    fn build(value: Value, at: &Located) -> Result<Plan, Invalid> {
+        let mut shape = Vec::new();
+        let mut hidden = Vec::new();
+        let clean = shape_of_plan(value, &mut shape, &mut hidden);
+        let plan = match clean.map(serde_json::from_value::<Plan>) {
+            Some(Ok(plan)) => Some(plan),
+            Some(Err(e)) => {
+                shape.push(Found::value(
+                    "",
+                    "",
+                    format!("not a valid plan document: {e}"),
+                ));
+                None
             }
-            _ => Err(Invalid { faults }),
+            None => None,
+        };
+        let mut found = shape;
+        if let Some(plan) = &plan {
+            hidden.extend(found.iter().map(|f| f.doc.clone()));
+            found.extend(plan.rule_faults().into_iter().filter(|f| {
+                !hidden
+                    .iter()
+                    .any(|h| f.doc == *h || f.doc.starts_with(&format!("{h}/")))
+            }));
+        }
+        match plan {
+            Some(plan) if found.is_empty() => Ok(plan),
+            _ => {
+                let mut faults: Vec<Fault> = found.into_iter().map(|f| f.place(at)).collect();
+                // In the order of the text, when it is known.
+                faults.sort_by_key(|f| (f.line, f.column));
+                Err(Invalid { faults })
+            }
         }
     }
 
@@ -291,87 +312,349 @@ impl Plan {
         self.steps.iter().position(|s| s.step_id == step_id)
     }
 
-    /// Checks everything DESIGN §1 asks of a plan; returns all faults at once.
+    /// Checks every rule a plan must follow; returns all faults at once.
     pub fn validate(&self) -> Result<(), Invalid> {
-        let mut faults = Vec::new();
-        let mut fault = |path: String, message: String| faults.push(Fault { path, message });
-        if let Some(id) = &self.plan_id {
-            if !valid_id(id) {
-                fault(
-                    "plan_id".into(),
-                    format!("{id:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)"),
-                );
-            }
-        }
-        if self.max_parallel == 0 || self.max_parallel > MAX_PARALLEL {
-            fault(
-                "max_parallel".into(),
-                format!("{} is out of range 1..={MAX_PARALLEL}", self.max_parallel),
-            );
-        }
-        if self.steps.is_empty() {
-            fault("steps".into(), "a plan needs at least one step".into());
-        }
-        if self.steps.len() > MAX_STEPS {
-            fault(
-                "steps".into(),
-                format!(
-                    "{} steps is more than the {MAX_STEPS} allowed",
-                    self.steps.len()
-                ),
-            );
-        }
-        let mut seen: HashSet<&str> = HashSet::new();
-        for (i, step) in self.steps.iter().enumerate() {
-            let at = step_path(i, &step.step_id);
-            if !valid_id(&step.step_id) {
-                fault(
-                    format!("{at}.step_id"),
-                    format!(
-                        "{:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)",
-                        step.step_id
-                    ),
-                );
-            } else if !seen.insert(&step.step_id) {
-                fault(
-                    format!("{at}.step_id"),
-                    format!("step id {} is used more than once", step.step_id),
-                );
-            }
-            for f in step.check() {
-                fault(format!("{at}.{}", f.path), f.message);
-            }
-        }
-        let ids: HashSet<&str> = self.steps.iter().map(|s| s.step_id.as_str()).collect();
-        for (i, step) in self.steps.iter().enumerate() {
-            for dep in step.depends_on.iter().flatten() {
-                if dep == &step.step_id {
-                    fault(
-                        format!("{}.depends_on", step_path(i, &step.step_id)),
-                        "a step cannot depend on itself".into(),
-                    );
-                } else if !ids.contains(dep.as_str()) {
-                    fault(
-                        format!("{}.depends_on", step_path(i, &step.step_id)),
-                        format!("unknown step {dep:?}"),
-                    );
-                }
-            }
-        }
-        if faults.is_empty() {
-            if let Some(cycle) = find_cycle(&self.steps) {
-                faults.push(Fault {
-                    path: "steps".into(),
-                    message: format!("the dependencies form a cycle: {}", cycle.join(" -> ")),
-                });
-            }
-        }
+        let faults: Vec<Fault> = self.rule_faults().into_iter().map(|f| f.fault).collect();
         if faults.is_empty() {
             Ok(())
         } else {
             Err(Invalid { faults })
         }
     }
+
+    fn rule_faults(&self) -> Vec<Found> {
+        let mut out = Vec::new();
+        if let Some(id) = &self.plan_id {
+            if !valid_id(id) {
+                out.push(Found::value(
+                    "plan_id",
+                    "plan_id",
+                    format!("{id:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)"),
+                ));
+            }
+        }
+        if self.max_parallel == 0 || self.max_parallel > MAX_PARALLEL {
+            out.push(Found::value(
+                "max_parallel",
+                "max_parallel",
+                format!("{} is out of range 1..={MAX_PARALLEL}", self.max_parallel),
+            ));
+        }
+        if self.steps.is_empty() {
+            out.push(Found::value(
+                "steps",
+                "steps",
+                "a plan needs at least one step",
+            ));
+        }
+        if self.steps.len() > MAX_STEPS {
+            out.push(Found::value(
+                "steps",
+                "steps",
+                format!(
+                    "{} steps is more than the {MAX_STEPS} allowed",
+                    self.steps.len()
+                ),
+            ));
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = step_path(i, &step.step_id);
+            let doc = format!("steps/{i}");
+            if !valid_id(&step.step_id) {
+                out.push(Found::value(
+                    format!("{doc}/step_id"),
+                    format!("{at}.step_id"),
+                    format!(
+                        "{:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)",
+                        step.step_id
+                    ),
+                ));
+            } else if !seen.insert(&step.step_id) {
+                out.push(Found::value(
+                    format!("{doc}/step_id"),
+                    format!("{at}.step_id"),
+                    format!("step id {} is used more than once", step.step_id),
+                ));
+            }
+            for f in step.check() {
+                out.push(Found::value(
+                    format!("{doc}/{}", doc_path(&f.path)),
+                    format!("{at}.{}", f.path),
+                    f.message,
+                ));
+            }
+        }
+        let ids: Vec<&str> = self.steps.iter().map(|s| s.step_id.as_str()).collect();
+        for (i, step) in self.steps.iter().enumerate() {
+            for (k, dep) in step.depends_on.iter().flatten().enumerate() {
+                let doc = format!("steps/{i}/depends_on/{k}");
+                let path = format!("{}.depends_on", step_path(i, &step.step_id));
+                if dep == &step.step_id {
+                    out.push(Found::value(doc, path, "a step cannot depend on itself"));
+                } else if !ids.contains(&dep.as_str()) {
+                    out.push(Found::value(
+                        doc,
+                        path,
+                        format!(
+                            "unknown step {dep:?}{}",
+                            did_you_mean(dep, ids.iter().copied().filter(|id| valid_id(id)))
+                        ),
+                    ));
+                }
+            }
+        }
+        // A cycle is reported next to other faults: unknown dependencies are left out of the
+        // graph, so they do not hide it; a step naming itself was reported just above.
+        if let Some(cycle) = find_cycle(&self.steps).filter(|c| c.len() > 2) {
+            let first = self
+                .steps
+                .iter()
+                .position(|s| s.step_id == cycle[0])
+                .unwrap_or(0);
+            out.push(Found::value(
+                format!("steps/{first}/depends_on"),
+                "steps",
+                format!("the dependencies form a cycle: {}", cycle.join(" -> ")),
+            ));
+        }
+        out
+    }
+}
+
+/// A fault path relative to a step (`retry.max_attempts`, `params.q[2]`) as a document path.
+fn doc_path(path: &str) -> String {
+    path.replace(['.', '['], "/").replace(']', "")
+}
+
+const PLAN_FIELDS: &[&str] = &["plan_id", "query", "metadata", "max_parallel", "steps"];
+const STEP_FIELDS: &[&str] = &[
+    "step_id",
+    "action",
+    "agent_type",
+    "params",
+    "depends_on",
+    "when",
+    "retry",
+    "timeout_ms",
+    "pause_before",
+    "pause_after",
+    "quality_gate",
+    "compensate",
+];
+/// A field and the check of its value's type.
+type TypeCheck = (&'static str, fn(&Value) -> Option<String>);
+
+const REQUIRED_STEP_FIELDS: &[&str] = &["step_id", "action", "agent_type"];
+const RETRY_FIELDS: &[&str] = &["max_attempts", "backoff_ms", "backoff_factor"];
+
+/// Whether `value` reads as a `T`, and if not, why.
+fn type_fault<T: DeserializeOwned>(value: &Value) -> Option<String> {
+    serde_json::from_value::<T>(value.clone())
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// Reports every key of `map` that is not in `known`, removing it. Returns the known fields that
+/// an unknown key looks like a typo of.
+fn unknown_fields(
+    map: &mut Map<String, Value>,
+    known: &[&str],
+    doc: &str,
+    path: &str,
+    out: &mut Vec<Found>,
+) -> Vec<&'static str> {
+    let mut meant = Vec::new();
+    let unknown: Vec<String> = map
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for key in unknown {
+        map.remove(&key);
+        let hint = did_you_mean(&key, known.iter().copied());
+        if let Some(m) = crate::suggest::closest(&key, known.iter().copied()) {
+            if let Some(field) = STEP_FIELDS
+                .iter()
+                .chain(PLAN_FIELDS)
+                .chain(RETRY_FIELDS)
+                .find(|f| **f == m)
+            {
+                meant.push(*field);
+            }
+        }
+        let message = if hint.is_empty() {
+            format!("unknown field `{key}` (known: {})", known.join(", "))
+        } else {
+            format!("unknown field `{key}`{hint}")
+        };
+        let entry = if doc.is_empty() {
+            key.clone()
+        } else {
+            format!("{doc}/{key}")
+        };
+        out.push(Found::key(entry, path, message));
+    }
+    meant
+}
+
+/// Checks the shape of a plan document, reporting every fault, and returns what is left for the
+/// rules to check: unknown fields and values of the wrong type removed, steps that cannot be read
+/// replaced by placeholders (their faults already said why). `None` when not even that is left.
+fn shape_of_plan(value: Value, out: &mut Vec<Found>, hidden: &mut Vec<String>) -> Option<Value> {
+    let Value::Object(mut map) = value else {
+        out.push(Found::value(
+            "",
+            "",
+            "a plan document must be a mapping with a `steps` list",
+        ));
+        return None;
+    };
+    unknown_fields(&mut map, PLAN_FIELDS, "", "", out);
+    let mut wrong = |map: &mut Map<String, Value>, key: &str, fault: Option<String>| {
+        if let Some(e) = fault {
+            out.push(Found::value(key, key, e));
+            map.remove(key);
+        }
+    };
+    let plan_id = map.get("plan_id").and_then(type_fault::<Option<String>>);
+    wrong(&mut map, "plan_id", plan_id);
+    let query = map.get("query").and_then(type_fault::<String>);
+    wrong(&mut map, "query", query);
+    let max_parallel = map.get("max_parallel").and_then(type_fault::<u32>);
+    wrong(&mut map, "max_parallel", max_parallel);
+    let steps = match map.remove("steps") {
+        None => {
+            out.push(Found::value(
+                "",
+                "steps",
+                "missing: a plan needs a list of steps",
+            ));
+            Vec::new()
+        }
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let id = item
+                    .get("step_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                shape_of_step(item, i, out).unwrap_or_else(|| {
+                    hidden.push(format!("steps/{i}"));
+                    placeholder_step(&id)
+                })
+            })
+            .collect(),
+        Some(_) => {
+            out.push(Found::value("steps", "steps", "must be a list of steps"));
+            Vec::new()
+        }
+    };
+    map.insert("steps".into(), Value::Array(steps));
+    Some(Value::Object(map))
+}
+
+/// The shape of step `index`; see [`shape_of_plan`]. `None` when the step cannot be read at all.
+fn shape_of_step(item: Value, index: usize, out: &mut Vec<Found>) -> Option<Value> {
+    let doc = format!("steps/{index}");
+    let id = item
+        .get("step_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let at = step_path(index, &id);
+    let Value::Object(mut map) = item else {
+        out.push(Found::value(
+            doc,
+            at,
+            "a step must be a mapping with step_id, action and agent_type",
+        ));
+        return None;
+    };
+    let meant = unknown_fields(&mut map, STEP_FIELDS, &doc, &at, out);
+    let mut readable = true;
+    for field in REQUIRED_STEP_FIELDS {
+        match map.get(*field) {
+            None => {
+                readable = false;
+                // A misspelt field already says what is missing.
+                if !meant.contains(field) {
+                    out.push(Found::value(
+                        doc.clone(),
+                        at.clone(),
+                        format!("missing field `{field}`"),
+                    ));
+                }
+            }
+            Some(v) => {
+                if let Some(e) = type_fault::<String>(v) {
+                    readable = false;
+                    out.push(Found::value(
+                        format!("{doc}/{field}"),
+                        format!("{at}.{field}"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+    let checks: &[TypeCheck] = &[
+        ("depends_on", type_fault::<Option<Vec<String>>>),
+        ("when", type_fault::<Option<String>>),
+        ("timeout_ms", type_fault::<Option<u64>>),
+        ("pause_before", type_fault::<bool>),
+        ("pause_after", type_fault::<bool>),
+    ];
+    for (field, check) in checks {
+        if let Some(e) = map.get(*field).and_then(check) {
+            out.push(Found::value(
+                format!("{doc}/{field}"),
+                format!("{at}.{field}"),
+                e,
+            ));
+            map.remove(*field);
+        }
+    }
+    match map.get_mut("retry") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(retry)) => {
+            let rdoc = format!("{doc}/retry");
+            let rpath = format!("{at}.retry");
+            unknown_fields(retry, RETRY_FIELDS, &rdoc, &rpath, out);
+            let checks: &[TypeCheck] = &[
+                ("max_attempts", type_fault::<u32>),
+                ("backoff_ms", type_fault::<u64>),
+                ("backoff_factor", type_fault::<f64>),
+            ];
+            for (field, check) in checks {
+                if let Some(e) = retry.get(*field).and_then(check) {
+                    out.push(Found::value(
+                        format!("{rdoc}/{field}"),
+                        format!("{rpath}.{field}"),
+                        e,
+                    ));
+                    retry.remove(*field);
+                }
+            }
+        }
+        Some(_) => {
+            out.push(Found::value(
+                format!("{doc}/retry"),
+                format!("{at}.retry"),
+                "must be a mapping: {max_attempts, backoff_ms, backoff_factor}",
+            ));
+            map.remove("retry");
+        }
+    }
+    readable.then_some(Value::Object(map))
+}
+
+/// Stands in for a step whose own faults were reported, so the other steps can still be checked
+/// against its id (the rule faults of the step itself are hidden).
+fn placeholder_step(id: &str) -> Value {
+    serde_json::json!({"step_id": id, "action": "-", "agent_type": "-"})
 }
 
 fn step_path(index: usize, id: &str) -> String {
@@ -383,15 +666,35 @@ fn step_path(index: usize, id: &str) -> String {
 }
 
 impl StepDef {
+    /// Reads one step given on its own (an intervention's), reporting every fault of its shape
+    /// at once, with paths relative to the step.
+    pub fn from_value(value: &Value) -> Result<StepDef, Invalid> {
+        let mut found = Vec::new();
+        let id = value
+            .get("step_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let prefix = step_path(0, id);
+        let clean = shape_of_step(value.clone(), 0, &mut found);
+        let faults: Vec<Fault> = found
+            .into_iter()
+            .map(|f| {
+                let path = f.fault.path.strip_prefix(&prefix).unwrap_or(&f.fault.path);
+                Fault::new(path.trim_start_matches('.'), f.fault.message)
+            })
+            .collect();
+        match clean {
+            Some(v) if faults.is_empty() => {
+                serde_json::from_value(v).map_err(|e| Invalid::one("", e.to_string()))
+            }
+            _ => Err(Invalid { faults }),
+        }
+    }
+
     /// Faults of the step on its own (paths relative to the step).
     pub fn check(&self) -> Vec<Fault> {
         let mut out = Vec::new();
-        let mut fault = |path: &str, message: String| {
-            out.push(Fault {
-                path: path.into(),
-                message,
-            })
-        };
+        let mut fault = |path: &str, message: String| out.push(Fault::new(path, message));
         if self.action.trim().is_empty() {
             fault("action", "must not be empty".into());
         }
@@ -597,10 +900,7 @@ steps:
     #[test]
     fn unknown_fields_are_errors() {
         let msg = faults("steps:\n  - {step_id: a, action: x, agent_type: t, colour: red}\n");
-        assert!(
-            msg.contains("steps.a: not a valid step: unknown field `colour`"),
-            "{msg}"
-        );
+        assert!(msg.contains("steps.a: unknown field `colour`"), "{msg}");
         let msg = faults("stepz: []\n");
         assert!(msg.contains("stepz"), "{msg}");
     }
@@ -643,7 +943,7 @@ steps:
         assert!(msg.contains("retry.max_attempts"), "{msg}");
         assert!(msg.contains("retry.backoff_factor"), "{msg}");
         let msg = faults("steps:\n  - {step_id: a, action: x, agent_type: t, timeout_ms: -5}\n");
-        assert!(msg.contains("line 2 column 56"), "{msg}");
+        assert!(msg.contains("line 2, column 56"), "{msg}");
     }
 
     #[test]

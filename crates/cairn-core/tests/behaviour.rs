@@ -2,7 +2,8 @@
 //! [`handle`] with an explicit fake clock, and executors are simulated by answering the attempts
 //! that [`decide::dispatches`] asks for with `Command::Outcome`.
 //!
-//! The property tests live in `behaviour/properties.rs` (same test binary).
+//! The property tests live in `behaviour/properties.rs`, plan validation in
+//! `behaviour/validation.rs` (same test binary).
 
 use cairn_core::decide::{self, Command, Ctx, Decision, StepResult};
 use cairn_core::event::{checkpoint_id, Event, EventKind};
@@ -16,6 +17,8 @@ use serde_json::{json, Value};
 
 #[path = "behaviour/properties.rs"]
 mod properties;
+#[path = "behaviour/validation.rs"]
+mod validation;
 
 const PLAN: &str = "p1";
 const MS: i64 = 1_000;
@@ -1150,6 +1153,29 @@ fn add_step_reads_the_prototypes_insert_after_and_insert_before() {
     let payload = serde_json::to_value(&applied(&d).request).unwrap();
     assert_eq!(payload["before"], "a");
     assert_eq!(sim.order(), ["y", "a", "x", "b"]);
+}
+
+#[test]
+fn add_and_modify_report_every_unknown_field_of_the_step_with_a_suggestion() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    let d = sim.intervene(
+        json!({"type": "add_step", "step": {"step_id": "x", "action": "x",
+        "agent_typ": "t", "parms": {}, "retry": {"max_attempt": 2}}}),
+    );
+    assert_refused(
+        &sim,
+        &d,
+        RefusalKind::Invalid,
+        "not a valid step: unknown field `agent_typ`; did you mean `agent_type`?; unknown field `parms`; did you mean `params`?; retry: unknown field `max_attempt`; did you mean `max_attempts`?",
+    );
+    let d = sim.intervene(json!({"type": "modify_step", "step_id": "b",
+        "patch": {"retry": {"backoff": 5}}}));
+    assert_refused(
+        &sim,
+        &d,
+        RefusalKind::Invalid,
+        "retry: unknown field `backoff`",
+    );
 }
 
 #[test]
