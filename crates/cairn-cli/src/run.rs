@@ -335,8 +335,8 @@ async fn drive(
 
 /// Stops at once: the steps still running are recorded as interrupted and go back to pending,
 /// durably, so none is shown running while nothing runs it, and stopping them kills their
-/// agents' process groups. They run again when the plan continues.
-/// Answers the new state and the steps it stopped.
+/// agents' process groups. They run again when the plan continues. Answers the new state and
+/// the steps it stopped.
 async fn stop_now(
     engine: &Engine,
     plan_id: &str,
