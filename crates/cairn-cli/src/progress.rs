@@ -63,15 +63,14 @@ impl Progress {
         if e.seq != self.state.seq + 1 {
             return;
         }
+        // Drawn at the next tick: a busy plan's events cost no terminal writes of their own.
         self.state.apply(e);
-        self.draw();
     }
 
     /// Takes a fresh copy of the state (after a refresh from the engine).
     pub fn reset(&mut self, state: &PlanState) {
         if state.seq >= self.state.seq {
             self.state = state.clone();
-            self.draw();
         }
     }
 

@@ -257,7 +257,7 @@ async fn drive(
             said_waiting = true;
             let running = running_steps(&known);
             progress.println(&format!(
-                "plan {plan_id} {}; waiting for the step{} still in flight to finish and be recorded ({}); Ctrl-C to stop {} now",
+                "plan {plan_id} {}; waiting for the step{} still in flight to finish and be recorded ({}); Ctrl-C stops {} now",
                 known.status.as_str(),
                 if running.len() == 1 { "" } else { "s" },
                 running.join(", "),
@@ -281,41 +281,35 @@ async fn drive(
             },
             _ = ticker.tick(), if progress.is_live() => progress.tick(),
             _ = interrupts.recv() => {
-                if pausing {
-                    // Stop now: the steps still running go back to pending, durably, so none is
-                    // shown running while nothing runs it; stopping them kills their agents'
-                    // process groups. They run again on resume.
-                    let cut = running_steps(&*engine.state(plan_id).await?);
-                    engine.recover_plan(plan_id).await?;
-                    let state = engine.state(plan_id).await?;
-                    progress.reset(&state);
-                    progress.finish();
-                    if !cut.is_empty() {
-                        eprintln!(
-                            "interrupted: stopped {}, which will run again when the plan is resumed",
-                            cut.join(", ")
-                        );
+                if !pausing {
+                    pausing = true;
+                    match engine.pause(plan_id, PauseMode::Boundary, None, user, Some("Ctrl-C".into())).await {
+                        Ok(s) => {
+                            let running = s.running_count();
+                            progress.println(&format!(
+                                "pausing plan {plan_id} (durable); {running} running step{} will finish first; Ctrl-C again to stop now",
+                                if running == 1 { "" } else { "s" }
+                            ));
+                            known = s;
+                            progress.reset(&known);
+                            continue;
+                        }
+                        // The plan no longer runs (it failed, or a breakpoint paused it) and
+                        // only its steps in flight are awaited: Ctrl-C stops them at once.
+                        Err(EngineError::Refused { .. }) => {}
+                        Err(e) => return Err(e.into()),
                     }
-                    return Ok(report(&state, started.elapsed().as_secs_f64(), &db, resume_flags));
                 }
-                pausing = true;
-                match engine.pause(plan_id, PauseMode::Boundary, None, user, Some("Ctrl-C".into())).await {
-                    Ok(s) => {
-                        let running = s.running_count();
-                        progress.println(&format!(
-                            "pausing plan {plan_id} (durable); {running} running step{} will finish first; Ctrl-C again to stop now",
-                            if running == 1 { "" } else { "s" }
-                        ));
-                        known = s;
-                        progress.reset(&known);
-                    }
-                    // The plan is no longer running (it failed, or a breakpoint paused it): the
-                    // steps in flight are being waited for; a second Ctrl-C stops them.
-                    Err(EngineError::Refused { .. }) => {
-                        progress.println("Ctrl-C again to stop the steps still running now");
-                    }
-                    Err(e) => return Err(e.into()),
+                let (state, cut) = stop_now(engine, plan_id, user).await?;
+                progress.reset(&state);
+                progress.finish();
+                if !cut.is_empty() {
+                    eprintln!(
+                        "interrupted: stopped {}, which will run again when the plan continues",
+                        cut.join(", ")
+                    );
                 }
+                return Ok(report(&state, started.elapsed().as_secs_f64(), &db, resume_flags));
             }
         }
     };
@@ -337,6 +331,38 @@ async fn drive(
         &db,
         resume_flags,
     ))
+}
+
+/// Stops at once: the steps still running are recorded as interrupted and go back to pending,
+/// durably, so none is shown running while nothing runs it, and stopping them kills their
+/// agents' process groups. They run again when the plan continues. Answers the new state and
+/// the steps it stopped.
+async fn stop_now(
+    engine: &Engine,
+    plan_id: &str,
+    user: &str,
+) -> Result<(Arc<PlanState>, Vec<String>), Fail> {
+    let cut = running_steps(&*engine.state(plan_id).await?);
+    let state = match engine
+        .interrupt(plan_id, user, Some("Ctrl-C: stopped at once".into()))
+        .await
+    {
+        Ok(state) => state,
+        // Still running (the pause did not land): an immediate pause interrupts as well.
+        Err(EngineError::Refused { .. }) => {
+            engine
+                .pause(
+                    plan_id,
+                    PauseMode::Immediate,
+                    None,
+                    user,
+                    Some("Ctrl-C".into()),
+                )
+                .await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok((state, cut))
 }
 
 /// Nothing more will happen without an operator: the plan ended or paused, and no step of it

@@ -1755,6 +1755,7 @@ impl Job {
 
 /// Whether process `pid` is gone (or a zombie nobody reaped yet: dead all the same).
 fn process_gone(pid: &str) -> bool {
+    assert!(pid.trim().parse::<u32>().is_ok(), "not a pid: {pid:?}");
     match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
         Err(_) => true,
         Ok(stat) => stat
@@ -1850,6 +1851,12 @@ fn a_second_ctrl_c_stops_the_agent_at_once_and_the_step_is_not_left_running() {
     );
     let events = w.events("cc2");
     assert_eq!(steps_of(&events, "step_interrupted"), ["a"]);
+    let cut = events
+        .iter()
+        .find(|e| e["type"] == "step_interrupted")
+        .unwrap();
+    assert_eq!(cut["actor"], USER, "{cut}");
+    assert_eq!(cut["data"]["cause"], "Ctrl-C: stopped at once", "{cut}");
 
     // It runs again on resume, and this time finishes.
     w.write("go", "");
@@ -1875,11 +1882,11 @@ command = ["sh", "-c", 'cat >/dev/null; sleep 1000 & echo $! > grandchild.pid; w
     );
     w.write(
         "plan.yaml",
-        "plan_id: to\nsteps:\n  - {step_id: a, action: x, agent_type: forker, timeout_ms: 300, retry: {max_attempts: 1}}\n",
+        "plan_id: to\nsteps:\n  - {step_id: a, action: x, agent_type: forker, timeout_ms: 1000, retry: {max_attempts: 1}}\n",
     );
     let run = w.cairn(&["run", "plan.yaml"]).expect(1, "timed out");
     assert!(
-        run.stderr.contains("timed out after 300 ms"),
+        run.stderr.contains("timed out after 1000 ms"),
         "{}",
         run.stderr
     );
@@ -1925,6 +1932,38 @@ steps:
         .expect(0, "resume");
     let ends = agent_log(&w).iter().filter(|l| l.what == "end").count();
     assert_eq!(ends, 1, "{:?}", agent_log(&w));
+}
+
+#[test]
+fn a_ctrl_c_while_a_failed_plan_waits_stops_the_steps_in_flight() {
+    let w = World::new();
+    w.write("cairn.toml", LATCHED_TOML);
+    w.write(
+        "plan.yaml",
+        r#"
+plan_id: inflight2
+steps:
+  - {step_id: slow, action: x, agent_type: latched}
+  - {step_id: bad, action: x, agent_type: builtin.fail, depends_on: [], retry: {max_attempts: 1}}
+"#,
+    );
+    let mut job = Job::start(&w, &["run", "plan.yaml"]);
+    job.wait_line("Ctrl-C stops it now");
+    w.wait_for_file("slow.pid", "the agent to start", |pid| pid.ends_with('\n'));
+    let pid = w.read("slow.pid");
+    job.ctrl_c();
+    let (code, stderr) = job.finish();
+    assert_eq!(code, 1, "failed: {stderr}");
+    assert!(stderr.contains("interrupted: stopped slow"), "{stderr}");
+    wait_gone(&pid, "the stopped agent");
+    let view = w.show("inflight2");
+    assert_eq!(view["state"], "failed");
+    assert_eq!(step(&view, "slow")["status"], "pending", "{view}");
+    assert!(
+        view["running_steps"].as_array().unwrap().is_empty(),
+        "{view}"
+    );
+    assert!(!w.read("agent.log").contains("end slow"));
 }
 
 #[test]

@@ -389,4 +389,51 @@ async fn the_readme_server_walkthrough_can_be_followed() {
     assert!(events.contains("plan_completed"), "{events}");
     let state = wait_state(&s, &op, "steer_001", |v| v["state"] == "completed").await;
     assert_eq!(state["skipped_steps"], json!(["step_2"]), "{state}");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workers_command_gets_a_clean_environment_without_its_token() {
+    let s = serve();
+    let op = token(&s.db, "op", "operator");
+    let wt = token(&s.db, "w", "worker");
+    let _w = Proc(
+        Command::new(BIN)
+            .args([
+                "worker",
+                "--server",
+                &s.url,
+                "--agent-type",
+                "research",
+                "--env",
+                "KEEP_ME",
+                "--",
+                "sh",
+                "-c",
+                "cat >/dev/null; env > env.txt; echo null",
+            ])
+            .env("CAIRN_TOKEN", &wt)
+            .env("KEEP_ME", "kept")
+            .env("DROP_ME", "dropped")
+            .current_dir(s.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    run_plan(&s, &op, "penv").await;
+    let text = std::fs::read_to_string(s.dir.path().join("env.txt")).unwrap();
+    let env: std::collections::BTreeMap<&str, &str> =
+        text.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(env.get("KEEP_ME"), Some(&"kept"), "{text}");
+    assert_eq!(env.get("CAIRN_PLAN_ID"), Some(&"penv"), "{text}");
+    assert_eq!(env.get("CAIRN_STEP_ID"), Some(&"a"), "{text}");
+    assert_eq!(env.get("CAIRN_ATTEMPT"), Some(&"1"), "{text}");
+    assert_eq!(
+        env.get("CAIRN_IDEMPOTENCY_KEY"),
+        Some(&"penv/a/1"),
+        "{text}"
+    );
+    assert!(env.contains_key("PATH"), "{text}");
+    for leaked in ["CAIRN_TOKEN", "DROP_ME"] {
+        assert!(!env.contains_key(leaked), "{leaked} leaked:\n{text}");
+    }
 }

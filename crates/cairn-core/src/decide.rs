@@ -84,6 +84,12 @@ pub enum Command {
     Tick,
     /// The plan was loaded after a restart: re-run or settle the attempts that were in flight.
     Recover,
+    /// Stops the attempts still running of a plan that no longer runs (paused, or ended with
+    /// steps in flight): each is recorded as interrupted and goes back to pending, to run again
+    /// when the plan continues. What a driver records when it is told to stop at once.
+    Interrupt {
+        reason: Option<String>,
+    },
 }
 
 /// The context of one decision: the clock reading and who is asking.
@@ -338,6 +344,15 @@ fn decide(
                     None,
                 );
             }
+        }
+        Command::Interrupt { reason } => {
+            if status == PlanStatus::Running {
+                return Err(conflict(format!(
+                    "plan {} is running; pause it before interrupting its steps",
+                    em.state.plan_id
+                )));
+            }
+            interrupt_running(&mut em, actor, reason.as_deref().unwrap_or("interrupted"));
         }
         Command::Recover => {
             if status == PlanStatus::Running {

@@ -444,6 +444,21 @@ impl Engine {
             .state)
     }
 
+    /// Stops the steps still running of a plan that is not running (paused, or failed with steps
+    /// in flight): they are recorded as interrupted, go back to pending and are told to stop;
+    /// they run again when the plan continues. Refused while the plan runs (pause it first).
+    pub async fn interrupt(
+        &self,
+        plan_id: &str,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<Arc<PlanState>, EngineError> {
+        Ok(self
+            .send(plan_id, Command::Interrupt { reason }, actor.into())
+            .await?
+            .state)
+    }
+
     /// Resumes a paused plan; the next ready steps start at once.
     pub async fn resume(
         &self,

@@ -77,6 +77,57 @@ async fn pause_stops_new_steps_and_resume_continues() {
     assert_eq!(done.status, PlanStatus::Completed);
 }
 
+#[tokio::test]
+async fn an_agent_type_without_an_executor_fails_with_a_message_for_the_embedding_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    engine
+        .register(
+            plan("plan_id: nx\nsteps:\n  - {step_id: a, action: x, agent_type: nowhere}\n"),
+            "tester",
+        )
+        .await
+        .unwrap();
+    engine.start("nx", "tester", None).await.unwrap();
+    let state = engine.wait_settled("nx").await.unwrap();
+    assert_eq!(state.status, PlanStatus::Failed);
+    let error = state.steps[0].rec.error.clone().unwrap_or_default();
+    assert_eq!(
+        error,
+        "no executor is registered for agent type \"nowhere\""
+    );
+}
+
+#[tokio::test]
+async fn an_engine_that_runs_no_attempt_starts_no_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let opts = EngineOptions {
+        recover: false,
+        execute: false,
+        ..EngineOptions::default()
+    };
+    let admin = open_at(&db, Registry::with_builtins(), opts).await;
+    admin
+        .register(
+            plan("plan_id: ne\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n"),
+            "tester",
+        )
+        .await
+        .unwrap();
+    let started = admin.start("ne", "tester", None).await.unwrap();
+    assert_eq!(started.status, PlanStatus::Running);
+    assert_eq!(started.steps[0].rec.status, StepStatus::Pending);
+    assert_eq!(started.steps[0].rec.attempts, 0);
+    admin.shutdown().await;
+    drop(admin);
+    // A driver takes it over: the step runs as attempt 1.
+    let driver = open_at(&db, Registry::with_builtins(), EngineOptions::default()).await;
+    let done = driver.wait_settled("ne").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[0].rec.attempts, 1);
+}
+
 // ---- helpers -------------------------------------------------------------------------------
 
 async fn open_at(path: &Path, registry: Registry, opts: EngineOptions) -> Engine {

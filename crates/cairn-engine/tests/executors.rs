@@ -266,6 +266,100 @@ async fn command_stop_signal_kills_the_program() {
     assert!(!pid_alive(pid), "agent {pid} still alive after stop");
 }
 
+/// Waits (bounded) until process `pid` is gone or a zombie: killed, whoever reaps it.
+async fn wait_dead(pid: u32, what: &str) {
+    let dead = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !dead() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} (pid {pid}) still alive"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn command_stop_kills_what_the_program_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = make_fifo(dir.path());
+    // The shell's child, not the shell, reports its pid: the grandchild of the executor.
+    let ex = sh(&format!("sleep 30 & echo $! > '{}'; wait", fifo.display()));
+    let (tx, stop) = StopSignal::new();
+    let handle = tokio::spawn(async move { ex.execute(task(json!({})), stop).await });
+    let pid = read_pid(fifo).await;
+    assert!(pid_alive(pid));
+    tx.send(true).unwrap();
+    assert_eq!(handle.await.unwrap().unwrap_err().message, "stopped");
+    wait_dead(pid, "the program's `sleep 30`").await;
+}
+
+#[tokio::test]
+async fn a_dropped_attempt_kills_the_programs_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = make_fifo(dir.path());
+    let ex = sh(&format!("sleep 30 & echo $! > '{}'; wait", fifo.display()));
+    // The engine drops an attempt's future on a step timeout and at shutdown.
+    let handle =
+        tokio::spawn(async move { ex.execute(task(json!({})), StopSignal::never()).await });
+    let pid = read_pid(fifo).await;
+    assert!(pid_alive(pid));
+    handle.abort();
+    assert!(handle.await.unwrap_err().is_cancelled());
+    wait_dead(pid, "the dropped attempt's `sleep 30`").await;
+}
+
+#[tokio::test]
+async fn command_runs_with_a_clean_environment() {
+    // Cargo gives every test process CARGO_MANIFEST_DIR; an agent gets it only when named.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it");
+    let script =
+        r#"printf '{"dir":"%s","path":"%s"}' "${CARGO_MANIFEST_DIR-unset}" "${PATH:+set}""#;
+    let out = run(&sh(script), task(json!({}))).await.unwrap();
+    assert_eq!(out.output, json!({"dir": "unset", "path": "set"}));
+    let ex = sh(script).with_env(vec!["CARGO_MANIFEST_DIR".into(), "NOT_SET_ANYWHERE".into()]);
+    let out = run(&ex, task(json!({}))).await.unwrap();
+    assert_eq!(out.output, json!({"dir": manifest, "path": "set"}));
+}
+
+#[test]
+fn command_agents_name_the_variables_they_get() {
+    let c = Config::parse(
+        "[agents.a]\nexecutor = \"command\"\ncommand = [\"x\"]\nenv = [\"OPENAI_API_KEY\", \"LANG\"]\n",
+    )
+    .unwrap();
+    let AgentConfig::Command { env, .. } = &c.agents["a"] else {
+        panic!("not a command agent")
+    };
+    assert_eq!(env, &["OPENAI_API_KEY", "LANG"]);
+    for (bad, says) in [
+        ("env = \"LANG\"", "`env` must be a list"),
+        ("env = [\"\"]", "`env[0]` must be a variable name"),
+        ("env = [\"A\", \"B=C\"]", "`env[1]` must be a variable name"),
+        ("env = [\"9X\"]", "`env[0]` must be a variable name"),
+        ("env = [1]", "`env[0]` must be a variable name"),
+    ] {
+        let text = format!("[agents.a]\nexecutor = \"command\"\ncommand = [\"x\"]\n{bad}\n");
+        let e = Config::parse(&text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("agents.a: ") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+    // Only command agents take the list.
+    let e =
+        Config::parse("[agents.h]\nexecutor = \"http\"\nurl = \"http://127.0.0.1:1/\"\nenv = []\n")
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("unknown key `env`"), "{e}");
+}
+
 #[tokio::test]
 async fn command_already_stopped_does_not_run() {
     let dir = tempfile::tempdir().unwrap();
