@@ -33,7 +33,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// snake_case, stable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `plan_not_found`, `checkpoint_not_found`, `token_not_found`, `plan_exists`, `conflict`,
-    /// `not_owner`, `invalid_request`, `invalid_plan`.
+    /// `not_owner`, `invalid_request`, `invalid_plan`, `storage_unavailable` (503: the store
+    /// cannot write now, e.g. a full disk; nothing was changed, try again later).
     pub code: String,
     /// A human sentence.
     pub message: String,
@@ -278,10 +279,10 @@ pub mod root {
     #[allow(dead_code)]
     pub fn healthz() {}
 
-    /// Readiness: the store answers.
+    /// Readiness: the store answers and can write.
     #[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "operations",
         responses((status = 200, description = "`{\"status\": \"ready\"}`"),
-                  (status = 503, description = "The store does not answer")))]
+                  (status = 503, description = "`{\"status\": \"unavailable\", \"error\": \"…\"}`: the store does not answer or cannot write (e.g. a full disk)")))]
     #[allow(dead_code)]
     pub fn readyz() {}
 
@@ -331,7 +332,8 @@ pub mod root {
 )]
 pub struct ApiDoc;
 
-/// Adds the bearer scheme, and 401/403 answers to every operation that needs a token.
+/// Adds the bearer scheme, 401/403 answers to every operation that needs a token, and 503
+/// `storage_unavailable` to every one of them that writes.
 struct Security;
 
 impl Modify for Security {
@@ -376,6 +378,17 @@ impl Modify for Security {
                     .or_insert_with(|| error("Missing, unknown or revoked token"));
                 r.entry("403".into())
                     .or_insert_with(|| error("The token's role may not do this"));
+            }
+            for op in [&mut item.post, &mut item.put, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                if op.security.is_none() {
+                    continue;
+                }
+                op.responses.responses.entry("503".into()).or_insert_with(|| {
+                    error("`storage_unavailable`: the store cannot write now (a full disk, an I/O error); nothing was changed")
+                });
             }
         }
     }
