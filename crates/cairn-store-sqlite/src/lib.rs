@@ -36,9 +36,9 @@
 //! last such failure until a write succeeds again. Nothing of a failed batch is acknowledged,
 //! and once space returns the next batch commits as usual.
 //!
-//! Closing: [`SqliteStore::checkpoint_wal`] moves everything from the `-wal` file into the
-//! database file, so the file alone holds every plan; the writer thread also does this when the
-//! store is dropped. [`backup`] copies a live database with SQLite's online backup API.
+//! Closing: [`SqliteStore::close`] moves everything from the `-wal` file into the database file
+//! and stops taking writes, so the file alone holds every plan; the writer thread also does this
+//! when the store is dropped. [`backup`] copies a live database with SQLite's online backup API.
 //!
 //! The path must name a file: `:memory:` databases are not supported (readers could not see it).
 
@@ -275,18 +275,20 @@ impl SqliteStore {
         }
     }
 
-    /// Moves every committed change from the `-wal` file into the database file and empties the
-    /// `-wal` file (`wal_checkpoint(TRUNCATE)`), after the writes queued before it. Returns
+    /// Closes the store for writing: commits the writes queued before this call, moves every
+    /// committed change from the `-wal` file into the database file, empties the `-wal` file
+    /// (`wal_checkpoint(TRUNCATE)`) and stops the writer thread, so the database file alone
+    /// holds everything. Later writes fail (none is acknowledged); reads go on working. Returns
     /// whether the checkpoint completed (readers of other processes may hold it back).
     ///
     /// Blocks until the writer thread has done it: call it from synchronous code (a clean exit),
     /// never from inside an async runtime.
-    pub fn checkpoint_wal(&self) -> StoreResult<bool> {
+    pub fn close(&self) -> StoreResult<bool> {
         let (reply, answer) = oneshot::channel();
         let sent = match &self.tx {
             Some(tx) => tx
                 .send(Request {
-                    op: Op::CheckpointWal,
+                    op: Op::Close,
                     reply,
                 })
                 .is_ok(),
@@ -299,7 +301,7 @@ impl SqliteStore {
         }
         match answer.blocking_recv() {
             Ok(Ok(Outcome::Checkpointed(done))) => Ok(done),
-            Ok(Ok(_)) => Err(unexpected("checkpoint_wal")),
+            Ok(Ok(_)) => Err(unexpected("close")),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Backend(
                 "the sqlite writer thread stopped before answering".into(),

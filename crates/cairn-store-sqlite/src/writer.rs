@@ -60,8 +60,9 @@ pub(crate) enum Op {
         name: String,
         value: u64,
     },
-    /// `wal_checkpoint(TRUNCATE)`, run between transactions.
-    CheckpointWal,
+    /// Commit what came before, `wal_checkpoint(TRUNCATE)`, then stop serving: requests after
+    /// it are never executed, so none is acknowledged without being in the database file.
+    Close,
 }
 
 pub(crate) enum Outcome {
@@ -159,17 +160,19 @@ impl Writer {
     pub(crate) fn run(self, rx: Receiver<Request>) {
         let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
         let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
-        let mut checkpoints = Vec::new();
         while let Ok(first) = rx.recv() {
-            let take = |req: Request, batch: &mut Vec<Request>, cps: &mut Vec<_>| match req.op {
-                Op::CheckpointWal => cps.push(req.reply),
-                _ => batch.push(req),
-            };
-            take(first, &mut batch, &mut checkpoints);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(req) => take(req, &mut batch, &mut checkpoints),
-                    Err(_) => break,
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req.op {
+                    Op::Close => {
+                        close = Some(req.reply);
+                        break;
+                    }
+                    _ => batch.push(req),
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
                 }
             }
             if !batch.is_empty() {
@@ -179,11 +182,10 @@ impl Writer {
                 // The caller may have stopped waiting; the write stands regardless.
                 let _ = reply.send(result);
             }
-            if !checkpoints.is_empty() {
-                let result = self.checkpoint_wal();
-                for reply in checkpoints.drain(..) {
-                    let _ = reply.send(clone_result(&result));
-                }
+            if let Some(reply) = close {
+                // Requests still queued are dropped unanswered: their callers get an error.
+                let _ = reply.send(self.checkpoint_wal());
+                return;
             }
         }
         // Every handle is gone: leave the database file complete on its own.
@@ -357,7 +359,7 @@ impl Writer {
                 self.release(&plan_id, &fence).map(|()| Outcome::Done)
             }
             // Taken out of every batch by `run`; never inside a transaction.
-            Op::CheckpointWal => Err(StoreError::Backend(
+            Op::Close => Err(StoreError::Backend(
                 "a WAL checkpoint cannot run inside a transaction".into(),
             )),
         }
@@ -637,16 +639,6 @@ fn clone_error(e: &StoreError) -> StoreError {
         StoreError::Unavailable(msg) => StoreError::Unavailable(msg.clone()),
         StoreError::Backend(msg) => StoreError::Backend(msg.clone()),
         other => StoreError::Backend(other.to_string()),
-    }
-}
-
-fn clone_result(r: &StoreResult<Outcome>) -> StoreResult<Outcome> {
-    match r {
-        Ok(Outcome::Checkpointed(done)) => Ok(Outcome::Checkpointed(*done)),
-        Ok(_) => Err(StoreError::Backend(
-            "a checkpoint answered with the wrong kind".into(),
-        )),
-        Err(e) => Err(clone_error(e)),
     }
 }
 

@@ -223,7 +223,7 @@ async fn a_read_only_store_reads_a_locked_file_and_refuses_writes() {
 }
 
 #[tokio::test]
-async fn checkpoint_wal_leaves_everything_in_the_database_file() {
+async fn close_leaves_everything_in_the_database_file_and_refuses_later_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cairn.db");
     let store = open(&path, true);
@@ -233,13 +233,22 @@ async fn checkpoint_wal_leaves_everything_in_the_database_file() {
     let s = Arc::new(store);
     let done = {
         let s = s.clone();
-        tokio::task::spawn_blocking(move || s.checkpoint_wal())
+        tokio::task::spawn_blocking(move || s.close())
             .await
             .unwrap()
             .unwrap()
     };
     assert!(done);
-    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+    assert!(
+        s.create_plan(create("p2")).await.is_err(),
+        "closed for writing"
+    );
+    assert!(
+        s.get_plan("p1").await.unwrap().is_some(),
+        "reads still work"
+    );
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
     // Only the database file, copied elsewhere, holds the plan.
     let copy = tempfile::tempdir().unwrap();
     std::fs::copy(&path, copy.path().join("c.db")).unwrap();
