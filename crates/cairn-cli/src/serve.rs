@@ -133,7 +133,11 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("shutting down: no new requests; finishing those in flight");
+        // Not eprintln!: it panics when stderr cannot be written (a full disk).
+        let _ = writeln!(
+            std::io::stderr(),
+            "shutting down: no new requests; finishing those in flight"
+        );
         // Long-polls answer 204 at once instead of holding the shutdown up.
         remote.close();
     };

@@ -435,6 +435,31 @@ fn backup_copies_a_store_a_server_is_writing_and_refuses_bad_paths() {
     assert_eq!(std::fs::read(d.path().join("b1.db")).unwrap(), before);
     let log = server.stderr.lock().unwrap().clone();
     assert!(!log.contains("panicked"), "{log}");
+
+    // A clean shutdown (SIGTERM) leaves live.db complete on its own as well.
+    let mut server = server;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "cairn serve did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+    let wal = d.path().join("live.db-wal");
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+    let copy = tempdir();
+    std::fs::copy(&db, copy.path().join("only.db")).expect("copy");
+    let listed = plan_ids(copy.path(), "only.db");
+    for id in acked.lock().unwrap().iter() {
+        assert!(listed.contains(id), "live.db alone lacks {id}");
+    }
     drop(server);
 }
 
