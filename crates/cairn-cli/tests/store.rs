@@ -249,6 +249,35 @@ fn after_cairn_run_the_database_file_alone_holds_the_plan() {
     );
     assert_eq!(view["state"], "completed", "{view}");
     assert_eq!(plan_ids(copy.path(), "cairn.db"), ["research_001"]);
+
+    // Other local changes leave the file complete too.
+    let r = cairn(
+        d.path(),
+        &[
+            "checkpoints",
+            "create",
+            "research_001",
+            "--label",
+            "kept",
+            "--db",
+            "cairn.db",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+    let again = tempdir();
+    std::fs::copy(d.path().join("cairn.db"), again.path().join("cairn.db")).expect("copy");
+    let list = cairn_json(
+        again.path(),
+        &["checkpoints", "list", "research_001", "--db", "cairn.db"],
+    );
+    let labels: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|c| c["label"].as_str())
+        .collect();
+    assert_eq!(labels, ["kept"], "{list}");
 }
 
 // ---- item: a mistyped --db is refused ------------------------------------------------------
