@@ -36,6 +36,7 @@ mod progress;
 mod remote;
 mod run;
 mod serve;
+mod store;
 mod worker;
 
 /// A durable orchestrator for multi-step agent research plans.
@@ -76,6 +77,48 @@ enum Cmd {
     /// Checkpoints: list, show, create, restore, fork, export to and import from JSON files.
     #[command(subcommand)]
     Checkpoints(ops::CheckpointsCmd),
+    /// Copy the database to a new file, consistently, even while `cairn run` or `cairn serve`
+    /// is writing it.
+    Backup(BackupArgs),
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    /// The SQLite database file to copy.
+    #[arg(long, default_value = "cairn.db", env = "CAIRN_DB")]
+    db: PathBuf,
+    /// The new file to write (refused if it exists).
+    out: PathBuf,
+}
+
+/// `cairn backup`: SQLite's online backup, without the engine lock, so it runs beside the
+/// process that drives the file.
+fn backup(args: BackupArgs) -> Result<u8, Fail> {
+    store::must_exist(&args.db)?;
+    let report = cairn_store_sqlite::backup(&args.db, &args.out).map_err(|e| Fail {
+        code: match e {
+            cairn_store::StoreError::Invalid(_) => exit::BAD_INPUT,
+            _ => exit::FAILED,
+        },
+        message: format!(
+            "cannot back {} up to {}: {}",
+            args.db.display(),
+            args.out.display(),
+            match e {
+                cairn_store::StoreError::Invalid(m) => m,
+                other => other.to_string(),
+            }
+        ),
+    })?;
+    eprintln!(
+        "backed up {} to {}: {} plans, {} events, {} bytes",
+        args.db.display(),
+        args.out.display(),
+        report.plans,
+        report.events,
+        report.bytes
+    );
+    Ok(exit::OK)
 }
 
 /// Where the local store is.
@@ -206,11 +249,27 @@ fn init_logging(serving: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(|| QuietStderr);
     if std::env::var("CAIRN_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Standard error for logs, where a failed write (a full disk under a redirected stderr, a
+/// closed pipe) loses the line and nothing else: logging never stops or panics the process.
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 
@@ -238,11 +297,14 @@ fn main() -> ExitCode {
             Cmd::Plans(cmd) => ops::plans(cmd).await,
             Cmd::Steps(cmd) => ops::steps(cmd).await,
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,
+            Cmd::Backup(args) => backup(args),
         }
     });
     // Dropping the tasks still running kills what they own (an agent's process group); give
     // that a moment, but never wait long for a socket or a blocking read.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    // A clean exit leaves the database file complete on its own (nothing only in `-wal`).
+    store::close_all();
     let written = stdout::finish();
     match result {
         Ok(_) if !written => ExitCode::from(exit::FAILED),

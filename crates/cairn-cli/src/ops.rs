@@ -12,7 +12,8 @@ use clap::Subcommand;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::run::{open_store, user};
+use crate::run::user;
+use crate::store::{open_existing, open_read};
 use crate::{exit, DbArgs, Fail};
 
 #[derive(Subcommand, Debug)]
@@ -259,8 +260,19 @@ pub enum CheckpointsCmd {
     },
 }
 
+/// An engine for a change: takes the engine lock (refused, naming the holder, while another
+/// process drives the file).
 async fn open(db: &DbArgs) -> Result<Engine, Fail> {
-    let store = open_store(&db.db, true)?;
+    engine_on(open_existing(&db.db)?).await
+}
+
+/// An engine for a read: the file opened read-only, no lock, so it works while another process
+/// drives it. Reads load no actor and claim no lease.
+async fn read(db: &DbArgs) -> Result<Engine, Fail> {
+    engine_on(open_read(&db.db)?).await
+}
+
+async fn engine_on(store: std::sync::Arc<cairn_store_sqlite::SqliteStore>) -> Result<Engine, Fail> {
     Ok(Engine::open(
         store,
         cairn_engine::executor::Registry::with_builtins(),
@@ -381,7 +393,7 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             if limit == 0 || limit > 1000 {
                 return Err(Fail::input("--limit must be between 1 and 1000"));
             }
-            let engine = open(&db).await?;
+            let engine = read(&db).await?;
             let page = engine.list(state, limit, cursor.as_deref()).await?;
             if db.json {
                 let items: Vec<Value> = page
@@ -400,7 +412,7 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
                 }
             }
         }
-        PlansCmd::Show { plan_id, db } => show(&open(&db).await?, &plan_id, db.json).await?,
+        PlansCmd::Show { plan_id, db } => show(&read(&db).await?, &plan_id, db.json).await?,
         PlansCmd::Register { file, db } => {
             let plan = crate::run::read_plan(&file)?;
             let engine = open(&db).await?;
@@ -459,7 +471,7 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             engine.cancel(&plan_id, &user, reason).await?;
             show(&engine, &plan_id, db.json).await?;
         }
-        PlansCmd::Snapshot { plan_id, db } => print(&open(&db).await?.snapshot(&plan_id).await?),
+        PlansCmd::Snapshot { plan_id, db } => print(&read(&db).await?.snapshot(&plan_id).await?),
         PlansCmd::Events {
             plan_id,
             db,
@@ -472,7 +484,7 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
                     "--follow needs a server to follow: add --server URL (or set CAIRN_SERVER)",
                 ));
             }
-            let engine = open(&db).await?;
+            let engine = read(&db).await?;
             let events = engine
                 .events(&plan_id, after, limit.clamp(1, 10_000))
                 .await?;
@@ -662,7 +674,7 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
     let user = user();
     match cmd {
         CheckpointsCmd::List { plan_id, db } => {
-            let list = open(&db).await?.checkpoints(&plan_id).await?;
+            let list = read(&db).await?.checkpoints(&plan_id).await?;
             if db.json {
                 print(&json!({"items": list, "next_cursor": Value::Null}));
             } else {
@@ -687,7 +699,7 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             checkpoint_id,
             db,
         } => print(
-            &open(&db)
+            &read(&db)
                 .await?
                 .checkpoint(&plan_id, &checkpoint_id)
                 .await?,
@@ -746,7 +758,7 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             output,
             db,
         } => {
-            let export = open(&db)
+            let export = read(&db)
                 .await?
                 .export_checkpoint(&plan_id, &checkpoint_id)
                 .await?;

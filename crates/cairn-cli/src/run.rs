@@ -8,7 +8,6 @@ use cairn_core::{Format, PauseMode, Plan, PlanState, PlanStatus};
 use cairn_engine::config::Config;
 use cairn_engine::executor::Registry;
 use cairn_engine::{Engine, EngineError, EngineOptions, Notice};
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -116,29 +115,7 @@ pub fn check_agents(steps: &[cairn_core::StepDef], registry: &Registry) -> Resul
     Err(Fail::input(msg))
 }
 
-pub fn open_store(db: &Path, engine_lock: bool) -> Result<Arc<SqliteStore>, Fail> {
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            // A store that cannot be used exits 1, like any other store failure.
-            return Err(Fail {
-                code: exit::FAILED,
-                message: format!("directory {} of --db does not exist", dir.display()),
-            });
-        }
-    }
-    SqliteStore::open(
-        db,
-        SqliteOptions {
-            engine_lock,
-            ..SqliteOptions::default()
-        },
-    )
-    .map(Arc::new)
-    .map_err(|e| Fail {
-        code: exit::FAILED,
-        message: format!("cannot open {}: {e}", db.display()),
-    })
-}
+pub use crate::store::open_store;
 
 pub async fn run(args: RunArgs) -> Result<u8, Fail> {
     let (config, config_path) = find_config(args.config.as_deref(), args.plan_file.as_deref())?;

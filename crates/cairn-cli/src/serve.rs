@@ -111,6 +111,13 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         .local_addr()
         .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
     println!("cairn listening on http://{local}");
+    // Processes refused the store's lock tell their users to come through this address.
+    let reachable = if local.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], local.port()))
+    } else {
+        local
+    };
+    store.announce_address(&format!("http://{reachable}"));
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let state = AppState::new(engine.clone(), auth).with_remote(remote.clone());
@@ -127,7 +134,11 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        eprintln!("shutting down: no new requests; finishing those in flight");
+        // Not eprintln!: it panics when stderr cannot be written (a full disk).
+        let _ = writeln!(
+            std::io::stderr(),
+            "shutting down: no new requests; finishing those in flight"
+        );
         // Long-polls answer 204 at once instead of holding the shutdown up.
         remote.close();
     };
@@ -189,6 +200,10 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
         return Err(Fail::input(
             "--database-url: the PostgreSQL store is not available in this build yet; use --db PATH",
         ));
+    }
+    // Only `token create` may create the database: a mistyped --db is refused by name.
+    if !matches!(cmd, TokenCmd::Create { .. }) {
+        crate::store::must_exist(&db.db)?;
     }
     // No engine lock: tokens may be managed while a server drives the plans.
     let store = open_store(&db.db, false)?;

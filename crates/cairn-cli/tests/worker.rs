@@ -389,6 +389,7 @@ async fn the_readme_server_walkthrough_can_be_followed() {
     assert!(events.contains("plan_completed"), "{events}");
     let state = wait_state(&s, &op, "steer_001", |v| v["state"] == "completed").await;
     assert_eq!(state["skipped_steps"], json!(["step_2"]), "{state}");
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_workers_command_gets_a_clean_environment_without_its_token() {

@@ -7,7 +7,10 @@
 //! - Messages that queue up while a commit is in flight are decided together and committed in
 //!   one append, so a busy plan costs one commit per batch, not per message.
 //! - If an append fails, the in-memory state is thrown away and reloaded from the store: the
-//!   store is the truth.
+//!   store is the truth. Attempt outcomes of the failed batch are delivered again after a
+//!   backoff (they happened; only their record failed), and timers wait for the same backoff, so
+//!   a store that cannot write (a full disk) is retried calmly until it can, and nothing an
+//!   executor reported is lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,7 +63,16 @@ pub(crate) struct PlanActor {
     /// changes: a busy plan's steps never pay for copies nobody reads.
     shared: Option<Arc<PlanState>>,
     lease_renew_at: tokio::time::Instant,
+    /// After a failed append: how long to wait before trying again (doubles up to
+    /// [`MAX_RETRY`]), and until when timers hold off. Cleared by the next successful append.
+    retry_delay: Duration,
+    hold_until: Option<tokio::time::Instant>,
 }
+
+/// The longest wait between attempts to commit while the store fails.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Reloads tried after a failed append before the actor gives the plan up.
+const RELOAD_TRIES: u32 = 5;
 
 impl PlanActor {
     pub(crate) fn new(
@@ -82,6 +94,8 @@ impl PlanActor {
             snapshot_seq,
             shared: None,
             lease_renew_at: tokio::time::Instant::now() + Duration::from_millis(renew),
+            retry_delay: Duration::ZERO,
+            hold_until: None,
         }
     }
 
@@ -90,7 +104,8 @@ impl PlanActor {
         loop {
             let wake = self.state.next_wake().map(|t| {
                 let wait = (t - now_micros()).max(0) as u64;
-                tokio::time::Instant::now() + Duration::from_micros(wait)
+                let at = tokio::time::Instant::now() + Duration::from_micros(wait);
+                self.hold_until.map_or(at, |hold| at.max(hold))
             });
             let renew_at = self.lease_renew_at;
             // An ended plan is unloaded at once; a quiet one after a while, so an operator's
@@ -115,7 +130,9 @@ impl PlanActor {
                     }
                 }
                 _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
-                    self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)]).await;
+                    if !self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)]).await {
+                        return;
+                    }
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     if !self.renew_lease().await {
@@ -179,6 +196,13 @@ impl PlanActor {
                     + Duration::from_millis(self.inner.opts.lease_ms / 3);
                 true
             }
+            Err(cairn_store::StoreError::Unavailable(why)) => {
+                // The store cannot write, so no other node can take the lease either: keep
+                // driving and renew again shortly.
+                warn!(plan_id = %self.state.plan_id, error = %why, "cannot renew the plan's lease; trying again");
+                self.lease_renew_at = tokio::time::Instant::now() + Duration::from_secs(1);
+                true
+            }
             Err(e) => {
                 warn!(plan_id = %self.state.plan_id, error = %e, "lost the plan's lease; stop driving it");
                 self.stop_all();
@@ -237,8 +261,8 @@ impl PlanActor {
                 self.inflight.remove(&(step_id.clone(), *attempt));
             }
         }
-        if !work.is_empty() {
-            self.decide_and_commit(work).await;
+        if !work.is_empty() && !self.decide_and_commit(work).await {
+            return false;
         }
         if !keep_going {
             self.stop_all();
@@ -247,8 +271,22 @@ impl PlanActor {
         keep_going
     }
 
-    async fn decide_and_commit(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>) {
+    /// Returns false when the actor must stop (the plan could not be reloaded after a failed
+    /// append).
+    async fn decide_and_commit(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>) -> bool {
         let before = self.state.seq;
+        // Kept to be delivered again if the append fails: the attempts really ended.
+        let outcomes: Vec<(String, u32, StepResult)> = work
+            .iter()
+            .filter_map(|(command, _, _)| match command {
+                Command::Outcome {
+                    step_id,
+                    attempt,
+                    result,
+                } => Some((step_id.clone(), *attempt, result.clone())),
+                _ => None,
+            })
+            .collect();
         let now = now_micros();
         let mut events: Vec<Event> = Vec::new();
         // Each answer names its events by their range in `events`: they move into the append
@@ -290,7 +328,7 @@ impl PlanActor {
             for (reply, answer) in answers {
                 let _ = reply.send(answer.map(|p| p.answer(&[], shared.clone())));
             }
-            return;
+            return true;
         }
         let append = Append {
             plan_id: self.state.plan_id.clone(),
@@ -315,26 +353,83 @@ impl PlanActor {
                 }
                 self.act(&published);
                 self.maybe_snapshot();
+                self.retry_delay = Duration::ZERO;
+                self.hold_until = None;
+                true
             }
             Err(e) => {
                 warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
                 let err = EngineError::from(e);
                 let message = err.to_string();
                 for (reply, _) in answers {
-                    let _ = reply.send(Err(EngineError::Store(cairn_store::StoreError::Backend(
-                        message.clone(),
-                    ))));
+                    let answer = match &err {
+                        EngineError::StorageUnavailable(why) => {
+                            EngineError::StorageUnavailable(why.clone())
+                        }
+                        _ => EngineError::Store(cairn_store::StoreError::Backend(message.clone())),
+                    };
+                    let _ = reply.send(Err(answer));
                 }
-                match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
-                    Ok((state, snap)) => {
-                        self.state = state;
-                        self.snapshot_seq = snap;
-                        self.shared = None;
-                    }
-                    Err(e) => warn!(plan_id = %self.state.plan_id, error = %e, "reload failed"),
+                self.retry_delay =
+                    (self.retry_delay * 2).clamp(Duration::from_millis(100), MAX_RETRY);
+                self.hold_until = Some(tokio::time::Instant::now() + self.retry_delay);
+                if !self.reload().await {
+                    return false;
                 }
                 self.reconcile();
+                self.redeliver(outcomes);
+                true
             }
+        }
+    }
+
+    /// Replaces the in-memory state with the store's, trying a few times (reads usually work
+    /// when writes do not). Gives the plan up when the store cannot be read: the state in
+    /// memory may hold decisions that were never committed, and driving on from it would be
+    /// wrong; the next command loads the plan afresh.
+    async fn reload(&mut self) -> bool {
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..RELOAD_TRIES {
+            match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
+                Ok((state, snap)) => {
+                    self.state = state;
+                    self.snapshot_seq = snap;
+                    self.shared = None;
+                    return true;
+                }
+                Err(e) => {
+                    warn!(plan_id = %self.state.plan_id, error = %e, "reload failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_RETRY);
+                }
+            }
+        }
+        tracing::error!(plan_id = %self.state.plan_id, "cannot reload the plan from the store; it is no longer driven here until it is loaded again");
+        self.stop_all();
+        self.inner.unload(&self.state.plan_id, &self.tx);
+        false
+    }
+
+    /// Sends the outcomes of a failed append back to this actor after the backoff, for the
+    /// attempts the reloaded state still counts as running.
+    fn redeliver(&self, outcomes: Vec<(String, u32, StepResult)>) {
+        for (step_id, attempt, result) in outcomes {
+            let running = self.state.step(&step_id).is_some_and(|s| {
+                s.rec.status == cairn_core::StepStatus::Running && s.rec.attempts == attempt
+            });
+            if !running {
+                continue;
+            }
+            let tx = self.tx.clone();
+            let delay = self.retry_delay;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(Msg::Outcome {
+                    step_id,
+                    attempt,
+                    result,
+                });
+            });
         }
     }
 

@@ -31,6 +31,10 @@ pub enum EngineError {
     ShuttingDown,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The store cannot take writes now (a full disk, an I/O error); nothing was changed. The
+    /// same request may succeed once the cause is gone.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -52,6 +56,7 @@ impl From<StoreError> for EngineError {
             StoreError::Fenced { plan_id, .. } | StoreError::LeaseHeld { plan_id, .. } => {
                 EngineError::NotOwner(plan_id)
             }
+            StoreError::Unavailable(why) => EngineError::StorageUnavailable(why),
             other => EngineError::Store(other),
         }
     }
@@ -62,7 +67,10 @@ impl EngineError {
     pub fn is_client_error(&self) -> bool {
         !matches!(
             self,
-            EngineError::Store(_) | EngineError::Corrupt(_) | EngineError::ShuttingDown
+            EngineError::Store(_)
+                | EngineError::Corrupt(_)
+                | EngineError::ShuttingDown
+                | EngineError::StorageUnavailable(_)
         )
     }
 

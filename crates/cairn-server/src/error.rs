@@ -115,6 +115,16 @@ impl From<EngineError> for ApiError {
                 "shutting_down",
                 "the server is shutting down; try again shortly",
             ),
+            EngineError::StorageUnavailable(why) => {
+                tracing::warn!(error = %why, "storage unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    format!(
+                        "the store cannot take this change now ({why}); nothing was changed, try again later"
+                    ),
+                )
+            }
             EngineError::Corrupt(_) | EngineError::Store(_) => {
                 tracing::error!(error = %e, "internal error");
                 ApiError::new(

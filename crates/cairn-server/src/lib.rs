@@ -74,13 +74,31 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(
     axum::extract::State(s): axum::extract::State<AppState>,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    match s.engine.store().last_event_id().await {
-        Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "error": e.to_string()})),
-        ),
+    let store = s.engine.store();
+    if let Err(e) = store.last_event_id().await {
+        return not_ready(e.to_string());
     }
+    // After a failed write, probe with a tiny one so readiness comes back by itself once the
+    // store can write again, without waiting for traffic.
+    if store.unavailable().is_some() {
+        if let Err(e) = store
+            .set_cursor(READYZ_PROBE, cairn_engine::now_micros().max(0) as u64)
+            .await
+        {
+            return not_ready(e.to_string());
+        }
+    }
+    (StatusCode::OK, Json(json!({"status": "ready"})))
+}
+
+/// The cursor `/readyz` writes to find out whether a store that failed can write again.
+const READYZ_PROBE: &str = "readyz-probe";
+
+fn not_ready(error: String) -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "unavailable", "error": error})),
+    )
 }
 
 /// The authenticated API under `/v1`, each route with its OpenAPI operation. The document is

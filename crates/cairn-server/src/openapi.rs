@@ -315,6 +315,17 @@ impl Modify for Common {
                     error("The store cannot be used (`storage_unavailable`) or the server is shutting down")
                 });
             }
+            for op in [&mut item.post, &mut item.put, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                if op.security.is_none() {
+                    continue;
+                }
+                op.responses.responses.entry("503".into()).or_insert_with(|| {
+                    error("`storage_unavailable`: the store cannot write now (a full disk, an I/O error); nothing was changed")
+                });
+            }
         }
     }
 }

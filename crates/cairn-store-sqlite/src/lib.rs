@@ -23,9 +23,27 @@
 //! Cancelling a write future does not cancel the write: once sent, a request is executed and
 //! committed (or refused) whether or not anyone still awaits the answer.
 //!
+//! The lock file also says who holds it (`pid=`, `command=` and, for a server, `address=`
+//! lines), so a process refused the lock can tell its user which process to go through
+//! ([`lock_holder`]).
+//!
+//! Read-only stores ([`SqliteStore::open_read_only`]) have no writer thread and take no lock:
+//! they read a file another process may be driving, which WAL allows at any time.
+//!
+//! Storage failures: SQLite errors that mean the file cannot be written or reached (a full disk,
+//! an I/O error, a read-only or vanished file, a lock held too long) become
+//! [`StoreError::Unavailable`] with a sentence saying which; [`Store::unavailable`] reports the
+//! last such failure until a write succeeds again. Nothing of a failed batch is acknowledged,
+//! and once space returns the next batch commits as usual.
+//!
+//! Closing: [`SqliteStore::close`] moves everything from the `-wal` file into the database file
+//! and stops taking writes, so the file alone holds every plan; the writer thread also does this
+//! when the store is dropped. [`backup`] copies a live database with SQLite's online backup API.
+//!
 //! The path must name a file: `:memory:` databases are not supported (readers could not see it).
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -37,11 +55,14 @@ use cairn_store::{
     Append, CheckpointRow, CreatePlan, Fence, Micros, Page, PlanRow, Store, StoreError,
     StoreResult, StoredEvent, TokenRow,
 };
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+mod backup;
 mod read;
 mod writer;
+
+pub use backup::{backup, BackupReport};
 
 pub use writer::WriterStats;
 
@@ -72,6 +93,72 @@ pub struct SqliteOptions {
     /// Hold an exclusive lock on `<db path>.lock` and take over other nodes' leases at once.
     /// See the module docs.
     pub engine_lock: bool,
+    /// What the lock file says holds it besides the pid (e.g. `cairn run`); shown to processes
+    /// that are refused the lock.
+    pub lock_command: Option<String>,
+}
+
+/// Who holds the engine lock of a database, as its lock file says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: Option<u32>,
+    pub command: Option<String>,
+    /// Where the holder can be reached (a server's URL), once it has said so.
+    pub address: Option<String>,
+}
+
+impl LockHolder {
+    /// "cairn serve (pid 42, at http://127.0.0.1:8080)", with what is known.
+    pub fn describe(&self) -> String {
+        let mut out = self
+            .command
+            .clone()
+            .unwrap_or_else(|| "another cairn process".to_owned());
+        let mut details = Vec::new();
+        if let Some(pid) = self.pid {
+            details.push(format!("pid {pid}"));
+        }
+        if let Some(address) = &self.address {
+            details.push(format!("at {address}"));
+        }
+        if !details.is_empty() {
+            out.push_str(&format!(" ({})", details.join(", ")));
+        }
+        out
+    }
+}
+
+/// Who holds the engine lock of the database at `db`, if the lock is held now. `None` when the
+/// lock is free (or the lock file cannot be read).
+pub fn lock_holder(db: &Path) -> Option<LockHolder> {
+    let path = lock_path(db);
+    let file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => {
+            // Free: nobody holds it, whatever the file says about a past holder.
+            let _ = fs4::FileExt::unlock(&file);
+            None
+        }
+        Err(_) => Some(read_holder(&path)),
+    }
+}
+
+fn read_holder(lock_path: &Path) -> LockHolder {
+    let text = std::fs::read_to_string(lock_path).unwrap_or_default();
+    let mut holder = LockHolder::default();
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("pid", v)) => holder.pid = v.trim().parse().ok(),
+            Some(("command", v)) if !v.trim().is_empty() => {
+                holder.command = Some(v.trim().to_owned())
+            }
+            Some(("address", v)) if !v.trim().is_empty() => {
+                holder.address = Some(v.trim().to_owned())
+            }
+            _ => {}
+        }
+    }
+    holder
 }
 
 /// A [`Store`] in one SQLite file. Dropping it stops the writer thread after the batch in hand
@@ -87,8 +174,9 @@ pub struct SqliteStore {
     read_slots: Arc<tokio::sync::Semaphore>,
     stats: Arc<writer::Stats>,
     path: PathBuf,
-    // Held only to keep the advisory lock; released when the store is dropped.
-    _engine_lock: Option<File>,
+    /// The lock file, held to keep the advisory lock (released when the store is dropped), and
+    /// what it says about its holder.
+    engine_lock: Option<(File, String)>,
 }
 
 impl SqliteStore {
@@ -96,12 +184,14 @@ impl SqliteStore {
     /// writer thread.
     pub fn open(path: &Path, opts: SqliteOptions) -> StoreResult<SqliteStore> {
         let engine_lock = if opts.engine_lock {
-            Some(take_engine_lock(path)?)
+            let file = take_engine_lock(path)?;
+            let command = opts.lock_command.clone().unwrap_or_default();
+            write_holder(&file, &command, None);
+            Some((file, command))
         } else {
             None
         };
-        let mut conn =
-            Connection::open(path).map_err(|e| backend(&format!("open {}", path.display()), e))?;
+        let mut conn = Connection::open(path).ctx(&format!("open {}", path.display()))?;
         configure_writer(&conn, opts.durability)?;
         migrate(&mut conn)?;
 
@@ -119,8 +209,104 @@ impl SqliteStore {
             read_slots: Arc::new(tokio::sync::Semaphore::new(READ_SLOTS)),
             stats,
             path: path.to_path_buf(),
-            _engine_lock: engine_lock,
+            engine_lock,
         })
+    }
+
+    /// Opens an existing database for reading only: no writer thread, no lock, nothing
+    /// created. Safe while another process drives the file. Every write answers `Invalid`.
+    /// A database of an older schema is upgraded first when no engine holds it.
+    pub fn open_read_only(path: &Path) -> StoreResult<SqliteStore> {
+        if !path.is_file() {
+            return Err(StoreError::Unavailable(format!(
+                "there is no database at {}",
+                path.display()
+            )));
+        }
+        let version: i64 = {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .ctx(&format!("open {} for reading", path.display()))?;
+            conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .ctx(&format!("read the schema version of {}", path.display()))?
+        };
+        if version == 0 {
+            return Err(StoreError::Backend(format!(
+                "{} is not a cairn database",
+                path.display()
+            )));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Backend(format!(
+                "database schema version {version} is newer than this build understands \
+                 ({SCHEMA_VERSION})"
+            )));
+        }
+        if version < SCHEMA_VERSION {
+            // Opening for writing applies the missing migrations; it needs the lock, which only
+            // a process of an older build could hold now.
+            drop(SqliteStore::open(
+                path,
+                SqliteOptions {
+                    engine_lock: true,
+                    ..SqliteOptions::default()
+                },
+            )?);
+        }
+        Ok(SqliteStore {
+            tx: None,
+            writer: None,
+            readers: Arc::new(ReadPool::new(path.to_path_buf())),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(READ_SLOTS)),
+            stats: Arc::new(writer::Stats::default()),
+            path: path.to_path_buf(),
+            engine_lock: None,
+        })
+    }
+
+    /// Records in the lock file where the holder can be reached (a server's URL), for the
+    /// messages of processes that are refused the lock. No-op without the engine lock.
+    pub fn announce_address(&self, address: &str) {
+        if let Some((file, command)) = &self.engine_lock {
+            write_holder(file, command, Some(address));
+        }
+    }
+
+    /// Closes the store for writing: commits the writes queued before this call, moves every
+    /// committed change from the `-wal` file into the database file, empties the `-wal` file
+    /// (`wal_checkpoint(TRUNCATE)`) and stops the writer thread, so the database file alone
+    /// holds everything. Later writes fail (none is acknowledged); reads go on working. Returns
+    /// whether the checkpoint completed (readers of other processes may hold it back).
+    ///
+    /// Blocks until the writer thread has done it: call it from synchronous code (a clean exit),
+    /// never from inside an async runtime.
+    pub fn close(&self) -> StoreResult<bool> {
+        let (reply, answer) = oneshot::channel();
+        let sent = match &self.tx {
+            Some(tx) => tx
+                .send(Request {
+                    op: Op::Close,
+                    reply,
+                })
+                .is_ok(),
+            None => return Ok(false),
+        };
+        if !sent {
+            return Err(StoreError::Backend(
+                "the sqlite writer thread has stopped".into(),
+            ));
+        }
+        match answer.blocking_recv() {
+            Ok(Ok(Outcome::Checkpointed(done))) => Ok(done),
+            Ok(Ok(_)) => Err(unexpected("close")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Backend(
+                "the sqlite writer thread stopped before answering".into(),
+            )),
+        }
     }
 
     /// The database file.
@@ -144,21 +330,21 @@ impl SqliteStore {
                     [],
                     |r| r.get(0),
                 )
-                .map_err(|e| backend("count checkpoints", e))?;
+                .ctx("count checkpoints")?;
             let columns: i64 = conn
                 .query_row(
                     "SELECT coalesce(sum(length(cp_trigger) + coalesce(length(cp_label), 0) + 2), 0) FROM events WHERE cp_trigger IS NOT NULL",
                     [],
                     |r| r.get(0),
                 )
-                .map_err(|e| backend("measure checkpoint columns", e))?;
+                .ctx("measure checkpoint columns")?;
             let index: i64 = conn
                 .query_row(
                     "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = 'checkpoints_by_plan'",
                     [],
                     |r| r.get(0),
                 )
-                .map_err(|e| backend("measure the checkpoint index", e))?;
+                .ctx("measure the checkpoint index")?;
             Ok((count as u64, (columns + index) as u64))
         })
         .await
@@ -168,7 +354,12 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let sent = match &self.tx {
             Some(tx) => tx.send(Request { op, reply }).is_ok(),
-            None => false,
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "{} was opened read-only",
+                    self.path.display()
+                )))
+            }
         };
         if !sent {
             return Err(StoreError::Backend(
@@ -290,6 +481,10 @@ impl Store for SqliteStore {
 
     async fn count_plans_by_state(&self) -> StoreResult<Vec<(String, u64)>> {
         self.read(read::count_plans_by_state).await
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.stats.unavailable()
     }
 
     fn stats(&self) -> Option<cairn_store::StoreStats> {
@@ -428,10 +623,31 @@ impl Store for SqliteStore {
 
 // ---- opening -------------------------------------------------------------------------------
 
-fn take_engine_lock(db: &Path) -> StoreResult<File> {
+fn lock_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
-    let lock_path = PathBuf::from(name);
+    PathBuf::from(name)
+}
+
+/// Rewrites the lock file with the holder's pid, command and address. Best effort: the lock
+/// itself is what excludes other engines; this text only improves their error messages.
+fn write_holder(file: &File, command: &str, address: Option<&str>) {
+    let mut text = format!("pid={}\n", std::process::id());
+    if !command.is_empty() {
+        text.push_str(&format!("command={command}\n"));
+    }
+    if let Some(address) = address {
+        text.push_str(&format!("address={address}\n"));
+    }
+    let mut f = file;
+    let _ = f
+        .set_len(0)
+        .and_then(|()| f.rewind())
+        .and_then(|()| f.write_all(text.as_bytes()));
+}
+
+fn take_engine_lock(db: &Path) -> StoreResult<File> {
+    let lock_path = lock_path(db);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -441,8 +657,9 @@ fn take_engine_lock(db: &Path) -> StoreResult<File> {
         .map_err(|e| backend(&format!("open lock file {}", lock_path.display()), e))?;
     match fs4::FileExt::try_lock(&file) {
         Ok(()) => Ok(file),
-        Err(fs4::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
-            "another cairn process is driving plans in {}; stop it first",
+        Err(fs4::TryLockError::WouldBlock) => Err(StoreError::Locked(format!(
+            "{} drives the plans in {}",
+            read_holder(&lock_path).describe(),
             db.display()
         ))),
         Err(fs4::TryLockError::Error(e)) => {
@@ -452,11 +669,10 @@ fn take_engine_lock(db: &Path) -> StoreResult<File> {
 }
 
 fn configure_writer(conn: &Connection, durability: Durability) -> StoreResult<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| backend("set busy timeout", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(|e| backend("switch to WAL", e))?;
+        .ctx("switch to WAL")?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Backend(format!(
             "switch to WAL: the database stayed in {mode} mode"
@@ -467,7 +683,7 @@ fn configure_writer(conn: &Connection, durability: Durability) -> StoreResult<()
         Durability::Relaxed => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)
-        .map_err(|e| backend("set synchronous", e))?;
+        .ctx("set synchronous")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
@@ -475,7 +691,7 @@ fn configure_writer(conn: &Connection, durability: Durability) -> StoreResult<()
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| backend("read schema version", e))?;
+        .ctx("read schema version")?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Backend(format!(
             "database schema version {version} is newer than this build understands \
@@ -493,12 +709,12 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         }
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| backend("begin migration", e))?;
+            .ctx("begin migration")?;
         tx.execute_batch(sql)
-            .map_err(|e| backend(&format!("apply schema version {to}"), e))?;
+            .ctx(&format!("apply schema version {to}"))?;
         tx.pragma_update(None, "user_version", to)
-            .map_err(|e| backend("record schema version", e))?;
-        tx.commit().map_err(|e| backend("commit migration", e))?;
+            .ctx("record schema version")?;
+        tx.commit().ctx("commit migration")?;
     }
     Ok(())
 }
@@ -509,6 +725,25 @@ pub(crate) fn backend(context: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("{context}: {e}"))
 }
 
+/// A rusqlite error as a [`StoreError`]: failures of the storage itself (full, unwritable,
+/// unreachable, held too long) are `Unavailable` with a sentence saying why; the rest are
+/// `Backend`.
+pub(crate) fn sqlite_error(context: &str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    let why = match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "the disk holding the database is full",
+        Some(ErrorCode::SystemIoFailure) => "the database cannot be written (I/O error)",
+        Some(ErrorCode::ReadOnly) => "the database cannot be written (it is read-only)",
+        Some(ErrorCode::CannotOpen) => "the database file cannot be opened",
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
+            "the database is busy (another connection holds it)"
+        }
+        Some(ErrorCode::OutOfMemory) => "sqlite ran out of memory",
+        _ => return backend(context, e),
+    };
+    StoreError::Unavailable(format!("{why}; {context}: {e}"))
+}
+
 /// Attaches a context to a rusqlite error.
 pub(crate) trait Ctx<T> {
     fn ctx(self, context: &str) -> StoreResult<T>;
@@ -516,7 +751,7 @@ pub(crate) trait Ctx<T> {
 
 impl<T> Ctx<T> for rusqlite::Result<T> {
     fn ctx(self, context: &str) -> StoreResult<T> {
-        self.map_err(|e| backend(context, e))
+        self.map_err(|e| sqlite_error(context, e))
     }
 }
 

@@ -12,7 +12,7 @@ use cairn_store::{
 };
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 
-use crate::{backend, from_sql, limit_sql, to_sql, Ctx, BUSY_TIMEOUT};
+use crate::{from_sql, limit_sql, to_sql, Ctx, BUSY_TIMEOUT};
 
 /// Idle read connections kept for reuse; more are opened on demand under load.
 const MAX_IDLE: usize = 4;
@@ -39,7 +39,10 @@ impl ReadPool {
         };
         let result = f(&conn);
         // A backend failure may have left the connection unusable; drop it rather than reuse.
-        if !matches!(result, Err(StoreError::Backend(_))) {
+        if !matches!(
+            result,
+            Err(StoreError::Backend(_) | StoreError::Unavailable(_))
+        ) {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
@@ -51,7 +54,7 @@ impl ReadPool {
     fn open(&self) -> StoreResult<Connection> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags)
-            .map_err(|e| backend(&format!("open {} for reading", self.path.display()), e))?;
+            .ctx(&format!("open {} for reading", self.path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)

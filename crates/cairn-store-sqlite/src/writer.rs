@@ -8,10 +8,14 @@
 //! caller is ever told `Ok` about something that did not reach the disk.
 //!
 //! Being the only writer is also what makes event ids (the rowid) increase in commit order.
+//!
+//! A batch that fails for lack of storage (`StoreError::Unavailable`: a full disk, an I/O error)
+//! is recorded in [`Stats`] until a later batch commits, so readiness checks can say why writes
+//! fail; the writer itself just goes on serving, and recovers as soon as SQLite can write again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_store::{
@@ -56,6 +60,9 @@ pub(crate) enum Op {
         name: String,
         value: u64,
     },
+    /// Commit what came before, `wal_checkpoint(TRUNCATE)`, then stop serving: requests after
+    /// it are never executed, so none is acknowledged without being in the database file.
+    Close,
 }
 
 pub(crate) enum Outcome {
@@ -63,6 +70,8 @@ pub(crate) enum Outcome {
     Done,
     Deleted(bool),
     Claimed(Fence),
+    /// Whether the WAL checkpoint completed.
+    Checkpointed(bool),
 }
 
 pub(crate) struct Request {
@@ -105,9 +114,22 @@ pub(crate) struct Stats {
     events: AtomicU64,
     max_batch: AtomicU64,
     busy_nanos: AtomicU64,
+    /// Why the last batch failed for lack of storage; cleared by the next commit.
+    unavailable: Mutex<Option<String>>,
 }
 
 impl Stats {
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        self.unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_unavailable(&self, why: Option<String>) {
+        *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     pub(crate) fn snapshot(&self) -> WriterStats {
         WriterStats {
             commits: self.commits.load(Ordering::Relaxed),
@@ -139,19 +161,43 @@ impl Writer {
         let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
         let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
         while let Ok(first) = rx.recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req.op {
+                    Op::Close => {
+                        close = Some(req.reply);
+                        break;
+                    }
+                    _ => batch.push(req),
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
                 }
             }
-            self.commit_batch(&mut batch, &mut replies);
+            if !batch.is_empty() {
+                self.commit_batch(&mut batch, &mut replies);
+            }
             for (reply, result) in replies.drain(..) {
                 // The caller may have stopped waiting; the write stands regardless.
                 let _ = reply.send(result);
             }
+            if let Some(reply) = close {
+                // Requests still queued are dropped unanswered: their callers get an error.
+                let _ = reply.send(self.checkpoint_wal());
+                return;
+            }
         }
+        // Every handle is gone: leave the database file complete on its own.
+        let _ = self.checkpoint_wal();
+    }
+
+    fn checkpoint_wal(&self) -> StoreResult<Outcome> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .ctx("checkpoint the write-ahead log")?;
+        Ok(Outcome::Checkpointed(busy == 0))
     }
 
     fn commit_batch(&self, batch: &mut Vec<Request>, replies: &mut Vec<Reply>) {
@@ -164,6 +210,7 @@ impl Writer {
             .exec("BEGIN IMMEDIATE")
             .ctx("begin a write transaction")
         {
+            self.note_failure(&e);
             fail_all(batch.drain(..).map(|r| r.reply), replies, &e);
             return;
         }
@@ -173,6 +220,7 @@ impl Writer {
         let mut events = 0u64;
         for req in batch.drain(..) {
             if broken.is_some() {
+                // Overwritten with the batch's error below.
                 replies.push((req.reply, Err(StoreError::Backend(String::new()))));
                 continue;
             }
@@ -191,14 +239,24 @@ impl Writer {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats.events.fetch_add(events, Ordering::Relaxed);
+                self.stats.set_unavailable(None);
+                // A batch whose requests were all refused still commits; a refusal caused by
+                // the storage is still news for readiness.
+                if let Some(e) = replies.iter().find_map(|(_, r)| match r {
+                    Err(e @ StoreError::Unavailable(_)) => Some(e),
+                    _ => None,
+                }) {
+                    self.note_failure(e);
+                }
             }
             Err(e) => {
                 // Nothing of this batch is durable: no caller may see `Ok`.
                 if !self.conn.is_autocommit() {
                     let _ = self.exec("ROLLBACK");
                 }
+                self.note_failure(&e);
                 for (_, result) in replies.iter_mut() {
-                    *result = Err(clone_backend(&e));
+                    *result = Err(clone_error(&e));
                 }
             }
         }
@@ -209,7 +267,7 @@ impl Writer {
     /// Runs one request inside its own savepoint; a refused request is rolled back alone.
     fn apply_in_savepoint(&self, op: Op, broken: &mut Option<StoreError>) -> StoreResult<Outcome> {
         if let Err(e) = self.exec("SAVEPOINT req").ctx("open a savepoint") {
-            *broken = Some(clone_backend(&e));
+            *broken = Some(clone_error(&e));
             return Err(e);
         }
         let result = self.apply(op);
@@ -221,13 +279,17 @@ impl Writer {
                 .ctx("roll back a savepoint")
         };
         if let Err(e) = end {
-            *broken = Some(clone_backend(&e));
+            *broken = Some(clone_error(&e));
             return Err(e);
         }
-        // SQLite rolls the whole transaction back by itself on some errors (disk full, I/O).
+        // SQLite rolls the whole transaction back by itself on some errors (disk full, I/O);
+        // the request's own error then says why.
         if self.conn.is_autocommit() {
-            let e = StoreError::Backend("the write transaction was rolled back by sqlite".into());
-            *broken = Some(clone_backend(&e));
+            let e = match &result {
+                Err(e @ StoreError::Unavailable(_)) => clone_error(e),
+                _ => StoreError::Backend("the write transaction was rolled back by sqlite".into()),
+            };
+            *broken = Some(clone_error(&e));
             return Err(e);
         }
         result
@@ -254,6 +316,12 @@ impl Writer {
             })
             .ctx("store a token")
             .map(|_| ())
+    }
+
+    fn note_failure(&self, e: &StoreError) {
+        if let StoreError::Unavailable(why) = e {
+            self.stats.set_unavailable(Some(why.clone()));
+        }
     }
 
     fn exec(&self, sql: &str) -> rusqlite::Result<()> {
@@ -290,6 +358,10 @@ impl Writer {
             Op::Release { plan_id, fence } => {
                 self.release(&plan_id, &fence).map(|()| Outcome::Done)
             }
+            // Taken out of every batch by `run`; never inside a transaction.
+            Op::Close => Err(StoreError::Backend(
+                "a WAL checkpoint cannot run inside a transaction".into(),
+            )),
         }
     }
 
@@ -560,11 +632,14 @@ fn check_contiguous(events: &[NewEvent], after: u64) -> StoreResult<()> {
     Ok(())
 }
 
-fn clone_backend(e: &StoreError) -> StoreError {
-    StoreError::Backend(match e {
-        StoreError::Backend(msg) => msg.clone(),
-        other => other.to_string(),
-    })
+/// The error every request of a failed batch gets: storage failures keep their kind (the
+/// caller may retry once space returns), anything else is a backend failure.
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(msg) => StoreError::Unavailable(msg.clone()),
+        StoreError::Backend(msg) => StoreError::Backend(msg.clone()),
+        other => StoreError::Backend(other.to_string()),
+    }
 }
 
 fn fail_all(
@@ -573,6 +648,6 @@ fn fail_all(
     e: &StoreError,
 ) {
     for reply in senders {
-        replies.push((reply, Err(clone_backend(e))));
+        replies.push((reply, Err(clone_error(e))));
     }
 }

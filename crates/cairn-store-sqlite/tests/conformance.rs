@@ -15,6 +15,7 @@ fn open(path: &Path, engine_lock: bool) -> SqliteStore {
         SqliteOptions {
             durability: Durability::Full,
             engine_lock,
+            ..SqliteOptions::default()
         },
     )
     .unwrap()
@@ -63,12 +64,13 @@ async fn a_second_engine_on_the_same_file_is_refused() {
         },
     );
     match second {
-        Err(StoreError::Backend(msg)) => {
+        Err(StoreError::Locked(msg)) => {
+            assert!(msg.contains("drives the plans in"), "{msg}");
+            assert!(msg.contains("cairn.db"), "{msg}");
             assert!(
-                msg.contains("another cairn process is driving plans in"),
+                msg.contains(&format!("pid {}", std::process::id())),
                 "{msg}"
             );
-            assert!(msg.contains("cairn.db"), "{msg}");
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a second engine opened the same file"),
@@ -170,4 +172,114 @@ async fn concurrent_appends_share_commits() {
         "group commit should batch requests: {stats:?}"
     );
     assert!(stats.max_batch > 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn the_lock_file_names_its_holder_while_it_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    assert_eq!(cairn_store_sqlite::lock_holder(&path), None);
+    let store = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            engine_lock: true,
+            lock_command: Some("cairn serve".into()),
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    store.announce_address("http://127.0.0.1:9");
+    let holder = cairn_store_sqlite::lock_holder(&path).expect("held");
+    assert_eq!(holder.pid, Some(std::process::id()));
+    assert_eq!(holder.command.as_deref(), Some("cairn serve"));
+    assert_eq!(holder.address.as_deref(), Some("http://127.0.0.1:9"));
+    drop(store);
+    assert_eq!(cairn_store_sqlite::lock_holder(&path), None, "released");
+}
+
+#[tokio::test]
+async fn a_read_only_store_reads_a_locked_file_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    assert!(matches!(
+        SqliteStore::open_read_only(&path),
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(!path.exists(), "a read-only open creates nothing");
+    let writer = open(&path, true);
+    writer.create_plan(create("p1")).await.unwrap();
+    let reader = SqliteStore::open_read_only(&path).unwrap();
+    assert_eq!(reader.get_plan("p1").await.unwrap().unwrap().last_seq, 1);
+    writer.append(append("p1", 1)).await.unwrap();
+    assert_eq!(
+        reader.read_events("p1", 0, None, 10).await.unwrap().len(),
+        2
+    );
+    match reader.append(append("p1", 2)).await {
+        Err(StoreError::Invalid(msg)) => assert!(msg.contains("read-only"), "{msg}"),
+        other => panic!("a read-only store wrote: {other:?}"),
+    }
+    assert_eq!(reader.unavailable(), None);
+}
+
+#[tokio::test]
+async fn close_leaves_everything_in_the_database_file_and_refuses_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let store = open(&path, true);
+    store.create_plan(create("p1")).await.unwrap();
+    let wal = dir.path().join("cairn.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    let s = Arc::new(store);
+    let done = {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || s.close())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(done);
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+    assert!(
+        s.create_plan(create("p2")).await.is_err(),
+        "closed for writing"
+    );
+    assert!(
+        s.get_plan("p1").await.unwrap().is_some(),
+        "reads still work"
+    );
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+    // Only the database file, copied elsewhere, holds the plan.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, copy.path().join("c.db")).unwrap();
+    let reader = SqliteStore::open_read_only(&copy.path().join("c.db")).unwrap();
+    assert!(reader.get_plan("p1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn backup_copies_a_live_database_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let store = open(&path, true);
+    for i in 0..20 {
+        store.create_plan(create(&format!("p{i}"))).await.unwrap();
+    }
+    let out = dir.path().join("backup.db");
+    let report = cairn_store_sqlite::backup(&path, &out).unwrap();
+    assert_eq!((report.plans, report.events), (20, 20));
+    assert!(report.bytes > 0);
+    let copy = SqliteStore::open_read_only(&out).unwrap();
+    assert_eq!(
+        copy.list_plans(None, 100, None).await.unwrap().items.len(),
+        20
+    );
+    assert!(matches!(
+        cairn_store_sqlite::backup(&path, &out),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        cairn_store_sqlite::backup(&dir.path().join("nope.db"), &dir.path().join("x.db")),
+        Err(StoreError::Invalid(_))
+    ));
+    drop(store);
 }

@@ -173,7 +173,15 @@ pub enum StoreError {
     Invalid(String),
     #[error("invalid cursor {0:?}")]
     BadCursor(String),
-    /// The backend itself failed (disk full, connection lost, corruption). Not the caller's fault.
+    /// The storage cannot take writes (or cannot be reached) for a reason outside the request:
+    /// a full disk, an I/O error, a read-only or vanished file. The message says which. Nothing
+    /// of the failed request was kept; the same request may succeed once the cause is gone.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Another process holds the store for writing (the message names it).
+    #[error("{0}")]
+    Locked(String),
+    /// The backend itself failed (connection lost, corruption, a bug). Not the caller's fault.
     #[error("storage backend: {0}")]
     Backend(String),
 }
@@ -296,6 +304,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters of the backend's writer, if it keeps any. For metrics.
     fn stats(&self) -> Option<StoreStats> {
+        None
+    }
+
+    /// Why the last write failed with [`StoreError::Unavailable`], until a write succeeds again
+    /// (`None` while writes work). For readiness checks.
+    fn unavailable(&self) -> Option<String> {
         None
     }
 }
