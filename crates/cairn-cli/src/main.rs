@@ -37,6 +37,7 @@ mod remote;
 mod run;
 mod serve;
 mod worker;
+mod workers;
 
 /// A durable orchestrator for multi-step agent research plans.
 #[derive(Parser)]
@@ -73,6 +74,9 @@ enum Cmd {
     /// Checkpoints: list, show, create, restore, fork, export to and import from JSON files.
     #[command(subcommand)]
     Checkpoints(ops::CheckpointsCmd),
+    /// The remote workers a server has seen (needs --server).
+    #[command(subcommand)]
+    Workers(workers::WorkersCmd),
 }
 
 /// Where the local store is.
@@ -235,6 +239,7 @@ fn main() -> ExitCode {
             Cmd::Plans(cmd) => ops::plans(cmd).await,
             Cmd::Steps(cmd) => ops::steps(cmd).await,
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,
+            Cmd::Workers(cmd) => workers::workers(cmd).await,
         }
     });
     // Dropping the tasks still running kills what they own (an agent's process group); give
