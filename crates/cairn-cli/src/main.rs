@@ -38,6 +38,7 @@ mod run;
 mod serve;
 mod store;
 mod worker;
+mod workers;
 
 /// A durable orchestrator for multi-step agent research plans.
 #[derive(Parser)]
@@ -77,6 +78,9 @@ enum Cmd {
     /// Checkpoints: list, show, create, restore, fork, export to and import from JSON files.
     #[command(subcommand)]
     Checkpoints(ops::CheckpointsCmd),
+    /// The remote workers a server has seen (needs --server).
+    #[command(subcommand)]
+    Workers(workers::WorkersCmd),
     /// Copy the database to a new file, consistently, even while `cairn run` or `cairn serve`
     /// is writing it.
     Backup(BackupArgs),
@@ -298,6 +302,7 @@ fn main() -> ExitCode {
             Cmd::Steps(cmd) => ops::steps(cmd).await,
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,
             Cmd::Backup(args) => backup(args),
+            Cmd::Workers(cmd) => workers::workers(cmd).await,
         }
     });
     // Dropping the tasks still running kills what they own (an agent's process group); give

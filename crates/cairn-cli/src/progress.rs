@@ -33,6 +33,7 @@ pub struct Progress {
 fn mark(status: StepStatus) -> char {
     match status {
         StepStatus::Pending => '·',
+        StepStatus::Queued => '…',
         StepStatus::Running => '▸',
         StepStatus::Completed => '✓',
         StepStatus::Failed => '✗',
@@ -279,6 +280,10 @@ fn step_row(state: &PlanState, i: usize, now: Micros, width: usize, frame: usize
             }
         }
         StepStatus::AwaitingReview => line.push_str("  awaiting review"),
+        StepStatus::Queued => line.push_str(&format!(
+            "  waiting for a worker of agent type {}",
+            s.def.agent_type
+        )),
         StepStatus::Running | StepStatus::Completed => {}
     }
     line

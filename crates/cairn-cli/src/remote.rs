@@ -90,6 +90,10 @@ impl CheckpointsCmd {
 
 /// Prints a plan's state answered by the server: its JSON, or the table.
 fn show(v: &Value, as_json: bool) -> Result<(), Fail> {
+    // The server's warnings (agent types nothing will run) go to stderr, whatever the format.
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    }
     if as_json {
         print(v);
         return Ok(());

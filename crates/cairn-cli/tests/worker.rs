@@ -438,3 +438,109 @@ async fn the_workers_command_gets_a_clean_environment_without_its_token() {
         assert!(!env.contains_key(leaked), "{leaked} leaked:\n{text}");
     }
 }
+
+/// Runs `cairn ARGS --server URL` with the token; answers (exit code, stdout, stderr).
+fn cli_output(s: &Served, tok: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--server", &s.url])
+        .env("CAIRN_TOKEN", tok)
+        .env_remove("CAIRN_SERVER")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A mistyped agent type: register and start warn, naming it; the step is `queued` (never
+/// `running`) and says what it waits for; a worker for that type claims it (recorded with the
+/// worker's id) and appears in `GET /v1/workers` and `cairn workers list`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_for_remote_workers_is_queued_until_one_claims_it() {
+    let s = serve();
+    let op = token(&s.db, "op", "operator");
+    let wt = token(&s.db, "w", "worker");
+    let plan = s.dir.path().join("typo.json");
+    std::fs::write(
+        &plan,
+        json!({"plan_id": "typo", "query": "q", "steps": [
+            {"step_id": "a", "action": "search", "agent_type": "reserch", "params": {"topic": "x"}}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let (code, _, err) = cli_output(&s, &op, &["plans", "register", plan.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("agent type reserch"),
+        "{err}"
+    );
+    let (st, body) = post(&format!("{}/v1/plans/typo/start", s.url), &op, json!({})).await;
+    assert_eq!(st, 200, "{body}");
+    let warnings = body["warnings"].to_string();
+    assert!(warnings.contains("reserch"), "{body}");
+    let view = get(&format!("{}/v1/plans/typo", s.url), &op).await;
+    assert_eq!(view["steps"][0]["status"], "queued", "{view}");
+    assert_eq!(
+        view["steps"][0]["waiting_for"],
+        "a worker of agent type reserch"
+    );
+    assert_eq!(view["queued_steps"], json!(["a"]));
+    assert_eq!(view["running_steps"], json!([]));
+    let (code, out, _) = cli_output(&s, &op, &["workers", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no worker"), "{out}");
+
+    // A worker for the mistyped type: it claims the task, and the claim is in the log.
+    let (st, task) = post(
+        &format!("{}/v1/tasks/poll", s.url),
+        &wt,
+        json!({"worker_id": "w-typo", "agent_types": ["reserch"], "wait_ms": 5000}),
+    )
+    .await;
+    assert_eq!(st, 200, "{task}");
+    let view = get(&format!("{}/v1/plans/typo", s.url), &op).await;
+    assert_eq!(view["steps"][0]["status"], "running", "{view}");
+    let events = get(&format!("{}/v1/plans/typo/events", s.url), &op).await;
+    let claimed: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "step_claimed")
+        .collect();
+    assert_eq!(claimed.len(), 1, "{events}");
+    assert_eq!(claimed[0]["data"]["worker_id"], "w-typo");
+    assert_eq!(claimed[0]["actor"], "w");
+    let workers = get(&format!("{}/v1/workers", s.url), &op).await;
+    assert_eq!(workers["items"][0]["worker_id"], "w-typo", "{workers}");
+    assert_eq!(workers["items"][0]["agent_types"], json!(["reserch"]));
+    assert_eq!(workers["items"][0]["tasks"], json!([task["task_id"]]));
+    let (code, out, _) = cli_output(&s, &op, &["workers", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("w-typo") && out.contains("reserch"), "{out}");
+    // Locally there are no workers: the command says to use --server.
+    let out = Command::new(BIN)
+        .args(["workers", "list"])
+        .env_remove("CAIRN_SERVER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
+
+    let (st, _) = post(
+        &format!(
+            "{}/v1/tasks/{}/complete",
+            s.url,
+            task["task_id"].as_str().unwrap()
+        ),
+        &wt,
+        json!({"worker_id": "w-typo", "output": {"ok": true}}),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let state = wait_state(&s, &op, "typo", |v| v["state"] != "running").await;
+    assert_eq!(state["state"], "completed", "{state}");
+}

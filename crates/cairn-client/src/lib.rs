@@ -412,6 +412,13 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/workers`: the remote workers the server has seen.
+    pub async fn workers(&self) -> Result<Vec<cairn_core::view::WorkerInfo>> {
+        let page = self.get("/v1/workers").await?;
+        let items = page.get("items").cloned().unwrap_or_default();
+        serde_json::from_value(items).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     /// `GET /v1/tokens` (admin).
     pub async fn tokens(&self) -> Result<Page> {
         Page::from_value(self.get("/v1/tokens").await?)

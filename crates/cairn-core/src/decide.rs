@@ -90,6 +90,43 @@ pub enum Command {
     Interrupt {
         reason: Option<String>,
     },
+    /// A remote worker took a queued attempt.
+    Claim {
+        step_id: String,
+        attempt: u32,
+        worker_id: String,
+    },
+}
+
+/// How the deciding process starts the attempts it decides to start.
+#[derive(Clone, Copy)]
+pub enum Starts<'a> {
+    /// It runs every attempt itself.
+    Run,
+    /// It runs none (it only records decisions): ready steps wait for a process that will.
+    None,
+    /// It runs some, and hands the agent types for which this answers true to the
+    /// remote-worker queue: their attempts start `queued`.
+    Queue(&'a dyn Fn(&str) -> bool),
+}
+
+impl Starts<'_> {
+    fn queued(&self, agent_type: &str) -> bool {
+        match self {
+            Starts::Queue(queued) => queued(agent_type),
+            Starts::Run | Starts::None => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Starts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Starts::Run => "Run",
+            Starts::None => "None",
+            Starts::Queue(_) => "Queue(..)",
+        })
+    }
 }
 
 /// The context of one decision: the clock reading and who is asking.
@@ -152,7 +189,19 @@ fn conflict(message: String) -> Refusal {
 /// `Err` means the command was refused and nothing changed (no event). A refused intervention is
 /// not an `Err`: it is recorded (`intervention_failed`) and reported in [`Decision::refusal`].
 pub fn handle(state: &mut PlanState, command: Command, ctx: Ctx<'_>) -> Result<Decision, Refusal> {
-    decide(state, command, ctx, true)
+    decide(state, command, ctx, Starts::Run)
+}
+
+/// [`handle`] for a process that hands some agent types to the remote-worker queue (see
+/// [`Starts`]): their attempts start `queued` and run once a worker claims them
+/// ([`Command::Claim`]).
+pub fn handle_starting(
+    state: &mut PlanState,
+    command: Command,
+    ctx: Ctx<'_>,
+    starts: Starts<'_>,
+) -> Result<Decision, Refusal> {
+    decide(state, command, ctx, starts)
 }
 
 /// [`handle`] for a process that records decisions but runs no attempt (an administrative
@@ -164,14 +213,14 @@ pub fn handle_recording(
     command: Command,
     ctx: Ctx<'_>,
 ) -> Result<Decision, Refusal> {
-    decide(state, command, ctx, false)
+    decide(state, command, ctx, Starts::None)
 }
 
 fn decide(
     state: &mut PlanState,
     command: Command,
     ctx: Ctx<'_>,
-    start_steps: bool,
+    starts: Starts<'_>,
 ) -> Result<Decision, Refusal> {
     let mut intervention = None;
     let mut refusal = None;
@@ -354,12 +403,44 @@ fn decide(
             }
             interrupt_running(&mut em, actor, reason.as_deref().unwrap_or("interrupted"));
         }
+        Command::Claim {
+            step_id,
+            attempt,
+            worker_id,
+        } => {
+            let waiting = em
+                .state
+                .step(&step_id)
+                .is_some_and(|s| s.rec.status == StepStatus::Queued && s.rec.attempts == attempt);
+            if !waiting {
+                return Err(conflict(format!(
+                    "attempt {attempt} of step {step_id} is not waiting for a worker"
+                )));
+            }
+            em.emit(
+                ctx.actor,
+                EventKind::StepClaimed {
+                    step_id,
+                    attempt,
+                    worker_id,
+                },
+                None,
+            );
+        }
         Command::Recover => {
             if status == PlanStatus::Running {
                 for (step_id, attempt) in running_attempts(em.state) {
+                    let queued = em
+                        .state
+                        .step(&step_id)
+                        .is_some_and(|s| starts.queued(&s.def.agent_type));
                     em.emit(
                         SYSTEM_ACTOR,
-                        EventKind::StepRecovered { step_id, attempt },
+                        EventKind::StepRecovered {
+                            step_id,
+                            attempt,
+                            queued,
+                        },
                         None,
                     );
                 }
@@ -373,7 +454,7 @@ fn decide(
         }
     }
     if refusal.is_none() && !dry_run {
-        advance(&mut em, start_steps);
+        advance(&mut em, starts);
     }
     Ok(Decision {
         events: em.out,
@@ -387,7 +468,7 @@ fn running_attempts(state: &PlanState) -> Vec<(String, u32)> {
     state
         .steps
         .iter()
-        .filter(|s| s.rec.status == StepStatus::Running)
+        .filter(|s| s.rec.status.is_active())
         .map(|s| (s.def.step_id.clone(), s.rec.attempts))
         .collect()
 }
@@ -480,7 +561,7 @@ fn intervene(
 
 fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResult) {
     let live = em.state.step(&step_id).filter(|s| {
-        s.rec.status == StepStatus::Running
+        s.rec.status.is_active()
             && s.rec.attempts == attempt
             && em.state.status != PlanStatus::Cancelled
     });
@@ -565,7 +646,7 @@ fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResu
 /// Starts what can start, skips what its condition rules out, stops at breakpoints, completes
 /// a finished plan, and says when a paused plan has drained. With `start_steps` false it stops
 /// before the ready steps: what to do with them is left to the process that will run them.
-fn advance(em: &mut Emitter<'_>, start_steps: bool) {
+fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
     'rescan: loop {
         match em.state.status {
             PlanStatus::Running => {}
@@ -595,7 +676,7 @@ fn advance(em: &mut Emitter<'_>, start_steps: bool) {
             em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
             return;
         }
-        if !start_steps {
+        if matches!(starts, Starts::None) {
             return;
         }
         let mut running = em.state.running_count();
@@ -666,12 +747,14 @@ fn advance(em: &mut Emitter<'_>, start_steps: bool) {
             }
             let attempt = step.rec.attempts + 1;
             let run = step.rec.run;
+            let queued = starts.queued(&step.def.agent_type);
             em.emit(
                 SYSTEM_ACTOR,
                 EventKind::StepStarted {
                     step_id,
                     attempt,
                     run,
+                    queued,
                 },
                 None,
             );
@@ -687,7 +770,9 @@ pub fn dispatches(events: &[Event]) -> impl Iterator<Item = (&str, u32)> {
         EventKind::StepStarted {
             step_id, attempt, ..
         }
-        | EventKind::StepRecovered { step_id, attempt } => Some((step_id.as_str(), *attempt)),
+        | EventKind::StepRecovered {
+            step_id, attempt, ..
+        } => Some((step_id.as_str(), *attempt)),
         _ => None,
     })
 }

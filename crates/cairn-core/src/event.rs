@@ -153,6 +153,16 @@ pub enum EventKind {
         step_id: String,
         attempt: u32,
         run: u32,
+        /// Handed to the remote-worker queue: the step is `queued` until a worker claims it
+        /// (`step_claimed`). Absent (false) in logs written before the queue had a status.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        queued: bool,
+    },
+    /// A remote worker took a queued attempt: the step is `running` from now on.
+    StepClaimed {
+        step_id: String,
+        attempt: u32,
+        worker_id: String,
     },
     StepCompleted {
         step_id: String,
@@ -184,6 +194,9 @@ pub enum EventKind {
     StepRecovered {
         step_id: String,
         attempt: u32,
+        /// Handed to the remote-worker queue again: `queued` until a worker claims it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        queued: bool,
     },
     /// A result that arrived after its attempt stopped counting (interrupted, cancelled,
     /// restored): recorded for the audit trail, changes nothing.
@@ -234,6 +247,7 @@ impl EventKind {
             EventKind::PlanCompleted {} => "plan_completed",
             EventKind::PlanFailed { .. } => "plan_failed",
             EventKind::StepStarted { .. } => "step_started",
+            EventKind::StepClaimed { .. } => "step_claimed",
             EventKind::StepCompleted { .. } => "step_completed",
             EventKind::StepFailed { .. } => "step_failed",
             EventKind::StepInterrupted { .. } => "step_interrupted",
@@ -275,6 +289,7 @@ impl EventKind {
     pub fn step_id(&self) -> Option<&str> {
         match self {
             EventKind::StepStarted { step_id, .. }
+            | EventKind::StepClaimed { step_id, .. }
             | EventKind::StepCompleted { step_id, .. }
             | EventKind::StepFailed { step_id, .. }
             | EventKind::StepInterrupted { step_id, .. }

@@ -527,7 +527,7 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, at: Micros) -> Res
             let rec = &mut state.steps[i].rec;
             if !matches!(
                 rec.status,
-                StepStatus::Pending | StepStatus::Running | StepStatus::Failed
+                StepStatus::Pending | StepStatus::Queued | StepStatus::Running | StepStatus::Failed
             ) {
                 return Err(conflict(format!(
                     "step {step_id} is {}; only a pending, queued, running or failed step can be completed by hand",

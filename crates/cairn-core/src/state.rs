@@ -75,6 +75,8 @@ pub enum PauseReason {
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,
+    /// Handed to the remote-worker queue, not claimed by a worker yet.
+    Queued,
     Running,
     Completed,
     Failed,
@@ -98,6 +100,12 @@ impl StepStatus {
     /// Does the step let its dependents run?
     pub fn satisfies(self) -> bool {
         matches!(self, StepStatus::Completed | StepStatus::Skipped)
+    }
+
+    /// Does an attempt of the step exist that has not reported (queued for a worker, or
+    /// running)? Such a step counts against `max_parallel` and its result is awaited.
+    pub fn is_active(self) -> bool {
+        matches!(self, StepStatus::Queued | StepStatus::Running)
     }
 }
 
@@ -295,7 +303,7 @@ impl PlanState {
     pub fn running_count(&self) -> usize {
         self.steps
             .iter()
-            .filter(|s| s.rec.status == StepStatus::Running)
+            .filter(|s| s.rec.status.is_active())
             .count()
     }
 
@@ -530,7 +538,10 @@ impl PlanState {
                 for s in &mut self.steps {
                     if matches!(
                         s.rec.status,
-                        StepStatus::Pending | StepStatus::Running | StepStatus::AwaitingReview
+                        StepStatus::Pending
+                            | StepStatus::Queued
+                            | StepStatus::Running
+                            | StepStatus::AwaitingReview
                     ) {
                         s.rec.status = StepStatus::Cancelled;
                         s.rec.ended_at = Some(at);
@@ -549,10 +560,17 @@ impl PlanState {
                 self.failure = Some(format!("step {step_id} failed: {error}"));
             }
             EventKind::StepStarted {
-                step_id, attempt, ..
+                step_id,
+                attempt,
+                queued,
+                ..
             } => {
                 if let Some(s) = self.step_mut(step_id) {
-                    s.rec.status = StepStatus::Running;
+                    s.rec.status = if *queued {
+                        StepStatus::Queued
+                    } else {
+                        StepStatus::Running
+                    };
                     s.rec.attempts = *attempt;
                     s.rec.run_attempts += 1;
                     s.rec.started_at = Some(at);
@@ -594,7 +612,7 @@ impl PlanState {
             }
             EventKind::StepInterrupted { step_id, .. } => {
                 if let Some(s) = self.step_mut(step_id) {
-                    if s.rec.status == StepStatus::Running {
+                    if s.rec.status.is_active() {
                         s.rec.status = StepStatus::Pending;
                         s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
                         s.rec.ended_at = Some(at);
@@ -652,8 +670,33 @@ impl PlanState {
                 self.failure = None;
                 self.drained = true;
             }
-            EventKind::StepRecovered { .. }
-            | EventKind::StepResultIgnored { .. }
+            EventKind::StepClaimed {
+                step_id, attempt, ..
+            } => {
+                if let Some(s) = self.step_mut(step_id) {
+                    if s.rec.status == StepStatus::Queued && s.rec.attempts == *attempt {
+                        s.rec.status = StepStatus::Running;
+                    }
+                }
+            }
+            EventKind::StepRecovered {
+                step_id,
+                attempt,
+                queued,
+            } => {
+                // A recovered attempt handed to the queue again waits for a worker; one run
+                // in this process is running (as it was).
+                if let Some(s) = self.step_mut(step_id) {
+                    if s.rec.status.is_active() && s.rec.attempts == *attempt {
+                        s.rec.status = if *queued {
+                            StepStatus::Queued
+                        } else {
+                            StepStatus::Running
+                        };
+                    }
+                }
+            }
+            EventKind::StepResultIgnored { .. }
             | EventKind::InterventionFailed { .. }
             | EventKind::CheckpointCreated { .. }
             | EventKind::PlanForked { .. } => {}
@@ -668,7 +711,7 @@ impl PlanState {
         self.steps = m.steps.clone();
         for s in &mut self.steps {
             match s.rec.status {
-                StepStatus::Running => {
+                StepStatus::Running | StepStatus::Queued => {
                     s.rec.status = StepStatus::Pending;
                     s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
                 }

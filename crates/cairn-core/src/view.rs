@@ -24,6 +24,9 @@ pub struct StepView {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Micros>,
+    /// What a `queued` step waits for: `a worker of agent type X`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 /// The state of a plan (DESIGN §4 `GET /v1/plans/{id}`).
@@ -41,6 +44,9 @@ pub struct PlanView {
     pub failed_steps: Vec<String>,
     pub skipped_steps: Vec<String>,
     pub running_steps: Vec<String>,
+    /// Steps handed to the remote-worker queue that no worker has claimed yet.
+    #[serde(default)]
+    pub queued_steps: Vec<String>,
     pub steps: Vec<StepView>,
     pub created_at: Micros,
     pub updated_at: Micros,
@@ -49,6 +55,10 @@ pub struct PlanView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     pub last_seq: u64,
+    /// Things the caller should know about the answer (e.g. agent types nothing will run),
+    /// set by the server on register and start; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl PlanView {
@@ -65,6 +75,7 @@ impl PlanView {
             failed_steps: state.ids_with(StepStatus::Failed),
             skipped_steps: state.ids_with(StepStatus::Skipped),
             running_steps: state.ids_with(StepStatus::Running),
+            queued_steps: state.ids_with(StepStatus::Queued),
             steps: state
                 .steps
                 .iter()
@@ -85,6 +96,8 @@ impl PlanView {
                     ended_at: s.rec.ended_at,
                     error: s.rec.error.clone(),
                     retry_at: s.rec.retry_at,
+                    waiting_for: (s.rec.status == StepStatus::Queued)
+                        .then(|| format!("a worker of agent type {}", s.def.agent_type)),
                 })
                 .collect(),
             created_at: state.created_at,
@@ -92,6 +105,7 @@ impl PlanView {
             resume_at: state.resume_at,
             failure: state.failure.clone(),
             last_seq: state.seq,
+            warnings: Vec::new(),
         }
     }
 }
@@ -157,4 +171,17 @@ impl CheckpointView {
 /// Is the plan settled for someone waiting on it: ended, or paused with nothing running?
 pub fn is_settled(state: &PlanState) -> bool {
     state.status.is_terminal() || (state.status == PlanStatus::Paused && state.drained)
+}
+
+/// A remote worker as a server has seen it (`GET /v1/workers`).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub worker_id: String,
+    /// The agent types of its latest poll.
+    pub agent_types: Vec<String>,
+    /// When it last polled, µs since the Unix epoch.
+    pub last_poll_at: Micros,
+    /// The tasks it holds now (leased, not reported).
+    pub tasks: Vec<String>,
 }

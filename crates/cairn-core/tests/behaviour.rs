@@ -1539,3 +1539,122 @@ fn a_dry_run_emits_nothing_even_when_a_retry_is_due() {
     assert!(d.events.is_empty(), "dry run emitted {:?}", types(&d));
     assert_eq!(sim.st, before);
 }
+
+/// A process with a remote-worker queue: the agent types it has no executor for start
+/// `queued`, count against `max_parallel`, and run once a worker's claim is recorded.
+#[test]
+fn remote_steps_are_queued_until_a_worker_claims_them() {
+    let definition = Plan::parse(
+        "max_parallel: 2\nsteps:\n  - {step_id: a, action: x, agent_type: research, depends_on: []}\n  - {step_id: b, action: x, agent_type: builtin.echo, depends_on: []}\n  - {step_id: c, action: x, agent_type: research, depends_on: []}\n",
+        cairn_core::Format::Yaml,
+    )
+    .unwrap();
+    let mut st = PlanState::empty(PLAN);
+    let mut log: Vec<Event> = Vec::new();
+    let remote = |t: &str| t == "research";
+    let mut run = |st: &mut PlanState, c: Command, actor: &str| {
+        let before = st.clone();
+        let r =
+            decide::handle_starting(st, c, Ctx { now: 5, actor }, decide::Starts::Queue(&remote));
+        match &r {
+            Ok(d) => log.extend(d.events.iter().cloned()),
+            Err(_) => assert_eq!(*st, before, "a refused command changed the state"),
+        }
+        assert_eq!(PlanState::replay(PLAN, &log), *st);
+        r
+    };
+    run(
+        &mut st,
+        Command::Register {
+            definition,
+            origin: None,
+        },
+        "op",
+    )
+    .unwrap();
+    let d = run(&mut st, Command::Start { reason: None }, "op").unwrap();
+    // a is queued, b runs here, c waits: two are active (max_parallel 2).
+    assert_eq!(st.step("a").unwrap().rec.status, StepStatus::Queued);
+    assert_eq!(st.step("b").unwrap().rec.status, StepStatus::Running);
+    assert_eq!(st.step("c").unwrap().rec.status, StepStatus::Pending);
+    assert!(d.events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::StepStarted { step_id, queued: true, .. } if step_id == "a"
+    )));
+    let view = cairn_core::view::PlanView::of(&st);
+    assert_eq!(view.queued_steps, vec!["a".to_string()]);
+    assert_eq!(view.running_steps, vec!["b".to_string()]);
+    assert_eq!(
+        view.steps[0].waiting_for.as_deref(),
+        Some("a worker of agent type research")
+    );
+    // A claim for another attempt, or for a step that is not queued, is refused.
+    let stale = Command::Claim {
+        step_id: "a".into(),
+        attempt: 2,
+        worker_id: "w1".into(),
+    };
+    assert_eq!(
+        run(&mut st, stale, "w").unwrap_err().kind,
+        RefusalKind::Conflict
+    );
+    let not_queued = Command::Claim {
+        step_id: "b".into(),
+        attempt: 1,
+        worker_id: "w1".into(),
+    };
+    assert!(run(&mut st, not_queued, "w").is_err());
+    let d = run(
+        &mut st,
+        Command::Claim {
+            step_id: "a".into(),
+            attempt: 1,
+            worker_id: "w1".into(),
+        },
+        "worker-token-user",
+    )
+    .unwrap();
+    assert_eq!(st.step("a").unwrap().rec.status, StepStatus::Running);
+    assert_eq!(d.events[0].actor, "worker-token-user");
+    assert!(
+        matches!(&d.events[0].kind, EventKind::StepClaimed { worker_id, .. } if worker_id == "w1")
+    );
+    // A second claim of the same attempt is refused: one worker gets it.
+    let again = Command::Claim {
+        step_id: "a".into(),
+        attempt: 1,
+        worker_id: "w2".into(),
+    };
+    assert!(run(&mut st, again, "w").is_err());
+    // Its outcome completes it like any attempt's; c is handed to the queue next.
+    let done = |step: &str| Command::Outcome {
+        step_id: step.into(),
+        attempt: 1,
+        result: StepResult::Completed {
+            output: json!(1),
+            scores: None,
+        },
+    };
+    run(&mut st, done("a"), "cairn").unwrap();
+    assert_eq!(st.step("c").unwrap().rec.status, StepStatus::Queued);
+    // A queued attempt can end without a worker (stopped, or the lease expired): its failure
+    // is recorded like a running one's.
+    run(&mut st, done("b"), "cairn").unwrap();
+    run(&mut st, Command::Cancel { reason: None }, "op").unwrap();
+    assert_eq!(st.step("c").unwrap().rec.status, StepStatus::Cancelled);
+    assert_eq!(st.status, PlanStatus::Cancelled);
+}
+
+/// Logs written before the queue had a status read as before: `queued` defaults to false.
+#[test]
+fn a_step_started_event_without_queued_reads_as_running() {
+    let kind =
+        EventKind::from_parts("step_started", r#"{"step_id":"a","attempt":1,"run":1}"#).unwrap();
+    assert!(matches!(kind, EventKind::StepStarted { queued: false, .. }));
+    assert!(!kind.data_json().contains("queued"));
+    let kind = EventKind::from_parts("step_recovered", r#"{"step_id":"a","attempt":1}"#).unwrap();
+    assert!(matches!(
+        kind,
+        EventKind::StepRecovered { queued: false, .. }
+    ));
+}

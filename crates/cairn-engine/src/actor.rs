@@ -292,14 +292,25 @@ impl PlanActor {
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
         let mut answers: Vec<(ReplyTo, Result<Pending, EngineError>)> = Vec::new();
+        let inner = &*self.inner;
+        // Agent types with no local executor go to the remote-worker queue, when there is one:
+        // their attempts start `queued` until a worker claims them.
+        let queued = |agent_type: &str| inner.registry.get(agent_type).is_none();
         for (command, actor, reply) in work {
             let ctx = Ctx { now, actor: &actor };
             // An engine that runs no attempt must not record one: its ready steps start when a
             // driver takes the plan over.
-            let result = if self.inner.opts.execute {
-                handle(&mut self.state, command, ctx)
-            } else {
+            let result = if !inner.opts.execute {
                 cairn_core::decide::handle_recording(&mut self.state, command, ctx)
+            } else if inner.opts.remote.is_some() {
+                cairn_core::decide::handle_starting(
+                    &mut self.state,
+                    command,
+                    ctx,
+                    cairn_core::decide::Starts::Queue(&queued),
+                )
+            } else {
+                handle(&mut self.state, command, ctx)
             };
             let start = events.len();
             match result {
@@ -451,9 +462,9 @@ impl PlanActor {
     fn reconcile(&mut self) {
         let state = &self.state;
         for ((step_id, attempt), stop) in &self.inflight {
-            let live = state.step(step_id).is_some_and(|s| {
-                s.rec.status == cairn_core::StepStatus::Running && s.rec.attempts == *attempt
-            });
+            let live = state
+                .step(step_id)
+                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == *attempt);
             if !live {
                 let _ = stop.send(true);
             }

@@ -419,6 +419,30 @@ impl Engine {
             .state)
     }
 
+    /// Records that the remote worker `worker_id` took a queued attempt: the step is `running`
+    /// from then on. Refused (a conflict) when that attempt is no longer waiting for a worker.
+    pub async fn claim(
+        &self,
+        plan_id: &str,
+        step_id: &str,
+        attempt: u32,
+        worker_id: &str,
+        actor: &str,
+    ) -> Result<Arc<PlanState>, EngineError> {
+        Ok(self
+            .send(
+                plan_id,
+                Command::Claim {
+                    step_id: step_id.to_owned(),
+                    attempt,
+                    worker_id: worker_id.to_owned(),
+                },
+                actor.into(),
+            )
+            .await?
+            .state)
+    }
+
     /// Pauses a running plan: durable before it answers; no step starts after it. `Boundary`
     /// lets running steps finish (`plan_drained` follows); `Immediate` interrupts them. With
     /// `resume_at` (µs since the epoch) the plan resumes by itself then.

@@ -74,9 +74,13 @@ struct Entry {
     reply: Option<oneshot::Sender<Reply>>,
 }
 
+pub use cairn_core::view::WorkerInfo;
+
 #[derive(Default)]
 struct State {
     tasks: HashMap<String, Entry>,
+    /// Workers seen polling: id → (agent types, last poll in µs).
+    workers: HashMap<String, (Vec<String>, i64)>,
     /// agent type → seq → task id, of tasks not handed out yet.
     queued: HashMap<String, BTreeMap<u64, String>>,
     next_seq: u64,
@@ -159,6 +163,64 @@ impl RemoteQueue {
             .count()
     }
 
+    /// The workers seen polling since the queue started, with the tasks each holds; sorted by id.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let st = self.state();
+        let mut out: Vec<WorkerInfo> = st
+            .workers
+            .iter()
+            .map(|(id, (types, at))| {
+                let mut tasks: Vec<String> = st
+                    .tasks
+                    .iter()
+                    .filter(|(_, e)| e.worker.as_deref() == Some(id.as_str()))
+                    .map(|(t, _)| t.clone())
+                    .collect();
+                tasks.sort();
+                WorkerInfo {
+                    worker_id: id.clone(),
+                    agent_types: types.clone(),
+                    last_poll_at: *at,
+                    tasks,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        out
+    }
+
+    /// Has any worker polled for `agent_type`?
+    pub fn has_worker_for(&self, agent_type: &str) -> bool {
+        self.state()
+            .workers
+            .values()
+            .any(|(types, _)| types.iter().any(|t| t == agent_type))
+    }
+
+    /// Takes back a task handed to a worker that never got it (its claim could not be
+    /// recorded): it waits for a worker again, or ends at once if the plan stopped it meanwhile.
+    pub fn unclaim(&self, task_id: &str) {
+        let mut st = self.state();
+        let Some(entry) = st.tasks.get_mut(task_id) else {
+            return;
+        };
+        if entry.stop || entry.signal.is_stopped() {
+            if let Some(tx) = entry.reply.take() {
+                let _ = tx.send(Err(ExecError::retryable("stopped before a worker took it")));
+            }
+            return;
+        }
+        entry.worker = None;
+        entry.deadline.send_replace(None);
+        let (agent_type, seq) = (entry.task.agent_type.clone(), entry.seq);
+        st.queued
+            .entry(agent_type)
+            .or_default()
+            .insert(seq, task_id.to_owned());
+        drop(st);
+        self.shared.arrived.notify_waiters();
+    }
+
     /// Wakes every long-poll and makes polls answer `None` from now on (server shutdown).
     /// Tasks already handed out may still be reported.
     pub fn close(&self) {
@@ -174,6 +236,10 @@ impl RemoteQueue {
         wait: Duration,
     ) -> Option<TaskLease> {
         let until = Instant::now() + wait;
+        self.state().workers.insert(
+            worker_id.to_owned(),
+            (agent_types.to_vec(), crate::engine::now_micros()),
+        );
         loop {
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);

@@ -1182,7 +1182,7 @@ async fn a_reopened_engine_recovers_a_running_plan_with_the_same_attempt_and_key
     assert_eq!(runs[0].key, "p/b/1");
     assert_eq!(done.step("b").unwrap().rec.attempts, 1);
     assert!(all_events(&second, "p").await.iter().any(
-        |e| matches!(&e.kind, EventKind::StepRecovered { step_id, attempt: 1 } if step_id == "b")
+        |e| matches!(&e.kind, EventKind::StepRecovered { step_id, attempt: 1, .. } if step_id == "b")
     ));
 }
 

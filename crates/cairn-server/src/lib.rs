@@ -125,6 +125,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::heartbeat))
         .routes(routes!(tasks::complete))
         .routes(routes!(tasks::fail))
+        .routes(routes!(tasks::workers))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
 }

@@ -178,6 +178,13 @@ pub struct EventList {
     pub next_cursor: Option<String>,
 }
 
+/// `GET /v1/workers`: every worker seen since the server started (one page).
+#[derive(ToSchema, Serialize)]
+pub struct WorkerList {
+    pub items: Vec<cairn_engine::remote::WorkerInfo>,
+    pub next_cursor: Option<String>,
+}
+
 #[derive(ToSchema)]
 pub struct TokenList {
     pub items: Vec<crate::auth::TokenInfo>,

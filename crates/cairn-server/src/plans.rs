@@ -62,7 +62,9 @@ pub async fn register(
     p.require(Role::Operator)?;
     let plan = Plan::from_value(body)?;
     let state = s.engine.register(plan, &p.user).await?;
-    Ok((StatusCode::CREATED, Json(PlanView::of(&state))).into_response())
+    let mut view = PlanView::of(&state);
+    view.warnings = crate::tasks::unserved_agent_types(&s, &view);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -220,7 +222,9 @@ pub async fn start(
     p.require(Role::Operator)?;
     reason_ok(&b.reason)?;
     let st = s.engine.start(plan_id(&id)?, &p.user, b.reason).await?;
-    Ok(Json(PlanView::of(&st)))
+    let mut view = PlanView::of(&st);
+    view.warnings = crate::tasks::unserved_agent_types(&s, &view);
+    Ok(Json(view))
 }
 
 #[utoipa::path(

@@ -110,11 +110,75 @@ pub async fn poll(
         check_id("each agent type", t)?;
     }
     let q = queue(&s)?;
-    let wait = Duration::from_millis(body.wait_ms.min(MAX_WAIT_MS));
-    match q.poll(&body.worker_id, &body.agent_types, wait).await {
-        Some(task) => Ok(Json(task).into_response()),
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    let until = tokio::time::Instant::now() + Duration::from_millis(body.wait_ms.min(MAX_WAIT_MS));
+    loop {
+        let wait = until.saturating_duration_since(tokio::time::Instant::now());
+        let Some(lease) = q.poll(&body.worker_id, &body.agent_types, wait).await else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        // The step is `queued` until its claim is in the plan's log; only then does the worker
+        // get the task.
+        let t = &lease.task;
+        match s
+            .engine
+            .claim(&t.plan_id, &t.step_id, t.attempt, &body.worker_id, &p.user)
+            .await
+        {
+            Ok(_) => return Ok(Json(lease).into_response()),
+            // The plan moved on (the attempt was stopped, completed by hand, the plan deleted):
+            // this task is not wanted; look for another.
+            Err(e) if e.is_client_error() => q.unclaim(&lease.task_id),
+            Err(e) => {
+                q.unclaim(&lease.task_id);
+                return Err(e.into());
+            }
+        }
     }
+}
+
+/// The workers seen polling, with the agent types they asked for and the tasks they hold.
+#[utoipa::path(get, operation_id = "list_workers", path = "/v1/workers", tag = "tasks",
+    responses(
+        (status = 200, description = "Every worker seen since the server started", body = crate::openapi::WorkerList)),
+    security(("bearer" = [])))]
+pub async fn workers(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<crate::openapi::WorkerList>> {
+    p.require(Role::Viewer)?;
+    let items = s
+        .remote
+        .as_ref()
+        .map(RemoteQueue::workers)
+        .unwrap_or_default();
+    Ok(Json(crate::openapi::WorkerList {
+        items,
+        next_cursor: None,
+    }))
+}
+
+/// The warnings for a plan about to run on this server: agent types that have no local
+/// executor and that no worker has polled for (a typo, or a worker not started yet).
+pub(crate) fn unserved_agent_types(s: &AppState, view: &cairn_core::view::PlanView) -> Vec<String> {
+    let mut types: Vec<&str> = view
+        .steps
+        .iter()
+        .filter(|st| !st.status.has_ended())
+        .map(|st| st.agent_type.as_str())
+        .filter(|t| s.engine.registry().get(t).is_none())
+        .filter(|t| s.remote.as_ref().is_none_or(|q| !q.has_worker_for(t)))
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    types
+        .into_iter()
+        .map(|t| match s.remote {
+            Some(_) => format!(
+                "no executor and no worker for agent type {t}: its steps wait until a worker polls for it (cairn worker --agent-type {t} …)"
+            ),
+            None => format!("no executor for agent type {t}: its steps will fail"),
+        })
+        .collect()
 }
 
 /// The body of `POST /v1/tasks/{task_id}/heartbeat`.
