@@ -123,11 +123,16 @@ impl PlanActor {
                     }
                 }
                 _ = async { tokio::time::sleep_until(unload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if unload_at.is_some() => {
-                    if self.idle_and_done() && self.inner.unload(&self.state.plan_id, &self.tx) {
-                        // Answer anything that raced in before the unload, then stop.
+                    if self.idle_and_done()
+                        && self.inner.unload_if_quiet(&self.state.plan_id, &self.tx, &mut self.rx)
+                    {
+                        // What raced in through an old copy of the sender is handed back, not
+                        // decided: dropping a command drops its reply, and the sender delivers
+                        // it again to the plan's next actor. Deciding it here could commit
+                        // after that actor loaded the log.
                         while let Ok(msg) = self.rx.try_recv() {
-                            if !self.batch(msg).await {
-                                break;
+                            if let Msg::Outcome { step_id, attempt, .. } = msg {
+                                debug!(plan_id = %self.state.plan_id, %step_id, attempt, "late outcome of an unloaded plan dropped");
                             }
                         }
                         let _ = self
@@ -247,22 +252,76 @@ impl PlanActor {
         keep_going
     }
 
+    /// Decides `work` and commits the events. When the append meets a seq conflict (this actor
+    /// loaded the log just before another actor's last commit), the plan is reloaded and the
+    /// same work decided once more against the fresh state; nothing of the failed append was
+    /// stored, so deciding again cannot apply anything twice.
     async fn decide_and_commit(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>) {
+        let (commands, mut replies): (Vec<(Command, String)>, Vec<Option<ReplyTo>>) = work
+            .into_iter()
+            .map(|(command, actor, reply)| ((command, actor), reply))
+            .unzip();
+        let mut again = Some(commands.clone());
+        let mut commands = commands;
+        loop {
+            let Err(e) = self.try_commit(commands, &mut replies).await else {
+                return;
+            };
+            warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
+            let conflict = matches!(e, cairn_store::StoreError::SeqConflict { .. });
+            self.reload().await;
+            match again.take() {
+                Some(retry) if conflict => commands = retry,
+                _ => {
+                    let message = EngineError::from(e).to_string();
+                    for reply in replies.into_iter().flatten() {
+                        let _ = reply.send(Err(EngineError::Store(
+                            cairn_store::StoreError::Backend(message.clone()),
+                        )));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Throws the in-memory state away and reads it again from the store (the truth).
+    async fn reload(&mut self) {
+        match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
+            Ok((state, snap)) => {
+                self.state = state;
+                self.snapshot_seq = snap;
+                self.shared = None;
+            }
+            Err(e) => warn!(plan_id = %self.state.plan_id, error = %e, "reload failed"),
+        }
+        self.reconcile();
+    }
+
+    /// Decides the commands in order and commits their events in one append. On success every
+    /// reply in `replies` (one per command, if any) is answered; on failure none is, and the
+    /// in-memory state is ahead of the store (the caller reloads).
+    async fn try_commit(
+        &mut self,
+        commands: Vec<(Command, String)>,
+        replies: &mut [Option<ReplyTo>],
+    ) -> Result<(), cairn_store::StoreError> {
         let before = self.state.seq;
         let now = now_micros();
         let mut events: Vec<Event> = Vec::new();
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
-        let mut answers: Vec<(ReplyTo, Result<Pending, EngineError>)> = Vec::new();
-        for (command, actor, reply) in work {
+        let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
+        for (i, (command, actor)) in commands.into_iter().enumerate() {
+            let wants = replies.get(i).is_some_and(Option::is_some);
             let result = handle(&mut self.state, command, Ctx { now, actor: &actor });
             let start = events.len();
             match result {
                 Ok(decision) => {
                     events.extend(decision.events);
-                    if let Some(reply) = reply {
+                    if wants {
                         answers.push((
-                            reply,
+                            i,
                             Ok(Pending {
                                 events: start..events.len(),
                                 intervention: decision.intervention,
@@ -272,63 +331,44 @@ impl PlanActor {
                     }
                 }
                 Err(refusal) => {
-                    if let Some(reply) = reply {
-                        answers.push((reply, Err(refusal.into())));
+                    if wants {
+                        answers.push((i, Err(refusal.into())));
                     }
                 }
             }
         }
-        if events.is_empty() {
-            let shared = self.shared();
-            for (reply, answer) in answers {
-                let _ = reply.send(answer.map(|p| p.answer(&[], shared.clone())));
+        let published: Vec<Arc<Event>> = if events.is_empty() {
+            Vec::new()
+        } else {
+            let append = Append {
+                plan_id: self.state.plan_id.clone(),
+                expected_seq: before,
+                fence: Some(self.fence.clone()),
+                state: Some(self.state.status.as_str().to_owned()),
+                events: events.iter().map(crate::convert::to_new).collect(),
+            };
+            let stored = self.inner.store.append(append).await?;
+            for (e, s) in events.iter_mut().zip(&stored) {
+                e.id = s.id;
             }
-            return;
-        }
-        let append = Append {
-            plan_id: self.state.plan_id.clone(),
-            expected_seq: before,
-            fence: Some(self.fence.clone()),
-            state: Some(self.state.status.as_str().to_owned()),
-            events: events.iter().map(crate::convert::to_new).collect(),
+            self.shared = None;
+            let published: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+            self.inner.publish(published.clone());
+            published
         };
-        match self.inner.store.append(append).await {
-            Ok(stored) => {
-                for (e, s) in events.iter_mut().zip(&stored) {
-                    e.id = s.id;
+        if !answers.is_empty() {
+            let shared = self.shared();
+            for (i, answer) in answers {
+                if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
+                    let _ = reply.send(answer.map(|p| p.answer(&published, shared.clone())));
                 }
-                self.shared = None;
-                let published: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
-                self.inner.publish(published.clone());
-                if !answers.is_empty() {
-                    let shared = self.shared();
-                    for (reply, answer) in answers {
-                        let _ = reply.send(answer.map(|p| p.answer(&published, shared.clone())));
-                    }
-                }
-                self.act(&published);
-                self.maybe_snapshot();
-            }
-            Err(e) => {
-                warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
-                let err = EngineError::from(e);
-                let message = err.to_string();
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(EngineError::Store(cairn_store::StoreError::Backend(
-                        message.clone(),
-                    ))));
-                }
-                match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
-                    Ok((state, snap)) => {
-                        self.state = state;
-                        self.snapshot_seq = snap;
-                        self.shared = None;
-                    }
-                    Err(e) => warn!(plan_id = %self.state.plan_id, error = %e, "reload failed"),
-                }
-                self.reconcile();
             }
         }
+        if !published.is_empty() {
+            self.act(&published);
+            self.maybe_snapshot();
+        }
+        Ok(())
     }
 
     /// Runs the attempts the events ask for and stops the ones the state no longer counts.
