@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cairn_engine::{Engine, EngineOptions};
 use cairn_server::auth::{create_token, valid_user, TokenInfo};
@@ -37,6 +38,46 @@ pub struct ServeArgs {
     /// How long a remote worker keeps a task without a heartbeat.
     #[arg(long, default_value_t = cairn_engine::remote::DEFAULT_LEASE_MS, env = "CAIRN_WORKER_LEASE_MS")]
     worker_lease_ms: u64,
+    /// Close a connection that has not sent a complete request head this long after opening
+    /// (or after the head's first byte), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Close a connection with no request in flight and no traffic for this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Most client connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// How often a quiet event stream (SSE, WebSocket) sends a keep-alive.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    stream_keep_alive: Duration,
+}
+
+/// A duration like `500ms`, `10s`, `30m`, `12h` or `7d` (a bare number is seconds).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 30m, 12h or 7d"))?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(ms_per)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
@@ -103,6 +144,20 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         }
         Authenticator::new(store.clone())
     };
+    if args.max_connections == 0 {
+        return Err(Fail::input("--max-connections must be at least 1"));
+    }
+    if args.header_timeout.is_zero()
+        || args.idle_timeout.is_zero()
+        || args.stream_keep_alive.is_zero()
+    {
+        return Err(Fail::input(
+            "--header-timeout, --idle-timeout and --stream-keep-alive must be longer than 0",
+        ));
+    }
+    // Every connection costs a file descriptor: let the connection limit decide, not the
+    // default soft limit.
+    let _ = cairn_server::raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Fail::input(format!("cannot listen on {addr}: {e}")))?;
@@ -112,7 +167,14 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     println!("cairn listening on http://{local}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let state = AppState::new(engine.clone(), auth).with_remote(remote.clone());
+    let state = AppState::new(engine.clone(), auth)
+        .with_remote(remote.clone())
+        .with_keep_alive(args.stream_keep_alive);
+    let limits = cairn_server::ServeOptions {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
     let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -130,7 +192,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         // Long-polls answer 204 at once instead of holding the shutdown up.
         remote.close();
     };
-    cairn_server::serve(listener, state, shutdown)
+    cairn_server::serve_with(listener, state, limits, shutdown)
         .await
         .map_err(|e| Fail::from(anyhow::anyhow!("server: {e}")))?;
     webhooks.abort();

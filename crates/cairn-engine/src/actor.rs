@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::engine::{now_micros, Inner};
 use crate::executor::{ExecError, StopSignal, Task};
+use crate::remote::Ack;
 use crate::EngineError;
 
 /// Most messages decided together before one commit.
@@ -37,6 +38,8 @@ pub(crate) enum Msg {
         step_id: String,
         attempt: u32,
         result: StepResult,
+        /// Answered once the outcome is committed (a remote worker's report waits for it).
+        ack: Option<Ack>,
     },
     /// A copy of the current state.
     Read {
@@ -115,7 +118,7 @@ impl PlanActor {
                     }
                 }
                 _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
-                    self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)]).await;
+                    self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new()).await;
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     if !self.renew_lease().await {
@@ -132,6 +135,8 @@ impl PlanActor {
                         // after that actor loaded the log.
                         while let Ok(msg) = self.rx.try_recv() {
                             if let Msg::Outcome { step_id, attempt, .. } = msg {
+                                // Dropping the outcome drops its ack: a waiting report hears
+                                // that nothing was recorded.
                                 debug!(plan_id = %self.state.plan_id, %step_id, attempt, "late outcome of an unloaded plan dropped");
                             }
                         }
@@ -199,6 +204,7 @@ impl PlanActor {
         let mut work: Vec<(Command, String, Option<ReplyTo>)> = Vec::new();
         let mut keep_going = true;
         let mut reads = Vec::new();
+        let mut acks = Vec::new();
         let mut push = |msg: Msg, work: &mut Vec<_>| match msg {
             Msg::Command {
                 command,
@@ -209,15 +215,19 @@ impl PlanActor {
                 step_id,
                 attempt,
                 result,
-            } => work.push((
-                Command::Outcome {
-                    step_id,
-                    attempt,
-                    result,
-                },
-                SYSTEM_ACTOR.to_owned(),
-                None,
-            )),
+                ack,
+            } => {
+                acks.extend(ack);
+                work.push((
+                    Command::Outcome {
+                        step_id,
+                        attempt,
+                        result,
+                    },
+                    SYSTEM_ACTOR.to_owned(),
+                    None,
+                ))
+            }
             Msg::Read { reply } => reads.push(reply),
             Msg::Stop => keep_going = false,
         };
@@ -243,7 +253,7 @@ impl PlanActor {
             }
         }
         if !work.is_empty() {
-            self.decide_and_commit(work).await;
+            self.decide_and_commit(work, acks).await;
         }
         if !keep_going {
             self.stop_all();
@@ -256,7 +266,12 @@ impl PlanActor {
     /// loaded the log just before another actor's last commit), the plan is reloaded and the
     /// same work decided once more against the fresh state; nothing of the failed append was
     /// stored, so deciding again cannot apply anything twice.
-    async fn decide_and_commit(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>) {
+    /// `acks` are answered once the outcome is settled: committed, or known not to be.
+    async fn decide_and_commit(
+        &mut self,
+        work: Vec<(Command, String, Option<ReplyTo>)>,
+        acks: Vec<Ack>,
+    ) {
         let (commands, mut replies): (Vec<(Command, String)>, Vec<Option<ReplyTo>>) = work
             .into_iter()
             .map(|(command, actor, reply)| ((command, actor), reply))
@@ -265,6 +280,9 @@ impl PlanActor {
         let mut commands = commands;
         loop {
             let Err(e) = self.try_commit(commands, &mut replies).await else {
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
                 return;
             };
             warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
@@ -274,6 +292,9 @@ impl PlanActor {
                 Some(retry) if conflict => commands = retry,
                 _ => {
                     let message = EngineError::from(e).to_string();
+                    for ack in acks {
+                        let _ = ack.send(Err(message.clone()));
+                    }
                     for reply in replies.into_iter().flatten() {
                         let _ = reply.send(Err(EngineError::Store(
                             cairn_store::StoreError::Backend(message.clone()),
@@ -430,6 +451,7 @@ impl PlanActor {
                         error: e,
                         retryable: false,
                     },
+                    ack: None,
                 });
                 return;
             }
@@ -447,10 +469,12 @@ impl PlanActor {
             query: self.state.query.clone(),
         };
         let executor = self.inner.executor_for(&def.agent_type);
+        let remote = self.inner.opts.remote.clone();
         let (stop_tx, stop) = StopSignal::new();
         self.inflight.insert((step_id.clone(), attempt), stop_tx);
         debug!(plan_id = %task.plan_id, step_id = %step_id, attempt, "dispatch");
         tokio::spawn(async move {
+            let key = task.idempotency_key.clone();
             let result = match executor {
                 None => Err(ExecError::fatal(format!(
                     "no executor for agent type {:?}: configure it in cairn.toml ([agents.{}] executor = \"command\" or \"http\")",
@@ -487,10 +511,13 @@ impl PlanActor {
                     retryable: e.retryable,
                 },
             };
+            // A remote worker's report that waits for this outcome to be durable rides along.
+            let ack = remote.and_then(|q| q.take_ack(&key, attempt));
             let _ = tx.send(Msg::Outcome {
                 step_id,
                 attempt,
                 result,
+                ack,
             });
         });
     }

@@ -248,10 +248,11 @@ pub mod tasks {
         params(("task_id" = String, Path, description = "Task id")),
         request_body = TaskCompleteDoc,
         responses(
-            (status = 204, description = "Result recorded"),
-            (status = 404, description = "No such task", body = ErrorBody),
+            (status = 204, description = "Result recorded (durable in the plan's log)"),
+            (status = 404, description = "No such task, or its plan was deleted", body = ErrorBody),
             (status = 409, description = "The task's lease was lost", body = ErrorBody),
-            (status = 422, description = "Invalid body", body = ErrorBody)),
+            (status = 422, description = "Invalid body", body = ErrorBody),
+            (status = 503, description = "The plan's log could not record it (storage_unavailable)", body = ErrorBody)),
         security(("bearer" = [])))]
     #[allow(dead_code)]
     pub fn complete() {}
@@ -261,10 +262,11 @@ pub mod tasks {
         params(("task_id" = String, Path, description = "Task id")),
         request_body = TaskFailDoc,
         responses(
-            (status = 204, description = "Failure recorded"),
-            (status = 404, description = "No such task", body = ErrorBody),
+            (status = 204, description = "Failure recorded (durable in the plan's log)"),
+            (status = 404, description = "No such task, or its plan was deleted", body = ErrorBody),
             (status = 409, description = "The task's lease was lost", body = ErrorBody),
-            (status = 422, description = "Invalid body", body = ErrorBody)),
+            (status = 422, description = "Invalid body", body = ErrorBody),
+            (status = 503, description = "The plan's log could not record it (storage_unavailable)", body = ErrorBody)),
         security(("bearer" = [])))]
     #[allow(dead_code)]
     pub fn fail() {}

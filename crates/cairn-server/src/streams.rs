@@ -42,8 +42,8 @@ use crate::AppState;
 
 /// Events read from the store per page while catching up.
 const PAGE: usize = 500;
-/// Keep-alive comment interval.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Keep-alive comment interval unless the server is told otherwise ([`AppState::keep_alive`]).
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Largest WebSocket message accepted from a client.
 const MAX_WS_MESSAGE: usize = 64 * 1024;
 /// Most plan ids one WebSocket subscription may name.
@@ -88,12 +88,12 @@ fn lagged_frame(missed: u64) -> SseEvent {
         .data(json!({ "missed": missed }).to_string())
 }
 
-fn sse<S>(stream: S) -> Response
+fn sse<S>(stream: S, keep_alive: Duration) -> Response
 where
     S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
 {
     Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .keep_alive(KeepAlive::new().interval(keep_alive))
         .into_response()
 }
 
@@ -197,7 +197,7 @@ pub async fn plan_stream(
         let item = feed.next().await?;
         Some((Ok(item), feed))
     });
-    Ok(sse(stream))
+    Ok(sse(stream, s.keep_alive))
 }
 
 /// `GET /v1/events/stream`
@@ -225,7 +225,7 @@ pub async fn all_stream(
         };
         Some((Ok(item), sub))
     });
-    Ok(sse(stream))
+    Ok(sse(stream, s.keep_alive))
 }
 
 /// `GET /v1/ws` (the token may also come as `?token=`: see [`crate::auth::middleware`]).
@@ -237,7 +237,7 @@ pub async fn ws(
     p.require(Role::Viewer)?;
     Ok(upgrade
         .max_message_size(MAX_WS_MESSAGE)
-        .on_upgrade(move |socket| ws_session(s.engine, socket))
+        .on_upgrade(move |socket| ws_session(s.engine, socket, s.keep_alive))
         .into_response())
 }
 
@@ -325,9 +325,9 @@ async fn next_notice(sub: &mut Option<WsSub>) -> Option<Notice> {
     }
 }
 
-async fn ws_session(engine: Engine, mut socket: WebSocket) {
+async fn ws_session(engine: Engine, mut socket: WebSocket, keep_alive: Duration) {
     let mut current: Option<WsSub> = None;
-    let mut ping = tokio::time::interval(KEEP_ALIVE);
+    let mut ping = tokio::time::interval(keep_alive);
     ping.tick().await;
     loop {
         tokio::select! {
