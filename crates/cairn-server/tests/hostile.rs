@@ -211,3 +211,156 @@ async fn concurrent_writes_to_ended_paused_and_running_plans_never_answer_5xx() 
         );
     }
 }
+
+impl Server {
+    /// POSTs `body` as-is with `Content-Type: application/json`.
+    async fn raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path}: {status} is not the JSON error ({e}): {text:?}"));
+        (status, v)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_are_refused_by_name_and_change_nothing() {
+    let s = Server::start().await;
+    s.plan("p", "builtin.echo", json!({})).await;
+
+    // A repeated key, at the top or nested, in every kind of body.
+    for (path, body, key) in [
+        (
+            "/v1/plans",
+            r#"{"plan_id":"dupA","plan_id":"dupB","query":"q","steps":[{"step_id":"a","action":"x","agent_type":"builtin.echo"}]}"#,
+            "plan_id",
+        ),
+        (
+            "/v1/plans",
+            r#"{"plan_id":"dupC","query":"q","steps":[{"step_id":"a","step_id":"b","action":"x","agent_type":"builtin.echo"}]}"#,
+            "step_id",
+        ),
+        (
+            "/v1/plans",
+            r#"{"plan_id":"dupD","query":"q","steps":[{"step_id":"a","action":"x","agent_type":"builtin.echo","params":{"k":1,"k":2}}]}"#,
+            "k",
+        ),
+        (
+            "/v1/plans/p/interventions",
+            r#"{"type":"skip_step","type":"remove_step","step_id":"b"}"#,
+            "type",
+        ),
+        (
+            "/v1/plans/p/checkpoints",
+            r#"{"label":"a","label":"b"}"#,
+            "label",
+        ),
+        (
+            "/v1/tokens",
+            r#"{"user":"a","user":"b","role":"viewer"}"#,
+            "user",
+        ),
+    ] {
+        let (st, e) = s.raw(path, body).await;
+        assert_eq!(st, 400, "{path} {body}: {e}");
+        assert_eq!(e["error"]["code"], "bad_request", "{e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("repeats the key \"{key}\"")),
+            "{path}: the message names {key}: {message}"
+        );
+    }
+    for id in ["dupA", "dupB", "dupC", "dupD"] {
+        assert_eq!(
+            s.get(&format!("/v1/plans/{id}")).await.0,
+            404,
+            "{id} exists"
+        );
+    }
+
+    // Blank is not "no body".
+    for path in [
+        "/v1/plans/p/checkpoints",
+        "/v1/plans/p/start",
+        "/v1/plans/p/cancel",
+    ] {
+        for blank in ["\n", "  \n\t"] {
+            let (st, e) = s.raw(path, blank).await;
+            assert_eq!(st, 400, "{path} {blank:?}: {e}");
+            assert_eq!(e["error"]["code"], "bad_request", "{e}");
+        }
+    }
+
+    // An unknown intervention type is a bad request, not a bad plan.
+    let (st, e) = s
+        .post(
+            "/v1/plans/p/interventions",
+            json!({"type": "nope", "step_id": "b"}),
+        )
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(e["error"]["code"], "invalid_request", "{e}");
+
+    // Too large: our words, not the framework's.
+    let big = format!(
+        "{{\"label\":\"{}\"}}",
+        "x".repeat(cairn_server::MAX_BODY + 10)
+    );
+    let (st, e) = s.raw("/v1/plans/p/checkpoints", big).await;
+    assert_eq!(st, 413, "{e}");
+    assert_eq!(e["error"]["code"], "payload_too_large", "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&cairn_server::MAX_BODY.to_string()) && !message.contains("buffer"),
+        "{message}"
+    );
+
+    // All-dot ids name path segments, not plans or steps.
+    for (path, body) in [
+        (
+            "/v1/plans",
+            json!({"plan_id": "..", "query": "q", "steps": [{"step_id": "a", "action": "x", "agent_type": "builtin.echo"}]}),
+        ),
+        (
+            "/v1/plans",
+            json!({"plan_id": "dots", "query": "q", "steps": [{"step_id": ".", "action": "x", "agent_type": "builtin.echo"}]}),
+        ),
+    ] {
+        let (st, e) = s.post(path, body).await;
+        assert_eq!(st, 422, "{e}");
+    }
+    let (st, cp) = s.post("/v1/plans/p/checkpoints", json!({})).await;
+    assert_eq!(st, 201, "{cp}");
+    let cid = cp["checkpoint_id"].as_str().unwrap();
+    let (st, e) = s
+        .post(
+            &format!("/v1/plans/p/checkpoints/{cid}/fork"),
+            json!({"new_plan_id": "."}),
+        )
+        .await;
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(s.get("/v1/plans/dots").await.0, 404);
+
+    // Nothing above changed the plan but the one checkpoint taken on purpose.
+    let (_, v) = s.get("/v1/plans/p").await;
+    assert_eq!(v["state"], "idle", "{v}");
+    let (_, cps) = s.get("/v1/plans/p/checkpoints").await;
+    assert_eq!(cps["items"].as_array().unwrap().len(), 1, "{cps}");
+    let (_, events) = s.get("/v1/plans/p/events").await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["plan_registered", "checkpoint_created"], "{events}");
+}
