@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn_engine::{Engine, EngineOptions};
-use cairn_server::auth::{create_token, valid_user, TokenInfo};
+use cairn_server::auth::{create_expiring_token, create_token, valid_user, TokenInfo};
 use cairn_server::{AppState, Authenticator, Role};
 use cairn_store::Store;
 use clap::{Args, Subcommand};
@@ -209,6 +209,9 @@ pub enum TokenCmd {
         /// viewer, operator, admin or worker.
         #[arg(long)]
         role: String,
+        /// The token stops being accepted after this long, e.g. 30m, 12h or 7d (default: never).
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
         #[command(flatten)]
         db: StoreArgs,
     },
@@ -254,7 +257,12 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
     // No engine lock: tokens may be managed while a server drives the plans.
     let store = open_store(&db.db, false)?;
     match cmd {
-        TokenCmd::Create { user, role, db } => {
+        TokenCmd::Create {
+            user,
+            role,
+            expires_in,
+            db,
+        } => {
             if !valid_user(&user) {
                 return Err(Fail::input(
                     "--user must be 1 to 128 printable characters without spaces",
@@ -265,15 +273,32 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
                     "unknown role {role:?}; one of viewer, operator, admin, worker"
                 ))
             })?;
-            let t = create_token(&*store, &user, role)
+            let expires_at = match expires_in {
+                None => None,
+                Some(d) if d.is_zero() => {
+                    return Err(Fail::input("--expires-in must be longer than 0"))
+                }
+                Some(d) => Some(
+                    i64::try_from(d.as_micros())
+                        .ok()
+                        .and_then(|us| cairn_engine::now_micros().checked_add(us))
+                        .ok_or_else(|| Fail::input("--expires-in is too long"))?,
+                ),
+            };
+            let t = create_expiring_token(&*store, &user, role, expires_at)
                 .await
                 .map_err(|e| Fail::from(anyhow::anyhow!("cannot create the token: {e}")))?;
             if db.json {
                 println!("{}", serde_json::to_string_pretty(&t).unwrap_or_default());
             } else {
                 println!("{}", t.token);
+                let until = t
+                    .expires_at
+                    .as_deref()
+                    .map(|at| format!(", expires at {at}"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "token {} for {} ({}); shown once",
+                    "token {} for {} ({}{until}); shown once",
                     t.id,
                     t.user,
                     t.role.as_str()
@@ -281,13 +306,12 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
             }
         }
         TokenCmd::List { db } => {
-            let items: Vec<TokenInfo> = store
+            let rows = store
                 .list_tokens()
                 .await
-                .map_err(|e| Fail::from(anyhow::anyhow!("cannot list tokens: {e}")))?
-                .into_iter()
-                .map(TokenInfo::from)
-                .collect();
+                .map_err(|e| Fail::from(anyhow::anyhow!("cannot list tokens: {e}")))?;
+            let expiries: Vec<Option<i64>> = rows.iter().map(|r| r.expires_at).collect();
+            let items: Vec<TokenInfo> = rows.into_iter().map(TokenInfo::from).collect();
             if db.json {
                 println!(
                     "{}",
@@ -295,18 +319,26 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
                         .unwrap_or_default()
                 );
             } else {
-                println!("{:<22} {:<20} {:<9} status", "ID", "USER", "ROLE");
-                for t in items {
+                println!(
+                    "{:<22} {:<20} {:<9} {:<8} EXPIRES (UTC)",
+                    "ID", "USER", "ROLE", "STATUS"
+                );
+                let now = cairn_engine::now_micros();
+                for (t, row_expires) in items.into_iter().zip(expiries) {
+                    let status = if t.revoked_at.is_some() {
+                        "revoked"
+                    } else if row_expires.is_some_and(|at| at <= now) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
                     println!(
-                        "{:<22} {:<20} {:<9} {}",
+                        "{:<22} {:<20} {:<9} {:<8} {}",
                         t.id,
                         t.user,
                         t.role,
-                        if t.revoked_at.is_some() {
-                            "revoked"
-                        } else {
-                            "active"
-                        }
+                        status,
+                        t.expires_at.as_deref().unwrap_or("never")
                     );
                 }
             }

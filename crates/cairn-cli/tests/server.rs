@@ -2415,3 +2415,110 @@ async fn malformed_http_answers_the_json_error() {
     .await
     .unwrap();
 }
+
+// ---- expiring tokens ----------------------------------------------------------------------
+
+/// Waits (bounded) until `token` is refused, and returns the refusal.
+async fn refused_once_expired(api: &Api, token: &str) -> Resp {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.call(Method::GET, "/v1/plans", Some(token), None).await;
+        if r.status != 200 {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tokens made with `cairn token create --expires-in` or `POST /v1/tokens {"expires_in"}` say
+/// when they expire (RFC 3339 UTC) and are refused with 401 "token expired at …" from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_may_expire() {
+    let w = World::new();
+    let create = |expires: &str| {
+        let out = Command::new(BIN)
+            .args(["token", "create", "--user", "tess", "--role", "viewer"])
+            .args(["--expires-in", expires, "--json", "--db"])
+            .arg(&w.db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let week = create("7d");
+    let short = create("2s");
+    let is_rfc3339_utc = |v: &Value| {
+        let s = v.as_str().unwrap_or("");
+        s.len() == 27 && s.ends_with('Z') && &s[10..11] == "T" && &s[19..20] == "."
+    };
+    assert!(is_rfc3339_utc(&week["expires_at"]), "{week}");
+    assert!(is_rfc3339_utc(&short["expires_at"]), "{short}");
+    let bad = Command::new(BIN)
+        .args(["token", "create", "--user", "tess", "--role", "viewer"])
+        .args(["--expires-in", "soon", "--db"])
+        .arg(&w.db)
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a bad duration is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("soon"));
+
+    let admin = Auth(&w.api, Some(&w.admin));
+    let made = admin
+        .post(
+            "/v1/tokens",
+            json!({"user": "ann", "role": "viewer", "expires_in": 2}),
+        )
+        .await
+        .expect(201, "an expiring token");
+    assert!(is_rfc3339_utc(&made.body["expires_at"]), "{}", made.text);
+    admin
+        .post(
+            "/v1/tokens",
+            json!({"user": "ann", "role": "viewer", "expires_in": 0}),
+        )
+        .await
+        .expect(422, "expires_in 0");
+    let listed = admin.get("/v1/tokens").await.expect(200, "list");
+    assert!(listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["expires_at"] == made.body["expires_at"]));
+
+    for (token, expires_at) in [
+        (short["token"].as_str().unwrap(), &short["expires_at"]),
+        (
+            made.body["token"].as_str().unwrap(),
+            &made.body["expires_at"],
+        ),
+    ] {
+        let r = refused_once_expired(&w.api, token)
+            .await
+            .expect(401, "expired");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "token expired at {}",
+                expires_at.as_str().unwrap()
+            )),
+            "{message}"
+        );
+    }
+    // The week-long token still works.
+    w.api
+        .call(Method::GET, "/v1/plans", week["token"].as_str(), None)
+        .await
+        .expect(200, "a token that has not expired");
+}

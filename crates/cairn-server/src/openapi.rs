@@ -187,10 +187,13 @@ pub mod streams {
     use super::ErrorBody;
 
     /// Server-sent events of one plan: `id:` is the event's `seq`, `event:` its type, `data:`
-    /// the event JSON. Resumes after `Last-Event-ID`.
+    /// the event JSON. Resumes after `Last-Event-ID`. Once the plan has ended the stream ends
+    /// after its last event, unless `follow=true`. A keep-alive comment comes every 15 s.
     #[utoipa::path(get, operation_id = "stream_plan_events", path = "/v1/plans/{id}/events/stream", tag = "events",
         params(("id" = String, Path, description = "Plan id"),
-               ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq")),
+               ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq"),
+               ("after" = Option<u64>, Query, description = "Resume after this seq (the header wins)"),
+               ("follow" = Option<bool>, Query, description = "Keep streaming after the plan has ended")),
         responses(
             (status = 200, description = "An SSE stream of the plan's events", content_type = "text/event-stream", body = String),
             (status = 404, description = "No such plan", body = ErrorBody)),

@@ -3,7 +3,8 @@
 //!
 //! - `GET /v1/plans/{id}/events/stream`: frames `id: <seq>`, `event: <type>`, `data: <event
 //!   JSON>`. Starts after `Last-Event-ID` (header) or `?after=` (a seq), else from the plan's
-//!   first event: the plan's history, then live. Past events are read from the store page by
+//!   first event: the plan's history, then live; once the plan has ended the stream ends after
+//!   its last event, unless `?follow=true`. Past events are read from the store page by
 //!   page, then the engine's resumable subscription takes over from the global id reached, and
 //!   seqs already sent are skipped: no gap, no duplicate.
 //! - `GET /v1/events/stream`: frames `id: <global id>`. Starts after `Last-Event-ID` or `?after=`
@@ -12,7 +13,8 @@
 //!   (again to change it); the server answers `{"subscribed": {"plans": […], "after": n}}`, then
 //!   sends `{"id": <global id>, "event": <event JSON>}` for each event, `{"lagged": {"missed": n}}`
 //!   when it fell behind (the events are then replayed from the store, nothing is lost), and
-//!   `{"error": {"code", "message"}}` for a message it cannot use (the socket stays open).
+//!   `{"error": {"code", "message"}}` for a message it cannot use or a plan that does not exist
+//!   (`plan_not_found`; the socket stays open and the previous subscription holds).
 //!   Without `after`, live events only.
 //!
 //! A slow client never slows the engine: the engine's broadcast buffer is bounded and a lagging
@@ -53,6 +55,10 @@ const MAX_WS_PLANS: usize = 1_000;
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     after: Option<u64>,
+    /// Per-plan stream: keep following after the plan has ended (default: the stream ends
+    /// after an ended plan's last event).
+    #[serde(default)]
+    follow: bool,
 }
 
 /// The resume point: `Last-Event-ID` wins over `?after=`.
@@ -108,6 +114,20 @@ struct PlanFeed {
     paging: bool,
     backlog: VecDeque<Event>,
     live: Option<Subscription>,
+    /// Keep streaming after the plan has ended.
+    follow: bool,
+    /// The plan has ended (seen in its state or in an event sent).
+    ended: bool,
+    /// Whether the plan's state was looked at once paging was done.
+    checked: bool,
+}
+
+fn ends_plan(e: &Event) -> bool {
+    use cairn_core::EventKind as K;
+    matches!(
+        e.kind,
+        K::PlanCompleted {} | K::PlanFailed { .. } | K::PlanCancelled { .. }
+    )
 }
 
 impl PlanFeed {
@@ -119,6 +139,7 @@ impl PlanFeed {
                 }
                 self.last_seq = e.seq;
                 self.from_global = self.from_global.max(e.id);
+                self.ended |= ends_plan(&e);
                 return Some(frame(e.seq, &e));
             }
             if self.paging {
@@ -136,6 +157,26 @@ impl PlanFeed {
                 }
                 continue;
             }
+            if !self.follow {
+                if !self.checked {
+                    self.checked = true;
+                    self.ended |= self
+                        .engine
+                        .state(&self.plan_id)
+                        .await
+                        .is_ok_and(|s| s.status.is_terminal());
+                }
+                // An ended plan's stream ends once everything stored so far has been sent.
+                if self.ended {
+                    match self.engine.events(&self.plan_id, self.last_seq, PAGE).await {
+                        Ok(events) if !events.is_empty() => {
+                            self.backlog.extend(events);
+                            continue;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
             // Every event of the plan with a global id up to `from_global` has been read from
             // the store: the subscription replays anything after it, then goes live.
             let sub = self.live.get_or_insert_with(|| {
@@ -148,6 +189,7 @@ impl PlanFeed {
                         continue;
                     }
                     self.last_seq = e.seq;
+                    self.ended |= ends_plan(&e);
                     return Some(frame(e.seq, &e));
                 }
                 Notice::Lagged { missed, .. } => return Some(lagged_frame(missed)),
@@ -192,6 +234,9 @@ pub async fn plan_stream(
         paging: true,
         backlog: VecDeque::new(),
         live: None,
+        follow: q.follow,
+        ended: false,
+        checked: false,
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let item = feed.next().await?;
@@ -308,6 +353,31 @@ fn parse_subscribe(text: &str) -> Result<(Option<HashSet<String>>, Option<u64>),
     Ok((Some(msg.subscribe.into_iter().collect()), msg.after))
 }
 
+/// The error frame for the first named plan that does not exist (or cannot be checked).
+async fn unknown_plan(engine: &Engine, plans: Option<&HashSet<String>>) -> Option<Value> {
+    let mut names: Vec<&String> = plans?.iter().collect();
+    names.sort();
+    for id in names {
+        match engine.store().get_plan(id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Some(ws_error(
+                    "plan_not_found",
+                    format!("plan {id} not found; nothing was subscribed"),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ws: cannot look plans up");
+                return Some(ws_error(
+                    "unavailable",
+                    "cannot read the plans right now; try again",
+                ));
+            }
+        }
+    }
+    None
+}
+
 async fn next_notice(sub: &mut Option<WsSub>) -> Option<Notice> {
     match sub {
         Some(s) => loop {
@@ -345,6 +415,13 @@ async fn ws_session(engine: Engine, mut socket: WebSocket, keep_alive: Duration)
                 };
                 match parse_subscribe(text.as_str()) {
                     Ok((plans, after)) => {
+                        // Every plan named must exist; the subscription in force stays if not.
+                        if let Some(err) = unknown_plan(&engine, plans.as_ref()).await {
+                            if !send(&mut socket, err).await {
+                                return;
+                            }
+                            continue;
+                        }
                         let after = match after {
                             Some(a) => a,
                             None => match engine.store().last_event_id().await {
