@@ -8,7 +8,10 @@
 //! when bytes move, and the router is wrapped to note when a request head is complete (the router
 //! was called) and when its answer is ready. A small supervisor per connection compares those
 //! marks with the deadlines. Long answers (an SSE stream, a long-poll) are not idle: a long-poll
-//! is in flight, and a stream writes a keep-alive comment more often than the idle timeout.
+//! is in flight, and a stream writes a keep-alive comment more often than the idle timeout. A
+//! request in flight whose bytes stop moving (a body that never finishes arriving, a client that
+//! stops reading) is cut off once it has been quiet for the idle timeout plus the longest
+//! long-poll.
 //!
 //! When hyper itself refuses a request before the router sees it (bytes that are not HTTP, a
 //! head too large), it writes a bodiless 400/414/431; the wrapper replaces that answer with the
@@ -75,6 +78,11 @@ pub fn raise_fd_limit() -> Option<u64> {
         None
     }
 }
+
+/// The longest an answer in progress may move no bytes before its connection counts as stalled
+/// (on top of the idle timeout): the longest long-poll of `/v1/tasks/poll`. A body that stops
+/// arriving, or a client that stops reading, is cut off after that.
+const LONGEST_QUIET_ANSWER: Duration = Duration::from_millis(crate::tasks::MAX_WAIT_MS);
 
 /// The largest request head (request line and headers) read; a larger one answers 431.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -193,12 +201,13 @@ async fn serve_connection(
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
     loop {
+        let stall = opts.idle_timeout + LONGEST_QUIET_ANSWER;
         let deadline = {
             let m = lock(&marks);
             match m.head_deadline {
-                Some(d) => Some(d),
-                None if m.in_flight == 0 => Some(m.last_io + opts.idle_timeout),
-                None => None,
+                Some(d) => d,
+                None if m.in_flight == 0 => m.last_io + opts.idle_timeout,
+                None => m.last_io + stall,
             }
         };
         tokio::select! {
@@ -208,14 +217,14 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
+            () = tokio::time::sleep_until(deadline) => {
                 // The marks may have moved since the deadline was computed: look again.
                 let m = lock(&marks);
                 let now = Instant::now();
                 let head_late = m.head_deadline.is_some_and(|d| d <= now);
+                let quiet_for = now.saturating_duration_since(m.last_io);
                 let idle = m.head_deadline.is_none()
-                    && m.in_flight == 0
-                    && m.last_io + opts.idle_timeout <= now;
+                    && ((m.in_flight == 0 && quiet_for >= opts.idle_timeout) || quiet_for >= stall);
                 if head_late || idle {
                     tracing::debug!(head_late, idle, "closing a slow or idle connection");
                     return;
