@@ -2522,3 +2522,40 @@ async fn tokens_may_expire() {
         .await
         .expect(200, "a token that has not expired");
 }
+
+/// Past `--max-connections`, a client waits in the backlog until a connection closes (here the
+/// silent ones, at the head timeout), then is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_holds_extra_clients_until_a_slot_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let (srv, _) = Server::start(
+        &db,
+        &[
+            "--no-auth",
+            "--max-connections",
+            "2",
+            "--header-timeout",
+            "1s",
+        ],
+    );
+    let silent: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&srv.addr).unwrap())
+        .collect();
+    let asked = std::time::Instant::now();
+    let r = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .get(format!("{}/healthz", srv.base))
+        .send()
+        .await
+        .expect("served once a slot frees");
+    assert_eq!(r.status(), 200);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "answered after {waited:?}, while both slots were held by silent connections"
+    );
+    drop(silent);
+}

@@ -191,8 +191,12 @@ async fn serve_connection(
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // hyper's own head timeout (30 s by default once a timer is set) would also run while a
+    // kept-alive connection waits for its next request, cutting the idle time short; the
+    // supervisor below keeps both deadlines instead.
     builder
         .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(MAX_HEAD);
     let conn = builder
