@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cairn_engine::{Engine, EngineOptions};
-use cairn_server::auth::{create_token, valid_user, TokenInfo};
+use cairn_server::auth::{create_expiring_token, create_token, valid_user, TokenInfo};
 use cairn_server::{AppState, Authenticator, Role};
 use cairn_store::Store;
 use clap::{Args, Subcommand};
@@ -38,6 +39,46 @@ pub struct ServeArgs {
     /// How long a remote worker keeps a task without a heartbeat.
     #[arg(long, default_value_t = cairn_engine::remote::DEFAULT_LEASE_MS, env = "CAIRN_WORKER_LEASE_MS")]
     worker_lease_ms: u64,
+    /// Close a connection that has not sent a complete request head this long after opening
+    /// (or after the head's first byte), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Close a connection with no request in flight and no traffic for this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Most client connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// How often a quiet event stream (SSE, WebSocket) sends a keep-alive.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    stream_keep_alive: Duration,
+}
+
+/// A duration like `500ms`, `10s`, `30m`, `12h` or `7d` (a bare number is seconds).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 30m, 12h or 7d"))?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(ms_per)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
@@ -104,6 +145,20 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         }
         Authenticator::new(store.clone())
     };
+    if args.max_connections == 0 {
+        return Err(Fail::input("--max-connections must be at least 1"));
+    }
+    if args.header_timeout.is_zero()
+        || args.idle_timeout.is_zero()
+        || args.stream_keep_alive.is_zero()
+    {
+        return Err(Fail::input(
+            "--header-timeout, --idle-timeout and --stream-keep-alive must be longer than 0",
+        ));
+    }
+    // Every connection costs a file descriptor: let the connection limit decide, not the
+    // default soft limit.
+    let _ = cairn_server::raise_fd_limit();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Fail::input(format!("cannot listen on {addr}: {e}")))?;
@@ -120,7 +175,14 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     store.announce_address(&format!("http://{reachable}"));
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let state = AppState::new(engine.clone(), auth).with_remote(remote.clone());
+    let state = AppState::new(engine.clone(), auth)
+        .with_remote(remote.clone())
+        .with_keep_alive(args.stream_keep_alive);
+    let limits = cairn_server::ServeOptions {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
     let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -142,7 +204,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         // Long-polls answer 204 at once instead of holding the shutdown up.
         remote.close();
     };
-    cairn_server::serve(listener, state, shutdown)
+    cairn_server::serve_with(listener, state, limits, shutdown)
         .await
         .map_err(|e| Fail::from(anyhow::anyhow!("server: {e}")))?;
     webhooks.abort();
@@ -159,6 +221,9 @@ pub enum TokenCmd {
         /// viewer, operator, admin or worker.
         #[arg(long)]
         role: String,
+        /// The token stops being accepted after this long, e.g. 30m, 12h or 7d (default: never).
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
         #[command(flatten)]
         db: StoreArgs,
     },
@@ -208,7 +273,12 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
     // No engine lock: tokens may be managed while a server drives the plans.
     let store = open_store(&db.db, false)?;
     match cmd {
-        TokenCmd::Create { user, role, db } => {
+        TokenCmd::Create {
+            user,
+            role,
+            expires_in,
+            db,
+        } => {
             if !valid_user(&user) {
                 return Err(Fail::input(
                     "--user must be 1 to 128 printable characters without spaces",
@@ -219,15 +289,32 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
                     "unknown role {role:?}; one of viewer, operator, admin, worker"
                 ))
             })?;
-            let t = create_token(&*store, &user, role)
+            let expires_at = match expires_in {
+                None => None,
+                Some(d) if d.is_zero() => {
+                    return Err(Fail::input("--expires-in must be longer than 0"))
+                }
+                Some(d) => Some(
+                    i64::try_from(d.as_micros())
+                        .ok()
+                        .and_then(|us| cairn_engine::now_micros().checked_add(us))
+                        .ok_or_else(|| Fail::input("--expires-in is too long"))?,
+                ),
+            };
+            let t = create_expiring_token(&*store, &user, role, expires_at)
                 .await
                 .map_err(|e| Fail::from(anyhow::anyhow!("cannot create the token: {e}")))?;
             if db.json {
                 println!("{}", serde_json::to_string_pretty(&t).unwrap_or_default());
             } else {
                 println!("{}", t.token);
+                let until = t
+                    .expires_at
+                    .as_deref()
+                    .map(|at| format!(", expires at {at}"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "token {} for {} ({}); shown once",
+                    "token {} for {} ({}{until}); shown once",
                     t.id,
                     t.user,
                     t.role.as_str()
@@ -235,13 +322,12 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
             }
         }
         TokenCmd::List { db } => {
-            let items: Vec<TokenInfo> = store
+            let rows = store
                 .list_tokens()
                 .await
-                .map_err(|e| Fail::from(anyhow::anyhow!("cannot list tokens: {e}")))?
-                .into_iter()
-                .map(TokenInfo::from)
-                .collect();
+                .map_err(|e| Fail::from(anyhow::anyhow!("cannot list tokens: {e}")))?;
+            let expiries: Vec<Option<i64>> = rows.iter().map(|r| r.expires_at).collect();
+            let items: Vec<TokenInfo> = rows.into_iter().map(TokenInfo::from).collect();
             if db.json {
                 println!(
                     "{}",
@@ -249,18 +335,26 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
                         .unwrap_or_default()
                 );
             } else {
-                println!("{:<22} {:<20} {:<9} status", "ID", "USER", "ROLE");
-                for t in items {
+                println!(
+                    "{:<22} {:<20} {:<9} {:<8} EXPIRES (UTC)",
+                    "ID", "USER", "ROLE", "STATUS"
+                );
+                let now = cairn_engine::now_micros();
+                for (t, row_expires) in items.into_iter().zip(expiries) {
+                    let status = if t.revoked_at.is_some() {
+                        "revoked"
+                    } else if row_expires.is_some_and(|at| at <= now) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
                     println!(
-                        "{:<22} {:<20} {:<9} {}",
+                        "{:<22} {:<20} {:<9} {:<8} {}",
                         t.id,
                         t.user,
                         t.role,
-                        if t.revoked_at.is_some() {
-                            "revoked"
-                        } else {
-                            "active"
-                        }
+                        status,
+                        t.expires_at.as_deref().unwrap_or("never")
                     );
                 }
             }

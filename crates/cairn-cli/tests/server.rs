@@ -2300,3 +2300,362 @@ async fn complete_step_over_http_and_from_the_cli() {
         .expect("b completed");
     assert_eq!(b_done["data"]["output"], json!({"got": 42}), "{done}");
 }
+
+// ---- connection limits -------------------------------------------------------------------
+
+/// Reads from `s` until the server closes it (EOF or reset), by `deadline`. True when closed.
+fn closed_by(s: &mut std::net::TcpStream, deadline: std::time::Instant) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Sends one whole request on `s` and reads its answer (a `content-length` body): the status
+/// and the body.
+fn exchange(s: &mut std::net::TcpStream, request: &[u8]) -> (u16, String) {
+    use std::io::Write;
+    // The server may answer (and close) before it has read all of an oversized request.
+    let _ = s.write_all(request);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..end].to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        if text.len() >= end + 4 + len {
+            let status = text[9..12].parse().unwrap();
+            return (status, text[end + 4..end + 4 + len].to_owned());
+        }
+    }
+}
+
+/// 1,000 connections that send nothing, half a request line or half the headers do not stop
+/// `/healthz` from answering, and each is closed once the head timeout has passed. An idle
+/// keep-alive connection is closed after the idle timeout (not the shorter head timeout), and
+/// an event stream outlives the idle timeout on its keep-alive comments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_slow_and_idle_connections_are_closed_and_healthz_keeps_answering() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let (srv, _) = Server::start(
+        &db,
+        &[
+            "--no-auth",
+            "--header-timeout",
+            "1s",
+            "--idle-timeout",
+            "3s",
+            "--stream-keep-alive",
+            "500ms",
+        ],
+    );
+    let addr = srv.addr.clone();
+    let held = tokio::task::spawn_blocking(move || {
+        (0..1000)
+            .map(|i| {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                match i % 3 {
+                    1 => s.write_all(b"GET /hea").unwrap(),
+                    2 => s
+                        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                        .unwrap(),
+                    _ => {}
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let r = http
+        .get(format!("{}/healthz", srv.base))
+        .send()
+        .await
+        .expect("/healthz answers while 1,000 slow connections are open");
+    assert_eq!(r.status(), 200);
+    let closed = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        held.into_iter()
+            .map(|mut s| closed_by(&mut s, deadline))
+            .filter(|c| *c)
+            .count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 1000, "every slow connection is closed");
+
+    // An idle keep-alive connection lives out the idle timeout, then is closed.
+    let addr = srv.addr.clone();
+    let idle_for = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let (status, body) = exchange(&mut s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200, "{body}");
+        let answered = std::time::Instant::now();
+        assert!(closed_by(&mut s, answered + Duration::from_secs(30)));
+        answered.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(
+        idle_for >= Duration::from_millis(2_500),
+        "an idle connection was closed after {idle_for:?}, before the 3 s idle timeout"
+    );
+
+    // An event stream of a plan that has not ended sends keep-alive comments, and they keep
+    // it open past the idle timeout.
+    let r = http
+        .post(format!("{}/v1/plans", srv.base))
+        .json(&plan_doc("quiet", vec![echo_step("a")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let stream = reqwest::Client::new()
+        .get(format!("{}/v1/plans/quiet/events/stream", srv.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let started = std::time::Instant::now();
+    let mut stream = stream;
+    let mut text = String::new();
+    let comments = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let chunk = stream
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            let n = text.lines().filter(|l| l.starts_with(':')).count();
+            if started.elapsed() > Duration::from_secs(4) {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("keep-alive comments keep coming");
+    assert!(
+        comments >= 4,
+        "{comments} keep-alive comments in 4 s: {text}"
+    );
+}
+
+/// What hyper refuses before the router sees it still answers the JSON error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http_answers_the_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let (srv, _) = Server::start(&db, &["--no-auth"]);
+    let addr = srv.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let huge = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(128 * 1024)
+        );
+        for (request, want, code) in [
+            (
+                b"\x00\x01 not http at all\r\n\r\n".to_vec(),
+                400,
+                "bad_request",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(),
+                400,
+                "bad_request",
+            ),
+            (huge.into_bytes(), 431, "headers_too_large"),
+        ] {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            let (status, body) = exchange(&mut s, &request);
+            assert_eq!(status, want, "{body}");
+            let v: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("not the JSON error ({e}): {body:?}"));
+            assert_eq!(v["error"]["code"], code, "{v}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+// ---- expiring tokens ----------------------------------------------------------------------
+
+/// Waits (bounded) until `token` is refused, and returns the refusal.
+async fn refused_once_expired(api: &Api, token: &str) -> Resp {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.call(Method::GET, "/v1/plans", Some(token), None).await;
+        if r.status != 200 {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tokens made with `cairn token create --expires-in` or `POST /v1/tokens {"expires_in"}` say
+/// when they expire (RFC 3339 UTC) and are refused with 401 "token expired at …" from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_may_expire() {
+    let w = World::new();
+    let create = |expires: &str| {
+        let out = Command::new(BIN)
+            .args(["token", "create", "--user", "tess", "--role", "viewer"])
+            .args(["--expires-in", expires, "--json", "--db"])
+            .arg(&w.db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let week = create("7d");
+    let short = create("2s");
+    let is_rfc3339_utc = |v: &Value| {
+        let s = v.as_str().unwrap_or("");
+        s.len() == 27 && s.ends_with('Z') && &s[10..11] == "T" && &s[19..20] == "."
+    };
+    assert!(is_rfc3339_utc(&week["expires_at"]), "{week}");
+    assert!(is_rfc3339_utc(&short["expires_at"]), "{short}");
+    let bad = Command::new(BIN)
+        .args(["token", "create", "--user", "tess", "--role", "viewer"])
+        .args(["--expires-in", "soon", "--db"])
+        .arg(&w.db)
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a bad duration is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("soon"));
+
+    let admin = Auth(&w.api, Some(&w.admin));
+    let made = admin
+        .post(
+            "/v1/tokens",
+            json!({"user": "ann", "role": "viewer", "expires_in": 2}),
+        )
+        .await
+        .expect(201, "an expiring token");
+    assert!(is_rfc3339_utc(&made.body["expires_at"]), "{}", made.text);
+    admin
+        .post(
+            "/v1/tokens",
+            json!({"user": "ann", "role": "viewer", "expires_in": 0}),
+        )
+        .await
+        .expect(422, "expires_in 0");
+    let listed = admin.get("/v1/tokens").await.expect(200, "list");
+    assert!(listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["expires_at"] == made.body["expires_at"]));
+
+    for (token, expires_at) in [
+        (short["token"].as_str().unwrap(), &short["expires_at"]),
+        (
+            made.body["token"].as_str().unwrap(),
+            &made.body["expires_at"],
+        ),
+    ] {
+        let r = refused_once_expired(&w.api, token)
+            .await
+            .expect(401, "expired");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "token expired at {}",
+                expires_at.as_str().unwrap()
+            )),
+            "{message}"
+        );
+    }
+    // The week-long token still works.
+    w.api
+        .call(Method::GET, "/v1/plans", week["token"].as_str(), None)
+        .await
+        .expect(200, "a token that has not expired");
+}
+
+/// Past `--max-connections`, a client waits in the backlog until a connection closes (here the
+/// silent ones, at the head timeout), then is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_holds_extra_clients_until_a_slot_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let (srv, _) = Server::start(
+        &db,
+        &[
+            "--no-auth",
+            "--max-connections",
+            "2",
+            "--header-timeout",
+            "1s",
+        ],
+    );
+    let silent: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&srv.addr).unwrap())
+        .collect();
+    let asked = std::time::Instant::now();
+    let r = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .get(format!("{}/healthz", srv.base))
+        .send()
+        .await
+        .expect("served once a slot frees");
+    assert_eq!(r.status(), 200);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "answered after {waited:?}, while both slots were held by silent connections"
+    );
+    drop(silent);
+}

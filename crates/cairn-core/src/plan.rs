@@ -247,6 +247,8 @@ impl Format {
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
+        // `.` and `..` (any all-dot id) would name a path segment, not a plan or step.
+        && !id.bytes().all(|b| b == b'.')
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))

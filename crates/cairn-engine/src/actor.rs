@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 use crate::engine::{now_micros, Inner};
 use crate::executor::{ExecError, StopSignal, Task};
+use crate::remote::Ack;
 use crate::EngineError;
 
 /// Most messages decided together before one commit.
@@ -40,6 +41,8 @@ pub(crate) enum Msg {
         step_id: String,
         attempt: u32,
         result: StepResult,
+        /// Answered once the outcome is committed (a remote worker's report waits for it).
+        ack: Option<Ack>,
     },
     /// A copy of the current state.
     Read {
@@ -130,7 +133,7 @@ impl PlanActor {
                     }
                 }
                 _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
-                    if !self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)]).await {
+                    if !self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new()).await {
                         return;
                     }
                 }
@@ -140,11 +143,18 @@ impl PlanActor {
                     }
                 }
                 _ = async { tokio::time::sleep_until(unload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if unload_at.is_some() => {
-                    if self.idle_and_done() && self.inner.unload(&self.state.plan_id, &self.tx) {
-                        // Answer anything that raced in before the unload, then stop.
+                    if self.idle_and_done()
+                        && self.inner.unload_if_quiet(&self.state.plan_id, &self.tx, &mut self.rx)
+                    {
+                        // What raced in through an old copy of the sender is handed back, not
+                        // decided: dropping a command drops its reply, and the sender delivers
+                        // it again to the plan's next actor. Deciding it here could commit
+                        // after that actor loaded the log.
                         while let Ok(msg) = self.rx.try_recv() {
-                            if !self.batch(msg).await {
-                                break;
+                            if let Msg::Outcome { step_id, attempt, .. } = msg {
+                                // Dropping the outcome drops its ack: a waiting report hears
+                                // that nothing was recorded.
+                                debug!(plan_id = %self.state.plan_id, %step_id, attempt, "late outcome of an unloaded plan dropped");
                             }
                         }
                         let _ = self
@@ -218,6 +228,7 @@ impl PlanActor {
         let mut work: Vec<(Command, String, Option<ReplyTo>)> = Vec::new();
         let mut keep_going = true;
         let mut reads = Vec::new();
+        let mut acks = Vec::new();
         let mut push = |msg: Msg, work: &mut Vec<_>| match msg {
             Msg::Command {
                 command,
@@ -228,15 +239,19 @@ impl PlanActor {
                 step_id,
                 attempt,
                 result,
-            } => work.push((
-                Command::Outcome {
-                    step_id,
-                    attempt,
-                    result,
-                },
-                SYSTEM_ACTOR.to_owned(),
-                None,
-            )),
+                ack,
+            } => {
+                acks.extend(ack);
+                work.push((
+                    Command::Outcome {
+                        step_id,
+                        attempt,
+                        result,
+                    },
+                    SYSTEM_ACTOR.to_owned(),
+                    None,
+                ))
+            }
             Msg::Read { reply } => reads.push(reply),
             Msg::Stop => keep_going = false,
         };
@@ -261,7 +276,7 @@ impl PlanActor {
                 self.inflight.remove(&(step_id.clone(), *attempt));
             }
         }
-        if !work.is_empty() && !self.decide_and_commit(work).await {
+        if !work.is_empty() && !self.decide_and_commit(work, acks).await {
             return false;
         }
         if !keep_going {
@@ -271,10 +286,19 @@ impl PlanActor {
         keep_going
     }
 
-    /// Returns false when the actor must stop (the plan could not be reloaded after a failed
-    /// append).
-    async fn decide_and_commit(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>) -> bool {
-        let before = self.state.seq;
+    /// Decides `work` and commits the events. When the append meets a seq conflict (this actor
+    /// loaded the log just before another actor's last commit), the plan is reloaded and the
+    /// same work decided once more against the fresh state; nothing of the failed append was
+    /// stored, so deciding again cannot apply anything twice. Any other failure answers every
+    /// caller with an error, backs off (timers hold off too), reloads the plan from the store
+    /// and delivers the batch's attempt outcomes again after the backoff: they happened, only
+    /// their record failed. `acks` are answered once the outcome is settled: committed, or known
+    /// not to be. Returns false when the actor must stop (the plan could not be reloaded).
+    async fn decide_and_commit(
+        &mut self,
+        work: Vec<(Command, String, Option<ReplyTo>)>,
+        acks: Vec<Ack>,
+    ) -> bool {
         // Kept to be delivered again if the append fails: the attempts really ended.
         let outcomes: Vec<(String, u32, StepResult)> = work
             .iter()
@@ -287,16 +311,82 @@ impl PlanActor {
                 _ => None,
             })
             .collect();
+        let (commands, mut replies): (Vec<(Command, String)>, Vec<Option<ReplyTo>>) = work
+            .into_iter()
+            .map(|(command, actor, reply)| ((command, actor), reply))
+            .unzip();
+        let mut again = Some(commands.clone());
+        let mut commands = commands;
+        loop {
+            let Err(e) = self.try_commit(commands, &mut replies).await else {
+                self.retry_delay = Duration::ZERO;
+                self.hold_until = None;
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
+                return true;
+            };
+            warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
+            let conflict = matches!(e, cairn_store::StoreError::SeqConflict { .. });
+            let err = EngineError::from(e);
+            if conflict && again.is_some() {
+                if !self.reload().await {
+                    Self::refuse(err, acks, replies);
+                    return false;
+                }
+                self.reconcile();
+                commands = again.take().unwrap_or_default();
+                continue;
+            }
+            Self::refuse(err, acks, replies);
+            self.retry_delay = (self.retry_delay * 2).clamp(Duration::from_millis(100), MAX_RETRY);
+            self.hold_until = Some(tokio::time::Instant::now() + self.retry_delay);
+            if !self.reload().await {
+                return false;
+            }
+            self.reconcile();
+            self.redeliver(outcomes);
+            return true;
+        }
+    }
+
+    /// Answers every caller of a batch whose append failed.
+    fn refuse(err: EngineError, acks: Vec<Ack>, replies: Vec<Option<ReplyTo>>) {
+        let message = err.to_string();
+        for ack in acks {
+            let _ = ack.send(Err(message.clone()));
+        }
+        for reply in replies.into_iter().flatten() {
+            let answer = match &err {
+                EngineError::StorageUnavailable(why) => {
+                    EngineError::StorageUnavailable(why.clone())
+                }
+                _ => EngineError::Store(cairn_store::StoreError::Backend(message.clone())),
+            };
+            let _ = reply.send(Err(answer));
+        }
+    }
+
+    /// Decides the commands in order and commits their events in one append. On success every
+    /// reply in `replies` (one per command, if any) is answered; on failure none is, and the
+    /// in-memory state is ahead of the store (the caller reloads).
+    async fn try_commit(
+        &mut self,
+        commands: Vec<(Command, String)>,
+        replies: &mut [Option<ReplyTo>],
+    ) -> Result<(), cairn_store::StoreError> {
+        let before = self.state.seq;
         let now = now_micros();
         let mut events: Vec<Event> = Vec::new();
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
-        let mut answers: Vec<(ReplyTo, Result<Pending, EngineError>)> = Vec::new();
+        let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
         let inner = &*self.inner;
         // Agent types with no local executor go to the remote-worker queue, when there is one:
         // their attempts start `queued` until a worker claims them.
         let queued = |agent_type: &str| inner.registry.get(agent_type).is_none();
-        for (command, actor, reply) in work {
+        for (i, (command, actor)) in commands.into_iter().enumerate() {
+            let wants = replies.get(i).is_some_and(Option::is_some);
             let ctx = Ctx { now, actor: &actor };
             // An engine that runs no attempt must not record one: its ready steps start when a
             // driver takes the plan over.
@@ -316,9 +406,9 @@ impl PlanActor {
             match result {
                 Ok(decision) => {
                     events.extend(decision.events);
-                    if let Some(reply) = reply {
+                    if wants {
                         answers.push((
-                            reply,
+                            i,
                             Ok(Pending {
                                 events: start..events.len(),
                                 intervention: decision.intervention,
@@ -328,70 +418,44 @@ impl PlanActor {
                     }
                 }
                 Err(refusal) => {
-                    if let Some(reply) = reply {
-                        answers.push((reply, Err(refusal.into())));
+                    if wants {
+                        answers.push((i, Err(refusal.into())));
                     }
                 }
             }
         }
-        if events.is_empty() {
-            let shared = self.shared();
-            for (reply, answer) in answers {
-                let _ = reply.send(answer.map(|p| p.answer(&[], shared.clone())));
+        let published: Vec<Arc<Event>> = if events.is_empty() {
+            Vec::new()
+        } else {
+            let append = Append {
+                plan_id: self.state.plan_id.clone(),
+                expected_seq: before,
+                fence: Some(self.fence.clone()),
+                state: Some(self.state.status.as_str().to_owned()),
+                events: events.iter().map(crate::convert::to_new).collect(),
+            };
+            let stored = self.inner.store.append(append).await?;
+            for (e, s) in events.iter_mut().zip(&stored) {
+                e.id = s.id;
             }
-            return true;
-        }
-        let append = Append {
-            plan_id: self.state.plan_id.clone(),
-            expected_seq: before,
-            fence: Some(self.fence.clone()),
-            state: Some(self.state.status.as_str().to_owned()),
-            events: events.iter().map(crate::convert::to_new).collect(),
+            self.shared = None;
+            let published: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+            self.inner.publish(published.clone());
+            published
         };
-        match self.inner.store.append(append).await {
-            Ok(stored) => {
-                for (e, s) in events.iter_mut().zip(&stored) {
-                    e.id = s.id;
+        if !answers.is_empty() {
+            let shared = self.shared();
+            for (i, answer) in answers {
+                if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
+                    let _ = reply.send(answer.map(|p| p.answer(&published, shared.clone())));
                 }
-                self.shared = None;
-                let published: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
-                self.inner.publish(published.clone());
-                if !answers.is_empty() {
-                    let shared = self.shared();
-                    for (reply, answer) in answers {
-                        let _ = reply.send(answer.map(|p| p.answer(&published, shared.clone())));
-                    }
-                }
-                self.act(&published);
-                self.maybe_snapshot();
-                self.retry_delay = Duration::ZERO;
-                self.hold_until = None;
-                true
-            }
-            Err(e) => {
-                warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
-                let err = EngineError::from(e);
-                let message = err.to_string();
-                for (reply, _) in answers {
-                    let answer = match &err {
-                        EngineError::StorageUnavailable(why) => {
-                            EngineError::StorageUnavailable(why.clone())
-                        }
-                        _ => EngineError::Store(cairn_store::StoreError::Backend(message.clone())),
-                    };
-                    let _ = reply.send(Err(answer));
-                }
-                self.retry_delay =
-                    (self.retry_delay * 2).clamp(Duration::from_millis(100), MAX_RETRY);
-                self.hold_until = Some(tokio::time::Instant::now() + self.retry_delay);
-                if !self.reload().await {
-                    return false;
-                }
-                self.reconcile();
-                self.redeliver(outcomes);
-                true
             }
         }
+        if !published.is_empty() {
+            self.act(&published);
+            self.maybe_snapshot();
+        }
+        Ok(())
     }
 
     /// Replaces the in-memory state with the store's, trying a few times (reads usually work
@@ -425,9 +489,10 @@ impl PlanActor {
     /// attempts the reloaded state still counts as running.
     fn redeliver(&self, outcomes: Vec<(String, u32, StepResult)>) {
         for (step_id, attempt, result) in outcomes {
-            let running = self.state.step(&step_id).is_some_and(|s| {
-                s.rec.status == cairn_core::StepStatus::Running && s.rec.attempts == attempt
-            });
+            let running = self
+                .state
+                .step(&step_id)
+                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == attempt);
             if !running {
                 continue;
             }
@@ -439,6 +504,7 @@ impl PlanActor {
                     step_id,
                     attempt,
                     result,
+                    ack: None,
                 });
             });
         }
@@ -503,6 +569,7 @@ impl PlanActor {
                         error: e,
                         retryable: false,
                     },
+                    ack: None,
                 });
                 return;
             }
@@ -520,10 +587,12 @@ impl PlanActor {
             query: self.state.query.clone(),
         };
         let executor = self.inner.executor_for(&def.agent_type);
+        let remote = self.inner.opts.remote.clone();
         let (stop_tx, stop) = StopSignal::new();
         self.inflight.insert((step_id.clone(), attempt), stop_tx);
         debug!(plan_id = %task.plan_id, step_id = %step_id, attempt, "dispatch");
         tokio::spawn(async move {
+            let key = task.idempotency_key.clone();
             let result = match executor {
                 None => Err(ExecError::fatal(format!(
                     "no executor is registered for agent type {:?}",
@@ -562,10 +631,13 @@ impl PlanActor {
                     retryable: e.retryable,
                 },
             };
+            // A remote worker's report that waits for this outcome to be durable rides along.
+            let ack = remote.and_then(|q| q.take_ack(&key, attempt));
             let _ = tx.send(Msg::Outcome {
                 step_id,
                 attempt,
                 result,
+                ack,
             });
         });
     }

@@ -71,11 +71,23 @@ impl Default for EngineOptions {
     }
 }
 
+/// The live actors, one per plan at most. `unloads` counts removals: a load that began before
+/// a removal may have read the log before the removed actor's last commit, so it is redone.
+#[derive(Default)]
+struct Plans {
+    live: HashMap<String, mpsc::UnboundedSender<Msg>>,
+    unloads: u64,
+}
+
+/// How often a command is delivered again when the actor it reached stopped before deciding it
+/// (an unloading actor hands back what it has not decided; see [`Inner::unload_if_quiet`]).
+const DELIVERIES: usize = 8;
+
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: Registry,
     pub(crate) opts: EngineOptions,
-    plans: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+    plans: Mutex<Plans>,
     publisher: mpsc::UnboundedSender<Vec<Arc<Event>>>,
     stream: broadcast::Sender<Arc<Event>>,
     closed: std::sync::atomic::AtomicBool,
@@ -99,9 +111,41 @@ impl Inner {
         let Ok(mut plans) = self.plans.lock() else {
             return false;
         };
-        match plans.get(plan_id) {
+        plans.remove_if(plan_id, tx)
+    }
+
+    /// Like [`Inner::unload`], but only while nothing waits in the actor's mailbox, and the
+    /// mailbox is closed before the registry lock is let go. A command sent through a copy of
+    /// the sender taken just before then fails to send or stays queued; the actor drops what
+    /// stayed queued without deciding it, and [`Engine::send`] delivers it again to the next
+    /// actor. So one plan never has two actors deciding at the same time.
+    pub(crate) fn unload_if_quiet(
+        &self,
+        plan_id: &str,
+        tx: &mpsc::UnboundedSender<Msg>,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+    ) -> bool {
+        let Ok(mut plans) = self.plans.lock() else {
+            return false;
+        };
+        if !rx.is_empty() || !plans.remove_if(plan_id, tx) {
+            return false;
+        }
+        rx.close();
+        true
+    }
+
+    fn live(&self, plan_id: &str) -> Option<mpsc::UnboundedSender<Msg>> {
+        self.plans.lock().ok()?.live.get(plan_id).cloned()
+    }
+}
+
+impl Plans {
+    fn remove_if(&mut self, plan_id: &str, tx: &mpsc::UnboundedSender<Msg>) -> bool {
+        match self.live.get(plan_id) {
             Some(current) if current.same_channel(tx) => {
-                plans.remove(plan_id);
+                self.live.remove(plan_id);
+                self.unloads += 1;
                 true
             }
             _ => false,
@@ -227,7 +271,7 @@ impl Engine {
                 store,
                 registry,
                 opts,
-                plans: Mutex::new(HashMap::new()),
+                plans: Mutex::new(Plans::default()),
                 publisher,
                 stream,
                 closed: std::sync::atomic::AtomicBool::new(false),
@@ -275,52 +319,65 @@ impl Engine {
         &self.inner.registry
     }
 
-    /// The actor of a plan, loading it from the store if needed.
-    async fn actor(&self, plan_id: &str) -> Result<mpsc::UnboundedSender<Msg>, EngineError> {
-        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(EngineError::ShuttingDown);
+    /// Hands a message to a plan's actor, loading the plan from the store if it has none. A
+    /// freshly loaded actor gets the message before it starts, so it cannot unload first.
+    async fn deliver(&self, plan_id: &str, mut msg: Msg) -> Result<(), EngineError> {
+        let mut reloads = 0;
+        loop {
+            if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(EngineError::ShuttingDown);
+            }
+            let (found, unloads) = {
+                let plans = self
+                    .inner
+                    .plans
+                    .lock()
+                    .map_err(|_| EngineError::ShuttingDown)?;
+                (plans.live.get(plan_id).cloned(), plans.unloads)
+            };
+            if let Some(tx) = found {
+                match tx.send(msg) {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::SendError(back)) => {
+                        msg = back;
+                        self.inner.unload(plan_id, &tx);
+                        continue;
+                    }
+                }
+            }
+            let fence = self
+                .inner
+                .store
+                .claim(
+                    plan_id,
+                    &self.inner.opts.node_id,
+                    self.inner.opts.lease_ms,
+                    now_micros(),
+                )
+                .await?;
+            let (state, snapshot_seq) = load_state(&*self.inner.store, plan_id).await?;
+            let mut plans = self
+                .inner
+                .plans
+                .lock()
+                .map_err(|_| EngineError::ShuttingDown)?;
+            // Another caller may have loaded it meanwhile: use that actor. An actor (of any plan)
+            // that left after this load read the log may have committed after the read: load
+            // again. The count is shared by all plans, so under heavy churn the load is taken
+            // after a few tries; an actor that starts stale meets a seq conflict on its first
+            // append, reloads and decides again (see the actor's commit).
+            if plans.live.contains_key(plan_id) || (plans.unloads != unloads && reloads < 16) {
+                reloads += 1;
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(msg);
+            plans.live.insert(plan_id.to_owned(), tx.clone());
+            drop(plans);
+            let actor = PlanActor::new(self.inner.clone(), state, fence, snapshot_seq, rx, tx);
+            tokio::spawn(actor.run());
+            return Ok(());
         }
-        if let Some(tx) = self
-            .inner
-            .plans
-            .lock()
-            .ok()
-            .and_then(|p| p.get(plan_id).cloned())
-        {
-            return Ok(tx);
-        }
-        let fence = self
-            .inner
-            .store
-            .claim(
-                plan_id,
-                &self.inner.opts.node_id,
-                self.inner.opts.lease_ms,
-                now_micros(),
-            )
-            .await?;
-        let (state, snapshot_seq) = load_state(&*self.inner.store, plan_id).await?;
-        let mut plans = self
-            .inner
-            .plans
-            .lock()
-            .map_err(|_| EngineError::ShuttingDown)?;
-        if let Some(tx) = plans.get(plan_id) {
-            return Ok(tx.clone());
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        plans.insert(plan_id.to_owned(), tx.clone());
-        drop(plans);
-        let actor = PlanActor::new(
-            self.inner.clone(),
-            state,
-            fence,
-            snapshot_seq,
-            rx,
-            tx.clone(),
-        );
-        tokio::spawn(actor.run());
-        Ok(tx)
     }
 
     /// Sends a command to a plan's actor and waits for the committed answer.
@@ -330,28 +387,21 @@ impl Engine {
         command: Command,
         actor: String,
     ) -> Result<Answer, EngineError> {
-        // An actor that unloaded itself between lookup and send drops the message: try again
-        // once with a freshly loaded one.
-        for _ in 0..3 {
-            let tx = self.actor(plan_id).await?;
+        // An actor that stops before deciding a command drops its reply: deliver it again (to a
+        // freshly loaded actor if need be).
+        for _ in 0..DELIVERIES {
             let (reply, rx) = oneshot::channel();
-            if tx
-                .send(Msg::Command {
+            self.deliver(
+                plan_id,
+                Msg::Command {
                     command: command.clone(),
                     actor: actor.clone(),
                     reply,
-                })
-                .is_err()
-            {
-                self.inner.unload(plan_id, &tx);
-                continue;
-            }
-            match rx.await {
-                Ok(answer) => return answer,
-                Err(_) => {
-                    self.inner.unload(plan_id, &tx);
-                    continue;
-                }
+                },
+            )
+            .await?;
+            if let Ok(answer) = rx.await {
+                return answer;
             }
         }
         Err(EngineError::ShuttingDown)
@@ -375,6 +425,22 @@ impl Engine {
         origin: Option<Box<Origin>>,
         actor: &str,
     ) -> Result<PlanState, EngineError> {
+        let (state, events) = self
+            .create_quietly(plan_id, definition, origin, actor)
+            .await?;
+        self.inner.publish(events);
+        Ok(state)
+    }
+
+    /// Stores a new plan and returns its events without publishing them (the caller does, once
+    /// the plan is sure to stay).
+    async fn create_quietly(
+        &self,
+        plan_id: String,
+        definition: Plan,
+        origin: Option<Box<Origin>>,
+        actor: &str,
+    ) -> Result<(PlanState, Vec<Arc<Event>>), EngineError> {
         let mut state = PlanState::empty(&plan_id);
         let now = now_micros();
         let decision = cairn_core::handle(
@@ -401,8 +467,7 @@ impl Engine {
                 Arc::new(e)
             })
             .collect();
-        self.inner.publish(events);
-        Ok(state)
+        Ok((state, events))
     }
 
     /// Starts an idle plan (a `Conflict` refusal otherwise); answers with the state once the
@@ -556,13 +621,7 @@ impl Engine {
 
     /// The current state of a plan.
     pub async fn state(&self, plan_id: &str) -> Result<Arc<PlanState>, EngineError> {
-        let live = self
-            .inner
-            .plans
-            .lock()
-            .ok()
-            .and_then(|p| p.get(plan_id).cloned());
-        if let Some(tx) = live {
+        if let Some(tx) = self.inner.live(plan_id) {
             let (reply, rx) = oneshot::channel();
             if tx.send(Msg::Read { reply }).is_ok() {
                 if let Ok(state) = rx.await {
@@ -715,8 +774,11 @@ impl Engine {
         }
         let mut definition = state.definition();
         definition.plan_id = Some(new_id.clone());
-        let forked = self
-            .create(
+        // The new plan and the source's `plan_forked` record are two commits. If the record
+        // cannot be made, the new plan is deleted again (its events were never published), so
+        // a fork that fails leaves no plan behind.
+        let (forked, events) = self
+            .create_quietly(
                 new_id.clone(),
                 definition,
                 Some(Box::new(Origin {
@@ -728,16 +790,24 @@ impl Engine {
                 actor,
             )
             .await?;
-        self.send(
-            plan_id,
-            Command::RecordFork {
-                checkpoint_id: view.checkpoint_id,
-                new_plan_id: new_id,
-                reason,
-            },
-            actor.into(),
-        )
-        .await?;
+        let recorded = self
+            .send(
+                plan_id,
+                Command::RecordFork {
+                    checkpoint_id: view.checkpoint_id,
+                    new_plan_id: new_id.clone(),
+                    reason,
+                },
+                actor.into(),
+            )
+            .await;
+        if let Err(e) = recorded {
+            if let Err(undo) = self.inner.store.delete_plan(&new_id).await {
+                tracing::warn!(plan_id = %new_id, error = %undo, "a failed fork's new plan could not be deleted");
+            }
+            return Err(e);
+        }
+        self.inner.publish(events);
         Ok(forked)
     }
 
@@ -869,12 +939,11 @@ impl Engine {
             )
             .into());
         }
-        let live = self
-            .inner
-            .plans
-            .lock()
-            .ok()
-            .and_then(|mut p| p.remove(plan_id));
+        let live = self.inner.plans.lock().ok().and_then(|mut p| {
+            let tx = p.live.remove(plan_id)?;
+            p.unloads += 1;
+            Some(tx)
+        });
         if let Some(tx) = live {
             let _ = tx.send(Msg::Stop);
         }
@@ -938,7 +1007,7 @@ impl Engine {
             .inner
             .plans
             .lock()
-            .map(|mut p| p.drain().map(|(_, tx)| tx).collect())
+            .map(|mut p| p.live.drain().map(|(_, tx)| tx).collect())
             .unwrap_or_default();
         for tx in actors {
             let _ = tx.send(Msg::Stop);

@@ -56,9 +56,19 @@ pub enum RemoteError {
     /// Another worker holds the task.
     #[error("task {task_id} is leased to another worker, not {worker_id}")]
     WrongWorker { task_id: String, worker_id: String },
+    /// The report was taken but its plan could not record it (the store failed, or did not
+    /// answer in time). The worker may report again only if the task is handed out again.
+    #[error("the result of task {task_id} could not be recorded: {reason}")]
+    NotRecorded { task_id: String, reason: String },
 }
 
 type Reply = Result<ExecOutput, ExecError>;
+
+/// Told once the plan's log holds the outcome of a reported task (or why it does not).
+pub(crate) type Ack = oneshot::Sender<Result<(), String>>;
+
+/// The longest a worker's report waits for its outcome to be recorded.
+const RECORD_WAIT: Duration = Duration::from_secs(30);
 
 struct Entry {
     task: Task,
@@ -84,6 +94,9 @@ struct State {
     /// agent type → seq → task id, of tasks not handed out yet.
     queued: HashMap<String, BTreeMap<u64, String>>,
     next_seq: u64,
+    /// Reports waiting for their outcome to be durable, by (idempotency key, attempt): the
+    /// plan's actor takes the ack with the outcome and answers it after the commit.
+    acks: HashMap<(String, u32), Ack>,
 }
 
 struct Shared {
@@ -325,10 +338,22 @@ impl RemoteQueue {
         })
     }
 
-    fn resolve(&self, task_id: &str, worker_id: &str, reply: Reply) -> Result<(), RemoteError> {
+    fn resolve(
+        &self,
+        task_id: &str,
+        worker_id: &str,
+        reply: Reply,
+        ack: Option<Ack>,
+    ) -> Result<(), RemoteError> {
         let mut st = self.state();
         Self::held(&mut st, task_id, worker_id)?;
         if let Some(mut entry) = st.tasks.remove(task_id) {
+            if let Some(ack) = ack {
+                st.acks.insert(
+                    (entry.task.idempotency_key.clone(), entry.task.attempt),
+                    ack,
+                );
+            }
             if let Some(tx) = entry.reply.take() {
                 let _ = tx.send(reply);
             }
@@ -336,7 +361,43 @@ impl RemoteQueue {
         Ok(())
     }
 
-    /// The worker finished the task.
+    /// Reports `reply` and waits until the plan's log holds the outcome: an answered report
+    /// survives a crash. A plan that is gone (deleted) leaves the task unknown.
+    async fn resolve_recorded(
+        &self,
+        task_id: &str,
+        worker_id: &str,
+        reply: Reply,
+    ) -> Result<(), RemoteError> {
+        let (ack, recorded) = oneshot::channel();
+        self.resolve(task_id, worker_id, reply, Some(ack))?;
+        match tokio::time::timeout(RECORD_WAIT, recorded).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(RemoteError::NotRecorded {
+                task_id: task_id.to_owned(),
+                reason,
+            }),
+            // The outcome was dropped unrecorded: its plan stopped being driven (deleted).
+            Ok(Err(_)) => Err(RemoteError::UnknownTask(task_id.to_owned())),
+            Err(_) => Err(RemoteError::NotRecorded {
+                task_id: task_id.to_owned(),
+                reason: format!("not recorded within {} s", RECORD_WAIT.as_secs()),
+            }),
+        }
+    }
+
+    /// The ack waiting for the outcome of attempt `attempt` of `idempotency_key`, if a report
+    /// waits for it.
+    pub(crate) fn take_ack(&self, idempotency_key: &str, attempt: u32) -> Option<Ack> {
+        let mut st = self.state();
+        if st.acks.is_empty() {
+            return None;
+        }
+        st.acks.remove(&(idempotency_key.to_owned(), attempt))
+    }
+
+    /// The worker finished the task (the answer does not wait for the plan to record it; see
+    /// [`RemoteQueue::complete_recorded`]).
     pub fn complete(
         &self,
         task_id: &str,
@@ -344,7 +405,7 @@ impl RemoteQueue {
         output: Value,
         scores: Option<Map<String, Value>>,
     ) -> Result<(), RemoteError> {
-        self.resolve(task_id, worker_id, Ok(ExecOutput { output, scores }))
+        self.resolve(task_id, worker_id, Ok(ExecOutput { output, scores }), None)
     }
 
     /// The worker failed the task; `retryable: false` when trying again cannot help.
@@ -362,7 +423,39 @@ impl RemoteQueue {
                 message: error,
                 retryable,
             }),
+            None,
         )
+    }
+
+    /// Like [`RemoteQueue::complete`], answering once the outcome is durable in the plan's log.
+    pub async fn complete_recorded(
+        &self,
+        task_id: &str,
+        worker_id: &str,
+        output: Value,
+        scores: Option<Map<String, Value>>,
+    ) -> Result<(), RemoteError> {
+        self.resolve_recorded(task_id, worker_id, Ok(ExecOutput { output, scores }))
+            .await
+    }
+
+    /// Like [`RemoteQueue::fail`], answering once the outcome is durable in the plan's log.
+    pub async fn fail_recorded(
+        &self,
+        task_id: &str,
+        worker_id: &str,
+        error: String,
+        retryable: bool,
+    ) -> Result<(), RemoteError> {
+        self.resolve_recorded(
+            task_id,
+            worker_id,
+            Err(ExecError {
+                message: error,
+                retryable,
+            }),
+        )
+        .await
     }
 
     fn enqueue(

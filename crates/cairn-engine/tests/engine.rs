@@ -1459,3 +1459,77 @@ async fn a_slow_observer_never_stalls_the_engine_and_catches_up() {
     assert_eq!(got, expected, "every checkpoint, once, in order");
     drop(handle);
 }
+
+/// An ended plan is unloaded as soon as it is quiet; commands racing that unload are decided
+/// by exactly one actor at a time: none fails, every checkpoint gets its own seq, and every
+/// fork that answered exists and is recorded in the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_to_an_ended_plan_are_all_decided_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
+    let engine = Engine::open(
+        Arc::new(store),
+        Registry::with_builtins(),
+        EngineOptions {
+            idle_unload_ms: 0,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    engine
+        .register(
+            plan("plan_id: ended\nquery: q\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n"),
+            "t",
+        )
+        .await
+        .unwrap();
+    engine.cancel("ended", "t", None).await.unwrap();
+    let cp = engine
+        .create_checkpoint("ended", None, "t", None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let engine = engine.clone();
+        let cid = cp.checkpoint_id.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                engine
+                    .create_checkpoint("ended", None, "t", None)
+                    .await
+                    .map(|c| c.seq)
+            } else {
+                engine
+                    .fork("ended", &cid, Some(format!("f{i}")), "t", None)
+                    .await
+                    .map(|_| 0)
+            }
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(60), t)
+            .await
+            .unwrap()
+            .unwrap();
+        let seq = r.unwrap_or_else(|e| panic!("a command to an ended plan failed: {e}"));
+        if seq > 0 {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 150, "each checkpoint has its own seq");
+    for i in (1..300).step_by(2) {
+        engine.view(&format!("f{i}")).await.unwrap();
+    }
+    let forked = engine
+        .events("ended", 0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind.type_name() == "plan_forked")
+        .count();
+    assert_eq!(forked, 150);
+}

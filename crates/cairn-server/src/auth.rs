@@ -108,6 +108,9 @@ pub struct NewToken {
     /// The secret: shown now, never again.
     pub token: String,
     pub created_at: i64,
+    /// When the token stops being accepted (RFC 3339, UTC); absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// A token as listed (never the secret nor its hash).
@@ -119,6 +122,9 @@ pub struct TokenInfo {
     pub created_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
+    /// When the token stops being accepted (RFC 3339, UTC); absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl From<TokenRow> for TokenInfo {
@@ -129,8 +135,34 @@ impl From<TokenRow> for TokenInfo {
             role: t.role,
             created_at: t.created_at,
             revoked_at: t.revoked_at,
+            expires_at: t.expires_at.map(rfc3339),
         }
     }
+}
+
+/// Microseconds since the Unix epoch as an RFC 3339 UTC timestamp with microseconds, e.g.
+/// `2026-12-02T10:27:49.123456Z`.
+pub fn rfc3339(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
 }
 
 /// Is `user` a name we accept: 1 to 128 printable characters without spaces?
@@ -148,6 +180,16 @@ pub async fn create_token(
     user: &str,
     role: Role,
 ) -> Result<NewToken, StoreError> {
+    create_expiring_token(store, user, role, None).await
+}
+
+/// Like [`create_token`], for a token refused from `expires_at` (µs since the epoch) on.
+pub async fn create_expiring_token(
+    store: &dyn Store,
+    user: &str,
+    role: Role,
+    expires_at: Option<i64>,
+) -> Result<NewToken, StoreError> {
     let token = format!("cairn_{}", random_hex(32)?);
     let id = format!("tok_{}", random_hex(8)?);
     let created_at = cairn_engine::now_micros();
@@ -159,6 +201,7 @@ pub async fn create_token(
             hash: hash_token(&token),
             created_at,
             revoked_at: None,
+            expires_at,
         })
         .await?;
     Ok(NewToken {
@@ -167,6 +210,7 @@ pub async fn create_token(
         role,
         token,
         created_at,
+        expires_at: expires_at.map(rfc3339),
     })
 }
 
@@ -175,8 +219,16 @@ pub async fn create_token(
 /// server runs) within this time.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// A token as the cache keeps it: who it is, and until when (checked on every use, so the
+/// cache never stretches a token's life).
+#[derive(Clone)]
+struct Known {
+    principal: Principal,
+    expires_at: Option<i64>,
+}
+
 /// Token hash → (principal or refusal, when looked up).
-type TokenCache = HashMap<String, (Option<Principal>, Instant)>;
+type TokenCache = HashMap<String, (Option<Known>, Instant)>;
 
 /// Resolves tokens to principals, with a short cache so a busy client costs no store read per
 /// request.
@@ -214,7 +266,7 @@ impl Authenticator {
         }
     }
 
-    async fn lookup(&self, token: &str) -> Result<Option<Principal>, ApiError> {
+    async fn lookup(&self, token: &str) -> Result<Option<Known>, ApiError> {
         let hash = hash_token(token);
         if let Ok(cache) = self.cache.lock() {
             if let Some((p, at)) = cache.get(&hash) {
@@ -236,9 +288,12 @@ impl Authenticator {
             if !same || r.revoked_at.is_some() {
                 return None;
             }
-            Some(Principal {
-                user: r.user,
-                role: Role::parse(&r.role)?,
+            Some(Known {
+                principal: Principal {
+                    user: r.user,
+                    role: Role::parse(&r.role)?,
+                },
+                expires_at: r.expires_at,
             })
         });
         if let Ok(mut cache) = self.cache.lock() {
@@ -271,9 +326,17 @@ impl Authenticator {
         if token.len() > 256 {
             return Err(ApiError::unauthorized("invalid token"));
         }
-        self.lookup(token)
+        let known = self
+            .lookup(token)
             .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))
+            .ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))?;
+        match known.expires_at {
+            Some(at) if at <= cairn_engine::now_micros() => Err(ApiError::unauthorized(format!(
+                "token expired at {}; ask an admin for a new one",
+                rfc3339(at)
+            ))),
+            _ => Ok(known.principal),
+        }
     }
 }
 
@@ -307,4 +370,20 @@ fn ws_query_token(req: &Request) -> Option<String> {
     }
     let q = axum::extract::Query::<TokenQuery>::try_from_uri(req.uri()).ok()?;
     Some(format!("Bearer {}", q.0.token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_is_utc_with_microseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(
+            rfc3339(1_796_209_000_267_116),
+            "2026-12-02T10:56:40.267116Z"
+        );
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+    }
 }

@@ -176,7 +176,10 @@ pub async fn json_errors(resp: Response) -> Response {
         s if s >= 500 => "internal",
         _ => "http_error",
     };
-    let message = if text.is_empty() {
+    // A 413 comes from the framework's body limit: its text names the framework, not the limit.
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        crate::extract::too_large().message
+    } else if text.is_empty() {
         status
             .canonical_reason()
             .unwrap_or("the request was refused")

@@ -16,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub mod auth;
+mod conn;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -27,6 +28,7 @@ mod tokens;
 pub mod webhooks;
 
 pub use auth::{Authenticator, Principal, Role};
+pub use conn::{raise_fd_limit, ServeOptions};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -38,6 +40,9 @@ pub struct AppState {
     pub auth: Authenticator,
     /// The remote task queue (`/v1/tasks…`); `None`: those endpoints answer 404.
     pub remote: Option<cairn_engine::remote::RemoteQueue>,
+    /// How often an event stream with nothing to say sends a keep-alive comment (SSE) or a
+    /// ping (WebSocket).
+    pub keep_alive: std::time::Duration,
 }
 
 impl AppState {
@@ -46,7 +51,14 @@ impl AppState {
             engine,
             auth,
             remote: None,
+            keep_alive: streams::KEEP_ALIVE,
         }
+    }
+
+    /// Sets the keep-alive interval of event streams (default 15 s).
+    pub fn with_keep_alive(mut self, every: std::time::Duration) -> AppState {
+        self.keep_alive = every;
+        self
     }
 
     /// Serves `/v1/tasks…` from `queue` (the one given to the engine as `EngineOptions::remote`).
@@ -165,13 +177,21 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops taking requests and
-/// lets those in flight finish.
+/// lets those in flight finish. Connections get the default limits of [`ServeOptions`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, state, ServeOptions::default(), shutdown).await
+}
+
+/// Like [`serve`], with explicit connection limits and timeouts.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    conn::serve(listener, router(state), opts, shutdown).await
 }

@@ -343,7 +343,11 @@ pub async fn intervene(
 ) -> ApiResult<Response> {
     p.require(Role::Operator)?;
     let id = plan_id(&id)?;
-    let request = InterventionRequest::from_body(body)?;
+    // A body that is not an intervention is a bad request, not a bad plan.
+    let request = InterventionRequest::from_body(body).map_err(|invalid| ApiError {
+        code: "invalid_request",
+        ..ApiError::from(invalid)
+    })?;
     let dry_run = request.dry_run;
     let record = s.engine.intervene(id, request, &p.user).await?;
     let status = if dry_run {

@@ -3,7 +3,8 @@
 //!
 //! - `GET /v1/plans/{id}/events/stream`: frames `id: <seq>`, `event: <type>`, `data: <event
 //!   JSON>`. Starts after `Last-Event-ID` (header) or `?after=` (a seq), else from the plan's
-//!   first event: the plan's history, then live. Past events are read from the store page by
+//!   first event: the plan's history, then live; once the plan has ended the stream ends after
+//!   its last event, unless `?follow=true`. Past events are read from the store page by
 //!   page, then the engine's resumable subscription takes over from the global id reached, and
 //!   seqs already sent are skipped: no gap, no duplicate.
 //! - `GET /v1/events/stream`: frames `id: <global id>`. Starts after `Last-Event-ID` or `?after=`
@@ -12,7 +13,8 @@
 //!   (again to change it); the server answers `{"subscribed": {"plans": […], "after": n}}`, then
 //!   sends `{"id": <global id>, "event": <event JSON>}` for each event, `{"lagged": {"missed": n}}`
 //!   when it fell behind (the events are then replayed from the store, nothing is lost), and
-//!   `{"error": {"code", "message"}}` for a message it cannot use (the socket stays open).
+//!   `{"error": {"code", "message"}}` for a message it cannot use or a plan that does not exist
+//!   (`plan_not_found`; the socket stays open and the previous subscription holds).
 //!   Without `after`, live events only.
 //!
 //! A slow client never slows the engine: the engine's broadcast buffer is bounded and a lagging
@@ -42,8 +44,8 @@ use crate::AppState;
 
 /// Events read from the store per page while catching up.
 const PAGE: usize = 500;
-/// Keep-alive comment interval.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Keep-alive comment interval unless the server is told otherwise ([`AppState::keep_alive`]).
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Largest WebSocket message accepted from a client.
 const MAX_WS_MESSAGE: usize = 64 * 1024;
 /// Most plan ids one WebSocket subscription may name.
@@ -57,6 +59,10 @@ pub struct StreamQuery {
     /// `Last-Event-ID` wins when both are sent.
     #[param(minimum = 0)]
     after: Option<u64>,
+    /// Per-plan stream: keep following after the plan has ended (default: the stream ends
+    /// after an ended plan's last event).
+    #[serde(default)]
+    follow: bool,
 }
 
 /// The resume point: `Last-Event-ID` wins over `?after=`.
@@ -92,12 +98,12 @@ fn lagged_frame(missed: u64) -> SseEvent {
         .data(json!({ "missed": missed }).to_string())
 }
 
-fn sse<S>(stream: S) -> Response
+fn sse<S>(stream: S, keep_alive: Duration) -> Response
 where
     S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
 {
     Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .keep_alive(KeepAlive::new().interval(keep_alive))
         .into_response()
 }
 
@@ -112,6 +118,20 @@ struct PlanFeed {
     paging: bool,
     backlog: VecDeque<Event>,
     live: Option<Subscription>,
+    /// Keep streaming after the plan has ended.
+    follow: bool,
+    /// The plan has ended (seen in its state or in an event sent).
+    ended: bool,
+    /// Whether the plan's state was looked at once paging was done.
+    checked: bool,
+}
+
+fn ends_plan(e: &Event) -> bool {
+    use cairn_core::EventKind as K;
+    matches!(
+        e.kind,
+        K::PlanCompleted {} | K::PlanFailed { .. } | K::PlanCancelled { .. }
+    )
 }
 
 impl PlanFeed {
@@ -123,6 +143,7 @@ impl PlanFeed {
                 }
                 self.last_seq = e.seq;
                 self.from_global = self.from_global.max(e.id);
+                self.ended |= ends_plan(&e);
                 return Some(frame(e.seq, &e));
             }
             if self.paging {
@@ -140,6 +161,26 @@ impl PlanFeed {
                 }
                 continue;
             }
+            if !self.follow {
+                if !self.checked {
+                    self.checked = true;
+                    self.ended |= self
+                        .engine
+                        .state(&self.plan_id)
+                        .await
+                        .is_ok_and(|s| s.status.is_terminal());
+                }
+                // An ended plan's stream ends once everything stored so far has been sent.
+                if self.ended {
+                    match self.engine.events(&self.plan_id, self.last_seq, PAGE).await {
+                        Ok(events) if !events.is_empty() => {
+                            self.backlog.extend(events);
+                            continue;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
             // Every event of the plan with a global id up to `from_global` has been read from
             // the store: the subscription replays anything after it, then goes live.
             let sub = self.live.get_or_insert_with(|| {
@@ -152,6 +193,7 @@ impl PlanFeed {
                         continue;
                     }
                     self.last_seq = e.seq;
+                    self.ended |= ends_plan(&e);
                     return Some(frame(e.seq, &e));
                 }
                 Notice::Lagged { missed, .. } => return Some(lagged_frame(missed)),
@@ -206,12 +248,15 @@ pub async fn plan_stream(
         paging: true,
         backlog: VecDeque::new(),
         live: None,
+        follow: q.follow,
+        ended: false,
+        checked: false,
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let item = feed.next().await?;
         Some((Ok(item), feed))
     });
-    Ok(sse(stream))
+    Ok(sse(stream, s.keep_alive))
 }
 
 /// `GET /v1/events/stream`: server-sent events of every plan; `id:` is the event's global id.
@@ -247,7 +292,7 @@ pub async fn all_stream(
         };
         Some((Ok(item), sub))
     });
-    Ok(sse(stream))
+    Ok(sse(stream, s.keep_alive))
 }
 
 /// `GET /v1/ws` (the token may also come as `?token=`: see [`crate::auth::middleware`]).
@@ -265,7 +310,7 @@ pub async fn ws(
     p.require(Role::Viewer)?;
     Ok(upgrade
         .max_message_size(MAX_WS_MESSAGE)
-        .on_upgrade(move |socket| ws_session(s.engine, socket))
+        .on_upgrade(move |socket| ws_session(s.engine, socket, s.keep_alive))
         .into_response())
 }
 
@@ -336,6 +381,31 @@ fn parse_subscribe(text: &str) -> Result<(Option<HashSet<String>>, Option<u64>),
     Ok((Some(msg.subscribe.into_iter().collect()), msg.after))
 }
 
+/// The error frame for the first named plan that does not exist (or cannot be checked).
+async fn unknown_plan(engine: &Engine, plans: Option<&HashSet<String>>) -> Option<Value> {
+    let mut names: Vec<&String> = plans?.iter().collect();
+    names.sort();
+    for id in names {
+        match engine.store().get_plan(id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Some(ws_error(
+                    "plan_not_found",
+                    format!("plan {id} not found; nothing was subscribed"),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ws: cannot look plans up");
+                return Some(ws_error(
+                    "unavailable",
+                    "cannot read the plans right now; try again",
+                ));
+            }
+        }
+    }
+    None
+}
+
 async fn next_notice(sub: &mut Option<WsSub>) -> Option<Notice> {
     match sub {
         Some(s) => loop {
@@ -353,9 +423,9 @@ async fn next_notice(sub: &mut Option<WsSub>) -> Option<Notice> {
     }
 }
 
-async fn ws_session(engine: Engine, mut socket: WebSocket) {
+async fn ws_session(engine: Engine, mut socket: WebSocket, keep_alive: Duration) {
     let mut current: Option<WsSub> = None;
-    let mut ping = tokio::time::interval(KEEP_ALIVE);
+    let mut ping = tokio::time::interval(keep_alive);
     ping.tick().await;
     loop {
         tokio::select! {
@@ -373,6 +443,13 @@ async fn ws_session(engine: Engine, mut socket: WebSocket) {
                 };
                 match parse_subscribe(text.as_str()) {
                     Ok((plans, after)) => {
+                        // Every plan named must exist; the subscription in force stays if not.
+                        if let Some(err) = unknown_plan(&engine, plans.as_ref()).await {
+                            if !send(&mut socket, err).await {
+                                return;
+                            }
+                            continue;
+                        }
                         let after = match after {
                             Some(a) => a,
                             None => match engine.store().last_event_id().await {

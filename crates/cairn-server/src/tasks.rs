@@ -32,6 +32,14 @@ impl From<RemoteError> for ApiError {
             RemoteError::WrongWorker { .. } => {
                 ApiError::conflict("not_lease_holder", e.to_string())
             }
+            RemoteError::NotRecorded { .. } => {
+                tracing::warn!(error = %e, "a worker's report was not recorded");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    e.to_string(),
+                )
+            }
         }
     }
 }
@@ -252,7 +260,11 @@ pub async fn complete(
             )));
         }
     }
-    queue(&s)?.complete(task_id(&id)?, &body.worker_id, body.output, body.scores)?;
+    // Answered once the outcome is durable in the plan's log, so an acknowledged result
+    // survives a crash.
+    queue(&s)?
+        .complete_recorded(task_id(&id)?, &body.worker_id, body.output, body.scores)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -297,6 +309,8 @@ pub async fn fail(
             "error must be a non-empty message of at most {MAX_ERROR_BYTES} bytes"
         )));
     }
-    queue(&s)?.fail(task_id(&id)?, &body.worker_id, body.error, body.retryable)?;
+    queue(&s)?
+        .fail_recorded(task_id(&id)?, &body.worker_id, body.error, body.retryable)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{create_token, valid_user, Principal, Role, TokenInfo};
+use crate::auth::{create_expiring_token, valid_user, Principal, Role, TokenInfo};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::AppState;
@@ -20,7 +20,13 @@ pub struct CreateBody {
     user: String,
     /// viewer, operator, admin or worker.
     role: String,
+    /// Seconds until the token stops being accepted (1 to 10 years' worth); absent: never.
+    #[serde(default)]
+    expires_in: Option<u64>,
 }
+
+/// The longest `expires_in` accepted: ten years.
+const MAX_EXPIRES_IN: u64 = 10 * 366 * 86_400;
 
 fn store_error(e: cairn_store::StoreError) -> ApiError {
     cairn_engine::EngineError::from(e).into()
@@ -57,7 +63,18 @@ pub async fn create(
             b.role
         ))
     })?;
-    let t = create_token(&**s.engine.store(), &b.user, role)
+    let expires_at = match b.expires_in {
+        None => None,
+        Some(secs @ 1..=MAX_EXPIRES_IN) => {
+            Some(cairn_engine::now_micros() + (secs as i64) * 1_000_000)
+        }
+        Some(_) => {
+            return Err(ApiError::unprocessable(format!(
+                "expires_in must be between 1 and {MAX_EXPIRES_IN} seconds"
+            )))
+        }
+    };
+    let t = create_expiring_token(&**s.engine.store(), &b.user, role, expires_at)
         .await
         .map_err(store_error)?;
     Ok((StatusCode::CREATED, Json(t)).into_response())

@@ -619,3 +619,103 @@ async fn webhook_restart_loses_nothing() {
     assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
     task.abort();
 }
+
+impl SseClient {
+    /// Frames until the server ends the stream (within [`WAIT`]).
+    async fn rest(&mut self) -> Vec<Frame> {
+        let mut out = Vec::new();
+        loop {
+            if self.buf.contains("\n\n") {
+                out.push(self.next().await);
+                continue;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
+                .await
+                .expect("the stream neither ended nor sent anything in time")
+                .unwrap();
+            match chunk {
+                Some(c) => self.buf.push_str(std::str::from_utf8(&c).unwrap()),
+                None => return out,
+            }
+        }
+    }
+}
+
+/// A per-plan stream ends after an ended plan's last event (whether the plan ended before the
+/// stream began or while it was live), unless the client asks to follow.
+#[tokio::test]
+async fn an_ended_plans_stream_ends_after_its_last_event_unless_following() {
+    let s = server().await;
+    // Ends while the stream is live.
+    s.engine.register(plan("pe", 2, 20), "t").await.unwrap();
+    let mut live = s.sse("/v1/plans/pe/events/stream", None).await;
+    s.engine.start("pe", "t", None).await.unwrap();
+    let frames: Vec<Frame> = live.rest().await;
+    s.engine.wait_settled("pe").await.unwrap();
+    let stored = s.plan_events("pe").await;
+    let last = stored.last().unwrap()["seq"].as_u64().unwrap();
+    assert_eq!(
+        frames.iter().filter_map(|f| f.id).collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
+        "every event, then the end"
+    );
+    assert_eq!(frames.last().unwrap().event, "plan_completed");
+
+    // Ended before the stream began: its history, then the end.
+    let mut past = s.sse("/v1/plans/pe/events/stream", None).await;
+    assert_eq!(past.rest().await.len() as u64, last);
+
+    // Following: the stream stays open, and a later event of the ended plan comes through.
+    let mut follow = s.sse("/v1/plans/pe/events/stream?follow=true", None).await;
+    follow.until_id(last).await;
+    s.engine
+        .create_checkpoint("pe", Some("after".into()), "t", None)
+        .await
+        .unwrap();
+    let next = follow.next().await;
+    assert_eq!(next.id, Some(last + 1));
+    assert_eq!(next.event, "checkpoint_created");
+}
+
+/// Subscribing a WebSocket to a plan that does not exist answers an error frame and keeps the
+/// subscription in force.
+#[tokio::test]
+async fn websocket_subscription_to_an_unknown_plan_answers_an_error_frame() {
+    let s = server().await;
+    s.run("pk", 1, 0).await;
+    s.engine.wait_settled("pk").await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={}", s.addr, s.token))
+            .await
+            .unwrap();
+    ws_send(&mut ws, r#"{"subscribe": ["pk"], "after": 0}"#).await;
+    let ack = ws_next(&mut ws).await;
+    assert_eq!(ack["subscribed"]["plans"], json!(["pk"]), "{ack}");
+    let first = ws_next(&mut ws).await;
+    assert_eq!(first["event"]["plan_id"], "pk", "{first}");
+    ws_send(&mut ws, r#"{"subscribe": ["pk", "nope"]}"#).await;
+    let err = loop {
+        let m = ws_next(&mut ws).await;
+        if m.get("error").is_some() {
+            break m;
+        }
+        assert_eq!(
+            m["event"]["plan_id"], "pk",
+            "only pk's events before the answer: {m}"
+        );
+    };
+    assert_eq!(err["error"]["code"], "plan_not_found", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("nope"));
+    // The old subscription holds: a new event of pk still arrives.
+    s.engine
+        .create_checkpoint("pk", None, "t", None)
+        .await
+        .unwrap();
+    loop {
+        let m = ws_next(&mut ws).await;
+        if m["event"]["type"] == "checkpoint_created" {
+            assert_eq!(m["event"]["plan_id"], "pk");
+            break;
+        }
+    }
+}

@@ -367,3 +367,66 @@ async fn an_expired_lease_redelivers_the_step() {
     let st = srv.settled("p3").await;
     assert_eq!(st["state"], "completed", "{st}");
 }
+
+/// A report is answered only once its outcome is in the plan's log: the events read right after
+/// the 204 hold it, for `complete` and for `fail`.
+#[tokio::test]
+async fn a_report_is_answered_once_its_outcome_is_durable() {
+    let srv = Server::start(30_000).await;
+    for (i, report) in ["complete", "fail"].into_iter().enumerate() {
+        let plan = format!("durable{i}");
+        srv.plan(&plan, Value::Null).await;
+        let task = srv.poll("w").await;
+        let id = task["task_id"].as_str().unwrap();
+        let body = if report == "complete" {
+            json!({"worker_id": "w", "output": {"n": 1}})
+        } else {
+            json!({"worker_id": "w", "error": "no", "retryable": false})
+        };
+        let (s, e) = srv
+            .post(Some(&srv.worker), &format!("/tasks/{id}/{report}"), body)
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
+        // Straight from the store, no waiting.
+        let events = srv.engine.events(&plan, 0, 1_000).await.unwrap();
+        let want = if report == "complete" {
+            "step_completed"
+        } else {
+            "step_failed"
+        };
+        assert!(
+            events.iter().any(|e| e.kind.type_name() == want),
+            "{report}: no {want} in the log when the 204 came: {:?}",
+            events
+                .iter()
+                .map(|e| e.kind.type_name())
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// A task whose plan was deleted while a worker held it is unknown: `complete` answers 404
+/// `task_not_found`, not a 204 for a result nobody records.
+#[tokio::test]
+async fn completing_a_task_of_a_deleted_plan_is_task_not_found() {
+    let srv = Server::start(30_000).await;
+    srv.plan("gone", Value::Null).await;
+    let task = srv.poll("w").await;
+    let id = task["task_id"].as_str().unwrap();
+    let (s, e) = srv
+        .post(Some(&srv.operator), "/plans/gone/pause", json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    // Deleting takes the admin role, which this harness's tokens lack: delete through the engine
+    // the server serves.
+    srv.engine.delete("gone").await.unwrap();
+    let (s, e) = srv
+        .post(
+            Some(&srv.worker),
+            &format!("/tasks/{id}/complete"),
+            json!({"worker_id": "w", "output": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    assert_eq!(e["error"]["code"], "task_not_found", "{e}");
+}

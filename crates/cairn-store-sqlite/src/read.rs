@@ -376,12 +376,13 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
         hash: r.get(3)?,
         created_at: r.get(4)?,
         revoked_at: r.get(5)?,
+        expires_at: r.get(6)?,
     })
 }
 
 pub(crate) fn tokens(c: &Connection) -> StoreResult<Vec<TokenRow>> {
     c.prepare_cached(
-        "SELECT id, user, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at, id",
+        "SELECT id, user, role, hash, created_at, revoked_at, expires_at FROM tokens ORDER BY created_at, id",
     )
     .and_then(|mut s| s.query_map([], token_row)?.collect())
     .ctx("list tokens")
@@ -389,7 +390,7 @@ pub(crate) fn tokens(c: &Connection) -> StoreResult<Vec<TokenRow>> {
 
 pub(crate) fn token_by_hash(c: &Connection, hash: &str) -> StoreResult<Option<TokenRow>> {
     c.prepare_cached(
-        "SELECT id, user, role, hash, created_at, revoked_at FROM tokens WHERE hash = ?1",
+        "SELECT id, user, role, hash, created_at, revoked_at, expires_at FROM tokens WHERE hash = ?1",
     )
     .and_then(|mut s| s.query_row([hash], token_row).optional())
     .ctx("find a token")

@@ -309,10 +309,19 @@ impl Writer {
         }
         self.conn
             .prepare_cached(
-                "INSERT INTO tokens (id, user, role, hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO tokens (id, user, role, hash, created_at, revoked_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .and_then(|mut s| {
-                s.execute(params![t.id, t.user, t.role, t.hash, t.created_at, t.revoked_at])
+                s.execute(params![
+                    t.id,
+                    t.user,
+                    t.role,
+                    t.hash,
+                    t.created_at,
+                    t.revoked_at,
+                    t.expires_at
+                ])
             })
             .ctx("store a token")
             .map(|_| ())

@@ -283,3 +283,28 @@ async fn backup_copies_a_live_database_and_never_overwrites() {
     ));
     drop(store);
 }
+
+/// A database made before tokens could expire (schema version 2) still opens; its tokens
+/// read back as never expiring.
+#[tokio::test]
+async fn a_version_2_database_opens_and_its_tokens_never_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../src/schema.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../src/schema_v2.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO tokens (id, user, role, hash, created_at, revoked_at)
+             VALUES ('tok_old', 'olga', 'admin', 'h-old', 5, NULL);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let store = open(&path, false);
+    let row = store.token_by_hash("h-old").await.unwrap().unwrap();
+    assert_eq!(row.user, "olga");
+    assert_eq!(row.expires_at, None);
+}

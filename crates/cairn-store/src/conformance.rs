@@ -836,6 +836,7 @@ pub async fn tokens(store: Arc<dyn Store>) {
         hash: hash.into(),
         created_at: at,
         revoked_at: None,
+        expires_at: None,
     };
     assert!(store.list_tokens().await.unwrap().is_empty());
     store.create_token(token("t1", "h1", 10)).await.unwrap();
@@ -864,6 +865,13 @@ pub async fn tokens(store: Arc<dyn Store>) {
     assert!(!store.revoke_token("unknown", 50).await.unwrap());
     let revoked = store.token_by_hash("h1").await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(40));
+    // An expiry is kept as given.
+    let expiring = TokenRow {
+        expires_at: Some(1_000),
+        ..token("t3", "h3", 60)
+    };
+    store.create_token(expiring.clone()).await.unwrap();
+    assert_eq!(store.token_by_hash("h3").await.unwrap(), Some(expiring));
 }
 
 /// Cursors start unset, and keep the last value set.

@@ -127,6 +127,8 @@ pub struct TokenRow {
     pub hash: String,
     pub created_at: Micros,
     pub revoked_at: Option<Micros>,
+    /// When the token stops being accepted (`None`: never).
+    pub expires_at: Option<Micros>,
 }
 
 /// Counters of a backend's writer since it was opened, for metrics. All monotonic except
