@@ -27,10 +27,11 @@ static OPENED: Mutex<Vec<Arc<SqliteStore>>> = Mutex::new(Vec::new());
 pub fn open_store(db: &Path, engine_lock: bool) -> Result<Arc<SqliteStore>, Fail> {
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
-            return Err(Fail::input(format!(
-                "directory {} of --db does not exist",
-                dir.display()
-            )));
+            // A store that cannot be used exits 1, like any other store failure.
+            return Err(Fail {
+                code: exit::FAILED,
+                message: format!("directory {} of --db does not exist", dir.display()),
+            });
         }
     }
     let store = SqliteStore::open(
