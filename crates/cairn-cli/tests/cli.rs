@@ -1272,7 +1272,7 @@ fn after_kill_9_an_operator_can_pause_and_modify_offline_then_resume() {
     assert_eq!((count("a"), count("b"), count("c")), (1, 2, 1), "{log:?}");
     assert!(log.iter().all(|(s, k)| k == &format!("k/{s}/1")), "{log:?}");
     let snap = w.json(&["plans", "snapshot", "k"]);
-    let c = snap["definition"]["steps"]
+    let c = snap["plan"]["steps"]
         .as_array()
         .unwrap()
         .iter()

@@ -703,11 +703,14 @@ async fn every_endpoint_answers_its_contract_statuses() {
         .expect(200, "snapshot")
         .body;
     for k in [
-        "definition",
+        "plan",
         "version",
         "state",
         "pause_reason",
-        "progress",
+        "current_step_index",
+        "completed_steps",
+        "failed_steps",
+        "skipped_steps",
         "steps",
         "checkpoints",
         "interventions",
@@ -1066,12 +1069,12 @@ async fn prototype_scenarios_over_http() {
     assert_eq!(snap["version"].as_u64(), Some(3));
     assert_eq!(snap["interventions"].as_array().unwrap().len(), 4);
     assert!(snap["checkpoints"].as_array().unwrap().len() >= 3);
-    assert_eq!(snap["progress"]["skipped_steps"], json!(["s2"]));
+    assert_eq!(snap["skipped_steps"], json!(["s2"]));
     assert_eq!(
         snap["event_count"].as_u64(),
         Some(op.all_events("iv").await.len() as u64)
     );
-    let def_ids: Vec<&str> = snap["definition"]["steps"]
+    let def_ids: Vec<&str> = snap["plan"]["steps"]
         .as_array()
         .unwrap()
         .iter()
@@ -2182,7 +2185,11 @@ async fn a_pause_with_resume_after_resumes_by_itself() {
     assert_eq!(code, 0, "{out}{err}");
     let paused: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(paused["state"], "paused");
-    assert!(paused["resume_at"].as_i64().is_some(), "{paused}");
+    let resume_at = paused["resume_at"].as_str().unwrap_or_default();
+    assert!(
+        resume_at.len() == 27 && resume_at.ends_with('Z'),
+        "an RFC 3339 UTC time with microseconds: {paused}"
+    );
     // Nobody resumes it: the engine's timer does.
     let done = op.wait_state("ra", "completed").await;
     assert_eq!(step_status(&done, "b"), "completed");

@@ -24,7 +24,7 @@ const MS: i64 = 1_000;
 struct Sim {
     st: PlanState,
     log: Vec<Event>,
-    now: i64,
+    now: cairn_core::Timestamp,
 }
 
 impl Sim {
@@ -33,7 +33,7 @@ impl Sim {
         let mut sim = Sim {
             st: PlanState::empty(PLAN),
             log: Vec::new(),
-            now: 1_000_000,
+            now: cairn_core::Timestamp::from_micros(1_000_000),
         };
         sim.ok(Command::Register {
             definition,

@@ -89,7 +89,7 @@ impl PlanActor {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             let wake = self.state.next_wake().map(|t| {
-                let wait = (t - now_micros()).max(0) as u64;
+                let wait = (t - crate::engine::now()).max(0) as u64;
                 tokio::time::Instant::now() + Duration::from_micros(wait)
             });
             let renew_at = self.lease_renew_at;
@@ -249,7 +249,7 @@ impl PlanActor {
 
     async fn decide_and_commit(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>) {
         let before = self.state.seq;
-        let now = now_micros();
+        let now = crate::engine::now();
         let mut events: Vec<Event> = Vec::new();
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).

@@ -107,7 +107,7 @@ pub struct NewToken {
     pub role: Role,
     /// The secret: shown now, never again.
     pub token: String,
-    pub created_at: i64,
+    pub created_at: cairn_core::Timestamp,
 }
 
 /// A token as listed (never the secret nor its hash).
@@ -116,9 +116,9 @@ pub struct TokenInfo {
     pub id: String,
     pub user: String,
     pub role: String,
-    pub created_at: i64,
+    pub created_at: cairn_core::Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<i64>,
+    pub revoked_at: Option<cairn_core::Timestamp>,
 }
 
 impl From<TokenRow> for TokenInfo {
@@ -127,8 +127,8 @@ impl From<TokenRow> for TokenInfo {
             id: t.id,
             user: t.user,
             role: t.role,
-            created_at: t.created_at,
-            revoked_at: t.revoked_at,
+            created_at: cairn_core::Timestamp::from_micros(t.created_at),
+            revoked_at: t.revoked_at.map(cairn_core::Timestamp::from_micros),
         }
     }
 }
@@ -166,7 +166,7 @@ pub async fn create_token(
         user: user.to_owned(),
         role,
         token,
-        created_at,
+        created_at: cairn_core::Timestamp::from_micros(created_at),
     })
 }
 

@@ -65,8 +65,8 @@ macro_rules! free_form {
 }
 
 free_form!(
-    /// One entry of a plan's log: `id` (global), `seq` (per plan), `plan_id`, `at` (µs since
-    /// the Unix epoch), `actor`, `type` (e.g. `step_completed`), `data` (by type) and, when the
+    /// One entry of a plan's log: `id` (global), `seq` (per plan), `plan_id`, `at` (an RFC 3339
+    /// UTC time with microseconds), `actor`, `type` (e.g. `step_completed`), `data` (by type) and, when the
     /// event is also a checkpoint, `checkpoint: {trigger, label?}`.
     EventDoc,
     "Event"
@@ -77,13 +77,6 @@ free_form!(
     /// `plan_version`, `diff: [{path, before, after}]`, `dry_run?`.
     InterventionDoc,
     "Intervention"
-);
-free_form!(
-    /// The plan state plus outputs, scores, checkpoints, interventions and the definition:
-    /// `plan_id`, `state`, `pause_reason`, `version`, `progress`, `definition`, `steps`,
-    /// `checkpoints`, `interventions`, `event_count`, `taken_at`, `origin?`, `failure?`.
-    SnapshotDoc,
-    "Snapshot"
 );
 free_form!(
     /// A task handed to a remote worker: the step to run (plan id, step id, attempt,
@@ -103,21 +96,10 @@ free_form!(
     "TaskFail"
 );
 
-/// A plan as listed.
-#[derive(ToSchema)]
-pub struct PlanListItem {
-    pub plan_id: String,
-    pub state: cairn_core::PlanStatus,
-    /// µs since the Unix epoch.
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub last_seq: u64,
-}
-
 /// `{"items": [...], "next_cursor": …}`, newest first.
 #[derive(ToSchema)]
 pub struct PlanList {
-    pub items: Vec<PlanListItem>,
+    pub items: Vec<cairn_core::view::PlanSummary>,
     /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
@@ -130,7 +112,7 @@ pub struct InterventionList {
 
 #[derive(ToSchema)]
 pub struct CheckpointList {
-    pub items: Vec<cairn_engine::CheckpointSummary>,
+    pub items: Vec<cairn_core::view::CheckpointSummary>,
     pub next_cursor: Option<String>,
 }
 
@@ -317,7 +299,7 @@ pub mod root {
         tokens::create, tokens::list, tokens::revoke,
         root::healthz, root::readyz, root::metrics, root::openapi,
     ),
-    components(schemas(ErrorBody, EventDoc, InterventionDoc, SnapshotDoc, TaskDoc)),
+    components(schemas(ErrorBody, EventDoc, InterventionDoc, TaskDoc)),
     modifiers(&Security),
     tags(
         (name = "plans", description = "Registration, state and control"),
