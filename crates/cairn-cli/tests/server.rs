@@ -2081,7 +2081,8 @@ async fn the_cli_talks_to_the_server() {
     assert!(out.contains("applied"), "{out}");
     let (code, _, err) = cli(&["steps", "skip", "cli1", "b"], &base, op_tok);
     assert_eq!(code, 2, "skipping twice is a conflict");
-    assert!(err.contains("HTTP 409"), "{err}");
+    // The same words as on a local store: one code path both ways.
+    assert!(err.contains("refused: step b is skipped"), "{err}");
     let ivs = w.op().get("/v1/plans/cli1/interventions").await.body;
     assert_eq!(ivs["items"][0]["user"], "olivia");
 
@@ -2206,4 +2207,189 @@ async fn a_pause_with_resume_after_resumes_by_itself() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--resume-after"), "{err}");
+}
+
+/// `cairn … --db DB` on the store itself (no server).
+fn local(args: &[&str], db: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .env_remove("CAIRN_TOKEN")
+        .env_remove("CAIRN_SERVER")
+        .env_remove("CAIRN_DB")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("$ cairn {} --db … -> {}\n{}", args.join(" "), r.0, r.2);
+    r
+}
+
+/// Every read command prints the same thing on a local store and with `--server`: the same
+/// `--json` byte for byte, and the same tables (one code path, one renderer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_command_answers_the_same_locally_and_over_http() {
+    let mut w = World::new();
+    let op = w.op();
+    let mut breakpoint = echo_step("c");
+    breakpoint["pause_before"] = json!(true);
+    op.register(plan_doc(
+        "both",
+        vec![echo_step("a"), echo_step("b"), breakpoint, echo_step("d")],
+    ))
+    .await;
+    op.post_empty("/v1/plans/both/start")
+        .await
+        .expect(200, "start");
+    op.wait_for("both", "paused and quiet at the breakpoint", |p| {
+        p["state"] == "paused" && p["running_steps"].as_array().is_some_and(|r| r.is_empty())
+    })
+    .await;
+    let remote = |args: &[&str]| cli(args, &w.server.base, Some(&w.operator));
+    let (code, out, err) = remote(&["steps", "skip", "both", "c", "--reason", "not needed"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = remote(&["steps", "skip", "both", "a"]);
+    assert_eq!(code, 2, "a completed step cannot be skipped: {err}");
+    let (code, out, err) = remote(&["checkpoints", "create", "both", "--label", "mine"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A second plan, paused with a time to resume by itself.
+    op.register(plan_doc(
+        "later",
+        vec![sleep_step("a", 100), echo_step("b")],
+    ))
+    .await;
+    op.post_empty("/v1/plans/later/start")
+        .await
+        .expect(200, "start later");
+    let (code, out, err) = remote(&[
+        "plans",
+        "pause",
+        "later",
+        "--resume-at",
+        "2099-01-02T03:04:05.000006+01:00",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("resumes by itself at 2099-01-02 02:04:05Z"),
+        "plans show says when: {out}"
+    );
+    op.wait_for("later", "quiet", |p| {
+        p["running_steps"].as_array().is_some_and(|r| r.is_empty())
+    })
+    .await;
+
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["plans", "list"],
+        vec!["plans", "list", "--limit", "1"],
+        vec!["plans", "list", "--state", "paused"],
+        vec!["plans", "show", "both"],
+        vec!["plans", "show", "later"],
+        vec!["plans", "events", "both"],
+        vec!["plans", "events", "both", "--limit", "4"],
+        vec!["plans", "events", "both", "--limit", "4", "--cursor", "4"],
+        vec!["plans", "snapshot", "both"],
+        vec!["plans", "interventions", "both"],
+        vec!["plans", "interventions", "both", "--limit", "1"],
+        vec!["checkpoints", "list", "both"],
+        vec![
+            "checkpoints",
+            "list",
+            "both",
+            "--limit",
+            "2",
+            "--cursor",
+            "2",
+        ],
+        vec!["checkpoints", "show", "both", "cp-2"],
+    ];
+    let mut over_http = Vec::new();
+    for c in &commands {
+        for json in [false, true] {
+            let mut args = c.clone();
+            if json {
+                args.push("--json");
+            }
+            let (code, out, err) = remote(&args);
+            assert_eq!(code, 0, "{args:?}: {err}");
+            over_http.push((args, out));
+        }
+    }
+    // The server holds the store while it runs; stop it, then read the same file locally.
+    assert_eq!(w.server.term(), Some(0));
+    for (args, remote_out) in &over_http {
+        let (code, out, err) = local(args, &w.db);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        // A snapshot says when it was taken; that alone may differ.
+        let strip = |text: &str| -> String {
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with("\"taken_at\""))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            strip(&out),
+            strip(remote_out),
+            "cairn {} differs locally and over HTTP",
+            args.join(" ")
+        );
+    }
+
+    // What the outputs say, beyond being equal.
+    let out = |args: &[&str]| {
+        over_http
+            .iter()
+            .find(|(a, _)| a.as_slice() == args)
+            .map(|(_, o)| o.clone())
+            .unwrap()
+    };
+    let list: Value = serde_json::from_str(&out(&["plans", "list", "--json"])).unwrap();
+    let both = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["plan_id"] == "both")
+        .unwrap();
+    assert_eq!(
+        both["progress"],
+        json!({"total": 4, "completed": 2, "failed": 0, "skipped": 1, "running": 0})
+    );
+    let created = both["created_at"].as_str().unwrap();
+    assert!(created.len() == 27 && created.ends_with('Z'), "{created}");
+    let table = out(&["plans", "list"]);
+    assert!(
+        table.contains("PROGRESS") && table.contains("3/4"),
+        "{table}"
+    );
+    assert!(out(&["plans", "list", "--limit", "1"]).contains("more: --cursor "));
+    let events = out(&["plans", "events", "both", "--limit", "4"]);
+    assert!(events.contains("more: --cursor 4"), "{events}");
+    assert!(events.contains("[checkpoint cp-2]"), "{events}");
+    let ivs: Value =
+        serde_json::from_str(&out(&["plans", "interventions", "both", "--json"])).unwrap();
+    let users: Vec<(&str, &str)> = ivs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["user"].as_str().unwrap(), i["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(users, [("olivia", "applied"), ("olivia", "failed")]);
+    let page: Value = serde_json::from_str(&out(&[
+        "plans",
+        "interventions",
+        "both",
+        "--limit",
+        "1",
+        "--json",
+    ]))
+    .unwrap();
+    assert!(page["next_cursor"].is_string(), "{page}");
+    let snap: Value = serde_json::from_str(&out(&["plans", "snapshot", "both", "--json"])).unwrap();
+    assert_eq!(snap["skipped_steps"], json!(["c"]));
+    assert_eq!(snap["plan"]["steps"].as_array().unwrap().len(), 4);
 }

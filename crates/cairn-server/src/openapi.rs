@@ -104,22 +104,26 @@ pub struct PlanList {
     pub next_cursor: Option<String>,
 }
 
+/// `{"items": [...], "next_cursor": …}`, oldest first.
 #[derive(ToSchema)]
 pub struct InterventionList {
     pub items: Vec<InterventionDoc>,
+    /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
 
+/// `{"items": [...], "next_cursor": …}`, oldest first.
 #[derive(ToSchema)]
 pub struct CheckpointList {
     pub items: Vec<cairn_core::view::CheckpointSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
 
 #[derive(ToSchema)]
 pub struct EventList {
     pub items: Vec<EventDoc>,
-    /// The `seq` to pass as `after` for the next page; null when this page was not full.
+    /// The `seq` to pass as `after` (or `cursor`) for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
