@@ -251,7 +251,7 @@ impl Operator {
                 Err(e @ ClientError::Api { .. })
                     if matches!(
                         e.code(),
-                        Some("conflict" | "invalid_request" | "invalid_plan" | "version_mismatch")
+                        Some("conflict" | "invalid_request" | "invalid_plan")
                     ) || e.refused_intervention().is_some() =>
                 {
                     let record = e.refused_intervention();

@@ -2393,3 +2393,58 @@ async fn every_read_command_answers_the_same_locally_and_over_http() {
     assert_eq!(snap["skipped_steps"], json!(["c"]));
     assert_eq!(snap["plan"]["steps"].as_array().unwrap().len(), 4);
 }
+
+/// `resume_at` takes an RFC 3339 time (any offset) or, as before, integer microseconds, and
+/// every time in the answer is RFC 3339 UTC with microseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_at_takes_rfc3339_and_answers_rfc3339() {
+    let w = World::new();
+    let op = w.op();
+    op.register(plan_doc("ra2", vec![sleep_step("a", 20_000), echo_step("b")]))
+        .await;
+    op.post_empty("/v1/plans/ra2/start")
+        .await
+        .expect(200, "start");
+    let want = "2099-01-01T00:00:00.000000Z";
+    for resume_at in [
+        json!("2099-01-01T01:00:00+01:00"),
+        json!(4_070_908_800_000_000_i64),
+    ] {
+        let paused = op
+            .post("/v1/plans/ra2/pause", json!({"resume_at": resume_at}))
+            .await
+            .expect(200, "pause with resume_at")
+            .body;
+        assert_eq!(paused["resume_at"], want, "{paused}");
+        for t in [&paused["created_at"], &paused["updated_at"]] {
+            let t = t.as_str().unwrap();
+            assert!(t.len() == 27 && t.ends_with('Z'), "{t}");
+        }
+        op.post_empty("/v1/plans/ra2/resume")
+            .await
+            .expect(200, "resume");
+    }
+    for bad in [json!("tomorrow"), json!("2099-01-01 00:00"), json!(1.5)] {
+        let r = op
+            .post("/v1/plans/ra2/pause", json!({"resume_at": bad}))
+            .await;
+        assert!(
+            (400..500).contains(&r.status),
+            "resume_at {bad}: {} {}",
+            r.status,
+            r.body
+        );
+        r.error_shape("a bad resume_at");
+    }
+    let events = op.all_events("ra2").await;
+    let pause = events
+        .iter()
+        .find(|e| e["type"] == "plan_paused")
+        .expect("plan_paused");
+    assert_eq!(pause["data"]["resume_at"], want, "{pause}");
+    let at = pause["at"].as_str().unwrap();
+    assert!(at.len() == 27 && at.ends_with('Z'), "{at}");
+    op.post_empty("/v1/plans/ra2/cancel")
+        .await
+        .expect(200, "cancel");
+}
