@@ -2400,8 +2400,11 @@ async fn every_read_command_answers_the_same_locally_and_over_http() {
 async fn resume_at_takes_rfc3339_and_answers_rfc3339() {
     let w = World::new();
     let op = w.op();
-    op.register(plan_doc("ra2", vec![sleep_step("a", 20_000), echo_step("b")]))
-        .await;
+    op.register(plan_doc(
+        "ra2",
+        vec![sleep_step("a", 20_000), echo_step("b")],
+    ))
+    .await;
     op.post_empty("/v1/plans/ra2/start")
         .await
         .expect(200, "start");
@@ -2447,4 +2450,71 @@ async fn resume_at_takes_rfc3339_and_answers_rfc3339() {
     op.post_empty("/v1/plans/ra2/cancel")
         .await
         .expect(200, "cancel");
+}
+
+/// The client crate reads every answer as its typed value (nothing is left as raw JSON), and
+/// what it reads writes back as the document the server sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_reads_every_answer() {
+    use cairn_client::Client;
+    let w = World::new();
+    let admin = Client::new(&w.server.base, Some(w.admin.clone())).unwrap();
+    assert_eq!(admin.healthz().await.unwrap().status, "ok");
+    assert_eq!(admin.readyz().await.unwrap().status, "ready");
+    let token = admin.create_token("tess", "operator").await.unwrap();
+    assert!(token.token.starts_with("cairn_"));
+    let tokens = admin.tokens().await.unwrap();
+    assert!(tokens
+        .items
+        .iter()
+        .any(|t| t.id == token.id && t.user == "tess"));
+
+    let c = Client::new(&w.server.base, Some(token.token)).unwrap();
+    let view = c
+        .register(&plan_doc("typed", vec![echo_step("a"), echo_step("b")]))
+        .await
+        .unwrap();
+    assert_eq!(view.plan_id, "typed");
+    c.start("typed", Some("go".into())).await.unwrap();
+    let done = w.op().wait_state("typed", "completed").await;
+    let plan = c.plan("typed").await.unwrap();
+    assert_eq!(serde_json::to_value(&plan).unwrap(), done);
+    let list = c
+        .list_plans(Some("completed"), Some(10), None)
+        .await
+        .unwrap();
+    assert_eq!(list.items[0].progress.completed, 2);
+    let events = c.events("typed", 0, Some(3)).await.unwrap();
+    assert_eq!(events.items.len(), 3);
+    assert_eq!(events.next_cursor.as_deref(), Some("3"));
+    let raw = w
+        .op()
+        .get("/v1/plans/typed/events?after=0&limit=3")
+        .await
+        .expect(200, "events")
+        .body;
+    assert_eq!(serde_json::to_value(&events).unwrap(), raw);
+    let cps = c.checkpoints("typed", Some(1), None).await.unwrap();
+    assert_eq!(cps.items.len(), 1);
+    let rest = c
+        .checkpoints("typed", Some(100), cps.next_cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 2, "3 checkpoints in all");
+    let cp = c
+        .checkpoint("typed", &rest.items[1].checkpoint_id)
+        .await
+        .unwrap();
+    assert_eq!(cp.completed_steps, ["a", "b"]);
+    let refused = c
+        .intervene("typed", &json!({"type": "skip_step", "step_id": "a"}))
+        .await
+        .unwrap_err();
+    let record = refused.refused_intervention().expect("the refused record");
+    assert_eq!(record.user, "tess");
+    let ivs = c.interventions("typed", None, None).await.unwrap();
+    assert_eq!(ivs.items, [record]);
+    let snap = c.snapshot("typed").await.unwrap();
+    assert_eq!(snap.completed_steps, ["a", "b"]);
+    assert_eq!(snap.plan.steps.len(), 2);
 }

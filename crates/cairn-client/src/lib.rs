@@ -12,7 +12,7 @@ use cairn_core::{Event, Intervention, Timestamp};
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// What went wrong talking to the server.
@@ -78,6 +78,35 @@ impl ClientError {
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// The answer of `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`, `ready`, or what is wrong.
+    pub status: String,
+}
+
+/// An API token as listed (never the secret nor its hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub user: String,
+    /// `viewer`, `operator`, `admin` or `worker`.
+    pub role: String,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A token just created: the secret is shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewToken {
+    pub id: String,
+    pub user: String,
+    pub role: String,
+    pub token: String,
+    pub created_at: Timestamp,
+}
 
 /// Options of `POST /v1/plans/{id}/pause`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -184,10 +213,6 @@ impl Client {
         Err(api_error(status, &bytes))
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
-        Ok(self.send(self.request(Method::GET, path)).await?.1)
-    }
-
     async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         Ok(self
             .send(self.request(Method::POST, path).json(body))
@@ -222,13 +247,13 @@ impl Client {
     // ---- health -------------------------------------------------------------------------------
 
     /// `GET /healthz`.
-    pub async fn healthz(&self) -> Result<Value> {
-        self.get("/healthz").await
+    pub async fn healthz(&self) -> Result<Health> {
+        self.get_as("/healthz", &[]).await
     }
 
     /// `GET /readyz`.
-    pub async fn readyz(&self) -> Result<Value> {
-        self.get("/readyz").await
+    pub async fn readyz(&self) -> Result<Health> {
+        self.get_as("/readyz", &[]).await
     }
 
     // ---- plans --------------------------------------------------------------------------------
@@ -409,13 +434,13 @@ impl Client {
     // ---- tokens -------------------------------------------------------------------------------
 
     /// `POST /v1/tokens` (admin): answers the new token, secret included (shown once).
-    pub async fn create_token(&self, user: &str, role: &str) -> Result<Value> {
-        self.post("/v1/tokens", &json!({"user": user, "role": role}))
+    pub async fn create_token(&self, user: &str, role: &str) -> Result<NewToken> {
+        self.post_as("/v1/tokens", &json!({"user": user, "role": role}))
             .await
     }
 
     /// `GET /v1/tokens` (admin).
-    pub async fn tokens(&self) -> Result<Page<Value>> {
+    pub async fn tokens(&self) -> Result<Page<TokenInfo>> {
         self.get_as("/v1/tokens", &[]).await
     }
 
