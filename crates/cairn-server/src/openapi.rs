@@ -73,7 +73,7 @@ free_form!(
 );
 free_form!(
     /// An intervention record: `intervention_id`, `plan_id`, `type`, `step_id?`, `payload`,
-    /// `user`, `reason?`, `created_at`, `status` (`applied` or `failed`), `error?`,
+    /// `user`, `reason?`, `created_at` (RFC 3339 UTC), `status` (`applied` or `failed`), `error?`,
     /// `plan_version`, `diff: [{path, before, after}]`, `dry_run?`.
     InterventionDoc,
     "Intervention"
