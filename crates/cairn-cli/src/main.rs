@@ -31,9 +31,10 @@ macro_rules! print {
 
 mod bench;
 mod bench_http;
+mod operator;
 mod ops;
 mod progress;
-mod remote;
+mod render;
 mod run;
 mod serve;
 mod store;
@@ -46,6 +47,33 @@ mod workers;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// The name recorded as the actor of what this command changes on a local store
+    /// (default: the operating-system user). Over --server, the token's user is recorded.
+    #[arg(long, global = true, env = "CAIRN_USER", value_name = "NAME")]
+    user: Option<String>,
+}
+
+/// The actor this process records: `--user`, else the operating-system user.
+static USER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The name recorded as the actor of local commands (see `--user`).
+pub fn user() -> String {
+    USER.get().cloned().unwrap_or_else(os_user)
+}
+
+/// The operating-system user: `$USER` (or `$LOGNAME`, `$USERNAME`), else what `id -un` says.
+fn os_user() -> String {
+    ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .map(|u| u.trim().to_owned())
+        .find(|u| cairn_server::auth::valid_user(u))
+        .or_else(|| {
+            let out = std::process::Command::new("id").arg("-un").output().ok()?;
+            let name = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+            cairn_server::auth::valid_user(&name).then_some(name)
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[derive(Subcommand)]
@@ -280,6 +308,15 @@ impl std::io::Write for QuietStderr {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Cmd::Serve(_)));
+    if let Some(name) = cli.user.as_deref() {
+        if !cairn_server::auth::valid_user(name) {
+            eprintln!(
+                "error: --user {name:?} must be 1 to 128 printable characters without spaces"
+            );
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+        let _ = USER.set(name.to_owned());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

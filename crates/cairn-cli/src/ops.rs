@@ -1,19 +1,17 @@
-//! `cairn plans|steps|checkpoints …` on a local store, or over HTTP with `--server`
-//! (`remote.rs`).
-//!
-//! These commands open the store with an engine that records decisions but runs no attempt:
-//! a step they start (by resuming a plan, say) runs when `cairn run --resume` drives the plan.
+//! `cairn plans|steps|checkpoints …`: the arguments, and what each command does with an
+//! [`Operator`] (a local store or a server, with one code path for both) and the one renderer
+//! ([`crate::render`]).
 
 use std::path::PathBuf;
 
-use cairn_core::{InterventionRequest, PauseMode, PlanStatus};
-use cairn_engine::{CheckpointExport, Engine, EngineError, EngineOptions};
+use cairn_core::view::PlanView;
+use cairn_core::{PauseMode, PlanStatus, Timestamp};
+use cairn_engine::CheckpointExport;
 use clap::Subcommand;
-use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::run::user;
-use crate::store::{open_existing, open_read};
+use crate::operator::{Access, Operator};
+use crate::render;
 use crate::{exit, DbArgs, Fail};
 
 #[derive(Subcommand, Debug)]
@@ -25,13 +23,14 @@ pub enum PlansCmd {
         /// Only plans in this state (idle, running, paused, completed, failed, cancelled).
         #[arg(long)]
         state: Option<String>,
+        /// Plans per page (1 to 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Continue a listing from the cursor a previous page printed.
         #[arg(long)]
         cursor: Option<String>,
     },
-    /// A plan's state and steps.
+    /// A plan's state and steps (and when a paused plan resumes by itself).
     Show {
         plan_id: String,
         #[command(flatten)]
@@ -62,8 +61,11 @@ pub enum PlansCmd {
         #[arg(long)]
         immediate: bool,
         /// Resume by itself after this many seconds.
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", conflicts_with = "resume_at")]
         resume_after: Option<u64>,
+        /// Resume by itself at this time (RFC 3339, e.g. 2026-12-01T21:14:29Z).
+        #[arg(long, value_name = "TIME")]
+        resume_at: Option<String>,
     },
     /// Resumes a paused plan (it runs on `cairn run --resume`).
     Resume {
@@ -87,14 +89,18 @@ pub enum PlansCmd {
         #[command(flatten)]
         db: DbArgs,
     },
-    /// A plan's event log.
+    /// A plan's event log, oldest first.
     Events {
         plan_id: String,
         #[command(flatten)]
         db: DbArgs,
         /// Only events with a greater seq.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "cursor")]
         after: u64,
+        /// Continue from the cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Events per page (1 to 1000).
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         /// Keep printing events as they happen until the plan completes, fails or is cancelled
@@ -107,6 +113,18 @@ pub enum PlansCmd {
         plan_id: String,
         #[command(flatten)]
         db: DbArgs,
+    },
+    /// A plan's interventions (applied and refused), oldest first, with who made them.
+    Interventions {
+        plan_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Interventions per page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue from the cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
     },
 }
 
@@ -207,6 +225,12 @@ pub enum CheckpointsCmd {
         plan_id: String,
         #[command(flatten)]
         db: DbArgs,
+        /// Checkpoints per page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue from the cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// A checkpoint with the state it implies.
     Show {
@@ -260,112 +284,73 @@ pub enum CheckpointsCmd {
     },
 }
 
-/// An engine for a change: takes the engine lock (refused, naming the holder, while another
-/// process drives the file).
-async fn open(db: &DbArgs) -> Result<Engine, Fail> {
-    engine_on(open_existing(&db.db)?).await
-}
-
-/// An engine for a read: the file opened read-only, no lock, so it works while another process
-/// drives it. Reads load no actor and claim no lease.
-async fn read(db: &DbArgs) -> Result<Engine, Fail> {
-    engine_on(open_read(&db.db)?).await
-}
-
-async fn engine_on(store: std::sync::Arc<cairn_store_sqlite::SqliteStore>) -> Result<Engine, Fail> {
-    Ok(Engine::open(
-        store,
-        cairn_engine::executor::Registry::with_builtins(),
-        EngineOptions {
-            recover: false,
-            execute: false,
-            ..EngineOptions::default()
-        },
-    )
-    .await?)
-}
-
-pub(crate) fn print<T: Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-    );
-}
-
-fn micros_text(t: Option<i64>) -> String {
-    match t {
-        None => "-".into(),
-        Some(t) => {
-            let secs = t / 1_000_000;
-            let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-            format!("{h:02}:{m:02}:{s:02}Z")
-        }
+/// `--limit` of a listing: 1 to 1000, as over HTTP.
+fn limit(limit: usize) -> Result<usize, Fail> {
+    if limit == 0 || limit > 1000 {
+        return Err(Fail::input("--limit must be between 1 and 1000"));
     }
+    Ok(limit)
 }
 
-fn status_text<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-async fn show(engine: &Engine, plan_id: &str, as_json: bool) -> Result<(), Fail> {
-    let view = engine.view(plan_id).await?;
+/// Prints a plan's state: its JSON, or the table.
+fn show(view: &PlanView, as_json: bool) {
     if as_json {
-        print(&view);
+        render::json(view);
     } else {
-        show_view(&view);
+        render::out(&render::plan(view));
     }
-    Ok(())
 }
 
-/// A plan's state as a table.
-pub(crate) fn show_view(view: &cairn_core::view::PlanView) {
-    let reason = view
-        .pause_reason
-        .map(|r| format!(" ({})", status_text(&r)))
-        .unwrap_or_default();
-    println!(
-        "plan {}  {}{}  version {}  step {}/{}",
-        view.plan_id,
-        view.state.as_str(),
-        reason,
-        view.version,
-        view.current_step_index,
-        view.total_steps
-    );
-    if !view.query.is_empty() {
-        println!("query: {}", view.query);
-    }
-    if let Some(f) = &view.failure {
-        println!("failure: {f}");
-    }
-    println!(
-        "{:<24} {:<16} {:<20} {:<15} {:>8} {:>9}  error",
-        "STEP", "ACTION", "AGENT", "STATUS", "ATTEMPTS", "ENDED"
-    );
-    for s in &view.steps {
-        println!(
-            "{:<24} {:<16} {:<20} {:<15} {:>8} {:>9}  {}",
-            s.step_id,
-            s.action,
-            s.agent_type,
-            status_text(&s.status),
-            s.attempts,
-            micros_text(s.ended_at),
-            s.error.as_deref().unwrap_or("")
+/// After a local command that leaves steps to run: how to run them.
+fn drive_hint(op: &Operator, db: &DbArgs, view: &PlanView) {
+    if op.is_local() && !db.json {
+        eprintln!(
+            "its steps run when a process drives the plan: {}",
+            resume_command(view, db)
         );
     }
 }
 
-/// `--resume-after SECONDS` as an absolute time in µs since the epoch.
-pub(crate) fn resume_at_from(seconds: Option<u64>) -> Result<Option<i64>, Fail> {
+/// The `cairn run --resume` command that drives `view`'s plan on `db`, with the configuration it
+/// needs: `$CAIRN_CONFIG` when set; none when `./cairn.toml` (found by `run` itself) exists or
+/// every agent type is a builtin; otherwise a `--config` for the user to fill in, so the hint
+/// never fails for want of an executor.
+fn resume_command(view: &PlanView, db: &DbArgs) -> String {
+    let mut cmd = format!(
+        "cairn run --resume {} --db {}",
+        view.plan_id,
+        db.db.display()
+    );
+    let needs_agents = view
+        .steps
+        .iter()
+        .any(|s| !s.agent_type.starts_with("builtin."));
+    match std::env::var("CAIRN_CONFIG") {
+        Ok(path) if !path.is_empty() => cmd.push_str(&format!(" --config {path}")),
+        _ if needs_agents && !std::path::Path::new("cairn.toml").is_file() => {
+            cmd.push_str(" --config CAIRN_TOML (the file that maps its agent types)")
+        }
+        _ => {}
+    }
+    cmd
+}
+
+/// `--resume-after SECONDS` or `--resume-at TIME` as the moment to resume.
+pub(crate) fn resume_at_from(
+    seconds: Option<u64>,
+    at: Option<&str>,
+) -> Result<Option<Timestamp>, Fail> {
+    if let Some(text) = at {
+        let t: Timestamp = text
+            .parse()
+            .map_err(|e| Fail::input(format!("--resume-at: {e}")))?;
+        return Ok(Some(t));
+    }
     match seconds {
         None => Ok(None),
         Some(0) => Err(Fail::input("--resume-after must be at least 1 second")),
         Some(s) if s > 366 * 24 * 3600 => Err(Fail::input("--resume-after is more than a year")),
-        Some(s) => Ok(Some(cairn_engine::now_micros() + (s as i64) * 1_000_000)),
+        Some(s) => Ok(Some(cairn_engine::now() + (s as i64) * 1_000_000)),
     }
 }
 
@@ -377,59 +362,88 @@ fn parse_state(s: &str) -> Result<PlanStatus, Fail> {
     })
 }
 
-pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
-    if let Some(client) = crate::remote::client(cmd.db())? {
-        return crate::remote::plans(cmd, client).await;
+impl PlansCmd {
+    pub fn db(&self) -> &DbArgs {
+        match self {
+            PlansCmd::List { db, .. }
+            | PlansCmd::Show { db, .. }
+            | PlansCmd::Register { db, .. }
+            | PlansCmd::Start { db, .. }
+            | PlansCmd::Pause { db, .. }
+            | PlansCmd::Resume { db, .. }
+            | PlansCmd::Cancel { db, .. }
+            | PlansCmd::Snapshot { db, .. }
+            | PlansCmd::Events { db, .. }
+            | PlansCmd::Delete { db, .. }
+            | PlansCmd::Interventions { db, .. } => db,
+        }
     }
-    let user = user();
+}
+
+impl CheckpointsCmd {
+    pub fn db(&self) -> &DbArgs {
+        match self {
+            CheckpointsCmd::List { db, .. }
+            | CheckpointsCmd::Show { db, .. }
+            | CheckpointsCmd::Create { db, .. }
+            | CheckpointsCmd::Restore { db, .. }
+            | CheckpointsCmd::Fork { db, .. }
+            | CheckpointsCmd::Export { db, .. }
+            | CheckpointsCmd::Import { db, .. } => db,
+        }
+    }
+}
+
+pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
+    // Arguments are checked before the store or the server is touched.
+    if let PlansCmd::Events {
+        follow: true, db, ..
+    } = &cmd
+    {
+        if db.server.as_deref().is_none_or(str::is_empty) {
+            return Err(Fail::input(
+                "--follow needs a server to follow: add --server URL (or set CAIRN_SERVER)",
+            ));
+        }
+    }
+    let access = match &cmd {
+        PlansCmd::List { .. }
+        | PlansCmd::Show { .. }
+        | PlansCmd::Snapshot { .. }
+        | PlansCmd::Events { .. }
+        | PlansCmd::Interventions { .. } => Access::Read,
+        PlansCmd::Register { .. } => Access::Create,
+        _ => Access::Change,
+    };
+    let op = Operator::open(cmd.db(), access).await?;
     match cmd {
         PlansCmd::List {
             db,
             state,
-            limit,
+            limit: n,
             cursor,
         } => {
             let state = state.as_deref().map(parse_state).transpose()?;
-            if limit == 0 || limit > 1000 {
-                return Err(Fail::input("--limit must be between 1 and 1000"));
-            }
-            let engine = read(&db).await?;
-            let page = engine.list(state, limit, cursor.as_deref()).await?;
+            let page = op.plans(state, limit(n)?, cursor.as_deref()).await?;
             if db.json {
-                let items: Vec<Value> = page
-                    .items
-                    .iter()
-                    .map(|r| json!({"plan_id": r.plan_id, "state": r.state, "created_at": r.created_at, "updated_at": r.updated_at, "events": r.last_seq}))
-                    .collect();
-                print(&json!({"items": items, "next_cursor": page.next_cursor}));
+                render::json(&page);
             } else {
-                println!("{:<40} {:<10} {:>7}", "PLAN", "STATE", "EVENTS");
-                for r in &page.items {
-                    println!("{:<40} {:<10} {:>7}", r.plan_id, r.state, r.last_seq);
-                }
-                if let Some(c) = page.next_cursor {
-                    println!("more: --cursor {c}");
-                }
+                render::out(&render::plans(&page));
             }
         }
-        PlansCmd::Show { plan_id, db } => show(&read(&db).await?, &plan_id, db.json).await?,
+        PlansCmd::Show { plan_id, db } => show(&op.plan(&plan_id).await?, db.json),
         PlansCmd::Register { file, db } => {
             let plan = crate::run::read_plan(&file)?;
-            let engine = open(&db).await?;
-            let state = engine.register(plan, &user).await?;
-            show(&engine, &state.plan_id, db.json).await?;
+            show(&op.register(plan).await?, db.json);
         }
         PlansCmd::Start {
             plan_id,
             db,
             reason,
         } => {
-            let engine = open(&db).await?;
-            engine.start(&plan_id, &user, reason).await?;
-            show(&engine, &plan_id, db.json).await?;
-            if !db.json {
-                eprintln!("its steps run when a process drives the plan: cairn run --resume {plan_id} --db {}", db.db.display());
-            }
+            let view = op.start(&plan_id, reason).await?;
+            show(&view, db.json);
+            drive_hint(&op, &db, &view);
         }
         PlansCmd::Pause {
             plan_id,
@@ -437,84 +451,104 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             reason,
             immediate,
             resume_after,
+            resume_at,
         } => {
-            let engine = open(&db).await?;
             let mode = if immediate {
                 PauseMode::Immediate
             } else {
                 PauseMode::Boundary
             };
-            let resume_at = resume_at_from(resume_after)?;
-            engine
-                .pause(&plan_id, mode, resume_at, &user, reason)
-                .await?;
-            show(&engine, &plan_id, db.json).await?;
+            let resume_at = resume_at_from(resume_after, resume_at.as_deref())?;
+            show(&op.pause(&plan_id, mode, resume_at, reason).await?, db.json);
         }
         PlansCmd::Resume {
             plan_id,
             db,
             reason,
         } => {
-            let engine = open(&db).await?;
-            engine.resume(&plan_id, &user, reason).await?;
-            show(&engine, &plan_id, db.json).await?;
-            if !db.json {
-                eprintln!("its steps run when a process drives the plan: cairn run --resume {plan_id} --db {}", db.db.display());
-            }
+            let view = op.resume(&plan_id, reason).await?;
+            show(&view, db.json);
+            drive_hint(&op, &db, &view);
         }
         PlansCmd::Cancel {
             plan_id,
             db,
             reason,
-        } => {
-            let engine = open(&db).await?;
-            engine.cancel(&plan_id, &user, reason).await?;
-            show(&engine, &plan_id, db.json).await?;
-        }
-        PlansCmd::Snapshot { plan_id, db } => print(&read(&db).await?.snapshot(&plan_id).await?),
+        } => show(&op.cancel(&plan_id, reason).await?, db.json),
+        PlansCmd::Snapshot { plan_id, .. } => render::json(&op.snapshot(&plan_id).await?),
         PlansCmd::Events {
             plan_id,
             db,
             after,
-            limit,
+            cursor,
+            limit: n,
             follow,
         } => {
+            let after = match cursor.as_deref() {
+                Some(c) => c
+                    .parse()
+                    .map_err(|_| Fail::input(format!("invalid cursor {c:?}")))?,
+                None => after,
+            };
             if follow {
-                return Err(Fail::input(
-                    "--follow needs a server to follow: add --server URL (or set CAIRN_SERVER)",
-                ));
+                return follow_events(&op, &plan_id, after, db.json).await;
             }
-            let engine = read(&db).await?;
-            let events = engine
-                .events(&plan_id, after, limit.clamp(1, 10_000))
-                .await?;
+            let page = op.events(&plan_id, after, limit(n)?).await?;
             if db.json {
-                print(&json!({"items": events, "next_cursor": Value::Null}));
+                render::json(&page);
             } else {
-                for e in events {
-                    let data = serde_json::to_value(&e.kind)
-                        .ok()
-                        .and_then(|v| v.get("data").cloned())
-                        .unwrap_or(Value::Null);
-                    println!(
-                        "{:>5}  {:<22} {:<12} {}{}",
-                        e.seq,
-                        e.kind.type_name(),
-                        e.actor,
-                        data,
-                        e.checkpoint_id()
-                            .map(|c| format!("  [checkpoint {c}]"))
-                            .unwrap_or_default()
-                    );
-                }
+                render::out(&render::events(&page));
             }
         }
         PlansCmd::Delete { plan_id, db } => {
-            open(&db).await?.delete(&plan_id).await?;
+            op.delete(&plan_id).await?;
             if !db.json {
-                println!("deleted plan {plan_id}");
+                render::out(&format!("deleted plan {plan_id}\n"));
             }
         }
+        PlansCmd::Interventions {
+            plan_id,
+            db,
+            limit: n,
+            cursor,
+        } => {
+            let page = op
+                .interventions(&plan_id, limit(n)?, cursor.as_deref())
+                .await?;
+            if db.json {
+                render::json(&page);
+            } else {
+                render::out(&render::interventions(&page));
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `plans events --follow` (over a server): events as they happen until the plan ends.
+async fn follow_events(
+    op: &Operator,
+    plan_id: &str,
+    after: u64,
+    as_json: bool,
+) -> Result<u8, Fail> {
+    let Operator::Remote(c) = op else {
+        return Err(Fail::input(
+            "--follow needs a server to follow: add --server URL (or set CAIRN_SERVER)",
+        ));
+    };
+    c.follow_events(plan_id, after, |e| {
+        if as_json {
+            render::out(&(serde_json::to_string(e).unwrap_or_default() + "\n"));
+        } else {
+            render::out(&render::event(e));
+        }
+        true
+    })
+    .await?;
+    if !as_json {
+        let state = c.plan(plan_id).await?;
+        eprintln!("plan {plan_id} is {}", state.state.as_str());
     }
     Ok(exit::OK)
 }
@@ -624,98 +658,63 @@ pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
     if iv.dry_run {
         body["dry_run"] = Value::Bool(true);
     }
-    if let Some(client) = crate::remote::client(&iv.db)? {
-        return crate::remote::intervene(client, &plan_id, body, iv.db.json).await;
-    }
-    let request = InterventionRequest::from_body(body).map_err(|e| Fail::input(e.to_string()))?;
-    let engine = open(&iv.db).await?;
-    match engine.intervene(&plan_id, request, &user()).await {
+    let op = Operator::open(&iv.db, Access::Change).await?;
+    match op.intervene(&plan_id, body).await? {
         Ok(record) => {
             if iv.db.json {
-                print(&record);
+                render::json(&record);
             } else {
-                println!(
-                    "{} {}{}: {} (plan version {})",
-                    record.kind,
-                    record.step_id.as_deref().unwrap_or(""),
-                    if record.dry_run { " (dry run)" } else { "" },
-                    if record.dry_run {
-                        "would apply"
-                    } else {
-                        "applied"
-                    },
-                    record.plan_version
-                );
-                for c in &record.diff {
-                    println!("  {}: {} -> {}", c.path, c.before, c.after);
-                }
+                render::out(&render::intervention(&record));
             }
             Ok(exit::OK)
         }
-        Err(EngineError::Refused {
-            refusal,
-            intervention,
-        }) => {
+        Err(refused) => {
             if iv.db.json {
-                if let Some(i) = intervention {
-                    print(&i);
+                if let Some(i) = &refused.record {
+                    render::json(i);
                 }
             }
-            Err(Fail::input(format!("refused: {refusal}")))
+            Err(Fail::input(format!("refused: {}", refused.message)))
         }
-        Err(e) => Err(e.into()),
     }
 }
 
 pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
-    if let Some(client) = crate::remote::client(cmd.db())? {
-        return crate::remote::checkpoints(cmd, client).await;
-    }
-    let user = user();
+    let access = match &cmd {
+        CheckpointsCmd::List { .. }
+        | CheckpointsCmd::Show { .. }
+        | CheckpointsCmd::Export { .. } => Access::Read,
+        CheckpointsCmd::Import { .. } => Access::Create,
+        _ => Access::Change,
+    };
+    let op = Operator::open(cmd.db(), access).await?;
     match cmd {
-        CheckpointsCmd::List { plan_id, db } => {
-            let list = read(&db).await?.checkpoints(&plan_id).await?;
+        CheckpointsCmd::List {
+            plan_id,
+            db,
+            limit: n,
+            cursor,
+        } => {
+            let page = op
+                .checkpoints(&plan_id, limit(n)?, cursor.as_deref())
+                .await?;
             if db.json {
-                print(&json!({"items": list, "next_cursor": Value::Null}));
+                render::json(&page);
             } else {
-                println!(
-                    "{:<12} {:>6} {:<8} {:<10} label",
-                    "CHECKPOINT", "SEQ", "TRIGGER", "AT"
-                );
-                for c in list {
-                    println!(
-                        "{:<12} {:>6} {:<8} {:<10} {}",
-                        c.checkpoint_id,
-                        c.seq,
-                        c.trigger.as_str(),
-                        micros_text(Some(c.created_at)),
-                        c.label.unwrap_or_default()
-                    );
-                }
+                render::out(&render::checkpoints(&page));
             }
         }
         CheckpointsCmd::Show {
             plan_id,
             checkpoint_id,
-            db,
-        } => print(
-            &read(&db)
-                .await?
-                .checkpoint(&plan_id, &checkpoint_id)
-                .await?,
-        ),
+            ..
+        } => render::json(&op.checkpoint(&plan_id, &checkpoint_id).await?),
         CheckpointsCmd::Create { plan_id, label, db } => {
-            let c = open(&db)
-                .await?
-                .create_checkpoint(&plan_id, label, &user, None)
-                .await?;
+            let c = op.create_checkpoint(&plan_id, label).await?;
             if db.json {
-                print(&c);
+                render::json(&c);
             } else {
-                println!(
-                    "checkpoint {} of plan {plan_id} at seq {}",
-                    c.checkpoint_id, c.seq
-                );
+                render::out(&render::checkpoint_created(&c));
             }
         }
         CheckpointsCmd::Restore {
@@ -724,13 +723,16 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             reason,
             db,
         } => {
-            let engine = open(&db).await?;
-            engine
-                .restore(&plan_id, &checkpoint_id, &user, reason)
-                .await?;
-            show(&engine, &plan_id, db.json).await?;
-            if !db.json {
-                eprintln!("restored to {checkpoint_id}; continue with: cairn run --resume {plan_id} --db {}", db.db.display());
+            show(
+                &op.restore(&plan_id, &checkpoint_id, reason).await?,
+                db.json,
+            );
+            if op.is_local() && !db.json {
+                let view = op.plan(&plan_id).await?;
+                eprintln!(
+                    "restored to {checkpoint_id}; continue with: {}",
+                    resume_command(&view, &db)
+                );
             }
         }
         CheckpointsCmd::Fork {
@@ -739,34 +741,24 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             new_plan_id,
             db,
         } => {
-            let engine = open(&db).await?;
-            let forked = engine
-                .fork(&plan_id, &checkpoint_id, new_plan_id, &user, None)
-                .await?;
-            show(&engine, &forked.plan_id, db.json).await?;
-            if !db.json {
-                eprintln!(
-                    "forked; run it with: cairn run --resume {} --db {}",
-                    forked.plan_id,
-                    db.db.display()
-                );
+            let forked = op.fork(&plan_id, &checkpoint_id, new_plan_id).await?;
+            show(&forked, db.json);
+            if op.is_local() && !db.json {
+                eprintln!("forked; run it with: {}", resume_command(&forked, &db));
             }
         }
         CheckpointsCmd::Export {
             plan_id,
             checkpoint_id,
             output,
-            db,
+            ..
         } => {
-            let export = read(&db)
-                .await?
-                .export_checkpoint(&plan_id, &checkpoint_id)
-                .await?;
-            let text = serde_json::to_string_pretty(&export)
-                .map_err(|e| Fail::from(anyhow::anyhow!("cannot serialise the export: {e}")))?;
+            let (engine, _) = op.engine("checkpoint export")?;
+            let export = engine.export_checkpoint(&plan_id, &checkpoint_id).await?;
+            let text = render::json_text(&export);
             match output {
                 Some(path) => {
-                    std::fs::write(&path, text + "\n").map_err(|e| Fail {
+                    std::fs::write(&path, text).map_err(|e| Fail {
                         code: exit::FAILED,
                         message: format!("cannot write {}: {e}", path.display()),
                     })?;
@@ -775,7 +767,7 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
                         path.display()
                     );
                 }
-                None => println!("{text}"),
+                None => render::out(&text),
             }
         }
         CheckpointsCmd::Import {
@@ -783,6 +775,7 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
             new_plan_id,
             db,
         } => {
+            let (engine, user) = op.engine("checkpoint import")?;
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Fail::input(format!("cannot read {}: {e}", file.display())))?;
             let export: CheckpointExport = serde_json::from_str(&text).map_err(|e| {
@@ -791,9 +784,8 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
                     file.display()
                 ))
             })?;
-            let engine = open(&db).await?;
-            let state = engine.import_checkpoint(export, new_plan_id, &user).await?;
-            show(&engine, &state.plan_id, db.json).await?;
+            let state = engine.import_checkpoint(export, new_plan_id, user).await?;
+            show(&PlanView::of(&state), db.json);
         }
     }
     Ok(exit::OK)

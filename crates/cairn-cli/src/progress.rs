@@ -140,10 +140,7 @@ fn write_stderr(text: &str) {
 }
 
 fn now_micros() -> Micros {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as Micros)
-        .unwrap_or(0)
+    cairn_engine::now()
 }
 
 /// The block for a terminal of `rows` × `cols`: at most `rows - 1` lines (the cursor keeps the
@@ -290,7 +287,7 @@ fn step_row(state: &PlanState, i: usize, now: Micros, width: usize, frame: usize
 }
 
 /// "0.4s", "12s", "3m05s", "2h10m".
-fn duration(micros: Micros) -> String {
+fn duration(micros: i64) -> String {
     let ms = micros.max(0) / 1000;
     let secs = ms / 1000;
     if secs < 10 {
@@ -318,7 +315,7 @@ mod tests {
     use super::*;
     use cairn_core::{handle, Command, Ctx, Format, Plan, StepResult};
 
-    const T0: Micros = 1_000_000_000_000;
+    const T0: Micros = Micros::from_micros(1_000_000_000_000);
 
     /// A plan of `n` steps, `s0`…, each depending on the one before when `chain` (else all
     /// independent), started at T0.
@@ -411,7 +408,7 @@ mod tests {
     fn a_plan_taller_than_the_terminal_folds_done_steps_into_a_summary_row() {
         let mut state = started(60, true);
         for i in 0..45 {
-            complete(&mut state, &format!("s{i}"), T0 + (i as Micros + 1) * 1000);
+            complete(&mut state, &format!("s{i}"), T0 + (i as i64 + 1) * 1000);
         }
         let lines = render(&state, T0 + 60_000, 40, 100, 0);
         assert!(lines.len() <= 39, "{} lines", lines.len());

@@ -39,12 +39,9 @@ pub struct RunArgs {
     json: bool,
 }
 
-/// The user named in events this process writes.
+/// The user named in events this process writes (`--user`, else the OS user).
 pub fn user() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "cli".into())
+    crate::user()
 }
 
 /// Reads and validates a plan file.

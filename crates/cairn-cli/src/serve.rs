@@ -310,7 +310,6 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
                 println!("{}", t.token);
                 let until = t
                     .expires_at
-                    .as_deref()
                     .map(|at| format!(", expires at {at}"))
                     .unwrap_or_default();
                 eprintln!(
@@ -354,7 +353,8 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
                         t.user,
                         t.role,
                         status,
-                        t.expires_at.as_deref().unwrap_or("never")
+                        t.expires_at
+                            .map_or_else(|| "never".to_owned(), |at| at.to_string())
                     );
                 }
             }

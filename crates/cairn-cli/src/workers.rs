@@ -4,6 +4,7 @@
 
 use clap::Subcommand;
 
+use crate::operator::{Access, Operator};
 use crate::{exit, DbArgs, Fail};
 
 #[derive(Subcommand)]
@@ -17,10 +18,13 @@ pub enum WorkersCmd {
 
 pub async fn workers(cmd: WorkersCmd) -> Result<u8, Fail> {
     let WorkersCmd::List { db } = cmd;
-    let Some(client) = crate::remote::client(&db)? else {
+    if db.server.as_deref().is_none_or(str::is_empty) {
         return Err(Fail::input(
             "workers poll a server, so only a server knows them: give --server URL (or set CAIRN_SERVER)",
         ));
+    }
+    let Operator::Remote(client) = Operator::open(&db, Access::Read).await? else {
+        return Err(Fail::input("cairn workers list needs --server URL"));
     };
     let workers = client.workers().await?;
     if db.json {
@@ -46,7 +50,7 @@ pub async fn workers(cmd: WorkersCmd) -> Result<u8, Fail> {
         "WORKER", "LAST POLL", "TASKS"
     );
     for w in &workers {
-        let ago = (now - w.last_poll_at).max(0) / 1_000_000;
+        let ago = (now - w.last_poll_at.as_micros()).max(0) / 1_000_000;
         println!(
             "{:<width$}  {:<10}  {:<6}  {}",
             w.worker_id,

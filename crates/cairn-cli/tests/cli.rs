@@ -1474,7 +1474,7 @@ fn after_kill_9_an_operator_can_pause_and_modify_offline_then_resume() {
     assert_eq!((count("a"), count("b"), count("c")), (1, 2, 1), "{log:?}");
     assert!(log.iter().all(|(s, k)| k == &format!("k/{s}/1")), "{log:?}");
     let snap = w.json(&["plans", "snapshot", "k"]);
-    let c = snap["definition"]["steps"]
+    let c = snap["plan"]["steps"]
         .as_array()
         .unwrap()
         .iter()
@@ -2144,4 +2144,50 @@ fn exit_codes_follow_the_table_and_hidden_options_stay_hidden() {
     // The PostgreSQL option is not offered until the store exists.
     let help = w.raw(&["serve", "--help"]).expect(0, "serve --help");
     assert!(!help.stdout.contains("database-url"), "{}", help.stdout);
+}
+
+/// A local command records `--user NAME` as its actor, else the operating-system user (never a
+/// fixed name); `cairn plans interventions` lists who changed what.
+#[test]
+fn local_commands_record_the_user() {
+    let w = World::new();
+    w.write(
+        "plan.yaml",
+        "plan_id: u\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo, pause_before: true}\n  - {step_id: b, action: x, agent_type: builtin.echo}\n",
+    );
+    w.cairn(&["run", "plan.yaml"]).expect(3, "breakpoint");
+    w.cairn(&[
+        "--user", "alice", "steps", "skip", "u", "b", "--reason", "r1",
+    ])
+    .expect(0, "skip as alice");
+    // The flag is global: it may follow the subcommand too.
+    w.cairn(&["steps", "skip", "u", "b", "--user", "bob"])
+        .expect(2, "skip a skipped step: refused, and recorded");
+    w.cairn(&["checkpoints", "create", "u"])
+        .expect(0, "a checkpoint as the OS user");
+    w.cairn(&["--user", "has space", "plans", "show", "u"])
+        .expect(2, "a user name with a space");
+
+    let page = w.json(&["plans", "interventions", "u"]);
+    let who: Vec<(&str, &str)> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["user"].as_str().unwrap(), i["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(who, [("alice", "applied"), ("bob", "failed")]);
+    assert!(page["next_cursor"].is_null());
+    let created = page["items"][0]["created_at"].as_str().unwrap();
+    assert!(created.ends_with('Z') && created.len() == 27, "{created}");
+    let table = w.cairn(&["plans", "interventions", "u"]).expect(0, "table");
+    let text = table.stdout.clone();
+    assert!(text.starts_with("INTERVENTION"), "{text}");
+    assert!(text.contains("alice") && text.contains("r1"), "{text}");
+    let events = w.events("u");
+    let manual = events
+        .iter()
+        .find(|e| e["type"] == "checkpoint_created")
+        .expect("checkpoint_created");
+    assert_eq!(manual["actor"], USER);
+    assert!(events.iter().all(|e| e["actor"] != "cli"), "{events:?}");
 }

@@ -703,11 +703,14 @@ async fn every_endpoint_answers_its_contract_statuses() {
         .expect(200, "snapshot")
         .body;
     for k in [
-        "definition",
+        "plan",
         "version",
         "state",
         "pause_reason",
-        "progress",
+        "current_step_index",
+        "completed_steps",
+        "failed_steps",
+        "skipped_steps",
         "steps",
         "checkpoints",
         "interventions",
@@ -1066,12 +1069,12 @@ async fn prototype_scenarios_over_http() {
     assert_eq!(snap["version"].as_u64(), Some(3));
     assert_eq!(snap["interventions"].as_array().unwrap().len(), 4);
     assert!(snap["checkpoints"].as_array().unwrap().len() >= 3);
-    assert_eq!(snap["progress"]["skipped_steps"], json!(["s2"]));
+    assert_eq!(snap["skipped_steps"], json!(["s2"]));
     assert_eq!(
         snap["event_count"].as_u64(),
         Some(op.all_events("iv").await.len() as u64)
     );
-    let def_ids: Vec<&str> = snap["definition"]["steps"]
+    let def_ids: Vec<&str> = snap["plan"]["steps"]
         .as_array()
         .unwrap()
         .iter()
@@ -2078,7 +2081,8 @@ async fn the_cli_talks_to_the_server() {
     assert!(out.contains("applied"), "{out}");
     let (code, _, err) = cli(&["steps", "skip", "cli1", "b"], &base, op_tok);
     assert_eq!(code, 2, "skipping twice is a conflict");
-    assert!(err.contains("HTTP 409"), "{err}");
+    // The same words as on a local store: one code path both ways.
+    assert!(err.contains("refused: step b is skipped"), "{err}");
     let ivs = w.op().get("/v1/plans/cli1/interventions").await.body;
     assert_eq!(ivs["items"][0]["user"], "olivia");
 
@@ -2182,7 +2186,11 @@ async fn a_pause_with_resume_after_resumes_by_itself() {
     assert_eq!(code, 0, "{out}{err}");
     let paused: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(paused["state"], "paused");
-    assert!(paused["resume_at"].as_i64().is_some(), "{paused}");
+    let resume_at = paused["resume_at"].as_str().unwrap_or_default();
+    assert!(
+        resume_at.len() == 27 && resume_at.ends_with('Z'),
+        "an RFC 3339 UTC time with microseconds: {paused}"
+    );
     // Nobody resumes it: the engine's timer does.
     let done = op.wait_state("ra", "completed").await;
     assert_eq!(step_status(&done, "b"), "completed");
@@ -2658,4 +2666,314 @@ async fn the_connection_limit_holds_extra_clients_until_a_slot_frees() {
         "answered after {waited:?}, while both slots were held by silent connections"
     );
     drop(silent);
+}
+
+/// `cairn … --db DB` on the store itself (no server).
+fn local(args: &[&str], db: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .env_remove("CAIRN_TOKEN")
+        .env_remove("CAIRN_SERVER")
+        .env_remove("CAIRN_DB")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("$ cairn {} --db … -> {}\n{}", args.join(" "), r.0, r.2);
+    r
+}
+
+/// Every read command prints the same thing on a local store and with `--server`: the same
+/// `--json` byte for byte, and the same tables (one code path, one renderer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_command_answers_the_same_locally_and_over_http() {
+    let mut w = World::new();
+    let op = w.op();
+    let mut breakpoint = echo_step("c");
+    breakpoint["pause_before"] = json!(true);
+    op.register(plan_doc(
+        "both",
+        vec![echo_step("a"), echo_step("b"), breakpoint, echo_step("d")],
+    ))
+    .await;
+    op.post_empty("/v1/plans/both/start")
+        .await
+        .expect(200, "start");
+    op.wait_for("both", "paused and quiet at the breakpoint", |p| {
+        p["state"] == "paused" && p["running_steps"].as_array().is_some_and(|r| r.is_empty())
+    })
+    .await;
+    let remote = |args: &[&str]| cli(args, &w.server.base, Some(&w.operator));
+    let (code, out, err) = remote(&["steps", "skip", "both", "c", "--reason", "not needed"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = remote(&["steps", "skip", "both", "a"]);
+    assert_eq!(code, 2, "a completed step cannot be skipped: {err}");
+    let (code, out, err) = remote(&["checkpoints", "create", "both", "--label", "mine"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A second plan, paused with a time to resume by itself.
+    op.register(plan_doc(
+        "later",
+        vec![sleep_step("a", 100), echo_step("b")],
+    ))
+    .await;
+    op.post_empty("/v1/plans/later/start")
+        .await
+        .expect(200, "start later");
+    let (code, out, err) = remote(&[
+        "plans",
+        "pause",
+        "later",
+        "--resume-at",
+        "2099-01-02T03:04:05.000006+01:00",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("resumes by itself at 2099-01-02 02:04:05Z"),
+        "plans show says when: {out}"
+    );
+    op.wait_for("later", "quiet", |p| {
+        p["running_steps"].as_array().is_some_and(|r| r.is_empty())
+    })
+    .await;
+
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["plans", "list"],
+        vec!["plans", "list", "--limit", "1"],
+        vec!["plans", "list", "--state", "paused"],
+        vec!["plans", "show", "both"],
+        vec!["plans", "show", "later"],
+        vec!["plans", "events", "both"],
+        vec!["plans", "events", "both", "--limit", "4"],
+        vec!["plans", "events", "both", "--limit", "4", "--cursor", "4"],
+        vec!["plans", "snapshot", "both"],
+        vec!["plans", "interventions", "both"],
+        vec!["plans", "interventions", "both", "--limit", "1"],
+        vec!["checkpoints", "list", "both"],
+        vec![
+            "checkpoints",
+            "list",
+            "both",
+            "--limit",
+            "2",
+            "--cursor",
+            "2",
+        ],
+        vec!["checkpoints", "show", "both", "cp-2"],
+    ];
+    let mut over_http = Vec::new();
+    for c in &commands {
+        for json in [false, true] {
+            let mut args = c.clone();
+            if json {
+                args.push("--json");
+            }
+            let (code, out, err) = remote(&args);
+            assert_eq!(code, 0, "{args:?}: {err}");
+            over_http.push((args, out));
+        }
+    }
+    // The server holds the store while it runs; stop it, then read the same file locally.
+    assert_eq!(w.server.term(), Some(0));
+    for (args, remote_out) in &over_http {
+        let (code, out, err) = local(args, &w.db);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        // A snapshot says when it was taken; that alone may differ.
+        let strip = |text: &str| -> String {
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with("\"taken_at\""))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            strip(&out),
+            strip(remote_out),
+            "cairn {} differs locally and over HTTP",
+            args.join(" ")
+        );
+    }
+
+    // What the outputs say, beyond being equal.
+    let out = |args: &[&str]| {
+        over_http
+            .iter()
+            .find(|(a, _)| a.as_slice() == args)
+            .map(|(_, o)| o.clone())
+            .unwrap()
+    };
+    let list: Value = serde_json::from_str(&out(&["plans", "list", "--json"])).unwrap();
+    let both = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["plan_id"] == "both")
+        .unwrap();
+    assert_eq!(
+        both["progress"],
+        json!({"total": 4, "completed": 2, "failed": 0, "skipped": 1, "running": 0})
+    );
+    let created = both["created_at"].as_str().unwrap();
+    assert!(created.len() == 27 && created.ends_with('Z'), "{created}");
+    let table = out(&["plans", "list"]);
+    assert!(
+        table.contains("PROGRESS") && table.contains("3/4"),
+        "{table}"
+    );
+    assert!(out(&["plans", "list", "--limit", "1"]).contains("more: --cursor "));
+    let events = out(&["plans", "events", "both", "--limit", "4"]);
+    assert!(events.contains("more: --cursor 4"), "{events}");
+    assert!(events.contains("[checkpoint cp-2]"), "{events}");
+    let ivs: Value =
+        serde_json::from_str(&out(&["plans", "interventions", "both", "--json"])).unwrap();
+    let users: Vec<(&str, &str)> = ivs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["user"].as_str().unwrap(), i["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(users, [("olivia", "applied"), ("olivia", "failed")]);
+    let page: Value = serde_json::from_str(&out(&[
+        "plans",
+        "interventions",
+        "both",
+        "--limit",
+        "1",
+        "--json",
+    ]))
+    .unwrap();
+    assert!(page["next_cursor"].is_string(), "{page}");
+    let snap: Value = serde_json::from_str(&out(&["plans", "snapshot", "both", "--json"])).unwrap();
+    assert_eq!(snap["skipped_steps"], json!(["c"]));
+    assert_eq!(snap["plan"]["steps"].as_array().unwrap().len(), 4);
+}
+
+/// `resume_at` takes an RFC 3339 time (any offset) or, as before, integer microseconds, and
+/// every time in the answer is RFC 3339 UTC with microseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_at_takes_rfc3339_and_answers_rfc3339() {
+    let w = World::new();
+    let op = w.op();
+    op.register(plan_doc(
+        "ra2",
+        vec![sleep_step("a", 20_000), echo_step("b")],
+    ))
+    .await;
+    op.post_empty("/v1/plans/ra2/start")
+        .await
+        .expect(200, "start");
+    let want = "2099-01-01T00:00:00.000000Z";
+    for resume_at in [
+        json!("2099-01-01T01:00:00+01:00"),
+        json!(4_070_908_800_000_000_i64),
+    ] {
+        let paused = op
+            .post("/v1/plans/ra2/pause", json!({"resume_at": resume_at}))
+            .await
+            .expect(200, "pause with resume_at")
+            .body;
+        assert_eq!(paused["resume_at"], want, "{paused}");
+        for t in [&paused["created_at"], &paused["updated_at"]] {
+            let t = t.as_str().unwrap();
+            assert!(t.len() == 27 && t.ends_with('Z'), "{t}");
+        }
+        op.post_empty("/v1/plans/ra2/resume")
+            .await
+            .expect(200, "resume");
+    }
+    for bad in [json!("tomorrow"), json!("2099-01-01 00:00"), json!(1.5)] {
+        let r = op
+            .post("/v1/plans/ra2/pause", json!({"resume_at": bad}))
+            .await;
+        assert!(
+            (400..500).contains(&r.status),
+            "resume_at {bad}: {} {}",
+            r.status,
+            r.body
+        );
+        r.error_shape("a bad resume_at");
+    }
+    let events = op.all_events("ra2").await;
+    let pause = events
+        .iter()
+        .find(|e| e["type"] == "plan_paused")
+        .expect("plan_paused");
+    assert_eq!(pause["data"]["resume_at"], want, "{pause}");
+    let at = pause["at"].as_str().unwrap();
+    assert!(at.len() == 27 && at.ends_with('Z'), "{at}");
+    op.post_empty("/v1/plans/ra2/cancel")
+        .await
+        .expect(200, "cancel");
+}
+
+/// The client crate reads every answer as its typed value (nothing is left as raw JSON), and
+/// what it reads writes back as the document the server sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_reads_every_answer() {
+    use cairn_client::Client;
+    let w = World::new();
+    let admin = Client::new(&w.server.base, Some(w.admin.clone())).unwrap();
+    assert_eq!(admin.healthz().await.unwrap().status, "ok");
+    assert_eq!(admin.readyz().await.unwrap().status, "ready");
+    let token = admin.create_token("tess", "operator").await.unwrap();
+    assert!(token.token.starts_with("cairn_"));
+    let tokens = admin.tokens().await.unwrap();
+    assert!(tokens
+        .items
+        .iter()
+        .any(|t| t.id == token.id && t.user == "tess"));
+
+    let c = Client::new(&w.server.base, Some(token.token)).unwrap();
+    let view = c
+        .register(&plan_doc("typed", vec![echo_step("a"), echo_step("b")]))
+        .await
+        .unwrap();
+    assert_eq!(view.plan_id, "typed");
+    c.start("typed", Some("go".into())).await.unwrap();
+    let done = w.op().wait_state("typed", "completed").await;
+    let plan = c.plan("typed").await.unwrap();
+    assert_eq!(serde_json::to_value(&plan).unwrap(), done);
+    let list = c
+        .list_plans(Some("completed"), Some(10), None)
+        .await
+        .unwrap();
+    assert_eq!(list.items[0].progress.completed, 2);
+    let events = c.events("typed", 0, Some(3)).await.unwrap();
+    assert_eq!(events.items.len(), 3);
+    assert_eq!(events.next_cursor.as_deref(), Some("3"));
+    let raw = w
+        .op()
+        .get("/v1/plans/typed/events?after=0&limit=3")
+        .await
+        .expect(200, "events")
+        .body;
+    assert_eq!(serde_json::to_value(&events).unwrap(), raw);
+    let cps = c.checkpoints("typed", Some(1), None).await.unwrap();
+    assert_eq!(cps.items.len(), 1);
+    let rest = c
+        .checkpoints("typed", Some(100), cps.next_cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 2, "3 checkpoints in all");
+    let cp = c
+        .checkpoint("typed", &rest.items[1].checkpoint_id)
+        .await
+        .unwrap();
+    assert_eq!(cp.completed_steps, ["a", "b"]);
+    let refused = c
+        .intervene("typed", &json!({"type": "skip_step", "step_id": "a"}))
+        .await
+        .unwrap_err();
+    let record = refused.refused_intervention().expect("the refused record");
+    assert_eq!(record.user, "tess");
+    let ivs = c.interventions("typed", None, None).await.unwrap();
+    assert_eq!(ivs.items, [record]);
+    let snap = c.snapshot("typed").await.unwrap();
+    assert_eq!(snap.completed_steps, ["a", "b"]);
+    assert_eq!(snap.plan.steps.len(), 2);
 }

@@ -1,15 +1,18 @@
-//! A typed client for cairn's HTTP API (DESIGN §4): one method per endpoint, bearer-token auth,
-//! errors that carry the server's `{"error": {"code", "message"}}` and HTTP status.
+//! A typed client for cairn's HTTP API: one method per endpoint, bearer-token auth, errors that
+//! carry the server's `{"error": {"code", "message"}}` and HTTP status.
 //!
-//! Answers are returned as the server's JSON ([`serde_json::Value`]) so that a caller printing
-//! `--json` shows exactly what the server said; [`Client::plan`] also has a typed twin for
-//! callers that want fields.
+//! Answers are the read models of `cairn_core::view` (the very types the server serialises), so
+//! a caller holds the same values whether it reads a store in process or over HTTP, and writing
+//! one back out as JSON gives the document the server sent.
 
 use std::time::Duration;
 
+use cairn_core::view::{CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot};
+use cairn_core::{Event, Intervention, Timestamp};
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, StatusCode};
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// What went wrong talking to the server.
@@ -61,31 +64,48 @@ impl ClientError {
     pub fn is_client_error(&self) -> bool {
         matches!(self.status(), Some(400..=499))
     }
+
+    /// The recorded intervention a refusal carries (`error.intervention`), if any.
+    pub fn refused_intervention(&self) -> Option<Intervention> {
+        match self {
+            ClientError::Api { body, .. } => body
+                .get("error")
+                .and_then(|e| e.get("intervention"))
+                .and_then(|i| serde_json::from_value(i.clone()).ok()),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
-/// A page of a list endpoint: `{"items": [...], "next_cursor": …}`.
-#[derive(Debug, Clone)]
-pub struct Page {
-    pub items: Vec<Value>,
-    pub next_cursor: Option<String>,
+/// The answer of `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`, `ready`, or what is wrong.
+    pub status: String,
 }
 
-impl Page {
-    fn from_value(v: Value) -> Result<Page> {
-        let items = v
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .ok_or_else(|| ClientError::Decode(format!("a list without items: {v}")))?;
-        let next_cursor = match v.get("next_cursor") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        Ok(Page { items, next_cursor })
-    }
+/// An API token as listed (never the secret nor its hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub user: String,
+    /// `viewer`, `operator`, `admin` or `worker`.
+    pub role: String,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A token just created: the secret is shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewToken {
+    pub id: String,
+    pub user: String,
+    pub role: String,
+    pub token: String,
+    pub created_at: Timestamp,
 }
 
 /// Options of `POST /v1/plans/{id}/pause`.
@@ -96,9 +116,9 @@ pub struct PauseOptions {
     /// `boundary` (default) or `immediate`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    /// Microseconds since the Unix epoch.
+    /// When the plan resumes by itself.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resume_at: Option<i64>,
+    pub resume_at: Option<Timestamp>,
 }
 
 /// The plan states in which nothing more happens by itself.
@@ -193,15 +213,24 @@ impl Client {
         Err(api_error(status, &bytes))
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
-        Ok(self.send(self.request(Method::GET, path)).await?.1)
-    }
-
     async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         Ok(self
             .send(self.request(Method::POST, path).json(body))
             .await?
             .1)
+    }
+
+    /// `GET path?query` read as a `T`.
+    async fn get_as<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
+        let v = self
+            .send(self.request(Method::GET, path).query(query))
+            .await?
+            .1;
+        decode(v)
+    }
+
+    async fn post_as<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
+        decode(self.post(path, body).await?)
     }
 
     fn plan_path(id: &str) -> String {
@@ -218,20 +247,20 @@ impl Client {
     // ---- health -------------------------------------------------------------------------------
 
     /// `GET /healthz`.
-    pub async fn healthz(&self) -> Result<Value> {
-        self.get("/healthz").await
+    pub async fn healthz(&self) -> Result<Health> {
+        self.get_as("/healthz", &[]).await
     }
 
     /// `GET /readyz`.
-    pub async fn readyz(&self) -> Result<Value> {
-        self.get("/readyz").await
+    pub async fn readyz(&self) -> Result<Health> {
+        self.get_as("/readyz", &[]).await
     }
 
     // ---- plans --------------------------------------------------------------------------------
 
     /// `POST /v1/plans`: register a plan document (JSON). Answers the plan's state.
-    pub async fn register(&self, plan: &Value) -> Result<Value> {
-        self.post("/v1/plans", plan).await
+    pub async fn register(&self, plan: &Value) -> Result<PlanView> {
+        self.post_as("/v1/plans", plan).await
     }
 
     /// `GET /v1/plans?state=&limit=&cursor=`: newest first.
@@ -240,33 +269,17 @@ impl Client {
         state: Option<&str>,
         limit: Option<usize>,
         cursor: Option<&str>,
-    ) -> Result<Page> {
-        let mut q: Vec<(&str, String)> = Vec::new();
+    ) -> Result<Page<PlanSummary>> {
+        let mut q = page_query(limit, cursor);
         if let Some(s) = state {
             q.push(("state", s.to_owned()));
         }
-        if let Some(l) = limit {
-            q.push(("limit", l.to_string()));
-        }
-        if let Some(c) = cursor {
-            q.push(("cursor", c.to_owned()));
-        }
-        let v = self
-            .send(self.request(Method::GET, "/v1/plans").query(&q))
-            .await?
-            .1;
-        Page::from_value(v)
+        self.get_as("/v1/plans", &q).await
     }
 
-    /// `GET /v1/plans/{id}`: the plan's state, as the server sent it.
-    pub async fn plan(&self, id: &str) -> Result<Value> {
-        self.get(&Self::plan_path(id)).await
-    }
-
-    /// `GET /v1/plans/{id}`, typed.
-    pub async fn plan_view(&self, id: &str) -> Result<cairn_core::view::PlanView> {
-        let v = self.plan(id).await?;
-        serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
+    /// `GET /v1/plans/{id}`: the plan's state.
+    pub async fn plan(&self, id: &str) -> Result<PlanView> {
+        self.get_as(&Self::plan_path(id), &[]).await
     }
 
     /// `DELETE /v1/plans/{id}` (admin; not while running).
@@ -277,8 +290,8 @@ impl Client {
     }
 
     /// `POST /v1/plans/{id}/start`.
-    pub async fn start(&self, id: &str, reason: Option<String>) -> Result<Value> {
-        self.post(
+    pub async fn start(&self, id: &str, reason: Option<String>) -> Result<PlanView> {
+        self.post_as(
             &format!("{}/start", Self::plan_path(id)),
             &Self::reason_body(reason),
         )
@@ -286,15 +299,15 @@ impl Client {
     }
 
     /// `POST /v1/plans/{id}/pause`.
-    pub async fn pause(&self, id: &str, options: &PauseOptions) -> Result<Value> {
+    pub async fn pause(&self, id: &str, options: &PauseOptions) -> Result<PlanView> {
         let body = serde_json::to_value(options).unwrap_or_else(|_| json!({}));
-        self.post(&format!("{}/pause", Self::plan_path(id)), &body)
+        self.post_as(&format!("{}/pause", Self::plan_path(id)), &body)
             .await
     }
 
     /// `POST /v1/plans/{id}/resume`.
-    pub async fn resume(&self, id: &str, reason: Option<String>) -> Result<Value> {
-        self.post(
+    pub async fn resume(&self, id: &str, reason: Option<String>) -> Result<PlanView> {
+        self.post_as(
             &format!("{}/resume", Self::plan_path(id)),
             &Self::reason_body(reason),
         )
@@ -302,8 +315,8 @@ impl Client {
     }
 
     /// `POST /v1/plans/{id}/cancel`.
-    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<Value> {
-        self.post(
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<PlanView> {
+        self.post_as(
             &format!("{}/cancel", Self::plan_path(id)),
             &Self::reason_body(reason),
         )
@@ -312,50 +325,68 @@ impl Client {
 
     /// `POST /v1/plans/{id}/interventions`: the body as DESIGN §4 describes it. Answers the
     /// intervention record (201, or 200 for a dry run).
-    pub async fn intervene(&self, id: &str, body: &Value) -> Result<Value> {
-        self.post(&format!("{}/interventions", Self::plan_path(id)), body)
+    ///
+    /// A refusal is an [`ClientError::Api`] whose body's `error.intervention` holds the failed
+    /// record ([`ClientError::refused_intervention`]).
+    pub async fn intervene(&self, id: &str, body: &Value) -> Result<Intervention> {
+        self.post_as(&format!("{}/interventions", Self::plan_path(id)), body)
             .await
     }
 
-    /// `GET /v1/plans/{id}/interventions`.
-    pub async fn interventions(&self, id: &str) -> Result<Page> {
-        Page::from_value(
-            self.get(&format!("{}/interventions", Self::plan_path(id)))
-                .await?,
+    /// `GET /v1/plans/{id}/interventions?limit=&cursor=`: oldest first.
+    pub async fn interventions(
+        &self,
+        id: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Intervention>> {
+        self.get_as(
+            &format!("{}/interventions", Self::plan_path(id)),
+            &page_query(limit, cursor),
         )
+        .await
     }
 
-    /// `GET /v1/plans/{id}/checkpoints`.
-    pub async fn checkpoints(&self, id: &str) -> Result<Page> {
-        Page::from_value(
-            self.get(&format!("{}/checkpoints", Self::plan_path(id)))
-                .await?,
+    /// `GET /v1/plans/{id}/checkpoints?limit=&cursor=`: oldest first.
+    pub async fn checkpoints(
+        &self,
+        id: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page<CheckpointSummary>> {
+        self.get_as(
+            &format!("{}/checkpoints", Self::plan_path(id)),
+            &page_query(limit, cursor),
         )
+        .await
     }
 
     /// `POST /v1/plans/{id}/checkpoints`: a manual checkpoint.
-    pub async fn create_checkpoint(&self, id: &str, label: Option<String>) -> Result<Value> {
+    pub async fn create_checkpoint(
+        &self,
+        id: &str,
+        label: Option<String>,
+    ) -> Result<CheckpointSummary> {
         let body = match label {
             Some(l) => json!({ "label": l }),
             None => json!({}),
         };
-        self.post(&format!("{}/checkpoints", Self::plan_path(id)), &body)
+        self.post_as(&format!("{}/checkpoints", Self::plan_path(id)), &body)
             .await
     }
 
     /// `GET /v1/plans/{id}/checkpoints/{cid}`.
-    pub async fn checkpoint(&self, id: &str, cid: &str) -> Result<Value> {
-        self.get(&format!(
-            "{}/checkpoints/{}",
-            Self::plan_path(id),
-            path_segment(cid)
-        ))
+    pub async fn checkpoint(&self, id: &str, cid: &str) -> Result<CheckpointView> {
+        self.get_as(
+            &format!("{}/checkpoints/{}", Self::plan_path(id), path_segment(cid)),
+            &[],
+        )
         .await
     }
 
     /// `POST /v1/plans/{id}/checkpoints/{cid}/restore`.
-    pub async fn restore(&self, id: &str, cid: &str, reason: Option<String>) -> Result<Value> {
-        self.post(
+    pub async fn restore(&self, id: &str, cid: &str, reason: Option<String>) -> Result<PlanView> {
+        self.post_as(
             &format!(
                 "{}/checkpoints/{}/restore",
                 Self::plan_path(id),
@@ -367,12 +398,12 @@ impl Client {
     }
 
     /// `POST /v1/plans/{id}/checkpoints/{cid}/fork`: answers the new plan's state.
-    pub async fn fork(&self, id: &str, cid: &str, new_plan_id: Option<String>) -> Result<Value> {
+    pub async fn fork(&self, id: &str, cid: &str, new_plan_id: Option<String>) -> Result<PlanView> {
         let body = match new_plan_id {
             Some(n) => json!({ "new_plan_id": n }),
             None => json!({}),
         };
-        self.post(
+        self.post_as(
             &format!(
                 "{}/checkpoints/{}/fork",
                 Self::plan_path(id),
@@ -384,44 +415,39 @@ impl Client {
     }
 
     /// `GET /v1/plans/{id}/snapshot`.
-    pub async fn snapshot(&self, id: &str) -> Result<Value> {
-        self.get(&format!("{}/snapshot", Self::plan_path(id))).await
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot> {
+        self.get_as(&format!("{}/snapshot", Self::plan_path(id)), &[])
+            .await
     }
 
-    /// `GET /v1/plans/{id}/events?after=&limit=`.
-    pub async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Result<Page> {
+    /// `GET /v1/plans/{id}/events?after=&limit=`: oldest first; `next_cursor` is the `after`
+    /// of the next page.
+    pub async fn events(&self, id: &str, after: u64, limit: Option<usize>) -> Result<Page<Event>> {
         let mut q = vec![("after", after.to_string())];
         if let Some(l) = limit {
             q.push(("limit", l.to_string()));
         }
-        let v = self
-            .send(
-                self.request(Method::GET, &format!("{}/events", Self::plan_path(id)))
-                    .query(&q),
-            )
-            .await?
-            .1;
-        Page::from_value(v)
+        self.get_as(&format!("{}/events", Self::plan_path(id)), &q)
+            .await
     }
 
     // ---- tokens -------------------------------------------------------------------------------
 
     /// `POST /v1/tokens` (admin): answers the new token, secret included (shown once).
-    pub async fn create_token(&self, user: &str, role: &str) -> Result<Value> {
-        self.post("/v1/tokens", &json!({"user": user, "role": role}))
+    pub async fn create_token(&self, user: &str, role: &str) -> Result<NewToken> {
+        self.post_as("/v1/tokens", &json!({"user": user, "role": role}))
             .await
     }
 
     /// `GET /v1/workers`: the remote workers the server has seen.
     pub async fn workers(&self) -> Result<Vec<cairn_core::view::WorkerInfo>> {
-        let page = self.get("/v1/workers").await?;
-        let items = page.get("items").cloned().unwrap_or_default();
-        serde_json::from_value(items).map_err(|e| ClientError::Decode(e.to_string()))
+        let page: Page<cairn_core::view::WorkerInfo> = self.get_as("/v1/workers", &[]).await?;
+        Ok(page.items)
     }
 
     /// `GET /v1/tokens` (admin).
-    pub async fn tokens(&self) -> Result<Page> {
-        Page::from_value(self.get("/v1/tokens").await?)
+    pub async fn tokens(&self) -> Result<Page<TokenInfo>> {
+        self.get_as("/v1/tokens", &[]).await
     }
 
     /// `DELETE /v1/tokens/{id}` (admin).
@@ -434,15 +460,14 @@ impl Client {
     // ---- following a plan ---------------------------------------------------------------------
 
     /// Follows a plan's events from `after`: live over SSE (`GET …/events/stream`, resuming with
-    /// `Last-Event-ID` on reconnect) or, when the server has no such route, by polling
-    /// `GET …/events?after=` every 500 ms. Calls `on_event` for each event in seq order, and
-    /// returns once the plan is completed, failed or cancelled (after its last event), or when
-    /// `on_event` answers `false`.
+    /// `Last-Event-ID` on reconnect), reconnecting when the stream drops. Calls `on_event` for
+    /// each event in seq order, and returns once the plan is completed, failed or cancelled
+    /// (after its last event), or when `on_event` answers `false`.
     pub async fn follow_events(
         &self,
         id: &str,
         after: u64,
-        mut on_event: impl FnMut(&Value) -> bool,
+        mut on_event: impl FnMut(&Event) -> bool,
     ) -> Result<()> {
         let mut last = after;
         let mut sse = true;
@@ -451,29 +476,21 @@ impl Client {
             // Catch up (and learn whether the plan is already over) with the plain endpoint.
             loop {
                 let page = self.events(id, last, Some(1000)).await?;
-                let n = page.items.len();
                 for e in &page.items {
-                    if let Some(seq) = e.get("seq").and_then(Value::as_u64) {
-                        if seq <= last {
-                            continue;
-                        }
-                        last = seq;
+                    if e.seq <= last {
+                        continue;
                     }
+                    last = e.seq;
                     if !on_event(e) {
                         return Ok(());
                     }
                 }
-                if n < 1000 {
+                if page.next_cursor.is_none() {
                     break;
                 }
             }
             let plan = self.plan(id).await?;
-            if plan
-                .get("state")
-                .and_then(Value::as_str)
-                .is_some_and(is_terminal_state)
-                && plan.get("last_seq").and_then(Value::as_u64).unwrap_or(0) <= last
-            {
+            if plan.state.is_terminal() && plan.last_seq <= last {
                 return Ok(());
             }
             if sse {
@@ -508,7 +525,7 @@ impl Client {
         &self,
         id: &str,
         last: &mut u64,
-        on_event: &mut impl FnMut(&Value) -> bool,
+        on_event: &mut impl FnMut(&Event) -> bool,
     ) -> Result<StreamEnd> {
         let mut r = self
             .request(
@@ -532,34 +549,39 @@ impl Client {
                 return Ok(StreamEnd::Dropped);
             };
             for frame in parser.feed(&chunk) {
-                let Ok(event) = serde_json::from_str::<Value>(&frame.data) else {
+                let event = serde_json::from_str::<Event>(&frame.data)
+                    .map_err(|e| ClientError::Decode(format!("an event of the stream: {e}")))?;
+                if event.seq <= *last {
                     continue;
-                };
-                let seq = event
-                    .get("seq")
-                    .and_then(Value::as_u64)
-                    .or_else(|| frame.id.as_deref().and_then(|i| i.parse().ok()));
-                if let Some(seq) = seq {
-                    if seq <= *last {
-                        continue;
-                    }
-                    *last = seq;
                 }
+                *last = event.seq;
                 if !on_event(&event) {
                     return Ok(StreamEnd::Done);
                 }
-                let kind = event
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .or(frame.event.as_deref())
-                    .unwrap_or("");
-                if is_terminal_event(kind) {
+                if is_terminal_event(event.kind.type_name()) {
                     return Ok(StreamEnd::Done);
                 }
             }
         }
         Ok(StreamEnd::Dropped)
     }
+}
+
+/// `limit` and `cursor` of a list request.
+fn page_query(limit: Option<usize>, cursor: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    if let Some(l) = limit {
+        q.push(("limit", l.to_string()));
+    }
+    if let Some(c) = cursor {
+        q.push(("cursor", c.to_owned()));
+    }
+    q
+}
+
+/// Reads a 2xx answer as the type the endpoint documents.
+fn decode<T: DeserializeOwned>(v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
 }
 
 enum StreamEnd {

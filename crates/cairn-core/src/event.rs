@@ -8,8 +8,10 @@ use crate::intervention::Intervention;
 use crate::plan::Plan;
 use crate::state::{Materialized, PauseReason};
 
-/// Microseconds since the Unix epoch.
-pub type Micros = i64;
+pub use crate::time::Timestamp;
+
+/// The former name of [`Timestamp`], kept so code written against it still reads.
+pub type Micros = Timestamp;
 
 /// One entry of a plan's log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,13 +20,43 @@ pub struct Event {
     pub id: u64,
     pub seq: u64,
     pub plan_id: String,
-    pub at: Micros,
+    pub at: Timestamp,
     pub actor: String,
     #[serde(flatten)]
     pub kind: EventKind,
     /// Set when this event is also a checkpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointMark>,
+}
+
+/// Events read back from their JSON (a client reading an API answer): the same fields, so a
+/// value read and written again is the document the server sent.
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Event, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            id: u64,
+            seq: u64,
+            plan_id: String,
+            at: Timestamp,
+            actor: String,
+            #[serde(flatten)]
+            kind: EventKind,
+            #[serde(default)]
+            checkpoint: Option<CheckpointMark>,
+        }
+        let w = Wire::deserialize(deserializer)?;
+        Ok(Event {
+            id: w.id,
+            seq: w.seq,
+            plan_id: w.plan_id,
+            at: w.at,
+            actor: w.actor,
+            kind: w.kind,
+            checkpoint: w.checkpoint,
+        })
+    }
 }
 
 impl Event {
@@ -130,7 +162,7 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         step_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        resume_at: Option<Micros>,
+        resume_at: Option<Timestamp>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     },
@@ -177,7 +209,7 @@ pub enum EventKind {
         error: String,
         /// Set when the step will be tried again at that time.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        retry_at: Option<Micros>,
+        retry_at: Option<Timestamp>,
     },
     /// A running attempt was stopped by an immediate pause or by recovery of a quiet plan.
     StepInterrupted {
@@ -312,12 +344,12 @@ mod tests {
             step_id: "s".into(),
             attempt: 2,
             error: "boom \"quoted\"".into(),
-            retry_at: Some(5),
+            retry_at: Some(Timestamp::from_micros(1_796_159_669_123_456)),
         };
         let data = kind.data_json();
         assert_eq!(
             data,
-            r#"{"step_id":"s","attempt":2,"error":"boom \"quoted\"","retry_at":5}"#
+            r#"{"step_id":"s","attempt":2,"error":"boom \"quoted\"","retry_at":"2026-12-01T21:14:29.123456Z"}"#
         );
         assert_eq!(
             EventKind::from_parts(kind.type_name(), &data).unwrap(),
@@ -328,6 +360,64 @@ mod tests {
             EventKind::from_parts("plan_drained", &drained.data_json()).unwrap(),
             drained
         );
+    }
+
+    /// Logs written before timestamps became RFC 3339 strings carry integers of microseconds;
+    /// they must read to the same values.
+    #[test]
+    fn integer_times_of_older_logs_still_read() {
+        let old = EventKind::from_parts(
+            "step_failed",
+            r#"{"step_id":"s","attempt":1,"error":"e","retry_at":1796159669123456}"#,
+        )
+        .unwrap();
+        let new = EventKind::from_parts(
+            "step_failed",
+            r#"{"step_id":"s","attempt":1,"error":"e","retry_at":"2026-12-01T21:14:29.123456Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(old, new);
+        let paused = EventKind::from_parts(
+            "plan_paused",
+            r#"{"reason":"operator","mode":"immediate","resume_at":1796159669000000}"#,
+        )
+        .unwrap();
+        let EventKind::PlanPaused { resume_at, .. } = paused else {
+            panic!("not a pause: {paused:?}");
+        };
+        assert_eq!(
+            resume_at,
+            Some(Timestamp::from_micros(1_796_159_669_000_000))
+        );
+    }
+
+    #[test]
+    fn events_read_back_as_written() {
+        let e = Event {
+            id: 7,
+            seq: 3,
+            plan_id: "p".into(),
+            at: Timestamp::from_micros(1_796_159_669_123_456),
+            actor: "ann".into(),
+            kind: EventKind::StepCompleted {
+                step_id: "s".into(),
+                attempt: 1,
+                output: serde_json::json!({"z": 1, "a": [1.5, "x"]}),
+                scores: None,
+            },
+            checkpoint: Some(CheckpointMark {
+                trigger: CheckpointTrigger::Step,
+                label: None,
+            }),
+        };
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(
+            text.contains(r#""at":"2026-12-01T21:14:29.123456Z""#),
+            "{text}"
+        );
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
+//! - [`time`]: timestamps, stored as microseconds and written as RFC 3339.
 //!
 //! Architecture invariant: nothing in this crate does IO, reads a clock or draws a random number.
 //! Time comes in as [`decide::Ctx::now`]; ids are derived from log positions. Replaying the same
@@ -20,6 +21,7 @@ pub mod intervention;
 pub mod plan;
 pub mod state;
 pub mod suggest;
+pub mod time;
 pub mod view;
 
 pub use decide::{handle, Command, Ctx, Decision, StepResult};
@@ -27,6 +29,7 @@ pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, Pau
 pub use intervention::{Intervention, InterventionKind, InterventionRequest};
 pub use plan::{Fault, Format, Invalid, Plan, StepDef};
 pub use state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
+pub use time::Timestamp;
 
 /// Why a command was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

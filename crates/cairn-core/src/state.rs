@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::event::{Event, EventKind, Micros};
+use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::intervention;
 use crate::plan::{Plan, StepDef};
 
@@ -250,8 +250,8 @@ impl PlanState {
             resume_at: None,
             drained: true,
             seq: 0,
-            created_at: 0,
-            updated_at: 0,
+            created_at: Timestamp::EPOCH,
+            updated_at: Timestamp::EPOCH,
             failure: None,
             origin: None,
             retired: BTreeMap::new(),

@@ -1,12 +1,109 @@
-//! Read models: what a client sees of a plan (`GET /v1/plans/{id}`) and of a checkpoint. Pure
-//! projections of [`PlanState`], shared by the CLI, the server and the library.
+//! Read models: what a client sees of a plan (`GET /v1/plans/{id}`), of a listing, of a
+//! checkpoint and of the audit snapshot. Pure projections of [`PlanState`], shared by the CLI
+//! (on a local store and over HTTP alike), the server and the library, so that both ways of
+//! reading a plan answer the same typed values.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::event::{checkpoint_id, CheckpointTrigger, Micros};
+use crate::event::{checkpoint_id, CheckpointTrigger, Timestamp};
+use crate::intervention::Intervention;
 use crate::plan::Plan;
-use crate::state::{PauseReason, PlanState, PlanStatus, StepStatus};
+use crate::state::{OriginRef, PauseReason, PlanState, PlanStatus, StepStatus};
+
+/// One page of a list: `{"items": [...], "next_cursor": "…" or null}`. `next_cursor` is
+/// opaque; `None` on the last page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page cut from `items` fetched with one more than `limit`: the extra item, if there,
+    /// proves there is more, and the cursor is `cursor_of` the last item kept.
+    pub fn cut(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next_cursor = if more {
+            items.last().map(cursor_of)
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}
+
+/// How far a plan has got, in step counts.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub total: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub running: usize,
+}
+
+impl Progress {
+    pub fn of(state: &PlanState) -> Progress {
+        let count = |st: StepStatus| state.steps.iter().filter(|s| s.rec.status == st).count();
+        Progress {
+            total: state.steps.len(),
+            completed: count(StepStatus::Completed),
+            failed: count(StepStatus::Failed),
+            skipped: count(StepStatus::Skipped),
+            running: count(StepStatus::Running),
+        }
+    }
+}
+
+/// A plan as listed (`GET /v1/plans`): enough to see at a glance where it stands.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    pub plan_id: String,
+    pub query: String,
+    pub state: PlanStatus,
+    pub pause_reason: Option<PauseReason>,
+    pub version: u64,
+    pub progress: Progress,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_at: Option<Timestamp>,
+    pub last_seq: u64,
+}
+
+impl PlanSummary {
+    pub fn of(state: &PlanState) -> PlanSummary {
+        PlanSummary {
+            plan_id: state.plan_id.clone(),
+            query: state.query.clone(),
+            state: state.status,
+            pause_reason: state.pause_reason,
+            version: state.version,
+            progress: Progress::of(state),
+            created_at: state.created_at,
+            updated_at: state.updated_at,
+            resume_at: state.resume_at,
+            last_seq: state.seq,
+        }
+    }
+}
+
+/// A checkpoint as listed (the state it implies is a [`CheckpointView`]).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    pub checkpoint_id: String,
+    pub plan_id: String,
+    pub seq: u64,
+    pub trigger: CheckpointTrigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub created_at: Timestamp,
+}
 
 /// One step as listed in a plan's state.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -19,11 +116,11 @@ pub struct StepView {
     pub attempts: u32,
     pub run: u32,
     pub depends_on: Vec<String>,
-    pub started_at: Option<Micros>,
-    pub ended_at: Option<Micros>,
+    pub started_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_at: Option<Micros>,
+    pub retry_at: Option<Timestamp>,
     /// What a `queued` step waits for: `a worker of agent type X`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
@@ -48,10 +145,10 @@ pub struct PlanView {
     #[serde(default)]
     pub queued_steps: Vec<String>,
     pub steps: Vec<StepView>,
-    pub created_at: Micros,
-    pub updated_at: Micros,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resume_at: Option<Micros>,
+    pub resume_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     pub last_seq: u64,
@@ -129,7 +226,7 @@ pub struct CheckpointView {
     /// Outputs of the steps that had completed, by step id.
     #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub context: Map<String, Value>,
-    pub created_at: Micros,
+    pub created_at: Timestamp,
 }
 
 impl CheckpointView {
@@ -138,7 +235,7 @@ impl CheckpointView {
         state: &PlanState,
         trigger: CheckpointTrigger,
         label: Option<String>,
-        created_at: Micros,
+        created_at: Timestamp,
     ) -> CheckpointView {
         let context = state
             .steps
@@ -168,6 +265,122 @@ impl CheckpointView {
     }
 }
 
+/// One step of the audit snapshot: its definition's names and its record, flat.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotStep {
+    pub step_id: String,
+    pub action: String,
+    pub agent_type: String,
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
+    pub params: Value,
+    pub depends_on: Vec<String>,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub run: u32,
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
+    pub output: Option<Value>,
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
+    pub scores: Option<Map<String, Value>>,
+    pub error: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
+}
+
+/// Everything about a plan in one document, for audit (DESIGN §1). It keeps the names the
+/// prototype's users read: `plan` (the definition, with `plan["steps"]`), `state`,
+/// `current_step_index`, `completed_steps`, `failed_steps`, `skipped_steps`, `checkpoints`,
+/// `interventions`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub plan_id: String,
+    /// The definition as it stands (with its `steps`).
+    pub plan: Plan,
+    pub version: u64,
+    pub state: PlanStatus,
+    pub pause_reason: Option<PauseReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_at: Option<Timestamp>,
+    pub total_steps: usize,
+    pub current_step_index: usize,
+    pub completed_steps: Vec<String>,
+    pub failed_steps: Vec<String>,
+    pub skipped_steps: Vec<String>,
+    pub running_steps: Vec<String>,
+    /// Every step's record, in plan order.
+    pub steps: Vec<SnapshotStep>,
+    pub checkpoints: Vec<CheckpointSummary>,
+    #[cfg_attr(feature = "utoipa", schema(value_type = Vec<Object>))]
+    pub interventions: Vec<Intervention>,
+    pub event_count: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub taken_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
+    pub origin: Option<OriginRef>,
+}
+
+impl Snapshot {
+    pub fn of(
+        state: &PlanState,
+        checkpoints: Vec<CheckpointSummary>,
+        interventions: Vec<Intervention>,
+        taken_at: Timestamp,
+    ) -> Snapshot {
+        let view = PlanView::of(state);
+        let steps = state
+            .steps
+            .iter()
+            .zip(view.steps)
+            .map(|(s, v)| SnapshotStep {
+                step_id: v.step_id,
+                action: v.action,
+                agent_type: v.agent_type,
+                params: s.def.params.clone(),
+                depends_on: v.depends_on,
+                status: v.status,
+                attempts: v.attempts,
+                run: v.run,
+                output: s.rec.output.clone(),
+                scores: s.rec.scores.clone(),
+                error: v.error,
+                started_at: v.started_at,
+                ended_at: v.ended_at,
+                retry_at: v.retry_at,
+            })
+            .collect();
+        Snapshot {
+            plan_id: view.plan_id,
+            plan: state.definition(),
+            version: view.version,
+            state: view.state,
+            pause_reason: view.pause_reason,
+            resume_at: view.resume_at,
+            total_steps: view.total_steps,
+            current_step_index: view.current_step_index,
+            completed_steps: view.completed_steps,
+            failed_steps: view.failed_steps,
+            skipped_steps: view.skipped_steps,
+            running_steps: view.running_steps,
+            steps,
+            checkpoints,
+            interventions,
+            event_count: state.seq,
+            created_at: state.created_at,
+            updated_at: state.updated_at,
+            taken_at,
+            failure: view.failure,
+            origin: state.origin.clone(),
+        }
+    }
+}
+
 /// Is the plan settled for someone waiting on it: ended, or paused with nothing running?
 pub fn is_settled(state: &PlanState) -> bool {
     state.status.is_terminal() || (state.status == PlanStatus::Paused && state.drained)
@@ -181,7 +394,7 @@ pub struct WorkerInfo {
     /// The agent types of its latest poll.
     pub agent_types: Vec<String>,
     /// When it last polled, µs since the Unix epoch.
-    pub last_poll_at: Micros,
+    pub last_poll_at: Timestamp,
     /// The tasks it holds now (leased, not reported).
     pub tasks: Vec<String>,
 }

@@ -27,7 +27,7 @@ const MS: i64 = 1_000;
 struct Sim {
     st: PlanState,
     log: Vec<Event>,
-    now: i64,
+    now: cairn_core::Timestamp,
 }
 
 impl Sim {
@@ -36,7 +36,7 @@ impl Sim {
         let mut sim = Sim {
             st: PlanState::empty(PLAN),
             log: Vec::new(),
-            now: 1_000_000,
+            now: cairn_core::Timestamp::from_micros(1_000_000),
         };
         sim.ok(Command::Register {
             definition,
@@ -1554,8 +1554,15 @@ fn remote_steps_are_queued_until_a_worker_claims_them() {
     let remote = |t: &str| t == "research";
     let mut run = |st: &mut PlanState, c: Command, actor: &str| {
         let before = st.clone();
-        let r =
-            decide::handle_starting(st, c, Ctx { now: 5, actor }, decide::Starts::Queue(&remote));
+        let r = decide::handle_starting(
+            st,
+            c,
+            Ctx {
+                now: cairn_core::Timestamp::from_micros(5),
+                actor,
+            },
+            decide::Starts::Queue(&remote),
+        );
         match &r {
             Ok(d) => log.extend(d.events.iter().cloned()),
             Err(_) => assert_eq!(*st, before, "a refused command changed the state"),

@@ -48,10 +48,20 @@ steps:
     println!("Snapshot captured:");
     println!("  State: {}", snapshot.state.as_str());
     println!(
-        "  Progress: {}/{}",
-        snapshot.progress.completed_steps.len(),
-        snapshot.progress.total_steps
+        "  Progress: {}/{} (current step index {})",
+        snapshot.completed_steps.len(),
+        snapshot.plan.steps.len(),
+        snapshot.current_step_index
     );
+    for step in &snapshot.steps {
+        println!(
+            "  {:<8} {:<10} attempts {}  output {}",
+            step.step_id,
+            format!("{:?}", step.status).to_lowercase(),
+            step.attempts,
+            step.output.clone().unwrap_or_default()
+        );
+    }
     println!("  Checkpoints: {}", snapshot.checkpoints.len());
     println!("  Interventions: {}", snapshot.interventions.len());
     println!("  Events: {}", snapshot.event_count);

@@ -106,7 +106,7 @@ impl PlanActor {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             let wake = self.state.next_wake().map(|t| {
-                let wait = (t - now_micros()).max(0) as u64;
+                let wait = (t - crate::engine::now()).max(0) as u64;
                 let at = tokio::time::Instant::now() + Duration::from_micros(wait);
                 self.hold_until.map_or(at, |hold| at.max(hold))
             });
@@ -376,7 +376,7 @@ impl PlanActor {
         replies: &mut [Option<ReplyTo>],
     ) -> Result<(), cairn_store::StoreError> {
         let before = self.state.seq;
-        let now = now_micros();
+        let now = crate::engine::now();
         let mut events: Vec<Event> = Vec::new();
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).

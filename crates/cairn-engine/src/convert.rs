@@ -8,7 +8,7 @@ use crate::EngineError;
 pub(crate) fn to_new(e: &Event) -> NewEvent {
     NewEvent {
         seq: e.seq,
-        at: e.at,
+        at: e.at.as_micros(),
         actor: e.actor.clone(),
         kind: e.kind.type_name().to_owned(),
         data: e.kind.data_json(),
@@ -38,7 +38,7 @@ pub(crate) fn from_stored(e: StoredEvent) -> Result<Event, EngineError> {
         id: e.id,
         seq: e.seq,
         plan_id: e.plan_id,
-        at: e.at,
+        at: cairn_core::Timestamp::from_micros(e.at),
         actor: e.actor,
         kind,
         checkpoint,

@@ -8,12 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_core::decide::SYSTEM_ACTOR;
 use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin};
-use cairn_core::view::{is_settled, CheckpointView, PlanView};
+use cairn_core::view::{
+    is_settled, CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot,
+};
 use cairn_core::{
     Command, Event, Intervention, InterventionRequest, Micros, PauseMode, Plan, PlanState,
-    PlanStatus,
+    PlanStatus, Timestamp,
 };
-use cairn_store::{CreatePlan, Page, PlanRow, Store};
+use cairn_store::{CreatePlan, PlanRow, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -23,12 +25,17 @@ use crate::executor::{Executor, Registry};
 use crate::publish::{self, Notice, Subscription};
 use crate::EngineError;
 
-/// Microseconds since the Unix epoch, now.
-pub fn now_micros() -> Micros {
+/// The wall clock, now.
+pub fn now() -> Timestamp {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as Micros)
-        .unwrap_or(0)
+        .map(|d| Timestamp::from_micros(d.as_micros() as i64))
+        .unwrap_or(Timestamp::EPOCH)
+}
+
+/// Microseconds since the Unix epoch, now (what stores keep).
+pub fn now_micros() -> i64 {
+    now().as_micros()
 }
 
 /// How an engine runs.
@@ -194,49 +201,6 @@ pub(crate) async fn state_at(
         return Err(EngineError::PlanNotFound(plan_id.to_owned()));
     }
     Ok((state, snapshot_seq))
-}
-
-/// Everything about a plan in one document, for audit (DESIGN §1).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub plan_id: String,
-    pub state: PlanStatus,
-    pub pause_reason: Option<cairn_core::PauseReason>,
-    pub version: u64,
-    pub progress: Progress,
-    pub definition: Plan,
-    pub steps: Vec<cairn_core::state::Step>,
-    pub checkpoints: Vec<CheckpointSummary>,
-    pub interventions: Vec<Intervention>,
-    pub event_count: u64,
-    pub taken_at: Micros,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<cairn_core::state::OriginRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Progress {
-    pub total_steps: usize,
-    pub current_step_index: usize,
-    pub completed_steps: Vec<String>,
-    pub failed_steps: Vec<String>,
-    pub skipped_steps: Vec<String>,
-    pub running_steps: Vec<String>,
-}
-
-/// A checkpoint as listed (the full state it implies comes from [`Engine::checkpoint`]).
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointSummary {
-    pub checkpoint_id: String,
-    pub plan_id: String,
-    pub seq: u64,
-    pub trigger: CheckpointTrigger,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    pub created_at: Micros,
 }
 
 /// The file format of an exported checkpoint.
@@ -442,7 +406,7 @@ impl Engine {
         actor: &str,
     ) -> Result<(PlanState, Vec<Arc<Event>>), EngineError> {
         let mut state = PlanState::empty(&plan_id);
-        let now = now_micros();
+        let now = now();
         let decision = cairn_core::handle(
             &mut state,
             Command::Register { definition, origin },
@@ -453,7 +417,7 @@ impl Engine {
             .store
             .create_plan(CreatePlan {
                 plan_id: plan_id.clone(),
-                created_at: now,
+                created_at: now.as_micros(),
                 state: state.status.as_str().to_owned(),
                 events: decision.events.iter().map(to_new).collect(),
             })
@@ -637,17 +601,43 @@ impl Engine {
         Ok(PlanView::of(&*self.state(plan_id).await?))
     }
 
+    /// A page of the plan index, newest first, as stored (no state is loaded).
     pub async fn list(
         &self,
         state: Option<PlanStatus>,
         limit: usize,
         cursor: Option<&str>,
-    ) -> Result<Page<PlanRow>, EngineError> {
+    ) -> Result<cairn_store::Page<PlanRow>, EngineError> {
         Ok(self
             .inner
             .store
             .list_plans(state.map(PlanStatus::as_str), limit, cursor)
             .await?)
+    }
+
+    /// A page of plans, newest first, each with its progress and times (`GET /v1/plans`).
+    /// Each listed plan's state is read (from its actor, or its newest store snapshot and the
+    /// events after it), so a page costs one load per plan on it, never a scan of the store.
+    pub async fn plans(
+        &self,
+        state: Option<PlanStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<PlanSummary>, EngineError> {
+        let page = self.list(state, limit, cursor).await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for row in page.items {
+            match self.state(&row.plan_id).await {
+                Ok(st) => items.push(PlanSummary::of(&st)),
+                // Deleted between the listing and the load: it is simply no longer there.
+                Err(EngineError::PlanNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Page {
+            items,
+            next_cursor: page.next_cursor,
+        })
     }
 
     /// Events of a plan after `after` (seq), oldest first.
@@ -666,32 +656,65 @@ impl Engine {
             .collect()
     }
 
+    /// A page of a plan's log after `after` (seq), oldest first; `next_cursor` is the seq to
+    /// continue after. An unknown plan is an error, not an empty page.
+    pub async fn events_page(
+        &self,
+        plan_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page<Event>, EngineError> {
+        let events = self.events(plan_id, after, limit.saturating_add(1)).await?;
+        if events.is_empty() && self.inner.store.get_plan(plan_id).await?.is_none() {
+            return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+        }
+        Ok(Page::cut(events, limit, |e| e.seq.to_string()))
+    }
+
+    /// Every checkpoint of a plan, oldest first.
     pub async fn checkpoints(&self, plan_id: &str) -> Result<Vec<CheckpointSummary>, EngineError> {
         let mut out = Vec::new();
-        let mut after = 0;
+        let mut cursor = None;
         loop {
-            let rows = self
-                .inner
-                .store
-                .list_checkpoints(plan_id, after, 1_000)
+            let page = self
+                .checkpoints_page(plan_id, cursor.as_deref(), 1_000)
                 .await?;
-            let n = rows.len();
-            for r in rows {
-                after = r.seq;
-                out.push(CheckpointSummary {
-                    checkpoint_id: checkpoint_id(r.seq),
-                    plan_id: r.plan_id,
-                    seq: r.seq,
-                    trigger: CheckpointTrigger::parse(&r.trigger)
-                        .unwrap_or(CheckpointTrigger::Manual),
-                    label: r.label,
-                    created_at: r.at,
-                });
-            }
-            if n < 1_000 {
-                return Ok(out);
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
             }
         }
+    }
+
+    /// A page of a plan's checkpoints, oldest first; the cursor is the seq of the last one.
+    pub async fn checkpoints_page(
+        &self,
+        plan_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<CheckpointSummary>, EngineError> {
+        let after = seq_cursor(cursor)?;
+        if self.inner.store.get_plan(plan_id).await?.is_none() {
+            return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+        }
+        let rows = self
+            .inner
+            .store
+            .list_checkpoints(plan_id, after, limit.saturating_add(1))
+            .await?;
+        let items = rows
+            .into_iter()
+            .map(|r| CheckpointSummary {
+                checkpoint_id: checkpoint_id(r.seq),
+                plan_id: r.plan_id,
+                seq: r.seq,
+                trigger: CheckpointTrigger::parse(&r.trigger).unwrap_or(CheckpointTrigger::Manual),
+                label: r.label,
+                created_at: Timestamp::from_micros(r.at),
+            })
+            .collect();
+        Ok(Page::cut(items, limit, |c| c.seq.to_string()))
     }
 
     async fn checkpoint_state(
@@ -716,7 +739,7 @@ impl Engine {
         let (state, _) = state_at(&*self.inner.store, plan_id, seq).await?;
         let trigger = CheckpointTrigger::parse(&row.trigger).unwrap_or(CheckpointTrigger::Manual);
         Ok((
-            CheckpointView::of(&state, trigger, row.label, row.at),
+            CheckpointView::of(&state, trigger, row.label, Timestamp::from_micros(row.at)),
             state,
         ))
     }
@@ -866,67 +889,68 @@ impl Engine {
         .await
     }
 
-    /// Everything about a plan in one document.
+    /// Everything about a plan in one document, for audit.
     pub async fn snapshot(&self, plan_id: &str) -> Result<Snapshot, EngineError> {
         let state = self.state(plan_id).await?;
         let checkpoints = self.checkpoints(plan_id).await?;
         let interventions = self.interventions(plan_id).await?;
-        let view = PlanView::of(&state);
-        Ok(Snapshot {
-            plan_id: state.plan_id.clone(),
-            state: state.status,
-            pause_reason: state.pause_reason,
-            version: state.version,
-            progress: Progress {
-                total_steps: view.total_steps,
-                current_step_index: view.current_step_index,
-                completed_steps: view.completed_steps,
-                failed_steps: view.failed_steps,
-                skipped_steps: view.skipped_steps,
-                running_steps: view.running_steps,
-            },
-            definition: state.definition(),
-            steps: state.steps.clone(),
-            checkpoints,
-            interventions,
-            event_count: state.seq,
-            taken_at: now_micros(),
-            origin: state.origin.clone(),
-            failure: state.failure.clone(),
-        })
+        Ok(Snapshot::of(&state, checkpoints, interventions, now()))
     }
 
     /// The recorded interventions of a plan, applied and refused, oldest first.
     pub async fn interventions(&self, plan_id: &str) -> Result<Vec<Intervention>, EngineError> {
-        let mut interventions = Vec::new();
-        let mut after = 0;
+        let mut out = Vec::new();
+        let mut cursor = None;
         loop {
-            let rows = self
-                .inner
-                .store
-                .read_events_of_kind(
-                    plan_id,
-                    &["intervention_applied", "intervention_failed"],
-                    after,
-                    1_000,
-                )
+            let page = self
+                .interventions_page(plan_id, cursor.as_deref(), 1_000)
                 .await?;
-            let n = rows.len();
-            for row in rows {
-                after = row.seq;
-                match from_stored(row)?.kind {
-                    cairn_core::EventKind::InterventionApplied { intervention }
-                    | cairn_core::EventKind::InterventionFailed { intervention } => {
-                        interventions.push(*intervention)
-                    }
-                    _ => {}
-                }
-            }
-            if n < 1_000 {
-                break;
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
             }
         }
-        Ok(interventions)
+    }
+
+    /// A page of a plan's interventions, oldest first; the cursor is the log position of the
+    /// last one.
+    pub async fn interventions_page(
+        &self,
+        plan_id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Intervention>, EngineError> {
+        let after = seq_cursor(cursor)?;
+        if self.inner.store.get_plan(plan_id).await?.is_none() {
+            return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+        }
+        let rows = self
+            .inner
+            .store
+            .read_events_of_kind(
+                plan_id,
+                &["intervention_applied", "intervention_failed"],
+                after,
+                limit.saturating_add(1),
+            )
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq = row.seq;
+            match from_stored(row)?.kind {
+                cairn_core::EventKind::InterventionApplied { intervention }
+                | cairn_core::EventKind::InterventionFailed { intervention } => {
+                    items.push((seq, *intervention))
+                }
+                _ => {}
+            }
+        }
+        let page = Page::cut(items, limit, |(seq, _)| seq.to_string());
+        Ok(Page {
+            items: page.items.into_iter().map(|(_, i)| i).collect(),
+            next_cursor: page.next_cursor,
+        })
     }
 
     /// Deletes a plan that is not running (with its whole log).
@@ -1012,6 +1036,16 @@ impl Engine {
         for tx in actors {
             let _ = tx.send(Msg::Stop);
         }
+    }
+}
+
+/// Reads a list cursor of this engine's making: the log position to continue after.
+fn seq_cursor(cursor: Option<&str>) -> Result<u64, EngineError> {
+    match cursor.filter(|c| !c.is_empty()) {
+        None => Ok(0),
+        Some(c) => c
+            .parse()
+            .map_err(|_| cairn_store::StoreError::BadCursor(c.to_owned()).into()),
     }
 }
 

@@ -19,9 +19,7 @@ pub mod observe;
 mod publish;
 pub mod remote;
 
-pub use engine::{
-    may_settle, now_micros, CheckpointExport, CheckpointSummary, Engine, EngineOptions, Progress,
-    Snapshot,
-};
+pub use cairn_core::view::{CheckpointSummary, Page, PlanSummary, Progress, Snapshot};
+pub use engine::{may_settle, now, now_micros, CheckpointExport, Engine, EngineOptions};
 pub use error::EngineError;
 pub use publish::{Notice, Subscription};

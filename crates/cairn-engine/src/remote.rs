@@ -193,7 +193,7 @@ impl RemoteQueue {
                 WorkerInfo {
                     worker_id: id.clone(),
                     agent_types: types.clone(),
-                    last_poll_at: *at,
+                    last_poll_at: cairn_core::Timestamp::from_micros(*at),
                     tasks,
                 }
             })

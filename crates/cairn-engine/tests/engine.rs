@@ -1116,17 +1116,44 @@ async fn snapshot_contains_checkpoints_and_interventions() {
             ("bob", InterventionStatus::Failed)
         ]
     );
-    assert_eq!(snap.progress.completed_steps, ["a", "b"]);
-    assert_eq!(snap.progress.skipped_steps, ["c"]);
+    assert_eq!(snap.completed_steps, ["a", "b"]);
+    assert_eq!(snap.skipped_steps, ["c"]);
+    // The prototype's names, so that its users' scripts read the snapshot unchanged.
     let doc = serde_json::to_value(&snap).unwrap();
     for key in [
-        "definition",
-        "steps",
+        "plan",
+        "state",
+        "current_step_index",
+        "completed_steps",
+        "failed_steps",
+        "skipped_steps",
         "checkpoints",
         "interventions",
+        "version",
+        "pause_reason",
+        "event_count",
         "taken_at",
     ] {
         assert!(doc.get(key).is_some(), "{key}");
+    }
+    let step_ids: Vec<&str> = doc["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(step_ids, ["a", "b", "c"]);
+    assert_eq!(doc["state"], "completed");
+    // Steps are flat records, not {def, rec}.
+    let a = &doc["steps"][0];
+    assert_eq!(a["step_id"], "a");
+    assert_eq!(a["status"], "completed");
+    assert_eq!(a["attempts"], 1);
+    assert!(a.get("def").is_none() && a.get("rec").is_none(), "{a}");
+    assert!(a["output"].is_object(), "{a}");
+    for t in [&a["started_at"], &a["ended_at"], &doc["taken_at"]] {
+        let text = t.as_str().unwrap();
+        assert!(text.ends_with('Z') && text.len() == 27, "{text}");
     }
 }
 
@@ -1532,4 +1559,135 @@ async fn concurrent_commands_to_an_ended_plan_are_all_decided_once() {
         .filter(|e| e.kind.type_name() == "plan_forked")
         .count();
     assert_eq!(forked, 150);
+}
+
+// ---- timestamps written by earlier releases ------------------------------------------------
+
+/// Turns every RFC 3339 string under a key ending in `_at` back into integer microseconds,
+/// as releases before RFC 3339 timestamps wrote them.
+fn integer_times(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                if k.ends_with("_at") {
+                    if let Some(t) = x
+                        .as_str()
+                        .and_then(|s| s.parse::<cairn_core::Timestamp>().ok())
+                    {
+                        *x = Value::from(t.as_micros());
+                        continue;
+                    }
+                }
+                integer_times(x);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integer_times),
+        _ => {}
+    }
+}
+
+/// A database whose events and state snapshots carry integer times (as written before times
+/// became RFC 3339 strings) opens, and every plan reads and replays to the same state.
+#[tokio::test]
+async fn a_store_written_with_integer_times_reads_the_same() {
+    use cairn_store::{CreatePlan, NewEvent, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EngineOptions {
+        snapshot_every: 3,
+        ..EngineOptions::default()
+    };
+    let new = open_at(
+        &dir.path().join("new.db"),
+        Registry::with_builtins(),
+        opts.clone(),
+    )
+    .await;
+    new.register(
+        plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.fail, params: {times: 1}, retry: {max_attempts: 2, backoff_ms: 5}}\n  - {step_id: b, action: y, agent_type: builtin.echo}\n  - {step_id: c, action: z, agent_type: builtin.echo, pause_before: true}\n"),
+        "op",
+    )
+    .await
+    .unwrap();
+    let paused = run_to_end(&new, "p").await;
+    assert_eq!(paused.status, PlanStatus::Paused);
+    new.shutdown().await;
+    let source = SqliteStore::open(&dir.path().join("new.db"), SqliteOptions::default()).unwrap();
+
+    // Copy the plan into another database with every time written the old way.
+    let old = SqliteStore::open(&dir.path().join("old.db"), SqliteOptions::default()).unwrap();
+    let rows = source.read_events("p", 0, None, 10_000).await.unwrap();
+    assert!(
+        rows.iter().any(|r| r.data.contains("retry_at")),
+        "a retry was recorded"
+    );
+    let events = rows
+        .iter()
+        .map(|r| {
+            let mut data: Value = serde_json::from_str(&r.data).unwrap();
+            integer_times(&mut data);
+            NewEvent {
+                seq: r.seq,
+                at: r.at,
+                actor: r.actor.clone(),
+                kind: r.kind.clone(),
+                data: data.to_string(),
+                checkpoint: r.checkpoint.clone(),
+            }
+        })
+        .collect();
+    let row = source.get_plan("p").await.unwrap().unwrap();
+    old.create_plan(CreatePlan {
+        plan_id: "p".into(),
+        created_at: row.created_at,
+        state: row.state,
+        events,
+    })
+    .await
+    .unwrap();
+    let (snap_seq, bytes) = source
+        .get_snapshot("p", u64::MAX)
+        .await
+        .unwrap()
+        .expect("a state snapshot was stored");
+    let mut snap: Value = serde_json::from_slice(&bytes).unwrap();
+    integer_times(&mut snap);
+    assert!(
+        snap.to_string().contains("_at\":1"),
+        "the copy has integer times"
+    );
+    old.put_snapshot("p", snap_seq, serde_json::to_vec(&snap).unwrap())
+        .await
+        .unwrap();
+    drop(old);
+
+    let fresh = open_at(
+        &dir.path().join("new.db"),
+        Registry::with_builtins(),
+        opts.clone(),
+    )
+    .await;
+    let aged = open_at(&dir.path().join("old.db"), Registry::with_builtins(), opts).await;
+    let want = fresh.state("p").await.unwrap();
+    assert_eq!(*aged.state("p").await.unwrap(), *want);
+    assert_eq!(
+        aged.view("p").await.unwrap(),
+        fresh.view("p").await.unwrap()
+    );
+    assert_eq!(
+        aged.events("p", 0, 1_000).await.unwrap(),
+        fresh.events("p", 0, 1_000).await.unwrap()
+    );
+    // Replayed from the very first event, without the snapshot, too.
+    let first = aged.checkpoints("p").await.unwrap();
+    let last = first.last().unwrap();
+    assert_eq!(
+        aged.checkpoint("p", &last.checkpoint_id).await.unwrap(),
+        fresh.checkpoint("p", &last.checkpoint_id).await.unwrap()
+    );
+    // And the plan goes on from there.
+    aged.resume("p", "op", None).await.unwrap();
+    assert_eq!(
+        aged.wait_settled("p").await.unwrap().status,
+        PlanStatus::Completed
+    );
 }

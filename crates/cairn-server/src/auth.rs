@@ -107,10 +107,10 @@ pub struct NewToken {
     pub role: Role,
     /// The secret: shown now, never again.
     pub token: String,
-    pub created_at: i64,
-    /// When the token stops being accepted (RFC 3339, UTC); absent: never.
+    pub created_at: cairn_core::Timestamp,
+    /// When the token stops being accepted; absent: never.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
+    pub expires_at: Option<cairn_core::Timestamp>,
 }
 
 /// A token as listed (never the secret nor its hash).
@@ -119,12 +119,12 @@ pub struct TokenInfo {
     pub id: String,
     pub user: String,
     pub role: String,
-    pub created_at: i64,
+    pub created_at: cairn_core::Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<i64>,
-    /// When the token stops being accepted (RFC 3339, UTC); absent: never.
+    pub revoked_at: Option<cairn_core::Timestamp>,
+    /// When the token stops being accepted; absent: never.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
+    pub expires_at: Option<cairn_core::Timestamp>,
 }
 
 impl From<TokenRow> for TokenInfo {
@@ -133,9 +133,9 @@ impl From<TokenRow> for TokenInfo {
             id: t.id,
             user: t.user,
             role: t.role,
-            created_at: t.created_at,
-            revoked_at: t.revoked_at,
-            expires_at: t.expires_at.map(rfc3339),
+            created_at: cairn_core::Timestamp::from_micros(t.created_at),
+            revoked_at: t.revoked_at.map(cairn_core::Timestamp::from_micros),
+            expires_at: t.expires_at.map(cairn_core::Timestamp::from_micros),
         }
     }
 }
@@ -209,8 +209,8 @@ pub async fn create_expiring_token(
         user: user.to_owned(),
         role,
         token,
-        created_at,
-        expires_at: expires_at.map(rfc3339),
+        created_at: cairn_core::Timestamp::from_micros(created_at),
+        expires_at: expires_at.map(cairn_core::Timestamp::from_micros),
     })
 }
 

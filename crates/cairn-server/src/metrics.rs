@@ -17,7 +17,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_core::{Event, EventKind, Plan};
+use cairn_core::{Event, EventKind, Plan, Timestamp};
 use cairn_engine::{Engine, Notice};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -273,9 +273,9 @@ struct PlanMemo {
     /// step id → agent type, from the definition.
     agents: HashMap<String, String>,
     /// (step id, attempt) → `at` of its step_started.
-    started: HashMap<(String, u32), i64>,
+    started: HashMap<(String, u32), Timestamp>,
     /// `at` of the plan_paused still open.
-    paused_at: Option<i64>,
+    paused_at: Option<Timestamp>,
 }
 
 struct Follower {
@@ -283,8 +283,8 @@ struct Follower {
     plans: HashMap<String, PlanMemo>,
 }
 
-fn seconds(from: i64, to: i64) -> f64 {
-    (to.saturating_sub(from)).max(0) as f64 / 1e6
+fn seconds(from: Timestamp, to: Timestamp) -> f64 {
+    (to - from).max(0) as f64 / 1e6
 }
 
 impl Follower {

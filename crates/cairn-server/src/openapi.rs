@@ -117,64 +117,50 @@ macro_rules! free_form {
 }
 
 free_form!(
-    /// One entry of a plan's log: `id` (global), `seq` (per plan), `plan_id`, `at` (µs since
-    /// the Unix epoch), `actor`, `type` (e.g. `step_completed`), `data` (by type) and, when the
+    /// One entry of a plan's log: `id` (global), `seq` (per plan), `plan_id`, `at` (an RFC 3339
+    /// UTC time with microseconds), `actor`, `type` (e.g. `step_completed`), `data` (by type) and, when the
     /// event is also a checkpoint, `checkpoint: {trigger, label?}`.
     EventDoc,
     "Event"
 );
 free_form!(
     /// An intervention record: `intervention_id`, `plan_id`, `type`, `step_id?`, `payload`,
-    /// `user`, `reason?`, `created_at`, `status` (`applied` or `failed`), `error?`,
+    /// `user`, `reason?`, `created_at` (RFC 3339 UTC), `status` (`applied` or `failed`), `error?`,
     /// `plan_version`, `diff: [{path, before, after}]`, `dry_run?`. A dry run's answer has
     /// `dry_run: true`, status `would_apply` or `would_fail`, and no `intervention_id` (it is not
     /// recorded).
     InterventionDoc,
     "Intervention"
 );
-free_form!(
-    /// The plan state plus outputs, scores, checkpoints, interventions and the definition:
-    /// `plan_id`, `state`, `pause_reason`, `version`, `progress`, `definition`, `steps`,
-    /// `checkpoints`, `interventions`, `event_count`, `taken_at`, `origin?`, `failure?`.
-    SnapshotDoc,
-    "Snapshot"
-);
-
-/// A plan as listed.
-#[derive(ToSchema)]
-pub struct PlanListItem {
-    pub plan_id: String,
-    pub state: cairn_core::PlanStatus,
-    /// µs since the Unix epoch.
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub last_seq: u64,
-}
 
 /// `{"items": [...], "next_cursor": …}`, newest first.
 #[derive(ToSchema)]
 pub struct PlanList {
-    pub items: Vec<PlanListItem>,
+    pub items: Vec<cairn_core::view::PlanSummary>,
     /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
 
+/// `{"items": [...], "next_cursor": …}`, oldest first.
 #[derive(ToSchema)]
 pub struct InterventionList {
     pub items: Vec<InterventionDoc>,
+    /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
 
+/// `{"items": [...], "next_cursor": …}`, oldest first.
 #[derive(ToSchema)]
 pub struct CheckpointList {
-    pub items: Vec<cairn_engine::CheckpointSummary>,
+    pub items: Vec<cairn_core::view::CheckpointSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
 
 #[derive(ToSchema)]
 pub struct EventList {
     pub items: Vec<EventDoc>,
-    /// The `seq` to pass as `after` for the next page; null when this page was not full.
+    /// The `seq` to pass as `after` (or `cursor`) for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -225,7 +211,7 @@ pub struct InterventionBody {
             Every refusal is a 4xx with `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    components(schemas(ErrorBody, EventDoc, InterventionDoc, SnapshotDoc)),
+    components(schemas(ErrorBody, EventDoc, InterventionDoc)),
     tags(
         (name = "plans", description = "Registration, state and control"),
         (name = "interventions", description = "Changing a plan while it runs"),

@@ -4,10 +4,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cairn_core::view::PlanView;
-use cairn_core::{InterventionRequest, PauseMode, Plan, PlanStatus};
+use cairn_core::view::{CheckpointSummary, Page, PlanSummary, PlanView};
+use cairn_core::{Event, Intervention, InterventionRequest, PauseMode, Plan, PlanStatus};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ApiResult};
@@ -28,6 +28,28 @@ fn plan_id(id: &str) -> ApiResult<&str> {
             ),
         ))
     }
+}
+
+/// A cursor the store or engine could not read answers 400, like any other bad query.
+fn cursor_error(e: cairn_engine::EngineError) -> ApiError {
+    match e {
+        cairn_engine::EngineError::Store(cairn_store::StoreError::BadCursor(c)) => {
+            ApiError::bad_request(format!(
+                "invalid cursor {:?}",
+                c.chars().take(140).collect::<String>()
+            ))
+        }
+        other => other.into(),
+    }
+}
+
+/// `limit` of a list: 1 to 1000, `default` when absent.
+fn limit_of(limit: Option<usize>, default: usize) -> ApiResult<usize> {
+    let limit = limit.unwrap_or(default);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    Ok(limit)
 }
 
 fn reason_ok(reason: &Option<String>) -> ApiResult<()> {
@@ -97,7 +119,7 @@ pub async fn list(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Page<PlanSummary>>> {
     p.require(Role::Viewer)?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
@@ -107,31 +129,13 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = q.limit.unwrap_or(50);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
+    let limit = limit_of(q.limit, 50)?;
     let page = s
         .engine
-        .list(state, limit, q.cursor.as_deref())
+        .plans(state, limit, q.cursor.as_deref())
         .await
-        .map_err(|e| match e {
-            cairn_engine::EngineError::Store(cairn_store::StoreError::BadCursor(c)) => {
-                ApiError::bad_request(format!("invalid cursor {c:?}"))
-            }
-            other => other.into(),
-        })?;
-    let items: Vec<Value> = page
-        .items
-        .into_iter()
-        .map(|r| {
-            json!({"plan_id": r.plan_id, "state": r.state, "created_at": r.created_at,
-                   "updated_at": r.updated_at, "last_seq": r.last_seq})
-        })
-        .collect();
-    Ok(Json(
-        json!({"items": items, "next_cursor": page.next_cursor}),
-    ))
+        .map_err(cursor_error)?;
+    Ok(Json(page))
 }
 
 #[utoipa::path(
@@ -192,8 +196,9 @@ pub struct PauseBody {
     reason: Option<String>,
     #[serde(default)]
     mode: PauseMode,
-    /// Microseconds since the Unix epoch.
-    resume_at: Option<i64>,
+    /// When to resume by itself: an RFC 3339 time (`2026-12-01T21:14:29Z`); an integer of
+    /// microseconds since the Unix epoch is also accepted.
+    resume_at: Option<cairn_core::Timestamp>,
 }
 
 #[utoipa::path(
@@ -364,9 +369,10 @@ pub async fn intervene(
     path = "/v1/plans/{id}/interventions",
     tag = "interventions",
     summary = "A plan's interventions, oldest first",
-    params(("id" = String, Path, description = "Plan id")),
+    params(("id" = String, Path, description = "Plan id"), PageQuery),
     responses(
-        (status = 200, description = "Every intervention", body = crate::openapi::InterventionList),
+        (status = 200, description = "One page", body = crate::openapi::InterventionList),
+        (status = 400, description = "Bad limit, cursor or query", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
     ),
     security(("bearer" = []))
@@ -375,10 +381,26 @@ pub async fn interventions(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page<Intervention>>> {
     p.require(Role::Viewer)?;
-    let items = s.engine.interventions(plan_id(&id)?).await?;
-    Ok(Json(json!({"items": items, "next_cursor": null})))
+    let limit = limit_of(q.limit, 100)?;
+    let page = s
+        .engine
+        .interventions_page(plan_id(&id)?, q.cursor.as_deref(), limit)
+        .await
+        .map_err(cursor_error)?;
+    Ok(Json(page))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
 #[utoipa::path(
@@ -387,9 +409,10 @@ pub async fn interventions(
     path = "/v1/plans/{id}/checkpoints",
     tag = "checkpoints",
     summary = "A plan's checkpoints, oldest first",
-    params(("id" = String, Path, description = "Plan id")),
+    params(("id" = String, Path, description = "Plan id"), PageQuery),
     responses(
-        (status = 200, description = "Every checkpoint", body = crate::openapi::CheckpointList),
+        (status = 200, description = "One page", body = crate::openapi::CheckpointList),
+        (status = 400, description = "Bad limit, cursor or query", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
     ),
     security(("bearer" = []))
@@ -398,10 +421,16 @@ pub async fn checkpoints(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page<CheckpointSummary>>> {
     p.require(Role::Viewer)?;
-    let items = s.engine.checkpoints(plan_id(&id)?).await?;
-    Ok(Json(json!({"items": items, "next_cursor": null})))
+    let limit = limit_of(q.limit, 100)?;
+    let page = s
+        .engine
+        .checkpoints_page(plan_id(&id)?, q.cursor.as_deref(), limit)
+        .await
+        .map_err(cursor_error)?;
+    Ok(Json(page))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -420,7 +449,7 @@ pub struct CheckpointBody {
     params(("id" = String, Path, description = "Plan id")),
     request_body(content = Option<CheckpointBody>, description = "Optional"),
     responses(
-        (status = 201, description = "The checkpoint", body = cairn_engine::CheckpointSummary),
+        (status = 201, description = "The checkpoint", body = cairn_core::view::CheckpointSummary),
         (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
         (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
@@ -544,7 +573,7 @@ pub async fn fork(
     summary = "The plan with outputs, scores, checkpoints, interventions and definition",
     params(("id" = String, Path, description = "Plan id")),
     responses(
-        (status = 200, description = "The snapshot", body = crate::openapi::SnapshotDoc),
+        (status = 200, description = "The snapshot", body = cairn_core::view::Snapshot),
         (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
     ),
     security(("bearer" = []))
@@ -553,7 +582,7 @@ pub async fn snapshot(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> ApiResult<Json<cairn_engine::Snapshot>> {
+) -> ApiResult<Json<cairn_core::view::Snapshot>> {
     p.require(Role::Viewer)?;
     Ok(Json(s.engine.snapshot(plan_id(&id)?).await?))
 }
@@ -565,6 +594,8 @@ pub struct EventsQuery {
     /// Events with `seq` greater than this (default 0).
     #[param(minimum = 0)]
     after: Option<u64>,
+    /// `next_cursor` of the previous page (the same as `after`).
+    cursor: Option<String>,
     /// 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
@@ -589,20 +620,24 @@ pub async fn events(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<EventsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Page<Event>>> {
     p.require(Role::Viewer)?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
-    let events = s
-        .engine
-        .events(plan_id(&id)?, q.after.unwrap_or(0), limit)
-        .await?;
-    let next = if events.len() == limit {
-        events.last().map(|e| e.seq.to_string())
-    } else {
-        None
+    let limit = limit_of(q.limit, 100)?;
+    let after = match (q.after, q.cursor.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either after or cursor, not both",
+            ))
+        }
+        (_, Some(c)) => c.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid cursor {:?}",
+                c.chars().take(140).collect::<String>()
+            ))
+        })?,
+        (after, None) => after.unwrap_or(0),
     };
-    Ok(Json(json!({"items": events, "next_cursor": next})))
+    Ok(Json(
+        s.engine.events_page(plan_id(&id)?, after, limit).await?,
+    ))
 }

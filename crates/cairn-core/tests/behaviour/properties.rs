@@ -170,7 +170,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct Run {
     st: PlanState,
     log: Vec<Event>,
-    now: i64,
+    now: cairn_core::Timestamp,
     added: u32,
 }
 
@@ -527,7 +527,7 @@ fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), T
     let mut run = Run {
         st: PlanState::empty(PLAN),
         log: Vec::new(),
-        now: 1_000_000,
+        now: cairn_core::Timestamp::from_micros(1_000_000),
         added: 0,
     };
     let reg = decide::handle(
