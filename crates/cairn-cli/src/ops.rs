@@ -294,6 +294,10 @@ fn limit(limit: usize) -> Result<usize, Fail> {
 
 /// Prints a plan's state: its JSON, or the table.
 fn show(view: &PlanView, as_json: bool) {
+    // The server's warnings (agent types nothing will run) go to stderr, whatever the format.
+    for w in &view.warnings {
+        eprintln!("warning: {w}");
+    }
     if as_json {
         render::json(view);
     } else {
