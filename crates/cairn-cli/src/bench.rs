@@ -1,4 +1,4 @@
-//! `cairn bench`: the workloads of DESIGN §6, each in a fresh child process (so its peak RSS is
+//! `cairn bench`: the performance workloads, each in a fresh child process (so its peak RSS is
 //! its own) over a fresh SQLite file with full durability. One JSON object per line on stdout.
 
 use std::io::Write;

@@ -750,7 +750,7 @@ steps:
     assert_eq!(done["outputs"]["only"], json!({"fixed": true}));
 }
 
-/// DESIGN §2: `modify_step` is allowed on a "pending or failed step". A failed step only exists in
+/// The contract: `modify_step` is allowed on a "pending or failed step". A failed step only exists in
 /// a failed plan (a step failing after its retries fails the plan), and the engine refuses every
 /// structural intervention on a failed plan, so a failed step can never be modified: the fix has
 /// to go through `retry_step` first. Reported; ignored until the core decides.
@@ -2190,4 +2190,67 @@ fn local_commands_record_the_user() {
         .expect("checkpoint_created");
     assert_eq!(manual["actor"], USER);
     assert!(events.iter().all(|e| e["actor"] != "cli"), "{events:?}");
+}
+
+/// The product's docs stand alone: nothing the repository ships (README, docs/, the OpenAPI
+/// document, examples, source and `--help`) cites a design file that is not in it.
+#[test]
+fn the_docs_and_messages_cite_no_file_outside_the_repository() {
+    fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if name != "target" && !name.starts_with('.') {
+                    walk(&path, found);
+                }
+            } else if [".rs", ".md", ".toml", ".json", ".yaml", ".py", ".sql"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+            {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for (i, line) in text.lines().enumerate() {
+                    if line.contains("DESIGN.md") || line.contains("DESIGN §") {
+                        found.push(format!("{}:{}: {line}", path.display(), i + 1));
+                    }
+                }
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut found = Vec::new();
+    for part in [
+        "README.md",
+        "BENCHMARKS.md",
+        "docs",
+        "examples",
+        "crates",
+        "deploy",
+    ] {
+        let path = root.join(part);
+        if path.is_dir() {
+            walk(&path, &mut found);
+        } else if let Ok(text) = std::fs::read_to_string(&path) {
+            for (i, line) in text.lines().enumerate() {
+                if line.contains("DESIGN.md") || line.contains("DESIGN §") {
+                    found.push(format!("{part}:{}: {line}", i + 1));
+                }
+            }
+        }
+    }
+    // This test names the pattern it looks for; nothing else may.
+    found.retain(|l| !l.contains("tests/cli.rs"));
+    assert!(
+        found.is_empty(),
+        "citations of a file outside the repository:\n{}",
+        found.join("\n")
+    );
+    for args in [&["--help"][..], &["serve", "--help"], &["bench", "--help"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("DESIGN"), "cairn {args:?}:\n{text}");
+    }
 }

@@ -1,5 +1,5 @@
 //! End-to-end tests of `cairn serve`: every test starts the real binary on a loopback address
-//! with its own database, talks HTTP to it (DESIGN §4), and checks statuses, bodies and what the
+//! with its own database, talks HTTP to it, and checks statuses, bodies and what the
 //! plans look like afterwards. Also the client mode of `cairn plans|steps … --server`.
 //!
 //! No assertion is about time: waiting on the server is a bounded polling loop.
@@ -1472,7 +1472,7 @@ async fn hostile_input_is_refused_with_4xx_and_changes_nothing() {
         );
         r.error_shape("hostile intervention");
     }
-    // Well-formed interventions that are refused are recorded (DESIGN §1: every request is
+    // Well-formed interventions that are refused are recorded (every request is
     // recorded, including refused ones) as `intervention_failed` events; the definition and its
     // version do not change. Malformed ones leave no trace.
     let after_ivs = op.plan("hp").await;

@@ -323,7 +323,7 @@ impl Client {
         .await
     }
 
-    /// `POST /v1/plans/{id}/interventions`: the body as DESIGN §4 describes it. Answers the
+    /// `POST /v1/plans/{id}/interventions`: the body as the API reference describes it. Answers the
     /// intervention record (201, or 200 for a dry run).
     ///
     /// A refusal is an [`ClientError::Api`] whose body's `error.intervention` holds the failed

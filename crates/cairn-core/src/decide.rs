@@ -1,4 +1,4 @@
-//! `decide(state, command) -> events`: the whole behaviour of a plan (DESIGN §2) as a pure
+//! `decide(state, command) -> events`: the whole behaviour of a plan as a pure
 //! function. [`handle`] checks a command against the state, emits the events it implies, applies
 //! them to the state through the same fold a replay uses, then lets the scheduler advance the
 //! plan (start ready steps, skip steps whose condition is false, pause at breakpoints, complete).

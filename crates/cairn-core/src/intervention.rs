@@ -1,4 +1,4 @@
-//! Interventions: an operator changing a plan while it exists (DESIGN §2).
+//! Interventions: an operator changing a plan while it exists.
 //!
 //! [`mutate`] is the one function that applies an intervention to a state. `decide` runs it on a
 //! copy to validate the request and compute the diff; the fold runs it again on the live state
@@ -183,7 +183,7 @@ pub struct Change {
     pub after: Value,
 }
 
-/// The record of an intervention, applied or refused (DESIGN §1).
+/// The record of an intervention, applied or refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intervention {
     /// `iv-<seq>`, the log position of its record; empty (and left out of the JSON) for a dry

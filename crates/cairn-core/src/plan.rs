@@ -1,4 +1,4 @@
-//! The plan document (DESIGN §1) and its validation.
+//! The plan document and its validation.
 //!
 //! A plan arrives as JSON or YAML of one shape; unknown fields are errors. Validation collects
 //! every fault it finds, each naming the step and the field, so a user fixes a file in one pass:

@@ -12,7 +12,7 @@ use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::intervention;
 use crate::plan::{Plan, StepDef};
 
-/// The six plan states (DESIGN §1).
+/// The six plan states.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -126,7 +126,7 @@ pub struct StepView {
     pub waiting_for: Option<String>,
 }
 
-/// The state of a plan (DESIGN §4 `GET /v1/plans/{id}`).
+/// The state of a plan (`GET /v1/plans/{id}`).
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanView {
@@ -207,7 +207,7 @@ impl PlanView {
     }
 }
 
-/// A checkpoint with the state it implies (DESIGN §1).
+/// A checkpoint with the state it implies.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointView {
@@ -289,7 +289,7 @@ pub struct SnapshotStep {
     pub retry_at: Option<Timestamp>,
 }
 
-/// Everything about a plan in one document, for audit (DESIGN §1). It keeps the names the
+/// Everything about a plan in one document, for audit. It keeps the names the
 /// prototype's users read: `plan` (the definition, with `plan["steps"]`), `state`,
 /// `current_step_index`, `completed_steps`, `failed_steps`, `skipped_steps`, `checkpoints`,
 /// `interventions`.

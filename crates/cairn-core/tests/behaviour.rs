@@ -279,7 +279,11 @@ fn a_two_step_plan_run_to_the_end_has_exactly_three_checkpoints() {
     sim.complete("a", json!(1));
     sim.complete("b", json!(2));
     assert_eq!(sim.st.status, PlanStatus::Completed);
-    assert_eq!(sim.checkpoints().len(), 3, "DESIGN §1: a 2-step plan has 3");
+    assert_eq!(
+        sim.checkpoints().len(),
+        3,
+        "a 2-step plan has 3 checkpoints"
+    );
 }
 
 #[test]
@@ -1369,7 +1373,7 @@ fn restoring_a_checkpoint_taken_while_steps_ran_makes_them_pending() {
     let cp = sim.last_checkpoint(CheckpointTrigger::Manual);
     sim.complete("a", json!(null));
     sim.cancel();
-    // Restore is allowed on a cancelled plan (DESIGN: "allowed unless running").
+    // Restore is allowed on a cancelled plan ("allowed unless running").
     let cmd = sim.restore_cmd(cp);
     sim.ok(cmd);
     assert_eq!(sim.status("a"), StepStatus::Pending);

@@ -596,7 +596,7 @@ impl Engine {
         Ok(Arc::new(load_state(&*self.inner.store, plan_id).await?.0))
     }
 
-    /// The client's view of a plan (DESIGN §4 `GET /v1/plans/{id}`).
+    /// The client's view of a plan (`GET /v1/plans/{id}`).
     pub async fn view(&self, plan_id: &str) -> Result<PlanView, EngineError> {
         Ok(PlanView::of(&*self.state(plan_id).await?))
     }

@@ -1,4 +1,4 @@
-//! Remote workers (DESIGN §3): a [`RemoteQueue`] is the [`Executor`] of every agent type that has
+//! Remote workers: a [`RemoteQueue`] is the [`Executor`] of every agent type that has
 //! no local executor when a server runs. `execute` queues the attempt per agent type and waits;
 //! workers long-poll for tasks ([`RemoteQueue::poll`]), hold a lease by heartbeat
 //! ([`RemoteQueue::heartbeat`]) and report [`RemoteQueue::complete`] or [`RemoteQueue::fail`].

@@ -602,7 +602,7 @@ async fn http_stop_signal_aborts_the_request() {
 // ---------------------------------------------------------------------------------------------
 // cairn.toml
 
-const DESIGN_EXAMPLE: &str = r#"
+const CONTRACT_EXAMPLE: &str = r#"
 [agents.registry]
 executor = "command"                 # command | http
 command = ["python3", "agents/registry.py"]
@@ -618,7 +618,7 @@ secret = "…"                         # HMAC-SHA256 of the body in header X-Cai
 
 #[test]
 fn design_example_parses() {
-    let c = Config::parse(DESIGN_EXAMPLE).unwrap();
+    let c = Config::parse(CONTRACT_EXAMPLE).unwrap();
     assert_eq!(
         c.agents["registry"],
         AgentConfig::Command {

@@ -1,4 +1,4 @@
-//! Bearer tokens and roles (DESIGN §4). Tokens are random, shown once, and stored as their
+//! Bearer tokens and roles. Tokens are random, shown once, and stored as their
 //! SHA-256 hash; a request's token is hashed and looked up, and the stored hash compared in
 //! constant time. The caller's identity comes from the token, never from the request body.
 

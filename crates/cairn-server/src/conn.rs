@@ -33,7 +33,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-/// Limits on connections (DESIGN of the API: head within 10 s, idle 60 s).
+/// Limits on connections (the API's contract: a request head within 10 s, idle at most 60 s).
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// A connection must send a complete request head within this long of opening, and a

@@ -1,4 +1,4 @@
-//! cairn's HTTP API (DESIGN §4) over an [`Engine`].
+//! cairn's HTTP API over an [`Engine`].
 //!
 //! Architecture invariants: this is the only crate that knows HTTP status codes; handlers do no
 //! work of their own beyond parsing, authorising and shaping answers — every decision is the

@@ -91,7 +91,7 @@ pub struct SseFrame {
     pub retry: Option<u64>,
 }
 
-/// A schema that is an object described in words (types whose shape is documented in DESIGN.md
+/// A schema that is an object described in words (types whose shape is described in words
 /// rather than derived).
 macro_rules! free_form {
     ($(#[doc = $doc:literal])* $ty:ident, $name:literal) => {
@@ -177,7 +177,7 @@ pub struct TokenList {
     pub next_cursor: Option<String>,
 }
 
-/// The body of `POST /v1/plans/{id}/interventions` (DESIGN §4). Which fields apply depends on
+/// The body of `POST /v1/plans/{id}/interventions`. Which fields apply depends on
 /// `type`; unknown fields are refused, `user` is ignored (the token's user is recorded).
 #[derive(Serialize, ToSchema)]
 pub struct InterventionBody {

@@ -67,7 +67,7 @@ fn reason_ok(reason: &Option<String>) -> ApiResult<()> {
     path = "/v1/plans",
     tag = "plans",
     summary = "Register a plan",
-    request_body(content = cairn_core::Plan, description = "A plan definition (DESIGN §1); YAML is accepted by the CLI, JSON here"),
+    request_body(content = cairn_core::Plan, description = "A plan definition; YAML is accepted by the CLI, JSON here"),
     responses(
         (status = 201, description = "Registered; the plan's state", body = cairn_core::view::PlanView),
         (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),

@@ -1,4 +1,4 @@
-//! Live event streams (DESIGN §4): Server-Sent Events for one plan and for all plans, and a
+//! Live event streams: Server-Sent Events for one plan and for all plans, and a
 //! WebSocket that subscribes to a set of plans.
 //!
 //! - `GET /v1/plans/{id}/events/stream`: frames `id: <seq>`, `event: <type>`, `data: <event

@@ -1,4 +1,4 @@
-//! `/v1/tasks…`: remote workers (DESIGN §3, §4). Long-poll for a task, heartbeat the lease,
+//! `/v1/tasks…`: remote workers. Long-poll for a task, heartbeat the lease,
 //! report complete or fail. The worker role (or admin) only.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Webhooks (DESIGN §3): every `[[webhooks]]` entry gets the events it wants POSTed to its URL,
+//! Webhooks: every `[[webhooks]]` entry gets the events it wants POSTed to its URL,
 //! at least once and in order.
 //!
 //! The event log is the outbox: a durable cursor per webhook, named `webhook:<url>`, holds the

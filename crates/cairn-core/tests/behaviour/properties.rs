@@ -1,5 +1,5 @@
 //! Property tests: random plans driven by random command sequences, checking after every
-//! command the invariants DESIGN §1–2 promise.
+//! command the invariants of the plan semantics.
 
 use std::collections::HashMap;
 
@@ -409,7 +409,7 @@ fn restore_cmd(log: &[Event], seq: u64) -> Command {
 // Invariants
 // --------------------------------------------------------------------------------------------
 
-/// The step status changes each kind of event may make (DESIGN §1–2). Restore is checked on its
+/// The step status changes each kind of event may make. Restore is checked on its
 /// own (it may set any status the checkpoint had).
 fn legal(kind: &EventKind, from: StepStatus, to: StepStatus) -> bool {
     use StepStatus::*;
