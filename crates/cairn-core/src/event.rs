@@ -14,6 +14,7 @@ pub use crate::time::Timestamp;
 pub type Micros = Timestamp;
 
 /// One entry of a plan's log.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// Global id across all plans, assigned by the store (0 before it is stored).
@@ -112,6 +113,7 @@ impl CheckpointTrigger {
     }
 }
 
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointMark {
     pub trigger: CheckpointTrigger,
@@ -142,12 +144,15 @@ pub struct Origin {
 }
 
 /// What happened. Serialised as `{"type": ..., "data": {...}}`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum EventKind {
     PlanRegistered {
         definition: Plan,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Where a forked or imported plan came from (its source and the state it started in).
+        #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
         origin: Option<Box<Origin>>,
     },
     PlanStarted {
@@ -201,6 +206,7 @@ pub enum EventKind {
         attempt: u32,
         output: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "utoipa", schema(value_type = Option<HashMap<String, f64>>))]
         scores: Option<Map<String, Value>>,
     },
     StepFailed {
@@ -256,6 +262,8 @@ pub enum EventKind {
         seq: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The state brought back: definition, version and step records.
+        #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
         restored: Box<Materialized>,
     },
     PlanForked {

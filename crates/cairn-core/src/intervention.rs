@@ -13,6 +13,7 @@ use crate::state::{PauseReason, PlanState, PlanStatus, Step, StepRecord, StepSta
 use crate::{Refusal, RefusalKind};
 
 /// What an operator asks. Serialised with a `type` tag, e.g. `{"type": "skip_step", "step_id": "s"}`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum InterventionKind {
@@ -24,9 +25,13 @@ pub enum InterventionKind {
     },
     ModifyStep {
         step_id: String,
+        /// Fields of the step to change (a JSON merge patch).
+        #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
         patch: Value,
     },
     AddStep {
+        /// The new step, as a step of a plan document.
+        #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
         step: Value,
         /// `insert_after` and `insert_before` are the prototype's names, read as aliases.
         #[serde(
@@ -155,6 +160,7 @@ impl InterventionRequest {
 }
 
 /// `applied` or `failed`; a dry run answers `would_apply` or `would_fail` (and is not recorded).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InterventionStatus {
@@ -176,6 +182,7 @@ impl InterventionStatus {
 }
 
 /// One field that an intervention changed.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     pub path: String,
@@ -184,6 +191,7 @@ pub struct Change {
 }
 
 /// The record of an intervention, applied or refused.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intervention {
     /// `iv-<seq>`, the log position of its record; empty (and left out of the JSON) for a dry

@@ -272,15 +272,13 @@ pub struct SnapshotStep {
     pub step_id: String,
     pub action: String,
     pub agent_type: String,
-    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub params: Value,
     pub depends_on: Vec<String>,
     pub status: StepStatus,
     pub attempts: u32,
     pub run: u32,
-    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub output: Option<Value>,
-    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<HashMap<String, f64>>))]
     pub scores: Option<Map<String, Value>>,
     pub error: Option<String>,
     pub started_at: Option<Timestamp>,
@@ -313,7 +311,6 @@ pub struct Snapshot {
     /// Every step's record, in plan order.
     pub steps: Vec<SnapshotStep>,
     pub checkpoints: Vec<CheckpointSummary>,
-    #[cfg_attr(feature = "utoipa", schema(value_type = Vec<Object>))]
     pub interventions: Vec<Intervention>,
     pub event_count: u64,
     pub created_at: Timestamp,

@@ -6,14 +6,13 @@
 //! committed copy; the `openapi` test fails when it drifts (`CAIRN_UPDATE_OPENAPI=1 cargo test
 //! -p cairn-server --test openapi` rewrites it).
 
-use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -91,48 +90,6 @@ pub struct SseFrame {
     pub retry: Option<u64>,
 }
 
-/// A schema that is an object described in words (types whose shape is described in words
-/// rather than derived).
-macro_rules! free_form {
-    ($(#[doc = $doc:literal])* $ty:ident, $name:literal) => {
-        $(#[doc = $doc])*
-        pub struct $ty;
-
-        impl utoipa::PartialSchema for $ty {
-            fn schema() -> RefOr<Schema> {
-                let doc = [$($doc),*].iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
-                ObjectBuilder::new()
-                    .schema_type(Type::Object)
-                    .description(Some(doc))
-                    .into()
-            }
-        }
-
-        impl ToSchema for $ty {
-            fn name() -> Cow<'static, str> {
-                Cow::Borrowed($name)
-            }
-        }
-    };
-}
-
-free_form!(
-    /// One entry of a plan's log: `id` (global), `seq` (per plan), `plan_id`, `at` (an RFC 3339
-    /// UTC time with microseconds), `actor`, `type` (e.g. `step_completed`), `data` (by type) and, when the
-    /// event is also a checkpoint, `checkpoint: {trigger, label?}`.
-    EventDoc,
-    "Event"
-);
-free_form!(
-    /// An intervention record: `intervention_id`, `plan_id`, `type`, `step_id?`, `payload`,
-    /// `user`, `reason?`, `created_at` (RFC 3339 UTC), `status` (`applied` or `failed`), `error?`,
-    /// `plan_version`, `diff: [{path, before, after}]`, `dry_run?`. A dry run's answer has
-    /// `dry_run: true`, status `would_apply` or `would_fail`, and no `intervention_id` (it is not
-    /// recorded).
-    InterventionDoc,
-    "Intervention"
-);
-
 /// `{"items": [...], "next_cursor": …}`, newest first.
 #[derive(ToSchema)]
 pub struct PlanList {
@@ -144,7 +101,7 @@ pub struct PlanList {
 /// `{"items": [...], "next_cursor": …}`, oldest first.
 #[derive(ToSchema)]
 pub struct InterventionList {
-    pub items: Vec<InterventionDoc>,
+    pub items: Vec<cairn_core::Intervention>,
     /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
 }
@@ -159,7 +116,7 @@ pub struct CheckpointList {
 
 #[derive(ToSchema)]
 pub struct EventList {
-    pub items: Vec<EventDoc>,
+    pub items: Vec<cairn_core::Event>,
     /// The `seq` to pass as `after` (or `cursor`) for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
@@ -211,7 +168,7 @@ pub struct InterventionBody {
             Every refusal is a 4xx with `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    components(schemas(ErrorBody, EventDoc, InterventionDoc)),
+    components(schemas(ErrorBody, cairn_core::Event, cairn_core::Intervention)),
     tags(
         (name = "plans", description = "Registration, state and control"),
         (name = "interventions", description = "Changing a plan while it runs"),

@@ -331,8 +331,8 @@ pub async fn cancel(
     params(("id" = String, Path, description = "Plan id")),
     request_body = crate::openapi::InterventionBody,
     responses(
-        (status = 201, description = "Applied; the intervention record", body = crate::openapi::InterventionDoc),
-        (status = 200, description = "Dry run; the record it would make", body = crate::openapi::InterventionDoc),
+        (status = 201, description = "Applied; the intervention record", body = cairn_core::Intervention),
+        (status = 200, description = "Dry run; the record it would make", body = cairn_core::Intervention),
         (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
         (status = 409, description = "Conflict (version moved, step not in a state allowing it); `error.intervention` holds the failed record", body = crate::openapi::ErrorBody),
