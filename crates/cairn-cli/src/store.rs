@@ -1,6 +1,7 @@
 //! Opening the local store, the one way every command does it.
 //!
-//! Only `cairn run`, `cairn serve` and `cairn token create` create a database; every other
+//! Only the commands that put something in a database (`cairn run`, `cairn serve`, `cairn token
+//! create`, `cairn plans register`, `cairn checkpoints import`) create one; every other
 //! command refuses a path where none exists, so a mistyped `--db` is reported instead of showing
 //! an empty store. Reads open the file read-only without the engine lock, so they work while
 //! another process drives it; changes take the lock, and when another process holds it the
@@ -72,7 +73,7 @@ pub fn must_exist(db: &Path) -> Result<(), Fail> {
         return Ok(());
     }
     Err(Fail::input(format!(
-        "no database at {}; check --db (or CAIRN_DB). Only `cairn run`, `cairn serve` and `cairn token create` create one",
+        "no database at {}; check --db (or CAIRN_DB). Only `cairn run`, `serve`, `token create`, `plans register` and `checkpoints import` create one",
         db.display()
     )))
 }
