@@ -673,18 +673,11 @@ impl Engine {
 
     /// Every checkpoint of a plan, oldest first.
     pub async fn checkpoints(&self, plan_id: &str) -> Result<Vec<CheckpointSummary>, EngineError> {
-        let mut out = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self
-                .checkpoints_page(plan_id, cursor.as_deref(), 1_000)
-                .await?;
-            out.extend(page.items);
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => return Ok(out),
-            }
-        }
+        every_page(|cursor| async move {
+            self.checkpoints_page(plan_id, cursor.as_deref(), 1_000)
+                .await
+        })
+        .await
     }
 
     /// A page of a plan's checkpoints, oldest first; the cursor is the seq of the last one.
@@ -899,18 +892,11 @@ impl Engine {
 
     /// The recorded interventions of a plan, applied and refused, oldest first.
     pub async fn interventions(&self, plan_id: &str) -> Result<Vec<Intervention>, EngineError> {
-        let mut out = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self
-                .interventions_page(plan_id, cursor.as_deref(), 1_000)
-                .await?;
-            out.extend(page.items);
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
-                None => return Ok(out),
-            }
-        }
+        every_page(|cursor| async move {
+            self.interventions_page(plan_id, cursor.as_deref(), 1_000)
+                .await
+        })
+        .await
     }
 
     /// A page of a plan's interventions, oldest first; the cursor is the log position of the
@@ -1076,5 +1062,23 @@ fn summary_of(e: &Event) -> CheckpointSummary {
             .unwrap_or(CheckpointTrigger::Manual),
         label: mark.and_then(|m| m.label),
         created_at: e.at,
+    }
+}
+
+/// Every item of a paged listing: pages fetched one after the other until the last.
+async fn every_page<T, F, Fut>(mut page: F) -> Result<Vec<T>, EngineError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, EngineError>>,
+{
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = page(cursor.take()).await?;
+        out.extend(p.items);
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
     }
 }
