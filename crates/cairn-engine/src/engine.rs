@@ -78,13 +78,21 @@ impl Default for EngineOptions {
     }
 }
 
-/// The live actors, one per plan at most. `unloads` counts removals: a load that began before
-/// a removal may have read the log before the removed actor's last commit, so it is redone.
+/// The live actors, one per plan at most. `unloads` counts removals and `recent` remembers the
+/// latest of them (count, plan): a load of a plan that began before that plan's actor was
+/// removed may have read the log before the removed actor's last commit, so it is redone.
+/// Removals of other plans do not matter, so a busy engine (thousands of plans ending) does not
+/// make every load start over.
 #[derive(Default)]
 struct Plans {
     live: HashMap<String, mpsc::UnboundedSender<Msg>>,
     unloads: u64,
+    recent: std::collections::VecDeque<(u64, String)>,
 }
+
+/// Removals remembered for [`Plans::unloaded_since`]; a load that saw more removals than this
+/// cannot tell and loads again.
+const RECENT_UNLOADS: usize = 4096;
 
 /// How often a command is delivered again when the actor it reached stopped before deciding it
 /// (an unloading actor hands back what it has not decided; see [`Inner::unload_if_quiet`]).
@@ -152,11 +160,35 @@ impl Plans {
         match self.live.get(plan_id) {
             Some(current) if current.same_channel(tx) => {
                 self.live.remove(plan_id);
-                self.unloads += 1;
+                self.note_unload(plan_id);
                 true
             }
             _ => false,
         }
+    }
+
+    fn note_unload(&mut self, plan_id: &str) {
+        self.unloads += 1;
+        if self.recent.len() == RECENT_UNLOADS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.unloads, plan_id.to_owned()));
+    }
+
+    /// Was `plan_id`'s actor removed after the removal count was `since`? True as well when
+    /// too many removals happened since to tell.
+    fn unloaded_since(&self, plan_id: &str, since: u64) -> bool {
+        if self.unloads == since {
+            return false;
+        }
+        if self.unloads - since > self.recent.len() as u64 {
+            return true;
+        }
+        self.recent
+            .iter()
+            .rev()
+            .take_while(|(n, _)| *n > since)
+            .any(|(_, p)| p == plan_id)
     }
 }
 
@@ -325,12 +357,14 @@ impl Engine {
                 .plans
                 .lock()
                 .map_err(|_| EngineError::ShuttingDown)?;
-            // Another caller may have loaded it meanwhile: use that actor. An actor (of any plan)
-            // that left after this load read the log may have committed after the read: load
-            // again. The count is shared by all plans, so under heavy churn the load is taken
-            // after a few tries; an actor that starts stale meets a seq conflict on its first
-            // append, reloads and decides again (see the actor's commit).
-            if plans.live.contains_key(plan_id) || (plans.unloads != unloads && reloads < 16) {
+            // Another caller may have loaded it meanwhile: use that actor. If this plan's actor
+            // left after this load read the log, it may have committed after the read: load
+            // again. Should that keep happening, the load is taken after a few tries; an actor
+            // that starts stale meets a seq conflict on its first append, reloads and decides
+            // again (see the actor's commit).
+            if plans.live.contains_key(plan_id)
+                || (plans.unloaded_since(plan_id, unloads) && reloads < 16)
+            {
                 reloads += 1;
                 continue;
             }
@@ -951,7 +985,7 @@ impl Engine {
         }
         let live = self.inner.plans.lock().ok().and_then(|mut p| {
             let tx = p.live.remove(plan_id)?;
-            p.unloads += 1;
+            p.note_unload(plan_id);
             Some(tx)
         });
         if let Some(tx) = live {
