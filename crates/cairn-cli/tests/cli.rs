@@ -2254,3 +2254,136 @@ fn the_docs_and_messages_cite_no_file_outside_the_repository() {
         assert!(!text.contains("DESIGN"), "cairn {args:?}:\n{text}");
     }
 }
+
+// ---- a database written by an earlier release ---------------------------------------------
+
+/// The plans of `tests/fixtures/e3d0955`, a database written by cairn as released at commit
+/// e3d0955 (`make.sh` beside it wrote it, and recorded that release's `plans show --json` of
+/// each plan under `expected/`).
+const OLD_PLANS: [&str; 10] = [
+    "done1",
+    "failed1",
+    "retried1",
+    "idle1",
+    "cancelled1",
+    "iv1",
+    "rerun1",
+    "restored1",
+    "forked1",
+    "paused1",
+];
+
+/// What must not change between releases: the state, progress, version and each step's
+/// record. Times are compared as instants (that release wrote integers, this one RFC 3339).
+fn comparable(view: &Value) -> Value {
+    let time = |v: &Value| -> Value {
+        serde_json::from_value::<Option<cairn_core::Timestamp>>(v.clone())
+            .unwrap_or_else(|e| panic!("not a time: {v}: {e}"))
+            .map_or(Value::Null, |t| json!(t.as_micros()))
+    };
+    let mut out = serde_json::Map::new();
+    for k in [
+        "plan_id",
+        "query",
+        "state",
+        "pause_reason",
+        "version",
+        "total_steps",
+        "current_step_index",
+        "completed_steps",
+        "failed_steps",
+        "skipped_steps",
+        "running_steps",
+        "failure",
+    ] {
+        out.insert(k.into(), view.get(k).cloned().unwrap_or(Value::Null));
+    }
+    for k in ["created_at", "updated_at", "resume_at"] {
+        out.insert(k.into(), time(view.get(k).unwrap_or(&Value::Null)));
+    }
+    let steps: Vec<Value> = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            json!({
+                "step_id": s["step_id"], "action": s["action"], "agent_type": s["agent_type"],
+                "status": s["status"], "attempts": s["attempts"], "run": s["run"],
+                "depends_on": s["depends_on"], "error": s["error"],
+                "started_at": time(&s["started_at"]), "ended_at": time(&s["ended_at"]),
+            })
+        })
+        .collect();
+    out.insert("steps".into(), Value::Array(steps));
+    Value::Object(out)
+}
+
+/// The log outlives its build: a database written by the release at e3d0955 opens with today's
+/// code, every plan answers the state that release answered, and the plans run on to the end.
+#[test]
+fn a_database_written_by_release_e3d0955_opens_answers_the_same_and_runs_on() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e3d0955");
+    let w = World::new();
+    std::fs::copy(fixture.join("cairn.db"), w.db()).unwrap();
+    for id in OLD_PLANS {
+        let text = std::fs::read_to_string(fixture.join(format!("expected/{id}.json"))).unwrap();
+        let then: Value = serde_json::from_str(&text).unwrap();
+        let now = w.json(&["plans", "show", id]);
+        assert_eq!(
+            comparable(&now),
+            comparable(&then),
+            "plan {id} reads differently"
+        );
+        w.cairn(&["plans", "events", id]).expect(0, "the log reads");
+    }
+    // Every plan that can go on does, under today's code.
+    w.cairn(&["plans", "start", "idle1"])
+        .expect(0, "start idle1");
+    for id in [
+        "idle1",
+        "paused1",
+        "iv1",
+        "rerun1",
+        "restored1",
+        "forked1",
+        "retried1",
+    ] {
+        w.cairn(&["run", "--resume", id, "-q"])
+            .expect(0, &format!("{id} runs to the end"));
+        assert_eq!(w.show(id)["state"], "completed", "{id}");
+    }
+    // The failed plan's step still fails (its agent fails nine times), recorded as before.
+    w.cairn(&["steps", "retry", "failed1", "s2"])
+        .expect(0, "retry failed1");
+    w.cairn(&["run", "--resume", "failed1", "-q"])
+        .expect(1, "failed1 fails again");
+    let failed = w.show("failed1");
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(step(&failed, "s2")["attempts"], 4, "{failed}");
+    assert_eq!(w.show("cancelled1")["state"], "cancelled");
+    // The interventions of that release read back, applied and refused alike.
+    let ivs = w.json(&["plans", "interventions", "iv1"]);
+    let kinds: Vec<&str> = ivs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap())
+        .collect();
+    for k in [
+        "modify_step",
+        "add_step",
+        "skip_step",
+        "remove_step",
+        "reorder_steps",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing in {ivs}");
+    }
+    assert!(
+        ivs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["status"] == "failed"),
+        "{ivs}"
+    );
+}
