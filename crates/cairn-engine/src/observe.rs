@@ -178,7 +178,7 @@ async fn handle(
     e: &Event,
 ) {
     if let Some(f) = &callbacks.intervention {
-        if let EventKind::InterventionApplied { intervention }
+        if let EventKind::InterventionApplied { intervention, .. }
         | EventKind::InterventionFailed { intervention } = &e.kind
         {
             f((**intervention).clone()).await;
@@ -245,7 +245,7 @@ fn status_after(kind: &EventKind) -> Option<PlanStatus> {
         EventKind::PlanCancelled { .. } => PlanStatus::Cancelled,
         EventKind::PlanCompleted {} => PlanStatus::Completed,
         EventKind::PlanFailed { .. } => PlanStatus::Failed,
-        EventKind::InterventionApplied { intervention } => intervention
+        EventKind::InterventionApplied { intervention, .. } => intervention
             .diff
             .iter()
             .find(|c| c.path == "status")

@@ -292,9 +292,9 @@ async fn a_version_2_database_opens_and_its_tokens_never_expire() {
     let path = dir.path().join("old.db");
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../src/schema.sql"))
+        conn.execute_batch(include_str!("../../src/schema.sql"))
             .unwrap();
-        conn.execute_batch(include_str!("../src/schema_v2.sql"))
+        conn.execute_batch(include_str!("../../src/schema_v2.sql"))
             .unwrap();
         conn.execute_batch(
             "INSERT INTO tokens (id, user, role, hash, created_at, revoked_at)
