@@ -2,11 +2,14 @@
 //!
 //! - `engine`: plans, interventions, checkpoints and observers through the library API.
 //! - `executors`: the `command` and `http` executors and `cairn.toml`.
+//! - `faults`: a store that fails chosen appends, and no attempt's outcome lost to it.
 //! - `remote`: the remote task queue.
 
 #[path = "cairn_engine/engine.rs"]
 mod engine;
 #[path = "cairn_engine/executors.rs"]
 mod executors;
+#[path = "cairn_engine/faults.rs"]
+mod faults;
 #[path = "cairn_engine/remote.rs"]
 mod remote;
