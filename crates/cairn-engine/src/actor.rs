@@ -82,6 +82,8 @@ pub(crate) struct PlanActor {
     /// The last reload failed: `state` may hold decisions the store never took, so nothing is
     /// decided until a reload succeeds.
     stale: bool,
+    /// An append was fenced: another node drives the plan now, and this actor stops.
+    fenced: bool,
 }
 
 /// An attempt's reported result, kept until its commit succeeds.
@@ -114,12 +116,16 @@ impl PlanActor {
             hold_until: None,
             unrecorded: Vec::new(),
             stale: false,
+            fenced: false,
         }
     }
 
     pub(crate) async fn run(mut self) {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
+            if self.fenced {
+                return;
+            }
             let wake = if self.stale {
                 None
             } else {
@@ -423,6 +429,16 @@ impl PlanActor {
             };
             warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
             let conflict = matches!(e, cairn_store::StoreError::SeqConflict { .. });
+            if matches!(e, cairn_store::StoreError::Fenced { .. }) {
+                // Another node took the plan over: it recovers the attempts running here (they
+                // run again there, at least once), and nothing more is decided here.
+                warn!(plan_id = %self.state.plan_id, error = %e, "the plan's lease was taken over; stop driving it");
+                Self::refuse(EngineError::from(e), acks, replies);
+                self.fenced = true;
+                self.stop_all();
+                self.inner.unload(&self.state.plan_id, &self.tx);
+                return;
+            }
             let err = EngineError::from(e);
             if conflict && again.is_some() {
                 if self.reload().await {
@@ -450,6 +466,7 @@ impl PlanActor {
                 EngineError::StorageUnavailable(why) => {
                     EngineError::StorageUnavailable(why.clone())
                 }
+                EngineError::NotOwner(plan_id) => EngineError::NotOwner(plan_id.clone()),
                 _ => EngineError::Store(cairn_store::StoreError::Backend(message.clone())),
             };
             let _ = reply.send(Err(answer));

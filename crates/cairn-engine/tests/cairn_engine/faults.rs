@@ -5,7 +5,7 @@
 //! all checked in the store's own log, not in the engine's memory.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ enum Rule {
     },
     /// The first `times` appends that carry an event of this kind.
     Kind { kind: &'static str, times: usize },
+    /// Every append, and every log read, while the switch is on (a store that is down).
+    Down(Arc<AtomicBool>),
 }
 
 /// The real store, failing the appends its rule picks with `Unavailable` (what a full disk
@@ -82,10 +84,18 @@ impl Faulty {
                 req.events.iter().any(|e| e.kind == *kind)
                     && self.kind_seen.fetch_add(1, Ordering::SeqCst) < *times
             }
+            Rule::Down(down) => down.load(Ordering::SeqCst),
         }
     }
 
     fn read_fails(&self) -> bool {
+        if let Rule::Down(down) = &self.rule {
+            let failed = down.load(Ordering::SeqCst);
+            if failed {
+                self.failed_reads.fetch_add(1, Ordering::SeqCst);
+            }
+            return failed;
+        }
         let failed = self
             .reads_to_fail
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -479,4 +489,95 @@ async fn appends_that_record_failures_fail_and_no_outcome_is_lost() {
         times: 6,
     })
     .await;
+}
+
+/// Holds each attempt until the test lets one finish; says when one started.
+struct Latch {
+    started: tokio::sync::mpsc::UnboundedSender<String>,
+    permits: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl Executor for Latch {
+    async fn execute(&self, task: Task, _stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        let _ = self.started.send(task.step_id.clone());
+        self.permits.acquire().await.unwrap().forget();
+        Ok(ExecOutput {
+            output: json!({"done": task.step_id}),
+            scores: None,
+        })
+    }
+}
+
+/// A store that goes down (writes and reads) while an attempt runs: its outcome cannot be
+/// recorded and the plan cannot even be reloaded. The actor holds the outcome, refuses
+/// commands with the store's error instead of deciding from a state that drifted, and once the
+/// store is back the outcome is recorded once and the plan runs to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_goes_down_during_an_attempt_keeps_its_outcome_and_refuses_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(
+        SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
+    );
+    let down = Arc::new(AtomicBool::new(false));
+    let faulty = Arc::new(Faulty::new(sqlite.clone(), Rule::Down(down.clone())));
+    let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+    let latch = Arc::new(Latch {
+        started,
+        permits: tokio::sync::Semaphore::new(0),
+    });
+    let registry = Registry::with_builtins();
+    registry.register("latch", latch.clone());
+    let engine = Engine::open(faulty.clone(), registry, EngineOptions::default())
+        .await
+        .unwrap();
+    let doc = "plan_id: d\nsteps:\n  - {step_id: a, action: x, agent_type: latch}\n  - {step_id: b, action: y, agent_type: builtin.echo}\n";
+    tokio::time::timeout(DEADLINE, async {
+        engine
+            .register(Plan::parse(doc, Format::Yaml).unwrap(), "tester")
+            .await
+            .unwrap();
+        engine.start("d", "tester", None).await.unwrap();
+        assert_eq!(starts.recv().await.as_deref(), Some("a"));
+        down.store(true, Ordering::SeqCst);
+        latch.permits.add_permits(1);
+        // The outcome's append fails, then the reload's read: the actor is stale.
+        while faulty.failed_reads.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let paused = engine
+            .pause("d", cairn_core::PauseMode::Boundary, None, "op", None)
+            .await;
+        assert!(
+            matches!(paused, Err(EngineError::StorageUnavailable(_))),
+            "{paused:?}"
+        );
+        // The log still shows `a` running: nothing was recorded, and nothing was lost.
+        let kinds: Vec<String> = sqlite
+            .read_events("d", 0, None, 1_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert!(!kinds.iter().any(|k| k == "step_completed"), "{kinds:?}");
+        down.store(false, Ordering::SeqCst);
+        wait_completed(&engine, "d").await;
+    })
+    .await
+    .expect("the plan ends once the store is back");
+    engine.shutdown().await;
+    let events = sqlite.read_events("d", 0, None, 1_000).await.unwrap();
+    let completed_a = events
+        .iter()
+        .filter(|e| e.kind == "step_completed" && e.data.contains("\"a\""))
+        .count();
+    assert_eq!(completed_a, 1, "a's outcome recorded once");
+    assert!(
+        !events.iter().any(|e| e.kind == "step_recovered"),
+        "the attempt was never sent again: its outcome was held"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    assert_eq!(events.last().unwrap().kind, "plan_completed");
 }
