@@ -1,9 +1,12 @@
 //! One task per live plan: it owns the plan's state, decides every command through the core,
-//! makes the resulting events durable before anyone hears of them, then acts on them (runs
-//! attempts, stops attempts the plan no longer wants, arms timers).
+//! makes the resulting events durable before anyone hears of them, then carries out the actions
+//! the core decided with them (runs attempts with the invocation the core recorded, stops
+//! attempts, arms the plan's timer).
 //!
 //! Invariants:
 //! - Nothing is answered, published or executed before its events are committed.
+//! - The actor decides nothing: what to run, stop and wake for comes from the core's actions.
+//!   It tracks the attempts it runs by their [`AttemptId`].
 //! - Messages that queue up while a commit is in flight are decided together and committed in
 //!   one append, so a busy plan costs one commit per batch, not per message.
 //! - If an append fails, the in-memory state is thrown away and reloaded from the store: the
@@ -16,8 +19,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::decide::{dispatches, SYSTEM_ACTOR};
-use cairn_core::{expr, handle, idempotency_key, Command, Ctx, Event, PlanState, StepResult};
+use cairn_core::decide::{Route, Starts, SYSTEM_ACTOR};
+use cairn_core::{
+    Action, AttemptId, Command, Ctx, Event, PlanState, StartAttempt, StepResult, Timestamp,
+};
 use cairn_store::{Append, Fence};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,11 +43,15 @@ pub(crate) enum Msg {
         reply: ReplyTo,
     },
     Outcome {
-        step_id: String,
-        attempt: u32,
+        attempt: AttemptId,
         result: StepResult,
         /// Answered once the outcome is committed (a remote worker's report waits for it).
         ack: Option<Ack>,
+    },
+    /// Fork this plan: the new plan and this plan's `plan_forked` are committed together.
+    Fork {
+        fork: Box<Fork>,
+        reply: oneshot::Sender<Result<PlanState, EngineError>>,
     },
     /// A copy of the current state.
     Read {
@@ -52,14 +61,27 @@ pub(crate) enum Msg {
     Stop,
 }
 
+/// A fork of the actor's plan, as the engine asks for it.
+#[derive(Clone)]
+pub(crate) struct Fork {
+    pub(crate) checkpoint_id: String,
+    pub(crate) new_plan_id: String,
+    /// The new plan's registration (its definition and origin).
+    pub(crate) register: Command,
+    pub(crate) reason: Option<String>,
+    pub(crate) actor: String,
+}
+
 pub(crate) struct PlanActor {
     inner: Arc<Inner>,
     state: PlanState,
     fence: Fence,
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
-    /// Attempts running now, by (step id, attempt), with their stop switches.
-    inflight: HashMap<(String, u32), watch::Sender<bool>>,
+    /// Attempts running now, with their stop switches.
+    inflight: HashMap<AttemptId, watch::Sender<bool>>,
+    /// When the plan wants to be woken (the core's latest `SetTimer`).
+    timer: Option<Timestamp>,
     /// Seq of the newest stored snapshot.
     snapshot_seq: u64,
     /// A shared copy of the current state, made when someone asks and kept until the state
@@ -87,7 +109,10 @@ impl PlanActor {
         tx: mpsc::UnboundedSender<Msg>,
     ) -> PlanActor {
         let renew = inner.opts.lease_ms / 3;
+        // Until the first decision sets it, the timer is the loaded state's next wake.
+        let timer = state.next_wake();
         PlanActor {
+            timer,
             inner,
             state,
             fence,
@@ -105,7 +130,7 @@ impl PlanActor {
     pub(crate) async fn run(mut self) {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
-            let wake = self.state.next_wake().map(|t| {
+            let wake = self.timer.map(|t| {
                 let wait = (t - crate::engine::now()).max(0) as u64;
                 let at = tokio::time::Instant::now() + Duration::from_micros(wait);
                 self.hold_until.map_or(at, |hold| at.max(hold))
@@ -151,10 +176,10 @@ impl PlanActor {
                         // it again to the plan's next actor. Deciding it here could commit
                         // after that actor loaded the log.
                         while let Ok(msg) = self.rx.try_recv() {
-                            if let Msg::Outcome { step_id, attempt, .. } = msg {
+                            if let Msg::Outcome { attempt, .. } = msg {
                                 // Dropping the outcome drops its ack: a waiting report hears
                                 // that nothing was recorded.
-                                debug!(plan_id = %self.state.plan_id, %step_id, attempt, "late outcome of an unloaded plan dropped");
+                                debug!(plan_id = %self.state.plan_id, %attempt, "late outcome of an unloaded plan dropped");
                             }
                         }
                         let _ = self
@@ -229,6 +254,7 @@ impl PlanActor {
         let mut keep_going = true;
         let mut reads = Vec::new();
         let mut acks = Vec::new();
+        let mut forks = Vec::new();
         let mut push = |msg: Msg, work: &mut Vec<_>| match msg {
             Msg::Command {
                 command,
@@ -236,23 +262,19 @@ impl PlanActor {
                 reply,
             } => work.push((command, actor, Some(reply))),
             Msg::Outcome {
-                step_id,
                 attempt,
                 result,
                 ack,
             } => {
                 acks.extend(ack);
                 work.push((
-                    Command::Outcome {
-                        step_id,
-                        attempt,
-                        result,
-                    },
+                    Command::Outcome { attempt, result },
                     SYSTEM_ACTOR.to_owned(),
                     None,
                 ))
             }
             Msg::Read { reply } => reads.push(reply),
+            Msg::Fork { fork, reply } => forks.push((fork, reply)),
             Msg::Stop => keep_going = false,
         };
         push(first, &mut work);
@@ -269,15 +291,16 @@ impl PlanActor {
             }
         }
         for (command, _, _) in &work {
-            if let Command::Outcome {
-                step_id, attempt, ..
-            } = command
-            {
-                self.inflight.remove(&(step_id.clone(), *attempt));
+            if let Command::Outcome { attempt, .. } = command {
+                self.inflight.remove(attempt);
             }
         }
         if !work.is_empty() && !self.decide_and_commit(work, acks).await {
             return false;
+        }
+        // A fork commits on its own: its append also creates the new plan.
+        for (fork, reply) in forks {
+            let _ = reply.send(self.fork(*fork).await);
         }
         if !keep_going {
             self.stop_all();
@@ -300,14 +323,10 @@ impl PlanActor {
         acks: Vec<Ack>,
     ) -> bool {
         // Kept to be delivered again if the append fails: the attempts really ended.
-        let outcomes: Vec<(String, u32, StepResult)> = work
+        let outcomes: Vec<(AttemptId, StepResult)> = work
             .iter()
             .filter_map(|(command, _, _)| match command {
-                Command::Outcome {
-                    step_id,
-                    attempt,
-                    result,
-                } => Some((step_id.clone(), *attempt, result.clone())),
+                Command::Outcome { attempt, result } => Some((attempt.clone(), result.clone())),
                 _ => None,
             })
             .collect();
@@ -381,31 +400,28 @@ impl PlanActor {
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
         let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
+        let mut actions: Vec<Action> = Vec::new();
         let inner = &*self.inner;
-        // Agent types with no local executor go to the remote-worker queue, when there is one:
-        // their attempts start `queued` until a worker claims them.
-        let queued = |agent_type: &str| inner.registry.get(agent_type).is_none();
+        // The core is told which agent types this process can run: those with an executor here,
+        // the others on the remote-worker queue when there is one (their attempts start
+        // `queued` until a worker claims them); with neither, the core fails their steps.
+        let route = |agent_type: &str| route(inner, agent_type);
         for (i, (command, actor)) in commands.into_iter().enumerate() {
             let wants = replies.get(i).is_some_and(Option::is_some);
             let ctx = Ctx { now, actor: &actor };
             // An engine that runs no attempt must not record one: its ready steps start when a
             // driver takes the plan over.
-            let result = if !inner.opts.execute {
-                cairn_core::decide::handle_recording(&mut self.state, command, ctx)
-            } else if inner.opts.remote.is_some() {
-                cairn_core::decide::handle_starting(
-                    &mut self.state,
-                    command,
-                    ctx,
-                    cairn_core::decide::Starts::Queue(&queued),
-                )
+            let starts = if inner.opts.execute {
+                Starts::Route(&route)
             } else {
-                handle(&mut self.state, command, ctx)
+                Starts::None
             };
+            let result = cairn_core::decide::handle_starting(&mut self.state, command, ctx, starts);
             let start = events.len();
             match result {
                 Ok(decision) => {
                     events.extend(decision.events);
+                    actions.extend(decision.actions);
                     if wants {
                         answers.push((
                             i,
@@ -451,11 +467,92 @@ impl PlanActor {
                 }
             }
         }
+        self.act(actions);
         if !published.is_empty() {
-            self.act(&published);
             self.maybe_snapshot();
         }
         Ok(())
+    }
+
+    /// Forks the plan: decides the new plan's registration and this plan's `plan_forked` (the
+    /// core refuses a bad new id), then commits both in one store transaction, so no fork exists
+    /// that the source's log does not record, and no record names a plan that does not exist.
+    /// Decided on a copy of the state: a failed commit leaves the actor's state as it was. A seq
+    /// conflict (a stale load) reloads and decides once more.
+    async fn fork(&mut self, fork: Fork) -> Result<PlanState, EngineError> {
+        let mut retried = false;
+        loop {
+            let now = crate::engine::now();
+            let ctx = Ctx {
+                now,
+                actor: &fork.actor,
+            };
+            let inner = &*self.inner;
+            let route = |agent_type: &str| route(inner, agent_type);
+            let mut source = self.state.clone();
+            let recorded = cairn_core::decide::handle_starting(
+                &mut source,
+                Command::RecordFork {
+                    checkpoint_id: fork.checkpoint_id.clone(),
+                    new_plan_id: fork.new_plan_id.clone(),
+                    reason: fork.reason.clone(),
+                },
+                ctx,
+                if inner.opts.execute {
+                    Starts::Route(&route)
+                } else {
+                    Starts::None
+                },
+            )?;
+            let mut forked = PlanState::empty(&fork.new_plan_id);
+            let registered = cairn_core::handle(&mut forked, fork.register.clone(), ctx)?;
+            let create = cairn_store::CreatePlan {
+                plan_id: fork.new_plan_id.clone(),
+                created_at: now.as_micros(),
+                state: forked.status.as_str().to_owned(),
+                events: registered
+                    .events
+                    .iter()
+                    .map(crate::convert::to_new)
+                    .collect(),
+            };
+            let append = Append {
+                plan_id: self.state.plan_id.clone(),
+                expected_seq: self.state.seq,
+                fence: Some(self.fence.clone()),
+                state: Some(source.status.as_str().to_owned()),
+                events: recorded.events.iter().map(crate::convert::to_new).collect(),
+            };
+            match self.inner.store.create_plan_with(create, append).await {
+                Ok((created, appended)) => {
+                    let ids = created.iter().chain(&appended).map(|s| s.id);
+                    let published: Vec<Arc<Event>> = registered
+                        .events
+                        .into_iter()
+                        .chain(recorded.events)
+                        .zip(ids)
+                        .map(|(mut e, id)| {
+                            e.id = id;
+                            Arc::new(e)
+                        })
+                        .collect();
+                    self.state = source;
+                    self.shared = None;
+                    self.inner.publish(published);
+                    self.act(recorded.actions);
+                    self.maybe_snapshot();
+                    return Ok(forked);
+                }
+                Err(cairn_store::StoreError::SeqConflict { .. }) if !retried => {
+                    retried = true;
+                    if !self.reload().await {
+                        return Err(EngineError::ShuttingDown);
+                    }
+                    self.reconcile();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Replaces the in-memory state with the store's, trying a few times (reads usually work
@@ -470,6 +567,7 @@ impl PlanActor {
                     self.state = state;
                     self.snapshot_seq = snap;
                     self.shared = None;
+                    self.timer = self.state.next_wake();
                     return true;
                 }
                 Err(e) => {
@@ -487,13 +585,9 @@ impl PlanActor {
 
     /// Sends the outcomes of a failed append back to this actor after the backoff, for the
     /// attempts the reloaded state still counts as running.
-    fn redeliver(&self, outcomes: Vec<(String, u32, StepResult)>) {
-        for (step_id, attempt, result) in outcomes {
-            let running = self
-                .state
-                .step(&step_id)
-                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == attempt);
-            if !running {
+    fn redeliver(&self, outcomes: Vec<(AttemptId, StepResult)>) {
+        for (attempt, result) in outcomes {
+            if !self.state.is_live(&attempt) {
                 continue;
             }
             let tx = self.tx.clone();
@@ -501,7 +595,6 @@ impl PlanActor {
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let _ = tx.send(Msg::Outcome {
-                    step_id,
                     attempt,
                     result,
                     ack: None,
@@ -510,28 +603,29 @@ impl PlanActor {
         }
     }
 
-    /// Runs the attempts the events ask for and stops the ones the state no longer counts.
-    fn act(&mut self, events: &[Arc<Event>]) {
-        self.reconcile();
-        let starts: Vec<(String, u32)> = events
-            .iter()
-            .flat_map(|e| dispatches(std::slice::from_ref(e.as_ref())))
-            .map(|(s, a)| (s.to_owned(), a))
-            .collect();
-        for (step_id, attempt) in starts {
-            self.dispatch(&step_id, attempt);
+    /// Carries out the core's actions, in order.
+    fn act(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Stop { attempt, cause } => {
+                    // The entry stays until the attempt reports, so its late result is still
+                    // recorded.
+                    if let Some(stop) = self.inflight.get(&attempt) {
+                        debug!(plan_id = %self.state.plan_id, %attempt, %cause, "stop");
+                        let _ = stop.send(true);
+                    }
+                }
+                Action::Start(start) => self.dispatch(*start),
+                Action::SetTimer { at } => self.timer = at,
+            }
         }
     }
 
-    /// Asks every attempt the state no longer counts as running to stop. Entries stay until the
-    /// attempt reports, so its late result is still recorded.
+    /// After a reload from the store: asks every attempt the stored state does not count as in
+    /// flight to stop (the decisions that started or kept it were never committed).
     fn reconcile(&mut self) {
-        let state = &self.state;
-        for ((step_id, attempt), stop) in &self.inflight {
-            let live = state
-                .step(step_id)
-                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == *attempt);
-            if !live {
+        for (attempt, stop) in &self.inflight {
+            if !self.state.is_live(attempt) {
                 let _ = stop.send(true);
             }
         }
@@ -543,57 +637,44 @@ impl PlanActor {
         }
     }
 
-    fn dispatch(&mut self, step_id: &str, attempt: u32) {
+    /// Runs one attempt as the core decided it: the task is built from the recorded invocation.
+    fn dispatch(&mut self, start: StartAttempt) {
         if !self.inner.opts.execute {
             return;
         }
-        let Some(step) = self.state.step(step_id) else {
-            return;
-        };
-        let plan_id = self.state.plan_id.clone();
-        let def = &step.def;
-        let params = if expr::has_templates(&def.params) {
-            expr::render(&def.params, &self.state.template_context())
-        } else {
-            Ok(def.params.clone())
+        let StartAttempt {
+            attempt,
+            invocation,
+            run,
+            idempotency_key,
+            timeout_ms,
+            query,
+            queued: _,
+        } = start;
+        let task = Task {
+            plan_id: self.state.plan_id.clone(),
+            step_id: attempt.step_id.clone(),
+            kind: attempt.kind,
+            action: invocation.action,
+            agent_type: invocation.agent_type,
+            params: invocation.params,
+            attempt: attempt.number,
+            run,
+            idempotency_key,
+            timeout_ms,
+            query,
         };
         let tx = self.tx.clone();
-        let step_id = step_id.to_owned();
-        let params = match params {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tx.send(Msg::Outcome {
-                    step_id,
-                    attempt,
-                    result: StepResult::Failed {
-                        error: e,
-                        retryable: false,
-                    },
-                    ack: None,
-                });
-                return;
-            }
-        };
-        let task = Task {
-            idempotency_key: idempotency_key(&plan_id, &step_id, step.rec.run),
-            plan_id,
-            step_id: step_id.clone(),
-            action: def.action.clone(),
-            agent_type: def.agent_type.clone(),
-            params,
-            attempt,
-            run: step.rec.run,
-            timeout_ms: def.timeout_ms,
-            query: self.state.query.clone(),
-        };
-        let executor = self.inner.executor_for(&def.agent_type);
+        let executor = self.inner.executor_for(&task.agent_type);
         let remote = self.inner.opts.remote.clone();
         let (stop_tx, stop) = StopSignal::new();
-        self.inflight.insert((step_id.clone(), attempt), stop_tx);
-        debug!(plan_id = %task.plan_id, step_id = %step_id, attempt, "dispatch");
+        self.inflight.insert(attempt.clone(), stop_tx);
+        debug!(plan_id = %task.plan_id, %attempt, "dispatch");
         tokio::spawn(async move {
-            let key = task.idempotency_key.clone();
+            let plan_id = task.plan_id.clone();
             let result = match executor {
+                // The core routes only agent types this process has to it; this is an executor
+                // unregistered between the decision and now.
                 None => Err(ExecError::fatal(format!(
                     "no executor is registered for agent type {:?}",
                     task.agent_type
@@ -632,9 +713,8 @@ impl PlanActor {
                 },
             };
             // A remote worker's report that waits for this outcome to be durable rides along.
-            let ack = remote.and_then(|q| q.take_ack(&key, attempt));
+            let ack = remote.and_then(|q| q.take_ack(&plan_id, &attempt));
             let _ = tx.send(Msg::Outcome {
-                step_id,
                 attempt,
                 result,
                 ack,
@@ -661,6 +741,18 @@ impl PlanActor {
                 debug!(%plan_id, error = %e, "snapshot not stored");
             }
         });
+    }
+}
+
+/// Where this process runs an agent type's attempts: an executor here, else the remote-worker
+/// queue when there is one, else nowhere (the core then fails the step).
+fn route(inner: &Inner, agent_type: &str) -> Route {
+    if inner.registry.get(agent_type).is_some() {
+        Route::Local
+    } else if inner.opts.remote.is_some() {
+        Route::Queue
+    } else {
+        Route::Missing
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cairn_core::AttemptId;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, watch, Notify};
@@ -94,9 +95,9 @@ struct State {
     /// agent type → seq → task id, of tasks not handed out yet.
     queued: HashMap<String, BTreeMap<u64, String>>,
     next_seq: u64,
-    /// Reports waiting for their outcome to be durable, by (idempotency key, attempt): the
-    /// plan's actor takes the ack with the outcome and answers it after the commit.
-    acks: HashMap<(String, u32), Ack>,
+    /// Reports waiting for their outcome to be durable, by (plan id, attempt): the plan's actor
+    /// takes the ack with the outcome and answers it after the commit.
+    acks: HashMap<(String, AttemptId), Ack>,
 }
 
 struct Shared {
@@ -349,10 +350,8 @@ impl RemoteQueue {
         Self::held(&mut st, task_id, worker_id)?;
         if let Some(mut entry) = st.tasks.remove(task_id) {
             if let Some(ack) = ack {
-                st.acks.insert(
-                    (entry.task.idempotency_key.clone(), entry.task.attempt),
-                    ack,
-                );
+                st.acks
+                    .insert((entry.task.plan_id.clone(), entry.task.attempt_id()), ack);
             }
             if let Some(tx) = entry.reply.take() {
                 let _ = tx.send(reply);
@@ -386,14 +385,14 @@ impl RemoteQueue {
         }
     }
 
-    /// The ack waiting for the outcome of attempt `attempt` of `idempotency_key`, if a report
-    /// waits for it.
-    pub(crate) fn take_ack(&self, idempotency_key: &str, attempt: u32) -> Option<Ack> {
+    /// The ack waiting for the outcome of `attempt` of plan `plan_id`, if a report waits for
+    /// it.
+    pub(crate) fn take_ack(&self, plan_id: &str, attempt: &AttemptId) -> Option<Ack> {
         let mut st = self.state();
         if st.acks.is_empty() {
             return None;
         }
-        st.acks.remove(&(idempotency_key.to_owned(), attempt))
+        st.acks.remove(&(plan_id.to_owned(), attempt.clone()))
     }
 
     /// The worker finished the task (the answer does not wait for the plan to record it; see
@@ -613,6 +612,7 @@ mod tests {
         Task {
             plan_id: "p".into(),
             step_id: "s".into(),
+            kind: cairn_core::AttemptKind::Step,
             action: "search".into(),
             agent_type: agent_type.into(),
             params: json!({"q": 1}),
