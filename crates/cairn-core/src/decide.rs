@@ -749,7 +749,16 @@ fn intervene(
         ))),
         _ => {
             let mut copy = em.state.clone();
-            intervention::mutate(&mut copy, &request.kind, em.now).map(|()| copy)
+            intervention::mutate(&mut copy, &request.kind, em.now).map(|()| {
+                // An attempt the intervention ended (completed by hand, rerun) keeps no record
+                // of what it was sent, as when it ends any other way.
+                for s in &mut copy.steps {
+                    if !s.rec.status.is_active() {
+                        s.rec.invocation = None;
+                    }
+                }
+                copy
+            })
         }
     };
     match checked {
@@ -762,12 +771,26 @@ fn intervene(
             } else {
                 // The applied intervention is a checkpoint of its own: restoring the latest
                 // checkpoint then never silently undoes an operator's change.
+                // The result is recorded as facts, so replay never re-runs the rules.
+                let effect = crate::log::Effect::between(em.state, &after);
                 em.emit(
                     actor,
                     EventKind::InterventionApplied {
                         intervention: Box::new(record.clone()),
+                        effect: Some(Box::new(effect)),
                     },
                     Some(CheckpointTrigger::Intervention),
+                );
+                // Everything the intervention did is in its effect (only the log position and
+                // time moved beyond it).
+                debug_assert_eq!(
+                    *em.state,
+                    PlanState {
+                        seq: em.state.seq,
+                        updated_at: em.state.updated_at,
+                        ..after
+                    },
+                    "an intervention's effect must reproduce what it did"
                 );
             }
             (record, None)

@@ -6,6 +6,7 @@
 //! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
 //! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
 //! - [`time`]: timestamps, stored as microseconds and written as RFC 3339.
@@ -21,6 +22,7 @@ mod document;
 pub mod event;
 pub mod expr;
 pub mod intervention;
+pub mod log;
 pub mod plan;
 pub mod state;
 pub mod suggest;

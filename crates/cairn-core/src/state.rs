@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 
 use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{Event, EventKind, Micros, Timestamp};
-use crate::intervention;
 use crate::plan::{Plan, StepDef};
 
 /// The six plan states.
@@ -658,11 +657,23 @@ impl PlanState {
                     s.rec.invocation = None;
                 }
             }
-            EventKind::InterventionApplied { intervention } => {
-                // The same pure function decide() ran to validate it; it cannot fail here on a
-                // log the engine wrote.
-                let _ = intervention::mutate(self, &intervention.request, at);
-            }
+            EventKind::InterventionApplied {
+                intervention,
+                effect,
+            } => match effect {
+                // The recorded result, applied as it is: replay never re-decides.
+                Some(effect) => effect.apply(self),
+                // Log format 1 recorded only the request. Its rules predate recorded
+                // invocations: an attempt they ended keeps none, as everywhere else.
+                None => {
+                    crate::log::v1::replay(self, &intervention.request, at);
+                    for s in &mut self.steps {
+                        if !s.rec.status.is_active() {
+                            s.rec.invocation = None;
+                        }
+                    }
+                }
+            },
             EventKind::CheckpointRestored { restored, .. } => {
                 let version = self.version.max(restored.version) + 1;
                 let before: HashMap<String, (u32, u32)> = self

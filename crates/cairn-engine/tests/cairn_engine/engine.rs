@@ -1034,28 +1034,25 @@ struct FailSecondHalf {
     fail: std::sync::atomic::AtomicBool,
 }
 
+use cairn_store::{
+    Append, CheckpointRow, CreatePlan, Fence, Page, PlanRow, StoreResult, StoredEvent, TokenRow,
+};
+
 #[async_trait]
-impl cairn_store::Store for FailSecondHalf {
-    async fn create_plan(
-        &self,
-        req: cairn_store::CreatePlan,
-    ) -> cairn_store::StoreResult<Vec<cairn_store::StoredEvent>> {
+impl cairn_store::EventLog for FailSecondHalf {
+    async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>> {
         self.inner.create_plan(req).await
     }
-    async fn append(
-        &self,
-        req: cairn_store::Append,
-    ) -> cairn_store::StoreResult<Vec<cairn_store::StoredEvent>> {
+    async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
         self.inner.append(req).await
     }
     async fn create_plan_with(
         &self,
-        create: cairn_store::CreatePlan,
-        mut append: cairn_store::Append,
-    ) -> cairn_store::StoreResult<(Vec<cairn_store::StoredEvent>, Vec<cairn_store::StoredEvent>)>
-    {
+        create: CreatePlan,
+        mut append: Append,
+    ) -> StoreResult<(Vec<StoredEvent>, Vec<StoredEvent>)> {
         if self.fail.load(Ordering::SeqCst) {
-            append.fence = Some(cairn_store::Fence {
+            append.fence = Some(Fence {
                 node: "nobody".into(),
                 token: u64::MAX,
             });
@@ -1068,7 +1065,7 @@ impl cairn_store::Store for FailSecondHalf {
         after_seq: u64,
         until_seq: Option<u64>,
         limit: usize,
-    ) -> cairn_store::StoreResult<Vec<cairn_store::StoredEvent>> {
+    ) -> StoreResult<Vec<StoredEvent>> {
         self.inner
             .read_events(plan_id, after_seq, until_seq, limit)
             .await
@@ -1079,25 +1076,36 @@ impl cairn_store::Store for FailSecondHalf {
         kinds: &[&str],
         after_seq: u64,
         limit: usize,
-    ) -> cairn_store::StoreResult<Vec<cairn_store::StoredEvent>> {
+    ) -> StoreResult<Vec<StoredEvent>> {
         self.inner
             .read_events_of_kind(plan_id, kinds, after_seq, limit)
             .await
     }
-    async fn read_all_events(
-        &self,
-        after_id: u64,
-        limit: usize,
-    ) -> cairn_store::StoreResult<Vec<cairn_store::StoredEvent>> {
+    async fn read_all_events(&self, after_id: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
         self.inner.read_all_events(after_id, limit).await
     }
-    async fn last_event_id(&self) -> cairn_store::StoreResult<u64> {
+    async fn last_event_id(&self) -> StoreResult<u64> {
         self.inner.last_event_id().await
     }
-    async fn get_plan(
+    async fn list_checkpoints(
         &self,
         plan_id: &str,
-    ) -> cairn_store::StoreResult<Option<cairn_store::PlanRow>> {
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<CheckpointRow>> {
+        self.inner.list_checkpoints(plan_id, after_seq, limit).await
+    }
+    async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>> {
+        self.inner.get_checkpoint(plan_id, seq).await
+    }
+    async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool> {
+        self.inner.delete_plan(plan_id).await
+    }
+}
+
+#[async_trait]
+impl cairn_store::PlanIndex for FailSecondHalf {
+    async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>> {
         self.inner.get_plan(plan_id).await
     }
     async fn list_plans(
@@ -1105,80 +1113,60 @@ impl cairn_store::Store for FailSecondHalf {
         state: Option<&str>,
         limit: usize,
         cursor: Option<&str>,
-    ) -> cairn_store::StoreResult<cairn_store::Page<cairn_store::PlanRow>> {
+    ) -> StoreResult<Page<PlanRow>> {
         self.inner.list_plans(state, limit, cursor).await
     }
-    async fn plans_in_states(&self, states: &[&str]) -> cairn_store::StoreResult<Vec<String>> {
+    async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>> {
         self.inner.plans_in_states(states).await
     }
-    async fn list_checkpoints(
-        &self,
-        plan_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> cairn_store::StoreResult<Vec<cairn_store::CheckpointRow>> {
-        self.inner.list_checkpoints(plan_id, after_seq, limit).await
+}
+
+#[async_trait]
+impl cairn_store::Leases for FailSecondHalf {
+    async fn claim(&self, plan_id: &str, node: &str, ttl_ms: u64, now: i64) -> StoreResult<Fence> {
+        self.inner.claim(plan_id, node, ttl_ms, now).await
     }
-    async fn get_checkpoint(
-        &self,
-        plan_id: &str,
-        seq: u64,
-    ) -> cairn_store::StoreResult<Option<cairn_store::CheckpointRow>> {
-        self.inner.get_checkpoint(plan_id, seq).await
+    async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
+        self.inner.release(plan_id, fence).await
     }
-    async fn put_snapshot(
-        &self,
-        plan_id: &str,
-        seq: u64,
-        data: Vec<u8>,
-    ) -> cairn_store::StoreResult<()> {
+}
+
+#[async_trait]
+impl cairn_store::Snapshots for FailSecondHalf {
+    async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()> {
         self.inner.put_snapshot(plan_id, seq, data).await
     }
     async fn get_snapshot(
         &self,
         plan_id: &str,
         at_or_before: u64,
-    ) -> cairn_store::StoreResult<Option<(u64, Vec<u8>)>> {
+    ) -> StoreResult<Option<(u64, Vec<u8>)>> {
         self.inner.get_snapshot(plan_id, at_or_before).await
     }
-    async fn delete_plan(&self, plan_id: &str) -> cairn_store::StoreResult<bool> {
-        self.inner.delete_plan(plan_id).await
-    }
-    async fn claim(
-        &self,
-        plan_id: &str,
-        node: &str,
-        ttl_ms: u64,
-        now: i64,
-    ) -> cairn_store::StoreResult<cairn_store::Fence> {
-        self.inner.claim(plan_id, node, ttl_ms, now).await
-    }
-    async fn release(
-        &self,
-        plan_id: &str,
-        fence: &cairn_store::Fence,
-    ) -> cairn_store::StoreResult<()> {
-        self.inner.release(plan_id, fence).await
-    }
-    async fn create_token(&self, token: cairn_store::TokenRow) -> cairn_store::StoreResult<()> {
+}
+
+#[async_trait]
+impl cairn_store::Tokens for FailSecondHalf {
+    async fn create_token(&self, token: TokenRow) -> StoreResult<()> {
         self.inner.create_token(token).await
     }
-    async fn list_tokens(&self) -> cairn_store::StoreResult<Vec<cairn_store::TokenRow>> {
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRow>> {
         self.inner.list_tokens().await
     }
-    async fn revoke_token(&self, id: &str, at: i64) -> cairn_store::StoreResult<bool> {
+    async fn revoke_token(&self, id: &str, at: i64) -> StoreResult<bool> {
         self.inner.revoke_token(id, at).await
     }
-    async fn token_by_hash(
-        &self,
-        hash: &str,
-    ) -> cairn_store::StoreResult<Option<cairn_store::TokenRow>> {
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
         self.inner.token_by_hash(hash).await
     }
-    async fn get_cursor(&self, name: &str) -> cairn_store::StoreResult<Option<u64>> {
+}
+
+#[async_trait]
+impl cairn_store::Cursors for FailSecondHalf {
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
         self.inner.get_cursor(name).await
     }
-    async fn set_cursor(&self, name: &str, value: u64) -> cairn_store::StoreResult<()> {
+    async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()> {
         self.inner.set_cursor(name, value).await
     }
 }
@@ -1211,7 +1199,7 @@ async fn a_fork_whose_source_record_fails_leaves_no_plan_behind() {
         .fork("p", &cp.checkpoint_id, Some("p-fork".into()), "op", None)
         .await;
     assert!(failed.is_err(), "{failed:?}");
-    assert!(cairn_store::Store::get_plan(&*store, "p-fork")
+    assert!(cairn_store::PlanIndex::get_plan(&*store, "p-fork")
         .await
         .unwrap()
         .is_none());
@@ -1922,7 +1910,7 @@ fn integer_times(v: &mut Value) {
 /// became RFC 3339 strings) opens, and every plan reads and replays to the same state.
 #[tokio::test]
 async fn a_store_written_with_integer_times_reads_the_same() {
-    use cairn_store::{CreatePlan, NewEvent, Store};
+    use cairn_store::{CreatePlan, EventLog, NewEvent, PlanIndex, Snapshots};
     let dir = tempfile::tempdir().unwrap();
     let opts = EngineOptions {
         snapshot_every: 3,
