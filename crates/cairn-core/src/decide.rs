@@ -649,7 +649,7 @@ fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResu
                     },
                     Some(CheckpointTrigger::Step),
                 );
-                if matches!(em.state.status, PlanStatus::Running | PlanStatus::Paused) {
+                if em.state.status.is_active() {
                     em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
                 }
             }

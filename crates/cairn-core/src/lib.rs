@@ -3,6 +3,7 @@
 //! - [`plan`]: the plan document and its validation.
 //! - [`event`]: the events a plan's log is made of.
 //! - [`state`]: a plan's state as a fold over its events.
+//! - [`status`]: what each plan state and step status means, defined once.
 //! - [`decide`]: commands in, events (or a refusal) out.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
 //! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
@@ -22,6 +23,7 @@ pub mod intervention;
 pub mod log;
 pub mod plan;
 pub mod state;
+pub mod status;
 pub mod suggest;
 pub mod time;
 pub mod view;
