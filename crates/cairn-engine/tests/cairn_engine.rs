@@ -1,0 +1,21 @@
+//! The engine end to end over a real SQLite store: one test binary, one module per area.
+//!
+//! - `engine`: plans, interventions, checkpoints and observers through the library API.
+//! - `executors`: the `command` and `http` executors and `cairn.toml`.
+//! - `remote`: the remote task queue.
+//! - `latch`: the `builtin.latch` step holder the other tests use.
+//! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
+//! - `common`: bounded waits shared by every module.
+
+#[path = "cairn_engine/common.rs"]
+mod common;
+#[path = "cairn_engine/engine.rs"]
+mod engine;
+#[path = "cairn_engine/executors.rs"]
+mod executors;
+#[path = "cairn_engine/latch.rs"]
+mod latch;
+#[path = "cairn_engine/paused_time.rs"]
+mod paused_time;
+#[path = "cairn_engine/remote.rs"]
+mod remote;
