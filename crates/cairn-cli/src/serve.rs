@@ -120,7 +120,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         let remote = remote.clone();
         tokio::spawn(async move {
             loop {
-                for (agent_type, n) in remote.queued_by_type() {
+                for (agent_type, n) in remote.queued_by_type().await {
                     cairn_server::metrics::set_tasks_queued(&agent_type, n);
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
