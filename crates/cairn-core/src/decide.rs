@@ -909,7 +909,7 @@ fn outcome(em: &mut Emitter<'_>, id: AttemptId, result: StepResult) {
                     },
                     Some(CheckpointTrigger::Step),
                 );
-                if matches!(em.state.status, PlanStatus::Running | PlanStatus::Paused) {
+                if em.state.status.is_active() {
                     em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
                 }
             }

@@ -3,6 +3,7 @@
 //! - [`plan`]: the plan document and its validation.
 //! - [`event`]: the events a plan's log is made of.
 //! - [`state`]: a plan's state as a fold over its events.
+//! - [`status`]: what each plan state and step status means, defined once.
 //! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
 //! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
@@ -25,6 +26,7 @@ pub mod intervention;
 pub mod log;
 pub mod plan;
 pub mod state;
+pub mod status;
 pub mod suggest;
 pub mod time;
 pub mod view;

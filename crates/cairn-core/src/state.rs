@@ -11,52 +11,7 @@ use serde_json::{Map, Value};
 use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::plan::{Plan, StepDef};
-
-/// The six plan states.
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanStatus {
-    Idle,
-    Running,
-    Paused,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl PlanStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanStatus::Idle => "idle",
-            PlanStatus::Running => "running",
-            PlanStatus::Paused => "paused",
-            PlanStatus::Completed => "completed",
-            PlanStatus::Failed => "failed",
-            PlanStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<PlanStatus> {
-        Some(match s {
-            "idle" => PlanStatus::Idle,
-            "running" => PlanStatus::Running,
-            "paused" => PlanStatus::Paused,
-            "completed" => PlanStatus::Completed,
-            "failed" => PlanStatus::Failed,
-            "cancelled" => PlanStatus::Cancelled,
-            _ => return None,
-        })
-    }
-
-    /// Completed, failed or cancelled.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            PlanStatus::Completed | PlanStatus::Failed | PlanStatus::Cancelled
-        )
-    }
-}
+pub use crate::status::{PlanStatus, StepStatus};
 
 /// Why a paused plan is paused.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -68,45 +23,6 @@ pub enum PauseReason {
     Restored,
     Intervention,
     Breakpoint,
-}
-
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Pending,
-    /// Handed to the remote-worker queue, not claimed by a worker yet.
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Skipped,
-    AwaitingReview,
-    Cancelled,
-}
-
-impl StepStatus {
-    /// Has the step ended (for `rerun_from`)?
-    pub fn has_ended(self) -> bool {
-        matches!(
-            self,
-            StepStatus::Completed
-                | StepStatus::Failed
-                | StepStatus::Skipped
-                | StepStatus::Cancelled
-        )
-    }
-
-    /// Does the step let its dependents run?
-    pub fn satisfies(self) -> bool {
-        matches!(self, StepStatus::Completed | StepStatus::Skipped)
-    }
-
-    /// Does an attempt of the step exist that has not reported (queued for a worker, or
-    /// running)? Such a step counts against `max_parallel` and its result is awaited.
-    pub fn is_active(self) -> bool {
-        matches!(self, StepStatus::Queued | StepStatus::Running)
-    }
 }
 
 /// What happened to one step so far.
@@ -559,13 +475,7 @@ impl PlanState {
                 self.pause_reason = None;
                 self.resume_at = None;
                 for s in &mut self.steps {
-                    if matches!(
-                        s.rec.status,
-                        StepStatus::Pending
-                            | StepStatus::Queued
-                            | StepStatus::Running
-                            | StepStatus::AwaitingReview
-                    ) {
+                    if !s.rec.status.has_ended() {
                         s.rec.status = StepStatus::Cancelled;
                         s.rec.ended_at = Some(at);
                         s.rec.retry_at = None;
@@ -761,7 +671,7 @@ impl PlanState {
         self.steps = m.steps.clone();
         for s in &mut self.steps {
             match s.rec.status {
-                StepStatus::Running | StepStatus::Queued => {
+                status if status.is_active() => {
                     s.rec.status = StepStatus::Pending;
                     s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
                     s.rec.invocation = None;

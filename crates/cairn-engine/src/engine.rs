@@ -297,7 +297,7 @@ impl Engine {
         let ids = self
             .inner
             .store
-            .plans_in_states(&["running", "paused"])
+            .plans_in_states(&cairn_core::PlanStatus::active_names())
             .await?;
         for id in ids {
             match self.recover_plan(&id).await {
@@ -1110,19 +1110,10 @@ fn seq_cursor(cursor: Option<&str>) -> Result<u64, EngineError> {
     }
 }
 
-/// Can this event leave a plan settled (ended, or paused with nothing running)?
+/// Can this event leave a plan settled (ended, or paused with nothing running)? The core's
+/// definition ([`cairn_core::EventKind::may_settle`]), kept here for callers of the engine.
 pub fn may_settle(kind: &cairn_core::EventKind) -> bool {
-    use cairn_core::EventKind as K;
-    matches!(
-        kind,
-        K::PlanCompleted {}
-            | K::PlanFailed { .. }
-            | K::PlanCancelled { .. }
-            | K::PlanDrained {}
-            | K::PlanPaused { .. }
-            | K::CheckpointRestored { .. }
-            | K::InterventionApplied { .. }
-    )
+    kind.may_settle()
 }
 
 fn summary_of(e: &Event) -> CheckpointSummary {

@@ -116,7 +116,8 @@ pub async fn list(
         None | Some("") => None,
         Some(st) => Some(PlanStatus::parse(st).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "unknown state {st:?}; one of idle, running, paused, completed, failed, cancelled"
+                "unknown state {st:?}; one of {}",
+                PlanStatus::names()
             ))
         })?),
     };

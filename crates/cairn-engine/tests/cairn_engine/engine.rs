@@ -2021,3 +2021,61 @@ async fn a_store_written_with_integer_times_reads_the_same() {
     aged.resume("p", "op", None).await.unwrap();
     assert_eq!(settled(&aged, "p").await.status, PlanStatus::Completed);
 }
+
+/// A log written by a newer cairn, in a format this build does not know, is refused by name
+/// (never misread); the plans beside it still read.
+#[tokio::test]
+async fn a_log_format_newer_than_this_build_is_refused_by_name() {
+    use cairn_store::{CreatePlan, NewEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let definition = plan("steps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n");
+    let registered = cairn_core::log::encode(&cairn_core::EventKind::PlanRegistered {
+        definition,
+        origin: None,
+    });
+    let row = |seq: u64, kind: &str, data: String, format: u32| NewEvent {
+        seq,
+        at: 1_000_000,
+        actor: "op".into(),
+        kind: kind.into(),
+        data,
+        format,
+        checkpoint: None,
+    };
+    let next = cairn_core::log::FORMAT + 1;
+    for (id, format) in [("future", next), ("today", cairn_core::log::FORMAT)] {
+        cairn_store::EventLog::create_plan(
+            &store,
+            CreatePlan {
+                plan_id: id.into(),
+                created_at: 1_000_000,
+                state: "idle".into(),
+                events: vec![
+                    row(
+                        1,
+                        registered.kind,
+                        registered.data.clone(),
+                        cairn_core::log::FORMAT,
+                    ),
+                    row(2, "checkpoint_created", "{}".into(), format),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    }
+    drop(store);
+    let engine = open_at(&path, Registry::with_builtins(), EngineOptions::default()).await;
+    let err = engine.state("future").await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "event of type checkpoint_created was written by a newer cairn (log format {next}); \
+             this build reads up to {}",
+            cairn_core::log::FORMAT
+        )),
+        "{err}"
+    );
+    assert_eq!(engine.state("today").await.unwrap().seq, 2);
+}
