@@ -356,7 +356,7 @@ impl PlanActor {
     /// then commits the outcomes still held (with a tick, so ready steps whose start was not
     /// recorded start now).
     async fn retry(&mut self) {
-        if self.stale && !self.reload().await {
+        if self.stale && !self.reload(&[]).await {
             self.back_off();
             return;
         }
@@ -441,12 +441,12 @@ impl PlanActor {
             }
             let err = EngineError::from(e);
             if conflict && again.is_some() {
-                if self.reload().await {
+                if self.reload(&outcomes).await {
                     commands = again.take().unwrap_or_default();
                     continue;
                 }
             } else {
-                self.reload().await;
+                self.reload(&outcomes).await;
             }
             Self::refuse(err, acks, replies);
             self.unrecorded.extend(outcomes);
@@ -573,8 +573,9 @@ impl PlanActor {
     /// module's invariants) and the caller schedules another try. After a reload, attempts the
     /// store counts as active that nothing here runs or holds an outcome of (their start, or
     /// their recovery, was decided by a batch whose append failed, or a reload moved the state
-    /// back) are sent again, as recovery after a restart would: same attempt, same key.
-    async fn reload(&mut self) -> bool {
+    /// back) are sent again, as recovery after a restart would: same attempt, same key. `held`
+    /// are outcomes in hand besides those kept for a retry.
+    async fn reload(&mut self, held: &[Outcome]) -> bool {
         match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
             Ok((state, snap)) => {
                 self.state = state;
@@ -594,6 +595,7 @@ impl PlanActor {
                             && !self
                                 .unrecorded
                                 .iter()
+                                .chain(held)
                                 .any(|(s, a, _)| (s, a) == (step_id, attempt))
                     })
                     .collect();
