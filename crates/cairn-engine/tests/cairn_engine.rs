@@ -14,11 +14,11 @@ mod common;
 mod engine;
 #[path = "cairn_engine/executors.rs"]
 mod executors;
+#[path = "cairn_engine/faults.rs"]
+mod faults;
 #[path = "cairn_engine/latch.rs"]
 mod latch;
 #[path = "cairn_engine/paused_time.rs"]
 mod paused_time;
-#[path = "cairn_engine/faults.rs"]
-mod faults;
 #[path = "cairn_engine/remote.rs"]
 mod remote;
