@@ -369,7 +369,7 @@ impl PlanActor {
     /// then commits the outcomes still held (with a tick, so ready steps whose start was not
     /// recorded start now).
     async fn retry(&mut self) {
-        if self.stale && !self.reload().await {
+        if self.stale && !self.reload(&[]).await {
             self.back_off();
             return;
         }
@@ -446,12 +446,12 @@ impl PlanActor {
             let conflict = matches!(e, cairn_store::StoreError::SeqConflict { .. });
             let err = EngineError::from(e);
             if conflict && again.is_some() {
-                if self.reload().await {
+                if self.reload(&outcomes).await {
                     commands = again.take().unwrap_or_default();
                     continue;
                 }
             } else {
-                self.reload().await;
+                self.reload(&outcomes).await;
             }
             Self::refuse(err, acks, replies);
             self.unrecorded.extend(outcomes);
@@ -642,7 +642,7 @@ impl PlanActor {
                 }
                 Err(cairn_store::StoreError::SeqConflict { .. }) if !retried => {
                     retried = true;
-                    if !self.reload().await {
+                    if !self.reload(&[]).await {
                         return Err(EngineError::StorageUnavailable(format!(
                             "plan {} could not be reloaded from the store",
                             self.state.plan_id
@@ -659,8 +659,8 @@ impl PlanActor {
     /// store counts as active that nothing here runs or holds an outcome of (their start, or
     /// their recovery, was decided by a batch whose append failed, or a reload moved the state
     /// back) are sent again, as recovery after a restart would: same attempt, same invocation,
-    /// same key.
-    async fn reload(&mut self) -> bool {
+    /// same key. `held` are outcomes in hand besides those kept for a retry.
+    async fn reload(&mut self, held: &[Outcome]) -> bool {
         match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
             Ok((state, snap)) => {
                 self.state = state;
@@ -675,7 +675,11 @@ impl PlanActor {
                     .into_iter()
                     .filter(|attempt| {
                         !self.inflight.contains_key(attempt)
-                            && !self.unrecorded.iter().any(|(a, _)| a == attempt)
+                            && !self
+                                .unrecorded
+                                .iter()
+                                .chain(held)
+                                .any(|(a, _)| a == attempt)
                     })
                     .collect();
                 for attempt in orphans {
