@@ -5,6 +5,7 @@
 //! - [`state`]: a plan's state as a fold over its events.
 //! - [`decide`]: commands in, events (or a refusal) out.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
 //! - [`time`]: timestamps, stored as microseconds and written as RFC 3339.
@@ -18,6 +19,7 @@ mod document;
 pub mod event;
 pub mod expr;
 pub mod intervention;
+pub mod log;
 pub mod plan;
 pub mod state;
 pub mod suggest;

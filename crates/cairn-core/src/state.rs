@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind, Micros, Timestamp};
-use crate::intervention;
 use crate::plan::{Plan, StepDef};
 
 /// The six plan states.
@@ -626,11 +625,15 @@ impl PlanState {
                     s.rec.retry_at = None;
                 }
             }
-            EventKind::InterventionApplied { intervention } => {
-                // The same pure function decide() ran to validate it; it cannot fail here on a
-                // log the engine wrote.
-                let _ = intervention::mutate(self, &intervention.request, at);
-            }
+            EventKind::InterventionApplied {
+                intervention,
+                effect,
+            } => match effect {
+                // The recorded result, applied as it is: replay never re-decides.
+                Some(effect) => effect.apply(self),
+                // Log format 1 recorded only the request.
+                None => crate::log::v1::replay(self, &intervention.request, at),
+            },
             EventKind::CheckpointRestored { restored, .. } => {
                 let version = self.version.max(restored.version) + 1;
                 let before: HashMap<String, (u32, u32)> = self

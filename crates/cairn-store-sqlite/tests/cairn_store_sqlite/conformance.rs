@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cairn_store::conformance::{self, ev};
-use cairn_store::{Append, CreatePlan, Store, StoreError};
+use cairn_store::{Append, CreatePlan, EventLog, Leases, PlanIndex, StoreError, Tokens};
 use cairn_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 fn open(path: &Path, engine_lock: bool) -> SqliteStore {
