@@ -2224,8 +2224,12 @@ async fn the_cli_talks_to_the_server() {
 async fn a_pause_with_resume_after_resumes_by_itself() {
     let w = World::new();
     let op = w.op();
-    op.register(plan_doc("ra", vec![sleep_step("a", 300), echo_step("b")]))
-        .await;
+    // a is held until the pause has answered, so the plan cannot end before it.
+    op.register(plan_doc(
+        "ra",
+        vec![latch_step("a", "ra-a"), echo_step("b")],
+    ))
+    .await;
     op.post_empty("/v1/plans/ra/start")
         .await
         .expect(200, "start");
@@ -2242,6 +2246,7 @@ async fn a_pause_with_resume_after_resumes_by_itself() {
         resume_at.len() == 27 && resume_at.ends_with('Z'),
         "an RFC 3339 UTC time with microseconds: {paused}"
     );
+    w.release("ra-a");
     // Nobody resumes it: the engine's timer does.
     let done = op.wait_state("ra", "completed").await;
     assert_eq!(step_status(&done, "b"), "completed");
