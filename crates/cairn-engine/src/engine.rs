@@ -122,8 +122,8 @@ impl Inner {
 
     pub(crate) fn executor_for(&self, agent_type: &str) -> Option<Arc<dyn Executor>> {
         self.registry.get(agent_type).or_else(|| {
-            let q = self.opts.remote.clone()?;
-            Some(Arc::new(q) as Arc<dyn Executor>)
+            let q = self.opts.remote.as_ref()?;
+            Some(Arc::new(crate::remote::QueueExecutor::new(q)) as Arc<dyn Executor>)
         })
     }
 
@@ -280,6 +280,12 @@ impl Engine {
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
+        // Remote workers' results reach plans through this engine; expired claims fail their
+        // attempts.
+        if let Some(remote) = &engine.inner.opts.remote {
+            remote.attach(Arc::downgrade(&engine.inner));
+            tokio::spawn(crate::remote::sweep(remote.clone()));
+        }
         if engine.inner.opts.recover {
             engine.recover().await?;
         }
@@ -312,6 +318,49 @@ impl Engine {
             Ok(_) | Err(EngineError::Refused { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Engine {
+        Engine { inner }
+    }
+
+    /// Reports the result of attempt `attempt` of a step that ran outside the engine (a remote
+    /// worker's report, taken by any front end): it goes to the plan's actor like any
+    /// executor's result, loading the plan if need be, and this answers once it is committed.
+    /// A result for an attempt the plan no longer counts is recorded as ignored.
+    pub async fn report_outcome(
+        &self,
+        plan_id: &str,
+        step_id: &str,
+        attempt: u32,
+        result: cairn_core::StepResult,
+    ) -> Result<(), EngineError> {
+        let (ack, recorded) = oneshot::channel();
+        self.deliver_outcome(plan_id, step_id, attempt, result, Some(ack))
+            .await?;
+        match recorded.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(EngineError::StorageUnavailable(reason)),
+            Err(_) => Err(EngineError::PlanNotFound(plan_id.to_owned())),
+        }
+    }
+
+    /// Hands an attempt's result to the plan's actor; `ack` hears when it is committed.
+    pub(crate) async fn deliver_outcome(
+        &self,
+        plan_id: &str,
+        step_id: &str,
+        attempt: u32,
+        result: cairn_core::StepResult,
+        ack: Option<crate::remote::Ack>,
+    ) -> Result<(), EngineError> {
+        let msg = Msg::Outcome {
+            step_id: step_id.to_owned(),
+            attempt,
+            result,
+            ack,
+        };
+        self.deliver(plan_id, msg).await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -98,7 +98,7 @@ impl Server {
             let every = opts.metrics_every;
             tokio::spawn(async move {
                 loop {
-                    for (agent_type, n) in remote.queued_by_type() {
+                    for (agent_type, n) in remote.queued_by_type().await {
                         crate::metrics::set_tasks_queued(&agent_type, n);
                     }
                     tokio::time::sleep(every).await;

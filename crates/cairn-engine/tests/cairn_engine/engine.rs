@@ -1643,6 +1643,7 @@ async fn a_store_written_with_integer_times_reads_the_same() {
                 actor: r.actor.clone(),
                 kind: r.kind.clone(),
                 data: data.to_string(),
+                format: r.format,
                 checkpoint: r.checkpoint.clone(),
             }
         })
