@@ -7,6 +7,8 @@
 //! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
 //! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`gate`]: quality gates, typed scores and the verdict, a pure function of both.
+//! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
 //! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
@@ -22,9 +24,11 @@ pub mod decide;
 mod document;
 pub mod event;
 pub mod expr;
+pub mod gate;
 pub mod intervention;
 pub mod log;
 pub mod plan;
+pub mod review;
 pub mod state;
 pub mod status;
 pub mod suggest;
@@ -35,8 +39,10 @@ pub use action::{Action, StartAttempt};
 pub use attempt::{AttemptId, AttemptKind, Invocation};
 pub use decide::{handle, Command, Ctx, Decision, Route, StepResult};
 pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, PauseMode};
+pub use gate::{FailedCriterion, GateFeedback, QualityGate, Scores, Verdict};
 pub use intervention::{Intervention, InterventionKind, InterventionRequest};
 pub use plan::{Fault, Format, Invalid, Plan, StepDef};
+pub use review::{Review, ReviewOutcome, ReviewState, Vote, VoteDecision};
 pub use state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
 pub use time::Timestamp;
 

@@ -185,12 +185,15 @@ impl StepStatus {
 
     /// May `modify_step` change its definition?
     pub fn may_modify(self) -> bool {
-        matches!(self, StepStatus::Pending | StepStatus::Failed)
+        matches!(
+            self,
+            StepStatus::Pending | StepStatus::Failed | StepStatus::AwaitingReview
+        )
     }
 
     /// May `remove_step` remove it, or `reorder_steps` move it?
     pub fn may_move(self) -> bool {
-        self == StepStatus::Pending
+        matches!(self, StepStatus::Pending | StepStatus::AwaitingReview)
     }
 
     /// May `complete_step` supply its result by hand?

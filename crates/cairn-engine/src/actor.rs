@@ -226,16 +226,18 @@ impl PlanActor {
             .clone()
     }
 
-    /// Nothing left to do until someone asks: ended, or paused with nothing running and no
-    /// timer. Such a plan is unloaded (its memory freed, its lease released) and loaded again
-    /// from the store by the next command, so idle plans cost storage, not memory.
+    /// Nothing left to do until someone asks: ended, or paused with nothing running, and no
+    /// timer (`resume_at`, a review's deadline). Such a plan is unloaded (its memory freed, its
+    /// lease released) and loaded again from the store by the next command, so idle plans cost
+    /// storage, not memory.
     fn idle_and_done(&self) -> bool {
         let quiet = self.state.status.is_terminal()
-            || (self.state.status == cairn_core::PlanStatus::Paused
-                && self.state.drained
-                && self.state.resume_at.is_none())
+            || (self.state.status == cairn_core::PlanStatus::Paused && self.state.drained)
             || self.state.status == cairn_core::PlanStatus::Idle;
-        quiet && self.inflight.is_empty() && self.unrecorded.is_empty()
+        quiet
+            && self.inflight.is_empty()
+            && self.unrecorded.is_empty()
+            && self.state.next_wake().is_none()
     }
 
     async fn renew_lease(&mut self) -> bool {
@@ -494,6 +496,7 @@ impl PlanActor {
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
         let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
         let mut actions: Vec<Action> = Vec::new();
+        let reviews_before = crate::reviews::fingerprint(&self.state);
         let inner = &*self.inner;
         // The core is told which agent types this process can run: those with an executor here,
         // the others on the remote-worker queue when there is one (their attempts start
@@ -542,6 +545,7 @@ impl PlanActor {
                 fence: Some(self.fence.clone()),
                 state: Some(self.state.status.as_str().to_owned()),
                 events: events.iter().map(crate::convert::to_new).collect(),
+                reviews: crate::reviews::changed(&self.state, &reviews_before),
             };
             let stored = self.inner.store.append(append).await?;
             for (e, s) in events.iter_mut().zip(&stored) {
@@ -759,6 +763,11 @@ impl PlanActor {
             idempotency_key,
             timeout_ms,
             query,
+            // A gate's or a reviewer's feedback for this run, if any.
+            gate_feedback: self
+                .state
+                .step(&attempt.step_id)
+                .and_then(|s| s.rec.gate_feedback.clone()),
         };
         let tx = self.tx.clone();
         let executor = self.inner.executor_for(&task.agent_type);

@@ -1,6 +1,7 @@
 //! The engine end to end over a real SQLite store: one test binary, one module per area.
 //!
 //! - `engine`: plans, interventions, checkpoints and observers through the library API.
+//! - `gates`: quality gates and reviews, from a gate retry to a review's timeout.
 //! - `executors`: the `command` and `http` executors and `cairn.toml`.
 //! - `faults`: a store that fails chosen appends, and no attempt's outcome lost to it.
 //! - `remote`: the remote task queue.
@@ -20,5 +21,7 @@ mod faults;
 mod latch;
 #[path = "cairn_engine/paused_time.rs"]
 mod paused_time;
+#[path = "cairn_engine/gates.rs"]
+mod gates;
 #[path = "cairn_engine/remote.rs"]
 mod remote;

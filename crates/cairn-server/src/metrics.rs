@@ -50,6 +50,7 @@ pub fn handle() -> &'static PrometheusHandle {
         let builder = [
             ("cairn_step_duration_seconds", STEP_BUCKETS),
             ("cairn_pause_duration_seconds", PAUSE_BUCKETS),
+            ("cairn_review_wait_seconds", PAUSE_BUCKETS),
             ("cairn_http_request_duration_seconds", HTTP_BUCKETS),
         ]
         .into_iter()
@@ -87,6 +88,21 @@ fn describe() {
         "cairn_interventions_total",
         "Interventions recorded, by type and status"
     );
+    describe_counter!(
+        "cairn_gate_evaluations_total",
+        "Quality gate verdicts on step attempts, by agent type and verdict (passed, failed)"
+    );
+    describe_gauge!("cairn_reviews_open", "Reviews waiting for a decision");
+    describe_gauge!(
+        "cairn_review_oldest_open_seconds",
+        Unit::Seconds,
+        "How long the oldest open review has waited (0: none open)"
+    );
+    describe_histogram!(
+        "cairn_review_wait_seconds",
+        Unit::Seconds,
+        "Time from review_opened to the review's close (approved, rejected, timed out, voided), by outcome"
+    );
     describe_counter!("cairn_plans_started_total", "plan_started events");
     describe_counter!(
         "cairn_plans_finished_total",
@@ -98,6 +114,11 @@ fn describe() {
         "Events the metrics follower missed"
     );
     describe_gauge!("cairn_plans", "Plans in the store, by state");
+    describe_gauge!(
+        "cairn_plan_progress_age_seconds",
+        Unit::Seconds,
+        "Longest time a running plan has gone without a step starting or ending (0: none running)"
+    );
     describe_gauge!(
         "cairn_tasks_queued",
         "Remote tasks waiting for a worker, by agent type"
@@ -211,12 +232,19 @@ pub fn spawn_every(engine: Engine, every: Duration) {
     };
     tokio::spawn(async move {
         let mut f = Follower::new(engine);
-        while let Some(notice) = sub.next().await {
-            match notice {
-                Notice::Event(e) => f.observe(&e).await,
-                Notice::Lagged { missed, .. } => {
-                    counter!("cairn_events_lagged_total").increment(missed);
-                }
+        f.seed_running().await;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                notice = sub.next() => match notice {
+                    Some(Notice::Event(e)) => f.observe(&e).await,
+                    Some(Notice::Lagged { missed, .. }) => {
+                        counter!("cairn_events_lagged_total").increment(missed);
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => f.publish_progress_age(cairn_engine::now()),
             }
         }
         refresher.abort();
@@ -243,6 +271,16 @@ pub async fn refresh(engine: &Engine, warned: &mut bool) {
             }
         }
     }
+    match store.open_reviews().await {
+        Ok(open) => {
+            gauge!("cairn_reviews_open").set(open.count as f64);
+            let age = open.oldest_opened_at.map_or(0.0, |at| {
+                seconds(Timestamp::from_micros(at), cairn_engine::now())
+            });
+            gauge!("cairn_review_oldest_open_seconds").set(age);
+        }
+        Err(e) => tracing::debug!(error = %e, "open reviews not available from this store"),
+    }
     if let Some(s) = store.stats() {
         counter!("cairn_store_commits_total").absolute(s.commits);
         counter!("cairn_store_appends_total").absolute(s.requests);
@@ -267,6 +305,11 @@ struct PlanMemo {
     started: HashMap<(String, u32), Timestamp>,
     /// `at` of the plan_paused still open.
     paused_at: Option<Timestamp>,
+    /// While the plan runs: when it last made progress (started, resumed, a step started or
+    /// ended). `None` while it is not running.
+    progress_at: Option<Timestamp>,
+    /// Ids of the plan's reviews known open, for `cairn_review_wait_seconds` when they close.
+    open_reviews: Vec<String>,
 }
 
 struct Follower {
@@ -316,6 +359,86 @@ impl Follower {
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
+    /// Plans already running when this process started have made no progress it saw: their
+    /// clock starts now, so `cairn_plan_progress_age_seconds` is at most this process's age
+    /// for them.
+    async fn seed_running(&mut self) {
+        let running = cairn_core::PlanStatus::Running.as_str();
+        match self.engine.store().plans_in_states(&[running]).await {
+            Ok(ids) => {
+                let now = cairn_engine::now();
+                for id in ids {
+                    self.memo(&id).progress_at.get_or_insert(now);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "running plans unknown to the metrics follower"),
+        }
+        // Reviews opened before this process started: their wait is observed when they close.
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match self
+                .engine
+                .store()
+                .list_reviews(Some("open"), None, 1000, cursor.as_deref())
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::debug!(error = %e, "open reviews unknown to the metrics follower");
+                    break;
+                }
+            };
+            for r in page.items {
+                self.memo(&r.plan_id).open_reviews.push(r.review_id);
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+    }
+
+    /// Observes `cairn_review_wait_seconds` for the plan's tracked reviews that have closed,
+    /// reading the plan's state (only plans with an open review pay for this).
+    async fn reviews_closed(&mut self, plan_id: &str) {
+        let Ok(state) = self.engine.state(plan_id).await else {
+            return;
+        };
+        let Some(memo) = self.plans.get_mut(plan_id) else {
+            return;
+        };
+        memo.open_reviews.retain(|id| {
+            let Some(r) = state.reviews.iter().find(|r| &r.review_id == id) else {
+                return false;
+            };
+            if r.is_open() {
+                return true;
+            }
+            if let Some(closed) = r.closed_at {
+                let outcome = r.outcome.map_or("closed", |o| o.as_str());
+                histogram!("cairn_review_wait_seconds", "outcome" => outcome)
+                    .record(seconds(r.opened_at, closed));
+            }
+            false
+        });
+    }
+
+    /// Sets `cairn_plan_progress_age_seconds`: the longest a running plan has gone without
+    /// progress, as of `now`.
+    fn publish_progress_age(&self, now: Timestamp) {
+        let oldest = self.plans.values().filter_map(|m| m.progress_at).min();
+        gauge!("cairn_plan_progress_age_seconds").set(oldest.map_or(0.0, |at| seconds(at, now)));
+    }
+
+    /// Records progress of a plan that runs.
+    fn progressed(&mut self, plan_id: &str, at: Timestamp) {
+        if let Some(m) = self.plans.get_mut(plan_id) {
+            if let Some(p) = m.progress_at.as_mut() {
+                *p = (*p).max(at);
+            }
+        }
+    }
+
     fn memo(&mut self, plan_id: &str) -> &mut PlanMemo {
         if !self.plans.contains_key(plan_id) && self.plans.len() >= MAX_TRACKED_PLANS {
             // Forget an arbitrary plan: a bound, not a policy; only durations suffer.
@@ -327,6 +450,7 @@ impl Follower {
     }
 
     async fn step_ended(&mut self, e: &Event, step_id: &str, attempt: u32, outcome: &'static str) {
+        self.progressed(&e.plan_id, e.at);
         let agent = self.agent_type(&e.plan_id, step_id).await;
         let started = self
             .memo(&e.plan_id)
@@ -344,16 +468,57 @@ impl Follower {
 
     async fn observe(&mut self, e: &Event) {
         counter!("cairn_events_total", "type" => e.kind.type_name()).increment(1);
+        // A review closes by a decision, a timeout, a cancel or a change to its step: any event
+        // but an attempt starting may be one, so a plan with an open review is looked at.
+        let may_close_review = !matches!(
+            e.kind,
+            EventKind::StepStarted { .. }
+                | EventKind::StepClaimed { .. }
+                | EventKind::GateEvaluated { .. }
+                | EventKind::ReviewOpened { .. }
+        );
+        if may_close_review
+            && self
+                .plans
+                .get(&e.plan_id)
+                .is_some_and(|m| !m.open_reviews.is_empty())
+        {
+            self.reviews_closed(&e.plan_id).await;
+        }
         match &e.kind {
+            EventKind::GateEvaluated {
+                step_id, verdict, ..
+            } => {
+                let agent = self.agent_type(&e.plan_id, step_id).await;
+                let verdict = match verdict {
+                    cairn_core::gate::VerdictKind::Passed => "passed",
+                    cairn_core::gate::VerdictKind::Failed => "failed",
+                };
+                counter!("cairn_gate_evaluations_total",
+                    "agent_type" => agent, "verdict" => verdict)
+                .increment(1);
+            }
+            EventKind::ReviewOpened { review_id, .. } => {
+                self.memo(&e.plan_id).open_reviews.push(review_id.clone());
+            }
             EventKind::PlanRegistered { definition, .. } => {
                 let memo = self.memo(&e.plan_id);
                 *memo = PlanMemo::default();
                 Self::learn(memo, definition);
             }
-            EventKind::PlanStarted { .. } => counter!("cairn_plans_started_total").increment(1),
-            EventKind::PlanPaused { .. } => self.memo(&e.plan_id).paused_at = Some(e.at),
+            EventKind::PlanStarted { .. } => {
+                counter!("cairn_plans_started_total").increment(1);
+                self.memo(&e.plan_id).progress_at = Some(e.at);
+            }
+            EventKind::PlanPaused { .. } => {
+                let memo = self.memo(&e.plan_id);
+                memo.paused_at = Some(e.at);
+                memo.progress_at = None;
+            }
             EventKind::PlanResumed { .. } => {
-                if let Some(at) = self.memo(&e.plan_id).paused_at.take() {
+                let memo = self.memo(&e.plan_id);
+                memo.progress_at = Some(e.at);
+                if let Some(at) = memo.paused_at.take() {
                     histogram!("cairn_pause_duration_seconds").record(seconds(at, e.at));
                 }
             }
@@ -370,6 +535,7 @@ impl Follower {
                 self.memo(&e.plan_id)
                     .started
                     .insert((step_id.clone(), *attempt), e.at);
+                self.progressed(&e.plan_id, e.at);
             }
             EventKind::StepCompleted {
                 step_id, attempt, ..
@@ -391,6 +557,7 @@ impl Follower {
                 step_id, attempt, ..
             } => self.step_ended(e, step_id, *attempt, "interrupted").await,
             EventKind::StepSkipped { step_id, .. } => {
+                self.progressed(&e.plan_id, e.at);
                 let agent = self.agent_type(&e.plan_id, step_id).await;
                 counter!("cairn_steps_total", "agent_type" => agent, "outcome" => "skipped")
                     .increment(1);

@@ -52,8 +52,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, Page, PlanIndex,
-    PlanRow, Snapshots, StoreError, StoreResult, StoredEvent, TokenRow, Tokens,
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, OpenReviews, Page,
+    PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult, StoredEvent, TokenRow,
+    Tokens,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -69,7 +70,7 @@ pub use writer::WriterStats;
 use read::ReadPool;
 use writer::{Op, Outcome, Request};
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How hard each commit is pushed to disk.
@@ -526,6 +527,29 @@ impl PlanIndex for SqliteStore {
             .await
     }
 
+    async fn list_reviews(
+        &self,
+        state: Option<&str>,
+        plan_id: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<ReviewRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let after = cursor.map(read::parse_cursor).transpose()?;
+        let state = state.map(str::to_owned);
+        let plan_id = plan_id.map(str::to_owned);
+        self.read(move |c| {
+            read::list_reviews(c, state.as_deref(), plan_id.as_deref(), limit, after)
+        })
+        .await
+    }
+
+    async fn open_reviews(&self) -> StoreResult<OpenReviews> {
+        self.read(read::open_reviews).await
+    }
+
     async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>> {
         let states: Vec<String> = states.iter().map(|s| (*s).to_owned()).collect();
         self.read(move |c| read::plans_in_states(c, &states)).await
@@ -725,11 +749,12 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         )));
     }
     // Each step upgrades one version, in its own transaction.
-    let steps: [(i64, &str); 4] = [
+    let steps: [(i64, &str); 5] = [
         (1, include_str!("schema.sql")),
         (2, include_str!("schema_v2.sql")),
         (3, include_str!("schema_v3.sql")),
         (4, include_str!("schema_v4.sql")),
+        (5, include_str!("schema_v5.sql")),
     ];
     for (to, sql) in steps {
         if version >= to {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::Timestamp;
+use crate::review::Review;
 use crate::state::{PauseReason, PlanState, PlanStatus, Step};
 
 /// What an applied intervention changed. Fields other than `version` are present only when
@@ -39,6 +40,9 @@ pub struct Effect {
     /// The attempt and run counters of retired steps, all of them, when any changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired: Option<BTreeMap<String, (u32, u32)>>,
+    /// Reviews changed (a vote, a close), each whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<Review>,
 }
 
 /// A plan's status and what goes with it.
@@ -130,6 +134,12 @@ impl Effect {
         let definition = (DefinitionFields::of(before) != DefinitionFields::of(after))
             .then(|| DefinitionFields::of(after));
         let retired = (before.retired != after.retired).then(|| after.retired.clone());
+        let reviews = after
+            .reviews
+            .iter()
+            .filter(|r| before.reviews.iter().find(|b| b.review_id == r.review_id) != Some(*r))
+            .cloned()
+            .collect();
         Effect {
             version: after.version,
             set,
@@ -138,6 +148,7 @@ impl Effect {
             plan,
             definition,
             retired,
+            reviews,
         }
     }
 
@@ -182,6 +193,16 @@ impl Effect {
         }
         if let Some(retired) = &self.retired {
             state.retired = retired.clone();
+        }
+        for review in &self.reviews {
+            match state
+                .reviews
+                .iter_mut()
+                .find(|r| r.review_id == review.review_id)
+            {
+                Some(r) => *r = review.clone(),
+                None => state.reviews.push(review.clone()),
+            }
         }
         state.version = self.version;
     }

@@ -105,6 +105,11 @@ fn format_1_interventions_replay_by_the_frozen_rules() {
     assert_eq!(st.retired.get("c"), Some(&(0, 1)));
 }
 
+const ANN: intervention::By<'static> = intervention::By {
+    user: "ann",
+    reason: None,
+};
+
 /// What an old log replays to cannot depend on today's rules: an effect is applied as it is, even
 /// one that the rules of this build would refuse.
 #[test]
@@ -118,7 +123,7 @@ fn a_changed_rule_cannot_change_what_an_old_log_replays_to() {
         after: Some("a".into()),
         before: None,
     };
-    let refused = intervention::mutate(&mut st.clone(), &kind, Timestamp::EPOCH);
+    let refused = intervention::mutate(&mut st.clone(), &kind, Timestamp::EPOCH, &ANN);
     assert!(refused.is_err(), "today's rules must refuse the step");
     let mut after = st.clone();
     after.steps.insert(
@@ -175,7 +180,7 @@ fn effects_reproduce_every_intervention() {
     for body in kinds {
         let kind: InterventionKind = serde_json::from_value(body.clone()).unwrap();
         let mut after = base.clone();
-        intervention::mutate(&mut after, &kind, at).unwrap_or_else(|e| panic!("{body}: {e}"));
+        intervention::mutate(&mut after, &kind, at, &ANN).unwrap_or_else(|e| panic!("{body}: {e}"));
         let effect = Effect::between(&base, &after);
         let text = serde_json::to_string(&effect).unwrap();
         let mut replayed = base.clone();

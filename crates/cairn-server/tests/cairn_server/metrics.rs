@@ -27,6 +27,18 @@ async fn server() -> Result<Server> {
     let registry = Registry::with_builtins();
     registry.register("metrics.echo", Arc::new(Echo));
     registry.register("metrics.fail", Arc::new(Fail));
+    // The agent shipped with examples/gated.yaml: it scores its own output.
+    let writer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/agents/writer.py")
+        .to_string_lossy()
+        .into_owned();
+    registry.register(
+        "metrics.writer",
+        Arc::new(cairn_engine::executor::command::CommandExecutor::new(vec![
+            "python3".into(),
+            writer,
+        ])),
+    );
     let s = TestServer::start(ServerOptions {
         registry,
         metrics_every: Duration::from_millis(50),
@@ -252,4 +264,187 @@ async fn tasks_queued_is_a_gauge_per_agent_type() -> Result<()> {
         "{text}"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_plan_without_progress_raises_the_progress_age() -> Result<()> {
+    let s = server().await?;
+    // One step that sleeps far longer than this test: the plan runs and makes no progress
+    // until it is cancelled.
+    let plan = json!({
+        "plan_id": "metrics-stuck",
+        "query": "q",
+        "steps": [{"step_id": "a", "action": "x", "agent_type": "builtin.sleep",
+                   "params": {"ms": 600000}}]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    s.call(reqwest::Method::POST, "/v1/plans/metrics-stuck/start", None)
+        .await?;
+    s.metrics_with(&[("cairn_plan_progress_age_seconds", Want::AtLeast(0.5))])
+        .await?;
+    s.call(
+        reqwest::Method::POST,
+        "/v1/plans/metrics-stuck/cancel",
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `deploy/prometheus/alerts.yml` is valid and its unit tests pass. promtool (Debian's
+/// `prometheus` package) must be installed: a missing promtool fails this test unless
+/// `CAIRN_SKIP_PROMTOOL=1` says to skip it on purpose.
+#[test]
+fn the_alerting_rules_pass_promtool() -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = match std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::env::var("CAIRN_SKIP_PROMTOOL").is_ok_and(|v| v == "1") {
+                    eprintln!("promtool not found; skipped (CAIRN_SKIP_PROMTOOL=1)");
+                    return Ok(());
+                }
+                anyhow::bail!(
+                    "{promtool} not found: install Debian's prometheus package \
+                     (apt-get install prometheus), set PROMTOOL to its path, or set \
+                     CAIRN_SKIP_PROMTOOL=1 to skip this check"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        };
+        anyhow::ensure!(
+            out.status.success(),
+            "promtool {}: {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_verdicts_open_reviews_and_review_waits_are_measured() -> Result<()> {
+    let s = server().await?;
+    // `good` covers 4 of 4 points (passes); `held` covers 2 of 4 and waits for review.
+    let gate = json!({"min_scores": {"coverage": 0.8}, "on_fail": "review"});
+    let plan = json!({
+        "plan_id": "metrics-gated",
+        "query": "q",
+        "steps": [
+            {"step_id": "good", "action": "w", "agent_type": "metrics.writer",
+             "params": {"must_cover": ["a", "b", "c", "d"], "start": 4}, "quality_gate": gate},
+            {"step_id": "held", "action": "w", "agent_type": "metrics.writer",
+             "params": {"must_cover": ["a", "b", "c", "d"], "start": 2}, "quality_gate": gate,
+             "depends_on": ["good"]},
+        ]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    s.call(reqwest::Method::POST, "/v1/plans/metrics-gated/start", None)
+        .await?;
+    s.metrics_with(&[
+        (
+            r#"cairn_gate_evaluations_total{agent_type="metrics.writer",verdict="passed"}"#,
+            Want::Exactly(1.0),
+        ),
+        (
+            r#"cairn_gate_evaluations_total{agent_type="metrics.writer",verdict="failed"}"#,
+            Want::Exactly(1.0),
+        ),
+        ("cairn_reviews_open", Want::AtLeast(1.0)),
+        ("cairn_review_oldest_open_seconds", Want::AtLeast(0.0)),
+    ])
+    .await?;
+    let inbox = s
+        .call(
+            reqwest::Method::GET,
+            "/v1/reviews?state=open&plan_id=metrics-gated",
+            None,
+        )
+        .await?;
+    assert_eq!(inbox["items"][0]["step_id"], "held", "{inbox}");
+    s.call(
+        reqwest::Method::POST,
+        "/v1/plans/metrics-gated/interventions",
+        Some(json!({"type": "approve_step", "step_id": "held", "attempt": 1})),
+    )
+    .await?;
+    s.metrics_with(&[(
+        r#"cairn_review_wait_seconds_count{outcome="approved"}"#,
+        Want::AtLeast(1.0),
+    )])
+    .await?;
+    Ok(())
+}
+
+/// Every metric `deploy/prometheus/alerts.yml` reads is one cairn exports: after the plans of
+/// the other tests (and this one's own), each name appears at /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerting_rules_read_only_exported_metrics() -> Result<()> {
+    let s = server().await?;
+    let plan = json!({
+        "plan_id": "metrics-alerts",
+        "query": "q",
+        "steps": [
+            {"step_id": "a", "action": "x", "agent_type": "builtin.echo"},
+            {"step_id": "b", "action": "x", "agent_type": "builtin.fail",
+             "params": {"retryable": false}, "depends_on": ["a"]},
+        ]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    // An intervention before the start, so cairn_interventions_total has a series.
+    s.call(
+        reqwest::Method::POST,
+        "/v1/plans/metrics-alerts/interventions",
+        Some(json!({"type": "modify_step", "step_id": "a", "patch": {"params": {"v": 1}}})),
+    )
+    .await?;
+    s.call(
+        reqwest::Method::POST,
+        "/v1/plans/metrics-alerts/start",
+        None,
+    )
+    .await?;
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus/alerts.yml"),
+    )?;
+    let mut names: Vec<String> = Vec::new();
+    for (i, _) in rules.match_indices("cairn_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    assert!(names.len() >= 6, "{names:?}");
+    let mut text = String::new();
+    let mut missing: Vec<String> = names.clone();
+    for _ in 0..100 {
+        text = s.metrics().await?;
+        missing.retain(|n| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(n.as_str()) && !l.starts_with('#'))
+        });
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("alerts.yml reads metrics /metrics does not export: {missing:?}\n{text}")
 }
