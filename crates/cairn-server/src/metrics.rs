@@ -109,6 +109,11 @@ fn describe() {
     );
     describe_gauge!("cairn_plans", "Plans in the store, by state");
     describe_gauge!(
+        "cairn_plan_progress_age_seconds",
+        Unit::Seconds,
+        "Longest time a running plan has gone without a step starting or ending (0: none running)"
+    );
+    describe_gauge!(
         "cairn_tasks_queued",
         "Remote tasks waiting for a worker, by agent type"
     );
@@ -221,12 +226,19 @@ pub fn spawn_every(engine: Engine, every: Duration) {
     };
     tokio::spawn(async move {
         let mut f = Follower::new(engine);
-        while let Some(notice) = sub.next().await {
-            match notice {
-                Notice::Event(e) => f.observe(&e).await,
-                Notice::Lagged { missed, .. } => {
-                    counter!("cairn_events_lagged_total").increment(missed);
-                }
+        f.seed_running().await;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                notice = sub.next() => match notice {
+                    Some(Notice::Event(e)) => f.observe(&e).await,
+                    Some(Notice::Lagged { missed, .. }) => {
+                        counter!("cairn_events_lagged_total").increment(missed);
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => f.publish_progress_age(cairn_engine::now()),
             }
         }
         refresher.abort();
@@ -276,6 +288,9 @@ struct PlanMemo {
     started: HashMap<(String, u32), Timestamp>,
     /// `at` of the plan_paused still open.
     paused_at: Option<Timestamp>,
+    /// While the plan runs: when it last made progress (started, resumed, a step started or
+    /// ended). `None` while it is not running.
+    progress_at: Option<Timestamp>,
 }
 
 struct Follower {
@@ -325,6 +340,38 @@ impl Follower {
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
+    /// Plans already running when this process started have made no progress it saw: their
+    /// clock starts now, so `cairn_plan_progress_age_seconds` is at most this process's age
+    /// for them.
+    async fn seed_running(&mut self) {
+        let running = cairn_core::PlanStatus::Running.as_str();
+        match self.engine.store().plans_in_states(&[running]).await {
+            Ok(ids) => {
+                let now = cairn_engine::now();
+                for id in ids {
+                    self.memo(&id).progress_at.get_or_insert(now);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "running plans unknown to the metrics follower"),
+        }
+    }
+
+    /// Sets `cairn_plan_progress_age_seconds`: the longest a running plan has gone without
+    /// progress, as of `now`.
+    fn publish_progress_age(&self, now: Timestamp) {
+        let oldest = self.plans.values().filter_map(|m| m.progress_at).min();
+        gauge!("cairn_plan_progress_age_seconds").set(oldest.map_or(0.0, |at| seconds(at, now)));
+    }
+
+    /// Records progress of a plan that runs.
+    fn progressed(&mut self, plan_id: &str, at: Timestamp) {
+        if let Some(m) = self.plans.get_mut(plan_id) {
+            if let Some(p) = m.progress_at.as_mut() {
+                *p = (*p).max(at);
+            }
+        }
+    }
+
     fn memo(&mut self, plan_id: &str) -> &mut PlanMemo {
         if !self.plans.contains_key(plan_id) && self.plans.len() >= MAX_TRACKED_PLANS {
             // Forget an arbitrary plan: a bound, not a policy; only durations suffer.
@@ -336,6 +383,7 @@ impl Follower {
     }
 
     async fn step_ended(&mut self, e: &Event, step_id: &str, attempt: u32, outcome: &'static str) {
+        self.progressed(&e.plan_id, e.at);
         let agent = self.agent_type(&e.plan_id, step_id).await;
         let started = self
             .memo(&e.plan_id)
@@ -359,10 +407,19 @@ impl Follower {
                 *memo = PlanMemo::default();
                 Self::learn(memo, definition);
             }
-            EventKind::PlanStarted { .. } => counter!("cairn_plans_started_total").increment(1),
-            EventKind::PlanPaused { .. } => self.memo(&e.plan_id).paused_at = Some(e.at),
+            EventKind::PlanStarted { .. } => {
+                counter!("cairn_plans_started_total").increment(1);
+                self.memo(&e.plan_id).progress_at = Some(e.at);
+            }
+            EventKind::PlanPaused { .. } => {
+                let memo = self.memo(&e.plan_id);
+                memo.paused_at = Some(e.at);
+                memo.progress_at = None;
+            }
             EventKind::PlanResumed { .. } => {
-                if let Some(at) = self.memo(&e.plan_id).paused_at.take() {
+                let memo = self.memo(&e.plan_id);
+                memo.progress_at = Some(e.at);
+                if let Some(at) = memo.paused_at.take() {
                     histogram!("cairn_pause_duration_seconds").record(seconds(at, e.at));
                 }
             }
@@ -375,6 +432,7 @@ impl Follower {
                 self.memo(&e.plan_id)
                     .started
                     .insert((step_id.clone(), *attempt), e.at);
+                self.progressed(&e.plan_id, e.at);
             }
             EventKind::StepCompleted {
                 step_id, attempt, ..
@@ -396,6 +454,7 @@ impl Follower {
                 step_id, attempt, ..
             } => self.step_ended(e, step_id, *attempt, "interrupted").await,
             EventKind::StepSkipped { step_id, .. } => {
+                self.progressed(&e.plan_id, e.at);
                 let agent = self.agent_type(&e.plan_id, step_id).await;
                 counter!("cairn_steps_total", "agent_type" => agent, "outcome" => "skipped")
                     .increment(1);

@@ -259,3 +259,71 @@ async fn tasks_queued_is_a_gauge_per_agent_type() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_plan_without_progress_raises_the_progress_age() -> Result<()> {
+    let s = server().await?;
+    // One step that sleeps far longer than this test: the plan runs and makes no progress
+    // until it is cancelled.
+    let plan = json!({
+        "plan_id": "metrics-stuck",
+        "query": "q",
+        "steps": [{"step_id": "a", "action": "x", "agent_type": "builtin.sleep",
+                   "params": {"ms": 600000}}]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    s.call(reqwest::Method::POST, "/v1/plans/metrics-stuck/start", None)
+        .await?;
+    s.metrics_with(&[("cairn_plan_progress_age_seconds", Want::AtLeast(0.5))])
+        .await?;
+    s.call(
+        reqwest::Method::POST,
+        "/v1/plans/metrics-stuck/cancel",
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `deploy/prometheus/alerts.yml` is valid and its unit tests pass. promtool (Debian's
+/// `prometheus` package) must be installed: a missing promtool fails this test unless
+/// `CAIRN_SKIP_PROMTOOL=1` says to skip it on purpose.
+#[test]
+fn the_alerting_rules_pass_promtool() -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = match std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::env::var("CAIRN_SKIP_PROMTOOL").is_ok_and(|v| v == "1") {
+                    eprintln!("promtool not found; skipped (CAIRN_SKIP_PROMTOOL=1)");
+                    return Ok(());
+                }
+                anyhow::bail!(
+                    "{promtool} not found: install Debian's prometheus package \
+                     (apt-get install prometheus), set PROMTOOL to its path, or set \
+                     CAIRN_SKIP_PROMTOOL=1 to skip this check"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        };
+        anyhow::ensure!(
+            out.status.success(),
+            "promtool {}: {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
