@@ -433,6 +433,7 @@ impl PlanActor {
                 fence: Some(self.fence.clone()),
                 state: Some(self.state.status.as_str().to_owned()),
                 events: events.iter().map(crate::convert::to_new).collect(),
+                reviews: Vec::new(),
             };
             let stored = self.inner.store.append(append).await?;
             for (e, s) in events.iter_mut().zip(&stored) {

@@ -1641,6 +1641,7 @@ async fn a_store_written_with_integer_times_reads_the_same() {
         created_at: row.created_at,
         state: row.state,
         events,
+        reviews: Vec::new(),
     })
     .await
     .unwrap();

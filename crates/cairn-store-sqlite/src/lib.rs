@@ -52,8 +52,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Fence, Micros, Page, PlanRow, Store, StoreError,
-    StoreResult, StoredEvent, TokenRow,
+    Append, CheckpointRow, CreatePlan, Fence, Micros, OpenReviews, Page, PlanRow, ReviewRow, Store,
+    StoreError, StoreResult, StoredEvent, TokenRow,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -69,7 +69,7 @@ pub use writer::WriterStats;
 use read::ReadPool;
 use writer::{Op, Outcome, Request};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How hard each commit is pushed to disk.
@@ -474,6 +474,29 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn list_reviews(
+        &self,
+        state: Option<&str>,
+        plan_id: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<ReviewRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let after = cursor.map(read::parse_cursor).transpose()?;
+        let state = state.map(str::to_owned);
+        let plan_id = plan_id.map(str::to_owned);
+        self.read(move |c| {
+            read::list_reviews(c, state.as_deref(), plan_id.as_deref(), limit, after)
+        })
+        .await
+    }
+
+    async fn open_reviews(&self) -> StoreResult<OpenReviews> {
+        self.read(read::open_reviews).await
+    }
+
     async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>> {
         let states: Vec<String> = states.iter().map(|s| (*s).to_owned()).collect();
         self.read(move |c| read::plans_in_states(c, &states)).await
@@ -699,10 +722,11 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         )));
     }
     // Each step upgrades one version, in its own transaction.
-    let steps: [(i64, &str); 3] = [
+    let steps: [(i64, &str); 4] = [
         (1, include_str!("schema.sql")),
         (2, include_str!("schema_v2.sql")),
         (3, include_str!("schema_v3.sql")),
+        (4, include_str!("schema_v4.sql")),
     ];
     for (to, sql) in steps {
         if version >= to {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use cairn_store::{
-    CheckpointMark, CheckpointRow, Micros, Page, PlanRow, StoreError, StoreResult, StoredEvent,
-    TokenRow,
+    CheckpointMark, CheckpointRow, Micros, OpenReviews, Page, PlanRow, ReviewRow, StoreError,
+    StoreResult, StoredEvent, TokenRow,
 };
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 
@@ -266,6 +266,88 @@ pub(crate) fn list_plans(
         items: rows.into_iter().map(|(row, _)| row).collect(),
         next_cursor,
     })
+}
+
+/// Reviews oldest opened first; the cursor is the `(opened_at, pk)` of the last one returned.
+pub(crate) fn list_reviews(
+    c: &Connection,
+    state: Option<&str>,
+    plan_id: Option<&str>,
+    limit: usize,
+    after: Option<Cursor>,
+) -> StoreResult<Page<ReviewRow>> {
+    use rusqlite::types::Value;
+    let mut clauses = Vec::with_capacity(3);
+    let mut values: Vec<Value> = Vec::with_capacity(5);
+    if let Some(state) = state {
+        values.push(state.to_owned().into());
+        clauses.push(format!("r.state = ?{}", values.len()));
+    }
+    if let Some(plan_id) = plan_id {
+        values.push(plan_id.to_owned().into());
+        clauses.push(format!("p.plan_id = ?{}", values.len()));
+    }
+    if let Some((at, pk)) = after {
+        values.push(at.into());
+        values.push(pk.into());
+        clauses.push(format!(
+            "(r.opened_at, r.pk) > (?{}, ?{})",
+            values.len() - 1,
+            values.len()
+        ));
+    }
+    values.push(limit_sql(limit).saturating_add(1).into());
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT p.plan_id, r.review_id, r.state, r.opened_at, r.data, r.pk
+         FROM reviews r JOIN plans p ON p.pk = r.plan_pk {filter}
+         ORDER BY r.opened_at, r.pk LIMIT ?{}",
+        values.len()
+    );
+    let mut stmt = c.prepare_cached(&sql).ctx("prepare list reviews")?;
+    let mut rows = stmt
+        .query_map(params_from_iter(values), |r| {
+            Ok((
+                ReviewRow {
+                    plan_id: r.get(0)?,
+                    review_id: r.get(1)?,
+                    state: r.get(2)?,
+                    opened_at: r.get(3)?,
+                    data: r.get(4)?,
+                },
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("list reviews")?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .map(|(row, pk)| format_cursor((row.opened_at, *pk)))
+    } else {
+        None
+    };
+    Ok(Page {
+        items: rows.into_iter().map(|(row, _)| row).collect(),
+        next_cursor,
+    })
+}
+
+pub(crate) fn open_reviews(c: &Connection) -> StoreResult<OpenReviews> {
+    c.prepare_cached("SELECT COUNT(*), MIN(opened_at) FROM reviews WHERE state = 'open'")
+        .and_then(|mut s| {
+            s.query_row([], |r| {
+                Ok(OpenReviews {
+                    count: from_sql(r.get(0)?),
+                    oldest_opened_at: r.get(1)?,
+                })
+            })
+        })
+        .ctx("count open reviews")
 }
 
 pub(crate) fn plans_in_states(c: &Connection, states: &[String]) -> StoreResult<Vec<String>> {

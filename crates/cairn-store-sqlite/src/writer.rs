@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_store::{
-    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, StoreError, StoreResult,
-    StoredEvent, TokenRow,
+    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, ReviewRow, StoreError,
+    StoreResult, StoredEvent, TokenRow,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -440,7 +440,36 @@ impl Writer {
             return Err(StoreError::AlreadyExists(req.plan_id));
         }
         let pk = self.conn.last_insert_rowid();
-        self.insert_events(pk, &req.plan_id, req.events)
+        let stored = self.insert_events(pk, &req.plan_id, req.events)?;
+        self.put_reviews(pk, &req.plan_id, &req.reviews)?;
+        Ok(stored)
+    }
+
+    /// Writes review rows of the plan `pk` (inserted, or replacing the row of the same id).
+    fn put_reviews(&self, pk: i64, plan_id: &str, reviews: &[ReviewRow]) -> StoreResult<()> {
+        if reviews.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO reviews (plan_pk, review_id, state, opened_at, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (plan_pk, review_id) DO UPDATE
+                 SET state = excluded.state, opened_at = excluded.opened_at, data = excluded.data",
+            )
+            .ctx("prepare review upsert")?;
+        for r in reviews {
+            if r.plan_id != plan_id {
+                return Err(StoreError::Invalid(format!(
+                    "review {} belongs to plan {}, not {plan_id}",
+                    r.review_id, r.plan_id
+                )));
+            }
+            stmt.execute(params![pk, r.review_id, r.state, r.opened_at, r.data])
+                .ctx("write review")?;
+        }
+        Ok(())
     }
 
     fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
@@ -483,7 +512,9 @@ impl Writer {
         let Some(pk) = updated else {
             return Err(self.why_refused(&req));
         };
-        self.insert_events(pk, &req.plan_id, req.events)
+        let stored = self.insert_events(pk, &req.plan_id, req.events)?;
+        self.put_reviews(pk, &req.plan_id, &req.reviews)?;
+        Ok(stored)
     }
 
     fn insert_events(
@@ -558,6 +589,7 @@ impl Writer {
             "DELETE FROM events WHERE plan_pk = ?1",
             "DELETE FROM snapshots WHERE plan_pk = ?1",
             "DELETE FROM leases WHERE plan_pk = ?1",
+            "DELETE FROM reviews WHERE plan_pk = ?1",
             "DELETE FROM plans WHERE pk = ?1",
         ] {
             self.conn

@@ -27,6 +27,7 @@ fn create(plan_id: &str) -> CreatePlan {
         created_at: 1,
         state: "running".into(),
         events: vec![ev(1, "created")],
+        reviews: Vec::new(),
     }
 }
 
@@ -37,6 +38,7 @@ fn append(plan_id: &str, expected_seq: u64) -> Append {
         fence: None,
         state: None,
         events: vec![ev(expected_seq + 1, "step")],
+        reviews: Vec::new(),
     }
 }
 

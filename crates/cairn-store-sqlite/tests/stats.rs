@@ -13,6 +13,7 @@ fn create(plan_id: &str, state: &str) -> CreatePlan {
         created_at: 1,
         state: state.into(),
         events: vec![ev(1, "created")],
+        reviews: Vec::new(),
     }
 }
 
@@ -34,6 +35,7 @@ async fn counts_plans_by_state_and_reports_writer_stats() {
             fence: None,
             state: Some("completed".into()),
             events: vec![ev(2, "done"), ev(3, "done")],
+            reviews: Vec::new(),
         })
         .await
         .unwrap();

@@ -75,6 +75,8 @@ pub struct CreatePlan {
     pub state: String,
     /// Must start at seq 1 and be contiguous.
     pub events: Vec<NewEvent>,
+    /// The plan's reviews after these events (a fork or an import may carry closed ones).
+    pub reviews: Vec<ReviewRow>,
 }
 
 /// Appends events to an existing plan.
@@ -88,6 +90,31 @@ pub struct Append {
     /// The plan's state name after these events, when it changed.
     pub state: Option<String>,
     pub events: Vec<NewEvent>,
+    /// Reviews these events opened or changed (decided, voided), as they stand after them:
+    /// written to the review index in the same transaction, replacing the rows of the same
+    /// `(plan_id, review_id)`.
+    pub reviews: Vec<ReviewRow>,
+}
+
+/// A review in the index across plans (the review inbox). The store knows only the columns it
+/// filters and orders by; `data` is the whole review as a JSON document, opaque like an event's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRow {
+    pub plan_id: String,
+    /// Unique within its plan.
+    pub review_id: String,
+    /// `open` or `closed` (opaque to the store; listings filter on it).
+    pub state: String,
+    pub opened_at: Micros,
+    pub data: String,
+}
+
+/// How many reviews are open and since when the oldest has waited. For metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenReviews {
+    pub count: u64,
+    /// `opened_at` of the oldest open review (`None` when none is open).
+    pub oldest_opened_at: Option<Micros>,
 }
 
 /// The index row of a plan.
@@ -236,6 +263,19 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<&str>,
     ) -> StoreResult<Page<PlanRow>>;
 
+    /// Reviews of every plan, oldest opened first (ties in a stable order), optionally only
+    /// those in `state` and of one plan. An unknown plan lists nothing.
+    async fn list_reviews(
+        &self,
+        state: Option<&str>,
+        plan_id: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<ReviewRow>>;
+
+    /// How many reviews are `open` and the oldest one's `opened_at`.
+    async fn open_reviews(&self) -> StoreResult<OpenReviews>;
+
     /// Ids of every plan whose state is one of `states` (recovery on start).
     async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>>;
 
@@ -261,7 +301,8 @@ pub trait Store: Send + Sync + 'static {
         at_or_before: u64,
     ) -> StoreResult<Option<(u64, Vec<u8>)>>;
 
-    /// Removes a plan with its events, checkpoints, snapshots and lease. `Ok(false)` if unknown.
+    /// Removes a plan with its events, checkpoints, snapshots, reviews and lease. `Ok(false)` if
+    /// unknown.
     async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool>;
 
     /// Takes or renews the lease of `node` on a plan until `now + ttl_ms`. Renewal by the owner
