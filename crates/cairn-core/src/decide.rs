@@ -12,8 +12,12 @@ use crate::event::{
     CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, Origin, PauseMode,
 };
 use crate::expr;
-use crate::intervention::{self, Intervention, InterventionRequest, InterventionStatus};
+use crate::gate::{self, GateAction, OnTimeout, Scores, GATE_USER, TIMEOUT_USER};
+use crate::intervention::{
+    self, Intervention, InterventionKind, InterventionRequest, InterventionStatus,
+};
 use crate::plan::Plan;
+use crate::review::review_id;
 use crate::state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
 use crate::{Refusal, RefusalKind};
 
@@ -384,7 +388,10 @@ fn decide(
             None,
         ),
         Command::Tick => {
-            if status == PlanStatus::Paused && em.state.resume_at.is_some_and(|t| t <= ctx.now) {
+            expire_reviews(&mut em);
+            if em.state.status == PlanStatus::Paused
+                && em.state.resume_at.is_some_and(|t| t <= ctx.now)
+            {
                 em.emit(
                     SYSTEM_ACTOR,
                     EventKind::PlanResumed {
@@ -454,6 +461,7 @@ fn decide(
         }
     }
     if refusal.is_none() && !dry_run {
+        resume_after_reviews(&mut em);
         advance(&mut em, starts);
     }
     Ok(Decision {
@@ -514,7 +522,11 @@ fn intervene(
         ))),
         _ => {
             let mut copy = em.state.clone();
-            intervention::mutate(&mut copy, &request.kind, em.now).map(|()| copy)
+            let by = intervention::By {
+                user: actor,
+                reason: request.reason.as_deref(),
+            };
+            intervention::mutate(&mut copy, &request.kind, em.now, &by).map(|()| copy)
         }
     };
     match checked {
@@ -585,8 +597,31 @@ fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResu
     let pause_after = step.def.pause_after;
     let policy = step.def.retry_policy();
     let run_attempts = step.rec.run_attempts;
+    let gate = step.def.quality_gate.clone();
+    let gate_retries = step.rec.gate_retries;
+    // Scores are checked here, once for every executor: a score that is not a finite number
+    // is the agent's fault and fails the step, naming the score.
+    let result = match result {
+        StepResult::Completed { output, scores } => match scores.map(Scores::check).transpose() {
+            Ok(scores) => Ok((output, scores)),
+            Err(e) => Err((format!("the agent reported invalid scores: {e}"), false)),
+        },
+        StepResult::Failed { error, retryable } => Err((error, retryable)),
+    };
     match result {
-        StepResult::Completed { output, scores } => {
+        Ok((output, scores)) if gate.is_some() => {
+            let gate = gate.unwrap_or_default();
+            judge(
+                em,
+                step_id,
+                attempt,
+                output,
+                scores.unwrap_or_default(),
+                &gate,
+                gate_retries,
+            )
+        }
+        Ok((output, scores)) => {
             em.emit(
                 SYSTEM_ACTOR,
                 EventKind::StepCompleted {
@@ -611,7 +646,7 @@ fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResu
                 );
             }
         }
-        StepResult::Failed { error, retryable } => {
+        Err((error, retryable)) => {
             if retryable && run_attempts < policy.max_attempts {
                 let retry_at = em.now + policy.backoff_micros(run_attempts + 1);
                 em.emit(
@@ -625,21 +660,195 @@ fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResu
                     None,
                 );
             } else {
-                em.emit(
-                    SYSTEM_ACTOR,
-                    EventKind::StepFailed {
-                        step_id: step_id.clone(),
-                        attempt,
-                        error: error.clone(),
-                        retry_at: None,
-                    },
-                    Some(CheckpointTrigger::Step),
-                );
-                if matches!(em.state.status, PlanStatus::Running | PlanStatus::Paused) {
-                    em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
-                }
+                fail_step(em, step_id, attempt, error);
             }
         }
+    }
+}
+
+/// The step's attempt failed for good: the step fails, and with it a running or paused plan.
+fn fail_step(em: &mut Emitter<'_>, step_id: String, attempt: u32, error: String) {
+    em.emit(
+        SYSTEM_ACTOR,
+        EventKind::StepFailed {
+            step_id: step_id.clone(),
+            attempt,
+            error: error.clone(),
+            retry_at: None,
+        },
+        Some(CheckpointTrigger::Step),
+    );
+    if matches!(em.state.status, PlanStatus::Running | PlanStatus::Paused) {
+        em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+    }
+}
+
+/// A gated step's attempt succeeded: its gate judges the scores (`gate_evaluated`), and the
+/// verdict completes the step, retries it, holds it for review or fails it, all in the same
+/// decision, so a passing gate costs no extra commit.
+fn judge(
+    em: &mut Emitter<'_>,
+    step_id: String,
+    attempt: u32,
+    output: Value,
+    scores: Scores,
+    gate: &gate::QualityGate,
+    gate_retries: u32,
+) {
+    let verdict = gate::verdict(gate, &scores);
+    em.emit(
+        SYSTEM_ACTOR,
+        EventKind::GateEvaluated {
+            step_id: step_id.clone(),
+            attempt,
+            scores: scores.clone(),
+            verdict: verdict.kind(),
+            failed: verdict.failed.clone(),
+        },
+        None,
+    );
+    let why = format!("quality gate failed: {}", verdict.summary());
+    match gate::next(gate, &verdict, gate_retries) {
+        GateAction::Complete => {
+            let pause_after = em.state.step(&step_id).is_some_and(|s| s.def.pause_after);
+            em.emit(
+                SYSTEM_ACTOR,
+                EventKind::StepCompleted {
+                    step_id: step_id.clone(),
+                    attempt,
+                    output,
+                    scores: Some(scores),
+                },
+                Some(CheckpointTrigger::Step),
+            );
+            if pause_after && em.state.status == PlanStatus::Running {
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::PlanPaused {
+                        reason: PauseReason::Breakpoint,
+                        mode: PauseMode::Boundary,
+                        step_id: Some(step_id),
+                        resume_at: None,
+                        note: Some("pause_after".into()),
+                    },
+                    Some(CheckpointTrigger::Pause),
+                );
+            }
+        }
+        GateAction::Retry => {
+            em.emit(
+                SYSTEM_ACTOR,
+                EventKind::StepFailed {
+                    step_id: step_id.clone(),
+                    attempt,
+                    error: why.clone(),
+                    retry_at: None,
+                },
+                None,
+            );
+            let request = InterventionRequest {
+                kind: InterventionKind::RetryStep { step_id },
+                expected_version: None,
+                reason: Some(why),
+                dry_run: false,
+            };
+            intervene(em, GATE_USER, request);
+        }
+        GateAction::Review => {
+            let deadline = gate
+                .review
+                .timeout_ms
+                .map(|ms| em.now + (ms as i64).saturating_mul(1_000));
+            em.emit(
+                SYSTEM_ACTOR,
+                EventKind::ReviewOpened {
+                    review_id: review_id(em.state.seq + 1),
+                    step_id: step_id.clone(),
+                    attempt,
+                    scores,
+                    failed: verdict.failed,
+                    deadline,
+                    output,
+                    quorum: gate.review.quorum.max(1),
+                },
+                Some(CheckpointTrigger::Step),
+            );
+            if em.state.status == PlanStatus::Running {
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::PlanPaused {
+                        reason: PauseReason::ReviewRequired,
+                        mode: PauseMode::Boundary,
+                        step_id: Some(step_id),
+                        resume_at: None,
+                        note: None,
+                    },
+                    Some(CheckpointTrigger::Pause),
+                );
+            }
+        }
+        GateAction::Fail => fail_step(em, step_id, attempt, why),
+    }
+}
+
+/// Records the `on_timeout` decision, by `system:timeout`, of every open review whose deadline
+/// has come.
+fn expire_reviews(em: &mut Emitter<'_>) {
+    let expired: Vec<(String, u32, OnTimeout, Option<u64>)> = em
+        .state
+        .reviews
+        .iter()
+        .filter(|r| r.is_open() && r.deadline.is_some_and(|d| d <= em.now))
+        .map(|r| {
+            let policy = em
+                .state
+                .step(&r.step_id)
+                .and_then(|s| s.def.quality_gate.as_ref())
+                .map(|g| (g.review.on_timeout, g.review.timeout_ms))
+                .unwrap_or((OnTimeout::Reject, None));
+            (r.step_id.clone(), r.attempt, policy.0, policy.1)
+        })
+        .collect();
+    for (step_id, attempt, on_timeout, timeout_ms) in expired {
+        let kind = match on_timeout {
+            OnTimeout::Approve => InterventionKind::ApproveStep {
+                step_id,
+                attempt: Some(attempt),
+                output: None,
+            },
+            OnTimeout::Reject => InterventionKind::RejectStep {
+                step_id,
+                attempt: Some(attempt),
+                retry: false,
+            },
+        };
+        let reason = match timeout_ms {
+            Some(ms) => format!("no decision within {ms} ms"),
+            None => "no decision before the deadline".to_owned(),
+        };
+        let request = InterventionRequest {
+            kind,
+            expected_version: None,
+            reason: Some(reason),
+            dry_run: false,
+        };
+        intervene(em, TIMEOUT_USER, request);
+    }
+}
+
+/// A plan paused because a review was required resumes by itself once no review is open.
+fn resume_after_reviews(em: &mut Emitter<'_>) {
+    if em.state.status == PlanStatus::Paused
+        && em.state.pause_reason == Some(PauseReason::ReviewRequired)
+        && !em.state.has_open_review()
+    {
+        em.emit(
+            SYSTEM_ACTOR,
+            EventKind::PlanResumed {
+                reason: Some("the last open review closed".into()),
+            },
+            None,
+        );
     }
 }
 

@@ -2,8 +2,9 @@
 //! [`crate::state::PlanState`] is a fold over it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::gate::{FailedCriterion, Scores, VerdictKind};
 use crate::intervention::Intervention;
 use crate::plan::Plan;
 use crate::state::{Materialized, PauseReason};
@@ -206,8 +207,32 @@ pub enum EventKind {
         attempt: u32,
         output: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[cfg_attr(feature = "utoipa", schema(value_type = Option<HashMap<String, f64>>))]
-        scores: Option<Map<String, Value>>,
+        scores: Option<Scores>,
+    },
+    /// A gated step's attempt succeeded and its gate judged the scores; what follows in the
+    /// same commit says what the verdict led to (`step_completed`, a gate retry, a review,
+    /// `step_failed`).
+    GateEvaluated {
+        step_id: String,
+        attempt: u32,
+        scores: Scores,
+        verdict: VerdictKind,
+        #[serde(default)]
+        failed: Vec<FailedCriterion>,
+    },
+    /// A gated step waits for a person: the step is `awaiting_review` and the attempt's output
+    /// is held on the review (`rv-<seq>` of this event) until it is approved.
+    ReviewOpened {
+        review_id: String,
+        step_id: String,
+        attempt: u32,
+        scores: Scores,
+        #[serde(default)]
+        failed: Vec<FailedCriterion>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<Timestamp>,
+        output: Value,
+        quorum: u32,
     },
     StepFailed {
         step_id: String,
@@ -289,6 +314,8 @@ impl EventKind {
             EventKind::StepStarted { .. } => "step_started",
             EventKind::StepClaimed { .. } => "step_claimed",
             EventKind::StepCompleted { .. } => "step_completed",
+            EventKind::GateEvaluated { .. } => "gate_evaluated",
+            EventKind::ReviewOpened { .. } => "review_opened",
             EventKind::StepFailed { .. } => "step_failed",
             EventKind::StepInterrupted { .. } => "step_interrupted",
             EventKind::StepSkipped { .. } => "step_skipped",
@@ -331,6 +358,8 @@ impl EventKind {
             EventKind::StepStarted { step_id, .. }
             | EventKind::StepClaimed { step_id, .. }
             | EventKind::StepCompleted { step_id, .. }
+            | EventKind::GateEvaluated { step_id, .. }
+            | EventKind::ReviewOpened { step_id, .. }
             | EventKind::StepFailed { step_id, .. }
             | EventKind::StepInterrupted { step_id, .. }
             | EventKind::StepSkipped { step_id, .. }

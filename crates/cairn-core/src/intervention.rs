@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::Micros;
+use crate::gate::{GateFeedback, GATE_USER, TIMEOUT_USER};
 use crate::plan::{Invalid, StepDef};
+use crate::review::{ReviewOutcome, Vote, VoteDecision};
 use crate::state::{PauseReason, PlanState, PlanStatus, Step, StepRecord, StepStatus};
 use crate::{Refusal, RefusalKind};
 
@@ -56,11 +58,26 @@ pub enum InterventionKind {
     RerunFrom {
         step_id: String,
     },
+    /// A vote to accept the attempt under review (the review names it; a decision for another
+    /// attempt is stale).
     ApproveStep {
         step_id: String,
+        /// The attempt the reviewer saw; absent: the one under review now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        /// Replaces the attempt's output (a reason is then required).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
+        output: Option<Value>,
     },
+    /// Rejects the attempt under review (a reason is required): the step fails, or with
+    /// `retry` runs again with the reason as its `gate_feedback`.
     RejectStep {
         step_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retry: bool,
     },
     /// The operator supplies the step's result by hand.
     CompleteStep {
@@ -93,8 +110,8 @@ impl InterventionKind {
             | InterventionKind::ModifyStep { step_id, .. }
             | InterventionKind::RemoveStep { step_id }
             | InterventionKind::RerunFrom { step_id }
-            | InterventionKind::ApproveStep { step_id }
-            | InterventionKind::RejectStep { step_id }
+            | InterventionKind::ApproveStep { step_id, .. }
+            | InterventionKind::RejectStep { step_id, .. }
             | InterventionKind::CompleteStep { step_id, .. } => Some(step_id.clone()),
             InterventionKind::AddStep { step, .. } => step
                 .get("step_id")
@@ -305,9 +322,38 @@ const PATCHABLE: &[&str] = &[
     "pause_after",
 ];
 
+/// Who asks for an intervention, and why: decisions on reviews depend on both.
+#[derive(Debug, Clone, Copy)]
+pub struct By<'a> {
+    pub user: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+/// Is `user` one of the system's own users (`system:…`), which decide by rule, not by vote?
+fn is_system(user: &str) -> bool {
+    user == GATE_USER || user == TIMEOUT_USER
+}
+
 /// Applies an intervention to `state`. On `Err` the state may be half changed: callers run it on
 /// a copy first (decide) and only replay accepted ones on the live state (fold).
-pub fn mutate(state: &mut PlanState, kind: &InterventionKind, at: Micros) -> Result<(), Refusal> {
+pub fn mutate(
+    state: &mut PlanState,
+    kind: &InterventionKind,
+    at: Micros,
+    by: &By<'_>,
+) -> Result<(), Refusal> {
+    apply_kind(state, kind, at, by)?;
+    // A review whose attempt no longer waits for it (skipped, modified, removed, rerun) is void.
+    state.void_stale_reviews(at);
+    Ok(())
+}
+
+fn apply_kind(
+    state: &mut PlanState,
+    kind: &InterventionKind,
+    at: Micros,
+    by: &By<'_>,
+) -> Result<(), Refusal> {
     if state.status == PlanStatus::Cancelled {
         return Err(conflict(format!(
             "plan {} is cancelled; a cancelled plan cannot be changed",
@@ -361,7 +407,14 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, at: Micros) -> Res
                     status_name(rec.status)
                 )));
             }
+            // A gate retry keeps counting against the gate's max_retries and carries the
+            // verdict to the next attempt; an operator's retry starts the gate afresh.
+            let kept = (rec.gate_retries, rec.gate_feedback.take());
             rec.rerun();
+            if by.user == GATE_USER {
+                rec.gate_retries = kept.0 + 1;
+                rec.gate_feedback = kept.1;
+            }
             reopen_if_settled(state);
         }
         InterventionKind::RerunFrom { step_id } => {
@@ -386,9 +439,12 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, at: Micros) -> Res
         InterventionKind::ModifyStep { step_id, patch } => {
             let i = find(state, step_id)?;
             let status = state.steps[i].rec.status;
-            if !matches!(status, StepStatus::Pending | StepStatus::Failed) {
+            if !matches!(
+                status,
+                StepStatus::Pending | StepStatus::Failed | StepStatus::AwaitingReview
+            ) {
                 return Err(conflict(format!(
-                    "step {step_id} is {}; only a pending or failed step can be modified",
+                    "step {step_id} is {}; only a pending, failed or awaiting_review step can be modified",
                     status_name(status)
                 )));
             }
@@ -418,6 +474,11 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, at: Micros) -> Res
                 )));
             }
             state.steps[i].def = def;
+            // The attempt under review was made under the old definition: the modified step
+            // runs again (its review is voided).
+            if status == StepStatus::AwaitingReview {
+                state.steps[i].rec.rerun();
+            }
             revalidate(state)?;
             state.version += 1;
         }
@@ -463,9 +524,9 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, at: Micros) -> Res
         InterventionKind::RemoveStep { step_id } => {
             let i = find(state, step_id)?;
             let status = state.steps[i].rec.status;
-            if status != StepStatus::Pending {
+            if !matches!(status, StepStatus::Pending | StepStatus::AwaitingReview) {
                 return Err(conflict(format!(
-                    "step {step_id} is {}; only a pending step can be removed",
+                    "step {step_id} is {}; only a pending or awaiting_review step can be removed",
                     status_name(status)
                 )));
             }
@@ -552,10 +613,177 @@ pub fn mutate(state: &mut PlanState, kind: &InterventionKind, at: Micros) -> Res
             rec.ended_at = Some(at);
             reopen_if_settled(state);
         }
-        InterventionKind::ApproveStep { .. } | InterventionKind::RejectStep { .. } => {
-            return Err(conflict(
-                "approve_step and reject_step need quality gates, which are not supported yet",
-            ));
+        InterventionKind::ApproveStep {
+            step_id,
+            attempt,
+            output,
+        } => decide_review(
+            state,
+            step_id,
+            *attempt,
+            Decided::Approve(output.as_ref()),
+            at,
+            by,
+        )?,
+        InterventionKind::RejectStep {
+            step_id,
+            attempt,
+            retry,
+        } => decide_review(
+            state,
+            step_id,
+            *attempt,
+            Decided::Reject { retry: *retry },
+            at,
+            by,
+        )?,
+    }
+    Ok(())
+}
+
+enum Decided<'a> {
+    Approve(Option<&'a Value>),
+    Reject { retry: bool },
+}
+
+/// A vote on the open review of `step_id`: refused (and so recorded as a failed intervention)
+/// when it is malformed, stale, by someone who may not decide or who already voted. A quorum of
+/// approvals completes the step with the attempt's output (or an approver's replacement); the
+/// first rejection fails it or, with `retry`, runs it again with the reviewer's note. The
+/// `system:timeout` user decides at once for the gate's `on_timeout`.
+fn decide_review(
+    state: &mut PlanState,
+    step_id: &str,
+    attempt: Option<u32>,
+    decided: Decided<'_>,
+    at: Micros,
+    by: &By<'_>,
+) -> Result<(), Refusal> {
+    let verb = match decided {
+        Decided::Approve(_) => "approve_step",
+        Decided::Reject { .. } => "reject_step",
+    };
+    let reason = by.reason.filter(|r| !r.trim().is_empty());
+    match decided {
+        Decided::Approve(Some(_)) if reason.is_none() => {
+            return Err(invalid(
+                "approve_step with an output that replaces the attempt's needs a reason",
+            ))
+        }
+        Decided::Reject { .. } if reason.is_none() => {
+            return Err(invalid(
+                "reject_step needs a reason (what is wrong with the result)",
+            ))
+        }
+        _ => {}
+    }
+    let i = find(state, step_id)?;
+    let status = state.steps[i].rec.status;
+    let Some(review) = state.open_review(step_id).cloned() else {
+        return Err(conflict(format!(
+            "step {step_id} is {}; {verb} needs a step awaiting review, and no review of it is open",
+            status_name(status)
+        )));
+    };
+    if let Some(a) = attempt {
+        if a != review.attempt {
+            return Err(conflict(format!(
+                "attempt {a} of step {step_id} is not under review (review {} is of attempt {}); the decision is stale",
+                review.review_id, review.attempt
+            )));
+        }
+    }
+    let system = is_system(by.user);
+    let policy = state.steps[i]
+        .def
+        .quality_gate
+        .as_ref()
+        .map(|g| g.review.clone())
+        .unwrap_or_default();
+    if !system {
+        if !policy.reviewers.is_empty() && !policy.reviewers.iter().any(|r| r == by.user) {
+            return Err(conflict(format!(
+                "{} may not decide review {} of step {step_id}; its reviewers are {}",
+                by.user,
+                review.review_id,
+                policy.reviewers.join(", ")
+            )));
+        }
+        if matches!(decided, Decided::Approve(_))
+            && policy.prevent_self_review
+            && state.started_by.as_deref() == Some(by.user)
+        {
+            return Err(conflict(format!(
+                "{} started plan {} and may not approve its own review {} (prevent_self_review)",
+                by.user, state.plan_id, review.review_id
+            )));
+        }
+        if review.voted(by.user) {
+            return Err(conflict(format!(
+                "{} already voted on review {} of step {step_id}; a vote counts once",
+                by.user, review.review_id
+            )));
+        }
+    }
+    let (decision, output, retry) = match decided {
+        Decided::Approve(output) => (VoteDecision::Approve, output.cloned(), false),
+        Decided::Reject { retry } => (VoteDecision::Reject, None, retry),
+    };
+    let vote = Vote {
+        user: by.user.to_owned(),
+        decision,
+        reason: by.reason.map(str::to_owned),
+        at,
+        output,
+        retry,
+    };
+    let quorum = review.quorum.max(1) as usize;
+    let Some(open) = state.open_review_mut(step_id) else {
+        return Ok(());
+    };
+    open.votes.push(vote);
+    let closes = system || decision == VoteDecision::Reject || open.approvals() >= quorum;
+    if !closes {
+        return Ok(());
+    }
+    let outcome = match (system, decision) {
+        (true, _) => ReviewOutcome::TimedOut,
+        (false, VoteDecision::Approve) => ReviewOutcome::Approved,
+        (false, VoteDecision::Reject) => ReviewOutcome::Rejected,
+    };
+    open.close(outcome, at);
+    let approved_output = open
+        .votes
+        .iter()
+        .rev()
+        .find_map(|v| v.output.clone())
+        .unwrap_or_else(|| open.output.clone());
+    let rec = &mut state.steps[i].rec;
+    match decision {
+        VoteDecision::Approve => {
+            rec.status = StepStatus::Completed;
+            rec.output = Some(approved_output);
+            rec.scores = Some(review.scores.clone());
+            rec.error = None;
+            rec.ended_at = Some(at);
+            rec.gate_feedback = None;
+        }
+        VoteDecision::Reject if retry => {
+            rec.rerun();
+            rec.gate_feedback = Some(GateFeedback {
+                attempt: review.attempt,
+                failed: review.failed.clone(),
+                note: by.reason.map(str::to_owned),
+                reviewer: Some(by.user.to_owned()),
+            });
+        }
+        VoteDecision::Reject => {
+            rec.status = StepStatus::Failed;
+            rec.error = Some(match by.reason {
+                Some(r) => format!("rejected by {}: {r}", by.user),
+                None => format!("rejected by {}", by.user),
+            });
+            rec.ended_at = Some(at);
         }
     }
     Ok(())

@@ -5,6 +5,8 @@
 //! - [`state`]: a plan's state as a fold over its events.
 //! - [`decide`]: commands in, events (or a refusal) out.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`gate`]: quality gates, typed scores and the verdict, a pure function of both.
+//! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
 //! - [`time`]: timestamps, stored as microseconds and written as RFC 3339.
@@ -17,8 +19,10 @@ pub mod decide;
 mod document;
 pub mod event;
 pub mod expr;
+pub mod gate;
 pub mod intervention;
 pub mod plan;
+pub mod review;
 pub mod state;
 pub mod suggest;
 pub mod time;
@@ -26,8 +30,10 @@ pub mod view;
 
 pub use decide::{handle, Command, Ctx, Decision, StepResult};
 pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, PauseMode};
+pub use gate::{FailedCriterion, GateFeedback, QualityGate, Scores, Verdict};
 pub use intervention::{Intervention, InterventionKind, InterventionRequest};
 pub use plan::{Fault, Format, Invalid, Plan, StepDef};
+pub use review::{Review, ReviewOutcome, ReviewState, Vote, VoteDecision};
 pub use state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
 pub use time::Timestamp;
 

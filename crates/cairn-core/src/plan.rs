@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::document::{self, Located, Pos};
 use crate::expr;
+use crate::gate::{OnFail, OnRetriesExhausted, OnTimeout, QualityGate};
 use crate::suggest::did_you_mean;
 
 /// Most steps one plan may have.
@@ -75,9 +76,10 @@ pub struct StepDef {
     pub pause_before: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub pause_after: bool,
-    /// Accepted by the parser only to refuse it with a clear message until quality gates land.
+    /// What the step's scores must satisfy before its output counts, and what happens when
+    /// they do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quality_gate: Option<Value>,
+    pub quality_gate: Option<QualityGate>,
     /// Accepted by the parser only to refuse it with a clear message until rollback lands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate: Option<Value>,
@@ -449,6 +451,23 @@ type TypeCheck = (&'static str, fn(&Value) -> Option<String>);
 
 const REQUIRED_STEP_FIELDS: &[&str] = &["step_id", "action", "agent_type"];
 const RETRY_FIELDS: &[&str] = &["max_attempts", "backoff_ms", "backoff_factor"];
+const GATE_FIELDS: &[&str] = &[
+    "min_scores",
+    "max_scores",
+    "on_fail",
+    "max_retries",
+    "feedback",
+    "on_retries_exhausted",
+    "always_review",
+    "review",
+];
+const REVIEW_FIELDS: &[&str] = &[
+    "quorum",
+    "reviewers",
+    "prevent_self_review",
+    "timeout_ms",
+    "on_timeout",
+];
 
 /// Whether `value` reads as a `T`, and if not, why.
 fn type_fault<T: DeserializeOwned>(value: &Value) -> Option<String> {
@@ -650,7 +669,108 @@ fn shape_of_step(item: Value, index: usize, out: &mut Vec<Found>) -> Option<Valu
             map.remove("retry");
         }
     }
+    match map.get_mut("quality_gate") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(gate)) => shape_of_gate(
+            gate,
+            &format!("{doc}/quality_gate"),
+            &format!("{at}.quality_gate"),
+            out,
+        ),
+        Some(_) => {
+            out.push(Found::value(
+                format!("{doc}/quality_gate"),
+                format!("{at}.quality_gate"),
+                "must be a mapping: {min_scores, max_scores, on_fail, max_retries, feedback, on_retries_exhausted, always_review, review}",
+            ));
+            map.remove("quality_gate");
+        }
+    }
     readable.then_some(Value::Object(map))
+}
+
+/// The shape of a step's `quality_gate`; see [`shape_of_plan`].
+fn shape_of_gate(gate: &mut Map<String, Value>, gdoc: &str, gpath: &str, out: &mut Vec<Found>) {
+    unknown_fields(gate, GATE_FIELDS, gdoc, gpath, out);
+    for field in ["min_scores", "max_scores"] {
+        match gate.get_mut(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(bounds)) => {
+                let bad: Vec<String> = bounds
+                    .iter()
+                    .filter(|(_, v)| !v.as_f64().is_some_and(f64::is_finite))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for name in bad {
+                    if let Some(v) = bounds.remove(&name) {
+                        out.push(Found::value(
+                            format!("{gdoc}/{field}/{name}"),
+                            format!("{gpath}.{field}.{name}"),
+                            format!("the bound must be a finite number, not {v}"),
+                        ));
+                    }
+                }
+            }
+            Some(_) => {
+                out.push(Found::value(
+                    format!("{gdoc}/{field}"),
+                    format!("{gpath}.{field}"),
+                    "must be a mapping of score names to numbers, e.g. {accuracy: 0.8}",
+                ));
+                gate.remove(field);
+            }
+        }
+    }
+    let checks: &[TypeCheck] = &[
+        ("on_fail", type_fault::<OnFail>),
+        ("max_retries", type_fault::<u32>),
+        ("feedback", type_fault::<bool>),
+        ("on_retries_exhausted", type_fault::<OnRetriesExhausted>),
+        ("always_review", type_fault::<bool>),
+    ];
+    for (field, check) in checks {
+        if let Some(e) = gate.get(*field).and_then(check) {
+            out.push(Found::value(
+                format!("{gdoc}/{field}"),
+                format!("{gpath}.{field}"),
+                e,
+            ));
+            gate.remove(*field);
+        }
+    }
+    match gate.get_mut("review") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(review)) => {
+            let rdoc = format!("{gdoc}/review");
+            let rpath = format!("{gpath}.review");
+            unknown_fields(review, REVIEW_FIELDS, &rdoc, &rpath, out);
+            let checks: &[TypeCheck] = &[
+                ("quorum", type_fault::<u32>),
+                ("reviewers", type_fault::<Vec<String>>),
+                ("prevent_self_review", type_fault::<bool>),
+                ("timeout_ms", type_fault::<Option<u64>>),
+                ("on_timeout", type_fault::<OnTimeout>),
+            ];
+            for (field, check) in checks {
+                if let Some(e) = review.get(*field).and_then(check) {
+                    out.push(Found::value(
+                        format!("{rdoc}/{field}"),
+                        format!("{rpath}.{field}"),
+                        e,
+                    ));
+                    review.remove(*field);
+                }
+            }
+        }
+        Some(_) => {
+            out.push(Found::value(
+                format!("{gdoc}/review"),
+                format!("{gpath}.review"),
+                "must be a mapping: {quorum, reviewers, prevent_self_review, timeout_ms, on_timeout}",
+            ));
+            gate.remove("review");
+        }
+    }
 }
 
 /// Stands in for a step whose own faults were reported, so the other steps can still be checked
@@ -745,11 +865,10 @@ impl StepDef {
         expr::check_templates(&self.params, "params", &mut |path, e| {
             fault(path, format!("template does not parse: {e}"))
         });
-        if self.quality_gate.is_some() {
-            fault(
-                "quality_gate",
-                "quality gates are not supported yet (they arrive with the quality-gate release); remove the field".into(),
-            );
+        if let Some(gate) = &self.quality_gate {
+            for (path, message) in gate.check() {
+                fault(&format!("quality_gate.{path}"), message);
+            }
         }
         if self.compensate.is_some() {
             fault(
@@ -928,12 +1047,65 @@ steps:
     }
 
     #[test]
-    fn quality_gates_and_compensations_are_refused_with_a_reason() {
+    fn compensations_are_refused_with_a_reason() {
         let msg = faults(
             "steps:\n  - {step_id: a, action: x, agent_type: t, quality_gate: {on_fail: review}, compensate: {action: u, agent_type: t}}\n",
         );
-        assert!(msg.contains("quality gates are not supported yet"), "{msg}");
+        assert!(!msg.contains("quality_gate"), "{msg}");
         assert!(msg.contains("compensations are not supported yet"), "{msg}");
+    }
+
+    #[test]
+    fn quality_gates_are_read_and_every_fault_names_its_field() {
+        let plan = yaml(
+            "steps:\n  - step_id: a\n    action: x\n    agent_type: t\n    quality_gate:\n      min_scores: {accuracy: 0.8}\n      on_fail: retry\n      review: {quorum: 2, reviewers: [ann, bob], timeout_ms: 60000, on_timeout: approve}\n",
+        )
+        .unwrap();
+        let gate = plan.steps[0].quality_gate.as_ref().unwrap();
+        assert_eq!(gate.on_fail, OnFail::Retry);
+        assert_eq!(gate.max_retries, 2);
+        assert_eq!(gate.review.quorum, 2);
+        assert_eq!(gate.review.on_timeout, OnTimeout::Approve);
+        let msg = faults(
+            r#"
+steps:
+  - step_id: a
+    action: x
+    agent_type: t
+    quality_gate:
+      min_scores: {accuracy: high, recall: 0.9}
+      max_scores: {recall: 0.5}
+      on_fail: retyr
+      feedbak: true
+      review: {quorum: 0, reviewers: ["no one"], timeout_ms: 0, on_timeout: maybe, qorum: 1}
+  - step_id: b
+    action: x
+    agent_type: t
+    quality_gate: [accuracy]
+"#,
+        );
+        for want in [
+            "steps.a.quality_gate.min_scores.accuracy: the bound must be a finite number, not \"high\" (line 7",
+            "steps.a.quality_gate.on_fail: unknown variant `retyr`",
+            "steps.a.quality_gate: unknown field `feedbak`; did you mean `feedback`?",
+            "steps.a.quality_gate.review.on_timeout: unknown variant `maybe`",
+            "steps.a.quality_gate.review: unknown field `qorum`; did you mean `quorum`?",
+            "steps.b.quality_gate: must be a mapping",
+        ] {
+            assert!(msg.contains(want), "want {want:?} in {msg}");
+        }
+        // Rule faults show once the shape is right.
+        let msg = faults(
+            "steps:\n  - {step_id: a, action: x, agent_type: t, quality_gate: {min_scores: {recall: 0.9}, max_scores: {recall: 0.5}, review: {quorum: 0, reviewers: ['no one'], timeout_ms: 0}}}\n",
+        );
+        for want in [
+            "steps.a.quality_gate.min_scores.recall: 0.9 is above max_scores.recall (0.5)",
+            "steps.a.quality_gate.review.quorum: 0 is out of range",
+            "steps.a.quality_gate.review.reviewers[0]: \"no one\" is not a valid user name",
+            "steps.a.quality_gate.review.timeout_ms: 0 is out of range",
+        ] {
+            assert!(msg.contains(want), "want {want:?} in {msg}");
+        }
     }
 
     #[test]

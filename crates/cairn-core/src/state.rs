@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind, Micros, Timestamp};
+use crate::gate::{GateFeedback, Scores};
 use crate::intervention;
 use crate::plan::{Plan, StepDef};
+use crate::review::{Review, ReviewOutcome, ReviewState};
 
 /// The six plan states.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -126,9 +128,16 @@ pub struct StepRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scores: Option<Map<String, Value>>,
+    pub scores: Option<Scores>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Gate retries used in this run (against the gate's `max_retries`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gate_retries: u32,
+    /// Why the previous attempt was not accepted (failed criteria, a reviewer's note): what the
+    /// next attempt's task carries as `gate_feedback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_feedback: Option<GateFeedback>,
     /// A failed attempt waits until then before the next one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Micros>,
@@ -149,6 +158,8 @@ impl StepRecord {
             output: None,
             scores: None,
             error: None,
+            gate_retries: 0,
+            gate_feedback: None,
             retry_at: None,
             breakpoint_passed: false,
         }
@@ -165,7 +176,13 @@ impl StepRecord {
         self.retry_at = None;
         self.ended_at = None;
         self.breakpoint_passed = false;
+        self.gate_retries = 0;
+        self.gate_feedback = None;
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for StepRecord {
@@ -225,6 +242,12 @@ pub struct PlanState {
     /// a step added back under the same id never reuses an attempt number or idempotency key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retired: BTreeMap<String, (u32, u32)>,
+    /// Who started the plan (or forked it): the user `prevent_self_review` keeps from approving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// Every review opened in this plan, open and closed, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<Review>,
 }
 
 /// Where a forked or imported plan came from (without the copied state).
@@ -255,6 +278,8 @@ impl PlanState {
             failure: None,
             origin: None,
             retired: BTreeMap::new(),
+            started_by: None,
+            reviews: Vec::new(),
         }
     }
 
@@ -339,9 +364,53 @@ impl PlanState {
         } else {
             None
         };
-        match (retry, resume) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        // A review's timeout runs on its own clock, whatever the plan's status.
+        let review = self
+            .reviews
+            .iter()
+            .filter(|r| r.is_open())
+            .filter_map(|r| r.deadline)
+            .min();
+        [retry, resume, review].into_iter().flatten().min()
+    }
+
+    /// The open review of a step, if any.
+    pub fn open_review(&self, step_id: &str) -> Option<&Review> {
+        self.reviews
+            .iter()
+            .rev()
+            .find(|r| r.is_open() && r.step_id == step_id)
+    }
+
+    pub(crate) fn open_review_mut(&mut self, step_id: &str) -> Option<&mut Review> {
+        self.reviews
+            .iter_mut()
+            .rev()
+            .find(|r| r.is_open() && r.step_id == step_id)
+    }
+
+    /// Is any review of this plan open?
+    pub fn has_open_review(&self) -> bool {
+        self.reviews.iter().any(Review::is_open)
+    }
+
+    /// Voids every open review whose attempt no longer waits for it: the step was cancelled,
+    /// modified, removed, skipped, rerun or restored under it.
+    pub(crate) fn void_stale_reviews(&mut self, at: Micros) {
+        let waiting: HashMap<&str, u32> = self
+            .steps
+            .iter()
+            .filter(|s| s.rec.status == StepStatus::AwaitingReview)
+            .map(|s| (s.def.step_id.as_str(), s.rec.attempts))
+            .collect();
+        let mut stale = Vec::new();
+        for (i, r) in self.reviews.iter().enumerate() {
+            if r.is_open() && waiting.get(r.step_id.as_str()) != Some(&r.attempt) {
+                stale.push(i);
+            }
+        }
+        for i in stale {
+            self.reviews[i].close(ReviewOutcome::Voided, at);
         }
     }
 
@@ -357,7 +426,7 @@ impl PlanState {
                 );
                 m.insert("output".into(), s.rec.output.clone().unwrap_or(Value::Null));
                 if let Some(scores) = &s.rec.scores {
-                    m.insert("scores".into(), Value::Object(scores.clone()));
+                    m.insert("scores".into(), Value::Object(scores.as_map().clone()));
                 }
                 steps.insert(s.def.step_id.clone(), Value::Object(m));
             }
@@ -495,6 +564,7 @@ impl PlanState {
                     })
                     .collect();
                 if let Some(origin) = origin {
+                    self.started_by = Some(event.actor.clone());
                     self.load(&origin.state);
                     self.version = origin.state.version;
                     self.status = PlanStatus::Paused;
@@ -507,6 +577,9 @@ impl PlanState {
                 }
             }
             EventKind::PlanStarted { .. } | EventKind::PlanResumed { .. } => {
+                if matches!(event.kind, EventKind::PlanStarted { .. }) {
+                    self.started_by = Some(event.actor.clone());
+                }
                 self.status = PlanStatus::Running;
                 self.pause_reason = None;
                 self.resume_at = None;
@@ -548,6 +621,7 @@ impl PlanState {
                         s.rec.retry_at = None;
                     }
                 }
+                self.void_stale_reviews(at);
             }
             EventKind::PlanCompleted {} => {
                 self.status = PlanStatus::Completed;
@@ -590,7 +664,63 @@ impl PlanState {
                     s.rec.scores = scores.clone();
                     s.rec.error = None;
                     s.rec.ended_at = Some(at);
+                    s.rec.gate_feedback = None;
                 }
+            }
+            EventKind::GateEvaluated {
+                step_id,
+                attempt,
+                failed,
+                verdict,
+                ..
+            } => {
+                // The step's status is what the next event of the same commit says; a failing
+                // verdict is what the next attempt hears about, when the gate gives feedback.
+                if let Some(s) = self.step_mut(step_id) {
+                    let feedback = s.def.quality_gate.as_ref().is_none_or(|g| g.feedback);
+                    if *verdict == crate::gate::VerdictKind::Failed && feedback {
+                        s.rec.gate_feedback = Some(GateFeedback {
+                            attempt: *attempt,
+                            failed: failed.clone(),
+                            note: None,
+                            reviewer: None,
+                        });
+                    }
+                }
+            }
+            EventKind::ReviewOpened {
+                review_id,
+                step_id,
+                attempt,
+                scores,
+                failed,
+                deadline,
+                output,
+                quorum,
+            } => {
+                if let Some(s) = self.step_mut(step_id) {
+                    s.rec.status = StepStatus::AwaitingReview;
+                    s.rec.error = None;
+                    s.rec.ended_at = Some(at);
+                    s.rec.retry_at = None;
+                }
+                let plan_id = self.plan_id.clone();
+                self.reviews.push(Review {
+                    review_id: review_id.clone(),
+                    plan_id,
+                    step_id: step_id.clone(),
+                    attempt: *attempt,
+                    scores: scores.clone(),
+                    failed: failed.clone(),
+                    output: output.clone(),
+                    quorum: *quorum,
+                    votes: Vec::new(),
+                    deadline: *deadline,
+                    state: ReviewState::Open,
+                    outcome: None,
+                    opened_at: at,
+                    closed_at: None,
+                });
             }
             EventKind::StepFailed {
                 step_id,
@@ -629,7 +759,11 @@ impl PlanState {
             EventKind::InterventionApplied { intervention } => {
                 // The same pure function decide() ran to validate it; it cannot fail here on a
                 // log the engine wrote.
-                let _ = intervention::mutate(self, &intervention.request, at);
+                let by = intervention::By {
+                    user: &intervention.user,
+                    reason: intervention.reason.as_deref(),
+                };
+                let _ = intervention::mutate(self, &intervention.request, at, &by);
             }
             EventKind::CheckpointRestored { restored, .. } => {
                 let version = self.version.max(restored.version) + 1;
@@ -663,6 +797,7 @@ impl PlanState {
                         s.rec.run += 1;
                     }
                 }
+                self.void_stale_reviews(at);
                 self.version = version;
                 self.status = PlanStatus::Paused;
                 self.pause_reason = Some(PauseReason::Restored);
@@ -719,6 +854,10 @@ impl PlanState {
                 StepStatus::Cancelled => {
                     s.rec.status = StepStatus::Pending;
                     s.rec.ended_at = None;
+                }
+                // An open review is never carried over: the step runs again, as a new run.
+                StepStatus::AwaitingReview => {
+                    s.rec.rerun();
                 }
                 _ => {}
             }

@@ -279,7 +279,7 @@ pub struct SnapshotStep {
     pub run: u32,
     pub output: Option<Value>,
     #[cfg_attr(feature = "utoipa", schema(value_type = Option<HashMap<String, f64>>))]
-    pub scores: Option<Map<String, Value>>,
+    pub scores: Option<crate::gate::Scores>,
     pub error: Option<String>,
     pub started_at: Option<Timestamp>,
     pub ended_at: Option<Timestamp>,

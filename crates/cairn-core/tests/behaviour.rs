@@ -1052,12 +1052,14 @@ fn rerun_from_sends_a_step_and_everything_downstream_back_to_pending() {
 }
 
 #[test]
-fn approve_and_reject_are_refused_until_quality_gates_exist() {
+fn approve_and_reject_need_an_open_review_and_reject_needs_a_reason() {
     let mut sim = Sim::linear(&["a"]);
-    for t in ["approve_step", "reject_step"] {
-        let d = sim.intervene(json!({"type": t, "step_id": "a"}));
-        assert_refused(&sim, &d, RefusalKind::Conflict, "quality gates");
-    }
+    let d = sim.intervene(json!({"type": "approve_step", "step_id": "a"}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "no review of it is open");
+    let d = sim.intervene(json!({"type": "reject_step", "step_id": "a", "reason": "bad"}));
+    assert_refused(&sim, &d, RefusalKind::Conflict, "no review of it is open");
+    let d = sim.intervene(json!({"type": "reject_step", "step_id": "a"}));
+    assert_refused(&sim, &d, RefusalKind::Invalid, "reject_step needs a reason");
 }
 
 #[test]

@@ -260,9 +260,17 @@ impl Run {
             },
             _ => {
                 if matches!(b % 2, 0) {
-                    InterventionKind::ApproveStep { step_id: id }
+                    InterventionKind::ApproveStep {
+                        step_id: id,
+                        attempt: None,
+                        output: None,
+                    }
                 } else {
-                    InterventionKind::RejectStep { step_id: id }
+                    InterventionKind::RejectStep {
+                        step_id: id,
+                        attempt: None,
+                        retry: false,
+                    }
                 }
             }
         }
