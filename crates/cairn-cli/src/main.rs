@@ -35,6 +35,7 @@ mod operator;
 mod ops;
 mod progress;
 mod render;
+mod reviews;
 mod run;
 mod serve;
 mod store;
@@ -103,6 +104,9 @@ enum Cmd {
     /// Interventions on a plan's steps (skip, retry, modify, add, remove, reorder, rerun).
     #[command(subcommand)]
     Steps(ops::StepsCmd),
+    /// The review inbox of quality gates: list reviews, approve or reject a held step.
+    #[command(subcommand)]
+    Reviews(reviews::ReviewsCmd),
     /// Checkpoints: list, show, create, restore, fork, export to and import from JSON files.
     #[command(subcommand)]
     Checkpoints(ops::CheckpointsCmd),
@@ -337,6 +341,7 @@ fn main() -> ExitCode {
             Cmd::Worker(args) => worker::worker(args).await,
             Cmd::Plans(cmd) => ops::plans(cmd).await,
             Cmd::Steps(cmd) => ops::steps(cmd).await,
+            Cmd::Reviews(cmd) => reviews::run(cmd).await,
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,
             Cmd::Backup(args) => backup(args),
             Cmd::Workers(cmd) => workers::workers(cmd).await,

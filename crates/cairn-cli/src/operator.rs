@@ -348,7 +348,7 @@ impl Operator {
 }
 
 /// A list cursor the engine could not read is bad input, like over HTTP.
-fn cursor_fail(e: EngineError) -> Fail {
+pub(crate) fn cursor_fail(e: EngineError) -> Fail {
     match e {
         EngineError::Store(cairn_store::StoreError::BadCursor(c)) => {
             Fail::input(format!("invalid cursor {c:?}"))

@@ -285,7 +285,7 @@ pub enum CheckpointsCmd {
 }
 
 /// `--limit` of a listing: 1 to 1000, as over HTTP.
-fn limit(limit: usize) -> Result<usize, Fail> {
+pub(crate) fn limit(limit: usize) -> Result<usize, Fail> {
     if limit == 0 || limit > 1000 {
         return Err(Fail::input("--limit must be between 1 and 1000"));
     }
@@ -306,7 +306,7 @@ fn show(view: &PlanView, as_json: bool) {
 }
 
 /// After a local command that leaves steps to run: how to run them.
-fn drive_hint(op: &Operator, db: &DbArgs, view: &PlanView) {
+pub(crate) fn drive_hint(op: &Operator, db: &DbArgs, view: &PlanView) {
     if op.is_local() && !db.json {
         eprintln!(
             "its steps run when a process drives the plan: {}",
@@ -319,7 +319,7 @@ fn drive_hint(op: &Operator, db: &DbArgs, view: &PlanView) {
 /// needs: `$CAIRN_CONFIG` when set; none when `./cairn.toml` (found by `run` itself) exists or
 /// every agent type is a builtin; otherwise a `--config` for the user to fill in, so the hint
 /// never fails for want of an executor.
-fn resume_command(view: &PlanView, db: &DbArgs) -> String {
+pub(crate) fn resume_command(view: &PlanView, db: &DbArgs) -> String {
     let mut cmd = format!(
         "cairn run --resume {} --db {}",
         view.plan_id,
@@ -557,7 +557,7 @@ async fn follow_events(
     Ok(exit::OK)
 }
 
-fn json_arg(text: &str, what: &str) -> Result<Value, Fail> {
+pub(crate) fn json_arg(text: &str, what: &str) -> Result<Value, Fail> {
     let body = match text.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| Fail::input(format!("cannot read {path}: {e}")))?,

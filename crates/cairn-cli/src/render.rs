@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use cairn_core::view::{CheckpointSummary, Page, PlanSummary, PlanView};
-use cairn_core::{Event, Intervention, Timestamp};
+use cairn_core::{Event, Intervention, Review, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -305,6 +305,84 @@ pub fn interventions(page: &Page<Intervention>) -> String {
     }
     more(&mut t, &page.next_cursor);
     tidy(t)
+}
+
+/// A page of reviews: one line each (plan, step, attempt, state or outcome, votes against the
+/// quorum, deadline, why the gate held it), then each review's scores and output.
+pub fn reviews(page: &Page<Review>) -> String {
+    let mut t = format!(
+        "{:<10} {:<24} {:<16} {:>7} {:<10} {:<6} {:<20} HELD BECAUSE\n",
+        "REVIEW", "PLAN", "STEP", "ATTEMPT", "STATE", "VOTES", "OPENED"
+    );
+    for r in &page.items {
+        let state = match r.outcome {
+            Some(o) => o.as_str().to_owned(),
+            None => r.state.as_str().to_owned(),
+        };
+        let why = if r.failed.is_empty() {
+            "every result is reviewed".to_owned()
+        } else {
+            r.failed
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let _ = writeln!(
+            t,
+            "{:<10} {:<24} {:<16} {:>7} {:<10} {:<6} {:<20} {}",
+            r.review_id,
+            r.plan_id,
+            r.step_id,
+            r.attempt,
+            state,
+            format!("{}/{}", r.approvals(), r.quorum),
+            time(r.opened_at),
+            why
+        );
+    }
+    for r in page.items.iter().filter(|r| r.is_open()) {
+        let _ = writeln!(
+            t,
+            "\n{} {} {} (attempt {}):",
+            r.review_id, r.plan_id, r.step_id, r.attempt
+        );
+        let _ = writeln!(
+            t,
+            "  scores: {}",
+            serde_json::to_string(&r.scores).unwrap_or_default()
+        );
+        if let Some(d) = r.deadline {
+            let _ = writeln!(t, "  deadline: {}", time(d));
+        }
+        for v in &r.votes {
+            let _ = writeln!(
+                t,
+                "  vote: {} {} {}",
+                v.user,
+                name(&v.decision),
+                v.reason.as_deref().unwrap_or("")
+            );
+        }
+        let _ = writeln!(t, "  output: {}", short_json(&r.output, 400));
+        let _ = writeln!(
+            t,
+            "  decide: cairn reviews approve {} {} --attempt {}   |   cairn reviews reject {} {} --attempt {} --reason WHY [--retry]",
+            r.plan_id, r.step_id, r.attempt, r.plan_id, r.step_id, r.attempt
+        );
+    }
+    more(&mut t, &page.next_cursor);
+    tidy(t)
+}
+
+/// Compact JSON, cut at about `max` characters.
+fn short_json(v: &Value, max: usize) -> String {
+    let text = serde_json::to_string(v).unwrap_or_default();
+    if text.chars().count() <= max {
+        return text;
+    }
+    let cut: String = text.chars().take(max).collect();
+    format!("{cut}… (--json shows all)")
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_core::{Format, PauseMode, Plan, PlanState, PlanStatus};
+use cairn_core::{EventKind, Format, PauseMode, PauseReason, Plan, PlanState, PlanStatus};
 use cairn_engine::config::Config;
 use cairn_engine::executor::Registry;
 use cairn_engine::{Engine, EngineError, EngineOptions, Notice};
@@ -242,6 +242,9 @@ async fn drive(
             notice = sub.next() => match notice {
                 Some(Notice::Event(e)) => {
                     progress.on_event(&e);
+                    if let EventKind::ReviewOpened { step_id, attempt, failed, .. } = &e.kind {
+                        progress.println(&review_hint(plan_id, step_id, *attempt, failed, &db));
+                    }
                     if cairn_engine::may_settle(&e.kind) || known.status.is_terminal() {
                         known = engine.state(plan_id).await?;
                         progress.reset(&known);
@@ -339,6 +342,37 @@ async fn stop_now(
     Ok((state, cut))
 }
 
+/// The line `cairn run` prints when a quality gate holds a step for review.
+fn review_hint(
+    plan_id: &str,
+    step_id: &str,
+    attempt: u32,
+    failed: &[cairn_core::FailedCriterion],
+    db: &str,
+) -> String {
+    let why = if failed.is_empty() {
+        "every result of this step is reviewed".to_owned()
+    } else {
+        failed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    format!(
+        "step {step_id} (attempt {attempt}) awaits review: {why}\n  {}",
+        decide_commands(plan_id, step_id, attempt, db)
+    )
+}
+
+/// The commands that decide the review of `step_id`'s `attempt`.
+fn decide_commands(plan_id: &str, step_id: &str, attempt: u32, db: &str) -> String {
+    format!(
+        "approve: cairn reviews approve {plan_id} {step_id} --attempt {attempt} --db {db}\n  \
+         reject:  cairn reviews reject {plan_id} {step_id} --attempt {attempt} --reason WHY [--retry] --db {db}"
+    )
+}
+
 /// Nothing more will happen without an operator: the plan ended or paused, and no step of it
 /// is still in flight (a failed plan's other steps finish and are recorded first).
 fn settled(state: &PlanState) -> bool {
@@ -387,6 +421,22 @@ fn report(state: &PlanState, secs: f64, db: &str, resume_flags: &str) -> u8 {
         PlanStatus::Cancelled => {
             eprintln!("plan {id} was cancelled ({done}/{total} steps done)");
             exit::CANCELLED
+        }
+        _ if state.pause_reason == Some(PauseReason::ReviewRequired) => {
+            let open: Vec<_> = state.reviews.iter().filter(|r| r.is_open()).collect();
+            eprintln!(
+                "plan {id} paused after {done}/{total} steps: {} step{} await{} review",
+                open.len(),
+                if open.len() == 1 { "" } else { "s" },
+                if open.len() == 1 { "s" } else { "" },
+            );
+            for r in &open {
+                eprintln!("  {}", decide_commands(id, &r.step_id, r.attempt, db));
+            }
+            eprintln!(
+                "once the last review is decided the plan runs again; continue it with: cairn run --resume {id} {resume_flags}"
+            );
+            exit::PAUSED
         }
         _ => {
             let why = state

@@ -347,6 +347,28 @@ impl Client {
         .await
     }
 
+    // ---- reviews ------------------------------------------------------------------------------
+
+    /// `GET /v1/reviews?state=&plan_id=&limit=&cursor=`: the review inbox across plans, oldest
+    /// opened first. `state` is `open` or `closed` (`None`: both); `plan_id` keeps one plan's.
+    /// Decide a review with [`Client::intervene`] and an `approve_step` or `reject_step` body.
+    pub async fn reviews(
+        &self,
+        state: Option<&str>,
+        plan_id: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page<cairn_core::Review>> {
+        let mut q = page_query(limit, cursor);
+        if let Some(s) = state {
+            q.push(("state", s.to_owned()));
+        }
+        if let Some(p) = plan_id {
+            q.push(("plan_id", p.to_owned()));
+        }
+        self.get_as("/v1/reviews", &q).await
+    }
+
     /// `GET /v1/plans/{id}/checkpoints?limit=&cursor=`: oldest first.
     pub async fn checkpoints(
         &self,

@@ -381,6 +381,7 @@ impl PlanActor {
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
         let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
+        let reviews_before = crate::reviews::fingerprint(&self.state);
         let inner = &*self.inner;
         // Agent types with no local executor go to the remote-worker queue, when there is one:
         // their attempts start `queued` until a worker claims them.
@@ -433,7 +434,7 @@ impl PlanActor {
                 fence: Some(self.fence.clone()),
                 state: Some(self.state.status.as_str().to_owned()),
                 events: events.iter().map(crate::convert::to_new).collect(),
-                reviews: Vec::new(),
+                reviews: crate::reviews::changed(&self.state, &reviews_before),
             };
             let stored = self.inner.store.append(append).await?;
             for (e, s) in events.iter_mut().zip(&stored) {

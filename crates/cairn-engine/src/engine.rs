@@ -454,7 +454,7 @@ impl Engine {
                 created_at: now.as_micros(),
                 state: state.status.as_str().to_owned(),
                 events: decision.events.iter().map(to_new).collect(),
-                reviews: Vec::new(),
+                reviews: crate::reviews::all(&state),
             })
             .await?;
         let events: Vec<Arc<Event>> = decision

@@ -1,7 +1,7 @@
 //! cairn's engine: drives plans durably over a [`cairn_store::Store`].
 //!
 //! - [`Engine`]: the library's entry point (register, start, pause, resume, cancel, intervene,
-//!   checkpoints, restore, fork, snapshots, subscriptions).
+//!   checkpoints, restore, fork, snapshots, subscriptions, the review inbox).
 //! - [`executor`]: what runs a step, and the registry of agent types.
 //! - [`config`], which reads `cairn.toml`.
 //!
@@ -18,8 +18,10 @@ pub mod executor;
 pub mod observe;
 mod publish;
 pub mod remote;
+mod reviews;
 
 pub use cairn_core::view::{CheckpointSummary, Page, PlanSummary, Progress, Snapshot};
 pub use engine::{may_settle, now, now_micros, CheckpointExport, Engine, EngineOptions};
 pub use error::EngineError;
 pub use publish::{Notice, Subscription};
+pub use reviews::ReviewFilter;

@@ -22,6 +22,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 mod plans;
+mod reviews;
 pub mod streams;
 mod tasks;
 mod tokens;
@@ -130,6 +131,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plans::fork))
         .routes(routes!(plans::snapshot))
         .routes(routes!(plans::events))
+        .routes(routes!(reviews::list))
         .routes(routes!(streams::plan_stream))
         .routes(routes!(streams::all_stream))
         .routes(routes!(streams::ws))

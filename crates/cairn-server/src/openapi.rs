@@ -98,6 +98,14 @@ pub struct PlanList {
     pub next_cursor: Option<String>,
 }
 
+/// `{"items": [...], "next_cursor": …}`, oldest opened first.
+#[derive(ToSchema)]
+pub struct ReviewList {
+    pub items: Vec<cairn_core::Review>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
 /// `{"items": [...], "next_cursor": …}`, oldest first.
 #[derive(ToSchema)]
 pub struct InterventionList {
@@ -173,6 +181,7 @@ pub struct InterventionBody {
         (name = "plans", description = "Registration, state and control"),
         (name = "interventions", description = "Changing a plan while it runs"),
         (name = "checkpoints", description = "Checkpoints: list, create, restore, fork"),
+        (name = "reviews", description = "The review inbox across plans (quality gates)"),
         (name = "events", description = "Plan logs and live streams"),
         (name = "tasks", description = "The remote worker queue (role worker)"),
         (name = "tokens", description = "API tokens (role admin)"),

@@ -15,7 +15,7 @@ use crate::extract::{ApiJson, ApiQuery, OptionalJson};
 use crate::AppState;
 
 /// Refuses ids no plan could have before touching the store.
-fn plan_id(id: &str) -> ApiResult<&str> {
+pub(crate) fn plan_id(id: &str) -> ApiResult<&str> {
     if cairn_core::plan::valid_id(id) {
         Ok(id)
     } else {
@@ -31,7 +31,7 @@ fn plan_id(id: &str) -> ApiResult<&str> {
 }
 
 /// A cursor the store or engine could not read answers 400, like any other bad query.
-fn cursor_error(e: cairn_engine::EngineError) -> ApiError {
+pub(crate) fn cursor_error(e: cairn_engine::EngineError) -> ApiError {
     match e {
         cairn_engine::EngineError::Store(cairn_store::StoreError::BadCursor(c)) => {
             ApiError::bad_request(format!(
@@ -44,7 +44,7 @@ fn cursor_error(e: cairn_engine::EngineError) -> ApiError {
 }
 
 /// `limit` of a list: 1 to 1000, `default` when absent.
-fn limit_of(limit: Option<usize>, default: usize) -> ApiResult<usize> {
+pub(crate) fn limit_of(limit: Option<usize>, default: usize) -> ApiResult<usize> {
     let limit = limit.unwrap_or(default);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
