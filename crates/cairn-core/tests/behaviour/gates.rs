@@ -56,7 +56,7 @@ fn applied_by<'a>(d: &'a Decision, user: &str) -> &'a cairn_core::Intervention {
         .events
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::InterventionApplied { intervention } if intervention.user == user => {
+            EventKind::InterventionApplied { intervention, .. } if intervention.user == user => {
                 Some(intervention)
             }
             _ => None,
