@@ -7,7 +7,7 @@ use std::time::Duration;
 use cairn_engine::{Engine, EngineOptions};
 use cairn_server::auth::{create_expiring_token, create_token, valid_user, TokenInfo};
 use cairn_server::{AppState, Authenticator, Role};
-use cairn_store::Store;
+use cairn_store::Tokens;
 use clap::{Args, Subcommand};
 
 use crate::run::{load_config, open_store};

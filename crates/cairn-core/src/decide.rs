@@ -539,12 +539,26 @@ fn intervene(
             } else {
                 // The applied intervention is a checkpoint of its own: restoring the latest
                 // checkpoint then never silently undoes an operator's change.
+                // The result is recorded as facts, so replay never re-runs the rules.
+                let effect = crate::log::Effect::between(em.state, &after);
                 em.emit(
                     actor,
                     EventKind::InterventionApplied {
                         intervention: Box::new(record.clone()),
+                        effect: Some(Box::new(effect)),
                     },
                     Some(CheckpointTrigger::Intervention),
+                );
+                // Everything the intervention did is in its effect (only the log position and
+                // time moved beyond it).
+                debug_assert_eq!(
+                    *em.state,
+                    PlanState {
+                        seq: em.state.seq,
+                        updated_at: em.state.updated_at,
+                        ..after
+                    },
+                    "an intervention's effect must reproduce what it did"
                 );
             }
             (record, None)

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::gate::{FailedCriterion, Scores, VerdictKind};
 use crate::intervention::Intervention;
+use crate::log::Effect;
 use crate::plan::Plan;
 use crate::state::{Materialized, PauseReason};
 
@@ -272,6 +273,11 @@ pub enum EventKind {
     },
     InterventionApplied {
         intervention: Box<Intervention>,
+        /// What the intervention changed, applied as it is on replay. Absent in events of log
+        /// format 1, which replay by the frozen rules of [`crate::log::v1`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
+        effect: Option<Box<Effect>>,
     },
     InterventionFailed {
         intervention: Box<Intervention>,
@@ -346,10 +352,10 @@ impl EventKind {
         }
     }
 
-    /// Rebuilds a kind from its type name and data JSON.
+    /// Rebuilds a kind from its type name and data JSON of the current log format (see
+    /// [`crate::log::decode`] for stored events of any format).
     pub fn from_parts(kind: &str, data: &str) -> Result<EventKind, String> {
-        let whole = format!("{{\"type\":{},\"data\":{}}}", Value::from(kind), data);
-        serde_json::from_str(&whole).map_err(|e| format!("event of type {kind}: {e}"))
+        crate::log::decode(kind, crate::log::FORMAT, data).map_err(|e| e.to_string())
     }
 
     /// The step an event is about, if any.

@@ -12,12 +12,13 @@ use crate::gate::{GateFeedback, GATE_USER, TIMEOUT_USER};
 use crate::plan::{Invalid, StepDef};
 use crate::review::{ReviewOutcome, Vote, VoteDecision};
 use crate::state::{PauseReason, PlanState, PlanStatus, Step, StepRecord, StepStatus};
+use crate::suggest::did_you_mean;
 use crate::{Refusal, RefusalKind};
 
 /// What an operator asks. Serialised with a `type` tag, e.g. `{"type": "skip_step", "step_id": "s"}`.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum InterventionKind {
     SkipStep {
         step_id: String,
@@ -165,6 +166,21 @@ impl InterventionRequest {
                 "missing; one of skip_step, retry_step, modify_step, add_step, remove_step, reorder_steps, rerun_from, complete_step, approve_step, reject_step",
             ));
         }
+        // Strictness belongs to input: the stored type reads leniently (see `crate::log`), so
+        // unknown fields are refused here, by name.
+        if let Some(known) = map.get("type").and_then(Value::as_str).and_then(fields_of) {
+            for key in map.keys().filter(|k| *k != "type") {
+                if !known.contains(&key.as_str()) {
+                    let hint = did_you_mean(key, known.iter().copied());
+                    let message = if hint.is_empty() {
+                        format!("unknown field `{key}` (known: {})", known.join(", "))
+                    } else {
+                        format!("unknown field `{key}`{hint}")
+                    };
+                    return Err(Invalid::one(key.clone(), message));
+                }
+            }
+        }
         let kind: InterventionKind = serde_json::from_value(Value::Object(map))
             .map_err(|e| Invalid::one("", format!("not a valid intervention: {e}")))?;
         Ok(InterventionRequest {
@@ -174,6 +190,21 @@ impl InterventionRequest {
             dry_run,
         })
     }
+}
+
+/// The fields of an intervention of type `type_name` besides `type` and the envelope (`None` for
+/// an unknown type, which deserialisation names).
+fn fields_of(type_name: &str) -> Option<&'static [&'static str]> {
+    Some(match type_name {
+        "skip_step" | "retry_step" | "remove_step" | "rerun_from" => &["step_id"],
+        "approve_step" => &["step_id", "attempt", "output"],
+        "reject_step" => &["step_id", "attempt", "retry"],
+        "modify_step" => &["step_id", "patch"],
+        "add_step" => &["step", "after", "before", "insert_after", "insert_before"],
+        "reorder_steps" => &["order"],
+        "complete_step" => &["step_id", "output"],
+        _ => return None,
+    })
 }
 
 /// `applied` or `failed`; a dry run answers `would_apply` or `would_fail` (and is not recorded).
@@ -857,5 +888,44 @@ fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
             after: b.clone(),
         }),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The stored type reads leniently, so input strictness is checked here, by name.
+    #[test]
+    fn unknown_fields_of_a_request_are_refused_by_name() {
+        let err = InterventionRequest::from_body(json!({"type": "skip_step", "stepid": "a"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `stepid`; did you mean `step_id`?"),
+            "{err}"
+        );
+        let err = InterventionRequest::from_body(
+            json!({"type": "reorder_steps", "order": [], "colour": 1}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("unknown field `colour` (known: order)"),
+            "{err}"
+        );
+        // The envelope's own fields and the prototype's aliases are known.
+        InterventionRequest::from_body(json!({
+            "type": "add_step", "insert_after": "a", "reason": "r", "user": "u",
+            "expected_version": 1, "dry_run": true,
+            "step": {"step_id": "d", "action": "x", "agent_type": "t"}
+        }))
+        .unwrap();
+        // The stored form reads whatever a later build added.
+        let stored: InterventionKind =
+            serde_json::from_value(json!({"type": "skip_step", "step_id": "a", "later": 1}))
+                .unwrap();
+        assert_eq!(stored.step_id().as_deref(), Some("a"));
     }
 }

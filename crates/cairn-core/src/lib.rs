@@ -7,6 +7,7 @@
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
 //! - [`gate`]: quality gates, typed scores and the verdict, a pure function of both.
 //! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
+//! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
 //! - [`time`]: timestamps, stored as microseconds and written as RFC 3339.
@@ -21,6 +22,7 @@ pub mod event;
 pub mod expr;
 pub mod gate;
 pub mod intervention;
+pub mod log;
 pub mod plan;
 pub mod review;
 pub mod state;

@@ -40,7 +40,6 @@ fn is_false(b: &bool) -> bool {
 /// A plan definition: what to run and in which order.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Plan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_id: Option<String>,
@@ -56,7 +55,6 @@ pub struct Plan {
 /// One step of a plan.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StepDef {
     pub step_id: String,
     pub action: String,
@@ -88,7 +86,6 @@ pub struct StepDef {
 /// How often and how patiently a failing step is tried again.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     #[serde(default = "RetryPolicy::default_attempts")]
     pub max_attempts: u32,

@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::gate::{GateFeedback, Scores};
-use crate::intervention;
 use crate::plan::{Plan, StepDef};
 use crate::review::{Review, ReviewOutcome, ReviewState};
 
@@ -756,15 +755,15 @@ impl PlanState {
                     s.rec.retry_at = None;
                 }
             }
-            EventKind::InterventionApplied { intervention } => {
-                // The same pure function decide() ran to validate it; it cannot fail here on a
-                // log the engine wrote.
-                let by = intervention::By {
-                    user: &intervention.user,
-                    reason: intervention.reason.as_deref(),
-                };
-                let _ = intervention::mutate(self, &intervention.request, at, &by);
-            }
+            EventKind::InterventionApplied {
+                intervention,
+                effect,
+            } => match effect {
+                // The recorded result, applied as it is: replay never re-decides.
+                Some(effect) => effect.apply(self),
+                // Log format 1 recorded only the request.
+                None => crate::log::v1::replay(self, &intervention.request, at),
+            },
             EventKind::CheckpointRestored { restored, .. } => {
                 let version = self.version.max(restored.version) + 1;
                 let before: HashMap<String, (u32, u32)> = self

@@ -15,6 +15,8 @@ use cairn_core::{
 };
 use serde_json::{json, Value};
 
+#[path = "behaviour/gates.rs"]
+mod gates;
 #[path = "behaviour/properties.rs"]
 mod properties;
 #[path = "behaviour/validation.rs"]
@@ -55,13 +57,17 @@ impl Sim {
     }
 
     fn try_cmd(&mut self, c: Command) -> Result<Decision, Refusal> {
+        self.try_cmd_as("alice", c)
+    }
+
+    fn try_cmd_as(&mut self, actor: &str, c: Command) -> Result<Decision, Refusal> {
         let before = self.st.clone();
         let r = decide::handle(
             &mut self.st,
             c,
             Ctx {
                 now: self.now,
-                actor: "alice",
+                actor,
             },
         );
         match &r {

@@ -960,7 +960,7 @@ impl Engine {
         for row in rows {
             let seq = row.seq;
             match from_stored(row)?.kind {
-                cairn_core::EventKind::InterventionApplied { intervention }
+                cairn_core::EventKind::InterventionApplied { intervention, .. }
                 | cairn_core::EventKind::InterventionFailed { intervention } => {
                     items.push((seq, *intervention))
                 }

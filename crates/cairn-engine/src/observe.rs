@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use cairn_core::event::checkpoint_id;
 use cairn_core::{Event, EventKind, Intervention, PlanStatus};
-use cairn_store::Store;
+use cairn_store::EventLog;
 
 use crate::convert::from_stored;
 use crate::{CheckpointSummary, Engine, EngineError, Notice};
@@ -173,12 +173,12 @@ pub fn observe_from(engine: &Engine, after: u64, callbacks: Callbacks) -> Observ
 
 async fn handle(
     callbacks: &Callbacks,
-    store: &dyn Store,
+    store: &dyn EventLog,
     statuses: &mut HashMap<String, PlanStatus>,
     e: &Event,
 ) {
     if let Some(f) = &callbacks.intervention {
-        if let EventKind::InterventionApplied { intervention }
+        if let EventKind::InterventionApplied { intervention, .. }
         | EventKind::InterventionFailed { intervention } = &e.kind
         {
             f((**intervention).clone()).await;
@@ -245,7 +245,7 @@ fn status_after(kind: &EventKind) -> Option<PlanStatus> {
         EventKind::PlanCancelled { .. } => PlanStatus::Cancelled,
         EventKind::PlanCompleted {} => PlanStatus::Completed,
         EventKind::PlanFailed { .. } => PlanStatus::Failed,
-        EventKind::InterventionApplied { intervention } => intervention
+        EventKind::InterventionApplied { intervention, .. } => intervention
             .diff
             .iter()
             .find(|c| c.path == "status")
@@ -257,7 +257,7 @@ fn status_after(kind: &EventKind) -> Option<PlanStatus> {
 
 /// The status of a plan just before event `seq`, from the status-changing events of its log
 /// (for a plan the observer has not seen before).
-async fn status_before(store: &dyn Store, plan_id: &str, seq: u64) -> Option<PlanStatus> {
+async fn status_before(store: &dyn EventLog, plan_id: &str, seq: u64) -> Option<PlanStatus> {
     const PAGE: usize = 1_000;
     let mut status = None;
     let mut after = 0;

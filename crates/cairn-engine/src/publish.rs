@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::Event;
-use cairn_store::Store;
+use cairn_store::EventLog;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
@@ -25,7 +25,7 @@ const GAP_WAIT: Duration = Duration::from_millis(25);
 const PAGE: usize = 1_000;
 
 pub(crate) fn spawn(
-    store: Arc<dyn Store>,
+    store: Arc<dyn EventLog>,
     first_id: u64,
     capacity: usize,
 ) -> (
@@ -104,7 +104,7 @@ pub enum Notice {
 
 /// A subscription to the event stream of all plans or of one plan.
 pub struct Subscription {
-    store: Arc<dyn Store>,
+    store: Arc<dyn EventLog>,
     rx: broadcast::Receiver<Arc<Event>>,
     plan: Option<String>,
     last_id: u64,
@@ -116,7 +116,7 @@ pub struct Subscription {
 
 impl Subscription {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn EventLog>,
         rx: broadcast::Receiver<Arc<Event>>,
         plan: Option<String>,
         after: Option<u64>,

@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_store::{Store, StoreError, TokenRow};
+use cairn_store::{StoreError, TokenRow, Tokens};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -176,7 +176,7 @@ pub fn valid_user(user: &str) -> bool {
 
 /// Creates a token in the store (used by `POST /v1/tokens` and `cairn token create`).
 pub async fn create_token(
-    store: &dyn Store,
+    store: &dyn Tokens,
     user: &str,
     role: Role,
 ) -> Result<NewToken, StoreError> {
@@ -185,7 +185,7 @@ pub async fn create_token(
 
 /// Like [`create_token`], for a token refused from `expires_at` (µs since the epoch) on.
 pub async fn create_expiring_token(
-    store: &dyn Store,
+    store: &dyn Tokens,
     user: &str,
     role: Role,
     expires_at: Option<i64>,
@@ -234,14 +234,14 @@ type TokenCache = HashMap<String, (Option<Known>, Instant)>;
 /// request.
 #[derive(Clone)]
 pub struct Authenticator {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Tokens>,
     /// `None`: `--no-auth`, everyone is this principal.
     open_as: Option<Principal>,
     cache: Arc<Mutex<TokenCache>>,
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn Store>) -> Authenticator {
+    pub fn new(store: Arc<dyn Tokens>) -> Authenticator {
         Authenticator {
             store,
             open_as: None,
@@ -250,7 +250,7 @@ impl Authenticator {
     }
 
     /// No authentication: every caller is `user` with the admin role.
-    pub fn open(store: Arc<dyn Store>, user: &str) -> Authenticator {
+    pub fn open(store: Arc<dyn Tokens>, user: &str) -> Authenticator {
         Authenticator {
             open_as: Some(Principal {
                 user: user.to_owned(),

@@ -459,7 +459,7 @@ impl Follower {
                 counter!("cairn_steps_total", "agent_type" => agent, "outcome" => "skipped")
                     .increment(1);
             }
-            EventKind::InterventionApplied { intervention }
+            EventKind::InterventionApplied { intervention, .. }
             | EventKind::InterventionFailed { intervention } => {
                 let status = intervention.status.as_str();
                 counter!("cairn_interventions_total",

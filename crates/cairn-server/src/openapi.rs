@@ -4,7 +4,7 @@
 //! is in the document. This module adds what is common to every operation (security, the
 //! statuses every body or query can produce) and the shared schemas. `docs/openapi.json` is a
 //! committed copy; the `openapi` test fails when it drifts (`CAIRN_UPDATE_OPENAPI=1 cargo test
-//! -p cairn-server --test openapi` rewrites it).
+//! -p cairn-server --test cairn_server openapi` rewrites it).
 
 use std::sync::OnceLock;
 

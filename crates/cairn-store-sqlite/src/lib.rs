@@ -52,8 +52,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Fence, Micros, OpenReviews, Page, PlanRow, ReviewRow, Store,
-    StoreError, StoreResult, StoredEvent, TokenRow,
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, OpenReviews, Page,
+    PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult, StoredEvent, TokenRow,
+    Tokens,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -405,7 +406,7 @@ fn unexpected(what: &str) -> StoreError {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl EventLog for SqliteStore {
     async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>> {
         match self.write(Op::Create(req)).await? {
             Outcome::Events(evs) => Ok(evs),
@@ -454,6 +455,47 @@ impl Store for SqliteStore {
         self.read(read::last_event_id).await
     }
 
+    async fn list_checkpoints(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<CheckpointRow>> {
+        let plan_id = plan_id.to_owned();
+        self.read(move |c| read::checkpoints(c, &plan_id, after_seq, limit))
+            .await
+    }
+
+    async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>> {
+        let plan_id = plan_id.to_owned();
+        self.read(move |c| read::checkpoint(c, &plan_id, seq)).await
+    }
+
+    async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool> {
+        match self.write(Op::Delete(plan_id.to_owned())).await? {
+            Outcome::Deleted(found) => Ok(found),
+            _ => Err(unexpected("delete_plan")),
+        }
+    }
+
+    fn stats(&self) -> Option<cairn_store::StoreStats> {
+        let w = self.stats.snapshot();
+        Some(cairn_store::StoreStats {
+            commits: w.commits,
+            requests: w.requests,
+            events: w.events,
+            max_batch: w.max_batch,
+            busy_seconds: w.busy.as_secs_f64(),
+        })
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.stats.unavailable()
+    }
+}
+
+#[async_trait]
+impl PlanIndex for SqliteStore {
     async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>> {
         let plan_id = plan_id.to_owned();
         self.read(move |c| read::plan(c, &plan_id)).await
@@ -505,38 +547,43 @@ impl Store for SqliteStore {
     async fn count_plans_by_state(&self) -> StoreResult<Vec<(String, u64)>> {
         self.read(read::count_plans_by_state).await
     }
+}
 
-    fn unavailable(&self) -> Option<String> {
-        self.stats.unavailable()
-    }
-
-    fn stats(&self) -> Option<cairn_store::StoreStats> {
-        let w = self.stats.snapshot();
-        Some(cairn_store::StoreStats {
-            commits: w.commits,
-            requests: w.requests,
-            events: w.events,
-            max_batch: w.max_batch,
-            busy_seconds: w.busy.as_secs_f64(),
-        })
-    }
-
-    async fn list_checkpoints(
+#[async_trait]
+impl Leases for SqliteStore {
+    async fn claim(
         &self,
         plan_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<CheckpointRow>> {
-        let plan_id = plan_id.to_owned();
-        self.read(move |c| read::checkpoints(c, &plan_id, after_seq, limit))
-            .await
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<Fence> {
+        let op = Op::Claim {
+            plan_id: plan_id.to_owned(),
+            node: node.to_owned(),
+            ttl_ms,
+            now,
+        };
+        match self.write(op).await? {
+            Outcome::Claimed(fence) => Ok(fence),
+            _ => Err(unexpected("claim")),
+        }
     }
 
-    async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>> {
-        let plan_id = plan_id.to_owned();
-        self.read(move |c| read::checkpoint(c, &plan_id, seq)).await
+    async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
+        let op = Op::Release {
+            plan_id: plan_id.to_owned(),
+            fence: fence.clone(),
+        };
+        match self.write(op).await? {
+            Outcome::Done => Ok(()),
+            _ => Err(unexpected("release")),
+        }
     }
+}
 
+#[async_trait]
+impl Snapshots for SqliteStore {
     async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()> {
         let op = Op::PutSnapshot {
             plan_id: plan_id.to_owned(),
@@ -558,33 +605,10 @@ impl Store for SqliteStore {
         self.read(move |c| read::snapshot(c, &plan_id, at_or_before))
             .await
     }
+}
 
-    async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool> {
-        match self.write(Op::Delete(plan_id.to_owned())).await? {
-            Outcome::Deleted(found) => Ok(found),
-            _ => Err(unexpected("delete_plan")),
-        }
-    }
-
-    async fn claim(
-        &self,
-        plan_id: &str,
-        node: &str,
-        ttl_ms: u64,
-        now: Micros,
-    ) -> StoreResult<Fence> {
-        let op = Op::Claim {
-            plan_id: plan_id.to_owned(),
-            node: node.to_owned(),
-            ttl_ms,
-            now,
-        };
-        match self.write(op).await? {
-            Outcome::Claimed(fence) => Ok(fence),
-            _ => Err(unexpected("claim")),
-        }
-    }
-
+#[async_trait]
+impl Tokens for SqliteStore {
     async fn create_token(&self, token: TokenRow) -> StoreResult<()> {
         match self.write(Op::CreateToken(token)).await? {
             Outcome::Done => Ok(()),
@@ -613,7 +637,10 @@ impl Store for SqliteStore {
         let hash = hash.to_owned();
         self.read(move |c| read::token_by_hash(c, &hash)).await
     }
+}
 
+#[async_trait]
+impl Cursors for SqliteStore {
     async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
         let name = name.to_owned();
         self.read(move |c| read::cursor(c, &name)).await
@@ -629,17 +656,6 @@ impl Store for SqliteStore {
         {
             Outcome::Done => Ok(()),
             _ => Err(StoreError::Backend("unexpected writer answer".into())),
-        }
-    }
-
-    async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
-        let op = Op::Release {
-            plan_id: plan_id.to_owned(),
-            fence: fence.clone(),
-        };
-        match self.write(op).await? {
-            Outcome::Done => Ok(()),
-            _ => Err(unexpected("release")),
         }
     }
 }

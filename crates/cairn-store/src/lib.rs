@@ -7,16 +7,22 @@
 //!
 //! Architecture invariants:
 //! - Only backends know SQL. Nothing here names a database.
-//! - `append` is the only way a plan changes, and it is fenced twice: by `expected_seq`
+//! - `EventLog::append` is the only way a plan changes, and it is fenced twice: by `expected_seq`
 //!   (optimistic concurrency: the caller must have seen the whole log) and by the lease `Fence`
 //!   (one engine node drives a plan at a time).
 //! - An `Ok` from `append` or `create_plan` means the events are durable (fsync'd unless the
 //!   backend was opened with durability relaxed on purpose).
 //!
-//! [`conformance`] holds the test suite every backend must pass.
+//! The contract is split by concern, one narrow trait each: [`EventLog`], [`PlanIndex`],
+//! [`Leases`], [`Snapshots`], [`Tokens`] and [`Cursors`], with one [`StoreError`]. [`Store`] is
+//! all of them together, implemented for any type that implements each.
+//!
+//! With the `conformance` feature, [`conformance`] holds the test suite every backend must pass,
+//! one module per trait (it needs tokio, so the production build leaves it out).
 
 use async_trait::async_trait;
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 
 /// Microseconds since the Unix epoch. Every timestamp in storage is one of these.
@@ -217,9 +223,10 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The storage backend of cairn. Object safe: the engine holds an `Arc<dyn Store>`.
+/// The event log: every plan's append-only events, their checkpoint marks, and the writer's
+/// health. The one place a plan changes.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait EventLog: Send + Sync + 'static {
     /// Creates a plan with its first events. `AlreadyExists` when the id is taken.
     async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>>;
 
@@ -253,32 +260,6 @@ pub trait Store: Send + Sync + 'static {
     /// The highest global event id committed so far (0 when empty).
     async fn last_event_id(&self) -> StoreResult<u64>;
 
-    async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>>;
-
-    /// Plans newest first (by creation, ties by id), optionally of one state.
-    async fn list_plans(
-        &self,
-        state: Option<&str>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> StoreResult<Page<PlanRow>>;
-
-    /// Reviews of every plan, oldest opened first (ties in a stable order), optionally only
-    /// those in `state` and of one plan. An unknown plan lists nothing.
-    async fn list_reviews(
-        &self,
-        state: Option<&str>,
-        plan_id: Option<&str>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> StoreResult<Page<ReviewRow>>;
-
-    /// How many reviews are `open` and the oldest one's `opened_at`.
-    async fn open_reviews(&self) -> StoreResult<OpenReviews>;
-
-    /// Ids of every plan whose state is one of `states` (recovery on start).
-    async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>>;
-
     /// Checkpoints of a plan, oldest first, with `seq > after_seq`, at most `limit`.
     async fn list_checkpoints(
         &self,
@@ -290,21 +271,66 @@ pub trait Store: Send + Sync + 'static {
     /// The checkpoint at exactly `seq`, if that event carries one.
     async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>>;
 
-    /// Saves a materialised state of the plan at `seq` so loading needs no full replay.
-    /// Best effort for callers: losing one only costs replay time.
-    async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()>;
-
-    /// The newest snapshot with `seq <= at_or_before`.
-    async fn get_snapshot(
-        &self,
-        plan_id: &str,
-        at_or_before: u64,
-    ) -> StoreResult<Option<(u64, Vec<u8>)>>;
-
-    /// Removes a plan with its events, checkpoints, snapshots, reviews and lease. `Ok(false)` if
-    /// unknown.
+    /// Removes a plan with its events, checkpoints, snapshots, index row, reviews and lease.
+    /// `Ok(false)` if unknown.
     async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool>;
 
+    /// Counters of the backend's writer, if it keeps any. For metrics.
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
+
+    /// Why the last write failed with [`StoreError::Unavailable`], until a write succeeds again
+    /// (`None` while writes work). For readiness checks.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The plan index: one small row per plan (state name, last seq), kept by the log's writes, so
+/// plans can be listed and counted without replaying them.
+#[async_trait]
+pub trait PlanIndex: Send + Sync + 'static {
+    async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>>;
+
+    /// Plans newest first (by creation, ties by id), optionally of one state.
+    async fn list_plans(
+        &self,
+        state: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<PlanRow>>;
+
+    /// Ids of every plan whose state is one of `states` (recovery on start).
+    async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>>;
+
+    /// How many plans are in each state, as `(state, count)` pairs (states with no plan may be
+    /// left out). For metrics; backends that cannot answer cheaply keep this default.
+    async fn count_plans_by_state(&self) -> StoreResult<Vec<(String, u64)>> {
+        Err(StoreError::Backend(
+            "counting plans by state is not supported by this store".into(),
+        ))
+    }
+
+    /// Reviews of every plan (the review index, kept by the log's writes: see
+    /// [`Append::reviews`]), oldest opened first (ties in a stable order), optionally only
+    /// those in `state` and of one plan. An unknown plan lists nothing.
+    async fn list_reviews(
+        &self,
+        state: Option<&str>,
+        plan_id: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<ReviewRow>>;
+
+    /// How many reviews are `open` and the oldest one's `opened_at`.
+    async fn open_reviews(&self) -> StoreResult<OpenReviews>;
+}
+
+/// Leases: which engine node drives a plan. The [`Fence`] a claim returns is checked by every
+/// [`EventLog::append`] that carries it.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
     /// Takes or renews the lease of `node` on a plan until `now + ttl_ms`. Renewal by the owner
     /// keeps the token; a takeover after expiry increases it. `LeaseHeld` while another node's
     /// lease runs; `NotFound` for an unknown plan.
@@ -318,7 +344,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives a lease up (no-op when the fence is stale).
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()>;
+}
 
+/// Snapshots: materialised states of a plan at a seq, so loading needs no full replay. A cache
+/// of the log, never the truth.
+#[async_trait]
+pub trait Snapshots: Send + Sync + 'static {
+    /// Saves a materialised state of the plan at `seq` so loading needs no full replay.
+    /// Best effort for callers: losing one only costs replay time.
+    async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()>;
+
+    /// The newest snapshot with `seq <= at_or_before`.
+    async fn get_snapshot(
+        &self,
+        plan_id: &str,
+        at_or_before: u64,
+    ) -> StoreResult<Option<(u64, Vec<u8>)>>;
+}
+
+/// API tokens, stored by hash.
+#[async_trait]
+pub trait Tokens: Send + Sync + 'static {
     /// Stores a new token. `Invalid` when its id or hash is already taken.
     async fn create_token(&self, token: TokenRow) -> StoreResult<()>;
 
@@ -330,29 +376,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// The token with this hash, revoked or not.
     async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>>;
+}
 
-    /// A named position (e.g. the last event id a webhook delivered).
+/// Named positions kept durably (e.g. the last event id a webhook delivered).
+#[async_trait]
+pub trait Cursors: Send + Sync + 'static {
+    /// A named position.
     async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>>;
 
     /// Sets a named position durably.
     async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()>;
-
-    /// How many plans are in each state, as `(state, count)` pairs (states with no plan may be
-    /// left out). For metrics; backends that cannot answer cheaply keep this default.
-    async fn count_plans_by_state(&self) -> StoreResult<Vec<(String, u64)>> {
-        Err(StoreError::Backend(
-            "counting plans by state is not supported by this store".into(),
-        ))
-    }
-
-    /// Counters of the backend's writer, if it keeps any. For metrics.
-    fn stats(&self) -> Option<StoreStats> {
-        None
-    }
-
-    /// Why the last write failed with [`StoreError::Unavailable`], until a write succeeds again
-    /// (`None` while writes work). For readiness checks.
-    fn unavailable(&self) -> Option<String> {
-        None
-    }
 }
+
+/// Everything a backend keeps, for the code that needs all of it (the engine's handle, the
+/// composition root). Implemented for every type that implements each concern, so a backend
+/// implements the narrow traits and never this one; callers that need one concern take that
+/// trait (`Arc<dyn Tokens>`, `&dyn Cursors`) instead. Object safe: the engine holds an
+/// `Arc<dyn Store>`, and an `Arc<dyn Store>` coerces to any one concern's `Arc<dyn …>`.
+pub trait Store: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors {}
+
+impl<T: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + ?Sized> Store for T {}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cairn_store::conformance::{self, ev};
-use cairn_store::{Append, CreatePlan, Store, StoreError};
+use cairn_store::{Append, CreatePlan, EventLog, Leases, PlanIndex, StoreError, Tokens};
 use cairn_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 fn open(path: &Path, engine_lock: bool) -> SqliteStore {
@@ -294,9 +294,9 @@ async fn a_version_2_database_opens_and_its_tokens_never_expire() {
     let path = dir.path().join("old.db");
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../src/schema.sql"))
+        conn.execute_batch(include_str!("../../src/schema.sql"))
             .unwrap();
-        conn.execute_batch(include_str!("../src/schema_v2.sql"))
+        conn.execute_batch(include_str!("../../src/schema_v2.sql"))
             .unwrap();
         conn.execute_batch(
             "INSERT INTO tokens (id, user, role, hash, created_at, revoked_at)

@@ -1590,7 +1590,7 @@ fn integer_times(v: &mut Value) {
 /// became RFC 3339 strings) opens, and every plan reads and replays to the same state.
 #[tokio::test]
 async fn a_store_written_with_integer_times_reads_the_same() {
-    use cairn_store::{CreatePlan, NewEvent, Store};
+    use cairn_store::{CreatePlan, EventLog, NewEvent, PlanIndex, Snapshots};
     let dir = tempfile::tempdir().unwrap();
     let opts = EngineOptions {
         snapshot_every: 3,

@@ -1,7 +1,7 @@
 //! The committed `docs/openapi.json` must be what the code generates.
 //!
 //! To regenerate after changing a handler or a schema:
-//! `CAIRN_UPDATE_OPENAPI=1 cargo test -p cairn-server --test openapi`
+//! `CAIRN_UPDATE_OPENAPI=1 cargo test -p cairn-server --test cairn_server openapi`
 
 use std::path::PathBuf;
 
@@ -29,7 +29,7 @@ fn committed_openapi_document_is_current() {
             );
         panic!(
             "docs/openapi.json differs from what the code generates ({line}).\n\
-             Regenerate it with:\n    CAIRN_UPDATE_OPENAPI=1 cargo test -p cairn-server --test openapi\n\
+             Regenerate it with:\n    CAIRN_UPDATE_OPENAPI=1 cargo test -p cairn-server --test cairn_server openapi\n\
              and commit the result."
         );
     }

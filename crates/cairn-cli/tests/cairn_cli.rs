@@ -1,0 +1,16 @@
+//! The `cairn` binary end to end: one test binary, one module per area, so the suite links once.
+//!
+//! - `cli`: the local commands (validate, run, interventions, checkpoints, signals, the fixture
+//!   database written by an earlier release).
+//! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
+//! - `store`: the database file as users and disks treat it.
+//! - `worker`: `cairn worker` and the example workers against a real server.
+
+#[path = "cairn_cli/cli.rs"]
+mod cli;
+#[path = "cairn_cli/server.rs"]
+mod server;
+#[path = "cairn_cli/store.rs"]
+mod store;
+#[path = "cairn_cli/worker.rs"]
+mod worker;

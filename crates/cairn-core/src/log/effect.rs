@@ -1,0 +1,188 @@
+//! The recorded result of an applied intervention.
+//!
+//! `decide` runs an intervention on a copy of the state and records, as an [`Effect`], every way
+//! the copy differs from the state before: the steps added or changed (definition and record),
+//! the steps removed, the new order, the plan-level fields and the counters of retired steps. The
+//! fold applies the effect as it is and never re-runs the intervention or any validation, so a
+//! later change to the rules or defaults of an intervention cannot change what a log replays to.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::Timestamp;
+use crate::review::Review;
+use crate::state::{PauseReason, PlanState, PlanStatus, Step};
+
+/// What an applied intervention changed. Fields other than `version` are present only when
+/// something of theirs changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Effect {
+    /// The plan version after the intervention.
+    pub version: u64,
+    /// Steps added or changed, each whole (definition and record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<Step>,
+    /// Ids of the steps removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Every step id in its new order, when the order changed (a step added anywhere changes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<String>>,
+    /// The plan's status fields, all of them, when any changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanFields>,
+    /// The plan's own definition fields, all of them, when any changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<DefinitionFields>,
+    /// The attempt and run counters of retired steps, all of them, when any changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<BTreeMap<String, (u32, u32)>>,
+    /// Reviews changed (a vote, a close), each whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<Review>,
+}
+
+/// A plan's status and what goes with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanFields {
+    pub status: PlanStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<PauseReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_at: Option<Timestamp>,
+    #[serde(default)]
+    pub drained: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// A plan's definition apart from its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefinitionFields {
+    #[serde(default)]
+    pub query: String,
+    #[serde(default)]
+    pub metadata: Value,
+    pub max_parallel: u32,
+}
+
+impl PlanFields {
+    fn of(state: &PlanState) -> PlanFields {
+        PlanFields {
+            status: state.status,
+            pause_reason: state.pause_reason,
+            resume_at: state.resume_at,
+            drained: state.drained,
+            failure: state.failure.clone(),
+        }
+    }
+}
+
+impl DefinitionFields {
+    fn of(state: &PlanState) -> DefinitionFields {
+        DefinitionFields {
+            query: state.query.clone(),
+            metadata: state.metadata.clone(),
+            max_parallel: state.max_parallel,
+        }
+    }
+}
+
+impl Effect {
+    /// Everything that differs between `before` and `after` (the same plan).
+    pub fn between(before: &PlanState, after: &PlanState) -> Effect {
+        let set = after
+            .steps
+            .iter()
+            .filter(|s| before.step(&s.def.step_id) != Some(*s))
+            .cloned()
+            .collect();
+        let removed = before
+            .steps
+            .iter()
+            .filter(|s| after.index_of(&s.def.step_id).is_none())
+            .map(|s| s.def.step_id.clone())
+            .collect();
+        let ids = |s: &PlanState| -> Vec<String> {
+            s.steps.iter().map(|s| s.def.step_id.clone()).collect()
+        };
+        let order = (ids(before) != ids(after)).then(|| ids(after));
+        let plan = (PlanFields::of(before) != PlanFields::of(after)).then(|| PlanFields::of(after));
+        let definition = (DefinitionFields::of(before) != DefinitionFields::of(after))
+            .then(|| DefinitionFields::of(after));
+        let retired = (before.retired != after.retired).then(|| after.retired.clone());
+        let reviews = after
+            .reviews
+            .iter()
+            .filter(|r| before.reviews.iter().find(|b| b.review_id == r.review_id) != Some(*r))
+            .cloned()
+            .collect();
+        Effect {
+            version: after.version,
+            set,
+            removed,
+            order,
+            plan,
+            definition,
+            retired,
+            reviews,
+        }
+    }
+
+    /// Applies the recorded facts to `state`. Never fails and checks nothing: an effect is what
+    /// happened.
+    pub fn apply(&self, state: &mut PlanState) {
+        state
+            .steps
+            .retain(|s| !self.removed.contains(&s.def.step_id));
+        for step in &self.set {
+            match state.index_of(&step.def.step_id) {
+                Some(i) => state.steps[i] = step.clone(),
+                None => state.steps.push(step.clone()),
+            }
+        }
+        if let Some(order) = &self.order {
+            let position: std::collections::HashMap<&str, usize> = order
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), i))
+                .collect();
+            // A stable sort: a step the order does not name (none, in a log cairn wrote) keeps
+            // its place after the named ones.
+            state.steps.sort_by_key(|s| {
+                position
+                    .get(s.def.step_id.as_str())
+                    .copied()
+                    .unwrap_or(usize::MAX)
+            });
+        }
+        if let Some(p) = &self.plan {
+            state.status = p.status;
+            state.pause_reason = p.pause_reason;
+            state.resume_at = p.resume_at;
+            state.drained = p.drained;
+            state.failure = p.failure.clone();
+        }
+        if let Some(d) = &self.definition {
+            state.query = d.query.clone();
+            state.metadata = d.metadata.clone();
+            state.max_parallel = d.max_parallel;
+        }
+        if let Some(retired) = &self.retired {
+            state.retired = retired.clone();
+        }
+        for review in &self.reviews {
+            match state
+                .reviews
+                .iter_mut()
+                .find(|r| r.review_id == review.review_id)
+            {
+                Some(r) => *r = review.clone(),
+                None => state.reviews.push(review.clone()),
+            }
+        }
+        state.version = self.version;
+    }
+}

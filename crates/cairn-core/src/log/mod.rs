@@ -1,0 +1,181 @@
+//! How events are stored: the log's format version, and reading any format this build knows.
+//!
+//! The log is users' data and outlives the build that wrote it. Every stored event carries the
+//! format it was written in ([`FORMAT`] for new ones). [`decode`] reads an event of any format up
+//! to [`FORMAT`]: it first runs the upcasters of [`upcast`], one per format step, over the stored
+//! JSON, then reads the result as today's [`EventKind`]. Reading is lenient: fields this build
+//! does not know are ignored, so a field added later never makes a log unreadable. Strictness
+//! belongs to input (plan documents, request bodies), which is checked by hand where it is parsed.
+//!
+//! A change to the shape of [`EventKind`] or of any type it contains is a change of the stored
+//! format: an optional field with a default may be added freely; anything else needs a new
+//! [`FORMAT`] and an upcaster from the previous one, with a test.
+//!
+//! Formats:
+//! - 1: everything written before stored events carried a format. Its `intervention_applied`
+//!   records the request only; replay re-applies it with the frozen rules of [`v1`].
+//! - 2: `intervention_applied` also records its [`Effect`], the facts replay applies.
+
+mod effect;
+pub mod upcast;
+pub mod v1;
+
+pub use effect::{DefinitionFields, Effect, PlanFields};
+
+use serde_json::Value;
+
+use crate::event::EventKind;
+
+/// The format new events are written in.
+pub const FORMAT: u32 = 2;
+
+/// The format of events stored before events carried one.
+pub const FIRST_FORMAT: u32 = 1;
+
+/// Why a stored event cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Written by a later build, in a format this one does not know.
+    #[error(
+        "event of type {kind} was written by a newer cairn (log format {format}); \
+         this build reads up to {FORMAT}"
+    )]
+    Newer { kind: String, format: u32 },
+    /// Format 0 does not exist.
+    #[error("event of type {kind} has log format 0, which no cairn ever wrote")]
+    NoFormat { kind: String },
+    /// The data is not JSON, or not an event of its type.
+    #[error("event of type {kind} (log format {format}): {message}")]
+    Malformed {
+        kind: String,
+        format: u32,
+        message: String,
+    },
+}
+
+/// An event ready to store: its type name, format and data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub kind: &'static str,
+    pub format: u32,
+    pub data: String,
+}
+
+/// Encodes an event for the log, in the current [`FORMAT`].
+pub fn encode(kind: &EventKind) -> Encoded {
+    Encoded {
+        kind: kind.type_name(),
+        format: FORMAT,
+        data: kind.data_json(),
+    }
+}
+
+/// Reads a stored event written in `format`, upcasting it to the current one.
+pub fn decode(kind: &str, format: u32, data: &str) -> Result<EventKind, DecodeError> {
+    let malformed = |message: String| DecodeError::Malformed {
+        kind: kind.to_owned(),
+        format,
+        message,
+    };
+    if format == 0 {
+        return Err(DecodeError::NoFormat {
+            kind: kind.to_owned(),
+        });
+    }
+    if format > FORMAT {
+        return Err(DecodeError::Newer {
+            kind: kind.to_owned(),
+            format,
+        });
+    }
+    let mut value: Value = serde_json::from_str(data).map_err(|e| malformed(e.to_string()))?;
+    for from in format..FORMAT {
+        value = upcast::step(from, kind, value).map_err(malformed)?;
+    }
+    let whole = serde_json::json!({ "type": kind, "data": value });
+    serde_json::from_value(whole).map_err(|e| malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod replay_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Timestamp;
+
+    #[test]
+    fn events_round_trip_through_the_current_format() {
+        let kind = EventKind::StepFailed {
+            step_id: "s".into(),
+            attempt: 2,
+            error: "boom".into(),
+            retry_at: Some(Timestamp::from_micros(1_796_159_669_123_456)),
+        };
+        let e = encode(&kind);
+        assert_eq!((e.kind, e.format), ("step_failed", FORMAT));
+        assert_eq!(decode(e.kind, e.format, &e.data).unwrap(), kind);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_by_name() {
+        let err = decode("plan_started", FORMAT + 1, "{}").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "event of type plan_started was written by a newer cairn (log format {}); \
+                 this build reads up to {FORMAT}",
+                FORMAT + 1
+            )
+        );
+        assert!(matches!(
+            decode("plan_started", 0, "{}"),
+            Err(DecodeError::NoFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_data_names_type_and_format() {
+        let err = decode("step_started", 1, r#"{"step_id": 3}"#).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("event of type step_started (log format 1):"),
+            "{text}"
+        );
+        let err = decode("no_such_event", FORMAT, "{}").unwrap_err();
+        assert!(err.to_string().contains("no_such_event"), "{err}");
+    }
+
+    /// Fields a later build may add are ignored by this one, at every depth of the stored types.
+    #[test]
+    fn unknown_fields_in_stored_data_are_ignored() {
+        let registered = r#"{
+            "definition": {
+                "query": "q", "later_plan_field": 1,
+                "steps": [{"step_id": "a", "action": "x", "agent_type": "t",
+                           "later_step_field": {"deep": true},
+                           "retry": {"max_attempts": 3, "jitter": 0.5}}]
+            },
+            "later_event_field": "x"
+        }"#;
+        let EventKind::PlanRegistered { definition, .. } =
+            decode("plan_registered", 1, registered).unwrap()
+        else {
+            panic!("not a registration");
+        };
+        assert_eq!(definition.steps[0].retry_policy().max_attempts, 3);
+        let applied = r#"{"intervention": {
+            "intervention_id": "iv-3", "plan_id": "p", "type": "skip_step", "step_id": "a",
+            "payload": {"type": "skip_step", "step_id": "a", "later": 1},
+            "user": "u", "created_at": 5, "status": "applied", "plan_version": 1, "diff": [],
+            "later_record_field": []
+        }, "effect": {"version": 1, "later_effect_field": 2,
+                      "plan": {"status": "running", "drained": false, "later": 0}}}"#;
+        let EventKind::InterventionApplied { effect, .. } =
+            decode("intervention_applied", FORMAT, applied).unwrap()
+        else {
+            panic!("not an intervention");
+        };
+        assert_eq!(effect.unwrap().version, 1);
+    }
+}

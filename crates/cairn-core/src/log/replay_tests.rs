@@ -1,0 +1,192 @@
+//! Replay of stored logs: format-1 events as releases before the format wrote them, and
+//! effects that today's rules would refuse.
+
+use serde_json::json;
+
+use super::*;
+use crate::event::{Event, Timestamp};
+use crate::intervention::{self, InterventionKind};
+use crate::state::{PauseReason, PlanState, PlanStatus, StepStatus};
+
+const PLAN: &str = "p";
+
+/// A log as stored rows: `(type, format, data)`, given seqs from 1.
+fn log(rows: &[(&str, u32, serde_json::Value)]) -> Vec<Event> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, (kind, format, data))| Event {
+            id: i as u64 + 1,
+            seq: i as u64 + 1,
+            plan_id: PLAN.into(),
+            at: Timestamp::from_micros(1_000_000 + i as i64),
+            actor: "ann".into(),
+            kind: decode(kind, *format, &data.to_string()).expect("row decodes"),
+            checkpoint: None,
+        })
+        .collect()
+}
+
+fn registered() -> (&'static str, u32, serde_json::Value) {
+    (
+        "plan_registered",
+        1,
+        json!({"definition": {"query": "q", "steps": [
+            {"step_id": "a", "action": "x", "agent_type": "t"},
+            {"step_id": "b", "action": "x", "agent_type": "t"},
+            {"step_id": "c", "action": "x", "agent_type": "t"}
+        ]}}),
+    )
+}
+
+/// The record of an applied intervention as format 1 wrote it.
+fn applied_v1(seq: u64, payload: serde_json::Value) -> (&'static str, u32, serde_json::Value) {
+    let kind = payload["type"].as_str().unwrap().to_owned();
+    (
+        "intervention_applied",
+        1,
+        json!({"intervention": {
+            "intervention_id": format!("iv-{seq}"), "plan_id": PLAN, "type": kind,
+            "payload": payload, "user": "ann", "created_at": 1_000_000,
+            "status": "applied", "plan_version": 1, "diff": []
+        }}),
+    )
+}
+
+fn ids(state: &PlanState) -> Vec<&str> {
+    state.steps.iter().map(|s| s.def.step_id.as_str()).collect()
+}
+
+#[test]
+fn format_1_interventions_replay_by_the_frozen_rules() {
+    let events = log(&[
+        registered(),
+        ("plan_started", 1, json!({})),
+        (
+            "step_started",
+            1,
+            json!({"step_id": "a", "attempt": 1, "run": 1}),
+        ),
+        (
+            "step_failed",
+            1,
+            json!({"step_id": "a", "attempt": 1, "error": "boom"}),
+        ),
+        ("plan_failed", 1, json!({"step_id": "a", "error": "boom"})),
+        applied_v1(6, json!({"type": "retry_step", "step_id": "a"})),
+        applied_v1(
+            7,
+            json!({"type": "add_step", "insert_after": "a",
+                   "step": {"step_id": "d", "action": "y", "agent_type": "t"}}),
+        ),
+        applied_v1(8, json!({"type": "remove_step", "step_id": "c"})),
+        applied_v1(
+            9,
+            json!({"type": "modify_step", "step_id": "b", "patch": {"params": {"k": 1}}}),
+        ),
+        applied_v1(
+            10,
+            json!({"type": "reorder_steps", "order": ["b", "a", "d"]}),
+        ),
+        applied_v1(11, json!({"type": "skip_step", "step_id": "d"})),
+    ]);
+    let st = PlanState::replay(PLAN, &events);
+    assert_eq!(ids(&st), ["b", "a", "d"]);
+    assert_eq!(st.status, PlanStatus::Paused);
+    assert_eq!(st.pause_reason, Some(PauseReason::Intervention));
+    assert_eq!(st.failure, None);
+    assert_eq!(
+        st.version, 5,
+        "add, remove, modify and reorder each bump it"
+    );
+    let a = &st.step("a").unwrap().rec;
+    assert_eq!((a.status, a.run, a.attempts), (StepStatus::Pending, 2, 1));
+    assert_eq!(st.step("b").unwrap().def.params, json!({"k": 1}));
+    assert_eq!(st.step("d").unwrap().rec.status, StepStatus::Skipped);
+    assert_eq!(st.retired.get("c"), Some(&(0, 1)));
+}
+
+const ANN: intervention::By<'static> = intervention::By {
+    user: "ann",
+    reason: None,
+};
+
+/// What an old log replays to cannot depend on today's rules: an effect is applied as it is, even
+/// one that the rules of this build would refuse.
+#[test]
+fn a_changed_rule_cannot_change_what_an_old_log_replays_to() {
+    let events = log(&[registered()]);
+    let mut st = PlanState::replay(PLAN, &events);
+    // A step today's rules refuse (an empty action), as an earlier release may have accepted.
+    let step = json!({"step_id": "d", "action": "", "agent_type": "t"});
+    let kind = InterventionKind::AddStep {
+        step: step.clone(),
+        after: Some("a".into()),
+        before: None,
+    };
+    let refused = intervention::mutate(&mut st.clone(), &kind, Timestamp::EPOCH, &ANN);
+    assert!(refused.is_err(), "today's rules must refuse the step");
+    let mut after = st.clone();
+    after.steps.insert(
+        1,
+        crate::state::Step {
+            def: serde_json::from_value(step).unwrap(),
+            rec: crate::state::StepRecord::new(),
+        },
+    );
+    after.version += 1;
+    let effect = Effect::between(&st, &after);
+    assert_eq!(effect.order.as_deref().map(|o| o.len()), Some(4));
+    let stored = json!({
+        "intervention": {
+            "intervention_id": "iv-2", "plan_id": PLAN, "type": "add_step",
+            "payload": {"type": "add_step", "step": {"step_id": "d", "action": "", "agent_type": "t"}, "after": "a"},
+            "user": "ann", "created_at": 1_000_000, "status": "applied", "plan_version": 2,
+            "diff": []
+        },
+        "effect": effect,
+    });
+    let event = log(&[registered(), ("intervention_applied", FORMAT, stored)])
+        .pop()
+        .unwrap();
+    st.apply(&event);
+    assert_eq!(ids(&st), ["a", "d", "b", "c"]);
+    assert_eq!(st.step("d").unwrap().def.action, "");
+    assert_eq!(st.version, 2);
+}
+
+/// A format-1 event cannot smuggle in an effect: it would be applied instead of the rules the
+/// release that wrote it had.
+#[test]
+fn a_format_1_intervention_with_an_effect_is_refused() {
+    let (kind, _, mut data) = applied_v1(2, json!({"type": "skip_step", "step_id": "a"}));
+    data["effect"] = json!({"version": 1});
+    let err = decode(kind, 1, &data.to_string()).unwrap_err();
+    assert!(err.to_string().contains("cannot carry an effect"), "{err}");
+}
+
+/// Every kind of applied intervention records an effect that reproduces it exactly.
+#[test]
+fn effects_reproduce_every_intervention() {
+    let base = PlanState::replay(PLAN, &log(&[registered()]));
+    let at = Timestamp::from_micros(5);
+    let kinds = [
+        json!({"type": "skip_step", "step_id": "b"}),
+        json!({"type": "complete_step", "step_id": "a", "output": {"x": 1}}),
+        json!({"type": "add_step", "before": "a", "step": {"step_id": "z", "action": "y", "agent_type": "t"}}),
+        json!({"type": "remove_step", "step_id": "c"}),
+        json!({"type": "modify_step", "step_id": "c", "patch": {"timeout_ms": 5}}),
+        json!({"type": "reorder_steps", "order": ["a", "c", "b"]}),
+    ];
+    for body in kinds {
+        let kind: InterventionKind = serde_json::from_value(body.clone()).unwrap();
+        let mut after = base.clone();
+        intervention::mutate(&mut after, &kind, at, &ANN).unwrap_or_else(|e| panic!("{body}: {e}"));
+        let effect = Effect::between(&base, &after);
+        let text = serde_json::to_string(&effect).unwrap();
+        let mut replayed = base.clone();
+        serde_json::from_str::<Effect>(&text)
+            .unwrap()
+            .apply(&mut replayed);
+        assert_eq!(replayed, after, "{body}");
+    }
+}

@@ -1,0 +1,494 @@
+//! Quality gates and reviews: every path a verdict can take, every decision a reviewer can make,
+//! and every refusal, driven through `handle` like the engine drives it. Each command also checks
+//! that the fold of the whole log equals the live state (see `Sim::try_cmd`).
+
+use super::*;
+use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
+use cairn_core::{ReviewOutcome, ReviewState};
+
+/// A gated step `a` (with `gate` as its `quality_gate` in YAML flow style), then `b`, which
+/// renders `a`'s output into its params.
+fn gated(gate: &str) -> Sim {
+    Sim::new(&format!(
+        "steps:\n  - {{step_id: a, action: x, agent_type: t, quality_gate: {gate}}}\n  - {{step_id: b, action: y, agent_type: t, params: {{prev: '{{{{ steps.a.output }}}}'}}}}\n"
+    ))
+}
+
+impl Sim {
+    /// The executor of `step`'s current attempt answers `output` with `scores`.
+    fn scored(&mut self, step: &str, scores: Value, output: Value) -> Decision {
+        let a = self.attempt(step);
+        self.report(
+            step,
+            a,
+            StepResult::Completed {
+                output,
+                scores: scores.as_object().cloned(),
+            },
+        )
+    }
+
+    fn intervene_as(&mut self, user: &str, body: Value) -> Decision {
+        let req = InterventionRequest::from_body(body).expect("well-formed intervention body");
+        self.try_cmd_as(user, Command::Intervene(req))
+            .expect("interventions are recorded, refused or not")
+    }
+
+    fn review(&self, step: &str) -> &cairn_core::Review {
+        self.st
+            .reviews
+            .iter()
+            .rev()
+            .find(|r| r.step_id == step)
+            .unwrap_or_else(|| panic!("no review of {step}"))
+    }
+}
+
+fn refused_as(d: &Decision, kind: RefusalKind, text: &str) {
+    let r = d.refusal.as_ref().expect("refused");
+    assert_eq!(r.kind, kind, "{}", r.message);
+    assert!(r.message.contains(text), "{:?} lacks {text:?}", r.message);
+    assert_eq!(types(d), vec!["intervention_failed"]);
+}
+
+fn applied_by<'a>(d: &'a Decision, user: &str) -> &'a cairn_core::Intervention {
+    let rec = d
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::InterventionApplied { intervention, .. } if intervention.user == user => {
+                Some(intervention)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no intervention by {user} in {:?}", types(d)));
+    assert_eq!(rec.status, InterventionStatus::Applied);
+    rec
+}
+
+#[test]
+fn a_passing_gate_completes_the_step_in_the_same_decision() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}, max_scores: {cost: 2}}");
+    sim.start();
+    let d = sim.scored("a", json!({"accuracy": 0.8, "cost": 2}), json!("draft"));
+    assert_eq!(
+        types(&d),
+        vec!["gate_evaluated", "step_completed", "step_started"]
+    );
+    let EventKind::GateEvaluated {
+        verdict, failed, ..
+    } = &d.events[0].kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(*verdict, cairn_core::gate::VerdictKind::Passed);
+    assert!(failed.is_empty());
+    assert_eq!(
+        sim.rec("a").scores.as_ref().unwrap().get("accuracy"),
+        Some(0.8)
+    );
+    assert_eq!(started(&d), vec![("b".into(), 1)]);
+}
+
+#[test]
+fn scores_that_are_not_numbers_fail_the_step_naming_the_score() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}}");
+    sim.start();
+    let d = sim.scored("a", json!({"accuracy": "high"}), json!("draft"));
+    assert_eq!(types(&d), vec!["step_failed", "plan_failed"]);
+    let err = sim.rec("a").error.clone().unwrap();
+    assert!(err.contains("score `accuracy`"), "{err}");
+    // Without a gate too: scores are checked for every step.
+    let mut sim = Sim::linear(&["a"]);
+    sim.start();
+    sim.scored("a", json!({"n": null}), json!(1));
+    assert!(sim.rec("a").error.clone().unwrap().contains("score `n`"));
+}
+
+#[test]
+fn on_fail_retry_reruns_with_feedback_until_the_retries_run_out_then_reviews() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}, on_fail: retry, max_retries: 2}");
+    sim.start();
+    let d = sim.scored("a", json!({"accuracy": 0.5}), json!("v1"));
+    assert_eq!(
+        types(&d),
+        vec![
+            "gate_evaluated",
+            "step_failed",
+            "intervention_applied",
+            "step_started"
+        ]
+    );
+    let iv = applied_by(&d, GATE_USER);
+    assert_eq!(iv.kind, "retry_step");
+    assert!(iv
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("accuracy 0.5 is not >= 0.8"));
+    assert_eq!(started(&d), vec![("a".into(), 2)]);
+    let rec = sim.rec("a");
+    assert_eq!(
+        rec.run, 2,
+        "a gate retry is a new run: a new idempotency key"
+    );
+    assert_eq!(rec.gate_retries, 1);
+    let fb = rec
+        .gate_feedback
+        .clone()
+        .expect("feedback for the next attempt");
+    assert_eq!(fb.attempt, 1);
+    assert_eq!(fb.failed[0].criterion, "min_scores.accuracy");
+    assert_eq!(fb.failed[0].score, Some(0.5));
+    // The second gate retry, then the default on_retries_exhausted: review.
+    sim.scored("a", json!({"accuracy": 0.6}), json!("v2"));
+    assert_eq!(sim.attempt("a"), 3);
+    assert_eq!(sim.rec("a").gate_feedback.as_ref().unwrap().attempt, 2);
+    let d = sim.scored("a", json!({"accuracy": 0.7}), json!("v3"));
+    assert_eq!(
+        types(&d),
+        vec![
+            "gate_evaluated",
+            "review_opened",
+            "plan_paused",
+            "plan_drained"
+        ]
+    );
+    assert_eq!(sim.status("a"), StepStatus::AwaitingReview);
+    assert_eq!(sim.review("a").attempt, 3);
+}
+
+#[test]
+fn retries_exhausted_may_fail_the_plan_and_feedback_may_be_off() {
+    let mut sim = gated(
+        "{min_scores: {accuracy: 0.8}, on_fail: retry, max_retries: 1, feedback: false, on_retries_exhausted: fail}",
+    );
+    sim.start();
+    sim.scored("a", json!({}), json!("v1"));
+    assert_eq!(sim.attempt("a"), 2);
+    assert_eq!(sim.rec("a").gate_feedback, None);
+    let d = sim.scored("a", json!({"accuracy": 0.1}), json!("v2"));
+    assert_eq!(
+        types(&d),
+        vec!["gate_evaluated", "step_failed", "plan_failed"]
+    );
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    assert!(sim
+        .st
+        .failure
+        .as_deref()
+        .unwrap()
+        .contains("quality gate failed"));
+    // An operator's retry starts the gate afresh.
+    sim.intervene(json!({"type": "retry_step", "step_id": "a"}));
+    assert_eq!(sim.rec("a").gate_retries, 0);
+}
+
+#[test]
+fn on_fail_fail_fails_the_step_at_once() {
+    let mut sim = gated("{max_scores: {cost: 1}, on_fail: fail}");
+    sim.start();
+    let d = sim.scored("a", json!({"cost": 3}), json!("v1"));
+    assert_eq!(
+        types(&d),
+        vec!["gate_evaluated", "step_failed", "plan_failed"]
+    );
+    assert_eq!(sim.rec("a").output, None);
+}
+
+#[test]
+fn a_review_holds_the_output_pauses_the_plan_and_approval_resumes_it() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}}");
+    sim.start();
+    let d = sim.scored("a", json!({"accuracy": 0.5}), json!("draft"));
+    let seq = d.events[1].seq;
+    let review = sim.review("a").clone();
+    assert_eq!(review.review_id, format!("rv-{seq}"));
+    assert_eq!(review.output, json!("draft"));
+    assert_eq!(review.state, ReviewState::Open);
+    assert_eq!(review.failed.len(), 1);
+    // Dependents and templates never see the held output.
+    assert_eq!(sim.rec("a").output, None);
+    assert!(sim.st.template_context()["steps"].get("a").is_none());
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::ReviewRequired));
+    assert_eq!(sim.status("b"), StepStatus::Pending);
+
+    let d = sim.intervene_as(
+        "bob",
+        json!({"type": "approve_step", "step_id": "a", "attempt": 1, "reason": "fine"}),
+    );
+    assert_eq!(
+        types(&d),
+        vec!["intervention_applied", "plan_resumed", "step_started"]
+    );
+    assert_eq!(sim.status("a"), StepStatus::Completed);
+    assert_eq!(sim.rec("a").output, Some(json!("draft")));
+    let r = sim.review("a");
+    assert_eq!(r.outcome, Some(ReviewOutcome::Approved));
+    assert_eq!(r.votes.len(), 1);
+    assert_eq!(r.votes[0].user, "bob");
+    assert_eq!(started(&d), vec![("b".into(), 1)]);
+    // A second decision on the closed review is stale.
+    let d = sim.intervene_as("carol", json!({"type": "approve_step", "step_id": "a"}));
+    refused_as(&d, RefusalKind::Conflict, "no review of it is open");
+    sim.complete("b", json!(null));
+    assert_eq!(sim.st.status, PlanStatus::Completed);
+}
+
+#[test]
+fn always_review_holds_even_a_passing_result() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}, always_review: true}");
+    sim.start();
+    let d = sim.scored("a", json!({"accuracy": 0.9}), json!("good"));
+    assert_eq!(types(&d)[..2], ["gate_evaluated", "review_opened"]);
+    assert!(sim.review("a").failed.is_empty());
+}
+
+#[test]
+fn an_output_override_needs_a_reason_and_replaces_the_output() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}}");
+    sim.start();
+    sim.scored("a", json!({"accuracy": 0.5}), json!("draft"));
+    let d = sim.intervene_as(
+        "bob",
+        json!({"type": "approve_step", "step_id": "a", "output": "fixed"}),
+    );
+    refused_as(&d, RefusalKind::Invalid, "needs a reason");
+    assert_eq!(sim.status("a"), StepStatus::AwaitingReview);
+    let d = sim.intervene_as(
+        "bob",
+        json!({"type": "approve_step", "step_id": "a", "output": "fixed", "reason": "typo"}),
+    );
+    let iv = applied_by(&d, "bob");
+    assert_eq!(iv.reason.as_deref(), Some("typo"));
+    assert_eq!(sim.rec("a").output, Some(json!("fixed")));
+    assert_eq!(
+        sim.review("a").output,
+        json!("draft"),
+        "the audit keeps both"
+    );
+}
+
+#[test]
+fn a_rejection_fails_the_step_and_the_plan() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}}");
+    sim.start();
+    sim.scored("a", json!({"accuracy": 0.5}), json!("draft"));
+    let d = sim.intervene_as("bob", json!({"type": "reject_step", "step_id": "a"}));
+    refused_as(&d, RefusalKind::Invalid, "needs a reason");
+    let d = sim.intervene_as(
+        "bob",
+        json!({"type": "reject_step", "step_id": "a", "reason": "wrong sources"}),
+    );
+    assert_eq!(
+        types(&d),
+        vec!["intervention_applied", "plan_resumed", "plan_failed"]
+    );
+    assert_eq!(sim.status("a"), StepStatus::Failed);
+    assert_eq!(sim.review("a").outcome, Some(ReviewOutcome::Rejected));
+    assert!(sim.st.failure.as_deref().unwrap().contains("wrong sources"));
+}
+
+#[test]
+fn a_rejection_with_retry_runs_the_step_again_with_the_note() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}, feedback: false}");
+    sim.start();
+    sim.scored("a", json!({"accuracy": 0.5}), json!("draft"));
+    let d = sim.intervene_as(
+        "bob",
+        json!({"type": "reject_step", "step_id": "a", "attempt": 1, "reason": "cite sources", "retry": true}),
+    );
+    assert_eq!(started(&d), vec![("a".into(), 2)]);
+    let rec = sim.rec("a");
+    assert_eq!(rec.run, 2);
+    let fb = rec.gate_feedback.clone().unwrap();
+    assert_eq!(fb.note.as_deref(), Some("cite sources"));
+    assert_eq!(fb.reviewer.as_deref(), Some("bob"));
+    assert_eq!(fb.attempt, 1);
+    // The new attempt passes: the feedback is spent.
+    sim.scored("a", json!({"accuracy": 0.9}), json!("better"));
+    assert_eq!(sim.rec("a").gate_feedback, None);
+    assert_eq!(sim.rec("a").output, Some(json!("better")));
+}
+
+#[test]
+fn a_quorum_needs_distinct_approvers_and_each_vote_counts_once() {
+    let mut sim = gated("{always_review: true, review: {quorum: 2, reviewers: [ann, bob, cy]}}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    let d = sim.intervene_as("dan", json!({"type": "approve_step", "step_id": "a"}));
+    refused_as(&d, RefusalKind::Conflict, "its reviewers are ann, bob, cy");
+    let d = sim.intervene_as("ann", json!({"type": "approve_step", "step_id": "a"}));
+    assert_eq!(types(&d), vec!["intervention_applied"]);
+    assert_eq!(sim.status("a"), StepStatus::AwaitingReview);
+    let d = sim.intervene_as("ann", json!({"type": "approve_step", "step_id": "a"}));
+    refused_as(&d, RefusalKind::Conflict, "already voted");
+    let d = sim.intervene_as(
+        "bob",
+        json!({"type": "approve_step", "step_id": "a", "attempt": 7}),
+    );
+    refused_as(&d, RefusalKind::Conflict, "stale");
+    sim.intervene_as("bob", json!({"type": "approve_step", "step_id": "a"}));
+    assert_eq!(sim.status("a"), StepStatus::Completed);
+    let r = sim.review("a");
+    assert_eq!(r.approvals(), 2);
+    assert_eq!(r.outcome, Some(ReviewOutcome::Approved));
+}
+
+#[test]
+fn the_first_rejection_closes_a_quorum_review() {
+    let mut sim = gated("{always_review: true, review: {quorum: 2}}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    sim.intervene_as("ann", json!({"type": "approve_step", "step_id": "a"}));
+    sim.intervene_as(
+        "bob",
+        json!({"type": "reject_step", "step_id": "a", "reason": "no"}),
+    );
+    assert_eq!(sim.review("a").outcome, Some(ReviewOutcome::Rejected));
+    assert_eq!(sim.status("a"), StepStatus::Failed);
+}
+
+#[test]
+fn prevent_self_review_keeps_the_starter_from_approving() {
+    let mut sim = gated("{always_review: true, review: {prevent_self_review: true}}");
+    sim.start(); // by alice
+    assert_eq!(sim.st.started_by.as_deref(), Some("alice"));
+    sim.scored("a", json!({}), json!("draft"));
+    let d = sim.intervene_as("alice", json!({"type": "approve_step", "step_id": "a"}));
+    refused_as(&d, RefusalKind::Conflict, "prevent_self_review");
+    sim.intervene_as("bob", json!({"type": "approve_step", "step_id": "a"}));
+    assert_eq!(sim.status("a"), StepStatus::Completed);
+}
+
+#[test]
+fn a_review_times_out_on_its_own_clock_even_while_paused() {
+    let mut sim = gated("{always_review: true, review: {timeout_ms: 60000}}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    let deadline = sim.review("a").deadline.unwrap();
+    assert_eq!(sim.st.status, PlanStatus::Paused);
+    assert_eq!(sim.st.next_wake(), Some(deadline));
+    sim.advance(59_999);
+    assert!(sim.tick().events.is_empty());
+    sim.advance(1);
+    let d = sim.tick();
+    let iv = applied_by(&d, TIMEOUT_USER);
+    assert_eq!(iv.kind, "reject_step");
+    assert_eq!(sim.review("a").outcome, Some(ReviewOutcome::TimedOut));
+    assert_eq!(sim.review("a").votes[0].user, TIMEOUT_USER);
+    assert_eq!(sim.status("a"), StepStatus::Failed);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    assert_eq!(sim.st.next_wake(), None);
+}
+
+#[test]
+fn on_timeout_approve_completes_the_step() {
+    let mut sim =
+        gated("{always_review: true, review: {quorum: 2, timeout_ms: 1000, on_timeout: approve}}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    sim.intervene_as("ann", json!({"type": "approve_step", "step_id": "a"}));
+    sim.advance(1_000);
+    let d = sim.tick();
+    applied_by(&d, TIMEOUT_USER);
+    assert_eq!(sim.status("a"), StepStatus::Completed);
+    assert_eq!(sim.rec("a").output, Some(json!("draft")));
+    assert_eq!(started(&d), vec![("b".into(), 1)]);
+}
+
+#[test]
+fn cancel_voids_open_reviews() {
+    let mut sim = gated("{always_review: true}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    sim.cancel();
+    assert_eq!(sim.review("a").outcome, Some(ReviewOutcome::Voided));
+    assert!(!sim.st.has_open_review());
+}
+
+#[test]
+fn modify_of_a_step_under_review_voids_it_and_starts_a_new_run() {
+    let mut sim = gated("{always_review: true}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    let d = sim
+        .intervene(json!({"type": "modify_step", "step_id": "a", "patch": {"params": {"k": 1}}}));
+    assert_eq!(sim.review("a").outcome, Some(ReviewOutcome::Voided));
+    // The plan was paused only for the review: it resumes and the step runs again.
+    assert!(types(&d).contains(&"plan_resumed"), "{:?}", types(&d));
+    assert_eq!(started(&d), vec![("a".into(), 2)]);
+    assert_eq!(sim.rec("a").run, 2);
+}
+
+#[test]
+fn skip_and_remove_of_a_step_under_review_void_it() {
+    let mut sim = gated("{always_review: true}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    sim.intervene(json!({"type": "skip_step", "step_id": "a"}));
+    assert_eq!(sim.review("a").outcome, Some(ReviewOutcome::Voided));
+    assert_eq!(sim.status("b"), StepStatus::Running);
+
+    let mut sim = Sim::new(
+        "steps:\n  - {step_id: a, action: x, agent_type: t}\n  - {step_id: g, action: x, agent_type: t, depends_on: [], quality_gate: {always_review: true}}\n",
+    );
+    sim.start();
+    sim.scored("g", json!({}), json!("draft"));
+    sim.intervene(json!({"type": "remove_step", "step_id": "g"}));
+    assert_eq!(sim.review("g").outcome, Some(ReviewOutcome::Voided));
+    assert!(sim.st.step("g").is_none());
+}
+
+#[test]
+fn a_restore_never_carries_an_open_review() {
+    let mut sim = gated("{always_review: true}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    // The review's own commit is a checkpoint: restoring it brings the step back pending.
+    let seq = sim.last_checkpoint(CheckpointTrigger::Step);
+    let cmd = sim.restore_cmd(seq);
+    sim.ok(cmd);
+    assert_eq!(sim.status("a"), StepStatus::Pending);
+    assert_eq!(sim.rec("a").run, 2);
+    assert!(!sim.st.has_open_review());
+    assert_eq!(sim.review("a").outcome, Some(ReviewOutcome::Voided));
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("a".into(), 2)]);
+}
+
+#[test]
+fn steps_running_when_a_review_opens_finish_and_resume_continues_other_branches() {
+    let mut sim = Sim::new(
+        "steps:\n  - {step_id: g, action: x, agent_type: t, quality_gate: {always_review: true}}\n  - {step_id: d, action: x, agent_type: t, depends_on: [g]}\n  - {step_id: o, action: x, agent_type: t, depends_on: []}\n  - {step_id: o2, action: x, agent_type: t, depends_on: [o]}\n",
+    );
+    sim.start();
+    assert_eq!(sim.running(), ids(&["g", "o"]));
+    sim.scored("g", json!({}), json!("draft"));
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::ReviewRequired));
+    // o was running: it finishes, and nothing new starts while paused.
+    let d = sim.complete("o", json!(1));
+    assert!(started(&d).is_empty());
+    assert_eq!(types(&d), vec!["step_completed", "plan_drained"]);
+    // An operator's resume runs the other branch; g's dependent waits.
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("o2".into(), 1)]);
+    sim.complete("o2", json!(2));
+    assert_eq!(sim.st.status, PlanStatus::Running);
+    assert_eq!(sim.status("d"), StepStatus::Pending);
+    let d = sim.intervene_as("bob", json!({"type": "approve_step", "step_id": "g"}));
+    assert_eq!(started(&d), vec![("d".into(), 1)]);
+}
+
+#[test]
+fn a_gate_may_be_added_by_modify_step_and_is_validated() {
+    let mut sim = Sim::linear(&["a", "b"]);
+    let d = sim.intervene(json!({"type": "modify_step", "step_id": "a", "patch": {"quality_gate": {"on_fail": "sometimes"}}}));
+    let r = d.refusal.as_ref().expect("refused");
+    assert!(r.message.contains("quality_gate.on_fail"), "{}", r.message);
+    applied(&sim.intervene(json!({"type": "modify_step", "step_id": "a", "patch": {"quality_gate": {"min_scores": {"q": 1}, "on_fail": "fail"}}})));
+    sim.start();
+    sim.scored("a", json!({"q": 0}), json!(null));
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+}

@@ -1,0 +1,12 @@
+//! The engine end to end over a real SQLite store: one test binary, one module per area.
+//!
+//! - `engine`: plans, interventions, checkpoints and observers through the library API.
+//! - `executors`: the `command` and `http` executors and `cairn.toml`.
+//! - `remote`: the remote task queue.
+
+#[path = "cairn_engine/engine.rs"]
+mod engine;
+#[path = "cairn_engine/executors.rs"]
+mod executors;
+#[path = "cairn_engine/remote.rs"]
+mod remote;

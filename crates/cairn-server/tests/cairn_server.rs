@@ -1,0 +1,19 @@
+//! The HTTP server through its real router on a loopback port over a temporary SQLite store: one
+//! test binary, one module per area.
+//!
+//! - `hostile`: bursts of concurrent writes and malformed requests.
+//! - `metrics`: `/metrics`.
+//! - `openapi`: the committed `docs/openapi.json` against what the code generates.
+//! - `streams`: SSE, WebSocket and webhooks.
+//! - `tasks`: the remote task queue under `/v1/tasks`.
+
+#[path = "cairn_server/hostile.rs"]
+mod hostile;
+#[path = "cairn_server/metrics.rs"]
+mod metrics;
+#[path = "cairn_server/openapi.rs"]
+mod openapi;
+#[path = "cairn_server/streams.rs"]
+mod streams;
+#[path = "cairn_server/tasks.rs"]
+mod tasks;

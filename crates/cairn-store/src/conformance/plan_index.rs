@@ -1,0 +1,149 @@
+//! Conformance of the plan index: rows kept by the log's writes, listing with cursors, recovery's query ([`crate::PlanIndex`]).
+
+use super::*;
+
+/// Runs every case of this module, each against a fresh store from `make`.
+pub async fn run_all<S: Store>(make: impl Fn() -> S) {
+    case("plan_index::plan_row", Arc::new(make()), plan_row).await;
+    case("plan_index::list_plans", Arc::new(make()), list_plans).await;
+    case("plan_index::bad_cursor", Arc::new(make()), bad_cursor).await;
+    case(
+        "plan_index::plans_in_states",
+        Arc::new(make()),
+        plans_in_states,
+    )
+    .await;
+}
+
+pub async fn plan_row(store: Arc<dyn Store>) {
+    store.create_plan(create("p", 5, 1)).await.unwrap();
+    let row = store.get_plan("p").await.unwrap().unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.last_seq, row.created_at),
+        ("running", 1, 5)
+    );
+    assert_eq!(row.updated_at, 1_000_001);
+
+    // No state change: state kept, last_seq and updated_at move.
+    store.append(append("p", 1, 2)).await.unwrap();
+    let row = store.get_plan("p").await.unwrap().unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.last_seq, row.created_at),
+        ("running", 3, 5)
+    );
+    assert_eq!(row.updated_at, 1_000_003);
+
+    let mut req = append("p", 3, 1);
+    req.state = Some("paused".into());
+    store.append(req).await.unwrap();
+    let row = store.get_plan("p").await.unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.last_seq), ("paused", 4));
+    assert_eq!(row.updated_at, 1_000_004);
+
+    // A refused append changes nothing.
+    let mut req = append("p", 1, 1);
+    req.state = Some("done".into());
+    assert!(store.append(req).await.is_err());
+    assert_eq!(store.get_plan("p").await.unwrap().unwrap(), row);
+}
+
+pub async fn list_plans(store: Arc<dyn Store>) {
+    // 23 plans; created_at repeats in threes so ties must be broken consistently.
+    let mut expected = Vec::new();
+    for i in 0..23u64 {
+        let id = format!("plan-{i:02}");
+        let mut req = create(&id, (i / 3) as Micros, 1);
+        if i % 4 == 0 {
+            req.state = "done".into();
+        }
+        store.create_plan(req).await.unwrap();
+        expected.push(id);
+    }
+
+    let collect = |state: Option<&'static str>, limit: usize| {
+        let store = store.clone();
+        async move {
+            let mut all = Vec::new();
+            let mut cursor: Option<String> = None;
+            let mut pages = 0;
+            loop {
+                let page = store
+                    .list_plans(state, limit, cursor.as_deref())
+                    .await
+                    .unwrap();
+                assert!(page.items.len() <= limit);
+                pages += 1;
+                assert!(pages < 100, "pagination does not terminate");
+                all.extend(page.items);
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            all
+        }
+    };
+
+    let all = collect(None, 5).await;
+    let ids: Vec<&str> = all.iter().map(|r| r.plan_id.as_str()).collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), 23, "{ids:?}");
+    assert_eq!(unique.len(), 23, "a plan repeated: {ids:?}");
+    assert!(
+        all.windows(2).all(|w| w[0].created_at >= w[1].created_at),
+        "not newest first: {ids:?}"
+    );
+    // Newest first: the last three created (created_at 7, the highest) come first.
+    let head: HashSet<&str> = ids[..2].iter().copied().collect();
+    assert_eq!(head, HashSet::from(["plan-21", "plan-22"]));
+    // The same order whatever the page size.
+    let one_page = store.list_plans(None, 100, None).await.unwrap();
+    assert!(one_page.next_cursor.is_none());
+    assert_eq!(one_page.items, all);
+    let by_one = collect(None, 1).await;
+    assert_eq!(by_one, all);
+
+    let done = collect(Some("done"), 2).await;
+    let done_ids: Vec<&str> = done.iter().map(|r| r.plan_id.as_str()).collect();
+    let want: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| id[5..].parse::<u64>().unwrap() % 4 == 0)
+        .collect();
+    assert_eq!(done_ids, want);
+    assert!(done.iter().all(|r| r.state == "done"));
+
+    let none = store.list_plans(Some("nothing"), 5, None).await.unwrap();
+    assert!(none.items.is_empty() && none.next_cursor.is_none());
+    let zero = store.list_plans(None, 0, None).await;
+    assert!(matches!(zero, Err(StoreError::Invalid(_))), "{zero:?}");
+}
+
+pub async fn bad_cursor(store: Arc<dyn Store>) {
+    store.create_plan(create("p", 1, 1)).await.unwrap();
+    for garbage in ["", "garbage", "1.x", "x.1", "..", "1.2.3.4"] {
+        let r = store.list_plans(None, 5, Some(garbage)).await;
+        assert!(
+            matches!(r, Err(StoreError::BadCursor(_))),
+            "{garbage:?}: {r:?}"
+        );
+    }
+}
+
+pub async fn plans_in_states(store: Arc<dyn Store>) {
+    for (id, state) in [
+        ("a", "running"),
+        ("b", "paused"),
+        ("c", "done"),
+        ("d", "running"),
+    ] {
+        let mut req = create(id, 1, 1);
+        req.state = state.into();
+        store.create_plan(req).await.unwrap();
+    }
+    let mut got = store.plans_in_states(&["running", "paused"]).await.unwrap();
+    got.sort();
+    assert_eq!(got, ["a", "b", "d"]);
+    assert!(store.plans_in_states(&["zzz"]).await.unwrap().is_empty());
+    assert!(store.plans_in_states(&[]).await.unwrap().is_empty());
+}
