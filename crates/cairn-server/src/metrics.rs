@@ -60,6 +60,7 @@ pub fn handle() -> &'static PrometheusHandle {
         let builder = [
             ("cairn_step_duration_seconds", STEP_BUCKETS),
             ("cairn_pause_duration_seconds", PAUSE_BUCKETS),
+            ("cairn_review_wait_seconds", PAUSE_BUCKETS),
             ("cairn_http_request_duration_seconds", HTTP_BUCKETS),
         ]
         .into_iter()
@@ -96,6 +97,21 @@ fn describe() {
     describe_counter!(
         "cairn_interventions_total",
         "Interventions recorded, by type and status"
+    );
+    describe_counter!(
+        "cairn_gate_evaluations_total",
+        "Quality gate verdicts on step attempts, by agent type and verdict (passed, failed)"
+    );
+    describe_gauge!("cairn_reviews_open", "Reviews waiting for a decision");
+    describe_gauge!(
+        "cairn_review_oldest_open_seconds",
+        Unit::Seconds,
+        "How long the oldest open review has waited (0: none open)"
+    );
+    describe_histogram!(
+        "cairn_review_wait_seconds",
+        Unit::Seconds,
+        "Time from review_opened to the review's close (approved, rejected, timed out, voided), by outcome"
     );
     describe_counter!("cairn_plans_started_total", "plan_started events");
     describe_counter!(
@@ -264,6 +280,16 @@ pub async fn refresh(engine: &Engine, warned: &mut bool) {
             }
         }
     }
+    match store.open_reviews().await {
+        Ok(open) => {
+            gauge!("cairn_reviews_open").set(open.count as f64);
+            let age = open.oldest_opened_at.map_or(0.0, |at| {
+                seconds(Timestamp::from_micros(at), cairn_engine::now())
+            });
+            gauge!("cairn_review_oldest_open_seconds").set(age);
+        }
+        Err(e) => tracing::debug!(error = %e, "open reviews not available from this store"),
+    }
     if let Some(s) = store.stats() {
         counter!("cairn_store_commits_total").absolute(s.commits);
         counter!("cairn_store_appends_total").absolute(s.requests);
@@ -291,6 +317,8 @@ struct PlanMemo {
     /// While the plan runs: when it last made progress (started, resumed, a step started or
     /// ended). `None` while it is not running.
     progress_at: Option<Timestamp>,
+    /// Ids of the plan's reviews known open, for `cairn_review_wait_seconds` when they close.
+    open_reviews: Vec<String>,
 }
 
 struct Follower {
@@ -354,6 +382,54 @@ impl Follower {
             }
             Err(e) => tracing::warn!(error = %e, "running plans unknown to the metrics follower"),
         }
+        // Reviews opened before this process started: their wait is observed when they close.
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match self
+                .engine
+                .store()
+                .list_reviews(Some("open"), None, 1000, cursor.as_deref())
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::debug!(error = %e, "open reviews unknown to the metrics follower");
+                    break;
+                }
+            };
+            for r in page.items {
+                self.memo(&r.plan_id).open_reviews.push(r.review_id);
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+    }
+
+    /// Observes `cairn_review_wait_seconds` for the plan's tracked reviews that have closed,
+    /// reading the plan's state (only plans with an open review pay for this).
+    async fn reviews_closed(&mut self, plan_id: &str) {
+        let Ok(state) = self.engine.state(plan_id).await else {
+            return;
+        };
+        let Some(memo) = self.plans.get_mut(plan_id) else {
+            return;
+        };
+        memo.open_reviews.retain(|id| {
+            let Some(r) = state.reviews.iter().find(|r| &r.review_id == id) else {
+                return false;
+            };
+            if r.is_open() {
+                return true;
+            }
+            if let Some(closed) = r.closed_at {
+                let outcome = r.outcome.map_or("closed", |o| o.as_str());
+                histogram!("cairn_review_wait_seconds", "outcome" => outcome)
+                    .record(seconds(r.opened_at, closed));
+            }
+            false
+        });
     }
 
     /// Sets `cairn_plan_progress_age_seconds`: the longest a running plan has gone without
@@ -401,7 +477,39 @@ impl Follower {
 
     async fn observe(&mut self, e: &Event) {
         counter!("cairn_events_total", "type" => e.kind.type_name()).increment(1);
+        // A review closes by a decision, a timeout, a cancel or a change to its step: any event
+        // but an attempt starting may be one, so a plan with an open review is looked at.
+        let may_close_review = !matches!(
+            e.kind,
+            EventKind::StepStarted { .. }
+                | EventKind::StepClaimed { .. }
+                | EventKind::GateEvaluated { .. }
+                | EventKind::ReviewOpened { .. }
+        );
+        if may_close_review
+            && self
+                .plans
+                .get(&e.plan_id)
+                .is_some_and(|m| !m.open_reviews.is_empty())
+        {
+            self.reviews_closed(&e.plan_id).await;
+        }
         match &e.kind {
+            EventKind::GateEvaluated {
+                step_id, verdict, ..
+            } => {
+                let agent = self.agent_type(&e.plan_id, step_id).await;
+                let verdict = match verdict {
+                    cairn_core::gate::VerdictKind::Passed => "passed",
+                    cairn_core::gate::VerdictKind::Failed => "failed",
+                };
+                counter!("cairn_gate_evaluations_total",
+                    "agent_type" => agent, "verdict" => verdict)
+                .increment(1);
+            }
+            EventKind::ReviewOpened { review_id, .. } => {
+                self.memo(&e.plan_id).open_reviews.push(review_id.clone());
+            }
             EventKind::PlanRegistered { definition, .. } => {
                 let memo = self.memo(&e.plan_id);
                 *memo = PlanMemo::default();

@@ -28,12 +28,20 @@ async fn server() -> Result<Server> {
         &dir.path().join("cairn.db"),
         SqliteOptions::default(),
     )?);
-    let engine = Engine::open(
-        store.clone(),
-        Registry::with_builtins(),
-        EngineOptions::default(),
-    )
-    .await?;
+    let registry = Registry::with_builtins();
+    // The agent shipped with examples/gated.yaml: it scores its own output.
+    let writer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/agents/writer.py")
+        .to_string_lossy()
+        .into_owned();
+    registry.register(
+        "metrics.writer",
+        Arc::new(cairn_engine::executor::command::CommandExecutor::new(vec![
+            "python3".into(),
+            writer,
+        ])),
+    );
+    let engine = Engine::open(store.clone(), registry, EngineOptions::default()).await?;
     cairn_server::metrics::spawn_every(engine.clone(), Duration::from_millis(50));
     let token = create_token(&*store, "alice", Role::Admin).await?.token;
     let state = AppState::new(engine, Authenticator::new(store));
@@ -326,4 +334,119 @@ fn the_alerting_rules_pass_promtool() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_verdicts_open_reviews_and_review_waits_are_measured() -> Result<()> {
+    let s = server().await?;
+    // `good` covers 4 of 4 points (passes); `held` covers 2 of 4 and waits for review.
+    let gate = json!({"min_scores": {"coverage": 0.8}, "on_fail": "review"});
+    let plan = json!({
+        "plan_id": "metrics-gated",
+        "query": "q",
+        "steps": [
+            {"step_id": "good", "action": "w", "agent_type": "metrics.writer",
+             "params": {"must_cover": ["a", "b", "c", "d"], "start": 4}, "quality_gate": gate},
+            {"step_id": "held", "action": "w", "agent_type": "metrics.writer",
+             "params": {"must_cover": ["a", "b", "c", "d"], "start": 2}, "quality_gate": gate,
+             "depends_on": ["good"]},
+        ]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    s.call(reqwest::Method::POST, "/v1/plans/metrics-gated/start", None)
+        .await?;
+    s.metrics_with(&[
+        (
+            r#"cairn_gate_evaluations_total{agent_type="metrics.writer",verdict="passed"}"#,
+            Want::Exactly(1.0),
+        ),
+        (
+            r#"cairn_gate_evaluations_total{agent_type="metrics.writer",verdict="failed"}"#,
+            Want::Exactly(1.0),
+        ),
+        ("cairn_reviews_open", Want::AtLeast(1.0)),
+        ("cairn_review_oldest_open_seconds", Want::AtLeast(0.0)),
+    ])
+    .await?;
+    let inbox = s
+        .call(
+            reqwest::Method::GET,
+            "/v1/reviews?state=open&plan_id=metrics-gated",
+            None,
+        )
+        .await?;
+    assert_eq!(inbox["items"][0]["step_id"], "held", "{inbox}");
+    s.call(
+        reqwest::Method::POST,
+        "/v1/plans/metrics-gated/interventions",
+        Some(json!({"type": "approve_step", "step_id": "held", "attempt": 1})),
+    )
+    .await?;
+    s.metrics_with(&[(
+        r#"cairn_review_wait_seconds_count{outcome="approved"}"#,
+        Want::AtLeast(1.0),
+    )])
+    .await?;
+    Ok(())
+}
+
+/// Every metric `deploy/prometheus/alerts.yml` reads is one cairn exports: after the plans of
+/// the other tests (and this one's own), each name appears at /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerting_rules_read_only_exported_metrics() -> Result<()> {
+    let s = server().await?;
+    let plan = json!({
+        "plan_id": "metrics-alerts",
+        "query": "q",
+        "steps": [
+            {"step_id": "a", "action": "x", "agent_type": "builtin.echo"},
+            {"step_id": "b", "action": "x", "agent_type": "builtin.fail",
+             "params": {"retryable": false}, "depends_on": ["a"]},
+        ]
+    });
+    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
+        .await?;
+    // An intervention before the start, so cairn_interventions_total has a series.
+    s.call(
+        reqwest::Method::POST,
+        "/v1/plans/metrics-alerts/interventions",
+        Some(json!({"type": "modify_step", "step_id": "a", "patch": {"params": {"v": 1}}})),
+    )
+    .await?;
+    s.call(
+        reqwest::Method::POST,
+        "/v1/plans/metrics-alerts/start",
+        None,
+    )
+    .await?;
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus/alerts.yml"),
+    )?;
+    let mut names: Vec<String> = Vec::new();
+    for (i, _) in rules.match_indices("cairn_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    assert!(names.len() >= 6, "{names:?}");
+    let mut text = String::new();
+    let mut missing: Vec<String> = names.clone();
+    for _ in 0..100 {
+        text = s.metrics().await?;
+        missing.retain(|n| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(n.as_str()) && !l.starts_with('#'))
+        });
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("alerts.yml reads metrics /metrics does not export: {missing:?}\n{text}")
 }

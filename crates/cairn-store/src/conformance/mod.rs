@@ -34,7 +34,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::{
-    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, Store, StoreError, TokenRow,
+    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, OpenReviews, ReviewRow, Store,
+    StoreError, TokenRow,
 };
 
 pub mod cursors;
@@ -93,6 +94,7 @@ fn create(plan_id: &str, created_at: Micros, n: u64) -> CreatePlan {
         created_at,
         state: "running".into(),
         events: (1..=n).map(|s| ev(s, "created")).collect(),
+        reviews: Vec::new(),
     }
 }
 
@@ -105,6 +107,17 @@ fn append(plan_id: &str, expected_seq: u64, n: u64) -> Append {
         events: (expected_seq + 1..=expected_seq + n)
             .map(|s| ev(s, "step"))
             .collect(),
+        reviews: Vec::new(),
+    }
+}
+
+fn review(plan_id: &str, review_id: &str, state: &str, opened_at: Micros) -> ReviewRow {
+    ReviewRow {
+        plan_id: plan_id.into(),
+        review_id: review_id.into(),
+        state: state.into(),
+        opened_at,
+        data: format!("{{\"review_id\":\"{review_id}\",\"state\":\"{state}\"}}"),
     }
 }
 

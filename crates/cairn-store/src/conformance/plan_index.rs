@@ -13,6 +13,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
         plans_in_states,
     )
     .await;
+    case("plan_index::reviews", Arc::new(make()), reviews).await;
 }
 
 pub async fn plan_row(store: Arc<dyn Store>) {
@@ -146,4 +147,131 @@ pub async fn plans_in_states(store: Arc<dyn Store>) {
     assert_eq!(got, ["a", "b", "d"]);
     assert!(store.plans_in_states(&["zzz"]).await.unwrap().is_empty());
     assert!(store.plans_in_states(&[]).await.unwrap().is_empty());
+}
+
+/// The review index: rows written with the events, replaced by id, listed oldest first across
+/// plans with filters and cursors, counted when open, refused with a refused append, removed
+/// with their plan.
+pub async fn reviews(store: Arc<dyn Store>) {
+    let empty = store.list_reviews(None, None, 10, None).await.unwrap();
+    assert!(empty.items.is_empty() && empty.next_cursor.is_none());
+    assert_eq!(store.open_reviews().await.unwrap(), OpenReviews::default());
+
+    // A plan created with a (closed) review, as a fork or an import may be.
+    let mut req = create("a", 1, 1);
+    req.reviews = vec![review("a", "rv-1", "closed", 10)];
+    store.create_plan(req).await.unwrap();
+    store.create_plan(create("b", 2, 1)).await.unwrap();
+
+    let mut req = append("a", 1, 1);
+    req.reviews = vec![review("a", "rv-2", "open", 30)];
+    store.append(req).await.unwrap();
+    let mut req = append("b", 1, 1);
+    req.reviews = vec![review("b", "rv-2", "open", 20)];
+    store.append(req).await.unwrap();
+
+    let ids = |page: &crate::Page<ReviewRow>| -> Vec<(String, String)> {
+        page.items
+            .iter()
+            .map(|r| (r.plan_id.clone(), r.review_id.clone()))
+            .collect()
+    };
+    let all = store.list_reviews(None, None, 10, None).await.unwrap();
+    assert_eq!(
+        ids(&all),
+        [
+            ("a".into(), "rv-1".into()),
+            ("b".into(), "rv-2".into()),
+            ("a".into(), "rv-2".into())
+        ]
+    );
+    assert_eq!(all.items[2], review("a", "rv-2", "open", 30));
+    assert_eq!(
+        store.open_reviews().await.unwrap(),
+        OpenReviews {
+            count: 2,
+            oldest_opened_at: Some(20)
+        }
+    );
+
+    // Pages of one, in the same order, with no duplicates or gaps.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_reviews(None, None, 1, cursor.as_deref())
+            .await
+            .unwrap();
+        seen.extend(ids(&page));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids(&all));
+
+    let open = store
+        .list_reviews(Some("open"), None, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&open),
+        [("b".into(), "rv-2".into()), ("a".into(), "rv-2".into())]
+    );
+    let of_a = store.list_reviews(None, Some("a"), 10, None).await.unwrap();
+    assert_eq!(
+        ids(&of_a),
+        [("a".into(), "rv-1".into()), ("a".into(), "rv-2".into())]
+    );
+    let open_of_b = store
+        .list_reviews(Some("open"), Some("b"), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(&open_of_b), [("b".into(), "rv-2".into())]);
+    let none = store
+        .list_reviews(None, Some("zzz"), 10, None)
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+
+    // Deciding a review replaces its row.
+    let mut req = append("b", 2, 1);
+    req.reviews = vec![review("b", "rv-2", "closed", 20)];
+    store.append(req).await.unwrap();
+    let open = store
+        .list_reviews(Some("open"), None, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(&open), [("a".into(), "rv-2".into())]);
+    assert_eq!(
+        store.open_reviews().await.unwrap(),
+        OpenReviews {
+            count: 1,
+            oldest_opened_at: Some(30)
+        }
+    );
+
+    // A refused append writes no review.
+    let mut req = append("b", 1, 1);
+    req.reviews = vec![review("b", "rv-9", "open", 5)];
+    assert!(matches!(
+        store.append(req).await,
+        Err(StoreError::SeqConflict { .. })
+    ));
+    assert_eq!(store.open_reviews().await.unwrap().count, 1);
+
+    assert!(matches!(
+        store.list_reviews(None, None, 10, Some("nonsense")).await,
+        Err(StoreError::BadCursor(_))
+    ));
+    assert!(matches!(
+        store.list_reviews(None, None, 0, None).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Deleting a plan removes its reviews.
+    assert!(store.delete_plan("a").await.unwrap());
+    let all = store.list_reviews(None, None, 10, None).await.unwrap();
+    assert_eq!(ids(&all), [("b".into(), "rv-2".into())]);
+    assert_eq!(store.open_reviews().await.unwrap(), OpenReviews::default());
 }
