@@ -630,6 +630,72 @@ fn run_the_research_example_then_refuse_it_twice_then_run_it_under_another_id() 
         .expect(2, "a malformed --plan-id");
 }
 
+/// The gated example as its header describes it: the gate retries the writer once, then holds
+/// the step for review; `cairn run` says so and prints the commands that decide it; the printed
+/// approve command works as printed, and the plan runs on to the end with the approved output.
+#[test]
+fn the_gated_example_holds_a_step_for_review_and_the_printed_approval_lets_it_finish() {
+    let w = World::new();
+    std::fs::create_dir(w.path("agents")).unwrap();
+    for f in ["gated.yaml", "cairn.toml", "agents/writer.py"] {
+        std::fs::copy(examples_dir().join(f), w.path(f)).expect("copy example");
+    }
+    let run = w.cairn(&["run", "gated.yaml"]).expect(3, "run gated");
+    assert!(
+        run.stderr
+            .contains("step draft (attempt 2) awaits review: coverage 0.75 is not >= 0.8"),
+        "{}",
+        run.stderr
+    );
+    let view = w.show("gated_001");
+    assert_eq!(view["state"], "paused");
+    assert_eq!(view["pause_reason"], "review_required");
+    assert_eq!(step(&view, "draft")["status"], "awaiting_review");
+    assert_eq!(step(&view, "publish")["status"], "pending");
+    // The gate retry is in the audit trail as a retry_step by system:quality_gate.
+    let audit = w.json(&["plans", "interventions", "gated_001"]);
+    let by_gate: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["user"] == "system:quality_gate")
+        .collect();
+    assert_eq!(by_gate.len(), 1, "{audit}");
+    assert_eq!(by_gate[0]["type"], "retry_step");
+
+    let inbox = w.json(&["reviews", "list", "--state", "open"]);
+    assert_eq!(inbox["items"][0]["attempt"], 2, "{inbox}");
+    assert_eq!(inbox["items"][0]["output"]["missing"], json!(["risks"]));
+
+    // The approve command exactly as `cairn run` printed it.
+    let printed = run
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("approve: cairn "))
+        .unwrap_or_else(|| panic!("no approve command printed:\n{}", run.stderr))
+        .to_owned();
+    let mut args: Vec<&str> = printed.split_whitespace().collect();
+    args.extend(["--reason", "good enough"]);
+    w.raw(&args).expect(0, "the printed approve command");
+    // A second decision on the closed review is refused with a reason.
+    let again = w.raw(&args).expect(2, "approve twice");
+    assert!(again.stderr.contains("refused"), "{}", again.stderr);
+
+    let resume = w
+        .cairn(&["run", "--resume", "gated_001", "--json"])
+        .expect(0, "resume after the approval");
+    let done = resume.json();
+    assert_eq!(done["state"], "completed", "{done}");
+    let brief = done["outputs"]["publish"]["brief"].as_str().unwrap();
+    assert!(
+        brief.contains("attempt 2") && brief.contains("regulation"),
+        "{brief}"
+    );
+    let closed = w.json(&["reviews", "list", "--state", "closed"]);
+    assert_eq!(closed["items"][0]["outcome"], "approved", "{closed}");
+    assert_eq!(closed["items"][0]["votes"][0]["reason"], "good enough");
+}
+
 // ---- 3. agent types without an executor ----------------------------------------------------
 
 #[test]

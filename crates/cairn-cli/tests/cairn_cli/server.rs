@@ -2977,3 +2977,304 @@ async fn the_typed_client_reads_every_answer() {
     assert_eq!(snap.completed_steps, ["a", "b"]);
     assert_eq!(snap.plan.steps.len(), 2);
 }
+
+// ---- quality gates and the review inbox ----------------------------------------------------
+
+/// `examples/cairn.toml`: maps `writer` to `examples/agents/writer.py`.
+fn examples_config() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/cairn.toml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A step of the example writer that covers `start` of four points, held for review below 0.8.
+fn gated_step(id: &str, start: u32, review: Value) -> Value {
+    json!({"step_id": id, "action": "write", "agent_type": "writer",
+           "params": {"must_cover": ["a", "b", "c", "d"], "start": start},
+           "quality_gate": {"min_scores": {"coverage": 0.8}, "on_fail": "review", "review": review}})
+}
+
+/// A server of the examples' configuration, with tokens for two operators besides the admin.
+fn review_world() -> (TempDir, PathBuf, Server, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let config = examples_config();
+    let (server, admin) = Server::start(&db, &["--config", &config]);
+    assert!(admin.is_some(), "{}", server.stderr.lock().unwrap());
+    let alice = make_token(&db, "alice", "operator");
+    let bob = make_token(&db, "bob", "operator");
+    (dir, db, server, alice, bob)
+}
+
+/// `cairn reviews …` over the server, as JSON.
+fn reviews_json(server: &str, token: &str, args: &[&str]) -> Value {
+    let mut all = vec!["reviews"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let (code, out, err) = cli(&all, server, Some(token));
+    assert_eq!(code, 0, "cairn {all:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("cairn {all:?}: {e}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_over_the_cli_quorum_of_two_users_refusals_and_the_inbox() {
+    let (_dir, _db, server, alice, bob) = review_world();
+    let base = server.base.clone();
+    let api = Api::new(&base);
+    let op = Auth(&api, Some(&alice));
+    op.register(plan_doc(
+        "rq",
+        vec![
+            gated_step("draft", 2, json!({"quorum": 2})),
+            json!({"step_id": "publish", "action": "p", "agent_type": "builtin.echo",
+                   "params": {"brief": "{{ steps.draft.output.brief }}"}}),
+        ],
+    ))
+    .await;
+    // A second plan whose review stays open, to show the inbox spans plans and filters.
+    op.register(plan_doc("other", vec![gated_step("x", 1, json!({}))]))
+        .await;
+    op.post_empty("/v1/plans/rq/start")
+        .await
+        .expect(200, "start");
+    op.post_empty("/v1/plans/other/start")
+        .await
+        .expect(200, "start");
+    let p = op
+        .wait_for("rq", "held for review", |p| {
+            p["state"] == "paused" && step_status(p, "draft") == "awaiting_review"
+        })
+        .await;
+    assert_eq!(p["pause_reason"], "review_required", "{p}");
+    op.wait_for("other", "held for review", |p| p["state"] == "paused")
+        .await;
+
+    // The inbox over HTTP and from the CLI, filtered by state and plan.
+    let inbox = op
+        .get("/v1/reviews?state=open")
+        .await
+        .expect(200, "inbox")
+        .body;
+    let plans: BTreeSet<&str> = inbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["plan_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(plans, BTreeSet::from(["other", "rq"]), "{inbox}");
+    let mine = reviews_json(&base, &alice, &["list", "--state", "open", "--plan", "rq"]);
+    let items = mine["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{mine}");
+    let r = &items[0];
+    assert_eq!(r["step_id"], "draft");
+    assert_eq!(r["attempt"], 1);
+    assert_eq!(r["state"], "open");
+    assert_eq!(r["scores"]["coverage"], 0.5);
+    assert_eq!(r["failed"][0]["criterion"], "min_scores.coverage", "{r}");
+    assert_eq!(r["failed"][0]["bound"], 0.8);
+    assert_eq!(r["output"]["covered"], json!(["a", "b"]));
+    assert!(r["votes"].as_array().unwrap().is_empty());
+    let same = op
+        .get("/v1/reviews?state=open&plan_id=rq")
+        .await
+        .expect(200, "inbox of rq")
+        .body;
+    assert_eq!(same, mine, "the CLI prints the server's JSON");
+    let (code, table, _) = cli(&["reviews", "list", "--plan", "rq"], &base, Some(&alice));
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("coverage 0.5")
+            && table.contains("cairn reviews approve rq draft --attempt 1"),
+        "{table}"
+    );
+    op.get("/v1/reviews?state=maybe")
+        .await
+        .expect(400, "unknown review state");
+
+    // A decision on a stale attempt is refused: 409 over HTTP, exit 2 and the reason from the CLI.
+    let stale = op
+        .post(
+            "/v1/plans/rq/interventions",
+            json!({"type": "approve_step", "step_id": "draft", "attempt": 7}),
+        )
+        .await
+        .expect(409, "stale attempt");
+    assert_eq!(stale.body["error"]["intervention"]["status"], "failed");
+    let (code, _, err) = cli(
+        &["reviews", "approve", "rq", "draft", "--attempt", "7"],
+        &base,
+        Some(&alice),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("refused"), "{err}");
+    // Rejecting without a reason is refused before anything is sent.
+    let (code, _, err) = cli(
+        &["reviews", "reject", "rq", "draft", "--reason", " "],
+        &base,
+        Some(&alice),
+    );
+    assert_eq!(code, 2, "{err}");
+
+    // Quorum 2: alice approves (a vote, the review stays open), her second vote is refused,
+    // bob's approval closes it and the plan goes on by itself.
+    let v = reviews_json(
+        &base,
+        &alice,
+        &[
+            "approve",
+            "rq",
+            "draft",
+            "--attempt",
+            "1",
+            "--reason",
+            "fine",
+        ],
+    );
+    assert_eq!(v["status"], "applied", "{v}");
+    assert_eq!(v["user"], "alice");
+    let still = op.plan("rq").await;
+    assert_eq!(step_status(&still, "draft"), "awaiting_review", "{still}");
+    let (code, _, err) = cli(
+        &["reviews", "approve", "rq", "draft", "--attempt", "1"],
+        &base,
+        Some(&alice),
+    );
+    assert_eq!(code, 2, "a second vote by the same user is refused: {err}");
+    let v = reviews_json(&base, &bob, &["approve", "rq", "draft", "--attempt", "1"]);
+    assert_eq!(v["user"], "bob", "{v}");
+    let done = op.wait_state("rq", "completed").await;
+    assert_eq!(step_status(&done, "publish"), "completed");
+    // A decision on the closed review is refused too.
+    let (code, _, err) = cli(
+        &[
+            "reviews",
+            "reject",
+            "rq",
+            "draft",
+            "--attempt",
+            "1",
+            "--reason",
+            "late",
+        ],
+        &base,
+        Some(&bob),
+    );
+    assert_eq!(code, 2, "{err}");
+    let closed = reviews_json(
+        &base,
+        &alice,
+        &["list", "--state", "closed", "--plan", "rq"],
+    );
+    let r = &closed["items"][0];
+    assert_eq!(r["outcome"], "approved", "{closed}");
+    let voters: Vec<&str> = r["votes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(voters, ["alice", "bob"]);
+    // Every vote and every refusal is in the audit trail.
+    let audit = op
+        .get("/v1/plans/rq/interventions?limit=100")
+        .await
+        .expect(200, "audit")
+        .body;
+    let kinds: Vec<(String, String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "approve_step" || i["type"] == "reject_step")
+        .map(|i| {
+            (
+                i["type"].as_str().unwrap().to_owned(),
+                i["user"].as_str().unwrap().to_owned(),
+                i["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let applied = kinds.iter().filter(|k| k.2 == "applied").count();
+    let refused = kinds.iter().filter(|k| k.2 == "failed").count();
+    assert_eq!((applied, refused), (2, 4), "{kinds:?}");
+
+    // The other plan: rejected with --retry, the writer runs again with the note.
+    let v = reviews_json(
+        &base,
+        &bob,
+        &["reject", "other", "x", "--reason", "cover more", "--retry"],
+    );
+    assert_eq!(v["status"], "applied", "{v}");
+    let again = op
+        .wait_for("other", "a second attempt held", |p| {
+            p["state"] == "paused"
+                && p["steps"][0]["attempts"] == 2
+                && step_status(p, "x") == "awaiting_review"
+        })
+        .await;
+    assert_eq!(again["pause_reason"], "review_required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_keeps_an_open_review_open_and_an_acknowledged_approval() {
+    let (_dir, db, mut server, alice, _bob) = review_world();
+    let api = Api::new(&server.base);
+    let op = Auth(&api, Some(&alice));
+    op.register(plan_doc(
+        "k9",
+        vec![gated_step("a", 2, json!({})), gated_step("b", 2, json!({}))],
+    ))
+    .await;
+    op.post_empty("/v1/plans/k9/start")
+        .await
+        .expect(200, "start");
+    op.wait_for("k9", "a held", |p| step_status(p, "a") == "awaiting_review")
+        .await;
+
+    // kill -9 while the review is open: after a restart it is still open, still decidable.
+    server.kill9();
+    let config = examples_config();
+    let (server2, _) = Server::start(&db, &["--config", &config]);
+    let api = Api::new(&server2.base);
+    let op = Auth(&api, Some(&alice));
+    let inbox = op
+        .get("/v1/reviews?state=open&plan_id=k9")
+        .await
+        .expect(200, "inbox after restart")
+        .body;
+    assert_eq!(inbox["items"].as_array().unwrap().len(), 1, "{inbox}");
+    assert_eq!(inbox["items"][0]["step_id"], "a");
+    let p = op.plan("k9").await;
+    assert_eq!(step_status(&p, "a"), "awaiting_review", "{p}");
+
+    // Approve, and kill -9 right after the answer: the approval is kept.
+    op.post(
+        "/v1/plans/k9/interventions",
+        json!({"type": "approve_step", "step_id": "a", "attempt": 1}),
+    )
+    .await
+    .expect(201, "approve");
+    let mut server2 = server2;
+    server2.kill9();
+    let (server3, _) = Server::start(&db, &["--config", &config]);
+    let api = Api::new(&server3.base);
+    let op = Auth(&api, Some(&alice));
+    let p = op.plan("k9").await;
+    assert_eq!(step_status(&p, "a"), "completed", "{p}");
+    let closed = op
+        .get("/v1/reviews?state=closed&plan_id=k9")
+        .await
+        .expect(200, "closed reviews")
+        .body;
+    assert_eq!(closed["items"][0]["outcome"], "approved", "{closed}");
+    // The plan went on: b is held in turn (or already was), and its review is in the inbox.
+    op.wait_for("k9", "b held", |p| step_status(p, "b") == "awaiting_review")
+        .await;
+    let open = op
+        .get("/v1/reviews?state=open&plan_id=k9")
+        .await
+        .expect(200, "inbox")
+        .body;
+    assert_eq!(open["items"][0]["step_id"], "b", "{open}");
+    drop(server3);
+}
