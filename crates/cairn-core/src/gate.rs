@@ -545,6 +545,54 @@ mod tests {
         assert_eq!(serde_json::to_value(&s).unwrap(), json!({"n": 2, "x": 0.5}));
     }
 
+    /// A `step_completed` written before scores were typed (log format 1, any JSON values in
+    /// the map) still reads; the gate's events round-trip through the current format.
+    #[test]
+    fn stored_scores_and_gate_events_read_back() {
+        use crate::event::EventKind;
+        use crate::log::{decode, encode};
+        let old = decode(
+            "step_completed",
+            1,
+            r#"{"step_id":"s","attempt":1,"output":"o","scores":{"a":1,"b":"x","c":0.25}}"#,
+        )
+        .unwrap();
+        let EventKind::StepCompleted { scores, .. } = old else {
+            panic!("{old:?}")
+        };
+        assert_eq!(
+            serde_json::to_value(scores.unwrap()).unwrap(),
+            json!({"a": 1, "c": 0.25})
+        );
+        let failed = vec![FailedCriterion {
+            criterion: "min_scores.a".into(),
+            score: Some(0.5),
+            bound: 0.8,
+        }];
+        for kind in [
+            EventKind::GateEvaluated {
+                step_id: "s".into(),
+                attempt: 2,
+                scores: Scores::from_pairs([("a", 0.5)]),
+                verdict: VerdictKind::Failed,
+                failed: failed.clone(),
+            },
+            EventKind::ReviewOpened {
+                review_id: "rv-9".into(),
+                step_id: "s".into(),
+                attempt: 2,
+                scores: Scores::from_pairs([("a", 0.5)]),
+                failed,
+                deadline: Some(crate::Timestamp::from_micros(5_000_000)),
+                output: json!({"draft": true}),
+                quorum: 2,
+            },
+        ] {
+            let e = encode(&kind);
+            assert_eq!(decode(e.kind, e.format, &e.data).unwrap(), kind);
+        }
+    }
+
     #[test]
     fn what_a_verdict_leads_to() {
         let pass = Verdict {

@@ -175,16 +175,15 @@ impl PlanActor {
             .clone()
     }
 
-    /// Nothing left to do until someone asks: ended, or paused with nothing running and no
-    /// timer. Such a plan is unloaded (its memory freed, its lease released) and loaded again
-    /// from the store by the next command, so idle plans cost storage, not memory.
+    /// Nothing left to do until someone asks: ended, or paused with nothing running, and no
+    /// timer (`resume_at`, a review's deadline). Such a plan is unloaded (its memory freed, its
+    /// lease released) and loaded again from the store by the next command, so idle plans cost
+    /// storage, not memory.
     fn idle_and_done(&self) -> bool {
         let quiet = self.state.status.is_terminal()
-            || (self.state.status == cairn_core::PlanStatus::Paused
-                && self.state.drained
-                && self.state.resume_at.is_none())
+            || (self.state.status == cairn_core::PlanStatus::Paused && self.state.drained)
             || self.state.status == cairn_core::PlanStatus::Idle;
-        quiet && self.inflight.is_empty()
+        quiet && self.inflight.is_empty() && self.state.next_wake().is_none()
     }
 
     async fn renew_lease(&mut self) -> bool {
@@ -587,6 +586,7 @@ impl PlanActor {
             run: step.rec.run,
             timeout_ms: def.timeout_ms,
             query: self.state.query.clone(),
+            gate_feedback: step.rec.gate_feedback.clone(),
         };
         let executor = self.inner.executor_for(&def.agent_type);
         let remote = self.inner.opts.remote.clone();

@@ -621,6 +621,7 @@ mod tests {
             idempotency_key: "p/s/1".into(),
             timeout_ms: None,
             query: "q".into(),
+            gate_feedback: None,
         }
     }
 

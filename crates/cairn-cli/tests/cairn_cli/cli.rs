@@ -344,8 +344,11 @@ fn validate_accepts_a_good_plan_and_names_the_faults_of_bad_ones() {
         ),
         (
             "quality_gate.yaml",
-            "steps:\n  - {step_id: a, action: x, agent_type: builtin.echo, quality_gate: {min_scores: {accuracy: 0.8}, on_fail: review}}\n",
-            &["steps.a.quality_gate", "not supported"],
+            "steps:\n  - {step_id: a, action: x, agent_type: builtin.echo, quality_gate: {min_scores: {accuracy: high}, on_fial: review}}\n",
+            &[
+                "steps.a.quality_gate.min_scores.accuracy: the bound must be a finite number",
+                "unknown field `on_fial`; did you mean `on_fail`?",
+            ],
         ),
         (
             "bad_id.yaml",

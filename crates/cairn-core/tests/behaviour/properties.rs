@@ -27,6 +27,8 @@ struct StepGen {
     when: u8, // 0..=5: none; 6 true; 7 false; 8 on a dependency's status
     pause_after: bool,
     pause_before: bool,
+    /// 0..=4: no gate; otherwise one of the gates of [`gate_of`].
+    gate: u8,
 }
 
 fn step_gen() -> impl Strategy<Value = StepGen> {
@@ -37,17 +39,39 @@ fn step_gen() -> impl Strategy<Value = StepGen> {
         0u8..9,
         proptest::bool::weighted(0.1),
         proptest::bool::weighted(0.1),
+        0u8..10,
     )
         .prop_map(
-            |(deps, dep_mask, retry, when, pause_after, pause_before)| StepGen {
+            |(deps, dep_mask, retry, when, pause_after, pause_before, gate)| StepGen {
                 deps,
                 dep_mask,
                 retry,
                 when,
                 pause_after,
                 pause_before,
+                gate,
             },
         )
+}
+
+/// The gates generated steps carry: every `on_fail`, retries running out either way, always
+/// reviewing, quorums, restricted reviewers, self-review prevented, timeouts either way.
+fn gate_of(n: u8) -> Option<cairn_core::QualityGate> {
+    let g = match n {
+        0..=4 => return None,
+        5 => json!({"min_scores": {"q": 0.5}, "on_fail": "retry", "max_retries": 1}),
+        6 => {
+            json!({"min_scores": {"q": 0.5}, "max_scores": {"cost": 2}, "review": {"quorum": 2, "timeout_ms": 50}})
+        }
+        7 => json!({"min_scores": {"q": 0.5}, "on_fail": "fail"}),
+        8 => {
+            json!({"always_review": true, "review": {"reviewers": ["ann", "bob"], "prevent_self_review": true, "timeout_ms": 80, "on_timeout": "approve"}})
+        }
+        _ => {
+            json!({"min_scores": {"q": 0.7}, "on_fail": "retry", "max_retries": 2, "on_retries_exhausted": "fail", "feedback": false})
+        }
+    };
+    Some(serde_json::from_value(g).expect("generated gates read"))
 }
 
 fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
@@ -89,7 +113,7 @@ fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
             timeout_ms: None,
             pause_before: g.pause_before,
             pause_after: g.pause_after,
-            quality_gate: None,
+            quality_gate: gate_of(g.gate),
             compensate: None,
         });
     }
@@ -135,6 +159,13 @@ enum Op {
         dry: bool,
         bad_version: bool,
     },
+    /// A decision on a review by one of several users.
+    Decide {
+        pick: usize,
+        user: u8,
+        kind: u8,
+        stale: bool,
+    },
     Checkpoint,
     Restore {
         pick: usize,
@@ -157,6 +188,8 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (0u8..10, any::<usize>(), any::<usize>(), proptest::bool::weighted(0.15),
               proptest::bool::weighted(0.1))
             .prop_map(|(kind, a, b, dry, bad_version)| Op::Intervene { kind, a, b, dry, bad_version }),
+        6 => (any::<usize>(), 0u8..4, 0u8..6, proptest::bool::weighted(0.1))
+            .prop_map(|(pick, user, kind, stale)| Op::Decide { pick, user, kind, stale }),
         1 => Just(Op::Checkpoint),
         1 => any::<usize>().prop_map(|pick| Op::Restore { pick }),
         1 => Just(Op::Recover),
@@ -276,6 +309,14 @@ impl Run {
         }
     }
 
+    /// Who sends `op`: the operator who started the plan, or a reviewer.
+    fn actor(op: &Op) -> &'static str {
+        match op {
+            Op::Decide { user, .. } => ["op", "ann", "bob", "cy"][*user as usize % 4],
+            _ => "op",
+        }
+    }
+
     fn command(&mut self, op: &Op) -> Command {
         match op.clone() {
             Op::Start => Command::Start { reason: None },
@@ -308,7 +349,15 @@ impl Run {
                         result: match kind {
                             0..=3 => StepResult::Completed {
                                 output: json!({"from": step_id, "attempt": attempt}),
-                                scores: None,
+                                // Scores that pass and fail the gates, a missing one, and
+                                // (rarely) one that is not a number.
+                                scores: match (kind, p % 5) {
+                                    (0, _) => None,
+                                    (_, 0) => json!({"q": "high"}).as_object().cloned(),
+                                    (k, m) => json!({"q": f64::from(k) / 3.0, "cost": m})
+                                        .as_object()
+                                        .cloned(),
+                                },
                             },
                             4 => StepResult::Failed {
                                 error: "flaky".into(),
@@ -352,6 +401,64 @@ impl Run {
                         }
                     },
                 }
+            }
+            Op::Decide {
+                pick: p,
+                kind,
+                stale,
+                ..
+            } => {
+                // Mostly a step under review; sometimes any step.
+                let waiting = self.st.ids_with(StepStatus::AwaitingReview);
+                let step_id =
+                    pick(&waiting, p).unwrap_or_else(|| pick(&self.step_ids(), p).unwrap());
+                let current = self.st.step(&step_id).map_or(0, |s| s.rec.attempts);
+                let attempt = match (stale, p % 3) {
+                    (true, _) => Some(current + 1),
+                    (false, 0) => Some(current),
+                    _ => None,
+                };
+                let (kind, reason) = match kind {
+                    0..=2 => (
+                        InterventionKind::ApproveStep {
+                            step_id,
+                            attempt,
+                            output: None,
+                        },
+                        None,
+                    ),
+                    3 => (
+                        InterventionKind::ApproveStep {
+                            step_id,
+                            attempt,
+                            output: Some(json!("by reviewer")),
+                        },
+                        Some("fixed by hand".to_owned()),
+                    ),
+                    4 => (
+                        InterventionKind::RejectStep {
+                            step_id,
+                            attempt,
+                            retry: p % 2 == 0,
+                        },
+                        // A rejection without a reason is malformed (and recorded).
+                        (p % 8 != 1).then(|| "not good enough".to_owned()),
+                    ),
+                    _ => (
+                        InterventionKind::RejectStep {
+                            step_id,
+                            attempt,
+                            retry: true,
+                        },
+                        Some("try again".to_owned()),
+                    ),
+                };
+                Command::Intervene(InterventionRequest {
+                    kind,
+                    expected_version: None,
+                    reason,
+                    dry_run: false,
+                })
             }
             Op::Tick { ms } => {
                 self.now += i64::from(ms) * 1_000;
@@ -423,6 +530,8 @@ fn legal(kind: &EventKind, from: StepStatus, to: StepStatus) -> bool {
     use StepStatus::*;
     match kind {
         EventKind::StepStarted { .. } => from == Pending && to == Running,
+        // A gate holds the attempt for a person.
+        EventKind::ReviewOpened { .. } => from == Running && to == AwaitingReview,
         EventKind::StepCompleted { .. } => from == Running && to == Completed,
         // A failed attempt: terminally failed, or back to pending to wait out its backoff.
         // Pending -> failed: a `when` condition that cannot be evaluated fails the step.
@@ -449,6 +558,13 @@ fn legal(kind: &EventKind, from: StepStatus, to: StepStatus) -> bool {
             InterventionKind::RerunFrom { .. } => to == Pending,
             InterventionKind::CompleteStep { .. } => {
                 matches!(from, Pending | Running | Failed) && to == Completed
+            }
+            // Modifying a step under review voids the review and runs the step again.
+            InterventionKind::ModifyStep { .. } => from == AwaitingReview && to == Pending,
+            InterventionKind::ApproveStep { .. } => from == AwaitingReview && to == Completed,
+            // Rejected: failed, or (with retry) a new run.
+            InterventionKind::RejectStep { .. } => {
+                from == AwaitingReview && matches!(to, Failed | Pending)
             }
             _ => false,
         },
@@ -501,6 +617,7 @@ fn check_restore(
     prop_assert_eq!(after.definition().steps, target.definition().steps);
     prop_assert_eq!(after.max_parallel, target.max_parallel);
     prop_assert_eq!(after.running_count(), 0);
+    prop_assert!(!after.has_open_review(), "a restore carried an open review");
     for (now, then) in after.steps.iter().zip(&target.steps) {
         let mut expect = then.rec.clone();
         if expect.status == StepStatus::Running {
@@ -511,6 +628,16 @@ fn check_restore(
             expect.status = StepStatus::Pending;
             expect.ended_at = None;
         }
+        // A restore never carries an open review: the step runs again, as a new run.
+        let was_awaiting = expect.status == StepStatus::AwaitingReview;
+        if was_awaiting {
+            expect = cairn_core::state::StepRecord {
+                attempts: expect.attempts,
+                run: expect.run + 1,
+                started_at: expect.started_at,
+                ..cairn_core::state::StepRecord::new()
+            };
+        }
         // Attempt numbers keep counting across a restore; a step that ran since the checkpoint
         // and will run again gets a new run (a fresh idempotency key).
         // (A step removed since the checkpoint keeps its counters in `retired`.)
@@ -520,7 +647,7 @@ fn check_restore(
             .or_else(|| before.retired.get(&now.def.step_id).copied());
         let (prior_attempts, prior_run) = prior.unwrap_or((0, 0));
         prop_assert_eq!(now.rec.attempts, then.rec.attempts.max(prior_attempts));
-        let base_run = then.rec.run.max(prior_run);
+        let base_run = (then.rec.run + u32::from(was_awaiting)).max(prior_run);
         let bumped = prior_attempts > then.rec.attempts && expect.status == StepStatus::Pending;
         prop_assert_eq!(now.rec.run, base_run + u32::from(bumped));
         expect.attempts = now.rec.attempts;
@@ -532,6 +659,7 @@ fn check_restore(
 
 fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let plan = build_plan(max_parallel, &gens);
+    let gated = plan.steps.iter().any(|s| s.quality_gate.is_some());
     let mut run = Run {
         st: PlanState::empty(PLAN),
         log: Vec::new(),
@@ -569,7 +697,7 @@ fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), T
             cmd.clone(),
             Ctx {
                 now: run.now,
-                actor: "op",
+                actor: Run::actor(op),
             },
         );
         match result {
@@ -624,14 +752,20 @@ fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), T
         prop_assert_eq!(run.st.seq, run.log.len() as u64);
         // (b) the fold of the log is the live state, also as stored and read back.
         prop_assert_eq!(&PlanState::replay(PLAN, &run.log), &run.st);
-        if matches!(op, Op::Intervene { .. }) || matches!(op, Op::Restore { .. }) {
+        if matches!(
+            op,
+            Op::Intervene { .. } | Op::Restore { .. } | Op::Decide { .. } | Op::Tick { .. }
+        ) {
             prop_assert_eq!(
                 &PlanState::replay(PLAN, &stored(&run.log, cairn_core::log::FORMAT)),
                 &run.st
             );
             // (h) the same log written before interventions recorded their effect (log
-            // format 1) replays to the same state: old logs upcast to what they meant.
-            prop_assert_eq!(&PlanState::replay(PLAN, &stored(&run.log, 1)), &run.st);
+            // format 1) replays to the same state: old logs upcast to what they meant. (Logs of
+            // format 1 never held a gate: plans with one were refused then.)
+            if !gated {
+                prop_assert_eq!(&PlanState::replay(PLAN, &stored(&run.log, 1)), &run.st);
+            }
         }
         // (e) never more than max_parallel running.
         prop_assert!(run.st.running_count() <= run.st.max_parallel as usize);
@@ -646,10 +780,56 @@ fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), T
         if run.st.status == PlanStatus::Paused {
             prop_assert_eq!(run.st.drained, run.st.running_count() == 0);
         }
-        // (g) a running plan always has something that moves it on.
+        // (i) reviews: a step awaits review exactly when it has one open review, of its current
+        // attempt; the output it holds is not the step's; nobody votes twice; a plan paused
+        // for review has one open.
+        for s in &run.st.steps {
+            let open: Vec<_> = run
+                .st
+                .reviews
+                .iter()
+                .filter(|r| r.is_open() && r.step_id == s.def.step_id)
+                .collect();
+            if s.rec.status == StepStatus::AwaitingReview {
+                prop_assert_eq!(open.len(), 1, "step {} awaits no review", s.def.step_id);
+                prop_assert_eq!(open[0].attempt, s.rec.attempts);
+                prop_assert_eq!(&s.rec.output, &None);
+                prop_assert!(run.st.template_context()["steps"]
+                    .get(&s.def.step_id)
+                    .is_none());
+            } else {
+                prop_assert!(
+                    open.is_empty(),
+                    "step {} is {:?} with an open review",
+                    s.def.step_id,
+                    s.rec.status
+                );
+            }
+        }
+        for r in &run.st.reviews {
+            let mut users: Vec<&str> = r.votes.iter().map(|v| v.user.as_str()).collect();
+            users.sort_unstable();
+            users.dedup();
+            prop_assert_eq!(
+                users.len(),
+                r.votes.len(),
+                "a user voted twice on {}",
+                r.review_id
+            );
+            prop_assert!(r.approvals() <= r.quorum as usize);
+            prop_assert_eq!(r.is_open(), r.outcome.is_none());
+        }
+        if run.st.status == PlanStatus::Paused
+            && run.st.pause_reason == Some(PauseReason::ReviewRequired)
+        {
+            prop_assert!(run.st.has_open_review(), "paused for a review none is open");
+        }
+        // (g) a running plan always has something that moves it on (or waits for a person).
         if run.st.status == PlanStatus::Running {
             prop_assert!(
-                run.st.running_count() > 0 || run.st.next_wake().is_some(),
+                run.st.running_count() > 0
+                    || run.st.next_wake().is_some()
+                    || run.st.has_open_review(),
                 "stuck running plan after {:?}: {:?}",
                 op,
                 run.st
@@ -695,5 +875,52 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
     ) {
         run_case(max_parallel, gens, ops)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The verdict depends on the gate and the scores only: the same inputs (also after both went
+    /// through JSON, as the log stores them) give the same verdict, and it is exactly what the
+    /// bounds say, criterion by criterion.
+    #[test]
+    fn the_verdict_is_a_pure_function_of_the_scores_and_the_gate(
+        mins in proptest::collection::btree_map("[abc]", -10.0f64..10.0, 0..3),
+        maxs in proptest::collection::btree_map("[abc]", -10.0f64..10.0, 0..3),
+        scores in proptest::collection::btree_map("[abcd]", -20.0f64..20.0, 0..4),
+        retries in 0u32..4,
+    ) {
+        use cairn_core::gate::{next, verdict, QualityGate, Scores};
+        let gate: QualityGate =
+            serde_json::from_value(json!({"min_scores": mins, "max_scores": maxs})).unwrap();
+        let s = Scores::from_pairs(scores.iter().map(|(k, v)| (k.as_str(), *v)));
+        let v = verdict(&gate, &s);
+        prop_assert_eq!(&v, &verdict(&gate.clone(), &s.clone()));
+        let gate2: QualityGate =
+            serde_json::from_str(&serde_json::to_string(&gate).unwrap()).unwrap();
+        let s2: Scores = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        prop_assert_eq!(&v, &verdict(&gate2, &s2));
+        prop_assert_eq!(next(&gate, &v, retries), next(&gate2, &v, retries));
+        let mut expect = Vec::new();
+        for (k, b) in &mins {
+            match scores.get(k) {
+                Some(x) if x >= b => {}
+                x => expect.push((format!("min_scores.{k}"), x.copied(), *b)),
+            }
+        }
+        for (k, b) in &maxs {
+            match scores.get(k) {
+                Some(x) if x <= b => {}
+                x => expect.push((format!("max_scores.{k}"), x.copied(), *b)),
+            }
+        }
+        let got: Vec<_> = v
+            .failed
+            .iter()
+            .map(|f| (f.criterion.clone(), f.score, f.bound))
+            .collect();
+        prop_assert_eq!(v.passed, expect.is_empty());
+        prop_assert_eq!(got, expect);
     }
 }

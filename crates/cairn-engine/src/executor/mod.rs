@@ -36,6 +36,11 @@ pub struct Task {
     pub timeout_ms: Option<u64>,
     /// The plan's query, for agents that want the wider context.
     pub query: String,
+    /// Why the previous attempt's result was not accepted: the quality gate's failed criteria
+    /// (`{criterion, score, bound}`) and, after a rejection with retry, the reviewer's `note`.
+    /// Absent on a first attempt and when the gate gives no feedback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate_feedback: Option<cairn_core::GateFeedback>,
 }
 
 /// What a successful attempt produced.

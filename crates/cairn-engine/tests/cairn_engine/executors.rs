@@ -25,6 +25,7 @@ fn task(params: Value) -> Task {
         idempotency_key: "plan_1/step_1/1".into(),
         timeout_ms: None,
         query: "market analysis".into(),
+        gate_feedback: None,
     }
 }
 

@@ -1,0 +1,221 @@
+//! Quality gates end to end through the engine: a gate retry whose task carries the feedback,
+//! a review that pauses the plan until a person approves it, and a review that times out.
+//! Every wait is bounded, so a regression fails rather than hangs.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
+use cairn_core::{
+    EventKind, Format, InterventionRequest, PauseReason, Plan, PlanState, PlanStatus,
+    ReviewOutcome, StepStatus,
+};
+use cairn_engine::executor::command::CommandExecutor;
+use cairn_engine::executor::{ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
+use cairn_engine::{Engine, EngineOptions, Notice};
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn engine_with(dir: &tempfile::TempDir, agent_type: &str, ex: Arc<dyn Executor>) -> Engine {
+    let registry = Registry::with_builtins();
+    registry.register(agent_type, ex);
+    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
+    Engine::open(Arc::new(store), registry, EngineOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn settled(engine: &Engine, plan_id: &str) -> Arc<PlanState> {
+    tokio::time::timeout(WAIT, engine.wait_settled(plan_id))
+        .await
+        .expect("the plan settles in time")
+        .unwrap()
+}
+
+fn plan(yaml: &str) -> Plan {
+    Plan::parse(yaml, Format::Yaml).unwrap()
+}
+
+fn iv(body: Value) -> InterventionRequest {
+    InterventionRequest::from_body(body).unwrap()
+}
+
+/// Scores its first attempt of a run 0.5 and any later one 0.9; keeps every task it got.
+#[derive(Default)]
+struct Scorer {
+    tasks: Mutex<Vec<Task>>,
+}
+
+#[async_trait]
+impl Executor for Scorer {
+    async fn execute(&self, task: Task, _stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        let accuracy = if task.attempt == 1 { 0.5 } else { 0.9 };
+        let attempt = task.attempt;
+        self.tasks.lock().unwrap().push(task);
+        Ok(ExecOutput {
+            output: json!({"attempt": attempt}),
+            scores: json!({"accuracy": accuracy}).as_object().cloned(),
+        })
+    }
+}
+
+const NEXT: &str = "  - {step_id: b, action: y, agent_type: builtin.echo, params: {from_a: '{{ steps.a.output.attempt }}'}}\n";
+
+#[tokio::test]
+async fn a_gate_retry_reaches_the_executor_with_its_feedback_and_the_plan_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let scorer = Arc::new(Scorer::default());
+    let engine = engine_with(&dir, "scorer", scorer.clone()).await;
+    engine
+        .register(
+            plan(&format!("plan_id: g1\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, on_fail: retry}}}}\n{NEXT}")),
+            "ann",
+        )
+        .await
+        .unwrap();
+    engine.start("g1", "ann", None).await.unwrap();
+    let done = settled(&engine, "g1").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    let tasks = scorer.tasks.lock().unwrap().clone();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0].gate_feedback, None);
+    let fb = tasks[1]
+        .gate_feedback
+        .clone()
+        .expect("the retry carries feedback");
+    assert_eq!(fb.attempt, 1);
+    assert_eq!(fb.failed[0].criterion, "min_scores.accuracy");
+    assert_eq!(fb.failed[0].score, Some(0.5));
+    assert_ne!(tasks[0].idempotency_key, tasks[1].idempotency_key);
+    // The dependent saw only the accepted output.
+    assert_eq!(
+        done.step("b").unwrap().rec.output,
+        Some(json!({"from_a": 2}))
+    );
+    let events = engine.events("g1", 0, 1_000).await.unwrap();
+    assert!(events.iter().any(|e| matches!(&e.kind,
+        EventKind::InterventionApplied { intervention, .. }
+            if intervention.user == GATE_USER && intervention.kind == "retry_step")));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind.type_name() == "gate_evaluated")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_review_pauses_the_plan_and_an_approval_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let scorer = Arc::new(Scorer::default());
+    let engine = engine_with(&dir, "scorer", scorer.clone()).await;
+    engine
+        .register(
+            plan(&format!("plan_id: g2\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, review: {{reviewers: [bob], prevent_self_review: true}}}}}}\n{NEXT}")),
+            "ann",
+        )
+        .await
+        .unwrap();
+    engine.start("g2", "ann", None).await.unwrap();
+    let waiting = settled(&engine, "g2").await;
+    assert_eq!(waiting.status, PlanStatus::Paused);
+    assert_eq!(waiting.pause_reason, Some(PauseReason::ReviewRequired));
+    assert_eq!(
+        waiting.step("a").unwrap().rec.status,
+        StepStatus::AwaitingReview
+    );
+    let review = waiting.open_review("a").unwrap().clone();
+    assert_eq!(review.output, json!({"attempt": 1}));
+    // Someone not among the reviewers is refused, and the refusal is in the audit trail.
+    let refused = engine
+        .intervene(
+            "g2",
+            iv(json!({"type": "approve_step", "step_id": "a"})),
+            "carol",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("its reviewers are bob"),
+        "{refused}"
+    );
+    let record = engine
+        .intervene(
+            "g2",
+            iv(json!({"type": "approve_step", "step_id": "a", "attempt": 1, "reason": "good enough"})),
+            "bob",
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.user, "bob");
+    let done = settled(&engine, "g2").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(
+        done.step("b").unwrap().rec.output,
+        Some(json!({"from_a": 1}))
+    );
+    assert_eq!(done.reviews[0].outcome, Some(ReviewOutcome::Approved));
+    let audit = engine.interventions("g2").await.unwrap();
+    assert!(audit.iter().any(|i| i.user == "carol" && i.error.is_some()));
+}
+
+#[tokio::test]
+async fn a_review_times_out_by_itself_while_the_plan_is_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let scorer = Arc::new(Scorer::default());
+    let engine = engine_with(&dir, "scorer", scorer.clone()).await;
+    engine
+        .register(
+            plan(&format!("plan_id: g3\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 300, on_timeout: approve}}}}}}\n{NEXT}")),
+            "ann",
+        )
+        .await
+        .unwrap();
+    engine.start("g3", "ann", None).await.unwrap();
+    // Nobody decides: the review's own timer does, while the plan is paused for it.
+    let mut sub = engine.subscribe_plan("g3", Some(0));
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match sub.next().await.expect("the engine is gone") {
+                Notice::Event(e) if e.kind.type_name() == "plan_completed" => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the review times out and the plan completes in time");
+    let done = engine.state("g3").await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.reviews[0].outcome, Some(ReviewOutcome::TimedOut));
+    assert_eq!(done.reviews[0].votes[0].user, TIMEOUT_USER);
+}
+
+#[tokio::test]
+async fn a_command_agent_reads_its_gate_feedback_on_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    // Scores itself low unless its task carries gate_feedback.
+    let script = r#"input=$(cat); case "$input" in *'"gate_feedback"'*'min_scores.q'*) echo '{"output": "fixed", "scores": {"q": 1}}';; *) echo '{"output": "draft", "scores": {"q": 0}}';; esac"#;
+    let cmd = Arc::new(CommandExecutor::new(vec![
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+    ]));
+    let engine = engine_with(&dir, "cmd", cmd).await;
+    engine
+        .register(
+            plan("plan_id: g4\nsteps:\n  - {step_id: a, action: x, agent_type: cmd, quality_gate: {min_scores: {q: 1}, on_fail: retry, max_retries: 1, on_retries_exhausted: fail}}\n"),
+            "ann",
+        )
+        .await
+        .unwrap();
+    engine.start("g4", "ann", None).await.unwrap();
+    let done = settled(&engine, "g4").await;
+    assert_eq!(done.status, PlanStatus::Completed, "{:?}", done.failure);
+    let a = &done.step("a").unwrap().rec;
+    assert_eq!(a.output, Some(json!("fixed")));
+    assert_eq!(a.attempts, 2);
+}
