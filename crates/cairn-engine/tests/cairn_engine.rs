@@ -17,6 +17,8 @@ mod engine;
 mod executors;
 #[path = "cairn_engine/faults.rs"]
 mod faults;
+#[path = "cairn_engine/gates.rs"]
+mod gates;
 #[path = "cairn_engine/latch.rs"]
 mod latch;
 #[path = "cairn_engine/paused_time.rs"]

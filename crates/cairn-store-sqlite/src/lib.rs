@@ -224,17 +224,47 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        let version: i64 = {
+        let read_version = || -> StoreResult<(i64, i64)> {
             let conn = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .ctx(&format!("open {} for reading", path.display()))?;
             conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
-            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
-                .ctx(&format!("read the schema version of {}", path.display()))?
+            let version = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .ctx(&format!("read the schema version of {}", path.display()))?;
+            let tables = conn
+                .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+                .ctx(&format!("read the tables of {}", path.display()))?;
+            Ok((version, tables))
         };
-        if version == 0 {
+        let writable = || {
+            SqliteStore::open(
+                path,
+                SqliteOptions {
+                    engine_lock: true,
+                    ..SqliteOptions::default()
+                },
+            )
+        };
+        let (version, tables) = match read_version() {
+            Ok(found) => found,
+            // A process killed while creating the file can leave a log that only a writer may
+            // recover; when no engine holds the file, opening it for writing does, once.
+            Err(first) => match writable() {
+                Ok(store) => {
+                    drop(store);
+                    read_version()?
+                }
+                Err(_) => return Err(first),
+            },
+        };
+        if version == 0 && tables == 0 {
+            // An empty file: a process was killed creating the store before its first commit.
+            // Opening it for writing creates the schema (nothing else could be in it).
+            drop(writable()?);
+        } else if version == 0 {
             return Err(StoreError::Backend(format!(
                 "{} is not a cairn database",
                 path.display()

@@ -57,6 +57,7 @@ pub fn task(agent_type: &str, step_id: &str, attempt: u32) -> Task {
         idempotency_key: format!("p/{step_id}/1"),
         timeout_ms: None,
         query: "q".into(),
+        gate_feedback: None,
     }
 }
 

@@ -14,8 +14,9 @@ use cairn_core::{Format, Plan, PlanStatus};
 use cairn_engine::executor::{ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
 use cairn_engine::{Engine, EngineError, EngineOptions};
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, Page, PlanIndex,
-    PlanRow, Snapshots, StoreError, StoreResult, StoreStats, StoredEvent, TokenRow, Tokens,
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, OpenReviews, Page,
+    PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult, StoreStats, StoredEvent,
+    TokenRow, Tokens,
 };
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
@@ -224,6 +225,20 @@ impl PlanIndex for Faulty {
 
     async fn count_plans_by_state(&self) -> StoreResult<Vec<(String, u64)>> {
         self.inner.count_plans_by_state().await
+    }
+
+    async fn list_reviews(
+        &self,
+        state: Option<&str>,
+        plan_id: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<ReviewRow>> {
+        self.inner.list_reviews(state, plan_id, limit, cursor).await
+    }
+
+    async fn open_reviews(&self) -> StoreResult<OpenReviews> {
+        self.inner.open_reviews().await
     }
 }
 

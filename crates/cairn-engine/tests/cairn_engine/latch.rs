@@ -36,6 +36,7 @@ fn task(params: Value) -> Task {
         idempotency_key: "p/s/1".into(),
         timeout_ms: None,
         query: String::new(),
+        gate_feedback: None,
     }
 }
 

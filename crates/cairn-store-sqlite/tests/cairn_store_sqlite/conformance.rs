@@ -346,6 +346,7 @@ async fn events_of_a_version_3_database_read_as_log_format_1() {
             fence: None,
             state: None,
             events: vec![cairn_store::conformance::ev(2, "plan_paused")],
+            reviews: Vec::new(),
         })
         .await
         .unwrap();
