@@ -680,6 +680,27 @@ fn recover(em: &mut Emitter<'_>, attempt: AttemptId, starts: Starts<'_>) {
     em.starts.extend(start);
 }
 
+/// The start of an attempt in flight sent again by a process that lost track of it (its own
+/// record of the start failed to commit and it reloaded the plan): the recorded invocation, or
+/// for an attempt whose start recorded none, its params rendered now. `None` when the attempt is
+/// not in flight, nothing here runs its agent type, or its params no longer render: it is left
+/// to recovery, which decides what becomes of it.
+pub fn resend(state: &PlanState, attempt: &AttemptId, starts: Starts<'_>) -> Option<StartAttempt> {
+    if !state.is_live(attempt) || matches!(starts, Starts::None) {
+        return None;
+    }
+    let step = state.step(&attempt.step_id)?;
+    let invocation = match &step.rec.invocation {
+        Some(invocation) => invocation.clone(),
+        None => invocation_of(state, &attempt.step_id).ok()?,
+    };
+    let route = starts.route(&invocation.agent_type);
+    if route == Route::Missing {
+        return None;
+    }
+    start_of(state, attempt.clone(), invocation, route == Route::Queue)
+}
+
 fn no_executor(agent_type: &str) -> String {
     format!("no executor is registered for agent type {agent_type:?}")
 }

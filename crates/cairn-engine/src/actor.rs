@@ -9,11 +9,17 @@
 //!   It tracks the attempts it runs by their [`AttemptId`].
 //! - Messages that queue up while a commit is in flight are decided together and committed in
 //!   one append, so a busy plan costs one commit per batch, not per message.
+//! - An attempt stays tracked (in `inflight`) until its outcome is durable: an outcome leaves
+//!   the list only when the append that records it succeeds.
 //! - If an append fails, the in-memory state is thrown away and reloaded from the store: the
-//!   store is the truth. Attempt outcomes of the failed batch are delivered again after a
-//!   backoff (they happened; only their record failed), and timers wait for the same backoff, so
-//!   a store that cannot write (a full disk) is retried calmly until it can, and nothing an
-//!   executor reported is lost.
+//!   store is the truth. Attempt outcomes of the failed batch are kept by the actor and
+//!   committed again after a backoff (they happened; only their record failed), with the next
+//!   batch or on their own, and timers wait for the same backoff, so a store that cannot write
+//!   (a full disk) is retried calmly until it can, and nothing an executor reported is lost.
+//! - If the reload fails too, the actor is *stale*: it decides nothing (commands are refused
+//!   with the store's error, reads go to the store) and tries the reload again with the same
+//!   backoff until it succeeds. It never drives the plan from a state that drifted from the
+//!   store, and it never gives up on attempts whose outcomes it holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +34,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
-use crate::engine::{now_micros, Inner};
+use crate::engine::Inner;
 use crate::executor::{ExecError, StopSignal, Task};
 use crate::remote::Ack;
 use crate::EngineError;
@@ -92,12 +98,21 @@ pub(crate) struct PlanActor {
     /// [`MAX_RETRY`]), and until when timers hold off. Cleared by the next successful append.
     retry_delay: Duration,
     hold_until: Option<tokio::time::Instant>,
+    /// Outcomes whose commit failed, in report order: committed with the next batch, or by
+    /// the retry at `hold_until`. Their attempts stay in `inflight` meanwhile.
+    unrecorded: Vec<Outcome>,
+    /// The last reload failed: `state` may hold decisions the store never took, so nothing is
+    /// decided until a reload succeeds.
+    stale: bool,
+    /// An append was fenced: another node drives the plan now, and this actor stops.
+    fenced: bool,
 }
+
+/// An attempt's reported result, kept until its commit succeeds.
+type Outcome = (AttemptId, StepResult);
 
 /// The longest wait between attempts to commit while the store fails.
 const MAX_RETRY: Duration = Duration::from_secs(5);
-/// Reloads tried after a failed append before the actor gives the plan up.
-const RELOAD_TRIES: u32 = 5;
 
 impl PlanActor {
     pub(crate) fn new(
@@ -124,18 +139,28 @@ impl PlanActor {
             lease_renew_at: tokio::time::Instant::now() + Duration::from_millis(renew),
             retry_delay: Duration::ZERO,
             hold_until: None,
+            unrecorded: Vec::new(),
+            stale: false,
+            fenced: false,
         }
     }
 
     pub(crate) async fn run(mut self) {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
-            let wake = self.timer.map(|t| {
-                let wait = (t - crate::engine::now()).max(0) as u64;
+            if self.fenced {
+                return;
+            }
+            let wake = if self.stale { None } else { self.timer }.map(|t| {
+                let wait = (t - self.inner.now()).max(0) as u64;
                 let at = tokio::time::Instant::now() + Duration::from_micros(wait);
                 self.hold_until.map_or(at, |hold| at.max(hold))
             });
             let renew_at = self.lease_renew_at;
+            // A failed commit is tried again at the end of its backoff, traffic or not.
+            let retry_at = self
+                .hold_until
+                .filter(|_| self.stale || !self.unrecorded.is_empty());
             // An ended plan is unloaded at once; a quiet one after a while, so an operator's
             // next command (resume after restore, say) finds it still loaded.
             let unload_at = if self.idle_and_done() {
@@ -158,9 +183,10 @@ impl PlanActor {
                     }
                 }
                 _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
-                    if !self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new()).await {
-                        return;
-                    }
+                    self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new()).await;
+                }
+                _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
+                    self.retry().await;
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     if !self.renew_lease().await {
@@ -209,11 +235,11 @@ impl PlanActor {
                 && self.state.drained
                 && self.state.resume_at.is_none())
             || self.state.status == cairn_core::PlanStatus::Idle;
-        quiet && self.inflight.is_empty()
+        quiet && self.inflight.is_empty() && self.unrecorded.is_empty()
     }
 
     async fn renew_lease(&mut self) -> bool {
-        let now = now_micros();
+        let now = self.inner.now().as_micros();
         match self
             .inner
             .store
@@ -247,8 +273,8 @@ impl PlanActor {
         }
     }
 
-    /// Takes `first` and whatever else is queued, decides them all, commits once.
-    /// Returns false when the actor must stop.
+    /// Takes `first` and whatever else is queued, decides them all, commits once. Outcomes
+    /// whose earlier commit failed ride along. Returns false when the actor must stop.
     async fn batch(&mut self, first: Msg) -> bool {
         let mut work: Vec<(Command, String, Option<ReplyTo>)> = Vec::new();
         let mut keep_going = true;
@@ -284,23 +310,45 @@ impl PlanActor {
                 Err(_) => break,
             }
         }
-        if !reads.is_empty() {
-            let shared = self.shared();
-            for reply in reads {
-                let _ = reply.send(shared.clone());
+        if self.stale {
+            // Nothing is decided from a state that may have drifted from the store: commands
+            // hear why, outcomes wait with the others, reads (their replies dropped) go to the
+            // store.
+            drop(reads);
+            self.hold(work, acks);
+        } else {
+            if !reads.is_empty() {
+                let shared = self.shared();
+                for reply in reads {
+                    let _ = reply.send(shared.clone());
+                }
+            }
+            if !self.unrecorded.is_empty() && !work.is_empty() {
+                let earlier =
+                    std::mem::take(&mut self.unrecorded)
+                        .into_iter()
+                        .map(|(attempt, result)| {
+                            let command = Command::Outcome { attempt, result };
+                            (command, SYSTEM_ACTOR.to_owned(), None)
+                        });
+                work.splice(0..0, earlier);
+            }
+            if !work.is_empty() {
+                self.decide_and_commit(work, acks).await;
             }
         }
-        for (command, _, _) in &work {
-            if let Command::Outcome { attempt, .. } = command {
-                self.inflight.remove(attempt);
-            }
-        }
-        if !work.is_empty() && !self.decide_and_commit(work, acks).await {
-            return false;
-        }
-        // A fork commits on its own: its append also creates the new plan.
+        // A fork commits on its own: its append also creates the new plan. A stale actor
+        // decides nothing; the fork hears the store's trouble.
         for (fork, reply) in forks {
-            let _ = reply.send(self.fork(*fork).await);
+            let answer = if self.stale {
+                Err(EngineError::StorageUnavailable(format!(
+                    "plan {} is being reloaded from the store after a failed write",
+                    self.state.plan_id
+                )))
+            } else {
+                self.fork(*fork).await
+            };
+            let _ = reply.send(answer);
         }
         if !keep_going {
             self.stop_all();
@@ -309,21 +357,69 @@ impl PlanActor {
         keep_going
     }
 
+    /// While stale: refuses the commands of `work` with the store's error and keeps its
+    /// outcomes for the retry.
+    fn hold(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>, acks: Vec<Ack>) {
+        let mut replies = Vec::new();
+        for (command, _, reply) in work {
+            if let Command::Outcome { attempt, result } = command {
+                self.unrecorded.push((attempt, result));
+            }
+            replies.push(reply);
+        }
+        let err = EngineError::StorageUnavailable(format!(
+            "plan {} is being reloaded from the store after a failed write",
+            self.state.plan_id
+        ));
+        Self::refuse(err, acks, replies);
+    }
+
+    /// The end of a backoff after a failed commit: reloads the plan if the last reload failed,
+    /// then commits the outcomes still held (with a tick, so ready steps whose start was not
+    /// recorded start now).
+    async fn retry(&mut self) {
+        if self.stale && !self.reload().await {
+            self.back_off();
+            return;
+        }
+        let work = std::mem::take(&mut self.unrecorded)
+            .into_iter()
+            .map(|(attempt, result)| {
+                let command = Command::Outcome { attempt, result };
+                (command, SYSTEM_ACTOR.to_owned(), None)
+            })
+            .chain(std::iter::once((
+                Command::Tick,
+                SYSTEM_ACTOR.to_owned(),
+                None,
+            )))
+            .collect();
+        self.decide_and_commit(work, Vec::new()).await;
+    }
+
+    /// Doubles the wait before the next try (100 ms up to [`MAX_RETRY`]); timers hold off as
+    /// long.
+    fn back_off(&mut self) {
+        self.retry_delay = (self.retry_delay * 2).clamp(Duration::from_millis(100), MAX_RETRY);
+        self.hold_until = Some(tokio::time::Instant::now() + self.retry_delay);
+    }
+
     /// Decides `work` and commits the events. When the append meets a seq conflict (this actor
     /// loaded the log just before another actor's last commit), the plan is reloaded and the
     /// same work decided once more against the fresh state; nothing of the failed append was
     /// stored, so deciding again cannot apply anything twice. Any other failure answers every
     /// caller with an error, backs off (timers hold off too), reloads the plan from the store
-    /// and delivers the batch's attempt outcomes again after the backoff: they happened, only
-    /// their record failed. `acks` are answered once the outcome is settled: committed, or known
-    /// not to be. Returns false when the actor must stop (the plan could not be reloaded).
+    /// and keeps the batch's attempt outcomes to commit again after the backoff: they happened,
+    /// only their record failed. A reload that fails leaves the actor stale until a later one
+    /// succeeds. `acks` are answered once the outcome is settled: committed, or known not to be
+    /// yet.
     async fn decide_and_commit(
         &mut self,
         work: Vec<(Command, String, Option<ReplyTo>)>,
         acks: Vec<Ack>,
-    ) -> bool {
-        // Kept to be delivered again if the append fails: the attempts really ended.
-        let outcomes: Vec<(AttemptId, StepResult)> = work
+    ) {
+        // Kept to be committed again if the append fails: the attempts really ended.
+        let outcomes: Vec<Outcome> = work
             .iter()
             .filter_map(|(command, _, _)| match command {
                 Command::Outcome { attempt, result } => Some((attempt.clone(), result.clone())),
@@ -337,35 +433,39 @@ impl PlanActor {
         let mut again = Some(commands.clone());
         let mut commands = commands;
         loop {
-            let Err(e) = self.try_commit(commands, &mut replies).await else {
+            let Err(e) = self.try_commit(commands, &mut replies, &outcomes).await else {
                 self.retry_delay = Duration::ZERO;
                 self.hold_until = None;
                 for ack in acks {
                     let _ = ack.send(Ok(()));
                 }
-                return true;
+                return;
             };
             warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
             let conflict = matches!(e, cairn_store::StoreError::SeqConflict { .. });
+            if matches!(e, cairn_store::StoreError::Fenced { .. }) {
+                // Another node took the plan over: it recovers the attempts running here (they
+                // run again there, at least once), and nothing more is decided here.
+                warn!(plan_id = %self.state.plan_id, error = %e, "the plan's lease was taken over; stop driving it");
+                Self::refuse(EngineError::from(e), acks, replies);
+                self.fenced = true;
+                self.stop_all();
+                self.inner.unload(&self.state.plan_id, &self.tx);
+                return;
+            }
             let err = EngineError::from(e);
             if conflict && again.is_some() {
-                if !self.reload().await {
-                    Self::refuse(err, acks, replies);
-                    return false;
+                if self.reload().await {
+                    commands = again.take().unwrap_or_default();
+                    continue;
                 }
-                self.reconcile();
-                commands = again.take().unwrap_or_default();
-                continue;
+            } else {
+                self.reload().await;
             }
             Self::refuse(err, acks, replies);
-            self.retry_delay = (self.retry_delay * 2).clamp(Duration::from_millis(100), MAX_RETRY);
-            self.hold_until = Some(tokio::time::Instant::now() + self.retry_delay);
-            if !self.reload().await {
-                return false;
-            }
-            self.reconcile();
-            self.redeliver(outcomes);
-            return true;
+            self.unrecorded.extend(outcomes);
+            self.back_off();
+            return;
         }
     }
 
@@ -380,6 +480,7 @@ impl PlanActor {
                 EngineError::StorageUnavailable(why) => {
                     EngineError::StorageUnavailable(why.clone())
                 }
+                EngineError::NotOwner(plan_id) => EngineError::NotOwner(plan_id.clone()),
                 _ => EngineError::Store(cairn_store::StoreError::Backend(message.clone())),
             };
             let _ = reply.send(Err(answer));
@@ -393,18 +494,17 @@ impl PlanActor {
         &mut self,
         commands: Vec<(Command, String)>,
         replies: &mut [Option<ReplyTo>],
+        outcomes: &[Outcome],
     ) -> Result<(), cairn_store::StoreError> {
         let before = self.state.seq;
-        let now = crate::engine::now();
+        let now = self.inner.now();
         let mut events: Vec<Event> = Vec::new();
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
         let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
         let mut actions: Vec<Action> = Vec::new();
         let inner = &*self.inner;
-        // The core is told which agent types this process can run: those with an executor here,
-        // the others on the remote-worker queue when there is one (their attempts start
-        // `queued` until a worker claims them); with neither, the core fails their steps.
+        // The core is told which agent types this process can run (see [`route`]).
         let route = |agent_type: &str| route(inner, agent_type);
         for (i, (command, actor)) in commands.into_iter().enumerate() {
             let wants = replies.get(i).is_some_and(Option::is_some);
@@ -459,6 +559,10 @@ impl PlanActor {
             self.inner.publish(published.clone());
             published
         };
+        // The outcomes are durable now (or recorded nothing): their attempts are done.
+        for (attempt, _) in outcomes {
+            self.inflight.remove(attempt);
+        }
         if !answers.is_empty() {
             let shared = self.shared();
             for (i, answer) in answers {
@@ -482,7 +586,7 @@ impl PlanActor {
     async fn fork(&mut self, fork: Fork) -> Result<PlanState, EngineError> {
         let mut retried = false;
         loop {
-            let now = crate::engine::now();
+            let now = self.inner.now();
             let ctx = Ctx {
                 now,
                 actor: &fork.actor,
@@ -546,60 +650,68 @@ impl PlanActor {
                 Err(cairn_store::StoreError::SeqConflict { .. }) if !retried => {
                     retried = true;
                     if !self.reload().await {
-                        return Err(EngineError::ShuttingDown);
+                        return Err(EngineError::StorageUnavailable(format!(
+                            "plan {} could not be reloaded from the store",
+                            self.state.plan_id
+                        )));
                     }
-                    self.reconcile();
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Replaces the in-memory state with the store's, trying a few times (reads usually work
-    /// when writes do not). Gives the plan up when the store cannot be read: the state in
-    /// memory may hold decisions that were never committed, and driving on from it would be
-    /// wrong; the next command loads the plan afresh.
+    /// Replaces the in-memory state with the store's. On failure the actor is stale (see the
+    /// module's invariants) and the caller schedules another try. After a reload, attempts the
+    /// store counts as active that nothing here runs or holds an outcome of (their start, or
+    /// their recovery, was decided by a batch whose append failed, or a reload moved the state
+    /// back) are sent again, as recovery after a restart would: same attempt, same key.
     async fn reload(&mut self) -> bool {
-        let mut wait = Duration::from_millis(50);
-        for _ in 0..RELOAD_TRIES {
-            match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
-                Ok((state, snap)) => {
-                    self.state = state;
-                    self.snapshot_seq = snap;
-                    self.shared = None;
-                    self.timer = self.state.next_wake();
-                    return true;
+        match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
+            Ok((state, snap)) => {
+                self.state = state;
+                self.snapshot_seq = snap;
+                self.shared = None;
+                self.stale = false;
+                self.timer = self.state.next_wake();
+                self.reconcile();
+                let orphans: Vec<AttemptId> = self
+                    .state
+                    .live_attempts()
+                    .into_iter()
+                    .filter(|attempt| {
+                        !self.inflight.contains_key(attempt)
+                            && !self.unrecorded.iter().any(|(a, _)| a == attempt)
+                    })
+                    .collect();
+                let inner = &*self.inner;
+                let route = |agent_type: &str| route(inner, agent_type);
+                let starts: Vec<StartAttempt> = orphans
+                    .iter()
+                    .filter_map(|attempt| {
+                        let start = cairn_core::decide::resend(
+                            &self.state,
+                            attempt,
+                            Starts::Route(&route),
+                        );
+                        if start.is_none() {
+                            warn!(plan_id = %self.state.plan_id, %attempt, "attempt cannot be sent again here; it runs again when the plan is recovered");
+                        }
+                        start
+                    })
+                    .collect();
+                for start in starts {
+                    debug!(plan_id = %self.state.plan_id, attempt = %start.attempt, "attempt sent again after a reload");
+                    self.dispatch(start);
                 }
-                Err(e) => {
-                    warn!(plan_id = %self.state.plan_id, error = %e, "reload failed; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_RETRY);
-                }
+                true
             }
-        }
-        tracing::error!(plan_id = %self.state.plan_id, "cannot reload the plan from the store; it is no longer driven here until it is loaded again");
-        self.stop_all();
-        self.inner.unload(&self.state.plan_id, &self.tx);
-        false
-    }
-
-    /// Sends the outcomes of a failed append back to this actor after the backoff, for the
-    /// attempts the reloaded state still counts as running.
-    fn redeliver(&self, outcomes: Vec<(AttemptId, StepResult)>) {
-        for (attempt, result) in outcomes {
-            if !self.state.is_live(&attempt) {
-                continue;
+            Err(e) => {
+                warn!(plan_id = %self.state.plan_id, error = %e, "reload failed; nothing is decided until one succeeds");
+                self.stale = true;
+                self.shared = None;
+                false
             }
-            let tx = self.tx.clone();
-            let delay = self.retry_delay;
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(Msg::Outcome {
-                    attempt,
-                    result,
-                    ack: None,
-                });
-            });
         }
     }
 
@@ -608,8 +720,8 @@ impl PlanActor {
         for action in actions {
             match action {
                 Action::Stop { attempt, cause } => {
-                    // The entry stays until the attempt reports, so its late result is still
-                    // recorded.
+                    // The entry stays until the attempt's outcome is durable, so its late result
+                    // is still recorded.
                     if let Some(stop) = self.inflight.get(&attempt) {
                         debug!(plan_id = %self.state.plan_id, %attempt, %cause, "stop");
                         let _ = stop.send(true);
@@ -666,12 +778,11 @@ impl PlanActor {
         };
         let tx = self.tx.clone();
         let executor = self.inner.executor_for(&task.agent_type);
-        let remote = self.inner.opts.remote.clone();
         let (stop_tx, stop) = StopSignal::new();
+        let tracked = stop.clone();
         self.inflight.insert(attempt.clone(), stop_tx);
         debug!(plan_id = %task.plan_id, %attempt, "dispatch");
         tokio::spawn(async move {
-            let plan_id = task.plan_id.clone();
             let result = match executor {
                 // The core routes only agent types this process has to it; this is an executor
                 // unregistered between the decision and now.
@@ -712,12 +823,15 @@ impl PlanActor {
                     retryable: e.retryable,
                 },
             };
-            // A remote worker's report that waits for this outcome to be durable rides along.
-            let ack = remote.and_then(|q| q.take_ack(&plan_id, &attempt));
+            // An attempt no longer tracked has its outcome durable already (a remote worker's
+            // report came through the engine) or its plan is not driven here: nothing to send.
+            if tracked.is_released() {
+                return;
+            }
             let _ = tx.send(Msg::Outcome {
                 attempt,
                 result,
-                ack,
+                ack: None,
             });
         });
     }

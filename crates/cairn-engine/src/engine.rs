@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_core::decide::SYSTEM_ACTOR;
 use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin};
@@ -20,17 +19,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::actor::{Answer, Msg, PlanActor};
+use crate::clock::{Clock, SystemClock};
 use crate::convert::{from_stored, to_new};
 use crate::executor::{Executor, Registry};
 use crate::publish::{self, Notice, Subscription};
 use crate::EngineError;
 
-/// The wall clock, now.
+/// The wall clock, now (the system clock; an engine reads its [`EngineOptions::clock`]).
 pub fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| Timestamp::from_micros(d.as_micros() as i64))
-        .unwrap_or(Timestamp::EPOCH)
+    SystemClock.now()
 }
 
 /// Microseconds since the Unix epoch, now (what stores keep).
@@ -61,6 +58,10 @@ pub struct EngineOptions {
     pub idle_unload_ms: u64,
     /// Where agent types without a local executor go (remote workers); `None`: they fail.
     pub remote: Option<crate::remote::RemoteQueue>,
+    /// Where the engine reads the time: every recorded timestamp, lease and deadline (a retry's
+    /// backoff, `resume_at`). The system clock by default; tests on paused tokio time pass a
+    /// [`crate::clock::TokioClock`].
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for EngineOptions {
@@ -74,6 +75,7 @@ impl Default for EngineOptions {
             execute: true,
             idle_unload_ms: 2_000,
             remote: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -109,14 +111,19 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Now, by the engine's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.opts.clock.now()
+    }
+
     pub(crate) fn publish(&self, events: Vec<Arc<Event>>) {
         let _ = self.publisher.send(events);
     }
 
     pub(crate) fn executor_for(&self, agent_type: &str) -> Option<Arc<dyn Executor>> {
         self.registry.get(agent_type).or_else(|| {
-            let q = self.opts.remote.clone()?;
-            Some(Arc::new(q) as Arc<dyn Executor>)
+            let q = self.opts.remote.as_ref()?;
+            Some(Arc::new(crate::remote::QueueExecutor::new(q)) as Arc<dyn Executor>)
         })
     }
 
@@ -273,6 +280,12 @@ impl Engine {
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
+        // Remote workers' results reach plans through this engine; expired claims fail their
+        // attempts.
+        if let Some(remote) = &engine.inner.opts.remote {
+            remote.attach(Arc::downgrade(&engine.inner));
+            tokio::spawn(crate::remote::sweep(remote.clone()));
+        }
         if engine.inner.opts.recover {
             engine.recover().await?;
         }
@@ -305,6 +318,48 @@ impl Engine {
             Ok(_) | Err(EngineError::Refused { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Engine {
+        Engine { inner }
+    }
+
+    /// Reports the result of attempt `attempt` of a step that ran outside the engine (a remote
+    /// worker's report, taken by any front end): it goes to the plan's actor like any
+    /// executor's result, loading the plan if need be, and this answers once it is committed.
+    /// A result for an attempt the plan no longer counts is recorded as ignored.
+    pub async fn report_outcome(
+        &self,
+        plan_id: &str,
+        step_id: &str,
+        attempt: u32,
+        result: cairn_core::StepResult,
+    ) -> Result<(), EngineError> {
+        let (ack, recorded) = oneshot::channel();
+        let attempt = cairn_core::AttemptId::step(step_id, attempt);
+        self.deliver_outcome(plan_id, attempt, result, Some(ack))
+            .await?;
+        match recorded.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(EngineError::StorageUnavailable(reason)),
+            Err(_) => Err(EngineError::PlanNotFound(plan_id.to_owned())),
+        }
+    }
+
+    /// Hands an attempt's result to the plan's actor; `ack` hears when it is committed.
+    pub(crate) async fn deliver_outcome(
+        &self,
+        plan_id: &str,
+        attempt: cairn_core::AttemptId,
+        result: cairn_core::StepResult,
+        ack: Option<crate::remote::Ack>,
+    ) -> Result<(), EngineError> {
+        let msg = Msg::Outcome {
+            attempt,
+            result,
+            ack,
+        };
+        self.deliver(plan_id, msg).await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -348,7 +403,7 @@ impl Engine {
                     plan_id,
                     &self.inner.opts.node_id,
                     self.inner.opts.lease_ms,
-                    now_micros(),
+                    self.inner.now().as_micros(),
                 )
                 .await?;
             let (state, snapshot_seq) = load_state(&*self.inner.store, plan_id).await?;
@@ -440,7 +495,7 @@ impl Engine {
         actor: &str,
     ) -> Result<(PlanState, Vec<Arc<Event>>), EngineError> {
         let mut state = PlanState::empty(&plan_id);
-        let now = now();
+        let now = self.inner.now();
         let decision = cairn_core::handle(
             &mut state,
             Command::Register { definition, origin },
@@ -904,7 +959,12 @@ impl Engine {
         let state = self.state(plan_id).await?;
         let checkpoints = self.checkpoints(plan_id).await?;
         let interventions = self.interventions(plan_id).await?;
-        Ok(Snapshot::of(&state, checkpoints, interventions, now()))
+        Ok(Snapshot::of(
+            &state,
+            checkpoints,
+            interventions,
+            self.inner.now(),
+        ))
     }
 
     /// The recorded interventions of a plan, applied and refused, oldest first.

@@ -2,11 +2,23 @@
 //!
 //! - `engine`: plans, interventions, checkpoints and observers through the library API.
 //! - `executors`: the `command` and `http` executors and `cairn.toml`.
+//! - `faults`: a store that fails chosen appends, and no attempt's outcome lost to it.
 //! - `remote`: the remote task queue.
+//! - `latch`: the `builtin.latch` step holder the other tests use.
+//! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
+//! - `common`: bounded waits shared by every module.
 
+#[path = "cairn_engine/common.rs"]
+mod common;
 #[path = "cairn_engine/engine.rs"]
 mod engine;
 #[path = "cairn_engine/executors.rs"]
 mod executors;
+#[path = "cairn_engine/faults.rs"]
+mod faults;
+#[path = "cairn_engine/latch.rs"]
+mod latch;
+#[path = "cairn_engine/paused_time.rs"]
+mod paused_time;
 #[path = "cairn_engine/remote.rs"]
 mod remote;

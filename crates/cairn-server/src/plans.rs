@@ -76,7 +76,7 @@ pub async fn register(
     let plan = Plan::from_value(body)?;
     let state = s.engine.register(plan, &p.user).await?;
     let mut view = PlanView::of(&state);
-    view.warnings = crate::tasks::unserved_agent_types(&s, &view);
+    view.warnings = crate::tasks::unserved_agent_types(&s, &view).await;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -218,7 +218,7 @@ pub async fn start(
     p.require(Role::Operator)?;
     let st = s.engine.start(plan_id(&id)?, &p.user, b.reason).await?;
     let mut view = PlanView::of(&st);
-    view.warnings = crate::tasks::unserved_agent_types(&s, &view);
+    view.warnings = crate::tasks::unserved_agent_types(&s, &view).await;
     Ok(Json(view))
 }
 

@@ -2,7 +2,7 @@
 //! optional scores) or an error saying whether trying again may help.
 //!
 //! The [`Registry`] maps agent types to executors: the builtins (`builtin.echo`, `builtin.sleep`,
-//! `builtin.fail`) are always there; `cairn.toml` adds `command` and `http` agents; an embedding
+//! `builtin.fail`, `builtin.latch`) are always there; `cairn.toml` adds `command` and `http` agents; an embedding
 //! program registers its own with [`Registry::register`].
 
 use std::collections::HashMap;
@@ -16,10 +16,11 @@ use tokio::sync::watch;
 
 pub mod command;
 pub mod http;
+pub mod latch;
 
 /// One attempt of one step, as an executor sees it. Serialised as the JSON a `command` agent reads
 /// on stdin and an `http` agent receives as the request body.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Task {
     pub plan_id: String,
@@ -107,6 +108,30 @@ impl StopSignal {
         *self.0.borrow()
     }
 
+    /// Resolves when the attempt is asked to stop (true) or is no longer tracked by its plan
+    /// (false: the engine dropped the sender, because the attempt's outcome is durable or the
+    /// plan is no longer driven here).
+    pub(crate) async fn ended(&mut self) -> bool {
+        loop {
+            if *self.0.borrow_and_update() {
+                return true;
+            }
+            if self.0.changed().await.is_err() {
+                return *self.0.borrow();
+            }
+        }
+    }
+
+    /// Resolves once the attempt is no longer tracked by its plan (see [`StopSignal::ended`]).
+    pub(crate) async fn released(&mut self) {
+        while self.0.changed().await.is_ok() {}
+    }
+
+    /// The attempt is no longer tracked by its plan: whatever it answers now is not wanted.
+    pub(crate) fn is_released(&self) -> bool {
+        self.0.has_changed().is_err()
+    }
+
     /// Resolves when the attempt is asked to stop.
     pub async fn stopped(&mut self) {
         while !*self.0.borrow_and_update() {
@@ -137,6 +162,7 @@ impl Registry {
         r.register("builtin.echo", Arc::new(Echo));
         r.register("builtin.sleep", Arc::new(Sleep));
         r.register("builtin.fail", Arc::new(Fail));
+        r.register("builtin.latch", Arc::new(latch::Latch::default()));
         r
     }
 
