@@ -3,7 +3,8 @@
 //! - [`plan`]: the plan document and its validation.
 //! - [`event`]: the events a plan's log is made of.
 //! - [`state`]: a plan's state as a fold over its events.
-//! - [`decide`]: commands in, events (or a refusal) out.
+//! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
+//! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
 //! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
@@ -14,6 +15,8 @@
 //! Time comes in as [`decide::Ctx::now`]; ids are derived from log positions. Replaying the same
 //! events always gives the same state.
 
+pub mod action;
+pub mod attempt;
 pub mod decide;
 mod document;
 pub mod event;
@@ -26,7 +29,9 @@ pub mod suggest;
 pub mod time;
 pub mod view;
 
-pub use decide::{handle, Command, Ctx, Decision, StepResult};
+pub use action::{Action, StartAttempt};
+pub use attempt::{AttemptId, AttemptKind, Invocation};
+pub use decide::{handle, Command, Ctx, Decision, Route, StepResult};
 pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, PauseMode};
 pub use intervention::{Intervention, InterventionKind, InterventionRequest};
 pub use plan::{Fault, Format, Invalid, Plan, StepDef};

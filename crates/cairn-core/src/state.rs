@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::plan::{Plan, StepDef};
 
@@ -134,6 +135,10 @@ pub struct StepRecord {
     /// The `pause_before` breakpoint of this step has already paused the plan once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub breakpoint_passed: bool,
+    /// What the attempt in flight was sent (kept while it runs, so a recovery re-sends it).
+    /// `None` for an attempt whose start recorded none (an older log) and once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<Invocation>,
 }
 
 impl StepRecord {
@@ -150,6 +155,7 @@ impl StepRecord {
             error: None,
             retry_at: None,
             breakpoint_passed: false,
+            invocation: None,
         }
     }
 
@@ -164,6 +170,7 @@ impl StepRecord {
         self.retry_at = None;
         self.ended_at = None;
         self.breakpoint_passed = false;
+        self.invocation = None;
     }
 }
 
@@ -297,6 +304,23 @@ impl PlanState {
             version: self.version,
             steps: self.steps.clone(),
         }
+    }
+
+    /// Is `attempt` the attempt in flight of its step (queued for a worker, or running)?
+    pub fn is_live(&self, attempt: &AttemptId) -> bool {
+        attempt.kind == AttemptKind::Step
+            && self
+                .step(&attempt.step_id)
+                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == attempt.number)
+    }
+
+    /// The attempts in flight (queued for a worker, or running), in step order.
+    pub fn live_attempts(&self) -> Vec<AttemptId> {
+        self.steps
+            .iter()
+            .filter(|s| s.rec.status.is_active())
+            .map(|s| AttemptId::step(s.def.step_id.clone(), s.rec.attempts))
+            .collect()
     }
 
     pub fn running_count(&self) -> usize {
@@ -545,6 +569,7 @@ impl PlanState {
                         s.rec.status = StepStatus::Cancelled;
                         s.rec.ended_at = Some(at);
                         s.rec.retry_at = None;
+                        s.rec.invocation = None;
                     }
                 }
             }
@@ -560,11 +585,14 @@ impl PlanState {
             }
             EventKind::StepStarted {
                 step_id,
+                kind: AttemptKind::Step,
                 attempt,
                 queued,
+                invocation,
                 ..
             } => {
                 if let Some(s) = self.step_mut(step_id) {
+                    s.rec.invocation = invocation.clone();
                     s.rec.status = if *queued {
                         StepStatus::Queued
                     } else {
@@ -589,6 +617,7 @@ impl PlanState {
                     s.rec.scores = scores.clone();
                     s.rec.error = None;
                     s.rec.ended_at = Some(at);
+                    s.rec.invocation = None;
                 }
             }
             EventKind::StepFailed {
@@ -600,6 +629,7 @@ impl PlanState {
                 if let Some(s) = self.step_mut(step_id) {
                     s.rec.error = Some(error.clone());
                     s.rec.ended_at = Some(at);
+                    s.rec.invocation = None;
                     match retry_at {
                         Some(t) => {
                             s.rec.status = StepStatus::Pending;
@@ -615,6 +645,7 @@ impl PlanState {
                         s.rec.status = StepStatus::Pending;
                         s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
                         s.rec.ended_at = Some(at);
+                        s.rec.invocation = None;
                     }
                 }
             }
@@ -623,6 +654,7 @@ impl PlanState {
                     s.rec.status = StepStatus::Skipped;
                     s.rec.ended_at = Some(at);
                     s.rec.retry_at = None;
+                    s.rec.invocation = None;
                 }
             }
             EventKind::InterventionApplied {
@@ -631,8 +663,16 @@ impl PlanState {
             } => match effect {
                 // The recorded result, applied as it is: replay never re-decides.
                 Some(effect) => effect.apply(self),
-                // Log format 1 recorded only the request.
-                None => crate::log::v1::replay(self, &intervention.request, at),
+                // Log format 1 recorded only the request. Its rules predate recorded
+                // invocations: an attempt they ended keeps none, as everywhere else.
+                None => {
+                    crate::log::v1::replay(self, &intervention.request, at);
+                    for s in &mut self.steps {
+                        if !s.rec.status.is_active() {
+                            s.rec.invocation = None;
+                        }
+                    }
+                }
             },
             EventKind::CheckpointRestored { restored, .. } => {
                 let version = self.version.max(restored.version) + 1;
@@ -684,8 +724,10 @@ impl PlanState {
             }
             EventKind::StepRecovered {
                 step_id,
+                kind: AttemptKind::Step,
                 attempt,
                 queued,
+                invocation,
             } => {
                 // A recovered attempt handed to the queue again waits for a worker; one run
                 // in this process is running (as it was).
@@ -696,9 +738,14 @@ impl PlanState {
                         } else {
                             StepStatus::Running
                         };
+                        if invocation.is_some() {
+                            s.rec.invocation = invocation.clone();
+                        }
                     }
                 }
             }
+            // Attempts of other kinds (compensations) have no effect on the step's record yet.
+            EventKind::StepStarted { .. } | EventKind::StepRecovered { .. } => {}
             EventKind::StepResultIgnored { .. }
             | EventKind::InterventionFailed { .. }
             | EventKind::CheckpointCreated { .. }
@@ -717,6 +764,7 @@ impl PlanState {
                 StepStatus::Running | StepStatus::Queued => {
                     s.rec.status = StepStatus::Pending;
                     s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
+                    s.rec.invocation = None;
                 }
                 // A restored plan is runnable again: what a cancel stopped is pending.
                 StepStatus::Cancelled => {

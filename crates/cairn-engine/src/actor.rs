@@ -1,9 +1,12 @@
 //! One task per live plan: it owns the plan's state, decides every command through the core,
-//! makes the resulting events durable before anyone hears of them, then acts on them (runs
-//! attempts, stops attempts the plan no longer wants, arms timers).
+//! makes the resulting events durable before anyone hears of them, then carries out the actions
+//! the core decided with them (runs attempts with the invocation the core recorded, stops
+//! attempts, arms the plan's timer).
 //!
 //! Invariants:
 //! - Nothing is answered, published or executed before its events are committed.
+//! - The actor decides nothing: what to run, stop and wake for comes from the core's actions.
+//!   It tracks the attempts it runs by their [`AttemptId`].
 //! - Messages that queue up while a commit is in flight are decided together and committed in
 //!   one append, so a busy plan costs one commit per batch, not per message.
 //! - An attempt stays tracked (in `inflight`) until its outcome is durable: an outcome leaves
@@ -22,8 +25,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::decide::{dispatches, SYSTEM_ACTOR};
-use cairn_core::{expr, handle, idempotency_key, Command, Ctx, Event, PlanState, StepResult};
+use cairn_core::decide::{Route, Starts, SYSTEM_ACTOR};
+use cairn_core::{
+    Action, AttemptId, Command, Ctx, Event, PlanState, StartAttempt, StepResult, Timestamp,
+};
 use cairn_store::{Append, Fence};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,11 +49,15 @@ pub(crate) enum Msg {
         reply: ReplyTo,
     },
     Outcome {
-        step_id: String,
-        attempt: u32,
+        attempt: AttemptId,
         result: StepResult,
         /// Answered once the outcome is committed (a remote worker's report waits for it).
         ack: Option<Ack>,
+    },
+    /// Fork this plan: the new plan and this plan's `plan_forked` are committed together.
+    Fork {
+        fork: Box<Fork>,
+        reply: oneshot::Sender<Result<PlanState, EngineError>>,
     },
     /// A copy of the current state.
     Read {
@@ -58,14 +67,27 @@ pub(crate) enum Msg {
     Stop,
 }
 
+/// A fork of the actor's plan, as the engine asks for it.
+#[derive(Clone)]
+pub(crate) struct Fork {
+    pub(crate) checkpoint_id: String,
+    pub(crate) new_plan_id: String,
+    /// The new plan's registration (its definition and origin).
+    pub(crate) register: Command,
+    pub(crate) reason: Option<String>,
+    pub(crate) actor: String,
+}
+
 pub(crate) struct PlanActor {
     inner: Arc<Inner>,
     state: PlanState,
     fence: Fence,
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
-    /// Attempts running now, by (step id, attempt), with their stop switches.
-    inflight: HashMap<(String, u32), watch::Sender<bool>>,
+    /// Attempts running now, with their stop switches.
+    inflight: HashMap<AttemptId, watch::Sender<bool>>,
+    /// When the plan wants to be woken (the core's latest `SetTimer`).
+    timer: Option<Timestamp>,
     /// Seq of the newest stored snapshot.
     snapshot_seq: u64,
     /// A shared copy of the current state, made when someone asks and kept until the state
@@ -87,7 +109,7 @@ pub(crate) struct PlanActor {
 }
 
 /// An attempt's reported result, kept until its commit succeeds.
-type Outcome = (String, u32, StepResult);
+type Outcome = (AttemptId, StepResult);
 
 /// The longest wait between attempts to commit while the store fails.
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -102,7 +124,10 @@ impl PlanActor {
         tx: mpsc::UnboundedSender<Msg>,
     ) -> PlanActor {
         let renew = inner.opts.lease_ms / 3;
+        // Until the first decision sets it, the timer is the loaded state's next wake.
+        let timer = state.next_wake();
         PlanActor {
+            timer,
             inner,
             state,
             fence,
@@ -126,12 +151,7 @@ impl PlanActor {
             if self.fenced {
                 return;
             }
-            let wake = if self.stale {
-                None
-            } else {
-                self.state.next_wake()
-            }
-            .map(|t| {
+            let wake = if self.stale { None } else { self.timer }.map(|t| {
                 let wait = (t - self.inner.now()).max(0) as u64;
                 let at = tokio::time::Instant::now() + Duration::from_micros(wait);
                 self.hold_until.map_or(at, |hold| at.max(hold))
@@ -182,10 +202,10 @@ impl PlanActor {
                         // it again to the plan's next actor. Deciding it here could commit
                         // after that actor loaded the log.
                         while let Ok(msg) = self.rx.try_recv() {
-                            if let Msg::Outcome { step_id, attempt, .. } = msg {
+                            if let Msg::Outcome { attempt, .. } = msg {
                                 // Dropping the outcome drops its ack: a waiting report hears
                                 // that nothing was recorded.
-                                debug!(plan_id = %self.state.plan_id, %step_id, attempt, "late outcome of an unloaded plan dropped");
+                                debug!(plan_id = %self.state.plan_id, %attempt, "late outcome of an unloaded plan dropped");
                             }
                         }
                         let _ = self
@@ -260,6 +280,7 @@ impl PlanActor {
         let mut keep_going = true;
         let mut reads = Vec::new();
         let mut acks = Vec::new();
+        let mut forks = Vec::new();
         let mut push = |msg: Msg, work: &mut Vec<_>| match msg {
             Msg::Command {
                 command,
@@ -267,23 +288,19 @@ impl PlanActor {
                 reply,
             } => work.push((command, actor, Some(reply))),
             Msg::Outcome {
-                step_id,
                 attempt,
                 result,
                 ack,
             } => {
                 acks.extend(ack);
                 work.push((
-                    Command::Outcome {
-                        step_id,
-                        attempt,
-                        result,
-                    },
+                    Command::Outcome { attempt, result },
                     SYSTEM_ACTOR.to_owned(),
                     None,
                 ))
             }
             Msg::Read { reply } => reads.push(reply),
+            Msg::Fork { fork, reply } => forks.push((fork, reply)),
             Msg::Stop => keep_going = false,
         };
         push(first, &mut work);
@@ -307,21 +324,22 @@ impl PlanActor {
                 }
             }
             if !self.unrecorded.is_empty() && !work.is_empty() {
-                let earlier = std::mem::take(&mut self.unrecorded).into_iter().map(
-                    |(step_id, attempt, result)| {
-                        let command = Command::Outcome {
-                            step_id,
-                            attempt,
-                            result,
-                        };
-                        (command, SYSTEM_ACTOR.to_owned(), None)
-                    },
-                );
+                let earlier =
+                    std::mem::take(&mut self.unrecorded)
+                        .into_iter()
+                        .map(|(attempt, result)| {
+                            let command = Command::Outcome { attempt, result };
+                            (command, SYSTEM_ACTOR.to_owned(), None)
+                        });
                 work.splice(0..0, earlier);
             }
             if !work.is_empty() {
                 self.decide_and_commit(work, acks).await;
             }
+        }
+        // A fork commits on its own: its append also creates the new plan.
+        for (fork, reply) in forks {
+            let _ = reply.send(self.fork(*fork).await);
         }
         if !keep_going {
             self.stop_all();
@@ -335,13 +353,8 @@ impl PlanActor {
     fn hold(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>, acks: Vec<Ack>) {
         let mut replies = Vec::new();
         for (command, _, reply) in work {
-            if let Command::Outcome {
-                step_id,
-                attempt,
-                result,
-            } = command
-            {
-                self.unrecorded.push((step_id, attempt, result));
+            if let Command::Outcome { attempt, result } = command {
+                self.unrecorded.push((attempt, result));
             }
             replies.push(reply);
         }
@@ -362,12 +375,8 @@ impl PlanActor {
         }
         let work = std::mem::take(&mut self.unrecorded)
             .into_iter()
-            .map(|(step_id, attempt, result)| {
-                let command = Command::Outcome {
-                    step_id,
-                    attempt,
-                    result,
-                };
+            .map(|(attempt, result)| {
+                let command = Command::Outcome { attempt, result };
                 (command, SYSTEM_ACTOR.to_owned(), None)
             })
             .chain(std::iter::once((
@@ -404,11 +413,7 @@ impl PlanActor {
         let outcomes: Vec<Outcome> = work
             .iter()
             .filter_map(|(command, _, _)| match command {
-                Command::Outcome {
-                    step_id,
-                    attempt,
-                    result,
-                } => Some((step_id.clone(), *attempt, result.clone())),
+                Command::Outcome { attempt, result } => Some((attempt.clone(), result.clone())),
                 _ => None,
             })
             .collect();
@@ -428,7 +433,6 @@ impl PlanActor {
                 return;
             };
             warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
-            let conflict = matches!(e, cairn_store::StoreError::SeqConflict { .. });
             if matches!(e, cairn_store::StoreError::Fenced { .. }) {
                 // Another node took the plan over: it recovers the attempts running here (they
                 // run again there, at least once), and nothing more is decided here.
@@ -439,6 +443,7 @@ impl PlanActor {
                 self.inner.unload(&self.state.plan_id, &self.tx);
                 return;
             }
+            let conflict = matches!(e, cairn_store::StoreError::SeqConflict { .. });
             let err = EngineError::from(e);
             if conflict && again.is_some() {
                 if self.reload(&outcomes).await {
@@ -488,31 +493,28 @@ impl PlanActor {
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
         let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
+        let mut actions: Vec<Action> = Vec::new();
         let inner = &*self.inner;
-        // Agent types with no local executor go to the remote-worker queue, when there is one:
-        // their attempts start `queued` until a worker claims them.
-        let queued = |agent_type: &str| inner.registry.get(agent_type).is_none();
+        // The core is told which agent types this process can run: those with an executor here,
+        // the others on the remote-worker queue when there is one (their attempts start
+        // `queued` until a worker claims them); with neither, the core fails their steps.
+        let route = |agent_type: &str| route(inner, agent_type);
         for (i, (command, actor)) in commands.into_iter().enumerate() {
             let wants = replies.get(i).is_some_and(Option::is_some);
             let ctx = Ctx { now, actor: &actor };
             // An engine that runs no attempt must not record one: its ready steps start when a
             // driver takes the plan over.
-            let result = if !inner.opts.execute {
-                cairn_core::decide::handle_recording(&mut self.state, command, ctx)
-            } else if inner.opts.remote.is_some() {
-                cairn_core::decide::handle_starting(
-                    &mut self.state,
-                    command,
-                    ctx,
-                    cairn_core::decide::Starts::Queue(&queued),
-                )
+            let starts = if inner.opts.execute {
+                Starts::Route(&route)
             } else {
-                handle(&mut self.state, command, ctx)
+                Starts::None
             };
+            let result = cairn_core::decide::handle_starting(&mut self.state, command, ctx, starts);
             let start = events.len();
             match result {
                 Ok(decision) => {
                     events.extend(decision.events);
+                    actions.extend(decision.actions);
                     if wants {
                         answers.push((
                             i,
@@ -550,10 +552,6 @@ impl PlanActor {
             self.inner.publish(published.clone());
             published
         };
-        // The outcomes are durable now (or recorded nothing): their attempts are done.
-        for (step_id, attempt, _) in outcomes {
-            self.inflight.remove(&(step_id.clone(), *attempt));
-        }
         if !answers.is_empty() {
             let shared = self.shared();
             for (i, answer) in answers {
@@ -562,19 +560,106 @@ impl PlanActor {
                 }
             }
         }
+        // The outcomes are durable now (or recorded nothing): their attempts are done.
+        for (attempt, _) in outcomes {
+            self.inflight.remove(attempt);
+        }
+        self.act(actions);
         if !published.is_empty() {
-            self.act(&published);
             self.maybe_snapshot();
         }
         Ok(())
+    }
+
+    /// Forks the plan: decides the new plan's registration and this plan's `plan_forked` (the
+    /// core refuses a bad new id), then commits both in one store transaction, so no fork exists
+    /// that the source's log does not record, and no record names a plan that does not exist.
+    /// Decided on a copy of the state: a failed commit leaves the actor's state as it was. A seq
+    /// conflict (a stale load) reloads and decides once more.
+    async fn fork(&mut self, fork: Fork) -> Result<PlanState, EngineError> {
+        let mut retried = false;
+        loop {
+            let now = self.inner.now();
+            let ctx = Ctx {
+                now,
+                actor: &fork.actor,
+            };
+            let inner = &*self.inner;
+            let route = |agent_type: &str| route(inner, agent_type);
+            let mut source = self.state.clone();
+            let recorded = cairn_core::decide::handle_starting(
+                &mut source,
+                Command::RecordFork {
+                    checkpoint_id: fork.checkpoint_id.clone(),
+                    new_plan_id: fork.new_plan_id.clone(),
+                    reason: fork.reason.clone(),
+                },
+                ctx,
+                if inner.opts.execute {
+                    Starts::Route(&route)
+                } else {
+                    Starts::None
+                },
+            )?;
+            let mut forked = PlanState::empty(&fork.new_plan_id);
+            let registered = cairn_core::handle(&mut forked, fork.register.clone(), ctx)?;
+            let create = cairn_store::CreatePlan {
+                plan_id: fork.new_plan_id.clone(),
+                created_at: now.as_micros(),
+                state: forked.status.as_str().to_owned(),
+                events: registered
+                    .events
+                    .iter()
+                    .map(crate::convert::to_new)
+                    .collect(),
+            };
+            let append = Append {
+                plan_id: self.state.plan_id.clone(),
+                expected_seq: self.state.seq,
+                fence: Some(self.fence.clone()),
+                state: Some(source.status.as_str().to_owned()),
+                events: recorded.events.iter().map(crate::convert::to_new).collect(),
+            };
+            match self.inner.store.create_plan_with(create, append).await {
+                Ok((created, appended)) => {
+                    let ids = created.iter().chain(&appended).map(|s| s.id);
+                    let published: Vec<Arc<Event>> = registered
+                        .events
+                        .into_iter()
+                        .chain(recorded.events)
+                        .zip(ids)
+                        .map(|(mut e, id)| {
+                            e.id = id;
+                            Arc::new(e)
+                        })
+                        .collect();
+                    self.state = source;
+                    self.shared = None;
+                    self.inner.publish(published);
+                    self.act(recorded.actions);
+                    self.maybe_snapshot();
+                    return Ok(forked);
+                }
+                Err(cairn_store::StoreError::SeqConflict { .. }) if !retried => {
+                    retried = true;
+                    if !self.reload(&[]).await {
+                        return Err(EngineError::StorageUnavailable(format!(
+                            "plan {} could not be reloaded from the store",
+                            self.state.plan_id
+                        )));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Replaces the in-memory state with the store's. On failure the actor is stale (see the
     /// module's invariants) and the caller schedules another try. After a reload, attempts the
     /// store counts as active that nothing here runs or holds an outcome of (their start, or
     /// their recovery, was decided by a batch whose append failed, or a reload moved the state
-    /// back) are sent again, as recovery after a restart would: same attempt, same key. `held`
-    /// are outcomes in hand besides those kept for a retry.
+    /// back) are sent again, as recovery after a restart would: same attempt, same invocation,
+    /// same key. `held` are outcomes in hand besides those kept for a retry.
     async fn reload(&mut self, held: &[Outcome]) -> bool {
         match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
             Ok((state, snap)) => {
@@ -582,26 +667,26 @@ impl PlanActor {
                 self.snapshot_seq = snap;
                 self.shared = None;
                 self.stale = false;
+                self.timer = self.state.next_wake();
                 self.reconcile();
-                let orphans: Vec<(String, u32)> = self
+                let orphans: Vec<AttemptId> = self
                     .state
-                    .steps
-                    .iter()
-                    .filter(|s| s.rec.status.is_active())
-                    .map(|s| (s.def.step_id.clone(), s.rec.attempts))
-                    .filter(|(step_id, attempt)| {
-                        let key = (step_id.clone(), *attempt);
-                        !self.inflight.contains_key(&key)
+                    .live_attempts()
+                    .into_iter()
+                    .filter(|attempt| {
+                        !self.inflight.contains_key(attempt)
                             && !self
                                 .unrecorded
                                 .iter()
                                 .chain(held)
-                                .any(|(s, a, _)| (s, a) == (step_id, attempt))
+                                .any(|(a, _)| a == attempt)
                     })
                     .collect();
-                for (step_id, attempt) in orphans {
-                    debug!(plan_id = %self.state.plan_id, %step_id, attempt, "attempt sent again after a reload");
-                    self.dispatch(&step_id, attempt);
+                for attempt in orphans {
+                    if let Some(start) = cairn_core::decide::resend(&self.state, &attempt) {
+                        debug!(plan_id = %self.state.plan_id, %attempt, "attempt sent again after a reload");
+                        self.dispatch(start);
+                    }
                 }
                 true
             }
@@ -614,28 +699,29 @@ impl PlanActor {
         }
     }
 
-    /// Runs the attempts the events ask for and stops the ones the state no longer counts.
-    fn act(&mut self, events: &[Arc<Event>]) {
-        self.reconcile();
-        let starts: Vec<(String, u32)> = events
-            .iter()
-            .flat_map(|e| dispatches(std::slice::from_ref(e.as_ref())))
-            .map(|(s, a)| (s.to_owned(), a))
-            .collect();
-        for (step_id, attempt) in starts {
-            self.dispatch(&step_id, attempt);
+    /// Carries out the core's actions, in order.
+    fn act(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Stop { attempt, cause } => {
+                    // The entry stays until the attempt reports, so its late result is still
+                    // recorded.
+                    if let Some(stop) = self.inflight.get(&attempt) {
+                        debug!(plan_id = %self.state.plan_id, %attempt, %cause, "stop");
+                        let _ = stop.send(true);
+                    }
+                }
+                Action::Start(start) => self.dispatch(*start),
+                Action::SetTimer { at } => self.timer = at,
+            }
         }
     }
 
-    /// Asks every attempt the state no longer counts as running to stop. Entries stay until the
-    /// attempt reports, so its late result is still recorded.
+    /// After a reload from the store: asks every attempt the stored state does not count as in
+    /// flight to stop (the decisions that started or kept it were never committed).
     fn reconcile(&mut self) {
-        let state = &self.state;
-        for ((step_id, attempt), stop) in &self.inflight {
-            let live = state
-                .step(step_id)
-                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == *attempt);
-            if !live {
+        for (attempt, stop) in &self.inflight {
+            if !self.state.is_live(attempt) {
                 let _ = stop.send(true);
             }
         }
@@ -647,56 +733,43 @@ impl PlanActor {
         }
     }
 
-    fn dispatch(&mut self, step_id: &str, attempt: u32) {
+    /// Runs one attempt as the core decided it: the task is built from the recorded invocation.
+    fn dispatch(&mut self, start: StartAttempt) {
         if !self.inner.opts.execute {
             return;
         }
-        let Some(step) = self.state.step(step_id) else {
-            return;
-        };
-        let plan_id = self.state.plan_id.clone();
-        let def = &step.def;
-        let params = if expr::has_templates(&def.params) {
-            expr::render(&def.params, &self.state.template_context())
-        } else {
-            Ok(def.params.clone())
+        let StartAttempt {
+            attempt,
+            invocation,
+            run,
+            idempotency_key,
+            timeout_ms,
+            query,
+            queued: _,
+        } = start;
+        let task = Task {
+            plan_id: self.state.plan_id.clone(),
+            step_id: attempt.step_id.clone(),
+            kind: attempt.kind,
+            action: invocation.action,
+            agent_type: invocation.agent_type,
+            params: invocation.params,
+            attempt: attempt.number,
+            run,
+            idempotency_key,
+            timeout_ms,
+            query,
         };
         let tx = self.tx.clone();
-        let step_id = step_id.to_owned();
-        let params = match params {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tx.send(Msg::Outcome {
-                    step_id,
-                    attempt,
-                    result: StepResult::Failed {
-                        error: e,
-                        retryable: false,
-                    },
-                    ack: None,
-                });
-                return;
-            }
-        };
-        let task = Task {
-            idempotency_key: idempotency_key(&plan_id, &step_id, step.rec.run),
-            plan_id,
-            step_id: step_id.clone(),
-            action: def.action.clone(),
-            agent_type: def.agent_type.clone(),
-            params,
-            attempt,
-            run: step.rec.run,
-            timeout_ms: def.timeout_ms,
-            query: self.state.query.clone(),
-        };
-        let executor = self.inner.executor_for(&def.agent_type);
+        let executor = self.inner.executor_for(&task.agent_type);
         let (stop_tx, stop) = StopSignal::new();
         let tracked = stop.clone();
-        self.inflight.insert((step_id.clone(), attempt), stop_tx);
-        debug!(plan_id = %task.plan_id, step_id = %step_id, attempt, "dispatch");
+        self.inflight.insert(attempt.clone(), stop_tx);
+        debug!(plan_id = %task.plan_id, %attempt, "dispatch");
         tokio::spawn(async move {
             let result = match executor {
+                // The core routes only agent types this process has to it; this is an executor
+                // unregistered between the decision and now.
                 None => Err(ExecError::fatal(format!(
                     "no executor is registered for agent type {:?}",
                     task.agent_type
@@ -740,7 +813,6 @@ impl PlanActor {
                 return;
             }
             let _ = tx.send(Msg::Outcome {
-                step_id,
                 attempt,
                 result,
                 ack: None,
@@ -767,6 +839,18 @@ impl PlanActor {
                 debug!(%plan_id, error = %e, "snapshot not stored");
             }
         });
+    }
+}
+
+/// Where this process runs an agent type's attempts: an executor here, else the remote-worker
+/// queue when there is one, else nowhere (the core then fails the step).
+fn route(inner: &Inner, agent_type: &str) -> Route {
+    if inner.registry.get(agent_type).is_some() {
+        Route::Local
+    } else if inner.opts.remote.is_some() {
+        Route::Queue
+    } else {
+        Route::Missing
     }
 }
 

@@ -336,8 +336,13 @@ impl Engine {
         result: cairn_core::StepResult,
     ) -> Result<(), EngineError> {
         let (ack, recorded) = oneshot::channel();
-        self.deliver_outcome(plan_id, step_id, attempt, result, Some(ack))
-            .await?;
+        self.deliver_outcome(
+            plan_id,
+            cairn_core::AttemptId::step(step_id, attempt),
+            result,
+            Some(ack),
+        )
+        .await?;
         match recorded.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(EngineError::StorageUnavailable(reason)),
@@ -349,13 +354,11 @@ impl Engine {
     pub(crate) async fn deliver_outcome(
         &self,
         plan_id: &str,
-        step_id: &str,
-        attempt: u32,
+        attempt: cairn_core::AttemptId,
         result: cairn_core::StepResult,
         ack: Option<crate::remote::Ack>,
     ) -> Result<(), EngineError> {
         let msg = Msg::Outcome {
-            step_id: step_id.to_owned(),
             attempt,
             result,
             ack,
@@ -552,8 +555,7 @@ impl Engine {
             .send(
                 plan_id,
                 Command::Claim {
-                    step_id: step_id.to_owned(),
-                    attempt,
+                    attempt: cairn_core::AttemptId::step(step_id, attempt),
                     worker_id: worker_id.to_owned(),
                 },
                 actor.into(),
@@ -871,50 +873,34 @@ impl Engine {
     ) -> Result<PlanState, EngineError> {
         let (view, state) = self.checkpoint_state(plan_id, cid).await?;
         let new_id = new_plan_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        if !cairn_core::plan::valid_id(&new_id) {
-            return Err(cairn_core::Invalid::one(
-                "new_plan_id",
-                format!("{new_id:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)"),
-            )
-            .into());
-        }
         let mut definition = state.definition();
         definition.plan_id = Some(new_id.clone());
-        // The new plan and the source's `plan_forked` record are two commits. If the record
-        // cannot be made, the new plan is deleted again (its events were never published), so
-        // a fork that fails leaves no plan behind.
-        let (forked, events) = self
-            .create_quietly(
-                new_id.clone(),
+        let fork = crate::actor::Fork {
+            checkpoint_id: view.checkpoint_id.clone(),
+            new_plan_id: new_id,
+            register: Command::Register {
                 definition,
-                Some(Box::new(Origin {
+                origin: Some(Box::new(Origin {
                     how: "fork".into(),
                     plan_id: plan_id.to_owned(),
-                    checkpoint_id: view.checkpoint_id.clone(),
+                    checkpoint_id: view.checkpoint_id,
                     state: state.materialize(),
                 })),
-                actor,
-            )
-            .await?;
-        let recorded = self
-            .send(
-                plan_id,
-                Command::RecordFork {
-                    checkpoint_id: view.checkpoint_id,
-                    new_plan_id: new_id.clone(),
-                    reason,
-                },
-                actor.into(),
-            )
-            .await;
-        if let Err(e) = recorded {
-            if let Err(undo) = self.inner.store.delete_plan(&new_id).await {
-                tracing::warn!(plan_id = %new_id, error = %undo, "a failed fork's new plan could not be deleted");
+            },
+            reason,
+            actor: actor.to_owned(),
+        };
+        // The source's actor commits the new plan and its own `plan_forked` in one transaction.
+        // An actor that stops before handling it drops the reply: deliver it again.
+        for _ in 0..DELIVERIES {
+            let (reply, rx) = oneshot::channel();
+            let fork = Box::new(fork.clone());
+            self.deliver(plan_id, Msg::Fork { fork, reply }).await?;
+            if let Ok(answer) = rx.await {
+                return answer;
             }
-            return Err(e);
         }
-        self.inner.publish(events);
-        Ok(forked)
+        Err(EngineError::ShuttingDown)
     }
 
     /// A checkpoint as a self-contained JSON document.
@@ -1037,13 +1023,7 @@ impl Engine {
     /// Deletes a plan that is not running (with its whole log).
     pub async fn delete(&self, plan_id: &str) -> Result<(), EngineError> {
         let state = self.state(plan_id).await?;
-        if state.status == PlanStatus::Running {
-            return Err(cairn_core::Refusal::new(
-                cairn_core::RefusalKind::Conflict,
-                format!("plan {plan_id} is running; pause or cancel it before deleting it"),
-            )
-            .into());
-        }
+        cairn_core::decide::check_delete(&state)?;
         let live = self.inner.plans.lock().ok().and_then(|mut p| {
             let tx = p.live.remove(plan_id)?;
             p.note_unload(plan_id);

@@ -289,13 +289,7 @@ impl RemoteQueue {
         let engine = crate::Engine::from_inner(inner);
         let (ack, recorded) = tokio::sync::oneshot::channel();
         let delivered = engine
-            .deliver_outcome(
-                &task.plan_id,
-                &task.step_id,
-                task.attempt,
-                result,
-                Some(ack),
-            )
+            .deliver_outcome(&task.plan_id, task.attempt_id(), result, Some(ack))
             .await;
         match delivered {
             Ok(()) => {}

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use cairn_core::{AttemptId, AttemptKind};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -24,6 +25,9 @@ pub mod latch;
 pub struct Task {
     pub plan_id: String,
     pub step_id: String,
+    /// What the attempt runs: absent for the step's own action (`step`).
+    #[serde(skip_serializing_if = "AttemptKind::is_step")]
+    pub kind: AttemptKind,
     pub action: String,
     pub agent_type: String,
     /// With `{{ }}` templates already rendered.
@@ -37,6 +41,17 @@ pub struct Task {
     pub timeout_ms: Option<u64>,
     /// The plan's query, for agents that want the wider context.
     pub query: String,
+}
+
+impl Task {
+    /// The attempt this task is.
+    pub fn attempt_id(&self) -> AttemptId {
+        AttemptId {
+            step_id: self.step_id.clone(),
+            kind: self.kind,
+            number: self.attempt,
+        }
+    }
 }
 
 /// What a successful attempt produced.

@@ -48,6 +48,7 @@ pub fn task(agent_type: &str, step_id: &str, attempt: u32) -> Task {
     Task {
         plan_id: "p".into(),
         step_id: step_id.into(),
+        kind: cairn_core::AttemptKind::Step,
         action: "search".into(),
         agent_type: agent_type.into(),
         params: json!({"q": 1}),

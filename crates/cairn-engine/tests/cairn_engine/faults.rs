@@ -130,6 +130,18 @@ impl EventLog for Faulty {
         self.inner.append(req).await
     }
 
+    async fn create_plan_with(
+        &self,
+        create: CreatePlan,
+        append: Append,
+    ) -> StoreResult<(Vec<StoredEvent>, Vec<StoredEvent>)> {
+        if self.fails(&append) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(injected("a fork's append"));
+        }
+        self.inner.create_plan_with(create, append).await
+    }
+
     async fn read_events(
         &self,
         plan_id: &str,
