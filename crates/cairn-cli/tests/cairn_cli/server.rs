@@ -2776,7 +2776,7 @@ async fn every_read_command_answers_the_same_locally_and_over_http() {
     // A second plan, paused with a time to resume by itself.
     op.register(plan_doc(
         "later",
-        vec![sleep_step("a", 100), echo_step("b")],
+        vec![latch_step("a", "later-a"), echo_step("b")],
     ))
     .await;
     op.post_empty("/v1/plans/later/start")
@@ -2794,6 +2794,8 @@ async fn every_read_command_answers_the_same_locally_and_over_http() {
         out.contains("resumes by itself at 2099-01-02 02:04:05Z"),
         "plans show says when: {out}"
     );
+    // a was held until the pause answered, so the plan could not end first.
+    w.release("later-a");
     op.wait_for("later", "quiet", |p| {
         p["running_steps"].as_array().is_some_and(|r| r.is_empty())
     })
