@@ -12,8 +12,8 @@ use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::gate::{GateFeedback, Scores};
 use crate::plan::{Plan, StepDef};
-pub use crate::status::{PlanStatus, StepStatus};
 use crate::review::{Review, ReviewOutcome, ReviewState};
+pub use crate::status::{PlanStatus, StepStatus};
 
 /// Why a paused plan is paused.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]

@@ -616,6 +616,8 @@ impl PlanActor {
                     .iter()
                     .map(crate::convert::to_new)
                     .collect(),
+                // A fork never carries an open review; its closed ones stay its source's.
+                reviews: Vec::new(),
             };
             let append = Append {
                 plan_id: self.state.plan_id.clone(),
@@ -623,6 +625,8 @@ impl PlanActor {
                 fence: Some(self.fence.clone()),
                 state: Some(source.status.as_str().to_owned()),
                 events: recorded.events.iter().map(crate::convert::to_new).collect(),
+                // Recording a fork changes none of the source's reviews.
+                reviews: Vec::new(),
             };
             match self.inner.store.create_plan_with(create, append).await {
                 Ok((created, appended)) => {

@@ -23,7 +23,5 @@ mod gates;
 mod latch;
 #[path = "cairn_engine/paused_time.rs"]
 mod paused_time;
-#[path = "cairn_engine/gates.rs"]
-mod gates;
 #[path = "cairn_engine/remote.rs"]
 mod remote;

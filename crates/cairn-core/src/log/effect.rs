@@ -113,6 +113,10 @@ impl Effect {
             failure: _,
             origin: _,
             retired: _,
+            // Who started the plan: no intervention changes it.
+            started_by: _,
+            // Recorded below, each changed review whole.
+            reviews: _,
         } = after;
         let set = after
             .steps

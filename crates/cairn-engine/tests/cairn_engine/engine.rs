@@ -1125,6 +1125,18 @@ impl cairn_store::PlanIndex for FailSecondHalf {
     async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>> {
         self.inner.plans_in_states(states).await
     }
+    async fn list_reviews(
+        &self,
+        state: Option<&str>,
+        plan_id: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<cairn_store::ReviewRow>> {
+        self.inner.list_reviews(state, plan_id, limit, cursor).await
+    }
+    async fn open_reviews(&self) -> StoreResult<cairn_store::OpenReviews> {
+        self.inner.open_reviews().await
+    }
 }
 
 #[async_trait]
@@ -2062,6 +2074,7 @@ async fn a_log_format_newer_than_this_build_is_refused_by_name() {
                     ),
                     row(2, "checkpoint_created", "{}".into(), format),
                 ],
+                reviews: Vec::new(),
             },
         )
         .await
