@@ -274,7 +274,7 @@ pub enum EventKind {
     InterventionApplied {
         intervention: Box<Intervention>,
         /// What the intervention changed, applied as it is on replay. Absent in events of log
-        /// format 1, which replay by the frozen rules of [`crate::log::v1`].
+        /// format 1, which replay by the rules of the release that wrote them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
         effect: Option<Box<Effect>>,

@@ -23,7 +23,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
-use crate::engine::{now_micros, Inner};
+use crate::engine::Inner;
 use crate::executor::{ExecError, StopSignal, Task};
 use crate::remote::Ack;
 use crate::EngineError;
@@ -106,7 +106,7 @@ impl PlanActor {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             let wake = self.state.next_wake().map(|t| {
-                let wait = (t - crate::engine::now()).max(0) as u64;
+                let wait = (t - self.inner.now()).max(0) as u64;
                 let at = tokio::time::Instant::now() + Duration::from_micros(wait);
                 self.hold_until.map_or(at, |hold| at.max(hold))
             });
@@ -187,7 +187,7 @@ impl PlanActor {
     }
 
     async fn renew_lease(&mut self) -> bool {
-        let now = now_micros();
+        let now = self.inner.now().as_micros();
         match self
             .inner
             .store
@@ -375,7 +375,7 @@ impl PlanActor {
         replies: &mut [Option<ReplyTo>],
     ) -> Result<(), cairn_store::StoreError> {
         let before = self.state.seq;
-        let now = crate::engine::now();
+        let now = self.inner.now();
         let mut events: Vec<Event> = Vec::new();
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).

@@ -11,7 +11,7 @@
 //! url = "http://127.0.0.1:9000/run"
 //! [agents.search]
 //! executor = "builtin"                 # an alias of builtin.echo
-//! builtin = "echo"                     # echo | sleep | fail
+//! builtin = "echo"                     # echo | sleep | fail | latch
 //! [[webhooks]]
 //! url = "http://127.0.0.1:9100/hook"
 //! events = ["plan_paused", "intervention_applied"]   # optional: absent = every event
@@ -81,6 +81,7 @@ pub enum BuiltinAgent {
     Echo,
     Sleep,
     Fail,
+    Latch,
 }
 
 impl BuiltinAgent {
@@ -89,6 +90,7 @@ impl BuiltinAgent {
             BuiltinAgent::Echo => "echo",
             BuiltinAgent::Sleep => "sleep",
             BuiltinAgent::Fail => "fail",
+            BuiltinAgent::Latch => "latch",
         }
     }
 }
@@ -370,7 +372,7 @@ fn parse_agent(ctx: &str, t: &Table) -> Result<AgentConfig, ConfigError> {
             })
         }
         _ => {
-            let what = "one of: \"echo\", \"sleep\", \"fail\"";
+            let what = "one of: \"echo\", \"sleep\", \"fail\", \"latch\"";
             let Some(builtin) = t.get("builtin") else {
                 return err(format!("{ctx}: missing `builtin` ({what})"));
             };
@@ -378,6 +380,7 @@ fn parse_agent(ctx: &str, t: &Table) -> Result<AgentConfig, ConfigError> {
                 Some("echo") | Some("builtin.echo") => BuiltinAgent::Echo,
                 Some("sleep") | Some("builtin.sleep") => BuiltinAgent::Sleep,
                 Some("fail") | Some("builtin.fail") => BuiltinAgent::Fail,
+                Some("latch") | Some("builtin.latch") => BuiltinAgent::Latch,
                 _ => return err(format!("{ctx}: `builtin` must be {what}, not {builtin}")),
             };
             Ok(AgentConfig::Builtin { builtin })

@@ -1,17 +1,19 @@
 //! Events between the core's types and the store's opaque rows.
 
-use cairn_core::event::{CheckpointMark, CheckpointTrigger, Event, EventKind};
+use cairn_core::event::{CheckpointMark, CheckpointTrigger, Event};
 use cairn_store::{NewEvent, StoredEvent};
 
 use crate::EngineError;
 
 pub(crate) fn to_new(e: &Event) -> NewEvent {
+    let encoded = cairn_core::log::encode(&e.kind);
     NewEvent {
         seq: e.seq,
         at: e.at.as_micros(),
         actor: e.actor.clone(),
-        kind: e.kind.type_name().to_owned(),
-        data: e.kind.data_json(),
+        kind: encoded.kind.to_owned(),
+        data: encoded.data,
+        format: encoded.format,
         checkpoint: e.checkpoint.as_ref().map(|c| cairn_store::CheckpointMark {
             trigger: c.trigger.as_str().to_owned(),
             label: c.label.clone(),
@@ -20,7 +22,8 @@ pub(crate) fn to_new(e: &Event) -> NewEvent {
 }
 
 pub(crate) fn from_stored(e: StoredEvent) -> Result<Event, EngineError> {
-    let kind = EventKind::from_parts(&e.kind, &e.data)
+    // Every format this build knows is upcast to the current one; a newer one is refused by name.
+    let kind = cairn_core::log::decode(&e.kind, e.format, &e.data)
         .map_err(|m| EngineError::Corrupt(format!("plan {} event {}: {m}", e.plan_id, e.seq)))?;
     let checkpoint = match e.checkpoint {
         None => None,

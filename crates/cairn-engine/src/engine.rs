@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_core::decide::SYSTEM_ACTOR;
 use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin};
@@ -20,17 +19,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::actor::{Answer, Msg, PlanActor};
+use crate::clock::{Clock, SystemClock};
 use crate::convert::{from_stored, to_new};
 use crate::executor::{Executor, Registry};
 use crate::publish::{self, Notice, Subscription};
 use crate::EngineError;
 
-/// The wall clock, now.
+/// The wall clock, now (the system clock; an engine reads its [`EngineOptions::clock`]).
 pub fn now() -> Timestamp {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| Timestamp::from_micros(d.as_micros() as i64))
-        .unwrap_or(Timestamp::EPOCH)
+    SystemClock.now()
 }
 
 /// Microseconds since the Unix epoch, now (what stores keep).
@@ -61,6 +58,10 @@ pub struct EngineOptions {
     pub idle_unload_ms: u64,
     /// Where agent types without a local executor go (remote workers); `None`: they fail.
     pub remote: Option<crate::remote::RemoteQueue>,
+    /// Where the engine reads the time: every recorded timestamp, lease and deadline (a retry's
+    /// backoff, `resume_at`). The system clock by default; tests on paused tokio time pass a
+    /// [`crate::clock::TokioClock`].
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for EngineOptions {
@@ -74,6 +75,7 @@ impl Default for EngineOptions {
             execute: true,
             idle_unload_ms: 2_000,
             remote: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -109,6 +111,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Now, by the engine's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.opts.clock.now()
+    }
+
     pub(crate) fn publish(&self, events: Vec<Arc<Event>>) {
         let _ = self.publisher.send(events);
     }
@@ -348,7 +355,7 @@ impl Engine {
                     plan_id,
                     &self.inner.opts.node_id,
                     self.inner.opts.lease_ms,
-                    now_micros(),
+                    self.inner.now().as_micros(),
                 )
                 .await?;
             let (state, snapshot_seq) = load_state(&*self.inner.store, plan_id).await?;
@@ -440,7 +447,7 @@ impl Engine {
         actor: &str,
     ) -> Result<(PlanState, Vec<Arc<Event>>), EngineError> {
         let mut state = PlanState::empty(&plan_id);
-        let now = now();
+        let now = self.inner.now();
         let decision = cairn_core::handle(
             &mut state,
             Command::Register { definition, origin },
@@ -921,7 +928,12 @@ impl Engine {
         let state = self.state(plan_id).await?;
         let checkpoints = self.checkpoints(plan_id).await?;
         let interventions = self.interventions(plan_id).await?;
-        Ok(Snapshot::of(&state, checkpoints, interventions, now()))
+        Ok(Snapshot::of(
+            &state,
+            checkpoints,
+            interventions,
+            self.inner.now(),
+        ))
     }
 
     /// The recorded interventions of a plan, applied and refused, oldest first.

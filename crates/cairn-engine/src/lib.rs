@@ -10,6 +10,7 @@
 #![doc = include_str!("doc_example.md")]
 
 mod actor;
+pub mod clock;
 pub mod config;
 mod convert;
 mod engine;

@@ -4,12 +4,21 @@
 //! - `gates`: quality gates and reviews, from a gate retry to a review's timeout.
 //! - `executors`: the `command` and `http` executors and `cairn.toml`.
 //! - `remote`: the remote task queue.
+//! - `latch`: the `builtin.latch` step holder the other tests use.
+//! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
+//! - `common`: bounded waits shared by every module.
 
+#[path = "cairn_engine/common.rs"]
+mod common;
 #[path = "cairn_engine/engine.rs"]
 mod engine;
 #[path = "cairn_engine/executors.rs"]
 mod executors;
 #[path = "cairn_engine/gates.rs"]
 mod gates;
+#[path = "cairn_engine/latch.rs"]
+mod latch;
+#[path = "cairn_engine/paused_time.rs"]
+mod paused_time;
 #[path = "cairn_engine/remote.rs"]
 mod remote;

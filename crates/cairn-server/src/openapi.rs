@@ -213,6 +213,17 @@ impl Modify for Common {
                     .build(),
             ),
         );
+        // The plan types read leniently from the stored log, but a plan document sent to the
+        // server is checked by hand and refuses unknown fields: the schema says so.
+        for name in ["Plan", "StepDef", "RetryPolicy"] {
+            if let Some(RefOr::T(utoipa::openapi::Schema::Object(o))) =
+                components.schemas.get_mut(name)
+            {
+                o.additional_properties = Some(Box::new(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ));
+            }
+        }
         let error = |what: &str| -> RefOr<utoipa::openapi::Response> {
             ResponseBuilder::new()
                 .description(what)

@@ -69,7 +69,7 @@ pub use writer::WriterStats;
 use read::ReadPool;
 use writer::{Op, Outcome, Request};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How hard each commit is pushed to disk.
@@ -714,10 +714,11 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         )));
     }
     // Each step upgrades one version, in its own transaction.
-    let steps: [(i64, &str); 3] = [
+    let steps: [(i64, &str); 4] = [
         (1, include_str!("schema.sql")),
         (2, include_str!("schema_v2.sql")),
         (3, include_str!("schema_v3.sql")),
+        (4, include_str!("schema_v4.sql")),
     ];
     for (to, sql) in steps {
         if version >= to {

@@ -61,7 +61,7 @@ impl ReadPool {
     }
 }
 
-const EVENT_COLS: &str = "id, seq, kind, at, actor, data, cp_trigger, cp_label";
+const EVENT_COLS: &str = "id, seq, kind, at, actor, data, cp_trigger, cp_label, format";
 
 fn event(r: &Row<'_>, plan_id: String) -> rusqlite::Result<StoredEvent> {
     let trigger: Option<String> = r.get(6)?;
@@ -73,6 +73,7 @@ fn event(r: &Row<'_>, plan_id: String) -> rusqlite::Result<StoredEvent> {
         at: r.get(3)?,
         actor: r.get(4)?,
         data: r.get(5)?,
+        format: r.get(8)?,
         checkpoint: match trigger {
             Some(trigger) => Some(CheckpointMark {
                 trigger,
@@ -155,13 +156,13 @@ pub(crate) fn all_events(
     limit: usize,
 ) -> StoreResult<Vec<StoredEvent>> {
     let sql = "SELECT e.id, e.seq, e.kind, e.at, e.actor, e.data, e.cp_trigger, e.cp_label,
-                      p.plan_id
+                      e.format, p.plan_id
                FROM events e JOIN plans p ON p.pk = e.plan_pk
                WHERE e.id > ?1 ORDER BY e.id LIMIT ?2";
     let mut stmt = c.prepare_cached(sql).ctx("prepare read all events")?;
     let rows = stmt
         .query_map(params![to_sql(after_id), limit_sql(limit)], |r| {
-            event(r, r.get(8)?)
+            event(r, r.get(9)?)
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .ctx("read all events")?;

@@ -495,8 +495,9 @@ impl Writer {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "INSERT INTO events (plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO events (plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label,
+                                     format)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .ctx("prepare event insert")?;
         let mut out = Vec::with_capacity(events.len());
@@ -513,7 +514,8 @@ impl Writer {
                 e.actor,
                 e.data,
                 trigger,
-                label
+                label,
+                e.format
             ])
             .ctx("insert event")?;
             out.push(StoredEvent {
@@ -524,6 +526,7 @@ impl Writer {
                 actor: e.actor,
                 kind: e.kind,
                 data: e.data,
+                format: e.format,
                 checkpoint: e.checkpoint,
             });
         }

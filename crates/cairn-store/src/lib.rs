@@ -47,6 +47,9 @@ pub struct NewEvent {
     pub kind: String,
     /// The event's data as a JSON document.
     pub data: String,
+    /// The log format `data` is written in (the core's `log::FORMAT` when it was written). A
+    /// store keeps it beside the data; events stored before formats existed are format 1.
+    pub format: u32,
     pub checkpoint: Option<CheckpointMark>,
 }
 
@@ -61,6 +64,8 @@ pub struct StoredEvent {
     pub actor: String,
     pub kind: String,
     pub data: String,
+    /// The log format of `data` (1 for events stored before formats existed).
+    pub format: u32,
     pub checkpoint: Option<CheckpointMark>,
 }
 

@@ -190,3 +190,53 @@ fn effects_reproduce_every_intervention() {
         assert_eq!(replayed, after, "{body}");
     }
 }
+
+/// Registrations, forks, imports and restores carry their state: replay loads it as recorded,
+/// whatever today's validation would say of it.
+#[test]
+fn registrations_and_restores_replay_without_validation() {
+    // A definition today's rules refuse twice over: an empty action and a dependency cycle.
+    let steps = json!([
+        {"step_id": "a", "action": "", "agent_type": "t", "depends_on": ["b"]},
+        {"step_id": "b", "action": "x", "agent_type": "t", "depends_on": ["a"]}
+    ]);
+    let definition: crate::plan::Plan =
+        serde_json::from_value(json!({"query": "q", "steps": steps})).unwrap();
+    assert!(
+        definition.validate().is_err(),
+        "today's rules must refuse it"
+    );
+    let state = json!({"query": "q", "max_parallel": 2, "version": 4, "steps": [
+        {"def": steps[0], "rec": {"status": "completed", "attempts": 1, "run": 1, "run_attempts": 1}},
+        {"def": steps[1], "rec": {"status": "pending", "attempts": 0, "run": 1, "run_attempts": 0}}
+    ]});
+    let events = log(&[
+        (
+            "plan_registered",
+            1,
+            json!({"definition": {"query": "q", "steps": steps},
+                   "origin": {"how": "import", "plan_id": "src", "checkpoint_id": "cp-3",
+                              "state": state}}),
+        ),
+        (
+            "checkpoint_restored",
+            1,
+            json!({"checkpoint_id": "cp-1", "seq": 1, "restored": state}),
+        ),
+    ]);
+    let imported = PlanState::replay(PLAN, &events[..1]);
+    assert_eq!(ids(&imported), ["a", "b"]);
+    assert_eq!(imported.version, 4);
+    assert_eq!(
+        imported.step("a").unwrap().rec.status,
+        StepStatus::Completed
+    );
+    assert_eq!(imported.step("a").unwrap().def.action, "");
+    let restored = PlanState::replay(PLAN, &events);
+    assert_eq!(restored.version, 5);
+    assert_eq!(restored.status, PlanStatus::Paused);
+    assert_eq!(
+        restored.step("b").unwrap().def.depends_on,
+        Some(vec!["a".into()])
+    );
+}

@@ -2,7 +2,7 @@
 //! optional scores) or an error saying whether trying again may help.
 //!
 //! The [`Registry`] maps agent types to executors: the builtins (`builtin.echo`, `builtin.sleep`,
-//! `builtin.fail`) are always there; `cairn.toml` adds `command` and `http` agents; an embedding
+//! `builtin.fail`, `builtin.latch`) are always there; `cairn.toml` adds `command` and `http` agents; an embedding
 //! program registers its own with [`Registry::register`].
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 pub mod command;
 pub mod http;
+pub mod latch;
 
 /// One attempt of one step, as an executor sees it. Serialised as the JSON a `command` agent reads
 /// on stdin and an `http` agent receives as the request body.
@@ -127,6 +128,7 @@ impl Registry {
         r.register("builtin.echo", Arc::new(Echo));
         r.register("builtin.sleep", Arc::new(Sleep));
         r.register("builtin.fail", Arc::new(Fail));
+        r.register("builtin.latch", Arc::new(latch::Latch::default()));
         r
     }
 

@@ -10,12 +10,14 @@ use cairn_core::{
     CheckpointTrigger, Event, EventKind, Format, Intervention, InterventionRequest, PauseMode,
     PauseReason, Plan, PlanStatus, RefusalKind, StepStatus,
 };
-use cairn_engine::executor::{ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
+use cairn_engine::executor::{latch, ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
 use cairn_engine::observe::{observe, Callbacks};
 use cairn_engine::{CheckpointSummary, Engine, EngineError, EngineOptions, Notice};
 use cairn_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
+
+use crate::common::{settled, wait_event, within};
 
 fn plan(yaml: &str) -> Plan {
     Plan::parse(yaml, Format::Yaml).unwrap()
@@ -41,7 +43,7 @@ async fn a_plan_runs_to_completion_with_three_checkpoints() {
     );
     engine.register(p, "tester").await.unwrap();
     engine.start("p1", "tester", None).await.unwrap();
-    let state = engine.wait_settled("p1").await.unwrap();
+    let state = settled(&engine, "p1").await;
     assert_eq!(state.status, PlanStatus::Completed);
     assert_eq!(
         state.steps[1].rec.output,
@@ -59,21 +61,25 @@ async fn pause_stops_new_steps_and_resume_continues() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(&dir).await;
     let p = plan(
-        "plan_id: p2\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.sleep, params: {ms: 200}}\n  - {step_id: b, action: y, agent_type: builtin.echo}\n",
+        "plan_id: p2\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.latch, params: {name: engine-pause-p2}}\n  - {step_id: b, action: y, agent_type: builtin.echo}\n",
     );
     engine.register(p, "tester").await.unwrap();
     engine.start("p2", "tester", None).await.unwrap();
+    // Step a is running, held by its latch, when the pause arrives.
+    within("step a to hold", latch::held("engine-pause-p2")).await;
     let paused = engine
         .pause("p2", PauseMode::Boundary, None, "op", Some("coffee".into()))
         .await
         .unwrap();
     assert_eq!(paused.status, PlanStatus::Paused);
-    let settled = engine.wait_settled("p2").await.unwrap();
-    assert_eq!(settled.status, PlanStatus::Paused);
-    assert_eq!(settled.steps[0].rec.status, StepStatus::Completed);
-    assert_eq!(settled.steps[1].rec.status, StepStatus::Pending);
+    assert_eq!(paused.steps[0].rec.status, StepStatus::Running);
+    latch::release("engine-pause-p2");
+    let drained = settled(&engine, "p2").await;
+    assert_eq!(drained.status, PlanStatus::Paused);
+    assert_eq!(drained.steps[0].rec.status, StepStatus::Completed);
+    assert_eq!(drained.steps[1].rec.status, StepStatus::Pending);
     engine.resume("p2", "op", None).await.unwrap();
-    let done = engine.wait_settled("p2").await.unwrap();
+    let done = settled(&engine, "p2").await;
     assert_eq!(done.status, PlanStatus::Completed);
 }
 
@@ -89,7 +95,7 @@ async fn an_agent_type_without_an_executor_fails_with_a_message_for_the_embeddin
         .await
         .unwrap();
     engine.start("nx", "tester", None).await.unwrap();
-    let state = engine.wait_settled("nx").await.unwrap();
+    let state = settled(&engine, "nx").await;
     assert_eq!(state.status, PlanStatus::Failed);
     let error = state.steps[0].rec.error.clone().unwrap_or_default();
     assert_eq!(
@@ -123,7 +129,7 @@ async fn an_engine_that_runs_no_attempt_starts_no_step() {
     drop(admin);
     // A driver takes it over: the step runs as attempt 1.
     let driver = open_at(&db, Registry::with_builtins(), EngineOptions::default()).await;
-    let done = driver.wait_settled("ne").await.unwrap();
+    let done = settled(&driver, "ne").await;
     assert_eq!(done.status, PlanStatus::Completed);
     assert_eq!(done.steps[0].rec.attempts, 1);
 }
@@ -151,17 +157,6 @@ async fn engine_with(dir: &tempfile::TempDir, extra: &[(&str, Arc<dyn Executor>)
 
 fn iv(body: Value) -> InterventionRequest {
     InterventionRequest::from_body(body).unwrap()
-}
-
-/// Waits (without sleeping) for the first event of a plan, past or future, that matches.
-async fn wait_event(engine: &Engine, plan_id: &str, pred: impl Fn(&Event) -> bool) -> Arc<Event> {
-    let mut sub = engine.subscribe_plan(plan_id, Some(0));
-    loop {
-        match sub.next().await.expect("the engine is gone") {
-            Notice::Event(e) if pred(&e) => return e,
-            _ => {}
-        }
-    }
 }
 
 async fn all_events(engine: &Engine, plan_id: &str) -> Vec<Event> {
@@ -287,7 +282,7 @@ async fn recorder_engine(dir: &tempfile::TempDir) -> (Engine, Arc<Recorder>) {
 
 async fn run_to_end(engine: &Engine, plan_id: &str) -> Arc<cairn_core::PlanState> {
     engine.start(plan_id, "op", None).await.unwrap();
-    engine.wait_settled(plan_id).await.unwrap()
+    settled(engine, plan_id).await
 }
 
 fn status_of(state: &cairn_core::PlanState, step_id: &str) -> StepStatus {
@@ -350,7 +345,7 @@ async fn retry_after_failure_pauses_the_plan_then_resume_completes() {
     assert_eq!(state.pause_reason, Some(PauseReason::Intervention));
 
     engine.resume("p", "op", None).await.unwrap();
-    let done = engine.wait_settled("p").await.unwrap();
+    let done = settled(&engine, "p").await;
     assert_eq!(done.status, PlanStatus::Completed);
     let a = done.step("a").unwrap();
     assert_eq!(a.rec.attempts, 2, "attempts keep counting across runs");
@@ -462,10 +457,7 @@ async fn rerun_from_reruns_downstream_with_new_idempotency_keys() {
     assert_eq!(status_of(&state, "b"), StepStatus::Pending);
     assert_eq!(status_of(&state, "c"), StepStatus::Pending);
     engine.resume("p", "op", None).await.unwrap();
-    assert_eq!(
-        engine.wait_settled("p").await.unwrap().status,
-        PlanStatus::Completed
-    );
+    assert_eq!(settled(&engine, "p").await.status, PlanStatus::Completed);
     assert_eq!(rec.keys(), ["p/a/1", "p/b/1", "p/c/1", "p/b/2", "p/c/2"]);
 }
 
@@ -604,7 +596,12 @@ async fn complete_step_on_a_running_step_stops_its_attempt_and_the_plan_goes_on(
         .await
         .unwrap();
     engine.start("p", "op", None).await.unwrap();
-    assert_eq!(started.recv().await.unwrap(), ("a".to_owned(), 1));
+    assert_eq!(
+        within("the next started message", started.recv())
+            .await
+            .unwrap(),
+        ("a".to_owned(), 1)
+    );
     let record = engine
         .intervene(
             "p",
@@ -615,7 +612,7 @@ async fn complete_step_on_a_running_step_stops_its_attempt_and_the_plan_goes_on(
         .unwrap();
     assert_eq!(record.status, InterventionStatus::Applied);
     assert_eq!(record.user, "op");
-    let state = engine.wait_settled("p").await.unwrap();
+    let state = settled(&engine, "p").await;
     assert_eq!(state.status, PlanStatus::Completed);
     assert_eq!(state.step("a").unwrap().rec.output, Some(json!({"n": 5})));
     // b ran on the output the operator gave, as if a's agent had answered.
@@ -700,8 +697,12 @@ async fn parallel_steps_respect_max_parallel() {
         .await
         .unwrap();
     engine.start("p", "op", None).await.unwrap();
-    started.recv().await.unwrap();
-    started.recv().await.unwrap();
+    within("the next started message", started.recv())
+        .await
+        .unwrap();
+    within("the next started message", started.recv())
+        .await
+        .unwrap();
     let view = engine.view("p").await.unwrap();
     assert_eq!(view.running_steps.len(), 2);
     assert_eq!(
@@ -712,7 +713,7 @@ async fn parallel_steps_respect_max_parallel() {
         4
     );
     gate.release(6);
-    let done = engine.wait_settled("p").await.unwrap();
+    let done = settled(&engine, "p").await;
     assert_eq!(done.status, PlanStatus::Completed);
     assert_eq!(gate.max.load(Ordering::SeqCst), 2);
 }
@@ -798,12 +799,17 @@ async fn immediate_pause_interrupts_a_running_step_which_runs_again_after_resume
         .await
         .unwrap();
     engine.start("p", "op", None).await.unwrap();
-    assert_eq!(started.recv().await.unwrap(), ("a".to_owned(), 1));
+    assert_eq!(
+        within("the next started message", started.recv())
+            .await
+            .unwrap(),
+        ("a".to_owned(), 1)
+    );
     engine
         .pause("p", PauseMode::Immediate, None, "op", Some("now".into()))
         .await
         .unwrap();
-    let paused = engine.wait_settled("p").await.unwrap();
+    let paused = settled(&engine, "p").await;
     assert_eq!(paused.status, PlanStatus::Paused);
     assert_eq!(paused.pause_reason, Some(PauseReason::Operator));
     assert_eq!(status_of(&paused, "a"), StepStatus::Pending);
@@ -813,9 +819,14 @@ async fn immediate_pause_interrupts_a_running_step_which_runs_again_after_resume
     .await;
 
     engine.resume("p", "op", None).await.unwrap();
-    assert_eq!(started.recv().await.unwrap(), ("a".to_owned(), 2));
+    assert_eq!(
+        within("the next started message", started.recv())
+            .await
+            .unwrap(),
+        ("a".to_owned(), 2)
+    );
     gate.release(1);
-    let done = engine.wait_settled("p").await.unwrap();
+    let done = settled(&engine, "p").await;
     assert_eq!(done.status, PlanStatus::Completed);
     assert_eq!(done.step("a").unwrap().rec.attempts, 2);
 }
@@ -833,7 +844,9 @@ async fn cancel_stops_the_plan_and_records_late_results() {
         .await
         .unwrap();
     engine.start("p", "op", None).await.unwrap();
-    started.recv().await.unwrap();
+    within("the next started message", started.recv())
+        .await
+        .unwrap();
     let cancelled = engine
         .cancel("p", "op", Some("wrong query".into()))
         .await
@@ -853,10 +866,7 @@ async fn cancel_stops_the_plan_and_records_late_results() {
     })
     .await;
     assert_eq!(e.actor, "op");
-    assert_eq!(
-        engine.wait_settled("p").await.unwrap().status,
-        PlanStatus::Cancelled
-    );
+    assert_eq!(settled(&engine, "p").await.status, PlanStatus::Cancelled);
     assert!(matches!(
         engine.resume("p", "op", None).await,
         Err(EngineError::Refused { .. })
@@ -881,14 +891,14 @@ async fn breakpoints_pause_before_and_after() {
     assert_eq!(status_of(&first, "b"), StepStatus::Pending);
 
     engine.resume("p", "op", None).await.unwrap();
-    let second = engine.wait_settled("p").await.unwrap();
+    let second = settled(&engine, "p").await;
     assert_eq!(second.status, PlanStatus::Paused);
     assert_eq!(second.pause_reason, Some(PauseReason::Breakpoint));
     assert_eq!(status_of(&second, "b"), StepStatus::Pending);
     assert_eq!(rec.order(), ["a"]);
 
     engine.resume("p", "op", None).await.unwrap();
-    let done = engine.wait_settled("p").await.unwrap();
+    let done = settled(&engine, "p").await;
     assert_eq!(done.status, PlanStatus::Completed);
     assert_eq!(rec.order(), ["a", "b", "c"]);
 }
@@ -908,7 +918,9 @@ async fn restore_is_refused_while_running() {
         .await
         .unwrap();
     engine.start("p", "op", None).await.unwrap();
-    started.recv().await.unwrap();
+    within("the next started message", started.recv())
+        .await
+        .unwrap();
     let cps = engine.checkpoints("p").await.unwrap();
     assert_eq!(cps[0].trigger, CheckpointTrigger::Initial);
     match engine.restore("p", &cps[0].checkpoint_id, "op", None).await {
@@ -916,10 +928,7 @@ async fn restore_is_refused_while_running() {
         Ok(_) => panic!("restore of a running plan must be refused"),
     }
     gate.release(1);
-    assert_eq!(
-        engine.wait_settled("p").await.unwrap().status,
-        PlanStatus::Completed
-    );
+    assert_eq!(settled(&engine, "p").await.status, PlanStatus::Completed);
 }
 
 #[tokio::test]
@@ -965,10 +974,7 @@ async fn restore_then_resume_reruns_the_steps_after_the_checkpoint() {
     );
 
     engine.resume("p", "op", None).await.unwrap();
-    assert_eq!(
-        engine.wait_settled("p").await.unwrap().status,
-        PlanStatus::Completed
-    );
+    assert_eq!(settled(&engine, "p").await.status, PlanStatus::Completed);
     assert_eq!(rec.order(), ["a", "b", "c", "b", "c"]);
     // History is never erased: the later checkpoints are still listed.
     let now = engine.checkpoints("p").await.unwrap();
@@ -1009,7 +1015,7 @@ async fn fork_creates_a_paused_plan_equal_to_the_checkpoint() {
 
     engine.resume("p-fork", "op", None).await.unwrap();
     assert_eq!(
-        engine.wait_settled("p-fork").await.unwrap().status,
+        settled(&engine, "p-fork").await.status,
         PlanStatus::Completed
     );
     assert_eq!(rec.keys().last().unwrap(), "p-fork/c/1");
@@ -1049,7 +1055,7 @@ async fn export_then_import_round_trips() {
     assert_eq!(imported.origin.as_ref().unwrap().how, "import");
     engine.resume("p-imported", "op", None).await.unwrap();
     assert_eq!(
-        engine.wait_settled("p-imported").await.unwrap().status,
+        settled(&engine, "p-imported").await.status,
         PlanStatus::Completed
     );
     // An import under an existing id is refused; a foreign document too.
@@ -1186,7 +1192,7 @@ async fn a_reopened_engine_recovers_a_running_plan_with_the_same_attempt_and_key
         .await
         .unwrap();
     first.start("p", "op", None).await.unwrap();
-    let task = seen.recv().await.unwrap();
+    let task = within("the next seen message", seen.recv()).await.unwrap();
     assert_eq!((task.step_id.as_str(), task.attempt), ("b", 1));
     first.shutdown().await;
     assert!(matches!(
@@ -1199,7 +1205,7 @@ async fn a_reopened_engine_recovers_a_running_plan_with_the_same_attempt_and_key
     let registry = Registry::with_builtins();
     registry.register("agent", rec.clone());
     let second = open_at(&path, registry, EngineOptions::default()).await;
-    let done = second.wait_settled("p").await.unwrap();
+    let done = settled(&second, "p").await;
     assert_eq!(done.status, PlanStatus::Completed);
     let runs = rec.runs.lock().unwrap().clone();
     assert_eq!(runs.len(), 1, "the completed step a is not run again");
@@ -1226,7 +1232,10 @@ async fn subscribe_from_zero_yields_every_event_in_order() {
     let mut sub = engine.subscribe(Some(0));
     let mut seen = Vec::new();
     while seen.last().map(|e: &Arc<Event>| e.id) != Some(last) {
-        if let Notice::Event(e) = sub.next().await.unwrap() {
+        if let Notice::Event(e) = within("the next notice of the subscription", sub.next())
+            .await
+            .unwrap()
+        {
             seen.push(e);
         }
     }
@@ -1268,7 +1277,10 @@ async fn a_lagging_subscriber_is_told_and_still_gets_every_event() {
         .register(plan(&format!("plan_id: {}\nsteps:\n{steps}", ids[0])), "op")
         .await
         .unwrap();
-    let first = match sub.next().await.unwrap() {
+    let first = match within("the next notice of the subscription", sub.next())
+        .await
+        .unwrap()
+    {
         Notice::Event(e) => e.id,
         other => panic!("{other:?}"),
     };
@@ -1282,10 +1294,7 @@ async fn a_lagging_subscriber_is_told_and_still_gets_every_event() {
         engine.start(id, "op", None).await.unwrap();
     }
     for id in &ids {
-        assert_eq!(
-            engine.wait_settled(id).await.unwrap().status,
-            PlanStatus::Completed
-        );
+        assert_eq!(settled(&engine, id).await.status, PlanStatus::Completed);
     }
     let last = engine.store().last_event_id().await.unwrap();
     assert!(last > 20_000, "{last}");
@@ -1293,7 +1302,10 @@ async fn a_lagging_subscriber_is_told_and_still_gets_every_event() {
     let mut lagged = false;
     let mut expect = first + 1;
     while expect <= last {
-        match sub.next().await.unwrap() {
+        match within("the next notice of the subscription", sub.next())
+            .await
+            .unwrap()
+        {
             Notice::Lagged { .. } => {
                 assert_eq!(expect, first + 1, "the lag is reported before the catch-up");
                 lagged = true;
@@ -1337,7 +1349,7 @@ fn recording_callbacks(tx: mpsc::UnboundedSender<Seen>) -> Callbacks {
 async fn collect_until(rx: &mut mpsc::UnboundedReceiver<Seen>, until: &Seen) -> Vec<Seen> {
     let mut out = Vec::new();
     while out.last() != Some(until) {
-        out.push(rx.recv().await.unwrap());
+        out.push(within("the next rx message", rx.recv()).await.unwrap());
     }
     out
 }
@@ -1422,7 +1434,7 @@ async fn observer_learns_the_status_of_plans_it_has_not_seen_yet() {
         .pause("p", PauseMode::Boundary, None, "op", None)
         .await
         .unwrap();
-    engine.wait_settled("p").await.unwrap();
+    settled(&engine, "p").await;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _handle = observe(&engine, recording_callbacks(tx)).await.unwrap();
@@ -1481,7 +1493,7 @@ async fn a_slow_observer_never_stalls_the_engine_and_catches_up() {
     gate.add_permits(expected.len());
     let mut got = Vec::new();
     while got.len() < expected.len() {
-        got.push(rx.recv().await.unwrap());
+        got.push(within("the next rx message", rx.recv()).await.unwrap());
     }
     assert_eq!(got, expected, "every checkpoint, once, in order");
     drop(handle);
@@ -1631,6 +1643,7 @@ async fn a_store_written_with_integer_times_reads_the_same() {
                 actor: r.actor.clone(),
                 kind: r.kind.clone(),
                 data: data.to_string(),
+                format: r.format,
                 checkpoint: r.checkpoint.clone(),
             }
         })
@@ -1686,8 +1699,5 @@ async fn a_store_written_with_integer_times_reads_the_same() {
     );
     // And the plan goes on from there.
     aged.resume("p", "op", None).await.unwrap();
-    assert_eq!(
-        aged.wait_settled("p").await.unwrap().status,
-        PlanStatus::Completed
-    );
+    assert_eq!(settled(&aged, "p").await.status, PlanStatus::Completed);
 }

@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::common::within;
+
 fn task(params: Value) -> Task {
     Task {
         plan_id: "plan_1".into(),
@@ -34,7 +36,7 @@ fn sh(script: &str) -> CommandExecutor {
 }
 
 async fn run(ex: &dyn Executor, t: Task) -> Result<ExecOutput, ExecError> {
-    ex.execute(t, StopSignal::never()).await
+    within("the executor to answer", ex.execute(t, StopSignal::never())).await
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -53,12 +55,20 @@ fn make_fifo(dir: &Path) -> PathBuf {
 }
 
 async fn read_pid(fifo: PathBuf) -> u32 {
-    tokio::task::spawn_blocking(move || std::fs::read_to_string(fifo).expect("read fifo"))
-        .await
-        .expect("join")
-        .trim()
-        .parse()
-        .expect("pid")
+    use tokio::io::AsyncBufReadExt;
+    // Read-write, so the open does not wait for the writer and no EOF comes before it writes.
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&fifo)
+        .expect("open fifo");
+    let mut line = String::new();
+    within(
+        "the agent to write its pid",
+        tokio::io::BufReader::new(rx).read_line(&mut line),
+    )
+    .await
+    .expect("read fifo");
+    line.trim().parse().expect("pid")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,8 +249,7 @@ async fn command_timeout_kills_the_program() {
         .parse()
         .unwrap();
     assert!(!pid_alive(pid), "agent {pid} still alive");
-    // And it never got to finish its work.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // And it never got to finish its work: the shell that would touch the file is gone.
     assert!(!late.exists(), "the program ran on after its timeout");
 }
 
@@ -261,7 +270,10 @@ async fn command_stop_signal_kills_the_program() {
     let pid = read_pid(fifo).await;
     assert!(pid_alive(pid));
     tx.send(true).unwrap();
-    let e = handle.await.unwrap().unwrap_err();
+    let e = within("the attempt to end", handle)
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(e.retryable);
     assert_eq!(e.message, "stopped");
     assert!(!pid_alive(pid), "agent {pid} still alive after stop");
@@ -297,7 +309,14 @@ async fn command_stop_kills_what_the_program_started() {
     let pid = read_pid(fifo).await;
     assert!(pid_alive(pid));
     tx.send(true).unwrap();
-    assert_eq!(handle.await.unwrap().unwrap_err().message, "stopped");
+    assert_eq!(
+        within("the attempt to end", handle)
+            .await
+            .unwrap()
+            .unwrap_err()
+            .message,
+        "stopped"
+    );
     wait_dead(pid, "the program's `sleep 30`").await;
 }
 
@@ -486,7 +505,9 @@ async fn http_success_with_envelope() {
     let out = run(&ex, task(json!({"q": "cobalt"}))).await.unwrap();
     assert_eq!(out.output, json!({"echo": {"q": "cobalt"}}));
     assert_eq!(out.scores.unwrap().get("accuracy"), Some(&json!(0.95)));
-    let req = requests.recv().await.unwrap();
+    let req = within("a request to reach the agent", requests.recv())
+        .await
+        .unwrap();
     assert!(req.head.starts_with("POST /run HTTP/1.1"), "{}", req.head);
     let head = req.head.to_ascii_lowercase();
     assert!(
@@ -583,7 +604,9 @@ async fn http_timeout() {
     let e = run(&ex, t).await.unwrap_err();
     assert!(e.retryable);
     assert_eq!(e.message, "timed out after 300 ms");
-    assert!(requests.recv().await.is_some());
+    assert!(within("a request to reach the agent", requests.recv())
+        .await
+        .is_some());
 }
 
 #[tokio::test]
@@ -593,9 +616,14 @@ async fn http_stop_signal_aborts_the_request() {
     let (tx, stop) = StopSignal::new();
     let handle = tokio::spawn(async move { ex.execute(task(json!({})), stop).await });
     // The request has reached the agent.
-    requests.recv().await.unwrap();
+    within("a request to reach the agent", requests.recv())
+        .await
+        .unwrap();
     tx.send(true).unwrap();
-    let e = handle.await.unwrap().unwrap_err();
+    let e = within("the attempt to end", handle)
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(e.retryable);
     assert_eq!(e.message, "stopped");
 }

@@ -11,6 +11,8 @@ use cairn_engine::{Engine, EngineOptions};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
+use crate::common::settled;
+
 async fn engine(dir: &tempfile::TempDir, queue: &RemoteQueue) -> Engine {
     let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
     Engine::open(
@@ -58,7 +60,7 @@ async fn a_worker_completes_the_step_and_the_plan() {
     assert!(!q.heartbeat(&lease.task_id, "w1").unwrap().stop);
     q.complete(&lease.task_id, "w1", json!({"found": 3}), None)
         .unwrap();
-    let done = engine.wait_settled("r1").await.unwrap();
+    let done = settled(&engine, "r1").await;
     assert_eq!(done.status, PlanStatus::Completed);
     assert_eq!(done.steps[1].rec.output, Some(json!({"n": 3})));
 }
@@ -78,7 +80,7 @@ async fn a_fatal_failure_fails_the_step() {
     let lease = q.poll("w", &types(), WAIT).await.unwrap();
     q.fail(&lease.task_id, "w", "bad input".into(), false)
         .unwrap();
-    let done = engine.wait_settled("r2").await.unwrap();
+    let done = settled(&engine, "r2").await;
     assert_eq!(done.status, PlanStatus::Failed);
     assert_eq!(done.steps[0].rec.status, StepStatus::Failed);
     assert_eq!(done.steps[0].rec.attempts, 1);
@@ -115,7 +117,7 @@ async fn an_expired_lease_is_retried_with_the_same_idempotency_key() {
     ));
     q.complete(&second.task_id, "w2", json!({"ok": true}), None)
         .unwrap();
-    let done = engine.wait_settled("r3").await.unwrap();
+    let done = settled(&engine, "r3").await;
     assert_eq!(done.status, PlanStatus::Completed);
     assert_eq!(done.steps[0].rec.attempts, 2);
 }
@@ -137,7 +139,7 @@ async fn cancel_reaches_the_worker_through_heartbeat() {
     // The engine signals the attempt before it answers the cancel.
     assert!(q.heartbeat(&lease.task_id, "w").unwrap().stop);
     q.fail(&lease.task_id, "w", "stopped".into(), true).unwrap();
-    let done = engine.wait_settled("r4").await.unwrap();
+    let done = settled(&engine, "r4").await;
     assert_eq!(done.status, PlanStatus::Cancelled);
 }
 
@@ -159,6 +161,6 @@ async fn without_a_queue_unknown_agent_types_fail() {
     .unwrap();
     engine.register(p, "t").await.unwrap();
     engine.start("r5", "t", None).await.unwrap();
-    let done = engine.wait_settled("r5").await.unwrap();
+    let done = settled(&engine, "r5").await;
     assert_eq!(done.status, PlanStatus::Failed);
 }

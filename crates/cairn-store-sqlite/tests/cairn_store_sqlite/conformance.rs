@@ -308,3 +308,45 @@ async fn a_version_2_database_opens_and_its_tokens_never_expire() {
     assert_eq!(row.user, "olga");
     assert_eq!(row.expires_at, None);
 }
+
+/// Events stored before events carried a log format (schema version 3) read back as format 1;
+/// new events beside them keep the format they are written in.
+#[tokio::test]
+async fn events_of_a_version_3_database_read_as_log_format_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in [
+            include_str!("../../src/schema.sql"),
+            include_str!("../../src/schema_v2.sql"),
+            include_str!("../../src/schema_v3.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO plans (pk, plan_id, state, created_at, updated_at, last_seq)
+             VALUES (1, 'p', 'running', 5, 5, 1);
+             INSERT INTO events (plan_pk, seq, kind, at, actor, data)
+             VALUES (1, 1, 'plan_started', 5, 'olga', '{}');
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    let store = open(&path, false);
+    let old = store.read_events("p", 0, None, 10).await.unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].format, 1);
+    store
+        .append(cairn_store::Append {
+            plan_id: "p".into(),
+            expected_seq: 1,
+            fence: None,
+            state: None,
+            events: vec![cairn_store::conformance::ev(2, "plan_paused")],
+        })
+        .await
+        .unwrap();
+    let all = store.read_events("p", 0, None, 10).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.format).collect::<Vec<_>>(), [1, 2]);
+}

@@ -206,6 +206,27 @@ pub async fn read_events(store: Arc<dyn Store>) {
     assert_eq!(evs[0].at, 1_000_001);
     assert_eq!(evs[0].actor, "test");
     assert_eq!(evs[0].checkpoint, None);
+    assert_eq!(evs[0].format, 2);
+
+    // Each event keeps the log format it was written in, whatever its neighbours'.
+    let mut mixed = append("p", 10, 2);
+    mixed.events[0].format = 1;
+    mixed.events[1].format = 7;
+    let stored = store.append(mixed).await.unwrap();
+    assert_eq!(stored.iter().map(|e| e.format).collect::<Vec<_>>(), [1, 7]);
+    let formats =
+        |evs: Vec<crate::StoredEvent>| evs.into_iter().map(|e| e.format).collect::<Vec<_>>();
+    assert_eq!(
+        formats(store.read_events("p", 9, None, 10).await.unwrap()),
+        [2, 1, 7]
+    );
+    let all = store.read_all_events(0, 1_000).await.unwrap();
+    let of_p: Vec<u32> = all
+        .iter()
+        .filter(|e| e.plan_id == "p" && e.seq > 10)
+        .map(|e| e.format)
+        .collect();
+    assert_eq!(of_p, [1, 7]);
 }
 
 pub async fn read_events_of_kind(store: Arc<dyn Store>) {

@@ -73,6 +73,7 @@ pub fn ev(seq: u64, kind: &str) -> NewEvent {
         actor: "test".into(),
         kind: kind.into(),
         data: format!("{{\"n\":{seq}}}"),
+        format: 2,
         checkpoint: None,
     }
 }
