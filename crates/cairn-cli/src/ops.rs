@@ -361,7 +361,8 @@ pub(crate) fn resume_at_from(
 fn parse_state(s: &str) -> Result<PlanStatus, Fail> {
     PlanStatus::parse(s).ok_or_else(|| {
         Fail::input(format!(
-            "unknown state {s:?}; one of idle, running, paused, completed, failed, cancelled"
+            "unknown state {s:?}; one of {}",
+            PlanStatus::names()
         ))
     })
 }

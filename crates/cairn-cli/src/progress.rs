@@ -356,8 +356,7 @@ mod tests {
         handle(
             state,
             Command::Outcome {
-                step_id: step.into(),
-                attempt,
+                attempt: cairn_core::AttemptId::step(step, attempt),
                 result: StepResult::Completed {
                     output: serde_json::Value::Null,
                     scores: None,

@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cairn_engine::{Engine, EngineOptions};
 use cairn_server::auth::{create_expiring_token, create_token, valid_user, TokenInfo};
-use cairn_server::{AppState, Authenticator, Role};
+use cairn_server::{AuthMode, Role, ServerOptions};
 use cairn_store::Tokens;
 use clap::{Args, Subcommand};
 
@@ -99,37 +98,20 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
             "--database-url: the PostgreSQL store is not available in this build yet; use --db PATH (SQLite)",
         ));
     }
+    if args.max_connections == 0 {
+        return Err(Fail::input("--max-connections must be at least 1"));
+    }
+    if args.header_timeout.is_zero()
+        || args.idle_timeout.is_zero()
+        || args.stream_keep_alive.is_zero()
+    {
+        return Err(Fail::input(
+            "--header-timeout, --idle-timeout and --stream-keep-alive must be longer than 0",
+        ));
+    }
     let config = load_config(args.config.as_deref(), None)?;
     let store = open_store(&args.db, true)?;
-    // Agent types with no executor in cairn.toml go to remote workers (`/v1/tasks…`).
-    let remote = cairn_engine::remote::RemoteQueue::new(args.worker_lease_ms);
-    let engine = Engine::open(
-        store.clone(),
-        config.registry(),
-        EngineOptions {
-            remote: Some(remote.clone()),
-            ..EngineOptions::default()
-        },
-    )
-    .await?;
-    // Webhook delivery (at-least-once, from per-webhook cursors in the store).
-    let webhooks = cairn_server::webhooks::spawn_webhooks(engine.clone(), config.webhooks.clone());
-    cairn_server::metrics::spawn(engine.clone());
-    {
-        // cairn_tasks_queued{agent_type}: the remote queue lives here, not in the engine's events.
-        let remote = remote.clone();
-        tokio::spawn(async move {
-            loop {
-                for (agent_type, n) in remote.queued_by_type() {
-                    cairn_server::metrics::set_tasks_queued(&agent_type, n);
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            }
-        });
-    }
-    let auth = if args.no_auth {
-        Authenticator::open(store.clone(), "anonymous")
-    } else {
+    if !args.no_auth {
         let tokens = store
             .list_tokens()
             .await
@@ -143,18 +125,6 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
                 t.token
             );
         }
-        Authenticator::new(store.clone())
-    };
-    if args.max_connections == 0 {
-        return Err(Fail::input("--max-connections must be at least 1"));
-    }
-    if args.header_timeout.is_zero()
-        || args.idle_timeout.is_zero()
-        || args.stream_keep_alive.is_zero()
-    {
-        return Err(Fail::input(
-            "--header-timeout, --idle-timeout and --stream-keep-alive must be longer than 0",
-        ));
     }
     // Every connection costs a file descriptor: let the connection limit decide, not the
     // default soft limit.
@@ -165,6 +135,30 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     let local = listener
         .local_addr()
         .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+    // The same wiring the server's in-process tests use.
+    let server = cairn_server::Server::build(
+        store.clone(),
+        ServerOptions {
+            registry: config.registry(),
+            webhooks: config.webhooks.clone(),
+            worker_lease_ms: args.worker_lease_ms,
+            auth: if args.no_auth {
+                AuthMode::Open {
+                    user: "anonymous".into(),
+                }
+            } else {
+                AuthMode::Tokens
+            },
+            stream_keep_alive: args.stream_keep_alive,
+            limits: cairn_server::ServeOptions {
+                header_timeout: args.header_timeout,
+                idle_timeout: args.idle_timeout,
+                max_connections: args.max_connections,
+            },
+            ..ServerOptions::default()
+        },
+    )
+    .await?;
     println!("cairn listening on http://{local}");
     // Processes refused the store's lock tell their users to come through this address.
     let reachable = if local.ip().is_unspecified() {
@@ -175,14 +169,6 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     store.announce_address(&format!("http://{reachable}"));
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let state = AppState::new(engine.clone(), auth)
-        .with_remote(remote.clone())
-        .with_keep_alive(args.stream_keep_alive);
-    let limits = cairn_server::ServeOptions {
-        header_timeout: args.header_timeout,
-        idle_timeout: args.idle_timeout,
-        max_connections: args.max_connections,
-    };
     let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -201,14 +187,11 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
             std::io::stderr(),
             "shutting down: no new requests; finishing those in flight"
         );
-        // Long-polls answer 204 at once instead of holding the shutdown up.
-        remote.close();
     };
-    cairn_server::serve_with(listener, state, limits, shutdown)
+    server
+        .serve(listener, shutdown)
         .await
         .map_err(|e| Fail::from(anyhow::anyhow!("server: {e}")))?;
-    webhooks.abort();
-    engine.shutdown().await;
     Ok(exit::OK)
 }
 

@@ -121,14 +121,15 @@ pub struct PauseOptions {
     pub resume_at: Option<Timestamp>,
 }
 
-/// The plan states in which nothing more happens by itself.
+/// The plan states in which nothing more happens by itself (the core's
+/// [`cairn_core::PlanStatus::is_terminal`], by name).
 pub fn is_terminal_state(state: &str) -> bool {
-    matches!(state, "completed" | "failed" | "cancelled")
+    cairn_core::PlanStatus::parse(state).is_some_and(cairn_core::PlanStatus::is_terminal)
 }
 
 /// Event types after which a plan is in a terminal state.
 pub fn is_terminal_event(kind: &str) -> bool {
-    matches!(kind, "plan_completed" | "plan_failed" | "plan_cancelled")
+    cairn_core::PlanStatus::entered_by(kind).is_some_and(cairn_core::PlanStatus::is_terminal)
 }
 
 /// A client for one server.
@@ -558,7 +559,11 @@ impl Client {
                 if !on_event(&event) {
                     return Ok(StreamEnd::Done);
                 }
-                if is_terminal_event(event.kind.type_name()) {
+                if event
+                    .kind
+                    .plan_status_after()
+                    .is_some_and(cairn_core::PlanStatus::is_terminal)
+                {
                     return Ok(StreamEnd::Done);
                 }
             }

@@ -1,13 +1,16 @@
-//! `decide(state, command) -> events`: the whole behaviour of a plan as a pure
+//! `decide(state, command) -> events + actions`: the whole behaviour of a plan as a pure
 //! function. [`handle`] checks a command against the state, emits the events it implies, applies
 //! them to the state through the same fold a replay uses, then lets the scheduler advance the
 //! plan (start ready steps, skip steps whose condition is false, pause at breakpoints, complete).
 //!
-//! The engine turns the emitted events into actions: `step_started` and `step_recovered` mean
-//! "run this attempt"; any running attempt the state no longer counts must be stopped.
+//! It also answers the [`Action`]s the events require: the attempts to start (with the
+//! invocation each is sent, rendered here and recorded in its `step_started`), the attempts to
+//! stop, and the plan's next timer. The engine carries them out and decides nothing itself.
 
 use serde_json::{Map, Value};
 
+use crate::action::{Action, StartAttempt};
+use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{
     CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, Origin, PauseMode,
 };
@@ -16,13 +19,16 @@ use crate::gate::{self, GateAction, OnTimeout, Scores, GATE_USER, TIMEOUT_USER};
 use crate::intervention::{
     self, Intervention, InterventionKind, InterventionRequest, InterventionStatus,
 };
-use crate::plan::Plan;
+use crate::plan::{self, Plan};
 use crate::review::review_id;
 use crate::state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
 use crate::{Refusal, RefusalKind};
 
 /// The actor of events the engine emits by itself (scheduling, timers, recovery).
 pub const SYSTEM_ACTOR: &str = "cairn";
+
+/// The longest `reason` any command may carry, in bytes.
+pub const MAX_REASON: usize = 4096;
 
 /// What an executor reported for one attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,8 +69,7 @@ pub enum Command {
     Intervene(InterventionRequest),
     /// An executor's report on an attempt.
     Outcome {
-        step_id: String,
-        attempt: u32,
+        attempt: AttemptId,
         result: StepResult,
     },
     Checkpoint {
@@ -78,7 +83,9 @@ pub enum Command {
         target: Box<Materialized>,
         reason: Option<String>,
     },
-    /// Records that a new plan was forked from one of this plan's checkpoints.
+    /// Records that a new plan was forked from one of this plan's checkpoints (refused when
+    /// `new_plan_id` is not a valid id, or is this plan's own). The new plan itself is a
+    /// `Register` with an origin, committed in the same transaction by the caller.
     RecordFork {
         checkpoint_id: String,
         new_plan_id: String,
@@ -96,10 +103,42 @@ pub enum Command {
     },
     /// A remote worker took a queued attempt.
     Claim {
-        step_id: String,
-        attempt: u32,
+        attempt: AttemptId,
         worker_id: String,
     },
+}
+
+impl Command {
+    /// The operator's reason the command carries, if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Command::Start { reason }
+            | Command::Pause { reason, .. }
+            | Command::Resume { reason }
+            | Command::Cancel { reason }
+            | Command::Checkpoint { reason, .. }
+            | Command::Restore { reason, .. }
+            | Command::RecordFork { reason, .. }
+            | Command::Interrupt { reason } => reason.as_deref(),
+            Command::Intervene(request) => request.reason.as_deref(),
+            Command::Register { .. }
+            | Command::Outcome { .. }
+            | Command::Tick
+            | Command::Recover
+            | Command::Claim { .. } => None,
+        }
+    }
+}
+
+/// Where the deciding process runs the attempts of one agent type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// An executor of this process runs them.
+    Local,
+    /// The remote-worker queue: they start `queued` until a worker claims them.
+    Queue,
+    /// Nothing can run them: a step of this type fails (without retry) instead of starting.
+    Missing,
 }
 
 /// How the deciding process starts the attempts it decides to start.
@@ -112,13 +151,16 @@ pub enum Starts<'a> {
     /// It runs some, and hands the agent types for which this answers true to the
     /// remote-worker queue: their attempts start `queued`.
     Queue(&'a dyn Fn(&str) -> bool),
+    /// Where each agent type's attempts go (the process says which executors it has).
+    Route(&'a dyn Fn(&str) -> Route),
 }
 
 impl Starts<'_> {
-    fn queued(&self, agent_type: &str) -> bool {
+    fn route(&self, agent_type: &str) -> Route {
         match self {
-            Starts::Queue(queued) => queued(agent_type),
-            Starts::Run | Starts::None => false,
+            Starts::Queue(queued) if queued(agent_type) => Route::Queue,
+            Starts::Route(route) => route(agent_type),
+            Starts::Queue(_) | Starts::Run | Starts::None => Route::Local,
         }
     }
 }
@@ -129,6 +171,7 @@ impl std::fmt::Debug for Starts<'_> {
             Starts::Run => "Run",
             Starts::None => "None",
             Starts::Queue(_) => "Queue(..)",
+            Starts::Route(_) => "Route(..)",
         })
     }
 }
@@ -149,12 +192,24 @@ pub struct Decision {
     pub intervention: Option<Intervention>,
     /// Set when an intervention was refused: its `intervention_failed` event is in `events`.
     pub refusal: Option<Refusal>,
+    /// What to do once `events` are durable, in order: stops, then starts, then the timer
+    /// (always last, exactly one).
+    pub actions: Vec<Action>,
+}
+
+impl Decision {
+    /// The attempts this decision starts.
+    pub fn starts(&self) -> impl Iterator<Item = &StartAttempt> {
+        self.actions.iter().filter_map(Action::started)
+    }
 }
 
 struct Emitter<'a> {
     state: &'a mut PlanState,
     now: Micros,
     out: Vec<Event>,
+    /// Attempts to run, in the order they were decided.
+    starts: Vec<StartAttempt>,
 }
 
 impl Emitter<'_> {
@@ -186,6 +241,46 @@ impl Emitter<'_> {
 
 fn conflict(message: String) -> Refusal {
     Refusal::new(RefusalKind::Conflict, message)
+}
+
+/// Refuses a reason longer than [`MAX_REASON`] bytes.
+pub fn check_reason(reason: Option<&str>) -> Result<(), Refusal> {
+    match reason {
+        Some(r) if r.len() > MAX_REASON => Err(Refusal::new(
+            RefusalKind::Invalid,
+            format!("reason is longer than {MAX_REASON} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// May the plan be deleted (with its whole log)? Not while it runs: pause or cancel it first.
+pub fn check_delete(state: &PlanState) -> Result<(), Refusal> {
+    if state.status == PlanStatus::Running {
+        return Err(conflict(format!(
+            "plan {} is running; pause or cancel it before deleting it",
+            state.plan_id
+        )));
+    }
+    Ok(())
+}
+
+/// Is `new_plan_id` usable for a plan forked from `source`?
+fn check_fork_id(source: &PlanState, new_plan_id: &str) -> Result<(), Refusal> {
+    if !plan::valid_id(new_plan_id) {
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            format!(
+                "new_plan_id {new_plan_id:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)"
+            ),
+        ));
+    }
+    if new_plan_id == source.plan_id {
+        return Err(conflict(format!(
+            "plan {new_plan_id} already exists: a fork needs a new plan id"
+        )));
+    }
+    Ok(())
 }
 
 /// Decides a command, applies its events to `state`, and advances the plan.
@@ -226,12 +321,20 @@ fn decide(
     ctx: Ctx<'_>,
     starts: Starts<'_>,
 ) -> Result<Decision, Refusal> {
+    check_reason(command.reason())?;
     let mut intervention = None;
     let mut refusal = None;
+    let live_before = state.live_attempts();
+    // An attempt that reported has stopped by itself: nothing to tell it.
+    let reported = match &command {
+        Command::Outcome { attempt, .. } => Some(attempt.clone()),
+        _ => None,
+    };
     let mut em = Emitter {
         state,
         now: ctx.now,
         out: Vec::new(),
+        starts: Vec::new(),
     };
     let status = em.state.status;
     let actor = ctx.actor;
@@ -325,11 +428,7 @@ fn decide(
             intervention = Some(record);
             refusal = refused;
         }
-        Command::Outcome {
-            step_id,
-            attempt,
-            result,
-        } => outcome(&mut em, step_id, attempt, result),
+        Command::Outcome { attempt, result } => outcome(&mut em, attempt, result),
         Command::Checkpoint { label, reason } => {
             if let Some(l) = &label {
                 if l.len() > 256 {
@@ -378,15 +477,18 @@ fn decide(
             checkpoint_id,
             new_plan_id,
             reason,
-        } => em.emit(
-            actor,
-            EventKind::PlanForked {
-                checkpoint_id,
-                new_plan_id,
-                reason,
-            },
-            None,
-        ),
+        } => {
+            check_fork_id(em.state, &new_plan_id)?;
+            em.emit(
+                actor,
+                EventKind::PlanForked {
+                    checkpoint_id,
+                    new_plan_id,
+                    reason,
+                },
+                None,
+            )
+        }
         Command::Tick => {
             expire_reviews(&mut em);
             if em.state.status == PlanStatus::Paused
@@ -410,25 +512,20 @@ fn decide(
             }
             interrupt_running(&mut em, actor, reason.as_deref().unwrap_or("interrupted"));
         }
-        Command::Claim {
-            step_id,
-            attempt,
-            worker_id,
-        } => {
-            let waiting = em
-                .state
-                .step(&step_id)
-                .is_some_and(|s| s.rec.status == StepStatus::Queued && s.rec.attempts == attempt);
+        Command::Claim { attempt, worker_id } => {
+            let waiting = em.state.is_live(&attempt)
+                && em
+                    .state
+                    .step(&attempt.step_id)
+                    .is_some_and(|s| s.rec.status == StepStatus::Queued);
             if !waiting {
-                return Err(conflict(format!(
-                    "attempt {attempt} of step {step_id} is not waiting for a worker"
-                )));
+                return Err(conflict(format!("{attempt} is not waiting for a worker")));
             }
             em.emit(
                 ctx.actor,
                 EventKind::StepClaimed {
-                    step_id,
-                    attempt,
+                    step_id: attempt.step_id,
+                    attempt: attempt.number,
                     worker_id,
                 },
                 None,
@@ -436,20 +533,8 @@ fn decide(
         }
         Command::Recover => {
             if status == PlanStatus::Running {
-                for (step_id, attempt) in running_attempts(em.state) {
-                    let queued = em
-                        .state
-                        .step(&step_id)
-                        .is_some_and(|s| starts.queued(&s.def.agent_type));
-                    em.emit(
-                        SYSTEM_ACTOR,
-                        EventKind::StepRecovered {
-                            step_id,
-                            attempt,
-                            queued,
-                        },
-                        None,
-                    );
+                for attempt in em.state.live_attempts() {
+                    recover(&mut em, attempt, starts);
                 }
             } else {
                 interrupt_running(
@@ -464,35 +549,202 @@ fn decide(
         resume_after_reviews(&mut em);
         advance(&mut em, starts);
     }
+    let actions = actions(&mut em, live_before, reported);
     Ok(Decision {
         events: em.out,
         intervention,
         refusal,
+        actions,
     })
 }
 
-/// The attempts running now: `(step_id, attempt)`.
-fn running_attempts(state: &PlanState) -> Vec<(String, u32)> {
-    state
-        .steps
-        .iter()
-        .filter(|s| s.rec.status.is_active())
-        .map(|s| (s.def.step_id.clone(), s.rec.attempts))
-        .collect()
+/// The actions the decision requires: stop every attempt that was in flight before and no
+/// longer is (unless it reported: it stopped by itself), start the attempts decided, and set the
+/// plan's next timer.
+fn actions(
+    em: &mut Emitter<'_>,
+    live_before: Vec<AttemptId>,
+    reported: Option<AttemptId>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for attempt in live_before {
+        if em.state.is_live(&attempt) || reported.as_ref() == Some(&attempt) {
+            continue;
+        }
+        let cause = stop_cause(&em.out, &attempt.step_id);
+        actions.push(Action::Stop { attempt, cause });
+    }
+    actions.extend(
+        std::mem::take(&mut em.starts)
+            .into_iter()
+            .map(|s| Action::Start(Box::new(s))),
+    );
+    actions.push(Action::SetTimer {
+        at: em.state.next_wake(),
+    });
+    actions
+}
+
+/// Why an attempt is stopped: the cause of its interruption, or the event that ended it.
+fn stop_cause(events: &[Event], step_id: &str) -> String {
+    let interrupted = events.iter().rev().find_map(|e| match &e.kind {
+        EventKind::StepInterrupted {
+            step_id: s, cause, ..
+        } if s == step_id => Some(cause.clone()),
+        _ => None,
+    });
+    interrupted.unwrap_or_else(|| {
+        events
+            .first()
+            .map_or("no longer wanted", |e| e.kind.type_name())
+            .to_owned()
+    })
 }
 
 fn interrupt_running(em: &mut Emitter<'_>, actor: &str, cause: &str) {
-    for (step_id, attempt) in running_attempts(em.state) {
+    for attempt in em.state.live_attempts() {
         em.emit(
             actor,
             EventKind::StepInterrupted {
-                step_id,
-                attempt,
+                step_id: attempt.step_id,
+                attempt: attempt.number,
                 cause: cause.into(),
             },
             None,
         );
     }
+}
+
+/// Takes over an attempt that was in flight when the process that ran it stopped: it is sent
+/// again with its recorded invocation (the same bytes, the same idempotency key). An attempt
+/// whose start recorded none (an older log) is rendered now, and what was rendered is recorded
+/// in its `step_recovered`. An attempt that cannot be sent again (nothing runs its agent type,
+/// or its template no longer renders) fails as its executor would have failed it.
+fn recover(em: &mut Emitter<'_>, attempt: AttemptId, starts: Starts<'_>) {
+    let Some(step) = em.state.step(&attempt.step_id) else {
+        return;
+    };
+    let recorded = step.rec.invocation.clone();
+    let agent_type = recorded
+        .as_ref()
+        .map_or(&step.def.agent_type, |i| &i.agent_type);
+    let route = starts.route(agent_type);
+    if matches!(starts, Starts::None) {
+        em.emit(
+            SYSTEM_ACTOR,
+            EventKind::StepRecovered {
+                step_id: attempt.step_id,
+                kind: attempt.kind,
+                attempt: attempt.number,
+                queued: false,
+                invocation: None,
+            },
+            None,
+        );
+        return;
+    }
+    if route == Route::Missing {
+        let error = no_executor(agent_type);
+        outcome(
+            em,
+            attempt,
+            StepResult::Failed {
+                error,
+                retryable: false,
+            },
+        );
+        return;
+    }
+    let (invocation, rendered) = match recorded {
+        Some(invocation) => (invocation, None),
+        None => match invocation_of(em.state, &attempt.step_id) {
+            Ok(invocation) => (invocation.clone(), Some(invocation)),
+            Err(error) => {
+                outcome(
+                    em,
+                    attempt,
+                    StepResult::Failed {
+                        error,
+                        retryable: false,
+                    },
+                );
+                return;
+            }
+        },
+    };
+    let queued = route == Route::Queue;
+    em.emit(
+        SYSTEM_ACTOR,
+        EventKind::StepRecovered {
+            step_id: attempt.step_id.clone(),
+            kind: attempt.kind,
+            attempt: attempt.number,
+            queued,
+            invocation: rendered,
+        },
+        None,
+    );
+    let start = start_of(em.state, attempt, invocation, queued);
+    em.starts.extend(start);
+}
+
+fn no_executor(agent_type: &str) -> String {
+    format!("no executor is registered for agent type {agent_type:?}")
+}
+
+/// What a new attempt of the step is sent: its action and agent type, and its params with every
+/// template rendered against the state now. `Err` names what failed to render.
+fn invocation_of(state: &PlanState, step_id: &str) -> Result<Invocation, String> {
+    let Some(step) = state.step(step_id) else {
+        return Err(format!("no step {step_id}"));
+    };
+    let def = &step.def;
+    let params = if expr::has_templates(&def.params) {
+        expr::render(&def.params, &state.template_context())?
+    } else {
+        def.params.clone()
+    };
+    Ok(Invocation {
+        action: def.action.clone(),
+        agent_type: def.agent_type.clone(),
+        params,
+    })
+}
+
+/// The start of an attempt the state counts as in flight, to send it again exactly as it was
+/// first sent (its recorded invocation; rendered now for an attempt recorded before
+/// invocations were), e.g. after an append whose outcome was unknown. `None` when `attempt` is
+/// not in flight.
+pub fn resend(state: &PlanState, attempt: &AttemptId) -> Option<StartAttempt> {
+    if !state.is_live(attempt) {
+        return None;
+    }
+    let step = state.step(&attempt.step_id)?;
+    let invocation = match &step.rec.invocation {
+        Some(invocation) => invocation.clone(),
+        None => invocation_of(state, &attempt.step_id).ok()?,
+    };
+    let queued = step.rec.status == StepStatus::Queued;
+    start_of(state, attempt.clone(), invocation, queued)
+}
+
+/// The start of `attempt` with `invocation`, as the engine needs it.
+fn start_of(
+    state: &PlanState,
+    attempt: AttemptId,
+    invocation: Invocation,
+    queued: bool,
+) -> Option<StartAttempt> {
+    let step = state.step(&attempt.step_id)?;
+    Some(StartAttempt {
+        idempotency_key: crate::idempotency_key(&state.plan_id, &attempt.step_id, step.rec.run),
+        run: step.rec.run,
+        timeout_ms: step.def.timeout_ms,
+        query: state.query.clone(),
+        queued,
+        attempt,
+        invocation,
+    })
 }
 
 fn intervene(
@@ -526,7 +778,16 @@ fn intervene(
                 user: actor,
                 reason: request.reason.as_deref(),
             };
-            intervention::mutate(&mut copy, &request.kind, em.now, &by).map(|()| copy)
+            intervention::mutate(&mut copy, &request.kind, em.now, &by).map(|()| {
+                // An attempt the intervention ended (completed by hand, rerun) keeps no record
+                // of what it was sent, as when it ends any other way.
+                for s in &mut copy.steps {
+                    if !s.rec.status.is_active() {
+                        s.rec.invocation = None;
+                    }
+                }
+                copy
+            })
         }
     };
     match checked {
@@ -585,12 +846,11 @@ fn intervene(
     }
 }
 
-fn outcome(em: &mut Emitter<'_>, step_id: String, attempt: u32, result: StepResult) {
-    let live = em.state.step(&step_id).filter(|s| {
-        s.rec.status.is_active()
-            && s.rec.attempts == attempt
-            && em.state.status != PlanStatus::Cancelled
-    });
+fn outcome(em: &mut Emitter<'_>, id: AttemptId, result: StepResult) {
+    let live = em.state.status != PlanStatus::Cancelled && em.state.is_live(&id);
+    let attempt = id.number;
+    let step_id = id.step_id;
+    let live = if live { em.state.step(&step_id) } else { None };
     let Some(step) = live else {
         let (outcome, error) = match &result {
             StepResult::Completed { .. } => ("completed", None),
@@ -692,7 +952,7 @@ fn fail_step(em: &mut Emitter<'_>, step_id: String, attempt: u32, error: String)
         },
         Some(CheckpointTrigger::Step),
     );
-    if matches!(em.state.status, PlanStatus::Running | PlanStatus::Paused) {
+    if em.state.status.is_active() {
         em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
     }
 }
@@ -936,19 +1196,7 @@ fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
                         continue 'rescan;
                     }
                     Err(e) => {
-                        let error = format!("condition `{when}` failed: {e}");
-                        let attempt = em.state.steps[i].rec.attempts;
-                        em.emit(
-                            SYSTEM_ACTOR,
-                            EventKind::StepFailed {
-                                step_id: step_id.clone(),
-                                attempt,
-                                error: error.clone(),
-                                retry_at: None,
-                            },
-                            Some(CheckpointTrigger::Step),
-                        );
-                        em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+                        fail_unstarted(em, i, format!("condition `{when}` failed: {e}"));
                         return;
                     }
                 }
@@ -968,34 +1216,60 @@ fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
                 );
                 continue 'rescan;
             }
-            let attempt = step.rec.attempts + 1;
+            let route = starts.route(&step.def.agent_type);
+            if route == Route::Missing {
+                let error = no_executor(&step.def.agent_type);
+                fail_unstarted(em, i, error);
+                return;
+            }
+            // The params are rendered now, against the outputs the step may see, and recorded
+            // with the start: a template that cannot render fails the step instead.
+            let invocation = match invocation_of(em.state, &step_id) {
+                Ok(invocation) => invocation,
+                Err(error) => {
+                    fail_unstarted(em, i, error);
+                    return;
+                }
+            };
+            let step = &em.state.steps[i];
+            let attempt = AttemptId::step(step_id, step.rec.attempts + 1);
             let run = step.rec.run;
-            let queued = starts.queued(&step.def.agent_type);
+            let queued = route == Route::Queue;
             em.emit(
                 SYSTEM_ACTOR,
                 EventKind::StepStarted {
-                    step_id,
-                    attempt,
+                    step_id: attempt.step_id.clone(),
+                    kind: AttemptKind::Step,
+                    attempt: attempt.number,
                     run,
                     queued,
+                    invocation: Some(invocation.clone()),
                 },
                 None,
             );
+            let start = start_of(em.state, attempt, invocation, queued);
+            em.starts.extend(start);
             running += 1;
         }
         return;
     }
 }
 
-/// The attempts the engine must run after these events: `(step_id, attempt)`.
-pub fn dispatches(events: &[Event]) -> impl Iterator<Item = (&str, u32)> {
-    events.iter().filter_map(|e| match &e.kind {
-        EventKind::StepStarted {
-            step_id, attempt, ..
-        }
-        | EventKind::StepRecovered {
-            step_id, attempt, ..
-        } => Some((step_id.as_str(), *attempt)),
-        _ => None,
-    })
+/// Fails `steps[index]` before any attempt of it starts (its condition, template or agent type
+/// cannot be used), without retry: trying again cannot help. The plan fails with it.
+fn fail_unstarted(em: &mut Emitter<'_>, index: usize, error: String) {
+    let step = &em.state.steps[index];
+    let step_id = step.def.step_id.clone();
+    let attempt = step.rec.attempts;
+    em.emit(
+        SYSTEM_ACTOR,
+        EventKind::StepFailed {
+            step_id: step_id.clone(),
+            attempt,
+            error: error.clone(),
+            retry_at: None,
+        },
+        Some(CheckpointTrigger::Step),
+    );
+    em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
 }

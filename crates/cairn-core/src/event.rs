@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::attempt::{AttemptKind, Invocation};
 use crate::gate::{FailedCriterion, Scores, VerdictKind};
 use crate::intervention::Intervention;
 use crate::log::Effect;
@@ -190,12 +191,19 @@ pub enum EventKind {
     },
     StepStarted {
         step_id: String,
+        /// What kind of work the attempt runs; absent (`step`) for a step's own action.
+        #[serde(default, skip_serializing_if = "AttemptKind::is_step")]
+        kind: AttemptKind,
         attempt: u32,
         run: u32,
         /// Handed to the remote-worker queue: the step is `queued` until a worker claims it
         /// (`step_claimed`). Absent (false) in logs written before the queue had a status.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         queued: bool,
+        /// What the agent is sent: action, agent type and rendered params. A recovered attempt
+        /// is sent exactly this again. Absent in logs written before it was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invocation: Option<Invocation>,
     },
     /// A remote worker took a queued attempt: the step is `running` from now on.
     StepClaimed {
@@ -257,10 +265,17 @@ pub enum EventKind {
     /// idempotency key).
     StepRecovered {
         step_id: String,
+        #[serde(default, skip_serializing_if = "AttemptKind::is_step")]
+        kind: AttemptKind,
         attempt: u32,
         /// Handed to the remote-worker queue again: `queued` until a worker claims it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         queued: bool,
+        /// Set only when the attempt's start recorded no invocation (a log written before
+        /// starts recorded one): what was rendered now and is sent. Otherwise the attempt is
+        /// sent its recorded invocation unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invocation: Option<Invocation>,
     },
     /// A result that arrived after its attempt stopped counting (interrupted, cancelled,
     /// restored): recorded for the audit trail, changes nothing.

@@ -284,11 +284,8 @@ fn find(state: &PlanState, step_id: &str) -> Result<usize, Refusal> {
     })
 }
 
-fn status_name(s: StepStatus) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+fn status_name(s: StepStatus) -> &'static str {
+    s.as_str()
 }
 
 /// After retry, skip, rerun or complete on a failed or completed plan: if no failed step is left, the plan
@@ -413,10 +410,7 @@ fn apply_kind(
         InterventionKind::SkipStep { step_id } => {
             let i = find(state, step_id)?;
             let rec = &mut state.steps[i].rec;
-            if !matches!(
-                rec.status,
-                StepStatus::Pending | StepStatus::Failed | StepStatus::AwaitingReview
-            ) {
+            if !rec.status.may_skip() {
                 return Err(conflict(format!(
                     "step {step_id} is {}; only a pending, failed or awaiting_review step can be skipped",
                     status_name(rec.status)
@@ -429,10 +423,7 @@ fn apply_kind(
         InterventionKind::RetryStep { step_id } => {
             let i = find(state, step_id)?;
             let rec = &mut state.steps[i].rec;
-            if !matches!(
-                rec.status,
-                StepStatus::Failed | StepStatus::Cancelled | StepStatus::Completed
-            ) {
+            if !rec.status.may_retry() {
                 return Err(conflict(format!(
                     "step {step_id} is {}; only a failed, cancelled or completed step can be retried",
                     status_name(rec.status)
@@ -470,10 +461,7 @@ fn apply_kind(
         InterventionKind::ModifyStep { step_id, patch } => {
             let i = find(state, step_id)?;
             let status = state.steps[i].rec.status;
-            if !matches!(
-                status,
-                StepStatus::Pending | StepStatus::Failed | StepStatus::AwaitingReview
-            ) {
+            if !status.may_modify() {
                 return Err(conflict(format!(
                     "step {step_id} is {}; only a pending, failed or awaiting_review step can be modified",
                     status_name(status)
@@ -555,7 +543,7 @@ fn apply_kind(
         InterventionKind::RemoveStep { step_id } => {
             let i = find(state, step_id)?;
             let status = state.steps[i].rec.status;
-            if !matches!(status, StepStatus::Pending | StepStatus::AwaitingReview) {
+            if !(status.may_move() || status == StepStatus::AwaitingReview) {
                 return Err(conflict(format!(
                     "step {step_id} is {}; only a pending or awaiting_review step can be removed",
                     status_name(status)
@@ -584,7 +572,7 @@ fn apply_kind(
         }
         InterventionKind::ReorderSteps { order } => {
             let pending: Vec<usize> = (0..state.steps.len())
-                .filter(|&i| state.steps[i].rec.status == StepStatus::Pending)
+                .filter(|&i| state.steps[i].rec.status.may_move())
                 .collect();
             let mut wanted: Vec<&str> = order.iter().map(String::as_str).collect();
             let mut have: Vec<&str> = pending
@@ -625,10 +613,7 @@ fn apply_kind(
         InterventionKind::CompleteStep { step_id, output } => {
             let i = find(state, step_id)?;
             let rec = &mut state.steps[i].rec;
-            if !matches!(
-                rec.status,
-                StepStatus::Pending | StepStatus::Queued | StepStatus::Running | StepStatus::Failed
-            ) {
+            if !rec.status.may_complete() {
                 return Err(conflict(format!(
                     "step {step_id} is {}; only a pending, queued, running or failed step can be completed by hand",
                     status_name(rec.status)
@@ -840,7 +825,10 @@ fn view(state: &PlanState) -> Value {
         let mut v = serde_json::to_value(&s.def).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut v {
             m.remove("step_id");
-            m.insert("status".into(), Value::String(status_name(s.rec.status)));
+            m.insert(
+                "status".into(),
+                Value::String(status_name(s.rec.status).into()),
+            );
             m.insert("run".into(), Value::from(s.rec.run));
         }
         steps.insert(s.def.step_id.clone(), v);

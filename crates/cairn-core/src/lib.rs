@@ -3,7 +3,9 @@
 //! - [`plan`]: the plan document and its validation.
 //! - [`event`]: the events a plan's log is made of.
 //! - [`state`]: a plan's state as a fold over its events.
-//! - [`decide`]: commands in, events (or a refusal) out.
+//! - [`status`]: what each plan state and step status means, defined once.
+//! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
+//! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
 //! - [`gate`]: quality gates, typed scores and the verdict, a pure function of both.
 //! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
@@ -16,6 +18,8 @@
 //! Time comes in as [`decide::Ctx::now`]; ids are derived from log positions. Replaying the same
 //! events always gives the same state.
 
+pub mod action;
+pub mod attempt;
 pub mod decide;
 mod document;
 pub mod event;
@@ -26,11 +30,14 @@ pub mod log;
 pub mod plan;
 pub mod review;
 pub mod state;
+pub mod status;
 pub mod suggest;
 pub mod time;
 pub mod view;
 
-pub use decide::{handle, Command, Ctx, Decision, StepResult};
+pub use action::{Action, StartAttempt};
+pub use attempt::{AttemptId, AttemptKind, Invocation};
+pub use decide::{handle, Command, Ctx, Decision, Route, StepResult};
 pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, PauseMode};
 pub use gate::{FailedCriterion, GateFeedback, QualityGate, Scores, Verdict};
 pub use intervention::{Intervention, InterventionKind, InterventionRequest};

@@ -8,56 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::gate::{GateFeedback, Scores};
 use crate::plan::{Plan, StepDef};
 use crate::review::{Review, ReviewOutcome, ReviewState};
 
-/// The six plan states.
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanStatus {
-    Idle,
-    Running,
-    Paused,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl PlanStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanStatus::Idle => "idle",
-            PlanStatus::Running => "running",
-            PlanStatus::Paused => "paused",
-            PlanStatus::Completed => "completed",
-            PlanStatus::Failed => "failed",
-            PlanStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<PlanStatus> {
-        Some(match s {
-            "idle" => PlanStatus::Idle,
-            "running" => PlanStatus::Running,
-            "paused" => PlanStatus::Paused,
-            "completed" => PlanStatus::Completed,
-            "failed" => PlanStatus::Failed,
-            "cancelled" => PlanStatus::Cancelled,
-            _ => return None,
-        })
-    }
-
-    /// Completed, failed or cancelled.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            PlanStatus::Completed | PlanStatus::Failed | PlanStatus::Cancelled
-        )
-    }
-}
+pub use crate::status::{PlanStatus, StepStatus};
 
 /// Why a paused plan is paused.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -69,45 +26,6 @@ pub enum PauseReason {
     Restored,
     Intervention,
     Breakpoint,
-}
-
-#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Pending,
-    /// Handed to the remote-worker queue, not claimed by a worker yet.
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Skipped,
-    AwaitingReview,
-    Cancelled,
-}
-
-impl StepStatus {
-    /// Has the step ended (for `rerun_from`)?
-    pub fn has_ended(self) -> bool {
-        matches!(
-            self,
-            StepStatus::Completed
-                | StepStatus::Failed
-                | StepStatus::Skipped
-                | StepStatus::Cancelled
-        )
-    }
-
-    /// Does the step let its dependents run?
-    pub fn satisfies(self) -> bool {
-        matches!(self, StepStatus::Completed | StepStatus::Skipped)
-    }
-
-    /// Does an attempt of the step exist that has not reported (queued for a worker, or
-    /// running)? Such a step counts against `max_parallel` and its result is awaited.
-    pub fn is_active(self) -> bool {
-        matches!(self, StepStatus::Queued | StepStatus::Running)
-    }
 }
 
 /// What happened to one step so far.
@@ -143,6 +61,10 @@ pub struct StepRecord {
     /// The `pause_before` breakpoint of this step has already paused the plan once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub breakpoint_passed: bool,
+    /// What the attempt in flight was sent (kept while it runs, so a recovery re-sends it).
+    /// `None` for an attempt whose start recorded none (an older log) and once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation: Option<Invocation>,
 }
 
 impl StepRecord {
@@ -161,6 +83,7 @@ impl StepRecord {
             gate_feedback: None,
             retry_at: None,
             breakpoint_passed: false,
+            invocation: None,
         }
     }
 
@@ -177,6 +100,7 @@ impl StepRecord {
         self.breakpoint_passed = false;
         self.gate_retries = 0;
         self.gate_feedback = None;
+        self.invocation = None;
     }
 }
 
@@ -322,6 +246,23 @@ impl PlanState {
             version: self.version,
             steps: self.steps.clone(),
         }
+    }
+
+    /// Is `attempt` the attempt in flight of its step (queued for a worker, or running)?
+    pub fn is_live(&self, attempt: &AttemptId) -> bool {
+        attempt.kind == AttemptKind::Step
+            && self
+                .step(&attempt.step_id)
+                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == attempt.number)
+    }
+
+    /// The attempts in flight (queued for a worker, or running), in step order.
+    pub fn live_attempts(&self) -> Vec<AttemptId> {
+        self.steps
+            .iter()
+            .filter(|s| s.rec.status.is_active())
+            .map(|s| AttemptId::step(s.def.step_id.clone(), s.rec.attempts))
+            .collect()
     }
 
     pub fn running_count(&self) -> usize {
@@ -608,16 +549,11 @@ impl PlanState {
                 self.pause_reason = None;
                 self.resume_at = None;
                 for s in &mut self.steps {
-                    if matches!(
-                        s.rec.status,
-                        StepStatus::Pending
-                            | StepStatus::Queued
-                            | StepStatus::Running
-                            | StepStatus::AwaitingReview
-                    ) {
+                    if !s.rec.status.has_ended() {
                         s.rec.status = StepStatus::Cancelled;
                         s.rec.ended_at = Some(at);
                         s.rec.retry_at = None;
+                        s.rec.invocation = None;
                     }
                 }
                 self.void_stale_reviews(at);
@@ -634,11 +570,14 @@ impl PlanState {
             }
             EventKind::StepStarted {
                 step_id,
+                kind: AttemptKind::Step,
                 attempt,
                 queued,
+                invocation,
                 ..
             } => {
                 if let Some(s) = self.step_mut(step_id) {
+                    s.rec.invocation = invocation.clone();
                     s.rec.status = if *queued {
                         StepStatus::Queued
                     } else {
@@ -664,6 +603,7 @@ impl PlanState {
                     s.rec.error = None;
                     s.rec.ended_at = Some(at);
                     s.rec.gate_feedback = None;
+                    s.rec.invocation = None;
                 }
             }
             EventKind::GateEvaluated {
@@ -730,6 +670,7 @@ impl PlanState {
                 if let Some(s) = self.step_mut(step_id) {
                     s.rec.error = Some(error.clone());
                     s.rec.ended_at = Some(at);
+                    s.rec.invocation = None;
                     match retry_at {
                         Some(t) => {
                             s.rec.status = StepStatus::Pending;
@@ -745,6 +686,7 @@ impl PlanState {
                         s.rec.status = StepStatus::Pending;
                         s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
                         s.rec.ended_at = Some(at);
+                        s.rec.invocation = None;
                     }
                 }
             }
@@ -753,6 +695,7 @@ impl PlanState {
                     s.rec.status = StepStatus::Skipped;
                     s.rec.ended_at = Some(at);
                     s.rec.retry_at = None;
+                    s.rec.invocation = None;
                 }
             }
             EventKind::InterventionApplied {
@@ -761,8 +704,16 @@ impl PlanState {
             } => match effect {
                 // The recorded result, applied as it is: replay never re-decides.
                 Some(effect) => effect.apply(self),
-                // Log format 1 recorded only the request.
-                None => crate::log::v1::replay(self, &intervention.request, at),
+                // Log format 1 recorded only the request. Its rules predate recorded
+                // invocations: an attempt they ended keeps none, as everywhere else.
+                None => {
+                    crate::log::v1::replay(self, &intervention.request, at);
+                    for s in &mut self.steps {
+                        if !s.rec.status.is_active() {
+                            s.rec.invocation = None;
+                        }
+                    }
+                }
             },
             EventKind::CheckpointRestored { restored, .. } => {
                 let version = self.version.max(restored.version) + 1;
@@ -815,8 +766,10 @@ impl PlanState {
             }
             EventKind::StepRecovered {
                 step_id,
+                kind: AttemptKind::Step,
                 attempt,
                 queued,
+                invocation,
             } => {
                 // A recovered attempt handed to the queue again waits for a worker; one run
                 // in this process is running (as it was).
@@ -827,9 +780,14 @@ impl PlanState {
                         } else {
                             StepStatus::Running
                         };
+                        if invocation.is_some() {
+                            s.rec.invocation = invocation.clone();
+                        }
                     }
                 }
             }
+            // Attempts of other kinds (compensations) have no effect on the step's record yet.
+            EventKind::StepStarted { .. } | EventKind::StepRecovered { .. } => {}
             EventKind::StepResultIgnored { .. }
             | EventKind::InterventionFailed { .. }
             | EventKind::CheckpointCreated { .. }
@@ -845,9 +803,10 @@ impl PlanState {
         self.steps = m.steps.clone();
         for s in &mut self.steps {
             match s.rec.status {
-                StepStatus::Running | StepStatus::Queued => {
+                status if status.is_active() => {
                     s.rec.status = StepStatus::Pending;
                     s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
+                    s.rec.invocation = None;
                 }
                 // A restored plan is runnable again: what a cancel stopped is pending.
                 StepStatus::Cancelled => {

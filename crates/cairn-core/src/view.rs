@@ -380,7 +380,7 @@ impl Snapshot {
 
 /// Is the plan settled for someone waiting on it: ended, or paused with nothing running?
 pub fn is_settled(state: &PlanState) -> bool {
-    state.status.is_terminal() || (state.status == PlanStatus::Paused && state.drained)
+    state.is_settled()
 }
 
 /// A remote worker as a server has seen it (`GET /v1/workers`).

@@ -1,6 +1,6 @@
 //! Behaviour of the pure core, driven the way the engine drives it: commands go through
 //! [`handle`] with an explicit fake clock, and executors are simulated by answering the attempts
-//! that [`decide::dispatches`] asks for with `Command::Outcome`.
+//! that a decision's `Start` actions ask for with `Command::Outcome`.
 //!
 //! The property tests live in `behaviour/properties.rs`, plan validation in
 //! `behaviour/validation.rs` (same test binary).
@@ -10,8 +10,8 @@ use cairn_core::event::{checkpoint_id, Event, EventKind};
 use cairn_core::intervention::InterventionStatus;
 use cairn_core::state::StepRecord;
 use cairn_core::{
-    expr, idempotency_key, CheckpointTrigger, InterventionRequest, PauseMode, PauseReason, Plan,
-    PlanState, PlanStatus, Refusal, RefusalKind, StepStatus,
+    expr, idempotency_key, AttemptId, CheckpointTrigger, InterventionRequest, PauseMode,
+    PauseReason, Plan, PlanState, PlanStatus, Refusal, RefusalKind, StepStatus,
 };
 use serde_json::{json, Value};
 
@@ -123,8 +123,7 @@ impl Sim {
     /// The executor of `step`'s current attempt reports `result`.
     fn report(&mut self, step: &str, attempt: u32, result: StepResult) -> Decision {
         self.ok(Command::Outcome {
-            step_id: step.into(),
-            attempt,
+            attempt: AttemptId::step(step, attempt),
             result,
         })
     }
@@ -226,8 +225,8 @@ fn types(d: &Decision) -> Vec<&'static str> {
 }
 
 fn started(d: &Decision) -> Vec<(String, u32)> {
-    decide::dispatches(&d.events)
-        .map(|(s, a)| (s.to_owned(), a))
+    d.starts()
+        .map(|s| (s.attempt.step_id.clone(), s.attempt.number))
         .collect()
 }
 
@@ -1609,8 +1608,7 @@ fn remote_steps_are_queued_until_a_worker_claims_them() {
     );
     // A claim for another attempt, or for a step that is not queued, is refused.
     let stale = Command::Claim {
-        step_id: "a".into(),
-        attempt: 2,
+        attempt: AttemptId::step("a", 2),
         worker_id: "w1".into(),
     };
     assert_eq!(
@@ -1618,16 +1616,14 @@ fn remote_steps_are_queued_until_a_worker_claims_them() {
         RefusalKind::Conflict
     );
     let not_queued = Command::Claim {
-        step_id: "b".into(),
-        attempt: 1,
+        attempt: AttemptId::step("b", 1),
         worker_id: "w1".into(),
     };
     assert!(run(&mut st, not_queued, "w").is_err());
     let d = run(
         &mut st,
         Command::Claim {
-            step_id: "a".into(),
-            attempt: 1,
+            attempt: AttemptId::step("a", 1),
             worker_id: "w1".into(),
         },
         "worker-token-user",
@@ -1640,15 +1636,13 @@ fn remote_steps_are_queued_until_a_worker_claims_them() {
     );
     // A second claim of the same attempt is refused: one worker gets it.
     let again = Command::Claim {
-        step_id: "a".into(),
-        attempt: 1,
+        attempt: AttemptId::step("a", 1),
         worker_id: "w2".into(),
     };
     assert!(run(&mut st, again, "w").is_err());
     // Its outcome completes it like any attempt's; c is handed to the queue next.
     let done = |step: &str| Command::Outcome {
-        step_id: step.into(),
-        attempt: 1,
+        attempt: AttemptId::step(step, 1),
         result: StepResult::Completed {
             output: json!(1),
             scores: None,
@@ -1676,4 +1670,402 @@ fn a_step_started_event_without_queued_reads_as_running() {
         kind,
         EventKind::StepRecovered { queued: false, .. }
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions: the core decides what runs, what stops and when the plan wakes
+// ---------------------------------------------------------------------------------------------
+
+fn invocation_started(d: &Decision, step: &str) -> cairn_core::Invocation {
+    let from_event = d
+        .events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::StepStarted {
+                step_id,
+                invocation,
+                ..
+            } if step_id == step => invocation.clone(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no recorded start of {step}: {:?}", types(d)));
+    let action = d
+        .starts()
+        .find(|s| s.attempt.step_id == step)
+        .unwrap_or_else(|| panic!("no start action for {step}"));
+    assert_eq!(
+        action.invocation, from_event,
+        "the action sends what the log records"
+    );
+    from_event
+}
+
+/// A start records what the agent receives: the action, the agent type and the params with the
+/// templates rendered against the outputs the step may see; the start action carries the same.
+#[test]
+fn a_start_records_the_rendered_invocation_and_its_action_sends_it() {
+    let mut sim = Sim::new(
+        "query: find things
+steps:
+  - {step_id: a, action: search, agent_type: builtin.echo}
+  - {step_id: b, action: summarise, agent_type: llm, timeout_ms: 500, params: {n: '{{ steps.a.output.hits }}', q: 'about {{ query }}', fixed: [1]}}
+",
+    );
+    let d = sim.start();
+    let a = invocation_started(&d, "a");
+    assert_eq!(
+        (a.action.as_str(), a.agent_type.as_str(), &a.params),
+        ("search", "builtin.echo", &Value::Null)
+    );
+    let d = sim.complete("a", json!({"hits": 3}));
+    let b = invocation_started(&d, "b");
+    assert_eq!(b.action, "summarise");
+    assert_eq!(b.agent_type, "llm");
+    assert_eq!(
+        b.params,
+        json!({"n": 3, "q": "about find things", "fixed": [1]})
+    );
+    assert_eq!(sim.rec("b").invocation.as_ref(), Some(&b));
+    let start = d.starts().next().unwrap();
+    assert_eq!(start.attempt, AttemptId::step("b", 1));
+    assert_eq!(start.idempotency_key, idempotency_key(PLAN, "b", 1));
+    assert_eq!((start.run, start.timeout_ms), (1, Some(500)));
+    assert_eq!(start.query, "find things");
+    assert!(!start.queued);
+    // Once the attempt ended, its record keeps no copy of what it was sent.
+    sim.complete("b", json!("done"));
+    assert_eq!(sim.rec("b").invocation, None);
+}
+
+/// A template that cannot render fails its step without starting it (no retry can help), with
+/// a message that names the undefined name; the plan fails with it.
+#[test]
+fn a_template_that_cannot_render_fails_the_step_naming_the_undefined_name() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: builtin.echo}
+  - {step_id: b, action: x, agent_type: builtin.echo, retry: {max_attempts: 3}, params: {y: '{{ steps.a.output.nope }}'}}
+",
+    );
+    sim.start();
+    let d = sim.complete("a", json!({"hits": 1}));
+    assert_eq!(
+        types(&d),
+        vec!["step_completed", "step_failed", "plan_failed"]
+    );
+    assert!(started(&d).is_empty());
+    assert_eq!(sim.status("b"), StepStatus::Failed);
+    assert_eq!(sim.attempt("b"), 0, "no attempt started");
+    let error = sim.rec("b").error.clone().unwrap_or_default();
+    assert!(
+        error.contains("`steps.a.output.nope` is undefined"),
+        "{error}"
+    );
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+}
+
+/// The process says which agent types it can run; a step of a type nothing runs fails (without
+/// retry) instead of starting, and one handed to the queue starts `queued`.
+#[test]
+fn the_process_routes_agent_types_and_a_missing_one_fails_its_step() {
+    let definition = Plan::parse(
+        "steps:
+  - {step_id: a, action: x, agent_type: here, depends_on: []}
+  - {step_id: b, action: x, agent_type: remote, depends_on: []}
+  - {step_id: c, action: x, agent_type: nowhere, retry: {max_attempts: 5}}
+",
+        cairn_core::Format::Yaml,
+    )
+    .unwrap();
+    let route = |t: &str| match t {
+        "here" => decide::Route::Local,
+        "remote" => decide::Route::Queue,
+        _ => decide::Route::Missing,
+    };
+    let mut st = PlanState::empty(PLAN);
+    let ctx = Ctx {
+        now: cairn_core::Timestamp::from_micros(5),
+        actor: "op",
+    };
+    let starts = decide::Starts::Route(&route);
+    decide::handle_starting(
+        &mut st,
+        Command::Register {
+            definition,
+            origin: None,
+        },
+        ctx,
+        starts,
+    )
+    .unwrap();
+    let d = decide::handle_starting(&mut st, Command::Start { reason: None }, ctx, starts).unwrap();
+    let queued: Vec<(String, bool)> = d
+        .starts()
+        .map(|s| (s.attempt.step_id.clone(), s.queued))
+        .collect();
+    assert_eq!(queued, vec![("a".into(), false), ("b".into(), true)]);
+    assert_eq!(st.step("b").unwrap().rec.status, StepStatus::Queued);
+    let outcome = |step: &str| Command::Outcome {
+        attempt: AttemptId::step(step, 1),
+        result: StepResult::Completed {
+            output: json!(1),
+            scores: None,
+        },
+    };
+    decide::handle_starting(&mut st, outcome("a"), ctx, starts).unwrap();
+    let d = decide::handle_starting(&mut st, outcome("b"), ctx, starts).unwrap();
+    assert!(d.starts().next().is_none());
+    let c = &st.step("c").unwrap().rec;
+    assert_eq!((c.status, c.attempts), (StepStatus::Failed, 0));
+    assert_eq!(
+        c.error.as_deref(),
+        Some("no executor is registered for agent type \"nowhere\"")
+    );
+    assert_eq!(st.status, PlanStatus::Failed);
+}
+
+/// A recovered attempt is sent exactly what its start recorded, even when the outputs its
+/// params were rendered from changed since: same params, same idempotency key.
+#[test]
+fn recovery_resends_the_recorded_invocation_even_after_its_inputs_changed() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: builtin.echo}
+  - {step_id: b, action: x, agent_type: t, params: {got: '{{ steps.a.output.n }}'}}
+",
+    );
+    sim.start();
+    let sent = invocation_started(&sim.complete("a", json!({"n": 1})), "b");
+    assert_eq!(sent.params, json!({"got": 1}));
+    // a is run again while b is still out: its output is gone (and will differ).
+    sim.intervene(json!({"type": "retry_step", "step_id": "a"}));
+    assert_eq!(sim.status("b"), StepStatus::Running);
+    assert_eq!(sim.rec("a").output, None);
+    // The process restarts.
+    sim.st = PlanState::replay(PLAN, &sim.log);
+    let d = sim.ok(Command::Recover);
+    let resent = d
+        .starts()
+        .find(|s| s.attempt.step_id == "b")
+        .expect("b is sent again");
+    assert_eq!(resent.invocation, sent, "what the first attempt was sent");
+    assert_eq!(resent.attempt, AttemptId::step("b", 1));
+    assert_eq!(resent.idempotency_key, idempotency_key(PLAN, "b", 1));
+    // The recorded invocation is not written again.
+    assert!(d.events.iter().all(|e| !matches!(
+        &e.kind,
+        EventKind::StepRecovered {
+            invocation: Some(_),
+            ..
+        }
+    )));
+}
+
+/// A log written before starts recorded their invocation: recovery renders the params as it
+/// always did, records what it rendered in `step_recovered`, and sends that.
+#[test]
+fn recovery_of_an_attempt_started_by_an_older_build_renders_and_records_it() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: builtin.echo}
+  - {step_id: b, action: go, agent_type: t, params: {got: '{{ steps.a.output.n }}'}}
+",
+    );
+    sim.start();
+    sim.complete("a", json!({"n": 7}));
+    // The same log as an older build wrote it: no invocation on the starts.
+    let mut old = sim.log.clone();
+    for e in &mut old {
+        if let EventKind::StepStarted { invocation, .. } = &mut e.kind {
+            *invocation = None;
+        }
+    }
+    let text: Vec<String> = old
+        .iter()
+        .map(|e| e.kind.data_json())
+        .filter(|d| d.contains("\"run\""))
+        .collect();
+    assert!(text.iter().all(|d| !d.contains("invocation")), "{text:?}");
+    sim.log = old;
+    sim.st = PlanState::replay(PLAN, &sim.log);
+    assert_eq!(sim.rec("b").invocation, None);
+    let d = sim.ok(Command::Recover);
+    let resent = d.starts().next().expect("b is sent again");
+    let expect = cairn_core::Invocation {
+        action: "go".into(),
+        agent_type: "t".into(),
+        params: json!({"got": 7}),
+    };
+    assert_eq!(resent.invocation, expect);
+    assert!(d.events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::StepRecovered { invocation: Some(i), .. } if *i == expect
+    )));
+    assert_eq!(sim.rec("b").invocation.as_ref(), Some(&expect));
+}
+
+/// Attempts the plan no longer wants are stopped by action, with the cause; the attempt that
+/// reported is not; the timer follows retries and `resume_at`.
+#[test]
+fn stops_and_timers_are_decided_by_the_core() {
+    let stops = |d: &Decision| -> Vec<(AttemptId, String)> {
+        d.actions
+            .iter()
+            .filter_map(|a| match a {
+                cairn_core::Action::Stop { attempt, cause } => {
+                    Some((attempt.clone(), cause.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let timer = |d: &Decision| match d.actions.last() {
+        Some(cairn_core::Action::SetTimer { at }) => *at,
+        other => panic!("a decision ends with its timer, not {other:?}"),
+    };
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, depends_on: []}
+  - {step_id: b, action: x, agent_type: t, depends_on: [], retry: {max_attempts: 2, backoff_ms: 100}}
+",
+    );
+    let d = sim.start();
+    assert_eq!(timer(&d), None);
+    let d = sim.fail("b", true);
+    assert!(
+        stops(&d).is_empty(),
+        "the attempt that reported is not stopped"
+    );
+    let retry_at = sim.rec("b").retry_at.expect("a retry is due");
+    assert_eq!(timer(&d), Some(retry_at));
+    sim.advance(100);
+    let d = sim.tick();
+    assert_eq!(started(&d), vec![("b".to_owned(), 2)]);
+    assert_eq!(timer(&d), None);
+    let d = sim.pause(PauseMode::Immediate);
+    assert_eq!(
+        stops(&d),
+        vec![
+            (AttemptId::step("a", 1), "immediate pause".to_owned()),
+            (AttemptId::step("b", 2), "immediate pause".to_owned())
+        ]
+    );
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("a".into(), 2), ("b".into(), 3)]);
+    let d = sim.cancel();
+    assert_eq!(
+        stops(&d),
+        vec![
+            (AttemptId::step("a", 2), "plan_cancelled".to_owned()),
+            (AttemptId::step("b", 3), "plan_cancelled".to_owned())
+        ]
+    );
+    assert_eq!(timer(&d), None);
+
+    let mut sim = Sim::linear(&["a"]);
+    sim.start();
+    let at = sim.now + 60_000 * MS;
+    let d = sim.ok(Command::Pause {
+        mode: PauseMode::Boundary,
+        resume_at: Some(at),
+        reason: None,
+    });
+    assert!(stops(&d).is_empty(), "a boundary pause lets steps finish");
+    assert_eq!(timer(&d), Some(at));
+}
+
+/// Every command that carries an operator's reason refuses one longer than 4096 bytes, naming
+/// it, and changes nothing.
+#[test]
+fn a_reason_longer_than_4096_bytes_is_refused_by_every_command() {
+    let long = || Some("r".repeat(4097));
+    let mut sim = Sim::linear(&["a"]);
+    let ok = Some("r".repeat(4096));
+    let commands = [
+        Command::Start { reason: long() },
+        Command::Checkpoint {
+            label: None,
+            reason: long(),
+        },
+        Command::Cancel { reason: long() },
+        Command::RecordFork {
+            checkpoint_id: "cp-1".into(),
+            new_plan_id: "f".into(),
+            reason: long(),
+        },
+    ];
+    for c in commands {
+        let r = sim.refused(c);
+        assert_eq!(r.kind, RefusalKind::Invalid);
+        assert_eq!(r.message, "reason is longer than 4096 bytes");
+    }
+    sim.ok(Command::Start { reason: ok });
+    for c in [
+        Command::Pause {
+            mode: PauseMode::Boundary,
+            resume_at: None,
+            reason: long(),
+        },
+        Command::Interrupt { reason: long() },
+    ] {
+        assert_eq!(sim.refused(c).kind, RefusalKind::Invalid);
+    }
+    let mut request =
+        InterventionRequest::from_body(json!({"type": "skip_step", "step_id": "a"})).unwrap();
+    request.reason = long();
+    assert_eq!(
+        sim.refused(Command::Intervene(request)).message,
+        "reason is longer than 4096 bytes"
+    );
+    sim.pause(PauseMode::Boundary);
+    assert_eq!(
+        sim.refused(Command::Resume { reason: long() }).kind,
+        RefusalKind::Invalid
+    );
+    let restore = match sim.restore_cmd(1) {
+        Command::Restore {
+            checkpoint_id,
+            seq,
+            target,
+            ..
+        } => Command::Restore {
+            checkpoint_id,
+            seq,
+            target,
+            reason: long(),
+        },
+        _ => unreachable!(),
+    };
+    assert_eq!(sim.refused(restore).kind, RefusalKind::Invalid);
+}
+
+/// The delete rule and the fork's new id are decided by the core.
+#[test]
+fn delete_and_fork_rules_live_in_the_core() {
+    let mut sim = Sim::linear(&["a"]);
+    decide::check_delete(&sim.st).expect("an idle plan may be deleted");
+    sim.start();
+    let r = decide::check_delete(&sim.st).unwrap_err();
+    assert_eq!(r.kind, RefusalKind::Conflict);
+    assert_eq!(
+        r.message,
+        "plan p1 is running; pause or cancel it before deleting it"
+    );
+    sim.pause(PauseMode::Boundary);
+    decide::check_delete(&sim.st).expect("a paused plan may be deleted");
+    let fork = |id: &str| Command::RecordFork {
+        checkpoint_id: "cp-2".into(),
+        new_plan_id: id.into(),
+        reason: None,
+    };
+    let r = sim.refused(fork("."));
+    assert_eq!(r.kind, RefusalKind::Invalid);
+    assert!(
+        r.message.contains("new_plan_id \".\" is not a valid id"),
+        "{}",
+        r.message
+    );
+    assert_eq!(sim.refused(fork("p1")).kind, RefusalKind::Conflict);
+    let d = sim.ok(fork("p2"));
+    assert_eq!(types(&d), vec!["plan_forked"]);
 }

@@ -1,23 +1,34 @@
 //! One task per live plan: it owns the plan's state, decides every command through the core,
-//! makes the resulting events durable before anyone hears of them, then acts on them (runs
-//! attempts, stops attempts the plan no longer wants, arms timers).
+//! makes the resulting events durable before anyone hears of them, then carries out the actions
+//! the core decided with them (runs attempts with the invocation the core recorded, stops
+//! attempts, arms the plan's timer).
 //!
 //! Invariants:
 //! - Nothing is answered, published or executed before its events are committed.
+//! - The actor decides nothing: what to run, stop and wake for comes from the core's actions.
+//!   It tracks the attempts it runs by their [`AttemptId`].
 //! - Messages that queue up while a commit is in flight are decided together and committed in
 //!   one append, so a busy plan costs one commit per batch, not per message.
+//! - An attempt stays tracked (in `inflight`) until its outcome is durable: an outcome leaves
+//!   the list only when the append that records it succeeds.
 //! - If an append fails, the in-memory state is thrown away and reloaded from the store: the
-//!   store is the truth. Attempt outcomes of the failed batch are delivered again after a
-//!   backoff (they happened; only their record failed), and timers wait for the same backoff, so
-//!   a store that cannot write (a full disk) is retried calmly until it can, and nothing an
-//!   executor reported is lost.
+//!   store is the truth. Attempt outcomes of the failed batch are kept by the actor and
+//!   committed again after a backoff (they happened; only their record failed), with the next
+//!   batch or on their own, and timers wait for the same backoff, so a store that cannot write
+//!   (a full disk) is retried calmly until it can, and nothing an executor reported is lost.
+//! - If the reload fails too, the actor is *stale*: it decides nothing (commands are refused
+//!   with the store's error, reads go to the store) and tries the reload again with the same
+//!   backoff until it succeeds. It never drives the plan from a state that drifted from the
+//!   store, and it never gives up on attempts whose outcomes it holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::decide::{dispatches, SYSTEM_ACTOR};
-use cairn_core::{expr, handle, idempotency_key, Command, Ctx, Event, PlanState, StepResult};
+use cairn_core::decide::{Route, Starts, SYSTEM_ACTOR};
+use cairn_core::{
+    Action, AttemptId, Command, Ctx, Event, PlanState, StartAttempt, StepResult, Timestamp,
+};
 use cairn_store::{Append, Fence};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,11 +49,15 @@ pub(crate) enum Msg {
         reply: ReplyTo,
     },
     Outcome {
-        step_id: String,
-        attempt: u32,
+        attempt: AttemptId,
         result: StepResult,
         /// Answered once the outcome is committed (a remote worker's report waits for it).
         ack: Option<Ack>,
+    },
+    /// Fork this plan: the new plan and this plan's `plan_forked` are committed together.
+    Fork {
+        fork: Box<Fork>,
+        reply: oneshot::Sender<Result<PlanState, EngineError>>,
     },
     /// A copy of the current state.
     Read {
@@ -52,14 +67,27 @@ pub(crate) enum Msg {
     Stop,
 }
 
+/// A fork of the actor's plan, as the engine asks for it.
+#[derive(Clone)]
+pub(crate) struct Fork {
+    pub(crate) checkpoint_id: String,
+    pub(crate) new_plan_id: String,
+    /// The new plan's registration (its definition and origin).
+    pub(crate) register: Command,
+    pub(crate) reason: Option<String>,
+    pub(crate) actor: String,
+}
+
 pub(crate) struct PlanActor {
     inner: Arc<Inner>,
     state: PlanState,
     fence: Fence,
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
-    /// Attempts running now, by (step id, attempt), with their stop switches.
-    inflight: HashMap<(String, u32), watch::Sender<bool>>,
+    /// Attempts running now, with their stop switches.
+    inflight: HashMap<AttemptId, watch::Sender<bool>>,
+    /// When the plan wants to be woken (the core's latest `SetTimer`).
+    timer: Option<Timestamp>,
     /// Seq of the newest stored snapshot.
     snapshot_seq: u64,
     /// A shared copy of the current state, made when someone asks and kept until the state
@@ -70,12 +98,21 @@ pub(crate) struct PlanActor {
     /// [`MAX_RETRY`]), and until when timers hold off. Cleared by the next successful append.
     retry_delay: Duration,
     hold_until: Option<tokio::time::Instant>,
+    /// Outcomes whose commit failed, in report order: committed with the next batch, or by
+    /// the retry at `hold_until`. Their attempts stay in `inflight` meanwhile.
+    unrecorded: Vec<Outcome>,
+    /// The last reload failed: `state` may hold decisions the store never took, so nothing is
+    /// decided until a reload succeeds.
+    stale: bool,
+    /// An append was fenced: another node drives the plan now, and this actor stops.
+    fenced: bool,
 }
+
+/// An attempt's reported result, kept until its commit succeeds.
+type Outcome = (AttemptId, StepResult);
 
 /// The longest wait between attempts to commit while the store fails.
 const MAX_RETRY: Duration = Duration::from_secs(5);
-/// Reloads tried after a failed append before the actor gives the plan up.
-const RELOAD_TRIES: u32 = 5;
 
 impl PlanActor {
     pub(crate) fn new(
@@ -87,7 +124,10 @@ impl PlanActor {
         tx: mpsc::UnboundedSender<Msg>,
     ) -> PlanActor {
         let renew = inner.opts.lease_ms / 3;
+        // Until the first decision sets it, the timer is the loaded state's next wake.
+        let timer = state.next_wake();
         PlanActor {
+            timer,
             inner,
             state,
             fence,
@@ -99,18 +139,28 @@ impl PlanActor {
             lease_renew_at: tokio::time::Instant::now() + Duration::from_millis(renew),
             retry_delay: Duration::ZERO,
             hold_until: None,
+            unrecorded: Vec::new(),
+            stale: false,
+            fenced: false,
         }
     }
 
     pub(crate) async fn run(mut self) {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
-            let wake = self.state.next_wake().map(|t| {
+            if self.fenced {
+                return;
+            }
+            let wake = if self.stale { None } else { self.timer }.map(|t| {
                 let wait = (t - self.inner.now()).max(0) as u64;
                 let at = tokio::time::Instant::now() + Duration::from_micros(wait);
                 self.hold_until.map_or(at, |hold| at.max(hold))
             });
             let renew_at = self.lease_renew_at;
+            // A failed commit is tried again at the end of its backoff, traffic or not.
+            let retry_at = self
+                .hold_until
+                .filter(|_| self.stale || !self.unrecorded.is_empty());
             // An ended plan is unloaded at once; a quiet one after a while, so an operator's
             // next command (resume after restore, say) finds it still loaded.
             let unload_at = if self.idle_and_done() {
@@ -133,9 +183,10 @@ impl PlanActor {
                     }
                 }
                 _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
-                    if !self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new()).await {
-                        return;
-                    }
+                    self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new()).await;
+                }
+                _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
+                    self.retry().await;
                 }
                 _ = tokio::time::sleep_until(renew_at) => {
                     if !self.renew_lease().await {
@@ -151,10 +202,10 @@ impl PlanActor {
                         // it again to the plan's next actor. Deciding it here could commit
                         // after that actor loaded the log.
                         while let Ok(msg) = self.rx.try_recv() {
-                            if let Msg::Outcome { step_id, attempt, .. } = msg {
+                            if let Msg::Outcome { attempt, .. } = msg {
                                 // Dropping the outcome drops its ack: a waiting report hears
                                 // that nothing was recorded.
-                                debug!(plan_id = %self.state.plan_id, %step_id, attempt, "late outcome of an unloaded plan dropped");
+                                debug!(plan_id = %self.state.plan_id, %attempt, "late outcome of an unloaded plan dropped");
                             }
                         }
                         let _ = self
@@ -183,7 +234,10 @@ impl PlanActor {
         let quiet = self.state.status.is_terminal()
             || (self.state.status == cairn_core::PlanStatus::Paused && self.state.drained)
             || self.state.status == cairn_core::PlanStatus::Idle;
-        quiet && self.inflight.is_empty() && self.state.next_wake().is_none()
+        quiet
+            && self.inflight.is_empty()
+            && self.unrecorded.is_empty()
+            && self.state.next_wake().is_none()
     }
 
     async fn renew_lease(&mut self) -> bool {
@@ -221,13 +275,14 @@ impl PlanActor {
         }
     }
 
-    /// Takes `first` and whatever else is queued, decides them all, commits once.
-    /// Returns false when the actor must stop.
+    /// Takes `first` and whatever else is queued, decides them all, commits once. Outcomes
+    /// whose earlier commit failed ride along. Returns false when the actor must stop.
     async fn batch(&mut self, first: Msg) -> bool {
         let mut work: Vec<(Command, String, Option<ReplyTo>)> = Vec::new();
         let mut keep_going = true;
         let mut reads = Vec::new();
         let mut acks = Vec::new();
+        let mut forks = Vec::new();
         let mut push = |msg: Msg, work: &mut Vec<_>| match msg {
             Msg::Command {
                 command,
@@ -235,23 +290,19 @@ impl PlanActor {
                 reply,
             } => work.push((command, actor, Some(reply))),
             Msg::Outcome {
-                step_id,
                 attempt,
                 result,
                 ack,
             } => {
                 acks.extend(ack);
                 work.push((
-                    Command::Outcome {
-                        step_id,
-                        attempt,
-                        result,
-                    },
+                    Command::Outcome { attempt, result },
                     SYSTEM_ACTOR.to_owned(),
                     None,
                 ))
             }
             Msg::Read { reply } => reads.push(reply),
+            Msg::Fork { fork, reply } => forks.push((fork, reply)),
             Msg::Stop => keep_going = false,
         };
         push(first, &mut work);
@@ -261,22 +312,36 @@ impl PlanActor {
                 Err(_) => break,
             }
         }
-        if !reads.is_empty() {
-            let shared = self.shared();
-            for reply in reads {
-                let _ = reply.send(shared.clone());
+        if self.stale {
+            // Nothing is decided from a state that may have drifted from the store: commands
+            // hear why, outcomes wait with the others, reads (their replies dropped) go to the
+            // store.
+            drop(reads);
+            self.hold(work, acks);
+        } else {
+            if !reads.is_empty() {
+                let shared = self.shared();
+                for reply in reads {
+                    let _ = reply.send(shared.clone());
+                }
+            }
+            if !self.unrecorded.is_empty() && !work.is_empty() {
+                let earlier =
+                    std::mem::take(&mut self.unrecorded)
+                        .into_iter()
+                        .map(|(attempt, result)| {
+                            let command = Command::Outcome { attempt, result };
+                            (command, SYSTEM_ACTOR.to_owned(), None)
+                        });
+                work.splice(0..0, earlier);
+            }
+            if !work.is_empty() {
+                self.decide_and_commit(work, acks).await;
             }
         }
-        for (command, _, _) in &work {
-            if let Command::Outcome {
-                step_id, attempt, ..
-            } = command
-            {
-                self.inflight.remove(&(step_id.clone(), *attempt));
-            }
-        }
-        if !work.is_empty() && !self.decide_and_commit(work, acks).await {
-            return false;
+        // A fork commits on its own: its append also creates the new plan.
+        for (fork, reply) in forks {
+            let _ = reply.send(self.fork(*fork).await);
         }
         if !keep_going {
             self.stop_all();
@@ -285,28 +350,72 @@ impl PlanActor {
         keep_going
     }
 
+    /// While stale: refuses the commands of `work` with the store's error and keeps its
+    /// outcomes for the retry.
+    fn hold(&mut self, work: Vec<(Command, String, Option<ReplyTo>)>, acks: Vec<Ack>) {
+        let mut replies = Vec::new();
+        for (command, _, reply) in work {
+            if let Command::Outcome { attempt, result } = command {
+                self.unrecorded.push((attempt, result));
+            }
+            replies.push(reply);
+        }
+        let err = EngineError::StorageUnavailable(format!(
+            "plan {} is being reloaded from the store after a failed write",
+            self.state.plan_id
+        ));
+        Self::refuse(err, acks, replies);
+    }
+
+    /// The end of a backoff after a failed commit: reloads the plan if the last reload failed,
+    /// then commits the outcomes still held (with a tick, so ready steps whose start was not
+    /// recorded start now).
+    async fn retry(&mut self) {
+        if self.stale && !self.reload(&[]).await {
+            self.back_off();
+            return;
+        }
+        let work = std::mem::take(&mut self.unrecorded)
+            .into_iter()
+            .map(|(attempt, result)| {
+                let command = Command::Outcome { attempt, result };
+                (command, SYSTEM_ACTOR.to_owned(), None)
+            })
+            .chain(std::iter::once((
+                Command::Tick,
+                SYSTEM_ACTOR.to_owned(),
+                None,
+            )))
+            .collect();
+        self.decide_and_commit(work, Vec::new()).await;
+    }
+
+    /// Doubles the wait before the next try (100 ms up to [`MAX_RETRY`]); timers hold off as
+    /// long.
+    fn back_off(&mut self) {
+        self.retry_delay = (self.retry_delay * 2).clamp(Duration::from_millis(100), MAX_RETRY);
+        self.hold_until = Some(tokio::time::Instant::now() + self.retry_delay);
+    }
+
     /// Decides `work` and commits the events. When the append meets a seq conflict (this actor
     /// loaded the log just before another actor's last commit), the plan is reloaded and the
     /// same work decided once more against the fresh state; nothing of the failed append was
     /// stored, so deciding again cannot apply anything twice. Any other failure answers every
     /// caller with an error, backs off (timers hold off too), reloads the plan from the store
-    /// and delivers the batch's attempt outcomes again after the backoff: they happened, only
-    /// their record failed. `acks` are answered once the outcome is settled: committed, or known
-    /// not to be. Returns false when the actor must stop (the plan could not be reloaded).
+    /// and keeps the batch's attempt outcomes to commit again after the backoff: they happened,
+    /// only their record failed. A reload that fails leaves the actor stale until a later one
+    /// succeeds. `acks` are answered once the outcome is settled: committed, or known not to be
+    /// yet.
     async fn decide_and_commit(
         &mut self,
         work: Vec<(Command, String, Option<ReplyTo>)>,
         acks: Vec<Ack>,
-    ) -> bool {
-        // Kept to be delivered again if the append fails: the attempts really ended.
-        let outcomes: Vec<(String, u32, StepResult)> = work
+    ) {
+        // Kept to be committed again if the append fails: the attempts really ended.
+        let outcomes: Vec<Outcome> = work
             .iter()
             .filter_map(|(command, _, _)| match command {
-                Command::Outcome {
-                    step_id,
-                    attempt,
-                    result,
-                } => Some((step_id.clone(), *attempt, result.clone())),
+                Command::Outcome { attempt, result } => Some((attempt.clone(), result.clone())),
                 _ => None,
             })
             .collect();
@@ -317,35 +426,39 @@ impl PlanActor {
         let mut again = Some(commands.clone());
         let mut commands = commands;
         loop {
-            let Err(e) = self.try_commit(commands, &mut replies).await else {
+            let Err(e) = self.try_commit(commands, &mut replies, &outcomes).await else {
                 self.retry_delay = Duration::ZERO;
                 self.hold_until = None;
                 for ack in acks {
                     let _ = ack.send(Ok(()));
                 }
-                return true;
+                return;
             };
             warn!(plan_id = %self.state.plan_id, error = %e, "append failed; reloading the plan from the store");
+            if matches!(e, cairn_store::StoreError::Fenced { .. }) {
+                // Another node took the plan over: it recovers the attempts running here (they
+                // run again there, at least once), and nothing more is decided here.
+                warn!(plan_id = %self.state.plan_id, error = %e, "the plan's lease was taken over; stop driving it");
+                Self::refuse(EngineError::from(e), acks, replies);
+                self.fenced = true;
+                self.stop_all();
+                self.inner.unload(&self.state.plan_id, &self.tx);
+                return;
+            }
             let conflict = matches!(e, cairn_store::StoreError::SeqConflict { .. });
             let err = EngineError::from(e);
             if conflict && again.is_some() {
-                if !self.reload().await {
-                    Self::refuse(err, acks, replies);
-                    return false;
+                if self.reload(&outcomes).await {
+                    commands = again.take().unwrap_or_default();
+                    continue;
                 }
-                self.reconcile();
-                commands = again.take().unwrap_or_default();
-                continue;
+            } else {
+                self.reload(&outcomes).await;
             }
             Self::refuse(err, acks, replies);
-            self.retry_delay = (self.retry_delay * 2).clamp(Duration::from_millis(100), MAX_RETRY);
-            self.hold_until = Some(tokio::time::Instant::now() + self.retry_delay);
-            if !self.reload().await {
-                return false;
-            }
-            self.reconcile();
-            self.redeliver(outcomes);
-            return true;
+            self.unrecorded.extend(outcomes);
+            self.back_off();
+            return;
         }
     }
 
@@ -360,6 +473,7 @@ impl PlanActor {
                 EngineError::StorageUnavailable(why) => {
                     EngineError::StorageUnavailable(why.clone())
                 }
+                EngineError::NotOwner(plan_id) => EngineError::NotOwner(plan_id.clone()),
                 _ => EngineError::Store(cairn_store::StoreError::Backend(message.clone())),
             };
             let _ = reply.send(Err(answer));
@@ -373,6 +487,7 @@ impl PlanActor {
         &mut self,
         commands: Vec<(Command, String)>,
         replies: &mut [Option<ReplyTo>],
+        outcomes: &[Outcome],
     ) -> Result<(), cairn_store::StoreError> {
         let before = self.state.seq;
         let now = self.inner.now();
@@ -380,31 +495,28 @@ impl PlanActor {
         // Each answer names its events by their range in `events`: they move into the append
         // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
         let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
+        let mut actions: Vec<Action> = Vec::new();
         let inner = &*self.inner;
-        // Agent types with no local executor go to the remote-worker queue, when there is one:
-        // their attempts start `queued` until a worker claims them.
-        let queued = |agent_type: &str| inner.registry.get(agent_type).is_none();
+        // The core is told which agent types this process can run: those with an executor here,
+        // the others on the remote-worker queue when there is one (their attempts start
+        // `queued` until a worker claims them); with neither, the core fails their steps.
+        let route = |agent_type: &str| route(inner, agent_type);
         for (i, (command, actor)) in commands.into_iter().enumerate() {
             let wants = replies.get(i).is_some_and(Option::is_some);
             let ctx = Ctx { now, actor: &actor };
             // An engine that runs no attempt must not record one: its ready steps start when a
             // driver takes the plan over.
-            let result = if !inner.opts.execute {
-                cairn_core::decide::handle_recording(&mut self.state, command, ctx)
-            } else if inner.opts.remote.is_some() {
-                cairn_core::decide::handle_starting(
-                    &mut self.state,
-                    command,
-                    ctx,
-                    cairn_core::decide::Starts::Queue(&queued),
-                )
+            let starts = if inner.opts.execute {
+                Starts::Route(&route)
             } else {
-                handle(&mut self.state, command, ctx)
+                Starts::None
             };
+            let result = cairn_core::decide::handle_starting(&mut self.state, command, ctx, starts);
             let start = events.len();
             match result {
                 Ok(decision) => {
                     events.extend(decision.events);
+                    actions.extend(decision.actions);
                     if wants {
                         answers.push((
                             i,
@@ -450,87 +562,168 @@ impl PlanActor {
                 }
             }
         }
+        // The outcomes are durable now (or recorded nothing): their attempts are done.
+        for (attempt, _) in outcomes {
+            self.inflight.remove(attempt);
+        }
+        self.act(actions);
         if !published.is_empty() {
-            self.act(&published);
             self.maybe_snapshot();
         }
         Ok(())
     }
 
-    /// Replaces the in-memory state with the store's, trying a few times (reads usually work
-    /// when writes do not). Gives the plan up when the store cannot be read: the state in
-    /// memory may hold decisions that were never committed, and driving on from it would be
-    /// wrong; the next command loads the plan afresh.
-    async fn reload(&mut self) -> bool {
-        let mut wait = Duration::from_millis(50);
-        for _ in 0..RELOAD_TRIES {
-            match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
-                Ok((state, snap)) => {
-                    self.state = state;
-                    self.snapshot_seq = snap;
+    /// Forks the plan: decides the new plan's registration and this plan's `plan_forked` (the
+    /// core refuses a bad new id), then commits both in one store transaction, so no fork exists
+    /// that the source's log does not record, and no record names a plan that does not exist.
+    /// Decided on a copy of the state: a failed commit leaves the actor's state as it was. A seq
+    /// conflict (a stale load) reloads and decides once more.
+    async fn fork(&mut self, fork: Fork) -> Result<PlanState, EngineError> {
+        let mut retried = false;
+        loop {
+            let now = self.inner.now();
+            let ctx = Ctx {
+                now,
+                actor: &fork.actor,
+            };
+            let inner = &*self.inner;
+            let route = |agent_type: &str| route(inner, agent_type);
+            let mut source = self.state.clone();
+            let recorded = cairn_core::decide::handle_starting(
+                &mut source,
+                Command::RecordFork {
+                    checkpoint_id: fork.checkpoint_id.clone(),
+                    new_plan_id: fork.new_plan_id.clone(),
+                    reason: fork.reason.clone(),
+                },
+                ctx,
+                if inner.opts.execute {
+                    Starts::Route(&route)
+                } else {
+                    Starts::None
+                },
+            )?;
+            let mut forked = PlanState::empty(&fork.new_plan_id);
+            let registered = cairn_core::handle(&mut forked, fork.register.clone(), ctx)?;
+            let create = cairn_store::CreatePlan {
+                plan_id: fork.new_plan_id.clone(),
+                created_at: now.as_micros(),
+                state: forked.status.as_str().to_owned(),
+                events: registered
+                    .events
+                    .iter()
+                    .map(crate::convert::to_new)
+                    .collect(),
+            };
+            let append = Append {
+                plan_id: self.state.plan_id.clone(),
+                expected_seq: self.state.seq,
+                fence: Some(self.fence.clone()),
+                state: Some(source.status.as_str().to_owned()),
+                events: recorded.events.iter().map(crate::convert::to_new).collect(),
+            };
+            match self.inner.store.create_plan_with(create, append).await {
+                Ok((created, appended)) => {
+                    let ids = created.iter().chain(&appended).map(|s| s.id);
+                    let published: Vec<Arc<Event>> = registered
+                        .events
+                        .into_iter()
+                        .chain(recorded.events)
+                        .zip(ids)
+                        .map(|(mut e, id)| {
+                            e.id = id;
+                            Arc::new(e)
+                        })
+                        .collect();
+                    self.state = source;
                     self.shared = None;
-                    return true;
+                    self.inner.publish(published);
+                    self.act(recorded.actions);
+                    self.maybe_snapshot();
+                    return Ok(forked);
                 }
-                Err(e) => {
-                    warn!(plan_id = %self.state.plan_id, error = %e, "reload failed; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_RETRY);
+                Err(cairn_store::StoreError::SeqConflict { .. }) if !retried => {
+                    retried = true;
+                    if !self.reload(&[]).await {
+                        return Err(EngineError::StorageUnavailable(format!(
+                            "plan {} could not be reloaded from the store",
+                            self.state.plan_id
+                        )));
+                    }
                 }
+                Err(e) => return Err(e.into()),
             }
         }
-        tracing::error!(plan_id = %self.state.plan_id, "cannot reload the plan from the store; it is no longer driven here until it is loaded again");
-        self.stop_all();
-        self.inner.unload(&self.state.plan_id, &self.tx);
-        false
     }
 
-    /// Sends the outcomes of a failed append back to this actor after the backoff, for the
-    /// attempts the reloaded state still counts as running.
-    fn redeliver(&self, outcomes: Vec<(String, u32, StepResult)>) {
-        for (step_id, attempt, result) in outcomes {
-            let running = self
-                .state
-                .step(&step_id)
-                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == attempt);
-            if !running {
-                continue;
+    /// Replaces the in-memory state with the store's. On failure the actor is stale (see the
+    /// module's invariants) and the caller schedules another try. After a reload, attempts the
+    /// store counts as active that nothing here runs or holds an outcome of (their start, or
+    /// their recovery, was decided by a batch whose append failed, or a reload moved the state
+    /// back) are sent again, as recovery after a restart would: same attempt, same invocation,
+    /// same key. `held` are outcomes in hand besides those kept for a retry.
+    async fn reload(&mut self, held: &[Outcome]) -> bool {
+        match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
+            Ok((state, snap)) => {
+                self.state = state;
+                self.snapshot_seq = snap;
+                self.shared = None;
+                self.stale = false;
+                self.timer = self.state.next_wake();
+                self.reconcile();
+                let orphans: Vec<AttemptId> = self
+                    .state
+                    .live_attempts()
+                    .into_iter()
+                    .filter(|attempt| {
+                        !self.inflight.contains_key(attempt)
+                            && !self
+                                .unrecorded
+                                .iter()
+                                .chain(held)
+                                .any(|(a, _)| a == attempt)
+                    })
+                    .collect();
+                for attempt in orphans {
+                    if let Some(start) = cairn_core::decide::resend(&self.state, &attempt) {
+                        debug!(plan_id = %self.state.plan_id, %attempt, "attempt sent again after a reload");
+                        self.dispatch(start);
+                    }
+                }
+                true
             }
-            let tx = self.tx.clone();
-            let delay = self.retry_delay;
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(Msg::Outcome {
-                    step_id,
-                    attempt,
-                    result,
-                    ack: None,
-                });
-            });
+            Err(e) => {
+                warn!(plan_id = %self.state.plan_id, error = %e, "reload failed; nothing is decided until one succeeds");
+                self.stale = true;
+                self.shared = None;
+                false
+            }
         }
     }
 
-    /// Runs the attempts the events ask for and stops the ones the state no longer counts.
-    fn act(&mut self, events: &[Arc<Event>]) {
-        self.reconcile();
-        let starts: Vec<(String, u32)> = events
-            .iter()
-            .flat_map(|e| dispatches(std::slice::from_ref(e.as_ref())))
-            .map(|(s, a)| (s.to_owned(), a))
-            .collect();
-        for (step_id, attempt) in starts {
-            self.dispatch(&step_id, attempt);
+    /// Carries out the core's actions, in order.
+    fn act(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Stop { attempt, cause } => {
+                    // The entry stays until the attempt reports, so its late result is still
+                    // recorded.
+                    if let Some(stop) = self.inflight.get(&attempt) {
+                        debug!(plan_id = %self.state.plan_id, %attempt, %cause, "stop");
+                        let _ = stop.send(true);
+                    }
+                }
+                Action::Start(start) => self.dispatch(*start),
+                Action::SetTimer { at } => self.timer = at,
+            }
         }
     }
 
-    /// Asks every attempt the state no longer counts as running to stop. Entries stay until the
-    /// attempt reports, so its late result is still recorded.
+    /// After a reload from the store: asks every attempt the stored state does not count as in
+    /// flight to stop (the decisions that started or kept it were never committed).
     fn reconcile(&mut self) {
-        let state = &self.state;
-        for ((step_id, attempt), stop) in &self.inflight {
-            let live = state
-                .step(step_id)
-                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == *attempt);
-            if !live {
+        for (attempt, stop) in &self.inflight {
+            if !self.state.is_live(attempt) {
                 let _ = stop.send(true);
             }
         }
@@ -542,58 +735,48 @@ impl PlanActor {
         }
     }
 
-    fn dispatch(&mut self, step_id: &str, attempt: u32) {
+    /// Runs one attempt as the core decided it: the task is built from the recorded invocation.
+    fn dispatch(&mut self, start: StartAttempt) {
         if !self.inner.opts.execute {
             return;
         }
-        let Some(step) = self.state.step(step_id) else {
-            return;
-        };
-        let plan_id = self.state.plan_id.clone();
-        let def = &step.def;
-        let params = if expr::has_templates(&def.params) {
-            expr::render(&def.params, &self.state.template_context())
-        } else {
-            Ok(def.params.clone())
+        let StartAttempt {
+            attempt,
+            invocation,
+            run,
+            idempotency_key,
+            timeout_ms,
+            query,
+            queued: _,
+        } = start;
+        let task = Task {
+            plan_id: self.state.plan_id.clone(),
+            step_id: attempt.step_id.clone(),
+            kind: attempt.kind,
+            action: invocation.action,
+            agent_type: invocation.agent_type,
+            params: invocation.params,
+            attempt: attempt.number,
+            run,
+            idempotency_key,
+            timeout_ms,
+            query,
+            // Kept in the step's record (so an attempt re-sent after a crash carries it too).
+            gate_feedback: self
+                .state
+                .step(&attempt.step_id)
+                .and_then(|s| s.rec.gate_feedback.clone()),
         };
         let tx = self.tx.clone();
-        let step_id = step_id.to_owned();
-        let params = match params {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tx.send(Msg::Outcome {
-                    step_id,
-                    attempt,
-                    result: StepResult::Failed {
-                        error: e,
-                        retryable: false,
-                    },
-                    ack: None,
-                });
-                return;
-            }
-        };
-        let task = Task {
-            idempotency_key: idempotency_key(&plan_id, &step_id, step.rec.run),
-            plan_id,
-            step_id: step_id.clone(),
-            action: def.action.clone(),
-            agent_type: def.agent_type.clone(),
-            params,
-            attempt,
-            run: step.rec.run,
-            timeout_ms: def.timeout_ms,
-            query: self.state.query.clone(),
-            gate_feedback: step.rec.gate_feedback.clone(),
-        };
-        let executor = self.inner.executor_for(&def.agent_type);
-        let remote = self.inner.opts.remote.clone();
+        let executor = self.inner.executor_for(&task.agent_type);
         let (stop_tx, stop) = StopSignal::new();
-        self.inflight.insert((step_id.clone(), attempt), stop_tx);
-        debug!(plan_id = %task.plan_id, step_id = %step_id, attempt, "dispatch");
+        let tracked = stop.clone();
+        self.inflight.insert(attempt.clone(), stop_tx);
+        debug!(plan_id = %task.plan_id, %attempt, "dispatch");
         tokio::spawn(async move {
-            let key = task.idempotency_key.clone();
             let result = match executor {
+                // The core routes only agent types this process has to it; this is an executor
+                // unregistered between the decision and now.
                 None => Err(ExecError::fatal(format!(
                     "no executor is registered for agent type {:?}",
                     task.agent_type
@@ -631,13 +814,15 @@ impl PlanActor {
                     retryable: e.retryable,
                 },
             };
-            // A remote worker's report that waits for this outcome to be durable rides along.
-            let ack = remote.and_then(|q| q.take_ack(&key, attempt));
+            // An attempt no longer tracked has its outcome durable already (a remote worker's
+            // report came through the engine) or its plan is not driven here: nothing to send.
+            if tracked.is_released() {
+                return;
+            }
             let _ = tx.send(Msg::Outcome {
-                step_id,
                 attempt,
                 result,
-                ack,
+                ack: None,
             });
         });
     }
@@ -661,6 +846,18 @@ impl PlanActor {
                 debug!(%plan_id, error = %e, "snapshot not stored");
             }
         });
+    }
+}
+
+/// Where this process runs an agent type's attempts: an executor here, else the remote-worker
+/// queue when there is one, else nowhere (the core then fails the step).
+fn route(inner: &Inner, agent_type: &str) -> Route {
+    if inner.registry.get(agent_type).is_some() {
+        Route::Local
+    } else if inner.opts.remote.is_some() {
+        Route::Queue
+    } else {
+        Route::Missing
     }
 }
 

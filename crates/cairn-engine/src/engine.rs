@@ -122,8 +122,8 @@ impl Inner {
 
     pub(crate) fn executor_for(&self, agent_type: &str) -> Option<Arc<dyn Executor>> {
         self.registry.get(agent_type).or_else(|| {
-            let q = self.opts.remote.clone()?;
-            Some(Arc::new(q) as Arc<dyn Executor>)
+            let q = self.opts.remote.as_ref()?;
+            Some(Arc::new(crate::remote::QueueExecutor::new(q)) as Arc<dyn Executor>)
         })
     }
 
@@ -280,6 +280,12 @@ impl Engine {
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
+        // Remote workers' results reach plans through this engine; expired claims fail their
+        // attempts.
+        if let Some(remote) = &engine.inner.opts.remote {
+            remote.attach(Arc::downgrade(&engine.inner));
+            tokio::spawn(crate::remote::sweep(remote.clone()));
+        }
         if engine.inner.opts.recover {
             engine.recover().await?;
         }
@@ -291,7 +297,7 @@ impl Engine {
         let ids = self
             .inner
             .store
-            .plans_in_states(&["running", "paused"])
+            .plans_in_states(&cairn_core::PlanStatus::active_names())
             .await?;
         for id in ids {
             match self.recover_plan(&id).await {
@@ -312,6 +318,52 @@ impl Engine {
             Ok(_) | Err(EngineError::Refused { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Engine {
+        Engine { inner }
+    }
+
+    /// Reports the result of attempt `attempt` of a step that ran outside the engine (a remote
+    /// worker's report, taken by any front end): it goes to the plan's actor like any
+    /// executor's result, loading the plan if need be, and this answers once it is committed.
+    /// A result for an attempt the plan no longer counts is recorded as ignored.
+    pub async fn report_outcome(
+        &self,
+        plan_id: &str,
+        step_id: &str,
+        attempt: u32,
+        result: cairn_core::StepResult,
+    ) -> Result<(), EngineError> {
+        let (ack, recorded) = oneshot::channel();
+        self.deliver_outcome(
+            plan_id,
+            cairn_core::AttemptId::step(step_id, attempt),
+            result,
+            Some(ack),
+        )
+        .await?;
+        match recorded.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(EngineError::StorageUnavailable(reason)),
+            Err(_) => Err(EngineError::PlanNotFound(plan_id.to_owned())),
+        }
+    }
+
+    /// Hands an attempt's result to the plan's actor; `ack` hears when it is committed.
+    pub(crate) async fn deliver_outcome(
+        &self,
+        plan_id: &str,
+        attempt: cairn_core::AttemptId,
+        result: cairn_core::StepResult,
+        ack: Option<crate::remote::Ack>,
+    ) -> Result<(), EngineError> {
+        let msg = Msg::Outcome {
+            attempt,
+            result,
+            ack,
+        };
+        self.deliver(plan_id, msg).await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -503,8 +555,7 @@ impl Engine {
             .send(
                 plan_id,
                 Command::Claim {
-                    step_id: step_id.to_owned(),
-                    attempt,
+                    attempt: cairn_core::AttemptId::step(step_id, attempt),
                     worker_id: worker_id.to_owned(),
                 },
                 actor.into(),
@@ -822,50 +873,34 @@ impl Engine {
     ) -> Result<PlanState, EngineError> {
         let (view, state) = self.checkpoint_state(plan_id, cid).await?;
         let new_id = new_plan_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        if !cairn_core::plan::valid_id(&new_id) {
-            return Err(cairn_core::Invalid::one(
-                "new_plan_id",
-                format!("{new_id:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)"),
-            )
-            .into());
-        }
         let mut definition = state.definition();
         definition.plan_id = Some(new_id.clone());
-        // The new plan and the source's `plan_forked` record are two commits. If the record
-        // cannot be made, the new plan is deleted again (its events were never published), so
-        // a fork that fails leaves no plan behind.
-        let (forked, events) = self
-            .create_quietly(
-                new_id.clone(),
+        let fork = crate::actor::Fork {
+            checkpoint_id: view.checkpoint_id.clone(),
+            new_plan_id: new_id,
+            register: Command::Register {
                 definition,
-                Some(Box::new(Origin {
+                origin: Some(Box::new(Origin {
                     how: "fork".into(),
                     plan_id: plan_id.to_owned(),
-                    checkpoint_id: view.checkpoint_id.clone(),
+                    checkpoint_id: view.checkpoint_id,
                     state: state.materialize(),
                 })),
-                actor,
-            )
-            .await?;
-        let recorded = self
-            .send(
-                plan_id,
-                Command::RecordFork {
-                    checkpoint_id: view.checkpoint_id,
-                    new_plan_id: new_id.clone(),
-                    reason,
-                },
-                actor.into(),
-            )
-            .await;
-        if let Err(e) = recorded {
-            if let Err(undo) = self.inner.store.delete_plan(&new_id).await {
-                tracing::warn!(plan_id = %new_id, error = %undo, "a failed fork's new plan could not be deleted");
+            },
+            reason,
+            actor: actor.to_owned(),
+        };
+        // The source's actor commits the new plan and its own `plan_forked` in one transaction.
+        // An actor that stops before handling it drops the reply: deliver it again.
+        for _ in 0..DELIVERIES {
+            let (reply, rx) = oneshot::channel();
+            let fork = Box::new(fork.clone());
+            self.deliver(plan_id, Msg::Fork { fork, reply }).await?;
+            if let Ok(answer) = rx.await {
+                return answer;
             }
-            return Err(e);
         }
-        self.inner.publish(events);
-        Ok(forked)
+        Err(EngineError::ShuttingDown)
     }
 
     /// A checkpoint as a self-contained JSON document.
@@ -988,13 +1023,7 @@ impl Engine {
     /// Deletes a plan that is not running (with its whole log).
     pub async fn delete(&self, plan_id: &str) -> Result<(), EngineError> {
         let state = self.state(plan_id).await?;
-        if state.status == PlanStatus::Running {
-            return Err(cairn_core::Refusal::new(
-                cairn_core::RefusalKind::Conflict,
-                format!("plan {plan_id} is running; pause or cancel it before deleting it"),
-            )
-            .into());
-        }
+        cairn_core::decide::check_delete(&state)?;
         let live = self.inner.plans.lock().ok().and_then(|mut p| {
             let tx = p.live.remove(plan_id)?;
             p.note_unload(plan_id);
@@ -1081,19 +1110,10 @@ fn seq_cursor(cursor: Option<&str>) -> Result<u64, EngineError> {
     }
 }
 
-/// Can this event leave a plan settled (ended, or paused with nothing running)?
+/// Can this event leave a plan settled (ended, or paused with nothing running)? The core's
+/// definition ([`cairn_core::EventKind::may_settle`]), kept here for callers of the engine.
 pub fn may_settle(kind: &cairn_core::EventKind) -> bool {
-    use cairn_core::EventKind as K;
-    matches!(
-        kind,
-        K::PlanCompleted {}
-            | K::PlanFailed { .. }
-            | K::PlanCancelled { .. }
-            | K::PlanDrained {}
-            | K::PlanPaused { .. }
-            | K::CheckpointRestored { .. }
-            | K::InterventionApplied { .. }
-    )
+    kind.may_settle()
 }
 
 fn summary_of(e: &Event) -> CheckpointSummary {

@@ -4,6 +4,8 @@
 //!   checkpoints, restore, fork, snapshots, subscriptions).
 //! - [`executor`]: what runs a step, and the registry of agent types.
 //! - [`config`], which reads `cairn.toml`.
+//! - [`queue`]: the [`queue::TaskQueue`] contract of remote workers and its in-memory
+//!   implementation; [`remote`]: the engine's side of it.
 //!
 //! Architecture invariants: the engine knows no SQL and no HTTP; every decision is made by
 //! `cairn_core`; nothing is answered, published or executed before the store has committed it.
@@ -18,6 +20,7 @@ mod error;
 pub mod executor;
 pub mod observe;
 mod publish;
+pub mod queue;
 pub mod remote;
 
 pub use cairn_core::view::{CheckpointSummary, Page, PlanSummary, Progress, Snapshot};

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cairn_core::event::checkpoint_id;
+use cairn_core::status::PLAN_STATUS_EVENTS;
 use cairn_core::{Event, EventKind, Intervention, PlanStatus};
 use cairn_store::EventLog;
 
@@ -185,7 +186,7 @@ async fn handle(
         }
     }
     if let Some(f) = &callbacks.state_change {
-        if let Some(new) = status_after(&e.kind) {
+        if let Some(new) = e.kind.plan_status_after() {
             // A registration (also of a fork or an import) starts a plan's history: no change
             // to report. For a plan not seen yet, its log says what it was.
             let old = match statuses.get(&e.plan_id) {
@@ -218,43 +219,6 @@ async fn handle(
     }
 }
 
-/// Event kinds that may change a plan's status.
-const STATUS_KINDS: &[&str] = &[
-    "plan_registered",
-    "plan_started",
-    "plan_paused",
-    "plan_resumed",
-    "plan_cancelled",
-    "plan_completed",
-    "plan_failed",
-    "checkpoint_restored",
-    "intervention_applied",
-];
-
-/// The plan's status right after an event, when the event sets it. Mirrors
-/// [`cairn_core::PlanState::apply`]; an applied intervention's diff says whether it changed the
-/// status (retry, skip or rerun reopening a finished plan).
-fn status_after(kind: &EventKind) -> Option<PlanStatus> {
-    Some(match kind {
-        EventKind::PlanRegistered { origin, .. } => match origin {
-            Some(_) => PlanStatus::Paused,
-            None => PlanStatus::Idle,
-        },
-        EventKind::PlanStarted { .. } | EventKind::PlanResumed { .. } => PlanStatus::Running,
-        EventKind::PlanPaused { .. } | EventKind::CheckpointRestored { .. } => PlanStatus::Paused,
-        EventKind::PlanCancelled { .. } => PlanStatus::Cancelled,
-        EventKind::PlanCompleted {} => PlanStatus::Completed,
-        EventKind::PlanFailed { .. } => PlanStatus::Failed,
-        EventKind::InterventionApplied { intervention, .. } => intervention
-            .diff
-            .iter()
-            .find(|c| c.path == "status")
-            .and_then(|c| c.after.as_str())
-            .and_then(PlanStatus::parse)?,
-        _ => return None,
-    })
-}
-
 /// The status of a plan just before event `seq`, from the status-changing events of its log
 /// (for a plan the observer has not seen before).
 async fn status_before(store: &dyn EventLog, plan_id: &str, seq: u64) -> Option<PlanStatus> {
@@ -263,7 +227,7 @@ async fn status_before(store: &dyn EventLog, plan_id: &str, seq: u64) -> Option<
     let mut after = 0;
     loop {
         let rows = store
-            .read_events_of_kind(plan_id, STATUS_KINDS, after, PAGE)
+            .read_events_of_kind(plan_id, PLAN_STATUS_EVENTS, after, PAGE)
             .await
             .ok()?;
         let n = rows.len();
@@ -273,7 +237,7 @@ async fn status_before(store: &dyn EventLog, plan_id: &str, seq: u64) -> Option<
             }
             after = row.seq;
             if let Ok(e) = from_stored(row) {
-                if let Some(s) = status_after(&e.kind) {
+                if let Some(s) = e.kind.plan_status_after() {
                     status = Some(s);
                 }
             }

@@ -3,6 +3,7 @@
 //! - `engine`: plans, interventions, checkpoints and observers through the library API.
 //! - `gates`: quality gates and reviews, from a gate retry to a review's timeout.
 //! - `executors`: the `command` and `http` executors and `cairn.toml`.
+//! - `faults`: a store that fails chosen appends, and no attempt's outcome lost to it.
 //! - `remote`: the remote task queue.
 //! - `latch`: the `builtin.latch` step holder the other tests use.
 //! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
@@ -14,6 +15,8 @@ mod common;
 mod engine;
 #[path = "cairn_engine/executors.rs"]
 mod executors;
+#[path = "cairn_engine/faults.rs"]
+mod faults;
 #[path = "cairn_engine/gates.rs"]
 mod gates;
 #[path = "cairn_engine/latch.rs"]

@@ -26,9 +26,11 @@ pub mod streams;
 mod tasks;
 mod tokens;
 pub mod webhooks;
+mod wire;
 
 pub use auth::{Authenticator, Principal, Role};
 pub use conn::{raise_fd_limit, ServeOptions};
+pub use wire::{AuthMode, Server, ServerOptions};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;

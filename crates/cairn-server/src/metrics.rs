@@ -36,16 +36,6 @@ const HTTP_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The six plan states, so the `cairn_plans` gauge has every series even at zero.
-const STATES: &[&str] = &[
-    "idle",
-    "running",
-    "paused",
-    "completed",
-    "failed",
-    "cancelled",
-];
-
 /// Most started attempts remembered for durations; beyond it the oldest plans are forgotten.
 const MAX_TRACKED_PLANS: usize = 100_000;
 
@@ -240,9 +230,10 @@ pub async fn refresh(engine: &Engine, warned: &mut bool) {
     match store.count_plans_by_state().await {
         Ok(counts) => {
             let counts: HashMap<String, u64> = counts.into_iter().collect();
-            for st in STATES {
-                let n = counts.get(*st).copied().unwrap_or(0);
-                gauge!("cairn_plans", "state" => *st).set(n as f64);
+            // Every plan state, so the gauge has every series even at zero.
+            for st in cairn_core::PlanStatus::ALL.map(cairn_core::PlanStatus::as_str) {
+                let n = counts.get(st).copied().unwrap_or(0);
+                gauge!("cairn_plans", "state" => st).set(n as f64);
             }
         }
         Err(e) => {
@@ -366,9 +357,13 @@ impl Follower {
                     histogram!("cairn_pause_duration_seconds").record(seconds(at, e.at));
                 }
             }
-            EventKind::PlanCompleted {} => self.finished(&e.plan_id, "completed"),
-            EventKind::PlanFailed { .. } => self.finished(&e.plan_id, "failed"),
-            EventKind::PlanCancelled { .. } => self.finished(&e.plan_id, "cancelled"),
+            EventKind::PlanCompleted {}
+            | EventKind::PlanFailed { .. }
+            | EventKind::PlanCancelled { .. } => {
+                if let Some(status) = e.kind.plan_status_after() {
+                    self.finished(&e.plan_id, status.as_str());
+                }
+            }
             EventKind::StepStarted {
                 step_id, attempt, ..
             } => {

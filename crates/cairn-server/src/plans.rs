@@ -52,15 +52,6 @@ fn limit_of(limit: Option<usize>, default: usize) -> ApiResult<usize> {
     Ok(limit)
 }
 
-fn reason_ok(reason: &Option<String>) -> ApiResult<()> {
-    match reason {
-        Some(r) if r.len() > 4096 => {
-            Err(ApiError::unprocessable("reason is longer than 4096 bytes"))
-        }
-        _ => Ok(()),
-    }
-}
-
 #[utoipa::path(
     post,
     operation_id = "register_plan",
@@ -85,7 +76,7 @@ pub async fn register(
     let plan = Plan::from_value(body)?;
     let state = s.engine.register(plan, &p.user).await?;
     let mut view = PlanView::of(&state);
-    view.warnings = crate::tasks::unserved_agent_types(&s, &view);
+    view.warnings = crate::tasks::unserved_agent_types(&s, &view).await;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -125,7 +116,8 @@ pub async fn list(
         None | Some("") => None,
         Some(st) => Some(PlanStatus::parse(st).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "unknown state {st:?}; one of idle, running, paused, completed, failed, cancelled"
+                "unknown state {st:?}; one of {}",
+                PlanStatus::names()
             ))
         })?),
     };
@@ -225,10 +217,9 @@ pub async fn start(
     OptionalJson(b): OptionalJson<ReasonBody>,
 ) -> ApiResult<Json<PlanView>> {
     p.require(Role::Operator)?;
-    reason_ok(&b.reason)?;
     let st = s.engine.start(plan_id(&id)?, &p.user, b.reason).await?;
     let mut view = PlanView::of(&st);
-    view.warnings = crate::tasks::unserved_agent_types(&s, &view);
+    view.warnings = crate::tasks::unserved_agent_types(&s, &view).await;
     Ok(Json(view))
 }
 
@@ -256,7 +247,6 @@ pub async fn pause(
     OptionalJson(b): OptionalJson<PauseBody>,
 ) -> ApiResult<Json<PlanView>> {
     p.require(Role::Operator)?;
-    reason_ok(&b.reason)?;
     let st = s
         .engine
         .pause(plan_id(&id)?, b.mode, b.resume_at, &p.user, b.reason)
@@ -288,7 +278,6 @@ pub async fn resume(
     OptionalJson(b): OptionalJson<ReasonBody>,
 ) -> ApiResult<Json<PlanView>> {
     p.require(Role::Operator)?;
-    reason_ok(&b.reason)?;
     let st = s.engine.resume(plan_id(&id)?, &p.user, b.reason).await?;
     Ok(Json(PlanView::of(&st)))
 }
@@ -317,7 +306,6 @@ pub async fn cancel(
     OptionalJson(b): OptionalJson<ReasonBody>,
 ) -> ApiResult<Json<PlanView>> {
     p.require(Role::Operator)?;
-    reason_ok(&b.reason)?;
     let st = s.engine.cancel(plan_id(&id)?, &p.user, b.reason).await?;
     Ok(Json(PlanView::of(&st)))
 }
@@ -464,7 +452,6 @@ pub async fn create_checkpoint(
     OptionalJson(b): OptionalJson<CheckpointBody>,
 ) -> ApiResult<Response> {
     p.require(Role::Operator)?;
-    reason_ok(&b.reason)?;
     let c = s
         .engine
         .create_checkpoint(plan_id(&id)?, b.label, &p.user, b.reason)
@@ -518,7 +505,6 @@ pub async fn restore(
     OptionalJson(b): OptionalJson<ReasonBody>,
 ) -> ApiResult<Json<PlanView>> {
     p.require(Role::Operator)?;
-    reason_ok(&b.reason)?;
     let st = s
         .engine
         .restore(plan_id(&id)?, &cid, &p.user, b.reason)
@@ -557,7 +543,6 @@ pub async fn fork(
     OptionalJson(b): OptionalJson<ForkBody>,
 ) -> ApiResult<Response> {
     p.require(Role::Operator)?;
-    reason_ok(&b.reason)?;
     let st = s
         .engine
         .fork(plan_id(&id)?, &cid, b.new_plan_id, &p.user, b.reason)

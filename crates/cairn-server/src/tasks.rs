@@ -32,7 +32,7 @@ impl From<RemoteError> for ApiError {
             RemoteError::WrongWorker { .. } => {
                 ApiError::conflict("not_lease_holder", e.to_string())
             }
-            RemoteError::NotRecorded { .. } => {
+            RemoteError::NotRecorded { .. } | RemoteError::Unavailable(_) => {
                 tracing::warn!(error = %e, "a worker's report was not recorded");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -135,9 +135,9 @@ pub async fn poll(
             Ok(_) => return Ok(Json(lease).into_response()),
             // The plan moved on (the attempt was stopped, completed by hand, the plan deleted):
             // this task is not wanted; look for another.
-            Err(e) if e.is_client_error() => q.unclaim(&lease.task_id),
+            Err(e) if e.is_client_error() => q.unclaim(&lease.task_id).await,
             Err(e) => {
-                q.unclaim(&lease.task_id);
+                q.unclaim(&lease.task_id).await;
                 return Err(e.into());
             }
         }
@@ -154,11 +154,10 @@ pub async fn workers(
     Extension(p): Extension<Principal>,
 ) -> ApiResult<Json<crate::openapi::WorkerList>> {
     p.require(Role::Viewer)?;
-    let items = s
-        .remote
-        .as_ref()
-        .map(RemoteQueue::workers)
-        .unwrap_or_default();
+    let items = match &s.remote {
+        Some(q) => q.workers().await,
+        None => Vec::new(),
+    };
     Ok(Json(crate::openapi::WorkerList {
         items,
         next_cursor: None,
@@ -167,17 +166,23 @@ pub async fn workers(
 
 /// The warnings for a plan about to run on this server: agent types that have no local
 /// executor and that no worker has polled for (a typo, or a worker not started yet).
-pub(crate) fn unserved_agent_types(s: &AppState, view: &cairn_core::view::PlanView) -> Vec<String> {
+pub(crate) async fn unserved_agent_types(
+    s: &AppState,
+    view: &cairn_core::view::PlanView,
+) -> Vec<String> {
     let mut types: Vec<&str> = view
         .steps
         .iter()
         .filter(|st| !st.status.has_ended())
         .map(|st| st.agent_type.as_str())
         .filter(|t| s.engine.registry().get(t).is_none())
-        .filter(|t| s.remote.as_ref().is_none_or(|q| !q.has_worker_for(t)))
         .collect();
     types.sort_unstable();
     types.dedup();
+    if let Some(q) = &s.remote {
+        let workers = q.workers().await;
+        types.retain(|t| !workers.iter().any(|w| w.agent_types.iter().any(|a| a == t)));
+    }
     types
         .into_iter()
         .map(|t| match s.remote {
@@ -215,7 +220,7 @@ pub async fn heartbeat(
     ApiJson(body): ApiJson<HeartbeatBody>,
 ) -> ApiResult<Response> {
     authorise(&p, &body.worker_id)?;
-    let answer = queue(&s)?.heartbeat(task_id(&id)?, &body.worker_id)?;
+    let answer = queue(&s)?.heartbeat(task_id(&id)?, &body.worker_id).await?;
     Ok(Json(answer).into_response())
 }
 

@@ -1,12 +1,16 @@
 //! The HTTP server through its real router on a loopback port over a temporary SQLite store: one
 //! test binary, one module per area.
 //!
+//! - `common`: the one server harness (the production wiring of `cairn_server::Server::build`)
+//!   and bounded waits.
 //! - `hostile`: bursts of concurrent writes and malformed requests.
 //! - `metrics`: `/metrics`.
 //! - `openapi`: the committed `docs/openapi.json` against what the code generates.
 //! - `streams`: SSE, WebSocket and webhooks.
 //! - `tasks`: the remote task queue under `/v1/tasks`.
 
+#[path = "cairn_server/common.rs"]
+mod common;
 #[path = "cairn_server/hostile.rs"]
 mod hostile;
 #[path = "cairn_server/metrics.rs"]

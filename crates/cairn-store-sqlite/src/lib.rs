@@ -420,6 +420,17 @@ impl EventLog for SqliteStore {
         }
     }
 
+    async fn create_plan_with(
+        &self,
+        create: CreatePlan,
+        append: Append,
+    ) -> StoreResult<(Vec<StoredEvent>, Vec<StoredEvent>)> {
+        match self.write(Op::CreateWith { create, append }).await? {
+            Outcome::Both(created, appended) => Ok((created, appended)),
+            _ => Err(unexpected("create_plan_with")),
+        }
+    }
+
     async fn read_events(
         &self,
         plan_id: &str,

@@ -35,6 +35,11 @@ const KEEP_SNAPSHOTS: i64 = 16;
 pub(crate) enum Op {
     Create(CreatePlan),
     Append(Append),
+    /// A create and an append in one savepoint: both are kept or neither is.
+    CreateWith {
+        create: CreatePlan,
+        append: Append,
+    },
     PutSnapshot {
         plan_id: String,
         seq: u64,
@@ -67,6 +72,8 @@ pub(crate) enum Op {
 
 pub(crate) enum Outcome {
     Events(Vec<StoredEvent>),
+    /// The created plan's events, then the appended ones.
+    Both(Vec<StoredEvent>, Vec<StoredEvent>),
     Done,
     Deleted(bool),
     Claimed(Fence),
@@ -225,8 +232,10 @@ impl Writer {
                 continue;
             }
             let result = self.apply_in_savepoint(req.op, &mut broken);
-            if let Ok(Outcome::Events(evs)) = &result {
-                events += evs.len() as u64;
+            match &result {
+                Ok(Outcome::Events(evs)) => events += evs.len() as u64,
+                Ok(Outcome::Both(a, b)) => events += (a.len() + b.len()) as u64,
+                _ => {}
             }
             replies.push((req.reply, result));
         }
@@ -341,6 +350,13 @@ impl Writer {
         match op {
             Op::Create(req) => self.create(req).map(Outcome::Events),
             Op::Append(req) => self.append(req).map(Outcome::Events),
+            // Inside this request's savepoint: an append that is refused rolls the create back
+            // with it.
+            Op::CreateWith { create, append } => {
+                let created = self.create(create)?;
+                let appended = self.append(append)?;
+                Ok(Outcome::Both(created, appended))
+            }
             Op::PutSnapshot { plan_id, seq, data } => self
                 .put_snapshot(&plan_id, seq, &data)
                 .map(|()| Outcome::Done),

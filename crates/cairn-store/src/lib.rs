@@ -212,6 +212,15 @@ pub trait EventLog: Send + Sync + 'static {
     /// non-contiguous seqs) leave the log untouched.
     async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>>;
 
+    /// Creates a plan and appends to another one atomically: both are durable, or neither is
+    /// kept (any error of either half). Answers the created plan's events, then the appended
+    /// ones. A fork is one: the new plan and the source's record of it.
+    async fn create_plan_with(
+        &self,
+        create: CreatePlan,
+        append: Append,
+    ) -> StoreResult<(Vec<StoredEvent>, Vec<StoredEvent>)>;
+
     /// Events of one plan with `after_seq < seq <= until_seq` (no upper bound when `None`),
     /// oldest first, at most `limit`. `NotFound` for an unknown plan.
     async fn read_events(

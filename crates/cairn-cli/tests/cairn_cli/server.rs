@@ -40,6 +40,7 @@ impl Server {
             .env_remove("CAIRN_TOKEN")
             .env_remove("CAIRN_SERVER")
             .env("CAIRN_LOG", "warn")
+            .env("CAIRN_LATCH_DIR", latch_dir(db))
             .current_dir(db.parent().unwrap())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -199,6 +200,11 @@ impl World {
         assert!(admin.is_none(), "tokens exist: no new admin token");
         self.api = Api::new(&server.base);
         self.server = server;
+    }
+
+    /// Releases the latch `name`: its steps, held now or started later, complete.
+    fn release(&self, name: &str) {
+        std::fs::write(latch_dir(&self.db).join(name), b"").unwrap();
     }
 
     fn op(&self) -> Auth<'_> {
@@ -377,6 +383,19 @@ impl Auth<'_> {
     }
 }
 
+/// Where the server's `builtin.latch` steps look for their release files: beside the database,
+/// so a restarted server finds the same latches.
+fn latch_dir(db: &Path) -> PathBuf {
+    let dir = db.parent().unwrap().join("latches");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A step that runs until the test releases the latch `name` ([`World::release`]).
+fn latch_step(id: &str, name: &str) -> Value {
+    json!({"step_id": id, "action": "hold", "agent_type": "builtin.latch", "params": {"name": name}})
+}
+
 fn sleep_step(id: &str, ms: u64) -> Value {
     json!({"step_id": id, "action": "wait", "agent_type": "builtin.sleep", "params": {"ms": ms}})
 }
@@ -520,7 +539,7 @@ async fn every_endpoint_answers_its_contract_statuses() {
     // start / pause / resume / cancel and their 409s
     op.register(plan_doc(
         "c2",
-        vec![sleep_step("s1", 400), sleep_step("s2", 400)],
+        vec![latch_step("s1", "c2-s1"), latch_step("s2", "c2-s2")],
     ))
     .await;
     op.post_empty("/v1/plans/c2/resume")
@@ -537,6 +556,9 @@ async fn every_endpoint_answers_its_contract_statuses() {
     op.post_empty("/v1/plans/c2/start")
         .await
         .expect(409, "start twice");
+    // s1 is held by its latch: the plan is running for as long as the next checks need.
+    op.wait_for("c2", "running s1", |p| p["running_steps"] == json!(["s1"]))
+        .await;
     op.post_empty("/v1/plans/nope/start")
         .await
         .expect(404, "start unknown");
@@ -570,6 +592,12 @@ async fn every_endpoint_answers_its_contract_statuses() {
     op.post_empty("/v1/plans/c2/pause")
         .await
         .expect(409, "pause paused");
+    w.release("c2-s1");
+    w.release("c2-s2");
+    op.wait_for("c2", "drained", |p| {
+        p["running_steps"] == json!([]) && step_status(p, "s1") == "completed"
+    })
+    .await;
 
     // interventions: 201, 409 (state), 409 (version), 422 (malformed), dry_run 200, list
     let v0 = op.plan("c2").await["version"].as_u64().unwrap();
@@ -879,7 +907,7 @@ async fn prototype_scenarios_over_http() {
     op.register(plan_doc(
         "pr",
         vec![
-            sleep_step("s1", 600),
+            latch_step("s1", "pr-s1"),
             sleep_step("s2", 50),
             sleep_step("s3", 50),
         ],
@@ -896,6 +924,8 @@ async fn prototype_scenarios_over_http() {
         .expect(200, "pause")
         .body;
     assert_eq!(paused["state"], "paused");
+    assert_eq!(paused["running_steps"], json!(["s1"]), "s1 still runs");
+    w.release("pr-s1");
     // the in-flight step finishes and is recorded; the plan drains
     let drained = op
         .wait_for("pr", "drained", |p| {
@@ -908,13 +938,6 @@ async fn prototype_scenarios_over_http() {
         "pending",
         "no step starts while paused"
     );
-    // and stays so: poll a while, nothing starts
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let p = op.plan("pr").await;
-        assert_eq!(step_status(&p, "s2"), "pending");
-        assert_eq!(p["running_steps"], json!([]));
-    }
     let events = op.all_events("pr").await;
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"plan_drained"), "{kinds:?}");
@@ -927,12 +950,21 @@ async fn prototype_scenarios_over_http() {
         .await
         .expect(200, "resume");
     op.wait_state("pr", "completed").await;
+    // and it stayed so until the resume: in the log, nothing started between the pause and
+    // the resume.
+    let events = op.all_events("pr").await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let resumed_at = kinds.iter().position(|k| *k == "plan_resumed").unwrap();
+    assert!(
+        !kinds[paused_at..resumed_at].contains(&"step_started"),
+        "a step started while paused: {kinds:?}"
+    );
 
     // 3. interventions: skip/add/remove; attribution is the token's user, a `user` field is ignored
     op.register(plan_doc(
         "iv",
         vec![
-            sleep_step("s1", 300),
+            latch_step("s1", "iv-s1"),
             echo_step("s2"),
             echo_step("s3"),
             echo_step("s4"),
@@ -945,6 +977,7 @@ async fn prototype_scenarios_over_http() {
     op.post_empty("/v1/plans/iv/pause")
         .await
         .expect(200, "pause");
+    w.release("iv-s1");
     let skip = op
         .post(
             "/v1/plans/iv/interventions",
@@ -1087,8 +1120,11 @@ async fn prototype_scenarios_over_http() {
     );
 
     // 6. cancellation: running → cancelled, terminal, no further step
-    op.register(plan_doc("cx", vec![sleep_step("s1", 300), echo_step("s2")]))
-        .await;
+    op.register(plan_doc(
+        "cx",
+        vec![latch_step("s1", "cx-s1"), echo_step("s2")],
+    ))
+    .await;
     op.post_empty("/v1/plans/cx/start")
         .await
         .expect(200, "start");
@@ -1098,12 +1134,27 @@ async fn prototype_scenarios_over_http() {
         .expect(200, "cancel")
         .body;
     assert_eq!(c["state"], "cancelled");
-    for _ in 0..15 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let p = op.plan("cx").await;
-        assert_eq!(p["state"], "cancelled");
-        assert_ne!(step_status(&p, "s2"), "completed");
-    }
+    // The held s1 is told to stop; its late result is recorded and changes nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let ev = loop {
+        let ev = op.all_events("cx").await;
+        if ev.iter().any(|e| e["type"] == "step_result_ignored") {
+            break ev;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s1's late result was never recorded: {ev:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let p = op.plan("cx").await;
+    assert_eq!(p["state"], "cancelled");
+    assert_ne!(step_status(&p, "s2"), "completed");
+    assert!(
+        !ev.iter()
+            .any(|e| e["type"] == "step_started" && e["data"]["step_id"] == "s2"),
+        "no step starts after a cancel: {ev:?}"
+    );
     op.post_empty("/v1/plans/cx/start")
         .await
         .expect(409, "start cancelled");
@@ -2173,8 +2224,12 @@ async fn the_cli_talks_to_the_server() {
 async fn a_pause_with_resume_after_resumes_by_itself() {
     let w = World::new();
     let op = w.op();
-    op.register(plan_doc("ra", vec![sleep_step("a", 300), echo_step("b")]))
-        .await;
+    // a is held until the pause has answered, so the plan cannot end before it.
+    op.register(plan_doc(
+        "ra",
+        vec![latch_step("a", "ra-a"), echo_step("b")],
+    ))
+    .await;
     op.post_empty("/v1/plans/ra/start")
         .await
         .expect(200, "start");
@@ -2191,6 +2246,7 @@ async fn a_pause_with_resume_after_resumes_by_itself() {
         resume_at.len() == 27 && resume_at.ends_with('Z'),
         "an RFC 3339 UTC time with microseconds: {paused}"
     );
+    w.release("ra-a");
     // Nobody resumes it: the engine's timer does.
     let done = op.wait_state("ra", "completed").await;
     assert_eq!(step_status(&done, "b"), "completed");

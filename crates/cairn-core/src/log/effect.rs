@@ -16,7 +16,8 @@ use crate::review::Review;
 use crate::state::{PauseReason, PlanState, PlanStatus, Step};
 
 /// What an applied intervention changed. Fields other than `version` are present only when
-/// something of theirs changed.
+/// something of theirs changed. What an intervention cannot change is not recorded: the plan's
+/// id, origin and creation time, and the log position and time (which the event itself sets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Effect {
     /// The plan version after the intervention.
@@ -93,6 +94,30 @@ impl DefinitionFields {
 impl Effect {
     /// Everything that differs between `before` and `after` (the same plan).
     pub fn between(before: &PlanState, after: &PlanState) -> Effect {
+        // Every field of the state, named so that a field added to `PlanState` fails to compile
+        // here until its author says whether an intervention can change it (and records it).
+        let PlanState {
+            plan_id: _,
+            query: _,
+            metadata: _,
+            max_parallel: _,
+            steps: _,
+            version: _,
+            status: _,
+            pause_reason: _,
+            resume_at: _,
+            drained: _,
+            seq: _,
+            created_at: _,
+            updated_at: _,
+            failure: _,
+            origin: _,
+            retired: _,
+            // No intervention changes who started the plan.
+            started_by: _,
+            // Recorded below (`reviews`).
+            reviews: _,
+        } = after;
         let set = after
             .steps
             .iter()

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use cairn_core::decide::{self, Command, Ctx, StepResult};
 use cairn_core::event::{checkpoint_id, Event, EventKind};
 use cairn_core::plan::{RetryPolicy, StepDef};
+use cairn_core::{idempotency_key, Action, AttemptId, StartAttempt};
 use cairn_core::{
     InterventionKind, InterventionRequest, PauseMode, PauseReason, Plan, PlanState, PlanStatus,
     StepStatus,
@@ -100,7 +101,12 @@ fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
             step_id: format!("s{i}"),
             action: "act".into(),
             agent_type: "builtin.echo".into(),
-            params: json!({"i": i}),
+            // Templates, so every start renders what it sends: the query, and the status of
+            // the first explicit dependency (ended, so defined, whenever the step may start).
+            params: match depends_on.as_ref().and_then(|d| d.first()) {
+                Some(d) => json!({"i": i, "q": "{{ query }}", "dep": format!("{{{{ steps.{d}.status }}}}")}),
+                None => json!({"i": i, "q": "{{ query }}"}),
+            },
             depends_on,
             when,
             retry: g
@@ -344,8 +350,7 @@ impl Run {
                     .collect();
                 match pick(&running, p) {
                     Some((step_id, attempt)) => Command::Outcome {
-                        step_id: step_id.clone(),
-                        attempt,
+                        attempt: AttemptId::step(step_id.clone(), attempt),
                         result: match kind {
                             0..=3 => StepResult::Completed {
                                 output: json!({"from": step_id, "attempt": attempt}),
@@ -387,8 +392,7 @@ impl Run {
                     current.saturating_sub(back)
                 };
                 Command::Outcome {
-                    step_id,
-                    attempt,
+                    attempt: AttemptId::step(step_id, attempt),
                     result: if ok {
                         StepResult::Completed {
                             output: json!("stale"),
@@ -606,6 +610,104 @@ fn check_events(before: &PlanState, events: &[Event]) -> Result<(), TestCaseErro
     Ok(())
 }
 
+/// (g) The actions are what the events require, decided by the core: every attempt started or
+/// re-sent by the decision's events is started once, with the invocation its state records
+/// (a re-sent attempt gets the one recorded when it first started); every attempt that was in
+/// flight before and no longer is is stopped (unless it reported); the timer is the state's
+/// next wake, set last.
+fn check_actions(
+    before: &PlanState,
+    after: &PlanState,
+    cmd: &Command,
+    d: &decide::Decision,
+) -> Result<(), TestCaseError> {
+    let Some((Action::SetTimer { at }, rest)) = d.actions.split_last() else {
+        return Err(TestCaseError::fail(format!(
+            "a decision must end with its timer: {:?}",
+            d.actions
+        )));
+    };
+    prop_assert_eq!(*at, after.next_wake(), "the timer is the next wake");
+    let stops: Vec<&AttemptId> = rest
+        .iter()
+        .filter_map(|a| match a {
+            Action::Stop { attempt, .. } => Some(attempt),
+            _ => None,
+        })
+        .collect();
+    let starts: Vec<&StartAttempt> = rest.iter().filter_map(Action::started).collect();
+    prop_assert_eq!(stops.len() + starts.len(), rest.len(), "one timer only");
+    // Stops come before starts.
+    if let Some(first_start) = rest.iter().position(|a| a.started().is_some()) {
+        prop_assert!(
+            rest[first_start..].iter().all(|a| a.started().is_some()),
+            "a stop after a start: {:?}",
+            rest
+        );
+    }
+    let reported = match cmd {
+        Command::Outcome { attempt, .. } => Some(attempt),
+        _ => None,
+    };
+    let expected_stops: Vec<AttemptId> = before
+        .live_attempts()
+        .into_iter()
+        .filter(|a| !after.is_live(a) && Some(a) != reported)
+        .collect();
+    prop_assert_eq!(
+        stops.iter().map(|a| (*a).clone()).collect::<Vec<_>>(),
+        expected_stops
+    );
+    let mut sent: Vec<(String, u32)> = Vec::new();
+    for e in &d.events {
+        match &e.kind {
+            EventKind::StepStarted {
+                step_id,
+                attempt,
+                invocation,
+                ..
+            } => {
+                prop_assert!(invocation.is_some(), "a start records its invocation");
+                sent.push((step_id.clone(), *attempt));
+            }
+            EventKind::StepRecovered {
+                step_id, attempt, ..
+            } => sent.push((step_id.clone(), *attempt)),
+            _ => {}
+        }
+    }
+    let started: Vec<(String, u32)> = starts
+        .iter()
+        .map(|s| (s.attempt.step_id.clone(), s.attempt.number))
+        .collect();
+    prop_assert_eq!(&started, &sent, "one start per attempt started or re-sent");
+    for start in starts {
+        prop_assert!(
+            after.is_live(&start.attempt),
+            "{} is not in flight",
+            start.attempt
+        );
+        let step = after
+            .step(&start.attempt.step_id)
+            .expect("started step exists");
+        prop_assert_eq!(step.rec.invocation.as_ref(), Some(&start.invocation));
+        prop_assert_eq!(
+            &start.idempotency_key,
+            &idempotency_key(PLAN, &step.def.step_id, step.rec.run)
+        );
+        if matches!(cmd, Command::Recover) {
+            // Re-sent: exactly what its start recorded.
+            if let Some(recorded) = before
+                .step(&start.attempt.step_id)
+                .and_then(|s| s.rec.invocation.as_ref())
+            {
+                prop_assert_eq!(recorded, &start.invocation);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_restore(
     before: &PlanState,
     after: &PlanState,
@@ -623,6 +725,9 @@ fn check_restore(
         if expect.status == StepStatus::Running {
             expect.status = StepStatus::Pending;
             expect.run_attempts -= 1;
+            // What the interrupted attempt was sent is not carried over: the next one renders
+            // its own.
+            expect.invocation = None;
         }
         if expect.status == StepStatus::Cancelled {
             expect.status = StepStatus::Pending;
@@ -705,6 +810,7 @@ fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), T
             Err(_) => prop_assert_eq!(&run.st, &before, "refused {:?} changed the state", op),
             Ok(d) => {
                 check_events(&before, &d.events)?;
+                check_actions(&before, &run.st, &cmd, &d)?;
                 if let Command::Intervene(req) = &cmd {
                     if req.dry_run {
                         prop_assert!(
@@ -722,7 +828,8 @@ fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), T
                         prop_assert_eq!(run.st.version, before.version);
                     }
                 }
-                for (step, attempt) in decide::dispatches(&d.events) {
+                for start in d.starts() {
+                    let (step, attempt) = (start.attempt.step_id.as_str(), start.attempt.number);
                     let rec = &run.st.step(step).expect("dispatched step exists").rec;
                     prop_assert_eq!(rec.status, StepStatus::Running);
                     prop_assert_eq!(rec.attempts, attempt);

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use cairn_core::{AttemptId, AttemptKind};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -19,11 +20,14 @@ pub mod latch;
 
 /// One attempt of one step, as an executor sees it. Serialised as the JSON a `command` agent reads
 /// on stdin and an `http` agent receives as the request body.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Task {
     pub plan_id: String,
     pub step_id: String,
+    /// What the attempt runs: absent for the step's own action (`step`).
+    #[serde(skip_serializing_if = "AttemptKind::is_step")]
+    pub kind: AttemptKind,
     pub action: String,
     pub agent_type: String,
     /// With `{{ }}` templates already rendered.
@@ -42,6 +46,17 @@ pub struct Task {
     /// Absent on a first attempt and when the gate gives no feedback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate_feedback: Option<cairn_core::GateFeedback>,
+}
+
+impl Task {
+    /// The attempt this task is.
+    pub fn attempt_id(&self) -> AttemptId {
+        AttemptId {
+            step_id: self.step_id.clone(),
+            kind: self.kind,
+            number: self.attempt,
+        }
+    }
 }
 
 /// What a successful attempt produced.
@@ -96,6 +111,30 @@ impl StopSignal {
 
     pub fn is_stopped(&self) -> bool {
         *self.0.borrow()
+    }
+
+    /// Resolves when the attempt is asked to stop (true) or is no longer tracked by its plan
+    /// (false: the engine dropped the sender, because the attempt's outcome is durable or the
+    /// plan is no longer driven here).
+    pub(crate) async fn ended(&mut self) -> bool {
+        loop {
+            if *self.0.borrow_and_update() {
+                return true;
+            }
+            if self.0.changed().await.is_err() {
+                return *self.0.borrow();
+            }
+        }
+    }
+
+    /// Resolves once the attempt is no longer tracked by its plan (see [`StopSignal::ended`]).
+    pub(crate) async fn released(&mut self) {
+        while self.0.changed().await.is_ok() {}
+    }
+
+    /// The attempt is no longer tracked by its plan: whatever it answers now is not wanted.
+    pub(crate) fn is_released(&self) -> bool {
+        self.0.has_changed().is_err()
     }
 
     /// Resolves when the attempt is asked to stop.

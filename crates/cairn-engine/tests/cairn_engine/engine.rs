@@ -1032,6 +1032,224 @@ async fn fork_creates_a_paused_plan_equal_to_the_checkpoint() {
     .await;
 }
 
+/// The real SQLite store, except that while `fail` is set the append half of
+/// `create_plan_with` carries a fence no node holds, so SQLite refuses it after the create half
+/// ran in the same request.
+struct FailSecondHalf {
+    inner: SqliteStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+use cairn_store::{
+    Append, CheckpointRow, CreatePlan, Fence, Page, PlanRow, StoreResult, StoredEvent, TokenRow,
+};
+
+#[async_trait]
+impl cairn_store::EventLog for FailSecondHalf {
+    async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>> {
+        self.inner.create_plan(req).await
+    }
+    async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
+        self.inner.append(req).await
+    }
+    async fn create_plan_with(
+        &self,
+        create: CreatePlan,
+        mut append: Append,
+    ) -> StoreResult<(Vec<StoredEvent>, Vec<StoredEvent>)> {
+        if self.fail.load(Ordering::SeqCst) {
+            append.fence = Some(Fence {
+                node: "nobody".into(),
+                token: u64::MAX,
+            });
+        }
+        self.inner.create_plan_with(create, append).await
+    }
+    async fn read_events(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        until_seq: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.inner
+            .read_events(plan_id, after_seq, until_seq, limit)
+            .await
+    }
+    async fn read_events_of_kind(
+        &self,
+        plan_id: &str,
+        kinds: &[&str],
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.inner
+            .read_events_of_kind(plan_id, kinds, after_seq, limit)
+            .await
+    }
+    async fn read_all_events(&self, after_id: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        self.inner.read_all_events(after_id, limit).await
+    }
+    async fn last_event_id(&self) -> StoreResult<u64> {
+        self.inner.last_event_id().await
+    }
+    async fn list_checkpoints(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<CheckpointRow>> {
+        self.inner.list_checkpoints(plan_id, after_seq, limit).await
+    }
+    async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>> {
+        self.inner.get_checkpoint(plan_id, seq).await
+    }
+    async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool> {
+        self.inner.delete_plan(plan_id).await
+    }
+}
+
+#[async_trait]
+impl cairn_store::PlanIndex for FailSecondHalf {
+    async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>> {
+        self.inner.get_plan(plan_id).await
+    }
+    async fn list_plans(
+        &self,
+        state: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<PlanRow>> {
+        self.inner.list_plans(state, limit, cursor).await
+    }
+    async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>> {
+        self.inner.plans_in_states(states).await
+    }
+}
+
+#[async_trait]
+impl cairn_store::Leases for FailSecondHalf {
+    async fn claim(&self, plan_id: &str, node: &str, ttl_ms: u64, now: i64) -> StoreResult<Fence> {
+        self.inner.claim(plan_id, node, ttl_ms, now).await
+    }
+    async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
+        self.inner.release(plan_id, fence).await
+    }
+}
+
+#[async_trait]
+impl cairn_store::Snapshots for FailSecondHalf {
+    async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()> {
+        self.inner.put_snapshot(plan_id, seq, data).await
+    }
+    async fn get_snapshot(
+        &self,
+        plan_id: &str,
+        at_or_before: u64,
+    ) -> StoreResult<Option<(u64, Vec<u8>)>> {
+        self.inner.get_snapshot(plan_id, at_or_before).await
+    }
+}
+
+#[async_trait]
+impl cairn_store::Tokens for FailSecondHalf {
+    async fn create_token(&self, token: TokenRow) -> StoreResult<()> {
+        self.inner.create_token(token).await
+    }
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRow>> {
+        self.inner.list_tokens().await
+    }
+    async fn revoke_token(&self, id: &str, at: i64) -> StoreResult<bool> {
+        self.inner.revoke_token(id, at).await
+    }
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
+        self.inner.token_by_hash(hash).await
+    }
+}
+
+#[async_trait]
+impl cairn_store::Cursors for FailSecondHalf {
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
+        self.inner.get_cursor(name).await
+    }
+    async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()> {
+        self.inner.set_cursor(name, value).await
+    }
+}
+
+/// A fork is one commit: when the store refuses the source's `plan_forked` the new plan is not
+/// kept either, the source is as it was, and a later fork records exactly one of each.
+#[tokio::test]
+async fn a_fork_whose_source_record_fails_leaves_no_plan_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FailSecondHalf {
+        inner: SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
+        fail: std::sync::atomic::AtomicBool::new(true),
+    });
+    let registry = Registry::with_builtins();
+    registry.register("rec", Arc::new(Recorder::default()));
+    let engine = Engine::open(store.clone(), registry, EngineOptions::default())
+        .await
+        .unwrap();
+    engine.register(abc("p"), "op").await.unwrap();
+    engine.start("p", "op", None).await.unwrap();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), engine.wait_settled("p"))
+        .await
+        .expect("p settles")
+        .unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    let cp = engine.checkpoints("p").await.unwrap()[1].clone();
+    let before = all_events(&engine, "p").await;
+
+    let failed = engine
+        .fork("p", &cp.checkpoint_id, Some("p-fork".into()), "op", None)
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(cairn_store::PlanIndex::get_plan(&*store, "p-fork")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        engine.state("p-fork").await,
+        Err(EngineError::PlanNotFound(_))
+    ));
+    assert_eq!(
+        all_events(&engine, "p").await,
+        before,
+        "the source log is unchanged"
+    );
+    assert_eq!(engine.state("p").await.unwrap().seq, before.len() as u64);
+
+    store.fail.store(false, Ordering::SeqCst);
+    let forked = engine
+        .fork("p", &cp.checkpoint_id, Some("p-fork".into()), "op", None)
+        .await
+        .unwrap();
+    assert_eq!(forked.status, PlanStatus::Paused);
+    let events = all_events(&engine, "p").await;
+    let records: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::PlanForked { new_plan_id, .. } if new_plan_id == "p-fork"))
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(events.len(), before.len() + 1);
+    let new_log = all_events(&engine, "p-fork").await;
+    assert_eq!(new_log.len(), 1);
+    assert!(
+        new_log[0].id < records[0].id,
+        "the new plan's registration comes first"
+    );
+    // A bad new id is refused by the core before anything is written.
+    let bad = engine
+        .fork("p", &cp.checkpoint_id, Some("no/slash".into()), "op", None)
+        .await;
+    assert!(
+        matches!(&bad, Err(EngineError::Refused { refusal, .. }) if refusal.kind == RefusalKind::Invalid),
+        "{bad:?}"
+    );
+    assert_eq!(all_events(&engine, "p").await.len(), events.len());
+}
+
 #[tokio::test]
 async fn export_then_import_round_trips() {
     let dir = tempfile::tempdir().unwrap();
@@ -1217,6 +1435,108 @@ async fn a_reopened_engine_recovers_a_running_plan_with_the_same_attempt_and_key
     assert!(all_events(&second, "p").await.iter().any(
         |e| matches!(&e.kind, EventKind::StepRecovered { step_id, attempt: 1, .. } if step_id == "b")
     ));
+}
+
+/// A recovered attempt is sent, byte for byte, what its first attempt was sent and what its
+/// `step_started` recorded, even when the output its params were rendered from changed since
+/// (here: while no process drove the plan, its upstream step was retried and completed by hand
+/// with another output). Re-rendering would send other params under the same idempotency key.
+#[tokio::test]
+async fn a_recovered_attempt_is_sent_its_recorded_params_after_their_source_changed() {
+    let limit = std::time::Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let registry = Registry::with_builtins();
+    registry.register("agent", Arc::new(Stuck(tx)));
+    let first = open_at(&path, registry, EngineOptions::default()).await;
+    first
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo, params: {n: 1.5, text: 'héllo \"you\"'}}\n  - {step_id: b, action: y, agent_type: agent, params: {n: '{{ steps.a.output.n }}', text: 'said: {{ steps.a.output.text }}', whole: '{{ steps.a.output }}'}}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
+    first.start("p", "op", None).await.unwrap();
+    let sent = tokio::time::timeout(limit, seen.recv())
+        .await
+        .expect("b starts")
+        .unwrap();
+    assert_eq!((sent.step_id.as_str(), sent.attempt), ("b", 1));
+    let sent_bytes = serde_json::to_string(&sent.params).unwrap();
+    assert_eq!(
+        sent.params,
+        json!({"n": 1.5, "text": "said: héllo \"you\"", "whole": {"n": 1.5, "text": "héllo \"you\""}})
+    );
+    first.shutdown().await;
+    drop(first);
+
+    // While nothing drives the plan, a's output changes.
+    let admin = open_at(
+        &path,
+        Registry::with_builtins(),
+        EngineOptions {
+            recover: false,
+            execute: false,
+            ..EngineOptions::default()
+        },
+    )
+    .await;
+    admin
+        .intervene("p", iv(json!({"type": "retry_step", "step_id": "a"})), "op")
+        .await
+        .unwrap();
+    admin
+        .intervene(
+            "p",
+            iv(json!({"type": "complete_step", "step_id": "a", "output": {"n": 2, "text": "changed"}, "reason": "by hand"})),
+            "op",
+        )
+        .await
+        .unwrap();
+    let changed = admin.state("p").await.unwrap();
+    assert_eq!(
+        changed.step("a").unwrap().rec.output,
+        Some(json!({"n": 2, "text": "changed"}))
+    );
+    assert_eq!(changed.step("b").unwrap().rec.status, StepStatus::Running);
+    admin.shutdown().await;
+    drop(admin);
+
+    let (tx, mut again) = mpsc::unbounded_channel();
+    let registry = Registry::with_builtins();
+    registry.register("agent", Arc::new(Stuck(tx)));
+    let second = open_at(&path, registry, EngineOptions::default()).await;
+    let resent = tokio::time::timeout(limit, again.recv())
+        .await
+        .expect("b is sent again")
+        .unwrap();
+    assert_eq!((resent.step_id.as_str(), resent.attempt), ("b", 1));
+    assert_eq!(resent.idempotency_key, sent.idempotency_key);
+    assert_eq!(
+        (resent.action.as_str(), resent.agent_type.as_str()),
+        ("y", "agent")
+    );
+    assert_eq!(serde_json::to_string(&resent.params).unwrap(), sent_bytes);
+    // The audit shows what the agent received: the start's recorded invocation.
+    let events = all_events(&second, "p").await;
+    let recorded = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::StepStarted {
+                step_id,
+                invocation: Some(i),
+                ..
+            } if step_id == "b" => Some(i.clone()),
+            _ => None,
+        })
+        .expect("b's start records its invocation");
+    assert_eq!(serde_json::to_string(&recorded.params).unwrap(), sent_bytes);
+    assert!(events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::StepRecovered { step_id, attempt: 1, invocation: None, .. } if step_id == "b"
+    )));
+    second.shutdown().await;
 }
 
 // ---- subscriptions -------------------------------------------------------------------------
@@ -1700,4 +2020,62 @@ async fn a_store_written_with_integer_times_reads_the_same() {
     // And the plan goes on from there.
     aged.resume("p", "op", None).await.unwrap();
     assert_eq!(settled(&aged, "p").await.status, PlanStatus::Completed);
+}
+
+/// A log written by a newer cairn, in a format this build does not know, is refused by name
+/// (never misread); the plans beside it still read.
+#[tokio::test]
+async fn a_log_format_newer_than_this_build_is_refused_by_name() {
+    use cairn_store::{CreatePlan, NewEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cairn.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+    let definition = plan("steps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n");
+    let registered = cairn_core::log::encode(&cairn_core::EventKind::PlanRegistered {
+        definition,
+        origin: None,
+    });
+    let row = |seq: u64, kind: &str, data: String, format: u32| NewEvent {
+        seq,
+        at: 1_000_000,
+        actor: "op".into(),
+        kind: kind.into(),
+        data,
+        format,
+        checkpoint: None,
+    };
+    let next = cairn_core::log::FORMAT + 1;
+    for (id, format) in [("future", next), ("today", cairn_core::log::FORMAT)] {
+        cairn_store::EventLog::create_plan(
+            &store,
+            CreatePlan {
+                plan_id: id.into(),
+                created_at: 1_000_000,
+                state: "idle".into(),
+                events: vec![
+                    row(
+                        1,
+                        registered.kind,
+                        registered.data.clone(),
+                        cairn_core::log::FORMAT,
+                    ),
+                    row(2, "checkpoint_created", "{}".into(), format),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    }
+    drop(store);
+    let engine = open_at(&path, Registry::with_builtins(), EngineOptions::default()).await;
+    let err = engine.state("future").await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "event of type checkpoint_created was written by a newer cairn (log format {next}); \
+             this build reads up to {}",
+            cairn_core::log::FORMAT
+        )),
+        "{err}"
+    );
+    assert_eq!(engine.state("today").await.unwrap().seq, 2);
 }

@@ -19,6 +19,7 @@ fn task(params: Value) -> Task {
     Task {
         plan_id: "plan_1".into(),
         step_id: "step_1".into(),
+        kind: cairn_core::AttemptKind::Step,
         action: "search".into(),
         agent_type: "registry".into(),
         params,

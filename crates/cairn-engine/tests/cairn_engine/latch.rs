@@ -27,6 +27,7 @@ fn task(params: Value) -> Task {
     Task {
         plan_id: "p".into(),
         step_id: "s".into(),
+        kind: cairn_core::AttemptKind::Step,
         action: "hold".into(),
         agent_type: "builtin.latch".into(),
         params,

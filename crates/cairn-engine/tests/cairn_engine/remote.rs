@@ -51,14 +51,15 @@ async fn a_worker_completes_the_step_and_the_plan() {
     assert_eq!(lease.task.params, json!({"topic": "rust"}));
     assert_eq!(lease.task.attempt, 1);
     assert_eq!(
-        q.heartbeat(&lease.task_id, "w2"),
+        q.heartbeat(&lease.task_id, "w2").await,
         Err(RemoteError::WrongWorker {
             task_id: lease.task_id.clone(),
             worker_id: "w2".into()
         })
     );
-    assert!(!q.heartbeat(&lease.task_id, "w1").unwrap().stop);
+    assert!(!q.heartbeat(&lease.task_id, "w1").await.unwrap().stop);
     q.complete(&lease.task_id, "w1", json!({"found": 3}), None)
+        .await
         .unwrap();
     let done = settled(&engine, "r1").await;
     assert_eq!(done.status, PlanStatus::Completed);
@@ -79,6 +80,7 @@ async fn a_fatal_failure_fails_the_step() {
     engine.start("r2", "t", None).await.unwrap();
     let lease = q.poll("w", &types(), WAIT).await.unwrap();
     q.fail(&lease.task_id, "w", "bad input".into(), false)
+        .await
         .unwrap();
     let done = settled(&engine, "r2").await;
     assert_eq!(done.status, PlanStatus::Failed);
@@ -112,10 +114,11 @@ async fn an_expired_lease_is_retried_with_the_same_idempotency_key() {
     assert_eq!(second.task.idempotency_key, first.task.idempotency_key);
     assert_ne!(second.task_id, first.task_id);
     assert!(matches!(
-        q.complete(&first.task_id, "w1", json!(0), None),
+        q.complete(&first.task_id, "w1", json!(0), None).await,
         Err(RemoteError::UnknownTask(_))
     ));
     q.complete(&second.task_id, "w2", json!({"ok": true}), None)
+        .await
         .unwrap();
     let done = settled(&engine, "r3").await;
     assert_eq!(done.status, PlanStatus::Completed);
@@ -137,8 +140,10 @@ async fn cancel_reaches_the_worker_through_heartbeat() {
     let lease = q.poll("w", &types(), WAIT).await.unwrap();
     engine.cancel("r4", "t", None).await.unwrap();
     // The engine signals the attempt before it answers the cancel.
-    assert!(q.heartbeat(&lease.task_id, "w").unwrap().stop);
-    q.fail(&lease.task_id, "w", "stopped".into(), true).unwrap();
+    assert!(q.heartbeat(&lease.task_id, "w").await.unwrap().stop);
+    q.fail(&lease.task_id, "w", "stopped".into(), true)
+        .await
+        .unwrap();
     let done = settled(&engine, "r4").await;
     assert_eq!(done.status, PlanStatus::Cancelled);
 }

@@ -6,13 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_engine::executor::Registry;
-use cairn_engine::{Engine, EngineOptions};
-use cairn_server::auth::create_token;
-use cairn_server::{AppState, Authenticator, Role};
-use cairn_store::Store;
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use cairn_engine::EngineOptions;
+use cairn_server::{Role, ServerOptions};
 use serde_json::{json, Value};
+
+use crate::common::TestServer;
 
 /// Every wait in these tests ends by this deadline.
 const BOUND: Duration = Duration::from_secs(60);
@@ -21,43 +19,26 @@ struct Server {
     base: String,
     token: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _server: TestServer,
 }
 
 impl Server {
     /// A server whose quiet plans are unloaded at once, so every burst races loads and unloads.
     async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
-        );
-        let engine = Engine::open(
-            store.clone(),
-            Registry::with_builtins(),
-            EngineOptions {
+        let s = TestServer::start(ServerOptions {
+            engine: EngineOptions {
                 idle_unload_ms: 0,
                 ..EngineOptions::default()
             },
-        )
-        .await
-        .unwrap();
-        let token = create_token(&*store, "admin", Role::Admin)
-            .await
-            .unwrap()
-            .token;
-        let state = AppState::new(engine, Authenticator::new(store));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(cairn_server::serve(
-            listener,
-            state,
-            std::future::pending::<()>(),
-        ));
+            ..ServerOptions::default()
+        })
+        .await;
+        let token = s.token("admin", Role::Admin).await;
         Server {
-            base: format!("http://{addr}"),
+            base: s.base(),
             token,
             http: reqwest::Client::builder().timeout(BOUND).build().unwrap(),
-            _dir: dir,
+            _server: s,
         }
     }
 

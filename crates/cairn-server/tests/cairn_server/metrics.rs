@@ -1,50 +1,44 @@
 //! `/metrics` through the real router: step, plan, store and HTTP metrics.
 //!
 //! The Prometheus recorder is global to the process, so every test in this binary shares it:
-//! each test uses its own agent types and plan ids, and asserts only on its own series.
+//! each test uses its own agent types (`metrics.echo`, `metrics.fail`: the builtins under names
+//! no other module runs) and plan ids, and asserts only on its own series.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use cairn_engine::executor::Registry;
-use cairn_engine::{Engine, EngineOptions};
-use cairn_server::auth::create_token;
-use cairn_server::{AppState, Authenticator, Role};
-use cairn_store::Store;
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use cairn_engine::executor::{Echo, Fail, Registry};
+use cairn_server::{Role, ServerOptions};
 use serde_json::{json, Value};
+
+use crate::common::TestServer;
 
 struct Server {
     base: String,
     token: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _server: TestServer,
 }
 
 async fn server() -> Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
-        &dir.path().join("cairn.db"),
-        SqliteOptions::default(),
-    )?);
-    let engine = Engine::open(
-        store.clone(),
-        Registry::with_builtins(),
-        EngineOptions::default(),
-    )
-    .await?;
-    cairn_server::metrics::spawn_every(engine.clone(), Duration::from_millis(50));
-    let token = create_token(&*store, "alice", Role::Admin).await?.token;
-    let state = AppState::new(engine, Authenticator::new(store));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(cairn_server::serve(listener, state, std::future::pending()));
+    // Agent types of this module's own: the other modules of the binary run the builtins, and
+    // the recorder is the process's.
+    let registry = Registry::with_builtins();
+    registry.register("metrics.echo", Arc::new(Echo));
+    registry.register("metrics.fail", Arc::new(Fail));
+    let s = TestServer::start(ServerOptions {
+        registry,
+        metrics_every: Duration::from_millis(50),
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = s.token("alice", Role::Admin).await;
     Ok(Server {
-        base,
+        base: s.base(),
         token,
         http: reqwest::Client::new(),
-        _dir: dir,
+        _server: s,
     })
 }
 
@@ -132,8 +126,8 @@ async fn a_plan_run_shows_up_in_metrics() -> Result<()> {
         "plan_id": "metrics-echo",
         "query": "q",
         "steps": [
-            {"step_id": "a", "action": "x", "agent_type": "builtin.echo", "params": {"v": 1}},
-            {"step_id": "b", "action": "y", "agent_type": "builtin.echo"},
+            {"step_id": "a", "action": "x", "agent_type": "metrics.echo", "params": {"v": 1}},
+            {"step_id": "b", "action": "y", "agent_type": "metrics.echo"},
         ]
     });
     s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
@@ -161,8 +155,8 @@ async fn a_plan_run_shows_up_in_metrics() -> Result<()> {
 
     let text = s
         .metrics_with(&[
-            (r#"cairn_steps_total{agent_type="builtin.echo",outcome="completed"}"#, Want::Exactly(2.0)),
-            (r#"cairn_step_duration_seconds_count{agent_type="builtin.echo"}"#, Want::Exactly(2.0)),
+            (r#"cairn_steps_total{agent_type="metrics.echo",outcome="completed"}"#, Want::Exactly(2.0)),
+            (r#"cairn_step_duration_seconds_count{agent_type="metrics.echo"}"#, Want::Exactly(2.0)),
             (r#"cairn_events_total{type="plan_completed"}"#, Want::AtLeast(1.0)),
             ("cairn_plans_started_total", Want::AtLeast(1.0)),
             (r#"cairn_plans_finished_total{state="completed"}"#, Want::AtLeast(1.0)),
@@ -211,9 +205,9 @@ async fn retries_failures_and_pauses_are_counted() -> Result<()> {
         "plan_id": "metrics-fail",
         "query": "q",
         "steps": [
-            {"step_id": "a", "action": "x", "agent_type": "builtin.fail",
+            {"step_id": "a", "action": "x", "agent_type": "metrics.fail",
              "params": {"times": 1}, "retry": {"max_attempts": 2, "backoff_ms": 1}},
-            {"step_id": "b", "action": "y", "agent_type": "builtin.fail",
+            {"step_id": "b", "action": "y", "agent_type": "metrics.fail",
              "params": {"times": 5}, "depends_on": ["a"]},
         ]
     });
@@ -223,19 +217,19 @@ async fn retries_failures_and_pauses_are_counted() -> Result<()> {
         .await?;
     s.metrics_with(&[
         (
-            r#"cairn_steps_total{agent_type="builtin.fail",outcome="retried"}"#,
+            r#"cairn_steps_total{agent_type="metrics.fail",outcome="retried"}"#,
             Want::Exactly(1.0),
         ),
         (
-            r#"cairn_steps_total{agent_type="builtin.fail",outcome="completed"}"#,
+            r#"cairn_steps_total{agent_type="metrics.fail",outcome="completed"}"#,
             Want::Exactly(1.0),
         ),
         (
-            r#"cairn_steps_total{agent_type="builtin.fail",outcome="failed"}"#,
+            r#"cairn_steps_total{agent_type="metrics.fail",outcome="failed"}"#,
             Want::Exactly(1.0),
         ),
         (
-            r#"cairn_step_duration_seconds_count{agent_type="builtin.fail"}"#,
+            r#"cairn_step_duration_seconds_count{agent_type="metrics.fail"}"#,
             Want::Exactly(3.0),
         ),
         (

@@ -10,22 +10,21 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use cairn_core::{Format, Plan};
 use cairn_engine::config::WebhookConfig;
-use cairn_engine::executor::Registry;
 use cairn_engine::{Engine, EngineOptions};
-use cairn_server::auth::create_token;
 use cairn_server::webhooks::{cursor_name, signature, spawn_webhooks};
-use cairn_server::{AppState, Authenticator, Role};
+use cairn_server::{Role, ServerOptions};
 use cairn_store::Store;
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+
+use crate::common::{within, TestServer};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The longest any single wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Server {
-    _dir: tempfile::TempDir,
+    _server: TestServer,
     engine: Engine,
     store: Arc<dyn Store>,
     addr: SocketAddr,
@@ -38,33 +37,19 @@ async fn server() -> Server {
 }
 
 async fn server_with(opts: EngineOptions) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
-    );
-    let engine = Engine::open(store.clone(), Registry::with_builtins(), opts)
-        .await
-        .unwrap();
-    let token = create_token(&*store, "viewer", Role::Viewer)
-        .await
-        .unwrap()
-        .token;
-    let app = cairn_server::router(AppState::new(
-        engine.clone(),
-        Authenticator::new(store.clone()),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let s = TestServer::start(ServerOptions {
+        engine: opts,
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = s.token("viewer", Role::Viewer).await;
     Server {
-        _dir: dir,
-        engine,
-        store,
-        addr,
+        engine: s.engine.clone(),
+        store: s.store.clone(),
+        addr: s.addr,
         token,
         http: reqwest::Client::new(),
+        _server: s,
     }
 }
 
@@ -223,7 +208,9 @@ async fn plan_stream_delivers_every_event_in_order_and_resumes_from_last_event_i
     let k = seen.last().unwrap().id.unwrap();
     // Reconnect while the plan may still run.
     let mut second = s.sse("/v1/plans/pa/events/stream", Some(k)).await;
-    s.engine.wait_settled("pa").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pa"))
+        .await
+        .unwrap();
     let stored = s.plan_events("pa").await;
     let last = stored.last().unwrap()["seq"].as_u64().unwrap();
     let rest = second.until_id(last).await;
@@ -267,8 +254,12 @@ async fn all_plans_stream_resumes_by_global_id_across_plans() {
     drop(first);
     let g = seen.last().unwrap().id.unwrap();
     let mut second = s.sse("/v1/events/stream", Some(g)).await;
-    s.engine.wait_settled("pa").await.unwrap();
-    s.engine.wait_settled("pb").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pa"))
+        .await
+        .unwrap();
+    within("a plan to settle", s.engine.wait_settled("pb"))
+        .await
+        .unwrap();
     let stored = s.all_events().await;
     let last = stored.last().unwrap()["id"].as_u64().unwrap();
     seen.extend(second.until_id(last).await);
@@ -300,7 +291,9 @@ async fn a_lagging_client_is_healed_from_the_store() {
     s.run("pb", 10, 0).await;
     s.run("pc", 10, 0).await;
     for id in ["pa", "pb", "pc"] {
-        s.engine.wait_settled(id).await.unwrap();
+        within("a plan to settle", s.engine.wait_settled(id))
+            .await
+            .unwrap();
     }
     let stored = s.all_events().await;
     let last = stored.last().unwrap()["id"].as_u64().unwrap();
@@ -391,8 +384,12 @@ async fn websocket_subscribe_after_and_errors() {
     let s = server().await;
     s.run("pa", 3, 0).await;
     s.run("pb", 3, 0).await;
-    s.engine.wait_settled("pa").await.unwrap();
-    s.engine.wait_settled("pb").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pa"))
+        .await
+        .unwrap();
+    within("a plan to settle", s.engine.wait_settled("pb"))
+        .await
+        .unwrap();
     let stored = s.all_events().await;
 
     // Without a token the handshake is refused.
@@ -547,7 +544,9 @@ async fn webhook_delivers_wanted_events_signed_and_retries() {
     // The first delivery is refused twice, then accepted.
     rx.fail.store(2, Ordering::SeqCst);
     s.run("pa", 3, 0).await;
-    s.engine.wait_settled("pa").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pa"))
+        .await
+        .unwrap();
     let stored = s.all_events().await;
     let want = ids_of(&stored, &types);
     assert_eq!(want.len(), 4);
@@ -590,7 +589,9 @@ async fn webhook_restart_loses_nothing() {
     let task = spawn_webhooks(s.engine.clone(), vec![hook.clone()]);
     wait_cursor(&s.store, &url).await;
     s.run("pa", 3, 5).await;
-    s.engine.wait_settled("pa").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pa"))
+        .await
+        .unwrap();
     // Stop mid-way (or after): whatever was not confirmed is delivered after the restart.
     let deadline = tokio::time::Instant::now() + WAIT;
     while rx.delivered_ids().is_empty() {
@@ -601,10 +602,14 @@ async fn webhook_restart_loses_nothing() {
     let _ = task.await;
     // Events while no delivery task runs.
     s.run("pb", 3, 0).await;
-    s.engine.wait_settled("pb").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pb"))
+        .await
+        .unwrap();
     let task = spawn_webhooks(s.engine.clone(), vec![hook]);
     s.run("pc", 2, 0).await;
-    s.engine.wait_settled("pc").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pc"))
+        .await
+        .unwrap();
     let stored = s.all_events().await;
     rx.wait_for(&ids_of(&stored, &["*"])).await;
     // Per webhook, in order: the first time each id arrives, ids increase.
@@ -651,7 +656,9 @@ async fn an_ended_plans_stream_ends_after_its_last_event_unless_following() {
     let mut live = s.sse("/v1/plans/pe/events/stream", None).await;
     s.engine.start("pe", "t", None).await.unwrap();
     let frames: Vec<Frame> = live.rest().await;
-    s.engine.wait_settled("pe").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pe"))
+        .await
+        .unwrap();
     let stored = s.plan_events("pe").await;
     let last = stored.last().unwrap()["seq"].as_u64().unwrap();
     assert_eq!(
@@ -683,7 +690,9 @@ async fn an_ended_plans_stream_ends_after_its_last_event_unless_following() {
 async fn websocket_subscription_to_an_unknown_plan_answers_an_error_frame() {
     let s = server().await;
     s.run("pk", 1, 0).await;
-    s.engine.wait_settled("pk").await.unwrap();
+    within("a plan to settle", s.engine.wait_settled("pk"))
+        .await
+        .unwrap();
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={}", s.addr, s.token))
             .await

@@ -1,17 +1,12 @@
 //! `/v1/tasks…` end to end: the real router on 127.0.0.1:0 over a temporary SQLite store, a
 //! worker and an operator token, a plan whose agent type has no local executor.
 
-use std::sync::Arc;
-
-use cairn_engine::executor::Registry;
-use cairn_engine::remote::RemoteQueue;
-use cairn_engine::{Engine, EngineOptions};
-use cairn_server::auth::create_token;
-use cairn_server::{AppState, Authenticator, Role};
-use cairn_store::Store;
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use cairn_engine::Engine;
+use cairn_server::{Role, ServerOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+use crate::common::{within, TestServer};
 
 struct Server {
     base: String,
@@ -19,49 +14,25 @@ struct Server {
     operator: String,
     http: reqwest::Client,
     engine: Engine,
-    _dir: tempfile::TempDir,
+    _server: TestServer,
 }
 
 impl Server {
     async fn start(lease_ms: u64) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
-        );
-        let queue = RemoteQueue::new(lease_ms);
-        let engine = Engine::open(
-            store.clone(),
-            Registry::with_builtins(),
-            EngineOptions {
-                remote: Some(queue.clone()),
-                ..EngineOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        let worker = create_token(&*store, "w", Role::Worker)
-            .await
-            .unwrap()
-            .token;
-        let operator = create_token(&*store, "op", Role::Operator)
-            .await
-            .unwrap()
-            .token;
-        let state = AppState::new(engine.clone(), Authenticator::new(store)).with_remote(queue);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(cairn_server::serve(
-            listener,
-            state,
-            std::future::pending::<()>(),
-        ));
+        let s = TestServer::start(ServerOptions {
+            worker_lease_ms: lease_ms,
+            ..ServerOptions::default()
+        })
+        .await;
+        let worker = s.token("w", Role::Worker).await;
+        let operator = s.token("op", Role::Operator).await;
         Server {
-            base: format!("http://{addr}/v1"),
+            base: format!("{}/v1", s.base()),
             worker,
             operator,
             http: reqwest::Client::new(),
-            engine,
-            _dir: dir,
+            engine: s.engine.clone(),
+            _server: s,
         }
     }
 
@@ -143,7 +114,9 @@ impl Server {
 
     /// The plan's state over HTTP once the engine has settled it.
     async fn settled(&self, id: &str) -> Value {
-        self.engine.wait_settled(id).await.unwrap();
+        within("a plan to settle", self.engine.wait_settled(id))
+            .await
+            .unwrap();
         self.plan_state(id).await
     }
 }

@@ -12,6 +12,12 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     )
     .await;
     case("event_log::seq_conflict", Arc::new(make()), seq_conflict).await;
+    case(
+        "event_log::create_plan_with",
+        Arc::new(make()),
+        create_plan_with,
+    )
+    .await;
     case("event_log::not_found", Arc::new(make()), not_found).await;
     case("event_log::global_ids", Arc::new(make()), global_ids).await;
     case("event_log::read_events", Arc::new(make()), read_events).await;
@@ -122,6 +128,71 @@ pub async fn seq_conflict(store: Arc<dyn Store>) {
     assert_contiguous(&all_seqs(&*store, "p").await, 3);
     store.append(append("p", 3, 1)).await.unwrap();
     assert_contiguous(&all_seqs(&*store, "p").await, 4);
+}
+
+/// A create and an append in one request: both kept, or neither (whichever half is refused).
+pub async fn create_plan_with(store: Arc<dyn Store>) {
+    store.create_plan(create("src", 1, 2)).await.unwrap();
+    let (created, appended) = store
+        .create_plan_with(create("new", 2, 2), append("src", 2, 1))
+        .await
+        .unwrap();
+    assert_eq!(created.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(created.iter().all(|e| e.plan_id == "new"));
+    assert_eq!(appended.len(), 1);
+    assert_eq!((appended[0].plan_id.as_str(), appended[0].seq), ("src", 3));
+    assert!(
+        appended[0].id > created[1].id,
+        "ids follow the request's order"
+    );
+    assert_contiguous(&all_seqs(&*store, "new").await, 2);
+    assert_contiguous(&all_seqs(&*store, "src").await, 3);
+
+    // The append half refused (stale seq, unknown plan, stale fence): no plan is created.
+    let stale = store
+        .create_plan_with(create("lost1", 3, 1), append("src", 2, 1))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::SeqConflict { .. })),
+        "{stale:?}"
+    );
+    let unknown = store
+        .create_plan_with(create("lost2", 3, 1), append("nope", 0, 1))
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
+    );
+    store.claim("src", "n1", 60_000, 10).await.unwrap();
+    let mut fenced = append("src", 3, 1);
+    fenced.fence = Some(Fence {
+        node: "n2".into(),
+        token: 99,
+    });
+    let fenced = store.create_plan_with(create("lost3", 3, 1), fenced).await;
+    assert!(fenced.is_err(), "{fenced:?}");
+    for id in ["lost1", "lost2", "lost3"] {
+        assert!(store.get_plan(id).await.unwrap().is_none(), "{id} was kept");
+        assert!(
+            matches!(
+                store.read_events(id, 0, None, 10).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{id} has events"
+        );
+    }
+    assert_contiguous(&all_seqs(&*store, "src").await, 3);
+
+    // The create half refused (the id is taken): nothing is appended.
+    let taken = store
+        .create_plan_with(create("new", 3, 1), append("src", 3, 1))
+        .await;
+    assert!(
+        matches!(taken, Err(StoreError::AlreadyExists(ref id)) if id == "new"),
+        "{taken:?}"
+    );
+    assert_contiguous(&all_seqs(&*store, "src").await, 3);
+    assert_contiguous(&all_seqs(&*store, "new").await, 2);
 }
 
 pub async fn not_found(store: Arc<dyn Store>) {

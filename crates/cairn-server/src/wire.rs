@@ -1,0 +1,164 @@
+//! The production wiring of a server, in one place: the remote-worker queue, the engine that
+//! sends it the agent types it has no executor for, webhook delivery, the metrics refreshers,
+//! authentication and the router's state. `cairn serve` builds its server with
+//! [`Server::build`], and so do the in-process tests, so what they exercise is what ships.
+//!
+//! What stays with the caller: opening the store, reading `cairn.toml`, the first admin token's
+//! message, binding the address, and the signal that shuts the server down.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use cairn_engine::config::WebhookConfig;
+use cairn_engine::executor::Registry;
+use cairn_engine::remote::{RemoteQueue, DEFAULT_LEASE_MS};
+use cairn_engine::{Engine, EngineError, EngineOptions};
+use cairn_store::Store;
+use tokio::task::JoinHandle;
+
+use crate::{AppState, Authenticator, ServeOptions};
+
+/// Who a request is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every `/v1` request needs a bearer token of the store.
+    Tokens,
+    /// No token needed: every request is this user, an admin (`cairn serve --no-auth`).
+    Open { user: String },
+}
+
+/// How a server runs. [`Default`] is `cairn serve`'s defaults with the builtins only.
+pub struct ServerOptions {
+    /// The engine's options; `remote` is replaced by the server's queue.
+    pub engine: EngineOptions,
+    /// The agent types with a local executor; the others go to remote workers.
+    pub registry: Registry,
+    /// Where events are POSTed (`[[webhooks]]` of `cairn.toml`).
+    pub webhooks: Vec<WebhookConfig>,
+    /// How long a remote worker keeps a task without a heartbeat.
+    pub worker_lease_ms: u64,
+    pub auth: AuthMode,
+    /// How often a quiet event stream (SSE, WebSocket) sends a keep-alive.
+    pub stream_keep_alive: Duration,
+    /// How often the metrics that are sampled rather than counted (plans by state, queued tasks)
+    /// are refreshed.
+    pub metrics_every: Duration,
+    /// Connection limits and timeouts.
+    pub limits: ServeOptions,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            engine: EngineOptions::default(),
+            registry: Registry::with_builtins(),
+            webhooks: Vec::new(),
+            worker_lease_ms: DEFAULT_LEASE_MS,
+            auth: AuthMode::Tokens,
+            stream_keep_alive: crate::streams::KEEP_ALIVE,
+            metrics_every: crate::metrics::REFRESH,
+            limits: ServeOptions::default(),
+        }
+    }
+}
+
+/// A server wired and running its background work (engine, webhooks, metrics), not yet
+/// listening: [`Server::serve`] takes a listener.
+pub struct Server {
+    engine: Engine,
+    remote: RemoteQueue,
+    state: AppState,
+    limits: ServeOptions,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the engine over `store` (recovering its plans) and starts webhook delivery and the
+    /// metrics refreshers.
+    pub async fn build(store: Arc<dyn Store>, opts: ServerOptions) -> Result<Server, EngineError> {
+        // Agent types with no local executor go to remote workers (`/v1/tasks…`).
+        let remote = RemoteQueue::new(opts.worker_lease_ms);
+        let engine = Engine::open(
+            store.clone(),
+            opts.registry,
+            EngineOptions {
+                remote: Some(remote.clone()),
+                ..opts.engine
+            },
+        )
+        .await?;
+        // Webhook delivery (at-least-once, from per-webhook cursors in the store).
+        let webhooks = crate::webhooks::spawn_webhooks(engine.clone(), opts.webhooks);
+        crate::metrics::spawn_every(engine.clone(), opts.metrics_every);
+        // cairn_tasks_queued{agent_type}: the remote queue lives here, not in the engine's events.
+        let queued = {
+            let remote = remote.clone();
+            let every = opts.metrics_every;
+            tokio::spawn(async move {
+                loop {
+                    for (agent_type, n) in remote.queued_by_type().await {
+                        crate::metrics::set_tasks_queued(&agent_type, n);
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            })
+        };
+        let auth = match &opts.auth {
+            AuthMode::Tokens => Authenticator::new(store),
+            AuthMode::Open { user } => Authenticator::open(store, user),
+        };
+        let state = AppState::new(engine.clone(), auth)
+            .with_remote(remote.clone())
+            .with_keep_alive(opts.stream_keep_alive);
+        Ok(Server {
+            engine,
+            remote,
+            state,
+            limits: opts.limits,
+            background: vec![webhooks, queued],
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The remote-worker queue behind `/v1/tasks…`.
+    pub fn remote(&self) -> &RemoteQueue {
+        &self.remote
+    }
+
+    /// What every handler sees.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The whole API over this server's state.
+    pub fn router(&self) -> Router {
+        crate::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves: then long-polls answer at once, no new
+    /// request is taken, those in flight finish, background work stops and the engine shuts
+    /// down.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let remote = self.remote.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Long-polls answer 204 at once instead of holding the shutdown up.
+            remote.close();
+        };
+        let served = crate::serve_with(listener, self.state, self.limits, shutdown).await;
+        for task in self.background {
+            task.abort();
+        }
+        self.engine.shutdown().await;
+        served
+    }
+}
