@@ -952,7 +952,7 @@ fn fail_step(em: &mut Emitter<'_>, step_id: String, attempt: u32, error: String)
         },
         Some(CheckpointTrigger::Step),
     );
-    if matches!(em.state.status, PlanStatus::Running | PlanStatus::Paused) {
+    if em.state.status.is_active() {
         em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
     }
 }

@@ -543,7 +543,7 @@ fn apply_kind(
         InterventionKind::RemoveStep { step_id } => {
             let i = find(state, step_id)?;
             let status = state.steps[i].rec.status;
-            if !status.may_move() {
+            if !(status.may_move() || status == StepStatus::AwaitingReview) {
                 return Err(conflict(format!(
                     "step {step_id} is {}; only a pending or awaiting_review step can be removed",
                     status_name(status)

@@ -13,6 +13,7 @@ use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::gate::{GateFeedback, Scores};
 use crate::plan::{Plan, StepDef};
 use crate::review::{Review, ReviewOutcome, ReviewState};
+
 pub use crate::status::{PlanStatus, StepStatus};
 
 /// Why a paused plan is paused.
@@ -97,9 +98,9 @@ impl StepRecord {
         self.retry_at = None;
         self.ended_at = None;
         self.breakpoint_passed = false;
-        self.invocation = None;
         self.gate_retries = 0;
         self.gate_feedback = None;
+        self.invocation = None;
     }
 }
 
@@ -601,8 +602,8 @@ impl PlanState {
                     s.rec.scores = scores.clone();
                     s.rec.error = None;
                     s.rec.ended_at = Some(at);
-                    s.rec.invocation = None;
                     s.rec.gate_feedback = None;
+                    s.rec.invocation = None;
                 }
             }
             EventKind::GateEvaluated {

@@ -183,7 +183,8 @@ impl StepStatus {
         )
     }
 
-    /// May `modify_step` change its definition?
+    /// May `modify_step` change its definition? (A step under review may: its review is voided
+    /// and it runs again.)
     pub fn may_modify(self) -> bool {
         matches!(
             self,
@@ -193,7 +194,7 @@ impl StepStatus {
 
     /// May `remove_step` remove it, or `reorder_steps` move it?
     pub fn may_move(self) -> bool {
-        matches!(self, StepStatus::Pending | StepStatus::AwaitingReview)
+        self == StepStatus::Pending
     }
 
     /// May `complete_step` supply its result by hand?

@@ -767,7 +767,7 @@ impl PlanActor {
             idempotency_key,
             timeout_ms,
             query,
-            // A gate's or a reviewer's feedback for this run, if any.
+            // Kept in the step's record (so an attempt re-sent after a crash carries it too).
             gate_feedback: self
                 .state
                 .step(&attempt.step_id)

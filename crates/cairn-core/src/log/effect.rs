@@ -113,9 +113,9 @@ impl Effect {
             failure: _,
             origin: _,
             retired: _,
-            // Who started the plan: no intervention changes it.
+            // No intervention changes who started the plan.
             started_by: _,
-            // Recorded below, each changed review whole.
+            // Recorded below (`reviews`).
             reviews: _,
         } = after;
         let set = after

@@ -5,34 +5,35 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{settled, wait_event};
+
 use async_trait::async_trait;
 use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
 use cairn_core::{
-    EventKind, Format, InterventionRequest, PauseReason, Plan, PlanState, PlanStatus,
-    ReviewOutcome, StepStatus,
+    EventKind, Format, InterventionRequest, PauseReason, Plan, PlanStatus, ReviewOutcome,
+    StepStatus, Timestamp,
 };
+use cairn_engine::clock::TokioClock;
 use cairn_engine::executor::command::CommandExecutor;
 use cairn_engine::executor::{ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
-use cairn_engine::{Engine, EngineOptions, Notice};
+use cairn_engine::{Engine, EngineOptions};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(20);
-
 async fn engine_with(dir: &tempfile::TempDir, agent_type: &str, ex: Arc<dyn Executor>) -> Engine {
+    engine_on(dir, agent_type, ex, EngineOptions::default()).await
+}
+
+async fn engine_on(
+    dir: &tempfile::TempDir,
+    agent_type: &str,
+    ex: Arc<dyn Executor>,
+    opts: EngineOptions,
+) -> Engine {
     let registry = Registry::with_builtins();
     registry.register(agent_type, ex);
     let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(Arc::new(store), registry, EngineOptions::default())
-        .await
-        .unwrap()
-}
-
-async fn settled(engine: &Engine, plan_id: &str) -> Arc<PlanState> {
-    tokio::time::timeout(WAIT, engine.wait_settled(plan_id))
-        .await
-        .expect("the plan settles in time")
-        .unwrap()
+    Engine::open(Arc::new(store), registry, opts).await.unwrap()
 }
 
 fn plan(yaml: &str) -> Plan {
@@ -177,17 +178,7 @@ async fn a_review_times_out_by_itself_while_the_plan_is_paused() {
         .unwrap();
     engine.start("g3", "ann", None).await.unwrap();
     // Nobody decides: the review's own timer does, while the plan is paused for it.
-    let mut sub = engine.subscribe_plan("g3", Some(0));
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match sub.next().await.expect("the engine is gone") {
-                Notice::Event(e) if e.kind.type_name() == "plan_completed" => return,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the review times out and the plan completes in time");
+    wait_event(&engine, "g3", |e| e.kind.type_name() == "plan_completed").await;
     let done = engine.state("g3").await.unwrap();
     assert_eq!(done.status, PlanStatus::Completed);
     assert_eq!(done.reviews[0].outcome, Some(ReviewOutcome::TimedOut));
@@ -218,4 +209,54 @@ async fn a_command_agent_reads_its_gate_feedback_on_stdin() {
     let a = &done.step("a").unwrap().rec;
     assert_eq!(a.output, Some(json!("fixed")));
     assert_eq!(a.attempts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_review_times_out_after_an_hour_on_the_engines_clock() {
+    // An hour, not a day: the plan's lease is renewed (a store write in real time) every few
+    // seconds of the engine's clock while it waits.
+    const HOUR_US: i64 = 3_600_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TokioClock::starting_at(Timestamp::from_micros(1_700_000_000_000_000));
+    let opts = EngineOptions {
+        clock: Arc::new(clock),
+        ..EngineOptions::default()
+    };
+    let engine = engine_on(&dir, "scorer", Arc::new(Scorer::default()), opts).await;
+    let real_start = std::time::Instant::now();
+    engine
+        .register(
+            plan(&format!("plan_id: g5\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 3600000}}}}}}\n{NEXT}")),
+            "ann",
+        )
+        .await
+        .unwrap();
+    engine.start("g5", "ann", None).await.unwrap();
+    let opened = wait_event(&engine, "g5", |e| e.kind.type_name() == "review_opened").await;
+    let EventKind::ReviewOpened {
+        deadline: Some(deadline),
+        ..
+    } = opened.kind
+    else {
+        panic!("the review has a deadline: {opened:?}");
+    };
+    assert_eq!(deadline - opened.at, HOUR_US);
+    let decided = wait_event(&engine, "g5", |e| {
+        matches!(&e.kind, EventKind::InterventionApplied { intervention, .. }
+            if intervention.user == TIMEOUT_USER && intervention.kind == "reject_step")
+    })
+    .await;
+    assert!(decided.at >= deadline, "decided before the deadline");
+    assert!(
+        decided.at - deadline < 60_000_000,
+        "decided long after the deadline"
+    );
+    let done = settled(&engine, "g5").await;
+    assert_eq!(done.status, PlanStatus::Failed);
+    assert_eq!(done.reviews[0].outcome, Some(ReviewOutcome::TimedOut));
+    assert!(
+        real_start.elapsed() < Duration::from_secs(60),
+        "an hour of review took {:?} of real time",
+        real_start.elapsed()
+    );
 }
