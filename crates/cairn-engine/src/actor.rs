@@ -237,7 +237,9 @@ impl PlanActor {
         quiet
             && self.inflight.is_empty()
             && self.unrecorded.is_empty()
-            && self.state.next_wake().is_none()
+            // The core's latest `SetTimer` (a retry, `resume_at`, a review deadline): no need
+            // to recompute the state's next wake on every turn of the loop.
+            && self.timer.is_none()
     }
 
     async fn renew_lease(&mut self) -> bool {
