@@ -2,12 +2,15 @@
 //!
 //! - `cli`: the local commands (validate, run, interventions, checkpoints, signals, the fixture
 //!   database written by an earlier release).
+//! - `dashboard`: the web dashboard in a real headless Chromium.
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
 //! - `store`: the database file as users and disks treat it.
 //! - `worker`: `cairn worker` and the example workers against a real server.
 
 #[path = "cairn_cli/cli.rs"]
 mod cli;
+#[path = "cairn_cli/dashboard/mod.rs"]
+mod dashboard;
 #[path = "cairn_cli/server.rs"]
 mod server;
 #[path = "cairn_cli/store.rs"]

@@ -26,6 +26,7 @@ mod reviews;
 pub mod streams;
 mod tasks;
 mod tokens;
+pub mod ui;
 pub mod webhooks;
 mod wire;
 
@@ -144,6 +145,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::workers))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(tokens::whoami))
 }
 
 /// The unauthenticated endpoints at the root.
@@ -173,6 +175,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .merge(root)
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))

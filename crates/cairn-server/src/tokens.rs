@@ -147,3 +147,29 @@ pub async fn revoke(
         ))
     }
 }
+
+/// Who the caller is: the user and role of the token sent (under `--no-auth`, the open user as
+/// admin). The dashboard asks this to sign in and to enable the controls the role may use.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// The token's user.
+    user: String,
+    /// viewer, operator, admin or worker.
+    role: Role,
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "whoami",
+    path = "/v1/whoami",
+    tag = "tokens",
+    summary = "The caller's user and role",
+    responses((status = 200, description = "The caller", body = WhoAmI)),
+    security(("bearer" = []))
+)]
+pub async fn whoami(Extension(p): Extension<Principal>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        user: p.user,
+        role: p.role,
+    })
+}

@@ -1,0 +1,464 @@
+//! What every browser test uses: a `cairn serve` child, a chromedriver child with one headless
+//! Chromium session, bounded waits on the page, screenshots, and the browser console.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// How long any wait on the page may take before the test fails (generous: CI is shared).
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// `true` (and a note on stderr) when browser tests are skipped on purpose.
+pub fn skipped() -> bool {
+    if std::env::var_os("CAIRN_SKIP_BROWSER").is_some_and(|v| v == "1") {
+        eprintln!("CAIRN_SKIP_BROWSER=1: browser test skipped");
+        return true;
+    }
+    false
+}
+
+/// A running `cairn serve` on a loopback port with its own database.
+pub struct Serve {
+    child: Child,
+    pub base: String,
+    /// The admin token printed at first start (None under `--no-auth`).
+    pub admin: Option<String>,
+    pub dir: TempDir,
+    stderr: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+impl Serve {
+    /// `cairn serve --bind 127.0.0.1:0 --db …` plus `extra`.
+    pub fn start(extra: &[&str]) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cairn.db");
+        let latches = dir.path().join("latches");
+        std::fs::create_dir_all(&latches).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--bind", "127.0.0.1:0", "--db"])
+            .arg(&db)
+            .args(extra)
+            .env_remove("CAIRN_TOKEN")
+            .env_remove("CAIRN_SERVER")
+            .env("CAIRN_LOG", "warn")
+            .env("CAIRN_LATCH_DIR", &latches)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cairn serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        {
+            let err = BufReader::new(child.stderr.take().unwrap());
+            let stderr = stderr.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in err.lines().map_while(Result::ok) {
+                    if line.trim().starts_with("cairn_") {
+                        let _ = tx.send(format!("token {}", line.trim()));
+                    }
+                    stderr.lock().unwrap().push_str(&line);
+                    stderr.lock().unwrap().push('\n');
+                }
+            });
+        }
+        {
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                while out.read_line(&mut line).unwrap_or(0) > 0 {
+                    if let Some(rest) = line.trim().strip_prefix("cairn listening on http://") {
+                        let _ = tx.send(format!("addr {rest}"));
+                        break;
+                    }
+                    line.clear();
+                }
+                let mut sink = Vec::new();
+                let _ = out.read_to_end(&mut sink);
+            });
+        }
+        let deadline = Instant::now() + WAIT;
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(m) if m.starts_with("addr ") => addr = Some(m[5..].to_owned()),
+                Ok(m) => admin = Some(m[6..].to_owned()),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "cairn serve did not listen within {WAIT:?}; stderr:\n{}",
+                        stderr.lock().unwrap()
+                    );
+                }
+            }
+        }
+        // The token is printed before the address; a moment for its reader thread.
+        if admin.is_none() && !extra.contains(&"--no-auth") {
+            if let Ok(m) = rx.recv_timeout(Duration::from_secs(2)) {
+                if let Some(t) = m.strip_prefix("token ") {
+                    admin = Some(t.to_owned());
+                }
+            }
+        }
+        let addr = addr.unwrap();
+        assert!(addr.starts_with("127.0.0.1:"), "loopback only: {addr}");
+        Serve {
+            child,
+            base: format!("http://{addr}"),
+            admin,
+            dir,
+            stderr,
+            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+        }
+    }
+
+    /// Where `builtin.latch` looks for release files.
+    pub fn latch_dir(&self) -> PathBuf {
+        self.dir.path().join("latches")
+    }
+
+    /// Releases the latch `name` (a step `builtin.latch` with `params.name`).
+    pub fn release(&self, name: &str) {
+        std::fs::write(self.latch_dir().join(name), b"").unwrap();
+    }
+
+    /// A JSON call as `token` (None: the admin token, or nothing under --no-auth). Panics on a
+    /// transport error; answers the status and the body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(t) = token.or(self.admin.as_deref()) {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `call` that must answer 2xx; answers the body.
+    pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method.clone(), path, None, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}\nserver stderr:\n{}",
+            self.stderr.lock().unwrap()
+        );
+        v
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.ok(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        self.ok(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// A token of `role` for `user`, created with the admin token.
+    pub async fn token(&self, user: &str, role: &str) -> String {
+        let v = self
+            .post("/v1/tokens", json!({"user": user, "role": role}))
+            .await;
+        v["token"].as_str().expect("token in answer").to_owned()
+    }
+
+    /// Polls `GET path` until `pred` holds (bounded by [`WAIT`]); answers the last body.
+    pub async fn until(&self, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.get(path).await;
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still {v} after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A chromedriver child and one headless Chromium session on it.
+pub struct Browser {
+    driver: Child,
+    pub client: Client,
+    port: u16,
+    /// The test's name: screenshots are `target/tmp/dashboard/<name>-<label>.png`.
+    name: String,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free loopback port and opens a 1280×900 headless window.
+    pub async fn start(name: &str) -> Browser {
+        Browser::sized(name, 1280, 900).await
+    }
+
+    pub async fn sized(name: &str, width: u32, height: u32) -> Browser {
+        let mut driver = Command::new("chromedriver")
+            .args(["--port=0", "--allowed-ips=127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start chromedriver ({e}): install Debian's chromium and \
+                     chromium-driver (.ci/run does), or set CAIRN_SKIP_BROWSER=1"
+                )
+            });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = driver.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                        let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                        let _ = tx.send(port.parse::<u16>().unwrap_or(0));
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let port = match rx.recv_timeout(WAIT) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                let _ = driver.kill();
+                let _ = driver.wait();
+                panic!("chromedriver did not say its port within {WAIT:?}");
+            }
+        };
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium(),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                         "--disable-sync", "--disable-default-apps", "--no-proxy-server",
+                         format!("--window-size={width},{height}")],
+            },
+            "goog:loggingPrefs": {"browser": "ALL"},
+        });
+        let caps = match caps {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        builder.capabilities(caps);
+        let url = format!("http://127.0.0.1:{port}");
+        let client = match tokio::time::timeout(WAIT * 2, builder.connect(&url)).await {
+            Ok(Ok(c)) => c,
+            other => {
+                let _ = driver.kill();
+                let _ = driver.wait();
+                panic!("no Chromium session: {other:?}");
+            }
+        };
+        Browser {
+            driver,
+            client,
+            port,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Opens `base` + `path` (e.g. `/#/plans`).
+    pub async fn open(&self, base: &str, path: &str) {
+        self.client
+            .goto(&format!("{base}{path}"))
+            .await
+            .unwrap_or_else(|e| panic!("goto {path}: {e}"));
+    }
+
+    /// Signs in through the page with `token`.
+    pub async fn sign_in(&self, base: &str, token: &str) {
+        self.open(base, "/#/signin").await;
+        let input = self.find("#token").await;
+        input.send_keys(token).await.unwrap();
+        self.click("#signin").await;
+        self.wait_for("#plans").await;
+    }
+
+    /// The first element matching `css`, waiting for it (bounded).
+    pub async fn find(&self, css: &str) -> Element {
+        match tokio::time::timeout(
+            WAIT,
+            self.client.wait().forever().for_element(Locator::Css(css)),
+        )
+        .await
+        {
+            Ok(Ok(e)) => e,
+            other => {
+                self.screenshot("missing").await;
+                panic!("no element {css} within {WAIT:?}: {other:?}");
+            }
+        }
+    }
+
+    pub async fn wait_for(&self, css: &str) -> Element {
+        self.find(css).await
+    }
+
+    /// Clicks the element `css` (waiting for it).
+    pub async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        e.click()
+            .await
+            .unwrap_or_else(|err| panic!("click {css}: {err}"));
+    }
+
+    /// The text of `css`.
+    pub async fn text(&self, css: &str) -> String {
+        self.find(css).await.text().await.unwrap_or_default()
+    }
+
+    /// Waits until the text of `css` satisfies `pred` (bounded); answers it.
+    pub async fn until_text(&self, css: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let t = match self.client.find(Locator::Css(css)).await {
+                Ok(e) => e.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if pred(&t) {
+                return t;
+            }
+            if Instant::now() > deadline {
+                self.screenshot("timeout").await;
+                panic!("{what}: {css} still reads {t:?} after {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `script` in the page (WebDriver's execute is not bound by the page's CSP).
+    pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client
+            .execute(script, args)
+            .await
+            .unwrap_or_else(|e| panic!("execute {script}: {e}"))
+    }
+
+    /// Saves a PNG of the page as `target/tmp/dashboard/<test>-<label>.png`.
+    pub async fn screenshot(&self, label: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}-{label}.png", self.name));
+        if let Ok(png) = self.client.screenshot().await {
+            let _ = std::fs::write(&path, png);
+        }
+        path
+    }
+
+    /// The browser console's messages at level SEVERE (errors and uncaught exceptions) since
+    /// the last call, from chromedriver's log endpoint. A request the server refused with a 4xx
+    /// is logged by Chromium too; those are left out: the page shows them to the user, and the
+    /// tests check what it shows. A 5xx is kept.
+    pub async fn console_errors(&self) -> Vec<String> {
+        let sid = self
+            .client
+            .session_id()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let url = format!("http://127.0.0.1:{}/session/{sid}/se/log", self.port);
+        let res = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"type": "browser"}))
+            .timeout(WAIT)
+            .send()
+            .await;
+        let Ok(res) = res else {
+            return vec!["the console log could not be read".into()];
+        };
+        let v: Value = res.json().await.unwrap_or(Value::Null);
+        v["value"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|m| m["level"] == "SEVERE")
+                    .filter(|m| {
+                        let text = m["message"].as_str().unwrap_or("");
+                        !(text.contains(
+                            "Failed to load resource: the server responded with a status of 4",
+                        ))
+                    })
+                    .map(|m| m["message"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Fails the test when the console has an error; always takes a last screenshot.
+    pub async fn finish(self) {
+        self.screenshot("end").await;
+        let errors = self.console_errors().await;
+        let _ = tokio::time::timeout(WAIT, self.client.clone().close()).await;
+        drop(self);
+        assert!(
+            errors.is_empty(),
+            "errors in the browser console: {errors:#?}"
+        );
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The Chromium binary: `$CHROMIUM`, else the first of the usual names on the PATH.
+fn chromium() -> String {
+    if let Ok(p) = std::env::var("CHROMIUM") {
+        return p;
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p.to_string_lossy().into_owned();
+            }
+        }
+    }
+    "chromium".into()
+}
