@@ -1,5 +1,6 @@
 //! The `cairn` binary end to end: one test binary, one module per area, so the suite links once.
 //!
+//! - `common`: what the others share: bounded waits on child processes.
 //! - `cli`: the local commands (validate, run, interventions, checkpoints, signals, the fixture
 //!   database written by an earlier release).
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
@@ -8,6 +9,8 @@
 
 #[path = "cairn_cli/cli.rs"]
 mod cli;
+#[path = "cairn_cli/common.rs"]
+mod common;
 #[path = "cairn_cli/server.rs"]
 mod server;
 #[path = "cairn_cli/store.rs"]

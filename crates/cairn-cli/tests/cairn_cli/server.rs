@@ -15,6 +15,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+use crate::common::{exit_within, kill_and_reap, output_within, signal, LIMIT};
+
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
 // ---- the server process -------------------------------------------------------------------
@@ -69,7 +71,7 @@ impl Server {
         let addr = loop {
             line.clear();
             if out.read_line(&mut line).unwrap_or(0) == 0 {
-                let _ = child.wait();
+                kill_and_reap(&mut child);
                 std::thread::sleep(Duration::from_millis(100));
                 panic!(
                     "cairn serve exited before listening; stderr:\n{}",
@@ -107,24 +109,20 @@ impl Server {
     }
 
     fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 
     /// SIGTERM, then the exit code.
     fn term(&mut self) -> Option<i32> {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(st.success());
-        for _ in 0..600 {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        signal(&self.child.id().to_string(), "TERM");
+        if let Some(s) = exit_within(&mut self.child, Duration::from_secs(30)) {
+            return s.code();
         }
-        panic!("the server did not exit within 30 s of SIGTERM");
+        kill_and_reap(&mut self.child);
+        panic!(
+            "the server did not exit within 30 s of SIGTERM; stderr:\n{}",
+            self.stderr.lock().unwrap()
+        );
     }
 
     fn alive(&mut self) -> bool {
@@ -135,19 +133,19 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            kill_and_reap(&mut self.child);
         }
     }
 }
 
 /// `cairn token create --user U --role R --db DB`.
 fn make_token(db: &Path, user: &str, role: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "create", "--user", user, "--role", role, "--db"])
-        .arg(db)
-        .output()
-        .expect("cairn token create");
+    let out = output_within(
+        Command::new(BIN)
+            .args(["token", "create", "--user", user, "--role", role, "--db"])
+            .arg(db),
+        LIMIT,
+    );
     assert!(
         out.status.success(),
         "token create: {}",
@@ -2012,12 +2010,12 @@ async fn sigterm_exits_0_and_a_restart_continues_running_plans() {
 #[test]
 fn no_auth_on_a_non_loopback_address_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--bind", "0.0.0.0:0", "--no-auth", "--db"])
-        .arg(dir.path().join("cairn.db"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN)
+            .args(["serve", "--bind", "0.0.0.0:0", "--no-auth", "--db"])
+            .arg(dir.path().join("cairn.db")),
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--no-auth"), "{stderr}");
@@ -2051,7 +2049,7 @@ fn cli(args: &[&str], server: &str, token: Option<&str>) -> (i32, String, String
     if let Some(t) = token {
         c.env("CAIRN_TOKEN", t);
     }
-    let out = c.output().unwrap();
+    let out = output_within(&mut c, LIMIT);
     let r = (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -2604,12 +2602,13 @@ async fn refused_once_expired(api: &Api, token: &str) -> Resp {
 async fn tokens_may_expire() {
     let w = World::new();
     let create = |expires: &str| {
-        let out = Command::new(BIN)
-            .args(["token", "create", "--user", "tess", "--role", "viewer"])
-            .args(["--expires-in", expires, "--json", "--db"])
-            .arg(&w.db)
-            .output()
-            .unwrap();
+        let out = output_within(
+            Command::new(BIN)
+                .args(["token", "create", "--user", "tess", "--role", "viewer"])
+                .args(["--expires-in", expires, "--json", "--db"])
+                .arg(&w.db),
+            LIMIT,
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -2625,12 +2624,13 @@ async fn tokens_may_expire() {
     };
     assert!(is_rfc3339_utc(&week["expires_at"]), "{week}");
     assert!(is_rfc3339_utc(&short["expires_at"]), "{short}");
-    let bad = Command::new(BIN)
-        .args(["token", "create", "--user", "tess", "--role", "viewer"])
-        .args(["--expires-in", "soon", "--db"])
-        .arg(&w.db)
-        .output()
-        .unwrap();
+    let bad = output_within(
+        Command::new(BIN)
+            .args(["token", "create", "--user", "tess", "--role", "viewer"])
+            .args(["--expires-in", "soon", "--db"])
+            .arg(&w.db),
+        LIMIT,
+    );
     assert_eq!(
         bad.status.code(),
         Some(2),
@@ -2726,16 +2726,16 @@ async fn the_connection_limit_holds_extra_clients_until_a_slot_frees() {
 
 /// `cairn … --db DB` on the store itself (no server).
 fn local(args: &[&str], db: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--db")
-        .arg(db)
-        .env_remove("CAIRN_TOKEN")
-        .env_remove("CAIRN_SERVER")
-        .env_remove("CAIRN_DB")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN)
+            .args(args)
+            .arg("--db")
+            .arg(db)
+            .env_remove("CAIRN_TOKEN")
+            .env_remove("CAIRN_SERVER")
+            .env_remove("CAIRN_DB"),
+        LIMIT,
+    );
     let r = (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

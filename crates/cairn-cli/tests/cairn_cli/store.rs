@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+use crate::common::{
+    exit_within, kill_and_reap, output_within, signal, try_output_within, wait_within, LIMIT,
+};
+
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
 /// A `cairn.toml` with one `command` agent, `latched`, that appends `started STEP` to the file
@@ -72,7 +76,7 @@ fn command(dir: &Path, args: &[&str]) -> Command {
 }
 
 fn cairn(dir: &Path, args: &[&str]) -> Ran {
-    ran(args, command(dir, args).output().expect("run cairn"))
+    ran(args, output_within(&mut command(dir, args), LIMIT))
 }
 
 fn cairn_json(dir: &Path, args: &[&str]) -> Value {
@@ -172,8 +176,7 @@ impl Server {
     }
 
     fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 
@@ -369,16 +372,7 @@ fn reads_work_while_cairn_run_drives_the_store_and_changes_name_the_process() {
 
     // The run was not disturbed by any of it.
     std::fs::write(&latch, "").unwrap();
-    let status = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = run.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "cairn run did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let status = wait_within(&mut run, Duration::from_secs(60));
     assert_eq!(status.code(), Some(0));
     let view = cairn_json(d.path(), &["plans", "show", "held", "--db", "cairn.db"]);
     assert_eq!(view["state"], "completed", "{view}");
@@ -467,18 +461,14 @@ fn backup_copies_a_store_a_server_is_writing_and_refuses_bad_paths() {
 
     // A clean shutdown (SIGTERM) leaves live.db complete on its own as well.
     let mut server = server;
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        if let Some(s) = server.child.try_wait().expect("wait") {
-            break s.code();
-        }
-        assert!(Instant::now() < deadline, "cairn serve did not stop");
-        std::thread::sleep(Duration::from_millis(20));
+    signal(&server.child.id().to_string(), "TERM");
+    let Some(code) = exit_within(&mut server.child, Duration::from_secs(60)).map(|s| s.code())
+    else {
+        server.kill9();
+        panic!(
+            "cairn serve did not stop within 60 s of SIGTERM; stderr:\n{}",
+            server.stderr.lock().unwrap()
+        );
     };
     assert_eq!(code, Some(0));
     let wal = d.path().join("live.db-wal");
@@ -503,10 +493,12 @@ impl Tmpfs {
     /// `None` (with the reason printed) where mounting is not permitted.
     fn mount(dir: PathBuf) -> Option<Tmpfs> {
         std::fs::create_dir_all(&dir).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-            .arg(&dir)
-            .output();
+        let out = try_output_within(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+                .arg(&dir),
+            LIMIT,
+        );
         match out {
             Ok(o) if o.status.success() => Some(Tmpfs { dir }),
             Ok(o) => {
@@ -526,7 +518,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = try_output_within(Command::new("umount").arg("-l").arg(&self.dir), LIMIT);
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::common::{kill_and_reap, output_within, try_output_within, LIMIT};
+
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
 /// Kills the child when the test ends, however it ends.
@@ -16,8 +18,7 @@ struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill_and_reap(&mut self.0);
     }
 }
 
@@ -57,12 +58,12 @@ fn serve() -> Served {
 }
 
 fn token(db: &str, user: &str, role: &str) -> String {
-    let out = Command::new(BIN)
-        .args([
+    let out = output_within(
+        Command::new(BIN).args([
             "token", "create", "--user", user, "--role", role, "--db", db,
-        ])
-        .output()
-        .unwrap();
+        ]),
+        LIMIT,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -182,8 +183,8 @@ async fn cairn_worker_runs_a_command_per_task() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cairn_worker_refuses_bad_urls_and_tokens() {
-    let out = Command::new(BIN)
-        .args([
+    let out = output_within(
+        Command::new(BIN).args([
             "worker",
             "--server",
             "not a url",
@@ -191,17 +192,17 @@ async fn cairn_worker_refuses_bad_urls_and_tokens() {
             "research",
             "--",
             "true",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
 
     let s = serve();
     let op = token(&s.db, "op", "operator");
     for (tok, what) in [("cairn_bogus", "401"), (op.as_str(), "403")] {
-        let out = Command::new(BIN)
-            .args([
+        let out = output_within(
+            Command::new(BIN).args([
                 "worker",
                 "--server",
                 &s.url,
@@ -211,9 +212,9 @@ async fn cairn_worker_refuses_bad_urls_and_tokens() {
                 tok,
                 "--",
                 "true",
-            ])
-            .output()
-            .unwrap();
+            ]),
+            LIMIT,
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
@@ -225,7 +226,7 @@ async fn cairn_worker_refuses_bad_urls_and_tokens() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_example_worker_runs_a_task() {
-    if Command::new("python3").arg("--version").output().is_err() {
+    if try_output_within(Command::new("python3").arg("--version"), LIMIT).is_err() {
         eprintln!("python3 not found; skipping");
         return;
     }
@@ -305,13 +306,14 @@ fn example(name: &str) -> String {
 
 /// Runs `cairn ARGS --server URL` with the token; panics with its stderr unless it succeeds.
 fn cli(s: &Served, tok: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--server", &s.url])
-        .env("CAIRN_TOKEN", tok)
-        .env_remove("CAIRN_SERVER")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &s.url])
+            .env("CAIRN_TOKEN", tok)
+            .env_remove("CAIRN_SERVER"),
+        LIMIT,
+    );
     assert!(
         out.status.success(),
         "cairn {args:?} failed: {}",
@@ -337,7 +339,7 @@ async fn wait_state(s: &Served, tok: &str, plan_id: &str, done: impl Fn(&Value) 
 /// started with the CLI, run by `cairn worker` with `examples/agents/research.py`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_worker_walkthrough_runs_with_the_shipped_agent() {
-    if Command::new("python3").arg("--version").output().is_err() {
+    if try_output_within(Command::new("python3").arg("--version"), LIMIT).is_err() {
         eprintln!("python3 not found; skipping");
         return;
     }
@@ -441,13 +443,14 @@ async fn the_workers_command_gets_a_clean_environment_without_its_token() {
 
 /// Runs `cairn ARGS --server URL` with the token; answers (exit code, stdout, stderr).
 fn cli_output(s: &Served, tok: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--server", &s.url])
-        .env("CAIRN_TOKEN", tok)
-        .env_remove("CAIRN_SERVER")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &s.url])
+            .env("CAIRN_TOKEN", tok)
+            .env_remove("CAIRN_SERVER"),
+        LIMIT,
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -522,11 +525,12 @@ async fn a_step_for_remote_workers_is_queued_until_one_claims_it() {
     assert_eq!(code, 0);
     assert!(out.contains("w-typo") && out.contains("reserch"), "{out}");
     // Locally there are no workers: the command says to use --server.
-    let out = Command::new(BIN)
-        .args(["workers", "list"])
-        .env_remove("CAIRN_SERVER")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN)
+            .args(["workers", "list"])
+            .env_remove("CAIRN_SERVER"),
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
 
