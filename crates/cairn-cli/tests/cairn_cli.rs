@@ -1,6 +1,7 @@
 //! The `cairn` binary end to end: one test binary, one module per area, so the suite links once.
 //!
-//! - `common`: what the others share: bounded waits on child processes.
+//! - `common`: the one harness the others use: running `cairn` with a clean environment and a
+//!   bounded wait, starting and stopping `cairn serve`, tokens, HTTP.
 //! - `cli`: the local commands (validate, run, interventions, checkpoints, signals, the fixture
 //!   database written by an earlier release).
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.

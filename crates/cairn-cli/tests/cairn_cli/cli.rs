@@ -7,58 +7,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::common::{
-    exit_within, kill_and_reap, output_within, signal, wait_with_output_within, wait_within, LIMIT,
+    cairn_command, exit_within, kill_and_reap, output_within, signal, wait_with_output_within,
+    wait_within, Run, LIMIT, USER,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
-
-/// The user every child process runs as (interventions and events record it).
-const USER: &str = "tester";
-
-/// What a finished `cairn` process left.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from_output(args: &[&str], out: Output) -> Run {
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        eprintln!(
-            "$ cairn {}\n  -> exit {}\n  stderr: {}",
-            args.join(" "),
-            run.code,
-            run.stderr.trim_end().replace('\n', "\n          ")
-        );
-        run
-    }
-
-    fn expect(self, code: i32, what: &str) -> Run {
-        assert_eq!(
-            self.code, code,
-            "{what}: expected exit {code}, got {}\nstdout:\n{}\nstderr:\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
-    }
-}
 
 /// One test's world: a temporary directory holding the database, plans and `cairn.toml`.
 struct World {
@@ -95,21 +53,14 @@ impl World {
 
     /// A `cairn` command running in the world's directory with a clean environment of its own.
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("USER", USER)
-            .env_remove("CAIRN_DB")
-            .env_remove("CAIRN_CONFIG")
-            .env_remove("CAIRN_LOG")
-            .stdin(Stdio::null());
+        let mut c = cairn_command(args);
+        c.current_dir(self.dir.path());
         c
     }
 
     /// Runs `cairn ARGS` as is.
     fn raw(&self, args: &[&str]) -> Run {
-        let out = output_within(&mut self.command(args), LIMIT);
-        Run::from_output(args, out)
+        Run::of(&mut self.command(args), args)
     }
 
     /// Runs `cairn ARGS --db <world db>`.
@@ -2306,10 +2257,7 @@ fn the_docs_and_messages_cite_no_file_outside_the_repository() {
         found.join("\n")
     );
     for args in [&["--help"][..], &["serve", "--help"], &["bench", "--help"]] {
-        let out = output_within(
-            std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args(args),
-            LIMIT,
-        );
+        let out = output_within(&mut cairn_command(args), LIMIT);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(!text.contains("DESIGN"), "cairn {args:?}:\n{text}");
     }
