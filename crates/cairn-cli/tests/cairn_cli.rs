@@ -4,6 +4,7 @@
 //!   bounded wait, starting and stopping `cairn serve`, tokens, HTTP.
 //! - `cli`: the local commands (validate, run, interventions, checkpoints, signals, the fixture
 //!   database written by an earlier release).
+//! - `gates`: each path of a quality gate and each refused review decision, against `cairn serve`.
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
 //! - `store`: the database file as users and disks treat it.
 //! - `worker`: `cairn worker` and the example workers against a real server.
@@ -12,6 +13,8 @@
 mod cli;
 #[path = "cairn_cli/common.rs"]
 mod common;
+#[path = "cairn_cli/gates.rs"]
+mod gates;
 #[path = "cairn_cli/server.rs"]
 mod server;
 #[path = "cairn_cli/store.rs"]
