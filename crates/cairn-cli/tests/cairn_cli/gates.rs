@@ -11,18 +11,20 @@
 //!
 //! Every wait is a bounded poll of the server; nothing sleeps to prove that nothing happened.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::common::{example, make_token, Api, Auth, Server};
 
-/// A server of the examples' configuration, and operators: alice, bob, and carol.
+/// A server of the examples' configuration, its admin, and operators: alice, bob, and carol.
 struct Gated {
     _dir: TempDir,
-    _server: Server,
+    db: PathBuf,
+    server: Server,
     api: Api,
+    admin: String,
     alice: String,
     bob: String,
     carol: String,
@@ -32,18 +34,44 @@ impl Gated {
     fn new() -> Gated {
         let dir = tempfile::tempdir().unwrap();
         let db: PathBuf = dir.path().join("cairn.db");
-        let config = example("cairn.toml");
-        let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
-        assert!(server.admin.is_some(), "{}", server.stderr.lock().unwrap());
+        let server = Gated::serve(&db);
+        let admin = server
+            .admin
+            .clone()
+            .unwrap_or_else(|| panic!("no admin token: {}", server.stderr.lock().unwrap()));
         let api = Api::new(&server.base);
         Gated {
             alice: make_token(&db, "alice", "operator"),
             bob: make_token(&db, "bob", "operator"),
             carol: make_token(&db, "carol", "operator"),
+            admin,
             _dir: dir,
-            _server: server,
+            db,
+            server,
             api,
         }
+    }
+
+    fn serve(db: &Path) -> Server {
+        let config = example("cairn.toml");
+        Server::start(db, &["--config", config.to_str().unwrap()])
+    }
+
+    /// `kill -9` of the server, and a new one on the same database.
+    fn kill9_and_restart(&mut self) {
+        self.server.kill9();
+        self.server = Gated::serve(&self.db);
+        self.api = Api::new(&self.server.base);
+    }
+
+    /// A token made over the API by the admin.
+    async fn token(&self, user: &str, role: &str) -> String {
+        let made = Auth(&self.api, Some(&self.admin))
+            .post("/v1/tokens", json!({"user": user, "role": role}))
+            .await
+            .expect(201, "POST /v1/tokens")
+            .body;
+        made["token"].as_str().unwrap().to_owned()
     }
 
     fn alice(&self) -> Auth<'_> {
@@ -524,4 +552,103 @@ async fn the_server_refuses_each_decision_the_review_does_not_allow() {
         let r = who.post(path, body).await.expect(409, "closed review");
         assert!(r.text.contains("no review of it is open"), "{}", r.text);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_of_two_api_token_users_is_closed_by_the_first_rejection() {
+    let g = Gated::new();
+    let dora = g.token("dora", "operator").await;
+    let eve = g.token("eve", "operator").await;
+    let (dora, eve) = (Auth(&g.api, Some(&dora)), Auth(&g.api, Some(&eve)));
+    g.run(
+        "two",
+        2,
+        json!({"min_scores": {"coverage": 0.8}, "review": {"quorum": 2}}),
+    )
+    .await;
+    g.held("two").await;
+    let path = "/v1/plans/two/interventions";
+    let v = dora
+        .post(
+            path,
+            json!({"type": "approve_step", "step_id": "draft", "attempt": 1}),
+        )
+        .await
+        .expect(201, "dora approves")
+        .body;
+    assert_eq!(v["user"], "dora", "the vote is the token's user: {v}");
+    // One approval of two: still open, still held.
+    let open = g.reviews("two").await;
+    assert_eq!(open[0]["state"], "open", "{open:?}");
+    assert_eq!(open[0]["votes"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        step(&g.alice().plan("two").await, "draft")["status"],
+        "awaiting_review"
+    );
+    // eve rejects: the first rejection closes it, whatever the approvals so far.
+    eve.post(
+        path,
+        json!({"type": "reject_step", "step_id": "draft", "attempt": 1,
+               "reason": "misses regulation"}),
+    )
+    .await
+    .expect(201, "eve rejects");
+    let done = g.settled("two").await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(
+        step(&done, "draft")["error"],
+        "rejected by eve: misses regulation"
+    );
+    let closed = g.reviews("two").await;
+    assert_eq!(closed[0]["outcome"], "rejected", "{closed:?}");
+    let voters: Vec<(&str, &str)> = closed[0]["votes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["user"].as_str().unwrap(), v["decision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(voters, [("dora", "approve"), ("eve", "reject")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_timeout_outlives_a_kill_9_of_the_server() {
+    let mut g = Gated::new();
+    g.run(
+        "lasting",
+        4,
+        json!({"always_review": true,
+               "review": {"timeout_ms": 4000, "on_timeout": "approve"}}),
+    )
+    .await;
+    g.held("lasting").await;
+    let opened = g.reviews("lasting").await;
+    assert_eq!(opened[0]["state"], "open", "{opened:?}");
+    let deadline = opened[0]["deadline"].clone();
+    assert!(deadline.is_string(), "{opened:?}");
+
+    // The server dies with the review open; the one after it keeps the same deadline and
+    // decides at it, once.
+    g.kill9_and_restart();
+    let done = g.settled("lasting").await;
+    assert_eq!(done["state"], "completed", "{done}");
+    let closed = g.reviews("lasting").await;
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0]["outcome"], "timed_out", "{closed:?}");
+    assert_eq!(
+        closed[0]["deadline"], deadline,
+        "the deadline is the one recorded"
+    );
+    assert_eq!(closed[0]["votes"].as_array().unwrap().len(), 1);
+    assert_eq!(closed[0]["votes"][0]["user"], "system:timeout");
+    assert_eq!(
+        g.audit("lasting").await,
+        [(
+            "approve_step".to_owned(),
+            "system:timeout".to_owned(),
+            "applied".to_owned()
+        )]
+    );
+    let events = g.events("lasting").await;
+    assert_eq!(of_type(&events, "gate_evaluated").len(), 1, "not run again");
+    assert!(brief(&done, "publish").contains("(attempt 1)"));
 }
