@@ -2172,11 +2172,16 @@ async fn silent_slow_and_idle_connections_are_closed_and_healthz_keeps_answering
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let stream = reqwest::Client::new()
-        .get(format!("{}/v1/plans/quiet/events/stream", srv.base))
-        .send()
-        .await
-        .unwrap();
+    // No overall timeout on this client (the stream is meant to stay open); its head is bounded.
+    let stream = tokio::time::timeout(
+        Duration::from_secs(30),
+        reqwest::Client::new()
+            .get(format!("{}/v1/plans/quiet/events/stream", srv.base))
+            .send(),
+    )
+    .await
+    .expect("the event stream answers its head")
+    .unwrap();
     assert_eq!(stream.status(), 200);
     let started = std::time::Instant::now();
     let mut stream = stream;
