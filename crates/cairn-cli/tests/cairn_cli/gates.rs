@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::common::{example, make_token, Api, Auth, Server};
+use crate::common::{example, make_token, remote, Api, Auth, Server};
 
 /// A server of the examples' configuration, its admin, and operators: alice, bob, and carol.
 struct Gated {
@@ -470,6 +470,23 @@ async fn the_server_refuses_each_decision_the_review_does_not_allow() {
         .await
         .expect(422, "output without a reason");
     assert!(r.text.contains("needs a reason"), "{}", r.text);
+    // The same from the CLI: refused, exit 2, the reason on stderr.
+    let run = remote(
+        &[
+            "reviews",
+            "approve",
+            "guarded",
+            "draft",
+            "--attempt",
+            "1",
+            "--output",
+            r#"{"brief": "mine"}"#,
+        ],
+        &g.server.base,
+        Some(&g.bob),
+    )
+    .expect(2, "cairn reviews approve --output without --reason");
+    assert!(run.stderr.contains("needs a reason"), "{}", run.stderr);
     // So must a rejection.
     let r = g
         .bob()
@@ -511,6 +528,7 @@ async fn the_server_refuses_each_decision_the_review_does_not_allow() {
         [
             expect("approve_step", "carol"),
             expect("approve_step", "alice"),
+            expect("approve_step", "bob"),
             expect("approve_step", "bob"),
             expect("reject_step", "bob"),
             expect("approve_step", "bob"),
