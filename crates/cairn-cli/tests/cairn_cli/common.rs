@@ -57,7 +57,7 @@ pub fn wait_with_output_within(mut child: Child, limit: Duration, what: &str) ->
             stderr: collect(stderr, deadline, what, "stderr"),
         },
         None => {
-            reap(&mut child);
+            kill_and_reap(&mut child);
             let grace = Instant::now() + Duration::from_secs(5);
             let stderr = stderr.and_then(|rx| rx.recv_timeout(left(grace)).ok());
             panic!(
@@ -76,7 +76,7 @@ pub fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
     if let Some(status) = exit_by(child, Instant::now() + limit) {
         return status;
     }
-    reap(child);
+    kill_and_reap(child);
     let stderr = child
         .stderr
         .take()
@@ -90,17 +90,11 @@ pub fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
     );
 }
 
-/// SIGKILL, then reaps the process (which a SIGKILL makes prompt; still bounded).
+/// SIGKILL (an error when it has exited already is ignored), then reaps it: prompt after a
+/// SIGKILL, and bounded all the same.
 pub fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
-    wait_within(child, LIMIT);
-}
-
-/// Kills without asking whether that worked: for `Drop`, where the process may be gone.
-fn reap(child: &mut Child) {
-    let _ = child.kill();
-    let deadline = Instant::now() + LIMIT;
-    if exit_by(child, deadline).is_none() {
+    if exit_by(child, Instant::now() + LIMIT).is_none() {
         panic!("pid {} survived SIGKILL for {LIMIT:?}", child.id());
     }
 }
