@@ -1,16 +1,23 @@
 //! The `cairn` binary end to end: one test binary, one module per area, so the suite links once.
 //!
+//! - `common`: the one harness the others use: running `cairn` with a clean environment and a
+//!   bounded wait, starting and stopping `cairn serve`, tokens, HTTP.
 //! - `cli`: the local commands (validate, run, interventions, checkpoints, signals, the fixture
 //!   database written by an earlier release).
 //! - `dashboard`: the web dashboard in a real headless Chromium.
+//! - `gates`: each path of a quality gate and each refused review decision, against `cairn serve`.
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
 //! - `store`: the database file as users and disks treat it.
 //! - `worker`: `cairn worker` and the example workers against a real server.
 
 #[path = "cairn_cli/cli.rs"]
 mod cli;
+#[path = "cairn_cli/common.rs"]
+mod common;
 #[path = "cairn_cli/dashboard/mod.rs"]
 mod dashboard;
+#[path = "cairn_cli/gates.rs"]
+mod gates;
 #[path = "cairn_cli/server.rs"]
 mod server;
 #[path = "cairn_cli/store.rs"]

@@ -7,54 +7,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
-
-/// The user every child process runs as (interventions and events record it).
-const USER: &str = "tester";
-
-/// What a finished `cairn` process left.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from_output(args: &[&str], out: Output) -> Run {
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        eprintln!(
-            "$ cairn {}\n  -> exit {}\n  stderr: {}",
-            args.join(" "),
-            run.code,
-            run.stderr.trim_end().replace('\n', "\n          ")
-        );
-        run
-    }
-
-    fn expect(self, code: i32, what: &str) -> Run {
-        assert_eq!(
-            self.code, code,
-            "{what}: expected exit {code}, got {}\nstdout:\n{}\nstderr:\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
-    }
-}
+use crate::common::{
+    cairn_command, exit_within, kill_and_reap, output_within, signal, wait_with_output_within,
+    wait_within, Run, LIMIT, USER,
+};
 
 /// One test's world: a temporary directory holding the database, plans and `cairn.toml`.
 struct World {
@@ -91,21 +53,14 @@ impl World {
 
     /// A `cairn` command running in the world's directory with a clean environment of its own.
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("USER", USER)
-            .env_remove("CAIRN_DB")
-            .env_remove("CAIRN_CONFIG")
-            .env_remove("CAIRN_LOG")
-            .stdin(Stdio::null());
+        let mut c = cairn_command(args);
+        c.current_dir(self.dir.path());
         c
     }
 
     /// Runs `cairn ARGS` as is.
     fn raw(&self, args: &[&str]) -> Run {
-        let out = self.command(args).output().expect("run cairn");
-        Run::from_output(args, out)
+        Run::of(&mut self.command(args), args)
     }
 
     /// Runs `cairn ARGS --db <world db>`.
@@ -1316,7 +1271,7 @@ fn kill_9_at_random_moments_loses_nothing_and_never_reruns_a_completed_step() {
         match child.try_wait().expect("try_wait") {
             Some(status) => {
                 // It finished by itself before the kill: it must have completed the plan.
-                let out = child.wait_with_output().unwrap();
+                let out = wait_with_output_within(child, LIMIT, "cairn run");
                 assert_eq!(
                     status.code(),
                     Some(0),
@@ -1328,7 +1283,7 @@ fn kill_9_at_random_moments_loses_nothing_and_never_reruns_a_completed_step() {
             }
             None => {
                 child.kill().expect("SIGKILL");
-                let status = child.wait().expect("reap");
+                let status = wait_within(&mut child, LIMIT);
                 assert_eq!(status.code(), None, "killed by a signal");
                 kills += 1;
                 eprintln!(
@@ -1505,8 +1460,7 @@ fn after_kill_9_an_operator_can_pause_and_modify_offline_then_resume() {
     w.wait_for_file("agent.log", "step b to start", |log| {
         log.contains("start b ")
     });
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
+    kill_and_reap(&mut child);
 
     // The store still says running (nobody drives it); the operator pauses it and changes c.
     let view = w.show("k");
@@ -1572,12 +1526,8 @@ fn ctrl_c_pauses_durably_and_resume_finishes_the_plan() {
     w.wait_for_file("agent.log", "step t1 to start", |log| {
         log.contains("start t1 ")
     });
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("wait");
+    signal(&child.id().to_string(), "INT");
+    let out = wait_with_output_within(child, LIMIT, "the interrupted cairn run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("stderr of the interrupted run:\n{stderr}");
     assert_eq!(out.status.code(), Some(3), "paused: {stderr}");
@@ -1795,26 +1745,17 @@ impl Job {
     /// SIGINT to the whole process group: what Ctrl-C in a terminal does.
     fn ctrl_c(&self) {
         let group = format!("-{}", self.child.id());
-        let status = Command::new("kill")
-            .args(["-INT", "--", &group])
-            .status()
-            .expect("kill -INT");
-        assert!(status.success(), "kill -INT -- {group}");
+        signal(&group, "INT");
     }
 
     /// Waits (bounded) for the process to exit: its exit code and all of its stderr.
     fn finish(mut self) -> (i32, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cairn did not exit; stderr so far:\n{}",
+        let Some(status) = exit_within(&mut self.child, LIMIT) else {
+            kill_and_reap(&mut self.child);
+            panic!(
+                "cairn did not exit within {LIMIT:?}; killed it. Its stderr so far:\n{}",
                 self.seen.join("\n")
             );
-            std::thread::sleep(Duration::from_millis(10));
         };
         // The reader thread ends at end of file, which came with the exit.
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
@@ -2092,12 +2033,13 @@ fn a_closed_stdout_ends_every_command_quietly() {
         // The reading end is closed before cairn writes anything: every write meets EPIPE.
         let (reader, writer) = std::io::pipe().expect("pipe");
         drop(reader);
-        let out = w
+        let child = w
             .command(args)
             .stdout(writer)
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .expect("run cairn");
+        let out = wait_with_output_within(child, LIMIT, "cairn into a closed pipe");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
@@ -2119,11 +2061,11 @@ fn logs_into_a_pipe_carry_no_colour_escapes() {
         "plan_id: nc\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n",
     );
     let db = w.db();
-    let out = w
-        .command(&["run", "plan.yaml", "--db", db.to_str().unwrap()])
-        .env("CAIRN_LOG", "debug")
-        .output()
-        .expect("run cairn");
+    let out = output_within(
+        w.command(&["run", "plan.yaml", "--db", db.to_str().unwrap()])
+            .env("CAIRN_LOG", "debug"),
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("DEBUG"), "debug logs expected: {stderr}");
@@ -2150,13 +2092,13 @@ env = ["PASSED_ON"]
         "plan_id: env\nsteps:\n  - {step_id: a, action: x, agent_type: envdump}\n",
     );
     let db = w.db();
-    let out = w
-        .command(&["run", "plan.yaml", "--db", db.to_str().unwrap()])
-        .env("CAIRN_TOKEN", "secret-token")
-        .env("UNRELATED", "x")
-        .env("PASSED_ON", "yes")
-        .output()
-        .expect("run cairn");
+    let out = output_within(
+        w.command(&["run", "plan.yaml", "--db", db.to_str().unwrap()])
+            .env("CAIRN_TOKEN", "secret-token")
+            .env("UNRELATED", "x")
+            .env("PASSED_ON", "yes"),
+        LIMIT,
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -2315,10 +2257,7 @@ fn the_docs_and_messages_cite_no_file_outside_the_repository() {
         found.join("\n")
     );
     for args in [&["--help"][..], &["serve", "--help"], &["bench", "--help"]] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = output_within(&mut cairn_command(args), LIMIT);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(!text.contains("DESIGN"), "cairn {args:?}:\n{text}");
     }

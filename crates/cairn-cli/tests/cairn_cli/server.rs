@@ -5,9 +5,8 @@
 //! No assertion is about time: waiting on the server is a bounded polling loop.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,146 +14,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
-
-// ---- the server process -------------------------------------------------------------------
-
-/// A running `cairn serve`.
-struct Server {
-    child: Child,
-    /// `http://127.0.0.1:PORT`
-    base: String,
-    /// `127.0.0.1:PORT`
-    addr: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    /// Starts `cairn serve --bind 127.0.0.1:0 --db DB` and waits for its address. Returns the
-    /// server and the one-time admin token if it printed one.
-    fn start(db: &Path, extra: &[&str]) -> (Server, Option<String>) {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(extra)
-            .env_remove("CAIRN_TOKEN")
-            .env_remove("CAIRN_SERVER")
-            .env("CAIRN_LOG", "warn")
-            .env("CAIRN_LATCH_DIR", latch_dir(db))
-            .current_dir(db.parent().unwrap())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cairn serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let token = Arc::new(Mutex::new(None::<String>));
-        {
-            let mut err = BufReader::new(child.stderr.take().unwrap());
-            let (stderr, token) = (stderr.clone(), token.clone());
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                while err.read_line(&mut line).unwrap_or(0) > 0 {
-                    let t = line.trim();
-                    if t.starts_with("cairn_") {
-                        *token.lock().unwrap() = Some(t.to_owned());
-                    }
-                    stderr.lock().unwrap().push_str(&line);
-                    line.clear();
-                }
-            });
-        }
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "cairn serve exited before listening; stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-            if let Some(rest) = line.trim().strip_prefix("cairn listening on http://") {
-                break rest.to_owned();
-            }
-        };
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = out.read_to_end(&mut sink);
-        });
-        // The admin token is printed before the address; give the stderr reader a moment.
-        let mut admin = None;
-        for _ in 0..50 {
-            admin = token.lock().unwrap().clone();
-            if admin.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(addr.starts_with("127.0.0.1:"), "loopback only: {addr}");
-        (
-            Server {
-                child,
-                base: format!("http://{addr}"),
-                addr,
-                stderr,
-            },
-            admin,
-        )
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit code.
-    fn term(&mut self) -> Option<i32> {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(st.success());
-        for _ in 0..600 {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the server did not exit within 30 s of SIGTERM");
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `cairn token create --user U --role R --db DB`.
-fn make_token(db: &Path, user: &str, role: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "create", "--user", user, "--role", role, "--db"])
-        .arg(db)
-        .output()
-        .expect("cairn token create");
-    assert!(
-        out.status.success(),
-        "token create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use crate::common::{example, latch_dir, local, make_token, remote, Api, Auth, Resp, Server};
 
 /// One test's server with a token per role.
 struct World {
@@ -172,8 +32,8 @@ impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("cairn.db");
-        let (server, admin) = Server::start(&db, &[]);
-        let admin = admin.unwrap_or_else(|| {
+        let server = Server::start(&db, &[]);
+        let admin = server.admin.clone().unwrap_or_else(|| {
             panic!(
                 "no admin token on stderr:\n{}",
                 server.stderr.lock().unwrap()
@@ -196,8 +56,8 @@ impl World {
     }
 
     fn restart(&mut self) {
-        let (server, admin) = Server::start(&self.db, &[]);
-        assert!(admin.is_none(), "tokens exist: no new admin token");
+        let server = Server::start(&self.db, &[]);
+        assert!(server.admin.is_none(), "tokens exist: no new admin token");
         self.api = Api::new(&server.base);
         self.server = server;
     }
@@ -210,185 +70,6 @@ impl World {
     fn op(&self) -> Auth<'_> {
         Auth(&self.api, Some(&self.operator))
     }
-}
-
-// ---- HTTP ---------------------------------------------------------------------------------
-
-#[derive(Clone)]
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-/// An answer: status and JSON body (`Null` when empty or not JSON).
-#[derive(Debug, Clone)]
-struct Resp {
-    status: u16,
-    body: Value,
-    text: String,
-}
-
-impl Resp {
-    fn expect(self, status: u16, what: &str) -> Resp {
-        assert_eq!(
-            self.status, status,
-            "{what}: expected {status}, got {}: {}",
-            self.status, self.text
-        );
-        if status >= 400 {
-            self.error_shape(what);
-        }
-        self
-    }
-
-    /// Errors are `{"error": {"code": "snake_case", "message": "…"}}`.
-    fn error_shape(&self, what: &str) {
-        let code = self.body["error"]["code"].as_str().unwrap_or_else(|| {
-            panic!("{what}: error without a code: {}", self.text);
-        });
-        assert!(
-            !code.is_empty()
-                && code
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()),
-            "{what}: code {code:?} is not snake_case"
-        );
-        assert!(
-            self.body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{what}: error without a message: {}",
-            self.text
-        );
-    }
-
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-}
-
-impl Api {
-    fn new(base: &str) -> Api {
-        Api {
-            base: base.to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    async fn raw(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<(&str, Vec<u8>)>,
-    ) -> Result<Resp, reqwest::Error> {
-        let mut r = self.http.request(method, format!("{}{}", self.base, path));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        if let Some((ct, bytes)) = body {
-            r = r.header("content-type", ct).body(bytes);
-        }
-        let resp = r.send().await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Resp { status, body, text })
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Resp {
-        let body = body.map(|b| ("application/json", serde_json::to_vec(&b).unwrap()));
-        self.raw(method.clone(), path, token, body)
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-}
-
-/// The API as one caller.
-#[derive(Clone, Copy)]
-struct Auth<'a>(&'a Api, Option<&'a str>);
-
-impl Auth<'_> {
-    async fn get(&self, path: &str) -> Resp {
-        self.0.call(Method::GET, path, self.1, None).await
-    }
-    async fn post(&self, path: &str, body: Value) -> Resp {
-        self.0.call(Method::POST, path, self.1, Some(body)).await
-    }
-    async fn post_empty(&self, path: &str) -> Resp {
-        self.0.call(Method::POST, path, self.1, None).await
-    }
-    async fn delete(&self, path: &str) -> Resp {
-        self.0.call(Method::DELETE, path, self.1, None).await
-    }
-
-    async fn plan(&self, id: &str) -> Value {
-        self.get(&format!("/v1/plans/{id}"))
-            .await
-            .expect(200, "get plan")
-            .body
-    }
-
-    async fn register(&self, plan: Value) -> Value {
-        self.post("/v1/plans", plan)
-            .await
-            .expect(201, "register")
-            .body
-    }
-
-    /// Polls the plan until `pred` holds (bounded).
-    async fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..1200 {
-            let p = self.plan(id).await;
-            if pred(&p) {
-                return p;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("plan {id}: never {what}: {}", self.plan(id).await);
-    }
-
-    async fn wait_state(&self, id: &str, state: &str) -> Value {
-        self.wait_for(id, state, |p| p["state"] == state).await
-    }
-
-    /// Every event of a plan, paging with after/next_cursor.
-    async fn all_events(&self, id: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut after = 0u64;
-        loop {
-            let page = self
-                .get(&format!("/v1/plans/{id}/events?after={after}&limit=100"))
-                .await
-                .expect(200, "events")
-                .body;
-            let items = page["items"].as_array().unwrap().clone();
-            if let Some(last) = items.last() {
-                after = last["seq"].as_u64().unwrap();
-            }
-            out.extend(items);
-            if page["next_cursor"].is_null() {
-                return out;
-            }
-        }
-    }
-}
-
-/// Where the server's `builtin.latch` steps look for their release files: beside the database,
-/// so a restarted server finds the same latches.
-fn latch_dir(db: &Path) -> PathBuf {
-    let dir = db.parent().unwrap().join("latches");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A step that runs until the test releases the latch `name` ([`World::release`]).
@@ -2012,26 +1693,20 @@ async fn sigterm_exits_0_and_a_restart_continues_running_plans() {
 #[test]
 fn no_auth_on_a_non_loopback_address_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--bind", "0.0.0.0:0", "--no-auth", "--db"])
-        .arg(dir.path().join("cairn.db"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--no-auth"), "{stderr}");
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("listening"),
-        "it never listened"
+    let out = local(
+        &["serve", "--bind", "0.0.0.0:0", "--no-auth"],
+        &dir.path().join("cairn.db"),
     );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--no-auth"), "{}", out.stderr);
+    assert!(!out.stdout.contains("listening"), "it never listened");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_auth_on_loopback_lets_everyone_in() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, admin) = Server::start(&dir.path().join("cairn.db"), &["--no-auth"]);
-    assert!(admin.is_none(), "no token is created with --no-auth");
+    let server = Server::start(&dir.path().join("cairn.db"), &["--no-auth"]);
+    assert!(server.admin.is_none(), "no token is created with --no-auth");
     let api = Api::new(&server.base);
     Auth(&api, None)
         .post("/v1/plans", plan_doc("open", vec![echo_step("a")]))
@@ -2041,24 +1716,9 @@ async fn no_auth_on_loopback_lets_everyone_in() {
 
 // ---- 7. the client mode of the CLI ---------------------------------------------------------
 
+/// `cairn ARGS` in client mode against `server`: `(exit code, stdout, stderr)`.
 fn cli(args: &[&str], server: &str, token: Option<&str>) -> (i32, String, String) {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env_remove("CAIRN_TOKEN")
-        .env("CAIRN_SERVER", server)
-        .env_remove("CAIRN_DB")
-        .stdin(Stdio::null());
-    if let Some(t) = token {
-        c.env("CAIRN_TOKEN", t);
-    }
-    let out = c.output().unwrap();
-    let r = (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    eprintln!("$ cairn {} -> {}\n{}", args.join(" "), r.0, r.2);
-    r
+    remote(args, server, token).parts()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2435,7 +2095,7 @@ async fn silent_slow_and_idle_connections_are_closed_and_healthz_keeps_answering
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cairn.db");
-    let (srv, _) = Server::start(
+    let srv = Server::start(
         &db,
         &[
             "--no-auth",
@@ -2512,11 +2172,16 @@ async fn silent_slow_and_idle_connections_are_closed_and_healthz_keeps_answering
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let stream = reqwest::Client::new()
-        .get(format!("{}/v1/plans/quiet/events/stream", srv.base))
-        .send()
-        .await
-        .unwrap();
+    // No overall timeout on this client (the stream is meant to stay open); its head is bounded.
+    let stream = tokio::time::timeout(
+        Duration::from_secs(30),
+        reqwest::Client::new()
+            .get(format!("{}/v1/plans/quiet/events/stream", srv.base))
+            .send(),
+    )
+    .await
+    .expect("the event stream answers its head")
+    .unwrap();
     assert_eq!(stream.status(), 200);
     let started = std::time::Instant::now();
     let mut stream = stream;
@@ -2548,7 +2213,7 @@ async fn silent_slow_and_idle_connections_are_closed_and_healthz_keeps_answering
 async fn malformed_http_answers_the_json_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cairn.db");
-    let (srv, _) = Server::start(&db, &["--no-auth"]);
+    let srv = Server::start(&db, &["--no-auth"]);
     let addr = srv.addr.clone();
     tokio::task::spawn_blocking(move || {
         let huge = format!(
@@ -2604,18 +2269,15 @@ async fn refused_once_expired(api: &Api, token: &str) -> Resp {
 async fn tokens_may_expire() {
     let w = World::new();
     let create = |expires: &str| {
-        let out = Command::new(BIN)
-            .args(["token", "create", "--user", "tess", "--role", "viewer"])
-            .args(["--expires-in", expires, "--json", "--db"])
-            .arg(&w.db)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        local(
+            &["token", "create", "--user", "tess", "--role", "viewer"]
+                .into_iter()
+                .chain(["--expires-in", expires, "--json"])
+                .collect::<Vec<_>>(),
+            &w.db,
+        )
+        .expect(0, "token create --expires-in")
+        .json()
     };
     let week = create("7d");
     let short = create("2s");
@@ -2625,18 +2287,21 @@ async fn tokens_may_expire() {
     };
     assert!(is_rfc3339_utc(&week["expires_at"]), "{week}");
     assert!(is_rfc3339_utc(&short["expires_at"]), "{short}");
-    let bad = Command::new(BIN)
-        .args(["token", "create", "--user", "tess", "--role", "viewer"])
-        .args(["--expires-in", "soon", "--db"])
-        .arg(&w.db)
-        .output()
-        .unwrap();
-    assert_eq!(
-        bad.status.code(),
-        Some(2),
-        "a bad duration is a usage error"
+    let bad = local(
+        &[
+            "token",
+            "create",
+            "--user",
+            "tess",
+            "--role",
+            "viewer",
+            "--expires-in",
+            "soon",
+        ],
+        &w.db,
     );
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("soon"));
+    assert_eq!(bad.code, 2, "a bad duration is a usage error");
+    assert!(bad.stderr.contains("soon"));
 
     let admin = Auth(&w.api, Some(&w.admin));
     let made = admin
@@ -2693,7 +2358,7 @@ async fn tokens_may_expire() {
 async fn the_connection_limit_holds_extra_clients_until_a_slot_frees() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cairn.db");
-    let (srv, _) = Server::start(
+    let srv = Server::start(
         &db,
         &[
             "--no-auth",
@@ -2722,27 +2387,6 @@ async fn the_connection_limit_holds_extra_clients_until_a_slot_frees() {
         "answered after {waited:?}, while both slots were held by silent connections"
     );
     drop(silent);
-}
-
-/// `cairn … --db DB` on the store itself (no server).
-fn local(args: &[&str], db: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--db")
-        .arg(db)
-        .env_remove("CAIRN_TOKEN")
-        .env_remove("CAIRN_SERVER")
-        .env_remove("CAIRN_DB")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let r = (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    eprintln!("$ cairn {} --db … -> {}\n{}", args.join(" "), r.0, r.2);
-    r
 }
 
 /// Every read command prints the same thing on a local store and with `--server`: the same
@@ -2840,7 +2484,7 @@ async fn every_read_command_answers_the_same_locally_and_over_http() {
     // The server holds the store while it runs; stop it, then read the same file locally.
     assert_eq!(w.server.term(), Some(0));
     for (args, remote_out) in &over_http {
-        let (code, out, err) = local(args, &w.db);
+        let (code, out, err) = local(args, &w.db).parts();
         assert_eq!(code, 0, "{args:?}: {err}");
         // A snapshot says when it was taken; that alone may differ.
         let strip = |text: &str| -> String {
@@ -3040,10 +2684,7 @@ async fn the_typed_client_reads_every_answer() {
 
 /// `examples/cairn.toml`: maps `writer` to `examples/agents/writer.py`.
 fn examples_config() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/cairn.toml")
-        .to_string_lossy()
-        .into_owned()
+    example("cairn.toml").to_string_lossy().into_owned()
 }
 
 /// A step of the example writer that covers `start` of four points, held for review below 0.8.
@@ -3058,8 +2699,8 @@ fn review_world() -> (TempDir, PathBuf, Server, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cairn.db");
     let config = examples_config();
-    let (server, admin) = Server::start(&db, &["--config", &config]);
-    assert!(admin.is_some(), "{}", server.stderr.lock().unwrap());
+    let server = Server::start(&db, &["--config", &config]);
+    assert!(server.admin.is_some(), "{}", server.stderr.lock().unwrap());
     let alice = make_token(&db, "alice", "operator");
     let bob = make_token(&db, "bob", "operator");
     (dir, db, server, alice, bob)
@@ -3292,7 +2933,7 @@ async fn kill_9_keeps_an_open_review_open_and_an_acknowledged_approval() {
     // kill -9 while the review is open: after a restart it is still open, still decidable.
     server.kill9();
     let config = examples_config();
-    let (server2, _) = Server::start(&db, &["--config", &config]);
+    let server2 = Server::start(&db, &["--config", &config]);
     let api = Api::new(&server2.base);
     let op = Auth(&api, Some(&alice));
     let inbox = op
@@ -3314,7 +2955,7 @@ async fn kill_9_keeps_an_open_review_open_and_an_acknowledged_approval() {
     .expect(201, "approve");
     let mut server2 = server2;
     server2.kill9();
-    let (server3, _) = Server::start(&db, &["--config", &config]);
+    let server3 = Server::start(&db, &["--config", &config]);
     let api = Api::new(&server3.base);
     let op = Auth(&api, Some(&alice));
     let p = op.plan("k9").await;

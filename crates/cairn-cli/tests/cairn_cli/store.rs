@@ -7,10 +7,9 @@
 //!
 //! Every wait is a bounded polling loop; steps are held open by a latch file, never by a sleep.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +17,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+use crate::common::{
+    cairn_command, exit_within, http_once as http, signal, try_output_within, wait_within, Run,
+    Server, LIMIT,
+};
 
 /// A `cairn.toml` with one `command` agent, `latched`, that appends `started STEP` to the file
 /// named by its `log` parameter and then waits until the file named by its `latch` parameter
@@ -36,43 +38,15 @@ echo '{"ok": true}'
 ''']
 "#;
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ran(args: &[&str], out: Output) -> Ran {
-    let r = Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!(
-        "$ cairn {}\n  -> exit {}\n  stderr: {}",
-        args.join(" "),
-        r.code,
-        r.stderr.trim_end()
-    );
-    r
-}
-
+/// `cairn ARGS` in `dir` (bounded, clean environment).
 fn command(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .current_dir(dir)
-        .env("USER", "tester")
-        .env_remove("CAIRN_DB")
-        .env_remove("CAIRN_CONFIG")
-        .env_remove("CAIRN_SERVER")
-        .env_remove("CAIRN_TOKEN")
-        .env_remove("CAIRN_LOG")
-        .stdin(Stdio::null());
+    let mut c = cairn_command(args);
+    c.current_dir(dir);
     c
 }
 
-fn cairn(dir: &Path, args: &[&str]) -> Ran {
-    ran(args, command(dir, args).output().expect("run cairn"))
+fn cairn(dir: &Path, args: &[&str]) -> Run {
+    Run::of(&mut command(dir, args), args)
 }
 
 fn cairn_json(dir: &Path, args: &[&str]) -> Value {
@@ -107,107 +81,13 @@ fn tempdir() -> TempDir {
         .expect("tempdir")
 }
 
-// ---- a server and plain HTTP -----------------------------------------------------------------
-
-struct Server {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(dir: &Path, db: &Path, extra: &[&str]) -> Server {
-        Server::start_logging(dir, db, extra, None)
-    }
-
-    /// Like `start`, with the server's stderr going to `log` (a file) instead of the test.
-    fn start_logging(dir: &Path, db: &Path, extra: &[&str], log: Option<&Path>) -> Server {
-        let db_s = db.to_str().expect("utf-8 path");
-        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--no-auth", "--db", db_s];
-        args.extend_from_slice(extra);
-        let err = match log {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log")),
-            None => Stdio::piped(),
-        };
-        let mut child = command(dir, &args)
-            .env("CAIRN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .expect("spawn cairn serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if log.is_none() {
-            let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-            let stderr = stderr.clone();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                while err.read_line(&mut line).unwrap_or(0) > 0 {
-                    stderr.lock().unwrap().push_str(&line);
-                    line.clear();
-                }
-            });
-        }
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("cairn listening on http://")
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}; stderr: {}",
-                    stderr.lock().unwrap()
-                )
-            })
-            .to_owned();
-        Server {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection: `(status, JSON body or Null)`.
-fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    s.set_write_timeout(Some(Duration::from_secs(30))).ok();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).expect("send head");
-    s.write_all(body.as_bytes()).expect("send body");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the answer");
-    let text = String::from_utf8_lossy(&raw);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (
-        status,
-        serde_json::from_str(body.trim()).unwrap_or(Value::Null),
-    )
+/// `cairn serve --no-auth` of `db`, run in `dir`.
+fn serve(dir: &Path, db: &Path, extra: &[&str]) -> Server {
+    Server::options(db)
+        .in_dir(dir)
+        .args(&["--no-auth"])
+        .args(extra)
+        .start()
 }
 
 fn plan_doc(id: &str) -> Value {
@@ -369,16 +249,7 @@ fn reads_work_while_cairn_run_drives_the_store_and_changes_name_the_process() {
 
     // The run was not disturbed by any of it.
     std::fs::write(&latch, "").unwrap();
-    let status = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = run.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "cairn run did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let status = wait_within(&mut run, Duration::from_secs(60));
     assert_eq!(status.code(), Some(0));
     let view = cairn_json(d.path(), &["plans", "show", "held", "--db", "cairn.db"]);
     assert_eq!(view["state"], "completed", "{view}");
@@ -390,7 +261,7 @@ fn reads_work_while_cairn_run_drives_the_store_and_changes_name_the_process() {
 fn backup_copies_a_store_a_server_is_writing_and_refuses_bad_paths() {
     let d = tempdir();
     let db = d.path().join("live.db");
-    let server = Server::start(d.path(), &db, &[]);
+    let server = serve(d.path(), &db, &[]);
     let addr = server.addr.clone();
     let (status, _) = http(&addr, "POST", "/v1/plans", Some(&plan_doc("first")));
     assert_eq!(status, 201);
@@ -434,7 +305,7 @@ fn backup_copies_a_store_a_server_is_writing_and_refuses_bad_paths() {
     let r = cairn(d.path(), &["plans", "cancel", "first", "--db", "live.db"]);
     assert_ne!(r.code, 0);
     assert!(
-        r.stderr.contains(&format!("--server {}", server.url())),
+        r.stderr.contains(&format!("--server {}", server.base)),
         "{}",
         r.stderr
     );
@@ -467,18 +338,14 @@ fn backup_copies_a_store_a_server_is_writing_and_refuses_bad_paths() {
 
     // A clean shutdown (SIGTERM) leaves live.db complete on its own as well.
     let mut server = server;
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        if let Some(s) = server.child.try_wait().expect("wait") {
-            break s.code();
-        }
-        assert!(Instant::now() < deadline, "cairn serve did not stop");
-        std::thread::sleep(Duration::from_millis(20));
+    signal(&server.child.id().to_string(), "TERM");
+    let Some(code) = exit_within(&mut server.child, Duration::from_secs(60)).map(|s| s.code())
+    else {
+        server.kill9();
+        panic!(
+            "cairn serve did not stop within 60 s of SIGTERM; stderr:\n{}",
+            server.stderr.lock().unwrap()
+        );
     };
     assert_eq!(code, Some(0));
     let wal = d.path().join("live.db-wal");
@@ -503,10 +370,12 @@ impl Tmpfs {
     /// `None` (with the reason printed) where mounting is not permitted.
     fn mount(dir: PathBuf) -> Option<Tmpfs> {
         std::fs::create_dir_all(&dir).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-            .arg(&dir)
-            .output();
+        let out = try_output_within(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+                .arg(&dir),
+            LIMIT,
+        );
         match out {
             Ok(o) if o.status.success() => Some(Tmpfs { dir }),
             Ok(o) => {
@@ -526,7 +395,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = try_output_within(Command::new("umount").arg("-l").arg(&self.dir), LIMIT);
     }
 }
 
@@ -547,12 +416,11 @@ fn a_full_disk_answers_503_keeps_reads_up_and_recovers_without_losing_anything()
     std::fs::write(d.path().join("cairn.toml"), LATCHED_TOML).unwrap();
     let db = disk.dir.join("x.db");
     // Its log is on the disk that fills up: logging that fails must not stop the server.
-    let mut server = Server::start_logging(
-        d.path(),
-        &db,
-        &["--config", "cairn.toml"],
-        Some(&disk.dir.join("serve.log")),
-    );
+    let mut server = Server::options(&db)
+        .in_dir(d.path())
+        .args(&["--no-auth", "--config", "cairn.toml"])
+        .log_to(&disk.dir.join("serve.log"))
+        .start();
     let addr = server.addr.clone();
 
     // A plan whose step is in flight when the disk fills: its outcome must not be lost.
@@ -635,7 +503,7 @@ fn a_full_disk_answers_503_keeps_reads_up_and_recovers_without_losing_anything()
     // Nothing acknowledged is lost across kill -9.
     server.kill9();
     drop(server);
-    let server = Server::start(d.path(), &db, &["--config", "cairn.toml"]);
+    let server = serve(d.path(), &db, &["--config", "cairn.toml"]);
     for id in &acked {
         let (status, body) = http(&server.addr, "GET", &format!("/v1/plans/{id}"), None);
         assert_eq!(status, 200, "acknowledged plan {id} is lost: {body}");

@@ -2,97 +2,60 @@
 //! whose agent type has no local executor is run by the remote worker. The only waits are
 //! bounded polls of another process's progress.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+use crate::common::{
+    self, cairn_command, kill_and_reap, make_token, try_output_within, Api, Run, Server, LIMIT,
+};
 
 /// Kills the child when the test ends, however it ends.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill_and_reap(&mut self.0);
     }
 }
 
 struct Served {
-    _server: Proc,
+    _server: Server,
+    /// `http://127.0.0.1:PORT`
     url: String,
-    db: String,
+    db: PathBuf,
     dir: tempfile::TempDir,
 }
 
 fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("cairn.db").display().to_string();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--bind", "127.0.0.1:0", "--db", &db])
-        .current_dir(dir.path())
-        .env_remove("CAIRN_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("cairn listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from cairn serve: {line:?}"))
-        .to_owned();
+    let db = dir.path().join("cairn.db");
+    let server = Server::start(&db, &[]);
     Served {
-        _server: Proc(child),
-        url,
+        url: server.base.clone(),
+        _server: server,
         db,
         dir,
     }
 }
 
-fn token(db: &str, user: &str, role: &str) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "token", "create", "--user", user, "--role", role, "--db", db,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
+/// `POST` of JSON to the whole URL `url`: status and body.
 async fn post(url: &str, token: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
+    let r = Api::new("")
+        .call(Method::POST, url, Some(token), Some(body))
+        .await;
+    (r.status, r.body)
 }
 
+/// `GET` of the whole URL `url`: the body.
 async fn get(url: &str, token: &str) -> Value {
-    reqwest::Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .send()
+    Api::new("")
+        .call(Method::GET, url, Some(token), None)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        .body
 }
 
 /// Registers and starts a plan of one `research` step, waits for it to end, and returns the
@@ -142,8 +105,7 @@ fn worker(s: &Served, tok: &str, cmd: &[&str]) -> Proc {
     ];
     args.extend_from_slice(cmd);
     Proc(
-        Command::new(BIN)
-            .args(&args)
+        cairn_command(&args)
             .env("CAIRN_TOKEN", tok)
             .current_dir(s.dir.path())
             .stdout(Stdio::null())
@@ -156,8 +118,8 @@ fn worker(s: &Served, tok: &str, cmd: &[&str]) -> Proc {
 #[tokio::test(flavor = "multi_thread")]
 async fn cairn_worker_runs_a_command_per_task() {
     let s = serve();
-    let op = token(&s.db, "op", "operator");
-    let wt = token(&s.db, "w", "worker");
+    let op = make_token(&s.db, "op", "operator");
+    let wt = make_token(&s.db, "w", "worker");
     let _w = worker(
         &s,
         &wt,
@@ -182,40 +144,36 @@ async fn cairn_worker_runs_a_command_per_task() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cairn_worker_refuses_bad_urls_and_tokens() {
-    let out = Command::new(BIN)
-        .args([
-            "worker",
-            "--server",
-            "not a url",
-            "--agent-type",
-            "research",
-            "--",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
+    let args = [
+        "worker",
+        "--server",
+        "not a url",
+        "--agent-type",
+        "research",
+        "--",
+        "true",
+    ];
+    let out = Run::of(&mut cairn_command(&args), &args);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--server"));
 
     let s = serve();
-    let op = token(&s.db, "op", "operator");
+    let op = make_token(&s.db, "op", "operator");
     for (tok, what) in [("cairn_bogus", "401"), (op.as_str(), "403")] {
-        let out = Command::new(BIN)
-            .args([
-                "worker",
-                "--server",
-                &s.url,
-                "--agent-type",
-                "research",
-                "--token",
-                tok,
-                "--",
-                "true",
-            ])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let args = [
+            "worker",
+            "--server",
+            &s.url,
+            "--agent-type",
+            "research",
+            "--token",
+            tok,
+            "--",
+            "true",
+        ];
+        let out = Run::of(&mut cairn_command(&args), &args);
+        let err = out.stderr;
+        assert_eq!(out.code, 2, "{err}");
         assert!(
             err.contains("refused the token") && err.contains(what),
             "{err}"
@@ -225,14 +183,14 @@ async fn cairn_worker_refuses_bad_urls_and_tokens() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_example_worker_runs_a_task() {
-    if Command::new("python3").arg("--version").output().is_err() {
+    if try_output_within(Command::new("python3").arg("--version"), LIMIT).is_err() {
         eprintln!("python3 not found; skipping");
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/worker.py");
     let s = serve();
-    let op = token(&s.db, "op", "operator");
-    let wt = token(&s.db, "w", "worker");
+    let op = make_token(&s.db, "op", "operator");
+    let wt = make_token(&s.db, "w", "worker");
     let _py = Proc(
         Command::new("python3")
             .arg(&script)
@@ -252,8 +210,8 @@ async fn the_python_example_worker_runs_a_task() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_command_fails_the_attempt_with_its_stderr() {
     let s = serve();
-    let op = token(&s.db, "op", "operator");
-    let wt = token(&s.db, "w", "worker");
+    let op = make_token(&s.db, "op", "operator");
+    let wt = make_token(&s.db, "w", "worker");
     let _w = worker(
         &s,
         &wt,
@@ -296,28 +254,21 @@ async fn a_failing_command_fails_the_attempt_with_its_stderr() {
 
 /// The path of a file under `examples/`.
 fn example(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name)
-        .display()
-        .to_string()
+    common::example(name).display().to_string()
 }
 
 /// Runs `cairn ARGS --server URL` with the token; panics with its stderr unless it succeeds.
 fn cli(s: &Served, tok: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--server", &s.url])
-        .env("CAIRN_TOKEN", tok)
-        .env_remove("CAIRN_SERVER")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cairn {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    cli_run(s, tok, args)
+        .expect(0, &format!("cairn {args:?}"))
+        .stdout
+}
+
+/// `cairn ARGS --server URL` with the token in `CAIRN_TOKEN`.
+fn cli_run(s: &Served, tok: &str, args: &[&str]) -> Run {
+    let mut shown = args.to_vec();
+    shown.extend(["--server", &s.url]);
+    Run::of(cairn_command(&shown).env("CAIRN_TOKEN", tok), &shown)
 }
 
 /// Polls the plan's state (bounded: 30 s) until `done` says so; answers the last state.
@@ -337,13 +288,13 @@ async fn wait_state(s: &Served, tok: &str, plan_id: &str, done: impl Fn(&Value) 
 /// started with the CLI, run by `cairn worker` with `examples/agents/research.py`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_worker_walkthrough_runs_with_the_shipped_agent() {
-    if Command::new("python3").arg("--version").output().is_err() {
+    if try_output_within(Command::new("python3").arg("--version"), LIMIT).is_err() {
         eprintln!("python3 not found; skipping");
         return;
     }
     let s = serve();
-    let op = token(&s.db, "op", "operator");
-    let wt = token(&s.db, "w1", "worker");
+    let op = make_token(&s.db, "op", "operator");
+    let wt = make_token(&s.db, "w1", "worker");
     cli(&s, &op, &["plans", "register", &example("remote.yaml")]);
     cli(&s, &op, &["plans", "start", "remote_001"]);
     let agent = example("agents/research.py");
@@ -366,7 +317,7 @@ async fn the_readme_worker_walkthrough_runs_with_the_shipped_agent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_server_walkthrough_can_be_followed() {
     let s = serve();
-    let op = token(&s.db, "op", "operator");
+    let op = make_token(&s.db, "op", "operator");
     cli(&s, &op, &["plans", "register", &example("steer.yaml")]);
     cli(&s, &op, &["plans", "start", "steer_001"]);
     let state = wait_state(&s, &op, "steer_001", |v| v["state"] == "paused").await;
@@ -394,31 +345,30 @@ async fn the_readme_server_walkthrough_can_be_followed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_workers_command_gets_a_clean_environment_without_its_token() {
     let s = serve();
-    let op = token(&s.db, "op", "operator");
-    let wt = token(&s.db, "w", "worker");
+    let op = make_token(&s.db, "op", "operator");
+    let wt = make_token(&s.db, "w", "worker");
     let _w = Proc(
-        Command::new(BIN)
-            .args([
-                "worker",
-                "--server",
-                &s.url,
-                "--agent-type",
-                "research",
-                "--env",
-                "KEEP_ME",
-                "--",
-                "sh",
-                "-c",
-                "cat >/dev/null; env > env.txt; echo null",
-            ])
-            .env("CAIRN_TOKEN", &wt)
-            .env("KEEP_ME", "kept")
-            .env("DROP_ME", "dropped")
-            .current_dir(s.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+        cairn_command(&[
+            "worker",
+            "--server",
+            &s.url,
+            "--agent-type",
+            "research",
+            "--env",
+            "KEEP_ME",
+            "--",
+            "sh",
+            "-c",
+            "cat >/dev/null; env > env.txt; echo null",
+        ])
+        .env("CAIRN_TOKEN", &wt)
+        .env("KEEP_ME", "kept")
+        .env("DROP_ME", "dropped")
+        .current_dir(s.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap(),
     );
     run_plan(&s, &op, "penv").await;
     let text = std::fs::read_to_string(s.dir.path().join("env.txt")).unwrap();
@@ -441,18 +391,7 @@ async fn the_workers_command_gets_a_clean_environment_without_its_token() {
 
 /// Runs `cairn ARGS --server URL` with the token; answers (exit code, stdout, stderr).
 fn cli_output(s: &Served, tok: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--server", &s.url])
-        .env("CAIRN_TOKEN", tok)
-        .env_remove("CAIRN_SERVER")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cli_run(s, tok, args).parts()
 }
 
 /// A mistyped agent type: register and start warn, naming it; the step is `queued` (never
@@ -461,8 +400,8 @@ fn cli_output(s: &Served, tok: &str, args: &[&str]) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_for_remote_workers_is_queued_until_one_claims_it() {
     let s = serve();
-    let op = token(&s.db, "op", "operator");
-    let wt = token(&s.db, "w", "worker");
+    let op = make_token(&s.db, "op", "operator");
+    let wt = make_token(&s.db, "w", "worker");
     let plan = s.dir.path().join("typo.json");
     std::fs::write(
         &plan,
@@ -522,13 +461,12 @@ async fn a_step_for_remote_workers_is_queued_until_one_claims_it() {
     assert_eq!(code, 0);
     assert!(out.contains("w-typo") && out.contains("reserch"), "{out}");
     // Locally there are no workers: the command says to use --server.
-    let out = Command::new(BIN)
-        .args(["workers", "list"])
-        .env_remove("CAIRN_SERVER")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--server"));
+    let out = Run::of(
+        &mut cairn_command(&["workers", "list"]),
+        &["workers", "list"],
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--server"));
 
     let (st, _) = post(
         &format!(
