@@ -271,6 +271,10 @@ fn conflict(message: impl Into<String>) -> Refusal {
     Refusal::new(RefusalKind::Conflict, message)
 }
 
+fn forbidden(message: impl Into<String>) -> Refusal {
+    Refusal::new(RefusalKind::Forbidden, message)
+}
+
 fn invalid(message: impl Into<String>) -> Refusal {
     Refusal::new(RefusalKind::Invalid, message)
 }
@@ -718,7 +722,7 @@ fn decide_review(
         .unwrap_or_default();
     if !system {
         if !policy.reviewers.is_empty() && !policy.reviewers.iter().any(|r| r == by.user) {
-            return Err(conflict(format!(
+            return Err(forbidden(format!(
                 "{} may not decide review {} of step {step_id}; its reviewers are {}",
                 by.user,
                 review.review_id,
@@ -729,7 +733,7 @@ fn decide_review(
             && policy.prevent_self_review
             && state.started_by.as_deref() == Some(by.user)
         {
-            return Err(conflict(format!(
+            return Err(forbidden(format!(
                 "{} started plan {} and may not approve its own review {} (prevent_self_review)",
                 by.user, state.plan_id, review.review_id
             )));

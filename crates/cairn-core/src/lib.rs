@@ -53,6 +53,9 @@ pub enum RefusalKind {
     Conflict,
     /// The request itself is malformed or would make the plan invalid (HTTP 422).
     Invalid,
+    /// The caller may not make this decision, whatever the plan's state: not among a gate's
+    /// `reviewers`, or approving a plan they started under `prevent_self_review` (HTTP 403).
+    Forbidden,
 }
 
 /// A refused command: its kind and a message that names the problem.

@@ -102,6 +102,7 @@ impl From<EngineError> for ApiError {
                 let (status, code) = match refusal.kind {
                     RefusalKind::Conflict => (StatusCode::CONFLICT, "conflict"),
                     RefusalKind::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+                    RefusalKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
                 };
                 let err = ApiError::new(status, code, refusal.message);
                 match intervention {

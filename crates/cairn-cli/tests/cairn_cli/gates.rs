@@ -441,7 +441,7 @@ async fn the_server_refuses_each_decision_the_review_does_not_allow() {
         .carol()
         .post(path, approve.clone())
         .await
-        .expect(409, "carol");
+        .expect(403, "carol");
     assert!(
         r.body["error"]["message"]
             .as_str()
@@ -457,7 +457,7 @@ async fn the_server_refuses_each_decision_the_review_does_not_allow() {
         .alice()
         .post(path, approve.clone())
         .await
-        .expect(409, "self");
+        .expect(403, "self");
     assert!(r.text.contains("prevent_self_review"), "{}", r.text);
     // An approval that replaces the output must say why.
     let r = g

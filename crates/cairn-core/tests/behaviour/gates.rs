@@ -318,7 +318,7 @@ fn a_quorum_needs_distinct_approvers_and_each_vote_counts_once() {
     sim.start();
     sim.scored("a", json!({}), json!("draft"));
     let d = sim.intervene_as("dan", json!({"type": "approve_step", "step_id": "a"}));
-    refused_as(&d, RefusalKind::Conflict, "its reviewers are ann, bob, cy");
+    refused_as(&d, RefusalKind::Forbidden, "its reviewers are ann, bob, cy");
     let d = sim.intervene_as("ann", json!({"type": "approve_step", "step_id": "a"}));
     assert_eq!(types(&d), vec!["intervention_applied"]);
     assert_eq!(sim.status("a"), StepStatus::AwaitingReview);
@@ -357,7 +357,7 @@ fn prevent_self_review_keeps_the_starter_from_approving() {
     assert_eq!(sim.st.started_by.as_deref(), Some("alice"));
     sim.scored("a", json!({}), json!("draft"));
     let d = sim.intervene_as("alice", json!({"type": "approve_step", "step_id": "a"}));
-    refused_as(&d, RefusalKind::Conflict, "prevent_self_review");
+    refused_as(&d, RefusalKind::Forbidden, "prevent_self_review");
     sim.intervene_as("bob", json!({"type": "approve_step", "step_id": "a"}));
     assert_eq!(sim.status("a"), StepStatus::Completed);
 }
