@@ -34,8 +34,8 @@ export async function render(main, _params, ctx) {
     h('form', { class: 'toolbar', onsubmit: (e) => { e.preventDefault(); reload(); } },
       h('label', {}, 'Show ', state), h('label', {}, 'Plan ', planFilter),
       h('button', { type: 'submit' }, 'Filter'), count),
-    may.ok ? null : h('p', { class: 'reason', id: 'reviews-role' }, `Deciding reviews ${may.why}.`),
     list, more);
+  if (!may.ok) list.before(h('p', { class: 'reason', id: 'reviews-role' }, `Deciding reviews ${may.why}.`));
 
   /** review_id -> {card, key}; key changes when the review does. */
   const cards = new Map();

@@ -91,7 +91,7 @@ export async function render(el, live, _params, ctx) {
     fill(timeline, svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none',
       class: 'cp-svg', role: 'group', 'aria-label': 'Checkpoints by time' },
     svg('line', { x1: pad, x2: W - pad, y1: H / 2, y2: H / 2, class: 'cp-axis' }), dots),
-    h('div', { class: 'cp-axis-labels muted' }, h('span', {}, time(t0)), h('span', {}, time(t1))));
+    h('div', { class: 'cp-axis-labels muted' }, h('span', {}, time(items[0].created_at)), h('span', {}, time(items[items.length - 1].created_at))));
   }
 
   async function select(cid) {
