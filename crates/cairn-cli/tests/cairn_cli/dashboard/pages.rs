@@ -394,3 +394,177 @@ async fn the_workers_page_lists_a_polling_worker_and_a_step_waiting_for_another(
     b.screenshot("list").await;
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_tab_shows_who_changed_what_and_the_events_tab_pages_and_follows_the_log() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&[]);
+    let admin = serve.admin.clone().unwrap();
+    // 30 quick steps, then one held open, then one that waits for it.
+    let mut steps: Vec<Value> = (0..30)
+        .map(|i| json!({"step_id": format!("s{i:02}"), "action": "say", "agent_type": "builtin.echo", "params": {}}))
+        .collect();
+    steps.push(
+        json!({"step_id": "hold", "action": "wait", "agent_type": "builtin.latch",
+                      "params": {"name": "log"}}),
+    );
+    steps.push(
+        json!({"step_id": "later", "action": "say", "agent_type": "builtin.echo",
+                      "params": {}, "depends_on": ["hold"]}),
+    );
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "log", "query": "a long log", "steps": steps}),
+        )
+        .await;
+    serve.post("/v1/plans/log/start", json!({})).await;
+    let v = serve
+        .until("/v1/plans/log", "the held step running", |v| {
+            ids(&v["running_steps"]) == ["hold"]
+        })
+        .await;
+    serve
+        .post(
+            "/v1/plans/log/interventions",
+            json!({"type": "skip_step", "step_id": "later", "reason": "not needed today",
+                   "expected_version": v["version"]}),
+        )
+        .await;
+    // A refused one is in the trail too.
+    let (status, _) = serve
+        .call(
+            reqwest::Method::POST,
+            "/v1/plans/log/interventions",
+            None,
+            Some(
+                json!({"type": "skip_step", "step_id": "later", "reason": "again",
+                        "expected_version": v["version"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 409);
+
+    let b = Browser::start("audit_events").await;
+    b.sign_in(&serve.base, &admin).await;
+    b.open(&serve.base, "/#/plans/log/audit").await;
+    let trail = b
+        .until_text("#audit-body", "the interventions", |t| {
+            t.contains("not needed today")
+        })
+        .await;
+    assert!(
+        trail.contains("skip_step") && trail.contains("admin") && trail.contains("applied"),
+        "{trail}"
+    );
+    assert!(trail.contains("failed"), "the refused one: {trail}");
+    b.click("#audit-body tr.applied details.iv-diff summary")
+        .await;
+    let diff = b.text("#audit-body tr.applied table.diff").await;
+    assert!(diff.contains("skipped"), "{diff}");
+    b.screenshot("audit").await;
+
+    // The events tab opens on the latest page; "First" goes to the plan's first event.
+    b.click("a[data-tab='events']").await;
+    b.find("#ev-size").await;
+    b.js(
+        "const s = document.querySelector('#ev-size'); s.value = '50'; \
+         s.dispatchEvent(new Event('change'))",
+        vec![],
+    )
+    .await;
+    let last_seq = serve.get("/v1/plans/log").await["last_seq"]
+        .as_u64()
+        .unwrap();
+    assert!(last_seq > 60, "{last_seq}");
+    b.click("#ev-last").await;
+    b.until_text("#ev-where", "the latest page", |t| {
+        t.contains(&format!("–{last_seq} of {last_seq}"))
+    })
+    .await;
+    b.click("#ev-first").await;
+    b.until_text("#ev-where", "the first page", |t| {
+        t.starts_with("events 1–50")
+    })
+    .await;
+    let first = b.text("#ev-body tr:first-child").await;
+    assert!(first.contains("plan_registered"), "{first}");
+    b.click("#ev-body tr:first-child details summary").await;
+    let raw = b.text("#ev-body tr:first-child pre").await;
+    assert!(raw.contains("\"seq\": 1"), "{raw}");
+    // Back on the latest page, following: the plan's end appears without a reload.
+    b.click("#ev-last").await;
+    b.until_text("#ev-where", "the latest page again", |t| {
+        t.contains(&format!("of {last_seq}"))
+    })
+    .await;
+    serve.release("log");
+    b.until_text("#ev-body", "the plan's end, live", |t| {
+        t.contains("plan_completed")
+    })
+    .await;
+    b.screenshot("events").await;
+    b.finish().await;
+}
+
+/// At phone width every page of this module fits the screen: nothing wider than the viewport
+/// (which would need sideways scrolling of the whole page; wide tables scroll in their box).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_checkpoints_audit_events_and_workers_fit_a_phone() {
+    if skipped() {
+        return;
+    }
+    let cfg = scorer_config();
+    let cfg_path = cfg.path().join("cairn.toml");
+    let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
+    let admin = serve.admin.clone().unwrap();
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "phone", "query": "a review on a phone",
+                   "steps": [{"step_id": "draft", "action": "write", "agent_type": "scorer", "params": {},
+                              "quality_gate": {"min_scores": {"coverage": 0.8, "accuracy": 0.9},
+                                               "max_scores": {"cost_usd": 1.0}, "on_fail": "review"}}]}),
+        )
+        .await;
+    serve.post("/v1/plans/phone/start", json!({})).await;
+    serve
+        .until("/v1/reviews?state=open", "the review opened", |v| {
+            v["items"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let b = Browser::sized("phone", 390, 844).await;
+    b.sign_in(&serve.base, &admin).await;
+    for (path, ready, label) in [
+        ("/#/reviews", "#reviews-list .review", "reviews"),
+        (
+            "/#/plans/phone/checkpoints",
+            "#cp-body tr[data-cp]",
+            "checkpoints",
+        ),
+        ("/#/plans/phone/audit", "#audit-summary", "audit"),
+        ("/#/plans/phone/events", "#ev-body tr", "events"),
+        ("/#/workers", "#workers-body tr", "workers"),
+    ] {
+        b.open(&serve.base, path).await;
+        b.find(ready).await;
+        if label == "checkpoints" {
+            b.click("#cp-body tr[data-cp] button").await;
+            b.find("#cp-restore").await;
+        }
+        let width = b
+            .js(
+                "return document.documentElement.scrollWidth - window.innerWidth",
+                vec![],
+            )
+            .await;
+        b.screenshot(label).await;
+        assert!(
+            width.as_i64().unwrap_or(999) <= 0,
+            "{path} is {width} px wider than a phone's screen"
+        );
+    }
+    b.finish().await;
+}
