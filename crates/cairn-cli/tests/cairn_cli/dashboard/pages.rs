@@ -37,18 +37,26 @@ async fn approve_a_review_from_the_inbox_then_the_plan_goes_on() {
     let cfg = scorer_config();
     let cfg_path = cfg.path().join("cairn.toml");
     let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
-    serve
-        .post(
+    // otto registers and starts the plan, so the gate keeps him from approving it himself.
+    let otto = serve.token("otto", "operator").await;
+    for (path, body) in [
+        (
             "/v1/plans",
             json!({"plan_id": "gated", "query": "a brief that needs a person",
                    "steps": [
                        {"step_id": "draft", "action": "write", "agent_type": "scorer", "params": {},
-                        "quality_gate": {"min_scores": {"coverage": 0.8}, "on_fail": "review"}},
+                        "quality_gate": {"min_scores": {"coverage": 0.8}, "on_fail": "review",
+                                         "review": {"prevent_self_review": true}}},
                        {"step_id": "publish", "action": "publish", "agent_type": "builtin.echo",
                         "params": {"brief": "{{ steps.draft.output.brief }}"}, "depends_on": ["draft"]}]}),
-        )
-        .await;
-    serve.post("/v1/plans/gated/start", json!({})).await;
+        ),
+        ("/v1/plans/gated/start", json!({})),
+    ] {
+        let (status, v) = serve
+            .call(reqwest::Method::POST, path, Some(&otto), Some(body))
+            .await;
+        assert!((200..300).contains(&status), "{path}: {status} {v}");
+    }
     let inbox = serve
         .until("/v1/reviews?state=open", "the review opened", |v| {
             v["items"].as_array().is_some_and(|a| !a.is_empty())
@@ -80,24 +88,44 @@ async fn approve_a_review_from_the_inbox_then_the_plan_goes_on() {
     assert!(why.contains("operator"), "{why}");
     b.screenshot("viewer").await;
 
-    // An operator approves it with a reason.
-    let op = serve.token("otto", "operator").await;
-    b.js(
-        "sessionStorage.setItem('cairn.token', arguments[0])",
-        vec![json!(op)],
-    )
-    .await;
-    b.client.refresh().await.unwrap();
-    b.until_text(&card, "the review after signing in again", |t| {
-        t.contains("coverage")
-    })
-    .await;
-    // A rejection without a reason is refused on the page, before any request.
+    // As otto: a rejection without a reason is refused on the page, before any request; his
+    // approval is refused by the server (he started the plan), and the card says why.
+    let sign_in_again = |token: String| {
+        let b = &b;
+        let card = card.clone();
+        async move {
+            b.js(
+                "sessionStorage.setItem('cairn.token', arguments[0])",
+                vec![json!(token)],
+            )
+            .await;
+            b.client.refresh().await.unwrap();
+            b.until_text(&card, "the review after signing in again", |t| {
+                t.contains("coverage")
+            })
+            .await;
+        }
+    };
+    sign_in_again(otto.clone()).await;
     b.click(&format!("{card} button.reject")).await;
     b.until_text(&format!("{card} .refusal"), "the missing reason", |t| {
         t.contains("needs a reason")
     })
     .await;
+    b.click(&format!("{card} button.approve")).await;
+    b.until_text(
+        &format!("{card} .refusal"),
+        "the self review refused",
+        |t| t.contains("may not approve its own review"),
+    )
+    .await;
+    b.screenshot("self_review").await;
+    let still = serve.get("/v1/reviews?state=open").await;
+    assert_eq!(still["items"][0]["review_id"], rid.as_str(), "still open");
+
+    // Another operator approves it with a reason.
+    let ann = serve.token("ann", "operator").await;
+    sign_in_again(ann).await;
     b.find(&format!("#reason-{rid}"))
         .await
         .send_keys("two points are enough for this one")
@@ -110,7 +138,7 @@ async fn approve_a_review_from_the_inbox_then_the_plan_goes_on() {
     })
     .await;
 
-    // The plan goes on: the review is closed as approved, by otto, and the dependent ran.
+    // The plan goes on: the review is closed as approved, by ann, and the dependent ran.
     let plan = serve
         .until("/v1/plans/gated", "the plan completed", |v| {
             v["state"] == "completed"
@@ -120,7 +148,7 @@ async fn approve_a_review_from_the_inbox_then_the_plan_goes_on() {
     let closed = serve.get("/v1/reviews?state=closed").await;
     assert_eq!(closed["items"][0]["review_id"], rid.as_str());
     assert_eq!(closed["items"][0]["outcome"], "approved");
-    assert_eq!(closed["items"][0]["votes"][0]["user"], "otto");
+    assert_eq!(closed["items"][0]["votes"][0]["user"], "ann");
     assert_eq!(
         closed["items"][0]["votes"][0]["reason"],
         "two points are enough for this one"
