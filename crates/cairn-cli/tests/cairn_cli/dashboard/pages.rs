@@ -596,3 +596,69 @@ async fn reviews_checkpoints_audit_events_and_workers_fit_a_phone() {
     }
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_with_a_new_attempt_from_the_inbox_and_the_next_review_appears() {
+    if skipped() {
+        return;
+    }
+    let cfg = scorer_config();
+    let cfg_path = cfg.path().join("cairn.toml");
+    let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
+    let admin = serve.admin.clone().unwrap();
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "again", "query": "rejected once",
+                   "steps": [{"step_id": "draft", "action": "write", "agent_type": "scorer", "params": {},
+                              "quality_gate": {"min_scores": {"coverage": 0.8}, "on_fail": "review",
+                                               "feedback": true}}]}),
+        )
+        .await;
+    serve.post("/v1/plans/again/start", json!({})).await;
+    let inbox = serve
+        .until("/v1/reviews?state=open", "the review opened", |v| {
+            v["items"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let first = inbox["items"][0]["review_id"].as_str().unwrap().to_owned();
+    let b = Browser::start("reject_retry").await;
+    b.sign_in(&serve.base, &admin).await;
+    b.open(&serve.base, "/#/reviews").await;
+    let card = format!("#review-{first}");
+    b.find(&format!("#reason-{first}"))
+        .await
+        .send_keys("cover the risks too")
+        .await
+        .unwrap();
+    b.click(&format!("#retry-{first}")).await;
+    b.click(&format!("{card} button.reject")).await;
+    b.until_text("#flash", "the rejection confirmed", |t| {
+        t.contains("Rejected")
+    })
+    .await;
+    // The step ran again and its second attempt is held in turn: its card appears by itself.
+    let inbox = serve
+        .until("/v1/reviews?state=open", "the second review", |v| {
+            v["items"][0]["attempt"] == 2
+        })
+        .await;
+    let second = inbox["items"][0]["review_id"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    b.until_text(
+        &format!("#review-{second}"),
+        "the second attempt's card",
+        |t| t.contains("draft attempt 2"),
+    )
+    .await;
+    let closed = serve.get("/v1/reviews?state=closed").await;
+    assert_eq!(closed["items"][0]["review_id"], first.as_str());
+    assert_eq!(closed["items"][0]["outcome"], "rejected");
+    assert_eq!(closed["items"][0]["votes"][0]["retry"], true);
+    assert_eq!(
+        closed["items"][0]["votes"][0]["reason"],
+        "cover the risks too"
+    );
+    b.screenshot("second").await;
+    b.finish().await;
+}
