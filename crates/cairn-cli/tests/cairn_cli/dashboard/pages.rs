@@ -416,6 +416,17 @@ async fn the_workers_page_lists_a_polling_worker_and_a_step_waiting_for_another(
             && waiting.contains("no worker polls for research"),
         "{waiting}"
     );
+    let by_type = b
+        .until_text(
+            "#queued-types-body tr[data-type='research']",
+            "the count by agent type",
+            |t| t.contains("research"),
+        )
+        .await;
+    assert!(
+        by_type.contains("1") && by_type.contains("none"),
+        "{by_type}"
+    );
     for link in ["/metrics", "/docs", "/openapi.json"] {
         b.find(&format!("main a[href='{link}']")).await;
     }

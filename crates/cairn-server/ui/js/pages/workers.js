@@ -1,11 +1,12 @@
 // Workers and health: the remote workers the server has seen (`GET /v1/workers`: their agent
-// types, when they last polled, the tasks they hold), the steps waiting for a worker, and links
+// types, when they last polled, the tasks they hold), the tasks waiting for a worker, and links
 // to /metrics, /openapi.json and /docs.
 //
-// The waiting steps are read from the running plans (`GET /v1/plans?state=running`, then each
-// plan's `steps` whose status is `queued`, with `waiting_for`): no endpoint lists them across
-// plans, and the plans' states already say it. At most MAX_PLANS running plans are read per
-// refresh (the page says when there are more). Refreshed every few seconds while open.
+// What waits is shown twice: counted by agent type across every plan (the `queued` of
+// `GET /v1/workers`, from the server's task queue), and step by step, read from the running
+// plans (`GET /v1/plans?state=running`, then each plan's `steps` whose status is `queued`, with
+// `waiting_for`). At most MAX_PLANS running plans are read per refresh (the page says when
+// there are more). Refreshed every few seconds while open.
 
 import * as api from '../api.js';
 import { h, fill, time } from '../dom.js';
@@ -16,6 +17,7 @@ const EVERY_MS = 5000;
 export async function render(main, _params, ctx) {
   const workers = h('tbody', { id: 'workers-body' });
   const queued = h('tbody', { id: 'queued-body' });
+  const byType = h('tbody', { id: 'queued-types-body' });
   const note = h('p', { class: 'muted', id: 'queued-note' });
   const health = h('span', { id: 'health', class: 'muted' });
   const updated = h('span', { class: 'muted', id: 'workers-updated' });
@@ -35,7 +37,12 @@ export async function render(main, _params, ctx) {
           h('th', {}, 'Last poll'), h('th', {}, 'Tasks held'))),
         workers))),
     h('section', { class: 'card' },
-      h('h2', {}, 'Steps waiting for a worker'),
+      h('h2', {}, 'Waiting for a worker'),
+      h('div', { class: 'table-scroll' }, h('table', { id: 'queued-types' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'Agent type'), h('th', {}, 'Tasks waiting'),
+          h('th', {}, 'Workers polling for it'))),
+        byType)),
+      h('h3', {}, 'Steps waiting'),
       h('div', { class: 'table-scroll' }, h('table', { id: 'queued' },
         h('thead', {}, h('tr', {}, h('th', {}, 'Plan'), h('th', {}, 'Step'), h('th', {}, 'Agent type'),
           h('th', {}, 'Waiting for'))),
@@ -55,6 +62,7 @@ export async function render(main, _params, ctx) {
       if (stopped) return;
       health.textContent = ready ? '· server ready' : '· server not ready (see /readyz)';
       drawWorkers(w.items);
+      drawTypes(w.queued || [], w.items);
       const views = await Promise.all(plans.items.map((p) =>
         api.get(`/v1/plans/${encodeURIComponent(p.plan_id)}`).catch(() => null)));
       if (stopped) return;
@@ -73,6 +81,15 @@ export async function render(main, _params, ctx) {
       h('td', {}, time(w.last_poll_at)),
       h('td', {}, w.tasks.length ? w.tasks.map((t) => h('div', { class: 'mono' }, t)) : h('span', { class: 'muted' }, 'none'))))
       : h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No worker has polled this server since it started.')));
+  }
+
+  function drawTypes(queuedTypes, ws) {
+    fill(byType, queuedTypes.length ? queuedTypes.map((q) => {
+      const n = ws.filter((w) => w.agent_types.includes(q.agent_type)).length;
+      return h('tr', { dataset: { type: q.agent_type } },
+        h('td', {}, h('code', {}, q.agent_type)), h('td', { class: 'num' }, q.tasks),
+        h('td', {}, n ? String(n) : h('span', { class: 'refusal' }, 'none')));
+    }) : h('tr', {}, h('td', { colspan: 3, class: 'muted' }, 'No task is waiting for a worker.')));
   }
 
   function drawQueued(views, ws, more) {
