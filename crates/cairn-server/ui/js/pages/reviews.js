@@ -96,12 +96,13 @@ export async function render(main, _params, ctx) {
     return card;
   }
 
+  // At most one reload a second however busy the server is (a reload already scheduled
+  // covers the events that arrive before it runs).
   let timer = null;
   const sub = api.stream('/v1/events/stream', {
     onEvent: (ev) => {
-      if (!REVIEW_EVENTS.has(ev.event)) return;
-      clearTimeout(timer);
-      timer = setTimeout(reload, 300);
+      if (!REVIEW_EVENTS.has(ev.event) || timer) return;
+      timer = setTimeout(() => { timer = null; reload(); }, 1000);
     },
   });
   await reload();

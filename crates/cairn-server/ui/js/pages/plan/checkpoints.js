@@ -201,12 +201,19 @@ export async function render(el, live, _params, ctx) {
     } catch (e) { ctx.fail(e); }
   });
 
+  // A running plan takes a checkpoint per step: read the list again at most every 2 s.
+  let again = null;
   const off = live.on((_v, events) => {
-    if (events.some((e) => e.event === 'checkpoint_created' || e.event === 'checkpoint_restored'
-      || (e.data && e.data.checkpoint))) load();
+    if (again || !events.some((e) => e.event === 'checkpoint_created' || e.event === 'checkpoint_restored'
+      || (e.data && e.data.checkpoint))) return;
+    again = setTimeout(() => { again = null; load(); }, 2000);
   });
   await load();
-  return () => { off(); for (const d of document.querySelectorAll('dialog.dialog')) d.remove(); };
+  return () => {
+    off();
+    clearTimeout(again);
+    for (const d of document.querySelectorAll('dialog.dialog')) d.remove();
+  };
 }
 
 /** Saves `value` as a JSON file through a Blob URL (revoked once the click has been handled). */
