@@ -548,17 +548,17 @@ async fn the_audit_tab_shows_who_changed_what_and_the_events_tab_pages_and_follo
     b.finish().await;
 }
 
-/// At phone width every page of this module fits the screen: nothing wider than the viewport
-/// (which would need sideways scrolling of the whole page; wide tables scroll in their box).
+/// At phone width every page of this module fits the screen (nothing wider than the viewport,
+/// which would need sideways scrolling of the whole page; wide tables scroll in their box), and
+/// a viewer sees every control that would change something disabled, with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reviews_checkpoints_audit_events_and_workers_fit_a_phone() {
+async fn on_a_phone_as_a_viewer_every_page_fits_and_every_change_is_disabled() {
     if skipped() {
         return;
     }
     let cfg = scorer_config();
     let cfg_path = cfg.path().join("cairn.toml");
     let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
-    let admin = serve.admin.clone().unwrap();
     serve
         .post(
             "/v1/plans",
@@ -574,8 +574,10 @@ async fn reviews_checkpoints_audit_events_and_workers_fit_a_phone() {
             v["items"].as_array().is_some_and(|a| !a.is_empty())
         })
         .await;
+    // A viewer: every page readable, every control that changes something disabled.
+    let viewer = serve.token("vic", "viewer").await;
     let b = Browser::sized("phone", 390, 844).await;
-    b.sign_in(&serve.base, &admin).await;
+    b.sign_in(&serve.base, &viewer).await;
     for (path, ready, label) in [
         ("/#/reviews", "#reviews-list .review", "reviews"),
         (
@@ -591,7 +593,21 @@ async fn reviews_checkpoints_audit_events_and_workers_fit_a_phone() {
         b.find(ready).await;
         if label == "checkpoints" {
             b.click("#cp-body tr[data-cp] button").await;
-            b.find("#cp-restore").await;
+            for control in ["#cp-restore", "#cp-fork", "#cp-create"] {
+                let e = b.find(control).await;
+                assert!(
+                    !e.is_enabled().await.unwrap(),
+                    "{control} enabled for a viewer"
+                );
+                let why = e.attr("title").await.unwrap().unwrap_or_default();
+                assert!(why.contains("needs the operator role"), "{control}: {why}");
+            }
+            // Reading and exporting stay open to a viewer.
+            assert!(b.find("#cp-export").await.is_enabled().await.unwrap());
+        }
+        if label == "reviews" {
+            let reason = b.text("#reviews-role").await;
+            assert!(reason.contains("needs the operator role"), "{reason}");
         }
         let width = b
             .js(
