@@ -158,6 +158,28 @@ async fn approve_a_review_from_the_inbox_then_the_plan_goes_on() {
         t.contains("No review is waiting")
     })
     .await;
+    // The closed ones show how they ended and who voted.
+    b.js(
+        "const s = document.querySelector('#reviews-state'); s.value = 'closed'; \
+         s.dispatchEvent(new Event('change'))",
+        vec![],
+    )
+    .await;
+    let closed = b
+        .until_text(&card, "the closed review", |t| t.contains("approved"))
+        .await;
+    assert!(
+        closed.contains("ann") && closed.contains("two points are enough"),
+        "{closed}"
+    );
+    let listed = b
+        .js(
+            "return document.querySelectorAll('#reviews-list .review').length",
+            vec![],
+        )
+        .await;
+    assert_eq!(listed, json!(1), "only the closed review is listed");
+    b.screenshot("closed").await;
     b.finish().await;
 }
 

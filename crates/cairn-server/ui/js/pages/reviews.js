@@ -32,7 +32,7 @@ export async function render(main, _params, ctx) {
     h('h1', {}, 'Reviews'),
     h('p', { class: 'muted' }, 'Results a quality gate held for a person. Approving lets the plan go on ' +
       'with the output; rejecting fails the step, or runs it again with your reason as feedback.'),
-    h('form', { class: 'toolbar', onsubmit: (e) => { e.preventDefault(); reload(); } },
+    h('form', { class: 'toolbar', onsubmit: (e) => { e.preventDefault(); refilter(); } },
       h('label', {}, 'Show ', state), h('label', {}, 'Plan ', planFilter),
       h('button', { type: 'submit' }, 'Filter'), count),
     list, more);
@@ -42,8 +42,15 @@ export async function render(main, _params, ctx) {
   const cards = new Map();
   let cursor = null;
   let loading = null;
+  let again = false;
 
-  state.addEventListener('change', () => reload());
+  /** Another filter: the cards shown so far are of the old one. */
+  function refilter() {
+    for (const c of cards.values()) c.card.remove();
+    cards.clear();
+    reload();
+  }
+  state.addEventListener('change', refilter);
 
   async function fetchPage(after) {
     return api.get(`/v1/reviews${api.query({ state: state.value, plan_id: planFilter.value.trim(),
@@ -52,7 +59,9 @@ export async function render(main, _params, ctx) {
 
   /** Reads the first page again; keeps unchanged cards as they are. */
   async function reload() {
-    if (loading) return loading;
+    // One read at a time; a reload asked for meanwhile runs once after it (with the filter
+    // as it is then).
+    if (loading) { again = true; return loading; }
     loading = (async () => {
       try {
         const page = await fetchPage(null);
@@ -70,7 +79,10 @@ export async function render(main, _params, ctx) {
         cursor = page.next_cursor || null;
         more.hidden = !cursor;
         count.textContent = `${cards.size} shown`;
-      } catch (e) { ctx.fail(e); } finally { loading = null; }
+      } catch (e) { ctx.fail(e); } finally {
+        loading = null;
+        if (again) { again = false; reload(); }
+      }
     })();
     return loading;
   }
