@@ -232,6 +232,27 @@ async fn restore_a_checkpoint_from_the_tab_and_fork_one() {
         json!(items.len()),
         "one dot per checkpoint on the timeline"
     );
+    // A checkpoint taken through the API appears on the open page (the plan has ended; the
+    // page follows its stream past the end).
+    let made = serve
+        .post(
+            "/v1/plans/cp/checkpoints",
+            json!({"label": "taken over the api"}),
+        )
+        .await;
+    b.until_text("#cp-body", "the new checkpoint, live", |t| {
+        t.contains("taken over the api")
+    })
+    .await;
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('#cp-timeline .cp-dot').length",
+            vec![]
+        )
+        .await,
+        json!(items.len() + 1)
+    );
+    assert_eq!(made["trigger"], "manual");
     b.click(&format!("#cp-body tr[data-cp='{cid}'] button"))
         .await;
     let detail = b
