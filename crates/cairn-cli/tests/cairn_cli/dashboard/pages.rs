@@ -668,7 +668,7 @@ async fn on_a_phone_as_a_viewer_every_page_fits_and_every_change_is_disabled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reject_with_a_new_attempt_from_the_inbox_and_the_next_review_appears() {
+async fn reject_with_a_new_attempt_then_approve_the_next_with_a_corrected_output() {
     if skipped() {
         return;
     }
@@ -730,5 +730,42 @@ async fn reject_with_a_new_attempt_from_the_inbox_and_the_next_review_appears() 
         "cover the risks too"
     );
     b.screenshot("second").await;
+
+    // The second attempt is approved with a corrected output: JSON checked on the page first.
+    let card = format!("#review-{second}");
+    b.click(&format!("{card} details.correct summary")).await;
+    let editor = b.find(&format!("#output-{second}")).await;
+    editor.clear().await.unwrap();
+    editor.send_keys("{\"brief\": ").await.unwrap();
+    b.click(&format!("{card} button.approve")).await;
+    b.until_text(&format!("{card} .refusal"), "the JSON refused", |t| {
+        t.contains("not JSON")
+    })
+    .await;
+    editor
+        .send_keys("\"all four points, by hand\"}")
+        .await
+        .unwrap();
+    b.find(&format!("#reason-{second}"))
+        .await
+        .send_keys("added the risks myself")
+        .await
+        .unwrap();
+    b.click(&format!("{card} button.approve")).await;
+    b.until_text("#flash", "the approval confirmed", |t| {
+        t.contains("Approved")
+    })
+    .await;
+    serve
+        .until("/v1/plans/again", "the plan completed", |v| {
+            v["state"] == "completed"
+        })
+        .await;
+    let snap = serve.get("/v1/plans/again/snapshot").await;
+    assert_eq!(
+        snap["steps"][0]["output"],
+        json!({"brief": "all four points, by hand"}),
+        "{snap}"
+    );
     b.finish().await;
 }

@@ -204,6 +204,16 @@ function decision(r, ctx, reload) {
     title: may.ok ? null : may.why, dataset: { decide } }, label);
   const approve = btn('primary approve', 'Approve', 'approve');
   const reject = btn('danger reject', 'Reject', 'reject');
+  // An approver may correct the output instead of sending the attempt back (a reason is then
+  // required); left untouched, the attempt's own output is approved.
+  const original = json(r.output);
+  const edited = h('textarea', { id: `output-${id}`, class: 'output-input', rows: 6,
+    spellcheck: 'false', disabled: !may.ok, 'aria-label': 'Corrected output (JSON)' });
+  edited.value = original;
+  const correct = h('details', { class: 'correct' },
+    h('summary', {}, 'Approve with a corrected output'),
+    h('p', { class: 'muted' }, 'Edit the JSON object below; Approve then records it as the step\'s output.'),
+    edited);
 
   async function send(kind) {
     refusal.hidden = true;
@@ -216,6 +226,25 @@ function decision(r, ctx, reload) {
     const body = { type: kind === 'approve' ? 'approve_step' : 'reject_step', step_id: r.step_id,
       attempt: r.attempt, reason: text || null };
     if (kind === 'reject') body.retry = retry.checked;
+    if (kind === 'approve' && correct.open && edited.value.trim() !== original.trim()) {
+      let output;
+      try { output = JSON.parse(edited.value); } catch (e) {
+        showRefusal(`The corrected output is not JSON: ${e.message}`);
+        edited.focus();
+        return;
+      }
+      if (!output || typeof output !== 'object' || Array.isArray(output)) {
+        showRefusal('The corrected output must be a JSON object.');
+        edited.focus();
+        return;
+      }
+      if (!text) {
+        showRefusal('Correcting the output needs a reason: it is recorded with the change.');
+        reason.focus();
+        return;
+      }
+      body.output = output;
+    }
     approve.disabled = reject.disabled = true;
     try {
       const rec = await api.post(`/v1/plans/${encodeURIComponent(r.plan_id)}/interventions`, body);
@@ -243,7 +272,7 @@ function decision(r, ctx, reload) {
   approve.addEventListener('click', () => send('approve'));
   reject.addEventListener('click', () => send('reject'));
   return h('div', { class: 'decision' },
-    h('label', { for: `reason-${id}` }, 'Reason'), reason,
+    h('label', { for: `reason-${id}` }, 'Reason'), reason, correct,
     h('div', { class: 'toolbar' }, approve, reject,
       h('label', { class: 'retry' }, retry, ' reject with a new attempt (the reason is its feedback)'),
       may.ok ? null : h('span', { class: 'reason' }, may.why)),
