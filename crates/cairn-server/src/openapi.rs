@@ -129,11 +129,21 @@ pub struct EventList {
     pub next_cursor: Option<String>,
 }
 
-/// `GET /v1/workers`: every worker seen since the server started (one page).
+/// `GET /v1/workers`: every worker seen since the server started (one page), and the tasks
+/// waiting for one.
 #[derive(ToSchema, Serialize)]
 pub struct WorkerList {
     pub items: Vec<cairn_engine::remote::WorkerInfo>,
     pub next_cursor: Option<String>,
+    /// Tasks no worker has claimed yet, by agent type (types with none waiting left out).
+    pub queued: Vec<QueuedTasks>,
+}
+
+/// How many tasks of one agent type wait for a worker.
+#[derive(ToSchema, Serialize)]
+pub struct QueuedTasks {
+    pub agent_type: String,
+    pub tasks: usize,
 }
 
 #[derive(ToSchema)]

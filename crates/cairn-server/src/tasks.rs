@@ -144,23 +144,30 @@ pub async fn poll(
     }
 }
 
-/// The workers seen polling, with the agent types they asked for and the tasks they hold.
+/// The workers seen polling, with the agent types they asked for and the tasks they hold;
+/// and the tasks waiting for a worker, counted by agent type.
 #[utoipa::path(get, operation_id = "list_workers", path = "/v1/workers", tag = "tasks",
     responses(
-        (status = 200, description = "Every worker seen since the server started", body = crate::openapi::WorkerList)),
+        (status = 200, description = "Every worker seen since the server started, and the tasks no worker has claimed yet by agent type", body = crate::openapi::WorkerList)),
     security(("bearer" = [])))]
 pub async fn workers(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
 ) -> ApiResult<Json<crate::openapi::WorkerList>> {
     p.require(Role::Viewer)?;
-    let items = match &s.remote {
-        Some(q) => q.workers().await,
-        None => Vec::new(),
+    let (items, queued) = match &s.remote {
+        Some(q) => (q.workers().await, q.queued_by_type().await),
+        None => (Vec::new(), Vec::new()),
     };
+    let queued = queued
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(agent_type, tasks)| crate::openapi::QueuedTasks { agent_type, tasks })
+        .collect();
     Ok(Json(crate::openapi::WorkerList {
         items,
         next_cursor: None,
+        queued,
     }))
 }
 

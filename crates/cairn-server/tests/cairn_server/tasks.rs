@@ -403,3 +403,41 @@ async fn completing_a_task_of_a_deleted_plan_is_task_not_found() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     assert_eq!(e["error"]["code"], "task_not_found", "{e}");
 }
+
+/// `GET /v1/workers` counts the tasks waiting for a worker by agent type, and lists a worker
+/// once it has polled, with the task it holds.
+#[tokio::test]
+async fn workers_lists_the_queued_tasks_by_agent_type_and_the_workers_seen() {
+    let srv = Server::start(30_000).await;
+    let workers = || async {
+        let resp = srv
+            .http
+            .get(format!("{}/workers", srv.base))
+            .bearer_auth(&srv.operator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<Value>().await.unwrap()
+    };
+    let v = workers().await;
+    assert_eq!(v["items"], json!([]), "{v}");
+    assert_eq!(v["queued"], json!([]), "{v}");
+    srv.plan("wq", Value::Null).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let v = loop {
+        let v = workers().await;
+        if v["queued"] != json!([]) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never queued: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(v["queued"], json!([{"agent_type": "research", "tasks": 1}]));
+    let task = srv.poll("w-1").await;
+    let v = workers().await;
+    assert_eq!(v["queued"], json!([]), "claimed: {v}");
+    assert_eq!(v["items"][0]["worker_id"], "w-1");
+    assert_eq!(v["items"][0]["agent_types"], json!(["research"]));
+    assert_eq!(v["items"][0]["tasks"], json!([task["task_id"]]));
+}
