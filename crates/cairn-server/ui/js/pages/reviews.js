@@ -3,8 +3,9 @@
 // criteria, the output held for it, the votes so far and the deadline. A review is decided with
 // the plan's `approve_step` / `reject_step` intervention naming the attempt the reviewer saw,
 // so a decision about an attempt that has since changed is refused (409) rather than applied
-// to the wrong one. A user outside the gate's reviewers, a self review and a second vote are
-// refused (409) too, and a role that may not intervene (403): the card shows the server's why.
+// to the wrong one. A second vote is refused (409) too; a user outside the gate's reviewers, a
+// self review and a role that may not intervene are forbidden (403): the card shows the server's
+// why.
 //
 // The list follows the all-plans event stream: a review opened or decided elsewhere updates the
 // page without a reload; a card whose review did not change is kept (with what was typed in it).
@@ -254,8 +255,8 @@ function decision(r, ctx, reload) {
     } catch (e) {
       approve.disabled = reject.disabled = false;
       if (e instanceof api.ApiError && e.status === 409) {
-        // The review closed or moved to another attempt, or this user may not decide it (not
-        // among its reviewers, their own plan, already voted): the server says which.
+        // The review closed or moved to another attempt, or this user already voted: the server
+        // says which.
         showRefusal(`Not applied: ${e.message}`);
         await reload();
       } else if (e instanceof api.ApiError && e.status === 403) {
