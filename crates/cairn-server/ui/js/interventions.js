@@ -164,6 +164,7 @@ export function intervene({ title, editor, build, live, ctx, onApplied }) {
   const dialog = h('dialog', { id: 'iv-dialog', class: 'iv-dialog', 'aria-labelledby': 'iv-title' });
   const preview = h('div', { id: 'iv-preview', 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Preparing the preview…'));
   const conflict = h('div', { id: 'iv-conflict', class: 'iv-conflict', role: 'alert', hidden: true });
+  const stale = h('p', { id: 'iv-stale', class: 'iv-conflict', role: 'status', hidden: true });
   const error = h('p', { id: 'iv-error', class: 'iv-error', role: 'alert', hidden: true });
   const reason = h('input', { id: 'iv-reason', type: 'text', maxlength: 4096, autocomplete: 'off',
     placeholder: 'Why (kept in the audit log)', oninput: () => sync() });
@@ -182,13 +183,25 @@ export function intervene({ title, editor, build, live, ctx, onApplied }) {
   fill(dialog,
     h('h2', { id: 'iv-title' }, title),
     editor ? h('label', { for: 'iv-editor' }, editor.label) : null, area, parse,
-    conflict,
+    conflict, stale,
     h('h3', {}, 'What changes'), preview,
     error,
     h('label', { for: 'iv-reason' }, 'Reason'), reason,
     h('div', { class: 'toolbar' }, apply, cancel,
       h('span', { class: 'reason', id: 'iv-hint' })));
-  dialog.addEventListener('close', () => { clearTimeout(timer); dialog.remove(); });
+  // The plan moved while the dialog is open: say so (Apply would be refused) and offer a fresh
+  // preview. Leaving the page closes the dialog.
+  const offLive = live.on((v) => {
+    if (!seen || seen.version === null || v.version === seen.version || busy) return;
+    fill(stale, `The plan changed since this preview (version ${seen.version} → ${v.version}). `,
+      h('button', { type: 'button', onclick: () => { stale.hidden = true; run(true); } }, 'Preview again'));
+    stale.hidden = false;
+  });
+  const leave = () => dialog.close();
+  window.addEventListener('hashchange', leave);
+  dialog.addEventListener('close', () => {
+    clearTimeout(timer); offLive(); window.removeEventListener('hashchange', leave); dialog.remove();
+  });
   document.body.append(dialog);
   dialog.showModal();
 
@@ -199,7 +212,7 @@ export function intervene({ title, editor, build, live, ctx, onApplied }) {
     else if (!seen || seen.record.status !== 'would_apply') why = 'the preview must succeed first';
     else if (!reason.value.trim()) why = 'give a reason';
     apply.disabled = !!why;
-    apply.title = why || null;
+    if (why) apply.title = why; else apply.removeAttribute('title');
     hint.textContent = why ? `Apply: ${why}` : '';
   }
 
@@ -237,6 +250,7 @@ export function intervene({ title, editor, build, live, ctx, onApplied }) {
         const rec = await api.post(`/v1/plans/${encodeURIComponent(live.id)}/interventions`, { ...body, dry_run: true });
         if (mine !== ticket) return;
         seen = { record: rec, version: versionBefore(rec), body };
+        stale.hidden = true;
         fill(preview, describe(rec));
       } else {
         const rec = await api.post(`/v1/plans/${encodeURIComponent(live.id)}/interventions`,

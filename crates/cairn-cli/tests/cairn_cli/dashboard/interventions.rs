@@ -24,7 +24,9 @@ async fn held_plan(serve: &Serve, id: &str, rest: &[&str]) {
             json!({"plan_id": id, "query": "interventions from the page", "steps": steps}),
         )
         .await;
-    serve.post(&format!("/v1/plans/{id}/start"), json!({})).await;
+    serve
+        .post(&format!("/v1/plans/{id}/start"), json!({}))
+        .await;
     serve
         .until(&format!("/v1/plans/{id}"), "step a running", |v| {
             v["running_steps"] == json!(["a"])
@@ -57,7 +59,8 @@ async fn open_order(serve: &Serve, name: &str, plan: &str) -> Browser {
 }
 
 async fn open_order_in(b: Browser, serve: &Serve, plan: &str) -> Browser {
-    b.sign_in(&serve.base, serve.admin.as_deref().unwrap()).await;
+    b.sign_in(&serve.base, serve.admin.as_deref().unwrap())
+        .await;
     b.open(&serve.base, &format!("/#/plans/{plan}/order")).await;
     b.find("#order-list li[data-step]").await;
     b
@@ -92,7 +95,8 @@ async fn skip_shows_its_dry_run_preview_then_skips_the_step() {
     held_plan(&serve, "iv-skip", &["b", "c"]).await;
     let b = open_order(&serve, "iv_skip", "iv-skip").await;
     b.click("#order-list li[data-step=b]").await;
-    b.click("#order-actions button[data-action=skip_step]").await;
+    b.click("#order-actions button[data-action=skip_step]")
+        .await;
     let preview = b
         .until_text("#iv-diff", "the dry run's diff", |t| t.contains("Step b"))
         .await;
@@ -125,7 +129,8 @@ async fn skip_shows_its_dry_run_preview_then_skips_the_step() {
     b.finish().await;
 }
 
-/// HTML5 drag and drop is not driven by WebDriver's synthetic pointer actions in Chromium, so
+/// HTML5 drag and drop is not driven by WebDriver's pointer actions in Chromium (tried with
+/// chromedriver 156: press, move, release over the target leaves the order as it was), so
 /// the test dispatches the events a real drag makes (dragstart, dragover, drop, dragend) with
 /// one DataTransfer, at the target's upper half (drop before it).
 const DRAG: &str = r#"
@@ -163,7 +168,9 @@ async fn reorder_by_drag_and_drop_then_the_order_over_the_api() {
     );
     b.click("#order-save").await;
     let preview = b
-        .until_text("#iv-diff", "the reorder's preview", |t| t.contains("position"))
+        .until_text("#iv-diff", "the reorder's preview", |t| {
+            t.contains("position")
+        })
         .await;
     assert!(preview.contains("d: position 4 → 2"), "{preview}");
     b.screenshot("preview").await;
@@ -173,8 +180,10 @@ async fn reorder_by_drag_and_drop_then_the_order_over_the_api() {
     let v = serve.get("/v1/plans/iv-dnd").await;
     assert_eq!(order_of(&v), ["a", "d", "b", "c"]);
     assert_eq!(v["version"], 2);
-    b.until_text("#order-count", "draft cleared", |t| !t.contains("not saved"))
-        .await;
+    b.until_text("#order-count", "draft cleared", |t| {
+        !t.contains("not saved")
+    })
+    .await;
     b.finish().await;
 }
 
@@ -206,8 +215,17 @@ async fn reorder_from_the_keyboard_with_alt_arrows() {
     b.click("#order-save").await;
     b.until_text("#iv-diff", "preview", |t| t.contains("position"))
         .await;
-    b.find("#iv-reason").await.send_keys("\u{E00C}").await.unwrap();
-    until_js(&b, "return !document.querySelector('dialog')", "Escape closes the dialog").await;
+    b.find("#iv-reason")
+        .await
+        .send_keys("\u{E00C}")
+        .await
+        .unwrap();
+    until_js(
+        &b,
+        "return !document.querySelector('dialog')",
+        "Escape closes the dialog",
+    )
+    .await;
     assert_eq!(
         order_of(&serve.get("/v1/plans/iv-keys").await),
         ["a", "b", "c", "d"]
@@ -233,10 +251,16 @@ async fn complete_by_hand_with_an_output_typed_in_the_editor() {
     let serve = Serve::start(&[]);
     held_plan(&serve, "iv-done", &["b"]).await;
     // At a phone's width: the dialog and its editor must fit.
-    let b = open_order_in(Browser::sized("iv_complete_phone", 390, 844).await, &serve, "iv-done").await;
+    let b = open_order_in(
+        Browser::sized("iv_complete_phone", 390, 844).await,
+        &serve,
+        "iv-done",
+    )
+    .await;
     // a is running: listed with the steps that keep their place.
     b.click("#order-others li[data-step=a]").await;
-    b.click("#order-actions button[data-action=complete_step]").await;
+    b.click("#order-actions button[data-action=complete_step]")
+        .await;
     let editor = b.find("#iv-editor").await;
     editor.clear().await.unwrap();
     editor.send_keys("{\"answer\": ").await.unwrap();
@@ -279,7 +303,8 @@ async fn a_conflict_is_shown_when_the_plan_moved_then_applies_against_the_fresh_
     held_plan(&serve, "iv-race", &["b", "c"]).await;
     let b = open_order(&serve, "iv_conflict", "iv-race").await;
     b.click("#order-list li[data-step=b]").await;
-    b.click("#order-actions button[data-action=skip_step]").await;
+    b.click("#order-actions button[data-action=skip_step]")
+        .await;
     b.until_text("#iv-diff", "the dry run", |t| t.contains("Plan version 1"))
         .await;
     // Someone else changes the plan between the preview and Apply.
@@ -302,7 +327,10 @@ async fn a_conflict_is_shown_when_the_plan_moved_then_applies_against_the_fresh_
     .await;
     b.screenshot("conflict").await;
     // Nothing was skipped by the refused Apply.
-    assert_eq!(status_of(&serve.get("/v1/plans/iv-race").await, "b"), "pending");
+    assert_eq!(
+        status_of(&serve.get("/v1/plans/iv-race").await, "b"),
+        "pending"
+    );
     b.until_text("#iv-hint", "apply enabled again", |t| t.is_empty())
         .await;
     b.click("#iv-apply").await;
@@ -325,10 +353,13 @@ async fn modify_shows_the_servers_validation_and_a_viewer_sees_disabled_actions(
     held_plan(&serve, "iv-mod", &["b"]).await;
     let b = open_order(&serve, "iv_modify", "iv-mod").await;
     b.click("#order-list li[data-step=b]").await;
-    b.click("#order-actions button[data-action=modify_step]").await;
-    let editor = b.find("#iv-editor").await;
-    b.until_text("#iv-parse", "nothing changed yet", |t| t.contains("nothing changed"))
+    b.click("#order-actions button[data-action=modify_step]")
         .await;
+    let editor = b.find("#iv-editor").await;
+    b.until_text("#iv-parse", "nothing changed yet", |t| {
+        t.contains("nothing changed")
+    })
+    .await;
     let text = editor.prop("value").await.unwrap().unwrap_or_default();
     assert!(text.contains("\"say\": \"b\""), "{text}");
     // A field the server refuses: its message is shown, and Apply stays off.
@@ -369,16 +400,20 @@ async fn modify_shows_the_servers_validation_and_a_viewer_sees_disabled_actions(
     b.sign_in(&serve.base, &viewer).await;
     b.open(&serve.base, "/#/plans/iv-mod/order").await;
     b.click("#order-list li[data-step=b]").await;
-    let skip = b
-        .find("#order-actions button[data-action=skip_step]")
-        .await;
-    assert_eq!(skip.prop("disabled").await.unwrap().as_deref(), Some("true"));
+    let skip = b.find("#order-actions button[data-action=skip_step]").await;
+    assert_eq!(
+        skip.prop("disabled").await.unwrap().as_deref(),
+        Some("true")
+    );
     let title = skip.attr("title").await.unwrap().unwrap_or_default();
     assert!(title.contains("needs the operator role"), "{title}");
     let reason = b.text("#order-actions .reason").await;
     assert!(reason.contains("needs the operator role"), "{reason}");
     let save = b.find("#order-save").await;
-    assert_eq!(save.prop("disabled").await.unwrap().as_deref(), Some("true"));
+    assert_eq!(
+        save.prop("disabled").await.unwrap().as_deref(),
+        Some("true")
+    );
     let why = b.text("#order-why").await;
     assert!(why.contains("needs the operator role"), "{why}");
     b.screenshot("viewer").await;

@@ -96,7 +96,7 @@ export function render(el, live, params, ctx) {
     const reason = !role.ok ? role.why : unavailable('reorder_steps', undefined, view.state)
       || (!draft ? 'no change yet: move a step first' : '');
     save.disabled = !!reason;
-    save.title = reason || null;
+    if (reason) save.title = reason; else save.removeAttribute('title');
     reset.disabled = !draft;
     why.textContent = reason ? `Save: ${reason}` : '';
     drawActions(byId);
