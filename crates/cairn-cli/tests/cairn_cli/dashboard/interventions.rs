@@ -419,3 +419,61 @@ async fn modify_shows_the_servers_validation_and_a_viewer_sees_disabled_actions(
     b.screenshot("viewer").await;
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_tab_of_a_10000_step_plan_shows_a_window_and_reorders() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&[]);
+    let steps: Vec<Value> = (0..10_000).map(|i| echo(&format!("s{i}"))).collect();
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "iv-big", "query": "ten thousand steps", "steps": steps}),
+        )
+        .await;
+    let b = Browser::start("iv_big").await;
+    b.sign_in(&serve.base, serve.admin.as_deref().unwrap())
+        .await;
+    let t0 = std::time::Instant::now();
+    b.open(&serve.base, "/#/plans/iv-big/order").await;
+    b.find("#order-list li[data-step=s0]").await;
+    eprintln!(
+        "the 10,000-step Order tab listed its first step after {:?}",
+        t0.elapsed()
+    );
+    let shown = b
+        .js(
+            "return document.querySelectorAll('#order-list li[data-step]').length",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!(300),
+        "a window of the pending steps, not all 10,000"
+    );
+    let more = b.text("#order-list li.more").await;
+    assert!(more.contains("9700"), "{more}");
+    // Move s1 below s2 from the keyboard, save and apply.
+    b.find("#order-list li[data-step=s1]")
+        .await
+        .send_keys("\u{E00A}\u{E015}\u{E000}")
+        .await
+        .unwrap();
+    b.click("#order-save").await;
+    let preview = b
+        .until_text("#iv-diff", "the reorder's preview", |t| {
+            t.contains("position")
+        })
+        .await;
+    assert!(preview.contains("2 steps change place"), "{preview}");
+    apply_with(&b, "s2 first").await;
+    b.until_text("#flash", "success said", |t| t.contains("applied"))
+        .await;
+    let v = serve.get("/v1/plans/iv-big").await;
+    assert_eq!(order_of(&v)[..4], ["s0", "s2", "s1", "s3"]);
+    b.screenshot("after").await;
+    b.finish().await;
+}
