@@ -199,8 +199,18 @@ export function intervene({ title, editor, build, live, ctx, onApplied }) {
   });
   const leave = () => dialog.close();
   window.addEventListener('hashchange', leave);
+  // The control that opened the dialog may have been redrawn meanwhile (a live refresh): give
+  // the focus back to its successor, so a keyboard user is where they were.
+  const opener = document.activeElement;
+  const again = opener && opener.dataset && opener.dataset.action
+    ? `[data-action="${CSS.escape(opener.dataset.action)}"]` : null;
   dialog.addEventListener('close', () => {
     clearTimeout(timer); offLive(); window.removeEventListener('hashchange', leave); dialog.remove();
+    setTimeout(() => {
+      if (opener && opener.isConnected) { opener.focus(); return; }
+      const next = again && document.querySelector(again);
+      if (next && !next.disabled) next.focus(); else document.getElementById('main')?.focus();
+    }, 0);
   });
   document.body.append(dialog);
   dialog.showModal();
