@@ -540,3 +540,57 @@ async fn add_a_step_after_another_then_remove_it() {
     .await;
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_a_failed_step_reopens_the_failed_plan() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&[]);
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "iv-retry", "query": "fails once", "steps": [
+                {"step_id": "f", "action": "try", "agent_type": "builtin.fail",
+                 "params": {"times": 1, "retryable": false}},
+                echo("g")]}),
+        )
+        .await;
+    serve.post("/v1/plans/iv-retry/start", json!({})).await;
+    serve
+        .until("/v1/plans/iv-retry", "the plan failed", |v| {
+            v["state"] == "failed"
+        })
+        .await;
+    let b = open_order(&serve, "iv_retry", "iv-retry").await;
+    b.click("#order-others li[data-step=f]").await;
+    // A failed plan's definition is settled: adding is refused on the page, with the reason.
+    let add = b.find("#order-actions button[data-action=add_after]").await;
+    assert_eq!(add.prop("disabled").await.unwrap().as_deref(), Some("true"));
+    let why = b.text("#order-actions details.reason").await;
+    assert!(why.contains("unavailable"), "{why}");
+    b.click("#order-actions button[data-action=retry_step]")
+        .await;
+    let preview = b
+        .until_text("#iv-diff", "the retry previewed", |t| {
+            t.contains("runs again")
+        })
+        .await;
+    assert!(
+        preview.contains("failed") && preview.contains("paused"),
+        "{preview}"
+    );
+    apply_with(&b, "the flake is fixed").await;
+    b.until_text("#flash", "success said", |t| t.contains("applied"))
+        .await;
+    let v = serve.get("/v1/plans/iv-retry").await;
+    assert_eq!(v["state"], "paused");
+    assert_eq!(status_of(&v, "f"), "pending");
+    serve.post("/v1/plans/iv-retry/resume", json!({})).await;
+    serve
+        .until("/v1/plans/iv-retry", "the plan completed", |v| {
+            v["state"] == "completed"
+        })
+        .await;
+    b.finish().await;
+}

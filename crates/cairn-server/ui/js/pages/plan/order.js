@@ -44,6 +44,7 @@ export function render(el, live, params, ctx) {
   const head = h('p', { class: 'muted', id: 'order-count' });
   const actions = h('div', { id: 'order-actions' });
   const othersHead = h('h2', {}, 'Started or ended (they keep their place)');
+  const othersCard = h('section', { class: 'card', id: 'order-fixed' }, othersHead, others);
 
   fill(el, h('div', { class: 'grid2 order-grid' },
     h('div', {},
@@ -52,7 +53,7 @@ export function render(el, live, params, ctx) {
         h('p', { class: 'muted', id: 'order-help' },
           'Drag a step to its new place, or focus it and press Alt+↑ / Alt+↓. Save shows what changes before anything is applied.'),
         head, h('div', { class: 'toolbar' }, save, reset, why), noteEl, list),
-      h('section', { class: 'card' }, othersHead, others)),
+      othersCard),
     h('section', { class: 'card order-side', 'aria-label': 'Selected step' }, actions)));
 
   function order() { return draft || pendingOf(live.view); }
@@ -85,8 +86,7 @@ export function render(el, live, params, ctx) {
         others.append(h('li', { class: 'more' }, h('button', { type: 'button', onclick: () => { othersShown += WINDOW; draw(true); } },
           `Show ${Math.min(WINDOW, rest.length - othersShown)} more of ${rest.length - othersShown}`)));
       }
-      othersHead.hidden = !rest.length;
-      others.hidden = !rest.length;
+      othersCard.hidden = !rest.length;
       if (refocus) { const again = list.querySelector(`li[data-step="${CSS.escape(refocus)}"]`); if (again) again.focus(); }
     }
     head.textContent = `${ids.length} pending step${ids.length === 1 ? '' : 's'}${draft ? ' · order changed, not saved' : ''}`;
@@ -138,7 +138,7 @@ export function render(el, live, params, ctx) {
     return h('li', {
       class: `order-item${id === selected ? ' selected' : ''}`, draggable: 'true', tabindex: 0,
       dataset: { step: id }, 'aria-current': id === selected ? 'true' : null,
-      'aria-label': `${id}, position ${i + 1} of ${n}`,
+      'aria-label': `${id}, ${step.status}, position ${i + 1} of ${n}`,
       onclick: () => select(id),
       onkeydown: (e) => keys(e, id),
       ondragstart: (e) => {
