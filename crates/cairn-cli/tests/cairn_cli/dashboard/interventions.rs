@@ -462,18 +462,28 @@ async fn the_order_tab_of_a_10000_step_plan_shows_a_window_and_reorders() {
         .send_keys("\u{E00A}\u{E015}\u{E000}")
         .await
         .unwrap();
+    // And s299, at the end of the window, to the top by its position.
+    b.click("#order-list li[data-step=s299]").await;
+    let to = b.find("#order-to").await;
+    to.clear().await.unwrap();
+    to.send_keys("1\u{E007}").await.unwrap();
+    b.until_text("#order-list li[data-step]", "s299 first", |t| {
+        t.contains("s299")
+    })
+    .await;
     b.click("#order-save").await;
     let preview = b
         .until_text("#iv-diff", "the reorder's preview", |t| {
             t.contains("position")
         })
         .await;
-    assert!(preview.contains("2 steps change place"), "{preview}");
-    apply_with(&b, "s2 first").await;
+    assert!(preview.contains("299 steps change place"), "{preview}");
+    assert!(preview.contains("and 249 more"), "{preview}");
+    apply_with(&b, "s299 and s2 first").await;
     b.until_text("#flash", "success said", |t| t.contains("applied"))
         .await;
     let v = serve.get("/v1/plans/iv-big").await;
-    assert_eq!(order_of(&v)[..4], ["s0", "s2", "s1", "s3"]);
+    assert_eq!(order_of(&v)[..5], ["s299", "s0", "s2", "s1", "s3"]);
     b.screenshot("after").await;
     b.finish().await;
 }

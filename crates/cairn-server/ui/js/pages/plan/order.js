@@ -110,7 +110,23 @@ export function render(el, live, params, ctx) {
       h('h2', {}, 'Step ', h('code', {}, step.step_id), ' ', badge(step.status)),
       h('p', { class: 'muted' }, `${step.action} · ${step.agent_type} · attempts ${step.attempts}`),
       step.error ? h('p', { class: 'iv-error' }, step.error) : null,
-      stepActions(step, live, ctx));
+      stepActions(step, live, ctx),
+      step.status === 'pending' && ctx.can('operator').ok ? moveTo(step.step_id) : null);
+  }
+
+  /** "Move to position n" among the pending steps: for a long plan, where a drag cannot reach. */
+  function moveTo(id) {
+    const ids = order();
+    const input = h('input', { id: 'order-to', type: 'number', min: 1, max: ids.length, value: String(ids.indexOf(id) + 1),
+      class: 'order-to', 'aria-label': `New position of ${id} among the pending steps` });
+    return h('form', { class: 'toolbar', onsubmit: (e) => {
+      e.preventDefault();
+      const to = Math.min(Math.max(1, Math.round(Number(input.value)) || 1), ids.length);
+      const next = order().filter((x) => x !== id);
+      next.splice(to - 1, 0, id);
+      place(next);
+    } }, h('label', { for: 'order-to' }, 'Move to position'), input,
+    h('span', { class: 'muted' }, `of ${ids.length}`), h('button', { type: 'submit' }, 'Move'));
   }
 
   function select(id) {
