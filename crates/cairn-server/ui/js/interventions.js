@@ -240,7 +240,8 @@ export function intervene({ title, editor, build, live, ctx, onApplied }) {
   }
 
   function edited() {
-    seen = null; sync();
+    // A preview still on its way is of the text before this edit: drop it.
+    ticket += 1; busy = false; seen = null; sync();
     clearTimeout(timer);
     if (!current()) { fill(preview, h('p', { class: 'muted' }, 'The preview follows a valid edit.')); return; }
     timer = setTimeout(() => run(true), 300);
