@@ -390,8 +390,8 @@ function orderLines(before, after) {
     const posAfter = new Map(after.map((id, i) => [id, i + 1]));
     out.push(h('li', {}, `New order (${moved.length} step${moved.length === 1 ? '' : 's'} change place):`,
       h('ol', { class: 'iv-moves' }, moved.slice(0, 50).map((id) => h('li', {},
-        h('code', {}, id), `: position ${pos.get(id)} → ${posAfter.get(id)}`)),
-      moved.length > 50 ? h('li', { class: 'muted' }, `… and ${moved.length - 50} more`) : null)));
+        h('code', {}, id), `: position ${pos.get(id)} → ${posAfter.get(id)}`))),
+      moved.length > 50 ? h('p', { class: 'muted' }, `… and ${moved.length - 50} more`) : null));
   }
   return out;
 }
