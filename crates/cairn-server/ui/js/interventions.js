@@ -1,5 +1,5 @@
 // Interventions from the page: a toolbar of what an operator may do to one step (skip, retry,
-// complete by hand, modify, add before/after, remove) and the dialog every intervention goes
+// rerun from it, complete by hand, modify, add before/after, remove) and the dialog every intervention goes
 // through, reorder included (pages/plan/order.js opens it too).
 //
 // The dialog first sends the intervention with `dry_run: true` and shows the diff the server
@@ -15,6 +15,7 @@ import { h, fill, badge, json } from './dom.js';
 const RULES = {
   skip_step: [['pending', 'failed', 'awaiting_review'], 'only a pending, failed or awaiting_review step can be skipped'],
   retry_step: [['failed', 'cancelled', 'completed'], 'only a failed, cancelled or completed step can be retried'],
+  rerun_from: [['completed', 'failed', 'skipped', 'cancelled'], 'only a step that has ended can be rerun with what follows it'],
   complete_step: [['pending', 'queued', 'running', 'failed'], 'only a pending, queued, running or failed step can be completed by hand'],
   modify_step: [['pending', 'failed', 'awaiting_review'], 'only a pending, failed or awaiting_review step can be modified'],
   add_before: [null, ''],
@@ -23,7 +24,7 @@ const RULES = {
 };
 
 const LABELS = {
-  skip_step: 'Skip', retry_step: 'Retry', complete_step: 'Complete by hand', modify_step: 'Modify',
+  skip_step: 'Skip', retry_step: 'Retry', rerun_from: 'Rerun from here', complete_step: 'Complete by hand', modify_step: 'Modify',
   add_before: 'Add before', add_after: 'Add after', remove_step: 'Remove',
 };
 
@@ -77,6 +78,7 @@ function open(action, stepId, live, ctx) {
     skip_step: () => ({ title: `Skip step ${stepId}`, build: () => ({ type: 'skip_step', step_id: stepId }) }),
     retry_step: () => ({ title: `Retry step ${stepId}`, build: () => ({ type: 'retry_step', step_id: stepId }) }),
     remove_step: () => ({ title: `Remove step ${stepId}`, build: () => ({ type: 'remove_step', step_id: stepId }) }),
+    rerun_from: () => ({ title: `Rerun from step ${stepId}`, build: () => ({ type: 'rerun_from', step_id: stepId }) }),
     complete_step: () => ({
       title: `Complete step ${stepId} by hand`,
       editor: { label: 'The step\'s output (JSON)', initial: '{\n  \n}', check: (v) => ({ value: v }) },

@@ -613,5 +613,24 @@ async fn retry_a_failed_step_reopens_the_failed_plan() {
             v["state"] == "completed"
         })
         .await;
+    // A completed plan runs again from a step: it and what follows it. (The page is opened
+    // afresh through another route: the same URL would not reload it.)
+    b.open(&serve.base, "/#/plans/iv-retry").await;
+    b.open(&serve.base, "/#/plans/iv-retry/order").await;
+    b.click("#order-fixed li[data-step=f]").await;
+    b.click("#order-actions button[data-action=rerun_from]")
+        .await;
+    let preview = b
+        .until_text("#iv-diff", "the rerun previewed", |t| {
+            t.contains("Step g runs again")
+        })
+        .await;
+    assert!(preview.contains("Step f runs again"), "{preview}");
+    apply_with(&b, "run it all again").await;
+    b.until_text("#flash", "success said", |t| t.contains("applied"))
+        .await;
+    let ivs = serve.get("/v1/plans/iv-retry/interventions").await;
+    let last = ivs["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["type"], "rerun_from");
     b.finish().await;
 }
