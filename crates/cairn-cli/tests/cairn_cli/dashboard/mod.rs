@@ -8,5 +8,6 @@
 
 #[allow(dead_code)] // helpers for the tests that follow; not all are used by every module yet
 mod harness;
+mod interventions;
 mod pages;
 mod smoke;
