@@ -4,6 +4,8 @@
 //! copy to validate the request and compute the diff; the fold runs it again on the live state
 //! when it applies `intervention_applied`. One function, so the two can never disagree.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -823,9 +825,11 @@ fn forward_deps(state: &PlanState) -> Vec<(String, String)> {
 }
 
 /// A JSON view of what interventions can change, for diffs.
-fn view(state: &PlanState) -> Value {
+/// The diffable view of `state`, with only the steps `show` keeps (the others are equal in both
+/// states compared, so leaving them out changes no diff and keeps a large plan's diff cheap).
+fn view(state: &PlanState, show: impl Fn(&str) -> bool) -> Value {
     let mut steps = Map::new();
-    for s in &state.steps {
+    for s in state.steps.iter().filter(|s| show(&s.def.step_id)) {
         let mut v = serde_json::to_value(&s.def).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut v {
             m.remove("step_id");
@@ -847,8 +851,29 @@ fn view(state: &PlanState) -> Value {
 
 /// Every field that differs between two states, as `path: before -> after`.
 pub fn diff(before: &PlanState, after: &PlanState) -> Vec<Change> {
+    fn by_id(s: &PlanState) -> HashMap<&str, &Step> {
+        s.steps
+            .iter()
+            .map(|s| (s.def.step_id.as_str(), s))
+            .collect()
+    }
+    let (was, is) = (by_id(before), by_id(after));
+    // Steps added, changed or removed; every other step is equal in both.
+    let changed: HashSet<&str> = after
+        .steps
+        .iter()
+        .filter(|s| was.get(s.def.step_id.as_str()) != Some(s))
+        .chain(
+            before
+                .steps
+                .iter()
+                .filter(|s| !is.contains_key(s.def.step_id.as_str())),
+        )
+        .map(|s| s.def.step_id.as_str())
+        .collect();
+    let show = |id: &str| changed.contains(id);
     let mut out = Vec::new();
-    diff_values("", &view(before), &view(after), &mut out);
+    diff_values("", &view(before, show), &view(after, show), &mut out);
     out
 }
 

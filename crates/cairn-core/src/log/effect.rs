@@ -6,7 +6,7 @@
 //! fold applies the effect as it is and never re-runs the intervention or any validation, so a
 //! later change to the rules or defaults of an intervention cannot change what a log replays to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -118,22 +118,46 @@ impl Effect {
             // Recorded below (`reviews`).
             reviews: _,
         } = after;
-        let set = after
-            .steps
-            .iter()
-            .filter(|s| before.step(&s.def.step_id) != Some(*s))
-            .cloned()
-            .collect();
-        let removed = before
-            .steps
-            .iter()
-            .filter(|s| after.index_of(&s.def.step_id).is_none())
-            .map(|s| s.def.step_id.clone())
-            .collect();
-        let ids = |s: &PlanState| -> Vec<String> {
-            s.steps.iter().map(|s| s.def.step_id.clone()).collect()
+        // Linear in the plan's size: an intervention on a 10,000-step plan compares each step
+        // once (by position when the order did not change, else through an index by id).
+        let same_order = before.steps.len() == after.steps.len()
+            && before
+                .steps
+                .iter()
+                .zip(&after.steps)
+                .all(|(b, a)| b.def.step_id == a.def.step_id);
+        let (set, removed, order) = if same_order {
+            let set = before
+                .steps
+                .iter()
+                .zip(&after.steps)
+                .filter(|(b, a)| b != a)
+                .map(|(_, a)| a.clone())
+                .collect();
+            (set, Vec::new(), None)
+        } else {
+            fn by_id(s: &PlanState) -> HashMap<&str, &Step> {
+                s.steps
+                    .iter()
+                    .map(|s| (s.def.step_id.as_str(), s))
+                    .collect()
+            }
+            let (was, is) = (by_id(before), by_id(after));
+            let set = after
+                .steps
+                .iter()
+                .filter(|s| was.get(s.def.step_id.as_str()) != Some(s))
+                .cloned()
+                .collect();
+            let removed = before
+                .steps
+                .iter()
+                .filter(|s| !is.contains_key(s.def.step_id.as_str()))
+                .map(|s| s.def.step_id.clone())
+                .collect();
+            let order = after.steps.iter().map(|s| s.def.step_id.clone()).collect();
+            (set, removed, Some(order))
         };
-        let order = (ids(before) != ids(after)).then(|| ids(after));
         let plan = (PlanFields::of(before) != PlanFields::of(after)).then(|| PlanFields::of(after));
         let definition = (DefinitionFields::of(before) != DefinitionFields::of(after))
             .then(|| DefinitionFields::of(after));
