@@ -953,8 +953,29 @@ fn fail_step(em: &mut Emitter<'_>, step_id: String, attempt: u32, error: String)
         Some(CheckpointTrigger::Step),
     );
     if em.state.status.is_active() {
-        em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+        fail_plan(em, step_id, error);
     }
+}
+
+/// The plan fails because `step_id` did. Every review still open is voided in the same event:
+/// a plan that has ended asks nobody for a decision, and its timers no longer run.
+fn fail_plan(em: &mut Emitter<'_>, step_id: String, error: String) {
+    let voided_reviews = em
+        .state
+        .reviews
+        .iter()
+        .filter(|r| r.is_open())
+        .map(|r| r.review_id.clone())
+        .collect();
+    em.emit(
+        SYSTEM_ACTOR,
+        EventKind::PlanFailed {
+            step_id,
+            error,
+            voided_reviews,
+        },
+        None,
+    );
 }
 
 /// A gated step's attempt succeeded: its gate judges the scores (`gate_evaluated`), and the
@@ -981,8 +1002,18 @@ fn judge(
         },
         None,
     );
-    let why = format!("quality gate failed: {}", verdict.summary());
-    match gate::next(gate, &verdict, gate_retries) {
+    let mut why = format!("quality gate failed: {}", verdict.summary());
+    let mut action = gate::next(gate, &verdict, gate_retries);
+    // An attempt that ran on after its plan failed: nobody is asked to review a plan that has
+    // ended, so the verdict fails the step instead (`retry_step` runs it again).
+    if action == GateAction::Review && em.state.status.is_terminal() {
+        action = GateAction::Fail;
+        why = format!(
+            "{why}; no review opens in a plan that is {}",
+            em.state.status.as_str()
+        );
+    }
+    match action {
         GateAction::Complete => {
             let pause_after = em.state.step(&step_id).is_some_and(|s| s.def.pause_after);
             em.emit(
@@ -1156,7 +1187,7 @@ fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
         {
             let step_id = s.def.step_id.clone();
             let error = s.rec.error.clone().unwrap_or_else(|| "failed".into());
-            em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+            fail_plan(em, step_id, error);
             return;
         }
         if matches!(starts, Starts::None) {
@@ -1271,5 +1302,5 @@ fn fail_unstarted(em: &mut Emitter<'_>, index: usize, error: String) {
         },
         Some(CheckpointTrigger::Step),
     );
-    em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+    fail_plan(em, step_id, error);
 }

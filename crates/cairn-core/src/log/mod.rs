@@ -152,6 +152,26 @@ mod tests {
         assert!(err.to_string().contains("no_such_event"), "{err}");
     }
 
+    /// A `plan_failed` written before failing plans voided their reviews voids none.
+    #[test]
+    fn an_old_plan_failed_decodes_voiding_no_review() {
+        for format in [FIRST_FORMAT, FORMAT] {
+            let kind = decode(
+                "plan_failed",
+                format,
+                r#"{"step_id": "a", "error": "boom"}"#,
+            );
+            assert_eq!(
+                kind.unwrap(),
+                EventKind::PlanFailed {
+                    step_id: "a".into(),
+                    error: "boom".into(),
+                    voided_reviews: Vec::new(),
+                }
+            );
+        }
+    }
+
     /// Fields a later build may add are ignored by this one, at every depth of the stored types.
     #[test]
     fn unknown_fields_in_stored_data_are_ignored() {

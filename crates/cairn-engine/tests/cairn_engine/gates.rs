@@ -11,12 +11,12 @@ use async_trait::async_trait;
 use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
 use cairn_core::{
     EventKind, Format, InterventionRequest, PauseReason, Plan, PlanStatus, ReviewOutcome,
-    StepStatus, Timestamp,
+    ReviewState, StepStatus, Timestamp,
 };
 use cairn_engine::clock::TokioClock;
 use cairn_engine::executor::command::CommandExecutor;
-use cairn_engine::executor::{ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
-use cairn_engine::{Engine, EngineOptions};
+use cairn_engine::executor::{latch, ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
+use cairn_engine::{Engine, EngineOptions, ReviewFilter};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
@@ -259,4 +259,58 @@ async fn a_review_times_out_after_an_hour_on_the_engines_clock() {
         "an hour of review took {:?} of real time",
         real_start.elapsed()
     );
+}
+
+/// The inbox (the store's review index) and the plan's state, read after every change.
+async fn open_reviews(engine: &Engine, plan_id: &str) -> (usize, u64, bool) {
+    let filter = ReviewFilter {
+        state: Some(ReviewState::Open),
+        plan_id: Some(plan_id.into()),
+    };
+    let inbox = engine.reviews(&filter, 100, None).await.unwrap().items;
+    let counted = engine.store().open_reviews().await.unwrap().count;
+    let state = engine.state(plan_id).await.unwrap();
+    (inbox.len(), counted, state.has_open_review())
+}
+
+#[tokio::test]
+async fn a_plan_that_fails_voids_its_open_review_and_the_inbox_agrees_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with(&dir, "scorer", Arc::new(Scorer::default())).await;
+    // `a` waits for a review (its deadline an hour away) while `boom`, on another branch,
+    // fails the plan once the latch lets `hold` finish.
+    engine
+        .register(
+            plan("plan_id: g6\nsteps:\n  - {step_id: a, action: x, agent_type: scorer, quality_gate: {always_review: true, review: {timeout_ms: 3600000}}}\n  - {step_id: hold, action: x, agent_type: builtin.latch, depends_on: [], params: {name: gates-g6}}\n  - {step_id: boom, action: x, agent_type: builtin.fail, depends_on: [hold], params: {retryable: false}}\n"),
+            "ann",
+        )
+        .await
+        .unwrap();
+    engine.start("g6", "ann", None).await.unwrap();
+    wait_event(&engine, "g6", |e| e.kind.type_name() == "review_opened").await;
+    assert_eq!(open_reviews(&engine, "g6").await, (1, 1, true));
+    // The operator lets the other branch go on while the review waits.
+    engine.resume("g6", "ann", None).await.unwrap();
+    latch::release("gates-g6");
+    let failed = settled(&engine, "g6").await;
+    assert_eq!(failed.status, PlanStatus::Failed);
+    assert_eq!(failed.reviews[0].outcome, Some(ReviewOutcome::Voided));
+    assert_eq!(failed.step("a").unwrap().rec.status, StepStatus::Pending);
+    assert_eq!(open_reviews(&engine, "g6").await, (0, 0, false));
+    let closed = ReviewFilter {
+        state: Some(ReviewState::Closed),
+        plan_id: Some("g6".into()),
+    };
+    let inbox = engine.reviews(&closed, 100, None).await.unwrap().items;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].outcome, Some(ReviewOutcome::Voided));
+    engine.shutdown().await;
+    drop(engine);
+
+    // After a restart (which loads no failed plan) the index and the state still agree.
+    let engine = engine_with(&dir, "scorer", Arc::new(Scorer::default())).await;
+    assert_eq!(open_reviews(&engine, "g6").await, (0, 0, false));
+    let reloaded = engine.state("g6").await.unwrap();
+    assert_eq!(reloaded.reviews, failed.reviews);
+    assert_eq!(reloaded.status, PlanStatus::Failed);
 }
