@@ -708,6 +708,7 @@ fn invocation_of(state: &PlanState, step_id: &str) -> Result<Invocation, String>
         action: def.action.clone(),
         agent_type: def.agent_type.clone(),
         params,
+        gate_feedback: step.rec.gate_feedback.clone(),
     })
 }
 
@@ -732,10 +733,16 @@ pub fn resend(state: &PlanState, attempt: &AttemptId) -> Option<StartAttempt> {
 fn start_of(
     state: &PlanState,
     attempt: AttemptId,
-    invocation: Invocation,
+    mut invocation: Invocation,
     queued: bool,
 ) -> Option<StartAttempt> {
     let step = state.step(&attempt.step_id)?;
+    // An invocation recorded before the gate's feedback was part of it: that build sent the
+    // step record's, which stays unchanged while the attempt is in flight, so it is what the
+    // attempt got. (For any invocation recorded since, the two are equal.)
+    if invocation.gate_feedback.is_none() {
+        invocation.gate_feedback = step.rec.gate_feedback.clone();
+    }
     Some(StartAttempt {
         idempotency_key: crate::idempotency_key(&state.plan_id, &attempt.step_id, step.rec.run),
         run: step.rec.run,

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{settled, wait_event};
+use crate::common::{settled, wait_event, within};
 
 use async_trait::async_trait;
 use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
@@ -313,4 +313,69 @@ async fn a_plan_that_fails_voids_its_open_review_and_the_inbox_agrees_across_a_r
     let reloaded = engine.state("g6").await.unwrap();
     assert_eq!(reloaded.reviews, failed.reviews);
     assert_eq!(reloaded.status, PlanStatus::Failed);
+}
+
+/// Scores attempt 1 low; holds every later attempt forever, handing its task to the test.
+struct HoldsTheRetry(tokio::sync::mpsc::UnboundedSender<Task>);
+
+#[async_trait]
+impl Executor for HoldsTheRetry {
+    async fn execute(&self, task: Task, _stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        if task.attempt == 1 {
+            return Ok(ExecOutput {
+                output: json!("draft"),
+                scores: json!({"accuracy": 0.5}).as_object().cloned(),
+            });
+        }
+        let _ = self.0.send(task);
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_gate_retry_recovered_after_a_restart_is_sent_the_same_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let engine = engine_with(&dir, "scorer", Arc::new(HoldsTheRetry(tx))).await;
+    engine
+        .register(
+            plan("plan_id: g7\nsteps:\n  - {step_id: a, action: x, agent_type: scorer, quality_gate: {min_scores: {accuracy: 0.8}, on_fail: retry}}\n"),
+            "ann",
+        )
+        .await
+        .unwrap();
+    engine.start("g7", "ann", None).await.unwrap();
+    let first = within("the retried attempt", held.recv()).await.unwrap();
+    assert_eq!(first.attempt, 2);
+    let feedback = first
+        .gate_feedback
+        .clone()
+        .expect("the retry carries feedback");
+    // What was sent is what the log recorded with the start.
+    let started = engine.events("g7", 0, 1_000).await.unwrap();
+    let recorded = started
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::StepStarted {
+                attempt: 2,
+                invocation: Some(i),
+                ..
+            } => Some(i.clone()),
+            _ => None,
+        })
+        .expect("attempt 2's start records its invocation");
+    assert_eq!(recorded.gate_feedback.as_ref(), Some(&feedback));
+    engine.shutdown().await;
+    drop(engine);
+
+    // The next process sends attempt 2 again, with the same feedback and key.
+    let scorer = Arc::new(Scorer::default());
+    let engine = engine_with(&dir, "scorer", scorer.clone()).await;
+    let done = settled(&engine, "g7").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    let tasks = scorer.tasks.lock().unwrap().clone();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].attempt, 2);
+    assert_eq!(tasks[0].gate_feedback, Some(feedback));
+    assert_eq!(tasks[0].idempotency_key, first.idempotency_key);
 }
