@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use cairn_core::intervention::InterventionStatus;
 use cairn_core::{
-    CheckpointTrigger, Event, EventKind, Format, Intervention, InterventionRequest, PauseMode,
-    PauseReason, Plan, PlanStatus, RefusalKind, StepStatus,
+    CheckpointTrigger, Event, EventKind, Intervention, InterventionRequest, PauseMode, PauseReason,
+    Plan, PlanStatus, RefusalKind, StepStatus,
 };
 use cairn_engine::executor::{latch, ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
 use cairn_engine::observe::{observe, Callbacks};
@@ -17,22 +17,11 @@ use cairn_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::common::{settled, wait_event, within};
+use crate::common::{open_engine, plan, settled, wait_event, within};
 use crate::faults::{Faulty, Rule};
 
-fn plan(yaml: &str) -> Plan {
-    Plan::parse(yaml, Format::Yaml).unwrap()
-}
-
 async fn engine(dir: &tempfile::TempDir) -> Engine {
-    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(
-        Arc::new(store),
-        Registry::with_builtins(),
-        EngineOptions::default(),
-    )
-    .await
-    .unwrap()
+    open_engine(dir, Registry::with_builtins(), EngineOptions::default()).await
 }
 
 #[tokio::test]
@@ -148,12 +137,7 @@ async fn engine_with(dir: &tempfile::TempDir, extra: &[(&str, Arc<dyn Executor>)
     for (agent_type, executor) in extra {
         registry.register(agent_type, executor.clone());
     }
-    open_at(
-        &dir.path().join("cairn.db"),
-        registry,
-        EngineOptions::default(),
-    )
-    .await
+    open_engine(dir, registry, EngineOptions::default()).await
 }
 
 fn iv(body: Value) -> InterventionRequest {

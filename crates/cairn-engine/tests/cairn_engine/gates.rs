@@ -5,19 +5,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{settled, wait_event, within};
+use crate::common::{open_engine, plan, settled, wait_event, within};
 
 use async_trait::async_trait;
 use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
 use cairn_core::{
-    EventKind, Format, InterventionRequest, PauseReason, Plan, PlanStatus, ReviewOutcome,
-    ReviewState, StepStatus, Timestamp,
+    EventKind, InterventionRequest, PauseReason, PlanStatus, ReviewOutcome, ReviewState,
+    StepStatus, Timestamp,
 };
 use cairn_engine::clock::TokioClock;
 use cairn_engine::executor::command::CommandExecutor;
 use cairn_engine::executor::{latch, ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
 use cairn_engine::{Engine, EngineOptions, ReviewFilter};
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
 async fn engine_with(dir: &tempfile::TempDir, agent_type: &str, ex: Arc<dyn Executor>) -> Engine {
@@ -32,12 +31,7 @@ async fn engine_on(
 ) -> Engine {
     let registry = Registry::with_builtins();
     registry.register(agent_type, ex);
-    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(Arc::new(store), registry, opts).await.unwrap()
-}
-
-fn plan(yaml: &str) -> Plan {
-    Plan::parse(yaml, Format::Yaml).unwrap()
+    open_engine(dir, registry, opts).await
 }
 
 fn iv(body: Value) -> InterventionRequest {

@@ -11,20 +11,14 @@ use cairn_engine::{Engine, EngineOptions};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
-use crate::common::settled;
+use crate::common::{open_engine, settled};
 
 async fn engine(dir: &tempfile::TempDir, queue: &RemoteQueue) -> Engine {
-    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(
-        Arc::new(store),
-        Registry::with_builtins(),
-        EngineOptions {
-            remote: Some(queue.clone()),
-            ..EngineOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    let opts = EngineOptions {
+        remote: Some(queue.clone()),
+        ..EngineOptions::default()
+    };
+    open_engine(dir, Registry::with_builtins(), opts).await
 }
 
 fn types() -> Vec<String> {
