@@ -643,33 +643,23 @@ fn recover(em: &mut Emitter<'_>, attempt: AttemptId, starts: Starts<'_>) {
         );
         return;
     }
+    // What cannot be sent again fails as its executor would have failed it, for good.
+    let fail = |em: &mut Emitter<'_>, attempt, error| {
+        let result = StepResult::Failed {
+            error,
+            retryable: false,
+        };
+        outcome(em, attempt, result);
+    };
     if route == Route::Missing {
-        let error = no_executor(agent_type);
-        outcome(
-            em,
-            attempt,
-            StepResult::Failed {
-                error,
-                retryable: false,
-            },
-        );
+        fail(em, attempt, no_executor(agent_type));
         return;
     }
     let (invocation, rendered) = match recorded {
         Some(invocation) => (invocation, None),
         None => match invocation_of(em.state, &attempt.step_id) {
             Ok(invocation) => (invocation.clone(), Some(invocation)),
-            Err(error) => {
-                outcome(
-                    em,
-                    attempt,
-                    StepResult::Failed {
-                        error,
-                        retryable: false,
-                    },
-                );
-                return;
-            }
+            Err(error) => return fail(em, attempt, error),
         },
     };
     let queued = route == Route::Queue;
