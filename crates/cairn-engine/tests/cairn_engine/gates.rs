@@ -34,6 +34,13 @@ async fn engine_on(
     open_engine(dir, registry, opts).await
 }
 
+/// Registers the plan `id` with `steps` (its YAML list) and starts it, as ann.
+async fn run(engine: &Engine, id: &str, steps: &str) {
+    let yaml = format!("plan_id: {id}\nsteps:\n{steps}");
+    engine.register(plan(&yaml), "ann").await.unwrap();
+    engine.start(id, "ann", None).await.unwrap();
+}
+
 fn iv(body: Value) -> InterventionRequest {
     InterventionRequest::from_body(body).unwrap()
 }
@@ -64,14 +71,7 @@ async fn a_gate_retry_reaches_the_executor_with_its_feedback_and_the_plan_comple
     let dir = tempfile::tempdir().unwrap();
     let scorer = Arc::new(Scorer::default());
     let engine = engine_with(&dir, "scorer", scorer.clone()).await;
-    engine
-        .register(
-            plan(&format!("plan_id: g1\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, on_fail: retry}}}}\n{NEXT}")),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g1", "ann", None).await.unwrap();
+    run(&engine, "g1", &format!("  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, on_fail: retry}}}}\n{NEXT}")).await;
     let done = settled(&engine, "g1").await;
     assert_eq!(done.status, PlanStatus::Completed);
     let tasks = scorer.tasks.lock().unwrap().clone();
@@ -108,14 +108,7 @@ async fn a_review_pauses_the_plan_and_an_approval_resumes_it() {
     let dir = tempfile::tempdir().unwrap();
     let scorer = Arc::new(Scorer::default());
     let engine = engine_with(&dir, "scorer", scorer.clone()).await;
-    engine
-        .register(
-            plan(&format!("plan_id: g2\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, review: {{reviewers: [bob], prevent_self_review: true}}}}}}\n{NEXT}")),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g2", "ann", None).await.unwrap();
+    run(&engine, "g2", &format!("  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, review: {{reviewers: [bob], prevent_self_review: true}}}}}}\n{NEXT}")).await;
     let waiting = settled(&engine, "g2").await;
     assert_eq!(waiting.status, PlanStatus::Paused);
     assert_eq!(waiting.pause_reason, Some(PauseReason::ReviewRequired));
@@ -163,14 +156,7 @@ async fn a_review_times_out_by_itself_while_the_plan_is_paused() {
     let dir = tempfile::tempdir().unwrap();
     let scorer = Arc::new(Scorer::default());
     let engine = engine_with(&dir, "scorer", scorer.clone()).await;
-    engine
-        .register(
-            plan(&format!("plan_id: g3\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 300, on_timeout: approve}}}}}}\n{NEXT}")),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g3", "ann", None).await.unwrap();
+    run(&engine, "g3", &format!("  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 300, on_timeout: approve}}}}}}\n{NEXT}")).await;
     // Nobody decides: the review's own timer does, while the plan is paused for it.
     wait_event(&engine, "g3", |e| e.kind.type_name() == "plan_completed").await;
     let done = engine.state("g3").await.unwrap();
@@ -190,14 +176,7 @@ async fn a_command_agent_reads_its_gate_feedback_on_stdin() {
         script.into(),
     ]));
     let engine = engine_with(&dir, "cmd", cmd).await;
-    engine
-        .register(
-            plan("plan_id: g4\nsteps:\n  - {step_id: a, action: x, agent_type: cmd, quality_gate: {min_scores: {q: 1}, on_fail: retry, max_retries: 1, on_retries_exhausted: fail}}\n"),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g4", "ann", None).await.unwrap();
+    run(&engine, "g4", "  - {step_id: a, action: x, agent_type: cmd, quality_gate: {min_scores: {q: 1}, on_fail: retry, max_retries: 1, on_retries_exhausted: fail}}\n").await;
     let done = settled(&engine, "g4").await;
     assert_eq!(done.status, PlanStatus::Completed, "{:?}", done.failure);
     let a = &done.step("a").unwrap().rec;
@@ -218,14 +197,7 @@ async fn a_review_times_out_after_an_hour_on_the_engines_clock() {
     };
     let engine = engine_on(&dir, "scorer", Arc::new(Scorer::default()), opts).await;
     let real_start = std::time::Instant::now();
-    engine
-        .register(
-            plan(&format!("plan_id: g5\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 3600000}}}}}}\n{NEXT}")),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g5", "ann", None).await.unwrap();
+    run(&engine, "g5", &format!("  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 3600000}}}}}}\n{NEXT}")).await;
     let opened = wait_event(&engine, "g5", |e| e.kind.type_name() == "review_opened").await;
     let EventKind::ReviewOpened {
         deadline: Some(deadline),
@@ -273,14 +245,7 @@ async fn a_plan_that_fails_voids_its_open_review_and_the_inbox_agrees_across_a_r
     let engine = engine_with(&dir, "scorer", Arc::new(Scorer::default())).await;
     // `a` waits for a review (its deadline an hour away) while `boom`, on another branch,
     // fails the plan once the latch lets `hold` finish.
-    engine
-        .register(
-            plan("plan_id: g6\nsteps:\n  - {step_id: a, action: x, agent_type: scorer, quality_gate: {always_review: true, review: {timeout_ms: 3600000}}}\n  - {step_id: hold, action: x, agent_type: builtin.latch, depends_on: [], params: {name: gates-g6}}\n  - {step_id: boom, action: x, agent_type: builtin.fail, depends_on: [hold], params: {retryable: false}}\n"),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g6", "ann", None).await.unwrap();
+    run(&engine, "g6", "  - {step_id: a, action: x, agent_type: scorer, quality_gate: {always_review: true, review: {timeout_ms: 3600000}}}\n  - {step_id: hold, action: x, agent_type: builtin.latch, depends_on: [], params: {name: gates-g6}}\n  - {step_id: boom, action: x, agent_type: builtin.fail, depends_on: [hold], params: {retryable: false}}\n").await;
     wait_event(&engine, "g6", |e| e.kind.type_name() == "review_opened").await;
     assert_eq!(open_reviews(&engine, "g6").await, (1, 1, true));
     // The operator lets the other branch go on while the review waits.
@@ -331,14 +296,7 @@ async fn a_gate_retry_recovered_after_a_restart_is_sent_the_same_feedback() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, mut held) = tokio::sync::mpsc::unbounded_channel();
     let engine = engine_with(&dir, "scorer", Arc::new(HoldsTheRetry(tx))).await;
-    engine
-        .register(
-            plan("plan_id: g7\nsteps:\n  - {step_id: a, action: x, agent_type: scorer, quality_gate: {min_scores: {accuracy: 0.8}, on_fail: retry}}\n"),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g7", "ann", None).await.unwrap();
+    run(&engine, "g7", "  - {step_id: a, action: x, agent_type: scorer, quality_gate: {min_scores: {accuracy: 0.8}, on_fail: retry}}\n").await;
     let first = within("the retried attempt", held.recv()).await.unwrap();
     assert_eq!(first.attempt, 2);
     let feedback = first
