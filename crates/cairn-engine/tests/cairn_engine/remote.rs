@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::{Format, Plan, PlanStatus, StepStatus};
+use cairn_core::{EventKind, Format, Plan, PlanStatus, StepStatus};
 use cairn_engine::executor::Registry;
 use cairn_engine::remote::{RemoteError, RemoteQueue};
 use cairn_engine::{Engine, EngineOptions};
@@ -162,4 +162,48 @@ async fn without_a_queue_unknown_agent_types_fail() {
     engine.start("r5", "t", None).await.unwrap();
     let done = settled(&engine, "r5").await;
     assert_eq!(done.status, PlanStatus::Failed);
+}
+
+/// A gate retry handed to a worker carries the gate's feedback, as its start recorded it.
+#[tokio::test]
+async fn a_gate_retry_reaches_the_worker_with_the_recorded_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(30_000);
+    let engine = engine(&dir, &q).await;
+    let p = Plan::parse(
+        "plan_id: r6\nsteps:\n  - {step_id: a, action: write, agent_type: research, quality_gate: {min_scores: {q: 0.8}, on_fail: retry}}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    engine.register(p, "t").await.unwrap();
+    engine.start("r6", "t", None).await.unwrap();
+    let first = q.poll("w", &types(), WAIT).await.unwrap();
+    assert_eq!(first.task.gate_feedback, None);
+    let low = json!({"q": 0.5}).as_object().cloned();
+    q.complete(&first.task_id, "w", json!("draft"), low)
+        .await
+        .unwrap();
+    let second = q.poll("w", &types(), WAIT).await.unwrap();
+    assert_eq!(second.task.attempt, 2);
+    let feedback = second
+        .task
+        .gate_feedback
+        .clone()
+        .expect("the retry's feedback");
+    assert_eq!(feedback.failed[0].criterion, "min_scores.q");
+    let events = engine.events("r6", 0, 1_000).await.unwrap();
+    let recorded = events.iter().find_map(|e| match &e.kind {
+        EventKind::StepStarted {
+            attempt: 2,
+            invocation: Some(i),
+            ..
+        } => i.gate_feedback.clone(),
+        _ => None,
+    });
+    assert_eq!(recorded, Some(feedback));
+    let high = json!({"q": 0.9}).as_object().cloned();
+    q.complete(&second.task_id, "w", json!("final"), high)
+        .await
+        .unwrap();
+    assert_eq!(settled(&engine, "r6").await.status, PlanStatus::Completed);
 }
