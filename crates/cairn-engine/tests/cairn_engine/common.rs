@@ -20,6 +20,14 @@ pub fn plan(yaml: &str) -> Plan {
     Plan::parse(yaml, Format::Yaml).unwrap()
 }
 
+/// Registers the plan of `yaml` and starts it, both as `user`.
+pub async fn start_plan(engine: &Engine, yaml: &str, user: &str) {
+    let plan = plan(yaml);
+    let id = plan.plan_id.clone().expect("the plan names its id");
+    engine.register(plan, user).await.unwrap();
+    engine.start(&id, user, None).await.unwrap();
+}
+
 /// An engine with `registry` and `opts` over the database `cairn.db` in `dir`, created when
 /// missing (opening it again is a restart).
 pub async fn open_engine(

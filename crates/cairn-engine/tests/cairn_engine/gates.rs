@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{open_engine, plan, settled, wait_event, within};
+use crate::common::{open_engine, settled, start_plan, wait_event, within};
 
 use async_trait::async_trait;
 use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
@@ -36,9 +36,7 @@ async fn engine_on(
 
 /// Registers the plan `id` with `steps` (its YAML list) and starts it, as ann.
 async fn run(engine: &Engine, id: &str, steps: &str) {
-    let yaml = format!("plan_id: {id}\nsteps:\n{steps}");
-    engine.register(plan(&yaml), "ann").await.unwrap();
-    engine.start(id, "ann", None).await.unwrap();
+    start_plan(engine, &format!("plan_id: {id}\nsteps:\n{steps}"), "ann").await;
 }
 
 fn iv(body: Value) -> InterventionRequest {

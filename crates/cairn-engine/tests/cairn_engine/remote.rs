@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::{EventKind, Format, Plan, PlanStatus, StepStatus};
+use cairn_core::{EventKind, PlanStatus, StepStatus};
 use cairn_engine::executor::Registry;
 use cairn_engine::remote::{RemoteError, RemoteQueue};
 use cairn_engine::{Engine, EngineOptions};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
-use crate::common::{open_engine, settled};
+use crate::common::{open_engine, settled, start_plan};
 
 async fn engine(dir: &tempfile::TempDir, queue: &RemoteQueue) -> Engine {
     let opts = EngineOptions {
@@ -32,13 +32,7 @@ async fn a_worker_completes_the_step_and_the_plan() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(30_000);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
-        "plan_id: r1\nquery: q\nsteps:\n  - {step_id: a, action: search, agent_type: research, params: {topic: rust}}\n  - {step_id: b, action: echo, agent_type: builtin.echo, params: {n: '{{ steps.a.output.found }}'}}\n",
-        Format::Yaml,
-    )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r1", "t", None).await.unwrap();
+    start_plan(&engine, "plan_id: r1\nquery: q\nsteps:\n  - {step_id: a, action: search, agent_type: research, params: {topic: rust}}\n  - {step_id: b, action: echo, agent_type: builtin.echo, params: {n: '{{ steps.a.output.found }}'}}\n", "t").await;
     let lease = q.poll("w1", &types(), WAIT).await.expect("a task");
     assert_eq!(lease.task.plan_id, "r1");
     assert_eq!(lease.task.step_id, "a");
@@ -65,13 +59,7 @@ async fn a_fatal_failure_fails_the_step() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(30_000);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
-        "plan_id: r2\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 3, backoff_ms: 1}}\n",
-        Format::Yaml,
-    )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r2", "t", None).await.unwrap();
+    start_plan(&engine, "plan_id: r2\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 3, backoff_ms: 1}}\n", "t").await;
     let lease = q.poll("w", &types(), WAIT).await.unwrap();
     q.fail(&lease.task_id, "w", "bad input".into(), false)
         .await
@@ -93,13 +81,7 @@ async fn an_expired_lease_is_retried_with_the_same_idempotency_key() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(100);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
-        "plan_id: r3\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 2, backoff_ms: 1}}\n",
-        Format::Yaml,
-    )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r3", "t", None).await.unwrap();
+    start_plan(&engine, "plan_id: r3\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 2, backoff_ms: 1}}\n", "t").await;
     let first = q.poll("w1", &types(), WAIT).await.unwrap();
     assert_eq!(first.task.attempt, 1);
     // w1 never heartbeats: the lease expires and the step is tried again.
@@ -124,13 +106,12 @@ async fn cancel_reaches_the_worker_through_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(30_000);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
+    start_plan(
+        &engine,
         "plan_id: r4\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n",
-        Format::Yaml,
+        "t",
     )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r4", "t", None).await.unwrap();
+    .await;
     let lease = q.poll("w", &types(), WAIT).await.unwrap();
     engine.cancel("r4", "t", None).await.unwrap();
     // The engine signals the attempt before it answers the cancel.
@@ -153,13 +134,12 @@ async fn without_a_queue_unknown_agent_types_fail() {
     )
     .await
     .unwrap();
-    let p = Plan::parse(
+    start_plan(
+        &engine,
         "plan_id: r5\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n",
-        Format::Yaml,
+        "t",
     )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r5", "t", None).await.unwrap();
+    .await;
     let done = settled(&engine, "r5").await;
     assert_eq!(done.status, PlanStatus::Failed);
 }
@@ -170,13 +150,7 @@ async fn a_gate_retry_reaches_the_worker_with_the_recorded_feedback() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(30_000);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
-        "plan_id: r6\nsteps:\n  - {step_id: a, action: write, agent_type: research, quality_gate: {min_scores: {q: 0.8}, on_fail: retry}}\n",
-        Format::Yaml,
-    )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r6", "t", None).await.unwrap();
+    start_plan(&engine, "plan_id: r6\nsteps:\n  - {step_id: a, action: write, agent_type: research, quality_gate: {min_scores: {q: 0.8}, on_fail: retry}}\n", "t").await;
     let first = q.poll("w", &types(), WAIT).await.unwrap();
     assert_eq!(first.task.gate_feedback, None);
     let low = json!({"q": 0.5}).as_object().cloned();
