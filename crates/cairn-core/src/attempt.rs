@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::gate::GateFeedback;
+
 /// What an attempt runs.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(
@@ -75,10 +77,10 @@ impl std::fmt::Display for AttemptId {
     }
 }
 
-/// What an attempt was sent, resolved when it started: the action, the agent type, and the
-/// params with every `{{ }}` template already rendered. Recorded in the log with the start, so an
-/// attempt sent again after a crash gets exactly these bytes, and the audit shows what the agent
-/// received.
+/// What an attempt was sent, resolved when it started: the action, the agent type, the params
+/// with every `{{ }}` template already rendered, and the quality gate's feedback on the attempt
+/// before. Recorded in the log with the start, so an attempt sent again after a crash gets
+/// exactly these bytes, and the audit shows what the agent received.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
@@ -86,6 +88,11 @@ pub struct Invocation {
     pub agent_type: String,
     #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub params: Value,
+    /// Why the previous attempt's result was not accepted (a gate retry, a rejection with
+    /// retry). Absent when there is none, and in invocations recorded before it was part of
+    /// them (those attempts were sent the step record's, which [`crate::decide`] falls back to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_feedback: Option<GateFeedback>,
 }
 
 #[cfg(test)]

@@ -643,33 +643,23 @@ fn recover(em: &mut Emitter<'_>, attempt: AttemptId, starts: Starts<'_>) {
         );
         return;
     }
+    // What cannot be sent again fails as its executor would have failed it, for good.
+    let fail = |em: &mut Emitter<'_>, attempt, error| {
+        let result = StepResult::Failed {
+            error,
+            retryable: false,
+        };
+        outcome(em, attempt, result);
+    };
     if route == Route::Missing {
-        let error = no_executor(agent_type);
-        outcome(
-            em,
-            attempt,
-            StepResult::Failed {
-                error,
-                retryable: false,
-            },
-        );
+        fail(em, attempt, no_executor(agent_type));
         return;
     }
     let (invocation, rendered) = match recorded {
         Some(invocation) => (invocation, None),
         None => match invocation_of(em.state, &attempt.step_id) {
             Ok(invocation) => (invocation.clone(), Some(invocation)),
-            Err(error) => {
-                outcome(
-                    em,
-                    attempt,
-                    StepResult::Failed {
-                        error,
-                        retryable: false,
-                    },
-                );
-                return;
-            }
+            Err(error) => return fail(em, attempt, error),
         },
     };
     let queued = route == Route::Queue;
@@ -708,6 +698,7 @@ fn invocation_of(state: &PlanState, step_id: &str) -> Result<Invocation, String>
         action: def.action.clone(),
         agent_type: def.agent_type.clone(),
         params,
+        gate_feedback: step.rec.gate_feedback.clone(),
     })
 }
 
@@ -732,10 +723,16 @@ pub fn resend(state: &PlanState, attempt: &AttemptId) -> Option<StartAttempt> {
 fn start_of(
     state: &PlanState,
     attempt: AttemptId,
-    invocation: Invocation,
+    mut invocation: Invocation,
     queued: bool,
 ) -> Option<StartAttempt> {
     let step = state.step(&attempt.step_id)?;
+    // An invocation recorded before the gate's feedback was part of it: that build sent the
+    // step record's, which stays unchanged while the attempt is in flight, so it is what the
+    // attempt got. (For any invocation recorded since, the two are equal.)
+    if invocation.gate_feedback.is_none() {
+        invocation.gate_feedback = step.rec.gate_feedback.clone();
+    }
     Some(StartAttempt {
         idempotency_key: crate::idempotency_key(&state.plan_id, &attempt.step_id, step.rec.run),
         run: step.rec.run,
@@ -953,8 +950,29 @@ fn fail_step(em: &mut Emitter<'_>, step_id: String, attempt: u32, error: String)
         Some(CheckpointTrigger::Step),
     );
     if em.state.status.is_active() {
-        em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+        fail_plan(em, step_id, error);
     }
+}
+
+/// The plan fails because `step_id` did. Every review still open is voided in the same event:
+/// a plan that has ended asks nobody for a decision, and its timers no longer run.
+fn fail_plan(em: &mut Emitter<'_>, step_id: String, error: String) {
+    let voided_reviews = em
+        .state
+        .reviews
+        .iter()
+        .filter(|r| r.is_open())
+        .map(|r| r.review_id.clone())
+        .collect();
+    em.emit(
+        SYSTEM_ACTOR,
+        EventKind::PlanFailed {
+            step_id,
+            error,
+            voided_reviews,
+        },
+        None,
+    );
 }
 
 /// A gated step's attempt succeeded: its gate judges the scores (`gate_evaluated`), and the
@@ -981,8 +999,18 @@ fn judge(
         },
         None,
     );
-    let why = format!("quality gate failed: {}", verdict.summary());
-    match gate::next(gate, &verdict, gate_retries) {
+    let mut why = format!("quality gate failed: {}", verdict.summary());
+    let mut action = gate::next(gate, &verdict, gate_retries);
+    // An attempt that ran on after its plan failed: nobody is asked to review a plan that has
+    // ended, so the verdict fails the step instead (`retry_step` runs it again).
+    if action == GateAction::Review && em.state.status.is_terminal() {
+        action = GateAction::Fail;
+        why = format!(
+            "{why}; no review opens in a plan that is {}",
+            em.state.status.as_str()
+        );
+    }
+    match action {
         GateAction::Complete => {
             let pause_after = em.state.step(&step_id).is_some_and(|s| s.def.pause_after);
             em.emit(
@@ -1156,7 +1184,7 @@ fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
         {
             let step_id = s.def.step_id.clone();
             let error = s.rec.error.clone().unwrap_or_else(|| "failed".into());
-            em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+            fail_plan(em, step_id, error);
             return;
         }
         if matches!(starts, Starts::None) {
@@ -1271,5 +1299,5 @@ fn fail_unstarted(em: &mut Emitter<'_>, index: usize, error: String) {
         },
         Some(CheckpointTrigger::Step),
     );
-    em.emit(SYSTEM_ACTOR, EventKind::PlanFailed { step_id, error }, None);
+    fail_plan(em, step_id, error);
 }

@@ -188,6 +188,11 @@ pub enum EventKind {
     PlanFailed {
         step_id: String,
         error: String,
+        /// The reviews still open when the plan failed, voided by this event (their steps go
+        /// back to pending, as a new run): a plan that has ended asks nobody for a decision.
+        /// Absent in logs written before the rule, which replay as they always did.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        voided_reviews: Vec<String>,
     },
     StepStarted {
         step_id: String,

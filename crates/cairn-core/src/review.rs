@@ -3,9 +3,10 @@
 //! A review opens with `review_opened` (its id is `rv-<seq>` of that event), collects votes from
 //! `approve_step` / `reject_step` interventions, and closes once: approved (a quorum of distinct
 //! approvers), rejected (the first rejection), timed out (the gate's `on_timeout`, decided by
-//! `system:timeout`) or voided (the plan was cancelled, the step modified, removed, skipped or
-//! sent back by a rerun or a restore). Reviews are kept in the plan's state, closed ones too,
-//! so the inbox and the audit can show them.
+//! `system:timeout`) or voided (the plan was cancelled or failed, the step modified, removed,
+//! skipped or sent back by a rerun or a restore). A plan that has ended has none open, so the
+//! inbox never lists a review nobody is asked to decide. Reviews are kept in the plan's state,
+//! closed ones too, so the inbox and the audit can show them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,7 +53,8 @@ pub enum ReviewOutcome {
     Approved,
     /// A reviewer rejected: the step failed, or runs again when the rejection asked for it.
     Rejected,
-    /// Closed without a decision: the plan was cancelled or the step changed under it.
+    /// Closed without a decision: the plan was cancelled or failed, or the step changed under
+    /// it.
     Voided,
     /// Nobody decided in time: the gate's `on_timeout` was applied by `system:timeout`.
     TimedOut,

@@ -354,6 +354,28 @@ impl PlanState {
         }
     }
 
+    /// Voids the open reviews named by `ids` (a failed plan's), and sends each one's step,
+    /// still awaiting it, back to pending as a new run, as a restore does: its held output is
+    /// dropped, and the step runs again if the plan is reopened.
+    fn void_reviews(&mut self, ids: &[String], at: Micros) {
+        for id in ids {
+            let Some(review) = self
+                .reviews
+                .iter_mut()
+                .find(|r| r.is_open() && &r.review_id == id)
+            else {
+                continue;
+            };
+            review.close(ReviewOutcome::Voided, at);
+            let (step_id, attempt) = (review.step_id.clone(), review.attempt);
+            if let Some(s) = self.step_mut(&step_id) {
+                if s.rec.status == StepStatus::AwaitingReview && s.rec.attempts == attempt {
+                    s.rec.rerun();
+                }
+            }
+        }
+    }
+
     /// What `{{ }}` templates and `when:` conditions see.
     pub fn template_context(&self) -> Value {
         let mut steps = Map::new();
@@ -562,11 +584,16 @@ impl PlanState {
                 self.status = PlanStatus::Completed;
                 self.pause_reason = None;
             }
-            EventKind::PlanFailed { error, step_id } => {
+            EventKind::PlanFailed {
+                error,
+                step_id,
+                voided_reviews,
+            } => {
                 self.status = PlanStatus::Failed;
                 self.pause_reason = None;
                 self.resume_at = None;
                 self.failure = Some(format!("step {step_id} failed: {error}"));
+                self.void_reviews(voided_reviews, at);
             }
             EventKind::StepStarted {
                 step_id,

@@ -1895,6 +1895,7 @@ fn recovery_of_an_attempt_started_by_an_older_build_renders_and_records_it() {
         action: "go".into(),
         agent_type: "t".into(),
         params: json!({"got": 7}),
+        gate_feedback: None,
     };
     assert_eq!(resent.invocation, expect);
     assert!(d.events.iter().any(|e| matches!(

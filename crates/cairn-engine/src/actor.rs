@@ -769,11 +769,8 @@ impl PlanActor {
             idempotency_key,
             timeout_ms,
             query,
-            // Kept in the step's record (so an attempt re-sent after a crash carries it too).
-            gate_feedback: self
-                .state
-                .step(&attempt.step_id)
-                .and_then(|s| s.rec.gate_feedback.clone()),
+            // Recorded with the invocation, so an attempt re-sent after a crash carries it too.
+            gate_feedback: invocation.gate_feedback,
         };
         let tx = self.tx.clone();
         let executor = self.inner.executor_for(&task.agent_type);

@@ -218,54 +218,107 @@ fn format_cursor((at, pk): Cursor) -> String {
     format!("{at}.{pk}")
 }
 
+/// A keyset listing: one page of rows in the order of two key columns (a time and the row's
+/// `pk`), resuming after the key of the last row of the previous page. Plans and reviews are
+/// listed this way.
+struct Keyset<'a> {
+    /// What is listed, for error messages ("plans").
+    what: &'a str,
+    /// The query up to where its `WHERE` goes (columns, tables, joins).
+    select: &'a str,
+    /// `column = value` conditions, applied when the value is given.
+    filters: &'a [(&'a str, Option<&'a str>)],
+    /// The key columns, time first: `(created_at, pk)`.
+    key: (&'a str, &'a str),
+    /// Newest first (plans) or oldest first (reviews).
+    newest_first: bool,
+}
+
+impl Keyset<'_> {
+    /// Up to `limit` rows after `after`; `row` reads one row with its key. One row more than
+    /// asked tells whether another page follows, and the cursor is the key of the last one.
+    fn page<T>(
+        &self,
+        c: &Connection,
+        limit: usize,
+        after: Option<Cursor>,
+        row: impl FnMut(&Row<'_>) -> rusqlite::Result<(T, Cursor)>,
+    ) -> StoreResult<Page<T>> {
+        use rusqlite::types::Value;
+        let mut clauses = Vec::with_capacity(self.filters.len() + 1);
+        let mut values: Vec<Value> = Vec::with_capacity(self.filters.len() + 3);
+        for (column, value) in self.filters {
+            if let Some(value) = value {
+                values.push((*value).to_owned().into());
+                clauses.push(format!("{column} = ?{}", values.len()));
+            }
+        }
+        let (at_col, pk_col) = self.key;
+        let (past, direction) = if self.newest_first {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        if let Some((at, pk)) = after {
+            values.push(at.into());
+            values.push(pk.into());
+            clauses.push(format!(
+                "({at_col}, {pk_col}) {past} (?{}, ?{})",
+                values.len() - 1,
+                values.len()
+            ));
+        }
+        values.push(limit_sql(limit).saturating_add(1).into());
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!(
+            "{} {filter} ORDER BY {at_col} {direction}, {pk_col} {direction} LIMIT ?{}",
+            self.select,
+            values.len()
+        );
+        let what = self.what;
+        let mut stmt = c
+            .prepare_cached(&sql)
+            .ctx(&format!("prepare list {what}"))?;
+        let mut rows = stmt
+            .query_map(params_from_iter(values), row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .ctx(&format!("list {what}"))?;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(_, key)| format_cursor(*key))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows.into_iter().map(|(row, _)| row).collect(),
+            next_cursor,
+        })
+    }
+}
+
+/// Plans newest first; the cursor is the `(created_at, pk)` of the last one returned.
 pub(crate) fn list_plans(
     c: &Connection,
     state: Option<&str>,
     limit: usize,
     after: Option<Cursor>,
 ) -> StoreResult<Page<PlanRow>> {
-    use rusqlite::types::Value;
-    let mut clauses = Vec::with_capacity(2);
-    let mut values: Vec<Value> = Vec::with_capacity(4);
-    if let Some(state) = state {
-        values.push(state.to_owned().into());
-        clauses.push(format!("state = ?{}", values.len()));
-    }
-    if let Some((at, pk)) = after {
-        values.push(at.into());
-        values.push(pk.into());
-        clauses.push(format!(
-            "(created_at, pk) < (?{}, ?{})",
-            values.len() - 1,
-            values.len()
-        ));
-    }
-    // One row more than asked tells whether another page follows.
-    values.push(limit_sql(limit).saturating_add(1).into());
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
+    let select = format!("SELECT {PLAN_COLS} FROM plans");
+    let listing = Keyset {
+        what: "plans",
+        select: &select,
+        filters: &[("state", state)],
+        key: ("created_at", "pk"),
+        newest_first: true,
     };
-    let sql = format!(
-        "SELECT {PLAN_COLS} FROM plans {filter} ORDER BY created_at DESC, pk DESC LIMIT ?{}",
-        values.len()
-    );
-    let mut stmt = c.prepare_cached(&sql).ctx("prepare list plans")?;
-    let mut rows = stmt
-        .query_map(params_from_iter(values), plan_row)
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .ctx("list plans")?;
-    let next_cursor = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last()
-            .map(|(row, pk)| format_cursor((row.created_at, *pk)))
-    } else {
-        None
-    };
-    Ok(Page {
-        items: rows.into_iter().map(|(row, _)| row).collect(),
-        next_cursor,
+    listing.page(c, limit, after, |r| {
+        let (row, pk) = plan_row(r)?;
+        let key = (row.created_at, pk);
+        Ok((row, key))
     })
 }
 
@@ -277,64 +330,24 @@ pub(crate) fn list_reviews(
     limit: usize,
     after: Option<Cursor>,
 ) -> StoreResult<Page<ReviewRow>> {
-    use rusqlite::types::Value;
-    let mut clauses = Vec::with_capacity(3);
-    let mut values: Vec<Value> = Vec::with_capacity(5);
-    if let Some(state) = state {
-        values.push(state.to_owned().into());
-        clauses.push(format!("r.state = ?{}", values.len()));
-    }
-    if let Some(plan_id) = plan_id {
-        values.push(plan_id.to_owned().into());
-        clauses.push(format!("p.plan_id = ?{}", values.len()));
-    }
-    if let Some((at, pk)) = after {
-        values.push(at.into());
-        values.push(pk.into());
-        clauses.push(format!(
-            "(r.opened_at, r.pk) > (?{}, ?{})",
-            values.len() - 1,
-            values.len()
-        ));
-    }
-    values.push(limit_sql(limit).saturating_add(1).into());
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
+    let listing = Keyset {
+        what: "reviews",
+        select: "SELECT p.plan_id, r.review_id, r.state, r.opened_at, r.data, r.pk
+                 FROM reviews r JOIN plans p ON p.pk = r.plan_pk",
+        filters: &[("r.state", state), ("p.plan_id", plan_id)],
+        key: ("r.opened_at", "r.pk"),
+        newest_first: false,
     };
-    let sql = format!(
-        "SELECT p.plan_id, r.review_id, r.state, r.opened_at, r.data, r.pk
-         FROM reviews r JOIN plans p ON p.pk = r.plan_pk {filter}
-         ORDER BY r.opened_at, r.pk LIMIT ?{}",
-        values.len()
-    );
-    let mut stmt = c.prepare_cached(&sql).ctx("prepare list reviews")?;
-    let mut rows = stmt
-        .query_map(params_from_iter(values), |r| {
-            Ok((
-                ReviewRow {
-                    plan_id: r.get(0)?,
-                    review_id: r.get(1)?,
-                    state: r.get(2)?,
-                    opened_at: r.get(3)?,
-                    data: r.get(4)?,
-                },
-                r.get::<_, i64>(5)?,
-            ))
-        })
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .ctx("list reviews")?;
-    let next_cursor = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last()
-            .map(|(row, pk)| format_cursor((row.opened_at, *pk)))
-    } else {
-        None
-    };
-    Ok(Page {
-        items: rows.into_iter().map(|(row, _)| row).collect(),
-        next_cursor,
+    listing.page(c, limit, after, |r| {
+        let row = ReviewRow {
+            plan_id: r.get(0)?,
+            review_id: r.get(1)?,
+            state: r.get(2)?,
+            opened_at: r.get(3)?,
+            data: r.get(4)?,
+        };
+        let key = (row.opened_at, r.get::<_, i64>(5)?);
+        Ok((row, key))
     })
 }
 

@@ -152,6 +152,62 @@ mod tests {
         assert!(err.to_string().contains("no_such_event"), "{err}");
     }
 
+    /// A `plan_failed` written before failing plans voided their reviews voids none.
+    #[test]
+    fn an_old_plan_failed_decodes_voiding_no_review() {
+        for format in [FIRST_FORMAT, FORMAT] {
+            let kind = decode(
+                "plan_failed",
+                format,
+                r#"{"step_id": "a", "error": "boom"}"#,
+            );
+            assert_eq!(
+                kind.unwrap(),
+                EventKind::PlanFailed {
+                    step_id: "a".into(),
+                    error: "boom".into(),
+                    voided_reviews: Vec::new(),
+                }
+            );
+        }
+    }
+
+    /// A `step_started` whose invocation was recorded before the gate's feedback was part of it
+    /// reads with none.
+    #[test]
+    fn an_old_invocation_decodes_without_gate_feedback() {
+        let data = r#"{"step_id": "a", "attempt": 2, "run": 2,
+            "invocation": {"action": "x", "agent_type": "t", "params": {"k": 1}}}"#;
+        let EventKind::StepStarted {
+            invocation: Some(invocation),
+            ..
+        } = decode("step_started", FORMAT, data).unwrap()
+        else {
+            panic!("not a start with an invocation");
+        };
+        assert_eq!(invocation.params, serde_json::json!({"k": 1}));
+        assert_eq!(invocation.gate_feedback, None);
+        // And one with it writes it back.
+        let with = EventKind::StepStarted {
+            step_id: "a".into(),
+            kind: crate::attempt::AttemptKind::Step,
+            attempt: 2,
+            run: 2,
+            queued: false,
+            invocation: Some(crate::attempt::Invocation {
+                gate_feedback: Some(crate::gate::GateFeedback {
+                    attempt: 1,
+                    failed: Vec::new(),
+                    note: Some("again".into()),
+                    reviewer: None,
+                }),
+                ..invocation
+            }),
+        };
+        let e = encode(&with);
+        assert_eq!(decode(e.kind, e.format, &e.data).unwrap(), with);
+    }
+
     /// Fields a later build may add are ignored by this one, at every depth of the stored types.
     #[test]
     fn unknown_fields_in_stored_data_are_ignored() {

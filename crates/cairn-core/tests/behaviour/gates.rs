@@ -459,6 +459,129 @@ fn a_restore_never_carries_an_open_review() {
 }
 
 #[test]
+fn a_retried_attempts_feedback_is_recorded_with_its_start_and_recovery_resends_it() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}, on_fail: retry}");
+    sim.start();
+    let d = sim.scored("a", json!({"accuracy": 0.5}), json!("v1"));
+    // What is sent is what the start records (`invocation_started` checks both).
+    let recorded = invocation_started(&d, "a");
+    let feedback = recorded
+        .gate_feedback
+        .clone()
+        .expect("the start records the feedback");
+    assert_eq!(feedback.attempt, 1);
+    assert_eq!(feedback.failed[0].criterion, "min_scores.accuracy");
+    // After a crash, the attempt is sent again with the same invocation, feedback included.
+    let d = sim.ok(Command::Recover);
+    let resent = d.starts().next().expect("a is sent again");
+    assert_eq!((resent.attempt.number, &resent.invocation), (2, &recorded));
+    // A rejection with retry: the reviewer's note is recorded with the next start.
+    let mut sim = gated("{always_review: true}");
+    sim.start();
+    sim.scored("a", json!({}), json!("draft"));
+    let d = sim.intervene_as(
+        "bob",
+        json!({"type": "reject_step", "step_id": "a", "retry": true, "reason": "cite sources"}),
+    );
+    let feedback = invocation_started(&d, "a").gate_feedback.expect("feedback");
+    assert_eq!(feedback.note.as_deref(), Some("cite sources"));
+    assert_eq!(feedback.reviewer.as_deref(), Some("bob"));
+}
+
+/// A start recorded by a build whose invocations had no feedback: its attempt got the step
+/// record's, and recovery sends that again.
+#[test]
+fn recovery_of_a_retried_attempt_recorded_without_feedback_sends_the_records() {
+    let mut sim = gated("{min_scores: {accuracy: 0.8}, on_fail: retry}");
+    sim.start();
+    sim.scored("a", json!({"accuracy": 0.5}), json!("v1"));
+    let expect = sim.rec("a").gate_feedback.clone().expect("feedback");
+    for e in &mut sim.log {
+        if let EventKind::StepStarted {
+            invocation: Some(i),
+            ..
+        } = &mut e.kind
+        {
+            i.gate_feedback = None;
+        }
+    }
+    sim.st = PlanState::replay(PLAN, &sim.log);
+    assert_eq!(
+        sim.rec("a").invocation.as_ref().unwrap().gate_feedback,
+        None
+    );
+    let d = sim.ok(Command::Recover);
+    let resent = d.starts().next().expect("a is sent again");
+    assert_eq!(resent.invocation.gate_feedback, Some(expect));
+}
+
+/// A gated step `g` and a step `o` beside it, both started at once.
+fn gated_beside_another() -> Sim {
+    let mut sim = Sim::new(
+        "steps:\n  - {step_id: g, action: x, agent_type: t, quality_gate: {always_review: true, review: {timeout_ms: 1000}}}\n  - {step_id: o, action: x, agent_type: t, depends_on: []}\n",
+    );
+    sim.start();
+    assert_eq!(sim.running(), ids(&["g", "o"]));
+    sim
+}
+
+#[test]
+fn a_plan_that_fails_voids_its_open_reviews_in_the_same_event() {
+    let mut sim = gated_beside_another();
+    sim.scored("g", json!({}), json!("draft"));
+    let review_id = sim.review("g").review_id.clone();
+    assert_eq!(sim.st.pause_reason, Some(PauseReason::ReviewRequired));
+    // o was running when the review opened; it fails for good, and so does the plan.
+    let d = sim.fail("o", false);
+    assert_eq!(types(&d), vec!["step_failed", "plan_failed"]);
+    let EventKind::PlanFailed { voided_reviews, .. } = &d.events[1].kind else {
+        unreachable!()
+    };
+    assert_eq!(voided_reviews, &vec![review_id]);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    assert!(!sim.st.has_open_review());
+    assert_eq!(sim.review("g").outcome, Some(ReviewOutcome::Voided));
+    // The held output is dropped: g is pending, as a new run, and no deadline wakes the plan.
+    assert_eq!(sim.status("g"), StepStatus::Pending);
+    assert_eq!(sim.rec("g").run, 2);
+    assert_eq!(sim.rec("g").output, None);
+    assert_eq!(sim.st.next_wake(), None);
+    // Nobody can decide it any more.
+    let d = sim.intervene_as("bob", json!({"type": "approve_step", "step_id": "g"}));
+    assert!(d.refusal.is_some());
+    // Reopened, the plan runs g again.
+    sim.intervene(json!({"type": "retry_step", "step_id": "o"}));
+    let d = sim.resume();
+    assert_eq!(started(&d), vec![("g".into(), 2), ("o".into(), 2)]);
+}
+
+#[test]
+fn a_plan_that_fails_with_no_review_open_records_none() {
+    let mut sim = gated_beside_another();
+    let d = sim.fail("o", false);
+    let encoded = cairn_core::log::encode(&d.events[1].kind);
+    assert_eq!(encoded.kind, "plan_failed");
+    assert!(!encoded.data.contains("voided_reviews"), "{}", encoded.data);
+}
+
+#[test]
+fn a_gate_that_asks_for_review_after_its_plan_failed_fails_the_step_instead() {
+    let mut sim = gated_beside_another();
+    sim.fail("o", false);
+    assert_eq!(sim.st.status, PlanStatus::Failed);
+    // g was still running; its result comes in after the plan ended.
+    let d = sim.scored("g", json!({}), json!("draft"));
+    assert_eq!(types(&d), vec!["gate_evaluated", "step_failed"]);
+    assert!(sim.st.reviews.is_empty());
+    assert_eq!(sim.status("g"), StepStatus::Failed);
+    let error = sim.rec("g").error.clone().unwrap();
+    assert!(
+        error.contains("no review opens in a plan that is failed"),
+        "{error}"
+    );
+}
+
+#[test]
 fn steps_running_when_a_review_opens_finish_and_resume_continues_other_branches() {
     let mut sim = Sim::new(
         "steps:\n  - {step_id: g, action: x, agent_type: t, quality_gate: {always_review: true}}\n  - {step_id: d, action: x, agent_type: t, depends_on: [g]}\n  - {step_id: o, action: x, agent_type: t, depends_on: []}\n  - {step_id: o2, action: x, agent_type: t, depends_on: [o]}\n",

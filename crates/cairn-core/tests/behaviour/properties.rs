@@ -550,6 +550,8 @@ fn legal(kind: &EventKind, from: StepStatus, to: StepStatus) -> bool {
         EventKind::PlanCancelled { .. } => {
             matches!(from, Pending | Running | AwaitingReview) && to == Cancelled
         }
+        // A failing plan voids its open reviews: their steps run again if it is reopened.
+        EventKind::PlanFailed { .. } => from == AwaitingReview && to == Pending,
         EventKind::InterventionApplied { intervention, .. } => match &intervention.request {
             InterventionKind::SkipStep { .. } => {
                 matches!(from, Pending | Failed | AwaitingReview) && to == Skipped
@@ -930,6 +932,14 @@ fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), T
             && run.st.pause_reason == Some(PauseReason::ReviewRequired)
         {
             prop_assert!(run.st.has_open_review(), "paused for a review none is open");
+        }
+        // A plan that has ended asks nobody for a decision.
+        if run.st.status.is_terminal() {
+            prop_assert!(
+                !run.st.has_open_review(),
+                "a {} plan has an open review",
+                run.st.status.as_str()
+            );
         }
         // (g) a running plan always has something that moves it on (or waits for a person).
         if run.st.status == PlanStatus::Running {

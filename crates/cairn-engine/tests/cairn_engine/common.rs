@@ -1,5 +1,6 @@
-//! Helpers every module of this test binary shares: bounded waits that fail naming what did not
-//! happen, instead of hanging the suite.
+//! Helpers every module of this test binary shares: an engine over a fresh database, plans read
+//! from YAML, and bounded waits that fail naming what did not happen, instead of hanging the
+//! suite.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -9,8 +10,34 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use cairn_core::{Event, PlanState};
-use cairn_engine::{Engine, Notice};
+use cairn_core::{Event, Format, Plan, PlanState};
+use cairn_engine::executor::Registry;
+use cairn_engine::{Engine, EngineOptions, Notice};
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+
+/// A plan read from a test's YAML (valid, or the test is wrong).
+pub fn plan(yaml: &str) -> Plan {
+    Plan::parse(yaml, Format::Yaml).unwrap()
+}
+
+/// Registers the plan of `yaml` and starts it, both as `user`.
+pub async fn start_plan(engine: &Engine, yaml: &str, user: &str) {
+    let plan = plan(yaml);
+    let id = plan.plan_id.clone().expect("the plan names its id");
+    engine.register(plan, user).await.unwrap();
+    engine.start(&id, user, None).await.unwrap();
+}
+
+/// An engine with `registry` and `opts` over the database `cairn.db` in `dir`, created when
+/// missing (opening it again is a restart).
+pub async fn open_engine(
+    dir: &tempfile::TempDir,
+    registry: Registry,
+    opts: EngineOptions,
+) -> Engine {
+    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
+    Engine::open(Arc::new(store), registry, opts).await.unwrap()
+}
 
 /// How long a test waits for something the engine should do promptly. Generous: a failure is a
 /// hang caught, not a slow machine.

@@ -1,14 +1,14 @@
 //! The engine end to end over a real SQLite store.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use cairn_core::intervention::InterventionStatus;
 use cairn_core::{
-    CheckpointTrigger, Event, EventKind, Format, Intervention, InterventionRequest, PauseMode,
-    PauseReason, Plan, PlanStatus, RefusalKind, StepStatus,
+    CheckpointTrigger, Event, EventKind, Intervention, InterventionRequest, PauseMode, PauseReason,
+    Plan, PlanStatus, RefusalKind, StepStatus,
 };
 use cairn_engine::executor::{latch, ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
 use cairn_engine::observe::{observe, Callbacks};
@@ -17,21 +17,11 @@ use cairn_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::common::{settled, wait_event, within};
-
-fn plan(yaml: &str) -> Plan {
-    Plan::parse(yaml, Format::Yaml).unwrap()
-}
+use crate::common::{open_engine, plan, settled, wait_event, within};
+use crate::faults::{Faulty, Rule};
 
 async fn engine(dir: &tempfile::TempDir) -> Engine {
-    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(
-        Arc::new(store),
-        Registry::with_builtins(),
-        EngineOptions::default(),
-    )
-    .await
-    .unwrap()
+    open_engine(dir, Registry::with_builtins(), EngineOptions::default()).await
 }
 
 #[tokio::test]
@@ -147,12 +137,7 @@ async fn engine_with(dir: &tempfile::TempDir, extra: &[(&str, Arc<dyn Executor>)
     for (agent_type, executor) in extra {
         registry.register(agent_type, executor.clone());
     }
-    open_at(
-        &dir.path().join("cairn.db"),
-        registry,
-        EngineOptions::default(),
-    )
-    .await
+    open_engine(dir, registry, EngineOptions::default()).await
 }
 
 fn iv(body: Value) -> InterventionRequest {
@@ -1032,172 +1017,17 @@ async fn fork_creates_a_paused_plan_equal_to_the_checkpoint() {
     .await;
 }
 
-/// The real SQLite store, except that while `fail` is set the append half of
-/// `create_plan_with` carries a fence no node holds, so SQLite refuses it after the create half
-/// ran in the same request.
-struct FailSecondHalf {
-    inner: SqliteStore,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Fence, Page, PlanRow, StoreResult, StoredEvent, TokenRow,
-};
-
-#[async_trait]
-impl cairn_store::EventLog for FailSecondHalf {
-    async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>> {
-        self.inner.create_plan(req).await
-    }
-    async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
-        self.inner.append(req).await
-    }
-    async fn create_plan_with(
-        &self,
-        create: CreatePlan,
-        mut append: Append,
-    ) -> StoreResult<(Vec<StoredEvent>, Vec<StoredEvent>)> {
-        if self.fail.load(Ordering::SeqCst) {
-            append.fence = Some(Fence {
-                node: "nobody".into(),
-                token: u64::MAX,
-            });
-        }
-        self.inner.create_plan_with(create, append).await
-    }
-    async fn read_events(
-        &self,
-        plan_id: &str,
-        after_seq: u64,
-        until_seq: Option<u64>,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredEvent>> {
-        self.inner
-            .read_events(plan_id, after_seq, until_seq, limit)
-            .await
-    }
-    async fn read_events_of_kind(
-        &self,
-        plan_id: &str,
-        kinds: &[&str],
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredEvent>> {
-        self.inner
-            .read_events_of_kind(plan_id, kinds, after_seq, limit)
-            .await
-    }
-    async fn read_all_events(&self, after_id: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
-        self.inner.read_all_events(after_id, limit).await
-    }
-    async fn last_event_id(&self) -> StoreResult<u64> {
-        self.inner.last_event_id().await
-    }
-    async fn list_checkpoints(
-        &self,
-        plan_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<CheckpointRow>> {
-        self.inner.list_checkpoints(plan_id, after_seq, limit).await
-    }
-    async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>> {
-        self.inner.get_checkpoint(plan_id, seq).await
-    }
-    async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool> {
-        self.inner.delete_plan(plan_id).await
-    }
-}
-
-#[async_trait]
-impl cairn_store::PlanIndex for FailSecondHalf {
-    async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>> {
-        self.inner.get_plan(plan_id).await
-    }
-    async fn list_plans(
-        &self,
-        state: Option<&str>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> StoreResult<Page<PlanRow>> {
-        self.inner.list_plans(state, limit, cursor).await
-    }
-    async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>> {
-        self.inner.plans_in_states(states).await
-    }
-    async fn list_reviews(
-        &self,
-        state: Option<&str>,
-        plan_id: Option<&str>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> StoreResult<Page<cairn_store::ReviewRow>> {
-        self.inner.list_reviews(state, plan_id, limit, cursor).await
-    }
-    async fn open_reviews(&self) -> StoreResult<cairn_store::OpenReviews> {
-        self.inner.open_reviews().await
-    }
-}
-
-#[async_trait]
-impl cairn_store::Leases for FailSecondHalf {
-    async fn claim(&self, plan_id: &str, node: &str, ttl_ms: u64, now: i64) -> StoreResult<Fence> {
-        self.inner.claim(plan_id, node, ttl_ms, now).await
-    }
-    async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
-        self.inner.release(plan_id, fence).await
-    }
-}
-
-#[async_trait]
-impl cairn_store::Snapshots for FailSecondHalf {
-    async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()> {
-        self.inner.put_snapshot(plan_id, seq, data).await
-    }
-    async fn get_snapshot(
-        &self,
-        plan_id: &str,
-        at_or_before: u64,
-    ) -> StoreResult<Option<(u64, Vec<u8>)>> {
-        self.inner.get_snapshot(plan_id, at_or_before).await
-    }
-}
-
-#[async_trait]
-impl cairn_store::Tokens for FailSecondHalf {
-    async fn create_token(&self, token: TokenRow) -> StoreResult<()> {
-        self.inner.create_token(token).await
-    }
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenRow>> {
-        self.inner.list_tokens().await
-    }
-    async fn revoke_token(&self, id: &str, at: i64) -> StoreResult<bool> {
-        self.inner.revoke_token(id, at).await
-    }
-    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
-        self.inner.token_by_hash(hash).await
-    }
-}
-
-#[async_trait]
-impl cairn_store::Cursors for FailSecondHalf {
-    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
-        self.inner.get_cursor(name).await
-    }
-    async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()> {
-        self.inner.set_cursor(name, value).await
-    }
-}
-
 /// A fork is one commit: when the store refuses the source's `plan_forked` the new plan is not
 /// kept either, the source is as it was, and a later fork records exactly one of each.
 #[tokio::test]
 async fn a_fork_whose_source_record_fails_leaves_no_plan_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FailSecondHalf {
-        inner: SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
-        fail: std::sync::atomic::AtomicBool::new(true),
-    });
+    let fenced = Arc::new(AtomicBool::new(true));
+    let sqlite = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
+    let store = Arc::new(Faulty::new(
+        Arc::new(sqlite),
+        Rule::ForkFenced(fenced.clone()),
+    ));
     let registry = Registry::with_builtins();
     registry.register("rec", Arc::new(Recorder::default()));
     let engine = Engine::open(store.clone(), registry, EngineOptions::default())
@@ -1232,7 +1062,7 @@ async fn a_fork_whose_source_record_fails_leaves_no_plan_behind() {
     );
     assert_eq!(engine.state("p").await.unwrap().seq, before.len() as u64);
 
-    store.fail.store(false, Ordering::SeqCst);
+    fenced.store(false, Ordering::SeqCst);
     let forked = engine
         .fork("p", &cp.checkpoint_id, Some("p-fork".into()), "op", None)
         .await

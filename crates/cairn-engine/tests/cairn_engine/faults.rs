@@ -1,6 +1,7 @@
 //! No outcome is lost when the store fails to write: the real SQLite store, wrapped in a store
 //! that fails chosen appends (the Nth, every other one, a burst with failing reads after it, or
-//! those that carry a given event kind), under plans with many parallel steps. Every attempt's
+//! those that carry a given event kind), under plans with many parallel steps. (`Faulty` also
+//! serves other modules: `ForkFenced` has the store itself refuse a fork's second half.) Every attempt's
 //! outcome must end durable, every plan must reach its end, and the log must have no seq gap,
 //! all checked in the store's own log, not in the engine's memory.
 
@@ -23,7 +24,7 @@ use serde_json::{json, Value};
 
 /// Which appends fail.
 #[derive(Clone, Debug)]
-enum Rule {
+pub(crate) enum Rule {
     /// The appends with these (1-based) numbers.
     Nth(Vec<usize>),
     /// Every second append, until `until` appends were seen.
@@ -39,11 +40,15 @@ enum Rule {
     Kind { kind: &'static str, times: usize },
     /// Every append, and every log read, while the switch is on (a store that is down).
     Down(Arc<AtomicBool>),
+    /// While the switch is on, the append half of a `create_plan_with` (a fork) carries a
+    /// fence no node holds, so the store itself refuses it after running the create half in
+    /// the same request. Plain appends never fail.
+    ForkFenced(Arc<AtomicBool>),
 }
 
 /// The real store, failing the appends its rule picks with `Unavailable` (what a full disk
 /// answers). Everything else is delegated unchanged.
-struct Faulty {
+pub(crate) struct Faulty {
     inner: Arc<SqliteStore>,
     rule: Rule,
     appends: AtomicUsize,
@@ -56,7 +61,7 @@ struct Faulty {
 }
 
 impl Faulty {
-    fn new(inner: Arc<SqliteStore>, rule: Rule) -> Faulty {
+    pub(crate) fn new(inner: Arc<SqliteStore>, rule: Rule) -> Faulty {
         Faulty {
             inner,
             rule,
@@ -86,6 +91,7 @@ impl Faulty {
                     && self.kind_seen.fetch_add(1, Ordering::SeqCst) < *times
             }
             Rule::Down(down) => down.load(Ordering::SeqCst),
+            Rule::ForkFenced(_) => false,
         }
     }
 
@@ -134,8 +140,17 @@ impl EventLog for Faulty {
     async fn create_plan_with(
         &self,
         create: CreatePlan,
-        append: Append,
+        mut append: Append,
     ) -> StoreResult<(Vec<StoredEvent>, Vec<StoredEvent>)> {
+        if let Rule::ForkFenced(on) = &self.rule {
+            if on.load(Ordering::SeqCst) {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                append.fence = Some(Fence {
+                    node: "nobody".into(),
+                    token: u64::MAX,
+                });
+            }
+        }
         if self.fails(&append) {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(injected("a fork's append"));

@@ -5,19 +5,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{settled, wait_event};
+use crate::common::{open_engine, settled, start_plan, wait_event, within};
 
 use async_trait::async_trait;
 use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
 use cairn_core::{
-    EventKind, Format, InterventionRequest, PauseReason, Plan, PlanStatus, ReviewOutcome,
+    EventKind, InterventionRequest, PauseReason, PlanStatus, ReviewOutcome, ReviewState,
     StepStatus, Timestamp,
 };
 use cairn_engine::clock::TokioClock;
 use cairn_engine::executor::command::CommandExecutor;
-use cairn_engine::executor::{ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
-use cairn_engine::{Engine, EngineOptions};
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use cairn_engine::executor::{latch, ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
+use cairn_engine::{Engine, EngineOptions, ReviewFilter};
 use serde_json::{json, Value};
 
 async fn engine_with(dir: &tempfile::TempDir, agent_type: &str, ex: Arc<dyn Executor>) -> Engine {
@@ -32,12 +31,12 @@ async fn engine_on(
 ) -> Engine {
     let registry = Registry::with_builtins();
     registry.register(agent_type, ex);
-    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(Arc::new(store), registry, opts).await.unwrap()
+    open_engine(dir, registry, opts).await
 }
 
-fn plan(yaml: &str) -> Plan {
-    Plan::parse(yaml, Format::Yaml).unwrap()
+/// Registers the plan `id` with `steps` (its YAML list) and starts it, as ann.
+async fn run(engine: &Engine, id: &str, steps: &str) {
+    start_plan(engine, &format!("plan_id: {id}\nsteps:\n{steps}"), "ann").await;
 }
 
 fn iv(body: Value) -> InterventionRequest {
@@ -70,14 +69,7 @@ async fn a_gate_retry_reaches_the_executor_with_its_feedback_and_the_plan_comple
     let dir = tempfile::tempdir().unwrap();
     let scorer = Arc::new(Scorer::default());
     let engine = engine_with(&dir, "scorer", scorer.clone()).await;
-    engine
-        .register(
-            plan(&format!("plan_id: g1\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, on_fail: retry}}}}\n{NEXT}")),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g1", "ann", None).await.unwrap();
+    run(&engine, "g1", &format!("  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, on_fail: retry}}}}\n{NEXT}")).await;
     let done = settled(&engine, "g1").await;
     assert_eq!(done.status, PlanStatus::Completed);
     let tasks = scorer.tasks.lock().unwrap().clone();
@@ -114,14 +106,7 @@ async fn a_review_pauses_the_plan_and_an_approval_resumes_it() {
     let dir = tempfile::tempdir().unwrap();
     let scorer = Arc::new(Scorer::default());
     let engine = engine_with(&dir, "scorer", scorer.clone()).await;
-    engine
-        .register(
-            plan(&format!("plan_id: g2\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, review: {{reviewers: [bob], prevent_self_review: true}}}}}}\n{NEXT}")),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g2", "ann", None).await.unwrap();
+    run(&engine, "g2", &format!("  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{min_scores: {{accuracy: 0.8}}, review: {{reviewers: [bob], prevent_self_review: true}}}}}}\n{NEXT}")).await;
     let waiting = settled(&engine, "g2").await;
     assert_eq!(waiting.status, PlanStatus::Paused);
     assert_eq!(waiting.pause_reason, Some(PauseReason::ReviewRequired));
@@ -169,14 +154,7 @@ async fn a_review_times_out_by_itself_while_the_plan_is_paused() {
     let dir = tempfile::tempdir().unwrap();
     let scorer = Arc::new(Scorer::default());
     let engine = engine_with(&dir, "scorer", scorer.clone()).await;
-    engine
-        .register(
-            plan(&format!("plan_id: g3\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 300, on_timeout: approve}}}}}}\n{NEXT}")),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g3", "ann", None).await.unwrap();
+    run(&engine, "g3", &format!("  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 300, on_timeout: approve}}}}}}\n{NEXT}")).await;
     // Nobody decides: the review's own timer does, while the plan is paused for it.
     wait_event(&engine, "g3", |e| e.kind.type_name() == "plan_completed").await;
     let done = engine.state("g3").await.unwrap();
@@ -196,14 +174,7 @@ async fn a_command_agent_reads_its_gate_feedback_on_stdin() {
         script.into(),
     ]));
     let engine = engine_with(&dir, "cmd", cmd).await;
-    engine
-        .register(
-            plan("plan_id: g4\nsteps:\n  - {step_id: a, action: x, agent_type: cmd, quality_gate: {min_scores: {q: 1}, on_fail: retry, max_retries: 1, on_retries_exhausted: fail}}\n"),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g4", "ann", None).await.unwrap();
+    run(&engine, "g4", "  - {step_id: a, action: x, agent_type: cmd, quality_gate: {min_scores: {q: 1}, on_fail: retry, max_retries: 1, on_retries_exhausted: fail}}\n").await;
     let done = settled(&engine, "g4").await;
     assert_eq!(done.status, PlanStatus::Completed, "{:?}", done.failure);
     let a = &done.step("a").unwrap().rec;
@@ -224,14 +195,7 @@ async fn a_review_times_out_after_an_hour_on_the_engines_clock() {
     };
     let engine = engine_on(&dir, "scorer", Arc::new(Scorer::default()), opts).await;
     let real_start = std::time::Instant::now();
-    engine
-        .register(
-            plan(&format!("plan_id: g5\nsteps:\n  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 3600000}}}}}}\n{NEXT}")),
-            "ann",
-        )
-        .await
-        .unwrap();
-    engine.start("g5", "ann", None).await.unwrap();
+    run(&engine, "g5", &format!("  - {{step_id: a, action: x, agent_type: scorer, quality_gate: {{always_review: true, review: {{timeout_ms: 3600000}}}}}}\n{NEXT}")).await;
     let opened = wait_event(&engine, "g5", |e| e.kind.type_name() == "review_opened").await;
     let EventKind::ReviewOpened {
         deadline: Some(deadline),
@@ -259,4 +223,109 @@ async fn a_review_times_out_after_an_hour_on_the_engines_clock() {
         "an hour of review took {:?} of real time",
         real_start.elapsed()
     );
+}
+
+/// The inbox (the store's review index) and the plan's state, read after every change.
+async fn open_reviews(engine: &Engine, plan_id: &str) -> (usize, u64, bool) {
+    let filter = ReviewFilter {
+        state: Some(ReviewState::Open),
+        plan_id: Some(plan_id.into()),
+    };
+    let inbox = engine.reviews(&filter, 100, None).await.unwrap().items;
+    let counted = engine.store().open_reviews().await.unwrap().count;
+    let state = engine.state(plan_id).await.unwrap();
+    (inbox.len(), counted, state.has_open_review())
+}
+
+#[tokio::test]
+async fn a_plan_that_fails_voids_its_open_review_and_the_inbox_agrees_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with(&dir, "scorer", Arc::new(Scorer::default())).await;
+    // `a` waits for a review (its deadline an hour away) while `boom`, on another branch,
+    // fails the plan once the latch lets `hold` finish.
+    run(&engine, "g6", "  - {step_id: a, action: x, agent_type: scorer, quality_gate: {always_review: true, review: {timeout_ms: 3600000}}}\n  - {step_id: hold, action: x, agent_type: builtin.latch, depends_on: [], params: {name: gates-g6}}\n  - {step_id: boom, action: x, agent_type: builtin.fail, depends_on: [hold], params: {retryable: false}}\n").await;
+    wait_event(&engine, "g6", |e| e.kind.type_name() == "review_opened").await;
+    assert_eq!(open_reviews(&engine, "g6").await, (1, 1, true));
+    // The operator lets the other branch go on while the review waits.
+    engine.resume("g6", "ann", None).await.unwrap();
+    latch::release("gates-g6");
+    let failed = settled(&engine, "g6").await;
+    assert_eq!(failed.status, PlanStatus::Failed);
+    assert_eq!(failed.reviews[0].outcome, Some(ReviewOutcome::Voided));
+    assert_eq!(failed.step("a").unwrap().rec.status, StepStatus::Pending);
+    assert_eq!(open_reviews(&engine, "g6").await, (0, 0, false));
+    let closed = ReviewFilter {
+        state: Some(ReviewState::Closed),
+        plan_id: Some("g6".into()),
+    };
+    let inbox = engine.reviews(&closed, 100, None).await.unwrap().items;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].outcome, Some(ReviewOutcome::Voided));
+    engine.shutdown().await;
+    drop(engine);
+
+    // After a restart (which loads no failed plan) the index and the state still agree.
+    let engine = engine_with(&dir, "scorer", Arc::new(Scorer::default())).await;
+    assert_eq!(open_reviews(&engine, "g6").await, (0, 0, false));
+    let reloaded = engine.state("g6").await.unwrap();
+    assert_eq!(reloaded.reviews, failed.reviews);
+    assert_eq!(reloaded.status, PlanStatus::Failed);
+}
+
+/// Scores attempt 1 low; holds every later attempt forever, handing its task to the test.
+struct HoldsTheRetry(tokio::sync::mpsc::UnboundedSender<Task>);
+
+#[async_trait]
+impl Executor for HoldsTheRetry {
+    async fn execute(&self, task: Task, _stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        if task.attempt == 1 {
+            return Ok(ExecOutput {
+                output: json!("draft"),
+                scores: json!({"accuracy": 0.5}).as_object().cloned(),
+            });
+        }
+        let _ = self.0.send(task);
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_gate_retry_recovered_after_a_restart_is_sent_the_same_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let engine = engine_with(&dir, "scorer", Arc::new(HoldsTheRetry(tx))).await;
+    run(&engine, "g7", "  - {step_id: a, action: x, agent_type: scorer, quality_gate: {min_scores: {accuracy: 0.8}, on_fail: retry}}\n").await;
+    let first = within("the retried attempt", held.recv()).await.unwrap();
+    assert_eq!(first.attempt, 2);
+    let feedback = first
+        .gate_feedback
+        .clone()
+        .expect("the retry carries feedback");
+    // What was sent is what the log recorded with the start.
+    let started = engine.events("g7", 0, 1_000).await.unwrap();
+    let recorded = started
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::StepStarted {
+                attempt: 2,
+                invocation: Some(i),
+                ..
+            } => Some(i.clone()),
+            _ => None,
+        })
+        .expect("attempt 2's start records its invocation");
+    assert_eq!(recorded.gate_feedback.as_ref(), Some(&feedback));
+    engine.shutdown().await;
+    drop(engine);
+
+    // The next process sends attempt 2 again, with the same feedback and key.
+    let scorer = Arc::new(Scorer::default());
+    let engine = engine_with(&dir, "scorer", scorer.clone()).await;
+    let done = settled(&engine, "g7").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    let tasks = scorer.tasks.lock().unwrap().clone();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].attempt, 2);
+    assert_eq!(tasks[0].gate_feedback, Some(feedback));
+    assert_eq!(tasks[0].idempotency_key, first.idempotency_key);
 }

@@ -2,25 +2,15 @@
 //! directory (`CAIRN_LATCH_DIR` for the binary; here a directory given to the executor, since
 //! changing this process's environment would race with the other tests).
 
-use std::sync::Arc;
-
 use cairn_core::{EventKind, Format, PauseMode, Plan, PlanStatus, StepStatus};
 use cairn_engine::executor::{latch, Executor, Registry, StopSignal, Task};
 use cairn_engine::{Engine, EngineOptions};
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
-use crate::common::{settled, wait_event, within};
+use crate::common::{open_engine, settled, wait_event, within};
 
 async fn engine(dir: &tempfile::TempDir) -> Engine {
-    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(
-        Arc::new(store),
-        Registry::with_builtins(),
-        EngineOptions::default(),
-    )
-    .await
-    .unwrap()
+    open_engine(dir, Registry::with_builtins(), EngineOptions::default()).await
 }
 
 fn task(params: Value) -> Task {

@@ -10,25 +10,18 @@ use cairn_core::{EventKind, Format, PauseMode, Plan, PlanStatus, Timestamp};
 use cairn_engine::clock::{Clock, TokioClock};
 use cairn_engine::executor::{latch, Registry};
 use cairn_engine::{Engine, EngineOptions};
-use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 
-use crate::common::{wait_event, within};
+use crate::common::{open_engine, wait_event, within};
 
 const HOUR_US: i64 = 3_600_000_000;
 const MINUTE_US: i64 = 60_000_000;
 
 async fn engine_on(dir: &tempfile::TempDir, clock: TokioClock) -> Engine {
-    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(
-        Arc::new(store),
-        Registry::with_builtins(),
-        EngineOptions {
-            clock: Arc::new(clock),
-            ..EngineOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    let opts = EngineOptions {
+        clock: Arc::new(clock),
+        ..EngineOptions::default()
+    };
+    open_engine(dir, Registry::with_builtins(), opts).await
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,27 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::{Format, Plan, PlanStatus, StepStatus};
+use cairn_core::{EventKind, PlanStatus, StepStatus};
 use cairn_engine::executor::Registry;
 use cairn_engine::remote::{RemoteError, RemoteQueue};
 use cairn_engine::{Engine, EngineOptions};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
-use crate::common::settled;
+use crate::common::{open_engine, settled, start_plan};
 
 async fn engine(dir: &tempfile::TempDir, queue: &RemoteQueue) -> Engine {
-    let store = SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
-    Engine::open(
-        Arc::new(store),
-        Registry::with_builtins(),
-        EngineOptions {
-            remote: Some(queue.clone()),
-            ..EngineOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    let opts = EngineOptions {
+        remote: Some(queue.clone()),
+        ..EngineOptions::default()
+    };
+    open_engine(dir, Registry::with_builtins(), opts).await
 }
 
 fn types() -> Vec<String> {
@@ -38,13 +32,7 @@ async fn a_worker_completes_the_step_and_the_plan() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(30_000);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
-        "plan_id: r1\nquery: q\nsteps:\n  - {step_id: a, action: search, agent_type: research, params: {topic: rust}}\n  - {step_id: b, action: echo, agent_type: builtin.echo, params: {n: '{{ steps.a.output.found }}'}}\n",
-        Format::Yaml,
-    )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r1", "t", None).await.unwrap();
+    start_plan(&engine, "plan_id: r1\nquery: q\nsteps:\n  - {step_id: a, action: search, agent_type: research, params: {topic: rust}}\n  - {step_id: b, action: echo, agent_type: builtin.echo, params: {n: '{{ steps.a.output.found }}'}}\n", "t").await;
     let lease = q.poll("w1", &types(), WAIT).await.expect("a task");
     assert_eq!(lease.task.plan_id, "r1");
     assert_eq!(lease.task.step_id, "a");
@@ -71,13 +59,7 @@ async fn a_fatal_failure_fails_the_step() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(30_000);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
-        "plan_id: r2\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 3, backoff_ms: 1}}\n",
-        Format::Yaml,
-    )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r2", "t", None).await.unwrap();
+    start_plan(&engine, "plan_id: r2\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 3, backoff_ms: 1}}\n", "t").await;
     let lease = q.poll("w", &types(), WAIT).await.unwrap();
     q.fail(&lease.task_id, "w", "bad input".into(), false)
         .await
@@ -99,13 +81,7 @@ async fn an_expired_lease_is_retried_with_the_same_idempotency_key() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(100);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
-        "plan_id: r3\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 2, backoff_ms: 1}}\n",
-        Format::Yaml,
-    )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r3", "t", None).await.unwrap();
+    start_plan(&engine, "plan_id: r3\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 2, backoff_ms: 1}}\n", "t").await;
     let first = q.poll("w1", &types(), WAIT).await.unwrap();
     assert_eq!(first.task.attempt, 1);
     // w1 never heartbeats: the lease expires and the step is tried again.
@@ -130,13 +106,12 @@ async fn cancel_reaches_the_worker_through_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let q = RemoteQueue::new(30_000);
     let engine = engine(&dir, &q).await;
-    let p = Plan::parse(
+    start_plan(
+        &engine,
         "plan_id: r4\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n",
-        Format::Yaml,
+        "t",
     )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r4", "t", None).await.unwrap();
+    .await;
     let lease = q.poll("w", &types(), WAIT).await.unwrap();
     engine.cancel("r4", "t", None).await.unwrap();
     // The engine signals the attempt before it answers the cancel.
@@ -159,13 +134,50 @@ async fn without_a_queue_unknown_agent_types_fail() {
     )
     .await
     .unwrap();
-    let p = Plan::parse(
+    start_plan(
+        &engine,
         "plan_id: r5\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n",
-        Format::Yaml,
+        "t",
     )
-    .unwrap();
-    engine.register(p, "t").await.unwrap();
-    engine.start("r5", "t", None).await.unwrap();
+    .await;
     let done = settled(&engine, "r5").await;
     assert_eq!(done.status, PlanStatus::Failed);
+}
+
+/// A gate retry handed to a worker carries the gate's feedback, as its start recorded it.
+#[tokio::test]
+async fn a_gate_retry_reaches_the_worker_with_the_recorded_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(30_000);
+    let engine = engine(&dir, &q).await;
+    start_plan(&engine, "plan_id: r6\nsteps:\n  - {step_id: a, action: write, agent_type: research, quality_gate: {min_scores: {q: 0.8}, on_fail: retry}}\n", "t").await;
+    let first = q.poll("w", &types(), WAIT).await.unwrap();
+    assert_eq!(first.task.gate_feedback, None);
+    let low = json!({"q": 0.5}).as_object().cloned();
+    q.complete(&first.task_id, "w", json!("draft"), low)
+        .await
+        .unwrap();
+    let second = q.poll("w", &types(), WAIT).await.unwrap();
+    assert_eq!(second.task.attempt, 2);
+    let feedback = second
+        .task
+        .gate_feedback
+        .clone()
+        .expect("the retry's feedback");
+    assert_eq!(feedback.failed[0].criterion, "min_scores.q");
+    let events = engine.events("r6", 0, 1_000).await.unwrap();
+    let recorded = events.iter().find_map(|e| match &e.kind {
+        EventKind::StepStarted {
+            attempt: 2,
+            invocation: Some(i),
+            ..
+        } => i.gate_feedback.clone(),
+        _ => None,
+    });
+    assert_eq!(recorded, Some(feedback));
+    let high = json!({"q": 0.9}).as_object().cloned();
+    q.complete(&second.task_id, "w", json!("final"), high)
+        .await
+        .unwrap();
+    assert_eq!(settled(&engine, "r6").await.status, PlanStatus::Completed);
 }

@@ -1,6 +1,7 @@
 //! The one server harness of this test binary: a temporary SQLite store and the production
-//! wiring (`cairn_server::Server::build`, as `cairn serve` does), listening on 127.0.0.1:0. Plus
-//! bounded waits that fail naming what did not happen.
+//! wiring (`cairn_server::Server::build`, as `cairn serve` does), listening on 127.0.0.1:0; the
+//! requests every module sends (JSON in, status and JSON out; a plan registered and started).
+//! Plus bounded waits that fail naming what did not happen.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +13,8 @@ use cairn_server::auth::create_token;
 use cairn_server::{Role, ServerOptions};
 use cairn_store::Store;
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
 
 /// The longest any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -64,4 +67,62 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         Ok(value) => value,
         Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
     }
+}
+
+/// One request to `url` as `token`'s user (none: anonymous), with `body` as JSON. Answers the
+/// status and the body read by [`answer`].
+pub async fn request(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let mut req = http.request(method, url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    answer(req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"))).await
+}
+
+/// POSTs `body` to `url` as it is, labelled `application/json` (a malformed body on purpose).
+pub async fn post_raw(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let req = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body);
+    answer(req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"))).await
+}
+
+/// A response's status and body: its JSON, `null` when empty, the text itself when not JSON.
+async fn answer(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// Registers the plan document `plan` and starts it as `token`'s user, asserting that both are
+/// accepted. `base` is the server's `http://127.0.0.1:PORT`.
+pub async fn register_and_start(http: &reqwest::Client, base: &str, token: &str, plan: &Value) {
+    let id = plan["plan_id"].as_str().expect("the plan names its id");
+    let url = format!("{base}/v1/plans");
+    let (status, body) = request(http, Method::POST, &url, Some(token), Some(plan)).await;
+    assert_eq!(status, StatusCode::CREATED, "registering {id}: {body}");
+    let url = format!("{base}/v1/plans/{id}/start");
+    let (status, body) = request(http, Method::POST, &url, Some(token), None).await;
+    assert_eq!(status, StatusCode::OK, "starting {id}: {body}");
 }

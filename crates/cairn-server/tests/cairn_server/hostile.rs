@@ -10,7 +10,7 @@ use cairn_engine::EngineOptions;
 use cairn_server::{Role, ServerOptions};
 use serde_json::{json, Value};
 
-use crate::common::TestServer;
+use crate::common::{post_raw, register_and_start, request, TestServer};
 
 /// Every wait in these tests ends by this deadline.
 const BOUND: Duration = Duration::from_secs(60);
@@ -43,20 +43,10 @@ impl Server {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let url = format!("{}{path}", self.base);
+        let (status, body) =
+            request(&self.http, method, &url, Some(&self.token), body.as_ref()).await;
+        (status.as_u16(), body)
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -70,15 +60,15 @@ impl Server {
     /// Registers a plan with one step of `agent_type` and `params`.
     async fn plan(&self, id: &str, agent_type: &str, params: Value) {
         let (s, b) = self
-            .post(
-                "/v1/plans",
-                json!({"plan_id": id, "query": "q", "steps": [
-                    {"step_id": "a", "action": "x", "agent_type": agent_type, "params": params},
-                    {"step_id": "b", "action": "y", "agent_type": "builtin.echo", "depends_on": ["a"]}
-                ]}),
-            )
+            .post("/v1/plans", two_steps(id, agent_type, params))
             .await;
         assert_eq!(s, 201, "{b}");
+    }
+
+    /// Registers and starts a plan with one step of `agent_type` and `params`.
+    async fn run(&self, id: &str, agent_type: &str, params: Value) {
+        let plan = two_steps(id, agent_type, params);
+        register_and_start(&self.http, &self.base, &self.token, &plan).await;
     }
 
     async fn wait_state(&self, id: &str, want: &str) {
@@ -97,23 +87,28 @@ impl Server {
     }
 }
 
+/// A plan whose step `a` runs `agent_type` with `params`, and `b` echoes after it.
+fn two_steps(id: &str, agent_type: &str, params: Value) -> Value {
+    json!({"plan_id": id, "query": "q", "steps": [
+        {"step_id": "a", "action": "x", "agent_type": agent_type, "params": params},
+        {"step_id": "b", "action": "y", "agent_type": "builtin.echo", "depends_on": ["a"]}
+    ]})
+}
+
 /// Plans in every interesting state: cancelled, completed, paused, running, idle.
 async fn plans_in_every_state(s: &Server) -> Vec<&'static str> {
     s.plan("cancelled", "builtin.echo", json!({})).await;
     assert_eq!(s.post("/v1/plans/cancelled/cancel", json!({})).await.0, 200);
-    s.plan("completed", "builtin.echo", json!({})).await;
-    assert_eq!(s.post("/v1/plans/completed/start", json!({})).await.0, 200);
+    s.run("completed", "builtin.echo", json!({})).await;
     s.wait_state("completed", "completed").await;
-    s.plan("paused2", "builtin.sleep", json!({"ms": 600_000}))
+    s.run("paused2", "builtin.sleep", json!({"ms": 600_000}))
         .await;
-    assert_eq!(s.post("/v1/plans/paused2/start", json!({})).await.0, 200);
     let (st, b) = s
         .post("/v1/plans/paused2/pause", json!({"mode": "immediate"}))
         .await;
     assert_eq!(st, 200, "{b}");
-    s.plan("running", "builtin.sleep", json!({"ms": 600_000}))
+    s.run("running", "builtin.sleep", json!({"ms": 600_000}))
         .await;
-    assert_eq!(s.post("/v1/plans/running/start", json!({})).await.0, 200);
     s.wait_state("running", "running").await;
     s.plan("idle", "builtin.echo", json!({})).await;
     vec!["cancelled", "completed", "paused2", "running", "idle"]
@@ -196,20 +191,10 @@ async fn concurrent_writes_to_ended_paused_and_running_plans_never_answer_5xx() 
 impl Server {
     /// POSTs `body` as-is with `Content-Type: application/json`.
     async fn raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let v = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{path}: {status} is not the JSON error ({e}): {text:?}"));
-        (status, v)
+        let url = format!("{}{path}", self.base);
+        let (status, v) = post_raw(&self.http, &url, &self.token, body).await;
+        assert!(v.is_object(), "{path}: {status} is not the JSON error: {v}");
+        (status.as_u16(), v)
     }
 }
 

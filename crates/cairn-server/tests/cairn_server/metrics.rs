@@ -12,7 +12,7 @@ use cairn_engine::executor::{Echo, Fail, Registry};
 use cairn_server::{Role, ServerOptions};
 use serde_json::{json, Value};
 
-use crate::common::TestServer;
+use crate::common::{register_and_start, request, TestServer};
 
 struct Server {
     base: String,
@@ -61,18 +61,16 @@ impl Server {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        anyhow::ensure!(status.is_success(), "{path}: {status} {text}");
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+        let url = format!("{}{path}", self.base);
+        let (status, body) =
+            request(&self.http, method, &url, Some(&self.token), body.as_ref()).await;
+        anyhow::ensure!(status.is_success(), "{path}: {status} {body}");
+        Ok(body)
+    }
+
+    /// Registers and starts `plan`.
+    async fn run(&self, plan: &Value) {
+        register_and_start(&self.http, &self.base, &self.token, plan).await;
     }
 
     async fn metrics(&self) -> Result<String> {
@@ -142,10 +140,7 @@ async fn a_plan_run_shows_up_in_metrics() -> Result<()> {
             {"step_id": "b", "action": "y", "agent_type": "metrics.echo"},
         ]
     });
-    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
-        .await?;
-    s.call(reqwest::Method::POST, "/v1/plans/metrics-echo/start", None)
-        .await?;
+    s.run(&plan).await;
     let mut state = Value::Null;
     for _ in 0..200 {
         state = s
@@ -223,10 +218,7 @@ async fn retries_failures_and_pauses_are_counted() -> Result<()> {
              "params": {"times": 5}, "depends_on": ["a"]},
         ]
     });
-    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
-        .await?;
-    s.call(reqwest::Method::POST, "/v1/plans/metrics-fail/start", None)
-        .await?;
+    s.run(&plan).await;
     s.metrics_with(&[
         (
             r#"cairn_steps_total{agent_type="metrics.fail",outcome="retried"}"#,
@@ -277,10 +269,7 @@ async fn a_running_plan_without_progress_raises_the_progress_age() -> Result<()>
         "steps": [{"step_id": "a", "action": "x", "agent_type": "builtin.sleep",
                    "params": {"ms": 600000}}]
     });
-    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
-        .await?;
-    s.call(reqwest::Method::POST, "/v1/plans/metrics-stuck/start", None)
-        .await?;
+    s.run(&plan).await;
     s.metrics_with(&[("cairn_plan_progress_age_seconds", Want::AtLeast(0.5))])
         .await?;
     s.call(
@@ -350,10 +339,7 @@ async fn gate_verdicts_open_reviews_and_review_waits_are_measured() -> Result<()
              "depends_on": ["good"]},
         ]
     });
-    s.call(reqwest::Method::POST, "/v1/plans", Some(plan))
-        .await?;
-    s.call(reqwest::Method::POST, "/v1/plans/metrics-gated/start", None)
-        .await?;
+    s.run(&plan).await;
     s.metrics_with(&[
         (
             r#"cairn_gate_evaluations_total{agent_type="metrics.writer",verdict="passed"}"#,

@@ -17,7 +17,8 @@ use cairn_store::Store;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
-use crate::common::{within, TestServer};
+use crate::common::{request, within, TestServer};
+use reqwest::Method;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The longest any single wait may take before the test fails.
@@ -64,6 +65,13 @@ fn plan(id: &str, steps: usize, sleep_ms: u64) -> Plan {
 }
 
 impl Server {
+    /// Waits, bounded, until the plan `id` has settled.
+    async fn settled(&self, id: &str) {
+        within("a plan to settle", self.engine.wait_settled(id))
+            .await
+            .unwrap();
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -81,16 +89,9 @@ impl Server {
         let mut all = Vec::new();
         let mut after = 0u64;
         loop {
-            let page: Value = self
-                .http
-                .get(self.url(&format!("/v1/plans/{id}/events?after={after}&limit=1000")))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let url = self.url(&format!("/v1/plans/{id}/events?after={after}&limit=1000"));
+            // A plan the test did not create answers 404: no events.
+            let (_, page) = request(&self.http, Method::GET, &url, Some(&self.token), None).await;
             let items = page["items"].as_array().cloned().unwrap_or_default();
             if items.is_empty() {
                 return all;
@@ -174,6 +175,17 @@ impl SseClient {
         }
     }
 
+    /// The next `n` frames, none of them a lag notice.
+    async fn take(&mut self, n: usize) -> Vec<Frame> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let f = self.next().await;
+            assert_ne!(f.event, "lagged");
+            out.push(f);
+        }
+        out
+    }
+
     /// Frames (lag notices skipped) until one has id `last`.
     async fn until_id(&mut self, last: u64) -> Vec<Frame> {
         let mut out = Vec::new();
@@ -198,19 +210,12 @@ async fn plan_stream_delivers_every_event_in_order_and_resumes_from_last_event_i
     // Connect before the plan starts: its history, then live.
     let mut first = s.sse("/v1/plans/pa/events/stream", None).await;
     s.engine.start("pa", "t", None).await.unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        let f = first.next().await;
-        assert_ne!(f.event, "lagged");
-        seen.push(f);
-    }
+    let mut seen = first.take(4).await;
     drop(first);
     let k = seen.last().unwrap().id.unwrap();
     // Reconnect while the plan may still run.
     let mut second = s.sse("/v1/plans/pa/events/stream", Some(k)).await;
-    within("a plan to settle", s.engine.wait_settled("pa"))
-        .await
-        .unwrap();
+    s.settled("pa").await;
     let stored = s.plan_events("pa").await;
     let last = stored.last().unwrap()["seq"].as_u64().unwrap();
     let rest = second.until_id(last).await;
@@ -245,21 +250,12 @@ async fn all_plans_stream_resumes_by_global_id_across_plans() {
     let mut first = s.sse("/v1/events/stream?after=0", None).await;
     s.run("pa", 4, 10).await;
     s.run("pb", 4, 10).await;
-    let mut seen = Vec::new();
-    for _ in 0..5 {
-        let f = first.next().await;
-        assert_ne!(f.event, "lagged");
-        seen.push(f);
-    }
+    let mut seen = first.take(5).await;
     drop(first);
     let g = seen.last().unwrap().id.unwrap();
     let mut second = s.sse("/v1/events/stream", Some(g)).await;
-    within("a plan to settle", s.engine.wait_settled("pa"))
-        .await
-        .unwrap();
-    within("a plan to settle", s.engine.wait_settled("pb"))
-        .await
-        .unwrap();
+    s.settled("pa").await;
+    s.settled("pb").await;
     let stored = s.all_events().await;
     let last = stored.last().unwrap()["id"].as_u64().unwrap();
     seen.extend(second.until_id(last).await);
@@ -291,9 +287,7 @@ async fn a_lagging_client_is_healed_from_the_store() {
     s.run("pb", 10, 0).await;
     s.run("pc", 10, 0).await;
     for id in ["pa", "pb", "pc"] {
-        within("a plan to settle", s.engine.wait_settled(id))
-            .await
-            .unwrap();
+        s.settled(id).await;
     }
     let stored = s.all_events().await;
     let last = stored.last().unwrap()["id"].as_u64().unwrap();
@@ -319,33 +313,22 @@ async fn a_lagging_client_is_healed_from_the_store() {
 #[tokio::test]
 async fn stream_refusals() {
     let s = server().await;
-    let resp = s
-        .http
-        .get(s.url("/v1/plans/nope/events/stream"))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let body: Value = resp.json().await.unwrap();
+    let url = s.url("/v1/plans/nope/events/stream");
+    let (status, body) = request(&s.http, Method::GET, &url, Some(&s.token), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "plan_not_found");
 
+    // `?token=` is for the WebSocket only.
+    let with_query = format!("/v1/events/stream?token={}", s.token);
     for path in [
         "/v1/events/stream",
         "/v1/plans/nope/events/stream",
         "/v1/ws",
+        &with_query,
     ] {
-        let resp = s.http.get(s.url(path)).send().await.unwrap();
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let (status, _) = request(&s.http, Method::GET, &s.url(path), None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
     }
-    // `?token=` is for the WebSocket only.
-    let resp = s
-        .http
-        .get(s.url(&format!("/v1/events/stream?token={}", s.token)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let resp = s
         .http
         .get(s.url("/v1/events/stream"))
@@ -384,12 +367,8 @@ async fn websocket_subscribe_after_and_errors() {
     let s = server().await;
     s.run("pa", 3, 0).await;
     s.run("pb", 3, 0).await;
-    within("a plan to settle", s.engine.wait_settled("pa"))
-        .await
-        .unwrap();
-    within("a plan to settle", s.engine.wait_settled("pb"))
-        .await
-        .unwrap();
+    s.settled("pa").await;
+    s.settled("pb").await;
     let stored = s.all_events().await;
 
     // Without a token the handshake is refused.
@@ -544,9 +523,7 @@ async fn webhook_delivers_wanted_events_signed_and_retries() {
     // The first delivery is refused twice, then accepted.
     rx.fail.store(2, Ordering::SeqCst);
     s.run("pa", 3, 0).await;
-    within("a plan to settle", s.engine.wait_settled("pa"))
-        .await
-        .unwrap();
+    s.settled("pa").await;
     let stored = s.all_events().await;
     let want = ids_of(&stored, &types);
     assert_eq!(want.len(), 4);
@@ -589,9 +566,7 @@ async fn webhook_restart_loses_nothing() {
     let task = spawn_webhooks(s.engine.clone(), vec![hook.clone()]);
     wait_cursor(&s.store, &url).await;
     s.run("pa", 3, 5).await;
-    within("a plan to settle", s.engine.wait_settled("pa"))
-        .await
-        .unwrap();
+    s.settled("pa").await;
     // Stop mid-way (or after): whatever was not confirmed is delivered after the restart.
     let deadline = tokio::time::Instant::now() + WAIT;
     while rx.delivered_ids().is_empty() {
@@ -602,14 +577,10 @@ async fn webhook_restart_loses_nothing() {
     let _ = task.await;
     // Events while no delivery task runs.
     s.run("pb", 3, 0).await;
-    within("a plan to settle", s.engine.wait_settled("pb"))
-        .await
-        .unwrap();
+    s.settled("pb").await;
     let task = spawn_webhooks(s.engine.clone(), vec![hook]);
     s.run("pc", 2, 0).await;
-    within("a plan to settle", s.engine.wait_settled("pc"))
-        .await
-        .unwrap();
+    s.settled("pc").await;
     let stored = s.all_events().await;
     rx.wait_for(&ids_of(&stored, &["*"])).await;
     // Per webhook, in order: the first time each id arrives, ids increase.
@@ -656,9 +627,7 @@ async fn an_ended_plans_stream_ends_after_its_last_event_unless_following() {
     let mut live = s.sse("/v1/plans/pe/events/stream", None).await;
     s.engine.start("pe", "t", None).await.unwrap();
     let frames: Vec<Frame> = live.rest().await;
-    within("a plan to settle", s.engine.wait_settled("pe"))
-        .await
-        .unwrap();
+    s.settled("pe").await;
     let stored = s.plan_events("pe").await;
     let last = stored.last().unwrap()["seq"].as_u64().unwrap();
     assert_eq!(
@@ -690,9 +659,7 @@ async fn an_ended_plans_stream_ends_after_its_last_event_unless_following() {
 async fn websocket_subscription_to_an_unknown_plan_answers_an_error_frame() {
     let s = server().await;
     s.run("pk", 1, 0).await;
-    within("a plan to settle", s.engine.wait_settled("pk"))
-        .await
-        .unwrap();
+    s.settled("pk").await;
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={}", s.addr, s.token))
             .await

@@ -3,10 +3,10 @@
 
 use cairn_engine::Engine;
 use cairn_server::{Role, ServerOptions};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{within, TestServer};
+use crate::common::{post_raw, register_and_start, request, within, TestServer};
 
 struct Server {
     base: String,
@@ -14,7 +14,7 @@ struct Server {
     operator: String,
     http: reqwest::Client,
     engine: Engine,
-    _server: TestServer,
+    server: TestServer,
 }
 
 impl Server {
@@ -32,48 +32,25 @@ impl Server {
             operator,
             http: reqwest::Client::new(),
             engine: s.engine.clone(),
-            _server: s,
+            server: s,
         }
     }
 
     async fn post(&self, token: Option<&str>, path: &str, body: Value) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
-        (status, v)
+        let url = format!("{}{path}", self.base);
+        request(&self.http, Method::POST, &url, token, Some(&body)).await
     }
 
     async fn raw(&self, token: &str, path: &str, body: &'static str) -> StatusCode {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
+        let url = format!("{}{path}", self.base);
+        post_raw(&self.http, &url, token, body).await.0
     }
 
     async fn plan_state(&self, id: &str) -> Value {
-        self.http
-            .get(format!("{}/plans/{id}", self.base))
-            .bearer_auth(&self.operator)
-            .send()
+        let url = format!("{}/plans/{id}", self.base);
+        request(&self.http, Method::GET, &url, Some(&self.operator), None)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .1
     }
 
     /// Registers and starts a plan with one `research` step.
@@ -82,22 +59,8 @@ impl Server {
         if !retry.is_null() {
             step["retry"] = retry;
         }
-        let (s, b) = self
-            .post(
-                Some(&self.operator),
-                "/plans",
-                json!({"plan_id": id, "query": "q", "steps": [step]}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        let (s, b) = self
-            .post(
-                Some(&self.operator),
-                &format!("/plans/{id}/start"),
-                json!({}),
-            )
-            .await;
-        assert!(s.is_success(), "{s} {b}");
+        let plan = json!({"plan_id": id, "query": "q", "steps": [step]});
+        register_and_start(&self.http, &self.server.base(), &self.operator, &plan).await;
     }
 
     async fn poll(&self, worker_id: &str) -> Value {
@@ -266,46 +229,38 @@ async fn roles_tokens_and_bad_bodies_are_refused() {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad} → {e}");
         assert!(e["error"]["code"].is_string());
     }
-    let (s, _) = srv
-        .post(
-            Some(&srv.worker),
+    // Unknown tasks, then malformed reports (checked before the task is looked up).
+    let long = format!("/tasks/{}/complete", "x".repeat(300));
+    for (path, body, want) in [
+        (
             "/tasks/task_nope/heartbeat",
             json!({"worker_id": "w"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = srv
-        .post(
-            Some(&srv.worker),
+            StatusCode::NOT_FOUND,
+        ),
+        (
             "/tasks/task_nope/fail",
             json!({"worker_id": "w", "error": "x"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = srv
-        .post(
-            Some(&srv.worker),
-            &format!("/tasks/{}/complete", "x".repeat(300)),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &long,
             json!({"worker_id": "w", "output": 1}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = srv
-        .post(
-            Some(&srv.worker),
+            StatusCode::NOT_FOUND,
+        ),
+        (
             "/tasks/task_nope/fail",
             json!({"worker_id": "w", "error": ""}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    let (s, _) = srv
-        .post(
-            Some(&srv.worker),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
             "/tasks/task_nope/heartbeat",
             json!({"worker": "w"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (s, e) = srv.post(Some(&srv.worker), path, body.clone()).await;
+        assert_eq!(s, want, "{path} {body} → {e}");
+    }
 }
 
 #[tokio::test]
