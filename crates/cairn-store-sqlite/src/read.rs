@@ -221,15 +221,21 @@ fn format_cursor((at, pk): Cursor) -> String {
 pub(crate) fn list_plans(
     c: &Connection,
     state: Option<&str>,
+    id_contains: Option<&str>,
     limit: usize,
     after: Option<Cursor>,
 ) -> StoreResult<Page<PlanRow>> {
     use rusqlite::types::Value;
-    let mut clauses = Vec::with_capacity(2);
-    let mut values: Vec<Value> = Vec::with_capacity(4);
+    let mut clauses = Vec::with_capacity(3);
+    let mut values: Vec<Value> = Vec::with_capacity(5);
     if let Some(state) = state {
         values.push(state.to_owned().into());
         clauses.push(format!("state = ?{}", values.len()));
+    }
+    if let Some(part) = id_contains {
+        // instr, not LIKE: no wildcard in an id is ever special.
+        values.push(part.to_owned().into());
+        clauses.push(format!("instr(plan_id, ?{}) > 0", values.len()));
     }
     if let Some((at, pk)) = after {
         values.push(at.into());
