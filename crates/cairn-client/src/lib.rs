@@ -479,6 +479,22 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/plans/{id}/attempts?steps=a,b`: the attempt spans of the named steps (at most
+    /// 1000), in plan order; ids the plan does not have are left out.
+    pub async fn attempts_of(
+        &self,
+        id: &str,
+        steps: &[&str],
+    ) -> Result<Vec<cairn_core::history::StepAttempts>> {
+        let page: Page<cairn_core::history::StepAttempts> = self
+            .get_as(
+                &format!("{}/attempts", Self::plan_path(id)),
+                &[("steps", steps.join(","))],
+            )
+            .await?;
+        Ok(page.items)
+    }
+
     /// `GET /v1/plans?id_contains=&state=&limit=&cursor=`: plans whose id contains `part`,
     /// newest first.
     pub async fn search_plans(

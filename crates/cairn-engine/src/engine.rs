@@ -836,6 +836,33 @@ impl Engine {
         })
     }
 
+    /// The attempt spans of the steps `ids` that the plan has, in plan order (a timeline of a
+    /// filtered list of steps).
+    pub async fn attempt_spans_of(
+        &self,
+        plan_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<StepAttempts>, EngineError> {
+        let state = self.state(plan_id).await?;
+        let wanted: std::collections::HashSet<String> = ids.iter().cloned().collect();
+        let mut log = self.attempt_log(plan_id, wanted.clone()).await?;
+        Ok(state
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| wanted.contains(&s.def.step_id))
+            .map(|(index, s)| StepAttempts {
+                step_id: s.def.step_id.clone(),
+                index,
+                attempts: log
+                    .take(&s.def.step_id)
+                    .iter()
+                    .map(AttemptSpan::from)
+                    .collect(),
+            })
+            .collect())
+    }
+
     /// The attempts of the steps `only`, folded from the plan's attempt events.
     async fn attempt_log(
         &self,

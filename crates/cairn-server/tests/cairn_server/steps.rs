@@ -123,6 +123,38 @@ async fn attempts_page_through_the_steps_in_plan_order() {
     let want: Vec<(usize, String)> = (0..5).map(|i| (i, format!("s{i}"))).collect();
     assert_eq!(seen, want);
 
+    // Named steps, in plan order whatever the order asked; unknown ids left out.
+    let base = s.base();
+    let token = s.token("viewer", Role::Viewer).await;
+    let http = reqwest::Client::new();
+    let named: serde_json::Value = http
+        .get(format!("{base}/v1/plans/spans/attempts?steps=s3,nope,s1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = named["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["s1", "s3"]);
+    assert_eq!(named["items"][0]["attempts"][0]["outcome"], "completed");
+    let typed = client.attempts_of("spans", &["s4", "s0"]).await.unwrap();
+    let ids: Vec<&str> = typed.iter().map(|i| i.step_id.as_str()).collect();
+    assert_eq!(ids, ["s0", "s4"]);
+    let both = http
+        .get(format!("{base}/v1/plans/spans/attempts?steps=s1&limit=2"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 400);
+
     // Past the end: an empty last page. A cursor that is not a position: 400.
     let past = client.attempts("spans", None, Some("99")).await.unwrap();
     assert!(past.items.is_empty() && past.next_cursor.is_none());
