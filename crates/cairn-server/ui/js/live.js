@@ -28,7 +28,8 @@ export class LivePlan {
   }
 
   follow() {
-    this.sub = api.stream(`/v1/plans/${encodeURIComponent(this.id)}/stream`, {
+    // `follow=true`: an ended plan's stream stays open (a restore or a retry brings it back).
+    this.sub = api.stream(`/v1/plans/${encodeURIComponent(this.id)}/events/stream?follow=true`, {
       after: this.view.last_seq,
       onEvent: (ev) => { this.pending.push(ev); this.schedule(); },
       onStatus: (s) => { this.status = s; for (const f of this.statusListeners) f(s); },

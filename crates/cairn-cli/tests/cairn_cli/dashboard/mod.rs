@@ -8,4 +8,5 @@
 
 #[allow(dead_code)] // helpers for the tests that follow; not all are used by every module yet
 mod harness;
+mod plans;
 mod smoke;

@@ -1,0 +1,445 @@
+//! The plans list and the plan page (steps: graph, timeline, list, details; controls): list →
+//! plan → pause → resume checked over the API, changes made through the API appearing without a
+//! reload, the freeze toggle, a viewer's disabled controls, deep links to a step and an attempt,
+//! and a 10,000-step plan's page.
+
+use std::time::Instant;
+
+use fantoccini::key::Key;
+use serde_json::{json, Value};
+
+use super::harness::{skipped, Browser, Serve};
+
+fn plan_with_latch(id: &str, latch: &str) -> Value {
+    json!({"plan_id": id, "query": "walk through the controls",
+    "steps": [
+        {"step_id": "hold", "action": "wait", "agent_type": "builtin.latch", "params": {"name": latch}},
+        {"step_id": "after", "action": "say", "agent_type": "builtin.echo", "params": {"said": "done"}}
+    ]})
+}
+
+async fn state_of(serve: &Serve, id: &str) -> String {
+    serve.get(&format!("/v1/plans/{id}")).await["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_then_plan_then_pause_and_resume_as_the_api_sees_it() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&[]);
+    serve
+        .post("/v1/plans", plan_with_latch("walk-1", "walk"))
+        .await;
+    serve.post("/v1/plans/walk-1/start", json!({})).await;
+    let admin = serve.admin.clone().unwrap();
+    let b = Browser::start("plans_walk").await;
+    b.sign_in(&serve.base, &admin).await;
+    b.until_text("#plans-body", "the plan listed", |t| t.contains("walk-1"))
+        .await;
+    b.until_text("#plans-body tr[data-plan='walk-1']", "its progress", |t| {
+        t.contains("0/2") && t.contains("running")
+    })
+    .await;
+    b.screenshot("list").await;
+    b.click("#plans-body a[href='#/plans/walk-1']").await;
+    b.until_text("#plan-header h1", "the plan page", |t| {
+        t.contains("running")
+    })
+    .await;
+    // The step held by the latch is running in the list and the graph.
+    b.until_text("#steps-body tr[data-step='hold']", "hold running", |t| {
+        t.contains("running")
+    })
+    .await;
+    b.find("#graph-svg g.node.running[data-step='hold']").await;
+
+    // Pause at the boundary, through the dialog.
+    b.click("#plan-pause").await;
+    b.find("#pause-dialog").await;
+    b.screenshot("pause-dialog").await;
+    b.click("#pause-boundary").await;
+    b.click("#pause-dialog-confirm").await;
+    serve
+        .until("/v1/plans/walk-1", "paused over the API", |v| {
+            v["state"] == "paused" && v["pause_reason"] == "operator"
+        })
+        .await;
+    b.until_text("#plan-header h1", "paused on the page", |t| {
+        t.contains("paused")
+    })
+    .await;
+    // Cancel asks first; Escape closes the dialog and nothing happens.
+    b.click("#plan-cancel").await;
+    let reason = b.find("#cancel-reason").await;
+    reason.send_keys(&Key::Escape.to_string()).await.unwrap();
+    let open: Value = b
+        .js(
+            "return document.querySelector('#cancel-dialog') !== null",
+            vec![],
+        )
+        .await;
+    let deadline = Instant::now() + super::harness::WAIT;
+    let mut open = open;
+    while open == json!(true) && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        open = b
+            .js(
+                "return document.querySelector('#cancel-dialog') !== null",
+                vec![],
+            )
+            .await;
+    }
+    assert_eq!(open, json!(false), "Escape closes the cancel dialog");
+    assert_eq!(state_of(&serve, "walk-1").await, "paused");
+
+    b.click("#plan-resume").await;
+    serve
+        .until("/v1/plans/walk-1", "running again over the API", |v| {
+            v["state"] == "running"
+        })
+        .await;
+    // The latch released through the filesystem: the page follows without a reload.
+    serve.release("walk");
+    b.until_text("#plan-header h1", "completed on the page", |t| {
+        t.contains("completed")
+    })
+    .await;
+    b.until_text(
+        "#steps-body tr[data-step='after']",
+        "after completed",
+        |t| t.contains("completed"),
+    )
+    .await;
+    b.find("#timeline-svg rect.bar.completed").await;
+    assert_eq!(state_of(&serve, "walk-1").await, "completed");
+    b.screenshot("completed").await;
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_through_the_api_appear_without_a_reload_unless_frozen() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    serve
+        .post("/v1/plans", plan_with_latch("live-1", "live"))
+        .await;
+    let b = Browser::start("plans_live").await;
+    b.open(&serve.base, "/#/plans").await;
+    b.until_text("#plans-body", "the first plan", |t| t.contains("live-1"))
+        .await;
+    b.until_text("#plans-live", "the stream is live", |t| t.contains("live"))
+        .await;
+    // A new plan appears.
+    serve
+        .post("/v1/plans", plan_with_latch("live-2", "live"))
+        .await;
+    b.until_text("#plans-body", "the new plan", |t| t.contains("live-2"))
+        .await;
+    // A state change appears.
+    serve.post("/v1/plans/live-1/start", json!({})).await;
+    b.until_text(
+        "#plans-body tr[data-plan='live-1']",
+        "live-1 running",
+        |t| t.contains("running"),
+    )
+    .await;
+
+    // Frozen: the event is counted, the list is not read again.
+    b.click("#plans-freeze").await;
+    serve
+        .post("/v1/plans", plan_with_latch("live-3", "live"))
+        .await;
+    b.until_text("#plans-live", "the event counted", |t| {
+        t.contains("frozen") && t.contains("event")
+    })
+    .await;
+    let listed = b.text("#plans-body").await;
+    assert!(
+        !listed.contains("live-3"),
+        "a frozen list changed: {listed}"
+    );
+    b.screenshot("frozen").await;
+    b.click("#plans-freeze").await;
+    b.until_text("#plans-body", "the list caught up", |t| {
+        t.contains("live-3")
+    })
+    .await;
+
+    // Search by id and filter by state, on the server.
+    b.find("#plans-search").await.send_keys("-3").await.unwrap();
+    b.until_text("#plans-body", "only live-3", |t| {
+        t.contains("live-3") && !t.contains("live-1")
+    })
+    .await;
+    b.find("#plans-search").await.clear().await.unwrap();
+    b.js(
+        "const s = document.querySelector('#plans-search'); s.dispatchEvent(new Event('input')); \
+         const f = document.querySelector('#plans-state'); f.value = 'running'; \
+         f.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await;
+    b.until_text("#plans-body", "only running plans", |t| {
+        t.contains("live-1") && !t.contains("live-2") && !t.contains("live-3")
+    })
+    .await;
+
+    // On the plan page, a step completing appears without a reload.
+    b.click("#plans-body a[href='#/plans/live-1']").await;
+    b.until_text("#steps-body tr[data-step='hold']", "hold running", |t| {
+        t.contains("running")
+    })
+    .await;
+    serve.release("live");
+    b.until_text("#steps-body tr[data-step='hold']", "hold completed", |t| {
+        t.contains("completed")
+    })
+    .await;
+    b.until_text("#plan-header h1", "the plan completed", |t| {
+        t.contains("completed")
+    })
+    .await;
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_the_controls_disabled_with_the_reason() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&[]);
+    serve
+        .post("/v1/plans", plan_with_latch("seen-1", "seen"))
+        .await;
+    serve.post("/v1/plans/seen-1/start", json!({})).await;
+    let viewer = serve.token("vera", "viewer").await;
+    let b = Browser::start("plans_viewer").await;
+    b.sign_in(&serve.base, &viewer).await;
+    b.open(&serve.base, "/#/plans/seen-1").await;
+    b.until_text("#plan-header h1", "the plan page", |t| {
+        t.contains("running")
+    })
+    .await;
+    for action in ["start", "pause", "resume", "cancel"] {
+        let button = b.find(&format!("#plan-{action}")).await;
+        assert_eq!(
+            button.prop("disabled").await.unwrap().as_deref(),
+            Some("true"),
+            "{action} is disabled for a viewer"
+        );
+        let title = button.attr("title").await.unwrap().unwrap_or_default();
+        assert!(title.contains("operator role"), "{action}: {title:?}");
+        // The visible reason the button points to.
+        let note = button
+            .attr("aria-describedby")
+            .await
+            .unwrap()
+            .expect("a disabled control points to its reason");
+        let why = b.text(&format!("#{note}")).await;
+        assert!(
+            why.contains("needs the operator role") && why.contains("viewer"),
+            "{action}: {why:?}"
+        );
+        assert!(b
+            .find(&format!("#{note}"))
+            .await
+            .is_displayed()
+            .await
+            .unwrap());
+    }
+    b.screenshot("disabled").await;
+    serve.release("seen");
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_links_open_a_step_and_an_attempt_in_sync_everywhere() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "deep-1", "steps": [
+                {"step_id": "first", "action": "say", "agent_type": "builtin.echo", "params": {"n": 1}},
+                {"step_id": "flaky", "action": "try", "agent_type": "builtin.fail",
+                 "params": {"times": 1}, "retry": {"max_attempts": 2, "backoff_ms": 10}},
+                {"step_id": "last", "action": "say", "agent_type": "builtin.echo",
+                 "params": {"from": "{{ steps.flaky.output.times }}"}, "depends_on": ["first", "flaky"]}
+            ]}),
+        )
+        .await;
+    serve.post("/v1/plans/deep-1/start", json!({})).await;
+    serve
+        .until("/v1/plans/deep-1", "the plan completes", |v| {
+            v["state"] == "completed"
+        })
+        .await;
+
+    let b = Browser::start("plans_deep").await;
+    b.open(&serve.base, "/#/plans/deep-1/steps/flaky/attempts/1")
+        .await;
+    b.until_text("#attempt-detail", "attempt 1 shown", |t| {
+        t.contains("Attempt 1") && t.contains("failed")
+    })
+    .await;
+    assert_eq!(b.text("#step-key").await, "deep-1/flaky/1");
+    b.until_text("#step-details h2", "the step", |t| t.contains("flaky"))
+        .await;
+    // In sync: the list row, the graph node, the timeline row and bar.
+    b.find("#steps-body tr.selected[data-step='flaky']").await;
+    b.find("#graph-svg g.node.selected[data-step='flaky']")
+        .await;
+    b.find("#timeline-svg g.trow.selected[data-step='flaky'] rect.bar.failed.selected")
+        .await;
+    b.screenshot("attempt").await;
+
+    // Selecting in the graph moves the selection everywhere and into the URL.
+    b.click("#graph-svg g.node[data-step='last']").await;
+    b.until_text("#step-details h2", "last selected", |t| t.contains("last"))
+        .await;
+    b.find("#steps-body tr.selected[data-step='last']").await;
+    b.find("#timeline-svg g.trow.selected[data-step='last']")
+        .await;
+    let hash = b.js("return location.hash", vec![]).await;
+    assert_eq!(hash, json!("#/plans/deep-1/steps/last"));
+    // The invocation of the attempt carries the rendered params.
+    b.click("#attempts a").await;
+    b.until_text("#attempt-params", "rendered params", |t| {
+        t.contains("\"from\": 1")
+    })
+    .await;
+    let hash = b.js("return location.hash", vec![]).await;
+    assert_eq!(hash, json!("#/plans/deep-1/steps/last/attempts/1"));
+    b.finish().await;
+
+    // At phone width the page is one column and still shows the step.
+    let phone = Browser::sized("plans_deep_phone", 390, 844).await;
+    phone.open(&serve.base, "/#/plans/deep-1/steps/flaky").await;
+    phone
+        .until_text("#step-details h2", "the step on a phone", |t| {
+            t.contains("flaky")
+        })
+        .await;
+    let overflow = phone
+        .js(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+            vec![],
+        )
+        .await;
+    assert_eq!(overflow, json!(true), "no sideways scrolling at 390 px");
+    phone.screenshot("phone").await;
+    phone.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_thousand_step_plan_page_opens_and_finds_a_step() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    // 100 levels of 100 steps: each step after the first hundred waits for the one 100 before.
+    let steps: Vec<Value> = (0..10_000)
+        .map(|i| {
+            let mut s =
+                json!({"step_id": format!("s{i}"), "action": "x", "agent_type": "builtin.echo"});
+            s["depends_on"] = if i < 100 {
+                json!([])
+            } else {
+                json!([format!("s{}", i - 100)])
+            };
+            s
+        })
+        .collect();
+    let plan = json!({"plan_id": "big", "steps": steps});
+    assert!(serde_json::to_vec(&plan).unwrap().len() < 1 << 20);
+    // Validating 10,000 explicit dependencies takes seconds in a debug build on a shared
+    // machine: this one request gets more time than the harness's client gives.
+    let res = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(180))
+        .build()
+        .unwrap()
+        .post(format!("{}/v1/plans", serve.base))
+        .json(&plan)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+
+    let b = Browser::start("plans_big").await;
+    b.open(&serve.base, "/#/plans").await;
+    b.until_text("#plans-body", "the plan listed", |t| t.contains("big"))
+        .await;
+    let t0 = Instant::now();
+    b.open(&serve.base, "/#/plans/big").await;
+    b.until_text("#steps-page", "the first page of steps", |t| {
+        t.contains("of 10,000")
+    })
+    .await;
+    let first = t0.elapsed();
+    eprintln!("10,000-step plan: first screen in {first:?} (debug build, navigation included)");
+    let nodes = b
+        .js(
+            "return document.querySelectorAll('#graph-svg g.node').length",
+            vec![],
+        )
+        .await;
+    let rows = b
+        .js(
+            "return document.querySelectorAll('#steps-body tr').length",
+            vec![],
+        )
+        .await;
+    assert!(nodes.as_u64().unwrap() <= 60, "graph nodes drawn: {nodes}");
+    assert_eq!(rows, json!(50));
+    b.until_text("#graph", "the levels counted", |t| {
+        t.contains("10,000 steps in 100 levels")
+    })
+    .await;
+    b.screenshot("first").await;
+
+    // Find a step deep in the plan and select it: details, graph and URL follow.
+    b.find("#steps-filter")
+        .await
+        .send_keys("s9950")
+        .await
+        .unwrap();
+    b.until_text("#steps-page", "one match", |t| t == "1–1 of 1")
+        .await;
+    b.click("#steps-body a").await;
+    b.until_text("#step-details h2", "s9950 selected", |t| {
+        t.contains("s9950")
+    })
+    .await;
+    b.find("#graph-svg g.node.selected[data-step='s9950']")
+        .await;
+    b.find("#graph-svg g.node[data-step='s9850']").await;
+    let hash = b.js("return location.hash", vec![]).await;
+    assert_eq!(hash, json!("#/plans/big/steps/s9950"));
+    // Without the filter the list shows the selected step's page; then the page before.
+    b.find("#steps-filter").await.clear().await.unwrap();
+    b.js(
+        "document.querySelector('#steps-filter').dispatchEvent(new Event('input'))",
+        vec![],
+    )
+    .await;
+    b.until_text("#steps-page", "the selected step's page", |t| {
+        t == "9,951–10,000 of 10,000"
+    })
+    .await;
+    b.find("#steps-body tr.selected[data-step='s9950']").await;
+    b.click("#steps-prev").await;
+    b.until_text("#steps-page", "the page before", |t| {
+        t == "9,901–9,950 of 10,000"
+    })
+    .await;
+    b.screenshot("selected").await;
+    b.finish().await;
+}
