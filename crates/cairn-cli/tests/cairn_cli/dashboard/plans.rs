@@ -318,6 +318,39 @@ async fn deep_links_open_a_step_and_an_attempt_in_sync_everywhere() {
     .await;
     let hash = b.js("return location.hash", vec![]).await;
     assert_eq!(hash, json!("#/plans/deep-1/steps/last/attempts/1"));
+
+    // A gated step: its scores against the gate's bounds, the failed criterion, the review.
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "gated-1", "steps": [
+                {"step_id": "judged", "action": "write", "agent_type": "builtin.echo",
+                 "quality_gate": {"min_scores": {"quality": 0.5}}}
+            ]}),
+        )
+        .await;
+    serve.post("/v1/plans/gated-1/start", json!({})).await;
+    serve
+        .until("/v1/plans/gated-1", "the step waits for review", |v| {
+            v["steps"][0]["status"] == "awaiting_review"
+        })
+        .await;
+    b.open(&serve.base, "/#/plans/gated-1/steps/judged/attempts/1")
+        .await;
+    let shown = b
+        .until_text("#attempt-detail", "the gate's verdict", |t| {
+            t.contains("Scores against the gate") && t.contains("verdict: failed")
+        })
+        .await;
+    assert!(
+        shown.contains("≥ 0.5") && shown.contains("quality"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("awaiting review") && shown.contains("rv-"),
+        "{shown}"
+    );
+    b.screenshot("gate").await;
     b.finish().await;
 
     // At phone width the page is one column and still shows the step.

@@ -92,7 +92,7 @@ export async function render(el, live, params, ctx) {
     }
     const counts = {};
     for (const s of steps) counts[s.status] = (counts[s.status] || 0) + 1;
-    summary.textContent = `${steps.length.toLocaleString()} steps: ${Object.entries(counts)
+    summary.textContent = `${steps.length.toLocaleString()} step${steps.length === 1 ? '' : 's'}: ${Object.entries(counts)
       .map(([k, n]) => `${n.toLocaleString()} ${k.replace('_', ' ')}`).join(', ')}`;
   }
 
