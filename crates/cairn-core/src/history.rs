@@ -21,6 +21,7 @@ use crate::state::{PlanState, StepStatus};
 pub const ATTEMPT_EVENTS: &[&str] = &[
     "step_started",
     "step_claimed",
+    "step_recovered",
     "gate_evaluated",
     "step_completed",
     "review_opened",
@@ -343,6 +344,30 @@ impl AttemptLog {
                     }
                 }
             }
+            EventKind::StepRecovered {
+                step_id,
+                kind: AttemptKind::Step,
+                attempt,
+                queued,
+                invocation,
+            } => {
+                // Recovery after a restart sends the same attempt again: it stays open, queued
+                // for a worker again or running here (and a worker that claimed it is gone).
+                let open = self.open.contains(step_id);
+                if let Some(a) = self.numbered(step_id, *attempt) {
+                    if open && a.ended_at.is_none() {
+                        if *queued {
+                            a.outcome = AttemptOutcome::Queued;
+                            a.worker_id = None;
+                        } else {
+                            a.outcome = AttemptOutcome::Running;
+                        }
+                        if invocation.is_some() {
+                            a.invocation = invocation.clone();
+                        }
+                    }
+                }
+            }
             EventKind::GateEvaluated {
                 step_id,
                 attempt,
@@ -530,6 +555,27 @@ mod tests {
             },
         ));
         assert_eq!(log.attempts("a")[1].outcome, AttemptOutcome::Running);
+        // A restart hands it to the queue again; a worker claims it again.
+        log.apply(&ev(
+            6,
+            EventKind::StepRecovered {
+                step_id: "a".into(),
+                kind: AttemptKind::Step,
+                attempt: 2,
+                queued: true,
+                invocation: None,
+            },
+        ));
+        assert_eq!(log.attempts("a")[1].outcome, AttemptOutcome::Queued);
+        assert_eq!(log.attempts("a")[1].worker_id, None);
+        log.apply(&ev(
+            6,
+            EventKind::StepClaimed {
+                step_id: "a".into(),
+                attempt: 2,
+                worker_id: "w1".into(),
+            },
+        ));
         log.apply(&ev(
             7,
             EventKind::StepCompleted {
@@ -555,6 +601,65 @@ mod tests {
         assert_eq!(a[1].output, Some(json!({"ok": true})));
         assert_eq!(a[1].idempotency_key, "p/a/1");
         assert_eq!(a[1].invocation.as_ref().unwrap().params, json!({"n": 2}));
+    }
+
+    #[test]
+    fn the_kinds_read_from_the_store_are_the_kinds_the_fold_handles() {
+        let handled = [
+            started(1, "a", 1, 1, false).kind,
+            EventKind::StepClaimed {
+                step_id: "a".into(),
+                attempt: 1,
+                worker_id: "w".into(),
+            },
+            EventKind::StepRecovered {
+                step_id: "a".into(),
+                kind: AttemptKind::Step,
+                attempt: 1,
+                queued: false,
+                invocation: None,
+            },
+            EventKind::GateEvaluated {
+                step_id: "a".into(),
+                attempt: 1,
+                scores: Scores::default(),
+                verdict: VerdictKind::Passed,
+                failed: Vec::new(),
+            },
+            EventKind::StepCompleted {
+                step_id: "a".into(),
+                attempt: 1,
+                output: Value::Null,
+                scores: None,
+            },
+            EventKind::StepFailed {
+                step_id: "a".into(),
+                attempt: 1,
+                error: "e".into(),
+                retry_at: None,
+            },
+            EventKind::StepInterrupted {
+                step_id: "a".into(),
+                attempt: 1,
+                cause: "c".into(),
+            },
+            EventKind::PlanCancelled { reason: None },
+        ];
+        for kind in &handled {
+            assert!(
+                ATTEMPT_EVENTS.contains(&kind.type_name()),
+                "{}",
+                kind.type_name()
+            );
+        }
+        for name in [
+            "review_opened",
+            "step_skipped",
+            "checkpoint_restored",
+            "intervention_applied",
+        ] {
+            assert!(ATTEMPT_EVENTS.contains(&name), "{name}");
+        }
     }
 
     #[test]

@@ -197,3 +197,79 @@ async fn plans_are_searched_by_a_part_of_their_id() {
         .unwrap_err();
     assert_eq!(api_status(long), (400, "bad_request".into()));
 }
+
+#[tokio::test]
+async fn interventions_end_attempts_with_what_they_did() {
+    let (s, client) = server().await;
+    client
+        .register(&json!({
+            "plan_id": "ended-1",
+            "steps": [
+                {"step_id": "hold", "action": "wait", "agent_type": "builtin.latch",
+                 "params": {"name": "steps-ended-1-never-released"}},
+                {"step_id": "judged", "action": "write", "agent_type": "builtin.echo",
+                 "quality_gate": {"min_scores": {"quality": 0.5}}}
+            ]
+        }))
+        .await
+        .unwrap();
+    client.start("ended-1", None).await.unwrap();
+    within("the held step to run", async {
+        while client
+            .step("ended-1", "hold")
+            .await
+            .unwrap()
+            .attempts
+            .is_empty()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let running = client.step("ended-1", "hold").await.unwrap();
+    assert_eq!(running.attempts[0].outcome, AttemptOutcome::Running);
+    assert_eq!(running.attempts[0].ended_at, None);
+
+    // Completed by hand while it runs: the attempt ends so, with the given output.
+    client
+        .intervene(
+            "ended-1",
+            &json!({"type": "complete_step", "step_id": "hold", "output": {"by": "hand"},
+                    "reason": "done elsewhere"}),
+        )
+        .await
+        .unwrap();
+    let held = client.step("ended-1", "hold").await.unwrap();
+    assert_eq!(held.attempts.len(), 1);
+    assert_eq!(held.attempts[0].outcome, AttemptOutcome::CompletedByHand);
+    assert!(held.attempts[0].ended_at.is_some());
+    assert_eq!(held.attempts[0].output, Some(json!({"by": "hand"})));
+
+    // The gated step then fails its gate (no score) and waits for review; approved, its
+    // attempt reads approved, with the failed criterion kept.
+    within("the review", async {
+        while client.step("ended-1", "judged").await.unwrap().status
+            != cairn_core::StepStatus::AwaitingReview
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let judged = client.step("ended-1", "judged").await.unwrap();
+    let a = &judged.attempts[0];
+    assert_eq!(a.outcome, AttemptOutcome::AwaitingReview);
+    assert_eq!(a.verdict, Some(cairn_core::gate::VerdictKind::Failed));
+    assert_eq!(a.failed[0].criterion, "min_scores.quality");
+    assert!(a.review_id.as_deref().is_some_and(|r| r.starts_with("rv-")));
+    client
+        .intervene(
+            "ended-1",
+            &json!({"type": "approve_step", "step_id": "judged", "reason": "fine"}),
+        )
+        .await
+        .unwrap();
+    let approved = client.step("ended-1", "judged").await.unwrap();
+    assert_eq!(approved.attempts[0].outcome, AttemptOutcome::Approved);
+    assert_eq!(approved.status, cairn_core::StepStatus::Completed);
+    drop(s);
+}
