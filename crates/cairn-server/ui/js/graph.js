@@ -150,11 +150,13 @@ export function draw(el, view, idx, selected, onSelect) {
     markerWidth: '7', markerHeight: '7', orient: 'auto-start-reverse' }, svg('path', { d: 'M0,0 L8,4 L0,8 z', class: 'arrow' })));
   const pic = svg('svg', { id: 'graph-svg', width, height, viewBox: `0 0 ${width} ${height}`,
     role: 'group', 'aria-label': 'Dependency graph' }, defs, edges, nodes);
-  el.replaceChildren(pic);
+  // The picture scrolls in its own box; the note stays readable under it.
+  const box = h('div', { class: 'graph-scroll' }, pic);
+  el.replaceChildren(box);
   if (note) el.append(h('p', { class: 'muted graph-note' }, note, ' ', levelsLine(perLevel)));
   // Bring the selection into view inside the scrolling box.
   const p = sel !== undefined ? pos.get(sel) : undefined;
-  if (p && el.scrollWidth > el.clientWidth) el.scrollLeft = Math.max(0, p.x - el.clientWidth / 2);
+  if (p && box.scrollWidth > box.clientWidth) box.scrollLeft = Math.max(0, p.x + NODE_W / 2 - box.clientWidth / 2);
 }
 
 /** The step a large graph centres on when none is selected: the first running, else the first

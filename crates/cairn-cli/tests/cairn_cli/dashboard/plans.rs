@@ -476,3 +476,65 @@ async fn a_ten_thousand_step_plan_page_opens_and_finds_a_step() {
     b.screenshot("selected").await;
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_plan_page_keeps_up_until_the_end() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    // 240 steps in 8 independent chains of 30, 8 at a time: a steady stream of events.
+    let steps: Vec<Value> = (0..240)
+        .map(|i| {
+            let deps = if i < 8 {
+                json!([])
+            } else {
+                json!([format!("w{}", i - 8)])
+            };
+            json!({"step_id": format!("w{i}"), "action": "work", "agent_type": "builtin.sleep",
+                   "params": {"ms": 15}, "depends_on": deps})
+        })
+        .collect();
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "busy", "max_parallel": 8, "steps": steps}),
+        )
+        .await;
+    let b = Browser::start("plans_busy").await;
+    b.open(&serve.base, "/#/plans/busy/steps/w100").await;
+    b.until_text("#step-details h2", "the step shown", |t| t.contains("w100"))
+        .await;
+    serve.post("/v1/plans/busy/start", json!({})).await;
+    b.until_text("#plan-header h1", "running on the page", |t| {
+        t.contains("running") || t.contains("completed")
+    })
+    .await;
+    b.screenshot("running").await;
+    b.until_text("#plan-progress", "every step done on the page", |t| {
+        t.contains("240/240 steps done")
+    })
+    .await;
+    b.until_text("#plan-header h1", "completed on the page", |t| {
+        t.contains("completed")
+    })
+    .await;
+    // The selected step's details and the timeline's rows caught up too.
+    b.until_text("#step-details h2", "w100 completed", |t| {
+        t.contains("completed")
+    })
+    .await;
+    let bars = b
+        .js(
+            "return document.querySelectorAll('#timeline-svg rect.bar.completed').length",
+            vec![],
+        )
+        .await;
+    assert_eq!(bars, json!(50), "one completed bar per row of the page");
+    // More than 60 steps: the graph is drawn around the selection.
+    b.find("#graph-svg g.node.selected[data-step='w100']").await;
+    b.find("#graph-svg g.node[data-step='w84']").await;
+    b.find("#graph-svg g.node[data-step='w116']").await;
+    b.screenshot("done").await;
+    b.finish().await;
+}
