@@ -301,6 +301,30 @@ async fn deep_links_open_a_step_and_an_attempt_in_sync_everywhere() {
         .await;
     b.screenshot("attempt").await;
 
+    // The arrow keys move through the list.
+    b.find("#steps-body tr[data-step='flaky'] a")
+        .await
+        .send_keys(&Key::Down.to_string())
+        .await
+        .unwrap();
+    b.until_text("#step-details h2", "the next step by keyboard", |t| {
+        t.contains("last")
+    })
+    .await;
+    let focused = b
+        .js("return document.activeElement.textContent", vec![])
+        .await;
+    assert_eq!(focused, json!("last"), "the focus follows the selection");
+    b.find("#steps-body tr[data-step='last'] a")
+        .await
+        .send_keys(&Key::Up.to_string())
+        .await
+        .unwrap();
+    b.until_text("#step-details h2", "back by keyboard", |t| {
+        t.contains("flaky")
+    })
+    .await;
+
     // Selecting in the graph moves the selection everywhere and into the URL.
     b.click("#graph-svg g.node[data-step='last']").await;
     b.until_text("#step-details h2", "last selected", |t| t.contains("last"))

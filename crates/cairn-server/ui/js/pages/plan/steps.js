@@ -58,6 +58,21 @@ export async function render(el, live, params, ctx) {
   const where = h('span', { id: 'steps-page', class: 'muted' });
   const details = h('section', { id: 'step-details', class: 'card details', 'aria-live': 'polite' });
 
+  // Up and down arrows in the list move the selection (and the focus) to the step before or
+  // after, across pages.
+  list.addEventListener('keydown', (e) => {
+    if (e.key !== 'ArrowDown' && e.key !== 'ArrowUp') return;
+    const steps = live.view.steps;
+    const at = st.rows.indexOf(st.idx.byId.get(st.selected));
+    const to = at < 0 ? st.page * PAGE : at + (e.key === 'ArrowDown' ? 1 : -1);
+    if (to < 0 || to >= st.rows.length) return;
+    e.preventDefault();
+    const id = steps[st.rows[to]].step_id;
+    select(id, null);
+    const link = list.querySelector(`tr[data-step="${CSS.escape(id)}"] a`);
+    if (link) link.focus();
+  });
+
   let typing = null;
   filter.addEventListener('input', () => {
     clearTimeout(typing);
@@ -124,7 +139,7 @@ export async function render(el, live, params, ctx) {
       const s = steps[i];
       const took = s.started_at && s.ended_at ? duration(Date.parse(s.ended_at) - Date.parse(s.started_at)) : '';
       const sel = id === st.selected;
-      return h('tr', { class: sel ? 'selected' : '', dataset: { step: id }, 'aria-selected': sel ? 'true' : 'false' },
+      return h('tr', { class: sel ? 'selected' : '', dataset: { step: id }, 'aria-current': sel ? 'true' : null },
         h('td', { class: 'muted' }, String(i + 1)),
         h('td', {}, h('a', { href: stepHash(id), onclick: (e) => { e.preventDefault(); select(id, null); } }, id)),
         h('td', {}, badge(s.status), s.waiting_for ? h('div', { class: 'reason' }, `waits for ${s.waiting_for}`) : null),
