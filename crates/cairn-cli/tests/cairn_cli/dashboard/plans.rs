@@ -393,6 +393,20 @@ async fn deep_links_open_a_step_and_an_attempt_in_sync_everywhere() {
         .await;
     assert_eq!(overflow, json!(true), "no sideways scrolling at 390 px");
     phone.screenshot("phone").await;
+    phone.open(&serve.base, "/#/plans").await;
+    phone
+        .until_text("#plans-body", "the list on a phone", |t| {
+            t.contains("deep-1")
+        })
+        .await;
+    let overflow = phone
+        .js(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+            vec![],
+        )
+        .await;
+    assert_eq!(overflow, json!(true), "the list fits 390 px");
+    phone.screenshot("phone-list").await;
     phone.finish().await;
 }
 
