@@ -431,7 +431,7 @@ async fn a_ten_thousand_step_plan_page_opens_and_finds_a_step() {
         .collect();
     let plan = json!({"plan_id": "big", "steps": steps});
     assert!(serde_json::to_vec(&plan).unwrap().len() < 1 << 20);
-    // Validating 10,000 explicit dependencies takes seconds in a debug build on a shared
+    // Registering 10,000 steps takes about a second in a debug build, more on a loaded
     // machine: this one request gets more time than the harness's client gives.
     let res = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(180))
