@@ -543,6 +543,12 @@ async fn a_busy_plan_page_keeps_up_until_the_end() {
     b.open(&serve.base, "/#/plans/busy/steps/w100").await;
     b.until_text("#step-details h2", "the step shown", |t| t.contains("w100"))
         .await;
+    // The keyboard focus on a graph node survives the redraws that follow every refresh.
+    b.js(
+        "document.querySelector(\"#graph-svg g.node[data-step='w108']\").focus()",
+        vec![],
+    )
+    .await;
     serve.post("/v1/plans/busy/start", json!({})).await;
     b.until_text("#plan-header h1", "running on the page", |t| {
         t.contains("running") || t.contains("completed")
@@ -557,6 +563,14 @@ async fn a_busy_plan_page_keeps_up_until_the_end() {
         t.contains("completed")
     })
     .await;
+    let focused = b
+        .js(
+            "const a = document.activeElement; \
+             return a.closest('#graph') ? a.dataset.step : a.tagName",
+            vec![],
+        )
+        .await;
+    assert_eq!(focused, json!("w108"), "the focus stayed on the node");
     // The selected step's details and the timeline's rows caught up too.
     b.until_text("#step-details h2", "w100 completed", |t| {
         t.contains("completed")

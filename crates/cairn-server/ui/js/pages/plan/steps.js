@@ -156,12 +156,28 @@ export async function render(el, live, params, ctx) {
       : '';
   }
 
+  /** Redraws `box` with `draw()`, giving the focus back to the same node or bar if it had it. */
+  function keepFocus(box, draw) {
+    const had = document.activeElement;
+    if (!had || !box.contains(had)) { draw(); return; }
+    const key = (el) => {
+      const host = el.closest('[data-step]');
+      return `${el.tagName}|${host ? host.dataset.step : ''}|${el.dataset.attempt || ''}`;
+    };
+    const want = key(had);
+    draw();
+    for (const el of box.querySelectorAll('a, button, [tabindex]')) {
+      if (key(el) === want) { el.focus({ preventScroll: true }); break; }
+    }
+  }
+
   function drawGraph() {
-    graph.draw(graphBox, live.view, st.idx, st.selected, (id) => select(id, null));
+    keepFocus(graphBox, () => graph.draw(graphBox, live.view, st.idx, st.selected, (id) => select(id, null)));
   }
 
   function drawTimeline() {
-    timeline.draw(timeBox, st.spans, { step: st.selected, attempt: st.attempt }, (id, n) => select(id, n));
+    keepFocus(timeBox, () => timeline.draw(timeBox, st.spans, { step: st.selected, attempt: st.attempt },
+      (id, n) => select(id, n)));
   }
 
   async function loadSpans() {
@@ -181,7 +197,7 @@ export async function render(el, live, params, ctx) {
   }
 
   function showPage(spans) {
-    drawList();
+    keepFocus(list, drawList);
     if (spans) loadSpans(); else drawTimeline();
   }
 
@@ -363,5 +379,9 @@ export async function render(el, live, params, ctx) {
   if (st.selected) loadDetail();
   const onResize = () => drawTimeline();
   window.addEventListener('resize', onResize);
-  return () => { off(); clearTimeout(typing); window.removeEventListener('resize', onResize); };
+  // Bars of attempts still running grow with the clock, between events too.
+  const tick = setInterval(() => {
+    if (!document.hidden && st.spans.some((r) => r.attempts.some((a) => !a.ended_at))) drawTimeline();
+  }, 2000);
+  return () => { off(); clearTimeout(typing); clearInterval(tick); window.removeEventListener('resize', onResize); };
 }
