@@ -590,3 +590,83 @@ async fn a_busy_plan_page_keeps_up_until_the_end() {
     b.screenshot("done").await;
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_resumes_from_the_last_event_id() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "res-1", "steps": [
+                {"step_id": "a", "action": "wait", "agent_type": "builtin.latch", "params": {"name": "ra"}},
+                {"step_id": "b", "action": "wait", "agent_type": "builtin.latch", "params": {"name": "rb"}}
+            ]}),
+        )
+        .await;
+    serve.post("/v1/plans/res-1/start", json!({})).await;
+    let b = Browser::start("plans_resume").await;
+    b.open(&serve.base, "/#/plans").await;
+    b.until_text("#plans-body", "the plan listed", |t| t.contains("res-1"))
+        .await;
+    // The page's own `fetch`, wrapped so the test can cut the plan's stream as a network
+    // failure would, and see the header each (re)connection sends.
+    b.js(
+        "window.__streams = []; window.__lastIds = []; \
+         const orig = window.fetch.bind(window); \
+         window.fetch = (url, init = {}) => { \
+           if (String(url).includes('/v1/plans/res-1/events/stream')) { \
+             const c = new AbortController(); \
+             if (init.signal) init.signal.addEventListener('abort', () => c.abort()); \
+             window.__streams.push(c); \
+             window.__lastIds.push((init.headers || {})['Last-Event-ID'] || null); \
+             return orig(url, { ...init, signal: c.signal }); \
+           } \
+           return orig(url, init); \
+         }; \
+         window.__drop = () => { for (const c of window.__streams) c.abort(); window.__streams = []; };",
+        vec![],
+    )
+    .await;
+    b.click("#plans-body a[href='#/plans/res-1']").await;
+    b.until_text("#steps-body tr[data-step='a']", "a running", |t| {
+        t.contains("running")
+    })
+    .await;
+    // Cut the stream, then make events while it is down.
+    b.js("window.__drop()", vec![]).await;
+    serve.release("ra");
+    b.until_text(
+        "#steps-body tr[data-step='a']",
+        "a completed after the cut",
+        |t| t.contains("completed"),
+    )
+    .await;
+    b.until_text("#steps-body tr[data-step='b']", "b running", |t| {
+        t.contains("running")
+    })
+    .await;
+    let ids = b.js("return window.__lastIds", vec![]).await;
+    let ids: Vec<u64> = ids
+        .as_array()
+        .expect("the connections seen")
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("a Last-Event-ID")
+        })
+        .collect();
+    assert!(ids.len() >= 2, "the stream reconnected: {ids:?}");
+    assert!(
+        ids[1] >= ids[0] && ids[0] > 0,
+        "resumed after the last event seen: {ids:?}"
+    );
+    // Still live after the reconnection.
+    serve.release("rb");
+    b.until_text("#plan-header h1", "completed", |t| t.contains("completed"))
+        .await;
+    b.finish().await;
+}
