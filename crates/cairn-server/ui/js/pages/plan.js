@@ -52,6 +52,7 @@ export async function render(main, params, ctx) {
     if (v.failed_steps.length) extra.push(`${v.failed_steps.length} failed`);
     fill(info,
       h('h1', {}, v.plan_id, ' ', badge(v.state)),
+      v.deleted ? h('p', { class: 'flash error', role: 'alert' }, 'This plan has been deleted; what is shown is its last state.') : null,
       v.query ? h('p', { class: 'muted' }, v.query) : null,
       h('p', { id: 'plan-progress' },
         h('span', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0',
