@@ -454,6 +454,64 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/plans/{id}/steps/{step}`: one step with its definition, record, idempotency
+    /// key and every attempt (start, end, outcome, invocation, output, scores, error).
+    pub async fn step(&self, id: &str, step: &str) -> Result<cairn_core::history::StepDetail> {
+        self.get_as(
+            &format!("{}/steps/{}", Self::plan_path(id), path_segment(step)),
+            &[],
+        )
+        .await
+    }
+
+    /// `GET /v1/plans/{id}/attempts?cursor=&limit=`: the attempt spans of a page of steps, in
+    /// plan order; `cursor` is a step's position (the `next_cursor` of the previous page).
+    pub async fn attempts(
+        &self,
+        id: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page<cairn_core::history::StepAttempts>> {
+        self.get_as(
+            &format!("{}/attempts", Self::plan_path(id)),
+            &page_query(limit, cursor),
+        )
+        .await
+    }
+
+    /// `GET /v1/plans/{id}/attempts?steps=a,b`: the attempt spans of the named steps (at most
+    /// 1000), in plan order; ids the plan does not have are left out.
+    pub async fn attempts_of(
+        &self,
+        id: &str,
+        steps: &[&str],
+    ) -> Result<Vec<cairn_core::history::StepAttempts>> {
+        let page: Page<cairn_core::history::StepAttempts> = self
+            .get_as(
+                &format!("{}/attempts", Self::plan_path(id)),
+                &[("steps", steps.join(","))],
+            )
+            .await?;
+        Ok(page.items)
+    }
+
+    /// `GET /v1/plans?id_contains=&state=&limit=&cursor=`: plans whose id contains `part`,
+    /// newest first.
+    pub async fn search_plans(
+        &self,
+        part: &str,
+        state: Option<&str>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page<PlanSummary>> {
+        let mut q = page_query(limit, cursor);
+        q.push(("id_contains", part.to_owned()));
+        if let Some(s) = state {
+            q.push(("state", s.to_owned()));
+        }
+        self.get_as("/v1/plans", &q).await
+    }
+
     // ---- tokens -------------------------------------------------------------------------------
 
     /// `POST /v1/tokens` (admin): answers the new token, secret included (shown once).

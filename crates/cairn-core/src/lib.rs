@@ -7,6 +7,7 @@
 //! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
 //! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`history`]: every attempt of a plan's steps, folded from its log, for readers.
 //! - [`gate`]: quality gates, typed scores and the verdict, a pure function of both.
 //! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
 //! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
@@ -25,6 +26,7 @@ mod document;
 pub mod event;
 pub mod expr;
 pub mod gate;
+pub mod history;
 pub mod intervention;
 pub mod log;
 pub mod plan;

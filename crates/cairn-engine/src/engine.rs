@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use cairn_core::decide::SYSTEM_ACTOR;
 use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin};
+use cairn_core::history::{AttemptLog, AttemptSpan, StepAttempts, StepDetail, ATTEMPT_EVENTS};
 use cairn_core::view::{
     is_settled, CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot,
 };
@@ -717,7 +718,26 @@ impl Engine {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<PlanSummary>, EngineError> {
-        let page = self.list(state, limit, cursor).await?;
+        self.search(state, None, limit, cursor).await
+    }
+
+    /// [`Engine::plans`], keeping only plans whose id contains `id_contains` when given.
+    pub async fn search(
+        &self,
+        state: Option<PlanStatus>,
+        id_contains: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<PlanSummary>, EngineError> {
+        let page = match id_contains {
+            None => self.list(state, limit, cursor).await?,
+            Some(part) => {
+                self.inner
+                    .store
+                    .search_plans(state.map(PlanStatus::as_str), part, limit, cursor)
+                    .await?
+            }
+        };
         let mut items = Vec::with_capacity(page.items.len());
         for row in page.items {
             match self.state(&row.plan_id).await {
@@ -762,6 +782,111 @@ impl Engine {
             return Err(EngineError::PlanNotFound(plan_id.to_owned()));
         }
         Ok(Page::cut(events, limit, |e| e.seq.to_string()))
+    }
+
+    /// One step in full with every attempt from the log (`GET /v1/plans/{id}/steps/{step}`);
+    /// `None` when the plan has no such step. Reads only the log's attempt events.
+    pub async fn step_detail(
+        &self,
+        plan_id: &str,
+        step_id: &str,
+    ) -> Result<Option<StepDetail>, EngineError> {
+        let state = self.state(plan_id).await?;
+        let Some(index) = state.index_of(step_id) else {
+            return Ok(None);
+        };
+        let only = std::collections::HashSet::from([step_id.to_owned()]);
+        let mut log = self.attempt_log(plan_id, only).await?;
+        Ok(Some(StepDetail::of(&state, index, log.take(step_id))))
+    }
+
+    /// The attempt spans of at most `limit` steps from position `from` in plan order (a
+    /// timeline's rows); the cursor is the position to continue from. One read of the log's
+    /// attempt events per page, keeping only the page's steps.
+    pub async fn attempt_spans(
+        &self,
+        plan_id: &str,
+        from: usize,
+        limit: usize,
+    ) -> Result<Page<StepAttempts>, EngineError> {
+        let state = self.state(plan_id).await?;
+        let end = from.saturating_add(limit).min(state.steps.len());
+        let ids: Vec<&str> = state
+            .steps
+            .get(from..end)
+            .unwrap_or(&[])
+            .iter()
+            .map(|s| s.def.step_id.as_str())
+            .collect();
+        let mut log = self
+            .attempt_log(plan_id, ids.iter().map(|s| (*s).to_owned()).collect())
+            .await?;
+        let items = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| StepAttempts {
+                step_id: (*id).to_owned(),
+                index: from + i,
+                attempts: log.take(id).iter().map(AttemptSpan::from).collect(),
+            })
+            .collect();
+        Ok(Page {
+            items,
+            next_cursor: (end < state.steps.len()).then(|| end.to_string()),
+        })
+    }
+
+    /// The attempt spans of the steps `ids` that the plan has, in plan order (a timeline of a
+    /// filtered list of steps).
+    pub async fn attempt_spans_of(
+        &self,
+        plan_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<StepAttempts>, EngineError> {
+        let state = self.state(plan_id).await?;
+        let wanted: std::collections::HashSet<String> = ids.iter().cloned().collect();
+        let mut log = self.attempt_log(plan_id, wanted.clone()).await?;
+        Ok(state
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| wanted.contains(&s.def.step_id))
+            .map(|(index, s)| StepAttempts {
+                step_id: s.def.step_id.clone(),
+                index,
+                attempts: log
+                    .take(&s.def.step_id)
+                    .iter()
+                    .map(AttemptSpan::from)
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// The attempts of the steps `only`, folded from the plan's attempt events.
+    async fn attempt_log(
+        &self,
+        plan_id: &str,
+        only: std::collections::HashSet<String>,
+    ) -> Result<AttemptLog, EngineError> {
+        const PAGE: usize = 1_000;
+        let mut log = AttemptLog::new(plan_id, Some(only));
+        let mut after = 0;
+        loop {
+            let rows = self
+                .inner
+                .store
+                .read_events_of_kind(plan_id, ATTEMPT_EVENTS, after, PAGE)
+                .await?;
+            let n = rows.len();
+            for row in rows {
+                after = row.seq;
+                log.apply(&from_stored(row)?);
+            }
+            if n < PAGE {
+                return Ok(log);
+            }
+        }
     }
 
     /// Every checkpoint of a plan, oldest first.

@@ -134,6 +134,8 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plans::fork))
         .routes(routes!(plans::snapshot))
         .routes(routes!(plans::events))
+        .routes(routes!(plans::step))
+        .routes(routes!(plans::attempts))
         .routes(routes!(reviews::list))
         .routes(routes!(streams::plan_stream))
         .routes(routes!(streams::all_stream))

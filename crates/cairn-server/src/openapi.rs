@@ -122,6 +122,14 @@ pub struct CheckpointList {
     pub next_cursor: Option<String>,
 }
 
+/// `{"items": [...], "next_cursor": …}`, steps in plan order.
+#[derive(ToSchema)]
+pub struct AttemptList {
+    pub items: Vec<cairn_core::history::StepAttempts>,
+    /// The position of the next step, to pass as `cursor`; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
 #[derive(ToSchema)]
 pub struct EventList {
     pub items: Vec<cairn_core::Event>,

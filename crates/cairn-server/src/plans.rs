@@ -91,6 +91,8 @@ pub struct ListQuery {
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only plans whose id contains this text (case-sensitive).
+    id_contains: Option<String>,
 }
 
 #[utoipa::path(
@@ -122,9 +124,15 @@ pub async fn list(
         })?),
     };
     let limit = limit_of(q.limit, 50)?;
+    let part = q.id_contains.as_deref().filter(|p| !p.is_empty());
+    if part.is_some_and(|p| p.len() > 128) {
+        return Err(ApiError::bad_request(
+            "id_contains is longer than any plan id (128 bytes at most)",
+        ));
+    }
     let page = s
         .engine
-        .plans(state, limit, q.cursor.as_deref())
+        .search(state, part, limit, q.cursor.as_deref())
         .await
         .map_err(cursor_error)?;
     Ok(Json(page))
@@ -624,5 +632,117 @@ pub async fn events(
     };
     Ok(Json(
         s.engine.events_page(plan_id(&id)?, after, limit).await?,
+    ))
+}
+
+/// Refuses step ids no step could have before touching the store.
+fn step_not_found(plan: &str, step: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "step_not_found",
+        format!(
+            "plan {plan} has no step {:?}",
+            step.chars().take(140).collect::<String>()
+        ),
+    )
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "get_step",
+    path = "/v1/plans/{id}/steps/{step}",
+    tag = "plans",
+    summary = "One step in full: definition, record, idempotency key and every attempt",
+    params(("id" = String, Path, description = "Plan id"), ("step" = String, Path, description = "Step id")),
+    responses(
+        (status = 200, description = "The step with every attempt, oldest first", body = cairn_core::history::StepDetail),
+        (status = 404, description = "No such plan or step", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn step(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path((id, step)): Path<(String, String)>,
+) -> ApiResult<Json<cairn_core::history::StepDetail>> {
+    p.require(Role::Viewer)?;
+    let id = plan_id(&id)?;
+    if !cairn_core::plan::valid_id(&step) {
+        return Err(step_not_found(id, &step));
+    }
+    s.engine
+        .step_detail(id, &step)
+        .await?
+        .map(Json)
+        .ok_or_else(|| step_not_found(id, &step))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptsQuery {
+    /// 1 to 1000 steps (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page, or a step's position (0-based) to start at.
+    cursor: Option<String>,
+    /// Only these steps, comma-separated (at most 1000), in plan order, on one page; ids the
+    /// plan does not have are left out. Not with `cursor` or `limit`.
+    steps: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "list_attempts",
+    path = "/v1/plans/{id}/attempts",
+    tag = "plans",
+    summary = "The attempt spans (start, end, outcome) of a page of steps, in plan order",
+    params(("id" = String, Path, description = "Plan id"), AttemptsQuery),
+    responses(
+        (status = 200, description = "One page of steps, each with its attempts", body = crate::openapi::AttemptList),
+        (status = 400, description = "Bad limit, cursor or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn attempts(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<AttemptsQuery>,
+) -> ApiResult<Json<Page<cairn_core::history::StepAttempts>>> {
+    p.require(Role::Viewer)?;
+    if let Some(list) = q.steps.as_deref() {
+        if q.cursor.is_some() || q.limit.is_some() {
+            return Err(ApiError::bad_request(
+                "give either steps or cursor and limit, not both",
+            ));
+        }
+        let ids: Vec<String> = list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if ids.len() > 1000 {
+            return Err(ApiError::bad_request("steps names more than 1000 steps"));
+        }
+        let items = s.engine.attempt_spans_of(plan_id(&id)?, &ids).await?;
+        return Ok(Json(Page {
+            items,
+            next_cursor: None,
+        }));
+    }
+    let limit = limit_of(q.limit, 100)?;
+    let from = match q.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid cursor {:?}",
+                c.chars().take(140).collect::<String>()
+            ))
+        })?,
+    };
+    Ok(Json(
+        s.engine.attempt_spans(plan_id(&id)?, from, limit).await?,
     ))
 }

@@ -6,6 +6,7 @@
 //! - `hostile`: bursts of concurrent writes and malformed requests.
 //! - `metrics`: `/metrics`.
 //! - `openapi`: the committed `docs/openapi.json` against what the code generates.
+//! - `steps`: a step's attempts, the attempts page and the plan search the dashboard reads.
 //! - `streams`: SSE, WebSocket and webhooks.
 //! - `tasks`: the remote task queue under `/v1/tasks`.
 
@@ -17,6 +18,8 @@ mod hostile;
 mod metrics;
 #[path = "cairn_server/openapi.rs"]
 mod openapi;
+#[path = "cairn_server/steps.rs"]
+mod steps;
 #[path = "cairn_server/streams.rs"]
 mod streams;
 #[path = "cairn_server/tasks.rs"]

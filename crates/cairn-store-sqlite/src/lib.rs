@@ -553,7 +553,24 @@ impl PlanIndex for SqliteStore {
         }
         let after = cursor.map(read::parse_cursor).transpose()?;
         let state = state.map(str::to_owned);
-        self.read(move |c| read::list_plans(c, state.as_deref(), limit, after))
+        self.read(move |c| read::list_plans(c, state.as_deref(), None, limit, after))
+            .await
+    }
+
+    async fn search_plans(
+        &self,
+        state: Option<&str>,
+        id_contains: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<PlanRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let after = cursor.map(read::parse_cursor).transpose()?;
+        let state = state.map(str::to_owned);
+        let part = id_contains.to_owned();
+        self.read(move |c| read::list_plans(c, state.as_deref(), Some(&part), limit, after))
             .await
     }
 

@@ -226,7 +226,7 @@ struct Keyset<'a> {
     what: &'a str,
     /// The query up to where its `WHERE` goes (columns, tables, joins).
     select: &'a str,
-    /// `column = value` conditions, applied when the value is given.
+    /// Conditions with one `?` for their value (`state = ?`), applied when the value is given.
     filters: &'a [(&'a str, Option<&'a str>)],
     /// The key columns, time first: `(created_at, pk)`.
     key: (&'a str, &'a str),
@@ -247,10 +247,10 @@ impl Keyset<'_> {
         use rusqlite::types::Value;
         let mut clauses = Vec::with_capacity(self.filters.len() + 1);
         let mut values: Vec<Value> = Vec::with_capacity(self.filters.len() + 3);
-        for (column, value) in self.filters {
+        for (condition, value) in self.filters {
             if let Some(value) = value {
                 values.push((*value).to_owned().into());
-                clauses.push(format!("{column} = ?{}", values.len()));
+                clauses.push(condition.replace('?', &format!("?{}", values.len())));
             }
         }
         let (at_col, pk_col) = self.key;
@@ -304,6 +304,7 @@ impl Keyset<'_> {
 pub(crate) fn list_plans(
     c: &Connection,
     state: Option<&str>,
+    id_contains: Option<&str>,
     limit: usize,
     after: Option<Cursor>,
 ) -> StoreResult<Page<PlanRow>> {
@@ -311,7 +312,8 @@ pub(crate) fn list_plans(
     let listing = Keyset {
         what: "plans",
         select: &select,
-        filters: &[("state", state)],
+        // instr, not LIKE: no character of an id is ever a wildcard.
+        filters: &[("state = ?", state), ("instr(plan_id, ?) > 0", id_contains)],
         key: ("created_at", "pk"),
         newest_first: true,
     };
@@ -334,7 +336,7 @@ pub(crate) fn list_reviews(
         what: "reviews",
         select: "SELECT p.plan_id, r.review_id, r.state, r.opened_at, r.data, r.pk
                  FROM reviews r JOIN plans p ON p.pk = r.plan_pk",
-        filters: &[("r.state", state), ("p.plan_id", plan_id)],
+        filters: &[("r.state = ?", state), ("p.plan_id = ?", plan_id)],
         key: ("r.opened_at", "r.pk"),
         newest_first: false,
     };

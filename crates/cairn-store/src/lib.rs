@@ -315,6 +315,22 @@ pub trait PlanIndex: Send + Sync + 'static {
         cursor: Option<&str>,
     ) -> StoreResult<Page<PlanRow>>;
 
+    /// [`PlanIndex::list_plans`] keeping only the plans whose id contains `id_contains`
+    /// (case-sensitive), in the same order and with the same cursors. Backends that cannot
+    /// search keep this default, which refuses.
+    async fn search_plans(
+        &self,
+        state: Option<&str>,
+        id_contains: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<PlanRow>> {
+        let _ = (state, id_contains, limit, cursor);
+        Err(StoreError::Backend(
+            "searching plans by id is not supported by this store".into(),
+        ))
+    }
+
     /// Ids of every plan whose state is one of `states` (recovery on start).
     async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>>;
 

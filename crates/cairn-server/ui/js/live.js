@@ -28,6 +28,7 @@ export class LivePlan {
   }
 
   follow() {
+    // `follow=true`: an ended plan's stream stays open (a restore or a retry brings it back).
     this.sub = api.stream(`/v1/plans/${encodeURIComponent(this.id)}/events/stream?follow=true`, {
       after: this.view.last_seq,
       onEvent: (ev) => { this.pending.push(ev); this.schedule(); },

@@ -7,6 +7,7 @@ pub async fn run_all<S: Store>(make: impl Fn() -> S) {
     case("plan_index::plan_row", Arc::new(make()), plan_row).await;
     case("plan_index::list_plans", Arc::new(make()), list_plans).await;
     case("plan_index::bad_cursor", Arc::new(make()), bad_cursor).await;
+    case("plan_index::search_plans", Arc::new(make()), search_plans).await;
     case(
         "plan_index::plans_in_states",
         Arc::new(make()),
@@ -118,6 +119,49 @@ pub async fn list_plans(store: Arc<dyn Store>) {
     assert!(none.items.is_empty() && none.next_cursor.is_none());
     let zero = store.list_plans(None, 0, None).await;
     assert!(matches!(zero, Err(StoreError::Invalid(_))), "{zero:?}");
+}
+
+pub async fn search_plans(store: Arc<dyn Store>) {
+    // Ids with characters LIKE would read as wildcards: a search matches them literally.
+    let ids = [
+        "night-1", "day-1", "night-2", "night_3", "nightXly", "morning", "a%b", "NIGHT-9",
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        let mut req = create(id, i as Micros, 1);
+        if i % 2 == 1 {
+            req.state = "done".into();
+        }
+        store.create_plan(req).await.unwrap();
+    }
+    let mut found = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let page = store
+            .search_plans(None, "night", 2, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        found.extend(page.items.into_iter().map(|r| r.plan_id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    // Newest first, case-sensitive, anywhere in the id.
+    assert_eq!(found, ["nightXly", "night_3", "night-2", "night-1"]);
+    let one = store.search_plans(None, "_", 10, None).await.unwrap();
+    let one: Vec<&str> = one.items.iter().map(|r| r.plan_id.as_str()).collect();
+    assert_eq!(one, ["night_3"]);
+    let pct = store.search_plans(None, "%", 10, None).await.unwrap();
+    assert_eq!(pct.items.len(), 1, "{pct:?}");
+    let done = store
+        .search_plans(Some("done"), "night", 10, None)
+        .await
+        .unwrap();
+    let done: Vec<&str> = done.items.iter().map(|r| r.plan_id.as_str()).collect();
+    assert_eq!(done, ["night_3"]);
+    let none = store.search_plans(None, "zzz", 10, None).await.unwrap();
+    assert!(none.items.is_empty() && none.next_cursor.is_none());
 }
 
 pub async fn bad_cursor(store: Arc<dyn Store>) {

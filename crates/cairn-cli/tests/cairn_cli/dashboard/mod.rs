@@ -10,4 +10,5 @@
 mod harness;
 mod interventions;
 mod pages;
+mod plans;
 mod smoke;

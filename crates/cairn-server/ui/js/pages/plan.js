@@ -5,7 +5,7 @@
 // Deep links: #/plans/{id} (steps tab), #/plans/{id}/steps/{step},
 // #/plans/{id}/steps/{step}/attempts/{n}, #/plans/{id}/{tab}.
 
-import { h, fill, badge } from '../dom.js';
+import { h, fill, badge, time } from '../dom.js';
 import { LivePlan } from '../live.js';
 
 export const TABS = [
@@ -28,6 +28,11 @@ export async function render(main, params, ctx) {
   const tab = params.tab || 'steps';
   const enc = encodeURIComponent(live.id);
   const header = h('div', { id: 'plan-header' });
+  const info = h('div', {});
+  // Kept across refreshes (controls.js redraws it only when what it shows changed), so a
+  // control does not vanish under the pointer or the keyboard focus.
+  const controlsEl = h('div', { id: 'plan-controls', class: 'toolbar' });
+  header.append(info, controlsEl);
   const conn = h('span', { id: 'plan-conn', class: 'muted' });
   const tabs = h('nav', { class: 'toolbar tabs', 'aria-label': 'Plan sections' },
     TABS.map(([key, label]) => h('a', {
@@ -39,14 +44,26 @@ export async function render(main, params, ctx) {
 
   const drawHeader = (v) => {
     const done = v.completed_steps.length + v.skipped_steps.length;
-    fill(header,
+    const bar = h('span', {});
+    bar.style.width = `${v.total_steps ? Math.round((100 * done) / v.total_steps) : 0}%`;
+    const extra = [];
+    if (v.running_steps.length) extra.push(`${v.running_steps.length} running`);
+    if ((v.queued_steps || []).length) extra.push(`${v.queued_steps.length} waiting for a worker`);
+    if (v.failed_steps.length) extra.push(`${v.failed_steps.length} failed`);
+    fill(info,
       h('h1', {}, v.plan_id, ' ', badge(v.state)),
-      h('p', { class: 'muted' }, v.query),
-      h('p', {}, `${done}/${v.total_steps} steps done · version ${v.version}`,
-        v.pause_reason ? ` · paused: ${v.pause_reason}` : '',
-        v.failure ? ` · ${v.failure}` : ''),
-      h('div', { id: 'plan-controls', class: 'toolbar' }));
-    if (controls) controls(header.querySelector('#plan-controls'), live, ctx);
+      v.deleted ? h('p', { class: 'flash error', role: 'alert' }, 'This plan has been deleted; what is shown is its last state.') : null,
+      v.query ? h('p', { class: 'muted' }, v.query) : null,
+      h('p', { id: 'plan-progress' },
+        h('span', { class: 'progress', role: 'progressbar', 'aria-valuemin': '0',
+          'aria-valuemax': String(v.total_steps), 'aria-valuenow': String(done) }, bar), ' ',
+        `${done.toLocaleString()}/${v.total_steps.toLocaleString()} steps done`,
+        extra.length ? ` · ${extra.join(' · ')}` : '',
+        ` · version ${v.version}`,
+        v.pause_reason ? ` · paused: ${v.pause_reason.replace('_', ' ')}` : '',
+        v.failure ? ` · ${v.failure}` : '',
+        h('span', { class: 'muted hide-narrow' }, ` · created ${time(v.created_at)} · updated ${time(v.updated_at)}`)));
+    if (controls) controls(controlsEl, live, ctx);
   };
   // The controls (start, pause, resume, cancel) come from ./plan/controls.js when present.
   let controls = null;
