@@ -425,7 +425,19 @@ impl PlanActor {
             .into_iter()
             .map(|(command, actor, reply)| ((command, actor), reply))
             .unzip();
-        let mut again = Some(commands.clone());
+        // What to decide once more after a seq conflict: the commands themselves, except that
+        // an outcome (whose output may be large) is only marked here and taken from `outcomes`
+        // then, so a batch copies each outcome once, not twice. (Outcomes are always decided
+        // as the system: see `batch` and `retry`.)
+        let mut again: Option<Vec<Option<(Command, String)>>> = Some(
+            commands
+                .iter()
+                .map(|(command, actor)| match command {
+                    Command::Outcome { .. } => None,
+                    other => Some((other.clone(), actor.clone())),
+                })
+                .collect(),
+        );
         let mut commands = commands;
         loop {
             let Err(e) = self.try_commit(commands, &mut replies, &outcomes).await else {
@@ -451,7 +463,19 @@ impl PlanActor {
             let err = EngineError::from(e);
             if conflict && again.is_some() {
                 if self.reload(&outcomes).await {
-                    commands = again.take().unwrap_or_default();
+                    let mut held = outcomes.iter().cloned();
+                    commands = again
+                        .take()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|kept| {
+                            kept.or_else(|| {
+                                let (attempt, result) = held.next()?;
+                                let command = Command::Outcome { attempt, result };
+                                Some((command, SYSTEM_ACTOR.to_owned()))
+                            })
+                        })
+                        .collect();
                     continue;
                 }
             } else {

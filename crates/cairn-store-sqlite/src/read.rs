@@ -10,6 +10,7 @@ use cairn_store::{
     CheckpointMark, CheckpointRow, Micros, OpenReviews, Page, PlanRow, ReviewRow, StoreError,
     StoreResult, StoredEvent, TokenRow,
 };
+use rusqlite::config::DbConfig;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::{from_sql, limit_sql, to_sql, Ctx, BUSY_TIMEOUT};
@@ -56,6 +57,13 @@ impl ReadPool {
         let conn = Connection::open_with_flags(&self.path, flags)
             .ctx(&format!("open {} for reading", self.path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT).ctx("set busy timeout")?;
+        // The query planner stability guarantee: a statement's plan never depends on the values
+        // bound to it. Without it SQLite marks the plan id and seq parameters of the event reads
+        // as plan-relevant (the partial checkpoint index), and every read with new values
+        // re-prepares the cached statement (about as costly as preparing it afresh): one
+        // re-prepare per plan load.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .ctx("enable the query planner stability guarantee")?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
     }
@@ -499,4 +507,55 @@ pub(crate) fn cursor(c: &Connection, name: &str) -> StoreResult<Option<u64>> {
         .and_then(|mut s| s.query_row([name], |r| r.get::<_, i64>(0)).optional())
         .ctx("read a cursor")
         .map(|v| v.map(|v| v.max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::{CreatePlan, EventLog, NewEvent};
+
+    /// A cached read statement is reused as prepared when only its bound values change: reading
+    /// the events of one plan after another re-prepares nothing.
+    #[tokio::test]
+    async fn reading_the_events_of_plan_after_plan_never_re_prepares_the_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let store = crate::SqliteStore::open(&path, crate::SqliteOptions::default()).unwrap();
+        for i in 0..5 {
+            let event = NewEvent {
+                seq: 1,
+                at: 1,
+                actor: "a".into(),
+                kind: "plan_registered".into(),
+                data: "{}".into(),
+                format: 1,
+                checkpoint: None,
+            };
+            store
+                .create_plan(CreatePlan {
+                    plan_id: format!("p{i}"),
+                    created_at: 1,
+                    state: "idle".into(),
+                    events: vec![event],
+                    reviews: vec![],
+                })
+                .await
+                .unwrap();
+        }
+        let pool = ReadPool::new(path);
+        pool.with(|c| {
+            for i in 0..5 {
+                assert_eq!(events(c, &format!("p{i}"), 0, None, 100)?.len(), 1);
+            }
+            let sql = format!(
+                "SELECT {EVENT_COLS} FROM events WHERE plan_pk = ?1 AND seq > ?2 AND seq <= ?3
+         ORDER BY seq LIMIT ?4"
+            );
+            let stmt = c.prepare_cached(&sql).unwrap();
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 5);
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+            Ok(())
+        })
+        .unwrap();
+    }
 }

@@ -44,10 +44,15 @@ pub(crate) enum Rule {
     /// fence no node holds, so the store itself refuses it after running the create half in
     /// the same request. Plain appends never fail.
     ForkFenced(Arc<AtomicBool>),
+    /// Every other one of the first `times` appends that carry an event of this kind is
+    /// refused with a seq conflict (what an append answers when another actor committed first),
+    /// so the batch decided once more after it is usually committed.
+    Conflict { kind: &'static str, times: usize },
 }
 
 /// The real store, failing the appends its rule picks with `Unavailable` (what a full disk
-/// answers). Everything else is delegated unchanged.
+/// answers), or with a seq conflict for [`Rule::Conflict`]. Everything else is delegated
+/// unchanged.
 pub(crate) struct Faulty {
     inner: Arc<SqliteStore>,
     rule: Rule,
@@ -89,6 +94,12 @@ impl Faulty {
             Rule::Kind { kind, times } => {
                 req.events.iter().any(|e| e.kind == *kind)
                     && self.kind_seen.fetch_add(1, Ordering::SeqCst) < *times
+            }
+            Rule::Conflict { kind, times } => {
+                req.events.iter().any(|e| e.kind == *kind) && {
+                    let seen = self.kind_seen.fetch_add(1, Ordering::SeqCst);
+                    seen < *times && seen.is_multiple_of(2)
+                }
             }
             Rule::Down(down) => down.load(Ordering::SeqCst),
             Rule::ForkFenced(_) => false,
@@ -132,6 +143,13 @@ impl EventLog for Faulty {
                 "{} after {}: {kinds:?}",
                 req.plan_id, req.expected_seq
             ));
+            if let Rule::Conflict { .. } = self.rule {
+                return Err(StoreError::SeqConflict {
+                    plan_id: req.plan_id,
+                    expected: req.expected_seq,
+                    actual: req.expected_seq,
+                });
+            }
             return Err(injected("an append"));
         }
         self.inner.append(req).await
@@ -622,4 +640,15 @@ async fn a_store_that_goes_down_during_an_attempt_keeps_its_outcome_and_refuses_
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     assert_eq!(events.last().unwrap().kind, "plan_completed");
+}
+
+/// A seq conflict makes the actor reload the plan and decide the same batch once more: the
+/// outcomes in it are decided again from the copies it kept, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_that_record_completions_meet_a_seq_conflict_and_no_outcome_is_lost() {
+    runs_every_plan_to_its_end_under(Rule::Conflict {
+        kind: "step_completed",
+        times: 20,
+    })
+    .await;
 }

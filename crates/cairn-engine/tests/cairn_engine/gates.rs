@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{open_engine, settled, start_plan, wait_event, within};
+use crate::common::{open_engine, plan, settled, start_plan, wait_event, within};
 
 use async_trait::async_trait;
 use cairn_core::gate::{GATE_USER, TIMEOUT_USER};
@@ -17,6 +17,7 @@ use cairn_engine::clock::TokioClock;
 use cairn_engine::executor::command::CommandExecutor;
 use cairn_engine::executor::{latch, ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
 use cairn_engine::{Engine, EngineOptions, ReviewFilter};
+use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
 async fn engine_with(dir: &tempfile::TempDir, agent_type: &str, ex: Arc<dyn Executor>) -> Engine {
@@ -328,4 +329,82 @@ async fn a_gate_retry_recovered_after_a_restart_is_sent_the_same_feedback() {
     assert_eq!(tasks[0].attempt, 2);
     assert_eq!(tasks[0].gate_feedback, Some(feedback));
     assert_eq!(tasks[0].idempotency_key, first.idempotency_key);
+}
+
+/// Scores 0.9 once the test lets it return; tells the test when it is running.
+struct HeldScorer {
+    running: tokio::sync::mpsc::UnboundedSender<()>,
+    go: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl Executor for HeldScorer {
+    async fn execute(&self, _task: Task, _stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        let _ = self.running.send(());
+        self.go.notified().await;
+        Ok(ExecOutput {
+            output: json!({"done": true}),
+            scores: json!({"accuracy": 0.9}).as_object().cloned(),
+        })
+    }
+}
+
+/// A step whose gate passes costs no extra commit: its `gate_evaluated` goes into the store in
+/// the same transaction as its `step_completed` and the next step's start. Counted on the
+/// store's own commit counter, from while the gated attempt runs to when the next step runs
+/// (held on a latch, so the plan stays loaded and nothing else writes in between).
+#[tokio::test]
+async fn a_passing_gate_costs_no_extra_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
+    );
+    let (running_tx, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let registry = Registry::with_builtins();
+    registry.register(
+        "held",
+        Arc::new(HeldScorer {
+            running: running_tx,
+            go: go.clone(),
+        }),
+    );
+    let engine = Engine::open(store.clone(), registry, EngineOptions::default())
+        .await
+        .unwrap();
+    let latch = "a-passing-gate-costs-no-extra-commit";
+    engine
+        .register(
+            plan(&format!("plan_id: g0\nsteps:\n  - {{step_id: a, action: x, agent_type: held, quality_gate: {{min_scores: {{accuracy: 0.8}}, on_fail: retry}}}}\n  - {{step_id: b, action: y, agent_type: builtin.latch, depends_on: [a], params: {{name: {latch}}}}}\n")),
+            "ann",
+        )
+        .await
+        .unwrap();
+    engine.start("g0", "ann", None).await.unwrap();
+    crate::common::within("a's attempt to run", running.recv())
+        .await
+        .expect("the executor is gone");
+    let before = store.stats().commits;
+    go.notify_one();
+    crate::common::within(
+        "b to hold its latch",
+        cairn_engine::executor::latch::held(latch),
+    )
+    .await;
+    let after = store.stats().commits;
+    assert_eq!(
+        after - before,
+        1,
+        "a's outcome, its gate's verdict and b's start take one commit"
+    );
+    let kinds: Vec<&'static str> = engine
+        .events("g0", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind.type_name())
+        .collect();
+    assert!(kinds.contains(&"gate_evaluated"), "{kinds:?}");
+    cairn_engine::executor::latch::release(latch);
+    assert_eq!(settled(&engine, "g0").await.status, PlanStatus::Completed);
 }
