@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::{exit, Fail};
 
 const WORKLOADS: &[&str] = &[
-    "fsync", "plans", "one_plan", "paused", "control", "http", "sse",
+    "fsync", "plans", "one_plan", "big_plan", "paused", "control", "http", "sse",
 ];
 
 #[derive(Args, Debug)]
@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Steps of the one long plan (also used for checkpoint size and restore time).
     #[arg(long, default_value_t = 1000)]
     long_steps: usize,
+    /// Steps of the large plan whose reads and interventions are timed (`big_plan`).
+    #[arg(long, default_value_t = 10_000)]
+    big_steps: usize,
     /// Paused plans held for the memory workload.
     #[arg(long, default_value_t = 10_000)]
     paused: usize,
@@ -43,8 +46,8 @@ pub struct BenchArgs {
     /// temporary directory in the current directory, which is on the disk being measured.
     #[arg(long)]
     db: Option<PathBuf>,
-    /// Only these workloads (comma separated): fsync, plans, one_plan, paused, control, http,
-    /// sse.
+    /// Only these workloads (comma separated): fsync, plans, one_plan, big_plan, paused,
+    /// control, http, sse.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Run the single workload given in this process (used by the parent).
@@ -401,6 +404,54 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
                 "steps_per_sec": round(args.paused as f64 / wall, 0), "peak_rss_mb": rss_mb("VmHWM:"),
                 "rss_mb": rss_mb("VmRSS:"), "paused_listed_first_page": paused.items.len(),
             })])
+        }
+        "big_plan" => {
+            // One plan of `big_steps` steps, idle: what an operator's reads and changes cost on
+            // it (the dashboard's dry-run preview, then the change), each timed alone.
+            let (engine, _) = open(db, EngineOptions::default()).await?;
+            let n = args.big_steps.max(2);
+            let t = Instant::now();
+            register_all(&engine, vec![echo_plan("big".into(), n)]).await?;
+            let register_ms = t.elapsed().as_secs_f64() * 1e3;
+            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            let (mut read, mut preview, mut apply) = (vec![], vec![], vec![]);
+            // Distinct steps spread over the plan, each skipped once.
+            let rounds = args.requests.clamp(1, 50).min(n);
+            for k in 0..rounds {
+                let t = Instant::now();
+                engine.view("big").await?;
+                read.push(ms(t));
+                let skip = |dry_run| InterventionRequest {
+                    kind: InterventionKind::SkipStep {
+                        step_id: format!("s{}", k * (n / rounds)),
+                    },
+                    expected_version: None,
+                    reason: Some("bench".into()),
+                    dry_run,
+                };
+                let t = Instant::now();
+                engine.intervene("big", skip(true), "bench").await?;
+                preview.push(ms(t));
+                let t = Instant::now();
+                engine.intervene("big", skip(false), "bench").await?;
+                apply.push(ms(t));
+            }
+            let mut out = Vec::new();
+            for (name, mut v) in [
+                ("read", read),
+                ("preview", preview),
+                ("intervention", apply),
+            ] {
+                v.sort_by(f64::total_cmp);
+                out.push(json!({
+                    "workload": format!("big_plan_{name}"), "steps": n, "wall_s": round(v.iter().sum::<f64>() / 1e3, 3),
+                    "steps_per_sec": 0, "peak_rss_mb": rss_mb("VmHWM:"), "requests": v.len(),
+                    "register_ms": round(register_ms, 1),
+                    "p50_ms": round(percentile(&v, 0.5), 3), "p99_ms": round(percentile(&v, 0.99), 3),
+                }));
+            }
+            engine.shutdown().await;
+            Ok(out)
         }
         "control" => {
             let (_, fsync_us) = fsync_rate(dir, 200)?;

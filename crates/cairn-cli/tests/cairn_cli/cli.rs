@@ -1631,6 +1631,8 @@ fn bench_prints_one_json_object_per_workload() {
             "3",
             "--long-steps",
             "20",
+            "--big-steps",
+            "40",
             "--paused",
             "50",
             "--requests",
@@ -1661,7 +1663,7 @@ fn bench_prints_one_json_object_per_workload() {
         assert!(l["peak_rss_mb"].as_f64().is_some_and(|x| x > 0.0), "{l}");
         workloads.insert(l["workload"].as_str().unwrap().to_owned());
     }
-    for wl in ["plans", "one_plan", "paused"] {
+    for wl in ["plans", "one_plan", "paused", "big_plan_intervention"] {
         assert!(workloads.contains(wl), "{wl} missing: {workloads:?}");
     }
     let plans = lines.iter().find(|l| l["workload"] == "plans").unwrap();
