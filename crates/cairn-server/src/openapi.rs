@@ -50,6 +50,7 @@ pub enum ErrorCode {
     NotFound,
     PlanNotFound,
     CheckpointNotFound,
+    StepNotFound,
     TokenNotFound,
     TaskNotFound,
     MethodNotAllowed,
