@@ -186,12 +186,12 @@ async fn open_pages_keep_up_with_a_thousand_running_plans() {
     let sleep_ms = 2000u64;
     let chain = window.as_millis() as u64 / sleep_ms + 10;
     let serve = Serve::start(&["--no-auth"]);
-    let chain_plan = |id: String, chains: u64, len: u64| {
+    let chain_plan = |id: String, chains: u64, len: u64, ms: u64| {
         let mut steps = Vec::new();
         for c in 0..chains {
             for j in 0..len {
                 let mut s = json!({"step_id": format!("c{c}s{j}"), "action": "x",
-                                   "agent_type": "builtin.sleep", "params": {"ms": sleep_ms}});
+                                   "agent_type": "builtin.sleep", "params": {"ms": ms}});
                 // A step without `depends_on` waits for the one before it: say it.
                 s["depends_on"] = if j > 0 {
                     json!([format!("c{c}s{}", j - 1)])
@@ -205,10 +205,13 @@ async fn open_pages_keep_up_with_a_thousand_running_plans() {
     };
     let t0 = Instant::now();
     for i in 0..1000 {
-        register(&serve, &chain_plan(format!("p{i:04}"), 1, chain)).await;
+        register(&serve, &chain_plan(format!("p{i:04}"), 1, chain, sleep_ms)).await;
     }
-    // The plan whose page is open: 100 chains at once, up to 10,000 steps.
-    register(&serve, &chain_plan("busy".into(), 100, chain.min(100))).await;
+    // The plan whose page is open: 100 chains at once, at most 50 steps each (the server takes
+    // bodies up to 1 MiB), their sleeps longer in a long run so that it lasts as long.
+    let busy_len = chain.min(50);
+    let busy_ms = sleep_ms * chain / busy_len;
+    register(&serve, &chain_plan("busy".into(), 100, busy_len, busy_ms)).await;
     eprintln!("plans registered in {:?}", t0.elapsed());
 
     let list = Browser::start("bench_live_list").await;
@@ -265,7 +268,7 @@ async fn open_pages_keep_up_with_a_thousand_running_plans() {
                   "refreshes": lr1 - lr0}),
     );
     figure(
-        json!({"figure": "events_per_second", "page": "plan", "steps": 100 * chain.min(100),
+        json!({"figure": "events_per_second", "page": "plan", "steps": 100 * busy_len, "sleep_ms": busy_ms,
                   "seconds": secs.round(), "plan_rate": rate(busy1 - busy0),
                   "page_rate": rate(p1 - p0), "plan_events": busy1 - busy0,
                   "page_events": p1 - p0, "page_events_5s_later": p2 - p0,
