@@ -368,7 +368,7 @@ impl Serve {
         };
         // The admin token is printed before the address; give the stderr reader a moment.
         let mut admin = None;
-        if self.log.is_none() {
+        if self.log.is_none() && !self.args.iter().any(|a| a == "--no-auth") {
             for _ in 0..50 {
                 admin = token.lock().unwrap().clone();
                 if admin.is_some() {

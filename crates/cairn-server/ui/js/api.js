@@ -56,6 +56,14 @@ export function query(params) {
 }
 
 /**
+ * Counters a benchmark (or a curious person in the console) reads as `window.cairnStats`:
+ * `events` received on every stream of the page, `refreshes` of what the page shows after
+ * events (a plans page re-read, a plan state re-read).
+ */
+export const stats = { events: 0, refreshes: 0 };
+window.cairnStats = stats;
+
+/**
  * Follows a server-sent event stream (`/v1/plans/{id}/stream` or `/v1/events/stream`) with
  * `fetch`, so the token travels in a header. After a dropped connection it reconnects with
  * `Last-Event-ID` set to the last id seen, so no event is missed or repeated. `onEvent({id,
@@ -67,6 +75,12 @@ export function stream(path, { after, onEvent, onStatus = () => {} }) {
   let closed = false;
   let ctrl = null;
   let delay = 500;
+  // A page left for another (kept in the back/forward cache) must not keep its stream open:
+  // Chromium allows six connections to one server, and streams held by pages out of sight made
+  // the next page's requests wait for a free connection until the server's idle timeout. The
+  // loop below reconnects from the last id if the page is shown again.
+  const onHide = () => { if (ctrl) ctrl.abort(); };
+  window.addEventListener('pagehide', onHide);
 
   async function once() {
     ctrl = new AbortController();
@@ -109,6 +123,7 @@ export function stream(path, { after, onEvent, onStatus = () => {} }) {
     }
     if (id !== null) last = id;
     if (!data.length) return;
+    stats.events += 1;
     let parsed = data.join('\n');
     try { parsed = JSON.parse(parsed); } catch { /* keep text */ }
     onEvent({ id, event, data: parsed });
@@ -133,6 +148,11 @@ export function stream(path, { after, onEvent, onStatus = () => {} }) {
   })();
 
   return {
-    close() { closed = true; if (ctrl) ctrl.abort(); onStatus('closed'); },
+    close() {
+      closed = true;
+      window.removeEventListener('pagehide', onHide);
+      if (ctrl) ctrl.abort();
+      onStatus('closed');
+    },
   };
 }

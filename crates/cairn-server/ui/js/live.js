@@ -47,6 +47,7 @@ export class LivePlan {
     this.pending = [];
     try {
       this.view = await api.get(`/v1/plans/${encodeURIComponent(this.id)}`);
+      api.stats.refreshes += 1;
     } catch (e) {
       if (e instanceof api.ApiError && e.status === 404) { this.view = { ...this.view, deleted: true }; }
       else { this.pending = events.concat(this.pending); this.schedule(); return; }

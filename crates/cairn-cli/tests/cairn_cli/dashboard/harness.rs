@@ -1,10 +1,9 @@
-//! What every browser test uses: a `cairn serve` child, a chromedriver child with one headless
+//! What every browser test uses: a `cairn serve` child (the shared `common::Server`), a chromedriver child with one headless
 //! Chromium session, bounded waits on the page, screenshots, and the browser console.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
@@ -12,7 +11,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+use crate::common::{kill_and_reap, latch_dir, Api, Server};
 
 /// How long any wait on the page may take before the test fails (generous: CI is shared).
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -26,109 +25,36 @@ pub fn skipped() -> bool {
     false
 }
 
-/// A running `cairn serve` on a loopback port with its own database.
+/// A running `cairn serve` on a loopback port with its own database: a [`Server`] of the shared
+/// test helpers, its temporary directory, and the admin token's HTTP helpers the tests use.
 pub struct Serve {
-    child: Child,
+    pub server: Server,
     pub base: String,
     /// The admin token printed at first start (None under `--no-auth`).
     pub admin: Option<String>,
     pub dir: TempDir,
-    stderr: Arc<Mutex<String>>,
-    http: reqwest::Client,
+    api: Api,
 }
 
 impl Serve {
-    /// `cairn serve --bind 127.0.0.1:0 --db …` plus `extra`.
+    /// `cairn serve --bind 127.0.0.1:0 --db …` plus `extra`, in a fresh temporary directory.
     pub fn start(extra: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("cairn.db");
-        let latches = dir.path().join("latches");
-        std::fs::create_dir_all(&latches).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--db"])
-            .arg(&db)
-            .args(extra)
-            .env_remove("CAIRN_TOKEN")
-            .env_remove("CAIRN_SERVER")
-            .env("CAIRN_LOG", "warn")
-            .env("CAIRN_LATCH_DIR", &latches)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cairn serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        {
-            let err = BufReader::new(child.stderr.take().unwrap());
-            let stderr = stderr.clone();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in err.lines().map_while(Result::ok) {
-                    if line.trim().starts_with("cairn_") {
-                        let _ = tx.send(format!("token {}", line.trim()));
-                    }
-                    stderr.lock().unwrap().push_str(&line);
-                    stderr.lock().unwrap().push('\n');
-                }
-            });
-        }
-        {
-            let mut out = BufReader::new(child.stdout.take().unwrap());
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                while out.read_line(&mut line).unwrap_or(0) > 0 {
-                    if let Some(rest) = line.trim().strip_prefix("cairn listening on http://") {
-                        let _ = tx.send(format!("addr {rest}"));
-                        break;
-                    }
-                    line.clear();
-                }
-                let mut sink = Vec::new();
-                let _ = out.read_to_end(&mut sink);
-            });
-        }
-        let deadline = Instant::now() + WAIT;
-        let (mut addr, mut admin) = (None, None);
-        while addr.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(m) if m.starts_with("addr ") => addr = Some(m[5..].to_owned()),
-                Ok(m) => admin = Some(m[6..].to_owned()),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "cairn serve did not listen within {WAIT:?}; stderr:\n{}",
-                        stderr.lock().unwrap()
-                    );
-                }
-            }
-        }
-        // The token is printed before the address; a moment for its reader thread.
-        if admin.is_none() && !extra.contains(&"--no-auth") {
-            if let Ok(m) = rx.recv_timeout(Duration::from_secs(2)) {
-                if let Some(t) = m.strip_prefix("token ") {
-                    admin = Some(t.to_owned());
-                }
-            }
-        }
-        let addr = addr.unwrap();
-        assert!(addr.starts_with("127.0.0.1:"), "loopback only: {addr}");
+        latch_dir(&db);
+        let server = Server::start(&db, extra);
         Serve {
-            child,
-            base: format!("http://{addr}"),
-            admin,
+            base: server.base.clone(),
+            admin: server.admin.clone(),
+            api: Api::new(&server.base),
+            server,
             dir,
-            stderr,
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
         }
     }
 
     /// Where `builtin.latch` looks for release files.
     pub fn latch_dir(&self) -> PathBuf {
-        self.dir.path().join("latches")
+        latch_dir(&self.dir.path().join("cairn.db"))
     }
 
     /// Releases the latch `name` (a step `builtin.latch` with `params.name`).
@@ -145,22 +71,11 @@ impl Serve {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base));
-        if let Some(t) = token.or(self.admin.as_deref()) {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let r = self
+            .api
+            .call(method, path, token.or(self.admin.as_deref()), body)
+            .await;
+        (r.status, r.body)
     }
 
     /// `call` that must answer 2xx; answers the body.
@@ -169,7 +84,7 @@ impl Serve {
         assert!(
             (200..300).contains(&status),
             "{method} {path}: {status} {v}\nserver stderr:\n{}",
-            self.stderr.lock().unwrap()
+            self.server.stderr.lock().unwrap()
         );
         v
     }
@@ -204,13 +119,6 @@ impl Serve {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -259,8 +167,7 @@ impl Browser {
         let port = match rx.recv_timeout(WAIT) {
             Ok(p) if p > 0 => p,
             _ => {
-                let _ = driver.kill();
-                let _ = driver.wait();
+                kill_and_reap(&mut driver);
                 panic!("chromedriver did not say its port within {WAIT:?}");
             }
         };
@@ -286,8 +193,7 @@ impl Browser {
         let client = match tokio::time::timeout(WAIT * 2, builder.connect(&url)).await {
             Ok(Ok(c)) => c,
             other => {
-                let _ = driver.kill();
-                let _ = driver.wait();
+                kill_and_reap(&mut driver);
                 panic!("no Chromium session: {other:?}");
             }
         };
@@ -442,8 +348,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        kill_and_reap(&mut self.driver);
     }
 }
 

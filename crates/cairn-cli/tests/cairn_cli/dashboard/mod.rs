@@ -6,6 +6,7 @@
 //! Needs `chromium` and `chromedriver` on the PATH (Debian's `chromium` and `chromium-driver`;
 //! `.ci/run` installs them). `CAIRN_SKIP_BROWSER=1` skips these tests on a machine without them.
 
+mod bench;
 #[allow(dead_code)] // helpers for the tests that follow; not all are used by every module yet
 mod harness;
 mod interventions;

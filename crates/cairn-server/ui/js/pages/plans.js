@@ -95,6 +95,7 @@ export async function render(main, _params, ctx) {
         cursor: st.cursors[st.page] })}`);
     } catch (e) { if (st.loading === mine) ctx.fail(e); return; }
     if (st.loading !== mine) return; // a newer load is on its way
+    api.stats.refreshes += 1;
     st.next = page.next_cursor;
     st.cursors.length = st.page + 1;
     if (page.next_cursor) st.cursors.push(page.next_cursor);
