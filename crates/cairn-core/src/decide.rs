@@ -1286,18 +1286,8 @@ fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
 /// Fails `steps[index]` before any attempt of it starts (its condition, template or agent type
 /// cannot be used), without retry: trying again cannot help. The plan fails with it.
 fn fail_unstarted(em: &mut Emitter<'_>, index: usize, error: String) {
+    // Steps start only in a running plan, so `fail_step` fails the plan too.
     let step = &em.state.steps[index];
-    let step_id = step.def.step_id.clone();
-    let attempt = step.rec.attempts;
-    em.emit(
-        SYSTEM_ACTOR,
-        EventKind::StepFailed {
-            step_id: step_id.clone(),
-            attempt,
-            error: error.clone(),
-            retry_at: None,
-        },
-        Some(CheckpointTrigger::Step),
-    );
-    fail_plan(em, step_id, error);
+    let (step_id, attempt) = (step.def.step_id.clone(), step.rec.attempts);
+    fail_step(em, step_id, attempt, error);
 }
