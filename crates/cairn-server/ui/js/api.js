@@ -156,3 +156,24 @@ export function stream(path, { after, onEvent, onStatus = () => {} }) {
     },
   };
 }
+
+/**
+ * A list the server answers a page at a time, oldest first (`{items, next_cursor}`):
+ * `first(limit)` reads it again from the start, `more(limit)` appends the next page. `items`
+ * is what has been read; `cursor` is null once the last page is in.
+ */
+export class Pager {
+  constructor(path) { this.path = path; this.items = []; this.cursor = null; }
+
+  async first(limit) {
+    const page = await get(`${this.path}${query({ limit: Math.min(limit, 1000) })}`);
+    this.items = page.items;
+    this.cursor = page.next_cursor || null;
+  }
+
+  async more(limit) {
+    const page = await get(`${this.path}${query({ limit, cursor: this.cursor })}`);
+    this.items = this.items.concat(page.items);
+    this.cursor = page.next_cursor || null;
+  }
+}

@@ -19,28 +19,18 @@ export async function render(el, live, _params, ctx) {
       body)),
     more);
 
-  let items = [];
-  let cursor = null;
+  const list = new api.Pager(base);
 
   async function load(limit = PAGE) {
-    try {
-      const page = await api.get(`${base}${api.query({ limit: Math.min(limit, 1000) })}`);
-      items = page.items;
-      cursor = page.next_cursor || null;
-      draw();
-    } catch (e) { ctx.fail(e); }
+    try { await list.first(limit); draw(); } catch (e) { ctx.fail(e); }
   }
 
   more.addEventListener('click', async () => {
-    try {
-      const page = await api.get(`${base}${api.query({ limit: PAGE, cursor })}`);
-      items = items.concat(page.items);
-      cursor = page.next_cursor || null;
-      draw();
-    } catch (e) { ctx.fail(e); }
+    try { await list.more(PAGE); draw(); } catch (e) { ctx.fail(e); }
   });
 
   function draw() {
+    const { items, cursor } = list;
     more.hidden = !cursor;
     const failed = items.filter((i) => i.status === 'failed').length;
     summary.textContent = items.length
@@ -72,7 +62,7 @@ export async function render(el, live, _params, ctx) {
 
   const off = live.on((_v, events) => {
     if (events.some((e) => e.event === 'intervention_applied' || e.event === 'intervention_failed')) {
-      load(Math.max(PAGE, items.length + 10));
+      load(Math.max(PAGE, list.items.length + 10));
     }
   });
   await load();

@@ -37,30 +37,20 @@ export async function render(el, live, _params, ctx) {
         more),
       detail));
 
-  let items = [];
-  let cursor = null;
+  const list = new api.Pager(base);
   let selected = null;
 
   async function load() {
-    try {
-      const page = await api.get(`${base}${api.query({ limit: PAGE })}`);
-      items = page.items;
-      cursor = page.next_cursor || null;
-      draw();
-    } catch (e) { ctx.fail(e); }
+    try { await list.first(PAGE); draw(); } catch (e) { ctx.fail(e); }
   }
 
   more.addEventListener('click', async () => {
-    try {
-      const page = await api.get(`${base}${api.query({ limit: PAGE, cursor })}`);
-      items = items.concat(page.items);
-      cursor = page.next_cursor || null;
-      draw();
-    } catch (e) { ctx.fail(e); }
+    try { await list.more(PAGE); draw(); } catch (e) { ctx.fail(e); }
   });
 
   function draw() {
-    more.hidden = !cursor;
+    const { items } = list;
+    more.hidden = !list.cursor;
     fill(body, items.length ? items.map((c) => h('tr', {
       class: c.checkpoint_id === selected ? 'selected' : '', dataset: { cp: c.checkpoint_id } },
     h('td', {}, h('button', { type: 'button', class: 'link', onclick: () => select(c.checkpoint_id) },
@@ -72,6 +62,7 @@ export async function render(el, live, _params, ctx) {
 
   /** Dots on a time axis; a run of checkpoints too close to tell apart is spread by order. */
   function drawTimeline() {
+    const { items } = list;
     if (!items.length) { fill(timeline); return; }
     const W = 1000, H = 56, pad = 14;
     const ts = items.map((c) => new Date(c.created_at).getTime());
