@@ -282,6 +282,17 @@ impl Browser {
             .unwrap_or_else(|e| panic!("execute {script}: {e}"))
     }
 
+    /// How many CSS pixels the page is wider than the window (0 or less: no sideways scroll).
+    pub async fn overflow_px(&self) -> i64 {
+        self.js(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            vec![],
+        )
+        .await
+        .as_i64()
+        .unwrap_or(i64::MAX)
+    }
+
     /// Saves a PNG of the page as `target/tmp/dashboard/<test>-<label>.png`.
     pub async fn screenshot(&self, label: &str) -> PathBuf {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");

@@ -652,15 +652,10 @@ async fn on_a_phone_as_a_viewer_every_page_fits_and_every_change_is_disabled() {
             let reason = b.text("#reviews-role").await;
             assert!(reason.contains("needs the operator role"), "{reason}");
         }
-        let width = b
-            .js(
-                "return document.documentElement.scrollWidth - window.innerWidth",
-                vec![],
-            )
-            .await;
+        let width = b.overflow_px().await;
         b.screenshot(label).await;
         assert!(
-            width.as_i64().unwrap_or(999) <= 0,
+            width <= 0,
             "{path} is {width} px wider than a phone's screen"
         );
     }

@@ -385,13 +385,11 @@ async fn deep_links_open_a_step_and_an_attempt_in_sync_everywhere() {
             t.contains("flaky")
         })
         .await;
-    let overflow = phone
-        .js(
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
-            vec![],
-        )
-        .await;
-    assert_eq!(overflow, json!(true), "no sideways scrolling at 390 px");
+    let overflow = phone.overflow_px().await;
+    assert!(
+        overflow <= 1,
+        "no sideways scrolling at 390 px ({overflow} px too wide)"
+    );
     phone.screenshot("phone").await;
     phone.open(&serve.base, "/#/plans").await;
     phone
@@ -399,13 +397,11 @@ async fn deep_links_open_a_step_and_an_attempt_in_sync_everywhere() {
             t.contains("deep-1")
         })
         .await;
-    let overflow = phone
-        .js(
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1",
-            vec![],
-        )
-        .await;
-    assert_eq!(overflow, json!(true), "the list fits 390 px");
+    let overflow = phone.overflow_px().await;
+    assert!(
+        overflow <= 1,
+        "the list fits 390 px ({overflow} px too wide)"
+    );
     phone.screenshot("phone-list").await;
     phone.finish().await;
 }
