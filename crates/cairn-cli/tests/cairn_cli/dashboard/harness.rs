@@ -242,12 +242,22 @@ impl Browser {
         self.find(css).await
     }
 
-    /// Clicks the element `css` (waiting for it).
+    /// Clicks the element `css` (waiting for it). A live page may redraw the element between
+    /// finding and clicking it; then the one drawn in its place is clicked (bounded by [`WAIT`]).
     pub async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        e.click()
-            .await
-            .unwrap_or_else(|err| panic!("click {css}: {err}"));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let e = self.find(css).await;
+            match e.click().await {
+                Ok(_) => return,
+                Err(err)
+                    if err.to_string().contains("stale element") && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("click {css}: {err}"),
+            }
+        }
     }
 
     /// The text of `css`.
