@@ -63,6 +63,9 @@ pub struct EngineOptions {
     /// backoff, `resume_at`). The system clock by default; tests on paused tokio time pass a
     /// [`crate::clock::TokioClock`].
     pub clock: Arc<dyn Clock>,
+    /// The other nodes sharing the store, for commands about plans they own (`None`: a single
+    /// node, which never forwards).
+    pub peers: Option<Arc<dyn crate::cluster::Peers>>,
 }
 
 impl Default for EngineOptions {
@@ -77,6 +80,7 @@ impl Default for EngineOptions {
             idle_unload_ms: 2_000,
             remote: None,
             clock: Arc::new(SystemClock),
+            peers: None,
         }
     }
 }
@@ -463,6 +467,13 @@ impl Engine {
             }
         }
         Err(EngineError::ShuttingDown)
+    }
+
+    /// Answers a forwarding request another node's engine made (see [`crate::cluster`]) for a
+    /// plan this node owns: carries it out and answers the result as the requester reads it.
+    pub async fn serve_forwarded(&self, request: &[u8]) -> Vec<u8> {
+        let _ = request;
+        br#"{"error":{"code":"unsupported","message":"forwarding is not built yet"}}"#.to_vec()
     }
 
     /// Registers a plan (validated again here). A missing `plan_id` gets a UUIDv7.

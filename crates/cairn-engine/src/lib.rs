@@ -13,6 +13,7 @@
 
 mod actor;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 mod convert;
 mod engine;

@@ -52,9 +52,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, OpenReviews, Page,
-    PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult, StoredEvent, TokenRow,
-    Tokens,
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, NodeRow, Nodes,
+    OpenReviews, Page, PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult,
+    StoredEvent, TokenRow, Tokens,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -178,6 +178,10 @@ pub struct SqliteStore {
     /// The lock file, held to keep the advisory lock (released when the store is dropped), and
     /// what it says about its holder.
     engine_lock: Option<(File, String)>,
+    /// The nodes that sent a heartbeat (this process's engines: a SQLite store has one
+    /// process), and the secret they would share.
+    nodes: std::sync::Mutex<std::collections::BTreeMap<String, (Option<String>, Micros, Micros)>>,
+    secret: String,
 }
 
 impl SqliteStore {
@@ -211,6 +215,8 @@ impl SqliteStore {
             stats,
             path: path.to_path_buf(),
             engine_lock,
+            nodes: Default::default(),
+            secret: random_secret()?,
         })
     }
 
@@ -295,6 +301,8 @@ impl SqliteStore {
             stats: Arc::new(writer::Stats::default()),
             path: path.to_path_buf(),
             engine_lock: None,
+            nodes: Default::default(),
+            secret: random_secret()?,
         })
     }
 
@@ -716,6 +724,66 @@ impl Cursors for SqliteStore {
             _ => Err(StoreError::Backend("unexpected writer answer".into())),
         }
     }
+}
+
+#[async_trait]
+impl Nodes for SqliteStore {
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        address: Option<&str>,
+        started_at: Micros,
+    ) -> StoreResult<()> {
+        let now = now_micros();
+        let mut nodes = self
+            .nodes
+            .lock()
+            .map_err(|_| StoreError::Backend("the node table's lock is poisoned".into()))?;
+        nodes.insert(
+            node_id.to_owned(),
+            (address.map(str::to_owned), started_at, now),
+        );
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRow>> {
+        let owned = self
+            .read(move |c| read::live_leases_by_owner(c, now_micros()))
+            .await?;
+        let nodes = self
+            .nodes
+            .lock()
+            .map_err(|_| StoreError::Backend("the node table's lock is poisoned".into()))?;
+        Ok(nodes
+            .iter()
+            .map(|(id, (address, started_at, heartbeat_at))| NodeRow {
+                node_id: id.clone(),
+                address: address.clone(),
+                started_at: *started_at,
+                heartbeat_at: *heartbeat_at,
+                plans_owned: owned.get(id).copied().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn cluster_secret(&self) -> StoreResult<String> {
+        Ok(self.secret.clone())
+    }
+}
+
+fn now_micros() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as Micros)
+        .unwrap_or(0)
+}
+
+/// 32 random bytes, hex: the secret of a store only one process opens (it lives as long as the
+/// store is open; nothing else needs it).
+fn random_secret() -> StoreResult<String> {
+    let mut buf = [0u8; 32];
+    getrandom::fill(&mut buf).map_err(|e| StoreError::Backend(format!("random bytes: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 // ---- opening -------------------------------------------------------------------------------

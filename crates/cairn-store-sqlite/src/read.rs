@@ -509,6 +509,25 @@ pub(crate) fn cursor(c: &Connection, name: &str) -> StoreResult<Option<u64>> {
         .map(|v| v.map(|v| v.max(0) as u64))
 }
 
+/// How many unexpired leases each node holds.
+pub(crate) fn live_leases_by_owner(
+    c: &Connection,
+    now: i64,
+) -> StoreResult<std::collections::HashMap<String, u64>> {
+    let mut s = c
+        .prepare_cached("SELECT node, count(*) FROM leases WHERE expires_at > ?1 GROUP BY node")
+        .ctx("count leases")?;
+    let rows = s
+        .query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .ctx("count leases")?;
+    let mut out = std::collections::HashMap::new();
+    for row in rows {
+        let (node, n) = row.ctx("count leases")?;
+        out.insert(node, n.max(0) as u64);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

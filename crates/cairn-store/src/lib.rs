@@ -14,7 +14,7 @@
 //!   backend was opened with durability relaxed on purpose).
 //!
 //! The contract is split by concern, one narrow trait each: [`EventLog`], [`PlanIndex`],
-//! [`Leases`], [`Snapshots`], [`Tokens`] and [`Cursors`], with one [`StoreError`]. [`Store`] is
+//! [`Leases`], [`Snapshots`], [`Tokens`], [`Cursors`] and [`Nodes`], with one [`StoreError`]. [`Store`] is
 //! all of them together, implemented for any type that implements each.
 //!
 //! With the `conformance` feature, [`conformance`] holds the test suite every backend must pass,
@@ -185,6 +185,31 @@ pub struct StoreStats {
     pub busy_seconds: f64,
 }
 
+/// A lease as stored: who drives a plan, under which fence, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub plan_id: String,
+    pub owner: String,
+    pub token: u64,
+    /// When the lease runs out (by the store's clock: the database's, for a shared store).
+    pub expires_at: Micros,
+    /// Given up by its owner ([`Leases::release`]), rather than left to expire.
+    pub released: bool,
+}
+
+/// An engine node as the store knows it (several share one database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub node_id: String,
+    /// Where other nodes reach it (`http://host:port`), when it serves HTTP.
+    pub address: Option<String>,
+    pub started_at: Micros,
+    /// Its latest heartbeat, by the store's clock.
+    pub heartbeat_at: Micros,
+    /// Plans whose lease it holds and that have not expired.
+    pub plans_owned: u64,
+}
+
 /// Why a store call failed. Messages are lowercase fragments that read well after "failed to".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -299,6 +324,14 @@ pub trait EventLog: Send + Sync + 'static {
     fn unavailable(&self) -> Option<String> {
         None
     }
+
+    /// For a store that other processes write to as well (PostgreSQL shared by several
+    /// nodes): notified, coalesced, when another process may have committed events, so the
+    /// engine reads the log for them (it polls as well: a hint can be lost). `None` for a store
+    /// only this process writes: every commit then passes through this process's engine.
+    fn commit_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// The plan index: one small row per plan (state name, last seq), kept by the log's writes, so
@@ -374,6 +407,30 @@ pub trait Leases: Send + Sync + 'static {
 
     /// Gives a lease up (no-op when the fence is stale).
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()>;
+
+    /// The plan's lease as stored, live or not (`None` when it was never claimed).
+    async fn lease(&self, plan_id: &str) -> StoreResult<Option<LeaseRow>> {
+        let _ = plan_id;
+        Ok(None)
+    }
+
+    /// Takes over, for `node` until `now + ttl_ms`, up to `limit` plans whose index state is one
+    /// of `states` and whose lease expired without being released (its holder stopped renewing:
+    /// it died, hung, or lost the store), answering each with its new fence (token increased).
+    /// Rows another node is taking over at the same moment are skipped, never waited for
+    /// (`FOR UPDATE SKIP LOCKED` on PostgreSQL). A store only one process opens keeps this
+    /// default, which takes nothing: its one process recovers its plans when it opens.
+    async fn take_over(
+        &self,
+        node: &str,
+        ttl_ms: u64,
+        states: &[&str],
+        limit: usize,
+        now: Micros,
+    ) -> StoreResult<Vec<(String, Fence)>> {
+        let _ = (node, ttl_ms, states, limit, now);
+        Ok(Vec::new())
+    }
 }
 
 /// Snapshots: materialised states of a plan at a seq, so loading needs no full replay. A cache
@@ -416,6 +473,34 @@ pub trait Cursors: Send + Sync + 'static {
 
     /// Sets a named position durably.
     async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()>;
+
+    /// Takes or renews, for `node` until `ttl_ms` from now, the right to advance the cursor
+    /// `name` (a webhook is delivered by one node at a time). `Ok(false)` while another node's
+    /// lease on it runs. A store only one process opens keeps this default: always granted.
+    async fn lease_cursor(&self, name: &str, node: &str, ttl_ms: u64) -> StoreResult<bool> {
+        let _ = (name, node, ttl_ms);
+        Ok(true)
+    }
+}
+
+/// The engine nodes sharing a store, and what they share besides plans.
+#[async_trait]
+pub trait Nodes: Send + Sync + 'static {
+    /// Records `node_id`'s heartbeat now (by the store's clock), inserting the node the first
+    /// time, with its address and start time.
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        address: Option<&str>,
+        started_at: Micros,
+    ) -> StoreResult<()>;
+
+    /// The nodes known, by id, with the plans each owns.
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRow>>;
+
+    /// A secret every node of the store can read and nothing else can (created once, on first
+    /// use): nodes authenticate the requests they forward to each other with it.
+    async fn cluster_secret(&self) -> StoreResult<String>;
 }
 
 /// Everything a backend keeps, for the code that needs all of it (the engine's handle, the
@@ -423,6 +508,6 @@ pub trait Cursors: Send + Sync + 'static {
 /// implements the narrow traits and never this one; callers that need one concern take that
 /// trait (`Arc<dyn Tokens>`, `&dyn Cursors`) instead. Object safe: the engine holds an
 /// `Arc<dyn Store>`, and an `Arc<dyn Store>` coerces to any one concern's `Arc<dyn …>`.
-pub trait Store: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors {}
+pub trait Store: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + Nodes {}
 
-impl<T: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + ?Sized> Store for T {}
+impl<T: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + Nodes + ?Sized> Store for T {}

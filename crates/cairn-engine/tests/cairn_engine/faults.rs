@@ -15,9 +15,9 @@ use cairn_core::{Format, Plan, PlanStatus};
 use cairn_engine::executor::{ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
 use cairn_engine::{Engine, EngineError, EngineOptions};
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, OpenReviews, Page,
-    PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult, StoreStats, StoredEvent,
-    TokenRow, Tokens,
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, LeaseRow, Leases, Micros, NodeRow,
+    Nodes, OpenReviews, Page, PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult,
+    StoreStats, StoredEvent, TokenRow, Tokens,
 };
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
@@ -235,6 +235,10 @@ impl EventLog for Faulty {
     fn unavailable(&self) -> Option<String> {
         self.inner.unavailable()
     }
+
+    fn commit_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.inner.commit_hint()
+    }
 }
 
 #[async_trait]
@@ -290,6 +294,21 @@ impl Leases for Faulty {
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
         self.inner.release(plan_id, fence).await
     }
+
+    async fn lease(&self, plan_id: &str) -> StoreResult<Option<LeaseRow>> {
+        self.inner.lease(plan_id).await
+    }
+
+    async fn take_over(
+        &self,
+        node: &str,
+        ttl_ms: u64,
+        states: &[&str],
+        limit: usize,
+        now: Micros,
+    ) -> StoreResult<Vec<(String, Fence)>> {
+        self.inner.take_over(node, ttl_ms, states, limit, now).await
+    }
 }
 
 #[async_trait]
@@ -337,6 +356,30 @@ impl Cursors for Faulty {
 
     async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()> {
         self.inner.set_cursor(name, value).await
+    }
+
+    async fn lease_cursor(&self, name: &str, node: &str, ttl_ms: u64) -> StoreResult<bool> {
+        self.inner.lease_cursor(name, node, ttl_ms).await
+    }
+}
+
+#[async_trait]
+impl Nodes for Faulty {
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        address: Option<&str>,
+        started_at: Micros,
+    ) -> StoreResult<()> {
+        self.inner.heartbeat(node_id, address, started_at).await
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRow>> {
+        self.inner.list_nodes().await
+    }
+
+    async fn cluster_secret(&self) -> StoreResult<String> {
+        self.inner.cluster_secret().await
     }
 }
 

@@ -1,0 +1,60 @@
+//! Schema migrations: embedded SQL files, applied in order, each once, under a
+//! transaction-scoped advisory lock so that nodes starting together never run one twice.
+//!
+//! A migration is never edited once released: a change to the schema is a new file. The
+//! numbers are the order; the table `cairn_migrations` records which ran.
+
+use cairn_store::{StoreError, StoreResult};
+
+use crate::backend;
+
+/// Every migration this build knows, in order.
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "store", include_str!("../migrations/0001_store.sql"))];
+
+/// The advisory lock key migrations take ("cairn" in ASCII).
+const LOCK: i64 = 0x63_61_69_72_6e;
+
+pub(crate) async fn run(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
+    let tx = client.transaction().await.map_err(backend)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+        .await
+        .map_err(backend)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS cairn_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(backend)?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM cairn_migrations", &[])
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(newest) = applied.iter().max() {
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if *newest > known {
+            return Err(StoreError::Invalid(format!(
+                "the database was migrated by a newer cairn (schema version {newest}); this build knows up to {known}"
+            )));
+        }
+    }
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(backend)?;
+        tx.execute(
+            "INSERT INTO cairn_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)
+}
