@@ -135,6 +135,12 @@ impl PgStore {
             options.push_str(&format!(" -c search_path={schema}"));
         }
         config.options(&options);
+        let namespace = opts.schema.clone().unwrap_or_else(|| "public".to_owned());
+        // Every connection is named after its role and schema, so an operator (or a test) can
+        // tell them apart in pg_stat_activity.
+        if config.get_application_name().is_none() {
+            config.application_name(format!("cairn-pool:{namespace}"));
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -155,14 +161,14 @@ impl PgStore {
         }
         let stats = Arc::new(writer::Stats::default());
         let (writes, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer::run(config.clone(), rx, stats.clone()));
+        let mut writer_config = config.clone();
+        writer_config.application_name(format!("cairn-writer:{namespace}"));
+        tokio::spawn(writer::run(writer_config, rx, stats.clone()));
         let hint = Arc::new(Notify::new());
         let session_state = Arc::new(session::State::default());
         let (session, commands) = mpsc::channel(16);
         let (ready, listening) = oneshot::channel();
         let mut session_config = config.clone();
-        let namespace = opts.schema.unwrap_or_else(|| "public".to_owned());
-        // Named, so an operator (or a test) can tell the node's session from its pool.
         session_config.application_name(format!("cairn-session:{namespace}"));
         tokio::spawn(session::run(
             session_config,

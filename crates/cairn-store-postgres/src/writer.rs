@@ -38,6 +38,8 @@ use crate::{from_sql, pg_error, to_sql};
 
 /// The most requests committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
+/// The context of the `COMMIT` statement (a failure there is never retried).
+const COMMIT: &str = "commit";
 /// How many times a batch is retried after a deadlock, a serialization failure or a racing
 /// create before its requests are answered with the error.
 const RETRIES: usize = 3;
@@ -273,7 +275,12 @@ async fn commit(
                 stats.set_unavailable(None);
                 return results;
             }
-            Err(Failure::Retry(_)) if attempt <= RETRIES => continue,
+            Err(Failure::Retry(_)) if attempt <= RETRIES => {
+                if c.client.is_closed() {
+                    *conn = None;
+                }
+                continue;
+            }
             Err(Failure::Retry(e)) | Err(Failure::Fail(e)) => {
                 if matches!(e, StoreError::Unavailable(_)) || c.client.is_closed() {
                     // Reopen for the next batch: the connection may be half-broken.
@@ -309,13 +316,23 @@ enum Failure {
     Fail(StoreError),
 }
 
+/// Maps a failed statement of the batch: deadlocks and serialization failures are retried, and
+/// so is a connection lost before `COMMIT` was sent (nothing of the batch was kept). A
+/// connection lost during `COMMIT` is not: whether it committed is unknown, so the callers
+/// hear `Unavailable` (a retried append that did commit is then refused as `SeqConflict`).
 fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Failure {
     move |e| {
+        let code = e.code().map(|c| c.code().to_owned());
+        let lost = e.is_closed()
+            || e.as_db_error().is_none()
+            || code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03"));
         let transient = matches!(
             e.code(),
             Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::T_R_SERIALIZATION_FAILURE
-        );
+        ) || (lost && context != COMMIT);
         let e = pg_error(context, e);
         if transient {
             Failure::Retry(e)
@@ -806,6 +823,6 @@ async fn transaction(
     if n_events > 0 {
         tx.query(&stmts.8, &[]).await.map_err(db("notify"))?;
     }
-    tx.commit().await.map_err(db("commit"))?;
+    tx.commit().await.map_err(db(COMMIT))?;
     Ok((answers, n_events as u64))
 }

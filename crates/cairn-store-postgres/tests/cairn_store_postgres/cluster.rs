@@ -398,3 +398,46 @@ async fn throughput_of_1000_plans_of_10_steps() {
         stats.max_batch
     );
 }
+
+/// The writer's connection is cut between two appends: the next append reconnects and
+/// succeeds (nothing of a batch is kept until its commit, so a batch whose connection died
+/// before `COMMIT` is simply run again), and reads through the pool come back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_is_reopened_for_the_next_write() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let store = open(&url, &schema).await;
+    store.create_plan(create("p")).await.unwrap();
+    let admin = admin(&url).await;
+    let cut = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("cairn-writer:{schema}")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut, 1, "the writer's connection was found");
+    let written = store.append(append("p", 1)).await.unwrap();
+    assert_eq!(written[0].seq, 2);
+    assert_eq!(store.unavailable(), None);
+    // The pool's connections go too.
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("cairn-pool:{schema}")],
+        )
+        .await
+        .unwrap();
+    // A read may hear `Unavailable` once per dead pooled connection; never anything else.
+    let mut tries = 0;
+    let events = loop {
+        tries += 1;
+        match store.read_events("p", 0, None, 10).await {
+            Ok(events) => break events,
+            Err(StoreError::Unavailable(_)) if tries <= 8 => continue,
+            Err(e) => panic!("read failed with {e}"),
+        }
+    };
+    assert_eq!(events.len(), 2);
+    store.append(append("p", 2)).await.unwrap();
+}
