@@ -163,6 +163,8 @@ impl PgStore {
         let (writes, rx) = mpsc::unbounded_channel();
         let mut writer_config = config.clone();
         writer_config.application_name(format!("cairn-writer:{namespace}"));
+        // An answered write survives a crash of the server, whatever its default.
+        writer_config.options(format!("{options} -c synchronous_commit=on"));
         tokio::spawn(writer::run(writer_config, rx, stats.clone()));
         let hint = Arc::new(Notify::new());
         let session_state = Arc::new(session::State::default());
@@ -170,6 +172,12 @@ impl PgStore {
         let (ready, listening) = oneshot::channel();
         let mut session_config = config.clone();
         session_config.application_name(format!("cairn-session:{namespace}"));
+        // Both ends probe the connection when it is quiet: a node cut off by the network loses
+        // its node lock (and notices it lost its hints) within about half a minute, not hours.
+        session_config.keepalives_idle(Duration::from_secs(10));
+        session_config.options(format!(
+            "{options} -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+        ));
         tokio::spawn(session::run(
             session_config,
             commands,
