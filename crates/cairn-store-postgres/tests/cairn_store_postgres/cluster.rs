@@ -441,3 +441,41 @@ async fn a_cut_connection_is_reopened_for_the_next_write() {
     assert_eq!(events.len(), 2);
     store.append(append("p", 2)).await.unwrap();
 }
+
+/// Concurrent appends share transactions: far fewer commits than requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_commits() {
+    let Some(url) = database_url() else { return };
+    let store = Arc::new(open(&url, &unique_schema()).await);
+    const PLANS: usize = 200;
+    const EACH: u64 = 5;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..PLANS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("p{p}");
+            store.create_plan(create(&id)).await.unwrap();
+            for seq in 1..=EACH {
+                store.append(append(&id, seq)).await.unwrap();
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await
+    .expect("the appends finished");
+    let stats = store.writer_stats();
+    eprintln!("{stats:?} mean batch {:.1}", stats.mean_batch());
+    let requests = PLANS as u64 * (EACH + 1);
+    assert_eq!((stats.requests, stats.events), (requests, requests));
+    assert!(
+        stats.commits < requests / 2,
+        "group commit should batch requests: {stats:?}"
+    );
+    assert!(stats.max_batch > 1, "{stats:?}");
+    let all = store.read_all_events(0, 10_000).await.unwrap();
+    assert_eq!(all.len() as u64, requests);
+}
