@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_store::conformance::{ev, wall_clock};
-use cairn_store::{Append, CreatePlan, EventLog, Leases, StoreError};
+use cairn_store::{Append, CreatePlan, EventLog, Leases, PlanIndex, StoreError};
 use cairn_store_postgres::{PgOptions, PgStore};
 
 use crate::{database_url, open, unique_schema};
@@ -478,4 +478,76 @@ async fn concurrent_appends_share_commits() {
     assert!(stats.max_batch > 1, "{stats:?}");
     let all = store.read_all_events(0, 10_000).await.unwrap();
     assert_eq!(all.len() as u64, requests);
+}
+
+/// Node A keeps appending under a lease that has run out while node B takes the plan over and
+/// appends too: the log holds A's events, then B's, never A's after B's first; once A hears
+/// `Fenced` it never writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_during_appends_cuts_the_old_owner_off_cleanly() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let a = Arc::new(open(&url, &schema).await);
+    let b = Arc::new(open(&url, &schema).await);
+    let t = wall_clock();
+    a.create_plan(create("p")).await.unwrap();
+    let fa = a.claim("p", "node-a", 0, t).await.unwrap();
+    let writer = |store: Arc<PgStore>, fence: cairn_store::Fence, actor: &'static str| async move {
+        let mut written = 0u32;
+        loop {
+            let last = store.get_plan("p").await.unwrap().unwrap().last_seq;
+            let mut req = append("p", last);
+            req.fence = Some(fence.clone());
+            req.events[0].actor = actor.into();
+            match store.append(req).await {
+                Ok(_) => {
+                    written += 1;
+                    if actor == "b" && written == 20 {
+                        return written;
+                    }
+                }
+                Err(StoreError::SeqConflict { .. }) => {}
+                Err(StoreError::Fenced { owner, .. }) => {
+                    assert_eq!((actor, owner.as_str()), ("a", "node-b"));
+                    return written;
+                }
+                Err(e) => panic!("{actor}: {e}"),
+            }
+        }
+    };
+    let a_task = tokio::spawn(writer(a.clone(), fa, "a"));
+    // Let A get some appends in before the takeover: wait (bounded) for its first.
+    let deadline = Instant::now() + WAIT;
+    while a.get_plan("p").await.unwrap().unwrap().last_seq < 3 {
+        assert!(Instant::now() < deadline, "A never appended");
+        tokio::task::yield_now().await;
+    }
+    // An append in flight holds the lease row, and a takeover skips rows it cannot lock at
+    // once: B tries until it lands between two of A's transactions.
+    let fb = loop {
+        let taken = b
+            .take_over("node-b", 60_000, &["running"], 1, t)
+            .await
+            .unwrap();
+        if let Some((_, fence)) = taken.into_iter().next() {
+            break fence;
+        }
+        assert!(Instant::now() < deadline, "B never took the plan over");
+        tokio::task::yield_now().await;
+    };
+    let b_task = tokio::spawn(writer(b.clone(), fb, "b"));
+    let (a_written, b_written) = tokio::time::timeout(Duration::from_secs(120), async {
+        (a_task.await.unwrap(), b_task.await.unwrap())
+    })
+    .await
+    .expect("both writers finished");
+    assert!(a_written >= 2, "{a_written}");
+    assert_eq!(b_written, 20);
+    let log = a.read_events("p", 1, None, 1000).await.unwrap();
+    let actors: String = log.iter().map(|e| e.actor.as_str()).collect();
+    assert_eq!(
+        actors,
+        format!("{}{}", "a".repeat(a_written as usize), "b".repeat(20)),
+        "A's events, then B's"
+    );
 }
