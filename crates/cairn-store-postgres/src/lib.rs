@@ -3,10 +3,11 @@
 //!
 //! Where the SQLite store has one process and one writer, this one has many: every node writes
 //! through its own connections, and the database is what keeps them apart.
-//! - Every append is fenced in its own transaction: by the plan's last seq and by the lease's
-//!   owner and token, read under row locks (`FOR UPDATE` on the plan, `FOR SHARE` on the lease),
-//!   so a node that lost a plan's lease can write nothing to it, and a takeover waits for an
-//!   append in flight (or skips the plan) rather than slipping in under it.
+//! - Every append is fenced in the transaction that writes it: by the plan's last seq and by the
+//!   lease's owner, token and release mark, read under row locks (`FOR NO KEY UPDATE` on the
+//!   plan, `FOR SHARE` on the lease), so a node that lost or released a plan's lease can write
+//!   nothing to it, and a takeover waits for an append in flight (or skips the plan) rather
+//!   than slipping in under it.
 //! - Leases, cursor leases and heartbeats are timed by the database's clock (`now()`, through
 //!   the SQL function `cairn_now()`): the `now` argument of [`Leases::claim`] and
 //!   [`Leases::take_over`] is ignored, so nodes whose clocks disagree still agree on which lease
@@ -653,7 +654,11 @@ impl Snapshots for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
         let pk: i64 = tx
-            .query_opt("SELECT pk FROM plans WHERE plan_id = $1", &[&plan_id])
+            // Keeps a delete of the plan waiting until the snapshot is in (no orphan rows).
+            .query_opt(
+                "SELECT pk FROM plans WHERE plan_id = $1 FOR KEY SHARE",
+                &[&plan_id],
+            )
             .await
             .map_err(backend)?
             .map(|r| r.get(0))

@@ -2,8 +2,8 @@
 //!
 //! It waits for one request, drains whatever else is queued (up to [`MAX_BATCH`]) and runs the
 //! lot in one transaction:
-//! 1. lock the plan rows the batch names (`FOR UPDATE`, in pk order, so writers of several
-//!    nodes never deadlock) and read their leases (`FOR SHARE`: a takeover waits for this
+//! 1. lock the plan rows the batch names (`FOR NO KEY UPDATE`, in pk order, so writers of
+//!    several nodes never deadlock) and read their leases (`FOR SHARE`: a takeover waits for this
 //!    transaction, or skips the plan, and never changes a lease under an append in flight);
 //! 2. decide every request in Rust, in order, against what was read (refusals — `NotFound`,
 //!    `SeqConflict`, `Fenced`, `AlreadyExists` — write nothing, and a refused half of a
@@ -158,7 +158,7 @@ impl Conn {
         Ok(Conn {
             lock_plans: prepare(
                 "SELECT pk, plan_id, last_seq FROM plans WHERE plan_id = ANY($1::text[])
-                 ORDER BY pk FOR UPDATE",
+                 ORDER BY pk FOR NO KEY UPDATE",
             )
             .await?,
             read_leases: prepare(
