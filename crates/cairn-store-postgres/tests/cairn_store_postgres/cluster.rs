@@ -551,3 +551,38 @@ async fn a_takeover_during_appends_cuts_the_old_owner_off_cleanly() {
         "A's events, then B's"
     );
 }
+
+/// Expiry is judged by the database's clock: a node whose clock is far off (the `now` it
+/// passes) neither cuts another's lease short nor stretches its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_run_by_the_database_clock_whatever_now_the_caller_passes() {
+    let Some(url) = database_url() else { return };
+    let store = open(&url, &unique_schema()).await;
+    store.create_plan(create("p")).await.unwrap();
+    let t = wall_clock();
+    const YEAR: i64 = 365 * 24 * 3600 * 1_000_000;
+    store.claim("p", "node-a", 60_000, t - YEAR).await.unwrap();
+    // B's clock is a year ahead: A's lease still runs.
+    match store.claim("p", "node-b", 60_000, t + YEAR).await {
+        Err(StoreError::LeaseHeld { owner, until, .. }) => {
+            assert_eq!(owner, "node-a");
+            let row = store.lease("p").await.unwrap().unwrap();
+            assert_eq!(until, row.expires_at);
+            // Set by the database's clock, not the year-old `now` A passed.
+            assert!(until > t, "{until} vs {t}");
+        }
+        other => panic!("expected LeaseHeld, got {other:?}"),
+    }
+    assert!(store
+        .take_over("node-b", 60_000, &["running"], 10, t + YEAR)
+        .await
+        .unwrap()
+        .is_empty());
+    // A's lease with no time left runs out whatever A's clock says.
+    store.claim("p", "node-a", 0, t + YEAR).await.unwrap();
+    let taken = store
+        .take_over("node-b", 60_000, &["running"], 10, t - YEAR)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+}
