@@ -136,7 +136,12 @@ impl PgStore {
             options.push_str(&format!(" -c search_path={schema}"));
         }
         config.options(&options);
-        let namespace = opts.schema.clone().unwrap_or_else(|| "public".to_owned());
+        // PostgreSQL folds unquoted names to lower case: `Foo` and `foo` are one schema.
+        let namespace = opts
+            .schema
+            .as_deref()
+            .unwrap_or("public")
+            .to_ascii_lowercase();
         // Every connection is named after its role and schema, so an operator (or a test) can
         // tell them apart in pg_stat_activity.
         if config.get_application_name().is_none() {
