@@ -123,6 +123,16 @@ pub(crate) async fn forward(
                             owner = next;
                             unreachable = None;
                         }
+                        // An owner shutting down is as good as gone: its lease runs out
+                        // (it keeps the leases of plans that need driving).
+                        Ok(Reply::Error {
+                            error: crate::cluster::WireError::ShuttingDown,
+                        }) => {
+                            Counters::bump(&inner.counters.forward_failures);
+                            wait_for_lease(&inner, &plan_id, &owner, deadline).await;
+                            unreachable = Some("it is shutting down".to_owned());
+                            pause = false;
+                        }
                         Ok(Reply::Error { error }) => return Err(error.into()),
                         Ok(reply) => return Ok(reply),
                         Err(e) => {
