@@ -12,6 +12,11 @@ use crate::cluster::{give_up_after, poll_period, Counters, PeerError, Peers, Rep
 use crate::engine::Inner;
 use crate::{Engine, EngineError};
 
+/// "Not owner" answers naming a new owner that are followed at once; later ones wait a poll
+/// period first, so nodes that disagree about a plan's owner never ask each other in a tight
+/// loop (the deadline still bounds it all).
+const MAX_QUICK_HOPS: u32 = 3;
+
 /// Most plans taken over in one round.
 const TAKE_OVER_LIMIT: usize = 64;
 
@@ -109,8 +114,10 @@ pub(crate) async fn forward(
     let bytes = request.encode();
     let plan_id = request.plan_id().to_owned();
     let mut unreachable: Option<String> = None;
+    let mut hops = 0u32;
     loop {
         let mut pause = true;
+        hops += 1;
         if owner != me {
             match peers.forward(&owner, bytes.clone()).await {
                 Ok(answer) => {
@@ -118,8 +125,9 @@ pub(crate) async fn forward(
                     match serde_json::from_slice::<Reply>(&answer) {
                         Ok(Reply::NotOwner { owner: next }) => {
                             debug!(%plan_id, asked = %owner, %next, "not the owner; asking again");
-                            // A new name is worth asking at once; the same one after a pause.
-                            pause = next == owner;
+                            // A new name is worth asking at once (the first few times); the
+                            // same one after a pause.
+                            pause = next == owner || hops > MAX_QUICK_HOPS;
                             owner = next;
                             unreachable = None;
                         }

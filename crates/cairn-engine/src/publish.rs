@@ -103,6 +103,15 @@ impl Publisher {
                 }
             }
             self.flush();
+            if !read_tail && !self.pending.is_empty() {
+                // A gap: the events below it are usually another actor's commit on its way
+                // here. Let it arrive before reading the store for it.
+                tokio::task::yield_now().await;
+                while let Ok(batch) = rx.try_recv() {
+                    self.take(batch);
+                }
+                self.flush();
+            }
             let read = if read_tail {
                 self.read_store(None).await
             } else {
