@@ -511,8 +511,8 @@ impl Writer {
             Some(e) => (e.seq, e.at),
             None => return Err(StoreError::Invalid("nothing to append".into())),
         };
-        // The happy path is one statement: the seq check, the fence check and the plan row's
-        // update together. Only when it matches no row is the reason looked up.
+        // The happy path is one statement: the seq check, the fence check (a released lease
+        // fences nothing) and the plan row's update together. Only when it matches no row is the reason looked up.
         let (fence_node, fence_token) = match &req.fence {
             Some(f) => (Some(f.node.as_str()), Some(to_sql(f.token))),
             None => (None, None),
@@ -523,7 +523,8 @@ impl Writer {
                 "UPDATE plans SET last_seq = ?1, updated_at = ?2, state = COALESCE(?3, state)
                  WHERE plan_id = ?4 AND last_seq = ?5
                    AND (?6 IS NULL OR EXISTS (SELECT 1 FROM leases
-                        WHERE leases.plan_pk = plans.pk AND node = ?6 AND token = ?7))
+                        WHERE leases.plan_pk = plans.pk AND node = ?6 AND token = ?7
+                          AND expires_at <> ?8))
                  RETURNING pk",
             )
             .and_then(|mut s| {
@@ -535,7 +536,8 @@ impl Writer {
                         req.plan_id,
                         to_sql(req.expected_seq),
                         fence_node,
-                        fence_token
+                        fence_token,
+                        RELEASED
                     ],
                     |r| r.get(0),
                 )

@@ -54,6 +54,21 @@ async fn passes_the_conformance_suite() {
     .await;
 }
 
+/// Several engines of one process may share a SQLite store (each with its own node id), so it
+/// passes the lease cases of a shared store too. (Cursor leases stay the single-process
+/// default: one process delivers webhooks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_cluster_lease_cases() {
+    use conformance::cluster;
+    let dir = tempfile::tempdir().unwrap();
+    let store = |name: &str| -> Arc<dyn cairn_store::Store> {
+        Arc::new(open(&dir.path().join(format!("{name}.db")), false))
+    };
+    cluster::fencing_after_take_over_and_release(store("fencing")).await;
+    cluster::racing_take_over(store("racing")).await;
+    cluster::take_over_leaves_released_and_live_leases(store("leaves")).await;
+}
+
 #[tokio::test]
 async fn a_second_engine_on_the_same_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
