@@ -2,7 +2,10 @@
 //! can tell. They reach each other through [`InProcess`] peers, which hand a forwarding request
 //! to the other engine's `serve_forwarded`: the same bytes an HTTP transport would carry.
 //!
-//! Every case runs on SQLite (several engines of one process over one `Arc<SqliteStore>`).
+//! Every case runs on SQLite (several engines of one process over one `Arc<SqliteStore>`), and
+//! on PostgreSQL when `CAIRN_TEST_DATABASE_URL` is set (each node with its own `PgStore`, its own
+//! connections and commit hints, on one schema of its own per case); without it the PostgreSQL
+//! runs say so and pass.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -91,24 +94,73 @@ impl Executor for Counting {
     }
 }
 
+/// Where a cluster keeps its plans.
+enum Backend {
+    /// The directory of its database file, kept for as long as the case runs.
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    /// The database URL and this case's schema.
+    Postgres(String, String),
+}
+
 struct Cluster {
+    backend: Backend,
+    /// The store the test reads (the nodes' own, on SQLite).
     store: Arc<dyn Store>,
     peers: Arc<InProcess>,
     starts: Arc<Mutex<HashMap<String, Vec<String>>>>,
-    _dir: tempfile::TempDir,
+    /// Names the process-wide latches of this case apart from the other backend's run.
+    tag: &'static str,
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    fn sqlite() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let store =
             SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap();
         Cluster {
+            backend: Backend::Sqlite(dir),
             store: Arc::new(store),
             peers: Arc::default(),
             starts: Arc::default(),
-            _dir: dir,
+            tag: "sq",
         }
+    }
+
+    /// A cluster on a fresh schema of the test database, or `None` (saying so) without one.
+    async fn postgres() -> Option<Cluster> {
+        let url = match std::env::var("CAIRN_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                eprintln!(
+                    "skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)"
+                );
+                return None;
+            }
+        };
+        let mut buf = [0u8; 8];
+        getrandom::fill(&mut buf).unwrap();
+        let schema: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+        let schema = format!("cairn_t_{schema}");
+        let store = pg(&url, &schema).await;
+        Some(Cluster {
+            backend: Backend::Postgres(url, schema),
+            store,
+            peers: Arc::default(),
+            starts: Arc::default(),
+            tag: "pg",
+        })
+    }
+
+    /// The store a new node opens: the shared one on SQLite, its own connections on PostgreSQL.
+    async fn store_for_node(&self) -> Arc<dyn Store> {
+        match &self.backend {
+            Backend::Sqlite(_) => self.store.clone(),
+            Backend::Postgres(url, schema) => pg(url, schema).await,
+        }
+    }
+
+    fn latch(&self, name: &str) -> String {
+        format!("{}-{name}", self.tag)
     }
 
     async fn node(&self, id: &str, lease_ms: u64) -> Engine {
@@ -137,7 +189,7 @@ impl Cluster {
             ..EngineOptions::default()
         };
         tune(&mut opts);
-        let engine = Engine::open(self.store.clone(), registry, opts)
+        let engine = Engine::open(self.store_for_node().await, registry, opts)
             .await
             .unwrap();
         self.peers
@@ -177,6 +229,37 @@ impl Cluster {
     }
 }
 
+async fn pg(url: &str, schema: &str) -> Arc<dyn Store> {
+    let opts = cairn_store_postgres::PgOptions {
+        pool_size: 4,
+        schema: Some(schema.to_owned()),
+        ..Default::default()
+    };
+    let store = cairn_store_postgres::PgStore::connect(url, opts)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    Arc::new(store)
+}
+
+/// A case run on both stores: `name::sqlite` and `name::postgres`.
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Cluster::sqlite()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(cluster) = super::Cluster::postgres().await {
+                    super::$name(cluster).await;
+                }
+            }
+        }
+    };
+}
+
 /// Every seq of the plan's log, which must run 1, 2, … with no gap.
 async fn assert_no_seq_gap(store: &dyn Store, plan_id: &str) {
     let rows = store.read_events(plan_id, 0, None, 100_000).await.unwrap();
@@ -194,13 +277,16 @@ fn intervention(kind: InterventionKind) -> InterventionRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owners_result() {
-    let c = Cluster::new();
+on_both_stores!(every_command_for_a_plan_another_node_drives_is_answered_with_the_owners_result);
+
+async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owners_result(
+    c: Cluster,
+) {
     let a = c.node("a", 30_000).await;
     let b = c.node("b", 30_000).await;
+    let held = c.latch("fw-1");
     a.register(
-        plan("plan_id: fw\nsteps:\n  - {step_id: s1, action: x, agent_type: count, params: {latch: fw-1}}\n  - {step_id: s2, action: x, agent_type: builtin.echo}\n  - {step_id: s3, action: x, agent_type: builtin.echo}\n"),
+        plan(&format!("plan_id: fw\nsteps:\n  - {{step_id: s1, action: x, agent_type: count, params: {{latch: {held}}}}}\n  - {{step_id: s2, action: x, agent_type: builtin.echo}}\n  - {{step_id: s3, action: x, agent_type: builtin.echo}}\n")),
         "ann",
     )
     .await
@@ -212,7 +298,7 @@ async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owner
     assert_eq!(c.owner("fw").await.as_deref(), Some("a"));
     let started = b.start("fw", "bob", Some("go".into())).await.unwrap();
     assert_eq!(started.status, PlanStatus::Running);
-    within("s1 to hold", latch::held("fw-1")).await;
+    within("s1 to hold", latch::held(&held)).await;
     assert_eq!(b.node_stats().leases_held, 0, "B drives nothing");
     assert_eq!(c.owner("fw").await.as_deref(), Some("a"));
 
@@ -309,12 +395,12 @@ async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owner
     assert_eq!(b.node_stats().takeovers_total, 0);
     // Nothing B asked was carried out by B: every seq is A's, in order.
     assert_no_seq_gap(&*c.store, "fw").await;
-    latch::release("fw-1");
+    latch::release(&held);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_remote_workers_claim_and_report_reach_the_owner_through_any_node() {
-    let c = Cluster::new();
+on_both_stores!(a_remote_workers_claim_and_report_reach_the_owner_through_any_node);
+
+async fn a_remote_workers_claim_and_report_reach_the_owner_through_any_node(c: Cluster) {
     let q = RemoteQueue::new(30_000);
     let a = c
         .node_with("a", 30_000, |o| o.remote = Some(q.clone()))
@@ -359,17 +445,22 @@ async fn a_remote_workers_claim_and_report_reach_the_owner_through_any_node() {
     assert_eq!(c.owner("rw").await.as_deref(), Some("a"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_nodes_plans_are_taken_over_and_finish_without_running_a_completed_step_again() {
+on_both_stores!(
+    a_dead_nodes_plans_are_taken_over_and_finish_without_running_a_completed_step_again
+);
+
+async fn a_dead_nodes_plans_are_taken_over_and_finish_without_running_a_completed_step_again(
+    c: Cluster,
+) {
     const LEASE: u64 = 300;
-    let c = Cluster::new();
     let a = c.node("a", LEASE).await;
     let b = c.node("b", LEASE).await;
     let ids: Vec<String> = (0..3).map(|i| format!("to-{i}")).collect();
     for id in &ids {
         a.register(
             plan(&format!(
-                "plan_id: {id}\nsteps:\n  - {{step_id: s1, action: x, agent_type: count}}\n  - {{step_id: s2, action: x, agent_type: count, params: {{latch: {id}-2}}}}\n  - {{step_id: s3, action: x, agent_type: count}}\n"
+                "plan_id: {id}\nsteps:\n  - {{step_id: s1, action: x, agent_type: count}}\n  - {{step_id: s2, action: x, agent_type: count, params: {{latch: {}}}}}\n  - {{step_id: s3, action: x, agent_type: count}}\n",
+                c.latch(&format!("{id}-2"))
             )),
             "ann",
         )
@@ -378,7 +469,7 @@ async fn a_dead_nodes_plans_are_taken_over_and_finish_without_running_a_complete
         a.start(id, "ann", None).await.unwrap();
     }
     for id in &ids {
-        within("s2 to hold", latch::held(&format!("{id}-2"))).await;
+        within("s2 to hold", latch::held(&c.latch(&format!("{id}-2")))).await;
         assert_eq!(c.owner(id).await.as_deref(), Some("a"));
     }
     // A dies: unreachable, its actors gone, its leases left to run out.
@@ -389,7 +480,7 @@ async fn a_dead_nodes_plans_are_taken_over_and_finish_without_running_a_complete
             matches!(e.kind, EventKind::StepRecovered { .. })
         })
         .await;
-        latch::release(&format!("{id}-2"));
+        latch::release(&c.latch(&format!("{id}-2")));
     }
     for id in &ids {
         let done = settled(&b, id).await;
@@ -405,32 +496,34 @@ async fn a_dead_nodes_plans_are_taken_over_and_finish_without_running_a_complete
     assert_eq!(b.node_stats().takeovers_total, 3, "{:?}", b.node_stats());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_for_a_dead_nodes_plan_waits_for_its_lease_and_is_carried_out_here() {
-    command_after_owner_stops("dn", true).await;
+on_both_stores!(a_command_for_a_dead_nodes_plan_waits_for_its_lease_and_is_carried_out_here);
+
+async fn a_command_for_a_dead_nodes_plan_waits_for_its_lease_and_is_carried_out_here(c: Cluster) {
+    command_after_owner_stops(c, "dn", true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_for_a_plan_whose_node_shut_down_is_carried_out_here() {
-    command_after_owner_stops("sd", false).await;
+on_both_stores!(a_command_for_a_plan_whose_node_shut_down_is_carried_out_here);
+
+async fn a_command_for_a_plan_whose_node_shut_down_is_carried_out_here(c: Cluster) {
+    command_after_owner_stops(c, "sd", false).await;
 }
 
 /// A drives plan `id` and stops: killed (`dead`: unreachable) or shut down (still answering,
 /// "shutting down"). B is then sent a command for the plan.
-async fn command_after_owner_stops(id: &str, dead: bool) {
+async fn command_after_owner_stops(c: Cluster, id: &str, dead: bool) {
     const LEASE: u64 = 300;
-    let c = Cluster::new();
+    let held = c.latch(&format!("{id}-1"));
     let a = c.node("a", LEASE).await;
     // B takes nothing over by itself: the command it is sent claims the plan.
     let b = c.node_with("b", LEASE, |o| o.recover = false).await;
     a.register(
-        plan(&format!("plan_id: {id}\nsteps:\n  - {{step_id: s1, action: x, agent_type: count, params: {{latch: {id}-1}}}}\n")),
+        plan(&format!("plan_id: {id}\nsteps:\n  - {{step_id: s1, action: x, agent_type: count, params: {{latch: {held}}}}}\n")),
         "ann",
     )
     .await
     .unwrap();
     a.start(id, "ann", None).await.unwrap();
-    within("s1 to hold", latch::held(&format!("{id}-1"))).await;
+    within("s1 to hold", latch::held(&held)).await;
     if dead {
         c.kill("a").await;
     } else {
@@ -448,7 +541,7 @@ async fn command_after_owner_stops(id: &str, dead: bool) {
     assert_eq!(paused.status, PlanStatus::Paused);
     assert_eq!(c.owner(id).await.as_deref(), Some("b"));
     assert!(b.node_stats().forward_failures_total >= 1);
-    latch::release(&format!("{id}-1"));
+    latch::release(&held);
     let done = settled(&b, id).await;
     assert_eq!(done.status, PlanStatus::Paused);
     assert_eq!(done.steps[0].rec.output, Some(json!({"node": "b"})));
@@ -469,9 +562,12 @@ impl Clock for Behind {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// SQLite only: a SQLite store judges expiry by the node's clock, which is what lets a node
+/// an hour behind lose its lease while it still runs. (A PostgreSQL store judges by the
+/// database's clock; its fencing is the store's conformance.)
 async fn an_old_owner_is_fenced_and_appends_nothing_after_a_takeover() {
     const LEASE: u64 = 300;
-    let c = Cluster::new();
+    let c = Cluster::sqlite();
     let a = c
         .node_with("a", LEASE, |o| {
             o.clock = Arc::new(Behind);
@@ -527,9 +623,9 @@ async fn an_old_owner_is_fenced_and_appends_nothing_after_a_takeover() {
     assert_eq!(c.starts_of("fe/s1/1"), ["a", "b"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_subscriber_of_every_node_sees_every_nodes_events_in_id_order() {
-    let c = Cluster::new();
+on_both_stores!(every_subscriber_of_every_node_sees_every_nodes_events_in_id_order);
+
+async fn every_subscriber_of_every_node_sees_every_nodes_events_in_id_order(c: Cluster) {
     let a = c.node("a", 30_000).await;
     let b = c.node("b", 30_000).await;
     let mut subs = [a.subscribe(None), b.subscribe(None), a.subscribe(None)];
