@@ -67,8 +67,9 @@ pub(crate) enum Msg {
     Stop,
 }
 
-/// A fork of the actor's plan, as the engine asks for it.
-#[derive(Clone)]
+/// A fork of the actor's plan, as the engine asks for it (or another node forwards it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Fork {
     pub(crate) checkpoint_id: String,
     pub(crate) new_plan_id: String,
@@ -146,6 +147,16 @@ impl PlanActor {
     }
 
     pub(crate) async fn run(mut self) {
+        self.drive().await;
+        // Whatever is still queued is dropped with the mailbox (its replies tell the senders,
+        // who deliver again): it no longer waits anywhere.
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {
+            self.inner.took_msg();
+        }
+    }
+
+    async fn drive(&mut self) {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             if self.fenced {
@@ -178,6 +189,7 @@ impl PlanActor {
             tokio::select! {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { return };
+                    self.inner.took_msg();
                     if !self.batch(msg).await {
                         return;
                     }
@@ -202,6 +214,7 @@ impl PlanActor {
                         // it again to the plan's next actor. Deciding it here could commit
                         // after that actor loaded the log.
                         while let Ok(msg) = self.rx.try_recv() {
+                            self.inner.took_msg();
                             if let Msg::Outcome { attempt, .. } = msg {
                                 // Dropping the outcome drops its ack: a waiting report hears
                                 // that nothing was recorded.
@@ -310,7 +323,10 @@ impl PlanActor {
         push(first, &mut work);
         while work.len() < BATCH {
             match self.rx.try_recv() {
-                Ok(msg) => push(msg, &mut work),
+                Ok(msg) => {
+                    self.inner.took_msg();
+                    push(msg, &mut work)
+                }
                 Err(_) => break,
             }
         }
@@ -499,7 +515,10 @@ impl PlanActor {
                 EngineError::StorageUnavailable(why) => {
                     EngineError::StorageUnavailable(why.clone())
                 }
-                EngineError::NotOwner(plan_id) => EngineError::NotOwner(plan_id.clone()),
+                EngineError::NotOwner { plan_id, owner } => EngineError::NotOwner {
+                    plan_id: plan_id.clone(),
+                    owner: owner.clone(),
+                },
                 _ => EngineError::Store(cairn_store::StoreError::Backend(message.clone())),
             };
             let _ = reply.send(Err(answer));
@@ -797,6 +816,7 @@ impl PlanActor {
             gate_feedback: invocation.gate_feedback,
         };
         let tx = self.tx.clone();
+        let inner = self.inner.clone();
         let executor = self.inner.executor_for(&task.agent_type);
         let (stop_tx, stop) = StopSignal::new();
         let tracked = stop.clone();
@@ -848,11 +868,14 @@ impl PlanActor {
             if tracked.is_released() {
                 return;
             }
-            let _ = tx.send(Msg::Outcome {
-                attempt,
-                result,
-                ack: None,
-            });
+            let _ = inner.post(
+                &tx,
+                Msg::Outcome {
+                    attempt,
+                    result,
+                    ack: None,
+                },
+            );
         });
     }
 
