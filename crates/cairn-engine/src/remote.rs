@@ -356,16 +356,26 @@ impl QueueExecutor {
     }
 }
 
-/// Removes the task when the attempt ends another way (a step timeout drops the future), and
-/// its stop signal when the attempt ends at all.
+/// Removes the task when the attempt ends another way (a step timeout drops the future, or the
+/// plan stopped it), and its stop signal when the attempt ends at all.
+///
+/// An attempt released without a stop keeps its task (`keep`): either its outcome came through
+/// the engine (the report ended the task already), or its plan is no longer driven here (this
+/// node lost the plan's lease, or shuts down). In the second case the plan's next owner sends
+/// the attempt again, which answers the same live task, so a worker still running it reports
+/// to whichever node and the result reaches the new owner.
 struct Guard {
     remote: RemoteQueue,
     task_id: String,
+    keep: bool,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.remote.signals().remove(&self.task_id);
+        if self.keep {
+            return;
+        }
         let queue = self.remote.queue.clone();
         let task_id = std::mem::take(&mut self.task_id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -388,12 +398,15 @@ impl Executor for QueueExecutor {
             .await
             .map_err(|e| ExecError::retryable(e.to_string()))?;
         self.remote.signals().insert(task_id.clone(), stop.clone());
-        let _guard = Guard {
+        let mut guard = Guard {
             remote: self.remote.clone(),
             task_id: task_id.clone(),
+            keep: false,
         };
         // Until asked to stop; then until the attempt is no longer tracked.
-        if stop.ended().await {
+        if !stop.ended().await {
+            guard.keep = true;
+        } else {
             match queue.stop(&task_id).await {
                 Ok(Stopped::Dropped(_)) => {
                     return Err(ExecError::retryable("stopped before a worker took it"))

@@ -13,6 +13,7 @@
 //!   nodes starting together migrate once.
 
 mod migrate;
+pub mod queue;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use std::time::Duration;
 use cairn_store::{StoreError, StoreResult};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
+
+pub use queue::{PgQueue, PgQueueOptions};
 
 /// How a [`PgStore`] connects.
 #[derive(Debug, Clone)]

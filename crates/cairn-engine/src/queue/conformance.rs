@@ -4,13 +4,15 @@
 //! ```ignore
 //! #[tokio::test]
 //! async fn conformance() {
-//!     cairn_engine::queue::conformance::run_all(|lease_ms| MyQueue::new(lease_ms)).await;
+//!     cairn_engine::queue::conformance::run_all(|lease_ms| async move { MyQueue::new(lease_ms) })
+//!         .await;
 //! }
 //! ```
 //!
 //! Cases panic with a message on failure. Every wait is bounded. Leases are real time, kept
 //! short (tens to hundreds of ms) with margins that a loaded machine still meets.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,25 +24,36 @@ use crate::executor::Task;
 /// The longest any case waits for something that must happen.
 const BOUND: Duration = Duration::from_secs(10);
 
-/// Runs every case, each against a fresh queue from `make(lease_ms)`.
-pub async fn run_all<Q: TaskQueue>(make: impl Fn(u64) -> Q) {
-    let fresh = |lease_ms: u64| -> Arc<dyn TaskQueue> { Arc::new(make(lease_ms)) };
+/// Runs every case, each against a fresh queue from `make(lease_ms)` (a queue kept in a
+/// database may need a connection first, so the factory is async).
+pub async fn run_all<Q, F, Fut>(make: F)
+where
+    Q: TaskQueue,
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Q>,
+{
+    let fresh = |lease_ms: u64| {
+        let made = make(lease_ms);
+        async move { Arc::new(made.await) as Arc<dyn TaskQueue> }
+    };
     eprintln!("task queue conformance: claim_is_exclusive_and_oldest_first");
-    claim_is_exclusive_and_oldest_first(fresh(30_000)).await;
+    claim_is_exclusive_and_oldest_first(fresh(30_000).await).await;
     eprintln!("task queue conformance: heartbeat_extends_the_lease");
-    heartbeat_extends_the_lease(fresh(400)).await;
+    heartbeat_extends_the_lease(fresh(400).await).await;
     eprintln!("task queue conformance: expiry_hands_the_task_back_with_the_same_key");
-    expiry_hands_the_task_back_with_the_same_key(fresh(50)).await;
+    expiry_hands_the_task_back_with_the_same_key(fresh(50).await).await;
     eprintln!("task queue conformance: only_the_holder_may_report");
-    only_the_holder_may_report(fresh(30_000)).await;
+    only_the_holder_may_report(fresh(30_000).await).await;
     eprintln!("task queue conformance: stop_drops_a_queued_task_and_flags_a_claimed_one");
-    stop_drops_a_queued_task_and_flags_a_claimed_one(fresh(30_000)).await;
+    stop_drops_a_queued_task_and_flags_a_claimed_one(fresh(30_000).await).await;
     eprintln!("task queue conformance: unclaim_puts_the_task_back");
-    unclaim_puts_the_task_back(fresh(30_000)).await;
+    unclaim_puts_the_task_back(fresh(30_000).await).await;
     eprintln!("task queue conformance: a_waiting_claim_wakes_on_enqueue_and_on_close");
-    a_waiting_claim_wakes_on_enqueue_and_on_close(fresh(30_000)).await;
+    a_waiting_claim_wakes_on_enqueue_and_on_close(fresh(30_000).await).await;
     eprintln!("task queue conformance: workers_are_listed_with_their_tasks");
-    workers_are_listed_with_their_tasks(fresh(30_000)).await;
+    workers_are_listed_with_their_tasks(fresh(30_000).await).await;
+    eprintln!("task queue conformance: enqueue_is_idempotent_per_attempt");
+    enqueue_is_idempotent_per_attempt(fresh(30_000).await).await;
 }
 
 /// A task of `agent_type` for attempt `attempt` of step `step_id`.
@@ -336,4 +349,56 @@ pub async fn workers_are_listed_with_their_tasks(q: Arc<dyn TaskQueue>) {
     assert!(workers[0].tasks.is_empty());
     let queued = q.queued_by_type().await.unwrap();
     assert_eq!(queued, vec![("research".to_owned(), 1)]);
+}
+
+pub async fn enqueue_is_idempotent_per_attempt(q: Arc<dyn TaskQueue>) {
+    let a = q.enqueue(task("research", "a", 1)).await.unwrap();
+    assert_eq!(
+        q.enqueue(task("research", "a", 1)).await.unwrap(),
+        a,
+        "the same attempt again answers its live task"
+    );
+    // Another attempt number, run or kind of the same step is another task.
+    let mut others = vec![task("research", "a", 2), task("research", "b", 1)];
+    others.push(Task {
+        run: 2,
+        ..task("research", "a", 1)
+    });
+    others.push(Task {
+        kind: cairn_core::AttemptKind::Compensation,
+        ..task("research", "a", 1)
+    });
+    let mut ids = vec![a.clone()];
+    for t in others {
+        ids.push(q.enqueue(t).await.unwrap());
+    }
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 5, "five attempts, five tasks: {ids:?}");
+    assert_eq!(
+        q.queued_by_type().await.unwrap(),
+        vec![("research".to_owned(), 5)]
+    );
+    // Claimed, it is still the attempt's task, and its holder keeps it.
+    let lease = q
+        .claim("w", &types(&["research"]), NOW)
+        .await
+        .unwrap()
+        .expect("a task");
+    assert_eq!(lease.task_id, a, "the oldest first");
+    assert_eq!(q.enqueue(task("research", "a", 1)).await.unwrap(), a);
+    assert!(!q.heartbeat(&a, "w").await.unwrap().stop);
+    assert_eq!(
+        q.queued_by_type().await.unwrap(),
+        vec![("research".to_owned(), 4)]
+    );
+    // Once it ended, the attempt may be queued anew: a new task.
+    q.complete(&a, "w").await.unwrap();
+    let again = q.enqueue(task("research", "a", 1)).await.unwrap();
+    assert!(!ids.contains(&again), "a new task once the old one ended");
+    assert_eq!(
+        q.queued_by_type().await.unwrap(),
+        vec![("research".to_owned(), 5)]
+    );
 }
