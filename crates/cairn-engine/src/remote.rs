@@ -12,7 +12,11 @@
 //!
 //! Because the result never waits in a future, a queue kept in a database works the same: any
 //! node may take a report and hand it to the engine. Late reports for a task no longer held are
-//! refused as unknown.
+//! refused as unknown. A node that stops driving a plan (shutdown, a lost lease) leaves its
+//! remote attempts' tasks in the queue; the plan's next owner sends each attempt again and the
+//! queue answers the same task (enqueue is idempotent per attempt), so the worker's report
+//! reaches the new owner and the step runs once. Every node runs the expiry sweep; the queue
+//! hands each expired task to one of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -129,8 +133,8 @@ impl RemoteQueue {
         self.workers().await.iter().map(|w| w.tasks.len()).sum()
     }
 
-    /// The workers seen polling since the queue started, with the tasks each holds; sorted by
-    /// id. Empty when the queue cannot answer.
+    /// The workers the queue has seen polling (through any node, for a shared queue), with the
+    /// tasks each holds; sorted by id. Empty when the queue cannot answer.
     pub async fn workers(&self) -> Vec<WorkerInfo> {
         self.queue.workers().await.unwrap_or_else(|e| {
             warn!(error = %e, "cannot list workers");

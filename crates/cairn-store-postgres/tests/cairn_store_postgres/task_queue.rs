@@ -1,9 +1,8 @@
 //! The task queue in PostgreSQL: the engine's queue conformance suite, and what only a queue
 //! shared by several nodes promises (two `PgQueue`s on one database stand for two nodes).
 //!
-//! Needs `CAIRN_TEST_DATABASE_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`); every
-//! case skips with a message when it is unset. Each case keeps its tables in a schema of its
-//! own, dropped at its end, so cases running in parallel never meet.
+//! Every case skips with a message when `CAIRN_TEST_DATABASE_URL` is unset. Each keeps its
+//! tables in a schema of its own, dropped at its end, so cases running in parallel never meet.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +17,9 @@ use cairn_store_postgres::{PgOptions, PgQueue, PgQueueOptions, PgStore};
 const BOUND: Duration = Duration::from_secs(20);
 
 fn database_url() -> Option<String> {
-    let url = std::env::var("CAIRN_TEST_DATABASE_URL").ok();
+    let url = std::env::var("CAIRN_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty());
     if url.is_none() {
         eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (a PostgreSQL database to test on)");
     }
