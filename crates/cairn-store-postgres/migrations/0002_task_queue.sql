@@ -14,8 +14,9 @@ CREATE TABLE cairn_tasks (
     kind        TEXT NOT NULL,
     attempt     BIGINT NOT NULL,
     run         BIGINT NOT NULL,
-    -- The task as handed to the worker.
-    task        JSONB NOT NULL,
+    -- The task as handed to the worker: its JSON text, kept byte for byte (key order, number
+    -- forms and escapes such as \u0000, which JSONB would change or refuse).
+    task        TEXT NOT NULL,
     worker_id   TEXT,
     -- By the database's clock; a claim whose lease ran out is as good as gone.
     lease_until TIMESTAMPTZ,

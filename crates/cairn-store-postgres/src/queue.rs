@@ -203,7 +203,7 @@ impl PgQueue {
                  SET worker_id = $1, lease_until = now() + $3::bigint * interval '1 millisecond'
                  FROM next
                  WHERE t.task_id = next.task_id
-                 RETURNING t.task_id, t.task::text",
+                 RETURNING t.task_id, t.task",
             )
             .await
             .map_err(db)?;
@@ -256,7 +256,7 @@ impl PgQueue {
             .prepare_cached(
                 "DELETE FROM cairn_tasks
                  WHERE task_id = $1 AND worker_id = $2 AND lease_until > now()
-                 RETURNING task::text",
+                 RETURNING task",
             )
             .await
             .map_err(db)?;
@@ -326,7 +326,7 @@ impl TaskQueue for PgQueue {
                 "WITH queued AS (
                      INSERT INTO cairn_tasks
                          (task_id, agent_type, plan_id, step_id, kind, attempt, run, task)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (plan_id, step_id, kind, attempt, run) DO UPDATE
                          SET run = EXCLUDED.run
                      RETURNING task_id, agent_type
@@ -402,7 +402,7 @@ impl TaskQueue for PgQueue {
         if row.get::<_, bool>(0) {
             let row = tx
                 .query_one(
-                    "DELETE FROM cairn_tasks WHERE task_id = $1 RETURNING task::text",
+                    "DELETE FROM cairn_tasks WHERE task_id = $1 RETURNING task",
                     &[&task_id],
                 )
                 .await
@@ -476,7 +476,7 @@ impl TaskQueue for PgQueue {
                  )
                  DELETE FROM cairn_tasks t USING due
                  WHERE t.task_id = due.task_id
-                 RETURNING t.task_id, t.task::text",
+                 RETURNING t.task_id, t.task",
             )
             .await
             .map_err(db)?;
@@ -524,7 +524,7 @@ impl TaskQueue for PgQueue {
         } else {
             let row = tx
                 .query_one(
-                    "DELETE FROM cairn_tasks WHERE task_id = $1 RETURNING task::text",
+                    "DELETE FROM cairn_tasks WHERE task_id = $1 RETURNING task",
                     &[&task_id],
                 )
                 .await
@@ -609,7 +609,9 @@ async fn listen(config: tokio_postgres::Config, channel: String, arrived: Arc<No
     loop {
         match listen_once(&config, &channel, &arrived).await {
             Ok(()) => debug!(%channel, "the task queue's listening connection ended"),
-            Err(e) => debug!(%channel, error = %e, "the task queue's listening connection failed"),
+            Err(e) => {
+                warn!(%channel, error = %e, "the task queue's listening connection failed; waiting claims poll until it is back")
+            }
         }
         arrived.notify_waiters();
         tokio::time::sleep(backoff).await;

@@ -54,6 +54,8 @@ where
     workers_are_listed_with_their_tasks(fresh(30_000).await).await;
     eprintln!("task queue conformance: enqueue_is_idempotent_per_attempt");
     enqueue_is_idempotent_per_attempt(fresh(30_000).await).await;
+    eprintln!("task queue conformance: a_task_comes_back_as_it_was_queued");
+    a_task_comes_back_as_it_was_queued(fresh(30_000).await).await;
 }
 
 /// A task of `agent_type` for attempt `attempt` of step `step_id`.
@@ -401,4 +403,30 @@ pub async fn enqueue_is_idempotent_per_attempt(q: Arc<dyn TaskQueue>) {
         q.queued_by_type().await.unwrap(),
         vec![("research".to_owned(), 5)]
     );
+}
+
+/// Whatever a task carries comes back the same, down to its JSON text: the worker is sent what
+/// the attempt recorded, byte for byte.
+pub async fn a_task_comes_back_as_it_was_queued(q: Arc<dyn TaskQueue>) {
+    let queued = Task {
+        kind: cairn_core::AttemptKind::Compensation,
+        params: serde_json::from_str(
+            r#"{"z": 1, "a": [1.5, 1.0, 12345678901234567890, -0.0], "nul": "a\u0000b", "text": "héllo \"you\" 🦀", "deep": {"b": null, "a": {}}}"#,
+        )
+        .unwrap(),
+        timeout_ms: Some(1_500),
+        query: "line 1\nline 2\t'quoted'".into(),
+        ..task("research", "a", 3)
+    };
+    let text = serde_json::to_string(&queued).unwrap();
+    q.enqueue(queued.clone()).await.unwrap();
+    let lease = q
+        .claim("w", &types(&["research"]), NOW)
+        .await
+        .unwrap()
+        .expect("the task");
+    assert_eq!(lease.task, queued);
+    assert_eq!(serde_json::to_string(&lease.task).unwrap(), text);
+    let back = q.complete(&lease.task_id, "w").await.unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), text);
 }
