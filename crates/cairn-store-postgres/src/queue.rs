@@ -177,36 +177,35 @@ impl PgQueue {
             .map_err(|e| RemoteError::Unavailable(format!("database connection: {e}")))
     }
 
-    /// One attempt at a claim: also records the worker as seen.
+    /// One attempt at a claim; the first of a poll also records the worker as seen (in the same
+    /// statement).
     async fn take(
         &self,
         worker_id: &str,
         agent_types: &[String],
+        first: bool,
     ) -> Result<Option<TaskLease>, RemoteError> {
+        const SEEN: &str = "INSERT INTO cairn_workers (worker_id, agent_types, last_poll_at)
+             VALUES ($1, $2, now())
+             ON CONFLICT (worker_id) DO UPDATE
+                 SET agent_types = EXCLUDED.agent_types, last_poll_at = EXCLUDED.last_poll_at";
+        const NEXT: &str = "SELECT task_id FROM cairn_tasks
+             WHERE worker_id IS NULL AND agent_type = ANY($2)
+             ORDER BY seq
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED";
+        const TAKE: &str = "UPDATE cairn_tasks t
+             SET worker_id = $1, lease_until = now() + $3::bigint * interval '1 millisecond'
+             FROM next
+             WHERE t.task_id = next.task_id
+             RETURNING t.task_id, t.task";
+        let sql = if first {
+            format!("WITH seen AS ({SEEN}), next AS ({NEXT}) {TAKE}")
+        } else {
+            format!("WITH next AS ({NEXT}) {TAKE}")
+        };
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "WITH seen AS (
-                     INSERT INTO cairn_workers (worker_id, agent_types, last_poll_at)
-                     VALUES ($1, $2, now())
-                     ON CONFLICT (worker_id) DO UPDATE
-                         SET agent_types = EXCLUDED.agent_types,
-                             last_poll_at = EXCLUDED.last_poll_at
-                 ), next AS (
-                     SELECT task_id FROM cairn_tasks
-                     WHERE worker_id IS NULL AND agent_type = ANY($2)
-                     ORDER BY seq
-                     LIMIT 1
-                     FOR UPDATE SKIP LOCKED
-                 )
-                 UPDATE cairn_tasks t
-                 SET worker_id = $1, lease_until = now() + $3::bigint * interval '1 millisecond'
-                 FROM next
-                 WHERE t.task_id = next.task_id
-                 RETURNING t.task_id, t.task",
-            )
-            .await
-            .map_err(db)?;
+        let stmt = client.prepare_cached(&sql).await.map_err(db)?;
         let row = client
             .query_opt(&stmt, &[&worker_id, &agent_types, &self.lease()])
             .await
@@ -362,6 +361,7 @@ impl TaskQueue for PgQueue {
         wait: Duration,
     ) -> Result<Option<TaskLease>, RemoteError> {
         let until = Instant::now() + wait;
+        let mut first = true;
         loop {
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);
@@ -370,9 +370,10 @@ impl TaskQueue for PgQueue {
             if self.shared.closed.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            if let Some(lease) = self.take(worker_id, agent_types).await? {
+            if let Some(lease) = self.take(worker_id, agent_types, first).await? {
                 return Ok(Some(lease));
             }
+            first = false;
             let now = Instant::now();
             if now >= until {
                 return Ok(None);
