@@ -139,6 +139,10 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// Forgets a task wherever it is (its attempt ended another way: a step timeout).
     async fn remove(&self, task_id: &str) -> Result<(), RemoteError>;
 
+    /// Whether the task is still queued or claimed (a claim whose lease ran out counts until
+    /// `expire` hands it back).
+    async fn is_live(&self, task_id: &str) -> Result<bool, RemoteError>;
+
     /// Makes claims answer `None` from now on and wakes the waiting ones (shutdown). Claimed
     /// tasks may still be reported.
     fn close(&self);
@@ -489,6 +493,10 @@ impl TaskQueue for MemoryQueue {
     async fn remove(&self, task_id: &str) -> Result<(), RemoteError> {
         self.state().forget(task_id);
         Ok(())
+    }
+
+    async fn is_live(&self, task_id: &str) -> Result<bool, RemoteError> {
+        Ok(self.state().tasks.contains_key(task_id))
     }
 
     fn close(&self) {

@@ -53,6 +53,9 @@ pub struct RemoteQueue {
     /// The stop signals of tasks this process enqueued, by task id: a heartbeat sees a stop
     /// the moment the plan sends it, before the queue has heard of it.
     signals: Arc<Mutex<HashMap<String, StopSignal>>>,
+    /// How long a task may be gone from the queue, its attempt still waiting for the result,
+    /// before the attempt fails as lost.
+    lost_after: Duration,
 }
 
 impl std::fmt::Debug for RemoteQueue {
@@ -81,7 +84,18 @@ impl RemoteQueue {
             queue,
             engine: Arc::new(OnceLock::new()),
             signals: Arc::new(Mutex::new(HashMap::new())),
+            lost_after: RECORD_WAIT,
         }
+    }
+
+    /// How long a task may be gone from the queue while its attempt still waits for a result
+    /// before the attempt fails retryably as lost (default 30 s, the longest a report waits to
+    /// be recorded, so a report on its way is never overtaken). A task leaves the queue without
+    /// its result reaching the plan when the node that expired it died before delivering the
+    /// expiry.
+    pub fn lost_after(mut self, after: Duration) -> RemoteQueue {
+        self.lost_after = after;
+        self
     }
 
     /// The queue itself.
@@ -97,6 +111,29 @@ impl RemoteQueue {
         self.signals
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves once the task has been gone from the queue for `lost_after` (looking every
+    /// lease, 1 to 30 s, or sooner when `lost_after` is shorter).
+    async fn lost(&self, task_id: &str) {
+        let period = Duration::from_millis(self.lease_ms())
+            .clamp(Duration::from_secs(1), Duration::from_secs(30))
+            .min(self.lost_after)
+            .max(Duration::from_millis(10));
+        let mut gone_since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(period).await;
+            match self.queue.is_live(task_id).await {
+                Ok(true) => gone_since = None,
+                Ok(false) => {
+                    let since = *gone_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= self.lost_after {
+                        return;
+                    }
+                }
+                Err(e) => debug!(%task_id, error = %e, "cannot look for a task"),
+            }
+        }
     }
 
     /// Whether this process's plan asked the task's attempt to stop.
@@ -315,30 +352,37 @@ impl RemoteQueue {
 }
 
 /// Fails the attempts of claims whose lease ran out, every quarter lease (5 ms to 1 s), until
-/// the engine is gone.
+/// the engine is gone. A queue shared by several nodes hands each expired task to one of them,
+/// so a failure that could not be delivered (the plan's owner did not answer) is kept and
+/// delivered again on the next sweeps: no other node will.
 pub(crate) async fn sweep(remote: RemoteQueue) {
     let period = Duration::from_millis(remote.lease_ms() / 4)
         .clamp(Duration::from_millis(5), Duration::from_secs(1));
+    let mut undelivered: Vec<Task> = Vec::new();
     loop {
         tokio::time::sleep(period).await;
         if remote.engine.get().and_then(Weak::upgrade).is_none() {
             return;
         }
-        let expired = match remote.queue.expire().await {
-            Ok(expired) => expired,
-            Err(e) => {
-                warn!(error = %e, "cannot expire task leases");
-                continue;
-            }
-        };
-        for task in expired {
+        let mut due = std::mem::take(&mut undelivered);
+        match remote.queue.expire().await {
+            Ok(expired) => due.extend(expired),
+            Err(e) => warn!(error = %e, "cannot expire task leases"),
+        }
+        for task in due {
             debug!(plan_id = %task.plan_id, step_id = %task.step_id, attempt = task.attempt, "worker lease expired");
             let result = StepResult::Failed {
                 error: "worker lease expired".into(),
                 retryable: true,
             };
-            if let Err(e) = remote.report(task, result, false).await {
-                debug!(error = %e, "the expiry of a task was not delivered");
+            match remote.report(task.clone(), result, false).await {
+                Ok(()) => {}
+                // The plan is gone: nothing waits for this attempt.
+                Err(RemoteError::UnknownTask(_)) => {}
+                Err(e) => {
+                    warn!(plan_id = %task.plan_id, step_id = %task.step_id, attempt = task.attempt, error = %e, "the expiry of a task was not delivered; trying again");
+                    undelivered.push(task);
+                }
             }
         }
     }
@@ -407,8 +451,18 @@ impl Executor for QueueExecutor {
             task_id: task_id.clone(),
             keep: false,
         };
-        // Until asked to stop; then until the attempt is no longer tracked.
-        if !stop.ended().await {
+        // Until asked to stop; then until the attempt is no longer tracked. Or until the task
+        // left the queue and its result never came: the attempt fails retryably.
+        let stopped = tokio::select! {
+            stopped = stop.ended() => stopped,
+            () = self.remote.lost(&task_id) => {
+                warn!(%task_id, "a task left the queue but its result never reached the plan");
+                return Err(ExecError::retryable(
+                    "the task left the queue but its result never came",
+                ));
+            }
+        };
+        if !stopped {
             guard.keep = true;
         } else {
             match queue.stop(&task_id).await {

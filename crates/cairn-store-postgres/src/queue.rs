@@ -545,6 +545,18 @@ impl TaskQueue for PgQueue {
         Ok(())
     }
 
+    async fn is_live(&self, task_id: &str) -> Result<bool, RemoteError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM cairn_tasks WHERE task_id = $1)",
+                &[&task_id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get(0))
+    }
+
     fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.arrived.notify_waiters();

@@ -171,6 +171,7 @@ pub async fn expiry_hands_the_task_back_with_the_same_key(q: Arc<dyn TaskQueue>)
         tokio::time::sleep(Duration::from_millis(q.lease_ms() / 2 + 1)).await;
     };
     assert_eq!(expired, vec![queued.clone()], "the same task comes back");
+    assert!(!q.is_live(&lease.task_id).await.unwrap());
     assert_eq!(expired[0].idempotency_key, queued.idempotency_key);
     // The old holder can do nothing with it any more; it is expired once only.
     assert!(matches!(
@@ -219,7 +220,10 @@ pub async fn only_the_holder_may_report(q: Arc<dyn TaskQueue>) {
         Err(RemoteError::UnknownTask(_))
     ));
     // The holder's report ends the task and hands back what was queued.
+    assert!(q.is_live(&first.task_id).await.unwrap());
     assert_eq!(q.complete(&first.task_id, "w1").await.unwrap(), queued);
+    assert!(!q.is_live(&first.task_id).await.unwrap());
+    assert!(!q.is_live("task_nope").await.unwrap());
     assert!(matches!(
         q.complete(&first.task_id, "w1").await,
         Err(RemoteError::UnknownTask(_))
@@ -238,10 +242,12 @@ pub async fn only_the_holder_may_report(q: Arc<dyn TaskQueue>) {
 pub async fn stop_drops_a_queued_task_and_flags_a_claimed_one(q: Arc<dyn TaskQueue>) {
     let queued = task("research", "a", 1);
     let a = q.enqueue(queued.clone()).await.unwrap();
+    assert!(q.is_live(&a).await.unwrap(), "a queued task is live");
     assert_eq!(
         q.stop(&a).await.unwrap(),
         Stopped::Dropped(Box::new(queued))
     );
+    assert!(!q.is_live(&a).await.unwrap());
     assert!(q
         .claim("w", &types(&["research"]), NOW)
         .await

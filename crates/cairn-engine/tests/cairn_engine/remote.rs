@@ -227,3 +227,30 @@ async fn a_recovered_plan_takes_the_report_of_the_task_a_worker_still_holds() {
     assert_eq!(done.steps[0].rec.attempts, 1, "the step ran once");
     assert!(q2.queued_by_type().await.is_empty(), "no second task");
 }
+
+/// A task that leaves the queue without its result reaching the plan (the node that expired it
+/// died before delivering the expiry) fails its attempt retryably once `lost_after` has passed,
+/// and the step runs again.
+#[tokio::test]
+async fn an_attempt_whose_task_left_the_queue_unreported_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(30_000).lost_after(Duration::from_millis(200));
+    let engine = engine(&dir, &q).await;
+    start_plan(&engine, "plan_id: r8\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 2, backoff_ms: 1}}\n", "t").await;
+    let first = q.poll("w", &types(), WAIT).await.expect("a task");
+    assert_eq!(first.task.attempt, 1);
+    // What a sweeper that died after taking the expired task leaves behind.
+    q.queue().remove(&first.task_id).await.unwrap();
+    let second = q.poll("w", &types(), WAIT).await.expect("the retry");
+    assert_eq!(second.task.attempt, 2);
+    assert_eq!(second.task.idempotency_key, first.task.idempotency_key);
+    q.complete_recorded(&second.task_id, "w", json!({"ok": 1}), None)
+        .await
+        .unwrap();
+    let done = settled(&engine, "r8").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[0].rec.attempts, 2);
+    let events = engine.events("r8", 0, 1_000).await.unwrap();
+    assert!(events.iter().any(|e| matches!(&e.kind,
+        EventKind::StepFailed { attempt: 1, error, .. } if error.contains("never came"))));
+}
