@@ -1,8 +1,7 @@
 //! The task queue in PostgreSQL: the engine's queue conformance suite, and what only a queue
 //! shared by several nodes promises (two `PgQueue`s on one database stand for two nodes).
 //!
-//! Every case skips with a message when `CAIRN_TEST_DATABASE_URL` is unset. Each keeps its
-//! tables in a schema of its own, dropped at its end, so cases running in parallel never meet.
+//! Each case keeps its tables in schemas of its own, dropped at its end.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,42 +10,16 @@ use std::time::Duration;
 
 use cairn_engine::queue::conformance::{self, task};
 use cairn_engine::queue::{RemoteError, Stopped, TaskQueue};
-use cairn_store_postgres::{PgOptions, PgQueue, PgQueueOptions, PgStore};
+use cairn_store_postgres::{PgQueue, PgQueueOptions};
+
+use crate::{database_url, open, unique_schema};
 
 /// The longest any case waits for something that must happen.
 const BOUND: Duration = Duration::from_secs(20);
 
-fn database_url() -> Option<String> {
-    let url = std::env::var("CAIRN_TEST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.is_empty());
-    if url.is_none() {
-        eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (a PostgreSQL database to test on)");
-    }
-    url
-}
-
-fn fresh_schema() -> String {
-    format!("q_{}", uuid::Uuid::now_v7().simple())
-}
-
-/// A store ("a node's connection") on `schema`.
-async fn store(url: &str, schema: &str) -> PgStore {
-    PgStore::connect(
-        url,
-        PgOptions {
-            pool_size: 4,
-            schema: Some(schema.to_owned()),
-            ..PgOptions::default()
-        },
-    )
-    .await
-    .expect("connect to the test database")
-}
-
 async fn queue(url: &str, schema: &str, lease_ms: u64, poll_ms: u64) -> PgQueue {
     PgQueue::with_options(
-        &store(url, schema).await,
+        &open(url, schema).await,
         PgQueueOptions { lease_ms, poll_ms },
     )
     .await
@@ -80,7 +53,7 @@ async fn the_postgres_queue_passes_the_task_queue_conformance_suite() {
         let url = url.clone();
         let schemas = schemas.clone();
         async move {
-            let schema = fresh_schema();
+            let schema = unique_schema();
             schemas.lock().unwrap().push(schema.clone());
             queue(&url, &schema, lease_ms, 100).await
         }
@@ -93,7 +66,7 @@ async fn the_postgres_queue_passes_the_task_queue_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_racing_on_two_nodes_hand_each_task_out_once() {
     let Some(url) = database_url() else { return };
-    let schema = fresh_schema();
+    let schema = unique_schema();
     let a = Arc::new(queue(&url, &schema, 30_000, 100).await);
     let b = Arc::new(queue(&url, &schema, 30_000, 100).await);
     const TASKS: u32 = 300;
@@ -146,7 +119,7 @@ async fn claims_racing_on_two_nodes_hand_each_task_out_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_swept_by_two_nodes_at_once_hands_each_task_to_one() {
     let Some(url) = database_url() else { return };
-    let schema = fresh_schema();
+    let schema = unique_schema();
     let lease_ms = 300;
     let a = Arc::new(queue(&url, &schema, lease_ms, 100).await);
     let b = Arc::new(queue(&url, &schema, lease_ms, 100).await);
@@ -200,7 +173,7 @@ async fn expiry_swept_by_two_nodes_at_once_hands_each_task_to_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_claimed_through_one_node_is_reported_through_another() {
     let Some(url) = database_url() else { return };
-    let schema = fresh_schema();
+    let schema = unique_schema();
     let a = queue(&url, &schema, 30_000, 100).await;
     let b = queue(&url, &schema, 30_000, 100).await;
     let queued = task("research", "s", 1);
@@ -253,7 +226,7 @@ async fn a_task_claimed_through_one_node_is_reported_through_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_sent_again_by_another_node_answers_its_live_task() {
     let Some(url) = database_url() else { return };
-    let schema = fresh_schema();
+    let schema = unique_schema();
     let a = queue(&url, &schema, 30_000, 100).await;
     let b = queue(&url, &schema, 30_000, 100).await;
     let attempt = task("research", "s", 1);
@@ -302,7 +275,7 @@ async fn listener_pid(client: &tokio_postgres::Client, name: &str) -> Option<i32
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hint_from_another_node_wakes_a_waiting_claim_and_the_listener_reconnects() {
     let Some(url) = database_url() else { return };
-    let schema = fresh_schema();
+    let schema = unique_schema();
     let a = queue(&url, &schema, 30_000, 100).await;
     // B looks for tasks only on a hint: its poll period is far beyond the bound.
     let b = Arc::new(queue(&url, &schema, 30_000, 3_600_000).await);
