@@ -162,6 +162,9 @@ fn read_holder(lock_path: &Path) -> LockHolder {
     holder
 }
 
+/// Node id → (address, started at, latest heartbeat).
+type NodeTable = std::collections::BTreeMap<String, (Option<String>, Micros, Micros)>;
+
 /// A [`Store`] in one SQLite file. Dropping it stops the writer thread after the batch in hand
 /// (blocking the dropping thread for that long) and releases the engine lock.
 pub struct SqliteStore {
@@ -180,7 +183,7 @@ pub struct SqliteStore {
     engine_lock: Option<(File, String)>,
     /// The nodes that sent a heartbeat (this process's engines: a SQLite store has one
     /// process), and the secret they would share.
-    nodes: std::sync::Mutex<std::collections::BTreeMap<String, (Option<String>, Micros, Micros)>>,
+    nodes: std::sync::Mutex<NodeTable>,
     secret: String,
 }
 
