@@ -112,8 +112,16 @@ impl Server {
             },
         )
         .await?;
-        // Webhook delivery (at-least-once, from per-webhook cursors in the store).
-        let webhooks = crate::webhooks::spawn_webhooks(engine.clone(), opts.webhooks);
+        // Webhook delivery (at-least-once, from per-webhook cursors in the store),
+        // each delivered by one node at a time, under a lease on its cursor.
+        let webhooks = crate::webhooks::spawn_webhooks_as(
+            engine.clone(),
+            opts.webhooks,
+            crate::webhooks::Deliverer {
+                node_id: node.node_id.clone(),
+                lease_ms: node.lease_ms,
+            },
+        );
         crate::metrics::spawn_every(engine.clone(), opts.metrics_every);
         // cairn_tasks_queued{agent_type}: the remote queue lives here, not in the engine's events.
         let queued = {
