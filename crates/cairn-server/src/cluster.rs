@@ -315,15 +315,25 @@ pub fn node_list(rows: Vec<cairn_store::NodeRow>, me: &NodeIdentity, now: i64) -
     NodeList { nodes }
 }
 
-/// Records this node's heartbeat every third of a lease, for as long as the task runs (the
-/// store's node list, `GET /v1/nodes` and the other nodes' [`HttpPeers`] read it). A failed
-/// heartbeat is logged and tried again at the next tick.
-pub fn spawn_heartbeat(store: Arc<dyn Nodes>, me: NodeIdentity) -> tokio::task::JoinHandle<()> {
+/// Records this node's heartbeat now, then every third of a lease for as long as the returned
+/// task runs (the store's node list, `GET /v1/nodes` and the other nodes' [`HttpPeers`] read
+/// it). A failed heartbeat is logged and tried again at the next tick.
+pub async fn start_heartbeat(
+    store: Arc<dyn Nodes>,
+    me: NodeIdentity,
+) -> tokio::task::JoinHandle<()> {
     let started_at = cairn_engine::now_micros();
     let every = Duration::from_millis((me.lease_ms / 3).max(100));
+    let first = store
+        .heartbeat(&me.node_id, me.advertise.as_deref(), started_at)
+        .await;
+    if let Err(e) = &first {
+        tracing::warn!(node = %me.node_id, error = %e, "cannot record this node's heartbeat; retrying");
+    }
     tokio::spawn(async move {
-        let mut failing = false;
+        let mut failing = first.is_err();
         loop {
+            tokio::time::sleep(every).await;
             match store
                 .heartbeat(&me.node_id, me.advertise.as_deref(), started_at)
                 .await
@@ -335,7 +345,6 @@ pub fn spawn_heartbeat(store: Arc<dyn Nodes>, me: NodeIdentity) -> tokio::task::
                 }
                 Err(_) => {}
             }
-            tokio::time::sleep(every).await;
         }
     })
 }

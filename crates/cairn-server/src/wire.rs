@@ -101,7 +101,7 @@ impl Server {
         };
         // The node list (`GET /v1/nodes`, the other nodes' way here) reads heartbeats: the
         // first is recorded before the engine opens, so a node is listed once it answers.
-        let heartbeat = crate::cluster::spawn_heartbeat(store.clone(), node.clone());
+        let heartbeat = crate::cluster::start_heartbeat(store.clone(), node.clone()).await;
         let engine = Engine::open(
             store.clone(),
             opts.registry,
@@ -111,7 +111,8 @@ impl Server {
                 ..opts.engine
             },
         )
-        .await?;
+        .await
+        .inspect_err(|_| heartbeat.abort())?;
         // Webhook delivery (at-least-once, from per-webhook cursors in the store),
         // each delivered by one node at a time, under a lease on its cursor.
         let webhooks = crate::webhooks::spawn_webhooks_as(
