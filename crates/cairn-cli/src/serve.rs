@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use cairn_server::auth::{create_expiring_token, create_token, valid_user, TokenInfo};
 use cairn_server::{AuthMode, Role, ServerOptions};
-use cairn_store::Tokens;
+use std::sync::Arc;
+
+use cairn_store::{Store, StoreError, Tokens};
+use cairn_store_sqlite::SqliteStore;
 use clap::{Args, Subcommand};
 
 use crate::run::{load_config, open_store};
@@ -25,9 +28,9 @@ pub struct ServeArgs {
         conflicts_with = "database_url"
     )]
     db: PathBuf,
-    /// A PostgreSQL URL instead of SQLite. Hidden from --help until the PostgreSQL store exists;
-    /// given, it is refused with a message saying so.
-    #[arg(long, env = "CAIRN_DATABASE_URL", hide = true)]
+    /// A PostgreSQL database instead of the SQLite file (postgres://USER@HOST:5432/DB): any
+    /// number of nodes may serve one database together.
+    #[arg(long, env = "CAIRN_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// The configuration file (default: ./cairn.toml if it exists).
     #[arg(long, env = "CAIRN_CONFIG")]
@@ -161,11 +164,6 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
             addr.ip()
         )));
     }
-    if args.database_url.is_some() {
-        return Err(Fail::input(
-            "--database-url: the PostgreSQL store is not available in this build yet; use --db PATH (SQLite)",
-        ));
-    }
     let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
     if !valid_node_id(&node_id) {
         return Err(Fail::input(format!(
@@ -196,7 +194,26 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         ));
     }
     let config = load_config(args.config.as_deref(), None)?;
-    let store = open_store(&args.db, true)?;
+    let (store, sqlite): (Arc<dyn Store>, Option<Arc<SqliteStore>>) = match &args.database_url {
+        Some(url) => {
+            let pg = crate::store::open_postgres(url).await?;
+            // One live process per node id: two nodes never share a fence.
+            pg.hold_node(&node_id).await.map_err(|e| Fail {
+                code: exit::FAILED,
+                message: match e {
+                    StoreError::Locked(why) => format!(
+                        "--node-id {node_id}: {why}; give this node another id, or leave --node-id out for a new one"
+                    ),
+                    other => format!("cannot register node {node_id}: {other}"),
+                },
+            })?;
+            (pg, None)
+        }
+        None => {
+            let s = open_store(&args.db, true)?;
+            (s.clone(), Some(s))
+        }
+    };
     if !args.no_auth {
         let tokens = store
             .list_tokens()
@@ -254,8 +271,10 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     .await?;
     println!("cairn listening on http://{local}");
     eprintln!("node {node_id}, reached by the other nodes at {advertise}");
-    // Processes refused the store's lock tell their users to come through this address.
-    store.announce_address(&advertise);
+    // Processes refused the SQLite file's lock tell their users to come through this address.
+    if let Some(sqlite) = &sqlite {
+        sqlite.announce_address(&advertise);
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let shutdown = async move {
@@ -322,7 +341,8 @@ pub struct StoreArgs {
         conflicts_with = "database_url"
     )]
     db: PathBuf,
-    #[arg(long, env = "CAIRN_DATABASE_URL")]
+    /// A PostgreSQL database instead of the SQLite file (postgres://USER@HOST:5432/DB).
+    #[arg(long, env = "CAIRN_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Print JSON.
     #[arg(long)]
@@ -333,17 +353,18 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
     let db = match &cmd {
         TokenCmd::Create { db, .. } | TokenCmd::List { db } | TokenCmd::Revoke { db, .. } => db,
     };
-    if db.database_url.is_some() {
-        return Err(Fail::input(
-            "--database-url: the PostgreSQL store is not available in this build yet; use --db PATH",
-        ));
-    }
-    // Only `token create` may create the database: a mistyped --db is refused by name.
-    if !matches!(cmd, TokenCmd::Create { .. }) {
-        crate::store::must_exist(&db.db)?;
-    }
-    // No engine lock: tokens may be managed while a server drives the plans.
-    let store = open_store(&db.db, false)?;
+    let store: Arc<dyn Tokens> = match &db.database_url {
+        // Every node of the database reads the same tokens.
+        Some(url) => crate::store::open_postgres(url).await?,
+        None => {
+            // Only `token create` may create the database: a mistyped --db is refused by name.
+            if !matches!(cmd, TokenCmd::Create { .. }) {
+                crate::store::must_exist(&db.db)?;
+            }
+            // No engine lock: tokens may be managed while a server drives the plans.
+            open_store(&db.db, false)?
+        }
+    };
     match cmd {
         TokenCmd::Create {
             user,
@@ -439,7 +460,7 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
             if !found {
                 return Err(Fail::input(format!("no live token with id {id}")));
             }
-            eprintln!("revoked {id} (a running server stops accepting it within 5 s)");
+            eprintln!("revoked {id} (every running server stops accepting it within 5 s)");
         }
     }
     Ok(exit::OK)
