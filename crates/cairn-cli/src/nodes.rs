@@ -1,10 +1,12 @@
 //! `cairn nodes`: the engine nodes sharing a store, their heartbeats and the plans each owns.
 //!
-//! Over `--server`, the node list as that server sees it (itself marked). On a local SQLite
+//! Over `--server`, the node list as that server sees it (itself marked); with
+//! `--database-url`, as the PostgreSQL database records it. On a local SQLite
 //! store there is one node at most, the process holding the file's lock: its heartbeats live in
 //! that process, so the command names it and says how to ask it.
 
 use cairn_core::view::NodeInfo;
+use cairn_store::Nodes;
 use clap::Args;
 
 use crate::operator::{Access, Operator};
@@ -14,10 +16,37 @@ use crate::{exit, DbArgs, Fail};
 pub struct NodesArgs {
     #[command(flatten)]
     db: DbArgs,
+    /// Read the node list from this PostgreSQL database (postgres://USER@HOST:5432/DB).
+    #[arg(
+        long,
+        env = "CAIRN_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "server"
+    )]
+    database_url: Option<String>,
+    /// With --database-url: the nodes' lease in milliseconds, which sets when a node counts as
+    /// gone (no heartbeat for three leases).
+    #[arg(long, default_value_t = crate::serve::DEFAULT_LEASE_MS)]
+    lease_ms: u64,
 }
 
 pub async fn nodes(args: NodesArgs) -> Result<u8, Fail> {
     let db = args.db;
+    if let Some(url) = &args.database_url {
+        let store = crate::store::open_postgres(url).await?;
+        let rows = store
+            .list_nodes()
+            .await
+            .map_err(|e| Fail::from(anyhow::anyhow!("cannot list the nodes: {e}")))?;
+        let me = cairn_server::cluster::NodeIdentity {
+            node_id: String::new(),
+            lease_ms: args.lease_ms,
+            advertise: None,
+        };
+        let list = cairn_server::cluster::node_list(rows, &me, cairn_engine::now_micros());
+        print_nodes(&list.nodes, db.json);
+        return Ok(exit::OK);
+    }
     if db.server.as_deref().is_none_or(str::is_empty) {
         return local_sqlite(&db);
     }

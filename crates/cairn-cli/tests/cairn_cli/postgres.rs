@@ -99,6 +99,21 @@ async fn two_nodes_share_tokens_and_list_each_other() {
         .json();
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 
+    // `cairn nodes` on the database itself: both, neither marked as the answering node.
+    let v = on(&db, &["nodes", "--json"])
+        .expect(0, "cairn nodes")
+        .json();
+    let ids: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert_eq!(n["self"], false, "{n}");
+            n["node_id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, ["node-a", "node-b"]);
+
     // A node that stops is still listed, as gone once its heartbeats are three leases old.
     assert_eq!(a.term(), Some(0));
     let api = Api::new(&b.base);
