@@ -6,6 +6,7 @@
 //!   database written by an earlier release).
 //! - `dashboard`: the web dashboard in a real headless Chromium.
 //! - `gates`: each path of a quality gate and each refused review decision, against `cairn serve`.
+//! - `postgres`: `cairn serve` and `cairn token` on PostgreSQL (`--database-url`).
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
 //! - `store`: the database file as users and disks treat it.
 //! - `worker`: `cairn worker` and the example workers against a real server.
@@ -18,6 +19,8 @@ mod common;
 mod dashboard;
 #[path = "cairn_cli/gates.rs"]
 mod gates;
+#[path = "cairn_cli/postgres.rs"]
+mod postgres;
 #[path = "cairn_cli/server.rs"]
 mod server;
 #[path = "cairn_cli/store.rs"]

@@ -178,6 +178,10 @@ pub fn cairn_command(args: &[&str]) -> Command {
         .env_remove("CAIRN_SERVER")
         .env_remove("CAIRN_TOKEN")
         .env_remove("CAIRN_LOG")
+        .env_remove("CAIRN_DATABASE_URL")
+        .env_remove("CAIRN_NODE_ID")
+        .env_remove("CAIRN_LEASE_MS")
+        .env_remove("CAIRN_ADVERTISE")
         .stdin(Stdio::null());
     c
 }
@@ -261,6 +265,86 @@ pub fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+// ---- PostgreSQL ------------------------------------------------------------------------------
+
+/// A database of its own on the test server (`CAIRN_TEST_DATABASE_URL`), dropped (connections
+/// and all) when this value is.
+pub struct TestDatabase {
+    /// `postgres://…/cairn_t_<random>`
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// A fresh database, or `None` (after saying the test is skipped) without
+    /// `CAIRN_TEST_DATABASE_URL`.
+    pub fn create() -> Option<TestDatabase> {
+        let admin = match std::env::var("CAIRN_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                eprintln!(
+                    "skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)"
+                );
+                return None;
+            }
+        };
+        let mut bytes = [0u8; 6];
+        getrandom::fill(&mut bytes).unwrap();
+        let name = format!(
+            "cairn_t_{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let mut url = reqwest::Url::parse(&admin).expect("CAIRN_TEST_DATABASE_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        pg_execute(&admin, format!("CREATE DATABASE {name}"));
+        Some(TestDatabase {
+            url: url.to_string(),
+            admin,
+            name,
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        pg_execute(
+            &self.admin,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// Runs one statement on the database at `url`, on a thread of its own (callers may be inside
+/// a runtime), bounded by [`LIMIT`].
+fn pg_execute(url: &str, sql: String) {
+    let url = url.to_owned();
+    let shown = sql.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let done = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("connect to {url}: {e}"))?;
+            tokio::spawn(conn);
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))
+        });
+        let _ = tx.send(done);
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e}"),
+        Err(_) => panic!("{shown}: no answer within {LIMIT:?}"),
+    }
+}
+
 // ---- the server process ----------------------------------------------------------------------
 
 /// A running `cairn serve --bind 127.0.0.1:0`, killed when dropped.
@@ -280,6 +364,9 @@ pub struct Server {
 /// directory, its `builtin.latch` steps released by files in [`latch_dir`].
 pub struct Serve {
     db: PathBuf,
+    /// A PostgreSQL database instead of the SQLite file `db` (whose directory still holds the
+    /// latches).
+    database_url: Option<String>,
     args: Vec<String>,
     dir: PathBuf,
     log: Option<PathBuf>,
@@ -310,8 +397,12 @@ impl Serve {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log")),
             None => Stdio::piped(),
         };
-        let mut child = cairn_command(&["serve", "--bind", "127.0.0.1:0", "--db"])
-            .arg(&self.db)
+        let mut command = cairn_command(&["serve", "--bind", "127.0.0.1:0"]);
+        match &self.database_url {
+            Some(url) => command.arg("--database-url").arg(url),
+            None => command.arg("--db").arg(&self.db),
+        };
+        let mut child = command
             .args(&self.args)
             .env("CAIRN_LOG", "warn")
             .env("CAIRN_LATCH_DIR", self.db.parent().unwrap().join("latches"))
@@ -393,9 +484,18 @@ impl Server {
     pub fn options(db: &Path) -> Serve {
         Serve {
             db: db.to_owned(),
+            database_url: None,
             args: Vec::new(),
             dir: db.parent().unwrap().to_owned(),
             log: None,
+        }
+    }
+
+    /// A server to be started on the PostgreSQL database `url`, in `dir` (its latches there).
+    pub fn postgres(dir: &Path, url: &str) -> Serve {
+        Serve {
+            database_url: Some(url.to_owned()),
+            ..Server::options(&dir.join("cairn.db"))
         }
     }
 
