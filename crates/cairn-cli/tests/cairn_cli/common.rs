@@ -277,12 +277,21 @@ pub struct Server {
 }
 
 /// How to start a [`Server`]: `cairn serve --bind 127.0.0.1:0 --db DB ARGS…` in the database's
-/// directory, its `builtin.latch` steps released by files in [`latch_dir`].
+/// directory, its `builtin.latch` steps released by files in [`latch_dir`]; or, made with
+/// [`Server::options_pg`], `--database-url URL` in a directory of the test's.
 pub struct Serve {
-    db: PathBuf,
+    store: StoreArg,
+    bind: String,
     args: Vec<String>,
     dir: PathBuf,
+    latches: PathBuf,
     log: Option<PathBuf>,
+}
+
+/// Which database a [`Serve`] opens.
+enum StoreArg {
+    Sqlite(PathBuf),
+    Postgres(String),
 }
 
 impl Serve {
@@ -298,6 +307,12 @@ impl Serve {
         self
     }
 
+    /// Listens on `addr` (`127.0.0.1:PORT`) instead of a port the system picks.
+    pub fn bind(mut self, addr: &str) -> Serve {
+        self.bind = addr.to_owned();
+        self
+    }
+
     /// Sends its stderr to the file `log` instead of the test.
     pub fn log_to(mut self, log: &Path) -> Serve {
         self.log = Some(log.to_owned());
@@ -310,11 +325,15 @@ impl Serve {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log")),
             None => Stdio::piped(),
         };
-        let mut child = cairn_command(&["serve", "--bind", "127.0.0.1:0", "--db"])
-            .arg(&self.db)
+        let mut cmd = cairn_command(&["serve", "--bind", &self.bind]);
+        match &self.store {
+            StoreArg::Sqlite(db) => cmd.arg("--db").arg(db),
+            StoreArg::Postgres(url) => cmd.arg("--database-url").arg(url),
+        };
+        let mut child = cmd
             .args(&self.args)
             .env("CAIRN_LOG", "warn")
-            .env("CAIRN_LATCH_DIR", self.db.parent().unwrap().join("latches"))
+            .env("CAIRN_LATCH_DIR", &self.latches)
             .current_dir(&self.dir)
             .stdout(Stdio::piped())
             .stderr(err)
@@ -391,10 +410,26 @@ impl Serve {
 impl Server {
     /// A server to be started, of the database `db`.
     pub fn options(db: &Path) -> Serve {
+        let dir = db.parent().unwrap().to_owned();
         Serve {
-            db: db.to_owned(),
+            store: StoreArg::Sqlite(db.to_owned()),
+            bind: "127.0.0.1:0".into(),
             args: Vec::new(),
-            dir: db.parent().unwrap().to_owned(),
+            latches: dir.join("latches"),
+            dir,
+            log: None,
+        }
+    }
+
+    /// A server to be started on the PostgreSQL database `url`, in `dir`, its latches released
+    /// by files in `dir/latches` (shared by every node started in `dir`).
+    pub fn options_pg(url: &str, dir: &Path) -> Serve {
+        Serve {
+            store: StoreArg::Postgres(url.to_owned()),
+            bind: "127.0.0.1:0".into(),
+            args: Vec::new(),
+            latches: dir.join("latches"),
+            dir: dir.to_owned(),
             log: None,
         }
     }
