@@ -2,24 +2,59 @@
 //! several engine nodes.
 //!
 //! Where the SQLite store has one process and one writer, this one has many: every node writes
-//! through its own connection pool, and the database is what keeps them apart.
+//! through its own connections, and the database is what keeps them apart.
 //! - Every append is fenced in its own transaction: by the plan's last seq and by the lease's
-//!   owner and token, so a node that lost a plan's lease can write nothing to it.
-//! - Leases expire by the database's clock (`now()`), never a node's.
-//! - Global event ids are given in commit order (see `schema`), so a reader that sees id N has
-//!   seen every id below it that will ever exist: the all-plans stream never skips an event
-//!   committed late with a smaller id.
+//!   owner and token, read under row locks (`FOR UPDATE` on the plan, `FOR SHARE` on the lease),
+//!   so a node that lost a plan's lease can write nothing to it, and a takeover waits for an
+//!   append in flight (or skips the plan) rather than slipping in under it.
+//! - Leases, cursor leases and heartbeats are timed by the database's clock (`now()`, through
+//!   the SQL function `cairn_now()`): the `now` argument of [`Leases::claim`] and
+//!   [`Leases::take_over`] is ignored, so nodes whose clocks disagree still agree on which lease
+//!   has run out.
+//! - Global event ids are given in commit order: every transaction that inserts events takes
+//!   its ids from one counter row (`UPDATE cairn_counter SET last_id = last_id + n`), whose row
+//!   lock is held until commit, so a reader that sees id N has seen every id below it that will
+//!   ever exist: the all-plans stream never skips an event committed late with a smaller id.
+//! - Group commit ([`writer`]): creates and appends go to one writer task per store, which
+//!   validates a whole batch under its row locks and writes it with a handful of set-based
+//!   statements and one commit.
+//! - Commit hints ([`session`]): one dedicated connection per store `LISTEN`s on
+//!   `cairn_commits`; every transaction that inserts events runs `pg_notify` once.
+//!   [`PgStore::hold_node`] takes a session advisory lock on the same connection, so a node id
+//!   is used by one live process at a time.
 //! - Schema migrations are embedded SQL, applied under a transaction-scoped advisory lock, so
 //!   nodes starting together migrate once.
+//! - A refused or lost connection is [`StoreError::Unavailable`]; the engine retries calmly. A
+//!   connection lost during `COMMIT` leaves the outcome unknown: the caller hears
+//!   `Unavailable`, and a retry of an append that did commit is refused as `SeqConflict`.
 
 mod migrate;
+mod read;
+mod session;
+mod writer;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_store::{StoreError, StoreResult};
+use async_trait::async_trait;
+use cairn_store::{
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, LeaseRow, Leases, Micros, NodeRow,
+    Nodes, OpenReviews, Page, PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult,
+    StoredEvent, TokenRow, Tokens,
+};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
+
+pub use writer::WriterStats;
+
+/// The channel every transaction that inserts events notifies (at commit, coalesced).
+pub const COMMIT_CHANNEL: &str = "cairn_commits";
+
+/// How many snapshots are kept per plan (the newest).
+const KEEP_SNAPSHOTS: i64 = 16;
 
 /// How a [`PgStore`] connects.
 #[derive(Debug, Clone)]
@@ -45,22 +80,36 @@ impl Default for PgOptions {
 }
 
 /// A store in a PostgreSQL database. Cheap to share (`Arc`); several processes may open the
-/// same database.
+/// same database. Dropping it stops its writer and closes its dedicated connection (releasing
+/// the node id it held).
 pub struct PgStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    writes: mpsc::UnboundedSender<writer::Request>,
+    stats: Arc<writer::Stats>,
+    hint: Arc<Notify>,
+    session: mpsc::Sender<session::Command>,
+    session_state: Arc<session::State>,
+    /// What advisory-lock keys are namespaced by (the schema), so stores in different schemas
+    /// of one database never meet.
+    namespace: String,
 }
 
 impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`), creates the schema if asked, and
-    /// applies the migrations this build knows.
+    /// applies the migrations this build knows. Starts the writer task and the dedicated
+    /// connection (hints, node lock).
     pub async fn connect(url: &str, opts: PgOptions) -> StoreResult<PgStore> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Invalid(format!("database url {url:?}: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
         if let Some(schema) = &opts.schema {
-            if !schema
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            if schema.is_empty()
+                || !schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
             {
                 return Err(StoreError::Invalid(format!(
                     "schema name {schema:?}: use letters, digits and _"
@@ -68,10 +117,16 @@ impl PgStore {
             }
             let (client, conn) = config.connect(NoTls).await.map_err(unreachable)?;
             let task = tokio::spawn(conn);
-            client
+            let created = client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .await
-                .map_err(backend)?;
+                .await;
+            if let Err(e) = created {
+                // Two stores creating one schema at once: one of them loses the race on the
+                // catalog's unique index, and the schema exists all the same.
+                if e.code() != Some(&SqlState::UNIQUE_VIOLATION) {
+                    return Err(pg_error("create the schema", e));
+                }
+            }
             drop(client);
             let _ = task.await;
         }
@@ -80,9 +135,6 @@ impl PgStore {
             options.push_str(&format!(" -c search_path={schema}"));
         }
         config.options(&options);
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -97,12 +149,42 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
-        let store = PgStore { pool, config };
         {
-            let mut client = store.client().await?;
+            let mut client = pool_client(&pool).await?;
             migrate::run(&mut client).await?;
         }
-        Ok(store)
+        let stats = Arc::new(writer::Stats::default());
+        let (writes, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer::run(config.clone(), rx, stats.clone()));
+        let hint = Arc::new(Notify::new());
+        let session_state = Arc::new(session::State::default());
+        let (session, commands) = mpsc::channel(16);
+        let (ready, listening) = oneshot::channel();
+        let mut session_config = config.clone();
+        let namespace = opts.schema.unwrap_or_else(|| "public".to_owned());
+        // Named, so an operator (or a test) can tell the node's session from its pool.
+        session_config.application_name(format!("cairn-session:{namespace}"));
+        tokio::spawn(session::run(
+            session_config,
+            commands,
+            hint.clone(),
+            session_state.clone(),
+            ready,
+        ));
+        // Commits after `connect` returns are hinted: the first LISTEN is in place.
+        listening
+            .await
+            .map_err(|_| StoreError::Backend("the store's session task stopped".into()))??;
+        Ok(PgStore {
+            pool,
+            config,
+            writes,
+            stats,
+            hint,
+            session,
+            session_state,
+            namespace,
+        })
     }
 
     /// The connection pool (the task queue and the node's own connections share the store's
@@ -111,19 +193,57 @@ impl PgStore {
         &self.pool
     }
 
-    /// The connection settings, for a dedicated connection outside the pool (a node's LISTEN
-    /// and its session lock).
+    /// The connection settings, for a dedicated connection outside the pool.
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
 
     /// A pooled connection.
     pub async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => unreachable(e),
-            other => StoreError::Unavailable(format!("database connection: {other}")),
-        })
+        pool_client(&self.pool).await
     }
+
+    /// Marks `node_id` as this process's for as long as the store lives: a session advisory
+    /// lock on the store's dedicated connection (retaken after a reconnect). While another live
+    /// process holds the same id: `Locked("node id X is in use by another live node")`. A killed
+    /// process's connection closes, so a restarted node of the same id gets it at once.
+    pub async fn hold_node(&self, node_id: &str) -> StoreResult<()> {
+        let (reply, answer) = oneshot::channel();
+        let key = format!("cairn-node:{}:{node_id}", self.namespace);
+        self.session
+            .send(session::Command::HoldNode {
+                node_id: node_id.to_owned(),
+                key,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Backend("the store's session task stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store's session task stopped".into()))?
+    }
+
+    /// What the writer has done since the store was opened.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.stats.snapshot()
+    }
+
+    async fn write(&self, op: writer::Op) -> StoreResult<writer::Outcome> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(writer::Request { op, reply })
+            .map_err(|_| StoreError::Backend("the store's writer task stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store's writer task stopped".into()))?
+    }
+}
+
+async fn pool_client(pool: &Pool) -> StoreResult<deadpool_postgres::Object> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => unreachable(e),
+        other => StoreError::Unavailable(format!("database connection: {other}")),
+    })
 }
 
 /// The database cannot be reached (connection refused, lost, timed out).
@@ -133,8 +253,589 @@ pub(crate) fn unreachable(e: tokio_postgres::Error) -> StoreError {
 
 /// A statement failed for a reason that is not the caller's.
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
+    pg_error("database", e)
+}
+
+/// A driver error as a [`StoreError`]: a lost or refused connection, a server shutting down,
+/// a full disk, a cancelled statement, a serialization failure or deadlock (all worth retrying
+/// once the cause is gone) are `Unavailable`; the rest are `Backend`.
+pub(crate) fn pg_error(context: &str, e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
-        return unreachable(e);
+        return StoreError::Unavailable(format!("{context}: the connection is closed: {e}"));
     }
-    StoreError::Backend(format!("database: {e}"))
+    let Some(db) = e.as_db_error() else {
+        // I/O and protocol errors: the connection is gone or unusable.
+        return StoreError::Unavailable(format!("{context}: {e}"));
+    };
+    let code = db.code().code();
+    let why = match code {
+        c if c.starts_with("08") => "the connection failed",
+        c if c.starts_with("53") => {
+            "the database server is out of resources (disk, memory, connections)"
+        }
+        "57P01" | "57P02" | "57P03" => "the database server is shutting down or starting up",
+        "57014" => "a statement took longer than the statement timeout",
+        "40001" => "a serialization failure (retry)",
+        "40P01" => "a deadlock was detected (retry)",
+        "25006" => "the database is read-only",
+        _ => return StoreError::Backend(format!("{context}: {}", db.message())),
+    };
+    StoreError::Unavailable(format!("{why}; {context}: {}", db.message()))
+}
+
+/// u64 → BIGINT; values beyond i64 are clamped (they only ever act as bounds).
+pub(crate) fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// BIGINT → u64; negatives (never written by this crate) read as 0.
+pub(crate) fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(crate) fn limit_sql(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A lease length in microseconds, clamped so `cairn_now() + ttl` never overflows.
+fn ttl_micros(ttl_ms: u64) -> i64 {
+    to_sql(ttl_ms.saturating_mul(1000)).min(i64::MAX / 4)
+}
+
+fn unexpected(what: &str) -> StoreError {
+    StoreError::Backend(format!("{what}: unexpected answer from the writer"))
+}
+
+#[async_trait]
+impl EventLog for PgStore {
+    async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>> {
+        match self.write(writer::Op::Create(req)).await? {
+            writer::Outcome::Events(events) => Ok(events),
+            _ => Err(unexpected("create_plan")),
+        }
+    }
+
+    async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
+        match self.write(writer::Op::Append(req)).await? {
+            writer::Outcome::Events(events) => Ok(events),
+            _ => Err(unexpected("append")),
+        }
+    }
+
+    async fn create_plan_with(
+        &self,
+        create: CreatePlan,
+        append: Append,
+    ) -> StoreResult<(Vec<StoredEvent>, Vec<StoredEvent>)> {
+        match self
+            .write(writer::Op::CreateWith { create, append })
+            .await?
+        {
+            writer::Outcome::Both(created, appended) => Ok((created, appended)),
+            _ => Err(unexpected("create_plan_with")),
+        }
+    }
+
+    async fn read_events(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        until_seq: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let c = self.client().await?;
+        read::events(&c, plan_id, after_seq, until_seq, limit).await
+    }
+
+    async fn read_events_of_kind(
+        &self,
+        plan_id: &str,
+        kinds: &[&str],
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let c = self.client().await?;
+        read::events_of_kind(&c, plan_id, kinds, after_seq, limit).await
+    }
+
+    async fn read_all_events(&self, after_id: u64, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        let c = self.client().await?;
+        read::all_events(&c, after_id, limit).await
+    }
+
+    async fn last_event_id(&self) -> StoreResult<u64> {
+        let c = self.client().await?;
+        read::last_event_id(&c).await
+    }
+
+    async fn list_checkpoints(
+        &self,
+        plan_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<CheckpointRow>> {
+        let c = self.client().await?;
+        read::checkpoints(&c, plan_id, after_seq, limit).await
+    }
+
+    async fn get_checkpoint(&self, plan_id: &str, seq: u64) -> StoreResult<Option<CheckpointRow>> {
+        let c = self.client().await?;
+        read::checkpoint(&c, plan_id, seq).await
+    }
+
+    async fn delete_plan(&self, plan_id: &str) -> StoreResult<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let pk: Option<i64> = tx
+            .query_opt(
+                "SELECT pk FROM plans WHERE plan_id = $1 FOR UPDATE",
+                &[&plan_id],
+            )
+            .await
+            .map_err(backend)?
+            .map(|r| r.get(0));
+        let Some(pk) = pk else {
+            return Ok(false);
+        };
+        for sql in [
+            "DELETE FROM events WHERE plan_pk = $1",
+            "DELETE FROM snapshots WHERE plan_pk = $1",
+            "DELETE FROM leases WHERE plan_pk = $1",
+            "DELETE FROM reviews WHERE plan_pk = $1",
+            "DELETE FROM plans WHERE pk = $1",
+        ] {
+            tx.execute(sql, &[&pk]).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    fn stats(&self) -> Option<cairn_store::StoreStats> {
+        let w = self.stats.snapshot();
+        Some(cairn_store::StoreStats {
+            commits: w.commits,
+            requests: w.requests,
+            events: w.events,
+            max_batch: w.max_batch,
+            busy_seconds: w.busy.as_secs_f64(),
+        })
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.stats
+            .unavailable()
+            .or_else(|| self.session_state.problem())
+    }
+
+    fn commit_hint(&self) -> Option<Arc<Notify>> {
+        Some(self.hint.clone())
+    }
+}
+
+#[async_trait]
+impl PlanIndex for PgStore {
+    async fn get_plan(&self, plan_id: &str) -> StoreResult<Option<PlanRow>> {
+        let c = self.client().await?;
+        read::plan(&c, plan_id).await
+    }
+
+    async fn list_plans(
+        &self,
+        state: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<PlanRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let after = cursor.map(read::parse_cursor).transpose()?;
+        let c = self.client().await?;
+        read::list_plans(&c, state, None, limit, after).await
+    }
+
+    async fn search_plans(
+        &self,
+        state: Option<&str>,
+        id_contains: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<PlanRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let after = cursor.map(read::parse_cursor).transpose()?;
+        let c = self.client().await?;
+        read::list_plans(&c, state, Some(id_contains), limit, after).await
+    }
+
+    async fn plans_in_states(&self, states: &[&str]) -> StoreResult<Vec<String>> {
+        let c = self.client().await?;
+        read::plans_in_states(&c, states).await
+    }
+
+    async fn count_plans_by_state(&self) -> StoreResult<Vec<(String, u64)>> {
+        let c = self.client().await?;
+        read::count_plans_by_state(&c).await
+    }
+
+    async fn list_reviews(
+        &self,
+        state: Option<&str>,
+        plan_id: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<ReviewRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let after = cursor.map(read::parse_cursor).transpose()?;
+        let c = self.client().await?;
+        read::list_reviews(&c, state, plan_id, limit, after).await
+    }
+
+    async fn open_reviews(&self) -> StoreResult<OpenReviews> {
+        let c = self.client().await?;
+        read::open_reviews(&c).await
+    }
+}
+
+/// Leases are timed by the database's clock: the `now` arguments are ignored.
+#[async_trait]
+impl Leases for PgStore {
+    async fn claim(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        _now: Micros,
+    ) -> StoreResult<Fence> {
+        let c = self.client().await?;
+        let ttl = ttl_micros(ttl_ms);
+        // Renewal by the owner (even after expiry or release) keeps the token; a claim over an
+        // expired or released lease of another node increases it; a live lease of another node
+        // matches no row.
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO leases (plan_pk, node, token, expires_at, released)
+                 SELECT pk, $2, 1, cairn_now() + $3, false FROM plans WHERE plan_id = $1
+                 ON CONFLICT (plan_pk) DO UPDATE SET
+                     node = EXCLUDED.node,
+                     token = CASE WHEN leases.node = EXCLUDED.node THEN leases.token
+                                  ELSE leases.token + 1 END,
+                     expires_at = EXCLUDED.expires_at,
+                     released = false
+                 WHERE leases.node = EXCLUDED.node OR leases.released
+                    OR leases.expires_at <= cairn_now()
+                 RETURNING token",
+            )
+            .await
+            .map_err(backend)?;
+        if let Some(row) = c
+            .query_opt(&stmt, &[&plan_id, &node, &ttl])
+            .await
+            .map_err(backend)?
+        {
+            return Ok(Fence {
+                node: node.to_owned(),
+                token: from_sql(row.get(0)),
+            });
+        }
+        match read::lease(&c, plan_id).await? {
+            None if read::plan(&c, plan_id).await?.is_none() => {
+                Err(StoreError::NotFound(plan_id.to_owned()))
+            }
+            Some(lease) => Err(StoreError::LeaseHeld {
+                plan_id: plan_id.to_owned(),
+                owner: lease.owner,
+                until: lease.expires_at,
+            }),
+            // The plan appeared (or its lease vanished) between the two statements: a race with
+            // a create or a delete; the caller may claim again.
+            None => Err(StoreError::Unavailable(format!(
+                "plan {plan_id} changed while its lease was claimed; claim again"
+            ))),
+        }
+    }
+
+    async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE leases SET released = true, expires_at = LEAST(expires_at, cairn_now())
+                 WHERE plan_pk = (SELECT pk FROM plans WHERE plan_id = $1)
+                   AND node = $2 AND token = $3",
+            )
+            .await
+            .map_err(backend)?;
+        c.execute(&stmt, &[&plan_id, &fence.node, &to_sql(fence.token)])
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn lease(&self, plan_id: &str) -> StoreResult<Option<LeaseRow>> {
+        let c = self.client().await?;
+        read::lease(&c, plan_id).await
+    }
+
+    async fn take_over(
+        &self,
+        node: &str,
+        ttl_ms: u64,
+        states: &[&str],
+        limit: usize,
+        _now: Micros,
+    ) -> StoreResult<Vec<(String, Fence)>> {
+        if states.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let states: Vec<&str> = states.to_vec();
+        // Leases another transaction holds (a takeover by another node, an append in flight
+        // holding it FOR SHARE) are skipped, never waited for.
+        let stmt = c
+            .prepare_cached(
+                "WITH cand AS (
+                     SELECT l.plan_pk FROM leases l JOIN plans p ON p.pk = l.plan_pk
+                     WHERE p.state = ANY($3) AND NOT l.released
+                       AND l.expires_at <= cairn_now()
+                     ORDER BY l.expires_at, l.plan_pk
+                     LIMIT $4
+                     FOR UPDATE OF l SKIP LOCKED
+                 )
+                 UPDATE leases l SET node = $1, token = l.token + 1,
+                                     expires_at = cairn_now() + $2, released = false
+                 FROM cand, plans p
+                 WHERE l.plan_pk = cand.plan_pk AND p.pk = l.plan_pk
+                 RETURNING p.plan_id, l.token",
+            )
+            .await
+            .map_err(backend)?;
+        let rows = c
+            .query(
+                &stmt,
+                &[&node, &ttl_micros(ttl_ms), &states, &limit_sql(limit)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    Fence {
+                        node: node.to_owned(),
+                        token: from_sql(r.get(1)),
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Snapshots for PgStore {
+    async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let pk: i64 = tx
+            .query_opt("SELECT pk FROM plans WHERE plan_id = $1", &[&plan_id])
+            .await
+            .map_err(backend)?
+            .map(|r| r.get(0))
+            .ok_or_else(|| StoreError::NotFound(plan_id.to_owned()))?;
+        tx.execute(
+            "INSERT INTO snapshots (plan_pk, seq, data) VALUES ($1, $2, $3)
+             ON CONFLICT (plan_pk, seq) DO UPDATE SET data = EXCLUDED.data",
+            &[&pk, &to_sql(seq), &data],
+        )
+        .await
+        .map_err(backend)?;
+        // Keep the newest few; `seq < NULL` deletes nothing while there are fewer.
+        tx.execute(
+            "DELETE FROM snapshots WHERE plan_pk = $1 AND seq < (
+                 SELECT seq FROM snapshots WHERE plan_pk = $1
+                 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+            &[&pk, &(KEEP_SNAPSHOTS - 1)],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn get_snapshot(
+        &self,
+        plan_id: &str,
+        at_or_before: u64,
+    ) -> StoreResult<Option<(u64, Vec<u8>)>> {
+        let c = self.client().await?;
+        read::snapshot(&c, plan_id, at_or_before).await
+    }
+}
+
+#[async_trait]
+impl Tokens for PgStore {
+    async fn create_token(&self, t: TokenRow) -> StoreResult<()> {
+        let c = self.client().await?;
+        // Without a conflict target: a taken id and a taken hash both insert nothing.
+        let n = c
+            .execute(
+                "INSERT INTO tokens (id, user_name, role, hash, created_at, revoked_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &t.id,
+                    &t.user,
+                    &t.role,
+                    &t.hash,
+                    &t.created_at,
+                    &t.revoked_at,
+                    &t.expires_at,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!(
+                "token {} already exists",
+                t.id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRow>> {
+        let c = self.client().await?;
+        read::tokens(&c).await
+    }
+
+    async fn revoke_token(&self, id: &str, at: Micros) -> StoreResult<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &at],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
+        let c = self.client().await?;
+        read::token_by_hash(&c, hash).await
+    }
+}
+
+#[async_trait]
+impl Cursors for PgStore {
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
+        let c = self.client().await?;
+        Ok(
+            c.query_opt("SELECT value FROM cursors WHERE name = $1", &[&name])
+                .await
+                .map_err(backend)?
+                .map(|r| from_sql(r.get(0))),
+        )
+    }
+
+    async fn set_cursor(&self, name: &str, value: u64) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO cursors (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            &[&name, &to_sql(value)],
+        )
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    /// By the database's clock.
+    async fn lease_cursor(&self, name: &str, node: &str, ttl_ms: u64) -> StoreResult<bool> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "INSERT INTO cursor_leases (name, node, expires_at)
+                 VALUES ($1, $2, cairn_now() + $3)
+                 ON CONFLICT (name) DO UPDATE
+                 SET node = EXCLUDED.node, expires_at = EXCLUDED.expires_at
+                 WHERE cursor_leases.node = EXCLUDED.node
+                    OR cursor_leases.expires_at <= cairn_now()
+                 RETURNING 1",
+                &[&name, &node, &ttl_micros(ttl_ms)],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.is_some())
+    }
+}
+
+#[async_trait]
+impl Nodes for PgStore {
+    /// By the database's clock.
+    async fn heartbeat(
+        &self,
+        node_id: &str,
+        address: Option<&str>,
+        started_at: Micros,
+    ) -> StoreResult<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO nodes (node_id, address, started_at, heartbeat_at)
+             VALUES ($1, $2, $3, cairn_now())
+             ON CONFLICT (node_id) DO UPDATE SET address = EXCLUDED.address,
+                 started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at",
+            &[&node_id, &address, &started_at],
+        )
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRow>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT n.node_id, n.address, n.started_at, n.heartbeat_at,
+                        (SELECT count(*) FROM leases l WHERE l.node = n.node_id
+                           AND NOT l.released AND l.expires_at > cairn_now())
+                 FROM nodes n ORDER BY n.node_id",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeRow {
+                node_id: r.get(0),
+                address: r.get(1),
+                started_at: r.get(2),
+                heartbeat_at: r.get(3),
+                plans_owned: from_sql(r.get(4)),
+            })
+            .collect())
+    }
+
+    async fn cluster_secret(&self) -> StoreResult<String> {
+        let c = self.client().await?;
+        let mut buf = [0u8; 32];
+        getrandom::fill(&mut buf).map_err(|e| StoreError::Backend(format!("random bytes: {e}")))?;
+        let candidate: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+        // The first node to ask creates it; every later ask reads the one stored.
+        c.execute(
+            "INSERT INTO cairn_meta (key, value) VALUES ('cluster_secret', $1)
+             ON CONFLICT (key) DO NOTHING",
+            &[&candidate],
+        )
+        .await
+        .map_err(backend)?;
+        let row = c
+            .query_one(
+                "SELECT value FROM cairn_meta WHERE key = 'cluster_secret'",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.get(0))
+    }
 }

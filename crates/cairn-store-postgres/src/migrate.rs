@@ -29,18 +29,21 @@ pub(crate) async fn run(client: &mut deadpool_postgres::Object) -> StoreResult<(
     )
     .await
     .map_err(backend)?;
-    let applied: Vec<i32> = tx
-        .query("SELECT version FROM cairn_migrations", &[])
+    let rows = tx
+        .query(
+            "SELECT version, name FROM cairn_migrations ORDER BY version",
+            &[],
+        )
         .await
-        .map_err(backend)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if let Some(newest) = applied.iter().max() {
-        let known = MIGRATIONS.last().map_or(0, |m| m.0);
-        if *newest > known {
+        .map_err(backend)?;
+    let applied: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    if let Some(newest) = rows.last() {
+        let (version, name): (i32, String) = (newest.get(0), newest.get(1));
+        let (known, known_name) = MIGRATIONS.last().map_or((0, ""), |m| (m.0, m.1));
+        if version > known {
             return Err(StoreError::Invalid(format!(
-                "the database was migrated by a newer cairn (schema version {newest}); this build knows up to {known}"
+                "the database was migrated by a newer cairn (schema version {version}, \"{name}\"); \
+                 this build knows up to version {known} (\"{known_name}\"): upgrade cairn"
             )));
         }
     }

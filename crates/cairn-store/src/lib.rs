@@ -294,6 +294,13 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> StoreResult<Vec<StoredEvent>>;
 
     /// Events of all plans with `id > after_id`, in id order, at most `limit`.
+    ///
+    /// Ids are assigned in commit order, gapless across committed writes (a deleted plan's ids
+    /// are never reused): a transaction takes its ids only when no other writer that took ids
+    /// is still uncommitted (SQLite by its single writer; PostgreSQL by one counter row whose
+    /// lock is held until commit). So a reader that sees id N has seen every smaller id that
+    /// will ever exist, and resuming after the last id read never skips an event committed
+    /// later by any process. The engine's publisher relies on this.
     async fn read_all_events(&self, after_id: u64, limit: usize) -> StoreResult<Vec<StoredEvent>>;
 
     /// The highest global event id committed so far (0 when empty).

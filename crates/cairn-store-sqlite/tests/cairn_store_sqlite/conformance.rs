@@ -48,7 +48,8 @@ async fn passes_the_conformance_suite() {
     let n = AtomicUsize::new(0);
     conformance::run_all(|| {
         let i = n.fetch_add(1, Ordering::Relaxed);
-        open(&dir.path().join(format!("case{i}.db")), false)
+        let store = open(&dir.path().join(format!("case{i}.db")), false);
+        async move { store }
     })
     .await;
 }

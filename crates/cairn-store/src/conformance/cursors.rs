@@ -3,8 +3,8 @@
 use super::*;
 
 /// Runs every case of this module, each against a fresh store from `make`.
-pub async fn run_all<S: Store>(make: impl Fn() -> S) {
-    case("cursors::cursors", Arc::new(make()), cursors).await;
+pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) {
+    case("cursors::cursors", Arc::new(make().await), cursors).await;
 }
 
 /// Cursors start unset, and keep the last value set.

@@ -3,48 +3,79 @@
 use super::*;
 
 /// Runs every case of this module, each against a fresh store from `make`.
-pub async fn run_all<S: Store>(make: impl Fn() -> S) {
-    case("event_log::create_plan", Arc::new(make()), create_plan).await;
+pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) {
+    case(
+        "event_log::create_plan",
+        Arc::new(make().await),
+        create_plan,
+    )
+    .await;
     case(
         "event_log::append_contiguity",
-        Arc::new(make()),
+        Arc::new(make().await),
         append_contiguity,
     )
     .await;
-    case("event_log::seq_conflict", Arc::new(make()), seq_conflict).await;
+    case(
+        "event_log::seq_conflict",
+        Arc::new(make().await),
+        seq_conflict,
+    )
+    .await;
     case(
         "event_log::create_plan_with",
-        Arc::new(make()),
+        Arc::new(make().await),
         create_plan_with,
     )
     .await;
-    case("event_log::not_found", Arc::new(make()), not_found).await;
-    case("event_log::global_ids", Arc::new(make()), global_ids).await;
-    case("event_log::read_events", Arc::new(make()), read_events).await;
+    case("event_log::not_found", Arc::new(make().await), not_found).await;
+    case("event_log::global_ids", Arc::new(make().await), global_ids).await;
+    case(
+        "event_log::read_events",
+        Arc::new(make().await),
+        read_events,
+    )
+    .await;
     case(
         "event_log::read_events_of_kind",
-        Arc::new(make()),
+        Arc::new(make().await),
         read_events_of_kind,
     )
     .await;
     case(
         "event_log::read_all_events",
-        Arc::new(make()),
+        Arc::new(make().await),
         read_all_events,
     )
     .await;
-    case("event_log::checkpoints", Arc::new(make()), checkpoints).await;
-    case("event_log::delete_plan", Arc::new(make()), delete_plan).await;
+    case(
+        "event_log::checkpoints",
+        Arc::new(make().await),
+        checkpoints,
+    )
+    .await;
+    case(
+        "event_log::delete_plan",
+        Arc::new(make().await),
+        delete_plan,
+    )
+    .await;
     case(
         "event_log::concurrent_plans",
-        Arc::new(make()),
+        Arc::new(make().await),
         concurrent_plans,
     )
     .await;
     case(
         "event_log::racing_appends",
-        Arc::new(make()),
+        Arc::new(make().await),
         racing_appends,
+    )
+    .await;
+    case(
+        "event_log::global_order_under_concurrent_commits",
+        Arc::new(make().await),
+        global_order_under_concurrent_commits,
     )
     .await;
 }
@@ -570,4 +601,89 @@ pub async fn racing_appends(store: Arc<dyn Store>) {
         "each seq won exactly once"
     );
     assert_contiguous(&all_seqs(&*store, "r").await, total);
+}
+
+/// Many tasks append to their own plans while a reader tails `read_all_events`: the ids the
+/// reader sees strictly increase, and in the end it has seen exactly the events committed (an
+/// event committed late with an id below one already read would be missed, and caught here).
+pub async fn global_order_under_concurrent_commits(store: Arc<dyn Store>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const WRITERS: usize = 16;
+    const EACH: u64 = 25;
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let store = store.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<u64> = Vec::new();
+            let mut last = 0;
+            loop {
+                // Read `done` before reading events: once set, one more empty read is the end.
+                let finished = done.load(Ordering::SeqCst);
+                let batch = store.read_all_events(last, 37).await.unwrap();
+                for e in &batch {
+                    assert!(e.id > last, "id {} read after id {last}", e.id);
+                    last = e.id;
+                    seen.push(e.id);
+                }
+                if batch.is_empty() {
+                    if finished {
+                        return seen;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.spawn(async move {
+            let id = format!("g{w}");
+            let mut ids: Vec<u64> = store
+                .create_plan(create(&id, 1, 1))
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            let mut seq = 1;
+            for round in 0..EACH {
+                // Two events in one append every other round.
+                let n = 1 + round % 2;
+                ids.extend(
+                    store
+                        .append(append(&id, seq, n))
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|e| e.id),
+                );
+                seq += n;
+            }
+            ids
+        });
+    }
+    let committed = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        let mut committed = Vec::new();
+        while let Some(r) = writers.join_next().await {
+            committed.extend(r.unwrap());
+        }
+        committed
+    })
+    .await
+    .expect("the writers finished");
+    done.store(true, Ordering::SeqCst);
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(120), reader)
+        .await
+        .expect("the reader finished")
+        .unwrap();
+    let mut committed = committed;
+    committed.sort_unstable();
+    let per_plan: u64 = 1 + (0..EACH).map(|r| 1 + r % 2).sum::<u64>();
+    assert_eq!(committed.len() as u64, WRITERS as u64 * per_plan);
+    assert_eq!(
+        seen, committed,
+        "the tail saw every committed event, in id order"
+    );
 }

@@ -3,30 +3,31 @@
 use super::*;
 
 /// Runs every case of this module, each against a fresh store from `make`.
-pub async fn run_all<S: Store>(make: impl Fn() -> S) {
-    case("leases::leases", Arc::new(make()), leases).await;
+pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) {
+    case("leases::leases", Arc::new(make().await), leases).await;
 }
 
+/// Claims, renewals, takeovers after expiry and after release, and the fences appends carry.
+/// Leases run out by a zero ttl (the store's clock may not be the caller's).
 pub async fn leases(store: Arc<dyn Store>) {
     const S: Micros = 1_000_000;
+    let t = wall_clock();
     store.create_plan(create("p", 1, 1)).await.unwrap();
 
-    let a = store.claim("p", "node-a", 10_000, 100 * S).await.unwrap();
+    let a = store.claim("p", "node-a", 60_000, t).await.unwrap();
     assert_eq!(a.node, "node-a");
-    let renewed = store.claim("p", "node-a", 10_000, 105 * S).await.unwrap();
+    let renewed = store.claim("p", "node-a", 60_000, t + S).await.unwrap();
     assert_eq!(renewed, a, "renewal keeps the token");
 
-    // A's lease runs until 115 s.
-    match store.claim("p", "node-b", 10_000, 114 * S).await {
+    // A's lease runs for a minute.
+    match store.claim("p", "node-b", 60_000, t + 2 * S).await {
         Err(StoreError::LeaseHeld {
             plan_id,
             owner,
             until,
         }) => {
-            assert_eq!(
-                (plan_id.as_str(), owner.as_str(), until),
-                ("p", "node-a", 115 * S)
-            );
+            assert_eq!((plan_id.as_str(), owner.as_str()), ("p", "node-a"));
+            assert!(until > t, "the lease runs until {until}, claimed at {t}");
         }
         other => panic!("expected LeaseHeld, got {other:?}"),
     }
@@ -36,8 +37,11 @@ pub async fn leases(store: Arc<dyn Store>) {
     req.fence = Some(a.clone());
     store.append(req).await.unwrap();
 
+    // A renews with no time left: its lease has run out by any clock.
+    let expired = store.claim("p", "node-a", 0, t + 3 * S).await.unwrap();
+    assert_eq!(expired, a, "renewal keeps the token");
     // After expiry B takes over with a larger token.
-    let b = store.claim("p", "node-b", 10_000, 116 * S).await.unwrap();
+    let b = store.claim("p", "node-b", 60_000, t + 4 * S).await.unwrap();
     assert_eq!(b.node, "node-b");
     assert!(b.token > a.token, "{b:?} vs {a:?}");
 
@@ -72,16 +76,21 @@ pub async fn leases(store: Arc<dyn Store>) {
     // Releasing with A's stale fence is a no-op: B's lease still holds.
     store.release("p", &a).await.unwrap();
     assert!(matches!(
-        store.claim("p", "node-a", 10_000, 117 * S).await,
+        store.claim("p", "node-a", 60_000, t + 5 * S).await,
         Err(StoreError::LeaseHeld { .. })
     ));
     // B releases; A can claim at once, with a token larger than B's.
     store.release("p", &b).await.unwrap();
-    let a2 = store.claim("p", "node-a", 10_000, 117 * S).await.unwrap();
+    let a2 = store.claim("p", "node-a", 60_000, t + 5 * S).await.unwrap();
     assert!(a2.token > b.token, "{a2:?} vs {b:?}");
     // Releasing a plan that is gone is not an error.
     store.delete_plan("p").await.unwrap();
     store.release("p", &a2).await.unwrap();
+    // Claiming a plan that is gone is.
+    assert!(matches!(
+        store.claim("p", "node-a", 60_000, t + 6 * S).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     // A fence on a plan that was never claimed is refused.
     store.create_plan(create("q", 1, 1)).await.unwrap();

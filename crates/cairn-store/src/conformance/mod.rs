@@ -4,16 +4,24 @@
 //! with its own `run_all`, so a backend of one concern runs that module alone. Behind the
 //! `conformance` feature: backends enable it in their dev-dependencies.
 //!
-//! A backend's test calls [`run_all`] with a factory that yields a fresh, empty store per case:
+//! A backend's test calls [`run_all`] with an async factory that yields a fresh, empty store
+//! per case:
 //!
 //! ```ignore
 //! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 //! async fn conformance() {
 //!     let dir = tempfile::tempdir().unwrap();
 //!     let n = std::sync::atomic::AtomicUsize::new(0);
-//!     cairn_store::conformance::run_all(|| open(dir.path().join(format!("{}.db", n.fetch_add(1, Relaxed))))).await;
+//!     cairn_store::conformance::run_all(|| {
+//!         let path = dir.path().join(format!("{}.db", n.fetch_add(1, Relaxed)));
+//!         async move { open(path) }
+//!     })
+//!     .await;
 //! }
 //! ```
+//!
+//! [`cluster`] holds what a store shared by several processes must also do (takeovers, the
+//! lease rows, cursor leases); a backend opened by one process only may skip it.
 //!
 //! Each case is also public on its own (taking an `Arc<dyn Store>`) so a failing one can be run
 //! alone. Cases panic with a message on failure, like any test. They need a tokio runtime
@@ -26,8 +34,11 @@
 //! - A plan's `updated_at` is the `at` of its newest event.
 //! - A lease is renewed (token kept) when the same node claims again, even after expiry; another
 //!   node's claim after expiry (or after a release) takes over with a larger token.
-//! - `append` checks the fence against the current lease's node and token only (expiry is the
-//!   claimant's business); a fence on a plan that was never claimed is `Fenced`.
+//! - Lease expiry is judged by the store's clock, which may be the database's rather than the
+//!   caller's `now`: cases make a lease run out with a zero ttl, never by moving `now` alone.
+//! - `append` checks the fence against the current lease's node and token (expiry is the
+//!   claimant's business); a fence on a plan that was never claimed is `Fenced`. In
+//!   [`cluster`]: a fence whose lease was released is `Fenced` too.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -38,21 +49,24 @@ use crate::{
     StoreError, TokenRow,
 };
 
+pub mod cluster;
 pub mod cursors;
 pub mod event_log;
 pub mod leases;
+pub mod nodes;
 pub mod plan_index;
 pub mod snapshots;
 pub mod tokens;
 
 /// Runs every case of every module, each against a fresh store from `make`.
-pub async fn run_all<S: Store>(make: impl Fn() -> S) {
+pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) {
     event_log::run_all(&make).await;
     plan_index::run_all(&make).await;
     leases::run_all(&make).await;
     snapshots::run_all(&make).await;
     tokens::run_all(&make).await;
     cursors::run_all(&make).await;
+    nodes::run_all(&make).await;
 }
 
 async fn case<F, Fut>(name: &str, store: Arc<dyn Store>, f: F)
@@ -120,6 +134,14 @@ fn review(plan_id: &str, review_id: &str, state: &str, opened_at: Micros) -> Rev
         opened_at,
         data: format!("{{\"review_id\":\"{review_id}\",\"state\":\"{state}\"}}"),
     }
+}
+
+/// The wall clock in microseconds (the `now` a node would pass).
+pub fn wall_clock() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as Micros)
+        .unwrap_or(0)
 }
 
 async fn all_seqs(store: &dyn Store, plan_id: &str) -> Vec<u64> {

@@ -3,18 +3,23 @@
 use super::*;
 
 /// Runs every case of this module, each against a fresh store from `make`.
-pub async fn run_all<S: Store>(make: impl Fn() -> S) {
-    case("plan_index::plan_row", Arc::new(make()), plan_row).await;
-    case("plan_index::list_plans", Arc::new(make()), list_plans).await;
-    case("plan_index::bad_cursor", Arc::new(make()), bad_cursor).await;
-    case("plan_index::search_plans", Arc::new(make()), search_plans).await;
+pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) {
+    case("plan_index::plan_row", Arc::new(make().await), plan_row).await;
+    case("plan_index::list_plans", Arc::new(make().await), list_plans).await;
+    case("plan_index::bad_cursor", Arc::new(make().await), bad_cursor).await;
+    case(
+        "plan_index::search_plans",
+        Arc::new(make().await),
+        search_plans,
+    )
+    .await;
     case(
         "plan_index::plans_in_states",
-        Arc::new(make()),
+        Arc::new(make().await),
         plans_in_states,
     )
     .await;
-    case("plan_index::reviews", Arc::new(make()), reviews).await;
+    case("plan_index::reviews", Arc::new(make().await), reviews).await;
 }
 
 pub async fn plan_row(store: Arc<dyn Store>) {

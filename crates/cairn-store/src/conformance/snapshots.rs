@@ -3,8 +3,8 @@
 use super::*;
 
 /// Runs every case of this module, each against a fresh store from `make`.
-pub async fn run_all<S: Store>(make: impl Fn() -> S) {
-    case("snapshots::snapshots", Arc::new(make()), snapshots).await;
+pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) {
+    case("snapshots::snapshots", Arc::new(make().await), snapshots).await;
 }
 
 pub async fn snapshots(store: Arc<dyn Store>) {

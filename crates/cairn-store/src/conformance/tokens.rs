@@ -3,8 +3,8 @@
 use super::*;
 
 /// Runs every case of this module, each against a fresh store from `make`.
-pub async fn run_all<S: Store>(make: impl Fn() -> S) {
-    case("tokens::tokens", Arc::new(make()), tokens).await;
+pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) {
+    case("tokens::tokens", Arc::new(make().await), tokens).await;
 }
 
 /// Tokens are stored by hash, listed oldest first, found by hash, revoked once.

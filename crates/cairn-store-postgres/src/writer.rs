@@ -1,0 +1,811 @@
+//! The writer task: group commit of creates and appends on one dedicated connection.
+//!
+//! It waits for one request, drains whatever else is queued (up to [`MAX_BATCH`]) and runs the
+//! lot in one transaction:
+//! 1. lock the plan rows the batch names (`FOR UPDATE`, in pk order, so writers of several
+//!    nodes never deadlock) and read their leases (`FOR SHARE`: a takeover waits for this
+//!    transaction, or skips the plan, and never changes a lease under an append in flight);
+//! 2. decide every request in Rust, in order, against what was read (refusals — `NotFound`,
+//!    `SeqConflict`, `Fenced`, `AlreadyExists` — write nothing, and a refused half of a
+//!    `create_plan_with` takes its other half with it), so no statement of the transaction is
+//!    expected to fail and one refused request never spoils its neighbours (the role savepoints
+//!    play in the SQLite writer, without their round trips);
+//! 3. insert the new plan rows, take the batch's event ids from the counter row (`UPDATE
+//!    cairn_counter … RETURNING`: its row lock, held until commit, serialises id assignment, so
+//!    ids are in commit order), insert every event, update the plan rows and the review index,
+//!    each with one set-based statement over arrays;
+//! 4. `pg_notify('cairn_commits', '')` once, and commit. Only then is anyone answered.
+//!
+//! A transaction that fails answers every request of the batch with the error (nothing of it is
+//! kept); a deadlock, a serialization failure or a plan id another node created at the same
+//! moment is retried a few times first. A lost connection is `Unavailable` and is reopened for
+//! the next batch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_store::{
+    Append, CheckpointMark, CreatePlan, Micros, NewEvent, ReviewRow, StoreError, StoreResult,
+    StoredEvent,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::{from_sql, pg_error, to_sql};
+
+/// The most requests committed in one transaction.
+pub(crate) const MAX_BATCH: usize = 1024;
+/// How many times a batch is retried after a deadlock, a serialization failure or a racing
+/// create before its requests are answered with the error.
+const RETRIES: usize = 3;
+
+pub(crate) enum Op {
+    Create(CreatePlan),
+    Append(Append),
+    /// A create and an append together: both are kept or neither is.
+    CreateWith {
+        create: CreatePlan,
+        append: Append,
+    },
+}
+
+pub(crate) enum Outcome {
+    Events(Vec<StoredEvent>),
+    /// The created plan's events, then the appended ones.
+    Both(Vec<StoredEvent>, Vec<StoredEvent>),
+}
+
+pub(crate) struct Request {
+    pub(crate) op: Op,
+    pub(crate) reply: oneshot::Sender<StoreResult<Outcome>>,
+}
+
+/// What the writer has done since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Write requests answered (the sum of all batch sizes).
+    pub requests: u64,
+    /// Events inserted by committed requests.
+    pub events: u64,
+    /// The largest batch seen.
+    pub max_batch: u64,
+    /// Time spent from `BEGIN` to the end of `COMMIT`, summed over all batches.
+    pub busy: Duration,
+}
+
+impl WriterStats {
+    /// Requests per commit.
+    pub fn mean_batch(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.requests as f64 / self.commits as f64
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    commits: AtomicU64,
+    requests: AtomicU64,
+    events: AtomicU64,
+    max_batch: AtomicU64,
+    busy_nanos: AtomicU64,
+    /// Why the last batch failed for lack of a database; cleared by the next commit.
+    unavailable: Mutex<Option<String>>,
+}
+
+impl Stats {
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        self.unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_unavailable(&self, why: Option<String>) {
+        *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    pub(crate) fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The writer's connection and its statements, prepared once per connection.
+struct Conn {
+    client: Client,
+    lock_plans: Statement,
+    read_leases: Statement,
+    new_pks: Statement,
+    insert_plans: Statement,
+    take_ids: Statement,
+    insert_events: Statement,
+    update_plans: Statement,
+    put_reviews: Statement,
+    notify: Statement,
+}
+
+impl Conn {
+    async fn open(config: &tokio_postgres::Config) -> StoreResult<Conn> {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| pg_error("connect the writer", e))?;
+        tokio::spawn(connection);
+        let prepare = |sql: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .prepare(sql)
+                    .await
+                    .map_err(|e| pg_error("prepare the writer's statements", e))
+            }
+        };
+        Ok(Conn {
+            lock_plans: prepare(
+                "SELECT pk, plan_id, last_seq FROM plans WHERE plan_id = ANY($1::text[])
+                 ORDER BY pk FOR UPDATE",
+            )
+            .await?,
+            read_leases: prepare(
+                "SELECT plan_pk, node, token, released FROM leases WHERE plan_pk = ANY($1::bigint[])
+                 ORDER BY plan_pk FOR SHARE",
+            )
+            .await?,
+            new_pks: prepare(
+                "SELECT nextval(pg_get_serial_sequence('plans', 'pk'))
+                 FROM generate_series(1, $1::int)",
+            )
+            .await?,
+            insert_plans: prepare(
+                "INSERT INTO plans (pk, plan_id, state, created_at, updated_at, last_seq)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
+                                      $5::bigint[], $6::bigint[])
+                 ON CONFLICT (plan_id) DO NOTHING RETURNING pk",
+            )
+            .await?,
+            take_ids: prepare(
+                "UPDATE cairn_counter SET last_id = last_id + $1::bigint RETURNING last_id",
+            )
+            .await?,
+            insert_events: prepare(
+                "INSERT INTO events (id, plan_pk, seq, kind, at, actor, data, cp_trigger,
+                                     cp_label, format)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
+                                      $5::bigint[], $6::text[], $7::text[], $8::text[],
+                                      $9::text[], $10::int[])",
+            )
+            .await?,
+            update_plans: prepare(
+                "UPDATE plans p SET last_seq = u.last_seq, updated_at = u.updated_at,
+                                    state = COALESCE(u.state, p.state)
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])
+                      AS u(pk, last_seq, updated_at, state)
+                 WHERE p.pk = u.pk",
+            )
+            .await?,
+            put_reviews: prepare(
+                "INSERT INTO reviews (plan_pk, review_id, state, opened_at, data)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
+                                      $5::text[])
+                 ON CONFLICT (plan_pk, review_id) DO UPDATE
+                 SET state = EXCLUDED.state, opened_at = EXCLUDED.opened_at,
+                     data = EXCLUDED.data",
+            )
+            .await?,
+            notify: prepare("SELECT pg_notify('cairn_commits', '')").await?,
+            client,
+        })
+    }
+}
+
+/// Serves requests until every sender is gone.
+pub(crate) async fn run(
+    config: tokio_postgres::Config,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    stats: Arc<Stats>,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(req) => batch.push(req),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let n = batch.len() as u64;
+        stats.requests.fetch_add(n, Ordering::Relaxed);
+        stats.max_batch.fetch_max(n, Ordering::Relaxed);
+        let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
+        let results = commit(&config, &mut conn, &ops, &stats).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The caller may have stopped waiting; the write stands regardless.
+            let _ = reply.send(result);
+        }
+        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.busy_nanos.fetch_add(busy, Ordering::Relaxed);
+    }
+}
+
+/// Commits a batch (retrying transient failures), answering each request.
+async fn commit(
+    config: &tokio_postgres::Config,
+    conn: &mut Option<Conn>,
+    ops: &[Op],
+    stats: &Stats,
+) -> Vec<StoreResult<Outcome>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *conn = None;
+            match Conn::open(config).await {
+                Ok(c) => *conn = Some(c),
+                Err(e) => return fail(ops, e, stats),
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            return fail(
+                ops,
+                StoreError::Unavailable("the writer has no connection".into()),
+                stats,
+            );
+        };
+        match transaction(c, ops).await {
+            Ok((results, events)) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.events.fetch_add(events, Ordering::Relaxed);
+                stats.set_unavailable(None);
+                return results;
+            }
+            Err(Failure::Retry(_)) if attempt <= RETRIES => continue,
+            Err(Failure::Retry(e)) | Err(Failure::Fail(e)) => {
+                if matches!(e, StoreError::Unavailable(_)) || c.client.is_closed() {
+                    // Reopen for the next batch: the connection may be half-broken.
+                    *conn = None;
+                }
+                return fail(ops, e, stats);
+            }
+        }
+    }
+}
+
+fn fail(ops: &[Op], e: StoreError, stats: &Stats) -> Vec<StoreResult<Outcome>> {
+    if let StoreError::Unavailable(why) = &e {
+        stats.set_unavailable(Some(why.clone()));
+    }
+    ops.iter().map(|_| Err(clone_error(&e))).collect()
+}
+
+/// The error every request of a failed batch gets: storage failures keep their kind (the
+/// caller may retry once the database is back), anything else is a backend failure.
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(msg) => StoreError::Unavailable(msg.clone()),
+        StoreError::Backend(msg) => StoreError::Backend(msg.clone()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+enum Failure {
+    /// Worth running the whole batch again (a deadlock, a serialization failure, a racing
+    /// create): nothing of it was kept.
+    Retry(StoreError),
+    Fail(StoreError),
+}
+
+fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Failure {
+    move |e| {
+        let transient = matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        );
+        let e = pg_error(context, e);
+        if transient {
+            Failure::Retry(e)
+        } else {
+            Failure::Fail(e)
+        }
+    }
+}
+
+/// A plan as the batch sees it while deciding.
+struct PlanState {
+    pk: i64,
+    last_seq: u64,
+}
+
+/// The rows one accepted request writes.
+#[derive(Default)]
+struct Writes {
+    new_plans: Vec<(i64, String, String, Micros, Micros, u64)>,
+    /// (pk, plan_id, event, which half: 0 create, 1 append)
+    events: Vec<(i64, String, NewEvent, u8)>,
+    /// (pk, last_seq, updated_at, state)
+    updates: Vec<(i64, u64, Micros, Option<String>)>,
+    reviews: Vec<(i64, ReviewRow)>,
+}
+
+/// Checks what needs no database: events present, contiguous, free of NUL characters (which
+/// PostgreSQL's text refuses), reviews of the plan itself.
+fn check(events: &[NewEvent], after: u64, plan_id: &str, reviews: &[ReviewRow]) -> StoreResult<()> {
+    if events.is_empty() {
+        return Err(StoreError::Invalid(if after == 0 {
+            "a plan starts with events".into()
+        } else {
+            "nothing to append".into()
+        }));
+    }
+    for (i, e) in events.iter().enumerate() {
+        let want = after.saturating_add(i as u64 + 1);
+        if e.seq != want {
+            return Err(StoreError::Invalid(format!(
+                "event {i} has seq {}, expected {want} (seqs must continue the log without gaps)",
+                e.seq
+            )));
+        }
+        let texts = [
+            Some(e.actor.as_str()),
+            Some(e.kind.as_str()),
+            Some(e.data.as_str()),
+            e.checkpoint.as_ref().map(|c| c.trigger.as_str()),
+            e.checkpoint.as_ref().and_then(|c| c.label.as_deref()),
+        ];
+        if texts.iter().flatten().any(|t| t.contains('\0')) {
+            return Err(StoreError::Invalid(format!(
+                "event {i} contains a NUL character, which the store cannot keep"
+            )));
+        }
+    }
+    if plan_id.contains('\0') {
+        return Err(StoreError::Invalid(
+            "a plan id contains a NUL character".into(),
+        ));
+    }
+    for r in reviews {
+        if r.plan_id != plan_id {
+            return Err(StoreError::Invalid(format!(
+                "review {} belongs to plan {}, not {plan_id}",
+                r.review_id, r.plan_id
+            )));
+        }
+        if r.review_id.contains('\0') || r.state.contains('\0') || r.data.contains('\0') {
+            return Err(StoreError::Invalid(format!(
+                "review {} contains a NUL character, which the store cannot keep",
+                r.review_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct Decider<'a> {
+    plans: HashMap<String, PlanState>,
+    /// (node, token, released) of each plan's lease.
+    leases: HashMap<i64, (String, u64, bool)>,
+    new_pks: &'a mut std::vec::IntoIter<i64>,
+}
+
+impl Decider<'_> {
+    fn create(&mut self, req: &CreatePlan, w: &mut Writes) -> StoreResult<()> {
+        check(&req.events, 0, &req.plan_id, &req.reviews)?;
+        if self.plans.contains_key(&req.plan_id) {
+            return Err(StoreError::AlreadyExists(req.plan_id.clone()));
+        }
+        let pk = self
+            .new_pks
+            .next()
+            .ok_or_else(|| StoreError::Backend("the writer ran out of plan keys".into()))?;
+        let last = req.events.last().map_or((0, 0), |e| (e.seq, e.at));
+        w.new_plans.push((
+            pk,
+            req.plan_id.clone(),
+            req.state.clone(),
+            req.created_at,
+            last.1,
+            last.0,
+        ));
+        w.events.extend(
+            req.events
+                .iter()
+                .map(|e| (pk, req.plan_id.clone(), e.clone(), 0)),
+        );
+        w.reviews
+            .extend(req.reviews.iter().map(|r| (pk, r.clone())));
+        self.plans.insert(
+            req.plan_id.clone(),
+            PlanState {
+                pk,
+                last_seq: last.0,
+            },
+        );
+        Ok(())
+    }
+
+    fn append(&mut self, req: &Append, w: &mut Writes) -> StoreResult<()> {
+        check(&req.events, req.expected_seq, &req.plan_id, &req.reviews)?;
+        let Some(plan) = self.plans.get_mut(&req.plan_id) else {
+            return Err(StoreError::NotFound(req.plan_id.clone()));
+        };
+        if plan.last_seq != req.expected_seq {
+            return Err(StoreError::SeqConflict {
+                plan_id: req.plan_id.clone(),
+                expected: req.expected_seq,
+                actual: plan.last_seq,
+            });
+        }
+        if let Some(fence) = &req.fence {
+            let lease = self.leases.get(&plan.pk);
+            // A released lease fences nothing: its holder gave the plan up.
+            let held = lease.is_some_and(|(node, token, released)| {
+                !released && *node == fence.node && *token == fence.token
+            });
+            if !held {
+                return Err(StoreError::Fenced {
+                    plan_id: req.plan_id.clone(),
+                    owner: lease.map_or_else(|| "(none)".to_owned(), |(node, ..)| node.clone()),
+                });
+            }
+        }
+        let last = req.events.last().map_or((0, 0), |e| (e.seq, e.at));
+        plan.last_seq = last.0;
+        let pk = plan.pk;
+        w.events.extend(
+            req.events
+                .iter()
+                .map(|e| (pk, req.plan_id.clone(), e.clone(), 1)),
+        );
+        w.updates.push((pk, last.0, last.1, req.state.clone()));
+        w.reviews
+            .extend(req.reviews.iter().map(|r| (pk, r.clone())));
+        Ok(())
+    }
+}
+
+/// New plan rows, column by column (bound as arrays and `unnest`ed).
+#[derive(Default)]
+struct PlanCols {
+    pk: Vec<i64>,
+    plan_id: Vec<String>,
+    state: Vec<String>,
+    created_at: Vec<i64>,
+    updated_at: Vec<i64>,
+    last_seq: Vec<i64>,
+}
+
+/// Event rows, column by column.
+#[derive(Default)]
+struct EventCols {
+    id: Vec<i64>,
+    plan_pk: Vec<i64>,
+    seq: Vec<i64>,
+    kind: Vec<String>,
+    at: Vec<i64>,
+    actor: Vec<String>,
+    data: Vec<String>,
+    cp_trigger: Vec<Option<String>>,
+    cp_label: Vec<Option<String>>,
+    format: Vec<i32>,
+}
+
+/// Review rows, column by column.
+#[derive(Default)]
+struct ReviewCols {
+    plan_pk: Vec<i64>,
+    review_id: Vec<String>,
+    state: Vec<String>,
+    opened_at: Vec<i64>,
+    data: Vec<String>,
+}
+
+/// One attempt at the batch: the answers and the number of events committed.
+async fn transaction(
+    c: &mut Conn,
+    ops: &[Op],
+) -> Result<(Vec<StoreResult<Outcome>>, u64), Failure> {
+    // The plans named, in a stable order.
+    let mut names: Vec<&str> = Vec::new();
+    let mut creates = 0i32;
+    for op in ops {
+        match op {
+            Op::Create(c) => {
+                names.push(&c.plan_id);
+                creates += 1;
+            }
+            Op::Append(a) => names.push(&a.plan_id),
+            Op::CreateWith { create, append } => {
+                names.push(&create.plan_id);
+                names.push(&append.plan_id);
+                creates += 1;
+            }
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+
+    let stmts = (
+        c.lock_plans.clone(),
+        c.read_leases.clone(),
+        c.new_pks.clone(),
+        c.insert_plans.clone(),
+        c.take_ids.clone(),
+        c.insert_events.clone(),
+        c.update_plans.clone(),
+        c.put_reviews.clone(),
+        c.notify.clone(),
+    );
+    let tx = c
+        .client
+        .transaction()
+        .await
+        .map_err(db("begin a write transaction"))?;
+    let rows = tx
+        .query(&stmts.0, &[&names])
+        .await
+        .map_err(db("lock plans"))?;
+    let mut plans = HashMap::with_capacity(rows.len());
+    let mut pks = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let pk: i64 = r.get(0);
+        pks.push(pk);
+        plans.insert(
+            r.get::<_, String>(1),
+            PlanState {
+                pk,
+                last_seq: from_sql(r.get(2)),
+            },
+        );
+    }
+    let mut leases = HashMap::new();
+    if !pks.is_empty() {
+        for r in tx
+            .query(&stmts.1, &[&pks])
+            .await
+            .map_err(db("read leases"))?
+        {
+            leases.insert(r.get::<_, i64>(0), (r.get(1), from_sql(r.get(2)), r.get(3)));
+        }
+    }
+    let new_pks: Vec<i64> = if creates > 0 {
+        tx.query(&stmts.2, &[&creates])
+            .await
+            .map_err(db("allocate plan keys"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut new_pks = new_pks.into_iter();
+    let mut decider = Decider {
+        plans,
+        leases,
+        new_pks: &mut new_pks,
+    };
+
+    // Decide each request in order.
+    let mut decided: Vec<StoreResult<Writes>> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let mut w = Writes::default();
+        let result = match op {
+            Op::Create(req) => decider.create(req, &mut w),
+            Op::Append(req) => decider.append(req, &mut w),
+            Op::CreateWith { create, append } => match decider.create(create, &mut w) {
+                Err(e) => Err(e),
+                Ok(()) => match decider.append(append, &mut w) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        // The create half goes with the refused append.
+                        decider.plans.remove(&create.plan_id);
+                        Err(e)
+                    }
+                },
+            },
+        };
+        decided.push(result.map(|()| w));
+    }
+
+    // Gather the rows to write.
+    let mut plan_cols = PlanCols::default();
+    let mut n_events = 0usize;
+    for w in decided.iter().flatten() {
+        for (pk, id, state, created, updated, last) in &w.new_plans {
+            plan_cols.pk.push(*pk);
+            plan_cols.plan_id.push(id.clone());
+            plan_cols.state.push(state.clone());
+            plan_cols.created_at.push(*created);
+            plan_cols.updated_at.push(*updated);
+            plan_cols.last_seq.push(to_sql(*last));
+        }
+        n_events += w.events.len();
+    }
+    if !plan_cols.pk.is_empty() {
+        let inserted = tx
+            .query(
+                &stmts.3,
+                &[
+                    &plan_cols.pk,
+                    &plan_cols.plan_id,
+                    &plan_cols.state,
+                    &plan_cols.created_at,
+                    &plan_cols.updated_at,
+                    &plan_cols.last_seq,
+                ],
+            )
+            .await
+            .map_err(db("insert plans"))?;
+        if inserted.len() != plan_cols.pk.len() {
+            // Another node created one of these ids since the batch looked: run the batch
+            // again, which will see it and refuse the create.
+            return Err(Failure::Retry(StoreError::Unavailable(
+                "a plan id was created by another node at the same moment".into(),
+            )));
+        }
+    }
+
+    let mut next_id = 0i64;
+    if n_events > 0 {
+        let n = i64::try_from(n_events).unwrap_or(i64::MAX);
+        let last: i64 = tx
+            .query_one(&stmts.4, &[&n])
+            .await
+            .map_err(db("take event ids"))?
+            .get(0);
+        next_id = last - n + 1;
+    }
+
+    // Events, with their ids in request order.
+    let mut ev = EventCols::default();
+    let mut answers: Vec<StoreResult<Outcome>> = Vec::with_capacity(ops.len());
+    let mut updates: HashMap<i64, (u64, Micros, Option<String>)> = HashMap::new();
+    let mut update_order: Vec<i64> = Vec::new();
+    let mut reviews: HashMap<(i64, String), usize> = HashMap::new();
+    let mut review_rows: Vec<(i64, ReviewRow)> = Vec::new();
+    for (op, result) in ops.iter().zip(decided) {
+        let w = match result {
+            Ok(w) => w,
+            Err(e) => {
+                answers.push(Err(e));
+                continue;
+            }
+        };
+        let mut halves: (Vec<StoredEvent>, Vec<StoredEvent>) = Default::default();
+        for (pk, plan_id, e, half) in w.events {
+            let id = next_id;
+            next_id += 1;
+            let (trigger, label) = match &e.checkpoint {
+                Some(CheckpointMark { trigger, label }) => (Some(trigger.clone()), label.clone()),
+                None => (None, None),
+            };
+            ev.id.push(id);
+            ev.plan_pk.push(pk);
+            ev.seq.push(to_sql(e.seq));
+            ev.kind.push(e.kind.clone());
+            ev.at.push(e.at);
+            ev.actor.push(e.actor.clone());
+            ev.data.push(e.data.clone());
+            ev.cp_trigger.push(trigger);
+            ev.cp_label.push(label);
+            ev.format.push(i32::try_from(e.format).unwrap_or(i32::MAX));
+            let stored = StoredEvent {
+                id: from_sql(id),
+                plan_id,
+                seq: e.seq,
+                at: e.at,
+                actor: e.actor,
+                kind: e.kind,
+                data: e.data,
+                format: e.format,
+                checkpoint: e.checkpoint,
+            };
+            if half == 0 {
+                halves.0.push(stored);
+            } else {
+                halves.1.push(stored);
+            }
+        }
+        for (pk, last_seq, at, state) in w.updates {
+            let entry = updates.entry(pk).or_insert_with(|| {
+                update_order.push(pk);
+                (last_seq, at, None)
+            });
+            entry.0 = last_seq;
+            entry.1 = at;
+            if state.is_some() {
+                entry.2 = state;
+            }
+        }
+        for (pk, r) in w.reviews {
+            // One row per review: a later change in the batch replaces an earlier one.
+            match reviews.get(&(pk, r.review_id.clone())) {
+                Some(&i) => review_rows[i] = (pk, r),
+                None => {
+                    reviews.insert((pk, r.review_id.clone()), review_rows.len());
+                    review_rows.push((pk, r));
+                }
+            }
+        }
+        answers.push(Ok(match op {
+            Op::Create(_) => Outcome::Events(halves.0),
+            Op::Append(_) => Outcome::Events(halves.1),
+            Op::CreateWith { .. } => Outcome::Both(halves.0, halves.1),
+        }));
+    }
+
+    if n_events > 0 {
+        tx.execute(
+            &stmts.5,
+            &[
+                &ev.id,
+                &ev.plan_pk,
+                &ev.seq,
+                &ev.kind,
+                &ev.at,
+                &ev.actor,
+                &ev.data,
+                &ev.cp_trigger,
+                &ev.cp_label,
+                &ev.format,
+            ],
+        )
+        .await
+        .map_err(db("insert events"))?;
+    }
+    if !update_order.is_empty() {
+        let mut cols: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>) = Default::default();
+        for pk in &update_order {
+            if let Some((last_seq, at, state)) = updates.remove(pk) {
+                cols.0.push(*pk);
+                cols.1.push(to_sql(last_seq));
+                cols.2.push(at);
+                cols.3.push(state);
+            }
+        }
+        tx.execute(&stmts.6, &[&cols.0, &cols.1, &cols.2, &cols.3])
+            .await
+            .map_err(db("update plans"))?;
+    }
+    if !review_rows.is_empty() {
+        let mut cols = ReviewCols::default();
+        for (pk, r) in review_rows {
+            cols.plan_pk.push(pk);
+            cols.review_id.push(r.review_id);
+            cols.state.push(r.state);
+            cols.opened_at.push(r.opened_at);
+            cols.data.push(r.data);
+        }
+        tx.execute(
+            &stmts.7,
+            &[
+                &cols.plan_pk,
+                &cols.review_id,
+                &cols.state,
+                &cols.opened_at,
+                &cols.data,
+            ],
+        )
+        .await
+        .map_err(db("write reviews"))?;
+    }
+    if n_events > 0 {
+        tx.query(&stmts.8, &[]).await.map_err(db("notify"))?;
+    }
+    tx.commit().await.map_err(db("commit"))?;
+    Ok((answers, n_events as u64))
+}

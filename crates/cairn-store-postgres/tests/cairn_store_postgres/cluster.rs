@@ -1,0 +1,400 @@
+//! Two stores on one database, as two nodes would hold them: fences across processes, node
+//! ids held by one live process, commit hints, migrations racing, and what is refused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_store::conformance::{ev, wall_clock};
+use cairn_store::{Append, CreatePlan, EventLog, Leases, StoreError};
+use cairn_store_postgres::{PgOptions, PgStore};
+
+use crate::{database_url, open, unique_schema};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn create(plan_id: &str) -> CreatePlan {
+    CreatePlan {
+        plan_id: plan_id.into(),
+        created_at: 1,
+        state: "running".into(),
+        events: vec![ev(1, "created")],
+        reviews: Vec::new(),
+    }
+}
+
+fn append(plan_id: &str, expected_seq: u64) -> Append {
+    Append {
+        plan_id: plan_id.into(),
+        expected_seq,
+        fence: None,
+        state: None,
+        events: vec![ev(expected_seq + 1, "step")],
+        reviews: Vec::new(),
+    }
+}
+
+/// A plain connection to the test database, for what the store does not do (terminate a
+/// backend, tamper with the migrations table).
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_by_the_node_whose_lease_the_other_took_is_refused() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let a = open(&url, &schema).await;
+    let b = open(&url, &schema).await;
+    let t = wall_clock();
+    a.create_plan(create("p")).await.unwrap();
+    // A's lease runs out (it stopped renewing); B takes the plan over.
+    let fa = a.claim("p", "node-a", 0, t).await.unwrap();
+    let taken = b
+        .take_over("node-b", 60_000, &["running"], 10, t)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let fb = taken[0].1.clone();
+    // A, through its own store, is refused; B appends; both see the same log.
+    let mut stale = append("p", 1);
+    stale.fence = Some(fa);
+    match a.append(stale).await {
+        Err(StoreError::Fenced { owner, .. }) => assert_eq!(owner, "node-b"),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let mut ok = append("p", 1);
+    ok.fence = Some(fb);
+    let written = b.append(ok).await.unwrap();
+    let seen = a.read_events("p", 0, None, 10).await.unwrap();
+    assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(seen[1].id, written[0].id);
+    assert_eq!(a.last_event_id().await.unwrap(), written[0].id);
+}
+
+/// Ids stay in commit order when two stores (each with its own writer) commit at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_commit_ids_in_order_for_a_tailing_reader() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let a = Arc::new(open(&url, &schema).await);
+    let b = Arc::new(open(&url, &schema).await);
+    const PLANS: usize = 20;
+    const EACH: u64 = 20;
+    let mut writers = tokio::task::JoinSet::new();
+    for p in 0..PLANS {
+        let store = if p % 2 == 0 { a.clone() } else { b.clone() };
+        writers.spawn(async move {
+            let id = format!("p{p}");
+            let mut ids = vec![store.create_plan(create(&id)).await.unwrap()[0].id];
+            for seq in 1..=EACH {
+                ids.push(store.append(append(&id, seq)).await.unwrap()[0].id);
+            }
+            ids
+        });
+    }
+    let tail = {
+        let reader = a.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut last = 0;
+            while seen.len() < PLANS * (EACH as usize + 1) {
+                let batch = reader.read_all_events(last, 50).await.unwrap();
+                for e in &batch {
+                    assert!(e.id > last);
+                    last = e.id;
+                    seen.push(e.id);
+                }
+                if batch.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+            }
+            seen
+        })
+    };
+    let mut committed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = writers.join_next().await {
+            committed.extend(r.unwrap());
+        }
+    })
+    .await
+    .expect("writers finished");
+    let seen = tokio::time::timeout(Duration::from_secs(120), tail)
+        .await
+        .expect("the tail saw every event")
+        .unwrap();
+    committed.sort_unstable();
+    assert_eq!(seen, committed);
+    // Gapless: ids are 1..=n.
+    assert_eq!(committed, (1..=committed.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_is_held_by_one_live_store_at_a_time() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let a = open(&url, &schema).await;
+    let b = open(&url, &schema).await;
+    a.hold_node("n1").await.unwrap();
+    a.hold_node("n1").await.unwrap();
+    match b.hold_node("n1").await {
+        Err(StoreError::Locked(msg)) => {
+            assert_eq!(msg, "node id n1 is in use by another live node")
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    b.hold_node("n2").await.unwrap();
+    // A store in another schema (another cluster) may use the same id.
+    let other = open(&url, &unique_schema()).await;
+    other.hold_node("n1").await.unwrap();
+    // A's process is gone: its connection closes and B gets the id.
+    drop(a);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match b.hold_node("n1").await {
+            Ok(()) => break,
+            Err(StoreError::Locked(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("the id was not freed: {other:?}"),
+        }
+    }
+}
+
+/// Takes a wake-up already stored (the hint keeps one for the next waiter), so the next wait
+/// only ends by a new one. Polls once; never waits.
+async fn drain(hint: &tokio::sync::Notify) {
+    let _ = tokio::time::timeout(Duration::ZERO, hint.notified()).await;
+}
+
+/// The backend pid of a store's dedicated connection (named after its schema).
+async fn session_pid(admin: &tokio_postgres::Client, schema: &str) -> Option<i32> {
+    admin
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("cairn-session:{schema}")],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_hints_arrive_from_another_store_and_survive_a_reconnect() {
+    let Some(url) = database_url() else { return };
+    let listener_schema = unique_schema();
+    let writer_schema = listener_schema.clone();
+    let listener = open(&url, &listener_schema).await;
+    let hint = listener.commit_hint().expect("a shared store gives hints");
+    listener.hold_node("listener").await.unwrap();
+    // The writer is another store on the same database, in the same schema, named apart.
+    let writer = PgStore::connect(
+        &url,
+        PgOptions {
+            pool_size: 2,
+            schema: Some(writer_schema),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let notified = hint.notified();
+    writer.create_plan(create("p")).await.unwrap();
+    tokio::time::timeout(WAIT, notified)
+        .await
+        .expect("a hint for the other store's commit");
+
+    drain(&hint).await;
+
+    // The listener's connection is cut: it reconnects, listens again (waking its waiters,
+    // since hints may have been lost) and retakes its node id.
+    let admin = admin(&url).await;
+    let pid = session_pid(&admin, &listener_schema)
+        .await
+        .expect("the session connection");
+    let notified = hint.notified();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, notified)
+        .await
+        .expect("a wake-up after reconnecting");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(new_pid) = session_pid(&admin, &listener_schema).await {
+            if new_pid != pid && listener.unavailable().is_none() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the session did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match writer.hold_node("listener").await {
+        Err(StoreError::Locked(_)) => {}
+        other => panic!("the node id was not retaken after the reconnect: {other:?}"),
+    }
+    drain(&hint).await;
+    let notified = hint.notified();
+    writer.append(append("p", 1)).await.unwrap();
+    tokio::time::timeout(WAIT, notified)
+        .await
+        .expect("hints arrive after the reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_connecting_together_migrate_once() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, schema) = (url.clone(), schema.clone());
+            tokio::spawn(async move {
+                PgStore::connect(
+                    &url,
+                    PgOptions {
+                        pool_size: 1,
+                        schema: Some(schema),
+                        ..PgOptions::default()
+                    },
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().expect("every store opens"));
+    }
+    let admin = admin(&url).await;
+    let rows = admin
+        .query(
+            &format!("SELECT version FROM {schema}.cairn_migrations ORDER BY version"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, [1]);
+    // They all work on the one schema.
+    stores[0].create_plan(create("p")).await.unwrap();
+    assert_eq!(
+        stores[3].read_events("p", 0, None, 10).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_a_newer_schema_is_refused_by_name() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    drop(open(&url, &schema).await);
+    let admin = admin(&url).await;
+    admin
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.cairn_migrations (version, name) VALUES (99, 'from the future')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let refused = PgStore::connect(
+        &url,
+        PgOptions {
+            schema: Some(schema),
+            ..PgOptions::default()
+        },
+    )
+    .await;
+    match refused {
+        Err(StoreError::Invalid(msg)) => {
+            assert!(msg.contains("schema version 99"), "{msg}");
+            assert!(msg.contains("from the future"), "{msg}");
+            assert!(msg.contains("upgrade cairn"), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a newer schema was opened"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_and_bad_options_are_named() {
+    // Port 1 on loopback: nothing listens there.
+    match PgStore::connect("postgres://postgres@127.0.0.1:1/test", PgOptions::default()).await {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("database"), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+    match PgStore::connect("postgres://[nope", PgOptions::default()).await {
+        Err(StoreError::Invalid(msg)) => assert!(msg.contains("database url"), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a bad url connected"),
+    }
+    let bad_schema = PgOptions {
+        schema: Some("x; DROP TABLE plans".into()),
+        ..PgOptions::default()
+    };
+    match PgStore::connect("postgres://postgres@127.0.0.1:1/test", bad_schema).await {
+        Err(StoreError::Invalid(msg)) => assert!(msg.contains("schema name"), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a bad schema name was taken"),
+    }
+}
+
+/// Not a timed assertion: prints how many steps per second one store commits, 1,000 plans
+/// each appending 10 steps (two events each) at once. Run with `--ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn throughput_of_1000_plans_of_10_steps() {
+    let Some(url) = database_url() else { return };
+    let store = Arc::new(
+        PgStore::connect(
+            &url,
+            PgOptions {
+                schema: Some(unique_schema()),
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    const PLANS: usize = 1000;
+    const STEPS: u64 = 10;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..PLANS {
+        let id = format!("p{p}");
+        store.create_plan(create(&id)).await.unwrap();
+    }
+    let started = Instant::now();
+    for p in 0..PLANS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("p{p}");
+            let mut seq = 1;
+            for _ in 0..STEPS {
+                let mut req = append(&id, seq);
+                req.events = vec![ev(seq + 1, "step_started"), ev(seq + 2, "step_completed")];
+                store.append(req).await.unwrap();
+                seq += 2;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let steps = (PLANS as u64 * STEPS) as f64;
+    let stats = store.writer_stats();
+    eprintln!(
+        "{steps} steps in {secs:.2} s: {:.0} steps/s; {} commits, mean batch {:.1}, max {}",
+        steps / secs,
+        stats.commits,
+        stats.mean_batch(),
+        stats.max_batch
+    );
+}
