@@ -343,7 +343,8 @@ impl Cluster {
         let client = connect(&self.db.url).await;
         let row = client
             .query_opt(
-                "SELECT owner FROM cairn_leases WHERE plan_id = $1 AND expires_at > now()",
+                "SELECT l.node FROM leases l JOIN plans p ON p.pk = l.plan_pk \
+                 WHERE p.plan_id = $1 AND NOT l.released AND l.expires_at > cairn_now()",
                 &[&plan],
             )
             .await
