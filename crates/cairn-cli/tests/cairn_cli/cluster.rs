@@ -296,24 +296,39 @@ impl Cluster {
         format!("n{i}")
     }
 
-    /// Starts node `i` (again), waiting until it listens.
+    /// Starts node `i` (again), waiting until it listens. Right after a `kill -9` the database
+    /// may not have noticed yet that the killed process's session (which held the node id) is
+    /// gone, and the new process is refused the id: it is started again, a bounded number of
+    /// times.
     fn up(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} is running already");
         let port = self.ports[i];
         let lease = self.lease_ms.to_string();
-        let server = Server::options_pg(&self.db.url, self.dir.path())
-            .bind(&format!("127.0.0.1:{port}"))
-            .args(&[
-                "--node-id",
-                &Cluster::node_id(i),
-                "--lease-ms",
-                &lease,
-                "--advertise",
-                &format!("http://127.0.0.1:{port}"),
-                "--config",
-                self.config.to_str().unwrap(),
-            ])
-            .start();
+        let mut tries = 0;
+        let server = loop {
+            let started = Server::options_pg(&self.db.url, self.dir.path())
+                .bind(&format!("127.0.0.1:{port}"))
+                .args(&[
+                    "--node-id",
+                    &Cluster::node_id(i),
+                    "--lease-ms",
+                    &lease,
+                    "--advertise",
+                    &format!("http://127.0.0.1:{port}"),
+                    "--config",
+                    self.config.to_str().unwrap(),
+                ])
+                .try_start();
+            match started {
+                Ok(server) => break server,
+                Err(e) if tries < 50 => {
+                    eprintln!("node {i} did not start (trying again): {e}");
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("node {i} never started: {e}"),
+            }
+        };
         assert!(
             server.admin.is_none(),
             "a token existed: no admin token made"

@@ -321,6 +321,12 @@ impl Serve {
 
     /// Starts it and waits (bounded) for the address it listens on.
     pub fn start(self) -> Server {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Serve::start`], answering why when the server exited (or never said where it listens)
+    /// instead of panicking, for a caller that may try again.
+    pub fn try_start(self) -> Result<Server, String> {
         let err = match &self.log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log")),
             None => Stdio::piped(),
@@ -375,14 +381,14 @@ impl Serve {
                 kill_and_reap(&mut child);
                 // Let the stderr reader catch up with what the process wrote before it went.
                 std::thread::sleep(Duration::from_millis(100));
-                panic!(
+                return Err(format!(
                     "cairn serve never said where it listens ({}); stderr:\n{}",
                     match e {
                         mpsc::RecvTimeoutError::Timeout => "not within the limit",
                         mpsc::RecvTimeoutError::Disconnected => "it exited",
                     },
                     stderr.lock().unwrap()
-                );
+                ));
             }
         };
         // The admin token is printed before the address; give the stderr reader a moment.
@@ -397,13 +403,13 @@ impl Serve {
             }
         }
         assert!(addr.starts_with("127.0.0.1:"), "loopback only: {addr}");
-        Server {
+        Ok(Server {
             child,
             base: format!("http://{addr}"),
             addr,
             admin,
             stderr,
-        }
+        })
     }
 }
 
