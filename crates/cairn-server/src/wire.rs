@@ -108,6 +108,9 @@ impl Server {
             EngineOptions {
                 remote: Some(remote.clone()),
                 peers: Some(peers),
+                // The engine heartbeats too: with the address, or its heartbeat would record
+                // none over the one just written and the other nodes could not reach this one.
+                advertise: opts.advertise.clone().or(opts.engine.advertise),
                 ..opts.engine
             },
         )
