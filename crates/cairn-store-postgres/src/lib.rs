@@ -16,10 +16,10 @@
 //!   its ids from one counter row (`UPDATE cairn_counter SET last_id = last_id + n`), whose row
 //!   lock is held until commit, so a reader that sees id N has seen every id below it that will
 //!   ever exist: the all-plans stream never skips an event committed late with a smaller id.
-//! - Group commit ([`writer`]): creates and appends go to one writer task per store, which
+//! - Group commit (`writer.rs`): creates and appends go to one writer task per store, which
 //!   validates a whole batch under its row locks and writes it with a handful of set-based
 //!   statements and one commit.
-//! - Commit hints ([`session`]): one dedicated connection per store `LISTEN`s on
+//! - Commit hints (`session.rs`): one dedicated connection per store `LISTEN`s on
 //!   `cairn_commits`; every transaction that inserts events runs `pg_notify` once.
 //!   [`PgStore::hold_node`] takes a session advisory lock on the same connection, so a node id
 //!   is used by one live process at a time.
