@@ -30,6 +30,7 @@
 //!   `Unavailable`, and a retry of an append that did commit is refused as `SeqConflict`.
 
 mod migrate;
+pub mod queue;
 mod read;
 mod session;
 mod writer;
@@ -49,6 +50,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+pub use queue::{PgQueue, PgQueueOptions};
 pub use writer::WriterStats;
 
 /// The channel every transaction that inserts events notifies (at commit, coalesced).

@@ -5,11 +5,15 @@
 //!
 //! - `conformance`: the store conformance suite, cluster cases included.
 //! - `cluster`: two stores on one database (two nodes), node ids, commit hints, migrations.
+//! - `task_queue`: the task queue conformance suite, and two queues on one database as two
+//!   nodes.
 
 #[path = "cairn_store_postgres/cluster.rs"]
 mod cluster;
 #[path = "cairn_store_postgres/conformance.rs"]
 mod conformance;
+#[path = "cairn_store_postgres/task_queue.rs"]
+mod task_queue;
 
 use cairn_store_postgres::{PgOptions, PgStore};
 
