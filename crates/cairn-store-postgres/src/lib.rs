@@ -823,7 +823,8 @@ impl Cursors for PgStore {
 
 #[async_trait]
 impl Nodes for PgStore {
-    /// By the database's clock.
+    /// By the database's clock. A heartbeat without an address keeps the one known (the engine
+    /// and the HTTP server of one node both beat, and only the server knows where it listens).
     async fn heartbeat(
         &self,
         node_id: &str,
@@ -834,7 +835,8 @@ impl Nodes for PgStore {
         c.execute(
             "INSERT INTO nodes (node_id, address, started_at, heartbeat_at)
              VALUES ($1, $2, $3, cairn_now())
-             ON CONFLICT (node_id) DO UPDATE SET address = EXCLUDED.address,
+             ON CONFLICT (node_id) DO UPDATE
+             SET address = COALESCE(EXCLUDED.address, nodes.address),
                  started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at",
             &[&node_id, &address, &started_at],
         )

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_store::conformance::{ev, wall_clock};
-use cairn_store::{Append, CreatePlan, EventLog, Leases, PlanIndex, StoreError};
+use cairn_store::{Append, CreatePlan, EventLog, Leases, Nodes, PlanIndex, StoreError};
 use cairn_store_postgres::{PgOptions, PgStore};
 
 use crate::{database_url, open, unique_schema};
@@ -587,4 +587,27 @@ async fn leases_run_by_the_database_clock_whatever_now_the_caller_passes() {
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
+}
+
+/// A heartbeat that does not know the node's address keeps the one a heartbeat gave before
+/// (one node's engine and HTTP server both beat; only the server knows its address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_without_an_address_keeps_the_known_one() {
+    let Some(url) = database_url() else { return };
+    let store = open(&url, &unique_schema()).await;
+    store
+        .heartbeat("n", Some("http://127.0.0.1:7"), 1)
+        .await
+        .unwrap();
+    store.heartbeat("n", None, 2).await.unwrap();
+    let nodes = store.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].address.as_deref(), Some("http://127.0.0.1:7"));
+    assert_eq!(nodes[0].started_at, 2);
+    store
+        .heartbeat("n", Some("http://127.0.0.1:8"), 2)
+        .await
+        .unwrap();
+    let nodes = store.list_nodes().await.unwrap();
+    assert_eq!(nodes[0].address.as_deref(), Some("http://127.0.0.1:8"));
 }
