@@ -8,9 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_core::{EventKind, Format, Plan, PlanStatus};
+use cairn_engine::executor::Registry;
 use cairn_engine::queue::conformance::{self, task};
 use cairn_engine::queue::{RemoteError, Stopped, TaskQueue};
+use cairn_engine::remote::RemoteQueue;
+use cairn_engine::{Engine, EngineOptions};
 use cairn_store_postgres::{PgQueue, PgQueueOptions};
+use serde_json::json;
 
 use crate::{database_url, open, unique_schema};
 
@@ -356,5 +361,79 @@ async fn a_hint_from_another_node_wakes_a_waiting_claim_and_the_listener_reconne
     drop((a, b));
     drop(admin);
     let _ = driver.await;
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// An engine process on `schema`: its own store (connections) and task queue.
+async fn engine_on(url: &str, schema: &str) -> (Engine, RemoteQueue) {
+    let store = Arc::new(open(url, schema).await);
+    let remote = RemoteQueue::with_queue(Arc::new(PgQueue::new(&store, 30_000).await.unwrap()));
+    let engine = Engine::open(
+        store,
+        Registry::with_builtins(),
+        EngineOptions {
+            node_id: "n1".into(),
+            remote: Some(remote.clone()),
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .expect("an engine");
+    (engine, remote)
+}
+
+/// An engine over PostgreSQL hands a remote step to the queue and stops; another engine process
+/// (its own store and queue on the same database) recovers the plan, sends the attempt again
+/// and is answered the task the worker still holds, whose report settles the step: run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_takes_the_report_of_a_task_its_predecessor_queued() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let (first, q1) = engine_on(&url, &schema).await;
+    let plan = Plan::parse(
+        "plan_id: r1\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n  - {step_id: b, action: echo, agent_type: builtin.echo, params: {n: '{{ steps.a.output.found }}'}}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    first.register(plan, "t").await.unwrap();
+    first.start("r1", "t", None).await.unwrap();
+    let lease = q1
+        .poll("w", &types(&["research"]), BOUND)
+        .await
+        .expect("a task");
+    assert_eq!((lease.task.step_id.as_str(), lease.task.attempt), ("a", 1));
+    first.shutdown().await;
+    drop((first, q1));
+
+    let (second, q2) = engine_on(&url, &schema).await;
+    let until = tokio::time::Instant::now() + BOUND;
+    loop {
+        let events = second.events("r1", 0, 1_000).await.unwrap();
+        if events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::StepRecovered { attempt: 1, .. }))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the plan was never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!q2.heartbeat(&lease.task_id, "w").await.unwrap().stop);
+    assert!(q2.queued_by_type().await.is_empty(), "no second task");
+    q2.complete_recorded(&lease.task_id, "w", json!({"found": 3}), None)
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(BOUND, second.wait_settled("r1"))
+        .await
+        .expect("the plan settles")
+        .unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[0].rec.attempts, 1, "the step ran once");
+    assert_eq!(done.steps[1].rec.output, Some(json!({"n": 3})));
+    second.shutdown().await;
+    drop((second, q2));
     drop_schemas(&url, &[schema]).await;
 }
