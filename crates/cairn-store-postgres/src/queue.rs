@@ -25,7 +25,7 @@ use cairn_engine::executor::Task;
 use cairn_engine::queue::{
     HeartbeatAnswer, RemoteError, Stopped, TaskLease, TaskQueue, WorkerInfo,
 };
-use cairn_store::StoreResult;
+use cairn_store::{StoreError, StoreResult};
 use deadpool_postgres::{Object, Pool};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -126,12 +126,18 @@ impl PgQueue {
     /// connection in the background (it needs a tokio runtime).
     pub async fn with_options(store: &PgStore, opts: PgQueueOptions) -> StoreResult<PgQueue> {
         let client = store.client().await?;
-        let schema: String = client
+        let schema: Option<String> = client
             .query_one("SELECT current_schema()::text", &[])
             .await
             .map_err(backend)?
             .get(0);
         drop(client);
+        let schema = schema.ok_or_else(|| {
+            StoreError::Invalid(
+                "the connection has no current schema (its search_path names none that exists)"
+                    .into(),
+            )
+        })?;
         // NOTIFY reaches the whole database: the channel names the schema, so queues in other
         // schemas (tests) are not woken by this one.
         let mut channel = format!("cairn_tasks_{schema}");
