@@ -366,7 +366,7 @@ impl TaskQueue for PgQueue {
         agent_types: &[String],
         wait: Duration,
     ) -> Result<Option<TaskLease>, RemoteError> {
-        let until = Instant::now() + wait;
+        let until = cairn_engine::queue::wait_until(wait);
         let mut first = true;
         loop {
             let arrived = self.shared.arrived.notified();
