@@ -364,6 +364,89 @@ async fn a_hint_from_another_node_wakes_a_waiting_claim_and_the_listener_reconne
     drop_schemas(&url, &[schema]).await;
 }
 
+/// A hint wakes one waiting claim of its agent type, not all; no task is left waiting while a
+/// claim that could take it sleeps: claims waiting on a node that never polls all get one of
+/// the tasks queued through another node, whatever types they asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_reaches_a_waiting_claim_on_hints_alone() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let a = queue(&url, &schema, 30_000, 100).await;
+    let b = Arc::new(queue(&url, &schema, 30_000, 3_600_000).await);
+    // Wait until B listens (a hint sent before would be lost, and B never polls).
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let until = tokio::time::Instant::now() + BOUND;
+    while admin
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            &[&b.listener_name()],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < until, "B never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Five claims for research, three for write, two for either.
+    let mut claims = tokio::task::JoinSet::new();
+    let asks: Vec<&[&str]> = [&["research"][..]; 5]
+        .into_iter()
+        .chain([&["write"][..]; 3])
+        .chain([&["write", "research"][..]; 2])
+        .collect();
+    for (n, asked) in asks.into_iter().enumerate() {
+        let b = b.clone();
+        let asked = types(asked);
+        claims.spawn(async move { b.claim(&format!("w{n}"), &asked, BOUND * 3).await });
+    }
+    // Let them all start waiting: each has looked once (and recorded its worker) by then.
+    while b.workers().await.unwrap().len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the claims never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Enough of each type that every claim can have one whichever the two claims asking for
+    // either take: seven for research (five plus two), five for write (three plus two).
+    let mut queued = HashSet::new();
+    for (agent, n) in [("research", 7), ("write", 5)] {
+        for i in 0..n {
+            let t = task(agent, &format!("{agent}{i}"), 1);
+            queued.insert(a.enqueue(t).await.unwrap());
+        }
+    }
+    let mut got = HashSet::new();
+    while let Some(claim) = tokio::time::timeout(BOUND, claims.join_next())
+        .await
+        .unwrap_or_else(|_| panic!("only {} waiting claims got a task", got.len()))
+    {
+        let lease = claim
+            .unwrap()
+            .unwrap()
+            .expect("a task, not the end of the wait");
+        assert!(got.insert(lease.task_id), "a task handed out twice");
+    }
+    assert_eq!(got.len(), 10, "ten claims, ten tasks");
+    assert!(got.is_subset(&queued));
+    let left: usize = a
+        .queued_by_type()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(left, 2);
+    drop((a, b));
+    drop(admin);
+    let _ = driver.await;
+    drop_schemas(&url, &[schema]).await;
+}
+
 /// An engine process on `schema`: its own store (connections) and task queue.
 async fn engine_on(url: &str, schema: &str) -> (Engine, RemoteQueue) {
     let store = Arc::new(open(url, schema).await);
