@@ -417,19 +417,27 @@ impl TaskQueue for PgQueue {
             if self.shared.closed.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            if let Some(lease) = self.take(worker_id, agent_types, first).await? {
-                // Pass the wake-ups on: a hint this claim consumed may have been for a task
-                // it did not take (it took another), which another waiter may take.
-                drop(mine);
-                for t in agent_types {
-                    hints.hint(t);
+            let failed = match self.take(worker_id, agent_types, first).await {
+                Ok(Some(lease)) => {
+                    // Pass the wake-ups on: a hint this claim consumed may have been for a
+                    // task it did not take (it took another), which another waiter may take.
+                    drop(mine);
+                    for t in agent_types {
+                        hints.hint(t);
+                    }
+                    return Ok(Some(lease));
                 }
-                return Ok(Some(lease));
-            }
-            first = false;
+                Ok(None) => {
+                    first = false;
+                    None
+                }
+                // The database did not answer: look again while the wait lasts (answering at
+                // once would have the worker poll again at once), then say why.
+                Err(e) => Some(e),
+            };
             let now = Instant::now();
             if now >= until {
-                return Ok(None);
+                return failed.map_or(Ok(None), Err);
             }
             // Look again on a hint, or after the poll period in case a hint was lost.
             let look_again = (now + self.shared.poll).min(until);

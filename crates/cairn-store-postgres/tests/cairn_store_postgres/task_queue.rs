@@ -447,6 +447,31 @@ async fn every_task_reaches_a_waiting_claim_on_hints_alone() {
     drop_schemas(&url, &[schema]).await;
 }
 
+/// A queue whose database fails its statements says so: every call is `Unavailable` naming the
+/// database's complaint, and a waiting claim keeps looking until its wait is over before it
+/// answers (a worker told at once would poll again at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_is_an_unavailable_queue_not_a_panic() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let q = queue(&url, &schema, 30_000, 20).await;
+    q.enqueue(task("research", "a", 1)).await.unwrap();
+    drop_schemas(&url, std::slice::from_ref(&schema)).await;
+    let unavailable = |e: RemoteError| match e {
+        RemoteError::Unavailable(why) => assert!(why.contains("database"), "{why}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    };
+    unavailable(q.enqueue(task("research", "b", 1)).await.unwrap_err());
+    unavailable(q.heartbeat("task_x", "w").await.unwrap_err());
+    unavailable(q.expire().await.unwrap_err());
+    unavailable(q.workers().await.unwrap_err());
+    let wait = Duration::from_millis(300);
+    let asked = tokio::time::Instant::now();
+    let claimed = q.claim("w", &types(&["research"]), wait).await;
+    assert!(asked.elapsed() >= wait, "answered before its wait was over");
+    unavailable(claimed.unwrap_err());
+}
+
 /// An engine process on `schema`: its own store (connections) and task queue.
 async fn engine_on(url: &str, schema: &str) -> (Engine, RemoteQueue) {
     let store = Arc::new(open(url, schema).await);
