@@ -109,6 +109,8 @@ pub(crate) enum Request {
         plan_id: String,
         fork: Box<crate::actor::Fork>,
     },
+    /// The deletion of the plan (refused while it runs).
+    Delete { plan_id: String },
 }
 
 impl Request {
@@ -116,7 +118,8 @@ impl Request {
         match self {
             Request::Command { plan_id, .. }
             | Request::Outcome { plan_id, .. }
-            | Request::Fork { plan_id, .. } => plan_id,
+            | Request::Fork { plan_id, .. }
+            | Request::Delete { plan_id } => plan_id,
         }
     }
 
@@ -174,6 +177,8 @@ pub(crate) enum Reply {
     Dropped,
     /// The new plan of a fork.
     Forked { state: Box<PlanState> },
+    /// The plan was deleted.
+    Deleted,
     /// This node does not own the plan; `owner` does, as far as this node can tell.
     NotOwner { owner: String },
     /// The request was carried out and failed.

@@ -379,9 +379,27 @@ async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owner
     assert_eq!(forked.plan_id, "fw-fork");
     assert!(b.state("fw-fork").await.is_ok());
 
+    // Delete, through B, a plan A has loaded: A deletes it, and its actor goes with it.
+    a.create_checkpoint("fw-fork", None, "ann", None)
+        .await
+        .unwrap();
+    assert_eq!(c.owner("fw-fork").await.as_deref(), Some("a"));
+    b.delete("fw-fork").await.unwrap();
+    assert!(matches!(
+        a.state("fw-fork").await,
+        Err(EngineError::PlanNotFound(_))
+    ));
+    assert!(matches!(
+        b.delete("fw-fork").await,
+        Err(EngineError::PlanNotFound(_))
+    ));
+
     // Resume, then cancel, through B.
     let resumed = b.resume("fw", "bob", None).await.unwrap();
     assert_eq!(resumed.status, PlanStatus::Running);
+    // A running plan is not deleted; the owner's refusal keeps its kind.
+    let e = b.delete("fw").await.unwrap_err();
+    assert_eq!(e.refusal_kind(), Some(RefusalKind::Conflict), "{e}");
     let cancelled = b.cancel("fw", "bob", Some("done".into())).await.unwrap();
     assert_eq!(cancelled.status, PlanStatus::Cancelled);
     assert_eq!(cancelled.steps[2].rec.status, StepStatus::Skipped);
