@@ -30,7 +30,9 @@ macro_rules! print {
 }
 
 mod bench;
+mod bench_cluster;
 mod bench_http;
+mod nodes;
 mod operator;
 mod ops;
 mod progress;
@@ -113,6 +115,8 @@ enum Cmd {
     /// The remote workers a server has seen (needs --server).
     #[command(subcommand)]
     Workers(workers::WorkersCmd),
+    /// The engine nodes sharing the store: heartbeats, liveness, plans owned (--server URL).
+    Nodes(nodes::NodesArgs),
     /// Copy the database to a new file, consistently, even while `cairn run` or `cairn serve`
     /// is writing it.
     Backup(BackupArgs),
@@ -345,6 +349,7 @@ fn main() -> ExitCode {
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,
             Cmd::Backup(args) => backup(args),
             Cmd::Workers(cmd) => workers::workers(cmd).await,
+            Cmd::Nodes(args) => nodes::nodes(args).await,
         }
     });
     // Dropping the tasks still running kills what they own (an agent's process group); give

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use cairn_server::auth::{create_expiring_token, create_token, valid_user, TokenInfo};
 use cairn_server::{AuthMode, Role, ServerOptions};
-use cairn_store::Tokens;
+use std::sync::Arc;
+
+use cairn_store::{Store, StoreError, Tokens};
+use cairn_store_sqlite::SqliteStore;
 use clap::{Args, Subcommand};
 
 use crate::run::{load_config, open_store};
@@ -25,9 +28,9 @@ pub struct ServeArgs {
         conflicts_with = "database_url"
     )]
     db: PathBuf,
-    /// A PostgreSQL URL instead of SQLite. Hidden from --help until the PostgreSQL store exists;
-    /// given, it is refused with a message saying so.
-    #[arg(long, env = "CAIRN_DATABASE_URL", hide = true)]
+    /// A PostgreSQL database instead of the SQLite file (postgres://USER@HOST:5432/DB): any
+    /// number of nodes may serve one database together.
+    #[arg(long, env = "CAIRN_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// The configuration file (default: ./cairn.toml if it exists).
     #[arg(long, env = "CAIRN_CONFIG")]
@@ -51,6 +54,74 @@ pub struct ServeArgs {
     /// How often a quiet event stream (SSE, WebSocket) sends a keep-alive.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     stream_keep_alive: Duration,
+    /// This node's name in plan leases and `cairn nodes`; unique among the nodes sharing a
+    /// database (default: HOSTNAME-PID-XXXX, new for every process).
+    #[arg(long, env = "CAIRN_NODE_ID")]
+    node_id: Option<String>,
+    /// How long this node's lease on a plan lasts without renewal, in milliseconds: when a node
+    /// dies, another takes its plans over within two of these.
+    #[arg(long, default_value_t = DEFAULT_LEASE_MS, env = "CAIRN_LEASE_MS")]
+    lease_ms: u64,
+    /// The URL the other nodes reach this one at (default: http:// and the address it listens
+    /// on; 0.0.0.0 becomes 127.0.0.1, which only nodes on this machine can reach).
+    #[arg(long, env = "CAIRN_ADVERTISE")]
+    advertise: Option<String>,
+}
+
+/// `--lease-ms` by default.
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+
+/// The shortest and longest `--lease-ms` accepted.
+const LEASE_MS_RANGE: std::ops::RangeInclusive<u64> = 500..=3_600_000;
+
+/// A node id: 1 to 128 letters, digits, `.`, `_` or `-`.
+fn valid_node_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A node id no other process has: `HOSTNAME-PID-XXXX` (four random hex digits, so a pid
+/// reused after a restart still gives a new id).
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "cairn".to_owned());
+    let mut rnd = [0u8; 2];
+    // Without randomness the pid alone still separates the processes of one machine.
+    let _ = getrandom::fill(&mut rnd);
+    format!("{host}-{}-{:02x}{:02x}", std::process::id(), rnd[0], rnd[1])
+}
+
+/// `--advertise` checked, or the URL derived from the address listened on.
+fn advertise_url(given: Option<&str>, local: SocketAddr) -> Result<String, Fail> {
+    if let Some(url) = given {
+        let url = url.trim_end_matches('/');
+        let ok = (url.starts_with("http://") || url.starts_with("https://"))
+            && reqwest::Url::parse(url).is_ok_and(|u| u.host().is_some() && u.path() == "/");
+        if !ok {
+            return Err(Fail::input(format!(
+                "--advertise {url:?} must be a URL like http://10.0.0.5:8080 (scheme, host, port; no path)"
+            )));
+        }
+        return Ok(url.to_owned());
+    }
+    let reachable = if local.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], local.port()))
+    } else {
+        local
+    };
+    Ok(format!("http://{reachable}"))
 }
 
 /// A duration like `500ms`, `10s`, `30m`, `12h` or `7d` (a bare number is seconds).
@@ -93,10 +164,23 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
             addr.ip()
         )));
     }
-    if args.database_url.is_some() {
-        return Err(Fail::input(
-            "--database-url: the PostgreSQL store is not available in this build yet; use --db PATH (SQLite)",
-        ));
+    let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
+    if !valid_node_id(&node_id) {
+        return Err(Fail::input(format!(
+            "--node-id {node_id:?} must be 1 to 128 letters, digits, '.', '_' or '-'"
+        )));
+    }
+    if !LEASE_MS_RANGE.contains(&args.lease_ms) {
+        return Err(Fail::input(format!(
+            "--lease-ms {} must be between {} and {} milliseconds",
+            args.lease_ms,
+            LEASE_MS_RANGE.start(),
+            LEASE_MS_RANGE.end()
+        )));
+    }
+    if let Some(url) = &args.advertise {
+        // Checked before anything is opened; the address listened on is not needed for that.
+        advertise_url(Some(url), SocketAddr::from(([127, 0, 0, 1], 0)))?;
     }
     if args.max_connections == 0 {
         return Err(Fail::input("--max-connections must be at least 1"));
@@ -110,7 +194,26 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         ));
     }
     let config = load_config(args.config.as_deref(), None)?;
-    let store = open_store(&args.db, true)?;
+    let (store, sqlite): (Arc<dyn Store>, Option<Arc<SqliteStore>>) = match &args.database_url {
+        Some(url) => {
+            let pg = crate::store::open_postgres(url).await?;
+            // One live process per node id: two nodes never share a fence.
+            pg.hold_node(&node_id).await.map_err(|e| Fail {
+                code: exit::FAILED,
+                message: match e {
+                    StoreError::Locked(why) => format!(
+                        "--node-id {node_id}: {why}; give this node another id, or leave --node-id out for a new one"
+                    ),
+                    other => format!("cannot register node {node_id}: {other}"),
+                },
+            })?;
+            (pg, None)
+        }
+        None => {
+            let s = open_store(&args.db, true)?;
+            (s.clone(), Some(s))
+        }
+    };
     if !args.no_auth {
         let tokens = store
             .list_tokens()
@@ -135,10 +238,17 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     let local = listener
         .local_addr()
         .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+    let advertise = advertise_url(args.advertise.as_deref(), local)?;
     // The same wiring the server's in-process tests use.
     let server = cairn_server::Server::build(
         store.clone(),
         ServerOptions {
+            engine: cairn_engine::EngineOptions {
+                node_id: node_id.clone(),
+                lease_ms: args.lease_ms,
+                ..cairn_engine::EngineOptions::default()
+            },
+            advertise: Some(advertise.clone()),
             registry: config.registry(),
             webhooks: config.webhooks.clone(),
             worker_lease_ms: args.worker_lease_ms,
@@ -160,13 +270,11 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
     )
     .await?;
     println!("cairn listening on http://{local}");
-    // Processes refused the store's lock tell their users to come through this address.
-    let reachable = if local.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], local.port()))
-    } else {
-        local
-    };
-    store.announce_address(&format!("http://{reachable}"));
+    eprintln!("node {node_id}, reached by the other nodes at {advertise}");
+    // Processes refused the SQLite file's lock tell their users to come through this address.
+    if let Some(sqlite) = &sqlite {
+        sqlite.announce_address(&advertise);
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let shutdown = async move {
@@ -233,7 +341,8 @@ pub struct StoreArgs {
         conflicts_with = "database_url"
     )]
     db: PathBuf,
-    #[arg(long, env = "CAIRN_DATABASE_URL")]
+    /// A PostgreSQL database instead of the SQLite file (postgres://USER@HOST:5432/DB).
+    #[arg(long, env = "CAIRN_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Print JSON.
     #[arg(long)]
@@ -244,17 +353,18 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
     let db = match &cmd {
         TokenCmd::Create { db, .. } | TokenCmd::List { db } | TokenCmd::Revoke { db, .. } => db,
     };
-    if db.database_url.is_some() {
-        return Err(Fail::input(
-            "--database-url: the PostgreSQL store is not available in this build yet; use --db PATH",
-        ));
-    }
-    // Only `token create` may create the database: a mistyped --db is refused by name.
-    if !matches!(cmd, TokenCmd::Create { .. }) {
-        crate::store::must_exist(&db.db)?;
-    }
-    // No engine lock: tokens may be managed while a server drives the plans.
-    let store = open_store(&db.db, false)?;
+    let store: Arc<dyn Tokens> = match &db.database_url {
+        // Every node of the database reads the same tokens.
+        Some(url) => crate::store::open_postgres(url).await?,
+        None => {
+            // Only `token create` may create the database: a mistyped --db is refused by name.
+            if !matches!(cmd, TokenCmd::Create { .. }) {
+                crate::store::must_exist(&db.db)?;
+            }
+            // No engine lock: tokens may be managed while a server drives the plans.
+            open_store(&db.db, false)?
+        }
+    };
     match cmd {
         TokenCmd::Create {
             user,
@@ -350,7 +460,7 @@ pub async fn token(cmd: TokenCmd) -> Result<u8, Fail> {
             if !found {
                 return Err(Fail::input(format!("no live token with id {id}")));
             }
-            eprintln!("revoked {id} (a running server stops accepting it within 5 s)");
+            eprintln!("revoked {id} (every running server stops accepting it within 5 s)");
         }
     }
     Ok(exit::OK)

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cairn_store::StoreError;
+use cairn_store_postgres::{PgOptions, PgStore};
 use cairn_store_sqlite::{lock_holder, SqliteOptions, SqliteStore};
 
 use crate::{exit, Fail};
@@ -50,6 +51,76 @@ pub fn open_store(db: &Path, engine_lock: bool) -> Result<Arc<SqliteStore>, Fail
         .unwrap_or_else(|p| p.into_inner())
         .push(store.clone());
     Ok(store)
+}
+
+/// A database URL as messages show it: the password, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Ok(mut parsed) = reqwest::Url::parse(url) {
+        if parsed.password().is_some() && parsed.set_password(Some("***")).is_ok() {
+            return parsed.to_string();
+        }
+        return url.to_owned();
+    }
+    // The key=value form: `host=… password=secret …`.
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `text` with every trace of `url`'s password replaced (the URL itself by its redacted form).
+fn scrub(text: &str, url: &str) -> String {
+    let shown = redact_url(url);
+    let mut out = text.replace(url, &shown);
+    let password = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+        .or_else(|| {
+            url.split_whitespace().find_map(|kv| {
+                kv.split_once('=')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("password"))
+                    .map(|(_, v)| v.to_owned())
+            })
+        });
+    if let Some(p) = password.filter(|p| !p.is_empty() && p != "***") {
+        out = out.replace(&p, "***");
+    }
+    out
+}
+
+/// Connects to the PostgreSQL database at `url` (applying the migrations this build knows).
+/// A malformed URL exits 2, an unreachable or refusing database 1; both name the URL, its
+/// password redacted.
+pub async fn open_postgres(url: &str) -> Result<Arc<PgStore>, Fail> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
+        return Err(Fail::input(format!(
+            "--database-url {:?} is not a PostgreSQL URL like postgres://USER@HOST:5432/DB",
+            redact_url(url)
+        )));
+    }
+    PgStore::connect(url, PgOptions::default())
+        .await
+        .map(Arc::new)
+        .map_err(|e| {
+            let shown = redact_url(url);
+            match e {
+                StoreError::Invalid(m) => {
+                    // The store's message names the URL too: say it once.
+                    let why = m.rsplit_once("\": ").map_or(m.as_str(), |(_, why)| why);
+                    Fail::input(format!("--database-url {shown}: {}", scrub(why, url)))
+                }
+                other => Fail {
+                    code: exit::FAILED,
+                    message: format!(
+                        "cannot open the database at {shown}: {}",
+                        scrub(&other.to_string(), url)
+                    ),
+                },
+            }
+        })
 }
 
 /// Opens an existing database for a change; refuses a missing file.
@@ -139,5 +210,34 @@ fn locked_message(db: &Path, what: String) -> String {
             "cannot change {}: {who} drives it; wait for it to end or stop it (reads work meanwhile)",
             db.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_never_shows() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/cairn"),
+            "postgres://app:***@db:5432/cairn"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/cairn"),
+            "postgres://app@db/cairn"
+        );
+        assert_eq!(
+            redact_url("host=db user=app password=s3cret dbname=cairn"),
+            "host=db user=app password=*** dbname=cairn"
+        );
+        let url = "postgres://app:s3cret@db/cairn";
+        assert_eq!(
+            scrub(
+                "could not reach postgres://app:s3cret@db/cairn (s3cret)",
+                url
+            ),
+            "could not reach postgres://app:***@db/cairn (***)"
+        );
     }
 }

@@ -2,22 +2,29 @@
 //!
 //! - `common`: the one harness the others use: running `cairn` with a clean environment and a
 //!   bounded wait, starting and stopping `cairn serve`, tokens, HTTP.
+//! - `cluster`: several `cairn serve` nodes on one PostgreSQL database: requests to nodes that
+//!   do not own the plan, `kill -9` under load, streams, webhooks, remote workers.
 //! - `cli`: the local commands (validate, run, interventions, checkpoints, signals, the fixture
 //!   database written by an earlier release).
 //! - `dashboard`: the web dashboard in a real headless Chromium.
 //! - `gates`: each path of a quality gate and each refused review decision, against `cairn serve`.
+//! - `postgres`: `cairn serve` and `cairn token` on PostgreSQL (`--database-url`).
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
 //! - `store`: the database file as users and disks treat it.
 //! - `worker`: `cairn worker` and the example workers against a real server.
 
 #[path = "cairn_cli/cli.rs"]
 mod cli;
+#[path = "cairn_cli/cluster.rs"]
+mod cluster;
 #[path = "cairn_cli/common.rs"]
 mod common;
 #[path = "cairn_cli/dashboard/mod.rs"]
 mod dashboard;
 #[path = "cairn_cli/gates.rs"]
 mod gates;
+#[path = "cairn_cli/postgres.rs"]
+mod postgres;
 #[path = "cairn_cli/server.rs"]
 mod server;
 #[path = "cairn_cli/store.rs"]

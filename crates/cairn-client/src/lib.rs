@@ -526,6 +526,12 @@ impl Client {
         Ok(page.items)
     }
 
+    /// `GET /v1/nodes`: the nodes sharing the server's store, the answering one marked `self`.
+    pub async fn nodes(&self) -> Result<Vec<cairn_core::view::NodeInfo>> {
+        let list: cairn_core::view::NodeList = self.get_as("/v1/nodes", &[]).await?;
+        Ok(list.nodes)
+    }
+
     /// `GET /v1/tokens` (admin).
     pub async fn tokens(&self) -> Result<Page<TokenInfo>> {
         self.get_as("/v1/tokens", &[]).await

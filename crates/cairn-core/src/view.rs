@@ -383,6 +383,34 @@ pub fn is_settled(state: &PlanState) -> bool {
     state.is_settled()
 }
 
+/// An engine node sharing the server's store, as `GET /v1/nodes` lists it.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    /// Where the other nodes reach it (`http://host:port`); absent for a node that serves no
+    /// HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub started_at: Timestamp,
+    /// Its latest heartbeat, by the store's clock.
+    pub heartbeat_at: Timestamp,
+    /// Plans whose lease it holds now.
+    pub plans_owned: u64,
+    /// The node that answered this request.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    /// Its latest heartbeat is at most three lease periods old.
+    pub alive: bool,
+}
+
+/// `GET /v1/nodes`.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeList {
+    pub nodes: Vec<NodeInfo>,
+}
+
 /// A remote worker as a server has seen it (`GET /v1/workers`).
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

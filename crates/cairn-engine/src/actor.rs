@@ -21,7 +21,7 @@
 //!   backoff until it succeeds. It never drives the plan from a state that drifted from the
 //!   store, and it never gives up on attempts whose outcomes it holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +87,8 @@ pub(crate) struct PlanActor {
     tx: mpsc::UnboundedSender<Msg>,
     /// Attempts running now, with their stop switches.
     inflight: HashMap<AttemptId, watch::Sender<bool>>,
+    /// Those of `inflight` that remote workers run (handed to the task queue).
+    remote: HashSet<AttemptId>,
     /// When the plan wants to be woken (the core's latest `SetTimer`).
     timer: Option<Timestamp>,
     /// Seq of the newest stored snapshot.
@@ -135,6 +137,7 @@ impl PlanActor {
             rx,
             tx,
             inflight: HashMap::new(),
+            remote: HashSet::new(),
             snapshot_seq,
             shared: None,
             lease_renew_at: tokio::time::Instant::now() + Duration::from_millis(renew),
@@ -612,6 +615,7 @@ impl PlanActor {
         // The outcomes are durable now (or recorded nothing): their attempts are done.
         for (attempt, _) in outcomes {
             self.inflight.remove(attempt);
+            self.remote.remove(attempt);
         }
         self.act(actions);
         if !published.is_empty() {
@@ -780,10 +784,17 @@ impl PlanActor {
         }
     }
 
+    /// This node stops driving the plan (shutdown, a lost lease): stops the attempts running
+    /// here. A remote worker's attempt is released, not stopped: its task stays with the
+    /// queue, and the plan's next owner, sending the attempt again, is answered that task
+    /// (the worker's report reaches the new owner; the step runs once).
     fn stop_all(&mut self) {
-        for (_, stop) in self.inflight.drain() {
-            let _ = stop.send(true);
+        for (attempt, stop) in self.inflight.drain() {
+            if !self.remote.contains(&attempt) {
+                let _ = stop.send(true);
+            }
         }
+        self.remote.clear();
     }
 
     /// Runs one attempt as the core decided it: the task is built from the recorded invocation.
@@ -821,6 +832,9 @@ impl PlanActor {
         let (stop_tx, stop) = StopSignal::new();
         let tracked = stop.clone();
         self.inflight.insert(attempt.clone(), stop_tx);
+        if executor.is_some() && route(&self.inner, &task.agent_type) == Route::Queue {
+            self.remote.insert(attempt.clone());
+        }
         debug!(plan_id = %task.plan_id, %attempt, "dispatch");
         tokio::spawn(async move {
             let result = match executor {

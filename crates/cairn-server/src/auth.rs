@@ -215,9 +215,10 @@ pub async fn create_expiring_token(
 }
 
 /// How long a looked-up token is trusted before the store is asked again. A revocation through
-/// the API takes effect at once; one made directly on the store (`cairn token revoke` while the
-/// server runs) within this time.
-const CACHE_TTL: Duration = Duration::from_secs(5);
+/// the API takes effect at once on the node that made it; on every other node sharing the store,
+/// and after `cairn token revoke` on the store, within this time (promised: 5 s, so the cache
+/// leaves room for a slow store read).
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
 
 /// A token as the cache keeps it: who it is, and until when (checked on every use, so the
 /// cache never stretches a token's life).

@@ -16,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub mod auth;
+pub mod cluster;
 mod conn;
 pub mod error;
 pub mod extract;
@@ -47,6 +48,10 @@ pub struct AppState {
     /// How often an event stream with nothing to say sends a keep-alive comment (SSE) or a
     /// ping (WebSocket).
     pub keep_alive: std::time::Duration,
+    /// This node: its id, lease and address (`GET /v1/nodes` marks it).
+    pub node: cluster::NodeIdentity,
+    /// The store's cluster secret, which forwarded requests must carry.
+    pub cluster_secret: cluster::SecretCache,
 }
 
 impl AppState {
@@ -56,7 +61,19 @@ impl AppState {
             auth,
             remote: None,
             keep_alive: streams::KEEP_ALIVE,
+            node: cluster::NodeIdentity {
+                node_id: cairn_engine::EngineOptions::default().node_id,
+                lease_ms: cairn_engine::EngineOptions::default().lease_ms,
+                advertise: None,
+            },
+            cluster_secret: cluster::SecretCache::default(),
         }
+    }
+
+    /// Sets this node's identity (the engine's node id and lease, and its address).
+    pub fn with_node(mut self, node: cluster::NodeIdentity) -> AppState {
+        self.node = node;
+        self
     }
 
     /// Sets the keep-alive interval of event streams (default 15 s).
@@ -148,6 +165,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
         .routes(routes!(tokens::whoami))
+        .routes(routes!(cluster::nodes))
 }
 
 /// The unauthenticated endpoints at the root.
@@ -174,8 +192,14 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         auth::middleware,
     ));
+    // Internal, between nodes: its own authentication (the cluster secret) and body limit, and
+    // no OpenAPI operation.
+    let forward = Router::new()
+        .route(cluster::FORWARD_PATH, axum::routing::post(cluster::forward))
+        .layer(DefaultBodyLimit::max(cluster::MAX_FORWARD_BODY));
     Router::new()
         .merge(v1)
+        .merge(forward)
         .merge(root)
         .merge(ui::routes())
         .fallback(not_found)

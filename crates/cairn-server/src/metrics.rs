@@ -146,6 +146,26 @@ fn describe() {
         "cairn_http_requests_total",
         "HTTP requests, by route, method and status"
     );
+    describe_counter!(
+        "cairn_cluster_forwards_sent_total",
+        "Commands this node sent to the node owning their plan, by outcome"
+    );
+    describe_counter!(
+        "cairn_cluster_forwards_served_total",
+        "Commands other nodes forwarded to this node"
+    );
+    describe_counter!(
+        "cairn_cluster_forwards_refused_total",
+        "Forwarded requests refused for a wrong or missing cluster secret"
+    );
+    describe_gauge!(
+        "cairn_node_leases_held",
+        "Plans whose lease this node holds"
+    );
+    describe_gauge!(
+        "cairn_cluster_nodes",
+        "Nodes sharing the store as this node sees them, by liveness"
+    );
     describe_histogram!(
         "cairn_http_request_duration_seconds",
         Unit::Seconds,
@@ -174,6 +194,68 @@ pub async fn endpoint() -> Response {
 pub fn set_tasks_queued(agent_type: &str, n: usize) {
     handle();
     gauge!("cairn_tasks_queued", "agent_type" => agent_type.to_owned()).set(n as f64);
+}
+
+/// `cairn_cluster_forwards_sent_total{node, outcome}`: a command this node sent to the node
+/// owning its plan, by outcome (answered, unreachable, refused).
+pub fn forward_sent(node: &str, outcome: &'static str) {
+    handle();
+    counter!("cairn_cluster_forwards_sent_total", "node" => node.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// `cairn_cluster_forwards_served_total{node}`: a command another node forwarded here.
+pub fn forward_served(node: &str) {
+    handle();
+    counter!("cairn_cluster_forwards_served_total", "node" => node.to_owned()).increment(1);
+}
+
+/// `cairn_cluster_forwards_refused_total{node}`: a forwarded request refused for a wrong or
+/// missing cluster secret.
+pub fn forward_refused(node: &str) {
+    handle();
+    counter!("cairn_cluster_forwards_refused_total", "node" => node.to_owned()).increment(1);
+}
+
+/// Reads this node's view of the cluster once: `cairn_node_leases_held{node}` (the plans whose
+/// lease it holds) and `cairn_cluster_nodes{node, alive}` (the nodes it sees, by liveness).
+pub async fn refresh_node(engine: &Engine, me: &crate::cluster::NodeIdentity) {
+    handle();
+    let rows = match engine.store().list_nodes().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::debug!(error = %e, "the node list is not available from this store");
+            return;
+        }
+    };
+    let list = crate::cluster::node_list(rows, me, cairn_engine::now_micros());
+    let held = list
+        .nodes
+        .iter()
+        .find(|n| n.is_self)
+        .map_or(0, |n| n.plans_owned);
+    let node = me.node_id.clone();
+    gauge!("cairn_node_leases_held", "node" => node.clone()).set(held as f64);
+    let alive = list.nodes.iter().filter(|n| n.alive).count();
+    gauge!("cairn_cluster_nodes", "node" => node.clone(), "alive" => "true").set(alive as f64);
+    gauge!("cairn_cluster_nodes", "node" => node, "alive" => "false")
+        .set((list.nodes.len() - alive) as f64);
+}
+
+/// Refreshes [`refresh_node`]'s gauges every `every`, for as long as the task runs.
+pub fn spawn_node(
+    engine: Engine,
+    me: crate::cluster::NodeIdentity,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            refresh_node(&engine, &me).await;
+        }
+    })
 }
 
 /// Middleware: `cairn_http_requests_total{route, method, status}`,

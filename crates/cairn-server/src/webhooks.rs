@@ -14,6 +14,13 @@
 //! a delivery; anything else (or no answer within 10 s) is retried after 200 ms, doubling up to
 //! 60 s, 12 attempts in all; then the event is given up (logged as an error) and the next one
 //! goes. Delivery runs on its own tasks: the engine never waits for it.
+//!
+//! Several nodes sharing one store deliver each webhook from one node at a time: a node takes
+//! a lease on the webhook's cursor (`Cursors::lease_cursor`) before delivering, renews it while
+//! it delivers (a third of the lease, and before each cursor move), and stops at once when it
+//! loses it. The others wait, asking every third of a lease; when the holder stops renewing (it
+//! died), one of them takes the lease and resumes from the durable cursor. At the handover an
+//! event may be delivered twice, never skipped.
 
 use std::time::{Duration, Instant};
 
@@ -45,8 +52,36 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Starts one delivery task per webhook. Aborting the returned handle stops them all.
+/// Who delivers: the node whose name goes on the cursor leases, and how long a lease lasts.
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    pub node_id: String,
+    pub lease_ms: u64,
+}
+
+impl Default for Deliverer {
+    fn default() -> Self {
+        let engine = cairn_engine::EngineOptions::default();
+        Deliverer {
+            node_id: engine.node_id,
+            lease_ms: engine.lease_ms,
+        }
+    }
+}
+
+/// Starts one delivery task per webhook, as the only node of its store. Aborting the returned
+/// handle stops them all.
 pub fn spawn_webhooks(engine: Engine, webhooks: Vec<WebhookConfig>) -> JoinHandle<()> {
+    spawn_webhooks_as(engine, webhooks, Deliverer::default())
+}
+
+/// [`spawn_webhooks`] for node `me` of a store several nodes share: each webhook is delivered
+/// while `me` holds the lease on its cursor.
+pub fn spawn_webhooks_as(
+    engine: Engine,
+    webhooks: Vec<WebhookConfig>,
+    me: Deliverer,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -62,7 +97,12 @@ pub fn spawn_webhooks(engine: Engine, webhooks: Vec<WebhookConfig>) -> JoinHandl
         // Dropping the set (when this task is aborted) aborts every delivery task.
         let mut tasks = JoinSet::new();
         for hook in webhooks {
-            tasks.spawn(deliver_all(engine.clone(), client.clone(), hook));
+            tasks.spawn(deliver_leased(
+                engine.clone(),
+                client.clone(),
+                hook,
+                me.clone(),
+            ));
         }
         while tasks.join_next().await.is_some() {}
     })
@@ -99,9 +139,84 @@ async fn save_cursor(engine: &Engine, name: &str, id: u64) {
     }
 }
 
-async fn deliver_all(engine: Engine, client: reqwest::Client, hook: WebhookConfig) {
+/// Takes the webhook's cursor lease for `me` (or renews it): `Some(granted)`, or `None` when
+/// the store cannot say.
+async fn lease(engine: &Engine, name: &str, me: &Deliverer) -> Option<bool> {
+    match engine
+        .store()
+        .lease_cursor(name, &me.node_id, me.lease_ms)
+        .await
+    {
+        Ok(granted) => Some(granted),
+        Err(e) => {
+            tracing::warn!(cursor = name, error = %e, "webhook: cannot take or renew its lease");
+            None
+        }
+    }
+}
+
+/// Delivers the webhook whenever `me` holds its cursor lease, until the engine's event stream
+/// ends.
+async fn deliver_leased(
+    engine: Engine,
+    client: reqwest::Client,
+    hook: WebhookConfig,
+    me: Deliverer,
+) {
     let name = cursor_name(&hook.url);
-    let start = start_position(&engine, &name).await;
+    let every = Duration::from_millis((me.lease_ms / 3).max(50));
+    let mut standing_by = false;
+    loop {
+        if lease(&engine, &name, &me).await != Some(true) {
+            if !standing_by {
+                tracing::info!(cursor = %name, node = %me.node_id, "webhook: another node delivers it; standing by");
+                standing_by = true;
+            }
+            tokio::time::sleep(every).await;
+            continue;
+        }
+        standing_by = false;
+        // Renewed in the background too, for a delivery retrying longer than a lease: lost
+        // when a renewal is refused, or when none succeeded for two thirds of a lease (the
+        // store did not answer: the lease may run out before it does).
+        let renewer = {
+            let (engine, name, me) = (engine.clone(), name.clone(), me.clone());
+            async move {
+                let mut granted_at = Instant::now();
+                loop {
+                    tokio::time::sleep(every).await;
+                    match lease(&engine, &name, &me).await {
+                        Some(true) => granted_at = Instant::now(),
+                        Some(false) => return,
+                        None if granted_at.elapsed() >= every * 2 => return,
+                        None => {}
+                    }
+                }
+            }
+        };
+        let ended = tokio::select! {
+            ended = deliver_all(&engine, &client, &hook, &me) => ended,
+            () = renewer => false,
+        };
+        if ended {
+            // The event stream ended: the engine shut down.
+            return;
+        }
+        tracing::warn!(cursor = %name, node = %me.node_id, "webhook: lost its lease; the node that takes it resumes from the cursor");
+    }
+}
+
+/// Delivers from the durable cursor while the lease holds: renewed before each cursor move, so
+/// a node that lost it never moves the cursor under the new holder. Answers `true` when the
+/// engine's event stream ended, `false` when the lease was lost.
+async fn deliver_all(
+    engine: &Engine,
+    client: &reqwest::Client,
+    hook: &WebhookConfig,
+    me: &Deliverer,
+) -> bool {
+    let name = cursor_name(&hook.url);
+    let start = start_position(engine, &name).await;
     let mut saved = start;
     let mut saved_at = Instant::now();
     let mut sub = engine.subscribe(Some(start));
@@ -111,17 +226,20 @@ async fn deliver_all(engine: Engine, client: reqwest::Client, hook: WebhookConfi
             // The subscription catches up from the store by itself.
             Notice::Lagged { .. } => continue,
         };
-        if hook.wants(e.kind.type_name()) {
-            deliver(&client, &hook, &e).await;
-            save_cursor(&engine, &name, e.id).await;
-            saved = e.id;
-            saved_at = Instant::now();
-        } else if e.id > saved && saved_at.elapsed() >= SKIP_FLUSH {
-            save_cursor(&engine, &name, e.id).await;
+        let wanted = hook.wants(e.kind.type_name());
+        if wanted {
+            deliver(client, hook, &e).await;
+        }
+        if wanted || (e.id > saved && saved_at.elapsed() >= SKIP_FLUSH) {
+            if lease(engine, &name, me).await == Some(false) {
+                return false;
+            }
+            save_cursor(engine, &name, e.id).await;
             saved = e.id;
             saved_at = Instant::now();
         }
     }
+    true
 }
 
 /// POSTs one event, retrying with backoff. Returns whether it was delivered.

@@ -18,6 +18,7 @@ use cairn_engine::{Engine, EngineError, EngineOptions};
 use cairn_store::Store;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{HttpPeers, NodeIdentity, PeerOptions};
 use crate::{AppState, Authenticator, ServeOptions};
 
 /// Who a request is from.
@@ -47,6 +48,9 @@ pub struct ServerOptions {
     pub metrics_every: Duration,
     /// Connection limits and timeouts.
     pub limits: ServeOptions,
+    /// Where the other nodes of a shared store reach this one (`http://host:port`), recorded
+    /// with its heartbeat; `None` for a server no other node needs to reach.
+    pub advertise: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -60,6 +64,7 @@ impl Default for ServerOptions {
             stream_keep_alive: crate::streams::KEEP_ALIVE,
             metrics_every: crate::metrics::REFRESH,
             limits: ServeOptions::default(),
+            advertise: None,
         }
     }
 }
@@ -80,17 +85,44 @@ impl Server {
     pub async fn build(store: Arc<dyn Store>, opts: ServerOptions) -> Result<Server, EngineError> {
         // Agent types with no local executor go to remote workers (`/v1/tasks…`).
         let remote = RemoteQueue::new(opts.worker_lease_ms);
+        let node = NodeIdentity {
+            node_id: opts.engine.node_id.clone(),
+            lease_ms: opts.engine.lease_ms,
+            advertise: opts.advertise.clone(),
+        };
+        // Commands for plans another node owns go to it over HTTP (a store only this process
+        // opens never asks: every plan is this node's).
+        let peers = match opts.engine.peers.clone() {
+            Some(peers) => peers,
+            None => Arc::new(
+                HttpPeers::new(store.clone(), &node.node_id, PeerOptions::default())
+                    .map_err(|e| EngineError::Store(cairn_store::StoreError::Backend(e)))?,
+            ),
+        };
+        // The node list (`GET /v1/nodes`, the other nodes' way here) reads heartbeats: the
+        // first is recorded before the engine opens, so a node is listed once it answers.
+        let heartbeat = crate::cluster::start_heartbeat(store.clone(), node.clone()).await;
         let engine = Engine::open(
             store.clone(),
             opts.registry,
             EngineOptions {
                 remote: Some(remote.clone()),
+                peers: Some(peers),
                 ..opts.engine
             },
         )
-        .await?;
-        // Webhook delivery (at-least-once, from per-webhook cursors in the store).
-        let webhooks = crate::webhooks::spawn_webhooks(engine.clone(), opts.webhooks);
+        .await
+        .inspect_err(|_| heartbeat.abort())?;
+        // Webhook delivery (at-least-once, from per-webhook cursors in the store),
+        // each delivered by one node at a time, under a lease on its cursor.
+        let webhooks = crate::webhooks::spawn_webhooks_as(
+            engine.clone(),
+            opts.webhooks,
+            crate::webhooks::Deliverer {
+                node_id: node.node_id.clone(),
+                lease_ms: node.lease_ms,
+            },
+        );
         crate::metrics::spawn_every(engine.clone(), opts.metrics_every);
         // cairn_tasks_queued{agent_type}: the remote queue lives here, not in the engine's events.
         let queued = {
@@ -105,19 +137,22 @@ impl Server {
                 }
             })
         };
+        let node_metrics =
+            crate::metrics::spawn_node(engine.clone(), node.clone(), opts.metrics_every);
         let auth = match &opts.auth {
             AuthMode::Tokens => Authenticator::new(store),
             AuthMode::Open { user } => Authenticator::open(store, user),
         };
         let state = AppState::new(engine.clone(), auth)
             .with_remote(remote.clone())
-            .with_keep_alive(opts.stream_keep_alive);
+            .with_keep_alive(opts.stream_keep_alive)
+            .with_node(node);
         Ok(Server {
             engine,
             remote,
             state,
             limits: opts.limits,
-            background: vec![webhooks, queued],
+            background: vec![webhooks, queued, heartbeat, node_metrics],
         })
     }
 

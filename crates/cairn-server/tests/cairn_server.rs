@@ -1,6 +1,7 @@
 //! The HTTP server through its real router on a loopback port over a temporary SQLite store: one
 //! test binary, one module per area.
 //!
+//! - `cluster`: `/v1/nodes`, the internal forwarding endpoint and `HttpPeers`.
 //! - `common`: the one server harness (the production wiring of `cairn_server::Server::build`)
 //!   and bounded waits.
 //! - `hostile`: bursts of concurrent writes and malformed requests.
@@ -10,6 +11,8 @@
 //! - `streams`: SSE, WebSocket and webhooks.
 //! - `tasks`: the remote task queue under `/v1/tasks`.
 
+#[path = "cairn_server/cluster.rs"]
+mod cluster;
 #[path = "cairn_server/common.rs"]
 mod common;
 #[path = "cairn_server/hostile.rs"]

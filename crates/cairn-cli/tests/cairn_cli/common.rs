@@ -178,6 +178,10 @@ pub fn cairn_command(args: &[&str]) -> Command {
         .env_remove("CAIRN_SERVER")
         .env_remove("CAIRN_TOKEN")
         .env_remove("CAIRN_LOG")
+        .env_remove("CAIRN_DATABASE_URL")
+        .env_remove("CAIRN_NODE_ID")
+        .env_remove("CAIRN_LEASE_MS")
+        .env_remove("CAIRN_ADVERTISE")
         .stdin(Stdio::null());
     c
 }
@@ -261,6 +265,86 @@ pub fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+// ---- PostgreSQL ------------------------------------------------------------------------------
+
+/// A database of its own on the test server (`CAIRN_TEST_DATABASE_URL`), dropped (connections
+/// and all) when this value is.
+pub struct TestDatabase {
+    /// `postgres://…/cairn_t_<random>`
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// A fresh database, or `None` (after saying the test is skipped) without
+    /// `CAIRN_TEST_DATABASE_URL`.
+    pub fn create() -> Option<TestDatabase> {
+        let admin = match std::env::var("CAIRN_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                eprintln!(
+                    "skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)"
+                );
+                return None;
+            }
+        };
+        let mut bytes = [0u8; 6];
+        getrandom::fill(&mut bytes).unwrap();
+        let name = format!(
+            "cairn_t_{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let mut url = reqwest::Url::parse(&admin).expect("CAIRN_TEST_DATABASE_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        pg_execute(&admin, format!("CREATE DATABASE {name}"));
+        Some(TestDatabase {
+            url: url.to_string(),
+            admin,
+            name,
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        pg_execute(
+            &self.admin,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// Runs one statement on the database at `url`, on a thread of its own (callers may be inside
+/// a runtime), bounded by [`LIMIT`].
+fn pg_execute(url: &str, sql: String) {
+    let url = url.to_owned();
+    let shown = sql.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let done = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("connect to {url}: {e}"))?;
+            tokio::spawn(conn);
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))
+        });
+        let _ = tx.send(done);
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e}"),
+        Err(_) => panic!("{shown}: no answer within {LIMIT:?}"),
+    }
+}
+
 // ---- the server process ----------------------------------------------------------------------
 
 /// A running `cairn serve --bind 127.0.0.1:0`, killed when dropped.
@@ -277,12 +361,21 @@ pub struct Server {
 }
 
 /// How to start a [`Server`]: `cairn serve --bind 127.0.0.1:0 --db DB ARGS…` in the database's
-/// directory, its `builtin.latch` steps released by files in [`latch_dir`].
+/// directory, its `builtin.latch` steps released by files in [`latch_dir`]; or, made with
+/// [`Server::options_pg`], `--database-url URL` in a directory of the test's.
 pub struct Serve {
-    db: PathBuf,
+    store: StoreArg,
+    bind: String,
     args: Vec<String>,
     dir: PathBuf,
+    latches: PathBuf,
     log: Option<PathBuf>,
+}
+
+/// Which database a [`Serve`] opens.
+enum StoreArg {
+    Sqlite(PathBuf),
+    Postgres(String),
 }
 
 impl Serve {
@@ -298,6 +391,12 @@ impl Serve {
         self
     }
 
+    /// Listens on `addr` (`127.0.0.1:PORT`) instead of a port the system picks.
+    pub fn bind(mut self, addr: &str) -> Serve {
+        self.bind = addr.to_owned();
+        self
+    }
+
     /// Sends its stderr to the file `log` instead of the test.
     pub fn log_to(mut self, log: &Path) -> Serve {
         self.log = Some(log.to_owned());
@@ -306,15 +405,25 @@ impl Serve {
 
     /// Starts it and waits (bounded) for the address it listens on.
     pub fn start(self) -> Server {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Serve::start`], answering why when the server exited (or never said where it listens)
+    /// instead of panicking, for a caller that may try again.
+    pub fn try_start(self) -> Result<Server, String> {
         let err = match &self.log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log")),
             None => Stdio::piped(),
         };
-        let mut child = cairn_command(&["serve", "--bind", "127.0.0.1:0", "--db"])
-            .arg(&self.db)
+        let mut cmd = cairn_command(&["serve", "--bind", &self.bind]);
+        match &self.store {
+            StoreArg::Sqlite(db) => cmd.arg("--db").arg(db),
+            StoreArg::Postgres(url) => cmd.arg("--database-url").arg(url),
+        };
+        let mut child = cmd
             .args(&self.args)
             .env("CAIRN_LOG", "warn")
-            .env("CAIRN_LATCH_DIR", self.db.parent().unwrap().join("latches"))
+            .env("CAIRN_LATCH_DIR", &self.latches)
             .current_dir(&self.dir)
             .stdout(Stdio::piped())
             .stderr(err)
@@ -356,14 +465,14 @@ impl Serve {
                 kill_and_reap(&mut child);
                 // Let the stderr reader catch up with what the process wrote before it went.
                 std::thread::sleep(Duration::from_millis(100));
-                panic!(
+                return Err(format!(
                     "cairn serve never said where it listens ({}); stderr:\n{}",
                     match e {
                         mpsc::RecvTimeoutError::Timeout => "not within the limit",
                         mpsc::RecvTimeoutError::Disconnected => "it exited",
                     },
                     stderr.lock().unwrap()
-                );
+                ));
             }
         };
         // The admin token is printed before the address; give the stderr reader a moment.
@@ -378,25 +487,46 @@ impl Serve {
             }
         }
         assert!(addr.starts_with("127.0.0.1:"), "loopback only: {addr}");
-        Server {
+        Ok(Server {
             child,
             base: format!("http://{addr}"),
             addr,
             admin,
             stderr,
-        }
+        })
     }
 }
 
 impl Server {
     /// A server to be started, of the database `db`.
     pub fn options(db: &Path) -> Serve {
+        let dir = db.parent().unwrap().to_owned();
         Serve {
-            db: db.to_owned(),
+            store: StoreArg::Sqlite(db.to_owned()),
+            bind: "127.0.0.1:0".into(),
             args: Vec::new(),
-            dir: db.parent().unwrap().to_owned(),
+            latches: dir.join("latches"),
+            dir,
             log: None,
         }
+    }
+
+    /// A server to be started on the PostgreSQL database `url`, in `dir`, its latches released
+    /// by files in `dir/latches` (shared by every node started in `dir`).
+    pub fn options_pg(url: &str, dir: &Path) -> Serve {
+        Serve {
+            store: StoreArg::Postgres(url.to_owned()),
+            bind: "127.0.0.1:0".into(),
+            args: Vec::new(),
+            latches: dir.join("latches"),
+            dir: dir.to_owned(),
+            log: None,
+        }
+    }
+
+    /// A server to be started on the PostgreSQL database `url`, in `dir` (its latches there).
+    pub fn postgres(dir: &Path, url: &str) -> Serve {
+        Server::options_pg(url, dir)
     }
 
     /// `cairn serve … --db DB EXTRA…` in the database's directory.

@@ -14,7 +14,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::common::{example, latch_dir, local, make_token, remote, Api, Auth, Resp, Server};
+use crate::common::{
+    cairn_command, example, latch_dir, local, make_token, remote, Api, Auth, Resp, Run, Server,
+};
 
 /// One test's server with a token per role.
 struct World {
@@ -2976,4 +2978,67 @@ async fn kill_9_keeps_an_open_review_open_and_an_acknowledged_approval() {
         .body;
     assert_eq!(open["items"][0]["step_id"], "b", "{open}");
     drop(server3);
+}
+
+/// `cairn nodes`: over --server the serving node, marked, with the id and address given to
+/// `cairn serve`; on the SQLite file itself, the process that drives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairn_nodes_lists_the_serving_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let server = Server::start(&db, &["--node-id", "node-one", "--lease-ms", "2000"]);
+    let admin = server.admin.clone().expect("an admin token");
+    let viewer = make_token(&db, "v", "viewer");
+
+    let run = remote(&["nodes", "--json"], &server.base, Some(&viewer)).expect(0, "nodes");
+    let v = run.json();
+    let nodes = v["nodes"].as_array().expect("a node list");
+    assert_eq!(nodes.len(), 1, "{v}");
+    assert_eq!(nodes[0]["node_id"], "node-one");
+    assert_eq!(nodes[0]["self"], true);
+    assert_eq!(nodes[0]["alive"], true);
+    assert_eq!(nodes[0]["address"], server.base.as_str());
+
+    let run = remote(&["nodes"], &server.base, Some(&admin)).expect(0, "nodes table");
+    assert!(run.stdout.contains("node-one *"), "{}", run.stdout);
+    assert!(run.stdout.contains("alive"), "{}", run.stdout);
+    assert!(run.stdout.contains(&server.base), "{}", run.stdout);
+
+    // No token: refused with the way to get one.
+    let run = remote(&["nodes"], &server.base, None).expect(2, "nodes without a token");
+    assert!(run.stderr.contains("CAIRN_TOKEN"), "{}", run.stderr);
+
+    // The file itself: its one node is the serving process.
+    let run = local(&["nodes"], &db).expect(0, "nodes on the file");
+    assert!(run.stderr.contains("cairn serve"), "{}", run.stderr);
+    assert!(run.stderr.contains(&server.base), "{}", run.stderr);
+}
+
+/// `cairn serve`'s cluster flags are checked before anything is opened or bound.
+#[test]
+fn serve_refuses_bad_cluster_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    for (args, needle) in [
+        (&["--node-id", "a b"][..], "--node-id"),
+        (&["--node-id", ""][..], "--node-id"),
+        (&["--lease-ms", "10"][..], "--lease-ms"),
+        (&["--advertise", "ftp://example"][..], "--advertise"),
+        (
+            &["--advertise", "http://127.0.0.1:1/path"][..],
+            "--advertise",
+        ),
+    ] {
+        let mut shown = vec!["serve", "--bind", "127.0.0.1:0", "--db", "…"];
+        shown.extend(args);
+        let run = Run::of(
+            cairn_command(&["serve", "--bind", "127.0.0.1:0", "--db"])
+                .arg(&db)
+                .args(args),
+            &shown,
+        )
+        .expect(2, "a bad flag");
+        assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+    }
+    assert!(!db.exists(), "nothing was created");
 }

@@ -35,11 +35,16 @@ impl TestServer {
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
         );
+        // Bound first, so the node's heartbeat carries the address it is reached at.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let opts = ServerOptions {
+            advertise: opts.advertise.or_else(|| Some(format!("http://{addr}"))),
+            ..opts
+        };
         let server = cairn_server::Server::build(store.clone(), opts)
             .await
             .expect("the server builds");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let engine = server.engine().clone();
         tokio::spawn(server.serve(listener, std::future::pending::<()>()));
         TestServer {

@@ -4,7 +4,7 @@
 //
 // Routes (deep links): #/plans, #/plans/{id}, #/plans/{id}/steps/{step},
 // #/plans/{id}/steps/{step}/attempts/{n}, #/plans/{id}/{tab} (audit, checkpoints, events),
-// #/reviews, #/workers, #/signin.
+// #/reviews, #/workers, #/cluster, #/signin.
 
 import * as api from './api.js';
 import { h, fill } from './dom.js';
@@ -20,6 +20,7 @@ const ROUTES = [
   [/^\/plans\/([^/]+)$/, () => import('./pages/plan.js'), (m) => ({ plan: m[1] })],
   [/^\/reviews\/?$/, () => import('./pages/reviews.js'), () => ({})],
   [/^\/workers\/?$/, () => import('./pages/workers.js'), () => ({})],
+  [/^\/cluster\/?$/, () => import('./pages/cluster.js'), () => ({})],
   [/^\/signin$/, () => import('./pages/signin.js'), () => ({})],
 ];
 

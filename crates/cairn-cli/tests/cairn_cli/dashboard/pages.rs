@@ -1,5 +1,5 @@
-//! The dashboard's other pages: the review inbox, a plan's checkpoints, `/docs` and the workers
-//! page, each clicked through in the browser and checked through the API.
+//! The dashboard's other pages: the review inbox, a plan's checkpoints, `/docs`, the workers
+//! page and the cluster page, each clicked through in the browser and checked through the API.
 
 use std::time::{Duration, Instant};
 
@@ -762,5 +762,58 @@ async fn reject_with_a_new_attempt_then_approve_the_next_with_a_corrected_output
         json!({"brief": "all four points, by hand"}),
         "{snap}"
     );
+    b.finish().await;
+}
+
+/// A running plan whose one step holds until its latch is released (its node keeps the lease).
+fn held_plan(id: &str) -> Value {
+    json!({"plan_id": id, "query": "held open",
+           "steps": [{"step_id": "hold", "action": "hold", "agent_type": "builtin.latch",
+                      "params": {"name": id}}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_page_shows_this_node_and_follows_its_plans() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--node-id", "dash-node"]);
+    let admin = serve.admin.clone().unwrap();
+    serve.post("/v1/plans", held_plan("first")).await;
+    serve.post("/v1/plans/first/start", json!({})).await;
+    serve
+        .until("/v1/nodes", "the node owns the plan", |v| {
+            v["nodes"][0]["plans_owned"] == 1
+        })
+        .await;
+
+    let b = Browser::start("cluster").await;
+    b.sign_in(&serve.base, &admin).await;
+    b.open(&serve.base, "/").await;
+    b.click("#nav a[href='#/cluster']").await;
+    let row = "#nodes-body tr[data-node='dash-node']";
+    let text = b
+        .until_text(row, "this node's row", |t| t.contains("dash-node"))
+        .await;
+    assert!(
+        text.contains("this node"),
+        "marked as the one serving the page: {text}"
+    );
+    assert!(text.contains("alive"), "{text}");
+    assert!(text.contains(&serve.base), "its address: {text}");
+    assert!(text.contains("s ago"), "the heartbeat as an age: {text}");
+    assert_eq!(b.text(&format!("{row} td.num")).await, "1");
+    b.find("#nav a[data-section='cluster'].current").await;
+    let summary = b.text("#nodes-summary").await;
+    assert!(summary.contains("1 of 1 node alive"), "{summary}");
+
+    // Live: a second plan started elsewhere shows up without a reload.
+    serve.post("/v1/plans", held_plan("second")).await;
+    serve.post("/v1/plans/second/start", json!({})).await;
+    b.until_text(&format!("{row} td.num"), "two plans owned", |t| t == "2")
+        .await;
+    b.screenshot("nodes").await;
+    serve.release("first");
+    serve.release("second");
     b.finish().await;
 }
