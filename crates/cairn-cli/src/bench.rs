@@ -1,5 +1,11 @@
 //! `cairn bench`: the performance workloads, each in a fresh child process (so its peak RSS is
-//! its own) over a fresh SQLite file with full durability. One JSON object per line on stdout.
+//! its own) over a fresh SQLite file with full durability. One JSON object per line on stdout,
+//! each naming its store (`"store": "sqlite"` or `"postgres"`).
+//!
+//! With `--database-url`, every workload that measures the engine or the server runs a second
+//! time on PostgreSQL, each in a fresh database created on that server (`cairn_bench_…`, dropped
+//! afterwards), and the `cluster` workload runs `cairn serve` nodes as child processes on one
+//! such database (see `bench_cluster`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,6 +15,8 @@ use std::time::{Duration, Instant};
 use cairn_core::{InterventionKind, InterventionRequest, PauseMode, Plan, PlanStatus, StepDef};
 use cairn_engine::executor::Registry;
 use cairn_engine::{Engine, EngineOptions, Notice};
+use cairn_store::Store;
+use cairn_store_postgres::{PgOptions, PgStore};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use clap::Args;
 use serde_json::{json, Value};
@@ -16,8 +24,12 @@ use serde_json::{json, Value};
 use crate::{exit, Fail};
 
 const WORKLOADS: &[&str] = &[
-    "fsync", "plans", "one_plan", "big_plan", "paused", "control", "http", "sse",
+    "fsync", "plans", "one_plan", "big_plan", "paused", "control", "http", "sse", "cluster",
 ];
+
+/// The workloads that measure the disk or several processes rather than one store: never run a
+/// second time on PostgreSQL (`cluster` runs on PostgreSQL only).
+const NOT_PER_STORE: &[&str] = &["fsync", "cluster"];
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -47,9 +59,20 @@ pub struct BenchArgs {
     #[arg(long)]
     db: Option<PathBuf>,
     /// Only these workloads (comma separated): fsync, plans, one_plan, big_plan, paused,
-    /// control, http, sse.
+    /// control, http, sse, cluster.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
+    /// A PostgreSQL server (`postgres://user@host:port/db`): the workloads run on it as well, each
+    /// in a database of its own created there and dropped afterwards, and `cluster` runs.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Nodes of the `cluster` workload (it measures 1 node, then this many).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The lease of the `cluster` workload's nodes, which bounds how long a killed node's plans
+    /// wait (failover).
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
     /// Run the single workload given in this process (used by the parent).
     #[arg(long, hide = true)]
     child: bool,
@@ -72,6 +95,11 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
     {
         return Err(Fail::input("--plans, --steps, --paused and --requests must be positive and --long-steps at least 2"));
     }
+    if args.nodes < 2 || args.lease_ms < 100 {
+        return Err(Fail::input(
+            "--nodes must be at least 2 and --lease-ms at least 100",
+        ));
+    }
     if args.child {
         let [w] = args.workload.as_slice() else {
             return Err(Fail::input("--child takes exactly one --workload"));
@@ -80,7 +108,11 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
             .db
             .clone()
             .ok_or_else(|| Fail::input("--child needs --db"))?;
-        let lines = run_workload(w, &args, &db).await?;
+        let target = match &args.database_url {
+            Some(url) => Target::Postgres(url.clone()),
+            None => Target::Sqlite(db.clone()),
+        };
+        let lines = run_workload(w, &args, &db, &target).await?;
         let mut out = std::io::stdout().lock();
         for l in lines {
             let _ = writeln!(out, "{l}");
@@ -112,33 +144,159 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
         args.workload.clone()
     };
     for w in selected {
+        if w == "cluster" {
+            match &args.database_url {
+                Some(url) => {
+                    let sizes = crate::bench_cluster::Sizes {
+                        plans: args.plans,
+                        steps: args.steps,
+                        nodes: args.nodes,
+                        lease_ms: args.lease_ms,
+                        requests: args.requests,
+                    };
+                    crate::bench_cluster::run(&exe, url, &sizes).await?;
+                }
+                None => eprintln!("cluster: skipped (it needs --database-url)"),
+            }
+            continue;
+        }
         let db = dir.path().join(format!("{w}.db"));
-        let out = tokio::process::Command::new(&exe)
-            .arg("bench")
-            .arg("--child")
-            .args(["--workload", &w])
-            .args(["--plans", &args.plans.to_string()])
-            .args(["--steps", &args.steps.to_string()])
-            .args(["--long-steps", &args.long_steps.to_string()])
-            .args(["--paused", &args.paused.to_string()])
-            .args(["--requests", &args.requests.to_string()])
-            .args(["--subscribers", &args.subscribers.to_string()])
-            .arg("--db")
-            .arg(&db)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .await
-            .map_err(|e| Fail::from(anyhow::anyhow!("cannot run workload {w}: {e}")))?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        let _ = std::io::stdout().flush();
-        if !out.status.success() {
-            return Err(Fail {
-                code: exit::FAILED,
-                message: format!("workload {w} failed ({})", out.status),
-            });
+        run_child(&exe, &args, &w, &db, None).await?;
+        if let (Some(url), false) = (&args.database_url, NOT_PER_STORE.contains(&w.as_str())) {
+            let fresh = FreshDb::create(url, &w).await?;
+            let result = run_child(&exe, &args, &w, &db, Some(&fresh.url)).await;
+            fresh.drop_now().await;
+            result?;
         }
     }
     Ok(exit::OK)
+}
+
+/// Runs workload `w` in a child process (on SQLite at `db`, or on the PostgreSQL database `url`)
+/// and prints its lines, each marked with its store.
+async fn run_child(
+    exe: &Path,
+    args: &BenchArgs,
+    w: &str,
+    db: &Path,
+    url: Option<&str>,
+) -> Result<(), Fail> {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("bench")
+        .arg("--child")
+        .args(["--workload", w])
+        .args(["--plans", &args.plans.to_string()])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--long-steps", &args.long_steps.to_string()])
+        .args(["--big-steps", &args.big_steps.to_string()])
+        .args(["--paused", &args.paused.to_string()])
+        .args(["--requests", &args.requests.to_string()])
+        .args(["--subscribers", &args.subscribers.to_string()])
+        .arg("--db")
+        .arg(db)
+        .stderr(std::process::Stdio::inherit());
+    if let Some(url) = url {
+        cmd.args(["--database-url", url]);
+    }
+    let store = if url.is_some() { "postgres" } else { "sqlite" };
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| Fail::from(anyhow::anyhow!("cannot run workload {w}: {e}")))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(mut m)) => {
+                m.insert("store".into(), json!(store));
+                print!("{}\n", Value::Object(m));
+            }
+            _ => print!("{line}\n"),
+        }
+    }
+    if !out.status.success() {
+        return Err(Fail {
+            code: exit::FAILED,
+            message: format!("workload {w} on {store} failed ({})", out.status),
+        });
+    }
+    Ok(())
+}
+
+/// A database of its own for one workload, on the PostgreSQL server of `--database-url`.
+pub(crate) struct FreshDb {
+    admin: String,
+    name: String,
+    /// The URL of the new database.
+    pub url: String,
+}
+
+/// `url` with its database replaced by `name` (query parameters kept).
+pub(crate) fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let head = match base[authority..].find('/') {
+        Some(i) => &base[..authority + i],
+        None => base,
+    };
+    format!("{head}/{name}{query}")
+}
+
+/// A PostgreSQL error with the server's own message, when it sent one.
+pub(crate) fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// A connection to `url` outside any pool (the bench's own statements).
+pub(crate) async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, Fail> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| Fail::input(format!("--database-url: cannot connect: {e}")))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+impl FreshDb {
+    pub(crate) async fn create(url: &str, what: &str) -> Result<FreshDb, Fail> {
+        let name = format!("cairn_bench_{what}_{}", std::process::id());
+        let client = pg_connect(url).await?;
+        // Two statements: CREATE DATABASE cannot run inside the transaction a batch makes.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| Fail::from(anyhow::anyhow!("{sql}: {}", pg_error(&e))))?;
+        }
+        Ok(FreshDb {
+            admin: url.to_owned(),
+            url: with_database(url, &name),
+            name,
+        })
+    }
+
+    /// Drops it, connections and all (a failure is only reported: the figures stand).
+    pub(crate) async fn drop_now(self) {
+        let dropped = match pg_connect(&self.admin).await {
+            Ok(c) => c
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await
+                .map_err(|e| pg_error(&e)),
+            Err(e) => Err(e.message),
+        };
+        if let Err(e) = dropped {
+            eprintln!("could not drop the bench database {}: {e}", self.name);
+        }
+    }
 }
 
 fn rss_mb(field: &str) -> f64 {
@@ -174,19 +332,124 @@ fn fsync_rate(dir: &Path, n: usize) -> Result<(f64, f64), Fail> {
     Ok((n as f64 / secs, secs / n as f64 * 1e6))
 }
 
-async fn open(db: &Path, opts: EngineOptions) -> Result<(Engine, Arc<SqliteStore>), Fail> {
-    let store = Arc::new(
-        SqliteStore::open(
-            db,
-            SqliteOptions {
-                engine_lock: true,
-                ..SqliteOptions::default()
-            },
-        )
-        .map_err(|e| Fail::from(anyhow::anyhow!("open {}: {e}", db.display())))?,
-    );
-    let engine = Engine::open(store.clone(), Registry::with_builtins(), opts).await?;
-    Ok((engine, store))
+/// Where a workload keeps its plans.
+pub(crate) enum Target {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+/// An opened store of either kind, with the counters the workloads report.
+pub(crate) enum Db {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
+}
+
+/// The write counters both stores keep.
+struct Counts {
+    commits: u64,
+    requests: u64,
+    busy: Duration,
+}
+
+impl Db {
+    pub(crate) async fn open(target: &Target) -> Result<Db, Fail> {
+        Ok(match target {
+            Target::Sqlite(db) => Db::Sqlite(Arc::new(
+                SqliteStore::open(
+                    db,
+                    SqliteOptions {
+                        engine_lock: true,
+                        ..SqliteOptions::default()
+                    },
+                )
+                .map_err(|e| Fail::from(anyhow::anyhow!("open {}: {e}", db.display())))?,
+            )),
+            Target::Postgres(url) => Db::Postgres(Arc::new(
+                PgStore::connect(url, PgOptions::default())
+                    .await
+                    .map_err(|e| Fail::from(anyhow::anyhow!("open the PostgreSQL store: {e}")))?,
+            )),
+        })
+    }
+
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Db::Sqlite(s) => s.clone(),
+            Db::Postgres(s) => s.clone(),
+        }
+    }
+
+    fn stats(&self) -> Counts {
+        match self {
+            Db::Sqlite(s) => {
+                let w = s.stats();
+                Counts {
+                    commits: w.commits,
+                    requests: w.requests,
+                    busy: w.busy,
+                }
+            }
+            Db::Postgres(s) => {
+                let w = s.writer_stats();
+                Counts {
+                    commits: w.commits,
+                    requests: w.requests,
+                    busy: w.busy,
+                }
+            }
+        }
+    }
+
+    /// How the store makes a commit durable.
+    async fn durability(&self) -> Result<String, Fail> {
+        match self {
+            Db::Sqlite(_) => Ok("full".into()),
+            Db::Postgres(s) => {
+                let client = s
+                    .client()
+                    .await
+                    .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+                let row = client
+                    .query_one("SHOW synchronous_commit", &[])
+                    .await
+                    .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+                Ok(format!("synchronous_commit={}", row.get::<_, String>(0)))
+            }
+        }
+    }
+
+    /// What checkpoints cost: `(checkpoints, bytes)`. On PostgreSQL: the partial checkpoint
+    /// index plus the checkpoint columns of the event rows.
+    async fn checkpoint_storage(&self) -> Result<(u64, u64), Fail> {
+        match self {
+            Db::Sqlite(s) => s
+                .checkpoint_storage()
+                .await
+                .map_err(|e| Fail::from(anyhow::anyhow!("{e}"))),
+            Db::Postgres(s) => {
+                let client = s
+                    .client()
+                    .await
+                    .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+                let row = client
+                    .query_one(
+                        "SELECT count(*), coalesce(sum(octet_length(cp_trigger) + coalesce(octet_length(cp_label), 0) + 1), 0)::BIGINT \
+                                + pg_relation_size('checkpoints_by_plan') \
+                         FROM events WHERE cp_trigger IS NOT NULL",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+                Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+            }
+        }
+    }
+}
+
+async fn open(target: &Target, opts: EngineOptions) -> Result<(Engine, Db), Fail> {
+    let db = Db::open(target).await?;
+    let engine = Engine::open(db.store(), Registry::with_builtins(), opts).await?;
+    Ok((engine, db))
 }
 
 fn echo_plan(id: String, steps: usize) -> Plan {
@@ -280,7 +543,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>, Fail> {
+async fn run_workload(
+    w: &str,
+    args: &BenchArgs,
+    db: &Path,
+    target: &Target,
+) -> Result<Vec<Value>, Fail> {
     let dir = db.parent().unwrap_or(Path::new("."));
     match w {
         "fsync" => {
@@ -291,7 +559,7 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             })])
         }
         "plans" => {
-            let (engine, store) = open(db, EngineOptions::default()).await?;
+            let (engine, store) = open(target, EngineOptions::default()).await?;
             let plans: Vec<Plan> = (0..args.plans)
                 .map(|i| echo_plan(format!("bench-{i}"), args.steps))
                 .collect();
@@ -315,12 +583,12 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
                 "steps_per_sec": round(steps as f64 / wall, 0), "peak_rss_mb": rss_mb("VmHWM:"),
                 "register_s": round(register_s, 3), "commits": commits,
                 "appends_per_commit": round((after.requests - before.requests) as f64 / commits.max(1) as f64, 1),
-                "durability": "full",
+                "durability": store.durability().await?,
             })])
         }
         "one_plan" => {
             let (_, fsync_us) = fsync_rate(dir, 200)?;
-            let (engine, store) = open(db, EngineOptions::default()).await?;
+            let (engine, store) = open(target, EngineOptions::default()).await?;
             let n = args.long_steps;
             engine
                 .register(echo_plan("long".into(), n), "bench")
@@ -341,10 +609,7 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
                 )));
             }
             let per_step_us = wall / n as f64 * 1e6;
-            let (count, bytes) = store
-                .checkpoint_storage()
-                .await
-                .map_err(|e| Fail::from(anyhow::anyhow!("{e}")))?;
+            let (count, bytes) = store.checkpoint_storage().await?;
             // Restore to checkpoints spread over the log, timing each call end to end.
             let cps = engine.checkpoints("long").await?;
             let mut times = Vec::new();
@@ -385,7 +650,7 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             ])
         }
         "paused" => {
-            let (engine, _) = open(db, EngineOptions::default()).await?;
+            let (engine, _) = open(target, EngineOptions::default()).await?;
             let plans: Vec<Plan> = (0..args.paused)
                 .map(|i| {
                     let mut p = echo_plan(format!("held-{i}"), 3);
@@ -408,7 +673,7 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
         "big_plan" => {
             // One plan of `big_steps` steps, idle: what an operator's reads and changes cost on
             // it (the dashboard's dry-run preview, then the change), each timed alone.
-            let (engine, _) = open(db, EngineOptions::default()).await?;
+            let (engine, _) = open(target, EngineOptions::default()).await?;
             let n = args.big_steps.max(2);
             let t = Instant::now();
             register_all(&engine, vec![echo_plan("big".into(), n)]).await?;
@@ -455,7 +720,7 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
         }
         "control" => {
             let (_, fsync_us) = fsync_rate(dir, 200)?;
-            let (engine, _) = open(db, EngineOptions::default()).await?;
+            let (engine, _) = open(target, EngineOptions::default()).await?;
             // Plans that stay busy while the requests are timed: sleeping steps in a chain.
             let plans: Vec<Plan> = (0..args.plans)
                 .map(|i| Plan {
@@ -533,8 +798,10 @@ async fn run_workload(w: &str, args: &BenchArgs, db: &Path) -> Result<Vec<Value>
             engine.shutdown().await;
             Ok(out)
         }
-        "http" => crate::bench_http::run(args.plans, args.requests, db, || rss_mb("VmHWM:")).await,
-        "sse" => crate::bench_http::sse(args.subscribers, db, || rss_mb("VmHWM:")).await,
+        "http" => {
+            crate::bench_http::run(args.plans, args.requests, target, || rss_mb("VmHWM:")).await
+        }
+        "sse" => crate::bench_http::sse(args.subscribers, target, || rss_mb("VmHWM:")).await,
         other => Err(Fail::input(format!("unknown workload {other:?}"))),
     }
 }

@@ -3,7 +3,6 @@
 //! this process on 127.0.0.1 with authentication on; the load generator shares the machine's
 //! cores with it, so the figures are a floor.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use cairn_engine::EngineOptions;
 use cairn_server::{AppState, Authenticator, Role};
 use serde_json::{json, Value};
 
+use crate::bench::{Db, Target};
 use crate::Fail;
 
 fn err(e: impl std::fmt::Display) -> Fail {
@@ -84,8 +84,9 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(db: &Path) -> Result<Bench, Fail> {
-        let store = crate::run::open_store(db, true)?;
+    async fn start(target: &Target) -> Result<Bench, Fail> {
+        let db = Db::open(target).await?;
+        let store = db.store();
         let engine = cairn_engine::Engine::open(
             store.clone(),
             cairn_engine::executor::Registry::with_builtins(),
@@ -117,7 +118,7 @@ impl Bench {
 pub async fn run(
     plans: usize,
     requests: usize,
-    db: &Path,
+    target: &Target,
     peak_rss: fn() -> f64,
 ) -> Result<Vec<Value>, Fail> {
     let Bench {
@@ -126,7 +127,7 @@ pub async fn run(
         addr,
         stop_tx,
         server,
-    } = Bench::start(db).await?;
+    } = Bench::start(target).await?;
     let http = Arc::new(Http {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
@@ -282,14 +283,18 @@ pub async fn run(
 
 /// SSE fan-out: `subscribers` clients follow `GET /v1/events/stream` while 100 plans of 10 echo
 /// steps run; reports events delivered per second across all subscribers and the memory it cost.
-pub async fn sse(subscribers: usize, db: &Path, peak_rss: fn() -> f64) -> Result<Vec<Value>, Fail> {
+pub async fn sse(
+    subscribers: usize,
+    target: &Target,
+    peak_rss: fn() -> f64,
+) -> Result<Vec<Value>, Fail> {
     let Bench {
         engine,
         token,
         addr,
         stop_tx,
         server,
-    } = Bench::start(db).await?;
+    } = Bench::start(target).await?;
     let rss_before = peak_rss();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(subscribers + 16)

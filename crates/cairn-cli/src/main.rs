@@ -30,6 +30,7 @@ macro_rules! print {
 }
 
 mod bench;
+mod bench_cluster;
 mod bench_http;
 mod nodes;
 mod operator;

@@ -2,6 +2,8 @@
 //!
 //! - `common`: the one harness the others use: running `cairn` with a clean environment and a
 //!   bounded wait, starting and stopping `cairn serve`, tokens, HTTP.
+//! - `cluster`: several `cairn serve` nodes on one PostgreSQL database: requests to nodes that
+//!   do not own the plan, `kill -9` under load, streams, webhooks, remote workers.
 //! - `cli`: the local commands (validate, run, interventions, checkpoints, signals, the fixture
 //!   database written by an earlier release).
 //! - `dashboard`: the web dashboard in a real headless Chromium.
@@ -13,6 +15,8 @@
 
 #[path = "cairn_cli/cli.rs"]
 mod cli;
+#[path = "cairn_cli/cluster.rs"]
+mod cluster;
 #[path = "cairn_cli/common.rs"]
 mod common;
 #[path = "cairn_cli/dashboard/mod.rs"]

@@ -31,7 +31,8 @@ pub const SYSTEM_ACTOR: &str = "cairn";
 pub const MAX_REASON: usize = 4096;
 
 /// What an executor reported for one attempt.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StepResult {
     Completed {
         output: Value,
@@ -44,8 +45,10 @@ pub enum StepResult {
     },
 }
 
-/// Everything that can happen to a plan.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything that can happen to a plan. Serialisable so that one engine node can hand a
+/// command to the node that owns the plan.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Creates the plan (the state must be empty).
     Register {

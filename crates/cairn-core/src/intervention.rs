@@ -126,7 +126,7 @@ impl InterventionKind {
 }
 
 /// An intervention request with its envelope.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InterventionRequest {
     pub kind: InterventionKind,
     pub expected_version: Option<u64>,

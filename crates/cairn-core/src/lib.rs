@@ -49,7 +49,8 @@ pub use state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
 pub use time::Timestamp;
 
 /// Why a command was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RefusalKind {
     /// The plan's state does not allow it (HTTP 409).
     Conflict,
@@ -61,7 +62,7 @@ pub enum RefusalKind {
 }
 
 /// A refused command: its kind and a message that names the problem.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{message}")]
 pub struct Refusal {
     pub kind: RefusalKind,

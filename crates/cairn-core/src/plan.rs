@@ -205,7 +205,7 @@ impl Found {
 }
 
 /// A plan that failed to parse or validate, with every fault found.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{}", .faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))]
 pub struct Invalid {
     pub faults: Vec<Fault>,

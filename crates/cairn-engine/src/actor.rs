@@ -21,7 +21,7 @@
 //!   backoff until it succeeds. It never drives the plan from a state that drifted from the
 //!   store, and it never gives up on attempts whose outcomes it holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,8 +67,9 @@ pub(crate) enum Msg {
     Stop,
 }
 
-/// A fork of the actor's plan, as the engine asks for it.
-#[derive(Clone)]
+/// A fork of the actor's plan, as the engine asks for it (or another node forwards it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Fork {
     pub(crate) checkpoint_id: String,
     pub(crate) new_plan_id: String,
@@ -86,6 +87,8 @@ pub(crate) struct PlanActor {
     tx: mpsc::UnboundedSender<Msg>,
     /// Attempts running now, with their stop switches.
     inflight: HashMap<AttemptId, watch::Sender<bool>>,
+    /// Those of `inflight` that remote workers run (handed to the task queue).
+    remote: HashSet<AttemptId>,
     /// When the plan wants to be woken (the core's latest `SetTimer`).
     timer: Option<Timestamp>,
     /// Seq of the newest stored snapshot.
@@ -134,6 +137,7 @@ impl PlanActor {
             rx,
             tx,
             inflight: HashMap::new(),
+            remote: HashSet::new(),
             snapshot_seq,
             shared: None,
             lease_renew_at: tokio::time::Instant::now() + Duration::from_millis(renew),
@@ -146,6 +150,16 @@ impl PlanActor {
     }
 
     pub(crate) async fn run(mut self) {
+        self.drive().await;
+        // Whatever is still queued is dropped with the mailbox (its replies tell the senders,
+        // who deliver again): it no longer waits anywhere.
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {
+            self.inner.took_msg();
+        }
+    }
+
+    async fn drive(&mut self) {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             if self.fenced {
@@ -178,6 +192,7 @@ impl PlanActor {
             tokio::select! {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { return };
+                    self.inner.took_msg();
                     if !self.batch(msg).await {
                         return;
                     }
@@ -202,6 +217,7 @@ impl PlanActor {
                         // it again to the plan's next actor. Deciding it here could commit
                         // after that actor loaded the log.
                         while let Ok(msg) = self.rx.try_recv() {
+                            self.inner.took_msg();
                             if let Msg::Outcome { attempt, .. } = msg {
                                 // Dropping the outcome drops its ack: a waiting report hears
                                 // that nothing was recorded.
@@ -310,7 +326,10 @@ impl PlanActor {
         push(first, &mut work);
         while work.len() < BATCH {
             match self.rx.try_recv() {
-                Ok(msg) => push(msg, &mut work),
+                Ok(msg) => {
+                    self.inner.took_msg();
+                    push(msg, &mut work)
+                }
                 Err(_) => break,
             }
         }
@@ -499,7 +518,10 @@ impl PlanActor {
                 EngineError::StorageUnavailable(why) => {
                     EngineError::StorageUnavailable(why.clone())
                 }
-                EngineError::NotOwner(plan_id) => EngineError::NotOwner(plan_id.clone()),
+                EngineError::NotOwner { plan_id, owner } => EngineError::NotOwner {
+                    plan_id: plan_id.clone(),
+                    owner: owner.clone(),
+                },
                 _ => EngineError::Store(cairn_store::StoreError::Backend(message.clone())),
             };
             let _ = reply.send(Err(answer));
@@ -593,6 +615,7 @@ impl PlanActor {
         // The outcomes are durable now (or recorded nothing): their attempts are done.
         for (attempt, _) in outcomes {
             self.inflight.remove(attempt);
+            self.remote.remove(attempt);
         }
         self.act(actions);
         if !published.is_empty() {
@@ -761,10 +784,17 @@ impl PlanActor {
         }
     }
 
+    /// This node stops driving the plan (shutdown, a lost lease): stops the attempts running
+    /// here. A remote worker's attempt is released, not stopped: its task stays with the
+    /// queue, and the plan's next owner, sending the attempt again, is answered that task
+    /// (the worker's report reaches the new owner; the step runs once).
     fn stop_all(&mut self) {
-        for (_, stop) in self.inflight.drain() {
-            let _ = stop.send(true);
+        for (attempt, stop) in self.inflight.drain() {
+            if !self.remote.contains(&attempt) {
+                let _ = stop.send(true);
+            }
         }
+        self.remote.clear();
     }
 
     /// Runs one attempt as the core decided it: the task is built from the recorded invocation.
@@ -797,10 +827,14 @@ impl PlanActor {
             gate_feedback: invocation.gate_feedback,
         };
         let tx = self.tx.clone();
+        let inner = self.inner.clone();
         let executor = self.inner.executor_for(&task.agent_type);
         let (stop_tx, stop) = StopSignal::new();
         let tracked = stop.clone();
         self.inflight.insert(attempt.clone(), stop_tx);
+        if executor.is_some() && route(&self.inner, &task.agent_type) == Route::Queue {
+            self.remote.insert(attempt.clone());
+        }
         debug!(plan_id = %task.plan_id, %attempt, "dispatch");
         tokio::spawn(async move {
             let result = match executor {
@@ -848,11 +882,14 @@ impl PlanActor {
             if tracked.is_released() {
                 return;
             }
-            let _ = tx.send(Msg::Outcome {
-                attempt,
-                result,
-                ack: None,
-            });
+            let _ = inner.post(
+                &tx,
+                Msg::Outcome {
+                    attempt,
+                    result,
+                    ack: None,
+                },
+            );
         });
     }
 

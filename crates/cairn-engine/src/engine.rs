@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::actor::{Answer, Msg, PlanActor};
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::{Reply, Request};
 use crate::convert::{from_stored, to_new};
 use crate::executor::{Executor, Registry};
 use crate::publish::{self, Notice, Subscription};
@@ -66,6 +67,8 @@ pub struct EngineOptions {
     /// The other nodes sharing the store, for commands about plans they own (`None`: a single
     /// node, which never forwards).
     pub peers: Option<Arc<dyn crate::cluster::Peers>>,
+    /// Where other nodes reach this one (`http://host:port`), recorded with its heartbeats.
+    pub advertise: Option<String>,
 }
 
 impl Default for EngineOptions {
@@ -81,6 +84,7 @@ impl Default for EngineOptions {
             remote: None,
             clock: Arc::new(SystemClock),
             peers: None,
+            advertise: None,
         }
     }
 }
@@ -112,7 +116,10 @@ pub(crate) struct Inner {
     plans: Mutex<Plans>,
     publisher: mpsc::UnboundedSender<Vec<Arc<Event>>>,
     stream: broadcast::Sender<Arc<Event>>,
-    closed: std::sync::atomic::AtomicBool,
+    pub(crate) closed: std::sync::atomic::AtomicBool,
+    pub(crate) counters: crate::cluster::Counters,
+    /// Messages posted to actors and not yet taken (see [`Inner::post`]).
+    inbox: std::sync::atomic::AtomicI64,
 }
 
 impl Inner {
@@ -123,6 +130,37 @@ impl Inner {
 
     pub(crate) fn publish(&self, events: Vec<Arc<Event>>) {
         let _ = self.publisher.send(events);
+    }
+
+    /// Hands a message to an actor's mailbox, counting it until the actor takes it
+    /// ([`Inner::took_msg`]). A closed mailbox hands the message back, to be delivered again
+    /// (unboxed: most messages are sent, and boxing would cost each one an allocation).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn post(
+        &self,
+        tx: &mpsc::UnboundedSender<Msg>,
+        msg: Msg,
+    ) -> Result<(), mpsc::error::SendError<Msg>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inbox.fetch_add(1, Relaxed);
+        tx.send(msg).inspect_err(|_| {
+            self.inbox.fetch_sub(1, Relaxed);
+        })
+    }
+
+    /// An actor took a message out of its mailbox (or dropped it with the mailbox).
+    pub(crate) fn took_msg(&self) {
+        self.inbox
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Does this engine share its store with other nodes (or talk to other nodes)?
+    pub(crate) fn clustered(&self) -> bool {
+        self.opts.peers.is_some() || self.store.commit_hint().is_some()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(crate) fn executor_for(&self, agent_type: &str) -> Option<Arc<dyn Executor>> {
@@ -273,7 +311,17 @@ impl Engine {
         opts: EngineOptions,
     ) -> Result<Engine, EngineError> {
         let first_id = store.last_event_id().await? + 1;
-        let (publisher, stream) = publish::spawn(store.clone(), first_id, opts.stream_buffer);
+        let clustered = opts.peers.is_some() || store.commit_hint().is_some();
+        // A node sharing its store tails the log for the other nodes' events.
+        let tail = clustered.then(|| publish::Tail {
+            hint: store.commit_hint(),
+            every: publish::TAIL_EVERY,
+        });
+        let (publisher, stream) = publish::spawn(store.clone(), first_id, opts.stream_buffer, tail);
+        let started_at = opts.clock.now().as_micros();
+        store
+            .heartbeat(&opts.node_id, opts.advertise.as_deref(), started_at)
+            .await?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
@@ -283,8 +331,19 @@ impl Engine {
                 publisher,
                 stream,
                 closed: std::sync::atomic::AtomicBool::new(false),
+                counters: Default::default(),
+                inbox: Default::default(),
             }),
         };
+        // A single node's one heartbeat says when it started; the nodes of a cluster keep
+        // theirs fresh. (No timer runs otherwise: a lone engine on paused tokio time sees
+        // time pass only for its plans.)
+        if clustered {
+            tokio::spawn(crate::node::heartbeats(
+                Arc::downgrade(&engine.inner),
+                started_at,
+            ));
+        }
         // Remote workers' results reach plans through this engine; expired claims fail their
         // attempts.
         if let Some(remote) = &engine.inner.opts.remote {
@@ -293,6 +352,10 @@ impl Engine {
         }
         if engine.inner.opts.recover {
             engine.recover().await?;
+            // Plans of nodes that stop renewing their leases are taken over here.
+            if clustered && engine.inner.opts.execute {
+                tokio::spawn(crate::node::take_overs(Arc::downgrade(&engine.inner)));
+            }
         }
         Ok(engine)
     }
@@ -306,7 +369,7 @@ impl Engine {
             .await?;
         for id in ids {
             match self.recover_plan(&id).await {
-                Ok(()) | Err(EngineError::NotOwner(_)) => {}
+                Ok(()) | Err(EngineError::NotOwner { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -315,9 +378,10 @@ impl Engine {
 
     /// Takes one plan over after a restart: attempts that were running run again (same attempt,
     /// same idempotency key) if the plan is running, or go back to pending if it is not.
+    /// A plan another node drives is left to it (`NotOwner`): recovery is never forwarded.
     pub async fn recover_plan(&self, plan_id: &str) -> Result<(), EngineError> {
         match self
-            .send(plan_id, Command::Recover, SYSTEM_ACTOR.to_owned())
+            .send_here(plan_id, Command::Recover, SYSTEM_ACTOR.to_owned())
             .await
         {
             Ok(_) | Err(EngineError::Refused { .. }) => Ok(()),
@@ -327,6 +391,68 @@ impl Engine {
 
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Engine {
         Engine { inner }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// What this node does for the cluster (for metrics).
+    pub fn node_stats(&self) -> crate::cluster::NodeStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.counters;
+        crate::cluster::NodeStats {
+            leases_held: self
+                .inner
+                .plans
+                .lock()
+                .map(|p| p.live.len() as u64)
+                .unwrap_or(0),
+            takeovers_total: c.takeovers.load(Relaxed),
+            forwarded_total: c.forwarded.load(Relaxed),
+            forward_failures_total: c.forward_failures.load(Relaxed),
+            inbox_depth: self.inner.inbox.load(Relaxed).max(0) as u64,
+        }
+    }
+
+    /// Starts driving a plan this node just took over with `fence` (its previous owner stopped
+    /// renewing the lease): loads it and recovers it as after a restart, so the attempts that
+    /// were running there run again here (same attempt, same idempotency key).
+    pub(crate) async fn adopt(
+        &self,
+        plan_id: &str,
+        fence: cairn_store::Fence,
+    ) -> Result<(), EngineError> {
+        let (state, snapshot_seq) = load_state(&*self.inner.store, plan_id).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reply, _) = oneshot::channel();
+        let recover = Msg::Command {
+            command: Command::Recover,
+            actor: SYSTEM_ACTOR.to_owned(),
+            reply,
+        };
+        let _ = self.inner.post(&tx, recover);
+        let old = {
+            let mut plans = self
+                .inner
+                .plans
+                .lock()
+                .map_err(|_| EngineError::ShuttingDown)?;
+            let old = plans.live.insert(plan_id.to_owned(), tx.clone());
+            if old.is_some() {
+                plans.note_unload(plan_id);
+            }
+            old
+        };
+        // An actor of this node whose lease ran out (it could not renew in time) is fenced
+        // now: it stops, and the new one drives the plan.
+        if let Some(old) = old {
+            let _ = self.inner.post(&old, Msg::Stop);
+        }
+        let actor = PlanActor::new(self.inner.clone(), state, fence, snapshot_seq, rx, tx);
+        tokio::spawn(actor.run());
+        crate::cluster::Counters::bump(&self.inner.counters.takeovers);
+        Ok(())
     }
 
     /// Reports the result of attempt `attempt` of a step that ran outside the engine (a remote
@@ -363,12 +489,59 @@ impl Engine {
         result: cairn_core::StepResult,
         ack: Option<crate::remote::Ack>,
     ) -> Result<(), EngineError> {
-        let msg = Msg::Outcome {
-            attempt,
-            result,
-            ack,
+        let Some(peers) = self.inner.opts.peers.clone() else {
+            let msg = Msg::Outcome {
+                attempt,
+                result,
+                ack,
+            };
+            return self.deliver(plan_id, msg).await;
         };
-        self.deliver(plan_id, msg).await
+        // In a cluster the outcome may have to travel to the plan's owner, so the caller's
+        // ack is kept here and answered from this node's own one.
+        let (mine, recorded) = oneshot::channel();
+        let msg = Msg::Outcome {
+            attempt: attempt.clone(),
+            result: result.clone(),
+            ack: Some(mine),
+        };
+        match self.deliver(plan_id, msg).await {
+            Ok(()) => {
+                if let Some(ack) = ack {
+                    tokio::spawn(async move {
+                        if let Ok(answer) = recorded.await {
+                            let _ = ack.send(answer);
+                        }
+                    });
+                }
+                Ok(())
+            }
+            Err(EngineError::NotOwner { owner, .. }) => {
+                let request = Request::Outcome {
+                    plan_id: plan_id.to_owned(),
+                    attempt,
+                    result,
+                    wait: ack.is_some(),
+                };
+                let reply = crate::node::forward(self, &*peers, request, owner).await?;
+                if let Some(ack) = ack {
+                    match reply {
+                        Reply::Recorded => {
+                            let _ = ack.send(Ok(()));
+                        }
+                        Reply::NotRecorded { reason } => {
+                            let _ = ack.send(Err(reason));
+                        }
+                        Reply::Dropped => {}
+                        other => {
+                            let _ = ack.send(Err(unexpected(other).to_string()));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -384,7 +557,7 @@ impl Engine {
     async fn deliver(&self, plan_id: &str, mut msg: Msg) -> Result<(), EngineError> {
         let mut reloads = 0;
         loop {
-            if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            if self.inner.is_closed() {
                 return Err(EngineError::ShuttingDown);
             }
             let (found, unloads) = {
@@ -396,7 +569,7 @@ impl Engine {
                 (plans.live.get(plan_id).cloned(), plans.unloads)
             };
             if let Some(tx) = found {
-                match tx.send(msg) {
+                match self.inner.post(&tx, msg) {
                     Ok(()) => return Ok(()),
                     Err(mpsc::error::SendError(back)) => {
                         msg = back;
@@ -433,7 +606,25 @@ impl Engine {
                 continue;
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            let _ = tx.send(msg);
+            // In a cluster, a plan loaded with attempts in flight was driven by a node that
+            // stopped (its lease ran out): they run again here, as after a restart.
+            let recovering = matches!(
+                &msg,
+                Msg::Command {
+                    command: Command::Recover,
+                    ..
+                }
+            );
+            if self.inner.clustered() && !recovering && !state.live_attempts().is_empty() {
+                let (reply, _) = oneshot::channel();
+                let recover = Msg::Command {
+                    command: Command::Recover,
+                    actor: SYSTEM_ACTOR.to_owned(),
+                    reply,
+                };
+                let _ = self.inner.post(&tx, recover);
+            }
+            let _ = self.inner.post(&tx, msg);
             plans.live.insert(plan_id.to_owned(), tx.clone());
             drop(plans);
             let actor = PlanActor::new(self.inner.clone(), state, fence, snapshot_seq, rx, tx);
@@ -442,8 +633,99 @@ impl Engine {
         }
     }
 
-    /// Sends a command to a plan's actor and waits for the committed answer.
+    /// Sends a command to its plan and waits for the committed answer: to this node's actor,
+    /// or, when another node drives the plan, to that node (see [`crate::cluster`]).
     async fn send(
+        &self,
+        plan_id: &str,
+        command: Command,
+        actor: String,
+    ) -> Result<Done, EngineError> {
+        let request = Request::Command {
+            plan_id: plan_id.to_owned(),
+            command,
+            actor,
+        };
+        match self.dispatch(request).await? {
+            Reply::Done {
+                state,
+                intervention,
+                refusal,
+                checkpoint,
+            } => Ok(Done {
+                state,
+                intervention: intervention.map(|i| *i),
+                refusal,
+                checkpoint,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Carries a request out: here, or at the node that drives its plan when that is another
+    /// one and this engine has peers.
+    async fn dispatch(&self, request: Request) -> Result<Reply, EngineError> {
+        let Some(peers) = self.inner.opts.peers.clone() else {
+            return self.carry_here(request).await;
+        };
+        match self.carry_here(request.clone()).await {
+            Err(EngineError::NotOwner { owner, .. }) => {
+                crate::node::forward(self, &*peers, request, owner).await
+            }
+            other => other,
+        }
+    }
+
+    /// Carries a request out on this node: `NotOwner` when another node drives the plan.
+    pub(crate) async fn carry_here(&self, request: Request) -> Result<Reply, EngineError> {
+        match request {
+            Request::Command {
+                plan_id,
+                command,
+                actor,
+            } => {
+                let answer = self.send_here(&plan_id, command, actor).await?;
+                Ok(Reply::Done {
+                    checkpoint: answer
+                        .events
+                        .iter()
+                        .find(|e| e.checkpoint.is_some())
+                        .map(|e| summary_of(e)),
+                    state: answer.state,
+                    intervention: answer.intervention.map(Box::new),
+                    refusal: answer.refusal,
+                })
+            }
+            Request::Outcome {
+                plan_id,
+                attempt,
+                result,
+                wait,
+            } => {
+                let (ack, recorded) = oneshot::channel();
+                let msg = Msg::Outcome {
+                    attempt,
+                    result,
+                    ack: Some(ack),
+                };
+                self.deliver(&plan_id, msg).await?;
+                if !wait {
+                    return Ok(Reply::Recorded);
+                }
+                Ok(match recorded.await {
+                    Ok(Ok(())) => Reply::Recorded,
+                    Ok(Err(reason)) => Reply::NotRecorded { reason },
+                    Err(_) => Reply::Dropped,
+                })
+            }
+            Request::Fork { plan_id, fork } => Ok(Reply::Forked {
+                state: Box::new(self.fork_here(&plan_id, *fork).await?),
+            }),
+        }
+    }
+
+    /// Sends a command to this node's actor of the plan and waits for the committed answer.
+    async fn send_here(
         &self,
         plan_id: &str,
         command: Command,
@@ -471,9 +753,16 @@ impl Engine {
 
     /// Answers a forwarding request another node's engine made (see [`crate::cluster`]) for a
     /// plan this node owns: carries it out and answers the result as the requester reads it.
+    /// Carried out only if this node drives the plan or can claim it; otherwise the answer
+    /// says which node does, and the requester asks there. Never forwards further itself.
     pub async fn serve_forwarded(&self, request: &[u8]) -> Vec<u8> {
-        let _ = request;
-        br#"{"error":{"code":"unsupported","message":"forwarding is not built yet"}}"#.to_vec()
+        let reply = match Request::decode(request) {
+            Ok(request) => Reply::of(self.carry_here(request).await),
+            Err(message) => Reply::Error {
+                error: crate::cluster::WireError::Store { message },
+            },
+        };
+        reply.encode()
     }
 
     /// Registers a plan (validated again here). A missing `plan_id` gets a UUIDv7.
@@ -678,21 +967,16 @@ impl Engine {
         let decision = self
             .send(plan_id, Command::Checkpoint { label, reason }, actor.into())
             .await?;
-        let e = decision
-            .events
-            .iter()
-            .find(|e| e.checkpoint.is_some())
-            .ok_or_else(|| {
-                EngineError::Corrupt("a checkpoint command produced no checkpoint".into())
-            })?;
-        Ok(summary_of(e))
+        decision.checkpoint.ok_or_else(|| {
+            EngineError::Corrupt("a checkpoint command produced no checkpoint".into())
+        })
     }
 
     /// The current state of a plan.
     pub async fn state(&self, plan_id: &str) -> Result<Arc<PlanState>, EngineError> {
         if let Some(tx) = self.inner.live(plan_id) {
             let (reply, rx) = oneshot::channel();
-            if tx.send(Msg::Read { reply }).is_ok() {
+            if self.inner.post(&tx, Msg::Read { reply }).is_ok() {
                 if let Ok(state) = rx.await {
                     return Ok(state);
                 }
@@ -1027,6 +1311,22 @@ impl Engine {
             reason,
             actor: actor.to_owned(),
         };
+        let request = Request::Fork {
+            plan_id: plan_id.to_owned(),
+            fork: Box::new(fork),
+        };
+        match self.dispatch(request).await? {
+            Reply::Forked { state } => Ok(*state),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Forks on this node: `NotOwner` when another node drives the source plan.
+    async fn fork_here(
+        &self,
+        plan_id: &str,
+        fork: crate::actor::Fork,
+    ) -> Result<PlanState, EngineError> {
         // The source's actor commits the new plan and its own `plan_forked` in one transaction.
         // An actor that stops before handling it drops the reply: deliver it again.
         for _ in 0..DELIVERIES {
@@ -1167,7 +1467,7 @@ impl Engine {
             Some(tx)
         });
         if let Some(tx) = live {
-            let _ = tx.send(Msg::Stop);
+            let _ = self.inner.post(&tx, Msg::Stop);
         }
         if self.inner.store.delete_plan(plan_id).await? {
             Ok(())
@@ -1232,9 +1532,34 @@ impl Engine {
             .map(|mut p| p.live.drain().map(|(_, tx)| tx).collect())
             .unwrap_or_default();
         for tx in actors {
-            let _ = tx.send(Msg::Stop);
+            let _ = self.inner.post(&tx, Msg::Stop);
         }
     }
+}
+
+/// A command's committed result, wherever it was carried out.
+pub(crate) struct Done {
+    pub(crate) state: Arc<PlanState>,
+    pub(crate) intervention: Option<Intervention>,
+    pub(crate) refusal: Option<cairn_core::Refusal>,
+    /// The checkpoint the command took, if it took one.
+    pub(crate) checkpoint: Option<CheckpointSummary>,
+}
+
+/// A reply of the wrong kind for its request (a node of another build).
+fn unexpected(reply: Reply) -> EngineError {
+    let kind = match reply {
+        Reply::Done { .. } => "done",
+        Reply::Recorded => "recorded",
+        Reply::NotRecorded { .. } => "not_recorded",
+        Reply::Dropped => "dropped",
+        Reply::Forked { .. } => "forked",
+        Reply::NotOwner { .. } => "not_owner",
+        Reply::Error { .. } => "error",
+    };
+    EngineError::Store(cairn_store::StoreError::Backend(format!(
+        "a forwarded request was answered with {kind:?}, which does not fit it"
+    )))
 }
 
 /// Reads a list cursor of this engine's making: the log position to continue after.

@@ -25,8 +25,10 @@ pub enum EngineError {
         /// The recorded refused intervention, when the command was one.
         intervention: Option<Box<Intervention>>,
     },
-    #[error("plan {0} is being driven by another engine node")]
-    NotOwner(String),
+    /// Another engine node drives the plan. With [`crate::EngineOptions::peers`] the engine
+    /// forwards the command to `owner` instead, so callers of a clustered engine never see this.
+    #[error("plan {plan_id} is being driven by engine node {owner}")]
+    NotOwner { plan_id: String, owner: String },
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("stored data is corrupt: {0}")]
@@ -53,8 +55,9 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NotFound(id) => EngineError::PlanNotFound(id),
             StoreError::AlreadyExists(id) => EngineError::PlanExists(id),
-            StoreError::Fenced { plan_id, .. } | StoreError::LeaseHeld { plan_id, .. } => {
-                EngineError::NotOwner(plan_id)
+            StoreError::Fenced { plan_id, owner }
+            | StoreError::LeaseHeld { plan_id, owner, .. } => {
+                EngineError::NotOwner { plan_id, owner }
             }
             StoreError::Unavailable(why) => EngineError::StorageUnavailable(why),
             other => EngineError::Store(other),

@@ -19,6 +19,7 @@ mod convert;
 mod engine;
 mod error;
 pub mod executor;
+mod node;
 pub mod observe;
 mod publish;
 pub mod queue;
@@ -26,6 +27,7 @@ pub mod remote;
 mod reviews;
 
 pub use cairn_core::view::{CheckpointSummary, Page, PlanSummary, Progress, Snapshot};
+pub use cluster::NodeStats;
 pub use engine::{may_settle, now, now_micros, CheckpointExport, Engine, EngineOptions};
 pub use error::EngineError;
 pub use publish::{Notice, Subscription};

@@ -1,9 +1,17 @@
 //! The event stream of all plans, in global id order, and subscriptions to it.
 //!
-//! Plan actors hand their committed events to one publisher task. Commits of different plans
-//! finish in any order, so the publisher holds back an event until every smaller id has been
-//! published; a gap that stays open (an event some other process committed) is filled from the
-//! store. Subscribers therefore see ids strictly increasing, which is what lets any of them resume
+//! Plan actors hand their committed events to one publisher task, which publishes them in id
+//! order. Both stores assign ids in commit order: a reader that sees id N sees every committed
+//! id below N, and an id missing below a stored one belongs to a plan deleted since. So when
+//! events arrive with a gap below them (commits of different plans finish in any order, and
+//! other nodes commit too), the publisher reads the gap from the store at once: what the store
+//! has is published, what it lacks never will be and is passed over. Nothing is skipped on a
+//! timeout guess. A node sharing its store with other nodes also tails the log: it reads after
+//! the last id it published on every commit hint of the store and every [`TAIL_EVERY`], so its
+//! subscribers get every node's events. Local commits that arrive in order are published
+//! directly, without a read.
+//!
+//! Subscribers therefore see ids strictly increasing, which is what lets any of them resume
 //! from "the last id I saw" with nothing lost and nothing repeated.
 //!
 //! A slow subscriber never slows the engine: the broadcast buffer is bounded, and a subscriber
@@ -15,79 +23,174 @@ use std::time::Duration;
 
 use cairn_core::Event;
 use cairn_store::EventLog;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::Instant;
+use tracing::warn;
 
 use crate::convert::from_stored;
 
-/// How long a gap in ids may stay open before the publisher reads the missing events.
-const GAP_WAIT: Duration = Duration::from_millis(25);
 const PAGE: usize = 1_000;
+/// How often a node sharing its store reads the log for other nodes' events, hint or not.
+pub(crate) const TAIL_EVERY: Duration = Duration::from_millis(200);
+/// How long after a failed read of the store the publisher tries again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// How the publisher follows commits made by other processes.
+pub(crate) struct Tail {
+    /// Notified (coalesced) when another process may have committed.
+    pub(crate) hint: Option<Arc<Notify>>,
+    pub(crate) every: Duration,
+}
 
 pub(crate) fn spawn(
     store: Arc<dyn EventLog>,
     first_id: u64,
     capacity: usize,
+    tail: Option<Tail>,
 ) -> (
     mpsc::UnboundedSender<Vec<Arc<Event>>>,
     broadcast::Sender<Arc<Event>>,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Arc<Event>>>();
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<Arc<Event>>>();
     let (out, _) = broadcast::channel(capacity);
-    let sender = out.clone();
-    tokio::spawn(async move {
-        let mut next = first_id;
-        let mut pending: BTreeMap<u64, Arc<Event>> = BTreeMap::new();
-        let mut gap_since: Option<Instant> = None;
+    let publisher = Publisher {
+        store,
+        out: out.clone(),
+        next: first_id,
+        pending: BTreeMap::new(),
+    };
+    tokio::spawn(publisher.run(rx, tail));
+    (tx, out)
+}
+
+struct Publisher {
+    store: Arc<dyn EventLog>,
+    out: broadcast::Sender<Arc<Event>>,
+    /// The id to publish next: every smaller one is published or known not to exist.
+    next: u64,
+    /// Events at or above `next` waiting for the ids below them.
+    pending: BTreeMap<u64, Arc<Event>>,
+}
+
+impl Publisher {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Arc<Event>>>, tail: Option<Tail>) {
+        let hint = tail.as_ref().and_then(|t| t.hint.clone());
+        let every = tail.as_ref().map(|t| t.every);
+        let mut tail_at = every.map(|e| Instant::now() + e);
+        let mut retry_at: Option<Instant> = None;
         loop {
-            let deadline = gap_since.map(|t| t + GAP_WAIT);
+            let mut read_tail = false;
             tokio::select! {
                 batch = rx.recv() => match batch {
                     Some(batch) => {
-                        for e in batch {
-                            if e.id >= next {
-                                pending.insert(e.id, e);
-                            }
+                        self.take(batch);
+                        // Whatever else is queued: fewer gaps to read.
+                        while let Ok(batch) = rx.try_recv() {
+                            self.take(batch);
                         }
                     }
                     None => return,
                 },
-                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
-                    let first = pending.keys().next().copied().unwrap_or(next);
-                    let want = (first.saturating_sub(next) as usize).clamp(1, PAGE);
-                    if let Ok(rows) = store.read_all_events(next - 1, want).await {
-                        for row in rows {
-                            if row.id >= next && row.id < first {
-                                if let Ok(e) = from_stored(row) {
-                                    pending.insert(e.id, Arc::new(e));
-                                }
-                            }
-                        }
-                    }
-                    // Ids the store does not have were never committed: skip them.
-                    if let Some(&lowest) = pending.keys().next() {
-                        if lowest > next {
-                            next = lowest;
-                        }
-                    }
+                _ = async { hint.as_ref().expect("guarded").notified().await }, if hint.is_some() => {
+                    read_tail = true;
+                }
+                _ = async { tokio::time::sleep_until(tail_at.expect("guarded")).await }, if tail_at.is_some() => {
+                    read_tail = true;
+                    tail_at = every.map(|e| Instant::now() + e);
+                }
+                _ = async { tokio::time::sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
+                    retry_at = None;
                 }
             }
-            while let Some(entry) = pending.first_entry() {
-                if *entry.key() != next {
+            self.flush();
+            if !read_tail && !self.pending.is_empty() {
+                // A gap: the events below it are usually another actor's commit on its way
+                // here. Let it arrive before reading the store for it.
+                tokio::task::yield_now().await;
+                while let Ok(batch) = rx.try_recv() {
+                    self.take(batch);
+                }
+                self.flush();
+            }
+            let read = if read_tail {
+                self.read_store(None).await
+            } else {
+                match self.pending.keys().next().copied() {
+                    Some(lowest) => self.read_store(Some(lowest)).await,
+                    None => Ok(()),
+                }
+            };
+            if let Err(e) = read {
+                // Nothing is passed over on a failed read: it is tried again shortly.
+                warn!(error = %e, "cannot read the event log to publish in order; trying again");
+                retry_at = Some(Instant::now() + RETRY);
+            }
+        }
+    }
+
+    fn take(&mut self, batch: Vec<Arc<Event>>) {
+        for e in batch {
+            if e.id >= self.next {
+                self.pending.insert(e.id, e);
+            }
+        }
+    }
+
+    /// Publishes the pending events that continue the stream.
+    fn flush(&mut self) {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() != self.next {
+                break;
+            }
+            let e = entry.remove();
+            self.next += 1;
+            let _ = self.out.send(e);
+        }
+    }
+
+    /// Reads the store after the last published id and publishes what it holds, in order: up to
+    /// `below` (a pending id, so every id under it is committed or gone), or to its end.
+    async fn read_store(&mut self, below: Option<u64>) -> Result<(), crate::EngineError> {
+        loop {
+            if below.is_some_and(|b| self.next >= b) {
+                break;
+            }
+            let want = match below {
+                Some(b) => ((b - self.next) as usize).clamp(1, PAGE),
+                None => PAGE,
+            };
+            let rows = self.store.read_all_events(self.next - 1, want).await?;
+            let n = rows.len();
+            let mut end = None;
+            for row in rows {
+                if below.is_some_and(|b| row.id >= b) {
+                    end = Some(row.id);
                     break;
                 }
-                let e = entry.remove();
-                next += 1;
-                let _ = sender.send(e);
+                if row.id < self.next {
+                    continue;
+                }
+                let id = row.id;
+                let e = match self.pending.remove(&id) {
+                    Some(e) => e,
+                    None => Arc::new(from_stored(row)?),
+                };
+                // Ids the store does not have below this one were deleted with their plan.
+                self.next = id;
+                self.pending.insert(id, e);
+                self.flush();
             }
-            gap_since = if pending.is_empty() {
-                None
-            } else {
-                Some(gap_since.unwrap_or_else(Instant::now))
-            };
+            if end.is_some() || n < want {
+                // Everything below `below` that exists was read: the rest is gone.
+                if let Some(b) = below {
+                    self.next = self.next.max(b);
+                }
+                break;
+            }
         }
-    });
-    (tx, out)
+        self.flush();
+        Ok(())
+    }
 }
 
 /// What a subscription yields.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cairn_core::AttemptKind;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -86,13 +87,19 @@ pub use cairn_core::view::WorkerInfo;
 ///   ran out is as good as gone for its holder at once, and `expire` hands the task back (same
 ///   task, same idempotency key);
 /// - heartbeat, complete and fail by anyone but the holder are refused (`WrongWorker`), and
-///   about a task no one holds (`UnknownTask`); complete and fail end the task.
+///   about a task no one holds (`UnknownTask`); complete and fail end the task;
+/// - one live task per attempt: enqueuing an attempt again answers its live task's id.
 #[async_trait]
 pub trait TaskQueue: Send + Sync + 'static {
     /// How long a claim lasts without a heartbeat.
     fn lease_ms(&self) -> u64;
 
     /// Queues an attempt's task for a worker of its agent type; answers the task id.
+    ///
+    /// Idempotent per attempt: while a task of the same attempt (plan, step, attempt kind,
+    /// number and run) is queued or claimed, enqueuing it again queues nothing and answers that
+    /// task's id. So a plan recovered elsewhere (its node died) that sends the attempt again
+    /// waits for the task a worker may still be running, whose report then reaches it.
     async fn enqueue(&self, task: Task) -> Result<String, RemoteError>;
 
     /// Hands the oldest queued task of `agent_types` to `worker_id`, waiting up to `wait` for
@@ -132,6 +139,10 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// Forgets a task wherever it is (its attempt ended another way: a step timeout).
     async fn remove(&self, task_id: &str) -> Result<(), RemoteError>;
 
+    /// Whether the task is still queued or claimed (a claim whose lease ran out counts until
+    /// `expire` hands it back).
+    async fn is_live(&self, task_id: &str) -> Result<bool, RemoteError>;
+
     /// Makes claims answer `None` from now on and wakes the waiting ones (shutdown). Claimed
     /// tasks may still be reported.
     fn close(&self);
@@ -161,10 +172,33 @@ struct State {
     workers: HashMap<String, (Vec<String>, i64)>,
     /// agent type → seq → task id, of tasks not handed out yet.
     queued: HashMap<String, BTreeMap<u64, String>>,
+    /// The live task of each attempt.
+    by_attempt: HashMap<AttemptKey, String>,
     next_seq: u64,
 }
 
+/// What makes two tasks the same attempt: plan, step, attempt kind, number and run.
+type AttemptKey = (String, String, AttemptKind, u32, u32);
+
+fn attempt_key(task: &Task) -> AttemptKey {
+    (
+        task.plan_id.clone(),
+        task.step_id.clone(),
+        task.kind,
+        task.attempt,
+        task.run,
+    )
+}
+
 impl State {
+    /// Removes a task wherever it is.
+    fn forget(&mut self, task_id: &str) -> Option<Entry> {
+        let entry = self.tasks.remove(task_id)?;
+        self.unqueue(&entry.task.agent_type, entry.seq);
+        self.by_attempt.remove(&attempt_key(&entry.task));
+        Some(entry)
+    }
+
     fn unqueue(&mut self, entry_type: &str, seq: u64) {
         if let Some(queue) = self.queued.get_mut(entry_type) {
             queue.remove(&seq);
@@ -314,8 +348,7 @@ impl MemoryQueue {
     fn resolve(&self, task_id: &str, worker_id: &str) -> Result<Task, RemoteError> {
         let mut st = self.state();
         st.held(task_id, worker_id)?;
-        st.tasks
-            .remove(task_id)
+        st.forget(task_id)
             .map(|e| e.task)
             .ok_or_else(|| RemoteError::UnknownTask(task_id.to_owned()))
     }
@@ -328,8 +361,13 @@ impl TaskQueue for MemoryQueue {
     }
 
     async fn enqueue(&self, task: Task) -> Result<String, RemoteError> {
-        let task_id = format!("task_{}", uuid::Uuid::now_v7().simple());
+        let key = attempt_key(&task);
         let mut st = self.state();
+        if let Some(live) = st.by_attempt.get(&key) {
+            return Ok(live.clone());
+        }
+        let task_id = format!("task_{}", uuid::Uuid::now_v7().simple());
+        st.by_attempt.insert(key, task_id.clone());
         let seq = st.next_seq;
         st.next_seq += 1;
         st.queued
@@ -386,7 +424,7 @@ impl TaskQueue for MemoryQueue {
             return Ok(None);
         };
         if entry.stop {
-            return Ok(st.tasks.remove(task_id).map(|e| e.task));
+            return Ok(st.forget(task_id).map(|e| e.task));
         }
         entry.worker = None;
         entry.deadline = None;
@@ -434,7 +472,7 @@ impl TaskQueue for MemoryQueue {
             .collect();
         Ok(due
             .into_iter()
-            .filter_map(|id| st.tasks.remove(&id).map(|e| e.task))
+            .filter_map(|id| st.forget(&id).map(|e| e.task))
             .collect())
     }
 
@@ -447,20 +485,18 @@ impl TaskQueue for MemoryQueue {
             entry.stop = true;
             return Ok(Stopped::Flagged);
         }
-        let (agent_type, seq) = (entry.task.agent_type.clone(), entry.seq);
-        st.unqueue(&agent_type, seq);
         Ok(st
-            .tasks
-            .remove(task_id)
+            .forget(task_id)
             .map_or(Stopped::Gone, |e| Stopped::Dropped(Box::new(e.task))))
     }
 
     async fn remove(&self, task_id: &str) -> Result<(), RemoteError> {
-        let mut st = self.state();
-        if let Some(entry) = st.tasks.remove(task_id) {
-            st.unqueue(&entry.task.agent_type, entry.seq);
-        }
+        self.state().forget(task_id);
         Ok(())
+    }
+
+    async fn is_live(&self, task_id: &str) -> Result<bool, RemoteError> {
+        Ok(self.state().tasks.contains_key(task_id))
     }
 
     fn close(&self) {
@@ -481,6 +517,7 @@ impl TaskQueue for MemoryQueue {
 mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_memory_queue_passes_the_task_queue_conformance_suite() {
-        super::conformance::run_all(super::MemoryQueue::new).await;
+        super::conformance::run_all(|lease_ms| async move { super::MemoryQueue::new(lease_ms) })
+            .await;
     }
 }

@@ -12,7 +12,11 @@
 //!
 //! Because the result never waits in a future, a queue kept in a database works the same: any
 //! node may take a report and hand it to the engine. Late reports for a task no longer held are
-//! refused as unknown.
+//! refused as unknown. A node that stops driving a plan (shutdown, a lost lease) leaves its
+//! remote attempts' tasks in the queue; the plan's next owner sends each attempt again and the
+//! queue answers the same task (enqueue is idempotent per attempt), so the worker's report
+//! reaches the new owner and the step runs once. Every node runs the expiry sweep; the queue
+//! hands each expired task to one of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -49,6 +53,9 @@ pub struct RemoteQueue {
     /// The stop signals of tasks this process enqueued, by task id: a heartbeat sees a stop
     /// the moment the plan sends it, before the queue has heard of it.
     signals: Arc<Mutex<HashMap<String, StopSignal>>>,
+    /// How long a task may be gone from the queue, its attempt still waiting for the result,
+    /// before the attempt fails as lost.
+    lost_after: Duration,
 }
 
 impl std::fmt::Debug for RemoteQueue {
@@ -77,7 +84,18 @@ impl RemoteQueue {
             queue,
             engine: Arc::new(OnceLock::new()),
             signals: Arc::new(Mutex::new(HashMap::new())),
+            lost_after: RECORD_WAIT,
         }
+    }
+
+    /// How long a task may be gone from the queue while its attempt still waits for a result
+    /// before the attempt fails retryably as lost (default 30 s, the longest a report waits to
+    /// be recorded, so a report on its way is never overtaken). A task leaves the queue without
+    /// its result reaching the plan when the node that expired it died before delivering the
+    /// expiry.
+    pub fn lost_after(mut self, after: Duration) -> RemoteQueue {
+        self.lost_after = after;
+        self
     }
 
     /// The queue itself.
@@ -93,6 +111,29 @@ impl RemoteQueue {
         self.signals
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves once the task has been gone from the queue for `lost_after` (looking every
+    /// lease, 1 to 30 s, or sooner when `lost_after` is shorter).
+    async fn lost(&self, task_id: &str) {
+        let period = Duration::from_millis(self.lease_ms())
+            .clamp(Duration::from_secs(1), Duration::from_secs(30))
+            .min(self.lost_after)
+            .max(Duration::from_millis(10));
+        let mut gone_since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(period).await;
+            match self.queue.is_live(task_id).await {
+                Ok(true) => gone_since = None,
+                Ok(false) => {
+                    let since = *gone_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= self.lost_after {
+                        return;
+                    }
+                }
+                Err(e) => debug!(%task_id, error = %e, "cannot look for a task"),
+            }
+        }
     }
 
     /// Whether this process's plan asked the task's attempt to stop.
@@ -129,8 +170,8 @@ impl RemoteQueue {
         self.workers().await.iter().map(|w| w.tasks.len()).sum()
     }
 
-    /// The workers seen polling since the queue started, with the tasks each holds; sorted by
-    /// id. Empty when the queue cannot answer.
+    /// The workers the queue has seen polling (through any node, for a shared queue), with the
+    /// tasks each holds; sorted by id. Empty when the queue cannot answer.
     pub async fn workers(&self) -> Vec<WorkerInfo> {
         self.queue.workers().await.unwrap_or_else(|e| {
             warn!(error = %e, "cannot list workers");
@@ -311,30 +352,37 @@ impl RemoteQueue {
 }
 
 /// Fails the attempts of claims whose lease ran out, every quarter lease (5 ms to 1 s), until
-/// the engine is gone.
+/// the engine is gone. A queue shared by several nodes hands each expired task to one of them,
+/// so a failure that could not be delivered (the plan's owner did not answer) is kept and
+/// delivered again on the next sweeps: no other node will.
 pub(crate) async fn sweep(remote: RemoteQueue) {
     let period = Duration::from_millis(remote.lease_ms() / 4)
         .clamp(Duration::from_millis(5), Duration::from_secs(1));
+    let mut undelivered: Vec<Task> = Vec::new();
     loop {
         tokio::time::sleep(period).await;
         if remote.engine.get().and_then(Weak::upgrade).is_none() {
             return;
         }
-        let expired = match remote.queue.expire().await {
-            Ok(expired) => expired,
-            Err(e) => {
-                warn!(error = %e, "cannot expire task leases");
-                continue;
-            }
-        };
-        for task in expired {
+        let mut due = std::mem::take(&mut undelivered);
+        match remote.queue.expire().await {
+            Ok(expired) => due.extend(expired),
+            Err(e) => warn!(error = %e, "cannot expire task leases"),
+        }
+        for task in due {
             debug!(plan_id = %task.plan_id, step_id = %task.step_id, attempt = task.attempt, "worker lease expired");
             let result = StepResult::Failed {
                 error: "worker lease expired".into(),
                 retryable: true,
             };
-            if let Err(e) = remote.report(task, result, false).await {
-                debug!(error = %e, "the expiry of a task was not delivered");
+            match remote.report(task.clone(), result, false).await {
+                Ok(()) => {}
+                // The plan is gone: nothing waits for this attempt.
+                Err(RemoteError::UnknownTask(_)) => {}
+                Err(e) => {
+                    warn!(plan_id = %task.plan_id, step_id = %task.step_id, attempt = task.attempt, error = %e, "the expiry of a task was not delivered; trying again");
+                    undelivered.push(task);
+                }
             }
         }
     }
@@ -356,16 +404,26 @@ impl QueueExecutor {
     }
 }
 
-/// Removes the task when the attempt ends another way (a step timeout drops the future), and
-/// its stop signal when the attempt ends at all.
+/// Removes the task when the attempt ends another way (a step timeout drops the future, or the
+/// plan stopped it), and its stop signal when the attempt ends at all.
+///
+/// An attempt released without a stop keeps its task (`keep`): either its outcome came through
+/// the engine (the report ended the task already), or its plan is no longer driven here (this
+/// node lost the plan's lease, or shuts down). In the second case the plan's next owner sends
+/// the attempt again, which answers the same live task, so a worker still running it reports
+/// to whichever node and the result reaches the new owner.
 struct Guard {
     remote: RemoteQueue,
     task_id: String,
+    keep: bool,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.remote.signals().remove(&self.task_id);
+        if self.keep {
+            return;
+        }
         let queue = self.remote.queue.clone();
         let task_id = std::mem::take(&mut self.task_id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -388,12 +446,25 @@ impl Executor for QueueExecutor {
             .await
             .map_err(|e| ExecError::retryable(e.to_string()))?;
         self.remote.signals().insert(task_id.clone(), stop.clone());
-        let _guard = Guard {
+        let mut guard = Guard {
             remote: self.remote.clone(),
             task_id: task_id.clone(),
+            keep: false,
         };
-        // Until asked to stop; then until the attempt is no longer tracked.
-        if stop.ended().await {
+        // Until asked to stop; then until the attempt is no longer tracked. Or until the task
+        // left the queue and its result never came: the attempt fails retryably.
+        let stopped = tokio::select! {
+            stopped = stop.ended() => stopped,
+            () = self.remote.lost(&task_id) => {
+                warn!(%task_id, "a task left the queue but its result never reached the plan");
+                return Err(ExecError::retryable(
+                    "the task left the queue but its result never came",
+                ));
+            }
+        };
+        if !stopped {
+            guard.keep = true;
+        } else {
             match queue.stop(&task_id).await {
                 Ok(Stopped::Dropped(_)) => {
                     return Err(ExecError::retryable("stopped before a worker took it"))

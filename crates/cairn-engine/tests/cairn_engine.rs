@@ -7,8 +7,11 @@
 //! - `remote`: the remote task queue.
 //! - `latch`: the `builtin.latch` step holder the other tests use.
 //! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
+//! - `cluster`: several engines sharing one store: forwarding, takeover, fencing, the stream.
 //! - `common`: bounded waits shared by every module.
 
+#[path = "cairn_engine/cluster.rs"]
+mod cluster;
 #[path = "cairn_engine/common.rs"]
 mod common;
 #[path = "cairn_engine/engine.rs"]

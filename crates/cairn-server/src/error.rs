@@ -110,7 +110,7 @@ impl From<EngineError> for ApiError {
                     None => err,
                 }
             }
-            EngineError::NotOwner(_) => ApiError::conflict("not_owner", e.to_string()),
+            EngineError::NotOwner { .. } => ApiError::conflict("not_owner", e.to_string()),
             EngineError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

@@ -3,10 +3,11 @@
 //!
 //! Where the SQLite store has one process and one writer, this one has many: every node writes
 //! through its own connections, and the database is what keeps them apart.
-//! - Every append is fenced in its own transaction: by the plan's last seq and by the lease's
-//!   owner and token, read under row locks (`FOR UPDATE` on the plan, `FOR SHARE` on the lease),
-//!   so a node that lost a plan's lease can write nothing to it, and a takeover waits for an
-//!   append in flight (or skips the plan) rather than slipping in under it.
+//! - Every append is fenced in the transaction that writes it: by the plan's last seq and by the
+//!   lease's owner, token and release mark, read under row locks (`FOR NO KEY UPDATE` on the
+//!   plan, `FOR SHARE` on the lease), so a node that lost or released a plan's lease can write
+//!   nothing to it, and a takeover waits for an append in flight (or skips the plan) rather
+//!   than slipping in under it.
 //! - Leases, cursor leases and heartbeats are timed by the database's clock (`now()`, through
 //!   the SQL function `cairn_now()`): the `now` argument of [`Leases::claim`] and
 //!   [`Leases::take_over`] is ignored, so nodes whose clocks disagree still agree on which lease
@@ -29,6 +30,7 @@
 //!   `Unavailable`, and a retry of an append that did commit is refused as `SeqConflict`.
 
 mod migrate;
+pub mod queue;
 mod read;
 mod session;
 mod writer;
@@ -48,6 +50,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+pub use queue::{PgQueue, PgQueueOptions};
 pub use writer::WriterStats;
 
 /// The channel every transaction that inserts events notifies (at commit, coalesced).
@@ -135,6 +138,17 @@ impl PgStore {
             options.push_str(&format!(" -c search_path={schema}"));
         }
         config.options(&options);
+        // PostgreSQL folds unquoted names to lower case: `Foo` and `foo` are one schema.
+        let namespace = opts
+            .schema
+            .as_deref()
+            .unwrap_or("public")
+            .to_ascii_lowercase();
+        // Every connection is named after its role and schema, so an operator (or a test) can
+        // tell them apart in pg_stat_activity.
+        if config.get_application_name().is_none() {
+            config.application_name(format!("cairn-pool:{namespace}"));
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -155,15 +169,23 @@ impl PgStore {
         }
         let stats = Arc::new(writer::Stats::default());
         let (writes, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer::run(config.clone(), rx, stats.clone()));
+        let mut writer_config = config.clone();
+        writer_config.application_name(format!("cairn-writer:{namespace}"));
+        // An answered write survives a crash of the server, whatever its default.
+        writer_config.options(format!("{options} -c synchronous_commit=on"));
+        tokio::spawn(writer::run(writer_config, rx, stats.clone()));
         let hint = Arc::new(Notify::new());
         let session_state = Arc::new(session::State::default());
         let (session, commands) = mpsc::channel(16);
         let (ready, listening) = oneshot::channel();
         let mut session_config = config.clone();
-        let namespace = opts.schema.unwrap_or_else(|| "public".to_owned());
-        // Named, so an operator (or a test) can tell the node's session from its pool.
         session_config.application_name(format!("cairn-session:{namespace}"));
+        // Both ends probe the connection when it is quiet: a node cut off by the network loses
+        // its node lock (and notices it lost its hints) within about half a minute, not hours.
+        session_config.keepalives_idle(Duration::from_secs(10));
+        session_config.options(format!(
+            "{options} -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+        ));
         tokio::spawn(session::run(
             session_config,
             commands,
@@ -639,7 +661,11 @@ impl Snapshots for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
         let pk: i64 = tx
-            .query_opt("SELECT pk FROM plans WHERE plan_id = $1", &[&plan_id])
+            // Keeps a delete of the plan waiting until the snapshot is in (no orphan rows).
+            .query_opt(
+                "SELECT pk FROM plans WHERE plan_id = $1 FOR KEY SHARE",
+                &[&plan_id],
+            )
             .await
             .map_err(backend)?
             .map(|r| r.get(0))

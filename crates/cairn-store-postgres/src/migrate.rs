@@ -9,8 +9,14 @@ use cairn_store::{StoreError, StoreResult};
 use crate::backend;
 
 /// Every migration this build knows, in order.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "store", include_str!("../migrations/0001_store.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "store", include_str!("../migrations/0001_store.sql")),
+    (
+        2,
+        "task_queue",
+        include_str!("../migrations/0002_task_queue.sql"),
+    ),
+];
 
 /// The advisory lock key migrations take ("cairn" in ASCII).
 const LOCK: i64 = 0x63_61_69_72_6e;

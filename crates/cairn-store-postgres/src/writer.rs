@@ -2,8 +2,8 @@
 //!
 //! It waits for one request, drains whatever else is queued (up to [`MAX_BATCH`]) and runs the
 //! lot in one transaction:
-//! 1. lock the plan rows the batch names (`FOR UPDATE`, in pk order, so writers of several
-//!    nodes never deadlock) and read their leases (`FOR SHARE`: a takeover waits for this
+//! 1. lock the plan rows the batch names (`FOR NO KEY UPDATE`, in pk order, so writers of
+//!    several nodes never deadlock) and read their leases (`FOR SHARE`: a takeover waits for this
 //!    transaction, or skips the plan, and never changes a lease under an append in flight);
 //! 2. decide every request in Rust, in order, against what was read (refusals — `NotFound`,
 //!    `SeqConflict`, `Fenced`, `AlreadyExists` — write nothing, and a refused half of a
@@ -38,6 +38,8 @@ use crate::{from_sql, pg_error, to_sql};
 
 /// The most requests committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
+/// The context of the `COMMIT` statement (a failure there is never retried).
+const COMMIT: &str = "commit";
 /// How many times a batch is retried after a deadlock, a serialization failure or a racing
 /// create before its requests are answered with the error.
 const RETRIES: usize = 3;
@@ -156,7 +158,7 @@ impl Conn {
         Ok(Conn {
             lock_plans: prepare(
                 "SELECT pk, plan_id, last_seq FROM plans WHERE plan_id = ANY($1::text[])
-                 ORDER BY pk FOR UPDATE",
+                 ORDER BY pk FOR NO KEY UPDATE",
             )
             .await?,
             read_leases: prepare(
@@ -273,7 +275,12 @@ async fn commit(
                 stats.set_unavailable(None);
                 return results;
             }
-            Err(Failure::Retry(_)) if attempt <= RETRIES => continue,
+            Err(Failure::Retry(_)) if attempt <= RETRIES => {
+                if c.client.is_closed() {
+                    *conn = None;
+                }
+                continue;
+            }
             Err(Failure::Retry(e)) | Err(Failure::Fail(e)) => {
                 if matches!(e, StoreError::Unavailable(_)) || c.client.is_closed() {
                     // Reopen for the next batch: the connection may be half-broken.
@@ -309,13 +316,23 @@ enum Failure {
     Fail(StoreError),
 }
 
+/// Maps a failed statement of the batch: deadlocks and serialization failures are retried, and
+/// so is a connection lost before `COMMIT` was sent (nothing of the batch was kept). A
+/// connection lost during `COMMIT` is not: whether it committed is unknown, so the callers
+/// hear `Unavailable` (a retried append that did commit is then refused as `SeqConflict`).
 fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Failure {
     move |e| {
+        let code = e.code().map(|c| c.code().to_owned());
+        let lost = e.is_closed()
+            || e.as_db_error().is_none()
+            || code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03"));
         let transient = matches!(
             e.code(),
             Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::T_R_SERIALIZATION_FAILURE
-        );
+        ) || (lost && context != COMMIT);
         let e = pg_error(context, e);
         if transient {
             Failure::Retry(e)
@@ -806,6 +823,6 @@ async fn transaction(
     if n_events > 0 {
         tx.query(&stmts.8, &[]).await.map_err(db("notify"))?;
     }
-    tx.commit().await.map_err(db("commit"))?;
+    tx.commit().await.map_err(db(COMMIT))?;
     Ok((answers, n_events as u64))
 }

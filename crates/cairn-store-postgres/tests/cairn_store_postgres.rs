@@ -1,15 +1,19 @@
-//! The PostgreSQL store: one test binary, one module per area. Every test needs a server and
-//! reads its URL from `CAIRN_TEST_DATABASE_URL` (e.g.
-//! `postgres://postgres@127.0.0.1:5432/test`); without it each test says so and passes. Each
+//! The PostgreSQL store: one test binary, one module per area. Tests that need a server read
+//! its URL from `CAIRN_TEST_DATABASE_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`);
+//! without it each says it is skipped and passes. Each
 //! store a test opens lives in a schema of its own, so tests running at once never meet.
 //!
 //! - `conformance`: the store conformance suite, cluster cases included.
 //! - `cluster`: two stores on one database (two nodes), node ids, commit hints, migrations.
+//! - `task_queue`: the task queue conformance suite, and two queues on one database as two
+//!   nodes.
 
 #[path = "cairn_store_postgres/cluster.rs"]
 mod cluster;
 #[path = "cairn_store_postgres/conformance.rs"]
 mod conformance;
+#[path = "cairn_store_postgres/task_queue.rs"]
+mod task_queue;
 
 use cairn_store_postgres::{PgOptions, PgStore};
 

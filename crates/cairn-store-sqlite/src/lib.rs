@@ -52,8 +52,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, Leases, Micros, NodeRow, Nodes,
-    OpenReviews, Page, PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult,
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, LeaseRow, Leases, Micros, NodeRow,
+    Nodes, OpenReviews, Page, PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult,
     StoredEvent, TokenRow, Tokens,
 };
 use rusqlite::{Connection, OpenFlags};
@@ -162,9 +162,6 @@ fn read_holder(lock_path: &Path) -> LockHolder {
     holder
 }
 
-/// Node id → (address, started at, latest heartbeat).
-type NodeTable = std::collections::BTreeMap<String, (Option<String>, Micros, Micros)>;
-
 /// A [`Store`] in one SQLite file. Dropping it stops the writer thread after the batch in hand
 /// (blocking the dropping thread for that long) and releases the engine lock.
 pub struct SqliteStore {
@@ -183,9 +180,12 @@ pub struct SqliteStore {
     engine_lock: Option<(File, String)>,
     /// The nodes that sent a heartbeat (this process's engines: a SQLite store has one
     /// process), and the secret they would share.
-    nodes: std::sync::Mutex<NodeTable>,
+    nodes: std::sync::Mutex<std::collections::BTreeMap<String, NodeEntry>>,
     secret: String,
 }
+
+/// A node's address, start time and latest heartbeat.
+type NodeEntry = (Option<String>, Micros, Micros);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies the schema and starts the
@@ -647,6 +647,34 @@ impl Leases for SqliteStore {
         match self.write(op).await? {
             Outcome::Done => Ok(()),
             _ => Err(unexpected("release")),
+        }
+    }
+
+    async fn lease(&self, plan_id: &str) -> StoreResult<Option<LeaseRow>> {
+        let plan_id = plan_id.to_owned();
+        self.read(move |c| read::lease(c, &plan_id)).await
+    }
+
+    /// Several engines of one process may share a store (each with its own node id): a plan
+    /// whose engine stopped without releasing its lease is taken over once the lease runs out.
+    async fn take_over(
+        &self,
+        node: &str,
+        ttl_ms: u64,
+        states: &[&str],
+        limit: usize,
+        now: Micros,
+    ) -> StoreResult<Vec<(String, Fence)>> {
+        let op = Op::TakeOver {
+            node: node.to_owned(),
+            ttl_ms,
+            states: states.iter().map(|s| (*s).to_owned()).collect(),
+            limit,
+            now,
+        };
+        match self.write(op).await? {
+            Outcome::TakenOver(taken) => Ok(taken),
+            _ => Err(unexpected("take_over")),
         }
     }
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use cairn_store::{
-    CheckpointMark, CheckpointRow, Micros, OpenReviews, Page, PlanRow, ReviewRow, StoreError,
-    StoreResult, StoredEvent, TokenRow,
+    CheckpointMark, CheckpointRow, LeaseRow, Micros, OpenReviews, Page, PlanRow, ReviewRow,
+    StoreError, StoreResult, StoredEvent, TokenRow,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
@@ -507,6 +507,28 @@ pub(crate) fn cursor(c: &Connection, name: &str) -> StoreResult<Option<u64>> {
         .and_then(|mut s| s.query_row([name], |r| r.get::<_, i64>(0)).optional())
         .ctx("read a cursor")
         .map(|v| v.map(|v| v.max(0) as u64))
+}
+
+/// A plan's lease as stored.
+pub(crate) fn lease(c: &Connection, plan_id: &str) -> StoreResult<Option<LeaseRow>> {
+    c.prepare_cached(
+        "SELECT l.node, l.token, l.expires_at FROM leases l JOIN plans p ON p.pk = l.plan_pk
+         WHERE p.plan_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([plan_id], |r| {
+            let expires_at: i64 = r.get(2)?;
+            Ok(LeaseRow {
+                plan_id: plan_id.to_owned(),
+                owner: r.get(0)?,
+                token: crate::from_sql(r.get(1)?),
+                expires_at,
+                released: expires_at == crate::writer::RELEASED,
+            })
+        })
+        .optional()
+    })
+    .ctx("read a lease")
 }
 
 /// How many unexpired leases each node holds.

@@ -56,6 +56,13 @@ pub(crate) enum Op {
         plan_id: String,
         fence: Fence,
     },
+    TakeOver {
+        node: String,
+        ttl_ms: u64,
+        states: Vec<String>,
+        limit: usize,
+        now: Micros,
+    },
     CreateToken(TokenRow),
     RevokeToken {
         id: String,
@@ -77,6 +84,7 @@ pub(crate) enum Outcome {
     Done,
     Deleted(bool),
     Claimed(Fence),
+    TakenOver(Vec<(String, Fence)>),
     /// Whether the WAL checkpoint completed.
     Checkpointed(bool),
 }
@@ -383,6 +391,15 @@ impl Writer {
             Op::Release { plan_id, fence } => {
                 self.release(&plan_id, &fence).map(|()| Outcome::Done)
             }
+            Op::TakeOver {
+                node,
+                ttl_ms,
+                states,
+                limit,
+                now,
+            } => self
+                .take_over(&node, ttl_ms, &states, limit, now)
+                .map(Outcome::TakenOver),
             // Taken out of every batch by `run`; never inside a transaction.
             Op::Close => Err(StoreError::Backend(
                 "a WAL checkpoint cannot run inside a transaction".into(),
@@ -494,8 +511,8 @@ impl Writer {
             Some(e) => (e.seq, e.at),
             None => return Err(StoreError::Invalid("nothing to append".into())),
         };
-        // The happy path is one statement: the seq check, the fence check and the plan row's
-        // update together. Only when it matches no row is the reason looked up.
+        // The happy path is one statement: the seq check, the fence check (a released lease
+        // fences nothing) and the plan row's update together. Only when it matches no row is the reason looked up.
         let (fence_node, fence_token) = match &req.fence {
             Some(f) => (Some(f.node.as_str()), Some(to_sql(f.token))),
             None => (None, None),
@@ -506,7 +523,8 @@ impl Writer {
                 "UPDATE plans SET last_seq = ?1, updated_at = ?2, state = COALESCE(?3, state)
                  WHERE plan_id = ?4 AND last_seq = ?5
                    AND (?6 IS NULL OR EXISTS (SELECT 1 FROM leases
-                        WHERE leases.plan_pk = plans.pk AND node = ?6 AND token = ?7))
+                        WHERE leases.plan_pk = plans.pk AND node = ?6 AND token = ?7
+                          AND expires_at <> ?8))
                  RETURNING pk",
             )
             .and_then(|mut s| {
@@ -518,7 +536,8 @@ impl Writer {
                         req.plan_id,
                         to_sql(req.expected_seq),
                         fence_node,
-                        fence_token
+                        fence_token,
+                        RELEASED
                     ],
                     |r| r.get(0),
                 )
@@ -669,11 +688,79 @@ impl Writer {
             .prepare_cached(
                 "UPDATE leases SET expires_at = ?4 WHERE plan_pk = ?1 AND node = ?2 AND token = ?3",
             )
-            .and_then(|mut s| s.execute(params![pk, fence.node, to_sql(fence.token), i64::MIN]))
+            .and_then(|mut s| s.execute(params![pk, fence.node, to_sql(fence.token), RELEASED]))
             .ctx("release lease")?;
         Ok(())
     }
 }
+
+impl Writer {
+    /// Takes over the plans in `states` whose lease ran out without being released (a
+    /// released lease has `expires_at` = `RELEASED`), increasing each token. One writer does
+    /// every write, so no other taker can meet the same rows.
+    fn take_over(
+        &self,
+        node: &str,
+        ttl_ms: u64,
+        states: &[String],
+        limit: usize,
+        now: Micros,
+    ) -> StoreResult<Vec<(String, Fence)>> {
+        if states.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let marks = (0..states.len())
+            .map(|i| format!("?{}", i + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT l.plan_pk, p.plan_id, l.token FROM leases l JOIN plans p ON p.pk = l.plan_pk
+             WHERE l.expires_at <= ?1 AND l.expires_at <> ?2 AND p.state IN ({marks})
+             ORDER BY l.expires_at LIMIT ?3"
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![
+            now.into(),
+            RELEASED.into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ];
+        args.extend(states.iter().map(|s| s.clone().into()));
+        let expired: Vec<(i64, String, u64)> = {
+            let mut stmt = self.conn.prepare(&sql).ctx("find expired leases")?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get(0)?, r.get(1)?, from_sql(r.get(2)?)))
+                })
+                .ctx("find expired leases")?;
+            rows.collect::<Result<_, _>>().ctx("find expired leases")?
+        };
+        let ttl = i64::try_from(ttl_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let expires_at = now.saturating_add(ttl);
+        let mut taken = Vec::with_capacity(expired.len());
+        let mut update = self
+            .conn
+            .prepare_cached(
+                "UPDATE leases SET node = ?2, token = ?3, expires_at = ?4 WHERE plan_pk = ?1",
+            )
+            .ctx("take a lease over")?;
+        for (pk, plan_id, token) in expired {
+            let token = token + 1;
+            update
+                .execute(params![pk, node, to_sql(token), expires_at])
+                .ctx("take a lease over")?;
+            taken.push((
+                plan_id,
+                Fence {
+                    node: node.to_owned(),
+                    token,
+                },
+            ));
+        }
+        Ok(taken)
+    }
+}
+
+/// The `expires_at` of a released lease (older databases mark them the same way).
+pub(crate) const RELEASED: i64 = i64::MIN;
 
 /// `events` must be non-empty and run `after + 1, after + 2, …`.
 fn check_contiguous(events: &[NewEvent], after: u64) -> StoreResult<()> {

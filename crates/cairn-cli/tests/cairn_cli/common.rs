@@ -361,15 +361,21 @@ pub struct Server {
 }
 
 /// How to start a [`Server`]: `cairn serve --bind 127.0.0.1:0 --db DB ARGS…` in the database's
-/// directory, its `builtin.latch` steps released by files in [`latch_dir`].
+/// directory, its `builtin.latch` steps released by files in [`latch_dir`]; or, made with
+/// [`Server::options_pg`], `--database-url URL` in a directory of the test's.
 pub struct Serve {
-    db: PathBuf,
-    /// A PostgreSQL database instead of the SQLite file `db` (whose directory still holds the
-    /// latches).
-    database_url: Option<String>,
+    store: StoreArg,
+    bind: String,
     args: Vec<String>,
     dir: PathBuf,
+    latches: PathBuf,
     log: Option<PathBuf>,
+}
+
+/// Which database a [`Serve`] opens.
+enum StoreArg {
+    Sqlite(PathBuf),
+    Postgres(String),
 }
 
 impl Serve {
@@ -385,6 +391,12 @@ impl Serve {
         self
     }
 
+    /// Listens on `addr` (`127.0.0.1:PORT`) instead of a port the system picks.
+    pub fn bind(mut self, addr: &str) -> Serve {
+        self.bind = addr.to_owned();
+        self
+    }
+
     /// Sends its stderr to the file `log` instead of the test.
     pub fn log_to(mut self, log: &Path) -> Serve {
         self.log = Some(log.to_owned());
@@ -393,19 +405,25 @@ impl Serve {
 
     /// Starts it and waits (bounded) for the address it listens on.
     pub fn start(self) -> Server {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Serve::start`], answering why when the server exited (or never said where it listens)
+    /// instead of panicking, for a caller that may try again.
+    pub fn try_start(self) -> Result<Server, String> {
         let err = match &self.log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log")),
             None => Stdio::piped(),
         };
-        let mut command = cairn_command(&["serve", "--bind", "127.0.0.1:0"]);
-        match &self.database_url {
-            Some(url) => command.arg("--database-url").arg(url),
-            None => command.arg("--db").arg(&self.db),
+        let mut cmd = cairn_command(&["serve", "--bind", &self.bind]);
+        match &self.store {
+            StoreArg::Sqlite(db) => cmd.arg("--db").arg(db),
+            StoreArg::Postgres(url) => cmd.arg("--database-url").arg(url),
         };
-        let mut child = command
+        let mut child = cmd
             .args(&self.args)
             .env("CAIRN_LOG", "warn")
-            .env("CAIRN_LATCH_DIR", self.db.parent().unwrap().join("latches"))
+            .env("CAIRN_LATCH_DIR", &self.latches)
             .current_dir(&self.dir)
             .stdout(Stdio::piped())
             .stderr(err)
@@ -447,14 +465,14 @@ impl Serve {
                 kill_and_reap(&mut child);
                 // Let the stderr reader catch up with what the process wrote before it went.
                 std::thread::sleep(Duration::from_millis(100));
-                panic!(
+                return Err(format!(
                     "cairn serve never said where it listens ({}); stderr:\n{}",
                     match e {
                         mpsc::RecvTimeoutError::Timeout => "not within the limit",
                         mpsc::RecvTimeoutError::Disconnected => "it exited",
                     },
                     stderr.lock().unwrap()
-                );
+                ));
             }
         };
         // The admin token is printed before the address; give the stderr reader a moment.
@@ -469,34 +487,46 @@ impl Serve {
             }
         }
         assert!(addr.starts_with("127.0.0.1:"), "loopback only: {addr}");
-        Server {
+        Ok(Server {
             child,
             base: format!("http://{addr}"),
             addr,
             admin,
             stderr,
-        }
+        })
     }
 }
 
 impl Server {
     /// A server to be started, of the database `db`.
     pub fn options(db: &Path) -> Serve {
+        let dir = db.parent().unwrap().to_owned();
         Serve {
-            db: db.to_owned(),
-            database_url: None,
+            store: StoreArg::Sqlite(db.to_owned()),
+            bind: "127.0.0.1:0".into(),
             args: Vec::new(),
-            dir: db.parent().unwrap().to_owned(),
+            latches: dir.join("latches"),
+            dir,
+            log: None,
+        }
+    }
+
+    /// A server to be started on the PostgreSQL database `url`, in `dir`, its latches released
+    /// by files in `dir/latches` (shared by every node started in `dir`).
+    pub fn options_pg(url: &str, dir: &Path) -> Serve {
+        Serve {
+            store: StoreArg::Postgres(url.to_owned()),
+            bind: "127.0.0.1:0".into(),
+            args: Vec::new(),
+            latches: dir.join("latches"),
+            dir: dir.to_owned(),
             log: None,
         }
     }
 
     /// A server to be started on the PostgreSQL database `url`, in `dir` (its latches there).
     pub fn postgres(dir: &Path, url: &str) -> Serve {
-        Serve {
-            database_url: Some(url.to_owned()),
-            ..Server::options(&dir.join("cairn.db"))
-        }
+        Server::options_pg(url, dir)
     }
 
     /// `cairn serve … --db DB EXTRA…` in the database's directory.

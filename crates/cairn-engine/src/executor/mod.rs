@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use cairn_core::{AttemptId, AttemptKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
@@ -19,14 +19,15 @@ pub mod http;
 pub mod latch;
 
 /// One attempt of one step, as an executor sees it. Serialised as the JSON a `command` agent reads
-/// on stdin and an `http` agent receives as the request body.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// on stdin and an `http` agent receives as the request body (and how a task queue kept in a
+/// database stores it: it reads back the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Task {
     pub plan_id: String,
     pub step_id: String,
     /// What the attempt runs: absent for the step's own action (`step`).
-    #[serde(skip_serializing_if = "AttemptKind::is_step")]
+    #[serde(default, skip_serializing_if = "AttemptKind::is_step")]
     pub kind: AttemptKind,
     pub action: String,
     pub agent_type: String,

@@ -4,13 +4,15 @@
 //! ```ignore
 //! #[tokio::test]
 //! async fn conformance() {
-//!     cairn_engine::queue::conformance::run_all(|lease_ms| MyQueue::new(lease_ms)).await;
+//!     cairn_engine::queue::conformance::run_all(|lease_ms| async move { MyQueue::new(lease_ms) })
+//!         .await;
 //! }
 //! ```
 //!
 //! Cases panic with a message on failure. Every wait is bounded. Leases are real time, kept
 //! short (tens to hundreds of ms) with margins that a loaded machine still meets.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,25 +24,38 @@ use crate::executor::Task;
 /// The longest any case waits for something that must happen.
 const BOUND: Duration = Duration::from_secs(10);
 
-/// Runs every case, each against a fresh queue from `make(lease_ms)`.
-pub async fn run_all<Q: TaskQueue>(make: impl Fn(u64) -> Q) {
-    let fresh = |lease_ms: u64| -> Arc<dyn TaskQueue> { Arc::new(make(lease_ms)) };
+/// Runs every case, each against a fresh queue from `make(lease_ms)` (a queue kept in a
+/// database may need a connection first, so the factory is async).
+pub async fn run_all<Q, F, Fut>(make: F)
+where
+    Q: TaskQueue,
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Q>,
+{
+    let fresh = |lease_ms: u64| {
+        let made = make(lease_ms);
+        async move { Arc::new(made.await) as Arc<dyn TaskQueue> }
+    };
     eprintln!("task queue conformance: claim_is_exclusive_and_oldest_first");
-    claim_is_exclusive_and_oldest_first(fresh(30_000)).await;
+    claim_is_exclusive_and_oldest_first(fresh(30_000).await).await;
     eprintln!("task queue conformance: heartbeat_extends_the_lease");
-    heartbeat_extends_the_lease(fresh(400)).await;
+    heartbeat_extends_the_lease(fresh(400).await).await;
     eprintln!("task queue conformance: expiry_hands_the_task_back_with_the_same_key");
-    expiry_hands_the_task_back_with_the_same_key(fresh(50)).await;
+    expiry_hands_the_task_back_with_the_same_key(fresh(50).await).await;
     eprintln!("task queue conformance: only_the_holder_may_report");
-    only_the_holder_may_report(fresh(30_000)).await;
+    only_the_holder_may_report(fresh(30_000).await).await;
     eprintln!("task queue conformance: stop_drops_a_queued_task_and_flags_a_claimed_one");
-    stop_drops_a_queued_task_and_flags_a_claimed_one(fresh(30_000)).await;
+    stop_drops_a_queued_task_and_flags_a_claimed_one(fresh(30_000).await).await;
     eprintln!("task queue conformance: unclaim_puts_the_task_back");
-    unclaim_puts_the_task_back(fresh(30_000)).await;
+    unclaim_puts_the_task_back(fresh(30_000).await).await;
     eprintln!("task queue conformance: a_waiting_claim_wakes_on_enqueue_and_on_close");
-    a_waiting_claim_wakes_on_enqueue_and_on_close(fresh(30_000)).await;
+    a_waiting_claim_wakes_on_enqueue_and_on_close(fresh(30_000).await).await;
     eprintln!("task queue conformance: workers_are_listed_with_their_tasks");
-    workers_are_listed_with_their_tasks(fresh(30_000)).await;
+    workers_are_listed_with_their_tasks(fresh(30_000).await).await;
+    eprintln!("task queue conformance: enqueue_is_idempotent_per_attempt");
+    enqueue_is_idempotent_per_attempt(fresh(30_000).await).await;
+    eprintln!("task queue conformance: a_task_comes_back_as_it_was_queued");
+    a_task_comes_back_as_it_was_queued(fresh(30_000).await).await;
 }
 
 /// A task of `agent_type` for attempt `attempt` of step `step_id`.
@@ -156,6 +171,7 @@ pub async fn expiry_hands_the_task_back_with_the_same_key(q: Arc<dyn TaskQueue>)
         tokio::time::sleep(Duration::from_millis(q.lease_ms() / 2 + 1)).await;
     };
     assert_eq!(expired, vec![queued.clone()], "the same task comes back");
+    assert!(!q.is_live(&lease.task_id).await.unwrap());
     assert_eq!(expired[0].idempotency_key, queued.idempotency_key);
     // The old holder can do nothing with it any more; it is expired once only.
     assert!(matches!(
@@ -204,7 +220,10 @@ pub async fn only_the_holder_may_report(q: Arc<dyn TaskQueue>) {
         Err(RemoteError::UnknownTask(_))
     ));
     // The holder's report ends the task and hands back what was queued.
+    assert!(q.is_live(&first.task_id).await.unwrap());
     assert_eq!(q.complete(&first.task_id, "w1").await.unwrap(), queued);
+    assert!(!q.is_live(&first.task_id).await.unwrap());
+    assert!(!q.is_live("task_nope").await.unwrap());
     assert!(matches!(
         q.complete(&first.task_id, "w1").await,
         Err(RemoteError::UnknownTask(_))
@@ -223,10 +242,12 @@ pub async fn only_the_holder_may_report(q: Arc<dyn TaskQueue>) {
 pub async fn stop_drops_a_queued_task_and_flags_a_claimed_one(q: Arc<dyn TaskQueue>) {
     let queued = task("research", "a", 1);
     let a = q.enqueue(queued.clone()).await.unwrap();
+    assert!(q.is_live(&a).await.unwrap(), "a queued task is live");
     assert_eq!(
         q.stop(&a).await.unwrap(),
         Stopped::Dropped(Box::new(queued))
     );
+    assert!(!q.is_live(&a).await.unwrap());
     assert!(q
         .claim("w", &types(&["research"]), NOW)
         .await
@@ -336,4 +357,82 @@ pub async fn workers_are_listed_with_their_tasks(q: Arc<dyn TaskQueue>) {
     assert!(workers[0].tasks.is_empty());
     let queued = q.queued_by_type().await.unwrap();
     assert_eq!(queued, vec![("research".to_owned(), 1)]);
+}
+
+pub async fn enqueue_is_idempotent_per_attempt(q: Arc<dyn TaskQueue>) {
+    let a = q.enqueue(task("research", "a", 1)).await.unwrap();
+    assert_eq!(
+        q.enqueue(task("research", "a", 1)).await.unwrap(),
+        a,
+        "the same attempt again answers its live task"
+    );
+    // Another attempt number, run or kind of the same step is another task.
+    let mut others = vec![task("research", "a", 2), task("research", "b", 1)];
+    others.push(Task {
+        run: 2,
+        ..task("research", "a", 1)
+    });
+    others.push(Task {
+        kind: cairn_core::AttemptKind::Compensation,
+        ..task("research", "a", 1)
+    });
+    let mut ids = vec![a.clone()];
+    for t in others {
+        ids.push(q.enqueue(t).await.unwrap());
+    }
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 5, "five attempts, five tasks: {ids:?}");
+    assert_eq!(
+        q.queued_by_type().await.unwrap(),
+        vec![("research".to_owned(), 5)]
+    );
+    // Claimed, it is still the attempt's task, and its holder keeps it.
+    let lease = q
+        .claim("w", &types(&["research"]), NOW)
+        .await
+        .unwrap()
+        .expect("a task");
+    assert_eq!(lease.task_id, a, "the oldest first");
+    assert_eq!(q.enqueue(task("research", "a", 1)).await.unwrap(), a);
+    assert!(!q.heartbeat(&a, "w").await.unwrap().stop);
+    assert_eq!(
+        q.queued_by_type().await.unwrap(),
+        vec![("research".to_owned(), 4)]
+    );
+    // Once it ended, the attempt may be queued anew: a new task.
+    q.complete(&a, "w").await.unwrap();
+    let again = q.enqueue(task("research", "a", 1)).await.unwrap();
+    assert!(!ids.contains(&again), "a new task once the old one ended");
+    assert_eq!(
+        q.queued_by_type().await.unwrap(),
+        vec![("research".to_owned(), 5)]
+    );
+}
+
+/// Whatever a task carries comes back the same, down to its JSON text: the worker is sent what
+/// the attempt recorded, byte for byte.
+pub async fn a_task_comes_back_as_it_was_queued(q: Arc<dyn TaskQueue>) {
+    let queued = Task {
+        kind: cairn_core::AttemptKind::Compensation,
+        params: serde_json::from_str(
+            r#"{"z": 1, "a": [1.5, 1.0, 12345678901234567890, -0.0], "nul": "a\u0000b", "text": "héllo \"you\" 🦀", "deep": {"b": null, "a": {}}}"#,
+        )
+        .unwrap(),
+        timeout_ms: Some(1_500),
+        query: "line 1\nline 2\t'quoted'".into(),
+        ..task("research", "a", 3)
+    };
+    let text = serde_json::to_string(&queued).unwrap();
+    q.enqueue(queued.clone()).await.unwrap();
+    let lease = q
+        .claim("w", &types(&["research"]), NOW)
+        .await
+        .unwrap()
+        .expect("the task");
+    assert_eq!(lease.task, queued);
+    assert_eq!(serde_json::to_string(&lease.task).unwrap(), text);
+    let back = q.complete(&lease.task_id, "w").await.unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), text);
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use cairn_core::{EventKind, PlanStatus, StepStatus};
 use cairn_engine::executor::Registry;
-use cairn_engine::remote::{RemoteError, RemoteQueue};
+use cairn_engine::remote::{MemoryQueue, RemoteError, RemoteQueue, TaskQueue};
 use cairn_engine::{Engine, EngineOptions};
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
-use crate::common::{open_engine, settled, start_plan};
+use crate::common::{open_engine, settled, start_plan, within};
 
 async fn engine(dir: &tempfile::TempDir, queue: &RemoteQueue) -> Engine {
     let opts = EngineOptions {
@@ -180,4 +180,77 @@ async fn a_gate_retry_reaches_the_worker_with_the_recorded_feedback() {
         .await
         .unwrap();
     assert_eq!(settled(&engine, "r6").await.status, PlanStatus::Completed);
+}
+
+/// Another engine that recovers a plan (a node that took it over after its owner stopped)
+/// sends the running attempt again: the queue answers the task a worker still holds, and the
+/// worker's report, made to the new engine's queue, settles the step: run once, not twice.
+#[tokio::test]
+async fn a_recovered_plan_takes_the_report_of_the_task_a_worker_still_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::new(30_000));
+    let q1 = RemoteQueue::with_queue(shared.clone());
+    let first = engine(&dir, &q1).await;
+    start_plan(
+        &first,
+        "plan_id: r7\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n",
+        "t",
+    )
+    .await;
+    let lease = q1.poll("w", &types(), WAIT).await.expect("a task");
+    // The first engine stops driving the plan; its attempt's task stays with the worker.
+    first.shutdown().await;
+    drop(first);
+
+    let q2 = RemoteQueue::with_queue(shared);
+    let second = engine(&dir, &q2).await;
+    within("the attempt to be sent again", async {
+        loop {
+            let events = second.events("r7", 0, 1_000).await.unwrap();
+            if events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::StepRecovered { attempt: 1, .. }))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(!q2.heartbeat(&lease.task_id, "w").await.unwrap().stop);
+    q2.complete_recorded(&lease.task_id, "w", json!({"found": 7}), None)
+        .await
+        .unwrap();
+    let done = settled(&second, "r7").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[0].rec.output, Some(json!({"found": 7})));
+    assert_eq!(done.steps[0].rec.attempts, 1, "the step ran once");
+    assert!(q2.queued_by_type().await.is_empty(), "no second task");
+}
+
+/// A task that leaves the queue without its result reaching the plan (the node that expired it
+/// died before delivering the expiry) fails its attempt retryably once `lost_after` has passed,
+/// and the step runs again.
+#[tokio::test]
+async fn an_attempt_whose_task_left_the_queue_unreported_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(30_000).lost_after(Duration::from_millis(200));
+    let engine = engine(&dir, &q).await;
+    start_plan(&engine, "plan_id: r8\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 2, backoff_ms: 1}}\n", "t").await;
+    let first = q.poll("w", &types(), WAIT).await.expect("a task");
+    assert_eq!(first.task.attempt, 1);
+    // What a sweeper that died after taking the expired task leaves behind.
+    q.queue().remove(&first.task_id).await.unwrap();
+    let second = q.poll("w", &types(), WAIT).await.expect("the retry");
+    assert_eq!(second.task.attempt, 2);
+    assert_eq!(second.task.idempotency_key, first.task.idempotency_key);
+    q.complete_recorded(&second.task_id, "w", json!({"ok": 1}), None)
+        .await
+        .unwrap();
+    let done = settled(&engine, "r8").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[0].rec.attempts, 2);
+    let events = engine.events("r8", 0, 1_000).await.unwrap();
+    assert!(events.iter().any(|e| matches!(&e.kind,
+        EventKind::StepFailed { attempt: 1, error, .. } if error.contains("never came"))));
 }

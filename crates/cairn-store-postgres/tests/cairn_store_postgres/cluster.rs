@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_store::conformance::{ev, wall_clock};
-use cairn_store::{Append, CreatePlan, EventLog, Leases, StoreError};
+use cairn_store::{Append, CreatePlan, EventLog, Leases, PlanIndex, StoreError};
 use cairn_store_postgres::{PgOptions, PgStore};
 
 use crate::{database_url, open, unique_schema};
@@ -171,7 +171,8 @@ async fn drain(hint: &tokio::sync::Notify) {
     let _ = tokio::time::timeout(Duration::ZERO, hint.notified()).await;
 }
 
-/// The backend pid of a store's dedicated connection (named after its schema).
+/// The backend pid of a store's dedicated connection (named after its schema; one store in
+/// it).
 async fn session_pid(admin: &tokio_postgres::Client, schema: &str) -> Option<i32> {
     admin
         .query_opt(
@@ -191,6 +192,11 @@ async fn commit_hints_arrive_from_another_store_and_survive_a_reconnect() {
     let listener = open(&url, &listener_schema).await;
     let hint = listener.commit_hint().expect("a shared store gives hints");
     listener.hold_node("listener").await.unwrap();
+    // Its dedicated connection, found while it is the only store of the schema.
+    let admin = admin(&url).await;
+    let pid = session_pid(&admin, &listener_schema)
+        .await
+        .expect("the session connection");
     // The writer is another store on the same database, in the same schema, named apart.
     let writer = PgStore::connect(
         &url,
@@ -212,10 +218,6 @@ async fn commit_hints_arrive_from_another_store_and_survive_a_reconnect() {
 
     // The listener's connection is cut: it reconnects, listens again (waking its waiters,
     // since hints may have been lost) and retakes its node id.
-    let admin = admin(&url).await;
-    let pid = session_pid(&admin, &listener_schema)
-        .await
-        .expect("the session connection");
     let notified = hint.notified();
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
@@ -226,10 +228,8 @@ async fn commit_hints_arrive_from_another_store_and_survive_a_reconnect() {
         .expect("a wake-up after reconnecting");
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(new_pid) = session_pid(&admin, &listener_schema).await {
-            if new_pid != pid && listener.unavailable().is_none() {
-                break;
-            }
+        if listener.unavailable().is_none() {
+            break;
         }
         assert!(Instant::now() < deadline, "the session did not come back");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -279,7 +279,7 @@ async fn stores_connecting_together_migrate_once() {
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2], "every migration this build knows, once");
     // They all work on the one schema.
     stores[0].create_plan(create("p")).await.unwrap();
     assert_eq!(
@@ -397,4 +397,192 @@ async fn throughput_of_1000_plans_of_10_steps() {
         stats.mean_batch(),
         stats.max_batch
     );
+}
+
+/// The writer's connection is cut between two appends: the next append reconnects and
+/// succeeds (nothing of a batch is kept until its commit, so a batch whose connection died
+/// before `COMMIT` is simply run again), and reads through the pool come back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_is_reopened_for_the_next_write() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let store = open(&url, &schema).await;
+    store.create_plan(create("p")).await.unwrap();
+    let admin = admin(&url).await;
+    let cut = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("cairn-writer:{schema}")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut, 1, "the writer's connection was found");
+    let written = store.append(append("p", 1)).await.unwrap();
+    assert_eq!(written[0].seq, 2);
+    assert_eq!(store.unavailable(), None);
+    // The pool's connections go too.
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("cairn-pool:{schema}")],
+        )
+        .await
+        .unwrap();
+    // A read may hear `Unavailable` once per dead pooled connection; never anything else.
+    let mut tries = 0;
+    let events = loop {
+        tries += 1;
+        match store.read_events("p", 0, None, 10).await {
+            Ok(events) => break events,
+            Err(StoreError::Unavailable(_)) if tries <= 8 => continue,
+            Err(e) => panic!("read failed with {e}"),
+        }
+    };
+    assert_eq!(events.len(), 2);
+    store.append(append("p", 2)).await.unwrap();
+}
+
+/// Concurrent appends share transactions: far fewer commits than requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_commits() {
+    let Some(url) = database_url() else { return };
+    let store = Arc::new(open(&url, &unique_schema()).await);
+    const PLANS: usize = 200;
+    const EACH: u64 = 5;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..PLANS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let id = format!("p{p}");
+            store.create_plan(create(&id)).await.unwrap();
+            for seq in 1..=EACH {
+                store.append(append(&id, seq)).await.unwrap();
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    })
+    .await
+    .expect("the appends finished");
+    let stats = store.writer_stats();
+    eprintln!("{stats:?} mean batch {:.1}", stats.mean_batch());
+    let requests = PLANS as u64 * (EACH + 1);
+    assert_eq!((stats.requests, stats.events), (requests, requests));
+    assert!(
+        stats.commits < requests / 2,
+        "group commit should batch requests: {stats:?}"
+    );
+    assert!(stats.max_batch > 1, "{stats:?}");
+    let all = store.read_all_events(0, 10_000).await.unwrap();
+    assert_eq!(all.len() as u64, requests);
+}
+
+/// Node A keeps appending under a lease that has run out while node B takes the plan over and
+/// appends too: the log holds A's events, then B's, never A's after B's first; once A hears
+/// `Fenced` it never writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_during_appends_cuts_the_old_owner_off_cleanly() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let a = Arc::new(open(&url, &schema).await);
+    let b = Arc::new(open(&url, &schema).await);
+    let t = wall_clock();
+    a.create_plan(create("p")).await.unwrap();
+    let fa = a.claim("p", "node-a", 0, t).await.unwrap();
+    let writer = |store: Arc<PgStore>, fence: cairn_store::Fence, actor: &'static str| async move {
+        let mut written = 0u32;
+        loop {
+            let last = store.get_plan("p").await.unwrap().unwrap().last_seq;
+            let mut req = append("p", last);
+            req.fence = Some(fence.clone());
+            req.events[0].actor = actor.into();
+            match store.append(req).await {
+                Ok(_) => {
+                    written += 1;
+                    if actor == "b" && written == 20 {
+                        return written;
+                    }
+                }
+                Err(StoreError::SeqConflict { .. }) => {}
+                Err(StoreError::Fenced { owner, .. }) => {
+                    assert_eq!((actor, owner.as_str()), ("a", "node-b"));
+                    return written;
+                }
+                Err(e) => panic!("{actor}: {e}"),
+            }
+        }
+    };
+    let a_task = tokio::spawn(writer(a.clone(), fa, "a"));
+    // Let A get some appends in before the takeover: wait (bounded) for its first.
+    let deadline = Instant::now() + WAIT;
+    while a.get_plan("p").await.unwrap().unwrap().last_seq < 3 {
+        assert!(Instant::now() < deadline, "A never appended");
+        tokio::task::yield_now().await;
+    }
+    // An append in flight holds the lease row, and a takeover skips rows it cannot lock at
+    // once: B tries until it lands between two of A's transactions.
+    let fb = loop {
+        let taken = b
+            .take_over("node-b", 60_000, &["running"], 1, t)
+            .await
+            .unwrap();
+        if let Some((_, fence)) = taken.into_iter().next() {
+            break fence;
+        }
+        assert!(Instant::now() < deadline, "B never took the plan over");
+        tokio::task::yield_now().await;
+    };
+    let b_task = tokio::spawn(writer(b.clone(), fb, "b"));
+    let (a_written, b_written) = tokio::time::timeout(Duration::from_secs(120), async {
+        (a_task.await.unwrap(), b_task.await.unwrap())
+    })
+    .await
+    .expect("both writers finished");
+    assert!(a_written >= 2, "{a_written}");
+    assert_eq!(b_written, 20);
+    let log = a.read_events("p", 1, None, 1000).await.unwrap();
+    let actors: String = log.iter().map(|e| e.actor.as_str()).collect();
+    assert_eq!(
+        actors,
+        format!("{}{}", "a".repeat(a_written as usize), "b".repeat(20)),
+        "A's events, then B's"
+    );
+}
+
+/// Expiry is judged by the database's clock: a node whose clock is far off (the `now` it
+/// passes) neither cuts another's lease short nor stretches its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_run_by_the_database_clock_whatever_now_the_caller_passes() {
+    let Some(url) = database_url() else { return };
+    let store = open(&url, &unique_schema()).await;
+    store.create_plan(create("p")).await.unwrap();
+    let t = wall_clock();
+    const YEAR: i64 = 365 * 24 * 3600 * 1_000_000;
+    store.claim("p", "node-a", 60_000, t - YEAR).await.unwrap();
+    // B's clock is a year ahead: A's lease still runs.
+    match store.claim("p", "node-b", 60_000, t + YEAR).await {
+        Err(StoreError::LeaseHeld { owner, until, .. }) => {
+            assert_eq!(owner, "node-a");
+            let row = store.lease("p").await.unwrap().unwrap();
+            assert_eq!(until, row.expires_at);
+            // Set by the database's clock, not the year-old `now` A passed.
+            assert!(until > t, "{until} vs {t}");
+        }
+        other => panic!("expected LeaseHeld, got {other:?}"),
+    }
+    assert!(store
+        .take_over("node-b", 60_000, &["running"], 10, t + YEAR)
+        .await
+        .unwrap()
+        .is_empty());
+    // A's lease with no time left runs out whatever A's clock says.
+    store.claim("p", "node-a", 0, t + YEAR).await.unwrap();
+    let taken = store
+        .take_over("node-b", 60_000, &["running"], 10, t - YEAR)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
 }

@@ -54,6 +54,21 @@ async fn passes_the_conformance_suite() {
     .await;
 }
 
+/// Several engines of one process may share a SQLite store (each with its own node id), so it
+/// passes the lease cases of a shared store too. (Cursor leases stay the single-process
+/// default: one process delivers webhooks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_cluster_lease_cases() {
+    use conformance::cluster;
+    let dir = tempfile::tempdir().unwrap();
+    let store = |name: &str| -> Arc<dyn cairn_store::Store> {
+        Arc::new(open(&dir.path().join(format!("{name}.db")), false))
+    };
+    cluster::fencing_after_take_over_and_release(store("fencing")).await;
+    cluster::racing_take_over(store("racing")).await;
+    cluster::take_over_leaves_released_and_live_leases(store("leaves")).await;
+}
+
 #[tokio::test]
 async fn a_second_engine_on_the_same_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -353,4 +368,70 @@ async fn events_of_a_version_3_database_read_as_log_format_1() {
         .unwrap();
     let all = store.read_events("p", 0, None, 10).await.unwrap();
     assert_eq!(all.iter().map(|e| e.format).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[tokio::test]
+async fn expired_unreleased_leases_of_active_plans_are_taken_over_with_a_larger_token() {
+    const S: i64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("cairn.db"), false);
+    for id in ["dead", "released", "ended", "live"] {
+        store.create_plan(create(id)).await.unwrap();
+    }
+    let mut ended = append("ended", 1);
+    ended.state = Some("completed".into());
+    store.append(ended).await.unwrap();
+    assert_eq!(store.lease("dead").await.unwrap(), None, "never claimed");
+
+    let dead = store.claim("dead", "a", 10_000, 100 * S).await.unwrap();
+    let released = store.claim("released", "a", 10_000, 100 * S).await.unwrap();
+    store.release("released", &released).await.unwrap();
+    store.claim("ended", "a", 10_000, 100 * S).await.unwrap();
+    store.claim("live", "a", 10_000, 105 * S).await.unwrap();
+
+    let row = store.lease("dead").await.unwrap().unwrap();
+    assert_eq!(
+        (row.owner.as_str(), row.token, row.expires_at, row.released),
+        ("a", dead.token, 110 * S, false)
+    );
+    assert!(store.lease("released").await.unwrap().unwrap().released);
+
+    let states = ["running", "paused"];
+    // Nothing has expired yet.
+    assert!(store
+        .take_over("b", 10_000, &states, 10, 109 * S)
+        .await
+        .unwrap()
+        .is_empty());
+    // At 112 s only the dead node's running plan is taken: not the released one, not the
+    // completed one, not the one whose lease still runs.
+    let taken = store
+        .take_over("b", 10_000, &states, 10, 112 * S)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let (plan_id, fence) = &taken[0];
+    assert_eq!((plan_id.as_str(), fence.node.as_str()), ("dead", "b"));
+    assert!(fence.token > dead.token);
+    let row = store.lease("dead").await.unwrap().unwrap();
+    assert_eq!((row.owner.as_str(), row.expires_at), ("b", 122 * S));
+    // Taken once: B's new lease runs.
+    assert!(store
+        .take_over("c", 10_000, &states, 10, 112 * S)
+        .await
+        .unwrap()
+        .is_empty());
+    // The old owner is fenced.
+    let mut stale = append("dead", 1);
+    stale.fence = Some(dead);
+    assert!(matches!(
+        store.append(stale).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // The limit holds.
+    let taken = store
+        .take_over("c", 10_000, &states, 1, 200 * S)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
 }

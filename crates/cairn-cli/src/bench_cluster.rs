@@ -1,0 +1,563 @@
+//! The `cluster` workload of `cairn bench --database-url URL`: `cairn serve` nodes as child
+//! processes of this one, on 127.0.0.1, each measurement on a fresh PostgreSQL database of its
+//! own (and one SQLite node for comparison), driven over HTTP by a load generator that shares
+//! the machine with them (so the figures are a floor).
+//!
+//! - `cluster_plans`: the many-plans workload over HTTP: every plan registered, then started
+//!   through node `k % nodes` (which then drives it), timed until the all-plans stream of node 0
+//!   has carried every plan's `plan_completed`. On one SQLite node, one PostgreSQL node, and
+//!   `--nodes` PostgreSQL nodes.
+//! - `cluster_control`: pause, intervention and resume latency for plans another node owns
+//!   (the request is carried out by the owner), beside the same requests sent to the owner.
+//! - `failover`: `kill -9` of the node driving 100 plans: how long until another node holds
+//!   each plan's lease (read from the database) and until each plan's first event committed
+//!   after the kill reaches a surviving node's stream.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
+
+use crate::bench::{pg_connect, FreshDb};
+use crate::Fail;
+
+fn err(e: impl std::fmt::Display) -> Fail {
+    Fail::from(anyhow::anyhow!("{e}"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+/// The sizes the workloads use.
+pub struct Sizes {
+    pub plans: usize,
+    pub steps: usize,
+    pub nodes: usize,
+    pub lease_ms: u64,
+    pub requests: usize,
+}
+
+/// One `cairn serve` child, killed when dropped.
+struct Node {
+    child: tokio::process::Child,
+    base: String,
+}
+
+/// A port nothing listens on now.
+fn free_port() -> Result<u16, Fail> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(err)?;
+    Ok(l.local_addr().map_err(err)?.port())
+}
+
+/// Where the nodes keep their plans.
+enum Store<'a> {
+    Sqlite(&'a Path),
+    Postgres(&'a str),
+}
+
+impl Node {
+    /// `cairn serve --no-auth` on 127.0.0.1 as node `id`, waiting until it listens.
+    async fn start(exe: &Path, store: &Store<'_>, id: &str, lease_ms: u64) -> Result<Node, Fail> {
+        let port = free_port()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(["serve", "--no-auth", "--bind", &format!("127.0.0.1:{port}")]);
+        match store {
+            Store::Sqlite(db) => {
+                cmd.arg("--db").arg(db);
+            }
+            Store::Postgres(url) => {
+                cmd.args(["--database-url", url, "--node-id", id]).args([
+                    "--lease-ms",
+                    &lease_ms.to_string(),
+                    "--advertise",
+                    &base,
+                ]);
+            }
+        }
+        let mut child = cmd
+            .env("CAIRN_LOG", "error")
+            .env_remove("CAIRN_DB")
+            .env_remove("CAIRN_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| err(format!("cannot start cairn serve: {e}")))?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("cairn listening on ") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if listening != Ok(true) {
+            return Err(err(format!("node {id} never said it listens")));
+        }
+        // The rest of its stdout is read and dropped, so that it never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Node { child, base })
+    }
+
+    /// `kill -9`, and reaps it.
+    async fn kill9(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn client() -> Result<reqwest::Client, Fail> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(err)
+}
+
+async fn post(c: &reqwest::Client, url: &str, body: &Value) -> Result<(u16, Value), Fail> {
+    let r = c.post(url).json(body).send().await.map_err(err)?;
+    let status = r.status().as_u16();
+    Ok((status, r.json::<Value>().await.unwrap_or(Value::Null)))
+}
+
+/// Runs `f(k)` for k in 0..n, `width` at a time.
+async fn each<F, Fut>(n: usize, width: usize, f: F) -> Result<(), Fail>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), Fail>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let f = Arc::new(f);
+    let mut set: tokio::task::JoinSet<Result<(), Fail>> = tokio::task::JoinSet::new();
+    for _ in 0..width.min(n).max(1) {
+        let (next, f) = (next.clone(), f.clone());
+        set.spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= n {
+                    return Ok(());
+                }
+                f(k).await?;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.map_err(err)??;
+    }
+    Ok(())
+}
+
+fn echo_plan(id: &str, steps: usize) -> Value {
+    json!({"plan_id": id, "query": "bench", "max_parallel": 8,
+           "steps": (0..steps).map(|j| json!({"step_id": format!("s{j}"), "action": "bench",
+                                              "agent_type": "builtin.echo", "params": {"n": j}}))
+                              .collect::<Vec<_>>()})
+}
+
+/// A chain of `steps` sleeping steps of `ms` each: a plan that stays busy.
+fn busy_plan(id: &str, steps: usize, ms: u64) -> Value {
+    json!({"plan_id": id, "query": "bench",
+           "steps": (0..steps).map(|j| {
+               let mut s = json!({"step_id": format!("s{j}"), "action": "bench",
+                                  "agent_type": "builtin.sleep", "params": {"ms": ms}});
+               if j > 0 { s["depends_on"] = json!([format!("s{}", j - 1)]); }
+               s
+           }).collect::<Vec<_>>()})
+}
+
+/// Follows `GET /v1/events/stream` of `base` after global id `after` (live events only when
+/// `None`), calling `on` with each event (its data) as it arrives, until `on` answers `true`.
+/// Answers once the stream is open.
+async fn follow(
+    c: &reqwest::Client,
+    base: &str,
+    after: Option<u64>,
+    mut on: impl FnMut(Value) -> bool + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<(), Fail>>, Fail> {
+    let mut req = c
+        .get(format!("{base}/v1/events/stream"))
+        .timeout(Duration::from_secs(24 * 3600));
+    if let Some(after) = after {
+        req = req.header("Last-Event-ID", after.to_string());
+    }
+    let mut resp = req.send().await.map_err(err)?;
+    if resp.status().as_u16() != 200 {
+        return Err(err(format!("event stream: {}", resp.status())));
+    }
+    Ok(tokio::spawn(async move {
+        let mut buf = String::new();
+        loop {
+            let Some(chunk) = resp.chunk().await.map_err(err)? else {
+                return Err(err("the event stream ended"));
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let data = frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data:"))
+                    .and_then(|d| serde_json::from_str::<Value>(d.trim()).ok());
+                if let Some(event) = data {
+                    if frame.lines().any(|l| l.starts_with("id:")) && on(event) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// The many-plans workload over HTTP on `nodes` nodes of `store`.
+async fn plans(exe: &Path, store: Store<'_>, nodes: usize, s: &Sizes) -> Result<Value, Fail> {
+    let mut running = Vec::new();
+    for i in 0..nodes {
+        running.push(Node::start(exe, &store, &format!("bench-{i}"), s.lease_ms).await?);
+    }
+    let bases: Arc<Vec<String>> = Arc::new(running.iter().map(|n| n.base.clone()).collect());
+    let c = client()?;
+    let steps = s.steps;
+    let t = Instant::now();
+    {
+        let (c, bases) = (c.clone(), bases.clone());
+        each(s.plans, 64, move |k| {
+            let (c, bases) = (c.clone(), bases.clone());
+            async move {
+                let base = &bases[k % bases.len()];
+                let (st, v) = post(
+                    &c,
+                    &format!("{base}/v1/plans"),
+                    &echo_plan(&format!("p{k}"), steps),
+                )
+                .await?;
+                if st != 201 {
+                    return Err(err(format!("register p{k}: {st} {v}")));
+                }
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let register_s = t.elapsed().as_secs_f64();
+    // Every plan's end, as node 0's all-plans stream carries it (live events only).
+    let want = s.plans;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let mut done_tx = Some(done_tx);
+    let mut ended: HashSet<String> = HashSet::new();
+    let stream = follow(&c, &bases[0], None, move |e| {
+        let kind = e["type"].as_str().unwrap_or("");
+        if ["plan_completed", "plan_failed"].contains(&kind) {
+            ended.insert(e["plan_id"].as_str().unwrap_or("").to_owned());
+            if ended.len() == want {
+                if let Some(tx) = done_tx.take() {
+                    let _ = tx.send(Instant::now());
+                }
+                return true;
+            }
+        }
+        false
+    })
+    .await?;
+    let t = Instant::now();
+    {
+        let (c, bases) = (c.clone(), bases.clone());
+        each(s.plans, 64, move |k| {
+            let (c, bases) = (c.clone(), bases.clone());
+            async move {
+                let base = &bases[k % bases.len()];
+                let (st, v) = post(&c, &format!("{base}/v1/plans/p{k}/start"), &json!({})).await?;
+                if st != 200 {
+                    return Err(err(format!("start p{k}: {st} {v}")));
+                }
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let start_s = t.elapsed().as_secs_f64();
+    let finished = tokio::time::timeout(Duration::from_secs(1800), done_rx)
+        .await
+        .map_err(|_| err("the plans did not all end within 30 minutes"))?
+        .map_err(|_| match stream.is_finished() {
+            true => err("the event stream ended before every plan did"),
+            false => err("the stream reader stopped"),
+        })?;
+    let wall = finished.duration_since(t).as_secs_f64();
+    stream.abort();
+    for mut n in running {
+        n.kill9().await;
+    }
+    let total = s.plans * s.steps;
+    Ok(json!({
+        "workload": "cluster_plans", "nodes": nodes, "plans": s.plans, "steps": total,
+        "wall_s": round(wall, 3), "steps_per_sec": round(total as f64 / wall, 0),
+        "register_s": round(register_s, 3), "start_requests_s": round(start_s, 3),
+    }))
+}
+
+/// Pause, intervention and resume, each timed alone, for plans node 0 drives: sent to node 1
+/// (another node) for half of them and to node 0 (the owner) for the other half.
+async fn control(exe: &Path, url: &str, s: &Sizes) -> Result<Vec<Value>, Fail> {
+    let mut running = Vec::new();
+    for i in 0..2 {
+        running.push(
+            Node::start(
+                exe,
+                &Store::Postgres(url),
+                &format!("bench-{i}"),
+                s.lease_ms,
+            )
+            .await?,
+        );
+    }
+    let (owner, other) = (running[0].base.clone(), running[1].base.clone());
+    let c = client()?;
+    let n = s.requests.clamp(2, 200);
+    {
+        let (c, owner) = (c.clone(), owner.clone());
+        each(n, 32, move |k| {
+            let (c, owner) = (c.clone(), owner.clone());
+            async move {
+                let id = format!("busy{k}");
+                let (st, v) =
+                    post(&c, &format!("{owner}/v1/plans"), &busy_plan(&id, 50, 200)).await?;
+                if st != 201 {
+                    return Err(err(format!("register {id}: {st} {v}")));
+                }
+                let (st, v) = post(&c, &format!("{owner}/v1/plans/{id}/start"), &json!({})).await?;
+                if st != 200 {
+                    return Err(err(format!("start {id}: {st} {v}")));
+                }
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let mut times: HashMap<(&str, &str), Vec<f64>> = HashMap::new();
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    for k in 0..n {
+        let (via, base) = if k % 2 == 0 {
+            ("other_node", &other)
+        } else {
+            ("owner", &owner)
+        };
+        let id = format!("busy{k}");
+        let requests = [
+            ("pause", format!("{base}/v1/plans/{id}/pause"), json!({})),
+            (
+                "intervention",
+                format!("{base}/v1/plans/{id}/interventions"),
+                json!({"type": "add_step", "step": {"step_id": "extra", "action": "bench", "agent_type": "builtin.echo"}}),
+            ),
+            ("resume", format!("{base}/v1/plans/{id}/resume"), json!({})),
+        ];
+        for (what, url, body) in requests {
+            let t = Instant::now();
+            let (st, v) = post(&c, &url, &body).await?;
+            times.entry((what, via)).or_default().push(ms(t));
+            if !(200..300).contains(&st) {
+                return Err(err(format!("{what} {id} via {via}: {st} {v}")));
+            }
+        }
+    }
+    for mut node in running {
+        node.kill9().await;
+    }
+    let mut out = Vec::new();
+    for what in ["pause", "intervention", "resume"] {
+        for via in ["other_node", "owner"] {
+            let mut v = times.remove(&(what, via)).unwrap_or_default();
+            v.sort_by(f64::total_cmp);
+            out.push(json!({
+                "workload": format!("cluster_control_{what}"), "via": via, "nodes": 2,
+                "requests": v.len(), "running_plans": n,
+                "p50_ms": round(percentile(&v, 0.5), 3), "p99_ms": round(percentile(&v, 0.99), 3),
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// `kill -9` of the node driving 100 busy plans, among `nodes`.
+async fn failover(exe: &Path, url: &str, s: &Sizes) -> Result<Value, Fail> {
+    let mut running = Vec::new();
+    for i in 0..s.nodes {
+        running.push(
+            Node::start(
+                exe,
+                &Store::Postgres(url),
+                &format!("bench-{i}"),
+                s.lease_ms,
+            )
+            .await?,
+        );
+    }
+    let victim = running[0].base.clone();
+    let c = client()?;
+    let plans = 100usize;
+    // Long enough to outlive two lease periods with time to spare.
+    let steps = (4 * s.lease_ms / 200 + 50) as usize;
+    {
+        let (c, victim) = (c.clone(), victim.clone());
+        each(plans, 32, move |k| {
+            let (c, victim) = (c.clone(), victim.clone());
+            async move {
+                let id = format!("f{k}");
+                let (st, v) = post(
+                    &c,
+                    &format!("{victim}/v1/plans"),
+                    &busy_plan(&id, steps, 200),
+                )
+                .await?;
+                if st != 201 {
+                    return Err(err(format!("register {id}: {st} {v}")));
+                }
+                let (st, v) =
+                    post(&c, &format!("{victim}/v1/plans/{id}/start"), &json!({})).await?;
+                if st != 200 {
+                    return Err(err(format!("start {id}: {st} {v}")));
+                }
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let db = pg_connect(url).await?;
+    let owned_by = |node: String| {
+        let db = &db;
+        async move {
+            db.query(
+                "SELECT p.plan_id FROM leases l JOIN plans p ON p.pk = l.plan_pk \
+                 WHERE l.node = $1 AND NOT l.released AND l.expires_at > cairn_now()",
+                &[&node],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<HashSet<_>>()
+            })
+            .map_err(err)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while owned_by("bench-0".into()).await?.len() < plans {
+        if Instant::now() > deadline {
+            return Err(err("node 0 never held the lease of every plan"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last_id: i64 = db
+        .query_one("SELECT last_id FROM cairn_counter", &[])
+        .await
+        .map_err(err)?
+        .get(0);
+    // The first event of each plan that a survivor's stream carries after the kill.
+    let first_event: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    let stream = {
+        let first_event = first_event.clone();
+        follow(&c, &running[1].base, Some(last_id as u64), move |e| {
+            let mut m = first_event.lock().unwrap();
+            let id = e["plan_id"].as_str().unwrap_or("").to_owned();
+            m.entry(id).or_insert_with(Instant::now);
+            m.len() >= plans
+        })
+        .await?
+    };
+    let killed = Instant::now();
+    running[0].kill9().await;
+    let mut moved: HashMap<String, f64> = HashMap::new();
+    let limit = Duration::from_millis(4 * s.lease_ms) + Duration::from_secs(60);
+    while moved.len() < plans {
+        if killed.elapsed() > limit {
+            return Err(err(format!(
+                "only {} of {plans} plans were taken over within {limit:?}",
+                moved.len()
+            )));
+        }
+        let now_ms = killed.elapsed().as_secs_f64() * 1e3;
+        for i in 1..s.nodes {
+            for id in owned_by(format!("bench-{i}")).await? {
+                moved.entry(id).or_insert(now_ms);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + limit;
+    while first_event.lock().unwrap().len() < plans && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stream.abort();
+    let mut taken: Vec<f64> = moved.into_values().collect();
+    taken.sort_by(f64::total_cmp);
+    let mut first: Vec<f64> = first_event
+        .lock()
+        .unwrap()
+        .values()
+        .map(|t| t.duration_since(killed).as_secs_f64() * 1e3)
+        .collect();
+    first.sort_by(f64::total_cmp);
+    for mut n in running {
+        n.kill9().await;
+    }
+    Ok(json!({
+        "workload": "failover", "nodes": s.nodes, "plans": plans, "lease_ms": s.lease_ms,
+        "takeover_ms_p50": round(percentile(&taken, 0.5), 0),
+        "takeover_ms_max": round(percentile(&taken, 1.0), 0),
+        "first_event_plans": first.len(),
+        "first_event_ms_p50": round(percentile(&first, 0.5), 0),
+        "first_event_ms_max": round(percentile(&first, 1.0), 0),
+    }))
+}
+
+/// Every cluster measurement, each on a fresh database; prints each line as it is measured.
+pub async fn run(exe: &Path, url: &str, s: &Sizes) -> Result<(), Fail> {
+    // The same workload on one SQLite node, for comparison.
+    let dir = tempfile::Builder::new()
+        .prefix(".cairn-bench-")
+        .tempdir_in(".")
+        .map_err(err)?;
+    let db = dir.path().join("cluster.db");
+    let mut line = plans(exe, Store::Sqlite(&db), 1, s).await?;
+    line["store"] = json!("sqlite");
+    println!("{line}");
+    for nodes in [1, s.nodes] {
+        let fresh = FreshDb::create(url, &format!("plans{nodes}")).await?;
+        let r = plans(exe, Store::Postgres(&fresh.url), nodes, s).await;
+        fresh.drop_now().await;
+        let mut line = r?;
+        line["store"] = json!("postgres");
+        println!("{line}");
+    }
+    let fresh = FreshDb::create(url, "control").await?;
+    let r = control(exe, &fresh.url, s).await;
+    fresh.drop_now().await;
+    for mut line in r? {
+        line["store"] = json!("postgres");
+        println!("{line}");
+    }
+    let fresh = FreshDb::create(url, "failover").await?;
+    let r = failover(exe, &fresh.url, s).await;
+    fresh.drop_now().await;
+    let mut line = r?;
+    line["store"] = json!("postgres");
+    println!("{line}");
+    Ok(())
+}
