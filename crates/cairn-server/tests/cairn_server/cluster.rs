@@ -227,13 +227,14 @@ async fn receiver() -> (String, Arc<std::sync::Mutex<Vec<u64>>>) {
 }
 
 /// A node: `cairn serve`'s wiring on its own connection to `schema`, with the webhook `hook`;
-/// stopped by sending on the answered channel.
+/// answers its base URL and engine, and a channel that stops it.
 async fn pg_node(
     url: &str,
     schema: &str,
     node_id: &str,
-    hook: &str,
+    hook: Option<&str>,
 ) -> (
+    String,
     cairn_engine::Engine,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<std::io::Result<()>>,
@@ -259,11 +260,14 @@ async fn pg_node(
                 lease_ms: 1_000,
                 ..EngineOptions::default()
             },
-            webhooks: vec![cairn_engine::config::WebhookConfig {
-                url: hook.to_owned(),
-                events: vec!["step_completed".into()],
-                secret: None,
-            }],
+            webhooks: hook
+                .map(|hook| cairn_engine::config::WebhookConfig {
+                    url: hook.to_owned(),
+                    events: vec!["step_completed".into()],
+                    secret: None,
+                })
+                .into_iter()
+                .collect(),
             advertise: Some(format!("http://{addr}")),
             ..ServerOptions::default()
         },
@@ -275,7 +279,7 @@ async fn pg_node(
     let task = tokio::spawn(server.serve(listener, async move {
         let _ = stopped.await;
     }));
-    (engine, stop, task)
+    (format!("http://{addr}"), engine, stop, task)
 }
 
 fn echo_plan(id: &str, steps: usize) -> cairn_core::Plan {
@@ -318,6 +322,140 @@ async fn completed_ids(
         .collect()
 }
 
+/// A schema no other test uses.
+fn unique_schema(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    format!(
+        "{prefix}_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Commands sent over HTTP to a node that does not drive the plan are carried out by the one
+/// that does, through `HttpPeers` and the forwarding endpoint, and answered with its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_to_another_node_is_forwarded_to_the_owner() {
+    let Ok(url) = std::env::var("CAIRN_TEST_DATABASE_URL") else {
+        eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)");
+        return;
+    };
+    let schema = unique_schema("cairn_fwd");
+    let (base_a, a, stop_a, task_a) = pg_node(&url, &schema, "fwd-a", None).await;
+    let (base_b, b, stop_b, task_b) = pg_node(&url, &schema, "fwd-b", None).await;
+    let token = cairn_server::auth::create_token(&**a.store(), "op", Role::Operator)
+        .await
+        .unwrap()
+        .token;
+    let http = reqwest::Client::new();
+    // Registered and started on a: a drives it, held before its second step.
+    let plan = serde_json::json!({"plan_id": "fwd", "query": "q", "steps": [
+        {"step_id": "s1", "action": "a", "agent_type": "builtin.echo"},
+        {"step_id": "s2", "action": "a", "agent_type": "builtin.echo", "pause_before": true,
+         "depends_on": ["s1"]}]});
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_a}/v1/plans"),
+        Some(&token),
+        Some(&plan),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_a}/v1/plans/fwd/start"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    within("the breakpoint", async {
+        loop {
+            let (_, v) = request(
+                &http,
+                Method::GET,
+                &format!("{base_b}/v1/plans/fwd"),
+                Some(&token),
+                None,
+            )
+            .await;
+            if v["state"] == "paused" {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let served_before = a.node_stats();
+    let forwarded_before = b.node_stats().forwarded_total;
+
+    // Through b: an intervention and a resume, answered with a's results.
+    let skip = serde_json::json!({"type": "skip_step", "step_id": "s2", "reason": "via b"});
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_b}/v1/plans/fwd/interventions"),
+        Some(&token),
+        Some(&skip),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"], "applied", "{body}");
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_b}/v1/plans/fwd/resume"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A refusal comes back as the owner's refusal, not as "not owner".
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_b}/v1/plans/fwd/interventions"),
+        Some(&token),
+        Some(&skip),
+    )
+    .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert_ne!(body["error"]["code"], "not_owner", "{body}");
+
+    within("the plan completes", a.wait_settled("fwd"))
+        .await
+        .unwrap();
+    let (_, v) = request(
+        &http,
+        Method::GET,
+        &format!("{base_b}/v1/plans/fwd"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(v["state"], "completed", "{v}");
+    assert!(b.node_stats().forwarded_total >= forwarded_before + 2);
+    assert_eq!(
+        a.node_stats().takeovers_total,
+        served_before.takeovers_total,
+        "no takeover: a was reachable"
+    );
+    let metrics = cairn_server::metrics::render();
+    let served = metrics
+        .lines()
+        .find(|l| l.starts_with("cairn_cluster_forwards_served_total{node=\"fwd-a\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(served >= 2.0, "{metrics}");
+    for (stop, task) in [(stop_a, task_a), (stop_b, task_b)] {
+        stop.send(()).unwrap();
+        within("a node stops", task).await.unwrap().unwrap();
+    }
+}
+
 /// Two nodes with the same webhook: while both run, each event is delivered once (one node holds
 /// the cursor's lease); once the first node stops, the second takes the lease over and delivers
 /// what followed, from the durable cursor.
@@ -327,15 +465,10 @@ async fn a_webhook_is_delivered_by_one_node_at_a_time() {
         eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)");
         return;
     };
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    let schema = format!(
-        "cairn_hook_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
+    let schema = unique_schema("cairn_hook");
     let (hook, got) = receiver().await;
-    let (a, stop_a, task_a) = pg_node(&url, &schema, "hook-a", &hook).await;
-    let (b, stop_b, task_b) = pg_node(&url, &schema, "hook-b", &hook).await;
+    let (_, a, stop_a, task_a) = pg_node(&url, &schema, "hook-a", Some(&hook)).await;
+    let (_, b, stop_b, task_b) = pg_node(&url, &schema, "hook-b", Some(&hook)).await;
 
     a.register(echo_plan("p1", 5), "t").await.unwrap();
     a.start("p1", "t", None).await.unwrap();
