@@ -379,9 +379,27 @@ async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owner
     assert_eq!(forked.plan_id, "fw-fork");
     assert!(b.state("fw-fork").await.is_ok());
 
+    // Delete, through B, a plan A has loaded: A deletes it, and its actor goes with it.
+    a.create_checkpoint("fw-fork", None, "ann", None)
+        .await
+        .unwrap();
+    assert_eq!(c.owner("fw-fork").await.as_deref(), Some("a"));
+    b.delete("fw-fork").await.unwrap();
+    assert!(matches!(
+        a.state("fw-fork").await,
+        Err(EngineError::PlanNotFound(_))
+    ));
+    assert!(matches!(
+        b.delete("fw-fork").await,
+        Err(EngineError::PlanNotFound(_))
+    ));
+
     // Resume, then cancel, through B.
     let resumed = b.resume("fw", "bob", None).await.unwrap();
     assert_eq!(resumed.status, PlanStatus::Running);
+    // A running plan is not deleted; the owner's refusal keeps its kind.
+    let e = b.delete("fw").await.unwrap_err();
+    assert_eq!(e.refusal_kind(), Some(RefusalKind::Conflict), "{e}");
     let cancelled = b.cancel("fw", "bob", Some("done".into())).await.unwrap();
     assert_eq!(cancelled.status, PlanStatus::Cancelled);
     assert_eq!(cancelled.steps[2].rec.status, StepStatus::Skipped);
@@ -663,4 +681,52 @@ async fn every_subscriber_of_every_node_sees_every_nodes_events_in_id_order(c: C
     // Every message posted to an actor was taken.
     assert_eq!(a.node_stats().inbox_depth, 0, "{:?}", a.node_stats());
     assert_eq!(b.node_stats().inbox_depth, 0, "{:?}", b.node_stats());
+}
+
+on_both_stores!(every_node_heartbeats_with_its_address_and_the_plans_it_owns);
+
+async fn every_node_heartbeats_with_its_address_and_the_plans_it_owns(c: Cluster) {
+    const LEASE: u64 = 300;
+    let a = c
+        .node_with("a", LEASE, |o| {
+            o.advertise = Some("http://127.0.0.1:7001".into())
+        })
+        .await;
+    let _b = c.node("b", LEASE).await;
+    // The first heartbeat is recorded before `open` returns.
+    let nodes = c.store.list_nodes().await.unwrap();
+    let first = nodes
+        .iter()
+        .find(|n| n.node_id == "a")
+        .expect("node a")
+        .clone();
+    assert_eq!(first.address.as_deref(), Some("http://127.0.0.1:7001"));
+    assert!(nodes.iter().any(|n| n.node_id == "b"), "{nodes:?}");
+
+    let held = c.latch("hb-1");
+    a.register(
+        plan(&format!("plan_id: hb\nsteps:\n  - {{step_id: s1, action: x, agent_type: count, params: {{latch: {held}}}}}\n")),
+        "ann",
+    )
+    .await
+    .unwrap();
+    a.start("hb", "ann", None).await.unwrap();
+    within("s1 to hold", latch::held(&held)).await;
+    assert_eq!(a.node_stats().leases_held, 1);
+    // Later heartbeats move on; the plan A drives is counted as its own.
+    within("a later heartbeat", async {
+        loop {
+            let nodes = c.store.list_nodes().await.unwrap();
+            let now = nodes.iter().find(|n| n.node_id == "a").expect("node a");
+            if now.heartbeat_at > first.heartbeat_at {
+                assert_eq!(now.started_at, first.started_at);
+                assert_eq!(now.plans_owned, 1, "{now:?}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    latch::release(&held);
+    settled(&a, "hb").await;
 }
