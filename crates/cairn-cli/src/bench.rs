@@ -721,14 +721,15 @@ async fn run_workload(
         "control" => {
             let (_, fsync_us) = fsync_rate(dir, 200)?;
             let (engine, _) = open(target, EngineOptions::default()).await?;
-            // Plans that stay busy while the requests are timed: sleeping steps in a chain.
+            // Plans that stay busy while the requests are timed: sleeping steps in a chain, 30 s
+            // of them (on PostgreSQL starting 1,000 plans takes seconds; 10 s were not enough).
             let plans: Vec<Plan> = (0..args.plans)
                 .map(|i| Plan {
                     plan_id: Some(format!("busy-{i}")),
                     query: "bench".into(),
                     metadata: Value::Null,
                     max_parallel: 8,
-                    steps: (0..50)
+                    steps: (0..150)
                         .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 200})))
                         .collect(),
                 })
