@@ -108,6 +108,9 @@ impl Server {
             EngineOptions {
                 remote: Some(remote.clone()),
                 peers: Some(peers),
+                // The engine's own heartbeats (a node with peers records them) carry the
+                // address the other nodes reach this one at, never none.
+                advertise: opts.advertise.clone().or(opts.engine.advertise.clone()),
                 ..opts.engine
             },
         )

@@ -796,6 +796,10 @@ async fn every_node_heartbeats_with_its_address_and_the_plans_it_owns(c: Cluster
             let now = nodes.iter().find(|n| n.node_id == "a").expect("node a");
             if now.heartbeat_at > first.heartbeat_at {
                 assert_eq!(now.started_at, first.started_at);
+                assert_eq!(
+                    now.address, first.address,
+                    "later heartbeats keep the address"
+                );
                 assert_eq!(now.plans_owned, 1, "{now:?}");
                 return;
             }
