@@ -16,13 +16,9 @@ use crate::{exit, DbArgs, Fail};
 pub struct NodesArgs {
     #[command(flatten)]
     db: DbArgs,
-    /// Read the node list from this PostgreSQL database (postgres://USER@HOST:5432/DB).
-    #[arg(
-        long,
-        env = "CAIRN_DATABASE_URL",
-        hide_env_values = true,
-        conflicts_with = "server"
-    )]
+    /// Read the node list from this PostgreSQL database (postgres://USER@HOST:5432/DB);
+    /// --server, when given too, wins.
+    #[arg(long, env = "CAIRN_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// With --database-url: the nodes' lease in milliseconds, which sets when a node counts as
     /// gone (no heartbeat for three leases).
@@ -32,7 +28,8 @@ pub struct NodesArgs {
 
 pub async fn nodes(args: NodesArgs) -> Result<u8, Fail> {
     let db = args.db;
-    if let Some(url) = &args.database_url {
+    let remote = db.server.as_deref().is_some_and(|s| !s.is_empty());
+    if let Some(url) = args.database_url.as_deref().filter(|_| !remote) {
         let store = crate::store::open_postgres(url).await?;
         let rows = store
             .list_nodes()

@@ -194,7 +194,12 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
         ));
     }
     let config = load_config(args.config.as_deref(), None)?;
-    let (store, sqlite): (Arc<dyn Store>, Option<Arc<SqliteStore>>) = match &args.database_url {
+    type Opened = (
+        Arc<dyn Store>,
+        Option<Arc<SqliteStore>>,
+        Option<Arc<dyn cairn_engine::queue::TaskQueue>>,
+    );
+    let (store, sqlite, queue): Opened = match &args.database_url {
         Some(url) => {
             let pg = crate::store::open_postgres(url).await?;
             // One live process per node id: two nodes never share a fence.
@@ -207,11 +212,18 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
                     other => format!("cannot register node {node_id}: {other}"),
                 },
             })?;
-            (pg, None)
+            // Remote workers may poll any node: the task queue is the database's.
+            let queue = cairn_store_postgres::PgQueue::new(&pg, args.worker_lease_ms)
+                .await
+                .map_err(|e| Fail {
+                    code: exit::FAILED,
+                    message: format!("cannot open the task queue in the database: {e}"),
+                })?;
+            (pg, None, Some(Arc::new(queue)))
         }
         None => {
             let s = open_store(&args.db, true)?;
-            (s.clone(), Some(s))
+            (s.clone(), Some(s), None)
         }
     };
     if !args.no_auth {
@@ -249,6 +261,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
                 ..cairn_engine::EngineOptions::default()
             },
             advertise: Some(advertise.clone()),
+            queue,
             registry: config.registry(),
             webhooks: config.webhooks.clone(),
             worker_lease_ms: args.worker_lease_ms,

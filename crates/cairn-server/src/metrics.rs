@@ -147,10 +147,6 @@ fn describe() {
         "HTTP requests, by route, method and status"
     );
     describe_counter!(
-        "cairn_cluster_forwards_sent_total",
-        "Commands this node sent to the node owning their plan, by outcome"
-    );
-    describe_counter!(
         "cairn_cluster_forwards_served_total",
         "Commands other nodes forwarded to this node"
     );
@@ -160,7 +156,23 @@ fn describe() {
     );
     describe_gauge!(
         "cairn_node_leases_held",
-        "Plans whose lease this node holds"
+        "Plans this node drives now (each under its lease)"
+    );
+    describe_counter!(
+        "cairn_node_takeovers_total",
+        "Plans this node took over after their owner's lease ran out"
+    );
+    describe_counter!(
+        "cairn_node_forwarded_total",
+        "Commands this node forwarded to the node owning their plan and got an answer for"
+    );
+    describe_counter!(
+        "cairn_node_forward_failures_total",
+        "Forwarding attempts that got no answer (the owner unreachable or refusing)"
+    );
+    describe_gauge!(
+        "cairn_node_inbox_depth",
+        "Messages waiting in the mailboxes of this node's plan actors"
     );
     describe_gauge!(
         "cairn_cluster_nodes",
@@ -196,14 +208,6 @@ pub fn set_tasks_queued(agent_type: &str, n: usize) {
     gauge!("cairn_tasks_queued", "agent_type" => agent_type.to_owned()).set(n as f64);
 }
 
-/// `cairn_cluster_forwards_sent_total{node, outcome}`: a command this node sent to the node
-/// owning its plan, by outcome (answered, unreachable, refused).
-pub fn forward_sent(node: &str, outcome: &'static str) {
-    handle();
-    counter!("cairn_cluster_forwards_sent_total", "node" => node.to_owned(), "outcome" => outcome)
-        .increment(1);
-}
-
 /// `cairn_cluster_forwards_served_total{node}`: a command another node forwarded here.
 pub fn forward_served(node: &str) {
     handle();
@@ -217,10 +221,20 @@ pub fn forward_refused(node: &str) {
     counter!("cairn_cluster_forwards_refused_total", "node" => node.to_owned()).increment(1);
 }
 
-/// Reads this node's view of the cluster once: `cairn_node_leases_held{node}` (the plans whose
-/// lease it holds) and `cairn_cluster_nodes{node, alive}` (the nodes it sees, by liveness).
+/// Reads this node's share of the cluster once, labelled with its id: from the engine,
+/// `cairn_node_leases_held`, `cairn_node_takeovers_total`, `cairn_node_forwarded_total`,
+/// `cairn_node_forward_failures_total` and `cairn_node_inbox_depth`; from the store's node
+/// list, `cairn_cluster_nodes{node, alive}` (the nodes it sees, by liveness).
 pub async fn refresh_node(engine: &Engine, me: &crate::cluster::NodeIdentity) {
     handle();
+    let node = me.node_id.clone();
+    let stats = engine.node_stats();
+    gauge!("cairn_node_leases_held", "node" => node.clone()).set(stats.leases_held as f64);
+    counter!("cairn_node_takeovers_total", "node" => node.clone()).absolute(stats.takeovers_total);
+    counter!("cairn_node_forwarded_total", "node" => node.clone()).absolute(stats.forwarded_total);
+    counter!("cairn_node_forward_failures_total", "node" => node.clone())
+        .absolute(stats.forward_failures_total);
+    gauge!("cairn_node_inbox_depth", "node" => node.clone()).set(stats.inbox_depth as f64);
     let rows = match engine.store().list_nodes().await {
         Ok(rows) => rows,
         Err(e) => {
@@ -229,13 +243,6 @@ pub async fn refresh_node(engine: &Engine, me: &crate::cluster::NodeIdentity) {
         }
     };
     let list = crate::cluster::node_list(rows, me, cairn_engine::now_micros());
-    let held = list
-        .nodes
-        .iter()
-        .find(|n| n.is_self)
-        .map_or(0, |n| n.plans_owned);
-    let node = me.node_id.clone();
-    gauge!("cairn_node_leases_held", "node" => node.clone()).set(held as f64);
     let alive = list.nodes.iter().filter(|n| n.alive).count();
     gauge!("cairn_cluster_nodes", "node" => node.clone(), "alive" => "true").set(alive as f64);
     gauge!("cairn_cluster_nodes", "node" => node, "alive" => "false")

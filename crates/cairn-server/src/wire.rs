@@ -51,6 +51,9 @@ pub struct ServerOptions {
     /// Where the other nodes of a shared store reach this one (`http://host:port`), recorded
     /// with its heartbeat; `None` for a server no other node needs to reach.
     pub advertise: Option<String>,
+    /// The remote-worker task queue; `None`: one in this process, whose leases last
+    /// `worker_lease_ms` (the nodes of a shared database pass the database's queue).
+    pub queue: Option<Arc<dyn cairn_engine::queue::TaskQueue>>,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +68,7 @@ impl Default for ServerOptions {
             metrics_every: crate::metrics::REFRESH,
             limits: ServeOptions::default(),
             advertise: None,
+            queue: None,
         }
     }
 }
@@ -83,36 +87,49 @@ impl Server {
     /// Opens the engine over `store` (recovering its plans) and starts webhook delivery and the
     /// metrics refreshers.
     pub async fn build(store: Arc<dyn Store>, opts: ServerOptions) -> Result<Server, EngineError> {
-        // Agent types with no local executor go to remote workers (`/v1/tasks…`).
-        let remote = RemoteQueue::new(opts.worker_lease_ms);
+        // Agent types with no local executor go to remote workers (`/v1/tasks…`), through the
+        // queue given (shared by the nodes of a database) or one in this process.
+        let remote = match opts.queue.clone() {
+            Some(queue) => RemoteQueue::with_queue(queue),
+            None => RemoteQueue::new(opts.worker_lease_ms),
+        };
+        // A store other processes write as well (it hints at their commits) is shared by
+        // several nodes; a store only this process opens has one node, this one.
+        let shared = store.commit_hint().is_some();
         let node = NodeIdentity {
             node_id: opts.engine.node_id.clone(),
             lease_ms: opts.engine.lease_ms,
-            advertise: opts.advertise.clone(),
+            advertise: opts.advertise.clone().or(opts.engine.advertise.clone()),
         };
         // Commands for plans another node owns go to it over HTTP (a store only this process
         // opens never asks: every plan is this node's).
-        let peers = match opts.engine.peers.clone() {
-            Some(peers) => peers,
-            None => Arc::new(
+        let peers: Option<Arc<dyn cairn_engine::cluster::Peers>> = match opts.engine.peers.clone() {
+            Some(peers) => Some(peers),
+            None if shared => Some(Arc::new(
                 HttpPeers::new(store.clone(), &node.node_id, PeerOptions::default())
                     .map_err(|e| EngineError::Store(cairn_store::StoreError::Backend(e)))?,
-            ),
+            )),
+            None => None,
         };
-        // The node list (`GET /v1/nodes`, the other nodes' way here) reads heartbeats: the
-        // first is recorded before the engine opens, so a node is listed once it answers.
-        let heartbeat = crate::cluster::start_heartbeat(store.clone(), node.clone()).await;
+        let clustered = peers.is_some() || shared;
         let engine = Engine::open(
             store.clone(),
             opts.registry,
             EngineOptions {
                 remote: Some(remote.clone()),
-                peers: Some(peers),
+                peers,
+                advertise: node.advertise.clone(),
                 ..opts.engine
             },
         )
-        .await
-        .inspect_err(|_| heartbeat.abort())?;
+        .await?;
+        // The node list (`GET /v1/nodes`) reads heartbeats. The engine of a cluster keeps its
+        // own fresh; a lone engine records one when it opens, and the server keeps it fresh.
+        let heartbeat = if clustered {
+            None
+        } else {
+            Some(crate::cluster::start_heartbeat(store.clone(), node.clone()).await)
+        };
         // Webhook delivery (at-least-once, from per-webhook cursors in the store),
         // each delivered by one node at a time, under a lease on its cursor.
         let webhooks = crate::webhooks::spawn_webhooks_as(
@@ -152,7 +169,10 @@ impl Server {
             remote,
             state,
             limits: opts.limits,
-            background: vec![webhooks, queued, heartbeat, node_metrics],
+            background: [webhooks, queued, node_metrics]
+                .into_iter()
+                .chain(heartbeat)
+                .collect(),
         })
     }
 

@@ -1,5 +1,6 @@
-//! The HTTP server through its real router on a loopback port over a temporary SQLite store: one
-//! test binary, one module per area.
+//! The HTTP server through its real router on a loopback port over a temporary SQLite store (or,
+//! with `CAIRN_TEST_STORE=postgres`, a fresh schema of `CAIRN_TEST_DATABASE_URL`: `.ci/run` runs
+//! the binary both ways): one test binary, one module per area.
 //!
 //! - `cluster`: `/v1/nodes`, the internal forwarding endpoint and `HttpPeers`.
 //! - `common`: the one server harness (the production wiring of `cairn_server::Server::build`)

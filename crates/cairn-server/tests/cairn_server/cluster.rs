@@ -194,3 +194,316 @@ fn the_forwarding_endpoint_is_not_in_the_public_document() {
     assert!(paths.contains_key("/v1/nodes"));
     assert!(!paths.contains_key(FORWARD_PATH));
 }
+
+// ---- two nodes on one PostgreSQL schema -------------------------------------------------------
+
+/// A webhook receiver on a loopback port: every delivery's `X-Cairn-Delivery` id, in order.
+async fn receiver() -> (String, Arc<std::sync::Mutex<Vec<u64>>>) {
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = {
+        let got = got.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let got = got.clone();
+                async move {
+                    let id = headers["x-cairn-delivery"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    got.lock().unwrap().push(id);
+                    StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), got)
+}
+
+/// A node: `cairn serve`'s wiring on its own connection to `schema`, with the webhook `hook`;
+/// answers its base URL and engine, and a channel that stops it.
+async fn pg_node(
+    url: &str,
+    schema: &str,
+    node_id: &str,
+    hook: Option<&str>,
+) -> (
+    String,
+    cairn_engine::Engine,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let store = cairn_store_postgres::PgStore::connect(
+        url,
+        cairn_store_postgres::PgOptions {
+            pool_size: 4,
+            schema: Some(schema.to_owned()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.hold_node(node_id).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = cairn_server::Server::build(
+        Arc::new(store),
+        ServerOptions {
+            engine: EngineOptions {
+                node_id: node_id.into(),
+                lease_ms: 1_000,
+                ..EngineOptions::default()
+            },
+            webhooks: hook
+                .map(|hook| cairn_engine::config::WebhookConfig {
+                    url: hook.to_owned(),
+                    events: vec!["step_completed".into()],
+                    secret: None,
+                })
+                .into_iter()
+                .collect(),
+            advertise: Some(format!("http://{addr}")),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let engine = server.engine().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    (format!("http://{addr}"), engine, stop, task)
+}
+
+fn echo_plan(id: &str, steps: usize) -> cairn_core::Plan {
+    let mut yaml = format!("plan_id: {id}\nquery: q\nsteps:\n");
+    for i in 0..steps {
+        yaml.push_str(&format!(
+            "  - step_id: s{i}\n    action: a\n    agent_type: builtin.echo\n"
+        ));
+    }
+    cairn_core::Plan::parse(&yaml, cairn_core::Format::Yaml).unwrap()
+}
+
+/// Waits until the receiver got every id in `want`.
+async fn delivered(got: &std::sync::Mutex<Vec<u64>>, want: &std::collections::BTreeSet<u64>) {
+    within("every wanted event delivered", async {
+        loop {
+            let have: std::collections::BTreeSet<u64> =
+                got.lock().unwrap().iter().copied().collect();
+            if have.is_superset(want) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// The global ids of a plan's `step_completed` events.
+async fn completed_ids(
+    engine: &cairn_engine::Engine,
+    plan: &str,
+) -> std::collections::BTreeSet<u64> {
+    engine
+        .events(plan, 0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind.type_name() == "step_completed")
+        .map(|e| e.id)
+        .collect()
+}
+
+/// A schema no other test uses.
+fn unique_schema(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    format!(
+        "{prefix}_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Commands sent over HTTP to a node that does not drive the plan are carried out by the one
+/// that does, through `HttpPeers` and the forwarding endpoint, and answered with its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_to_another_node_is_forwarded_to_the_owner() {
+    let Ok(url) = std::env::var("CAIRN_TEST_DATABASE_URL") else {
+        eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)");
+        return;
+    };
+    let schema = unique_schema("cairn_fwd");
+    let (base_a, a, stop_a, task_a) = pg_node(&url, &schema, "fwd-a", None).await;
+    let (base_b, b, stop_b, task_b) = pg_node(&url, &schema, "fwd-b", None).await;
+    let token = cairn_server::auth::create_token(&**a.store(), "op", Role::Operator)
+        .await
+        .unwrap()
+        .token;
+    let http = reqwest::Client::new();
+    // Registered and started on a: a drives it, held before its second step.
+    let plan = serde_json::json!({"plan_id": "fwd", "query": "q", "steps": [
+        {"step_id": "s1", "action": "a", "agent_type": "builtin.echo"},
+        {"step_id": "s2", "action": "a", "agent_type": "builtin.echo", "pause_before": true,
+         "depends_on": ["s1"]}]});
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_a}/v1/plans"),
+        Some(&token),
+        Some(&plan),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_a}/v1/plans/fwd/start"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    within("the breakpoint", async {
+        loop {
+            let (_, v) = request(
+                &http,
+                Method::GET,
+                &format!("{base_b}/v1/plans/fwd"),
+                Some(&token),
+                None,
+            )
+            .await;
+            if v["state"] == "paused" {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let served_before = a.node_stats();
+    let forwarded_before = b.node_stats().forwarded_total;
+
+    // Through b: an intervention and a resume, answered with a's results.
+    let skip = serde_json::json!({"type": "skip_step", "step_id": "s2", "reason": "via b"});
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_b}/v1/plans/fwd/interventions"),
+        Some(&token),
+        Some(&skip),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"], "applied", "{body}");
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_b}/v1/plans/fwd/resume"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A refusal comes back as the owner's refusal, not as "not owner".
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &format!("{base_b}/v1/plans/fwd/interventions"),
+        Some(&token),
+        Some(&skip),
+    )
+    .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert_ne!(body["error"]["code"], "not_owner", "{body}");
+
+    within("the plan completes", a.wait_settled("fwd"))
+        .await
+        .unwrap();
+    let (_, v) = request(
+        &http,
+        Method::GET,
+        &format!("{base_b}/v1/plans/fwd"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(v["state"], "completed", "{v}");
+    assert!(b.node_stats().forwarded_total >= forwarded_before + 2);
+    assert_eq!(
+        a.node_stats().takeovers_total,
+        served_before.takeovers_total,
+        "no takeover: a was reachable"
+    );
+    let metrics = cairn_server::metrics::render();
+    let served = metrics
+        .lines()
+        .find(|l| l.starts_with("cairn_cluster_forwards_served_total{node=\"fwd-a\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(served >= 2.0, "{metrics}");
+    for (stop, task) in [(stop_a, task_a), (stop_b, task_b)] {
+        stop.send(()).unwrap();
+        within("a node stops", task).await.unwrap().unwrap();
+    }
+}
+
+/// Two nodes with the same webhook: while both run, each event is delivered once (one node holds
+/// the cursor's lease); once the first node stops, the second takes the lease over and delivers
+/// what followed, from the durable cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_is_delivered_by_one_node_at_a_time() {
+    let Ok(url) = std::env::var("CAIRN_TEST_DATABASE_URL") else {
+        eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)");
+        return;
+    };
+    let schema = unique_schema("cairn_hook");
+    let (hook, got) = receiver().await;
+    let (_, a, stop_a, task_a) = pg_node(&url, &schema, "hook-a", Some(&hook)).await;
+    let (_, b, stop_b, task_b) = pg_node(&url, &schema, "hook-b", Some(&hook)).await;
+
+    a.register(echo_plan("p1", 5), "t").await.unwrap();
+    a.start("p1", "t", None).await.unwrap();
+    within("p1 settles", a.wait_settled("p1")).await.unwrap();
+    let first = completed_ids(&a, "p1").await;
+    assert_eq!(first.len(), 5);
+    delivered(&got, &first).await;
+    {
+        let got = got.lock().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        assert!(
+            got.iter().all(|id| seen.insert(*id)),
+            "an event was delivered twice while both nodes ran: {got:?}"
+        );
+    }
+
+    // The first node goes; what follows reaches the receiver through the second.
+    stop_a.send(()).unwrap();
+    within("node a stops", task_a).await.unwrap().unwrap();
+    b.register(echo_plan("p2", 5), "t").await.unwrap();
+    b.start("p2", "t", None).await.unwrap();
+    within("p2 settles", b.wait_settled("p2")).await.unwrap();
+    let second = completed_ids(&b, "p2").await;
+    assert_eq!(second.len(), 5);
+    delivered(&got, &second).await;
+    // In order: the first time each id arrives, ids increase.
+    let got = got.lock().unwrap().clone();
+    let mut firsts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for id in got {
+        if seen.insert(id) {
+            firsts.push(id);
+        }
+    }
+    assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
+    stop_b.send(()).unwrap();
+    within("node b stops", task_b).await.unwrap().unwrap();
+}

@@ -29,12 +29,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// A server over a fresh store in a temporary directory.
+    /// A server over a fresh store: a SQLite file in a temporary directory, or with
+    /// `CAIRN_TEST_STORE=postgres` a schema of its own in `CAIRN_TEST_DATABASE_URL`.
     pub async fn start(opts: ServerOptions) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
-        );
+        let store = fresh_store(dir.path()).await;
         // Bound first, so the node's heartbeat carries the address it is reached at.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -63,6 +62,39 @@ impl TestServer {
     /// A new token of `user` with `role`.
     pub async fn token(&self, user: &str, role: Role) -> String {
         create_token(&*self.store, user, role).await.unwrap().token
+    }
+}
+
+/// The store the tests run on: SQLite in `dir` by default; with `CAIRN_TEST_STORE=postgres`,
+/// PostgreSQL at `CAIRN_TEST_DATABASE_URL` in a fresh schema (the run fails without the URL: a
+/// run asked for PostgreSQL must not pass on SQLite).
+pub async fn fresh_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    match std::env::var("CAIRN_TEST_STORE").as_deref() {
+        Ok("postgres") => {
+            let url = std::env::var("CAIRN_TEST_DATABASE_URL")
+                .expect("CAIRN_TEST_STORE=postgres needs CAIRN_TEST_DATABASE_URL");
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).unwrap();
+            let schema = format!(
+                "cairn_srv_{}",
+                bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            let store = cairn_store_postgres::PgStore::connect(
+                &url,
+                cairn_store_postgres::PgOptions {
+                    pool_size: 4,
+                    schema: Some(schema),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+            Arc::new(store)
+        }
+        Ok("sqlite") | Err(_) => {
+            Arc::new(SqliteStore::open(&dir.join("cairn.db"), SqliteOptions::default()).unwrap())
+        }
+        Ok(other) => panic!("CAIRN_TEST_STORE={other:?}: use sqlite or postgres"),
     }
 }
 

@@ -172,6 +172,12 @@ async fn a_plan_run_shows_up_in_metrics() -> Result<()> {
             (r#"cairn_http_requests_total{route="/v1/plans/{id}/start",method="POST",status="200"}"#, Want::AtLeast(1.0)),
             (r#"cairn_http_requests_total{route="unmatched",method="GET",status="404"}"#, Want::AtLeast(1.0)),
             ("cairn_store_commits_total", Want::AtLeast(1.0)),
+            // Shared by every server of this process (each refresher sets them from its own
+            // store, some of them empty): waited for, like the others, not read once.
+            ("cairn_store_appends_total", Want::AtLeast(1.0)),
+            ("cairn_store_batch_size", Want::AtLeast(f64::MIN_POSITIVE)),
+            ("cairn_store_batch_size_max", Want::AtLeast(f64::MIN_POSITIVE)),
+            ("cairn_store_commit_busy_seconds_total", Want::AtLeast(f64::MIN_POSITIVE)),
         ])
         .await?;
     assert!(
