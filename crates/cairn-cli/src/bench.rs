@@ -95,9 +95,9 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
     {
         return Err(Fail::input("--plans, --steps, --paused and --requests must be positive and --long-steps at least 2"));
     }
-    if args.nodes < 2 || args.lease_ms < 100 {
+    if args.nodes < 2 || args.lease_ms < 500 {
         return Err(Fail::input(
-            "--nodes must be at least 2 and --lease-ms at least 100",
+            "--nodes must be at least 2 and --lease-ms at least 500 (the shortest lease cairn serve takes)",
         ));
     }
     if args.child {
@@ -299,7 +299,7 @@ impl FreshDb {
     }
 }
 
-fn rss_mb(field: &str) -> f64 {
+pub(crate) fn rss_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
