@@ -193,8 +193,7 @@ async fn run_child(
         .args(["--requests", &args.requests.to_string()])
         .args(["--subscribers", &args.subscribers.to_string()])
         .arg("--db")
-        .arg(db)
-        .stderr(std::process::Stdio::inherit());
+        .arg(db);
     if let Some(url) = url {
         cmd.args(["--database-url", url]);
     }
@@ -203,6 +202,11 @@ async fn run_child(
         .output()
         .await
         .map_err(|e| Fail::from(anyhow::anyhow!("cannot run workload {w}: {e}")))?;
+    // `output()` captures stderr whatever was asked: pass on what the child said (its error).
+    let said = String::from_utf8_lossy(&out.stderr);
+    if !said.trim().is_empty() {
+        eprint!("{said}");
+    }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(mut m)) => {
