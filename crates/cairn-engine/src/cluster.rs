@@ -109,6 +109,8 @@ pub(crate) enum Request {
         plan_id: String,
         fork: Box<crate::actor::Fork>,
     },
+    /// The deletion of the plan (refused while it runs).
+    Delete { plan_id: String },
 }
 
 impl Request {
@@ -116,7 +118,8 @@ impl Request {
         match self {
             Request::Command { plan_id, .. }
             | Request::Outcome { plan_id, .. }
-            | Request::Fork { plan_id, .. } => plan_id,
+            | Request::Fork { plan_id, .. }
+            | Request::Delete { plan_id } => plan_id,
         }
     }
 
@@ -174,6 +177,8 @@ pub(crate) enum Reply {
     Dropped,
     /// The new plan of a fork.
     Forked { state: Box<PlanState> },
+    /// The plan was deleted.
+    Deleted,
     /// This node does not own the plan; `owner` does, as far as this node can tell.
     NotOwner { owner: String },
     /// The request was carried out and failed.
@@ -359,6 +364,108 @@ mod tests {
                 );
             }
             other => panic!("read back as {other:?}"),
+        }
+    }
+
+    /// Every command the engine sends, every intervention kind among them, reads back equal
+    /// to what was written: what the owner decides is what the requester asked.
+    #[test]
+    fn every_command_kind_reads_back_as_written() {
+        use serde_json::json;
+        let definition = cairn_core::Plan::parse(
+            "plan_id: p\nquery: q\nsteps:\n  - {step_id: a, action: x, agent_type: t, params: {n: 1.5}}\n",
+            cairn_core::Format::Yaml,
+        )
+        .unwrap();
+        let mut state = PlanState::empty("p");
+        let ctx = cairn_core::Ctx {
+            now: cairn_core::Timestamp::from_micros(1),
+            actor: "ann",
+        };
+        let register = Command::Register {
+            definition: definition.clone(),
+            origin: None,
+        };
+        cairn_core::handle(&mut state, register.clone(), ctx).unwrap();
+        let bodies = [
+            json!({"type": "skip_step", "step_id": "a"}),
+            json!({"type": "retry_step", "step_id": "a"}),
+            json!({"type": "modify_step", "step_id": "a", "patch": {"params": {"n": 2}}}),
+            json!({"type": "add_step", "step": {"step_id": "b", "action": "y", "agent_type": "t"}, "after": "a"}),
+            json!({"type": "remove_step", "step_id": "a"}),
+            json!({"type": "reorder_steps", "order": ["a"]}),
+            json!({"type": "rerun_from", "step_id": "a"}),
+            json!({"type": "approve_step", "step_id": "a", "attempt": 2, "output": {"ok": true}}),
+            json!({"type": "reject_step", "step_id": "a", "attempt": 1, "retry": true, "reason": "no", "expected_version": 3, "dry_run": true}),
+            json!({"type": "complete_step", "step_id": "a", "output": [1, "two", null]}),
+        ];
+        let mut commands: Vec<Command> = bodies
+            .into_iter()
+            .map(|b| Command::Intervene(cairn_core::InterventionRequest::from_body(b).unwrap()))
+            .collect();
+        commands.extend([
+            register,
+            Command::Register {
+                definition,
+                origin: Some(Box::new(cairn_core::event::Origin {
+                    how: "fork".into(),
+                    plan_id: "src".into(),
+                    checkpoint_id: "cp-3".into(),
+                    state: state.materialize(),
+                })),
+            },
+            Command::Start { reason: None },
+            Command::Resume {
+                reason: Some("r".into()),
+            },
+            Command::Cancel { reason: None },
+            Command::Interrupt { reason: None },
+            Command::Checkpoint {
+                label: Some("l".into()),
+                reason: None,
+            },
+            Command::Restore {
+                checkpoint_id: "cp-1".into(),
+                seq: 1,
+                target: Box::new(state.materialize()),
+                reason: None,
+            },
+            Command::RecordFork {
+                checkpoint_id: "cp-1".into(),
+                new_plan_id: "q".into(),
+                reason: None,
+            },
+            Command::Claim {
+                attempt: AttemptId::step("a", 1),
+                worker_id: "w".into(),
+            },
+            Command::Outcome {
+                attempt: AttemptId::step("a", 1),
+                result: StepResult::Completed {
+                    output: json!({"x": 0.1, "y": [true]}),
+                    scores: Some(serde_json::Map::from_iter([("q".into(), json!(0.25))])),
+                },
+            },
+            Command::Outcome {
+                attempt: AttemptId::step("a", 2),
+                result: StepResult::Failed {
+                    error: "boom".into(),
+                    retryable: false,
+                },
+            },
+            Command::Tick,
+            Command::Recover,
+        ]);
+        for command in commands {
+            let request = Request::Command {
+                plan_id: "p".into(),
+                command: command.clone(),
+                actor: "ann".into(),
+            };
+            match Request::decode(&request.encode()).unwrap() {
+                Request::Command { command: back, .. } => assert_eq!(back, command),
+                other => panic!("read back as {other:?}"),
+            }
         }
     }
 

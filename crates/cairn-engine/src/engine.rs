@@ -721,6 +721,10 @@ impl Engine {
             Request::Fork { plan_id, fork } => Ok(Reply::Forked {
                 state: Box::new(self.fork_here(&plan_id, *fork).await?),
             }),
+            Request::Delete { plan_id } => {
+                self.delete_here(&plan_id).await?;
+                Ok(Reply::Deleted)
+            }
         }
     }
 
@@ -1457,8 +1461,31 @@ impl Engine {
         })
     }
 
-    /// Deletes a plan that is not running (with its whole log).
+    /// Deletes a plan that is not running (with its whole log). In a cluster, a plan another
+    /// live node has loaded is deleted by that node, so no actor outlives its plan.
     pub async fn delete(&self, plan_id: &str) -> Result<(), EngineError> {
+        let request = Request::Delete {
+            plan_id: plan_id.to_owned(),
+        };
+        match self.dispatch(request).await? {
+            Reply::Deleted => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes here: `NotOwner` when another live node holds the plan's lease.
+    async fn delete_here(&self, plan_id: &str) -> Result<(), EngineError> {
+        if self.inner.clustered() {
+            if let Some(lease) = self.inner.store.lease(plan_id).await? {
+                let live = !lease.released && lease.expires_at > self.inner.now().as_micros();
+                if live && lease.owner != self.inner.opts.node_id {
+                    return Err(EngineError::NotOwner {
+                        plan_id: plan_id.to_owned(),
+                        owner: lease.owner,
+                    });
+                }
+            }
+        }
         let state = self.state(plan_id).await?;
         cairn_core::decide::check_delete(&state)?;
         let live = self.inner.plans.lock().ok().and_then(|mut p| {
@@ -1554,6 +1581,7 @@ fn unexpected(reply: Reply) -> EngineError {
         Reply::NotRecorded { .. } => "not_recorded",
         Reply::Dropped => "dropped",
         Reply::Forked { .. } => "forked",
+        Reply::Deleted => "deleted",
         Reply::NotOwner { .. } => "not_owner",
         Reply::Error { .. } => "error",
     };

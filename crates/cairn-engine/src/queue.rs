@@ -229,6 +229,14 @@ impl State {
     }
 }
 
+/// When a claim that waits `wait` gives up (a wait too long to add to the clock waits a year:
+/// longer than anything runs).
+pub fn wait_until(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// The in-process [`TaskQueue`]: tasks per agent type in arrival order, leases on tokio's
 /// clock, long polls woken by a `Notify`. Cheap to clone; every clone is the same queue.
 #[derive(Clone)]
@@ -395,7 +403,7 @@ impl TaskQueue for MemoryQueue {
         agent_types: &[String],
         wait: Duration,
     ) -> Result<Option<TaskLease>, RemoteError> {
-        let until = Instant::now() + wait;
+        let until = wait_until(wait);
         self.state().workers.insert(
             worker_id.to_owned(),
             (agent_types.to_vec(), crate::engine::now_micros()),

@@ -207,6 +207,23 @@ impl RemoteQueue {
         }
     }
 
+    /// Takes back a task handed to a worker whose claim the plan refused with `error`. When
+    /// the refusal says the attempt no longer waits for a worker (the plan is gone, or the
+    /// attempt ended, was recovered as interrupted, or has a claim recorded already), the task
+    /// is dropped and its attempt, if still live, fails retryably: put back, it would be handed
+    /// out and refused over and over (a task left behind by a node that stopped driving its
+    /// plan is such a one). Any other refusal puts it back ([`RemoteQueue::unclaim`]).
+    pub async fn refused(&self, task_id: &str, error: &crate::EngineError) {
+        let not_waiting = matches!(error, crate::EngineError::PlanNotFound(_))
+            || error.refusal_kind() == Some(cairn_core::RefusalKind::Conflict);
+        if not_waiting {
+            if let Err(e) = self.queue.stop(task_id).await {
+                warn!(%task_id, error = %e, "cannot drop a task whose claim was refused");
+            }
+        }
+        self.unclaim(task_id).await;
+    }
+
     /// Wakes every long-poll and makes polls answer `None` from now on (server shutdown).
     /// Tasks already handed out may still be reported.
     pub fn close(&self) {

@@ -134,8 +134,9 @@ pub async fn poll(
         {
             Ok(_) => return Ok(Json(lease).into_response()),
             // The plan moved on (the attempt was stopped, completed by hand, the plan deleted):
-            // this task is not wanted; look for another.
-            Err(e) if e.is_client_error() => q.unclaim(&lease.task_id).await,
+            // this task is not wanted (dropped, not put back to be handed out again); look for
+            // another.
+            Err(e) if e.is_client_error() => q.refused(&lease.task_id, &e).await,
             Err(e) => {
                 q.unclaim(&lease.task_id).await;
                 return Err(e.into());

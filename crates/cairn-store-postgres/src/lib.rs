@@ -16,11 +16,12 @@
 //!   its ids from one counter row (`UPDATE cairn_counter SET last_id = last_id + n`), whose row
 //!   lock is held until commit, so a reader that sees id N has seen every id below it that will
 //!   ever exist: the all-plans stream never skips an event committed late with a smaller id.
-//! - Group commit ([`writer`]): creates and appends go to one writer task per store, which
+//! - Group commit (`writer.rs`): creates and appends go to one writer task per store, which
 //!   validates a whole batch under its row locks and writes it with a handful of set-based
 //!   statements and one commit.
-//! - Commit hints ([`session`]): one dedicated connection per store `LISTEN`s on
-//!   `cairn_commits`; every transaction that inserts events runs `pg_notify` once.
+//! - Commit hints (`session.rs`): one dedicated connection per store `LISTEN`s on
+//!   `cairn_commits` (`cairn_commits_<schema>` for a store in a schema of its own); every
+//!   transaction that inserts events runs `pg_notify` once.
 //!   [`PgStore::hold_node`] takes a session advisory lock on the same connection, so a node id
 //!   is used by one live process at a time.
 //! - Schema migrations are embedded SQL, applied under a transaction-scoped advisory lock, so
@@ -53,8 +54,24 @@ use tokio_postgres::NoTls;
 pub use queue::{PgQueue, PgQueueOptions};
 pub use writer::WriterStats;
 
-/// The channel every transaction that inserts events notifies (at commit, coalesced).
+/// The channel every transaction that inserts events notifies (at commit, coalesced), for a
+/// store in the default schema. A store in a schema of its own notifies
+/// `cairn_commits_<schema>`: stores of different schemas (different clusters, or tests) never
+/// wake each other.
 pub const COMMIT_CHANNEL: &str = "cairn_commits";
+
+/// The commit channel of the stores in `namespace` (a schema name as PostgreSQL folds it).
+fn commit_channel(namespace: &str) -> String {
+    if namespace == "public" {
+        COMMIT_CHANNEL.to_owned()
+    } else {
+        format!("{COMMIT_CHANNEL}_{namespace}")
+    }
+}
+
+/// The longest schema name accepted: its commit channel must stay within PostgreSQL's 63-byte
+/// identifiers.
+const MAX_SCHEMA_LEN: usize = 48;
 
 /// How many snapshots are kept per plan (the newest).
 const KEEP_SNAPSHOTS: i64 = 16;
@@ -110,12 +127,13 @@ impl PgStore {
         }
         if let Some(schema) = &opts.schema {
             if schema.is_empty()
+                || schema.len() > MAX_SCHEMA_LEN
                 || !schema
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_')
             {
                 return Err(StoreError::Invalid(format!(
-                    "schema name {schema:?}: use letters, digits and _"
+                    "schema name {schema:?}: use 1 to {MAX_SCHEMA_LEN} letters, digits and _"
                 )));
             }
             let (client, conn) = config.connect(NoTls).await.map_err(unreachable)?;
@@ -173,7 +191,13 @@ impl PgStore {
         writer_config.application_name(format!("cairn-writer:{namespace}"));
         // An answered write survives a crash of the server, whatever its default.
         writer_config.options(format!("{options} -c synchronous_commit=on"));
-        tokio::spawn(writer::run(writer_config, rx, stats.clone()));
+        let channel = commit_channel(&namespace);
+        tokio::spawn(writer::run(
+            writer_config,
+            channel.clone(),
+            rx,
+            stats.clone(),
+        ));
         let hint = Arc::new(Notify::new());
         let session_state = Arc::new(session::State::default());
         let (session, commands) = mpsc::channel(16);
@@ -188,6 +212,7 @@ impl PgStore {
         ));
         tokio::spawn(session::run(
             session_config,
+            channel,
             commands,
             hint.clone(),
             session_state.clone(),
@@ -798,7 +823,8 @@ impl Cursors for PgStore {
 
 #[async_trait]
 impl Nodes for PgStore {
-    /// By the database's clock.
+    /// By the database's clock. A heartbeat without an address keeps the one known (the engine
+    /// and the HTTP server of one node both beat, and only the server knows where it listens).
     async fn heartbeat(
         &self,
         node_id: &str,
@@ -809,7 +835,8 @@ impl Nodes for PgStore {
         c.execute(
             "INSERT INTO nodes (node_id, address, started_at, heartbeat_at)
              VALUES ($1, $2, $3, cairn_now())
-             ON CONFLICT (node_id) DO UPDATE SET address = EXCLUDED.address,
+             ON CONFLICT (node_id) DO UPDATE
+             SET address = COALESCE(EXCLUDED.address, nodes.address),
                  started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at",
             &[&node_id, &address, &started_at],
         )

@@ -16,6 +16,7 @@
 //!   `LISTEN` connection per queue that reconnects when lost) and polls as well, so a lost hint
 //!   costs latency, never a task.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +26,7 @@ use cairn_engine::executor::Task;
 use cairn_engine::queue::{
     HeartbeatAnswer, RemoteError, Stopped, TaskLease, TaskQueue, WorkerInfo,
 };
-use cairn_store::StoreResult;
+use cairn_store::{StoreError, StoreResult};
 use deadpool_postgres::{Object, Pool};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -70,8 +71,8 @@ struct Shared {
     channel: String,
     /// The `application_name` of this queue's listening connection.
     name: String,
-    /// Woken by a hint that a task was queued, after the listener (re)connects, and on close.
-    arrived: Arc<Notify>,
+    /// The wake-ups of waiting claims.
+    hints: Arc<Hints>,
     closed: AtomicBool,
     listener: Mutex<Option<JoinHandle<()>>>,
     /// When this queue last forgot long-gone workers.
@@ -93,6 +94,40 @@ impl Shared {
             .take();
         if let Some(handle) = handle {
             handle.abort();
+        }
+    }
+}
+
+/// How waiting claims are woken. A hint names the agent type of the task queued and wakes
+/// one claim waiting for that type (not all: each would run a claim for one task); a claim
+/// that takes a task passes a wake-up on for each of its types, in case the one it consumed
+/// was for another task. Everyone is woken when hints may have been lost (the listener
+/// reconnected) and on close.
+#[derive(Default)]
+struct Hints {
+    everyone: Notify,
+    by_type: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Hints {
+    fn of(&self, agent_type: &str) -> Arc<Notify> {
+        self.by_type
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(agent_type.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn hint(&self, agent_type: &str) {
+        let notify = self
+            .by_type
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(agent_type)
+            .cloned();
+        if let Some(notify) = notify {
+            notify.notify_one();
         }
     }
 }
@@ -126,23 +161,29 @@ impl PgQueue {
     /// connection in the background (it needs a tokio runtime).
     pub async fn with_options(store: &PgStore, opts: PgQueueOptions) -> StoreResult<PgQueue> {
         let client = store.client().await?;
-        let schema: String = client
+        let schema: Option<String> = client
             .query_one("SELECT current_schema()::text", &[])
             .await
             .map_err(backend)?
             .get(0);
         drop(client);
+        let schema = schema.ok_or_else(|| {
+            StoreError::Invalid(
+                "the connection has no current schema (its search_path names none that exists)"
+                    .into(),
+            )
+        })?;
         // NOTIFY reaches the whole database: the channel names the schema, so queues in other
         // schemas (tests) are not woken by this one.
         let mut channel = format!("cairn_tasks_{schema}");
         while channel.len() > MAX_CHANNEL {
             channel.pop();
         }
-        let arrived = Arc::new(Notify::new());
+        let hints = Arc::new(Hints::default());
         let name = format!("cairn-task-queue-{}", uuid::Uuid::now_v7().simple());
         let mut config = store.config().clone();
         config.application_name(&name);
-        let listener = tokio::spawn(listen(config, channel.clone(), arrived.clone()));
+        let listener = tokio::spawn(listen(config, channel.clone(), hints.clone()));
         Ok(PgQueue {
             shared: Arc::new(Shared {
                 pool: store.pool().clone(),
@@ -150,7 +191,7 @@ impl PgQueue {
                 poll: Duration::from_millis(opts.poll_ms.max(10)),
                 channel,
                 name,
-                arrived,
+                hints,
                 closed: AtomicBool::new(false),
                 listener: Mutex::new(Some(listener)),
                 pruned: Mutex::new(None),
@@ -360,28 +401,56 @@ impl TaskQueue for PgQueue {
         agent_types: &[String],
         wait: Duration,
     ) -> Result<Option<TaskLease>, RemoteError> {
-        let until = Instant::now() + wait;
+        let until = cairn_engine::queue::wait_until(wait);
+        let hints = &self.shared.hints;
+        let by_type: Vec<Arc<Notify>> = agent_types.iter().map(|t| hints.of(t)).collect();
         let mut first = true;
         loop {
-            let arrived = self.shared.arrived.notified();
-            tokio::pin!(arrived);
             // Register before looking, so a hint heard in between still wakes us.
-            arrived.as_mut().enable();
+            let everyone = hints.everyone.notified();
+            tokio::pin!(everyone);
+            everyone.as_mut().enable();
+            let mut mine: Vec<_> = by_type.iter().map(|n| Box::pin(n.notified())).collect();
+            for notified in &mut mine {
+                notified.as_mut().enable();
+            }
             if self.shared.closed.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            if let Some(lease) = self.take(worker_id, agent_types, first).await? {
-                return Ok(Some(lease));
-            }
-            first = false;
+            let failed = match self.take(worker_id, agent_types, first).await {
+                Ok(Some(lease)) => {
+                    // Pass the wake-ups on: a hint this claim consumed may have been for a
+                    // task it did not take (it took another), which another waiter may take.
+                    drop(mine);
+                    for t in agent_types {
+                        hints.hint(t);
+                    }
+                    return Ok(Some(lease));
+                }
+                Ok(None) => {
+                    first = false;
+                    None
+                }
+                // The database did not answer: look again while the wait lasts (answering at
+                // once would have the worker poll again at once), then say why.
+                Err(e) => Some(e),
+            };
             let now = Instant::now();
             if now >= until {
-                return Ok(None);
+                return failed.map_or(Ok(None), Err);
             }
             // Look again on a hint, or after the poll period in case a hint was lost.
             let look_again = (now + self.shared.poll).min(until);
+            let hinted = async {
+                if !mine.is_empty() {
+                    futures_util::future::select_all(mine).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
-                _ = &mut arrived => {}
+                _ = &mut everyone => {}
+                _ = hinted => {}
                 _ = tokio::time::sleep_until(look_again) => {}
             }
         }
@@ -559,7 +628,7 @@ impl TaskQueue for PgQueue {
 
     fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
-        self.shared.arrived.notify_waiters();
+        self.shared.hints.everyone.notify_waiters();
         self.shared.stop_listening();
     }
 
@@ -617,16 +686,16 @@ impl TaskQueue for PgQueue {
 /// The listening connection: LISTENs on `channel` and wakes waiting claims on every hint;
 /// reconnects (with a backoff up to 5 s) whenever the connection is lost, and wakes the claims
 /// then too, since hints sent meanwhile were not heard. Runs until aborted.
-async fn listen(config: tokio_postgres::Config, channel: String, arrived: Arc<Notify>) {
+async fn listen(config: tokio_postgres::Config, channel: String, hints: Arc<Hints>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&config, &channel, &arrived).await {
+        match listen_once(&config, &channel, &hints).await {
             Ok(()) => debug!(%channel, "the task queue's listening connection ended"),
             Err(e) => {
                 warn!(%channel, error = %e, "the task queue's listening connection failed; waiting claims poll until it is back")
             }
         }
-        arrived.notify_waiters();
+        hints.everyone.notify_waiters();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -637,7 +706,7 @@ async fn listen(config: tokio_postgres::Config, channel: String, arrived: Arc<No
 async fn listen_once(
     config: &tokio_postgres::Config,
     channel: &str,
-    arrived: &Notify,
+    hints: &Hints,
 ) -> Result<(), String> {
     let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
     // The connection does its work only while polled: its messages are polled alongside every
@@ -652,7 +721,7 @@ async fn listen_once(
     loop {
         tokio::select! {
             message = messages.next() => match message {
-                Some(Ok(AsyncMessage::Notification(_))) => arrived.notify_waiters(),
+                Some(Ok(AsyncMessage::Notification(n))) => hints.hint(n.payload()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.to_string()),
                 None => return Ok(()),
@@ -664,7 +733,7 @@ async fn listen_once(
                     listening = true;
                     debug!(%channel, "the task queue listens");
                     // Tasks queued before we listened sent hints no one heard.
-                    arrived.notify_waiters();
+                    hints.everyone.notify_waiters();
                 }
             }
             _ = check.tick() => {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::{pg_error, COMMIT_CHANNEL};
+use crate::pg_error;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -74,6 +74,7 @@ fn in_use(node_id: &str) -> StoreError {
 /// Runs until the store is dropped (its command sender gone).
 pub(crate) async fn run(
     config: tokio_postgres::Config,
+    channel: String,
     mut commands: mpsc::Receiver<Command>,
     hint: Arc<Notify>,
     state: Arc<State>,
@@ -130,10 +131,7 @@ pub(crate) async fn run(
             }
             let _ = closed_tx.send(());
         });
-        if let Err(e) = client
-            .batch_execute(&format!("LISTEN {COMMIT_CHANNEL}"))
-            .await
-        {
+        if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
             let e = pg_error("listen for commit hints", e);
             if let Some(ready) = ready.take() {
                 let _ = ready.send(Err(e));

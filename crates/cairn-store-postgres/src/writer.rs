@@ -14,7 +14,7 @@
 //!    cairn_counter … RETURNING`: its row lock, held until commit, serialises id assignment, so
 //!    ids are in commit order), insert every event, update the plan rows and the review index,
 //!    each with one set-based statement over arrays;
-//! 4. `pg_notify('cairn_commits', '')` once, and commit. Only then is anyone answered.
+//! 4. `pg_notify` on the store's commit channel once, and commit. Only then is anyone answered.
 //!
 //! A transaction that fails answers every request of the batch with the error (nothing of it is
 //! kept); a deadlock, a serialization failure or a plan id another node created at the same
@@ -207,7 +207,7 @@ impl Conn {
                      data = EXCLUDED.data",
             )
             .await?,
-            notify: prepare("SELECT pg_notify('cairn_commits', '')").await?,
+            notify: prepare("SELECT pg_notify($1, '')").await?,
             client,
         })
     }
@@ -216,6 +216,7 @@ impl Conn {
 /// Serves requests until every sender is gone.
 pub(crate) async fn run(
     config: tokio_postgres::Config,
+    channel: String,
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: Arc<Stats>,
 ) {
@@ -234,7 +235,7 @@ pub(crate) async fn run(
         stats.requests.fetch_add(n, Ordering::Relaxed);
         stats.max_batch.fetch_max(n, Ordering::Relaxed);
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
-        let results = commit(&config, &mut conn, &ops, &stats).await;
+        let results = commit(&config, &channel, &mut conn, &ops, &stats).await;
         for (reply, result) in replies.into_iter().zip(results) {
             // The caller may have stopped waiting; the write stands regardless.
             let _ = reply.send(result);
@@ -247,6 +248,7 @@ pub(crate) async fn run(
 /// Commits a batch (retrying transient failures), answering each request.
 async fn commit(
     config: &tokio_postgres::Config,
+    channel: &str,
     conn: &mut Option<Conn>,
     ops: &[Op],
     stats: &Stats,
@@ -268,7 +270,7 @@ async fn commit(
                 stats,
             );
         };
-        match transaction(c, ops).await {
+        match transaction(c, channel, ops).await {
             Ok((results, events)) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.events.fetch_add(events, Ordering::Relaxed);
@@ -534,6 +536,7 @@ struct ReviewCols {
 /// One attempt at the batch: the answers and the number of events committed.
 async fn transaction(
     c: &mut Conn,
+    channel: &str,
     ops: &[Op],
 ) -> Result<(Vec<StoreResult<Outcome>>, u64), Failure> {
     // The plans named, in a stable order.
@@ -821,7 +824,9 @@ async fn transaction(
         .map_err(db("write reviews"))?;
     }
     if n_events > 0 {
-        tx.query(&stmts.8, &[]).await.map_err(db("notify"))?;
+        tx.query(&stmts.8, &[&channel])
+            .await
+            .map_err(db("notify"))?;
     }
     tx.commit().await.map_err(db(COMMIT))?;
     Ok((answers, n_events as u64))

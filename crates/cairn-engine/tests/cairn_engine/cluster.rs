@@ -16,7 +16,6 @@ use cairn_core::{
     EventKind, InterventionKind, InterventionRequest, PauseMode, PlanStatus, RefusalKind,
     StepResult, StepStatus,
 };
-use cairn_engine::clock::Clock;
 use cairn_engine::cluster::{PeerError, Peers};
 use cairn_engine::executor::{latch, ExecError, ExecOutput, Executor, Registry, StopSignal, Task};
 use cairn_engine::remote::RemoteQueue;
@@ -173,23 +172,9 @@ impl Cluster {
         lease_ms: u64,
         tune: impl FnOnce(&mut EngineOptions),
     ) -> Engine {
-        let registry = Registry::with_builtins();
-        registry.register(
-            "count",
-            Arc::new(Counting {
-                node: id.to_owned(),
-                starts: self.starts.clone(),
-            }),
-        );
-        let mut opts = EngineOptions {
-            node_id: id.to_owned(),
-            lease_ms,
-            idle_unload_ms: 600_000,
-            peers: Some(self.peers.clone() as Arc<dyn Peers>),
-            ..EngineOptions::default()
-        };
+        let mut opts = self.options_for(id, lease_ms);
         tune(&mut opts);
-        let engine = Engine::open(self.store_for_node().await, registry, opts)
+        let engine = Engine::open(self.store_for_node().await, self.registry_for(id), opts)
             .await
             .unwrap();
         self.peers
@@ -198,6 +183,29 @@ impl Cluster {
             .unwrap()
             .insert(id.to_owned(), engine.clone());
         engine
+    }
+
+    /// The builtins and `count`, whose attempts answer with the node's name.
+    fn registry_for(&self, id: &str) -> Registry {
+        let registry = Registry::with_builtins();
+        registry.register(
+            "count",
+            Arc::new(Counting {
+                node: id.to_owned(),
+                starts: self.starts.clone(),
+            }),
+        );
+        registry
+    }
+
+    fn options_for(&self, id: &str, lease_ms: u64) -> EngineOptions {
+        EngineOptions {
+            node_id: id.to_owned(),
+            lease_ms,
+            idle_unload_ms: 600_000,
+            peers: Some(self.peers.clone() as Arc<dyn Peers>),
+            ..EngineOptions::default()
+        }
     }
 
     /// Kills a node as far as the others can tell: unreachable, its actors stopped, its leases
@@ -379,9 +387,27 @@ async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owner
     assert_eq!(forked.plan_id, "fw-fork");
     assert!(b.state("fw-fork").await.is_ok());
 
+    // Delete, through B, a plan A has loaded: A deletes it, and its actor goes with it.
+    a.create_checkpoint("fw-fork", None, "ann", None)
+        .await
+        .unwrap();
+    assert_eq!(c.owner("fw-fork").await.as_deref(), Some("a"));
+    b.delete("fw-fork").await.unwrap();
+    assert!(matches!(
+        a.state("fw-fork").await,
+        Err(EngineError::PlanNotFound(_))
+    ));
+    assert!(matches!(
+        b.delete("fw-fork").await,
+        Err(EngineError::PlanNotFound(_))
+    ));
+
     // Resume, then cancel, through B.
     let resumed = b.resume("fw", "bob", None).await.unwrap();
     assert_eq!(resumed.status, PlanStatus::Running);
+    // A running plan is not deleted; the owner's refusal keeps its kind.
+    let e = b.delete("fw").await.unwrap_err();
+    assert_eq!(e.refusal_kind(), Some(RefusalKind::Conflict), "{e}");
     let cancelled = b.cancel("fw", "bob", Some("done".into())).await.unwrap();
     assert_eq!(cancelled.status, PlanStatus::Cancelled);
     assert_eq!(cancelled.steps[2].rec.status, StepStatus::Skipped);
@@ -549,77 +575,145 @@ async fn command_after_owner_stops(c: Cluster, id: &str, dead: bool) {
     assert_no_seq_gap(&*c.store, id).await;
 }
 
-/// A clock an hour behind the others: the leases its node writes have run out for everyone else
-/// (a node that hangs, or whose clock drifts, as far as the others can tell).
-#[derive(Debug)]
-struct Behind;
+/// A node on a tokio runtime of its own (one thread) that the test can freeze: a node that
+/// hangs (a stop-the-world pause, a stuck host) while the others go on. Its engine's tasks run
+/// on that runtime as long as its entry points are called there ([`Hangable::on`]).
+struct Hangable {
+    engine: Engine,
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
-impl Clock for Behind {
-    fn now(&self) -> cairn_core::Timestamp {
-        let now = cairn_engine::clock::SystemClock.now();
-        cairn_core::Timestamp::from_micros(now.as_micros() - 3_600_000_000)
+impl Cluster {
+    async fn hangable_node(&self, id: &str, lease_ms: u64) -> Hangable {
+        let registry = self.registry_for(id);
+        let opts = self.options_for(id, lease_ms);
+        let store = match &self.backend {
+            Backend::Sqlite(_) => Ok(self.store.clone()),
+            Backend::Postgres(url, schema) => Err((url.clone(), schema.clone())),
+        };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                // A PostgreSQL node's connections live on its runtime too.
+                let store = match store {
+                    Ok(store) => store,
+                    Err((url, schema)) => pg(&url, &schema).await,
+                };
+                let engine = Engine::open(store, registry, opts).await.unwrap();
+                let _ = ready_tx.send((engine, tokio::runtime::Handle::current()));
+                let _ = stopped.await;
+            });
+        });
+        let (engine, handle) = within("the node to open", ready_rx).await.unwrap();
+        self.peers
+            .nodes
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), engine.clone());
+        Hangable {
+            engine,
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-/// SQLite only: a SQLite store judges expiry by the node's clock, which is what lets a node
-/// an hour behind lose its lease while it still runs. (A PostgreSQL store judges by the
-/// database's clock; its fencing is the store's conformance.)
-async fn an_old_owner_is_fenced_and_appends_nothing_after_a_takeover() {
+impl Hangable {
+    /// Runs `f` with the node's engine on the node's runtime.
+    async fn on<T: Send + 'static, F>(&self, f: impl FnOnce(Engine) -> F) -> T
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let run = self.handle.spawn(f(self.engine.clone()));
+        within("a call on the hangable node", run).await.unwrap()
+    }
+
+    /// Freezes the node's runtime (its one thread blocks) until the returned sender is dropped.
+    async fn freeze(&self) -> std::sync::mpsc::Sender<()> {
+        let (thaw, frozen) = std::sync::mpsc::channel::<()>();
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        self.handle.spawn(async move {
+            let _ = ack.send(());
+            let _ = frozen.recv();
+        });
+        within("the node to freeze", acked).await.unwrap();
+        thaw
+    }
+}
+
+impl Drop for Hangable {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+on_both_stores!(a_hung_owner_is_fenced_and_appends_nothing_after_a_takeover);
+
+async fn a_hung_owner_is_fenced_and_appends_nothing_after_a_takeover(c: Cluster) {
     const LEASE: u64 = 300;
-    let c = Cluster::sqlite();
-    let a = c
-        .node_with("a", LEASE, |o| {
-            o.clock = Arc::new(Behind);
-            // A takes nothing over: it only loses its plan.
-            o.recover = false;
-        })
-        .await;
-    a.register(
-        plan("plan_id: fe\nsteps:\n  - {step_id: s1, action: x, agent_type: count, params: {latch: fe-1}}\n"),
-        "ann",
-    )
-    .await
-    .unwrap();
-    a.start("fe", "ann", None).await.unwrap();
-    within("s1 to hold on A", latch::held("fe-1")).await;
+    let a = c.hangable_node("a", LEASE).await;
+    let held = c.latch("fe-1");
+    let yaml = format!(
+        "plan_id: fe\nsteps:\n  - {{step_id: s1, action: x, agent_type: count, params: {{latch: {held}}}}}\n"
+    );
+    a.on(move |a| async move {
+        a.register(plan(&yaml), "ann").await.unwrap();
+        a.start("fe", "ann", None).await.unwrap();
+    })
+    .await;
+    within("s1 to hold on A", latch::held(&held)).await;
+    assert_eq!(c.owner("fe").await.as_deref(), Some("a"));
+    // A hangs: it renews nothing, and its lease runs out. B takes the plan over.
+    let thaw = a.freeze().await;
     let before = c
         .store
         .read_events("fe", 0, None, 1000)
         .await
         .unwrap()
         .len();
-    // B sees A's lease as run out and takes the plan over.
     let b = c.node("b", LEASE).await;
     wait_event(&b, "fe", |e| {
         matches!(e.kind, EventKind::StepRecovered { .. })
     })
     .await;
     assert_eq!(c.owner("fe").await.as_deref(), Some("b"));
-    // Both attempts may be holding now; A's outcome, whenever it comes, is refused.
-    latch::release("fe-1");
+    // Both attempts are let go, then A wakes up: its actor has an outcome to record and a lease
+    // to renew, and may do neither.
+    latch::release(&held);
+    drop(thaw);
     let done = settled(&b, "fe").await;
     assert_eq!(done.status, PlanStatus::Completed);
     assert_eq!(done.steps[0].rec.output, Some(json!({"node": "b"})));
-    let events = c.store.read_events("fe", 0, None, 1000).await.unwrap();
-    assert!(events.len() > before);
-    for e in &events[before..] {
-        assert_ne!(e.actor, "ann");
-        let data = &e.data;
-        assert!(
-            !data.contains(r#""node":"a""#),
-            "A appended after the takeover: {} {data}",
-            e.kind
-        );
-    }
-    assert_no_seq_gap(&*c.store, "fe").await;
-    // A's actor stopped: it drives nothing.
     within("A's actor to stop", async {
-        while a.node_stats().leases_held > 0 {
-            tokio::task::yield_now().await;
+        while a.engine.node_stats().leases_held > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
+    let events = c.store.read_events("fe", 0, None, 1000).await.unwrap();
+    assert!(events.len() > before);
+    for e in &events[before..] {
+        assert!(
+            !e.data.contains(r#""node":"a""#),
+            "A appended after the takeover: {} {}",
+            e.kind,
+            e.data
+        );
+    }
+    assert_no_seq_gap(&*c.store, "fe").await;
     assert_eq!(c.starts_of("fe/s1/1"), ["a", "b"]);
 }
 
@@ -663,4 +757,56 @@ async fn every_subscriber_of_every_node_sees_every_nodes_events_in_id_order(c: C
     // Every message posted to an actor was taken.
     assert_eq!(a.node_stats().inbox_depth, 0, "{:?}", a.node_stats());
     assert_eq!(b.node_stats().inbox_depth, 0, "{:?}", b.node_stats());
+}
+
+on_both_stores!(every_node_heartbeats_with_its_address_and_the_plans_it_owns);
+
+async fn every_node_heartbeats_with_its_address_and_the_plans_it_owns(c: Cluster) {
+    const LEASE: u64 = 300;
+    let a = c
+        .node_with("a", LEASE, |o| {
+            o.advertise = Some("http://127.0.0.1:7001".into())
+        })
+        .await;
+    let _b = c.node("b", LEASE).await;
+    // The first heartbeat is recorded before `open` returns.
+    let nodes = c.store.list_nodes().await.unwrap();
+    let first = nodes
+        .iter()
+        .find(|n| n.node_id == "a")
+        .expect("node a")
+        .clone();
+    assert_eq!(first.address.as_deref(), Some("http://127.0.0.1:7001"));
+    assert!(nodes.iter().any(|n| n.node_id == "b"), "{nodes:?}");
+
+    let held = c.latch("hb-1");
+    a.register(
+        plan(&format!("plan_id: hb\nsteps:\n  - {{step_id: s1, action: x, agent_type: count, params: {{latch: {held}}}}}\n")),
+        "ann",
+    )
+    .await
+    .unwrap();
+    a.start("hb", "ann", None).await.unwrap();
+    within("s1 to hold", latch::held(&held)).await;
+    assert_eq!(a.node_stats().leases_held, 1);
+    // Later heartbeats move on; the plan A drives is counted as its own.
+    within("a later heartbeat", async {
+        loop {
+            let nodes = c.store.list_nodes().await.unwrap();
+            let now = nodes.iter().find(|n| n.node_id == "a").expect("node a");
+            if now.heartbeat_at > first.heartbeat_at {
+                assert_eq!(now.started_at, first.started_at);
+                assert_eq!(
+                    now.address, first.address,
+                    "later heartbeats keep the address"
+                );
+                assert_eq!(now.plans_owned, 1, "{now:?}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    latch::release(&held);
+    settled(&a, "hb").await;
 }

@@ -254,3 +254,31 @@ async fn an_attempt_whose_task_left_the_queue_unreported_is_retried() {
     assert!(events.iter().any(|e| matches!(&e.kind,
         EventKind::StepFailed { attempt: 1, error, .. } if error.contains("never came"))));
 }
+
+/// A task whose claim the plan refuses because its attempt no longer waits for a worker is
+/// dropped, not handed out again; its attempt fails retryably and the retry is the next task.
+/// (Here the claim was recorded but its answer lost, so the task went back to the queue.)
+#[tokio::test]
+async fn a_task_whose_claim_the_plan_refuses_is_dropped_not_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = RemoteQueue::new(30_000);
+    let engine = engine(&dir, &q).await;
+    start_plan(&engine, "plan_id: r9\nsteps:\n  - {step_id: a, action: search, agent_type: research, retry: {max_attempts: 2, backoff_ms: 1}}\n", "t").await;
+    let first = q.poll("w1", &types(), WAIT).await.expect("a task");
+    engine.claim("r9", "a", 1, "w1", "t").await.unwrap();
+    q.unclaim(&first.task_id).await;
+    let again = q.poll("w2", &types(), WAIT).await.expect("the task again");
+    assert_eq!(again.task_id, first.task_id);
+    let refusal = engine.claim("r9", "a", 1, "w2", "t").await.unwrap_err();
+    assert!(refusal.is_client_error(), "{refusal}");
+    q.refused(&again.task_id, &refusal).await;
+    let retry = q.poll("w2", &types(), WAIT).await.expect("the retry");
+    assert_eq!(retry.task.attempt, 2);
+    engine.claim("r9", "a", 2, "w2", "t").await.unwrap();
+    q.complete_recorded(&retry.task_id, "w2", json!({"ok": 1}), None)
+        .await
+        .unwrap();
+    let done = settled(&engine, "r9").await;
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[0].rec.attempts, 2);
+}

@@ -8,9 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_core::{EventKind, Format, Plan, PlanStatus};
+use cairn_engine::executor::Registry;
 use cairn_engine::queue::conformance::{self, task};
 use cairn_engine::queue::{RemoteError, Stopped, TaskQueue};
+use cairn_engine::remote::RemoteQueue;
+use cairn_engine::{Engine, EngineOptions};
 use cairn_store_postgres::{PgQueue, PgQueueOptions};
+use serde_json::json;
 
 use crate::{database_url, open, unique_schema};
 
@@ -356,5 +361,187 @@ async fn a_hint_from_another_node_wakes_a_waiting_claim_and_the_listener_reconne
     drop((a, b));
     drop(admin);
     let _ = driver.await;
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// A hint wakes one waiting claim of its agent type, not all; no task is left waiting while a
+/// claim that could take it sleeps: claims waiting on a node that never polls all get one of
+/// the tasks queued through another node, whatever types they asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_reaches_a_waiting_claim_on_hints_alone() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let a = queue(&url, &schema, 30_000, 100).await;
+    let b = Arc::new(queue(&url, &schema, 30_000, 3_600_000).await);
+    // Wait until B listens (a hint sent before would be lost, and B never polls).
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let until = tokio::time::Instant::now() + BOUND;
+    while admin
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            &[&b.listener_name()],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < until, "B never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Five claims for research, three for write, two for either.
+    let mut claims = tokio::task::JoinSet::new();
+    let asks: Vec<&[&str]> = [&["research"][..]; 5]
+        .into_iter()
+        .chain([&["write"][..]; 3])
+        .chain([&["write", "research"][..]; 2])
+        .collect();
+    for (n, asked) in asks.into_iter().enumerate() {
+        let b = b.clone();
+        let asked = types(asked);
+        claims.spawn(async move { b.claim(&format!("w{n}"), &asked, BOUND * 3).await });
+    }
+    // Let them all start waiting: each has looked once (and recorded its worker) by then.
+    while b.workers().await.unwrap().len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the claims never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Enough of each type that every claim can have one whichever the two claims asking for
+    // either take: seven for research (five plus two), five for write (three plus two).
+    let mut queued = HashSet::new();
+    for (agent, n) in [("research", 7), ("write", 5)] {
+        for i in 0..n {
+            let t = task(agent, &format!("{agent}{i}"), 1);
+            queued.insert(a.enqueue(t).await.unwrap());
+        }
+    }
+    let mut got = HashSet::new();
+    while let Some(claim) = tokio::time::timeout(BOUND, claims.join_next())
+        .await
+        .unwrap_or_else(|_| panic!("only {} waiting claims got a task", got.len()))
+    {
+        let lease = claim
+            .unwrap()
+            .unwrap()
+            .expect("a task, not the end of the wait");
+        assert!(got.insert(lease.task_id), "a task handed out twice");
+    }
+    assert_eq!(got.len(), 10, "ten claims, ten tasks");
+    assert!(got.is_subset(&queued));
+    let left: usize = a
+        .queued_by_type()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(left, 2);
+    drop((a, b));
+    drop(admin);
+    let _ = driver.await;
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// A queue whose database fails its statements says so: every call is `Unavailable` naming the
+/// database's complaint, and a waiting claim keeps looking until its wait is over before it
+/// answers (a worker told at once would poll again at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_is_an_unavailable_queue_not_a_panic() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let q = queue(&url, &schema, 30_000, 20).await;
+    q.enqueue(task("research", "a", 1)).await.unwrap();
+    drop_schemas(&url, std::slice::from_ref(&schema)).await;
+    let unavailable = |e: RemoteError| match e {
+        RemoteError::Unavailable(why) => assert!(why.contains("database"), "{why}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    };
+    unavailable(q.enqueue(task("research", "b", 1)).await.unwrap_err());
+    unavailable(q.heartbeat("task_x", "w").await.unwrap_err());
+    unavailable(q.expire().await.unwrap_err());
+    unavailable(q.workers().await.unwrap_err());
+    let wait = Duration::from_millis(300);
+    let asked = tokio::time::Instant::now();
+    let claimed = q.claim("w", &types(&["research"]), wait).await;
+    assert!(asked.elapsed() >= wait, "answered before its wait was over");
+    unavailable(claimed.unwrap_err());
+}
+
+/// An engine process on `schema`: its own store (connections) and task queue.
+async fn engine_on(url: &str, schema: &str) -> (Engine, RemoteQueue) {
+    let store = Arc::new(open(url, schema).await);
+    let remote = RemoteQueue::with_queue(Arc::new(PgQueue::new(&store, 30_000).await.unwrap()));
+    let engine = Engine::open(
+        store,
+        Registry::with_builtins(),
+        EngineOptions {
+            node_id: "n1".into(),
+            remote: Some(remote.clone()),
+            ..EngineOptions::default()
+        },
+    )
+    .await
+    .expect("an engine");
+    (engine, remote)
+}
+
+/// An engine over PostgreSQL hands a remote step to the queue and stops; another engine process
+/// (its own store and queue on the same database) recovers the plan, sends the attempt again
+/// and is answered the task the worker still holds, whose report settles the step: run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_takes_the_report_of_a_task_its_predecessor_queued() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let (first, q1) = engine_on(&url, &schema).await;
+    let plan = Plan::parse(
+        "plan_id: r1\nsteps:\n  - {step_id: a, action: search, agent_type: research}\n  - {step_id: b, action: echo, agent_type: builtin.echo, params: {n: '{{ steps.a.output.found }}'}}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    first.register(plan, "t").await.unwrap();
+    first.start("r1", "t", None).await.unwrap();
+    let lease = q1
+        .poll("w", &types(&["research"]), BOUND)
+        .await
+        .expect("a task");
+    assert_eq!((lease.task.step_id.as_str(), lease.task.attempt), ("a", 1));
+    first.shutdown().await;
+    drop((first, q1));
+
+    let (second, q2) = engine_on(&url, &schema).await;
+    let until = tokio::time::Instant::now() + BOUND;
+    loop {
+        let events = second.events("r1", 0, 1_000).await.unwrap();
+        if events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::StepRecovered { attempt: 1, .. }))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the plan was never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!q2.heartbeat(&lease.task_id, "w").await.unwrap().stop);
+    assert!(q2.queued_by_type().await.is_empty(), "no second task");
+    q2.complete_recorded(&lease.task_id, "w", json!({"found": 3}), None)
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(BOUND, second.wait_settled("r1"))
+        .await
+        .expect("the plan settles")
+        .unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert_eq!(done.steps[0].rec.attempts, 1, "the step ran once");
+    assert_eq!(done.steps[1].rec.output, Some(json!({"n": 3})));
+    second.shutdown().await;
+    drop((second, q2));
     drop_schemas(&url, &[schema]).await;
 }

@@ -1,7 +1,7 @@
 //! The conformance suite: the behaviour every backend must show, as plain async functions so
 //! each backend's own tests can run it from whatever runtime they use. One module per trait
-//! ([`event_log`], [`plan_index`], [`leases`], [`snapshots`], [`tokens`], [`cursors`]), each
-//! with its own `run_all`, so a backend of one concern runs that module alone. Behind the
+//! ([`event_log`], [`plan_index`], [`leases`], [`snapshots`], [`tokens`], [`cursors`],
+//! [`nodes`]), each with its own `run_all`, so a backend of one concern runs that module alone. Behind the
 //! `conformance` feature: backends enable it in their dev-dependencies.
 //!
 //! A backend's test calls [`run_all`] with an async factory that yields a fresh, empty store
