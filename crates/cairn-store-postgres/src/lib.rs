@@ -73,6 +73,10 @@ fn commit_channel(namespace: &str) -> String {
 /// identifiers.
 const MAX_SCHEMA_LEN: usize = 48;
 
+/// How long the writer's connection may sit idle inside a transaction before the server ends
+/// it (and releases its locks).
+const WRITER_IDLE_MS: u64 = 5_000;
+
 /// How many snapshots are kept per plan (the newest).
 const KEEP_SNAPSHOTS: i64 = 16;
 
@@ -189,8 +193,13 @@ impl PgStore {
         let (writes, rx) = mpsc::unbounded_channel();
         let mut writer_config = config.clone();
         writer_config.application_name(format!("cairn-writer:{namespace}"));
-        // An answered write survives a crash of the server, whatever its default.
-        writer_config.options(format!("{options} -c synchronous_commit=on"));
+        // An answered write survives a crash of the server, whatever its default. And a writer
+        // that stops in the middle of a transaction (its process frozen, not dead) holds the
+        // id counter every node's writer needs: the server ends such a session after a few
+        // idle seconds, so one hung node stalls the others' commits that long at most.
+        writer_config.options(format!(
+            "{options} -c synchronous_commit=on -c idle_in_transaction_session_timeout={WRITER_IDLE_MS}"
+        ));
         let channel = commit_channel(&namespace);
         tokio::spawn(writer::run(
             writer_config,
