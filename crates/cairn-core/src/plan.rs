@@ -161,7 +161,7 @@ pub struct Fault {
 }
 
 impl Fault {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Fault {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Fault {
         Fault {
             path: path.into(),
             message: message.into(),
@@ -839,7 +839,7 @@ fn placeholder_step(id: &str) -> Value {
     serde_json::json!({"step_id": id, "action": "-", "agent_type": "-"})
 }
 
-fn step_path(index: usize, id: &str) -> String {
+pub(crate) fn step_path(index: usize, id: &str) -> String {
     if valid_id(id) {
         format!("steps.{id}")
     } else {
