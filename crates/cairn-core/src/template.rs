@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::document;
 use crate::expr;
 use crate::plan::{self, Fault, Format, Invalid, Plan, TemplateRef};
+use crate::time::Timestamp;
 
 /// A template as pushed (and as stored, in canonical form).
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -260,6 +261,84 @@ impl Template {
             .unwrap_or(Value::Null),
         );
         Plan::from_value(Value::Object(body))
+    }
+}
+
+/// One stored version of a template, as clients read it.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateVersion {
+    pub name: String,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The JSON Schema of the inputs.
+    pub parameters: Value,
+    /// The plan document (without `plan_id`).
+    pub plan: Value,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    /// When the template was deleted (it then makes no new plans); absent while it is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Timestamp>,
+}
+
+/// A version as listed: who pushed it and when.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+/// A template's latest version and the list of all its versions, oldest first.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateDetail {
+    pub latest: TemplateVersion,
+    pub versions: Vec<VersionInfo>,
+}
+
+/// What a push answers: the version, and whether the push made it (`false`: the content was
+/// that of the latest version already).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pushed {
+    #[serde(flatten)]
+    pub version: TemplateVersion,
+    pub created: bool,
+}
+
+impl TemplateVersion {
+    /// A stored version read back: `content` is its canonical text.
+    pub fn of(
+        template: Template,
+        version: u64,
+        created_at: i64,
+        created_by: String,
+        deleted_at: Option<i64>,
+    ) -> TemplateVersion {
+        TemplateVersion {
+            name: template.name,
+            version,
+            description: template.description,
+            parameters: template.parameters,
+            plan: template.plan,
+            created_at: Timestamp::from_micros(created_at),
+            created_by,
+            deleted_at: deleted_at.map(Timestamp::from_micros),
+        }
+    }
+
+    /// The template this version holds.
+    pub fn template(&self) -> Template {
+        Template {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            parameters: self.parameters.clone(),
+            plan: self.plan.clone(),
+        }
     }
 }
 
