@@ -437,19 +437,36 @@ fn pointer_to_path(pointer: &str) -> String {
     out
 }
 
-/// `value` with the keys of every mapping sorted.
+/// `value` with the keys of every mapping sorted, except the order of the inputs in
+/// `parameters.properties`: it is the order of the start form's fields, so it counts.
 fn sorted(value: &Value) -> Value {
+    let mut out = sort_keys(value, true);
+    if let Some(Value::Object(props)) = value.get("parameters").and_then(|p| p.get("properties")) {
+        let kept: Map<String, Value> = props
+            .iter()
+            .map(|(k, v)| (k.clone(), sort_keys(v, true)))
+            .collect();
+        if let Some(Value::Object(p)) = out.get_mut("parameters") {
+            p.insert("properties".into(), Value::Object(kept));
+        }
+    }
+    out
+}
+
+fn sort_keys(value: &Value, sort: bool) -> Value {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+            if sort {
+                keys.sort();
+            }
             Value::Object(
                 keys.into_iter()
-                    .map(|k| (k.clone(), sorted(&map[k])))
+                    .map(|k| (k.clone(), sort_keys(&map[k], sort)))
                     .collect(),
             )
         }
-        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| sort_keys(v, sort)).collect()),
         other => other.clone(),
     }
 }
@@ -623,6 +640,23 @@ mod tests {
         let b = Template::from_value(Value::Object(reordered)).unwrap();
         assert_eq!(a.canonical(), b.canonical());
         assert_eq!(Template::from_canonical(&a.canonical()).unwrap(), a);
+        // The inputs keep their order (the start form's), so reordering them is a change.
+        let stored = Template::from_canonical(&a.canonical()).unwrap();
+        assert_eq!(stored.input_names(), ["topic", "depth", "deep", "style"]);
+        let mut swapped = research();
+        let props = swapped["parameters"]["properties"]
+            .as_object()
+            .unwrap()
+            .clone();
+        let mut reversed = Map::new();
+        for (k, v) in props.iter().rev() {
+            reversed.insert(k.clone(), v.clone());
+        }
+        swapped["parameters"]["properties"] = Value::Object(reversed);
+        assert_ne!(
+            Template::from_value(swapped).unwrap().canonical(),
+            a.canonical()
+        );
         let mut changed = research();
         changed["description"] = json!("other");
         assert_ne!(
