@@ -114,12 +114,13 @@ impl Template {
         let plan = map.get("plan").cloned().unwrap_or(Value::Null);
         match &plan {
             Value::Object(p) => {
-                for key in ["plan_id", "template"] {
+                for key in ["plan_id", "template", "inputs"] {
                     if p.contains_key(key) {
                         faults.push(Fault::new(
                             format!("plan.{key}"),
                             match key {
                                 "plan_id" => "a template's plan has no plan_id: each plan made from it gets its own",
+                                "inputs" => "a template's plan has no inputs: they are given to each plan made of it (declare them in parameters)",
                                 _ => "a template's plan cannot name a template",
                             },
                         ));
@@ -128,6 +129,7 @@ impl Template {
                 let mut body = p.clone();
                 body.remove("plan_id");
                 body.remove("template");
+                body.remove("inputs");
                 if let Some(declared) = &declared {
                     undeclared_inputs(&body, declared, &mut faults);
                 }
@@ -577,10 +579,12 @@ mod tests {
         doc["plan"]["steps"][1]["when"] = json!("inputs.lang == 'en'");
         doc["plan"]["steps"][1]["retry"] = json!({"max_attempts": 0});
         doc["plan"]["plan_id"] = json!("fixed");
+        doc["plan"]["inputs"] = json!({"topic": "x"});
         let all = messages(Template::from_value(doc).unwrap_err());
         for want in [
             "plan.steps.search.params.extra: reads `inputs.region`, which is not declared",
             "plan.plan_id: a template's plan has no plan_id",
+            "plan.inputs: a template's plan has no inputs",
             "plan.steps.dig.retry.max_attempts:",
         ] {
             assert!(all.iter().any(|m| m.starts_with(want)), "{want} in {all:?}");
