@@ -465,6 +465,9 @@ fn echo_plan(id: String, steps: usize) -> Plan {
         steps: (0..steps)
             .map(|j| step(&format!("s{j}"), "builtin.echo", json!({"n": j})))
             .collect(),
+
+        inputs: Value::Null,
+        template: None,
     }
 }
 
@@ -736,6 +739,9 @@ async fn run_workload(
                     steps: (0..150)
                         .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 200})))
                         .collect(),
+
+                    inputs: Value::Null,
+                    template: None,
                 })
                 .collect();
             let ids: Vec<String> = plans.iter().filter_map(|p| p.plan_id.clone()).collect();

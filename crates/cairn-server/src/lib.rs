@@ -26,6 +26,7 @@ mod plans;
 mod reviews;
 pub mod streams;
 mod tasks;
+mod templates;
 mod tokens;
 pub mod ui;
 pub mod webhooks;
@@ -154,6 +155,10 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plans::step))
         .routes(routes!(plans::attempts))
         .routes(routes!(reviews::list))
+        .routes(routes!(templates::push, templates::list))
+        .routes(routes!(templates::get, templates::delete))
+        .routes(routes!(templates::version))
+        .routes(routes!(templates::instantiate))
         .routes(routes!(streams::plan_stream))
         .routes(routes!(streams::all_stream))
         .routes(routes!(streams::ws))

@@ -13,3 +13,4 @@ mod interventions;
 mod pages;
 mod plans;
 mod smoke;
+mod templates;
