@@ -318,9 +318,10 @@ mod shared {
 
 /// How long a requester keeps trying to get a request carried out when the owner cannot be
 /// reached: two lease periods (the owner's lease runs out within one, the takeover needs at
-/// most one more) and a margin.
+/// most one more) and a margin of at least 5 s (a node restarting under the same id, on a busy
+/// machine, renews its leases only once it is up).
 pub(crate) fn give_up_after(lease_ms: u64) -> Duration {
-    Duration::from_millis(lease_ms.saturating_mul(2) + (lease_ms / 2).max(1_000))
+    Duration::from_millis(lease_ms.saturating_mul(2) + (lease_ms / 2).max(5_000))
 }
 
 /// How often a requester looks at a lease it waits for, or asks again after a "not owner".

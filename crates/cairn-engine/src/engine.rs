@@ -97,6 +97,10 @@ impl Default for EngineOptions {
 #[derive(Default)]
 struct Plans {
     live: HashMap<String, mpsc::UnboundedSender<Msg>>,
+    /// Plans whose actor has left and is giving up the lease. A load waits for that: claimed
+    /// before the release lands, the lease would be renewed under the same fence and then
+    /// released under the new actor, which could then write nothing.
+    releasing: std::collections::HashSet<String>,
     unloads: u64,
     recent: std::collections::VecDeque<(u64, String)>,
 }
@@ -120,6 +124,8 @@ pub(crate) struct Inner {
     pub(crate) counters: crate::cluster::Counters,
     /// Messages posted to actors and not yet taken (see [`Inner::post`]).
     inbox: std::sync::atomic::AtomicI64,
+    /// Woken when an unloaded actor's lease release has landed (see [`Plans::releasing`]).
+    released: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -196,8 +202,18 @@ impl Inner {
         if !rx.is_empty() || !plans.remove_if(plan_id, tx) {
             return false;
         }
+        plans.releasing.insert(plan_id.to_owned());
         rx.close();
         true
+    }
+
+    /// The lease of a plan unloaded by [`Inner::unload_if_quiet`] is released (or its release
+    /// failed): the plan may be loaded again.
+    pub(crate) fn release_done(&self, plan_id: &str) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.releasing.remove(plan_id);
+        }
+        self.released.notify_waiters();
     }
 
     fn live(&self, plan_id: &str) -> Option<mpsc::UnboundedSender<Msg>> {
@@ -333,6 +349,7 @@ impl Engine {
                 closed: std::sync::atomic::AtomicBool::new(false),
                 counters: Default::default(),
                 inbox: Default::default(),
+                released: tokio::sync::Notify::new(),
             }),
         };
         // A single node's one heartbeat says when it started; the nodes of a cluster keep
@@ -556,17 +573,24 @@ impl Engine {
     /// freshly loaded actor gets the message before it starts, so it cannot unload first.
     async fn deliver(&self, plan_id: &str, mut msg: Msg) -> Result<(), EngineError> {
         let mut reloads = 0;
+        let mut release_since: Option<tokio::time::Instant> = None;
         loop {
             if self.inner.is_closed() {
                 return Err(EngineError::ShuttingDown);
             }
-            let (found, unloads) = {
+            // Made before looking, so a release that lands meanwhile still wakes it.
+            let released = self.inner.released.notified();
+            let (found, unloads, releasing) = {
                 let plans = self
                     .inner
                     .plans
                     .lock()
                     .map_err(|_| EngineError::ShuttingDown)?;
-                (plans.live.get(plan_id).cloned(), plans.unloads)
+                (
+                    plans.live.get(plan_id).cloned(),
+                    plans.unloads,
+                    plans.releasing.contains(plan_id),
+                )
             };
             if let Some(tx) = found {
                 match self.inner.post(&tx, msg) {
@@ -577,6 +601,19 @@ impl Engine {
                         continue;
                     }
                 }
+            }
+            let release_wait = std::time::Duration::from_millis(self.inner.opts.lease_ms.max(1));
+            if found.is_none()
+                && releasing
+                && release_since
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed()
+                    < release_wait
+            {
+                // The plan's last actor is giving its lease up: claim after that lands (its
+                // release is bounded by a lease; each wait too, should a wake-up be missed).
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), released).await;
+                continue;
             }
             let fence = self
                 .inner
