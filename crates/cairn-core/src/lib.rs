@@ -7,6 +7,7 @@
 //! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
 //! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`diff`]: structural diffs of plan definitions and template parameters, and applying them.
 //! - [`history`]: every attempt of a plan's steps, folded from its log, for readers.
 //! - [`gate`]: quality gates, typed scores and the verdict, a pure function of both.
 //! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
@@ -22,6 +23,7 @@
 pub mod action;
 pub mod attempt;
 pub mod decide;
+pub mod diff;
 mod document;
 pub mod event;
 pub mod expr;
