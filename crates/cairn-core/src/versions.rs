@@ -154,6 +154,14 @@ impl VersionFold {
     }
 }
 
+/// A plan's versions, oldest first (`GET /v1/plans/{id}/versions`).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionList {
+    pub plan_id: String,
+    pub versions: Vec<PlanVersion>,
+}
+
 /// A version of a plan's definition with the definition itself
 /// (`GET /v1/plans/{id}/versions/{v}`).
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
