@@ -100,7 +100,7 @@ function changes(d) {
   for (const m of d.moved || []) row(MOVED, `step ${m.step_id}`, `position ${m.from + 1}`, `position ${m.to + 1}`);
   for (const c of d.changed || []) for (const f of c.fields) field(`step ${c.step_id} ${f.path}`, f);
   if (!rows.length) return h('p', { class: 'muted', id: 'history-same' }, 'The two versions are the same.');
-  return h('table', { class: 'diff', id: 'history-changes' },
+  return h('div', { class: 'table-scroll' }, h('table', { class: 'diff', id: 'history-changes' },
     h('thead', {}, h('tr', {}, h('th', {}, ''), h('th', {}, 'Change'), h('th', {}, 'Before'), h('th', {}, 'After'))),
-    h('tbody', {}, rows));
+    h('tbody', {}, rows)));
 }
