@@ -169,12 +169,10 @@ impl Diff {
             return Diff::of_documents(&a, &b);
         }
         let top = |p: &Plan| {
+            // Every plan-level field, present and future, without the steps.
             let bare = Plan {
-                plan_id: p.plan_id.clone(),
-                query: p.query.clone(),
-                metadata: p.metadata.clone(),
-                max_parallel: p.max_parallel,
                 steps: Vec::new(),
+                ..p.clone()
             };
             match serde_json::to_value(bare) {
                 Ok(Value::Object(mut o)) => {
