@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use cairn_core::template::{Pushed, TemplateDetail, TemplateVersion};
 use cairn_core::view::{CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot};
 use cairn_core::{Event, Intervention, Timestamp};
 use futures_util::StreamExt;
@@ -262,6 +263,71 @@ impl Client {
     /// `POST /v1/plans`: register a plan document (JSON). Answers the plan's state.
     pub async fn register(&self, plan: &Value) -> Result<PlanView> {
         self.post_as("/v1/plans", plan).await
+    }
+
+    /// `POST /v1/templates`: a new version of the template (`created: false` when the content
+    /// is the latest version's already).
+    pub async fn push_template(&self, template: &Value) -> Result<Pushed> {
+        self.post_as("/v1/templates", template).await
+    }
+
+    /// `GET /v1/templates?limit=&cursor=`: the latest version of each template, by name.
+    pub async fn list_templates(
+        &self,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page<TemplateVersion>> {
+        self.get_as("/v1/templates", &page_query(limit, cursor))
+            .await
+    }
+
+    /// `GET /v1/templates/{name}`: the latest version and the version list.
+    pub async fn template(&self, name: &str) -> Result<TemplateDetail> {
+        self.get_as(&format!("/v1/templates/{}", path_segment(name)), &[])
+            .await
+    }
+
+    /// `GET /v1/templates/{name}/versions/{v}`.
+    pub async fn template_version(&self, name: &str, version: u64) -> Result<TemplateVersion> {
+        self.get_as(
+            &format!("/v1/templates/{}/versions/{version}", path_segment(name)),
+            &[],
+        )
+        .await
+    }
+
+    /// `POST /v1/templates/{name}/instantiate`: a new plan of the template (the latest version
+    /// unless `version`), started unless `start` is false.
+    pub async fn instantiate_template(
+        &self,
+        name: &str,
+        inputs: &Value,
+        version: Option<u64>,
+        plan_id: Option<&str>,
+        start: bool,
+    ) -> Result<PlanView> {
+        let mut body = json!({"inputs": inputs, "start": start});
+        if let Some(v) = version {
+            body["version"] = json!(v);
+        }
+        if let Some(id) = plan_id {
+            body["plan_id"] = json!(id);
+        }
+        self.post_as(
+            &format!("/v1/templates/{}/instantiate", path_segment(name)),
+            &body,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/templates/{name}` (admin): no new plans of it; its versions are kept.
+    pub async fn delete_template(&self, name: &str) -> Result<()> {
+        self.send(self.request(
+            Method::DELETE,
+            &format!("/v1/templates/{}", path_segment(name)),
+        ))
+        .await
+        .map(|_| ())
     }
 
     /// `GET /v1/plans?state=&limit=&cursor=`: newest first.

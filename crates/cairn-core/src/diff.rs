@@ -772,6 +772,8 @@ mod tests {
             metadata: Value::Null,
             max_parallel: 8,
             steps,
+            inputs: Value::Null,
+            template: None,
         }
     }
 
@@ -991,8 +993,9 @@ mod tests {
             1u32..4,
             prop_oneof![Just(Value::Null), arb_object()],
             "[ab]{0,2}",
+            prop_oneof![Just(Value::Null), arb_object()],
         )
-            .prop_map(|(steps, max_parallel, metadata, query)| Plan {
+            .prop_map(|(steps, max_parallel, metadata, query, inputs)| Plan {
                 plan_id: Some("p".into()),
                 query,
                 metadata: match metadata {
@@ -1001,6 +1004,13 @@ mod tests {
                 },
                 max_parallel,
                 steps,
+                // Absent inputs read back as null, so an empty object is generated as null.
+                inputs: match inputs {
+                    Value::Object(o) if !o.is_empty() => Value::Object(o),
+                    Value::Object(_) | Value::Null => Value::Null,
+                    other => json!({ "i": other }),
+                },
+                template: None,
             })
     }
 

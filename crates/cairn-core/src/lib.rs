@@ -14,6 +14,7 @@
 //! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
 //! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
+//! - [`template`]: templates (a plan with a JSON Schema of its inputs) and instantiation.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
 //! - [`time`]: timestamps, stored as microseconds and written as RFC 3339.
 //!
@@ -37,6 +38,7 @@ pub mod review;
 pub mod state;
 pub mod status;
 pub mod suggest;
+pub mod template;
 pub mod time;
 pub mod versions;
 pub mod view;
@@ -47,9 +49,10 @@ pub use decide::{handle, Command, Ctx, Decision, Route, StepResult};
 pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, PauseMode};
 pub use gate::{FailedCriterion, GateFeedback, QualityGate, Scores, Verdict};
 pub use intervention::{Intervention, InterventionKind, InterventionRequest};
-pub use plan::{Fault, Format, Invalid, Plan, StepDef};
+pub use plan::{Fault, Format, Invalid, Plan, StepDef, TemplateRef};
 pub use review::{Review, ReviewOutcome, ReviewState, Vote, VoteDecision};
 pub use state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
+pub use template::Template;
 pub use time::Timestamp;
 
 /// Why a command was refused.

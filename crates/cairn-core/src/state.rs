@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::gate::{GateFeedback, Scores};
-use crate::plan::{Plan, StepDef};
+use crate::plan::{Plan, StepDef, TemplateRef};
 use crate::review::{Review, ReviewOutcome, ReviewState};
 
 pub use crate::status::{PlanStatus, StepStatus};
@@ -136,6 +136,10 @@ pub struct Materialized {
     pub max_parallel: u32,
     pub version: u64,
     pub steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "crate::plan::no_inputs")]
+    pub inputs: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
 }
 
 /// Everything the engine knows about a plan, derived from its events.
@@ -146,6 +150,13 @@ pub struct PlanState {
     pub metadata: Value,
     pub max_parallel: u32,
     pub steps: Vec<Step>,
+    /// What the plan was started with (`inputs.*` in conditions and params); fixed at
+    /// registration.
+    #[serde(default, skip_serializing_if = "crate::plan::no_inputs")]
+    pub inputs: Value,
+    /// The template version the plan was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
     /// Bumped by every change of the definition.
     pub version: u64,
     pub status: PlanStatus,
@@ -190,6 +201,8 @@ impl PlanState {
             metadata: Value::Null,
             max_parallel: 8,
             steps: Vec::new(),
+            inputs: Value::Null,
+            template: None,
             version: 0,
             status: PlanStatus::Idle,
             pause_reason: None,
@@ -235,6 +248,8 @@ impl PlanState {
             metadata: self.metadata.clone(),
             max_parallel: self.max_parallel,
             steps: self.steps.iter().map(|s| s.def.clone()).collect(),
+            inputs: self.inputs.clone(),
+            template: self.template.clone(),
         }
     }
 
@@ -245,6 +260,8 @@ impl PlanState {
             max_parallel: self.max_parallel,
             version: self.version,
             steps: self.steps.clone(),
+            inputs: self.inputs.clone(),
+            template: self.template.clone(),
         }
     }
 
@@ -397,6 +414,13 @@ impl PlanState {
         ctx.insert("plan_id".into(), Value::String(self.plan_id.clone()));
         ctx.insert("query".into(), Value::String(self.query.clone()));
         ctx.insert("metadata".into(), self.metadata.clone());
+        ctx.insert(
+            "inputs".into(),
+            match &self.inputs {
+                Value::Null => Value::Object(Map::new()),
+                inputs => inputs.clone(),
+            },
+        );
         ctx.insert("steps".into(), Value::Object(steps));
         Value::Object(ctx)
     }
@@ -516,6 +540,8 @@ impl PlanState {
                 self.query = definition.query.clone();
                 self.metadata = definition.metadata.clone();
                 self.max_parallel = definition.max_parallel;
+                self.inputs = definition.inputs.clone();
+                self.template = definition.template.clone();
                 self.version = 1;
                 self.steps = definition
                     .steps
@@ -827,6 +853,8 @@ impl PlanState {
         self.query = m.query.clone();
         self.metadata = m.metadata.clone();
         self.max_parallel = m.max_parallel;
+        self.inputs = m.inputs.clone();
+        self.template = m.template.clone();
         self.steps = m.steps.clone();
         for s in &mut self.steps {
             match s.rec.status {

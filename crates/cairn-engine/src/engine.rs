@@ -1411,6 +1411,8 @@ impl Engine {
             metadata: export.state.metadata.clone(),
             max_parallel: export.state.max_parallel,
             steps: export.state.steps.iter().map(|s| s.def.clone()).collect(),
+            inputs: export.state.inputs.clone(),
+            template: export.state.template.clone(),
         };
         definition.validate()?;
         definition.plan_id = Some(new_id.clone());

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cairn_core::{Invalid, RefusalKind};
-use cairn_engine::EngineError;
+use cairn_engine::{EngineError, TemplateError};
 use serde_json::json;
 
 #[derive(Debug)]
@@ -81,6 +81,29 @@ impl From<Invalid> for ApiError {
             invalid.to_string(),
         )
         .with_details(json!({ "faults": faults }))
+    }
+}
+
+impl From<TemplateError> for ApiError {
+    fn from(e: TemplateError) -> Self {
+        let invalid = |code: &'static str, invalid: Invalid| {
+            let faults = serde_json::to_value(&invalid.faults).unwrap_or_default();
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, invalid.to_string())
+                .with_details(json!({ "faults": faults }))
+        };
+        match e {
+            TemplateError::NotFound(_) | TemplateError::Deleted(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "template_not_found", e.to_string())
+            }
+            TemplateError::VersionNotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "template_version_not_found",
+                e.to_string(),
+            ),
+            TemplateError::InvalidTemplate(i) => invalid("invalid_template", i),
+            TemplateError::InvalidInputs(i) => invalid("invalid_inputs", i),
+            TemplateError::Engine(e) => e.into(),
+        }
     }
 }
 

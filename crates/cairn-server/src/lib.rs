@@ -27,6 +27,7 @@ mod plans;
 mod reviews;
 pub mod streams;
 mod tasks;
+mod templates;
 mod tokens;
 pub mod ui;
 pub mod webhooks;
@@ -158,6 +159,10 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(history::version))
         .routes(routes!(history::diff))
         .routes(routes!(reviews::list))
+        .routes(routes!(templates::push, templates::list))
+        .routes(routes!(templates::get, templates::delete))
+        .routes(routes!(templates::version))
+        .routes(routes!(templates::instantiate))
         .routes(routes!(streams::plan_stream))
         .routes(routes!(streams::all_stream))
         .routes(routes!(streams::ws))

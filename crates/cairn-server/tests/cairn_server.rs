@@ -12,6 +12,7 @@
 //! - `steps`: a step's attempts, the attempts page and the plan search the dashboard reads.
 //! - `streams`: SSE, WebSocket and webhooks.
 //! - `tasks`: the remote task queue under `/v1/tasks`.
+//! - `templates`: `/v1/templates`, from push to instantiation and deletion.
 
 #[path = "cairn_server/cluster.rs"]
 mod cluster;
@@ -31,3 +32,5 @@ mod steps;
 mod streams;
 #[path = "cairn_server/tasks.rs"]
 mod tasks;
+#[path = "cairn_server/templates.rs"]
+mod templates;

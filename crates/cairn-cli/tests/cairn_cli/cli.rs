@@ -2259,7 +2259,7 @@ env = ["PASSED_ON"]
 }
 
 #[test]
-fn exit_codes_follow_the_table_and_hidden_options_stay_hidden() {
+fn exit_codes_follow_the_table_and_the_cluster_options_are_offered() {
     let w = World::new();
     w.write(
         "plan.yaml",
@@ -2276,9 +2276,11 @@ fn exit_codes_follow_the_table_and_hidden_options_stay_hidden() {
     w.cairn(&["run", "plan.yaml"]).expect(2, "plan id exists");
     w.cairn(&["run", "--resume", "nope"])
         .expect(2, "unknown plan");
-    // The PostgreSQL option is not offered until the store exists.
+    // The PostgreSQL store and the node options are offered (their env values never shown).
     let help = w.raw(&["serve", "--help"]).expect(0, "serve --help");
-    assert!(!help.stdout.contains("database-url"), "{}", help.stdout);
+    for option in ["--database-url", "--node-id", "--lease-ms", "--advertise"] {
+        assert!(help.stdout.contains(option), "{option}: {}", help.stdout);
+    }
 }
 
 /// A local command records `--user NAME` as its actor, else the operating-system user (never a

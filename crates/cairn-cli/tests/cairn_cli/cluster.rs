@@ -964,7 +964,7 @@ fn chain(id: &str, steps: usize, ms: u64, reviewed: bool) -> Value {
             if j > 0 {
                 s["depends_on"] = json!([format!("s{}", j - 1)]);
             }
-            if reviewed && j == 2 {
+            if reviewed && j == steps / 2 {
                 s["quality_gate"] = json!({"always_review": true});
             }
             s
@@ -996,11 +996,49 @@ struct Acked {
     approved: Vec<(String, String, u64)>,
     /// Answers that were neither acknowledged nor refused (connection errors aside).
     bad: Vec<String>,
+    /// Refusals (409), by their message's first words, and requests that got no answer (their
+    /// node was killed).
+    refused: BTreeMap<String, u32>,
+    unanswered: u32,
 }
 
-/// Until `stop`: adds a step to a random plan and approves every open review, each request to
-/// a random port of `ports`. A request that gets no answer (its node was killed) is not
-/// acknowledged and counts for nothing; any 5xx or `not_owner` is recorded as bad.
+impl Acked {
+    /// Records an answer; `true` when it acknowledged the request.
+    fn answer(&mut self, r: Result<Resp, reqwest::Error>, what: &str) -> bool {
+        match r {
+            Ok(r) if r.status == 201 => return true,
+            Ok(r) if r.status == 409 => {
+                let m = r.body["error"]["message"].as_str().unwrap_or("");
+                let short = m.split_whitespace().skip(2).take(4).collect::<Vec<_>>();
+                *self.refused.entry(short.join(" ")).or_default() += 1;
+            }
+            Ok(r) => self.bad.push(format!("{what}: {} {}", r.status, r.text)),
+            Err(_) => self.unanswered += 1,
+        }
+        false
+    }
+}
+
+/// `POST` of JSON, answered or not.
+async fn try_post(
+    api: &Api,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> Result<Resp, reqwest::Error> {
+    let bytes = serde_json::to_vec(body).unwrap();
+    api.raw(
+        Method::POST,
+        path,
+        Some(token),
+        Some(("application/json", bytes)),
+    )
+    .await
+}
+
+/// Until `stop`: adds a step to a random running plan and approves every open review, each
+/// request to a random port of `ports`. A request that gets no answer (its node was killed) is
+/// not acknowledged and counts for nothing; any 5xx or `not_owner` is recorded as bad.
 async fn operate(
     ports: Vec<u16>,
     token: String,
@@ -1019,59 +1057,36 @@ async fn operate(
         let body = json!({"type": "add_step", "step": {"step_id": extra, "action": "work",
                           "agent_type": "counter", "params": {"ms": 20}}});
         let path = format!("/v1/plans/{plan}/interventions");
-        if let Ok(r) = api
-            .raw(
-                Method::POST,
-                &path,
-                Some(&token),
-                Some(("application/json", serde_json::to_vec(&body).unwrap())),
-            )
-            .await
+        let r = try_post(&api, &token, &path, &body).await;
         {
             let mut a = acked.lock().unwrap();
-            match r.status {
-                201 => a.added.push((plan.clone(), extra)),
-                409 => {}
-                _ => a
-                    .bad
-                    .push(format!("{path} on :{port}: {} {}", r.status, r.text)),
+            if a.answer(r, &format!("add_step {path} on :{port}")) {
+                a.added.push((plan.clone(), extra));
             }
         }
-        if let Ok(r) = api
+        let open = api
             .raw(
                 Method::GET,
                 "/v1/reviews?state=open&limit=100",
                 Some(&token),
                 None,
             )
-            .await
+            .await;
+        for rv in open
+            .map(|r| r.body["items"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
         {
-            for rv in r.body["items"].as_array().cloned().unwrap_or_default() {
-                let (plan, step, attempt) = (
-                    rv["plan_id"].as_str().unwrap().to_owned(),
-                    rv["step_id"].as_str().unwrap().to_owned(),
-                    rv["attempt"].as_u64().unwrap(),
-                );
-                let body = json!({"type": "approve_step", "step_id": step, "attempt": attempt});
-                let path = format!("/v1/plans/{plan}/interventions");
-                if let Ok(r) = api
-                    .raw(
-                        Method::POST,
-                        &path,
-                        Some(&token),
-                        Some(("application/json", serde_json::to_vec(&body).unwrap())),
-                    )
-                    .await
-                {
-                    let mut a = acked.lock().unwrap();
-                    match r.status {
-                        201 => a.approved.push((plan, step, attempt)),
-                        409 => {}
-                        _ => a
-                            .bad
-                            .push(format!("{path} on :{port}: {} {}", r.status, r.text)),
-                    }
-                }
+            let (plan, step, attempt) = (
+                rv["plan_id"].as_str().unwrap().to_owned(),
+                rv["step_id"].as_str().unwrap().to_owned(),
+                rv["attempt"].as_u64().unwrap(),
+            );
+            let body = json!({"type": "approve_step", "step_id": step, "attempt": attempt});
+            let path = format!("/v1/plans/{plan}/interventions");
+            let r = try_post(&api, &token, &path, &body).await;
+            let mut a = acked.lock().unwrap();
+            if a.answer(r, &format!("approve_step {path} on :{port}")) {
+                a.approved.push((plan, step, attempt));
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1121,7 +1136,14 @@ async fn kill_9_of_nodes_at_random_moments_under_load_loses_nothing_and_reruns_n
         return;
     };
     let plans: Vec<Value> = (0..30)
-        .map(|k| chain(&format!("load{k}"), 6, 60 + 20 * (k as u64 % 5), k % 3 == 0))
+        .map(|k| {
+            chain(
+                &format!("load{k}"),
+                20,
+                100 + 50 * (k as u64 % 5),
+                k % 3 == 0,
+            )
+        })
         .collect();
     let ids: Vec<String> = plans
         .iter()
@@ -1191,10 +1213,13 @@ async fn kill_9_of_nodes_at_random_moments_under_load_loses_nothing_and_reruns_n
         );
     }
     eprintln!(
-        "{} steps added and {} reviews approved under kills",
+        "{} steps added and {} reviews approved under kills; refused: {:?}; unanswered: {}",
         acked.added.len(),
-        acked.approved.len()
+        acked.approved.len(),
+        acked.refused,
+        acked.unanswered
     );
+    assert!(!acked.added.is_empty(), "steps were added under load");
     assert!(
         !acked.approved.is_empty(),
         "reviews were approved under load"
@@ -1405,7 +1430,11 @@ async fn a_remote_worker_polling_a_node_that_does_not_own_the_plan_runs_its_step
     let mut done = 0;
     let mut past_owner = 0;
     while done < 3 {
-        assert!(Instant::now() < deadline, "the worker never got every task");
+        assert!(
+            Instant::now() < deadline,
+            "the worker, polling nodes that do not own the plan, got {done} of its 3 tasks: {}",
+            op.plan("remote").await
+        );
         // Poll one node that does not own the plan, report to the other.
         let (poll_at, had_owner) = c.not_owner("remote", done).await;
         let (report_at, _) = c.not_owner("remote", done + 1).await;
@@ -1445,11 +1474,110 @@ async fn a_remote_worker_polling_a_node_that_does_not_own_the_plan_runs_its_step
         .await
         .expect(200, "snapshot")
         .body;
-    assert_eq!(snap["context"]["r3"]["found"], 3, "{snap}");
+    for (k, s) in ["r1", "r2", "r3"].into_iter().enumerate() {
+        assert_eq!(step(&snap, s)["output"]["found"], k + 1, "{snap}");
+    }
     assert!(
         past_owner >= 2,
         "only {past_owner} polls went past a live owner"
     );
     let events = op.all_events("remote").await;
     assert_no_seq_gap("remote", &events);
+}
+
+// ---- cairn bench on PostgreSQL ---------------------------------------------------------------
+
+#[test]
+fn bench_with_a_database_url_measures_both_stores_and_the_cluster() {
+    let Ok(url) = std::env::var(DB_VAR) else {
+        eprintln!("skipped: {DB_VAR} is unset");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--workload",
+        "plans,one_plan,cluster",
+        "--plans",
+        "20",
+        "--steps",
+        "3",
+        "--long-steps",
+        "20",
+        "--requests",
+        "6",
+        "--nodes",
+        "2",
+        "--lease-ms",
+        "1000",
+        "--database-url",
+        &url,
+    ];
+    let run = Run::of(
+        cairn_command(&args).current_dir(dir.path()),
+        &args[..args.len() - 1],
+    )
+    .expect(0, "cairn bench --database-url");
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for l in &lines {
+        for key in [
+            "workload",
+            "store",
+            "steps",
+            "wall_s",
+            "steps_per_sec",
+            "peak_rss_mb",
+        ] {
+            assert!(l.get(key).is_some(), "{key} missing in {l}");
+        }
+    }
+    let find = |workload: &str, store: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["workload"] == workload && l["store"] == store)
+            .collect()
+    };
+    for store in ["sqlite", "postgres"] {
+        let plans = find("plans", store);
+        assert_eq!(plans.len(), 1, "plans on {store}: {lines:?}");
+        assert_eq!(plans[0]["steps"], 60);
+        assert_eq!(find("one_plan", store).len(), 1, "one_plan on {store}");
+    }
+    assert!(find("plans", "postgres")[0]["durability"]
+        .as_str()
+        .unwrap()
+        .starts_with("synchronous_commit="));
+    let nodes: Vec<(String, u64)> = lines
+        .iter()
+        .filter(|l| l["workload"] == "cluster_plans")
+        .map(|l| {
+            (
+                l["store"].as_str().unwrap().to_owned(),
+                l["nodes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("sqlite".into(), 1),
+            ("postgres".into(), 1),
+            ("postgres".into(), 2)
+        ]
+    );
+    for what in ["pause", "intervention", "resume"] {
+        let vias: BTreeSet<&str> = find(&format!("cluster_control_{what}"), "postgres")
+            .iter()
+            .map(|l| l["via"].as_str().unwrap())
+            .collect();
+        assert_eq!(vias, BTreeSet::from(["other_node", "owner"]), "{what}");
+    }
+    let failover = find("failover", "postgres");
+    assert_eq!(failover.len(), 1, "{lines:?}");
+    assert_eq!(failover[0]["first_event_plans"], 100, "{}", failover[0]);
 }

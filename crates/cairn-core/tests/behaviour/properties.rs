@@ -129,6 +129,8 @@ fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
         metadata: Value::Null,
         max_parallel,
         steps,
+        inputs: Value::Null,
+        template: None,
     };
     plan.validate().expect("generated plans are valid");
     plan

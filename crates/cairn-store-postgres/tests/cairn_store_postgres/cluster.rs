@@ -393,11 +393,13 @@ async fn throughput_of_1000_plans_of_10_steps() {
     let steps = (PLANS as u64 * STEPS) as f64;
     let stats = store.writer_stats();
     eprintln!(
-        "{steps} steps in {secs:.2} s: {:.0} steps/s; {} commits, mean batch {:.1}, max {}",
+        "{steps} steps in {secs:.2} s: {:.0} steps/s; {} commits, mean batch {:.1}, max {}, \
+         writer busy {:.2} s",
         steps / secs,
         stats.commits,
         stats.mean_batch(),
-        stats.max_batch
+        stats.max_batch,
+        stats.busy.as_secs_f64()
     );
 }
 

@@ -196,6 +196,18 @@ pub async fn plans_in_states(store: Arc<dyn Store>) {
     assert_eq!(got, ["a", "b", "d"]);
     assert!(store.plans_in_states(&["zzz"]).await.unwrap().is_empty());
     assert!(store.plans_in_states(&[]).await.unwrap().is_empty());
+    // Counted by state (states with no plan left out), whichever order the backend answers in.
+    let mut counts = store.count_plans_by_state().await.unwrap();
+    counts.retain(|(_, n)| *n > 0);
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("done".to_owned(), 1),
+            ("paused".to_owned(), 1),
+            ("running".to_owned(), 2)
+        ]
+    );
 }
 
 /// The review index: rows written with the events, replaced by id, listed oldest first across

@@ -14,3 +14,4 @@ mod interventions;
 mod pages;
 mod plans;
 mod smoke;
+mod templates;
