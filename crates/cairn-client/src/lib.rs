@@ -503,6 +503,41 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/plans/{id}/versions`: every version of the plan's definition with its cause.
+    pub async fn plan_versions(&self, id: &str) -> Result<cairn_core::versions::VersionList> {
+        self.get_as(&format!("{}/versions", Self::plan_path(id)), &[])
+            .await
+    }
+
+    /// `GET /v1/plans/{id}/versions/{v}`: a version's cause and the definition then.
+    pub async fn plan_version(
+        &self,
+        id: &str,
+        version: u64,
+    ) -> Result<cairn_core::versions::VersionedDefinition> {
+        self.get_as(&format!("{}/versions/{version}", Self::plan_path(id)), &[])
+            .await
+    }
+
+    /// `GET /v1/plans/{id}/diff?from=&to=`: the structural diff between two versions (`to`
+    /// defaults to the latest, `from` to the one before `to`).
+    pub async fn plan_diff(
+        &self,
+        id: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<cairn_core::versions::PlanDiff> {
+        let mut q = Vec::new();
+        if let Some(f) = from {
+            q.push(("from", f.to_string()));
+        }
+        if let Some(t) = to {
+            q.push(("to", t.to_string()));
+        }
+        self.get_as(&format!("{}/diff", Self::plan_path(id)), &q)
+            .await
+    }
+
     /// `GET /v1/plans/{id}/snapshot`.
     pub async fn snapshot(&self, id: &str) -> Result<Snapshot> {
         self.get_as(&format!("{}/snapshot", Self::plan_path(id)), &[])

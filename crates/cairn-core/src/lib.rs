@@ -7,6 +7,8 @@
 //! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
 //! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`versions`]: a plan's definition history (each version and its cause), folded from its log.
+//! - [`diff`]: structural diffs of plan definitions and template parameters, and applying them.
 //! - [`history`]: every attempt of a plan's steps, folded from its log, for readers.
 //! - [`gate`]: quality gates, typed scores and the verdict, a pure function of both.
 //! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
@@ -23,6 +25,7 @@
 pub mod action;
 pub mod attempt;
 pub mod decide;
+pub mod diff;
 mod document;
 pub mod event;
 pub mod expr;
@@ -37,6 +40,7 @@ pub mod status;
 pub mod suggest;
 pub mod template;
 pub mod time;
+pub mod versions;
 pub mod view;
 
 pub use action::{Action, StartAttempt};

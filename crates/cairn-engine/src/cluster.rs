@@ -216,6 +216,11 @@ pub(crate) enum WireError {
     PlanExists {
         plan_id: String,
     },
+    VersionNotFound {
+        plan_id: String,
+        version: u64,
+        known: String,
+    },
     Invalid {
         invalid: Invalid,
     },
@@ -247,6 +252,15 @@ impl From<EngineError> for WireError {
                 checkpoint_id,
             },
             EngineError::PlanExists(plan_id) => WireError::PlanExists { plan_id },
+            EngineError::VersionNotFound {
+                plan_id,
+                version,
+                known,
+            } => WireError::VersionNotFound {
+                plan_id,
+                version,
+                known,
+            },
             EngineError::Invalid(invalid) => WireError::Invalid { invalid },
             EngineError::Refused {
                 refusal,
@@ -281,6 +295,15 @@ impl From<WireError> for EngineError {
                 checkpoint_id,
             },
             WireError::PlanExists { plan_id } => EngineError::PlanExists(plan_id),
+            WireError::VersionNotFound {
+                plan_id,
+                version,
+                known,
+            } => EngineError::VersionNotFound {
+                plan_id,
+                version,
+                known,
+            },
             WireError::Invalid { invalid } => EngineError::Invalid(invalid),
             WireError::Refused {
                 refusal,

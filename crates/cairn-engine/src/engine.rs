@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cairn_core::decide::SYSTEM_ACTOR;
+use cairn_core::diff::Diff;
 use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin};
 use cairn_core::history::{AttemptLog, AttemptSpan, StepAttempts, StepDetail, ATTEMPT_EVENTS};
+use cairn_core::versions::{PlanDiff, PlanVersion, VersionFold, VersionedDefinition};
 use cairn_core::view::{
     is_settled, CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot,
 };
@@ -299,6 +301,33 @@ pub(crate) async fn state_at(
         return Err(EngineError::PlanNotFound(plan_id.to_owned()));
     }
     Ok((state, snapshot_seq))
+}
+
+/// The error for a version a plan never had, listing the ones it has (`1-3, 5`).
+fn no_version(plan_id: &str, version: u64, known: &[PlanVersion]) -> EngineError {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for v in known {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == v.version => *end = v.version,
+            _ => ranges.push((v.version, v.version)),
+        }
+    }
+    let known = ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    EngineError::VersionNotFound {
+        plan_id: plan_id.to_owned(),
+        version,
+        known,
+    }
 }
 
 /// The file format of an exported checkpoint.
@@ -1498,6 +1527,136 @@ impl Engine {
             items: page.items.into_iter().map(|(_, i)| i).collect(),
             next_cursor: page.next_cursor,
         })
+    }
+
+    /// The versions of a plan's definition, oldest first, each with its cause (the
+    /// registration, an intervention or a restore), folded from the log.
+    pub async fn plan_versions(&self, plan_id: &str) -> Result<Vec<PlanVersion>, EngineError> {
+        let mut fold = VersionFold::new(plan_id);
+        self.fold_log(plan_id, |e| {
+            fold.apply(e);
+            true
+        })
+        .await?;
+        Ok(fold.into_versions())
+    }
+
+    /// Version `version` of a plan's definition: what made it and the definition then.
+    pub async fn plan_version(
+        &self,
+        plan_id: &str,
+        version: u64,
+    ) -> Result<VersionedDefinition, EngineError> {
+        let mut fold = VersionFold::new(plan_id);
+        let mut found = None;
+        self.fold_log(plan_id, |e| {
+            if let Some(v) = fold.apply(e) {
+                if v.version == version {
+                    found = Some(v.clone());
+                    return false;
+                }
+            }
+            true
+        })
+        .await?;
+        match found {
+            Some(v) => Ok(VersionedDefinition {
+                version: v,
+                definition: fold.definition(),
+            }),
+            None => Err(no_version(plan_id, version, fold.versions())),
+        }
+    }
+
+    /// The structural diff of a plan's definition between two versions. `to` defaults to the
+    /// latest, `from` to the version before `to` (`to` itself when it is the first).
+    pub async fn plan_diff(
+        &self,
+        plan_id: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<PlanDiff, EngineError> {
+        let mut fold = VersionFold::new(plan_id);
+        let mut defs: Vec<(u64, Plan)> = Vec::new();
+        // The version before `to`, when `from` defaults to it.
+        let mut pinned: Option<u64> = None;
+        self.fold_log(plan_id, |e| {
+            let made = fold.apply(e).map(|v| v.version);
+            if let Some(v) = made {
+                if from.is_none() && to == Some(v) {
+                    pinned = defs.last().map(|(k, _)| *k);
+                }
+                // Keep the definitions asked for, and the latest two for the defaults.
+                let keep = |k: u64| from == Some(k) || to == Some(k) || pinned == Some(k);
+                let last = defs.pop();
+                defs.retain(|(k, _)| keep(*k));
+                defs.extend(last);
+                defs.push((v, fold.definition()));
+            }
+            true
+        })
+        .await?;
+        let versions = fold.versions();
+        let to_v = match to {
+            Some(v) => v,
+            None => versions.last().map(|v| v.version).unwrap_or(0),
+        };
+        let Some(to_at) = versions.iter().position(|v| v.version == to_v) else {
+            return Err(no_version(plan_id, to_v, versions));
+        };
+        let from_v = match from {
+            Some(v) => v,
+            None => versions[to_at.saturating_sub(1)].version,
+        };
+        if !versions.iter().any(|v| v.version == from_v) {
+            return Err(no_version(plan_id, from_v, versions));
+        }
+        let def = |v: u64| {
+            defs.iter()
+                .rev()
+                .find(|(k, _)| *k == v)
+                .map(|(_, d)| d)
+                .ok_or_else(|| EngineError::Corrupt(format!("version {v} of {plan_id} was lost")))
+        };
+        let (before, after) = (def(from_v)?, def(to_v)?);
+        Ok(PlanDiff {
+            plan_id: plan_id.to_owned(),
+            from: from_v,
+            to: to_v,
+            diff: Diff::between(before, after),
+        })
+    }
+
+    /// Replays a plan's whole log through `f`, oldest first, until `f` answers false. An
+    /// unknown plan is an error.
+    async fn fold_log(
+        &self,
+        plan_id: &str,
+        mut f: impl FnMut(&Event) -> bool,
+    ) -> Result<(), EngineError> {
+        let mut after = 0;
+        loop {
+            let rows = self
+                .inner
+                .store
+                .read_events(plan_id, after, None, 4_096)
+                .await?;
+            let n = rows.len();
+            for row in rows {
+                let e = from_stored(row)?;
+                after = e.seq;
+                if !f(&e) {
+                    return Ok(());
+                }
+            }
+            if n < 4_096 {
+                break;
+            }
+        }
+        if after == 0 {
+            return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+        }
+        Ok(())
     }
 
     /// Deletes a plan that is not running (with its whole log). In a cluster, a plan another

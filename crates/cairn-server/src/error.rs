@@ -116,6 +116,9 @@ impl From<EngineError> for ApiError {
             EngineError::CheckpointNotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "checkpoint_not_found", e.to_string())
             }
+            EngineError::VersionNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "version_not_found", e.to_string())
+            }
             EngineError::PlanExists(_) => ApiError::conflict("plan_exists", e.to_string()),
             EngineError::Invalid(invalid) => invalid.into(),
             EngineError::Refused {

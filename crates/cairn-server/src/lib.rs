@@ -20,6 +20,7 @@ pub mod cluster;
 mod conn;
 pub mod error;
 pub mod extract;
+mod history;
 pub mod metrics;
 pub mod openapi;
 mod plans;
@@ -154,6 +155,9 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plans::events))
         .routes(routes!(plans::step))
         .routes(routes!(plans::attempts))
+        .routes(routes!(history::versions))
+        .routes(routes!(history::version))
+        .routes(routes!(history::diff))
         .routes(routes!(reviews::list))
         .routes(routes!(templates::push, templates::list))
         .routes(routes!(templates::get, templates::delete))

@@ -208,6 +208,7 @@ pub struct InterventionBody {
         (name = "plans", description = "Registration, state and control"),
         (name = "interventions", description = "Changing a plan while it runs"),
         (name = "checkpoints", description = "Checkpoints: list, create, restore, fork"),
+        (name = "history", description = "A plan's definition history and diffs between its versions"),
         (name = "reviews", description = "The review inbox across plans (quality gates)"),
         (name = "templates", description = "Versioned plan templates and the plans made of them"),
         (name = "events", description = "Plan logs and live streams"),

@@ -5,6 +5,7 @@
 //! - `cluster`: `/v1/nodes`, the internal forwarding endpoint and `HttpPeers`.
 //! - `common`: the one server harness (the production wiring of `cairn_server::Server::build`)
 //!   and bounded waits.
+//! - `history`: a plan's definition versions and the diffs between them.
 //! - `hostile`: bursts of concurrent writes and malformed requests.
 //! - `metrics`: `/metrics`.
 //! - `openapi`: the committed `docs/openapi.json` against what the code generates.
@@ -17,6 +18,8 @@
 mod cluster;
 #[path = "cairn_server/common.rs"]
 mod common;
+#[path = "cairn_server/history.rs"]
+mod history;
 #[path = "cairn_server/hostile.rs"]
 mod hostile;
 #[path = "cairn_server/metrics.rs"]

@@ -3,7 +3,7 @@
 // function called when the page is left (close streams, timers).
 //
 // Routes (deep links): #/plans, #/plans/{id}, #/plans/{id}/steps/{step},
-// #/plans/{id}/steps/{step}/attempts/{n}, #/plans/{id}/{tab} (audit, checkpoints, events),
+// #/plans/{id}/steps/{step}/attempts/{n}, #/plans/{id}/{tab} (audit, checkpoints, history, events),
 // #/reviews, #/templates, #/templates/{name}, #/templates/{name}/versions/{v}, #/workers,
 // #/cluster, #/signin.
 
