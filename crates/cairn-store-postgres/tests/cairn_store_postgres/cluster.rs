@@ -281,7 +281,11 @@ async fn stores_connecting_together_migrate_once() {
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1, 2, 10], "every migration this build knows, once");
+    assert_eq!(
+        versions,
+        [1, 2, 10],
+        "every migration this build knows, once"
+    );
     // They all work on the one schema.
     stores[0].create_plan(create("p")).await.unwrap();
     assert_eq!(
