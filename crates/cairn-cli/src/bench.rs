@@ -461,6 +461,7 @@ fn echo_plan(id: String, steps: usize) -> Plan {
         steps: (0..steps)
             .map(|j| step(&format!("s{j}"), "builtin.echo", json!({"n": j})))
             .collect(),
+        on_failure: Default::default(),
     }
 }
 
@@ -731,6 +732,7 @@ async fn run_workload(
                     steps: (0..50)
                         .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 200})))
                         .collect(),
+                    on_failure: Default::default(),
                 })
                 .collect();
             let ids: Vec<String> = plans.iter().filter_map(|p| p.plan_id.clone()).collect();

@@ -224,6 +224,9 @@ pub const PLAN_STATUS_EVENTS: &[&str] = &[
     "plan_failed",
     "checkpoint_restored",
     "intervention_applied",
+    "rollback_started",
+    "rollback_completed",
+    "rollback_failed",
 ];
 
 impl EventKind {
@@ -249,6 +252,10 @@ impl EventKind {
                     .and_then(|c| c.after.as_str())
                     .and_then(PlanStatus::parse),
             },
+            EventKind::RollbackStarted { .. } => Some(PlanStatus::Running),
+            // The plan takes the final state its rollback started for, which the event alone
+            // does not say: observers read it from the state.
+            EventKind::RollbackCompleted {} | EventKind::RollbackFailed { .. } => None,
             other => PlanStatus::entered_by(other.type_name()),
         }
     }
@@ -257,7 +264,10 @@ impl EventKind {
     /// waiting for a plan to settle looks again only after such an event.
     pub fn may_settle(&self) -> bool {
         match self {
-            EventKind::PlanDrained {} | EventKind::InterventionApplied { .. } => true,
+            EventKind::PlanDrained {}
+            | EventKind::InterventionApplied { .. }
+            | EventKind::RollbackCompleted {}
+            | EventKind::RollbackFailed { .. } => true,
             other => other
                 .plan_status_after()
                 .is_some_and(|s| s.is_terminal() || s == PlanStatus::Paused),

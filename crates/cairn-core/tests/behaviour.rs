@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 mod gates;
 #[path = "behaviour/properties.rs"]
 mod properties;
+#[path = "behaviour/rollback.rs"]
+mod rollback;
 #[path = "behaviour/validation.rs"]
 mod validation;
 

@@ -7,6 +7,7 @@
 //! - `remote`: the remote task queue.
 //! - `latch`: the `builtin.latch` step holder the other tests use.
 //! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
+//! - `rollback`: compensations through the engine, and a restart in the middle of a rollback.
 //! - `cluster`: several engines sharing one store: forwarding, takeover, fencing, the stream.
 //! - `common`: bounded waits shared by every module.
 
@@ -28,3 +29,5 @@ mod latch;
 mod paused_time;
 #[path = "cairn_engine/remote.rs"]
 mod remote;
+#[path = "cairn_engine/rollback.rs"]
+mod rollback;

@@ -117,6 +117,10 @@ impl Effect {
             started_by: _,
             // Recorded below (`reviews`).
             reviews: _,
+            // Set by registration; no intervention changes it.
+            on_failure: _,
+            // Changed only by rollback events, never by an intervention.
+            rollback: _,
         } = after;
         // Linear in the plan's size: an intervention on a 10,000-step plan compares each step
         // once (by position when the order did not change, else through an index by id).

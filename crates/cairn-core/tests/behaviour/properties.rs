@@ -129,6 +129,7 @@ fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
         metadata: Value::Null,
         max_parallel,
         steps,
+        on_failure: Default::default(),
     };
     plan.validate().expect("generated plans are valid");
     plan
@@ -742,6 +743,7 @@ fn check_restore(
                 attempts: expect.attempts,
                 run: expect.run + 1,
                 started_at: expect.started_at,
+                start_seq: expect.start_seq,
                 ..cairn_core::state::StepRecord::new()
             };
         }
