@@ -69,6 +69,9 @@ pub enum Command {
     },
     Cancel {
         reason: Option<String>,
+        /// Roll back what the plan did before it ends cancelled (absent: false).
+        #[serde(default)]
+        rollback: bool,
     },
     Intervene(InterventionRequest),
     /// An executor's report on an attempt.
@@ -126,7 +129,7 @@ impl Command {
             Command::Start { reason }
             | Command::Pause { reason, .. }
             | Command::Resume { reason }
-            | Command::Cancel { reason }
+            | Command::Cancel { reason, .. }
             | Command::Checkpoint { reason, .. }
             | Command::Restore { reason, .. }
             | Command::RecordFork { reason, .. }
@@ -429,7 +432,7 @@ fn decide(
             }
             em.emit(actor, EventKind::PlanResumed { reason }, None);
         }
-        Command::Cancel { reason } => {
+        Command::Cancel { reason, rollback } => {
             if em.state.rolling_back() {
                 return Err(conflict(format!(
                     "plan {} is rolling back; pause it to stop starting compensations",
@@ -443,7 +446,13 @@ fn decide(
                     status.as_str()
                 )));
             }
+            // What a rollback compensates is decided before the cancel ends the steps in flight.
+            let order = rollback.then(|| rollback::order(em.state));
             em.emit(actor, EventKind::PlanCancelled { reason }, None);
+            if let Some(order) = order {
+                compensations = order.clone();
+                start_rollback(&mut em, actor, RollbackEnd::Cancelled, order);
+            }
         }
         Command::Intervene(request) => {
             let (record, refused) = intervene(&mut em, actor, request);
@@ -1128,8 +1137,9 @@ fn advance_rollback(em: &mut Emitter<'_>, starts: Starts<'_>) {
     let Some(r) = &em.state.rollback else {
         return;
     };
+    let then = r.then;
     let Some(next) = r.pending.first().cloned() else {
-        em.emit(SYSTEM_ACTOR, EventKind::RollbackCompleted {}, None);
+        em.emit(SYSTEM_ACTOR, EventKind::RollbackCompleted { then }, None);
         return;
     };
     if matches!(starts, Starts::None) {
@@ -1189,6 +1199,7 @@ fn advance_rollback(em: &mut Emitter<'_>, starts: Starts<'_>) {
                 EventKind::RollbackFailed {
                     step_id: next,
                     error,
+                    then,
                 },
                 None,
             );
@@ -1229,6 +1240,11 @@ fn compensation_outcome(em: &mut Emitter<'_>, id: AttemptId, result: StepResult)
         .as_ref()
         .map_or(plan::Compensate::DEFAULT_RETRY, |c| c.retry_policy());
     let run_attempts = step.rec.compensation.as_ref().map_or(0, |c| c.run_attempts);
+    let then = em
+        .state
+        .rollback
+        .as_ref()
+        .map_or(RollbackEnd::Failed, |r| r.then);
     match result {
         StepResult::Completed { output, .. } => em.emit(
             SYSTEM_ACTOR,
@@ -1268,6 +1284,7 @@ fn compensation_outcome(em: &mut Emitter<'_>, id: AttemptId, result: StepResult)
                     EventKind::RollbackFailed {
                         step_id: id.step_id,
                         error,
+                        then,
                     },
                     None,
                 );

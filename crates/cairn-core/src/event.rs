@@ -356,13 +356,17 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_at: Option<Timestamp>,
     },
-    /// Every compensation ran: the plan takes its final state with `rollback.status: completed`.
-    RollbackCompleted {},
+    /// Every compensation ran: the plan takes its final state `then` with `rollback.status:
+    /// completed`.
+    RollbackCompleted {
+        then: RollbackEnd,
+    },
     /// The compensation of `step_id` exhausted its retries: the rollback stops there (the rest
     /// stay pending) and the plan takes its final state with `rollback.status: failed`.
     RollbackFailed {
         step_id: String,
         error: String,
+        then: RollbackEnd,
     },
 }
 
@@ -397,7 +401,7 @@ impl EventKind {
             EventKind::CompensationStarted { .. } => "compensation_started",
             EventKind::CompensationCompleted { .. } => "compensation_completed",
             EventKind::CompensationFailed { .. } => "compensation_failed",
-            EventKind::RollbackCompleted {} => "rollback_completed",
+            EventKind::RollbackCompleted { .. } => "rollback_completed",
             EventKind::RollbackFailed { .. } => "rollback_failed",
         }
     }
@@ -553,8 +557,11 @@ mod tests {
                 "compensation_completed",
                 r#"{"step_id":"b","attempt":2,"output":{"ok":true}}"#,
             ),
-            ("rollback_failed", r#"{"step_id":"a","error":"closed"}"#),
-            ("rollback_completed", r#"{}"#),
+            (
+                "rollback_failed",
+                r#"{"step_id":"a","error":"closed","then":"cancelled"}"#,
+            ),
+            ("rollback_completed", r#"{"then":"failed"}"#),
             (
                 "step_interrupted",
                 r#"{"step_id":"b","kind":"compensation","attempt":1,"cause":"immediate pause"}"#,

@@ -995,20 +995,20 @@ impl PlanState {
                     };
                 }
             }
-            EventKind::RollbackCompleted {} | EventKind::RollbackFailed { .. } => {
+            EventKind::RollbackCompleted { then } | EventKind::RollbackFailed { then, .. } => {
                 if let Some(r) = &mut self.rollback {
-                    r.status = if matches!(event.kind, EventKind::RollbackCompleted {}) {
+                    r.status = if matches!(event.kind, EventKind::RollbackCompleted { .. }) {
                         RollbackStatus::Completed
                     } else {
                         RollbackStatus::Failed
                     };
-                    self.status = match r.then {
-                        RollbackEnd::Failed => PlanStatus::Failed,
-                        RollbackEnd::Cancelled => PlanStatus::Cancelled,
-                    };
-                    self.pause_reason = None;
-                    self.resume_at = None;
                 }
+                self.status = match then {
+                    RollbackEnd::Failed => PlanStatus::Failed,
+                    RollbackEnd::Cancelled => PlanStatus::Cancelled,
+                };
+                self.pause_reason = None;
+                self.resume_at = None;
             }
             EventKind::StepResultIgnored { .. }
             | EventKind::InterventionFailed { .. }

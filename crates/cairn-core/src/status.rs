@@ -253,9 +253,12 @@ impl EventKind {
                     .and_then(PlanStatus::parse),
             },
             EventKind::RollbackStarted { .. } => Some(PlanStatus::Running),
-            // The plan takes the final state its rollback started for, which the event alone
-            // does not say: observers read it from the state.
-            EventKind::RollbackCompleted {} | EventKind::RollbackFailed { .. } => None,
+            EventKind::RollbackCompleted { then } | EventKind::RollbackFailed { then, .. } => {
+                Some(match then {
+                    crate::rollback::RollbackEnd::Failed => PlanStatus::Failed,
+                    crate::rollback::RollbackEnd::Cancelled => PlanStatus::Cancelled,
+                })
+            }
             other => PlanStatus::entered_by(other.type_name()),
         }
     }
@@ -266,7 +269,7 @@ impl EventKind {
         match self {
             EventKind::PlanDrained {}
             | EventKind::InterventionApplied { .. }
-            | EventKind::RollbackCompleted {}
+            | EventKind::RollbackCompleted { .. }
             | EventKind::RollbackFailed { .. } => true,
             other => other
                 .plan_status_after()

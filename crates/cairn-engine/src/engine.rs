@@ -932,7 +932,14 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<Arc<PlanState>, EngineError> {
         Ok(self
-            .send(plan_id, Command::Cancel { reason }, actor.into())
+            .send(
+                plan_id,
+                Command::Cancel {
+                    reason,
+                    rollback: false,
+                },
+                actor.into(),
+            )
             .await?
             .state)
     }
@@ -970,6 +977,53 @@ impl Engine {
                 Command::Rollback {
                     dry_run: false,
                     reason,
+                },
+                actor.into(),
+            )
+            .await?;
+        let order = done
+            .state
+            .rollback
+            .as_ref()
+            .map(|r| r.done.iter().chain(&r.pending).cloned().collect())
+            .unwrap_or_default();
+        Ok((done.state, order))
+    }
+
+    /// Cancels an idle, running or paused plan and rolls back what it did: the plan runs the
+    /// compensations (steps in flight are stopped first; their outcome is unknown), then ends
+    /// cancelled. Answers the state and the compensations in order; with `dry_run`, only the
+    /// order, changing nothing.
+    pub async fn cancel_and_rollback(
+        &self,
+        plan_id: &str,
+        actor: &str,
+        dry_run: bool,
+        reason: Option<String>,
+    ) -> Result<(Arc<PlanState>, Vec<String>), EngineError> {
+        if dry_run {
+            let state = self.state(plan_id).await?;
+            if state.status.is_terminal() || state.rolling_back() {
+                return Err(EngineError::Refused {
+                    refusal: cairn_core::Refusal::new(
+                        cairn_core::RefusalKind::Conflict,
+                        format!(
+                            "plan {plan_id} is {}; only an idle, running or paused plan can be cancelled",
+                            state.status.as_str()
+                        ),
+                    ),
+                    intervention: None,
+                });
+            }
+            let order = cairn_core::rollback::order(&state);
+            return Ok((state, order));
+        }
+        let done = self
+            .send(
+                plan_id,
+                Command::Cancel {
+                    reason,
+                    rollback: true,
                 },
                 actor.into(),
             )

@@ -340,7 +340,10 @@ impl Run {
                 reason: None,
             },
             Op::Resume => Command::Resume { reason: None },
-            Op::Cancel => Command::Cancel { reason: None },
+            Op::Cancel => Command::Cancel {
+                reason: None,
+                rollback: false,
+            },
             Op::Outcome { pick: p, kind } => {
                 let running: Vec<(String, u32)> = self
                     .st

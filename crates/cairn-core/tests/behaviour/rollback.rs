@@ -213,7 +213,10 @@ fn a_cancelled_plan_rolls_back_on_request_and_ends_cancelled() {
     );
     assert_eq!(sim.st.status, PlanStatus::Running);
     // Cancel is refused while rolling back; pause works and starts no compensation.
-    sim.refused(Command::Cancel { reason: None });
+    sim.refused(Command::Cancel {
+        reason: None,
+        rollback: false,
+    });
     sim.pause(PauseMode::Boundary);
     let d = sim.ok(Command::Outcome {
         attempt: comp("hotel", 1),
@@ -287,4 +290,157 @@ fn recovery_resends_the_compensation_in_flight_and_never_a_completed_one() {
     assert_eq!(starts[0].attempt, comp("flight", 1));
     assert_eq!(starts[0].invocation.params, json!({"ref": "F1"}));
     assert_eq!(starts[0].idempotency_key, "p1/flight/compensate/1");
+}
+
+#[test]
+fn cancel_with_rollback_compensates_what_ran_and_ends_cancelled() {
+    let plan = TRIP
+        .trim_start_matches("on_failure: rollback\n")
+        .replace("this.output.ref", "this.output");
+    let mut sim = Sim::new(&plan);
+    sim.start();
+    sim.complete("flight", json!({"ref": "F1"}));
+    let d = sim.ok(Command::Cancel {
+        reason: Some("trip called off".into()),
+        rollback: true,
+    });
+    // hotel was running: it is stopped, and compensated first (it started last).
+    assert_eq!(d.compensations, ["hotel", "flight"]);
+    assert!(d
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Stop { attempt, .. } if attempt.step_id == "hotel")));
+    assert_eq!(
+        comp_starts(&d),
+        [("hotel".to_owned(), json!({"ref": null}))]
+    );
+    assert_eq!(sim.st.status, PlanStatus::Running);
+    for step in ["hotel", "flight"] {
+        sim.ok(Command::Outcome {
+            attempt: comp(step, 1),
+            result: StepResult::Completed {
+                output: json!("undone"),
+                scores: None,
+            },
+        });
+    }
+    assert_eq!(sim.st.status, PlanStatus::Cancelled);
+    let r = sim.st.rollback.as_ref().unwrap();
+    assert_eq!(r.status, RollbackStatus::Completed);
+    assert_eq!(r.done, ["hotel", "flight"]);
+    assert_eq!(
+        sim.rec("flight").compensation.as_ref().unwrap().output,
+        Some(json!("undone"))
+    );
+}
+
+#[test]
+fn an_immediate_pause_interrupts_a_compensation_and_resume_sends_it_again() {
+    let mut sim = Sim::new(TRIP);
+    sim.start();
+    sim.complete("flight", json!({"ref": "F1"}));
+    sim.complete("hotel", json!({"ref": "H1"}));
+    sim.complete("note", json!({}));
+    sim.fail("pay", false);
+    let d = sim.pause(PauseMode::Immediate);
+    assert!(d
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Stop { attempt, .. } if *attempt == comp("hotel", 1))));
+    assert_eq!(
+        sim.rec("hotel").compensation.as_ref().unwrap().status,
+        CompensationStatus::Pending
+    );
+    assert!(sim.st.drained);
+    let d = sim.resume();
+    let start = d.starts().next().unwrap();
+    assert_eq!(start.attempt, comp("hotel", 2));
+    assert_eq!(start.idempotency_key, "p1/hotel/compensate/1");
+}
+
+mod order {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A plan of `n` independent steps, each with a compensation, that rolls back on failure.
+    fn parallel(n: usize, max_parallel: u32) -> Sim {
+        let mut y = format!("on_failure: rollback\nmax_parallel: {max_parallel}\nsteps:\n");
+        for i in 0..n {
+            y += &format!(
+                "  - {{step_id: s{i}, action: a, agent_type: t, depends_on: [], compensate: {{action: undo, agent_type: t}}}}\n"
+            );
+        }
+        Sim::new(&y)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the interleaving of parallel steps, the rollback compensates every step that
+        /// completed or was in flight, newest start first, one at a time, each once; and the
+        /// log replays to the live state throughout (checked by `Sim` after every command).
+        #[test]
+        fn compensations_run_in_reverse_start_order(
+            n in 2usize..7,
+            max_parallel in 1u32..4,
+            picks in proptest::collection::vec(0usize..16, 1..12),
+        ) {
+            let mut sim = parallel(n, max_parallel);
+            sim.start();
+            let (last, rest) = picks.split_last().unwrap();
+            for pick in rest {
+                let running = sim.running();
+                if running.len() < 2 {
+                    break;
+                }
+                let step = running[pick % running.len()].clone();
+                sim.complete(&step, json!(step));
+            }
+            let running = sim.running();
+            let failing = running[last % running.len()].clone();
+            // Expected: steps completed or still running, by their start in the log, newest first.
+            let mut expected: Vec<(u64, String)> = sim
+                .st
+                .steps
+                .iter()
+                .filter(|s| s.def.step_id != failing)
+                .filter(|s| matches!(s.rec.status, StepStatus::Completed | StepStatus::Running))
+                .map(|s| {
+                    let seq = sim
+                        .log
+                        .iter()
+                        .rev()
+                        .find(|e| matches!(&e.kind, EventKind::StepStarted { step_id, .. } if *step_id == s.def.step_id))
+                        .map(|e| e.seq)
+                        .unwrap();
+                    (seq, s.def.step_id.clone())
+                })
+                .collect();
+            expected.sort_by_key(|e| std::cmp::Reverse(e.0));
+            let expected: Vec<String> = expected.into_iter().map(|e| e.1).collect();
+            let d = sim.fail(&failing, false);
+            prop_assert_eq!(&d.compensations, &expected);
+            let mut ran = Vec::new();
+            let mut d = d;
+            loop {
+                let starts: Vec<AttemptId> = d
+                    .starts()
+                    .filter(|s| s.attempt.kind == AttemptKind::Compensation)
+                    .map(|s| s.attempt.clone())
+                    .collect();
+                prop_assert!(starts.len() <= 1, "one compensation at a time");
+                let Some(attempt) = starts.into_iter().next() else { break };
+                ran.push(attempt.step_id.clone());
+                d = sim.ok(Command::Outcome {
+                    attempt,
+                    result: StepResult::Completed { output: json!(null), scores: None },
+                });
+            }
+            prop_assert_eq!(&ran, &expected);
+            prop_assert_eq!(sim.st.status, PlanStatus::Failed);
+            let r = sim.st.rollback.as_ref().unwrap();
+            prop_assert_eq!(r.status, RollbackStatus::Completed);
+            prop_assert_eq!(&r.done, &expected);
+        }
+    }
 }
