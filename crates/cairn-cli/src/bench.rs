@@ -690,6 +690,7 @@ async fn run_workload(
                 let skip = |dry_run| InterventionRequest {
                     kind: InterventionKind::SkipStep {
                         step_id: format!("s{}", k * (n / rounds)),
+                        compensation: false,
                     },
                     expected_version: None,
                     reason: Some("bench".into()),

@@ -1367,7 +1367,10 @@ fn judge(
                 None,
             );
             let request = InterventionRequest {
-                kind: InterventionKind::RetryStep { step_id },
+                kind: InterventionKind::RetryStep {
+                    step_id,
+                    compensation: false,
+                },
                 expected_version: None,
                 reason: Some(why),
                 dry_run: false,

@@ -55,6 +55,8 @@ pub enum CompensationStatus {
     Running,
     Completed,
     Failed,
+    /// Skipped by an operator after it failed (`skip_step` with `compensation: true`).
+    Skipped,
 }
 
 /// A step's compensation, beside the step's own record.

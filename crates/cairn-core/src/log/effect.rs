@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::event::Timestamp;
 use crate::review::Review;
+use crate::rollback::Rollback;
 use crate::state::{PauseReason, PlanState, PlanStatus, Step};
 
 /// What an applied intervention changed. Fields other than `version` are present only when
@@ -43,6 +44,10 @@ pub struct Effect {
     /// Reviews changed (a vote, a close), each whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reviews: Vec<Review>,
+    /// The plan's rollback, whole, when an intervention changed it (a failed compensation
+    /// retried or skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
 }
 
 /// A plan's status and what goes with it.
@@ -119,7 +124,7 @@ impl Effect {
             reviews: _,
             // Set by registration; no intervention changes it.
             on_failure: _,
-            // Changed only by rollback events, never by an intervention.
+            // Recorded below (`rollback`).
             rollback: _,
         } = after;
         // Linear in the plan's size: an intervention on a 10,000-step plan compares each step
@@ -172,6 +177,9 @@ impl Effect {
             .filter(|r| before.reviews.iter().find(|b| b.review_id == r.review_id) != Some(*r))
             .cloned()
             .collect();
+        let rollback = (before.rollback != after.rollback)
+            .then(|| after.rollback.clone())
+            .flatten();
         Effect {
             version: after.version,
             set,
@@ -181,6 +189,7 @@ impl Effect {
             definition,
             retired,
             reviews,
+            rollback,
         }
     }
 
@@ -210,6 +219,9 @@ impl Effect {
                     .copied()
                     .unwrap_or(usize::MAX)
             });
+        }
+        if let Some(r) = &self.rollback {
+            state.rollback = Some(r.clone());
         }
         if let Some(p) = &self.plan {
             state.status = p.status;

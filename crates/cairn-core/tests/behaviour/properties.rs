@@ -239,8 +239,14 @@ impl Run {
         let id = pick(&ids, a).unwrap();
         let other = pick(&ids, b).unwrap();
         match kind {
-            0 => InterventionKind::SkipStep { step_id: id },
-            1 => InterventionKind::RetryStep { step_id: id },
+            0 => InterventionKind::SkipStep {
+                step_id: id,
+                compensation: false,
+            },
+            1 => InterventionKind::RetryStep {
+                step_id: id,
+                compensation: false,
+            },
             2 => InterventionKind::ModifyStep {
                 step_id: id,
                 patch: match b % 4 {
