@@ -95,9 +95,9 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
     {
         return Err(Fail::input("--plans, --steps, --paused and --requests must be positive and --long-steps at least 2"));
     }
-    if args.nodes < 2 || args.lease_ms < 100 {
+    if args.nodes < 2 || args.lease_ms < 500 {
         return Err(Fail::input(
-            "--nodes must be at least 2 and --lease-ms at least 100",
+            "--nodes must be at least 2 and --lease-ms at least 500 (the shortest lease cairn serve takes)",
         ));
     }
     if args.child {
@@ -193,8 +193,7 @@ async fn run_child(
         .args(["--requests", &args.requests.to_string()])
         .args(["--subscribers", &args.subscribers.to_string()])
         .arg("--db")
-        .arg(db)
-        .stderr(std::process::Stdio::inherit());
+        .arg(db);
     if let Some(url) = url {
         cmd.args(["--database-url", url]);
     }
@@ -203,6 +202,11 @@ async fn run_child(
         .output()
         .await
         .map_err(|e| Fail::from(anyhow::anyhow!("cannot run workload {w}: {e}")))?;
+    // `output()` captures stderr whatever was asked: pass on what the child said (its error).
+    let said = String::from_utf8_lossy(&out.stderr);
+    if !said.trim().is_empty() {
+        eprint!("{said}");
+    }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(mut m)) => {
@@ -299,7 +303,7 @@ impl FreshDb {
     }
 }
 
-fn rss_mb(field: &str) -> f64 {
+pub(crate) fn rss_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -462,6 +466,9 @@ fn echo_plan(id: String, steps: usize) -> Plan {
             .map(|j| step(&format!("s{j}"), "builtin.echo", json!({"n": j})))
             .collect(),
         on_failure: Default::default(),
+
+        inputs: Value::Null,
+        template: None,
     }
 }
 
@@ -723,17 +730,21 @@ async fn run_workload(
         "control" => {
             let (_, fsync_us) = fsync_rate(dir, 200)?;
             let (engine, _) = open(target, EngineOptions::default()).await?;
-            // Plans that stay busy while the requests are timed: sleeping steps in a chain.
+            // Plans that stay busy while the requests are timed: sleeping steps in a chain, 30 s
+            // of them (on PostgreSQL starting 1,000 plans takes seconds; 10 s were not enough).
             let plans: Vec<Plan> = (0..args.plans)
                 .map(|i| Plan {
                     plan_id: Some(format!("busy-{i}")),
                     query: "bench".into(),
                     metadata: Value::Null,
                     max_parallel: 8,
-                    steps: (0..50)
+                    steps: (0..150)
                         .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 200})))
                         .collect(),
                     on_failure: Default::default(),
+
+                    inputs: Value::Null,
+                    template: None,
                 })
                 .collect();
             let ids: Vec<String> = plans.iter().filter_map(|p| p.plan_id.clone()).collect();

@@ -43,6 +43,11 @@ fn round(x: f64, places: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// The load generator's own peak RSS (the nodes are other processes).
+fn peak_rss() -> f64 {
+    crate::bench::rss_mb("VmHWM:")
+}
+
 /// The sizes the workloads use.
 pub struct Sizes {
     pub plans: usize,
@@ -308,6 +313,7 @@ async fn plans(exe: &Path, store: Store<'_>, nodes: usize, s: &Sizes) -> Result<
     Ok(json!({
         "workload": "cluster_plans", "nodes": nodes, "plans": s.plans, "steps": total,
         "wall_s": round(wall, 3), "steps_per_sec": round(total as f64 / wall, 0),
+        "peak_rss_mb": peak_rss(),
         "register_s": round(register_s, 3), "start_requests_s": round(start_s, 3),
     }))
 }
@@ -387,6 +393,8 @@ async fn control(exe: &Path, url: &str, s: &Sizes) -> Result<Vec<Value>, Fail> {
             v.sort_by(f64::total_cmp);
             out.push(json!({
                 "workload": format!("cluster_control_{what}"), "via": via, "nodes": 2,
+                "steps": 0, "wall_s": round(v.iter().sum::<f64>() / 1e3, 3), "steps_per_sec": 0,
+                "peak_rss_mb": peak_rss(),
                 "requests": v.len(), "running_plans": n,
                 "p50_ms": round(percentile(&v, 0.5), 3), "p99_ms": round(percentile(&v, 0.99), 3),
             }));
@@ -519,6 +527,8 @@ async fn failover(exe: &Path, url: &str, s: &Sizes) -> Result<Value, Fail> {
     }
     Ok(json!({
         "workload": "failover", "nodes": s.nodes, "plans": plans, "lease_ms": s.lease_ms,
+        "steps": 0, "wall_s": round(percentile(&taken, 1.0) / 1e3, 3), "steps_per_sec": 0,
+        "peak_rss_mb": peak_rss(),
         "takeover_ms_p50": round(percentile(&taken, 0.5), 0),
         "takeover_ms_max": round(percentile(&taken, 1.0), 0),
         "first_event_plans": first.len(),

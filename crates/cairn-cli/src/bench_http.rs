@@ -137,13 +137,14 @@ pub async fn run(
         token,
     });
 
-    // Plans that stay busy: 1,000 plans of ten 1 s sleeping steps.
+    // Plans that stay busy: 1,000 plans of thirty 1 s sleeping steps (long enough to outlast
+    // the measurement on PostgreSQL as well).
     let ids: Vec<String> = (0..plans).map(|i| format!("busy-{i}")).collect();
     let mut set = tokio::task::JoinSet::new();
     for id in ids.clone() {
         let h = http.clone();
         set.spawn(async move {
-            let (s, v) = h.post("/plans", plan(&id, 10, 1000)).await?;
+            let (s, v) = h.post("/plans", plan(&id, 30, 1000)).await?;
             if s != 201 {
                 return Err(err(format!("register {id}: {s} {v}")));
             }

@@ -41,6 +41,7 @@ mod reviews;
 mod run;
 mod serve;
 mod store;
+mod templates;
 mod worker;
 mod workers;
 
@@ -109,6 +110,9 @@ enum Cmd {
     /// The review inbox of quality gates: list reviews, approve or reject a held step.
     #[command(subcommand)]
     Reviews(reviews::ReviewsCmd),
+    /// Versioned plan templates: push, list, show, run (make a plan of one), delete.
+    #[command(subcommand)]
+    Templates(templates::TemplatesCmd),
     /// Checkpoints: list, show, create, restore, fork, export to and import from JSON files.
     #[command(subcommand)]
     Checkpoints(ops::CheckpointsCmd),
@@ -346,6 +350,7 @@ fn main() -> ExitCode {
             Cmd::Plans(cmd) => ops::plans(cmd).await,
             Cmd::Steps(cmd) => ops::steps(cmd).await,
             Cmd::Reviews(cmd) => reviews::run(cmd).await,
+            Cmd::Templates(cmd) => templates::run(cmd).await,
             Cmd::Checkpoints(cmd) => ops::checkpoints(cmd).await,
             Cmd::Backup(args) => backup(args),
             Cmd::Workers(cmd) => workers::workers(cmd).await,

@@ -9,6 +9,7 @@
 //! message; the server unreachable or failing → 1.
 
 use cairn_client::{Client, ClientError, PauseOptions};
+use cairn_core::versions::{PlanDiff, VersionList, VersionedDefinition};
 use cairn_core::view::{CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot};
 use cairn_core::{Event, Intervention, InterventionRequest, PauseMode, PlanStatus, Timestamp};
 use cairn_engine::{Engine, EngineError, EngineOptions};
@@ -238,6 +239,42 @@ impl Operator {
                 .await
                 .map_err(cursor_fail),
             Operator::Remote(c) => Ok(c.interventions(plan_id, Some(limit), cursor).await?),
+        }
+    }
+
+    /// Every version of a plan's definition with its cause.
+    pub async fn plan_versions(&self, plan_id: &str) -> Result<VersionList, Fail> {
+        match self {
+            Operator::Local { engine, .. } => Ok(VersionList {
+                plan_id: plan_id.to_owned(),
+                versions: engine.plan_versions(plan_id).await?,
+            }),
+            Operator::Remote(c) => Ok(c.plan_versions(plan_id).await?),
+        }
+    }
+
+    /// A version of a plan's definition: its cause and the definition then.
+    pub async fn plan_version(
+        &self,
+        plan_id: &str,
+        version: u64,
+    ) -> Result<VersionedDefinition, Fail> {
+        match self {
+            Operator::Local { engine, .. } => Ok(engine.plan_version(plan_id, version).await?),
+            Operator::Remote(c) => Ok(c.plan_version(plan_id, version).await?),
+        }
+    }
+
+    /// The diff of a plan's definition between two versions (defaults as the API's).
+    pub async fn plan_diff(
+        &self,
+        plan_id: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<PlanDiff, Fail> {
+        match self {
+            Operator::Local { engine, .. } => Ok(engine.plan_diff(plan_id, from, to).await?),
+            Operator::Remote(c) => Ok(c.plan_diff(plan_id, from, to).await?),
         }
     }
 

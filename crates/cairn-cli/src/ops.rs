@@ -126,6 +126,29 @@ pub enum PlansCmd {
         #[arg(long)]
         cursor: Option<String>,
     },
+    /// Every version of a plan's definition, with what made it (registration, intervention,
+    /// restore), who and when.
+    Versions {
+        plan_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print the definition at this version (as JSON) instead of the list.
+        #[arg(long, value_name = "V")]
+        show: Option<u64>,
+    },
+    /// What changed in a plan's definition between two versions: + added, - removed,
+    /// ~ changed (before → after), ↕ moved.
+    Diff {
+        plan_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+        /// The version to compare from (default: the one before --to).
+        #[arg(long, value_name = "V")]
+        from: Option<u64>,
+        /// The version to compare to (default: the latest).
+        #[arg(long, value_name = "V")]
+        to: Option<u64>,
+    },
 }
 
 /// Options every intervention takes.
@@ -380,7 +403,9 @@ impl PlansCmd {
             | PlansCmd::Snapshot { db, .. }
             | PlansCmd::Events { db, .. }
             | PlansCmd::Delete { db, .. }
-            | PlansCmd::Interventions { db, .. } => db,
+            | PlansCmd::Interventions { db, .. }
+            | PlansCmd::Versions { db, .. }
+            | PlansCmd::Diff { db, .. } => db,
         }
     }
 }
@@ -416,7 +441,9 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
         | PlansCmd::Show { .. }
         | PlansCmd::Snapshot { .. }
         | PlansCmd::Events { .. }
-        | PlansCmd::Interventions { .. } => Access::Read,
+        | PlansCmd::Interventions { .. }
+        | PlansCmd::Versions { .. }
+        | PlansCmd::Diff { .. } => Access::Read,
         PlansCmd::Register { .. } => Access::Create,
         _ => Access::Change,
     };
@@ -524,6 +551,33 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
                 render::json(&page);
             } else {
                 render::out(&render::interventions(&page));
+            }
+        }
+        PlansCmd::Versions { plan_id, db, show } => match show {
+            Some(v) => render::json(&op.plan_version(&plan_id, v).await?),
+            None => {
+                let list = op.plan_versions(&plan_id).await?;
+                if db.json {
+                    render::json(&list);
+                } else {
+                    render::out(&render::versions(&list));
+                }
+            }
+        },
+        PlansCmd::Diff {
+            plan_id,
+            db,
+            from,
+            to,
+        } => {
+            if from == Some(0) || to == Some(0) {
+                return Err(Fail::input("versions count from 1"));
+            }
+            let diff = op.plan_diff(&plan_id, from, to).await?;
+            if db.json {
+                render::json(&diff);
+            } else {
+                render::out(&render::plan_diff(&diff));
             }
         }
     }

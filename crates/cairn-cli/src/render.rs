@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+use cairn_core::versions::{PlanDiff, VersionList};
 use cairn_core::view::{CheckpointSummary, Page, PlanSummary, PlanView};
 use cairn_core::{Event, Intervention, Review, Timestamp};
 use serde::Serialize;
@@ -305,6 +306,53 @@ pub fn interventions(page: &Page<Intervention>) -> String {
     }
     more(&mut t, &page.next_cursor);
     tidy(t)
+}
+
+/// A plan's versions: one line each, with what made it, who and when.
+pub fn versions(list: &VersionList) -> String {
+    let mut t = format!(
+        "{:<8} {:<6} {:<20} {:<12} {:<14} DETAIL\n",
+        "VERSION", "SEQ", "AT", "USER", "CAUSE"
+    );
+    for v in &list.versions {
+        let c = &v.cause;
+        let mut detail = Vec::new();
+        if let Some(i) = &c.intervention_id {
+            detail.push(i.clone());
+        }
+        if let Some(s) = &c.step_id {
+            detail.push(format!("step {s}"));
+        }
+        if let Some(p) = &c.source_plan_id {
+            detail.push(format!("from plan {p}"));
+        }
+        if let Some(cp) = &c.checkpoint_id {
+            detail.push(cp.clone());
+        }
+        if let Some(r) = &c.reason {
+            detail.push(format!("({r})"));
+        }
+        let _ = writeln!(
+            t,
+            "{:<8} {:<6} {:<20} {:<12} {:<14} {}",
+            v.version,
+            v.seq,
+            time(v.at),
+            v.user,
+            c.kind,
+            detail.join(" ")
+        );
+    }
+    tidy(t)
+}
+
+/// A diff between two versions: a heading, then one line per change (`+` added, `-` removed,
+/// `~` changed before → after, `↕` moved).
+pub fn plan_diff(d: &PlanDiff) -> String {
+    format!(
+        "plan {} version {} → {}\n{}",
+        d.plan_id, d.from, d.to, d.diff
+    )
 }
 
 /// A page of reviews: one line each (plan, step, attempt, state or outcome, votes against the

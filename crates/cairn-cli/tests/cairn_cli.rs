@@ -11,6 +11,7 @@
 //! - `postgres`: `cairn serve` and `cairn token` on PostgreSQL (`--database-url`).
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
 //! - `store`: the database file as users and disks treat it.
+//! - `templates`: `cairn templates …` on a local store and over `--server`.
 //! - `worker`: `cairn worker` and the example workers against a real server.
 
 #[path = "cairn_cli/cli.rs"]
@@ -29,5 +30,7 @@ mod postgres;
 mod server;
 #[path = "cairn_cli/store.rs"]
 mod store;
+#[path = "cairn_cli/templates.rs"]
+mod templates;
 #[path = "cairn_cli/worker.rs"]
 mod worker;

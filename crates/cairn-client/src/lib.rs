@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use cairn_core::template::{Pushed, TemplateDetail, TemplateVersion};
 use cairn_core::view::{CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot};
 use cairn_core::{Event, Intervention, Timestamp};
 use futures_util::StreamExt;
@@ -264,6 +265,71 @@ impl Client {
         self.post_as("/v1/plans", plan).await
     }
 
+    /// `POST /v1/templates`: a new version of the template (`created: false` when the content
+    /// is the latest version's already).
+    pub async fn push_template(&self, template: &Value) -> Result<Pushed> {
+        self.post_as("/v1/templates", template).await
+    }
+
+    /// `GET /v1/templates?limit=&cursor=`: the latest version of each template, by name.
+    pub async fn list_templates(
+        &self,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page<TemplateVersion>> {
+        self.get_as("/v1/templates", &page_query(limit, cursor))
+            .await
+    }
+
+    /// `GET /v1/templates/{name}`: the latest version and the version list.
+    pub async fn template(&self, name: &str) -> Result<TemplateDetail> {
+        self.get_as(&format!("/v1/templates/{}", path_segment(name)), &[])
+            .await
+    }
+
+    /// `GET /v1/templates/{name}/versions/{v}`.
+    pub async fn template_version(&self, name: &str, version: u64) -> Result<TemplateVersion> {
+        self.get_as(
+            &format!("/v1/templates/{}/versions/{version}", path_segment(name)),
+            &[],
+        )
+        .await
+    }
+
+    /// `POST /v1/templates/{name}/instantiate`: a new plan of the template (the latest version
+    /// unless `version`), started unless `start` is false.
+    pub async fn instantiate_template(
+        &self,
+        name: &str,
+        inputs: &Value,
+        version: Option<u64>,
+        plan_id: Option<&str>,
+        start: bool,
+    ) -> Result<PlanView> {
+        let mut body = json!({"inputs": inputs, "start": start});
+        if let Some(v) = version {
+            body["version"] = json!(v);
+        }
+        if let Some(id) = plan_id {
+            body["plan_id"] = json!(id);
+        }
+        self.post_as(
+            &format!("/v1/templates/{}/instantiate", path_segment(name)),
+            &body,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/templates/{name}` (admin): no new plans of it; its versions are kept.
+    pub async fn delete_template(&self, name: &str) -> Result<()> {
+        self.send(self.request(
+            Method::DELETE,
+            &format!("/v1/templates/{}", path_segment(name)),
+        ))
+        .await
+        .map(|_| ())
+    }
+
     /// `GET /v1/plans?state=&limit=&cursor=`: newest first.
     pub async fn list_plans(
         &self,
@@ -435,6 +501,41 @@ impl Client {
             &body,
         )
         .await
+    }
+
+    /// `GET /v1/plans/{id}/versions`: every version of the plan's definition with its cause.
+    pub async fn plan_versions(&self, id: &str) -> Result<cairn_core::versions::VersionList> {
+        self.get_as(&format!("{}/versions", Self::plan_path(id)), &[])
+            .await
+    }
+
+    /// `GET /v1/plans/{id}/versions/{v}`: a version's cause and the definition then.
+    pub async fn plan_version(
+        &self,
+        id: &str,
+        version: u64,
+    ) -> Result<cairn_core::versions::VersionedDefinition> {
+        self.get_as(&format!("{}/versions/{version}", Self::plan_path(id)), &[])
+            .await
+    }
+
+    /// `GET /v1/plans/{id}/diff?from=&to=`: the structural diff between two versions (`to`
+    /// defaults to the latest, `from` to the one before `to`).
+    pub async fn plan_diff(
+        &self,
+        id: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<cairn_core::versions::PlanDiff> {
+        let mut q = Vec::new();
+        if let Some(f) = from {
+            q.push(("from", f.to_string()));
+        }
+        if let Some(t) = to {
+            q.push(("to", t.to_string()));
+        }
+        self.get_as(&format!("{}/diff", Self::plan_path(id)), &q)
+            .await
     }
 
     /// `GET /v1/plans/{id}/snapshot`.

@@ -2,7 +2,7 @@
 //! strict undefined (a typo is an error, not an empty string) and a fuel limit (a hostile
 //! expression cannot spin forever).
 //!
-//! The context a step sees: `plan_id`, `query`, `metadata`, and `steps.<id>.{status,output}` of
+//! The context a step sees: `plan_id`, `query`, `metadata`, `inputs`, and `steps.<id>.{status,output}` of
 //! every step that has ended.
 
 use std::sync::OnceLock;
@@ -157,6 +157,45 @@ pub fn eval_condition(expr: &str, ctx: &Value) -> Result<bool, String> {
     Ok(out.is_true())
 }
 
+/// The `inputs.<name>` names a `when:` expression reads (each name once, in order).
+pub fn inputs_in_condition(expr: &str) -> Vec<String> {
+    inputs_of(dotted_names(expr))
+}
+
+/// The `inputs.<name>` names the templates in `value` read, with the path of each string.
+pub fn inputs_in_templates(value: &Value, path: &str, found: &mut dyn FnMut(&str, String)) {
+    match value {
+        Value::String(s) if is_template(s) => {
+            for name in inputs_of(dotted_names(&template_code(s))) {
+                found(path, name);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                inputs_in_templates(v, &format!("{path}[{i}]"), found);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                inputs_in_templates(v, &format!("{path}.{k}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn inputs_of(names: Vec<Vec<&str>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for path in names {
+        if let ["inputs", name, ..] = path.as_slice() {
+            if !out.iter().any(|n| n == name) {
+                out.push((*name).to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// Is `value` undefined, or a list or map holding an undefined value?
 fn holds_undefined(value: &minijinja::Value) -> bool {
     use minijinja::value::ValueKind;
@@ -202,7 +241,7 @@ fn undefined_message(source: &str, ctx: &Value) -> String {
                     let name = path[..=i].join(".");
                     return match (i, at) {
                         (0, _) => format!(
-                            "`{name}` is undefined (defined: plan_id, query, metadata, steps)"
+                            "`{name}` is undefined (defined: plan_id, query, metadata, inputs, steps)"
                         ),
                         (_, Value::Object(map)) if !map.is_empty() => {
                             let keys: Vec<&str> = map.keys().map(String::as_str).take(12).collect();

@@ -7,11 +7,14 @@
 //! - [`decide`]: commands in, events and the [`action`]s they require (or a refusal) out.
 //! - [`attempt`]: attempt ids `(step_id, kind, number)` and the invocation an attempt is sent.
 //! - [`intervention`]: operator changes to a plan, their records and diffs.
+//! - [`versions`]: a plan's definition history (each version and its cause), folded from its log.
+//! - [`diff`]: structural diffs of plan definitions and template parameters, and applying them.
 //! - [`history`]: every attempt of a plan's steps, folded from its log, for readers.
 //! - [`gate`]: quality gates, typed scores and the verdict, a pure function of both.
 //! - [`review`]: reviews of the attempts a gate held back, their votes and outcomes.
 //! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
+//! - [`template`]: templates (a plan with a JSON Schema of its inputs) and instantiation.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
 //! - [`time`]: timestamps, stored as microseconds and written as RFC 3339.
 //!
@@ -22,6 +25,7 @@
 pub mod action;
 pub mod attempt;
 pub mod decide;
+pub mod diff;
 mod document;
 pub mod event;
 pub mod expr;
@@ -35,7 +39,9 @@ pub mod rollback;
 pub mod state;
 pub mod status;
 pub mod suggest;
+pub mod template;
 pub mod time;
+pub mod versions;
 pub mod view;
 
 pub use action::{Action, StartAttempt};
@@ -44,9 +50,10 @@ pub use decide::{handle, Command, Ctx, Decision, Route, StepResult};
 pub use event::{CheckpointMark, CheckpointTrigger, Event, EventKind, Micros, PauseMode};
 pub use gate::{FailedCriterion, GateFeedback, QualityGate, Scores, Verdict};
 pub use intervention::{Intervention, InterventionKind, InterventionRequest};
-pub use plan::{Fault, Format, Invalid, Plan, StepDef};
+pub use plan::{Fault, Format, Invalid, Plan, StepDef, TemplateRef};
 pub use review::{Review, ReviewOutcome, ReviewState, Vote, VoteDecision};
 pub use state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
+pub use template::Template;
 pub use time::Timestamp;
 
 /// Why a command was refused.

@@ -54,6 +54,31 @@ pub struct Plan {
     /// compensations of what ran, newest first, then fail).
     #[serde(default, skip_serializing_if = "OnFailure::is_fail")]
     pub on_failure: OnFailure,
+    /// Values the plan was started with, read by conditions and params as `inputs.*`. Absent
+    /// (and an empty object) when the plan has none.
+    #[serde(default, skip_serializing_if = "no_inputs")]
+    pub inputs: Value,
+    /// The template version this plan was made from, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+}
+
+/// A named template's version, as recorded by a plan made from it.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRef {
+    pub name: String,
+    pub version: u64,
+}
+
+/// Inputs left out of a document: none, or an empty object.
+pub fn no_inputs(inputs: &Value) -> bool {
+    match inputs {
+        Value::Null => true,
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    }
 }
 
 /// What a plan's failure does.
@@ -188,7 +213,7 @@ pub struct Fault {
 }
 
 impl Fault {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Fault {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Fault {
         Fault {
             path: path.into(),
             message: message.into(),
@@ -361,6 +386,24 @@ impl Plan {
         }
     }
 
+    /// Every `inputs.<name>` the plan's conditions and params read, as (path, name), in step
+    /// order; the path names the field (`steps.a.when`, `steps.a.params.q`).
+    pub fn inputs_read(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = step_path(i, &step.step_id);
+            if let Some(when) = &step.when {
+                for name in expr::inputs_in_condition(when) {
+                    out.push((format!("{at}.when"), name));
+                }
+            }
+            expr::inputs_in_templates(&step.params, &format!("{at}.params"), &mut |path, name| {
+                out.push((path.to_owned(), name))
+            });
+        }
+        out
+    }
+
     pub fn step_index(&self, step_id: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.step_id == step_id)
     }
@@ -490,6 +533,8 @@ const PLAN_FIELDS: &[&str] = &[
     "max_parallel",
     "steps",
     "on_failure",
+    "inputs",
+    "template",
 ];
 const COMPENSATE_FIELDS: &[&str] = &["action", "agent_type", "params", "retry", "timeout_ms"];
 const STEP_FIELDS: &[&str] = &[
@@ -606,6 +651,15 @@ fn shape_of_plan(value: Value, out: &mut Vec<Found>, hidden: &mut Vec<String>) -
     wrong(&mut map, "max_parallel", max_parallel);
     let on_failure = map.get("on_failure").and_then(type_fault::<OnFailure>);
     wrong(&mut map, "on_failure", on_failure);
+    let inputs = map.get("inputs").and_then(|v| match v {
+        Value::Object(_) | Value::Null => None,
+        _ => Some("must be a mapping of input names to values".to_owned()),
+    });
+    wrong(&mut map, "inputs", inputs);
+    let template = map
+        .get("template")
+        .and_then(type_fault::<Option<TemplateRef>>);
+    wrong(&mut map, "template", template);
     let steps = match map.remove("steps") {
         None => {
             out.push(Found::value(
@@ -898,7 +952,7 @@ fn placeholder_step(id: &str) -> Value {
     serde_json::json!({"step_id": id, "action": "-", "agent_type": "-"})
 }
 
-fn step_path(index: usize, id: &str) -> String {
+pub(crate) fn step_path(index: usize, id: &str) -> String {
     if valid_id(id) {
         format!("steps.{id}")
     } else {
@@ -1091,6 +1145,47 @@ mod tests {
 
     fn yaml(text: &str) -> Result<Plan, Invalid> {
         Plan::parse(text, Format::Yaml)
+    }
+
+    #[test]
+    fn inputs_read_names_each_input_with_its_field() {
+        let plan = yaml(
+            "inputs: {topic: x}\nsteps:\n  - {step_id: a, action: x, agent_type: t, when: 'inputs.deep and steps.b.output', params: {q: '{{ inputs.topic }} {{ inputs.topic }}', l: ['{{ inputs.n + 1 }}', plain]}}\n  - {step_id: b, action: x, agent_type: t, params: {s: '{{ query }} {{ metadata.inputs }}'}}\n",
+        )
+        .unwrap();
+        assert_eq!(plan.inputs, serde_json::json!({"topic": "x"}));
+        let mut read = plan.inputs_read();
+        read.sort();
+        assert_eq!(
+            read,
+            vec![
+                ("steps.a.params.l[0]".to_owned(), "n".to_owned()),
+                ("steps.a.params.q".to_owned(), "topic".to_owned()),
+                ("steps.a.when".to_owned(), "deep".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn inputs_must_be_a_mapping_and_a_template_ref_well_formed() {
+        let msg = yaml("inputs: [1]\ntemplate: {name: t}\nsteps:\n  - {step_id: a, action: x, agent_type: t}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("inputs: must be a mapping"), "{msg}");
+        assert!(msg.contains("template: missing field `version`"), "{msg}");
+        let plan = yaml(
+            "template: {name: t, version: 2}\nsteps:\n  - {step_id: a, action: x, agent_type: t}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plan.template,
+            Some(TemplateRef {
+                name: "t".into(),
+                version: 2
+            })
+        );
+        let out = serde_json::to_value(&plan).unwrap();
+        assert!(out.get("inputs").is_none(), "{out}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::gate::{GateFeedback, Scores};
-use crate::plan::{OnFailure, Plan, StepDef};
+use crate::plan::{OnFailure, Plan, StepDef, TemplateRef};
 use crate::review::{Review, ReviewOutcome, ReviewState};
 use crate::rollback::{
     CompensationRecord, CompensationStatus, Rollback, RollbackEnd, RollbackStatus,
@@ -147,6 +147,10 @@ pub struct Materialized {
     pub max_parallel: u32,
     pub version: u64,
     pub steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "crate::plan::no_inputs")]
+    pub inputs: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
 }
 
 /// Everything the engine knows about a plan, derived from its events.
@@ -157,6 +161,13 @@ pub struct PlanState {
     pub metadata: Value,
     pub max_parallel: u32,
     pub steps: Vec<Step>,
+    /// What the plan was started with (`inputs.*` in conditions and params); fixed at
+    /// registration.
+    #[serde(default, skip_serializing_if = "crate::plan::no_inputs")]
+    pub inputs: Value,
+    /// The template version the plan was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
     /// Bumped by every change of the definition.
     pub version: u64,
     pub status: PlanStatus,
@@ -207,6 +218,8 @@ impl PlanState {
             metadata: Value::Null,
             max_parallel: 8,
             steps: Vec::new(),
+            inputs: Value::Null,
+            template: None,
             version: 0,
             status: PlanStatus::Idle,
             pause_reason: None,
@@ -255,6 +268,8 @@ impl PlanState {
             max_parallel: self.max_parallel,
             steps: self.steps.iter().map(|s| s.def.clone()).collect(),
             on_failure: self.on_failure,
+            inputs: self.inputs.clone(),
+            template: self.template.clone(),
         }
     }
 
@@ -265,6 +280,8 @@ impl PlanState {
             max_parallel: self.max_parallel,
             version: self.version,
             steps: self.steps.clone(),
+            inputs: self.inputs.clone(),
+            template: self.template.clone(),
         }
     }
 
@@ -463,6 +480,13 @@ impl PlanState {
         ctx.insert("plan_id".into(), Value::String(self.plan_id.clone()));
         ctx.insert("query".into(), Value::String(self.query.clone()));
         ctx.insert("metadata".into(), self.metadata.clone());
+        ctx.insert(
+            "inputs".into(),
+            match &self.inputs {
+                Value::Null => Value::Object(Map::new()),
+                inputs => inputs.clone(),
+            },
+        );
         ctx.insert("steps".into(), Value::Object(steps));
         Value::Object(ctx)
     }
@@ -583,6 +607,8 @@ impl PlanState {
                 self.metadata = definition.metadata.clone();
                 self.max_parallel = definition.max_parallel;
                 self.on_failure = definition.on_failure;
+                self.inputs = definition.inputs.clone();
+                self.template = definition.template.clone();
                 self.version = 1;
                 self.steps = definition
                     .steps
@@ -1022,6 +1048,8 @@ impl PlanState {
         self.query = m.query.clone();
         self.metadata = m.metadata.clone();
         self.max_parallel = m.max_parallel;
+        self.inputs = m.inputs.clone();
+        self.template = m.template.clone();
         self.steps = m.steps.clone();
         for s in &mut self.steps {
             match s.rec.status {

@@ -152,6 +152,13 @@ pub struct PlanView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     pub last_seq: u64,
+    /// The inputs the plan was started with (`inputs.*`); absent when it has none.
+    #[serde(default, skip_serializing_if = "crate::plan::no_inputs")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
+    pub inputs: Value,
+    /// The template version the plan was made from, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::plan::TemplateRef>,
     /// Things the caller should know about the answer (e.g. agent types nothing will run),
     /// set by the server on register and start; empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -202,6 +209,8 @@ impl PlanView {
             resume_at: state.resume_at,
             failure: state.failure.clone(),
             last_seq: state.seq,
+            inputs: state.inputs.clone(),
+            template: state.template.clone(),
             warnings: Vec::new(),
         }
     }

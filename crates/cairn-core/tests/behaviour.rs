@@ -462,6 +462,42 @@ steps:
     );
 }
 
+/// A plan's `inputs` are read as `inputs.*` by conditions and params, and stay in the
+/// definition; a plan without them sees an empty mapping.
+#[test]
+fn conditions_and_params_read_the_plan_inputs() {
+    let mut sim = Sim::new(
+        "inputs: {topic: rust, depth: 2, deep: false}
+steps:
+  - {step_id: a, action: x, agent_type: t, params: {q: 'about {{ inputs.topic }}', n: '{{ inputs.depth }}'}}
+  - {step_id: b, action: x, agent_type: t, when: 'inputs.deep'}
+  - {step_id: c, action: x, agent_type: t, when: 'inputs.depth > 1'}
+",
+    );
+    let d = sim.start();
+    let a = invocation_started(&d, "a");
+    assert_eq!(a.params, json!({"q": "about rust", "n": 2}));
+    sim.complete("a", json!(null));
+    assert_eq!(sim.status("b"), StepStatus::Skipped);
+    assert_eq!(sim.running(), vec!["c".to_owned()]);
+    assert_eq!(
+        sim.st.definition().inputs,
+        json!({"topic": "rust", "depth": 2, "deep": false})
+    );
+
+    let mut bare = Sim::new(
+        "steps:\n  - {step_id: a, action: x, agent_type: t, params: {q: '{{ inputs.nope }}'}}\n",
+    );
+    assert_eq!(bare.st.template_context()["inputs"], json!({}));
+    let d = bare.start();
+    assert!(
+        started(&d).is_empty(),
+        "an undefined input must not start the step"
+    );
+    let err = bare.rec("a").error.clone().unwrap_or_default();
+    assert!(err.contains("inputs.nope"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pause, resume, cancel
 // ---------------------------------------------------------------------------------------------

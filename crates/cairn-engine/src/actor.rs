@@ -224,11 +224,13 @@ impl PlanActor {
                                 debug!(plan_id = %self.state.plan_id, %attempt, "late outcome of an unloaded plan dropped");
                             }
                         }
-                        let _ = self
-                            .inner
-                            .store
-                            .release(&self.state.plan_id, &self.fence)
-                            .await;
+                        // Bounded: a store that does not answer leaves the lease to run out.
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(self.inner.opts.lease_ms.max(1)),
+                            self.inner.store.release(&self.state.plan_id, &self.fence),
+                        )
+                        .await;
+                        self.inner.release_done(&self.state.plan_id);
                         return;
                     }
                 }

@@ -216,6 +216,11 @@ pub(crate) enum WireError {
     PlanExists {
         plan_id: String,
     },
+    VersionNotFound {
+        plan_id: String,
+        version: u64,
+        known: String,
+    },
     Invalid {
         invalid: Invalid,
     },
@@ -247,6 +252,15 @@ impl From<EngineError> for WireError {
                 checkpoint_id,
             },
             EngineError::PlanExists(plan_id) => WireError::PlanExists { plan_id },
+            EngineError::VersionNotFound {
+                plan_id,
+                version,
+                known,
+            } => WireError::VersionNotFound {
+                plan_id,
+                version,
+                known,
+            },
             EngineError::Invalid(invalid) => WireError::Invalid { invalid },
             EngineError::Refused {
                 refusal,
@@ -281,6 +295,15 @@ impl From<WireError> for EngineError {
                 checkpoint_id,
             },
             WireError::PlanExists { plan_id } => EngineError::PlanExists(plan_id),
+            WireError::VersionNotFound {
+                plan_id,
+                version,
+                known,
+            } => EngineError::VersionNotFound {
+                plan_id,
+                version,
+                known,
+            },
             WireError::Invalid { invalid } => EngineError::Invalid(invalid),
             WireError::Refused {
                 refusal,
@@ -318,9 +341,10 @@ mod shared {
 
 /// How long a requester keeps trying to get a request carried out when the owner cannot be
 /// reached: two lease periods (the owner's lease runs out within one, the takeover needs at
-/// most one more) and a margin.
+/// most one more) and a margin of at least 5 s (a node restarting under the same id, on a busy
+/// machine, renews its leases only once it is up).
 pub(crate) fn give_up_after(lease_ms: u64) -> Duration {
-    Duration::from_millis(lease_ms.saturating_mul(2) + (lease_ms / 2).max(1_000))
+    Duration::from_millis(lease_ms.saturating_mul(2) + (lease_ms / 2).max(5_000))
 }
 
 /// How often a requester looks at a lease it waits for, or asks again after a "not owner".

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cairn_core::decide::SYSTEM_ACTOR;
+use cairn_core::diff::Diff;
 use cairn_core::event::{checkpoint_id, checkpoint_seq, CheckpointTrigger, Origin};
 use cairn_core::history::{AttemptLog, AttemptSpan, StepAttempts, StepDetail, ATTEMPT_EVENTS};
+use cairn_core::versions::{PlanDiff, PlanVersion, VersionFold, VersionedDefinition};
 use cairn_core::view::{
     is_settled, CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot,
 };
@@ -97,6 +99,10 @@ impl Default for EngineOptions {
 #[derive(Default)]
 struct Plans {
     live: HashMap<String, mpsc::UnboundedSender<Msg>>,
+    /// Plans whose actor has left and is giving up the lease. A load waits for that: claimed
+    /// before the release lands, the lease would be renewed under the same fence and then
+    /// released under the new actor, which could then write nothing.
+    releasing: std::collections::HashSet<String>,
     unloads: u64,
     recent: std::collections::VecDeque<(u64, String)>,
 }
@@ -120,6 +126,8 @@ pub(crate) struct Inner {
     pub(crate) counters: crate::cluster::Counters,
     /// Messages posted to actors and not yet taken (see [`Inner::post`]).
     inbox: std::sync::atomic::AtomicI64,
+    /// Woken when an unloaded actor's lease release has landed (see [`Plans::releasing`]).
+    released: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -196,8 +204,18 @@ impl Inner {
         if !rx.is_empty() || !plans.remove_if(plan_id, tx) {
             return false;
         }
+        plans.releasing.insert(plan_id.to_owned());
         rx.close();
         true
+    }
+
+    /// The lease of a plan unloaded by [`Inner::unload_if_quiet`] is released (or its release
+    /// failed): the plan may be loaded again.
+    pub(crate) fn release_done(&self, plan_id: &str) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.releasing.remove(plan_id);
+        }
+        self.released.notify_waiters();
     }
 
     fn live(&self, plan_id: &str) -> Option<mpsc::UnboundedSender<Msg>> {
@@ -285,6 +303,33 @@ pub(crate) async fn state_at(
     Ok((state, snapshot_seq))
 }
 
+/// The error for a version a plan never had, listing the ones it has (`1-3, 5`).
+fn no_version(plan_id: &str, version: u64, known: &[PlanVersion]) -> EngineError {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for v in known {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == v.version => *end = v.version,
+            _ => ranges.push((v.version, v.version)),
+        }
+    }
+    let known = ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    EngineError::VersionNotFound {
+        plan_id: plan_id.to_owned(),
+        version,
+        known,
+    }
+}
+
 /// The file format of an exported checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -333,6 +378,7 @@ impl Engine {
                 closed: std::sync::atomic::AtomicBool::new(false),
                 counters: Default::default(),
                 inbox: Default::default(),
+                released: tokio::sync::Notify::new(),
             }),
         };
         // A single node's one heartbeat says when it started; the nodes of a cluster keep
@@ -556,17 +602,24 @@ impl Engine {
     /// freshly loaded actor gets the message before it starts, so it cannot unload first.
     async fn deliver(&self, plan_id: &str, mut msg: Msg) -> Result<(), EngineError> {
         let mut reloads = 0;
+        let mut release_since: Option<tokio::time::Instant> = None;
         loop {
             if self.inner.is_closed() {
                 return Err(EngineError::ShuttingDown);
             }
-            let (found, unloads) = {
+            // Made before looking, so a release that lands meanwhile still wakes it.
+            let released = self.inner.released.notified();
+            let (found, unloads, releasing) = {
                 let plans = self
                     .inner
                     .plans
                     .lock()
                     .map_err(|_| EngineError::ShuttingDown)?;
-                (plans.live.get(plan_id).cloned(), plans.unloads)
+                (
+                    plans.live.get(plan_id).cloned(),
+                    plans.unloads,
+                    plans.releasing.contains(plan_id),
+                )
             };
             if let Some(tx) = found {
                 match self.inner.post(&tx, msg) {
@@ -577,6 +630,19 @@ impl Engine {
                         continue;
                     }
                 }
+            }
+            let release_wait = std::time::Duration::from_millis(self.inner.opts.lease_ms.max(1));
+            if found.is_none()
+                && releasing
+                && release_since
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed()
+                    < release_wait
+            {
+                // The plan's last actor is giving its lease up: claim after that lands (its
+                // release is bounded by a lease; each wait too, should a wake-up be missed).
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), released).await;
+                continue;
             }
             let fence = self
                 .inner
@@ -1485,6 +1551,8 @@ impl Engine {
             // An export carries the materialised state, which has no `on_failure`: an imported
             // plan fails without rolling back unless told otherwise.
             on_failure: Default::default(),
+            inputs: export.state.inputs.clone(),
+            template: export.state.template.clone(),
         };
         definition.validate()?;
         definition.plan_id = Some(new_id.clone());
@@ -1562,6 +1630,136 @@ impl Engine {
             items: page.items.into_iter().map(|(_, i)| i).collect(),
             next_cursor: page.next_cursor,
         })
+    }
+
+    /// The versions of a plan's definition, oldest first, each with its cause (the
+    /// registration, an intervention or a restore), folded from the log.
+    pub async fn plan_versions(&self, plan_id: &str) -> Result<Vec<PlanVersion>, EngineError> {
+        let mut fold = VersionFold::new(plan_id);
+        self.fold_log(plan_id, |e| {
+            fold.apply(e);
+            true
+        })
+        .await?;
+        Ok(fold.into_versions())
+    }
+
+    /// Version `version` of a plan's definition: what made it and the definition then.
+    pub async fn plan_version(
+        &self,
+        plan_id: &str,
+        version: u64,
+    ) -> Result<VersionedDefinition, EngineError> {
+        let mut fold = VersionFold::new(plan_id);
+        let mut found = None;
+        self.fold_log(plan_id, |e| {
+            if let Some(v) = fold.apply(e) {
+                if v.version == version {
+                    found = Some(v.clone());
+                    return false;
+                }
+            }
+            true
+        })
+        .await?;
+        match found {
+            Some(v) => Ok(VersionedDefinition {
+                version: v,
+                definition: fold.definition(),
+            }),
+            None => Err(no_version(plan_id, version, fold.versions())),
+        }
+    }
+
+    /// The structural diff of a plan's definition between two versions. `to` defaults to the
+    /// latest, `from` to the version before `to` (`to` itself when it is the first).
+    pub async fn plan_diff(
+        &self,
+        plan_id: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<PlanDiff, EngineError> {
+        let mut fold = VersionFold::new(plan_id);
+        let mut defs: Vec<(u64, Plan)> = Vec::new();
+        // The version before `to`, when `from` defaults to it.
+        let mut pinned: Option<u64> = None;
+        self.fold_log(plan_id, |e| {
+            let made = fold.apply(e).map(|v| v.version);
+            if let Some(v) = made {
+                if from.is_none() && to == Some(v) {
+                    pinned = defs.last().map(|(k, _)| *k);
+                }
+                // Keep the definitions asked for, and the latest two for the defaults.
+                let keep = |k: u64| from == Some(k) || to == Some(k) || pinned == Some(k);
+                let last = defs.pop();
+                defs.retain(|(k, _)| keep(*k));
+                defs.extend(last);
+                defs.push((v, fold.definition()));
+            }
+            true
+        })
+        .await?;
+        let versions = fold.versions();
+        let to_v = match to {
+            Some(v) => v,
+            None => versions.last().map(|v| v.version).unwrap_or(0),
+        };
+        let Some(to_at) = versions.iter().position(|v| v.version == to_v) else {
+            return Err(no_version(plan_id, to_v, versions));
+        };
+        let from_v = match from {
+            Some(v) => v,
+            None => versions[to_at.saturating_sub(1)].version,
+        };
+        if !versions.iter().any(|v| v.version == from_v) {
+            return Err(no_version(plan_id, from_v, versions));
+        }
+        let def = |v: u64| {
+            defs.iter()
+                .rev()
+                .find(|(k, _)| *k == v)
+                .map(|(_, d)| d)
+                .ok_or_else(|| EngineError::Corrupt(format!("version {v} of {plan_id} was lost")))
+        };
+        let (before, after) = (def(from_v)?, def(to_v)?);
+        Ok(PlanDiff {
+            plan_id: plan_id.to_owned(),
+            from: from_v,
+            to: to_v,
+            diff: Diff::between(before, after),
+        })
+    }
+
+    /// Replays a plan's whole log through `f`, oldest first, until `f` answers false. An
+    /// unknown plan is an error.
+    async fn fold_log(
+        &self,
+        plan_id: &str,
+        mut f: impl FnMut(&Event) -> bool,
+    ) -> Result<(), EngineError> {
+        let mut after = 0;
+        loop {
+            let rows = self
+                .inner
+                .store
+                .read_events(plan_id, after, None, 4_096)
+                .await?;
+            let n = rows.len();
+            for row in rows {
+                let e = from_stored(row)?;
+                after = e.seq;
+                if !f(&e) {
+                    return Ok(());
+                }
+            }
+            if n < 4_096 {
+                break;
+            }
+        }
+        if after == 0 {
+            return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+        }
+        Ok(())
     }
 
     /// Deletes a plan that is not running (with its whole log). In a cluster, a plan another

@@ -13,6 +13,14 @@ pub enum EngineError {
         plan_id: String,
         checkpoint_id: String,
     },
+    /// The plan exists but never had this version of its definition.
+    #[error("plan {plan_id} has no version {version} (its versions: {known})")]
+    VersionNotFound {
+        plan_id: String,
+        version: u64,
+        /// The versions it has, e.g. `1-3, 5`.
+        known: String,
+    },
     #[error("plan {0} already exists")]
     PlanExists(String),
     /// The document or request is malformed (HTTP 422).

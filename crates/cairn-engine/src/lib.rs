@@ -2,6 +2,7 @@
 //!
 //! - [`Engine`]: the library's entry point (register, start, pause, resume, cancel, intervene,
 //!   checkpoints, restore, fork, snapshots, subscriptions, the review inbox).
+//! - [`templates`]: pushing, reading and instantiating versioned plan templates.
 //! - [`executor`]: what runs a step, and the registry of agent types.
 //! - [`config`], which reads `cairn.toml`.
 //! - [`queue`]: the [`queue::TaskQueue`] contract of remote workers and its in-memory
@@ -25,6 +26,7 @@ mod publish;
 pub mod queue;
 pub mod remote;
 mod reviews;
+pub mod templates;
 
 pub use cairn_core::view::{CheckpointSummary, Page, PlanSummary, Progress, Snapshot};
 pub use cluster::NodeStats;
@@ -32,3 +34,4 @@ pub use engine::{may_settle, now, now_micros, CheckpointExport, Engine, EngineOp
 pub use error::EngineError;
 pub use publish::{Notice, Subscription};
 pub use reviews::ReviewFilter;
+pub use templates::{Instantiate, TemplateError};

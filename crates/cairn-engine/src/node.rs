@@ -196,10 +196,12 @@ fn give_up(plan_id: &str, owner: &str, unreachable: Option<&str>, lease_ms: u64)
     ))
 }
 
-/// Waits, polling the store, until `owner`'s lease on the plan ran out, was released or moved
-/// to another node, or `deadline` came.
+/// Waits, polling the store, until `owner`'s lease on the plan ran out, was released, moved
+/// to another node or was renewed (the owner is back: a node restarted under the same id
+/// renews its leases, and is worth asking again), or `deadline` came.
 async fn wait_for_lease(inner: &Inner, plan_id: &str, owner: &str, deadline: Instant) {
     let poll = poll_period(inner.opts.lease_ms);
+    let mut first_expiry: Option<i64> = None;
     loop {
         let lease = match inner.store.lease(plan_id).await {
             Ok(lease) => lease,
@@ -212,6 +214,9 @@ async fn wait_for_lease(inner: &Inner, plan_id: &str, owner: &str, deadline: Ins
         // asked in a tight loop.
         let (wait, again) = match lease {
             Some(l) if l.owner == owner && !l.released => {
+                if *first_expiry.get_or_insert(l.expires_at) < l.expires_at {
+                    return;
+                }
                 let left = l.expires_at - inner.now().as_micros();
                 if left <= 0 {
                     return;

@@ -5,6 +5,7 @@
 //! - `executors`: the `command` and `http` executors and `cairn.toml`.
 //! - `faults`: a store that fails chosen appends, and no attempt's outcome lost to it.
 //! - `remote`: the remote task queue.
+//! - `history`: definition history: versions, their causes, definitions and diffs.
 //! - `latch`: the `builtin.latch` step holder the other tests use.
 //! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
 //! - `rollback`: compensations through the engine, and a restart in the middle of a rollback.
@@ -23,6 +24,8 @@ mod executors;
 mod faults;
 #[path = "cairn_engine/gates.rs"]
 mod gates;
+#[path = "cairn_engine/history.rs"]
+mod history;
 #[path = "cairn_engine/latch.rs"]
 mod latch;
 #[path = "cairn_engine/paused_time.rs"]

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cairn_core::{Invalid, RefusalKind};
-use cairn_engine::EngineError;
+use cairn_engine::{EngineError, TemplateError};
 use serde_json::json;
 
 #[derive(Debug)]
@@ -84,6 +84,29 @@ impl From<Invalid> for ApiError {
     }
 }
 
+impl From<TemplateError> for ApiError {
+    fn from(e: TemplateError) -> Self {
+        let invalid = |code: &'static str, invalid: Invalid| {
+            let faults = serde_json::to_value(&invalid.faults).unwrap_or_default();
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, invalid.to_string())
+                .with_details(json!({ "faults": faults }))
+        };
+        match e {
+            TemplateError::NotFound(_) | TemplateError::Deleted(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "template_not_found", e.to_string())
+            }
+            TemplateError::VersionNotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "template_version_not_found",
+                e.to_string(),
+            ),
+            TemplateError::InvalidTemplate(i) => invalid("invalid_template", i),
+            TemplateError::InvalidInputs(i) => invalid("invalid_inputs", i),
+            TemplateError::Engine(e) => e.into(),
+        }
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
@@ -92,6 +115,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::CheckpointNotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "checkpoint_not_found", e.to_string())
+            }
+            EngineError::VersionNotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "version_not_found", e.to_string())
             }
             EngineError::PlanExists(_) => ApiError::conflict("plan_exists", e.to_string()),
             EngineError::Invalid(invalid) => invalid.into(),

@@ -20,12 +20,14 @@ pub mod cluster;
 mod conn;
 pub mod error;
 pub mod extract;
+mod history;
 pub mod metrics;
 pub mod openapi;
 mod plans;
 mod reviews;
 pub mod streams;
 mod tasks;
+mod templates;
 mod tokens;
 pub mod ui;
 pub mod webhooks;
@@ -153,7 +155,14 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plans::events))
         .routes(routes!(plans::step))
         .routes(routes!(plans::attempts))
+        .routes(routes!(history::versions))
+        .routes(routes!(history::version))
+        .routes(routes!(history::diff))
         .routes(routes!(reviews::list))
+        .routes(routes!(templates::push, templates::list))
+        .routes(routes!(templates::get, templates::delete))
+        .routes(routes!(templates::version))
+        .routes(routes!(templates::instantiate))
         .routes(routes!(streams::plan_stream))
         .routes(routes!(streams::all_stream))
         .routes(routes!(streams::ws))

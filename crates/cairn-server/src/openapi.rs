@@ -91,6 +91,14 @@ pub struct SseFrame {
     pub retry: Option<u64>,
 }
 
+/// `{"items": [...], "next_cursor": …}`, by name.
+#[derive(ToSchema)]
+pub struct TemplateList {
+    pub items: Vec<cairn_core::template::TemplateVersion>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
 /// `{"items": [...], "next_cursor": …}`, newest first.
 #[derive(ToSchema)]
 pub struct PlanList {
@@ -200,7 +208,9 @@ pub struct InterventionBody {
         (name = "plans", description = "Registration, state and control"),
         (name = "interventions", description = "Changing a plan while it runs"),
         (name = "checkpoints", description = "Checkpoints: list, create, restore, fork"),
+        (name = "history", description = "A plan's definition history and diffs between its versions"),
         (name = "reviews", description = "The review inbox across plans (quality gates)"),
+        (name = "templates", description = "Versioned plan templates and the plans made of them"),
         (name = "events", description = "Plan logs and live streams"),
         (name = "tasks", description = "The remote worker queue (role worker)"),
         (name = "tokens", description = "API tokens (role admin)"),

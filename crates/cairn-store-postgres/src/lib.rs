@@ -42,9 +42,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, LeaseRow, Leases, Micros, NodeRow,
-    Nodes, OpenReviews, Page, PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult,
-    StoredEvent, TokenRow, Tokens,
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, LeaseRow, Leases, Micros,
+    NewTemplateVersion, NodeRow, Nodes, OpenReviews, Page, PlanIndex, PlanRow, ReviewRow,
+    Snapshots, StoreError, StoreResult, StoredEvent, TemplateRow, Templates, TokenRow, Tokens,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -783,6 +783,128 @@ impl Tokens for PgStore {
     async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
         let c = self.client().await?;
         read::token_by_hash(&c, hash).await
+    }
+}
+
+#[async_trait]
+impl Templates for PgStore {
+    async fn put_template_version(
+        &self,
+        new: NewTemplateVersion,
+    ) -> StoreResult<(TemplateRow, bool)> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        // The name's row, created (with no version yet) the first time, then locked: pushes of
+        // one name number their versions one after the other.
+        tx.execute(
+            "INSERT INTO templates (name, latest) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
+            &[&new.name],
+        )
+        .await
+        .map_err(backend)?;
+        let latest: i64 = tx
+            .query_one(
+                "SELECT latest FROM templates WHERE name = $1 FOR UPDATE",
+                &[&new.name],
+            )
+            .await
+            .map_err(backend)?
+            .get(0);
+        let same = tx
+            .query_opt(
+                "SELECT version, content, created_at, created_by FROM template_versions
+                 WHERE name = $1 AND version = $2",
+                &[&new.name, &latest],
+            )
+            .await
+            .map_err(backend)?
+            .filter(|r| r.get::<_, &str>(1) == new.content);
+        tx.execute(
+            "UPDATE templates SET deleted_at = NULL, latest = $2 WHERE name = $1",
+            &[&new.name, &(latest + i64::from(same.is_none()))],
+        )
+        .await
+        .map_err(backend)?;
+        let answer = if let Some(r) = same {
+            (
+                TemplateRow {
+                    name: new.name,
+                    version: from_sql(r.get(0)),
+                    content: r.get(1),
+                    created_at: r.get(2),
+                    created_by: r.get(3),
+                    deleted_at: None,
+                },
+                false,
+            )
+        } else {
+            let version = latest + 1;
+            tx.execute(
+                "INSERT INTO template_versions (name, version, content, created_at, created_by)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &new.name,
+                    &version,
+                    &new.content,
+                    &new.created_at,
+                    &new.created_by,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+            (
+                TemplateRow {
+                    name: new.name,
+                    version: from_sql(version),
+                    content: new.content,
+                    created_at: new.created_at,
+                    created_by: new.created_by,
+                    deleted_at: None,
+                },
+                true,
+            )
+        };
+        tx.commit().await.map_err(backend)?;
+        Ok(answer)
+    }
+
+    async fn get_template(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> StoreResult<Option<TemplateRow>> {
+        let c = self.client().await?;
+        read::template(&c, name, version).await
+    }
+
+    async fn list_templates(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<TemplateRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let c = self.client().await?;
+        read::list_templates(&c, limit, cursor).await
+    }
+
+    async fn template_versions(&self, name: &str) -> StoreResult<Vec<TemplateRow>> {
+        let c = self.client().await?;
+        read::template_versions(&c, name).await
+    }
+
+    async fn delete_template(&self, name: &str, at: Micros) -> StoreResult<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE templates SET deleted_at = $2
+                 WHERE name = $1 AND deleted_at IS NULL AND latest > 0",
+                &[&name, &at],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(n > 0)
     }
 }
 

@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "task_queue",
         include_str!("../migrations/0002_task_queue.sql"),
     ),
+    (
+        10,
+        "templates",
+        include_str!("../migrations/0010_templates.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations take ("cairn" in ASCII).

@@ -3,7 +3,7 @@
 
 use cairn_store::{
     CheckpointMark, CheckpointRow, LeaseRow, Micros, OpenReviews, Page, PlanRow, ReviewRow,
-    StoreError, StoreResult, StoredEvent, TokenRow,
+    StoreError, StoreResult, StoredEvent, TemplateRow, TokenRow,
 };
 use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
@@ -437,6 +437,75 @@ fn token_row(r: &Row) -> TokenRow {
         revoked_at: r.get(5),
         expires_at: r.get(6),
     }
+}
+
+const TEMPLATE_COLS: &str =
+    "v.name, v.version, v.content, v.created_at, v.created_by, t.deleted_at";
+
+fn template_row(r: &Row) -> TemplateRow {
+    TemplateRow {
+        name: r.get(0),
+        version: from_sql(r.get(1)),
+        content: r.get(2),
+        created_at: r.get(3),
+        created_by: r.get(4),
+        deleted_at: r.get(5),
+    }
+}
+
+/// Version `version` of `name`, or its latest.
+pub(crate) async fn template(
+    c: &Object,
+    name: &str,
+    version: Option<u64>,
+) -> StoreResult<Option<TemplateRow>> {
+    let sql = format!(
+        "SELECT {TEMPLATE_COLS} FROM templates t JOIN template_versions v ON v.name = t.name
+         WHERE t.name = $1 AND v.version = COALESCE($2, t.latest)"
+    );
+    let version = version.map(to_sql);
+    Ok(query_opt(c, &sql, &[&name, &version])
+        .await?
+        .map(|r| template_row(&r)))
+}
+
+/// The latest version of each live template by name; the cursor is the last name returned.
+pub(crate) async fn list_templates(
+    c: &Object,
+    limit: usize,
+    cursor: Option<&str>,
+) -> StoreResult<Page<TemplateRow>> {
+    let sql = format!(
+        "SELECT {TEMPLATE_COLS} FROM templates t JOIN template_versions v
+           ON v.name = t.name AND v.version = t.latest
+         WHERE t.deleted_at IS NULL AND ($1::TEXT IS NULL OR t.name COLLATE \"C\" > $1)
+         ORDER BY t.name COLLATE \"C\" LIMIT $2"
+    );
+    let mut items: Vec<TemplateRow> = query(c, &sql, &[&cursor, &limit_sql(limit + 1)])
+        .await?
+        .iter()
+        .map(template_row)
+        .collect();
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|t| t.name.clone())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// Every version of `name`, oldest first.
+pub(crate) async fn template_versions(c: &Object, name: &str) -> StoreResult<Vec<TemplateRow>> {
+    let sql = format!(
+        "SELECT {TEMPLATE_COLS} FROM templates t JOIN template_versions v ON v.name = t.name
+         WHERE t.name = $1 ORDER BY v.version"
+    );
+    Ok(query(c, &sql, &[&name])
+        .await?
+        .iter()
+        .map(template_row)
+        .collect())
 }
 
 pub(crate) async fn tokens(c: &Object) -> StoreResult<Vec<TokenRow>> {

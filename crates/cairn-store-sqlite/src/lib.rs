@@ -52,9 +52,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_store::{
-    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, LeaseRow, Leases, Micros, NodeRow,
-    Nodes, OpenReviews, Page, PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult,
-    StoredEvent, TokenRow, Tokens,
+    Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, LeaseRow, Leases, Micros,
+    NewTemplateVersion, NodeRow, Nodes, OpenReviews, Page, PlanIndex, PlanRow, ReviewRow,
+    Snapshots, StoreError, StoreResult, StoredEvent, TemplateRow, Templates, TokenRow, Tokens,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -70,7 +70,7 @@ pub use writer::WriterStats;
 use read::ReadPool;
 use writer::{Op, Outcome, Request};
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How hard each commit is pushed to disk.
@@ -737,6 +737,59 @@ impl Tokens for SqliteStore {
 }
 
 #[async_trait]
+impl Templates for SqliteStore {
+    async fn put_template_version(
+        &self,
+        new: NewTemplateVersion,
+    ) -> StoreResult<(TemplateRow, bool)> {
+        match self.write(Op::PutTemplate(new)).await? {
+            Outcome::Template(row, created) => Ok((*row, created)),
+            _ => Err(unexpected("put_template_version")),
+        }
+    }
+
+    async fn get_template(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> StoreResult<Option<TemplateRow>> {
+        let name = name.to_owned();
+        self.read(move |c| read::template(c, &name, version)).await
+    }
+
+    async fn list_templates(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<TemplateRow>> {
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit must be at least 1".into()));
+        }
+        let cursor = cursor.map(str::to_owned);
+        self.read(move |c| read::list_templates(c, limit, cursor.as_deref()))
+            .await
+    }
+
+    async fn template_versions(&self, name: &str) -> StoreResult<Vec<TemplateRow>> {
+        let name = name.to_owned();
+        self.read(move |c| read::template_versions(c, &name)).await
+    }
+
+    async fn delete_template(&self, name: &str, at: Micros) -> StoreResult<bool> {
+        match self
+            .write(Op::DeleteTemplate {
+                name: name.to_owned(),
+                at,
+            })
+            .await?
+        {
+            Outcome::Deleted(found) => Ok(found),
+            _ => Err(unexpected("delete_template")),
+        }
+    }
+}
+
+#[async_trait]
 impl Cursors for SqliteStore {
     async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
         let name = name.to_owned();
@@ -895,12 +948,13 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
         )));
     }
     // Each step upgrades one version, in its own transaction.
-    let steps: [(i64, &str); 5] = [
+    let steps: [(i64, &str); 6] = [
         (1, include_str!("schema.sql")),
         (2, include_str!("schema_v2.sql")),
         (3, include_str!("schema_v3.sql")),
         (4, include_str!("schema_v4.sql")),
         (5, include_str!("schema_v5.sql")),
+        (6, include_str!("schema_v6.sql")),
     ];
     for (to, sql) in steps {
         if version >= to {

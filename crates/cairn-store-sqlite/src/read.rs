@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use cairn_store::{
     CheckpointMark, CheckpointRow, LeaseRow, Micros, OpenReviews, Page, PlanRow, ReviewRow,
-    StoreError, StoreResult, StoredEvent, TokenRow,
+    StoreError, StoreResult, StoredEvent, TemplateRow, TokenRow,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
@@ -500,6 +500,75 @@ pub(crate) fn token_by_hash(c: &Connection, hash: &str) -> StoreResult<Option<To
     )
     .and_then(|mut s| s.query_row([hash], token_row).optional())
     .ctx("find a token")
+}
+
+const TEMPLATE_COLUMNS: &str =
+    "v.name, v.version, v.content, v.created_at, v.created_by, t.deleted_at";
+
+fn template_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
+    Ok(TemplateRow {
+        name: r.get(0)?,
+        version: r.get::<_, i64>(1)?.max(0) as u64,
+        content: r.get(2)?,
+        created_at: r.get(3)?,
+        created_by: r.get(4)?,
+        deleted_at: r.get(5)?,
+    })
+}
+
+/// Version `version` of `name`, or its latest.
+pub(crate) fn template(
+    c: &Connection,
+    name: &str,
+    version: Option<u64>,
+) -> StoreResult<Option<TemplateRow>> {
+    let sql = format!(
+        "SELECT {TEMPLATE_COLUMNS} FROM templates t JOIN template_versions v ON v.name = t.name
+         WHERE t.name = ?1 AND v.version = COALESCE(?2, t.latest)"
+    );
+    let version = version.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    c.prepare_cached(&sql)
+        .and_then(|mut s| s.query_row(params![name, version], template_row).optional())
+        .ctx("read a template")
+}
+
+/// The latest version of each live template by name; the cursor is the last name returned.
+pub(crate) fn list_templates(
+    c: &Connection,
+    limit: usize,
+    cursor: Option<&str>,
+) -> StoreResult<Page<TemplateRow>> {
+    let sql = format!(
+        "SELECT {TEMPLATE_COLUMNS} FROM templates t JOIN template_versions v
+           ON v.name = t.name AND v.version = t.latest
+         WHERE t.deleted_at IS NULL AND (?1 IS NULL OR t.name > ?1)
+         ORDER BY t.name LIMIT ?2"
+    );
+    let mut items: Vec<TemplateRow> = c
+        .prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_map(params![cursor, (limit + 1) as i64], template_row)?
+                .collect()
+        })
+        .ctx("list templates")?;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|t| t.name.clone())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// Every version of `name`, oldest first.
+pub(crate) fn template_versions(c: &Connection, name: &str) -> StoreResult<Vec<TemplateRow>> {
+    let sql = format!(
+        "SELECT {TEMPLATE_COLUMNS} FROM templates t JOIN template_versions v ON v.name = t.name
+         WHERE t.name = ?1 ORDER BY v.version"
+    );
+    c.prepare_cached(&sql)
+        .and_then(|mut s| s.query_map([name], template_row)?.collect())
+        .ctx("list template versions")
 }
 
 pub(crate) fn cursor(c: &Connection, name: &str) -> StoreResult<Option<u64>> {

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_store::{
-    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, ReviewRow, StoreError,
-    StoreResult, StoredEvent, TokenRow,
+    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, NewTemplateVersion, ReviewRow,
+    StoreError, StoreResult, StoredEvent, TemplateRow, TokenRow,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -34,6 +34,11 @@ const KEEP_SNAPSHOTS: i64 = 16;
 
 pub(crate) enum Op {
     Create(CreatePlan),
+    PutTemplate(NewTemplateVersion),
+    DeleteTemplate {
+        name: String,
+        at: Micros,
+    },
     Append(Append),
     /// A create and an append in one savepoint: both are kept or neither is.
     CreateWith {
@@ -84,6 +89,8 @@ pub(crate) enum Outcome {
     Done,
     Deleted(bool),
     Claimed(Fence),
+    /// The template version answered, and whether it was created.
+    Template(Box<TemplateRow>, bool),
     TakenOver(Vec<(String, Fence)>),
     /// Whether the WAL checkpoint completed.
     Checkpointed(bool),
@@ -344,6 +351,60 @@ impl Writer {
             .map(|_| ())
     }
 
+    /// A new version of a template, or its latest when the content is the same; either way the
+    /// name is live afterwards.
+    fn put_template(&self, new: NewTemplateVersion) -> StoreResult<(TemplateRow, bool)> {
+        let latest = crate::read::template(&self.conn, &new.name, None)?;
+        if let Some(latest) = latest.filter(|l| l.content == new.content) {
+            self.conn
+                .prepare_cached("UPDATE templates SET deleted_at = NULL WHERE name = ?1")
+                .and_then(|mut s| s.execute([&new.name]))
+                .ctx("revive a template")?;
+            return Ok((
+                TemplateRow {
+                    deleted_at: None,
+                    ..latest
+                },
+                false,
+            ));
+        }
+        let version: i64 = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO templates (name, latest, deleted_at) VALUES (?1, 1, NULL)
+                 ON CONFLICT (name) DO UPDATE SET latest = latest + 1, deleted_at = NULL
+                 RETURNING latest",
+            )
+            .and_then(|mut s| s.query_row([&new.name], |r| r.get(0)))
+            .ctx("number a template version")?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO template_versions (name, version, content, created_at, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    new.name,
+                    version,
+                    new.content,
+                    new.created_at,
+                    new.created_by
+                ])
+            })
+            .ctx("store a template version")?;
+        Ok((
+            TemplateRow {
+                name: new.name,
+                version: version as u64,
+                content: new.content,
+                created_at: new.created_at,
+                created_by: new.created_by,
+                deleted_at: None,
+            },
+            true,
+        ))
+    }
+
     fn note_failure(&self, e: &StoreError) {
         if let StoreError::Unavailable(why) = e {
             self.stats.set_unavailable(Some(why.clone()));
@@ -370,6 +431,17 @@ impl Writer {
                 .map(|()| Outcome::Done),
             Op::Delete(plan_id) => self.delete(&plan_id).map(Outcome::Deleted),
             Op::CreateToken(t) => self.create_token(&t).map(|()| Outcome::Done),
+            Op::PutTemplate(new) => self
+                .put_template(new)
+                .map(|(row, created)| Outcome::Template(Box::new(row), created)),
+            Op::DeleteTemplate { name, at } => self
+                .conn
+                .prepare_cached(
+                    "UPDATE templates SET deleted_at = ?2 WHERE name = ?1 AND deleted_at IS NULL",
+                )
+                .and_then(|mut s| s.execute(params![name, at]))
+                .ctx("delete a template")
+                .map(|n| Outcome::Deleted(n > 0)),
             Op::RevokeToken { id, at } => self
                 .conn
                 .prepare_cached("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")

@@ -14,7 +14,7 @@
 //!   backend was opened with durability relaxed on purpose).
 //!
 //! The contract is split by concern, one narrow trait each: [`EventLog`], [`PlanIndex`],
-//! [`Leases`], [`Snapshots`], [`Tokens`], [`Cursors`] and [`Nodes`], with one [`StoreError`]. [`Store`] is
+//! [`Leases`], [`Snapshots`], [`Tokens`], [`Cursors`], [`Nodes`] and [`Templates`], with one [`StoreError`]. [`Store`] is
 //! all of them together, implemented for any type that implements each.
 //!
 //! With the `conformance` feature, [`conformance`] holds the test suite every backend must pass,
@@ -208,6 +208,30 @@ pub struct NodeRow {
     pub heartbeat_at: Micros,
     /// Plans whose lease it holds and that have not expired.
     pub plans_owned: u64,
+}
+
+/// One version of a named template. The store keeps `content` as given (the caller's canonical
+/// JSON of the template) and compares it byte for byte to tell an identical push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRow {
+    pub name: String,
+    /// 1, 2, … per name, never reused.
+    pub version: u64,
+    pub content: String,
+    pub created_at: Micros,
+    pub created_by: String,
+    /// When the name was deleted (then hidden from listings and new instantiations); `None`
+    /// while it is live.
+    pub deleted_at: Option<Micros>,
+}
+
+/// A push of a template's content, see [`Templates::put_template_version`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTemplateVersion {
+    pub name: String,
+    pub content: String,
+    pub created_at: Micros,
+    pub created_by: String,
 }
 
 /// Why a store call failed. Messages are lowercase fragments that read well after "failed to".
@@ -510,11 +534,52 @@ pub trait Nodes: Send + Sync + 'static {
     async fn cluster_secret(&self) -> StoreResult<String>;
 }
 
+/// Named templates: immutable versions of each, the latest of a name answering by default.
+#[async_trait]
+pub trait Templates: Send + Sync + 'static {
+    /// Stores `new.content` as the next version of `new.name` (1 for a new name) and answers it
+    /// with `true`. When the content equals the latest version's, stores nothing and answers
+    /// the latest with `false`. Either way a deleted name is live again.
+    async fn put_template_version(
+        &self,
+        new: NewTemplateVersion,
+    ) -> StoreResult<(TemplateRow, bool)>;
+
+    /// Version `version` of `name` (the latest when `None`), deleted or not.
+    async fn get_template(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> StoreResult<Option<TemplateRow>>;
+
+    /// The latest version of every live template, by name; `cursor` is the previous page's
+    /// `next_cursor`. `limit == 0` is `Invalid`.
+    async fn list_templates(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<TemplateRow>>;
+
+    /// Every version of `name`, oldest first (empty for an unknown name).
+    async fn template_versions(&self, name: &str) -> StoreResult<Vec<TemplateRow>>;
+
+    /// Marks `name` deleted at `at`, keeping every version. `Ok(false)` when no live template
+    /// has that name.
+    async fn delete_template(&self, name: &str, at: Micros) -> StoreResult<bool>;
+}
+
 /// Everything a backend keeps, for the code that needs all of it (the engine's handle, the
 /// composition root). Implemented for every type that implements each concern, so a backend
 /// implements the narrow traits and never this one; callers that need one concern take that
 /// trait (`Arc<dyn Tokens>`, `&dyn Cursors`) instead. Object safe: the engine holds an
 /// `Arc<dyn Store>`, and an `Arc<dyn Store>` coerces to any one concern's `Arc<dyn …>`.
-pub trait Store: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + Nodes {}
+pub trait Store:
+    EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + Nodes + Templates
+{
+}
 
-impl<T: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + Nodes + ?Sized> Store for T {}
+impl<
+        T: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + Nodes + Templates + ?Sized,
+    > Store for T
+{
+}

@@ -1227,6 +1227,128 @@ fn checkpoints_restore_fork_export_and_import() {
     );
 }
 
+#[test]
+fn plan_versions_and_diffs_after_interventions_and_a_restore() {
+    let w = World::new();
+    w.write(
+        "plan.yaml",
+        "plan_id: hv\nsteps:\n  - {step_id: a, action: say, agent_type: builtin.echo, params: {q: old}}\n  - {step_id: b, action: say, agent_type: builtin.echo}\n  - {step_id: c, action: say, agent_type: builtin.echo}\n",
+    );
+    w.cairn(&["plans", "register", "plan.yaml"])
+        .expect(0, "register");
+    let cp = w.json(&["checkpoints", "create", "hv", "--label", "start"]);
+    let cp = cp["checkpoint_id"].as_str().unwrap().to_owned();
+    w.cairn(&[
+        "steps",
+        "modify",
+        "hv",
+        "a",
+        "--patch",
+        r#"{"params": {"q": "new"}}"#,
+        "--reason",
+        "sharper",
+    ])
+    .expect(0, "modify");
+    w.cairn(&[
+        "steps",
+        "add",
+        "hv",
+        "--step",
+        r#"{"step_id": "d", "action": "say", "agent_type": "builtin.echo"}"#,
+        "--after",
+        "a",
+    ])
+    .expect(0, "add");
+    w.cairn(&["steps", "reorder", "hv", "a", "d", "c", "b"])
+        .expect(0, "reorder");
+    w.cairn(&["steps", "remove", "hv", "b"]).expect(0, "remove");
+    w.cairn(&["checkpoints", "restore", "hv", &cp])
+        .expect(0, "restore");
+
+    let list = w.json(&["plans", "versions", "hv"]);
+    let causes: Vec<(u64, String)> = list["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["cause"]["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = [
+        "registered",
+        "modify_step",
+        "add_step",
+        "reorder_steps",
+        "remove_step",
+        "restore",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, c)| (i as u64 + 1, c.to_string()))
+    .collect();
+    assert_eq!(causes, expected);
+    assert_eq!(list["versions"][1]["user"], USER);
+    assert_eq!(list["versions"][1]["cause"]["reason"], "sharper");
+
+    let text = w
+        .cairn(&["plans", "versions", "hv"])
+        .expect(0, "versions")
+        .stdout;
+    assert!(text.starts_with("VERSION"), "{text}");
+    assert!(
+        text.contains("modify_step") && text.contains("step a (sharper)"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("restore        {cp}")), "{text}");
+
+    let v2 = w.json(&["plans", "versions", "hv", "--show", "2"]);
+    assert_eq!(v2["definition"]["steps"][0]["params"], json!({"q": "new"}));
+
+    // The latest change by default: the restore put b back, took d out and a's params back.
+    let text = w.cairn(&["plans", "diff", "hv"]).expect(0, "diff").stdout;
+    assert!(text.starts_with("plan hv version 5 → 6\n"), "{text}");
+    assert!(text.contains("+ step b at 2"), "{text}");
+    assert!(text.contains("- step d (was at 2)"), "{text}");
+    assert!(
+        text.contains("~ step a params.q: \"new\" → \"old\""),
+        "{text}"
+    );
+    let text = w
+        .cairn(&["plans", "diff", "hv", "--from", "3", "--to", "4"])
+        .expect(0, "diff of the reorder")
+        .stdout;
+    assert!(text.contains("↕ step b: 3 → 4"), "{text}");
+    let d = w.json(&["plans", "diff", "hv", "--to", "2"]);
+    assert_eq!((d["from"].as_u64(), d["to"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        d["diff"]["changed"][0],
+        json!({"step_id": "a", "fields": [{"path": "params.q", "before": "old", "after": "new"}]})
+    );
+    let same = w
+        .cairn(&["plans", "diff", "hv", "--from", "1", "--to", "6"])
+        .expect(0, "no change");
+    assert!(same.stdout.contains("no changes"), "{}", same.stdout);
+
+    let run = w
+        .cairn(&["plans", "diff", "hv", "--to", "9"])
+        .expect(2, "unknown version");
+    assert!(
+        run.stderr
+            .contains("plan hv has no version 9 (its versions: 1-6)"),
+        "{}",
+        run.stderr
+    );
+    w.cairn(&["plans", "versions", "nope"])
+        .expect(2, "unknown plan");
+    w.cairn(&["plans", "diff", "hv", "--from", "0"])
+        .expect(2, "version 0");
+    w.cairn(&["plans", "diff", "hv", "--from", "x"])
+        .expect(2, "not a number");
+}
+
 // ---- 7. kill -9 and Ctrl-C -----------------------------------------------------------------
 
 /// The plan of the crash test: `n` logger steps, some independent of the previous one, each
@@ -2137,7 +2259,7 @@ env = ["PASSED_ON"]
 }
 
 #[test]
-fn exit_codes_follow_the_table_and_hidden_options_stay_hidden() {
+fn exit_codes_follow_the_table_and_the_cluster_options_are_offered() {
     let w = World::new();
     w.write(
         "plan.yaml",
@@ -2154,9 +2276,11 @@ fn exit_codes_follow_the_table_and_hidden_options_stay_hidden() {
     w.cairn(&["run", "plan.yaml"]).expect(2, "plan id exists");
     w.cairn(&["run", "--resume", "nope"])
         .expect(2, "unknown plan");
-    // The PostgreSQL option is not offered until the store exists.
+    // The PostgreSQL store and the node options are offered (their env values never shown).
     let help = w.raw(&["serve", "--help"]).expect(0, "serve --help");
-    assert!(!help.stdout.contains("database-url"), "{}", help.stdout);
+    for option in ["--database-url", "--node-id", "--lease-ms", "--advertise"] {
+        assert!(help.stdout.contains(option), "{option}: {}", help.stdout);
+    }
 }
 
 /// A local command records `--user NAME` as its actor, else the operating-system user (never a

@@ -1724,6 +1724,42 @@ fn cli(args: &[&str], server: &str, token: Option<&str>) -> (i32, String, String
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_versions_and_diffs_through_the_server() {
+    let w = World::new();
+    let base = w.server.base.clone();
+    let op = w.op();
+    op.post(
+        "/v1/plans",
+        plan_doc("hist", vec![echo_step("a"), echo_step("b")]),
+    )
+    .await
+    .expect(201, "register");
+    op.post(
+        "/v1/plans/hist/interventions",
+        json!({"type": "remove_step", "step_id": "a"}),
+    )
+    .await
+    .expect(201, "remove a");
+    let viewer = Some(w.viewer.as_str());
+    let (code, out, err) = cli(&["plans", "versions", "hist", "--json"], &base, viewer);
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["versions"][0]["user"], "olivia");
+    assert_eq!(list["versions"][1]["cause"]["type"], "remove_step");
+    let (code, out, err) = cli(&["plans", "diff", "hist"], &base, viewer);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("plan hist version 1 → 2\n"), "{out}");
+    assert!(out.contains("- step a (was at 1)"), "{out}");
+    let (code, out, _) = cli(&["plans", "versions", "hist", "--show", "1"], &base, viewer);
+    assert_eq!(code, 0);
+    let v1: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v1["definition"]["steps"].as_array().unwrap().len(), 2);
+    let (code, _, err) = cli(&["plans", "diff", "hist", "--from", "5"], &base, viewer);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("has no version 5"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_talks_to_the_server() {
     let w = World::new();
     let base = w.server.base.clone();

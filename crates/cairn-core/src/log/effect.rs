@@ -120,6 +120,9 @@ impl Effect {
             retired: _,
             // No intervention changes who started the plan.
             started_by: _,
+            // Fixed at registration: no intervention changes them.
+            inputs: _,
+            template: _,
             // Recorded below (`reviews`).
             reviews: _,
             // Set by registration; no intervention changes it.

@@ -214,6 +214,34 @@ mod tests {
         assert_eq!(decode(e.kind, e.format, &e.data).unwrap(), with);
     }
 
+    /// A registration written before plans had inputs or a template decodes with neither, and
+    /// encodes back without the fields; one with them keeps both.
+    #[test]
+    fn a_registration_from_before_inputs_decodes_and_writes_back_unchanged() {
+        let old = r#"{"definition":{"query":"q","max_parallel":8,"steps":[{"step_id":"a","action":"x","agent_type":"t"}]}}"#;
+        let kind = decode("plan_registered", 1, old).unwrap();
+        let EventKind::PlanRegistered { definition, .. } = &kind else {
+            panic!("not a registration");
+        };
+        assert_eq!(definition.inputs, serde_json::Value::Null);
+        assert_eq!(definition.template, None);
+        let again = encode(&kind);
+        assert!(!again.data.contains("inputs"), "{}", again.data);
+        assert!(!again.data.contains("template"), "{}", again.data);
+        assert_eq!(decode(again.kind, again.format, &again.data).unwrap(), kind);
+
+        let new = r#"{"definition":{"query":"q","steps":[{"step_id":"a","action":"x","agent_type":"t"}],
+            "inputs":{"topic":"rust"},"template":{"name":"research","version":3}}}"#;
+        let kind = decode("plan_registered", FORMAT, new).unwrap();
+        let EventKind::PlanRegistered { definition, .. } = &kind else {
+            panic!("not a registration");
+        };
+        assert_eq!(definition.inputs["topic"], "rust");
+        assert_eq!(definition.template.as_ref().map(|t| t.version), Some(3));
+        let again = encode(&kind);
+        assert_eq!(decode(again.kind, again.format, &again.data).unwrap(), kind);
+    }
+
     /// Fields a later build may add are ignored by this one, at every depth of the stored types.
     #[test]
     fn unknown_fields_in_stored_data_are_ignored() {

@@ -130,6 +130,8 @@ fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
         max_parallel,
         steps,
         on_failure: Default::default(),
+        inputs: Value::Null,
+        template: None,
     };
     plan.validate().expect("generated plans are valid");
     plan

@@ -17,7 +17,7 @@ use cairn_engine::{Engine, EngineError, EngineOptions};
 use cairn_store::{
     Append, CheckpointRow, CreatePlan, Cursors, EventLog, Fence, LeaseRow, Leases, Micros, NodeRow,
     Nodes, OpenReviews, Page, PlanIndex, PlanRow, ReviewRow, Snapshots, StoreError, StoreResult,
-    StoreStats, StoredEvent, TokenRow, Tokens,
+    StoreStats, StoredEvent, TemplateRow, Templates, TokenRow, Tokens,
 };
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
@@ -380,6 +380,40 @@ impl Nodes for Faulty {
 
     async fn cluster_secret(&self) -> StoreResult<String> {
         self.inner.cluster_secret().await
+    }
+}
+
+#[async_trait]
+impl Templates for Faulty {
+    async fn put_template_version(
+        &self,
+        new: cairn_store::NewTemplateVersion,
+    ) -> StoreResult<(TemplateRow, bool)> {
+        self.inner.put_template_version(new).await
+    }
+
+    async fn get_template(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> StoreResult<Option<TemplateRow>> {
+        self.inner.get_template(name, version).await
+    }
+
+    async fn list_templates(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> StoreResult<Page<TemplateRow>> {
+        self.inner.list_templates(limit, cursor).await
+    }
+
+    async fn template_versions(&self, name: &str) -> StoreResult<Vec<TemplateRow>> {
+        self.inner.template_versions(name).await
+    }
+
+    async fn delete_template(&self, name: &str, at: Micros) -> StoreResult<bool> {
+        self.inner.delete_template(name, at).await
     }
 }
 

@@ -507,3 +507,38 @@ async fn a_webhook_is_delivered_by_one_node_at_a_time() {
     stop_b.send(()).unwrap();
     within("node b stops", task_b).await.unwrap().unwrap();
 }
+
+/// `/metrics` carries this node's share, labelled with its id.
+#[tokio::test]
+async fn node_metrics_are_labelled_with_the_node_id() {
+    let s = TestServer::start(ServerOptions {
+        metrics_every: std::time::Duration::from_millis(50),
+        ..node_opts("metrics-node")
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let want = [
+        r#"cairn_node_leases_held{node="metrics-node"}"#,
+        r#"cairn_node_takeovers_total{node="metrics-node"} 0"#,
+        r#"cairn_node_forwarded_total{node="metrics-node"} 0"#,
+        r#"cairn_node_inbox_depth{node="metrics-node"}"#,
+        r#"cairn_cluster_nodes{node="metrics-node",alive="true"} 1"#,
+    ];
+    within("the node's metrics", async {
+        loop {
+            let text = http
+                .get(format!("{}/metrics", s.base()))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if want.iter().all(|w| text.lines().any(|l| l.starts_with(w))) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

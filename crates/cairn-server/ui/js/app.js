@@ -3,8 +3,9 @@
 // function called when the page is left (close streams, timers).
 //
 // Routes (deep links): #/plans, #/plans/{id}, #/plans/{id}/steps/{step},
-// #/plans/{id}/steps/{step}/attempts/{n}, #/plans/{id}/{tab} (audit, checkpoints, events),
-// #/reviews, #/workers, #/cluster, #/signin.
+// #/plans/{id}/steps/{step}/attempts/{n}, #/plans/{id}/{tab} (audit, checkpoints, history, events),
+// #/reviews, #/templates, #/templates/{name}, #/templates/{name}/versions/{v}, #/workers,
+// #/cluster, #/signin.
 
 import * as api from './api.js';
 import { h, fill } from './dom.js';
@@ -19,6 +20,10 @@ const ROUTES = [
   [/^\/plans\/([^/]+)\/([a-z]+)$/, () => import('./pages/plan.js'), (m) => ({ plan: m[1], tab: m[2] })],
   [/^\/plans\/([^/]+)$/, () => import('./pages/plan.js'), (m) => ({ plan: m[1] })],
   [/^\/reviews\/?$/, () => import('./pages/reviews.js'), () => ({})],
+  [/^\/templates\/?$/, () => import('./pages/templates.js'), () => ({})],
+  [/^\/templates\/([^/]+)\/versions\/([^/]+)$/, () => import('./pages/templates.js'),
+    (m) => ({ name: m[1], version: m[2] })],
+  [/^\/templates\/([^/]+)$/, () => import('./pages/templates.js'), (m) => ({ name: m[1] })],
   [/^\/workers\/?$/, () => import('./pages/workers.js'), () => ({})],
   [/^\/cluster\/?$/, () => import('./pages/cluster.js'), () => ({})],
   [/^\/signin$/, () => import('./pages/signin.js'), () => ({})],

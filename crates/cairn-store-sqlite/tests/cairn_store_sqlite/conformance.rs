@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cairn_store::conformance::{self, ev};
-use cairn_store::{Append, CreatePlan, EventLog, Leases, PlanIndex, StoreError, Tokens};
+use cairn_store::{Append, CreatePlan, EventLog, Leases, PlanIndex, StoreError, Templates, Tokens};
 use cairn_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 fn open(path: &Path, engine_lock: bool) -> SqliteStore {
@@ -368,6 +368,59 @@ async fn events_of_a_version_3_database_read_as_log_format_1() {
         .unwrap();
     let all = store.read_events("p", 0, None, 10).await.unwrap();
     assert_eq!(all.iter().map(|e| e.format).collect::<Vec<_>>(), [1, 2]);
+}
+
+/// A database written by the release before templates (schema version 5) opens, keeps its
+/// plans, and gains the template tables.
+#[tokio::test]
+async fn a_version_5_database_opens_and_gains_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in [
+            include_str!("../../src/schema.sql"),
+            include_str!("../../src/schema_v2.sql"),
+            include_str!("../../src/schema_v3.sql"),
+            include_str!("../../src/schema_v4.sql"),
+            include_str!("../../src/schema_v5.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO plans (pk, plan_id, state, created_at, updated_at, last_seq)
+             VALUES (1, 'p', 'running', 5, 5, 1);
+             INSERT INTO events (plan_pk, seq, kind, at, actor, data, format)
+             VALUES (1, 1, 'plan_started', 5, 'olga', '{}', 2);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    let store = open(&path, false);
+    assert_eq!(store.read_events("p", 0, None, 10).await.unwrap().len(), 1);
+    assert!(store
+        .list_templates(10, None)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let (row, created) = store
+        .put_template_version(cairn_store::NewTemplateVersion {
+            name: "t".into(),
+            content: "{}".into(),
+            created_at: 9,
+            created_by: "olga".into(),
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(row.version, 1);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 6);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The conformance suite: the behaviour every backend must show, as plain async functions so
 //! each backend's own tests can run it from whatever runtime they use. One module per trait
 //! ([`event_log`], [`plan_index`], [`leases`], [`snapshots`], [`tokens`], [`cursors`],
-//! [`nodes`]), each with its own `run_all`, so a backend of one concern runs that module alone. Behind the
+//! [`nodes`], [`templates`]), each with its own `run_all`, so a backend of one concern runs that
+//! module alone. Behind the
 //! `conformance` feature: backends enable it in their dev-dependencies.
 //!
 //! A backend's test calls [`run_all`] with an async factory that yields a fresh, empty store
@@ -56,6 +57,7 @@ pub mod leases;
 pub mod nodes;
 pub mod plan_index;
 pub mod snapshots;
+pub mod templates;
 pub mod tokens;
 
 /// Runs every case of every module, each against a fresh store from `make`.
@@ -67,6 +69,7 @@ pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) 
     tokens::run_all(&make).await;
     cursors::run_all(&make).await;
     nodes::run_all(&make).await;
+    templates::run_all(&make).await;
 }
 
 async fn case<F, Fut>(name: &str, store: Arc<dyn Store>, f: F)

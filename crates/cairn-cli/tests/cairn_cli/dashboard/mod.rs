@@ -9,7 +9,9 @@
 mod bench;
 #[allow(dead_code)] // helpers for the tests that follow; not all are used by every module yet
 mod harness;
+mod history;
 mod interventions;
 mod pages;
 mod plans;
 mod smoke;
+mod templates;

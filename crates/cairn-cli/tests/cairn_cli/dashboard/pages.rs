@@ -628,6 +628,7 @@ async fn on_a_phone_as_a_viewer_every_page_fits_and_every_change_is_disabled() {
             "#cp-body tr[data-cp]",
             "checkpoints",
         ),
+        ("/#/plans/phone/history", "#history-diff h2", "history"),
         ("/#/plans/phone/audit", "#audit-summary", "audit"),
         ("/#/plans/phone/events", "#ev-body tr", "events"),
         ("/#/workers", "#workers-body tr", "workers"),

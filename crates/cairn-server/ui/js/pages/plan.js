@@ -12,6 +12,7 @@ export const TABS = [
   ['steps', 'Steps'],
   ['order', 'Order'],
   ['checkpoints', 'Checkpoints'],
+  ['history', 'History'],
   ['audit', 'Audit'],
   ['events', 'Events'],
 ];
