@@ -465,6 +465,7 @@ fn echo_plan(id: String, steps: usize) -> Plan {
         steps: (0..steps)
             .map(|j| step(&format!("s{j}"), "builtin.echo", json!({"n": j})))
             .collect(),
+        on_failure: Default::default(),
 
         inputs: Value::Null,
         template: None,
@@ -696,6 +697,7 @@ async fn run_workload(
                 let skip = |dry_run| InterventionRequest {
                     kind: InterventionKind::SkipStep {
                         step_id: format!("s{}", k * (n / rounds)),
+                        compensation: false,
                     },
                     expected_version: None,
                     reason: Some("bench".into()),
@@ -739,6 +741,7 @@ async fn run_workload(
                     steps: (0..150)
                         .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 200})))
                         .collect(),
+                    on_failure: Default::default(),
 
                     inputs: Value::Null,
                     template: None,

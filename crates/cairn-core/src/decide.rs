@@ -21,6 +21,7 @@ use crate::intervention::{
 };
 use crate::plan::{self, Plan};
 use crate::review::review_id;
+use crate::rollback::{self, RollbackEnd};
 use crate::state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
 use crate::{Refusal, RefusalKind};
 
@@ -68,6 +69,9 @@ pub enum Command {
     },
     Cancel {
         reason: Option<String>,
+        /// Roll back what the plan did before it ends cancelled (absent: false).
+        #[serde(default)]
+        rollback: bool,
     },
     Intervene(InterventionRequest),
     /// An executor's report on an attempt.
@@ -109,6 +113,13 @@ pub enum Command {
         attempt: AttemptId,
         worker_id: String,
     },
+    /// Rolls back a failed or cancelled plan (or continues a rollback that failed). With
+    /// `dry_run`, answers the compensations it would run ([`Decision::compensations`]) and
+    /// changes nothing.
+    Rollback {
+        dry_run: bool,
+        reason: Option<String>,
+    },
 }
 
 impl Command {
@@ -118,11 +129,12 @@ impl Command {
             Command::Start { reason }
             | Command::Pause { reason, .. }
             | Command::Resume { reason }
-            | Command::Cancel { reason }
+            | Command::Cancel { reason, .. }
             | Command::Checkpoint { reason, .. }
             | Command::Restore { reason, .. }
             | Command::RecordFork { reason, .. }
-            | Command::Interrupt { reason } => reason.as_deref(),
+            | Command::Interrupt { reason }
+            | Command::Rollback { reason, .. } => reason.as_deref(),
             Command::Intervene(request) => request.reason.as_deref(),
             Command::Register { .. }
             | Command::Outcome { .. }
@@ -198,6 +210,8 @@ pub struct Decision {
     /// What to do once `events` are durable, in order: stops, then starts, then the timer
     /// (always last, exactly one).
     pub actions: Vec<Action>,
+    /// For a rollback (dry run or not): the steps it compensates, in the order it runs them.
+    pub compensations: Vec<String>,
 }
 
 impl Decision {
@@ -342,7 +356,9 @@ fn decide(
     let status = em.state.status;
     let actor = ctx.actor;
     // A dry run changes nothing, so the scheduler does not run after it either.
-    let dry_run = matches!(&command, Command::Intervene(r) if r.dry_run);
+    let dry_run = matches!(&command, Command::Intervene(r) if r.dry_run)
+        || matches!(&command, Command::Rollback { dry_run: true, .. });
+    let mut compensations = Vec::new();
     match command {
         Command::Register { definition, origin } => {
             if em.state.seq != 0 {
@@ -416,7 +432,13 @@ fn decide(
             }
             em.emit(actor, EventKind::PlanResumed { reason }, None);
         }
-        Command::Cancel { reason } => {
+        Command::Cancel { reason, rollback } => {
+            if em.state.rolling_back() {
+                return Err(conflict(format!(
+                    "plan {} is rolling back; pause it to stop starting compensations",
+                    em.state.plan_id
+                )));
+            }
             if status.is_terminal() {
                 return Err(conflict(format!(
                     "plan {} is {}; only an idle, running or paused plan can be cancelled",
@@ -424,7 +446,13 @@ fn decide(
                     status.as_str()
                 )));
             }
+            // What a rollback compensates is decided before the cancel ends the steps in flight.
+            let order = rollback.then(|| rollback::order(em.state));
             em.emit(actor, EventKind::PlanCancelled { reason }, None);
+            if let Some(order) = order {
+                compensations = order.clone();
+                start_rollback(&mut em, actor, RollbackEnd::Cancelled, order);
+            }
         }
         Command::Intervene(request) => {
             let (record, refused) = intervene(&mut em, actor, request);
@@ -534,6 +562,13 @@ fn decide(
                 None,
             );
         }
+        Command::Rollback { dry_run, .. } => {
+            let (then, order) = rollback::would_run(em.state).map_err(conflict)?;
+            compensations = order.clone();
+            if !dry_run {
+                start_rollback(&mut em, actor, then, order);
+            }
+        }
         Command::Recover => {
             if status == PlanStatus::Running {
                 for attempt in em.state.live_attempts() {
@@ -553,11 +588,22 @@ fn decide(
         advance(&mut em, starts);
     }
     let actions = actions(&mut em, live_before, reported);
+    if compensations.is_empty() {
+        if let Some(EventKind::RollbackStarted { order, .. }) = em
+            .out
+            .iter()
+            .map(|e| &e.kind)
+            .find(|k| matches!(k, EventKind::RollbackStarted { .. }))
+        {
+            compensations = order.clone();
+        }
+    }
     Ok(Decision {
         events: em.out,
         intervention,
         refusal,
         actions,
+        compensations,
     })
 }
 
@@ -610,6 +656,7 @@ fn interrupt_running(em: &mut Emitter<'_>, actor: &str, cause: &str) {
             actor,
             EventKind::StepInterrupted {
                 step_id: attempt.step_id,
+                kind: attempt.kind,
                 attempt: attempt.number,
                 cause: cause.into(),
             },
@@ -627,7 +674,15 @@ fn recover(em: &mut Emitter<'_>, attempt: AttemptId, starts: Starts<'_>) {
     let Some(step) = em.state.step(&attempt.step_id) else {
         return;
     };
-    let recorded = step.rec.invocation.clone();
+    let recorded = match attempt.kind {
+        AttemptKind::Step => step.rec.invocation.clone(),
+        // A compensation's start always records what it was sent.
+        AttemptKind::Compensation => step
+            .rec
+            .compensation
+            .as_ref()
+            .and_then(|c| c.invocation.clone()),
+    };
     let agent_type = recorded
         .as_ref()
         .map_or(&step.def.agent_type, |i| &i.agent_type);
@@ -714,6 +769,10 @@ pub fn resend(state: &PlanState, attempt: &AttemptId) -> Option<StartAttempt> {
         return None;
     }
     let step = state.step(&attempt.step_id)?;
+    if attempt.kind == AttemptKind::Compensation {
+        let invocation = step.rec.compensation.as_ref()?.invocation.clone()?;
+        return start_of(state, attempt.clone(), invocation, false);
+    }
     let invocation = match &step.rec.invocation {
         Some(invocation) => invocation.clone(),
         None => invocation_of(state, &attempt.step_id).ok()?,
@@ -733,13 +792,23 @@ fn start_of(
     // An invocation recorded before the gate's feedback was part of it: that build sent the
     // step record's, which stays unchanged while the attempt is in flight, so it is what the
     // attempt got. (For any invocation recorded since, the two are equal.)
-    if invocation.gate_feedback.is_none() {
+    if invocation.gate_feedback.is_none() && attempt.kind == AttemptKind::Step {
         invocation.gate_feedback = step.rec.gate_feedback.clone();
     }
+    let (idempotency_key, timeout_ms) = match attempt.kind {
+        AttemptKind::Step => (
+            crate::idempotency_key(&state.plan_id, &attempt.step_id, step.rec.run),
+            step.def.timeout_ms,
+        ),
+        AttemptKind::Compensation => (
+            crate::compensation_key(&state.plan_id, &attempt.step_id, step.rec.run),
+            step.def.compensate.as_ref().and_then(|c| c.timeout_ms),
+        ),
+    };
     Some(StartAttempt {
-        idempotency_key: crate::idempotency_key(&state.plan_id, &attempt.step_id, step.rec.run),
+        idempotency_key,
         run: step.rec.run,
-        timeout_ms: step.def.timeout_ms,
+        timeout_ms,
         query: state.query.clone(),
         queued,
         attempt,
@@ -847,7 +916,11 @@ fn intervene(
 }
 
 fn outcome(em: &mut Emitter<'_>, id: AttemptId, result: StepResult) {
+    if id.kind == AttemptKind::Compensation {
+        return compensation_outcome(em, id, result);
+    }
     let live = em.state.status != PlanStatus::Cancelled && em.state.is_live(&id);
+    let kind = id.kind;
     let attempt = id.number;
     let step_id = id.step_id;
     let live = if live { em.state.step(&step_id) } else { None };
@@ -860,6 +933,7 @@ fn outcome(em: &mut Emitter<'_>, id: AttemptId, result: StepResult) {
             SYSTEM_ACTOR,
             EventKind::StepResultIgnored {
                 step_id,
+                kind,
                 attempt,
                 outcome: outcome.into(),
                 error,
@@ -967,6 +1041,14 @@ fn fail_plan(em: &mut Emitter<'_>, step_id: String, error: String) {
         .filter(|r| r.is_open())
         .map(|r| r.review_id.clone())
         .collect();
+    // What a rollback compensates is decided before the failure ends the steps in flight.
+    let rolls_back =
+        em.state.on_failure == plan::OnFailure::Rollback && em.state.rollback.is_none();
+    let order = if rolls_back {
+        rollback::order(em.state)
+    } else {
+        Vec::new()
+    };
     em.emit(
         SYSTEM_ACTOR,
         EventKind::PlanFailed {
@@ -976,6 +1058,239 @@ fn fail_plan(em: &mut Emitter<'_>, step_id: String, error: String) {
         },
         None,
     );
+    if rolls_back {
+        start_rollback(em, SYSTEM_ACTOR, RollbackEnd::Failed, order);
+    }
+}
+
+/// Starts (or continues) a rollback over `order`: attempts of steps still in flight are
+/// stopped (their outcome is unknown: their compensation sees a null output), then the plan runs
+/// the compensations one at a time.
+fn start_rollback(em: &mut Emitter<'_>, actor: &str, then: RollbackEnd, order: Vec<String>) {
+    for attempt in em.state.live_attempts() {
+        if attempt.kind == AttemptKind::Step {
+            em.emit(
+                actor,
+                EventKind::StepInterrupted {
+                    step_id: attempt.step_id,
+                    kind: attempt.kind,
+                    attempt: attempt.number,
+                    cause: "rollback".into(),
+                },
+                None,
+            );
+        }
+    }
+    em.emit(actor, EventKind::RollbackStarted { then, order }, None);
+}
+
+/// The record a compensation's templates read as `this`: the compensated step's output (null
+/// when its outcome is unknown), error and attempts.
+fn this_of(step: &crate::state::Step) -> Value {
+    let output = if step.rec.status == StepStatus::Completed {
+        step.rec.output.clone().unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    serde_json::json!({
+        "step_id": step.def.step_id,
+        "status": step.rec.status,
+        "output": output,
+        "error": step.rec.error,
+        "attempts": step.rec.attempts,
+    })
+}
+
+/// What a compensation attempt of `step_id` is sent.
+fn compensation_invocation(state: &PlanState, step_id: &str) -> Result<Invocation, String> {
+    let step = state
+        .step(step_id)
+        .ok_or_else(|| format!("no step {step_id}"))?;
+    let comp = step
+        .def
+        .compensate
+        .as_ref()
+        .ok_or_else(|| format!("step {step_id} has no compensate"))?;
+    let params = if expr::has_templates(&comp.params) {
+        let mut ctx = state.template_context();
+        if let Value::Object(m) = &mut ctx {
+            m.insert("this".into(), this_of(step));
+        }
+        expr::render(&comp.params, &ctx)?
+    } else {
+        comp.params.clone()
+    };
+    Ok(Invocation {
+        action: comp.action.clone(),
+        agent_type: comp.agent_type.clone(),
+        params,
+        gate_feedback: None,
+    })
+}
+
+/// Runs the rollback on: one compensation at a time, the next once the one before completed;
+/// when none is left, the plan takes its final state.
+fn advance_rollback(em: &mut Emitter<'_>, starts: Starts<'_>) {
+    if em.state.running_count() > 0 {
+        return;
+    }
+    let Some(r) = &em.state.rollback else {
+        return;
+    };
+    let then = r.then;
+    let Some(next) = r.pending.first().cloned() else {
+        em.emit(SYSTEM_ACTOR, EventKind::RollbackCompleted { then }, None);
+        return;
+    };
+    if matches!(starts, Starts::None) {
+        return;
+    }
+    let Some(step) = em.state.step(&next) else {
+        return;
+    };
+    let comp = step.rec.compensation.clone().unwrap_or_default();
+    if comp.retry_at.is_some_and(|t| t > em.now) {
+        return;
+    }
+    let attempt = comp.attempts + 1;
+    let id = AttemptId {
+        step_id: next.clone(),
+        kind: AttemptKind::Compensation,
+        number: attempt,
+    };
+    let agent_type = step
+        .def
+        .compensate
+        .as_ref()
+        .map(|c| c.agent_type.clone())
+        .unwrap_or_default();
+    let route = starts.route(&agent_type);
+    let invocation = match (route, compensation_invocation(em.state, &next)) {
+        (Route::Missing, _) => Err(no_executor(&agent_type)),
+        (_, result) => result,
+    };
+    match invocation {
+        Ok(invocation) => {
+            em.emit(
+                SYSTEM_ACTOR,
+                EventKind::CompensationStarted {
+                    step_id: next,
+                    attempt,
+                    invocation: invocation.clone(),
+                },
+                None,
+            );
+            em.starts.extend(start_of(em.state, id, invocation, false));
+        }
+        // What cannot be sent fails the compensation for good, as its executor would.
+        Err(error) => {
+            em.emit(
+                SYSTEM_ACTOR,
+                EventKind::CompensationFailed {
+                    step_id: next.clone(),
+                    attempt,
+                    error: error.clone(),
+                    retry_at: None,
+                },
+                None,
+            );
+            em.emit(
+                SYSTEM_ACTOR,
+                EventKind::RollbackFailed {
+                    step_id: next,
+                    error,
+                    then,
+                },
+                None,
+            );
+        }
+    }
+}
+
+/// A compensation attempt reported: it completes, is tried again by its policy, or stops the
+/// rollback.
+fn compensation_outcome(em: &mut Emitter<'_>, id: AttemptId, result: StepResult) {
+    let live = em.state.is_live(&id);
+    let step = if live {
+        em.state.step(&id.step_id)
+    } else {
+        None
+    };
+    let Some(step) = step else {
+        let (outcome, error) = match &result {
+            StepResult::Completed { .. } => ("completed", None),
+            StepResult::Failed { error, .. } => ("failed", Some(error.clone())),
+        };
+        em.emit(
+            SYSTEM_ACTOR,
+            EventKind::StepResultIgnored {
+                step_id: id.step_id,
+                kind: id.kind,
+                attempt: id.number,
+                outcome: outcome.into(),
+                error,
+            },
+            None,
+        );
+        return;
+    };
+    let policy = step
+        .def
+        .compensate
+        .as_ref()
+        .map_or(plan::Compensate::DEFAULT_RETRY, |c| c.retry_policy());
+    let run_attempts = step.rec.compensation.as_ref().map_or(0, |c| c.run_attempts);
+    let then = em
+        .state
+        .rollback
+        .as_ref()
+        .map_or(RollbackEnd::Failed, |r| r.then);
+    match result {
+        StepResult::Completed { output, .. } => em.emit(
+            SYSTEM_ACTOR,
+            EventKind::CompensationCompleted {
+                step_id: id.step_id,
+                attempt: id.number,
+                output,
+            },
+            Some(CheckpointTrigger::Step),
+        ),
+        StepResult::Failed { error, retryable } => {
+            if retryable && run_attempts < policy.max_attempts {
+                let retry_at = em.now + policy.backoff_micros(run_attempts + 1);
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::CompensationFailed {
+                        step_id: id.step_id,
+                        attempt: id.number,
+                        error,
+                        retry_at: Some(retry_at),
+                    },
+                    None,
+                );
+            } else {
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::CompensationFailed {
+                        step_id: id.step_id.clone(),
+                        attempt: id.number,
+                        error: error.clone(),
+                        retry_at: None,
+                    },
+                    None,
+                );
+                em.emit(
+                    SYSTEM_ACTOR,
+                    EventKind::RollbackFailed {
+                        step_id: id.step_id,
+                        error,
+                        then,
+                    },
+                    None,
+                );
+            }
+        }
+    }
 }
 
 /// A gated step's attempt succeeded: its gate judges the scores (`gate_evaluated`), and the
@@ -1052,7 +1367,10 @@ fn judge(
                 None,
             );
             let request = InterventionRequest {
-                kind: InterventionKind::RetryStep { step_id },
+                kind: InterventionKind::RetryStep {
+                    step_id,
+                    compensation: false,
+                },
                 expected_version: None,
                 reason: Some(why),
                 dry_run: false,
@@ -1161,6 +1479,16 @@ fn resume_after_reviews(em: &mut Emitter<'_>) {
 /// a finished plan, and says when a paused plan has drained. With `start_steps` false it stops
 /// before the ready steps: what to do with them is left to the process that will run them.
 fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
+    if em.state.rolling_back() {
+        match em.state.status {
+            PlanStatus::Running => advance_rollback(em, starts),
+            PlanStatus::Paused if !em.state.drained && em.state.running_count() == 0 => {
+                em.emit(SYSTEM_ACTOR, EventKind::PlanDrained {}, None);
+            }
+            _ => {}
+        }
+        return;
+    }
     'rescan: loop {
         match em.state.status {
             PlanStatus::Running => {}

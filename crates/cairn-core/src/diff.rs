@@ -772,6 +772,7 @@ mod tests {
             metadata: Value::Null,
             max_parallel: 8,
             steps,
+            on_failure: Default::default(),
             inputs: Value::Null,
             template: None,
         }
@@ -1004,6 +1005,7 @@ mod tests {
                 },
                 max_parallel,
                 steps,
+                on_failure: Default::default(),
                 // Absent inputs read back as null, so an empty object is generated as null.
                 inputs: match inputs {
                     Value::Object(o) if !o.is_empty() => Value::Object(o),

@@ -9,6 +9,7 @@ use crate::gate::{FailedCriterion, Scores, VerdictKind};
 use crate::intervention::Intervention;
 use crate::log::Effect;
 use crate::plan::Plan;
+use crate::rollback::RollbackEnd;
 use crate::state::{Materialized, PauseReason};
 
 pub use crate::time::Timestamp;
@@ -259,6 +260,9 @@ pub enum EventKind {
     /// A running attempt was stopped by an immediate pause or by recovery of a quiet plan.
     StepInterrupted {
         step_id: String,
+        /// Absent (`step`) for a step's own attempt.
+        #[serde(default, skip_serializing_if = "AttemptKind::is_step")]
+        kind: AttemptKind,
         attempt: u32,
         cause: String,
     },
@@ -286,6 +290,9 @@ pub enum EventKind {
     /// restored): recorded for the audit trail, changes nothing.
     StepResultIgnored {
         step_id: String,
+        /// Absent (`step`) for a step's own attempt.
+        #[serde(default, skip_serializing_if = "AttemptKind::is_step")]
+        kind: AttemptKind,
         attempt: u32,
         outcome: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,6 +330,44 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The plan rolls back: it runs again (`running`) until the compensations of `order` have
+    /// run, one at a time in that order, then takes the state `then`. The order is decided
+    /// when the rollback starts and replayed as recorded.
+    RollbackStarted {
+        then: RollbackEnd,
+        order: Vec<String>,
+    },
+    /// A compensation attempt of `step_id` started, sent `invocation`.
+    CompensationStarted {
+        step_id: String,
+        attempt: u32,
+        invocation: Invocation,
+    },
+    CompensationCompleted {
+        step_id: String,
+        attempt: u32,
+        output: Value,
+    },
+    /// A compensation attempt failed; with `retry_at`, another starts then.
+    CompensationFailed {
+        step_id: String,
+        attempt: u32,
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<Timestamp>,
+    },
+    /// Every compensation ran: the plan takes its final state `then` with `rollback.status:
+    /// completed`.
+    RollbackCompleted {
+        then: RollbackEnd,
+    },
+    /// The compensation of `step_id` exhausted its retries: the rollback stops there (the rest
+    /// stay pending) and the plan takes its final state with `rollback.status: failed`.
+    RollbackFailed {
+        step_id: String,
+        error: String,
+        then: RollbackEnd,
+    },
 }
 
 impl EventKind {
@@ -352,6 +397,12 @@ impl EventKind {
             EventKind::CheckpointCreated { .. } => "checkpoint_created",
             EventKind::CheckpointRestored { .. } => "checkpoint_restored",
             EventKind::PlanForked { .. } => "plan_forked",
+            EventKind::RollbackStarted { .. } => "rollback_started",
+            EventKind::CompensationStarted { .. } => "compensation_started",
+            EventKind::CompensationCompleted { .. } => "compensation_completed",
+            EventKind::CompensationFailed { .. } => "compensation_failed",
+            EventKind::RollbackCompleted { .. } => "rollback_completed",
+            EventKind::RollbackFailed { .. } => "rollback_failed",
         }
     }
 
@@ -391,6 +442,10 @@ impl EventKind {
             | EventKind::StepSkipped { step_id, .. }
             | EventKind::StepRecovered { step_id, .. }
             | EventKind::StepResultIgnored { step_id, .. }
+            | EventKind::CompensationStarted { step_id, .. }
+            | EventKind::CompensationCompleted { step_id, .. }
+            | EventKind::CompensationFailed { step_id, .. }
+            | EventKind::RollbackFailed { step_id, .. }
             | EventKind::PlanFailed { step_id, .. } => Some(step_id),
             _ => None,
         }
@@ -481,6 +536,59 @@ mod tests {
         let back: Event = serde_json::from_str(&text).unwrap();
         assert_eq!(back, e);
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    }
+
+    /// The rollback events read from their stored form (format 2, the current one), and the
+    /// optional `kind` added to `step_interrupted` and `step_result_ignored` reads as `step`
+    /// when absent, so older logs replay unchanged.
+    #[test]
+    fn rollback_events_decode_from_their_stored_form() {
+        let stored = [
+            ("rollback_started", r#"{"then":"failed","order":["b","a"]}"#),
+            (
+                "compensation_started",
+                r#"{"step_id":"b","attempt":1,"invocation":{"action":"undo","agent_type":"t","params":{"ref":"H1"}}}"#,
+            ),
+            (
+                "compensation_failed",
+                r#"{"step_id":"b","attempt":1,"error":"closed","retry_at":"2026-12-01T21:14:29.123456Z"}"#,
+            ),
+            (
+                "compensation_completed",
+                r#"{"step_id":"b","attempt":2,"output":{"ok":true}}"#,
+            ),
+            (
+                "rollback_failed",
+                r#"{"step_id":"a","error":"closed","then":"cancelled"}"#,
+            ),
+            ("rollback_completed", r#"{"then":"failed"}"#),
+            (
+                "step_interrupted",
+                r#"{"step_id":"b","kind":"compensation","attempt":1,"cause":"immediate pause"}"#,
+            ),
+        ];
+        for (kind, data) in stored {
+            let read = crate::log::decode(kind, crate::log::FORMAT, data)
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(read.type_name(), kind);
+            assert_eq!(read.data_json(), data, "{kind} writes back what it read");
+        }
+        let old = EventKind::from_parts(
+            "step_interrupted",
+            r#"{"step_id":"s","attempt":1,"cause":"c"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            old,
+            EventKind::StepInterrupted {
+                kind: AttemptKind::Step,
+                ..
+            }
+        ));
+        assert_eq!(
+            old.data_json(),
+            r#"{"step_id":"s","attempt":1,"cause":"c"}"#
+        );
     }
 
     #[test]

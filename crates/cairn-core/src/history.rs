@@ -422,6 +422,7 @@ impl AttemptLog {
             }
             EventKind::StepInterrupted {
                 step_id,
+                kind: AttemptKind::Step,
                 attempt,
                 cause,
             } => {
@@ -641,6 +642,7 @@ mod tests {
             },
             EventKind::StepInterrupted {
                 step_id: "a".into(),
+                kind: Default::default(),
                 attempt: 1,
                 cause: "c".into(),
             },

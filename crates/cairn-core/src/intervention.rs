@@ -24,9 +24,15 @@ use crate::{Refusal, RefusalKind};
 pub enum InterventionKind {
     SkipStep {
         step_id: String,
+        /// Acts on the step's compensation in a rollback that failed (absent: false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        compensation: bool,
     },
     RetryStep {
         step_id: String,
+        /// Acts on the step's compensation in a rollback that failed (absent: false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        compensation: bool,
     },
     ModifyStep {
         step_id: String,
@@ -108,8 +114,8 @@ impl InterventionKind {
     /// The step the intervention is about (for `add_step`, the new step's id).
     pub fn step_id(&self) -> Option<String> {
         match self {
-            InterventionKind::SkipStep { step_id }
-            | InterventionKind::RetryStep { step_id }
+            InterventionKind::SkipStep { step_id, .. }
+            | InterventionKind::RetryStep { step_id, .. }
             | InterventionKind::ModifyStep { step_id, .. }
             | InterventionKind::RemoveStep { step_id }
             | InterventionKind::RerunFrom { step_id }
@@ -198,7 +204,8 @@ impl InterventionRequest {
 /// an unknown type, which deserialisation names).
 fn fields_of(type_name: &str) -> Option<&'static [&'static str]> {
     Some(match type_name {
-        "skip_step" | "retry_step" | "remove_step" | "rerun_from" => &["step_id"],
+        "skip_step" | "retry_step" => &["step_id", "compensation"],
+        "remove_step" | "rerun_from" => &["step_id"],
         "approve_step" => &["step_id", "attempt", "output"],
         "reject_step" => &["step_id", "attempt", "retry"],
         "modify_step" => &["step_id", "patch"],
@@ -382,12 +389,69 @@ pub fn mutate(
     Ok(())
 }
 
+/// `retry_step` / `skip_step` with `compensation: true`: on a plan whose rollback failed (failed
+/// or cancelled), the failed compensation runs again (a fresh try of its retry policy) or is
+/// skipped, and the rollback continues from there: the plan runs again until it ends.
+fn act_on_compensation(state: &mut PlanState, step_id: &str, retry: bool) -> Result<(), Refusal> {
+    let failed = state
+        .rollback
+        .as_ref()
+        .is_some_and(|r| r.status == crate::rollback::RollbackStatus::Failed);
+    if !failed {
+        return Err(conflict(format!(
+            "plan {} has no failed rollback; only a compensation that stopped a rollback can be retried or skipped",
+            state.plan_id
+        )));
+    }
+    let i = find(state, step_id)?;
+    let comp = state.steps[i]
+        .rec
+        .compensation
+        .as_mut()
+        .filter(|c| c.status == crate::rollback::CompensationStatus::Failed);
+    let Some(comp) = comp else {
+        return Err(conflict(format!(
+            "the compensation of step {step_id} has not failed; only the failed compensation can be retried or skipped"
+        )));
+    };
+    if retry {
+        comp.status = crate::rollback::CompensationStatus::Pending;
+        comp.run_attempts = 0;
+        comp.retry_at = None;
+    } else {
+        comp.status = crate::rollback::CompensationStatus::Skipped;
+        comp.retry_at = None;
+    }
+    if let Some(r) = &mut state.rollback {
+        r.status = crate::rollback::RollbackStatus::Running;
+        if !retry {
+            r.pending.retain(|p| p != step_id);
+        }
+    }
+    state.status = PlanStatus::Running;
+    state.pause_reason = None;
+    state.resume_at = None;
+    state.drained = false;
+    Ok(())
+}
+
 fn apply_kind(
     state: &mut PlanState,
     kind: &InterventionKind,
     at: Micros,
     by: &By<'_>,
 ) -> Result<(), Refusal> {
+    match kind {
+        InterventionKind::SkipStep {
+            step_id,
+            compensation: true,
+        } => return act_on_compensation(state, step_id, false),
+        InterventionKind::RetryStep {
+            step_id,
+            compensation: true,
+        } => return act_on_compensation(state, step_id, true),
+        _ => {}
+    }
     if state.status == PlanStatus::Cancelled {
         return Err(conflict(format!(
             "plan {} is cancelled; a cancelled plan cannot be changed",
@@ -413,7 +477,7 @@ fn apply_kind(
         )));
     }
     match kind {
-        InterventionKind::SkipStep { step_id } => {
+        InterventionKind::SkipStep { step_id, .. } => {
             let i = find(state, step_id)?;
             let rec = &mut state.steps[i].rec;
             if !rec.status.may_skip() {
@@ -426,7 +490,7 @@ fn apply_kind(
             rec.retry_at = None;
             reopen_if_settled(state);
         }
-        InterventionKind::RetryStep { step_id } => {
+        InterventionKind::RetryStep { step_id, .. } => {
             let i = find(state, step_id)?;
             let rec = &mut state.steps[i].rec;
             if !rec.status.may_retry() {

@@ -35,6 +35,7 @@ pub mod intervention;
 pub mod log;
 pub mod plan;
 pub mod review;
+pub mod rollback;
 pub mod state;
 pub mod status;
 pub mod suggest;
@@ -88,4 +89,10 @@ impl Refusal {
 /// The idempotency key of a step's run: `plan_id/step_id/run`.
 pub fn idempotency_key(plan_id: &str, step_id: &str, run: u32) -> String {
     format!("{plan_id}/{step_id}/{run}")
+}
+
+/// The idempotency key of a step's compensation: `plan_id/step_id/compensate/run`, the same
+/// for every attempt of it.
+pub fn compensation_key(plan_id: &str, step_id: &str, run: u32) -> String {
+    format!("{plan_id}/{step_id}/compensate/{run}")
 }

@@ -50,6 +50,10 @@ pub struct Plan {
     #[serde(default = "default_max_parallel")]
     pub max_parallel: u32,
     pub steps: Vec<StepDef>,
+    /// What a failure of the plan does: `fail` (the default) or `rollback` (run the
+    /// compensations of what ran, newest first, then fail).
+    #[serde(default, skip_serializing_if = "OnFailure::is_fail")]
+    pub on_failure: OnFailure,
     /// Values the plan was started with, read by conditions and params as `inputs.*`. Absent
     /// (and an empty object) when the plan has none.
     #[serde(default, skip_serializing_if = "no_inputs")]
@@ -74,6 +78,54 @@ pub fn no_inputs(inputs: &Value) -> bool {
         Value::Null => true,
         Value::Object(map) => map.is_empty(),
         _ => false,
+    }
+}
+
+/// What a plan's failure does.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The plan fails; nothing is undone.
+    #[default]
+    Fail,
+    /// The plan rolls back (compensations of what ran, newest first), then fails.
+    Rollback,
+}
+
+impl OnFailure {
+    pub fn is_fail(&self) -> bool {
+        *self == OnFailure::Fail
+    }
+}
+
+/// How a step's effect is undone on rollback: a task of its own, run like a step's attempt.
+/// Its params are templates over the usual context plus `this` (the compensated step's record:
+/// `output`, `error`, `attempts`).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compensate {
+    pub action: String,
+    pub agent_type: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+    /// Default: 3 attempts ([`Compensate::DEFAULT_RETRY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl Compensate {
+    /// The policy of a compensation without one: three attempts.
+    pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        backoff_ms: 200,
+        backoff_factor: 2.0,
+    };
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry.unwrap_or(Compensate::DEFAULT_RETRY)
     }
 }
 
@@ -103,9 +155,9 @@ pub struct StepDef {
     /// they do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_gate: Option<QualityGate>,
-    /// Accepted by the parser only to refuse it with a clear message until rollback lands.
+    /// How the step's effect is undone when the plan rolls back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compensate: Option<Value>,
+    pub compensate: Option<Compensate>,
 }
 
 /// How often and how patiently a failing step is tried again.
@@ -480,9 +532,11 @@ const PLAN_FIELDS: &[&str] = &[
     "metadata",
     "max_parallel",
     "steps",
+    "on_failure",
     "inputs",
     "template",
 ];
+const COMPENSATE_FIELDS: &[&str] = &["action", "agent_type", "params", "retry", "timeout_ms"];
 const STEP_FIELDS: &[&str] = &[
     "step_id",
     "action",
@@ -595,6 +649,8 @@ fn shape_of_plan(value: Value, out: &mut Vec<Found>, hidden: &mut Vec<String>) -
     wrong(&mut map, "query", query);
     let max_parallel = map.get("max_parallel").and_then(type_fault::<u32>);
     wrong(&mut map, "max_parallel", max_parallel);
+    let on_failure = map.get("on_failure").and_then(type_fault::<OnFailure>);
+    wrong(&mut map, "on_failure", on_failure);
     let inputs = map.get("inputs").and_then(|v| match v {
         Value::Object(_) | Value::Null => None,
         _ => Some("must be a mapping of input names to values".to_owned()),
@@ -698,6 +754,81 @@ fn shape_of_step(item: Value, index: usize, out: &mut Vec<Found>) -> Option<Valu
             map.remove(*field);
         }
     }
+    shape_of_retry(&mut map, &doc, &at, out);
+    match map.get_mut("compensate") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(comp)) => {
+            let cdoc = format!("{doc}/compensate");
+            let cpath = format!("{at}.compensate");
+            unknown_fields(comp, COMPENSATE_FIELDS, &cdoc, &cpath, out);
+            let mut readable = true;
+            for field in ["action", "agent_type"] {
+                match comp.get(field) {
+                    None => {
+                        readable = false;
+                        out.push(Found::value(
+                            cdoc.clone(),
+                            cpath.clone(),
+                            format!("missing field `{field}`"),
+                        ));
+                    }
+                    Some(v) => {
+                        if let Some(e) = type_fault::<String>(v) {
+                            readable = false;
+                            out.push(Found::value(
+                                format!("{cdoc}/{field}"),
+                                format!("{cpath}.{field}"),
+                                e,
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(e) = comp.get("timeout_ms").and_then(type_fault::<Option<u64>>) {
+                out.push(Found::value(
+                    format!("{cdoc}/timeout_ms"),
+                    format!("{cpath}.timeout_ms"),
+                    e,
+                ));
+                comp.remove("timeout_ms");
+            }
+            shape_of_retry(comp, &cdoc, &cpath, out);
+            if !readable {
+                map.remove("compensate");
+            }
+        }
+        Some(_) => {
+            out.push(Found::value(
+                format!("{doc}/compensate"),
+                format!("{at}.compensate"),
+                "must be a mapping: {action, agent_type, params, retry, timeout_ms}",
+            ));
+            map.remove("compensate");
+        }
+    }
+    match map.get_mut("quality_gate") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(gate)) => shape_of_gate(
+            gate,
+            &format!("{doc}/quality_gate"),
+            &format!("{at}.quality_gate"),
+            out,
+        ),
+        Some(_) => {
+            out.push(Found::value(
+                format!("{doc}/quality_gate"),
+                format!("{at}.quality_gate"),
+                "must be a mapping: {min_scores, max_scores, on_fail, max_retries, feedback, on_retries_exhausted, always_review, review}",
+            ));
+            map.remove("quality_gate");
+        }
+    }
+    readable.then_some(Value::Object(map))
+}
+
+/// The shape of the `retry` of a step or of a compensation (`map` holds it); see
+/// [`shape_of_plan`].
+fn shape_of_retry(map: &mut Map<String, Value>, doc: &str, at: &str, out: &mut Vec<Found>) {
     match map.get_mut("retry") {
         None | Some(Value::Null) => {}
         Some(Value::Object(retry)) => {
@@ -729,24 +860,6 @@ fn shape_of_step(item: Value, index: usize, out: &mut Vec<Found>) -> Option<Valu
             map.remove("retry");
         }
     }
-    match map.get_mut("quality_gate") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(gate)) => shape_of_gate(
-            gate,
-            &format!("{doc}/quality_gate"),
-            &format!("{at}.quality_gate"),
-            out,
-        ),
-        Some(_) => {
-            out.push(Found::value(
-                format!("{doc}/quality_gate"),
-                format!("{at}.quality_gate"),
-                "must be a mapping: {min_scores, max_scores, on_fail, max_retries, feedback, on_retries_exhausted, always_review, review}",
-            ));
-            map.remove("quality_gate");
-        }
-    }
-    readable.then_some(Value::Object(map))
 }
 
 /// The shape of a step's `quality_gate`; see [`shape_of_plan`].
@@ -890,24 +1003,7 @@ impl StepDef {
             );
         }
         if let Some(retry) = &self.retry {
-            if retry.max_attempts == 0 || retry.max_attempts > MAX_ATTEMPTS {
-                fault(
-                    "retry.max_attempts",
-                    format!("{} is out of range 1..={MAX_ATTEMPTS}", retry.max_attempts),
-                );
-            }
-            if retry.backoff_ms > MAX_BACKOFF_MS {
-                fault(
-                    "retry.backoff_ms",
-                    format!("{} is more than one day", retry.backoff_ms),
-                );
-            }
-            if !(1.0..=10.0).contains(&retry.backoff_factor) {
-                fault(
-                    "retry.backoff_factor",
-                    format!("{} is out of range 1.0..=10.0", retry.backoff_factor),
-                );
-            }
+            check_retry(retry, "retry", &mut fault);
         }
         if let Some(t) = self.timeout_ms {
             if t == 0 || t > MAX_TIMEOUT_MS {
@@ -930,17 +1026,61 @@ impl StepDef {
                 fault(&format!("quality_gate.{path}"), message);
             }
         }
-        if self.compensate.is_some() {
-            fault(
-                "compensate",
-                "compensations are not supported yet (they arrive with the rollback release); remove the field".into(),
-            );
+        if let Some(comp) = &self.compensate {
+            if comp.action.trim().is_empty() {
+                fault("compensate.action", "must not be empty".into());
+            }
+            if !valid_id(&comp.agent_type) {
+                fault(
+                    "compensate.agent_type",
+                    format!(
+                        "{:?} is not a valid agent type (1 to 128 of A-Z a-z 0-9 _ . -)",
+                        comp.agent_type
+                    ),
+                );
+            }
+            if let Some(retry) = &comp.retry {
+                check_retry(retry, "compensate.retry", &mut fault);
+            }
+            if let Some(t) = comp.timeout_ms {
+                if t == 0 || t > MAX_TIMEOUT_MS {
+                    fault(
+                        "compensate.timeout_ms",
+                        format!("{t} is out of range 1..={MAX_TIMEOUT_MS} (7 days)"),
+                    );
+                }
+            }
+            expr::check_templates(&comp.params, "compensate.params", &mut |path, e| {
+                fault(path, format!("template does not parse: {e}"))
+            });
         }
         out
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry.unwrap_or(RetryPolicy::ONCE)
+    }
+}
+
+/// Faults of a retry policy at `path` (`retry`, `compensate.retry`).
+fn check_retry(retry: &RetryPolicy, path: &str, fault: &mut dyn FnMut(&str, String)) {
+    if retry.max_attempts == 0 || retry.max_attempts > MAX_ATTEMPTS {
+        fault(
+            &format!("{path}.max_attempts"),
+            format!("{} is out of range 1..={MAX_ATTEMPTS}", retry.max_attempts),
+        );
+    }
+    if retry.backoff_ms > MAX_BACKOFF_MS {
+        fault(
+            &format!("{path}.backoff_ms"),
+            format!("{} is more than one day", retry.backoff_ms),
+        );
+    }
+    if !(1.0..=10.0).contains(&retry.backoff_factor) {
+        fault(
+            &format!("{path}.backoff_factor"),
+            format!("{} is out of range 1.0..=10.0", retry.backoff_factor),
+        );
     }
 }
 
@@ -1148,12 +1288,58 @@ steps:
     }
 
     #[test]
-    fn compensations_are_refused_with_a_reason() {
-        let msg = faults(
-            "steps:\n  - {step_id: a, action: x, agent_type: t, quality_gate: {on_fail: review}, compensate: {action: u, agent_type: t}}\n",
+    fn compensations_and_on_failure_are_read() {
+        let plan = yaml(
+            "on_failure: rollback\nsteps:\n  - {step_id: a, action: x, agent_type: t, compensate: {action: u, agent_type: t2, params: {r: '{{ this.output }}'}, timeout_ms: 5}}\n",
+        )
+        .unwrap();
+        assert_eq!(plan.on_failure, OnFailure::Rollback);
+        let comp = plan.steps[0].compensate.as_ref().unwrap();
+        assert_eq!(comp.action, "u");
+        assert_eq!(comp.agent_type, "t2");
+        assert_eq!(comp.timeout_ms, Some(5));
+        assert_eq!(
+            comp.retry_policy().max_attempts,
+            3,
+            "three attempts by default"
         );
-        assert!(!msg.contains("quality_gate"), "{msg}");
-        assert!(msg.contains("compensations are not supported yet"), "{msg}");
+        // Written back, a plan without either field reads as it always did.
+        let plain = yaml("steps:\n  - {step_id: a, action: x, agent_type: t}\n").unwrap();
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !text.contains("on_failure") && !text.contains("compensate"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn compensation_faults_name_their_field() {
+        let msg = faults(
+            "on_failure: undo\nsteps:\n  - {step_id: a, action: x, agent_type: t, compensate: {action: u, agentt_type: t, retry: {max_attempts: 0}}}\n  - {step_id: b, action: x, agent_type: t, compensate: {action: '', agent_type: 'bad type', timeout_ms: 0, params: {x: '{{ nope( }}'}}}\n  - {step_id: c, action: x, agent_type: t, compensate: undo}\n",
+        );
+        for needle in [
+            "on_failure",
+            "steps.a.compensate: unknown field `agentt_type`",
+            "steps.a.compensate: missing field `agent_type`",
+            "steps.b.compensate.action: must not be empty",
+            "steps.b.compensate.agent_type",
+            "steps.b.compensate.timeout_ms",
+            "steps.b.compensate.params.x",
+            "steps.c.compensate: must be a mapping",
+        ] {
+            assert!(msg.contains(needle), "{needle} not in {msg}");
+        }
+        let msg = faults(
+            "steps:\n  - {step_id: a, action: x, agent_type: t, compensate: {action: u, agent_type: t, retry: {max_attempts: 0, backoff_factor: 20}}}\n",
+        );
+        assert!(
+            msg.contains("steps.a.compensate.retry.max_attempts"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("steps.a.compensate.retry.backoff_factor"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -11,8 +11,11 @@ use serde_json::{Map, Value};
 use crate::attempt::{AttemptId, AttemptKind, Invocation};
 use crate::event::{Event, EventKind, Micros, Timestamp};
 use crate::gate::{GateFeedback, Scores};
-use crate::plan::{Plan, StepDef, TemplateRef};
+use crate::plan::{OnFailure, Plan, StepDef, TemplateRef};
 use crate::review::{Review, ReviewOutcome, ReviewState};
+use crate::rollback::{
+    CompensationRecord, CompensationStatus, Rollback, RollbackEnd, RollbackStatus,
+};
 
 pub use crate::status::{PlanStatus, StepStatus};
 
@@ -65,6 +68,12 @@ pub struct StepRecord {
     /// `None` for an attempt whose start recorded none (an older log) and once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invocation: Option<Invocation>,
+    /// The log position of the latest start of the step's own attempt: what orders a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_seq: Option<u64>,
+    /// The step's compensation, once a rollback included it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<CompensationRecord>,
 }
 
 impl StepRecord {
@@ -84,6 +93,8 @@ impl StepRecord {
             retry_at: None,
             breakpoint_passed: false,
             invocation: None,
+            start_seq: None,
+            compensation: None,
         }
     }
 
@@ -182,6 +193,12 @@ pub struct PlanState {
     /// Every review opened in this plan, open and closed, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reviews: Vec<Review>,
+    /// What a failure does (from the definition).
+    #[serde(default, skip_serializing_if = "OnFailure::is_fail")]
+    pub on_failure: OnFailure,
+    /// The plan's rollback, once one started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
 }
 
 /// Where a forked or imported plan came from (without the copied state).
@@ -216,6 +233,8 @@ impl PlanState {
             retired: BTreeMap::new(),
             started_by: None,
             reviews: Vec::new(),
+            on_failure: OnFailure::Fail,
+            rollback: None,
         }
     }
 
@@ -248,6 +267,7 @@ impl PlanState {
             metadata: self.metadata.clone(),
             max_parallel: self.max_parallel,
             steps: self.steps.iter().map(|s| s.def.clone()).collect(),
+            on_failure: self.on_failure,
             inputs: self.inputs.clone(),
             template: self.template.clone(),
         }
@@ -267,26 +287,59 @@ impl PlanState {
 
     /// Is `attempt` the attempt in flight of its step (queued for a worker, or running)?
     pub fn is_live(&self, attempt: &AttemptId) -> bool {
-        attempt.kind == AttemptKind::Step
-            && self
-                .step(&attempt.step_id)
-                .is_some_and(|s| s.rec.status.is_active() && s.rec.attempts == attempt.number)
+        let Some(s) = self.step(&attempt.step_id) else {
+            return false;
+        };
+        match attempt.kind {
+            AttemptKind::Step => s.rec.status.is_active() && s.rec.attempts == attempt.number,
+            AttemptKind::Compensation => s.rec.compensation.as_ref().is_some_and(|c| {
+                c.status == CompensationStatus::Running && c.attempts == attempt.number
+            }),
+        }
     }
 
-    /// The attempts in flight (queued for a worker, or running), in step order.
+    /// The attempts in flight (queued for a worker, or running), in step order; a step's own
+    /// attempt before its compensation's.
     pub fn live_attempts(&self) -> Vec<AttemptId> {
-        self.steps
-            .iter()
-            .filter(|s| s.rec.status.is_active())
-            .map(|s| AttemptId::step(s.def.step_id.clone(), s.rec.attempts))
-            .collect()
+        let mut out = Vec::new();
+        for s in &self.steps {
+            if s.rec.status.is_active() {
+                out.push(AttemptId::step(s.def.step_id.clone(), s.rec.attempts));
+            }
+            if let Some(c) = &s.rec.compensation {
+                if c.status == CompensationStatus::Running {
+                    out.push(AttemptId {
+                        step_id: s.def.step_id.clone(),
+                        kind: AttemptKind::Compensation,
+                        number: c.attempts,
+                    });
+                }
+            }
+        }
+        out
     }
 
+    /// Attempts in flight, compensations included.
     pub fn running_count(&self) -> usize {
         self.steps
             .iter()
-            .filter(|s| s.rec.status.is_active())
-            .count()
+            .map(|s| {
+                usize::from(s.rec.status.is_active())
+                    + usize::from(
+                        s.rec
+                            .compensation
+                            .as_ref()
+                            .is_some_and(|c| c.status == CompensationStatus::Running),
+                    )
+            })
+            .sum()
+    }
+
+    /// Is a rollback under way (running, paused or not)?
+    pub fn rolling_back(&self) -> bool {
+        self.rollback
+            .as_ref()
+            .is_some_and(|r| r.status == RollbackStatus::Running)
     }
 
     pub fn ids_with(&self, status: StepStatus) -> Vec<String> {
@@ -316,6 +369,16 @@ impl PlanState {
         } else {
             None
         };
+        let compensation = if self.status == PlanStatus::Running && self.rolling_back() {
+            self.steps
+                .iter()
+                .filter_map(|s| s.rec.compensation.as_ref())
+                .filter(|c| c.status == CompensationStatus::Pending)
+                .filter_map(|c| c.retry_at)
+                .min()
+        } else {
+            None
+        };
         let resume = if self.status == PlanStatus::Paused {
             self.resume_at
         } else {
@@ -328,7 +391,10 @@ impl PlanState {
             .filter(|r| r.is_open())
             .filter_map(|r| r.deadline)
             .min();
-        [retry, resume, review].into_iter().flatten().min()
+        [retry, compensation, resume, review]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The open review of a step, if any.
@@ -540,6 +606,7 @@ impl PlanState {
                 self.query = definition.query.clone();
                 self.metadata = definition.metadata.clone();
                 self.max_parallel = definition.max_parallel;
+                self.on_failure = definition.on_failure;
                 self.inputs = definition.inputs.clone();
                 self.template = definition.template.clone();
                 self.version = 1;
@@ -639,6 +706,7 @@ impl PlanState {
                     s.rec.attempts = *attempt;
                     s.rec.run_attempts += 1;
                     s.rec.started_at = Some(at);
+                    s.rec.start_seq = Some(event.seq);
                     s.rec.ended_at = None;
                     s.rec.retry_at = None;
                 }
@@ -730,6 +798,22 @@ impl PlanState {
                             s.rec.retry_at = Some(*t);
                         }
                         None => s.rec.status = StepStatus::Failed,
+                    }
+                }
+            }
+            EventKind::StepInterrupted {
+                step_id,
+                kind: AttemptKind::Compensation,
+                ..
+            } => {
+                if let Some(c) = self
+                    .step_mut(step_id)
+                    .and_then(|s| s.rec.compensation.as_mut())
+                {
+                    if c.status == CompensationStatus::Running {
+                        c.status = CompensationStatus::Pending;
+                        c.run_attempts = c.run_attempts.saturating_sub(1);
+                        c.invocation = None;
                     }
                 }
             }
@@ -839,8 +923,119 @@ impl PlanState {
                     }
                 }
             }
-            // Attempts of other kinds (compensations) have no effect on the step's record yet.
-            EventKind::StepStarted { .. } | EventKind::StepRecovered { .. } => {}
+            EventKind::StepRecovered {
+                step_id,
+                kind: AttemptKind::Compensation,
+                attempt,
+                ..
+            } => {
+                if let Some(c) = self
+                    .step_mut(step_id)
+                    .and_then(|s| s.rec.compensation.as_mut())
+                {
+                    if c.attempts == *attempt {
+                        c.status = CompensationStatus::Running;
+                    }
+                }
+            }
+            // Compensations start with their own event.
+            EventKind::StepStarted { .. } => {}
+            EventKind::RollbackStarted { then, order } => {
+                self.status = PlanStatus::Running;
+                self.pause_reason = None;
+                self.resume_at = None;
+                self.drained = false;
+                for id in order {
+                    if let Some(s) = self.step_mut(id) {
+                        let c = s
+                            .rec
+                            .compensation
+                            .get_or_insert_with(CompensationRecord::new);
+                        // A rollback continued after one that failed tries again afresh.
+                        c.status = CompensationStatus::Pending;
+                        c.run_attempts = 0;
+                        c.retry_at = None;
+                    }
+                }
+                let done = self
+                    .rollback
+                    .as_ref()
+                    .map(|r| r.done.clone())
+                    .unwrap_or_default();
+                self.rollback = Some(Rollback {
+                    status: RollbackStatus::Running,
+                    done,
+                    pending: order.clone(),
+                    then: *then,
+                });
+            }
+            EventKind::CompensationStarted {
+                step_id,
+                attempt,
+                invocation,
+            } => {
+                if let Some(c) = self
+                    .step_mut(step_id)
+                    .and_then(|s| s.rec.compensation.as_mut())
+                {
+                    c.status = CompensationStatus::Running;
+                    c.attempts = *attempt;
+                    c.run_attempts += 1;
+                    c.retry_at = None;
+                    c.invocation = Some(invocation.clone());
+                }
+            }
+            EventKind::CompensationCompleted {
+                step_id, output, ..
+            } => {
+                if let Some(c) = self
+                    .step_mut(step_id)
+                    .and_then(|s| s.rec.compensation.as_mut())
+                {
+                    c.status = CompensationStatus::Completed;
+                    c.output = Some(output.clone());
+                    c.error = None;
+                    c.invocation = None;
+                }
+                if let Some(r) = &mut self.rollback {
+                    r.pending.retain(|p| p != step_id);
+                    r.done.push(step_id.clone());
+                }
+            }
+            EventKind::CompensationFailed {
+                step_id,
+                error,
+                retry_at,
+                ..
+            } => {
+                if let Some(c) = self
+                    .step_mut(step_id)
+                    .and_then(|s| s.rec.compensation.as_mut())
+                {
+                    c.error = Some(error.clone());
+                    c.invocation = None;
+                    c.retry_at = *retry_at;
+                    c.status = match retry_at {
+                        Some(_) => CompensationStatus::Pending,
+                        None => CompensationStatus::Failed,
+                    };
+                }
+            }
+            EventKind::RollbackCompleted { then } | EventKind::RollbackFailed { then, .. } => {
+                if let Some(r) = &mut self.rollback {
+                    r.status = if matches!(event.kind, EventKind::RollbackCompleted { .. }) {
+                        RollbackStatus::Completed
+                    } else {
+                        RollbackStatus::Failed
+                    };
+                }
+                self.status = match then {
+                    RollbackEnd::Failed => PlanStatus::Failed,
+                    RollbackEnd::Cancelled => PlanStatus::Cancelled,
+                };
+                self.pause_reason = None;
+                self.resume_at = None;
+            }
             EventKind::StepResultIgnored { .. }
             | EventKind::InterventionFailed { .. }
             | EventKind::CheckpointCreated { .. }

@@ -224,6 +224,9 @@ pub const PLAN_STATUS_EVENTS: &[&str] = &[
     "plan_failed",
     "checkpoint_restored",
     "intervention_applied",
+    "rollback_started",
+    "rollback_completed",
+    "rollback_failed",
 ];
 
 impl EventKind {
@@ -249,6 +252,13 @@ impl EventKind {
                     .and_then(|c| c.after.as_str())
                     .and_then(PlanStatus::parse),
             },
+            EventKind::RollbackStarted { .. } => Some(PlanStatus::Running),
+            EventKind::RollbackCompleted { then } | EventKind::RollbackFailed { then, .. } => {
+                Some(match then {
+                    crate::rollback::RollbackEnd::Failed => PlanStatus::Failed,
+                    crate::rollback::RollbackEnd::Cancelled => PlanStatus::Cancelled,
+                })
+            }
             other => PlanStatus::entered_by(other.type_name()),
         }
     }
@@ -257,7 +267,10 @@ impl EventKind {
     /// waiting for a plan to settle looks again only after such an event.
     pub fn may_settle(&self) -> bool {
         match self {
-            EventKind::PlanDrained {} | EventKind::InterventionApplied { .. } => true,
+            EventKind::PlanDrained {}
+            | EventKind::InterventionApplied { .. }
+            | EventKind::RollbackCompleted { .. }
+            | EventKind::RollbackFailed { .. } => true,
             other => other
                 .plan_status_after()
                 .is_some_and(|s| s.is_terminal() || s == PlanStatus::Paused),

@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 mod gates;
 #[path = "behaviour/properties.rs"]
 mod properties;
+#[path = "behaviour/rollback.rs"]
+mod rollback;
 #[path = "behaviour/validation.rs"]
 mod validation;
 
@@ -110,7 +112,10 @@ impl Sim {
         self.ok(Command::Resume { reason: None })
     }
     fn cancel(&mut self) -> Decision {
-        self.ok(Command::Cancel { reason: None })
+        self.ok(Command::Cancel {
+            reason: None,
+            rollback: false,
+        })
     }
     fn tick(&mut self) -> Decision {
         self.ok(Command::Tick)
@@ -715,7 +720,10 @@ fn lifecycle_commands_in_the_wrong_state_are_conflicts_that_change_nothing() {
         reason: None,
     };
     let resume = || Command::Resume { reason: None };
-    let cancel = || Command::Cancel { reason: None };
+    let cancel = || Command::Cancel {
+        reason: None,
+        rollback: false,
+    };
 
     let mut sim = Sim::linear(&["a"]);
     // idle
@@ -1689,7 +1697,15 @@ fn remote_steps_are_queued_until_a_worker_claims_them() {
     // A queued attempt can end without a worker (stopped, or the lease expired): its failure
     // is recorded like a running one's.
     run(&mut st, done("b"), "cairn").unwrap();
-    run(&mut st, Command::Cancel { reason: None }, "op").unwrap();
+    run(
+        &mut st,
+        Command::Cancel {
+            reason: None,
+            rollback: false,
+        },
+        "op",
+    )
+    .unwrap();
     assert_eq!(st.step("c").unwrap().rec.status, StepStatus::Cancelled);
     assert_eq!(st.status, PlanStatus::Cancelled);
 }
@@ -2024,7 +2040,10 @@ fn a_reason_longer_than_4096_bytes_is_refused_by_every_command() {
             label: None,
             reason: long(),
         },
-        Command::Cancel { reason: long() },
+        Command::Cancel {
+            reason: long(),
+            rollback: false,
+        },
         Command::RecordFork {
             checkpoint_id: "cp-1".into(),
             new_plan_id: "f".into(),

@@ -442,7 +442,10 @@ mod tests {
             Command::Resume {
                 reason: Some("r".into()),
             },
-            Command::Cancel { reason: None },
+            Command::Cancel {
+                reason: None,
+                rollback: false,
+            },
             Command::Interrupt { reason: None },
             Command::Checkpoint {
                 label: Some("l".into()),

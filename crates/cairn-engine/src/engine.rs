@@ -998,9 +998,109 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<Arc<PlanState>, EngineError> {
         Ok(self
-            .send(plan_id, Command::Cancel { reason }, actor.into())
+            .send(
+                plan_id,
+                Command::Cancel {
+                    reason,
+                    rollback: false,
+                },
+                actor.into(),
+            )
             .await?
             .state)
+    }
+
+    /// Rolls back a failed or cancelled plan (or continues a rollback that failed): the plan
+    /// runs again while the compensations of what it did run, one at a time, newest start
+    /// first, then takes its final state. Answers the state after the rollback started and the
+    /// compensations it runs, in order. With `dry_run`, answers only the order and changes
+    /// nothing.
+    pub async fn rollback(
+        &self,
+        plan_id: &str,
+        actor: &str,
+        dry_run: bool,
+        reason: Option<String>,
+    ) -> Result<(Arc<PlanState>, Vec<String>), EngineError> {
+        cairn_core::decide::check_reason(reason.as_deref()).map_err(|refusal| {
+            EngineError::Refused {
+                refusal,
+                intervention: None,
+            }
+        })?;
+        let refused = |message: String| EngineError::Refused {
+            refusal: cairn_core::Refusal::new(cairn_core::RefusalKind::Conflict, message),
+            intervention: None,
+        };
+        if dry_run {
+            let state = self.state(plan_id).await?;
+            let (_, order) = cairn_core::rollback::would_run(&state).map_err(refused)?;
+            return Ok((state, order));
+        }
+        let done = self
+            .send(
+                plan_id,
+                Command::Rollback {
+                    dry_run: false,
+                    reason,
+                },
+                actor.into(),
+            )
+            .await?;
+        let order = done
+            .state
+            .rollback
+            .as_ref()
+            .map(|r| r.done.iter().chain(&r.pending).cloned().collect())
+            .unwrap_or_default();
+        Ok((done.state, order))
+    }
+
+    /// Cancels an idle, running or paused plan and rolls back what it did: the plan runs the
+    /// compensations (steps in flight are stopped first; their outcome is unknown), then ends
+    /// cancelled. Answers the state and the compensations in order; with `dry_run`, only the
+    /// order, changing nothing.
+    pub async fn cancel_and_rollback(
+        &self,
+        plan_id: &str,
+        actor: &str,
+        dry_run: bool,
+        reason: Option<String>,
+    ) -> Result<(Arc<PlanState>, Vec<String>), EngineError> {
+        if dry_run {
+            let state = self.state(plan_id).await?;
+            if state.status.is_terminal() || state.rolling_back() {
+                return Err(EngineError::Refused {
+                    refusal: cairn_core::Refusal::new(
+                        cairn_core::RefusalKind::Conflict,
+                        format!(
+                            "plan {plan_id} is {}; only an idle, running or paused plan can be cancelled",
+                            state.status.as_str()
+                        ),
+                    ),
+                    intervention: None,
+                });
+            }
+            let order = cairn_core::rollback::order(&state);
+            return Ok((state, order));
+        }
+        let done = self
+            .send(
+                plan_id,
+                Command::Cancel {
+                    reason,
+                    rollback: true,
+                },
+                actor.into(),
+            )
+            .await?;
+        let order = done
+            .state
+            .rollback
+            .as_ref()
+            .map(|r| r.done.iter().chain(&r.pending).cloned().collect())
+            .unwrap_or_default();
+        Ok((done.state, order))
     }
 
     /// Applies an intervention. A refused one is recorded and returned as
@@ -1448,6 +1548,9 @@ impl Engine {
             metadata: export.state.metadata.clone(),
             max_parallel: export.state.max_parallel,
             steps: export.state.steps.iter().map(|s| s.def.clone()).collect(),
+            // An export carries the materialised state, which has no `on_failure`: an imported
+            // plan fails without rolling back unless told otherwise.
+            on_failure: Default::default(),
             inputs: export.state.inputs.clone(),
             template: export.state.template.clone(),
         };

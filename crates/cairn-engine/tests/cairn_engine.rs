@@ -8,6 +8,7 @@
 //! - `history`: definition history: versions, their causes, definitions and diffs.
 //! - `latch`: the `builtin.latch` step holder the other tests use.
 //! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
+//! - `rollback`: compensations through the engine, and a restart in the middle of a rollback.
 //! - `cluster`: several engines sharing one store: forwarding, takeover, fencing, the stream.
 //! - `common`: bounded waits shared by every module.
 
@@ -31,3 +32,5 @@ mod latch;
 mod paused_time;
 #[path = "cairn_engine/remote.rs"]
 mod remote;
+#[path = "cairn_engine/rollback.rs"]
+mod rollback;

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::event::Timestamp;
 use crate::review::Review;
+use crate::rollback::Rollback;
 use crate::state::{PauseReason, PlanState, PlanStatus, Step};
 
 /// What an applied intervention changed. Fields other than `version` are present only when
@@ -43,6 +44,10 @@ pub struct Effect {
     /// Reviews changed (a vote, a close), each whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reviews: Vec<Review>,
+    /// The plan's rollback, whole, when an intervention changed it (a failed compensation
+    /// retried or skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
 }
 
 /// A plan's status and what goes with it.
@@ -120,6 +125,10 @@ impl Effect {
             template: _,
             // Recorded below (`reviews`).
             reviews: _,
+            // Set by registration; no intervention changes it.
+            on_failure: _,
+            // Recorded below (`rollback`).
+            rollback: _,
         } = after;
         // Linear in the plan's size: an intervention on a 10,000-step plan compares each step
         // once (by position when the order did not change, else through an index by id).
@@ -171,6 +180,9 @@ impl Effect {
             .filter(|r| before.reviews.iter().find(|b| b.review_id == r.review_id) != Some(*r))
             .cloned()
             .collect();
+        let rollback = (before.rollback != after.rollback)
+            .then(|| after.rollback.clone())
+            .flatten();
         Effect {
             version: after.version,
             set,
@@ -180,6 +192,7 @@ impl Effect {
             definition,
             retired,
             reviews,
+            rollback,
         }
     }
 
@@ -209,6 +222,9 @@ impl Effect {
                     .copied()
                     .unwrap_or(usize::MAX)
             });
+        }
+        if let Some(r) = &self.rollback {
+            state.rollback = Some(r.clone());
         }
         if let Some(p) = &self.plan {
             state.status = p.status;

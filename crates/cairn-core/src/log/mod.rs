@@ -15,6 +15,12 @@
 //! - 1: everything written before stored events carried a format. Its `intervention_applied`
 //!   records the request only; replay re-applies it with the frozen rules of [`v1`].
 //! - 2: `intervention_applied` also records its [`Effect`], the facts replay applies.
+//!
+//! Added within format 2 (new event types and optional fields, so no new format): the rollback
+//! events `rollback_started`, `compensation_started`, `compensation_completed`,
+//! `compensation_failed`, `rollback_completed`, `rollback_failed`, and an optional `kind`
+//! (absent: `step`) on `step_interrupted` and `step_result_ignored`. Older logs have none of
+//! them and replay unchanged.
 
 mod effect;
 pub mod upcast;

@@ -24,7 +24,7 @@ use crate::state::{PauseReason, PlanState, PlanStatus, Step, StepRecord, StepSta
 /// Applies a format-1 applied intervention to `state`.
 pub fn replay(state: &mut PlanState, kind: &InterventionKind, at: Timestamp) {
     match kind {
-        InterventionKind::SkipStep { step_id } => {
+        InterventionKind::SkipStep { step_id, .. } => {
             if let Some(i) = state.index_of(step_id) {
                 let rec = &mut state.steps[i].rec;
                 rec.status = StepStatus::Skipped;
@@ -32,7 +32,7 @@ pub fn replay(state: &mut PlanState, kind: &InterventionKind, at: Timestamp) {
             }
             reopen_if_settled(state);
         }
-        InterventionKind::RetryStep { step_id } => {
+        InterventionKind::RetryStep { step_id, .. } => {
             if let Some(i) = state.index_of(step_id) {
                 rerun(&mut state.steps[i].rec);
             }

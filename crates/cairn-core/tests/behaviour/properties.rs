@@ -129,6 +129,7 @@ fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
         metadata: Value::Null,
         max_parallel,
         steps,
+        on_failure: Default::default(),
         inputs: Value::Null,
         template: None,
     };
@@ -240,8 +241,14 @@ impl Run {
         let id = pick(&ids, a).unwrap();
         let other = pick(&ids, b).unwrap();
         match kind {
-            0 => InterventionKind::SkipStep { step_id: id },
-            1 => InterventionKind::RetryStep { step_id: id },
+            0 => InterventionKind::SkipStep {
+                step_id: id,
+                compensation: false,
+            },
+            1 => InterventionKind::RetryStep {
+                step_id: id,
+                compensation: false,
+            },
             2 => InterventionKind::ModifyStep {
                 step_id: id,
                 patch: match b % 4 {
@@ -341,7 +348,10 @@ impl Run {
                 reason: None,
             },
             Op::Resume => Command::Resume { reason: None },
-            Op::Cancel => Command::Cancel { reason: None },
+            Op::Cancel => Command::Cancel {
+                reason: None,
+                rollback: false,
+            },
             Op::Outcome { pick: p, kind } => {
                 let running: Vec<(String, u32)> = self
                     .st
@@ -744,6 +754,7 @@ fn check_restore(
                 attempts: expect.attempts,
                 run: expect.run + 1,
                 started_at: expect.started_at,
+                start_seq: expect.start_seq,
                 ..cairn_core::state::StepRecord::new()
             };
         }

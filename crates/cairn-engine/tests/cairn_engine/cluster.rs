@@ -320,6 +320,7 @@ async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owner
             "fw",
             intervention(InterventionKind::SkipStep {
                 step_id: "s3".into(),
+                compensation: false,
             }),
             "bob",
         )
@@ -331,6 +332,7 @@ async fn every_command_for_a_plan_another_node_drives_is_answered_with_the_owner
             "fw",
             intervention(InterventionKind::SkipStep {
                 step_id: "nope".into(),
+                compensation: false,
             }),
             "bob",
         )
