@@ -68,6 +68,11 @@ pub enum ErrorCode {
     HttpError,
     ShuttingDown,
     StorageUnavailable,
+    TemplateNotFound,
+    TemplateVersionNotFound,
+    InvalidTemplate,
+    InvalidInputs,
+    VersionNotFound,
 }
 
 /// `{"status": …}`: what `/healthz` and `/readyz` answer.
