@@ -22,9 +22,8 @@
 //! the next batch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use cairn_store::{
     Append, CheckpointMark, CreatePlan, Micros, NewEvent, ReviewRow, StoreError, StoreResult,
@@ -65,65 +64,10 @@ pub(crate) struct Request {
     pub(crate) reply: oneshot::Sender<StoreResult<Outcome>>,
 }
 
-/// What the writer has done since the store was opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriterStats {
-    /// Transactions committed.
-    pub commits: u64,
-    /// Write requests answered (the sum of all batch sizes).
-    pub requests: u64,
-    /// Events inserted by committed requests.
-    pub events: u64,
-    /// The largest batch seen.
-    pub max_batch: u64,
-    /// Time spent from `BEGIN` to the end of `COMMIT`, summed over all batches.
-    pub busy: Duration,
-}
+pub use cairn_store::WriterStats;
 
-impl WriterStats {
-    /// Requests per commit.
-    pub fn mean_batch(&self) -> f64 {
-        if self.commits == 0 {
-            0.0
-        } else {
-            self.requests as f64 / self.commits as f64
-        }
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Stats {
-    commits: AtomicU64,
-    requests: AtomicU64,
-    events: AtomicU64,
-    max_batch: AtomicU64,
-    busy_nanos: AtomicU64,
-    /// Why the last batch failed for lack of a database; cleared by the next commit.
-    unavailable: Mutex<Option<String>>,
-}
-
-impl Stats {
-    pub(crate) fn unavailable(&self) -> Option<String> {
-        self.unavailable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn set_unavailable(&self, why: Option<String>) {
-        *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = why;
-    }
-
-    pub(crate) fn snapshot(&self) -> WriterStats {
-        WriterStats {
-            commits: self.commits.load(Ordering::Relaxed),
-            requests: self.requests.load(Ordering::Relaxed),
-            events: self.events.load(Ordering::Relaxed),
-            max_batch: self.max_batch.load(Ordering::Relaxed),
-            busy: Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
-        }
-    }
-}
+/// The writer's counters (shared with the store, which reports them).
+pub(crate) type Stats = cairn_store::WriterCounters;
 
 /// The writer's connection and its statements, prepared once per connection.
 struct Conn {
@@ -232,8 +176,7 @@ pub(crate) async fn run(
         }
         let started = Instant::now();
         let n = batch.len() as u64;
-        stats.requests.fetch_add(n, Ordering::Relaxed);
-        stats.max_batch.fetch_max(n, Ordering::Relaxed);
+        stats.batch(n);
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
         let results = commit(&config, &channel, &mut conn, &ops, &stats).await;
         for (reply, result) in replies.into_iter().zip(results) {
@@ -241,7 +184,7 @@ pub(crate) async fn run(
             let _ = reply.send(result);
         }
         let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        stats.busy_nanos.fetch_add(busy, Ordering::Relaxed);
+        stats.busy(busy);
     }
 }
 
@@ -272,9 +215,7 @@ async fn commit(
         };
         match transaction(c, channel, ops).await {
             Ok((results, events)) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.events.fetch_add(events, Ordering::Relaxed);
-                stats.set_unavailable(None);
+                stats.committed(events);
                 return results;
             }
             Err(Failure::Retry(_)) if attempt <= RETRIES => {

@@ -531,14 +531,7 @@ impl EventLog for SqliteStore {
     }
 
     fn stats(&self) -> Option<cairn_store::StoreStats> {
-        let w = self.stats.snapshot();
-        Some(cairn_store::StoreStats {
-            commits: w.commits,
-            requests: w.requests,
-            events: w.events,
-            max_batch: w.max_batch,
-            busy_seconds: w.busy.as_secs_f64(),
-        })
+        Some(self.stats.snapshot().into())
     }
 
     fn unavailable(&self) -> Option<String> {

@@ -13,10 +13,9 @@
 //! is recorded in [`Stats`] until a later batch commits, so readiness checks can say why writes
 //! fail; the writer itself just goes on serving, and recovers as soon as SQLite can write again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use cairn_store::{
     Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, NewTemplateVersion, ReviewRow,
@@ -103,65 +102,10 @@ pub(crate) struct Request {
 
 type Reply = (oneshot::Sender<StoreResult<Outcome>>, StoreResult<Outcome>);
 
-/// What the writer has done since the store was opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriterStats {
-    /// Transactions committed (each one fsync under `Durability::Full`).
-    pub commits: u64,
-    /// Write requests answered (the sum of all batch sizes).
-    pub requests: u64,
-    /// Events inserted by committed requests.
-    pub events: u64,
-    /// The largest batch seen.
-    pub max_batch: u64,
-    /// Time spent from `BEGIN` to the end of `COMMIT`, summed over all batches.
-    pub busy: Duration,
-}
+pub use cairn_store::WriterStats;
 
-impl WriterStats {
-    /// Requests per commit.
-    pub fn mean_batch(&self) -> f64 {
-        if self.commits == 0 {
-            0.0
-        } else {
-            self.requests as f64 / self.commits as f64
-        }
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Stats {
-    commits: AtomicU64,
-    requests: AtomicU64,
-    events: AtomicU64,
-    max_batch: AtomicU64,
-    busy_nanos: AtomicU64,
-    /// Why the last batch failed for lack of storage; cleared by the next commit.
-    unavailable: Mutex<Option<String>>,
-}
-
-impl Stats {
-    pub(crate) fn unavailable(&self) -> Option<String> {
-        self.unavailable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn set_unavailable(&self, why: Option<String>) {
-        *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = why;
-    }
-
-    pub(crate) fn snapshot(&self) -> WriterStats {
-        WriterStats {
-            commits: self.commits.load(Ordering::Relaxed),
-            requests: self.requests.load(Ordering::Relaxed),
-            events: self.events.load(Ordering::Relaxed),
-            max_batch: self.max_batch.load(Ordering::Relaxed),
-            busy: Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
-        }
-    }
-}
+/// The writer's counters (shared with the store, which reports them).
+pub(crate) type Stats = cairn_store::WriterCounters;
 
 pub(crate) struct Writer {
     conn: Connection,
@@ -225,8 +169,7 @@ impl Writer {
     fn commit_batch(&self, batch: &mut Vec<Request>, replies: &mut Vec<Reply>) {
         let started = Instant::now();
         let n = batch.len() as u64;
-        self.stats.requests.fetch_add(n, Ordering::Relaxed);
-        self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
+        self.stats.batch(n);
 
         if let Err(e) = self
             .exec("BEGIN IMMEDIATE")
@@ -261,9 +204,7 @@ impl Writer {
         };
         match committed {
             Ok(()) => {
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats.events.fetch_add(events, Ordering::Relaxed);
-                self.stats.set_unavailable(None);
+                self.stats.committed(events);
                 // A batch whose requests were all refused still commits; a refusal caused by
                 // the storage is still news for readiness.
                 if let Some(e) = replies.iter().find_map(|(_, r)| match r {
@@ -285,7 +226,7 @@ impl Writer {
             }
         }
         let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.stats.busy_nanos.fetch_add(busy, Ordering::Relaxed);
+        self.stats.busy(busy);
     }
 
     /// Runs one request inside its own savepoint; a refused request is rolled back alone.

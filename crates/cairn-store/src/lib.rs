@@ -234,6 +234,103 @@ pub struct NewTemplateVersion {
     pub created_by: String,
 }
 
+/// What a backend's writer has done since the store was opened ([`WriterCounters::snapshot`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed (each one durable commit).
+    pub commits: u64,
+    /// Write requests answered (the sum of all batch sizes).
+    pub requests: u64,
+    /// Events inserted by committed requests.
+    pub events: u64,
+    /// The largest batch seen.
+    pub max_batch: u64,
+    /// Time spent from `BEGIN` to the end of `COMMIT`, summed over all batches.
+    pub busy: std::time::Duration,
+}
+
+impl WriterStats {
+    /// Requests per commit.
+    pub fn mean_batch(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.requests as f64 / self.commits as f64
+        }
+    }
+}
+
+impl From<WriterStats> for StoreStats {
+    fn from(w: WriterStats) -> StoreStats {
+        StoreStats {
+            commits: w.commits,
+            requests: w.requests,
+            events: w.events,
+            max_batch: w.max_batch,
+            busy_seconds: w.busy.as_secs_f64(),
+        }
+    }
+}
+
+/// The counters a group-commit writer keeps (shared with the store that reports them), and why
+/// its last batch failed for lack of storage, until the next commit.
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    commits: std::sync::atomic::AtomicU64,
+    requests: std::sync::atomic::AtomicU64,
+    events: std::sync::atomic::AtomicU64,
+    max_batch: std::sync::atomic::AtomicU64,
+    busy_nanos: std::sync::atomic::AtomicU64,
+    unavailable: std::sync::Mutex<Option<String>>,
+}
+
+impl WriterCounters {
+    /// A batch of `n` requests was taken.
+    pub fn batch(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.requests.fetch_add(n, Relaxed);
+        self.max_batch.fetch_max(n, Relaxed);
+    }
+
+    /// A transaction inserting `events` events committed: storage works again.
+    pub fn committed(&self, events: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.events.fetch_add(events, Relaxed);
+        self.set_unavailable(None);
+    }
+
+    /// Time spent on a batch, from `BEGIN` to the end of `COMMIT`.
+    pub fn busy(&self, nanos: u64) {
+        self.busy_nanos
+            .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A batch failed for lack of storage (`why` says which), or `None`: it works again.
+    pub fn set_unavailable(&self, why: Option<String>) {
+        *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Why the last batch failed for lack of storage, until a batch commits.
+    pub fn unavailable(&self) -> Option<String> {
+        self.unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn snapshot(&self) -> WriterStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        WriterStats {
+            commits: self.commits.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            events: self.events.load(Relaxed),
+            max_batch: self.max_batch.load(Relaxed),
+            busy: std::time::Duration::from_nanos(self.busy_nanos.load(Relaxed)),
+        }
+    }
+}
+
 /// Why a store call failed. Messages are lowercase fragments that read well after "failed to".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
