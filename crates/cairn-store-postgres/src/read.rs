@@ -2,8 +2,8 @@
 //! snapshot), prepared once per connection.
 
 use cairn_store::{
-    CheckpointMark, CheckpointRow, LeaseRow, Micros, OpenReviews, Page, PlanRow, ReviewRow,
-    StoreError, StoreResult, StoredEvent, TemplateRow, TokenRow,
+    CheckpointMark, CheckpointRow, LeaseRow, OpenReviews, Page, PlanRow, ReviewRow, StoreError,
+    StoreResult, StoredEvent, TemplateRow, TokenRow,
 };
 use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
@@ -147,20 +147,7 @@ pub(crate) async fn plan(c: &Object, plan_id: &str) -> StoreResult<Option<PlanRo
 
 /// A listing position: the `(time, pk)` of the last row returned, written `time.pk` (the same
 /// cursors as the SQLite store's).
-pub(crate) type Cursor = (Micros, i64);
-
-pub(crate) fn parse_cursor(s: &str) -> StoreResult<Cursor> {
-    let bad = || StoreError::BadCursor(s.to_owned());
-    let (at, pk) = s.split_once('.').ok_or_else(bad)?;
-    Ok((
-        at.parse().map_err(|_| bad())?,
-        pk.parse().map_err(|_| bad())?,
-    ))
-}
-
-fn format_cursor((at, pk): Cursor) -> String {
-    format!("{at}.{pk}")
-}
+pub(crate) use cairn_store::{format_cursor, parse_cursor, KeysetCursor as Cursor};
 
 /// A keyset listing: one page of rows in the order of two key columns (a time and the row's
 /// `pk`), resuming after the key of the last row of the previous page.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use cairn_store::{
-    CheckpointMark, CheckpointRow, LeaseRow, Micros, OpenReviews, Page, PlanRow, ReviewRow,
-    StoreError, StoreResult, StoredEvent, TemplateRow, TokenRow,
+    CheckpointMark, CheckpointRow, LeaseRow, OpenReviews, Page, PlanRow, ReviewRow, StoreError,
+    StoreResult, StoredEvent, TemplateRow, TokenRow,
 };
 use rusqlite::config::DbConfig;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
@@ -211,20 +211,7 @@ pub(crate) fn plan(c: &Connection, plan_id: &str) -> StoreResult<Option<PlanRow>
 }
 
 /// A listing position: the `(created_at, pk)` of the last plan returned.
-pub(crate) type Cursor = (Micros, i64);
-
-pub(crate) fn parse_cursor(s: &str) -> StoreResult<Cursor> {
-    let bad = || StoreError::BadCursor(s.to_owned());
-    let (at, pk) = s.split_once('.').ok_or_else(bad)?;
-    Ok((
-        at.parse().map_err(|_| bad())?,
-        pk.parse().map_err(|_| bad())?,
-    ))
-}
-
-fn format_cursor((at, pk): Cursor) -> String {
-    format!("{at}.{pk}")
-}
+pub(crate) use cairn_store::{format_cursor, parse_cursor, KeysetCursor as Cursor};
 
 /// A keyset listing: one page of rows in the order of two key columns (a time and the row's
 /// `pk`), resuming after the key of the last row of the previous page. Plans and reviews are

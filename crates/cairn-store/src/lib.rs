@@ -155,6 +155,25 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// The key of a row in a keyset listing (plans, reviews): its time and its row number. Both
+/// backends write it in [`Page::next_cursor`] as `TIME.PK`.
+pub type KeysetCursor = (Micros, i64);
+
+/// Reads a cursor written by [`format_cursor`]; anything else is `BadCursor`.
+pub fn parse_cursor(s: &str) -> StoreResult<KeysetCursor> {
+    let bad = || StoreError::BadCursor(s.to_owned());
+    let (at, pk) = s.split_once('.').ok_or_else(bad)?;
+    Ok((
+        at.parse().map_err(|_| bad())?,
+        pk.parse().map_err(|_| bad())?,
+    ))
+}
+
+/// The cursor of a listing that resumes after the row with this key.
+pub fn format_cursor((at, pk): KeysetCursor) -> String {
+    format!("{at}.{pk}")
+}
+
 /// An API token as stored: never the token itself, only its SHA-256 hash (hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
