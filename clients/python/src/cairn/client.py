@@ -500,9 +500,17 @@ def _list_events(
     return h.get(f"/v1/plans/{seg(plan_id)}/events", h._page, after=after, limit=limit)
 
 
-def _list_versions(_: Any, /, plan_id: str) -> Req[Page[Dict[str, JSON]]]:
-    """Every version of the plan's definition and what made it."""
-    return h.get(f"/v1/plans/{seg(plan_id)}/versions", h._page)
+def _versions(resp: httpx.Response) -> List[Dict[str, JSON]]:
+    return list(resp.json().get("versions") or [])
+
+
+def _nodes(resp: httpx.Response) -> List[Dict[str, JSON]]:
+    return list(resp.json().get("nodes") or [])
+
+
+def _list_versions(_: Any, /, plan_id: str) -> Req[List[Dict[str, JSON]]]:
+    """Every version of the plan's definition (version, seq, at, user, cause), oldest first."""
+    return h.get(f"/v1/plans/{seg(plan_id)}/versions", _versions)
 
 
 def _get_version(_: Any, /, plan_id: str, version: int) -> Req[Dict[str, JSON]]:
@@ -612,9 +620,9 @@ def _list_workers(_: Any, /) -> Req[Page[Dict[str, JSON]]]:
     return h.get("/v1/workers", h._page)
 
 
-def _list_nodes(_: Any, /) -> Req[Page[Dict[str, JSON]]]:
-    """The cluster's nodes."""
-    return h.get("/v1/nodes", h._page)
+def _list_nodes(_: Any, /) -> Req[List[Dict[str, JSON]]]:
+    """The nodes serving the store (one, unless several share a PostgreSQL database)."""
+    return h.get("/v1/nodes", _nodes)
 
 
 # Tasks (remote workers) ----------------------------------------------------------------------
