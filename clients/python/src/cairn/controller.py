@@ -177,7 +177,8 @@ class Intervention:
 
 @dataclass
 class PlanSnapshot:
-    """Everything about a plan at one moment, with the prototype's names."""
+    """Everything about a plan at one moment, with the prototype's names. `snapshot_id` is
+    `at-N`: the snapshot reflects the plan's log up to its N-th event."""
 
     snapshot_id: str
     plan_id: str
@@ -200,7 +201,7 @@ class PlanSnapshot:
     @classmethod
     def from_json(cls, v: Any) -> PlanSnapshot:
         return cls(
-            snapshot_id=f"{v['plan_id']}-{v['event_count']}",
+            snapshot_id=f"at-{v['event_count']}",
             plan_id=v["plan_id"],
             plan=v["plan"],
             orchestration_state=OrchestrationState(v["state"]),
@@ -811,6 +812,10 @@ class OrchestrationController:
             new_state = _state(new)
             if self.on_state_change is not None and new_state is not None:
                 await _call(self.on_state_change, w.plan_id, _state(old), new_state)
+        if event.get("type") in ("intervention_applied", "intervention_failed"):
+            record: Optional[InterventionRecord] = (event.get("data") or {}).get("intervention")
+            if record and self.on_intervention is not None:
+                await _call(self.on_intervention, Intervention.from_json(record))
         mark = event.get("checkpoint")
         if mark and self.on_checkpoint is not None:
             cid = f"cp-{event['seq']}"
@@ -826,10 +831,6 @@ class OrchestrationController:
                     created_at=str(event.get("at", "")),
                 )
             await _call(self.on_checkpoint, cp)
-        if event.get("type") in ("intervention_applied", "intervention_failed"):
-            record: Optional[InterventionRecord] = (event.get("data") or {}).get("intervention")
-            if record and self.on_intervention is not None:
-                await _call(self.on_intervention, Intervention.from_json(record))
 
     async def _caught_up(self, plan_id: str, seq: int, timeout: float = 10.0) -> None:
         """Waits (bounded) until the callbacks have seen the plan's log up to `seq`."""
