@@ -347,3 +347,31 @@ def test_connection_refused_is_retried_then_raised() -> None:
     assert calls["n"] == 3
     c.close()
     threading.Event()  # keep the import used on every Python
+
+
+def test_controller_tokens_by_role_and_the_recorded_user(server: Server) -> None:
+    """Serving steps needs the worker role; the audit records the token's user, never `user=`."""
+    operator = server.make_token("op", "operator")
+    worker = server.make_token("w", "worker")
+
+    async def main() -> None:
+        plan = {"steps": [
+            {"step_id": "a", "action": "x", "agent_type": "roles"},
+            {"step_id": "b", "action": "y", "agent_type": "roles"},
+        ]}
+        async with OrchestrationController(server.url, token=operator) as c:
+            c.register_plan("roles", plan)
+            with pytest.warns(UserWarning, match="token's user 'op'"):
+                record = await c.skip_step("roles", "b", user="admin@veritas.com")
+            assert record.user == "op"
+            with pytest.raises(PermissionDeniedError) as denied:
+                await c.execute_plan_async("roles", lambda step: {})
+            assert denied.value.status == 403
+        async with OrchestrationController(server.url, token=operator, worker_token=worker) as c:
+            result = await c.execute_plan_async("roles", lambda step: {"served": step["step_id"]})
+            assert result["state"] == "completed"
+            step = await c.client.get_step("roles", "a")
+            assert step["output"] == {"served": "a"}
+            assert step["attempts"][0]["worker_id"] == c.worker_id
+
+    run(main())

@@ -236,7 +236,9 @@ async def serve(
                 failures = 0
             except (TransportError, ApiError) as e:
                 slots.release()
-                if isinstance(e, ApiError) and e.status in (401, 403, 422):
+                # A refusal that asking again cannot change (a token without the worker role,
+                # a server that hands out no tasks, a malformed poll) ends the loop.
+                if isinstance(e, ApiError) and 400 <= e.status < 500 and e.status not in (408, 429):
                     raise
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures)
