@@ -109,6 +109,19 @@ pub trait TaskQueue: Send + Sync + 'static {
         worker_id: &str,
         agent_types: &[String],
         wait: Duration,
+    ) -> Result<Option<TaskLease>, RemoteError> {
+        self.claim_of_plans(worker_id, agent_types, None, wait)
+            .await
+    }
+
+    /// [`TaskQueue::claim`], only of tasks of the plans `plan_ids` names when it names some
+    /// (`None`: of any plan): a worker that serves one plan's steps takes no other plan's.
+    async fn claim_of_plans(
+        &self,
+        worker_id: &str,
+        agent_types: &[String],
+        plan_ids: Option<&[String]>,
+        wait: Duration,
     ) -> Result<Option<TaskLease>, RemoteError>;
 
     /// Puts a claimed task back in the queue (its claim could not be recorded). A task the
@@ -331,12 +344,24 @@ impl MemoryQueue {
             .any(|(types, _)| types.iter().any(|t| t == agent_type))
     }
 
-    fn take(&self, worker_id: &str, agent_types: &[String]) -> Option<TaskLease> {
+    fn take(
+        &self,
+        worker_id: &str,
+        agent_types: &[String],
+        plan_ids: Option<&[String]>,
+    ) -> Option<TaskLease> {
         let mut st = self.state();
+        let wanted = |task_id: &String| {
+            plan_ids.is_none_or(|ids| {
+                st.tasks
+                    .get(task_id)
+                    .is_some_and(|e| ids.contains(&e.task.plan_id))
+            })
+        };
         let (agent_type, seq) = agent_types
             .iter()
             .filter_map(|t| {
-                let first = st.queued.get(t)?.keys().next()?;
+                let (first, _) = st.queued.get(t)?.iter().find(|(_, id)| wanted(id))?;
                 Some((t.clone(), *first))
             })
             .min_by_key(|(_, seq)| *seq)?;
@@ -397,10 +422,11 @@ impl TaskQueue for MemoryQueue {
         Ok(task_id)
     }
 
-    async fn claim(
+    async fn claim_of_plans(
         &self,
         worker_id: &str,
         agent_types: &[String],
+        plan_ids: Option<&[String]>,
         wait: Duration,
     ) -> Result<Option<TaskLease>, RemoteError> {
         let until = wait_until(wait);
@@ -416,7 +442,7 @@ impl TaskQueue for MemoryQueue {
             if self.shared.closed.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            if let Some(lease) = self.take(worker_id, agent_types) {
+            if let Some(lease) = self.take(worker_id, agent_types, plan_ids) {
                 return Ok(Some(lease));
             }
             tokio::select! {

@@ -238,8 +238,19 @@ impl RemoteQueue {
         agent_types: &[String],
         wait: Duration,
     ) -> Option<TaskLease> {
+        self.poll_plans(worker_id, agent_types, None, wait).await
+    }
+
+    /// [`RemoteQueue::poll`], only of tasks of the plans `plan_ids` names when it names some.
+    pub async fn poll_plans(
+        &self,
+        worker_id: &str,
+        agent_types: &[String],
+        plan_ids: Option<&[String]>,
+        wait: Duration,
+    ) -> Option<TaskLease> {
         self.queue
-            .claim(worker_id, agent_types, wait)
+            .claim_of_plans(worker_id, agent_types, plan_ids, wait)
             .await
             .unwrap_or_else(|e| {
                 warn!(error = %e, "cannot claim a task");

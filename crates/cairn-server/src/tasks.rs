@@ -20,6 +20,8 @@ use crate::AppState;
 pub const MAX_WAIT_MS: u64 = 60_000;
 /// The most agent types one poll may ask for.
 pub const MAX_AGENT_TYPES: usize = 64;
+/// The most plan ids one poll may restrict itself to.
+pub const MAX_PLAN_IDS: usize = 1_000;
 /// The longest error message a worker may report.
 pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 
@@ -92,6 +94,11 @@ pub struct PollBody {
     #[serde(default)]
     #[schema(minimum = 0)]
     wait_ms: u64,
+    /// Only tasks of these plans (1 to 1 000 plan ids); absent: of any plan. A worker that
+    /// serves one plan's steps (the Python client's controller) names it.
+    #[serde(default)]
+    #[schema(min_items = 1, max_items = 1000)]
+    plan_ids: Option<Vec<String>>,
 }
 
 /// Long-polls for a task of one of `agent_types`.
@@ -117,11 +124,25 @@ pub async fn poll(
     for t in &body.agent_types {
         check_id("each agent type", t)?;
     }
+    if let Some(ids) = &body.plan_ids {
+        if ids.is_empty() || ids.len() > MAX_PLAN_IDS {
+            return Err(ApiError::unprocessable(format!(
+                "plan_ids must list 1 to {MAX_PLAN_IDS} plan ids (leave it out for any plan)"
+            )));
+        }
+        for id in ids {
+            check_id("each plan id", id)?;
+        }
+    }
     let q = queue(&s)?;
     let until = tokio::time::Instant::now() + Duration::from_millis(body.wait_ms.min(MAX_WAIT_MS));
     loop {
         let wait = until.saturating_duration_since(tokio::time::Instant::now());
-        let Some(lease) = q.poll(&body.worker_id, &body.agent_types, wait).await else {
+        let plans = body.plan_ids.as_deref();
+        let Some(lease) = q
+            .poll_plans(&body.worker_id, &body.agent_types, plans, wait)
+            .await
+        else {
             return Ok(StatusCode::NO_CONTENT.into_response());
         };
         // The step is `queued` until its claim is in the plan's log; only then does the worker

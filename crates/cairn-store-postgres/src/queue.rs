@@ -224,6 +224,7 @@ impl PgQueue {
         &self,
         worker_id: &str,
         agent_types: &[String],
+        plan_ids: Option<&[String]>,
         first: bool,
     ) -> Result<Option<TaskLease>, RemoteError> {
         const SEEN: &str = "INSERT INTO cairn_workers (worker_id, agent_types, last_poll_at)
@@ -232,6 +233,7 @@ impl PgQueue {
                  SET agent_types = EXCLUDED.agent_types, last_poll_at = EXCLUDED.last_poll_at";
         const NEXT: &str = "SELECT task_id FROM cairn_tasks
              WHERE worker_id IS NULL AND agent_type = ANY($2)
+               AND ($4::text[] IS NULL OR plan_id = ANY($4::text[]))
              ORDER BY seq
              LIMIT 1
              FOR UPDATE SKIP LOCKED";
@@ -248,7 +250,7 @@ impl PgQueue {
         let client = self.client().await?;
         let stmt = client.prepare_cached(&sql).await.map_err(db)?;
         let row = client
-            .query_opt(&stmt, &[&worker_id, &agent_types, &self.lease()])
+            .query_opt(&stmt, &[&worker_id, &agent_types, &self.lease(), &plan_ids])
             .await
             .map_err(db)?;
         let Some(row) = row else {
@@ -395,10 +397,14 @@ impl TaskQueue for PgQueue {
         Ok(row.get(0))
     }
 
-    async fn claim(
+    /// A claim restricted to some plans may be woken by a hint for a task of another plan (and
+    /// take nothing): the waiter that task was for then finds it within the poll period, the
+    /// bound a lost hint already has.
+    async fn claim_of_plans(
         &self,
         worker_id: &str,
         agent_types: &[String],
+        plan_ids: Option<&[String]>,
         wait: Duration,
     ) -> Result<Option<TaskLease>, RemoteError> {
         let until = cairn_engine::queue::wait_until(wait);
@@ -417,7 +423,7 @@ impl TaskQueue for PgQueue {
             if self.shared.closed.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            let failed = match self.take(worker_id, agent_types, first).await {
+            let failed = match self.take(worker_id, agent_types, plan_ids, first).await {
                 Ok(Some(lease)) => {
                     // Pass the wake-ups on: a hint this claim consumed may have been for a
                     // task it did not take (it took another), which another waiter may take.

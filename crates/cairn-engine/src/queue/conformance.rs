@@ -56,6 +56,8 @@ where
     enqueue_is_idempotent_per_attempt(fresh(30_000).await).await;
     eprintln!("task queue conformance: a_task_comes_back_as_it_was_queued");
     a_task_comes_back_as_it_was_queued(fresh(30_000).await).await;
+    eprintln!("task queue conformance: a_claim_of_plans_takes_only_their_tasks");
+    a_claim_of_plans_takes_only_their_tasks(fresh(30_000).await).await;
 }
 
 /// A task of `agent_type` for attempt `attempt` of step `step_id`.
@@ -436,4 +438,64 @@ pub async fn a_task_comes_back_as_it_was_queued(q: Arc<dyn TaskQueue>) {
     assert_eq!(serde_json::to_string(&lease.task).unwrap(), text);
     let back = q.complete(&lease.task_id, "w").await.unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), text);
+}
+
+/// A claim that names plans takes the oldest task of those plans only, and a waiting one wakes
+/// for a task of its plans.
+pub async fn a_claim_of_plans_takes_only_their_tasks(q: Arc<dyn TaskQueue>) {
+    let of = |plan: &str, step: &str| Task {
+        plan_id: plan.into(),
+        idempotency_key: format!("{plan}/{step}/1"),
+        ..task("research", step, 1)
+    };
+    q.enqueue(of("a", "s1")).await.unwrap();
+    q.enqueue(of("b", "s1")).await.unwrap();
+    q.enqueue(of("a", "s2")).await.unwrap();
+    let b = types(&["b"]);
+    let got = q
+        .claim_of_plans("w", &types(&["research"]), Some(&b), NOW)
+        .await
+        .unwrap()
+        .expect("b's task");
+    assert_eq!(got.task.plan_id, "b");
+    assert!(q
+        .claim_of_plans("w", &types(&["research"]), Some(&b), NOW)
+        .await
+        .unwrap()
+        .is_none());
+    let first = q
+        .claim("w", &types(&["research"]), NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.task.plan_id.as_str(), first.task.step_id.as_str()),
+        ("a", "s1")
+    );
+    // A claim waiting for plan c is not handed a's task; it wakes for c's.
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let c = types(&["c"]);
+            q.claim_of_plans("w2", &types(&["research"]), Some(&c), BOUND)
+                .await
+        })
+    };
+    q.enqueue(of("c", "s1")).await.unwrap();
+    let got = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the waiting claim woke")
+        .unwrap()
+        .unwrap()
+        .expect("c's task");
+    assert_eq!(got.task.plan_id, "c");
+    let last = q
+        .claim("w", &types(&["research"]), NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (last.task.plan_id.as_str(), last.task.step_id.as_str()),
+        ("a", "s2")
+    );
 }

@@ -222,6 +222,10 @@ async fn roles_tokens_and_bad_bodies_are_refused() {
         json!({"worker_id": "w", "agent_types": "research"}),
         json!({"worker_id": "w", "agent_types": ["research"], "wait_ms": -1}),
         json!({"worker_id": "w", "agent_types": ["research"], "extra": 1}),
+        json!({"worker_id": "w", "agent_types": ["research"], "plan_ids": []}),
+        json!({"worker_id": "w", "agent_types": ["research"], "plan_ids": [""]}),
+        json!({"worker_id": "w", "agent_types": ["research"], "plan_ids": "p1"}),
+        json!({"worker_id": "w", "agent_types": ["research"], "plan_ids": vec!["p"; 1001]}),
     ] {
         let (s, e) = srv
             .post(Some(&srv.worker), "/tasks/poll", bad.clone())
@@ -395,4 +399,32 @@ async fn workers_lists_the_queued_tasks_by_agent_type_and_the_workers_seen() {
     assert_eq!(v["items"][0]["worker_id"], "w-1");
     assert_eq!(v["items"][0]["agent_types"], json!(["research"]));
     assert_eq!(v["items"][0]["tasks"], json!([task["task_id"]]));
+}
+
+#[tokio::test]
+async fn a_poll_naming_plans_takes_only_their_tasks() {
+    let srv = Server::start(30_000).await;
+    srv.plan("older", Value::Null).await;
+    srv.plan("mine", Value::Null).await;
+    let only = |ids: Value, wait_ms: u64| json!({"worker_id": "w1", "agent_types": ["research"], "plan_ids": ids, "wait_ms": wait_ms});
+    // The oldest task of the agent type is `older`'s; a poll naming `mine` gets `mine`'s.
+    let (s, task) = srv
+        .post(
+            Some(&srv.worker),
+            "/tasks/poll",
+            only(json!(["mine"]), 30_000),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{task}");
+    assert_eq!(task["plan_id"], "mine");
+    // Nothing more of `mine`: 204, and `older`'s task is still there for anyone.
+    let (s, _) = srv
+        .post(
+            Some(&srv.worker),
+            "/tasks/poll",
+            only(json!(["mine", "absent"]), 0),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(srv.poll("w2").await["plan_id"], "older");
 }
