@@ -191,3 +191,34 @@ def test_callbacks_continue_after_the_server_restarts(server: Server) -> None:
         await controller.aclose()
 
     run(main())
+
+
+def test_two_controllers_sharing_an_agent_type_each_serve_their_own_plan(server: Server) -> None:
+    """Each controller asks the server only for its plan's tasks (`plan_ids`), so two programs
+    whose plans use the same agent types never take each other's steps."""
+
+    async def main() -> None:
+        steps = [{"step_id": f"s{i}", "action": "work", "agent_type": "shared",
+                  "depends_on": []} for i in range(6)]
+        seen: Dict[str, List[str]] = {"left": [], "right": []}
+
+        def executor(name: str) -> Any:
+            async def run_step(step: Dict[str, Any]) -> Dict[str, Any]:
+                seen[name].append(step["plan_id"])
+                await asyncio.sleep(0.01)
+                return {"by": name}
+            return run_step
+
+        async with OrchestrationController(server.url, token=server.token) as left, \
+                OrchestrationController(server.url, token=server.token) as right:
+            left.register_plan("left", {"steps": steps})
+            right.register_plan("right", {"steps": steps})
+            results = await asyncio.gather(
+                left.execute_plan_async("left", executor("left")),
+                right.execute_plan_async("right", executor("right")),
+            )
+            assert [r["state"] for r in results] == ["completed", "completed"]
+            assert seen["left"] == ["left"] * 6
+            assert seen["right"] == ["right"] * 6
+
+    run(main())

@@ -157,7 +157,7 @@ def _resume_plan(_: Any, /, plan_id: str, *, reason: Optional[str] = None) -> Re
 
 
 def _cancel_plan(
-    _: Any, plan_id: str, *, reason: Optional[str] = None, rollback: bool = False
+    _: Any, /, plan_id: str, *, reason: Optional[str] = None, rollback: bool = False
 ) -> Req[PlanView]:
     """idle, running or paused → cancelled. `rollback=True` runs the compensations first, on a
     server that has rollback."""
@@ -436,7 +436,7 @@ def _upgrade(
 
 
 def _list_interventions(
-    _: Any, plan_id: str, *, limit: Optional[int] = None, cursor: Optional[str] = None
+    _: Any, /, plan_id: str, *, limit: Optional[int] = None, cursor: Optional[str] = None
 ) -> Req[Page[InterventionRecord]]:
     """The plan's interventions, applied and refused, oldest first."""
     return h.get(
@@ -448,7 +448,7 @@ def _list_interventions(
 
 
 def _list_checkpoints(
-    _: Any, plan_id: str, *, limit: Optional[int] = None, cursor: Optional[str] = None
+    _: Any, /, plan_id: str, *, limit: Optional[int] = None, cursor: Optional[str] = None
 ) -> Req[Page[CheckpointSummary]]:
     """The plan's checkpoints, oldest first."""
     return h.get(f"/v1/plans/{seg(plan_id)}/checkpoints", h._page, limit=limit, cursor=cursor)
@@ -460,7 +460,7 @@ def _get_checkpoint(_: Any, /, plan_id: str, checkpoint_id: str) -> Req[Checkpoi
 
 
 def _create_checkpoint(
-    _: Any, plan_id: str, *, label: Optional[str] = None, reason: Optional[str] = None
+    _: Any, /, plan_id: str, *, label: Optional[str] = None, reason: Optional[str] = None
 ) -> Req[CheckpointSummary]:
     """Takes a manual checkpoint."""
     body = compact(label=label, reason=reason)
@@ -468,7 +468,7 @@ def _create_checkpoint(
 
 
 def _restore_checkpoint(
-    _: Any, plan_id: str, checkpoint_id: str, *, reason: Optional[str] = None
+    _: Any, /, plan_id: str, checkpoint_id: str, *, reason: Optional[str] = None
 ) -> Req[PlanView]:
     """Rewinds a plan that is not running to a checkpoint; the plan is then paused
     (`restored`)."""
@@ -494,7 +494,7 @@ def _fork_checkpoint(
 
 
 def _list_events(
-    _: Any, plan_id: str, *, after: Optional[int] = None, limit: Optional[int] = None
+    _: Any, /, plan_id: str, *, after: Optional[int] = None, limit: Optional[int] = None
 ) -> Req[Page[Event]]:
     """One page of the plan's log after `after` (a seq); `next_cursor` is the next `after`."""
     return h.get(f"/v1/plans/{seg(plan_id)}/events", h._page, after=after, limit=limit)
@@ -519,7 +519,7 @@ def _get_version(_: Any, /, plan_id: str, version: int) -> Req[Dict[str, JSON]]:
 
 
 def _diff_versions(
-    _: Any, plan_id: str, from_version: int, to_version: Optional[int] = None
+    _: Any, /, plan_id: str, from_version: int, to_version: Optional[int] = None
 ) -> Req[Dict[str, JSON]]:
     """The structural diff between two versions of the plan's definition."""
     return h.get(
@@ -561,7 +561,7 @@ def _push_template(
 
 
 def _list_templates(
-    _: Any, *, limit: Optional[int] = None, cursor: Optional[str] = None
+    _: Any, /, *, limit: Optional[int] = None, cursor: Optional[str] = None
 ) -> Req[Page[TemplateVersion]]:
     """The latest version of each template."""
     return h.get("/v1/templates", h._page, limit=limit, cursor=cursor)
@@ -599,7 +599,7 @@ def _instantiate_template(
 
 
 def _create_token(
-    _: Any, user: str, role: str, *, expires_in: Optional[int] = None
+    _: Any, /, user: str, role: str, *, expires_in: Optional[int] = None
 ) -> Req[NewToken]:
     """Creates a token (admin); its secret is in `token`, shown this once."""
     return h.post("/v1/tokens", h._json, compact(user=user, role=role, expires_in=expires_in))
@@ -636,11 +636,24 @@ def _optional_task(resp: httpx.Response) -> Optional[Task]:
 
 
 def _poll_task(
-    _: Any, worker_id: str, agent_types: List[str], *, wait_ms: int = 0
+    _: Any,
+    /,
+    worker_id: str,
+    agent_types: List[str],
+    *,
+    wait_ms: int = 0,
+    plan_ids: Optional[List[str]] = None,
 ) -> Req[Optional[Task]]:
     """Long-polls for a task of one of `agent_types` (None when none came within `wait_ms`,
-    at most 60 000). Hold its lease with `heartbeat` every `lease_ms / 3`."""
-    body = {"worker_id": worker_id, "agent_types": list(agent_types), "wait_ms": int(wait_ms)}
+    at most 60 000), of the plans `plan_ids` names when it names some. Hold its lease with
+    `heartbeat` every `lease_ms / 3`."""
+    body: Dict[str, JSON] = {
+        "worker_id": worker_id,
+        "agent_types": list(agent_types),
+        "wait_ms": int(wait_ms),
+    }
+    if plan_ids is not None:
+        body["plan_ids"] = list(plan_ids)
     req = h.post("/v1/tasks/poll", _optional_task, body)
     req.extra_timeout = min(int(wait_ms), 60_000) / 1000.0
     return req
@@ -668,7 +681,7 @@ def _complete_task(
 
 
 def _fail_task(
-    _: Any, task_id: str, worker_id: str, error: str, *, retryable: bool = True
+    _: Any, /, task_id: str, worker_id: str, error: str, *, retryable: bool = True
 ) -> Req[None]:
     """Reports the attempt failed; with `retryable` the step's retry policy may try again."""
     body = {"worker_id": worker_id, "error": error or "failed", "retryable": bool(retryable)}

@@ -500,6 +500,7 @@ class OrchestrationController:
                 done,
                 concurrency=self.max_concurrency,
                 poll_wait_ms=self.poll_wait_ms,
+                plan_ids=lambda: [plan_id],
             )
             await ender
         finally:

@@ -213,10 +213,14 @@ async def serve(
     concurrency: int = 4,
     poll_wait_ms: int = 1000,
     max_tasks: Optional[int] = None,
+    plan_ids: Optional[Callable[[], Iterable[str]]] = None,
 ) -> int:
     """The poll loop: claims tasks while fewer than `concurrency` run, runs each with the
     executor `route` answers for it (None: failed, retryable, as not served here), until `stop`
-    is set; then waits for the tasks running. Answers how many tasks it ran."""
+    is set; then waits for the tasks running. Answers how many tasks it ran. With `plan_ids`,
+    it asks only for tasks of those plans (on a server too old to filter by plan, it asks for
+    any and says so once)."""
+    filter_plans = plan_ids is not None
     slots = asyncio.Semaphore(max(1, concurrency))
     running: Set[asyncio.Future[str]] = set()
     ran = 0
@@ -231,11 +235,27 @@ async def serve(
                     break
                 await _wait(stop, poll_wait_ms / 1000.0)
                 continue
+            plans = sorted(set(plan_ids())) if plan_ids is not None and filter_plans else None
             try:
-                task = await client.poll_task(worker_id, types, wait_ms=poll_wait_ms)
+                task = await client.poll_task(
+                    worker_id, types, wait_ms=poll_wait_ms, plan_ids=plans
+                )
                 failures = 0
             except (TransportError, ApiError) as e:
                 slots.release()
+                if (
+                    isinstance(e, ApiError)
+                    and e.status == 422
+                    and plans is not None
+                    and "plan_ids" in e.message
+                ):
+                    log.warning(
+                        "the server cannot hand out tasks by plan (%s): this worker takes any "
+                        "plan's tasks of its agent types",
+                        e.message,
+                    )
+                    filter_plans = False
+                    continue
                 # A refusal that asking again cannot change (a token without the worker role,
                 # a server that hands out no tasks, a malformed poll) ends the loop.
                 if isinstance(e, ApiError) and 400 <= e.status < 500 and e.status not in (408, 429):
