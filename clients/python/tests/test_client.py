@@ -294,7 +294,8 @@ def test_tasks_by_hand(server: Server) -> None:
             {"step_id": "s", "action": "a", "agent_type": "hand", "params": {"q": 1},
              "retry": {"max_attempts": 2, "backoff_ms": 1}}]})
         c.start_plan("h1")
-        task = c.poll_task("w1", ["hand"], wait_ms=10_000)
+        assert c.poll_task("w1", ["hand"], wait_ms=0, plan_ids=["other"]) is None
+        task = c.poll_task("w1", ["hand"], wait_ms=10_000, plan_ids=["h1"])
         assert task is not None
         assert (task["plan_id"], task["step_id"], task["attempt"]) == ("h1", "s", 1)
         assert task["params"] == {"q": 1}

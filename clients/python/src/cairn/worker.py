@@ -163,7 +163,8 @@ async def _report(
 
 
 class Worker:
-    """Serves tasks of `agent_types` with `executor`, up to `concurrency` at once."""
+    """Serves tasks of `agent_types` with `executor`, up to `concurrency` at once (of the plans
+    `plan_ids` names, when given; of any plan otherwise)."""
 
     def __init__(
         self,
@@ -174,6 +175,7 @@ class Worker:
         worker_id: Optional[str] = None,
         concurrency: int = 4,
         poll_wait_ms: int = 30_000,
+        plan_ids: Optional[Iterable[str]] = None,
     ) -> None:
         self.client = client
         self.agent_types = list(agent_types)
@@ -183,6 +185,8 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.concurrency = max(1, concurrency)
         self.poll_wait_ms = poll_wait_ms
+        #: Only these plans' tasks, when given.
+        self.plan_ids = None if plan_ids is None else list(plan_ids)
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -200,6 +204,7 @@ class Worker:
             concurrency=self.concurrency,
             poll_wait_ms=self.poll_wait_ms,
             max_tasks=max_tasks,
+            plan_ids=None if self.plan_ids is None else (lambda: self.plan_ids or []),
         )
 
 
