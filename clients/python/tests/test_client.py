@@ -376,3 +376,40 @@ def test_controller_tokens_by_role_and_the_recorded_user(server: Server) -> None
             assert step["attempts"][0]["worker_id"] == c.worker_id
 
     run(main())
+
+
+def test_complete_by_hand_then_rerun_from(server: Server) -> None:
+    async def main() -> None:
+        async with OrchestrationController(server.url, token=server.token) as controller:
+            controller.register_plan("m", {"steps": [
+                {"step_id": "a", "action": "fetch", "agent_type": "hand"},
+                {"step_id": "b", "action": "echo", "agent_type": "builtin.echo",
+                 "params": {"v": "{{ steps.a.output.x }}"}},
+            ]})
+            await controller.client.start_plan("m")
+            done_by_hand = await controller.complete_step("m", "a", {"x": 1}, reason="by hand")
+            assert done_by_hand.status == "applied"
+            await controller.client.wait_for_state("m", "completed", timeout=BOUND)
+
+            rerun = await controller.rerun_from("m", "a", reason="fetch it for real")
+            assert {"steps.a.status", "steps.b.status"} <= {d["path"] for d in rerun.diff}
+            state = controller.get_state("m")
+            assert (state["state"], state["pause_reason"]) == ("paused", "intervention")
+
+            keys: List[str] = []
+
+            def fetch(step: Dict[str, Any]) -> Dict[str, Any]:
+                keys.append(step["idempotency_key"])
+                return {"x": 2}
+
+            execution = asyncio.create_task(controller.execute_plan_async("m", fetch))
+            await controller.resume_plan("m")
+            result = await asyncio.wait_for(execution, BOUND)
+            assert result["state"] == "completed"
+            assert keys == ["m/a/2"], "a rerun is a new run: a new idempotency key"
+            attempts = (await controller.client.list_attempts("m", steps="a")).items[0]["attempts"]
+            assert [a["outcome"] for a in attempts] == ["completed_by_hand", "completed"]
+            snap = await controller.get_snapshot_async("m")
+            assert {s["step_id"]: s["output"] for s in snap.steps}["b"]["v"] in (2, "2")
+
+    run(main())
