@@ -413,3 +413,34 @@ def test_complete_by_hand_then_rerun_from(server: Server) -> None:
             assert {s["step_id"]: s["output"] for s in snap.steps}["b"]["v"] in (2, "2")
 
     run(main())
+
+
+def test_reject_with_retry_sends_the_note_as_gate_feedback(server: Server) -> None:
+    async def main() -> None:
+        async with OrchestrationController(server.url, token=server.token) as controller:
+            controller.register_plan("rejected", {"steps": [
+                {"step_id": "draft", "action": "write", "agent_type": "writer2",
+                 "quality_gate": {"min_scores": {"coverage": 0.8}, "on_fail": "review"}},
+            ]})
+            feedback: List[Any] = []
+
+            def writer(step: Dict[str, Any]) -> Dict[str, Any]:
+                feedback.append(step.get("gate_feedback"))
+                covered = 0.5 if step["attempt"] == 1 else 1.0
+                return {"output": {"brief": step["attempt"]}, "scores": {"coverage": covered}}
+
+            execution = asyncio.create_task(controller.execute_plan_async("rejected", writer))
+            await controller.client.wait_for_state("rejected", "paused", timeout=BOUND)
+            [review] = await controller.list_reviews(plan_id="rejected")
+            decision = await controller.reject_step(
+                "rejected", "draft", "cover the risks", attempt=review["attempt"], retry=True
+            )
+            assert decision.intervention_type == "reject_step"
+            result = await asyncio.wait_for(execution, BOUND)
+            assert result["state"] == "completed"
+            assert feedback[0] is None
+            assert "cover the risks" in str(feedback[1])
+            step = await controller.client.get_step("rejected", "draft")
+            assert step["output"] == {"brief": 2}
+
+    run(main())
