@@ -2,7 +2,7 @@
 
 - `OrchestrationController`: the prototype's API (register, execute with your executor,
   pause, resume, cancel, interventions, checkpoints, snapshots, callbacks), async.
-- `AsyncClient` and `Client`: every route of the HTTP API, typed.
+- `AsyncClient` and `Client`: every route of the HTTP API (events by SSE), typed.
 - `Worker`: a remote worker serving agent types with a Python function.
 """
 

@@ -1,4 +1,4 @@
-"""The low-level clients: every route of the cairn HTTP API, sync (`Client`) and async
+"""The low-level clients: every route of the cairn HTTP API (the WebSocket's events come by SSE), sync (`Client`) and async
 (`AsyncClient`), with the same methods and the same typed answers.
 
     from cairn import Client
