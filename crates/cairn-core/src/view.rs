@@ -229,6 +229,50 @@ impl PlanView {
     }
 }
 
+/// One compensation a rollback runs.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedCompensation {
+    /// The step it undoes.
+    pub step_id: String,
+    /// The compensation's action and agent type.
+    pub action: String,
+    pub agent_type: String,
+}
+
+/// What a rollback runs (or, for a dry run, would run): its compensations in order, and the
+/// plan's state after the request (unchanged by a dry run).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackAnswer {
+    pub dry_run: bool,
+    /// Every compensation of the rollback, in the order they run (for a rollback continued
+    /// after one that failed: those still to run).
+    pub compensations: Vec<PlannedCompensation>,
+    pub plan: PlanView,
+}
+
+impl RollbackAnswer {
+    pub fn of(state: &PlanState, order: Vec<String>, dry_run: bool) -> RollbackAnswer {
+        let compensations = order
+            .into_iter()
+            .map(|step_id| {
+                let comp = state.step(&step_id).and_then(|s| s.def.compensate.as_ref());
+                PlannedCompensation {
+                    action: comp.map(|c| c.action.clone()).unwrap_or_default(),
+                    agent_type: comp.map(|c| c.agent_type.clone()).unwrap_or_default(),
+                    step_id,
+                }
+            })
+            .collect();
+        RollbackAnswer {
+            dry_run,
+            compensations,
+            plan: PlanView::of(state),
+        }
+    }
+}
+
 /// A checkpoint with the state it implies.
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

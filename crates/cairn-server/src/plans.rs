@@ -303,55 +303,13 @@ pub struct CancelBody {
     dry_run: bool,
 }
 
-/// One compensation a rollback runs.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct PlannedCompensation {
-    /// The step it undoes.
-    step_id: String,
-    /// The compensation's action and agent type.
-    action: String,
-    agent_type: String,
-}
-
-/// What a rollback runs (or, for a dry run, would run): its compensations in order, and the
-/// plan's state after the request (unchanged by a dry run).
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct RollbackAnswer {
-    dry_run: bool,
-    /// Every compensation of the rollback, in the order they run (for a rollback continued
-    /// after one that failed: those still to run).
-    compensations: Vec<PlannedCompensation>,
-    plan: PlanView,
-}
-
-impl RollbackAnswer {
-    fn of(state: &cairn_core::PlanState, order: Vec<String>, dry_run: bool) -> RollbackAnswer {
-        let compensations = order
-            .into_iter()
-            .map(|step_id| {
-                let comp = state.step(&step_id).and_then(|s| s.def.compensate.as_ref());
-                PlannedCompensation {
-                    action: comp.map(|c| c.action.clone()).unwrap_or_default(),
-                    agent_type: comp.map(|c| c.agent_type.clone()).unwrap_or_default(),
-                    step_id,
-                }
-            })
-            .collect();
-        RollbackAnswer {
-            dry_run,
-            compensations,
-            plan: PlanView::of(state),
-        }
-    }
-}
-
-/// What `cancel` answers: the plan's new state, or with `{"rollback": true, "dry_run": true}`
-/// the compensations a cancel with rollback would run.
+/// What `cancel` answers: the plan's new state, or with `{"rollback": true}` the compensations
+/// the rollback runs (or for a dry run, would run) in order, with the plan's state.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub enum CancelAnswer {
     Plan(PlanView),
-    Rollback(RollbackAnswer),
+    Rollback(cairn_core::view::RollbackAnswer),
 }
 
 #[utoipa::path(
@@ -363,7 +321,7 @@ pub enum CancelAnswer {
     params(("id" = String, Path, description = "Plan id")),
     request_body(content = Option<CancelBody>, description = "Optional"),
     responses(
-        (status = 200, description = "The plan's new state (a `PlanView`; with `rollback` its `rollback` shows the compensations to run), or for a dry run the compensations it would run (a `RollbackAnswer`)", body = CancelAnswer),
+        (status = 200, description = "The plan's new state (a `PlanView`), or with `rollback: true` a `RollbackAnswer`: the compensations in order (for a dry run, those it would run, nothing changed) and the plan's state", body = CancelAnswer),
         (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
         (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
@@ -392,10 +350,7 @@ pub async fn cancel(
         .engine
         .cancel_and_rollback(id, &p.user, b.dry_run, b.reason)
         .await?;
-    if b.dry_run {
-        return Ok(Json(RollbackAnswer::of(&st, order, true)).into_response());
-    }
-    Ok(Json(PlanView::of(&st)).into_response())
+    Ok(Json(cairn_core::view::RollbackAnswer::of(&st, order, b.dry_run)).into_response())
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -417,7 +372,7 @@ pub struct RollbackBody {
     params(("id" = String, Path, description = "Plan id")),
     request_body(content = Option<RollbackBody>, description = "Optional"),
     responses(
-        (status = 200, description = "Started (or for a dry run, what it would run): the compensations in order and the plan's state", body = RollbackAnswer),
+        (status = 200, description = "Started (or for a dry run, what it would run): the compensations in order and the plan's state", body = cairn_core::view::RollbackAnswer),
         (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
         (status = 409, description = "The plan is not failed or cancelled, or has been rolled back already", body = crate::openapi::ErrorBody),
@@ -430,13 +385,15 @@ pub async fn rollback(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     OptionalJson(b): OptionalJson<RollbackBody>,
-) -> ApiResult<Json<RollbackAnswer>> {
+) -> ApiResult<Json<cairn_core::view::RollbackAnswer>> {
     p.require(Role::Operator)?;
     let (st, order) = s
         .engine
         .rollback(plan_id(&id)?, &p.user, b.dry_run, b.reason)
         .await?;
-    Ok(Json(RollbackAnswer::of(&st, order, b.dry_run)))
+    Ok(Json(cairn_core::view::RollbackAnswer::of(
+        &st, order, b.dry_run,
+    )))
 }
 
 #[utoipa::path(
