@@ -305,8 +305,8 @@ pub struct CancelBody {
 
 /// What `cancel` answers: the plan's new state, or with `{"rollback": true}` the compensations
 /// the rollback runs (or for a dry run, would run) in order, with the plan's state.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
 pub enum CancelAnswer {
     Plan(PlanView),
     Rollback(cairn_core::view::RollbackAnswer),
@@ -334,7 +334,7 @@ pub async fn cancel(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     OptionalJson(b): OptionalJson<CancelBody>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<CancelAnswer>> {
     p.require(Role::Operator)?;
     let id = plan_id(&id)?;
     if b.dry_run && !b.rollback {
@@ -344,13 +344,15 @@ pub async fn cancel(
     }
     if !b.rollback {
         let st = s.engine.cancel(id, &p.user, b.reason).await?;
-        return Ok(Json(PlanView::of(&st)).into_response());
+        return Ok(Json(CancelAnswer::Plan(PlanView::of(&st))));
     }
     let (st, order) = s
         .engine
         .cancel_and_rollback(id, &p.user, b.dry_run, b.reason)
         .await?;
-    Ok(Json(cairn_core::view::RollbackAnswer::of(&st, order, b.dry_run)).into_response())
+    Ok(Json(CancelAnswer::Rollback(
+        cairn_core::view::RollbackAnswer::of(&st, order, b.dry_run),
+    )))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
