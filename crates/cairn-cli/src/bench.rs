@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 use crate::{exit, Fail};
 
 const WORKLOADS: &[&str] = &[
-    "fsync", "plans", "one_plan", "big_plan", "paused", "control", "http", "sse", "cluster",
+    "fsync", "plans", "one_plan", "big_plan", "paused", "control", "http", "sse", "rollback",
+    "cluster",
 ];
 
 /// The workloads that measure the disk or several processes rather than one store: never run a
@@ -59,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long)]
     db: Option<PathBuf>,
     /// Only these workloads (comma separated): fsync, plans, one_plan, big_plan, paused,
-    /// control, http, sse, cluster.
+    /// control, http, sse, rollback, cluster.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// A PostgreSQL server (`postgres://user@host:port/db`): the workloads run on it as well, each
@@ -559,6 +560,7 @@ async fn run_workload(
 ) -> Result<Vec<Value>, Fail> {
     let dir = db.parent().unwrap_or(Path::new("."));
     match w {
+        "rollback" => rollback_workload(args.long_steps, target).await,
         "fsync" => {
             let (rate, us) = fsync_rate(dir, 500)?;
             Ok(vec![json!({
@@ -818,4 +820,68 @@ async fn run_workload(
         "sse" => crate::bench_http::sse(args.subscribers, target, || rss_mb("VmHWM:")).await,
         other => Err(Fail::input(format!("unknown workload {other:?}"))),
     }
+}
+
+/// `rollback`: a plan of `n` echo steps, each with an echo compensation, whose last step fails;
+/// then the rollback of the `n` steps is timed: time per compensation, and store commits per
+/// compensation once the rollback started (one decision records a compensation's result and
+/// starts the next, so one commit each; the request that starts the rollback, and taking the
+/// plan's lease again, commit on their own: `start_commits`). The engine stores no state snapshots here, and its node heartbeats (every third
+/// of a lease) are an hour apart, so every commit counted is the log's.
+async fn rollback_workload(n: usize, target: &Target) -> Result<Vec<Value>, Fail> {
+    let opts = EngineOptions {
+        snapshot_every: 0,
+        lease_ms: 3 * 3_600_000,
+        ..EngineOptions::default()
+    };
+    let (engine, store) = open(target, opts).await?;
+    let mut plan = echo_plan("saga".into(), n);
+    for s in &mut plan.steps {
+        s.compensate = Some(cairn_core::plan::Compensate {
+            action: "undo".into(),
+            agent_type: "builtin.echo".into(),
+            params: json!({"undo": "{{ this.output.n }}"}),
+            retry: None,
+            timeout_ms: None,
+        });
+    }
+    plan.steps.push(step(
+        "last",
+        "builtin.fail",
+        json!({"retryable": false, "message": "the saga's last step fails"}),
+    ));
+    engine.register(plan, "bench").await?;
+    engine.start("saga", "bench", None).await?;
+    let failed = engine.wait_settled("saga").await?;
+    if failed.status != PlanStatus::Failed {
+        return Err(Fail::from(anyhow::anyhow!(
+            "the saga ended {} before its rollback",
+            failed.status.as_str()
+        )));
+    }
+    let before = store.stats();
+    let t = Instant::now();
+    let (_, order) = engine.rollback("saga", "bench", false, None).await?;
+    let started = store.stats();
+    let state = engine.wait_settled("saga").await?;
+    let wall = t.elapsed().as_secs_f64();
+    let after = store.stats();
+    let done = state.rollback.as_ref().map_or(0, |r| r.done.len());
+    if order.len() != n || done != n {
+        return Err(Fail::from(anyhow::anyhow!(
+            "the rollback ran {done} of {} compensations (expected {n})",
+            order.len()
+        )));
+    }
+    let commits = after.commits - started.commits;
+    Ok(vec![json!({
+        "workload": "rollback", "steps": n, "compensations": n, "wall_s": round(wall, 3),
+        "steps_per_sec": round(n as f64 / wall, 0),
+        "per_compensation_us": round(wall / n as f64 * 1e6, 1),
+        "commits": commits,
+        "commits_per_compensation": round(commits as f64 / n as f64, 3),
+        "start_commits": started.commits - before.commits,
+        "peak_rss_mb": rss_mb("VmHWM:"),
+        "durability": store.durability().await?,
+    })])
 }

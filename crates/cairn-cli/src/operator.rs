@@ -10,7 +10,9 @@
 
 use cairn_client::{Client, ClientError, PauseOptions};
 use cairn_core::versions::{PlanDiff, VersionList, VersionedDefinition};
-use cairn_core::view::{CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot};
+use cairn_core::view::{
+    CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, RollbackAnswer, Snapshot,
+};
 use cairn_core::{Event, Intervention, InterventionRequest, PauseMode, PlanStatus, Timestamp};
 use cairn_engine::{Engine, EngineError, EngineOptions};
 use serde_json::Value;
@@ -198,6 +200,42 @@ impl Operator {
                 Ok(PlanView::of(&*engine.cancel(plan_id, user, reason).await?))
             }
             Operator::Remote(c) => Ok(c.cancel(plan_id, reason).await?),
+        }
+    }
+
+    /// Cancels the plan and rolls back what it did; with `dry_run`, only answers the
+    /// compensations it would run.
+    pub async fn cancel_and_rollback(
+        &self,
+        plan_id: &str,
+        dry_run: bool,
+        reason: Option<String>,
+    ) -> Result<RollbackAnswer, Fail> {
+        match self {
+            Operator::Local { engine, user } => {
+                let (state, order) = engine
+                    .cancel_and_rollback(plan_id, user, dry_run, reason)
+                    .await?;
+                Ok(RollbackAnswer::of(&state, order, dry_run))
+            }
+            Operator::Remote(c) => Ok(c.cancel_and_rollback(plan_id, dry_run, reason).await?),
+        }
+    }
+
+    /// Rolls back a failed or cancelled plan (or continues a rollback that failed); with
+    /// `dry_run`, only answers the compensations it would run.
+    pub async fn rollback(
+        &self,
+        plan_id: &str,
+        dry_run: bool,
+        reason: Option<String>,
+    ) -> Result<RollbackAnswer, Fail> {
+        match self {
+            Operator::Local { engine, user } => {
+                let (state, order) = engine.rollback(plan_id, user, dry_run, reason).await?;
+                Ok(RollbackAnswer::of(&state, order, dry_run))
+            }
+            Operator::Remote(c) => Ok(c.rollback(plan_id, dry_run, reason).await?),
         }
     }
 

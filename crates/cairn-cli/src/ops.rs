@@ -75,13 +75,33 @@ pub enum PlansCmd {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Cancels an idle, running or paused plan.
+    /// Cancels an idle, running or paused plan; with --rollback, first undoes what it did by
+    /// running the compensations of its steps, newest start first.
     Cancel {
         plan_id: String,
         #[command(flatten)]
         db: DbArgs,
         #[arg(long)]
         reason: Option<String>,
+        /// Roll back what the plan did: steps still running are stopped, then every step that
+        /// ran and has a `compensate` is compensated, one at a time; the plan ends cancelled.
+        #[arg(long)]
+        rollback: bool,
+        /// With --rollback: list the compensations it would run, in order, and change nothing.
+        #[arg(long, requires = "rollback")]
+        dry_run: bool,
+    },
+    /// Rolls back a failed or cancelled plan (or continues a rollback that stopped on a
+    /// failed compensation): runs the compensations of its steps, newest start first.
+    Rollback {
+        plan_id: String,
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        reason: Option<String>,
+        /// List the compensations it would run, in order, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Everything about a plan, as JSON.
     Snapshot {
@@ -173,6 +193,9 @@ pub enum StepsCmd {
     Skip {
         plan_id: String,
         step_id: String,
+        /// Skip the step's compensation that stopped a rollback; the rollback goes on.
+        #[arg(long)]
+        compensation: bool,
         #[command(flatten)]
         iv: IvArgs,
     },
@@ -180,6 +203,9 @@ pub enum StepsCmd {
     Retry {
         plan_id: String,
         step_id: String,
+        /// Run the step's compensation that stopped a rollback again; the rollback goes on.
+        #[arg(long)]
+        compensation: bool,
         #[command(flatten)]
         iv: IvArgs,
     },
@@ -316,6 +342,22 @@ pub(crate) fn limit(limit: usize) -> Result<usize, Fail> {
 }
 
 /// Prints a plan's state: its JSON, or the table.
+/// A rollback's answer: its compensations in order, then (unless a dry run) the plan's state;
+/// on a local store, how to run the compensations.
+fn show_rollback(op: &Operator, db: &DbArgs, answer: &cairn_core::view::RollbackAnswer) {
+    if db.json {
+        render::json(answer);
+        return;
+    }
+    render::out(&render::rollback(answer));
+    if !answer.dry_run {
+        render::out(&render::plan(&answer.plan));
+        if !answer.compensations.is_empty() {
+            drive_hint(op, db, &answer.plan);
+        }
+    }
+}
+
 fn show(view: &PlanView, as_json: bool) {
     // The server's warnings (agent types nothing will run) go to stderr, whatever the format.
     for w in &view.warnings {
@@ -400,6 +442,7 @@ impl PlansCmd {
             | PlansCmd::Pause { db, .. }
             | PlansCmd::Resume { db, .. }
             | PlansCmd::Cancel { db, .. }
+            | PlansCmd::Rollback { db, .. }
             | PlansCmd::Snapshot { db, .. }
             | PlansCmd::Events { db, .. }
             | PlansCmd::Delete { db, .. }
@@ -506,7 +549,28 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
             plan_id,
             db,
             reason,
+            rollback: false,
+            ..
         } => show(&op.cancel(&plan_id, reason).await?, db.json),
+        PlansCmd::Cancel {
+            plan_id,
+            db,
+            reason,
+            rollback: true,
+            dry_run,
+        } => {
+            let answer = op.cancel_and_rollback(&plan_id, dry_run, reason).await?;
+            show_rollback(&op, &db, &answer);
+        }
+        PlansCmd::Rollback {
+            plan_id,
+            db,
+            reason,
+            dry_run,
+        } => {
+            let answer = op.rollback(&plan_id, dry_run, reason).await?;
+            show_rollback(&op, &db, &answer);
+        }
         PlansCmd::Snapshot { plan_id, .. } => render::json(&op.snapshot(&plan_id).await?),
         PlansCmd::Events {
             plan_id,
@@ -626,19 +690,27 @@ pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
         StepsCmd::Skip {
             plan_id,
             step_id,
+            compensation,
             iv,
         } => (
             plan_id,
-            json!({"type": "skip_step", "step_id": step_id}),
+            with_compensation(
+                json!({"type": "skip_step", "step_id": step_id}),
+                compensation,
+            ),
             iv,
         ),
         StepsCmd::Retry {
             plan_id,
             step_id,
+            compensation,
             iv,
         } => (
             plan_id,
-            json!({"type": "retry_step", "step_id": step_id}),
+            with_compensation(
+                json!({"type": "retry_step", "step_id": step_id}),
+                compensation,
+            ),
             iv,
         ),
         StepsCmd::Remove {
@@ -848,4 +920,12 @@ pub async fn checkpoints(cmd: CheckpointsCmd) -> Result<u8, Fail> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `--compensation` on `steps skip|retry`: the intervention acts on the step's compensation.
+fn with_compensation(mut body: Value, compensation: bool) -> Value {
+    if compensation {
+        body["compensation"] = json!(true);
+    }
+    body
 }

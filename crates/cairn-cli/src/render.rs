@@ -143,7 +143,74 @@ pub fn plan(view: &PlanView) -> String {
             s.error.as_deref().unwrap_or("")
         );
     }
+    rollback_progress(&mut t, view);
     tidy(t)
+}
+
+/// What a rollback runs (or would run): its compensations, numbered in order.
+pub fn rollback(answer: &cairn_core::view::RollbackAnswer) -> String {
+    let mut t = String::new();
+    let n = answer.compensations.len();
+    let what = if answer.dry_run { "would run" } else { "runs" };
+    let _ = writeln!(
+        t,
+        "rollback of {} {what} {n} compensation{}{}",
+        answer.plan.plan_id,
+        if n == 1 { "" } else { "s" },
+        if n == 0 { "" } else { ", in this order:" }
+    );
+    for (i, c) in answer.compensations.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "{:>4}. {:<24} {} ({})",
+            i + 1,
+            c.step_id,
+            c.action,
+            c.agent_type
+        );
+    }
+    tidy(t)
+}
+
+/// A plan's rollback: where it stands, and each compensation with its status.
+fn rollback_progress(t: &mut String, view: &PlanView) {
+    let Some(r) = &view.rollback else {
+        return;
+    };
+    let then = match r.then {
+        cairn_core::rollback::RollbackEnd::Failed => "failed",
+        cairn_core::rollback::RollbackEnd::Cancelled => "cancelled",
+    };
+    let _ = writeln!(
+        t,
+        "rollback: {}  {} done, {} pending  (the plan ends {then})",
+        name(&r.status),
+        r.done.len(),
+        r.pending.len()
+    );
+    let _ = writeln!(
+        t,
+        "{:<24} {:<16} {:>8}  ERROR",
+        "COMPENSATION", "STATUS", "ATTEMPTS"
+    );
+    for id in r.done.iter().chain(&r.pending) {
+        let Some(c) = view
+            .steps
+            .iter()
+            .find(|s| &s.step_id == id)
+            .and_then(|s| s.compensation.as_ref())
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            t,
+            "{:<24} {:<16} {:>8}  {}",
+            id,
+            name(&c.status),
+            c.attempts,
+            c.error.as_deref().unwrap_or("")
+        );
+    }
 }
 
 /// Progress as `done/total`, done counting completed and skipped steps, plus what failed or

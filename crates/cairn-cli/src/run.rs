@@ -245,6 +245,9 @@ async fn drive(
                     if let EventKind::ReviewOpened { step_id, attempt, failed, .. } = &e.kind {
                         progress.println(&review_hint(plan_id, step_id, *attempt, failed, &db));
                     }
+                    if let Some(line) = rollback_line(plan_id, &e.kind) {
+                        progress.println(&line);
+                    }
                     if cairn_engine::may_settle(&e.kind) || known.status.is_terminal() {
                         known = engine.state(plan_id).await?;
                         progress.reset(&known);
@@ -388,6 +391,76 @@ fn running_steps(state: &PlanState) -> Vec<String> {
         .collect()
 }
 
+/// A line about the rollback for `cairn run`'s output: it started (with its compensations in
+/// order), a compensation ended, the rollback ended.
+fn rollback_line(plan_id: &str, kind: &EventKind) -> Option<String> {
+    Some(match kind {
+        EventKind::RollbackStarted { order, .. } if order.is_empty() => {
+            format!("plan {plan_id}: rolling back; nothing to compensate")
+        }
+        EventKind::RollbackStarted { order, .. } => format!(
+            "plan {plan_id}: rolling back {} step{}, in this order: {}",
+            order.len(),
+            if order.len() == 1 { "" } else { "s" },
+            order.join(", ")
+        ),
+        EventKind::CompensationStarted {
+            step_id, attempt, ..
+        } => format!(
+            "  compensating {step_id} ({}){}",
+            match kind {
+                EventKind::CompensationStarted { invocation, .. } => invocation.action.as_str(),
+                _ => "",
+            },
+            if *attempt > 1 {
+                format!(", attempt {attempt}")
+            } else {
+                String::new()
+            }
+        ),
+        EventKind::CompensationCompleted { step_id, .. } => format!("  compensated {step_id}"),
+        EventKind::CompensationFailed {
+            step_id,
+            error,
+            retry_at: Some(_),
+            ..
+        } => format!("  compensation of {step_id} failed ({error}); it will be tried again"),
+        EventKind::CompensationFailed { step_id, error, .. } => {
+            format!("  compensation of {step_id} failed for good: {error}")
+        }
+        EventKind::RollbackCompleted { .. } => format!("plan {plan_id}: rolled back"),
+        EventKind::RollbackFailed { step_id, .. } => format!(
+            "plan {plan_id}: the rollback stopped at {step_id}; retry or skip that compensation (`cairn steps retry|skip {plan_id} {step_id} --compensation`) or continue with `cairn plans rollback {plan_id}`"
+        ),
+        _ => return None,
+    })
+}
+
+/// What the plan's rollback did, if it had one: the steps compensated, or where it stopped and
+/// how to go on. Answers whether there was one.
+fn report_rollback(state: &PlanState, db: &str) -> bool {
+    let Some(r) = &state.rollback else {
+        return false;
+    };
+    let id = &state.plan_id;
+    match r.status {
+        cairn_core::rollback::RollbackStatus::Failed => {
+            let next = r.pending.first().map(String::as_str).unwrap_or("?");
+            eprintln!(
+                "its rollback stopped: the compensation of {next} failed ({} still to compensate: {})",
+                r.pending.len(),
+                r.pending.join(", ")
+            );
+            eprintln!(
+                "retry or skip it (`cairn steps retry|skip {id} {next} --compensation --db {db}`), or try the rest again with `cairn plans rollback {id} --db {db}`; then `cairn run --resume {id} --db {db}` runs them"
+            );
+        }
+        _ if r.done.is_empty() => eprintln!("rolled back: nothing to compensate"),
+        _ => eprintln!("rolled back: compensated {}", r.done.join(", ")),
+    }
+    true
+}
+
 fn report(state: &PlanState, secs: f64, db: &str, resume_flags: &str) -> u8 {
     let id = &state.plan_id;
     let done = state
@@ -406,6 +479,9 @@ fn report(state: &PlanState, secs: f64, db: &str, resume_flags: &str) -> u8 {
                 "plan {id} failed: {}",
                 state.failure.as_deref().unwrap_or("a step failed")
             );
+            if report_rollback(state, db) {
+                return exit::FAILED;
+            }
             if let Some(step) = state
                 .steps
                 .iter()
@@ -420,6 +496,7 @@ fn report(state: &PlanState, secs: f64, db: &str, resume_flags: &str) -> u8 {
         }
         PlanStatus::Cancelled => {
             eprintln!("plan {id} was cancelled ({done}/{total} steps done)");
+            report_rollback(state, db);
             exit::CANCELLED
         }
         _ if state.pause_reason == Some(PauseReason::ReviewRequired) => {

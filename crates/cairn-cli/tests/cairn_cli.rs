@@ -9,6 +9,8 @@
 //! - `dashboard`: the web dashboard in a real headless Chromium.
 //! - `gates`: each path of a quality gate and each refused review decision, against `cairn serve`.
 //! - `postgres`: `cairn serve` and `cairn token` on PostgreSQL (`--database-url`).
+//! - `rollback`: rollback on failure, cancel with rollback, a failed compensation continued or
+//!   skipped, `kill -9` mid-rollback, against `cairn serve` with a command agent.
 //! - `server`: `cairn serve` over HTTP, and the CLI's client mode.
 //! - `store`: the database file as users and disks treat it.
 //! - `templates`: `cairn templates …` on a local store and over `--server`.
@@ -26,6 +28,8 @@ mod dashboard;
 mod gates;
 #[path = "cairn_cli/postgres.rs"]
 mod postgres;
+#[path = "cairn_cli/rollback.rs"]
+mod rollback;
 #[path = "cairn_cli/server.rs"]
 mod server;
 #[path = "cairn_cli/store.rs"]

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use cairn_core::template::{Pushed, TemplateDetail, TemplateVersion};
-use cairn_core::view::{CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, Snapshot};
+use cairn_core::view::{
+    CheckpointSummary, CheckpointView, Page, PlanSummary, PlanView, RollbackAnswer, Snapshot,
+};
 use cairn_core::{Event, Intervention, Timestamp};
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -388,6 +390,42 @@ impl Client {
             &Self::reason_body(reason),
         )
         .await
+    }
+
+    /// `POST /v1/plans/{id}/cancel` with `{"rollback": true}`: cancels the plan and rolls back
+    /// what it did (steps running are stopped first, and compensated once they ended). Answers
+    /// the compensations in order and the plan's state. With `dry_run`, answers what it would
+    /// run and changes nothing.
+    pub async fn cancel_and_rollback(
+        &self,
+        id: &str,
+        dry_run: bool,
+        reason: Option<String>,
+    ) -> Result<RollbackAnswer> {
+        let mut body = Self::reason_body(reason);
+        body["rollback"] = json!(true);
+        if dry_run {
+            body["dry_run"] = json!(true);
+        }
+        self.post_as(&format!("{}/cancel", Self::plan_path(id)), &body)
+            .await
+    }
+
+    /// `POST /v1/plans/{id}/rollback`: rolls back a failed or cancelled plan, or continues a
+    /// rollback that stopped on a failed compensation. With `dry_run`, answers the
+    /// compensations it would run and changes nothing.
+    pub async fn rollback(
+        &self,
+        id: &str,
+        dry_run: bool,
+        reason: Option<String>,
+    ) -> Result<RollbackAnswer> {
+        let mut body = Self::reason_body(reason);
+        if dry_run {
+            body["dry_run"] = json!(true);
+        }
+        self.post_as(&format!("{}/rollback", Self::plan_path(id)), &body)
+            .await
     }
 
     /// `POST /v1/plans/{id}/interventions`: the body as the API reference describes it. Answers the

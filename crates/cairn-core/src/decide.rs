@@ -227,6 +227,9 @@ struct Emitter<'a> {
     out: Vec<Event>,
     /// Attempts to run, in the order they were decided.
     starts: Vec<StartAttempt>,
+    /// Attempts to tell to stop that stay in flight until they report (a rollback waits for
+    /// the steps it stopped).
+    stops: Vec<AttemptId>,
 }
 
 impl Emitter<'_> {
@@ -352,6 +355,7 @@ fn decide(
         now: ctx.now,
         out: Vec::new(),
         starts: Vec::new(),
+        stops: Vec::new(),
     };
     let status = em.state.status;
     let actor = ctx.actor;
@@ -448,7 +452,14 @@ fn decide(
             }
             // What a rollback compensates is decided before the cancel ends the steps in flight.
             let order = rollback.then(|| rollback::order(em.state));
-            em.emit(actor, EventKind::PlanCancelled { reason }, None);
+            em.emit(
+                actor,
+                EventKind::PlanCancelled {
+                    reason,
+                    rollback: order.is_some(),
+                },
+                None,
+            );
             if let Some(order) = order {
                 compensations = order.clone();
                 start_rollback(&mut em, actor, RollbackEnd::Cancelled, order);
@@ -572,6 +583,20 @@ fn decide(
         Command::Recover => {
             if status == PlanStatus::Running {
                 for attempt in em.state.live_attempts() {
+                    // A step stopped by the rollback ended with the process that ran it.
+                    if em.state.rolling_back() && attempt.kind == AttemptKind::Step {
+                        em.emit(
+                            SYSTEM_ACTOR,
+                            EventKind::StepInterrupted {
+                                step_id: attempt.step_id,
+                                kind: attempt.kind,
+                                attempt: attempt.number,
+                                cause: "rollback".into(),
+                            },
+                            None,
+                        );
+                        continue;
+                    }
                     recover(&mut em, attempt, starts);
                 }
             } else {
@@ -622,6 +647,14 @@ fn actions(
         }
         let cause = stop_cause(&em.out, &attempt.step_id);
         actions.push(Action::Stop { attempt, cause });
+    }
+    for attempt in std::mem::take(&mut em.stops) {
+        if em.state.is_live(&attempt) && reported.as_ref() != Some(&attempt) {
+            actions.push(Action::Stop {
+                attempt,
+                cause: "rollback".into(),
+            });
+        }
     }
     actions.extend(
         std::mem::take(&mut em.starts)
@@ -919,6 +952,9 @@ fn outcome(em: &mut Emitter<'_>, id: AttemptId, result: StepResult) {
     if id.kind == AttemptKind::Compensation {
         return compensation_outcome(em, id, result);
     }
+    if em.state.rolling_back() && em.state.is_live(&id) {
+        return ended_by_rollback(em, id, &result);
+    }
     let live = em.state.status != PlanStatus::Cancelled && em.state.is_live(&id);
     let kind = id.kind;
     let attempt = id.number;
@@ -1063,25 +1099,49 @@ fn fail_plan(em: &mut Emitter<'_>, step_id: String, error: String) {
     }
 }
 
-/// Starts (or continues) a rollback over `order`: attempts of steps still in flight are
-/// stopped (their outcome is unknown: their compensation sees a null output), then the plan runs
-/// the compensations one at a time.
+/// Starts (or continues) a rollback over `order`: attempts of steps still in flight are told
+/// to stop, and no compensation starts before every one of them has ended (its report, or its
+/// lost lease, records it interrupted: its outcome is unknown and its compensation sees a null
+/// `this.output`); then the plan runs the compensations one at a time.
 fn start_rollback(em: &mut Emitter<'_>, actor: &str, then: RollbackEnd, order: Vec<String>) {
-    for attempt in em.state.live_attempts() {
-        if attempt.kind == AttemptKind::Step {
-            em.emit(
-                actor,
-                EventKind::StepInterrupted {
-                    step_id: attempt.step_id,
-                    kind: attempt.kind,
-                    attempt: attempt.number,
-                    cause: "rollback".into(),
-                },
-                None,
-            );
-        }
-    }
+    em.stops.extend(
+        em.state
+            .live_attempts()
+            .into_iter()
+            .filter(|a| a.kind == AttemptKind::Step),
+    );
     em.emit(actor, EventKind::RollbackStarted { then, order }, None);
+}
+
+/// The report of a step's attempt stopped by a rollback: the attempt has ended, with an outcome
+/// the rollback does not use (its compensation sees a null `this.output`). It is recorded
+/// interrupted, and the result it brought is kept in the log as ignored.
+fn ended_by_rollback(em: &mut Emitter<'_>, id: AttemptId, result: &StepResult) {
+    let (outcome, error) = match result {
+        StepResult::Completed { .. } => ("completed", None),
+        StepResult::Failed { error, .. } => ("failed", Some(error.clone())),
+    };
+    em.emit(
+        SYSTEM_ACTOR,
+        EventKind::StepInterrupted {
+            step_id: id.step_id.clone(),
+            kind: id.kind,
+            attempt: id.number,
+            cause: "rollback".into(),
+        },
+        None,
+    );
+    em.emit(
+        SYSTEM_ACTOR,
+        EventKind::StepResultIgnored {
+            step_id: id.step_id,
+            kind: id.kind,
+            attempt: id.number,
+            outcome: outcome.into(),
+            error,
+        },
+        None,
+    );
 }
 
 /// The record a compensation's templates read as `this`: the compensated step's output (null

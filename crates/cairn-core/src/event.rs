@@ -184,6 +184,11 @@ pub enum EventKind {
     PlanCancelled {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// A rollback follows (`cancel` with `rollback: true`): the steps still running keep
+        /// their attempt, which is told to stop; each is compensated once its attempt ended.
+        /// Absent: false (every step not ended is cancelled at once).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rollback: bool,
     },
     PlanCompleted {},
     PlanFailed {

@@ -169,6 +169,9 @@ pub struct StepDetail {
     pub retry_at: Option<Timestamp>,
     /// Every attempt, oldest first.
     pub attempts: Vec<AttemptView>,
+    /// The step's compensation, once a rollback included it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<crate::rollback::CompensationView>,
 }
 
 impl StepDetail {
@@ -195,6 +198,11 @@ impl StepDetail {
             error: s.rec.error.clone(),
             retry_at: s.rec.retry_at,
             attempts,
+            compensation: s
+                .rec
+                .compensation
+                .as_ref()
+                .map(crate::rollback::CompensationView::of),
         }
     }
 }
@@ -646,7 +654,10 @@ mod tests {
                 attempt: 1,
                 cause: "c".into(),
             },
-            EventKind::PlanCancelled { reason: None },
+            EventKind::PlanCancelled {
+                reason: None,
+                rollback: false,
+            },
         ];
         for kind in &handled {
             assert!(
@@ -685,7 +696,13 @@ mod tests {
             },
         ));
         log.apply(&started(4, "a", 2, 1, false));
-        log.apply(&ev(5, EventKind::PlanCancelled { reason: None }));
+        log.apply(&ev(
+            5,
+            EventKind::PlanCancelled {
+                reason: None,
+                rollback: false,
+            },
+        ));
         let a = log.attempts("a");
         assert_eq!(a[0].outcome, AttemptOutcome::GateFailed);
         assert_eq!(a[0].failed.len(), 1);

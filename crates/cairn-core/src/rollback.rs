@@ -98,6 +98,37 @@ impl Default for CompensationRecord {
     }
 }
 
+/// A step's compensation as answers show it (the plan's state, its snapshot, the step in full).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompensationView {
+    pub status: CompensationStatus,
+    /// Compensation attempts ever started; the number of the latest.
+    pub attempts: u32,
+    /// What the last completed attempt answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
+    pub output: Option<Value>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When a failed attempt is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
+}
+
+impl CompensationView {
+    pub fn of(record: &CompensationRecord) -> CompensationView {
+        CompensationView {
+            status: record.status,
+            attempts: record.attempts,
+            output: record.output.clone(),
+            error: record.error.clone(),
+            retry_at: record.retry_at,
+        }
+    }
+}
+
 /// The steps a rollback starting now compensates, in the order it runs them: every step with a
 /// `compensate` that completed, or whose last attempt started with an unknown outcome (in
 /// flight, or interrupted), newest start in the log first. Skipped and never-started steps are

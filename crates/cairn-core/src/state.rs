@@ -659,11 +659,15 @@ impl PlanState {
                 }
             }
             EventKind::PlanDrained {} => self.drained = true,
-            EventKind::PlanCancelled { .. } => {
+            EventKind::PlanCancelled { rollback, .. } => {
                 self.status = PlanStatus::Cancelled;
                 self.pause_reason = None;
                 self.resume_at = None;
                 for s in &mut self.steps {
+                    // Before a rollback, an attempt in flight stays until it ends.
+                    if *rollback && s.rec.status.is_active() {
+                        continue;
+                    }
                     if !s.rec.status.has_ended() {
                         s.rec.status = StepStatus::Cancelled;
                         s.rec.ended_at = Some(at);
@@ -1033,6 +1037,18 @@ impl PlanState {
                     RollbackEnd::Failed => PlanStatus::Failed,
                     RollbackEnd::Cancelled => PlanStatus::Cancelled,
                 };
+                // A cancelled plan ends every step: those whose attempt was stopped by the
+                // rollback are left pending until then.
+                if *then == RollbackEnd::Cancelled {
+                    for s in &mut self.steps {
+                        if !s.rec.status.has_ended() && !s.rec.status.is_active() {
+                            s.rec.status = StepStatus::Cancelled;
+                            s.rec.ended_at = Some(at);
+                            s.rec.retry_at = None;
+                            s.rec.invocation = None;
+                        }
+                    }
+                }
                 self.pause_reason = None;
                 self.resume_at = None;
             }

@@ -124,6 +124,9 @@ pub struct StepView {
     /// What a `queued` step waits for: `a worker of agent type X`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// The step's compensation, once a rollback included it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<crate::rollback::CompensationView>,
 }
 
 /// The state of a plan (`GET /v1/plans/{id}`).
@@ -159,6 +162,10 @@ pub struct PlanView {
     /// The template version the plan was made from, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<crate::plan::TemplateRef>,
+    /// The plan's rollback, once one started: its status, the steps compensated (in the order
+    /// they ran) and those still to compensate (next first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<crate::rollback::Rollback>,
     /// Things the caller should know about the answer (e.g. agent types nothing will run),
     /// set by the server on register and start; empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -202,6 +209,11 @@ impl PlanView {
                     retry_at: s.rec.retry_at,
                     waiting_for: (s.rec.status == StepStatus::Queued)
                         .then(|| format!("a worker of agent type {}", s.def.agent_type)),
+                    compensation: s
+                        .rec
+                        .compensation
+                        .as_ref()
+                        .map(crate::rollback::CompensationView::of),
                 })
                 .collect(),
             created_at: state.created_at,
@@ -211,7 +223,52 @@ impl PlanView {
             last_seq: state.seq,
             inputs: state.inputs.clone(),
             template: state.template.clone(),
+            rollback: state.rollback.clone(),
             warnings: Vec::new(),
+        }
+    }
+}
+
+/// One compensation a rollback runs.
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedCompensation {
+    /// The step it undoes.
+    pub step_id: String,
+    /// The compensation's action and agent type.
+    pub action: String,
+    pub agent_type: String,
+}
+
+/// What a rollback runs (or, for a dry run, would run): its compensations in order, and the
+/// plan's state after the request (unchanged by a dry run).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackAnswer {
+    pub dry_run: bool,
+    /// Every compensation of the rollback, in the order they run (for a rollback continued
+    /// after one that failed: those still to run).
+    pub compensations: Vec<PlannedCompensation>,
+    pub plan: PlanView,
+}
+
+impl RollbackAnswer {
+    pub fn of(state: &PlanState, order: Vec<String>, dry_run: bool) -> RollbackAnswer {
+        let compensations = order
+            .into_iter()
+            .map(|step_id| {
+                let comp = state.step(&step_id).and_then(|s| s.def.compensate.as_ref());
+                PlannedCompensation {
+                    action: comp.map(|c| c.action.clone()).unwrap_or_default(),
+                    agent_type: comp.map(|c| c.agent_type.clone()).unwrap_or_default(),
+                    step_id,
+                }
+            })
+            .collect();
+        RollbackAnswer {
+            dry_run,
+            compensations,
+            plan: PlanView::of(state),
         }
     }
 }
@@ -294,6 +351,9 @@ pub struct SnapshotStep {
     pub ended_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Timestamp>,
+    /// The step's compensation, once a rollback included it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<crate::rollback::CompensationView>,
 }
 
 /// Everything about a plan in one document, for audit. It keeps the names the
@@ -330,6 +390,9 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
     pub origin: Option<OriginRef>,
+    /// The plan's rollback, once one started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<crate::rollback::Rollback>,
 }
 
 impl Snapshot {
@@ -359,6 +422,7 @@ impl Snapshot {
                 started_at: v.started_at,
                 ended_at: v.ended_at,
                 retry_at: v.retry_at,
+                compensation: v.compensation,
             })
             .collect();
         Snapshot {
@@ -383,6 +447,7 @@ impl Snapshot {
             taken_at,
             failure: view.failure,
             origin: state.origin.clone(),
+            rollback: view.rollback,
         }
     }
 }

@@ -146,6 +146,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plans::pause))
         .routes(routes!(plans::resume))
         .routes(routes!(plans::cancel))
+        .routes(routes!(plans::rollback))
         .routes(routes!(plans::intervene, plans::interventions))
         .routes(routes!(plans::checkpoints, plans::create_checkpoint))
         .routes(routes!(plans::checkpoint))

@@ -108,6 +108,14 @@ fn describe() {
         "cairn_plans_finished_total",
         "Plans that ended, by final state"
     );
+    describe_counter!(
+        "cairn_compensations_total",
+        "Compensation attempts of rollbacks, by outcome: started, completed, retried (failed, tried again by its policy), failed (for good: the rollback stopped)"
+    );
+    describe_counter!(
+        "cairn_rollbacks_total",
+        "Rollbacks, by outcome: started (or continued), completed, failed (a compensation failed for good)"
+    );
     describe_counter!("cairn_events_total", "Committed events, by type");
     describe_counter!(
         "cairn_events_lagged_total",
@@ -661,6 +669,29 @@ impl Follower {
                 if let Some(m) = self.plans.get_mut(&e.plan_id) {
                     m.agents.clear();
                 }
+            }
+            EventKind::RollbackStarted { .. } => {
+                counter!("cairn_rollbacks_total", "outcome" => "started").increment(1);
+            }
+            EventKind::RollbackCompleted { .. } => {
+                counter!("cairn_rollbacks_total", "outcome" => "completed").increment(1);
+            }
+            EventKind::RollbackFailed { .. } => {
+                counter!("cairn_rollbacks_total", "outcome" => "failed").increment(1);
+            }
+            EventKind::CompensationStarted { .. } => {
+                counter!("cairn_compensations_total", "outcome" => "started").increment(1);
+            }
+            EventKind::CompensationCompleted { .. } => {
+                counter!("cairn_compensations_total", "outcome" => "completed").increment(1);
+            }
+            EventKind::CompensationFailed { retry_at, .. } => {
+                let outcome = if retry_at.is_some() {
+                    "retried"
+                } else {
+                    "failed"
+                };
+                counter!("cairn_compensations_total", "outcome" => outcome).increment(1);
             }
             EventKind::CheckpointRestored { .. } => {
                 if let Some(m) = self.plans.get_mut(&e.plan_id) {

@@ -198,6 +198,9 @@ pub struct InterventionBody {
     pub order: Option<Vec<String>>,
     /// Validate and answer the record (200) without applying it.
     pub dry_run: Option<bool>,
+    /// `skip_step` / `retry_step`: act on the step's compensation that stopped a rollback
+    /// (the plan failed or cancelled with `rollback.status: failed`); the rollback continues.
+    pub compensation: Option<bool>,
 }
 
 #[derive(OpenApi)]

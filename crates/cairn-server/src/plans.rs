@@ -290,20 +290,42 @@ pub async fn resume(
     Ok(Json(PlanView::of(&st)))
 }
 
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    reason: Option<String>,
+    /// Roll back what the plan did before it ends cancelled: steps still running are told to
+    /// stop, then the compensations run one at a time, newest start first.
+    #[serde(default)]
+    rollback: bool,
+    /// With `rollback`: answer the compensations it would run, in order, and change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What `cancel` answers: the plan's new state, or with `{"rollback": true}` the compensations
+/// the rollback runs (or for a dry run, would run) in order, with the plan's state.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum CancelAnswer {
+    Plan(PlanView),
+    Rollback(cairn_core::view::RollbackAnswer),
+}
+
 #[utoipa::path(
     post,
     operation_id = "cancel_plan",
     path = "/v1/plans/{id}/cancel",
     tag = "plans",
-    summary = "Cancel a plan",
+    summary = "Cancel a plan, rolling back what it did with `rollback: true`",
     params(("id" = String, Path, description = "Plan id")),
-    request_body(content = Option<ReasonBody>, description = "Optional"),
+    request_body(content = Option<CancelBody>, description = "Optional"),
     responses(
-        (status = 200, description = "The plan's new state", body = cairn_core::view::PlanView),
+        (status = 200, description = "The plan's new state (a `PlanView`), or with `rollback: true` a `RollbackAnswer`: the compensations in order (for a dry run, those it would run, nothing changed) and the plan's state", body = CancelAnswer),
         (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
         (status = 409, description = "Refused in the plan's current state", body = crate::openapi::ErrorBody),
-        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+        (status = 422, description = "Invalid body (`dry_run` without `rollback`)", body = crate::openapi::ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -311,11 +333,69 @@ pub async fn cancel(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-    OptionalJson(b): OptionalJson<ReasonBody>,
-) -> ApiResult<Json<PlanView>> {
+    OptionalJson(b): OptionalJson<CancelBody>,
+) -> ApiResult<Json<CancelAnswer>> {
     p.require(Role::Operator)?;
-    let st = s.engine.cancel(plan_id(&id)?, &p.user, b.reason).await?;
-    Ok(Json(PlanView::of(&st)))
+    let id = plan_id(&id)?;
+    if b.dry_run && !b.rollback {
+        return Err(ApiError::unprocessable(
+            "dry_run applies to a cancel with rollback: true only",
+        ));
+    }
+    if !b.rollback {
+        let st = s.engine.cancel(id, &p.user, b.reason).await?;
+        return Ok(Json(CancelAnswer::Plan(PlanView::of(&st))));
+    }
+    let (st, order) = s
+        .engine
+        .cancel_and_rollback(id, &p.user, b.dry_run, b.reason)
+        .await?;
+    Ok(Json(CancelAnswer::Rollback(
+        cairn_core::view::RollbackAnswer::of(&st, order, b.dry_run),
+    )))
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    reason: Option<String>,
+    /// Answer the compensations it would run, in order, and change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[utoipa::path(
+    post,
+    operation_id = "rollback_plan",
+    path = "/v1/plans/{id}/rollback",
+    tag = "plans",
+    summary = "Roll back a failed or cancelled plan, or continue a rollback that failed",
+    description = "Runs the compensations of the steps the plan ran (completed, or with an unknown outcome), one at a time, newest start first; the plan is `running` meanwhile and then takes its final state again. A rollback that stopped on a failed compensation continues from that compensation. A plan rolled back once is refused (409).",
+    params(("id" = String, Path, description = "Plan id")),
+    request_body(content = Option<RollbackBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "Started (or for a dry run, what it would run): the compensations in order and the plan's state", body = cairn_core::view::RollbackAnswer),
+        (status = 400, description = "Malformed JSON or query", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such plan", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The plan is not failed or cancelled, or has been rolled back already", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid body", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn rollback(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    OptionalJson(b): OptionalJson<RollbackBody>,
+) -> ApiResult<Json<cairn_core::view::RollbackAnswer>> {
+    p.require(Role::Operator)?;
+    let (st, order) = s
+        .engine
+        .rollback(plan_id(&id)?, &p.user, b.dry_run, b.reason)
+        .await?;
+    Ok(Json(cairn_core::view::RollbackAnswer::of(
+        &st, order, b.dry_run,
+    )))
 }
 
 #[utoipa::path(

@@ -9,6 +9,7 @@
 //! - `hostile`: bursts of concurrent writes and malformed requests.
 //! - `metrics`: `/metrics`.
 //! - `openapi`: the committed `docs/openapi.json` against what the code generates.
+//! - `rollback`: `POST …/rollback`, cancel with rollback, and the rollback in every answer.
 //! - `steps`: a step's attempts, the attempts page and the plan search the dashboard reads.
 //! - `streams`: SSE, WebSocket and webhooks.
 //! - `tasks`: the remote task queue under `/v1/tasks`.
@@ -26,6 +27,8 @@ mod hostile;
 mod metrics;
 #[path = "cairn_server/openapi.rs"]
 mod openapi;
+#[path = "cairn_server/rollback.rs"]
+mod rollback;
 #[path = "cairn_server/steps.rs"]
 mod steps;
 #[path = "cairn_server/streams.rs"]

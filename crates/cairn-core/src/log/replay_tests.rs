@@ -240,3 +240,74 @@ fn registrations_and_restores_replay_without_validation() {
         Some(vec!["a".into()])
     );
 }
+
+/// A cancel with rollback as stored before `plan_cancelled` carried `rollback`: the step in
+/// flight was cancelled at once and compensated at once. It replays so, and a cancel written
+/// today (`rollback: true`) leaves the step running until its attempt ends.
+#[test]
+fn a_cancel_with_rollback_written_before_plan_cancelled_carried_rollback_replays_unchanged() {
+    let definition = json!({"definition": {"query": "q", "steps": [
+        {"step_id": "a", "action": "x", "agent_type": "t",
+         "compensate": {"action": "undo", "agent_type": "t"}}
+    ]}});
+    let invocation = json!({"action": "undo", "agent_type": "t", "params": null});
+    let events = log(&[
+        ("plan_registered", 2, definition.clone()),
+        ("plan_started", 2, json!({})),
+        (
+            "step_started",
+            2,
+            json!({"step_id": "a", "attempt": 1, "run": 1}),
+        ),
+        ("plan_cancelled", 2, json!({"reason": "off"})),
+        (
+            "rollback_started",
+            2,
+            json!({"then": "cancelled", "order": ["a"]}),
+        ),
+        (
+            "compensation_started",
+            2,
+            json!({"step_id": "a", "attempt": 1, "invocation": invocation}),
+        ),
+        (
+            "compensation_completed",
+            2,
+            json!({"step_id": "a", "attempt": 1, "output": null}),
+        ),
+        ("rollback_completed", 2, json!({"then": "cancelled"})),
+    ]);
+    let mid = PlanState::replay(PLAN, &events[..6]);
+    assert_eq!(mid.step("a").unwrap().rec.status, StepStatus::Cancelled);
+    assert_eq!(mid.running_count(), 1, "only the compensation runs");
+    let end = PlanState::replay(PLAN, &events);
+    assert_eq!(end.status, PlanStatus::Cancelled);
+    assert_eq!(end.step("a").unwrap().rec.status, StepStatus::Cancelled);
+    assert_eq!(
+        end.rollback.as_ref().unwrap().status,
+        crate::rollback::RollbackStatus::Completed
+    );
+    // Today's form: the step stays running until its attempt ended.
+    let today = log(&[
+        ("plan_registered", 2, definition),
+        ("plan_started", 2, json!({})),
+        (
+            "step_started",
+            2,
+            json!({"step_id": "a", "attempt": 1, "run": 1}),
+        ),
+        (
+            "plan_cancelled",
+            2,
+            json!({"reason": "off", "rollback": true}),
+        ),
+        (
+            "rollback_started",
+            2,
+            json!({"then": "cancelled", "order": ["a"]}),
+        ),
+    ]);
+    let state = PlanState::replay(PLAN, &today);
+    assert_eq!(state.step("a").unwrap().rec.status, StepStatus::Running);
+    assert_eq!(state.status, PlanStatus::Running);
+}

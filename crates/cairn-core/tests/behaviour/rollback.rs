@@ -174,9 +174,13 @@ steps:
         .filter(|a| matches!(a, Action::Stop { .. }))
         .collect();
     assert_eq!(stops.len(), 1, "{:?}", d.actions);
-    assert_eq!(comp_starts(&d), [("a".to_owned(), json!({"out": null}))]);
-    // The stopped attempt's late result changes nothing.
-    sim.report(
+    // The rollback waits for the stopped attempt to end.
+    assert!(comp_starts(&d).is_empty(), "{:?}", d.actions);
+    assert_eq!(sim.rec("a").status, StepStatus::Running);
+    assert_eq!(sim.st.status, PlanStatus::Running);
+    // Its report ends it (interrupted: the outcome is not used), and only then does the
+    // compensation start, with a null `this.output` even though the attempt completed.
+    let d = sim.report(
         "a",
         1,
         StepResult::Completed {
@@ -184,10 +188,83 @@ steps:
             scores: None,
         },
     );
+    assert_eq!(comp_starts(&d), [("a".to_owned(), json!({"out": null}))]);
+    assert_eq!(sim.rec("a").status, StepStatus::Pending);
     assert_eq!(
         sim.rec("a").compensation.as_ref().unwrap().status,
         CompensationStatus::Running
     );
+    assert!(!d.actions.iter().any(|a| matches!(a, Action::Stop { .. })));
+}
+
+#[test]
+fn cancel_with_rollback_waits_for_the_step_in_flight_then_ends_it_cancelled() {
+    let mut sim = Sim::new(
+        "steps:
+  - {step_id: a, action: x, agent_type: t, compensate: {action: undo, agent_type: t, params: {out: '{{ this.output }}'}}}
+  - {step_id: b, action: x, agent_type: t, compensate: {action: undo, agent_type: t, params: {out: '{{ this.output }}'}}}
+  - {step_id: c, action: x, agent_type: t}
+",
+    );
+    sim.start();
+    sim.complete("a", json!("A"));
+    let d = sim.ok(Command::Cancel {
+        reason: None,
+        rollback: true,
+    });
+    assert_eq!(d.compensations, ["b", "a"]);
+    assert!(comp_starts(&d).is_empty());
+    assert!(d.actions.iter().any(|a| matches!(a, Action::Stop { .. })));
+    assert_eq!(sim.rec("b").status, StepStatus::Running);
+    // The stopped attempt reports "stopped": b is compensated first, with a null output.
+    let d = sim.report(
+        "b",
+        1,
+        StepResult::Failed {
+            error: "stopped".into(),
+            retryable: true,
+        },
+    );
+    assert_eq!(comp_starts(&d), [("b".to_owned(), json!({"out": null}))]);
+    for (step, n) in [("b", 1), ("a", 1)] {
+        let d = sim.ok(Command::Outcome {
+            attempt: comp(step, n),
+            result: StepResult::Completed {
+                output: json!(null),
+                scores: None,
+            },
+        });
+        if step == "b" {
+            assert_eq!(comp_starts(&d), [("a".to_owned(), json!({"out": "A"}))]);
+        }
+    }
+    assert_eq!(sim.st.status, PlanStatus::Cancelled);
+    assert_eq!(
+        sim.st.rollback.as_ref().unwrap().status,
+        RollbackStatus::Completed
+    );
+    assert_eq!(sim.rec("b").status, StepStatus::Cancelled);
+    assert_eq!(sim.rec("c").status, StepStatus::Cancelled);
+}
+
+#[test]
+fn recovery_during_a_rollback_ends_the_stopped_step_instead_of_sending_it_again() {
+    let mut sim = Sim::new(
+        "on_failure: rollback
+steps:
+  - {step_id: a, action: x, agent_type: t, depends_on: [], compensate: {action: undo, agent_type: t}}
+  - {step_id: b, action: x, agent_type: t, depends_on: []}
+",
+    );
+    sim.start();
+    sim.fail("b", false);
+    assert_eq!(sim.rec("a").status, StepStatus::Running);
+    let d = sim.ok(Command::Recover);
+    assert!(d
+        .starts()
+        .all(|s| s.attempt.kind == AttemptKind::Compensation));
+    assert_eq!(comp_starts(&d).len(), 1);
+    assert_eq!(sim.rec("a").status, StepStatus::Pending);
 }
 
 #[test]
@@ -380,11 +457,23 @@ fn cancel_with_rollback_compensates_what_ran_and_ends_cancelled() {
         .actions
         .iter()
         .any(|a| matches!(a, Action::Stop { attempt, .. } if attempt.step_id == "hotel")));
+    assert!(
+        comp_starts(&d).is_empty(),
+        "waits for hotel's attempt to end"
+    );
+    assert_eq!(sim.st.status, PlanStatus::Running);
+    let d = sim.report(
+        "hotel",
+        1,
+        StepResult::Failed {
+            error: "stopped".into(),
+            retryable: true,
+        },
+    );
     assert_eq!(
         comp_starts(&d),
         [("hotel".to_owned(), json!({"ref": null}))]
     );
-    assert_eq!(sim.st.status, PlanStatus::Running);
     for step in ["hotel", "flight"] {
         sim.ok(Command::Outcome {
             attempt: comp(step, 1),
@@ -490,8 +579,15 @@ mod order {
             let expected: Vec<String> = expected.into_iter().map(|e| e.1).collect();
             let d = sim.fail(&failing, false);
             prop_assert_eq!(&d.compensations, &expected);
-            let mut ran = Vec::new();
+            // The steps still running are told to stop; no compensation starts before the last
+            // of them reported.
             let mut d = d;
+            for step in sim.running() {
+                prop_assert!(comp_starts(&d).is_empty());
+                let attempt = sim.attempt(&step);
+                d = sim.report(&step, attempt, StepResult::Failed { error: "stopped".into(), retryable: true });
+            }
+            let mut ran = Vec::new();
             loop {
                 let starts: Vec<AttemptId> = d
                     .starts()

@@ -13,5 +13,6 @@ mod history;
 mod interventions;
 mod pages;
 mod plans;
+mod rollback;
 mod smoke;
 mod templates;

@@ -33,7 +33,10 @@ export async function render(main, params, ctx) {
   // Kept across refreshes (controls.js redraws it only when what it shows changed), so a
   // control does not vanish under the pointer or the keyboard focus.
   const controlsEl = h('div', { id: 'plan-controls', class: 'toolbar' });
-  header.append(info, controlsEl);
+  // The rollback's progress, when the plan has one: its status, then each compensation in the
+  // order it runs (done first, then pending) with its own status, attempts and error.
+  const rollbackEl = h('section', { id: 'plan-rollback-panel', class: 'rollback', 'aria-label': 'Rollback' });
+  header.append(info, controlsEl, rollbackEl);
   const conn = h('span', { id: 'plan-conn', class: 'muted' });
   const tabs = h('nav', { class: 'toolbar tabs', 'aria-label': 'Plan sections' },
     TABS.map(([key, label]) => h('a', {
@@ -64,6 +67,8 @@ export async function render(main, params, ctx) {
         v.pause_reason ? ` · paused: ${v.pause_reason.replace('_', ' ')}` : '',
         v.failure ? ` · ${v.failure}` : '',
         h('span', { class: 'muted hide-narrow' }, ` · created ${time(v.created_at)} · updated ${time(v.updated_at)}`)));
+    fill(rollbackEl, rollbackPanel(v));
+    rollbackEl.hidden = !v.rollback;
     if (controls) controls(controlsEl, live, ctx);
   };
   // The controls (start, pause, resume, cancel) come from ./plan/controls.js when present.
@@ -87,4 +92,34 @@ export async function render(main, params, ctx) {
     if (typeof tabCleanup === 'function') tabCleanup();
     live.close();
   };
+}
+
+/** The rollback panel of the plan `v` (nothing when it has no rollback). */
+export function rollbackPanel(v) {
+  const r = v.rollback;
+  if (!r) return null;
+  const byId = new Map(v.steps.map((s) => [s.step_id, s]));
+  const rows = [...r.done, ...r.pending].map((id, i) => {
+    const c = (byId.get(id) || {}).compensation || { status: 'pending', attempts: 0 };
+    return h('tr', { dataset: { step: id, status: c.status } },
+      h('td', {}, String(i + 1)),
+      h('td', {}, h('a', { href: `#/plans/${encodeURIComponent(v.plan_id)}/steps/${encodeURIComponent(id)}` }, id)),
+      h('td', {}, badge(c.status)),
+      h('td', {}, String(c.attempts)),
+      h('td', { class: 'muted' }, c.error || ''));
+  });
+  return [
+    h('h2', {}, 'Rollback ', badge(r.status)),
+    h('p', { id: 'plan-rollback-summary' },
+      `${r.done.length} done · ${r.pending.length} pending · the plan ends ${r.then}`,
+      r.status === 'failed' && r.pending.length
+        ? ` · stopped at ${r.pending[0]}: retry or skip its compensation (Steps tab), or Roll back again to try it again`
+        : ''),
+    rows.length
+      ? h('table', { class: 'compact' },
+        h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', {}, 'Compensates'), h('th', {}, 'Status'),
+          h('th', {}, 'Attempts'), h('th', {}, 'Error'))),
+        h('tbody', {}, rows))
+      : h('p', { class: 'muted' }, 'Nothing to compensate.'),
+  ];
 }

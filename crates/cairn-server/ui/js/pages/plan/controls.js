@@ -14,6 +14,7 @@ const ALLOWED = {
   pause: ['running'],
   resume: ['paused'],
   cancel: ['idle', 'running', 'paused'],
+  rollback: ['failed', 'cancelled'],
 };
 
 // A dialog left open survives the header being drawn again.
@@ -24,21 +25,27 @@ export function render(el, live, ctx) {
   const role = ctx.can('operator');
   const enc = encodeURIComponent(live.id);
   // Drawn again only when what the controls show changed (not on every refresh).
-  const key = JSON.stringify([v.state, v.resume_at || null, role.ok, v.plan_id]);
+  const key = JSON.stringify([v.state, v.resume_at || null, role.ok, v.plan_id,
+    v.rollback ? v.rollback.status : null]);
   if (el.dataset.key === key) return;
   el.dataset.key = key;
 
   const why = (action) => {
     if (!role.ok) return role.why;
     if (!ALLOWED[action].includes(v.state)) return `the plan is ${v.state.replace('_', ' ')}`;
+    if (action === 'rollback' && v.rollback && v.rollback.status !== 'failed') return 'the plan has been rolled back';
+    if (action === 'cancel' && v.rollback && v.rollback.status === 'running') return 'the plan is rolling back';
     return '';
   };
 
   async function send(action, body, button) {
     if (button) button.disabled = true;
     try {
-      live.view = await api.post(`/v1/plans/${enc}/${action}`, body);
-      ctx.flash(`${action[0].toUpperCase()}${action.slice(1)}: the plan is ${live.view.state}.`);
+      const answer = await api.post(`/v1/plans/${enc}/${action}`, body);
+      // A rollback (or a cancel with rollback) answers its compensations and the plan.
+      live.view = answer.plan || answer;
+      const comps = answer.compensations ? `; ${answer.compensations.length} compensation${answer.compensations.length === 1 ? '' : 's'} to run` : '';
+      ctx.flash(`${action[0].toUpperCase()}${action.slice(1)}: the plan is ${live.view.state}${comps}.`);
     } catch (e) {
       ctx.fail(e);
     }
@@ -65,6 +72,7 @@ export function render(el, live, ctx) {
     control('pause', 'Pause…', () => openPause()),
     control('resume', 'Resume', (e) => send('resume', {}, e.currentTarget), 'primary'),
     control('cancel', 'Cancel…', () => openCancel(), 'danger'),
+    control('rollback', 'Roll back…', () => openRollback(), 'danger'),
   ];
   const notes = [...reasons.entries()].map(([reason, list], k) => h('span', { class: 'reason', id: `plan-why-${k}`,
     dataset: { actions: list.map(([a]) => a).join(' ') } }, `${list.map(([, l]) => l).join(', ')}: ${reason}`));
@@ -123,11 +131,58 @@ export function render(el, live, ctx) {
 
   function openCancel() {
     const reason = h('input', { type: 'text', id: 'cancel-reason', name: 'reason', placeholder: 'optional', maxlength: '500' });
+    const preview = h('div', { id: 'cancel-rollback-preview', 'aria-live': 'polite' });
+    const withRollback = h('input', { type: 'checkbox', id: 'cancel-rollback', name: 'rollback',
+      onchange: async () => {
+        if (!withRollback.checked) { fill(preview); return; }
+        fill(preview, h('p', { class: 'muted' }, 'Reading what the rollback would run…'));
+        try {
+          const dry = await api.post(`/v1/plans/${enc}/cancel`, { rollback: true, dry_run: true });
+          fill(preview, compensationList(dry));
+        } catch (e) {
+          fill(preview, h('p', { class: 'flash error' }, e.message || String(e)));
+        }
+      } });
     dialog('cancel-dialog', `Cancel ${v.plan_id}?`, [
       h('p', {}, 'Running steps are stopped and no further step runs. A cancelled plan can still be restored from a checkpoint.'),
+      h('label', {}, withRollback, ' roll back what it did first (run the compensations of its steps, newest first)'),
+      preview,
       h('label', { class: 'field' }, 'Reason', reason),
     ], 'Cancel the plan', async () => {
-      await send('cancel', reason.value.trim() ? { reason: reason.value.trim() } : {});
+      const body = reason.value.trim() ? { reason: reason.value.trim() } : {};
+      if (withRollback.checked) body.rollback = true;
+      await send('cancel', body);
+    }, 'danger');
+  }
+
+  // The compensations of a dry run, in the order they would run.
+  function compensationList(dry) {
+    if (!dry.compensations.length) return h('p', { class: 'muted', id: 'rollback-none' }, 'Nothing to compensate.');
+    return [
+      h('p', {}, `${dry.compensations.length} compensation${dry.compensations.length === 1 ? '' : 's'}, in this order:`),
+      h('ol', { id: 'rollback-preview' }, dry.compensations.map((c) =>
+        h('li', { dataset: { step: c.step_id } }, `${c.step_id}: ${c.action} (${c.agent_type})`))),
+    ];
+  }
+
+  async function openRollback() {
+    let dry;
+    try {
+      dry = await api.post(`/v1/plans/${enc}/rollback`, { dry_run: true });
+    } catch (e) {
+      ctx.fail(e);
+      return;
+    }
+    const reason = h('input', { type: 'text', id: 'rollback-reason', name: 'reason', placeholder: 'optional', maxlength: '500' });
+    const continuing = v.rollback && v.rollback.status === 'failed';
+    dialog('rollback-dialog', `Roll back ${v.plan_id}?`, [
+      h('p', {}, continuing
+        ? 'The rollback stopped on a failed compensation: it continues from there (that compensation is tried again).'
+        : 'The compensations of the steps the plan ran run one at a time, newest start first; the plan runs meanwhile, then ends ' + v.state + ' again.'),
+      compensationList(dry),
+      h('label', { class: 'field' }, 'Reason', reason),
+    ], 'Roll back', async () => {
+      await send('rollback', reason.value.trim() ? { reason: reason.value.trim() } : {});
     }, 'danger');
   }
 }
