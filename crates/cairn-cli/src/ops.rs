@@ -352,8 +352,11 @@ fn show_rollback(op: &Operator, db: &DbArgs, answer: &cairn_core::view::Rollback
     render::out(&render::rollback(answer));
     if !answer.dry_run {
         render::out(&render::plan(&answer.plan));
-        if !answer.compensations.is_empty() {
-            drive_hint(op, db, &answer.plan);
+        if !answer.compensations.is_empty() && op.is_local() {
+            eprintln!(
+                "its compensations run when a process drives the plan: {}",
+                resume_command(&answer.plan, db)
+            );
         }
     }
 }

@@ -389,8 +389,12 @@ async fn the_alerting_rules_read_only_exported_metrics() -> Result<()> {
     let plan = json!({
         "plan_id": "metrics-alerts",
         "query": "q",
+        // A compensation that fails for good, so the rollback counters have their series.
+        "on_failure": "rollback",
         "steps": [
-            {"step_id": "a", "action": "x", "agent_type": "builtin.echo"},
+            {"step_id": "a", "action": "x", "agent_type": "builtin.echo",
+             "compensate": {"action": "undo", "agent_type": "builtin.fail",
+                            "params": {"retryable": false}}},
             {"step_id": "b", "action": "x", "agent_type": "builtin.fail",
              "params": {"retryable": false}, "depends_on": ["a"]},
         ]
