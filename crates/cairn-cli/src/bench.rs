@@ -702,6 +702,7 @@ async fn run_workload(
                     expected_version: None,
                     reason: Some("bench".into()),
                     dry_run,
+                    upgrade: None,
                 };
                 let t = Instant::now();
                 engine.intervene("big", skip(true), "bench").await?;
@@ -781,6 +782,7 @@ async fn run_workload(
                             expected_version: None,
                             reason: None,
                             dry_run: false,
+                            upgrade: None,
                         },
                         "bench",
                     )

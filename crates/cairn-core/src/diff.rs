@@ -523,7 +523,7 @@ fn fields(
 
 /// Applies one field change inside `obj`, checking its `before`. `context` prefixes the path in
 /// errors (`steps.s1.`).
-fn set(
+pub(crate) fn set(
     obj: &mut Map<String, Value>,
     path: &str,
     change: &FieldChange,

@@ -19,8 +19,9 @@
 //! Added within format 2 (new event types and optional fields, so no new format): the rollback
 //! events `rollback_started`, `compensation_started`, `compensation_completed`,
 //! `compensation_failed`, `rollback_completed`, `rollback_failed`, and an optional `kind`
-//! (absent: `step`) on `step_interrupted` and `step_result_ignored`. Older logs have none of
-//! them and replay unchanged.
+//! (absent: `step`) on `step_interrupted` and `step_result_ignored`; the `upgrade`
+//! intervention type, and the optional `template`, `inputs` and `on_failure` of an [`Effect`]
+//! (what an upgrade changes). Older logs have none of them and replay unchanged.
 
 mod effect;
 pub mod upcast;
