@@ -263,15 +263,22 @@ impl Engine {
             .into_iter()
             .chain(started.events)
             .collect();
-        let stored = self
+        // The lease is taken in the same transaction where the store can (SQLite), so the
+        // plan is driven from this one commit.
+        let (stored, fence) = self
             .store()
-            .create_plan(CreatePlan {
-                plan_id: plan_id.clone(),
-                created_at: now.as_micros(),
-                state: state.status.as_str().to_owned(),
-                events: events.iter().map(crate::convert::to_new).collect(),
-                reviews: crate::reviews::all(&state),
-            })
+            .create_plan_leased(
+                CreatePlan {
+                    plan_id: plan_id.clone(),
+                    created_at: now.as_micros(),
+                    state: state.status.as_str().to_owned(),
+                    events: events.iter().map(crate::convert::to_new).collect(),
+                    reviews: crate::reviews::all(&state),
+                },
+                &inner.opts.node_id,
+                inner.opts.lease_ms,
+                now.as_micros(),
+            )
             .await?;
         let published: Vec<Arc<cairn_core::Event>> = events
             .into_iter()
@@ -286,15 +293,19 @@ impl Engine {
         // The plan is durable and running from here. Should this node fail to take it (its
         // lease cannot be claimed now, or a read loaded it meanwhile), recovery sends its
         // attempts (same attempt, same invocation, same key), as after a restart.
-        let claimed = self
-            .store()
-            .claim(
-                &plan_id,
-                &inner.opts.node_id,
-                inner.opts.lease_ms,
-                now.as_micros(),
-            )
-            .await;
+        let claimed = match fence {
+            Some(fence) => Ok(fence),
+            None => {
+                self.store()
+                    .claim(
+                        &plan_id,
+                        &inner.opts.node_id,
+                        inner.opts.lease_ms,
+                        now.as_micros(),
+                    )
+                    .await
+            }
+        };
         let driven = match claimed {
             Ok(fence) => self.drive_new(state, fence, started.actions)?,
             Err(_) => false,
