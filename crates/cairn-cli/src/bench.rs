@@ -25,7 +25,7 @@ use crate::{exit, Fail};
 
 const WORKLOADS: &[&str] = &[
     "fsync", "plans", "one_plan", "big_plan", "paused", "control", "http", "sse", "rollback",
-    "cluster",
+    "cluster", "templates",
 ];
 
 /// The workloads that measure the disk or several processes rather than one store: never run a
@@ -60,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long)]
     db: Option<PathBuf>,
     /// Only these workloads (comma separated): fsync, plans, one_plan, big_plan, paused,
-    /// control, http, sse, rollback, cluster.
+    /// control, http, sse, rollback, cluster, templates.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// A PostgreSQL server (`postgres://user@host:port/db`): the workloads run on it as well, each
@@ -704,6 +704,7 @@ async fn run_workload(
                     expected_version: None,
                     reason: Some("bench".into()),
                     dry_run,
+                    upgrade: None,
                 };
                 let t = Instant::now();
                 engine.intervene("big", skip(true), "bench").await?;
@@ -783,6 +784,7 @@ async fn run_workload(
                             expected_version: None,
                             reason: None,
                             dry_run: false,
+                            upgrade: None,
                         },
                         "bench",
                     )
@@ -818,6 +820,131 @@ async fn run_workload(
             crate::bench_http::run(args.plans, args.requests, target, || rss_mb("VmHWM:")).await
         }
         "sse" => crate::bench_http::sse(args.subscribers, target, || rss_mb("VmHWM:")).await,
+        // Making a plan of a template and starting it (one commit), against registering and
+        // starting it in two calls; and the diff of two 1,000-step definitions.
+        "templates" => {
+            let (_, fsync_us) = fsync_rate(dir, 200)?;
+            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            let (engine, store) = open(target, EngineOptions::default()).await?;
+            // The first step holds (a long sleep), so nothing else commits while timing.
+            let template = json!({
+                "name": "bench",
+                "parameters": {"type": "object", "properties": {"topic": {"type": "string", "default": "t"}}},
+                "plan": {"query": "bench", "steps": [
+                    {"step_id": "hold", "action": "hold", "agent_type": "builtin.sleep", "params": {"ms": 3_600_000}},
+                    {"step_id": "read", "action": "read", "agent_type": "builtin.echo", "params": {"q": "{{ inputs.topic }}"}}
+                ]}
+            });
+            engine.push_template(template.clone(), "bench").await?;
+            let rounds = args.requests.clamp(1, 200);
+            let (mut one, mut two) = (Vec::new(), Vec::new());
+            let before = store.stats();
+            for k in 0..rounds {
+                let t = Instant::now();
+                engine
+                    .instantiate(
+                        "bench",
+                        cairn_engine::Instantiate {
+                            plan_id: Some(format!("tpl-{k}")),
+                            ..Default::default()
+                        },
+                        "bench",
+                    )
+                    .await?;
+                one.push(ms(t));
+            }
+            let after = store.stats();
+            let template = cairn_core::Template::from_value(template)
+                .map_err(|e| Fail::input(e.to_string()))?;
+            for k in 0..rounds {
+                let plan = template
+                    .instantiate(1, Value::Null, Some(format!("two-{k}")))
+                    .map_err(|e| Fail::input(e.to_string()))?;
+                let t = Instant::now();
+                engine.register(plan, "bench").await?;
+                engine.start(&format!("two-{k}"), "bench", None).await?;
+                two.push(ms(t));
+            }
+            // Two 1,000-step definitions with edits throughout: params changed on every tenth
+            // step, a tenth of the steps removed, two swapped, one added.
+            let steps = |edit: bool| -> Vec<StepDef> {
+                (0..1_000)
+                    .map(|i| {
+                        let mut params =
+                            json!({"query": format!("q{i}"), "opts": {"depth": i % 7}});
+                        if edit && i % 10 == 0 {
+                            params["opts"]["depth"] = json!(99);
+                        }
+                        step(&format!("step_{i}"), "builtin.echo", params)
+                    })
+                    .collect()
+            };
+            let v1 = Plan {
+                steps: steps(false),
+                ..echo_plan("d".into(), 1)
+            };
+            let mut edited = steps(true);
+            edited.retain(|s| !s.step_id.ends_with('3'));
+            edited.swap(10, 500);
+            edited.push(step("new", "builtin.echo", Value::Null));
+            let v2 = Plan {
+                steps: edited,
+                ..echo_plan("d".into(), 1)
+            };
+            let (t1, t2) = (
+                cairn_core::Template {
+                    name: "d".into(),
+                    description: None,
+                    parameters: json!({"type": "object"}),
+                    plan: serde_json::to_value(&v1).unwrap_or_default(),
+                },
+                cairn_core::Template {
+                    name: "d".into(),
+                    description: None,
+                    parameters: json!({"type": "object"}),
+                    plan: serde_json::to_value(&v2).unwrap_or_default(),
+                },
+            );
+            let (mut plan_diff, mut template_diff) = (Vec::new(), Vec::new());
+            for _ in 0..rounds.min(50) {
+                let t = Instant::now();
+                std::hint::black_box(cairn_core::diff::Diff::between(&v1, &v2));
+                plan_diff.push(ms(t));
+                let t = Instant::now();
+                std::hint::black_box(t1.diff(&t2));
+                template_diff.push(ms(t));
+            }
+            for id in (0..rounds).flat_map(|k| [format!("tpl-{k}"), format!("two-{k}")]) {
+                engine.cancel(&id, "bench", None).await?;
+            }
+            engine.shutdown().await;
+            let mut out = Vec::new();
+            let commits = (after.commits - before.commits) as f64 / rounds as f64;
+            let requests = (after.requests - before.requests) as f64 / rounds as f64;
+            two.sort_by(f64::total_cmp);
+            for (name, mut v) in [
+                ("instantiate_start", one),
+                ("diff_plan_1000", plan_diff),
+                ("diff_template_1000", template_diff),
+            ] {
+                v.sort_by(f64::total_cmp);
+                let mut line = json!({
+                    "workload": format!("templates_{name}"), "steps": if name == "instantiate_start" { 2 } else { 1_000 },
+                    "wall_s": round(v.iter().sum::<f64>() / 1e3, 3), "steps_per_sec": 0,
+                    "peak_rss_mb": rss_mb("VmHWM:"), "requests": v.len(),
+                    "p50_ms": round(percentile(&v, 0.5), 3), "p99_ms": round(percentile(&v, 0.99), 3),
+                });
+                if name == "instantiate_start" {
+                    line["fsync_ms"] = json!(round(fsync_us / 1e3, 3));
+                    line["commits_per_call"] = json!(round(commits, 2));
+                    line["writes_per_call"] = json!(round(requests, 2));
+                    line["register_then_start_p50_ms"] = json!(round(percentile(&two, 0.5), 3));
+                    line["register_then_start_p99_ms"] = json!(round(percentile(&two, 0.99), 3));
+                }
+                out.push(line);
+            }
+            Ok(out)
+        }
         other => Err(Fail::input(format!("unknown workload {other:?}"))),
     }
 }

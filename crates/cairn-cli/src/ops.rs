@@ -169,6 +169,17 @@ pub enum PlansCmd {
         #[arg(long, value_name = "V")]
         to: Option<u64>,
     },
+    /// Move a plan made from a template to another version of that template: the versions'
+    /// diff is applied to the steps that have not started (refused, naming the step, where it
+    /// would change, remove or move one that has).
+    Upgrade {
+        plan_id: String,
+        /// The template version to move to.
+        #[arg(long, value_name = "V")]
+        template_version: u64,
+        #[command(flatten)]
+        iv: IvArgs,
+    },
 }
 
 /// Options every intervention takes.
@@ -452,6 +463,7 @@ impl PlansCmd {
             | PlansCmd::Interventions { db, .. }
             | PlansCmd::Versions { db, .. }
             | PlansCmd::Diff { db, .. } => db,
+            PlansCmd::Upgrade { iv, .. } => &iv.db,
         }
     }
 }
@@ -471,6 +483,17 @@ impl CheckpointsCmd {
 }
 
 pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
+    let cmd = match cmd {
+        PlansCmd::Upgrade {
+            plan_id,
+            template_version,
+            iv,
+        } => {
+            let body = json!({"type": "upgrade", "template_version": template_version});
+            return send_intervention(plan_id, body, iv).await;
+        }
+        other => other,
+    };
     // Arguments are checked before the store or the server is touched.
     if let PlansCmd::Events {
         follow: true, db, ..
@@ -647,6 +670,8 @@ pub async fn plans(cmd: PlansCmd) -> Result<u8, Fail> {
                 render::out(&render::plan_diff(&diff));
             }
         }
+        // Sent above, before a store was opened.
+        PlansCmd::Upgrade { .. } => {}
     }
     Ok(exit::OK)
 }
@@ -689,7 +714,7 @@ pub(crate) fn json_arg(text: &str, what: &str) -> Result<Value, Fail> {
 }
 
 pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
-    let (plan_id, mut body, iv) = match cmd {
+    let (plan_id, body, iv) = match cmd {
         StepsCmd::Skip {
             plan_id,
             step_id,
@@ -783,6 +808,12 @@ pub async fn steps(cmd: StepsCmd) -> Result<u8, Fail> {
             iv,
         ),
     };
+    send_intervention(plan_id, body, iv).await
+}
+
+/// Sends the intervention `body` with the options every intervention takes; prints the record
+/// (or the refusal, exiting non-zero).
+async fn send_intervention(plan_id: String, mut body: Value, iv: IvArgs) -> Result<u8, Fail> {
     if let Some(r) = &iv.reason {
         body["reason"] = Value::String(r.clone());
     }

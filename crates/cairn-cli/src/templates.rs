@@ -1,4 +1,4 @@
-//! `cairn templates push|list|show|run|delete`: versioned plan templates, on a local store or a
+//! `cairn templates push|list|show|diff|run|delete`: versioned plan templates, on a local store or a
 //! server, through the same [`Operator`] as the other commands.
 //!
 //! `run` reads `--input name=value` by the template's parameter schema: a value of an input
@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use cairn_core::template::{Pushed, TemplateDetail, TemplateVersion};
+use cairn_core::template::{Pushed, TemplateDetail, TemplateDiff, TemplateVersion};
 use cairn_core::view::{Page, PlanView};
 use cairn_core::{Format, Template};
 use cairn_engine::{Instantiate, TemplateError};
@@ -64,6 +64,19 @@ pub enum TemplatesCmd {
         /// Register the plan without starting it.
         #[arg(long)]
         no_start: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// What changed in a template between two versions: + added, - removed, ~ changed
+    /// (before → after), ↕ moved, and its parameters.
+    Diff {
+        name: String,
+        /// The version to compare from (default: the one before --to).
+        #[arg(long, value_name = "V")]
+        from: Option<u64>,
+        /// The version to compare to (default: the latest).
+        #[arg(long, value_name = "V")]
+        to: Option<u64>,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -147,6 +160,18 @@ impl Operator {
                     req.start != Some(false),
                 )
                 .await?),
+        }
+    }
+
+    async fn template_diff(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<TemplateDiff, Fail> {
+        match self {
+            Operator::Local { engine, .. } => Ok(engine.template_diff(name, from, to).await?),
+            Operator::Remote(c) => Ok(c.template_diff(name, from, to).await?),
         }
     }
 
@@ -297,6 +322,22 @@ pub async fn run(cmd: TemplatesCmd) -> Result<u8, Fail> {
                 if !no_start {
                     crate::ops::drive_hint(&op, &db, &view);
                 }
+            }
+            Ok(exit::OK)
+        }
+        TemplatesCmd::Diff { name, from, to, db } => {
+            if from == Some(0) || to == Some(0) {
+                return Err(Fail::input("versions count from 1"));
+            }
+            let op = Operator::open(&db, Access::Read).await?;
+            let diff = op.template_diff(&name, from, to).await?;
+            if db.json {
+                render::json(&diff);
+            } else {
+                render::out(&format!(
+                    "template {} version {} → {}\n{}",
+                    diff.name, diff.from, diff.to, diff.diff
+                ));
             }
             Ok(exit::OK)
         }

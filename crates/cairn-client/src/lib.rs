@@ -298,6 +298,25 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/templates/{name}/diff?from=&to=`: the structural diff between two versions
+    /// (`to` defaults to the latest, `from` to the one before `to`).
+    pub async fn template_diff(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<cairn_core::template::TemplateDiff> {
+        let mut q = Vec::new();
+        if let Some(f) = from {
+            q.push(("from", f.to_string()));
+        }
+        if let Some(t) = to {
+            q.push(("to", t.to_string()));
+        }
+        self.get_as(&format!("/v1/templates/{}/diff", path_segment(name)), &q)
+            .await
+    }
+
     /// `POST /v1/templates/{name}/instantiate`: a new plan of the template (the latest version
     /// unless `version`), started unless `start` is false.
     pub async fn instantiate_template(

@@ -879,6 +879,7 @@ fn intervene(
             let by = intervention::By {
                 user: actor,
                 reason: request.reason.as_deref(),
+                upgrade: request.upgrade.as_deref(),
             };
             intervention::mutate(&mut copy, &request.kind, em.now, &by).map(|()| {
                 // An attempt the intervention ended (completed by hand, rerun) keeps no record
@@ -1434,6 +1435,7 @@ fn judge(
                 expected_version: None,
                 reason: Some(why),
                 dry_run: false,
+                upgrade: None,
             };
             intervene(em, GATE_USER, request);
         }
@@ -1514,6 +1516,7 @@ fn expire_reviews(em: &mut Emitter<'_>) {
             expected_version: None,
             reason: Some(reason),
             dry_run: false,
+            upgrade: None,
         };
         intervene(em, TIMEOUT_USER, request);
     }

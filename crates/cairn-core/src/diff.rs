@@ -523,7 +523,7 @@ fn fields(
 
 /// Applies one field change inside `obj`, checking its `before`. `context` prefixes the path in
 /// errors (`steps.s1.`).
-fn set(
+pub(crate) fn set(
     obj: &mut Map<String, Value>,
     path: &str,
     change: &FieldChange,
@@ -982,6 +982,39 @@ mod tests {
             })
     }
 
+    /// A JSON Schema of inputs: some of `x`, `y`, `z`, each typed, some with a default, some
+    /// required.
+    fn arb_parameters() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map(
+            prop_oneof![Just("x"), Just("y"), Just("z")],
+            (
+                prop_oneof![Just("string"), Just("integer")],
+                prop::option::of(0i64..3),
+                any::<bool>(),
+            ),
+            0..3,
+        )
+        .prop_map(|props| {
+            let mut properties = Map::new();
+            let mut required = Vec::new();
+            for (name, (ty, default, req)) in props {
+                let mut schema = json!({ "type": ty });
+                if let Some(d) = default {
+                    schema["default"] = if ty == "string" {
+                        json!(d.to_string())
+                    } else {
+                        json!(d)
+                    };
+                }
+                properties.insert(name.to_owned(), schema);
+                if req {
+                    required.push(name);
+                }
+            }
+            json!({"type": "object", "properties": properties, "required": required})
+        })
+    }
+
     fn arb_plan() -> impl Strategy<Value = Plan> {
         (
             prop::sample::subsequence((0..10).collect::<Vec<u32>>(), 1..10)
@@ -1028,6 +1061,36 @@ mod tests {
             let back: Diff = serde_json::from_str(&json).unwrap();
             prop_assert_eq!(back.apply(&v1).unwrap(), v2.clone());
             prop_assert_eq!(Diff::between(&v1, &v2).is_empty(), v1 == v2);
+        }
+
+        /// For templates too: applying the diff of v1 → v2 (plan part and parameters) to v1
+        /// gives v2's plan and v2's parameters, through the diff's JSON too.
+        #[test]
+        fn applying_a_template_diff_gives_the_second_template(
+            v1 in arb_plan(),
+            v2 in arb_plan(),
+            p1 in arb_parameters(),
+            p2 in arb_parameters(),
+        ) {
+            let template = |p: &Plan, parameters: Value| {
+                let mut plan = serde_json::to_value(p).unwrap();
+                plan.as_object_mut().unwrap().remove("plan_id");
+                crate::template::Template {
+                    name: "t".into(),
+                    description: None,
+                    parameters,
+                    plan,
+                }
+            };
+            let (a, b) = (template(&v1, p1), template(&v2, p2));
+            let diff = a.diff(&b);
+            let back: Diff = serde_json::from_str(&serde_json::to_string(&diff).unwrap()).unwrap();
+            for d in [&diff, &back] {
+                let applied = a.apply(d).unwrap();
+                prop_assert_eq!(&applied.plan, &b.plan);
+                prop_assert!(parameters(&applied.parameters, &b.parameters).is_empty());
+            }
+            prop_assert_eq!(diff.is_empty(), a.plan == b.plan && parameters(&a.parameters, &b.parameters).is_empty());
         }
 
         /// Moves are kept to those the order needs: reversing n common steps moves n - 1.

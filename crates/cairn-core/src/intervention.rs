@@ -93,6 +93,11 @@ pub enum InterventionKind {
         step_id: String,
         output: Value,
     },
+    /// Moves a plan made from a template to another version of that template (see
+    /// [`crate::upgrade`]).
+    Upgrade {
+        template_version: u64,
+    },
 }
 
 impl InterventionKind {
@@ -108,6 +113,7 @@ impl InterventionKind {
             InterventionKind::ApproveStep { .. } => "approve_step",
             InterventionKind::RejectStep { .. } => "reject_step",
             InterventionKind::CompleteStep { .. } => "complete_step",
+            InterventionKind::Upgrade { .. } => "upgrade",
         }
     }
 
@@ -126,7 +132,7 @@ impl InterventionKind {
                 .get("step_id")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
-            InterventionKind::ReorderSteps { .. } => None,
+            InterventionKind::ReorderSteps { .. } | InterventionKind::Upgrade { .. } => None,
         }
     }
 }
@@ -138,6 +144,10 @@ pub struct InterventionRequest {
     pub expected_version: Option<u64>,
     pub reason: Option<String>,
     pub dry_run: bool,
+    /// For `upgrade`: the plan's template rendered at both versions, which the caller (the
+    /// engine, which reads the store) adds; absent in a request as sent. Never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<Box<crate::upgrade::UpgradeSource>>,
 }
 
 impl InterventionRequest {
@@ -171,7 +181,7 @@ impl InterventionRequest {
         if !map.contains_key("type") {
             return Err(Invalid::one(
                 "type",
-                "missing; one of skip_step, retry_step, modify_step, add_step, remove_step, reorder_steps, rerun_from, complete_step, approve_step, reject_step",
+                "missing; one of skip_step, retry_step, modify_step, add_step, remove_step, reorder_steps, rerun_from, complete_step, approve_step, reject_step, upgrade",
             ));
         }
         // Strictness belongs to input: the stored type reads leniently (see `crate::log`), so
@@ -196,6 +206,7 @@ impl InterventionRequest {
             expected_version,
             reason,
             dry_run,
+            upgrade: None,
         })
     }
 }
@@ -212,6 +223,7 @@ fn fields_of(type_name: &str) -> Option<&'static [&'static str]> {
         "add_step" => &["step", "after", "before", "insert_after", "insert_before"],
         "reorder_steps" => &["order"],
         "complete_step" => &["step_id", "output"],
+        "upgrade" => &["template_version"],
         _ => return None,
     })
 }
@@ -368,6 +380,8 @@ const PATCHABLE: &[&str] = &[
 pub struct By<'a> {
     pub user: &'a str,
     pub reason: Option<&'a str>,
+    /// What an `upgrade` moves between (see [`InterventionRequest::upgrade`]).
+    pub upgrade: Option<&'a crate::upgrade::UpgradeSource>,
 }
 
 /// Is `user` one of the system's own users (`system:…`), which decide by rule, not by vote?
@@ -464,6 +478,7 @@ fn apply_kind(
             | InterventionKind::AddStep { .. }
             | InterventionKind::RemoveStep { .. }
             | InterventionKind::ReorderSteps { .. }
+            | InterventionKind::Upgrade { .. }
     );
     // A failed step may be modified in a failed plan (then retried); otherwise a terminal plan's
     // definition is settled.
@@ -723,6 +738,12 @@ fn apply_kind(
             at,
             by,
         )?,
+        InterventionKind::Upgrade { template_version } => {
+            crate::upgrade::apply(state, *template_version, by.upgrade)?;
+            if state.status == PlanStatus::Paused && state.pause_reason.is_none() {
+                state.pause_reason = Some(PauseReason::Intervention);
+            }
+        }
     }
     Ok(())
 }
@@ -908,6 +929,8 @@ fn view(state: &PlanState, show: impl Fn(&str) -> bool) -> Value {
     serde_json::json!({
         "status": state.status.as_str(),
         "version": state.version,
+        "template": state.template,
+        "inputs": state.inputs,
         "order": state.steps.iter().map(|s| s.def.step_id.as_str()).collect::<Vec<_>>(),
         "steps": steps,
     })

@@ -15,6 +15,7 @@
 //! - [`log`]: how events are stored: the log format, upcasters, and what replay applies.
 //! - [`expr`]: `{{ }}` templates and `when:` conditions.
 //! - [`template`]: templates (a plan with a JSON Schema of its inputs) and instantiation.
+//! - [`upgrade`]: moving a plan made from a template to another version of it.
 //! - [`suggest`]: "did you mean …?" for misspelt names.
 //! - [`time`]: timestamps, stored as microseconds and written as RFC 3339.
 //!
@@ -41,6 +42,7 @@ pub mod status;
 pub mod suggest;
 pub mod template;
 pub mod time;
+pub mod upgrade;
 pub mod versions;
 pub mod view;
 

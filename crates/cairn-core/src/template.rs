@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::diff::{self, Diff, DiffError};
 use crate::document;
 use crate::expr;
 use crate::plan::{self, Fault, Format, Invalid, Plan, TemplateRef};
@@ -264,6 +265,36 @@ impl Template {
         );
         Plan::from_value(Value::Object(body))
     }
+}
+
+impl Template {
+    /// The structural diff from this template to `other`, in the format of plan diffs: its
+    /// plan's fields and steps, and its parameters added, removed and changed.
+    pub fn diff(&self, other: &Template) -> Diff {
+        let mut diff = Diff::of_documents(&self.plan, &other.plan);
+        diff.parameters = diff::parameters(&self.parameters, &other.parameters);
+        diff
+    }
+
+    /// This template with `diff` applied (every `before` checked), the other way of
+    /// [`Template::diff`]: `a.apply(&a.diff(&b))` has `b`'s plan and parameters.
+    pub fn apply(&self, diff: &Diff) -> Result<Template, DiffError> {
+        Ok(Template {
+            plan: diff.apply_document(&self.plan)?,
+            parameters: diff::apply_parameters(&self.parameters, &diff.parameters)?,
+            ..self.clone()
+        })
+    }
+}
+
+/// The diff between two versions of a template (`GET /v1/templates/{name}/diff`).
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateDiff {
+    pub name: String,
+    pub from: u64,
+    pub to: u64,
+    pub diff: Diff,
 }
 
 /// One stored version of a template, as clients read it.
@@ -667,6 +698,51 @@ mod tests {
             Template::from_value(changed).unwrap().canonical(),
             a.canonical()
         );
+    }
+
+    #[test]
+    fn a_template_diff_names_steps_and_parameters_and_applies_back() {
+        let a = Template::from_value(research()).unwrap();
+        let mut doc = research();
+        doc["parameters"]["properties"]["lang"] = json!({"type": "string", "default": "en"});
+        doc["parameters"]["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("style");
+        doc["parameters"]["required"] = json!(["topic", "depth"]);
+        doc["plan"]["steps"][1]["params"] = json!({"lang": "{{ inputs.lang }}"});
+        doc["plan"]["steps"].as_array_mut().unwrap().insert(
+            0,
+            json!({"step_id": "plan", "action": "think", "agent_type": "builtin.echo"}),
+        );
+        doc["plan"]["max_parallel"] = json!(2);
+        let b = Template::from_value(doc).unwrap();
+        let d = a.diff(&b);
+        assert_eq!(d.added.len(), 1);
+        assert_eq!(d.added[0].step_id, "plan");
+        assert_eq!(d.changed.len(), 1);
+        assert_eq!(d.changed[0].step_id, "dig");
+        assert_eq!(d.plan[0].path, "max_parallel");
+        let names: Vec<(&str, bool, bool)> = d
+            .parameters
+            .iter()
+            .map(|p| (p.name.as_str(), p.before.is_some(), p.after.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("depth", true, true),
+                ("style", true, false),
+                ("lang", false, true)
+            ]
+        );
+        let back = a.apply(&d).unwrap();
+        assert_eq!(back.plan, b.plan);
+        assert!(diff::parameters(&back.parameters, &b.parameters).is_empty());
+        assert!(a.diff(&a).is_empty());
+        // A diff made for another template does not apply, naming what differs.
+        let err = b.apply(&d).unwrap_err().to_string();
+        assert!(err.contains("does not apply"), "{err}");
     }
 
     #[test]

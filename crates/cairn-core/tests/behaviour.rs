@@ -21,6 +21,8 @@ mod gates;
 mod properties;
 #[path = "behaviour/rollback.rs"]
 mod rollback;
+#[path = "behaviour/upgrade.rs"]
+mod upgrade;
 #[path = "behaviour/validation.rs"]
 mod validation;
 

@@ -109,6 +109,9 @@ pub(crate) struct PlanActor {
     stale: bool,
     /// An append was fenced: another node drives the plan now, and this actor stops.
     fenced: bool,
+    /// Actions of a decision committed before the actor existed (a plan registered and started
+    /// in one commit), carried out first thing.
+    initial: Vec<Action>,
 }
 
 /// An attempt's reported result, kept until its commit succeeds.
@@ -146,10 +149,19 @@ impl PlanActor {
             unrecorded: Vec::new(),
             stale: false,
             fenced: false,
+            initial: Vec::new(),
         }
     }
 
+    /// The actor carries out `actions` (of a decision already committed) before anything else.
+    pub(crate) fn with_actions(mut self, actions: Vec<Action>) -> PlanActor {
+        self.initial = actions;
+        self
+    }
+
     pub(crate) async fn run(mut self) {
+        let initial = std::mem::take(&mut self.initial);
+        self.act(initial);
         self.drive().await;
         // Whatever is still queued is dropped with the mailbox (its replies tell the senders,
         // who deliver again): it no longer waits anywhere.
@@ -919,7 +931,7 @@ impl PlanActor {
 
 /// Where this process runs an agent type's attempts: an executor here, else the remote-worker
 /// queue when there is one, else nowhere (the core then fails the step).
-fn route(inner: &Inner, agent_type: &str) -> Route {
+pub(crate) fn route(inner: &Inner, agent_type: &str) -> Route {
     if inner.registry.get(agent_type).is_some() {
         Route::Local
     } else if inner.opts.remote.is_some() {

@@ -501,6 +501,34 @@ impl Engine {
         Ok(())
     }
 
+    /// Drives a plan this node has just created already started (its registration and start
+    /// committed together, see [`Engine::register_and_start`]): spawns its actor, which carries
+    /// out `actions` first. Answers false, spawning nothing, when an actor of the plan was
+    /// loaded meanwhile (a read raced the creation): that one drives it.
+    pub(crate) fn drive_new(
+        &self,
+        state: PlanState,
+        fence: cairn_store::Fence,
+        actions: Vec<cairn_core::Action>,
+    ) -> Result<bool, EngineError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut plans = self
+                .inner
+                .plans
+                .lock()
+                .map_err(|_| EngineError::ShuttingDown)?;
+            if plans.live.contains_key(&state.plan_id) {
+                return Ok(false);
+            }
+            plans.live.insert(state.plan_id.clone(), tx.clone());
+        }
+        let actor =
+            PlanActor::new(self.inner.clone(), state, fence, 0, rx, tx).with_actions(actions);
+        tokio::spawn(actor.run());
+        Ok(true)
+    }
+
     /// Reports the result of attempt `attempt` of a step that ran outside the engine (a remote
     /// worker's report, taken by any front end): it goes to the plan's actor like any
     /// executor's result, loading the plan if need be, and this answers once it is committed.
@@ -1111,6 +1139,7 @@ impl Engine {
         request: InterventionRequest,
         actor: &str,
     ) -> Result<Intervention, EngineError> {
+        let request = self.with_upgrade_source(plan_id, request).await?;
         let decision = self
             .send(plan_id, Command::Intervene(request), actor.into())
             .await?;

@@ -4,10 +4,17 @@
 
 use std::sync::Arc;
 
-use cairn_core::template::{Pushed, Template, TemplateDetail, TemplateVersion, VersionInfo};
+use cairn_core::decide::Starts;
+use cairn_core::template::{
+    Pushed, Template, TemplateDetail, TemplateDiff, TemplateVersion, VersionInfo,
+};
+use cairn_core::upgrade::UpgradeSource;
 use cairn_core::view::Page;
-use cairn_core::{Invalid, PlanState};
-use cairn_store::{NewTemplateVersion, StoreError, TemplateRow};
+use cairn_core::{
+    Command, Ctx, InterventionKind, InterventionRequest, Invalid, Plan, PlanState, Refusal,
+    RefusalKind,
+};
+use cairn_store::{CreatePlan, NewTemplateVersion, StoreError, TemplateRow};
 use serde_json::Value;
 
 use crate::{now_micros, Engine, EngineError};
@@ -182,10 +189,202 @@ impl Engine {
             .template()
             .instantiate(version.version, req.inputs, req.plan_id)
             .map_err(TemplateError::InvalidInputs)?;
-        let state = self.register(plan, user).await?;
         if req.start == Some(false) {
-            return Ok(Arc::new(state));
+            return Ok(Arc::new(self.register(plan, user).await?));
         }
-        Ok(self.start(&state.plan_id, user, None).await?)
+        Ok(self.register_and_start(plan, user, None).await?)
+    }
+
+    /// The structural diff of a template between two versions (deleted or not). `to` defaults
+    /// to the latest, `from` to the version before `to` (`to` itself when it is the first).
+    pub async fn template_diff(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<TemplateDiff, TemplateError> {
+        let after = self.template_version(name, to).await?;
+        let from = from.unwrap_or(after.version.saturating_sub(1).max(1));
+        let before = if from == after.version {
+            after.clone()
+        } else {
+            self.template_version(name, Some(from)).await?
+        };
+        Ok(TemplateDiff {
+            name: name.to_owned(),
+            from: before.version,
+            to: after.version,
+            diff: before.template().diff(&after.template()),
+        })
+    }
+
+    /// Registers a plan and starts it in one commit: its registration, its start and its first
+    /// steps' starts are one append, and this node drives it from there (the actor carries out
+    /// the start's actions). Every guarantee of [`Engine::register`] then [`Engine::start`]
+    /// holds: the answer comes once it is all durable, and a crash after the commit leaves a
+    /// running plan that recovery continues.
+    pub async fn register_and_start(
+        &self,
+        mut plan: Plan,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<Arc<PlanState>, EngineError> {
+        plan.validate()?;
+        let plan_id = plan
+            .plan_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        plan.plan_id = Some(plan_id.clone());
+        let inner = self.inner();
+        let now = inner.now();
+        let ctx = Ctx { now, actor };
+        let mut state = PlanState::empty(&plan_id);
+        let registered = cairn_core::handle(
+            &mut state,
+            Command::Register {
+                definition: plan,
+                origin: None,
+            },
+            ctx,
+        )?;
+        let route = |agent_type: &str| crate::actor::route(inner, agent_type);
+        let started = cairn_core::decide::handle_starting(
+            &mut state,
+            Command::Start { reason },
+            ctx,
+            if inner.opts.execute {
+                Starts::Route(&route)
+            } else {
+                Starts::None
+            },
+        )?;
+        let events: Vec<_> = registered
+            .events
+            .into_iter()
+            .chain(started.events)
+            .collect();
+        // The lease is taken in the same transaction where the store can (SQLite), so the
+        // plan is driven from this one commit.
+        let (stored, fence) = self
+            .store()
+            .create_plan_leased(
+                CreatePlan {
+                    plan_id: plan_id.clone(),
+                    created_at: now.as_micros(),
+                    state: state.status.as_str().to_owned(),
+                    events: events.iter().map(crate::convert::to_new).collect(),
+                    reviews: crate::reviews::all(&state),
+                },
+                &inner.opts.node_id,
+                inner.opts.lease_ms,
+                now.as_micros(),
+            )
+            .await?;
+        let published: Vec<Arc<cairn_core::Event>> = events
+            .into_iter()
+            .zip(stored)
+            .map(|(mut e, s)| {
+                e.id = s.id;
+                Arc::new(e)
+            })
+            .collect();
+        inner.publish(published);
+        let answer = Arc::new(state.clone());
+        // The plan is durable and running from here. Should this node fail to take it (its
+        // lease cannot be claimed now, or a read loaded it meanwhile), recovery sends its
+        // attempts (same attempt, same invocation, same key), as after a restart.
+        let claimed = match fence {
+            Some(fence) => Ok(fence),
+            None => {
+                self.store()
+                    .claim(
+                        &plan_id,
+                        &inner.opts.node_id,
+                        inner.opts.lease_ms,
+                        now.as_micros(),
+                    )
+                    .await
+            }
+        };
+        let driven = match claimed {
+            Ok(fence) => self.drive_new(state, fence, started.actions)?,
+            Err(_) => false,
+        };
+        if !driven {
+            self.recover_plan(&plan_id).await?;
+        }
+        Ok(answer)
+    }
+
+    /// Adds to an `upgrade` request the plan's template rendered at the version the plan
+    /// records and at the target version, with the plan's inputs (the core reads no store), or
+    /// why they cannot be (an unknown version, inputs the new version refuses): the core then
+    /// records the refusal like any refused intervention. Other requests are left as they are.
+    pub(crate) async fn with_upgrade_source(
+        &self,
+        plan_id: &str,
+        mut request: InterventionRequest,
+    ) -> Result<InterventionRequest, EngineError> {
+        let InterventionKind::Upgrade { template_version } = request.kind else {
+            return Ok(request);
+        };
+        let state = self.state(plan_id).await?;
+        let Some(current) = state.template.clone() else {
+            // The core refuses it, naming why.
+            return Ok(request);
+        };
+        let refused = |kind, message: String| UpgradeSource::Refused {
+            refusal: Refusal::new(kind, message),
+        };
+        let render = |version: &TemplateVersion| {
+            version.template().instantiate(
+                version.version,
+                state.inputs.clone(),
+                Some(plan_id.to_owned()),
+            )
+        };
+        let source = match (
+            self.template_version(&current.name, Some(current.version))
+                .await,
+            self.template_version(&current.name, Some(template_version))
+                .await,
+        ) {
+            (Err(TemplateError::Engine(e)), _) | (_, Err(TemplateError::Engine(e))) => {
+                return Err(e)
+            }
+            (Err(e), _) => refused(
+                RefusalKind::Conflict,
+                format!(
+                    "the plan's template version cannot be read ({e}); an upgrade needs it to know what the plan was made of"
+                ),
+            ),
+            (_, Err(e)) => refused(RefusalKind::Invalid, e.to_string()),
+            (Ok(_), Ok(to)) if to.deleted_at.is_some() => refused(
+                RefusalKind::Conflict,
+                format!("template {} was deleted; push it again to upgrade plans to it", current.name),
+            ),
+            (Ok(from), Ok(to)) => match (render(&from), render(&to)) {
+                (Ok(from), Ok(to)) => UpgradeSource::Ready {
+                    from: Box::new(from),
+                    to: Box::new(to),
+                },
+                (Err(e), _) => refused(
+                    RefusalKind::Conflict,
+                    format!(
+                        "the plan no longer renders from version {} of template {}: {e}",
+                        current.version, current.name
+                    ),
+                ),
+                (_, Err(e)) => refused(
+                    RefusalKind::Invalid,
+                    format!(
+                        "the plan's inputs do not fit version {template_version} of template {}: {e}",
+                        current.name
+                    ),
+                ),
+            },
+        };
+        request.upgrade = Some(Box::new(source));
+        Ok(request)
     }
 }

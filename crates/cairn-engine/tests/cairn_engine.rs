@@ -8,6 +8,8 @@
 //! - `history`: definition history: versions, their causes, definitions and diffs.
 //! - `latch`: the `builtin.latch` step holder the other tests use.
 //! - `paused_time`: backoff and `resume_at` on paused tokio time with the engine's clock.
+//! - `templates`: instantiate and start in one commit, template diffs, the `upgrade`
+//!   intervention, on both stores.
 //! - `rollback`: compensations through the engine, and a restart in the middle of a rollback.
 //! - `cluster`: several engines sharing one store: forwarding, takeover, fencing, the stream.
 //! - `common`: bounded waits shared by every module.
@@ -34,3 +36,5 @@ mod paused_time;
 mod remote;
 #[path = "cairn_engine/rollback.rs"]
 mod rollback;
+#[path = "cairn_engine/templates.rs"]
+mod templates;

@@ -13,7 +13,7 @@ use crate::plans::plan_id;
 use crate::AppState;
 
 /// A version number read from a path or query: a positive integer, or a 422 naming `what`.
-fn version_of(what: &str, raw: &str) -> ApiResult<u64> {
+pub(crate) fn version_of(what: &str, raw: &str) -> ApiResult<u64> {
     match raw.trim().parse::<u64>() {
         Ok(v) if v > 0 => Ok(v),
         _ => Err(ApiError::unprocessable(format!(

@@ -163,6 +163,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(templates::push, templates::list))
         .routes(routes!(templates::get, templates::delete))
         .routes(routes!(templates::version))
+        .routes(routes!(templates::diff))
         .routes(routes!(templates::instantiate))
         .routes(routes!(streams::plan_stream))
         .routes(routes!(streams::all_stream))

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use cairn_core::template::{Pushed, TemplateDetail, TemplateVersion};
+use cairn_core::template::{Pushed, TemplateDetail, TemplateDiff, TemplateVersion};
 use cairn_core::view::{Page, PlanView};
 use cairn_engine::Instantiate;
 use serde::Deserialize;
@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::history::version_of;
 use crate::plans::limit_of;
 use crate::AppState;
 
@@ -175,6 +176,49 @@ pub async fn version(
         )
     })?;
     Ok(Json(s.engine.template_version(name, Some(version)).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TemplateDiffQuery {
+    /// The version to diff from (default: the one before `to`).
+    #[param(value_type = Option<u64>)]
+    from: Option<String>,
+    /// The version to diff to (default: the latest).
+    #[param(value_type = Option<u64>)]
+    to: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "diff_template_versions",
+    path = "/v1/templates/{name}/diff",
+    tag = "templates",
+    summary = "The structural diff of a template between two versions: steps added, removed, moved and changed, plan fields and parameters",
+    params(("name" = String, Path, description = "Template name"), TemplateDiffQuery),
+    responses(
+        (status = 200, description = "The diff", body = cairn_core::template::TemplateDiff),
+        (status = 404, description = "No such template or version", body = crate::openapi::ErrorBody),
+        (status = 422, description = "`from` or `to` is not a version number", body = crate::openapi::ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn diff(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<TemplateDiffQuery>,
+) -> ApiResult<Json<TemplateDiff>> {
+    p.require(Role::Viewer)?;
+    let name = template_name(&name)?;
+    let from = q
+        .from
+        .as_deref()
+        .map(|f| version_of("from", f))
+        .transpose()?;
+    let to = q.to.as_deref().map(|t| version_of("to", t)).transpose()?;
+    Ok(Json(s.engine.template_diff(name, from, to).await?))
 }
 
 #[utoipa::path(

@@ -455,6 +455,25 @@ impl EventLog for SqliteStore {
         }
     }
 
+    async fn create_plan_leased(
+        &self,
+        req: CreatePlan,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<(Vec<StoredEvent>, Option<Fence>)> {
+        let op = Op::CreateLeased {
+            create: req,
+            node: node.to_owned(),
+            ttl_ms,
+            now,
+        };
+        match self.write(op).await? {
+            Outcome::CreatedLeased(evs, fence) => Ok((evs, Some(fence))),
+            _ => Err(unexpected("create_plan_leased")),
+        }
+    }
+
     async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
         match self.write(Op::Append(req)).await? {
             Outcome::Events(evs) => Ok(evs),

@@ -39,6 +39,13 @@ pub(crate) enum Op {
         at: Micros,
     },
     Append(Append),
+    /// A create and its lease's claim in one savepoint.
+    CreateLeased {
+        create: CreatePlan,
+        node: String,
+        ttl_ms: u64,
+        now: Micros,
+    },
     /// A create and an append in one savepoint: both are kept or neither is.
     CreateWith {
         create: CreatePlan,
@@ -88,6 +95,8 @@ pub(crate) enum Outcome {
     Done,
     Deleted(bool),
     Claimed(Fence),
+    /// The created plan's events and its lease's fence.
+    CreatedLeased(Vec<StoredEvent>, Fence),
     /// The template version answered, and whether it was created.
     Template(Box<TemplateRow>, bool),
     TakenOver(Vec<(String, Fence)>),
@@ -362,6 +371,17 @@ impl Writer {
             Op::Append(req) => self.append(req).map(Outcome::Events),
             // Inside this request's savepoint: an append that is refused rolls the create back
             // with it.
+            Op::CreateLeased {
+                create,
+                node,
+                ttl_ms,
+                now,
+            } => {
+                let plan_id = create.plan_id.clone();
+                let created = self.create(create)?;
+                let fence = self.claim(plan_id, node, ttl_ms, now)?;
+                Ok(Outcome::CreatedLeased(created, fence))
+            }
             Op::CreateWith { create, append } => {
                 let created = self.create(create)?;
                 let appended = self.append(append)?;

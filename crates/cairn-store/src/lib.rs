@@ -400,6 +400,21 @@ pub trait EventLog: Send + Sync + 'static {
     /// Creates a plan with its first events. `AlreadyExists` when the id is taken.
     async fn create_plan(&self, req: CreatePlan) -> StoreResult<Vec<StoredEvent>>;
 
+    /// Creates a plan with its first events and, where the backend can, takes its lease for
+    /// `node` (until `now + ttl_ms`) in the same transaction, so that a plan registered and
+    /// started at once is driven from one commit. Answers the events and the lease's fence, or
+    /// `None` when the lease was not taken with them (this default: the caller claims it).
+    async fn create_plan_leased(
+        &self,
+        req: CreatePlan,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<(Vec<StoredEvent>, Option<Fence>)> {
+        let _ = (node, ttl_ms, now);
+        Ok((self.create_plan(req).await?, None))
+    }
+
     /// Appends events durably. `NotFound`, `SeqConflict`, `Fenced` or `Invalid` (empty batch,
     /// non-contiguous seqs) leave the log untouched.
     async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>>;

@@ -235,3 +235,240 @@ fn templates_over_a_server() {
         .json();
     assert_eq!(list["items"], json!([]));
 }
+
+/// Three versions of a template whose first step holds (a long sleep) while the plan runs:
+/// version 2 changes a pending step and adds one, version 3 changes the holding step.
+fn versioned(dir: &std::path::Path) -> [String; 3] {
+    let hold = |action: &str| {
+        format!("    - {{step_id: hold, action: {action}, agent_type: builtin.sleep, params: {{ms: 600000}}}}\n")
+    };
+    let head = "name: staged\nparameters:\n  type: object\n  properties:\n    topic: {type: string, default: moss}\nplan:\n  steps:\n";
+    let read = "    - {step_id: read, action: read, agent_type: builtin.echo, params: {q: '{{ inputs.topic }}'}}\n";
+    let read2 = "    - {step_id: read, action: read, agent_type: builtin.echo, params: {q: '{{ inputs.topic }}', depth: 3}}\n";
+    let publish = "    - {step_id: publish, action: publish, agent_type: builtin.echo}\n";
+    let texts = [
+        format!("{head}{}{read}", hold("hold")),
+        format!("{head}{}{read2}{publish}", hold("hold")),
+        format!("{head}{}{read2}{publish}", hold("hold_longer")),
+    ];
+    let mut paths = [String::new(), String::new(), String::new()];
+    for (i, text) in texts.iter().enumerate() {
+        let path = dir.join(format!("staged-v{}.yaml", i + 1));
+        std::fs::write(&path, text).unwrap();
+        paths[i] = path.to_str().unwrap().to_owned();
+    }
+    paths
+}
+
+/// `cairn templates diff` and `cairn plans upgrade`, on a local store and over `--server`
+/// (the same JSON both ways); an upgrade refused naming the step that has started (exit 2),
+/// then applied, a version of the plan's history with its cause.
+#[test]
+fn template_diffs_and_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let files = versioned(dir.path());
+    for f in &files {
+        local(&["templates", "push", f], &db).expect(0, "push");
+    }
+    let again = local(&["templates", "push", &files[2]], &db).expect(0, "identical push");
+    assert!(again.stdout.contains("no new version"), "{}", again.stdout);
+
+    let text = local(
+        &["templates", "diff", "staged", "--from", "1", "--to", "2"],
+        &db,
+    )
+    .expect(0, "diff")
+    .stdout;
+    assert!(
+        text.starts_with("template staged version 1 → 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("+ step publish at 3"), "{text}");
+    assert!(text.contains("step read params.depth: 3"), "{text}");
+    let latest = local(&["templates", "diff", "staged", "--json"], &db)
+        .expect(0, "diff of the latest")
+        .json();
+    assert_eq!(
+        (latest["from"].as_u64(), latest["to"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let bad =
+        local(&["templates", "diff", "staged", "--from", "7"], &db).expect(2, "unknown version");
+    assert!(bad.stderr.contains("has no version 7"), "{}", bad.stderr);
+    local(&["templates", "diff", "nope"], &db).expect(2, "unknown template");
+    local(&["templates", "diff", "staged", "--to", "0"], &db).expect(2, "version 0");
+
+    // Locally: a plan of version 1, upgraded to 2 before it runs.
+    local(
+        &[
+            "templates",
+            "run",
+            "staged",
+            "--version",
+            "1",
+            "--no-start",
+            "--plan-id",
+            "l1",
+        ],
+        &db,
+    )
+    .expect(0, "run");
+    let dry = local(
+        &[
+            "plans",
+            "upgrade",
+            "l1",
+            "--template-version",
+            "2",
+            "--dry-run",
+            "--json",
+        ],
+        &db,
+    )
+    .expect(0, "dry run")
+    .json();
+    assert_eq!(dry["status"], "would_apply");
+    let done = local(
+        &[
+            "plans",
+            "upgrade",
+            "l1",
+            "--template-version",
+            "2",
+            "--expected-version",
+            "1",
+            "--reason",
+            "deeper",
+            "--json",
+        ],
+        &db,
+    )
+    .expect(0, "upgrade")
+    .json();
+    assert_eq!(
+        (done["type"].as_str(), done["plan_version"].as_u64()),
+        (Some("upgrade"), Some(2))
+    );
+    let shown = local(&["plans", "show", "l1", "--json"], &db)
+        .expect(0, "show")
+        .json();
+    assert_eq!(shown["template"]["version"], 2);
+    let versions = local(&["plans", "versions", "l1", "--json"], &db)
+        .expect(0, "versions")
+        .json();
+    assert_eq!(versions["versions"][1]["cause"]["type"], "upgrade");
+    assert_eq!(versions["versions"][1]["cause"]["reason"], "deeper");
+    let diff = local(&["plans", "diff", "l1"], &db)
+        .expect(0, "plan diff")
+        .stdout;
+    assert!(diff.contains("+ step publish"), "{diff}");
+    assert!(diff.contains("template.version: 1 → 2"), "{diff}");
+    // A plan not made of a template is refused, saying so.
+    std::fs::write(
+        dir.path().join("plain.yaml"),
+        "plan_id: plain\nsteps:\n  - {step_id: a, action: x, agent_type: builtin.echo}\n",
+    )
+    .unwrap();
+    local(
+        &[
+            "plans",
+            "register",
+            dir.path().join("plain.yaml").to_str().unwrap(),
+        ],
+        &db,
+    )
+    .expect(0, "register");
+    let refused = local(
+        &["plans", "upgrade", "plain", "--template-version", "2"],
+        &db,
+    )
+    .expect(2, "not from a template");
+    assert!(
+        refused.stderr.contains("was not made from a template"),
+        "{}",
+        refused.stderr
+    );
+
+    // Over a server, which runs the steps: the holding step has started.
+    let operator = make_token(&db, "olga", "operator");
+    let server = Server::start(&db, &[]);
+    let base = server.base.as_str();
+    let remote_diff = remote(
+        &["templates", "diff", "staged", "--json"],
+        base,
+        Some(&operator),
+    )
+    .expect(0, "diff over the server")
+    .json();
+    assert_eq!(remote_diff, latest, "the same diff both ways");
+    let plan = remote(
+        &[
+            "templates",
+            "run",
+            "staged",
+            "--version",
+            "2",
+            "--plan-id",
+            "s1",
+            "--json",
+        ],
+        base,
+        Some(&operator),
+    )
+    .expect(0, "run")
+    .json();
+    assert_eq!(plan["state"], "running");
+    // Started in the same commit: the holding step is running in the answer.
+    assert_eq!(plan["steps"][0]["status"], "running", "{plan}");
+    let refused = remote(
+        &["plans", "upgrade", "s1", "--template-version", "3"],
+        base,
+        Some(&operator),
+    )
+    .expect(2, "refused");
+    assert!(
+        refused
+            .stderr
+            .contains("step hold is running; version 3 of template staged changes it"),
+        "{}",
+        refused.stderr
+    );
+    let log = remote(
+        &["plans", "interventions", "s1", "--json"],
+        base,
+        Some(&operator),
+    )
+    .expect(0, "interventions")
+    .json();
+    assert_eq!(log["items"][0]["status"], "failed", "{log}");
+    assert_eq!(log["items"][0]["user"], "olga");
+    // Back to version 1: the pending steps change, the running one is left alone.
+    let done = remote(
+        &[
+            "plans",
+            "upgrade",
+            "s1",
+            "--template-version",
+            "1",
+            "--json",
+        ],
+        base,
+        Some(&operator),
+    )
+    .expect(0, "upgrade applied")
+    .json();
+    assert_eq!(done["status"], "applied");
+    let shown = remote(&["plans", "show", "s1", "--json"], base, Some(&operator))
+        .expect(0, "show")
+        .json();
+    assert_eq!(shown["template"]["version"], 1);
+    let ids: Vec<&str> = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["hold", "read"]);
+    remote(&["plans", "cancel", "s1"], base, Some(&operator)).expect(0, "cancel");
+}

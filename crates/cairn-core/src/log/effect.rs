@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::Timestamp;
+use crate::plan::{OnFailure, TemplateRef};
 use crate::review::Review;
 use crate::rollback::Rollback;
 use crate::state::{PauseReason, PlanState, PlanStatus, Step};
@@ -48,6 +49,16 @@ pub struct Effect {
     /// retried or skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// The template version the plan now records, when an `upgrade` moved it (added within
+    /// format 2: absent in every older effect, which changed no template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+    /// The plan's inputs, whole, when an `upgrade` changed them (a new version's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Value>,
+    /// What a failure does, when an `upgrade` changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
 }
 
 /// A plan's status and what goes with it.
@@ -120,12 +131,12 @@ impl Effect {
             retired: _,
             // No intervention changes who started the plan.
             started_by: _,
-            // Fixed at registration: no intervention changes them.
+            // Recorded below: only an `upgrade` changes them.
             inputs: _,
             template: _,
             // Recorded below (`reviews`).
             reviews: _,
-            // Set by registration; no intervention changes it.
+            // Recorded below: only an `upgrade` changes it.
             on_failure: _,
             // Recorded below (`rollback`).
             rollback: _,
@@ -193,6 +204,11 @@ impl Effect {
             retired,
             reviews,
             rollback,
+            template: (before.template != after.template)
+                .then(|| after.template.clone())
+                .flatten(),
+            inputs: (before.inputs != after.inputs).then(|| after.inputs.clone()),
+            on_failure: (before.on_failure != after.on_failure).then_some(after.on_failure),
         }
     }
 
@@ -240,6 +256,15 @@ impl Effect {
         }
         if let Some(retired) = &self.retired {
             state.retired = retired.clone();
+        }
+        if let Some(t) = &self.template {
+            state.template = Some(t.clone());
+        }
+        if let Some(inputs) = &self.inputs {
+            state.inputs = inputs.clone();
+        }
+        if let Some(f) = self.on_failure {
+            state.on_failure = f;
         }
         for review in &self.reviews {
             match state

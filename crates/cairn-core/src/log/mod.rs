@@ -19,9 +19,11 @@
 //! Added within format 2 (new event types and optional fields, so no new format): the rollback
 //! events `rollback_started`, `compensation_started`, `compensation_completed`,
 //! `compensation_failed`, `rollback_completed`, `rollback_failed`, and an optional `kind`
-//! (absent: `step`) on `step_interrupted` and `step_result_ignored`, and an optional `rollback`
+//! (absent: `step`) on `step_interrupted` and `step_result_ignored`, an optional `rollback`
 //! (absent: false) on `plan_cancelled` (a rollback follows: the steps in flight keep running
-//! until they end). Older logs have none of them and replay unchanged.
+//! until they end), the `upgrade` intervention type, and the optional `template`, `inputs` and
+//! `on_failure` of an [`Effect`] (what an upgrade changes). Older logs have none of them and
+//! replay unchanged.
 
 mod effect;
 pub mod upcast;

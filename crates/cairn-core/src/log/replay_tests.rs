@@ -108,6 +108,7 @@ fn format_1_interventions_replay_by_the_frozen_rules() {
 const ANN: intervention::By<'static> = intervention::By {
     user: "ann",
     reason: None,
+    upgrade: None,
 };
 
 /// What an old log replays to cannot depend on today's rules: an effect is applied as it is, even
@@ -310,4 +311,56 @@ fn a_cancel_with_rollback_written_before_plan_cancelled_carried_rollback_replays
     let state = PlanState::replay(PLAN, &today);
     assert_eq!(state.step("a").unwrap().rec.status, StepStatus::Running);
     assert_eq!(state.status, PlanStatus::Running);
+/// An `upgrade` is recorded within format 2 as an effect with the optional `template`, `inputs`
+/// and `on_failure` it may change; an effect stored before they existed has none of them and
+/// leaves the plan's template, inputs and failure policy as they were.
+#[test]
+fn upgrade_effects_replay_and_older_effects_leave_the_template_alone() {
+    let made = json!({"definition": {"query": "q", "inputs": {"topic": "rust"},
+        "template": {"name": "t", "version": 1},
+        "steps": [{"step_id": "a", "action": "x", "agent_type": "t"}]}});
+    // An effect as stored before the upgrade existed (a modify_step's).
+    let old_effect = json!({"version": 2, "set": [{"def": {"step_id": "a", "action": "y", "agent_type": "t"},
+        "rec": {"status": "pending", "attempts": 0, "run": 1, "run_attempts": 0}}]});
+    let events = log(&[
+        ("plan_registered", 2, made.clone()),
+        (
+            "intervention_applied",
+            2,
+            json!({"intervention": {"plan_id": PLAN, "type": "modify_step", "step_id": "a",
+                "payload": {"type": "modify_step", "step_id": "a", "patch": {"action": "y"}},
+                "user": "ann", "created_at": "2026-12-01T00:00:00.000000Z", "status": "applied",
+                "plan_version": 2, "diff": []},
+                "effect": old_effect}),
+        ),
+    ]);
+    let st = PlanState::replay(PLAN, &events);
+    assert_eq!(st.version, 2);
+    assert_eq!(st.step("a").unwrap().def.action, "y");
+    assert_eq!(
+        st.template,
+        Some(crate::plan::TemplateRef {
+            name: "t".into(),
+            version: 1
+        })
+    );
+    assert_eq!(st.inputs, json!({"topic": "rust"}));
+    // An upgrade's effect as this build writes it.
+    let upgraded = json!({"version": 3, "template": {"name": "t", "version": 2},
+        "inputs": {"topic": "rust", "depth": 2}, "on_failure": "rollback"});
+    let mut rows = vec![("plan_registered", 2, made)];
+    rows.push((
+        "intervention_applied",
+        2,
+        json!({"intervention": {"plan_id": PLAN, "type": "upgrade",
+            "payload": {"type": "upgrade", "template_version": 2},
+            "user": "ann", "created_at": "2026-12-01T00:00:00.000000Z", "status": "applied",
+            "plan_version": 3, "diff": []},
+            "effect": upgraded}),
+    ));
+    let st = PlanState::replay(PLAN, &log(&rows));
+    assert_eq!(st.version, 3);
+    assert_eq!(st.template.as_ref().map(|t| t.version), Some(2));
+    assert_eq!(st.inputs, json!({"topic": "rust", "depth": 2}));
+    assert_eq!(st.on_failure, crate::plan::OnFailure::Rollback);
 }

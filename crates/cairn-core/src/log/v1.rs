@@ -124,6 +124,8 @@ pub fn replay(state: &mut PlanState, kind: &InterventionKind, at: Timestamp) {
         }
         // Refused by every release of format 1: never recorded as applied.
         InterventionKind::ApproveStep { .. } | InterventionKind::RejectStep { .. } => {}
+        // Did not exist in format 1: never recorded by it.
+        InterventionKind::Upgrade { .. } => {}
     }
 }
 

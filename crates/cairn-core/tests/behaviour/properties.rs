@@ -474,6 +474,7 @@ impl Run {
                     expected_version: None,
                     reason,
                     dry_run: false,
+                    upgrade: None,
                 })
             }
             Op::Tick { ms } => {
@@ -499,6 +500,7 @@ impl Run {
                     },
                     reason: Some("prop".into()),
                     dry_run: dry,
+                    upgrade: None,
                 })
             }
             // Known bug (see `restoring_a_checkpoint_of_a_cancelled_plan_...` in behaviour.rs):

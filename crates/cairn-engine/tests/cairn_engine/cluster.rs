@@ -282,6 +282,7 @@ fn intervention(kind: InterventionKind) -> InterventionRequest {
         expected_version: None,
         reason: Some("test".into()),
         dry_run: false,
+        upgrade: None,
     }
 }
 

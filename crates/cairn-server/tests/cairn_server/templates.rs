@@ -372,3 +372,201 @@ async fn viewers_read_operators_write_admins_delete() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "deleting takes an admin");
 }
+
+/// `GET /v1/templates/{name}/diff` and the `upgrade` intervention over HTTP: the diff in the
+/// plans' format (parameters too), 404/422 for unknown versions or a bad query; an upgrade
+/// refused with 409 naming the started step (the failed record in the body), then applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_diffs_and_upgrades() {
+    let s = TestServer::start(ServerOptions::default()).await;
+    let http = reqwest::Client::new();
+    let op = s.token("olga", Role::Operator).await;
+    let viewer = s.token("vic", Role::Viewer).await;
+    let base = format!("{}/v1/templates", s.base());
+    let hold = |action: &str| json!({"step_id": "hold", "action": action, "agent_type": "builtin.sleep", "params": {"ms": 600_000}});
+    let mut v1 = research("v1");
+    v1["plan"]["steps"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, hold("hold"));
+    let mut v2 = v1.clone();
+    v2["parameters"]["properties"]["lang"] = json!({"type": "string", "default": "en"});
+    v2["plan"]["steps"][1]["params"]["lang"] = json!("{{ inputs.lang }}");
+    let mut v3 = v2.clone();
+    v3["plan"]["steps"][0] = hold("hold_longer");
+    for v in [&v1, &v2, &v3] {
+        let (status, body) = request(&http, Method::POST, &base, Some(&op), Some(v)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    let (status, body) = request(
+        &http,
+        Method::GET,
+        &format!("{base}/research/diff?from=1&to=2"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["from"].as_u64(), body["to"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(body["diff"]["changed"][0]["step_id"], "search");
+    assert_eq!(
+        body["diff"]["changed"][0]["fields"][0]["path"],
+        "params.lang"
+    );
+    assert_eq!(body["diff"]["parameters"][0]["name"], "lang");
+    assert!(body["diff"]["parameters"][0].get("before").is_none());
+    // Defaults: the latest against the one before.
+    let (_, body) = request(
+        &http,
+        Method::GET,
+        &format!("{base}/research/diff"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (body["from"].as_u64(), body["to"].as_u64()),
+        (Some(2), Some(3))
+    );
+    for (query, want, code) in [
+        (
+            "from=9",
+            StatusCode::NOT_FOUND,
+            "template_version_not_found",
+        ),
+        ("to=0", StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (
+            "from=two",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+    ] {
+        let (status, body) = request(
+            &http,
+            Method::GET,
+            &format!("{base}/research/diff?{query}"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+        assert_eq!(status, want, "{query}: {body}");
+        assert_eq!(body["error"]["code"], code, "{query}: {body}");
+    }
+    let (status, body) = request(
+        &http,
+        Method::GET,
+        &format!("{base}/nope/diff"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // A plan of version 1, started in the same call.
+    let (status, plan) = request(
+        &http,
+        Method::POST,
+        &format!("{base}/research/instantiate"),
+        Some(&op),
+        Some(&json!({"inputs": {"topic": "rust"}, "version": 1, "plan_id": "up"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    assert_eq!(plan["state"], "running");
+    let ivs = format!("{}/v1/plans/up/interventions", s.base());
+    // Version 3 changes the running step: 409, naming it.
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &ivs,
+        Some(&op),
+        Some(&json!({"type": "upgrade", "template_version": 3})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("step hold is running"), "{message}");
+    assert_eq!(body["error"]["intervention"]["status"], "failed");
+    // A viewer may not; a malformed one is a 400 naming the field.
+    let (status, _) = request(
+        &http,
+        Method::POST,
+        &ivs,
+        Some(&viewer),
+        Some(&json!({"type": "upgrade", "template_version": 2})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &ivs,
+        Some(&op),
+        Some(&json!({"type": "upgrade", "version": 2})),
+    )
+    .await;
+    assert!(status.is_client_error(), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("version"),
+        "{body}"
+    );
+    // Version 2: a dry run (200), then applied (201) with the expected version.
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &ivs,
+        Some(&op),
+        Some(&json!({"type": "upgrade", "template_version": 2, "dry_run": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "would_apply");
+    let (status, body) = request(
+        &http,
+        Method::POST,
+        &ivs,
+        Some(&op),
+        Some(&json!({"type": "upgrade", "template_version": 2, "expected_version": 1, "user": "mallory"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["user"], "olga");
+    assert_eq!(body["plan_version"], 2);
+    let (_, snap) = request(
+        &http,
+        Method::GET,
+        &format!("{}/v1/plans/up/snapshot", s.base()),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(snap["plan"]["template"]["version"], 2);
+    assert_eq!(snap["plan"]["inputs"]["lang"], "en");
+    let (_, versions) = request(
+        &http,
+        Method::GET,
+        &format!("{}/v1/plans/up/versions", s.base()),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(versions["versions"][1]["cause"]["type"], "upgrade");
+    within(
+        "cancel",
+        request(
+            &http,
+            Method::POST,
+            &format!("{}/v1/plans/up/cancel", s.base()),
+            Some(&op),
+            Some(&json!({})),
+        ),
+    )
+    .await;
+}

@@ -5,6 +5,44 @@ use super::*;
 /// Runs every case of this module, each against a fresh store from `make`.
 pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) {
     case("leases::leases", Arc::new(make().await), leases).await;
+    case(
+        "leases::a_plan_created_with_its_lease",
+        Arc::new(make().await),
+        a_plan_created_with_its_lease,
+    )
+    .await;
+}
+
+/// `create_plan_leased`: the plan exists, and when the store took the lease with it, that lease
+/// is the node's (a claim by the node keeps its token), its fence is good for appends, and
+/// another node meets it held.
+pub async fn a_plan_created_with_its_lease(store: Arc<dyn Store>) {
+    let t = wall_clock();
+    let (events, fence) = store
+        .create_plan_leased(create("p", 1, 2), "node-a", 60_000, t)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    let fence = match fence {
+        Some(f) => f,
+        // Not taken with it: the caller claims.
+        None => store.claim("p", "node-a", 60_000, t).await.unwrap(),
+    };
+    assert_eq!(fence.node, "node-a");
+    assert_eq!(store.claim("p", "node-a", 60_000, t).await.unwrap(), fence);
+    let mut req = append("p", 2, 1);
+    req.fence = Some(fence);
+    store.append(req).await.unwrap();
+    assert!(matches!(
+        store.claim("p", "node-b", 60_000, t).await,
+        Err(StoreError::LeaseHeld { .. })
+    ));
+    assert!(matches!(
+        store
+            .create_plan_leased(create("p", 1, 1), "node-a", 60_000, t)
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
 }
 
 /// Claims, renewals, takeovers after expiry and after release, and the fences appends carry.
