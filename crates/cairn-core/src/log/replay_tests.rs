@@ -311,6 +311,8 @@ fn a_cancel_with_rollback_written_before_plan_cancelled_carried_rollback_replays
     let state = PlanState::replay(PLAN, &today);
     assert_eq!(state.step("a").unwrap().rec.status, StepStatus::Running);
     assert_eq!(state.status, PlanStatus::Running);
+}
+
 /// An `upgrade` is recorded within format 2 as an effect with the optional `template`, `inputs`
 /// and `on_failure` it may change; an effect stored before they existed has none of them and
 /// leaves the plan's template, inputs and failure policy as they were.
