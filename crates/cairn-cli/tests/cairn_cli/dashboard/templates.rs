@@ -49,6 +49,11 @@ async fn start_a_plan_from_a_template_form() {
         t.contains("version 2") && t.contains("version 1")
     })
     .await;
+    // The versions compared side by side: the one before the shown one against it by default.
+    b.until_text("#template-diff", "the diff of the two versions", |t| {
+        t.contains("Version 1 → 2")
+    })
+    .await;
 
     // The form follows the schema: types, required marks, defaults.
     let kinds = b

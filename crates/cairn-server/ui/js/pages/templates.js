@@ -4,10 +4,13 @@
 // a text box for a string, a number box for a number or an integer, a checkbox for a boolean, a
 // list for an enum; required inputs are marked, defaults filled in. Starting posts
 // `/v1/templates/{name}/instantiate` and opens the new plan. Values the form cannot type (an
-// object, an array) are read as JSON.
+// object, an array) are read as JSON. Below, two versions compared side by side
+// (`GET /v1/templates/{name}/diff?from=&to=`): the version before the shown one against it, by
+// default.
 
 import * as api from '../api.js';
 import { h, fill, time, json } from '../dom.js';
+import { changes } from './plan/history.js';
 
 export async function render(main, params, ctx) {
   if (params.name) return renderOne(main, params.name, params.version, ctx);
@@ -68,8 +71,32 @@ async function renderOne(main, name, pinned, ctx) {
       h('section', { class: 'card' },
         h('h2', {}, 'Versions'), versions,
         h('h2', {}, 'Steps'), h('ol', { id: 'template-steps' }, steps),
-        h('details', {}, h('summary', {}, 'Parameters (JSON Schema)'), h('pre', {}, json(shown.parameters))))));
+        h('details', {}, h('summary', {}, 'Parameters (JSON Schema)'), h('pre', {}, json(shown.parameters))))),
+    compareVersions(name, detail, shown, ctx));
   return null;
+}
+
+/** Two versions of the template side by side: each change before | after. */
+function compareVersions(name, detail, shown, ctx) {
+  const all = detail.versions.map((v) => v.version);
+  const pick = (id, label, chosen) => h('select', { id, 'aria-label': label },
+    all.map((v) => h('option', { value: String(v), selected: v === chosen }, `v${v}`)));
+  const before = all.filter((v) => v < shown.version).pop() ?? shown.version;
+  const from = pick('template-diff-from', 'Compare from version', before);
+  const to = pick('template-diff-to', 'Compare to version', shown.version);
+  const out = h('div', { id: 'template-diff', 'aria-live': 'polite' });
+  async function compare() {
+    try {
+      const d = await api.get(`/v1/templates/${encodeURIComponent(name)}/diff${api.query({ from: from.value, to: to.value })}`);
+      fill(out, h('h3', {}, `Version ${d.from} → ${d.to}`), changes(d.diff));
+    } catch (e) { ctx.fail(e); }
+  }
+  for (const sel of [from, to]) sel.addEventListener('change', compare);
+  compare();
+  return h('section', { class: 'card', id: 'template-compare' },
+    h('h2', {}, 'Compare versions'),
+    h('div', { class: 'toolbar' }, h('label', {}, 'Compare ', from), h('label', {}, ' with ', to)),
+    out);
 }
 
 /** The start form of `version`, one field per input of its parameter schema. */

@@ -81,8 +81,8 @@ export async function render(el, live, _params, ctx) {
   return off;
 }
 
-/** One row per change: what, then before | after. */
-function changes(d) {
+/** One row per change: what, then before | after (the templates page shows its diffs so too). */
+export function changes(d) {
   const rows = [];
   const row = (sign, what, before, after) => rows.push(h('tr', { class: `change ${sign.name}` },
     h('td', { class: 'sign', 'aria-label': sign.name }, sign.mark),
