@@ -24,17 +24,8 @@ use serde_json::{json, Value};
 use crate::{exit, Fail};
 
 const WORKLOADS: &[&str] = &[
-    "fsync",
-    "plans",
-    "one_plan",
-    "big_plan",
-    "paused",
-    "control",
-    "http",
-    "sse",
-    "rollback",
-    "cluster",
-    "templates",
+    "fsync", "plans", "one_plan", "restore", "big_plan", "paused", "idle", "control", "http",
+    "sse", "rollback", "cluster", "templates",
 ];
 
 /// The workloads that measure the disk or several processes rather than one store: never run a
@@ -52,6 +43,13 @@ pub struct BenchArgs {
     /// Steps of the one long plan (also used for checkpoint size and restore time).
     #[arg(long, default_value_t = 1000)]
     long_steps: usize,
+    /// Runs of the long plan (each a restore to its first checkpoint, then a resume to the end)
+    /// that make the history whose oldest checkpoint the `restore` workload reads.
+    #[arg(long, default_value_t = 4)]
+    history_runs: usize,
+    /// Plans registered and left idle in the `idle` workload (a `cairn serve` child).
+    #[arg(long, default_value_t = 100_000)]
+    idle_plans: usize,
     /// Steps of the large plan whose reads and interventions are timed (`big_plan`).
     #[arg(long, default_value_t = 10_000)]
     big_steps: usize,
@@ -68,8 +66,8 @@ pub struct BenchArgs {
     /// temporary directory in the current directory, which is on the disk being measured.
     #[arg(long)]
     db: Option<PathBuf>,
-    /// Only these workloads (comma separated): fsync, plans, one_plan, big_plan, paused,
-    /// control, http, sse, rollback, cluster, templates.
+    /// Only these workloads (comma separated): fsync, plans, one_plan, restore, big_plan,
+    /// paused, idle, control, http, sse, rollback, cluster, templates.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// A PostgreSQL server (`postgres://user@host:port/db`): the workloads run on it as well, each
@@ -102,8 +100,9 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
         || args.long_steps < 2
         || args.paused == 0
         || args.requests == 0
+        || args.idle_plans == 0
     {
-        return Err(Fail::input("--plans, --steps, --paused and --requests must be positive and --long-steps at least 2"));
+        return Err(Fail::input("--plans, --steps, --paused, --idle-plans and --requests must be positive and --long-steps at least 2"));
     }
     if args.nodes < 2 || args.lease_ms < 500 {
         return Err(Fail::input(
@@ -202,6 +201,8 @@ async fn run_child(
         .args(["--paused", &args.paused.to_string()])
         .args(["--requests", &args.requests.to_string()])
         .args(["--subscribers", &args.subscribers.to_string()])
+        .args(["--history-runs", &args.history_runs.to_string()])
+        .args(["--idle-plans", &args.idle_plans.to_string()])
         .arg("--db")
         .arg(db);
     if let Some(url) = url {
@@ -322,6 +323,77 @@ pub(crate) fn rss_mb(field: &str) -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
         .unwrap_or(0.0)
+}
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat` (clock ticks of
+/// 1/100 s, Linux's `USER_HZ`).
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The whole machine's CPU ticks so far, `(busy, all)`, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let all: u64 = v.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th.
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (all.saturating_sub(idle), all)
+}
+
+/// CPU used from `start` on: this process's and the machine's.
+struct Usage {
+    cpu: f64,
+    machine: (u64, u64),
+}
+
+impl Usage {
+    fn start() -> Usage {
+        Usage {
+            cpu: cpu_s(),
+            machine: machine_ticks(),
+        }
+    }
+
+    fn cpu_s(&self) -> f64 {
+        cpu_s() - self.cpu
+    }
+
+    /// How close a run of `wall` seconds that took `commits` commits came to each limit: the
+    /// disk (`commits` against `fsyncs_per_sec` fsyncs a second, measured in the same run) and
+    /// the CPU (this process's CPU time against every core for the whole run, and the whole
+    /// machine's busy share, which includes PostgreSQL's backends and any other work), and
+    /// which of the two binds.
+    fn limits(&self, wall: f64, commits: u64, fsyncs_per_sec: f64) -> Value {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cpu = self.cpu_s();
+        let (busy, all) = machine_ticks();
+        let machine = (busy - self.machine.0) as f64 / (all - self.machine.1).max(1) as f64;
+        let disk = commits as f64 / wall / fsyncs_per_sec.max(1.0);
+        let of_cpu = cpu / wall / cores;
+        json!({
+            "fsyncs_per_sec": round(fsyncs_per_sec, 0),
+            "commits_per_sec": round(commits as f64 / wall, 0),
+            "of_commit_limit": round(disk, 3),
+            "cpu_s": round(cpu, 2), "cores": cores,
+            "of_cpu_limit": round(of_cpu, 3),
+            "machine_cpu_busy": round(machine, 3),
+            "bound_by": if disk >= of_cpu.max(machine) { "commits" } else { "cpu" },
+        })
+    }
 }
 
 fn round(x: f64, places: i32) -> f64 {
@@ -578,6 +650,7 @@ async fn run_workload(
             })])
         }
         "plans" => {
+            let (fsyncs_per_sec, _) = fsync_rate(dir, 200)?;
             let (engine, store) = open(target, EngineOptions::default()).await?;
             let plans: Vec<Plan> = (0..args.plans)
                 .map(|i| echo_plan(format!("bench-{i}"), args.steps))
@@ -587,27 +660,34 @@ async fn run_workload(
             register_all(&engine, plans).await?;
             let register_s = t.elapsed().as_secs_f64();
             let before = store.stats();
+            let usage = Usage::start();
             let t = Instant::now();
             start_and_wait(&engine, &ids).await?;
             let wall = t.elapsed().as_secs_f64();
             let after = store.stats();
+            let limits = usage.limits(wall, after.commits - before.commits, fsyncs_per_sec);
             let completed = engine.list(Some(PlanStatus::Completed), 1, None).await?;
             if completed.items.is_empty() {
                 return Err(Fail::from(anyhow::anyhow!("no plan completed")));
             }
             let steps = args.plans * args.steps;
             let commits = after.commits - before.commits;
-            Ok(vec![json!({
+            let mut line = json!({
                 "workload": "plans", "plans": args.plans, "steps": steps, "wall_s": round(wall, 3),
                 "steps_per_sec": round(steps as f64 / wall, 0), "peak_rss_mb": rss_mb("VmHWM:"),
                 "register_s": round(register_s, 3), "commits": commits,
                 "appends_per_commit": round((after.requests - before.requests) as f64 / commits.max(1) as f64, 1),
                 "durability": store.durability().await?,
-            })])
+            });
+            if let (Value::Object(line), Value::Object(limits)) = (&mut line, limits) {
+                line.extend(limits);
+            }
+            Ok(vec![line])
         }
         "one_plan" => {
             let (_, fsync_us) = fsync_rate(dir, 200)?;
             let (engine, store) = open(target, EngineOptions::default()).await?;
+            let usage = Usage::start();
             let n = args.long_steps;
             engine
                 .register(echo_plan("long".into(), n), "bench")
@@ -629,45 +709,106 @@ async fn run_workload(
             }
             let per_step_us = wall / n as f64 * 1e6;
             let (count, bytes) = store.checkpoint_storage().await?;
-            // Restore to checkpoints spread over the log, timing each call end to end.
-            let cps = engine.checkpoints("long").await?;
-            let mut times = Vec::new();
-            let mut reads = Vec::new();
-            for k in 1..=9 {
-                let cp = &cps[cps.len() * k / 10];
-                let t = Instant::now();
-                engine.checkpoint("long", &cp.checkpoint_id).await?;
-                reads.push(t.elapsed().as_secs_f64() * 1e3);
-                let t = Instant::now();
-                engine
-                    .restore("long", &cp.checkpoint_id, "bench", None)
-                    .await?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            reads.sort_by(f64::total_cmp);
-            times.sort_by(f64::total_cmp);
+            let cpu = usage.cpu_s();
             Ok(vec![
                 json!({
                     "workload": "one_plan", "steps": n, "wall_s": round(wall, 3),
                     "steps_per_sec": round(n as f64 / wall, 0), "peak_rss_mb": rss_mb("VmHWM:"),
                     "per_step_us": round(per_step_us, 1), "fsync_us": round(fsync_us, 1),
+                    "fsyncs_per_sec": round(1e6 / fsync_us, 0),
                     "commits": commits, "commit_us": round(commit_us, 1),
                     "engine_us": round(per_step_us - commit_us * commits as f64 / n as f64, 1),
                     "overhead_us": round(per_step_us - fsync_us, 1),
+                    // The limit of a sequential plan is one fsync per step: how close it is,
+                    // and how much of one core it used on the way.
+                    "of_fsync_limit": round(fsync_us / per_step_us, 3),
+                    "commit_share": round(commit_us * commits as f64 / n as f64 / per_step_us, 3),
+                    "cpu_s": round(cpu, 2), "cpu_of_one_core": round(cpu / wall, 3),
                 }),
                 json!({
                     "workload": "checkpoint_size", "steps": n, "wall_s": 0, "steps_per_sec": 0,
                     "peak_rss_mb": rss_mb("VmHWM:"), "checkpoints": count,
                     "bytes_per_checkpoint": round(bytes as f64 / count.max(1) as f64, 1),
                 }),
+            ])
+        }
+        "restore" => {
+            let (engine, _) = open(target, EngineOptions::default()).await?;
+            let n = args.long_steps;
+            engine
+                .register(echo_plan("long".into(), n), "bench")
+                .await?;
+            engine.start("long", "bench", None).await?;
+            engine.wait_settled("long").await?;
+            let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            // Restore to checkpoints spread over the log, timing each call end to end, and
+            // the read of the checkpoint's state before it.
+            let cps = engine.checkpoints("long").await?;
+            let (mut times, mut reads) = (Vec::new(), Vec::new());
+            for k in 1..=9 {
+                let cp = &cps[cps.len() * k / 10];
+                let t = Instant::now();
+                engine.checkpoint("long", &cp.checkpoint_id).await?;
+                reads.push(ms(t));
+                let t = Instant::now();
+                engine
+                    .restore("long", &cp.checkpoint_id, "bench", None)
+                    .await?;
+                times.push(ms(t));
+            }
+            // A long history: the plan restored to its first checkpoint and run to its end
+            // again, `history_runs` times; then its oldest checkpoints are read.
+            let first = cps[0].checkpoint_id.clone();
+            for _ in 0..args.history_runs {
+                engine.restore("long", &first, "bench", None).await?;
+                engine.resume("long", "bench", None).await?;
+                let state = engine.wait_settled("long").await?;
+                if state.status != PlanStatus::Completed {
+                    return Err(Fail::from(anyhow::anyhow!(
+                        "the long plan ended {}",
+                        state.status.as_str()
+                    )));
+                }
+            }
+            let all = engine.checkpoints("long").await?;
+            let events = engine.state("long").await?.seq;
+            let mut oldest = Vec::new();
+            for cp in all.iter().take(5) {
+                let t = Instant::now();
+                engine.checkpoint("long", &cp.checkpoint_id).await?;
+                oldest.push(ms(t));
+            }
+            let mut spread = Vec::new();
+            for k in 0..10 {
+                let cp = &all[all.len() * k / 10];
+                let t = Instant::now();
+                engine.checkpoint("long", &cp.checkpoint_id).await?;
+                spread.push(ms(t));
+            }
+            engine.shutdown().await;
+            for v in [&mut reads, &mut times, &mut oldest, &mut spread] {
+                v.sort_by(f64::total_cmp);
+            }
+            Ok(vec![
                 json!({
                     "workload": "restore", "steps": n, "wall_s": round(times.iter().sum::<f64>() / 1e3, 3), "steps_per_sec": 0,
                     "peak_rss_mb": rss_mb("VmHWM:"), "restores": times.len(),
                     "restore_ms_p50": round(percentile(&times, 0.5), 2), "restore_ms_max": round(percentile(&times, 1.0), 2),
                     "read_checkpoint_ms_p50": round(percentile(&reads, 0.5), 2),
+                    "read_checkpoint_ms_max": round(percentile(&reads, 1.0), 2),
+                }),
+                json!({
+                    "workload": "restore_history", "steps": n, "wall_s": round(oldest.iter().chain(&spread).sum::<f64>() / 1e3, 3),
+                    "steps_per_sec": 0, "peak_rss_mb": rss_mb("VmHWM:"),
+                    "runs": args.history_runs + 1, "events": events, "checkpoints": all.len(),
+                    "read_oldest_ms_p50": round(percentile(&oldest, 0.5), 2),
+                    "read_oldest_ms_max": round(percentile(&oldest, 1.0), 2),
+                    "read_any_ms_p50": round(percentile(&spread, 0.5), 2),
+                    "read_any_ms_max": round(percentile(&spread, 1.0), 2),
                 }),
             ])
         }
+        "idle" => crate::bench_cluster::idle(args.idle_plans, target).await,
         "paused" => {
             let (engine, _) = open(target, EngineOptions::default()).await?;
             let plans: Vec<Plan> = (0..args.paused)

@@ -571,3 +571,94 @@ pub async fn run(exe: &Path, url: &str, s: &Sizes) -> Result<(), Fail> {
     println!("{line}");
     Ok(())
 }
+
+/// A process's resident memory now, in MB (`VmRSS`, or `VmHWM` for its peak).
+fn rss_of(pid: Option<u32>, field: &str) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| round(kb / 1024.0, 1))
+}
+
+/// The `idle` workload: a `cairn serve` child on the store of `target`; its RSS fresh (after
+/// one request), then after `plans` three-step plans were registered over HTTP (64 at a time)
+/// and left idle until the server unloaded them. The server's memory should follow live work,
+/// not how many plans it has seen.
+pub async fn idle(plans: usize, target: &crate::bench::Target) -> Result<Vec<Value>, Fail> {
+    let exe = std::env::current_exe().map_err(err)?;
+    let store = match target {
+        crate::bench::Target::Sqlite(db) => Store::Sqlite(db),
+        crate::bench::Target::Postgres(url) => Store::Postgres(url),
+    };
+    let node = Node::start(&exe, &store, "bench-idle", 10_000).await?;
+    let pid = node.child.id();
+    let c = client()?;
+    let base = node.base.clone();
+    let r = c
+        .get(format!("{base}/v1/plans?limit=1"))
+        .send()
+        .await
+        .map_err(err)?;
+    if !r.status().is_success() {
+        return Err(err(format!("GET /v1/plans: {}", r.status())));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh = rss_of(pid, "VmRSS:");
+    let t = Instant::now();
+    {
+        let (c, base) = (c.clone(), base.clone());
+        each(plans, 64, move |k| {
+            let (c, base) = (c.clone(), base.clone());
+            async move {
+                let (st, v) = post(
+                    &c,
+                    &format!("{base}/v1/plans"),
+                    &echo_plan(&format!("idle-{k}"), 3),
+                )
+                .await?;
+                if st != 201 {
+                    return Err(err(format!("register idle-{k}: {st} {v}")));
+                }
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    let register_s = t.elapsed().as_secs_f64();
+    let peak = rss_of(pid, "VmHWM:");
+    // The server unloads a quiet plan after 2 s (`idle_unload_ms`): wait that out, then read
+    // its memory until it stops falling (bounded: 20 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut after = rss_of(pid, "VmRSS:");
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_of(pid, "VmRSS:");
+        if now >= after {
+            after = now;
+            break;
+        }
+        after = now;
+    }
+    // Still serving: a read of one of the plans.
+    let r = c
+        .get(format!("{base}/v1/plans/idle-0"))
+        .send()
+        .await
+        .map_err(err)?;
+    if !r.status().is_success() {
+        return Err(err(format!("GET /v1/plans/idle-0: {}", r.status())));
+    }
+    let mut node = node;
+    node.kill9().await;
+    Ok(vec![json!({
+        "workload": "idle", "plans": plans, "steps": 0, "wall_s": round(register_s, 3),
+        "steps_per_sec": 0, "peak_rss_mb": crate::bench::rss_mb("VmHWM:"),
+        "register_per_sec": round(plans as f64 / register_s, 0),
+        "server_rss_fresh_mb": fresh, "server_rss_after_mb": after,
+        "server_rss_growth_mb": round(after - fresh, 1), "server_peak_rss_mb": peak,
+    })])
+}

@@ -907,11 +907,15 @@ impl PlanActor {
         });
     }
 
-    /// Stores a snapshot every `snapshot_every` events. (Not after a restore: its event already
-    /// carries the whole state, so replaying it costs what reading a snapshot would.)
+    /// Stores a snapshot every `snapshot_every` events (more apart for a large plan: see
+    /// [`crate::folds::snapshot_spacing`]). (Not after a restore: its event already carries the
+    /// whole state, so replaying it costs what reading a snapshot would.)
     fn maybe_snapshot(&mut self) {
         let every = self.inner.opts.snapshot_every;
-        if every == 0 || self.state.seq < self.snapshot_seq + every {
+        if every == 0
+            || self.state.seq
+                < self.snapshot_seq + crate::folds::snapshot_spacing(every, self.state.steps.len())
+        {
             return;
         }
         let Ok(bytes) = serde_json::to_vec(&self.state) else {

@@ -46,7 +46,9 @@ pub struct EngineOptions {
     pub node_id: String,
     /// How long a lease on a plan lasts without renewal.
     pub lease_ms: u64,
-    /// A state snapshot is stored every this many events of a plan (0 = never).
+    /// A state snapshot is stored every this many events of a plan (0 = never); a plan of more
+    /// than four times as many steps is snapshotted every `steps / 4` events instead. The store
+    /// keeps every snapshot, so any checkpoint's state replays at most that many events.
     pub snapshot_every: u64,
     /// Events the live stream buffers for slow subscribers before they lag.
     pub stream_buffer: usize,
@@ -128,6 +130,8 @@ pub(crate) struct Inner {
     inbox: std::sync::atomic::AtomicI64,
     /// Woken when an unloaded actor's lease release has landed (see [`Plans::releasing`]).
     released: tokio::sync::Notify,
+    /// The last checkpoint states read.
+    folds: crate::folds::Folds,
 }
 
 impl Inner {
@@ -379,6 +383,7 @@ impl Engine {
                 counters: Default::default(),
                 inbox: Default::default(),
                 released: tokio::sync::Notify::new(),
+                folds: Default::default(),
             }),
         };
         // A single node's one heartbeat says when it started; the nodes of a cluster keep
@@ -1426,7 +1431,7 @@ impl Engine {
         &self,
         plan_id: &str,
         cid: &str,
-    ) -> Result<(CheckpointView, PlanState), EngineError> {
+    ) -> Result<(CheckpointView, Arc<PlanState>), EngineError> {
         let not_found = || EngineError::CheckpointNotFound {
             plan_id: plan_id.to_owned(),
             checkpoint_id: cid.to_owned(),
@@ -1441,7 +1446,15 @@ impl Engine {
             .get_checkpoint(plan_id, seq)
             .await?
             .ok_or_else(not_found)?;
-        let (state, _) = state_at(&*self.inner.store, plan_id, seq).await?;
+        let reach = match self.inner.opts.snapshot_every {
+            0 => u64::MAX,
+            every => every,
+        };
+        let state = self
+            .inner
+            .folds
+            .state_at(&*self.inner.store, plan_id, seq, row.at, reach)
+            .await?;
         let trigger = CheckpointTrigger::parse(&row.trigger).unwrap_or(CheckpointTrigger::Manual);
         Ok((
             CheckpointView::of(&state, trigger, row.label, Timestamp::from_micros(row.at)),
@@ -1826,6 +1839,7 @@ impl Engine {
         if let Some(tx) = live {
             let _ = self.inner.post(&tx, Msg::Stop);
         }
+        self.inner.folds.forget(plan_id);
         if self.inner.store.delete_plan(plan_id).await? {
             Ok(())
         } else {

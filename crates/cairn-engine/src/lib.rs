@@ -20,6 +20,7 @@ mod convert;
 mod engine;
 mod error;
 pub mod executor;
+mod folds;
 mod node;
 pub mod observe;
 mod publish;

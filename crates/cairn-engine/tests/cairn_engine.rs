@@ -12,8 +12,12 @@
 //!   intervention, on both stores.
 //! - `rollback`: compensations through the engine, and a restart in the middle of a rollback.
 //! - `cluster`: several engines sharing one store: forwarding, takeover, fencing, the stream.
+//! - `checkpoints`: a checkpoint's state read from snapshots equals a full replay (a property
+//!   over seeded random histories, on both stores).
 //! - `common`: bounded waits shared by every module.
 
+#[path = "cairn_engine/checkpoints.rs"]
+mod checkpoints;
 #[path = "cairn_engine/cluster.rs"]
 mod cluster;
 #[path = "cairn_engine/common.rs"]

@@ -17,7 +17,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use cairn_core::{Event, EventKind, Plan, Timestamp};
+use cairn_core::{Event, EventKind, Timestamp};
 use cairn_engine::{Engine, Notice};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -393,13 +393,14 @@ pub async fn refresh(engine: &Engine, warned: &mut bool) {
     }
 }
 
-/// Per-plan memory of the follower.
+/// Per-plan memory of the follower: only what live work needs. A plan that is registered and
+/// idle, or has ended, has none (its entry is dropped as soon as it is empty), so the
+/// follower's memory follows the plans that run, not the history.
 #[derive(Default)]
 struct PlanMemo {
-    /// step id → agent type, from the definition.
-    agents: HashMap<String, String>,
-    /// (step id, attempt) → `at` of its step_started.
-    started: HashMap<(String, u32), Timestamp>,
+    /// (step id, attempt) → `at` of its step_started and the agent type the attempt was sent
+    /// to (from the invocation `step_started` records).
+    started: HashMap<(String, u32), (Timestamp, Option<String>)>,
     /// `at` of the plan_paused still open.
     paused_at: Option<Timestamp>,
     /// While the plan runs: when it last made progress (started, resumed, a step started or
@@ -407,6 +408,15 @@ struct PlanMemo {
     progress_at: Option<Timestamp>,
     /// Ids of the plan's reviews known open, for `cairn_review_wait_seconds` when they close.
     open_reviews: Vec<String>,
+}
+
+impl PlanMemo {
+    fn is_empty(&self) -> bool {
+        self.started.is_empty()
+            && self.paused_at.is_none()
+            && self.progress_at.is_none()
+            && self.open_reviews.is_empty()
+    }
 }
 
 struct Follower {
@@ -426,34 +436,26 @@ impl Follower {
         }
     }
 
-    fn learn(memo: &mut PlanMemo, plan: &Plan) {
-        memo.agents = plan
-            .steps
-            .iter()
-            .map(|s| (s.step_id.clone(), s.agent_type.clone()))
-            .collect();
-    }
-
-    /// The agent type of a step, asking the engine for the plan's definition when unknown
-    /// (plans registered before this process started, steps added by interventions).
-    async fn agent_type(&mut self, plan_id: &str, step_id: &str) -> String {
-        if let Some(a) = self.plans.get(plan_id).and_then(|m| m.agents.get(step_id)) {
-            return a.clone();
-        }
-        let defs = match self.engine.state(plan_id).await {
+    /// The agent type of a step as its plan's current definition says, for events that do not
+    /// carry it (a skip, an attempt started before this process, or in a log written before
+    /// `step_started` recorded its invocation).
+    async fn agent_type(&self, plan_id: &str, step_id: &str) -> String {
+        match self.engine.state(plan_id).await {
             Ok(state) => state
                 .steps
                 .iter()
-                .map(|s| (s.def.step_id.clone(), s.def.agent_type.clone()))
-                .collect(),
-            Err(_) => HashMap::new(),
-        };
-        let memo = self.memo(plan_id);
-        memo.agents.extend(defs);
-        memo.agents
-            .get(step_id)
-            .cloned()
-            .unwrap_or_else(|| "unknown".to_owned())
+                .find(|s| s.def.step_id == step_id)
+                .map(|s| s.def.agent_type.clone()),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// Drops the plan's memo when nothing is left in it.
+    fn tidy(&mut self, plan_id: &str) {
+        if self.plans.get(plan_id).is_some_and(PlanMemo::is_empty) {
+            self.plans.remove(plan_id);
+        }
     }
 
     /// Plans already running when this process started have made no progress it saw: their
@@ -548,15 +550,20 @@ impl Follower {
 
     async fn step_ended(&mut self, e: &Event, step_id: &str, attempt: u32, outcome: &'static str) {
         self.progressed(&e.plan_id, e.at);
-        let agent = self.agent_type(&e.plan_id, step_id).await;
         let started = self
-            .memo(&e.plan_id)
-            .started
-            .remove(&(step_id.to_owned(), attempt));
+            .plans
+            .get_mut(&e.plan_id)
+            .and_then(|m| m.started.remove(&(step_id.to_owned(), attempt)));
+        self.tidy(&e.plan_id);
+        let (at, agent) = match started {
+            Some((at, Some(agent))) => (Some(at), agent),
+            Some((at, None)) => (Some(at), self.agent_type(&e.plan_id, step_id).await),
+            None => (None, self.agent_type(&e.plan_id, step_id).await),
+        };
         counter!("cairn_steps_total", "agent_type" => agent.clone(), "outcome" => outcome)
             .increment(1);
         if outcome != "interrupted" {
-            if let Some(at) = started {
+            if let Some(at) = at {
                 histogram!("cairn_step_duration_seconds", "agent_type" => agent)
                     .record(seconds(at, e.at));
             }
@@ -581,12 +588,24 @@ impl Follower {
                 .is_some_and(|m| !m.open_reviews.is_empty())
         {
             self.reviews_closed(&e.plan_id).await;
+            self.tidy(&e.plan_id);
         }
         match &e.kind {
             EventKind::GateEvaluated {
-                step_id, verdict, ..
+                step_id,
+                attempt,
+                verdict,
+                ..
             } => {
-                let agent = self.agent_type(&e.plan_id, step_id).await;
+                let known = self
+                    .plans
+                    .get(&e.plan_id)
+                    .and_then(|m| m.started.get(&(step_id.clone(), *attempt)))
+                    .and_then(|(_, agent)| agent.clone());
+                let agent = match known {
+                    Some(agent) => agent,
+                    None => self.agent_type(&e.plan_id, step_id).await,
+                };
                 let verdict = match verdict {
                     cairn_core::gate::VerdictKind::Passed => "passed",
                     cairn_core::gate::VerdictKind::Failed => "failed",
@@ -598,10 +617,9 @@ impl Follower {
             EventKind::ReviewOpened { review_id, .. } => {
                 self.memo(&e.plan_id).open_reviews.push(review_id.clone());
             }
-            EventKind::PlanRegistered { definition, .. } => {
-                let memo = self.memo(&e.plan_id);
-                *memo = PlanMemo::default();
-                Self::learn(memo, definition);
+            EventKind::PlanRegistered { .. } => {
+                // A registered plan is idle: nothing to remember until it starts.
+                self.plans.remove(&e.plan_id);
             }
             EventKind::PlanStarted { .. } => {
                 counter!("cairn_plans_started_total").increment(1);
@@ -627,11 +645,15 @@ impl Follower {
                 }
             }
             EventKind::StepStarted {
-                step_id, attempt, ..
+                step_id,
+                attempt,
+                invocation,
+                ..
             } => {
+                let agent = invocation.as_ref().map(|i| i.agent_type.clone());
                 self.memo(&e.plan_id)
                     .started
-                    .insert((step_id.clone(), *attempt), e.at);
+                    .insert((step_id.clone(), *attempt), (e.at, agent));
                 self.progressed(&e.plan_id, e.at);
             }
             EventKind::StepCompleted {
@@ -665,10 +687,6 @@ impl Follower {
                 counter!("cairn_interventions_total",
                     "type" => intervention.kind.clone(), "status" => status)
                 .increment(1);
-                // Steps may have been added or changed: learn the definition again when needed.
-                if let Some(m) = self.plans.get_mut(&e.plan_id) {
-                    m.agents.clear();
-                }
             }
             EventKind::RollbackStarted { .. } => {
                 counter!("cairn_rollbacks_total", "outcome" => "started").increment(1);
@@ -695,9 +713,9 @@ impl Follower {
             }
             EventKind::CheckpointRestored { .. } => {
                 if let Some(m) = self.plans.get_mut(&e.plan_id) {
-                    m.agents.clear();
                     m.started.clear();
                 }
+                self.tidy(&e.plan_id);
             }
             _ => {}
         }
@@ -706,5 +724,103 @@ impl Follower {
     fn finished(&mut self, plan_id: &str, state: &'static str) {
         counter!("cairn_plans_finished_total", "state" => state).increment(1);
         self.plans.remove(plan_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cairn_engine::executor::Registry;
+    use cairn_engine::{Engine, EngineOptions, Notice, Subscription};
+    use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+    use serde_json::json;
+
+    use super::Follower;
+
+    /// Feeds the follower the committed events until one of type `until` for `plan`.
+    async fn follow(f: &mut Follower, sub: &mut Subscription, plan: &str, until: &str) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match sub.next().await {
+                    Some(Notice::Event(e)) => {
+                        f.observe(&e).await;
+                        if e.plan_id == plan && e.kind.type_name() == until {
+                            return;
+                        }
+                    }
+                    Some(Notice::Lagged { .. }) => panic!("the follower lagged"),
+                    None => panic!("the engine stopped"),
+                }
+            }
+        })
+        .await
+        .expect("the event came within 20 s");
+    }
+
+    fn plan(id: &str, agent: &str, params: serde_json::Value) -> cairn_core::Plan {
+        serde_json::from_value(json!({
+            "plan_id": id, "query": "q",
+            "steps": [
+                {"step_id": "a", "action": "x", "agent_type": agent, "params": params},
+                {"step_id": "b", "action": "y", "agent_type": "builtin.echo"},
+            ]
+        }))
+        .expect("a valid plan")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_follower_remembers_live_work_only() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = SqliteStore::open(&dir.path().join("m.db"), SqliteOptions::default())
+            .expect("the store opens");
+        let engine = Engine::open(
+            Arc::new(store),
+            Registry::with_builtins(),
+            EngineOptions::default(),
+        )
+        .await
+        .expect("the engine opens");
+        let mut sub = engine.subscribe(None);
+        let mut f = Follower::new(engine.clone());
+
+        // Registered and left idle: nothing remembered, however many.
+        for i in 0..50 {
+            let id = format!("idle-{i}");
+            engine
+                .register(plan(&id, "builtin.echo", json!({})), "t")
+                .await
+                .expect("registered");
+            follow(&mut f, &mut sub, &id, "plan_registered").await;
+        }
+        assert!(f.plans.is_empty(), "{} plans remembered", f.plans.len());
+
+        // A running attempt is remembered with the agent type its start recorded.
+        engine
+            .register(plan("live", "builtin.sleep", json!({"ms": 600_000})), "t")
+            .await
+            .expect("registered");
+        engine.start("live", "t", None).await.expect("started");
+        follow(&mut f, &mut sub, "live", "step_started").await;
+        assert_eq!(f.plans.len(), 1);
+        let memo = &f.plans["live"];
+        assert_eq!(
+            memo.started
+                .get(&("a".to_owned(), 1))
+                .and_then(|s| s.1.as_deref()),
+            Some("builtin.sleep")
+        );
+        assert!(memo.progress_at.is_some());
+
+        // Once it ends, it is forgotten.
+        engine.cancel("live", "t", None).await.expect("cancelled");
+        follow(&mut f, &mut sub, "live", "plan_cancelled").await;
+        assert!(f.plans.is_empty(), "{} plans remembered", f.plans.len());
+
+        // A step that never started still has its agent type, from the definition.
+        assert_eq!(f.agent_type("idle-3", "a").await, "builtin.echo");
+        assert_eq!(f.agent_type("idle-3", "nope").await, "unknown");
+        engine.shutdown().await;
     }
 }

@@ -77,9 +77,6 @@ const MAX_SCHEMA_LEN: usize = 48;
 /// it (and releases its locks).
 const WRITER_IDLE_MS: u64 = 5_000;
 
-/// How many snapshots are kept per plan (the newest).
-const KEEP_SNAPSHOTS: i64 = 16;
-
 /// How a [`PgStore`] connects.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
@@ -704,15 +701,8 @@ impl Snapshots for PgStore {
         )
         .await
         .map_err(backend)?;
-        // Keep the newest few; `seq < NULL` deletes nothing while there are fewer.
-        tx.execute(
-            "DELETE FROM snapshots WHERE plan_pk = $1 AND seq < (
-                 SELECT seq FROM snapshots WHERE plan_pk = $1
-                 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
-            &[&pk, &(KEEP_SNAPSHOTS - 1)],
-        )
-        .await
-        .map_err(backend)?;
+        // Every snapshot is kept (the engine spaces them): reading the state at an old
+        // checkpoint replays from the nearest one, never from the start.
         tx.commit().await.map_err(backend)
     }
 

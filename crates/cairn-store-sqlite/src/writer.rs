@@ -28,8 +28,6 @@ use crate::{from_sql, to_sql, Ctx};
 
 /// The most requests committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
-/// How many snapshots are kept per plan (the newest).
-const KEEP_SNAPSHOTS: i64 = 16;
 
 pub(crate) enum Op {
     Create(CreatePlan),
@@ -640,15 +638,8 @@ impl Writer {
             )
             .and_then(|mut s| s.execute(params![pk, to_sql(seq), data]))
             .ctx("insert snapshot")?;
-        // Keep the newest few; `seq < NULL` deletes nothing while there are fewer.
-        self.conn
-            .prepare_cached(
-                "DELETE FROM snapshots WHERE plan_pk = ?1 AND seq < (
-                     SELECT seq FROM snapshots WHERE plan_pk = ?1
-                     ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-            )
-            .and_then(|mut s| s.execute(params![pk, KEEP_SNAPSHOTS - 1]))
-            .ctx("prune snapshots")?;
+        // Every snapshot is kept (the engine spaces them): reading the state at an old
+        // checkpoint replays from the nearest one, never from the start.
         Ok(())
     }
 

@@ -596,7 +596,9 @@ pub trait Leases: Send + Sync + 'static {
 }
 
 /// Snapshots: materialised states of a plan at a seq, so loading needs no full replay. A cache
-/// of the log, never the truth.
+/// of the log, never the truth. A store keeps every snapshot it is given until the plan is
+/// deleted (the engine spaces them), so the state at any position, however old, replays from
+/// the nearest snapshot before it.
 #[async_trait]
 pub trait Snapshots: Send + Sync + 'static {
     /// Saves a materialised state of the plan at `seq` so loading needs no full replay.

@@ -1761,6 +1761,10 @@ fn bench_prints_one_json_object_per_workload() {
             "5",
             "--subscribers",
             "10",
+            "--idle-plans",
+            "30",
+            "--history-runs",
+            "1",
         ])
         .expect(0, "bench");
     let lines: Vec<Value> = run
@@ -1785,11 +1789,50 @@ fn bench_prints_one_json_object_per_workload() {
         assert!(l["peak_rss_mb"].as_f64().is_some_and(|x| x > 0.0), "{l}");
         workloads.insert(l["workload"].as_str().unwrap().to_owned());
     }
-    for wl in ["plans", "one_plan", "paused", "big_plan_intervention"] {
+    for wl in [
+        "plans",
+        "one_plan",
+        "restore",
+        "restore_history",
+        "paused",
+        "idle",
+        "big_plan_intervention",
+    ] {
         assert!(workloads.contains(wl), "{wl} missing: {workloads:?}");
     }
-    let plans = lines.iter().find(|l| l["workload"] == "plans").unwrap();
+    let find = |wl: &str| lines.iter().find(|l| l["workload"] == wl).unwrap();
+    let plans = find("plans");
     assert_eq!(plans["steps"], 60);
+    // Each figure beside the limit it is bound by, measured in the same run.
+    for key in ["fsyncs_per_sec", "of_commit_limit", "of_cpu_limit"] {
+        assert!(
+            plans[key].as_f64().is_some_and(|x| x > 0.0),
+            "{key}: {plans}"
+        );
+    }
+    assert!(
+        ["commits", "cpu"].contains(&plans["bound_by"].as_str().unwrap_or("")),
+        "{plans}"
+    );
+    let one = find("one_plan");
+    assert!(
+        one["of_fsync_limit"].as_f64().is_some_and(|x| x > 0.0),
+        "{one}"
+    );
+    // The long history: the first run and one more, its oldest checkpoints read.
+    let history = find("restore_history");
+    assert_eq!(history["runs"], 2, "{history}");
+    assert!(
+        history["read_oldest_ms_p50"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{history}"
+    );
+    let idle = find("idle");
+    assert_eq!(idle["plans"], 30, "{idle}");
+    for key in ["server_rss_fresh_mb", "server_rss_after_mb"] {
+        assert!(idle[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {idle}");
+    }
     w.raw(&["bench", "--workload", "nope"])
         .expect(2, "unknown workload");
 }
