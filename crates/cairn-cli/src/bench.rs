@@ -24,8 +24,19 @@ use serde_json::{json, Value};
 use crate::{exit, Fail};
 
 const WORKLOADS: &[&str] = &[
-    "fsync", "plans", "one_plan", "restore", "big_plan", "paused", "idle", "control", "http",
-    "sse", "rollback", "cluster", "templates",
+    "fsync",
+    "plans",
+    "one_plan",
+    "restore",
+    "big_plan",
+    "paused",
+    "idle",
+    "control",
+    "http",
+    "sse",
+    "rollback",
+    "cluster",
+    "templates",
 ];
 
 /// The workloads that measure the disk or several processes rather than one store: never run a

@@ -117,6 +117,7 @@ async fn random_history(store: Arc<dyn Store>, seed: u64, rounds: usize) {
                 expected_version: None,
                 reason: None,
                 dry_run: false,
+                upgrade: None,
             };
             engine.intervene(&id, request, "op").await.unwrap();
         }
@@ -135,6 +136,7 @@ async fn random_history(store: Arc<dyn Store>, seed: u64, rounds: usize) {
                 expected_version: None,
                 reason: Some("random".into()),
                 dry_run: false,
+                upgrade: None,
             };
             engine.intervene(&id, request, "op").await.unwrap();
         }
