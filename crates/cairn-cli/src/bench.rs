@@ -36,12 +36,13 @@ const WORKLOADS: &[&str] = &[
     "sse",
     "rollback",
     "cluster",
+    "cluster_plans",
     "templates",
 ];
 
 /// The workloads that measure the disk or several processes rather than one store: never run a
 /// second time on PostgreSQL (`cluster` runs on PostgreSQL only).
-const NOT_PER_STORE: &[&str] = &["fsync", "cluster"];
+const NOT_PER_STORE: &[&str] = &["fsync", "cluster", "cluster_plans"];
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -78,7 +79,8 @@ pub struct BenchArgs {
     #[arg(long)]
     db: Option<PathBuf>,
     /// Only these workloads (comma separated): fsync, plans, one_plan, restore, big_plan,
-    /// paused, idle, control, http, sse, rollback, cluster, templates.
+    /// paused, idle, control, http, sse, rollback, cluster, templates, cluster_plans (the
+    /// many-plans part of `cluster` alone, on PostgreSQL: one node, then `--nodes`).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// A PostgreSQL server (`postgres://user@host:port/db`): the workloads run on it as well, each
@@ -164,7 +166,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
         args.workload.clone()
     };
     for w in selected {
-        if w == "cluster" {
+        if w == "cluster" || w == "cluster_plans" {
             match &args.database_url {
                 Some(url) => {
                     let sizes = crate::bench_cluster::Sizes {
@@ -174,9 +176,9 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
                         lease_ms: args.lease_ms,
                         requests: args.requests,
                     };
-                    crate::bench_cluster::run(&exe, url, &sizes).await?;
+                    crate::bench_cluster::run(&exe, url, &sizes, w == "cluster_plans").await?;
                 }
-                None => eprintln!("cluster: skipped (it needs --database-url)"),
+                None => eprintln!("{w}: skipped (it needs --database-url)"),
             }
             continue;
         }

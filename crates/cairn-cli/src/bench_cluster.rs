@@ -48,6 +48,131 @@ fn peak_rss() -> f64 {
     crate::bench::rss_mb("VmHWM:")
 }
 
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/PID/stat` (0 when it
+/// cannot be read: another OS, or the process is gone).
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count the fields after its closing paren,
+    // from field 3; utime and stime are fields 14 and 15, in USER_HZ ticks (100 a second on
+    // Linux, whatever the kernel's own tick).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The CPU time the PostgreSQL backends serving one database used, and that database's
+/// transaction and row counters: what the nodes cost the database server. (The server's shared
+/// processes, the WAL writer among them, are not counted.)
+struct PgCost {
+    db: tokio_postgres::Client,
+    me: i32,
+    /// CPU seconds of each backend at the start.
+    start: HashMap<i32, f64>,
+    counters: [i64; 4],
+    /// Scans (sequential and by index) of each table at the start.
+    scans: HashMap<String, i64>,
+}
+
+impl PgCost {
+    async fn start(url: &str) -> Result<PgCost, Fail> {
+        let db = pg_connect(url).await?;
+        let me: i32 = db
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(err)?
+            .get(0);
+        let mut cost = PgCost {
+            db,
+            me,
+            start: HashMap::new(),
+            counters: [0; 4],
+            scans: HashMap::new(),
+        };
+        cost.start = cost.backends().await?;
+        cost.counters = cost.counters().await?;
+        cost.scans = cost.scans().await?;
+        Ok(cost)
+    }
+
+    /// Scans of each table so far: which statements a workload runs how often.
+    async fn scans(&self) -> Result<HashMap<String, i64>, Fail> {
+        let rows = self
+            .db
+            .query(
+                "SELECT relname::text, seq_scan + COALESCE(idx_scan, 0) FROM pg_stat_user_tables",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn backends(&self) -> Result<HashMap<i32, f64>, Fail> {
+        let rows = self
+            .db
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, i32>(0))
+            .filter(|pid| *pid != self.me)
+            .map(|pid| (pid, cpu_s(pid as u32)))
+            .collect())
+    }
+
+    /// Transactions, rows read (returned by scans and fetched by index), rows written.
+    async fn counters(&self) -> Result<[i64; 4], Fail> {
+        let r = self
+            .db
+            .query_one(
+                "SELECT xact_commit + xact_rollback, tup_returned, tup_fetched,
+                        tup_inserted + tup_updated + tup_deleted
+                 FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        Ok([r.get(0), r.get(1), r.get(2), r.get(3)])
+    }
+
+    /// CPU seconds the database's backends used since the start (a backend that ended in
+    /// between is not counted).
+    async fn cpu_s(&self) -> Result<f64, Fail> {
+        Ok(self
+            .backends()
+            .await?
+            .iter()
+            .map(|(pid, now)| now - self.start.get(pid).copied().unwrap_or(0.0))
+            .sum())
+    }
+
+    /// The counters' growth since the start, read once no node is connected any more (a
+    /// backend reports its last counts as it ends).
+    async fn finish(self) -> Result<([i64; 4], HashMap<String, i64>), Fail> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.backends().await?.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let end = self.counters().await?;
+        let scans = self
+            .scans()
+            .await?
+            .into_iter()
+            .map(|(t, n)| {
+                let grew = n - self.scans.get(&t).copied().unwrap_or(0);
+                (t, grew)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Ok((std::array::from_fn(|i| end[i] - self.counters[i]), scans))
+    }
+}
+
 /// The sizes the workloads use.
 pub struct Sizes {
     pub plans: usize,
@@ -121,6 +246,11 @@ impl Node {
         // The rest of its stdout is read and dropped, so that it never blocks on it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Node { child, base })
+    }
+
+    /// CPU seconds the node used so far.
+    fn cpu_s(&self) -> f64 {
+        self.child.id().map_or(0.0, cpu_s)
     }
 
     /// `kill -9`, and reaps it.
@@ -239,6 +369,14 @@ async fn plans(exe: &Path, store: Store<'_>, nodes: usize, s: &Sizes) -> Result<
     let bases: Arc<Vec<String>> = Arc::new(running.iter().map(|n| n.base.clone()).collect());
     let c = client()?;
     let steps = s.steps;
+    // What every process spends, from the first request to the last plan's end.
+    let pg = match &store {
+        Store::Postgres(url) => Some(PgCost::start(url).await?),
+        Store::Sqlite(_) => None,
+    };
+    let cpu_nodes = |running: &[Node]| running.iter().map(Node::cpu_s).sum::<f64>();
+    let nodes_cpu0 = cpu_nodes(&running);
+    let client_cpu0 = cpu_s(std::process::id());
     let t = Instant::now();
     {
         let (c, bases) = (c.clone(), bases.clone());
@@ -305,17 +443,41 @@ async fn plans(exe: &Path, store: Store<'_>, nodes: usize, s: &Sizes) -> Result<
             false => err("the stream reader stopped"),
         })?;
     let wall = finished.duration_since(t).as_secs_f64();
+    let nodes_cpu = cpu_nodes(&running) - nodes_cpu0;
+    let client_cpu = cpu_s(std::process::id()) - client_cpu0;
+    let pg_cpu = match &pg {
+        Some(pg) => pg.cpu_s().await?,
+        None => 0.0,
+    };
     stream.abort();
     for mut n in running {
         n.kill9().await;
     }
     let total = s.plans * s.steps;
-    Ok(json!({
+    let per_step = |cpu: f64| round(cpu * 1e6 / total as f64, 1);
+    let mut line = json!({
         "workload": "cluster_plans", "nodes": nodes, "plans": s.plans, "steps": total,
         "wall_s": round(wall, 3), "steps_per_sec": round(total as f64 / wall, 0),
         "peak_rss_mb": peak_rss(),
         "register_s": round(register_s, 3), "start_requests_s": round(start_s, 3),
-    }))
+        // CPU from the first register request to the last plan's end, per step: the nodes,
+        // the database's backends, the load generator (this process), and their sum.
+        "cpu_us_per_step": {
+            "nodes": per_step(nodes_cpu), "postgres": per_step(pg_cpu),
+            "client": per_step(client_cpu), "all": per_step(nodes_cpu + pg_cpu + client_cpu),
+        },
+    });
+    if let Some(pg) = pg {
+        let ([xacts, returned, fetched, written], scans) = pg.finish().await?;
+        let per = |n: i64| round(n as f64 / total as f64, 3);
+        line["postgres_per_step"] = json!({
+            "transactions": per(xacts), "rows_returned": per(returned),
+            "rows_fetched": per(fetched), "rows_written": per(written),
+            "table_scans": scans.into_iter().map(|(t, n)| (t, json!(per(n))))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+    }
+    Ok(line)
 }
 
 /// Pause, intervention and resume, each timed alone, for plans node 0 drives: sent to node 1
@@ -538,16 +700,19 @@ async fn failover(exe: &Path, url: &str, s: &Sizes) -> Result<Value, Fail> {
 }
 
 /// Every cluster measurement, each on a fresh database; prints each line as it is measured.
-pub async fn run(exe: &Path, url: &str, s: &Sizes) -> Result<(), Fail> {
-    // The same workload on one SQLite node, for comparison.
-    let dir = tempfile::Builder::new()
-        .prefix(".cairn-bench-")
-        .tempdir_in(".")
-        .map_err(err)?;
-    let db = dir.path().join("cluster.db");
-    let mut line = plans(exe, Store::Sqlite(&db), 1, s).await?;
-    line["store"] = json!("sqlite");
-    println!("{line}");
+/// With `plans_only`, the many-plans workload on PostgreSQL alone.
+pub async fn run(exe: &Path, url: &str, s: &Sizes, plans_only: bool) -> Result<(), Fail> {
+    if !plans_only {
+        // The same workload on one SQLite node, for comparison.
+        let dir = tempfile::Builder::new()
+            .prefix(".cairn-bench-")
+            .tempdir_in(".")
+            .map_err(err)?;
+        let db = dir.path().join("cluster.db");
+        let mut line = plans(exe, Store::Sqlite(&db), 1, s).await?;
+        line["store"] = json!("sqlite");
+        println!("{line}");
+    }
     for nodes in [1, s.nodes] {
         let fresh = FreshDb::create(url, &format!("plans{nodes}")).await?;
         let r = plans(exe, Store::Postgres(&fresh.url), nodes, s).await;
@@ -555,6 +720,9 @@ pub async fn run(exe: &Path, url: &str, s: &Sizes) -> Result<(), Fail> {
         let mut line = r?;
         line["store"] = json!("postgres");
         println!("{line}");
+    }
+    if plans_only {
+        return Ok(());
     }
     let fresh = FreshDb::create(url, "control").await?;
     let r = control(exe, &fresh.url, s).await;

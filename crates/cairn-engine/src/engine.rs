@@ -19,7 +19,7 @@ use cairn_core::{
 };
 use cairn_store::{CreatePlan, PlanRow, Store};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{Answer, Msg, PlanActor};
 use crate::clock::{Clock, SystemClock};
@@ -123,7 +123,7 @@ pub(crate) struct Inner {
     pub(crate) opts: EngineOptions,
     plans: Mutex<Plans>,
     publisher: mpsc::UnboundedSender<Vec<Arc<Event>>>,
-    stream: broadcast::Sender<Arc<Event>>,
+    stream: publish::Streams,
     pub(crate) closed: std::sync::atomic::AtomicBool,
     pub(crate) counters: crate::cluster::Counters,
     /// Messages posted to actors and not yet taken (see [`Inner::post`]).
@@ -1855,6 +1855,17 @@ impl Engine {
             self.inner.stream.subscribe(),
             None,
             after,
+        )
+    }
+
+    /// Live events this engine committed (this node's share, in a cluster; every event, alone),
+    /// as their commits finish: each plan's in order, different plans' in any order, and none
+    /// read from the store. For consumers of a node's own work, such as metrics, which should
+    /// not make the node order and decode every other node's events.
+    pub fn subscribe_local(&self) -> Subscription {
+        Subscription::local(
+            self.inner.store.clone(),
+            self.inner.stream.subscribe_local(),
         )
     }
 

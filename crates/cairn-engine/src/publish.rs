@@ -14,6 +14,18 @@
 //! Subscribers therefore see ids strictly increasing, which is what lets any of them resume
 //! from "the last id I saw" with nothing lost and nothing repeated.
 //!
+//! Ordering costs reads, and in a cluster decoding every other node's events: the publisher
+//! does that work only while someone follows the ordered stream. With nobody subscribed it
+//! **rests**: what arrives is dropped and its position remembered (every id up to a committed
+//! event's is committed or gone, since ids are given in commit order), and while tailing it
+//! reads only the store's last id now and then. A subscription wakes it; it then publishes
+//! from the remembered position on, reading from the store whatever it dropped meanwhile, so
+//! a subscriber still gets every event committed after it subscribed (and maybe a few from
+//! just before). Besides the ordered stream, every event this engine commits goes at once to
+//! the **local** stream, in the order its commits finish (each plan's in seq order): what a
+//! consumer of this node's own work, such as the metrics, reads without making anyone order
+//! or decode the other nodes' events.
+//!
 //! A slow subscriber never slows the engine: the broadcast buffer is bounded, and a subscriber
 //! that falls behind is told so ([`Notice::Lagged`]) and catches up from the store.
 
@@ -25,7 +37,7 @@ use cairn_core::Event;
 use cairn_store::EventLog;
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::convert::from_stored;
 
@@ -42,30 +54,62 @@ pub(crate) struct Tail {
     pub(crate) every: Duration,
 }
 
+/// The streams the publisher feeds.
+pub(crate) struct Streams {
+    /// Every event, in global id order (every node's, in a cluster).
+    all: broadcast::Sender<Arc<Event>>,
+    /// The events this engine committed, as their commits finish.
+    local: broadcast::Sender<Arc<Event>>,
+    /// Wakes a resting publisher when someone subscribes to `all`.
+    wake: Arc<Notify>,
+}
+
+impl Streams {
+    /// A receiver of the ordered stream; the publisher stops resting, if it was.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        let rx = self.all.subscribe();
+        self.wake.notify_one();
+        rx
+    }
+
+    /// A receiver of this engine's own events.
+    pub(crate) fn subscribe_local(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.local.subscribe()
+    }
+}
+
 pub(crate) fn spawn(
     store: Arc<dyn EventLog>,
     first_id: u64,
     capacity: usize,
     tail: Option<Tail>,
-) -> (
-    mpsc::UnboundedSender<Vec<Arc<Event>>>,
-    broadcast::Sender<Arc<Event>>,
-) {
+) -> (mpsc::UnboundedSender<Vec<Arc<Event>>>, Streams) {
     let (tx, rx) = mpsc::unbounded_channel::<Vec<Arc<Event>>>();
     let (out, _) = broadcast::channel(capacity);
+    let (local, _) = broadcast::channel(capacity);
+    let wake = Arc::new(Notify::new());
     let publisher = Publisher {
         store,
         out: out.clone(),
+        local: local.clone(),
         next: first_id,
         pending: BTreeMap::new(),
     };
-    tokio::spawn(publisher.run(rx, tail));
-    (tx, out)
+    tokio::spawn(publisher.run(rx, tail, wake.clone()));
+    (
+        tx,
+        Streams {
+            all: out,
+            local,
+            wake,
+        },
+    )
 }
 
 struct Publisher {
     store: Arc<dyn EventLog>,
     out: broadcast::Sender<Arc<Event>>,
+    local: broadcast::Sender<Arc<Event>>,
     /// The id to publish next: every smaller one is published or known not to exist.
     next: u64,
     /// Events at or above `next` waiting for the ids below them.
@@ -73,13 +117,19 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Arc<Event>>>, tail: Option<Tail>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Vec<Arc<Event>>>,
+        tail: Option<Tail>,
+        wake: Arc<Notify>,
+    ) {
         let hint = tail.as_ref().and_then(|t| t.hint.clone());
         let every = tail.as_ref().map(|t| t.every);
         let mut tail_at = every.map(|e| Instant::now() + e);
         let mut retry_at: Option<Instant> = None;
         loop {
             let mut read_tail = false;
+            let mut polled = false;
             tokio::select! {
                 batch = rx.recv() => match batch {
                     Some(batch) => {
@@ -96,11 +146,18 @@ impl Publisher {
                 }
                 _ = async { tokio::time::sleep_until(tail_at.expect("guarded")).await }, if tail_at.is_some() => {
                     read_tail = true;
+                    polled = true;
                     tail_at = every.map(|e| Instant::now() + e);
                 }
                 _ = async { tokio::time::sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
                     retry_at = None;
                 }
+                // Someone subscribed: what other nodes committed meanwhile is read at once.
+                _ = wake.notified() => read_tail = tail.is_some(),
+            }
+            if self.out.receiver_count() == 0 {
+                self.rest(polled).await;
+                continue;
             }
             self.flush();
             if !read_tail && !self.pending.is_empty() {
@@ -128,8 +185,32 @@ impl Publisher {
         }
     }
 
+    /// Nobody follows the ordered stream: drops what waits, remembering the position after it
+    /// (every id below a committed one is committed or gone), and, when `poll`, moves that
+    /// position to the store's last id, so that a subscriber arriving later is served from
+    /// about where the log stood when it arrived, not from long before.
+    async fn rest(&mut self, poll: bool) {
+        if let Some((&last, _)) = self.pending.last_key_value() {
+            self.next = self.next.max(last + 1);
+        }
+        self.pending.clear();
+        if !poll {
+            return;
+        }
+        match self.store.last_event_id().await {
+            // Only if nobody subscribed during the read: a subscriber's events are those
+            // committed after it subscribed, which a last id read before then precedes.
+            Ok(last) if self.out.receiver_count() == 0 => self.next = self.next.max(last + 1),
+            Ok(_) => {}
+            // The position stays where it was: a subscriber then gets more, never less.
+            Err(e) => debug!(error = %e, "cannot read the log's last id while resting"),
+        }
+    }
+
     fn take(&mut self, batch: Vec<Arc<Event>>) {
         for e in batch {
+            // Sent whether or not anyone listens (a send to nobody costs next to nothing).
+            let _ = self.local.send(e.clone());
             if e.id >= self.next {
                 self.pending.insert(e.id, e);
             }
@@ -215,6 +296,9 @@ pub struct Subscription {
     catching_up: bool,
     backlog: VecDeque<Arc<Event>>,
     resumable: bool,
+    /// Ids strictly increase (the ordered stream); false for the local stream, whose events
+    /// come as their commits finish.
+    ordered: bool,
 }
 
 impl Subscription {
@@ -232,6 +316,18 @@ impl Subscription {
             catching_up: after.is_some(),
             backlog: VecDeque::new(),
             resumable: after.is_some(),
+            ordered: true,
+        }
+    }
+
+    /// A subscription to the local stream: this engine's own events, live.
+    pub(crate) fn local(
+        store: Arc<dyn EventLog>,
+        rx: broadcast::Receiver<Arc<Event>>,
+    ) -> Subscription {
+        Subscription {
+            ordered: false,
+            ..Subscription::new(store, rx, None, None)
         }
     }
 
@@ -278,7 +374,7 @@ impl Subscription {
             }
             match self.rx.recv().await {
                 Ok(e) => {
-                    if e.id <= self.last_id || !self.wanted(&e) {
+                    if (self.ordered && e.id <= self.last_id) || !self.wanted(&e) {
                         continue;
                     }
                     self.last_id = e.id;

@@ -1,10 +1,11 @@
 //! Prometheus metrics (`GET /metrics`), derived off the engine's hot path.
 //!
-//! Nothing here is called by the engine: [`spawn`] follows the committed event stream
-//! (`Engine::subscribe(None)`) and turns events into counters and histograms, and every few
-//! seconds reads plan counts and the store's writer counters. HTTP metrics come from
-//! [`track`], a middleware labelled by the matched route (never the raw path, so ids cannot
-//! explode the label set).
+//! Nothing here is called by the engine: [`spawn`] follows the events the engine commits
+//! (`Engine::subscribe_local`: in a cluster, this node's own, so no node orders and decodes
+//! every other node's events for its counters) and turns them into counters and histograms,
+//! and every few seconds reads plan counts and the store's writer counters. HTTP metrics come
+//! from [`track`], a middleware labelled by the matched route (never the raw path, so ids
+//! cannot explode the label set).
 //!
 //! The recorder is process-global ([`handle`] installs it once); the exporter's own HTTP
 //! listener is not used (default features off): the API renders the handle at `/metrics`.
@@ -303,7 +304,7 @@ pub async fn track(req: Request, next: Next) -> Response {
     response
 }
 
-/// Starts the tasks that derive metrics from `engine`: one follows the committed events, one
+/// Starts the tasks that derive metrics from `engine`: one follows the events it commits, one
 /// refreshes plan counts and store counters every [`REFRESH`]. They stop when the engine's
 /// event stream closes. The subscription is taken before this returns, so every event
 /// committed afterwards is counted.
@@ -314,7 +315,7 @@ pub fn spawn(engine: Engine) {
 /// [`spawn`] with another refresh period (tests).
 pub fn spawn_every(engine: Engine, every: Duration) {
     handle();
-    let mut sub = engine.subscribe(None);
+    let mut sub = engine.subscribe_local();
     let refresher = {
         let engine = engine.clone();
         tokio::spawn(async move {

@@ -208,7 +208,8 @@ pub(crate) async fn unserved_agent_types(
         .collect();
     types.sort_unstable();
     types.dedup();
-    if let Some(q) = &s.remote {
+    // The worker list is a read of the store: only asked for when some type has no executor.
+    if let (Some(q), false) = (&s.remote, types.is_empty()) {
         let workers = q.workers().await;
         types.retain(|t| !workers.iter().any(|w| w.agent_types.iter().any(|a| a == t)));
     }

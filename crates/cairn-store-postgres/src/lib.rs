@@ -21,7 +21,9 @@
 //!   statements and one commit.
 //! - Commit hints (`session.rs`): one dedicated connection per store `LISTEN`s on
 //!   `cairn_commits` (`cairn_commits_<schema>` for a store in a schema of its own); every
-//!   transaction that inserts events runs `pg_notify` once.
+//!   transaction that inserts events runs `pg_notify` once, and the hints of the store's own
+//!   writer (told apart by its backend process id) wake nothing: its commits reach its engine
+//!   directly.
 //!   [`PgStore::hold_node`] takes a session advisory lock on the same connection, so a node id
 //!   is used by one live process at a time.
 //! - Schema migrations are embedded SQL, applied under a transaction-scoped advisory lock, so
@@ -198,11 +200,13 @@ impl PgStore {
             "{options} -c synchronous_commit=on -c idle_in_transaction_session_timeout={WRITER_IDLE_MS}"
         ));
         let channel = commit_channel(&namespace);
+        let own = Arc::new(session::OwnWriter::default());
         tokio::spawn(writer::run(
             writer_config,
             channel.clone(),
             rx,
             stats.clone(),
+            own.clone(),
         ));
         let hint = Arc::new(Notify::new());
         let session_state = Arc::new(session::State::default());
@@ -222,6 +226,7 @@ impl PgStore {
             commands,
             hint.clone(),
             session_state.clone(),
+            own,
             ready,
         ));
         // Commits after `connect` returns are hinted: the first LISTEN is in place.

@@ -1,8 +1,9 @@
 //! The store's dedicated connection (outside the pool): it `LISTEN`s for commit hints and holds
 //! the node id's session advisory lock.
 //!
-//! PostgreSQL delivers a `NOTIFY` at commit, coalesced within a transaction; every hint wakes
-//! the store's [`Notify`] (its current waiters, plus a stored permit for the next one). When
+//! PostgreSQL delivers a `NOTIFY` at commit, coalesced within a transaction; every hint of
+//! another process's commit (not one sent by this store's own writer) wakes the store's
+//! [`Notify`] (its current waiters, plus a stored permit for the next one). When
 //! the connection drops, the task reconnects with a growing backoff (up to
 //! [`MAX_BACKOFF`]), listens again, retakes the node lock, and wakes the `Notify` once, since
 //! hints sent while it was away are lost. Dropping the store ends the task and closes the
@@ -29,6 +30,22 @@ pub(crate) enum Command {
         key: String,
         reply: oneshot::Sender<StoreResult<()>>,
     },
+}
+
+/// The backend process id of the store's own writer connection (0 before it connects): the
+/// commits it notifies are this process's own, which the engine hears of directly, so they
+/// wake no one here.
+#[derive(Default)]
+pub(crate) struct OwnWriter(std::sync::atomic::AtomicI32);
+
+impl OwnWriter {
+    pub(crate) fn set(&self, pid: i32) {
+        self.0.store(pid, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is(&self, pid: i32) -> bool {
+        pid != 0 && self.0.load(std::sync::atomic::Ordering::Relaxed) == pid
+    }
 }
 
 /// What the session knows that readiness checks should hear.
@@ -78,6 +95,7 @@ pub(crate) async fn run(
     mut commands: mpsc::Receiver<Command>,
     hint: Arc<Notify>,
     state: Arc<State>,
+    own: Arc<OwnWriter>,
     ready: oneshot::Sender<StoreResult<()>>,
 ) {
     let mut ready = Some(ready);
@@ -120,11 +138,15 @@ pub(crate) async fn run(
         // ends.
         let (closed_tx, mut closed) = oneshot::channel::<()>();
         let driver_hint = hint.clone();
+        let own = own.clone();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 match message {
-                    Ok(AsyncMessage::Notification(_)) => wake(&driver_hint),
+                    // Another process's commit (this one's own reach its engine directly).
+                    Ok(AsyncMessage::Notification(n)) if !own.is(n.process_id()) => {
+                        wake(&driver_hint)
+                    }
                     Ok(_) => {}
                     Err(_) => break,
                 }

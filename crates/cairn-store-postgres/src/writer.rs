@@ -15,6 +15,7 @@
 //!    ids are in commit order), insert every event, update the plan rows and the review index,
 //!    each with one set-based statement over arrays;
 //! 4. `pg_notify` on the store's commit channel once, and commit. Only then is anyone answered.
+//!    (The store's own listener ignores the hints of its own writer: see `session.rs`.)
 //!
 //! A transaction that fails answers every request of the batch with the error (nothing of it is
 //! kept); a deadlock, a serialization failure or a plan id another node created at the same
@@ -33,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
+use crate::session::OwnWriter;
 use crate::{from_sql, pg_error, to_sql};
 
 /// The most requests committed in one transaction.
@@ -84,12 +86,19 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(config: &tokio_postgres::Config) -> StoreResult<Conn> {
+    async fn open(config: &tokio_postgres::Config, own: &OwnWriter) -> StoreResult<Conn> {
         let (client, connection) = config
             .connect(NoTls)
             .await
             .map_err(|e| pg_error("connect the writer", e))?;
         tokio::spawn(connection);
+        // The hints this connection's commits send are this store's own.
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(|e| pg_error("connect the writer", e))?
+            .get(0);
+        own.set(pid);
         let prepare = |sql: &'static str| {
             let client = &client;
             async move {
@@ -163,6 +172,7 @@ pub(crate) async fn run(
     channel: String,
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: Arc<Stats>,
+    own: Arc<OwnWriter>,
 ) {
     let mut conn: Option<Conn> = None;
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
@@ -178,7 +188,7 @@ pub(crate) async fn run(
         let n = batch.len() as u64;
         stats.batch(n);
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
-        let results = commit(&config, &channel, &mut conn, &ops, &stats).await;
+        let results = commit(&config, &channel, &mut conn, &ops, &stats, &own).await;
         for (reply, result) in replies.into_iter().zip(results) {
             // The caller may have stopped waiting; the write stands regardless.
             let _ = reply.send(result);
@@ -195,13 +205,14 @@ async fn commit(
     conn: &mut Option<Conn>,
     ops: &[Op],
     stats: &Stats,
+    own: &OwnWriter,
 ) -> Vec<StoreResult<Outcome>> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             *conn = None;
-            match Conn::open(config).await {
+            match Conn::open(config, own).await {
                 Ok(c) => *conn = Some(c),
                 Err(e) => return fail(ops, e, stats),
             }

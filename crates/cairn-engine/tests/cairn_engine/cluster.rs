@@ -765,6 +765,109 @@ async fn every_subscriber_of_every_node_sees_every_nodes_events_in_id_order(c: C
     assert_eq!(b.node_stats().inbox_depth, 0, "{:?}", b.node_stats());
 }
 
+/// The ids `sub` yields until it yields `last`.
+async fn ids_until(sub: &mut cairn_engine::Subscription, what: &str, last: u64) -> Vec<u64> {
+    let mut got: Vec<u64> = Vec::new();
+    within(what, async {
+        while got.last().is_none_or(|id| *id < last) {
+            match sub.next().await.expect("the engine is gone") {
+                Notice::Event(e) => got.push(e.id),
+                Notice::Lagged { .. } => panic!("{what}: lagged"),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+on_both_stores!(a_node_nobody_watched_serves_a_new_subscriber_every_event_from_then_on);
+
+/// A node whose ordered stream nobody follows reads none of the other nodes' events; a
+/// subscriber that arrives then still gets, in id order and with no gap, every event committed
+/// after it subscribed (node `a`'s and `b`'s), and a subscriber resuming from id 0 gets the whole
+/// log. The local stream of `b` carries exactly the events `b` committed, whoever watches.
+async fn a_node_nobody_watched_serves_a_new_subscriber_every_event_from_then_on(c: Cluster) {
+    let a = c.node("a", 30_000).await;
+    let b = c.node("b", 30_000).await;
+    let mut local_b = b.subscribe_local();
+    let steps = "steps:\n  - {step_id: s1, action: x, agent_type: builtin.echo}\n  - {step_id: s2, action: x, agent_type: builtin.echo}\n";
+    // Plans on both nodes while nobody follows `b`'s ordered stream: they are registered and
+    // started on their node and waited for on `a`, whose stream carries them all.
+    let run = |phase: &'static str, waiter: Engine| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let mut runs = Vec::new();
+            for i in 0..6 {
+                let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let waiter = waiter.clone();
+                let id = format!("{phase}-{i}");
+                let yaml = format!("plan_id: {id}\n{steps}");
+                runs.push(tokio::spawn(async move {
+                    node.register(plan(&yaml), "ann").await.unwrap();
+                    node.start(&id, "ann", None).await.unwrap();
+                    settled(&waiter, &id).await;
+                }));
+            }
+            for r in runs {
+                r.await.unwrap();
+            }
+        }
+    };
+    run("rest", a.clone()).await;
+    let mut live = b.subscribe(None);
+    run("watched", b.clone()).await;
+    let mut resumed = b.subscribe(Some(0));
+
+    let all = c.store.read_all_events(0, 100_000).await.unwrap();
+    let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+    let first_watched = all
+        .iter()
+        .filter(|e| e.plan_id.starts_with("watched-"))
+        .map(|e| e.id)
+        .min()
+        .expect("events of the watched phase");
+    let last = *ids.last().unwrap();
+    let got = ids_until(&mut live, "the live subscriber of b", last).await;
+    // A suffix of the log: nothing skipped, nothing repeated, every watched event in it (a
+    // few events from before it subscribed may come first).
+    let from = ids
+        .iter()
+        .position(|id| *id == got[0])
+        .expect("a stored id");
+    assert_eq!(got, ids[from..], "the live subscriber of b");
+    assert!(got[0] <= first_watched, "{} > {first_watched}", got[0]);
+    let got = ids_until(&mut resumed, "the subscriber of b resuming from 0", last).await;
+    assert_eq!(got, ids, "the subscriber of b resuming from 0");
+
+    // `b`'s own events: those of the plans it registered and drove (the odd ones), as each
+    // plan's commits finished.
+    let mine: Vec<(String, u64)> = all
+        .iter()
+        .filter(|e| e.plan_id.ends_with(['1', '3', '5']))
+        .map(|e| (e.plan_id.clone(), e.seq))
+        .collect();
+    let mut got = Vec::new();
+    within("b's local stream", async {
+        while got.len() < mine.len() {
+            match local_b.next().await.expect("the engine is gone") {
+                Notice::Event(e) => got.push((e.plan_id.clone(), e.seq)),
+                Notice::Lagged { .. } => panic!("b's local stream lagged"),
+            }
+        }
+    })
+    .await;
+    for plan_id in mine.iter().map(|(p, _)| p).collect::<HashSet<_>>() {
+        let of = |v: &[(String, u64)]| -> Vec<u64> {
+            v.iter()
+                .filter(|(p, _)| p == plan_id)
+                .map(|(_, s)| *s)
+                .collect()
+        };
+        assert_eq!(of(&got), of(&mine), "plan {plan_id} on b's local stream");
+    }
+    assert_eq!(got.len(), mine.len());
+}
+
 on_both_stores!(every_node_heartbeats_with_its_address_and_the_plans_it_owns);
 
 async fn every_node_heartbeats_with_its_address_and_the_plans_it_owns(c: Cluster) {
