@@ -16,6 +16,11 @@
 //!
 //! A slow subscriber never slows the engine: the broadcast buffer is bounded, and a subscriber
 //! that falls behind is told so ([`Notice::Lagged`]) and catches up from the store.
+//!
+//! The queue from the actors to the publisher is bounded too ([`QUEUE`] commits): when it is
+//! full, a commit's events are not queued but the publisher is told to read the log after the
+//! last id it published, which holds them (they are committed before they are handed over).
+//! So a publisher that falls behind costs reads, never unbounded memory, and loses nothing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -30,6 +35,8 @@ use tracing::warn;
 use crate::convert::from_stored;
 
 const PAGE: usize = 1_000;
+/// Commits queued for the publisher at most; beyond, it reads them from the store.
+pub(crate) const QUEUE: usize = 1_024;
 /// How often a node sharing its store reads the log for other nodes' events, hint or not.
 pub(crate) const TAIL_EVERY: Duration = Duration::from_millis(200);
 /// How long after a failed read of the store the publisher tries again.
@@ -42,16 +49,31 @@ pub(crate) struct Tail {
     pub(crate) every: Duration,
 }
 
+/// The actors' side of the publisher: committed events, in a bounded queue.
+pub(crate) struct Queue {
+    tx: mpsc::Sender<Vec<Arc<Event>>>,
+    /// Notified when a commit did not fit in the queue: the publisher reads the log.
+    overflow: Arc<Notify>,
+}
+
+impl Queue {
+    /// Hands committed events to the publisher, or, when its queue is full, tells it to read
+    /// them from the store.
+    pub(crate) fn push(&self, events: Vec<Arc<Event>>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(events) {
+            self.overflow.notify_one();
+        }
+    }
+}
+
 pub(crate) fn spawn(
     store: Arc<dyn EventLog>,
     first_id: u64,
     capacity: usize,
     tail: Option<Tail>,
-) -> (
-    mpsc::UnboundedSender<Vec<Arc<Event>>>,
-    broadcast::Sender<Arc<Event>>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel::<Vec<Arc<Event>>>();
+) -> (Queue, broadcast::Sender<Arc<Event>>) {
+    let (tx, rx) = mpsc::channel::<Vec<Arc<Event>>>(QUEUE);
+    let overflow = Arc::new(Notify::new());
     let (out, _) = broadcast::channel(capacity);
     let publisher = Publisher {
         store,
@@ -59,8 +81,8 @@ pub(crate) fn spawn(
         next: first_id,
         pending: BTreeMap::new(),
     };
-    tokio::spawn(publisher.run(rx, tail));
-    (tx, out)
+    tokio::spawn(publisher.run(rx, tail, overflow.clone()));
+    (Queue { tx, overflow }, out)
 }
 
 struct Publisher {
@@ -73,7 +95,12 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Arc<Event>>>, tail: Option<Tail>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Vec<Arc<Event>>>,
+        tail: Option<Tail>,
+        overflow: Arc<Notify>,
+    ) {
         let hint = tail.as_ref().and_then(|t| t.hint.clone());
         let every = tail.as_ref().map(|t| t.every);
         let mut tail_at = every.map(|e| Instant::now() + e);
@@ -92,6 +119,13 @@ impl Publisher {
                     None => return,
                 },
                 _ = async { hint.as_ref().expect("guarded").notified().await }, if hint.is_some() => {
+                    read_tail = true;
+                }
+                // A commit that did not fit in the queue: it is in the store.
+                _ = overflow.notified() => {
+                    while let Ok(batch) = rx.try_recv() {
+                        self.take(batch);
+                    }
                     read_tail = true;
                 }
                 _ = async { tokio::time::sleep_until(tail_at.expect("guarded")).await }, if tail_at.is_some() => {
