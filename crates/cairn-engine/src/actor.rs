@@ -170,7 +170,14 @@ impl PlanActor {
             if self.fenced {
                 return;
             }
-            // Outcomes at hand first: no mailbox, no wake-up.
+            // Outcomes at hand first: no mailbox, no wake-up. (A long chain of such steps still
+            // renews its lease on time.)
+            if tokio::time::Instant::now() >= self.lease_renew_at
+                && !self.ready.is_empty()
+                && !self.renew_lease().await
+            {
+                return;
+            }
             if let Some((attempt, result)) = self.ready.pop_front() {
                 let outcome = Msg::Outcome {
                     attempt,
