@@ -21,7 +21,7 @@
 //!   backoff until it succeeds. It never drives the plan from a state that drifted from the
 //!   store, and it never gives up on attempts whose outcomes it holds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::engine::Inner;
-use crate::executor::{ExecError, StopSignal, Task};
+use crate::executor::{ExecError, RunNow, StopSignal, Task};
 use crate::remote::Ack;
 use crate::EngineError;
 
@@ -85,8 +85,12 @@ pub(crate) struct PlanActor {
     fence: Fence,
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
-    /// Attempts running now, with their stop switches.
-    inflight: HashMap<AttemptId, watch::Sender<bool>>,
+    /// Attempts running now, with their stop switches (none for an attempt whose executor
+    /// answered at once: its outcome waits in `ready`).
+    inflight: HashMap<AttemptId, Option<watch::Sender<bool>>>,
+    /// Outcomes of attempts whose executor answered at once ([`crate::executor::Executor::run_now`]),
+    /// decided like any reported outcome, before the mailbox is waited on.
+    ready: VecDeque<Outcome>,
     /// Those of `inflight` that remote workers run (handed to the task queue).
     remote: HashSet<AttemptId>,
     /// When the plan wants to be woken (the core's latest `SetTimer`).
@@ -140,6 +144,7 @@ impl PlanActor {
             rx,
             tx,
             inflight: HashMap::new(),
+            ready: VecDeque::new(),
             remote: HashSet::new(),
             snapshot_seq,
             shared: None,
@@ -176,6 +181,25 @@ impl PlanActor {
         loop {
             if self.fenced {
                 return;
+            }
+            // Outcomes at hand first: no mailbox, no wake-up. (A long chain of such steps still
+            // renews its lease on time.)
+            if tokio::time::Instant::now() >= self.lease_renew_at
+                && !self.ready.is_empty()
+                && !self.renew_lease().await
+            {
+                return;
+            }
+            if let Some((attempt, result)) = self.ready.pop_front() {
+                let outcome = Msg::Outcome {
+                    attempt,
+                    result,
+                    ack: None,
+                };
+                if !self.batch(outcome).await {
+                    return;
+                }
+                continue;
             }
             let wake = if self.stale { None } else { self.timer }.map(|t| {
                 let wait = (t - self.inner.now()).max(0) as u64;
@@ -307,8 +331,9 @@ impl PlanActor {
         }
     }
 
-    /// Takes `first` and whatever else is queued, decides them all, commits once. Outcomes
-    /// whose earlier commit failed ride along. Returns false when the actor must stop.
+    /// Takes `first` and whatever else is queued (outcomes at hand, then the mailbox), decides
+    /// them all, commits once. Outcomes whose earlier commit failed ride along. Returns false
+    /// when the actor must stop.
     async fn batch(&mut self, first: Msg) -> bool {
         let mut work: Vec<(Command, String, Option<ReplyTo>)> = Vec::new();
         let mut keep_going = true;
@@ -338,6 +363,19 @@ impl PlanActor {
             Msg::Stop => keep_going = false,
         };
         push(first, &mut work);
+        while work.len() < BATCH {
+            let Some((attempt, result)) = self.ready.pop_front() else {
+                break;
+            };
+            push(
+                Msg::Outcome {
+                    attempt,
+                    result,
+                    ack: None,
+                },
+                &mut work,
+            );
+        }
         while work.len() < BATCH {
             match self.rx.try_recv() {
                 Ok(msg) => {
@@ -777,7 +815,7 @@ impl PlanActor {
                 Action::Stop { attempt, cause } => {
                     // The entry stays until the attempt reports, so its late result is still
                     // recorded.
-                    if let Some(stop) = self.inflight.get(&attempt) {
+                    if let Some(Some(stop)) = self.inflight.get(&attempt) {
                         debug!(plan_id = %self.state.plan_id, %attempt, %cause, "stop");
                         let _ = stop.send(true);
                     }
@@ -792,7 +830,7 @@ impl PlanActor {
     /// flight to stop (the decisions that started or kept it were never committed).
     fn reconcile(&mut self) {
         for (attempt, stop) in &self.inflight {
-            if !self.state.is_live(attempt) {
+            if let Some(stop) = stop.as_ref().filter(|_| !self.state.is_live(attempt)) {
                 let _ = stop.send(true);
             }
         }
@@ -804,10 +842,11 @@ impl PlanActor {
     /// (the worker's report reaches the new owner; the step runs once).
     fn stop_all(&mut self) {
         for (attempt, stop) in self.inflight.drain() {
-            if !self.remote.contains(&attempt) {
+            if let Some(stop) = stop.filter(|_| !self.remote.contains(&attempt)) {
                 let _ = stop.send(true);
             }
         }
+        self.ready.clear();
         self.remote.clear();
     }
 
@@ -840,12 +879,37 @@ impl PlanActor {
             // Recorded with the invocation, so an attempt re-sent after a crash carries it too.
             gate_feedback: invocation.gate_feedback,
         };
+        let executor = self.inner.executor_for(&task.agent_type);
+        // An executor that answers at once is not given a task of its own: its outcome is
+        // decided next, like a reported one (a panic fails the attempt, as in a task).
+        let task = match &executor {
+            Some(executor) => {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    executor.run_now(task)
+                }));
+                match ran {
+                    Ok(RunNow::Later(task)) => task,
+                    Ok(RunNow::Done(result)) => {
+                        debug!(plan_id = %self.state.plan_id, %attempt, "ran at once");
+                        self.inflight.insert(attempt.clone(), None);
+                        self.ready.push_back((attempt, step_result(result)));
+                        return;
+                    }
+                    Err(_) => {
+                        let failed = Err(ExecError::retryable("the executor panicked".to_owned()));
+                        self.inflight.insert(attempt.clone(), None);
+                        self.ready.push_back((attempt, step_result(failed)));
+                        return;
+                    }
+                }
+            }
+            None => task,
+        };
         let tx = self.tx.clone();
         let inner = self.inner.clone();
-        let executor = self.inner.executor_for(&task.agent_type);
         let (stop_tx, stop) = StopSignal::new();
         let tracked = stop.clone();
-        self.inflight.insert(attempt.clone(), stop_tx);
+        self.inflight.insert(attempt.clone(), Some(stop_tx));
         if executor.is_some() && route(&self.inner, &task.agent_type) == Route::Queue {
             self.remote.insert(attempt.clone());
         }
@@ -881,16 +945,7 @@ impl PlanActor {
                     })
                 }
             };
-            let result = match result {
-                Ok(out) => StepResult::Completed {
-                    output: out.output,
-                    scores: out.scores,
-                },
-                Err(e) => StepResult::Failed {
-                    error: e.message,
-                    retryable: e.retryable,
-                },
-            };
+            let result = step_result(result);
             // An attempt no longer tracked has its outcome durable already (a remote worker's
             // report came through the engine) or its plan is not driven here: nothing to send.
             if tracked.is_released() {
@@ -930,6 +985,20 @@ impl PlanActor {
                 debug!(%plan_id, error = %e, "snapshot not stored");
             }
         });
+    }
+}
+
+/// An executor's answer as the core records it.
+fn step_result(result: Result<crate::executor::ExecOutput, ExecError>) -> StepResult {
+    match result {
+        Ok(out) => StepResult::Completed {
+            output: out.output,
+            scores: out.scores,
+        },
+        Err(e) => StepResult::Failed {
+            error: e.message,
+            retryable: e.retryable,
+        },
     }
 }
 

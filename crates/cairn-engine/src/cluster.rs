@@ -60,6 +60,11 @@ pub struct NodeStats {
     pub forward_failures_total: u64,
     /// Messages waiting in the mailboxes of this node's plan actors.
     pub inbox_depth: u64,
+    /// Commands (and reads of live plans) admitted and not yet answered; at most
+    /// [`crate::EngineOptions::max_queued_commands`].
+    pub commands_queued: u64,
+    /// Commands refused because that many were waiting already (`overloaded`, HTTP 429).
+    pub overloaded_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -235,6 +240,11 @@ pub(crate) enum WireError {
     StorageUnavailable {
         message: String,
     },
+    /// The owner had too many commands waiting (see [`EngineError::Overloaded`]).
+    Overloaded {
+        limit: usize,
+        retry_after_ms: u64,
+    },
     Store {
         message: String,
     },
@@ -272,6 +282,13 @@ impl From<EngineError> for WireError {
             EngineError::ShuttingDown => WireError::ShuttingDown,
             EngineError::Corrupt(message) => WireError::Corrupt { message },
             EngineError::StorageUnavailable(message) => WireError::StorageUnavailable { message },
+            EngineError::Overloaded {
+                limit,
+                retry_after_ms,
+            } => WireError::Overloaded {
+                limit,
+                retry_after_ms,
+            },
             // Handled by `Reply::of`; kept readable should it travel anyway.
             e @ EngineError::NotOwner { .. } => WireError::Store {
                 message: e.to_string(),
@@ -315,6 +332,13 @@ impl From<WireError> for EngineError {
             WireError::ShuttingDown => EngineError::ShuttingDown,
             WireError::Corrupt { message } => EngineError::Corrupt(message),
             WireError::StorageUnavailable { message } => EngineError::StorageUnavailable(message),
+            WireError::Overloaded {
+                limit,
+                retry_after_ms,
+            } => EngineError::Overloaded {
+                limit,
+                retry_after_ms,
+            },
             WireError::Store { message } => EngineError::Store(StoreError::Backend(message)),
         }
     }

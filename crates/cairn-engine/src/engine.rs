@@ -73,6 +73,12 @@ pub struct EngineOptions {
     pub peers: Option<Arc<dyn crate::cluster::Peers>>,
     /// Where other nodes reach this one (`http://host:port`), recorded with its heartbeats.
     pub advertise: Option<String>,
+    /// The most commands (and reads of a live plan's state) waiting at once to be decided, over
+    /// all plans: one more command is refused at once with [`EngineError::Overloaded`] (HTTP
+    /// 429), and one more read is served from the store, so a flood of requests never grows the
+    /// actors' mailboxes without bound. Outcomes of attempts are never refused: they are
+    /// bounded by the attempts running.
+    pub max_queued_commands: usize,
 }
 
 impl Default for EngineOptions {
@@ -89,9 +95,16 @@ impl Default for EngineOptions {
             clock: Arc::new(SystemClock),
             peers: None,
             advertise: None,
+            max_queued_commands: DEFAULT_MAX_QUEUED_COMMANDS,
         }
     }
 }
+
+/// [`EngineOptions::max_queued_commands`] by default.
+pub const DEFAULT_MAX_QUEUED_COMMANDS: usize = 10_000;
+
+/// How long a caller refused with [`EngineError::Overloaded`] is told to wait.
+const OVERLOADED_RETRY_MS: u64 = 1_000;
 
 /// The live actors, one per plan at most. `unloads` counts removals and `recent` remembers the
 /// latest of them (count, plan): a load of a plan that began before that plan's actor was
@@ -122,12 +135,16 @@ pub(crate) struct Inner {
     pub(crate) registry: Registry,
     pub(crate) opts: EngineOptions,
     plans: Mutex<Plans>,
-    publisher: mpsc::UnboundedSender<Vec<Arc<Event>>>,
+    publisher: publish::Queue,
     stream: publish::Streams,
     pub(crate) closed: std::sync::atomic::AtomicBool,
     pub(crate) counters: crate::cluster::Counters,
     /// Messages posted to actors and not yet taken (see [`Inner::post`]).
     inbox: std::sync::atomic::AtomicI64,
+    /// Commands and reads admitted and not yet answered (see [`Inner::admit`]), and how many
+    /// were refused for being over [`EngineOptions::max_queued_commands`].
+    queued: std::sync::atomic::AtomicUsize,
+    overloaded: std::sync::atomic::AtomicU64,
     /// Woken when an unloaded actor's lease release has landed (see [`Plans::releasing`]).
     released: tokio::sync::Notify,
     /// The last checkpoint states read.
@@ -141,7 +158,7 @@ impl Inner {
     }
 
     pub(crate) fn publish(&self, events: Vec<Arc<Event>>) {
-        let _ = self.publisher.send(events);
+        self.publisher.push(events);
     }
 
     /// Hands a message to an actor's mailbox, counting it until the actor takes it
@@ -158,6 +175,30 @@ impl Inner {
         tx.send(msg).inspect_err(|_| {
             self.inbox.fetch_sub(1, Relaxed);
         })
+    }
+
+    /// Admits one more command (or read of a live plan) until the guard is dropped, once it is
+    /// answered; refuses it when [`EngineOptions::max_queued_commands`] are waiting already.
+    pub(crate) fn admit(&self) -> Result<Admitted<'_>, EngineError> {
+        self.try_admit().ok_or_else(|| {
+            self.overloaded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            EngineError::Overloaded {
+                limit: self.opts.max_queued_commands,
+                retry_after_ms: OVERLOADED_RETRY_MS,
+            }
+        })
+    }
+
+    /// Like [`Inner::admit`], for a read, which is served otherwise when over the limit:
+    /// `None` then, and nothing is counted as refused.
+    pub(crate) fn try_admit(&self) -> Option<Admitted<'_>> {
+        use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+        let limit = self.opts.max_queued_commands;
+        self.queued
+            .fetch_update(AcqRel, Relaxed, |n| (n < limit).then_some(n + 1))
+            .ok()
+            .map(|_| Admitted(&self.queued))
     }
 
     /// An actor took a message out of its mailbox (or dropped it with the mailbox).
@@ -224,6 +265,15 @@ impl Inner {
 
     fn live(&self, plan_id: &str) -> Option<mpsc::UnboundedSender<Msg>> {
         self.plans.lock().ok()?.live.get(plan_id).cloned()
+    }
+}
+
+/// A command admitted by [`Inner::admit`], counted until it is answered.
+pub(crate) struct Admitted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -382,6 +432,8 @@ impl Engine {
                 closed: std::sync::atomic::AtomicBool::new(false),
                 counters: Default::default(),
                 inbox: Default::default(),
+                queued: Default::default(),
+                overloaded: Default::default(),
                 released: tokio::sync::Notify::new(),
                 folds: Default::default(),
             }),
@@ -463,6 +515,8 @@ impl Engine {
             forwarded_total: c.forwarded.load(Relaxed),
             forward_failures_total: c.forward_failures.load(Relaxed),
             inbox_depth: self.inner.inbox.load(Relaxed).max(0) as u64,
+            commands_queued: self.inner.queued.load(Relaxed) as u64,
+            overloaded_total: self.inner.overloaded.load(Relaxed),
         }
     }
 
@@ -834,6 +888,8 @@ impl Engine {
         command: Command,
         actor: String,
     ) -> Result<Answer, EngineError> {
+        // Counted until answered: a flood of commands is refused here, before any mailbox.
+        let _admitted = self.inner.admit()?;
         // An actor that stops before deciding a command drops its reply: deliver it again (to a
         // freshly loaded actor if need be).
         for _ in 0..DELIVERIES {
@@ -1178,7 +1234,10 @@ impl Engine {
 
     /// The current state of a plan.
     pub async fn state(&self, plan_id: &str) -> Result<Arc<PlanState>, EngineError> {
-        if let Some(tx) = self.inner.live(plan_id) {
+        // Counted like a command while it waits in the mailbox; over the limit it is read from
+        // the store instead, so reads are never refused and never grow a mailbox.
+        let admitted = self.inner.try_admit();
+        if let Some(tx) = admitted.as_ref().and_then(|_| self.inner.live(plan_id)) {
             let (reply, rx) = oneshot::channel();
             if self.inner.post(&tx, Msg::Read { reply }).is_ok() {
                 if let Ok(state) = rx.await {

@@ -45,6 +45,11 @@ pub enum EngineError {
     /// same request may succeed once the cause is gone.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// Too many commands are waiting to be decided ([`crate::EngineOptions::max_queued_commands`]):
+    /// this one was refused before it reached a plan, so nothing was changed. The same request
+    /// may succeed after `retry_after_ms` (HTTP 429 with `Retry-After`).
+    #[error("the engine is overloaded: {limit} commands are waiting to be decided, its limit; nothing was changed, try again in {retry_after_ms} ms")]
+    Overloaded { limit: usize, retry_after_ms: u64 },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -82,6 +87,7 @@ impl EngineError {
                 | EngineError::Corrupt(_)
                 | EngineError::ShuttingDown
                 | EngineError::StorageUnavailable(_)
+                | EngineError::Overloaded { .. }
         )
     }
 

@@ -28,6 +28,12 @@
 //!
 //! A slow subscriber never slows the engine: the broadcast buffer is bounded, and a subscriber
 //! that falls behind is told so ([`Notice::Lagged`]) and catches up from the store.
+//!
+//! The queue from the actors to the publisher is bounded too ([`QUEUE`] commits): when it is
+//! full, a commit's events are not queued but the publisher is told to read the log after the
+//! last id it published, which holds them (they are committed before they are handed over).
+//! So a publisher that falls behind costs reads, never unbounded memory, and loses nothing.
+//! The local stream is fed by the actors' side of the queue itself, so it misses nothing either.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -42,6 +48,8 @@ use tracing::{debug, warn};
 use crate::convert::from_stored;
 
 const PAGE: usize = 1_000;
+/// Commits queued for the publisher at most; beyond, it reads them from the store.
+pub(crate) const QUEUE: usize = 1_024;
 /// How often a node sharing its store reads the log for other nodes' events, hint or not.
 pub(crate) const TAIL_EVERY: Duration = Duration::from_millis(200);
 /// How long after a failed read of the store the publisher tries again.
@@ -52,6 +60,29 @@ pub(crate) struct Tail {
     /// Notified (coalesced) when another process may have committed.
     pub(crate) hint: Option<Arc<Notify>>,
     pub(crate) every: Duration,
+}
+
+/// The actors' side of the publisher: committed events, in a bounded queue.
+pub(crate) struct Queue {
+    tx: mpsc::Sender<Vec<Arc<Event>>>,
+    /// Notified when a commit did not fit in the queue: the publisher reads the log.
+    overflow: Arc<Notify>,
+    /// The local stream, fed here so that it misses nothing when the queue is full.
+    local: broadcast::Sender<Arc<Event>>,
+}
+
+impl Queue {
+    /// Hands committed events to the local stream and to the publisher, or, when the
+    /// publisher's queue is full, tells it to read them from the store.
+    pub(crate) fn push(&self, events: Vec<Arc<Event>>) {
+        for e in &events {
+            // Sent whether or not anyone listens (a send to nobody costs next to nothing).
+            let _ = self.local.send(e.clone());
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(events) {
+            self.overflow.notify_one();
+        }
+    }
 }
 
 /// The streams the publisher feeds.
@@ -83,21 +114,25 @@ pub(crate) fn spawn(
     first_id: u64,
     capacity: usize,
     tail: Option<Tail>,
-) -> (mpsc::UnboundedSender<Vec<Arc<Event>>>, Streams) {
-    let (tx, rx) = mpsc::unbounded_channel::<Vec<Arc<Event>>>();
+) -> (Queue, Streams) {
+    let (tx, rx) = mpsc::channel::<Vec<Arc<Event>>>(QUEUE);
+    let overflow = Arc::new(Notify::new());
     let (out, _) = broadcast::channel(capacity);
     let (local, _) = broadcast::channel(capacity);
     let wake = Arc::new(Notify::new());
     let publisher = Publisher {
         store,
         out: out.clone(),
-        local: local.clone(),
         next: first_id,
         pending: BTreeMap::new(),
     };
-    tokio::spawn(publisher.run(rx, tail, wake.clone()));
+    tokio::spawn(publisher.run(rx, tail, wake.clone(), overflow.clone()));
     (
-        tx,
+        Queue {
+            tx,
+            overflow,
+            local: local.clone(),
+        },
         Streams {
             all: out,
             local,
@@ -109,7 +144,6 @@ pub(crate) fn spawn(
 struct Publisher {
     store: Arc<dyn EventLog>,
     out: broadcast::Sender<Arc<Event>>,
-    local: broadcast::Sender<Arc<Event>>,
     /// The id to publish next: every smaller one is published or known not to exist.
     next: u64,
     /// Events at or above `next` waiting for the ids below them.
@@ -119,9 +153,10 @@ struct Publisher {
 impl Publisher {
     async fn run(
         mut self,
-        mut rx: mpsc::UnboundedReceiver<Vec<Arc<Event>>>,
+        mut rx: mpsc::Receiver<Vec<Arc<Event>>>,
         tail: Option<Tail>,
         wake: Arc<Notify>,
+        overflow: Arc<Notify>,
     ) {
         let hint = tail.as_ref().and_then(|t| t.hint.clone());
         let every = tail.as_ref().map(|t| t.every);
@@ -142,6 +177,13 @@ impl Publisher {
                     None => return,
                 },
                 _ = async { hint.as_ref().expect("guarded").notified().await }, if hint.is_some() => {
+                    read_tail = true;
+                }
+                // A commit that did not fit in the queue: it is in the store.
+                _ = overflow.notified() => {
+                    while let Ok(batch) = rx.try_recv() {
+                        self.take(batch);
+                    }
                     read_tail = true;
                 }
                 _ = async { tokio::time::sleep_until(tail_at.expect("guarded")).await }, if tail_at.is_some() => {
@@ -209,8 +251,6 @@ impl Publisher {
 
     fn take(&mut self, batch: Vec<Arc<Event>>) {
         for e in batch {
-            // Sent whether or not anyone listens (a send to nobody costs next to nothing).
-            let _ = self.local.send(e.clone());
             if e.id >= self.next {
                 self.pending.insert(e.id, e);
             }

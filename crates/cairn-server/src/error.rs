@@ -14,7 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Extra fields for the body (e.g. the refused intervention record, the plan faults).
+    /// Extra fields for the body (e.g. the refused intervention record, the plan faults; for a
+    /// 429, `retry_after_ms`, which also sets the `Retry-After` header).
     pub details: Option<serde_json::Value>,
 }
 
@@ -60,6 +61,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Whole seconds, rounded up: a client that waits that long is not refused for waiting
+        // too little.
+        let retry_after = self
+            .details
+            .as_ref()
+            .and_then(|d| d.get("retry_after_ms"))
+            .and_then(serde_json::Value::as_u64)
+            .map(|ms| ms.div_ceil(1000).max(1));
         let mut error = json!({"code": self.code, "message": self.message});
         if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
             (self.details, error.as_object_mut())
@@ -68,7 +77,14 @@ impl IntoResponse for ApiError {
                 obj.insert(k, v);
             }
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        resp
     }
 }
 
@@ -152,6 +168,10 @@ impl From<EngineError> for ApiError {
                     ),
                 )
             }
+            EngineError::Overloaded { retry_after_ms, .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
+                    .with_details(json!({ "retry_after_ms": retry_after_ms }))
+            }
             EngineError::Corrupt(_) | EngineError::Store(_) => {
                 tracing::error!(error = %e, "internal error");
                 ApiError::new(
@@ -199,6 +219,7 @@ pub async fn json_errors(resp: Response) -> Response {
         414 => "uri_too_long",
         415 => "unsupported_media_type",
         422 => "invalid_request",
+        429 => "overloaded",
         431 => "headers_too_large",
         s if s >= 500 => "internal",
         _ => "http_error",

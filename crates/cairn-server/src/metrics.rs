@@ -183,6 +183,10 @@ fn describe() {
         "cairn_node_inbox_depth",
         "Messages waiting in the mailboxes of this node's plan actors"
     );
+    describe_counter!(
+        "cairn_node_overloaded_total",
+        "Commands refused (429 `overloaded`) because the engine's limit of waiting commands was reached"
+    );
     describe_gauge!(
         "cairn_cluster_nodes",
         "Nodes sharing the store as this node sees them, by liveness"
@@ -232,7 +236,7 @@ pub fn forward_refused(node: &str) {
 
 /// Reads this node's share of the cluster once, labelled with its id: from the engine,
 /// `cairn_node_leases_held`, `cairn_node_takeovers_total`, `cairn_node_forwarded_total`,
-/// `cairn_node_forward_failures_total` and `cairn_node_inbox_depth`; from the store's node
+/// `cairn_node_forward_failures_total`, `cairn_node_inbox_depth` and `cairn_node_overloaded_total`; from the store's node
 /// list, `cairn_cluster_nodes{node, alive}` (the nodes it sees, by liveness).
 pub async fn refresh_node(engine: &Engine, me: &crate::cluster::NodeIdentity) {
     handle();
@@ -244,6 +248,8 @@ pub async fn refresh_node(engine: &Engine, me: &crate::cluster::NodeIdentity) {
     counter!("cairn_node_forward_failures_total", "node" => node.clone())
         .absolute(stats.forward_failures_total);
     gauge!("cairn_node_inbox_depth", "node" => node.clone()).set(stats.inbox_depth as f64);
+    counter!("cairn_node_overloaded_total", "node" => node.clone())
+        .absolute(stats.overloaded_total);
     let rows = match engine.store().list_nodes().await {
         Ok(rows) => rows,
         Err(e) => {

@@ -68,6 +68,7 @@ pub enum ErrorCode {
     HttpError,
     ShuttingDown,
     StorageUnavailable,
+    Overloaded,
     TemplateNotFound,
     TemplateVersionNotFound,
     InvalidTemplate,
@@ -321,6 +322,11 @@ impl Modify for Common {
                 r.entry("503".into()).or_insert_with(|| {
                     error("The store cannot be used (`storage_unavailable`) or the server is shutting down")
                 });
+                if op.operation_id.as_deref().is_some_and(takes_commands) {
+                    r.entry("429".into()).or_insert_with(|| {
+                        error("`overloaded`: too many commands are waiting to be decided; nothing was changed, try again after the `Retry-After` header's seconds")
+                    });
+                }
             }
             for op in [&mut item.post, &mut item.put, &mut item.delete]
                 .into_iter()
@@ -351,6 +357,22 @@ fn not_nullable(body: &mut utoipa::openapi::request_body::RequestBody) {
             content.schema = inner;
         }
     }
+}
+
+/// The operations that send a command to a plan's actor, which the engine refuses with 429
+/// `overloaded` when too many commands are waiting.
+fn takes_commands(operation_id: &str) -> bool {
+    matches!(
+        operation_id,
+        "start_plan"
+            | "pause_plan"
+            | "resume_plan"
+            | "cancel_plan"
+            | "create_intervention"
+            | "create_checkpoint"
+            | "restore_checkpoint"
+            | "instantiate_template"
+    )
 }
 
 /// The document as pretty JSON with a final newline (what `docs/openapi.json` holds).

@@ -1,9 +1,10 @@
 //! The writer thread: owns the only write connection and applies every write with group commit.
 //!
 //! It blocks for one request, drains whatever else is queued (up to [`MAX_BATCH`]), runs the
-//! lot in one `BEGIN IMMEDIATE` transaction with a `SAVEPOINT` around each request, commits once
-//! and only then answers the callers. A request that is refused (`SeqConflict`, `Fenced`, …)
-//! is rolled back to its savepoint and leaves the others alone; if the transaction itself fails
+//! lot in one `BEGIN IMMEDIATE` transaction with a `SAVEPOINT` around each request (but appends,
+//! which are refused before they change anything and need none), commits once and only then
+//! answers the callers. A request that is refused (`SeqConflict`, `Fenced`, …) is rolled back
+//! to its savepoint, or changed nothing, and leaves the others alone; if the transaction itself fails
 //! (commit error, lost transaction) every request of the batch gets a `Backend` error, so no
 //! caller is ever told `Ok` about something that did not reach the disk.
 //!
@@ -100,6 +101,14 @@ pub(crate) enum Outcome {
     TakenOver(Vec<(String, Fence)>),
     /// Whether the WAL checkpoint completed.
     Checkpointed(bool),
+}
+
+/// How an append outside a savepoint failed.
+enum Unguarded {
+    /// Before any change: the rest of the batch stands.
+    Refused(StoreError),
+    /// After a change that cannot be undone alone: the whole transaction is rolled back.
+    Broken(StoreError),
 }
 
 pub(crate) struct Request {
@@ -237,7 +246,40 @@ impl Writer {
     }
 
     /// Runs one request inside its own savepoint; a refused request is rolled back alone.
+    ///
+    /// An append, by far the most frequent request, runs without one: everything that can
+    /// refuse it is checked before its first change (the seq and the fence by the statement
+    /// that makes that change), so a refused append has changed nothing. An append that fails
+    /// after its first change (an I/O error, a log that disagrees with its plan row) cannot be
+    /// rolled back alone, so it breaks the whole transaction: every request of the batch gets
+    /// an error and nothing of it is acknowledged. (A savepoint per append made SQLite copy
+    /// every page the append touched into its statement journal, again for each append of the
+    /// batch: most of the writer's memory traffic.)
     fn apply_in_savepoint(&self, op: Op, broken: &mut Option<StoreError>) -> StoreResult<Outcome> {
+        let op = match op {
+            Op::Append(req) => {
+                let result = match self.append_unguarded(req) {
+                    Ok(events) => Ok(Outcome::Events(events)),
+                    Err(Unguarded::Refused(e)) => Err(e),
+                    Err(Unguarded::Broken(e)) => {
+                        *broken = Some(clone_error(&e));
+                        return Err(e);
+                    }
+                };
+                if self.conn.is_autocommit() {
+                    let e = match &result {
+                        Err(e @ StoreError::Unavailable(_)) => clone_error(e),
+                        _ => StoreError::Backend(
+                            "the write transaction was rolled back by sqlite".into(),
+                        ),
+                    };
+                    *broken = Some(clone_error(&e));
+                    return Err(e);
+                }
+                return result;
+            }
+            op => op,
+        };
         if let Err(e) = self.exec("SAVEPOINT req").ctx("open a savepoint") {
             *broken = Some(clone_error(&e));
             return Err(e);
@@ -536,8 +578,43 @@ impl Writer {
         Ok(())
     }
 
+    /// An append outside a savepoint (see [`Writer::apply_in_savepoint`]): `Refused` when it
+    /// changed nothing, `Broken` when it failed after its first change.
+    fn append_unguarded(&self, req: Append) -> Result<Vec<StoredEvent>, Unguarded> {
+        check_contiguous(&req.events, req.expected_seq).map_err(Unguarded::Refused)?;
+        if let Some(r) = req.reviews.iter().find(|r| r.plan_id != req.plan_id) {
+            return Err(Unguarded::Refused(StoreError::Invalid(format!(
+                "review {} belongs to plan {}, not {}",
+                r.review_id, r.plan_id, req.plan_id
+            ))));
+        }
+        let pk = self.update_plan_row(&req).map_err(|e| match e {
+            // Matched no row: nothing was changed.
+            e @ (StoreError::NotFound(_)
+            | StoreError::SeqConflict { .. }
+            | StoreError::Fenced { .. }
+            | StoreError::Invalid(_)) => Unguarded::Refused(e),
+            e => Unguarded::Broken(e),
+        })?;
+        let stored = self
+            .insert_events(pk, &req.plan_id, req.events)
+            .map_err(Unguarded::Broken)?;
+        self.put_reviews(pk, &req.plan_id, &req.reviews)
+            .map_err(Unguarded::Broken)?;
+        Ok(stored)
+    }
+
     fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
         check_contiguous(&req.events, req.expected_seq)?;
+        let pk = self.update_plan_row(&req)?;
+        let stored = self.insert_events(pk, &req.plan_id, req.events)?;
+        self.put_reviews(pk, &req.plan_id, &req.reviews)?;
+        Ok(stored)
+    }
+
+    /// The seq check, the fence check and the plan row's update of an append, in one
+    /// statement: the plan's pk, or why it matched no row (then nothing was changed).
+    fn update_plan_row(&self, req: &Append) -> StoreResult<i64> {
         let (last_seq, updated_at) = match req.events.last() {
             Some(e) => (e.seq, e.at),
             None => return Err(StoreError::Invalid("nothing to append".into())),
@@ -575,12 +652,10 @@ impl Writer {
                 .optional()
             })
             .ctx("update plan")?;
-        let Some(pk) = updated else {
-            return Err(self.why_refused(&req));
-        };
-        let stored = self.insert_events(pk, &req.plan_id, req.events)?;
-        self.put_reviews(pk, &req.plan_id, &req.reviews)?;
-        Ok(stored)
+        match updated {
+            Some(pk) => Ok(pk),
+            None => Err(self.why_refused(req)),
+        }
     }
 
     fn insert_events(

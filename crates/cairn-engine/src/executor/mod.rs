@@ -153,6 +153,24 @@ impl StopSignal {
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
     async fn execute(&self, task: Task, stop: StopSignal) -> Result<ExecOutput, ExecError>;
+
+    /// The attempt's result at once, for an executor that needs no waiting at all (no I/O, no
+    /// timer, no lock held by anyone else), like `builtin.echo`: the engine then records the
+    /// outcome without running the attempt as a task of its own, which saves a task and a
+    /// wake-up per step. The outcome is still committed after the attempt's start, as any
+    /// other. Must return quickly and never block. By default the attempt runs as a task
+    /// ([`Executor::execute`]): the task is handed back.
+    fn run_now(&self, task: Task) -> RunNow {
+        RunNow::Later(task)
+    }
+}
+
+/// What [`Executor::run_now`] answers.
+pub enum RunNow {
+    /// The attempt ran: its result.
+    Done(Result<ExecOutput, ExecError>),
+    /// The attempt has to run as a task ([`Executor::execute`]).
+    Later(Task),
 }
 
 /// Agent type → executor.
@@ -208,6 +226,13 @@ impl Executor for Echo {
             scores: None,
         })
     }
+
+    fn run_now(&self, task: Task) -> RunNow {
+        RunNow::Done(Ok(ExecOutput {
+            output: task.params,
+            scores: None,
+        }))
+    }
 }
 
 /// `builtin.sleep`: waits `params.ms` milliseconds, then returns the params.
@@ -237,6 +262,16 @@ pub struct Fail;
 #[async_trait]
 impl Executor for Fail {
     async fn execute(&self, task: Task, _stop: StopSignal) -> Result<ExecOutput, ExecError> {
+        Fail::answer(task)
+    }
+
+    fn run_now(&self, task: Task) -> RunNow {
+        RunNow::Done(Fail::answer(task))
+    }
+}
+
+impl Fail {
+    fn answer(task: Task) -> Result<ExecOutput, ExecError> {
         let times = task
             .params
             .get("times")

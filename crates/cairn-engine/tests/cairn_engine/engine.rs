@@ -1923,3 +1923,95 @@ async fn a_log_format_newer_than_this_build_is_refused_by_name() {
     );
     assert_eq!(engine.state("today").await.unwrap().seq, 2);
 }
+
+/// A flood of commands at once: each is answered (done, or refused by the plan's state) or
+/// refused with `Overloaded` before it reaches a mailbox, and the engine goes on working.
+/// On one thread the flood's tasks all run before the actor does, so the first
+/// `max_queued_commands` are admitted and the rest refused, deterministically.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_of_commands_is_answered_or_refused_and_mailboxes_stay_bounded() {
+    const FLOOD: usize = 100_000;
+    const LIMIT: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(
+        &dir,
+        Registry::with_builtins(),
+        EngineOptions {
+            max_queued_commands: LIMIT,
+            ..EngineOptions::default()
+        },
+    )
+    .await;
+    for i in 0..10 {
+        let id = format!("flood{i}");
+        let p = plan(&format!(
+            "plan_id: {id}\nsteps:\n  - {{step_id: a, action: x, agent_type: builtin.latch, params: {{name: engine-flood-{i}}}}}\n  - {{step_id: b, action: y, agent_type: builtin.echo}}\n"
+        ));
+        engine.register(p, "tester").await.unwrap();
+        engine.start(&id, "tester", None).await.unwrap();
+        within(
+            "the step to hold",
+            latch::held(&format!("engine-flood-{i}")),
+        )
+        .await;
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..FLOOD {
+        let engine = engine.clone();
+        set.spawn(async move {
+            let id = format!("flood{}", n % 10);
+            // Each plan is paused, then resumed, then paused again...
+            if (n / 10) % 2 == 0 {
+                engine
+                    .pause(&id, PauseMode::Boundary, None, "op", None)
+                    .await
+                    .map(|_| ())
+            } else {
+                engine.resume(&id, "op", None).await.map(|_| ())
+            }
+        });
+    }
+    let (mut done, mut conflict, mut overloaded) = (0, 0, 0);
+    within("the flood to be answered", async {
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(()) => done += 1,
+                Err(e) if e.refusal_kind() == Some(RefusalKind::Conflict) => conflict += 1,
+                Err(EngineError::Overloaded {
+                    limit,
+                    retry_after_ms,
+                }) => {
+                    assert_eq!(limit, LIMIT);
+                    assert!(retry_after_ms > 0);
+                    overloaded += 1;
+                }
+                Err(e) => panic!("a command of the flood failed otherwise: {e}"),
+            }
+            // Never more admitted than the limit, whatever the moment.
+            let queued = engine.node_stats().commands_queued;
+            assert!(queued <= LIMIT as u64, "{queued} commands queued");
+        }
+    })
+    .await;
+    assert_eq!(done + conflict + overloaded, FLOOD);
+    assert!(done >= 10, "every plan was paused at least once ({done})");
+    assert!(
+        overloaded >= FLOOD - LIMIT,
+        "refused at once: {overloaded} of {FLOOD}"
+    );
+    let stats = engine.node_stats();
+    assert_eq!(stats.overloaded_total, overloaded as u64);
+    assert_eq!(stats.commands_queued, 0);
+    assert_eq!(stats.inbox_depth, 0);
+    // The engine goes on: every plan finishes once its step is let go.
+    for i in 0..10 {
+        let id = format!("flood{i}");
+        latch::release(&format!("engine-flood-{i}"));
+        let mut state = settled(&engine, &id).await;
+        if state.status == PlanStatus::Paused {
+            engine.resume(&id, "op", None).await.unwrap();
+            state = settled(&engine, &id).await;
+        }
+        assert_eq!(state.status, PlanStatus::Completed, "{id}");
+    }
+}

@@ -330,3 +330,137 @@ async fn malformed_bodies_are_refused_by_name_and_change_nothing() {
         .collect();
     assert_eq!(kinds, ["plan_registered", "checkpoint_created"], "{events}");
 }
+
+/// A server that admits no command answers every one with 429 `overloaded`, a `Retry-After`
+/// header and the JSON error body, and changes nothing; reads still answer.
+#[tokio::test]
+async fn a_command_over_the_limit_is_answered_429_with_retry_after() {
+    let s = TestServer::start(ServerOptions {
+        engine: EngineOptions {
+            max_queued_commands: 0,
+            ..EngineOptions::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = s.token("admin", Role::Admin).await;
+    let http = reqwest::Client::builder().timeout(BOUND).build().unwrap();
+    let base = s.base();
+    let plan = two_steps("full", "builtin.echo", json!({}));
+    let resp = http
+        .post(format!("{base}/v1/plans"))
+        .bearer_auth(&token)
+        .json(&plan)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let resp = http
+        .post(format!("{base}/v1/plans/full/start"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert_eq!(body["error"]["retry_after_ms"], 1000, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("overloaded"), "{message}");
+    // Nothing was changed, and the plan is still read.
+    let (st, v) = request(
+        &http,
+        reqwest::Method::GET,
+        &format!("{base}/v1/plans/full"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(st.as_u16(), 200, "{v}");
+    assert_eq!(v["state"], "idle", "{v}");
+    assert_eq!(s.engine.node_stats().overloaded_total, 1);
+}
+
+/// A flood of commands over HTTP against a small limit: every request is answered 200, 409
+/// (the plan's state refused it) or 429 (refused before it reached the plan), never anything
+/// else, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_commands_over_http_is_answered_or_refused() {
+    const FLOOD: usize = 3_000;
+    let s = TestServer::start(ServerOptions {
+        engine: EngineOptions {
+            max_queued_commands: 4,
+            ..EngineOptions::default()
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = s.token("admin", Role::Admin).await;
+    let http = reqwest::Client::builder().timeout(BOUND).build().unwrap();
+    let base = s.base();
+    for i in 0..4 {
+        let plan = two_steps(&format!("busy{i}"), "builtin.sleep", json!({"ms": 600_000}));
+        register_and_start(&http, &base, &token, &plan).await;
+    }
+    let gate = Arc::new(tokio::sync::Semaphore::new(500));
+    let mut tasks = Vec::new();
+    for n in 0..FLOOD {
+        let (http, token, gate) = (http.clone(), token.clone(), gate.clone());
+        let verb = if n % 2 == 0 { "pause" } else { "resume" };
+        let url = format!("{base}/v1/plans/busy{}/{verb}", n % 4);
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let resp = http
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            let status = resp.status().as_u16();
+            let retry_after = resp.headers().contains_key("retry-after");
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, retry_after, body)
+        }));
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (status, retry_after, body) = tokio::time::timeout(BOUND, t).await.unwrap().unwrap();
+        match status {
+            200 | 409 => {}
+            429 => {
+                assert!(retry_after, "a 429 without Retry-After: {body}");
+                assert_eq!(body["error"]["code"], "overloaded", "{body}");
+            }
+            other => panic!("a command of the flood answered {other}: {body}"),
+        }
+        *counts.entry(status).or_insert(0usize) += 1;
+    }
+    let refused = counts.get(&429).copied().unwrap_or(0) as u64;
+    assert_eq!(
+        s.engine.node_stats().overloaded_total,
+        refused,
+        "{counts:?}"
+    );
+    assert_eq!(s.engine.node_stats().commands_queued, 0, "{counts:?}");
+    // The server goes on: each plan is still read and cancelled.
+    for i in 0..4 {
+        let url = format!("{base}/v1/plans/busy{i}/cancel");
+        let (st, v) = request(
+            &http,
+            reqwest::Method::POST,
+            &url,
+            Some(&token),
+            Some(&json!({})),
+        )
+        .await;
+        assert_eq!(st.as_u16(), 200, "{v}");
+    }
+}
