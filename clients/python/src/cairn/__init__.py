@@ -1,7 +1,7 @@
 """cairn: a Python client for the cairn orchestrator.
 
 - `OrchestrationController`: the prototype's API (register, execute with your executor,
-  pause, resume, cancel, interventions, checkpoints, snapshots, callbacks), async.
+  pause, resume, cancel, rollback, interventions, checkpoints, snapshots, callbacks), async.
 - `AsyncClient` and `Client`: every route of the HTTP API (events by SSE), typed.
 - `Worker`: a remote worker serving agent types with a Python function.
 """
@@ -29,7 +29,7 @@ from .errors import (
     UnavailableError,
     UnprocessableError,
 )
-from .types import TERMINAL_STATES, Page
+from .types import TERMINAL_STATES, Page, PlannedCompensation, RollbackAnswer
 from .worker import StepResult, Worker
 
 __version__ = "0.1.0"
@@ -47,6 +47,8 @@ __all__ = [
     "StepResult",
     "StepFailed",
     "Page",
+    "RollbackAnswer",
+    "PlannedCompensation",
     "TERMINAL_STATES",
     "CairnError",
     "ApiError",

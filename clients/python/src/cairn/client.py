@@ -26,9 +26,11 @@ from typing import (
     Dict,
     Iterator,
     List,
+    Literal,
     Optional,
     TypeVar,
     Union,
+    overload,
 )
 
 import httpx
@@ -48,6 +50,7 @@ from .types import (
     PlanSummary,
     PlanView,
     Review,
+    RollbackAnswer,
     SnapshotView,
     Task,
     TemplateDetail,
@@ -157,20 +160,37 @@ def _resume_plan(_: Any, /, plan_id: str, *, reason: Optional[str] = None) -> Re
 
 
 def _cancel_plan(
-    _: Any, /, plan_id: str, *, reason: Optional[str] = None, rollback: bool = False
-) -> Req[PlanView]:
-    """idle, running or paused → cancelled. `rollback=True` runs the compensations first, on a
-    server that has rollback."""
-    body = compact(reason=reason)
+    _: Any,
+    /,
+    plan_id: str,
+    *,
+    reason: Optional[str] = None,
+    rollback: bool = False,
+    dry_run: bool = False,
+) -> Req[Union[PlanView, RollbackAnswer]]:
+    """idle, running or paused → cancelled; answers the plan's state. `rollback=True` rolls
+    back what the plan did first (steps still running are told to stop, then the compensations
+    run, newest start first) and answers a `RollbackAnswer`; with `dry_run=True` too, the
+    compensations it would run, changing nothing (`dry_run` without `rollback` is refused,
+    422)."""
+    body: Dict[str, JSON] = compact(reason=reason)
     if rollback:
         body["rollback"] = True
+    if dry_run:
+        body["dry_run"] = True
     return h.post(f"/v1/plans/{seg(plan_id)}/cancel", h._json, body)
 
 
-def _rollback_plan(_: Any, /, plan_id: str, *, dry_run: bool = False) -> Req[Dict[str, JSON]]:
-    """Rolls back a failed or cancelled plan (its compensations, newest first), on a server
-    that has rollback; `dry_run=True` answers the compensations it would run."""
-    body = {"dry_run": True} if dry_run else {}
+def _rollback_plan(
+    _: Any, /, plan_id: str, *, dry_run: bool = False, reason: Optional[str] = None
+) -> Req[RollbackAnswer]:
+    """Rolls back a failed or cancelled plan (its compensations, one at a time, newest start
+    first), or continues a rollback that failed; answers the compensations in order and the
+    plan's state. `dry_run=True` answers the compensations it would run and changes nothing.
+    A plan already rolled back, or not failed or cancelled, is refused (`ConflictError`)."""
+    body: Dict[str, JSON] = compact(reason=reason)
+    if dry_run:
+        body["dry_run"] = True
     return h.post(f"/v1/plans/{seg(plan_id)}/rollback", h._json, body)
 
 
@@ -247,8 +267,9 @@ def _skip_step(
     expected_version: Optional[int] = None,
     dry_run: bool = False,
 ) -> Req[InterventionRecord]:
-    """A pending, failed or awaiting_review step → skipped (`compensation=True`: the step's
-    compensation in a rollback that failed)."""
+    """A pending, failed or awaiting_review step → skipped. `compensation=True` skips the
+    step's compensation instead, in a rollback that stopped on it (someone undid it by hand):
+    the rollback goes on with the next one."""
     return _intervene(
         c, plan_id, "skip_step", step_id=step_id, compensation=compensation or None,
         **_iv_kw(reason, expected_version, dry_run),
@@ -266,7 +287,9 @@ def _retry_step(
     expected_version: Optional[int] = None,
     dry_run: bool = False,
 ) -> Req[InterventionRecord]:
-    """A failed, cancelled or completed step → pending (a new run, attempts keep counting)."""
+    """A failed, cancelled or completed step → pending (a new run, attempts keep counting).
+    `compensation=True` runs the step's failed compensation again instead (a fresh try of its
+    retry policy) and the rollback it stopped goes on."""
     return _intervene(
         c, plan_id, "retry_step", step_id=step_id, compensation=compensation or None,
         **_iv_kw(reason, expected_version, dry_run),
@@ -855,6 +878,40 @@ class Client(_Base):
                 time.sleep(h.backoff(failures, self.retry_backoff))
                 failures += 1
 
+    @overload
+    def cancel_plan(
+        self, plan_id: str, *, reason: Optional[str] = None, rollback: Literal[False] = False
+    ) -> PlanView: ...
+
+    @overload
+    def cancel_plan(
+        self,
+        plan_id: str,
+        *,
+        reason: Optional[str] = None,
+        rollback: Literal[True],
+        dry_run: bool = False,
+    ) -> RollbackAnswer: ...
+
+    @overload
+    def cancel_plan(
+        self, plan_id: str, *, reason: Optional[str] = None, rollback: bool, dry_run: bool = False
+    ) -> Union[PlanView, RollbackAnswer]: ...
+
+    def cancel_plan(
+        self,
+        plan_id: str,
+        *,
+        reason: Optional[str] = None,
+        rollback: bool = False,
+        dry_run: bool = False,
+    ) -> Union[PlanView, RollbackAnswer]:
+        return self.send(
+            _cancel_plan(self, plan_id, reason=reason, rollback=rollback, dry_run=dry_run)
+        )
+
+    cancel_plan.__doc__ = _cancel_plan.__doc__
+
     def wait_for_state(
         self, plan_id: str, states: Any = TERMINAL_STATES, *, timeout: float = 60.0
     ) -> PlanView:
@@ -882,7 +939,6 @@ class Client(_Base):
     start_plan = _sync(_start_plan)
     pause_plan = _sync(_pause_plan)
     resume_plan = _sync(_resume_plan)
-    cancel_plan = _sync(_cancel_plan)
     rollback_plan = _sync(_rollback_plan)
     snapshot = _sync(_snapshot)
     get_step = _sync(_get_step)
@@ -1017,6 +1073,40 @@ class AsyncClient(_Base):
                 await asyncio.sleep(h.backoff(failures, self.retry_backoff))
                 failures += 1
 
+    @overload
+    async def cancel_plan(
+        self, plan_id: str, *, reason: Optional[str] = None, rollback: Literal[False] = False
+    ) -> PlanView: ...
+
+    @overload
+    async def cancel_plan(
+        self,
+        plan_id: str,
+        *,
+        reason: Optional[str] = None,
+        rollback: Literal[True],
+        dry_run: bool = False,
+    ) -> RollbackAnswer: ...
+
+    @overload
+    async def cancel_plan(
+        self, plan_id: str, *, reason: Optional[str] = None, rollback: bool, dry_run: bool = False
+    ) -> Union[PlanView, RollbackAnswer]: ...
+
+    async def cancel_plan(
+        self,
+        plan_id: str,
+        *,
+        reason: Optional[str] = None,
+        rollback: bool = False,
+        dry_run: bool = False,
+    ) -> Union[PlanView, RollbackAnswer]:
+        return await self.send(
+            _cancel_plan(self, plan_id, reason=reason, rollback=rollback, dry_run=dry_run)
+        )
+
+    cancel_plan.__doc__ = _cancel_plan.__doc__
+
     async def wait_for_state(
         self, plan_id: str, states: Any = TERMINAL_STATES, *, timeout: float = 60.0
     ) -> PlanView:
@@ -1044,7 +1134,6 @@ class AsyncClient(_Base):
     start_plan = _async(_start_plan)
     pause_plan = _async(_pause_plan)
     resume_plan = _async(_resume_plan)
-    cancel_plan = _async(_cancel_plan)
     rollback_plan = _async(_rollback_plan)
     snapshot = _async(_snapshot)
     get_step = _async(_get_step)

@@ -21,11 +21,19 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Set, Union, overload
 
 from .client import AsyncClient, Client
 from .errors import ApiError, TransportError
-from .types import TERMINAL_STATES, CheckpointSummary, Event, InterventionRecord, PlanView, Task
+from .types import (
+    TERMINAL_STATES,
+    CheckpointSummary,
+    Event,
+    InterventionRecord,
+    PlanView,
+    RollbackAnswer,
+    Task,
+)
 from .worker import Executor, default_worker_id, serve
 
 log = logging.getLogger("cairn.controller")
@@ -540,17 +548,51 @@ class OrchestrationController:
         self._start_watches()
         return await self.client.resume_plan(plan_id, reason=reason)
 
+    @overload
     async def cancel_plan(
-        self, plan_id: str, *, reason: Optional[str] = None, rollback: bool = False
-    ) -> PlanView:
-        """Cancels an idle, running or paused plan (`rollback=True`: compensations first, on a
-        server with rollback)."""
-        self._start_watches()
-        return await self.client.cancel_plan(plan_id, reason=reason, rollback=rollback)
+        self, plan_id: str, *, reason: Optional[str] = None, rollback: Literal[False] = False
+    ) -> PlanView: ...
 
-    async def rollback_plan(self, plan_id: str, *, dry_run: bool = False) -> Dict[str, JSON]:
-        """Rolls back a failed or cancelled plan (on a server with rollback)."""
-        return await self.client.rollback_plan(plan_id, dry_run=dry_run)
+    @overload
+    async def cancel_plan(
+        self,
+        plan_id: str,
+        *,
+        reason: Optional[str] = None,
+        rollback: Literal[True],
+        dry_run: bool = False,
+    ) -> RollbackAnswer: ...
+
+    @overload
+    async def cancel_plan(
+        self, plan_id: str, *, reason: Optional[str] = None, rollback: bool, dry_run: bool = False
+    ) -> Union[PlanView, RollbackAnswer]: ...
+
+    async def cancel_plan(
+        self,
+        plan_id: str,
+        *,
+        reason: Optional[str] = None,
+        rollback: bool = False,
+        dry_run: bool = False,
+    ) -> Union[PlanView, RollbackAnswer]:
+        """Cancels an idle, running or paused plan; answers its state. `rollback=True` rolls
+        back what it did first (compensations, newest start first; the plan ends `cancelled`)
+        and answers a `RollbackAnswer` (`dry_run=True`: what it would run, nothing changed)."""
+        self._start_watches()
+        return await self.client.cancel_plan(
+            plan_id, reason=reason, rollback=rollback, dry_run=dry_run
+        )
+
+    async def rollback_plan(
+        self, plan_id: str, *, dry_run: bool = False, reason: Optional[str] = None
+    ) -> RollbackAnswer:
+        """Rolls back a failed or cancelled plan, or continues a rollback that failed; answers
+        the compensations in order and the plan's state (`dry_run=True`: what it would run,
+        nothing changed)."""
+        if not dry_run:
+            self._start_watches()
+        return await self.client.rollback_plan(plan_id, dry_run=dry_run, reason=reason)
 
     async def restore_from_checkpoint(
         self, plan_id: str, checkpoint_id: str, *, reason: Optional[str] = None
@@ -584,7 +626,8 @@ class OrchestrationController:
         dry_run: bool = False,
         compensation: bool = False,
     ) -> Intervention:
-        """Skips a pending, failed or awaiting_review step."""
+        """Skips a pending, failed or awaiting_review step (`compensation=True`: the step's
+        compensation, in a rollback that stopped on it; the rollback goes on)."""
         await self._check_user(user)
         rec = await self.client.skip_step(
             plan_id, step_id, compensation=compensation, reason=reason,
@@ -603,7 +646,8 @@ class OrchestrationController:
         dry_run: bool = False,
         compensation: bool = False,
     ) -> Intervention:
-        """Runs a failed, cancelled or completed step again (a new run)."""
+        """Runs a failed, cancelled or completed step again (a new run); `compensation=True`
+        runs its failed compensation again and the rollback goes on."""
         await self._check_user(user)
         rec = await self.client.retry_step(
             plan_id, step_id, compensation=compensation, reason=reason,

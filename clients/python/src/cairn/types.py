@@ -27,6 +27,8 @@ StepStatus = Literal[
     "cancelled",
 ]
 Role = Literal["viewer", "operator", "admin", "worker"]
+CompensationStatus = Literal["pending", "running", "completed", "failed", "skipped"]
+RollbackStatus = Literal["running", "completed", "failed"]
 
 #: The states a plan never leaves by itself.
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
@@ -39,6 +41,26 @@ class Page(Generic[T]):
     items: List[T]
     next_cursor: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class CompensationView(TypedDict, total=False):
+    """A step's compensation, once a rollback included it (`StepView.compensation`)."""
+
+    status: CompensationStatus
+    attempts: int
+    output: Optional[Dict[str, JSON]]
+    error: Optional[str]
+    retry_at: Optional[str]
+
+
+class RollbackView(TypedDict, total=False):
+    """A plan's rollback (`PlanView.rollback`): steps compensated (in the order they ran),
+    steps still to compensate (next first), and the state the plan takes at the end."""
+
+    status: RollbackStatus
+    done: List[str]
+    pending: List[str]
+    then: Literal["failed", "cancelled"]
 
 
 class StepView(TypedDict, total=False):
@@ -54,6 +76,7 @@ class StepView(TypedDict, total=False):
     error: Optional[str]
     retry_at: Optional[str]
     waiting_for: Optional[str]
+    compensation: Optional[CompensationView]
 
 
 class PlanView(TypedDict, total=False):
@@ -80,7 +103,25 @@ class PlanView(TypedDict, total=False):
     inputs: Dict[str, JSON]
     template: Optional[Dict[str, JSON]]
     warnings: List[str]
-    rollback: Optional[Dict[str, JSON]]
+    rollback: Optional[RollbackView]
+
+
+class PlannedCompensation(TypedDict):
+    """One compensation a rollback runs: the step it undoes, its action and agent type."""
+
+    step_id: str
+    action: str
+    agent_type: str
+
+
+class RollbackAnswer(TypedDict):
+    """What `rollback_plan` and `cancel_plan(..., rollback=True)` answer: the compensations
+    the rollback runs (a dry run: would run), in order, and the plan's state afterwards
+    (unchanged by a dry run)."""
+
+    dry_run: bool
+    compensations: List[PlannedCompensation]
+    plan: PlanView
 
 
 class PlanSummary(TypedDict, total=False):
