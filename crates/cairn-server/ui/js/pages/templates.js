@@ -85,11 +85,15 @@ function compareVersions(name, detail, shown, ctx) {
   const from = pick('template-diff-from', 'Compare from version', before);
   const to = pick('template-diff-to', 'Compare to version', shown.version);
   const out = h('div', { id: 'template-diff', 'aria-live': 'polite' });
+  // Only the answer to the latest question is drawn (answers can arrive out of order).
+  let asked = 0;
   async function compare() {
+    const mine = ++asked;
     try {
       const d = await api.get(`/v1/templates/${encodeURIComponent(name)}/diff${api.query({ from: from.value, to: to.value })}`);
+      if (mine !== asked) return;
       fill(out, h('h3', {}, `Version ${d.from} → ${d.to}`), changes(d.diff));
-    } catch (e) { ctx.fail(e); }
+    } catch (e) { if (mine === asked) ctx.fail(e); }
   }
   for (const sel of [from, to]) sel.addEventListener('change', compare);
   compare();

@@ -60,12 +60,17 @@ export async function render(el, live, _params, ctx) {
       c.reason ? h('div', { class: 'iv-reason' }, `“${c.reason}”`) : null];
   }
 
+  // Answers can arrive out of order (changing both selectors asks twice): only the answer to
+  // the latest question is drawn.
+  let asked = 0;
   async function compare() {
+    const mine = ++asked;
     if (!versions.length) { fill(diffEl); return; }
     try {
       const d = await api.call('GET', `${base}/diff${api.query({ from: from.value, to: to.value })}`);
+      if (mine !== asked) return;
       fill(diffEl, h('h2', {}, `Version ${d.from} → ${d.to}`), changes(d.diff));
-    } catch (e) { ctx.fail(e); }
+    } catch (e) { if (mine === asked) ctx.fail(e); }
   }
 
   for (const sel of [from, to]) {
