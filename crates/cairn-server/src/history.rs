@@ -86,6 +86,15 @@ pub struct DiffQuery {
     to: Option<String>,
 }
 
+impl DiffQuery {
+    /// `from` and `to` as version numbers, if given (422 naming the one that is not).
+    pub(crate) fn versions(&self) -> ApiResult<(Option<u64>, Option<u64>)> {
+        let parse =
+            |what, raw: &Option<String>| raw.as_deref().map(|v| version_of(what, v)).transpose();
+        Ok((parse("from", &self.from)?, parse("to", &self.to)?))
+    }
+}
+
 #[utoipa::path(
     get,
     operation_id = "diff_plan_versions",
@@ -108,11 +117,6 @@ pub async fn diff(
 ) -> ApiResult<Json<PlanDiff>> {
     p.require(Role::Viewer)?;
     let id = plan_id(&id)?;
-    let from = q
-        .from
-        .as_deref()
-        .map(|f| version_of("from", f))
-        .transpose()?;
-    let to = q.to.as_deref().map(|t| version_of("to", t)).transpose()?;
+    let (from, to) = q.versions()?;
     Ok(Json(s.engine.plan_diff(id, from, to).await?))
 }

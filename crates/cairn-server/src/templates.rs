@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::history::version_of;
+use crate::history::DiffQuery;
 use crate::plans::limit_of;
 use crate::AppState;
 
@@ -178,25 +178,13 @@ pub async fn version(
     Ok(Json(s.engine.template_version(name, Some(version)).await?))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct TemplateDiffQuery {
-    /// The version to diff from (default: the one before `to`).
-    #[param(value_type = Option<u64>)]
-    from: Option<String>,
-    /// The version to diff to (default: the latest).
-    #[param(value_type = Option<u64>)]
-    to: Option<String>,
-}
-
 #[utoipa::path(
     get,
     operation_id = "diff_template_versions",
     path = "/v1/templates/{name}/diff",
     tag = "templates",
     summary = "The structural diff of a template between two versions: steps added, removed, moved and changed, plan fields and parameters",
-    params(("name" = String, Path, description = "Template name"), TemplateDiffQuery),
+    params(("name" = String, Path, description = "Template name"), DiffQuery),
     responses(
         (status = 200, description = "The diff", body = cairn_core::template::TemplateDiff),
         (status = 404, description = "No such template or version", body = crate::openapi::ErrorBody),
@@ -208,16 +196,11 @@ pub async fn diff(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-    ApiQuery(q): ApiQuery<TemplateDiffQuery>,
+    ApiQuery(q): ApiQuery<DiffQuery>,
 ) -> ApiResult<Json<TemplateDiff>> {
     p.require(Role::Viewer)?;
     let name = template_name(&name)?;
-    let from = q
-        .from
-        .as_deref()
-        .map(|f| version_of("from", f))
-        .transpose()?;
-    let to = q.to.as_deref().map(|t| version_of("to", t)).transpose()?;
+    let (from, to) = q.versions()?;
     Ok(Json(s.engine.template_diff(name, from, to).await?))
 }
 
