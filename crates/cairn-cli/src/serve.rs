@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// on; 0.0.0.0 becomes 127.0.0.1, which only nodes on this machine can reach).
     #[arg(long, env = "CAIRN_ADVERTISE")]
     advertise: Option<String>,
+    /// Most commands (start, pause, interventions, step results, …) waiting to be decided at
+    /// once across every plan of this node; past it a command is refused at once with 429
+    /// `overloaded` and a Retry-After, while reads are still answered. 0 refuses every command.
+    #[arg(long, default_value_t = cairn_engine::DEFAULT_MAX_QUEUED_COMMANDS, env = "CAIRN_MAX_QUEUED_COMMANDS")]
+    max_queued_commands: usize,
 }
 
 /// `--lease-ms` by default.
@@ -258,6 +263,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Fail> {
             engine: cairn_engine::EngineOptions {
                 node_id: node_id.clone(),
                 lease_ms: args.lease_ms,
+                max_queued_commands: args.max_queued_commands,
                 ..cairn_engine::EngineOptions::default()
             },
             advertise: Some(advertise.clone()),

@@ -31,7 +31,10 @@ pub mod templates;
 
 pub use cairn_core::view::{CheckpointSummary, Page, PlanSummary, Progress, Snapshot};
 pub use cluster::NodeStats;
-pub use engine::{may_settle, now, now_micros, CheckpointExport, Engine, EngineOptions};
+pub use engine::{
+    may_settle, now, now_micros, CheckpointExport, Engine, EngineOptions,
+    DEFAULT_MAX_QUEUED_COMMANDS,
+};
 pub use error::EngineError;
 pub use publish::{Notice, Subscription};
 pub use reviews::ReviewFilter;

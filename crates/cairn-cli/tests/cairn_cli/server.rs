@@ -2427,6 +2427,47 @@ async fn the_connection_limit_holds_extra_clients_until_a_slot_frees() {
     drop(silent);
 }
 
+/// `--max-queued-commands` reaches the engine: with 0, every command is refused with 429
+/// `overloaded` and a Retry-After (the CLI says so and fails), while registering and reading,
+/// which are not commands, still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_limit_flag_refuses_commands_with_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cairn.db");
+    let srv = Server::start(&db, &["--no-auth", "--max-queued-commands", "0"]);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/v1/plans", srv.base))
+        .json(&plan_doc("full", vec![echo_step("a")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "registering is not a command");
+    let r = http
+        .post(format!("{}/v1/plans/full/start", srv.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    let (code, out, err) = cli(&["plans", "start", "full"], &srv.base, None);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("overloaded"), "{err}");
+    let (code, out, err) = cli(&["plans", "show", "full", "--json"], &srv.base, None);
+    assert_eq!(code, 0, "{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["state"], "idle", "{plan}");
+}
+
 /// Every read command prints the same thing on a local store and with `--server`: the same
 /// `--json` byte for byte, and the same tables (one code path, one renderer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
