@@ -177,7 +177,9 @@ pub struct Restored {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<Vec<String>>,
     /// The checkpoint's steps that differ from the replaced state's step of the same id (or
-    /// that it has not); a step not listed is the replaced state's as it was.
+    /// that it has not); a step not listed was at the checkpoint as the replaced state has it.
+    /// Either way the fold brings it back by the same rules (running or cancelled steps back
+    /// to pending, an open review's step to a new run, counters kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepChange>,
 }
