@@ -7,6 +7,8 @@
 //! invocation each is sent, rendered here and recorded in its `step_started`), the attempts to
 //! stop, and the plan's next timer. The engine carries them out and decides nothing itself.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::action::{Action, StartAttempt};
@@ -22,7 +24,7 @@ use crate::intervention::{
 use crate::plan::{self, Plan};
 use crate::review::review_id;
 use crate::rollback::{self, RollbackEnd};
-use crate::state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
+use crate::state::{PauseReason, PlanState, PlanStatus, Restored, StepStatus};
 use crate::{Refusal, RefusalKind};
 
 /// The actor of events the engine emits by itself (scheduling, timers, recovery).
@@ -44,6 +46,23 @@ pub enum StepResult {
         /// `false` fails the step at once, whatever its retry policy says.
         retryable: bool,
     },
+}
+
+/// A shared state in a command, serialised as the state itself.
+mod shared_state {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::state::PlanState;
+
+    pub fn serialize<S: Serializer>(state: &Arc<PlanState>, s: S) -> Result<S::Ok, S::Error> {
+        PlanState::serialize(state, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<PlanState>, D::Error> {
+        PlanState::deserialize(d).map(Arc::new)
+    }
 }
 
 /// Everything that can happen to a plan. Serialisable so that one engine node can hand a
@@ -83,11 +102,13 @@ pub enum Command {
         label: Option<String>,
         reason: Option<String>,
     },
-    /// Restores the state at a checkpoint, materialised by the caller from the log.
+    /// Restores the state at a checkpoint, folded by the caller from the log (shared: the
+    /// core only reads it, and records what differs from the plan's state).
     Restore {
         checkpoint_id: String,
         seq: u64,
-        target: Box<Materialized>,
+        #[serde(with = "shared_state")]
+        target: Arc<PlanState>,
         reason: Option<String>,
     },
     /// Records that a new plan was forked from one of this plan's checkpoints (refused when
@@ -510,7 +531,7 @@ fn decide(
                     checkpoint_id,
                     seq,
                     reason,
-                    restored: target,
+                    restored: Box::new(Restored::between(em.state, &target)),
                 },
                 None,
             );

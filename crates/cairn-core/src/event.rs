@@ -10,7 +10,7 @@ use crate::intervention::Intervention;
 use crate::log::Effect;
 use crate::plan::Plan;
 use crate::rollback::RollbackEnd;
-use crate::state::{Materialized, PauseReason};
+use crate::state::{Materialized, PauseReason, Restored};
 
 pub use crate::time::Timestamp;
 
@@ -325,9 +325,14 @@ pub enum EventKind {
         seq: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
-        /// The state brought back: definition, version and step records.
+        /// What the restore brings back: the checkpoint's `query`, `metadata`, `max_parallel`,
+        /// `version`, `inputs` and `template`; `order`, its step ids, when they differ from
+        /// the plan's before the restore; and `steps`, only the steps that differ from the
+        /// plan's before the restore (`step_id` with `def` and `rec` when they differ, or
+        /// `counters`, `[attempts, run]`, when only these do). Events written before log
+        /// format 3 list every step in full.
         #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
-        restored: Box<Materialized>,
+        restored: Box<Restored>,
     },
     PlanForked {
         checkpoint_id: String,

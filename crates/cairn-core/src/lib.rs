@@ -54,7 +54,9 @@ pub use gate::{FailedCriterion, GateFeedback, QualityGate, Scores, Verdict};
 pub use intervention::{Intervention, InterventionKind, InterventionRequest};
 pub use plan::{Fault, Format, Invalid, Plan, StepDef, TemplateRef};
 pub use review::{Review, ReviewOutcome, ReviewState, Vote, VoteDecision};
-pub use state::{Materialized, PauseReason, PlanState, PlanStatus, StepStatus};
+pub use state::{
+    Materialized, PauseReason, PlanState, PlanStatus, Restored, StepChange, StepStatus,
+};
 pub use template::Template;
 pub use time::Timestamp;
 

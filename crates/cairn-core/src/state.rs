@@ -153,6 +153,176 @@ pub struct Materialized {
     pub template: Option<TemplateRef>,
 }
 
+/// What a `checkpoint_restored` event brings back (log format 3): the checkpoint's plan-level
+/// fields and version in full, and of its steps only what differs from the state the restore
+/// replaces, which the fold has at hand (see [`Restored::between`]). A checkpoint of a
+/// 1,000-step plan is thus not copied into the log on every restore.
+///
+/// Log format 2 carried the checkpoint's whole [`Materialized`] state; its upcaster lists every
+/// step in full, with their order, so an old restore replays as it always did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Restored {
+    pub query: String,
+    #[serde(default)]
+    pub metadata: Value,
+    pub max_parallel: u32,
+    /// The checkpoint's version (the plan's becomes one more than this or its own).
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "crate::plan::no_inputs")]
+    pub inputs: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+    /// The checkpoint's step ids in its order; absent when they are those of the replaced
+    /// state, in the same order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<String>>,
+    /// The checkpoint's steps that differ from the replaced state's step of the same id (or
+    /// that it has not); a step not listed was at the checkpoint as the replaced state has it.
+    /// Either way the fold brings it back by the same rules (running or cancelled steps back
+    /// to pending, an open review's step to a new run, counters kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepChange>,
+}
+
+/// How a checkpoint's step differs from the step of the same id in the state a restore
+/// replaces: its definition and record in full when they differ (both, for a step that state
+/// has not), or only its attempt and run counters when nothing else differs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepChange {
+    pub step_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub def: Option<StepDef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rec: Option<StepRecord>,
+    /// The checkpoint's `attempts` and `run`, when `rec` is absent and only they differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<(u32, u32)>,
+}
+
+impl Restored {
+    /// What restoring `target` (the state at a checkpoint) changes in `current`.
+    pub fn between(current: &PlanState, target: &PlanState) -> Restored {
+        let same_order = current.steps.len() == target.steps.len()
+            && current
+                .steps
+                .iter()
+                .zip(&target.steps)
+                .all(|(c, t)| c.def.step_id == t.def.step_id);
+        let index: Option<HashMap<&str, &Step>> = (!same_order).then(|| {
+            current
+                .steps
+                .iter()
+                .map(|s| (s.def.step_id.as_str(), s))
+                .collect()
+        });
+        let mut steps = Vec::new();
+        for (i, t) in target.steps.iter().enumerate() {
+            let c = match &index {
+                None => Some(&current.steps[i]),
+                Some(index) => index.get(t.def.step_id.as_str()).copied(),
+            };
+            let Some(c) = c else {
+                steps.push(StepChange {
+                    step_id: t.def.step_id.clone(),
+                    def: Some(t.def.clone()),
+                    rec: Some(t.rec.clone()),
+                    counters: None,
+                });
+                continue;
+            };
+            let def = (t.def != c.def).then(|| t.def.clone());
+            let (rec, counters) = if !t.rec.same_but_counters(&c.rec) {
+                (Some(t.rec.clone()), None)
+            } else if (t.rec.attempts, t.rec.run) != (c.rec.attempts, c.rec.run) {
+                (None, Some((t.rec.attempts, t.rec.run)))
+            } else {
+                (None, None)
+            };
+            if def.is_some() || rec.is_some() || counters.is_some() {
+                steps.push(StepChange {
+                    step_id: t.def.step_id.clone(),
+                    def,
+                    rec,
+                    counters,
+                });
+            }
+        }
+        Restored {
+            query: target.query.clone(),
+            metadata: target.metadata.clone(),
+            max_parallel: target.max_parallel,
+            version: target.version,
+            inputs: target.inputs.clone(),
+            template: target.template.clone(),
+            order: (!same_order)
+                .then(|| target.steps.iter().map(|s| s.def.step_id.clone()).collect()),
+            steps,
+        }
+    }
+
+    /// A whole materialised state as a restore brings it back (how log format 2 recorded it):
+    /// every step listed in full, in its order.
+    pub fn whole(m: Materialized) -> Restored {
+        Restored {
+            query: m.query,
+            metadata: m.metadata,
+            max_parallel: m.max_parallel,
+            version: m.version,
+            inputs: m.inputs,
+            template: m.template,
+            order: Some(m.steps.iter().map(|s| s.def.step_id.clone()).collect()),
+            steps: m
+                .steps
+                .into_iter()
+                .map(|s| StepChange {
+                    step_id: s.def.step_id.clone(),
+                    def: Some(s.def),
+                    rec: Some(s.rec),
+                    counters: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl StepRecord {
+    /// Equal but for `attempts` and `run` (every field named, so a new one is compared too).
+    fn same_but_counters(&self, other: &StepRecord) -> bool {
+        let StepRecord {
+            status,
+            attempts: _,
+            run: _,
+            run_attempts,
+            started_at,
+            ended_at,
+            output,
+            scores,
+            error,
+            gate_retries,
+            gate_feedback,
+            retry_at,
+            breakpoint_passed,
+            invocation,
+            start_seq,
+            compensation,
+        } = self;
+        *status == other.status
+            && *run_attempts == other.run_attempts
+            && *started_at == other.started_at
+            && *ended_at == other.ended_at
+            && *output == other.output
+            && *scores == other.scores
+            && *error == other.error
+            && *gate_retries == other.gate_retries
+            && *gate_feedback == other.gate_feedback
+            && *retry_at == other.retry_at
+            && *breakpoint_passed == other.breakpoint_passed
+            && *invocation == other.invocation
+            && *start_seq == other.start_seq
+            && *compensation == other.compensation
+    }
+}
+
 /// Everything the engine knows about a plan, derived from its events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanState {
@@ -858,36 +1028,7 @@ impl PlanState {
             },
             EventKind::CheckpointRestored { restored, .. } => {
                 let version = self.version.max(restored.version) + 1;
-                let before: HashMap<String, (u32, u32)> = self
-                    .steps
-                    .iter()
-                    .map(|s| (s.def.step_id.clone(), (s.rec.attempts, s.rec.run)))
-                    .collect();
-                self.load(restored);
-                let kept: std::collections::HashSet<&str> =
-                    self.steps.iter().map(|s| s.def.step_id.as_str()).collect();
-                for (id, counters) in &before {
-                    if !kept.contains(id.as_str()) {
-                        self.retired.insert(id.clone(), *counters);
-                    }
-                }
-                for s in &mut self.steps {
-                    // Attempt and run numbers keep counting, so a late result of an attempt
-                    // started before the restore is never taken for a new one, and a step that
-                    // will run again after attempts made since the checkpoint gets a new run
-                    // (a new idempotency key).
-                    let (attempts, run) = before
-                        .get(&s.def.step_id)
-                        .or_else(|| self.retired.get(&s.def.step_id))
-                        .copied()
-                        .unwrap_or((0, 0));
-                    let ran_since = attempts > s.rec.attempts;
-                    s.rec.attempts = s.rec.attempts.max(attempts);
-                    s.rec.run = s.rec.run.max(run);
-                    if ran_since && s.rec.status == StepStatus::Pending {
-                        s.rec.run += 1;
-                    }
-                }
+                self.restore(restored);
                 self.void_stale_reviews(at);
                 self.version = version;
                 self.status = PlanStatus::Paused;
@@ -1059,7 +1200,8 @@ impl PlanState {
         }
     }
 
-    /// Loads a materialised state; steps that were running in it go back to pending.
+    /// Loads a materialised state (a fork's or an import's origin); steps that were running in
+    /// it go back to pending.
     fn load(&mut self, m: &Materialized) {
         self.query = m.query.clone();
         self.metadata = m.metadata.clone();
@@ -1068,23 +1210,118 @@ impl PlanState {
         self.template = m.template.clone();
         self.steps = m.steps.clone();
         for s in &mut self.steps {
-            match s.rec.status {
-                status if status.is_active() => {
-                    s.rec.status = StepStatus::Pending;
-                    s.rec.run_attempts = s.rec.run_attempts.saturating_sub(1);
-                    s.rec.invocation = None;
+            bring_back(&mut s.rec, (0, 0));
+        }
+    }
+
+    /// Brings back the checkpoint's definition and steps, each step from the replaced one and
+    /// what the event says differs (see [`Restored`]).
+    fn restore(&mut self, r: &Restored) {
+        self.query = r.query.clone();
+        self.metadata = r.metadata.clone();
+        self.max_parallel = r.max_parallel;
+        self.inputs = r.inputs.clone();
+        self.template = r.template.clone();
+        let changes: HashMap<&str, &StepChange> =
+            r.steps.iter().map(|c| (c.step_id.as_str(), c)).collect();
+        let old = std::mem::take(&mut self.steps);
+        let mut steps = Vec::with_capacity(r.order.as_ref().map_or(old.len(), Vec::len));
+        match &r.order {
+            None => {
+                for s in old {
+                    let change = changes.get(s.def.step_id.as_str()).copied();
+                    steps.push(restored_step(s, change));
                 }
-                // A restored plan is runnable again: what a cancel stopped is pending.
-                StepStatus::Cancelled => {
-                    s.rec.status = StepStatus::Pending;
-                    s.rec.ended_at = None;
+            }
+            Some(order) => {
+                let mut by_id: HashMap<String, Step> = old
+                    .into_iter()
+                    .map(|s| (s.def.step_id.clone(), s))
+                    .collect();
+                for id in order {
+                    let change = changes.get(id.as_str()).copied();
+                    match by_id.remove(id) {
+                        Some(s) => steps.push(restored_step(s, change)),
+                        // A step the replaced state has not: the event carries it whole, and
+                        // counters the id had before it was removed keep counting.
+                        None => {
+                            let Some(StepChange {
+                                def: Some(def),
+                                rec: Some(rec),
+                                ..
+                            }) = change
+                            else {
+                                continue;
+                            };
+                            let counters = self.retired.get(id).copied().unwrap_or((0, 0));
+                            let mut step = Step {
+                                def: def.clone(),
+                                rec: rec.clone(),
+                            };
+                            bring_back(&mut step.rec, counters);
+                            steps.push(step);
+                        }
+                    }
                 }
-                // An open review is never carried over: the step runs again, as a new run.
-                StepStatus::AwaitingReview => {
-                    s.rec.rerun();
+                // Steps the checkpoint has not keep their counters, so an id added back
+                // never reuses an attempt number or idempotency key.
+                for (id, s) in by_id {
+                    self.retired.insert(id, (s.rec.attempts, s.rec.run));
                 }
-                _ => {}
             }
         }
+        self.steps = steps;
+    }
+}
+
+/// The checkpoint's step over `current`, the replaced state's step of the same id: `current`
+/// with what `change` says differs.
+fn restored_step(current: Step, change: Option<&StepChange>) -> Step {
+    let counters = (current.rec.attempts, current.rec.run);
+    let mut step = current;
+    if let Some(change) = change {
+        if let Some(def) = &change.def {
+            step.def = def.clone();
+        }
+        if let Some(rec) = &change.rec {
+            step.rec = rec.clone();
+        }
+        if let Some((attempts, run)) = change.counters {
+            step.rec.attempts = attempts;
+            step.rec.run = run;
+        }
+    }
+    bring_back(&mut step.rec, counters);
+    step
+}
+
+/// A checkpoint's step record as a restore brings it back over a step whose counters were
+/// `(attempts, run)`: running steps go back to pending, and the counters keep counting.
+fn bring_back(rec: &mut StepRecord, (attempts, run): (u32, u32)) {
+    match rec.status {
+        status if status.is_active() => {
+            rec.status = StepStatus::Pending;
+            rec.run_attempts = rec.run_attempts.saturating_sub(1);
+            rec.invocation = None;
+        }
+        // A restored plan is runnable again: what a cancel stopped is pending.
+        StepStatus::Cancelled => {
+            rec.status = StepStatus::Pending;
+            rec.ended_at = None;
+        }
+        // An open review is never carried over: the step runs again, as a new run.
+        StepStatus::AwaitingReview => {
+            rec.rerun();
+        }
+        _ => {}
+    }
+    // Attempt and run numbers keep counting, so a late result of an attempt started before
+    // the restore is never taken for a new one, and a step that will run again after attempts
+    // made since the checkpoint gets a new run (a new idempotency key).
+    let ran_since = attempts > rec.attempts;
+    rec.attempts = rec.attempts.max(attempts);
+    rec.run = rec.run.max(run);
+    if ran_since && rec.status == StepStatus::Pending {
+        rec.run += 1;
     }
 }

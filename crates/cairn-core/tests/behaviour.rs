@@ -221,7 +221,7 @@ impl Sim {
         Command::Restore {
             checkpoint_id: checkpoint_id(seq),
             seq,
-            target: Box::new(target.materialize()),
+            target: std::sync::Arc::new(target),
             reason: None,
         }
     }

@@ -81,7 +81,10 @@ pub(crate) struct Fork {
 
 pub(crate) struct PlanActor {
     inner: Arc<Inner>,
-    state: PlanState,
+    /// Shared with the readers it was answered to; a decision changes it in place when none
+    /// still holds it (else on a copy, `Arc::make_mut`), so neither a busy plan's steps nor a
+    /// large plan's restore pay for copies nobody reads.
+    state: Arc<PlanState>,
     fence: Fence,
     rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
@@ -97,9 +100,6 @@ pub(crate) struct PlanActor {
     timer: Option<Timestamp>,
     /// Seq of the newest stored snapshot.
     snapshot_seq: u64,
-    /// A shared copy of the current state, made when someone asks and kept until the state
-    /// changes: a busy plan's steps never pay for copies nobody reads.
-    shared: Option<Arc<PlanState>>,
     lease_renew_at: tokio::time::Instant,
     /// After a failed append: how long to wait before trying again (doubles up to
     /// [`MAX_RETRY`]), and until when timers hold off. Cleared by the next successful append.
@@ -139,7 +139,7 @@ impl PlanActor {
         PlanActor {
             timer,
             inner,
-            state,
+            state: Arc::new(state),
             fence,
             rx,
             tx,
@@ -147,7 +147,6 @@ impl PlanActor {
             ready: VecDeque::new(),
             remote: HashSet::new(),
             snapshot_seq,
-            shared: None,
             lease_renew_at: tokio::time::Instant::now() + Duration::from_millis(renew),
             retry_delay: Duration::ZERO,
             hold_until: None,
@@ -274,10 +273,8 @@ impl PlanActor {
         }
     }
 
-    fn shared(&mut self) -> Arc<PlanState> {
-        self.shared
-            .get_or_insert_with(|| Arc::new(self.state.clone()))
-            .clone()
+    fn shared(&self) -> Arc<PlanState> {
+        self.state.clone()
     }
 
     /// Nothing left to do until someone asks: ended, or paused with nothing running, and no
@@ -593,7 +590,7 @@ impl PlanActor {
         let now = self.inner.now();
         let mut events: Vec<Event> = Vec::new();
         // Each answer names its events by their range in `events`: they move into the append
-        // and come back as shared `Arc`s, never copied (a restore's event carries a whole state).
+        // and come back as shared `Arc`s, never copied (a registration carries a whole plan).
         let mut answers: Vec<(usize, Result<Pending, EngineError>)> = Vec::new();
         let mut actions: Vec<Action> = Vec::new();
         let reviews_before = crate::reviews::fingerprint(&self.state);
@@ -612,7 +609,12 @@ impl PlanActor {
             } else {
                 Starts::None
             };
-            let result = cairn_core::decide::handle_starting(&mut self.state, command, ctx, starts);
+            let result = cairn_core::decide::handle_starting(
+                Arc::make_mut(&mut self.state),
+                command,
+                ctx,
+                starts,
+            );
             let start = events.len();
             match result {
                 Ok(decision) => {
@@ -651,7 +653,6 @@ impl PlanActor {
             for (e, s) in events.iter_mut().zip(&stored) {
                 e.id = s.id;
             }
-            self.shared = None;
             let published: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
             self.inner.publish(published.clone());
             published
@@ -691,7 +692,7 @@ impl PlanActor {
             };
             let inner = &*self.inner;
             let route = |agent_type: &str| route(inner, agent_type);
-            let mut source = self.state.clone();
+            let mut source = PlanState::clone(&self.state);
             let recorded = cairn_core::decide::handle_starting(
                 &mut source,
                 Command::RecordFork {
@@ -742,8 +743,7 @@ impl PlanActor {
                             Arc::new(e)
                         })
                         .collect();
-                    self.state = source;
-                    self.shared = None;
+                    self.state = Arc::new(source);
                     self.inner.publish(published);
                     self.act(recorded.actions);
                     self.maybe_snapshot();
@@ -772,9 +772,8 @@ impl PlanActor {
     async fn reload(&mut self, held: &[Outcome]) -> bool {
         match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
             Ok((state, snap)) => {
-                self.state = state;
+                self.state = Arc::new(state);
                 self.snapshot_seq = snap;
-                self.shared = None;
                 self.stale = false;
                 self.timer = self.state.next_wake();
                 self.reconcile();
@@ -802,7 +801,6 @@ impl PlanActor {
             Err(e) => {
                 warn!(plan_id = %self.state.plan_id, error = %e, "reload failed; nothing is decided until one succeeds");
                 self.stale = true;
-                self.shared = None;
                 false
             }
         }
@@ -963,8 +961,8 @@ impl PlanActor {
     }
 
     /// Stores a snapshot every `snapshot_every` events (more apart for a large plan: see
-    /// [`crate::folds::snapshot_spacing`]). (Not after a restore: its event already carries the
-    /// whole state, so replaying it costs what reading a snapshot would.)
+    /// [`crate::folds::snapshot_spacing`]). (Not after a restore: its event records only what
+    /// differs from the state before it, so replaying it from that state costs little.)
     fn maybe_snapshot(&mut self) {
         let every = self.inner.opts.snapshot_every;
         if every == 0
@@ -973,7 +971,7 @@ impl PlanActor {
         {
             return;
         }
-        let Ok(bytes) = serde_json::to_vec(&self.state) else {
+        let Ok(bytes) = serde_json::to_vec(&*self.state) else {
             return;
         };
         self.snapshot_seq = self.state.seq;

@@ -478,7 +478,7 @@ mod tests {
             Command::Restore {
                 checkpoint_id: "cp-1".into(),
                 seq: 1,
-                target: Box::new(state.materialize()),
+                target: std::sync::Arc::new(state.clone()),
                 reason: None,
             },
             Command::RecordFork {

@@ -1491,6 +1491,29 @@ impl Engine {
         plan_id: &str,
         cid: &str,
     ) -> Result<(CheckpointView, Arc<PlanState>), EngineError> {
+        let (row, state) = self.checkpoint_row_and_fold(plan_id, cid).await?;
+        let trigger = CheckpointTrigger::parse(&row.trigger).unwrap_or(CheckpointTrigger::Manual);
+        Ok((
+            CheckpointView::of(&state, trigger, row.label, Timestamp::from_micros(row.at)),
+            state,
+        ))
+    }
+
+    /// A checkpoint's seq and the state it implies, without its view.
+    async fn checkpoint_fold(
+        &self,
+        plan_id: &str,
+        cid: &str,
+    ) -> Result<(u64, Arc<PlanState>), EngineError> {
+        let (row, state) = self.checkpoint_row_and_fold(plan_id, cid).await?;
+        Ok((row.seq, state))
+    }
+
+    async fn checkpoint_row_and_fold(
+        &self,
+        plan_id: &str,
+        cid: &str,
+    ) -> Result<(cairn_store::CheckpointRow, Arc<PlanState>), EngineError> {
         let not_found = || EngineError::CheckpointNotFound {
             plan_id: plan_id.to_owned(),
             checkpoint_id: cid.to_owned(),
@@ -1514,11 +1537,7 @@ impl Engine {
             .folds
             .state_at(&*self.inner.store, plan_id, seq, row.at, reach)
             .await?;
-        let trigger = CheckpointTrigger::parse(&row.trigger).unwrap_or(CheckpointTrigger::Manual);
-        Ok((
-            CheckpointView::of(&state, trigger, row.label, Timestamp::from_micros(row.at)),
-            state,
-        ))
+        Ok((row, state))
     }
 
     /// A checkpoint with the state it implies.
@@ -1538,14 +1557,16 @@ impl Engine {
         actor: &str,
         reason: Option<String>,
     ) -> Result<Arc<PlanState>, EngineError> {
-        let (view, state) = self.checkpoint_state(plan_id, cid).await?;
+        // The checkpoint's folded state itself (shared with the cache), not its view: the core
+        // records only what differs from the plan's state.
+        let (seq, state) = self.checkpoint_fold(plan_id, cid).await?;
         Ok(self
             .send(
                 plan_id,
                 Command::Restore {
-                    checkpoint_id: view.checkpoint_id,
-                    seq: view.seq,
-                    target: Box::new(state.materialize()),
+                    checkpoint_id: cairn_core::event::checkpoint_id(seq),
+                    seq,
+                    target: state,
                     reason,
                 },
                 actor.into(),

@@ -15,6 +15,11 @@
 //! - 1: everything written before stored events carried a format. Its `intervention_applied`
 //!   records the request only; replay re-applies it with the frozen rules of [`v1`].
 //! - 2: `intervention_applied` also records its [`Effect`], the facts replay applies.
+//! - 3: `checkpoint_restored` records only what the restore changes in the plan's state
+//!   ([`crate::state::Restored`]: the checkpoint's plan-level fields, and its steps that differ
+//!   from the plan's, or just their counters) instead of the checkpoint's whole state, so a
+//!   restore of a large plan writes and replays little. Format 2's whole state upcasts to
+//!   every step listed in full.
 //!
 //! Added within format 2 (new event types and optional fields, so no new format): the rollback
 //! events `rollback_started`, `compensation_started`, `compensation_completed`,
@@ -36,7 +41,7 @@ use serde_json::Value;
 use crate::event::EventKind;
 
 /// The format new events are written in.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// The format of events stored before events carried one.
 pub const FIRST_FORMAT: u32 = 1;
@@ -97,7 +102,7 @@ pub fn decode(kind: &str, format: u32, data: &str) -> Result<EventKind, DecodeEr
             format,
         });
     }
-    if format == FORMAT {
+    if format == FORMAT || !upcast::changes(format, kind) {
         // Nothing to upcast: read the data straight into its type (no intermediate `Value`,
         // which loading a plan would pay for every event).
         let whole = format!("{{\"type\":{},\"data\":{}}}", Value::from(kind), data);

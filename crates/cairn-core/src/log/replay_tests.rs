@@ -366,3 +366,181 @@ fn upgrade_effects_replay_and_older_effects_leave_the_template_alone() {
     assert_eq!(st.inputs, json!({"topic": "rust", "depth": 2}));
     assert_eq!(st.on_failure, crate::plan::OnFailure::Rollback);
 }
+
+/// A restore as log format 2 wrote it, carrying the checkpoint's whole state (here reordered,
+/// with a step dropped and one the plan never had), replays as it always did: the steps in the
+/// checkpoint's order, counters kept, the dropped step's retired; and the same restores as
+/// format 3 records them (only what differs) replay to the same state.
+#[test]
+fn a_format_2_restore_carrying_the_whole_state_replays_as_it_did() {
+    let step = |id: &str, rec: serde_json::Value| json!({"def": {"step_id": id, "action": "x", "agent_type": "t"}, "rec": rec});
+    let pending = json!({"status": "pending", "attempts": 0, "run": 1, "run_attempts": 0});
+    let first = json!({"query": "q2", "max_parallel": 3, "version": 1, "steps": [
+        step("c", pending.clone()),
+        step("a", json!({"status": "completed", "attempts": 1, "run": 1, "run_attempts": 1,
+                         "output": {"v": 1}, "start_seq": 3})),
+        step("d", json!({"status": "running", "attempts": 1, "run": 1, "run_attempts": 1})),
+    ]});
+    let second = json!({"query": "q", "max_parallel": 8, "version": 1, "steps": [
+        step("a", pending.clone()), step("b", pending.clone()), step("c", pending),
+    ]});
+    let rows = [
+        ("plan_registered", 2, registered().2),
+        ("plan_started", 2, json!({})),
+        (
+            "step_started",
+            2,
+            json!({"step_id": "a", "attempt": 1, "run": 1}),
+        ),
+        (
+            "step_completed",
+            2,
+            json!({"step_id": "a", "attempt": 1, "output": {"v": 1}}),
+        ),
+        (
+            "step_started",
+            2,
+            json!({"step_id": "b", "attempt": 1, "run": 1}),
+        ),
+        ("plan_cancelled", 2, json!({})),
+        (
+            "checkpoint_restored",
+            2,
+            json!({"checkpoint_id": "cp-4", "seq": 4, "restored": first}),
+        ),
+        (
+            "checkpoint_restored",
+            2,
+            json!({"checkpoint_id": "cp-1", "seq": 1, "restored": second}),
+        ),
+    ];
+    let events = log(&rows);
+    let once = PlanState::replay(PLAN, &events[..7]);
+    assert_eq!(ids(&once), ["c", "a", "d"]);
+    assert_eq!(
+        (once.query.as_str(), once.max_parallel, once.version),
+        ("q2", 3, 2)
+    );
+    assert_eq!(
+        (once.status, once.pause_reason),
+        (PlanStatus::Paused, Some(PauseReason::Restored))
+    );
+    let a = &once.step("a").unwrap().rec;
+    assert_eq!(
+        (a.status, a.attempts, a.output.clone()),
+        (StepStatus::Completed, 1, Some(json!({"v": 1})))
+    );
+    let d = &once.step("d").unwrap().rec;
+    assert_eq!(
+        (d.status, d.attempts, d.run, d.run_attempts),
+        (StepStatus::Pending, 1, 1, 0)
+    );
+    // b had an attempt: its counters are kept for an id added back.
+    assert_eq!(once.retired.get("b"), Some(&(1, 1)));
+    let twice = PlanState::replay(PLAN, &events);
+    assert_eq!(ids(&twice), ["a", "b", "c"]);
+    assert_eq!(twice.version, 3);
+    // a and b ran after the checkpoint: a new run each, attempt numbers never reused.
+    let (a, b) = (&twice.step("a").unwrap().rec, &twice.step("b").unwrap().rec);
+    assert_eq!(
+        (a.status, a.attempts, a.run, a.output.clone()),
+        (StepStatus::Pending, 1, 2, None)
+    );
+    assert_eq!((b.status, b.attempts, b.run), (StepStatus::Pending, 1, 2));
+    assert_eq!(twice.retired.get("d"), Some(&(1, 1)));
+
+    // The same two restores as this build writes them: only what differs.
+    let mut now = PlanState::replay(PLAN, &events[..6]);
+    let mut written = events[..6].to_vec();
+    for (i, whole) in [(6, &rows[6].2), (7, &rows[7].2)] {
+        let m: crate::state::Materialized =
+            serde_json::from_value(whole["restored"].clone()).unwrap();
+        let mut target = now.clone();
+        target.query = m.query;
+        target.metadata = m.metadata;
+        target.max_parallel = m.max_parallel;
+        target.version = m.version;
+        target.steps = m.steps;
+        let restored = crate::state::Restored::between(&now, &target);
+        let kind = EventKind::CheckpointRestored {
+            checkpoint_id: whole["checkpoint_id"].as_str().unwrap().into(),
+            seq: whole["seq"].as_u64().unwrap(),
+            reason: None,
+            restored: Box::new(restored),
+        };
+        let e = encode(&kind);
+        assert_eq!(e.format, 3);
+        let event = Event {
+            kind: decode(e.kind, e.format, &e.data).unwrap(),
+            ..events[i].clone()
+        };
+        now.apply(&event);
+        written.push(event);
+    }
+    assert_eq!(now, twice);
+    assert_eq!(PlanState::replay(PLAN, &written), twice);
+}
+
+/// A restore records only the steps that differ from the plan's, and of a step whose record
+/// differs only by its counters, just those.
+#[test]
+fn a_restore_records_only_what_differs() {
+    let events = log(&[
+        registered(),
+        ("plan_started", 2, json!({})),
+        (
+            "step_started",
+            2,
+            json!({"step_id": "a", "attempt": 1, "run": 1}),
+        ),
+        (
+            "step_completed",
+            2,
+            json!({"step_id": "a", "attempt": 1, "output": {"v": 1}}),
+        ),
+    ]);
+    let at_start = PlanState::replay(PLAN, &events[..2]);
+    let now = PlanState::replay(PLAN, &events);
+    // Back to the start: a differs (completed then), b and c are as they were.
+    let r = crate::state::Restored::between(&now, &at_start);
+    assert_eq!(r.order, None);
+    assert_eq!(r.steps.len(), 1);
+    assert_eq!(r.steps[0].step_id, "a");
+    assert_eq!(r.steps[0].def, None);
+    assert_eq!(
+        r.steps[0].rec.as_ref().map(|r| r.status),
+        Some(StepStatus::Pending)
+    );
+    let mut restored = now.clone();
+    restored.apply(&Event {
+        seq: 5,
+        kind: EventKind::CheckpointRestored {
+            checkpoint_id: "cp-2".into(),
+            seq: 2,
+            reason: None,
+            restored: Box::new(r),
+        },
+        ..events[3].clone()
+    });
+    let a = &restored.step("a").unwrap().rec;
+    assert_eq!((a.status, a.attempts, a.run), (StepStatus::Pending, 1, 2));
+    // From there back to the start again: a differs only by its counters.
+    let r = crate::state::Restored::between(&restored, &at_start);
+    assert_eq!(r.steps.len(), 1);
+    assert_eq!(
+        (r.steps[0].def.as_ref(), r.steps[0].rec.as_ref()),
+        (None, None)
+    );
+    assert_eq!(r.steps[0].counters, Some((0, 1)));
+    let data = encode(&EventKind::CheckpointRestored {
+        checkpoint_id: "cp-2".into(),
+        seq: 2,
+        reason: None,
+        restored: Box::new(r),
+    })
+    .data;
+    assert!(
+        data.contains(r#""steps":[{"step_id":"a","counters":[0,1]}]"#),
+        "{data}"
+    );
+}
