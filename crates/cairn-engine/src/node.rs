@@ -44,6 +44,75 @@ pub(crate) async fn heartbeats(inner: Weak<Inner>, started_at: i64) {
     }
 }
 
+/// Renews the leases of every plan this engine drives, every third of a lease period, with one
+/// store call ([`cairn_store::Leases::renew`]: one statement on PostgreSQL) for all of them,
+/// until the engine shuts down. It rests while no plan is live (no timer runs then). A plan
+/// whose lease was not renewed (another node took it over after it ran out, or it was released
+/// or deleted) hears it from here and stops driving the plan; its appends are fenced anyway. A
+/// store that cannot answer is asked again within a second: meanwhile no other node can write
+/// the lease either.
+pub(crate) async fn renewals(inner: Weak<Inner>) {
+    let mut next: Option<Instant> = None;
+    loop {
+        let Some(strong) = live(&inner) else { return };
+        let every = period(strong.opts.lease_ms);
+        let leases = strong.live_leases();
+        if leases.is_empty() {
+            let wake = strong.actor_started.clone();
+            drop(strong);
+            let started = wake.notified();
+            // Woken by the next actor (whose claim runs a full lease), or now and then to
+            // see whether the engine is gone.
+            let _ = tokio::time::timeout(Duration::from_secs(3600), started).await;
+            next = None;
+            continue;
+        }
+        drop(strong);
+        match next {
+            // The first plan's claim is fresh: its first renewal is a period away.
+            None => {
+                next = Some(Instant::now() + every);
+                continue;
+            }
+            Some(at) if Instant::now() < at => {
+                tokio::time::sleep_until(at).await;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let Some(strong) = live(&inner) else { return };
+        // The leases as they are now (actors came and went while this waited).
+        let leases = strong.live_leases();
+        let asked: Vec<(String, u64)> = leases
+            .iter()
+            .map(|(id, token, _)| (id.clone(), *token))
+            .collect();
+        let now = strong.now().as_micros();
+        let node = strong.opts.node_id.clone();
+        let lease_ms = strong.opts.lease_ms;
+        let store = strong.store.clone();
+        drop(strong);
+        match store.renew(&node, &asked, lease_ms, now).await {
+            Ok(renewed) => {
+                next = Some(Instant::now() + every);
+                let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
+                let Some(strong) = live(&inner) else { return };
+                for (plan_id, token, tx) in leases {
+                    if !renewed.contains(&plan_id) {
+                        warn!(node = %node, %plan_id, token, "the plan's lease was not renewed (taken over, released or deleted); stop driving it");
+                        let _ = strong.post(&tx, crate::actor::Msg::LeaseLost);
+                    }
+                }
+            }
+            Err(e) => {
+                // Fencing keeps the plans safe; renew again shortly.
+                warn!(node = %node, plans = asked.len(), error = %e, "cannot renew the leases of the plans this node drives; trying again");
+                next = Some(Instant::now() + every.min(Duration::from_secs(1)));
+            }
+        }
+    }
+}
+
 /// Takes over, every third of a lease period, the active plans whose lease ran out without
 /// being released (their node died, hung or lost the store), and drives them from here: each is
 /// recovered as after a restart. So a plan waits at most one lease period for its lease to run
