@@ -17,6 +17,9 @@ use crate::{Engine, EngineError};
 /// loop (the deadline still bounds it all).
 const MAX_QUICK_HOPS: u32 = 3;
 
+/// Most plans whose leases one `Leases::renew` call renews.
+const RENEW_CHUNK: usize = 1024;
+
 /// Most plans taken over in one round.
 const TAKE_OVER_LIMIT: usize = 64;
 
@@ -45,7 +48,7 @@ pub(crate) async fn heartbeats(inner: Weak<Inner>, started_at: i64) {
 }
 
 /// Renews the leases of every plan this engine drives, every third of a lease period, with one
-/// store call ([`cairn_store::Leases::renew`]: one statement on PostgreSQL) for all of them,
+/// store call ([`cairn_store::Leases::renew`]: one statement on PostgreSQL) per 1,024 plans,
 /// until the engine shuts down. It rests while no plan is live (no timer runs then). A plan
 /// whose lease was not renewed (another node took it over after it ran out, or it was released
 /// or deleted) hears it from here and stops driving the plan; its appends are fenced anyway. A
@@ -92,7 +95,23 @@ pub(crate) async fn renewals(inner: Weak<Inner>) {
         let lease_ms = strong.opts.lease_ms;
         let store = strong.store.clone();
         drop(strong);
-        match store.renew(&node, &asked, lease_ms, now).await {
+        // In chunks, so that a node driving very many plans never holds up its own appends
+        // (which lock the same lease rows) behind one long statement.
+        let mut answered: Result<Vec<String>, cairn_store::StoreError> = Ok(Vec::new());
+        for chunk in asked.chunks(RENEW_CHUNK) {
+            match store.renew(&node, chunk, lease_ms, now).await {
+                Ok(renewed) => {
+                    if let Ok(all) = &mut answered {
+                        all.extend(renewed);
+                    }
+                }
+                Err(e) => {
+                    answered = Err(e);
+                    break;
+                }
+            }
+        }
+        match answered {
             Ok(renewed) => {
                 next = Some(Instant::now() + every);
                 let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
