@@ -70,8 +70,8 @@ struct PgCost {
     /// CPU seconds of each backend at the start.
     start: HashMap<i32, f64>,
     counters: [i64; 4],
-    /// Scans (sequential and by index) of each table at the start.
-    scans: HashMap<String, i64>,
+    /// Sequential scans and index scans of each table at the start.
+    scans: HashMap<String, [i64; 2]>,
 }
 
 impl PgCost {
@@ -95,17 +95,22 @@ impl PgCost {
         Ok(cost)
     }
 
-    /// Scans of each table so far: which statements a workload runs how often.
-    async fn scans(&self) -> Result<HashMap<String, i64>, Fail> {
+    /// Sequential and index scans of each table so far: which statements a workload runs how
+    /// often, and which of them read whole tables. (An index scan repeated for each row of a
+    /// nested loop counts once per row.)
+    async fn scans(&self) -> Result<HashMap<String, [i64; 2]>, Fail> {
         let rows = self
             .db
             .query(
-                "SELECT relname::text, seq_scan + COALESCE(idx_scan, 0) FROM pg_stat_user_tables",
+                "SELECT relname::text, seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables",
                 &[],
             )
             .await
             .map_err(err)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), [r.get(1), r.get(2)]))
+            .collect())
     }
 
     async fn backends(&self) -> Result<HashMap<i32, f64>, Fail> {
@@ -153,7 +158,7 @@ impl PgCost {
 
     /// The counters' growth since the start, read once no node is connected any more (a
     /// backend reports its last counts as it ends).
-    async fn finish(self) -> Result<([i64; 4], HashMap<String, i64>), Fail> {
+    async fn finish(self) -> Result<([i64; 4], HashMap<String, [i64; 2]>), Fail> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.backends().await?.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -163,11 +168,11 @@ impl PgCost {
             .scans()
             .await?
             .into_iter()
-            .map(|(t, n)| {
-                let grew = n - self.scans.get(&t).copied().unwrap_or(0);
-                (t, grew)
+            .map(|(t, [seq, idx])| {
+                let [seq0, idx0] = self.scans.get(&t).copied().unwrap_or([0, 0]);
+                (t, [seq - seq0, idx - idx0])
             })
-            .filter(|(_, n)| *n > 0)
+            .filter(|(_, [seq, idx])| *seq > 0 || *idx > 0)
             .collect();
         Ok((std::array::from_fn(|i| end[i] - self.counters[i]), scans))
     }
@@ -473,7 +478,11 @@ async fn plans(exe: &Path, store: Store<'_>, nodes: usize, s: &Sizes) -> Result<
         line["postgres_per_step"] = json!({
             "transactions": per(xacts), "rows_returned": per(returned),
             "rows_fetched": per(fetched), "rows_written": per(written),
-            "table_scans": scans.into_iter().map(|(t, n)| (t, json!(per(n))))
+            "seq_scans": scans.iter().filter(|(_, [n, _])| *n > 0)
+                .map(|(t, [n, _])| (t.clone(), json!(per(*n))))
+                .collect::<serde_json::Map<_, _>>(),
+            "index_scans": scans.iter().filter(|(_, [_, n])| *n > 0)
+                .map(|(t, [_, n])| (t.clone(), json!(per(*n))))
                 .collect::<serde_json::Map<_, _>>(),
         });
     }

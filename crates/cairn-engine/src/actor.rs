@@ -65,6 +65,11 @@ pub(crate) enum Msg {
     },
     /// Stop driving the plan (engine shutdown). In-flight attempts are left to recovery.
     Stop,
+    /// The plan's lease was not renewed (see [`crate::node::renewals`]): another node took it
+    /// over, or it was released or deleted. The actor stops at once, deciding nothing more
+    /// (its appends would be fenced): the commands waiting are delivered again, to the plan's
+    /// owner.
+    LeaseLost,
 }
 
 /// A fork of the actor's plan, as the engine asks for it (or another node forwards it).
@@ -100,7 +105,6 @@ pub(crate) struct PlanActor {
     timer: Option<Timestamp>,
     /// Seq of the newest stored snapshot.
     snapshot_seq: u64,
-    lease_renew_at: tokio::time::Instant,
     /// After a failed append: how long to wait before trying again (doubles up to
     /// [`MAX_RETRY`]), and until when timers hold off. Cleared by the next successful append.
     retry_delay: Duration,
@@ -133,7 +137,6 @@ impl PlanActor {
         rx: mpsc::UnboundedReceiver<Msg>,
         tx: mpsc::UnboundedSender<Msg>,
     ) -> PlanActor {
-        let renew = inner.opts.lease_ms / 3;
         // Until the first decision sets it, the timer is the loaded state's next wake.
         let timer = state.next_wake();
         PlanActor {
@@ -147,7 +150,6 @@ impl PlanActor {
             ready: VecDeque::new(),
             remote: HashSet::new(),
             snapshot_seq,
-            lease_renew_at: tokio::time::Instant::now() + Duration::from_millis(renew),
             retry_delay: Duration::ZERO,
             hold_until: None,
             unrecorded: Vec::new(),
@@ -181,14 +183,8 @@ impl PlanActor {
             if self.fenced {
                 return;
             }
-            // Outcomes at hand first: no mailbox, no wake-up. (A long chain of such steps still
-            // renews its lease on time.)
-            if tokio::time::Instant::now() >= self.lease_renew_at
-                && !self.ready.is_empty()
-                && !self.renew_lease().await
-            {
-                return;
-            }
+            // Outcomes at hand first: no mailbox, no wake-up. (The lease is renewed by the
+            // engine's renewal task, however long a chain of such steps runs.)
             if let Some((attempt, result)) = self.ready.pop_front() {
                 let outcome = Msg::Outcome {
                     attempt,
@@ -205,7 +201,6 @@ impl PlanActor {
                 let at = tokio::time::Instant::now() + Duration::from_micros(wait);
                 self.hold_until.map_or(at, |hold| at.max(hold))
             });
-            let renew_at = self.lease_renew_at;
             // A failed commit is tried again at the end of its backoff, traffic or not.
             let retry_at = self
                 .hold_until
@@ -237,11 +232,6 @@ impl PlanActor {
                 }
                 _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
                     self.retry().await;
-                }
-                _ = tokio::time::sleep_until(renew_at) => {
-                    if !self.renew_lease().await {
-                        return;
-                    }
                 }
                 _ = async { tokio::time::sleep_until(unload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if unload_at.is_some() => {
                     if self.idle_and_done()
@@ -293,47 +283,13 @@ impl PlanActor {
             && self.timer.is_none()
     }
 
-    async fn renew_lease(&mut self) -> bool {
-        let now = self.inner.now().as_micros();
-        match self
-            .inner
-            .store
-            .claim(
-                &self.state.plan_id,
-                &self.fence.node,
-                self.inner.opts.lease_ms,
-                now,
-            )
-            .await
-        {
-            Ok(fence) => {
-                self.fence = fence;
-                self.lease_renew_at = tokio::time::Instant::now()
-                    + Duration::from_millis(self.inner.opts.lease_ms / 3);
-                true
-            }
-            Err(cairn_store::StoreError::Unavailable(why)) => {
-                // The store cannot write, so no other node can take the lease either: keep
-                // driving and renew again shortly.
-                warn!(plan_id = %self.state.plan_id, error = %why, "cannot renew the plan's lease; trying again");
-                self.lease_renew_at = tokio::time::Instant::now() + Duration::from_secs(1);
-                true
-            }
-            Err(e) => {
-                warn!(plan_id = %self.state.plan_id, error = %e, "lost the plan's lease; stop driving it");
-                self.stop_all();
-                self.inner.unload(&self.state.plan_id, &self.tx);
-                false
-            }
-        }
-    }
-
     /// Takes `first` and whatever else is queued (outcomes at hand, then the mailbox), decides
     /// them all, commits once. Outcomes whose earlier commit failed ride along. Returns false
     /// when the actor must stop.
     async fn batch(&mut self, first: Msg) -> bool {
         let mut work: Vec<(Command, String, Option<ReplyTo>)> = Vec::new();
         let mut keep_going = true;
+        let mut lost = false;
         let mut reads = Vec::new();
         let mut acks = Vec::new();
         let mut forks = Vec::new();
@@ -358,6 +314,7 @@ impl PlanActor {
             Msg::Read { reply } => reads.push(reply),
             Msg::Fork { fork, reply } => forks.push((fork, reply)),
             Msg::Stop => keep_going = false,
+            Msg::LeaseLost => lost = true,
         };
         push(first, &mut work);
         while work.len() < BATCH {
@@ -381,6 +338,17 @@ impl PlanActor {
                 }
                 Err(_) => break,
             }
+        }
+        if lost {
+            // Nothing more is decided here: the replies dropped with `work` send the commands
+            // to the plan's next actor (on its owner), the acks dropped tell waiting reports
+            // that nothing was recorded, and the new owner recovers the attempts running here.
+            warn!(plan_id = %self.state.plan_id, "the plan's lease was lost; stop driving it");
+            drop((work, reads, acks, forks));
+            self.fenced = true;
+            self.stop_all();
+            self.inner.unload(&self.state.plan_id, &self.tx);
+            return false;
         }
         if self.stale {
             // Nothing is decided from a state that may have drifted from the store: commands

@@ -113,13 +113,20 @@ const OVERLOADED_RETRY_MS: u64 = 1_000;
 /// make every load start over.
 #[derive(Default)]
 struct Plans {
-    live: HashMap<String, mpsc::UnboundedSender<Msg>>,
+    live: HashMap<String, Live>,
     /// Plans whose actor has left and is giving up the lease. A load waits for that: claimed
     /// before the release lands, the lease would be renewed under the same fence and then
     /// released under the new actor, which could then write nothing.
     releasing: std::collections::HashSet<String>,
     unloads: u64,
     recent: std::collections::VecDeque<(u64, String)>,
+}
+
+/// A live actor: its mailbox, and the token of the lease it drives its plan under (renewed for
+/// it by [`crate::node::renewals`]).
+pub(crate) struct Live {
+    pub(crate) tx: mpsc::UnboundedSender<Msg>,
+    pub(crate) token: u64,
 }
 
 /// Removals remembered for [`Plans::unloaded_since`]; a load that saw more removals than this
@@ -147,6 +154,8 @@ pub(crate) struct Inner {
     overloaded: std::sync::atomic::AtomicU64,
     /// Woken when an unloaded actor's lease release has landed (see [`Plans::releasing`]).
     released: tokio::sync::Notify,
+    /// Woken when an actor starts: the lease renewal rests while no plan is live.
+    pub(crate) actor_started: Arc<tokio::sync::Notify>,
     /// The last checkpoint states read.
     folds: crate::folds::Folds,
 }
@@ -264,7 +273,25 @@ impl Inner {
     }
 
     fn live(&self, plan_id: &str) -> Option<mpsc::UnboundedSender<Msg>> {
-        self.plans.lock().ok()?.live.get(plan_id).cloned()
+        self.plans
+            .lock()
+            .ok()?
+            .live
+            .get(plan_id)
+            .map(|l| l.tx.clone())
+    }
+
+    /// Every live actor's plan, lease token and mailbox, for the lease renewal.
+    pub(crate) fn live_leases(&self) -> Vec<(String, u64, mpsc::UnboundedSender<Msg>)> {
+        self.plans.lock().map_or_else(
+            |_| Vec::new(),
+            |p| {
+                p.live
+                    .iter()
+                    .map(|(id, l)| (id.clone(), l.token, l.tx.clone()))
+                    .collect()
+            },
+        )
     }
 }
 
@@ -280,7 +307,7 @@ impl Drop for Admitted<'_> {
 impl Plans {
     fn remove_if(&mut self, plan_id: &str, tx: &mpsc::UnboundedSender<Msg>) -> bool {
         match self.live.get(plan_id) {
-            Some(current) if current.same_channel(tx) => {
+            Some(current) if current.tx.same_channel(tx) => {
                 self.live.remove(plan_id);
                 self.note_unload(plan_id);
                 true
@@ -435,6 +462,7 @@ impl Engine {
                 queued: Default::default(),
                 overloaded: Default::default(),
                 released: tokio::sync::Notify::new(),
+                actor_started: Arc::new(tokio::sync::Notify::new()),
                 folds: Default::default(),
             }),
         };
@@ -447,6 +475,8 @@ impl Engine {
                 started_at,
             ));
         }
+        // One renewal of every live plan's lease per third of a lease period.
+        tokio::spawn(crate::node::renewals(Arc::downgrade(&engine.inner)));
         // Remote workers' results reach plans through this engine; expired claims fail their
         // attempts.
         if let Some(remote) = &engine.inner.opts.remote {
@@ -543,7 +573,13 @@ impl Engine {
                 .plans
                 .lock()
                 .map_err(|_| EngineError::ShuttingDown)?;
-            let old = plans.live.insert(plan_id.to_owned(), tx.clone());
+            let old = plans.live.insert(
+                plan_id.to_owned(),
+                Live {
+                    tx: tx.clone(),
+                    token: fence.token,
+                },
+            );
             if old.is_some() {
                 plans.note_unload(plan_id);
             }
@@ -552,10 +588,11 @@ impl Engine {
         // An actor of this node whose lease ran out (it could not renew in time) is fenced
         // now: it stops, and the new one drives the plan.
         if let Some(old) = old {
-            let _ = self.inner.post(&old, Msg::Stop);
+            let _ = self.inner.post(&old.tx, Msg::Stop);
         }
         let actor = PlanActor::new(self.inner.clone(), state, fence, snapshot_seq, rx, tx);
         tokio::spawn(actor.run());
+        self.inner.actor_started.notify_one();
         crate::cluster::Counters::bump(&self.inner.counters.takeovers);
         Ok(())
     }
@@ -580,11 +617,18 @@ impl Engine {
             if plans.live.contains_key(&state.plan_id) {
                 return Ok(false);
             }
-            plans.live.insert(state.plan_id.clone(), tx.clone());
+            plans.live.insert(
+                state.plan_id.clone(),
+                Live {
+                    tx: tx.clone(),
+                    token: fence.token,
+                },
+            );
         }
         let actor =
             PlanActor::new(self.inner.clone(), state, fence, 0, rx, tx).with_actions(actions);
         tokio::spawn(actor.run());
+        self.inner.actor_started.notify_one();
         Ok(true)
     }
 
@@ -703,7 +747,7 @@ impl Engine {
                     .lock()
                     .map_err(|_| EngineError::ShuttingDown)?;
                 (
-                    plans.live.get(plan_id).cloned(),
+                    plans.live.get(plan_id).map(|l| l.tx.clone()),
                     plans.unloads,
                     plans.releasing.contains(plan_id),
                 )
@@ -778,10 +822,17 @@ impl Engine {
                 let _ = self.inner.post(&tx, recover);
             }
             let _ = self.inner.post(&tx, msg);
-            plans.live.insert(plan_id.to_owned(), tx.clone());
+            plans.live.insert(
+                plan_id.to_owned(),
+                Live {
+                    tx: tx.clone(),
+                    token: fence.token,
+                },
+            );
             drop(plans);
             let actor = PlanActor::new(self.inner.clone(), state, fence, snapshot_seq, rx, tx);
             tokio::spawn(actor.run());
+            self.inner.actor_started.notify_one();
             return Ok(());
         }
     }
@@ -1912,7 +1963,7 @@ impl Engine {
         let state = self.state(plan_id).await?;
         cairn_core::decide::check_delete(&state)?;
         let live = self.inner.plans.lock().ok().and_then(|mut p| {
-            let tx = p.live.remove(plan_id)?;
+            let tx = p.live.remove(plan_id)?.tx;
             p.note_unload(plan_id);
             Some(tx)
         });
@@ -1991,11 +2042,13 @@ impl Engine {
             .inner
             .plans
             .lock()
-            .map(|mut p| p.live.drain().map(|(_, tx)| tx).collect())
+            .map(|mut p| p.live.drain().map(|(_, l)| l.tx).collect())
             .unwrap_or_default();
         for tx in actors {
             let _ = self.inner.post(&tx, Msg::Stop);
         }
+        // The lease renewal, resting or not, sees the engine closed and ends.
+        self.inner.actor_started.notify_one();
     }
 }
 

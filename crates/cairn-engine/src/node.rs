@@ -17,6 +17,9 @@ use crate::{Engine, EngineError};
 /// loop (the deadline still bounds it all).
 const MAX_QUICK_HOPS: u32 = 3;
 
+/// Most plans whose leases one `Leases::renew` call renews.
+const RENEW_CHUNK: usize = 1024;
+
 /// Most plans taken over in one round.
 const TAKE_OVER_LIMIT: usize = 64;
 
@@ -40,6 +43,91 @@ pub(crate) async fn heartbeats(inner: Weak<Inner>, started_at: i64) {
             .await
         {
             warn!(node = %opts.node_id, error = %e, "cannot record the node's heartbeat");
+        }
+    }
+}
+
+/// Renews the leases of every plan this engine drives, every third of a lease period, with one
+/// store call ([`cairn_store::Leases::renew`]: one statement on PostgreSQL) per 1,024 plans,
+/// until the engine shuts down. It rests while no plan is live (no timer runs then). A plan
+/// whose lease was not renewed (another node took it over after it ran out, or it was released
+/// or deleted) hears it from here and stops driving the plan; its appends are fenced anyway. A
+/// store that cannot answer is asked again within a second: meanwhile no other node can write
+/// the lease either.
+pub(crate) async fn renewals(inner: Weak<Inner>) {
+    let mut next: Option<Instant> = None;
+    loop {
+        let Some(strong) = live(&inner) else { return };
+        let every = period(strong.opts.lease_ms);
+        let leases = strong.live_leases();
+        if leases.is_empty() {
+            let wake = strong.actor_started.clone();
+            drop(strong);
+            let started = wake.notified();
+            // Woken by the next actor (whose claim runs a full lease), or now and then to
+            // see whether the engine is gone.
+            let _ = tokio::time::timeout(Duration::from_secs(3600), started).await;
+            next = None;
+            continue;
+        }
+        drop(strong);
+        match next {
+            // The first plan's claim is fresh: its first renewal is a period away.
+            None => {
+                next = Some(Instant::now() + every);
+                continue;
+            }
+            Some(at) if Instant::now() < at => {
+                tokio::time::sleep_until(at).await;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let Some(strong) = live(&inner) else { return };
+        // The leases as they are now (actors came and went while this waited).
+        let leases = strong.live_leases();
+        let asked: Vec<(String, u64)> = leases
+            .iter()
+            .map(|(id, token, _)| (id.clone(), *token))
+            .collect();
+        let now = strong.now().as_micros();
+        let node = strong.opts.node_id.clone();
+        let lease_ms = strong.opts.lease_ms;
+        let store = strong.store.clone();
+        drop(strong);
+        // In chunks, so that a node driving very many plans never holds up its own appends
+        // (which lock the same lease rows) behind one long statement.
+        let mut answered: Result<Vec<String>, cairn_store::StoreError> = Ok(Vec::new());
+        for chunk in asked.chunks(RENEW_CHUNK) {
+            match store.renew(&node, chunk, lease_ms, now).await {
+                Ok(renewed) => {
+                    if let Ok(all) = &mut answered {
+                        all.extend(renewed);
+                    }
+                }
+                Err(e) => {
+                    answered = Err(e);
+                    break;
+                }
+            }
+        }
+        match answered {
+            Ok(renewed) => {
+                next = Some(Instant::now() + every);
+                let renewed: std::collections::HashSet<String> = renewed.into_iter().collect();
+                let Some(strong) = live(&inner) else { return };
+                for (plan_id, token, tx) in leases {
+                    if !renewed.contains(&plan_id) {
+                        warn!(node = %node, %plan_id, token, "the plan's lease was not renewed (taken over, released or deleted); stop driving it");
+                        let _ = strong.post(&tx, crate::actor::Msg::LeaseLost);
+                    }
+                }
+            }
+            Err(e) => {
+                // Fencing keeps the plans safe; renew again shortly.
+                warn!(node = %node, plans = asked.len(), error = %e, "cannot renew the leases of the plans this node drives; trying again");
+                next = Some(Instant::now() + every.min(Duration::from_secs(1)));
+            }
         }
     }
 }

@@ -5,9 +5,11 @@
 //! through its own connections, and the database is what keeps them apart.
 //! - Every append is fenced in the transaction that writes it: by the plan's last seq and by the
 //!   lease's owner, token and release mark, read under row locks (`FOR NO KEY UPDATE` on the
-//!   plan, `FOR SHARE` on the lease), so a node that lost or released a plan's lease can write
-//!   nothing to it, and a takeover waits for an append in flight (or skips the plan) rather
-//!   than slipping in under it.
+//!   plan, then on the lease, each in key order), so a node that lost or released a plan's lease
+//!   can write nothing to it, and a takeover waits for an append in flight (or skips the plan)
+//!   rather than slipping in under it. Claims and releases are decided and written by the same
+//!   transactions (group commit); the renewal of a node's leases is one statement that locks
+//!   them in the same order.
 //! - Leases, cursor leases and heartbeats are timed by the database's clock (`now()`, through
 //!   the SQL function `cairn_now()`): the `now` argument of [`Leases::claim`] and
 //!   [`Leases::take_over`] is ignored, so nodes whose clocks disagree still agree on which lease
@@ -373,6 +375,27 @@ impl EventLog for PgStore {
         }
     }
 
+    /// The plan and its lease in one transaction (the writer's).
+    async fn create_plan_leased(
+        &self,
+        req: CreatePlan,
+        node: &str,
+        ttl_ms: u64,
+        _now: Micros,
+    ) -> StoreResult<(Vec<StoredEvent>, Option<Fence>)> {
+        match self
+            .write(writer::Op::CreateLeased {
+                create: req,
+                node: node.to_owned(),
+                ttl: ttl_micros(ttl_ms),
+            })
+            .await?
+        {
+            writer::Outcome::CreatedLeased(events, fence) => Ok((events, Some(fence))),
+            _ => Err(unexpected("create_plan_leased")),
+        }
+    }
+
     async fn append(&self, req: Append) -> StoreResult<Vec<StoredEvent>> {
         match self.write(writer::Op::Append(req)).await? {
             writer::Outcome::Events(events) => Ok(events),
@@ -560,68 +583,79 @@ impl Leases for PgStore {
         ttl_ms: u64,
         _now: Micros,
     ) -> StoreResult<Fence> {
-        let c = self.client().await?;
-        let ttl = ttl_micros(ttl_ms);
-        // Renewal by the owner (even after expiry or release) keeps the token; a claim over an
-        // expired or released lease of another node increases it; a live lease of another node
-        // matches no row.
-        let stmt = c
-            .prepare_cached(
-                "INSERT INTO leases (plan_pk, node, token, expires_at, released)
-                 SELECT pk, $2, 1, cairn_now() + $3, false FROM plans WHERE plan_id = $1
-                 ON CONFLICT (plan_pk) DO UPDATE SET
-                     node = EXCLUDED.node,
-                     token = CASE WHEN leases.node = EXCLUDED.node THEN leases.token
-                                  ELSE leases.token + 1 END,
-                     expires_at = EXCLUDED.expires_at,
-                     released = false
-                 WHERE leases.node = EXCLUDED.node OR leases.released
-                    OR leases.expires_at <= cairn_now()
-                 RETURNING token",
-            )
-            .await
-            .map_err(backend)?;
-        if let Some(row) = c
-            .query_opt(&stmt, &[&plan_id, &node, &ttl])
-            .await
-            .map_err(backend)?
-        {
-            return Ok(Fence {
-                node: node.to_owned(),
-                token: from_sql(row.get(0)),
-            });
-        }
-        match read::lease(&c, plan_id).await? {
-            None if read::plan(&c, plan_id).await?.is_none() => {
-                Err(StoreError::NotFound(plan_id.to_owned()))
-            }
-            Some(lease) => Err(StoreError::LeaseHeld {
+        // Through the writer: claims share the appends' transactions (see `writer.rs`).
+        match self
+            .write(writer::Op::Claim {
                 plan_id: plan_id.to_owned(),
-                owner: lease.owner,
-                until: lease.expires_at,
-            }),
-            // The plan appeared (or its lease vanished) between the two statements: a race with
-            // a create or a delete; the caller may claim again.
-            None => Err(StoreError::Unavailable(format!(
-                "plan {plan_id} changed while its lease was claimed; claim again"
-            ))),
+                node: node.to_owned(),
+                ttl: ttl_micros(ttl_ms),
+            })
+            .await?
+        {
+            writer::Outcome::Claimed(fence) => Ok(fence),
+            _ => Err(unexpected("claim")),
         }
     }
 
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
+        match self
+            .write(writer::Op::Release {
+                plan_id: plan_id.to_owned(),
+                fence: fence.clone(),
+            })
+            .await?
+        {
+            writer::Outcome::Released => Ok(()),
+            _ => Err(unexpected("release")),
+        }
+    }
+
+    /// One statement for every plan, whatever their number. It locks the leases it renews in
+    /// the order of their plan's key, as the writer does, so it never deadlocks with an append
+    /// in flight: it waits for that append's commit instead (and for a takeover in flight, which
+    /// changes the node and token, so that lease is then left out).
+    async fn renew(
+        &self,
+        node: &str,
+        plans: &[(String, u64)],
+        ttl_ms: u64,
+        _now: Micros,
+    ) -> StoreResult<Vec<String>> {
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, tokens): (Vec<&str>, Vec<i64>) = plans
+            .iter()
+            .map(|(id, token)| (id.as_str(), to_sql(*token)))
+            .unzip();
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(
-                "UPDATE leases SET released = true, expires_at = LEAST(expires_at, cairn_now())
-                 WHERE plan_pk = (SELECT pk FROM plans WHERE plan_id = $1)
-                   AND node = $2 AND token = $3",
+                // Each plan's key is looked up by its id (one index probe each) before the
+                // leases are joined on key and token together: however stale the table
+                // statistics, no join pairs every lease of the node with every plan asked.
+                "WITH asked AS MATERIALIZED (
+                     SELECT (SELECT pk FROM plans WHERE plan_id = r.plan_id) AS pk,
+                            r.plan_id, r.token
+                     FROM unnest($3::text[], $4::bigint[]) AS r(plan_id, token)
+                 ), held AS (
+                     SELECT l.plan_pk, a.plan_id
+                     FROM asked a JOIN leases l ON l.plan_pk = a.pk AND l.token = a.token
+                     WHERE l.node = $1 AND NOT l.released
+                     ORDER BY l.plan_pk
+                     FOR NO KEY UPDATE OF l
+                 )
+                 UPDATE leases l SET expires_at = cairn_now() + $2
+                 FROM held WHERE l.plan_pk = held.plan_pk
+                 RETURNING held.plan_id",
             )
             .await
             .map_err(backend)?;
-        c.execute(&stmt, &[&plan_id, &fence.node, &to_sql(fence.token)])
+        let rows = c
+            .query(&stmt, &[&node, &ttl_micros(ttl_ms), &ids, &tokens])
             .await
             .map_err(backend)?;
-        Ok(())
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn lease(&self, plan_id: &str) -> StoreResult<Option<LeaseRow>> {
@@ -642,8 +676,8 @@ impl Leases for PgStore {
         }
         let c = self.client().await?;
         let states: Vec<&str> = states.to_vec();
-        // Leases another transaction holds (a takeover by another node, an append in flight
-        // holding it FOR SHARE) are skipped, never waited for.
+        // Leases another transaction holds (a takeover by another node, an append, claim or
+        // renewal in flight) are skipped, never waited for.
         let stmt = c
             .prepare_cached(
                 "WITH cand AS (

@@ -110,11 +110,15 @@ pub(crate) async fn all_events(
     limit: usize,
 ) -> StoreResult<Vec<StoredEvent>> {
     let sql = format!(
-        "SELECT {EVENT_COLS}, p.plan_id FROM events e JOIN plans p ON p.pk = e.plan_pk
-         WHERE e.id > $1 ORDER BY e.id LIMIT $2"
+        "SELECT {EVENT_COLS}, (SELECT p.plan_id FROM plans p WHERE p.pk = e.plan_pk)
+         FROM events e WHERE e.id > $1 ORDER BY e.id LIMIT $2"
     );
     let rows = query(c, &sql, &[&to_sql(after_id), &limit_sql(limit)]).await?;
-    Ok(rows.iter().map(|r| event(r, r.get(9))).collect())
+    // A plan and its events go together (one snapshot of both): the plan is always found.
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some(event(r, r.get::<_, Option<String>>(9)?)))
+        .collect())
 }
 
 /// The highest id ever handed out by a committed transaction (kept across deletes).
@@ -382,17 +386,21 @@ pub(crate) async fn snapshot(
     plan_id: &str,
     at_or_before: u64,
 ) -> StoreResult<Option<(u64, Vec<u8>)>> {
+    // One statement whether or not the plan has a snapshot yet (a plan loaded for its first
+    // command has none): a row for the plan, with the snapshot when there is one.
     let row = query_opt(
         c,
-        "SELECT s.seq, s.data FROM plans p JOIN snapshots s ON s.plan_pk = p.pk
-         WHERE p.plan_id = $1 AND s.seq <= $2 ORDER BY s.seq DESC LIMIT 1",
+        "SELECT s.seq, s.data FROM plans p
+         LEFT JOIN LATERAL (SELECT seq, data FROM snapshots
+                            WHERE plan_pk = p.pk AND seq <= $2
+                            ORDER BY seq DESC LIMIT 1) s ON true
+         WHERE p.plan_id = $1",
         &[&plan_id, &to_sql(at_or_before)],
     )
-    .await?;
-    if row.is_none() {
-        must_exist(c, plan_id).await?;
-    }
-    Ok(row.map(|r| (from_sql(r.get(0)), r.get(1))))
+    .await?
+    .ok_or_else(|| StoreError::NotFound(plan_id.to_owned()))?;
+    let seq: Option<i64> = row.get(0);
+    Ok(seq.map(|seq| (from_sql(seq), row.get(1))))
 }
 
 pub(crate) async fn lease(c: &Object, plan_id: &str) -> StoreResult<Option<LeaseRow>> {

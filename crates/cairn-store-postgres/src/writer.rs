@@ -3,8 +3,11 @@
 //! It waits for one request, drains whatever else is queued (up to [`MAX_BATCH`]) and runs the
 //! lot in one transaction:
 //! 1. lock the plan rows the batch names (`FOR NO KEY UPDATE`, in pk order, so writers of
-//!    several nodes never deadlock) and read their leases (`FOR SHARE`: a takeover waits for this
-//!    transaction, or skips the plan, and never changes a lease under an append in flight);
+//!    several nodes never deadlock) and read their leases (`FOR NO KEY UPDATE`, in the same
+//!    order, as the renewal of a node's leases locks them: a takeover waits for this
+//!    transaction, or skips the plan, and never changes a lease under an append in flight; and
+//!    a claim or release of the batch writes a lease it already holds, never upgrading a lock
+//!    another transaction waits on);
 //! 2. decide every request in Rust, in order, against what was read (refusals — `NotFound`,
 //!    `SeqConflict`, `Fenced`, `AlreadyExists` — write nothing, and a refused half of a
 //!    `create_plan_with` takes its other half with it), so no statement of the transaction is
@@ -17,6 +20,13 @@
 //! 4. `pg_notify` on the store's commit channel once, and commit. Only then is anyone answered.
 //!    (The store's own listener ignores the hints of its own writer: see `session.rs`.)
 //!
+//! Lease claims and releases are requests of the same batches: a claim is decided against the
+//! lease row read under the batch's locks (renewal by the holder keeps the token, a takeover of
+//! an expired or released lease increases it, a live lease of another node is `LeaseHeld`),
+//! and every lease the batch changes is written by one statement. So the claims of many plans
+//! started at once, and the releases of many plans ending at once, share the appends' commits
+//! instead of costing a transaction each.
+//!
 //! A transaction that fails answers every request of the batch with the error (nothing of it is
 //! kept); a deadlock, a serialization failure or a plan id another node created at the same
 //! moment is retried a few times first. A lost connection is `Unavailable` and is reopened for
@@ -27,8 +37,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_store::{
-    Append, CheckpointMark, CreatePlan, Micros, NewEvent, ReviewRow, StoreError, StoreResult,
-    StoredEvent,
+    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, ReviewRow, StoreError,
+    StoreResult, StoredEvent,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
@@ -53,12 +63,33 @@ pub(crate) enum Op {
         create: CreatePlan,
         append: Append,
     },
+    /// A create and its lease's claim for `node`, `ttl` microseconds (`create_plan_leased`).
+    CreateLeased {
+        create: CreatePlan,
+        node: String,
+        ttl: i64,
+    },
+    /// Takes or renews `node`'s lease on a plan for `ttl` microseconds (`Leases::claim`).
+    Claim {
+        plan_id: String,
+        node: String,
+        ttl: i64,
+    },
+    /// Gives a lease up, when `fence` still holds it (`Leases::release`).
+    Release {
+        plan_id: String,
+        fence: Fence,
+    },
 }
 
 pub(crate) enum Outcome {
     Events(Vec<StoredEvent>),
     /// The created plan's events, then the appended ones.
     Both(Vec<StoredEvent>, Vec<StoredEvent>),
+    Claimed(Fence),
+    /// The created plan's events and its lease's fence.
+    CreatedLeased(Vec<StoredEvent>, Fence),
+    Released,
 }
 
 pub(crate) struct Request {
@@ -82,6 +113,7 @@ struct Conn {
     insert_events: Statement,
     update_plans: Statement,
     put_reviews: Statement,
+    put_leases: Statement,
     notify: Statement,
 }
 
@@ -115,8 +147,9 @@ impl Conn {
             )
             .await?,
             read_leases: prepare(
-                "SELECT plan_pk, node, token, released FROM leases WHERE plan_pk = ANY($1::bigint[])
-                 ORDER BY plan_pk FOR SHARE",
+                "SELECT plan_pk, node, token, released, expires_at, expires_at <= cairn_now()
+                 FROM leases WHERE plan_pk = ANY($1::bigint[])
+                 ORDER BY plan_pk FOR NO KEY UPDATE",
             )
             .await?,
             new_pks: prepare(
@@ -158,6 +191,20 @@ impl Conn {
                  ON CONFLICT (plan_pk, review_id) DO UPDATE
                  SET state = EXCLUDED.state, opened_at = EXCLUDED.opened_at,
                      data = EXCLUDED.data",
+            )
+            .await?,
+            // One row per lease the batch changed, as the batch left it; a release never
+            // moves the expiry later.
+            put_leases: prepare(
+                "INSERT INTO leases (plan_pk, node, token, expires_at, released)
+                 SELECT pk, node, token, cairn_now() + ttl, released
+                 FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[])
+                      AS u(pk, node, token, ttl, released)
+                 ON CONFLICT (plan_pk) DO UPDATE SET
+                     node = EXCLUDED.node, token = EXCLUDED.token, released = EXCLUDED.released,
+                     expires_at = CASE WHEN EXCLUDED.released
+                                       THEN LEAST(leases.expires_at, EXCLUDED.expires_at)
+                                       ELSE EXCLUDED.expires_at END",
             )
             .await?,
             notify: prepare("SELECT pg_notify($1, '')").await?,
@@ -311,6 +358,8 @@ struct Writes {
     /// (pk, last_seq, updated_at, state)
     updates: Vec<(i64, u64, Micros, Option<String>)>,
     reviews: Vec<(i64, ReviewRow)>,
+    /// The fence a claim took.
+    claimed: Option<Fence>,
 }
 
 /// Checks what needs no database: events present, contiguous, free of NUL characters (which
@@ -366,10 +415,32 @@ fn check(events: &[NewEvent], after: u64, plan_id: &str, reviews: &[ReviewRow]) 
     Ok(())
 }
 
+/// A plan's lease as the batch sees it while deciding.
+#[derive(Clone)]
+struct Lease {
+    node: String,
+    token: u64,
+    released: bool,
+    expires_at: Micros,
+    /// Ran out by the database's clock (when the batch read it).
+    expired: bool,
+}
+
+/// A lease the batch changes: its state after the batch, and for how long from now it runs
+/// (0 for a release: it has run out).
+struct LeaseWrite {
+    node: String,
+    token: u64,
+    ttl: i64,
+    released: bool,
+}
+
 struct Decider<'a> {
     plans: HashMap<String, PlanState>,
-    /// (node, token, released) of each plan's lease.
-    leases: HashMap<i64, (String, u64, bool)>,
+    leases: HashMap<i64, Lease>,
+    /// The leases changed so far, by plan key, in the order first changed.
+    lease_writes: HashMap<i64, LeaseWrite>,
+    lease_order: Vec<i64>,
     new_pks: &'a mut std::vec::IntoIter<i64>,
 }
 
@@ -424,13 +495,12 @@ impl Decider<'_> {
         if let Some(fence) = &req.fence {
             let lease = self.leases.get(&plan.pk);
             // A released lease fences nothing: its holder gave the plan up.
-            let held = lease.is_some_and(|(node, token, released)| {
-                !released && *node == fence.node && *token == fence.token
-            });
+            let held = lease
+                .is_some_and(|l| !l.released && l.node == fence.node && l.token == fence.token);
             if !held {
                 return Err(StoreError::Fenced {
                     plan_id: req.plan_id.clone(),
-                    owner: lease.map_or_else(|| "(none)".to_owned(), |(node, ..)| node.clone()),
+                    owner: lease.map_or_else(|| "(none)".to_owned(), |l| l.node.clone()),
                 });
             }
         }
@@ -446,6 +516,85 @@ impl Decider<'_> {
         w.reviews
             .extend(req.reviews.iter().map(|r| (pk, r.clone())));
         Ok(())
+    }
+
+    /// Renewal by the holder (even after expiry or release) keeps the token; a claim over an
+    /// expired or released lease of another node increases it; a live lease of another node is
+    /// `LeaseHeld`.
+    fn claim(&mut self, plan_id: &str, node: &str, ttl: i64, w: &mut Writes) -> StoreResult<()> {
+        let Some(plan) = self.plans.get(plan_id) else {
+            return Err(StoreError::NotFound(plan_id.to_owned()));
+        };
+        let pk = plan.pk;
+        let token = match self.leases.get(&pk) {
+            None => 1,
+            Some(l) if l.node == node => l.token,
+            Some(l) if l.released || l.expired => l.token + 1,
+            Some(l) => {
+                return Err(StoreError::LeaseHeld {
+                    plan_id: plan_id.to_owned(),
+                    owner: l.node.clone(),
+                    until: l.expires_at,
+                })
+            }
+        };
+        let expired = ttl <= 0;
+        self.leases.insert(
+            pk,
+            Lease {
+                node: node.to_owned(),
+                token,
+                released: false,
+                // Only `expired` is read again within the batch.
+                expires_at: Micros::MAX,
+                expired,
+            },
+        );
+        self.write_lease(
+            pk,
+            LeaseWrite {
+                node: node.to_owned(),
+                token,
+                ttl,
+                released: false,
+            },
+        );
+        w.claimed = Some(Fence {
+            node: node.to_owned(),
+            token,
+        });
+        Ok(())
+    }
+
+    /// Marks the lease released and run out, when `fence` still holds it; nothing otherwise.
+    fn release(&mut self, plan_id: &str, fence: &Fence) {
+        let Some(pk) = self.plans.get(plan_id).map(|p| p.pk) else {
+            return;
+        };
+        let Some(lease) = self.leases.get_mut(&pk) else {
+            return;
+        };
+        if lease.node != fence.node || lease.token != fence.token {
+            return;
+        }
+        lease.released = true;
+        lease.expired = true;
+        let (node, token) = (lease.node.clone(), lease.token);
+        self.write_lease(
+            pk,
+            LeaseWrite {
+                node,
+                token,
+                ttl: 0,
+                released: true,
+            },
+        );
+    }
+
+    fn write_lease(&mut self, pk: i64, write: LeaseWrite) {
+        if self.lease_writes.insert(pk, write).is_none() {
+            self.lease_order.push(pk);
+        }
     }
 }
 
@@ -473,6 +622,16 @@ struct EventCols {
     cp_trigger: Vec<Option<String>>,
     cp_label: Vec<Option<String>>,
     format: Vec<i32>,
+}
+
+/// Lease rows, column by column.
+#[derive(Default)]
+struct LeaseCols {
+    pk: Vec<i64>,
+    node: Vec<String>,
+    token: Vec<i64>,
+    ttl: Vec<i64>,
+    released: Vec<bool>,
 }
 
 /// Review rows, column by column.
@@ -506,6 +665,11 @@ async fn transaction(
                 names.push(&append.plan_id);
                 creates += 1;
             }
+            Op::CreateLeased { create, .. } => {
+                names.push(&create.plan_id);
+                creates += 1;
+            }
+            Op::Claim { plan_id, .. } | Op::Release { plan_id, .. } => names.push(plan_id),
         }
     }
     names.sort_unstable();
@@ -521,6 +685,7 @@ async fn transaction(
         c.update_plans.clone(),
         c.put_reviews.clone(),
         c.notify.clone(),
+        c.put_leases.clone(),
     );
     let tx = c
         .client
@@ -551,7 +716,16 @@ async fn transaction(
             .await
             .map_err(db("read leases"))?
         {
-            leases.insert(r.get::<_, i64>(0), (r.get(1), from_sql(r.get(2)), r.get(3)));
+            leases.insert(
+                r.get::<_, i64>(0),
+                Lease {
+                    node: r.get(1),
+                    token: from_sql(r.get(2)),
+                    released: r.get(3),
+                    expires_at: r.get(4),
+                    expired: r.get(5),
+                },
+            );
         }
     }
     let new_pks: Vec<i64> = if creates > 0 {
@@ -568,6 +742,8 @@ async fn transaction(
     let mut decider = Decider {
         plans,
         leases,
+        lease_writes: HashMap::new(),
+        lease_order: Vec::new(),
         new_pks: &mut new_pks,
     };
 
@@ -589,8 +765,29 @@ async fn transaction(
                     }
                 },
             },
+            Op::CreateLeased { create, node, ttl } => match decider.create(create, &mut w) {
+                Err(e) => Err(e),
+                Ok(()) => decider.claim(&create.plan_id, node, *ttl, &mut w),
+            },
+            Op::Claim { plan_id, node, ttl } => decider.claim(plan_id, node, *ttl, &mut w),
+            Op::Release { plan_id, fence } => {
+                decider.release(plan_id, fence);
+                Ok(())
+            }
         };
         decided.push(result.map(|()| w));
+    }
+
+    // The leases changed, one row each, as the batch left them.
+    let mut lease_cols = LeaseCols::default();
+    for pk in std::mem::take(&mut decider.lease_order) {
+        if let Some(l) = decider.lease_writes.remove(&pk) {
+            lease_cols.pk.push(pk);
+            lease_cols.node.push(l.node);
+            lease_cols.token.push(to_sql(l.token));
+            lease_cols.ttl.push(l.ttl);
+            lease_cols.released.push(l.released);
+        }
     }
 
     // Gather the rows to write.
@@ -713,11 +910,20 @@ async fn transaction(
                 }
             }
         }
-        answers.push(Ok(match op {
-            Op::Create(_) => Outcome::Events(halves.0),
-            Op::Append(_) => Outcome::Events(halves.1),
-            Op::CreateWith { .. } => Outcome::Both(halves.0, halves.1),
-        }));
+        answers.push(match op {
+            Op::Create(_) => Ok(Outcome::Events(halves.0)),
+            Op::Append(_) => Ok(Outcome::Events(halves.1)),
+            Op::CreateWith { .. } => Ok(Outcome::Both(halves.0, halves.1)),
+            Op::Claim { .. } => w
+                .claimed
+                .map(Outcome::Claimed)
+                .ok_or_else(|| StoreError::Backend("a claim took no lease".into())),
+            Op::CreateLeased { .. } => w
+                .claimed
+                .map(|fence| Outcome::CreatedLeased(halves.0, fence))
+                .ok_or_else(|| StoreError::Backend("a claim took no lease".into())),
+            Op::Release { .. } => Ok(Outcome::Released),
+        });
     }
 
     if n_events > 0 {
@@ -774,6 +980,20 @@ async fn transaction(
         )
         .await
         .map_err(db("write reviews"))?;
+    }
+    if !lease_cols.pk.is_empty() {
+        tx.execute(
+            &stmts.9,
+            &[
+                &lease_cols.pk,
+                &lease_cols.node,
+                &lease_cols.token,
+                &lease_cols.ttl,
+                &lease_cols.released,
+            ],
+        )
+        .await
+        .map_err(db("write leases"))?;
     }
     if n_events > 0 {
         tx.query(&stmts.8, &[&channel])

@@ -662,6 +662,30 @@ impl Leases for SqliteStore {
         }
     }
 
+    /// One request to the writer for every plan: the renewals share a transaction (and its
+    /// commit) with whatever else is queued.
+    async fn renew(
+        &self,
+        node: &str,
+        plans: &[(String, u64)],
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<Vec<String>> {
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = Op::Renew {
+            node: node.to_owned(),
+            plans: plans.to_vec(),
+            ttl_ms,
+            now,
+        };
+        match self.write(op).await? {
+            Outcome::Renewed(renewed) => Ok(renewed),
+            _ => Err(unexpected("renew")),
+        }
+    }
+
     async fn lease(&self, plan_id: &str) -> StoreResult<Option<LeaseRow>> {
         let plan_id = plan_id.to_owned();
         self.read(move |c| read::lease(c, &plan_id)).await

@@ -66,6 +66,13 @@ pub(crate) enum Op {
         plan_id: String,
         fence: Fence,
     },
+    /// Renews the leases `node` still holds under these tokens (see `Leases::renew`).
+    Renew {
+        node: String,
+        plans: Vec<(String, u64)>,
+        ttl_ms: u64,
+        now: Micros,
+    },
     TakeOver {
         node: String,
         ttl_ms: u64,
@@ -99,6 +106,8 @@ pub(crate) enum Outcome {
     /// The template version answered, and whether it was created.
     Template(Box<TemplateRow>, bool),
     TakenOver(Vec<(String, Fence)>),
+    /// The plans whose lease was renewed.
+    Renewed(Vec<String>),
     /// Whether the WAL checkpoint completed.
     Checkpointed(bool),
 }
@@ -464,6 +473,14 @@ impl Writer {
             Op::Release { plan_id, fence } => {
                 self.release(&plan_id, &fence).map(|()| Outcome::Done)
             }
+            Op::Renew {
+                node,
+                plans,
+                ttl_ms,
+                now,
+            } => self
+                .renew(&node, &plans, ttl_ms, now)
+                .map(Outcome::Renewed),
             Op::TakeOver {
                 node,
                 ttl_ms,
@@ -776,6 +793,37 @@ impl Writer {
             .and_then(|mut s| s.execute(params![pk, node, to_sql(token), expires_at]))
             .ctx("write lease")?;
         Ok(Fence { node, token })
+    }
+
+    /// Renews each lease still held by `node` under the given token and not released, in one
+    /// statement per plan of the batch's transaction.
+    fn renew(
+        &self,
+        node: &str,
+        plans: &[(String, u64)],
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<Vec<String>> {
+        let ttl = i64::try_from(ttl_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let expires_at = now.saturating_add(ttl);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "UPDATE leases SET expires_at = ?4
+                 WHERE plan_pk = (SELECT pk FROM plans WHERE plan_id = ?1)
+                   AND node = ?2 AND token = ?3 AND expires_at <> ?5",
+            )
+            .ctx("renew leases")?;
+        let mut renewed = Vec::with_capacity(plans.len());
+        for (plan_id, token) in plans {
+            let n = stmt
+                .execute(params![plan_id, node, to_sql(*token), expires_at, RELEASED])
+                .ctx("renew a lease")?;
+            if n > 0 {
+                renewed.push(plan_id.clone());
+            }
+        }
+        Ok(renewed)
     }
 
     fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {

@@ -570,6 +570,35 @@ pub trait Leases: Send + Sync + 'static {
     /// Gives a lease up (no-op when the fence is stale).
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()>;
 
+    /// Renews, until `now + ttl_ms`, every lease of `plans` (plan id, token) that `node` still
+    /// holds under that token and has not released: exactly the leases whose fence an append
+    /// would still accept, expired or not (nobody took them over). Answers the plan ids
+    /// renewed; a plan left out was taken over, released or deleted, and its driver must stop.
+    /// One call per node and renewal period, whatever the number of plans: a backend writes
+    /// them together where it can. This default claims each plan in turn (a claim by the
+    /// holder keeps the token, so a changed token means the lease moved).
+    async fn renew(
+        &self,
+        node: &str,
+        plans: &[(String, u64)],
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<Vec<String>> {
+        let mut renewed = Vec::with_capacity(plans.len());
+        for (plan_id, token) in plans {
+            match self.lease(plan_id).await? {
+                Some(l) if l.owner != node || l.token != *token || l.released => continue,
+                _ => {}
+            }
+            match self.claim(plan_id, node, ttl_ms, now).await {
+                Ok(fence) if fence.token == *token => renewed.push(plan_id.clone()),
+                Ok(_) | Err(StoreError::LeaseHeld { .. }) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(renewed)
+    }
+
     /// The plan's lease as stored, live or not (`None` when it was never claimed).
     async fn lease(&self, plan_id: &str) -> StoreResult<Option<LeaseRow>> {
         let _ = plan_id;

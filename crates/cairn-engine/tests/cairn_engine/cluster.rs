@@ -723,6 +723,58 @@ async fn a_hung_owner_is_fenced_and_appends_nothing_after_a_takeover(c: Cluster)
     assert_eq!(c.starts_of("fe/s1/1"), ["a", "b"]);
 }
 
+on_both_stores!(an_owner_whose_lease_moved_stops_at_its_next_renewal_with_no_append);
+
+/// The node's renewal, not an append, tells an actor that its lease moved: the lease of a plan
+/// A drives (a step held open, so A has nothing to append) is released under A's fence and
+/// taken by another node; A's next renewal leaves it out, and A stops driving the plan (its
+/// attempt stopped) without writing anything.
+async fn an_owner_whose_lease_moved_stops_at_its_next_renewal_with_no_append(c: Cluster) {
+    const LEASE: u64 = 600;
+    let a = c.node("a", LEASE).await;
+    let held = c.latch("lm-1");
+    let yaml = format!(
+        "plan_id: lm\nsteps:\n  - {{step_id: s1, action: x, agent_type: count, params: {{latch: {held}}}}}\n"
+    );
+    a.register(plan(&yaml), "ann").await.unwrap();
+    a.start("lm", "ann", None).await.unwrap();
+    within("s1 to hold on A", latch::held(&held)).await;
+    assert_eq!(a.node_stats().leases_held, 1);
+    let lease = c.store.lease("lm").await.unwrap().expect("A's lease");
+    assert_eq!(lease.owner, "a");
+    let before = c.store.read_events("lm", 0, None, 1000).await.unwrap();
+    // The lease moves under A: released with A's own fence, then claimed by node x.
+    let fence = cairn_store::Fence {
+        node: "a".into(),
+        token: lease.token,
+    };
+    c.store.release("lm", &fence).await.unwrap();
+    let x = c
+        .store
+        .claim("lm", "x", 60_000, cairn_engine::now_micros())
+        .await
+        .unwrap();
+    assert!(x.token > lease.token);
+    within("A's actor to stop at its next renewal", async {
+        while a.node_stats().leases_held > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    latch::release(&held);
+    // A's actor is gone, having renewed nothing of x's and written nothing: the lease and the
+    // log are as x found them.
+    let lease = c.store.lease("lm").await.unwrap().unwrap();
+    assert_eq!((lease.owner.as_str(), lease.token), ("x", x.token));
+    let after = c.store.read_events("lm", 0, None, 1000).await.unwrap();
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "A appended after its lease moved"
+    );
+    assert_eq!(c.starts_of("lm/s1/1"), ["a"]);
+}
+
 on_both_stores!(every_subscriber_of_every_node_sees_every_nodes_events_in_id_order);
 
 async fn every_subscriber_of_every_node_sees_every_nodes_events_in_id_order(c: Cluster) {

@@ -154,7 +154,7 @@ async fn instantiate_and_start_is_one_commit_and_upgrade_moves_the_plan(backend:
     .await
     .unwrap();
     let one_step = store.stats().unwrap().requests - before.requests;
-    // One write: the registration, the start and (on SQLite) the lease's claim are one
+    // One write: the registration, the start and the lease's claim are one
     // commit, where registering then starting takes two or three.
     assert_eq!(
         one_step, 1,

@@ -11,6 +11,97 @@ pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) 
         a_plan_created_with_its_lease,
     )
     .await;
+    case("leases::renewals", Arc::new(make().await), renewals).await;
+}
+
+/// `renew`: one call renews every lease the node still holds under the token it names, and
+/// leaves out the leases that moved to another node, were released, carry another token, or
+/// whose plan is unknown; a lease that ran out and that nobody took over is renewed.
+pub async fn renewals(store: Arc<dyn Store>) {
+    let t = wall_clock();
+    for id in ["p", "q", "r", "s"] {
+        store.create_plan(create(id, 1, 1)).await.unwrap();
+    }
+    assert!(store
+        .renew("node-a", &[], 60_000, t)
+        .await
+        .unwrap()
+        .is_empty());
+    let p = store.claim("p", "node-a", 60_000, t).await.unwrap();
+    let q = store.claim("q", "node-a", 60_000, t).await.unwrap();
+    let r = store.claim("r", "node-b", 60_000, t).await.unwrap();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let asked = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+        pairs.iter().map(|(id, t)| ((*id).to_owned(), *t)).collect()
+    };
+    let renewed = store
+        .renew(
+            "node-a",
+            &asked(&[("p", p.token), ("q", q.token), ("r", r.token), ("nope", 1)]),
+            60_000,
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(renewed),
+        ["p", "q"],
+        "node-b's lease and an unknown plan left out"
+    );
+    // The leases renewed are the node's, tokens kept: its fences still append.
+    assert_eq!(store.claim("p", "node-a", 60_000, t).await.unwrap(), p);
+    let mut req = append("p", 1, 1);
+    req.fence = Some(p.clone());
+    store.append(req).await.unwrap();
+    // Another token than the lease's is not renewed.
+    assert!(store
+        .renew("node-a", &asked(&[("p", p.token + 1)]), 60_000, t)
+        .await
+        .unwrap()
+        .is_empty());
+    // A released lease is not renewed (its holder gave it up).
+    store.release("q", &q).await.unwrap();
+    assert!(store
+        .renew("node-a", &asked(&[("q", q.token)]), 60_000, t)
+        .await
+        .unwrap()
+        .is_empty());
+    // A lease that ran out (a zero ttl) and that nobody took over is renewed, and runs again:
+    // another node cannot take it.
+    store.claim("p", "node-a", 0, t).await.unwrap();
+    let renewed = store
+        .renew("node-a", &asked(&[("p", p.token)]), 60_000, t)
+        .await
+        .unwrap();
+    assert_eq!(renewed, ["p"]);
+    assert!(matches!(
+        store.claim("p", "node-b", 60_000, t).await,
+        Err(StoreError::LeaseHeld { .. })
+    ));
+    // Once another node took the lease over, the old holder's renewal leaves it out and the
+    // new holder's fence still appends.
+    store.claim("p", "node-a", 0, t).await.unwrap();
+    let b = store.claim("p", "node-b", 60_000, t).await.unwrap();
+    assert!(b.token > p.token);
+    assert!(store
+        .renew("node-a", &asked(&[("p", p.token)]), 60_000, t)
+        .await
+        .unwrap()
+        .is_empty());
+    let mut req = append("p", 2, 1);
+    req.fence = Some(b);
+    store.append(req).await.unwrap();
+    // A deleted plan is left out, not an error.
+    let s = store.claim("s", "node-a", 60_000, t).await.unwrap();
+    store.delete_plan("s").await.unwrap();
+    assert!(store
+        .renew("node-a", &asked(&[("s", s.token)]), 60_000, t)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// `create_plan_leased`: the plan exists, and when the store took the lease with it, that lease
