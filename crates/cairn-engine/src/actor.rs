@@ -939,7 +939,7 @@ impl PlanActor {
         {
             return;
         }
-        let Ok(bytes) = serde_json::to_vec(&*self.state) else {
+        let Ok(bytes) = crate::snapshot::encode(&self.state) else {
             return;
         };
         self.snapshot_seq = self.state.seq;

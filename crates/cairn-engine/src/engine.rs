@@ -357,7 +357,7 @@ pub(crate) async fn state_at(
     seq: u64,
 ) -> Result<(PlanState, u64), EngineError> {
     let (mut state, from) = match store.get_snapshot(plan_id, seq).await? {
-        Some((s, bytes)) => match serde_json::from_slice::<PlanState>(&bytes) {
+        Some((s, bytes)) => match crate::snapshot::decode(&bytes) {
             Ok(state) if state.seq == s => (state, s),
             _ => (PlanState::empty(plan_id), 0),
         },

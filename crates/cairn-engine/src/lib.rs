@@ -27,6 +27,7 @@ mod publish;
 pub mod queue;
 pub mod remote;
 mod reviews;
+pub mod snapshot;
 pub mod templates;
 
 pub use cairn_core::view::{CheckpointSummary, Page, PlanSummary, Progress, Snapshot};
