@@ -14,6 +14,8 @@
 //! is recorded in [`Stats`] until a later batch commits, so readiness checks can say why writes
 //! fail; the writer itself just goes on serving, and recovers as soon as SQLite can write again.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +31,10 @@ use crate::{from_sql, to_sql, Ctx};
 
 /// The most requests committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
+
+/// Plans whose index row the writer remembers (see [`Writer::rows`]); past this, it forgets
+/// them all and starts again, so a store that saw 100,000 plans does not keep them in memory.
+const MAX_ROWS: usize = 4096;
 
 pub(crate) enum Op {
     Create(CreatePlan),
@@ -127,6 +133,15 @@ pub(crate) struct Writer {
     conn: Connection,
     engine_lock: bool,
     stats: Arc<Stats>,
+    /// What this connection last committed of plans' index rows: plan id → (pk, state). An
+    /// append then updates its row by pk, and leaves `state` (and so its index) alone when it
+    /// did not change. Only a hint: the update still checks the plan id, seq and fence, and an
+    /// append it refuses forgets the row and is looked at afresh. Forgotten whole when a
+    /// transaction or a savepoint rolls back, and when another connection committed (SQLite's
+    /// `data_version`), so it never holds a row this connection did not see committed.
+    rows: RefCell<HashMap<String, (i64, Option<String>)>>,
+    /// `PRAGMA data_version` at the start of the last batch.
+    data_version: Cell<Option<i64>>,
 }
 
 impl Writer {
@@ -135,7 +150,30 @@ impl Writer {
             conn,
             engine_lock,
             stats,
+            rows: RefCell::new(HashMap::new()),
+            data_version: Cell::new(None),
         }
+    }
+
+    /// Forgets the remembered rows when another connection (another process on the file) has
+    /// committed since the last batch, or when there are too many.
+    fn check_rows(&self) {
+        let version: Option<i64> = self
+            .conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .ok();
+        if version.is_none() || version != self.data_version.get() {
+            self.rows.borrow_mut().clear();
+        }
+        self.data_version.set(version);
+        if self.rows.borrow().len() > MAX_ROWS {
+            self.rows.borrow_mut().clear();
+        }
+    }
+
+    fn forget_rows(&self) {
+        self.rows.borrow_mut().clear();
     }
 
     /// Serves requests until every sender is gone.
@@ -195,6 +233,7 @@ impl Writer {
             fail_all(batch.drain(..).map(|r| r.reply), replies, &e);
             return;
         }
+        self.check_rows();
 
         // Set when the transaction can no longer be trusted: everything is rolled back.
         let mut broken: Option<StoreError> = None;
@@ -232,6 +271,7 @@ impl Writer {
             }
             Err(e) => {
                 // Nothing of this batch is durable: no caller may see `Ok`.
+                self.forget_rows();
                 if !self.conn.is_autocommit() {
                     let _ = self.exec("ROLLBACK");
                 }
@@ -288,6 +328,8 @@ impl Writer {
         let end = if result.is_ok() {
             self.exec("RELEASE req").ctx("release a savepoint")
         } else {
+            // What the request wrote is undone, rows it remembered included.
+            self.forget_rows();
             self.exec("ROLLBACK TO req")
                 .and_then(|()| self.exec("RELEASE req"))
                 .ctx("roll back a savepoint")
@@ -546,9 +588,20 @@ impl Writer {
             return Err(StoreError::AlreadyExists(req.plan_id));
         }
         let pk = self.conn.last_insert_rowid();
+        self.remember(&req.plan_id, pk, Some(req.state.clone()));
         let stored = self.insert_events(pk, &req.plan_id, req.events)?;
         self.put_reviews(pk, &req.plan_id, &req.reviews)?;
         Ok(stored)
+    }
+
+    fn remember(&self, plan_id: &str, pk: i64, state: Option<String>) {
+        let mut rows = self.rows.borrow_mut();
+        match rows.get_mut(plan_id) {
+            Some(row) => *row = (pk, state),
+            None => {
+                rows.insert(plan_id.to_owned(), (pk, state));
+            }
+        }
     }
 
     /// Writes review rows of the plan `pk` (inserted, or replacing the row of the same id).
@@ -614,48 +667,116 @@ impl Writer {
 
     /// The seq check, the fence check and the plan row's update of an append, in one
     /// statement: the plan's pk, or why it matched no row (then nothing was changed).
+    ///
+    /// The row is updated by its pk (remembered from the plan's last write, or looked up once),
+    /// without `RETURNING`: SQLite runs `RETURNING` as a trigger, which made every append's
+    /// update open a statement journal (a 64 kB allocation and a copy of each page it
+    /// touched) and fill a temporary table. `state` is set only when it changed, so the
+    /// `plans_by_state` index is not rewritten by every append.
     fn update_plan_row(&self, req: &Append) -> StoreResult<i64> {
         let (last_seq, updated_at) = match req.events.last() {
             Some(e) => (e.seq, e.at),
             None => return Err(StoreError::Invalid("nothing to append".into())),
         };
-        // The happy path is one statement: the seq check, the fence check (a released lease
-        // fences nothing) and the plan row's update together. Only when it matches no row is the reason looked up.
+        let remembered = self.rows.borrow().get(&req.plan_id).cloned();
+        if let Some((pk, state)) = remembered {
+            if self.update_row(req, pk, state.clone(), last_seq, updated_at)? {
+                return Ok(pk);
+            }
+            // Refused, or a remembered row gone stale: looked at afresh below.
+            self.rows.borrow_mut().remove(&req.plan_id);
+        }
+        let (pk, state) = match self.plan_row(&req.plan_id)? {
+            Some(row) => row,
+            None => return Err(StoreError::NotFound(req.plan_id.clone())),
+        };
+        if self.update_row(req, pk, Some(state), last_seq, updated_at)? {
+            return Ok(pk);
+        }
+        self.rows.borrow_mut().remove(&req.plan_id);
+        Err(self.why_refused(req))
+    }
+
+    /// The update of [`Writer::update_plan_row`] on the row `pk`, whose state is thought to be
+    /// `known_state`: whether it matched (and so was made).
+    fn update_row(
+        &self,
+        req: &Append,
+        pk: i64,
+        known_state: Option<String>,
+        last_seq: u64,
+        updated_at: Micros,
+    ) -> StoreResult<bool> {
+        // A released lease fences nothing.
         let (fence_node, fence_token) = match &req.fence {
             Some(f) => (Some(f.node.as_str()), Some(to_sql(f.token))),
             None => (None, None),
         };
-        let updated: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "UPDATE plans SET last_seq = ?1, updated_at = ?2, state = COALESCE(?3, state)
-                 WHERE plan_id = ?4 AND last_seq = ?5
-                   AND (?6 IS NULL OR EXISTS (SELECT 1 FROM leases
-                        WHERE leases.plan_pk = plans.pk AND node = ?6 AND token = ?7
-                          AND expires_at <> ?8))
-                 RETURNING pk",
-            )
-            .and_then(|mut s| {
-                s.query_row(
-                    params![
+        let new_state = req
+            .state
+            .as_deref()
+            .filter(|s| known_state.as_deref() != Some(*s));
+        let updated = match new_state {
+            Some(state) => self
+                .conn
+                .prepare_cached(
+                    "UPDATE plans SET last_seq = ?1, updated_at = ?2, state = ?3
+                     WHERE pk = ?4 AND plan_id = ?5 AND last_seq = ?6
+                       AND (?7 IS NULL OR EXISTS (SELECT 1 FROM leases
+                            WHERE leases.plan_pk = ?4 AND node = ?7 AND token = ?8
+                              AND expires_at <> ?9))",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
                         to_sql(last_seq),
                         updated_at,
-                        req.state,
+                        state,
+                        pk,
                         req.plan_id,
                         to_sql(req.expected_seq),
                         fence_node,
                         fence_token,
                         RELEASED
-                    ],
-                    |r| r.get(0),
+                    ])
+                }),
+            None => self
+                .conn
+                .prepare_cached(
+                    "UPDATE plans SET last_seq = ?1, updated_at = ?2
+                     WHERE pk = ?3 AND plan_id = ?4 AND last_seq = ?5
+                       AND (?6 IS NULL OR EXISTS (SELECT 1 FROM leases
+                            WHERE leases.plan_pk = ?3 AND node = ?6 AND token = ?7
+                              AND expires_at <> ?8))",
                 )
-                .optional()
-            })
-            .ctx("update plan")?;
-        match updated {
-            Some(pk) => Ok(pk),
-            None => Err(self.why_refused(req)),
+                .and_then(|mut s| {
+                    s.execute(params![
+                        to_sql(last_seq),
+                        updated_at,
+                        pk,
+                        req.plan_id,
+                        to_sql(req.expected_seq),
+                        fence_node,
+                        fence_token,
+                        RELEASED
+                    ])
+                }),
         }
+        .ctx("update plan")?;
+        if updated == 1 {
+            let state = req.state.clone().or(known_state);
+            self.remember(&req.plan_id, pk, state);
+        }
+        Ok(updated == 1)
+    }
+
+    fn plan_row(&self, plan_id: &str) -> StoreResult<Option<(i64, String)>> {
+        self.conn
+            .prepare_cached("SELECT pk, state FROM plans WHERE plan_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .ctx("look up plan")
     }
 
     fn insert_events(
@@ -719,6 +840,7 @@ impl Writer {
     }
 
     fn delete(&self, plan_id: &str) -> StoreResult<bool> {
+        self.rows.borrow_mut().remove(plan_id);
         let Some((pk, _)) = self.plan(plan_id)? else {
             return Ok(false);
         };

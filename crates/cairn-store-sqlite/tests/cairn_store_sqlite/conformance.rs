@@ -488,3 +488,65 @@ async fn expired_unreleased_leases_of_active_plans_are_taken_over_with_a_larger_
         .unwrap();
     assert_eq!(taken.len(), 1, "{taken:?}");
 }
+
+/// The writer remembers each plan's index row (its pk and state) between appends. What another
+/// connection commits meanwhile, a plan deleted and created again under its id, a refused
+/// append and a state that changes back all leave the index row true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_index_row_stays_true_whoever_writes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.db");
+    let a = open(&path, false);
+    let b = open(&path, false);
+    async fn row(store: &SqliteStore, plan_id: &str) -> (String, u64) {
+        let r = store.get_plan(plan_id).await.unwrap().unwrap();
+        (r.state, r.last_seq)
+    }
+    let with_state = |plan_id: &str, expected_seq: u64, state: &str| Append {
+        state: Some(state.into()),
+        ..append(plan_id, expected_seq)
+    };
+
+    a.create_plan(create("p")).await.unwrap();
+    a.append(with_state("p", 1, "paused")).await.unwrap();
+    // Another connection changes the row: the writer of `a` must not trust what it remembers.
+    b.append(with_state("p", 2, "running")).await.unwrap();
+    a.append(with_state("p", 3, "paused")).await.unwrap();
+    assert_eq!(row(&b, "p").await, ("paused".to_owned(), 4));
+
+    // Deleted and created again by the other connection: a new row under the same id.
+    b.delete_plan("p").await.unwrap();
+    b.create_plan(create("q")).await.unwrap();
+    b.create_plan(create("p")).await.unwrap();
+    a.append(with_state("p", 1, "completed")).await.unwrap();
+    assert_eq!(row(&b, "p").await, ("completed".to_owned(), 2));
+    assert_eq!(row(&b, "q").await, ("running".to_owned(), 1));
+
+    // Deleted and created again through the same writer.
+    a.delete_plan("p").await.unwrap();
+    assert!(matches!(
+        a.append(with_state("p", 2, "running")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    a.create_plan(create("p")).await.unwrap();
+    // A refused append changes nothing; the next one is decided on the row as it is.
+    assert!(matches!(
+        a.append(with_state("p", 5, "paused")).await,
+        Err(StoreError::SeqConflict { actual: 1, .. })
+    ));
+    a.append(with_state("p", 1, "paused")).await.unwrap();
+    // No state given: the row keeps its own; then back to the state it had before.
+    a.append(append("p", 2)).await.unwrap();
+    a.append(with_state("p", 3, "running")).await.unwrap();
+    a.append(with_state("p", 4, "paused")).await.unwrap();
+    assert_eq!(row(&b, "p").await, ("paused".to_owned(), 5));
+    let listed = b
+        .list_plans(Some("paused"), 10, None)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.plan_id)
+        .collect::<Vec<_>>();
+    assert_eq!(listed, vec!["p".to_owned()]);
+}
