@@ -142,6 +142,8 @@ pub(crate) struct Writer {
     rows: RefCell<HashMap<String, (i64, Option<String>)>>,
     /// `PRAGMA data_version` at the start of the last batch.
     data_version: Cell<Option<i64>>,
+    /// The event inserts of 1 to [`INSERT_ROWS`] rows.
+    insert_sql: Vec<String>,
 }
 
 impl Writer {
@@ -152,6 +154,7 @@ impl Writer {
             stats,
             rows: RefCell::new(HashMap::new()),
             data_version: Cell::new(None),
+            insert_sql: (1..=INSERT_ROWS).map(insert_sql).collect(),
         }
     }
 
@@ -779,49 +782,75 @@ impl Writer {
             .ctx("look up plan")
     }
 
+    /// Inserts an append's events, up to [`INSERT_ROWS`] rows a statement. One statement for
+    /// several rows reads and writes the `AUTOINCREMENT` counter once, not once a row. `OR
+    /// FAIL` keeps it without a statement journal (which a statement of several rows that may
+    /// abort opens): a row that fails leaves the rows before it, but any failure here breaks
+    /// the whole transaction anyway (see [`Writer::apply_in_savepoint`]). The rows of one
+    /// statement get consecutive ids, the last being `last_insert_rowid`: this connection is
+    /// the only writer of the transaction, and `AUTOINCREMENT` gives each row the one after.
     fn insert_events(
         &self,
         pk: i64,
         plan_id: &str,
         events: Vec<NewEvent>,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO events (plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label,
-                                     format)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .ctx("prepare event insert")?;
         let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let (trigger, label) = match &e.checkpoint {
-                Some(CheckpointMark { trigger, label }) => (Some(trigger), label.as_ref()),
-                None => (None, None),
-            };
-            stmt.execute(params![
-                pk,
-                to_sql(e.seq),
-                e.kind,
-                e.at,
-                e.actor,
-                e.data,
-                trigger,
-                label,
-                e.format
-            ])
-            .ctx("insert event")?;
-            out.push(StoredEvent {
-                id: from_sql(self.conn.last_insert_rowid()),
-                plan_id: plan_id.to_owned(),
-                seq: e.seq,
-                at: e.at,
-                actor: e.actor,
-                kind: e.kind,
-                data: e.data,
-                format: e.format,
-                checkpoint: e.checkpoint,
-            });
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let chunk: Vec<NewEvent> = events.by_ref().take(INSERT_ROWS).collect();
+            let n = chunk.len();
+            let mut stmt = self
+                .conn
+                .prepare_cached(&self.insert_sql[n - 1])
+                .ctx("prepare event insert")?;
+            let seqs: Vec<i64> = chunk.iter().map(|e| to_sql(e.seq)).collect();
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 9);
+            for (e, seq) in chunk.iter().zip(&seqs) {
+                let (trigger, label) = match &e.checkpoint {
+                    Some(CheckpointMark { trigger, label }) => (Some(trigger), label.as_ref()),
+                    None => (None, None),
+                };
+                args.extend([
+                    &pk as &dyn rusqlite::ToSql,
+                    seq,
+                    &e.kind,
+                    &e.at,
+                    &e.actor,
+                    &e.data,
+                    // Kept for the lifetime of `chunk`: owned values are not needed.
+                    match trigger {
+                        Some(t) => t as &dyn rusqlite::ToSql,
+                        None => &rusqlite::types::Null,
+                    },
+                    match label {
+                        Some(l) => l as &dyn rusqlite::ToSql,
+                        None => &rusqlite::types::Null,
+                    },
+                    &e.format,
+                ]);
+            }
+            let inserted = stmt.execute(&*args).ctx("insert event")?;
+            drop(args);
+            if inserted != n {
+                return Err(StoreError::Backend(format!(
+                    "inserted {inserted} of {n} events"
+                )));
+            }
+            let last = self.conn.last_insert_rowid();
+            for (i, e) in chunk.into_iter().enumerate() {
+                out.push(StoredEvent {
+                    id: from_sql(last - (n - 1 - i) as i64),
+                    plan_id: plan_id.to_owned(),
+                    seq: e.seq,
+                    at: e.at,
+                    actor: e.actor,
+                    kind: e.kind,
+                    data: e.data,
+                    format: e.format,
+                    checkpoint: e.checkpoint,
+                });
+            }
         }
         Ok(out)
     }
@@ -978,6 +1007,36 @@ impl Writer {
         }
         Ok(taken)
     }
+}
+
+/// Event rows inserted by one statement at most.
+const INSERT_ROWS: usize = 8;
+
+/// The insert of `n` event rows (1 to [`INSERT_ROWS`]).
+fn insert_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR FAIL INTO events (plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label, \
+         format) VALUES ",
+    );
+    for i in 0..n {
+        let b = i * 9;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 9
+        ));
+    }
+    sql
 }
 
 /// The `expires_at` of a released lease (older databases mark them the same way).

@@ -550,3 +550,59 @@ async fn the_plan_index_row_stays_true_whoever_writes_the_file() {
         .collect::<Vec<_>>();
     assert_eq!(listed, vec!["p".to_owned()]);
 }
+
+/// The writer inserts an append's events several rows a statement: each stored event is
+/// answered with the id it was stored under, whatever the append's size, and appends of
+/// several plans committed together keep their ids apart and in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ids_an_append_answers_are_those_its_events_are_stored_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("ids.db"), false));
+    for i in 0..6 {
+        store.create_plan(create(&format!("p{i}"))).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..6u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let plan_id = format!("p{i}");
+            // 1, 8, 9, 17, 3 and 24 events: one row, a full statement, a statement and a row…
+            let n = [1u64, 8, 9, 17, 3, 24][i as usize];
+            let mut events: Vec<_> = (2..2 + n).map(|seq| ev(seq, "step")).collect();
+            events[0].checkpoint = Some(cairn_store::CheckpointMark {
+                trigger: "step".into(),
+                label: Some(format!("first of {plan_id}")),
+            });
+            let stored = store
+                .append(Append {
+                    plan_id: plan_id.clone(),
+                    expected_seq: 1,
+                    fence: None,
+                    state: None,
+                    events,
+                    reviews: Vec::new(),
+                })
+                .await
+                .unwrap();
+            (plan_id, stored)
+        }));
+    }
+    let mut all_ids = Vec::new();
+    for task in tasks {
+        let (plan_id, stored) = task.await.unwrap();
+        let read = store.read_events(&plan_id, 1, None, 100).await.unwrap();
+        assert_eq!(stored, read, "{plan_id}: answered as stored");
+        assert!(stored.windows(2).all(|w| w[1].id == w[0].id + 1));
+        assert_eq!(
+            read[0].checkpoint.as_ref().and_then(|c| c.label.clone()),
+            Some(format!("first of {plan_id}"))
+        );
+        assert!(read[1..].iter().all(|e| e.checkpoint.is_none()));
+        all_ids.extend(stored.iter().map(|e| e.id));
+    }
+    all_ids.sort_unstable();
+    all_ids.dedup();
+    assert_eq!(all_ids.len(), 1 + 8 + 9 + 17 + 3 + 24);
+    let everything = store.read_all_events(0, 1_000).await.unwrap();
+    assert!(everything.windows(2).all(|w| w[0].id < w[1].id));
+}
