@@ -317,6 +317,9 @@ impl std::io::Write for QuietStderr {
     }
 }
 
+/// Threads of the runtime's blocking pool at most.
+const BLOCKING_THREADS: usize = 8;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Cmd::Serve(_)));
@@ -331,6 +334,10 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // The blocking pool runs SQLite's reads (four at a time) and little else. Uncapped, a
+        // burst of plan loads grew it to twenty threads, each with a malloc arena of its own
+        // holding freed memory.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

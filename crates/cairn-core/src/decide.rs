@@ -729,7 +729,7 @@ fn recover(em: &mut Emitter<'_>, attempt: AttemptId, starts: Starts<'_>) {
         return;
     };
     let recorded = match attempt.kind {
-        AttemptKind::Step => step.rec.invocation.clone(),
+        AttemptKind::Step => step.rec.invocation.as_deref().cloned(),
         // A compensation's start always records what it was sent.
         AttemptKind::Compensation => step
             .rec
@@ -828,7 +828,7 @@ pub fn resend(state: &PlanState, attempt: &AttemptId) -> Option<StartAttempt> {
         return start_of(state, attempt.clone(), invocation, false);
     }
     let invocation = match &step.rec.invocation {
-        Some(invocation) => invocation.clone(),
+        Some(invocation) => (**invocation).clone(),
         None => invocation_of(state, &attempt.step_id).ok()?,
     };
     let queued = step.rec.status == StepStatus::Queued;

@@ -202,7 +202,7 @@ impl StepDetail {
                 .rec
                 .compensation
                 .as_ref()
-                .map(crate::rollback::CompensationView::of),
+                .map(|c| crate::rollback::CompensationView::of(c)),
         }
     }
 }

@@ -67,13 +67,13 @@ pub struct StepRecord {
     /// What the attempt in flight was sent (kept while it runs, so a recovery re-sends it).
     /// `None` for an attempt whose start recorded none (an older log) and once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invocation: Option<Invocation>,
+    pub invocation: Option<Box<Invocation>>,
     /// The log position of the latest start of the step's own attempt: what orders a rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_seq: Option<u64>,
     /// The step's compensation, once a rollback included it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compensation: Option<CompensationRecord>,
+    pub compensation: Option<Box<CompensationRecord>>,
 }
 
 impl StepRecord {
@@ -871,7 +871,7 @@ impl PlanState {
                 ..
             } => {
                 if let Some(s) = self.step_mut(step_id) {
-                    s.rec.invocation = invocation.clone();
+                    s.rec.invocation = invocation.clone().map(Box::new);
                     s.rec.status = if *queued {
                         StepStatus::Queued
                     } else {
@@ -1063,7 +1063,7 @@ impl PlanState {
                             StepStatus::Running
                         };
                         if invocation.is_some() {
-                            s.rec.invocation = invocation.clone();
+                            s.rec.invocation = invocation.clone().map(Box::new);
                         }
                     }
                 }
@@ -1095,7 +1095,7 @@ impl PlanState {
                         let c = s
                             .rec
                             .compensation
-                            .get_or_insert_with(CompensationRecord::new);
+                            .get_or_insert_with(|| Box::new(CompensationRecord::new()));
                         // A rollback continued after one that failed tries again afresh.
                         c.status = CompensationStatus::Pending;
                         c.run_attempts = 0;

@@ -213,7 +213,7 @@ impl PlanView {
                         .rec
                         .compensation
                         .as_ref()
-                        .map(crate::rollback::CompensationView::of),
+                        .map(|c| crate::rollback::CompensationView::of(c)),
                 })
                 .collect(),
             created_at: state.created_at,

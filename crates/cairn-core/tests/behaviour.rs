@@ -1779,7 +1779,7 @@ steps:
         b.params,
         json!({"n": 3, "q": "about find things", "fixed": [1]})
     );
-    assert_eq!(sim.rec("b").invocation.as_ref(), Some(&b));
+    assert_eq!(sim.rec("b").invocation.as_deref(), Some(&b));
     let start = d.starts().next().unwrap();
     assert_eq!(start.attempt, AttemptId::step("b", 1));
     assert_eq!(start.idempotency_key, idempotency_key(PLAN, "b", 1));
@@ -1956,7 +1956,7 @@ fn recovery_of_an_attempt_started_by_an_older_build_renders_and_records_it() {
         &e.kind,
         EventKind::StepRecovered { invocation: Some(i), .. } if *i == expect
     )));
-    assert_eq!(sim.rec("b").invocation.as_ref(), Some(&expect));
+    assert_eq!(sim.rec("b").invocation.as_deref(), Some(&expect));
 }
 
 /// Attempts the plan no longer wants are stopped by action, with the cause; the attempt that

@@ -562,7 +562,7 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         let (reply, _) = oneshot::channel();
         let recover = Msg::Command {
-            command: Command::Recover,
+            command: Box::new(Command::Recover),
             actor: SYSTEM_ACTOR.to_owned(),
             reply,
         };
@@ -669,7 +669,7 @@ impl Engine {
         let Some(peers) = self.inner.opts.peers.clone() else {
             let msg = Msg::Outcome {
                 attempt,
-                result,
+                result: Box::new(result),
                 ack,
             };
             return self.deliver(plan_id, msg).await;
@@ -679,7 +679,7 @@ impl Engine {
         let (mine, recorded) = oneshot::channel();
         let msg = Msg::Outcome {
             attempt: attempt.clone(),
-            result: result.clone(),
+            result: Box::new(result.clone()),
             ack: Some(mine),
         };
         match self.deliver(plan_id, msg).await {
@@ -807,15 +807,12 @@ impl Engine {
             // stopped (its lease ran out): they run again here, as after a restart.
             let recovering = matches!(
                 &msg,
-                Msg::Command {
-                    command: Command::Recover,
-                    ..
-                }
+                Msg::Command { command, .. } if matches!(**command, Command::Recover)
             );
             if self.inner.clustered() && !recovering && !state.live_attempts().is_empty() {
                 let (reply, _) = oneshot::channel();
                 let recover = Msg::Command {
-                    command: Command::Recover,
+                    command: Box::new(Command::Recover),
                     actor: SYSTEM_ACTOR.to_owned(),
                     reply,
                 };
@@ -909,7 +906,7 @@ impl Engine {
                 let (ack, recorded) = oneshot::channel();
                 let msg = Msg::Outcome {
                     attempt,
-                    result,
+                    result: Box::new(result),
                     ack: Some(ack),
                 };
                 self.deliver(&plan_id, msg).await?;
@@ -948,7 +945,7 @@ impl Engine {
             self.deliver(
                 plan_id,
                 Msg::Command {
-                    command: command.clone(),
+                    command: Box::new(command.clone()),
                     actor: actor.clone(),
                     reply,
                 },

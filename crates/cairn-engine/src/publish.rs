@@ -4,9 +4,12 @@
 //! order. Both stores assign ids in commit order: a reader that sees id N sees every committed
 //! id below N, and an id missing below a stored one belongs to a plan deleted since. So when
 //! events arrive with a gap below them (commits of different plans finish in any order, and
-//! other nodes commit too), the publisher reads the gap from the store at once: what the store
-//! has is published, what it lacks never will be and is passed over. Nothing is skipped on a
-//! timeout guess. A node sharing its store with other nodes also tails the log: it reads after
+//! other nodes commit too), the publisher reads the gap from the store: what the store has is
+//! published, what it lacks never will be and is passed over. Nothing is skipped on a timeout
+//! guess. (A node alone with its store first gives the actors of the same group commit time to
+//! hand their events over, as long as they keep coming ([`GAP_GRACE`] apart, [`GAP_WAIT`] in
+//! all), which nearly always fills the gap without a read; a node sharing its store reads at
+//! once.) A node sharing its store with other nodes also tails the log: it reads after
 //! the last id it published on every commit hint of the store and every [`TAIL_EVERY`], so its
 //! subscribers get every node's events. Local commits that arrive in order are published
 //! directly, without a read.
@@ -52,6 +55,10 @@ const PAGE: usize = 1_000;
 pub(crate) const QUEUE: usize = 1_024;
 /// How often a node sharing its store reads the log for other nodes' events, hint or not.
 pub(crate) const TAIL_EVERY: Duration = Duration::from_millis(200);
+/// How long a node alone with its store waits for the next events while a gap is open before
+/// it reads the store for it, and how long at most in all.
+const GAP_GRACE: Duration = Duration::from_millis(2);
+const GAP_WAIT: Duration = Duration::from_millis(10);
 /// How long after a failed read of the store the publisher tries again.
 const RETRY: Duration = Duration::from_millis(100);
 
@@ -210,6 +217,31 @@ impl Publisher {
                     self.take(batch);
                 }
                 self.flush();
+                // On a node alone with its store, every id below a local commit's is another
+                // local commit (or a deleted plan's): the actors of one group commit hear of
+                // it together and hand their events over within moments, so they get a short
+                // while more before the store is read. (A node sharing its store reads at
+                // once: its gaps are often other nodes' commits, which never come here.)
+                // Events keep arriving while they hand over (a big commit wakes hundreds of
+                // actors), so the wait lasts while they do, up to `GAP_WAIT`.
+                if tail.is_none() {
+                    let deadline = Instant::now() + GAP_WAIT;
+                    let mut idle_until = Instant::now() + GAP_GRACE;
+                    // After a flush, anything pending sits above a gap.
+                    while !self.pending.is_empty() {
+                        match tokio::time::timeout_at(idle_until.min(deadline), rx.recv()).await {
+                            Ok(Some(batch)) => {
+                                self.take(batch);
+                                while let Ok(batch) = rx.try_recv() {
+                                    self.take(batch);
+                                }
+                                self.flush();
+                                idle_until = Instant::now() + GAP_GRACE;
+                            }
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                }
             }
             let read = if read_tail {
                 self.read_store(None).await

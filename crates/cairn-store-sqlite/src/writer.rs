@@ -14,6 +14,8 @@
 //! is recorded in [`Stats`] until a later batch commits, so readiness checks can say why writes
 //! fail; the writer itself just goes on serving, and recovers as soon as SQLite can write again.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +31,10 @@ use crate::{from_sql, to_sql, Ctx};
 
 /// The most requests committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
+
+/// Plans whose index row the writer remembers (see [`Writer::rows`]); past this, it forgets
+/// them all and starts again, so a store that saw 100,000 plans does not keep them in memory.
+const MAX_ROWS: usize = 4096;
 
 pub(crate) enum Op {
     Create(CreatePlan),
@@ -136,6 +142,17 @@ pub(crate) struct Writer {
     conn: Connection,
     engine_lock: bool,
     stats: Arc<Stats>,
+    /// What this connection last committed of plans' index rows: plan id → (pk, state). An
+    /// append then updates its row by pk, and leaves `state` (and so its index) alone when it
+    /// did not change. Only a hint: the update still checks the plan id, seq and fence, and an
+    /// append it refuses forgets the row and is looked at afresh. Forgotten whole when a
+    /// transaction or a savepoint rolls back, and when another connection committed (SQLite's
+    /// `data_version`), so it never holds a row this connection did not see committed.
+    rows: RefCell<HashMap<String, (i64, Option<String>)>>,
+    /// `PRAGMA data_version` at the start of the last batch.
+    data_version: Cell<Option<i64>>,
+    /// The event inserts of 1 to [`INSERT_ROWS`] rows.
+    insert_sql: Vec<String>,
 }
 
 impl Writer {
@@ -144,7 +161,31 @@ impl Writer {
             conn,
             engine_lock,
             stats,
+            rows: RefCell::new(HashMap::new()),
+            data_version: Cell::new(None),
+            insert_sql: (1..=INSERT_ROWS).map(insert_sql).collect(),
         }
+    }
+
+    /// Forgets the remembered rows when another connection (another process on the file) has
+    /// committed since the last batch, or when there are too many.
+    fn check_rows(&self) {
+        let version: Option<i64> = self
+            .conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .ok();
+        if version.is_none() || version != self.data_version.get() {
+            self.rows.borrow_mut().clear();
+        }
+        self.data_version.set(version);
+        if self.rows.borrow().len() > MAX_ROWS {
+            self.rows.borrow_mut().clear();
+        }
+    }
+
+    fn forget_rows(&self) {
+        self.rows.borrow_mut().clear();
     }
 
     /// Serves requests until every sender is gone.
@@ -204,6 +245,7 @@ impl Writer {
             fail_all(batch.drain(..).map(|r| r.reply), replies, &e);
             return;
         }
+        self.check_rows();
 
         // Set when the transaction can no longer be trusted: everything is rolled back.
         let mut broken: Option<StoreError> = None;
@@ -241,6 +283,7 @@ impl Writer {
             }
             Err(e) => {
                 // Nothing of this batch is durable: no caller may see `Ok`.
+                self.forget_rows();
                 if !self.conn.is_autocommit() {
                     let _ = self.exec("ROLLBACK");
                 }
@@ -297,6 +340,8 @@ impl Writer {
         let end = if result.is_ok() {
             self.exec("RELEASE req").ctx("release a savepoint")
         } else {
+            // What the request wrote is undone, rows it remembered included.
+            self.forget_rows();
             self.exec("ROLLBACK TO req")
                 .and_then(|()| self.exec("RELEASE req"))
                 .ctx("roll back a savepoint")
@@ -563,9 +608,20 @@ impl Writer {
             return Err(StoreError::AlreadyExists(req.plan_id));
         }
         let pk = self.conn.last_insert_rowid();
+        self.remember(&req.plan_id, pk, Some(req.state.clone()));
         let stored = self.insert_events(pk, &req.plan_id, req.events)?;
         self.put_reviews(pk, &req.plan_id, &req.reviews)?;
         Ok(stored)
+    }
+
+    fn remember(&self, plan_id: &str, pk: i64, state: Option<String>) {
+        let mut rows = self.rows.borrow_mut();
+        match rows.get_mut(plan_id) {
+            Some(row) => *row = (pk, state),
+            None => {
+                rows.insert(plan_id.to_owned(), (pk, state));
+            }
+        }
     }
 
     /// Writes review rows of the plan `pk` (inserted, or replacing the row of the same id).
@@ -631,93 +687,187 @@ impl Writer {
 
     /// The seq check, the fence check and the plan row's update of an append, in one
     /// statement: the plan's pk, or why it matched no row (then nothing was changed).
+    ///
+    /// The row is updated by its pk (remembered from the plan's last write, or looked up once),
+    /// without `RETURNING`: SQLite runs `RETURNING` as a trigger, which made every append's
+    /// update open a statement journal (a 64 kB allocation and a copy of each page it
+    /// touched) and fill a temporary table. `state` is set only when it changed, so the
+    /// `plans_by_state` index is not rewritten by every append.
     fn update_plan_row(&self, req: &Append) -> StoreResult<i64> {
         let (last_seq, updated_at) = match req.events.last() {
             Some(e) => (e.seq, e.at),
             None => return Err(StoreError::Invalid("nothing to append".into())),
         };
-        // The happy path is one statement: the seq check, the fence check (a released lease
-        // fences nothing) and the plan row's update together. Only when it matches no row is the reason looked up.
+        let remembered = self.rows.borrow().get(&req.plan_id).cloned();
+        if let Some((pk, state)) = remembered {
+            if self.update_row(req, pk, state.clone(), last_seq, updated_at)? {
+                return Ok(pk);
+            }
+            // Refused, or a remembered row gone stale: looked at afresh below.
+            self.rows.borrow_mut().remove(&req.plan_id);
+        }
+        let (pk, state) = match self.plan_row(&req.plan_id)? {
+            Some(row) => row,
+            None => return Err(StoreError::NotFound(req.plan_id.clone())),
+        };
+        if self.update_row(req, pk, Some(state), last_seq, updated_at)? {
+            return Ok(pk);
+        }
+        self.rows.borrow_mut().remove(&req.plan_id);
+        Err(self.why_refused(req))
+    }
+
+    /// The update of [`Writer::update_plan_row`] on the row `pk`, whose state is thought to be
+    /// `known_state`: whether it matched (and so was made).
+    fn update_row(
+        &self,
+        req: &Append,
+        pk: i64,
+        known_state: Option<String>,
+        last_seq: u64,
+        updated_at: Micros,
+    ) -> StoreResult<bool> {
+        // A released lease fences nothing.
         let (fence_node, fence_token) = match &req.fence {
             Some(f) => (Some(f.node.as_str()), Some(to_sql(f.token))),
             None => (None, None),
         };
-        let updated: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "UPDATE plans SET last_seq = ?1, updated_at = ?2, state = COALESCE(?3, state)
-                 WHERE plan_id = ?4 AND last_seq = ?5
-                   AND (?6 IS NULL OR EXISTS (SELECT 1 FROM leases
-                        WHERE leases.plan_pk = plans.pk AND node = ?6 AND token = ?7
-                          AND expires_at <> ?8))
-                 RETURNING pk",
-            )
-            .and_then(|mut s| {
-                s.query_row(
-                    params![
+        let new_state = req
+            .state
+            .as_deref()
+            .filter(|s| known_state.as_deref() != Some(*s));
+        let updated = match new_state {
+            Some(state) => self
+                .conn
+                .prepare_cached(
+                    "UPDATE plans SET last_seq = ?1, updated_at = ?2, state = ?3
+                     WHERE pk = ?4 AND plan_id = ?5 AND last_seq = ?6
+                       AND (?7 IS NULL OR EXISTS (SELECT 1 FROM leases
+                            WHERE leases.plan_pk = ?4 AND node = ?7 AND token = ?8
+                              AND expires_at <> ?9))",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
                         to_sql(last_seq),
                         updated_at,
-                        req.state,
+                        state,
+                        pk,
                         req.plan_id,
                         to_sql(req.expected_seq),
                         fence_node,
                         fence_token,
                         RELEASED
-                    ],
-                    |r| r.get(0),
+                    ])
+                }),
+            None => self
+                .conn
+                .prepare_cached(
+                    "UPDATE plans SET last_seq = ?1, updated_at = ?2
+                     WHERE pk = ?3 AND plan_id = ?4 AND last_seq = ?5
+                       AND (?6 IS NULL OR EXISTS (SELECT 1 FROM leases
+                            WHERE leases.plan_pk = ?3 AND node = ?6 AND token = ?7
+                              AND expires_at <> ?8))",
                 )
-                .optional()
-            })
-            .ctx("update plan")?;
-        match updated {
-            Some(pk) => Ok(pk),
-            None => Err(self.why_refused(req)),
+                .and_then(|mut s| {
+                    s.execute(params![
+                        to_sql(last_seq),
+                        updated_at,
+                        pk,
+                        req.plan_id,
+                        to_sql(req.expected_seq),
+                        fence_node,
+                        fence_token,
+                        RELEASED
+                    ])
+                }),
         }
+        .ctx("update plan")?;
+        if updated == 1 {
+            let state = req.state.clone().or(known_state);
+            self.remember(&req.plan_id, pk, state);
+        }
+        Ok(updated == 1)
     }
 
+    fn plan_row(&self, plan_id: &str) -> StoreResult<Option<(i64, String)>> {
+        self.conn
+            .prepare_cached("SELECT pk, state FROM plans WHERE plan_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([plan_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .ctx("look up plan")
+    }
+
+    /// Inserts an append's events, up to [`INSERT_ROWS`] rows a statement. One statement for
+    /// several rows reads and writes the `AUTOINCREMENT` counter once, not once a row. `OR
+    /// FAIL` keeps it without a statement journal (which a statement of several rows that may
+    /// abort opens): a row that fails leaves the rows before it, but any failure here breaks
+    /// the whole transaction anyway (see [`Writer::apply_in_savepoint`]). The rows of one
+    /// statement get consecutive ids, the last being `last_insert_rowid`: this connection is
+    /// the only writer of the transaction, and `AUTOINCREMENT` gives each row the one after.
     fn insert_events(
         &self,
         pk: i64,
         plan_id: &str,
         events: Vec<NewEvent>,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO events (plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label,
-                                     format)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .ctx("prepare event insert")?;
         let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let (trigger, label) = match &e.checkpoint {
-                Some(CheckpointMark { trigger, label }) => (Some(trigger), label.as_ref()),
-                None => (None, None),
-            };
-            stmt.execute(params![
-                pk,
-                to_sql(e.seq),
-                e.kind,
-                e.at,
-                e.actor,
-                e.data,
-                trigger,
-                label,
-                e.format
-            ])
-            .ctx("insert event")?;
-            out.push(StoredEvent {
-                id: from_sql(self.conn.last_insert_rowid()),
-                plan_id: plan_id.to_owned(),
-                seq: e.seq,
-                at: e.at,
-                actor: e.actor,
-                kind: e.kind,
-                data: e.data,
-                format: e.format,
-                checkpoint: e.checkpoint,
-            });
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let chunk: Vec<NewEvent> = events.by_ref().take(INSERT_ROWS).collect();
+            let n = chunk.len();
+            let mut stmt = self
+                .conn
+                .prepare_cached(&self.insert_sql[n - 1])
+                .ctx("prepare event insert")?;
+            let seqs: Vec<i64> = chunk.iter().map(|e| to_sql(e.seq)).collect();
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(n * 9);
+            for (e, seq) in chunk.iter().zip(&seqs) {
+                let (trigger, label) = match &e.checkpoint {
+                    Some(CheckpointMark { trigger, label }) => (Some(trigger), label.as_ref()),
+                    None => (None, None),
+                };
+                args.extend([
+                    &pk as &dyn rusqlite::ToSql,
+                    seq,
+                    &e.kind,
+                    &e.at,
+                    &e.actor,
+                    &e.data,
+                    // Kept for the lifetime of `chunk`: owned values are not needed.
+                    match trigger {
+                        Some(t) => t as &dyn rusqlite::ToSql,
+                        None => &rusqlite::types::Null,
+                    },
+                    match label {
+                        Some(l) => l as &dyn rusqlite::ToSql,
+                        None => &rusqlite::types::Null,
+                    },
+                    &e.format,
+                ]);
+            }
+            let inserted = stmt.execute(&*args).ctx("insert event")?;
+            drop(args);
+            if inserted != n {
+                return Err(StoreError::Backend(format!(
+                    "inserted {inserted} of {n} events"
+                )));
+            }
+            let last = self.conn.last_insert_rowid();
+            for (i, e) in chunk.into_iter().enumerate() {
+                out.push(StoredEvent {
+                    id: from_sql(last - (n - 1 - i) as i64),
+                    plan_id: plan_id.to_owned(),
+                    seq: e.seq,
+                    at: e.at,
+                    actor: e.actor,
+                    kind: e.kind,
+                    data: e.data,
+                    format: e.format,
+                    checkpoint: e.checkpoint,
+                });
+            }
         }
         Ok(out)
     }
@@ -736,6 +886,7 @@ impl Writer {
     }
 
     fn delete(&self, plan_id: &str) -> StoreResult<bool> {
+        self.rows.borrow_mut().remove(plan_id);
         let Some((pk, _)) = self.plan(plan_id)? else {
             return Ok(false);
         };
@@ -904,6 +1055,36 @@ impl Writer {
         }
         Ok(taken)
     }
+}
+
+/// Event rows inserted by one statement at most.
+const INSERT_ROWS: usize = 8;
+
+/// The insert of `n` event rows (1 to [`INSERT_ROWS`]).
+fn insert_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR FAIL INTO events (plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label, \
+         format) VALUES ",
+    );
+    for i in 0..n {
+        let b = i * 9;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 9
+        ));
+    }
+    sql
 }
 
 /// The `expires_at` of a released lease (older databases mark them the same way).

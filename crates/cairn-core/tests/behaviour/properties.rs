@@ -706,7 +706,7 @@ fn check_actions(
         let step = after
             .step(&start.attempt.step_id)
             .expect("started step exists");
-        prop_assert_eq!(step.rec.invocation.as_ref(), Some(&start.invocation));
+        prop_assert_eq!(step.rec.invocation.as_deref(), Some(&start.invocation));
         prop_assert_eq!(
             &start.idempotency_key,
             &idempotency_key(PLAN, &step.def.step_id, step.rec.run)
@@ -715,7 +715,7 @@ fn check_actions(
             // Re-sent: exactly what its start recorded.
             if let Some(recorded) = before
                 .step(&start.attempt.step_id)
-                .and_then(|s| s.rec.invocation.as_ref())
+                .and_then(|s| s.rec.invocation.as_deref())
             {
                 prop_assert_eq!(recorded, &start.invocation);
             }

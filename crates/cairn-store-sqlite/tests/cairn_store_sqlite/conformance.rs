@@ -488,3 +488,121 @@ async fn expired_unreleased_leases_of_active_plans_are_taken_over_with_a_larger_
         .unwrap();
     assert_eq!(taken.len(), 1, "{taken:?}");
 }
+
+/// The writer remembers each plan's index row (its pk and state) between appends. What another
+/// connection commits meanwhile, a plan deleted and created again under its id, a refused
+/// append and a state that changes back all leave the index row true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_index_row_stays_true_whoever_writes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.db");
+    let a = open(&path, false);
+    let b = open(&path, false);
+    async fn row(store: &SqliteStore, plan_id: &str) -> (String, u64) {
+        let r = store.get_plan(plan_id).await.unwrap().unwrap();
+        (r.state, r.last_seq)
+    }
+    let with_state = |plan_id: &str, expected_seq: u64, state: &str| Append {
+        state: Some(state.into()),
+        ..append(plan_id, expected_seq)
+    };
+
+    a.create_plan(create("p")).await.unwrap();
+    a.append(with_state("p", 1, "paused")).await.unwrap();
+    // Another connection changes the row: the writer of `a` must not trust what it remembers.
+    b.append(with_state("p", 2, "running")).await.unwrap();
+    a.append(with_state("p", 3, "paused")).await.unwrap();
+    assert_eq!(row(&b, "p").await, ("paused".to_owned(), 4));
+
+    // Deleted and created again by the other connection: a new row under the same id.
+    b.delete_plan("p").await.unwrap();
+    b.create_plan(create("q")).await.unwrap();
+    b.create_plan(create("p")).await.unwrap();
+    a.append(with_state("p", 1, "completed")).await.unwrap();
+    assert_eq!(row(&b, "p").await, ("completed".to_owned(), 2));
+    assert_eq!(row(&b, "q").await, ("running".to_owned(), 1));
+
+    // Deleted and created again through the same writer.
+    a.delete_plan("p").await.unwrap();
+    assert!(matches!(
+        a.append(with_state("p", 2, "running")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    a.create_plan(create("p")).await.unwrap();
+    // A refused append changes nothing; the next one is decided on the row as it is.
+    assert!(matches!(
+        a.append(with_state("p", 5, "paused")).await,
+        Err(StoreError::SeqConflict { actual: 1, .. })
+    ));
+    a.append(with_state("p", 1, "paused")).await.unwrap();
+    // No state given: the row keeps its own; then back to the state it had before.
+    a.append(append("p", 2)).await.unwrap();
+    a.append(with_state("p", 3, "running")).await.unwrap();
+    a.append(with_state("p", 4, "paused")).await.unwrap();
+    assert_eq!(row(&b, "p").await, ("paused".to_owned(), 5));
+    let listed = b
+        .list_plans(Some("paused"), 10, None)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.plan_id)
+        .collect::<Vec<_>>();
+    assert_eq!(listed, vec!["p".to_owned()]);
+}
+
+/// The writer inserts an append's events several rows a statement: each stored event is
+/// answered with the id it was stored under, whatever the append's size, and appends of
+/// several plans committed together keep their ids apart and in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ids_an_append_answers_are_those_its_events_are_stored_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("ids.db"), false));
+    for i in 0..6 {
+        store.create_plan(create(&format!("p{i}"))).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..6u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let plan_id = format!("p{i}");
+            // 1, 8, 9, 17, 3 and 24 events: one row, a full statement, a statement and a row…
+            let n = [1u64, 8, 9, 17, 3, 24][i as usize];
+            let mut events: Vec<_> = (2..2 + n).map(|seq| ev(seq, "step")).collect();
+            events[0].checkpoint = Some(cairn_store::CheckpointMark {
+                trigger: "step".into(),
+                label: Some(format!("first of {plan_id}")),
+            });
+            let stored = store
+                .append(Append {
+                    plan_id: plan_id.clone(),
+                    expected_seq: 1,
+                    fence: None,
+                    state: None,
+                    events,
+                    reviews: Vec::new(),
+                })
+                .await
+                .unwrap();
+            (plan_id, stored)
+        }));
+    }
+    let mut all_ids = Vec::new();
+    for task in tasks {
+        let (plan_id, stored) = task.await.unwrap();
+        let read = store.read_events(&plan_id, 1, None, 100).await.unwrap();
+        assert_eq!(stored, read, "{plan_id}: answered as stored");
+        assert!(stored.windows(2).all(|w| w[1].id == w[0].id + 1));
+        assert_eq!(
+            read[0].checkpoint.as_ref().and_then(|c| c.label.clone()),
+            Some(format!("first of {plan_id}"))
+        );
+        assert!(read[1..].iter().all(|e| e.checkpoint.is_none()));
+        all_ids.extend(stored.iter().map(|e| e.id));
+    }
+    all_ids.sort_unstable();
+    all_ids.dedup();
+    assert_eq!(all_ids.len(), 1 + 8 + 9 + 17 + 3 + 24);
+    let everything = store.read_all_events(0, 1_000).await.unwrap();
+    assert!(everything.windows(2).all(|w| w[0].id < w[1].id));
+}
