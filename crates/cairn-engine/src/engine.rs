@@ -124,6 +124,27 @@ struct Plans {
     /// being kept (see [`Plans::keep_fresh`]), oldest first.
     fresh: HashMap<String, (tokio::time::Instant, PlanState)>,
     fresh_order: std::collections::VecDeque<(tokio::time::Instant, String)>,
+    /// A task forgets the kept states as their time runs out (see [`sweep_fresh`]).
+    sweeping: bool,
+}
+
+/// Forgets kept registered states as their time runs out, so that they go even when nothing
+/// else happens on the node; ends once none is kept.
+fn sweep_fresh(inner: std::sync::Weak<Inner>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let Ok(mut plans) = inner.plans.lock() else {
+                return;
+            };
+            plans.drop_stale_fresh(tokio::time::Instant::now());
+            if plans.fresh.is_empty() {
+                plans.sweeping = false;
+                return;
+            }
+        }
+    });
 }
 
 /// Just-registered states kept at most (see [`Plans::keep_fresh`]): memory stays bounded
@@ -1077,6 +1098,10 @@ impl Engine {
         if let Ok(mut plans) = self.inner.plans.lock() {
             let keep = std::time::Duration::from_millis(self.inner.opts.idle_unload_ms);
             plans.keep_fresh(&plan_id, state.clone(), since, keep);
+            if !plans.sweeping && !plans.fresh.is_empty() {
+                plans.sweeping = true;
+                sweep_fresh(Arc::downgrade(&self.inner), keep);
+            }
         }
         Ok(state)
     }
@@ -2220,5 +2245,36 @@ where
             Some(c) => cursor = Some(c),
             None => return Ok(out),
         }
+    }
+}
+
+#[cfg(test)]
+mod fresh_tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// However many plans are registered, at most `FRESH_KEPT` states are kept, each for its
+    /// time alone, and a kept state is handed out once.
+    #[tokio::test(start_paused = true)]
+    async fn kept_registered_states_are_bounded_in_number_and_time() {
+        let mut p = Plans::default();
+        let keep = Duration::from_secs(2);
+        for i in 0..FRESH_KEPT + 10 {
+            let id = format!("p{i}");
+            p.keep_fresh(&id, PlanState::empty(&id), 0, keep);
+        }
+        assert_eq!(p.fresh.len(), FRESH_KEPT);
+        assert!(p.take_fresh("p0").is_none(), "the oldest stays");
+        assert!(p.take_fresh("p20").is_some());
+        assert!(p.take_fresh("p20").is_none(), "handed out twice");
+        tokio::time::advance(keep + Duration::from_millis(1)).await;
+        assert!(p.take_fresh("p21").is_none(), "kept past its time");
+        assert!(p.fresh.is_empty());
+        assert!(p.fresh_order.is_empty());
+        // Nothing kept for a zero time, nor for a plan whose actor came and went meanwhile.
+        p.keep_fresh("z", PlanState::empty("z"), 0, Duration::ZERO);
+        p.note_unload("u");
+        p.keep_fresh("u", PlanState::empty("u"), 0, keep);
+        assert!(p.fresh.is_empty());
     }
 }
