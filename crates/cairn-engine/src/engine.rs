@@ -149,7 +149,7 @@ fn sweep_fresh(inner: std::sync::Weak<Inner>, every: std::time::Duration) {
 
 /// Just-registered states kept at most (see [`Plans::keep_fresh`]): memory stays bounded
 /// however many plans are registered and left idle.
-const FRESH_KEPT: usize = 1024;
+const FRESH_KEPT: usize = 256;
 
 /// A live actor: its mailbox, and the token of the lease it drives its plan under (renewed for
 /// it by [`crate::node::renewals`]).
