@@ -94,6 +94,12 @@ pub struct BenchArgs {
     /// wait (failover).
     #[arg(long, default_value_t = 10_000)]
     lease_ms: u64,
+    /// How `cluster_plans` sees every plan end: `stream` (node 0's all-plans event stream, as
+    /// a user watching every plan would; node 0 then reads and decodes the other nodes'
+    /// events) or `database` (the bench's own PostgreSQL connection counts ended plans every
+    /// 20 ms, which costs the nodes nothing).
+    #[arg(long, default_value = "stream", value_parser = ["stream", "database"])]
+    observe: String,
     /// Run the single workload given in this process (used by the parent).
     #[arg(long, hide = true)]
     child: bool,
@@ -175,6 +181,7 @@ pub async fn bench(args: BenchArgs) -> Result<u8, Fail> {
                         nodes: args.nodes,
                         lease_ms: args.lease_ms,
                         requests: args.requests,
+                        observe_database: args.observe == "database",
                     };
                     crate::bench_cluster::run(&exe, url, &sizes, w == "cluster_plans").await?;
                 }

@@ -65,6 +65,10 @@ pub struct NodeStats {
     pub commands_queued: u64,
     /// Commands refused because that many were waiting already (`overloaded`, HTTP 429).
     pub overloaded_total: u64,
+    /// Plans loaded from the store to be driven here (snapshot and log read), not counting
+    /// takeovers nor plans started moments after their registration here, whose state was
+    /// kept.
+    pub plan_loads_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +76,7 @@ pub(crate) struct Counters {
     pub(crate) takeovers: AtomicU64,
     pub(crate) forwarded: AtomicU64,
     pub(crate) forward_failures: AtomicU64,
+    pub(crate) loads: AtomicU64,
 }
 
 impl Counters {

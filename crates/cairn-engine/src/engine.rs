@@ -120,7 +120,36 @@ struct Plans {
     releasing: std::collections::HashSet<String>,
     unloads: u64,
     recent: std::collections::VecDeque<(u64, String)>,
+    /// Plans registered here lately and not loaded since, with their state and when it stops
+    /// being kept (see [`Plans::keep_fresh`]), oldest first.
+    fresh: HashMap<String, (tokio::time::Instant, PlanState)>,
+    fresh_order: std::collections::VecDeque<(tokio::time::Instant, String)>,
+    /// A task forgets the kept states as their time runs out (see [`sweep_fresh`]).
+    sweeping: bool,
 }
+
+/// Forgets kept registered states as their time runs out, so that they go even when nothing
+/// else happens on the node; ends once none is kept.
+fn sweep_fresh(inner: std::sync::Weak<Inner>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let Ok(mut plans) = inner.plans.lock() else {
+                return;
+            };
+            plans.drop_stale_fresh(tokio::time::Instant::now());
+            if plans.fresh.is_empty() {
+                plans.sweeping = false;
+                return;
+            }
+        }
+    });
+}
+
+/// Just-registered states kept at most (see [`Plans::keep_fresh`]): memory stays bounded
+/// however many plans are registered and left idle.
+const FRESH_KEPT: usize = 256;
 
 /// A live actor: its mailbox, and the token of the lease it drives its plan under (renewed for
 /// it by [`crate::node::renewals`]).
@@ -305,6 +334,60 @@ impl Drop for Admitted<'_> {
 }
 
 impl Plans {
+    /// Keeps the state of a plan just registered on this node for `keep`, so that a start soon
+    /// after does not read the plan back from the store. Kept only if no actor of the plan was
+    /// live or removed since the registration began (removal count `since`): then nothing but
+    /// the registration wrote the plan's log through this node.
+    fn keep_fresh(
+        &mut self,
+        plan_id: &str,
+        state: PlanState,
+        since: u64,
+        keep: std::time::Duration,
+    ) {
+        let now = tokio::time::Instant::now();
+        self.drop_stale_fresh(now);
+        if keep.is_zero() || self.live.contains_key(plan_id) || self.unloaded_since(plan_id, since)
+        {
+            return;
+        }
+        while self.fresh.len() >= FRESH_KEPT {
+            match self.fresh_order.pop_front() {
+                Some((_, id)) => {
+                    self.fresh.remove(&id);
+                }
+                None => break,
+            }
+        }
+        let until = now + keep;
+        self.fresh.insert(plan_id.to_owned(), (until, state));
+        self.fresh_order.push_back((until, plan_id.to_owned()));
+    }
+
+    /// Forgets the kept states whose time is up.
+    fn drop_stale_fresh(&mut self, now: tokio::time::Instant) {
+        while let Some((until, _)) = self.fresh_order.front() {
+            if *until > now && self.fresh_order.len() <= 2 * FRESH_KEPT {
+                break;
+            }
+            let (until, id) = self.fresh_order.pop_front().expect("front");
+            // The map's entry may be a newer one under the same id (deleted, registered again).
+            if self.fresh.get(&id).is_some_and(|(u, _)| *u == until) {
+                self.fresh.remove(&id);
+            }
+        }
+    }
+
+    /// The kept state of `plan_id`, if any (and forgotten here either way).
+    fn take_fresh(&mut self, plan_id: &str) -> Option<PlanState> {
+        let now = tokio::time::Instant::now();
+        self.drop_stale_fresh(now);
+        self.fresh
+            .remove(plan_id)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, state)| state)
+    }
+
     fn remove_if(&mut self, plan_id: &str, tx: &mpsc::UnboundedSender<Msg>) -> bool {
         match self.live.get(plan_id) {
             Some(current) if current.tx.same_channel(tx) => {
@@ -547,6 +630,7 @@ impl Engine {
             inbox_depth: self.inner.inbox.load(Relaxed).max(0) as u64,
             commands_queued: self.inner.queued.load(Relaxed) as u64,
             overloaded_total: self.inner.overloaded.load(Relaxed),
+            plan_loads_total: c.loads.load(Relaxed),
         }
     }
 
@@ -573,6 +657,7 @@ impl Engine {
                 .plans
                 .lock()
                 .map_err(|_| EngineError::ShuttingDown)?;
+            plans.fresh.remove(plan_id);
             let old = plans.live.insert(
                 plan_id.to_owned(),
                 Live {
@@ -617,6 +702,7 @@ impl Engine {
             if plans.live.contains_key(&state.plan_id) {
                 return Ok(false);
             }
+            plans.fresh.remove(&state.plan_id);
             plans.live.insert(
                 state.plan_id.clone(),
                 Live {
@@ -785,7 +871,23 @@ impl Engine {
                     self.inner.now().as_micros(),
                 )
                 .await?;
-            let (state, snapshot_seq) = load_state(&*self.inner.store, plan_id).await?;
+            // A plan registered here moments ago starts from the state its registration
+            // decided, unless another node has held its lease since (its token would have
+            // grown): nothing else can have been appended to its log.
+            let fresh = self
+                .inner
+                .plans
+                .lock()
+                .map_err(|_| EngineError::ShuttingDown)?
+                .take_fresh(plan_id)
+                .filter(|_| fence.token == 1 && fence.node == self.inner.opts.node_id);
+            let (state, snapshot_seq) = match fresh {
+                Some(state) => (state, 0),
+                None => {
+                    crate::cluster::Counters::bump(&self.inner.counters.loads);
+                    load_state(&*self.inner.store, plan_id).await?
+                }
+            };
             let mut plans = self
                 .inner
                 .plans
@@ -819,6 +921,7 @@ impl Engine {
                 let _ = self.inner.post(&tx, recover);
             }
             let _ = self.inner.post(&tx, msg);
+            plans.fresh.remove(plan_id);
             plans.live.insert(
                 plan_id.to_owned(),
                 Live {
@@ -980,7 +1083,24 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         plan.plan_id = Some(plan_id.clone());
-        self.create(plan_id, plan, None, actor).await
+        let since = self
+            .inner
+            .plans
+            .lock()
+            .map_err(|_| EngineError::ShuttingDown)?
+            .unloads;
+        let state = self.create(plan_id.clone(), plan, None, actor).await?;
+        // Kept a little while (as long as a quiet plan's actor stays): a start soon after
+        // then spares reading the plan back (see `deliver`).
+        if let Ok(mut plans) = self.inner.plans.lock() {
+            let keep = std::time::Duration::from_millis(self.inner.opts.idle_unload_ms);
+            plans.keep_fresh(&plan_id, state.clone(), since, keep);
+            if !plans.sweeping && !plans.fresh.is_empty() {
+                plans.sweeping = true;
+                sweep_fresh(Arc::downgrade(&self.inner), keep);
+            }
+        }
+        Ok(state)
     }
 
     async fn create(
@@ -1960,6 +2080,7 @@ impl Engine {
         let state = self.state(plan_id).await?;
         cairn_core::decide::check_delete(&state)?;
         let live = self.inner.plans.lock().ok().and_then(|mut p| {
+            p.fresh.remove(plan_id);
             let tx = p.live.remove(plan_id)?.tx;
             p.note_unload(plan_id);
             Some(tx)
@@ -2121,5 +2242,36 @@ where
             Some(c) => cursor = Some(c),
             None => return Ok(out),
         }
+    }
+}
+
+#[cfg(test)]
+mod fresh_tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// However many plans are registered, at most `FRESH_KEPT` states are kept, each for its
+    /// time alone, and a kept state is handed out once.
+    #[tokio::test(start_paused = true)]
+    async fn kept_registered_states_are_bounded_in_number_and_time() {
+        let mut p = Plans::default();
+        let keep = Duration::from_secs(2);
+        for i in 0..FRESH_KEPT + 10 {
+            let id = format!("p{i}");
+            p.keep_fresh(&id, PlanState::empty(&id), 0, keep);
+        }
+        assert_eq!(p.fresh.len(), FRESH_KEPT);
+        assert!(p.take_fresh("p0").is_none(), "the oldest stays");
+        assert!(p.take_fresh("p20").is_some());
+        assert!(p.take_fresh("p20").is_none(), "handed out twice");
+        tokio::time::advance(keep + Duration::from_millis(1)).await;
+        assert!(p.take_fresh("p21").is_none(), "kept past its time");
+        assert!(p.fresh.is_empty());
+        assert!(p.fresh_order.is_empty());
+        // Nothing kept for a zero time, nor for a plan whose actor came and went meanwhile.
+        p.keep_fresh("z", PlanState::empty("z"), 0, Duration::ZERO);
+        p.note_unload("u");
+        p.keep_fresh("u", PlanState::empty("u"), 0, keep);
+        assert!(p.fresh.is_empty());
     }
 }
