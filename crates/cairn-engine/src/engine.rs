@@ -872,8 +872,8 @@ impl Engine {
                 )
                 .await?;
             // A plan registered here moments ago starts from the state its registration
-            // decided, unless another node has held its lease since (its token would have
-            // grown): nothing else can have been appended to its log.
+            // decided (kept only on a node alone with its store, which every change of the
+            // plan goes through: see `register`; the lease check is a second guard).
             let fresh = self
                 .inner
                 .plans
@@ -1091,7 +1091,12 @@ impl Engine {
             .unloads;
         let state = self.create(plan_id.clone(), plan, None, actor).await?;
         // Kept a little while (as long as a quiet plan's actor stays): a start soon after
-        // then spares reading the plan back (see `deliver`).
+        // then spares reading the plan back (see `deliver`). Only on a node alone with its
+        // store: a node sharing it could not tell the plan from one another node deleted and
+        // registered again under the same id meanwhile (a new plan, whose lease is new too).
+        if self.inner.clustered() {
+            return Ok(state);
+        }
         if let Ok(mut plans) = self.inner.plans.lock() {
             let keep = std::time::Duration::from_millis(self.inner.opts.idle_unload_ms);
             plans.keep_fresh(&plan_id, state.clone(), since, keep);

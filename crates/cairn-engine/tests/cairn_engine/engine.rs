@@ -2015,3 +2015,55 @@ async fn a_flood_of_commands_is_answered_or_refused_and_mailboxes_stay_bounded()
         assert_eq!(state.status, PlanStatus::Completed, "{id}");
     }
 }
+
+/// An engine alone with its store starts a plan registered moments ago from the state its
+/// registration decided, without reading it back; a plan deleted and registered again starts
+/// from the new registration; and an engine that keeps no quiet plan (`idle_unload_ms` 0)
+/// keeps no registered one either.
+#[tokio::test]
+async fn a_plan_started_just_after_its_registration_is_not_read_back() {
+    let yaml = |id: &str, agent: &str| {
+        format!("plan_id: {id}\nsteps:\n  - {{step_id: s1, action: x, agent_type: {agent}}}\n")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(&dir).await;
+    let loads = |e: &Engine| e.node_stats().plan_loads_total;
+    e.register(plan(&yaml("fresh", "builtin.echo")), "ann")
+        .await
+        .unwrap();
+    e.start("fresh", "ann", None).await.unwrap();
+    assert_eq!(settled(&e, "fresh").await.status, PlanStatus::Completed);
+    assert_eq!(loads(&e), 0, "the start read the plan back");
+
+    e.register(plan(&yaml("again", "builtin.echo")), "ann")
+        .await
+        .unwrap();
+    e.delete("again").await.unwrap();
+    e.register(plan(&yaml("again", "builtin.fail")), "ann")
+        .await
+        .unwrap();
+    e.start("again", "ann", None).await.unwrap();
+    assert_eq!(
+        settled(&e, "again").await.status,
+        PlanStatus::Failed,
+        "ran the deleted plan's definition"
+    );
+    drop(e);
+
+    let dir = tempfile::tempdir().unwrap();
+    let e = open_engine(
+        &dir,
+        Registry::with_builtins(),
+        EngineOptions {
+            idle_unload_ms: 0,
+            ..EngineOptions::default()
+        },
+    )
+    .await;
+    e.register(plan(&yaml("cold", "builtin.echo")), "ann")
+        .await
+        .unwrap();
+    e.start("cold", "ann", None).await.unwrap();
+    assert_eq!(settled(&e, "cold").await.status, PlanStatus::Completed);
+    assert_eq!(loads(&e), 1);
+}
