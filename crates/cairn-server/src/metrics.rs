@@ -187,6 +187,10 @@ fn describe() {
         "cairn_node_overloaded_total",
         "Commands refused (429 `overloaded`) because the engine's limit of waiting commands was reached"
     );
+    describe_counter!(
+        "cairn_node_plan_loads_total",
+        "Plans this node read from the store to drive them (a command for a plan not live here)"
+    );
     describe_gauge!(
         "cairn_cluster_nodes",
         "Nodes sharing the store as this node sees them, by liveness"
@@ -236,7 +240,8 @@ pub fn forward_refused(node: &str) {
 
 /// Reads this node's share of the cluster once, labelled with its id: from the engine,
 /// `cairn_node_leases_held`, `cairn_node_takeovers_total`, `cairn_node_forwarded_total`,
-/// `cairn_node_forward_failures_total`, `cairn_node_inbox_depth` and `cairn_node_overloaded_total`; from the store's node
+/// `cairn_node_forward_failures_total`, `cairn_node_inbox_depth`, `cairn_node_overloaded_total`
+/// and `cairn_node_plan_loads_total`; from the store's node
 /// list, `cairn_cluster_nodes{node, alive}` (the nodes it sees, by liveness).
 pub async fn refresh_node(engine: &Engine, me: &crate::cluster::NodeIdentity) {
     handle();
@@ -250,6 +255,8 @@ pub async fn refresh_node(engine: &Engine, me: &crate::cluster::NodeIdentity) {
     gauge!("cairn_node_inbox_depth", "node" => node.clone()).set(stats.inbox_depth as f64);
     counter!("cairn_node_overloaded_total", "node" => node.clone())
         .absolute(stats.overloaded_total);
+    counter!("cairn_node_plan_loads_total", "node" => node.clone())
+        .absolute(stats.plan_loads_total);
     let rows = match engine.store().list_nodes().await {
         Ok(rows) => rows,
         Err(e) => {

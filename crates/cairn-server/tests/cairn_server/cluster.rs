@@ -522,6 +522,7 @@ async fn node_metrics_are_labelled_with_the_node_id() {
         r#"cairn_node_takeovers_total{node="metrics-node"} 0"#,
         r#"cairn_node_forwarded_total{node="metrics-node"} 0"#,
         r#"cairn_node_inbox_depth{node="metrics-node"}"#,
+        r#"cairn_node_plan_loads_total{node="metrics-node"} 0"#,
         r#"cairn_cluster_nodes{node="metrics-node",alive="true"} 1"#,
     ];
     within("the node's metrics", async {
