@@ -267,10 +267,6 @@ impl PlanActor {
         }
     }
 
-    fn shared(&self) -> Arc<PlanState> {
-        self.state.clone()
-    }
-
     /// Nothing left to do until someone asks: ended, or paused with nothing running, and no
     /// timer (`resume_at`, a review's deadline). Such a plan is unloaded (its memory freed, its
     /// lease released) and loaded again from the store by the next command, so idle plans cost
@@ -365,7 +361,7 @@ impl PlanActor {
             self.hold(work, acks);
         } else {
             if !reads.is_empty() {
-                let shared = self.shared();
+                let shared = Arc::clone(&self.state);
                 for reply in reads {
                     let _ = reply.send(shared.clone());
                 }
@@ -633,7 +629,7 @@ impl PlanActor {
             published
         };
         if !answers.is_empty() {
-            let shared = self.shared();
+            let shared = Arc::clone(&self.state);
             for (i, answer) in answers {
                 if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
                     let _ = reply.send(answer.map(|p| p.answer(&published, shared.clone())));

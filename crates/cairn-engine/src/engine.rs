@@ -1083,6 +1083,13 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         plan.plan_id = Some(plan_id.clone());
+        // Kept a little while (as long as a quiet plan's actor stays): a start soon after
+        // then spares reading the plan back (see `deliver`). Only on a node alone with its
+        // store: a node sharing it could not tell the plan from one another node deleted and
+        // registered again under the same id meanwhile (a new plan, whose lease is new too).
+        if self.inner.clustered() {
+            return self.create(plan_id, plan, None, actor).await;
+        }
         let since = self
             .inner
             .plans
@@ -1090,13 +1097,6 @@ impl Engine {
             .map_err(|_| EngineError::ShuttingDown)?
             .unloads;
         let state = self.create(plan_id.clone(), plan, None, actor).await?;
-        // Kept a little while (as long as a quiet plan's actor stays): a start soon after
-        // then spares reading the plan back (see `deliver`). Only on a node alone with its
-        // store: a node sharing it could not tell the plan from one another node deleted and
-        // registered again under the same id meanwhile (a new plan, whose lease is new too).
-        if self.inner.clustered() {
-            return Ok(state);
-        }
         if let Ok(mut plans) = self.inner.plans.lock() {
             let keep = std::time::Duration::from_millis(self.inner.opts.idle_unload_ms);
             plans.keep_fresh(&plan_id, state.clone(), since, keep);

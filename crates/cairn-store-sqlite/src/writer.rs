@@ -917,8 +917,7 @@ impl Writer {
 
     fn claim(&self, plan_id: String, node: String, ttl_ms: u64, now: Micros) -> StoreResult<Fence> {
         let pk = self.plan_pk(&plan_id)?;
-        let ttl = i64::try_from(ttl_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let expires_at = now.saturating_add(ttl);
+        let expires_at = lease_expiry(now, ttl_ms);
         let token = match self.lease(pk)? {
             None => 1,
             // Renewal (or re-claim after expiry) by the same node keeps the token: its fences
@@ -955,8 +954,7 @@ impl Writer {
         ttl_ms: u64,
         now: Micros,
     ) -> StoreResult<Vec<String>> {
-        let ttl = i64::try_from(ttl_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let expires_at = now.saturating_add(ttl);
+        let expires_at = lease_expiry(now, ttl_ms);
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -1031,8 +1029,7 @@ impl Writer {
                 .ctx("find expired leases")?;
             rows.collect::<Result<_, _>>().ctx("find expired leases")?
         };
-        let ttl = i64::try_from(ttl_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let expires_at = now.saturating_add(ttl);
+        let expires_at = lease_expiry(now, ttl_ms);
         let mut taken = Vec::with_capacity(expired.len());
         let mut update = self
             .conn
@@ -1125,4 +1122,9 @@ fn fail_all(
     for reply in senders {
         replies.push((reply, Err(clone_error(e))));
     }
+}
+
+/// When a lease taken or renewed at `now` for `ttl_ms` runs out (saturating, never wrapping).
+fn lease_expiry(now: Micros, ttl_ms: u64) -> Micros {
+    now.saturating_add(i64::try_from(ttl_ms.saturating_mul(1000)).unwrap_or(i64::MAX))
 }
