@@ -74,6 +74,8 @@ pub(crate) enum Op {
         plan_id: String,
         node: String,
         ttl: i64,
+        /// Answer the plan's first event id too (`Leases::claim_incarnation`).
+        incarnation: bool,
     },
     /// Gives a lease up, when `fence` still holds it (`Leases::release`).
     Release {
@@ -86,7 +88,8 @@ pub(crate) enum Outcome {
     Events(Vec<StoredEvent>),
     /// The created plan's events, then the appended ones.
     Both(Vec<StoredEvent>, Vec<StoredEvent>),
-    Claimed(Fence),
+    /// The fence, and the plan's first event id when asked.
+    Claimed(Fence, Option<u64>),
     /// The created plan's events and its lease's fence.
     CreatedLeased(Vec<StoredEvent>, Fence),
     Released,
@@ -114,6 +117,7 @@ struct Conn {
     update_plans: Statement,
     put_reviews: Statement,
     put_leases: Statement,
+    first_events: Statement,
     notify: Statement,
 }
 
@@ -205,6 +209,11 @@ impl Conn {
                      expires_at = CASE WHEN EXCLUDED.released
                                        THEN LEAST(leases.expires_at, EXCLUDED.expires_at)
                                        ELSE EXCLUDED.expires_at END",
+            )
+            .await?,
+            // The first event of each plan a claim asked it of (`claim_incarnation`).
+            first_events: prepare(
+                "SELECT plan_pk, id FROM events WHERE plan_pk = ANY($1::bigint[]) AND seq = 1",
             )
             .await?,
             notify: prepare("SELECT pg_notify($1, '')").await?,
@@ -360,6 +369,8 @@ struct Writes {
     reviews: Vec<(i64, ReviewRow)>,
     /// The fence a claim took.
     claimed: Option<Fence>,
+    /// The key of the plan claimed.
+    claimed_pk: i64,
 }
 
 /// Checks what needs no database: events present, contiguous, free of NUL characters (which
@@ -563,6 +574,7 @@ impl Decider<'_> {
             node: node.to_owned(),
             token,
         });
+        w.claimed_pk = pk;
         Ok(())
     }
 
@@ -686,6 +698,7 @@ async fn transaction(
         c.put_reviews.clone(),
         c.notify.clone(),
         c.put_leases.clone(),
+        c.first_events.clone(),
     );
     let tx = c
         .client
@@ -769,7 +782,9 @@ async fn transaction(
                 Err(e) => Err(e),
                 Ok(()) => decider.claim(&create.plan_id, node, *ttl, &mut w),
             },
-            Op::Claim { plan_id, node, ttl } => decider.claim(plan_id, node, *ttl, &mut w),
+            Op::Claim {
+                plan_id, node, ttl, ..
+            } => decider.claim(plan_id, node, *ttl, &mut w),
             Op::Release { plan_id, fence } => {
                 decider.release(plan_id, fence);
                 Ok(())
@@ -846,6 +861,8 @@ async fn transaction(
     let mut update_order: Vec<i64> = Vec::new();
     let mut reviews: HashMap<(i64, String), usize> = HashMap::new();
     let mut review_rows: Vec<(i64, ReviewRow)> = Vec::new();
+    // Claims that asked for their plan's first event id: (answer index, plan key).
+    let mut incarnations: Vec<(usize, i64)> = Vec::new();
     for (op, result) in ops.iter().zip(decided) {
         let w = match result {
             Ok(w) => w,
@@ -914,10 +931,14 @@ async fn transaction(
             Op::Create(_) => Ok(Outcome::Events(halves.0)),
             Op::Append(_) => Ok(Outcome::Events(halves.1)),
             Op::CreateWith { .. } => Ok(Outcome::Both(halves.0, halves.1)),
-            Op::Claim { .. } => w
-                .claimed
-                .map(Outcome::Claimed)
-                .ok_or_else(|| StoreError::Backend("a claim took no lease".into())),
+            Op::Claim { incarnation, .. } => {
+                if *incarnation {
+                    incarnations.push((answers.len(), w.claimed_pk));
+                }
+                w.claimed
+                    .map(|fence| Outcome::Claimed(fence, None))
+                    .ok_or_else(|| StoreError::Backend("a claim took no lease".into()))
+            }
             Op::CreateLeased { .. } => w
                 .claimed
                 .map(|fence| Outcome::CreatedLeased(halves.0, fence))
@@ -994,6 +1015,22 @@ async fn transaction(
         )
         .await
         .map_err(db("write leases"))?;
+    }
+    if !incarnations.is_empty() {
+        // After the batch's own events: a plan created in this batch has its first one now.
+        let pks: Vec<i64> = incarnations.iter().map(|(_, pk)| *pk).collect();
+        let firsts: HashMap<i64, i64> = tx
+            .query(&stmts.10, &[&pks])
+            .await
+            .map_err(db("read first events"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for (i, pk) in incarnations {
+            if let Some(Ok(Outcome::Claimed(_, first))) = answers.get_mut(i) {
+                *first = firsts.get(&pk).map(|id| from_sql(*id));
+            }
+        }
     }
     if n_events > 0 {
         tx.query(&stmts.8, &[&channel])

@@ -567,6 +567,22 @@ pub trait Leases: Send + Sync + 'static {
         now: Micros,
     ) -> StoreResult<Fence>;
 
+    /// [`Leases::claim`], answering besides the fence the id of the plan's first event (seq
+    /// 1) as the claim's own transaction saw it: the plan's incarnation. Event ids are never
+    /// reused, so a plan deleted and registered again under the same id has another, and a
+    /// caller that kept a plan's state from its registration can tell whether the plan it
+    /// claimed is still that one. `None` when the store does not say (this default): the
+    /// caller then reads the plan back.
+    async fn claim_incarnation(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<(Fence, Option<u64>)> {
+        Ok((self.claim(plan_id, node, ttl_ms, now).await?, None))
+    }
+
     /// Gives a lease up (no-op when the fence is stale).
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()>;
 

@@ -291,6 +291,18 @@ impl Leases for Faulty {
         self.inner.claim(plan_id, node, ttl_ms, now).await
     }
 
+    async fn claim_incarnation(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<(Fence, Option<u64>)> {
+        self.inner
+            .claim_incarnation(plan_id, node, ttl_ms, now)
+            .await
+    }
+
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {
         self.inner.release(plan_id, fence).await
     }
