@@ -113,6 +113,8 @@ pub struct PgStore {
     writes: mpsc::UnboundedSender<writer::Request>,
     stats: Arc<writer::Stats>,
     hint: Arc<Notify>,
+    /// Whether the engine wants commit hints (the session listens only then).
+    hints_wanted: Arc<session::Wanted>,
     session: mpsc::Sender<session::Command>,
     session_state: Arc<session::State>,
     /// What advisory-lock keys are namespaced by (the schema), so stores in different schemas
@@ -211,6 +213,7 @@ impl PgStore {
             own.clone(),
         ));
         let hint = Arc::new(Notify::new());
+        let hints_wanted = Arc::new(session::Wanted::default());
         let session_state = Arc::new(session::State::default());
         let (session, commands) = mpsc::channel(16);
         let (ready, listening) = oneshot::channel();
@@ -227,6 +230,7 @@ impl PgStore {
             channel,
             commands,
             hint.clone(),
+            hints_wanted.clone(),
             session_state.clone(),
             own,
             ready,
@@ -241,6 +245,7 @@ impl PgStore {
             writes,
             stats,
             hint,
+            hints_wanted,
             session,
             session_state,
             namespace,
@@ -503,6 +508,10 @@ impl EventLog for PgStore {
 
     fn commit_hint(&self) -> Option<Arc<Notify>> {
         Some(self.hint.clone())
+    }
+
+    fn want_commit_hints(&self, on: bool) {
+        self.hints_wanted.set(on);
     }
 }
 

@@ -494,6 +494,15 @@ pub trait EventLog: Send + Sync + 'static {
     fn commit_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
+
+    /// Whether the engine wants [`EventLog::commit_hint`] now (`true` until told otherwise):
+    /// it needs hints only while someone follows its all-plans stream. A store may stop
+    /// listening meanwhile, since a hint costs every listening connection (and its database
+    /// backend) a wake-up per commit of any node; when hints are wanted again it listens
+    /// again and then notifies the hint once, for what it did not hear meanwhile.
+    fn want_commit_hints(&self, on: bool) {
+        let _ = on;
+    }
 }
 
 /// The plan index: one small row per plan (state name, last seq), kept by the log's writes, so

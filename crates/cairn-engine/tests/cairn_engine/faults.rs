@@ -239,6 +239,10 @@ impl EventLog for Faulty {
     fn commit_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         self.inner.commit_hint()
     }
+
+    fn want_commit_hints(&self, on: bool) {
+        self.inner.want_commit_hints(on);
+    }
 }
 
 #[async_trait]
