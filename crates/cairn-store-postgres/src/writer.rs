@@ -947,82 +947,125 @@ async fn transaction(
         });
     }
 
+    // The rest of the transaction's statements depend on nothing they answer one another, so
+    // they are sent together (pipelined: one round trip, not one each) and run in this order;
+    // the first failure is the one answered (the later ones fail because it aborted the
+    // transaction). The commit waits for them all.
+    let mut update_cols: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>) = Default::default();
+    for pk in &update_order {
+        if let Some((last_seq, at, state)) = updates.remove(pk) {
+            update_cols.0.push(*pk);
+            update_cols.1.push(to_sql(last_seq));
+            update_cols.2.push(at);
+            update_cols.3.push(state);
+        }
+    }
+    let mut review_cols = ReviewCols::default();
+    for (pk, r) in review_rows {
+        review_cols.plan_pk.push(pk);
+        review_cols.review_id.push(r.review_id);
+        review_cols.state.push(r.state);
+        review_cols.opened_at.push(r.opened_at);
+        review_cols.data.push(r.data);
+    }
+    let incarnation_pks: Vec<i64> = incarnations.iter().map(|(_, pk)| *pk).collect();
+    type Pending<'a> = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Vec<tokio_postgres::Row>, Failure>> + Send + 'a,
+        >,
+    >;
+    let mut pipeline: Vec<Pending<'_>> = Vec::new();
+    // Which of the pipeline's answers is the first events' (read last but the notify).
+    let mut first_events_at = None;
     if n_events > 0 {
-        tx.execute(
-            &stmts.5,
-            &[
-                &ev.id,
-                &ev.plan_pk,
-                &ev.seq,
-                &ev.kind,
-                &ev.at,
-                &ev.actor,
-                &ev.data,
-                &ev.cp_trigger,
-                &ev.cp_label,
-                &ev.format,
-            ],
-        )
-        .await
-        .map_err(db("insert events"))?;
-    }
-    if !update_order.is_empty() {
-        let mut cols: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>) = Default::default();
-        for pk in &update_order {
-            if let Some((last_seq, at, state)) = updates.remove(pk) {
-                cols.0.push(*pk);
-                cols.1.push(to_sql(last_seq));
-                cols.2.push(at);
-                cols.3.push(state);
-            }
-        }
-        tx.execute(&stmts.6, &[&cols.0, &cols.1, &cols.2, &cols.3])
+        pipeline.push(Box::pin(async {
+            tx.execute(
+                &stmts.5,
+                &[
+                    &ev.id,
+                    &ev.plan_pk,
+                    &ev.seq,
+                    &ev.kind,
+                    &ev.at,
+                    &ev.actor,
+                    &ev.data,
+                    &ev.cp_trigger,
+                    &ev.cp_label,
+                    &ev.format,
+                ],
+            )
             .await
-            .map_err(db("update plans"))?;
+            .map(|_| Vec::new())
+            .map_err(db("insert events"))
+        }));
     }
-    if !review_rows.is_empty() {
-        let mut cols = ReviewCols::default();
-        for (pk, r) in review_rows {
-            cols.plan_pk.push(pk);
-            cols.review_id.push(r.review_id);
-            cols.state.push(r.state);
-            cols.opened_at.push(r.opened_at);
-            cols.data.push(r.data);
-        }
-        tx.execute(
-            &stmts.7,
-            &[
-                &cols.plan_pk,
-                &cols.review_id,
-                &cols.state,
-                &cols.opened_at,
-                &cols.data,
-            ],
-        )
-        .await
-        .map_err(db("write reviews"))?;
+    if !update_cols.0.is_empty() {
+        pipeline.push(Box::pin(async {
+            tx.execute(
+                &stmts.6,
+                &[
+                    &update_cols.0,
+                    &update_cols.1,
+                    &update_cols.2,
+                    &update_cols.3,
+                ],
+            )
+            .await
+            .map(|_| Vec::new())
+            .map_err(db("update plans"))
+        }));
+    }
+    if !review_cols.plan_pk.is_empty() {
+        pipeline.push(Box::pin(async {
+            tx.execute(
+                &stmts.7,
+                &[
+                    &review_cols.plan_pk,
+                    &review_cols.review_id,
+                    &review_cols.state,
+                    &review_cols.opened_at,
+                    &review_cols.data,
+                ],
+            )
+            .await
+            .map(|_| Vec::new())
+            .map_err(db("write reviews"))
+        }));
     }
     if !lease_cols.pk.is_empty() {
-        tx.execute(
-            &stmts.9,
-            &[
-                &lease_cols.pk,
-                &lease_cols.node,
-                &lease_cols.token,
-                &lease_cols.ttl,
-                &lease_cols.released,
-            ],
-        )
-        .await
-        .map_err(db("write leases"))?;
-    }
-    if !incarnations.is_empty() {
-        // After the batch's own events: a plan created in this batch has its first one now.
-        let pks: Vec<i64> = incarnations.iter().map(|(_, pk)| *pk).collect();
-        let firsts: HashMap<i64, i64> = tx
-            .query(&stmts.10, &[&pks])
+        pipeline.push(Box::pin(async {
+            tx.execute(
+                &stmts.9,
+                &[
+                    &lease_cols.pk,
+                    &lease_cols.node,
+                    &lease_cols.token,
+                    &lease_cols.ttl,
+                    &lease_cols.released,
+                ],
+            )
             .await
-            .map_err(db("read first events"))?
+            .map(|_| Vec::new())
+            .map_err(db("write leases"))
+        }));
+    }
+    if !incarnation_pks.is_empty() {
+        // After the batch's own events: a plan created in this batch has its first one now.
+        first_events_at = Some(pipeline.len());
+        pipeline.push(Box::pin(async {
+            tx.query(&stmts.10, &[&incarnation_pks])
+                .await
+                .map_err(db("read first events"))
+        }));
+    }
+    if n_events > 0 {
+        pipeline.push(Box::pin(async {
+            tx.query(&stmts.8, &[&channel]).await.map_err(db("notify"))
+        }));
+    }
+    let mut answered = futures_util::future::try_join_all(pipeline).await?;
+    if let Some(at) = first_events_at {
+        let firsts: HashMap<i64, i64> = std::mem::take(&mut answered[at])
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
@@ -1031,11 +1074,6 @@ async fn transaction(
                 *first = firsts.get(&pk).map(|id| from_sql(*id));
             }
         }
-    }
-    if n_events > 0 {
-        tx.query(&stmts.8, &[&channel])
-            .await
-            .map_err(db("notify"))?;
     }
     tx.commit().await.map_err(db(COMMIT))?;
     Ok((answers, n_events as u64))
