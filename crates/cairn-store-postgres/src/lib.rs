@@ -113,8 +113,6 @@ pub struct PgStore {
     writes: mpsc::UnboundedSender<writer::Request>,
     stats: Arc<writer::Stats>,
     hint: Arc<Notify>,
-    /// Whether the engine wants commit hints (the session listens only then).
-    hints_wanted: Arc<session::Wanted>,
     session: mpsc::Sender<session::Command>,
     session_state: Arc<session::State>,
     /// What advisory-lock keys are namespaced by (the schema), so stores in different schemas
@@ -213,7 +211,6 @@ impl PgStore {
             own.clone(),
         ));
         let hint = Arc::new(Notify::new());
-        let hints_wanted = Arc::new(session::Wanted::default());
         let session_state = Arc::new(session::State::default());
         let (session, commands) = mpsc::channel(16);
         let (ready, listening) = oneshot::channel();
@@ -230,7 +227,6 @@ impl PgStore {
             channel,
             commands,
             hint.clone(),
-            hints_wanted.clone(),
             session_state.clone(),
             own,
             ready,
@@ -245,7 +241,6 @@ impl PgStore {
             writes,
             stats,
             hint,
-            hints_wanted,
             session,
             session_state,
             namespace,
@@ -511,7 +506,8 @@ impl EventLog for PgStore {
     }
 
     fn want_commit_hints(&self, on: bool) {
-        self.hints_wanted.set(on);
+        // The session listens only while they are.
+        self.session_state.wanted.set(on);
     }
 }
 

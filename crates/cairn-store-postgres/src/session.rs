@@ -81,10 +81,12 @@ impl Wanted {
     }
 }
 
-/// What the session knows that readiness checks should hear.
+/// What the session knows that readiness checks should hear, and whether its store's engine
+/// wants commit hints.
 #[derive(Default)]
 pub(crate) struct State {
     problem: Mutex<Option<String>>,
+    pub(crate) wanted: Wanted,
 }
 
 impl State {
@@ -127,7 +129,6 @@ pub(crate) async fn run(
     channel: String,
     mut commands: mpsc::Receiver<Command>,
     hint: Arc<Notify>,
-    wanted: Arc<Wanted>,
     state: Arc<State>,
     own: Arc<OwnWriter>,
     ready: oneshot::Sender<StoreResult<()>>,
@@ -187,6 +188,7 @@ pub(crate) async fn run(
             }
             let _ = closed_tx.send(());
         });
+        let wanted = &state.wanted;
         let listen = format!("LISTEN {channel}");
         let mut listening = wanted.get();
         let first_listen = if listening {
