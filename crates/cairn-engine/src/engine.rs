@@ -120,9 +120,9 @@ struct Plans {
     releasing: std::collections::HashSet<String>,
     unloads: u64,
     recent: std::collections::VecDeque<(u64, String)>,
-    /// Plans registered here lately and not loaded since, with their state and when it stops
-    /// being kept (see [`Plans::keep_fresh`]), oldest first.
-    fresh: HashMap<String, (tokio::time::Instant, PlanState)>,
+    /// Plans registered here lately and not loaded since, with when it stops being kept, their
+    /// state and the id of their first event (see [`Plans::keep_fresh`]), oldest first.
+    fresh: HashMap<String, (tokio::time::Instant, PlanState, u64)>,
     fresh_order: std::collections::VecDeque<(tokio::time::Instant, String)>,
     /// A task forgets the kept states as their time runs out (see [`sweep_fresh`]).
     sweeping: bool,
@@ -334,14 +334,16 @@ impl Drop for Admitted<'_> {
 }
 
 impl Plans {
-    /// Keeps the state of a plan just registered on this node for `keep`, so that a start soon
-    /// after does not read the plan back from the store. Kept only if no actor of the plan was
-    /// live or removed since the registration began (removal count `since`): then nothing but
-    /// the registration wrote the plan's log through this node.
+    /// Keeps the state of a plan just registered on this node for `keep`, with the id of the
+    /// registration's first event (the plan's incarnation: see `Leases::claim_incarnation`),
+    /// so that a start soon after does not read the plan back from the store. Kept only if no
+    /// actor of the plan was live or removed since the registration began (removal count
+    /// `since`): then nothing but the registration wrote the plan's log through this node.
     fn keep_fresh(
         &mut self,
         plan_id: &str,
         state: PlanState,
+        first_event: u64,
         since: u64,
         keep: std::time::Duration,
     ) {
@@ -360,7 +362,8 @@ impl Plans {
             }
         }
         let until = now + keep;
-        self.fresh.insert(plan_id.to_owned(), (until, state));
+        self.fresh
+            .insert(plan_id.to_owned(), (until, state, first_event));
         self.fresh_order.push_back((until, plan_id.to_owned()));
     }
 
@@ -372,20 +375,21 @@ impl Plans {
             }
             let (until, id) = self.fresh_order.pop_front().expect("front");
             // The map's entry may be a newer one under the same id (deleted, registered again).
-            if self.fresh.get(&id).is_some_and(|(u, _)| *u == until) {
+            if self.fresh.get(&id).is_some_and(|(u, _, _)| *u == until) {
                 self.fresh.remove(&id);
             }
         }
     }
 
-    /// The kept state of `plan_id`, if any (and forgotten here either way).
-    fn take_fresh(&mut self, plan_id: &str) -> Option<PlanState> {
+    /// The kept state of `plan_id` and its first event's id, if any (and forgotten here
+    /// either way).
+    fn take_fresh(&mut self, plan_id: &str) -> Option<(PlanState, u64)> {
         let now = tokio::time::Instant::now();
         self.drop_stale_fresh(now);
         self.fresh
             .remove(plan_id)
-            .filter(|(until, _)| *until > now)
-            .map(|(_, state)| state)
+            .filter(|(until, _, _)| *until > now)
+            .map(|(_, state, first)| (state, first))
     }
 
     fn remove_if(&mut self, plan_id: &str, tx: &mpsc::UnboundedSender<Msg>) -> bool {
@@ -861,26 +865,42 @@ impl Engine {
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(100), released).await;
                 continue;
             }
-            let fence = self
+            let kept = self
                 .inner
-                .store
-                .claim(
-                    plan_id,
-                    &self.inner.opts.node_id,
-                    self.inner.opts.lease_ms,
-                    self.inner.now().as_micros(),
-                )
-                .await?;
+                .plans
+                .lock()
+                .map_err(|_| EngineError::ShuttingDown)?
+                .fresh
+                .contains_key(plan_id);
+            let (node, ttl, now) = (
+                &self.inner.opts.node_id,
+                self.inner.opts.lease_ms,
+                self.inner.now().as_micros(),
+            );
+            let (fence, incarnation) = if kept {
+                self.inner
+                    .store
+                    .claim_incarnation(plan_id, node, ttl, now)
+                    .await?
+            } else {
+                (self.inner.store.claim(plan_id, node, ttl, now).await?, None)
+            };
             // A plan registered here moments ago starts from the state its registration
-            // decided (kept only on a node alone with its store, which every change of the
-            // plan goes through: see `register`; the lease check is a second guard).
+            // decided, if the plan claimed is the one registered (the same first event: one
+            // deleted and registered again, on any node, has another) and no node held its
+            // lease since (the first claim is this one: token 1). Another node may still have
+            // written the plan meanwhile without its lease; then the actor's first append
+            // meets a seq conflict and reloads, as any stale actor does.
             let fresh = self
                 .inner
                 .plans
                 .lock()
                 .map_err(|_| EngineError::ShuttingDown)?
                 .take_fresh(plan_id)
-                .filter(|_| fence.token == 1 && fence.node == self.inner.opts.node_id);
+                .filter(|(_, first)| {
+                    incarnation == Some(*first) && fence.token == 1 && fence.node == *node
+                })
+                .map(|(state, _)| state);
             let (state, snapshot_seq) = match fresh {
                 Some(state) => (state, 0),
                 None => {
@@ -1083,23 +1103,24 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         plan.plan_id = Some(plan_id.clone());
-        // Kept a little while (as long as a quiet plan's actor stays): a start soon after
-        // then spares reading the plan back (see `deliver`). Only on a node alone with its
-        // store: a node sharing it could not tell the plan from one another node deleted and
-        // registered again under the same id meanwhile (a new plan, whose lease is new too).
-        if self.inner.clustered() {
-            return self.create(plan_id, plan, None, actor).await;
-        }
+        // Kept a little while (as long as a quiet plan's actor stays), with its first event's
+        // id: a start soon after then spares reading the plan back, when its claim shows the
+        // same plan (see `deliver`; on a shared store another node may have deleted it and
+        // registered a new one under the same id meanwhile, whose first event is another).
         let since = self
             .inner
             .plans
             .lock()
             .map_err(|_| EngineError::ShuttingDown)?
             .unloads;
-        let state = self.create(plan_id.clone(), plan, None, actor).await?;
-        if let Ok(mut plans) = self.inner.plans.lock() {
+        let (state, events) = self
+            .create_quietly(plan_id.clone(), plan, None, actor)
+            .await?;
+        let first_event = events.first().map(|e| e.id);
+        self.inner.publish(events);
+        if let (Some(first_event), Ok(mut plans)) = (first_event, self.inner.plans.lock()) {
             let keep = std::time::Duration::from_millis(self.inner.opts.idle_unload_ms);
-            plans.keep_fresh(&plan_id, state.clone(), since, keep);
+            plans.keep_fresh(&plan_id, state.clone(), first_event, since, keep);
             if !plans.sweeping && !plans.fresh.is_empty() {
                 plans.sweeping = true;
                 sweep_fresh(Arc::downgrade(&self.inner), keep);
@@ -2263,7 +2284,7 @@ mod fresh_tests {
         let keep = Duration::from_secs(2);
         for i in 0..FRESH_KEPT + 10 {
             let id = format!("p{i}");
-            p.keep_fresh(&id, PlanState::empty(&id), 0, keep);
+            p.keep_fresh(&id, PlanState::empty(&id), 1, 0, keep);
         }
         assert_eq!(p.fresh.len(), FRESH_KEPT);
         assert!(p.take_fresh("p0").is_none(), "the oldest stays");
@@ -2274,9 +2295,9 @@ mod fresh_tests {
         assert!(p.fresh.is_empty());
         assert!(p.fresh_order.is_empty());
         // Nothing kept for a zero time, nor for a plan whose actor came and went meanwhile.
-        p.keep_fresh("z", PlanState::empty("z"), 0, Duration::ZERO);
+        p.keep_fresh("z", PlanState::empty("z"), 1, 0, Duration::ZERO);
         p.note_unload("u");
-        p.keep_fresh("u", PlanState::empty("u"), 0, keep);
+        p.keep_fresh("u", PlanState::empty("u"), 1, 0, keep);
         assert!(p.fresh.is_empty());
     }
 }

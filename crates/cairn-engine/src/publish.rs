@@ -21,7 +21,9 @@
 //! does that work only while someone follows the ordered stream. With nobody subscribed it
 //! **rests**: what arrives is dropped and its position remembered (every id up to a committed
 //! event's is committed or gone, since ids are given in commit order), and while tailing it
-//! reads only the store's last id now and then. A subscription wakes it; it then publishes
+//! reads only the store's last id now and then (and tells the store it wants no commit hints,
+//! which on PostgreSQL spares every commit of every node a wake-up of this node's listening
+//! connection and its backend). A subscription wakes it; it then publishes
 //! from the remembered position on, reading from the store whatever it dropped meanwhile, so
 //! a subscriber still gets every event committed after it subscribed (and maybe a few from
 //! just before). Besides the ordered stream, every event this engine commits goes at once to
@@ -169,6 +171,8 @@ impl Publisher {
         let every = tail.as_ref().map(|t| t.every);
         let mut tail_at = every.map(|e| Instant::now() + e);
         let mut retry_at: Option<Instant> = None;
+        // Whether the store was last told that hints are wanted (it starts wanting them).
+        let mut hinted = true;
         loop {
             let mut read_tail = false;
             let mut polled = false;
@@ -204,7 +208,14 @@ impl Publisher {
                 // Someone subscribed: what other nodes committed meanwhile is read at once.
                 _ = wake.notified() => read_tail = tail.is_some(),
             }
-            if self.out.receiver_count() == 0 {
+            let followed = self.out.receiver_count() > 0;
+            if hint.is_some() && followed != hinted {
+                // Hints are for ordering other nodes' events: wanted only while followed.
+                // (Waking again, the store notifies the hint, and the tail is read.)
+                self.store.want_commit_hints(followed);
+                hinted = followed;
+            }
+            if !followed {
                 self.rest(polled).await;
                 continue;
             }

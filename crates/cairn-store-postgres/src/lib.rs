@@ -504,6 +504,11 @@ impl EventLog for PgStore {
     fn commit_hint(&self) -> Option<Arc<Notify>> {
         Some(self.hint.clone())
     }
+
+    fn want_commit_hints(&self, on: bool) {
+        // The session listens only while they are.
+        self.session_state.wanted.set(on);
+    }
 }
 
 #[async_trait]
@@ -589,10 +594,34 @@ impl Leases for PgStore {
                 plan_id: plan_id.to_owned(),
                 node: node.to_owned(),
                 ttl: ttl_micros(ttl_ms),
+                incarnation: false,
             })
             .await?
         {
-            writer::Outcome::Claimed(fence) => Ok(fence),
+            writer::Outcome::Claimed(fence, _) => Ok(fence),
+            _ => Err(unexpected("claim")),
+        }
+    }
+
+    async fn claim_incarnation(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        _now: Micros,
+    ) -> StoreResult<(Fence, Option<u64>)> {
+        // The first event is read by the claim's own transaction, after the plan row it
+        // claims was locked (so it is that plan's, not a later one's under the same id).
+        match self
+            .write(writer::Op::Claim {
+                plan_id: plan_id.to_owned(),
+                node: node.to_owned(),
+                ttl: ttl_micros(ttl_ms),
+                incarnation: true,
+            })
+            .await?
+        {
+            writer::Outcome::Claimed(fence, first) => Ok((fence, first)),
             _ => Err(unexpected("claim")),
         }
     }

@@ -4,6 +4,10 @@
 //! PostgreSQL delivers a `NOTIFY` at commit, coalesced within a transaction; every hint of
 //! another process's commit (not one sent by this store's own writer) wakes the store's
 //! [`Notify`] (its current waiters, plus a stored permit for the next one). When
+//! The connection listens only while the engine wants hints (`Wanted`: while someone follows
+//! its all-plans stream): every listening backend is woken by every commit of every node, a
+//! transaction of its own each time, which a node nobody follows need not pay. When hints are
+//! wanted again it listens and wakes the `Notify` once, for the commits it did not hear. When
 //! the connection drops, the task reconnects with a growing backoff (up to
 //! [`MAX_BACKOFF`]), listens again, retakes the node lock, and wakes the `Notify` once, since
 //! hints sent while it was away are lost. Dropping the store ends the task and closes the
@@ -48,10 +52,41 @@ impl OwnWriter {
     }
 }
 
-/// What the session knows that readiness checks should hear.
+/// Whether the store's engine wants commit hints (wanted from the start), and a wake-up for
+/// the session when that changes.
+pub(crate) struct Wanted {
+    on: std::sync::atomic::AtomicBool,
+    changed: Notify,
+}
+
+impl Default for Wanted {
+    fn default() -> Wanted {
+        Wanted {
+            on: std::sync::atomic::AtomicBool::new(true),
+            changed: Notify::new(),
+        }
+    }
+}
+
+impl Wanted {
+    pub(crate) fn set(&self, on: bool) {
+        if self.on.swap(on, std::sync::atomic::Ordering::AcqRel) != on {
+            // A stored permit: the session sees the change even if it is busy now.
+            self.changed.notify_one();
+        }
+    }
+
+    fn get(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// What the session knows that readiness checks should hear, and whether its store's engine
+/// wants commit hints.
 #[derive(Default)]
 pub(crate) struct State {
     problem: Mutex<Option<String>>,
+    pub(crate) wanted: Wanted,
 }
 
 impl State {
@@ -153,7 +188,15 @@ pub(crate) async fn run(
             }
             let _ = closed_tx.send(());
         });
-        if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+        let wanted = &state.wanted;
+        let listen = format!("LISTEN {channel}");
+        let mut listening = wanted.get();
+        let first_listen = if listening {
+            client.batch_execute(&listen).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = first_listen {
             let e = pg_error("listen for commit hints", e);
             if let Some(ready) = ready.take() {
                 let _ = ready.send(Err(e));
@@ -186,6 +229,25 @@ pub(crate) async fn run(
         loop {
             tokio::select! {
                 _ = &mut closed => break,
+                _ = wanted.changed.notified() => {
+                    let want = wanted.get();
+                    if want == listening {
+                        continue;
+                    }
+                    let sql = if want { listen.clone() } else { format!("UNLISTEN {channel}") };
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        state.set(Some(format!(
+                            "{} (reconnecting)",
+                            pg_error("listen for commit hints", e)
+                        )));
+                        break;
+                    }
+                    listening = want;
+                    if want {
+                        // What was committed while nobody listened.
+                        wake(&hint);
+                    }
+                }
                 cmd = commands.recv() => match cmd {
                     None => return,
                     Some(Command::HoldNode { node_id, key, reply }) => {

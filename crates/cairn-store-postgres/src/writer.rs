@@ -74,6 +74,8 @@ pub(crate) enum Op {
         plan_id: String,
         node: String,
         ttl: i64,
+        /// Answer the plan's first event id too (`Leases::claim_incarnation`).
+        incarnation: bool,
     },
     /// Gives a lease up, when `fence` still holds it (`Leases::release`).
     Release {
@@ -86,7 +88,8 @@ pub(crate) enum Outcome {
     Events(Vec<StoredEvent>),
     /// The created plan's events, then the appended ones.
     Both(Vec<StoredEvent>, Vec<StoredEvent>),
-    Claimed(Fence),
+    /// The fence, and the plan's first event id when asked.
+    Claimed(Fence, Option<u64>),
     /// The created plan's events and its lease's fence.
     CreatedLeased(Vec<StoredEvent>, Fence),
     Released,
@@ -114,6 +117,7 @@ struct Conn {
     update_plans: Statement,
     put_reviews: Statement,
     put_leases: Statement,
+    first_events: Statement,
     notify: Statement,
 }
 
@@ -205,6 +209,11 @@ impl Conn {
                      expires_at = CASE WHEN EXCLUDED.released
                                        THEN LEAST(leases.expires_at, EXCLUDED.expires_at)
                                        ELSE EXCLUDED.expires_at END",
+            )
+            .await?,
+            // The first event of each plan a claim asked it of (`claim_incarnation`).
+            first_events: prepare(
+                "SELECT plan_pk, id FROM events WHERE plan_pk = ANY($1::bigint[]) AND seq = 1",
             )
             .await?,
             notify: prepare("SELECT pg_notify($1, '')").await?,
@@ -360,6 +369,8 @@ struct Writes {
     reviews: Vec<(i64, ReviewRow)>,
     /// The fence a claim took.
     claimed: Option<Fence>,
+    /// The key of the plan claimed.
+    claimed_pk: i64,
 }
 
 /// Checks what needs no database: events present, contiguous, free of NUL characters (which
@@ -563,6 +574,7 @@ impl Decider<'_> {
             node: node.to_owned(),
             token,
         });
+        w.claimed_pk = pk;
         Ok(())
     }
 
@@ -686,6 +698,7 @@ async fn transaction(
         c.put_reviews.clone(),
         c.notify.clone(),
         c.put_leases.clone(),
+        c.first_events.clone(),
     );
     let tx = c
         .client
@@ -769,7 +782,9 @@ async fn transaction(
                 Err(e) => Err(e),
                 Ok(()) => decider.claim(&create.plan_id, node, *ttl, &mut w),
             },
-            Op::Claim { plan_id, node, ttl } => decider.claim(plan_id, node, *ttl, &mut w),
+            Op::Claim {
+                plan_id, node, ttl, ..
+            } => decider.claim(plan_id, node, *ttl, &mut w),
             Op::Release { plan_id, fence } => {
                 decider.release(plan_id, fence);
                 Ok(())
@@ -846,6 +861,8 @@ async fn transaction(
     let mut update_order: Vec<i64> = Vec::new();
     let mut reviews: HashMap<(i64, String), usize> = HashMap::new();
     let mut review_rows: Vec<(i64, ReviewRow)> = Vec::new();
+    // Claims that asked for their plan's first event id: (answer index, plan key).
+    let mut incarnations: Vec<(usize, i64)> = Vec::new();
     for (op, result) in ops.iter().zip(decided) {
         let w = match result {
             Ok(w) => w,
@@ -914,10 +931,14 @@ async fn transaction(
             Op::Create(_) => Ok(Outcome::Events(halves.0)),
             Op::Append(_) => Ok(Outcome::Events(halves.1)),
             Op::CreateWith { .. } => Ok(Outcome::Both(halves.0, halves.1)),
-            Op::Claim { .. } => w
-                .claimed
-                .map(Outcome::Claimed)
-                .ok_or_else(|| StoreError::Backend("a claim took no lease".into())),
+            Op::Claim { incarnation, .. } => {
+                if *incarnation {
+                    incarnations.push((answers.len(), w.claimed_pk));
+                }
+                w.claimed
+                    .map(|fence| Outcome::Claimed(fence, None))
+                    .ok_or_else(|| StoreError::Backend("a claim took no lease".into()))
+            }
             Op::CreateLeased { .. } => w
                 .claimed
                 .map(|fence| Outcome::CreatedLeased(halves.0, fence))
@@ -926,79 +947,133 @@ async fn transaction(
         });
     }
 
+    // The rest of the transaction's statements depend on nothing they answer one another, so
+    // they are sent together (pipelined: one round trip, not one each) and run in this order;
+    // the first failure is the one answered (the later ones fail because it aborted the
+    // transaction). The commit waits for them all.
+    let mut update_cols: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>) = Default::default();
+    for pk in &update_order {
+        if let Some((last_seq, at, state)) = updates.remove(pk) {
+            update_cols.0.push(*pk);
+            update_cols.1.push(to_sql(last_seq));
+            update_cols.2.push(at);
+            update_cols.3.push(state);
+        }
+    }
+    let mut review_cols = ReviewCols::default();
+    for (pk, r) in review_rows {
+        review_cols.plan_pk.push(pk);
+        review_cols.review_id.push(r.review_id);
+        review_cols.state.push(r.state);
+        review_cols.opened_at.push(r.opened_at);
+        review_cols.data.push(r.data);
+    }
+    let incarnation_pks: Vec<i64> = incarnations.iter().map(|(_, pk)| *pk).collect();
+    type Pending<'a> = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Vec<tokio_postgres::Row>, Failure>> + Send + 'a,
+        >,
+    >;
+    let mut pipeline: Vec<Pending<'_>> = Vec::new();
+    // Which of the pipeline's answers is the first events' (read last but the notify).
+    let mut first_events_at = None;
     if n_events > 0 {
-        tx.execute(
-            &stmts.5,
-            &[
-                &ev.id,
-                &ev.plan_pk,
-                &ev.seq,
-                &ev.kind,
-                &ev.at,
-                &ev.actor,
-                &ev.data,
-                &ev.cp_trigger,
-                &ev.cp_label,
-                &ev.format,
-            ],
-        )
-        .await
-        .map_err(db("insert events"))?;
-    }
-    if !update_order.is_empty() {
-        let mut cols: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>) = Default::default();
-        for pk in &update_order {
-            if let Some((last_seq, at, state)) = updates.remove(pk) {
-                cols.0.push(*pk);
-                cols.1.push(to_sql(last_seq));
-                cols.2.push(at);
-                cols.3.push(state);
-            }
-        }
-        tx.execute(&stmts.6, &[&cols.0, &cols.1, &cols.2, &cols.3])
+        pipeline.push(Box::pin(async {
+            tx.execute(
+                &stmts.5,
+                &[
+                    &ev.id,
+                    &ev.plan_pk,
+                    &ev.seq,
+                    &ev.kind,
+                    &ev.at,
+                    &ev.actor,
+                    &ev.data,
+                    &ev.cp_trigger,
+                    &ev.cp_label,
+                    &ev.format,
+                ],
+            )
             .await
-            .map_err(db("update plans"))?;
+            .map(|_| Vec::new())
+            .map_err(db("insert events"))
+        }));
     }
-    if !review_rows.is_empty() {
-        let mut cols = ReviewCols::default();
-        for (pk, r) in review_rows {
-            cols.plan_pk.push(pk);
-            cols.review_id.push(r.review_id);
-            cols.state.push(r.state);
-            cols.opened_at.push(r.opened_at);
-            cols.data.push(r.data);
-        }
-        tx.execute(
-            &stmts.7,
-            &[
-                &cols.plan_pk,
-                &cols.review_id,
-                &cols.state,
-                &cols.opened_at,
-                &cols.data,
-            ],
-        )
-        .await
-        .map_err(db("write reviews"))?;
+    if !update_cols.0.is_empty() {
+        pipeline.push(Box::pin(async {
+            tx.execute(
+                &stmts.6,
+                &[
+                    &update_cols.0,
+                    &update_cols.1,
+                    &update_cols.2,
+                    &update_cols.3,
+                ],
+            )
+            .await
+            .map(|_| Vec::new())
+            .map_err(db("update plans"))
+        }));
+    }
+    if !review_cols.plan_pk.is_empty() {
+        pipeline.push(Box::pin(async {
+            tx.execute(
+                &stmts.7,
+                &[
+                    &review_cols.plan_pk,
+                    &review_cols.review_id,
+                    &review_cols.state,
+                    &review_cols.opened_at,
+                    &review_cols.data,
+                ],
+            )
+            .await
+            .map(|_| Vec::new())
+            .map_err(db("write reviews"))
+        }));
     }
     if !lease_cols.pk.is_empty() {
-        tx.execute(
-            &stmts.9,
-            &[
-                &lease_cols.pk,
-                &lease_cols.node,
-                &lease_cols.token,
-                &lease_cols.ttl,
-                &lease_cols.released,
-            ],
-        )
-        .await
-        .map_err(db("write leases"))?;
+        pipeline.push(Box::pin(async {
+            tx.execute(
+                &stmts.9,
+                &[
+                    &lease_cols.pk,
+                    &lease_cols.node,
+                    &lease_cols.token,
+                    &lease_cols.ttl,
+                    &lease_cols.released,
+                ],
+            )
+            .await
+            .map(|_| Vec::new())
+            .map_err(db("write leases"))
+        }));
+    }
+    if !incarnation_pks.is_empty() {
+        // After the batch's own events: a plan created in this batch has its first one now.
+        first_events_at = Some(pipeline.len());
+        pipeline.push(Box::pin(async {
+            tx.query(&stmts.10, &[&incarnation_pks])
+                .await
+                .map_err(db("read first events"))
+        }));
     }
     if n_events > 0 {
-        tx.query(&stmts.8, &[&channel])
-            .await
-            .map_err(db("notify"))?;
+        pipeline.push(Box::pin(async {
+            tx.query(&stmts.8, &[&channel]).await.map_err(db("notify"))
+        }));
+    }
+    let mut answered = futures_util::future::try_join_all(pipeline).await?;
+    if let Some(at) = first_events_at {
+        let firsts: HashMap<i64, i64> = std::mem::take(&mut answered[at])
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for (i, pk) in incarnations {
+            if let Some(Ok(Outcome::Claimed(_, first))) = answers.get_mut(i) {
+                *first = firsts.get(&pk).map(|id| from_sql(*id));
+            }
+        }
     }
     tx.commit().await.map_err(db(COMMIT))?;
     Ok((answers, n_events as u64))

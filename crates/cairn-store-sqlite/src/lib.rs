@@ -644,9 +644,30 @@ impl Leases for SqliteStore {
             node: node.to_owned(),
             ttl_ms,
             now,
+            incarnation: false,
         };
         match self.write(op).await? {
-            Outcome::Claimed(fence) => Ok(fence),
+            Outcome::Claimed(fence, _) => Ok(fence),
+            _ => Err(unexpected("claim")),
+        }
+    }
+
+    async fn claim_incarnation(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<(Fence, Option<u64>)> {
+        let op = Op::Claim {
+            plan_id: plan_id.to_owned(),
+            node: node.to_owned(),
+            ttl_ms,
+            now,
+            incarnation: true,
+        };
+        match self.write(op).await? {
+            Outcome::Claimed(fence, first) => Ok((fence, first)),
             _ => Err(unexpected("claim")),
         }
     }

@@ -67,6 +67,8 @@ pub(crate) enum Op {
         node: String,
         ttl_ms: u64,
         now: Micros,
+        /// Answer the plan's first event id too (`Leases::claim_incarnation`).
+        incarnation: bool,
     },
     Release {
         plan_id: String,
@@ -106,7 +108,8 @@ pub(crate) enum Outcome {
     Both(Vec<StoredEvent>, Vec<StoredEvent>),
     Done,
     Deleted(bool),
-    Claimed(Fence),
+    /// The fence, and the plan's first event id when asked.
+    Claimed(Fence, Option<u64>),
     /// The created plan's events and its lease's fence.
     CreatedLeased(Vec<StoredEvent>, Fence),
     /// The template version answered, and whether it was created.
@@ -473,7 +476,7 @@ impl Writer {
             } => {
                 let plan_id = create.plan_id.clone();
                 let created = self.create(create)?;
-                let fence = self.claim(plan_id, node, ttl_ms, now)?;
+                let (fence, _) = self.claim(plan_id, node, ttl_ms, now, false)?;
                 Ok(Outcome::CreatedLeased(created, fence))
             }
             Op::CreateWith { create, append } => {
@@ -514,7 +517,10 @@ impl Writer {
                 node,
                 ttl_ms,
                 now,
-            } => self.claim(plan_id, node, ttl_ms, now).map(Outcome::Claimed),
+                incarnation,
+            } => self
+                .claim(plan_id, node, ttl_ms, now, incarnation)
+                .map(|(fence, first)| Outcome::Claimed(fence, first)),
             Op::Release { plan_id, fence } => {
                 self.release(&plan_id, &fence).map(|()| Outcome::Done)
             }
@@ -915,7 +921,16 @@ impl Writer {
             .ctx("read lease")
     }
 
-    fn claim(&self, plan_id: String, node: String, ttl_ms: u64, now: Micros) -> StoreResult<Fence> {
+    /// Takes or renews the lease; with `incarnation`, answers the plan's first event id too
+    /// (read in the same transaction: see `Leases::claim_incarnation`).
+    fn claim(
+        &self,
+        plan_id: String,
+        node: String,
+        ttl_ms: u64,
+        now: Micros,
+        incarnation: bool,
+    ) -> StoreResult<(Fence, Option<u64>)> {
         let pk = self.plan_pk(&plan_id)?;
         let expires_at = lease_expiry(now, ttl_ms);
         let token = match self.lease(pk)? {
@@ -942,7 +957,16 @@ impl Writer {
             )
             .and_then(|mut s| s.execute(params![pk, node, to_sql(token), expires_at]))
             .ctx("write lease")?;
-        Ok(Fence { node, token })
+        let first = if incarnation {
+            self.conn
+                .prepare_cached("SELECT id FROM events WHERE plan_pk = ?1 AND seq = 1")
+                .and_then(|mut s| s.query_row([pk], |r| r.get::<_, i64>(0)).optional())
+                .ctx("read the plan's first event id")?
+                .map(from_sql)
+        } else {
+            None
+        };
+        Ok((Fence { node, token }, first))
     }
 
     /// Renews each lease still held by `node` under the given token and not released, in one

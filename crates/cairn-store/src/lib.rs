@@ -494,6 +494,15 @@ pub trait EventLog: Send + Sync + 'static {
     fn commit_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
+
+    /// Whether the engine wants [`EventLog::commit_hint`] now (`true` until told otherwise):
+    /// it needs hints only while someone follows its all-plans stream. A store may stop
+    /// listening meanwhile, since a hint costs every listening connection (and its database
+    /// backend) a wake-up per commit of any node; when hints are wanted again it listens
+    /// again and then notifies the hint once, for what it did not hear meanwhile.
+    fn want_commit_hints(&self, on: bool) {
+        let _ = on;
+    }
 }
 
 /// The plan index: one small row per plan (state name, last seq), kept by the log's writes, so
@@ -566,6 +575,22 @@ pub trait Leases: Send + Sync + 'static {
         ttl_ms: u64,
         now: Micros,
     ) -> StoreResult<Fence>;
+
+    /// [`Leases::claim`], answering besides the fence the id of the plan's first event (seq
+    /// 1) as the claim's own transaction saw it: the plan's incarnation. Event ids are never
+    /// reused, so a plan deleted and registered again under the same id has another, and a
+    /// caller that kept a plan's state from its registration can tell whether the plan it
+    /// claimed is still that one. `None` when the store does not say (this default): the
+    /// caller then reads the plan back.
+    async fn claim_incarnation(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<(Fence, Option<u64>)> {
+        Ok((self.claim(plan_id, node, ttl_ms, now).await?, None))
+    }
 
     /// Gives a lease up (no-op when the fence is stale).
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()>;

@@ -239,6 +239,10 @@ impl EventLog for Faulty {
     fn commit_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         self.inner.commit_hint()
     }
+
+    fn want_commit_hints(&self, on: bool) {
+        self.inner.want_commit_hints(on);
+    }
 }
 
 #[async_trait]
@@ -289,6 +293,18 @@ impl Leases for Faulty {
         now: Micros,
     ) -> StoreResult<Fence> {
         self.inner.claim(plan_id, node, ttl_ms, now).await
+    }
+
+    async fn claim_incarnation(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+    ) -> StoreResult<(Fence, Option<u64>)> {
+        self.inner
+            .claim_incarnation(plan_id, node, ttl_ms, now)
+            .await
     }
 
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {

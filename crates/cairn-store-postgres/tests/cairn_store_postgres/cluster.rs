@@ -617,3 +617,61 @@ async fn a_heartbeat_without_an_address_keeps_the_known_one() {
     let nodes = store.list_nodes().await.unwrap();
     assert_eq!(nodes[0].address.as_deref(), Some("http://127.0.0.1:8"));
 }
+
+/// A store whose engine wants no commit hints stops listening (every listening backend is
+/// woken by every commit of every node otherwise); wanted again, it listens again, wakes the
+/// hint once for what it did not hear, and hints arrive as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_listens_for_commit_hints_only_while_they_are_wanted() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let listener = open(&url, &schema).await;
+    let hint = listener.commit_hint().expect("a shared store gives hints");
+    let admin = admin(&url).await;
+    let pids = session_pids(&admin, &schema).await;
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let pid = pids[0];
+    let writer = PgStore::connect(
+        &url,
+        PgOptions {
+            pool_size: 2,
+            schema: Some(schema.clone()),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    listener.want_commit_hints(false);
+    tokio::time::timeout(WAIT, async {
+        while !last_statement(&admin, pid).await.starts_with("UNLISTEN") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the session stops listening");
+    writer.create_plan(create("p")).await.unwrap();
+    drain(&hint).await;
+
+    let notified = hint.notified();
+    listener.want_commit_hints(true);
+    tokio::time::timeout(WAIT, notified)
+        .await
+        .expect("a wake-up once it listens again");
+    assert!(last_statement(&admin, pid).await.starts_with("LISTEN"));
+    drain(&hint).await;
+    let notified = hint.notified();
+    writer.append(append("p", 1)).await.unwrap();
+    tokio::time::timeout(WAIT, notified)
+        .await
+        .expect("hints arrive again");
+}
+
+/// The last statement the backend `pid` ran.
+async fn last_statement(admin: &tokio_postgres::Client, pid: i32) -> String {
+    admin
+        .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -12,6 +12,57 @@ pub async fn run_all<S: Store, Fut: Future<Output = S>>(make: impl Fn() -> Fut) 
     )
     .await;
     case("leases::renewals", Arc::new(make().await), renewals).await;
+    case(
+        "leases::a_claim_tells_the_plans_incarnation",
+        Arc::new(make().await),
+        a_claim_tells_the_plans_incarnation,
+    )
+    .await;
+}
+
+/// `claim_incarnation`: the claim answers the id of the plan's first event besides the fence
+/// (the same fence a plain claim takes), and a plan deleted and created again under the same
+/// id answers another, although its lease's first claim looks just like the old one's.
+pub async fn a_claim_tells_the_plans_incarnation(store: Arc<dyn Store>) {
+    let t = wall_clock();
+    let created = store.create_plan(create("p", 1, 2)).await.unwrap();
+    store.append(append("p", 2, 1)).await.unwrap();
+    let (fence, first) = store
+        .claim_incarnation("p", "node-a", 60_000, t)
+        .await
+        .unwrap();
+    assert_eq!(first, Some(created[0].id));
+    assert_eq!(fence.token, 1);
+    // A renewal by the holder answers the same fence and the same plan.
+    assert_eq!(
+        store
+            .claim_incarnation("p", "node-a", 60_000, t)
+            .await
+            .unwrap(),
+        (fence.clone(), Some(created[0].id))
+    );
+    assert_eq!(store.claim("p", "node-a", 60_000, t).await.unwrap(), fence);
+
+    assert!(store.delete_plan("p").await.unwrap());
+    let again = store.create_plan(create("p", 2, 1)).await.unwrap();
+    let (fence2, first2) = store
+        .claim_incarnation("p", "node-a", 60_000, t)
+        .await
+        .unwrap();
+    assert_eq!(
+        fence2, fence,
+        "the new plan's first claim looks like the old one's"
+    );
+    assert_eq!(first2, Some(again[0].id));
+    assert_ne!(
+        first2, first,
+        "a new plan under the same id, the same incarnation"
+    );
+
+    assert!(matches!(
+        store.claim_incarnation("nope", "node-a", 60_000, t).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 /// `renew`: one call renews every lease the node still holds under the token it names, and
