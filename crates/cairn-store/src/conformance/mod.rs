@@ -126,6 +126,7 @@ fn append(plan_id: &str, expected_seq: u64, n: u64) -> Append {
             .map(|s| ev(s, "step"))
             .collect(),
         reviews: Vec::new(),
+        urgent: false,
     }
 }
 
