@@ -619,9 +619,6 @@ impl PlanActor {
                 state: Some(self.state.status.as_str().to_owned()),
                 events: events.iter().map(crate::convert::to_new).collect(),
                 reviews: crate::reviews::changed(&self.state, &reviews_before),
-                // A caller waits for this batch (an operator's command, not only outcomes):
-                // the store commits it ahead of the other plans' queued work.
-                urgent: !answers.is_empty(),
             };
             let stored = self.inner.store.append(append).await?;
             for (e, s) in events.iter_mut().zip(&stored) {
@@ -703,8 +700,6 @@ impl PlanActor {
                 events: recorded.events.iter().map(crate::convert::to_new).collect(),
                 // Recording a fork changes none of the source's reviews.
                 reviews: Vec::new(),
-                // The operator who asked for the fork waits for it.
-                urgent: true,
             };
             match self.inner.store.create_plan_with(create, append).await {
                 Ok((created, appended)) => {

@@ -231,47 +231,18 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        // Appends someone waits for go first, in a transaction of their own, and are
-        // answered before the rest is begun: an operator's command is not held up by a group
-        // commit of every busy plan's outcomes.
-        let urgent = cairn_store::take_urgent(&mut batch, Request::append);
-        if !urgent.is_empty() {
-            commit_and_answer(&config, &channel, &mut conn, urgent, &stats, &own).await;
+        let started = Instant::now();
+        let n = batch.len() as u64;
+        stats.batch(n);
+        let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
+        let results = commit(&config, &channel, &mut conn, &ops, &stats, &own).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The caller may have stopped waiting; the write stands regardless.
+            let _ = reply.send(result);
         }
-        let requests = std::mem::take(&mut batch);
-        commit_and_answer(&config, &channel, &mut conn, requests, &stats, &own).await;
+        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.busy(busy);
     }
-}
-
-impl Request {
-    /// The append this request makes, if any (see [`cairn_store::take_urgent`]).
-    fn append(&self) -> Option<&Append> {
-        match &self.op {
-            Op::Append(append) | Op::CreateWith { append, .. } => Some(append),
-            _ => None,
-        }
-    }
-}
-
-/// Commits one batch and answers its callers.
-async fn commit_and_answer(
-    config: &tokio_postgres::Config,
-    channel: &str,
-    conn: &mut Option<Conn>,
-    batch: Vec<Request>,
-    stats: &Stats,
-    own: &OwnWriter,
-) {
-    let started = Instant::now();
-    stats.batch(batch.len() as u64);
-    let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
-    let results = commit(config, channel, conn, &ops, stats, own).await;
-    for (reply, result) in replies.into_iter().zip(results) {
-        // The caller may have stopped waiting; the write stands regardless.
-        let _ = reply.send(result);
-    }
-    let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    stats.busy(busy);
 }
 
 /// Commits a batch (retrying transient failures), answering each request.

@@ -133,24 +133,6 @@ pub(crate) struct Request {
 
 type Reply = (oneshot::Sender<StoreResult<Outcome>>, StoreResult<Outcome>);
 
-impl Request {
-    /// The append this request makes, if any (see [`cairn_store::take_urgent`]).
-    fn append(&self) -> Option<&Append> {
-        match &self.op {
-            Op::Append(append) | Op::CreateWith { append, .. } => Some(append),
-            _ => None,
-        }
-    }
-}
-
-/// Answers the callers of a committed (or failed) batch.
-fn answer(replies: &mut Vec<Reply>) {
-    for (reply, result) in replies.drain(..) {
-        // The caller may have stopped waiting; the write stands regardless.
-        let _ = reply.send(result);
-    }
-}
-
 pub use cairn_store::WriterStats;
 
 /// The writer's counters (shared with the store, which reports them).
@@ -225,18 +207,13 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            // Appends someone waits for go first, in a transaction of their own, and are
-            // answered before the rest is begun: an operator's command is not held up by a
-            // group commit of every busy plan's outcomes.
-            let mut urgent = cairn_store::take_urgent(&mut batch, Request::append);
-            if !urgent.is_empty() {
-                self.commit_batch(&mut urgent, &mut replies);
-                answer(&mut replies);
-            }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch, &mut replies);
             }
-            answer(&mut replies);
+            for (reply, result) in replies.drain(..) {
+                // The caller may have stopped waiting; the write stands regardless.
+                let _ = reply.send(result);
+            }
             if let Some(reply) = close {
                 // Requests still queued are dropped unanswered: their callers get an error.
                 let _ = reply.send(self.checkpoint_wal());

@@ -105,13 +105,6 @@ pub struct Append {
     /// written to the review index in the same transaction, replacing the rows of the same
     /// `(plan_id, review_id)`.
     pub reviews: Vec<ReviewRow>,
-    /// Someone waits for this append (an operator's command): the writer commits it in a
-    /// transaction of its own ahead of the appends queued with it that nobody waits for (a
-    /// burst of attempt outcomes), so the command's answer costs the commit in flight and one
-    /// small commit, not a group commit of every busy plan's work. Only the order of requests
-    /// queued together changes, never that of one plan's appends ([`take_urgent`]), and each
-    /// is still checked against its expected seq and fence.
-    pub urgent: bool,
 }
 
 /// A review in the index across plans (the review inbox). The store knows only the columns it
@@ -179,36 +172,6 @@ pub fn parse_cursor(s: &str) -> StoreResult<KeysetCursor> {
 /// The cursor of a listing that resumes after the row with this key.
 pub fn format_cursor((at, pk): KeysetCursor) -> String {
     format!("{at}.{pk}")
-}
-
-/// The part of a writer's batch to commit first: every append of a plan that has an urgent
-/// one queued ([`Append::urgent`]), in queue order, taken out of `batch`; the rest stays, in
-/// its order. A plan's appends never change order, so a caller that sends a plan's next append
-/// before the last is answered still finds them committed in sequence. Empty when nothing is
-/// urgent or everything is (then one transaction serves all, as before).
-pub fn take_urgent<T>(batch: &mut Vec<T>, append: impl Fn(&T) -> Option<&Append>) -> Vec<T> {
-    let plans: std::collections::HashSet<&str> = batch
-        .iter()
-        .filter_map(&append)
-        .filter(|a| a.urgent)
-        .map(|a| a.plan_id.as_str())
-        .collect();
-    let goes = |item: &T| append(item).is_some_and(|a| plans.contains(a.plan_id.as_str()));
-    if plans.is_empty() || batch.iter().all(goes) {
-        return Vec::new();
-    }
-    let flags: Vec<bool> = batch.iter().map(goes).collect();
-    let mut urgent = Vec::new();
-    let mut rest = Vec::with_capacity(batch.len());
-    for (item, first) in batch.drain(..).zip(flags) {
-        if first {
-            urgent.push(item);
-        } else {
-            rest.push(item);
-        }
-    }
-    *batch = rest;
-    urgent
 }
 
 /// An API token as stored: never the token itself, only its SHA-256 hash (hex).
@@ -781,69 +744,4 @@ impl<
         T: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + Nodes + Templates + ?Sized,
     > Store for T
 {
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn append(plan_id: &str, expected_seq: u64, urgent: bool) -> Append {
-        Append {
-            plan_id: plan_id.into(),
-            expected_seq,
-            fence: None,
-            state: None,
-            events: Vec::new(),
-            reviews: Vec::new(),
-            urgent,
-        }
-    }
-
-    fn keys(items: &[Option<Append>]) -> Vec<(String, u64)> {
-        items
-            .iter()
-            .map(|a| {
-                a.as_ref()
-                    .map_or(("other".into(), 0), |a| (a.plan_id.clone(), a.expected_seq))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn urgent_plans_go_first_with_all_their_appends_in_order() {
-        // `None` stands for a request that is not an append (a claim, a snapshot).
-        let mut batch = vec![
-            Some(append("a", 1, false)),
-            Some(append("u", 4, false)),
-            None,
-            Some(append("b", 7, false)),
-            Some(append("u", 5, true)),
-            Some(append("a", 2, false)),
-            Some(append("v", 1, true)),
-        ];
-        let first = take_urgent(&mut batch, Option::as_ref);
-        assert_eq!(
-            keys(&first),
-            [("u".into(), 4), ("u".into(), 5), ("v".into(), 1)]
-        );
-        assert_eq!(
-            keys(&batch),
-            [
-                ("a".into(), 1),
-                ("other".into(), 0),
-                ("b".into(), 7),
-                ("a".into(), 2)
-            ]
-        );
-    }
-
-    #[test]
-    fn nothing_is_split_when_nothing_or_everything_is_urgent() {
-        let mut batch = vec![Some(append("a", 1, false)), None];
-        assert!(take_urgent(&mut batch, Option::as_ref).is_empty());
-        assert_eq!(batch.len(), 2);
-        let mut batch = vec![Some(append("u", 1, true)), Some(append("u", 2, false))];
-        assert!(take_urgent(&mut batch, Option::as_ref).is_empty());
-        assert_eq!(batch.len(), 2);
-    }
 }

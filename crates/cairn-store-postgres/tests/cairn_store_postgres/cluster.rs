@@ -30,7 +30,6 @@ fn append(plan_id: &str, expected_seq: u64) -> Append {
         state: None,
         events: vec![ev(expected_seq + 1, "step")],
         reviews: Vec::new(),
-        urgent: false,
     }
 }
 
@@ -487,84 +486,6 @@ async fn concurrent_appends_share_commits() {
     assert!(stats.max_batch > 1, "{stats:?}");
     let all = store.read_all_events(0, 10_000).await.unwrap();
     assert_eq!(all.len() as u64, requests);
-}
-
-/// An append someone waits for (`Append::urgent`: an operator's command) is committed ahead of
-/// the appends queued with it, in a transaction of its own. The writer is held in its first
-/// batch by another transaction's lock on that plan's row while the others queue up, so which
-/// requests it finds together is known.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn urgent_appends_commit_ahead_of_the_queue() {
-    use std::future::Future;
-    use std::task::{Context, Waker};
-
-    let Some(url) = database_url() else { return };
-    let schema = unique_schema();
-    let store = Arc::new(open(&url, &schema).await);
-    const BULK: usize = 8;
-    for p in 0..=BULK {
-        store.create_plan(create(&format!("b{p}"))).await.unwrap();
-    }
-    store.create_plan(create("u")).await.unwrap();
-
-    let other = admin(&url).await;
-    other.batch_execute("BEGIN").await.unwrap();
-    other
-        .execute(
-            &format!("SELECT 1 FROM \"{schema}\".plans WHERE plan_id = 'b0' FOR UPDATE"),
-            &[],
-        )
-        .await
-        .unwrap();
-    let before = store.writer_stats();
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(append("b0", 1)).await }
-    });
-    // Bounded wait until the writer has taken `b0` as a batch of its own (and waits for the
-    // row), so everything sent next is queued together behind it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.writer_stats().requests == before.requests {
-        assert!(Instant::now() < deadline, "the writer never took b0");
-        tokio::task::yield_now().await;
-    }
-    // Each request is sent on its future's first poll: the bulk ones first, the urgent last.
-    let mut queued: Vec<std::pin::Pin<Box<dyn Future<Output = _> + Send>>> = Vec::new();
-    for p in 1..=BULK {
-        let store = store.clone();
-        queued.push(Box::pin(async move {
-            store.append(append(&format!("b{p}"), 1)).await
-        }));
-    }
-    let store2 = store.clone();
-    queued.push(Box::pin(async move {
-        store2
-            .append(Append {
-                urgent: true,
-                ..append("u", 1)
-            })
-            .await
-    }));
-    let mut cx = Context::from_waker(Waker::noop());
-    for fut in &mut queued {
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
-    }
-    other.batch_execute("COMMIT").await.unwrap();
-
-    first.await.unwrap().unwrap();
-    let mut ids = Vec::new();
-    for fut in queued {
-        ids.push(fut.await.unwrap()[0].id);
-    }
-    let urgent = ids.pop().unwrap();
-    assert!(
-        ids.iter().all(|&bulk| urgent < bulk),
-        "the urgent append (id {urgent}) was committed after bulk ones: {ids:?}"
-    );
-    // Three transactions: b0 alone, the urgent append, then the rest together.
-    let after = store.writer_stats();
-    assert_eq!(after.commits - before.commits, 3, "{after:?}");
-    assert_eq!(after.requests - before.requests, BULK as u64 + 2);
 }
 
 /// Node A keeps appending under a lease that has run out while node B takes the plan over and

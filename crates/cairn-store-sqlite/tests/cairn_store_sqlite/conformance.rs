@@ -39,7 +39,6 @@ fn append(plan_id: &str, expected_seq: u64) -> Append {
         state: None,
         events: vec![ev(expected_seq + 1, "step")],
         reviews: Vec::new(),
-        urgent: false,
     }
 }
 
@@ -191,81 +190,6 @@ async fn concurrent_appends_share_commits() {
         "group commit should batch requests: {stats:?}"
     );
     assert!(stats.max_batch > 1, "{stats:?}");
-}
-
-/// An append someone waits for (`Append::urgent`: an operator's command) is committed ahead of
-/// the appends queued with it, in a transaction of its own, and answered before they are begun.
-/// The writer is held in its first batch by another connection's write lock while the others
-/// queue up, so which requests it finds together is known.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn urgent_appends_commit_ahead_of_the_queue() {
-    use std::future::Future;
-    use std::task::{Context, Waker};
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cairn.db");
-    let store = Arc::new(open(&path, false));
-    const BULK: usize = 8;
-    for p in 0..=BULK {
-        store.create_plan(create(&format!("b{p}"))).await.unwrap();
-    }
-    store.create_plan(create("u")).await.unwrap();
-
-    // Another connection takes the write lock: the writer's next `BEGIN IMMEDIATE` waits.
-    let other = rusqlite::Connection::open(&path).unwrap();
-    other.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let before = store.stats();
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move { store.append(append("b0", 1)).await }
-    });
-    // Bounded wait until the writer has taken `b0` as a batch of its own (and waits for the
-    // lock), so everything sent next is queued together behind it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.stats().requests == before.requests {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never took b0"
-        );
-        tokio::task::yield_now().await;
-    }
-    // Each request is sent on its future's first poll: the bulk ones first, the urgent last.
-    let mut queued: Vec<std::pin::Pin<Box<dyn Future<Output = _> + Send>>> = Vec::new();
-    for p in 1..=BULK {
-        let store = store.clone();
-        queued.push(Box::pin(async move {
-            store.append(append(&format!("b{p}"), 1)).await
-        }));
-    }
-    let store2 = store.clone();
-    queued.push(Box::pin(async move {
-        store2
-            .append(Append {
-                urgent: true,
-                ..append("u", 1)
-            })
-            .await
-    }));
-    let mut cx = Context::from_waker(Waker::noop());
-    for fut in &mut queued {
-        assert!(fut.as_mut().poll(&mut cx).is_pending());
-    }
-    other.execute_batch("COMMIT").unwrap();
-
-    first.await.unwrap().unwrap();
-    let mut ids = Vec::new();
-    for fut in queued {
-        ids.push(fut.await.unwrap()[0].id);
-    }
-    let urgent = ids.pop().unwrap();
-    assert!(
-        ids.iter().all(|&bulk| urgent < bulk),
-        "the urgent append (id {urgent}) was committed after bulk ones: {ids:?}"
-    );
-    // Three transactions: b0 alone, the urgent append, then the rest together.
-    let after = store.stats();
-    assert_eq!(after.commits - before.commits, 3, "{after:?}");
-    assert_eq!(after.requests - before.requests, BULK as u64 + 2);
 }
 
 #[tokio::test]
@@ -439,7 +363,6 @@ async fn events_of_a_version_3_database_read_as_log_format_1() {
             state: None,
             events: vec![cairn_store::conformance::ev(2, "plan_paused")],
             reviews: Vec::new(),
-            urgent: false,
         })
         .await
         .unwrap();
@@ -658,7 +581,6 @@ async fn the_ids_an_append_answers_are_those_its_events_are_stored_under() {
                     state: None,
                     events,
                     reviews: Vec::new(),
-                    urgent: false,
                 })
                 .await
                 .unwrap();

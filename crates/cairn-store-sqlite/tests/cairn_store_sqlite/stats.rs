@@ -36,7 +36,6 @@ async fn counts_plans_by_state_and_reports_writer_stats() {
             state: Some("completed".into()),
             events: vec![ev(2, "done"), ev(3, "done")],
             reviews: Vec::new(),
-            urgent: false,
         })
         .await
         .unwrap();

@@ -126,7 +126,6 @@ fn append(plan_id: &str, expected_seq: u64, n: u64) -> Append {
             .map(|s| ev(s, "step"))
             .collect(),
         reviews: Vec::new(),
-        urgent: false,
     }
 }
 
