@@ -624,6 +624,9 @@ impl PlanActor {
             for (e, s) in events.iter_mut().zip(&stored) {
                 e.id = s.id;
             }
+            // Before publishing: whoever sees these events and then shuts the engine down
+            // finds the snapshot they were due written (see `Engine::shutdown`).
+            self.maybe_snapshot();
             let published: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
             self.inner.publish(published.clone());
             published
@@ -642,9 +645,6 @@ impl PlanActor {
             self.remote.remove(attempt);
         }
         self.act(actions);
-        if !published.is_empty() {
-            self.maybe_snapshot();
-        }
         Ok(())
     }
 
@@ -715,9 +715,9 @@ impl PlanActor {
                         })
                         .collect();
                     self.state = Arc::new(source);
+                    self.maybe_snapshot();
                     self.inner.publish(published);
                     self.act(recorded.actions);
-                    self.maybe_snapshot();
                     return Ok(forked);
                 }
                 Err(cairn_store::StoreError::SeqConflict { .. }) if !retried => {
@@ -949,7 +949,7 @@ impl PlanActor {
         let store = self.inner.store.clone();
         let plan_id = self.state.plan_id.clone();
         let seq = self.state.seq;
-        tokio::spawn(async move {
+        self.inner.snapshot_writes.spawn(async move {
             if let Err(e) = store.put_snapshot(&plan_id, seq, bytes).await {
                 debug!(%plan_id, error = %e, "snapshot not stored");
             }

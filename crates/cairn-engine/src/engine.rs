@@ -187,6 +187,10 @@ pub(crate) struct Inner {
     pub(crate) actor_started: Arc<tokio::sync::Notify>,
     /// The last checkpoint states read.
     folds: crate::folds::Folds,
+    /// Store snapshots being written (see `PlanActor::maybe_snapshot`): a shutdown waits for
+    /// them, so a store closed after it holds every snapshot its plans' published events were
+    /// due.
+    pub(crate) snapshot_writes: tokio_util::task::TaskTracker,
 }
 
 impl Inner {
@@ -551,6 +555,7 @@ impl Engine {
                 released: tokio::sync::Notify::new(),
                 actor_started: Arc::new(tokio::sync::Notify::new()),
                 folds: Default::default(),
+                snapshot_writes: tokio_util::task::TaskTracker::new(),
             }),
         };
         // A single node's one heartbeat says when it started; the nodes of a cluster keep
@@ -2193,6 +2198,15 @@ impl Engine {
         }
         // The lease renewal, resting or not, sees the engine closed and ends.
         self.inner.actor_started.notify_one();
+        // Snapshots due for the events published so far are being written (each is spawned
+        // before its events are published): wait for them, bounded, since a store that does
+        // not answer must not hold the shutdown (a snapshot is a cache of the log).
+        self.inner.snapshot_writes.close();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.inner.snapshot_writes.wait(),
+        )
+        .await;
     }
 }
 
