@@ -41,8 +41,8 @@ pub fn decode(bytes: &[u8]) -> Result<PlanState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_core::state::{Step, StepRecord, StepStatus};
     use cairn_core::event::Timestamp;
+    use cairn_core::state::{Step, StepRecord, StepStatus};
     use serde_json::json;
 
     /// A state with a timestamp in every place a step and the plan keep one.
