@@ -39,6 +39,7 @@ pub mod review;
 pub mod rollback;
 pub mod state;
 pub mod status;
+mod step_index;
 pub mod suggest;
 pub mod template;
 pub mod time;

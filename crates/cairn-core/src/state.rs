@@ -16,6 +16,7 @@ use crate::review::{Review, ReviewOutcome, ReviewState};
 use crate::rollback::{
     CompensationRecord, CompensationStatus, Rollback, RollbackEnd, RollbackStatus,
 };
+use crate::step_index::StepIndex;
 
 pub use crate::status::{PlanStatus, StepStatus};
 
@@ -369,6 +370,10 @@ pub struct PlanState {
     /// The plan's rollback, once one started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// Positions of `steps` by id: a cache, never stored nor compared, checked against
+    /// `steps` on every use (see [`StepIndex`]).
+    #[serde(skip)]
+    pub(crate) step_index: StepIndex,
 }
 
 /// Where a forked or imported plan came from (without the copied state).
@@ -405,6 +410,7 @@ impl PlanState {
             reviews: Vec::new(),
             on_failure: OnFailure::Fail,
             rollback: None,
+            step_index: StepIndex::default(),
         }
     }
 
@@ -417,16 +423,20 @@ impl PlanState {
         state
     }
 
+    /// The position of a step by id: constant time through the step index once a lookup
+    /// that can change the state built it (see [`StepIndex`]), else a scan.
     pub fn index_of(&self, step_id: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.def.step_id == step_id)
+        self.step_index.find(&self.steps, step_id)
     }
 
     pub fn step(&self, step_id: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.def.step_id == step_id)
+        self.index_of(step_id).map(|i| &self.steps[i])
     }
 
-    fn step_mut(&mut self, step_id: &str) -> Option<&mut Step> {
-        self.steps.iter_mut().find(|s| s.def.step_id == step_id)
+    /// A step by id, to change it; builds the step index afresh when it is missing or stale.
+    pub(crate) fn step_mut(&mut self, step_id: &str) -> Option<&mut Step> {
+        let i = self.step_index.find_mut(&self.steps, step_id)?;
+        Some(&mut self.steps[i])
     }
 
     /// The current definition as a plan document.

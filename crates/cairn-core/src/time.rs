@@ -4,7 +4,8 @@
 //! It reads back from that string (any RFC 3339 offset is accepted and converted to UTC) and
 //! also from a bare integer of microseconds, which is how logs, store snapshots and requests
 //! written before timestamps became strings carry them: such documents must keep reading the
-//! same. Stores keep the integer in their own columns.
+//! same. Stores keep the integer in their own columns, and binary store snapshots (MessagePack,
+//! a format that is not human-readable) hold the integer again.
 
 use std::fmt;
 use std::ops::{Add, AddAssign, Sub};
@@ -198,6 +199,11 @@ impl FromStr for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // A binary format (store snapshots' MessagePack) carries the integer, which every
+        // release reads back: 9 bytes instead of 28, and no text to write or parse.
+        if !serializer.is_human_readable() {
+            return serializer.serialize_i64(self.0);
+        }
         if let Some(text) = self.canonical() {
             if let Ok(text) = std::str::from_utf8(&text) {
                 return serializer.serialize_str(text);

@@ -1718,15 +1718,15 @@ impl Engine {
             checkpoint_id: cid.to_owned(),
         };
         let seq = checkpoint_seq(cid).ok_or_else(not_found)?;
-        if self.inner.store.get_plan(plan_id).await?.is_none() {
-            return Err(EngineError::PlanNotFound(plan_id.to_owned()));
-        }
-        let row = self
-            .inner
-            .store
-            .get_checkpoint(plan_id, seq)
-            .await?
-            .ok_or_else(not_found)?;
+        // A checkpoint is a mark on one of the plan's events, deleted with them: when it is
+        // found, so is the plan (one store read the less, a round trip on PostgreSQL).
+        let row = match self.inner.store.get_checkpoint(plan_id, seq).await? {
+            Some(row) => row,
+            None if self.inner.store.get_plan(plan_id).await?.is_none() => {
+                return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+            }
+            None => return Err(not_found()),
+        };
         let reach = match self.inner.opts.snapshot_every {
             0 => u64::MAX,
             every => every,

@@ -10,6 +10,11 @@
 //!
 //! MessagePack is decoded faster than JSON (no text to scan for escapes, numbers in binary):
 //! see "Binary store snapshots" in BENCHMARKS.md.
+//!
+//! Timestamps are MessagePack integers (microseconds: `Timestamp` writes its integer to a
+//! format that is not human-readable), not RFC 3339 text, which costs 28 bytes and a parse
+//! each (two or three per step). Binary snapshots of the release before hold the text; both
+//! read back the same (`Timestamp` reads either), and so does that release read these.
 
 use cairn_core::PlanState;
 
@@ -30,5 +35,67 @@ pub fn decode(bytes: &[u8]) -> Result<PlanState, String> {
         Some((&MSGPACK, rest)) => rmp_serde::from_slice(rest).map_err(|e| e.to_string()),
         Some(_) => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         None => Err("an empty snapshot".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::event::Timestamp;
+    use cairn_core::state::{Step, StepRecord, StepStatus};
+    use serde_json::json;
+
+    /// A state with a timestamp in every place a step and the plan keep one.
+    fn state() -> PlanState {
+        let mut state = PlanState::empty("p");
+        state.created_at = Timestamp::from_micros(1_764_000_000_123_456);
+        state.updated_at = Timestamp::from_micros(1_764_000_009_000_001);
+        state.resume_at = Some(Timestamp::from_micros(1_764_000_100_000_000));
+        state.seq = 7;
+        state.steps = (0..20)
+            .map(|n| {
+                let mut rec = StepRecord::new();
+                rec.status = StepStatus::Completed;
+                rec.attempts = 1;
+                rec.started_at = Some(Timestamp::from_micros(1_764_000_001_000_000 + n));
+                rec.ended_at = Some(Timestamp::from_micros(1_764_000_002_000_000 + n));
+                rec.retry_at = Some(Timestamp::from_micros(n));
+                rec.output = Some(json!({"n": n}));
+                Step {
+                    def: serde_json::from_value(json!({
+                        "step_id": format!("s{n}"), "action": "a", "agent_type": "builtin.echo",
+                        "params": {"n": n}
+                    }))
+                    .unwrap(),
+                    rec,
+                }
+            })
+            .collect();
+        state
+    }
+
+    #[test]
+    fn binary_snapshots_hold_timestamps_as_integers_and_read_back_equal() {
+        let state = state();
+        let bytes = encode(&state).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), state);
+        // No RFC 3339 text left in the snapshot (every timestamp above is in 2025).
+        assert!(!bytes.windows(5).any(|w| w == b"2025-"));
+    }
+
+    #[test]
+    fn binary_snapshots_with_timestamps_as_text_still_read() {
+        // How the previous release wrote a binary snapshot: the same MessagePack map, with
+        // every timestamp as its RFC 3339 text.
+        let state = state();
+        let as_text = serde_json::to_value(&state).unwrap();
+        assert_eq!(as_text["created_at"], json!("2025-11-24T16:00:00.123456Z"));
+        let mut older = vec![MSGPACK];
+        rmp_serde::encode::write_named(&mut older, &as_text).unwrap();
+        assert_eq!(decode(&older).unwrap(), state);
+        // And JSON snapshots (releases before binary ones).
+        assert_eq!(decode(&serde_json::to_vec(&state).unwrap()).unwrap(), state);
+        // The integers are what makes the binary snapshot smaller.
+        assert!(encode(&state).unwrap().len() < older.len());
     }
 }

@@ -140,6 +140,8 @@ impl Effect {
             on_failure: _,
             // Recorded below (`rollback`).
             rollback: _,
+            // A cache of positions (follows `steps`).
+            step_index: _,
         } = after;
         // Linear in the plan's size: an intervention on a 10,000-step plan compares each step
         // once (by position when the order did not change, else through an index by id).
