@@ -47,8 +47,8 @@ pub struct StepRecord {
     pub ended_at: Option<Micros>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
-    /// Boxed (in memory only), like `gate_feedback`, `invocation` and `compensation`: a
-    /// step's record is kept for every step of every live plan, and these are rare.
+    // Boxed (in memory only), like `gate_feedback`, `invocation` and `compensation`: a
+    // step's record is kept for every step of every live plan, and these are rare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<Box<Scores>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
