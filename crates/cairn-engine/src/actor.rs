@@ -181,10 +181,6 @@ impl PlanActor {
         }
     }
 
-    /// The work of a turn (a batch, a tick, a retry: their futures hold the decision, the
-    /// append and the store's answer, about 2.5 kB) is boxed for as long as it runs, so an
-    /// actor waiting on its mailbox, which is what most of a thousand live plans do at any
-    /// moment, keeps only the loop's own small state in its task.
     async fn drive(&mut self) {
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
@@ -199,7 +195,7 @@ impl PlanActor {
                     result: Box::new(result),
                     ack: None,
                 };
-                if !Box::pin(self.batch(outcome)).await {
+                if !self.batch(outcome).await {
                     return;
                 }
                 continue;
@@ -231,15 +227,15 @@ impl PlanActor {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { return };
                     self.inner.took_msg();
-                    if !Box::pin(self.batch(msg)).await {
+                    if !self.batch(msg).await {
                         return;
                     }
                 }
                 _ = async { tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)).await }, if wake.is_some() => {
-                    Box::pin(self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new())).await;
+                    self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new()).await;
                 }
                 _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
-                    Box::pin(self.retry()).await;
+                    self.retry().await;
                 }
                 _ = async { tokio::time::sleep_until(unload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if unload_at.is_some() => {
                     if self.idle_and_done()
