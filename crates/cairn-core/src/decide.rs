@@ -810,7 +810,7 @@ fn invocation_of(state: &PlanState, step_id: &str) -> Result<Invocation, String>
         action: def.action.clone(),
         agent_type: def.agent_type.clone(),
         params,
-        gate_feedback: step.rec.gate_feedback.clone(),
+        gate_feedback: step.rec.gate_feedback.as_deref().cloned(),
     })
 }
 
@@ -847,7 +847,7 @@ fn start_of(
     // step record's, which stays unchanged while the attempt is in flight, so it is what the
     // attempt got. (For any invocation recorded since, the two are equal.)
     if invocation.gate_feedback.is_none() && attempt.kind == AttemptKind::Step {
-        invocation.gate_feedback = step.rec.gate_feedback.clone();
+        invocation.gate_feedback = step.rec.gate_feedback.as_deref().cloned();
     }
     let (idempotency_key, timeout_ms) = match attempt.kind {
         AttemptKind::Step => (

@@ -419,18 +419,26 @@ impl EventKind {
     /// The event's `data` as a JSON string (what a store keeps beside the type name).
     pub fn data_json(&self) -> String {
         // Adjacently tagged enums serialise as {"type":"…","data":…} in that order.
-        let whole = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
-        let prefix = format!("{{\"type\":\"{}\",\"data\":", self.type_name());
-        match whole
-            .strip_prefix(&prefix)
-            .and_then(|r| r.strip_suffix('}'))
-        {
-            Some(data) => data.to_owned(),
-            None => serde_json::to_value(self)
-                .ok()
-                .and_then(|v| v.get("data").map(Value::to_string))
-                .unwrap_or_else(|| "{}".into()),
+        // The data is cut out of the whole in place: no second string, no formatted prefix
+        // (this runs for every event every plan commits).
+        let mut whole = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        let name = self.type_name();
+        let (open, close) = ("{\"type\":\"", "\",\"data\":");
+        let prefix = open.len() + name.len() + close.len();
+        let framed = whole.len() > prefix
+            && whole.starts_with(open)
+            && whole[open.len()..].starts_with(name)
+            && whole[open.len() + name.len()..].starts_with(close)
+            && whole.ends_with('}');
+        if framed {
+            whole.truncate(whole.len() - 1);
+            whole.drain(..prefix);
+            return whole;
         }
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("data").map(Value::to_string))
+            .unwrap_or_else(|| "{}".into())
     }
 
     /// Rebuilds a kind from its type name and data JSON of the current log format (see

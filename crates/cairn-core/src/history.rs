@@ -194,7 +194,7 @@ impl StepDetail {
             started_at: s.rec.started_at,
             ended_at: s.rec.ended_at,
             output: s.rec.output.clone(),
-            scores: s.rec.scores.clone(),
+            scores: s.rec.scores.as_deref().cloned(),
             error: s.rec.error.clone(),
             retry_at: s.rec.retry_at,
             attempts,

@@ -870,19 +870,19 @@ fn decide_review(
         VoteDecision::Approve => {
             rec.status = StepStatus::Completed;
             rec.output = Some(approved_output);
-            rec.scores = Some(review.scores.clone());
+            rec.scores = Some(Box::new(review.scores.clone()));
             rec.error = None;
             rec.ended_at = Some(at);
             rec.gate_feedback = None;
         }
         VoteDecision::Reject if retry => {
             rec.rerun();
-            rec.gate_feedback = Some(GateFeedback {
+            rec.gate_feedback = Some(Box::new(GateFeedback {
                 attempt: review.attempt,
                 failed: review.failed.clone(),
                 note: by.reason.map(str::to_owned),
                 reviewer: Some(by.user.to_owned()),
-            });
+            }));
         }
         VoteDecision::Reject => {
             rec.status = StepStatus::Failed;

@@ -417,7 +417,7 @@ impl Snapshot {
                 attempts: v.attempts,
                 run: v.run,
                 output: s.rec.output.clone(),
-                scores: s.rec.scores.clone(),
+                scores: s.rec.scores.as_deref().cloned(),
                 error: v.error,
                 started_at: v.started_at,
                 ended_at: v.ended_at,

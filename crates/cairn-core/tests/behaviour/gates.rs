@@ -512,7 +512,7 @@ fn recovery_of_a_retried_attempt_recorded_without_feedback_sends_the_records() {
     );
     let d = sim.ok(Command::Recover);
     let resent = d.starts().next().expect("a is sent again");
-    assert_eq!(resent.invocation.gate_feedback, Some(expect));
+    assert_eq!(resent.invocation.gate_feedback, Some(*expect));
 }
 
 /// A gated step `g` and a step `o` beside it, both started at once.

@@ -119,7 +119,7 @@ fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
             timeout_ms: None,
             pause_before: g.pause_before,
             pause_after: g.pause_after,
-            quality_gate: gate_of(g.gate),
+            quality_gate: gate_of(g.gate).map(Box::new),
             compensate: None,
         });
     }
