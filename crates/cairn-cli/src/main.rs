@@ -320,22 +320,22 @@ impl std::io::Write for QuietStderr {
 /// Threads of the runtime's blocking pool at most.
 const BLOCKING_THREADS: usize = 8;
 
-/// Malloc arenas the process asks glibc for (see [`tune_malloc`]); `CAIRN_MALLOC_ARENAS`
-/// overrides it (`default` leaves glibc's own choice).
-const MALLOC_ARENAS: u32 = 1;
-
+/// `CAIRN_MALLOC_ARENAS=N`: at most N malloc arenas, traded for speed (see [`tune_malloc`]).
+///
 /// glibc gives each thread that allocates an arena of its own (up to eight per core), and
 /// memory freed in one arena serves only that arena again: with the runtime's workers, the
 /// SQLite writer and the blocking pool each holding on to what it freed, `bench --workload
-/// plans` peaked 15 MB (a quarter) higher than with one arena shared by all. The limit can only
-/// be set before glibc's allocator starts (`mallopt` would need unsafe code, which the
-/// workspace forbids), so the process executes itself again, once, with `GLIBC_TUNABLES` set:
-/// same pid, arguments and environment. The second start takes both variables it was given out
-/// of its environment again (still single-threaded), so the processes it starts (a `command`
-/// agent, a bench child) inherit nothing of it. Nothing is done when `GLIBC_TUNABLES` is
-/// already set (the operator's choice stands), when `CAIRN_MALLOC_ARENAS=default`, or when the
-/// executable cannot be executed again (it was replaced or deleted): the process then just runs
-/// as is.
+/// plans` peaked about 10 MB (a sixth) higher than with one arena shared by all; but one arena
+/// serialises every allocation on its lock, and the same workload then ran about 30 % slower
+/// on two cores. So the default is glibc's, and an operator short of memory can ask for fewer.
+/// The limit can only be set before glibc's allocator starts (`mallopt` would need unsafe
+/// code, which the workspace forbids), so the process then executes itself again, once, with
+/// `GLIBC_TUNABLES` set: same pid, arguments and environment. The second start takes both
+/// variables it was given out of its environment again (still single-threaded), so the
+/// processes it starts (a `command` agent, a bench child) inherit nothing of it. Nothing is
+/// done when `CAIRN_MALLOC_ARENAS` is unset or `default`, when `GLIBC_TUNABLES` is already set
+/// (the operator's choice stands), or when the executable cannot be executed again (it was
+/// replaced or deleted): the process then just runs as is.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
     use std::os::unix::process::CommandExt;
@@ -358,7 +358,7 @@ fn tune_malloc() {
             Ok(n) if n > 0 => n,
             _ => return,
         },
-        Err(_) => MALLOC_ARENAS,
+        Err(_) => return,
     };
     let Ok(exe) = std::env::current_exe() else {
         return;

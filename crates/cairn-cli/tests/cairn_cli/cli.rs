@@ -2564,3 +2564,47 @@ fn a_database_written_by_release_e3d0955_opens_answers_the_same_and_runs_on() {
         "{ivs}"
     );
 }
+
+/// `CAIRN_MALLOC_ARENAS=1` reaches glibc: the `cairn` process starts again with
+/// `GLIBC_TUNABLES=glibc.malloc.arena_max=1` in its environment (its pid's initial environment,
+/// as a `command` agent's parent, shows it), and the agents it starts inherit neither variable;
+/// without it nothing is set.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn malloc_arenas_asked_for_reach_glibc_and_not_the_agents() {
+    let w = World::new();
+    w.write(
+        "cairn.toml",
+        r#"
+[agents.env]
+executor = "command"
+command = ["sh", "-c", '''
+cat >/dev/null
+mine=$(env | grep -c -e '^GLIBC_TUNABLES=' -e '^CAIRN_MALLOC_TUNED=')
+parent=$(tr '\0' '\n' < /proc/$PPID/environ | grep -c '^GLIBC_TUNABLES=glibc.malloc.arena_max=1$')
+echo "{\"mine\": $mine, \"parent\": $parent}"
+''']
+"#,
+    );
+    for (id, arenas, parent) in [("tuned", Some("1"), 1), ("plain", None, 0)] {
+        w.write(
+            &format!("{id}.yaml"),
+            &format!("plan_id: {id}\nsteps:\n  - {{step_id: s, action: x, agent_type: env}}\n"),
+        );
+        let db = w.db();
+        let file = format!("{id}.yaml");
+        let args = ["run", file.as_str(), "--json", "--db", db.to_str().unwrap()];
+        let mut c = w.command(&args);
+        if let Some(n) = arenas {
+            c.env("CAIRN_MALLOC_ARENAS", n);
+        }
+        let done = Run::of(&mut c, &args)
+            .expect(0, &format!("run {id}"))
+            .json();
+        assert_eq!(
+            done["outputs"]["s"],
+            json!({"mine": 0, "parent": parent}),
+            "plan {id} (CAIRN_MALLOC_ARENAS={arenas:?})"
+        );
+    }
+}

@@ -182,6 +182,8 @@ pub fn cairn_command(args: &[&str]) -> Command {
         .env_remove("CAIRN_NODE_ID")
         .env_remove("CAIRN_LEASE_MS")
         .env_remove("CAIRN_ADVERTISE")
+        .env_remove("CAIRN_MALLOC_ARENAS")
+        .env_remove("GLIBC_TUNABLES")
         .stdin(Stdio::null());
     c
 }
