@@ -576,18 +576,8 @@ fn echo_plan(id: String, steps: usize) -> Plan {
 
 fn step(id: &str, agent: &str, params: Value) -> StepDef {
     StepDef {
-        step_id: id.into(),
-        action: "bench".into(),
-        agent_type: agent.into(),
         params,
-        depends_on: None,
-        when: None,
-        retry: None,
-        timeout_ms: None,
-        pause_before: false,
-        pause_after: false,
-        quality_gate: None,
-        compensate: None,
+        ..StepDef::new(id, "bench", agent)
     }
 }
 

@@ -749,20 +749,7 @@ mod tests {
     use serde_json::json;
 
     fn step(id: &str) -> StepDef {
-        StepDef {
-            step_id: id.into(),
-            action: "search".into(),
-            agent_type: "builtin".into(),
-            params: Value::Null,
-            depends_on: None,
-            when: None,
-            retry: None,
-            timeout_ms: None,
-            pause_before: false,
-            pause_after: false,
-            quality_gate: None,
-            compensate: None,
-        }
+        StepDef::new(id, "search", "builtin")
     }
 
     fn plan(steps: Vec<StepDef>) -> Plan {

@@ -964,6 +964,30 @@ pub(crate) fn step_path(index: usize, id: &str) -> String {
 }
 
 impl StepDef {
+    /// A step that runs `action` with an agent of `agent_type`, with no params and every option
+    /// at its default (no dependencies, condition, retry policy, timeout, pauses, gate or
+    /// compensation).
+    pub fn new(
+        step_id: impl Into<String>,
+        action: impl Into<String>,
+        agent_type: impl Into<String>,
+    ) -> StepDef {
+        StepDef {
+            step_id: step_id.into(),
+            action: action.into(),
+            agent_type: agent_type.into(),
+            params: Value::Null,
+            depends_on: None,
+            when: None,
+            retry: None,
+            timeout_ms: None,
+            pause_before: false,
+            pause_after: false,
+            quality_gate: None,
+            compensate: None,
+        }
+    }
+
     /// Reads one step given on its own (an intervention's), reporting every fault of its shape
     /// at once, with paths relative to the step.
     pub fn from_value(value: &Value) -> Result<StepDef, Invalid> {

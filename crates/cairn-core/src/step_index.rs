@@ -132,24 +132,10 @@ mod tests {
     use crate::plan::StepDef;
     use crate::state::{PlanState, StepRecord};
     use proptest::prelude::*;
-    use serde_json::Value;
 
     fn step(id: &str) -> Step {
         Step {
-            def: StepDef {
-                step_id: id.into(),
-                action: "echo".into(),
-                agent_type: "builtin".into(),
-                params: Value::Null,
-                depends_on: None,
-                when: None,
-                retry: None,
-                timeout_ms: None,
-                pause_before: false,
-                pause_after: false,
-                quality_gate: None,
-                compensate: None,
-            },
+            def: StepDef::new(id, "echo", "builtin"),
             rec: StepRecord::new(),
         }
     }
@@ -244,8 +230,9 @@ mod tests {
                                 if k % 2 == 0 {
                                     step(&format!("s{}", n - k))
                                 } else {
+                                    // Used, then counted: an add after this takes the next.
                                     next += 1;
-                                    step(&format!("s{next}"))
+                                    step(&format!("s{}", next - 1))
                                 }
                             })
                             .collect();
