@@ -578,6 +578,33 @@ impl PlanIndex for PgStore {
     }
 }
 
+impl PgStore {
+    /// A claim through the writer (claims share the appends' transactions: see `writer.rs`),
+    /// answering the plan's first event id too when `incarnation` asks for it: read by the
+    /// claim's own transaction, after the plan row it claims was locked (so it is that plan's,
+    /// not a later one's under the same id).
+    async fn claim_through_writer(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        incarnation: bool,
+    ) -> StoreResult<(Fence, Option<u64>)> {
+        match self
+            .write(writer::Op::Claim {
+                plan_id: plan_id.to_owned(),
+                node: node.to_owned(),
+                ttl: ttl_micros(ttl_ms),
+                incarnation,
+            })
+            .await?
+        {
+            writer::Outcome::Claimed(fence, first) => Ok((fence, first)),
+            _ => Err(unexpected("claim")),
+        }
+    }
+}
+
 /// Leases are timed by the database's clock: the `now` arguments are ignored.
 #[async_trait]
 impl Leases for PgStore {
@@ -588,19 +615,10 @@ impl Leases for PgStore {
         ttl_ms: u64,
         _now: Micros,
     ) -> StoreResult<Fence> {
-        // Through the writer: claims share the appends' transactions (see `writer.rs`).
-        match self
-            .write(writer::Op::Claim {
-                plan_id: plan_id.to_owned(),
-                node: node.to_owned(),
-                ttl: ttl_micros(ttl_ms),
-                incarnation: false,
-            })
+        Ok(self
+            .claim_through_writer(plan_id, node, ttl_ms, false)
             .await?
-        {
-            writer::Outcome::Claimed(fence, _) => Ok(fence),
-            _ => Err(unexpected("claim")),
-        }
+            .0)
     }
 
     async fn claim_incarnation(
@@ -610,20 +628,7 @@ impl Leases for PgStore {
         ttl_ms: u64,
         _now: Micros,
     ) -> StoreResult<(Fence, Option<u64>)> {
-        // The first event is read by the claim's own transaction, after the plan row it
-        // claims was locked (so it is that plan's, not a later one's under the same id).
-        match self
-            .write(writer::Op::Claim {
-                plan_id: plan_id.to_owned(),
-                node: node.to_owned(),
-                ttl: ttl_micros(ttl_ms),
-                incarnation: true,
-            })
-            .await?
-        {
-            writer::Outcome::Claimed(fence, first) => Ok((fence, first)),
-            _ => Err(unexpected("claim")),
-        }
+        self.claim_through_writer(plan_id, node, ttl_ms, true).await
     }
 
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {

@@ -889,17 +889,7 @@ async fn transaction(
             ev.cp_trigger.push(trigger);
             ev.cp_label.push(label);
             ev.format.push(i32::try_from(e.format).unwrap_or(i32::MAX));
-            let stored = StoredEvent {
-                id: from_sql(id),
-                plan_id,
-                seq: e.seq,
-                at: e.at,
-                actor: e.actor,
-                kind: e.kind,
-                data: e.data,
-                format: e.format,
-                checkpoint: e.checkpoint,
-            };
+            let stored = e.stored(from_sql(id), plan_id);
             if half == 0 {
                 halves.0.push(stored);
             } else {

@@ -630,6 +630,31 @@ impl PlanIndex for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A claim through the writer, answering the plan's first event id too when `incarnation`
+    /// asks for it (read in the claim's own transaction).
+    async fn claim_through_writer(
+        &self,
+        plan_id: &str,
+        node: &str,
+        ttl_ms: u64,
+        now: Micros,
+        incarnation: bool,
+    ) -> StoreResult<(Fence, Option<u64>)> {
+        let op = Op::Claim {
+            plan_id: plan_id.to_owned(),
+            node: node.to_owned(),
+            ttl_ms,
+            now,
+            incarnation,
+        };
+        match self.write(op).await? {
+            Outcome::Claimed(fence, first) => Ok((fence, first)),
+            _ => Err(unexpected("claim")),
+        }
+    }
+}
+
 #[async_trait]
 impl Leases for SqliteStore {
     async fn claim(
@@ -639,17 +664,10 @@ impl Leases for SqliteStore {
         ttl_ms: u64,
         now: Micros,
     ) -> StoreResult<Fence> {
-        let op = Op::Claim {
-            plan_id: plan_id.to_owned(),
-            node: node.to_owned(),
-            ttl_ms,
-            now,
-            incarnation: false,
-        };
-        match self.write(op).await? {
-            Outcome::Claimed(fence, _) => Ok(fence),
-            _ => Err(unexpected("claim")),
-        }
+        Ok(self
+            .claim_through_writer(plan_id, node, ttl_ms, now, false)
+            .await?
+            .0)
     }
 
     async fn claim_incarnation(
@@ -659,17 +677,8 @@ impl Leases for SqliteStore {
         ttl_ms: u64,
         now: Micros,
     ) -> StoreResult<(Fence, Option<u64>)> {
-        let op = Op::Claim {
-            plan_id: plan_id.to_owned(),
-            node: node.to_owned(),
-            ttl_ms,
-            now,
-            incarnation: true,
-        };
-        match self.write(op).await? {
-            Outcome::Claimed(fence, first) => Ok((fence, first)),
-            _ => Err(unexpected("claim")),
-        }
+        self.claim_through_writer(plan_id, node, ttl_ms, now, true)
+            .await
     }
 
     async fn release(&self, plan_id: &str, fence: &Fence) -> StoreResult<()> {

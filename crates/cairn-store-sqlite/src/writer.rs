@@ -862,17 +862,7 @@ impl Writer {
             }
             let last = self.conn.last_insert_rowid();
             for (i, e) in chunk.into_iter().enumerate() {
-                out.push(StoredEvent {
-                    id: from_sql(last - (n - 1 - i) as i64),
-                    plan_id: plan_id.to_owned(),
-                    seq: e.seq,
-                    at: e.at,
-                    actor: e.actor,
-                    kind: e.kind,
-                    data: e.data,
-                    format: e.format,
-                    checkpoint: e.checkpoint,
-                });
+                out.push(e.stored(from_sql(last - (n - 1 - i) as i64), plan_id.to_owned()));
             }
         }
         Ok(out)

@@ -53,6 +53,23 @@ pub struct NewEvent {
     pub checkpoint: Option<CheckpointMark>,
 }
 
+impl NewEvent {
+    /// This event as stored under global id `id` in the log of `plan_id`.
+    pub fn stored(self, id: u64, plan_id: String) -> StoredEvent {
+        StoredEvent {
+            id,
+            plan_id,
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            kind: self.kind,
+            data: self.data,
+            format: self.format,
+            checkpoint: self.checkpoint,
+        }
+    }
+}
+
 /// An event as stored: a [`NewEvent`] plus the plan it belongs to and its global id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
