@@ -16,7 +16,7 @@ use cairn_store::Store;
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
-use crate::common::{plan, settled};
+use crate::common::{plan, postgres_schema, postgres_store, settled};
 
 /// A small deterministic generator (xorshift64*), so a failing seed can be run again.
 struct Rng(u64);
@@ -210,25 +210,10 @@ async fn json_snapshots_still_read_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_snapshots_still_read_on_postgres() {
-    let url = match std::env::var("CAIRN_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)");
-            return;
-        }
+    let Some((url, schema)) = postgres_schema() else {
+        return;
     };
-    let mut buf = [0u8; 8];
-    getrandom::fill(&mut buf).unwrap();
-    let schema: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-    let opts = cairn_store_postgres::PgOptions {
-        pool_size: 4,
-        schema: Some(format!("cairn_t_{schema}")),
-        ..Default::default()
-    };
-    let store = cairn_store_postgres::PgStore::connect(&url, opts)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    json_snapshots_still_read(Arc::new(store)).await;
+    json_snapshots_still_read(postgres_store(&url, &schema).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,25 +228,10 @@ async fn checkpoint_states_equal_a_full_replay_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_states_equal_a_full_replay_on_postgres() {
-    let url = match std::env::var("CAIRN_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)");
-            return;
-        }
-    };
     for seed in 1..=3 {
-        let mut buf = [0u8; 8];
-        getrandom::fill(&mut buf).unwrap();
-        let schema: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-        let opts = cairn_store_postgres::PgOptions {
-            pool_size: 4,
-            schema: Some(format!("cairn_t_{schema}")),
-            ..Default::default()
+        let Some((url, schema)) = postgres_schema() else {
+            return;
         };
-        let store = cairn_store_postgres::PgStore::connect(&url, opts)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-        random_history(Arc::new(store), seed, 6).await;
+        random_history(postgres_store(&url, &schema).await, seed, 6).await;
     }
 }

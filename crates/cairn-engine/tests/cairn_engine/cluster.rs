@@ -24,7 +24,7 @@ use cairn_store::Store;
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
-use crate::common::{plan, settled, wait_event, within};
+use crate::common::{plan, postgres_schema, postgres_store, settled, wait_event, within};
 
 /// The nodes of a test cluster, by id; a node marked down is unreachable (as a killed process).
 #[derive(Default)]
@@ -127,20 +127,8 @@ impl Cluster {
 
     /// A cluster on a fresh schema of the test database, or `None` (saying so) without one.
     async fn postgres() -> Option<Cluster> {
-        let url = match std::env::var("CAIRN_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                eprintln!(
-                    "skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)"
-                );
-                return None;
-            }
-        };
-        let mut buf = [0u8; 8];
-        getrandom::fill(&mut buf).unwrap();
-        let schema: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-        let schema = format!("cairn_t_{schema}");
-        let store = pg(&url, &schema).await;
+        let (url, schema) = postgres_schema()?;
+        let store = postgres_store(&url, &schema).await;
         Some(Cluster {
             backend: Backend::Postgres(url, schema),
             store,
@@ -154,7 +142,7 @@ impl Cluster {
     async fn store_for_node(&self) -> Arc<dyn Store> {
         match &self.backend {
             Backend::Sqlite(_) => self.store.clone(),
-            Backend::Postgres(url, schema) => pg(url, schema).await,
+            Backend::Postgres(url, schema) => postgres_store(url, schema).await,
         }
     }
 
@@ -235,18 +223,6 @@ impl Cluster {
             .cloned()
             .unwrap_or_default()
     }
-}
-
-async fn pg(url: &str, schema: &str) -> Arc<dyn Store> {
-    let opts = cairn_store_postgres::PgOptions {
-        pool_size: 4,
-        schema: Some(schema.to_owned()),
-        ..Default::default()
-    };
-    let store = cairn_store_postgres::PgStore::connect(url, opts)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    Arc::new(store)
 }
 
 /// A case run on both stores: `name::sqlite` and `name::postgres`.
@@ -610,7 +586,7 @@ impl Cluster {
                 // A PostgreSQL node's connections live on its runtime too.
                 let store = match store {
                     Ok(store) => store,
-                    Err((url, schema)) => pg(&url, &schema).await,
+                    Err((url, schema)) => postgres_store(&url, &schema).await,
                 };
                 let engine = Engine::open(store, registry, opts).await.unwrap();
                 let _ = ready_tx.send((engine, tokio::runtime::Handle::current()));

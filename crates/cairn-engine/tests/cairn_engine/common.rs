@@ -151,3 +151,32 @@ pub async fn wait_event_for(
     )
     .await
 }
+
+/// The test database's URL and a fresh schema name for one test on it, or `None` (saying so)
+/// when `CAIRN_TEST_DATABASE_URL` is unset.
+pub fn postgres_schema() -> Option<(String, String)> {
+    let url = match std::env::var("CAIRN_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)");
+            return None;
+        }
+    };
+    let mut buf = [0u8; 8];
+    getrandom::fill(&mut buf).unwrap();
+    let schema: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    Some((url, format!("cairn_t_{schema}")))
+}
+
+/// A PostgreSQL store on `schema` of the test database at `url` (migrated on first use).
+pub async fn postgres_store(url: &str, schema: &str) -> Arc<dyn cairn_store::Store> {
+    let opts = cairn_store_postgres::PgOptions {
+        pool_size: 4,
+        schema: Some(schema.to_owned()),
+        ..Default::default()
+    };
+    let store = cairn_store_postgres::PgStore::connect(url, opts)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    Arc::new(store)
+}

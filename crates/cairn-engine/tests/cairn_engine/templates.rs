@@ -11,7 +11,7 @@ use cairn_store::Store;
 use cairn_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
-use crate::common::within;
+use crate::common::{postgres_schema, postgres_store, within};
 
 fn iv(body: Value) -> InterventionRequest {
     InterventionRequest::from_body(body).unwrap()
@@ -25,19 +25,8 @@ enum Backend {
 
 impl Backend {
     async fn postgres() -> Option<Backend> {
-        let url = match std::env::var("CAIRN_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => url,
-            _ => {
-                eprintln!(
-                    "skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)"
-                );
-                return None;
-            }
-        };
-        let mut buf = [0u8; 8];
-        getrandom::fill(&mut buf).unwrap();
-        let schema: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-        Some(Backend::Postgres(url, format!("cairn_tpl_{schema}")))
+        let (url, schema) = postgres_schema()?;
+        Some(Backend::Postgres(url, schema))
     }
 
     async fn store(&self) -> Arc<dyn Store> {
@@ -45,18 +34,7 @@ impl Backend {
             Backend::Sqlite(dir) => Arc::new(
                 SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
             ),
-            Backend::Postgres(url, schema) => {
-                let opts = cairn_store_postgres::PgOptions {
-                    pool_size: 4,
-                    schema: Some(schema.clone()),
-                    ..Default::default()
-                };
-                Arc::new(
-                    cairn_store_postgres::PgStore::connect(url, opts)
-                        .await
-                        .unwrap_or_else(|e| panic!("connect to {url}: {e}")),
-                )
-            }
+            Backend::Postgres(url, schema) => postgres_store(url, schema).await,
         }
     }
 
