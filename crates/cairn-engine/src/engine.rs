@@ -870,19 +870,19 @@ impl Engine {
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(100), released).await;
                 continue;
             }
+            // Taken before the claim: a claim that fails leaves a load to the next try.
             let kept = self
                 .inner
                 .plans
                 .lock()
                 .map_err(|_| EngineError::ShuttingDown)?
-                .fresh
-                .contains_key(plan_id);
+                .take_fresh(plan_id);
             let (node, ttl, now) = (
                 &self.inner.opts.node_id,
                 self.inner.opts.lease_ms,
                 self.inner.now().as_micros(),
             );
-            let (fence, incarnation) = if kept {
+            let (fence, incarnation) = if kept.is_some() {
                 self.inner
                     .store
                     .claim_incarnation(plan_id, node, ttl, now)
@@ -896,12 +896,7 @@ impl Engine {
             // lease since (the first claim is this one: token 1). Another node may still have
             // written the plan meanwhile without its lease; then the actor's first append
             // meets a seq conflict and reloads, as any stale actor does.
-            let fresh = self
-                .inner
-                .plans
-                .lock()
-                .map_err(|_| EngineError::ShuttingDown)?
-                .take_fresh(plan_id)
+            let fresh = kept
                 .filter(|(_, first)| {
                     incarnation == Some(*first) && fence.token == 1 && fence.node == *node
                 })
