@@ -190,6 +190,11 @@ impl PlanActor {
             // Outcomes at hand first: no mailbox, no wake-up. (The lease is renewed by the
             // engine's renewal task, however long a chain of such steps runs.)
             if let Some((attempt, result)) = self.ready.pop_front() {
+                // A chain of such steps whose appends the store commits on this thread (the
+                // SQLite writer idle) would never wait for anything: let the other tasks of
+                // this thread run between steps (the operator's command to this plan among
+                // them, which this batch then takes from the mailbox).
+                tokio::task::yield_now().await;
                 let outcome = Msg::Outcome {
                     attempt,
                     result: Box::new(result),

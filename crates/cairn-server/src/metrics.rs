@@ -146,6 +146,10 @@ fn describe() {
         "cairn_store_batch_size_max",
         "Largest write batch committed"
     );
+    describe_counter!(
+        "cairn_store_inline_commits_total",
+        "Store commits made by the request's own thread, the writer being idle (SQLite)"
+    );
     describe_gauge!(
         "cairn_store_commit_busy_seconds_total",
         Unit::Seconds,
@@ -404,6 +408,7 @@ pub async fn refresh(engine: &Engine, warned: &mut bool) {
         gauge!("cairn_store_batch_size").set(mean);
         gauge!("cairn_store_batch_size_max").set(s.max_batch as f64);
         gauge!("cairn_store_commit_busy_seconds_total").set(s.busy_seconds);
+        counter!("cairn_store_inline_commits_total").absolute(s.inline_commits);
     }
 }
 

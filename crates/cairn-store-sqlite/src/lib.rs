@@ -167,6 +167,8 @@ fn read_holder(lock_path: &Path) -> LockHolder {
 pub struct SqliteStore {
     // Declared (and so dropped) before `writer` would be, but `Drop` takes both explicitly.
     tx: Option<mpsc::Sender<Request>>,
+    /// The write connection, which a caller finding the writer idle uses itself.
+    shared: Option<Arc<writer::Shared>>,
     writer: Option<JoinHandle<()>>,
     readers: Arc<ReadPool>,
     /// Reads running at once. Without a bound, a burst of reads (10,000 plans loading) would
@@ -205,13 +207,19 @@ impl SqliteStore {
 
         let stats = Arc::new(writer::Stats::default());
         let (tx, rx) = mpsc::channel();
-        let w = writer::Writer::new(conn, opts.engine_lock, stats.clone());
+        let shared = Arc::new(writer::Shared::new(writer::Writer::new(
+            conn,
+            opts.engine_lock,
+            stats.clone(),
+        )));
+        let w = shared.clone();
         let handle = std::thread::Builder::new()
             .name("cairn-sqlite-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| backend("start the sqlite writer thread", e))?;
         Ok(SqliteStore {
             tx: Some(tx),
+            shared: Some(shared),
             writer: Some(handle),
             readers: Arc::new(ReadPool::new(path.to_path_buf())),
             read_slots: Arc::new(tokio::sync::Semaphore::new(READ_SLOTS)),
@@ -298,6 +306,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             tx: None,
+            shared: None,
             writer: None,
             readers: Arc::new(ReadPool::new(path.to_path_buf())),
             read_slots: Arc::new(tokio::sync::Semaphore::new(READ_SLOTS)),
@@ -327,14 +336,17 @@ impl SqliteStore {
     /// never from inside an async runtime.
     pub fn close(&self) -> StoreResult<bool> {
         let (reply, answer) = oneshot::channel();
-        let sent = match &self.tx {
-            Some(tx) => tx
-                .send(Request {
+        let sent = match (&self.tx, &self.shared) {
+            (Some(tx), Some(shared)) => {
+                // Counted and never answered as a request: nobody commits inline after it.
+                shared.queued();
+                tx.send(Request {
                     op: Op::Close,
                     reply,
                 })
-                .is_ok(),
-            None => return Ok(false),
+                .is_ok()
+            }
+            _ => return Ok(false),
         };
         if !sent {
             return Err(StoreError::Backend(
@@ -393,17 +405,21 @@ impl SqliteStore {
     }
 
     async fn write(&self, op: Op) -> StoreResult<Outcome> {
-        let (reply, answer) = oneshot::channel();
-        let sent = match &self.tx {
-            Some(tx) => tx.send(Request { op, reply }).is_ok(),
-            None => {
-                return Err(StoreError::Invalid(format!(
-                    "{} was opened read-only",
-                    self.path.display()
-                )))
-            }
+        let (Some(tx), Some(shared)) = (&self.tx, &self.shared) else {
+            return Err(StoreError::Invalid(format!(
+                "{} was opened read-only",
+                self.path.display()
+            )));
         };
-        if !sent {
+        // Nothing queued and nothing being committed: commit here, without waking the writer
+        // thread and being woken by it (see `writer::Shared`).
+        let op = match shared.commit_here(op) {
+            Ok(result) => return result,
+            Err(op) => op,
+        };
+        let (reply, answer) = oneshot::channel();
+        shared.queued();
+        if tx.send(Request { op, reply }).is_err() {
             return Err(StoreError::Backend(
                 "the sqlite writer thread has stopped".into(),
             ));

@@ -16,6 +16,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
@@ -141,6 +142,114 @@ pub use cairn_store::WriterStats;
 /// The writer's counters (shared with the store, which reports them).
 pub(crate) type Stats = cairn_store::WriterCounters;
 
+/// The write connection, shared by the writer thread and by callers that find it idle.
+///
+/// A request normally goes through the channel to the writer thread, which commits whatever is
+/// queued in one transaction (group commit) and answers. That costs two thread hand-offs per
+/// request, each a wake-up of a sleeping thread, which on a virtual machine is tens of
+/// microseconds: more than the rest of a small append besides its fsync. So a caller that finds
+/// nothing queued and nothing being committed commits its request itself, on its own thread,
+/// and nobody sleeps or wakes. Under load requests are always queued or in flight, and they go
+/// to the writer thread as before, which groups them.
+///
+/// `pending` counts the requests sent and not yet answered by the thread, plus an inline commit
+/// in progress; a caller commits inline only by moving it from 0 to 1, so at most one caller at a
+/// time blocks its thread on a commit, only while the writer thread has nothing to do. The
+/// connection's mutex orders the two: what the thread takes from the queue waits for the inline
+/// commit in progress, and event ids still increase in commit order.
+pub(crate) struct Shared {
+    writer: std::sync::Mutex<Writer>,
+    pending: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn new(writer: Writer) -> Shared {
+        Shared {
+            writer: std::sync::Mutex::new(writer),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// Commits `op` on this thread when the writer is idle; gives it back otherwise (or when it
+    /// must go through the thread: `Close`). The caller then calls [`Shared::queued`] and sends it.
+    pub(crate) fn commit_here(&self, op: Op) -> Result<StoreResult<Outcome>, Op> {
+        if matches!(op, Op::Close)
+            || self
+                .pending
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return Err(op);
+        }
+        let result = match self.writer.lock() {
+            Ok(w) => {
+                w.stats.inline();
+                w.commit_one(op)
+            }
+            Err(_) => Err(StoreError::Backend(
+                "the sqlite writer panicked earlier".into(),
+            )),
+        };
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        Ok(result)
+    }
+
+    /// Counts a request about to be sent to the thread.
+    pub(crate) fn queued(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Serves the requests sent to the thread until every sender is gone.
+    pub(crate) fn run(&self, rx: Receiver<Request>) {
+        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+        let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
+        while let Ok(first) = rx.recv() {
+            let Ok(w) = self.writer.lock() else {
+                // An inline commit panicked with the connection: nothing can be trusted.
+                return;
+            };
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req.op {
+                    Op::Close => {
+                        close = Some(req.reply);
+                        break;
+                    }
+                    _ => batch.push(req),
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let taken = batch.len() + usize::from(close.is_some());
+            if !batch.is_empty() {
+                w.commit_batch(&mut batch, &mut replies);
+            }
+            if let Some(reply) = close {
+                for (reply, result) in replies.drain(..) {
+                    let _ = reply.send(result);
+                }
+                // Requests still queued are dropped unanswered: their callers get an error.
+                // `pending` is left above 0, so nobody commits inline after the close either.
+                let _ = reply.send(w.checkpoint_wal());
+                return;
+            }
+            drop(w);
+            // Before answering: a caller answered may commit its next request itself.
+            self.pending.fetch_sub(taken, Ordering::AcqRel);
+            for (reply, result) in replies.drain(..) {
+                // The caller may have stopped waiting; the write stands regardless.
+                let _ = reply.send(result);
+            }
+        }
+        // Every handle is gone: leave the database file complete on its own.
+        if let Ok(w) = self.writer.lock() {
+            let _ = w.checkpoint_wal();
+        }
+    }
+}
+
 pub(crate) struct Writer {
     conn: Connection,
     engine_lock: bool,
@@ -191,40 +300,20 @@ impl Writer {
         self.rows.borrow_mut().clear();
     }
 
-    /// Serves requests until every sender is gone.
-    pub(crate) fn run(self, rx: Receiver<Request>) {
-        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-        let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
-        while let Ok(first) = rx.recv() {
-            let mut close = None;
-            let mut next = Some(first);
-            while let Some(req) = next.take() {
-                match req.op {
-                    Op::Close => {
-                        close = Some(req.reply);
-                        break;
-                    }
-                    _ => batch.push(req),
-                }
-                if batch.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                self.commit_batch(&mut batch, &mut replies);
-            }
-            for (reply, result) in replies.drain(..) {
-                // The caller may have stopped waiting; the write stands regardless.
-                let _ = reply.send(result);
-            }
-            if let Some(reply) = close {
-                // Requests still queued are dropped unanswered: their callers get an error.
-                let _ = reply.send(self.checkpoint_wal());
-                return;
-            }
+    /// Commits one request at once, on the caller's thread (see [`Shared::commit_here`]).
+    fn commit_one(&self, op: Op) -> StoreResult<Outcome> {
+        let (reply, mut answer) = oneshot::channel();
+        let mut batch = vec![Request { op, reply }];
+        let mut replies = Vec::with_capacity(1);
+        self.commit_batch(&mut batch, &mut replies);
+        for (reply, result) in replies {
+            let _ = reply.send(result);
         }
-        // Every handle is gone: leave the database file complete on its own.
-        let _ = self.checkpoint_wal();
+        answer.try_recv().unwrap_or_else(|_| {
+            Err(StoreError::Backend(
+                "the sqlite writer lost an answer".into(),
+            ))
+        })
     }
 
     fn checkpoint_wal(&self) -> StoreResult<Outcome> {

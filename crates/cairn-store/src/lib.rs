@@ -219,6 +219,8 @@ pub struct StoreStats {
     pub max_batch: u64,
     /// Seconds spent committing, summed over all commits.
     pub busy_seconds: f64,
+    /// Commits made by the caller itself, the writer being idle (SQLite; see its writer).
+    pub inline_commits: u64,
 }
 
 /// A lease as stored: who drives a plan, under which fence, until when.
@@ -283,6 +285,8 @@ pub struct WriterStats {
     pub max_batch: u64,
     /// Time spent from `BEGIN` to the end of `COMMIT`, summed over all batches.
     pub busy: std::time::Duration,
+    /// Batches of one request committed by its caller, the writer thread being idle.
+    pub inline_commits: u64,
 }
 
 impl WriterStats {
@@ -304,6 +308,7 @@ impl From<WriterStats> for StoreStats {
             events: w.events,
             max_batch: w.max_batch,
             busy_seconds: w.busy.as_secs_f64(),
+            inline_commits: w.inline_commits,
         }
     }
 }
@@ -317,6 +322,7 @@ pub struct WriterCounters {
     events: std::sync::atomic::AtomicU64,
     max_batch: std::sync::atomic::AtomicU64,
     busy_nanos: std::sync::atomic::AtomicU64,
+    inline_commits: std::sync::atomic::AtomicU64,
     unavailable: std::sync::Mutex<Option<String>>,
 }
 
@@ -342,6 +348,12 @@ impl WriterCounters {
             .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The batch about to be committed was its caller's own (the writer was idle).
+    pub fn inline(&self) {
+        self.inline_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A batch failed for lack of storage (`why` says which), or `None`: it works again.
     pub fn set_unavailable(&self, why: Option<String>) {
         *self.unavailable.lock().unwrap_or_else(|p| p.into_inner()) = why;
@@ -363,6 +375,7 @@ impl WriterCounters {
             events: self.events.load(Relaxed),
             max_batch: self.max_batch.load(Relaxed),
             busy: std::time::Duration::from_nanos(self.busy_nanos.load(Relaxed)),
+            inline_commits: self.inline_commits.load(Relaxed),
         }
     }
 }

@@ -1589,14 +1589,33 @@ async fn observer_reports_state_changes_checkpoints_and_interventions() {
 async fn observer_learns_the_status_of_plans_it_has_not_seen_yet() {
     use PlanStatus::*;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, _rec) = recorder_engine(&dir).await;
-    engine.register(abc("p"), "op").await.unwrap();
+    // The first step is held open until the plan is paused: the pause lands while it runs.
+    let (gate, mut started) = Gate::new();
+    let rec = Arc::new(Recorder::default());
+    let engine = engine_with(
+        &dir,
+        &[
+            ("gate", gate.clone() as Arc<dyn Executor>),
+            ("rec", rec as Arc<dyn Executor>),
+        ],
+    )
+    .await;
+    engine
+        .register(
+            plan("plan_id: p\nsteps:\n  - {step_id: a, action: x, agent_type: gate}\n  - {step_id: b, action: x, agent_type: rec}\n"),
+            "op",
+        )
+        .await
+        .unwrap();
     engine.start("p", "op", None).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), started.recv()).await;
+    assert_eq!(first.unwrap().unwrap().0, "a");
     engine
         .pause("p", PauseMode::Boundary, None, "op", None)
         .await
         .unwrap();
-    settled(&engine, "p").await;
+    gate.release(1);
+    assert_eq!(settled(&engine, "p").await.status, Paused);
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _handle = observe(&engine, recording_callbacks(tx)).await.unwrap();
