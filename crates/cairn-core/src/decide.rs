@@ -365,6 +365,8 @@ fn decide(
     check_reason(command.reason())?;
     let mut intervention = None;
     let mut refusal = None;
+    // What is known of the steps at either end grows as they settle (see `Steps`).
+    state.steps.refresh();
     let live_before = state.live_attempts();
     // An attempt that reported has stopped by itself: nothing to tell it.
     let reported = match &command {
@@ -1584,16 +1586,21 @@ fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
             }
             _ => return,
         }
-        if em.state.steps.iter().all(|s| s.rec.status.satisfies()) {
+        // Only the live steps are looked at: the settled ones before them are completed, the
+        // fresh ones after them pending, none of them in flight or failed (see `Steps`).
+        let live = em.state.steps.live();
+        let all_satisfy = live.end == em.state.steps.len()
+            && em.state.steps[live.clone()]
+                .iter()
+                .all(|s| s.rec.status.satisfies());
+        if all_satisfy {
             em.emit(SYSTEM_ACTOR, EventKind::PlanCompleted {}, None);
             return;
         }
         // A failed step fails the plan. Outcomes fail it at once; this catches a plan resumed
         // with a failed step it got back from a checkpoint (restore, fork), which would
         // otherwise run forever with nothing to run.
-        if let Some(s) = em
-            .state
-            .steps
+        if let Some(s) = em.state.steps[live]
             .iter()
             .find(|s| s.rec.status == StepStatus::Failed)
         {
@@ -1607,15 +1614,24 @@ fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
         }
         let mut running = em.state.running_count();
         let max = em.state.max_parallel as usize;
-        let statuses: Vec<StepStatus> = em.state.steps.iter().map(|s| s.rec.status).collect();
+        if running >= max {
+            return;
+        }
+        // Every ready step past the first `max - running` would wait anyway: each one taken
+        // below either starts (one more running), or rescans, or ends the decision. Of the
+        // fresh steps only the first can be ready.
         let ready: Vec<usize> = {
             let map = em.state.satisfied();
-            (0..em.state.steps.len())
+            em.state
+                .steps
+                .maybe_ready()
                 .filter(|&i| {
-                    statuses[i] == StepStatus::Pending
-                        && em.state.steps[i].rec.retry_at.is_none_or(|t| t <= em.now)
+                    let rec = &em.state.steps[i].rec;
+                    rec.status == StepStatus::Pending
+                        && rec.retry_at.is_none_or(|t| t <= em.now)
                         && em.state.deps_satisfied(i, &map)
                 })
+                .take(max - running)
                 .collect()
         };
         for i in ready {

@@ -40,6 +40,7 @@ pub mod rollback;
 pub mod state;
 pub mod status;
 mod step_index;
+pub mod steps;
 pub mod suggest;
 pub mod template;
 pub mod time;

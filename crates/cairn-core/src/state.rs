@@ -17,6 +17,7 @@ use crate::rollback::{
     CompensationRecord, CompensationStatus, Rollback, RollbackEnd, RollbackStatus,
 };
 use crate::step_index::StepIndex;
+pub use crate::steps::Steps;
 
 pub use crate::status::{PlanStatus, StepStatus};
 
@@ -135,10 +136,18 @@ pub struct Step {
     pub rec: StepRecord,
 }
 
-/// Which steps let their dependents run (see [`PlanState::satisfied`]).
-pub(crate) struct Satisfied<'a> {
+/// Which steps let their dependents run (see [`PlanState::satisfied`]): every step before
+/// `base` (settled: completed), from `base` on as `done` says, none past its end (fresh steps,
+/// which are pending).
+pub(crate) struct Satisfied {
+    base: usize,
     done: Vec<bool>,
-    index: Option<HashMap<&'a str, usize>>,
+}
+
+impl Satisfied {
+    fn is_done(&self, index: usize) -> bool {
+        index < self.base || self.done.get(index - self.base).copied().unwrap_or(false)
+    }
 }
 
 /// The part of a plan's state a checkpoint restores: definition, version and step records.
@@ -333,7 +342,7 @@ pub struct PlanState {
     pub query: String,
     pub metadata: Value,
     pub max_parallel: u32,
-    pub steps: Vec<Step>,
+    pub steps: Steps,
     /// What the plan was started with (`inputs.*` in conditions and params); fixed at
     /// registration.
     #[serde(default, skip_serializing_if = "crate::plan::no_inputs")]
@@ -394,7 +403,7 @@ impl PlanState {
             query: String::new(),
             metadata: Value::Null,
             max_parallel: 8,
-            steps: Vec::new(),
+            steps: Steps::default(),
             inputs: Value::Null,
             template: None,
             version: 0,
@@ -438,7 +447,7 @@ impl PlanState {
     /// A step by id, to change it; builds the step index afresh when it is missing or stale.
     pub(crate) fn step_mut(&mut self, step_id: &str) -> Option<&mut Step> {
         let i = self.step_index.find_mut(&self.steps, step_id)?;
-        Some(&mut self.steps[i])
+        Some(self.steps.touch(i))
     }
 
     /// The current definition as a plan document.
@@ -461,7 +470,7 @@ impl PlanState {
             metadata: self.metadata.clone(),
             max_parallel: self.max_parallel,
             version: self.version,
-            steps: self.steps.clone(),
+            steps: self.steps.to_vec(),
             inputs: self.inputs.clone(),
             template: self.template.clone(),
         }
@@ -484,7 +493,8 @@ impl PlanState {
     /// attempt before its compensation's.
     pub fn live_attempts(&self) -> Vec<AttemptId> {
         let mut out = Vec::new();
-        for s in &self.steps {
+        // Settled and fresh steps have nothing in flight.
+        for s in &self.steps[self.steps.live()] {
             if s.rec.status.is_active() {
                 out.push(AttemptId::step(s.def.step_id.clone(), s.rec.attempts));
             }
@@ -503,7 +513,8 @@ impl PlanState {
 
     /// Attempts in flight, compensations included.
     pub fn running_count(&self) -> usize {
-        self.steps
+        // Settled and fresh steps have nothing in flight.
+        self.steps[self.steps.live()]
             .iter()
             .map(|s| {
                 usize::from(s.rec.status.is_active())
@@ -542,9 +553,10 @@ impl PlanState {
 
     /// The next moment a timer must wake this plan (a retry backoff or `resume_at`).
     pub fn next_wake(&self) -> Option<Micros> {
+        // Settled and fresh steps have no retry and no compensation due.
+        let live = &self.steps[self.steps.live()];
         let retry = if self.status == PlanStatus::Running {
-            self.steps
-                .iter()
+            live.iter()
                 .filter(|s| s.rec.status == StepStatus::Pending)
                 .filter_map(|s| s.rec.retry_at)
                 .min()
@@ -552,8 +564,7 @@ impl PlanState {
             None
         };
         let compensation = if self.status == PlanStatus::Running && self.rolling_back() {
-            self.steps
-                .iter()
+            live.iter()
                 .filter_map(|s| s.rec.compensation.as_ref())
                 .filter(|c| c.status == CompensationStatus::Pending)
                 .filter_map(|c| c.retry_at)
@@ -676,29 +687,18 @@ impl PlanState {
     /// Which steps let their dependents run, by position: a completed step does; a skipped step
     /// does once its own dependencies do, so skipping a step that was not ready yet never lets
     /// the steps after it overtake the steps before it.
-    pub(crate) fn satisfied(&self) -> Satisfied<'_> {
-        // Positions of step ids, needed only when some step names its dependencies.
-        let index: Option<HashMap<&str, usize>> = self
-            .steps
-            .iter()
-            .any(|s| s.def.depends_on.is_some())
-            .then(|| {
-                self.steps
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (s.def.step_id.as_str(), i))
-                    .collect()
-            });
+    pub(crate) fn satisfied(&self) -> Satisfied {
+        // Only the live steps are looked at: the settled ones before them are done, the fresh
+        // ones after them pending (see `Steps`).
+        let live = self.steps.live();
         let mut sat = Satisfied {
-            done: self
-                .steps
+            base: live.start,
+            done: self.steps[live.clone()]
                 .iter()
                 .map(|s| s.rec.status == StepStatus::Completed)
                 .collect(),
-            index,
         };
-        if self
-            .steps
+        if self.steps[live.clone()]
             .iter()
             .any(|s| s.rec.status == StepStatus::Skipped)
         {
@@ -706,12 +706,12 @@ impl PlanState {
             // acyclic).
             loop {
                 let mut changed = false;
-                for i in 0..self.steps.len() {
+                for i in live.clone() {
                     if self.steps[i].rec.status == StepStatus::Skipped
-                        && !sat.done[i]
+                        && !sat.is_done(i)
                         && self.deps_satisfied(i, &sat)
                     {
-                        sat.done[i] = true;
+                        sat.done[i - sat.base] = true;
                         changed = true;
                     }
                 }
@@ -724,16 +724,13 @@ impl PlanState {
     }
 
     /// Are all of `steps[index]`'s dependencies satisfied?
-    pub(crate) fn deps_satisfied(&self, index: usize, sat: &Satisfied<'_>) -> bool {
+    pub(crate) fn deps_satisfied(&self, index: usize, sat: &Satisfied) -> bool {
         match &self.steps[index].def.depends_on {
-            Some(deps) => deps.iter().all(|d| {
-                sat.index
-                    .as_ref()
-                    .and_then(|m| m.get(d.as_str()))
-                    .is_some_and(|&j| sat.done[j])
-            }),
+            Some(deps) => deps
+                .iter()
+                .all(|d| self.index_of(d).is_some_and(|j| sat.is_done(j))),
             None if index == 0 => true,
-            None => sat.done[index - 1],
+            None => sat.is_done(index - 1),
         }
     }
 
@@ -1220,7 +1217,7 @@ impl PlanState {
         self.max_parallel = m.max_parallel;
         self.inputs = m.inputs.clone();
         self.template = m.template.clone();
-        self.steps = m.steps.clone();
+        self.steps = m.steps.clone().into();
         for s in &mut self.steps {
             bring_back(&mut s.rec, (0, 0));
         }
@@ -1282,7 +1279,7 @@ impl PlanState {
                 }
             }
         }
-        self.steps = steps;
+        self.steps = steps.into();
     }
 }
 

@@ -413,10 +413,9 @@ impl SqliteStore {
         };
         // Nothing queued and nothing being committed: commit here, without waking the writer
         // thread and being woken by it (see `writer::Shared`).
-        let op = match shared.commit_here(op) {
-            Ok(result) => return result,
-            Err(op) => op,
-        };
+        if shared.claim_idle(&op) {
+            return shared.commit_claimed(op);
+        }
         let (reply, answer) = oneshot::channel();
         shared.queued();
         if tx.send(Request { op, reply }).is_err() {

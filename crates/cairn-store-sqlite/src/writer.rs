@@ -170,17 +170,20 @@ impl Shared {
         }
     }
 
-    /// Commits `op` on this thread when the writer is idle; gives it back otherwise (or when it
-    /// must go through the thread: `Close`). The caller then calls [`Shared::queued`] and sends it.
-    pub(crate) fn commit_here(&self, op: Op) -> Result<StoreResult<Outcome>, Op> {
-        if matches!(op, Op::Close)
-            || self
+    /// Whether `op` can be committed on this thread: the writer is idle, and `op` is not one
+    /// that must go through the thread (`Close`). If so the writer counts as busy until
+    /// [`Shared::commit_claimed`] has committed it; if not, the caller calls
+    /// [`Shared::queued`] and sends it.
+    pub(crate) fn claim_idle(&self, op: &Op) -> bool {
+        !matches!(op, Op::Close)
+            && self
                 .pending
                 .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return Err(op);
-        }
+                .is_ok()
+    }
+
+    /// Commits `op` on this thread, after [`Shared::claim_idle`] said yes.
+    pub(crate) fn commit_claimed(&self, op: Op) -> StoreResult<Outcome> {
         let result = match self.writer.lock() {
             Ok(w) => {
                 w.stats.inline();
@@ -191,7 +194,7 @@ impl Shared {
             )),
         };
         self.pending.fetch_sub(1, Ordering::AcqRel);
-        Ok(result)
+        result
     }
 
     /// Counts a request about to be sent to the thread.
@@ -300,7 +303,7 @@ impl Writer {
         self.rows.borrow_mut().clear();
     }
 
-    /// Commits one request at once, on the caller's thread (see [`Shared::commit_here`]).
+    /// Commits one request at once, on the caller's thread (see [`Shared`]).
     fn commit_one(&self, op: Op) -> StoreResult<Outcome> {
         let (reply, mut answer) = oneshot::channel();
         let mut batch = vec![Request { op, reply }];

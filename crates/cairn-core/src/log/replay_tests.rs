@@ -460,7 +460,7 @@ fn a_format_2_restore_carrying_the_whole_state_replays_as_it_did() {
         target.metadata = m.metadata;
         target.max_parallel = m.max_parallel;
         target.version = m.version;
-        target.steps = m.steps;
+        target.steps = m.steps.into();
         let restored = crate::state::Restored::between(&now, &target);
         let kind = EventKind::CheckpointRestored {
             checkpoint_id: whole["checkpoint_id"].as_str().unwrap().into(),

@@ -814,14 +814,26 @@ fn run_case(max_parallel: u32, gens: Vec<StepGen>, ops: Vec<Op>) -> Result<(), T
             _ => None,
         };
         let before = run.st.clone();
-        let result = decide::handle(
-            &mut run.st,
-            cmd.clone(),
-            Ctx {
-                now: run.now,
-                actor: Run::actor(op),
-            },
-        );
+        // The same command decided on a copy that knows nothing of which steps are settled or
+        // fresh, and so looks at every step: the decisions must be the same.
+        let mut blind = run.st.clone();
+        blind.steps.blind();
+        let ctx = Ctx {
+            now: run.now,
+            actor: Run::actor(op),
+        };
+        let blind_result = decide::handle(&mut blind, cmd.clone(), ctx);
+        let result = decide::handle(&mut run.st, cmd.clone(), ctx);
+        match (&result, &blind_result) {
+            (Ok(d), Ok(b)) => prop_assert_eq!(d, b, "the settled and fresh ends changed {:?}", op),
+            (Err(d), Err(b)) => prop_assert_eq!(d.to_string(), b.to_string()),
+            _ => prop_assert!(
+                false,
+                "the settled and fresh ends changed whether {:?} was refused",
+                op
+            ),
+        }
+        prop_assert_eq!(&run.st, &blind);
         match result {
             // (f) a refused command emits nothing and changes nothing.
             Err(_) => prop_assert_eq!(&run.st, &before, "refused {:?} changed the state", op),

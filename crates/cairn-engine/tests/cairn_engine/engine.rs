@@ -1111,7 +1111,7 @@ async fn export_then_import_round_trips() {
         .await
         .unwrap();
     assert_eq!(imported.status, PlanStatus::Paused);
-    assert_eq!(imported.steps, export.state.steps);
+    assert_eq!(*imported.steps, export.state.steps);
     assert_eq!(imported.origin.as_ref().unwrap().how, "import");
     engine.resume("p-imported", "op", None).await.unwrap();
     assert_eq!(

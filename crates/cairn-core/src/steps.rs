@@ -1,0 +1,185 @@
+//! A plan's steps, in order, and what is known of the steps at either end of the list: the
+//! leading steps done for good, and the trailing steps nothing has touched yet.
+//!
+//! A decision asks questions of every step: which attempts are in flight, has every step
+//! completed, which steps are ready, when is the next retry due. A plan of a thousand
+//! sequential steps asked them of all thousand steps on every turn, to find the one or two
+//! steps where anything happens: most of the engine's time per step in such a plan. The
+//! steps before the first that is not *settled* (completed, with no compensation: nothing
+//! in flight, nothing due, done for every step depending on it) and after the last that is not
+//! *fresh* (pending, never started, no retry due, no compensation, no dependencies named: it
+//! waits for the step before it, which itself waits) answer those questions without being
+//! looked at. [`Steps::live`] is the range between, which the questions scan instead.
+//!
+//! Both counts are hints that are only ever too small, never too large. `Steps` dereferences to
+//! its `Vec` for reading; a mutable dereference (which code that changes steps in bulk uses:
+//! interventions, restores, cancels) forgets both, and [`Steps::touch`] (what the fold's
+//! changes to one step use) shrinks them to leave that step out. [`Steps::refresh`] grows them
+//! again by looking at the steps next to the ends of the range, so over a plan's run each step
+//! is looked at a few times, not once per turn.
+
+use std::ops::{Deref, DerefMut, Range};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Step, StepStatus};
+
+/// A plan's steps (see the module's documentation). Stored and compared as the list alone.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Steps {
+    list: Vec<Step>,
+    /// The first `settled` steps are settled.
+    #[serde(skip)]
+    settled: usize,
+    /// The last `fresh` steps are fresh.
+    #[serde(skip)]
+    fresh: usize,
+    /// Never grows the ends: every question looks at every step (what tests compare with).
+    #[serde(skip)]
+    blind: bool,
+}
+
+impl Steps {
+    pub fn new(list: Vec<Step>) -> Steps {
+        Steps {
+            list,
+            settled: 0,
+            fresh: 0,
+            blind: false,
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<Step> {
+        self.list
+    }
+
+    /// The step at `index`, to change it: the step is no longer counted settled or fresh.
+    pub(crate) fn touch(&mut self, index: usize) -> &mut Step {
+        self.settled = self.settled.min(index);
+        self.fresh = self.fresh.min(self.list.len().saturating_sub(index + 1));
+        &mut self.list[index]
+    }
+
+    /// From now on, knows nothing of either end: every question about the steps looks at all
+    /// of them, as before the ends were kept. For tests, which compare the two.
+    #[doc(hidden)]
+    pub fn blind(&mut self) {
+        self.settled = 0;
+        self.fresh = 0;
+        self.blind = true;
+    }
+
+    /// Grows the settled and fresh ends as far as the steps next to them allow.
+    pub(crate) fn refresh(&mut self) {
+        if self.blind {
+            return;
+        }
+        let n = self.list.len();
+        while self.settled + self.fresh < n && settled(&self.list[self.settled]) {
+            self.settled += 1;
+        }
+        while self.settled + self.fresh < n && fresh(&self.list[n - 1 - self.fresh]) {
+            self.fresh += 1;
+        }
+    }
+
+    /// The steps that are neither settled nor fresh, by position. Before it: completed steps
+    /// with nothing in flight or due. After it: pending steps that wait for the step before
+    /// them, none of them ready, nothing in flight or due.
+    pub fn live(&self) -> Range<usize> {
+        let n = self.list.len();
+        let end = n - self.fresh.min(n);
+        self.settled.min(end)..end
+    }
+
+    /// The steps that may be ready to start: the live range and the first fresh step (whose
+    /// step before may have completed).
+    pub(crate) fn maybe_ready(&self) -> Range<usize> {
+        let live = self.live();
+        live.start..(live.end + 1).min(self.list.len())
+    }
+}
+
+/// Completed, no compensation: nothing in flight or due, and done for its dependents.
+fn settled(s: &Step) -> bool {
+    s.rec.status == StepStatus::Completed && s.rec.compensation.is_none()
+}
+
+/// Pending and never started, nothing due, waiting for the step before it.
+fn fresh(s: &Step) -> bool {
+    s.rec.status == StepStatus::Pending
+        && s.rec.attempts == 0
+        && s.rec.retry_at.is_none()
+        && s.rec.compensation.is_none()
+        && s.def.depends_on.is_none()
+}
+
+impl Deref for Steps {
+    type Target = Vec<Step>;
+
+    fn deref(&self) -> &Vec<Step> {
+        &self.list
+    }
+}
+
+impl DerefMut for Steps {
+    /// Any change through the list itself: nothing is known of its ends any more.
+    fn deref_mut(&mut self) -> &mut Vec<Step> {
+        self.settled = 0;
+        self.fresh = 0;
+        &mut self.list
+    }
+}
+
+impl PartialEq for Steps {
+    fn eq(&self, other: &Steps) -> bool {
+        self.list == other.list
+    }
+}
+
+impl std::fmt::Debug for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.list.fmt(f)
+    }
+}
+
+impl From<Vec<Step>> for Steps {
+    fn from(list: Vec<Step>) -> Steps {
+        Steps::new(list)
+    }
+}
+
+impl FromIterator<Step> for Steps {
+    fn from_iter<I: IntoIterator<Item = Step>>(iter: I) -> Steps {
+        Steps::new(iter.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Steps {
+    type Item = &'a Step;
+    type IntoIter = std::slice::Iter<'a, Step>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Steps {
+    type Item = &'a mut Step;
+    type IntoIter = std::slice::IterMut<'a, Step>;
+
+    /// Through the mutable dereference: the ends are forgotten.
+    fn into_iter(self) -> Self::IntoIter {
+        self.deref_mut().iter_mut()
+    }
+}
+
+impl IntoIterator for Steps {
+    type Item = Step;
+    type IntoIter = std::vec::IntoIter<Step>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.into_iter()
+    }
+}
