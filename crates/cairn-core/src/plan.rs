@@ -11,6 +11,7 @@
 //! when it has no usable id.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,10 @@ pub struct Plan {
     pub metadata: Value,
     #[serde(default = "default_max_parallel")]
     pub max_parallel: u32,
-    pub steps: Vec<StepDef>,
+    /// Shared (serde writes and reads an `Arc` as its content), so the definition of a plan's
+    /// state, a checkpoint's view and the state itself hold the same steps instead of copies.
+    #[cfg_attr(feature = "utoipa", schema(value_type = Vec<StepDef>))]
+    pub steps: Vec<Arc<StepDef>>,
     /// What a failure of the plan does: `fail` (the default) or `rollback` (run the
     /// compensations of what ran, newest first, then fail).
     #[serde(default, skip_serializing_if = "OnFailure::is_fail")]
@@ -1112,7 +1116,7 @@ fn check_retry(retry: &RetryPolicy, path: &str, fault: &mut dyn FnMut(&str, Stri
 }
 
 /// The ids of the steps `steps[index]` waits for.
-pub fn effective_deps(steps: &[StepDef], index: usize) -> Vec<&str> {
+pub fn effective_deps(steps: &[Arc<StepDef>], index: usize) -> Vec<&str> {
     match &steps[index].depends_on {
         Some(deps) => deps.iter().map(String::as_str).collect(),
         None if index == 0 => Vec::new(),
@@ -1121,7 +1125,7 @@ pub fn effective_deps(steps: &[StepDef], index: usize) -> Vec<&str> {
 }
 
 /// A cycle in the effective dependency graph, as a path of step ids, if there is one.
-pub fn find_cycle(steps: &[StepDef]) -> Option<Vec<String>> {
+pub fn find_cycle(steps: &[Arc<StepDef>]) -> Option<Vec<String>> {
     let index: HashMap<&str, usize> = steps
         .iter()
         .enumerate()
