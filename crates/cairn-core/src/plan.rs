@@ -34,6 +34,17 @@ fn default_max_parallel() -> u32 {
     8
 }
 
+/// A value read into an `Arc` of its own: serde's `Arc<T>` reads a `Box<T>` first, then
+/// moves it into a second allocation (a malloc, a copy and a free more for every step of a
+/// decoded snapshot).
+pub(crate) fn shared<'de, D, T>(d: D) -> Result<Arc<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Arc::new)
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }

@@ -134,6 +134,7 @@ impl Default for StepRecord {
 pub struct Step {
     /// Shared with the plan documents made of the state ([`PlanState::definition`]) and with
     /// the other states folded from it: a definition changes far less often than a record.
+    #[serde(deserialize_with = "crate::plan::shared")]
     pub def: Arc<StepDef>,
     pub rec: StepRecord,
 }
