@@ -447,74 +447,32 @@ pub(crate) async fn state_at(
     plan_id: &str,
     seq: u64,
 ) -> Result<(PlanState, u64), EngineError> {
-    let until = if seq == u64::MAX { None } else { Some(seq) };
-    let (mut state, snapshot_seq, events) = match store.get_snapshot(plan_id, seq).await? {
-        Some((s, bytes)) => {
-            // The snapshot is decoded on a blocking thread while this one reads and decodes the
-            // events after it: for a large plan both take a good part of a millisecond, and on
-            // two cores they no longer add up (see "Checkpoint reads under 2 ms" in
-            // BENCHMARKS.md). Those events are few (snapshots are stored at a bounded spacing),
-            // so holding them until the state is there costs little.
-            let decoding = tokio::task::spawn_blocking(move || crate::snapshot::decode(&bytes));
-            let events = events_after(store, plan_id, s, until).await?;
-            match decoding.await {
-                Ok(Ok(state)) if state.seq == s => (state, s, events),
-                // An unreadable snapshot (or one not at its own seq): the whole log instead.
-                _ => {
-                    let mut all = events_after(store, plan_id, 0, Some(s)).await?;
-                    all.extend(events);
-                    (PlanState::empty(plan_id), 0, all)
-                }
-            }
-        }
-        None => {
-            // No snapshot: the log from its start, applied page by page rather than held whole.
-            let mut state = PlanState::empty(plan_id);
-            let mut after = 0;
-            loop {
-                let rows = store.read_events(plan_id, after, until, 4_096).await?;
-                let n = rows.len();
-                for row in rows {
-                    let e = from_stored(row)?;
-                    after = e.seq;
-                    state.apply(&e);
-                }
-                if n < 4_096 {
-                    break;
-                }
-            }
-            (state, 0, Vec::new())
-        }
+    let (mut state, from) = match store.get_snapshot(plan_id, seq).await? {
+        Some((s, bytes)) => match crate::snapshot::decode(&bytes) {
+            Ok(state) if state.seq == s => (state, s),
+            _ => (PlanState::empty(plan_id), 0),
+        },
+        None => (PlanState::empty(plan_id), 0),
     };
-    for e in &events {
-        state.apply(e);
-    }
-    if state.seq == 0 {
-        return Err(EngineError::PlanNotFound(plan_id.to_owned()));
-    }
-    Ok((state, snapshot_seq))
-}
-
-/// The events of `plan_id` after `after`, up to `until` (inclusive) or the end, decoded.
-async fn events_after(
-    store: &dyn Store,
-    plan_id: &str,
-    mut after: u64,
-    until: Option<u64>,
-) -> Result<Vec<cairn_core::Event>, EngineError> {
-    let mut events = Vec::new();
+    let snapshot_seq = from;
+    let mut after = from;
     loop {
+        let until = if seq == u64::MAX { None } else { Some(seq) };
         let rows = store.read_events(plan_id, after, until, 4_096).await?;
         let n = rows.len();
         for row in rows {
             let e = from_stored(row)?;
             after = e.seq;
-            events.push(e);
+            state.apply(&e);
         }
         if n < 4_096 {
-            return Ok(events);
+            break;
         }
     }
+    if state.seq == 0 {
+        return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+    }
+    Ok((state, snapshot_seq))
 }
 
 /// The error for a version a plan never had, listing the ones it has (`1-3, 5`).

@@ -50,30 +50,19 @@ impl Folds {
     }
 
     fn remember(&self, state: Arc<PlanState>) {
-        let evicted: Vec<Arc<PlanState>> = {
-            let mut entries = self.lock();
-            entries.retain(|s| !(s.plan_id == state.plan_id && s.seq == state.seq));
-            entries.push_front(state);
-            let mut steps = 0;
-            let mut keep = 0;
-            for s in entries.iter() {
-                steps += s.steps.len();
-                if keep > 0 && (keep == MAX_ENTRIES || steps > MAX_STEPS) {
-                    break;
-                }
-                keep += 1;
+        let mut entries = self.lock();
+        entries.retain(|s| !(s.plan_id == state.plan_id && s.seq == state.seq));
+        entries.push_front(state);
+        let mut steps = 0;
+        let mut keep = 0;
+        for s in entries.iter() {
+            steps += s.steps.len();
+            if keep > 0 && (keep == MAX_ENTRIES || steps > MAX_STEPS) {
+                break;
             }
-            entries.drain(keep..).collect()
-        };
-        // Freeing a large state takes a good fraction of a millisecond (every string and map
-        // of its steps): a blocking thread does it, not the read that evicted it (and never
-        // under the lock).
-        if evicted.iter().any(|s| Arc::strong_count(s) == 1) {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || drop(evicted))),
-                Err(_) => drop(evicted),
-            }
+            keep += 1;
         }
+        entries.truncate(keep);
     }
 
     /// The cached state of `plan_id` nearest before or at `seq`, within `reach` events of it.

@@ -203,9 +203,7 @@ async fn json_snapshots_still_read(store: Arc<dyn Store>) {
 
 /// Snapshots that cannot be used (bytes no release wrote; a state stored under another seq
 /// than its own) are passed over: a checkpoint's state, and the plan's state loaded afresh,
-/// are folded from the plan's first event instead, and equal the full replay. (The snapshot is
-/// decoded on another thread while the events after it are read; those events must not be
-/// applied to an empty state when the decode fails.)
+/// are folded from the plan's first event instead, and equal the full replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_snapshots_fall_back_to_the_whole_log() {
     let dir = tempfile::tempdir().unwrap();
