@@ -61,8 +61,10 @@ pub struct Plan {
     pub metadata: Value,
     #[serde(default = "default_max_parallel")]
     pub max_parallel: u32,
-    /// Shared (serde writes and reads an `Arc` as its content), so the definition of a plan's
-    /// state, a checkpoint's view and the state itself hold the same steps instead of copies.
+    // Shared (serde writes and reads an `Arc` as its content), so the definition of a plan's
+    // state, a checkpoint's view and the state itself hold the same steps instead of copies.
+    // (A plain comment: a doc comment would become the field's description in the OpenAPI
+    // document.)
     #[cfg_attr(feature = "utoipa", schema(value_type = Vec<StepDef>))]
     pub steps: Vec<Arc<StepDef>>,
     /// What a failure of the plan does: `fail` (the default) or `rollback` (run the
