@@ -566,6 +566,7 @@ fn echo_plan(id: String, steps: usize) -> Plan {
         max_parallel: 8,
         steps: (0..steps)
             .map(|j| step(&format!("s{j}"), "builtin.echo", json!({"n": j})))
+            .map(Arc::new)
             .collect(),
         on_failure: Default::default(),
 
@@ -844,7 +845,7 @@ async fn run_workload(
             let plans: Vec<Plan> = (0..args.paused)
                 .map(|i| {
                     let mut p = echo_plan(format!("held-{i}"), 3);
-                    p.steps[1].pause_before = true;
+                    Arc::make_mut(&mut p.steps[1]).pause_before = true;
                     p
                 })
                 .collect();
@@ -923,6 +924,7 @@ async fn run_workload(
                     max_parallel: 8,
                     steps: (0..150)
                         .map(|j| step(&format!("s{j}"), "builtin.sleep", json!({"ms": 200})))
+                        .map(Arc::new)
                         .collect(),
                     on_failure: Default::default(),
 
@@ -1047,7 +1049,7 @@ async fn run_workload(
             }
             // Two 1,000-step definitions with edits throughout: params changed on every tenth
             // step, a tenth of the steps removed, two swapped, one added.
-            let steps = |edit: bool| -> Vec<StepDef> {
+            let steps = |edit: bool| -> Vec<Arc<StepDef>> {
                 (0..1_000)
                     .map(|i| {
                         let mut params =
@@ -1055,7 +1057,7 @@ async fn run_workload(
                         if edit && i % 10 == 0 {
                             params["opts"]["depth"] = json!(99);
                         }
-                        step(&format!("step_{i}"), "builtin.echo", params)
+                        Arc::new(step(&format!("step_{i}"), "builtin.echo", params))
                     })
                     .collect()
             };
@@ -1066,7 +1068,7 @@ async fn run_workload(
             let mut edited = steps(true);
             edited.retain(|s| !s.step_id.ends_with('3'));
             edited.swap(10, 500);
-            edited.push(step("new", "builtin.echo", Value::Null));
+            edited.push(Arc::new(step("new", "builtin.echo", Value::Null)));
             let v2 = Plan {
                 steps: edited,
                 ..echo_plan("d".into(), 1)
@@ -1144,7 +1146,7 @@ async fn rollback_workload(n: usize, target: &Target) -> Result<Vec<Value>, Fail
     let (engine, store) = open(target, opts).await?;
     let mut plan = echo_plan("saga".into(), n);
     for s in &mut plan.steps {
-        s.compensate = Some(Box::new(cairn_core::plan::Compensate {
+        Arc::make_mut(s).compensate = Some(Box::new(cairn_core::plan::Compensate {
             action: "undo".into(),
             agent_type: "builtin.echo".into(),
             params: json!({"undo": "{{ this.output.n }}"}),
@@ -1152,11 +1154,11 @@ async fn rollback_workload(n: usize, target: &Target) -> Result<Vec<Value>, Fail
             timeout_ms: None,
         }));
     }
-    plan.steps.push(step(
+    plan.steps.push(Arc::new(step(
         "last",
         "builtin.fail",
         json!({"retryable": false, "message": "the saga's last step fails"}),
-    ));
+    )));
     engine.register(plan, "bench").await?;
     engine.start("saga", "bench", None).await?;
     let failed = engine.wait_settled("saga").await?;

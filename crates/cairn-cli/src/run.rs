@@ -91,9 +91,12 @@ pub fn find_config(
 }
 
 /// Refuses a plan whose agent types have no executor, before anything starts.
-pub fn check_agents(steps: &[cairn_core::StepDef], registry: &Registry) -> Result<(), Fail> {
+pub fn check_agents<'a>(
+    steps: impl IntoIterator<Item = &'a cairn_core::StepDef>,
+    registry: &Registry,
+) -> Result<(), Fail> {
     let mut missing: Vec<(&str, &str)> = steps
-        .iter()
+        .into_iter()
         .filter(|s| !registry.contains(&s.agent_type))
         .map(|s| (s.step_id.as_str(), s.agent_type.as_str()))
         .collect();
@@ -130,7 +133,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Fail> {
                 plan.plan_id = Some(id.clone());
                 plan.validate().map_err(|e| Fail::input(e.to_string()))?;
             }
-            check_agents(&plan.steps, &registry)?;
+            check_agents(plan.steps.iter().map(|s| &**s), &registry)?;
             Some(plan)
         }
         None => None,
@@ -186,14 +189,7 @@ async fn drive(
         message: format!("cannot listen for Ctrl-C: {e}"),
     })?;
     let state = engine.state(plan_id).await?;
-    check_agents(
-        &state
-            .steps
-            .iter()
-            .map(|s| s.def.clone())
-            .collect::<Vec<_>>(),
-        registry,
-    )?;
+    check_agents(state.steps.iter().map(|s| &*s.def), registry)?;
     let mut sub = engine.subscribe_plan(plan_id, None);
     engine.recover_plan(plan_id).await?;
     let state = engine.state(plan_id).await?;

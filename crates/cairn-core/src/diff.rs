@@ -747,6 +747,7 @@ mod tests {
     use crate::plan::{RetryPolicy, StepDef};
     use proptest::prelude::*;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn step(id: &str) -> StepDef {
         StepDef::new(id, "search", "builtin")
@@ -758,7 +759,7 @@ mod tests {
             query: "q".into(),
             metadata: Value::Null,
             max_parallel: 8,
-            steps,
+            steps: steps.into_iter().map(Arc::new).collect(),
             on_failure: Default::default(),
             inputs: Value::Null,
             template: None,
@@ -1024,7 +1025,7 @@ mod tests {
                     other => json!({ "m": other }),
                 },
                 max_parallel,
-                steps,
+                steps: steps.into_iter().map(Arc::new).collect(),
                 on_failure: Default::default(),
                 // Absent inputs read back as null, so an empty object is generated as null.
                 inputs: match inputs {

@@ -182,7 +182,7 @@ impl StepDetail {
             plan_id: state.plan_id.clone(),
             step_id: s.def.step_id.clone(),
             index,
-            definition: s.def.clone(),
+            definition: StepDef::clone(&s.def),
             depends_on: match &s.def.depends_on {
                 Some(deps) => deps.clone(),
                 None if index == 0 => Vec::new(),

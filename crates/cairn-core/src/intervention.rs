@@ -5,6 +5,7 @@
 //! when it applies `intervention_applied`. One function, so the two can never disagree.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -577,7 +578,7 @@ fn apply_kind(
                     Invalid { faults }
                 )));
             }
-            state.steps[i].def = def;
+            state.steps[i].def = Arc::new(def);
             // The attempt under review was made under the old definition: the modified step
             // runs again (its review is voided).
             if status == StepStatus::AwaitingReview {
@@ -618,7 +619,13 @@ fn apply_kind(
                 rec.attempts = attempts;
                 rec.run = run + 1;
             }
-            state.steps.insert(at, Step { def, rec });
+            state.steps.insert(
+                at,
+                Step {
+                    def: Arc::new(def),
+                    rec,
+                },
+            );
             revalidate(state)?;
             state.version += 1;
             if state.status == PlanStatus::Paused && state.pause_reason.is_none() {
@@ -649,9 +656,10 @@ fn apply_kind(
                 return Err(conflict("a plan needs at least one step"));
             }
             let removed = state.steps.remove(i);
-            state
-                .retired
-                .insert(removed.def.step_id, (removed.rec.attempts, removed.rec.run));
+            state.retired.insert(
+                removed.def.step_id.clone(),
+                (removed.rec.attempts, removed.rec.run),
+            );
             revalidate(state)?;
             state.version += 1;
         }

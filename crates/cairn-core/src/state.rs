@@ -4,6 +4,7 @@
 //! held live when it wrote that log. Nothing here reads a clock or does IO.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -132,7 +133,10 @@ impl Default for StepRecord {
 /// A step: its definition and its record, kept together so they cannot drift apart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    pub def: StepDef,
+    /// Shared with the plan documents made of the state ([`PlanState::definition`]) and with
+    /// the other states folded from it: a definition changes far less often than a record.
+    #[serde(deserialize_with = "crate::plan::shared")]
+    pub def: Arc<StepDef>,
     pub rec: StepRecord,
 }
 
@@ -203,7 +207,7 @@ pub struct Restored {
 pub struct StepChange {
     pub step_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub def: Option<StepDef>,
+    pub def: Option<Arc<StepDef>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rec: Option<StepRecord>,
     /// The checkpoint's `attempts` and `run`, when `rec` is absent and only they differ.
@@ -242,7 +246,9 @@ impl Restored {
                 });
                 continue;
             };
-            let def = (t.def != c.def).then(|| t.def.clone());
+            // Most steps share their definition with the replaced state's (folded from the same
+            // states): the pointer comparison spares comparing their contents.
+            let def = (!Arc::ptr_eq(&t.def, &c.def) && t.def != c.def).then(|| t.def.clone());
             let (rec, counters) = if !t.rec.same_but_counters(&c.rec) {
                 (Some(t.rec.clone()), None)
             } else if (t.rec.attempts, t.rec.run) != (c.rec.attempts, c.rec.run) {

@@ -135,7 +135,7 @@ mod tests {
 
     fn step(id: &str) -> Step {
         Step {
-            def: StepDef::new(id, "echo", "builtin"),
+            def: std::sync::Arc::new(StepDef::new(id, "echo", "builtin")),
             rec: StepRecord::new(),
         }
     }

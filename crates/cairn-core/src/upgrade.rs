@@ -299,7 +299,7 @@ pub fn apply(
     // was used before), removed steps retired.
     let mut records: HashMap<String, StepRecord> = std::mem::take(&mut state.steps)
         .into_iter()
-        .map(|s| (s.def.step_id, s.rec))
+        .map(|s| (s.def.step_id.clone(), s.rec))
         .collect();
     for id in &removed {
         if let Some(rec) = records.remove(*id) {

@@ -14,6 +14,8 @@
 //! upcaster from format 1 rewrites old payloads into the new shape, and only the patterns below
 //! follow the rename.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::event::Timestamp;
@@ -56,7 +58,7 @@ pub fn replay(state: &mut PlanState, kind: &InterventionKind, at: Timestamp) {
                 if let Ok(mut doc) = serde_json::to_value(&state.steps[i].def) {
                     merge_patch(&mut doc, patch);
                     if let Ok(def) = serde_json::from_value::<StepDef>(doc) {
-                        state.steps[i].def = def;
+                        state.steps[i].def = Arc::new(def);
                     }
                 }
             }
@@ -79,7 +81,13 @@ pub fn replay(state: &mut PlanState, kind: &InterventionKind, at: Timestamp) {
                     rec.attempts = attempts;
                     rec.run = run + 1;
                 }
-                state.steps.insert(position, Step { def, rec });
+                state.steps.insert(
+                    position,
+                    Step {
+                        def: Arc::new(def),
+                        rec,
+                    },
+                );
             }
             state.version += 1;
             if state.status == PlanStatus::Paused && state.pause_reason.is_none() {
@@ -89,9 +97,10 @@ pub fn replay(state: &mut PlanState, kind: &InterventionKind, at: Timestamp) {
         InterventionKind::RemoveStep { step_id } => {
             if let Some(i) = state.index_of(step_id) {
                 let removed = state.steps.remove(i);
-                state
-                    .retired
-                    .insert(removed.def.step_id, (removed.rec.attempts, removed.rec.run));
+                state.retired.insert(
+                    removed.def.step_id.clone(),
+                    (removed.rec.attempts, removed.rec.run),
+                );
             }
             state.version += 1;
         }

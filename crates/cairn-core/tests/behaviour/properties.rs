@@ -128,7 +128,7 @@ fn build_plan(max_parallel: u32, gens: &[StepGen]) -> Plan {
         query: "q".into(),
         metadata: Value::Null,
         max_parallel,
-        steps,
+        steps: steps.into_iter().map(std::sync::Arc::new).collect(),
         on_failure: Default::default(),
         inputs: Value::Null,
         template: None,

@@ -3,7 +3,7 @@
 //! seeded random histories (runs, restores to random checkpoints, interventions, resumes) with
 //! snapshots taken every few events, on SQLite and, when `CAIRN_TEST_DATABASE_URL` is set, on
 //! PostgreSQL. Also: snapshots stored as JSON (as releases before binary snapshots wrote them)
-//! still read, on both stores.
+//! still read, on both stores, and snapshots that cannot be used are passed over.
 
 use std::sync::Arc;
 
@@ -198,6 +198,59 @@ async fn json_snapshots_still_read(store: Arc<dyn Store>) {
     every_checkpoint_equals_its_replay(&engine, "old", 0).await;
     let now = engine.state("old").await.unwrap();
     assert_eq!(*now, replayed(&engine, "old", now.seq).await);
+    engine.shutdown().await;
+}
+
+/// Snapshots that cannot be used (bytes no release wrote; a state stored under another seq
+/// than its own) are passed over: a checkpoint's state, and the plan's state loaded afresh,
+/// are folded from the plan's first event instead, and equal the full replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_snapshots_fall_back_to_the_whole_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
+    );
+    let engine = Engine::open(store.clone(), Registry::with_builtins(), opts())
+        .await
+        .unwrap();
+    let mut yaml = "plan_id: bad\nquery: q\nsteps:\n".to_owned();
+    for j in 0..8 {
+        yaml.push_str(&format!(
+            "  - {{step_id: s{j}, action: a, agent_type: builtin.echo, params: {{n: {j}}}}}\n"
+        ));
+    }
+    engine.register(plan(&yaml), "op").await.unwrap();
+    engine.start("bad", "op", None).await.unwrap();
+    assert_eq!(settled(&engine, "bad").await.status, PlanStatus::Completed);
+    engine.shutdown().await;
+
+    let mut snapshots = Vec::new();
+    let mut before = u64::MAX;
+    while let Some((seq, bytes)) = store.get_snapshot("bad", before).await.unwrap() {
+        snapshots.push((seq, bytes));
+        if seq == 0 {
+            break;
+        }
+        before = seq - 1;
+    }
+    assert!(snapshots.len() >= 3, "only {} snapshots", snapshots.len());
+    for (i, (seq, _)) in snapshots.iter().enumerate() {
+        let bytes = if i % 2 == 0 {
+            // 0xc1 is the one byte MessagePack never uses.
+            vec![cairn_engine::snapshot::MSGPACK, 0xc1, 0xc1]
+        } else {
+            // The newest snapshot's state, at its own seq, not this one.
+            snapshots[0].1.clone()
+        };
+        store.put_snapshot("bad", *seq, bytes).await.unwrap();
+    }
+
+    let engine = Engine::open(store.clone(), Registry::with_builtins(), opts())
+        .await
+        .unwrap();
+    every_checkpoint_equals_its_replay(&engine, "bad", 0).await;
+    let now = engine.state("bad").await.unwrap();
+    assert_eq!(*now, replayed(&engine, "bad", now.seq).await);
     engine.shutdown().await;
 }
 
