@@ -993,8 +993,10 @@ impl Engine {
             return self.carry_here(request).await;
         };
         match self.carry_here(request.clone()).await {
+            // Boxed: the forward's future (an HTTP exchange) is large, and only a cluster's
+            // requests for another node's plans need it.
             Err(EngineError::NotOwner { owner, .. }) => {
-                crate::node::forward(self, &*peers, request, owner).await
+                Box::pin(crate::node::forward(self, &*peers, request, owner)).await
             }
             other => other,
         }
@@ -1032,7 +1034,7 @@ impl Engine {
                     result: Box::new(result),
                     ack: Some(ack),
                 };
-                self.deliver(&plan_id, msg).await?;
+                Box::pin(self.deliver(&plan_id, msg)).await?;
                 if !wait {
                     return Ok(Reply::Recorded);
                 }
@@ -1042,11 +1044,13 @@ impl Engine {
                     Err(_) => Reply::Dropped,
                 })
             }
+            // Boxed, as a delivery is: rare, and their futures would otherwise size every
+            // request's.
             Request::Fork { plan_id, fork } => Ok(Reply::Forked {
-                state: Box::new(self.fork_here(&plan_id, *fork).await?),
+                state: Box::new(Box::pin(self.fork_here(&plan_id, *fork)).await?),
             }),
             Request::Delete { plan_id } => {
-                self.delete_here(&plan_id).await?;
+                Box::pin(self.delete_here(&plan_id)).await?;
                 Ok(Reply::Deleted)
             }
         }
@@ -1065,14 +1069,16 @@ impl Engine {
         // freshly loaded actor if need be).
         for _ in 0..DELIVERIES {
             let (reply, rx) = oneshot::channel();
-            self.deliver(
+            // Boxed for as long as it runs (a load of the plan, a claim): the caller then waits
+            // for its answer holding only this loop's state, not the delivery's.
+            Box::pin(self.deliver(
                 plan_id,
                 Msg::Command {
                     command: Box::new(command.clone()),
                     actor: actor.clone(),
                     reply,
                 },
-            )
+            ))
             .await?;
             if let Ok(answer) = rx.await {
                 return answer;

@@ -2086,3 +2086,29 @@ async fn a_plan_started_just_after_its_registration_is_not_read_back() {
     assert_eq!(settled(&e, "cold").await.status, PlanStatus::Completed);
     assert_eq!(loads(&e), 1);
 }
+
+/// A caller waiting for its command's answer (an HTTP handler, a bench's task: a thousand of
+/// them when a thousand plans start at once) holds its call's future for the whole wait, so
+/// what only a delivery, a fork or a forward to another node needs is boxed for as long as it
+/// runs instead of being part of every caller's future.
+#[tokio::test]
+async fn waiting_callers_hold_small_futures() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir).await;
+    let start = engine.start("p", "u", None);
+    let start_size = std::mem::size_of_val(&start);
+    drop(start);
+    let pause = engine.pause("p", PauseMode::Boundary, None, "u", None);
+    let pause_size = std::mem::size_of_val(&pause);
+    drop(pause);
+    // 2,568 and 2,584 bytes with the delivery boxed; a bench task waiting on a start was
+    // 5,888 bytes (dhat) without.
+    assert!(
+        start_size <= 3_000,
+        "a start's future is {start_size} bytes"
+    );
+    assert!(
+        pause_size <= 3_000,
+        "a pause's future is {pause_size} bytes"
+    );
+}
