@@ -191,6 +191,10 @@ async fn drive(
     let state = engine.state(plan_id).await?;
     check_agents(state.steps.iter().map(|s| &*s.def), registry)?;
     let mut sub = engine.subscribe_plan(plan_id, None);
+    // The newest event the loop below has shown. A plan of instant steps may settle before the
+    // loop first looks at it: its events are still shown (the rollback's lines among them)
+    // before the loop ends.
+    let mut shown = state.seq;
     engine.recover_plan(plan_id).await?;
     let state = engine.state(plan_id).await?;
     let mut progress = Progress::new(&state, args.quiet);
@@ -220,7 +224,7 @@ async fn drive(
     let mut known = engine.state(plan_id).await?;
     progress.reset(&known);
     let state = loop {
-        if settled(&known) {
+        if settled(&known) && shown >= known.seq {
             break known;
         }
         if known.status.is_terminal() && !said_waiting {
@@ -237,6 +241,7 @@ async fn drive(
         tokio::select! {
             notice = sub.next() => match notice {
                 Some(Notice::Event(e)) => {
+                    shown = shown.max(e.seq);
                     progress.on_event(&e);
                     if let EventKind::ReviewOpened { step_id, attempt, failed, .. } = &e.kind {
                         progress.println(&review_hint(plan_id, step_id, *attempt, failed, &db));
@@ -250,7 +255,9 @@ async fn drive(
                     }
                 }
                 Some(Notice::Lagged { .. }) => {
+                    // What was missed cannot be shown: the state says where it ended.
                     known = engine.state(plan_id).await?;
+                    shown = shown.max(known.seq);
                     progress.reset(&known);
                 }
                 None => return Err(Fail { code: exit::FAILED, message: "the engine stopped".into() }),
