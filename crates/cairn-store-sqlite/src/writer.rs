@@ -135,7 +135,7 @@ pub(crate) struct Request {
     pub(crate) reply: oneshot::Sender<StoreResult<Outcome>>,
 }
 
-type Reply = (oneshot::Sender<StoreResult<Outcome>>, StoreResult<Outcome>);
+type Sender = oneshot::Sender<StoreResult<Outcome>>;
 
 pub use cairn_store::WriterStats;
 
@@ -204,8 +204,9 @@ impl Shared {
 
     /// Serves the requests sent to the thread until every sender is gone.
     pub(crate) fn run(&self, rx: Receiver<Request>) {
-        let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
-        let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
+        let mut ops: Vec<Op> = Vec::with_capacity(MAX_BATCH);
+        let mut senders: Vec<Sender> = Vec::with_capacity(MAX_BATCH);
+        let mut results: Vec<StoreResult<Outcome>> = Vec::with_capacity(MAX_BATCH);
         while let Ok(first) = rx.recv() {
             let Ok(w) = self.writer.lock() else {
                 // An inline commit panicked with the connection: nothing can be trusted.
@@ -219,18 +220,21 @@ impl Shared {
                         close = Some(req.reply);
                         break;
                     }
-                    _ => batch.push(req),
+                    op => {
+                        ops.push(op);
+                        senders.push(req.reply);
+                    }
                 }
-                if batch.len() < MAX_BATCH {
+                if ops.len() < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
             }
-            let taken = batch.len() + usize::from(close.is_some());
-            if !batch.is_empty() {
-                w.commit_batch(&mut batch, &mut replies);
+            let taken = ops.len() + usize::from(close.is_some());
+            if !ops.is_empty() {
+                w.commit_batch(ops.drain(..), &mut results);
             }
             if let Some(reply) = close {
-                for (reply, result) in replies.drain(..) {
+                for (reply, result) in senders.drain(..).zip(results.drain(..)) {
                     let _ = reply.send(result);
                 }
                 // Requests still queued are dropped unanswered: their callers get an error.
@@ -241,7 +245,7 @@ impl Shared {
             drop(w);
             // Before answering: a caller answered may commit its next request itself.
             self.pending.fetch_sub(taken, Ordering::AcqRel);
-            for (reply, result) in replies.drain(..) {
+            for (reply, result) in senders.drain(..).zip(results.drain(..)) {
                 // The caller may have stopped waiting; the write stands regardless.
                 let _ = reply.send(result);
             }
@@ -305,14 +309,9 @@ impl Writer {
 
     /// Commits one request at once, on the caller's thread (see [`Shared`]).
     fn commit_one(&self, op: Op) -> StoreResult<Outcome> {
-        let (reply, mut answer) = oneshot::channel();
-        let mut batch = vec![Request { op, reply }];
-        let mut replies = Vec::with_capacity(1);
-        self.commit_batch(&mut batch, &mut replies);
-        for (reply, result) in replies {
-            let _ = reply.send(result);
-        }
-        answer.try_recv().unwrap_or_else(|_| {
+        let mut results = Vec::with_capacity(1);
+        self.commit_batch(std::iter::once(op), &mut results);
+        results.pop().unwrap_or_else(|| {
             Err(StoreError::Backend(
                 "the sqlite writer lost an answer".into(),
             ))
@@ -327,17 +326,21 @@ impl Writer {
         Ok(Outcome::Checkpointed(busy == 0))
     }
 
-    fn commit_batch(&self, batch: &mut Vec<Request>, replies: &mut Vec<Reply>) {
+    /// Commits `ops` in one transaction, pushing one result per op onto `results` (empty).
+    fn commit_batch(
+        &self,
+        ops: impl ExactSizeIterator<Item = Op>,
+        results: &mut Vec<StoreResult<Outcome>>,
+    ) {
         let started = Instant::now();
-        let n = batch.len() as u64;
-        self.stats.batch(n);
+        self.stats.batch(ops.len() as u64);
 
         if let Err(e) = self
             .exec("BEGIN IMMEDIATE")
             .ctx("begin a write transaction")
         {
             self.note_failure(&e);
-            fail_all(batch.drain(..).map(|r| r.reply), replies, &e);
+            results.extend(ops.map(|_| Err(clone_error(&e))));
             return;
         }
         self.check_rows();
@@ -345,19 +348,19 @@ impl Writer {
         // Set when the transaction can no longer be trusted: everything is rolled back.
         let mut broken: Option<StoreError> = None;
         let mut events = 0u64;
-        for req in batch.drain(..) {
+        for op in ops {
             if broken.is_some() {
                 // Overwritten with the batch's error below.
-                replies.push((req.reply, Err(StoreError::Backend(String::new()))));
+                results.push(Err(StoreError::Backend(String::new())));
                 continue;
             }
-            let result = self.apply_in_savepoint(req.op, &mut broken);
+            let result = self.apply_in_savepoint(op, &mut broken);
             match &result {
                 Ok(Outcome::Events(evs)) => events += evs.len() as u64,
                 Ok(Outcome::Both(a, b)) => events += (a.len() + b.len()) as u64,
                 _ => {}
             }
-            replies.push((req.reply, result));
+            results.push(result);
         }
 
         let committed = match broken {
@@ -369,7 +372,7 @@ impl Writer {
                 self.stats.committed(events);
                 // A batch whose requests were all refused still commits; a refusal caused by
                 // the storage is still news for readiness.
-                if let Some(e) = replies.iter().find_map(|(_, r)| match r {
+                if let Some(e) = results.iter().find_map(|r| match r {
                     Err(e @ StoreError::Unavailable(_)) => Some(e),
                     _ => None,
                 }) {
@@ -383,7 +386,7 @@ impl Writer {
                     let _ = self.exec("ROLLBACK");
                 }
                 self.note_failure(&e);
-                for (_, result) in replies.iter_mut() {
+                for result in results.iter_mut() {
                     *result = Err(clone_error(&e));
                 }
             }
@@ -1217,16 +1220,6 @@ fn clone_error(e: &StoreError) -> StoreError {
         StoreError::Unavailable(msg) => StoreError::Unavailable(msg.clone()),
         StoreError::Backend(msg) => StoreError::Backend(msg.clone()),
         other => StoreError::Backend(other.to_string()),
-    }
-}
-
-fn fail_all(
-    senders: impl Iterator<Item = oneshot::Sender<StoreResult<Outcome>>>,
-    replies: &mut Vec<Reply>,
-    e: &StoreError,
-) {
-    for reply in senders {
-        replies.push((reply, Err(clone_error(e))));
     }
 }
 
