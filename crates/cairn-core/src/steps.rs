@@ -50,10 +50,6 @@ impl Steps {
         }
     }
 
-    pub fn into_vec(self) -> Vec<Step> {
-        self.list
-    }
-
     /// The step at `index`, to change it: the step is no longer counted settled or fresh.
     pub(crate) fn touch(&mut self, index: usize) -> &mut Step {
         self.settled = self.settled.min(index);
