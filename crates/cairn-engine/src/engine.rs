@@ -829,6 +829,8 @@ impl Engine {
     async fn deliver(&self, plan_id: &str, mut msg: Msg) -> Result<(), EngineError> {
         let mut reloads = 0;
         let mut release_since: Option<tokio::time::Instant> = None;
+        // After a few loads that raced an unload, the last one, kept for the next claim.
+        let mut kept_load: Option<(PlanState, u64)> = None;
         loop {
             if self.inner.is_closed() {
                 return Err(EngineError::ShuttingDown);
@@ -901,9 +903,10 @@ impl Engine {
                     incarnation == Some(*first) && fence.token == 1 && fence.node == *node
                 })
                 .map(|(state, _)| state);
-            let (state, snapshot_seq) = match fresh {
-                Some(state) => (state, 0),
-                None => {
+            let (state, snapshot_seq) = match (fresh, kept_load.take()) {
+                (Some(state), _) => (state, 0),
+                (None, Some(load)) => load,
+                (None, None) => {
                     crate::cluster::Counters::bump(&self.inner.counters.loads);
                     load_state(&*self.inner.store, plan_id).await?
                 }
@@ -914,14 +917,26 @@ impl Engine {
                 .lock()
                 .map_err(|_| EngineError::ShuttingDown)?;
             // Another caller may have loaded it meanwhile: use that actor. If this plan's actor
-            // left after this load read the log, it may have committed after the read: load
-            // again. Should that keep happening, the load is taken after a few tries; an actor
-            // that starts stale meets a seq conflict on its first append, reloads and decides
-            // again (see the actor's commit).
-            if plans.live.contains_key(plan_id)
-                || (plans.unloaded_since(plan_id, unloads) && reloads < 16)
-            {
+            // left after this caller looked, it may have committed after this load read the
+            // log, and its lease release (this node's token, which this node's claim renews)
+            // may have expired the claim just made: claim and load again. Should that keep
+            // happening, the load is kept after a few tries and only the claim is made again;
+            // an actor that starts stale meets a seq conflict on its first append, reloads and
+            // decides again (see the actor's commit). A claim is never used across an unload,
+            // nor while an earlier actor's release is still to land (waited for as above).
+            if plans.live.contains_key(plan_id) {
+                continue;
+            }
+            let release_pending = plans.releasing.contains(plan_id)
+                && release_since
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed()
+                    < release_wait;
+            if plans.unloaded_since(plan_id, unloads) || release_pending {
                 reloads += 1;
+                if reloads >= 16 {
+                    kept_load = Some((state, snapshot_seq));
+                }
                 continue;
             }
             let (tx, rx) = mpsc::unbounded_channel();

@@ -1804,12 +1804,19 @@ fn bench_prints_one_json_object_per_workload() {
     let plans = find("plans");
     assert_eq!(plans["steps"], 60);
     // Each figure beside the limit it is bound by, measured in the same run.
-    for key in ["fsyncs_per_sec", "of_commit_limit", "of_cpu_limit"] {
+    for key in ["fsyncs_per_sec", "of_commit_limit"] {
         assert!(
             plans[key].as_f64().is_some_and(|x| x > 0.0),
             "{key}: {plans}"
         );
     }
+    // A run this small may use less CPU than the clock resolves: present, and a fraction.
+    assert!(
+        plans["of_cpu_limit"]
+            .as_f64()
+            .is_some_and(|x| (0.0..=1.0).contains(&x)),
+        "of_cpu_limit: {plans}"
+    );
     assert!(
         ["commits", "cpu"].contains(&plans["bound_by"].as_str().unwrap_or("")),
         "{plans}"
