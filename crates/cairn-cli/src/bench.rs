@@ -618,6 +618,10 @@ async fn register_each(
 }
 
 /// Starts plans concurrently and waits until `n` of them have reached a final state.
+///
+/// The stream is read while the plans start, as a user watching them would: a subscription
+/// that is not read keeps every event since in the engine's broadcast buffer (up to
+/// `stream_buffer` of them, several megabytes), which is the reader's memory, not the work's.
 async fn start_and_wait(engine: &Engine, ids: &[String]) -> Result<(), Fail> {
     let mut sub = engine.subscribe(None);
     let mut set = tokio::task::JoinSet::new();
@@ -626,12 +630,34 @@ async fn start_and_wait(engine: &Engine, ids: &[String]) -> Result<(), Fail> {
         let id = id.clone();
         set.spawn(async move { e.start(&id, "bench", None).await.map(|_| ()) });
     }
-    while let Some(r) = set.join_next().await {
-        r.map_err(|e| Fail::from(anyhow::anyhow!("{e}")))??;
-    }
     let mut done = 0;
-    while done < ids.len() {
-        match sub.next().await {
+    let mut starting = true;
+    let mut lagged = false;
+    while starting || done < ids.len() {
+        if lagged && !starting {
+            // Count from the store instead (once every plan has started: a plan not started
+            // yet is settled too).
+            lagged = false;
+            let mut settled = 0;
+            for id in ids {
+                if cairn_core::view::is_settled(&*engine.state(id).await?) {
+                    settled += 1;
+                }
+            }
+            done = settled;
+            continue;
+        }
+        let next = tokio::select! {
+            r = set.join_next(), if starting => {
+                match r {
+                    Some(r) => r.map_err(|e| Fail::from(anyhow::anyhow!("{e}")))??,
+                    None => starting = false,
+                }
+                continue;
+            }
+            n = sub.next(), if done < ids.len() => n,
+        };
+        match next {
             Some(Notice::Event(e)) => {
                 if matches!(
                     e.kind,
@@ -642,16 +668,7 @@ async fn start_and_wait(engine: &Engine, ids: &[String]) -> Result<(), Fail> {
                     done += 1;
                 }
             }
-            Some(Notice::Lagged { .. }) => {
-                // Count from the store instead.
-                let mut settled = 0;
-                for id in ids {
-                    if cairn_core::view::is_settled(&*engine.state(id).await?) {
-                        settled += 1;
-                    }
-                }
-                done = settled;
-            }
+            Some(Notice::Lagged { .. }) => lagged = true,
             None => return Err(Fail::from(anyhow::anyhow!("the engine stopped"))),
         }
     }

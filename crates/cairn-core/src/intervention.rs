@@ -920,7 +920,7 @@ fn forward_deps(state: &PlanState) -> Vec<(String, String)> {
 /// A JSON view of what interventions can change, for diffs.
 /// The diffable view of `state`, with only the steps `show` keeps (the others are equal in both
 /// states compared, so leaving them out changes no diff and keeps a large plan's diff cheap).
-fn view(state: &PlanState, show: impl Fn(&str) -> bool) -> Value {
+fn view(state: &PlanState, show: impl Fn(&str) -> bool, order: bool) -> Value {
     let mut steps = Map::new();
     for s in state.steps.iter().filter(|s| show(&s.def.step_id)) {
         let mut v = serde_json::to_value(&s.def).unwrap_or(Value::Null);
@@ -934,14 +934,19 @@ fn view(state: &PlanState, show: impl Fn(&str) -> bool) -> Value {
         }
         steps.insert(s.def.step_id.clone(), v);
     }
-    serde_json::json!({
-        "status": state.status.as_str(),
-        "version": state.version,
-        "template": state.template,
-        "inputs": state.inputs,
-        "order": state.steps.iter().map(|s| s.def.step_id.as_str()).collect::<Vec<_>>(),
-        "steps": steps,
-    })
+    let mut view = Map::new();
+    view.insert("status".into(), state.status.as_str().into());
+    view.insert("version".into(), state.version.into());
+    view.insert("template".into(), serde_json::json!(state.template));
+    view.insert("inputs".into(), state.inputs.clone());
+    if order {
+        view.insert(
+            "order".into(),
+            state.steps.iter().map(|s| s.def.step_id.as_str()).collect(),
+        );
+    }
+    view.insert("steps".into(), Value::Object(steps));
+    Value::Object(view)
 }
 
 /// Every field that differs between two states, as `path: before -> after`.
@@ -967,8 +972,19 @@ pub fn diff(before: &PlanState, after: &PlanState) -> Vec<Change> {
         .map(|s| s.def.step_id.as_str())
         .collect();
     let show = |id: &str| changed.contains(id);
+    // The order is compared here, and shown only when it changed (equal, it adds nothing).
+    let order = !before
+        .steps
+        .iter()
+        .map(|s| &s.def.step_id)
+        .eq(after.steps.iter().map(|s| &s.def.step_id));
     let mut out = Vec::new();
-    diff_values("", &view(before, show), &view(after, show), &mut out);
+    diff_values(
+        "",
+        &view(before, show, order),
+        &view(after, show, order),
+        &mut out,
+    );
     out
 }
 

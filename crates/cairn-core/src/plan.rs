@@ -475,12 +475,13 @@ impl Plan {
         }
         let mut seen: HashSet<&str> = HashSet::new();
         for (i, step) in self.steps.iter().enumerate() {
-            let at = step_path(i, &step.step_id);
-            let doc = format!("steps/{i}");
+            // Made only for a fault: nearly every step has none.
+            let at = || step_path(i, &step.step_id);
+            let doc = || format!("steps/{i}");
             if !valid_id(&step.step_id) {
                 out.push(Found::value(
-                    format!("{doc}/step_id"),
-                    format!("{at}.step_id"),
+                    format!("{}/step_id", doc()),
+                    format!("{}.step_id", at()),
                     format!(
                         "{:?} is not a valid id (1 to 128 of A-Z a-z 0-9 _ . -)",
                         step.step_id
@@ -488,15 +489,15 @@ impl Plan {
                 ));
             } else if !seen.insert(&step.step_id) {
                 out.push(Found::value(
-                    format!("{doc}/step_id"),
-                    format!("{at}.step_id"),
+                    format!("{}/step_id", doc()),
+                    format!("{}.step_id", at()),
                     format!("step id {} is used more than once", step.step_id),
                 ));
             }
             for f in step.check() {
                 out.push(Found::value(
-                    format!("{doc}/{}", doc_path(&f.path)),
-                    format!("{at}.{}", f.path),
+                    format!("{}/{}", doc(), doc_path(&f.path)),
+                    format!("{}.{}", at(), f.path),
                     f.message,
                 ));
             }
@@ -1144,18 +1145,27 @@ pub fn find_cycle(steps: &[Arc<StepDef>]) -> Option<Vec<String>> {
         .enumerate()
         .map(|(i, s)| (s.step_id.as_str(), i))
         .collect();
+    // A step's n-th effective dependency, without collecting them (this runs on every
+    // validation, and so on every intervention).
+    let dep = |node: usize, n: usize| -> Option<&str> {
+        match &steps[node].depends_on {
+            Some(deps) => deps.get(n).map(String::as_str),
+            None if node > 0 && n == 0 => Some(steps[node - 1].step_id.as_str()),
+            None => None,
+        }
+    };
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut mark = vec![0u8; steps.len()];
+    let mut stack: Vec<(usize, usize)> = Vec::new();
     for start in 0..steps.len() {
         if mark[start] != 0 {
             continue;
         }
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        stack.clear();
+        stack.push((start, 0));
         mark[start] = 1;
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            let deps = effective_deps(steps, node);
-            if *next < deps.len() {
-                let dep = deps[*next];
+            if let Some(dep) = dep(node, *next) {
                 *next += 1;
                 let Some(&d) = index.get(dep) else { continue };
                 match mark[d] {

@@ -131,13 +131,20 @@ impl Default for StepRecord {
 }
 
 /// A step: its definition and its record, kept together so they cannot drift apart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     /// Shared with the plan documents made of the state ([`PlanState::definition`]) and with
     /// the other states folded from it: a definition changes far less often than a record.
     #[serde(deserialize_with = "crate::plan::shared")]
     pub def: Arc<StepDef>,
     pub rec: StepRecord,
+}
+
+impl PartialEq for Step {
+    /// Equal definitions are most often the same shared one: that is checked first.
+    fn eq(&self, other: &Self) -> bool {
+        (Arc::ptr_eq(&self.def, &other.def) || self.def == other.def) && self.rec == other.rec
+    }
 }
 
 /// Which steps let their dependents run (see [`PlanState::satisfied`]): every step before
