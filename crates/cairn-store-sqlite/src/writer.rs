@@ -715,6 +715,28 @@ impl Writer {
         Ok(stored)
     }
 
+    /// Remembers that `plan_id`'s row `pk` was just updated by `req`: its state is the one
+    /// the append set, else `known` (what the row held), else the remembered one.
+    fn remember_update(&self, req: &Append, pk: i64, known: Option<String>) {
+        let mut rows = self.rows.borrow_mut();
+        match rows.get_mut(&req.plan_id) {
+            Some(row) => {
+                row.0 = pk;
+                match (&req.state, known) {
+                    (Some(new), _) if row.1.as_deref() != Some(new.as_str()) => {
+                        row.1 = Some(new.clone())
+                    }
+                    (Some(_), _) => {}
+                    (None, Some(known)) => row.1 = Some(known),
+                    (None, None) => {}
+                }
+            }
+            None => {
+                rows.insert(req.plan_id.clone(), (pk, req.state.clone().or(known)));
+            }
+        }
+    }
+
     fn remember(&self, plan_id: &str, pk: i64, state: Option<String>) {
         let mut rows = self.rows.borrow_mut();
         match rows.get_mut(plan_id) {
@@ -799,19 +821,35 @@ impl Writer {
             Some(e) => (e.seq, e.at),
             None => return Err(StoreError::Invalid("nothing to append".into())),
         };
-        let remembered = self.rows.borrow().get(&req.plan_id).cloned();
-        if let Some((pk, state)) = remembered {
-            if self.update_row(req, pk, state.clone(), last_seq, updated_at)? {
+        // The remembered row is read in place (an append is one of thousands a second: no
+        // copy of its state for each).
+        let tried = {
+            let rows = self.rows.borrow();
+            match rows.get(&req.plan_id) {
+                Some((pk, state)) => Some((
+                    *pk,
+                    self.update_row(req, *pk, state.as_deref(), last_seq, updated_at)?,
+                )),
+                None => None,
+            }
+        };
+        match tried {
+            Some((pk, true)) => {
+                self.remember_update(req, pk, None);
                 return Ok(pk);
             }
             // Refused, or a remembered row gone stale: looked at afresh below.
-            self.rows.borrow_mut().remove(&req.plan_id);
+            Some((_, false)) => {
+                self.rows.borrow_mut().remove(&req.plan_id);
+            }
+            None => {}
         }
         let (pk, state) = match self.plan_row(&req.plan_id)? {
             Some(row) => row,
             None => return Err(StoreError::NotFound(req.plan_id.clone())),
         };
-        if self.update_row(req, pk, Some(state), last_seq, updated_at)? {
+        if self.update_row(req, pk, Some(&state), last_seq, updated_at)? {
+            self.remember_update(req, pk, Some(state));
             return Ok(pk);
         }
         self.rows.borrow_mut().remove(&req.plan_id);
@@ -824,7 +862,7 @@ impl Writer {
         &self,
         req: &Append,
         pk: i64,
-        known_state: Option<String>,
+        known_state: Option<&str>,
         last_seq: u64,
         updated_at: Micros,
     ) -> StoreResult<bool> {
@@ -833,10 +871,7 @@ impl Writer {
             Some(f) => (Some(f.node.as_str()), Some(to_sql(f.token))),
             None => (None, None),
         };
-        let new_state = req
-            .state
-            .as_deref()
-            .filter(|s| known_state.as_deref() != Some(*s));
+        let new_state = req.state.as_deref().filter(|s| known_state != Some(*s));
         let updated = match new_state {
             Some(state) => self
                 .conn
@@ -883,10 +918,6 @@ impl Writer {
                 }),
         }
         .ctx("update plan")?;
-        if updated == 1 {
-            let state = req.state.clone().or(known_state);
-            self.remember(&req.plan_id, pk, state);
-        }
         Ok(updated == 1)
     }
 
