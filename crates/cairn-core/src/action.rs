@@ -29,7 +29,8 @@ pub enum Action {
 pub struct StartAttempt {
     pub attempt: AttemptId,
     /// What the agent receives, as recorded in the log.
-    pub invocation: Invocation,
+    /// Shared with the start's event and the step's record.
+    pub invocation: std::sync::Arc<Invocation>,
     /// The step's run (changes only by retry or rerun interventions).
     pub run: u32,
     /// `plan_id/step_id/run` for a step's attempts: the same for every attempt of a run.

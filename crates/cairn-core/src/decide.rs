@@ -731,7 +731,7 @@ fn recover(em: &mut Emitter<'_>, attempt: AttemptId, starts: Starts<'_>) {
         return;
     };
     let recorded = match attempt.kind {
-        AttemptKind::Step => step.rec.invocation.as_deref().cloned(),
+        AttemptKind::Step => step.rec.invocation.clone(),
         // A compensation's start always records what it was sent.
         AttemptKind::Compensation => step
             .rec
@@ -772,7 +772,10 @@ fn recover(em: &mut Emitter<'_>, attempt: AttemptId, starts: Starts<'_>) {
     let (invocation, rendered) = match recorded {
         Some(invocation) => (invocation, None),
         None => match invocation_of(em.state, &attempt.step_id) {
-            Ok(invocation) => (invocation.clone(), Some(invocation)),
+            Ok(invocation) => {
+                let invocation = Arc::new(invocation);
+                (invocation.clone(), Some(invocation))
+            }
             Err(error) => return fail(em, attempt, error),
         },
     };
@@ -830,8 +833,8 @@ pub fn resend(state: &PlanState, attempt: &AttemptId) -> Option<StartAttempt> {
         return start_of(state, attempt.clone(), invocation, false);
     }
     let invocation = match &step.rec.invocation {
-        Some(invocation) => (**invocation).clone(),
-        None => invocation_of(state, &attempt.step_id).ok()?,
+        Some(invocation) => invocation.clone(),
+        None => Arc::new(invocation_of(state, &attempt.step_id).ok()?),
     };
     let queued = step.rec.status == StepStatus::Queued;
     start_of(state, attempt.clone(), invocation, queued)
@@ -841,15 +844,18 @@ pub fn resend(state: &PlanState, attempt: &AttemptId) -> Option<StartAttempt> {
 fn start_of(
     state: &PlanState,
     attempt: AttemptId,
-    mut invocation: Invocation,
+    mut invocation: Arc<Invocation>,
     queued: bool,
 ) -> Option<StartAttempt> {
     let step = state.step(&attempt.step_id)?;
     // An invocation recorded before the gate's feedback was part of it: that build sent the
     // step record's, which stays unchanged while the attempt is in flight, so it is what the
-    // attempt got. (For any invocation recorded since, the two are equal.)
+    // attempt got. (For any invocation recorded since, the two are equal.) Copied only then:
+    // otherwise the start shares the invocation its event and the step's record hold.
     if invocation.gate_feedback.is_none() && attempt.kind == AttemptKind::Step {
-        invocation.gate_feedback = step.rec.gate_feedback.as_deref().cloned();
+        if let Some(feedback) = step.rec.gate_feedback.as_deref() {
+            Arc::make_mut(&mut invocation).gate_feedback = Some(feedback.clone());
+        }
     }
     let (idempotency_key, timeout_ms) = match attempt.kind {
         AttemptKind::Step => (
@@ -1255,6 +1261,7 @@ fn advance_rollback(em: &mut Emitter<'_>, starts: Starts<'_>) {
     };
     match invocation {
         Ok(invocation) => {
+            let invocation = Arc::new(invocation);
             em.emit(
                 SYSTEM_ACTOR,
                 EventKind::CompensationStarted {
@@ -1684,7 +1691,7 @@ fn advance(em: &mut Emitter<'_>, starts: Starts<'_>) {
             // The params are rendered now, against the outputs the step may see, and recorded
             // with the start: a template that cannot render fails the step instead.
             let invocation = match invocation_of(em.state, &step_id) {
-                Ok(invocation) => invocation,
+                Ok(invocation) => Arc::new(invocation),
                 Err(error) => {
                     fail_unstarted(em, i, error);
                     return;

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::attempt::{AttemptKind, Invocation};
 use crate::gate::{FailedCriterion, Scores, VerdictKind};
 use crate::intervention::Intervention;
@@ -214,7 +216,8 @@ pub enum EventKind {
         /// What the agent is sent: action, agent type and rendered params. A recovered attempt
         /// is sent exactly this again. Absent in logs written before it was recorded.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        invocation: Option<Invocation>,
+        #[cfg_attr(feature = "utoipa", schema(value_type = Option<Invocation>))]
+        invocation: Option<Arc<Invocation>>,
     },
     /// A remote worker took a queued attempt: the step is `running` from now on.
     StepClaimed {
@@ -289,7 +292,8 @@ pub enum EventKind {
         /// starts recorded one): what was rendered now and is sent. Otherwise the attempt is
         /// sent its recorded invocation unchanged.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        invocation: Option<Invocation>,
+        #[cfg_attr(feature = "utoipa", schema(value_type = Option<Invocation>))]
+        invocation: Option<Arc<Invocation>>,
     },
     /// A result that arrived after its attempt stopped counting (interrupted, cancelled,
     /// restored): recorded for the audit trail, changes nothing.
@@ -351,7 +355,8 @@ pub enum EventKind {
     CompensationStarted {
         step_id: String,
         attempt: u32,
-        invocation: Invocation,
+        #[cfg_attr(feature = "utoipa", schema(value_type = Invocation))]
+        invocation: Arc<Invocation>,
     },
     CompensationCompleted {
         step_id: String,

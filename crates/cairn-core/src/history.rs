@@ -329,7 +329,7 @@ impl AttemptLog {
                         ended_at: None,
                         idempotency_key: crate::idempotency_key(&self.plan_id, step_id, *run),
                         worker_id: None,
-                        invocation: invocation.clone(),
+                        invocation: invocation.as_deref().cloned(),
                         output: None,
                         scores: None,
                         verdict: None,
@@ -371,7 +371,7 @@ impl AttemptLog {
                             a.outcome = AttemptOutcome::Running;
                         }
                         if invocation.is_some() {
-                            a.invocation = invocation.clone();
+                            a.invocation = invocation.as_deref().cloned();
                         }
                     }
                 }
@@ -522,12 +522,12 @@ mod tests {
                 attempt,
                 run,
                 queued,
-                invocation: Some(Invocation {
+                invocation: Some(std::sync::Arc::new(Invocation {
                     action: "echo".into(),
                     agent_type: "builtin".into(),
                     params: json!({"n": attempt}),
                     gate_feedback: None,
-                }),
+                })),
             },
         )
     }

@@ -75,7 +75,7 @@ pub struct CompensationRecord {
     pub retry_at: Option<Timestamp>,
     /// What the attempt in flight was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invocation: Option<Invocation>,
+    pub invocation: Option<std::sync::Arc<Invocation>>,
 }
 
 impl CompensationRecord {

@@ -72,7 +72,8 @@ pub struct StepRecord {
     /// What the attempt in flight was sent (kept while it runs, so a recovery re-sends it).
     /// `None` for an attempt whose start recorded none (an older log) and once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invocation: Option<Box<Invocation>>,
+    /// Shared with the start's event and the attempt it started.
+    pub invocation: Option<Arc<Invocation>>,
     /// The log position of the latest start of the step's own attempt: what orders a rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_seq: Option<u64>,
@@ -893,7 +894,7 @@ impl PlanState {
                 ..
             } => {
                 if let Some(s) = self.step_mut(step_id) {
-                    s.rec.invocation = invocation.clone().map(Box::new);
+                    s.rec.invocation = invocation.clone();
                     s.rec.status = if *queued {
                         StepStatus::Queued
                     } else {
@@ -1085,7 +1086,7 @@ impl PlanState {
                             StepStatus::Running
                         };
                         if invocation.is_some() {
-                            s.rec.invocation = invocation.clone().map(Box::new);
+                            s.rec.invocation = invocation.clone();
                         }
                     }
                 }

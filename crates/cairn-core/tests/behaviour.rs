@@ -1751,7 +1751,7 @@ fn invocation_started(d: &Decision, step: &str) -> cairn_core::Invocation {
         action.invocation, from_event,
         "the action sends what the log records"
     );
-    from_event
+    (*from_event).clone()
 }
 
 /// A start records what the agent receives: the action, the agent type and the params with the
@@ -1902,7 +1902,7 @@ fn recovery_resends_the_recorded_invocation_even_after_its_inputs_changed() {
         .starts()
         .find(|s| s.attempt.step_id == "b")
         .expect("b is sent again");
-    assert_eq!(resent.invocation, sent, "what the first attempt was sent");
+    assert_eq!(*resent.invocation, sent, "what the first attempt was sent");
     assert_eq!(resent.attempt, AttemptId::step("b", 1));
     assert_eq!(resent.idempotency_key, idempotency_key(PLAN, "b", 1));
     // The recorded invocation is not written again.
@@ -1951,10 +1951,10 @@ fn recovery_of_an_attempt_started_by_an_older_build_renders_and_records_it() {
         params: json!({"got": 7}),
         gate_feedback: None,
     };
-    assert_eq!(resent.invocation, expect);
+    assert_eq!(*resent.invocation, expect);
     assert!(d.events.iter().any(|e| matches!(
         &e.kind,
-        EventKind::StepRecovered { invocation: Some(i), .. } if *i == expect
+        EventKind::StepRecovered { invocation: Some(i), .. } if **i == expect
     )));
     assert_eq!(sim.rec("b").invocation.as_deref(), Some(&expect));
 }

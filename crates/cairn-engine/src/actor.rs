@@ -838,6 +838,8 @@ impl PlanActor {
             query,
             queued: _,
         } = start;
+        // The task owns its copy (the log's event and the step's record share the original).
+        let invocation = std::sync::Arc::unwrap_or_clone(invocation);
         let task = Task {
             plan_id: self.state.plan_id.clone(),
             step_id: attempt.step_id.clone(),

@@ -208,15 +208,15 @@ mod tests {
             attempt: 2,
             run: 2,
             queued: false,
-            invocation: Some(crate::attempt::Invocation {
+            invocation: Some(std::sync::Arc::new(crate::attempt::Invocation {
                 gate_feedback: Some(crate::gate::GateFeedback {
                     attempt: 1,
                     failed: Vec::new(),
                     note: Some("again".into()),
                     reviewer: None,
                 }),
-                ..invocation
-            }),
+                ..(*invocation).clone()
+            })),
         };
         let e = encode(&with);
         assert_eq!(decode(e.kind, e.format, &e.data).unwrap(), with);

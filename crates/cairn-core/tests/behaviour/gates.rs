@@ -474,7 +474,7 @@ fn a_retried_attempts_feedback_is_recorded_with_its_start_and_recovery_resends_i
     // After a crash, the attempt is sent again with the same invocation, feedback included.
     let d = sim.ok(Command::Recover);
     let resent = d.starts().next().expect("a is sent again");
-    assert_eq!((resent.attempt.number, &resent.invocation), (2, &recorded));
+    assert_eq!((resent.attempt.number, &*resent.invocation), (2, &recorded));
     // A rejection with retry: the reviewer's note is recorded with the next start.
     let mut sim = gated("{always_review: true}");
     sim.start();
@@ -502,7 +502,7 @@ fn recovery_of_a_retried_attempt_recorded_without_feedback_sends_the_records() {
             ..
         } = &mut e.kind
         {
-            i.gate_feedback = None;
+            std::sync::Arc::make_mut(i).gate_feedback = None;
         }
     }
     sim.st = PlanState::replay(PLAN, &sim.log);

@@ -706,7 +706,7 @@ fn check_actions(
         let step = after
             .step(&start.attempt.step_id)
             .expect("started step exists");
-        prop_assert_eq!(step.rec.invocation.as_deref(), Some(&start.invocation));
+        prop_assert_eq!(step.rec.invocation.as_deref(), Some(&*start.invocation));
         prop_assert_eq!(
             &start.idempotency_key,
             &idempotency_key(PLAN, &step.def.step_id, step.rec.run)
@@ -717,7 +717,7 @@ fn check_actions(
                 .step(&start.attempt.step_id)
                 .and_then(|s| s.rec.invocation.as_deref())
             {
-                prop_assert_eq!(recorded, &start.invocation);
+                prop_assert_eq!(recorded, &*start.invocation);
             }
         }
     }
