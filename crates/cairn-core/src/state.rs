@@ -71,8 +71,8 @@ pub struct StepRecord {
     pub breakpoint_passed: bool,
     /// What the attempt in flight was sent (kept while it runs, so a recovery re-sends it).
     /// `None` for an attempt whose start recorded none (an older log) and once it ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Shared with the start's event and the attempt it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invocation: Option<Arc<Invocation>>,
     /// The log position of the latest start of the step's own attempt: what orders a rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]

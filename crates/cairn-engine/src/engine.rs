@@ -859,14 +859,15 @@ impl Engine {
                     }
                 }
             }
+            // Still within the wait for a release, counted from the first time one was seen.
             let release_wait = std::time::Duration::from_millis(self.inner.opts.lease_ms.max(1));
-            if found.is_none()
-                && releasing
-                && release_since
+            let mut still_waiting = || {
+                release_since
                     .get_or_insert_with(tokio::time::Instant::now)
                     .elapsed()
                     < release_wait
-            {
+            };
+            if found.is_none() && releasing && still_waiting() {
                 // The plan's last actor is giving its lease up: claim after that lands (its
                 // release is bounded by a lease; each wait too, should a wake-up be missed).
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(100), released).await;
@@ -927,11 +928,7 @@ impl Engine {
             if plans.live.contains_key(plan_id) {
                 continue;
             }
-            let release_pending = plans.releasing.contains(plan_id)
-                && release_since
-                    .get_or_insert_with(tokio::time::Instant::now)
-                    .elapsed()
-                    < release_wait;
+            let release_pending = plans.releasing.contains(plan_id) && still_waiting();
             if plans.unloaded_since(plan_id, unloads) || release_pending {
                 reloads += 1;
                 if reloads >= 16 {

@@ -152,23 +152,32 @@ async fn random_history(store: Arc<dyn Store>, seed: u64, rounds: usize) {
     engine.shutdown().await;
 }
 
+/// Runs `plan_id`, eight `builtin.echo` steps whose params are `{n: j<more>}`, to its end on an
+/// engine of its own, then shuts that engine down: the store holds the plan's log and snapshots.
+async fn run_echo_plan(store: &Arc<dyn Store>, plan_id: &str, more: &str) {
+    let engine = Engine::open(store.clone(), Registry::with_builtins(), opts())
+        .await
+        .unwrap();
+    let mut yaml = format!("plan_id: {plan_id}\nquery: q\nsteps:\n");
+    for j in 0..8 {
+        yaml.push_str(&format!(
+            "  - {{step_id: s{j}, action: a, agent_type: builtin.echo, params: {{n: {j}{more}}}}}\n"
+        ));
+    }
+    engine.register(plan(&yaml), "op").await.unwrap();
+    engine.start(plan_id, "op", None).await.unwrap();
+    assert_eq!(
+        settled(&engine, plan_id).await.status,
+        PlanStatus::Completed
+    );
+    engine.shutdown().await;
+}
+
 /// A plan's snapshots rewritten as JSON, as releases before binary snapshots stored them, read
 /// as the binary ones did: each decodes to the same state, and every checkpoint read by an
 /// engine opened afresh on the store equals the full replay to it.
 async fn json_snapshots_still_read(store: Arc<dyn Store>) {
-    let engine = Engine::open(store.clone(), Registry::with_builtins(), opts())
-        .await
-        .unwrap();
-    let mut yaml = "plan_id: old\nquery: q\nsteps:\n".to_owned();
-    for j in 0..8 {
-        yaml.push_str(&format!(
-            "  - {{step_id: s{j}, action: a, agent_type: builtin.echo, params: {{n: {j}, f: 0.5}}}}\n"
-        ));
-    }
-    engine.register(plan(&yaml), "op").await.unwrap();
-    engine.start("old", "op", None).await.unwrap();
-    assert_eq!(settled(&engine, "old").await.status, PlanStatus::Completed);
-    engine.shutdown().await;
+    run_echo_plan(&store, "old", ", f: 0.5").await;
 
     let mut rewritten = 0;
     let mut before = u64::MAX;
@@ -210,19 +219,7 @@ async fn unreadable_snapshots_fall_back_to_the_whole_log() {
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&dir.path().join("cairn.db"), SqliteOptions::default()).unwrap(),
     );
-    let engine = Engine::open(store.clone(), Registry::with_builtins(), opts())
-        .await
-        .unwrap();
-    let mut yaml = "plan_id: bad\nquery: q\nsteps:\n".to_owned();
-    for j in 0..8 {
-        yaml.push_str(&format!(
-            "  - {{step_id: s{j}, action: a, agent_type: builtin.echo, params: {{n: {j}}}}}\n"
-        ));
-    }
-    engine.register(plan(&yaml), "op").await.unwrap();
-    engine.start("bad", "op", None).await.unwrap();
-    assert_eq!(settled(&engine, "bad").await.status, PlanStatus::Completed);
-    engine.shutdown().await;
+    run_echo_plan(&store, "bad", "").await;
 
     let mut snapshots = Vec::new();
     let mut before = u64::MAX;

@@ -178,6 +178,8 @@ async fn a_plan_run_shows_up_in_metrics() -> Result<()> {
             ("cairn_store_batch_size", Want::AtLeast(f64::MIN_POSITIVE)),
             ("cairn_store_batch_size_max", Want::AtLeast(f64::MIN_POSITIVE)),
             ("cairn_store_commit_busy_seconds_total", Want::AtLeast(f64::MIN_POSITIVE)),
+            // Exported on every store; only SQLite's writer commits inline (PostgreSQL: 0).
+            ("cairn_store_inline_commits_total", Want::AtLeast(0.0)),
         ])
         .await?;
     assert!(
