@@ -7,7 +7,7 @@
 //! steps where anything happens: most of the engine's time per step in such a plan. The
 //! steps before the first that is not *settled* (completed, with no compensation: nothing
 //! in flight, nothing due, done for every step depending on it) and after the last that is not
-//! *fresh* (pending, never started, no retry due, no compensation, no dependencies named: it
+//! *fresh* (pending, no retry due, no compensation, no dependencies named: it
 //! waits for the step before it, which itself waits) answer those questions without being
 //! looked at. [`Steps::live`] is the range between, which the questions scan instead.
 //!
@@ -102,10 +102,11 @@ fn settled(s: &Step) -> bool {
     s.rec.status == StepStatus::Completed && s.rec.compensation.is_none()
 }
 
-/// Pending and never started, nothing due, waiting for the step before it.
+/// Pending, nothing due, waiting for the step before it. A step may have run before (a
+/// restore or a rewind put it back to pending with its attempts counted): pending, it has
+/// nothing in flight either way, so a restored plan's steps are fresh as a new plan's are.
 fn fresh(s: &Step) -> bool {
     s.rec.status == StepStatus::Pending
-        && s.rec.attempts == 0
         && s.rec.retry_at.is_none()
         && s.rec.compensation.is_none()
         && s.def.depends_on.is_none()
@@ -177,5 +178,52 @@ impl IntoIterator for Steps {
 
     fn into_iter(self) -> Self::IntoIter {
         self.list.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::plan::StepDef;
+    use crate::state::StepRecord;
+
+    fn step(n: usize, status: StepStatus, attempts: u32) -> Step {
+        Step {
+            def: Arc::new(StepDef::new(format!("s{n}"), "a", "builtin.echo")),
+            rec: StepRecord {
+                status,
+                attempts,
+                ..StepRecord::new()
+            },
+        }
+    }
+
+    #[test]
+    fn steps_a_restore_put_back_to_pending_are_fresh() {
+        // Two steps done, then eight that ran before a restore put them back to pending, as
+        // a plan restored to an early checkpoint has them.
+        let mut steps: Steps = (0..10)
+            .map(|n| match n {
+                0 | 1 => step(n, StepStatus::Completed, 1),
+                _ => step(n, StepStatus::Pending, 3),
+            })
+            .collect();
+        steps.refresh();
+        assert_eq!(steps.live(), 2..2);
+        assert_eq!(steps.maybe_ready(), 2..3);
+    }
+
+    #[test]
+    fn a_pending_step_with_a_retry_due_is_live() {
+        let mut steps: Steps = (0..4)
+            .map(|n| step(n, StepStatus::Pending, u32::from(n == 2)))
+            .collect();
+        steps[2].rec.retry_at = Some(crate::Timestamp::from_micros(5));
+        steps.refresh();
+        // Steps 0 to 2 are looked at: step 2's retry is due at some point, and step 1 is
+        // before it.
+        assert_eq!(steps.live(), 0..3);
     }
 }
