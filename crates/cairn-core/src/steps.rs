@@ -18,14 +18,15 @@
 //! again by looking at the steps next to the ends of the range, so over a plan's run each step
 //! is looked at a few times, not once per turn.
 
+use std::cell::Cell;
 use std::ops::{Deref, DerefMut, Range};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::state::{Step, StepStatus};
 
 /// A plan's steps (see the module's documentation). Stored and compared as the list alone.
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Steps {
     list: Vec<Step>,
@@ -110,6 +111,35 @@ fn fresh(s: &Step) -> bool {
         && s.rec.retry_at.is_none()
         && s.rec.compensation.is_none()
         && s.def.depends_on.is_none()
+}
+
+thread_local! {
+    /// Set while [`without_steps`] runs on this thread.
+    static LEFT_OUT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every list of steps serialized on this thread written as an empty list: how a
+/// store snapshot writes the rest of a state, whose steps it then writes one by one.
+pub fn without_steps<R>(f: impl FnOnce() -> R) -> R {
+    /// Puts the flag back as it was, even when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LEFT_OUT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(LEFT_OUT.with(|c| c.replace(true)));
+    f()
+}
+
+impl Serialize for Steps {
+    /// The list alone; an empty one inside [`without_steps`].
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if LEFT_OUT.with(Cell::get) {
+            return serializer.collect_seq(std::iter::empty::<&Step>());
+        }
+        self.list.serialize(serializer)
+    }
 }
 
 impl Deref for Steps {
@@ -198,6 +228,21 @@ mod tests {
                 ..StepRecord::new()
             },
         }
+    }
+
+    #[test]
+    fn steps_are_left_out_only_inside_without_steps() {
+        let steps: Steps = (0..2).map(|n| step(n, StepStatus::Pending, 0)).collect();
+        let all = serde_json::to_value(&steps).unwrap();
+        assert_eq!(all.as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            without_steps(|| serde_json::to_value(&steps).unwrap()),
+            serde_json::json!([])
+        );
+        // The flag is put back, also after a panic inside.
+        assert_eq!(serde_json::to_value(&steps).unwrap(), all);
+        let _ = std::panic::catch_unwind(|| without_steps(|| panic!("inside")));
+        assert_eq!(serde_json::to_value(&steps).unwrap(), all);
     }
 
     #[test]

@@ -173,9 +173,10 @@ async fn run_echo_plan(store: &Arc<dyn Store>, plan_id: &str, more: &str) {
     engine.shutdown().await;
 }
 
-/// A plan's snapshots rewritten as JSON, as releases before binary snapshots stored them, read
-/// as the binary ones did: each decodes to the same state, and every checkpoint read by an
-/// engine opened afresh on the store equals the full replay to it.
+/// A plan's snapshots rewritten as earlier releases stored them, one in two as JSON (releases
+/// before binary snapshots) and the others as one MessagePack map (the release before snapshots
+/// in parts), read as the newest form is: each decodes to the same state, and every checkpoint
+/// read by an engine opened afresh on the store equals the full replay to it.
 async fn json_snapshots_still_read(store: Arc<dyn Store>) {
     run_echo_plan(&store, "old", ", f: 0.5").await;
 
@@ -184,15 +185,22 @@ async fn json_snapshots_still_read(store: Arc<dyn Store>) {
     while let Some((seq, bytes)) = store.get_snapshot("old", before).await.unwrap() {
         assert_eq!(
             bytes[0],
-            cairn_engine::snapshot::MSGPACK,
-            "snapshot {seq} is binary"
+            cairn_engine::snapshot::PARTS,
+            "snapshot {seq} is in parts"
         );
         let state = cairn_engine::snapshot::decode(&bytes).unwrap();
         assert_eq!(state.seq, seq);
-        let json = serde_json::to_vec(&state).unwrap();
-        assert_eq!(json[0], b'{');
-        assert_eq!(cairn_engine::snapshot::decode(&json).unwrap(), state);
-        store.put_snapshot("old", seq, json).await.unwrap();
+        let older = if rewritten % 2 == 0 {
+            let json = serde_json::to_vec(&state).unwrap();
+            assert_eq!(json[0], b'{');
+            json
+        } else {
+            let whole = cairn_engine::snapshot::encode_whole(&state).unwrap();
+            assert_eq!(whole[0], cairn_engine::snapshot::MSGPACK);
+            whole
+        };
+        assert_eq!(cairn_engine::snapshot::decode(&older).unwrap(), state);
+        store.put_snapshot("old", seq, older).await.unwrap();
         rewritten += 1;
         if seq == 0 {
             break;
@@ -233,8 +241,11 @@ async fn unreadable_snapshots_fall_back_to_the_whole_log() {
     assert!(snapshots.len() >= 3, "only {} snapshots", snapshots.len());
     for (i, (seq, _)) in snapshots.iter().enumerate() {
         let bytes = if i % 2 == 0 {
-            // 0xc1 is the one byte MessagePack never uses.
-            vec![cairn_engine::snapshot::MSGPACK, 0xc1, 0xc1]
+            // 0xc1 is the one byte MessagePack never uses; and parts cut short.
+            match i % 4 {
+                0 => vec![cairn_engine::snapshot::MSGPACK, 0xc1, 0xc1],
+                _ => snapshots[0].1[..snapshots[0].1.len() / 2].to_vec(),
+            }
         } else {
             // The newest snapshot's state, at its own seq, not this one.
             snapshots[0].1.clone()
