@@ -177,12 +177,16 @@ struct Defs {
     inner: Mutex<DefsInner>,
 }
 
+/// foldhash's seeded hash: a definition's bytes are hashed for each step of each snapshot
+/// decoded, and std's SipHash took as long as a tenth of decoding the step.
+type Hasher = foldhash::quality::RandomState;
+
 #[derive(Default)]
 struct DefsInner {
     /// Several definitions may be encoded as the same bytes (one decoded from a snapshot, one
     /// from the plan's events): all are kept, so that any of them still in use is found.
-    by_bytes: HashMap<Arc<[u8]>, Vec<Weak<StepDef>>>,
-    by_address: HashMap<usize, (Weak<StepDef>, Arc<[u8]>)>,
+    by_bytes: HashMap<Arc<[u8]>, Vec<Weak<StepDef>>, Hasher>,
+    by_address: HashMap<usize, (Weak<StepDef>, Arc<[u8]>), Hasher>,
     /// What the entries hold (see [`DefsInner::count`]), kept as they are added.
     held: usize,
 }
