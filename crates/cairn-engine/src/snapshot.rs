@@ -181,12 +181,15 @@ struct Defs {
 /// decoded, and std's SipHash took as long as a tenth of decoding the step.
 type Hasher = foldhash::quality::RandomState;
 
+/// A definition encoded, by its address: the definition (weak), and its bytes.
+type Encoded = (Weak<StepDef>, Arc<[u8]>);
+
 #[derive(Default)]
 struct DefsInner {
     /// Several definitions may be encoded as the same bytes (one decoded from a snapshot, one
     /// from the plan's events): all are kept, so that any of them still in use is found.
     by_bytes: HashMap<Arc<[u8]>, Vec<Weak<StepDef>>, Hasher>,
-    by_address: HashMap<usize, (Weak<StepDef>, Arc<[u8]>), Hasher>,
+    by_address: HashMap<usize, Encoded, Hasher>,
     /// What the entries hold (see [`DefsInner::count`]), kept as they are added.
     held: usize,
 }
