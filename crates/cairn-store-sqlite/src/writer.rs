@@ -877,12 +877,17 @@ impl Writer {
             None => (None, None),
         };
         let new_state = req.state.as_deref().filter(|s| known_state != Some(*s));
-        let updated = match new_state {
-            Some(state) => hot.with(Hot::UPDATE_STATE, UPDATE_STATE, |s| {
+        // The two statements number their parameters alike (`UPDATE` has no `?3`).
+        let (slot, sql) = match new_state {
+            Some(_) => (Hot::UPDATE_STATE, UPDATE_STATE),
+            None => (Hot::UPDATE, UPDATE),
+        };
+        let updated = hot
+            .with(slot, sql, |s| {
                 s.execute(params![
                     to_sql(last_seq),
                     updated_at,
-                    state,
+                    new_state,
                     pk,
                     req.plan_id,
                     to_sql(req.expected_seq),
@@ -890,21 +895,8 @@ impl Writer {
                     fence_token,
                     RELEASED
                 ])
-            }),
-            None => hot.with(Hot::UPDATE, UPDATE, |s| {
-                s.execute(params![
-                    to_sql(last_seq),
-                    updated_at,
-                    pk,
-                    req.plan_id,
-                    to_sql(req.expected_seq),
-                    fence_node,
-                    fence_token,
-                    RELEASED
-                ])
-            }),
-        }
-        .ctx("update plan")?;
+            })
+            .ctx("update plan")?;
         Ok(updated == 1)
     }
 
@@ -1197,12 +1189,12 @@ const UPDATE_STATE: &str = "UPDATE plans SET last_seq = ?1, updated_at = ?2, sta
             WHERE leases.plan_pk = ?4 AND node = ?7 AND token = ?8
               AND expires_at <> ?9))";
 
-/// [`UPDATE_STATE`] when the state did not change.
+/// [`UPDATE_STATE`] when the state did not change: the same parameters, `?3` (the state) unused.
 const UPDATE: &str = "UPDATE plans SET last_seq = ?1, updated_at = ?2
-     WHERE pk = ?3 AND plan_id = ?4 AND last_seq = ?5
-       AND (?6 IS NULL OR EXISTS (SELECT 1 FROM leases
-            WHERE leases.plan_pk = ?3 AND node = ?6 AND token = ?7
-              AND expires_at <> ?8))";
+     WHERE pk = ?4 AND plan_id = ?5 AND last_seq = ?6
+       AND (?7 IS NULL OR EXISTS (SELECT 1 FROM leases
+            WHERE leases.plan_pk = ?4 AND node = ?7 AND token = ?8
+              AND expires_at <> ?9))";
 
 /// The statements of appends and creates, each taken from the connection's statement cache
 /// once per transaction and kept until it ends. The cache hashes a statement's SQL text to find
