@@ -376,7 +376,10 @@ fn decide(
     let mut em = Emitter {
         state,
         now: ctx.now,
-        out: Vec::new(),
+        // Most decisions emit one or two events. (Room for four, what a first push makes, is
+        // over a kilobyte: glibc's malloc serves that off its fast per-thread cache, and
+        // consolidates its free small chunks first, on every step.)
+        out: Vec::with_capacity(2),
         starts: Vec::new(),
         stops: Vec::new(),
     };

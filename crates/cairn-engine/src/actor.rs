@@ -292,7 +292,11 @@ impl PlanActor {
     /// them all, commits once. Outcomes whose earlier commit failed ride along. Returns false
     /// when the actor must stop.
     async fn batch(&mut self, first: Msg) -> bool {
-        let mut work: Vec<(Command, String, Option<ReplyTo>)> = Vec::new();
+        // Sized to what is waiting (a vector of these grows to room for four, over a kilobyte,
+        // which glibc's malloc serves off its fast per-thread cache: see `decide::handle`).
+        let waiting = 1 + self.ready.len() + self.rx.len();
+        let mut work: Vec<(Command, String, Option<ReplyTo>)> =
+            Vec::with_capacity(waiting.min(BATCH));
         let mut keep_going = true;
         let mut lost = false;
         let mut reads = Vec::new();
@@ -465,10 +469,13 @@ impl PlanActor {
                 _ => None,
             })
             .collect();
-        let (commands, mut replies): (Vec<(Command, String)>, Vec<Option<ReplyTo>>) = work
-            .into_iter()
-            .map(|(command, actor, reply)| ((command, actor), reply))
-            .unzip();
+        // Exactly as long as `work` (`unzip` would make room for at least four of each).
+        let mut commands: Vec<(Command, String)> = Vec::with_capacity(work.len());
+        let mut replies: Vec<Option<ReplyTo>> = Vec::with_capacity(work.len());
+        for (command, actor, reply) in work {
+            commands.push((command, actor));
+            replies.push(reply);
+        }
         // What to decide once more after a seq conflict: the commands themselves, except that
         // an outcome (whose output may be large) is only marked here and taken from `outcomes`
         // then, so a batch copies each outcome once, not twice. (Outcomes are always decided
@@ -594,7 +601,12 @@ impl PlanActor {
             let start = events.len();
             match result {
                 Ok(decision) => {
-                    events.extend(decision.events);
+                    // The first decision's events are taken as they are, not copied.
+                    if events.is_empty() {
+                        events = decision.events;
+                    } else {
+                        events.extend(decision.events);
+                    }
                     actions.extend(decision.actions);
                     if wants {
                         answers.push((
