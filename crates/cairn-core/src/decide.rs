@@ -377,7 +377,7 @@ fn decide(
         state,
         now: ctx.now,
         // Most decisions emit one or two events. (Room for four, what a first push makes, is
-        // over a kilobyte: glibc's malloc serves that off its fast per-thread cache, and
+        // over a kilobyte: glibc's malloc serves that from outside its fast per-thread cache, and
         // consolidates its free small chunks first, on every step.)
         out: Vec::with_capacity(2),
         starts: Vec::new(),

@@ -293,7 +293,7 @@ impl PlanActor {
     /// when the actor must stop.
     async fn batch(&mut self, first: Msg) -> bool {
         // Sized to what is waiting (a vector of these grows to room for four, over a kilobyte,
-        // which glibc's malloc serves off its fast per-thread cache: see `decide::handle`).
+        // which glibc's malloc serves from outside its fast per-thread cache: see the core's `decide`).
         let waiting = 1 + self.ready.len() + self.rx.len();
         let mut work: Vec<(Command, String, Option<ReplyTo>)> =
             Vec::with_capacity(waiting.min(BATCH));
