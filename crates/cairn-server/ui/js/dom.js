@@ -31,6 +31,20 @@ export function fill(el, ...children) {
   return el;
 }
 
+/** Makes `nodes` the children of `el`, in order, moving only those out of place. Unlike
+ *  `fill`, a child that stays where it was is not taken out of the page, so a text box in it
+ *  keeps the focus, the caret and what the user is typing while the list around it changes. */
+export function reconcile(el, nodes) {
+  const keep = new Set(nodes);
+  for (const c of [...el.childNodes]) if (!keep.has(c)) c.remove();
+  let at = el.firstChild;
+  for (const n of nodes) {
+    if (n === at) at = at.nextSibling;
+    else el.insertBefore(n, at);
+  }
+  return el;
+}
+
 /** An SVG element (the graph and the timeline). */
 export function svg(tag, attrs = {}, ...children) {
   const el = document.createElementNS('http://www.w3.org/2000/svg', tag);

@@ -127,6 +127,8 @@ pub struct Browser {
     driver: Child,
     pub client: Client,
     port: u16,
+    /// How long a wait on the page may take ([`WAIT`] unless the test asks for more).
+    wait: Duration,
     /// The test's name: screenshots are `target/tmp/dashboard/<name>-<label>.png`.
     name: String,
 }
@@ -201,8 +203,15 @@ impl Browser {
             driver,
             client,
             port,
+            wait: WAIT,
             name: name.to_owned(),
         }
+    }
+
+    /// Lets every later wait on the page take up to `wait` (for pages that are slow by design
+    /// of the test, such as a 10,000-step plan drawn by a debug build on a shared machine).
+    pub fn patient(&mut self, wait: Duration) {
+        self.wait = wait;
     }
 
     /// Opens `base` + `path` (e.g. `/#/plans`).
@@ -225,7 +234,7 @@ impl Browser {
     /// The first element matching `css`, waiting for it (bounded).
     pub async fn find(&self, css: &str) -> Element {
         match tokio::time::timeout(
-            WAIT,
+            self.wait,
             self.client.wait().forever().for_element(Locator::Css(css)),
         )
         .await
@@ -233,7 +242,7 @@ impl Browser {
             Ok(Ok(e)) => e,
             other => {
                 self.screenshot("missing").await;
-                panic!("no element {css} within {WAIT:?}: {other:?}");
+                panic!("no element {css} within {:?}: {other:?}", self.wait);
             }
         }
     }
@@ -243,9 +252,9 @@ impl Browser {
     }
 
     /// Clicks the element `css` (waiting for it). A live page may redraw the element between
-    /// finding and clicking it; then the one drawn in its place is clicked (bounded by [`WAIT`]).
+    /// finding and clicking it; then the one drawn in its place is clicked (bounded).
     pub async fn click(&self, css: &str) {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + self.wait;
         loop {
             let e = self.find(css).await;
             match e.click().await {
@@ -267,7 +276,7 @@ impl Browser {
 
     /// Waits until the text of `css` satisfies `pred` (bounded); answers it.
     pub async fn until_text(&self, css: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + self.wait;
         loop {
             let t = match self.client.find(Locator::Css(css)).await {
                 Ok(e) => e.text().await.unwrap_or_default(),
@@ -278,10 +287,48 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 self.screenshot("timeout").await;
-                panic!("{what}: {css} still reads {t:?} after {WAIT:?}");
+                panic!("{what}: {css} still reads {t:?} after {:?}", self.wait);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Types `text` at the end of the text box `css` and waits until its value shows it, so a
+    /// later click acts on what was typed (and a lost keystroke fails here, by name).
+    pub async fn type_into(&self, css: &str, text: &str) {
+        self.find(css)
+            .await
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let v = self
+                .js(
+                    "const e = document.querySelector(arguments[0]); return e ? e.value : null",
+                    vec![json!(css)],
+                )
+                .await;
+            if v.as_str().is_some_and(|v| v.ends_with(text)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.screenshot("typed").await;
+                panic!("{css} reads {v} after typing {text:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The id of the element that has the focus ("" for none or the page's body).
+    pub async fn focused(&self) -> String {
+        let v = self
+            .js(
+                "return document.activeElement ? document.activeElement.id : ''",
+                vec![],
+            )
+            .await;
+        v.as_str().unwrap_or_default().to_owned()
     }
 
     /// Runs `script` in the page (WebDriver's execute is not bound by the page's CSP).

@@ -64,8 +64,10 @@ async fn approve_a_review_from_the_inbox_then_the_plan_goes_on() {
         .await;
     let review = inbox["items"][0].clone();
     let rid = review["review_id"].as_str().unwrap().to_owned();
+    // A card's elements are named by plan and review id (a review id is unique within its plan).
+    let el = format!("{}-{rid}", review["plan_id"].as_str().unwrap());
     assert_eq!(review["step_id"], "draft");
-    let card = format!("#review-{rid}");
+    let card = format!("#review-{el}");
 
     // A viewer sees the review and the decision disabled, with the reason.
     let viewer = serve.token("vera", "viewer").await;
@@ -126,7 +128,7 @@ async fn approve_a_review_from_the_inbox_then_the_plan_goes_on() {
     // Another operator approves it with a reason.
     let ann = serve.token("ann", "operator").await;
     sign_in_again(ann).await;
-    b.find(&format!("#reason-{rid}"))
+    b.find(&format!("#reason-{el}"))
         .await
         .send_keys("two points are enough for this one")
         .await
@@ -691,13 +693,13 @@ async fn reject_with_a_new_attempt_then_approve_the_next_with_a_corrected_output
     let b = Browser::start("reject_retry").await;
     b.sign_in(&serve.base, &admin).await;
     b.open(&serve.base, "/#/reviews").await;
-    let card = format!("#review-{first}");
-    b.find(&format!("#reason-{first}"))
+    let card = format!("#review-again-{first}");
+    b.find(&format!("#reason-again-{first}"))
         .await
         .send_keys("cover the risks too")
         .await
         .unwrap();
-    b.click(&format!("#retry-{first}")).await;
+    b.click(&format!("#retry-again-{first}")).await;
     b.click(&format!("{card} button.reject")).await;
     b.until_text("#flash", "the rejection confirmed", |t| {
         t.contains("Rejected")
@@ -712,7 +714,7 @@ async fn reject_with_a_new_attempt_then_approve_the_next_with_a_corrected_output
     let second = inbox["items"][0]["review_id"].as_str().unwrap().to_owned();
     assert_ne!(second, first);
     b.until_text(
-        &format!("#review-{second}"),
+        &format!("#review-again-{second}"),
         "the second attempt's card",
         |t| t.contains("draft attempt 2"),
     )
@@ -728,25 +730,19 @@ async fn reject_with_a_new_attempt_then_approve_the_next_with_a_corrected_output
     b.screenshot("second").await;
 
     // The second attempt is approved with a corrected output: JSON checked on the page first.
-    let card = format!("#review-{second}");
+    let card = format!("#review-again-{second}");
     b.click(&format!("{card} details.correct summary")).await;
-    let editor = b.find(&format!("#output-{second}")).await;
-    editor.clear().await.unwrap();
-    editor.send_keys("{\"brief\": ").await.unwrap();
+    let editor = format!("#output-again-{second}");
+    b.find(&editor).await.clear().await.unwrap();
+    b.type_into(&editor, "{\"brief\": ").await;
     b.click(&format!("{card} button.approve")).await;
     b.until_text(&format!("{card} .refusal"), "the JSON refused", |t| {
         t.contains("not JSON")
     })
     .await;
-    editor
-        .send_keys("\"all four points, by hand\"}")
-        .await
-        .unwrap();
-    b.find(&format!("#reason-{second}"))
-        .await
-        .send_keys("added the risks myself")
-        .await
-        .unwrap();
+    b.type_into(&editor, "\"all four points, by hand\"}").await;
+    b.type_into(&format!("#reason-again-{second}"), "added the risks myself")
+        .await;
     b.click(&format!("{card} button.approve")).await;
     b.until_text("#flash", "the approval confirmed", |t| {
         t.contains("Approved")
@@ -763,6 +759,68 @@ async fn reject_with_a_new_attempt_then_approve_the_next_with_a_corrected_output
         json!({"brief": "all four points, by hand"}),
         "{snap}"
     );
+    b.finish().await;
+}
+
+/// A plan whose one step is always held for review (the scorer scores coverage 0.5 < 0.8).
+fn gated_plan(id: &str) -> Value {
+    json!({"plan_id": id, "query": "held for review",
+           "steps": [{"step_id": "draft", "action": "write", "agent_type": "scorer", "params": {},
+                      "quality_gate": {"min_scores": {"coverage": 0.8}, "on_fail": "review"}}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_plans_review_with_the_same_id_shows_up_and_a_reason_being_typed_keeps_its_focus() {
+    if skipped() {
+        return;
+    }
+    let cfg = scorer_config();
+    let cfg_path = cfg.path().join("cairn.toml");
+    let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
+    let admin = serve.admin.clone().unwrap();
+    serve.post("/v1/plans", gated_plan("first")).await;
+    serve.post("/v1/plans/first/start", json!({})).await;
+    let inbox = serve
+        .until("/v1/reviews?state=open", "the first review", |v| {
+            v["items"].as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    let first = inbox["items"][0]["review_id"].as_str().unwrap().to_owned();
+    let b = Browser::start("typing_kept").await;
+    b.sign_in(&serve.base, &admin).await;
+    b.open(&serve.base, "/#/reviews").await;
+    let reason = format!("reason-first-{first}");
+    b.type_into(&format!("#{reason}"), "half of a reason").await;
+    assert_eq!(b.focused().await, reason);
+
+    // Another plan's review opens: the inbox reloads by itself and shows its card, while the
+    // first card (and the text box being typed in) stays where it is.
+    serve.post("/v1/plans", gated_plan("second")).await;
+    serve.post("/v1/plans/second/start", json!({})).await;
+    let inbox = serve
+        .until("/v1/reviews?state=open", "the second review", |v| {
+            v["items"].as_array().is_some_and(|a| a.len() == 2)
+        })
+        .await;
+    // Both plans are alike, so their reviews have the same id: only the plan tells them apart.
+    assert_eq!(inbox["items"][1]["review_id"], first.as_str(), "{inbox}");
+    b.find(&format!("#review-second-{first}")).await;
+    b.until_text("#reviews-count", "both reviews counted", |t| t == "2 shown")
+        .await;
+    assert_eq!(
+        b.focused().await,
+        reason,
+        "the reload took the focus away from the reason being typed"
+    );
+    b.type_into(&format!("#{reason}"), ", and the rest").await;
+    let v = b
+        .js(
+            "return document.getElementById(arguments[0]).value",
+            vec![json!(reason)],
+        )
+        .await;
+    assert_eq!(v, json!("half of a reason, and the rest"));
+    b.screenshot("kept").await;
     b.finish().await;
 }
 

@@ -11,7 +11,7 @@
 // page without a reload; a card whose review did not change is kept (with what was typed in it).
 
 import * as api from '../api.js';
-import { h, fill, badge, time, json } from '../dom.js';
+import { h, reconcile, badge, time, json } from '../dom.js';
 
 const PAGE = 50;
 /** Events after which the inbox is read again. */
@@ -39,7 +39,7 @@ export async function render(main, _params, ctx) {
     list, more);
   if (!may.ok) list.before(h('p', { class: 'reason', id: 'reviews-role' }, `Deciding reviews ${may.why}.`));
 
-  /** review_id -> {card, key}; key changes when the review does. */
+  /** cardId(r) -> {card, key}; key changes when the review does. */
   const cards = new Map();
   let cursor = null;
   let loading = null;
@@ -69,14 +69,16 @@ export async function render(main, _params, ctx) {
         const seen = new Set();
         const order = [];
         for (const r of page.items) {
-          seen.add(r.review_id);
+          seen.add(cardId(r));
           order.push(cardFor(r));
         }
         // Cards of later pages the user loaded stay while their reviews still match.
         for (const [id, c] of cards) if (!seen.has(id) && c.page > 0) order.push(c.card);
         for (const [id, c] of cards) if (!seen.has(id) && c.page === 0) { c.card.remove(); cards.delete(id); }
-        fill(list, order.length ? order : h('p', { class: 'muted', id: 'reviews-empty' },
-          state.value === 'open' ? 'No review is waiting.' : 'No reviews.'));
+        // Unchanged cards stay in the page untouched: a reload while someone types a reason
+        // or corrects an output must not take their text box (and its focus) away.
+        reconcile(list, order.length ? order : [h('p', { class: 'muted', id: 'reviews-empty' },
+          state.value === 'open' ? 'No review is waiting.' : 'No reviews.')]);
         cursor = page.next_cursor || null;
         more.hidden = !cursor;
         count.textContent = `${cards.size} shown`;
@@ -101,11 +103,11 @@ export async function render(main, _params, ctx) {
 
   function cardFor(r, page = 0) {
     const key = `${r.state}|${r.attempt}|${(r.votes || []).length}|${r.outcome || ''}`;
-    const have = cards.get(r.review_id);
+    const have = cards.get(cardId(r));
     if (have && have.key === key) return have.card;
     const card = reviewCard(r, ctx, reload);
     if (have) have.card.replaceWith(card);
-    cards.set(r.review_id, { card, key, page: have ? have.page : page });
+    cards.set(cardId(r), { card, key, page: have ? have.page : page });
     return card;
   }
 
@@ -122,13 +124,19 @@ export async function render(main, _params, ctx) {
   return () => { clearTimeout(timer); sub.close(); };
 }
 
+/** A review's id across plans (and in its elements' ids: `review-…`, `reason-…`, `output-…`):
+ *  a review id (`rv-<seq>`) is unique within its plan only, so two plans' reviews can share it. */
+function cardId(r) {
+  return `${r.plan_id}-${r.review_id}`;
+}
+
 /** One review: what it holds and, while open, the decision form. */
 function reviewCard(r, ctx, reload) {
   const plan = encodeURIComponent(r.plan_id);
   const stepLink = `#/plans/${plan}/steps/${encodeURIComponent(r.step_id)}/attempts/${r.attempt}`;
   const votes = r.votes || [];
   const approvals = votes.filter((v) => v.decision === 'approve').length;
-  return h('article', { class: 'card review', id: `review-${r.review_id}`,
+  return h('article', { class: 'card review', id: `review-${cardId(r)}`,
     dataset: { review: r.review_id, plan: r.plan_id, step: r.step_id } },
   h('header', { class: 'review-head' },
     h('h2', {}, h('a', { href: `#/plans/${plan}` }, r.plan_id), ' · ',
@@ -196,7 +204,7 @@ function until(t) {
 /** Approve / reject with a reason (required to reject), for the attempt shown. */
 function decision(r, ctx, reload) {
   const may = ctx.can('operator');
-  const id = r.review_id;
+  const id = cardId(r);
   const reason = h('textarea', { id: `reason-${id}`, class: 'reason-input', rows: 2,
     placeholder: 'Why (required to reject; recorded in the audit trail)', disabled: !may.ok });
   const retry = h('input', { type: 'checkbox', id: `retry-${id}`, disabled: !may.ok });
