@@ -634,3 +634,65 @@ async fn retry_a_failed_step_reopens_the_failed_plan() {
     assert_eq!(last["type"], "rerun_from");
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_being_typed_keeps_its_focus_while_the_plan_moves_on() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&[]);
+    // a and b run side by side, each held by its latch; c, d and e wait for both.
+    let mut a = latch("a");
+    a["depends_on"] = json!([]);
+    let mut b_step = latch("b");
+    b_step["depends_on"] = json!([]);
+    let mut c = echo("c");
+    c["depends_on"] = json!(["a", "b"]);
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "moving", "query": "events while typing",
+                   "steps": [a, b_step, c, echo("d"), echo("e")]}),
+        )
+        .await;
+    serve.post("/v1/plans/moving/start", json!({})).await;
+    serve
+        .until("/v1/plans/moving", "a and b running", |v| {
+            v["running_steps"] == json!(["a", "b"])
+        })
+        .await;
+    let b = open_order(&serve, "iv_typing", "moving").await;
+    b.click("#order-list li[data-step=d]").await;
+    b.find("#order-to").await.clear().await.unwrap();
+    b.type_into("#order-to", "3").await;
+    assert_eq!(b.focused().await, "order-to");
+
+    // b ends: the plan's events redraw the lists (b moves among the steps that ended), and the
+    // selected step's panel, which shows nothing that changed, is left as it is.
+    serve.release("b");
+    b.find("#order-others li[data-step=b] .state.completed")
+        .await;
+    assert_eq!(
+        b.focused().await,
+        "order-to",
+        "the plan's events took the focus away from the position being typed"
+    );
+    let typed = b
+        .js("return document.getElementById('order-to').value", vec![])
+        .await;
+    assert_eq!(typed, json!("3"));
+    // Enter moves d to the third place of the pending steps (c, e, d).
+    b.find("#order-to")
+        .await
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    until_js(
+        &b,
+        "return [...document.querySelectorAll('#order-list li[data-step]')].map((l) => l.dataset.step).join() === 'c,e,d'",
+        "d moved to the third place",
+    )
+    .await;
+    serve.release("a");
+    b.finish().await;
+}

@@ -33,6 +33,7 @@ export function render(el, live, params, ctx) {
   let othersShown = WINDOW;
   let dragging = null;
   let drawn = '';
+  let actionsDrawn = '';
   let note = '';
 
   const list = h('ol', { id: 'order-list', class: 'order-list', 'aria-describedby': 'order-help' });
@@ -99,11 +100,19 @@ export function render(el, live, params, ctx) {
     if (reason) save.title = reason; else save.removeAttribute('title');
     reset.disabled = !draft;
     why.textContent = reason ? `Save: ${reason}` : '';
-    drawActions(byId);
+    drawActions(byId, force);
   }
 
-  function drawActions(byId) {
+  /** The selected step's panel. Drawn again only when what it shows changes (or when asked):
+   *  a running plan's every event must not take away a position being typed or the focus on
+   *  one of its buttons. */
+  function drawActions(byId, force) {
     const step = selected ? byId.get(selected) : null;
+    const ids = order();
+    const key = [selected, step ? `${step.status}|${step.attempts}|${step.error || ''}` : '-',
+      live.view.state, ids.length, ids.indexOf(selected), ctx.can('operator').ok].join('\n');
+    if (!force && key === actionsDrawn) return;
+    actionsDrawn = key;
     if (!selected) { fill(actions, h('h2', {}, 'Step'), h('p', { class: 'muted' }, 'Select a step to act on it.')); return; }
     if (!step) { fill(actions, h('h2', {}, 'Step'), h('p', { class: 'muted' }, `Step ${selected} is no longer in the plan.`)); return; }
     fill(actions,
