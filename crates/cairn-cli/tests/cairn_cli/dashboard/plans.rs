@@ -669,3 +669,62 @@ async fn a_dropped_stream_resumes_from_the_last_event_id() {
         .await;
     b.finish().await;
 }
+
+/// Whether the selected step's "Definition" section is open.
+const DEFINITION_OPEN: &str = "const d = [...document.querySelectorAll('#step-details details')]\
+    .find((x) => x.querySelector('summary').textContent === 'Definition'); return !!(d && d.open)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_section_opened_in_the_step_details_stays_open_while_the_plan_moves_on() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    let latch = |id: &str| {
+        json!({"step_id": id, "action": "wait", "agent_type": "builtin.latch",
+               "params": {"name": id}, "depends_on": []})
+    };
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "reading", "query": "read while it runs",
+                   "steps": [latch("a"), latch("b"),
+                             {"step_id": "c", "action": "say", "agent_type": "builtin.echo",
+                              "params": {"said": "both done"}, "depends_on": ["a", "b"]}]}),
+        )
+        .await;
+    serve.post("/v1/plans/reading/start", json!({})).await;
+    serve
+        .until("/v1/plans/reading", "a and b running", |v| {
+            v["running_steps"] == json!(["a", "b"])
+        })
+        .await;
+    let b = Browser::start("details_open").await;
+    b.open(&serve.base, "/#/plans/reading/steps/c").await;
+    b.until_text("#step-details h2", "c's details", |t| t.contains("c"))
+        .await;
+    b.click("#step-details > details > summary").await;
+    assert_eq!(b.js(DEFINITION_OPEN, vec![]).await, json!(true));
+
+    // b ends: events about another step (c now waits for a alone) leave the section open.
+    serve.release("b");
+    b.find("#steps-body tr[data-step=b] .state.completed").await;
+    assert_eq!(
+        b.js(DEFINITION_OPEN, vec![]).await,
+        json!(true),
+        "an event about another step closed the section being read"
+    );
+    // a ends and c runs: c's own news redraws its details, and the section stays open.
+    serve.release("a");
+    b.find("#steps-body tr[data-step=c] .state.completed").await;
+    b.until_text("#step-details h2", "c completed", |t| {
+        t.contains("completed")
+    })
+    .await;
+    assert_eq!(
+        b.js(DEFINITION_OPEN, vec![]).await,
+        json!(true),
+        "the step's own news closed the section being read"
+    );
+    b.finish().await;
+}

@@ -43,6 +43,7 @@ export async function render(el, live, params, ctx) {
     version: live.view.version,
     count: live.view.steps.length,
     gen: 0,
+    detailDrawn: '',
   };
 
   const filter = h('input', { id: 'steps-filter', type: 'search', placeholder: 'Find a step by id',
@@ -229,6 +230,7 @@ export async function render(el, live, params, ctx) {
       if (id !== st.selected) return;
       st.detail = null;
       if (e instanceof api.ApiError && e.status === 404) {
+        details.dataset.shown = '';
         fill(details, h('h2', {}, id), h('p', { class: 'muted' }, 'This plan has no such step (any more).'));
         return;
       }
@@ -237,9 +239,31 @@ export async function render(el, live, params, ctx) {
     drawDetail();
   }
 
+  /** What the details panel shows of the plan's live view (besides the step read with
+   *  `loadDetail`): an event that changes none of it leaves the panel as it is. */
+  function detailKey() {
+    const d = st.detail;
+    if (!st.selected || !d || d.step_id !== st.selected) return `-\n${st.selected}`;
+    const view = live.view.steps[st.idx.byId.get(d.step_id)];
+    return [d.step_id, st.attempt, view ? view.status : '', view ? view.waiting_for || '' : '',
+      live.view.total_steps, live.view.state].join('\n');
+  }
+
   function drawDetail() {
     const d = st.detail;
+    st.detailDrawn = detailKey();
+    // The sections the user opened (the definition, …) stay open when the same step is drawn
+    // again with news.
+    const same = d && details.dataset.shown === d.step_id;
+    const opened = new Set(same ? [...details.querySelectorAll('details[open] > summary')]
+      .map((x) => x.textContent) : []);
+    const restore = (box) => {
+      for (const x of box.querySelectorAll('details > summary')) {
+        if (opened.has(x.textContent)) x.parentElement.open = true;
+      }
+    };
     if (!st.selected || !d || d.step_id !== st.selected) {
+      details.dataset.shown = '';
       fill(details, h('h2', {}, 'Step'), h('p', { class: 'muted' },
         'Select a step in the graph, the timeline or the list to see its attempts, output, scores and invocation.'));
       return;
@@ -271,11 +295,13 @@ export async function render(el, live, params, ctx) {
       d.attempts.length ? attemptsTable(d) : h('p', { class: 'muted' }, 'None yet.'),
       chosen ? attemptDetail(chosen, def) : null,
       h('details', {}, h('summary', {}, 'Definition'), h('pre', {}, json(def))));
+    details.dataset.shown = d.step_id;
+    restore(details);
     interventions().then((mod) => {
       if (mod && typeof mod.stepActions === 'function' && view && actions.isConnected) {
         try {
           const node = mod.stepActions({ ...view, detail: d }, live, ctx);
-          if (node) actions.append(node);
+          if (node) { actions.append(node); restore(node); }
         } catch (e) { console.error(e); }
       }
     });
@@ -362,7 +388,8 @@ export async function render(el, live, params, ctx) {
     }
     drawGraph();
     showPage(spans || !events.length);
-    if (detail || !events.length) loadDetail(); else drawDetail();
+    if (detail || !events.length) loadDetail();
+    else if (detailKey() !== st.detailDrawn) drawDetail();
   });
 
   // First screen: list, graph and details at once; the timeline's spans follow.
