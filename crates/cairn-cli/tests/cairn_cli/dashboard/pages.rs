@@ -309,6 +309,110 @@ async fn restore_a_checkpoint_from_the_tab_and_fork_one() {
     b.finish().await;
 }
 
+/// Every checkpoint of `plan` over the API, oldest first (their seqs).
+async fn all_checkpoints(serve: &Serve, plan: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/plans/{plan}/checkpoints?limit=1000&cursor={c}"),
+            None => format!("/v1/plans/{plan}/checkpoints?limit=1000"),
+        };
+        let page = serve.get(&path).await;
+        seqs.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["seq"].as_u64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return seqs,
+        }
+    }
+}
+
+/// The seqs of the checkpoints listed on the page, in order.
+const LISTED: &str =
+    "return [...document.querySelectorAll('#cp-body tr[data-cp]')].map((r) => Number(r.cells[2].textContent))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_checkpoints_stay_listed_while_the_plan_takes_more() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    // More checkpoints than a page of the tab (1,000): 1,050 quick steps, one held by its
+    // latch, then five more.
+    let echo = |id: String| json!({"step_id": id, "action": "x", "agent_type": "builtin.echo"});
+    let mut steps: Vec<Value> = (0..1050).map(|i| echo(format!("s{i}"))).collect();
+    steps.push(
+        json!({"step_id": "hold", "action": "wait", "agent_type": "builtin.latch",
+                      "params": {"name": "hold"}}),
+    );
+    steps.extend((0..5).map(|i| echo(format!("t{i}"))));
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "long", "query": "many checkpoints", "steps": steps}),
+        )
+        .await;
+    serve.post("/v1/plans/long/start", json!({})).await;
+    let deadline = Instant::now() + WAIT * 6;
+    while serve.get("/v1/plans/long").await["running_steps"] != json!(["hold"]) {
+        assert!(
+            Instant::now() < deadline,
+            "the plan never reached its latch"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = all_checkpoints(&serve, "long").await;
+    assert!(before.len() > 1000, "{} checkpoints", before.len());
+
+    let b = Browser::start("cp_later").await;
+    b.open(&serve.base, "/#/plans/long/checkpoints").await;
+    b.click("#cp-more:not([hidden])").await;
+    let deadline = Instant::now() + WAIT;
+    while b.js(LISTED, vec![]).await != json!(before) {
+        assert!(
+            Instant::now() < deadline,
+            "the later checkpoints never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The plan goes on and takes more: they join the end of the list, which keeps the pages
+    // the user read (it was read again from its first page, dropping them, every 2 s).
+    serve.release("hold");
+    serve
+        .until("/v1/plans/long", "the plan completed", |v| {
+            v["state"] == "completed"
+        })
+        .await;
+    let after = all_checkpoints(&serve, "long").await;
+    assert!(after.len() > before.len());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listed = b.js(LISTED, vec![]).await;
+        if listed == json!(after) {
+            break;
+        }
+        if Instant::now() > deadline {
+            b.screenshot("timeout").await;
+            let n = listed.as_array().map_or(0, Vec::len);
+            panic!("{n} checkpoints listed, {} taken", after.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b.js("return document.getElementById('cp-more').hidden", vec![])
+            .await,
+        json!(true)
+    );
+    b.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_refused_while_the_plan_runs_is_shown_in_the_dialog() {
     if skipped() {

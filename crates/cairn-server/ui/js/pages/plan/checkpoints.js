@@ -44,6 +44,25 @@ export async function render(el, live, _params, ctx) {
     try { await list.first(PAGE); draw(); } catch (e) { ctx.fail(e); }
   }
 
+  /** Adds the checkpoints taken since the last one shown (the list is oldest first: new ones
+   *  come last), keeping every page the user loaded. While later pages are still unread, the
+   *  new ones are among them ("Later checkpoints"). A checkpoint is never taken back (a restore
+   *  adds one), so nothing shown goes stale. */
+  async function refresh() {
+    const last = list.items[list.items.length - 1];
+    if (!last) return load();
+    if (list.cursor) return undefined;
+    try {
+      // A page's cursor is the seq of its last checkpoint (this page ships with the server).
+      const page = await api.get(`${base}${api.query({ limit: PAGE, cursor: String(last.seq) })}`);
+      if (!page.items.length) return undefined;
+      list.items = list.items.concat(page.items);
+      list.cursor = page.next_cursor || null;
+      draw();
+    } catch (e) { ctx.fail(e); }
+    return undefined;
+  }
+
   more.addEventListener('click', async () => {
     try { await list.more(PAGE); draw(); } catch (e) { ctx.fail(e); }
   });
@@ -51,12 +70,19 @@ export async function render(el, live, _params, ctx) {
   function draw() {
     const { items } = list;
     more.hidden = !list.cursor;
+    // The checkpoint whose button has the focus keeps it.
+    const had = document.activeElement && body.contains(document.activeElement)
+      ? document.activeElement.closest('tr').dataset.cp : null;
     fill(body, items.length ? items.map((c) => h('tr', {
       class: c.checkpoint_id === selected ? 'selected' : '', dataset: { cp: c.checkpoint_id } },
     h('td', {}, h('button', { type: 'button', class: 'link', onclick: () => select(c.checkpoint_id) },
       c.checkpoint_id), c.label ? h('div', { class: 'muted' }, c.label) : null),
     h('td', {}, c.trigger), h('td', { class: 'num' }, c.seq), h('td', {}, time(c.created_at))))
       : h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No checkpoints yet.')));
+    if (had) {
+      const again = body.querySelector(`tr[data-cp="${CSS.escape(had)}"] button`);
+      if (again) again.focus({ preventScroll: true });
+    }
     drawTimeline();
   }
 
@@ -181,7 +207,7 @@ export async function render(el, live, _params, ctx) {
       const c = await api.post(base, { label: label.value.trim() || null });
       label.value = '';
       ctx.flash(`Checkpoint ${c.checkpoint_id} taken`);
-      await load();
+      await refresh();
       select(c.checkpoint_id);
     } catch (e) { ctx.fail(e); } finally { create.disabled = false; }
   });
@@ -197,7 +223,7 @@ export async function render(el, live, _params, ctx) {
   const off = live.on((_v, events) => {
     if (again || !events.some((e) => e.event === 'checkpoint_created' || e.event === 'checkpoint_restored'
       || (e.data && e.data.checkpoint))) return;
-    again = setTimeout(() => { again = null; load(); }, 2000);
+    again = setTimeout(() => { again = null; refresh(); }, 2000);
   });
   await load();
   return () => {
