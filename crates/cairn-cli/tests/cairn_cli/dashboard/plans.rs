@@ -728,3 +728,46 @@ async fn a_section_opened_in_the_step_details_stays_open_while_the_plan_moves_on
     );
     b.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_focused_plan_link_keeps_the_focus_when_the_list_is_read_again() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    for id in ["near-1", "near-2"] {
+        serve.post("/v1/plans", plan_with_latch(id, "near")).await;
+    }
+    let b = Browser::start("plans_focus").await;
+    b.open(&serve.base, "/#/plans").await;
+    b.until_text("#plans-live", "the stream is live", |t| t.contains("live"))
+        .await;
+    let link = "#plans-body tr[data-plan='near-2'] a";
+    b.find(link).await;
+    b.js(
+        "document.querySelector(arguments[0]).focus()",
+        vec![json!(link)],
+    )
+    .await;
+    // Another plan starts: the list is read again and drawn anew.
+    serve.post("/v1/plans/near-1/start", json!({})).await;
+    b.until_text(
+        "#plans-body tr[data-plan='near-1']",
+        "near-1 running",
+        |t| t.contains("running"),
+    )
+    .await;
+    let focused = b
+        .js(
+            "const a = document.activeElement; return a ? a.getAttribute('href') : null",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        focused,
+        json!("#/plans/near-2"),
+        "reading the list again took the focus away"
+    );
+    serve.release("near");
+    b.finish().await;
+}
