@@ -688,11 +688,23 @@ async fn the_audit_tab_shows_who_changed_what_and_the_events_tab_pages_and_follo
         t.contains(&format!("of {last_seq}"))
     })
     .await;
+    // An event's JSON opened there stays open while the plan's next events are added.
+    let opened = format!("#ev-body tr[data-seq='{last_seq}'] details");
+    b.click(&format!("{opened} summary")).await;
     serve.release("log");
     b.until_text("#ev-body", "the plan's end, live", |t| {
         t.contains("plan_completed")
     })
     .await;
+    assert_eq!(
+        b.js(
+            "return document.querySelector(arguments[0]).open",
+            vec![json!(opened)]
+        )
+        .await,
+        json!(true),
+        "the events that arrived closed the JSON being read"
+    );
     b.screenshot("events").await;
     b.finish().await;
 }

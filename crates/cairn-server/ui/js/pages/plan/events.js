@@ -5,7 +5,7 @@
 // pages, oldest dropped).
 
 import * as api from '../../api.js';
-import { h, fill, time, json } from '../../dom.js';
+import { h, fill, reconcile, time, json } from '../../dom.js';
 
 export async function render(el, live, _params, ctx) {
   const base = `/v1/plans/${encodeURIComponent(live.id)}/events`;
@@ -35,6 +35,9 @@ export async function render(el, live, _params, ctx) {
 
   let items = [];
   let cursor = null;
+  // The rows drawn, by seq: drawn again, an event keeps its row (and its JSON open if it was).
+  const rows = new Map();
+  let drawnTypes = null;
   const n = () => Number(size.value);
   const firstSeq = () => (items.length ? items[0].seq : 1);
   const lastSeq = () => (items.length ? items[items.length - 1].seq : 0);
@@ -55,10 +58,22 @@ export async function render(el, live, _params, ctx) {
     where.textContent = items.length
       ? `events ${firstSeq()}–${lastSeq()} of ${Math.max(total, lastSeq())}` : 'no events here';
     const types = [...new Set(items.map((e) => e.type))].sort();
-    const keep = type.value;
-    fill(type, h('option', { value: '' }, 'all types'),
-      types.map((t) => h('option', { value: t, selected: t === keep }, t)));
-    fill(body, items.filter((e) => !type.value || e.type === type.value).map(row));
+    if (types.join('\n') !== drawnTypes) {
+      // Only when the page's types change: a list being chosen from stays open.
+      drawnTypes = types.join('\n');
+      const keep = type.value;
+      fill(type, h('option', { value: '' }, 'all types'),
+        types.map((t) => h('option', { value: t, selected: t === keep }, t)));
+    }
+    reconcile(body, items.filter((e) => !type.value || e.type === type.value).map((e) => {
+      let r = rows.get(e.seq);
+      if (!r) { r = row(e); rows.set(e.seq, r); }
+      return r;
+    }));
+    if (rows.size > items.length) {
+      const kept = new Set(items.map((e) => e.seq));
+      for (const seq of rows.keys()) if (!kept.has(seq)) rows.delete(seq);
+    }
   }
 
   function row(e) {
