@@ -652,6 +652,29 @@ async fn the_audit_tab_shows_who_changed_what_and_the_events_tab_pages_and_follo
         .await;
     let diff = b.text("#audit-body tr.applied table.diff").await;
     assert!(diff.contains("skipped"), "{diff}");
+    // Another intervention arrives while the diff is read: it joins the trail, and the diff
+    // stays open.
+    serve
+        .post(
+            "/v1/plans/log/interventions",
+            json!({"type": "add_step", "reason": "one more at the end",
+                   "step": {"step_id": "extra", "action": "say", "agent_type": "builtin.echo",
+                            "params": {}, "depends_on": ["hold"]}}),
+        )
+        .await;
+    b.until_text("#audit-body", "the new intervention", |t| {
+        t.contains("one more at the end")
+    })
+    .await;
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#audit-body tr.applied details.iv-diff').open",
+            vec![]
+        )
+        .await,
+        json!(true),
+        "a new intervention closed the diff being read"
+    );
     b.screenshot("audit").await;
 
     // The events tab opens on the latest page; "First" goes to the plan's first event.

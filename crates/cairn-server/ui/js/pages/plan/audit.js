@@ -3,7 +3,7 @@
 // the fields it changed (before → after). New ones appear as the plan's stream reports them.
 
 import * as api from '../../api.js';
-import { h, fill, badge, time, json } from '../../dom.js';
+import { h, reconcile, badge, time, json } from '../../dom.js';
 
 const PAGE = 100;
 
@@ -20,6 +20,9 @@ export async function render(el, live, _params, ctx) {
     more);
 
   const list = new api.Pager(base);
+  // The rows drawn, by intervention: a record never changes once written, so reading the list
+  // again keeps each row as it is (a diff opened for reading stays open).
+  const rows = new Map();
 
   async function load(limit = PAGE) {
     try { await list.first(limit); draw(); } catch (e) { ctx.fail(e); }
@@ -37,7 +40,16 @@ export async function render(el, live, _params, ctx) {
       ? `${items.length} intervention${items.length === 1 ? '' : 's'}${cursor ? ' so far' : ''}` +
         (failed ? `, ${failed} refused` : '') + ', oldest first.'
       : 'No one has intervened in this plan.';
-    fill(body, items.map(row));
+    const keys = items.map((iv, i) => `${iv.intervention_id || `#${i}`}|${iv.status}|${iv.created_at}`);
+    reconcile(body, items.map((iv, i) => {
+      let r = rows.get(keys[i]);
+      if (!r) { r = row(iv); rows.set(keys[i], r); }
+      return r;
+    }));
+    if (rows.size > items.length) {
+      const kept = new Set(keys);
+      for (const k of rows.keys()) if (!kept.has(k)) rows.delete(k);
+    }
   }
 
   function row(iv) {
