@@ -45,6 +45,18 @@ export function reconcile(el, nodes) {
   return el;
 }
 
+/** Runs `draw()`, which draws the rows of `box` anew, and gives the focus back to the same
+ *  kind of element in the row with the same `data-<key>` if one of the old rows had it (someone
+ *  going down a live list with Tab keeps their place). */
+export function keepRowFocus(box, key, draw) {
+  const had = document.activeElement;
+  const row = had && box.contains(had) ? had.closest(`[data-${key}]`) : null;
+  draw();
+  if (!row) return;
+  const again = box.querySelector(`[data-${key}="${CSS.escape(row.dataset[key])}"] ${had.tagName.toLowerCase()}`);
+  if (again) again.focus({ preventScroll: true });
+}
+
 /** An SVG element (the graph and the timeline). */
 export function svg(tag, attrs = {}, ...children) {
   const el = document.createElementNS('http://www.w3.org/2000/svg', tag);

@@ -23,6 +23,15 @@ timeout_ms = 20000
     dir
 }
 
+/// A `cairn serve` with the `scorer` agent type of [`scorer_config`] (keep the folder while it
+/// runs).
+fn serve_with_scorer() -> (tempfile::TempDir, Serve) {
+    let cfg = scorer_config();
+    let path = cfg.path().join("cairn.toml");
+    let serve = Serve::start(&["--config", path.to_str().unwrap()]);
+    (cfg, serve)
+}
+
 fn ids(v: &Value) -> Vec<&str> {
     v.as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -34,9 +43,7 @@ async fn approve_a_review_from_the_inbox_then_the_plan_goes_on() {
     if skipped() {
         return;
     }
-    let cfg = scorer_config();
-    let cfg_path = cfg.path().join("cairn.toml");
-    let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
+    let (_cfg, serve) = serve_with_scorer();
     // otto registers and starts the plan, so the gate keeps him from approving it himself.
     let otto = serve.token("otto", "operator").await;
     for (path, body) in [
@@ -740,9 +747,7 @@ async fn on_a_phone_as_a_viewer_every_page_fits_and_every_change_is_disabled() {
     if skipped() {
         return;
     }
-    let cfg = scorer_config();
-    let cfg_path = cfg.path().join("cairn.toml");
-    let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
+    let (_cfg, serve) = serve_with_scorer();
     serve
         .post(
             "/v1/plans",
@@ -809,9 +814,7 @@ async fn reject_with_a_new_attempt_then_approve_the_next_with_a_corrected_output
     if skipped() {
         return;
     }
-    let cfg = scorer_config();
-    let cfg_path = cfg.path().join("cairn.toml");
-    let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
+    let (_cfg, serve) = serve_with_scorer();
     let admin = serve.admin.clone().unwrap();
     serve
         .post(
@@ -913,9 +916,7 @@ async fn another_plans_review_with_the_same_id_shows_up_and_a_reason_being_typed
     if skipped() {
         return;
     }
-    let cfg = scorer_config();
-    let cfg_path = cfg.path().join("cairn.toml");
-    let serve = Serve::start(&["--config", cfg_path.to_str().unwrap()]);
+    let (_cfg, serve) = serve_with_scorer();
     let admin = serve.admin.clone().unwrap();
     serve.post("/v1/plans", gated_plan("first")).await;
     serve.post("/v1/plans/first/start", json!({})).await;

@@ -7,7 +7,7 @@
 // events are still counted) until it is released.
 
 import * as api from '../api.js';
-import { h, fill, badge, time } from '../dom.js';
+import { h, fill, keepRowFocus, badge, time } from '../dom.js';
 
 const STATES = ['', 'idle', 'running', 'paused', 'completed', 'failed', 'cancelled'];
 const PAGE = 50;
@@ -100,15 +100,9 @@ export async function render(main, _params, ctx) {
     st.cursors.length = st.page + 1;
     if (page.next_cursor) st.cursors.push(page.next_cursor);
     // A plan's link that had the focus (someone going down the list with Tab) keeps it.
-    const had = document.activeElement && body.contains(document.activeElement)
-      ? document.activeElement.closest('tr').dataset.plan : null;
-    fill(body, page.items.length ? page.items.map(row)
+    keepRowFocus(body, 'plan', () => fill(body, page.items.length ? page.items.map(row)
       : h('tr', {}, h('td', { colspan: '5', class: 'muted' },
-        st.search || st.state ? 'No plan matches.' : 'No plans yet. Register one with the API or `cairn plans register`.')));
-    if (had) {
-      const again = body.querySelector(`tr[data-plan="${CSS.escape(had)}"] a`);
-      if (again) again.focus({ preventScroll: true });
-    }
+        st.search || st.state ? 'No plan matches.' : 'No plans yet. Register one with the API or `cairn plans register`.'))));
     prev.disabled = st.page === 0;
     next.disabled = !page.next_cursor;
     const from = st.page * PAGE;

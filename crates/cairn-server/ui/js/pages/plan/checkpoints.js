@@ -6,7 +6,7 @@
 // to the browser as a Blob URL, so no token goes into a link.
 
 import * as api from '../../api.js';
-import { h, fill, svg, badge, time, json } from '../../dom.js';
+import { h, fill, keepRowFocus, svg, badge, time, json } from '../../dom.js';
 
 const PAGE = 1000;
 
@@ -71,18 +71,12 @@ export async function render(el, live, _params, ctx) {
     const { items } = list;
     more.hidden = !list.cursor;
     // The checkpoint whose button has the focus keeps it.
-    const had = document.activeElement && body.contains(document.activeElement)
-      ? document.activeElement.closest('tr').dataset.cp : null;
-    fill(body, items.length ? items.map((c) => h('tr', {
+    keepRowFocus(body, 'cp', () => fill(body, items.length ? items.map((c) => h('tr', {
       class: c.checkpoint_id === selected ? 'selected' : '', dataset: { cp: c.checkpoint_id } },
     h('td', {}, h('button', { type: 'button', class: 'link', onclick: () => select(c.checkpoint_id) },
       c.checkpoint_id), c.label ? h('div', { class: 'muted' }, c.label) : null),
     h('td', {}, c.trigger), h('td', { class: 'num' }, c.seq), h('td', {}, time(c.created_at))))
-      : h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No checkpoints yet.')));
-    if (had) {
-      const again = body.querySelector(`tr[data-cp="${CSS.escape(had)}"] button`);
-      if (again) again.focus({ preventScroll: true });
-    }
+      : h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No checkpoints yet.'))));
     drawTimeline();
   }
 
