@@ -240,7 +240,9 @@ impl PlanActor {
                     self.decide_and_commit(vec![(Command::Tick, SYSTEM_ACTOR.to_owned(), None)], Vec::new()).await;
                 }
                 _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
-                    self.retry().await;
+                    // Boxed, as the other rare paths are (a fork, a reload): every live
+                    // plan's task is as large as its largest future.
+                    Box::pin(self.retry()).await;
                 }
                 _ = async { tokio::time::sleep_until(unload_at.unwrap_or_else(tokio::time::Instant::now)).await }, if unload_at.is_some() => {
                     if self.idle_and_done()
@@ -391,7 +393,7 @@ impl PlanActor {
         }
         // A fork commits on its own: its append also creates the new plan.
         for (fork, reply) in forks {
-            let _ = reply.send(self.fork(*fork).await);
+            let _ = reply.send(Box::pin(self.fork(*fork)).await);
         }
         if !keep_going {
             self.stop_all();
@@ -758,7 +760,13 @@ impl PlanActor {
     /// back) are sent again, as recovery after a restart would: same attempt, same invocation,
     /// same key. `held` are outcomes in hand besides those kept for a retry.
     async fn reload(&mut self, held: &[Outcome]) -> bool {
-        match crate::engine::load_state(&*self.inner.store, &self.state.plan_id).await {
+        // Boxed: a load's future is large, and rare here.
+        match Box::pin(crate::engine::load_state(
+            &*self.inner.store,
+            &self.state.plan_id,
+        ))
+        .await
+        {
             Ok((state, snap)) => {
                 self.state = Arc::new(state);
                 self.snapshot_seq = snap;

@@ -103,7 +103,10 @@ pub(crate) enum Request {
     /// A command for the plan's actor (start, pause, an intervention, a checkpoint, a claim …).
     Command {
         plan_id: String,
-        command: Command,
+        /// Boxed (as `result` below): a request is held by every layer of its caller's
+        /// future while it is carried out, and a command is 264 bytes. The wire form is the
+        /// same (serde writes a box as its content).
+        command: Box<Command>,
         actor: String,
     },
     /// An attempt's result that ran outside the engine (a remote worker's report). With
@@ -111,7 +114,7 @@ pub(crate) enum Request {
     Outcome {
         plan_id: String,
         attempt: AttemptId,
-        result: StepResult,
+        result: Box<StepResult>,
         wait: bool,
     },
     /// A fork of the plan from one of its checkpoints.
@@ -391,11 +394,11 @@ mod tests {
     fn a_request_reads_back_as_written() {
         let request = Request::Command {
             plan_id: "p".into(),
-            command: Command::Pause {
+            command: Box::new(Command::Pause {
                 mode: cairn_core::PauseMode::Immediate,
                 resume_at: Some(cairn_core::Timestamp::from_micros(5)),
                 reason: Some("why".into()),
-            },
+            }),
             actor: "ann".into(),
         };
         let back = Request::decode(&request.encode()).unwrap();
@@ -408,7 +411,7 @@ mod tests {
                 assert_eq!(plan_id, "p");
                 assert_eq!(actor, "ann");
                 assert_eq!(
-                    command,
+                    *command,
                     Command::Pause {
                         mode: cairn_core::PauseMode::Immediate,
                         resume_at: Some(cairn_core::Timestamp::from_micros(5)),
@@ -515,11 +518,11 @@ mod tests {
         for command in commands {
             let request = Request::Command {
                 plan_id: "p".into(),
-                command: command.clone(),
+                command: Box::new(command.clone()),
                 actor: "ann".into(),
             };
             match Request::decode(&request.encode()).unwrap() {
-                Request::Command { command: back, .. } => assert_eq!(back, command),
+                Request::Command { command: back, .. } => assert_eq!(*back, command),
                 other => panic!("read back as {other:?}"),
             }
         }
