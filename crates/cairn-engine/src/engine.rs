@@ -1740,24 +1740,37 @@ impl Engine {
             checkpoint_id: cid.to_owned(),
         };
         let seq = checkpoint_seq(cid).ok_or_else(not_found)?;
-        // A checkpoint is a mark on one of the plan's events, deleted with them: when it is
-        // found, so is the plan (one store read the less, a round trip on PostgreSQL).
-        let row = match self.inner.store.get_checkpoint(plan_id, seq).await? {
-            Some(row) => row,
-            None if self.inner.store.get_plan(plan_id).await?.is_none() => {
-                return Err(EngineError::PlanNotFound(plan_id.to_owned()));
-            }
-            None => return Err(not_found()),
-        };
         let reach = match self.inner.opts.snapshot_every {
             0 => u64::MAX,
             every => every,
         };
-        let state = self
-            .inner
-            .folds
-            .state_at(&*self.inner.store, plan_id, seq, row.at, reach)
-            .await?;
+        let (store, folds) = (&*self.inner.store, &self.inner.folds);
+        // With no state cached at this position, the checkpoint's row and its state are read
+        // at once (on PostgreSQL, two round trips together instead of one after the other); the
+        // state is dropped if there is no such checkpoint. A cached state is trusted only once
+        // the row's time is known, so then the row comes first.
+        let (row, folded) = if folds.holds(plan_id, seq) {
+            (store.get_checkpoint(plan_id, seq).await?, None)
+        } else {
+            let (row, folded) = tokio::join!(
+                store.get_checkpoint(plan_id, seq),
+                folds.fold(store, plan_id, seq, reach)
+            );
+            (row?, Some(folded))
+        };
+        // A checkpoint is a mark on one of the plan's events, deleted with them: when it is
+        // found, so is the plan (one store read the less, a round trip on PostgreSQL).
+        let row = match row {
+            Some(row) => row,
+            None if store.get_plan(plan_id).await?.is_none() => {
+                return Err(EngineError::PlanNotFound(plan_id.to_owned()));
+            }
+            None => return Err(not_found()),
+        };
+        let state = match folded {
+            Some(folded) => folds.keep(folded?, seq, row.at),
+            None => folds.state_at(store, plan_id, seq, row.at, reach).await?,
+        };
         Ok((row, state))
     }
 

@@ -91,7 +91,26 @@ impl Folds {
             }
             self.forget(plan_id);
         }
-        let state = match self.nearest(plan_id, seq, reach) {
+        let state = self.fold(store, plan_id, seq, reach).await?;
+        Ok(self.keep(state, seq, at))
+    }
+
+    /// Whether a state of `plan_id` right after event `seq` is cached (to be trusted only once
+    /// the checkpoint's time is known: see [`Folds::state_at`]).
+    pub(crate) fn holds(&self, plan_id: &str, seq: u64) -> bool {
+        self.nearest(plan_id, seq, 0).is_some()
+    }
+
+    /// The state of `plan_id` right after event `seq`, folded from the nearest cached state
+    /// within `reach` or from the store's nearest snapshot; not remembered (see [`Folds::keep`]).
+    pub(crate) async fn fold(
+        &self,
+        store: &dyn Store,
+        plan_id: &str,
+        seq: u64,
+        reach: u64,
+    ) -> Result<PlanState, EngineError> {
+        Ok(match self.nearest(plan_id, seq, reach) {
             Some(near) => match Self::from_cached(store, &near, seq).await? {
                 Some(state) => state,
                 None => {
@@ -100,12 +119,17 @@ impl Folds {
                 }
             },
             None => crate::engine::state_at(store, plan_id, seq).await?.0,
-        };
+        })
+    }
+
+    /// `state`, folded by [`Folds::fold`], shared and remembered if it is the state after the
+    /// event its checkpoint marks (time `at`).
+    pub(crate) fn keep(&self, state: PlanState, seq: u64, at: i64) -> Arc<PlanState> {
         let state = Arc::new(state);
         if state.seq == seq && state.updated_at.as_micros() == at {
             self.remember(state.clone());
         }
-        Ok(state)
+        state
     }
 
     /// `near` folded on to `seq`, or `None` when the log no longer has the event `near` was
