@@ -20,7 +20,7 @@
 //! relative order stays put, and every other one is listed as moved. A step added or removed
 //! before others shifts their positions without moving them.
 
-use std::collections::{HashMap, HashSet};
+use crate::fast::{map_with_capacity, set_with_capacity, HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -160,7 +160,7 @@ impl Diff {
     /// differ are turned into JSON, so a diff costs little more than the comparison.
     pub fn between(before: &Plan, after: &Plan) -> Diff {
         let unique = |p: &Plan| {
-            let mut seen = HashSet::with_capacity(p.steps.len());
+            let mut seen = set_with_capacity(p.steps.len());
             p.steps.iter().all(|s| seen.insert(s.step_id.as_str()))
         };
         if !unique(before) || !unique(after) {
@@ -322,7 +322,7 @@ impl Diff {
     }
 
     fn apply_steps(&self, steps: &[Value]) -> Result<Vec<Value>, DiffError> {
-        let mut index: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
+        let mut index: HashMap<&str, usize> = map_with_capacity(steps.len());
         for (i, s) in steps.iter().enumerate() {
             if index.insert(id(s), i).is_some() {
                 return err(format!("step {} appears twice", id(s)));
@@ -365,7 +365,7 @@ impl Diff {
                 )),
             }
         };
-        let mut moving: HashSet<usize> = HashSet::with_capacity(self.moved.len());
+        let mut moving: HashSet<usize> = set_with_capacity(self.moved.len());
         for m in &self.moved {
             let Some(&i) = index.get(m.step_id.as_str()) else {
                 return err(format!("step {} to move does not exist", m.step_id));
@@ -411,7 +411,7 @@ fn identified(top: &Map<String, Value>) -> Option<&[Value]> {
     let Some(Value::Array(steps)) = top.get("steps") else {
         return None;
     };
-    let mut seen = HashSet::with_capacity(steps.len());
+    let mut seen = set_with_capacity(steps.len());
     steps
         .iter()
         .all(|s| {
@@ -428,7 +428,7 @@ fn take_steps(top: &mut Map<String, Value>) -> Option<Vec<Value>> {
     let Some(Value::Array(steps)) = top.get("steps") else {
         return None;
     };
-    let mut seen = HashSet::with_capacity(steps.len());
+    let mut seen = set_with_capacity(steps.len());
     let ok = steps.iter().all(|s| {
         s.get("step_id")
             .and_then(Value::as_str)
@@ -457,7 +457,7 @@ fn longest_increasing(seq: &[usize]) -> HashSet<usize> {
             tails[k] = i;
         }
     }
-    let mut keep = HashSet::with_capacity(tails.len());
+    let mut keep = set_with_capacity(tails.len());
     let mut at = tails.last().copied();
     while let Some(i) = at {
         keep.insert(i);

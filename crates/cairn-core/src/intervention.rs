@@ -4,7 +4,7 @@
 //! copy to validate the request and compute the diff; the fold runs it again on the live state
 //! when it applies `intervention_applied`. One function, so the two can never disagree.
 
-use std::collections::{HashMap, HashSet};
+use crate::fast::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};

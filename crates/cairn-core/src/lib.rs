@@ -30,6 +30,7 @@ pub mod diff;
 mod document;
 pub mod event;
 pub mod expr;
+mod fast;
 pub mod gate;
 pub mod history;
 pub mod intervention;

@@ -10,7 +10,7 @@
 //! A step is named `steps.<step_id>`, or `steps[<index>]` (counting from 0, as JSON paths do)
 //! when it has no usable id.
 
-use std::collections::{HashMap, HashSet};
+use crate::fast::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -473,7 +473,7 @@ impl Plan {
                 ),
             ));
         }
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: HashSet<&str> = HashSet::default();
         for (i, step) in self.steps.iter().enumerate() {
             // Made only for a fault: nearly every step has none.
             let at = || step_path(i, &step.step_id);
@@ -505,7 +505,7 @@ impl Plan {
         let ids: Vec<&str> = self.steps.iter().map(|s| s.step_id.as_str()).collect();
         // A set to look dependencies up in: 10,000 steps each naming one would otherwise cost
         // 10^8 comparisons.
-        let known: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        let known: HashSet<&str> = ids.iter().copied().collect();
         for (i, step) in self.steps.iter().enumerate() {
             for (k, dep) in step.depends_on.iter().flatten().enumerate() {
                 let doc = format!("steps/{i}/depends_on/{k}");

@@ -3,7 +3,8 @@
 //! Invariant: for any log, folding it from [`PlanState::empty`] gives the same state the engine
 //! held live when it wrote that log. Nothing here reads a clock or does IO.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::fast::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};

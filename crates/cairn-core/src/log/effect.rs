@@ -6,7 +6,8 @@
 //! fold applies the effect as it is and never re-runs the intervention or any validation, so a
 //! later change to the rules or defaults of an intervention cannot change what a log replays to.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::fast::HashMap;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -227,14 +228,15 @@ impl Effect {
             }
         }
         if let Some(order) = &self.order {
-            let position: std::collections::HashMap<&str, usize> = order
+            let position: HashMap<&str, usize> = order
                 .iter()
                 .enumerate()
                 .map(|(i, id)| (id.as_str(), i))
                 .collect();
             // A stable sort: a step the order does not name (none, in a log cairn wrote) keeps
-            // its place after the named ones.
-            state.steps.sort_by_key(|s| {
+            // its place after the named ones. Each step's position is looked up once, not at
+            // every comparison.
+            state.steps.sort_by_cached_key(|s| {
                 position
                     .get(s.def.step_id.as_str())
                     .copied()

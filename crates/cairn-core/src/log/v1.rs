@@ -173,7 +173,7 @@ fn reopen_if_settled(state: &mut PlanState) {
 /// The positions of the steps that depend, directly or not, on `steps[index]` (a step without
 /// `depends_on` depends on the one before it).
 fn downstream_of(state: &PlanState, index: usize) -> Vec<usize> {
-    let position: std::collections::HashMap<&str, usize> = state
+    let position: crate::fast::HashMap<&str, usize> = state
         .steps
         .iter()
         .enumerate()
