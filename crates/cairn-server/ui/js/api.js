@@ -163,7 +163,7 @@ export function stream(path, { after, onEvent, onStatus = () => {} }) {
  * is what has been read; `cursor` is null once the last page is in.
  */
 export class Pager {
-  constructor(path) { this.path = path; this.items = []; this.cursor = null; }
+  constructor(path) { this.path = path; this.items = []; this.cursor = null; this.reading = null; }
 
   async first(limit) {
     const page = await get(`${this.path}${query({ limit: Math.min(limit, 1000) })}`);
@@ -171,9 +171,20 @@ export class Pager {
     this.cursor = page.next_cursor || null;
   }
 
-  async more(limit) {
-    const page = await get(`${this.path}${query({ limit, cursor: this.cursor })}`);
-    this.items = this.items.concat(page.items);
-    this.cursor = page.next_cursor || null;
+  /** Reads the next page. A call while one is still reading (a second click) waits for that
+   *  one instead of reading the same page again, which would list it twice. */
+  more(limit) {
+    if (!this.reading) {
+      this.reading = (async () => {
+        try {
+          const page = await get(`${this.path}${query({ limit, cursor: this.cursor })}`);
+          this.items = this.items.concat(page.items);
+          this.cursor = page.next_cursor || null;
+        } finally {
+          this.reading = null;
+        }
+      })();
+    }
+    return this.reading;
   }
 }

@@ -420,6 +420,110 @@ async fn later_checkpoints_stay_listed_while_the_plan_takes_more() {
     b.finish().await;
 }
 
+/// How many interventions the Audit tab lists.
+const AUDIT_ROWS: &str = "return document.querySelectorAll('#audit-body tr.iv').length";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_interventions_stay_listed_when_another_arrives() {
+    if skipped() {
+        return;
+    }
+    let serve = Serve::start(&["--no-auth"]);
+    serve
+        .post(
+            "/v1/plans",
+            json!({"plan_id": "trail", "query": "a long trail", "steps": [
+                {"step_id": "a", "action": "say", "agent_type": "builtin.echo"}]}),
+        )
+        .await;
+    // More interventions than a page of the tab (1,000): refused ones are recorded too, and
+    // cost the plan nothing.
+    for i in 0..1005 {
+        let (status, body) = serve
+            .call(
+                reqwest::Method::POST,
+                "/v1/plans/trail/interventions",
+                None,
+                Some(json!({"type": "skip_step", "step_id": "nope", "reason": format!("try {i}")})),
+            )
+            .await;
+        assert!((400..500).contains(&status), "{status} {body}");
+    }
+    let mut total = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/plans/trail/interventions?limit=1000&cursor={c}"),
+            None => "/v1/plans/trail/interventions?limit=1000".to_owned(),
+        };
+        let page = serve.get(&path).await;
+        total += page["items"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(total, 1005, "every refused intervention is in the trail");
+
+    let b = Browser::start("audit_later").await;
+    b.open(&serve.base, "/#/plans/trail/audit").await;
+    b.find("#audit-more:not([hidden])").await;
+    // A double click reads the next page once (twice, it was listed twice).
+    b.js(
+        "const m = document.getElementById('audit-more'); m.click(); m.click();",
+        vec![],
+    )
+    .await;
+    // The tab reads 100 a page: "Later interventions" until every one is listed.
+    let deadline = Instant::now() + WAIT * 3;
+    while b.js(AUDIT_ROWS, vec![]).await != json!(total) {
+        assert!(
+            Instant::now() < deadline,
+            "the later interventions never listed"
+        );
+        let more = "const m = document.getElementById('audit-more'); \
+                    if (!m.hidden) m.click(); return !m.hidden";
+        b.js(more, vec![]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let summary = b.text("#audit-summary").await;
+    assert!(summary.starts_with("1005 interventions,"), "{summary}");
+
+    // Another one arrives: it joins the end of the list, which keeps the page the user read
+    // (the list was read again from its first page, at most 1,000, dropping it).
+    serve
+        .post(
+            "/v1/plans/trail/interventions",
+            json!({"type": "skip_step", "step_id": "a", "reason": "the last word"}),
+        )
+        .await;
+    b.until_text("#audit-body", "the new intervention", |t| {
+        t.contains("the last word")
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listed = b.js(AUDIT_ROWS, vec![]).await;
+        if listed == json!(total + 1) {
+            break;
+        }
+        if Instant::now() > deadline {
+            b.screenshot("timeout").await;
+            panic!("{listed} interventions listed, {} recorded", total + 1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b.js(
+            "return document.getElementById('audit-more').hidden",
+            vec![]
+        )
+        .await,
+        json!(true)
+    );
+    b.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_refused_while_the_plan_runs_is_shown_in_the_dialog() {
     if skipped() {
