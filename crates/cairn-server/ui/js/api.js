@@ -159,11 +159,15 @@ export function stream(path, { after, onEvent, onStatus = () => {} }) {
 
 /**
  * A list the server answers a page at a time, oldest first (`{items, next_cursor}`):
- * `first(limit)` reads it again from the start, `more(limit)` appends the next page. `items`
- * is what has been read; `cursor` is null once the last page is in.
+ * `first(limit)` reads it again from the start, `more(limit)` appends the next page,
+ * `newer(limit, cursorOf)` appends what was added at its end since. `items` is what has been
+ * read; `cursor` is null once the last page is in.
  */
 export class Pager {
-  constructor(path) { this.path = path; this.items = []; this.cursor = null; this.reading = null; }
+  constructor(path) {
+    this.path = path; this.items = []; this.cursor = null; this.reading = null;
+    this.following = Promise.resolve();
+  }
 
   async first(limit) {
     const page = await get(`${this.path}${query({ limit: Math.min(limit, 1000) })}`);
@@ -186,5 +190,31 @@ export class Pager {
       })();
     }
     return this.reading;
+  }
+
+  /** For a list that grows at its end: appends what was added after the last item read, so
+   *  every page already read stays (reading the first page again drops those past the
+   *  server's limit). `cursorOf(item)` is the cursor of a page that ends with `item`, or null
+   *  if the item does not tell (then the first page is read again, as long as what is shown).
+   *  Nothing is read while later pages are unread: the new items are among them. Calls run one
+   *  after another, each after the items the one before added, so none is listed twice.
+   *  Answers whether `items` changed. */
+  newer(limit, cursorOf) {
+    const read = async () => {
+      const last = this.items[this.items.length - 1];
+      if (last && this.cursor) return false;
+      const cursor = last ? cursorOf(last) : null;
+      if (!last || cursor == null) {
+        await this.first(Math.max(limit, this.items.length + 10));
+        return true;
+      }
+      const page = await get(`${this.path}${query({ limit, cursor })}`);
+      if (!page.items.length) return false;
+      this.items = this.items.concat(page.items);
+      this.cursor = page.next_cursor || null;
+      return true;
+    };
+    this.following = this.following.then(read, read);
+    return this.following;
   }
 }

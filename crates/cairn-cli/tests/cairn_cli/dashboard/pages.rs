@@ -316,28 +316,31 @@ async fn restore_a_checkpoint_from_the_tab_and_fork_one() {
     b.finish().await;
 }
 
-/// Every checkpoint of `plan` over the API, oldest first (their seqs).
-async fn all_checkpoints(serve: &Serve, plan: &str) -> Vec<u64> {
-    let mut seqs = Vec::new();
+/// Every item of the paged list at `path` (`…/checkpoints`, `…/interventions`) over the API,
+/// oldest first.
+async fn all_items(serve: &Serve, path: &str) -> Vec<Value> {
+    let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/plans/{plan}/checkpoints?limit=1000&cursor={c}"),
-            None => format!("/v1/plans/{plan}/checkpoints?limit=1000"),
+        let page = match &cursor {
+            Some(c) => serve.get(&format!("{path}?limit=1000&cursor={c}")).await,
+            None => serve.get(&format!("{path}?limit=1000")).await,
         };
-        let page = serve.get(&path).await;
-        seqs.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["seq"].as_u64().unwrap()),
-        );
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
-            None => return seqs,
+            None => return items,
         }
     }
+}
+
+/// Every checkpoint of `plan` over the API, oldest first (their seqs).
+async fn all_checkpoints(serve: &Serve, plan: &str) -> Vec<u64> {
+    all_items(serve, &format!("/v1/plans/{plan}/checkpoints"))
+        .await
+        .iter()
+        .map(|c| c["seq"].as_u64().unwrap())
+        .collect()
 }
 
 /// The seqs of the checkpoints listed on the page, in order.
@@ -449,20 +452,9 @@ async fn later_interventions_stay_listed_when_another_arrives() {
             .await;
         assert!((400..500).contains(&status), "{status} {body}");
     }
-    let mut total = 0;
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/plans/trail/interventions?limit=1000&cursor={c}"),
-            None => "/v1/plans/trail/interventions?limit=1000".to_owned(),
-        };
-        let page = serve.get(&path).await;
-        total += page["items"].as_array().unwrap().len();
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let total = all_items(&serve, "/v1/plans/trail/interventions")
+        .await
+        .len();
     assert_eq!(total, 1005, "every refused intervention is in the trail");
 
     let b = Browser::start("audit_later").await;

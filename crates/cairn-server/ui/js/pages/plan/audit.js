@@ -28,26 +28,12 @@ export async function render(el, live, _params, ctx) {
     try { await list.first(limit); draw(); } catch (e) { ctx.fail(e); }
   }
 
-  /** Adds the interventions recorded since the last one shown (oldest first: new ones come
-   *  last), keeping every page the user loaded; while later pages are still unread, the new
-   *  ones are among them ("Later interventions"). Reading the first page again instead dropped
-   *  the later pages past the server's limit of 1,000 a page. */
+  /** Adds the interventions recorded since the last one shown, keeping every page the user
+   *  loaded. A page's cursor is the log position of its last intervention, which the
+   *  intervention's id names (`iv-<seq>`; this page ships with the server). */
   async function refresh() {
-    const last = list.items[list.items.length - 1];
-    if (!last) return load();
-    if (list.cursor) return undefined;
-    // A page's cursor is the log position of its last intervention, which the intervention's
-    // id names (`iv-<seq>`; this page ships with the server).
-    const seq = /^iv-(\d+)$/.exec(last.intervention_id || '');
-    if (!seq) return load(Math.max(PAGE, list.items.length + 10));
-    try {
-      const page = await api.get(`${base}${api.query({ limit: PAGE, cursor: seq[1] })}`);
-      if (!page.items.length) return undefined;
-      list.items = list.items.concat(page.items);
-      list.cursor = page.next_cursor || null;
-      draw();
-    } catch (e) { ctx.fail(e); }
-    return undefined;
+    const seq = (iv) => (/^iv-(\d+)$/.exec(iv.intervention_id || '') || [])[1] ?? null;
+    try { if (await list.newer(PAGE, seq)) draw(); } catch (e) { ctx.fail(e); }
   }
 
   more.addEventListener('click', async () => {
@@ -94,11 +80,9 @@ export async function render(el, live, _params, ctx) {
         h('details', { class: 'iv-payload' }, h('summary', {}, 'Request'), h('pre', {}, json(iv.payload)))));
   }
 
-  // One read at a time, each after the last intervention shown then: none is listed twice.
-  let reading = Promise.resolve();
   const off = live.on((_v, events) => {
     if (events.some((e) => e.event === 'intervention_applied' || e.event === 'intervention_failed')) {
-      reading = reading.then(refresh);
+      refresh();
     }
   });
   await load();

@@ -49,18 +49,8 @@ export async function render(el, live, _params, ctx) {
    *  new ones are among them ("Later checkpoints"). A checkpoint is never taken back (a restore
    *  adds one), so nothing shown goes stale. */
   async function refresh() {
-    const last = list.items[list.items.length - 1];
-    if (!last) return load();
-    if (list.cursor) return undefined;
-    try {
-      // A page's cursor is the seq of its last checkpoint (this page ships with the server).
-      const page = await api.get(`${base}${api.query({ limit: PAGE, cursor: String(last.seq) })}`);
-      if (!page.items.length) return undefined;
-      list.items = list.items.concat(page.items);
-      list.cursor = page.next_cursor || null;
-      draw();
-    } catch (e) { ctx.fail(e); }
-    return undefined;
+    // A page's cursor is the seq of its last checkpoint (this page ships with the server).
+    try { if (await list.newer(PAGE, (c) => String(c.seq))) draw(); } catch (e) { ctx.fail(e); }
   }
 
   more.addEventListener('click', async () => {
