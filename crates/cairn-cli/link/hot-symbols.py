@@ -14,6 +14,10 @@ run's most tightly.
 
 Needs valgrind and binutils' nm. With CAIRN_TEST_DATABASE_URL set, the PostgreSQL store's
 paths are profiled as well.
+
+    python3 crates/cairn-cli/link/hot-symbols.py --check target/release/cairn
+
+tells how many of the listed functions a build still defines (exit 1 when some are missing).
 """
 
 import collections
@@ -85,7 +89,22 @@ def defined(exe):
     return {p[2] for p in (l.split() for l in out.stdout.splitlines()) if len(p) == 3 and p[1] in "tTwW"}
 
 
+def check(exe):
+    """How much of the list a built binary still defines."""
+    have = defined(exe)
+    with open(os.path.join(HERE, "hot-symbols.txt")) as f:
+        listed = [l.strip() for l in f if l.strip()]
+    missing = [sym for sym in listed if sym not in have]
+    print(f"{len(listed) - len(missing)} of {len(listed)} listed functions are in {exe}")
+    if missing:
+        print(f"{len(missing)} missing ({sum('.llvm.' in sym for sym in missing)} of them with a"
+              " .llvm. suffix, which changes with their crate's code): make the list again")
+        sys.exit(1)
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+        return check(os.path.abspath(sys.argv[2]))
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     exe = os.path.abspath(sys.argv[1])
