@@ -489,9 +489,14 @@ async fn later_interventions_stay_listed_when_another_arrives() {
             json!({"type": "skip_step", "step_id": "a", "reason": "the last word"}),
         )
         .await;
-    b.until_text("#audit-body", "the new intervention", |t| {
-        t.contains("the last word")
-    })
+    // The last row's text, not the whole table's: WebDriver reads an element's text on the
+    // page's main thread, and reading a thousand rows every 50 ms on a busy machine held back
+    // the page's own refresh past the wait.
+    b.until_text(
+        "#audit-body tr.iv:last-child",
+        "the new intervention",
+        |t| t.contains("the last word"),
+    )
     .await;
     let deadline = Instant::now() + WAIT;
     loop {
