@@ -33,6 +33,8 @@ fn main() {
     if env::var_os("RUSTC_LINKER").is_some() {
         return;
     }
+    // Nor may one chosen by flags (`-C linker=…`, `-C link-arg=-fuse-ld=bfd`, …): any flag
+    // naming the link leaves it alone.
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     if flags.contains("link") {
         return;

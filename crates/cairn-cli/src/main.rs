@@ -327,7 +327,8 @@ const BLOCKING_THREADS: usize = 8;
 /// SQLite writer and the blocking pool each holding on to what it freed, `bench --workload
 /// plans` peaked 2–10 MB higher than with one arena shared by all (depending on the build:
 /// see BENCHMARKS.md); but one arena serialises every allocation on its lock, and the same
-/// workload then ran a fifth to a third slower on two cores. So the default is glibc's, and an operator short of memory can ask for fewer.
+/// workload then ran a fifth to a third slower on two cores. So the default is glibc's, and
+/// an operator short of memory can ask for fewer.
 /// The limit can only be set before glibc's allocator starts (`mallopt` would need unsafe
 /// code, which the workspace forbids), so the process then executes itself again, once, with
 /// `GLIBC_TUNABLES` set: same pid, arguments and environment. The second start takes both
