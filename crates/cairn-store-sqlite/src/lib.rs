@@ -1015,8 +1015,17 @@ fn configure_writer(conn: &Connection, durability: Durability) -> StoreResult<()
     conn.pragma_update(None, "synchronous", sync)
         .ctx("set synchronous")?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Half of SQLite's default page cache. The writer's working set is small (the rightmost
+    // pages of the event table and its indexes, the rows of the plans it updates); the rest of
+    // a full cache is pages written once and never read again (an event table's leaves), kept
+    // resident until evicted. A page read back comes from the WAL or the OS's cache.
+    conn.pragma_update(None, "cache_size", WRITE_CACHE_KIB)
+        .ctx("set the page cache size")?;
     Ok(())
 }
+
+/// The writer's page cache, in KiB (SQLite's `cache_size` takes it negative).
+const WRITE_CACHE_KIB: i64 = -1024;
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: i64 = conn
