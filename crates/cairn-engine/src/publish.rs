@@ -77,16 +77,18 @@ pub(crate) struct Queue {
     /// Notified when a commit did not fit in the queue: the publisher reads the log.
     overflow: Arc<Notify>,
     /// The local stream, fed here so that it misses nothing when the queue is full.
-    local: broadcast::Sender<Arc<Event>>,
+    local: Local,
 }
 
 impl Queue {
     /// Hands committed events to the local stream and to the publisher, or, when the
     /// publisher's queue is full, tells it to read them from the store.
     pub(crate) fn push(&self, events: Vec<Arc<Event>>) {
-        for e in &events {
-            // Sent whether or not anyone listens (a send to nobody costs next to nothing).
-            let _ = self.local.send(e.clone());
+        if let Some(local) = self.local.get() {
+            for e in &events {
+                // Sent whether or not anyone listens (a send to nobody costs next to nothing).
+                let _ = local.send(e.clone());
+            }
         }
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(events) {
             self.overflow.notify_one();
@@ -99,10 +101,18 @@ pub(crate) struct Streams {
     /// Every event, in global id order (every node's, in a cluster).
     all: broadcast::Sender<Arc<Event>>,
     /// The events this engine committed, as their commits finish.
-    local: broadcast::Sender<Arc<Event>>,
+    local: Local,
     /// Wakes a resting publisher when someone subscribes to `all`.
     wake: Arc<Notify>,
+    /// The ring's capacity, for the local stream made on its first subscription.
+    capacity: usize,
 }
+
+/// The local stream's sender, made when it is first subscribed to: its ring (32 bytes a slot,
+/// `stream_buffer` slots, half a megabyte by default) is allocated whole, and most processes
+/// (a `cairn run`, an embedding program) never read it. An event committed before the first
+/// subscription is one that subscription would not have seen anyway.
+type Local = Arc<std::sync::OnceLock<broadcast::Sender<Arc<Event>>>>;
 
 impl Streams {
     /// A receiver of the ordered stream; the publisher stops resting, if it was.
@@ -114,7 +124,9 @@ impl Streams {
 
     /// A receiver of this engine's own events.
     pub(crate) fn subscribe_local(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.local.subscribe()
+        self.local
+            .get_or_init(|| broadcast::channel(self.capacity).0)
+            .subscribe()
     }
 }
 
@@ -127,7 +139,7 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel::<Vec<Arc<Event>>>(QUEUE);
     let overflow = Arc::new(Notify::new());
     let (out, _) = broadcast::channel(capacity);
-    let (local, _) = broadcast::channel(capacity);
+    let local = Local::default();
     let wake = Arc::new(Notify::new());
     let publisher = Publisher {
         store,
@@ -146,6 +158,7 @@ pub(crate) fn spawn(
             all: out,
             local,
             wake,
+            capacity,
         },
     )
 }
