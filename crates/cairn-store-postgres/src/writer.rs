@@ -37,8 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_store::{
-    Append, CheckpointMark, CreatePlan, Fence, Micros, NewEvent, ReviewRow, StoreError,
-    StoreResult, StoredEvent,
+    Append, CreatePlan, Fence, Micros, NewEvent, ReviewRow, StoreError, StoreResult, StoredEvent,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
@@ -112,13 +111,15 @@ struct Conn {
     read_leases: Statement,
     new_pks: Statement,
     insert_plans: Statement,
-    take_ids: Statement,
     insert_events: Statement,
     update_plans: Statement,
     put_reviews: Statement,
     put_leases: Statement,
     first_events: Statement,
     notify: Statement,
+    /// A transaction was begun and not yet ended (its batch's future was dropped midway):
+    /// the next batch rolls it back first.
+    open: bool,
 }
 
 impl Conn {
@@ -168,16 +169,26 @@ impl Conn {
                  ON CONFLICT (plan_id) DO NOTHING RETURNING pk",
             )
             .await?,
-            take_ids: prepare(
-                "UPDATE cairn_counter SET last_id = last_id + $1::bigint RETURNING last_id",
-            )
-            .await?,
+            // The events take the counter's next ids, in the order given, in the statement
+            // that inserts them (so it goes in the batch's last round trip); it answers the
+            // last id taken.
             insert_events: prepare(
-                "INSERT INTO events (id, plan_pk, seq, kind, at, actor, data, cp_trigger,
-                                     cp_label, format)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
-                                      $5::bigint[], $6::text[], $7::text[], $8::text[],
-                                      $9::text[], $10::int[])",
+                "WITH c AS (
+                     UPDATE cairn_counter SET last_id = last_id + cardinality($1::bigint[])
+                     RETURNING last_id
+                 ), i AS (
+                     INSERT INTO events (id, plan_pk, seq, kind, at, actor, data, cp_trigger,
+                                         cp_label, format)
+                     SELECT c.last_id - cardinality($1::bigint[]) + u.ord, u.plan_pk, u.seq,
+                            u.kind, u.at, u.actor, u.data, u.cp_trigger, u.cp_label, u.format
+                     FROM c, unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[],
+                                    $5::text[], $6::text[], $7::text[], $8::text[],
+                                    $9::int[])
+                          WITH ORDINALITY
+                          AS u(plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label,
+                               format, ord)
+                 )
+                 SELECT last_id FROM c",
             )
             .await?,
             update_plans: prepare(
@@ -218,6 +229,7 @@ impl Conn {
             .await?,
             notify: prepare("SELECT pg_notify($1, '')").await?,
             client,
+            open: false,
         })
     }
 }
@@ -331,6 +343,16 @@ enum Failure {
 /// connection lost during `COMMIT` is not: whether it committed is unknown, so the callers
 /// hear `Unavailable` (a retried append that did commit is then refused as `SeqConflict`).
 fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Failure {
+    classify(context, context != COMMIT)
+}
+
+/// [`db`] for the statements sent together with `COMMIT` (see [`transaction`]): a connection
+/// lost while any of them was in flight leaves it unknown whether the batch committed.
+fn db_with_commit(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Failure {
+    classify(context, false)
+}
+
+fn classify(context: &'static str, retry_lost: bool) -> impl Fn(tokio_postgres::Error) -> Failure {
     move |e| {
         let code = e.code().map(|c| c.code().to_owned());
         let lost = e.is_closed()
@@ -342,7 +364,7 @@ fn db(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Failure {
             e.code(),
             Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::T_R_SERIALIZATION_FAILURE
-        ) || (lost && context != COMMIT);
+        ) || (lost && retry_lost);
         let e = pg_error(context, e);
         if transient {
             Failure::Retry(e)
@@ -623,17 +645,49 @@ struct PlanCols {
 
 /// Event rows, column by column.
 #[derive(Default)]
-struct EventCols {
-    id: Vec<i64>,
+struct EventCols<'a> {
     plan_pk: Vec<i64>,
     seq: Vec<i64>,
-    kind: Vec<String>,
+    kind: Vec<&'a str>,
     at: Vec<i64>,
-    actor: Vec<String>,
-    data: Vec<String>,
-    cp_trigger: Vec<Option<String>>,
-    cp_label: Vec<Option<String>>,
+    actor: Vec<&'a str>,
+    data: Vec<&'a str>,
+    cp_trigger: Vec<Option<&'a str>>,
+    cp_label: Vec<Option<&'a str>>,
     format: Vec<i32>,
+}
+
+impl EventCols<'_> {
+    fn with_capacity(n: usize) -> Self {
+        EventCols {
+            plan_pk: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            cp_trigger: Vec::with_capacity(n),
+            cp_label: Vec::with_capacity(n),
+            format: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// Where an event of the batch is answered (see [`transaction_in`]), and its plan's key.
+struct Placed {
+    answer: usize,
+    /// In the second half of a `CreateWith` (the append's events).
+    second: bool,
+    index: usize,
+    pk: i64,
+}
+
+fn placed_event<'a>(answers: &'a [StoreResult<Outcome>], p: &Placed) -> Option<&'a StoredEvent> {
+    match answers.get(p.answer)? {
+        Ok(Outcome::Events(v)) | Ok(Outcome::CreatedLeased(v, _)) => v.get(p.index),
+        Ok(Outcome::Both(a, b)) => if p.second { b } else { a }.get(p.index),
+        _ => None,
+    }
 }
 
 /// Lease rows, column by column.
@@ -657,8 +711,38 @@ struct ReviewCols {
 }
 
 /// One attempt at the batch: the answers and the number of events committed.
+/// Commits a batch in one transaction. A batch of appends takes three round trips: `BEGIN`
+/// with the plans' rows locked; their leases; then the writes (the events take their ids as
+/// they are inserted), the notification and `COMMIT`, sent together. A
+/// batch that fails is rolled back here (a statement that failed before `COMMIT` aborted the
+/// transaction, and `COMMIT` then rolled it back; one that failed before `COMMIT` was sent
+/// left it open).
 async fn transaction(
     c: &mut Conn,
+    channel: &str,
+    ops: &[Op],
+) -> Result<(Vec<StoreResult<Outcome>>, u64), Failure> {
+    if c.open {
+        // The last batch's future was dropped midway: its transaction is still open.
+        c.client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(db("roll back an unfinished transaction"))?;
+        c.open = false;
+    }
+    c.open = true;
+    let result = transaction_in(c, channel, ops).await;
+    // Harmless when `COMMIT` already ended it (a warning, not an error).
+    if result.is_err() && c.client.batch_execute("ROLLBACK").await.is_err() {
+        // Still open: the next batch tries again (a closed connection is replaced first).
+        return result;
+    }
+    c.open = false;
+    result
+}
+
+async fn transaction_in(
+    c: &Conn,
     channel: &str,
     ops: &[Op],
 ) -> Result<(Vec<StoreResult<Outcome>>, u64), Failure> {
@@ -692,7 +776,6 @@ async fn transaction(
         c.read_leases.clone(),
         c.new_pks.clone(),
         c.insert_plans.clone(),
-        c.take_ids.clone(),
         c.insert_events.clone(),
         c.update_plans.clone(),
         c.put_reviews.clone(),
@@ -700,15 +783,21 @@ async fn transaction(
         c.put_leases.clone(),
         c.first_events.clone(),
     );
-    let tx = c
-        .client
-        .transaction()
-        .await
-        .map_err(db("begin a write transaction"))?;
-    let rows = tx
-        .query(&stmts.0, &[&names])
-        .await
-        .map_err(db("lock plans"))?;
+    let tx = &c.client;
+    // Sent together: one round trip.
+    let ((), rows) = futures_util::future::try_join(
+        async {
+            tx.batch_execute("BEGIN")
+                .await
+                .map_err(db("begin a write transaction"))
+        },
+        async {
+            tx.query(&stmts.0, &[&names])
+                .await
+                .map_err(db("lock plans"))
+        },
+    )
+    .await?;
     let mut plans = HashMap::with_capacity(rows.len());
     let mut pks = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -843,19 +932,10 @@ async fn transaction(
         }
     }
 
-    let mut next_id = 0i64;
-    if n_events > 0 {
-        let n = i64::try_from(n_events).unwrap_or(i64::MAX);
-        let last: i64 = tx
-            .query_one(&stmts.4, &[&n])
-            .await
-            .map_err(db("take event ids"))?
-            .get(0);
-        next_id = last - n + 1;
-    }
-
-    // Events, with their ids in request order.
-    let mut ev = EventCols::default();
+    // Events in request order. Each carries its place among them until the insert answers
+    // the ids it took (see `insert_events`); where each one is answered, and its plan's key.
+    let mut ordinal = 0u64;
+    let mut placed: Vec<Placed> = Vec::with_capacity(n_events);
     let mut answers: Vec<StoreResult<Outcome>> = Vec::with_capacity(ops.len());
     let mut updates: HashMap<i64, (u64, Micros, Option<String>)> = HashMap::new();
     let mut update_order: Vec<i64> = Vec::new();
@@ -873,28 +953,20 @@ async fn transaction(
         };
         let mut halves: (Vec<StoredEvent>, Vec<StoredEvent>) = Default::default();
         for (pk, plan_id, e, half) in w.events {
-            let id = next_id;
-            next_id += 1;
-            let (trigger, label) = match &e.checkpoint {
-                Some(CheckpointMark { trigger, label }) => (Some(trigger.clone()), label.clone()),
-                None => (None, None),
-            };
-            ev.id.push(id);
-            ev.plan_pk.push(pk);
-            ev.seq.push(to_sql(e.seq));
-            ev.kind.push(e.kind.clone());
-            ev.at.push(e.at);
-            ev.actor.push(e.actor.clone());
-            ev.data.push(e.data.clone());
-            ev.cp_trigger.push(trigger);
-            ev.cp_label.push(label);
-            ev.format.push(i32::try_from(e.format).unwrap_or(i32::MAX));
-            let stored = e.stored(from_sql(id), plan_id);
-            if half == 0 {
-                halves.0.push(stored);
+            let stored = e.stored(ordinal, plan_id);
+            ordinal += 1;
+            let list = if half == 0 {
+                &mut halves.0
             } else {
-                halves.1.push(stored);
-            }
+                &mut halves.1
+            };
+            placed.push(Placed {
+                answer: answers.len(),
+                second: half != 0,
+                index: list.len(),
+                pk,
+            });
+            list.push(stored);
         }
         for (pk, last_seq, at, state) in w.updates {
             let entry = updates.entry(pk).or_insert_with(|| {
@@ -959,6 +1031,26 @@ async fn transaction(
         review_cols.data.push(r.data);
     }
     let incarnation_pks: Vec<i64> = incarnations.iter().map(|(_, pk)| *pk).collect();
+    // The event columns borrow the answers' events (no copy of their data).
+    let mut ev = EventCols::with_capacity(n_events);
+    for p in &placed {
+        let e = placed_event(&answers, p).ok_or_else(|| {
+            Failure::Fail(StoreError::Backend(
+                "an event lost its place in the batch".into(),
+            ))
+        })?;
+        ev.plan_pk.push(p.pk);
+        ev.seq.push(to_sql(e.seq));
+        ev.kind.push(&e.kind);
+        ev.at.push(e.at);
+        ev.actor.push(&e.actor);
+        ev.data.push(&e.data);
+        ev.cp_trigger
+            .push(e.checkpoint.as_ref().map(|c| c.trigger.as_str()));
+        ev.cp_label
+            .push(e.checkpoint.as_ref().and_then(|c| c.label.as_deref()));
+        ev.format.push(i32::try_from(e.format).unwrap_or(i32::MAX));
+    }
     type Pending<'a> = std::pin::Pin<
         Box<
             dyn std::future::Future<Output = Result<Vec<tokio_postgres::Row>, Failure>> + Send + 'a,
@@ -969,10 +1061,9 @@ async fn transaction(
     let mut first_events_at = None;
     if n_events > 0 {
         pipeline.push(Box::pin(async {
-            tx.execute(
-                &stmts.5,
+            tx.query(
+                &stmts.4,
                 &[
-                    &ev.id,
                     &ev.plan_pk,
                     &ev.seq,
                     &ev.kind,
@@ -985,14 +1076,13 @@ async fn transaction(
                 ],
             )
             .await
-            .map(|_| Vec::new())
-            .map_err(db("insert events"))
+            .map_err(db_with_commit("insert events"))
         }));
     }
     if !update_cols.0.is_empty() {
         pipeline.push(Box::pin(async {
             tx.execute(
-                &stmts.6,
+                &stmts.5,
                 &[
                     &update_cols.0,
                     &update_cols.1,
@@ -1002,13 +1092,13 @@ async fn transaction(
             )
             .await
             .map(|_| Vec::new())
-            .map_err(db("update plans"))
+            .map_err(db_with_commit("update plans"))
         }));
     }
     if !review_cols.plan_pk.is_empty() {
         pipeline.push(Box::pin(async {
             tx.execute(
-                &stmts.7,
+                &stmts.6,
                 &[
                     &review_cols.plan_pk,
                     &review_cols.review_id,
@@ -1019,13 +1109,13 @@ async fn transaction(
             )
             .await
             .map(|_| Vec::new())
-            .map_err(db("write reviews"))
+            .map_err(db_with_commit("write reviews"))
         }));
     }
     if !lease_cols.pk.is_empty() {
         pipeline.push(Box::pin(async {
             tx.execute(
-                &stmts.9,
+                &stmts.8,
                 &[
                     &lease_cols.pk,
                     &lease_cols.node,
@@ -1036,24 +1126,51 @@ async fn transaction(
             )
             .await
             .map(|_| Vec::new())
-            .map_err(db("write leases"))
+            .map_err(db_with_commit("write leases"))
         }));
     }
     if !incarnation_pks.is_empty() {
         // After the batch's own events: a plan created in this batch has its first one now.
         first_events_at = Some(pipeline.len());
         pipeline.push(Box::pin(async {
-            tx.query(&stmts.10, &[&incarnation_pks])
+            tx.query(&stmts.9, &[&incarnation_pks])
                 .await
-                .map_err(db("read first events"))
+                .map_err(db_with_commit("read first events"))
         }));
     }
     if n_events > 0 {
         pipeline.push(Box::pin(async {
-            tx.query(&stmts.8, &[&channel]).await.map_err(db("notify"))
+            tx.query(&stmts.7, &[&channel])
+                .await
+                .map_err(db_with_commit("notify"))
         }));
     }
+    pipeline.push(Box::pin(async {
+        tx.batch_execute("COMMIT")
+            .await
+            .map(|()| Vec::new())
+            .map_err(db(COMMIT))
+    }));
     let mut answered = futures_util::future::try_join_all(pipeline).await?;
+    if n_events > 0 {
+        // The insert's answer, the last id it took: the ids run up to it in request order.
+        let last: i64 = answered
+            .first()
+            .and_then(|rows| rows.first())
+            .map(|r| r.get(0))
+            .ok_or_else(|| Failure::Fail(StoreError::Backend("the insert took no ids".into())))?;
+        let first = last - i64::try_from(n_events).unwrap_or(i64::MAX) + 1;
+        for answer in answers.iter_mut().flatten() {
+            let (a, b): (&mut [StoredEvent], &mut [StoredEvent]) = match answer {
+                Outcome::Events(v) | Outcome::CreatedLeased(v, _) => (v, &mut []),
+                Outcome::Both(a, b) => (a, b),
+                Outcome::Claimed(..) | Outcome::Released => (&mut [], &mut []),
+            };
+            for e in a.iter_mut().chain(b.iter_mut()) {
+                e.id = from_sql(first + i64::try_from(e.id).unwrap_or(i64::MAX));
+            }
+        }
+    }
     if let Some(at) = first_events_at {
         let firsts: HashMap<i64, i64> = std::mem::take(&mut answered[at])
             .iter()
@@ -1065,6 +1182,5 @@ async fn transaction(
             }
         }
     }
-    tx.commit().await.map_err(db(COMMIT))?;
     Ok((answers, n_events as u64))
 }

@@ -450,6 +450,63 @@ async fn a_cut_connection_is_reopened_for_the_next_write() {
     store.append(append("p", 2)).await.unwrap();
 }
 
+/// The writes of a batch go with its `COMMIT` in one round trip: when one of them fails, the
+/// commit rolls the whole batch back (the event ids it took included), the caller hears the
+/// error, and the next batch runs in a transaction of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_beside_the_commit_leaves_nothing_behind() {
+    let Some(url) = database_url() else { return };
+    let schema = unique_schema();
+    let store = open(&url, &schema).await;
+    let first = store.create_plan(create("p")).await.unwrap();
+    admin(&url)
+        .await
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".events ADD CONSTRAINT no_boom CHECK (kind <> 'boom')"
+        ))
+        .await
+        .unwrap();
+    let mut boom = append("p", 1);
+    boom.events = vec![ev(2, "boom"), ev(3, "step")];
+    match store.append(boom).await {
+        Err(StoreError::Backend(e)) => assert!(e.contains("no_boom"), "{e}"),
+        other => panic!("expected the check's error, got {other:?}"),
+    }
+    let written = store.append(append("p", 1)).await.unwrap();
+    assert_eq!(written[0].seq, 2);
+    assert_eq!(
+        written[0].id,
+        first[0].id + 1,
+        "the failed batch's ids were given back"
+    );
+    let seen = store.read_events("p", 0, None, 10).await.unwrap();
+    let kinds: Vec<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["created", "step"]);
+    assert_eq!(seen[1].id, written[0].id);
+    assert_eq!(store.last_event_id().await.unwrap(), written[0].id);
+    // A statement that fails before the commit is sent (a plan's row refused) leaves the
+    // transaction aborted: it is rolled back before the next batch begins.
+    admin(&url)
+        .await
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".plans ADD CONSTRAINT no_bad CHECK (plan_id <> 'bad')"
+        ))
+        .await
+        .unwrap();
+    match store.create_plan(create("bad")).await {
+        Err(StoreError::Backend(e)) => assert!(e.contains("no_bad"), "{e}"),
+        other => panic!("expected the check's error, got {other:?}"),
+    }
+    // And a batch of several requests after it: each gets its own ids, in order.
+    store.create_plan(create("q")).await.unwrap();
+    let (a, b) = tokio::join!(store.append(append("p", 2)), store.append(append("q", 1)));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a[0].id, b[0].id);
+    let last = store.last_event_id().await.unwrap();
+    assert_eq!(last, a[0].id.max(b[0].id));
+    assert_eq!(last, written[0].id + 3);
+}
+
 /// Concurrent appends share transactions: far fewer commits than requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_commits() {
