@@ -35,8 +35,10 @@
 //! that falls behind is told so ([`Notice::Lagged`]) and catches up from the store.
 //!
 //! The queue from the actors to the publisher is bounded too ([`QUEUE`] commits): when it is
-//! full, a commit's events are not queued but the publisher is told to read the log after the
-//! last id it published, which holds them (they are committed before they are handed over).
+//! full, a commit's events are not queued; the range of their ids is noted instead, and the
+//! publisher reads those ids from the log, which holds them (they are committed before they are
+//! handed over). Only they are read and decoded: the commits still queued are not read again.
+//! (Past [`LOST_KEPT`] ranges noted, it reads the log after the last id it published instead.)
 //! So a publisher that falls behind costs reads, never unbounded memory, and loses nothing.
 //! The local stream is fed by the actors' side of the queue itself, so it misses nothing either.
 
@@ -63,6 +65,21 @@ const GAP_GRACE: Duration = Duration::from_millis(2);
 const GAP_WAIT: Duration = Duration::from_millis(10);
 /// How long after a failed read of the store the publisher tries again.
 const RETRY: Duration = Duration::from_millis(100);
+/// Id ranges of commits turned away by the full queue, noted at most; past them, the publisher
+/// reads the log after its position instead (see [`Lost`]).
+const LOST_KEPT: usize = 4_096;
+/// Noted ranges this close are read together (the ids between are other commits').
+const LOST_JOIN: u64 = 32;
+
+/// The commits the full queue turned away since the publisher last looked: their ids' ranges
+/// (first, last), or, past [`LOST_KEPT`] of them, only that there were more.
+#[derive(Default)]
+struct Lost {
+    ranges: Vec<(u64, u64)>,
+    more: bool,
+}
+
+type SharedLost = Arc<std::sync::Mutex<Lost>>;
 
 /// How the publisher follows commits made by other processes.
 pub(crate) struct Tail {
@@ -74,8 +91,10 @@ pub(crate) struct Tail {
 /// The actors' side of the publisher: committed events, in a bounded queue.
 pub(crate) struct Queue {
     tx: mpsc::Sender<Vec<Arc<Event>>>,
-    /// Notified when a commit did not fit in the queue: the publisher reads the log.
+    /// Notified when a commit did not fit in the queue: the publisher reads it from the log.
     overflow: Arc<Notify>,
+    /// Which commits did not fit.
+    lost: SharedLost,
     /// The local stream, fed here so that it misses nothing when the queue is full.
     local: Local,
 }
@@ -90,7 +109,16 @@ impl Queue {
                 let _ = local.send(e.clone());
             }
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(events) {
+        if let Err(mpsc::error::TrySendError::Full(events)) = self.tx.try_send(events) {
+            let ids = events.iter().map(|e| e.id);
+            if let (Some(first), Some(last)) = (ids.clone().min(), ids.max()) {
+                let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+                if lost.ranges.len() < LOST_KEPT {
+                    lost.ranges.push((first, last));
+                } else {
+                    lost.more = true;
+                }
+            }
             self.overflow.notify_one();
         }
     }
@@ -138,6 +166,7 @@ pub(crate) fn spawn(
 ) -> (Queue, Streams) {
     let (tx, rx) = mpsc::channel::<Vec<Arc<Event>>>(QUEUE);
     let overflow = Arc::new(Notify::new());
+    let lost = SharedLost::default();
     let (out, _) = broadcast::channel(capacity);
     let local = Local::default();
     let wake = Arc::new(Notify::new());
@@ -146,12 +175,14 @@ pub(crate) fn spawn(
         out: out.clone(),
         next: first_id,
         pending: BTreeMap::new(),
+        lost: lost.clone(),
     };
     tokio::spawn(publisher.run(rx, tail, wake.clone(), overflow.clone()));
     (
         Queue {
             tx,
             overflow,
+            lost,
             local: local.clone(),
         },
         Streams {
@@ -170,6 +201,8 @@ struct Publisher {
     next: u64,
     /// Events at or above `next` waiting for the ids below them.
     pending: BTreeMap<u64, Arc<Event>>,
+    /// The commits the full queue turned away, to read from the store.
+    lost: SharedLost,
 }
 
 impl Publisher {
@@ -186,8 +219,11 @@ impl Publisher {
         let mut retry_at: Option<Instant> = None;
         // Whether the store was last told that hints are wanted (it starts wanting them).
         let mut hinted = true;
+        // A read of the turned-away commits failed: tried again with the next round.
+        let mut retry_lost = false;
         loop {
             let mut read_tail = false;
+            let mut read_lost = false;
             let mut polled = false;
             tokio::select! {
                 batch = rx.recv() => match batch {
@@ -208,7 +244,7 @@ impl Publisher {
                     while let Ok(batch) = rx.try_recv() {
                         self.take(batch);
                     }
-                    read_tail = true;
+                    read_lost = true;
                 }
                 _ = async { tokio::time::sleep_until(tail_at.expect("guarded")).await }, if tail_at.is_some() => {
                     read_tail = true;
@@ -231,6 +267,17 @@ impl Publisher {
             if !followed {
                 self.rest(polled).await;
                 continue;
+            }
+            if read_lost || retry_lost {
+                retry_lost = false;
+                match self.read_lost().await {
+                    Ok(more) => read_tail |= more,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the event log to publish in order; trying again");
+                        retry_lost = true;
+                        retry_at = Some(Instant::now() + RETRY);
+                    }
+                }
             }
             self.flush();
             if !read_tail && !self.pending.is_empty() {
@@ -292,6 +339,10 @@ impl Publisher {
             self.next = self.next.max(last + 1);
         }
         self.pending.clear();
+        let lost = std::mem::take(&mut *self.lost.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(last) = lost.ranges.iter().map(|&(_, last)| last).max() {
+            self.next = self.next.max(last + 1);
+        }
         if !poll {
             return;
         }
@@ -311,6 +362,56 @@ impl Publisher {
                 self.pending.insert(e.id, e);
             }
         }
+    }
+
+    /// Reads the commits the full queue turned away into `pending` (their ranges merged where
+    /// close; what is published or pending already is not decoded again). True if more were
+    /// turned away than noted: the caller then reads the log after its position. A failed read
+    /// leaves the ranges noted, for the next try.
+    async fn read_lost(&mut self) -> Result<bool, crate::EngineError> {
+        let Lost { mut ranges, more } =
+            std::mem::take(&mut *self.lost.lock().unwrap_or_else(|p| p.into_inner()));
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (first, last) in ranges {
+            match merged.last_mut() {
+                Some(m) if first <= m.1.saturating_add(LOST_JOIN) => m.1 = m.1.max(last),
+                _ => merged.push((first, last)),
+            }
+        }
+        for (i, &(first, last)) in merged.iter().enumerate() {
+            let mut after = first.max(self.next).saturating_sub(1);
+            while after < last {
+                let want = usize::try_from(last - after).unwrap_or(PAGE).min(PAGE);
+                let rows = match self.store.read_all_events(after, want).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        // Noted again, with what was not read yet.
+                        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+                        lost.ranges.push((after + 1, last));
+                        lost.ranges.extend_from_slice(&merged[i + 1..]);
+                        lost.more |= more;
+                        return Err(e.into());
+                    }
+                };
+                let n = rows.len();
+                for row in rows {
+                    after = row.id;
+                    if row.id > last {
+                        break;
+                    }
+                    if row.id >= self.next && !self.pending.contains_key(&row.id) {
+                        let id = row.id;
+                        self.pending.insert(id, Arc::new(from_stored(row)?));
+                    }
+                }
+                if n < want {
+                    // The rest of the range is gone (its plans deleted since).
+                    break;
+                }
+            }
+        }
+        Ok(more)
     }
 
     /// Publishes the pending events that continue the stream.
@@ -488,5 +589,97 @@ impl Subscription {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::event::EventKind;
+    use cairn_core::time::Timestamp;
+    use cairn_store::{Append, CreatePlan};
+    use cairn_store_sqlite::{SqliteOptions, SqliteStore};
+
+    fn started(seq: u64) -> Event {
+        Event {
+            id: 0,
+            seq,
+            plan_id: "p".into(),
+            at: Timestamp::from_micros(1_000 + seq as i64),
+            actor: "test".into(),
+            kind: EventKind::PlanStarted {
+                reason: Some(format!("commit {seq}")),
+            },
+            checkpoint: None,
+        }
+    }
+
+    /// A commit the full queue turns away is read from the store, and only it: the commits still
+    /// queued, and those committed but not handed over yet, are published as they are handed
+    /// over, not read and decoded. (The runtime has one thread, so the publisher runs only once
+    /// the commits are handed over.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn commits_the_full_queue_turns_away_are_read_and_only_they() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventLog> = Arc::new(
+            SqliteStore::open(&dir.path().join("x.db"), SqliteOptions::default()).unwrap(),
+        );
+        // `QUEUE` commits fit, 5 do not, and 3 more are handed over later.
+        let commits = QUEUE as u64 + 5 + 3;
+        let mut stored = store
+            .create_plan(CreatePlan {
+                plan_id: "p".into(),
+                created_at: 1,
+                state: "running".into(),
+                events: vec![crate::convert::to_new(&started(1))],
+                reviews: Vec::new(),
+            })
+            .await
+            .unwrap();
+        for seq in 2..=commits {
+            stored.extend(
+                store
+                    .append(Append {
+                        plan_id: "p".into(),
+                        expected_seq: seq - 1,
+                        fence: None,
+                        state: None,
+                        events: vec![crate::convert::to_new(&started(seq))],
+                        reviews: Vec::new(),
+                    })
+                    .await
+                    .unwrap(),
+            );
+        }
+        let handed: Vec<Arc<Event>> = stored
+            .iter()
+            .map(|s| {
+                let mut e = started(s.seq);
+                e.id = s.id;
+                Arc::new(e)
+            })
+            .collect();
+        let (queue, streams) = spawn(store.clone(), handed[0].id, 4 * QUEUE, None);
+        let mut rx = streams.subscribe();
+        let later = handed.len() - 3;
+        for e in &handed[..later] {
+            queue.push(vec![e.clone()]);
+        }
+        for (i, want) in handed.iter().enumerate() {
+            if i == later {
+                for e in &handed[later..] {
+                    queue.push(vec![e.clone()]);
+                }
+            }
+            let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the publisher publishes every commit")
+                .expect("no lag");
+            assert_eq!(*got, **want, "event {i} in order");
+            // Only the commits turned away were read.
+            let read = (QUEUE..later).contains(&i);
+            assert_eq!(Arc::ptr_eq(&got, want), !read, "event {i}");
+        }
+        assert!(rx.try_recv().is_err(), "nothing published twice");
     }
 }
