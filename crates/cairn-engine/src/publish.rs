@@ -81,6 +81,16 @@ struct Lost {
 
 type SharedLost = Arc<std::sync::Mutex<Lost>>;
 
+impl Lost {
+    fn any(&self) -> bool {
+        !self.ranges.is_empty() || self.more
+    }
+}
+
+fn noted(lost: &SharedLost) -> std::sync::MutexGuard<'_, Lost> {
+    lost.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How the publisher follows commits made by other processes.
 pub(crate) struct Tail {
     /// Notified (coalesced) when another process may have committed.
@@ -112,7 +122,7 @@ impl Queue {
         if let Err(mpsc::error::TrySendError::Full(events)) = self.tx.try_send(events) {
             let ids = events.iter().map(|e| e.id);
             if let (Some(first), Some(last)) = (ids.clone().min(), ids.max()) {
-                let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+                let mut lost = noted(&self.lost);
                 if lost.ranges.len() < LOST_KEPT {
                     lost.ranges.push((first, last));
                 } else {
@@ -219,8 +229,6 @@ impl Publisher {
         let mut retry_at: Option<Instant> = None;
         // Whether the store was last told that hints are wanted (it starts wanting them).
         let mut hinted = true;
-        // A read of the turned-away commits failed: tried again with the next round.
-        let mut retry_lost = false;
         loop {
             let mut read_tail = false;
             let mut read_lost = false;
@@ -268,13 +276,12 @@ impl Publisher {
                 self.rest(polled).await;
                 continue;
             }
-            if read_lost || retry_lost {
-                retry_lost = false;
+            // Also what a failed read noted again: tried with the next round.
+            if read_lost || noted(&self.lost).any() {
                 match self.read_lost().await {
                     Ok(more) => read_tail |= more,
                     Err(e) => {
                         warn!(error = %e, "cannot read the event log to publish in order; trying again");
-                        retry_lost = true;
                         retry_at = Some(Instant::now() + RETRY);
                     }
                 }
@@ -339,7 +346,7 @@ impl Publisher {
             self.next = self.next.max(last + 1);
         }
         self.pending.clear();
-        let lost = std::mem::take(&mut *self.lost.lock().unwrap_or_else(|p| p.into_inner()));
+        let lost = std::mem::take(&mut *noted(&self.lost));
         if let Some(last) = lost.ranges.iter().map(|&(_, last)| last).max() {
             self.next = self.next.max(last + 1);
         }
@@ -369,8 +376,7 @@ impl Publisher {
     /// turned away than noted: the caller then reads the log after its position. A failed read
     /// leaves the ranges noted, for the next try.
     async fn read_lost(&mut self) -> Result<bool, crate::EngineError> {
-        let Lost { mut ranges, more } =
-            std::mem::take(&mut *self.lost.lock().unwrap_or_else(|p| p.into_inner()));
+        let Lost { mut ranges, more } = std::mem::take(&mut *noted(&self.lost));
         ranges.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
         for (first, last) in ranges {
@@ -387,7 +393,7 @@ impl Publisher {
                     Ok(rows) => rows,
                     Err(e) => {
                         // Noted again, with what was not read yet.
-                        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut lost = noted(&self.lost);
                         lost.ranges.push((after + 1, last));
                         lost.ranges.extend_from_slice(&merged[i + 1..]);
                         lost.more |= more;

@@ -710,8 +710,8 @@ struct ReviewCols {
     data: Vec<String>,
 }
 
-/// One attempt at the batch: the answers and the number of events committed.
-/// Commits a batch in one transaction. A batch of appends takes three round trips: `BEGIN`
+/// One attempt at the batch, in one transaction: the answers and the number of events
+/// committed. A batch of appends takes three round trips: `BEGIN`
 /// with the plans' rows locked; their leases; then the writes (the events take their ids as
 /// they are inserted), the notification and `COMMIT`, sent together. A
 /// batch that fails is rolled back here (a statement that failed before `COMMIT` aborted the
@@ -932,9 +932,9 @@ async fn transaction_in(
         }
     }
 
-    // Events in request order. Each carries its place among them until the insert answers
-    // the ids it took (see `insert_events`); where each one is answered, and its plan's key.
-    let mut ordinal = 0u64;
+    // Events in request order. Each carries its place among them (in `placed`) until the
+    // insert answers the ids it took (see `insert_events`); where each one is answered, and its
+    // plan's key.
     let mut placed: Vec<Placed> = Vec::with_capacity(n_events);
     let mut answers: Vec<StoreResult<Outcome>> = Vec::with_capacity(ops.len());
     let mut updates: HashMap<i64, (u64, Micros, Option<String>)> = HashMap::new();
@@ -953,8 +953,7 @@ async fn transaction_in(
         };
         let mut halves: (Vec<StoredEvent>, Vec<StoredEvent>) = Default::default();
         for (pk, plan_id, e, half) in w.events {
-            let stored = e.stored(ordinal, plan_id);
-            ordinal += 1;
+            let stored = e.stored(placed.len() as u64, plan_id);
             let list = if half == 0 {
                 &mut halves.0
             } else {
