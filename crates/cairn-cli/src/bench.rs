@@ -485,24 +485,20 @@ impl Db {
         }
     }
 
-    fn stats(&self) -> Counts {
+    /// The writer's counters as the store keeps them.
+    fn writer(&self) -> cairn_store::WriterStats {
         match self {
-            Db::Sqlite(s) => {
-                let w = s.stats();
-                Counts {
-                    commits: w.commits,
-                    requests: w.requests,
-                    busy: w.busy,
-                }
-            }
-            Db::Postgres(s) => {
-                let w = s.writer_stats();
-                Counts {
-                    commits: w.commits,
-                    requests: w.requests,
-                    busy: w.busy,
-                }
-            }
+            Db::Sqlite(s) => s.stats(),
+            Db::Postgres(s) => s.writer_stats(),
+        }
+    }
+
+    fn stats(&self) -> Counts {
+        let w = self.writer();
+        Counts {
+            commits: w.commits,
+            requests: w.requests,
+            busy: w.busy,
         }
     }
 
@@ -930,7 +926,7 @@ async fn run_workload(
         }
         "control" => {
             let (_, fsync_us) = fsync_rate(dir, 200)?;
-            let (engine, _) = open(target, EngineOptions::default()).await?;
+            let (engine, store) = open(target, EngineOptions::default()).await?;
             // Plans that stay busy while the requests are timed: sleeping steps in a chain, 30 s
             // of them (on PostgreSQL starting 1,000 plans takes seconds; 10 s were not enough).
             let plans: Vec<Plan> = (0..args.plans)
@@ -964,6 +960,9 @@ async fn run_workload(
                 (vec![], vec![], vec![], vec![]);
             let n = args.requests.min(ids.len());
             let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+            // The store's commits while the requests are timed (theirs and the busy plans'):
+            // a request waits for the commit in flight, then for its own.
+            let writer_before = store.writer();
             for (k, id) in ids.iter().take(n).enumerate() {
                 let t = Instant::now();
                 engine
@@ -998,6 +997,13 @@ async fn run_workload(
                 engine.cancel(id, "bench", None).await?;
                 cancel.push(ms(t));
             }
+            let writer_after = store.writer();
+            let commit_ms = |q: f64| {
+                writer_after
+                    .commit_quantile(&writer_before, q)
+                    .map(|d| round(d.as_secs_f64() * 1e3, 3))
+            };
+            let (commit_p50, commit_p99) = (commit_ms(0.5), commit_ms(0.99));
             let mut out = Vec::new();
             for (name, mut v) in [
                 ("pause", pause),
@@ -1010,6 +1016,7 @@ async fn run_workload(
                     "workload": format!("control_{name}"), "steps": 0, "wall_s": round(v.iter().sum::<f64>() / 1e3, 3),
                     "steps_per_sec": 0, "peak_rss_mb": rss_mb("VmHWM:"), "requests": v.len(), "running_plans": args.plans,
                     "p50_ms": round(percentile(&v, 0.5), 3), "p99_ms": round(percentile(&v, 0.99), 3), "fsync_ms": round(fsync_us / 1e3, 3),
+                    "commit_p50_ms": commit_p50, "commit_p99_ms": commit_p99,
                 }));
             }
             engine.shutdown().await;

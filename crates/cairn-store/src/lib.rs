@@ -287,9 +287,48 @@ pub struct WriterStats {
     pub busy: std::time::Duration,
     /// Batches of one request committed by its caller, the writer thread being idle.
     pub inline_commits: u64,
+    /// Batches by the time they took (see `busy`): `commit_times[i]` counts those that took at
+    /// most [`COMMIT_BUCKETS_US`]`[i]` microseconds and more than the bound before; the last
+    /// counts those longer than every bound.
+    pub commit_times: [u64; COMMIT_BUCKETS_US.len() + 1],
 }
 
+/// Upper bounds, in microseconds, of the buckets that count batches by the time they took
+/// ([`WriterStats::commit_times`]): about a fifth apart below 10 ms, where commits are.
+pub const COMMIT_BUCKETS_US: [u64; 27] = [
+    50, 75, 100, 125, 150, 175, 200, 250, 300, 350, 400, 500, 600, 700, 800, 1_000, 1_250, 1_500,
+    2_000, 2_500, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 100_000,
+];
+
 impl WriterStats {
+    /// The time within which a share `q` (0 to 1) of the batches committed since `earlier` (a
+    /// snapshot of the same counters) took, as the upper bound of its bucket: `None` when none
+    /// committed, or when it lies beyond the last bound.
+    pub fn commit_quantile(&self, earlier: &WriterStats, q: f64) -> Option<std::time::Duration> {
+        let counts: Vec<u64> = self
+            .commit_times
+            .iter()
+            .zip(&earlier.commit_times)
+            .map(|(now, then)| now.saturating_sub(*then))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        // The rank of the batch asked for, counted from 1.
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return COMMIT_BUCKETS_US
+                    .get(i)
+                    .map(|us| std::time::Duration::from_micros(*us));
+            }
+        }
+        None
+    }
+
     /// Requests per commit.
     pub fn mean_batch(&self) -> f64 {
         if self.commits == 0 {
@@ -323,6 +362,7 @@ pub struct WriterCounters {
     max_batch: std::sync::atomic::AtomicU64,
     busy_nanos: std::sync::atomic::AtomicU64,
     inline_commits: std::sync::atomic::AtomicU64,
+    commit_times: [std::sync::atomic::AtomicU64; COMMIT_BUCKETS_US.len() + 1],
     unavailable: std::sync::Mutex<Option<String>>,
 }
 
@@ -344,8 +384,12 @@ impl WriterCounters {
 
     /// Time spent on a batch, from `BEGIN` to the end of `COMMIT`.
     pub fn busy(&self, nanos: u64) {
-        self.busy_nanos
-            .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.busy_nanos.fetch_add(nanos, Relaxed);
+        let bucket = COMMIT_BUCKETS_US.partition_point(|us| us.saturating_mul(1_000) < nanos);
+        if let Some(n) = self.commit_times.get(bucket) {
+            n.fetch_add(1, Relaxed);
+        }
     }
 
     /// The batch about to be committed was its caller's own (the writer was idle).
@@ -376,6 +420,7 @@ impl WriterCounters {
             max_batch: self.max_batch.load(Relaxed),
             busy: std::time::Duration::from_nanos(self.busy_nanos.load(Relaxed)),
             inline_commits: self.inline_commits.load(Relaxed),
+            commit_times: std::array::from_fn(|i| self.commit_times[i].load(Relaxed)),
         }
     }
 }
@@ -799,4 +844,55 @@ impl<
         T: EventLog + PlanIndex + Leases + Snapshots + Tokens + Cursors + Nodes + Templates + ?Sized,
     > Store for T
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn commit_times_fall_in_their_buckets_and_quantiles_count_from_a_snapshot() {
+        let counters = WriterCounters::default();
+        // Before the snapshot: slow batches that the quantiles after it must not see.
+        for _ in 0..50 {
+            counters.busy(9_000_000);
+        }
+        let earlier = counters.snapshot();
+        assert_eq!(counters.snapshot().commit_quantile(&earlier, 0.99), None);
+        for _ in 0..98 {
+            counters.busy(120_000); // 120 µs: the bucket up to 125 µs
+        }
+        counters.busy(125_000); // on a bound: still that bucket
+        counters.busy(900_000); // 900 µs: the bucket up to 1 ms
+        let now = counters.snapshot();
+        assert_eq!(now.commit_times[3] - earlier.commit_times[3], 99);
+        assert_eq!(now.commit_times[15] - earlier.commit_times[15], 1);
+        assert_eq!(
+            now.busy - earlier.busy,
+            Duration::from_micros(98 * 120 + 125 + 900)
+        );
+        assert_eq!(
+            now.commit_quantile(&earlier, 0.5),
+            Some(Duration::from_micros(125))
+        );
+        assert_eq!(
+            now.commit_quantile(&earlier, 0.99),
+            Some(Duration::from_micros(125))
+        );
+        assert_eq!(
+            now.commit_quantile(&earlier, 1.0),
+            Some(Duration::from_micros(1_000))
+        );
+        // Longer than every bound: counted, but no bound to name.
+        counters.busy(200_000_000);
+        let last = counters.snapshot();
+        assert_eq!(last.commit_times[COMMIT_BUCKETS_US.len()], 1);
+        assert_eq!(last.commit_quantile(&earlier, 1.0), None);
+        assert_eq!(
+            last.commit_quantile(&now, 0.5),
+            None,
+            "the one batch since `now` is beyond the last bound"
+        );
+    }
 }
