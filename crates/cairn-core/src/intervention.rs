@@ -917,10 +917,19 @@ fn forward_deps(state: &PlanState) -> Vec<(String, String)> {
     out
 }
 
-/// A JSON view of what interventions can change, for diffs.
-/// The diffable view of `state`, with only the steps `show` keeps (the others are equal in both
-/// states compared, so leaving them out changes no diff and keeps a large plan's diff cheap).
-fn view(state: &PlanState, show: impl Fn(&str) -> bool, order: bool) -> Value {
+/// The plan's own fields that interventions can change, as a JSON object to diff.
+fn head(state: &PlanState) -> Value {
+    let mut view = Map::new();
+    view.insert("status".into(), state.status.as_str().into());
+    view.insert("version".into(), state.version.into());
+    view.insert("template".into(), serde_json::json!(state.template));
+    view.insert("inputs".into(), state.inputs.clone());
+    Value::Object(view)
+}
+
+/// The diffable view of the steps `show` keeps (the others are equal in both states compared,
+/// so leaving them out changes no diff and keeps a large plan's diff cheap), by id.
+fn steps_view(state: &PlanState, show: impl Fn(&str) -> bool) -> Value {
     let mut steps = Map::new();
     for s in state.steps.iter().filter(|s| show(&s.def.step_id)) {
         let mut v = serde_json::to_value(&s.def).unwrap_or(Value::Null);
@@ -934,22 +943,16 @@ fn view(state: &PlanState, show: impl Fn(&str) -> bool, order: bool) -> Value {
         }
         steps.insert(s.def.step_id.clone(), v);
     }
-    let mut view = Map::new();
-    view.insert("status".into(), state.status.as_str().into());
-    view.insert("version".into(), state.version.into());
-    view.insert("template".into(), serde_json::json!(state.template));
-    view.insert("inputs".into(), state.inputs.clone());
-    if order {
-        view.insert(
-            "order".into(),
-            state.steps.iter().map(|s| s.def.step_id.as_str()).collect(),
-        );
-    }
-    view.insert("steps".into(), Value::Object(steps));
-    Value::Object(view)
+    Value::Object(steps)
 }
 
-/// Every field that differs between two states, as `path: before -> after`.
+/// Every field that differs between two states, as `path: before -> after`: the plan's own
+/// fields (`status`, `version`, `template`, `inputs.…`), then `order` (the step ids in order,
+/// whole, when they changed), then `steps.<id>.<field>`.
+///
+/// Linear in the plan's size: steps are compared by position when the order did not change
+/// (most interventions), else through an index by id; only the steps that differ are turned
+/// into JSON, and the order's lists are made once, for the change that carries them.
 pub fn diff(before: &PlanState, after: &PlanState) -> Vec<Change> {
     fn by_id(s: &PlanState) -> HashMap<&str, &Step> {
         s.steps
@@ -957,32 +960,53 @@ pub fn diff(before: &PlanState, after: &PlanState) -> Vec<Change> {
             .map(|s| (s.def.step_id.as_str(), s))
             .collect()
     }
-    let (was, is) = (by_id(before), by_id(after));
+    fn order(s: &PlanState) -> Value {
+        s.steps.iter().map(|s| s.def.step_id.as_str()).collect()
+    }
+    let same_order = before.steps.len() == after.steps.len()
+        && before
+            .steps
+            .iter()
+            .zip(&after.steps)
+            .all(|(b, a)| b.def.step_id == a.def.step_id);
     // Steps added, changed or removed; every other step is equal in both.
-    let changed: HashSet<&str> = after
-        .steps
-        .iter()
-        .filter(|s| was.get(s.def.step_id.as_str()) != Some(s))
-        .chain(
-            before
-                .steps
-                .iter()
-                .filter(|s| !is.contains_key(s.def.step_id.as_str())),
-        )
-        .map(|s| s.def.step_id.as_str())
-        .collect();
+    let changed: HashSet<&str> = if same_order {
+        before
+            .steps
+            .iter()
+            .zip(&after.steps)
+            .filter(|(b, a)| b != a)
+            .map(|(_, a)| a.def.step_id.as_str())
+            .collect()
+    } else {
+        let (was, is) = (by_id(before), by_id(after));
+        after
+            .steps
+            .iter()
+            .filter(|s| was.get(s.def.step_id.as_str()) != Some(s))
+            .chain(
+                before
+                    .steps
+                    .iter()
+                    .filter(|s| !is.contains_key(s.def.step_id.as_str())),
+            )
+            .map(|s| s.def.step_id.as_str())
+            .collect()
+    };
     let show = |id: &str| changed.contains(id);
-    // The order is compared here, and shown only when it changed (equal, it adds nothing).
-    let order = !before
-        .steps
-        .iter()
-        .map(|s| &s.def.step_id)
-        .eq(after.steps.iter().map(|s| &s.def.step_id));
     let mut out = Vec::new();
+    diff_values("", &head(before), &head(after), &mut out);
+    if !same_order {
+        out.push(Change {
+            path: "order".to_owned(),
+            before: order(before),
+            after: order(after),
+        });
+    }
     diff_values(
-        "",
-        &view(before, show, order),
-        &view(after, show, order),
+        "steps",
+        &steps_view(before, show),
+        &steps_view(after, show),
         &mut out,
     );
     out
@@ -1023,6 +1047,118 @@ fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The diff as it was made before it compared steps by position and made the order's lists
+    /// once: one JSON view of each whole state, order included, diffed field by field.
+    fn diff_of_whole_views(before: &PlanState, after: &PlanState) -> Vec<Change> {
+        fn view(state: &PlanState, show: impl Fn(&str) -> bool, order: bool) -> Value {
+            let mut view = match head(state) {
+                Value::Object(m) => m,
+                _ => unreachable!("the head is an object"),
+            };
+            if order {
+                view.insert(
+                    "order".into(),
+                    state.steps.iter().map(|s| s.def.step_id.as_str()).collect(),
+                );
+            }
+            view.insert("steps".into(), steps_view(state, show));
+            Value::Object(view)
+        }
+        let ids = |s: &PlanState| -> Vec<String> {
+            s.steps.iter().map(|s| s.def.step_id.clone()).collect()
+        };
+        let changed: HashSet<String> = after
+            .steps
+            .iter()
+            .filter(|s| before.steps.iter().find(|b| b.def.step_id == s.def.step_id) != Some(s))
+            .chain(
+                before
+                    .steps
+                    .iter()
+                    .filter(|s| !after.steps.iter().any(|a| a.def.step_id == s.def.step_id)),
+            )
+            .map(|s| s.def.step_id.clone())
+            .collect();
+        let show = |id: &str| changed.contains(id);
+        let order = ids(before) != ids(after);
+        let mut out = Vec::new();
+        diff_values(
+            "",
+            &view(before, show, order),
+            &view(after, show, order),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn a_diff_lists_the_same_changes_in_the_same_order_as_a_diff_of_whole_views() {
+        let definition = crate::Plan::parse(
+            "max_parallel: 1
+steps:
+  - {step_id: a, action: x, agent_type: t, params: {n: 1}}
+  - {step_id: b, action: x, agent_type: t, params: {n: 2}, depends_on: [a]}
+  - {step_id: c, action: x, agent_type: t}
+  - {step_id: d, action: x, agent_type: t, params: {deep: {k: [1, 2]}}}
+  - {step_id: e, action: x, agent_type: t}
+",
+            crate::Format::Yaml,
+        )
+        .expect("the plan is valid");
+        let now = crate::Timestamp::from_micros(1_000_000);
+        let ctx = || crate::decide::Ctx {
+            now,
+            actor: "alice",
+        };
+        let mut state = PlanState::empty("p");
+        crate::decide::handle(
+            &mut state,
+            crate::decide::Command::Register {
+                definition,
+                origin: None,
+            },
+            ctx(),
+        )
+        .expect("registered");
+        crate::decide::handle(
+            &mut state,
+            crate::decide::Command::Start { reason: None },
+            ctx(),
+        )
+        .expect("started");
+        let by = By {
+            user: "alice",
+            reason: None,
+            upgrade: None,
+        };
+        let requests = [
+            json!({"type": "add_step", "step": {"step_id": "f", "action": "x", "agent_type": "t"}}),
+            json!({"type": "add_step", "after": "b", "step": {"step_id": "g", "action": "x", "agent_type": "t", "params": {"q": "?"}}}),
+            json!({"type": "add_step", "before": "a", "step": {"step_id": "h", "action": "x", "agent_type": "t"}}),
+            json!({"type": "remove_step", "step_id": "e"}),
+            json!({"type": "reorder_steps", "order": ["e", "c", "b", "d"]}),
+            json!({"type": "skip_step", "step_id": "c"}),
+            json!({"type": "modify_step", "step_id": "d", "patch": {"params": {"deep": {"k": [3]}, "new": true}}}),
+            json!({"type": "modify_step", "step_id": "e", "patch": {"action": "y"}}),
+        ];
+        let mut compared = 0;
+        for body in requests {
+            let request = InterventionRequest::from_body(body.clone()).expect("a valid request");
+            let mut after = state.clone();
+            mutate(&mut after, &request.kind, now, &by)
+                .unwrap_or_else(|e| panic!("{body} was refused: {}", e.message));
+            let changes = diff(&state, &after);
+            assert!(!changes.is_empty(), "{body} changed nothing");
+            assert_eq!(changes, diff_of_whole_views(&state, &after), "{body}");
+            // Applied one after another too: the next request meets a changed plan.
+            let next = diff(&after, &state);
+            assert_eq!(next, diff_of_whole_views(&after, &state), "{body}, undone");
+            compared += 1;
+        }
+        assert_eq!(compared, 8);
+        assert!(diff(&state, &state).is_empty());
+    }
 
     /// The stored type reads leniently, so input strictness is checked here, by name.
     #[test]
