@@ -91,13 +91,25 @@ pub fn check_templates(value: &Value, path: &str, fault: &mut dyn FnMut(&str, St
             _ => {}
         }
     }
+    // Whether any string within is a template: nearly all params hold none, and then no path
+    // is made at all (its allocation was most of a plain step's check).
+    fn any_template(value: &Value) -> bool {
+        match value {
+            Value::String(s) => is_template(s),
+            Value::Array(items) => items.iter().any(any_template),
+            Value::Object(map) => map.values().any(any_template),
+            _ => false,
+        }
+    }
     match value {
         Value::String(s) if is_template(s) => {
             if let Err(e) = check_template(s) {
                 fault(path, e);
             }
         }
-        Value::Array(_) | Value::Object(_) => walk(value, &mut path.to_owned(), fault),
+        Value::Array(_) | Value::Object(_) if any_template(value) => {
+            walk(value, &mut path.to_owned(), fault)
+        }
         _ => {}
     }
 }
@@ -374,6 +386,28 @@ fn dotted_names(source: &str) -> Vec<Vec<&str>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn bad_templates_are_reported_by_path_however_deep_and_plain_values_by_none() {
+        let check = |value: Value| {
+            let mut found = Vec::new();
+            check_templates(&value, "params", &mut |path, _| found.push(path.to_owned()));
+            found
+        };
+        assert!(
+            check(json!({"n": 1, "q": "plain", "deep": {"k": [1, "x", {"y": null}]}})).is_empty()
+        );
+        assert!(
+            check(json!({"q": "{{ inputs.topic }}"})).is_empty(),
+            "a good template"
+        );
+        assert_eq!(
+            check(json!({"a": 1, "deep": {"k": [1, "{{ nope", {"y": "{{ also"}]}, "q": "{{ bad"})),
+            ["params.deep.k[1]", "params.deep.k[2].y", "params.q"]
+        );
+        assert_eq!(check(json!(["ok", "{{ x"])), ["params[1]"]);
+        assert_eq!(check(json!("{{ x")), ["params"]);
+    }
 
     #[test]
     fn a_sole_expression_keeps_its_type() {
