@@ -503,16 +503,16 @@ impl Plan {
             }
         }
         let ids: Vec<&str> = self.steps.iter().map(|s| s.step_id.as_str()).collect();
-        // A set to look dependencies up in: 10,000 steps each naming one would otherwise cost
-        // 10^8 comparisons.
-        let known: HashSet<&str> = ids.iter().copied().collect();
+        // Where each id is, to look dependencies up in (10,000 steps each naming one would
+        // otherwise cost 10^8 comparisons), here and by the search for a cycle.
+        let index = step_index(&self.steps);
         for (i, step) in self.steps.iter().enumerate() {
             for (k, dep) in step.depends_on.iter().flatten().enumerate() {
                 let doc = format!("steps/{i}/depends_on/{k}");
                 let path = format!("{}.depends_on", step_path(i, &step.step_id));
                 if dep == &step.step_id {
                     out.push(Found::value(doc, path, "a step cannot depend on itself"));
-                } else if !known.contains(dep.as_str()) {
+                } else if !index.contains_key(dep.as_str()) {
                     out.push(Found::value(
                         doc,
                         path,
@@ -526,7 +526,7 @@ impl Plan {
         }
         // A cycle is reported next to other faults: unknown dependencies are left out of the
         // graph, so they do not hide it; a step naming itself was reported just above.
-        if let Some(cycle) = find_cycle(&self.steps).filter(|c| c.len() > 2) {
+        if let Some(cycle) = find_cycle(&self.steps, &index).filter(|c| c.len() > 2) {
             let first = self
                 .steps
                 .iter()
@@ -1138,13 +1138,18 @@ pub fn effective_deps(steps: &[Arc<StepDef>], index: usize) -> Vec<&str> {
     }
 }
 
-/// A cycle in the effective dependency graph, as a path of step ids, if there is one.
-pub fn find_cycle(steps: &[Arc<StepDef>]) -> Option<Vec<String>> {
-    let index: HashMap<&str, usize> = steps
+/// Each step's position by id (of two steps with one id, the later).
+fn step_index(steps: &[Arc<StepDef>]) -> HashMap<&str, usize> {
+    steps
         .iter()
         .enumerate()
         .map(|(i, s)| (s.step_id.as_str(), i))
-        .collect();
+        .collect()
+}
+
+/// A cycle in the effective dependency graph, as a path of step ids, if there is one;
+/// `index` is where each step is by id ([`step_index`]).
+fn find_cycle(steps: &[Arc<StepDef>], index: &HashMap<&str, usize>) -> Option<Vec<String>> {
     // A step's n-th effective dependency, without collecting them (this runs on every
     // validation, and so on every intervention).
     let dep = |node: usize, n: usize| -> Option<&str> {
