@@ -963,12 +963,7 @@ pub fn diff(before: &PlanState, after: &PlanState) -> Vec<Change> {
     fn order(s: &PlanState) -> Value {
         s.steps.iter().map(|s| s.def.step_id.as_str()).collect()
     }
-    let same_order = before.steps.len() == after.steps.len()
-        && before
-            .steps
-            .iter()
-            .zip(&after.steps)
-            .all(|(b, a)| b.def.step_id == a.def.step_id);
+    let same_order = before.same_order(after);
     // Steps added, changed or removed; every other step is equal in both.
     let changed: HashSet<&str> = if same_order {
         before

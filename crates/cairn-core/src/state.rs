@@ -227,12 +227,7 @@ pub struct StepChange {
 impl Restored {
     /// What restoring `target` (the state at a checkpoint) changes in `current`.
     pub fn between(current: &PlanState, target: &PlanState) -> Restored {
-        let same_order = current.steps.len() == target.steps.len()
-            && current
-                .steps
-                .iter()
-                .zip(&target.steps)
-                .all(|(c, t)| c.def.step_id == t.def.step_id);
+        let same_order = current.same_order(target);
         let index: Option<HashMap<&str, &Step>> = (!same_order).then(|| {
             current
                 .steps
@@ -451,6 +446,17 @@ impl PlanState {
 
     /// The position of a step by id: constant time through the step index once a lookup
     /// that can change the state built it (see [`StepIndex`]), else a scan.
+    /// Whether `other` has the same steps, by id, in the same order: then two states' steps
+    /// can be compared by position.
+    pub fn same_order(&self, other: &PlanState) -> bool {
+        self.steps.len() == other.steps.len()
+            && self
+                .steps
+                .iter()
+                .zip(&other.steps)
+                .all(|(a, b)| a.def.step_id == b.def.step_id)
+    }
+
     pub fn index_of(&self, step_id: &str) -> Option<usize> {
         self.step_index.find(&self.steps, step_id)
     }

@@ -146,12 +146,7 @@ impl Effect {
         } = after;
         // Linear in the plan's size: an intervention on a 10,000-step plan compares each step
         // once (by position when the order did not change, else through an index by id).
-        let same_order = before.steps.len() == after.steps.len()
-            && before
-                .steps
-                .iter()
-                .zip(&after.steps)
-                .all(|(b, a)| b.def.step_id == a.def.step_id);
+        let same_order = before.same_order(after);
         let (set, removed, order) = if same_order {
             let set = before
                 .steps
