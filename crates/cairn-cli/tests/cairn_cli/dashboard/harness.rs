@@ -269,6 +269,43 @@ impl Browser {
         }
     }
 
+    /// Clicks `css` until the text of `shows` reads as `pred` wants (bounded), for a click whose
+    /// effect is the only sign that it landed. A page still laying itself out under load can
+    /// move the element between the driver aiming and clicking, and that click lands on what
+    /// moved there instead (a full CI run once left the steps list's "Previous" unturned for
+    /// 90 s while each run alone passed). Each click waits up to 5 s for its effect before the
+    /// next: only for clicks whose effect shows at once (a second landed click would overshoot).
+    pub async fn click_until(
+        &self,
+        css: &str,
+        shows: &str,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            self.click(css).await;
+            let settle = Instant::now() + Duration::from_secs(5);
+            loop {
+                let t = self.text(shows).await;
+                if pred(&t) {
+                    return t;
+                }
+                if Instant::now() > deadline {
+                    self.screenshot("timeout").await;
+                    panic!(
+                        "{what}: {shows} still reads {t:?} after clicking {css} for {:?}",
+                        self.wait
+                    );
+                }
+                if Instant::now() > settle {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     /// The text of `css`.
     pub async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.unwrap_or_default()

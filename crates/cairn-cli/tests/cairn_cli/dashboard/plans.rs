@@ -505,8 +505,7 @@ async fn a_ten_thousand_step_plan_page_opens_and_finds_a_step() {
     })
     .await;
     b.find("#steps-body tr.selected[data-step='s9950']").await;
-    b.click("#steps-prev").await;
-    b.until_text("#steps-page", "the page before", |t| {
+    b.click_until("#steps-prev", "#steps-page", "the page before", |t| {
         t == "9,901–9,950 of 10,000"
     })
     .await;
