@@ -450,13 +450,6 @@ pub(crate) enum Db {
     Postgres(Arc<PgStore>),
 }
 
-/// The write counters both stores keep.
-struct Counts {
-    commits: u64,
-    requests: u64,
-    busy: Duration,
-}
-
 impl Db {
     pub(crate) async fn open(target: &Target) -> Result<Db, Fail> {
         Ok(match target {
@@ -485,20 +478,11 @@ impl Db {
         }
     }
 
-    /// The writer's counters as the store keeps them.
-    fn writer(&self) -> cairn_store::WriterStats {
+    /// The write counters both stores keep.
+    fn stats(&self) -> cairn_store::WriterStats {
         match self {
             Db::Sqlite(s) => s.stats(),
             Db::Postgres(s) => s.writer_stats(),
-        }
-    }
-
-    fn stats(&self) -> Counts {
-        let w = self.writer();
-        Counts {
-            commits: w.commits,
-            requests: w.requests,
-            busy: w.busy,
         }
     }
 
@@ -962,7 +946,7 @@ async fn run_workload(
             let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
             // The store's commits while the requests are timed (theirs and the busy plans'):
             // a request waits for the commit in flight, then for its own.
-            let writer_before = store.writer();
+            let writer_before = store.stats();
             for (k, id) in ids.iter().take(n).enumerate() {
                 let t = Instant::now();
                 engine
@@ -997,7 +981,7 @@ async fn run_workload(
                 engine.cancel(id, "bench", None).await?;
                 cancel.push(ms(t));
             }
-            let writer_after = store.writer();
+            let writer_after = store.stats();
             let commit_ms = |q: f64| {
                 writer_after
                     .commit_quantile(&writer_before, q)

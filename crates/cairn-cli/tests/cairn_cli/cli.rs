@@ -1835,6 +1835,20 @@ fn bench_prints_one_json_object_per_workload() {
             .is_some_and(|x| x > 0.0),
         "{history}"
     );
+    // Control requests beside the store's commits while they were timed (the requests'
+    // own among them), read from the writer's histogram of batch times.
+    for wl in [
+        "control_pause",
+        "control_intervention",
+        "control_resume",
+        "control_cancel",
+    ] {
+        let c = find(wl);
+        let p50 = c["commit_p50_ms"].as_f64();
+        let p99 = c["commit_p99_ms"].as_f64();
+        assert!(p50.is_some_and(|x| x > 0.0), "{c}");
+        assert!(p99.is_some_and(|x| Some(x) >= p50), "{c}");
+    }
     let idle = find("idle");
     assert_eq!(idle["plans"], 30, "{idle}");
     for key in ["server_rss_fresh_mb", "server_rss_after_mb"] {
