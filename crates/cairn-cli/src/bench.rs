@@ -345,16 +345,12 @@ pub(crate) fn rss_mb(field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// CPU time (user + system) this process has used, from `/proc/self/stat` (clock ticks of
-/// 1/100 s, Linux's `USER_HZ`).
+/// CPU time (user + system) every thread of this process has used, to the nanosecond
+/// (`CLOCK_PROCESS_CPUTIME_ID`; `/proc/self/stat` counts 10 ms ticks, and a run of a few
+/// milliseconds then read more CPU than its cores could give).
 fn cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
 }
 
 /// The whole machine's CPU ticks so far, `(busy, all)`, from `/proc/stat`.
@@ -378,6 +374,7 @@ fn machine_ticks() -> (u64, u64) {
 struct Usage {
     cpu: f64,
     machine: (u64, u64),
+    at: Instant,
 }
 
 impl Usage {
@@ -385,6 +382,7 @@ impl Usage {
         Usage {
             cpu: cpu_s(),
             machine: machine_ticks(),
+            at: Instant::now(),
         }
     }
 
@@ -400,10 +398,12 @@ impl Usage {
     fn limits(&self, wall: f64, commits: u64, fsyncs_per_sec: f64) -> Value {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let cpu = self.cpu_s();
+        // The CPU share over the window the CPU time was read in (a little longer than `wall`).
+        let window = self.at.elapsed().as_secs_f64().max(wall);
         let (busy, all) = machine_ticks();
         let machine = (busy - self.machine.0) as f64 / (all - self.machine.1).max(1) as f64;
         let disk = commits as f64 / wall / fsyncs_per_sec.max(1.0);
-        let of_cpu = cpu / wall / cores;
+        let of_cpu = cpu / window / cores;
         json!({
             "fsyncs_per_sec": round(fsyncs_per_sec, 0),
             "commits_per_sec": round(commits as f64 / wall, 0),
