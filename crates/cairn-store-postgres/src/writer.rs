@@ -2,9 +2,9 @@
 //!
 //! It waits for one request, drains whatever else is queued (up to [`MAX_BATCH`]) and runs the
 //! lot in one transaction:
-//! 1. lock the plan rows the batch names (`FOR NO KEY UPDATE`, in pk order, so writers of
-//!    several nodes never deadlock) and read their leases (`FOR NO KEY UPDATE`, in the same
-//!    order, as the renewal of a node's leases locks them: a takeover waits for this
+//! 1. lock the plan rows the batch names (`FOR NO KEY UPDATE`, in the order of their sorted
+//!    ids, so writers of several nodes never deadlock) and read their leases (`FOR NO KEY
+//!    UPDATE`, in plan key order, as the renewal of a node's leases locks them: a takeover waits for this
 //!    transaction, or skips the plan, and never changes a lease under an append in flight; and
 //!    a claim or release of the batch writes a lease it already holds, never upgrading a lock
 //!    another transaction waits on);
@@ -48,6 +48,10 @@ use crate::{from_sql, pg_error, to_sql};
 
 /// The most requests committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
+/// A batch naming at most this many plans reads their leases in the round trip that locks the
+/// plans (looking each plan up again by name); a larger one reads them by key in a round trip
+/// of its own, which costs less than a second lookup of hundreds of plans.
+const LEASES_WITH_LOCKS: usize = 16;
 /// The context of the `COMMIT` statement (a failure there is never retried).
 const COMMIT: &str = "commit";
 /// How many times a batch is retried after a deadlock, a serialization failure or a racing
@@ -109,6 +113,7 @@ struct Conn {
     client: Client,
     lock_plans: Statement,
     read_leases: Statement,
+    read_named_leases: Statement,
     new_pks: Statement,
     insert_plans: Statement,
     insert_events: Statement,
@@ -146,15 +151,36 @@ impl Conn {
             }
         };
         Ok(Conn {
+            // Each plan found by its index (a nested loop over the names: `plan_id =
+            // ANY($1)` would be a filter that compares every row with every name under the
+            // generic plan, milliseconds for a few hundred names) and locked as found, in the
+            // order of the names, which every writer sorts.
             lock_plans: prepare(
-                "SELECT pk, plan_id, last_seq FROM plans WHERE plan_id = ANY($1::text[])
-                 ORDER BY pk FOR NO KEY UPDATE",
+                "SELECT p.pk, p.plan_id, p.last_seq
+                 FROM unnest($1::text[]) AS n(id)
+                 CROSS JOIN LATERAL (
+                     SELECT pk, plan_id, last_seq FROM plans WHERE plan_id = n.id
+                     OFFSET 0 FOR NO KEY UPDATE
+                 ) AS p",
             )
             .await?,
             read_leases: prepare(
                 "SELECT plan_pk, node, token, released, expires_at, expires_at <= cairn_now()
                  FROM leases WHERE plan_pk = ANY($1::bigint[])
                  ORDER BY plan_pk FOR NO KEY UPDATE",
+            )
+            .await?,
+            // The same for a small batch, sent with `lock_plans` (so by the plans' names: it
+            // runs after it, in the same transaction, and finds the plans it locked; a plan
+            // another node created in between may have its lease read too, which the batch
+            // never uses).
+            read_named_leases: prepare(
+                "SELECT l.plan_pk, l.node, l.token, l.released, l.expires_at,
+                        l.expires_at <= cairn_now()
+                 FROM unnest($1::text[]) AS n(id)
+                 CROSS JOIN LATERAL (SELECT pk FROM plans WHERE plan_id = n.id OFFSET 0) AS p
+                 JOIN leases l ON l.plan_pk = p.pk
+                 ORDER BY l.plan_pk FOR NO KEY UPDATE OF l",
             )
             .await?,
             new_pks: prepare(
@@ -711,9 +737,10 @@ struct ReviewCols {
 }
 
 /// One attempt at the batch, in one transaction: the answers and the number of events
-/// committed. A batch of appends takes three round trips: `BEGIN`
-/// with the plans' rows locked; their leases; then the writes (the events take their ids as
-/// they are inserted), the notification and `COMMIT`, sent together. A
+/// committed. A small batch takes two round trips: `BEGIN` with the plans' rows locked, their
+/// leases and (for creates) new plan keys; then the writes (the events take their ids as they
+/// are inserted), the notification and `COMMIT`, each lot sent together. A batch naming more
+/// than [`LEASES_WITH_LOCKS`] plans reads the leases in a round trip between the two. A
 /// batch that fails is rolled back here (a statement that failed before `COMMIT` aborted the
 /// transaction, and `COMMIT` then rolled it back; one that failed before `COMMIT` was sent
 /// left it open).
@@ -782,10 +809,12 @@ async fn transaction_in(
         c.notify.clone(),
         c.put_leases.clone(),
         c.first_events.clone(),
+        c.read_named_leases.clone(),
     );
     let tx = &c.client;
-    // Sent together: one round trip.
-    let ((), rows) = futures_util::future::try_join(
+    let early = names.len() <= LEASES_WITH_LOCKS;
+    // Sent together, in this order: one round trip.
+    let ((), rows, early_leases, new_pks) = futures_util::future::try_join4(
         async {
             tx.batch_execute("BEGIN")
                 .await
@@ -795,6 +824,26 @@ async fn transaction_in(
             tx.query(&stmts.0, &[&names])
                 .await
                 .map_err(db("lock plans"))
+        },
+        async {
+            if !early {
+                return Ok(Vec::new());
+            }
+            tx.query(&stmts.10, &[&names])
+                .await
+                .map_err(db("read leases"))
+        },
+        async {
+            if creates == 0 {
+                return Ok(Vec::new());
+            }
+            Ok(tx
+                .query(&stmts.2, &[&creates])
+                .await
+                .map_err(db("allocate plan keys"))?
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect::<Vec<i64>>())
         },
     )
     .await?;
@@ -811,35 +860,26 @@ async fn transaction_in(
             },
         );
     }
-    let mut leases = HashMap::new();
-    if !pks.is_empty() {
-        for r in tx
-            .query(&stmts.1, &[&pks])
+    let lease_rows = if early || pks.is_empty() {
+        early_leases
+    } else {
+        tx.query(&stmts.1, &[&pks])
             .await
             .map_err(db("read leases"))?
-        {
-            leases.insert(
-                r.get::<_, i64>(0),
-                Lease {
-                    node: r.get(1),
-                    token: from_sql(r.get(2)),
-                    released: r.get(3),
-                    expires_at: r.get(4),
-                    expired: r.get(5),
-                },
-            );
-        }
-    }
-    let new_pks: Vec<i64> = if creates > 0 {
-        tx.query(&stmts.2, &[&creates])
-            .await
-            .map_err(db("allocate plan keys"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    } else {
-        Vec::new()
     };
+    let mut leases = HashMap::with_capacity(lease_rows.len());
+    for r in &lease_rows {
+        leases.insert(
+            r.get::<_, i64>(0),
+            Lease {
+                node: r.get(1),
+                token: from_sql(r.get(2)),
+                released: r.get(3),
+                expires_at: r.get(4),
+                expired: r.get(5),
+            },
+        );
+    }
     let mut new_pks = new_pks.into_iter();
     let mut decider = Decider {
         plans,
@@ -1182,4 +1222,154 @@ async fn transaction_in(
         }
     }
     Ok((answers, n_events as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cairn_store::conformance::ev;
+    use cairn_store::{EventLog, PlanIndex};
+
+    use super::*;
+    use crate::{PgOptions, PgStore};
+
+    async fn store() -> Option<PgStore> {
+        let Ok(url) = std::env::var("CAIRN_TEST_DATABASE_URL") else {
+            eprintln!("skipped: CAIRN_TEST_DATABASE_URL is not set (no PostgreSQL to test with)");
+            return None;
+        };
+        let mut buf = [0u8; 8];
+        getrandom::fill(&mut buf).unwrap();
+        let schema: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+        let opts = PgOptions {
+            pool_size: 2,
+            schema: Some(format!("cairn_t_{schema}")),
+            ..PgOptions::default()
+        };
+        Some(PgStore::connect(&url, opts).await.unwrap())
+    }
+
+    fn append(plan_id: &str, expected_seq: u64, fence: Option<Fence>) -> Op {
+        Op::Append(Append {
+            plan_id: plan_id.into(),
+            expected_seq,
+            fence,
+            state: None,
+            events: vec![ev(expected_seq + 1, "step")],
+            reviews: Vec::new(),
+        })
+    }
+
+    /// One batch of `n` plans' fenced appends with a stale one, a wrong fence, a claim of a
+    /// held lease, a release and an unknown plan among them is decided request by request, as
+    /// requests one at a time would be: with few plans the leases are read in the round trip
+    /// that locks the plans, with many in one of their own. (A current-thread runtime: the
+    /// writer task cannot run until every request is queued, so they make one batch.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_of_few_plans_and_one_of_many_decide_each_request_alike() {
+        let Some(store) = store().await else { return };
+        for n in [3, LEASES_WITH_LOCKS + 24] {
+            let name = |i: usize| format!("n{n}-{i}");
+            let mut fences = Vec::new();
+            for i in 0..n {
+                let create = CreatePlan {
+                    plan_id: name(i),
+                    created_at: 1,
+                    state: "running".into(),
+                    events: vec![ev(1, "created")],
+                    reviews: Vec::new(),
+                };
+                let (_, fence) = store
+                    .create_plan_leased(create, "node-a", 60_000, 1)
+                    .await
+                    .unwrap();
+                fences.push(fence.expect("the lease is taken with the plan"));
+            }
+            let before = store.writer_stats();
+            let mut ops: Vec<Op> = (0..n)
+                .map(|i| append(&name(i), 1, Some(fences[i].clone())))
+                .collect();
+            // Seen before its plan's append above commits in the same batch: a conflict.
+            ops.push(append(&name(0), 1, Some(fences[0].clone())));
+            let stale = Fence {
+                node: "node-a".into(),
+                token: fences[1].token + 1,
+            };
+            ops.push(append(&name(1), 2, Some(stale)));
+            ops.push(Op::Claim {
+                plan_id: name(2),
+                node: "node-b".into(),
+                ttl: 60_000_000,
+                incarnation: false,
+            });
+            ops.push(Op::Release {
+                plan_id: name(n - 1),
+                fence: fences[n - 1].clone(),
+            });
+            ops.push(append("nobody", 1, None));
+            let total = ops.len();
+            let mut answers = Vec::new();
+            for op in ops {
+                let (reply, answer) = oneshot::channel();
+                store.writes.send(Request { op, reply }).unwrap();
+                answers.push(answer);
+            }
+            let mut results = Vec::new();
+            for answer in answers {
+                let result = tokio::time::timeout(Duration::from_secs(10), answer)
+                    .await
+                    .expect("the writer answers within 10 s")
+                    .unwrap();
+                results.push(result);
+            }
+            let after = store.writer_stats();
+            assert_eq!(after.requests - before.requests, total as u64, "n = {n}");
+            assert_eq!(after.commits - before.commits, 1, "one batch, n = {n}");
+            let mut results = results.into_iter();
+            let mut ids = Vec::new();
+            for i in 0..n {
+                match results.next() {
+                    Some(Ok(Outcome::Events(events))) => {
+                        assert_eq!((events[0].plan_id.as_str(), events[0].seq), (&*name(i), 2));
+                        ids.push(events[0].id);
+                    }
+                    other => panic!("n = {n}, plan {i}: {:?}", other.map(|r| r.err())),
+                }
+            }
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in request order");
+            let rest: Vec<Option<StoreError>> = results.map(|r| r.err()).collect();
+            assert!(
+                matches!(
+                    &rest[0],
+                    Some(StoreError::SeqConflict {
+                        expected: 1,
+                        actual: 2,
+                        ..
+                    })
+                ),
+                "{:?}",
+                rest[0]
+            );
+            assert!(
+                matches!(&rest[1], Some(StoreError::Fenced { .. })),
+                "{:?}",
+                rest[1]
+            );
+            assert!(
+                matches!(&rest[2], Some(StoreError::LeaseHeld { .. })),
+                "{:?}",
+                rest[2]
+            );
+            assert!(rest[3].is_none(), "the release: {:?}", rest[3]);
+            assert!(
+                matches!(&rest[4], Some(StoreError::NotFound(_))),
+                "{:?}",
+                rest[4]
+            );
+            for i in 0..n {
+                assert_eq!(store.get_plan(&name(i)).await.unwrap().unwrap().last_seq, 2);
+            }
+        }
+    }
 }
