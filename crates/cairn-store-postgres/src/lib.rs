@@ -111,6 +111,8 @@ pub struct PgStore {
     pool: Pool,
     config: tokio_postgres::Config,
     writes: mpsc::UnboundedSender<writer::Request>,
+    /// The writer's connection, which a caller finding the writer idle uses itself.
+    shared: Arc<writer::Shared>,
     stats: Arc<writer::Stats>,
     hint: Arc<Notify>,
     session: mpsc::Sender<session::Command>,
@@ -203,13 +205,13 @@ impl PgStore {
         ));
         let channel = commit_channel(&namespace);
         let own = Arc::new(session::OwnWriter::default());
-        tokio::spawn(writer::run(
+        let shared = Arc::new(writer::Shared::new(
             writer_config,
             channel.clone(),
-            rx,
             stats.clone(),
             own.clone(),
         ));
+        tokio::spawn(writer::run(shared.clone(), rx));
         let hint = Arc::new(Notify::new());
         let session_state = Arc::new(session::State::default());
         let (session, commands) = mpsc::channel(16);
@@ -239,6 +241,7 @@ impl PgStore {
             pool,
             config,
             writes,
+            shared,
             stats,
             hint,
             session,
@@ -289,7 +292,14 @@ impl PgStore {
     }
 
     async fn write(&self, op: writer::Op) -> StoreResult<writer::Outcome> {
+        // Nothing queued and nothing being committed: commit here, without waking the writer
+        // task and being woken by it (see `writer::Shared`).
+        let op = match self.shared.commit_if_idle(op).await {
+            Ok(result) => return result,
+            Err(op) => op,
+        };
         let (reply, answer) = oneshot::channel();
+        self.shared.queued();
         self.writes
             .send(writer::Request { op, reply })
             .map_err(|_| StoreError::Backend("the store's writer task stopped".into()))?;

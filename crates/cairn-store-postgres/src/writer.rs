@@ -1,7 +1,8 @@
 //! The writer task: group commit of creates and appends on one dedicated connection.
 //!
 //! It waits for one request, drains whatever else is queued (up to [`MAX_BATCH`]) and runs the
-//! lot in one transaction:
+//! lot in one transaction (a request that finds the writer idle runs the same transaction in
+//! its caller's task instead: see [`Shared`]):
 //! 1. lock the plan rows the batch names (`FOR NO KEY UPDATE`, in the order of their sorted
 //!    ids, so writers of several nodes never deadlock) and read their leases (`FOR NO KEY
 //!    UPDATE`, in plan key order, as the renewal of a node's leases locks them: a takeover waits for this
@@ -33,6 +34,7 @@
 //! the next batch.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -260,17 +262,106 @@ impl Conn {
     }
 }
 
-/// Serves requests until every sender is gone.
-pub(crate) async fn run(
+/// The writer's connection, shared by the writer task and by callers that find it idle.
+///
+/// A request normally goes through the channel to the writer task, which commits whatever is
+/// queued in one transaction (group commit) and answers. That costs two task hand-offs per
+/// request, each the wake-up of a task that may sleep on another thread: on a virtual machine
+/// more than the engine's own work on a step. So a caller that finds nothing queued and
+/// nothing being committed runs its request's transaction itself, in its own task (as the
+/// SQLite store does on its own thread). Under load requests are always queued or in flight,
+/// and they go to the writer task as before, which groups them.
+///
+/// `pending` counts the requests sent and not yet answered by the task, plus an inline commit
+/// in progress; a caller commits inline only by moving it from 0 to 1. The connection's mutex
+/// orders the two: what the task takes from the queue waits for the inline commit in progress.
+pub(crate) struct Shared {
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    pending: AtomicUsize,
     config: tokio_postgres::Config,
     channel: String,
-    mut rx: mpsc::UnboundedReceiver<Request>,
     stats: Arc<Stats>,
     own: Arc<OwnWriter>,
-) {
-    let mut conn: Option<Conn> = None;
+}
+
+/// Gives the writer back when an inline commit ends, or when its caller stops waiting midway
+/// (a transaction left open is rolled back by the next batch: see `Conn::open`).
+struct Inline<'a>(&'a AtomicUsize);
+
+impl Drop for Inline<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: tokio_postgres::Config,
+        channel: String,
+        stats: Arc<Stats>,
+        own: Arc<OwnWriter>,
+    ) -> Shared {
+        Shared {
+            conn: tokio::sync::Mutex::new(None),
+            pending: AtomicUsize::new(0),
+            config,
+            channel,
+            stats,
+            own,
+        }
+    }
+
+    /// Commits `op` in the caller's task when the writer is idle (nothing queued, nothing being
+    /// committed); gives it back otherwise, to be counted with [`Shared::queued`] and sent.
+    pub(crate) async fn commit_if_idle(&self, op: Op) -> Result<StoreResult<Outcome>, Op> {
+        if self
+            .pending
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(op);
+        }
+        let _inline = Inline(&self.pending);
+        let mut conn = self.conn.lock().await;
+        self.stats.inline();
+        let mut results = self.serve(&mut conn, vec![op]).await;
+        Ok(results.pop().unwrap_or_else(|| {
+            Err(StoreError::Backend(
+                "the postgres writer lost an answer".into(),
+            ))
+        }))
+    }
+
+    /// Counts a request about to be sent to the writer task.
+    pub(crate) fn queued(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Commits one batch, counting it and the time it took.
+    async fn serve(&self, conn: &mut Option<Conn>, ops: Vec<Op>) -> Vec<StoreResult<Outcome>> {
+        let started = Instant::now();
+        self.stats.batch(ops.len() as u64);
+        let results = commit(
+            &self.config,
+            &self.channel,
+            conn,
+            &ops,
+            &self.stats,
+            &self.own,
+        )
+        .await;
+        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.busy(busy);
+        results
+    }
+}
+
+/// Serves requests until every sender is gone.
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
+        // Waits for an inline commit in progress; whatever is queued meanwhile joins the batch.
+        let mut conn = shared.conn.lock().await;
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -278,17 +369,16 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let n = batch.len() as u64;
-        stats.batch(n);
+        let taken = batch.len();
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).map(|r| (r.op, r.reply)).unzip();
-        let results = commit(&config, &channel, &mut conn, &ops, &stats, &own).await;
+        let results = shared.serve(&mut conn, ops).await;
+        drop(conn);
+        // Before answering: a caller answered may commit its next request itself.
+        shared.pending.fetch_sub(taken, Ordering::AcqRel);
         for (reply, result) in replies.into_iter().zip(results) {
             // The caller may have stopped waiting; the write stands regardless.
             let _ = reply.send(result);
         }
-        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        stats.busy(busy);
     }
 }
 
@@ -1312,6 +1402,7 @@ mod tests {
             let mut answers = Vec::new();
             for op in ops {
                 let (reply, answer) = oneshot::channel();
+                store.shared.queued();
                 store.writes.send(Request { op, reply }).unwrap();
                 answers.push(answer);
             }
@@ -1371,5 +1462,80 @@ mod tests {
                 assert_eq!(store.get_plan(&name(i)).await.unwrap().unwrap().last_seq, 2);
             }
         }
+    }
+
+    /// A write that finds the writer idle is committed by its caller; writes that come while
+    /// it is committed wait in the queue and are committed together after it, by the task.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_write_commits_inline_and_writes_behind_it_share_one_batch() {
+        let Some(store) = store().await else { return };
+        let store = Arc::new(store);
+        for i in 0..4 {
+            let create = CreatePlan {
+                plan_id: format!("p{i}"),
+                created_at: 1,
+                state: "running".into(),
+                events: vec![ev(1, "created")],
+                reviews: Vec::new(),
+            };
+            store.create_plan(create).await.unwrap();
+        }
+        let before = store.writer_stats();
+        let lone = Append {
+            plan_id: "p0".into(),
+            expected_seq: 1,
+            fence: None,
+            state: None,
+            events: vec![ev(2, "step")],
+            reviews: Vec::new(),
+        };
+        store.append(lone).await.unwrap();
+        let after = store.writer_stats();
+        assert_eq!(after.inline_commits - before.inline_commits, 1);
+        assert_eq!(after.commits - before.commits, 1);
+
+        // The connection held: the first of three writes claims it inline and waits for it,
+        // the other two find the writer busy and queue.
+        let held = store.shared.conn.lock().await;
+        let mut tasks = Vec::new();
+        for i in 1..4 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Append {
+                    plan_id: format!("p{i}"),
+                    expected_seq: 1,
+                    fence: None,
+                    state: None,
+                    events: vec![ev(2, "step")],
+                    reviews: Vec::new(),
+                };
+                store.append(req).await
+            }));
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.shared.pending.load(Ordering::Acquire) < 3 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("three writes pending within 10 s");
+        drop(held);
+        for task in tasks {
+            let events = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("answered within 10 s")
+                .unwrap()
+                .unwrap();
+            assert_eq!(events[0].seq, 2);
+        }
+        let end = store.writer_stats();
+        assert_eq!(end.inline_commits - after.inline_commits, 1);
+        assert_eq!(
+            end.commits - after.commits,
+            2,
+            "one inline, one batch of two"
+        );
+        assert_eq!(end.requests - after.requests, 3);
+        assert_eq!(store.shared.pending.load(Ordering::Acquire), 0);
     }
 }
