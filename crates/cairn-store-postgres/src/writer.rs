@@ -284,13 +284,31 @@ pub(crate) struct Shared {
     own: Arc<OwnWriter>,
 }
 
-/// Gives the writer back when an inline commit ends, or when its caller stops waiting midway
-/// (a transaction left open is rolled back by the next batch: see `Conn::open`).
-struct Inline<'a>(&'a AtomicUsize);
+/// Gives the writer back when an inline commit ends, or when its caller stops waiting midway.
+/// Then the transaction may still be open, holding its plans' rows and perhaps the id counter
+/// every node's writer needs: a task rolls it back at once (the next batch would too, but
+/// none may come for a while, and the server would end the session only after seconds).
+struct Inline<'a> {
+    shared: &'a Arc<Shared>,
+    done: bool,
+}
 
 impl Drop for Inline<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if !self.done {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let shared = self.shared.clone();
+                runtime.spawn(async move {
+                    let mut conn = shared.conn.lock().await;
+                    if let Some(c) = conn.as_mut().filter(|c| c.open) {
+                        if c.client.batch_execute("ROLLBACK").await.is_ok() {
+                            c.open = false;
+                        }
+                    }
+                });
+            }
+        }
+        self.shared.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -313,7 +331,10 @@ impl Shared {
 
     /// Commits `op` in the caller's task when the writer is idle (nothing queued, nothing being
     /// committed); gives it back otherwise, to be counted with [`Shared::queued`] and sent.
-    pub(crate) async fn commit_if_idle(&self, op: Op) -> Result<StoreResult<Outcome>, Op> {
+    pub(crate) async fn commit_if_idle(
+        self: &Arc<Self>,
+        op: Op,
+    ) -> Result<StoreResult<Outcome>, Op> {
         if self
             .pending
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
@@ -321,10 +342,17 @@ impl Shared {
         {
             return Err(op);
         }
-        let _inline = Inline(&self.pending);
+        let mut inline = Inline {
+            shared: self,
+            done: false,
+        };
         let mut conn = self.conn.lock().await;
         self.stats.inline();
         let mut results = self.serve(&mut conn, vec![op]).await;
+        inline.done = true;
+        // The connection is free before the count says so.
+        drop(conn);
+        drop(inline);
         Ok(results.pop().unwrap_or_else(|| {
             Err(StoreError::Backend(
                 "the postgres writer lost an answer".into(),
@@ -1537,5 +1565,67 @@ mod tests {
         );
         assert_eq!(end.requests - after.requests, 3);
         assert_eq!(store.shared.pending.load(Ordering::Acquire), 0);
+    }
+
+    /// An inline commit whose caller stops waiting midway leaves no transaction open: it is
+    /// rolled back at once, without another write coming (the server would otherwise end the
+    /// session after seconds, the id counter held meanwhile if the insert had been sent).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_inline_commit_dropped_midway_is_rolled_back_at_once() {
+        use futures_util::FutureExt;
+        let Some(store) = store().await else { return };
+        let create = CreatePlan {
+            plan_id: "p".into(),
+            created_at: 1,
+            state: "running".into(),
+            events: vec![ev(1, "created")],
+            reviews: Vec::new(),
+        };
+        store.create_plan(create).await.unwrap();
+        let req = Append {
+            plan_id: "p".into(),
+            expected_seq: 1,
+            fence: None,
+            state: None,
+            events: vec![ev(2, "step")],
+            reviews: Vec::new(),
+        };
+        // Polled once: it has sent `BEGIN` and the lock, and waits for their answer.
+        assert!(store.append(req).now_or_never().is_none());
+        let app = format!("cairn-writer:{}", store.namespace);
+        let client = store.pool().get().await.unwrap();
+        let state = |expected: &'static str| {
+            let (client, app) = (&client, &app);
+            async move {
+                loop {
+                    let row = client
+                        .query_opt(
+                            "SELECT state FROM pg_stat_activity WHERE application_name = $1",
+                            &[app],
+                        )
+                        .await
+                        .unwrap();
+                    if row.map(|r| r.get::<_, String>(0)).as_deref() == Some(expected) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3), state("idle"))
+            .await
+            .expect("the writer's session is idle, not in a transaction, within 3 s");
+        assert_eq!(store.shared.pending.load(Ordering::Acquire), 0);
+        // The plan was left as it was, and the next write goes through.
+        assert_eq!(store.get_plan("p").await.unwrap().unwrap().last_seq, 1);
+        let again = Append {
+            plan_id: "p".into(),
+            expected_seq: 1,
+            fence: None,
+            state: None,
+            events: vec![ev(2, "step")],
+            reviews: Vec::new(),
+        };
+        store.append(again).await.unwrap();
     }
 }
