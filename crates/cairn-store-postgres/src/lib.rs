@@ -294,10 +294,11 @@ impl PgStore {
     async fn write(&self, op: writer::Op) -> StoreResult<writer::Outcome> {
         // Nothing queued and nothing being committed: commit here, without waking the writer
         // task and being woken by it (see `writer::Shared`).
-        let op = match self.shared.commit_if_idle(op).await {
-            Ok(result) => return result,
-            Err(op) => op,
-        };
+        // Boxed: a transaction's future is large, and every write's future (a thousand
+        // appends in flight under load, when the writer is never idle) would carry its room.
+        if let Some(inline) = self.shared.claim_idle() {
+            return Box::pin(self.shared.commit_claimed(inline, op)).await;
+        }
         let (reply, answer) = oneshot::channel();
         self.shared.queued();
         self.writes

@@ -284,16 +284,17 @@ pub(crate) struct Shared {
     own: Arc<OwnWriter>,
 }
 
-/// Gives the writer back when an inline commit ends, or when its caller stops waiting midway.
-/// Then the transaction may still be open, holding its plans' rows and perhaps the id counter
-/// every node's writer needs: a task rolls it back at once (the next batch would too, but
-/// none may come for a while, and the server would end the session only after seconds).
-struct Inline<'a> {
-    shared: &'a Arc<Shared>,
+/// The writer claimed for one inline commit ([`Shared::claim_idle`]). Gives the writer back
+/// when the commit ends, or when its caller stops waiting midway. Then the transaction may
+/// still be open, holding its plans' rows and perhaps the id counter every node's writer needs:
+/// a task rolls it back at once (the next batch would too, but none may come for a while, and
+/// the server would end the session only after seconds).
+pub(crate) struct Inline {
+    shared: Arc<Shared>,
     done: bool,
 }
 
-impl Drop for Inline<'_> {
+impl Drop for Inline {
     fn drop(&mut self) {
         if !self.done {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -329,23 +330,21 @@ impl Shared {
         }
     }
 
-    /// Commits `op` in the caller's task when the writer is idle (nothing queued, nothing being
-    /// committed); gives it back otherwise, to be counted with [`Shared::queued`] and sent.
-    pub(crate) async fn commit_if_idle(
-        self: &Arc<Self>,
-        op: Op,
-    ) -> Result<StoreResult<Outcome>, Op> {
-        if self
-            .pending
+    /// Claims the writer for a commit in the caller's task when it is idle (nothing queued,
+    /// nothing being committed); `None` otherwise, and the caller counts its request with
+    /// [`Shared::queued`] and sends it.
+    pub(crate) fn claim_idle(self: &Arc<Self>) -> Option<Inline> {
+        self.pending
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Err(op);
-        }
-        let mut inline = Inline {
-            shared: self,
-            done: false,
-        };
+            .ok()
+            .map(|_| Inline {
+                shared: self.clone(),
+                done: false,
+            })
+    }
+
+    /// Commits `op` in the caller's task, after [`Shared::claim_idle`] said yes.
+    pub(crate) async fn commit_claimed(&self, mut inline: Inline, op: Op) -> StoreResult<Outcome> {
         let mut conn = self.conn.lock().await;
         self.stats.inline();
         let mut results = self.serve(&mut conn, vec![op]).await;
@@ -353,11 +352,11 @@ impl Shared {
         // The connection is free before the count says so.
         drop(conn);
         drop(inline);
-        Ok(results.pop().unwrap_or_else(|| {
+        results.pop().unwrap_or_else(|| {
             Err(StoreError::Backend(
                 "the postgres writer lost an answer".into(),
             ))
-        }))
+        })
     }
 
     /// Counts a request about to be sent to the writer task.
