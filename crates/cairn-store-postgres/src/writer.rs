@@ -1345,7 +1345,7 @@ async fn transaction_in(
 mod tests {
     use std::time::Duration;
 
-    use cairn_store::conformance::ev;
+    use cairn_store::conformance;
     use cairn_store::{EventLog, PlanIndex};
 
     use super::*;
@@ -1367,15 +1367,21 @@ mod tests {
         Some(PgStore::connect(&url, opts).await.unwrap())
     }
 
-    fn append(plan_id: &str, expected_seq: u64, fence: Option<Fence>) -> Op {
-        Op::Append(Append {
-            plan_id: plan_id.into(),
-            expected_seq,
+    /// A plan with one event.
+    fn create(plan_id: &str) -> CreatePlan {
+        conformance::create(plan_id, 1, 1)
+    }
+
+    /// One event after `expected_seq`.
+    fn step(plan_id: &str, expected_seq: u64, fence: Option<Fence>) -> Append {
+        Append {
             fence,
-            state: None,
-            events: vec![ev(expected_seq + 1, "step")],
-            reviews: Vec::new(),
-        })
+            ..conformance::append(plan_id, expected_seq, 1)
+        }
+    }
+
+    fn append(plan_id: &str, expected_seq: u64, fence: Option<Fence>) -> Op {
+        Op::Append(step(plan_id, expected_seq, fence))
     }
 
     /// One batch of `n` plans' fenced appends with a stale one, a wrong fence, a claim of a
@@ -1390,15 +1396,8 @@ mod tests {
             let name = |i: usize| format!("n{n}-{i}");
             let mut fences = Vec::new();
             for i in 0..n {
-                let create = CreatePlan {
-                    plan_id: name(i),
-                    created_at: 1,
-                    state: "running".into(),
-                    events: vec![ev(1, "created")],
-                    reviews: Vec::new(),
-                };
                 let (_, fence) = store
-                    .create_plan_leased(create, "node-a", 60_000, 1)
+                    .create_plan_leased(create(&name(i)), "node-a", 60_000, 1)
                     .await
                     .unwrap();
                 fences.push(fence.expect("the lease is taken with the plan"));
@@ -1498,24 +1497,10 @@ mod tests {
         let Some(store) = store().await else { return };
         let store = Arc::new(store);
         for i in 0..4 {
-            let create = CreatePlan {
-                plan_id: format!("p{i}"),
-                created_at: 1,
-                state: "running".into(),
-                events: vec![ev(1, "created")],
-                reviews: Vec::new(),
-            };
-            store.create_plan(create).await.unwrap();
+            store.create_plan(create(&format!("p{i}"))).await.unwrap();
         }
         let before = store.writer_stats();
-        let lone = Append {
-            plan_id: "p0".into(),
-            expected_seq: 1,
-            fence: None,
-            state: None,
-            events: vec![ev(2, "step")],
-            reviews: Vec::new(),
-        };
+        let lone = step("p0", 1, None);
         store.append(lone).await.unwrap();
         let after = store.writer_stats();
         assert_eq!(after.inline_commits - before.inline_commits, 1);
@@ -1528,14 +1513,7 @@ mod tests {
         for i in 1..4 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                let req = Append {
-                    plan_id: format!("p{i}"),
-                    expected_seq: 1,
-                    fence: None,
-                    state: None,
-                    events: vec![ev(2, "step")],
-                    reviews: Vec::new(),
-                };
+                let req = step(&format!("p{i}"), 1, None);
                 store.append(req).await
             }));
         }
@@ -1573,22 +1551,8 @@ mod tests {
     async fn an_inline_commit_dropped_midway_is_rolled_back_at_once() {
         use futures_util::FutureExt;
         let Some(store) = store().await else { return };
-        let create = CreatePlan {
-            plan_id: "p".into(),
-            created_at: 1,
-            state: "running".into(),
-            events: vec![ev(1, "created")],
-            reviews: Vec::new(),
-        };
-        store.create_plan(create).await.unwrap();
-        let req = Append {
-            plan_id: "p".into(),
-            expected_seq: 1,
-            fence: None,
-            state: None,
-            events: vec![ev(2, "step")],
-            reviews: Vec::new(),
-        };
+        store.create_plan(create("p")).await.unwrap();
+        let req = step("p", 1, None);
         // Polled once: it has sent `BEGIN` and the lock, and waits for their answer.
         assert!(store.append(req).now_or_never().is_none());
         let app = format!("cairn-writer:{}", store.namespace);
@@ -1617,14 +1581,7 @@ mod tests {
         assert_eq!(store.shared.pending.load(Ordering::Acquire), 0);
         // The plan was left as it was, and the next write goes through.
         assert_eq!(store.get_plan("p").await.unwrap().unwrap().last_seq, 1);
-        let again = Append {
-            plan_id: "p".into(),
-            expected_seq: 1,
-            fence: None,
-            state: None,
-            events: vec![ev(2, "step")],
-            reviews: Vec::new(),
-        };
+        let again = step("p", 1, None);
         store.append(again).await.unwrap();
     }
 }

@@ -106,7 +106,8 @@ fn cp(seq: u64, trigger: &str, label: Option<&str>) -> NewEvent {
     }
 }
 
-fn create(plan_id: &str, created_at: Micros, n: u64) -> CreatePlan {
+/// A plan created at `created_at` with `n` events.
+pub fn create(plan_id: &str, created_at: Micros, n: u64) -> CreatePlan {
     CreatePlan {
         plan_id: plan_id.into(),
         created_at,
@@ -116,7 +117,8 @@ fn create(plan_id: &str, created_at: Micros, n: u64) -> CreatePlan {
     }
 }
 
-fn append(plan_id: &str, expected_seq: u64, n: u64) -> Append {
+/// `n` events appended after `expected_seq`, without a fence.
+pub fn append(plan_id: &str, expected_seq: u64, n: u64) -> Append {
     Append {
         plan_id: plan_id.into(),
         expected_seq,
