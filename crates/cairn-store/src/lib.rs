@@ -294,10 +294,12 @@ pub struct WriterStats {
 }
 
 /// Upper bounds, in microseconds, of the buckets that count batches by the time they took
-/// ([`WriterStats::commit_times`]): about a fifth apart below 10 ms, where commits are.
-pub const COMMIT_BUCKETS_US: [u64; 27] = [
+/// ([`WriterStats::commit_times`]): about a fifth apart below 10 ms, where commits are, then
+/// coarser up to 10 s (a disk that stalls on a busy machine still has its tail named).
+pub const COMMIT_BUCKETS_US: [u64; 30] = [
     50, 75, 100, 125, 150, 175, 200, 250, 300, 350, 400, 500, 600, 700, 800, 1_000, 1_250, 1_500,
-    2_000, 2_500, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 100_000,
+    2_000, 2_500, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 25_000, 100_000, 1_000_000,
+    10_000_000,
 ];
 
 impl WriterStats {
@@ -885,7 +887,7 @@ mod tests {
             Some(Duration::from_micros(1_000))
         );
         // Longer than every bound: counted, but no bound to name.
-        counters.busy(200_000_000);
+        counters.busy(20_000_000_000); // 20 s
         let last = counters.snapshot();
         assert_eq!(last.commit_times[COMMIT_BUCKETS_US.len()], 1);
         assert_eq!(last.commit_quantile(&earlier, 1.0), None);
