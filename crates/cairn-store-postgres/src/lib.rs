@@ -113,7 +113,6 @@ pub struct PgStore {
     writes: mpsc::UnboundedSender<writer::Request>,
     /// The writer's connection, which a caller finding the writer idle uses itself.
     shared: Arc<writer::Shared>,
-    stats: Arc<writer::Stats>,
     hint: Arc<Notify>,
     session: mpsc::Sender<session::Command>,
     session_state: Arc<session::State>,
@@ -192,7 +191,6 @@ impl PgStore {
             let mut client = pool_client(&pool).await?;
             migrate::run(&mut client).await?;
         }
-        let stats = Arc::new(writer::Stats::default());
         let (writes, rx) = mpsc::unbounded_channel();
         let mut writer_config = config.clone();
         writer_config.application_name(format!("cairn-writer:{namespace}"));
@@ -208,7 +206,6 @@ impl PgStore {
         let shared = Arc::new(writer::Shared::new(
             writer_config,
             channel.clone(),
-            stats.clone(),
             own.clone(),
         ));
         tokio::spawn(writer::run(shared.clone(), rx));
@@ -242,7 +239,6 @@ impl PgStore {
             config,
             writes,
             shared,
-            stats,
             hint,
             session,
             session_state,
@@ -288,7 +284,7 @@ impl PgStore {
 
     /// What the writer has done since the store was opened.
     pub fn writer_stats(&self) -> WriterStats {
-        self.stats.snapshot()
+        self.shared.stats().snapshot()
     }
 
     async fn write(&self, op: writer::Op) -> StoreResult<writer::Outcome> {
@@ -503,11 +499,12 @@ impl EventLog for PgStore {
     }
 
     fn stats(&self) -> Option<cairn_store::StoreStats> {
-        Some(self.stats.snapshot().into())
+        Some(self.shared.stats().snapshot().into())
     }
 
     fn unavailable(&self) -> Option<String> {
-        self.stats
+        self.shared
+            .stats()
             .unavailable()
             .or_else(|| self.session_state.problem())
     }

@@ -107,7 +107,7 @@ pub(crate) struct Request {
 
 pub use cairn_store::WriterStats;
 
-/// The writer's counters (shared with the store, which reports them).
+/// The writer's counters (kept in [`Shared`]; the store reports them).
 pub(crate) type Stats = cairn_store::WriterCounters;
 
 /// The writer's connection and its statements, prepared once per connection.
@@ -280,7 +280,7 @@ pub(crate) struct Shared {
     pending: AtomicUsize,
     config: tokio_postgres::Config,
     channel: String,
-    stats: Arc<Stats>,
+    stats: Stats,
     own: Arc<OwnWriter>,
 }
 
@@ -317,7 +317,6 @@ impl Shared {
     pub(crate) fn new(
         config: tokio_postgres::Config,
         channel: String,
-        stats: Arc<Stats>,
         own: Arc<OwnWriter>,
     ) -> Shared {
         Shared {
@@ -325,7 +324,7 @@ impl Shared {
             pending: AtomicUsize::new(0),
             config,
             channel,
-            stats,
+            stats: Stats::default(),
             own,
         }
     }
@@ -359,6 +358,11 @@ impl Shared {
         })
     }
 
+    /// The writer's counters.
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
     /// Counts a request about to be sent to the writer task.
     pub(crate) fn queued(&self) {
         self.pending.fetch_add(1, Ordering::AcqRel);
@@ -368,18 +372,52 @@ impl Shared {
     async fn serve(&self, conn: &mut Option<Conn>, ops: Vec<Op>) -> Vec<StoreResult<Outcome>> {
         let started = Instant::now();
         self.stats.batch(ops.len() as u64);
-        let results = commit(
-            &self.config,
-            &self.channel,
-            conn,
-            &ops,
-            &self.stats,
-            &self.own,
-        )
-        .await;
+        let results = self.commit(conn, &ops).await;
         let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.stats.busy(busy);
         results
+    }
+
+    /// Commits a batch (retrying transient failures), answering each request.
+    async fn commit(&self, conn: &mut Option<Conn>, ops: &[Op]) -> Vec<StoreResult<Outcome>> {
+        let stats = &self.stats;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+                *conn = None;
+                match Conn::open(&self.config, &self.own).await {
+                    Ok(c) => *conn = Some(c),
+                    Err(e) => return fail(ops, e, stats),
+                }
+            }
+            let Some(c) = conn.as_mut() else {
+                return fail(
+                    ops,
+                    StoreError::Unavailable("the writer has no connection".into()),
+                    stats,
+                );
+            };
+            match transaction(c, &self.channel, ops).await {
+                Ok((results, events)) => {
+                    stats.committed(events);
+                    return results;
+                }
+                Err(Failure::Retry(_)) if attempt <= RETRIES => {
+                    if c.client.is_closed() {
+                        *conn = None;
+                    }
+                    continue;
+                }
+                Err(Failure::Retry(e)) | Err(Failure::Fail(e)) => {
+                    if matches!(e, StoreError::Unavailable(_)) || c.client.is_closed() {
+                        // Reopen for the next batch: the connection may be half-broken.
+                        *conn = None;
+                    }
+                    return fail(ops, e, stats);
+                }
+            }
+        }
     }
 }
 
@@ -405,54 +443,6 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Req
         for (reply, result) in replies.into_iter().zip(results) {
             // The caller may have stopped waiting; the write stands regardless.
             let _ = reply.send(result);
-        }
-    }
-}
-
-/// Commits a batch (retrying transient failures), answering each request.
-async fn commit(
-    config: &tokio_postgres::Config,
-    channel: &str,
-    conn: &mut Option<Conn>,
-    ops: &[Op],
-    stats: &Stats,
-    own: &OwnWriter,
-) -> Vec<StoreResult<Outcome>> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *conn = None;
-            match Conn::open(config, own).await {
-                Ok(c) => *conn = Some(c),
-                Err(e) => return fail(ops, e, stats),
-            }
-        }
-        let Some(c) = conn.as_mut() else {
-            return fail(
-                ops,
-                StoreError::Unavailable("the writer has no connection".into()),
-                stats,
-            );
-        };
-        match transaction(c, channel, ops).await {
-            Ok((results, events)) => {
-                stats.committed(events);
-                return results;
-            }
-            Err(Failure::Retry(_)) if attempt <= RETRIES => {
-                if c.client.is_closed() {
-                    *conn = None;
-                }
-                continue;
-            }
-            Err(Failure::Retry(e)) | Err(Failure::Fail(e)) => {
-                if matches!(e, StoreError::Unavailable(_)) || c.client.is_closed() {
-                    // Reopen for the next batch: the connection may be half-broken.
-                    *conn = None;
-                }
-                return fail(ops, e, stats);
-            }
         }
     }
 }
