@@ -14,11 +14,12 @@
 //!    `create_plan_with` takes its other half with it), so no statement of the transaction is
 //!    expected to fail and one refused request never spoils its neighbours (the role savepoints
 //!    play in the SQLite writer, without their round trips);
-//! 3. insert the new plan rows, take the batch's event ids from the counter row (`UPDATE
-//!    cairn_counter … RETURNING`: its row lock, held until commit, serialises id assignment, so
-//!    ids are in commit order), insert every event, update the plan rows and the review index,
-//!    each with one set-based statement over arrays;
-//! 4. `pg_notify` on the store's commit channel once, and commit. Only then is anyone answered.
+//! 3. insert the new plan rows; then, in one statement, take the batch's event ids from the
+//!    counter row (`UPDATE cairn_counter … RETURNING`: its row lock, held until commit,
+//!    serialises id assignment, so ids are in commit order), insert every event, update the
+//!    plan rows and send one `pg_notify` on the store's commit channel, all set-based over
+//!    arrays; the review index and the leases each with one statement more;
+//! 4. commit. Only then is anyone answered.
 //!    (The store's own listener ignores the hints of its own writer: see `session.rs`.)
 //!
 //! Lease claims and releases are requests of the same batches: a claim is decided against the
@@ -118,12 +119,11 @@ struct Conn {
     read_named_leases: Statement,
     new_pks: Statement,
     insert_plans: Statement,
-    insert_events: Statement,
+    write_events: Statement,
     update_plans: Statement,
     put_reviews: Statement,
     put_leases: Statement,
     first_events: Statement,
-    notify: Statement,
     /// A transaction was begun and not yet ended (its batch's future was dropped midway):
     /// the next batch rolls it back first.
     open: bool,
@@ -198,9 +198,11 @@ impl Conn {
             )
             .await?,
             // The events take the counter's next ids, in the order given, in the statement
-            // that inserts them (so it goes in the batch's last round trip); it answers the
-            // last id taken.
-            insert_events: prepare(
+            // that inserts them (so it goes in the batch's last round trip); the same
+            // statement updates the plans' rows and sends the commit's hint (one statement,
+            // not three: each costs the server an execution and the client a request). It
+            // answers the last id taken.
+            write_events: prepare(
                 "WITH c AS (
                      UPDATE cairn_counter SET last_id = last_id + cardinality($1::bigint[])
                      RETURNING last_id
@@ -215,10 +217,17 @@ impl Conn {
                           WITH ORDINALITY
                           AS u(plan_pk, seq, kind, at, actor, data, cp_trigger, cp_label,
                                format, ord)
+                 ), p AS (
+                     UPDATE plans p SET last_seq = u.last_seq, updated_at = u.updated_at,
+                                        state = COALESCE(u.state, p.state)
+                     FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::text[])
+                          AS u(pk, last_seq, updated_at, state)
+                     WHERE p.pk = u.pk
                  )
-                 SELECT last_id FROM c",
+                 SELECT last_id, pg_notify($14, '') FROM c",
             )
             .await?,
+            // The plans' rows alone, for a batch that changes them without an event.
             update_plans: prepare(
                 "UPDATE plans p SET last_seq = u.last_seq, updated_at = u.updated_at,
                                     state = COALESCE(u.state, p.state)
@@ -255,7 +264,6 @@ impl Conn {
                 "SELECT plan_pk, id FROM events WHERE plan_pk = ANY($1::bigint[]) AND seq = 1",
             )
             .await?,
-            notify: prepare("SELECT pg_notify($1, '')").await?,
             client,
             open: false,
         })
@@ -905,19 +913,6 @@ async fn transaction_in(
     names.sort_unstable();
     names.dedup();
 
-    let stmts = (
-        c.lock_plans.clone(),
-        c.read_leases.clone(),
-        c.new_pks.clone(),
-        c.insert_plans.clone(),
-        c.insert_events.clone(),
-        c.update_plans.clone(),
-        c.put_reviews.clone(),
-        c.notify.clone(),
-        c.put_leases.clone(),
-        c.first_events.clone(),
-        c.read_named_leases.clone(),
-    );
     let tx = &c.client;
     let early = names.len() <= LEASES_WITH_LOCKS;
     // Sent together, in this order: one round trip.
@@ -928,7 +923,7 @@ async fn transaction_in(
                 .map_err(db("begin a write transaction"))
         },
         async {
-            tx.query(&stmts.0, &[&names])
+            tx.query(&c.lock_plans, &[&names])
                 .await
                 .map_err(db("lock plans"))
         },
@@ -936,7 +931,7 @@ async fn transaction_in(
             if !early {
                 return Ok(Vec::new());
             }
-            tx.query(&stmts.10, &[&names])
+            tx.query(&c.read_named_leases, &[&names])
                 .await
                 .map_err(db("read leases"))
         },
@@ -945,7 +940,7 @@ async fn transaction_in(
                 return Ok(Vec::new());
             }
             Ok(tx
-                .query(&stmts.2, &[&creates])
+                .query(&c.new_pks, &[&creates])
                 .await
                 .map_err(db("allocate plan keys"))?
                 .iter()
@@ -970,7 +965,7 @@ async fn transaction_in(
     let lease_rows = if early || pks.is_empty() {
         early_leases
     } else {
-        tx.query(&stmts.1, &[&pks])
+        tx.query(&c.read_leases, &[&pks])
             .await
             .map_err(db("read leases"))?
     };
@@ -1058,7 +1053,7 @@ async fn transaction_in(
     if !plan_cols.pk.is_empty() {
         let inserted = tx
             .query(
-                &stmts.3,
+                &c.insert_plans,
                 &[
                     &plan_cols.pk,
                     &plan_cols.plan_id,
@@ -1203,12 +1198,12 @@ async fn transaction_in(
         >,
     >;
     let mut pipeline: Vec<Pending<'_>> = Vec::new();
-    // Which of the pipeline's answers is the first events' (read last but the notify).
+    // Which of the pipeline's answers is the first events' (read last).
     let mut first_events_at = None;
     if n_events > 0 {
         pipeline.push(Box::pin(async {
             tx.query(
-                &stmts.4,
+                &c.write_events,
                 &[
                     &ev.plan_pk,
                     &ev.seq,
@@ -1219,16 +1214,20 @@ async fn transaction_in(
                     &ev.cp_trigger,
                     &ev.cp_label,
                     &ev.format,
+                    &update_cols.0,
+                    &update_cols.1,
+                    &update_cols.2,
+                    &update_cols.3,
+                    &channel,
                 ],
             )
             .await
             .map_err(db_with_commit("insert events"))
         }));
-    }
-    if !update_cols.0.is_empty() {
+    } else if !update_cols.0.is_empty() {
         pipeline.push(Box::pin(async {
             tx.execute(
-                &stmts.5,
+                &c.update_plans,
                 &[
                     &update_cols.0,
                     &update_cols.1,
@@ -1244,7 +1243,7 @@ async fn transaction_in(
     if !review_cols.plan_pk.is_empty() {
         pipeline.push(Box::pin(async {
             tx.execute(
-                &stmts.6,
+                &c.put_reviews,
                 &[
                     &review_cols.plan_pk,
                     &review_cols.review_id,
@@ -1261,7 +1260,7 @@ async fn transaction_in(
     if !lease_cols.pk.is_empty() {
         pipeline.push(Box::pin(async {
             tx.execute(
-                &stmts.8,
+                &c.put_leases,
                 &[
                     &lease_cols.pk,
                     &lease_cols.node,
@@ -1279,16 +1278,9 @@ async fn transaction_in(
         // After the batch's own events: a plan created in this batch has its first one now.
         first_events_at = Some(pipeline.len());
         pipeline.push(Box::pin(async {
-            tx.query(&stmts.9, &[&incarnation_pks])
+            tx.query(&c.first_events, &[&incarnation_pks])
                 .await
                 .map_err(db_with_commit("read first events"))
-        }));
-    }
-    if n_events > 0 {
-        pipeline.push(Box::pin(async {
-            tx.query(&stmts.7, &[&channel])
-                .await
-                .map_err(db_with_commit("notify"))
         }));
     }
     pipeline.push(Box::pin(async {
