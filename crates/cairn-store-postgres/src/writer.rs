@@ -1566,4 +1566,38 @@ mod tests {
         let again = step("p", 1, None);
         store.append(again).await.unwrap();
     }
+
+    /// The writer's statements run on their generic plans: the server plans each once per
+    /// connection, not again at every execution (`pg_prepared_statements` counts both kinds,
+    /// PostgreSQL 14 and later).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_writers_statements_are_planned_once_per_connection() {
+        let Some(store) = store().await else { return };
+        // More executions than the five after which the server would weigh a generic plan.
+        for i in 0..8 {
+            let id = format!("p{i}");
+            store.create_plan(create(&id)).await.unwrap();
+            store.append(step(&id, 1, None)).await.unwrap();
+        }
+        let guard = store.shared.conn.lock().await;
+        let conn = guard
+            .as_ref()
+            .expect("the writer is connected after its commits");
+        let row = conn
+            .client
+            .query_one(
+                "SELECT coalesce(sum(generic_plans), 0)::bigint,
+                        coalesce(sum(custom_plans), 0)::bigint
+                 FROM pg_prepared_statements",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (generic, custom): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(custom, 0, "no statement planned for its parameters");
+        assert!(
+            generic >= 16,
+            "the statements ran on generic plans: {generic}"
+        );
+    }
 }
