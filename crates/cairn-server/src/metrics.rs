@@ -3,7 +3,8 @@
 //! Nothing here is called by the engine: [`spawn`] follows the events the engine commits
 //! (`Engine::subscribe_local`: in a cluster, this node's own, so no node orders and decodes
 //! every other node's events for its counters) and turns them into counters and histograms,
-//! and every few seconds reads plan counts and the store's writer counters. HTTP metrics come
+//! and every few seconds reads plan counts and the store's writer counters (its commits'
+//! histogram, `cairn_store_commit_seconds`, is read at each scrape). HTTP metrics come
 //! from [`track`], a middleware labelled by the matched route (never the raw path, so ids
 //! cannot explode the label set).
 //!
@@ -148,7 +149,7 @@ fn describe() {
     );
     describe_counter!(
         "cairn_store_inline_commits_total",
-        "Store commits made by the request's own thread, the writer being idle (SQLite)"
+        "Store commits made by the request's own task, the writer being idle"
     );
     describe_gauge!(
         "cairn_store_commit_busy_seconds_total",
@@ -211,13 +212,51 @@ pub fn render() -> String {
     handle().render()
 }
 
+/// `cairn_store_commit_seconds`, the histogram of the store's commits by the time each took
+/// (`BEGIN` to the end of `COMMIT`, one observation per batch), in the text exposition
+/// format: read from the store's own counters when asked, not recorded sample by sample (the
+/// writer counts each batch in a fixed bucket; see [`cairn_store::COMMIT_BUCKETS_US`]).
+/// Empty for a store that keeps no counters.
+pub fn commit_histogram(stats: Option<&cairn_store::StoreStats>) -> String {
+    use std::fmt::Write;
+    let Some(stats) = stats else {
+        return String::new();
+    };
+    let mut out = String::from(
+        "# HELP cairn_store_commit_seconds Time of each store commit, BEGIN to the end of COMMIT (one per batch)\n\
+         # TYPE cairn_store_commit_seconds histogram\n",
+    );
+    let mut seen = 0u64;
+    for (bound, n) in cairn_store::COMMIT_BUCKETS_US
+        .iter()
+        .zip(&stats.commit_times)
+    {
+        seen += n;
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "cairn_store_commit_seconds_bucket{{le=\"{le}\"}} {seen}"
+        );
+    }
+    seen += stats.commit_times.last().copied().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "cairn_store_commit_seconds_bucket{{le=\"+Inf\"}} {seen}"
+    );
+    let _ = writeln!(out, "cairn_store_commit_seconds_sum {}", stats.busy_seconds);
+    let _ = writeln!(out, "cairn_store_commit_seconds_count {seen}");
+    out
+}
+
 /// `GET /metrics`: Prometheus metrics in the text exposition format.
 #[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
-pub async fn endpoint() -> Response {
+pub async fn endpoint(axum::extract::State(s): axum::extract::State<crate::AppState>) -> Response {
+    let mut text = render();
+    text.push_str(&commit_histogram(s.engine.store().stats().as_ref()));
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        render(),
+        text,
     )
         .into_response()
 }
@@ -841,5 +880,47 @@ mod tests {
         assert_eq!(f.agent_type("idle-3", "a").await, "builtin.echo");
         assert_eq!(f.agent_type("idle-3", "nope").await, "unknown");
         engine.shutdown().await;
+    }
+
+    /// The commit histogram counts cumulatively, its `+Inf` bucket and count include the
+    /// batches beyond the last bound, and its sum is the writer's busy time.
+    #[test]
+    fn the_commit_histogram_is_cumulative_and_counts_every_batch() {
+        assert_eq!(super::commit_histogram(None), "");
+        let mut stats = cairn_store::StoreStats {
+            busy_seconds: 12.5,
+            ..Default::default()
+        };
+        stats.commit_times[0] = 2; // at most 50 µs
+        stats.commit_times[15] = 3; // at most 1 ms
+        stats.commit_times[cairn_store::COMMIT_BUCKETS_US.len()] = 1; // over 10 s
+        let text = super::commit_histogram(Some(&stats));
+        let series = |s: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(s)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{s} missing:\n{text}"))
+        };
+        assert!(text.contains("# TYPE cairn_store_commit_seconds histogram\n"));
+        assert_eq!(
+            series(r#"cairn_store_commit_seconds_bucket{le="0.00005"}"#),
+            2.0
+        );
+        assert_eq!(
+            series(r#"cairn_store_commit_seconds_bucket{le="0.0008"}"#),
+            2.0
+        );
+        assert_eq!(
+            series(r#"cairn_store_commit_seconds_bucket{le="0.001"}"#),
+            5.0
+        );
+        assert_eq!(series(r#"cairn_store_commit_seconds_bucket{le="10"}"#), 5.0);
+        assert_eq!(
+            series(r#"cairn_store_commit_seconds_bucket{le="+Inf"}"#),
+            6.0
+        );
+        assert_eq!(series("cairn_store_commit_seconds_count"), 6.0);
+        assert_eq!(series("cairn_store_commit_seconds_sum"), 12.5);
+        let buckets = text.lines().filter(|l| l.contains("_bucket{")).count();
+        assert_eq!(buckets, cairn_store::COMMIT_BUCKETS_US.len() + 1);
     }
 }

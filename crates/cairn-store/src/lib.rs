@@ -221,6 +221,8 @@ pub struct StoreStats {
     pub busy_seconds: f64,
     /// Commits made by the caller itself, the writer being idle (SQLite; see its writer).
     pub inline_commits: u64,
+    /// Batches by the time they took, as [`WriterStats::commit_times`].
+    pub commit_times: [u64; COMMIT_BUCKETS_US.len() + 1],
 }
 
 /// A lease as stored: who drives a plan, under which fence, until when.
@@ -350,6 +352,7 @@ impl From<WriterStats> for StoreStats {
             max_batch: w.max_batch,
             busy_seconds: w.busy.as_secs_f64(),
             inline_commits: w.inline_commits,
+            commit_times: w.commit_times,
         }
     }
 }
