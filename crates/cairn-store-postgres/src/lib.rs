@@ -770,28 +770,27 @@ impl Leases for PgStore {
 #[async_trait]
 impl Snapshots for PgStore {
     async fn put_snapshot(&self, plan_id: &str, seq: u64, data: Vec<u8>) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(backend)?;
-        let pk: i64 = tx
-            // Keeps a delete of the plan waiting until the snapshot is in (no orphan rows).
-            .query_opt(
-                "SELECT pk FROM plans WHERE plan_id = $1 FOR KEY SHARE",
-                &[&plan_id],
+        let c = self.client().await?;
+        // One prepared statement, its own transaction (one round trip, not six): the plan's
+        // row is held (`FOR KEY SHARE`) while the snapshot goes in, so a delete of the plan
+        // (which locks the row first) waits for it, and a plan deleted first is not found
+        // (no orphan rows either way). Every snapshot is kept (the engine spaces them):
+        // reading the state at an old checkpoint replays from the nearest one, never from the
+        // start.
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO snapshots (plan_pk, seq, data)
+                 SELECT pk, $2, $3 FROM plans WHERE plan_id = $1 FOR KEY SHARE
+                 ON CONFLICT (plan_pk, seq) DO UPDATE SET data = EXCLUDED.data
+                 RETURNING plan_pk",
             )
             .await
+            .map_err(backend)?;
+        c.query_opt(&stmt, &[&plan_id, &to_sql(seq), &data])
+            .await
             .map_err(backend)?
-            .map(|r| r.get(0))
-            .ok_or_else(|| StoreError::NotFound(plan_id.to_owned()))?;
-        tx.execute(
-            "INSERT INTO snapshots (plan_pk, seq, data) VALUES ($1, $2, $3)
-             ON CONFLICT (plan_pk, seq) DO UPDATE SET data = EXCLUDED.data",
-            &[&pk, &to_sql(seq), &data],
-        )
-        .await
-        .map_err(backend)?;
-        // Every snapshot is kept (the engine spaces them): reading the state at an old
-        // checkpoint replays from the nearest one, never from the start.
-        tx.commit().await.map_err(backend)
+            .map(|_| ())
+            .ok_or_else(|| StoreError::NotFound(plan_id.to_owned()))
     }
 
     async fn get_snapshot(
