@@ -120,7 +120,6 @@ struct Conn {
     new_pks: Statement,
     insert_plans: Statement,
     write_events: Statement,
-    update_plans: Statement,
     put_reviews: Statement,
     put_leases: Statement,
     first_events: Statement,
@@ -225,15 +224,6 @@ impl Conn {
                      WHERE p.pk = u.pk
                  )
                  SELECT last_id, pg_notify($14, '') FROM c",
-            )
-            .await?,
-            // The plans' rows alone, for a batch that changes them without an event.
-            update_plans: prepare(
-                "UPDATE plans p SET last_seq = u.last_seq, updated_at = u.updated_at,
-                                    state = COALESCE(u.state, p.state)
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])
-                      AS u(pk, last_seq, updated_at, state)
-                 WHERE p.pk = u.pk",
             )
             .await?,
             put_reviews: prepare(
@@ -1200,6 +1190,8 @@ async fn transaction_in(
     let mut pipeline: Vec<Pending<'_>> = Vec::new();
     // Which of the pipeline's answers is the first events' (read last).
     let mut first_events_at = None;
+    // The plans' rows change only with events (an append without any is refused in `check`),
+    // so the events' statement updates them.
     if n_events > 0 {
         pipeline.push(Box::pin(async {
             tx.query(
@@ -1223,21 +1215,6 @@ async fn transaction_in(
             )
             .await
             .map_err(db_with_commit("insert events"))
-        }));
-    } else if !update_cols.0.is_empty() {
-        pipeline.push(Box::pin(async {
-            tx.execute(
-                &c.update_plans,
-                &[
-                    &update_cols.0,
-                    &update_cols.1,
-                    &update_cols.2,
-                    &update_cols.3,
-                ],
-            )
-            .await
-            .map(|_| Vec::new())
-            .map_err(db_with_commit("update plans"))
         }));
     }
     if !review_cols.plan_pk.is_empty() {

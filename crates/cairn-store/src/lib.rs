@@ -219,7 +219,7 @@ pub struct StoreStats {
     pub max_batch: u64,
     /// Seconds spent committing, summed over all commits.
     pub busy_seconds: f64,
-    /// Commits made by the caller itself, the writer being idle (SQLite; see its writer).
+    /// Commits made by the caller itself, the writer being idle (see each store's writer).
     pub inline_commits: u64,
     /// Batches by the time they took, as [`WriterStats::commit_times`].
     pub commit_times: [u64; COMMIT_BUCKETS_US.len() + 1],
